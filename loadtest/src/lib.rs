@@ -1,0 +1,3 @@
+
+pub mod mock;
+pub mod load;

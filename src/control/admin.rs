@@ -1,0 +1,242 @@
+//! Admin socket: HTTP/1.1 over a Unix socket (mode 0600), served by one std
+//! thread, one request per connection. `curl --unix-socket PATH localhost/stats`.
+//!
+//! Endpoints: `GET /stats` (JSON, fresh: every shard flushes first),
+//! `GET /metrics` (Prometheus text), `GET /healthz`. Not on any request path.
+
+use super::stats::{Merged, SERIES, StatsHub};
+use super::{ShardCmd, ShardSenders};
+use hdrhistogram::Histogram;
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Longest an admin client may take to send its request.
+pub const ADMIN_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest `/stats` waits for shards to flush before answering with what it has.
+pub const FLUSH_WAIT: Duration = Duration::from_secs(1);
+/// Largest admin request head.
+pub const MAX_ADMIN_REQUEST: usize = 8 << 10;
+
+pub struct Admin {
+    hub: Arc<StatsHub>,
+    shards: ShardSenders,
+    seq: AtomicU64,
+}
+
+/// Binds the socket (refusing to steal one a live aigw is serving) with mode 0600.
+pub fn bind(path: &Path) -> Result<UnixListener, String> {
+    if UnixStream::connect(path).is_ok() {
+        return Err(format!(
+            "admin socket {} is in use by a running aigw; stop it or set admin.socket",
+            path.display()
+        ));
+    }
+    let _ = std::fs::remove_file(path);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let listener = UnixListener::bind(path).map_err(|e| format!("cannot bind admin socket {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("cannot chmod admin socket {}: {e}", path.display()))?;
+    Ok(listener)
+}
+
+impl Admin {
+    pub fn new(hub: Arc<StatsHub>, shards: ShardSenders) -> Arc<Admin> {
+        Arc::new(Admin { hub, shards, seq: AtomicU64::new(1) })
+    }
+
+    pub fn spawn(self: &Arc<Self>, listener: UnixListener) -> std::io::Result<()> {
+        let me = Arc::clone(self);
+        std::thread::Builder::new().name("aigw-admin".into()).spawn(move || {
+            for conn in listener.incoming() {
+                match conn {
+                    Ok(c) => me.serve(c),
+                    Err(e) => log::warn!("admin accept: {e}"),
+                }
+            }
+        })?;
+        Ok(())
+    }
+
+    fn serve(&self, mut conn: UnixStream) {
+        let _ = conn.set_read_timeout(Some(ADMIN_READ_TIMEOUT));
+        let mut buf = Vec::with_capacity(1024);
+        let mut chunk = [0u8; 1024];
+        let path = loop {
+            match conn.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut req = httparse::Request::new(&mut headers);
+            match req.parse(&buf) {
+                Ok(httparse::Status::Complete(_)) => {
+                    break (req.method.unwrap_or("").to_string(), req.path.unwrap_or("").to_string());
+                }
+                Ok(httparse::Status::Partial) if buf.len() < MAX_ADMIN_REQUEST => continue,
+                _ => {
+                    respond(&mut conn, 400, "text/plain", "bad request\n");
+                    return;
+                }
+            }
+        };
+        let (method, target) = path;
+        let route = target.split('?').next().unwrap_or("");
+        match (method.as_str(), route) {
+            ("GET", "/stats") => {
+                self.flush();
+                let body = render_json(&self.hub.merged.lock().unwrap_or_else(|p| p.into_inner()));
+                respond(&mut conn, 200, "application/json", &body);
+            }
+            ("GET", "/metrics") => {
+                self.flush();
+                let body = render_prometheus(&self.hub.merged.lock().unwrap_or_else(|p| p.into_inner()));
+                respond(&mut conn, 200, "text/plain; version=0.0.4", &body);
+            }
+            ("GET", "/healthz") => respond(&mut conn, 200, "application/json", "{\"status\":\"ok\"}\n"),
+            _ => respond(&mut conn, 404, "text/plain", "not found: try /stats, /metrics or /healthz\n"),
+        }
+    }
+
+    /// Asks every shard for a snapshot and waits (bounded) until they arrive.
+    fn flush(&self) {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1_000_000;
+        for tx in self.shards.iter() {
+            let _ = tx.send(ShardCmd::Flush(seq));
+        }
+        if !self.hub.wait_flushed(seq, FLUSH_WAIT) {
+            log::debug!("admin: not every shard flushed within {FLUSH_WAIT:?}");
+        }
+    }
+}
+
+fn respond(conn: &mut UnixStream, status: u16, content_type: &str, body: &str) {
+    let head = format!(
+        "HTTP/1.1 {status} {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        crate::error::reason(status),
+        body.len()
+    );
+    let _ = conn.write_all(head.as_bytes());
+    let _ = conn.write_all(body.as_bytes());
+}
+
+fn quantiles(h: &Histogram<u64>) -> String {
+    format!(
+        "{{\"count\":{},\"p50\":{},\"p90\":{},\"p99\":{},\"p999\":{},\"max\":{}}}",
+        h.len(),
+        h.value_at_quantile(0.5),
+        h.value_at_quantile(0.9),
+        h.value_at_quantile(0.99),
+        h.value_at_quantile(0.999),
+        h.max()
+    )
+}
+
+pub fn render_json(m: &Merged) -> String {
+    let c = &m.counters;
+    let mut s = String::with_capacity(2048);
+    let _ = write!(
+        s,
+        "{{\"uptime_s\":{},\"shards\":{},\"requests\":{},\"status\":{{\"2xx\":{},\"3xx\":{},\"4xx\":{},\"5xx\":{}}},\
+         \"errors\":{{\"gateway\":{},\"provider\":{}}},\"aborted\":{{\"upstream\":{},\"client\":{}}},\"streams\":{},\
+         \"tokens\":{{\"input\":{},\"output\":{},\"cached\":{}}},\"upstream\":{{\"connects\":{},\"reused\":{},\"idle\":{}}},\
+         \"connections\":{{\"accepted\":{},\"open\":{}}},\"dropped_snapshots\":{},\"latency_us\":{{",
+        m.started.elapsed().as_secs(),
+        m.shards,
+        c.requests,
+        c.status_2xx,
+        c.status_3xx,
+        c.status_4xx,
+        c.status_5xx,
+        c.errors_gateway,
+        c.errors_provider,
+        c.aborted_upstream,
+        c.aborted_client,
+        c.streams,
+        c.input_tokens,
+        c.output_tokens,
+        c.cached_tokens,
+        c.upstream_connects,
+        c.upstream_reused,
+        m.idle_upstream.iter().sum::<u64>(),
+        c.connections_accepted,
+        m.open_connections.iter().sum::<u64>(),
+        c.dropped_snapshots,
+    );
+    for (i, (series, name)) in SERIES.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        let _ = write!(s, "\"{name}\":{}", quantiles(&m.histograms[*series as usize]));
+    }
+    s.push_str("},\"providers\":{");
+    for (i, (name, p)) in m.providers.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        let mut key = String::new();
+        crate::error::push_json_string(&mut key, name);
+        let _ = write!(
+            s,
+            "{key}:{{\"requests\":{},\"errors\":{},\"input_tokens\":{},\"output_tokens\":{}}}",
+            p.requests, p.errors, p.input_tokens, p.output_tokens
+        );
+    }
+    s.push_str("}}\n");
+    s
+}
+
+pub fn render_prometheus(m: &Merged) -> String {
+    let c = &m.counters;
+    let mut s = String::with_capacity(2048);
+    let _ = writeln!(s, "# TYPE aigw_requests_total counter");
+    for (class, n) in [("2xx", c.status_2xx), ("3xx", c.status_3xx), ("4xx", c.status_4xx), ("5xx", c.status_5xx)] {
+        let _ = writeln!(s, "aigw_requests_total{{status=\"{class}\"}} {n}");
+    }
+    let _ = writeln!(s, "# TYPE aigw_errors_total counter");
+    let _ = writeln!(s, "aigw_errors_total{{source=\"gateway\"}} {}", c.errors_gateway);
+    let _ = writeln!(s, "aigw_errors_total{{source=\"provider\"}} {}", c.errors_provider);
+    let _ = writeln!(s, "# TYPE aigw_tokens_total counter");
+    let _ = writeln!(s, "aigw_tokens_total{{direction=\"input\"}} {}", c.input_tokens);
+    let _ = writeln!(s, "aigw_tokens_total{{direction=\"output\"}} {}", c.output_tokens);
+    let _ = writeln!(s, "# TYPE aigw_streams_aborted_total counter");
+    let _ = writeln!(s, "aigw_streams_aborted_total{{by=\"upstream\"}} {}", c.aborted_upstream);
+    let _ = writeln!(s, "aigw_streams_aborted_total{{by=\"client\"}} {}", c.aborted_client);
+    let _ = writeln!(s, "# TYPE aigw_provider_requests_total counter");
+    for (name, p) in &m.providers {
+        let _ = writeln!(s, "aigw_provider_requests_total{{provider=\"{name}\"}} {}", p.requests);
+    }
+    for (series, name) in SERIES {
+        let h = &m.histograms[series as usize];
+        let _ = writeln!(s, "# TYPE aigw_latency_{name}_us summary");
+        for q in [0.5, 0.9, 0.99, 0.999] {
+            let _ = writeln!(s, "aigw_latency_{name}_us{{quantile=\"{q}\"}} {}", h.value_at_quantile(q));
+        }
+        let _ = writeln!(s, "aigw_latency_{name}_us_count {}", h.len());
+    }
+    s
+}
+
+/// Client side for `aigw stats`: one GET over the socket, the body returned.
+pub fn query(socket: &Path, path: &str) -> Result<String, String> {
+    let mut conn = UnixStream::connect(socket)
+        .map_err(|e| format!("cannot connect to admin socket {}: {e} (is aigw running?)", socket.display()))?;
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+    conn.write_all(format!("GET {path} HTTP/1.1\r\nhost: aigw\r\nconnection: close\r\n\r\n").as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut resp = Vec::new();
+    conn.read_to_end(&mut resp).map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&resp);
+    let (head, body) = text.split_once("\r\n\r\n").ok_or("malformed admin response")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(format!("admin socket answered: {}", head.lines().next().unwrap_or("")));
+    }
+    Ok(body.to_string())
+}

@@ -1,0 +1,24 @@
+//! Control plane: std threads that may block but never sit on a request's path.
+//!
+//! - [`stats`]: per-shard recorders and the merging stats thread.
+//! - [`admin`]: HTTP/1.1 over a Unix socket (`/stats`, `/metrics`, `/healthz`).
+//! - [`signals`]: SIGTERM/SIGINT start a drain.
+//!
+//! Shards hear from the control plane only through [`ShardCmd`] on a flume
+//! channel, which wakes a glommio executor from a foreign thread.
+
+pub mod admin;
+pub mod signals;
+pub mod stats;
+
+/// Messages from control threads to one shard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShardCmd {
+    /// Send a stats snapshot now, numbered with this sequence.
+    Flush(u64),
+    /// Stop accepting, finish in-flight requests, close idle connections.
+    Drain,
+}
+
+/// Senders to every shard, in shard order.
+pub type ShardSenders = std::sync::Arc<Vec<flume::Sender<ShardCmd>>>;

@@ -1,0 +1,112 @@
+//! HTTP/1.1 framing on top of httparse, for both directions.
+//!
+//! httparse only tokenizes; every framing decision (Content-Length vs chunked,
+//! Host rules, limits, hop-by-hop headers) lives here, in DESIGN.md's order.
+//! Results borrow nothing across awaits: heads are recorded as [`Span`]s into the
+//! connection's read window, so the window may be compacted or grown while a
+//! request is in flight. "Need more bytes" is a state ([`Parsed::Partial`]), not an
+//! error.
+
+pub mod buf;
+pub mod chunked;
+pub mod request;
+pub mod response;
+
+pub use buf::ReadBuf;
+
+/// Byte range into a read window (relative to the window's start).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Span {
+    pub start: u32,
+    pub end: u32,
+}
+
+impl Span {
+    pub fn of(window: &[u8], part: &[u8]) -> Span {
+        let start = part.as_ptr() as usize - window.as_ptr() as usize;
+        Span { start: start as u32, end: (start + part.len()) as u32 }
+    }
+    pub fn get<'a>(&self, window: &'a [u8]) -> &'a [u8] {
+        &window[self.start as usize..self.end as usize]
+    }
+}
+
+/// One header line as spans.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Header {
+    pub name: Span,
+    pub value: Span,
+}
+
+/// Outcome of trying to parse a head from what has arrived so far.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Parsed {
+    /// A whole head; its length in bytes.
+    Complete(usize),
+    /// Not enough bytes yet.
+    Partial,
+}
+
+/// Most header slots httparse is given at once (the configured limit is lower or equal).
+pub const MAX_HEADER_SLOTS: usize = 256;
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) plus the framing headers we always rewrite.
+pub fn is_hop_by_hop(name: &[u8]) -> bool {
+    const HOP: &[&[u8]] = &[
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"content-length",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+    ];
+    HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
+/// Splits a comma-separated header value into trimmed tokens.
+pub fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|b| *b == b',').map(trim_ows).filter(|t| !t.is_empty())
+}
+
+/// Trims optional whitespace (SP, HTAB) only.
+pub fn trim_ows(mut v: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = v {
+        v = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = v {
+        v = rest;
+    }
+    v
+}
+
+/// Parses a Content-Length value list: every element must be 1*DIGIT and all equal.
+pub fn parse_content_length(value: &[u8], current: Option<u64>) -> Result<u64, &'static str> {
+    let mut result = current;
+    let mut any = false;
+    for part in value.split(|b| *b == b',') {
+        let part = trim_ows(part);
+        if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
+            return Err("Content-Length is not a number");
+        }
+        let mut n: u64 = 0;
+        for d in part {
+            n = n
+                .checked_mul(10)
+                .and_then(|n| n.checked_add(u64::from(d - b'0')))
+                .ok_or("Content-Length overflows")?;
+        }
+        if result.is_some_and(|r| r != n) {
+            return Err("conflicting Content-Length values");
+        }
+        result = Some(n);
+        any = true;
+    }
+    if !any {
+        return Err("empty Content-Length");
+    }
+    result.ok_or("empty Content-Length")
+}

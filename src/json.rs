@@ -1,0 +1,324 @@
+//! Request-body JSON: find the few top-level fields the gateway needs (`model`,
+//! `stream`, `stream_options`) with their byte offsets, and splice a rewritten body.
+//!
+//! Why not a JSON library here: rewriting `model` and injecting
+//! `stream_options.include_usage` needs byte offsets so everything else is
+//! forwarded untouched, and no DOM is needed. Strings are skipped with memchr,
+//! so the cost is a pass over the structural bytes. Token usage in replies is
+//! read with simd-json (see `usage`).
+
+use std::borrow::Cow;
+use std::ops::Range;
+
+/// Deepest nesting we walk through before calling the body abusive.
+pub const MAX_DEPTH: usize = 256;
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RequestFields {
+    /// Raw value ranges (strings include their quotes). Last occurrence wins, as
+    /// in the providers' own JSON parsers.
+    pub model: Option<Range<usize>>,
+    pub stream: Option<Range<usize>>,
+    pub stream_options: Option<Range<usize>>,
+    /// Offset just after the top-level `{`.
+    pub body_open: usize,
+}
+
+impl RequestFields {
+    /// `"stream": true` at the top level.
+    pub fn is_stream(&self, body: &[u8]) -> bool {
+        self.stream.as_ref().is_some_and(|r| &body[r.clone()] == b"true")
+    }
+
+    pub fn model<'a>(&self, body: &'a [u8]) -> Option<Cow<'a, str>> {
+        string_value(&body[self.model.clone()?])
+    }
+}
+
+/// Scans the top-level object of a request body.
+pub fn scan_request(body: &[u8]) -> Result<RequestFields, &'static str> {
+    let start = skip_ws(body, 0);
+    if body.get(start) != Some(&b'{') {
+        return Err("request body must be a JSON object");
+    }
+    let mut fields = RequestFields { body_open: start + 1, ..Default::default() };
+    let end = for_each_member(body, start, |key, value| match key {
+        b"model" => fields.model = Some(value),
+        b"stream" => fields.stream = Some(value),
+        b"stream_options" => fields.stream_options = Some(value),
+        _ => {}
+    })?;
+    if skip_ws(body, end) != body.len() {
+        return Err("unexpected data after the JSON object");
+    }
+    Ok(fields)
+}
+
+/// Calls `f(raw_key, value_range)` for each member of the object starting at
+/// `open` (which must be `{`); returns the offset after its `}`.
+pub fn for_each_member(
+    body: &[u8],
+    open: usize,
+    mut f: impl FnMut(&[u8], Range<usize>),
+) -> Result<usize, &'static str> {
+    let mut i = skip_ws(body, open + 1);
+    if body.get(i) == Some(&b'}') {
+        return Ok(i + 1);
+    }
+    loop {
+        if body.get(i) != Some(&b'"') {
+            return Err("expected a string key");
+        }
+        let key_end = skip_string(body, i)?;
+        let key = &body[i + 1..key_end - 1];
+        i = skip_ws(body, key_end);
+        if body.get(i) != Some(&b':') {
+            return Err("expected ':' after a key");
+        }
+        let v_start = skip_ws(body, i + 1);
+        let v_end = skip_value(body, v_start)?;
+        f(key, v_start..v_end);
+        i = skip_ws(body, v_end);
+        match body.get(i) {
+            Some(b',') => i = skip_ws(body, i + 1),
+            Some(b'}') => return Ok(i + 1),
+            _ => return Err("expected ',' or '}' in an object"),
+        }
+    }
+}
+
+pub fn skip_ws(body: &[u8], mut i: usize) -> usize {
+    while let Some(b' ' | b'\t' | b'\n' | b'\r') = body.get(i) {
+        i += 1;
+    }
+    i
+}
+
+/// `i` is at an opening quote; returns the offset after the closing quote.
+fn skip_string(body: &[u8], i: usize) -> Result<usize, &'static str> {
+    let mut j = i + 1;
+    loop {
+        match memchr::memchr2(b'"', b'\\', &body[j.min(body.len())..]) {
+            Some(k) if body[j + k] == b'\\' => j += k + 2,
+            Some(k) => return Ok(j + k + 1),
+            None => return Err("unterminated string"),
+        }
+    }
+}
+
+/// Returns the end offset of the JSON value starting at `i`.
+pub fn skip_value(body: &[u8], i: usize) -> Result<usize, &'static str> {
+    match body.get(i) {
+        Some(b'"') => skip_string(body, i),
+        Some(b'{' | b'[') => {
+            let mut depth = 0usize;
+            let mut j = i;
+            while j < body.len() {
+                match body[j] {
+                    b'"' => {
+                        j = skip_string(body, j)?;
+                        continue;
+                    }
+                    b'{' | b'[' => {
+                        depth += 1;
+                        if depth > MAX_DEPTH {
+                            return Err("JSON nested too deeply");
+                        }
+                    }
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Ok(j + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                j += 1;
+            }
+            Err("unterminated object or array")
+        }
+        Some(_) => {
+            let mut j = i;
+            while j < body.len() && !matches!(body[j], b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r') {
+                j += 1;
+            }
+            let lit = &body[i..j];
+            let ok = lit == b"true"
+                || lit == b"false"
+                || lit == b"null"
+                || (!lit.is_empty() && lit.iter().all(|b| b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E')));
+            if ok { Ok(j) } else { Err("invalid JSON value") }
+        }
+        None => Err("unexpected end of JSON"),
+    }
+}
+
+/// Decodes a raw JSON string literal (with quotes). `None` if it is not a string.
+pub fn string_value(raw: &[u8]) -> Option<Cow<'_, str>> {
+    let inner = raw.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+    if !inner.contains(&b'\\') {
+        return std::str::from_utf8(inner).ok().map(Cow::Borrowed);
+    }
+    let mut out = String::with_capacity(inner.len());
+    let s = std::str::from_utf8(inner).ok()?;
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next()? {
+            '"' => out.push('"'),
+            '\\' => out.push('\\'),
+            '/' => out.push('/'),
+            'b' => out.push('\u{8}'),
+            'f' => out.push('\u{c}'),
+            'n' => out.push('\n'),
+            'r' => out.push('\r'),
+            't' => out.push('\t'),
+            'u' => {
+                let hex: String = chars.by_ref().take(4).collect();
+                let mut cp = u32::from_str_radix(&hex, 16).ok()?;
+                if (0xD800..0xDC00).contains(&cp) {
+                    if chars.next()? != '\\' || chars.next()? != 'u' {
+                        return None;
+                    }
+                    let low: String = chars.by_ref().take(4).collect();
+                    let low = u32::from_str_radix(&low, 16).ok()?;
+                    cp = 0x10000 + ((cp - 0xD800) << 10) + (low.checked_sub(0xDC00)?);
+                }
+                out.push(char::from_u32(cp)?);
+            }
+            _ => return None,
+        }
+    }
+    Some(Cow::Owned(out))
+}
+
+/// What the unified route changes in a request body.
+pub struct Rewrite<'a> {
+    /// The model name the provider should see (prefix stripped).
+    pub model: &'a str,
+    /// Ask for `stream_options.include_usage`.
+    pub include_usage: bool,
+}
+
+/// Whether the client itself asked for usage in the stream.
+pub fn client_asked_usage(body: &[u8], fields: &RequestFields) -> bool {
+    let Some(opts) = fields.stream_options.clone() else { return false };
+    if body.get(opts.start) != Some(&b'{') {
+        return false;
+    }
+    let mut asked = false;
+    let _ = for_each_member(body, opts.start, |k, v| {
+        if k == b"include_usage" {
+            asked = &body[v] == b"true";
+        }
+    });
+    asked
+}
+
+/// Writes `body` with the rewrite applied into `out`.
+pub fn rewrite_body(body: &[u8], fields: &RequestFields, rw: &Rewrite<'_>, out: &mut Vec<u8>) {
+    // Edits as (range to replace, replacement), applied in offset order.
+    let mut model_json = String::with_capacity(rw.model.len() + 2);
+    crate::error::push_json_string(&mut model_json, rw.model);
+    let mut edits: Vec<(Range<usize>, Cow<'_, [u8]>)> = Vec::with_capacity(2);
+    if let Some(m) = fields.model.clone() {
+        edits.push((m, Cow::Owned(model_json.into_bytes())));
+    }
+    if rw.include_usage {
+        match fields.stream_options.clone() {
+            Some(opts) if body.get(opts.start) == Some(&b'{') => {
+                let mut existing = None;
+                let _ = for_each_member(body, opts.start, |k, v| {
+                    if k == b"include_usage" {
+                        existing = Some(v);
+                    }
+                });
+                match existing {
+                    Some(v) => edits.push((v, Cow::Borrowed(b"true"))),
+                    None => {
+                        let empty = skip_ws(body, opts.start + 1) == opts.end - 1;
+                        let ins: &[u8] = if empty { b"\"include_usage\":true" } else { b"\"include_usage\":true," };
+                        edits.push((opts.start + 1..opts.start + 1, Cow::Borrowed(ins)));
+                    }
+                }
+            }
+            Some(opts) => edits.push((opts, Cow::Borrowed(b"{\"include_usage\":true}"))),
+            None => edits.push((
+                fields.body_open..fields.body_open,
+                Cow::Borrowed(b"\"stream_options\":{\"include_usage\":true},"),
+            )),
+        }
+    }
+    edits.sort_by_key(|(r, _)| r.start);
+    out.clear();
+    out.reserve(body.len() + 64);
+    let mut at = 0;
+    for (range, with) in edits {
+        out.extend_from_slice(&body[at..range.start]);
+        out.extend_from_slice(&with);
+        at = range.end;
+    }
+    out.extend_from_slice(&body[at..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rewrite(body: &str, model: &str, include_usage: bool) -> String {
+        let f = scan_request(body.as_bytes()).unwrap();
+        let mut out = Vec::new();
+        rewrite_body(body.as_bytes(), &f, &Rewrite { model, include_usage }, &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn finds_top_level_fields_only() {
+        let body = br#"{"messages":[{"role":"user","content":"say \"model\": x"}],"model":"mock/echo","stream":true,"x":{"model":"no"}}"#;
+        let f = scan_request(body).unwrap();
+        assert_eq!(f.model(body).unwrap(), "mock/echo");
+        assert!(f.is_stream(body));
+    }
+
+    #[test]
+    fn model_is_replaced_and_the_rest_is_untouched() {
+        assert_eq!(
+            rewrite(r#"{"model": "openai/gpt-4o", "messages":[]}"#, "gpt-4o", false),
+            r#"{"model": "gpt-4o", "messages":[]}"#
+        );
+    }
+
+    #[test]
+    fn include_usage_is_injected_in_every_shape() {
+        assert_eq!(rewrite(r#"{"model":"a/b","stream":true}"#, "b", true), r#"{"stream_options":{"include_usage":true},"model":"b","stream":true}"#);
+        assert_eq!(
+            rewrite(r#"{"model":"a/b","stream_options":{}}"#, "b", true),
+            r#"{"model":"b","stream_options":{"include_usage":true}}"#
+        );
+        assert_eq!(
+            rewrite(r#"{"model":"a/b","stream_options":{"x":1}}"#, "b", true),
+            r#"{"model":"b","stream_options":{"include_usage":true,"x":1}}"#
+        );
+        assert_eq!(
+            rewrite(r#"{"model":"a/b","stream_options":{"include_usage":false}}"#, "b", true),
+            r#"{"model":"b","stream_options":{"include_usage":true}}"#
+        );
+        assert_eq!(rewrite(r#"{"model":"a/b","stream_options":null}"#, "b", true), r#"{"model":"b","stream_options":{"include_usage":true}}"#);
+    }
+
+    #[test]
+    fn escaped_strings_decode() {
+        assert_eq!(string_value(br#""mock\/echo""#).unwrap(), "mock/echo");
+        assert_eq!(string_value(br#""\u00e9\ud83d\ude00""#).unwrap(), "é😀");
+    }
+
+    #[test]
+    fn malformed_bodies_are_errors() {
+        for b in [&b"[]"[..], b"{", b"{\"a\":}", b"{\"a\":1} x", b"{\"a\" 1}", b"{\"a\":\"x}", b"{\"a\":nul}"] {
+            assert!(scan_request(b).is_err(), "{}", String::from_utf8_lossy(b));
+        }
+    }
+}

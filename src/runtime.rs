@@ -1,0 +1,331 @@
+//! Runtime: starts the control plane and one pinned glommio executor per shard,
+//! each with its own SO_REUSEPORT listener, and drains them on a signal.
+//!
+//! Owns process-level facts: which CPUs we may run on (the affinity mask, so
+//! `taskset` and cpusets are respected), the memlock budget glommio needs, the
+//! listening address (port 0 resolved once, so every shard binds the same port),
+//! and turning startup failures into clear messages.
+
+use crate::config::Config;
+use crate::control::admin::{self, Admin};
+use crate::control::stats::{SNAPSHOT_QUEUE, Snapshot, StatsHub, send_snapshot};
+use crate::control::{ShardCmd, ShardSenders, signals};
+use crate::server::{ShardCtx, conn};
+use crate::upstream::dns::Resolver;
+use futures_lite::future::FutureExt;
+use glommio::{LocalExecutorPoolBuilder, PoolPlacement, timer};
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::SyncSender;
+use std::time::{Duration, Instant};
+
+/// Registered I/O memory per executor. glommio registers it in three rings, and
+/// its default (10 MiB) overflows the common 8 MiB memlock; networking does not
+/// use registered buffers, so small is right.
+pub const IO_MEMORY: usize = 512 << 10;
+/// glommio refuses to start below this memlock limit.
+pub const MIN_MEMLOCK: u64 = 512 << 10;
+/// Accept backlog per shard listener.
+pub const LISTEN_BACKLOG: i32 = 4096;
+/// How often a shard sends stats and sweeps idle upstream connections.
+pub const TICK: Duration = Duration::from_secs(1);
+/// How long startup waits for every shard to report it is listening.
+pub const STARTUP_WAIT: Duration = Duration::from_secs(30);
+
+/// What a caller (the CLI, or a test) learns once the gateway is listening.
+#[derive(Clone, Debug)]
+pub struct Listening {
+    pub addr: SocketAddr,
+    pub shards: usize,
+    pub admin_socket: std::path::PathBuf,
+}
+
+/// Runs the gateway until it is drained by a signal. `on_ready` is called once
+/// every shard is listening.
+pub fn serve(config: Config, on_ready: impl FnOnce(&Listening)) -> Result<(), String> {
+    let config = Arc::new(config);
+    std::fs::create_dir_all(&config.server.data_dir)
+        .map_err(|e| format!("server.data_dir: cannot create {}: {e}", config.server.data_dir.display()))?;
+    check_memlock()?;
+    let cpus = allowed_cpus();
+    let shards = config.server.shards.map(|n| n.get()).unwrap_or(cpus.len().max(1));
+    let addr = probe_listen(config.server.listen)?;
+
+    let hub = StatsHub::new(shards);
+    let (snap_tx, snap_rx) = std::sync::mpsc::sync_channel::<Snapshot>(SNAPSHOT_QUEUE);
+    hub.spawn_merger(snap_rx);
+    let (cmd_txs, cmd_rxs): (Vec<_>, Vec<_>) = (0..shards).map(|_| flume::unbounded::<ShardCmd>()).unzip();
+    let senders: ShardSenders = Arc::new(cmd_txs);
+    let admin_listener = admin::bind(&config.admin_socket).map_err(|e| format!("admin.socket: {e}"))?;
+    Admin::new(hub.clone(), senders.clone())
+        .spawn(admin_listener)
+        .map_err(|e| format!("cannot start the admin thread: {e}"))?;
+    let resolver = Resolver::new();
+    resolver.spawn_refresher();
+
+    let placement = placement(&cpus, shards);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<usize, String>>();
+    let next_shard = Arc::new(AtomicUsize::new(0));
+    let cmd_rxs = Arc::new(cmd_rxs);
+    let boot_id = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u32)
+        .unwrap_or(0);
+    let shard_config = config.clone();
+    let handles = LocalExecutorPoolBuilder::new(placement)
+        .name("aigw-shard")
+        .io_memory(IO_MEMORY)
+        .blocking_thread_pool_placement(PoolPlacement::Unbound(1))
+        .on_all_shards(move || async move {
+            let shard = next_shard.fetch_add(1, Ordering::Relaxed);
+            let args = ShardArgs {
+                shard,
+                config: shard_config,
+                resolver,
+                addr,
+                commands: cmd_rxs[shard].clone(),
+                snapshots: snap_tx,
+                ready: ready_tx,
+                boot_id,
+            };
+            run_shard(args).await
+        })
+        .map_err(|e| explain_executor_error(&e.to_string()))?;
+
+    let deadline = Instant::now() + STARTUP_WAIT;
+    let mut ready = 0;
+    let mut failure = None;
+    while ready < shards && failure.is_none() {
+        match ready_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(Ok(_)) => ready += 1,
+            Ok(Err(e)) => failure = Some(e),
+            Err(_) => failure = Some("shards did not start in time".to_string()),
+        }
+    }
+    if let Some(why) = failure {
+        for tx in senders.iter() {
+            let _ = tx.send(ShardCmd::Drain);
+        }
+        let detail: Vec<String> =
+            handles.join_all().into_iter().filter_map(|r| r.err()).map(|e| explain_executor_error(&e.to_string())).collect();
+        let _ = std::fs::remove_file(&config.admin_socket);
+        return Err(if detail.is_empty() { why } else { detail.join("; ") });
+    }
+    on_ready(&Listening { addr, shards, admin_socket: config.admin_socket.clone() });
+    signals::spawn(senders.clone()).map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let results = handles.join_all();
+    let _ = std::fs::remove_file(&config.admin_socket);
+    let errors: Vec<String> = results.into_iter().filter_map(|r| r.err()).map(|e| e.to_string()).collect();
+    if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+}
+
+struct ShardArgs {
+    shard: usize,
+    config: Arc<Config>,
+    resolver: Arc<Resolver>,
+    addr: SocketAddr,
+    commands: flume::Receiver<ShardCmd>,
+    snapshots: SyncSender<Snapshot>,
+    ready: std::sync::mpsc::Sender<Result<usize, String>>,
+    boot_id: u32,
+}
+
+async fn run_shard(a: ShardArgs) {
+    // glommio 0.9.0's first timer sleep registers a membarrier (6-14 ms here);
+    // pay it before serving instead of on the first request.
+    timer::sleep(Duration::from_millis(1)).await;
+    let listener = match bind_listener(a.addr) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = a.ready.send(Err(format!("server.listen: shard {} cannot listen on {}: {e}", a.shard, a.addr)));
+            return;
+        }
+    };
+    let ctx = Rc::new(ShardCtx::new(a.shard, a.config.clone(), a.resolver, a.boot_id));
+    let (drain_tx, drain_rx) = glommio::channels::local_channel::new_bounded::<()>(1);
+    glommio::spawn_local(control_loop(ctx.clone(), a.commands, a.snapshots.clone(), drain_tx)).detach();
+    let _ = a.ready.send(Ok(a.shard));
+
+    let gate = glommio::sync::Gate::new();
+    loop {
+        let next = async { Some(listener.accept().await) }.or(async {
+            drain_rx.recv().await;
+            None
+        });
+        match next.await {
+            Some(Ok(stream)) => {
+                if let Ok(task) = gate.spawn(conn::serve(ctx.clone(), stream)) {
+                    task.detach();
+                }
+            }
+            Some(Err(e)) => {
+                // Usually EMFILE: back off briefly instead of spinning.
+                log::warn!("shard {}: accept failed: {e}", a.shard);
+                timer::sleep(Duration::from_millis(10)).await;
+            }
+            None => break,
+        }
+    }
+    drop(listener);
+    ctx.begin_drain();
+    let drained = timer::timeout(a.config.server.drain_timeout, async {
+        let _ = gate.close().await;
+        Ok(())
+    })
+    .await;
+    if drained.is_err() {
+        log::warn!(
+            "shard {}: {} connection(s) still busy after server.drain_timeout; closing them",
+            a.shard,
+            ctx.open_connections()
+        );
+    }
+    let snap = ctx.stats.borrow_mut().take(a.shard, 0, 0, 0);
+    let _ = send_snapshot(&a.snapshots, snap);
+}
+
+/// Ticks (stats, pool sweep) and control commands for one shard.
+async fn control_loop(
+    ctx: Rc<ShardCtx>,
+    commands: flume::Receiver<ShardCmd>,
+    snapshots: SyncSender<Snapshot>,
+    drain: glommio::channels::local_channel::LocalSender<()>,
+) {
+    let mut dropped = 0u64;
+    loop {
+        let cmd = async { commands.recv_async().await.ok() }
+            .or(async {
+                timer::sleep(TICK).await;
+                Some(ShardCmd::Flush(0))
+            })
+            .await;
+        match cmd {
+            Some(ShardCmd::Flush(seq)) => {
+                if seq == 0 {
+                    ctx.pool.sweep();
+                }
+                let mut snap = {
+                    let mut stats = ctx.stats.borrow_mut();
+                    stats.take(ctx.shard, seq, ctx.open_connections() as u64, ctx.pool.idle_count() as u64)
+                };
+                snap.counters.dropped_snapshots = dropped;
+                if send_snapshot(&snapshots, snap) {
+                    dropped = 0;
+                } else {
+                    dropped += 1;
+                }
+            }
+            Some(ShardCmd::Drain) => {
+                let _ = drain.try_send(());
+            }
+            None => return,
+        }
+    }
+}
+
+/// A listener with SO_REUSEADDR + SO_REUSEPORT and our backlog, handed to glommio.
+fn bind_listener(addr: SocketAddr) -> std::io::Result<glommio::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    sock.set_reuse_address(true)?;
+    sock.set_reuse_port(true)?;
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(LISTEN_BACKLOG)?;
+    let fd = sock.into_raw_fd();
+    // SAFETY: `fd` is a listening socket we just created and own; ownership moves
+    // into the glommio listener, which closes it.
+    Ok(unsafe { glommio::net::TcpListener::from_raw_fd(fd) })
+}
+
+/// Binds once without SO_REUSEPORT: fails if anyone (another aigw included)
+/// already listens there, and resolves port 0 to the port every shard will share.
+fn probe_listen(addr: SocketAddr) -> Result<SocketAddr, String> {
+    use socket2::{Domain, Socket, Type};
+    let fail = |e: std::io::Error| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            format!("server.listen: {addr} is already in use (another aigw?); stop it or pick another address")
+        } else {
+            format!("server.listen: cannot bind {addr}: {e}")
+        }
+    };
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(fail)?;
+    sock.set_reuse_address(true).map_err(fail)?;
+    sock.bind(&addr.into()).map_err(fail)?;
+    let local = sock.local_addr().map_err(fail)?;
+    local.as_socket().ok_or_else(|| format!("server.listen: {addr} is not an IP address"))
+}
+
+/// CPUs in this process's affinity mask (`taskset`, cgroup cpusets), from
+/// /proc/self/status so no unsafe call is needed.
+pub fn allowed_cpus() -> Vec<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(str::trim)
+        .unwrap_or("");
+    let mut cpus = Vec::new();
+    for part in list.split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                if let (Ok(a), Ok(b)) = (a.parse::<usize>(), b.parse::<usize>()) {
+                    cpus.extend(a..=b);
+                }
+            }
+            None => cpus.extend(part.parse::<usize>().ok()),
+        }
+    }
+    if cpus.is_empty() {
+        cpus = (0..std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).collect();
+    }
+    cpus
+}
+
+/// One CPU per shard, cycling through the allowed CPUs when there are more shards.
+fn placement(cpus: &[usize], shards: usize) -> PoolPlacement {
+    let online = glommio::CpuSet::online().ok();
+    match online {
+        Some(online) if !cpus.is_empty() => PoolPlacement::Custom(
+            (0..shards)
+                .map(|i| {
+                    let cpu = cpus[i % cpus.len()];
+                    online.clone().filter(|l| l.cpu == cpu)
+                })
+                .collect(),
+        ),
+        _ => PoolPlacement::Unbound(shards),
+    }
+}
+
+/// Reads RLIMIT_MEMLOCK from /proc and fails early with advice when glommio
+/// would refuse to start.
+fn check_memlock() -> Result<(), String> {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let Some(line) = limits.lines().find(|l| l.starts_with("Max locked memory")) else { return Ok(()) };
+    let soft = line.split_whitespace().nth(3).unwrap_or("unlimited");
+    if let Ok(bytes) = soft.parse::<u64>() {
+        if bytes < MIN_MEMLOCK {
+            return Err(format!(
+                "the memlock limit is {bytes} bytes but io_uring (glommio) needs at least {MIN_MEMLOCK}; \
+                 raise it with `ulimit -l 8192`, LimitMEMLOCK=8M (systemd) or --ulimit memlock=8388608 (docker)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn explain_executor_error(e: &str) -> String {
+    if e.contains("MemLock") || e.contains("memlock") {
+        format!("cannot start io_uring executors ({e}); raise the memlock limit: `ulimit -l 8192`")
+    } else if e.contains("Operation not permitted") || e.contains("io_uring") {
+        format!(
+            "cannot start io_uring executors ({e}); io_uring may be disabled (sysctl kernel.io_uring_disabled) or blocked by a seccomp profile"
+        )
+    } else {
+        format!("cannot start shard executors: {e}")
+    }
+}

@@ -1,0 +1,66 @@
+//! Providers as a shard sees them, and the connections that reach them: stage 6
+//! of the pipeline ("upstream").
+//!
+//! Owns connection setup (DNS cache, TCP, TLS), the per-shard pool, and the
+//! in-process `mock` provider. Does not parse responses (`http::response`) or
+//! relay them (`server::relay`).
+
+pub mod conn;
+pub mod dns;
+pub mod mock;
+pub mod pool;
+pub mod tls;
+
+use crate::config::{ProviderConfig, ProviderKind, Scheme};
+use std::rc::Rc;
+
+/// A provider, ready for the request path (shard-local, built once at start).
+#[derive(Debug)]
+pub struct Provider {
+    pub name: Rc<str>,
+    pub config: ProviderConfig,
+    /// `authorization: Bearer ...\r\n` (or `x-api-key`) precomputed, when a key is configured.
+    pub auth_native: Option<String>,
+    /// Auth header lines for OpenAI-compatible (unified) requests.
+    pub auth_unified: Option<String>,
+}
+
+impl Provider {
+    pub fn new(config: ProviderConfig) -> Provider {
+        let (native, unified) = match (&config.api_key, config.kind) {
+            (Some(k), ProviderKind::OpenAi) => {
+                let line = format!("authorization: Bearer {}\r\n", k.expose());
+                (Some(line.clone()), Some(line))
+            }
+            (Some(k), ProviderKind::Anthropic) => (
+                Some(format!("x-api-key: {}\r\n", k.expose())),
+                Some(format!("authorization: Bearer {}\r\nx-api-key: {}\r\n", k.expose(), k.expose())),
+            ),
+            _ => (None, None),
+        };
+        Provider { name: Rc::from(config.name.as_str()), config, auth_native: native, auth_unified: unified }
+    }
+
+    pub fn kind(&self) -> ProviderKind {
+        self.config.kind
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.config.base_url.scheme == Scheme::Https
+    }
+
+    /// Upstream path for a unified endpoint such as `chat/completions`.
+    pub fn unified_path(&self, endpoint: &str, query: &str) -> String {
+        let base = &self.config.base_url.path;
+        match self.config.kind {
+            // Anthropic's OpenAI-compatible API lives under /v1 of its native base URL.
+            ProviderKind::Anthropic => format!("{base}/v1/{endpoint}{query}"),
+            _ => format!("{base}/{endpoint}{query}"),
+        }
+    }
+
+    /// Upstream path for a passthrough `rest` (no leading slash, query included).
+    pub fn passthrough_path(&self, rest: &str) -> String {
+        format!("{}/{}", self.config.base_url.path, rest)
+    }
+}

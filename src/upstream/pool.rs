@@ -1,0 +1,59 @@
+//! Per-shard pool of idle provider connections, keyed by provider name.
+//!
+//! Shard-local (`RefCell`, no locks). Most recently used first, so a small
+//! working set stays warm. A connection enters only after a cleanly framed
+//! response with nothing left over; the relay decides that, not the pool.
+
+use super::conn::UpstreamConn;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// Most idle connections kept per provider on one shard.
+pub const MAX_IDLE_PER_PROVIDER: usize = 512;
+
+pub struct Pool {
+    idle: RefCell<HashMap<Rc<str>, Vec<UpstreamConn>>>,
+    max_idle: Duration,
+}
+
+impl Pool {
+    pub fn new(max_idle: Duration) -> Pool {
+        Pool { idle: RefCell::new(HashMap::new()), max_idle }
+    }
+
+    /// A warm connection, if one is younger than the idle limit.
+    pub fn take(&self, provider: &Rc<str>) -> Option<UpstreamConn> {
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.get_mut(provider)?;
+        while let Some(c) = list.pop() {
+            if c.idle_since.elapsed() < self.max_idle {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    pub fn put(&self, provider: &Rc<str>, mut conn: UpstreamConn) {
+        conn.idle_since = std::time::Instant::now();
+        conn.uses += 1;
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.entry(provider.clone()).or_default();
+        if list.len() < MAX_IDLE_PER_PROVIDER {
+            list.push(conn);
+        }
+    }
+
+    /// Closes connections idle past the limit (called from the shard's tick).
+    pub fn sweep(&self) {
+        let mut idle = self.idle.borrow_mut();
+        for list in idle.values_mut() {
+            list.retain(|c| c.idle_since.elapsed() < self.max_idle);
+        }
+    }
+
+    pub fn idle_count(&self) -> usize {
+        self.idle.borrow().values().map(Vec::len).sum()
+    }
+}

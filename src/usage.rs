@@ -1,0 +1,272 @@
+//! Token usage from provider replies: the tap in the relay stage.
+//!
+//! Owns finding and reading `usage` objects in JSON bodies and SSE streams, and
+//! (for streams where aigw asked for usage on the client's behalf) dropping the
+//! usage-only event the client did not ask for. Never builds a DOM of a whole
+//! body: a memchr search finds the last `"usage":{...}`, and only that small
+//! object is copied and parsed with simd-json (which rewrites its input, hence
+//! the copy). Does not price tokens or count them per key (later stages).
+
+use memchr::memmem;
+use simd_json::prelude::*;
+
+/// Longest SSE line we keep while waiting for its end; longer lines are
+/// forwarded but not inspected.
+pub const MAX_SSE_LINE: usize = 1 << 20;
+/// Bytes of a JSON reply kept for the usage search when the body arrives in
+/// pieces. `usage` is the last member of every provider's reply object.
+pub const JSON_TAIL_WINDOW: usize = 64 << 10;
+
+/// Token counts of one request. Fields absent from the reply stay `None`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub input_tokens: Option<u64>,
+    pub output_tokens: Option<u64>,
+    pub cached_tokens: Option<u64>,
+}
+
+impl Usage {
+    pub fn is_empty(&self) -> bool {
+        self.input_tokens.is_none() && self.output_tokens.is_none()
+    }
+
+    /// Later reports win field by field (Anthropic sends input tokens at the
+    /// start and cumulative output tokens at the end).
+    pub fn merge(&mut self, later: Usage) {
+        self.input_tokens = later.input_tokens.or(self.input_tokens);
+        self.output_tokens = later.output_tokens.or(self.output_tokens);
+        self.cached_tokens = later.cached_tokens.or(self.cached_tokens);
+    }
+}
+
+/// Byte range of the last `"usage": {...}` object in `body`.
+pub fn find_usage_object(body: &[u8]) -> Option<&[u8]> {
+    let finder = memmem::FinderRev::new(b"\"usage\"");
+    let mut end = body.len();
+    while let Some(at) = finder.rfind(&body[..end]) {
+        end = at;
+        let backslashes = body[..at].iter().rev().take_while(|b| **b == b'\\').count();
+        if backslashes % 2 == 1 {
+            continue; // an escaped quote inside a string
+        }
+        let colon = crate::json::skip_ws(body, at + 7);
+        if body.get(colon) != Some(&b':') {
+            continue;
+        }
+        let open = crate::json::skip_ws(body, colon + 1);
+        if body.get(open) != Some(&b'{') {
+            continue; // "usage": null in stream chunks
+        }
+        if let Ok(close) = crate::json::skip_value(body, open) {
+            return Some(&body[open..close]);
+        }
+    }
+    None
+}
+
+/// Reads usage from a JSON reply (OpenAI chat/completions/embeddings/responses,
+/// Anthropic messages). `scratch` is reused across calls.
+pub fn usage_from_json(body: &[u8], scratch: &mut Vec<u8>) -> Option<Usage> {
+    let obj = find_usage_object(body)?;
+    scratch.clear();
+    scratch.extend_from_slice(obj);
+    let v = simd_json::to_borrowed_value(scratch).ok()?;
+    let field = |names: &[&str]| names.iter().find_map(|n| v.get(*n).and_then(|x| x.as_u64()));
+    let nested = |outer: &str, inner: &str| v.get(outer).and_then(|o| o.get(inner)).and_then(|x| x.as_u64());
+    let u = Usage {
+        input_tokens: field(&["prompt_tokens", "input_tokens"]),
+        output_tokens: field(&["completion_tokens", "output_tokens"]),
+        cached_tokens: nested("prompt_tokens_details", "cached_tokens")
+            .or_else(|| nested("input_tokens_details", "cached_tokens"))
+            .or_else(|| field(&["cache_read_input_tokens"])),
+    };
+    (!u.is_empty()).then_some(u)
+}
+
+/// Collects the tail of a JSON reply that arrives in several reads.
+#[derive(Default)]
+pub struct JsonTail {
+    buf: Vec<u8>,
+}
+
+impl JsonTail {
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() > 2 * JSON_TAIL_WINDOW {
+            let cut = self.buf.len() - JSON_TAIL_WINDOW;
+            self.buf.drain(..cut);
+        }
+    }
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+/// Watches an SSE stream: counts events, notes `[DONE]`, reads usage events, and
+/// optionally drops the usage-only event (`"choices":[]`) the client did not ask for.
+pub struct SseTap {
+    carry: Vec<u8>,
+    /// Lines of the current event, held back only when filtering.
+    event: Vec<u8>,
+    drop_event: bool,
+    filter_usage_event: bool,
+    overlong: bool,
+    scratch: Vec<u8>,
+    pub usage: Usage,
+    pub data_events: u64,
+    pub saw_done: bool,
+}
+
+impl SseTap {
+    pub fn new(filter_usage_event: bool) -> SseTap {
+        SseTap {
+            carry: Vec::new(),
+            event: Vec::new(),
+            drop_event: false,
+            filter_usage_event,
+            overlong: false,
+            scratch: Vec::new(),
+            usage: Usage::default(),
+            data_events: 0,
+            saw_done: false,
+        }
+    }
+
+    /// True when [`SseTap::feed`] may hold back or drop bytes, so the caller must
+    /// forward `out` instead of the input.
+    pub fn filters(&self) -> bool {
+        self.filter_usage_event
+    }
+
+    /// Feeds decoded body bytes. When filtering, the bytes to forward are
+    /// appended to `out` (whole events only); otherwise `out` is untouched and
+    /// the caller forwards `input` as is.
+    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        let mut start = 0;
+        while let Some(i) = memchr::memchr(b'\n', &input[start..]) {
+            let end = start + i + 1;
+            if self.carry.is_empty() {
+                self.on_line(&input[start..end], out);
+            } else {
+                let mut line = std::mem::take(&mut self.carry);
+                line.extend_from_slice(&input[start..end]);
+                self.on_line(&line, out);
+                line.clear();
+                self.carry = line;
+            }
+            start = end;
+        }
+        let rest = &input[start..];
+        if rest.is_empty() {
+            return;
+        }
+        if self.overlong || self.carry.len() + rest.len() > MAX_SSE_LINE {
+            // Too long to inspect: pass it on unexamined.
+            self.overlong = true;
+            if self.filter_usage_event {
+                out.extend_from_slice(&self.carry);
+                out.extend_from_slice(rest);
+            }
+            self.carry.clear();
+        } else {
+            self.carry.extend_from_slice(rest);
+        }
+    }
+
+    /// End of stream: whatever was held back is released.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if self.filter_usage_event && !self.drop_event {
+            out.extend_from_slice(&self.event);
+            out.extend_from_slice(&self.carry);
+        }
+        self.event.clear();
+        self.carry.clear();
+    }
+
+    fn on_line(&mut self, raw: &[u8], out: &mut Vec<u8>) {
+        if self.overlong {
+            // The tail of an overlong line.
+            self.overlong = false;
+            if self.filter_usage_event {
+                out.extend_from_slice(raw);
+            }
+            return;
+        }
+        let line = raw.strip_suffix(b"\n").unwrap_or(raw);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            if self.filter_usage_event {
+                if !self.drop_event {
+                    out.extend_from_slice(&self.event);
+                    out.extend_from_slice(raw);
+                }
+                self.event.clear();
+                self.drop_event = false;
+            }
+            return;
+        }
+        if let Some(data) = line.strip_prefix(b"data:") {
+            let data = data.strip_prefix(b" ").unwrap_or(data);
+            self.data_events += 1;
+            if data == b"[DONE]" {
+                self.saw_done = true;
+            } else if memmem::find(data, b"\"usage\"").is_some() {
+                if let Some(u) = usage_from_json(data, &mut self.scratch) {
+                    self.usage.merge(u);
+                    if self.filter_usage_event && memmem::find(data, b"\"choices\":[]").is_some() {
+                        self.drop_event = true;
+                    }
+                }
+            }
+        }
+        if self.filter_usage_event {
+            self.event.extend_from_slice(raw);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_is_read_from_a_chat_completion() {
+        let body = br#"{"id":"x","choices":[{"message":{"content":"the \"usage\": {} trick"}}],"usage":{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17,"prompt_tokens_details":{"cached_tokens":3}}}"#;
+        let u = usage_from_json(body, &mut Vec::new()).unwrap();
+        assert_eq!((u.input_tokens, u.output_tokens, u.cached_tokens), (Some(12), Some(5), Some(3)));
+    }
+
+    #[test]
+    fn anthropic_stream_usage_merges_start_and_delta() {
+        let stream = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":25,\"output_tokens\":1}}}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":15}}\n\n";
+        let mut tap = SseTap::new(false);
+        let mut out = Vec::new();
+        for piece in stream.chunks(7) {
+            tap.feed(piece, &mut out);
+        }
+        assert_eq!((tap.usage.input_tokens, tap.usage.output_tokens), (Some(25), Some(15)));
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn usage_only_event_is_dropped_when_filtering_and_everything_else_kept() {
+        let stream = "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1}}\n\ndata: [DONE]\n\n";
+        let mut tap = SseTap::new(true);
+        let mut out = Vec::new();
+        for piece in stream.as_bytes().chunks(5) {
+            tap.feed(piece, &mut out);
+        }
+        tap.finish(&mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\ndata: [DONE]\n\n"
+        );
+        assert_eq!(tap.usage.output_tokens, Some(1));
+        assert!(tap.saw_done);
+    }
+
+    #[test]
+    fn null_usage_is_not_usage() {
+        assert!(usage_from_json(br#"{"usage":null}"#, &mut Vec::new()).is_none());
+    }
+}
