@@ -23,28 +23,116 @@ pub struct KeySpec {
 /// Every key the file may hold. `aigw print-config` prints this table, and the
 /// unknown-key check uses it, so the two can never disagree.
 pub const KEYS: &[KeySpec] = &[
-    KeySpec { path: "server.listen", default: "127.0.0.1:8080", meaning: "address the data plane listens on (port 0 picks a free port)" },
-    KeySpec { path: "server.shards", default: "0", meaning: "executors, one per CPU; 0 = one per CPU this process may run on" },
-    KeySpec { path: "server.data_dir", default: "aigw-data", meaning: "directory for the admin socket and later the cache and logs" },
-    KeySpec { path: "server.drain_timeout", default: "10s", meaning: "on SIGTERM, how long in-flight requests may take before exit" },
-    KeySpec { path: "admin.socket", default: "<data_dir>/admin.sock", meaning: "Unix socket (mode 0600) serving /stats and /metrics" },
-    KeySpec { path: "limits.max_head_bytes", default: "16KiB", meaning: "largest request head; larger gets 431" },
-    KeySpec { path: "limits.max_headers", default: "64", meaning: "most request header lines; more gets 431" },
-    KeySpec { path: "limits.max_body_bytes", default: "32MiB", meaning: "largest request body; larger gets 413 without reading it" },
-    KeySpec { path: "limits.max_response_head_bytes", default: "64KiB", meaning: "largest provider response head; larger is a 502" },
-    KeySpec { path: "timeouts.head", default: "10s", meaning: "time for a client to send a whole request head (408 after)" },
-    KeySpec { path: "timeouts.body", default: "30s", meaning: "time for a client to send a whole request body (408 after)" },
-    KeySpec { path: "timeouts.idle", default: "60s", meaning: "idle keep-alive connection lifetime between requests" },
-    KeySpec { path: "timeouts.client_write", default: "60s", meaning: "longest a write to a client may stall before the connection is dropped" },
-    KeySpec { path: "timeouts.upstream_connect", default: "5s", meaning: "TCP (+TLS) connect to a provider (502 after)" },
-    KeySpec { path: "timeouts.first_byte", default: "300s", meaning: "provider's first response byte (504 after)" },
-    KeySpec { path: "timeouts.stream_idle", default: "120s", meaning: "longest gap between two body reads from a provider (stream aborted after)" },
-    KeySpec { path: "timeouts.upstream_idle", default: "30s", meaning: "pooled provider connection unused longer than this is closed" },
-    KeySpec { path: "builtin_providers", default: "true", meaning: "include the built-in provider catalog (mock, openai, anthropic, groq, ...)" },
-    KeySpec { path: "providers.*.kind", default: "openai", meaning: "wire protocol: openai (any OpenAI-compatible server), anthropic, mock" },
-    KeySpec { path: "providers.*.base_url", default: "(per provider)", meaning: "what the provider's own SDK uses as base URL, e.g. https://api.openai.com/v1" },
-    KeySpec { path: "providers.*.api_key", default: "(none)", meaning: "provider key injected upstream; absent = forward the client's own key" },
-    KeySpec { path: "providers.*.api_key_env", default: "(per provider)", meaning: "environment variable holding the provider key (read at start)" },
+    KeySpec {
+        path: "server.listen",
+        default: "127.0.0.1:8080",
+        meaning: "address the data plane listens on (port 0 picks a free port)",
+    },
+    KeySpec {
+        path: "server.shards",
+        default: "0",
+        meaning: "executors, one per CPU; 0 = one per CPU this process may run on",
+    },
+    KeySpec {
+        path: "server.data_dir",
+        default: "aigw-data",
+        meaning: "directory for the admin socket and later the cache and logs",
+    },
+    KeySpec {
+        path: "server.drain_timeout",
+        default: "10s",
+        meaning: "on SIGTERM, how long in-flight requests may take before exit",
+    },
+    KeySpec {
+        path: "admin.socket",
+        default: "<data_dir>/admin.sock",
+        meaning: "Unix socket (mode 0600) serving /stats and /metrics",
+    },
+    KeySpec {
+        path: "limits.max_head_bytes",
+        default: "16KiB",
+        meaning: "largest request head; larger gets 431",
+    },
+    KeySpec {
+        path: "limits.max_headers",
+        default: "64",
+        meaning: "most request header lines; more gets 431",
+    },
+    KeySpec {
+        path: "limits.max_body_bytes",
+        default: "32MiB",
+        meaning: "largest request body; larger gets 413 without reading it",
+    },
+    KeySpec {
+        path: "limits.max_response_head_bytes",
+        default: "64KiB",
+        meaning: "largest provider response head; larger is a 502",
+    },
+    KeySpec {
+        path: "timeouts.head",
+        default: "10s",
+        meaning: "time for a client to send a whole request head (408 after)",
+    },
+    KeySpec {
+        path: "timeouts.body",
+        default: "30s",
+        meaning: "time for a client to send a whole request body (408 after)",
+    },
+    KeySpec {
+        path: "timeouts.idle",
+        default: "60s",
+        meaning: "idle keep-alive connection lifetime between requests",
+    },
+    KeySpec {
+        path: "timeouts.client_write",
+        default: "60s",
+        meaning: "longest a write to a client may stall before the connection is dropped",
+    },
+    KeySpec {
+        path: "timeouts.upstream_connect",
+        default: "5s",
+        meaning: "TCP (+TLS) connect to a provider (502 after)",
+    },
+    KeySpec {
+        path: "timeouts.first_byte",
+        default: "300s",
+        meaning: "provider's first response byte (504 after)",
+    },
+    KeySpec {
+        path: "timeouts.stream_idle",
+        default: "120s",
+        meaning: "longest gap between two body reads from a provider (stream aborted after)",
+    },
+    KeySpec {
+        path: "timeouts.upstream_idle",
+        default: "30s",
+        meaning: "pooled provider connection unused longer than this is closed",
+    },
+    KeySpec {
+        path: "builtin_providers",
+        default: "true",
+        meaning: "include the built-in provider catalog (mock, openai, anthropic, groq, ...)",
+    },
+    KeySpec {
+        path: "providers.*.kind",
+        default: "openai",
+        meaning: "wire protocol: openai (any OpenAI-compatible server), anthropic, mock",
+    },
+    KeySpec {
+        path: "providers.*.base_url",
+        default: "(per provider)",
+        meaning: "what the provider's own SDK uses as base URL, e.g. https://api.openai.com/v1",
+    },
+    KeySpec {
+        path: "providers.*.api_key",
+        default: "(none)",
+        meaning: "provider key injected upstream; absent = forward the client's own key",
+    },
+    KeySpec {
+        path: "providers.*.api_key_env",
+        default: "(per provider)",
+        meaning: "environment variable holding the provider key (read at start)",
+    },
 ];
 
 /// A secret that cannot be printed by accident.
@@ -143,7 +231,13 @@ impl BaseUrl {
         } else {
             format!("{host}:{port}")
         };
-        Ok(BaseUrl { scheme, host, port, path, authority })
+        Ok(BaseUrl {
+            scheme,
+            host,
+            port,
+            path,
+            authority,
+        })
     }
 }
 
@@ -251,18 +345,78 @@ impl std::error::Error for ConfigErrors {}
 /// The built-in provider catalog: name, kind, base URL, key variable.
 const BUILTIN_PROVIDERS: &[(&str, ProviderKind, &str, Option<&str>)] = &[
     ("mock", ProviderKind::Mock, "http://mock.invalid/v1", None),
-    ("openai", ProviderKind::OpenAi, "https://api.openai.com/v1", Some("OPENAI_API_KEY")),
-    ("anthropic", ProviderKind::Anthropic, "https://api.anthropic.com", Some("ANTHROPIC_API_KEY")),
-    ("groq", ProviderKind::OpenAi, "https://api.groq.com/openai/v1", Some("GROQ_API_KEY")),
-    ("mistral", ProviderKind::OpenAi, "https://api.mistral.ai/v1", Some("MISTRAL_API_KEY")),
-    ("deepseek", ProviderKind::OpenAi, "https://api.deepseek.com/v1", Some("DEEPSEEK_API_KEY")),
-    ("xai", ProviderKind::OpenAi, "https://api.x.ai/v1", Some("XAI_API_KEY")),
-    ("openrouter", ProviderKind::OpenAi, "https://openrouter.ai/api/v1", Some("OPENROUTER_API_KEY")),
-    ("together", ProviderKind::OpenAi, "https://api.together.xyz/v1", Some("TOGETHER_API_KEY")),
-    ("fireworks", ProviderKind::OpenAi, "https://api.fireworks.ai/inference/v1", Some("FIREWORKS_API_KEY")),
-    ("perplexity", ProviderKind::OpenAi, "https://api.perplexity.ai", Some("PERPLEXITY_API_KEY")),
-    ("cerebras", ProviderKind::OpenAi, "https://api.cerebras.ai/v1", Some("CEREBRAS_API_KEY")),
-    ("ollama", ProviderKind::OpenAi, "http://127.0.0.1:11434/v1", None),
+    (
+        "openai",
+        ProviderKind::OpenAi,
+        "https://api.openai.com/v1",
+        Some("OPENAI_API_KEY"),
+    ),
+    (
+        "anthropic",
+        ProviderKind::Anthropic,
+        "https://api.anthropic.com",
+        Some("ANTHROPIC_API_KEY"),
+    ),
+    (
+        "groq",
+        ProviderKind::OpenAi,
+        "https://api.groq.com/openai/v1",
+        Some("GROQ_API_KEY"),
+    ),
+    (
+        "mistral",
+        ProviderKind::OpenAi,
+        "https://api.mistral.ai/v1",
+        Some("MISTRAL_API_KEY"),
+    ),
+    (
+        "deepseek",
+        ProviderKind::OpenAi,
+        "https://api.deepseek.com/v1",
+        Some("DEEPSEEK_API_KEY"),
+    ),
+    (
+        "xai",
+        ProviderKind::OpenAi,
+        "https://api.x.ai/v1",
+        Some("XAI_API_KEY"),
+    ),
+    (
+        "openrouter",
+        ProviderKind::OpenAi,
+        "https://openrouter.ai/api/v1",
+        Some("OPENROUTER_API_KEY"),
+    ),
+    (
+        "together",
+        ProviderKind::OpenAi,
+        "https://api.together.xyz/v1",
+        Some("TOGETHER_API_KEY"),
+    ),
+    (
+        "fireworks",
+        ProviderKind::OpenAi,
+        "https://api.fireworks.ai/inference/v1",
+        Some("FIREWORKS_API_KEY"),
+    ),
+    (
+        "perplexity",
+        ProviderKind::OpenAi,
+        "https://api.perplexity.ai",
+        Some("PERPLEXITY_API_KEY"),
+    ),
+    (
+        "cerebras",
+        ProviderKind::OpenAi,
+        "https://api.cerebras.ai/v1",
+        Some("CEREBRAS_API_KEY"),
+    ),
+    (
+        "ollama",
+        ProviderKind::OpenAi,
+        "http://127.0.0.1:11434/v1",
+        None,
+    ),
 ];
 
 /// Names that would collide with the gateway's own URL layout.
@@ -295,11 +449,13 @@ impl Config {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigErrors> {
         let root: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-            ConfigErrors(vec![ConfigError {
-                path: String::new(),
-                message: format!("not valid TOML: {}", e.message().trim()),
-            }
-            .with_span(text, e.span())])
+            ConfigErrors(vec![
+                ConfigError {
+                    path: String::new(),
+                    message: format!("not valid TOML: {}", e.message().trim()),
+                }
+                .with_span(text, e.span()),
+            ])
         })?;
         let mut w = Walker::default();
         w.check_keys(&root, "");
@@ -319,7 +475,10 @@ impl Config {
             })
             .unwrap_or_else(|| Some("127.0.0.1:8080".parse().expect("valid")));
         let shards = w.uint(server, "server.shards", 0, 4096).unwrap_or(0);
-        let data_dir = PathBuf::from(w.string(server, "server.data_dir").unwrap_or_else(|| "aigw-data".into()));
+        let data_dir = PathBuf::from(
+            w.string(server, "server.data_dir")
+                .unwrap_or_else(|| "aigw-data".into()),
+        );
         let drain_timeout = w.duration(server, "server.drain_timeout", "10s");
         let admin_socket = w
             .string(admin, "admin.socket")
@@ -327,11 +486,24 @@ impl Config {
             .unwrap_or_else(|| data_dir.join("admin.sock"));
 
         let limits = Limits {
-            max_head_bytes: w.bytes(limits_t, "limits.max_head_bytes", 16 << 10, 1 << 10, 1 << 20) as usize,
-            max_headers: w.uint(limits_t, "limits.max_headers", 4, 1024).unwrap_or(64) as usize,
+            max_head_bytes: w.bytes(
+                limits_t,
+                "limits.max_head_bytes",
+                16 << 10,
+                1 << 10,
+                1 << 20,
+            ) as usize,
+            max_headers: w
+                .uint(limits_t, "limits.max_headers", 4, 1024)
+                .unwrap_or(64) as usize,
             max_body_bytes: w.bytes(limits_t, "limits.max_body_bytes", 32 << 20, 0, 1 << 34),
-            max_response_head_bytes: w.bytes(limits_t, "limits.max_response_head_bytes", 64 << 10, 1 << 10, 1 << 22)
-                as usize,
+            max_response_head_bytes: w.bytes(
+                limits_t,
+                "limits.max_response_head_bytes",
+                64 << 10,
+                1 << 10,
+                1 << 22,
+            ) as usize,
         };
         let timeouts = Timeouts {
             head: w.duration(timeouts_t, "timeouts.head", "10s"),
@@ -348,7 +520,10 @@ impl Config {
         let mut providers = BTreeMap::new();
         if builtin {
             for (name, kind, url, key_env) in BUILTIN_PROVIDERS {
-                let api_key = key_env.and_then(env).filter(|k| !k.is_empty()).map(Secret::new);
+                let api_key = key_env
+                    .and_then(env)
+                    .filter(|k| !k.is_empty())
+                    .map(Secret::new);
                 providers.insert(
                     name.to_string(),
                     ProviderConfig {
@@ -391,11 +566,20 @@ impl Config {
     pub fn describe_keys() -> String {
         let mut out = String::from("# key = default    # meaning\n");
         for k in KEYS {
-            out.push_str(&format!("{:<34} = {:<22} # {}\n", k.path, k.default, k.meaning));
+            out.push_str(&format!(
+                "{:<34} = {:<22} # {}\n",
+                k.path, k.default, k.meaning
+            ));
         }
         out.push_str("\n# built-in providers (name kind base_url key_env):\n");
         for (name, kind, url, env) in BUILTIN_PROVIDERS {
-            out.push_str(&format!("#   {:<11} {:<9} {:<40} {}\n", name, kind.as_str(), url, env.unwrap_or("-")));
+            out.push_str(&format!(
+                "#   {:<11} {:<9} {:<40} {}\n",
+                name,
+                kind.as_str(),
+                url,
+                env.unwrap_or("-")
+            ));
         }
         out
     }
@@ -419,18 +603,27 @@ struct Walker {
 
 impl Walker {
     fn err(&mut self, path: &str, message: String) {
-        self.errors.push(ConfigError { path: path.to_string(), message });
+        self.errors.push(ConfigError {
+            path: path.to_string(),
+            message,
+        });
     }
 
     /// Every key must be in [`KEYS`] (or a table on the way to one).
     fn check_keys(&mut self, table: &toml::Table, prefix: &str) {
         for (k, v) in table {
-            let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+            let path = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
             let pattern = key_pattern(&path);
             if KEYS.iter().any(|s| s.path == pattern) {
                 continue;
             }
-            let is_table_prefix = KEYS.iter().any(|s| s.path.starts_with(&format!("{pattern}.")));
+            let is_table_prefix = KEYS
+                .iter()
+                .any(|s| s.path.starts_with(&format!("{pattern}.")));
             match v {
                 toml::Value::Table(t) if is_table_prefix => self.check_keys(t, &path),
                 _ if is_table_prefix => {
@@ -461,7 +654,10 @@ impl Walker {
         match self.leaf(t, path)? {
             toml::Value::String(s) => Some(s.clone()),
             other => {
-                self.err(path, format!("expected a string, found {}", other.type_str()));
+                self.err(
+                    path,
+                    format!("expected a string, found {}", other.type_str()),
+                );
                 None
             }
         }
@@ -471,7 +667,10 @@ impl Walker {
         match t.get(path)? {
             toml::Value::Boolean(b) => Some(*b),
             other => {
-                self.err(path, format!("expected true or false, found {}", other.type_str()));
+                self.err(
+                    path,
+                    format!("expected true or false, found {}", other.type_str()),
+                );
                 None
             }
         }
@@ -479,13 +678,20 @@ impl Walker {
 
     fn uint(&mut self, t: Option<&toml::Table>, path: &str, min: u64, max: u64) -> Option<u64> {
         match self.leaf(t, path)? {
-            toml::Value::Integer(i) if (*i as i128) >= min as i128 && (*i as i128) <= max as i128 => Some(*i as u64),
+            toml::Value::Integer(i)
+                if (*i as i128) >= min as i128 && (*i as i128) <= max as i128 =>
+            {
+                Some(*i as u64)
+            }
             toml::Value::Integer(i) => {
                 self.err(path, format!("{i} is out of range; use {min}..={max}"));
                 None
             }
             other => {
-                self.err(path, format!("expected an integer, found {}", other.type_str()));
+                self.err(
+                    path,
+                    format!("expected an integer, found {}", other.type_str()),
+                );
                 None
             }
         }
@@ -493,7 +699,9 @@ impl Walker {
 
     fn duration(&mut self, t: Option<&toml::Table>, path: &str, default: &str) -> Duration {
         let fallback = parse_duration(default).expect("valid default");
-        let Some(v) = self.leaf(t, path) else { return fallback };
+        let Some(v) = self.leaf(t, path) else {
+            return fallback;
+        };
         let parsed = match v {
             toml::Value::String(s) => parse_duration(s),
             toml::Value::Integer(_) => Err("a bare number has no unit".to_string()),
@@ -506,14 +714,26 @@ impl Walker {
                 fallback
             }
             Err(e) => {
-                self.err(path, format!("{e}; write a duration like \"500ms\", \"10s\" or \"2m\""));
+                self.err(
+                    path,
+                    format!("{e}; write a duration like \"500ms\", \"10s\" or \"2m\""),
+                );
                 fallback
             }
         }
     }
 
-    fn bytes(&mut self, t: Option<&toml::Table>, path: &str, default: u64, min: u64, max: u64) -> u64 {
-        let Some(v) = self.leaf(t, path) else { return default };
+    fn bytes(
+        &mut self,
+        t: Option<&toml::Table>,
+        path: &str,
+        default: u64,
+        min: u64,
+        max: u64,
+    ) -> u64 {
+        let Some(v) = self.leaf(t, path) else {
+            return default;
+        };
         let parsed = match v {
             toml::Value::Integer(i) if *i >= 0 => Ok(*i as u64),
             toml::Value::String(s) => parse_bytes(s),
@@ -522,11 +742,17 @@ impl Walker {
         match parsed {
             Ok(n) if n >= min && n <= max => n,
             Ok(n) => {
-                self.err(path, format!("{n} bytes is out of range; use {min}..={max} bytes"));
+                self.err(
+                    path,
+                    format!("{n} bytes is out of range; use {min}..={max} bytes"),
+                );
                 default
             }
             Err(e) => {
-                self.err(path, format!("{e}; write a size like 16384, \"64KiB\" or \"32MiB\""));
+                self.err(
+                    path,
+                    format!("{e}; write a size like 16384, \"64KiB\" or \"32MiB\""),
+                );
                 default
             }
         }
@@ -540,17 +766,28 @@ impl Walker {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Option<ProviderConfig> {
         let toml::Value::Table(t) = value else {
-            self.err(path, format!("must be a table, e.g. [{path}] with kind and base_url"));
+            self.err(
+                path,
+                format!("must be a table, e.g. [{path}] with kind and base_url"),
+            );
             return None;
         };
         let valid_name = !name.is_empty()
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
         if !valid_name {
-            self.err(path, "provider names use only letters, digits, '-', '_' and '.'".into());
+            self.err(
+                path,
+                "provider names use only letters, digits, '-', '_' and '.'".into(),
+            );
             return None;
         }
         if RESERVED_PROVIDER_NAMES.contains(&name) {
-            self.err(path, format!("`{name}` is reserved by the URL layout; pick another name"));
+            self.err(
+                path,
+                format!("`{name}` is reserved by the URL layout; pick another name"),
+            );
             return None;
         }
         let kind_path = format!("{path}.kind");
@@ -559,7 +796,10 @@ impl Walker {
             Some("anthropic") => ProviderKind::Anthropic,
             Some("mock") => ProviderKind::Mock,
             Some(other) => {
-                self.err(&kind_path, format!("unknown kind `{other}`; use openai, anthropic or mock"));
+                self.err(
+                    &kind_path,
+                    format!("unknown kind `{other}`; use openai, anthropic or mock"),
+                );
                 return None;
             }
         };
@@ -572,7 +812,9 @@ impl Walker {
                     return None;
                 }
             },
-            None if kind == ProviderKind::Mock => BaseUrl::parse("http://mock.invalid/v1").expect("valid"),
+            None if kind == ProviderKind::Mock => {
+                BaseUrl::parse("http://mock.invalid/v1").expect("valid")
+            }
             None => {
                 self.err(&url_path, "missing; set the URL the provider's SDK uses, e.g. \"https://api.openai.com/v1\"".into());
                 return None;
@@ -583,7 +825,9 @@ impl Walker {
         if key.is_some() && key_env.is_some() {
             self.err(path, "set api_key or api_key_env, not both".into());
         }
-        let api_key = key.or_else(|| key_env.as_deref().and_then(env)).filter(|k| !k.is_empty());
+        let api_key = key
+            .or_else(|| key_env.as_deref().and_then(env))
+            .filter(|k| !k.is_empty());
         Some(ProviderConfig {
             name: name.to_string(),
             kind,
@@ -630,7 +874,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a duration"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration"))?;
     let d = match unit.trim() {
         "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),
@@ -657,7 +903,8 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         "GB" => 1_000_000_000,
         _ => return Err(format!("`{s}` has an unknown unit (B, KiB, MiB, GiB)")),
     };
-    n.checked_mul(mult).ok_or_else(|| format!("`{s}` is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("`{s}` is too large"))
 }
 
 #[cfg(test)]
@@ -674,7 +921,21 @@ mod tests {
     #[test]
     fn defaults_name_every_builtin_provider() {
         let c = Config::from_toml_with_env("", &|_| None).unwrap();
-        for name in ["mock", "openai", "anthropic", "groq", "mistral", "deepseek", "xai", "openrouter", "together", "fireworks", "perplexity", "cerebras", "ollama"] {
+        for name in [
+            "mock",
+            "openai",
+            "anthropic",
+            "groq",
+            "mistral",
+            "deepseek",
+            "xai",
+            "openrouter",
+            "together",
+            "fireworks",
+            "perplexity",
+            "cerebras",
+            "ollama",
+        ] {
             assert!(c.providers.contains_key(name), "{name}");
         }
         assert_eq!(c.providers["groq"].base_url.path, "/openai/v1");
@@ -684,16 +945,37 @@ mod tests {
     #[test]
     fn unknown_key_names_its_path_and_a_suggestion() {
         let e = errors("[server]\nlisen = \"127.0.0.1:1\"\n");
-        assert_eq!(e, vec!["server.lisen: unknown key; did you mean `server.listen`?"]);
+        assert_eq!(
+            e,
+            vec!["server.lisen: unknown key; did you mean `server.listen`?"]
+        );
     }
 
     #[test]
     fn bad_values_name_their_key_paths() {
-        let e = errors("[server]\nlisten = \"nope\"\n[timeouts]\nhead = 5\n[providers.x]\nkind = \"grpc\"\n[providers.y]\nkind = \"openai\"\n");
-        assert!(e.iter().any(|m| m.starts_with("server.listen: `nope` is not IP:PORT")), "{e:?}");
-        assert!(e.iter().any(|m| m.starts_with("timeouts.head: a bare number has no unit")), "{e:?}");
-        assert!(e.iter().any(|m| m.starts_with("providers.x.kind: unknown kind `grpc`")), "{e:?}");
-        assert!(e.iter().any(|m| m.starts_with("providers.y.base_url: missing")), "{e:?}");
+        let e = errors(
+            "[server]\nlisten = \"nope\"\n[timeouts]\nhead = 5\n[providers.x]\nkind = \"grpc\"\n[providers.y]\nkind = \"openai\"\n",
+        );
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("server.listen: `nope` is not IP:PORT")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("timeouts.head: a bare number has no unit")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("providers.x.kind: unknown kind `grpc`")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("providers.y.base_url: missing")),
+            "{e:?}"
+        );
     }
 
     #[test]
@@ -711,9 +993,20 @@ mod tests {
     #[test]
     fn base_url_splits_host_port_and_path() {
         let u = BaseUrl::parse("http://127.0.0.1:9090/v1/").unwrap();
-        assert_eq!((u.host.as_str(), u.port, u.path.as_str(), u.authority.as_str()), ("127.0.0.1", 9090, "/v1", "127.0.0.1:9090"));
+        assert_eq!(
+            (
+                u.host.as_str(),
+                u.port,
+                u.path.as_str(),
+                u.authority.as_str()
+            ),
+            ("127.0.0.1", 9090, "/v1", "127.0.0.1:9090")
+        );
         let u = BaseUrl::parse("https://api.anthropic.com").unwrap();
-        assert_eq!((u.port, u.path.as_str(), u.authority.as_str()), (443, "", "api.anthropic.com"));
+        assert_eq!(
+            (u.port, u.path.as_str(), u.authority.as_str()),
+            (443, "", "api.anthropic.com")
+        );
         assert!(BaseUrl::parse("ftp://x").is_err());
     }
 

@@ -45,25 +45,62 @@ pub struct GatewayError {
 }
 
 impl GatewayError {
-    fn new(status: u16, source: Source, kind: &'static str, code: &'static str, message: String) -> Self {
-        GatewayError { status, source, kind, code, message, close: false }
+    fn new(
+        status: u16,
+        source: Source,
+        kind: &'static str,
+        code: &'static str,
+        message: String,
+    ) -> Self {
+        GatewayError {
+            status,
+            source,
+            kind,
+            code,
+            message,
+            close: false,
+        }
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(400, Source::Client, "invalid_request_error", code, message.into())
+        Self::new(
+            400,
+            Source::Client,
+            "invalid_request_error",
+            code,
+            message.into(),
+        )
     }
 
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(404, Source::Client, "invalid_request_error", "not_found", message.into())
+        Self::new(
+            404,
+            Source::Client,
+            "invalid_request_error",
+            "not_found",
+            message.into(),
+        )
     }
 
     pub fn method_not_allowed(message: impl Into<String>) -> Self {
-        Self::new(405, Source::Client, "invalid_request_error", "method_not_allowed", message.into())
+        Self::new(
+            405,
+            Source::Client,
+            "invalid_request_error",
+            "method_not_allowed",
+            message.into(),
+        )
     }
 
     /// A framing violation: the connection cannot be trusted any more.
     pub fn framing(status: u16, code: &'static str, message: impl Into<String>) -> Self {
-        let mut e = Self::new(status, Source::Client, "invalid_request_error", code, message.into());
+        let mut e = Self::new(
+            status,
+            Source::Client,
+            "invalid_request_error",
+            code,
+            message.into(),
+        );
         e.close = true;
         e
     }
@@ -99,18 +136,34 @@ impl GatewayError {
     }
 
     pub fn unavailable(message: impl Into<String>) -> Self {
-        let mut e = Self::new(503, Source::Gateway, "server_error", "shutting_down", message.into());
+        let mut e = Self::new(
+            503,
+            Source::Gateway,
+            "server_error",
+            "shutting_down",
+            message.into(),
+        );
         e.close = true;
         e
     }
 
     /// Renders the whole response (head and JSON body) into `out`.
     /// `extra_headers` are complete header lines, each ending in CRLF.
-    pub fn write_response(&self, out: &mut Vec<u8>, http10: bool, keep_alive: bool, extra_headers: &str) {
+    pub fn write_response(
+        &self,
+        out: &mut Vec<u8>,
+        http10: bool,
+        keep_alive: bool,
+        extra_headers: &str,
+    ) {
         let mut body = String::with_capacity(self.message.len() + 96);
         body.push_str("{\"error\":{\"message\":");
         push_json_string(&mut body, &self.message);
-        let _ = write!(body, ",\"type\":\"{}\",\"code\":\"{}\",\"param\":null}}}}", self.kind, self.code);
+        let _ = write!(
+            body,
+            ",\"type\":\"{}\",\"code\":\"{}\",\"param\":null}}}}",
+            self.kind, self.code
+        );
         let mut head = String::with_capacity(256);
         let _ = write!(
             head,
@@ -189,7 +242,8 @@ mod tests {
     #[test]
     fn error_renders_openai_shaped_json_with_its_source() {
         let mut out = Vec::new();
-        GatewayError::upstream_timeout("openai", "first byte").write_response(&mut out, false, true, "");
+        GatewayError::upstream_timeout("openai", "first byte")
+            .write_response(&mut out, false, true, "");
         let s = String::from_utf8(out).unwrap();
         assert!(s.starts_with("HTTP/1.1 504 Gateway Timeout\r\n"), "{s}");
         assert!(s.contains("aigw-error-source: provider\r\n"));
@@ -202,6 +256,10 @@ mod tests {
     fn framing_errors_close_the_connection() {
         let mut out = Vec::new();
         GatewayError::framing(400, "bad_framing", "x").write_response(&mut out, false, true, "");
-        assert!(String::from_utf8(out).unwrap().contains("connection: close\r\n"));
+        assert!(
+            String::from_utf8(out)
+                .unwrap()
+                .contains("connection: close\r\n")
+        );
     }
 }

@@ -27,7 +27,9 @@ pub struct RequestFields {
 impl RequestFields {
     /// `"stream": true` at the top level.
     pub fn is_stream(&self, body: &[u8]) -> bool {
-        self.stream.as_ref().is_some_and(|r| &body[r.clone()] == b"true")
+        self.stream
+            .as_ref()
+            .is_some_and(|r| &body[r.clone()] == b"true")
     }
 
     pub fn model<'a>(&self, body: &'a [u8]) -> Option<Cow<'a, str>> {
@@ -41,7 +43,10 @@ pub fn scan_request(body: &[u8]) -> Result<RequestFields, &'static str> {
     if body.get(start) != Some(&b'{') {
         return Err("request body must be a JSON object");
     }
-    let mut fields = RequestFields { body_open: start + 1, ..Default::default() };
+    let mut fields = RequestFields {
+        body_open: start + 1,
+        ..Default::default()
+    };
     let end = for_each_member(body, start, |key, value| match key {
         b"model" => fields.model = Some(value),
         b"stream" => fields.stream = Some(value),
@@ -139,14 +144,19 @@ pub fn skip_value(body: &[u8], i: usize) -> Result<usize, &'static str> {
         }
         Some(_) => {
             let mut j = i;
-            while j < body.len() && !matches!(body[j], b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r') {
+            while j < body.len()
+                && !matches!(body[j], b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')
+            {
                 j += 1;
             }
             let lit = &body[i..j];
             let ok = lit == b"true"
                 || lit == b"false"
                 || lit == b"null"
-                || (!lit.is_empty() && lit.iter().all(|b| b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E')));
+                || (!lit.is_empty()
+                    && lit.iter().all(|b| {
+                        b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E')
+                    }));
             if ok { Ok(j) } else { Err("invalid JSON value") }
         }
         None => Err("unexpected end of JSON"),
@@ -205,7 +215,9 @@ pub struct Rewrite<'a> {
 
 /// Whether the client itself asked for usage in the stream.
 pub fn client_asked_usage(body: &[u8], fields: &RequestFields) -> bool {
-    let Some(opts) = fields.stream_options.clone() else { return false };
+    let Some(opts) = fields.stream_options.clone() else {
+        return false;
+    };
     if body.get(opts.start) != Some(&b'{') {
         return false;
     }
@@ -240,7 +252,11 @@ pub fn rewrite_body(body: &[u8], fields: &RequestFields, rw: &Rewrite<'_>, out: 
                     Some(v) => edits.push((v, Cow::Borrowed(b"true"))),
                     None => {
                         let empty = skip_ws(body, opts.start + 1) == opts.end - 1;
-                        let ins: &[u8] = if empty { b"\"include_usage\":true" } else { b"\"include_usage\":true," };
+                        let ins: &[u8] = if empty {
+                            b"\"include_usage\":true"
+                        } else {
+                            b"\"include_usage\":true,"
+                        };
                         edits.push((opts.start + 1..opts.start + 1, Cow::Borrowed(ins)));
                     }
                 }
@@ -271,7 +287,15 @@ mod tests {
     fn rewrite(body: &str, model: &str, include_usage: bool) -> String {
         let f = scan_request(body.as_bytes()).unwrap();
         let mut out = Vec::new();
-        rewrite_body(body.as_bytes(), &f, &Rewrite { model, include_usage }, &mut out);
+        rewrite_body(
+            body.as_bytes(),
+            &f,
+            &Rewrite {
+                model,
+                include_usage,
+            },
+            &mut out,
+        );
         String::from_utf8(out).unwrap()
     }
 
@@ -286,14 +310,21 @@ mod tests {
     #[test]
     fn model_is_replaced_and_the_rest_is_untouched() {
         assert_eq!(
-            rewrite(r#"{"model": "openai/gpt-4o", "messages":[]}"#, "gpt-4o", false),
+            rewrite(
+                r#"{"model": "openai/gpt-4o", "messages":[]}"#,
+                "gpt-4o",
+                false
+            ),
             r#"{"model": "gpt-4o", "messages":[]}"#
         );
     }
 
     #[test]
     fn include_usage_is_injected_in_every_shape() {
-        assert_eq!(rewrite(r#"{"model":"a/b","stream":true}"#, "b", true), r#"{"stream_options":{"include_usage":true},"model":"b","stream":true}"#);
+        assert_eq!(
+            rewrite(r#"{"model":"a/b","stream":true}"#, "b", true),
+            r#"{"stream_options":{"include_usage":true},"model":"b","stream":true}"#
+        );
         assert_eq!(
             rewrite(r#"{"model":"a/b","stream_options":{}}"#, "b", true),
             r#"{"model":"b","stream_options":{"include_usage":true}}"#
@@ -303,10 +334,17 @@ mod tests {
             r#"{"model":"b","stream_options":{"include_usage":true,"x":1}}"#
         );
         assert_eq!(
-            rewrite(r#"{"model":"a/b","stream_options":{"include_usage":false}}"#, "b", true),
+            rewrite(
+                r#"{"model":"a/b","stream_options":{"include_usage":false}}"#,
+                "b",
+                true
+            ),
             r#"{"model":"b","stream_options":{"include_usage":true}}"#
         );
-        assert_eq!(rewrite(r#"{"model":"a/b","stream_options":null}"#, "b", true), r#"{"model":"b","stream_options":{"include_usage":true}}"#);
+        assert_eq!(
+            rewrite(r#"{"model":"a/b","stream_options":null}"#, "b", true),
+            r#"{"model":"b","stream_options":{"include_usage":true}}"#
+        );
     }
 
     #[test]
@@ -317,7 +355,15 @@ mod tests {
 
     #[test]
     fn malformed_bodies_are_errors() {
-        for b in [&b"[]"[..], b"{", b"{\"a\":}", b"{\"a\":1} x", b"{\"a\" 1}", b"{\"a\":\"x}", b"{\"a\":nul}"] {
+        for b in [
+            &b"[]"[..],
+            b"{",
+            b"{\"a\":}",
+            b"{\"a\":1} x",
+            b"{\"a\" 1}",
+            b"{\"a\":\"x}",
+            b"{\"a\":nul}",
+        ] {
             assert!(scan_request(b).is_err(), "{}", String::from_utf8_lossy(b));
         }
     }

@@ -7,7 +7,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "aigw", version, about = "A thread-per-core AI gateway: one OpenAI-compatible API over many LLM providers.")]
+#[command(
+    name = "aigw",
+    version,
+    about = "A thread-per-core AI gateway: one OpenAI-compatible API over many LLM providers."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -50,7 +54,12 @@ enum Command {
 fn main() -> ExitCode {
     init_logging();
     match Cli::parse().command {
-        Command::Serve { config, listen, shards, admin_socket } => {
+        Command::Serve {
+            config,
+            listen,
+            shards,
+            admin_socket,
+        } => {
             let mut cfg = match load(config.as_deref()) {
                 Ok(c) => c,
                 Err(e) => return fail(&e),
@@ -66,7 +75,11 @@ fn main() -> ExitCode {
             }
             let result = aigw::runtime::serve(cfg, |l| {
                 let mut out = std::io::stdout().lock();
-                let _ = writeln!(out, "aigw listening on http://{} ({} shards)", l.addr, l.shards);
+                let _ = writeln!(
+                    out,
+                    "aigw listening on http://{} ({} shards)",
+                    l.addr, l.shards
+                );
                 let _ = writeln!(out, "aigw admin socket {}", l.admin_socket.display());
                 let _ = out.flush();
             });
@@ -86,7 +99,11 @@ fn main() -> ExitCode {
             print!("{}", Config::describe_keys());
             ExitCode::SUCCESS
         }
-        Command::Stats { socket, config, prometheus } => {
+        Command::Stats {
+            socket,
+            config,
+            prometheus,
+        } => {
             let socket = match socket {
                 Some(s) => s,
                 None => match load(config.as_deref()) {
@@ -94,7 +111,10 @@ fn main() -> ExitCode {
                     Err(e) => return fail(&e),
                 },
             };
-            match aigw::control::admin::query(&socket, if prometheus { "/metrics" } else { "/stats" }) {
+            match aigw::control::admin::query(
+                &socket,
+                if prometheus { "/metrics" } else { "/stats" },
+            ) {
                 Ok(body) => {
                     print!("{body}");
                     ExitCode::SUCCESS

@@ -47,19 +47,29 @@ pub struct Listening {
 /// every shard is listening.
 pub fn serve(config: Config, on_ready: impl FnOnce(&Listening)) -> Result<(), String> {
     let config = Arc::new(config);
-    std::fs::create_dir_all(&config.server.data_dir)
-        .map_err(|e| format!("server.data_dir: cannot create {}: {e}", config.server.data_dir.display()))?;
+    std::fs::create_dir_all(&config.server.data_dir).map_err(|e| {
+        format!(
+            "server.data_dir: cannot create {}: {e}",
+            config.server.data_dir.display()
+        )
+    })?;
     check_memlock()?;
     let cpus = allowed_cpus();
-    let shards = config.server.shards.map(|n| n.get()).unwrap_or(cpus.len().max(1));
+    let shards = config
+        .server
+        .shards
+        .map(|n| n.get())
+        .unwrap_or(cpus.len().max(1));
     let addr = probe_listen(config.server.listen)?;
 
     let hub = StatsHub::new(shards);
     let (snap_tx, snap_rx) = std::sync::mpsc::sync_channel::<Snapshot>(SNAPSHOT_QUEUE);
     hub.spawn_merger(snap_rx);
-    let (cmd_txs, cmd_rxs): (Vec<_>, Vec<_>) = (0..shards).map(|_| flume::unbounded::<ShardCmd>()).unzip();
+    let (cmd_txs, cmd_rxs): (Vec<_>, Vec<_>) =
+        (0..shards).map(|_| flume::unbounded::<ShardCmd>()).unzip();
     let senders: ShardSenders = Arc::new(cmd_txs);
-    let admin_listener = admin::bind(&config.admin_socket).map_err(|e| format!("admin.socket: {e}"))?;
+    let admin_listener =
+        admin::bind(&config.admin_socket).map_err(|e| format!("admin.socket: {e}"))?;
     Admin::new(hub.clone(), senders.clone())
         .spawn(admin_listener)
         .map_err(|e| format!("cannot start the admin thread: {e}"))?;
@@ -109,17 +119,37 @@ pub fn serve(config: Config, on_ready: impl FnOnce(&Listening)) -> Result<(), St
         for tx in senders.iter() {
             let _ = tx.send(ShardCmd::Drain);
         }
-        let detail: Vec<String> =
-            handles.join_all().into_iter().filter_map(|r| r.err()).map(|e| explain_executor_error(&e.to_string())).collect();
+        let detail: Vec<String> = handles
+            .join_all()
+            .into_iter()
+            .filter_map(|r| r.err())
+            .map(|e| explain_executor_error(&e.to_string()))
+            .collect();
         let _ = std::fs::remove_file(&config.admin_socket);
-        return Err(if detail.is_empty() { why } else { detail.join("; ") });
+        return Err(if detail.is_empty() {
+            why
+        } else {
+            detail.join("; ")
+        });
     }
-    on_ready(&Listening { addr, shards, admin_socket: config.admin_socket.clone() });
+    on_ready(&Listening {
+        addr,
+        shards,
+        admin_socket: config.admin_socket.clone(),
+    });
     signals::spawn(senders.clone()).map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let results = handles.join_all();
     let _ = std::fs::remove_file(&config.admin_socket);
-    let errors: Vec<String> = results.into_iter().filter_map(|r| r.err()).map(|e| e.to_string()).collect();
-    if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+    let errors: Vec<String> = results
+        .into_iter()
+        .filter_map(|r| r.err())
+        .map(|e| e.to_string())
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("; "))
+    }
 }
 
 struct ShardArgs {
@@ -140,13 +170,27 @@ async fn run_shard(a: ShardArgs) {
     let listener = match bind_listener(a.addr) {
         Ok(l) => l,
         Err(e) => {
-            let _ = a.ready.send(Err(format!("server.listen: shard {} cannot listen on {}: {e}", a.shard, a.addr)));
+            let _ = a.ready.send(Err(format!(
+                "server.listen: shard {} cannot listen on {}: {e}",
+                a.shard, a.addr
+            )));
             return;
         }
     };
-    let ctx = Rc::new(ShardCtx::new(a.shard, a.config.clone(), a.resolver, a.boot_id));
+    let ctx = Rc::new(ShardCtx::new(
+        a.shard,
+        a.config.clone(),
+        a.resolver,
+        a.boot_id,
+    ));
     let (drain_tx, drain_rx) = glommio::channels::local_channel::new_bounded::<()>(1);
-    glommio::spawn_local(control_loop(ctx.clone(), a.commands, a.snapshots.clone(), drain_tx)).detach();
+    glommio::spawn_local(control_loop(
+        ctx.clone(),
+        a.commands,
+        a.snapshots.clone(),
+        drain_tx,
+    ))
+    .detach();
     let _ = a.ready.send(Ok(a.shard));
 
     let gate = glommio::sync::Gate::new();
@@ -209,7 +253,12 @@ async fn control_loop(
                 }
                 let mut snap = {
                     let mut stats = ctx.stats.borrow_mut();
-                    stats.take(ctx.shard, seq, ctx.open_connections() as u64, ctx.pool.idle_count() as u64)
+                    stats.take(
+                        ctx.shard,
+                        seq,
+                        ctx.open_connections() as u64,
+                        ctx.pool.idle_count() as u64,
+                    )
                 };
                 snap.counters.dropped_snapshots = dropped;
                 if send_snapshot(&snapshots, snap) {
@@ -247,7 +296,9 @@ fn probe_listen(addr: SocketAddr) -> Result<SocketAddr, String> {
     use socket2::{Domain, Socket, Type};
     let fail = |e: std::io::Error| {
         if e.kind() == std::io::ErrorKind::AddrInUse {
-            format!("server.listen: {addr} is already in use (another aigw?); stop it or pick another address")
+            format!(
+                "server.listen: {addr} is already in use (another aigw?); stop it or pick another address"
+            )
         } else {
             format!("server.listen: cannot bind {addr}: {e}")
         }
@@ -256,7 +307,9 @@ fn probe_listen(addr: SocketAddr) -> Result<SocketAddr, String> {
     sock.set_reuse_address(true).map_err(fail)?;
     sock.bind(&addr.into()).map_err(fail)?;
     let local = sock.local_addr().map_err(fail)?;
-    local.as_socket().ok_or_else(|| format!("server.listen: {addr} is not an IP address"))
+    local
+        .as_socket()
+        .ok_or_else(|| format!("server.listen: {addr} is not an IP address"))
 }
 
 /// CPUs in this process's affinity mask (`taskset`, cgroup cpusets), from
@@ -280,7 +333,10 @@ pub fn allowed_cpus() -> Vec<usize> {
         }
     }
     if cpus.is_empty() {
-        cpus = (0..std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).collect();
+        cpus = (0..std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1))
+            .collect();
     }
     cpus
 }
@@ -305,7 +361,9 @@ fn placement(cpus: &[usize], shards: usize) -> PoolPlacement {
 /// would refuse to start.
 fn check_memlock() -> Result<(), String> {
     let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
-    let Some(line) = limits.lines().find(|l| l.starts_with("Max locked memory")) else { return Ok(()) };
+    let Some(line) = limits.lines().find(|l| l.starts_with("Max locked memory")) else {
+        return Ok(());
+    };
     let soft = line.split_whitespace().nth(3).unwrap_or("unlimited");
     if let Ok(bytes) = soft.parse::<u64>() {
         if bytes < MIN_MEMLOCK {

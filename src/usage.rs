@@ -71,8 +71,16 @@ pub fn usage_from_json(body: &[u8], scratch: &mut Vec<u8>) -> Option<Usage> {
     scratch.clear();
     scratch.extend_from_slice(obj);
     let v = simd_json::to_borrowed_value(scratch).ok()?;
-    let field = |names: &[&str]| names.iter().find_map(|n| v.get(*n).and_then(|x| x.as_u64()));
-    let nested = |outer: &str, inner: &str| v.get(outer).and_then(|o| o.get(inner)).and_then(|x| x.as_u64());
+    let field = |names: &[&str]| {
+        names
+            .iter()
+            .find_map(|n| v.get(*n).and_then(|x| x.as_u64()))
+    };
+    let nested = |outer: &str, inner: &str| {
+        v.get(outer)
+            .and_then(|o| o.get(inner))
+            .and_then(|x| x.as_u64())
+    };
     let u = Usage {
         input_tokens: field(&["prompt_tokens", "input_tokens"]),
         output_tokens: field(&["completion_tokens", "output_tokens"]),
@@ -233,7 +241,10 @@ mod tests {
     fn usage_is_read_from_a_chat_completion() {
         let body = br#"{"id":"x","choices":[{"message":{"content":"the \"usage\": {} trick"}}],"usage":{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17,"prompt_tokens_details":{"cached_tokens":3}}}"#;
         let u = usage_from_json(body, &mut Vec::new()).unwrap();
-        assert_eq!((u.input_tokens, u.output_tokens, u.cached_tokens), (Some(12), Some(5), Some(3)));
+        assert_eq!(
+            (u.input_tokens, u.output_tokens, u.cached_tokens),
+            (Some(12), Some(5), Some(3))
+        );
     }
 
     #[test]
@@ -244,7 +255,10 @@ mod tests {
         for piece in stream.chunks(7) {
             tap.feed(piece, &mut out);
         }
-        assert_eq!((tap.usage.input_tokens, tap.usage.output_tokens), (Some(25), Some(15)));
+        assert_eq!(
+            (tap.usage.input_tokens, tap.usage.output_tokens),
+            (Some(25), Some(15))
+        );
         assert!(out.is_empty());
     }
 

@@ -1,3 +1,2 @@
-
-pub mod mock;
 pub mod load;
+pub mod mock;

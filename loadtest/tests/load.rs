@@ -101,9 +101,21 @@ fn open_loop_shows_a_stall_that_closed_loop_hides() {
         closed.stats.responses
     );
     assert_eq!(open.errors(), 0);
-    assert!(open.latency.p999 >= 900_000, "open loop hid the stall: {:?}", open.latency);
-    assert!(closed.latency.max >= 900_000, "the closed-loop run saw no stall: {:?}", closed.latency);
-    assert!(closed.latency.p99 < 100_000, "closed loop p99 {:?}", closed.latency);
+    assert!(
+        open.latency.p999 >= 900_000,
+        "open loop hid the stall: {:?}",
+        open.latency
+    );
+    assert!(
+        closed.latency.max >= 900_000,
+        "the closed-loop run saw no stall: {:?}",
+        closed.latency
+    );
+    assert!(
+        closed.latency.p99 < 100_000,
+        "closed loop p99 {:?}",
+        closed.latency
+    );
 }
 
 fn aigw_load(args: &[&str]) -> (i32, serde_json::Value) {
@@ -124,11 +136,23 @@ fn aigw_load(args: &[&str]) -> (i32, serde_json::Value) {
 fn server_errors_above_the_threshold_exit_non_zero() {
     let server = mock(MockConfig::default());
     let url = format!("{}/chat/completions", server.base_url());
-    let base = ["--url", &url, "--duration", "500ms", "--warmup", "0s", "-c", "2"];
+    let base = [
+        "--url",
+        &url,
+        "--duration",
+        "500ms",
+        "--warmup",
+        "0s",
+        "-c",
+        "2",
+    ];
 
     let (code, json) = aigw_load(&[&base[..], &["-H", "x-mock-error: 500"]].concat());
     assert_eq!(code, 1, "{json}");
-    assert!(json["targets"][0]["status"]["500"].as_u64().unwrap() > 0, "{json}");
+    assert!(
+        json["targets"][0]["status"]["500"].as_u64().unwrap() > 0,
+        "{json}"
+    );
     assert_eq!(json["error_threshold_exceeded"], true);
 
     let (code, json) = aigw_load(&base);
@@ -142,7 +166,22 @@ fn refused_connections_count_as_errors() {
         listener.local_addr().unwrap().port()
     };
     let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
-    let (code, json) = aigw_load(&["--url", &url, "--duration", "300ms", "--warmup", "0s", "-c", "2"]);
+    let (code, json) = aigw_load(&[
+        "--url",
+        &url,
+        "--duration",
+        "300ms",
+        "--warmup",
+        "0s",
+        "-c",
+        "2",
+    ]);
     assert_eq!(code, 1, "{json}");
-    assert!(json["targets"][0]["error_kinds"]["connect"].as_u64().unwrap() > 0, "{json}");
+    assert!(
+        json["targets"][0]["error_kinds"]["connect"]
+            .as_u64()
+            .unwrap()
+            > 0,
+        "{json}"
+    );
 }

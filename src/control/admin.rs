@@ -39,9 +39,11 @@ pub fn bind(path: &Path) -> Result<UnixListener, String> {
     }
     let _ = std::fs::remove_file(path);
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
-    let listener = UnixListener::bind(path).map_err(|e| format!("cannot bind admin socket {}: {e}", path.display()))?;
+    let listener = UnixListener::bind(path)
+        .map_err(|e| format!("cannot bind admin socket {}: {e}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| format!("cannot chmod admin socket {}: {e}", path.display()))?;
     Ok(listener)
@@ -49,19 +51,25 @@ pub fn bind(path: &Path) -> Result<UnixListener, String> {
 
 impl Admin {
     pub fn new(hub: Arc<StatsHub>, shards: ShardSenders) -> Arc<Admin> {
-        Arc::new(Admin { hub, shards, seq: AtomicU64::new(1) })
+        Arc::new(Admin {
+            hub,
+            shards,
+            seq: AtomicU64::new(1),
+        })
     }
 
     pub fn spawn(self: &Arc<Self>, listener: UnixListener) -> std::io::Result<()> {
         let me = Arc::clone(self);
-        std::thread::Builder::new().name("aigw-admin".into()).spawn(move || {
-            for conn in listener.incoming() {
-                match conn {
-                    Ok(c) => me.serve(c),
-                    Err(e) => log::warn!("admin accept: {e}"),
+        std::thread::Builder::new()
+            .name("aigw-admin".into())
+            .spawn(move || {
+                for conn in listener.incoming() {
+                    match conn {
+                        Ok(c) => me.serve(c),
+                        Err(e) => log::warn!("admin accept: {e}"),
+                    }
                 }
-            }
-        })?;
+            })?;
         Ok(())
     }
 
@@ -78,7 +86,10 @@ impl Admin {
             let mut req = httparse::Request::new(&mut headers);
             match req.parse(&buf) {
                 Ok(httparse::Status::Complete(_)) => {
-                    break (req.method.unwrap_or("").to_string(), req.path.unwrap_or("").to_string());
+                    break (
+                        req.method.unwrap_or("").to_string(),
+                        req.path.unwrap_or("").to_string(),
+                    );
                 }
                 Ok(httparse::Status::Partial) if buf.len() < MAX_ADMIN_REQUEST => continue,
                 _ => {
@@ -97,11 +108,19 @@ impl Admin {
             }
             ("GET", "/metrics") => {
                 self.flush();
-                let body = render_prometheus(&self.hub.merged.lock().unwrap_or_else(|p| p.into_inner()));
+                let body =
+                    render_prometheus(&self.hub.merged.lock().unwrap_or_else(|p| p.into_inner()));
                 respond(&mut conn, 200, "text/plain; version=0.0.4", &body);
             }
-            ("GET", "/healthz") => respond(&mut conn, 200, "application/json", "{\"status\":\"ok\"}\n"),
-            _ => respond(&mut conn, 404, "text/plain", "not found: try /stats, /metrics or /healthz\n"),
+            ("GET", "/healthz") => {
+                respond(&mut conn, 200, "application/json", "{\"status\":\"ok\"}\n")
+            }
+            _ => respond(
+                &mut conn,
+                404,
+                "text/plain",
+                "not found: try /stats, /metrics or /healthz\n",
+            ),
         }
     }
 
@@ -174,7 +193,11 @@ pub fn render_json(m: &Merged) -> String {
         if i > 0 {
             s.push(',');
         }
-        let _ = write!(s, "\"{name}\":{}", quantiles(&m.histograms[*series as usize]));
+        let _ = write!(
+            s,
+            "\"{name}\":{}",
+            quantiles(&m.histograms[*series as usize])
+        );
     }
     s.push_str("},\"providers\":{");
     for (i, (name, p)) in m.providers.iter().enumerate() {
@@ -197,27 +220,64 @@ pub fn render_prometheus(m: &Merged) -> String {
     let c = &m.counters;
     let mut s = String::with_capacity(2048);
     let _ = writeln!(s, "# TYPE aigw_requests_total counter");
-    for (class, n) in [("2xx", c.status_2xx), ("3xx", c.status_3xx), ("4xx", c.status_4xx), ("5xx", c.status_5xx)] {
+    for (class, n) in [
+        ("2xx", c.status_2xx),
+        ("3xx", c.status_3xx),
+        ("4xx", c.status_4xx),
+        ("5xx", c.status_5xx),
+    ] {
         let _ = writeln!(s, "aigw_requests_total{{status=\"{class}\"}} {n}");
     }
     let _ = writeln!(s, "# TYPE aigw_errors_total counter");
-    let _ = writeln!(s, "aigw_errors_total{{source=\"gateway\"}} {}", c.errors_gateway);
-    let _ = writeln!(s, "aigw_errors_total{{source=\"provider\"}} {}", c.errors_provider);
+    let _ = writeln!(
+        s,
+        "aigw_errors_total{{source=\"gateway\"}} {}",
+        c.errors_gateway
+    );
+    let _ = writeln!(
+        s,
+        "aigw_errors_total{{source=\"provider\"}} {}",
+        c.errors_provider
+    );
     let _ = writeln!(s, "# TYPE aigw_tokens_total counter");
-    let _ = writeln!(s, "aigw_tokens_total{{direction=\"input\"}} {}", c.input_tokens);
-    let _ = writeln!(s, "aigw_tokens_total{{direction=\"output\"}} {}", c.output_tokens);
+    let _ = writeln!(
+        s,
+        "aigw_tokens_total{{direction=\"input\"}} {}",
+        c.input_tokens
+    );
+    let _ = writeln!(
+        s,
+        "aigw_tokens_total{{direction=\"output\"}} {}",
+        c.output_tokens
+    );
     let _ = writeln!(s, "# TYPE aigw_streams_aborted_total counter");
-    let _ = writeln!(s, "aigw_streams_aborted_total{{by=\"upstream\"}} {}", c.aborted_upstream);
-    let _ = writeln!(s, "aigw_streams_aborted_total{{by=\"client\"}} {}", c.aborted_client);
+    let _ = writeln!(
+        s,
+        "aigw_streams_aborted_total{{by=\"upstream\"}} {}",
+        c.aborted_upstream
+    );
+    let _ = writeln!(
+        s,
+        "aigw_streams_aborted_total{{by=\"client\"}} {}",
+        c.aborted_client
+    );
     let _ = writeln!(s, "# TYPE aigw_provider_requests_total counter");
     for (name, p) in &m.providers {
-        let _ = writeln!(s, "aigw_provider_requests_total{{provider=\"{name}\"}} {}", p.requests);
+        let _ = writeln!(
+            s,
+            "aigw_provider_requests_total{{provider=\"{name}\"}} {}",
+            p.requests
+        );
     }
     for (series, name) in SERIES {
         let h = &m.histograms[series as usize];
         let _ = writeln!(s, "# TYPE aigw_latency_{name}_us summary");
         for q in [0.5, 0.9, 0.99, 0.999] {
-            let _ = writeln!(s, "aigw_latency_{name}_us{{quantile=\"{q}\"}} {}", h.value_at_quantile(q));
+            let _ = writeln!(
+                s,
+                "aigw_latency_{name}_us{{quantile=\"{q}\"}} {}",
+                h.value_at_quantile(q)
+            );
         }
         let _ = writeln!(s, "aigw_latency_{name}_us_count {}", h.len());
     }
@@ -226,17 +286,28 @@ pub fn render_prometheus(m: &Merged) -> String {
 
 /// Client side for `aigw stats`: one GET over the socket, the body returned.
 pub fn query(socket: &Path, path: &str) -> Result<String, String> {
-    let mut conn = UnixStream::connect(socket)
-        .map_err(|e| format!("cannot connect to admin socket {}: {e} (is aigw running?)", socket.display()))?;
+    let mut conn = UnixStream::connect(socket).map_err(|e| {
+        format!(
+            "cannot connect to admin socket {}: {e} (is aigw running?)",
+            socket.display()
+        )
+    })?;
     let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
-    conn.write_all(format!("GET {path} HTTP/1.1\r\nhost: aigw\r\nconnection: close\r\n\r\n").as_bytes())
-        .map_err(|e| e.to_string())?;
+    conn.write_all(
+        format!("GET {path} HTTP/1.1\r\nhost: aigw\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .map_err(|e| e.to_string())?;
     let mut resp = Vec::new();
     conn.read_to_end(&mut resp).map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&resp);
-    let (head, body) = text.split_once("\r\n\r\n").ok_or("malformed admin response")?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or("malformed admin response")?;
     if !head.starts_with("HTTP/1.1 200") {
-        return Err(format!("admin socket answered: {}", head.lines().next().unwrap_or("")));
+        return Err(format!(
+            "admin socket answered: {}",
+            head.lines().next().unwrap_or("")
+        ));
     }
     Ok(body.to_string())
 }

@@ -117,7 +117,12 @@ impl Default for ShardStats {
     fn default() -> Self {
         ShardStats {
             counters: Counters::default(),
-            histograms: [new_histogram(), new_histogram(), new_histogram(), new_histogram()],
+            histograms: [
+                new_histogram(),
+                new_histogram(),
+                new_histogram(),
+                new_histogram(),
+            ],
             providers: HashMap::new(),
         }
     }
@@ -170,15 +175,26 @@ impl ShardStats {
     }
 
     /// Takes the deltas, leaving the recorder empty.
-    pub fn take(&mut self, shard: usize, seq: u64, open_connections: u64, idle_upstream: u64) -> Snapshot {
+    pub fn take(
+        &mut self,
+        shard: usize,
+        seq: u64,
+        open_connections: u64,
+        idle_upstream: u64,
+    ) -> Snapshot {
         let fresh = || new_histogram();
-        let histograms = std::mem::replace(&mut self.histograms, [fresh(), fresh(), fresh(), fresh()]);
+        let histograms =
+            std::mem::replace(&mut self.histograms, [fresh(), fresh(), fresh(), fresh()]);
         Snapshot {
             shard,
             seq,
             counters: std::mem::take(&mut self.counters),
             histograms,
-            providers: self.providers.drain().map(|(k, v)| (k.to_string(), v)).collect(),
+            providers: self
+                .providers
+                .drain()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
             open_connections,
             idle_upstream,
         }
@@ -217,7 +233,12 @@ impl StatsHub {
                 started: Instant::now(),
                 shards,
                 counters: Counters::default(),
-                histograms: [new_histogram(), new_histogram(), new_histogram(), new_histogram()],
+                histograms: [
+                    new_histogram(),
+                    new_histogram(),
+                    new_histogram(),
+                    new_histogram(),
+                ],
                 providers: BTreeMap::new(),
                 flushed: vec![0; shards],
                 open_connections: vec![0; shards],
@@ -261,7 +282,11 @@ impl StatsHub {
             if left.is_zero() {
                 return false;
             }
-            m = self.changed.wait_timeout(m, left).unwrap_or_else(|p| p.into_inner()).0;
+            m = self
+                .changed
+                .wait_timeout(m, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
     }
 
@@ -292,14 +317,25 @@ mod tests {
             let mut r = RequestRecord::new(1, shard, Instant::now());
             r.status = 200;
             r.provider = Some(Rc::from("mock"));
-            r.usage = Usage { input_tokens: Some(3), output_tokens: Some(4), cached_tokens: None };
+            r.usage = Usage {
+                input_tokens: Some(3),
+                output_tokens: Some(4),
+                cached_tokens: None,
+            };
             r.total = Duration::from_micros(100);
             s.record(&r);
             hub.merge(s.take(shard, 1, 0, 0));
         }
         assert!(hub.wait_flushed(1, Duration::from_millis(1)));
         let m = hub.merged.lock().unwrap();
-        assert_eq!((m.counters.requests, m.counters.input_tokens, m.counters.output_tokens), (2, 6, 8));
+        assert_eq!(
+            (
+                m.counters.requests,
+                m.counters.input_tokens,
+                m.counters.output_tokens
+            ),
+            (2, 6, 8)
+        );
         assert_eq!(m.providers["mock"].requests, 2);
         assert_eq!(m.histograms[Series::Total as usize].len(), 2);
     }

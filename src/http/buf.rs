@@ -14,7 +14,11 @@ pub struct ReadBuf {
 
 impl ReadBuf {
     pub fn with_capacity(n: usize) -> ReadBuf {
-        ReadBuf { data: vec![0; n], start: 0, end: 0 }
+        ReadBuf {
+            data: vec![0; n],
+            start: 0,
+            end: 0,
+        }
     }
 
     /// The bytes received and not yet consumed.
@@ -93,14 +97,21 @@ impl ReadBuf {
 
 /// Reads once into `buf`, bounded by `max_window`. `Ok(0)` means end of stream;
 /// a full window is an `InvalidData` error the caller maps to its own limit.
-pub async fn read_some<R>(reader: &mut R, buf: &mut ReadBuf, max_window: usize) -> std::io::Result<usize>
+pub async fn read_some<R>(
+    reader: &mut R,
+    buf: &mut ReadBuf,
+    max_window: usize,
+) -> std::io::Result<usize>
 where
     R: futures_lite::AsyncRead + Unpin,
 {
     use futures_lite::AsyncReadExt;
     let spare = buf.spare(max_window);
     if spare.is_empty() {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "read window full"));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "read window full",
+        ));
     }
     let n = reader.read(spare).await?;
     buf.advance(n);

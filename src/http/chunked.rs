@@ -15,18 +15,32 @@ const MAX_SIZE_DIGITS: u32 = 15;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
-    Size { digits: u32, value: u64 },
+    Size {
+        digits: u32,
+        value: u64,
+    },
     /// After the digits: optional whitespace, then `;ext` or CR.
-    AfterSize { value: u64 },
-    Ext { value: u64, len: usize },
-    SizeLf { value: u64 },
-    Data { left: u64 },
+    AfterSize {
+        value: u64,
+    },
+    Ext {
+        value: u64,
+        len: usize,
+    },
+    SizeLf {
+        value: u64,
+    },
+    Data {
+        left: u64,
+    },
     DataCr,
     DataLf,
     /// At the start of a trailer line (or the final empty line).
     TrailerStart,
     Trailer,
-    TrailerLf { empty: bool },
+    TrailerLf {
+        empty: bool,
+    },
     Done,
 }
 
@@ -39,7 +53,14 @@ pub struct ChunkedDecoder {
 
 impl Default for ChunkedDecoder {
     fn default() -> Self {
-        ChunkedDecoder { state: State::Size { digits: 0, value: 0 }, trailer_bytes: 0, decoded: 0 }
+        ChunkedDecoder {
+            state: State::Size {
+                digits: 0,
+                value: 0,
+            },
+            trailer_bytes: 0,
+            decoded: 0,
+        }
     }
 }
 
@@ -72,15 +93,25 @@ impl ChunkedDecoder {
     /// Decodes from `input`, appending data to `out`; returns bytes consumed.
     /// Stops right after the final CRLF, leaving later bytes (pipelined requests)
     /// unconsumed. `limit` bounds the total decoded size.
-    pub fn decode(&mut self, input: &[u8], out: &mut Vec<u8>, limit: u64) -> Result<usize, ChunkError> {
+    pub fn decode(
+        &mut self,
+        input: &[u8],
+        out: &mut Vec<u8>,
+        limit: u64,
+    ) -> Result<usize, ChunkError> {
         let mut i = 0;
         while i < input.len() {
             let b = input[i];
             self.state = match self.state {
                 State::Size { digits, value } => match hex(b) {
-                    Some(d) if digits < MAX_SIZE_DIGITS => State::Size { digits: digits + 1, value: value << 4 | d },
+                    Some(d) if digits < MAX_SIZE_DIGITS => State::Size {
+                        digits: digits + 1,
+                        value: value << 4 | d,
+                    },
                     Some(_) => return Err(ChunkError::Malformed("chunk size has too many digits")),
-                    None if digits == 0 => return Err(ChunkError::Malformed("chunk size is missing")),
+                    None if digits == 0 => {
+                        return Err(ChunkError::Malformed("chunk size is missing"));
+                    }
                     None => {
                         if self.decoded.saturating_add(value) > limit {
                             return Err(ChunkError::TooLarge);
@@ -99,8 +130,13 @@ impl ChunkedDecoder {
                 State::Ext { value, len } => match b {
                     b'\r' => State::SizeLf { value },
                     b'\n' => return Err(ChunkError::Malformed("bare LF in chunk extension")),
-                    _ if len >= MAX_CHUNK_EXT => return Err(ChunkError::Malformed("chunk extension too long")),
-                    _ => State::Ext { value, len: len + 1 },
+                    _ if len >= MAX_CHUNK_EXT => {
+                        return Err(ChunkError::Malformed("chunk extension too long"));
+                    }
+                    _ => State::Ext {
+                        value,
+                        len: len + 1,
+                    },
                 },
                 State::SizeLf { value } => match b {
                     b'\n' if value == 0 => State::TrailerStart,
@@ -113,7 +149,11 @@ impl ChunkedDecoder {
                     self.decoded += take as u64;
                     i += take;
                     let left = left - take as u64;
-                    self.state = if left == 0 { State::DataCr } else { State::Data { left } };
+                    self.state = if left == 0 {
+                        State::DataCr
+                    } else {
+                        State::Data { left }
+                    };
                     continue;
                 }
                 State::DataCr => match b {
@@ -121,7 +161,10 @@ impl ChunkedDecoder {
                     _ => return Err(ChunkError::Malformed("chunk data must be followed by CRLF")),
                 },
                 State::DataLf => match b {
-                    b'\n' => State::Size { digits: 0, value: 0 },
+                    b'\n' => State::Size {
+                        digits: 0,
+                        value: 0,
+                    },
                     _ => return Err(ChunkError::Malformed("chunk data must be followed by CRLF")),
                 },
                 State::TrailerStart => match b {
@@ -206,7 +249,8 @@ mod tests {
 
     #[test]
     fn decodes_chunks_and_stops_after_the_last_one() {
-        let (out, n, done) = decode_all(b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-T: 1\r\n\r\nGET /").unwrap();
+        let (out, n, done) =
+            decode_all(b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-T: 1\r\n\r\nGET /").unwrap();
         assert_eq!(out, b"hello world");
         assert!(done);
         assert_eq!(n, 40);
@@ -247,7 +291,10 @@ mod tests {
     #[test]
     fn enforces_the_size_limit_before_reading_data() {
         let mut d = ChunkedDecoder::default();
-        assert_eq!(d.decode(b"fffffff\r\n", &mut Vec::new(), 1000), Err(ChunkError::TooLarge));
+        assert_eq!(
+            d.decode(b"fffffff\r\n", &mut Vec::new(), 1000),
+            Err(ChunkError::TooLarge)
+        );
     }
 
     #[test]

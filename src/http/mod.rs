@@ -24,7 +24,10 @@ pub struct Span {
 impl Span {
     pub fn of(window: &[u8], part: &[u8]) -> Span {
         let start = part.as_ptr() as usize - window.as_ptr() as usize;
-        Span { start: start as u32, end: (start + part.len()) as u32 }
+        Span {
+            start: start as u32,
+            end: (start + part.len()) as u32,
+        }
     }
     pub fn get<'a>(&self, window: &'a [u8]) -> &'a [u8] {
         &window[self.start as usize..self.end as usize]
@@ -69,7 +72,10 @@ pub fn is_hop_by_hop(name: &[u8]) -> bool {
 
 /// Splits a comma-separated header value into trimmed tokens.
 pub fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value.split(|b| *b == b',').map(trim_ows).filter(|t| !t.is_empty())
+    value
+        .split(|b| *b == b',')
+        .map(trim_ows)
+        .filter(|t| !t.is_empty())
 }
 
 /// Trims optional whitespace (SP, HTAB) only.

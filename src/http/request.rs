@@ -108,13 +108,18 @@ pub fn parse_request(
     let status = match req.parse_with_uninit_headers(window, slots) {
         Ok(s) => s,
         Err(httparse::Error::TooManyHeaders) => {
-            return Err(GatewayError::framing(431, "too_many_headers", format!(
-                "request has more than {} header lines",
-                limits.max_headers
-            )));
+            return Err(GatewayError::framing(
+                431,
+                "too_many_headers",
+                format!("request has more than {} header lines", limits.max_headers),
+            ));
         }
         Err(e) => {
-            return Err(GatewayError::framing(400, "malformed_request", format!("malformed request head: {e}")));
+            return Err(GatewayError::framing(
+                400,
+                "malformed_request",
+                format!("malformed request head: {e}"),
+            ));
         }
     };
     let head_len = match status {
@@ -123,25 +128,28 @@ pub fn parse_request(
             if window.len() >= limits.max_head_bytes {
                 let line_done = window[..limits.max_head_bytes].contains(&b'\n');
                 return Err(if line_done {
-                    GatewayError::framing(431, "head_too_large", format!(
-                        "request head exceeds {} bytes",
-                        limits.max_head_bytes
-                    ))
+                    GatewayError::framing(
+                        431,
+                        "head_too_large",
+                        format!("request head exceeds {} bytes", limits.max_head_bytes),
+                    )
                 } else {
-                    GatewayError::framing(414, "uri_too_long", format!(
-                        "request line exceeds {} bytes",
-                        limits.max_head_bytes
-                    ))
+                    GatewayError::framing(
+                        414,
+                        "uri_too_long",
+                        format!("request line exceeds {} bytes", limits.max_head_bytes),
+                    )
                 });
             }
             return Ok(Parsed::Partial);
         }
     };
     if head_len > limits.max_head_bytes {
-        return Err(GatewayError::framing(431, "head_too_large", format!(
-            "request head exceeds {} bytes",
-            limits.max_head_bytes
-        )));
+        return Err(GatewayError::framing(
+            431,
+            "head_too_large",
+            format!("request head exceeds {} bytes", limits.max_head_bytes),
+        ));
     }
     let bad = |msg: &str| GatewayError::framing(400, "malformed_request", msg.to_string());
 
@@ -177,10 +185,15 @@ pub fn parse_request(
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         let value = h.value;
-        head.headers.push(Header { name: Span::of(window, name), value: Span::of(window, value) });
+        head.headers.push(Header {
+            name: Span::of(window, name),
+            value: Span::of(window, value),
+        });
         if name.eq_ignore_ascii_case(b"host") {
             hosts += 1;
-            if trim_ows(value).is_empty() || value.iter().any(|b| matches!(b, b',' | b' ' | b'/' | b'@')) {
+            if trim_ows(value).is_empty()
+                || value.iter().any(|b| matches!(b, b',' | b' ' | b'/' | b'@'))
+            {
                 return Err(bad("invalid Host header"));
             }
         } else if name.eq_ignore_ascii_case(b"content-length") {
@@ -188,7 +201,9 @@ pub fn parse_request(
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             transfer_encodings += 1;
             if !trim_ows(value).eq_ignore_ascii_case(b"chunked") {
-                return Err(bad("only a single `Transfer-Encoding: chunked` is accepted"));
+                return Err(bad(
+                    "only a single `Transfer-Encoding: chunked` is accepted",
+                ));
             }
         } else if name.eq_ignore_ascii_case(b"connection") {
             for t in tokens(value) {
@@ -197,7 +212,11 @@ pub fn parse_request(
             }
         } else if name.eq_ignore_ascii_case(b"expect") {
             if !trim_ows(value).eq_ignore_ascii_case(b"100-continue") {
-                return Err(GatewayError::framing(417, "expectation_failed", "only `Expect: 100-continue` is supported"));
+                return Err(GatewayError::framing(
+                    417,
+                    "expectation_failed",
+                    "only `Expect: 100-continue` is supported",
+                ));
             }
             head.expect_continue = !head.http10;
         }
@@ -206,10 +225,14 @@ pub fn parse_request(
         return Err(bad("an HTTP/1.1 request needs exactly one Host header"));
     }
     if transfer_encodings > 1 {
-        return Err(bad("only a single `Transfer-Encoding: chunked` is accepted"));
+        return Err(bad(
+            "only a single `Transfer-Encoding: chunked` is accepted",
+        ));
     }
     if transfer_encodings == 1 && content_length.is_some() {
-        return Err(bad("Content-Length and Transfer-Encoding together are ambiguous"));
+        return Err(bad(
+            "Content-Length and Transfer-Encoding together are ambiguous",
+        ));
     }
     if transfer_encodings == 1 && head.http10 {
         return Err(bad("Transfer-Encoding is not allowed in HTTP/1.0"));
@@ -217,10 +240,14 @@ pub fn parse_request(
     head.body = match (transfer_encodings, content_length) {
         (1, _) => BodyFraming::Chunked,
         (_, Some(n)) if n > limits.max_body_bytes => {
-            return Err(GatewayError::framing(413, "body_too_large", format!(
-                "request body of {n} bytes exceeds the limit of {} bytes",
-                limits.max_body_bytes
-            )));
+            return Err(GatewayError::framing(
+                413,
+                "body_too_large",
+                format!(
+                    "request body of {n} bytes exceeds the limit of {} bytes",
+                    limits.max_body_bytes
+                ),
+            ));
         }
         (_, Some(0)) | (_, None) => BodyFraming::None,
         (_, Some(n)) => BodyFraming::Length(n),
@@ -228,7 +255,11 @@ pub fn parse_request(
     if head.body == BodyFraming::None {
         head.expect_continue = false;
     }
-    head.keep_alive = if head.http10 { keep_alive_token && !close } else { !close };
+    head.keep_alive = if head.http10 {
+        keep_alive_token && !close
+    } else {
+        !close
+    };
     Ok(Parsed::Complete(head_len))
 }
 
@@ -236,16 +267,23 @@ pub fn parse_request(
 mod tests {
     use super::*;
 
-    const LIMITS: HeadLimits = HeadLimits { max_head_bytes: 1024, max_headers: 8, max_body_bytes: 1000 };
+    const LIMITS: HeadLimits = HeadLimits {
+        max_head_bytes: 1024,
+        max_headers: 8,
+        max_body_bytes: 1000,
+    };
 
     fn parse(raw: &[u8]) -> Result<(Parsed, RequestHead), u16> {
         let mut head = RequestHead::default();
-        parse_request(raw, &LIMITS, &mut head).map(|p| (p, head)).map_err(|e| e.status)
+        parse_request(raw, &LIMITS, &mut head)
+            .map(|p| (p, head))
+            .map_err(|e| e.status)
     }
 
     #[test]
     fn a_simple_post_is_length_framed() {
-        let raw = b"POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello";
+        let raw =
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello";
         let (p, h) = parse(raw).unwrap();
         assert_eq!(p, Parsed::Complete(raw.len() - 5));
         assert_eq!(h.body, BodyFraming::Length(5));
@@ -255,7 +293,10 @@ mod tests {
 
     #[test]
     fn partial_heads_ask_for_more() {
-        assert_eq!(parse(b"GET / HTTP/1.1\r\nHost: a\r\n").unwrap().0, Parsed::Partial);
+        assert_eq!(
+            parse(b"GET / HTTP/1.1\r\nHost: a\r\n").unwrap().0,
+            Parsed::Partial
+        );
     }
 
     #[test]
@@ -279,21 +320,39 @@ mod tests {
             (b"GET / HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 1\r\nC: 1\r\nD: 1\r\nE: 1\r\nF: 1\r\nG: 1\r\nH: 1\r\n\r\n", 431),
         ];
         for (raw, status) in cases {
-            assert_eq!(parse(raw).err(), Some(*status), "{}", String::from_utf8_lossy(raw));
+            assert_eq!(
+                parse(raw).err(),
+                Some(*status),
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
         }
     }
 
     #[test]
     fn equal_content_length_lists_collapse() {
-        let (_, h) = parse(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3, 3\r\nContent-Length: 3\r\n\r\n").unwrap();
+        let (_, h) = parse(
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3, 3\r\nContent-Length: 3\r\n\r\n",
+        )
+        .unwrap();
         assert_eq!(h.body, BodyFraming::Length(3));
     }
 
     #[test]
     fn http10_persists_only_with_keep_alive() {
         assert!(!parse(b"GET / HTTP/1.0\r\n\r\n").unwrap().1.keep_alive);
-        assert!(parse(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").unwrap().1.keep_alive);
-        assert!(!parse(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").unwrap().1.keep_alive);
+        assert!(
+            parse(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+                .unwrap()
+                .1
+                .keep_alive
+        );
+        assert!(
+            !parse(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                .unwrap()
+                .1
+                .keep_alive
+        );
     }
 
     #[test]

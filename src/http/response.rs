@@ -54,7 +54,9 @@ pub fn parse_response(
     let n = match resp.parse(window) {
         Ok(httparse::Status::Complete(n)) if n <= max_head => n,
         Ok(httparse::Status::Complete(_)) => return Err("response head too large"),
-        Ok(httparse::Status::Partial) if window.len() >= max_head => return Err("response head too large"),
+        Ok(httparse::Status::Partial) if window.len() >= max_head => {
+            return Err("response head too large");
+        }
         Ok(httparse::Status::Partial) => return Ok(ResponseParsed::Head(Parsed::Partial)),
         Err(httparse::Error::TooManyHeaders) => return Err("too many response headers"),
         Err(_) => return Err("malformed response head"),
@@ -76,12 +78,16 @@ pub fn parse_response(
     let mut close = http10;
     for h in resp.headers.iter() {
         let name = h.name.as_bytes();
-        head.headers.push(Header { name: Span::of(window, name), value: Span::of(window, h.value) });
+        head.headers.push(Header {
+            name: Span::of(window, name),
+            value: Span::of(window, h.value),
+        });
         if name.eq_ignore_ascii_case(b"content-length") {
             content_length = Some(parse_content_length(h.value, content_length)?);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             let last = tokens(h.value).last().unwrap_or(b"");
-            te_chunked_final = Some(last.eq_ignore_ascii_case(b"chunked") && te_chunked_final != Some(false));
+            te_chunked_final =
+                Some(last.eq_ignore_ascii_case(b"chunked") && te_chunked_final != Some(false));
         } else if name.eq_ignore_ascii_case(b"connection") {
             for t in tokens(h.value) {
                 if t.eq_ignore_ascii_case(b"close") {
@@ -136,8 +142,15 @@ mod tests {
         let (_, h) = parse(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc", false).unwrap();
         assert_eq!((h.body(), h.reusable), (ResponseBody::Length(3), true));
         let (_, h) = parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/event-stream\r\n\r\n", false).unwrap();
-        assert_eq!((h.body(), h.reusable, h.event_stream), (ResponseBody::Chunked, true, true));
-        let (_, h) = parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n", false).unwrap();
+        assert_eq!(
+            (h.body(), h.reusable, h.event_stream),
+            (ResponseBody::Chunked, true, true)
+        );
+        let (_, h) = parse(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+            false,
+        )
+        .unwrap();
         assert_eq!((h.body(), h.reusable), (ResponseBody::Chunked, false));
         let (_, h) = parse(b"HTTP/1.1 200 OK\r\n\r\n", false).unwrap();
         assert_eq!((h.body(), h.reusable), (ResponseBody::UntilClose, false));
@@ -149,8 +162,17 @@ mod tests {
 
     #[test]
     fn bad_responses_are_errors_and_interim_ones_are_skipped() {
-        assert!(parse(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n", false).is_err());
+        assert!(
+            parse(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+                false
+            )
+            .is_err()
+        );
         assert!(parse(b"garbage\r\n\r\n", false).is_err());
-        assert_eq!(parse(b"HTTP/1.1 100 Continue\r\n\r\n", false).unwrap().0, ResponseParsed::Interim(25));
+        assert_eq!(
+            parse(b"HTTP/1.1 100 Continue\r\n\r\n", false).unwrap().0,
+            ResponseParsed::Interim(25)
+        );
     }
 }

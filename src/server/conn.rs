@@ -93,7 +93,11 @@ pub async fn serve(ctx: Rc<ShardCtx>, stream: TcpStream) {
             Ok(Some(r)) => r,
             Ok(None) => break,
             Err(e) => {
-                let mut rec = crate::record::RequestRecord::new(ctx.next_request_id(), ctx.shard, Instant::now());
+                let mut rec = crate::record::RequestRecord::new(
+                    ctx.next_request_id(),
+                    ctx.shard,
+                    Instant::now(),
+                );
                 rec.status = e.status;
                 rec.error_source = Some(e.source.header_value());
                 rec.error_code = Some(e.code);
@@ -115,12 +119,19 @@ pub async fn serve(ctx: Rc<ShardCtx>, stream: TcpStream) {
 }
 
 fn is_timeout(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock)
+    matches!(
+        e.kind(),
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+    )
 }
 
 /// Reads the next request head and body. `Ok(None)`: the connection should
 /// close quietly (peer closed, idle timeout, drain).
-async fn read_request(ctx: &ShardCtx, c: &mut ClientConn, id: u64) -> Result<Option<Incoming>, GatewayError> {
+async fn read_request(
+    ctx: &ShardCtx,
+    c: &mut ClientConn,
+    id: u64,
+) -> Result<Option<Incoming>, GatewayError> {
     let t = &ctx.config.timeouts;
     let mut head_deadline: Option<Instant> = None;
     let head_len = loop {
@@ -186,17 +197,27 @@ async fn read_request(ctx: &ShardCtx, c: &mut ClientConn, id: u64) -> Result<Opt
             c.body.clear();
             let mut pos = head_len;
             // The wire form may exceed the decoded size by framing overhead.
-            let max_window = head_len + (ctx.limits.max_body_bytes as usize).saturating_mul(2) + (64 << 10);
+            let max_window =
+                head_len + (ctx.limits.max_body_bytes as usize).saturating_mul(2) + (64 << 10);
             loop {
                 let used = decoder
-                    .decode(&c.buf.filled()[pos..], &mut c.body, ctx.limits.max_body_bytes)
+                    .decode(
+                        &c.buf.filled()[pos..],
+                        &mut c.body,
+                        ctx.limits.max_body_bytes,
+                    )
                     .map_err(|e| match e {
                         crate::http::chunked::ChunkError::TooLarge => GatewayError::framing(
                             413,
                             "body_too_large",
-                            format!("request body exceeds the limit of {} bytes", ctx.limits.max_body_bytes),
+                            format!(
+                                "request body exceeds the limit of {} bytes",
+                                ctx.limits.max_body_bytes
+                            ),
                         ),
-                        other => GatewayError::framing(400, "malformed_chunked_body", other.message()),
+                        other => {
+                            GatewayError::framing(400, "malformed_chunked_body", other.message())
+                        }
                     })?;
                 pos += used;
                 if decoder.is_done() {
@@ -207,7 +228,11 @@ async fn read_request(ctx: &ShardCtx, c: &mut ClientConn, id: u64) -> Result<Opt
             (BodyAt::Decoded, pos)
         }
     };
-    Ok(Some(Incoming { started, body, consumed }))
+    Ok(Some(Incoming {
+        started,
+        body,
+        consumed,
+    }))
 }
 
 async fn send_continue(c: &mut ClientConn) -> Result<(), GatewayError> {
@@ -217,20 +242,36 @@ async fn send_continue(c: &mut ClientConn) -> Result<(), GatewayError> {
         .map_err(|_| GatewayError::framing(400, "client_gone", "client closed the connection"))
 }
 
-async fn read_body_bytes(c: &mut ClientConn, deadline: Instant, max_window: usize) -> Result<(), GatewayError> {
+async fn read_body_bytes(
+    c: &mut ClientConn,
+    deadline: Instant,
+    max_window: usize,
+) -> Result<(), GatewayError> {
     let left = deadline.saturating_duration_since(Instant::now());
     if left.is_zero() {
         return Err(timeout_error("request body"));
     }
     let _ = c.stream.set_read_timeout(Some(left.max(MIN_TIMEOUT)));
     match read_some(&mut c.stream, &mut c.buf, max_window).await {
-        Ok(0) => Err(GatewayError::framing(400, "incomplete_body", "client closed the connection before the body ended")),
+        Ok(0) => Err(GatewayError::framing(
+            400,
+            "incomplete_body",
+            "client closed the connection before the body ended",
+        )),
         Ok(_) => Ok(()),
         Err(e) if is_timeout(&e) => Err(timeout_error("request body")),
-        Err(e) => Err(GatewayError::framing(400, "incomplete_body", format!("reading the request body: {e}"))),
+        Err(e) => Err(GatewayError::framing(
+            400,
+            "incomplete_body",
+            format!("reading the request body: {e}"),
+        )),
     }
 }
 
 fn timeout_error(what: &str) -> GatewayError {
-    GatewayError::framing(408, "request_timeout", format!("{what} did not arrive in time"))
+    GatewayError::framing(
+        408,
+        "request_timeout",
+        format!("{what} did not arrive in time"),
+    )
 }

@@ -22,9 +22,9 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 
 /// A live client connection as the drain logic sees it.
 struct ConnEntry {
@@ -51,7 +51,12 @@ pub struct ShardCtx {
 }
 
 impl ShardCtx {
-    pub fn new(shard: usize, config: Arc<Config>, resolver: Arc<Resolver>, boot_id: u32) -> ShardCtx {
+    pub fn new(
+        shard: usize,
+        config: Arc<Config>,
+        resolver: Arc<Resolver>,
+        boot_id: u32,
+    ) -> ShardCtx {
         let providers = config
             .providers
             .values()
@@ -91,7 +96,13 @@ impl ShardCtx {
     fn register(&self) -> u64 {
         let id = self.next_conn.get();
         self.next_conn.set(id + 1);
-        self.conns.borrow_mut().insert(id, ConnEntry { idle: true, waker: None });
+        self.conns.borrow_mut().insert(
+            id,
+            ConnEntry {
+                idle: true,
+                waker: None,
+            },
+        );
         self.stats.borrow_mut().counters.connections_accepted += 1;
         id
     }

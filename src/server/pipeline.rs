@@ -62,7 +62,12 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
 }
 
 /// Stage 2: turns path, method and body into a [`Plan`]. `Ok(None)` is `/healthz`.
-fn plan(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming, rec: &mut RequestRecord) -> Result<Option<Plan>, GatewayError> {
+fn plan(
+    ctx: &ShardCtx,
+    c: &mut ClientConn,
+    req: &Incoming,
+    rec: &mut RequestRecord,
+) -> Result<Option<Plan>, GatewayError> {
     let window = c.buf.filled();
     let target = std::str::from_utf8(c.head.target.get(window))
         .map_err(|_| GatewayError::bad_request("invalid_path", "request path is not UTF-8"))?;
@@ -72,20 +77,40 @@ fn plan(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming, rec: &mut RequestRec
         Route::NotFound => Err(GatewayError::not_found(format!(
             "no route for {target}; use /v1/chat/completions, /<provider>/<path> or /v1/<account>/<gateway>/<provider>/<path>"
         ))),
-        Route::Traversal => Err(GatewayError::bad_request("invalid_path", "path segments `.` and `..` are not allowed")),
-        Route::Unified { endpoint, query, cloudflare } => {
-            rec.route = if cloudflare { RouteKind::Cloudflare } else { RouteKind::Unified };
+        Route::Traversal => Err(GatewayError::bad_request(
+            "invalid_path",
+            "path segments `.` and `..` are not allowed",
+        )),
+        Route::Unified {
+            endpoint,
+            query,
+            cloudflare,
+        } => {
+            rec.route = if cloudflare {
+                RouteKind::Cloudflare
+            } else {
+                RouteKind::Unified
+            };
             if method != Method::Post {
-                return Err(GatewayError::method_not_allowed(format!("/v1/{endpoint} takes POST")));
+                return Err(GatewayError::method_not_allowed(format!(
+                    "/v1/{endpoint} takes POST"
+                )));
             }
             let body = match req.body {
                 super::conn::BodyAt::Window(s, e) => &window[s..e],
                 super::conn::BodyAt::Decoded => &c.body[..],
             };
-            let fields = json::scan_request(body)
-                .map_err(|e| GatewayError::bad_request("invalid_json", format!("request body is not valid JSON: {e}")))?;
+            let fields = json::scan_request(body).map_err(|e| {
+                GatewayError::bad_request(
+                    "invalid_json",
+                    format!("request body is not valid JSON: {e}"),
+                )
+            })?;
             let model = fields.model(body).ok_or_else(|| {
-                GatewayError::bad_request("missing_model", "`model` is required, as \"<provider>/<model>\", e.g. \"openai/gpt-4o-mini\"")
+                GatewayError::bad_request(
+                    "missing_model",
+                    "`model` is required, as \"<provider>/<model>\", e.g. \"openai/gpt-4o-mini\"",
+                )
             })?;
             let (provider_name, model_name) = route::split_model(&model).ok_or_else(|| {
                 GatewayError::bad_request(
@@ -101,7 +126,15 @@ fn plan(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming, rec: &mut RequestRec
             let wants_usage = stream
                 && matches!(provider.kind(), ProviderKind::OpenAi | ProviderKind::Mock)
                 && !json::client_asked_usage(body, &fields);
-            json::rewrite_body(body, &fields, &Rewrite { model: model_name, include_usage: wants_usage }, &mut c.rewritten);
+            json::rewrite_body(
+                body,
+                &fields,
+                &Rewrite {
+                    model: model_name,
+                    include_usage: wants_usage,
+                },
+                &mut c.rewritten,
+            );
             Ok(Some(Plan {
                 path: provider.unified_path(endpoint, query),
                 provider,
@@ -112,14 +145,24 @@ fn plan(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming, rec: &mut RequestRec
                 filter_usage_event: wants_usage,
             }))
         }
-        Route::Passthrough { provider, rest, cloudflare } => {
-            rec.route = if cloudflare { RouteKind::Cloudflare } else { RouteKind::Passthrough };
+        Route::Passthrough {
+            provider,
+            rest,
+            cloudflare,
+        } => {
+            rec.route = if cloudflare {
+                RouteKind::Cloudflare
+            } else {
+                RouteKind::Passthrough
+            };
             let provider = match ctx.providers.get(provider) {
                 Some(p) => p.clone(),
                 None if cloudflare => return Err(unknown_provider(ctx, provider)),
-                None => return Err(GatewayError::not_found(format!(
-                    "no route for {target}: `{provider}` is not a configured provider"
-                ))),
+                None => {
+                    return Err(GatewayError::not_found(format!(
+                        "no route for {target}: `{provider}` is not a configured provider"
+                    )));
+                }
             };
             rec.provider = Some(provider.name.clone());
             let body = match req.body {
@@ -145,7 +188,10 @@ fn plan(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming, rec: &mut RequestRec
 }
 
 fn lookup(ctx: &ShardCtx, name: &str) -> Result<Rc<Provider>, GatewayError> {
-    ctx.providers.get(name).cloned().ok_or_else(|| unknown_provider(ctx, name))
+    ctx.providers
+        .get(name)
+        .cloned()
+        .ok_or_else(|| unknown_provider(ctx, name))
 }
 
 fn unknown_provider(ctx: &ShardCtx, name: &str) -> GatewayError {
@@ -153,7 +199,10 @@ fn unknown_provider(ctx: &ShardCtx, name: &str) -> GatewayError {
     known.sort_unstable();
     GatewayError::bad_request(
         "unknown_provider",
-        format!("unknown provider `{name}`; configured providers: {}", known.join(", ")),
+        format!(
+            "unknown provider `{name}`; configured providers: {}",
+            known.join(", ")
+        ),
     )
 }
 

@@ -64,10 +64,28 @@ pub async fn exchange(
         (false, BodyAt::Window(s, e)) => &c.buf.filled()[s..e],
         (false, BodyAt::Decoded) => &c.body,
     };
-    let auth = if plan.unified { &provider.auth_unified } else { &provider.auth_native };
-    build_request(&mut c.up_out, c.buf.filled(), &c.head, plan, auth.as_deref(), body);
-    let mut mock_reply = (provider.kind() == ProviderKind::Mock)
-        .then(|| mock::respond(&mock::MockRequest { path: &plan.path, body }, rec.id));
+    let auth = if plan.unified {
+        &provider.auth_unified
+    } else {
+        &provider.auth_native
+    };
+    build_request(
+        &mut c.up_out,
+        c.buf.filled(),
+        &c.head,
+        plan,
+        auth.as_deref(),
+        body,
+    );
+    let mut mock_reply = (provider.kind() == ProviderKind::Mock).then(|| {
+        mock::respond(
+            &mock::MockRequest {
+                path: &plan.path,
+                body,
+            },
+            rec.id,
+        )
+    });
 
     // 3. upstream: a pooled connection (one retry if it turns out stale), or a new one.
     let mut attempt = 0;
@@ -99,11 +117,22 @@ pub async fn exchange(
             if reused && attempt == 1 {
                 continue;
             }
-            let e = GatewayError::upstream_unreachable(&provider.name, format!("sending the request: {e}"));
+            let e = GatewayError::upstream_unreachable(
+                &provider.name,
+                format!("sending the request: {e}"),
+            );
             return answer_error(ctx, c, rec, e, keep_alive).await;
         }
         let max_head = ctx.config.limits.max_response_head_bytes;
-        match read_response_head(&mut up, &mut c.rhead, plan.method == Method::Head, max_head, t.first_byte).await {
+        match read_response_head(
+            &mut up,
+            &mut c.rhead,
+            plan.method == Method::Head,
+            max_head,
+            t.first_byte,
+        )
+        .await
+        {
             Ok(ttfb) => {
                 rec.upstream_reused = reused;
                 ctx.stats.borrow_mut().counters.upstream_reused += u64::from(reused);
@@ -111,11 +140,17 @@ pub async fn exchange(
             }
             Err(HeadError::ClosedEarly) if reused && attempt == 1 => continue,
             Err(HeadError::ClosedEarly) => {
-                let e = GatewayError::upstream_bad_response(&provider.name, "connection closed before a response");
+                let e = GatewayError::upstream_bad_response(
+                    &provider.name,
+                    "connection closed before a response",
+                );
                 return answer_error(ctx, c, rec, e, keep_alive).await;
             }
             Err(HeadError::Timeout) => {
-                let e = GatewayError::upstream_timeout(&provider.name, "no response within timeouts.first_byte");
+                let e = GatewayError::upstream_timeout(
+                    &provider.name,
+                    "no response within timeouts.first_byte",
+                );
                 return answer_error(ctx, c, rec, e, keep_alive).await;
             }
             Err(HeadError::Bad(why)) => {
@@ -145,7 +180,19 @@ pub async fn exchange(
         rec.error_source = Some("provider");
     }
     c.out.clear();
-    write_client_head(&mut c.out, ctx, rec, rh, up.buf.filled(), framing, http10, keep, pre_upstream, ttfb, plan.method);
+    write_client_head(
+        &mut c.out,
+        ctx,
+        rec,
+        rh,
+        up.buf.filled(),
+        framing,
+        http10,
+        keep,
+        pre_upstream,
+        ttfb,
+        plan.method,
+    );
     up.buf.consume(rh.head_len);
 
     let mut tap = rh.event_stream.then(|| SseTap::new(filter));
@@ -192,7 +239,11 @@ pub async fn exchange(
                     let before = tap.data_events;
                     filtered.clear();
                     tap.feed(data, &mut filtered);
-                    frame(&mut c.out, if tap.filters() { &filtered } else { data }, framing);
+                    frame(
+                        &mut c.out,
+                        if tap.filters() { &filtered } else { data },
+                        framing,
+                    );
                     if before == 0 && tap.data_events > 0 {
                         rec.ttft = Some(req.started.elapsed());
                     }
@@ -258,10 +309,18 @@ pub async fn exchange(
     keep
 }
 
-fn settle_usage(rec: &mut RequestRecord, tap: Option<&SseTap>, tail: &JsonTail, json_done: bool, scratch: &mut Vec<u8>) {
+fn settle_usage(
+    rec: &mut RequestRecord,
+    tap: Option<&SseTap>,
+    tail: &JsonTail,
+    json_done: bool,
+    scratch: &mut Vec<u8>,
+) {
     match tap {
         Some(tap) => rec.usage = tap.usage,
-        None if !json_done => rec.usage = usage_from_json(tail.bytes(), scratch).unwrap_or_default(),
+        None if !json_done => {
+            rec.usage = usage_from_json(tail.bytes(), scratch).unwrap_or_default()
+        }
         None => {}
     }
 }
@@ -288,7 +347,9 @@ async fn read_response_head(
     loop {
         if !up.buf.is_empty() {
             match parse_response(up.buf.filled(), max_head, was_head, rhead) {
-                Ok(ResponseParsed::Head(Parsed::Complete(_))) => return Ok(ttfb.unwrap_or_else(|| start.elapsed())),
+                Ok(ResponseParsed::Head(Parsed::Complete(_))) => {
+                    return Ok(ttfb.unwrap_or_else(|| start.elapsed()));
+                }
                 Ok(ResponseParsed::Interim(n)) => {
                     up.buf.consume(n);
                     continue;
@@ -301,14 +362,24 @@ async fn read_response_head(
         if left.is_zero() {
             return Err(HeadError::Timeout);
         }
-        up.stream.set_read_timeout(left.max(Duration::from_millis(1)));
+        up.stream
+            .set_read_timeout(left.max(Duration::from_millis(1)));
         match read_some(&mut up.stream, &mut up.buf, max_head).await {
             Ok(0) if ttfb.is_none() => return Err(HeadError::ClosedEarly),
-            Ok(0) => return Err(HeadError::Bad("connection closed in the middle of the response head".into())),
+            Ok(0) => {
+                return Err(HeadError::Bad(
+                    "connection closed in the middle of the response head".into(),
+                ));
+            }
             Ok(_) => {
                 ttfb.get_or_insert_with(|| start.elapsed());
             }
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+                ) =>
+            {
                 return Err(HeadError::Timeout);
             }
             Err(_) if ttfb.is_none() => return Err(HeadError::ClosedEarly),
@@ -320,7 +391,8 @@ async fn read_response_head(
 /// Headers never forwarded upstream beyond the hop-by-hop set.
 fn skip_upstream(name: &[u8], key_injected: bool) -> bool {
     let ci = |s: &str| name.eq_ignore_ascii_case(s.as_bytes());
-    let prefix = |p: &str| name.len() >= p.len() && name[..p.len()].eq_ignore_ascii_case(p.as_bytes());
+    let prefix =
+        |p: &str| name.len() >= p.len() && name[..p.len()].eq_ignore_ascii_case(p.as_bytes());
     is_hop_by_hop(name)
         || ci("host")
         || ci("expect")
@@ -332,7 +404,14 @@ fn skip_upstream(name: &[u8], key_injected: bool) -> bool {
 }
 
 /// Re-serializes the request for the provider (never the client's raw head bytes).
-fn build_request(out: &mut Vec<u8>, window: &[u8], head: &RequestHead, plan: &Plan, auth: Option<&str>, body: &[u8]) {
+fn build_request(
+    out: &mut Vec<u8>,
+    window: &[u8],
+    head: &RequestHead,
+    plan: &Plan,
+    auth: Option<&str>,
+    body: &[u8],
+) {
     out.clear();
     out.extend_from_slice(plan.method.as_str().as_bytes());
     out.push(b' ');
@@ -343,10 +422,15 @@ fn build_request(out: &mut Vec<u8>, window: &[u8], head: &RequestHead, plan: &Pl
     if let Some(auth) = auth {
         out.extend_from_slice(auth.as_bytes());
     }
-    let has_connection = head.headers.iter().any(|h| h.name.get(window).eq_ignore_ascii_case(b"connection"));
+    let has_connection = head
+        .headers
+        .iter()
+        .any(|h| h.name.get(window).eq_ignore_ascii_case(b"connection"));
     for h in &head.headers {
         let name = h.name.get(window);
-        if skip_upstream(name, auth.is_some()) || (has_connection && head.connection_lists(window, name)) {
+        if skip_upstream(name, auth.is_some())
+            || (has_connection && head.connection_lists(window, name))
+        {
             continue;
         }
         out.extend_from_slice(name);
@@ -366,7 +450,10 @@ fn header_safe(v: &str) -> bool {
     v.bytes().all(|b| (0x20..0x7f).contains(&b))
 }
 
-#[expect(clippy::too_many_arguments, reason = "one call site; each argument is a distinct fact of the head")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site; each argument is a distinct fact of the head"
+)]
 fn write_client_head(
     out: &mut Vec<u8>,
     ctx: &ShardCtx,
@@ -414,11 +501,15 @@ fn write_client_head(
     if rh.status >= 400 {
         out.extend_from_slice(b"aigw-error-source: provider\r\n");
     }
+    // Milliseconds with microsecond precision, formatted as integers (no float formatting).
+    let (g, u) = (pre_upstream.as_micros(), ttfb.as_micros());
     let _ = write!(
         out,
-        "server-timing: gateway;dur={:.3}, upstream;dur={:.3}\r\n",
-        pre_upstream.as_secs_f64() * 1e3,
-        ttfb.as_secs_f64() * 1e3
+        "server-timing: gateway;dur={}.{:03}, upstream;dur={}.{:03}\r\n",
+        g / 1000,
+        g % 1000,
+        u / 1000,
+        u % 1000
     );
     match (framing, rh.body()) {
         (ClientFraming::Length, ResponseBody::Length(n)) => {
@@ -427,7 +518,9 @@ fn write_client_head(
         (ClientFraming::Chunked, _) => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         // A bodyless answer to a GET/POST still needs an explicit length, or the
         // client would read until close.
-        (ClientFraming::None, _) if method != Method::Head && rh.status != 204 && rh.status != 304 => {
+        (ClientFraming::None, _)
+            if method != Method::Head && rh.status != 204 && rh.status != 304 =>
+        {
             out.extend_from_slice(b"content-length: 0\r\n");
         }
         _ => {}

@@ -47,7 +47,11 @@ impl Stream {
 }
 
 impl AsyncRead for Stream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
@@ -57,7 +61,11 @@ impl AsyncRead for Stream {
 }
 
 impl AsyncWrite for Stream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
@@ -90,7 +98,12 @@ pub struct UpstreamConn {
 
 impl UpstreamConn {
     pub fn new(stream: Stream) -> UpstreamConn {
-        UpstreamConn { stream, buf: ReadBuf::with_capacity(UPSTREAM_BUF), uses: 0, idle_since: Instant::now() }
+        UpstreamConn {
+            stream,
+            buf: ReadBuf::with_capacity(UPSTREAM_BUF),
+            uses: 0,
+            idle_since: Instant::now(),
+        }
     }
 }
 
@@ -103,7 +116,11 @@ pub enum ConnectError {
 
 /// Opens a new connection to `provider` (DNS from the cache, TCP_NODELAY, TLS
 /// for https), bounded by `timeout` as a whole.
-pub async fn connect(provider: &Provider, resolver: &Resolver, timeout: Duration) -> Result<UpstreamConn, ConnectError> {
+pub async fn connect(
+    provider: &Provider,
+    resolver: &Resolver,
+    timeout: Duration,
+) -> Result<UpstreamConn, ConnectError> {
     let url = &provider.config.base_url;
     let deadline = Instant::now() + timeout;
     let addrs = resolver
@@ -135,13 +152,18 @@ pub async fn connect(provider: &Provider, resolver: &Resolver, timeout: Duration
     }
     let name = rustls::pki_types::ServerName::try_from(url.host.clone())
         .map_err(|e| ConnectError::Failed(format!("invalid TLS name {}: {e}", url.host)))?;
-    let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(1));
     let _ = tcp.set_read_timeout(Some(left));
     let _ = tcp.set_write_timeout(Some(left));
     let connector = futures_rustls::TlsConnector::from(super::tls::client_config());
     match connector.connect(name, tcp).await {
         Ok(tls) => Ok(UpstreamConn::new(Stream::Tls(Box::new(tls)))),
         Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(ConnectError::Timeout),
-        Err(e) => Err(ConnectError::Failed(format!("TLS handshake with {}: {e}", url.host))),
+        Err(e) => Err(ConnectError::Failed(format!(
+            "TLS handshake with {}: {e}",
+            url.host
+        ))),
     }
 }

@@ -55,7 +55,13 @@ impl Resolver {
 
     fn insert(&self, host: &str, port: u16, addrs: Arc<[SocketAddr]>) {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        cache.insert((host.to_string(), port), Entry { addrs, resolved: Instant::now() });
+        cache.insert(
+            (host.to_string(), port),
+            Entry {
+                addrs,
+                resolved: Instant::now(),
+            },
+        );
     }
 
     /// Re-resolves every cached host; run by a control thread every [`REFRESH`].
@@ -74,12 +80,14 @@ impl Resolver {
     /// Starts the refresh thread.
     pub fn spawn_refresher(self: &Arc<Self>) {
         let me = Arc::clone(self);
-        let _ = std::thread::Builder::new().name("aigw-dns".into()).spawn(move || {
-            loop {
-                std::thread::sleep(REFRESH);
-                me.refresh_all();
-            }
-        });
+        let _ = std::thread::Builder::new()
+            .name("aigw-dns".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(REFRESH);
+                    me.refresh_all();
+                }
+            });
     }
 }
 
@@ -88,7 +96,10 @@ fn resolve(host: &str, port: u16) -> std::io::Result<Arc<[SocketAddr]>> {
     // Prefer IPv4: many hosts have no IPv6 route.
     addrs.sort_by_key(|a| a.is_ipv6());
     if addrs.is_empty() {
-        return Err(std::io::Error::new(std::io::ErrorKind::NotFound, format!("{host} has no addresses")));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{host} has no addresses"),
+        ));
     }
     Ok(Arc::from(addrs))
 }

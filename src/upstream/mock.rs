@@ -11,7 +11,8 @@ use crate::http::chunked::{LAST_CHUNK, write_chunk};
 use simd_json::prelude::*;
 use std::fmt::Write as _;
 
-const DEFAULT_REPLY: &str = "This is a mock reply from aigw. Point a provider at a real model to get real answers.";
+const DEFAULT_REPLY: &str =
+    "This is a mock reply from aigw. Point a provider at a real model to get real answers.";
 
 /// What the mock needs to know about a request.
 pub struct MockRequest<'a> {
@@ -26,9 +27,19 @@ pub fn respond(req: &MockRequest<'_>, request_id: u64) -> Vec<u8> {
     let endpoint = path.trim_start_matches("/v1").trim_start_matches('/');
     let mut scratch = req.body.to_vec();
     let parsed = simd_json::to_borrowed_value(&mut scratch).ok();
-    let get_str = |k: &str| parsed.as_ref().and_then(|v| v.get(k)).and_then(|v| v.as_str()).map(str::to_string);
+    let get_str = |k: &str| {
+        parsed
+            .as_ref()
+            .and_then(|v| v.get(k))
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+    };
     let model = get_str("model").unwrap_or_else(|| "mock".into());
-    let stream = parsed.as_ref().and_then(|v| v.get("stream")).and_then(|v| v.as_bool()).unwrap_or(false);
+    let stream = parsed
+        .as_ref()
+        .and_then(|v| v.get("stream"))
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
     let include_usage = parsed
         .as_ref()
         .and_then(|v| v.get("stream_options"))
@@ -51,7 +62,13 @@ pub fn respond(req: &MockRequest<'_>, request_id: u64) -> Vec<u8> {
                 prompt_tokens + completion_tokens
             );
             if stream {
-                stream_reply(&id, &model, &reply, chat, include_usage.then_some(usage.as_str()))
+                stream_reply(
+                    &id,
+                    &model,
+                    &reply,
+                    chat,
+                    include_usage.then_some(usage.as_str()),
+                )
             } else {
                 let mut body = String::with_capacity(reply.len() + 256);
                 let text = json_str(&reply);
@@ -99,7 +116,11 @@ pub fn respond(req: &MockRequest<'_>, request_id: u64) -> Vec<u8> {
 
 fn last_user_text(v: &simd_json::BorrowedValue<'_>) -> String {
     let Some(msgs) = v.get("messages").and_then(|m| m.as_array()) else {
-        return v.get("prompt").and_then(|p| p.as_str()).unwrap_or("").to_string();
+        return v
+            .get("prompt")
+            .and_then(|p| p.as_str())
+            .unwrap_or("")
+            .to_string();
     };
     msgs.iter()
         .filter(|m| m.get("role").and_then(|r| r.as_str()) == Some("user"))
@@ -111,7 +132,11 @@ fn last_user_text(v: &simd_json::BorrowedValue<'_>) -> String {
             None => c
                 .as_array()
                 .map(|parts| {
-                    parts.iter().filter_map(|p| p.get("text").and_then(|t| t.as_str())).collect::<Vec<_>>().join(" ")
+                    parts
+                        .iter()
+                        .filter_map(|p| p.get("text").and_then(|t| t.as_str()))
+                        .collect::<Vec<_>>()
+                        .join(" ")
                 })
                 .unwrap_or_default(),
         })
@@ -142,17 +167,35 @@ fn stream_reply(id: &str, model: &str, reply: &str, chat: bool, usage: Option<&s
         b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n",
     );
     let model = json_str(model);
-    let null_usage = if usage.is_some() { ",\"usage\":null" } else { "" };
-    let object = if chat { "chat.completion.chunk" } else { "text_completion" };
+    let null_usage = if usage.is_some() {
+        ",\"usage\":null"
+    } else {
+        ""
+    };
+    let object = if chat {
+        "chat.completion.chunk"
+    } else {
+        "text_completion"
+    };
     let words: Vec<&str> = reply.split_inclusive(' ').collect();
     let mut event = String::new();
     for (i, word) in words.iter().enumerate() {
         event.clear();
         let choice = if chat {
-            let role = if i == 0 { "\"role\":\"assistant\"," } else { "" };
-            format!("{{\"index\":0,\"delta\":{{{role}\"content\":{}}},\"finish_reason\":null}}", json_str(word))
+            let role = if i == 0 {
+                "\"role\":\"assistant\","
+            } else {
+                ""
+            };
+            format!(
+                "{{\"index\":0,\"delta\":{{{role}\"content\":{}}},\"finish_reason\":null}}",
+                json_str(word)
+            )
         } else {
-            format!("{{\"index\":0,\"text\":{},\"finish_reason\":null}}", json_str(word))
+            format!(
+                "{{\"index\":0,\"text\":{},\"finish_reason\":null}}",
+                json_str(word)
+            )
         };
         let _ = write!(
             event,
@@ -200,7 +243,13 @@ mod tests {
     #[test]
     fn echo_repeats_the_last_user_message_with_usage() {
         let body = br#"{"model":"echo","messages":[{"role":"user","content":"hello there"}]}"#;
-        let raw = respond(&MockRequest { path: "/v1/chat/completions", body }, 1);
+        let raw = respond(
+            &MockRequest {
+                path: "/v1/chat/completions",
+                body,
+            },
+            1,
+        );
         let s = String::from_utf8(raw).unwrap();
         assert!(s.starts_with("HTTP/1.1 200 OK\r\n"));
         assert!(s.contains("\"content\":\"hello there\""));
@@ -209,8 +258,16 @@ mod tests {
 
     #[test]
     fn streams_end_with_usage_then_done_when_asked() {
-        let body = br#"{"model":"x","stream":true,"stream_options":{"include_usage":true},"messages":[]}"#;
-        let s = String::from_utf8(respond(&MockRequest { path: "/v1/chat/completions", body }, 1)).unwrap();
+        let body =
+            br#"{"model":"x","stream":true,"stream_options":{"include_usage":true},"messages":[]}"#;
+        let s = String::from_utf8(respond(
+            &MockRequest {
+                path: "/v1/chat/completions",
+                body,
+            },
+            1,
+        ))
+        .unwrap();
         let usage_at = s.find("\"choices\":[],\"usage\":{").unwrap();
         assert!(usage_at < s.find("[DONE]").unwrap());
         assert!(s.ends_with("0\r\n\r\n"));

@@ -34,11 +34,20 @@ impl Provider {
             }
             (Some(k), ProviderKind::Anthropic) => (
                 Some(format!("x-api-key: {}\r\n", k.expose())),
-                Some(format!("authorization: Bearer {}\r\nx-api-key: {}\r\n", k.expose(), k.expose())),
+                Some(format!(
+                    "authorization: Bearer {}\r\nx-api-key: {}\r\n",
+                    k.expose(),
+                    k.expose()
+                )),
             ),
             _ => (None, None),
         };
-        Provider { name: Rc::from(config.name.as_str()), config, auth_native: native, auth_unified: unified }
+        Provider {
+            name: Rc::from(config.name.as_str()),
+            config,
+            auth_native: native,
+            auth_unified: unified,
+        }
     }
 
     pub fn kind(&self) -> ProviderKind {

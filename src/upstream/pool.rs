@@ -20,7 +20,10 @@ pub struct Pool {
 
 impl Pool {
     pub fn new(max_idle: Duration) -> Pool {
-        Pool { idle: RefCell::new(HashMap::new()), max_idle }
+        Pool {
+            idle: RefCell::new(HashMap::new()),
+            max_idle,
+        }
     }
 
     /// A warm connection, if one is younger than the idle limit.

@@ -6,8 +6,8 @@
 //! a run that could not start.
 
 use aigw_loadtest::load::config::{
-    self, BodySource, ConfigError, DEFAULT_CLOSED_CONNECTIONS, DEFAULT_MAX_ERROR_RATE, DEFAULT_MODEL,
-    DEFAULT_OPEN_CONNECTIONS, DEFAULT_POOL_SIZE, LoadConfig, Mode,
+    self, BodySource, ConfigError, DEFAULT_CLOSED_CONNECTIONS, DEFAULT_MAX_ERROR_RATE,
+    DEFAULT_MODEL, DEFAULT_OPEN_CONNECTIONS, DEFAULT_POOL_SIZE, LoadConfig, Mode,
 };
 use clap::Parser;
 use std::num::NonZeroUsize;
@@ -140,7 +140,9 @@ fn build_config(args: Args) -> Result<(LoadConfig, Option<PathBuf>), ConfigError
         return Err(ConfigError("--hit-ratio must be between 0 and 1".into()));
     }
     if !(0.0..=1.0).contains(&args.max_error_rate) {
-        return Err(ConfigError("--max-error-rate must be between 0 and 1".into()));
+        return Err(ConfigError(
+            "--max-error-rate must be between 0 and 1".into(),
+        ));
     }
     if args.method.is_empty() || !args.method.bytes().all(|b| b.is_ascii_uppercase()) {
         return Err(ConfigError(format!("bad --method {:?}", args.method)));

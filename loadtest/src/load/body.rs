@@ -190,14 +190,16 @@ impl SplitMix64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::load::config::parse_target;
+    use crate::load::config::{DEFAULT_POOL_SIZE, parse_target};
     use std::collections::HashSet;
 
     fn config(hit_ratio: f64) -> (LoadConfig, Target) {
-        let target = parse_target("http://127.0.0.1:9/v1/chat/completions", "bench/m", false).unwrap();
+        let target =
+            parse_target("http://127.0.0.1:9/v1/chat/completions", "bench/m", false).unwrap();
         let mut cfg = LoadConfig::new(vec![target.clone()]);
         cfg.hit_ratio = hit_ratio;
-        cfg.headers.push(("Authorization".into(), "Bearer k".into()));
+        cfg.headers
+            .push(("Authorization".into(), "Bearer k".into()));
         (cfg, target)
     }
 
@@ -224,7 +226,9 @@ mod tests {
     fn distinct_prompts(hit_ratio: f64, requests: usize) -> usize {
         let (cfg, target) = config(hit_ratio);
         let mut f = RequestFactory::new(Arc::new(RequestPlan::new(&cfg, &target, 7)), 3);
-        let set: HashSet<Vec<u8>> = (0..requests).map(|_| body_of(f.next_request()).to_vec()).collect();
+        let set: HashSet<Vec<u8>> = (0..requests)
+            .map(|_| body_of(f.next_request()).to_vec())
+            .collect();
         set.len()
     }
 
@@ -242,7 +246,10 @@ mod tests {
         cfg.body = BodySource::Fixed(b"{\"x\":1}".to_vec());
         let mut f = RequestFactory::new(Arc::new(RequestPlan::new(&cfg, &target, 7)), 0);
         assert_eq!(body_of(f.next_request()), b"{\"x\":1}");
-        assert!(f.next_request().ends_with(b"Content-Length: 7\r\n\r\n{\"x\":1}"));
+        assert!(
+            f.next_request()
+                .ends_with(b"Content-Length: 7\r\n\r\n{\"x\":1}")
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::num::NonZeroUsize;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 /// Connections per run when none are given, closed loop: enough to keep one
@@ -235,7 +235,9 @@ pub fn parse_cpu_watch(s: &str) -> Result<CpuWatch, ConfigError> {
 /// a load generator pointed at the wrong host is an outage, so that takes a flag.
 pub fn parse_target(url: &str, model: &str, allow_remote: bool) -> Result<Target, ConfigError> {
     let Some(rest) = url.strip_prefix("http://") else {
-        return err(format!("unsupported URL {url:?}: only http:// is supported"));
+        return err(format!(
+            "unsupported URL {url:?}: only http:// is supported"
+        ));
     };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
@@ -287,7 +289,7 @@ pub fn read_body_file(path: &Path) -> Result<Vec<u8>, ConfigError> {
 }
 
 /// One body per non-empty line.
-pub fn read_jsonl_file(path: &PathBuf) -> Result<Vec<Vec<u8>>, ConfigError> {
+pub fn read_jsonl_file(path: &Path) -> Result<Vec<Vec<u8>>, ConfigError> {
     let all = read_body_file(path)?;
     let lines: Vec<Vec<u8>> = all
         .split(|&b| b == b'\n')
@@ -315,7 +317,11 @@ mod tests {
             ("0s", 0),
         ];
         for (text, ms) in cases {
-            assert_eq!(parse_duration(text).unwrap(), Duration::from_millis(ms), "{text}");
+            assert_eq!(
+                parse_duration(text).unwrap(),
+                Duration::from_millis(ms),
+                "{text}"
+            );
         }
         assert!(parse_duration("ten").is_err());
         assert!(parse_duration("5 parsecs").is_err());

@@ -46,7 +46,10 @@ pub struct RunClock {
 pub enum Pacing {
     Closed,
     /// First due time and the interval between this connection's requests.
-    Open { first: Instant, every: Duration },
+    Open {
+        first: Instant,
+        every: Duration,
+    },
 }
 
 /// Per-executor counters the connections record into; `warmup` feeds only the
@@ -252,7 +255,8 @@ impl SseState {
 
     fn record_into(&self, s: &mut Stats, origin: Instant) {
         if let Some(first) = self.first {
-            s.ttft.saturating_record(micros(first.saturating_duration_since(origin)));
+            s.ttft
+                .saturating_record(micros(first.saturating_duration_since(origin)));
         }
         for &g in &self.gaps {
             s.gap.saturating_record(g);

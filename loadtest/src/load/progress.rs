@@ -29,8 +29,18 @@ impl Collector {
     /// `[1/2 http://…] 3s measure  4998 req/s  errors 0  p50 210µs  p99 950µs`,
     /// where the rate is over the last interval and the rest is cumulative for
     /// the current phase.
-    pub fn progress_line(&mut self, label: &str, elapsed: Duration, in_warmup: bool, now: Instant) -> String {
-        let phase = if in_warmup { &self.warmup } else { &self.measured };
+    pub fn progress_line(
+        &mut self,
+        label: &str,
+        elapsed: Duration,
+        in_warmup: bool,
+        now: Instant,
+    ) -> String {
+        let phase = if in_warmup {
+            &self.warmup
+        } else {
+            &self.measured
+        };
         let responses = self.warmup.responses + self.measured.responses;
         let since = self
             .last_line_at

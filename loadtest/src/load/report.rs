@@ -77,7 +77,13 @@ pub struct TargetReport {
 }
 
 impl TargetReport {
-    pub fn new(url: String, model: String, duration: Duration, offered_rps: Option<f64>, stats: Stats) -> Self {
+    pub fn new(
+        url: String,
+        model: String,
+        duration: Duration,
+        offered_rps: Option<f64>,
+        stats: Stats,
+    ) -> Self {
         TargetReport {
             url,
             model,
@@ -107,7 +113,11 @@ impl TargetReport {
     pub fn error_rate(&self) -> f64 {
         let failed = self.stats.errors() + self.stats.unsent;
         let total = self.stats.attempts() + self.stats.unsent;
-        if total == 0 { 1.0 } else { failed as f64 / total as f64 }
+        if total == 0 {
+            1.0
+        } else {
+            failed as f64 / total as f64
+        }
     }
 
     pub fn to_json(&self) -> Value {
@@ -222,7 +232,12 @@ impl Report {
                 t.rps(),
                 t.duration.as_secs_f64()
             );
-            let status: Vec<String> = t.stats.status.iter().map(|(s, n)| format!("{s}:{n}")).collect();
+            let status: Vec<String> = t
+                .stats
+                .status
+                .iter()
+                .map(|(s, n)| format!("{s}:{n}"))
+                .collect();
             let kinds: Vec<String> = ErrorKind::ALL
                 .iter()
                 .filter(|k| t.stats.errors_of(**k) > 0)
@@ -245,7 +260,11 @@ impl Report {
             if let Some(why) = &t.stats.first_error {
                 let _ = writeln!(out, "  first error: {why}");
             }
-            let _ = writeln!(out, "  {:<10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}", "latency", "p50", "p90", "p99", "p99.9", "max", "mean");
+            let _ = writeln!(
+                out,
+                "  {:<10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+                "latency", "p50", "p90", "p99", "p99.9", "max", "mean"
+            );
             table_row(&mut out, "total", &t.latency);
             if t.ttft.count > 0 {
                 table_row(&mut out, "ttft", &t.ttft);

@@ -67,7 +67,8 @@ pub fn parse_head(buf: &[u8]) -> Result<HeadParse, ProtocolError> {
     let mut chunked = false;
     for h in resp.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
-            let text = std::str::from_utf8(h.value).map_err(|_| ProtocolError("bad content-length"))?;
+            let text =
+                std::str::from_utf8(h.value).map_err(|_| ProtocolError("bad content-length"))?;
             let n = text
                 .trim()
                 .parse::<u64>()
@@ -76,8 +77,8 @@ pub fn parse_head(buf: &[u8]) -> Result<HeadParse, ProtocolError> {
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             chunked = h
                 .value
-                .split(|&b| b == b',')
-                .last()
+                .rsplit(|&b| b == b',')
+                .next()
                 .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         } else if h.name.eq_ignore_ascii_case("connection") {
             for token in h.value.split(|&b| b == b',') {
@@ -121,14 +122,21 @@ pub enum Feed {
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Chunk {
     /// Reading the hex size; `digits` seen so far.
-    Size { size: u64, digits: u8 },
+    Size {
+        size: u64,
+        digits: u8,
+    },
     /// Skipping a chunk extension up to the end of the size line.
-    Extension { size: u64 },
+    Extension {
+        size: u64,
+    },
     Data(u64),
     /// After the data: expecting CRLF.
     DataEnd,
     /// After the last chunk: trailer lines until an empty one.
-    Trailer { line_start: bool },
+    Trailer {
+        line_start: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -314,23 +322,54 @@ mod tests {
     #[test]
     fn heads_are_framed_by_their_headers() {
         let cases: &[(&[u8], u16, Framing, bool)] = &[
-            (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", 200, Framing::Length(5), true),
-            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", 200, Framing::Chunked, true),
-            (b"HTTP/1.1 204 No Content\r\n\r\n", 204, Framing::Empty, true),
-            (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n", 200, Framing::Length(1), false),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+                200,
+                Framing::Length(5),
+                true,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                200,
+                Framing::Chunked,
+                true,
+            ),
+            (
+                b"HTTP/1.1 204 No Content\r\n\r\n",
+                204,
+                Framing::Empty,
+                true,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n",
+                200,
+                Framing::Length(1),
+                false,
+            ),
             (b"HTTP/1.0 200 OK\r\n\r\n", 200, Framing::UntilClose, false),
-            (b"HTTP/1.0 500 X\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n", 500, Framing::Length(0), true),
+            (
+                b"HTTP/1.0 500 X\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n",
+                500,
+                Framing::Length(0),
+                true,
+            ),
         ];
         for (bytes, status, framing, keep_alive) in cases {
             let (h, n) = head(bytes);
-            assert_eq!((h.status, h.framing, h.keep_alive), (*status, *framing, *keep_alive));
+            assert_eq!(
+                (h.status, h.framing, h.keep_alive),
+                (*status, *framing, *keep_alive)
+            );
             assert_eq!(n, bytes.len());
         }
     }
 
     #[test]
     fn an_incomplete_head_asks_for_more() {
-        assert_eq!(parse_head(b"HTTP/1.1 200 OK\r\nContent-Le").unwrap(), HeadParse::Partial);
+        assert_eq!(
+            parse_head(b"HTTP/1.1 200 OK\r\nContent-Le").unwrap(),
+            HeadParse::Partial
+        );
         assert!(parse_head(b"NOT HTTP\r\n\r\n").is_err());
     }
 
@@ -365,7 +404,12 @@ mod tests {
 
     #[test]
     fn malformed_chunks_are_protocol_errors() {
-        for wire in [&b"zz\r\n"[..], b"\r\n", b"1\r\nab\r\n", b"11111111111111111\r\n"] {
+        for wire in [
+            &b"zz\r\n"[..],
+            b"\r\n",
+            b"1\r\nab\r\n",
+            b"11111111111111111\r\n",
+        ] {
             let mut dec = BodyDecoder::new(Framing::Chunked);
             assert!(dec.feed(wire, &mut |_| {}).is_err(), "{wire:?}");
         }
@@ -373,8 +417,16 @@ mod tests {
 
     #[test]
     fn eof_ends_only_until_close_bodies() {
-        assert!(BodyDecoder::new(Framing::UntilClose).finish_at_eof().is_ok());
-        assert!(BodyDecoder::new(Framing::Length(2)).finish_at_eof().is_err());
+        assert!(
+            BodyDecoder::new(Framing::UntilClose)
+                .finish_at_eof()
+                .is_ok()
+        );
+        assert!(
+            BodyDecoder::new(Framing::Length(2))
+                .finish_at_eof()
+                .is_err()
+        );
     }
 
     #[test]

@@ -55,7 +55,12 @@ pub fn run(cfg: &LoadConfig) -> Result<Report, RunError> {
     let mut targets = Vec::with_capacity(cfg.targets.len());
     for (i, target) in cfg.targets.iter().enumerate() {
         let label = format!("[{}/{} {}]", i + 1, cfg.targets.len(), target.url);
-        targets.push(run_target(cfg, target, &label, nonce.wrapping_add(i as u64))?);
+        targets.push(run_target(
+            cfg,
+            target,
+            &label,
+            nonce.wrapping_add(i as u64),
+        )?);
     }
     Ok(Report {
         mode: match cfg.mode {
@@ -72,7 +77,12 @@ pub fn run(cfg: &LoadConfig) -> Result<Report, RunError> {
 }
 
 /// One target: start the executors, watch them, collect.
-fn run_target(cfg: &LoadConfig, target: &Target, label: &str, nonce: u64) -> Result<TargetReport, RunError> {
+fn run_target(
+    cfg: &LoadConfig,
+    target: &Target,
+    label: &str,
+    nonce: u64,
+) -> Result<TargetReport, RunError> {
     let start = Instant::now() + STARTUP_GRACE;
     let clock = RunClock {
         start,
@@ -98,7 +108,12 @@ fn run_target(cfg: &LoadConfig, target: &Target, label: &str, nonce: u64) -> Res
             let index = next_index.fetch_add(1, Ordering::Relaxed);
             run_shard(plan, index).await
         })
-        .map_err(|e| RunError(format!("cannot start executors on CPUs {:?}: {e}", cfg.cpus)))?;
+        .map_err(|e| {
+            RunError(format!(
+                "cannot start executors on CPUs {:?}: {e}",
+                cfg.cpus
+            ))
+        })?;
 
     // Main loop: merge snapshots, print progress, sample CPU at the window's edges.
     let mut collector = Collector::default();
@@ -153,7 +168,11 @@ fn run_target(cfg: &LoadConfig, target: &Target, label: &str, nonce: u64) -> Res
     );
     if let Some(cpu_at_start) = cpu_at_start {
         let requests = report.stats.responses.max(1) as f64;
-        for (watch, (before, after)) in cfg.cpu_watch.iter().zip(cpu_at_start.watched.iter().zip(&cpu_at_end.watched)) {
+        for (watch, (before, after)) in cfg
+            .cpu_watch
+            .iter()
+            .zip(cpu_at_start.watched.iter().zip(&cpu_at_end.watched))
+        {
             if let (Some(before), Some(after)) = (before, after) {
                 let used = after.saturating_sub(*before);
                 report.cpu.push(CpuUse {
@@ -165,7 +184,8 @@ fn run_target(cfg: &LoadConfig, target: &Target, label: &str, nonce: u64) -> Res
         }
         if let (Some(before), Some(after)) = (cpu_at_start.own, cpu_at_end.own) {
             let capacity = cfg.duration.as_secs_f64() * cfg.cpus.len() as f64;
-            report.loadgen_cpu_percent = Some(after.saturating_sub(before).as_secs_f64() * 100.0 / capacity.max(1e-9));
+            report.loadgen_cpu_percent =
+                Some(after.saturating_sub(before).as_secs_f64() * 100.0 / capacity.max(1e-9));
         }
     }
     Ok(report)
@@ -179,7 +199,9 @@ fn executor_pool(cpus: &[usize]) -> LocalExecutorPoolBuilder {
         .iter()
         .map(|&cpu| match &online {
             Some(set) => set.clone().filter(|l| l.cpu == cpu),
-            None => CpuSet::online().expect("cpu topology").filter(|l| l.cpu == cpu),
+            None => CpuSet::online()
+                .expect("cpu topology")
+                .filter(|l| l.cpu == cpu),
         })
         .collect();
     LocalExecutorPoolBuilder::new(PoolPlacement::Custom(sets))
@@ -196,12 +218,12 @@ fn check_cpus(cpus: &[usize]) -> Result<(), RunError> {
         .lines()
         .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
         .and_then(|list| parse_cpu_list(list.trim()).ok());
-    if let Some(allowed) = allowed {
-        if let Some(bad) = cpus.iter().find(|c| !allowed.contains(c)) {
-            return Err(RunError(format!(
-                "CPU {bad} is not available to this process (allowed: {allowed:?})"
-            )));
-        }
+    if let Some(allowed) = allowed
+        && let Some(bad) = cpus.iter().find(|c| !allowed.contains(c))
+    {
+        return Err(RunError(format!(
+            "CPU {bad} is not available to this process (allowed: {allowed:?})"
+        )));
     }
     if CpuSet::online().is_err() {
         return Err(RunError("cannot read the CPU topology".into()));
@@ -216,7 +238,11 @@ struct CpuSample {
 
 fn sample_cpu(cfg: &LoadConfig) -> CpuSample {
     CpuSample {
-        watched: cfg.cpu_watch.iter().map(|w| processes_cpu(&w.pids)).collect(),
+        watched: cfg
+            .cpu_watch
+            .iter()
+            .map(|w| processes_cpu(&w.pids))
+            .collect(),
         own: process_cpu("self"),
     }
 }

@@ -155,10 +155,14 @@ impl Stats {
     }
 
     pub fn merge(&mut self, other: &Stats) {
-        self.latency.add(&other.latency).expect("same histogram bounds");
+        self.latency
+            .add(&other.latency)
+            .expect("same histogram bounds");
         self.ttft.add(&other.ttft).expect("same histogram bounds");
         self.gap.add(&other.gap).expect("same histogram bounds");
-        self.send_lag.add(&other.send_lag).expect("same histogram bounds");
+        self.send_lag
+            .add(&other.send_lag)
+            .expect("same histogram bounds");
         for &(status, n) in &other.status {
             match self.status.iter_mut().find(|(s, _)| *s == status) {
                 Some((_, m)) => *m += n,
