@@ -133,6 +133,11 @@ pub const KEYS: &[KeySpec] = &[
         default: "(per provider)",
         meaning: "environment variable holding the provider key (read at start)",
     },
+    KeySpec {
+        path: "providers.*.ca_file",
+        default: "(none)",
+        meaning: "PEM file of extra CAs trusted for this provider (private CAs); public roots stay trusted",
+    },
 ];
 
 /// A secret that cannot be printed by accident.
@@ -267,6 +272,8 @@ pub struct ProviderConfig {
     pub api_key: Option<Secret>,
     /// Where the key came from, for messages (never the key itself).
     pub api_key_env: Option<String>,
+    /// Extra trusted CA certificates (DER), read from `ca_file` at start.
+    pub extra_roots: Vec<Vec<u8>>,
 }
 
 #[derive(Clone, Debug)]
@@ -532,6 +539,7 @@ impl Config {
                         base_url: BaseUrl::parse(url).expect("built-in URL is valid"),
                         api_key,
                         api_key_env: key_env.map(str::to_string),
+                        extra_roots: Vec::new(),
                     },
                 );
             }
@@ -828,14 +836,47 @@ impl Walker {
         let api_key = key
             .or_else(|| key_env.as_deref().and_then(env))
             .filter(|k| !k.is_empty());
+        let ca_path = format!("{path}.ca_file");
+        let extra_roots = match self.string(Some(t), &ca_path) {
+            Some(file) => match read_pem_certs(&file) {
+                Ok(certs) => certs,
+                Err(e) => {
+                    self.err(&ca_path, e);
+                    return None;
+                }
+            },
+            None => Vec::new(),
+        };
         Some(ProviderConfig {
             name: name.to_string(),
             kind,
             base_url,
             api_key: api_key.map(Secret::new),
             api_key_env: key_env,
+            extra_roots,
         })
     }
+}
+
+/// Reads every certificate in a PEM file (DER bytes).
+fn read_pem_certs(file: &str) -> Result<Vec<Vec<u8>>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let certs: Result<Vec<_>, _> = CertificateDer::pem_file_iter(file)
+        .map_err(|e| format!("cannot read {file}: {e}"))?
+        .map(|c| c.map(|c| c.to_vec()))
+        .collect();
+    let certs = certs.map_err(|e| format!("{file} is not a PEM certificate file: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!("{file} holds no PEM certificates"));
+    }
+    let mut store = rustls::RootCertStore::empty();
+    for der in &certs {
+        store
+            .add(CertificateDer::from(der.clone()))
+            .map_err(|e| format!("{file}: a certificate cannot be a trust anchor: {e}"))?;
+    }
+    Ok(certs)
 }
 
 /// `providers.foo.kind` -> `providers.*.kind`.

@@ -132,12 +132,15 @@ pub fn serve(config: Config, on_ready: impl FnOnce(&Listening)) -> Result<(), St
             detail.join("; ")
         });
     }
+    // Handlers go in before readiness is announced: a supervisor may send
+    // SIGTERM as soon as it reads the listening line, and the default action
+    // would kill the process without a drain.
+    signals::spawn(senders.clone()).map_err(|e| format!("cannot install signal handlers: {e}"))?;
     on_ready(&Listening {
         addr,
         shards,
         admin_socket: config.admin_socket.clone(),
     });
-    signals::spawn(senders.clone()).map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let results = handles.join_all();
     let _ = std::fs::remove_file(&config.admin_socket);
     let errors: Vec<String> = results
@@ -167,7 +170,7 @@ async fn run_shard(a: ShardArgs) {
     // glommio 0.9.0's first timer sleep registers a membarrier (6-14 ms here);
     // pay it before serving instead of on the first request.
     timer::sleep(Duration::from_millis(1)).await;
-    let listener = match bind_listener(a.addr) {
+    let (listener, stopper) = match bind_listener(a.addr) {
         Ok(l) => l,
         Err(e) => {
             let _ = a.ready.send(Err(format!(
@@ -213,6 +216,11 @@ async fn run_shard(a: ShardArgs) {
             None => break,
         }
     }
+    // Dropping the listener is not enough: glommio's in-flight io_uring accept
+    // keeps the socket listening until the cancel lands, and handshakes it
+    // completes meanwhile are never served. shutdown(2) on a listening socket
+    // stops it at once; new connects are refused from here on.
+    let _ = stopper.shutdown(std::net::Shutdown::Read);
     drop(listener);
     ctx.begin_drain();
     let drained = timer::timeout(a.config.server.drain_timeout, async {
@@ -275,8 +283,9 @@ async fn control_loop(
     }
 }
 
-/// A listener with SO_REUSEADDR + SO_REUSEPORT and our backlog, handed to glommio.
-fn bind_listener(addr: SocketAddr) -> std::io::Result<glommio::net::TcpListener> {
+/// A listener with SO_REUSEADDR + SO_REUSEPORT and our backlog, handed to glommio,
+/// and a duplicate handle of the same socket to stop listening with on a drain.
+fn bind_listener(addr: SocketAddr) -> std::io::Result<(glommio::net::TcpListener, socket2::Socket)> {
     use socket2::{Domain, Socket, Type};
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     sock.set_reuse_address(true)?;
@@ -284,10 +293,11 @@ fn bind_listener(addr: SocketAddr) -> std::io::Result<glommio::net::TcpListener>
     sock.set_nonblocking(true)?;
     sock.bind(&addr.into())?;
     sock.listen(LISTEN_BACKLOG)?;
+    let stopper = sock.try_clone()?;
     let fd = sock.into_raw_fd();
     // SAFETY: `fd` is a listening socket we just created and own; ownership moves
     // into the glommio listener, which closes it.
-    Ok(unsafe { glommio::net::TcpListener::from_raw_fd(fd) })
+    Ok((unsafe { glommio::net::TcpListener::from_raw_fd(fd) }, stopper))
 }
 
 /// Binds once without SO_REUSEPORT: fails if anyone (another aigw included)

@@ -236,6 +236,9 @@ pub async fn answer_error(
     e: GatewayError,
     keep_alive: bool,
 ) -> bool {
+    // An upstream error can come long after the request arrived: if a drain
+    // began meanwhile, this answer is the connection's last.
+    let keep_alive = keep_alive && !ctx.draining.get();
     c.out.clear();
     let id_header = format!("aigw-request-id: {}{}\r\n", ctx.id_prefix, rec.id);
     e.write_response(&mut c.out, c.head.http10, keep_alive, &id_header);

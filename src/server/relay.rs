@@ -174,7 +174,9 @@ pub async fn exchange(
         _ if !http10 => ClientFraming::Chunked,
         _ => ClientFraming::Close,
     };
-    let mut keep = keep_alive && framing != ClientFraming::Close;
+    // A drain may have begun while we waited for the provider: say `close` in
+    // the head now rather than closing a connection the client thinks persists.
+    let mut keep = keep_alive && framing != ClientFraming::Close && !ctx.draining.get();
     rec.status = status;
     if status >= 400 {
         rec.error_source = Some("provider");

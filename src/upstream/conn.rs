@@ -157,7 +157,11 @@ pub async fn connect(
         .max(Duration::from_millis(1));
     let _ = tcp.set_read_timeout(Some(left));
     let _ = tcp.set_write_timeout(Some(left));
-    let connector = futures_rustls::TlsConnector::from(super::tls::client_config());
+    let tls = provider
+        .tls
+        .clone()
+        .unwrap_or_else(super::tls::client_config);
+    let connector = futures_rustls::TlsConnector::from(tls);
     match connector.connect(name, tcp).await {
         Ok(tls) => Ok(UpstreamConn::new(Stream::Tls(Box::new(tls)))),
         Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(ConnectError::Timeout),

@@ -23,6 +23,8 @@ pub struct Provider {
     pub auth_native: Option<String>,
     /// Auth header lines for OpenAI-compatible (unified) requests.
     pub auth_unified: Option<String>,
+    /// TLS settings for https base URLs.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl Provider {
@@ -42,11 +44,15 @@ impl Provider {
             ),
             _ => (None, None),
         };
+        // Certificates were validated when the config was parsed.
+        let tls = (config.base_url.scheme == Scheme::Https)
+            .then(|| tls::config_for(&config.extra_roots).unwrap_or_else(|_| tls::client_config()));
         Provider {
             name: Rc::from(config.name.as_str()),
             config,
             auth_native: native,
             auth_unified: unified,
+            tls,
         }
     }
 
