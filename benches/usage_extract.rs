@@ -31,7 +31,7 @@ fn stream(events: usize) -> Vec<u8> {
 
 fn usage(c: &mut Criterion) {
     let mut g = c.benchmark_group("usage_from_json");
-    let mut scratch = Vec::new();
+    let mut scratch = aigw::usage::JsonScratch::default();
     for len in [400usize, 6_000, 60_000] {
         let body = chat_reply(len);
         g.throughput(Throughput::Bytes(body.len() as u64));

@@ -22,6 +22,7 @@
 pub mod config;
 pub mod control;
 pub mod error;
+pub mod fasthash;
 pub mod http;
 pub mod json;
 pub mod record;

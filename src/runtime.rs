@@ -285,7 +285,9 @@ async fn control_loop(
 
 /// A listener with SO_REUSEADDR + SO_REUSEPORT and our backlog, handed to glommio,
 /// and a duplicate handle of the same socket to stop listening with on a drain.
-fn bind_listener(addr: SocketAddr) -> std::io::Result<(glommio::net::TcpListener, socket2::Socket)> {
+fn bind_listener(
+    addr: SocketAddr,
+) -> std::io::Result<(glommio::net::TcpListener, socket2::Socket)> {
     use socket2::{Domain, Socket, Type};
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     sock.set_reuse_address(true)?;
@@ -297,7 +299,10 @@ fn bind_listener(addr: SocketAddr) -> std::io::Result<(glommio::net::TcpListener
     let fd = sock.into_raw_fd();
     // SAFETY: `fd` is a listening socket we just created and own; ownership moves
     // into the glommio listener, which closes it.
-    Ok((unsafe { glommio::net::TcpListener::from_raw_fd(fd) }, stopper))
+    Ok((
+        unsafe { glommio::net::TcpListener::from_raw_fd(fd) },
+        stopper,
+    ))
 }
 
 /// Binds once without SO_REUSEPORT: fails if anyone (another aigw included)

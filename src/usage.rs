@@ -39,9 +39,32 @@ impl Usage {
     }
 }
 
+/// Reusable buffers for parsing usage objects: the copy simd-json rewrites
+/// in place, and simd-json's own stage buffers, kept across requests.
+#[derive(Default)]
+pub struct JsonScratch {
+    bytes: Vec<u8>,
+    buffers: Option<simd_json::Buffers>,
+}
+
+fn usage_key() -> &'static memmem::FinderRev<'static> {
+    static FINDER: std::sync::OnceLock<memmem::FinderRev<'static>> = std::sync::OnceLock::new();
+    FINDER.get_or_init(|| memmem::FinderRev::new(b"\"usage\""))
+}
+
+fn usage_key_forward() -> &'static memmem::Finder<'static> {
+    static FINDER: std::sync::OnceLock<memmem::Finder<'static>> = std::sync::OnceLock::new();
+    FINDER.get_or_init(|| memmem::Finder::new(b"\"usage\""))
+}
+
+fn empty_choices() -> &'static memmem::Finder<'static> {
+    static FINDER: std::sync::OnceLock<memmem::Finder<'static>> = std::sync::OnceLock::new();
+    FINDER.get_or_init(|| memmem::Finder::new(b"\"choices\":[]"))
+}
+
 /// Byte range of the last `"usage": {...}` object in `body`.
 pub fn find_usage_object(body: &[u8]) -> Option<&[u8]> {
-    let finder = memmem::FinderRev::new(b"\"usage\"");
+    let finder = usage_key();
     let mut end = body.len();
     while let Some(at) = finder.rfind(&body[..end]) {
         end = at;
@@ -65,22 +88,17 @@ pub fn find_usage_object(body: &[u8]) -> Option<&[u8]> {
 }
 
 /// Reads usage from a JSON reply (OpenAI chat/completions/embeddings/responses,
-/// Anthropic messages). `scratch` is reused across calls.
-pub fn usage_from_json(body: &[u8], scratch: &mut Vec<u8>) -> Option<Usage> {
+/// Anthropic messages). Only the usage object is copied and parsed (simd-json
+/// tape, buffers reused through `scratch`).
+pub fn usage_from_json(body: &[u8], scratch: &mut JsonScratch) -> Option<Usage> {
     let obj = find_usage_object(body)?;
-    scratch.clear();
-    scratch.extend_from_slice(obj);
-    let v = simd_json::to_borrowed_value(scratch).ok()?;
-    let field = |names: &[&str]| {
-        names
-            .iter()
-            .find_map(|n| v.get(*n).and_then(|x| x.as_u64()))
-    };
-    let nested = |outer: &str, inner: &str| {
-        v.get(outer)
-            .and_then(|o| o.get(inner))
-            .and_then(|x| x.as_u64())
-    };
+    scratch.bytes.clear();
+    scratch.bytes.extend_from_slice(obj);
+    let buffers = scratch.buffers.get_or_insert_with(|| simd_json::Buffers::new(256));
+    let tape = simd_json::to_tape_with_buffers(&mut scratch.bytes, buffers).ok()?;
+    let v = tape.as_value();
+    let field = |names: &[&str]| names.iter().find_map(|n| v.get(*n).and_then(|x| x.as_u64()));
+    let nested = |outer: &str, inner: &str| v.get(outer).and_then(|o| o.get(inner)).and_then(|x| x.as_u64());
     let u = Usage {
         input_tokens: field(&["prompt_tokens", "input_tokens"]),
         output_tokens: field(&["completion_tokens", "output_tokens"]),
@@ -119,7 +137,7 @@ pub struct SseTap {
     drop_event: bool,
     filter_usage_event: bool,
     overlong: bool,
-    scratch: Vec<u8>,
+    scratch: JsonScratch,
     pub usage: Usage,
     pub data_events: u64,
     pub saw_done: bool,
@@ -133,7 +151,7 @@ impl SseTap {
             drop_event: false,
             filter_usage_event,
             overlong: false,
-            scratch: Vec::new(),
+            scratch: JsonScratch::default(),
             usage: Usage::default(),
             data_events: 0,
             saw_done: false,
@@ -218,10 +236,10 @@ impl SseTap {
             self.data_events += 1;
             if data == b"[DONE]" {
                 self.saw_done = true;
-            } else if memmem::find(data, b"\"usage\"").is_some() {
+            } else if usage_key_forward().find(data).is_some() {
                 if let Some(u) = usage_from_json(data, &mut self.scratch) {
                     self.usage.merge(u);
-                    if self.filter_usage_event && memmem::find(data, b"\"choices\":[]").is_some() {
+                    if self.filter_usage_event && empty_choices().find(data).is_some() {
                         self.drop_event = true;
                     }
                 }
@@ -240,7 +258,7 @@ mod tests {
     #[test]
     fn usage_is_read_from_a_chat_completion() {
         let body = br#"{"id":"x","choices":[{"message":{"content":"the \"usage\": {} trick"}}],"usage":{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17,"prompt_tokens_details":{"cached_tokens":3}}}"#;
-        let u = usage_from_json(body, &mut Vec::new()).unwrap();
+        let u = usage_from_json(body, &mut JsonScratch::default()).unwrap();
         assert_eq!(
             (u.input_tokens, u.output_tokens, u.cached_tokens),
             (Some(12), Some(5), Some(3))
@@ -281,6 +299,6 @@ mod tests {
 
     #[test]
     fn null_usage_is_not_usage() {
-        assert!(usage_from_json(br#"{"usage":null}"#, &mut Vec::new()).is_none());
+        assert!(usage_from_json(br#"{"usage":null}"#, &mut JsonScratch::default()).is_none());
     }
 }

@@ -8,7 +8,8 @@
 
 use crate::record::{Outcome, RequestRecord};
 use hdrhistogram::Histogram;
-use std::collections::{BTreeMap, HashMap};
+use crate::fasthash::FastMap;
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex};
@@ -110,7 +111,7 @@ const _: () = {
 pub struct ShardStats {
     pub counters: Counters,
     histograms: [Histogram<u64>; 4],
-    providers: HashMap<Rc<str>, ProviderCounters>,
+    providers: FastMap<Rc<str>, ProviderCounters>,
 }
 
 impl Default for ShardStats {
@@ -123,7 +124,7 @@ impl Default for ShardStats {
                 new_histogram(),
                 new_histogram(),
             ],
-            providers: HashMap::new(),
+            providers: FastMap::default(),
         }
     }
 }

@@ -39,7 +39,7 @@ pub struct ClientConn {
     /// A rewritten request body (unified routes).
     pub rewritten: Vec<u8>,
     /// simd-json scratch for usage parsing.
-    pub scratch: Vec<u8>,
+    pub scratch: crate::usage::JsonScratch,
     /// Decoded provider body bytes (chunked responses).
     pub decoded: Vec<u8>,
     pub rhead: ResponseHead,
@@ -84,7 +84,7 @@ pub async fn serve(ctx: Rc<ShardCtx>, stream: TcpStream) {
         out: Vec::with_capacity(4096),
         up_out: Vec::with_capacity(4096),
         rewritten: Vec::new(),
-        scratch: Vec::new(),
+        scratch: crate::usage::JsonScratch::default(),
         decoded: Vec::new(),
         rhead: ResponseHead::default(),
     };

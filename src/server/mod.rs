@@ -19,7 +19,7 @@ use crate::upstream::Provider;
 use crate::upstream::dns::Resolver;
 use crate::upstream::pool::Pool;
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use crate::fasthash::FastMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -34,11 +34,46 @@ struct ConnEntry {
     waker: Option<Waker>,
 }
 
+/// Connection entries by id; ids are reused after a connection ends.
+#[derive(Default)]
+struct Slab {
+    entries: Vec<Option<ConnEntry>>,
+    free: Vec<usize>,
+    live: usize,
+}
+
+impl Slab {
+    fn insert(&mut self, e: ConnEntry) -> usize {
+        self.live += 1;
+        match self.free.pop() {
+            Some(i) => {
+                self.entries[i] = Some(e);
+                i
+            }
+            None => {
+                self.entries.push(Some(e));
+                self.entries.len() - 1
+            }
+        }
+    }
+    fn remove(&mut self, i: usize) {
+        if let Some(slot) = self.entries.get_mut(i) {
+            if slot.take().is_some() {
+                self.live -= 1;
+                self.free.push(i);
+            }
+        }
+    }
+    fn get_mut(&mut self, i: usize) -> Option<&mut ConnEntry> {
+        self.entries.get_mut(i)?.as_mut()
+    }
+}
+
 pub struct ShardCtx {
     pub shard: usize,
     pub config: Arc<Config>,
     pub limits: HeadLimits,
-    pub providers: HashMap<String, Rc<Provider>>,
+    pub providers: FastMap<String, Rc<Provider>>,
     pub pool: Pool,
     pub resolver: Arc<Resolver>,
     pub stats: RefCell<ShardStats>,
@@ -46,8 +81,8 @@ pub struct ShardCtx {
     /// Prefix of `aigw-request-id`: process start and shard.
     pub id_prefix: String,
     next_request: Cell<u64>,
-    next_conn: Cell<u64>,
-    conns: RefCell<HashMap<u64, ConnEntry>>,
+    /// Live connections: a slab indexed by connection id, with a free list.
+    conns: RefCell<Slab>,
 }
 
 impl ShardCtx {
@@ -77,8 +112,7 @@ impl ShardCtx {
             draining: Cell::new(false),
             id_prefix: format!("{boot_id:08x}-{shard}-"),
             next_request: Cell::new(1),
-            next_conn: Cell::new(1),
-            conns: RefCell::new(HashMap::new()),
+            conns: RefCell::new(Slab::default()),
         }
     }
 
@@ -94,31 +128,22 @@ impl ShardCtx {
     }
 
     fn register(&self) -> u64 {
-        let id = self.next_conn.get();
-        self.next_conn.set(id + 1);
-        self.conns.borrow_mut().insert(
-            id,
-            ConnEntry {
-                idle: true,
-                waker: None,
-            },
-        );
         self.stats.borrow_mut().counters.connections_accepted += 1;
-        id
+        self.conns.borrow_mut().insert(ConnEntry { idle: true, waker: None }) as u64
     }
 
     fn unregister(&self, id: u64) {
-        self.conns.borrow_mut().remove(&id);
+        self.conns.borrow_mut().remove(id as usize);
     }
 
     fn set_idle(&self, id: u64, idle: bool) {
-        if let Some(e) = self.conns.borrow_mut().get_mut(&id) {
+        if let Some(e) = self.conns.borrow_mut().get_mut(id as usize) {
             e.idle = idle;
         }
     }
 
     pub fn open_connections(&self) -> usize {
-        self.conns.borrow().len()
+        self.conns.borrow().live
     }
 
     /// Starts the drain: requests in flight finish with `Connection: close`;
@@ -128,7 +153,9 @@ impl ShardCtx {
         let wakers: Vec<Waker> = self
             .conns
             .borrow_mut()
-            .values_mut()
+            .entries
+            .iter_mut()
+            .flatten()
             .filter(|e| e.idle)
             .filter_map(|e| e.waker.take())
             .collect();
@@ -152,7 +179,7 @@ impl Future for DrainStarted<'_> {
         if self.ctx.draining.get() {
             return Poll::Ready(());
         }
-        if let Some(e) = self.ctx.conns.borrow_mut().get_mut(&self.conn) {
+        if let Some(e) = self.ctx.conns.borrow_mut().get_mut(self.conn as usize) {
             e.waker = Some(cx.waker().clone());
         }
         Poll::Pending

@@ -30,7 +30,7 @@ pub struct Plan {
     pub provider: Rc<Provider>,
     pub method: Method,
     /// Upstream request target (path and query).
-    pub path: String,
+    pub path: Rc<str>,
     /// Send `ClientConn::rewritten` instead of the client's body.
     pub rewritten: bool,
     pub unified: bool,

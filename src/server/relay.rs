@@ -17,14 +17,13 @@ use crate::http::buf::read_some;
 use crate::http::chunked::{ChunkedDecoder, LAST_CHUNK, write_chunk};
 use crate::http::request::{Method, RequestHead};
 use crate::http::response::{ResponseBody, ResponseHead, ResponseParsed, parse_response};
-use crate::http::{Parsed, is_hop_by_hop, tokens};
+use crate::http::{Parsed, is_hop_by_hop, push_decimal, tokens};
 use crate::record::{Outcome, RequestRecord};
 use crate::upstream::conn::{ConnectError, Stream, UpstreamConn, connect};
 use crate::upstream::mock;
 use crate::usage::{JsonTail, SseTap, usage_from_json};
 use futures_lite::AsyncWriteExt;
 use futures_lite::io::Cursor;
-use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 /// Largest read window while relaying a provider body (the body streams through it).
@@ -316,7 +315,7 @@ fn settle_usage(
     tap: Option<&SseTap>,
     tail: &JsonTail,
     json_done: bool,
-    scratch: &mut Vec<u8>,
+    scratch: &mut crate::usage::JsonScratch,
 ) {
     match tap {
         Some(tap) => rec.usage = tap.usage,
@@ -441,7 +440,9 @@ fn build_request(
         out.extend_from_slice(b"\r\n");
     }
     if !body.is_empty() || matches!(plan.method, Method::Post | Method::Put | Method::Patch) {
-        let _ = write!(out, "content-length: {}\r\n", body.len());
+        out.extend_from_slice(b"content-length: ");
+        push_decimal(out, body.len() as u64);
+        out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
@@ -469,13 +470,12 @@ fn write_client_head(
     ttfb: Duration,
     method: Method,
 ) {
-    let _ = write!(
-        out,
-        "HTTP/1.{} {} {}\r\n",
-        if http10 { 0 } else { 1 },
-        rh.status,
-        crate::error::reason(rh.status)
-    );
+    // Hand-formatted: this runs once per response, and `write!` costs more than the rest.
+    out.extend_from_slice(if http10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
+    push_decimal(out, u64::from(rh.status));
+    out.push(b' ');
+    out.extend_from_slice(crate::error::reason(rh.status).as_bytes());
+    out.extend_from_slice(b"\r\n");
     let listed = |name: &[u8]| {
         rh.headers
             .iter()
@@ -493,29 +493,33 @@ fn write_client_head(
         out.extend_from_slice(h.value.get(window));
         out.extend_from_slice(b"\r\n");
     }
-    let _ = write!(out, "aigw-request-id: {}{}\r\n", ctx.id_prefix, rec.id);
+    out.extend_from_slice(b"aigw-request-id: ");
+    out.extend_from_slice(ctx.id_prefix.as_bytes());
+    push_decimal(out, rec.id);
     if let Some(p) = &rec.provider {
-        let _ = write!(out, "aigw-provider: {p}\r\n");
+        out.extend_from_slice(b"\r\naigw-provider: ");
+        out.extend_from_slice(p.as_bytes());
     }
     if let Some(m) = rec.model.as_deref().filter(|m| header_safe(m)) {
-        let _ = write!(out, "aigw-model: {m}\r\n");
+        out.extend_from_slice(b"\r\naigw-model: ");
+        out.extend_from_slice(m.as_bytes());
     }
+    out.extend_from_slice(b"\r\n");
     if rh.status >= 400 {
         out.extend_from_slice(b"aigw-error-source: provider\r\n");
     }
     // Milliseconds with microsecond precision, formatted as integers (no float formatting).
     let (g, u) = (pre_upstream.as_micros(), ttfb.as_micros());
-    let _ = write!(
-        out,
-        "server-timing: gateway;dur={}.{:03}, upstream;dur={}.{:03}\r\n",
-        g / 1000,
-        g % 1000,
-        u / 1000,
-        u % 1000
-    );
+    out.extend_from_slice(b"server-timing: gateway;dur=");
+    push_millis(out, g as u64);
+    out.extend_from_slice(b", upstream;dur=");
+    push_millis(out, u as u64);
+    out.extend_from_slice(b"\r\n");
     match (framing, rh.body()) {
         (ClientFraming::Length, ResponseBody::Length(n)) => {
-            let _ = write!(out, "content-length: {n}\r\n");
+            out.extend_from_slice(b"content-length: ");
+            push_decimal(out, n);
+            out.extend_from_slice(b"\r\n");
         }
         (ClientFraming::Chunked, _) => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         // A bodyless answer to a GET/POST still needs an explicit length, or the
@@ -533,4 +537,11 @@ fn write_client_head(
         out.extend_from_slice(b"connection: keep-alive\r\n");
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// Microseconds as milliseconds with three decimals ("12.345").
+fn push_millis(out: &mut Vec<u8>, micros: u64) {
+    push_decimal(out, micros / 1000);
+    let frac = micros % 1000;
+    out.extend_from_slice(&[b'.', b'0' + (frac / 100) as u8, b'0' + (frac / 10 % 10) as u8, b'0' + (frac % 10) as u8]);
 }

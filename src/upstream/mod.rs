@@ -25,6 +25,8 @@ pub struct Provider {
     pub auth_unified: Option<String>,
     /// TLS settings for https base URLs.
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// Upstream paths of the unified endpoints, in `route::UNIFIED_ENDPOINTS` order.
+    unified_paths: Vec<Rc<str>>,
 }
 
 impl Provider {
@@ -47,7 +49,12 @@ impl Provider {
         // Certificates were validated when the config was parsed.
         let tls = (config.base_url.scheme == Scheme::Https)
             .then(|| tls::config_for(&config.extra_roots).unwrap_or_else(|_| tls::client_config()));
+        let unified_paths = crate::route::UNIFIED_ENDPOINTS
+            .iter()
+            .map(|e| Rc::from(unified_base(&config, e)))
+            .collect();
         Provider {
+            unified_paths,
             name: Rc::from(config.name.as_str()),
             config,
             auth_native: native,
@@ -64,18 +71,32 @@ impl Provider {
         self.config.base_url.scheme == Scheme::Https
     }
 
-    /// Upstream path for a unified endpoint such as `chat/completions`.
-    pub fn unified_path(&self, endpoint: &str, query: &str) -> String {
-        let base = &self.config.base_url.path;
-        match self.config.kind {
-            // Anthropic's OpenAI-compatible API lives under /v1 of its native base URL.
-            ProviderKind::Anthropic => format!("{base}/v1/{endpoint}{query}"),
-            _ => format!("{base}/{endpoint}{query}"),
+    /// Upstream path for a unified endpoint such as `chat/completions`: the
+    /// common no-query case is precomputed, so it costs a refcount.
+    pub fn unified_path(&self, endpoint: &str, query: &str) -> Rc<str> {
+        let i = crate::route::UNIFIED_ENDPOINTS.iter().position(|e| *e == endpoint);
+        match i {
+            Some(i) if query.is_empty() => self.unified_paths[i].clone(),
+            _ => Rc::from(format!("{}{query}", unified_base(&self.config, endpoint))),
         }
     }
 
     /// Upstream path for a passthrough `rest` (no leading slash, query included).
-    pub fn passthrough_path(&self, rest: &str) -> String {
-        format!("{}/{}", self.config.base_url.path, rest)
+    pub fn passthrough_path(&self, rest: &str) -> Rc<str> {
+        let base = &self.config.base_url.path;
+        let mut p = String::with_capacity(base.len() + 1 + rest.len());
+        p.push_str(base);
+        p.push('/');
+        p.push_str(rest);
+        Rc::from(p)
+    }
+}
+
+fn unified_base(config: &ProviderConfig, endpoint: &str) -> String {
+    let base = &config.base_url.path;
+    match config.kind {
+        // Anthropic's OpenAI-compatible API lives under /v1 of its native base URL.
+        ProviderKind::Anthropic => format!("{base}/v1/{endpoint}"),
+        _ => format!("{base}/{endpoint}"),
     }
 }

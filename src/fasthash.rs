@@ -1,0 +1,32 @@
+//! FNV-1a hashing for small shard-local maps keyed by short names (providers).
+//!
+//! These maps are looked up on every request and never see untrusted keys in
+//! bulk (provider names come from the config), so SipHash's flooding defence
+//! buys nothing here and costs a few hundred instructions per lookup.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+#[derive(Clone, Copy)]
+pub struct Fnv1a(u64);
+
+impl Default for Fnv1a {
+    fn default() -> Self {
+        Fnv1a(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv1a {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// A `HashMap` with FNV-1a.
+pub type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<Fnv1a>>;
