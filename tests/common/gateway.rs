@@ -27,7 +27,8 @@ impl TempDir {
     pub fn new(label: &str) -> TempDir {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("aigw-test-{}-{label}-{n}", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("aigw-test-{}-{label}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).expect("create temp dir");
         TempDir(path)
@@ -62,8 +63,9 @@ pub struct Setup {
 impl Setup {
     /// Adds `[providers.NAME]` of kind openai at `base_url`, plus `extra` lines.
     pub fn provider(mut self, name: &str, base_url: &str, extra: &str) -> Setup {
-        self.sections
-            .push_str(&format!("\n[providers.{name}]\nkind = \"openai\"\nbase_url = \"{base_url}\"\n{extra}\n"));
+        self.sections.push_str(&format!(
+            "\n[providers.{name}]\nkind = \"openai\"\nbase_url = \"{base_url}\"\n{extra}\n"
+        ));
         self
     }
 
@@ -109,7 +111,11 @@ pub struct Gateway {
 impl Gateway {
     /// Starts building a gateway with `shards` shards.
     pub fn with(shards: usize) -> Setup {
-        Setup { shards, server_lines: String::new(), sections: String::new() }
+        Setup {
+            shards,
+            server_lines: String::new(),
+            sections: String::new(),
+        }
     }
 
     fn spawn(dir: TempDir, config: &Path, shards: usize) -> Gateway {
@@ -128,7 +134,10 @@ impl Gateway {
         let fail = |child: &mut Child, why: String| -> ! {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("aigw did not start: {why}\nstderr:\n{}", stderr.lock().unwrap());
+            panic!(
+                "aigw did not start: {why}\nstderr:\n{}",
+                stderr.lock().unwrap()
+            );
         };
         let listening = match lines.recv_timeout(WAIT) {
             Ok(l) => l,
@@ -144,7 +153,14 @@ impl Gateway {
             },
             Err(e) => fail(&mut child, format!("no admin socket line ({e})")),
         };
-        Gateway { child: Some(child), addr, admin_socket, shards, stderr, dir }
+        Gateway {
+            child: Some(child),
+            addr,
+            admin_socket,
+            shards,
+            stderr,
+            dir,
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -159,7 +175,12 @@ impl Gateway {
     /// `GET /stats` on the admin socket, as JSON.
     pub fn stats(&self) -> simd_json::OwnedValue {
         let (status, body) = admin_get(&self.admin_socket, "/stats");
-        assert_eq!(status, 200, "admin /stats: {}", String::from_utf8_lossy(&body));
+        assert_eq!(
+            status,
+            200,
+            "admin /stats: {}",
+            String::from_utf8_lossy(&body)
+        );
         json(&body)
     }
 
@@ -187,7 +208,10 @@ impl Gateway {
             Err(_) => {
                 // SAFETY: as above; the waiting thread reaps it.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
-                panic!("aigw did not exit within {WAIT:?}\nstderr:\n{}", self.stderr());
+                panic!(
+                    "aigw did not exit within {WAIT:?}\nstderr:\n{}",
+                    self.stderr()
+                );
             }
         }
     }
@@ -236,21 +260,31 @@ fn collect(mut out: impl Read + Send + 'static, into: Arc<Mutex<String>>) {
             if n == 0 {
                 break;
             }
-            into.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            into.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
         }
     });
 }
 
 /// One GET over the admin Unix socket: (status, body).
 pub fn admin_get(socket: &Path, path: &str) -> (u16, Vec<u8>) {
-    let mut s = UnixStream::connect(socket).unwrap_or_else(|e| panic!("connect {}: {e}", socket.display()));
+    let mut s =
+        UnixStream::connect(socket).unwrap_or_else(|e| panic!("connect {}: {e}", socket.display()));
     s.set_read_timeout(Some(WAIT)).unwrap();
     write!(s, "GET {path} HTTP/1.1\r\nHost: aigw\r\n\r\n").unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).expect("read admin response");
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("admin response head");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("admin response head");
     let head = String::from_utf8_lossy(&raw[..split]);
-    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("admin status");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("admin status");
     (status, raw[split + 4..].to_vec())
 }
 

@@ -29,7 +29,9 @@ impl HeldUpstream {
             for conn in listener.incoming() {
                 let Ok(mut conn) = conn else { return };
                 conn.set_read_timeout(Some(WAIT)).unwrap();
-                let Some(request) = read_request(&mut conn) else { continue };
+                let Some(request) = read_request(&mut conn) else {
+                    continue;
+                };
                 if arrived_tx.send(request).is_err() {
                     return;
                 }
@@ -46,7 +48,11 @@ impl HeldUpstream {
                 let _ = conn.write_all(HELD_REPLY.as_bytes());
             }
         });
-        HeldUpstream { addr, arrived, release }
+        HeldUpstream {
+            addr,
+            arrived,
+            release,
+        }
     }
 
     pub fn base_url(&self) -> String {
@@ -55,7 +61,9 @@ impl HeldUpstream {
 
     /// Waits (bounded) until a request has arrived; returns its raw bytes.
     pub fn wait_arrival(&self) -> Vec<u8> {
-        self.arrived.recv_timeout(WAIT).expect("a request reaches the held upstream")
+        self.arrived
+            .recv_timeout(WAIT)
+            .expect("a request reaches the held upstream")
     }
 
     /// Lets the held answer go.
@@ -74,7 +82,9 @@ fn read_request(conn: &mut impl Read) -> Option<Vec<u8>> {
             return None;
         }
         buf.extend_from_slice(&chunk[..n]);
-        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
         let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
         let length = head
             .lines()

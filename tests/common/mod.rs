@@ -12,7 +12,11 @@
 //! Every wait here is bounded by [`WAIT`] and ends on an event (a line, a byte,
 //! a close), never on a sleep.
 
-#![allow(dead_code, reason = "each test binary uses its own subset of the harness")]
+#![allow(
+    dead_code,
+    unused_imports,
+    reason = "each test binary uses its own subset of the harness"
+)]
 
 pub mod gateway;
 pub mod held;

@@ -33,7 +33,10 @@ pub struct Response {
 impl Response {
     /// First header called `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn text(&self) -> String {
@@ -48,7 +51,12 @@ impl Response {
     pub fn sse_data(&self) -> Vec<String> {
         self.text()
             .split("\n\n")
-            .filter_map(|event| event.lines().find_map(|l| l.strip_prefix("data:")).map(|d| d.trim().to_string()))
+            .filter_map(|event| {
+                event
+                    .lines()
+                    .find_map(|l| l.strip_prefix("data:"))
+                    .map(|d| d.trim().to_string())
+            })
             .collect()
     }
 
@@ -61,7 +69,11 @@ impl Response {
             .filter_map(|d| {
                 let v = json(d.as_bytes());
                 let choice = v.get("choices")?.get_idx(0)?.clone();
-                choice.get("delta")?.get("content")?.as_str().map(str::to_string)
+                choice
+                    .get("delta")?
+                    .get("content")?
+                    .as_str()
+                    .map(str::to_string)
             })
             .collect()
     }
@@ -70,8 +82,13 @@ impl Response {
     pub fn error_code(&self) -> String {
         use simd_json::prelude::*;
         let v = self.json();
-        let err = v.get("error").unwrap_or_else(|| panic!("not an error body: {}", self.text()));
-        err.get("code").and_then(|c| c.as_str()).map(str::to_string).unwrap_or_default()
+        let err = v
+            .get("error")
+            .unwrap_or_else(|| panic!("not an error body: {}", self.text()));
+        err.get("code")
+            .and_then(|c| c.as_str())
+            .map(str::to_string)
+            .unwrap_or_default()
     }
 }
 
@@ -85,10 +102,15 @@ pub struct Client {
 
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect_timeout(&addr, WAIT).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        let stream = TcpStream::connect_timeout(&addr, WAIT)
+            .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
         stream.set_nodelay(true).unwrap();
         stream.set_write_timeout(Some(WAIT)).unwrap();
-        Client { stream, buf: Vec::new(), eof: false }
+        Client {
+            stream,
+            buf: Vec::new(),
+            eof: false,
+        }
     }
 
     /// Writes raw bytes.
@@ -98,7 +120,13 @@ impl Client {
 
     /// Sends a request with `Host`, the given headers and a `Content-Length`
     /// body (for POST), then reads its response.
-    pub fn request(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
         self.send(&request_bytes(method, path, headers, body));
         self.read_response()
     }
@@ -112,6 +140,15 @@ impl Client {
 
     pub fn get(&mut self, path: &str) -> Response {
         self.request("GET", path, &[], b"")
+    }
+
+    /// Writes raw bytes and reads one response; a write to a closed connection
+    /// or a close before the response is an `Err`.
+    pub fn try_read_response_after(&mut self, bytes: &[u8]) -> Result<Response, String> {
+        self.stream
+            .write_all(bytes)
+            .map_err(|e| format!("write failed: {e}"))?;
+        self.try_read_response()
     }
 
     /// Reads bytes into the buffer; false at EOF (or reset).
@@ -131,7 +168,10 @@ impl Client {
                 true
             }
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                panic!("no bytes from the gateway within {WAIT:?} (have {:?})", String::from_utf8_lossy(&self.buf))
+                panic!(
+                    "no bytes from the gateway within {WAIT:?} (have {:?})",
+                    String::from_utf8_lossy(&self.buf)
+                )
             }
             Err(_) => {
                 self.eof = true;
@@ -160,7 +200,12 @@ impl Client {
                             headers: r
                                 .headers
                                 .iter()
-                                .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()))
+                                .map(|h| {
+                                    (
+                                        h.name.to_string(),
+                                        String::from_utf8_lossy(h.value).into_owned(),
+                                    )
+                                })
                                 .collect(),
                             body: Vec::new(),
                             complete: false,
@@ -169,7 +214,12 @@ impl Client {
                         break (resp, n);
                     }
                     Ok(httparse::Status::Partial) => {}
-                    Err(e) => return Err(format!("malformed response head ({e}): {:?}", String::from_utf8_lossy(&self.buf))),
+                    Err(e) => {
+                        return Err(format!(
+                            "malformed response head ({e}): {:?}",
+                            String::from_utf8_lossy(&self.buf)
+                        ));
+                    }
                 }
             }
             if !self.fill() {
@@ -180,8 +230,12 @@ impl Client {
             }
         };
         self.buf.drain(..head_len);
-        let chunked = resp.header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
-        let length = resp.header("content-length").map(|v| v.trim().parse::<usize>().expect("numeric content-length"));
+        let chunked = resp
+            .header("transfer-encoding")
+            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+        let length = resp
+            .header("content-length")
+            .map(|v| v.trim().parse::<usize>().expect("numeric content-length"));
         if (100..200).contains(&resp.status) || resp.status == 204 || resp.status == 304 {
             resp.complete = true;
         } else if chunked {
@@ -196,9 +250,10 @@ impl Client {
 
     fn read_exact_body(&mut self, resp: &mut Response, n: usize) {
         loop {
-            let take = self.buf.len().min(n - resp.body.len());
+            let from = resp.body.len();
+            let take = self.buf.len().min(n - from);
             resp.body.extend(self.buf.drain(..take));
-            note_events(resp);
+            note_events(resp, from);
             if resp.body.len() == n {
                 resp.complete = true;
                 return;
@@ -211,8 +266,9 @@ impl Client {
 
     fn read_until_close(&mut self, resp: &mut Response) {
         loop {
+            let from = resp.body.len();
             resp.body.append(&mut self.buf);
-            note_events(resp);
+            note_events(resp, from);
             if !self.fill() {
                 resp.complete = true;
                 return;
@@ -223,9 +279,9 @@ impl Client {
     /// De-chunks; stops after the last chunk and its empty trailer line.
     fn read_chunked(&mut self, resp: &mut Response) {
         loop {
+            let from = resp.body.len();
             // Decode every whole chunk in the buffer.
-            loop {
-                let Some(eol) = find(&self.buf, b"\r\n") else { break };
+            while let Some(eol) = find(&self.buf, b"\r\n") {
                 let line = String::from_utf8_lossy(&self.buf[..eol]).into_owned();
                 let size_hex = line.split(';').next().unwrap_or("").trim();
                 let size = usize::from_str_radix(size_hex, 16)
@@ -235,19 +291,29 @@ impl Client {
                     if self.buf.len() < eol + 4 {
                         break;
                     }
-                    assert_eq!(&self.buf[eol + 2..eol + 4], b"\r\n", "last chunk must end with CRLF CRLF");
+                    assert_eq!(
+                        &self.buf[eol + 2..eol + 4],
+                        b"\r\n",
+                        "last chunk must end with CRLF CRLF"
+                    );
                     self.buf.drain(..eol + 4);
+                    note_events(resp, from);
                     resp.complete = true;
                     return;
                 }
                 if self.buf.len() < eol + 2 + size + 2 {
                     break;
                 }
-                assert_eq!(&self.buf[eol + 2 + size..eol + 4 + size], b"\r\n", "chunk data must end with CRLF");
-                resp.body.extend_from_slice(&self.buf[eol + 2..eol + 2 + size]);
+                assert_eq!(
+                    &self.buf[eol + 2 + size..eol + 4 + size],
+                    b"\r\n",
+                    "chunk data must end with CRLF"
+                );
+                resp.body
+                    .extend_from_slice(&self.buf[eol + 2..eol + 2 + size]);
                 self.buf.drain(..eol + 4 + size);
             }
-            note_events(resp);
+            note_events(resp, from);
             if !self.fill() {
                 return;
             }
@@ -283,12 +349,15 @@ impl Client {
 }
 
 /// Records the arrival time of SSE events completed by the latest read.
-fn note_events(resp: &mut Response) {
+/// `from` is the body length before the latest read.
+fn note_events(resp: &mut Response, from: usize) {
     let now = Instant::now();
-    let events = resp.body.windows(2).filter(|w| w == b"\n\n").count();
-    while resp.event_times.len() < events {
-        resp.event_times.push(now);
-    }
+    // An event end may straddle two reads: look one byte back.
+    let new = resp.body[from.saturating_sub(1)..]
+        .windows(2)
+        .filter(|w| w == b"\n\n")
+        .count();
+    resp.event_times.extend(std::iter::repeat_n(now, new));
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {

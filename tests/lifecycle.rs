@@ -1,0 +1,358 @@
+//! The process around the data plane: config errors named by key path (from
+//! `check-config` and from `serve`), `print-config`, `stats`, and the SIGTERM
+//! drain (in-flight requests finish, idle connections close, exit 0).
+
+mod common;
+
+use common::gateway::{TempDir, run_aigw};
+use common::held::{HELD_REPLY, HeldUpstream};
+use common::{Client, Gateway, WAIT, json, mock};
+use simd_json::prelude::*;
+use std::net::TcpStream;
+
+#[test]
+fn check_config_accepts_a_valid_file() {
+    let dir = TempDir::new("cfg");
+    let file = dir.write(
+        "ok.toml",
+        "builtin_providers = false\n[server]\nshards = 2\ndrain_timeout = \"5s\"\n[timeouts]\nfirst_byte = \"300ms\"\n\
+         [providers.up]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\napi_key = \"sk-x\"\n",
+    );
+    let (code, stdout, stderr) = run_aigw(&["check-config", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        stdout.trim(),
+        format!("{}: ok (1 providers)", file.display())
+    );
+}
+
+/// (file contents, a line the errors must contain)
+const BAD_CONFIGS: &[(&str, &str)] = &[
+    (
+        "[server]\nlisen = \"127.0.0.1:1\"\n",
+        "server.lisen: unknown key; did you mean `server.listen`?",
+    ),
+    (
+        "[server]\nlisten = \"nowhere\"\n",
+        "server.listen: `nowhere` is not IP:PORT",
+    ),
+    (
+        "[server]\nshards = -1\n",
+        "server.shards: -1 is out of range",
+    ),
+    (
+        "[server]\ndrain_timeout = \"soon\"\n",
+        "server.drain_timeout: ",
+    ),
+    (
+        "[timeouts]\nfirst_byte = 5\n",
+        "timeouts.first_byte: a bare number has no unit",
+    ),
+    (
+        "[timeouts]\nhead = \"0s\"\n",
+        "timeouts.head: must be greater than zero",
+    ),
+    (
+        "[limits]\nmax_body_bytes = \"12 parsecs\"\n",
+        "limits.max_body_bytes: ",
+    ),
+    (
+        "[limits]\nmax_headers = 100000\n",
+        "limits.max_headers: 100000 is out of range",
+    ),
+    (
+        "[providers.x]\nkind = \"grpc\"\nbase_url = \"http://a/v1\"\n",
+        "providers.x.kind: unknown kind `grpc`",
+    ),
+    (
+        "[providers.y]\nkind = \"openai\"\n",
+        "providers.y.base_url: missing",
+    ),
+    (
+        "[providers.z]\nbase_url = \"ftp://a\"\n",
+        "providers.z.base_url: `ftp://a` must start with http:// or https://",
+    ),
+    (
+        "[providers.z]\nbase_url = \"http://a/v1\"\ncolour = \"red\"\n",
+        "providers.z.colour: unknown key",
+    ),
+    (
+        "[providers.v1]\nbase_url = \"http://a/v1\"\n",
+        "providers.v1: `v1` is reserved",
+    ),
+    (
+        "builtin_providers = \"yes\"\n",
+        "builtin_providers: expected true or false",
+    ),
+    ("[server\n", "line 1: not valid TOML"),
+];
+
+#[test]
+fn check_config_names_the_key_path_of_every_error() {
+    let dir = TempDir::new("cfg");
+    for (i, (text, line)) in BAD_CONFIGS.iter().enumerate() {
+        let file = dir.write(&format!("bad{i}.toml"), text);
+        let (code, stdout, stderr) = run_aigw(&["check-config", file.to_str().unwrap()]);
+        assert_eq!(code, 2, "{text:?} was accepted: {stdout}");
+        assert!(stderr.starts_with("aigw: "), "{stderr}");
+        assert!(
+            stderr.lines().any(|l| l.starts_with(line)),
+            "{text:?}: expected a line starting {line:?} in\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn check_config_reports_every_error_at_once() {
+    let dir = TempDir::new("cfg");
+    let file = dir.write(
+        "bad.toml",
+        "[server]\nlisen = \"x\"\n[timeouts]\nidle = 3\n[providers.y]\nkind = \"openai\"\n",
+    );
+    let (code, _, stderr) = run_aigw(&["check-config", file.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    for key in [
+        "server.lisen: ",
+        "timeouts.idle: ",
+        "providers.y.base_url: ",
+    ] {
+        assert!(
+            stderr.lines().any(|l| l.starts_with(key)),
+            "{key} missing from\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn serve_with_a_bad_config_exits_2_naming_the_key() {
+    let dir = TempDir::new("cfg");
+    for (i, (text, line)) in BAD_CONFIGS.iter().enumerate() {
+        let file = dir.write(&format!("bad{i}.toml"), text);
+        let (code, stdout, stderr) = run_aigw(&["serve", "--config", file.to_str().unwrap()]);
+        assert_eq!(code, 2, "{text:?}: {stdout}");
+        assert!(stderr.starts_with("aigw: "), "{stderr}");
+        assert!(
+            stderr.lines().any(|l| l.starts_with(line)),
+            "{text:?}: expected {line:?} in\n{stderr}"
+        );
+        assert!(!stdout.contains("listening"), "{text:?}: it started");
+    }
+}
+
+fn serve_refuses_a_listen_address_in_use(shards: usize) {
+    let running = Gateway::with(shards).start();
+    let dir = TempDir::new("second");
+    let file = dir.write(
+        "aigw.toml",
+        &format!(
+            "[server]\nlisten = \"{}\"\nshards = {shards}\ndata_dir = \"{d}\"\n[admin]\nsocket = \"{d}/admin.sock\"\n",
+            running.addr,
+            d = dir.path().display()
+        ),
+    );
+    let (code, _, stderr) = run_aigw(&["serve", "--config", file.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(stderr.starts_with("aigw: server.listen: "), "{stderr}");
+    assert!(stderr.contains("already in use"), "{stderr}");
+    assert_eq!(
+        running.client().get("/healthz").status,
+        200,
+        "the running gateway is untouched"
+    );
+}
+
+fn serve_refuses_an_admin_socket_in_use(shards: usize) {
+    let running = Gateway::with(shards).start();
+    let (code, _, stderr) = run_aigw(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--shards",
+        &shards.to_string(),
+        "--admin-socket",
+        running.admin_socket.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2);
+    assert!(stderr.starts_with("aigw: admin.socket: "), "{stderr}");
+    assert_eq!(
+        json(&common::gateway::admin_get(&running.admin_socket, "/healthz").1)["status"],
+        "ok"
+    );
+}
+
+#[test]
+fn print_config_lists_every_key_with_its_default() {
+    let (code, stdout, _) = run_aigw(&["print-config"]);
+    assert_eq!(code, 0);
+    for key in [
+        "server.listen",
+        "server.shards",
+        "server.drain_timeout",
+        "admin.socket",
+        "limits.max_body_bytes",
+        "timeouts.first_byte",
+        "timeouts.upstream_idle",
+        "providers.*.base_url",
+    ] {
+        assert!(stdout.lines().any(|l| l.starts_with(key)), "{key} missing");
+    }
+}
+
+fn stats_command_prints_the_admin_json(shards: usize) {
+    let mock = mock();
+    let gw = Gateway::with(shards)
+        .provider("up", &mock.base_url(), "")
+        .start();
+    let mut client = gw.client();
+    assert_eq!(
+        client
+            .post("/v1/chat/completions", &[], r#"{"model":"up/gpt-x"}"#)
+            .status,
+        200
+    );
+    assert_eq!(
+        client
+            .post("/v1/chat/completions", &[], r#"{"model":"nope/gpt-x"}"#)
+            .status,
+        400
+    );
+
+    let (code, stdout, stderr) =
+        run_aigw(&["stats", "--socket", gw.admin_socket.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    let s = json(stdout.as_bytes());
+    assert_eq!(s["shards"].as_u64(), Some(shards as u64));
+    assert_eq!(s["requests"].as_u64(), Some(2));
+    assert_eq!(s["status"]["2xx"].as_u64(), Some(1));
+    assert_eq!(s["status"]["4xx"].as_u64(), Some(1));
+    assert_eq!(s["errors"]["gateway"].as_u64(), Some(1));
+    assert_eq!(s["errors"]["provider"].as_u64(), Some(0));
+    assert_eq!(s["aborted"]["upstream"].as_u64(), Some(0));
+    assert_eq!(s["upstream"]["connects"].as_u64(), Some(1));
+    assert_eq!(s["connections"]["accepted"].as_u64(), Some(1));
+    assert_eq!(s["connections"]["open"].as_u64(), Some(1));
+    assert_eq!(s["providers"]["up"]["requests"].as_u64(), Some(1));
+    assert!(s["tokens"]["input"].as_u64().unwrap() > 0);
+    for series in ["total", "gateway", "upstream_ttfb", "ttft"] {
+        assert!(
+            s["latency_us"][series].get("p50").is_some(),
+            "latency_us.{series}"
+        );
+    }
+    assert_eq!(s["latency_us"]["upstream_ttfb"]["count"].as_u64(), Some(1));
+}
+
+/// Opens connections until there is an idle keep-alive one on every shard
+/// (the shard is the second field of `aigw-request-id`).
+fn idle_connection_per_shard(gw: &Gateway) -> Vec<Client> {
+    let mut by_shard: Vec<Option<Client>> = (0..gw.shards).map(|_| None).collect();
+    for _ in 0..256 {
+        if by_shard.iter().all(Option::is_some) {
+            break;
+        }
+        let mut c = gw.client();
+        let r = c.get("/no-such-route");
+        assert_eq!(r.status, 404);
+        let id = r.header("aigw-request-id").expect("request id");
+        let shard: usize = id
+            .split('-')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("shard in request id");
+        by_shard[shard].get_or_insert(c);
+    }
+    by_shard
+        .into_iter()
+        .map(|c| c.expect("a connection landed on every shard"))
+        .collect()
+}
+
+fn sigterm_drains_in_flight_requests_and_closes_idle_connections(shards: usize) {
+    let held = HeldUpstream::start();
+    let mut gw = Gateway::with(shards)
+        .provider("held", &held.base_url(), "")
+        .start();
+    let mut idle = idle_connection_per_shard(&gw);
+    let mut in_flight = gw.client();
+    in_flight.send(&common::wire::request_bytes(
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        br#"{"model":"held/m"}"#,
+    ));
+    held.wait_arrival();
+
+    gw.terminate();
+
+    // Every shard starts draining: its idle connection is closed...
+    for (shard, c) in idle.iter_mut().enumerate() {
+        assert!(
+            c.closed_by_peer(),
+            "idle connection on shard {shard} left open"
+        );
+    }
+    // ...and nobody accepts new connections any more.
+    assert!(
+        TcpStream::connect_timeout(&gw.addr, WAIT).is_err(),
+        "still accepting during the drain"
+    );
+    // The request that was in flight finishes, and its connection closes.
+    held.release();
+    let r = in_flight.read_response();
+    assert_eq!(r.status, 200);
+    assert!(r.complete);
+    assert_eq!(r.text(), HELD_REPLY);
+    assert_eq!(
+        r.header("connection"),
+        Some("close"),
+        "a draining gateway announces the close"
+    );
+    assert!(in_flight.closed_by_peer());
+
+    let status = gw.wait_exit();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{status:?}, stderr:\n{}",
+        gw.stderr()
+    );
+}
+
+fn drain_gives_up_after_drain_timeout(shards: usize) {
+    let held = HeldUpstream::start();
+    let mut gw = Gateway::with(shards)
+        .server("drain_timeout = \"300ms\"")
+        .provider("held", &held.base_url(), "")
+        .start();
+    let mut stuck = gw.client();
+    stuck.send(&common::wire::request_bytes(
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        br#"{"model":"held/m"}"#,
+    ));
+    held.wait_arrival();
+
+    gw.terminate();
+
+    // Never released: the gateway exits anyway, within its drain timeout.
+    let status = gw.wait_exit();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{status:?}, stderr:\n{}",
+        gw.stderr()
+    );
+    assert!(
+        stuck.try_read_response().is_err(),
+        "the stuck request got an answer"
+    );
+}
+
+at_1_and_2_shards!(
+    serve_refuses_a_listen_address_in_use,
+    serve_refuses_an_admin_socket_in_use,
+    stats_command_prints_the_admin_json,
+    sigterm_drains_in_flight_requests_and_closes_idle_connections,
+    drain_gives_up_after_drain_timeout,
+);

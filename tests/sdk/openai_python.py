@@ -1,0 +1,61 @@
+"""The official OpenAI Python SDK against a running aigw (run by tests/sdk.rs).
+
+Usage: openai_python.py GATEWAY_URL EXPECTED_REPLY
+GATEWAY_URL is http://IP:PORT; provider `up` is the mock provider, whose replies
+are EXPECTED_REPLY. Exits non-zero (with a traceback) on any mismatch.
+"""
+
+import sys
+
+import openai
+
+gateway, expected = sys.argv[1], sys.argv[2]
+client = openai.OpenAI(base_url=f"{gateway}/v1", api_key="x", max_retries=0, timeout=20)
+messages = [{"role": "user", "content": "say something"}]
+
+# Non-streaming chat completion through the unified API.
+r = client.chat.completions.create(model="up/gpt-x", messages=messages)
+assert r.choices[0].message.content == expected, r
+assert r.usage is not None and r.usage.completion_tokens > 0, r.usage
+
+# Streaming: every chunk the client sees has a choice (aigw asked for usage on
+# the client's behalf and must drop the usage-only `"choices": []` event).
+text = ""
+chunks = 0
+for chunk in client.chat.completions.create(model="up/gpt-x", messages=messages, stream=True):
+    chunks += 1
+    text += chunk.choices[0].delta.content or ""
+assert chunks > 1, chunks
+assert text == expected, text
+
+# A client that asks for usage gets exactly one usage chunk.
+usage = [
+    c.usage
+    for c in client.chat.completions.create(
+        model="up/gpt-x", messages=messages, stream=True, stream_options={"include_usage": True}
+    )
+    if not c.choices
+]
+assert len(usage) == 1 and usage[0].completion_tokens > 0, usage
+
+# Embeddings.
+e = client.embeddings.create(model="up/text-embedding-3-small", input=["one", "two"])
+assert len(e.data) == 2 and len(e.data[0].embedding) > 0, e
+
+# The gateway's built-in mock provider, streaming.
+echo = "".join(
+    c.choices[0].delta.content or ""
+    for c in client.chat.completions.create(
+        model="mock/echo", messages=[{"role": "user", "content": "echo me"}], stream=True
+    )
+)
+assert echo == "echo me", echo
+
+# A gateway error surfaces as the SDK's typed error.
+try:
+    client.chat.completions.create(model="nope/gpt-x", messages=messages)
+    raise AssertionError("unknown provider accepted")
+except openai.BadRequestError as err:
+    assert err.code == "unknown_provider", err
+
+print("openai", openai.__version__, "ok")
