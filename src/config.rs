@@ -44,6 +44,11 @@ pub const KEYS: &[KeySpec] = &[
         meaning: "on SIGTERM, how long in-flight requests may take before exit",
     },
     KeySpec {
+        path: "server.spin_before_park",
+        default: "0us",
+        meaning: "busy-poll this long before an idle shard sleeps (trades idle CPU for wake-up cost)",
+    },
+    KeySpec {
         path: "admin.socket",
         default: "<data_dir>/admin.sock",
         meaning: "Unix socket (mode 0600) serving /stats and /metrics",
@@ -283,6 +288,8 @@ pub struct ServerConfig {
     pub shards: Option<NonZeroUsize>,
     pub data_dir: PathBuf,
     pub drain_timeout: Duration,
+    /// Busy-poll before sleeping; zero = sleep at once.
+    pub spin_before_park: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -487,6 +494,7 @@ impl Config {
                 .unwrap_or_else(|| "aigw-data".into()),
         );
         let drain_timeout = w.duration(server, "server.drain_timeout", "10s");
+        let spin_before_park = w.duration_or_zero(server, "server.spin_before_park");
         let admin_socket = w
             .string(admin, "admin.socket")
             .map(PathBuf::from)
@@ -562,6 +570,7 @@ impl Config {
                 shards: NonZeroUsize::new(shards as usize),
                 data_dir,
                 drain_timeout,
+                spin_before_park,
             },
             admin_socket,
             limits,
@@ -727,6 +736,29 @@ impl Walker {
                     format!("{e}; write a duration like \"500ms\", \"10s\" or \"2m\""),
                 );
                 fallback
+            }
+        }
+    }
+
+    /// A duration that may be zero ("0us" or "0ms").
+    fn duration_or_zero(&mut self, t: Option<&toml::Table>, path: &str) -> Duration {
+        let Some(v) = self.leaf(t, path) else {
+            return Duration::ZERO;
+        };
+        match v {
+            toml::Value::String(s) => parse_duration(s).unwrap_or_else(|e| {
+                self.err(
+                    path,
+                    format!("{e}; write a duration like \"50us\" or \"0us\""),
+                );
+                Duration::ZERO
+            }),
+            other => {
+                self.err(
+                    path,
+                    format!("expected a duration string, found {}", other.type_str()),
+                );
+                Duration::ZERO
             }
         }
     }
@@ -919,11 +951,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|_| format!("`{s}` is not a duration"))?;
     let d = match unit.trim() {
+        "us" => Duration::from_micros(n),
         "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
         "h" => Duration::from_secs(n.saturating_mul(3600)),
-        _ => return Err(format!("`{s}` has no unit (ms, s, m, h)")),
+        _ => return Err(format!("`{s}` has no unit (us, ms, s, m, h)")),
     };
     Ok(d)
 }

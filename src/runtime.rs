@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 /// Registered I/O memory per executor. glommio registers it in three rings, and
 /// its default (10 MiB) overflows the common 8 MiB memlock; networking does not
 /// use registered buffers, so small is right.
-pub const IO_MEMORY: usize = 512 << 10;
+pub const IO_MEMORY: usize = 128 << 10;
 /// glommio refuses to start below this memlock limit.
 pub const MIN_MEMLOCK: u64 = 512 << 10;
 /// Accept backlog per shard listener.
@@ -85,9 +85,13 @@ pub fn serve(config: Config, on_ready: impl FnOnce(&Listening)) -> Result<(), St
         .map(|d| d.as_nanos() as u32)
         .unwrap_or(0);
     let shard_config = config.clone();
-    let handles = LocalExecutorPoolBuilder::new(placement)
+    let mut builder = LocalExecutorPoolBuilder::new(placement)
         .name("aigw-shard")
-        .io_memory(IO_MEMORY)
+        .io_memory(IO_MEMORY);
+    if !config.server.spin_before_park.is_zero() {
+        builder = builder.spin_before_park(config.server.spin_before_park);
+    }
+    let handles = builder
         .blocking_thread_pool_placement(PoolPlacement::Unbound(1))
         .on_all_shards(move || async move {
             let shard = next_shard.fetch_add(1, Ordering::Relaxed);
@@ -380,13 +384,13 @@ fn check_memlock() -> Result<(), String> {
         return Ok(());
     };
     let soft = line.split_whitespace().nth(3).unwrap_or("unlimited");
-    if let Ok(bytes) = soft.parse::<u64>() {
-        if bytes < MIN_MEMLOCK {
-            return Err(format!(
-                "the memlock limit is {bytes} bytes but io_uring (glommio) needs at least {MIN_MEMLOCK}; \
+    if let Ok(bytes) = soft.parse::<u64>()
+        && bytes < MIN_MEMLOCK
+    {
+        return Err(format!(
+            "the memlock limit is {bytes} bytes but io_uring (glommio) needs at least {MIN_MEMLOCK}; \
                  raise it with `ulimit -l 8192`, LimitMEMLOCK=8M (systemd) or --ulimit memlock=8388608 (docker)"
-            ));
-        }
+        ));
     }
     Ok(())
 }

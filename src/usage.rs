@@ -94,11 +94,21 @@ pub fn usage_from_json(body: &[u8], scratch: &mut JsonScratch) -> Option<Usage> 
     let obj = find_usage_object(body)?;
     scratch.bytes.clear();
     scratch.bytes.extend_from_slice(obj);
-    let buffers = scratch.buffers.get_or_insert_with(|| simd_json::Buffers::new(256));
+    let buffers = scratch
+        .buffers
+        .get_or_insert_with(|| simd_json::Buffers::new(256));
     let tape = simd_json::to_tape_with_buffers(&mut scratch.bytes, buffers).ok()?;
     let v = tape.as_value();
-    let field = |names: &[&str]| names.iter().find_map(|n| v.get(*n).and_then(|x| x.as_u64()));
-    let nested = |outer: &str, inner: &str| v.get(outer).and_then(|o| o.get(inner)).and_then(|x| x.as_u64());
+    let field = |names: &[&str]| {
+        names
+            .iter()
+            .find_map(|n| v.get(*n).and_then(|x| x.as_u64()))
+    };
+    let nested = |outer: &str, inner: &str| {
+        v.get(outer)
+            .and_then(|o| o.get(inner))
+            .and_then(|x| x.as_u64())
+    };
     let u = Usage {
         input_tokens: field(&["prompt_tokens", "input_tokens"]),
         output_tokens: field(&["completion_tokens", "output_tokens"]),
@@ -236,12 +246,12 @@ impl SseTap {
             self.data_events += 1;
             if data == b"[DONE]" {
                 self.saw_done = true;
-            } else if usage_key_forward().find(data).is_some() {
-                if let Some(u) = usage_from_json(data, &mut self.scratch) {
-                    self.usage.merge(u);
-                    if self.filter_usage_event && empty_choices().find(data).is_some() {
-                        self.drop_event = true;
-                    }
+            } else if usage_key_forward().find(data).is_some()
+                && let Some(u) = usage_from_json(data, &mut self.scratch)
+            {
+                self.usage.merge(u);
+                if self.filter_usage_event && empty_choices().find(data).is_some() {
+                    self.drop_event = true;
                 }
             }
         }

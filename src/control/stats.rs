@@ -6,9 +6,9 @@
 //! the merged view ([`StatsHub`]) the admin socket renders. Counts come only
 //! from [`RequestRecord`]s, the single place request facts live.
 
+use crate::fasthash::FastMap;
 use crate::record::{Outcome, RequestRecord};
 use hdrhistogram::Histogram;
-use crate::fasthash::FastMap;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};

@@ -54,7 +54,9 @@ pub fn parse_response(
     let mut slots: [MaybeUninit<httparse::Header<'_>>; MAX_RESPONSE_HEADERS] =
         [const { MaybeUninit::uninit() }; MAX_RESPONSE_HEADERS];
     let mut resp = httparse::Response::new(&mut []);
-    let n = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, window, &mut slots) {
+    let n = match httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, window, &mut slots)
+    {
         Ok(httparse::Status::Complete(n)) if n <= max_head => n,
         Ok(httparse::Status::Complete(_)) => return Err("response head too large"),
         Ok(httparse::Status::Partial) if window.len() >= max_head => {

@@ -63,7 +63,7 @@ pub struct Incoming {
 }
 
 impl ClientConn {
-    pub fn body<'a>(&'a self, at: BodyAt) -> &'a [u8] {
+    pub fn body(&self, at: BodyAt) -> &[u8] {
         match at {
             BodyAt::Window(s, e) => &self.buf.filled()[s..e],
             BodyAt::Decoded => &self.body,

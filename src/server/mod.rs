@@ -13,13 +13,13 @@ pub mod relay;
 
 use crate::config::Config;
 use crate::control::stats::ShardStats;
+use crate::fasthash::FastMap;
 use crate::http::request::HeadLimits;
 use crate::record::RequestRecord;
 use crate::upstream::Provider;
 use crate::upstream::dns::Resolver;
 use crate::upstream::pool::Pool;
 use std::cell::{Cell, RefCell};
-use crate::fasthash::FastMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -57,11 +57,11 @@ impl Slab {
         }
     }
     fn remove(&mut self, i: usize) {
-        if let Some(slot) = self.entries.get_mut(i) {
-            if slot.take().is_some() {
-                self.live -= 1;
-                self.free.push(i);
-            }
+        if let Some(slot) = self.entries.get_mut(i)
+            && slot.take().is_some()
+        {
+            self.live -= 1;
+            self.free.push(i);
         }
     }
     fn get_mut(&mut self, i: usize) -> Option<&mut ConnEntry> {
@@ -129,7 +129,10 @@ impl ShardCtx {
 
     fn register(&self) -> u64 {
         self.stats.borrow_mut().counters.connections_accepted += 1;
-        self.conns.borrow_mut().insert(ConnEntry { idle: true, waker: None }) as u64
+        self.conns.borrow_mut().insert(ConnEntry {
+            idle: true,
+            waker: None,
+        }) as u64
     }
 
     fn unregister(&self, id: u64) {

@@ -543,5 +543,10 @@ fn write_client_head(
 fn push_millis(out: &mut Vec<u8>, micros: u64) {
     push_decimal(out, micros / 1000);
     let frac = micros % 1000;
-    out.extend_from_slice(&[b'.', b'0' + (frac / 100) as u8, b'0' + (frac / 10 % 10) as u8, b'0' + (frac % 10) as u8]);
+    out.extend_from_slice(&[
+        b'.',
+        b'0' + (frac / 100) as u8,
+        b'0' + (frac / 10 % 10) as u8,
+        b'0' + (frac % 10) as u8,
+    ]);
 }

@@ -74,7 +74,9 @@ impl Provider {
     /// Upstream path for a unified endpoint such as `chat/completions`: the
     /// common no-query case is precomputed, so it costs a refcount.
     pub fn unified_path(&self, endpoint: &str, query: &str) -> Rc<str> {
-        let i = crate::route::UNIFIED_ENDPOINTS.iter().position(|e| *e == endpoint);
+        let i = crate::route::UNIFIED_ENDPOINTS
+            .iter()
+            .position(|e| *e == endpoint);
         match i {
             Some(i) if query.is_empty() => self.unified_paths[i].clone(),
             _ => Rc::from(format!("{}{query}", unified_base(&self.config, endpoint))),
