@@ -2,7 +2,8 @@
 //! request live. Stats count from it today; logs and billing will read it later.
 //!
 //! Built by the pipeline as the request proceeds, finished once, then handed to
-//! the shard's stats recorder. `Send`, because it crosses to control-plane threads.
+//! the shard's stats recorder. It stays on its shard; the log stage (a later
+//! issue) will send a `Send` copy to the log thread.
 
 use crate::usage::Usage;
 use std::rc::Rc;
@@ -74,26 +75,6 @@ pub struct RequestRecord {
     pub upstream_reused: bool,
 }
 
-/// The cross-thread form: `Rc` names become owned strings.
-#[derive(Clone, Debug)]
-pub struct SentRecord {
-    pub id: u64,
-    pub shard: usize,
-    pub route: RouteKind,
-    pub provider: Option<String>,
-    pub model: Option<String>,
-    pub status: u16,
-    pub error_source: Option<&'static str>,
-    pub error_code: Option<&'static str>,
-    pub outcome: Outcome,
-    pub stream: bool,
-    pub usage: Usage,
-    pub gateway_us: u64,
-    pub upstream_ttfb_us: Option<u64>,
-    pub ttft_us: Option<u64>,
-    pub total_us: u64,
-}
-
 impl RequestRecord {
     pub fn new(id: u64, shard: usize, started: Instant) -> RequestRecord {
         RequestRecord {
@@ -118,29 +99,4 @@ impl RequestRecord {
             upstream_reused: false,
         }
     }
-
-    pub fn to_sent(&self) -> SentRecord {
-        SentRecord {
-            id: self.id,
-            shard: self.shard,
-            route: self.route,
-            provider: self.provider.as_deref().map(str::to_string),
-            model: self.model.clone(),
-            status: self.status,
-            error_source: self.error_source,
-            error_code: self.error_code,
-            outcome: self.outcome,
-            stream: self.stream,
-            usage: self.usage,
-            gateway_us: self.gateway.as_micros() as u64,
-            upstream_ttfb_us: self.upstream_ttfb.map(|d| d.as_micros() as u64),
-            ttft_us: self.ttft.map(|d| d.as_micros() as u64),
-            total_us: self.total.as_micros() as u64,
-        }
-    }
 }
-
-const _: () = {
-    const fn assert_send<T: Send>() {}
-    assert_send::<SentRecord>();
-};

@@ -224,6 +224,7 @@ async fn answer_health(c: &mut ClientConn, rec: &mut RequestRecord, keep_alive: 
         c.out.extend_from_slice(BODY.as_bytes());
     }
     rec.status = 200;
+    rec.bytes_out = c.out.len() as u64;
     c.stream.write_all(&c.out).await.is_ok() && keep_alive
 }
 
@@ -246,5 +247,6 @@ pub async fn answer_error(
     rec.error_source = Some(e.source.header_value());
     rec.error_code = Some(e.code);
     rec.outcome = Outcome::GatewayError;
+    rec.bytes_out = c.out.len() as u64;
     c.stream.write_all(&c.out).await.is_ok() && keep_alive && !e.close
 }

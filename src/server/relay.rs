@@ -269,6 +269,7 @@ pub async fn exchange(
         }
         up.buf.consume(used);
         if !c.out.is_empty() {
+            rec.bytes_out += c.out.len() as u64;
             if c.stream.write_all(&c.out).await.is_err() {
                 rec.outcome = Outcome::ClientAborted;
                 settle_usage(rec, tap.as_ref(), &json_tail, json_done, &mut c.scratch);
