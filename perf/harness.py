@@ -17,6 +17,8 @@ import datetime
 import json
 import os
 import platform
+import re
+import resource
 import shutil
 import signal
 import socket
@@ -47,6 +49,11 @@ enabled = true
 START_TIMEOUT_S = 15
 # Peers (Python, Node) start slowly.
 PEER_START_TIMEOUT_S = 90
+# LiteLLM's proxy refuses to start without a strong-looking master key; it
+# guards only this loopback-only benchmark instance.
+LITELLM_KEY = "sk-aigw-perf-4f1c9a7e2b6d8053e1a9c4b7d2f6e8a1"
+# Longest a peer install (pip, npm) may take before it counts as failed.
+PEER_INSTALL_TIMEOUT_S = 900
 # Grace after SIGTERM before SIGKILL when stopping what we started.
 STOP_GRACE_S = 3
 # Slack on top of warm-up + duration before a load run is killed.
@@ -162,11 +169,18 @@ def descendants(pid):
     return out
 
 
+# How much of a failing process's log goes into a report cell.
+REASON_CHARS = 160
+
+
 def tail(path, lines=5):
+    """The last lines of a log, flattened to fit a markdown table cell."""
     try:
-        return " | ".join(Path(path).read_text(errors="replace").strip().splitlines()[-lines:])
+        text = " / ".join(Path(path).read_text(errors="replace").strip().splitlines()[-lines:])
     except OSError:
         return ""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text).replace("|", "/")
+    return text if len(text) <= REASON_CHARS else "…" + text[-REASON_CHARS:]
 
 
 # ------------------------------------------------------------------ targets
@@ -272,8 +286,11 @@ def start_litellm(procs, args, mock_port, port):
     exe = venv / "bin" / "litellm"
     if not exe.exists():
         log("installing LiteLLM proxy from PyPI (into perf/work/peers)")
-        r = subprocess.run(f"python3 -m venv {venv} && {venv}/bin/pip install -q 'litellm[proxy]'",
-                           shell=True, capture_output=True, text=True)
+        try:
+            r = subprocess.run(f"python3 -m venv {venv} && {venv}/bin/pip install -q 'litellm[proxy]'",
+                               shell=True, capture_output=True, text=True, timeout=PEER_INSTALL_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            return None, f"n/a: LiteLLM install took over {PEER_INSTALL_TIMEOUT_S} s"
         if r.returncode != 0 or not exe.exists():
             return None, f"n/a: LiteLLM install failed ({(r.stderr or r.stdout).strip().splitlines()[-1:]})"
     cfg = WORK / "litellm.yaml"
@@ -281,10 +298,11 @@ def start_litellm(procs, args, mock_port, port):
         "model_list:\n  - model_name: bench/gpt-4o-mini\n    litellm_params:\n"
         f"      model: openai/gpt-4o-mini\n      api_base: http://127.0.0.1:{mock_port}/v1\n"
         "      api_key: sk-bench\nlitellm_settings:\n  telemetry: false\n"
+        f"general_settings:\n  master_key: {LITELLM_KEY}\n"
     )
     p = procs.start("litellm", ["taskset", "-c", args.proxy_cpu, exe, "--config", cfg,
                                 "--host", "127.0.0.1", "--port", port, "--num_workers", "1"],
-                    WORK / "litellm.log", env={"LITELLM_LOCAL_MODEL_COST_MAP": "True"})
+                    WORK / "litellm.log", env={"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_MASTER_KEY": LITELLM_KEY})
     if not wait_for_port(p, port, PEER_START_TIMEOUT_S):
         procs.stop(p)
         return None, f"n/a: LiteLLM did not start ({tail(WORK / 'litellm.log', 2)})"
@@ -299,11 +317,14 @@ def start_portkey(procs, args, port):
             return None, "n/a: npm not installed"
         log("installing Portkey gateway from npm (into perf/work/peers)")
         prefix.mkdir(parents=True, exist_ok=True)
-        r = subprocess.run(["npm", "install", "--silent", "--prefix", str(prefix), "@portkey-ai/gateway"],
-                           capture_output=True, text=True)
+        try:
+            r = subprocess.run(["npm", "install", "--silent", "--prefix", str(prefix), "@portkey-ai/gateway"],
+                               capture_output=True, text=True, timeout=PEER_INSTALL_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            return None, f"n/a: Portkey install took over {PEER_INSTALL_TIMEOUT_S} s"
         if r.returncode != 0 or not entry.exists():
             return None, f"n/a: Portkey install failed ({(r.stderr or r.stdout).strip().splitlines()[-1:]})"
-    p = procs.start("portkey", ["taskset", "-c", args.proxy_cpu, "node", entry, "--port", port],
+    p = procs.start("portkey", ["taskset", "-c", args.proxy_cpu, "node", entry, f"--port={port}", "--headless"],
                     WORK / "portkey.log")
     if not wait_for_port(p, port, PEER_START_TIMEOUT_S):
         procs.stop(p)
@@ -370,7 +391,7 @@ def build_targets(procs, bins, args, aigw_built):
         port = args.port_base + 20
         t = Target("litellm", "LiteLLM proxy (peer)", "Python gateway, 1 worker")
         t.model = "bench/gpt-4o-mini"
-        t.headers = ["Authorization: Bearer sk-bench"]
+        t.headers = [f"Authorization: Bearer {LITELLM_KEY}"]
         p, why = start_litellm(procs, args, mock_port, port)
         if p is None:
             t.unavailable = why
@@ -505,7 +526,8 @@ def render(args, targets, results, wrk_rows, started, machine):
         if sc.stream:
             head = "| target | req/s | server CPU µs/req | TTFT p50 | TTFT p99 | gap p50 | gap p99 | total p99 | errors |"
         else:
-            head = "| target | req/s | server CPU µs/req | mock CPU µs/req | p50 | p99 | p99.9 | errors |"
+            head = ("| target | req/s | server CPU µs/req | mock CPU µs/req | p50 | p99 | p99.9 | errors "
+                    "| aigw-load CPU % |")
         lines += [head, "|" + "---|" * (head.count("|") - 1)]
         med = {}
         for t in targets:
@@ -526,7 +548,8 @@ def render(args, targets, results, wrk_rows, started, machine):
                              f"{fmt_us(m['p99_us'])} | {note} |")
             else:
                 lines.append(f"| {t.label} | {fmt(m['rps'])} | {fmt(m['server_cpu'])} | {fmt(m['mock_cpu'])} | "
-                             f"{fmt_us(m['p50_us'])} | {fmt_us(m['p99_us'])} | {fmt_us(m['p999_us'])} | {note} |")
+                             f"{fmt_us(m['p50_us'])} | {fmt_us(m['p99_us'])} | {fmt_us(m['p999_us'])} | {note} | "
+                             f"{fmt(m['loadgen_cpu'], 0)} |")
         lines.append("")
         lines += ratio_lines(sc, med)
         lines.append("")
@@ -569,32 +592,48 @@ def wrk_compare(bins, args, static_url):
     body.write_text(json.dumps({"model": "mock/gpt-4o-mini",
                                 "messages": [{"role": "user", "content": "Summarize benchmark document 1."}],
                                 "max_tokens": 64, "stream": False}))
-    wrk_rps, load_rps = [], []
+    wrk_rps, load_rps, wrk_cpu, load_cpu = [], [], [], []
     c = args.connections
     for trial in range(args.trials):
         log(f"wrk baseline trial {trial + 1}/{args.trials}")
+        before = children_cpu_s()
         r = subprocess.run(["taskset", "-c", args.load_cpu, "wrk", "-t1", f"-c{c}", f"-d{args.duration + args.warmup}s",
                             "-s", str(PERF / "wrk-post.lua"), static_url],
                            capture_output=True, text=True, env={**os.environ, "AIGW_BODY_FILE": str(body)},
                            timeout=args.duration + args.warmup + RUN_SLACK_S)
+        used = children_cpu_s() - before
         for line in r.stdout.splitlines():
+            words = line.split()
             if line.startswith("Requests/sec:"):
-                wrk_rps.append(float(line.split()[1]))
+                wrk_rps.append(float(words[1]))
+            elif len(words) > 2 and words[1] == "requests" and words[2] == "in":
+                wrk_cpu.append(used * 1e6 / max(int(words[0]), 1))
         out = WORK / f"wrk-compare-{trial}.json"
         subprocess.run(["taskset", "-c", args.load_cpu, bins["aigw-load"], "--cpus", args.load_cpu, "--url", static_url,
                         "--body", body, "-c", str(c), "--duration", f"{args.duration}s", "--warmup", f"{args.warmup}s",
                         "--quiet", "--json", out], capture_output=True,
                        timeout=args.duration + args.warmup + RUN_SLACK_S)
         if out.exists():
-            load_rps.append(json.loads(out.read_text())["targets"][0]["rps"])
-    w = statistics.median(wrk_rps) if wrk_rps else None
-    a = statistics.median(load_rps) if load_rps else None
+            t = json.loads(out.read_text())["targets"][0]
+            load_rps.append(t["rps"])
+            if t.get("loadgen_cpu_percent") is not None and t["requests"]:
+                load_cpu.append(t["loadgen_cpu_percent"] / 100 * t["duration_s"] * 1e6 / t["requests"])
+    med = lambda xs: statistics.median(xs) if xs else None
+    w, a = med(wrk_rps), med(load_rps)
+    trials = lambda xs: ", ".join(f"{x:,.0f}" for x in xs)
     return [f"## wrk vs aigw-load (closed loop, {c} connections, 1 thread / 1 executor on CPU {args.load_cpu}, "
             f"nginx static on CPU {args.proxy_cpu}, identical POST)", "",
-            "| tool | req/s (median) | trials |", "|---|---|---|",
-            f"| wrk 4.1 (-t1 -c{c}, includes its warm-up second(s)) | {fmt(w)} | {', '.join(f'{x:,.0f}' for x in wrk_rps)} |",
-            f"| aigw-load (--cpus {args.load_cpu} -c {c}) | {fmt(a)} | {', '.join(f'{x:,.0f}' for x in load_rps)} |",
-            "", f"- aigw-load / wrk = {fmt(ratio(a, w), 2)} (goal: ≥ 0.9)", ""]
+            "| tool | req/s (median) | generator CPU µs/req (median) | req/s per trial |", "|---|---|---|---|",
+            f"| wrk 4.1 (-t1 -c{c}; its run includes the warm-up) | {fmt(w)} | {fmt(med(wrk_cpu), 2)} | {trials(wrk_rps)} |",
+            f"| aigw-load (--cpus {args.load_cpu} -c {c}) | {fmt(a)} | {fmt(med(load_cpu), 2)} | {trials(load_rps)} |",
+            "", f"- throughput aigw-load / wrk = {fmt(ratio(a, w), 2)} (goal: ≥ 0.9); "
+            f"generator CPU per request aigw-load / wrk = {fmt(ratio(med(load_cpu), med(wrk_cpu)), 2)} "
+            "(lower is better; steadier than req/s when other tenants share the machine)", ""]
+
+
+def children_cpu_s():
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 # -------------------------------------------------------------------- main
@@ -639,6 +678,7 @@ def parse_args():
     p.add_argument("--aigw-2shards", action="store_true", help="also run aigw with 2 shards on both CPUs")
     p.add_argument("--peers", action="store_true", help="also LiteLLM proxy and Portkey gateway, if installable")
     p.add_argument("--no-wrk", action="store_true", help="skip the wrk vs aigw-load baseline")
+    p.add_argument("--wrk-only", action="store_true", help="only the wrk vs aigw-load baseline")
     p.add_argument("--no-build", action="store_true")
     p.add_argument("--load-cpu", default="0")
     p.add_argument("--proxy-cpu", default="1")
@@ -665,7 +705,7 @@ def main():
     args = parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    for port in range(args.port_base + 1, args.port_base + 8):
+    for port in list(range(args.port_base + 1, args.port_base + 8)) + ([args.port_base + 20, args.port_base + 21] if args.peers else []):
         if not port_is_free(port):
             raise SystemExit(f"port {port} is in use (a stale run?); pick another --port-base")
     bins, aigw_built = build(args)
@@ -676,8 +716,10 @@ def main():
     def on_signal(signum, _frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
+    # Explicit for SIGINT too: a shell that starts us in the background
+    # hands us SIGINT ignored.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
     try:
         targets, mock_pids = build_targets(procs, bins, args, aigw_built)
         if args.targets:
@@ -685,7 +727,7 @@ def main():
         runnable = [t for t in targets if not t.unavailable]
         results = []
         with tempfile.TemporaryDirectory(dir=WORK) as tmp:
-            for sc in scenarios(args):
+            for sc in [] if args.wrk_only else scenarios(args):
                 per_target = {}
                 for trial in range(args.trials):
                     for t in runnable:
@@ -702,6 +744,10 @@ def main():
     text = render(args, targets, results, wrk_rows, started, machine)
     out = RESULTS / f"{started.replace(':', '')}{'-quick' if args.quick else ''}.md"
     out.write_text(text)
+    raw = {"started": started, "machine": machine, "args": vars(args),
+           "targets": {t.key: {"label": t.label, "unavailable": t.unavailable} for t in targets},
+           "scenarios": {sc.key: {"title": sc.title, "trials": per_target} for sc, per_target in results}}
+    out.with_suffix(".json").write_text(json.dumps(raw, indent=1, default=str))
     print(text)
     log(f"wrote {out}")
 

@@ -66,17 +66,18 @@ stamp=$(date -u +%Y%m%dT%H%M%SZ)
 base=$RESULTS/profile-$target-$stamp
 pids=()
 cleanup() {
-  for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   sleep 0.5
-  for pid in "${pids[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
 }
 trap cleanup EXIT INT TERM
 
-# start NAME LOG CMD...: runs CMD in its own process group, remembers its pid.
+# start NAME LOG CMD...: runs CMD (taskset execs it, so $! is the server's
+# own pid), remembers the pid for cleanup.
 start() {
   local name=$1 logf=$2; shift 2
   log "start $name: $*"
-  setsid "$@" >"$logf" 2>&1 < /dev/null &
+  "$@" >"$logf" 2>&1 < /dev/null &
   pids+=($!)
   last_pid=$!
 }
@@ -134,7 +135,7 @@ EOF
     start nginx "$WORK/nginx.log" taskset -c "$proxy_cpu" "$(command -v nginx || echo /usr/sbin/nginx)" \
       -p "$WORK" -c "$WORK/nginx.conf" -e "$WORK/nginx-error.log"
     sleep 0.5
-    server_pid=$(pgrep -P "$last_pid" | head -1)  # the worker
+    server_pid=$(pgrep -n -P "$last_pid")  # the worker
     url=http://127.0.0.1:$port/v1/chat/completions ;;
 esac
 
@@ -158,7 +159,7 @@ if [ "$mode" = perf ]; then
   wait "$load_pid" || true
   # Flat: where the CPU went, by function. Call graph: who called it.
   perf report -i "$WORK/perf.data" --no-children --sort dso,symbol --stdio -g none > "$WORK/report.txt" 2>/dev/null || true
-  grep -v '^#' "$WORK/report.txt" | grep -v '^$' | head -60 > "$base.txt"
+  awk '!/^#/ && NF { sub(/[ \t-]+$/, ""); print; if (++n == 60) exit }' "$WORK/report.txt" > "$base.txt"
   perf report -i "$WORK/perf.data" --no-children --sort symbol --stdio -g caller,0.5,callee --percent-limit 2 \
     > "$base.callgraph.txt" 2>/dev/null || true
   if command -v inferno-collapse-perf >/dev/null; then
@@ -168,15 +169,26 @@ if [ "$mode" = perf ]; then
   fi
 else
   [ "$target" = aigw ] || { echo "--callgrind profiles aigw only" >&2; exit 2; }
+  # Warm up (connections, first-use paths), then zero the counters so the
+  # profile holds only the measured requests; dump before stopping.
+  log "warm-up under callgrind"
+  taskset -c "$load_cpu" "$TARGET_DIR/aigw-load" --url "$url" --model "$model" --cpus "$load_cpu" --quiet \
+    --max-error-rate 1 --rate 200 --connections 8 --warmup 0s --duration 1s --timeout 30s > /dev/null
+  callgrind_control -z "$server_pid" > /dev/null
   log "load running under callgrind ($callgrind_requests requests)"
   taskset -c "$load_cpu" "$TARGET_DIR/aigw-load" "${load_args[@]}" > "$base.load.txt"
-  kill -TERM "$server_pid" 2>/dev/null || true   # callgrind writes its file at exit
-  for _ in $(seq 1 100); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.1; done
-  requests=$(awk '/requests/ {print $2; exit}' "$base.load.txt")
-  total=$(callgrind_annotate "$base.callgrind" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1; exit}')
-  { echo "instructions (Ir) total: $total for $requests requests => $((total / (requests > 0 ? requests : 1))) Ir/request (includes startup)"
-    callgrind_annotate --inclusive=yes "$base.callgrind" > "$WORK/annotate.txt" 2>/dev/null || true
-    head -60 "$WORK/annotate.txt"; } > "$base.txt"
+  callgrind_control -d "$server_pid" > /dev/null
+  dump=$(ls -t "$base.callgrind".* 2>/dev/null | head -n 1 || true)
+  [ -n "$dump" ] || { log "callgrind dump missing"; exit 1; }
+  kill -TERM "$server_pid" 2>/dev/null || true
+  requests=$(awk '$1 == "requests" {print $2; exit}' "$base.load.txt")
+  callgrind_annotate "$dump" > "$WORK/annotate-flat.txt" 2>/dev/null || true
+  callgrind_annotate --inclusive=yes "$dump" > "$WORK/annotate.txt" 2>/dev/null || true
+  total=$(awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}' "$WORK/annotate-flat.txt")
+  { echo "instructions (Ir): $total for $requests requests => $(( ${total:-0} / (${requests:-0} > 0 ? requests : 1) )) Ir/request (after warm-up)"
+    echo "callgrind file: $dump (open with kcachegrind)"
+    echo
+    head -n 60 "$WORK/annotate.txt"; } > "$base.txt"
 fi
 log "load report: $base.load.txt"
 log "profile:     $base.txt"

@@ -100,15 +100,19 @@ pub struct LoadConfig {
 }
 
 impl LoadConfig {
-    /// A closed-loop run against `targets` with every other knob at its default.
+    /// A closed-loop run against `targets` with every other knob at its
+    /// default; one executor on the first CPU this process may use.
     pub fn new(targets: Vec<Target>) -> LoadConfig {
+        let first_cpu = super::run::allowed_cpus()
+            .and_then(|cpus| cpus.first().copied())
+            .unwrap_or(0);
         LoadConfig {
             targets,
             mode: Mode::Closed,
             connections: NonZeroUsize::new(DEFAULT_CLOSED_CONNECTIONS).expect("non-zero"),
             duration: Duration::from_secs(10),
             warmup: Duration::from_secs(2),
-            cpus: vec![0],
+            cpus: vec![first_cpu],
             method: "POST".to_string(),
             headers: Vec::new(),
             body: BodySource::Template(None),

@@ -27,6 +27,8 @@ use std::time::{Duration, Instant};
 
 /// Bytes read per `read` call; also the largest response head we accept.
 pub const READ_BUFFER: usize = 64 * 1024;
+/// Bytes of an error response's body kept to explain the first failure.
+pub const ERROR_BODY_SNIPPET: usize = 200;
 /// Pause after a failed connect, so a refused port does not become a busy loop.
 pub const CONNECT_BACKOFF: Duration = Duration::from_millis(10);
 
@@ -120,10 +122,12 @@ pub async fn run_connection(mut c: Connection) {
         // Pace: the origin is when this request counts as sent.
         let origin = match c.pacing {
             Pacing::Open { every, .. } => {
-                if due >= c.clock.end {
+                let now = Instant::now();
+                // Nothing is sent after the end: requests still queued then
+                // are counted below as unsent.
+                if due >= c.clock.end || now >= c.clock.end {
                     break;
                 }
-                let now = Instant::now();
                 if due > now {
                     sleep(due - now).await;
                 }
@@ -138,8 +142,10 @@ pub async fn run_connection(mut c: Connection) {
                 }
                 if now < c.clock.start {
                     sleep(c.clock.start - now).await;
+                    Instant::now()
+                } else {
+                    now
                 }
-                Instant::now()
             }
         };
         let measured = origin >= c.clock.measure_start;
@@ -172,6 +178,12 @@ pub async fn run_connection(mut c: Connection) {
                 let latency = done.finished.saturating_duration_since(origin);
                 record(&c, measured, |s| {
                     s.record_response(done.status, latency);
+                    if done.status >= 400 {
+                        s.note_first_error(|| {
+                            let body = String::from_utf8_lossy(&done.error_body);
+                            format!("HTTP {}: {}", done.status, body.trim())
+                        });
+                    }
                     s.body_bytes += done.body_bytes;
                     if let Some(sse) = &sse {
                         sse.record_into(s, origin);
@@ -191,13 +203,13 @@ pub async fn run_connection(mut c: Connection) {
         }
     }
     // Requests that were due before the end but never left because this
-    // connection was still busy: they are offered load the server did not get.
-    if let Pacing::Open { every, .. } = c.pacing {
-        let now = Instant::now().min(c.clock.end);
-        if due < now && !every.is_zero() {
-            let missed = ((now - due).as_nanos() / every.as_nanos()) as u64 + 1;
-            c.recorder.borrow_mut().measured.unsent += missed;
-        }
+    // connection was still busy: offered load the server did not get.
+    if let Pacing::Open { every, .. } = c.pacing
+        && due < c.clock.end
+        && !every.is_zero()
+    {
+        let missed = (c.clock.end - due).as_nanos().div_ceil(every.as_nanos()) as u64;
+        c.recorder.borrow_mut().measured.unsent += missed;
     }
 }
 
@@ -224,6 +236,8 @@ struct Done {
     keep_alive: bool,
     finished: Instant,
     body_bytes: u64,
+    /// The start of the body of a response with status >= 400.
+    error_body: Vec<u8>,
 }
 
 /// Event times of one streamed response.
@@ -295,11 +309,18 @@ async fn exchange(
     };
     let mut decoder = BodyDecoder::new(head.framing);
     let mut body_bytes = 0u64;
+    let mut error_body = Vec::new();
+    let keep_error_body = head.status >= 400;
     let mut feed = |decoder: &mut BodyDecoder, bytes: &[u8]| {
-        let now = Instant::now();
+        // Event times only matter for streams; skip the clock read otherwise.
+        let now = sse.is_some().then(Instant::now);
         decoder.feed(bytes, &mut |data: &[u8]| {
             body_bytes += data.len() as u64;
-            if let Some(sse) = sse.as_deref_mut() {
+            if keep_error_body && error_body.len() < ERROR_BODY_SNIPPET {
+                let room = ERROR_BODY_SNIPPET - error_body.len();
+                error_body.extend_from_slice(&data[..data.len().min(room)]);
+            }
+            if let (Some(sse), Some(now)) = (sse.as_deref_mut(), now) {
                 sse.on_body(data, now);
             }
         })
@@ -314,6 +335,7 @@ async fn exchange(
                 keep_alive: false,
                 finished: Instant::now(),
                 body_bytes,
+                error_body,
             });
         }
         state = feed(&mut decoder, &buf[..n]).map_err(Failure::Protocol)?;
@@ -323,5 +345,6 @@ async fn exchange(
         keep_alive: head.keep_alive,
         finished: Instant::now(),
         body_bytes,
+        error_body,
     })
 }

@@ -39,7 +39,14 @@ impl Percentiles {
         }
     }
 
+    /// `PREFIXp50_us` … `PREFIXmean_us`; null when nothing was recorded.
     fn add_json(&self, prefix: &str, out: &mut Map<String, Value>) {
+        if self.count == 0 {
+            for name in ["p50", "p90", "p99", "p999", "max", "mean"] {
+                out.insert(format!("{prefix}{name}_us"), Value::Null);
+            }
+            return;
+        }
         out.insert(format!("{prefix}p50_us"), json!(self.p50));
         out.insert(format!("{prefix}p90_us"), json!(self.p90));
         out.insert(format!("{prefix}p99_us"), json!(self.p99));
@@ -54,7 +61,8 @@ impl Percentiles {
 pub struct CpuUse {
     pub label: String,
     pub cpu: Duration,
-    pub us_per_request: f64,
+    /// `None` when no request completed.
+    pub us_per_request: Option<f64>,
 }
 
 /// Everything measured for one target.
@@ -157,7 +165,7 @@ impl TargetReport {
         let cpu: Map<String, Value> = self
             .cpu
             .iter()
-            .map(|c| (c.label.clone(), json!(round2(c.us_per_request))))
+            .map(|c| (c.label.clone(), json!(c.us_per_request.map(round2))))
             .collect();
         o.insert("cpu_us_per_req".into(), Value::Object(cpu));
         o.insert(
@@ -274,11 +282,13 @@ impl Report {
                 table_row(&mut out, "send lag", &t.send_lag);
             }
             for c in &t.cpu {
+                let per_request = c
+                    .us_per_request
+                    .map_or_else(|| "-".to_string(), |us| format!("{us:.1}"));
                 let _ = writeln!(
                     out,
-                    "  cpu {:<10} {:>8.1} µs/request ({:.2} s)",
+                    "  cpu {:<10} {per_request:>8} µs/request ({:.2} s)",
                     c.label,
-                    c.us_per_request,
                     c.cpu.as_secs_f64()
                 );
             }
@@ -291,6 +301,10 @@ impl Report {
 }
 
 fn table_row(out: &mut String, name: &str, p: &Percentiles) {
+    if p.count == 0 {
+        let _ = writeln!(out, "  {name:<10} {:>9}", "-");
+        return;
+    }
     let _ = writeln!(
         out,
         "  {:<10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",

@@ -167,7 +167,7 @@ fn run_target(
         collector.measured,
     );
     if let Some(cpu_at_start) = cpu_at_start {
-        let requests = report.stats.responses.max(1) as f64;
+        let requests = report.stats.responses;
         for (watch, (before, after)) in cfg
             .cpu_watch
             .iter()
@@ -178,7 +178,8 @@ fn run_target(
                 report.cpu.push(CpuUse {
                     label: watch.label.clone(),
                     cpu: used,
-                    us_per_request: used.as_secs_f64() * 1e6 / requests,
+                    us_per_request: (requests > 0)
+                        .then(|| used.as_secs_f64() * 1e6 / requests as f64),
                 });
             }
         }
@@ -213,12 +214,7 @@ fn executor_pool(cpus: &[usize]) -> LocalExecutorPoolBuilder {
 /// Every requested CPU must be online and in our affinity mask (glommio checks
 /// only "online"; pinning outside the mask fails later with a vaguer error).
 fn check_cpus(cpus: &[usize]) -> Result<(), RunError> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let allowed = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-        .and_then(|list| parse_cpu_list(list.trim()).ok());
-    if let Some(allowed) = allowed
+    if let Some(allowed) = allowed_cpus()
         && let Some(bad) = cpus.iter().find(|c| !allowed.contains(c))
     {
         return Err(RunError(format!(
@@ -229,6 +225,15 @@ fn check_cpus(cpus: &[usize]) -> Result<(), RunError> {
         return Err(RunError("cannot read the CPU topology".into()));
     }
     Ok(())
+}
+
+/// The CPUs this process may run on (`Cpus_allowed_list` in /proc/self/status).
+pub fn allowed_cpus() -> Option<Vec<usize>> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .and_then(|list| parse_cpu_list(list.trim()).ok())
 }
 
 struct CpuSample {

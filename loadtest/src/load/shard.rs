@@ -106,6 +106,10 @@ pub async fn run_shard(plan: ShardPlan, index: usize) {
         for _ in 0..rec.in_flight {
             rec.measured.record_failure(ErrorKind::Timeout);
         }
+        if rec.in_flight > 0 {
+            rec.measured
+                .note_first_error(|| "no answer before the run's hard stop".to_string());
+        }
         rec.in_flight = 0;
     }
     drop(reporter);
