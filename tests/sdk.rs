@@ -1,66 +1,106 @@
-//! The official OpenAI Python SDK against the gateway: a non-streaming and a
-//! streaming chat completion (the stream must not carry the usage-only event
-//! aigw asked for on the client's behalf), embeddings, and a typed error.
+//! The official OpenAI SDKs (Python and Node) against the gateway: a
+//! non-streaming and a streaming chat completion (the stream must not carry the
+//! usage-only event aigw asked for on the client's behalf), a stream that asks
+//! for usage and gets it, embeddings, and a typed error.
 //!
-//! Runs `tests/sdk/openai_python.py` when `python3 -c "import openai"` works;
-//! otherwise prints a skip line, unless `AIGW_REQUIRE_SDK=1` (as in CI), where a
-//! missing SDK is a failure. `pip install -r tests/sdk/requirements.txt` installs it.
+//! Runs `tests/sdk/openai_python.py` when `python3 -c "import openai"` works, and
+//! `node tests/sdk/node/openai_node.mjs` when `tests/sdk/node/node_modules/openai`
+//! exists; otherwise prints a skip line, unless `AIGW_REQUIRE_SDK=1` (as in CI),
+//! where a missing SDK is a failure. `pip install -r tests/sdk/requirements.txt`
+//! and `npm ci --prefix tests/sdk/node` install them.
 
 mod common;
 
 use aigw_loadtest::mock::reply_text;
 use common::{Gateway, WAIT, mock};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 
-const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/openai_python.py");
+const PYTHON_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/openai_python.py");
+const NODE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/node");
+const NODE_SCRIPT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/sdk/node/openai_node.mjs"
+);
 
-/// Whether the SDK can be imported; panics if it cannot and CI requires it.
-fn sdk_available() -> bool {
+/// Returns `ok`; when the SDK is missing, panics if CI requires it (naming
+/// `how`, the command that installs it) and prints a skip line otherwise.
+fn require_sdk(ok: bool, sdk: &str, missing: &str, how: &str) -> bool {
+    if !ok {
+        assert!(
+            std::env::var("AIGW_REQUIRE_SDK").as_deref() != Ok("1"),
+            "AIGW_REQUIRE_SDK=1 but {missing}; {how}"
+        );
+        println!("skipped: the OpenAI {sdk} SDK is not installed ({how})");
+    }
+    ok
+}
+
+/// Whether the Python SDK can be imported.
+fn python_sdk_available() -> bool {
     let ok = Command::new("python3")
         .args(["-c", "import openai"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            std::env::var("AIGW_REQUIRE_SDK").as_deref() != Ok("1"),
-            "AIGW_REQUIRE_SDK=1 but `python3 -c \"import openai\"` fails; pip install -r tests/sdk/requirements.txt"
-        );
-        println!(
-            "skipped: the OpenAI Python SDK is not installed (pip install -r tests/sdk/requirements.txt)"
-        );
-    }
-    ok
+    require_sdk(
+        ok,
+        "Python",
+        "`python3 -c \"import openai\"` fails",
+        "pip install -r tests/sdk/requirements.txt",
+    )
 }
 
-fn openai_python_sdk_works_against_the_gateway(shards: usize) {
-    if !sdk_available() {
-        return;
-    }
+/// Whether the Node SDK is installed next to the script and `node` runs.
+fn node_sdk_available() -> bool {
+    let installed = Path::new(NODE_DIR).join("node_modules/openai").is_dir();
+    let node = Command::new("node")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let missing = if installed {
+        "`node --version` fails"
+    } else {
+        "tests/sdk/node/node_modules/openai does not exist"
+    };
+    require_sdk(
+        installed && node,
+        "Node",
+        missing,
+        "npm ci --prefix tests/sdk/node",
+    )
+}
+
+/// Starts a gateway whose provider `up` is the mock provider and runs
+/// `program script GATEWAY_URL EXPECTED_REPLY`, which must exit 0 and print a
+/// last line ending in `ok`.
+fn run_sdk_script(shards: usize, program: &str, script: &str) {
     let mock = mock();
     let gw = Gateway::with(shards)
         .provider("up", &mock.base_url(), "")
         .start();
 
-    let child = Command::new("python3")
-        .arg(SCRIPT)
+    let child = Command::new(program)
+        .arg(script)
         .arg(format!("http://{}", gw.addr))
         .arg(reply_text(64))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn python3");
+        .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
     let pid = child.id() as i32;
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(child.wait_with_output());
     });
-    // Python's start-up and imports take a while on a busy machine.
+    // The interpreter's start-up and imports take a while on a busy machine.
     let out = match rx.recv_timeout(WAIT * 3) {
-        Ok(out) => out.expect("python3 output"),
+        Ok(out) => out.unwrap_or_else(|e| panic!("{program} output: {e}")),
         Err(_) => {
             // SAFETY: kill(2) on our own child's pid; the waiting thread reaps it.
             unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -79,4 +119,19 @@ fn openai_python_sdk_works_against_the_gateway(shards: usize) {
     println!("{}", stdout.trim_end());
 }
 
-at_1_and_2_shards!(openai_python_sdk_works_against_the_gateway);
+fn openai_python_sdk_works_against_the_gateway(shards: usize) {
+    if python_sdk_available() {
+        run_sdk_script(shards, "python3", PYTHON_SCRIPT);
+    }
+}
+
+fn openai_node_sdk_works_against_the_gateway(shards: usize) {
+    if node_sdk_available() {
+        run_sdk_script(shards, "node", NODE_SCRIPT);
+    }
+}
+
+at_1_and_2_shards!(
+    openai_python_sdk_works_against_the_gateway,
+    openai_node_sdk_works_against_the_gateway,
+);
