@@ -18,6 +18,7 @@
 //! - [`control`]: stats thread, admin socket, signals.
 //! - [`runtime`]: shards, pinning, listeners, drain.
 //! - [`error`]: gateway errors and the only place they become bytes.
+//! - [`net`]: socket reads tuned for glommio; [`sys`]: the only `unsafe` calls.
 
 pub mod config;
 pub mod control;
@@ -25,9 +26,11 @@ pub mod error;
 pub mod fasthash;
 pub mod http;
 pub mod json;
+pub mod net;
 pub mod record;
 pub mod route;
 pub mod runtime;
 pub mod server;
+pub mod sys;
 pub mod upstream;
 pub mod usage;

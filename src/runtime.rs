@@ -15,7 +15,6 @@ use crate::upstream::dns::Resolver;
 use futures_lite::future::FutureExt;
 use glommio::{LocalExecutorPoolBuilder, PoolPlacement, timer};
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -300,13 +299,7 @@ fn bind_listener(
     sock.bind(&addr.into())?;
     sock.listen(LISTEN_BACKLOG)?;
     let stopper = sock.try_clone()?;
-    let fd = sock.into_raw_fd();
-    // SAFETY: `fd` is a listening socket we just created and own; ownership moves
-    // into the glommio listener, which closes it.
-    Ok((
-        unsafe { glommio::net::TcpListener::from_raw_fd(fd) },
-        stopper,
-    ))
+    Ok((crate::sys::adopt_listener(sock), stopper))
 }
 
 /// Binds once without SO_REUSEPORT: fails if anyone (another aigw included)

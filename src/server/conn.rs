@@ -12,7 +12,8 @@ use crate::error::GatewayError;
 use crate::http::chunked::ChunkedDecoder;
 use crate::http::request::{BodyFraming, RequestHead, parse_request};
 use crate::http::response::ResponseHead;
-use crate::http::{Parsed, ReadBuf, buf::read_some};
+use crate::http::{Parsed, ReadBuf};
+use crate::net::read_some_tcp as read_some;
 use futures_lite::AsyncWriteExt;
 use futures_lite::future::FutureExt;
 use glommio::net::TcpStream;
@@ -182,9 +183,11 @@ async fn read_request(
             if c.head.expect_continue && c.buf.len() == head_len {
                 send_continue(c).await?;
             }
-            let deadline = Instant::now() + t.body;
-            while c.buf.len() < end {
-                read_body_bytes(c, deadline, end).await?;
+            if c.buf.len() < end {
+                let deadline = Instant::now() + t.body;
+                while c.buf.len() < end {
+                    read_body_bytes(c, deadline, end).await?;
+                }
             }
             (BodyAt::Window(head_len, end), end)
         }

@@ -13,7 +13,6 @@ use super::conn::{BodyAt, ClientConn, Incoming};
 use super::pipeline::{Plan, answer_error};
 use crate::config::ProviderKind;
 use crate::error::GatewayError;
-use crate::http::buf::read_some;
 use crate::http::chunked::{ChunkedDecoder, LAST_CHUNK, write_chunk};
 use crate::http::request::{Method, RequestHead};
 use crate::http::response::{ResponseBody, ResponseHead, ResponseParsed, parse_response};
@@ -129,6 +128,7 @@ pub async fn exchange(
             plan.method == Method::Head,
             max_head,
             t.first_byte,
+            sent_at,
         )
         .await
         {
@@ -207,7 +207,7 @@ pub async fn exchange(
     let mut decoder = ChunkedDecoder::default();
     let mut eof = false;
     let mut aborted = false;
-    let mut last_read = Instant::now();
+    let mut last_read = sent_at + ttfb;
     loop {
         let avail = up.buf.filled();
         let (data, used, done): (&[u8], usize, bool) = match body_kind {
@@ -281,7 +281,7 @@ pub async fn exchange(
             break;
         }
         up.stream.set_read_timeout(t.stream_idle);
-        match read_some(&mut up.stream, &mut up.buf, RELAY_WINDOW).await {
+        match up.stream.read_some(&mut up.buf, RELAY_WINDOW).await {
             Ok(0) if body_kind == ResponseBody::UntilClose => eof = true,
             Ok(0) => {
                 aborted = true;
@@ -342,10 +342,11 @@ async fn read_response_head(
     was_head: bool,
     max_head: usize,
     first_byte: Duration,
+    start: Instant,
 ) -> Result<Duration, HeadError> {
-    let start = Instant::now();
     let deadline = start + first_byte;
     let mut ttfb = None;
+    let mut first_wait = true;
     loop {
         if !up.buf.is_empty() {
             match parse_response(up.buf.filled(), max_head, was_head, rhead) {
@@ -360,13 +361,19 @@ async fn read_response_head(
                 Err(why) => return Err(HeadError::Bad(why.to_string())),
             }
         }
-        let left = deadline.saturating_duration_since(Instant::now());
+        // The first wait starts right after the request was sent: skip a clock read.
+        let left = if first_wait {
+            first_byte
+        } else {
+            deadline.saturating_duration_since(Instant::now())
+        };
+        first_wait = false;
         if left.is_zero() {
             return Err(HeadError::Timeout);
         }
         up.stream
             .set_read_timeout(left.max(Duration::from_millis(1)));
-        match read_some(&mut up.stream, &mut up.buf, max_head).await {
+        match up.stream.read_some(&mut up.buf, max_head).await {
             Ok(0) if ttfb.is_none() => return Err(HeadError::ClosedEarly),
             Ok(0) => {
                 return Err(HeadError::Bad(

@@ -39,6 +39,15 @@ impl Stream {
         }
     }
 
+    /// Reads once into `buf`; plain TCP goes through [`crate::net`], which
+    /// avoids glommio's speculative polls.
+    pub async fn read_some(&mut self, buf: &mut ReadBuf, max_window: usize) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => crate::net::read_some_tcp(s, buf, max_window).await,
+            other => crate::http::buf::read_some(other, buf, max_window).await,
+        }
+    }
+
     pub fn set_write_timeout(&self, d: Duration) {
         if let Some(t) = self.tcp() {
             let _ = t.set_write_timeout(Some(d));
