@@ -91,6 +91,16 @@ fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid bounds")
 }
 
+/// One empty histogram per [`Series`].
+fn new_series() -> [Histogram<u64>; 4] {
+    [
+        new_histogram(),
+        new_histogram(),
+        new_histogram(),
+        new_histogram(),
+    ]
+}
+
 /// What a shard sends: deltas since its previous snapshot, plus gauges.
 pub struct Snapshot {
     pub shard: usize,
@@ -118,12 +128,7 @@ impl Default for ShardStats {
     fn default() -> Self {
         ShardStats {
             counters: Counters::default(),
-            histograms: [
-                new_histogram(),
-                new_histogram(),
-                new_histogram(),
-                new_histogram(),
-            ],
+            histograms: new_series(),
             providers: FastMap::default(),
         }
     }
@@ -183,9 +188,7 @@ impl ShardStats {
         open_connections: u64,
         idle_upstream: u64,
     ) -> Snapshot {
-        let fresh = || new_histogram();
-        let histograms =
-            std::mem::replace(&mut self.histograms, [fresh(), fresh(), fresh(), fresh()]);
+        let histograms = std::mem::replace(&mut self.histograms, new_series());
         Snapshot {
             shard,
             seq,
@@ -234,12 +237,7 @@ impl StatsHub {
                 started: Instant::now(),
                 shards,
                 counters: Counters::default(),
-                histograms: [
-                    new_histogram(),
-                    new_histogram(),
-                    new_histogram(),
-                    new_histogram(),
-                ],
+                histograms: new_series(),
                 providers: BTreeMap::new(),
                 flushed: vec![0; shards],
                 open_connections: vec![0; shards],
