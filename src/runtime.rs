@@ -73,7 +73,13 @@ pub fn serve(config: Config, on_ready: impl FnOnce(&Listening)) -> Result<(), St
         .spawn(admin_listener)
         .map_err(|e| format!("cannot start the admin thread: {e}"))?;
     let resolver = Resolver::new();
-    resolver.spawn_refresher();
+    let provider_hosts = config
+        .providers
+        .values()
+        .filter(|p| p.kind != crate::config::ProviderKind::Mock)
+        .map(|p| (p.base_url.host.clone(), p.base_url.port))
+        .collect();
+    resolver.spawn_refresher(provider_hosts);
 
     let placement = placement(&cpus, shards);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<usize, String>>();

@@ -358,6 +358,42 @@ fn provider_key_replaces_the_client_authorization(shards: usize) {
     }
 }
 
+fn anthropic_kind_gets_its_key_as_x_api_key_and_native_paths(shards: usize) {
+    let mock = mock();
+    // An Anthropic base URL is the host root: the SDK appends /v1/messages itself.
+    let root = mock.base_url().trim_end_matches("/v1").to_string();
+    let gw = Gateway::with(shards)
+        .toml(&format!(
+            "[providers.ant]\nkind = \"anthropic\"\nbase_url = \"{root}\"\napi_key = \"sk-ant-gateway\"\n"
+        ))
+        .start();
+    let mut client = gw.client();
+    let client_key = [
+        ("x-api-key", "sk-ant-client"),
+        ("anthropic-version", "2023-06-01"),
+    ];
+
+    // Native passthrough: the body is untouched, the key travels as x-api-key.
+    let body =
+        r#"{"model":"claude-x","max_tokens":16,"messages":[{"role":"user","content":"hi"}]}"#;
+    client.post("/ant/v1/messages", &client_key, body);
+    let seen = mock.captured().pop().expect("the provider saw the request");
+    assert_eq!(seen.path, "/v1/messages");
+    assert_eq!(seen.body, body.as_bytes());
+    assert_eq!(seen.header("x-api-key"), Some("sk-ant-gateway"));
+    assert_eq!(seen.header("anthropic-version"), Some("2023-06-01"));
+    assert_eq!(seen.header("authorization"), None);
+
+    // Unified: Anthropic's OpenAI-compatible endpoint under /v1 of the same root.
+    mock.reset();
+    let r = client.post("/v1/chat/completions", &[], &chat("ant/claude-x", false));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = &mock.captured()[0];
+    assert_eq!(seen.path, "/v1/chat/completions");
+    assert_eq!(seen.header("authorization"), Some("Bearer sk-ant-gateway"));
+    assert_eq!(seen.header("x-api-key"), Some("sk-ant-gateway"));
+}
+
 fn hop_by_hop_and_gateway_headers_are_not_forwarded(shards: usize) {
     let mock = mock();
     let gw = gateway_for(&mock, shards);
@@ -732,6 +768,7 @@ at_1_and_2_shards!(
     pipelined_requests_are_answered_in_order,
     upstream_connections_are_reused,
     provider_key_replaces_the_client_authorization,
+    anthropic_kind_gets_its_key_as_x_api_key_and_native_paths,
     hop_by_hop_and_gateway_headers_are_not_forwarded,
     usage_from_json_and_streams_is_counted_in_stats,
     include_usage_is_injected_and_its_event_hidden_from_the_client,

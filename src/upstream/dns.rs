@@ -1,9 +1,10 @@
 //! DNS for provider hosts, cached and refreshed off the request path.
 //!
-//! Owns a process-wide cache (host:port -> addresses). A shard asks the cache;
-//! only the first lookup of a host waits for `getaddrinfo` (on glommio's blocking
-//! pool). A control thread re-resolves cached hosts every [`REFRESH`], so later
-//! requests never wait on DNS. Failed refreshes keep the last good answer for
+//! Owns a process-wide cache (host:port -> addresses). A shard asks the cache.
+//! At start a control thread resolves every configured provider host; a host it
+//! could not resolve is looked up by its first request (on glommio's blocking
+//! pool). The same thread re-resolves cached hosts every [`REFRESH`], so
+//! requests do not wait on DNS. Failed refreshes keep the last good answer for
 //! [`STALE_GRACE`].
 
 use std::collections::HashMap;
@@ -77,12 +78,21 @@ impl Resolver {
         }
     }
 
-    /// Starts the refresh thread.
-    pub fn spawn_refresher(self: &Arc<Self>) {
+    /// Starts the refresh thread. It first resolves `hosts` (the configured
+    /// providers), so even a provider's first request usually finds its
+    /// addresses cached; failures are left for the request to report.
+    pub fn spawn_refresher(self: &Arc<Self>, hosts: Vec<(String, u16)>) {
         let me = Arc::clone(self);
         let _ = std::thread::Builder::new()
             .name("aigw-dns".into())
             .spawn(move || {
+                for (host, port) in hosts {
+                    if host.parse::<IpAddr>().is_err()
+                        && let Ok(addrs) = resolve(&host, port)
+                    {
+                        me.insert(&host, port, addrs);
+                    }
+                }
                 loop {
                     std::thread::sleep(REFRESH);
                     me.refresh_all();
