@@ -45,8 +45,11 @@ enum Command {
         socket: Option<PathBuf>,
         #[arg(long, short)]
         config: Option<PathBuf>,
-        /// Print Prometheus text instead of JSON.
+        /// Print the raw JSON from /stats.
         #[arg(long)]
+        json: bool,
+        /// Print Prometheus text from /metrics.
+        #[arg(long, conflicts_with = "json")]
         prometheus: bool,
     },
 }
@@ -102,6 +105,7 @@ fn main() -> ExitCode {
         Command::Stats {
             socket,
             config,
+            json,
             prometheus,
         } => {
             let socket = match socket {
@@ -116,7 +120,12 @@ fn main() -> ExitCode {
                 if prometheus { "/metrics" } else { "/stats" },
             ) {
                 Ok(body) => {
-                    print!("{body}");
+                    let text = if json || prometheus {
+                        body
+                    } else {
+                        aigw::control::report::render(&body).unwrap_or(body)
+                    };
+                    print!("{text}");
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(&e),

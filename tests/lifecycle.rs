@@ -217,8 +217,12 @@ fn stats_command_prints_the_admin_json(shards: usize) {
         400
     );
 
-    let (code, stdout, stderr) =
-        run_aigw(&["stats", "--socket", gw.admin_socket.to_str().unwrap()]);
+    let (code, stdout, stderr) = run_aigw(&[
+        "stats",
+        "--json",
+        "--socket",
+        gw.admin_socket.to_str().unwrap(),
+    ]);
     assert_eq!(code, 0, "{stderr}");
     let s = json(stdout.as_bytes());
     assert_eq!(s["shards"].as_u64(), Some(shards as u64));
@@ -240,6 +244,11 @@ fn stats_command_prints_the_admin_json(shards: usize) {
         );
     }
     assert_eq!(s["latency_us"]["upstream_ttfb"]["count"].as_u64(), Some(1));
+
+    let (code, table, stderr) = run_aigw(&["stats", "--socket", gw.admin_socket.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(table.contains(&format!("{shards} shard(s)")), "{table}");
+    assert!(table.contains("provider    up"), "{table}");
 }
 
 /// Opens connections until there is an idle keep-alive one on every shard

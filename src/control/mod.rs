@@ -3,11 +3,13 @@
 //! - [`stats`]: per-shard recorders and the merging stats thread.
 //! - [`admin`]: HTTP/1.1 over a Unix socket (`/stats`, `/metrics`, `/healthz`).
 //! - [`signals`]: SIGTERM/SIGINT start a drain.
+//! - [`report`]: `aigw stats` as a table (client side).
 //!
 //! Shards hear from the control plane only through [`ShardCmd`] on a flume
 //! channel, which wakes a glommio executor from a foreign thread.
 
 pub mod admin;
+pub mod report;
 pub mod signals;
 pub mod stats;
 

@@ -1,0 +1,108 @@
+//! `aigw stats` for people: renders the admin socket's `/stats` JSON as a short
+//! table. Client side only; the JSON stays the machine interface (`--json`).
+
+use simd_json::prelude::*;
+use std::fmt::Write as _;
+
+/// Renders `/stats` JSON as text; `None` if the JSON is not what aigw serves.
+pub fn render(stats_json: &str) -> Option<String> {
+    let mut bytes = stats_json.as_bytes().to_vec();
+    let v = simd_json::to_owned_value(&mut bytes).ok()?;
+    let n = |path: &[&str]| -> u64 {
+        let mut cur = Some(&v);
+        for p in path {
+            cur = cur.and_then(|c| c.get(*p));
+        }
+        cur.and_then(|c| c.as_u64()).unwrap_or(0)
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "aigw: up {} s, {} shard(s)",
+        n(&["uptime_s"]),
+        n(&["shards"])
+    );
+    let _ = writeln!(
+        out,
+        "requests    {:>10}   2xx {}  3xx {}  4xx {}  5xx {}",
+        n(&["requests"]),
+        n(&["status", "2xx"]),
+        n(&["status", "3xx"]),
+        n(&["status", "4xx"]),
+        n(&["status", "5xx"])
+    );
+    let _ = writeln!(
+        out,
+        "errors      gateway {}  provider {}   aborted: by provider {}  by client {}",
+        n(&["errors", "gateway"]),
+        n(&["errors", "provider"]),
+        n(&["aborted", "upstream"]),
+        n(&["aborted", "client"])
+    );
+    let _ = writeln!(
+        out,
+        "tokens      input {}  output {}  cached {}   streams {}",
+        n(&["tokens", "input"]),
+        n(&["tokens", "output"]),
+        n(&["tokens", "cached"]),
+        n(&["streams"])
+    );
+    let _ = writeln!(
+        out,
+        "upstream    connects {}  reused {}  idle {}   connections: accepted {}  open {}",
+        n(&["upstream", "connects"]),
+        n(&["upstream", "reused"]),
+        n(&["upstream", "idle"]),
+        n(&["connections", "accepted"]),
+        n(&["connections", "open"])
+    );
+    let _ = writeln!(
+        out,
+        "latency µs  {:>14} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "count", "p50", "p90", "p99", "p99.9", "max"
+    );
+    for series in ["total", "gateway", "upstream_ttfb", "ttft"] {
+        let q = |k: &str| n(&["latency_us", series, k]);
+        let _ = writeln!(
+            out,
+            "  {:<13} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            series,
+            q("count"),
+            q("p50"),
+            q("p90"),
+            q("p99"),
+            q("p999"),
+            q("max")
+        );
+    }
+    if let Some(providers) = v.get("providers").and_then(|p| p.as_object()) {
+        let mut names: Vec<&String> = providers.keys().collect();
+        names.sort();
+        for name in names {
+            let p = |k: &str| n(&["providers", name.as_str(), k]);
+            let _ = writeln!(
+                out,
+                "provider    {:<12} requests {}  errors {}  tokens in {}  out {}",
+                name,
+                p("requests"),
+                p("errors"),
+                p("input_tokens"),
+                p("output_tokens")
+            );
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn stats_json_renders_as_a_table() {
+        let json = r#"{"uptime_s":3,"shards":2,"requests":5,"status":{"2xx":4,"3xx":0,"4xx":1,"5xx":0},"errors":{"gateway":1,"provider":0},"aborted":{"upstream":0,"client":0},"streams":1,"tokens":{"input":47,"output":5,"cached":0},"upstream":{"connects":1,"reused":3,"idle":1},"connections":{"accepted":2,"open":1},"dropped_snapshots":0,"latency_us":{"total":{"count":5,"p50":100,"p90":200,"p99":300,"p999":300,"max":310}},"providers":{"mock":{"requests":2,"errors":0,"input_tokens":47,"output_tokens":5}}}"#;
+        let text = super::render(json).unwrap();
+        assert!(text.contains("aigw: up 3 s, 2 shard(s)"), "{text}");
+        assert!(text.contains("2xx 4  3xx 0  4xx 1"), "{text}");
+        assert!(text.contains("provider    mock"), "{text}");
+        assert!(super::render("not json").is_none());
+    }
+}
