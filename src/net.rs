@@ -4,9 +4,9 @@
 //! the caller's buffer ("early poll"). Its completion is delivered as task work,
 //! which interrupts the running shard with a reschedule IPI when the data comes
 //! from another CPU; profiles showed those IPIs as the largest cost aigw pays
-//! and nginx (epoll) does not. Here a read first asks the socket directly
-//! (`MSG_DONTWAIT`); only when it is empty do we wait through glommio, with a
-//! one-byte read so that glommio's buffer is full and no early poll is armed.
+//! and nginx (epoll) does not. Here every read goes through glommio with a
+//! one-byte buffer (which glommio fills, so it arms no early poll), then takes
+//! the rest of what arrived with one `recv(MSG_DONTWAIT)`.
 
 use crate::http::ReadBuf;
 use futures_lite::AsyncReadExt;
@@ -29,15 +29,9 @@ pub async fn read_some_tcp(
             "read window full",
         ));
     }
-    match crate::sys::try_recv(fd, spare) {
-        Ok(n) => {
-            buf.advance(n);
-            return Ok(n);
-        }
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-        Err(e) => return Err(e),
-    }
+    // glommio's read tries a non-blocking recv before it waits, so asking the
+    // socket ourselves first would only add an EAGAIN in the common case (we
+    // read right after writing, before the peer answered).
     let first = stream.read(&mut spare[..1]).await?;
     if first == 0 {
         return Ok(0);
