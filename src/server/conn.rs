@@ -63,11 +63,13 @@ pub struct Incoming {
     pub consumed: usize,
 }
 
-impl ClientConn {
-    pub fn body(&self, at: BodyAt) -> &[u8] {
-        match at {
-            BodyAt::Window(s, e) => &self.buf.filled()[s..e],
-            BodyAt::Decoded => &self.body,
+impl BodyAt {
+    /// The body bytes, given the read window and the decoded-body buffer
+    /// (taken separately so callers can still borrow other buffers mutably).
+    pub fn slice<'a>(self, window: &'a [u8], decoded: &'a [u8]) -> &'a [u8] {
+        match self {
+            BodyAt::Window(s, e) => &window[s..e],
+            BodyAt::Decoded => decoded,
         }
     }
 }

@@ -96,10 +96,7 @@ fn plan(
                     "/v1/{endpoint} takes POST"
                 )));
             }
-            let body = match req.body {
-                super::conn::BodyAt::Window(s, e) => &window[s..e],
-                super::conn::BodyAt::Decoded => &c.body[..],
-            };
+            let body = req.body.slice(window, &c.body);
             let fields = json::scan_request(body).map_err(|e| {
                 GatewayError::bad_request(
                     "invalid_json",
@@ -165,10 +162,7 @@ fn plan(
                 }
             };
             rec.provider = Some(provider.name.clone());
-            let body = match req.body {
-                super::conn::BodyAt::Window(s, e) => &window[s..e],
-                super::conn::BodyAt::Decoded => &c.body[..],
-            };
+            let body = req.body.slice(window, &c.body);
             // The body is forwarded untouched; read model and stream for the record.
             if let Ok(fields) = json::scan_request(body) {
                 rec.model = fields.model(body).map(|m| m.into_owned());

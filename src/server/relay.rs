@@ -9,7 +9,7 @@
 //! a terminating chunk. Does not route or count (pipeline, record).
 
 use super::ShardCtx;
-use super::conn::{BodyAt, ClientConn, Incoming};
+use super::conn::{ClientConn, Incoming};
 use super::pipeline::{Plan, answer_error};
 use crate::config::ProviderKind;
 use crate::error::GatewayError;
@@ -57,10 +57,10 @@ pub async fn exchange(
 ) -> bool {
     let provider = &plan.provider;
     let t = &ctx.config.timeouts;
-    let body: &[u8] = match (plan.rewritten, req.body) {
-        (true, _) => &c.rewritten,
-        (false, BodyAt::Window(s, e)) => &c.buf.filled()[s..e],
-        (false, BodyAt::Decoded) => &c.body,
+    let body: &[u8] = if plan.rewritten {
+        &c.rewritten
+    } else {
+        req.body.slice(c.buf.filled(), &c.body)
     };
     let auth = if plan.unified {
         &provider.auth_unified
