@@ -151,7 +151,15 @@ fn init_logging() {
     struct Stderr(log::LevelFilter);
     impl log::Log for Stderr {
         fn enabled(&self, m: &log::Metadata<'_>) -> bool {
-            m.level() <= self.0
+            // glommio warns when it cannot register its I/O buffers under a small
+            // memlock limit; aigw's network path does not use them, so that is
+            // debug-level news here.
+            let limit = if m.target().starts_with("glommio") && self.0 < log::LevelFilter::Debug {
+                log::LevelFilter::Error
+            } else {
+                self.0
+            };
+            m.level() <= limit
         }
         fn log(&self, r: &log::Record<'_>) {
             if self.enabled(r.metadata()) {
