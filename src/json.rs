@@ -232,52 +232,76 @@ pub fn client_asked_usage(body: &[u8], fields: &RequestFields) -> bool {
 
 /// Writes `body` with the rewrite applied into `out`.
 pub fn rewrite_body(body: &[u8], fields: &RequestFields, rw: &Rewrite<'_>, out: &mut Vec<u8>) {
-    // Edits as (range to replace, replacement), applied in offset order.
-    let mut model_json = String::with_capacity(rw.model.len() + 2);
-    crate::error::push_json_string(&mut model_json, rw.model);
-    let mut edits: Vec<(Range<usize>, Cow<'_, [u8]>)> = Vec::with_capacity(2);
-    if let Some(m) = fields.model.clone() {
-        edits.push((m, Cow::Owned(model_json.into_bytes())));
+    enum With {
+        Model,
+        Bytes(&'static [u8]),
     }
-    if rw.include_usage {
-        match fields.stream_options.clone() {
-            Some(opts) if body.get(opts.start) == Some(&b'{') => {
-                let mut existing = None;
-                let _ = for_each_member(body, opts.start, |k, v| {
-                    if k == b"include_usage" {
-                        existing = Some(v);
-                    }
-                });
-                match existing {
-                    Some(v) => edits.push((v, Cow::Borrowed(b"true"))),
-                    None => {
-                        let empty = skip_ws(body, opts.start + 1) == opts.end - 1;
-                        let ins: &[u8] = if empty {
-                            b"\"include_usage\":true"
-                        } else {
-                            b"\"include_usage\":true,"
-                        };
-                        edits.push((opts.start + 1..opts.start + 1, Cow::Borrowed(ins)));
-                    }
-                }
-            }
-            Some(opts) => edits.push((opts, Cow::Borrowed(b"{\"include_usage\":true}"))),
-            None => edits.push((
-                fields.body_open..fields.body_open,
-                Cow::Borrowed(b"\"stream_options\":{\"include_usage\":true},"),
-            )),
-        }
+    // At most two edits, applied in offset order, with no intermediate buffers.
+    let usage = if rw.include_usage {
+        usage_edit(body, fields)
+    } else {
+        None
+    };
+    let mut edits = [
+        fields.model.clone().map(|m| (m, With::Model)),
+        usage.map(|(r, b)| (r, With::Bytes(b))),
+    ];
+    if let [Some(a), Some(b)] = &edits
+        && b.0.start < a.0.start
+    {
+        edits.swap(0, 1);
     }
-    edits.sort_by_key(|(r, _)| r.start);
     out.clear();
     out.reserve(body.len() + 64);
     let mut at = 0;
-    for (range, with) in edits {
+    for (range, with) in edits.into_iter().flatten() {
         out.extend_from_slice(&body[at..range.start]);
-        out.extend_from_slice(&with);
+        match with {
+            With::Model => push_json_str(out, rw.model),
+            With::Bytes(b) => out.extend_from_slice(b),
+        }
         at = range.end;
     }
     out.extend_from_slice(&body[at..]);
+}
+
+/// Where and what to write so the request asks for `include_usage`.
+fn usage_edit(body: &[u8], fields: &RequestFields) -> Option<(Range<usize>, &'static [u8])> {
+    Some(match fields.stream_options.clone() {
+        Some(opts) if body.get(opts.start) == Some(&b'{') => {
+            let mut existing = None;
+            let _ = for_each_member(body, opts.start, |k, v| {
+                if k == b"include_usage" {
+                    existing = Some(v);
+                }
+            });
+            match existing {
+                Some(v) => (v, b"true"),
+                None if skip_ws(body, opts.start + 1) == opts.end - 1 => {
+                    (opts.start + 1..opts.start + 1, b"\"include_usage\":true")
+                }
+                None => (opts.start + 1..opts.start + 1, b"\"include_usage\":true,"),
+            }
+        }
+        Some(opts) => (opts, b"{\"include_usage\":true}"),
+        None => (
+            fields.body_open..fields.body_open,
+            b"\"stream_options\":{\"include_usage\":true},",
+        ),
+    })
+}
+
+/// Appends `s` as a JSON string literal; model names rarely need escaping.
+fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        let mut escaped = String::with_capacity(s.len() + 8);
+        crate::error::push_json_string(&mut escaped, s);
+        out.extend_from_slice(escaped.as_bytes());
+    }
 }
 
 #[cfg(test)]

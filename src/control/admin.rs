@@ -126,7 +126,8 @@ impl Admin {
 
     /// Asks every shard for a snapshot and waits (bounded) until they arrive.
     fn flush(&self) {
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1_000_000;
+        // Ticks send sequence 0; every /stats request waits for a number no tick reaches.
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         for tx in self.shards.iter() {
             let _ = tx.send(ShardCmd::Flush(seq));
         }

@@ -26,10 +26,6 @@ impl ReadBuf {
         &self.data[self.start..self.end]
     }
 
-    pub fn filled_mut(&mut self) -> &mut [u8] {
-        &mut self.data[self.start..self.end]
-    }
-
     pub fn len(&self) -> usize {
         self.end - self.start
     }
@@ -46,11 +42,6 @@ impl ReadBuf {
             self.start = 0;
             self.end = 0;
         }
-    }
-
-    pub fn clear(&mut self) {
-        self.start = 0;
-        self.end = 0;
     }
 
     /// Free space at the end for the next read, keeping the window at most

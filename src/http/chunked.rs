@@ -85,11 +85,6 @@ impl ChunkedDecoder {
         self.state == State::Done
     }
 
-    /// Total data bytes decoded so far.
-    pub fn decoded(&self) -> u64 {
-        self.decoded
-    }
-
     /// Decodes from `input`, appending data to `out`; returns bytes consumed.
     /// Stops right after the final CRLF, leaving later bytes (pipelined requests)
     /// unconsumed. `limit` bounds the total decoded size.

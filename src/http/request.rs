@@ -78,14 +78,6 @@ impl Default for RequestHead {
 }
 
 impl RequestHead {
-    /// First value of a header (names compared case-insensitively).
-    pub fn header<'a>(&self, window: &'a [u8], name: &str) -> Option<&'a [u8]> {
-        self.headers
-            .iter()
-            .find(|h| h.name.get(window).eq_ignore_ascii_case(name.as_bytes()))
-            .map(|h| h.value.get(window))
-    }
-
     /// True when `name` is listed in a `Connection` header (so it is hop-by-hop).
     pub fn connection_lists(&self, window: &[u8], name: &[u8]) -> bool {
         self.headers

@@ -31,10 +31,9 @@ pub struct Plan {
     pub method: Method,
     /// Upstream request target (path and query).
     pub path: Rc<str>,
-    /// Send `ClientConn::rewritten` instead of the client's body.
-    pub rewritten: bool,
+    /// The unified API: send `ClientConn::rewritten` (model prefix stripped)
+    /// with the provider's unified auth lines; otherwise the client's body, untouched.
     pub unified: bool,
-    pub stream: bool,
     /// aigw asked for stream usage on the client's behalf: drop the usage-only event.
     pub filter_usage_event: bool,
 }
@@ -136,9 +135,7 @@ fn plan(
                 path: provider.unified_path(endpoint, query),
                 provider,
                 method,
-                rewritten: true,
                 unified: true,
-                stream,
                 filter_usage_event: wants_usage,
             }))
         }
@@ -172,9 +169,7 @@ fn plan(
                 path: provider.passthrough_path(rest),
                 provider,
                 method,
-                rewritten: false,
                 unified: false,
-                stream: rec.stream,
                 filter_usage_event: false,
             }))
         }

@@ -57,7 +57,7 @@ pub async fn exchange(
 ) -> bool {
     let provider = &plan.provider;
     let t = &ctx.config.timeouts;
-    let body: &[u8] = if plan.rewritten {
+    let body: &[u8] = if plan.unified {
         &c.rewritten
     } else {
         req.body.slice(c.buf.filled(), &c.body)
