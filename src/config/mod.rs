@@ -1,0 +1,166 @@
+//! Configuration: the TOML file and the built-in defaults, parsed once.
+//!
+//! Owns the raw-to-typed step: every key is checked against [`KEYS`] (unknown keys
+//! are errors), every value becomes a typed field (`Duration`, byte counts,
+//! `SocketAddr`, [`BaseUrl`], [`Secret`]) and every problem is reported with its key
+//! path and what to do. After [`Config::from_toml`] returns, a `Config` is valid.
+//! Not on the request path: shards get an `Arc<Config>` at start. A leaf: nothing
+//! here imports from the rest of the crate.
+//!
+//! # Layout
+//!
+//! - this file: [`Config`], and [`Config::from_toml_with_env`], which runs each
+//!   section's reader in file order and builds a `Config` only if none failed.
+//! - `schema`: the key table [`KEYS`]: the unknown-key check and `print-config`.
+//! - `read`: the walker that turns raw TOML values into typed ones, the unit
+//!   parsers, [`Secret`], and [`ConfigError`]s at key paths.
+//! - `server`: `[server]`, `[admin]`, `[limits]`, `[timeouts]`.
+//! - `providers`: the built-in catalog and `[providers.*]`.
+//!
+//! A new section (cache, API keys, rate limits, budgets, routes, prices) is one
+//! more file: its typed struct and a `read_*(w, root)` reader, its rows in
+//! [`KEYS`], one field in [`Config`] and one line in `from_toml_with_env`.
+
+mod providers;
+mod read;
+mod schema;
+mod server;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+pub use providers::{BaseUrl, ProviderConfig, ProviderKind, Scheme};
+pub use read::{ConfigError, ConfigErrors, Secret, parse_bytes, parse_duration};
+pub use schema::{KEYS, KeySpec};
+pub use server::{Limits, ServerConfig, Timeouts};
+
+use read::Walker;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub admin_socket: PathBuf,
+    pub limits: Limits,
+    pub timeouts: Timeouts,
+    pub providers: BTreeMap<String, ProviderConfig>,
+}
+
+impl Config {
+    /// The built-in defaults, as `aigw serve` with no file runs them.
+    ///
+    /// Panics if a built-in provider's key variable holds a control character;
+    /// [`Config::from_toml`] with `""` reports that as an error instead.
+    pub fn defaults() -> Config {
+        Config::from_toml("").expect("built-in defaults are valid")
+    }
+
+    /// Reads and parses a file; errors carry the file name.
+    pub fn load(path: &std::path::Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                path: String::new(),
+                message: format!("cannot read config file {}: {e}", path.display()),
+            }])
+        })?;
+        Config::from_toml(&text)
+    }
+
+    pub fn from_toml(text: &str) -> Result<Config, ConfigErrors> {
+        Config::from_toml_with_env(text, &|k| std::env::var(k).ok())
+    }
+
+    /// As [`Config::from_toml`], reading provider keys through `env` (tests pass a map).
+    pub fn from_toml_with_env(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigErrors> {
+        let root: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            ConfigErrors(vec![
+                ConfigError {
+                    path: String::new(),
+                    message: format!("not valid TOML: {}", e.message().trim()),
+                }
+                .with_span(text, e.span()),
+            ])
+        })?;
+        let mut w = Walker::default();
+        schema::check_keys(&mut w, &root);
+        // Each reader records its problems in `w` and returns a fallback for a bad
+        // value, so one pass reports every problem, in file order.
+        let server = server::read_server(&mut w, &root);
+        let admin_socket = server::read_admin_socket(&mut w, &root, &server.data_dir);
+        let limits = server::read_limits(&mut w, &root);
+        let timeouts = server::read_timeouts(&mut w, &root);
+        let providers = providers::read_providers(&mut w, &root, env);
+        w.finish()?;
+        Ok(Config {
+            server,
+            admin_socket,
+            limits,
+            timeouts,
+            providers,
+        })
+    }
+
+    /// The `print-config` text: every key, its default and meaning.
+    pub fn describe_keys() -> String {
+        let mut out = String::from("# key = default    # meaning\n");
+        for k in KEYS {
+            out.push_str(&format!(
+                "{:<34} = {:<22} # {}\n",
+                k.path, k.default, k.meaning
+            ));
+        }
+        out.push_str("\n# built-in providers (name kind base_url key_env):\n");
+        for (name, kind, url, env) in providers::BUILTIN_PROVIDERS {
+            out.push_str(&format!(
+                "#   {:<11} {:<9} {:<40} {}\n",
+                name,
+                kind.as_str(),
+                url,
+                env.unwrap_or("-")
+            ));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every problem in `text` as the user reads it, with no provider key variables set.
+    pub(super) fn errors(text: &str) -> Vec<String> {
+        match Config::from_toml_with_env(text, &|_| None) {
+            Ok(_) => vec![],
+            Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn bad_values_name_their_key_paths() {
+        let e = errors(
+            "[server]\nlisten = \"nope\"\n[timeouts]\nhead = 5\n[providers.x]\nkind = \"grpc\"\n[providers.y]\nkind = \"openai\"\n",
+        );
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("server.listen: `nope` is not IP:PORT")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("timeouts.head: a bare number has no unit")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("providers.x.kind: unknown kind `grpc`")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("providers.y.base_url: missing")),
+            "{e:?}"
+        );
+    }
+}

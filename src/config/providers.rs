@@ -1,0 +1,581 @@
+//! `builtin_providers` and `[providers.*]`: where requests can go.
+//!
+//! Owns the provider types ([`ProviderKind`], [`BaseUrl`], [`ProviderConfig`]), the
+//! built-in catalog, and reading the file's providers on top of it, keys and
+//! extra CAs included. Every string that reaches a request line or header (the
+//! base URL, the key) is checked here to be one line, so upstream can write it
+//! as is. Does not connect or route: upstream and route use the result.
+
+use std::collections::BTreeMap;
+
+use super::read::{Secret, Walker};
+
+/// Wire protocol a provider speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProviderKind {
+    /// Any OpenAI-compatible server: `Authorization: Bearer`, `/chat/completions`.
+    OpenAi,
+    /// Anthropic: native API under `/v1/messages` with `x-api-key`; unified requests
+    /// use its OpenAI-compatible endpoint `/v1/chat/completions`.
+    Anthropic,
+    /// Answered inside the gateway; synthesizes OpenAI-shaped replies.
+    Mock,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::OpenAi => "openai",
+            ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Mock => "mock",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+/// A provider base URL split once into what a connection needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BaseUrl {
+    pub scheme: Scheme,
+    pub host: String,
+    pub port: u16,
+    /// Path prefix without a trailing slash ("" or "/v1").
+    pub path: String,
+    /// `Host` header value (host, plus `:port` when not the scheme's default).
+    pub authority: String,
+}
+
+impl BaseUrl {
+    pub fn parse(s: &str) -> Result<BaseUrl, String> {
+        // Host and path are written into the request line and the Host header as
+        // they are; a space would split the request line and a CR or LF would end
+        // it. Escaped in the message so the offending byte shows.
+        if s.bytes().any(|b| b == b' ' || is_control(b)) {
+            return Err(format!(
+                "`{}` contains whitespace or a control character; a URL must be one line without spaces",
+                s.escape_debug()
+            ));
+        }
+        let (scheme, rest) = if let Some(r) = s.strip_prefix("https://") {
+            (Scheme::Https, r)
+        } else if let Some(r) = s.strip_prefix("http://") {
+            (Scheme::Http, r)
+        } else {
+            return Err(format!("`{s}` must start with http:// or https://"));
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        if authority.is_empty() || authority.contains('@') {
+            return Err(format!("`{s}` needs a host (and no user:password@)"));
+        }
+        if path.contains(['?', '#']) {
+            return Err(format!("`{s}` must not carry a query or fragment"));
+        }
+        let default_port = if scheme == Scheme::Https { 443 } else { 80 };
+        let (host, port) = split_host_port(authority, default_port)
+            .ok_or_else(|| format!("`{s}` has an invalid port"))?;
+        let path = path.trim_end_matches('/').to_string();
+        let authority = if port == default_port {
+            host.clone()
+        } else if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        Ok(BaseUrl {
+            scheme,
+            host,
+            port,
+            path,
+            authority,
+        })
+    }
+}
+
+fn split_host_port(authority: &str, default_port: u16) -> Option<(String, u16)> {
+    if let Some(rest) = authority.strip_prefix('[') {
+        let end = rest.find(']')?;
+        let host = rest[..end].to_string();
+        let after = &rest[end + 1..];
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().ok()?,
+            None if after.is_empty() => default_port,
+            None => return None,
+        };
+        return Some((host, port));
+    }
+    match authority.rsplit_once(':') {
+        Some((h, p)) => Some((h.to_string(), p.parse().ok()?)),
+        None => Some((authority.to_string(), default_port)),
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ProviderConfig {
+    pub name: String,
+    pub kind: ProviderKind,
+    pub base_url: BaseUrl,
+    pub api_key: Option<Secret>,
+    /// Where the key came from, for messages (never the key itself).
+    pub api_key_env: Option<String>,
+    /// Extra trusted CA certificates (DER), read from `ca_file` at start.
+    pub extra_roots: Vec<Vec<u8>>,
+}
+
+/// The built-in provider catalog: name, kind, base URL, key variable.
+pub(super) const BUILTIN_PROVIDERS: &[(&str, ProviderKind, &str, Option<&str>)] = &[
+    ("mock", ProviderKind::Mock, "http://mock.invalid/v1", None),
+    (
+        "openai",
+        ProviderKind::OpenAi,
+        "https://api.openai.com/v1",
+        Some("OPENAI_API_KEY"),
+    ),
+    (
+        "anthropic",
+        ProviderKind::Anthropic,
+        "https://api.anthropic.com",
+        Some("ANTHROPIC_API_KEY"),
+    ),
+    (
+        "groq",
+        ProviderKind::OpenAi,
+        "https://api.groq.com/openai/v1",
+        Some("GROQ_API_KEY"),
+    ),
+    (
+        "mistral",
+        ProviderKind::OpenAi,
+        "https://api.mistral.ai/v1",
+        Some("MISTRAL_API_KEY"),
+    ),
+    (
+        "deepseek",
+        ProviderKind::OpenAi,
+        "https://api.deepseek.com/v1",
+        Some("DEEPSEEK_API_KEY"),
+    ),
+    (
+        "xai",
+        ProviderKind::OpenAi,
+        "https://api.x.ai/v1",
+        Some("XAI_API_KEY"),
+    ),
+    (
+        "openrouter",
+        ProviderKind::OpenAi,
+        "https://openrouter.ai/api/v1",
+        Some("OPENROUTER_API_KEY"),
+    ),
+    (
+        "together",
+        ProviderKind::OpenAi,
+        "https://api.together.xyz/v1",
+        Some("TOGETHER_API_KEY"),
+    ),
+    (
+        "fireworks",
+        ProviderKind::OpenAi,
+        "https://api.fireworks.ai/inference/v1",
+        Some("FIREWORKS_API_KEY"),
+    ),
+    (
+        "perplexity",
+        ProviderKind::OpenAi,
+        "https://api.perplexity.ai",
+        Some("PERPLEXITY_API_KEY"),
+    ),
+    (
+        "cerebras",
+        ProviderKind::OpenAi,
+        "https://api.cerebras.ai/v1",
+        Some("CEREBRAS_API_KEY"),
+    ),
+    (
+        "ollama",
+        ProviderKind::OpenAi,
+        "http://127.0.0.1:11434/v1",
+        None,
+    ),
+];
+
+/// Names that would collide with the gateway's own URL layout.
+const RESERVED_PROVIDER_NAMES: &[&str] = &["v1", "healthz", "compat"];
+
+/// `builtin_providers` and `[providers.*]`: the catalog first, then the file's
+/// providers, each replacing a built-in of the same name.
+pub(super) fn read_providers(
+    w: &mut Walker,
+    root: &toml::Table,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> BTreeMap<String, ProviderConfig> {
+    let builtin = w.boolean(root, "builtin_providers").unwrap_or(true);
+    let user = w.table(root, "providers");
+    let mut providers = BTreeMap::new();
+    if builtin {
+        for (name, kind, url, key_env) in BUILTIN_PROVIDERS {
+            // A provider the file redefines replaces this one, so its key variable
+            // is not read (nor judged).
+            if user.is_some_and(|u| u.contains_key(*name)) {
+                continue;
+            }
+            let path = format!("providers.{name}");
+            let api_key = read_api_key(w, &path, None, *key_env, env);
+            providers.insert(
+                name.to_string(),
+                ProviderConfig {
+                    name: name.to_string(),
+                    kind: *kind,
+                    base_url: BaseUrl::parse(url).expect("built-in URL is valid"),
+                    api_key,
+                    api_key_env: key_env.map(str::to_string),
+                    extra_roots: Vec::new(),
+                },
+            );
+        }
+    }
+    if let Some(user) = user {
+        for (name, value) in user {
+            let path = format!("providers.{name}");
+            if let Some(p) = read_provider(w, name, value, &path, env) {
+                providers.insert(name.clone(), p);
+            }
+        }
+    }
+    providers
+}
+
+/// One `[providers.<name>]` table.
+fn read_provider(
+    w: &mut Walker,
+    name: &str,
+    value: &toml::Value,
+    path: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<ProviderConfig> {
+    let toml::Value::Table(t) = value else {
+        w.err(
+            path,
+            format!("must be a table, e.g. [{path}] with kind and base_url"),
+        );
+        return None;
+    };
+    let valid_name = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if !valid_name {
+        w.err(
+            path,
+            "provider names use only letters, digits, '-', '_' and '.'".into(),
+        );
+        return None;
+    }
+    if RESERVED_PROVIDER_NAMES.contains(&name) {
+        w.err(
+            path,
+            format!("`{name}` is reserved by the URL layout; pick another name"),
+        );
+        return None;
+    }
+    let kind_path = format!("{path}.kind");
+    let kind = match w.string(Some(t), &kind_path).as_deref() {
+        None | Some("openai") => ProviderKind::OpenAi,
+        Some("anthropic") => ProviderKind::Anthropic,
+        Some("mock") => ProviderKind::Mock,
+        Some(other) => {
+            w.err(
+                &kind_path,
+                format!("unknown kind `{other}`; use openai, anthropic or mock"),
+            );
+            return None;
+        }
+    };
+    let url_path = format!("{path}.base_url");
+    let base_url = match w.string(Some(t), &url_path) {
+        Some(s) => match BaseUrl::parse(&s) {
+            Ok(u) => u,
+            Err(e) => {
+                w.err(&url_path, e);
+                return None;
+            }
+        },
+        None if kind == ProviderKind::Mock => {
+            BaseUrl::parse("http://mock.invalid/v1").expect("valid")
+        }
+        None => {
+            w.err(
+                &url_path,
+                "missing; set the URL the provider's SDK uses, e.g. \"https://api.openai.com/v1\""
+                    .into(),
+            );
+            return None;
+        }
+    };
+    let key = w.string(Some(t), &format!("{path}.api_key"));
+    let key_env = w.string(Some(t), &format!("{path}.api_key_env"));
+    if key.is_some() && key_env.is_some() {
+        w.err(path, "set api_key or api_key_env, not both".into());
+    }
+    let api_key = read_api_key(w, path, key, key_env.as_deref(), env);
+    let ca_path = format!("{path}.ca_file");
+    let extra_roots = match w.string(Some(t), &ca_path) {
+        Some(file) => match read_pem_certs(&file) {
+            Ok(certs) => certs,
+            Err(e) => {
+                w.err(&ca_path, e);
+                return None;
+            }
+        },
+        None => Vec::new(),
+    };
+    Some(ProviderConfig {
+        name: name.to_string(),
+        kind,
+        base_url,
+        api_key,
+        api_key_env: key_env,
+        extra_roots,
+    })
+}
+
+/// The key sent upstream: `api_key` from the file, else the value of the variable
+/// `api_key_env` names; empty means none. It goes into a request header as is,
+/// where a CR or LF would end the line and start a header of the key's choosing,
+/// so any control character is an error at the key's path. The message names
+/// where the key came from and never shows the key.
+fn read_api_key(
+    w: &mut Walker,
+    path: &str,
+    in_file: Option<String>,
+    var: Option<&str>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<Secret> {
+    let (key, key_path, holder) = match (in_file, var) {
+        (Some(key), _) => (key, format!("{path}.api_key"), "contains".to_string()),
+        (None, Some(var)) => (
+            env(var)?,
+            format!("{path}.api_key_env"),
+            format!("`{var}` holds"),
+        ),
+        (None, None) => return None,
+    };
+    if key.is_empty() {
+        return None;
+    }
+    if key.bytes().any(is_control) {
+        w.err(
+            &key_path,
+            format!("{holder} a control character (CR, LF, ...); a key must be one line of printable characters"),
+        );
+        return None;
+    }
+    Some(Secret::new(key))
+}
+
+/// A byte that no header value or request line may carry: C0 controls (CR, LF,
+/// NUL, tab, ...) and DEL.
+fn is_control(b: u8) -> bool {
+    b < 0x20 || b == 0x7f
+}
+
+/// Reads every certificate in a PEM file (DER bytes).
+fn read_pem_certs(file: &str) -> Result<Vec<Vec<u8>>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let certs: Result<Vec<_>, _> = CertificateDer::pem_file_iter(file)
+        .map_err(|e| format!("cannot read {file}: {e}"))?
+        .map(|c| c.map(|c| c.to_vec()))
+        .collect();
+    let certs = certs.map_err(|e| format!("{file} is not a PEM certificate file: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!("{file} holds no PEM certificates"));
+    }
+    let mut store = rustls::RootCertStore::empty();
+    for der in &certs {
+        store
+            .add(CertificateDer::from(der.clone()))
+            .map_err(|e| format!("{file}: a certificate cannot be a trust anchor: {e}"))?;
+    }
+    Ok(certs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::config::tests::errors;
+
+    /// A key that would add a header of its own if sent as is.
+    const INJECTING_KEY: &str = "sk-secret\r\nX-Injected: 1";
+
+    /// As `errors`, with one variable set in the environment.
+    fn errors_with_env(text: &str, var: &str, value: &str) -> Vec<String> {
+        let env = |k: &str| (k == var).then(|| value.to_string());
+        match Config::from_toml_with_env(text, &env) {
+            Ok(_) => vec![],
+            Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    fn shows_the_key(messages: &[String]) -> bool {
+        messages
+            .iter()
+            .any(|m| m.contains("sk-secret") || m.contains("X-Injected"))
+    }
+
+    #[test]
+    fn defaults_name_every_builtin_provider() {
+        let c = Config::from_toml_with_env("", &|_| None).unwrap();
+        for name in [
+            "mock",
+            "openai",
+            "anthropic",
+            "groq",
+            "mistral",
+            "deepseek",
+            "xai",
+            "openrouter",
+            "together",
+            "fireworks",
+            "perplexity",
+            "cerebras",
+            "ollama",
+        ] {
+            assert!(c.providers.contains_key(name), "{name}");
+        }
+        assert_eq!(c.providers["groq"].base_url.path, "/openai/v1");
+        assert_eq!(c.server.listen, "127.0.0.1:8080".parse().unwrap());
+    }
+
+    #[test]
+    fn provider_key_comes_from_env_and_is_never_printed() {
+        let c = Config::from_toml_with_env(
+            "[providers.up]\nbase_url = \"http://127.0.0.1:9/v1\"\napi_key_env = \"UP_KEY\"\n",
+            &|k| (k == "UP_KEY").then(|| "sk-secret".to_string()),
+        )
+        .unwrap();
+        let p = &c.providers["up"];
+        assert_eq!(p.api_key.as_ref().unwrap().expose(), "sk-secret");
+        assert!(!format!("{p:?}").contains("sk-secret"));
+    }
+
+    #[test]
+    fn key_with_crlf_in_the_file_is_an_error_at_its_path() {
+        let e = errors(
+            "[providers.up]\nbase_url = \"http://127.0.0.1:9/v1\"\napi_key = \"sk-secret\\r\\nX-Injected: 1\"\n",
+        );
+        assert_eq!(
+            e,
+            vec![
+                "providers.up.api_key: contains a control character (CR, LF, ...); a key must be one line of printable characters"
+            ]
+        );
+    }
+
+    #[test]
+    fn key_with_crlf_from_the_environment_is_an_error_naming_the_variable() {
+        let e = errors_with_env(
+            "[providers.up]\nbase_url = \"http://127.0.0.1:9/v1\"\napi_key_env = \"UP_KEY\"\n",
+            "UP_KEY",
+            INJECTING_KEY,
+        );
+        assert_eq!(
+            e,
+            vec![
+                "providers.up.api_key_env: `UP_KEY` holds a control character (CR, LF, ...); a key must be one line of printable characters"
+            ]
+        );
+    }
+
+    #[test]
+    fn builtin_key_with_crlf_in_the_environment_is_an_error_unless_the_file_replaces_it() {
+        let e = errors_with_env("", "OPENAI_API_KEY", INJECTING_KEY);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with(
+                "providers.openai.api_key_env: `OPENAI_API_KEY` holds a control character"
+            ),
+            "{e:?}"
+        );
+        let replaced = "[providers.openai]\nbase_url = \"https://api.openai.com/v1\"\napi_key_env = \"MY_KEY\"\n";
+        assert_eq!(
+            errors_with_env(replaced, "OPENAI_API_KEY", INJECTING_KEY),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn base_url_with_a_space_or_cr_is_an_error_at_its_path() {
+        let e = errors(
+            "[providers.a]\nbase_url = \"http://127.0.0.1:9/v 1\"\n[providers.b]\nbase_url = \"http://127.0.0.1:9/v1\\r\\nX-Injected: 1\"\n",
+        );
+        assert_eq!(
+            e,
+            vec![
+                "providers.a.base_url: `http://127.0.0.1:9/v 1` contains whitespace or a control character; a URL must be one line without spaces",
+                "providers.b.base_url: `http://127.0.0.1:9/v1\\r\\nX-Injected: 1` contains whitespace or a control character; a URL must be one line without spaces",
+            ]
+        );
+        for url in [
+            "http://exa mple.com/v1",
+            "http://example.com\t/v1",
+            "http://example.com/v1\x7f",
+        ] {
+            assert!(BaseUrl::parse(url).is_err(), "{url:?}");
+        }
+    }
+
+    #[test]
+    fn no_key_error_shows_the_key() {
+        let up = "[providers.up]\nbase_url = \"http://127.0.0.1:9/v1\"\n";
+        for key in [
+            INJECTING_KEY,
+            "sk-secret\n",
+            "sk-secret\t",
+            "sk-secret\0",
+            "sk-secret\x7f",
+        ] {
+            let in_file = format!("{up}api_key = {}\n", toml::Value::from(key));
+            let e = errors(&in_file);
+            assert_eq!(e.len(), 1, "{key:?}: {e:?}");
+            assert!(!shows_the_key(&e), "{e:?}");
+
+            let from_env = format!("{up}api_key_env = \"UP_KEY\"\n");
+            let e = errors_with_env(&from_env, "UP_KEY", key);
+            assert_eq!(e.len(), 1, "{key:?}: {e:?}");
+            assert!(!shows_the_key(&e), "{e:?}");
+
+            let e = errors_with_env("", "GROQ_API_KEY", key);
+            assert_eq!(e.len(), 1, "{key:?}: {e:?}");
+            assert!(!shows_the_key(&e), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn base_url_splits_host_port_and_path() {
+        let u = BaseUrl::parse("http://127.0.0.1:9090/v1/").unwrap();
+        assert_eq!(
+            (
+                u.host.as_str(),
+                u.port,
+                u.path.as_str(),
+                u.authority.as_str()
+            ),
+            ("127.0.0.1", 9090, "/v1", "127.0.0.1:9090")
+        );
+        let u = BaseUrl::parse("https://api.anthropic.com").unwrap();
+        assert_eq!(
+            (u.port, u.path.as_str(), u.authority.as_str()),
+            (443, "", "api.anthropic.com")
+        );
+        assert!(BaseUrl::parse("ftp://x").is_err());
+    }
+}

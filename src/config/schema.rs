@@ -1,0 +1,220 @@
+//! The key table: every key the file may hold, its default and meaning.
+//!
+//! Owns [`KEYS`] and the two things read from it: the unknown-key check (every key
+//! in the file must be listed, with a did-you-mean hint when it is not) and the
+//! `aigw print-config` text ([`super::Config::describe_keys`]). Does not read values;
+//! the sections do that, each for its own keys. A new key is one row here plus its
+//! read in its section's file.
+
+use super::read::Walker;
+
+/// One documented key: its path (`*` stands for a provider name), default and meaning.
+pub struct KeySpec {
+    pub path: &'static str,
+    pub default: &'static str,
+    pub meaning: &'static str,
+}
+
+/// Every key the file may hold. `aigw print-config` prints this table, and the
+/// unknown-key check uses it, so the two can never disagree.
+pub const KEYS: &[KeySpec] = &[
+    KeySpec {
+        path: "server.listen",
+        default: "127.0.0.1:8080",
+        meaning: "address the data plane listens on (port 0 picks a free port)",
+    },
+    KeySpec {
+        path: "server.shards",
+        default: "0",
+        meaning: "executors, one per CPU; 0 = one per CPU this process may run on",
+    },
+    KeySpec {
+        path: "server.data_dir",
+        default: "aigw-data",
+        meaning: "directory for the admin socket and later the cache and logs",
+    },
+    KeySpec {
+        path: "server.drain_timeout",
+        default: "10s",
+        meaning: "on SIGTERM, how long in-flight requests may take before exit",
+    },
+    KeySpec {
+        path: "server.spin_before_park",
+        default: "0us",
+        meaning: "busy-poll this long before an idle shard sleeps (trades idle CPU for wake-up cost)",
+    },
+    KeySpec {
+        path: "admin.socket",
+        default: "<data_dir>/admin.sock",
+        meaning: "Unix socket (mode 0600) serving /stats and /metrics",
+    },
+    KeySpec {
+        path: "limits.max_head_bytes",
+        default: "16KiB",
+        meaning: "largest request head; larger gets 431",
+    },
+    KeySpec {
+        path: "limits.max_headers",
+        default: "64",
+        meaning: "most request header lines; more gets 431",
+    },
+    KeySpec {
+        path: "limits.max_body_bytes",
+        default: "32MiB",
+        meaning: "largest request body; larger gets 413 without reading it",
+    },
+    KeySpec {
+        path: "limits.max_response_head_bytes",
+        default: "64KiB",
+        meaning: "largest provider response head; larger is a 502",
+    },
+    KeySpec {
+        path: "timeouts.head",
+        default: "10s",
+        meaning: "time for a client to send a whole request head (408 after)",
+    },
+    KeySpec {
+        path: "timeouts.body",
+        default: "30s",
+        meaning: "time for a client to send a whole request body (408 after)",
+    },
+    KeySpec {
+        path: "timeouts.idle",
+        default: "60s",
+        meaning: "idle keep-alive connection lifetime between requests",
+    },
+    KeySpec {
+        path: "timeouts.client_write",
+        default: "60s",
+        meaning: "longest a write to a client may stall before the connection is dropped",
+    },
+    KeySpec {
+        path: "timeouts.upstream_connect",
+        default: "5s",
+        meaning: "TCP (+TLS) connect to a provider (502 after)",
+    },
+    KeySpec {
+        path: "timeouts.first_byte",
+        default: "300s",
+        meaning: "provider's first response byte (504 after)",
+    },
+    KeySpec {
+        path: "timeouts.stream_idle",
+        default: "120s",
+        meaning: "longest gap between two body reads from a provider (stream aborted after)",
+    },
+    KeySpec {
+        path: "timeouts.upstream_idle",
+        default: "30s",
+        meaning: "pooled provider connection unused longer than this is closed",
+    },
+    KeySpec {
+        path: "builtin_providers",
+        default: "true",
+        meaning: "include the built-in provider catalog (mock, openai, anthropic, groq, ...)",
+    },
+    KeySpec {
+        path: "providers.*.kind",
+        default: "openai",
+        meaning: "wire protocol: openai (any OpenAI-compatible server), anthropic, mock",
+    },
+    KeySpec {
+        path: "providers.*.base_url",
+        default: "(per provider)",
+        meaning: "what the provider's own SDK uses as base URL, e.g. https://api.openai.com/v1",
+    },
+    KeySpec {
+        path: "providers.*.api_key",
+        default: "(none)",
+        meaning: "provider key injected upstream; absent = forward the client's own key",
+    },
+    KeySpec {
+        path: "providers.*.api_key_env",
+        default: "(per provider)",
+        meaning: "environment variable holding the provider key (read at start)",
+    },
+    KeySpec {
+        path: "providers.*.ca_file",
+        default: "(none)",
+        meaning: "PEM file of extra CAs trusted for this provider (private CAs); public roots stay trusted",
+    },
+];
+
+/// Every key in `root` must be in [`KEYS`] (or a table on the way to one).
+pub(super) fn check_keys(w: &mut Walker, root: &toml::Table) {
+    check_table(w, root, "");
+}
+
+fn check_table(w: &mut Walker, table: &toml::Table, prefix: &str) {
+    for (k, v) in table {
+        let path = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        let pattern = key_pattern(&path);
+        if KEYS.iter().any(|s| s.path == pattern) {
+            continue;
+        }
+        let is_table_prefix = KEYS
+            .iter()
+            .any(|s| s.path.starts_with(&format!("{pattern}.")));
+        match v {
+            toml::Value::Table(t) if is_table_prefix => check_table(w, t, &path),
+            _ if is_table_prefix => {
+                w.err(&path, format!("must be a table, e.g. [{path}]"));
+            }
+            _ => {
+                let hint = suggest(&pattern)
+                    .map(|s| format!("; did you mean `{s}`?"))
+                    .unwrap_or_else(|| "; run `aigw print-config` for the list".into());
+                w.err(&path, format!("unknown key{hint}"));
+            }
+        }
+    }
+}
+
+/// `providers.foo.kind` -> `providers.*.kind`.
+fn key_pattern(path: &str) -> String {
+    let mut parts: Vec<&str> = path.split('.').collect();
+    if parts.len() >= 2 && parts[0] == "providers" {
+        parts[1] = "*";
+    }
+    parts.join(".")
+}
+
+fn suggest(pattern: &str) -> Option<&'static str> {
+    KEYS.iter()
+        .map(|k| (edit_distance(k.path, pattern), k.path))
+        .filter(|(d, _)| *d <= 3)
+        .min()
+        .map(|(_, p)| p)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::tests::errors;
+
+    #[test]
+    fn unknown_key_names_its_path_and_a_suggestion() {
+        let e = errors("[server]\nlisen = \"127.0.0.1:1\"\n");
+        assert_eq!(
+            e,
+            vec!["server.lisen: unknown key; did you mean `server.listen`?"]
+        );
+    }
+}
