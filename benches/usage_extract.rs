@@ -2,7 +2,8 @@
 //! scanning (stage 2), in bytes of body per second.
 
 use aigw::json::{Rewrite, rewrite_body, scan_request};
-use aigw::usage::{SseTap, usage_from_json};
+use aigw::providers::openai::USAGE;
+use aigw::providers::usage::{JsonScratch, SseTap, usage_from_json};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 
@@ -31,12 +32,12 @@ fn stream(events: usize) -> Vec<u8> {
 
 fn usage(c: &mut Criterion) {
     let mut g = c.benchmark_group("usage_from_json");
-    let mut scratch = aigw::usage::JsonScratch::default();
+    let mut scratch = JsonScratch::default();
     for len in [400usize, 6_000, 60_000] {
         let body = chat_reply(len);
         g.throughput(Throughput::Bytes(body.len() as u64));
         g.bench_function(format!("chat_reply_{}B", body.len()), |b| {
-            b.iter(|| usage_from_json(black_box(&body), &mut scratch).unwrap())
+            b.iter(|| usage_from_json(black_box(&body), &USAGE, &mut scratch).unwrap())
         });
     }
     g.finish();
@@ -47,7 +48,7 @@ fn usage(c: &mut Criterion) {
     let mut out = Vec::with_capacity(s.len());
     g.bench_function("64_events_in_1KiB_reads", |b| {
         b.iter(|| {
-            let mut tap = SseTap::new(false);
+            let mut tap = SseTap::new(&USAGE, false);
             for piece in s.chunks(1024) {
                 tap.feed(black_box(piece), &mut out);
             }
@@ -57,7 +58,7 @@ fn usage(c: &mut Criterion) {
     g.bench_function("64_events_filtering_usage_event", |b| {
         b.iter(|| {
             out.clear();
-            let mut tap = SseTap::new(true);
+            let mut tap = SseTap::new(&USAGE, true);
             for piece in s.chunks(1024) {
                 tap.feed(black_box(piece), &mut out);
             }

@@ -1,5 +1,5 @@
 //! Gateway errors: whose fault, which status, whether a retry may help, and the
-//! one place an error becomes bytes on the wire.
+//! one place an error becomes bytes on the wire. A leaf: imports nothing of the crate.
 //!
 //! A provider's own error response is not a `GatewayError`: it passes through
 //! unchanged (marked `aigw-error-source: provider`). This type covers what the
@@ -8,25 +8,36 @@
 
 use std::fmt::Write as _;
 
-/// Whose fault an error is. Becomes the `aigw-error-source` header.
+/// Whose fault an error is: the record's error source, a `/stats` and
+/// `/metrics` label, and (folded to who answered) the `aigw-error-source` header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Source {
-    /// The client sent something we cannot serve (4xx). Reported as `gateway`:
-    /// the gateway is the one answering.
+pub enum ErrorSource {
+    /// The client sent something we cannot serve (a 4xx of the gateway's own).
     Client,
-    /// The provider failed us (unreachable, timeout, malformed reply).
-    Provider,
     /// Our own failure.
     Gateway,
+    /// The provider failed us (unreachable, timeout, malformed reply) or
+    /// answered with an error status of its own.
+    Provider,
 }
 
-impl Source {
-    /// Header value: who produced this error response. Client-caused errors are
-    /// answered by the gateway, provider transport failures are the provider's.
+impl ErrorSource {
+    /// The metric and log label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorSource::Client => "client",
+            ErrorSource::Gateway => "gateway",
+            ErrorSource::Provider => "provider",
+        }
+    }
+
+    /// `aigw-error-source`: who produced the error response. A client's
+    /// mistake is answered by the gateway, so it says `gateway`; the header's
+    /// job is to tell the gateway's 429 from the provider's.
     pub fn header_value(self) -> &'static str {
         match self {
-            Source::Client | Source::Gateway => "gateway",
-            Source::Provider => "provider",
+            ErrorSource::Client | ErrorSource::Gateway => "gateway",
+            ErrorSource::Provider => "provider",
         }
     }
 }
@@ -34,7 +45,7 @@ impl Source {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GatewayError {
     pub status: u16,
-    pub source: Source,
+    pub source: ErrorSource,
     /// OpenAI `error.type`.
     pub kind: &'static str,
     /// OpenAI `error.code`, also the metric label.
@@ -47,7 +58,7 @@ pub struct GatewayError {
 impl GatewayError {
     fn new(
         status: u16,
-        source: Source,
+        source: ErrorSource,
         kind: &'static str,
         code: &'static str,
         message: String,
@@ -65,7 +76,7 @@ impl GatewayError {
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(
             400,
-            Source::Client,
+            ErrorSource::Client,
             "invalid_request_error",
             code,
             message.into(),
@@ -75,7 +86,7 @@ impl GatewayError {
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(
             404,
-            Source::Client,
+            ErrorSource::Client,
             "invalid_request_error",
             "not_found",
             message.into(),
@@ -85,7 +96,7 @@ impl GatewayError {
     pub fn method_not_allowed(message: impl Into<String>) -> Self {
         Self::new(
             405,
-            Source::Client,
+            ErrorSource::Client,
             "invalid_request_error",
             "method_not_allowed",
             message.into(),
@@ -96,7 +107,7 @@ impl GatewayError {
     pub fn framing(status: u16, code: &'static str, message: impl Into<String>) -> Self {
         let mut e = Self::new(
             status,
-            Source::Client,
+            ErrorSource::Client,
             "invalid_request_error",
             code,
             message.into(),
@@ -108,7 +119,7 @@ impl GatewayError {
     pub fn upstream_unreachable(provider: &str, why: impl std::fmt::Display) -> Self {
         Self::new(
             502,
-            Source::Provider,
+            ErrorSource::Provider,
             "upstream_error",
             "upstream_unreachable",
             format!("provider `{provider}` is unreachable: {why}"),
@@ -118,7 +129,7 @@ impl GatewayError {
     pub fn upstream_bad_response(provider: &str, why: impl std::fmt::Display) -> Self {
         Self::new(
             502,
-            Source::Provider,
+            ErrorSource::Provider,
             "upstream_error",
             "upstream_bad_response",
             format!("provider `{provider}` sent an invalid response: {why}"),
@@ -128,7 +139,7 @@ impl GatewayError {
     pub fn upstream_timeout(provider: &str, what: &str) -> Self {
         Self::new(
             504,
-            Source::Provider,
+            ErrorSource::Provider,
             "upstream_error",
             "upstream_timeout",
             format!("provider `{provider}` timed out ({what})"),
@@ -138,7 +149,7 @@ impl GatewayError {
     pub fn unavailable(message: impl Into<String>) -> Self {
         let mut e = Self::new(
             503,
-            Source::Gateway,
+            ErrorSource::Gateway,
             "server_error",
             "shutting_down",
             message.into(),
@@ -212,26 +223,100 @@ pub fn push_json_string(out: &mut String, s: &str) {
     out.push('"');
 }
 
-/// Reason phrases for the statuses the gateway itself produces.
-pub fn reason(status: u16) -> &'static str {
-    match status {
+/// The standard reason phrase of a status (RFC 9110 §15), if it has one.
+pub fn standard_reason(status: u16) -> Option<&'static str> {
+    Some(match status {
         100 => "Continue",
+        101 => "Switching Protocols",
         200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        203 => "Non-Authoritative Information",
+        204 => "No Content",
+        205 => "Reset Content",
+        206 => "Partial Content",
+        300 => "Multiple Choices",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        304 => "Not Modified",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
         400 => "Bad Request",
+        401 => "Unauthorized",
+        402 => "Payment Required",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        406 => "Not Acceptable",
+        407 => "Proxy Authentication Required",
         408 => "Request Timeout",
+        409 => "Conflict",
+        410 => "Gone",
+        411 => "Length Required",
+        412 => "Precondition Failed",
         413 => "Content Too Large",
         414 => "URI Too Long",
+        415 => "Unsupported Media Type",
+        416 => "Range Not Satisfiable",
         417 => "Expectation Failed",
+        421 => "Misdirected Request",
+        422 => "Unprocessable Content",
+        423 => "Locked",
+        424 => "Failed Dependency",
+        425 => "Too Early",
+        426 => "Upgrade Required",
+        428 => "Precondition Required",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
+        451 => "Unavailable For Legal Reasons",
         500 => "Internal Server Error",
         501 => "Not Implemented",
         502 => "Bad Gateway",
         503 => "Service Unavailable",
         504 => "Gateway Timeout",
-        _ => "",
+        505 => "HTTP Version Not Supported",
+        507 => "Insufficient Storage",
+        508 => "Loop Detected",
+        511 => "Network Authentication Required",
+        _ => return None,
+    })
+}
+
+/// The reason phrase for a status the gateway itself produces.
+pub fn reason(status: u16) -> &'static str {
+    standard_reason(status).unwrap_or_else(|| class_reason(status))
+}
+
+/// A phrase for a status outside the standard table, by its class, so a
+/// status line never goes out without one.
+pub fn class_reason(status: u16) -> &'static str {
+    match status {
+        100..=199 => "Informational",
+        200..=299 => "Success",
+        300..=399 => "Redirection",
+        400..=499 => "Client Error",
+        _ => "Server Error",
+    }
+}
+
+/// Longest provider reason phrase we repeat to the client.
+pub const MAX_REASON: usize = 64;
+
+/// The reason phrase to send for a provider's status: the standard one, else
+/// the provider's own (529 "Overloaded") when it is short printable text,
+/// else the status class.
+pub fn provider_reason(status: u16, theirs: &[u8]) -> &[u8] {
+    if let Some(r) = standard_reason(status) {
+        return r.as_bytes();
+    }
+    let printable = theirs
+        .iter()
+        .all(|b| matches!(b, b' ' | b'\t' | 0x21..=0x7e));
+    if !theirs.is_empty() && theirs.len() <= MAX_REASON && printable {
+        theirs
+    } else {
+        class_reason(status).as_bytes()
     }
 }
 
@@ -250,6 +335,16 @@ mod tests {
         assert!(s.ends_with(
             "{\"error\":{\"message\":\"provider `openai` timed out (first byte)\",\"type\":\"upstream_error\",\"code\":\"upstream_timeout\",\"param\":null}}"
         ));
+    }
+
+    #[test]
+    fn provider_statuses_keep_a_reason_phrase() {
+        assert_eq!(provider_reason(422, b"whatever"), b"Unprocessable Content");
+        assert_eq!(provider_reason(529, b"Overloaded"), b"Overloaded");
+        assert_eq!(provider_reason(529, b""), b"Server Error");
+        assert_eq!(provider_reason(529, b"bad\x01reason"), b"Server Error");
+        assert_eq!(provider_reason(299, b"\x7f"), b"Success");
+        assert_eq!(reason(599), "Server Error");
     }
 
     #[test]

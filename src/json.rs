@@ -1,6 +1,10 @@
 //! Request-body JSON: find the few top-level fields the gateway needs (`model`,
 //! `stream`, `stream_options`) with their byte offsets, and splice a rewritten body.
 //!
+//! What we forward must mean to any other parser what it meant to us (STYLE 17):
+//! keys are compared after unescaping (`"mod\u0065l"` is `model`), and a field
+//! we read that appears twice is an error, not a guess about which one wins.
+//!
 //! Why not a JSON library here: rewriting `model` and injecting
 //! `stream_options.include_usage` needs byte offsets so everything else is
 //! forwarded untouched, and no DOM is needed. Strings are skipped with memchr,
@@ -15,13 +19,81 @@ pub const MAX_DEPTH: usize = 256;
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RequestFields {
-    /// Raw value ranges (strings include their quotes). Last occurrence wins, as
-    /// in the providers' own JSON parsers.
+    /// Raw value ranges (strings include their quotes). Each field occurs at
+    /// most once (duplicates are a [`BodyError::Duplicate`]).
     pub model: Option<Range<usize>>,
     pub stream: Option<Range<usize>>,
     pub stream_options: Option<Range<usize>>,
+    /// `stream_options.include_usage`, when `stream_options` is an object holding it.
+    pub include_usage: Option<Range<usize>>,
     /// Offset just after the top-level `{`.
     pub body_open: usize,
+}
+
+/// Why a request body cannot be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyError {
+    /// Not a JSON object we can scan.
+    Invalid(&'static str),
+    /// A field the gateway reads appears more than once (its path).
+    Duplicate(&'static str),
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyError::Invalid(why) => write!(f, "request body is not valid JSON: {why}"),
+            BodyError::Duplicate(field) => write!(
+                f,
+                "`{field}` appears more than once in the request body; send it once (JSON parsers disagree on which copy wins)"
+            ),
+        }
+    }
+}
+
+/// The top-level fields the gateway reads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Field {
+    Model,
+    Stream,
+    StreamOptions,
+}
+
+/// Which field a raw key names, compared after unescaping. Keys without a
+/// backslash (nearly all) are compared as they are.
+fn field_of(raw_key: &[u8]) -> Option<Field> {
+    let decoded;
+    let key: &[u8] = if raw_key.contains(&b'\\') {
+        decoded = decode_key(raw_key)?;
+        decoded.as_bytes()
+    } else {
+        raw_key
+    };
+    match key {
+        b"model" => Some(Field::Model),
+        b"stream" => Some(Field::Stream),
+        b"stream_options" => Some(Field::StreamOptions),
+        _ => None,
+    }
+}
+
+/// Whether a raw key (between its quotes) is `name` once unescaped.
+fn key_is(raw_key: &[u8], name: &str) -> bool {
+    if raw_key.contains(&b'\\') {
+        decode_key(raw_key).is_some_and(|k| k == name)
+    } else {
+        raw_key == name.as_bytes()
+    }
+}
+
+/// An escaped key, decoded. `None` for an invalid escape, which no strict
+/// parser accepts either.
+fn decode_key(raw_key: &[u8]) -> Option<String> {
+    let mut quoted = Vec::with_capacity(raw_key.len() + 2);
+    quoted.push(b'"');
+    quoted.extend_from_slice(raw_key);
+    quoted.push(b'"');
+    string_value(&quoted).map(Cow::into_owned)
 }
 
 impl RequestFields {
@@ -38,23 +110,46 @@ impl RequestFields {
 }
 
 /// Scans the top-level object of a request body.
-pub fn scan_request(body: &[u8]) -> Result<RequestFields, &'static str> {
+pub fn scan_request(body: &[u8]) -> Result<RequestFields, BodyError> {
     let start = skip_ws(body, 0);
     if body.get(start) != Some(&b'{') {
-        return Err("request body must be a JSON object");
+        return Err(BodyError::Invalid("request body must be a JSON object"));
     }
     let mut fields = RequestFields {
         body_open: start + 1,
         ..Default::default()
     };
-    let end = for_each_member(body, start, |key, value| match key {
-        b"model" => fields.model = Some(value),
-        b"stream" => fields.stream = Some(value),
-        b"stream_options" => fields.stream_options = Some(value),
-        _ => {}
-    })?;
+    let mut duplicate = None;
+    let end = for_each_member(body, start, |key, value| {
+        let (slot, name) = match field_of(key) {
+            Some(Field::Model) => (&mut fields.model, "model"),
+            Some(Field::Stream) => (&mut fields.stream, "stream"),
+            Some(Field::StreamOptions) => (&mut fields.stream_options, "stream_options"),
+            None => return,
+        };
+        if slot.replace(value).is_some() {
+            duplicate.get_or_insert(name);
+        }
+    })
+    .map_err(BodyError::Invalid)?;
     if skip_ws(body, end) != body.len() {
-        return Err("unexpected data after the JSON object");
+        return Err(BodyError::Invalid("unexpected data after the JSON object"));
+    }
+    if let Some(name) = duplicate {
+        return Err(BodyError::Duplicate(name));
+    }
+    if let Some(opts) = fields.stream_options.clone()
+        && body.get(opts.start) == Some(&b'{')
+    {
+        let mut twice = false;
+        let _ = for_each_member(body, opts.start, |k, v| {
+            if key_is(k, "include_usage") && fields.include_usage.replace(v).is_some() {
+                twice = true;
+            }
+        });
+        if twice {
+            return Err(BodyError::Duplicate("stream_options.include_usage"));
+        }
     }
     Ok(fields)
 }
@@ -215,19 +310,10 @@ pub struct Rewrite<'a> {
 
 /// Whether the client itself asked for usage in the stream.
 pub fn client_asked_usage(body: &[u8], fields: &RequestFields) -> bool {
-    let Some(opts) = fields.stream_options.clone() else {
-        return false;
-    };
-    if body.get(opts.start) != Some(&b'{') {
-        return false;
-    }
-    let mut asked = false;
-    let _ = for_each_member(body, opts.start, |k, v| {
-        if k == b"include_usage" {
-            asked = &body[v] == b"true";
-        }
-    });
-    asked
+    fields
+        .include_usage
+        .clone()
+        .is_some_and(|v| &body[v] == b"true")
 }
 
 /// Writes `body` with the rewrite applied into `out`.
@@ -268,21 +354,13 @@ pub fn rewrite_body(body: &[u8], fields: &RequestFields, rw: &Rewrite<'_>, out: 
 /// Where and what to write so the request asks for `include_usage`.
 fn usage_edit(body: &[u8], fields: &RequestFields) -> Option<(Range<usize>, &'static [u8])> {
     Some(match fields.stream_options.clone() {
-        Some(opts) if body.get(opts.start) == Some(&b'{') => {
-            let mut existing = None;
-            let _ = for_each_member(body, opts.start, |k, v| {
-                if k == b"include_usage" {
-                    existing = Some(v);
-                }
-            });
-            match existing {
-                Some(v) => (v, b"true"),
-                None if skip_ws(body, opts.start + 1) == opts.end - 1 => {
-                    (opts.start + 1..opts.start + 1, b"\"include_usage\":true")
-                }
-                None => (opts.start + 1..opts.start + 1, b"\"include_usage\":true,"),
+        Some(opts) if body.get(opts.start) == Some(&b'{') => match fields.include_usage.clone() {
+            Some(v) => (v, b"true"),
+            None if skip_ws(body, opts.start + 1) == opts.end - 1 => {
+                (opts.start + 1..opts.start + 1, b"\"include_usage\":true")
             }
-        }
+            None => (opts.start + 1..opts.start + 1, b"\"include_usage\":true,"),
+        },
         Some(opts) => (opts, b"{\"include_usage\":true}"),
         None => (
             fields.body_open..fields.body_open,
@@ -375,6 +453,57 @@ mod tests {
     fn escaped_strings_decode() {
         assert_eq!(string_value(br#""mock\/echo""#).unwrap(), "mock/echo");
         assert_eq!(string_value(br#""\u00e9\ud83d\ude00""#).unwrap(), "é😀");
+    }
+
+    #[test]
+    fn keys_are_compared_after_unescaping() {
+        let body = br#"{"str\u0065am":true,"m\u006fdel":"a/b","stream_options":{"include_\u0075sage":false}}"#;
+        let f = scan_request(body).unwrap();
+        assert!(f.is_stream(body));
+        assert_eq!(f.model(body).unwrap(), "a/b");
+        assert!(!client_asked_usage(body, &f));
+        let mut out = Vec::new();
+        rewrite_body(
+            body,
+            &f,
+            &Rewrite {
+                model: "b",
+                include_usage: true,
+            },
+            &mut out,
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"str\u0065am":true,"m\u006fdel":"b","stream_options":{"include_\u0075sage":true}}"#
+        );
+    }
+
+    #[test]
+    fn fields_we_read_may_not_appear_twice() {
+        for (body, field) in [
+            (
+                &br#"{"model":"up/cheap","mod\u0065l":"expensive"}"#[..],
+                "model",
+            ),
+            (br#"{"stream":false,"stream":true}"#, "stream"),
+            (
+                br#"{"stream_options":{},"stream_options":null}"#,
+                "stream_options",
+            ),
+            (
+                br#"{"stream_options":{"include_usage":false,"include_usage":true}}"#,
+                "stream_options.include_usage",
+            ),
+        ] {
+            assert_eq!(
+                scan_request(body),
+                Err(BodyError::Duplicate(field)),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        // Fields the gateway does not read may repeat; nested ones are not top level.
+        assert!(scan_request(br#"{"x":1,"x":2,"a":{"model":1,"model":2}}"#).is_ok());
     }
 
     #[test]

@@ -4,21 +4,25 @@
 //!
 //! One process: a few control-plane std threads and one glommio executor ("shard")
 //! per allowed CPU. A request is served start to finish by the shard that accepted
-//! its connection; nothing on its path crosses a core.
+//! its connection; nothing on its path crosses a core. Imports point down this list:
 //!
-//! - [`config`]: the TOML file and the built-in defaults, parsed once into typed values.
-//! - [`http`]: HTTP/1.1 framing on top of httparse, for both directions.
-//! - [`json`]: top-level field scanning and splicing of request bodies.
-//! - [`usage`]: token usage from JSON replies and SSE streams (simd-json).
-//! - [`route`]: URL layout + model string to a provider target.
-//! - [`upstream`]: pooled HTTP/1.1 (+TLS) connections to providers, DNS cache,
-//!   and the in-process `mock` provider.
-//! - [`server`]: the per-connection loop and the pipeline that orders the stages.
-//! - [`record`]: the one record every finished request leaves.
-//! - [`control`]: stats thread, admin socket, signals.
-//! - [`runtime`]: shards, pinning, listeners, drain.
-//! - [`error`]: gateway errors and the only place they become bytes.
-//! - [`net`]: socket reads tuned for glommio; [`sys`]: the only `unsafe` calls.
+//! - [`runtime`]: shards, pinning, listeners, control-plane threads, drain.
+//! - [`control`]: stats thread, admin socket, signals, `aigw stats` rendering.
+//!   Nothing on the data plane imports it.
+//! - [`server`]: the per-connection loop, the pipeline that orders the stages,
+//!   upstream attempts, the relay and its taps.
+//! - Stages: [`route`] (path + model to a plan) and [`providers`] (one adapter per
+//!   provider kind: auth, paths, usage shapes, the in-process mock).
+//! - [`upstream`]: DNS, TCP, TLS, the pool and the HTTP/1.1 client; knows no
+//!   models, routes or keys.
+//! - Leaves, importing nothing above them: [`http`] (HTTP/1.1 framing on httparse),
+//!   [`json`] (request-body field scanning and splicing), [`config`] (the TOML file,
+//!   parsed once into typed values), [`error`] (gateway errors and their bytes),
+//!   [`record`] (the one record a request leaves, and its token [`record::Usage`]),
+//!   [`stats`] (the per-shard recorder), [`fasthash`], [`net`] (socket reads
+//!   tuned for glommio) and [`sys`] (the only `unsafe` code).
+
+#![deny(unsafe_code)]
 
 pub mod config;
 pub mod control;
@@ -27,10 +31,11 @@ pub mod fasthash;
 pub mod http;
 pub mod json;
 pub mod net;
+pub mod providers;
 pub mod record;
 pub mod route;
 pub mod runtime;
 pub mod server;
+pub mod stats;
 pub mod sys;
 pub mod upstream;
-pub mod usage;

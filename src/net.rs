@@ -14,7 +14,6 @@ use crate::http::ReadBuf;
 use futures_lite::AsyncReadExt;
 use glommio::net::TcpStream;
 use std::io;
-use std::os::fd::AsRawFd;
 
 /// How many times a read lets the shard's other tasks run before it waits on
 /// the socket through glommio. Under load the data usually arrives meanwhile,
@@ -30,7 +29,6 @@ pub async fn read_some_tcp(
     buf: &mut ReadBuf,
     max_window: usize,
 ) -> io::Result<usize> {
-    let fd = stream.as_raw_fd();
     let spare = buf.spare(max_window);
     if spare.is_empty() {
         return Err(io::Error::new(
@@ -40,7 +38,7 @@ pub async fn read_some_tcp(
     }
     // Let the shard's other connections run before arming a poll (see above).
     for _ in 0..YIELDS_BEFORE_WAIT {
-        match crate::sys::try_recv(fd, spare) {
+        match crate::sys::try_recv(crate::sys::tcp_fd(stream), spare) {
             Ok(n) => {
                 buf.advance(n);
                 return Ok(n);
@@ -59,7 +57,7 @@ pub async fn read_some_tcp(
     if first == 0 {
         return Ok(0);
     }
-    let more = match crate::sys::try_recv(fd, &mut spare[1..]) {
+    let more = match crate::sys::try_recv(crate::sys::tcp_fd(stream), &mut spare[1..]) {
         Ok(n) => n,
         Err(e)
             if matches!(

@@ -1,11 +1,12 @@
 //! The one record every finished request leaves: the single place the facts of a
-//! request live. Stats count from it today; logs and billing will read it later.
+//! request live. Stats count from it (and only from it); logs and billing will
+//! read it later. A leaf: it imports only the error source from `error`.
 //!
-//! Built by the pipeline as the request proceeds, finished once, then handed to
-//! the shard's stats recorder. It stays on its shard; the log stage (a later
-//! issue) will send a `Send` copy to the log thread.
+//! Built by the pipeline as the request proceeds, finished once in
+//! `pipeline::finish`, then handed to the shard's stats recorder. It stays on its
+//! shard; the log stage (a later issue) will send a `Send` copy to the log thread.
 
-use crate::usage::Usage;
+use crate::error::ErrorSource;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -46,6 +47,28 @@ pub enum Outcome {
     ClientAborted,
 }
 
+/// Token counts of one request. Fields absent from the reply stay `None`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub input_tokens: Option<u64>,
+    pub output_tokens: Option<u64>,
+    pub cached_tokens: Option<u64>,
+}
+
+impl Usage {
+    pub fn is_empty(&self) -> bool {
+        self.input_tokens.is_none() && self.output_tokens.is_none()
+    }
+
+    /// Later reports win field by field (Anthropic sends input tokens at the
+    /// start and cumulative output tokens at the end).
+    pub fn merge(&mut self, later: Usage) {
+        self.input_tokens = later.input_tokens.or(self.input_tokens);
+        self.output_tokens = later.output_tokens.or(self.output_tokens);
+        self.cached_tokens = later.cached_tokens.or(self.cached_tokens);
+    }
+}
+
 /// Everything known about one finished request.
 #[derive(Clone, Debug)]
 pub struct RequestRecord {
@@ -55,8 +78,8 @@ pub struct RequestRecord {
     pub provider: Option<Rc<str>>,
     pub model: Option<String>,
     pub status: u16,
-    /// `aigw-error-source` of an error response, if it was one.
-    pub error_source: Option<&'static str>,
+    /// Whose fault an error response was, if it was one.
+    pub error_source: Option<ErrorSource>,
     pub error_code: Option<&'static str>,
     pub outcome: Outcome,
     pub stream: bool,
@@ -71,7 +94,11 @@ pub struct RequestRecord {
     /// Time to the first SSE data event, from the request's arrival (streams).
     pub ttft: Option<Duration>,
     pub total: Duration,
-    /// The provider connection was reused from the pool.
+    /// Upstream attempts made (0: answered without a provider).
+    pub attempts: u32,
+    /// New provider connections opened for this request.
+    pub upstream_connects: u32,
+    /// The answering provider connection was reused from the pool.
     pub upstream_reused: bool,
 }
 
@@ -96,6 +123,8 @@ impl RequestRecord {
             upstream_ttfb: None,
             ttft: None,
             total: Duration::ZERO,
+            attempts: 0,
+            upstream_connects: 0,
             upstream_reused: false,
         }
     }

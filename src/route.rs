@@ -1,14 +1,21 @@
-//! Routing: stage 2. Turns a request path (and, for unified routes, the model
-//! string) into where the request goes.
+//! Routing: the first stage. Turns a request's path (and, for unified routes,
+//! its `model`) into a [`Plan`]: which provider, which upstream path, which body.
 //!
-//! Owns the three URL layouts: unified `/v1/<endpoint>`, passthrough
-//! `/<provider>/<rest>`, and Cloudflare's `/v1/<account>/<gateway>/...`. Does not
-//! know providers' addresses or keys (`upstream`).
+//! Owns the three URL layouts (unified `/v1/<endpoint>`, passthrough
+//! `/<provider>/<rest>`, Cloudflare's `/v1/<account>/<gateway>/...`), refusing
+//! paths that climb out of a base URL, and the reading of `model`/`stream` from
+//! the body. Asks `providers` for names, paths and the include-usage decision;
+//! does not know addresses, keys or connections.
 
-/// Endpoints of the OpenAI-compatible unified API.
-pub const UNIFIED_ENDPOINTS: &[&str] =
-    &["chat/completions", "completions", "embeddings", "responses"];
+use crate::error::GatewayError;
+use crate::http::request::{Method, RequestView};
+use crate::json::{self, BodyError, Rewrite};
+use crate::providers::{Provider, Providers, UNIFIED_ENDPOINTS};
+use crate::record::RouteKind;
+use std::borrow::Cow;
+use std::rc::Rc;
 
+/// Which URL layout a path uses.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route<'a> {
     Health,
@@ -25,10 +32,54 @@ pub enum Route<'a> {
         cloudflare: bool,
     },
     NotFound,
-    /// A path that tries to climb out of its base URL (`..`).
+    /// A path that tries to climb out of its base URL (`..`, also encoded).
     Traversal,
 }
 
+impl Route<'_> {
+    /// The record's route kind.
+    pub fn kind(&self) -> RouteKind {
+        match self {
+            Route::Unified {
+                cloudflare: true, ..
+            }
+            | Route::Passthrough {
+                cloudflare: true, ..
+            } => RouteKind::Cloudflare,
+            Route::Unified { .. } => RouteKind::Unified,
+            Route::Passthrough { .. } => RouteKind::Passthrough,
+            _ => RouteKind::Local,
+        }
+    }
+}
+
+/// Where and how one request goes upstream: the output of routing.
+#[derive(Debug)]
+pub struct Plan {
+    pub provider: Rc<Provider>,
+    pub method: Method,
+    /// Upstream request target (path and query).
+    pub path: Rc<str>,
+    /// The unified API: the body to send is the rewritten one (model prefix
+    /// stripped) with the provider's unified auth; otherwise the client's
+    /// body, untouched.
+    pub unified: bool,
+    /// aigw asked for stream usage on the client's behalf: drop the usage-only event.
+    pub filter_usage_event: bool,
+    /// The model as the provider sees it, when the body names one.
+    pub model: Option<String>,
+    pub stream: bool,
+}
+
+/// What routing decided.
+#[derive(Debug)]
+pub enum Routed {
+    /// `GET /healthz`: the gateway answers itself.
+    Health,
+    Upstream(Plan),
+}
+
+/// Classifies a request target into a layout.
 pub fn route(target: &str) -> Route<'_> {
     let (path, query) = match target.find('?') {
         Some(i) => (&target[..i], &target[i..]),
@@ -88,32 +139,204 @@ pub fn route(target: &str) -> Route<'_> {
     }
 }
 
+/// The stage: turns a routed request into a [`Plan`]. A unified request's body
+/// is rewritten into `rewritten` (model prefix stripped, include-usage asked).
+pub fn plan(
+    route: Route<'_>,
+    req: &RequestView<'_>,
+    providers: &Providers,
+    rewritten: &mut Vec<u8>,
+) -> Result<Routed, GatewayError> {
+    let method = req.head.method;
+    match route {
+        Route::Health => Ok(Routed::Health),
+        Route::NotFound => Err(GatewayError::not_found(format!(
+            "no route for {}; use /v1/chat/completions, /<provider>/<path> or /v1/<account>/<gateway>/<provider>/<path>",
+            String::from_utf8_lossy(req.target())
+        ))),
+        Route::Traversal => Err(GatewayError::bad_request(
+            "invalid_path",
+            "path segments `.` and `..` (also percent-encoded or with `\\`) are not allowed",
+        )),
+        Route::Unified {
+            endpoint, query, ..
+        } => {
+            if method != Method::Post {
+                return Err(GatewayError::method_not_allowed(format!(
+                    "/v1/{endpoint} takes POST"
+                )));
+            }
+            let body = req.body;
+            let fields = json::scan_request(body).map_err(body_error)?;
+            let model = fields.model(body).ok_or_else(|| {
+                GatewayError::bad_request(
+                    "missing_model",
+                    "`model` is required, as \"<provider>/<model>\", e.g. \"openai/gpt-4o-mini\"",
+                )
+            })?;
+            let (provider_name, model_name) = split_model(&model).ok_or_else(|| {
+                GatewayError::bad_request(
+                    "invalid_model",
+                    format!(
+                        "model `{}` must be \"<provider>/<model>\", e.g. \"openai/gpt-4o-mini\"",
+                        clip(&model)
+                    ),
+                )
+            })?;
+            let provider = providers
+                .get(provider_name)
+                .cloned()
+                .ok_or_else(|| unknown_provider(providers, provider_name))?;
+            let stream = fields.is_stream(body);
+            let wants_usage = stream
+                && provider.injects_stream_usage()
+                && !json::client_asked_usage(body, &fields);
+            json::rewrite_body(
+                body,
+                &fields,
+                &Rewrite {
+                    model: model_name,
+                    include_usage: wants_usage,
+                },
+                rewritten,
+            );
+            Ok(Routed::Upstream(Plan {
+                path: provider.unified_path(endpoint, query),
+                provider,
+                method,
+                unified: true,
+                filter_usage_event: wants_usage,
+                model: Some(model_name.to_string()),
+                stream,
+            }))
+        }
+        Route::Passthrough {
+            provider,
+            rest,
+            cloudflare,
+        } => {
+            let provider = match providers.get(provider) {
+                Some(p) => p.clone(),
+                None if cloudflare => return Err(unknown_provider(providers, provider)),
+                None => {
+                    return Err(GatewayError::not_found(format!(
+                        "no route for /{provider}/...: `{provider}` is not a configured provider"
+                    )));
+                }
+            };
+            // The body is forwarded untouched; model and stream are read for the
+            // record (and later limits and the cache). A body that is not JSON
+            // is the provider's business, but one whose fields we read appear
+            // twice would mean one thing to us and another upstream.
+            let (model, stream) = match json::scan_request(req.body) {
+                Ok(f) => (
+                    f.model(req.body).map(Cow::into_owned),
+                    f.is_stream(req.body),
+                ),
+                Err(e @ BodyError::Duplicate(_)) => return Err(body_error(e)),
+                Err(BodyError::Invalid(_)) => (None, false),
+            };
+            Ok(Routed::Upstream(Plan {
+                path: provider.passthrough_path(rest),
+                provider,
+                method,
+                unified: false,
+                filter_usage_event: false,
+                model,
+                stream,
+            }))
+        }
+    }
+}
+
+fn body_error(e: BodyError) -> GatewayError {
+    let code = match e {
+        BodyError::Invalid(_) => "invalid_json",
+        BodyError::Duplicate(_) => "duplicate_field",
+    };
+    GatewayError::bad_request(code, e.to_string())
+}
+
+/// A name for an error message, cut to a readable length.
+fn clip(s: &str) -> Cow<'_, str> {
+    const MAX: usize = 128;
+    if s.len() <= MAX {
+        return Cow::Borrowed(s);
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}... ({} bytes)", &s[..end], s.len()))
+}
+
+fn unknown_provider(providers: &Providers, name: &str) -> GatewayError {
+    let mut known: Vec<&str> = providers.keys().map(String::as_str).collect();
+    known.sort_unstable();
+    GatewayError::bad_request(
+        "unknown_provider",
+        format!(
+            "unknown provider `{}`; configured providers: {}",
+            clip(name),
+            known.join(", ")
+        ),
+    )
+}
+
 fn unified(rest: &str) -> Option<&'static str> {
     let rest = rest.trim_end_matches('/');
     UNIFIED_ENDPOINTS.iter().copied().find(|e| *e == rest)
 }
 
-/// `.` or `..` segments, also percent-encoded, which could escape a base path.
+/// How many rounds of percent-decoding the traversal check looks through
+/// (`%252e` is `%2e` after one round, `.` after two).
+const DECODE_ROUNDS: usize = 3;
+
+/// A `.` or `..` segment, also percent-encoded (once or more) and with `\`
+/// or an encoded `/` or `\` as separator, any of which could climb out of a
+/// provider's base path once some server along the way decodes it.
 fn has_dot_segment(path: &str) -> bool {
-    path.split('/').any(|seg| {
-        let mut rest = seg.as_bytes();
-        let mut dots = 0;
-        while !rest.is_empty() {
-            if rest[0] == b'.' {
-                rest = &rest[1..];
-            } else if rest.len() >= 3
-                && rest[0] == b'%'
-                && rest[1] == b'2'
-                && (rest[2] | 0x20) == b'e'
-            {
-                rest = &rest[3..];
-            } else {
-                return false;
-            }
-            dots += 1;
+    let bytes = path.as_bytes();
+    if memchr::memchr2(b'.', b'%', bytes).is_none() {
+        return false; // the common case: nothing to decode, nothing to climb
+    }
+    let mut cur = Cow::Borrowed(bytes);
+    for _ in 0..DECODE_ROUNDS {
+        if dot_segment(&cur) {
+            return true;
         }
-        dots == 1 || dots == 2
-    })
+        if !cur.contains(&b'%') {
+            return false;
+        }
+        cur = Cow::Owned(percent_decode(&cur));
+    }
+    dot_segment(&cur)
+}
+
+fn dot_segment(path: &[u8]) -> bool {
+    path.split(|b| *b == b'/' || *b == b'\\')
+        .any(|seg| seg == b"." || seg == b"..")
+}
+
+fn percent_decode(s: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        if s[i] == b'%'
+            && let (Some(h), Some(l)) = (
+                s.get(i + 1).copied().and_then(hex),
+                s.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push(h << 4 | l);
+            i += 3;
+        } else {
+            out.push(s[i]);
+            i += 1;
+        }
+    }
+    out
 }
 
 /// Splits `provider/model` at the first slash.
@@ -125,6 +348,8 @@ pub fn split_model(model: &str) -> Option<(&str, &str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
+    use crate::http::request::RequestHead;
 
     #[test]
     fn the_three_layouts_route() {
@@ -171,8 +396,33 @@ mod tests {
         assert_eq!(route("/healthz"), Route::Health);
         assert_eq!(route("/"), Route::NotFound);
         assert_eq!(route("/v1/models"), Route::NotFound);
-        assert_eq!(route("/openai/../x"), Route::Traversal);
-        assert_eq!(route("/openai/%2E%2e/x"), Route::Traversal);
+    }
+
+    #[test]
+    fn dot_segments_are_refused_however_they_are_spelled() {
+        for path in [
+            "/openai/../x",
+            "/openai/%2E%2e/x",
+            "/openai/..%2fx",
+            "/openai/..%2Fx",
+            "/openai/%2e%2e%2fx",
+            "/openai/..\\x",
+            "/openai/x\\..\\y",
+            "/openai/..%5cx",
+            "/openai/%252e%252e/x",
+            "/openai/.",
+            "/v1/acct/gw/openai/%2e%2e/files",
+        ] {
+            assert_eq!(route(path), Route::Traversal, "{path}");
+        }
+        for path in [
+            "/openai/v1.2/x",
+            "/openai/...",
+            "/openai/a..b",
+            "/openai/%41",
+        ] {
+            assert_ne!(route(path), Route::Traversal, "{path}");
+        }
     }
 
     #[test]
@@ -183,5 +433,84 @@ mod tests {
         );
         assert_eq!(split_model("gpt-4o"), None);
         assert_eq!(split_model("/x"), None);
+    }
+
+    fn plan_for(target: &str, method: Method, body: &str) -> Result<Routed, GatewayError> {
+        let providers =
+            crate::providers::build(&Config::from_toml_with_env("", &|_| None).unwrap());
+        let window = target.as_bytes();
+        let head = RequestHead {
+            method,
+            target: crate::http::Span::of(window, window),
+            ..RequestHead::default()
+        };
+        let view = RequestView {
+            head: &head,
+            window,
+            body: body.as_bytes(),
+        };
+        plan(route(target), &view, &providers, &mut Vec::new())
+    }
+
+    #[test]
+    fn a_unified_request_plans_its_provider_model_and_usage_filter() {
+        let Ok(Routed::Upstream(p)) = plan_for(
+            "/v1/chat/completions",
+            Method::Post,
+            r#"{"model":"mock/echo","stream":true}"#,
+        ) else {
+            panic!("not planned")
+        };
+        assert_eq!(&*p.provider.name, "mock");
+        assert_eq!(p.model.as_deref(), Some("echo"));
+        assert!(p.stream && p.filter_usage_event && p.unified);
+        assert_eq!(&*p.path, "/v1/chat/completions");
+    }
+
+    #[test]
+    fn planning_errors_name_the_problem() {
+        let code = |target: &str, method, body: &str| match plan_for(target, method, body) {
+            Err(e) => (e.status, e.code),
+            Ok(r) => panic!("planned {r:?}"),
+        };
+        assert_eq!(
+            code("/v1/chat/completions", Method::Get, ""),
+            (405, "method_not_allowed")
+        );
+        assert_eq!(
+            code("/v1/chat/completions", Method::Post, "{"),
+            (400, "invalid_json")
+        );
+        assert_eq!(
+            code("/v1/chat/completions", Method::Post, "{}"),
+            (400, "missing_model")
+        );
+        assert_eq!(
+            code("/v1/chat/completions", Method::Post, r#"{"model":"gpt"}"#),
+            (400, "invalid_model")
+        );
+        assert_eq!(
+            code(
+                "/v1/chat/completions",
+                Method::Post,
+                r#"{"model":"nope/x"}"#
+            ),
+            (400, "unknown_provider")
+        );
+        assert_eq!(
+            code(
+                "/mock/chat/completions",
+                Method::Post,
+                r#"{"model":"a","model":"b"}"#
+            ),
+            (400, "duplicate_field")
+        );
+        assert_eq!(code("/nope/x", Method::Post, ""), (404, "not_found"));
+        assert_eq!(
+            code("/mock/%2e%2e/x", Method::Get, ""),
+            (400, "invalid_path")
+        );
+        // A passthrough body that is not JSON is the provider's business.
+        assert!(plan_for("/mock/files", Method::Post, "not json").is_ok());
     }
 }

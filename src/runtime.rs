@@ -8,9 +8,10 @@
 
 use crate::config::Config;
 use crate::control::admin::{self, Admin};
-use crate::control::stats::{SNAPSHOT_QUEUE, Snapshot, StatsHub, send_snapshot};
+use crate::control::stats::StatsHub;
 use crate::control::{ShardCmd, ShardSenders, signals};
 use crate::server::{ShardCtx, conn};
+use crate::stats::{SNAPSHOT_QUEUE, Snapshot, send_snapshot};
 use crate::upstream::dns::Resolver;
 use futures_lite::future::FutureExt;
 use glommio::{LocalExecutorPoolBuilder, PoolPlacement, timer};
@@ -73,13 +74,7 @@ pub fn serve(config: Config, on_ready: impl FnOnce(&Listening)) -> Result<(), St
         .spawn(admin_listener)
         .map_err(|e| format!("cannot start the admin thread: {e}"))?;
     let resolver = Resolver::new();
-    let provider_hosts = config
-        .providers
-        .values()
-        .filter(|p| p.kind != crate::config::ProviderKind::Mock)
-        .map(|p| (p.base_url.host.clone(), p.base_url.port))
-        .collect();
-    resolver.spawn_refresher(provider_hosts);
+    resolver.spawn_refresher(crate::providers::network_hosts(&config));
 
     let placement = placement(&cpus, shards);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<usize, String>>();
@@ -244,8 +239,7 @@ async fn run_shard(a: ShardArgs) {
             ctx.open_connections()
         );
     }
-    let snap = ctx.stats.borrow_mut().take(a.shard, 0, 0, 0);
-    let _ = send_snapshot(&a.snapshots, snap);
+    let _ = send_snapshot(&a.snapshots, ctx.snapshot(0));
 }
 
 /// Ticks (stats, pool sweep) and control commands for one shard.
@@ -268,15 +262,7 @@ async fn control_loop(
                 if seq == 0 {
                     ctx.pool.sweep();
                 }
-                let mut snap = {
-                    let mut stats = ctx.stats.borrow_mut();
-                    stats.take(
-                        ctx.shard,
-                        seq,
-                        ctx.open_connections() as u64,
-                        ctx.pool.idle_count() as u64,
-                    )
-                };
+                let mut snap = ctx.snapshot(seq);
                 snap.counters.dropped_snapshots = dropped;
                 if send_snapshot(&snapshots, snap) {
                     dropped = 0;

@@ -1,23 +1,41 @@
 //! The crate's system calls that need `unsafe`, each with its invariant.
 //!
 //! Kept in one file so a reader audits them in one place: a non-blocking
-//! `recv(2)` on a borrowed socket, and adopting a listening socket into glommio.
+//! `recv(2)` on a borrowed socket, borrowing a glommio stream's descriptor,
+//! and adopting a listening socket into glommio. The crate root denies
+//! `unsafe_code`; this module alone allows it.
+
+#![allow(unsafe_code)]
 
 use std::io;
-use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd};
 
 /// `recv(fd, buf, MSG_DONTWAIT)`: reads what the socket holds now, or
 /// `WouldBlock`. Never waits.
-pub fn try_recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: `fd` is the descriptor of a socket owned by a stream the caller
-    // holds a `&mut` to for the duration of this call, so it is open and not
-    // reused; `buf` is a valid, writable region of exactly `buf.len()` bytes.
-    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+pub fn try_recv(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `fd` is borrowed, so the descriptor stays open (and is not
+    // reused) for the duration of this call; `buf` is a valid, writable region
+    // of exactly `buf.len()` bytes.
+    let n = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
     if n < 0 {
         Err(io::Error::last_os_error())
     } else {
         Ok(n as usize)
     }
+}
+
+/// The descriptor of a glommio TCP stream, borrowed for as long as the stream is.
+pub fn tcp_fd(stream: &glommio::net::TcpStream) -> BorrowedFd<'_> {
+    // SAFETY: a glommio `TcpStream` owns its socket and closes it only when
+    // dropped, which the borrow of `stream` rules out while the fd is in use.
+    unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) }
 }
 
 /// Hands a bound, listening, non-blocking socket to glommio.

@@ -229,7 +229,9 @@ fn stats_command_prints_the_admin_json(shards: usize) {
     assert_eq!(s["requests"].as_u64(), Some(2));
     assert_eq!(s["status"]["2xx"].as_u64(), Some(1));
     assert_eq!(s["status"]["4xx"].as_u64(), Some(1));
-    assert_eq!(s["errors"]["gateway"].as_u64(), Some(1));
+    // An unknown provider is the client's mistake, not the gateway's.
+    assert_eq!(s["errors"]["client"].as_u64(), Some(1));
+    assert_eq!(s["errors"]["gateway"].as_u64(), Some(0));
     assert_eq!(s["errors"]["provider"].as_u64(), Some(0));
     assert_eq!(s["aborted"]["upstream"].as_u64(), Some(0));
     assert_eq!(s["upstream"]["connects"].as_u64(), Some(1));

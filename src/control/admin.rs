@@ -165,7 +165,7 @@ pub fn render_json(m: &Merged) -> String {
     let _ = write!(
         s,
         "{{\"uptime_s\":{},\"shards\":{},\"requests\":{},\"status\":{{\"2xx\":{},\"3xx\":{},\"4xx\":{},\"5xx\":{}}},\
-         \"errors\":{{\"gateway\":{},\"provider\":{}}},\"aborted\":{{\"upstream\":{},\"client\":{}}},\"streams\":{},\
+         \"errors\":{{\"client\":{},\"gateway\":{},\"provider\":{}}},\"aborted\":{{\"upstream\":{},\"client\":{}}},\"streams\":{},\
          \"tokens\":{{\"input\":{},\"output\":{},\"cached\":{}}},\"upstream\":{{\"connects\":{},\"reused\":{},\"idle\":{}}},\
          \"connections\":{{\"accepted\":{},\"open\":{}}},\"dropped_snapshots\":{},\"latency_us\":{{",
         m.started.elapsed().as_secs(),
@@ -175,6 +175,7 @@ pub fn render_json(m: &Merged) -> String {
         c.status_3xx,
         c.status_4xx,
         c.status_5xx,
+        c.errors_client,
         c.errors_gateway,
         c.errors_provider,
         c.aborted_upstream,
@@ -185,9 +186,9 @@ pub fn render_json(m: &Merged) -> String {
         c.cached_tokens,
         c.upstream_connects,
         c.upstream_reused,
-        m.idle_upstream.iter().sum::<u64>(),
-        c.connections_accepted,
-        m.open_connections.iter().sum::<u64>(),
+        m.gauge(|g| g.idle_upstream),
+        m.gauge(|g| g.connections_accepted),
+        m.gauge(|g| g.open_connections),
         c.dropped_snapshots,
     );
     for (i, (series, name)) in SERIES.iter().enumerate() {
@@ -230,16 +231,13 @@ pub fn render_prometheus(m: &Merged) -> String {
         let _ = writeln!(s, "aigw_requests_total{{status=\"{class}\"}} {n}");
     }
     let _ = writeln!(s, "# TYPE aigw_errors_total counter");
-    let _ = writeln!(
-        s,
-        "aigw_errors_total{{source=\"gateway\"}} {}",
-        c.errors_gateway
-    );
-    let _ = writeln!(
-        s,
-        "aigw_errors_total{{source=\"provider\"}} {}",
-        c.errors_provider
-    );
+    for (source, n) in [
+        ("client", c.errors_client),
+        ("gateway", c.errors_gateway),
+        ("provider", c.errors_provider),
+    ] {
+        let _ = writeln!(s, "aigw_errors_total{{source=\"{source}\"}} {n}");
+    }
     let _ = writeln!(s, "# TYPE aigw_tokens_total counter");
     let _ = writeln!(
         s,

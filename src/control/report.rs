@@ -33,7 +33,8 @@ pub fn render(stats_json: &str) -> Option<String> {
     );
     let _ = writeln!(
         out,
-        "errors      gateway {}  provider {}   aborted: by provider {}  by client {}",
+        "errors      client {}  gateway {}  provider {}   aborted: by provider {}  by client {}",
+        n(&["errors", "client"]),
         n(&["errors", "gateway"]),
         n(&["errors", "provider"]),
         n(&["aborted", "upstream"]),
@@ -98,10 +99,11 @@ pub fn render(stats_json: &str) -> Option<String> {
 mod tests {
     #[test]
     fn stats_json_renders_as_a_table() {
-        let json = r#"{"uptime_s":3,"shards":2,"requests":5,"status":{"2xx":4,"3xx":0,"4xx":1,"5xx":0},"errors":{"gateway":1,"provider":0},"aborted":{"upstream":0,"client":0},"streams":1,"tokens":{"input":47,"output":5,"cached":0},"upstream":{"connects":1,"reused":3,"idle":1},"connections":{"accepted":2,"open":1},"dropped_snapshots":0,"latency_us":{"total":{"count":5,"p50":100,"p90":200,"p99":300,"p999":300,"max":310}},"providers":{"mock":{"requests":2,"errors":0,"input_tokens":47,"output_tokens":5}}}"#;
+        let json = r#"{"uptime_s":3,"shards":2,"requests":5,"status":{"2xx":4,"3xx":0,"4xx":1,"5xx":0},"errors":{"client":2,"gateway":1,"provider":0},"aborted":{"upstream":0,"client":0},"streams":1,"tokens":{"input":47,"output":5,"cached":0},"upstream":{"connects":1,"reused":3,"idle":1},"connections":{"accepted":2,"open":1},"dropped_snapshots":0,"latency_us":{"total":{"count":5,"p50":100,"p90":200,"p99":300,"p999":300,"max":310}},"providers":{"mock":{"requests":2,"errors":0,"input_tokens":47,"output_tokens":5}}}"#;
         let text = super::render(json).unwrap();
         assert!(text.contains("aigw: up 3 s, 2 shard(s)"), "{text}");
         assert!(text.contains("2xx 4  3xx 0  4xx 1"), "{text}");
+        assert!(text.contains("client 2  gateway 1  provider 0"), "{text}");
         assert!(text.contains("provider    mock"), "{text}");
         assert!(super::render("not json").is_none());
     }

@@ -1,217 +1,15 @@
-//! Stats: each shard records into its own counters and histograms (plain fields,
-//! no atomics on the hot path); once a second, or when the admin socket asks,
-//! a shard sends a snapshot to the stats thread, which merges them.
-//!
-//! Owns: the per-shard recorder ([`ShardStats`]), the cross-thread snapshot, and
-//! the merged view ([`StatsHub`]) the admin socket renders. Counts come only
-//! from [`RequestRecord`]s, the single place request facts live.
+//! The stats thread: merges the shards' snapshots (deltas of `crate::stats`
+//! recorders) into the process-wide view the admin socket renders. Control
+//! plane: never imported by the data plane.
 
-use crate::fasthash::FastMap;
-use crate::record::{Outcome, RequestRecord};
+use crate::stats::{Counters, Gauges, ProviderCounters, Snapshot, new_series};
 use hdrhistogram::Histogram;
 use std::collections::BTreeMap;
-use std::rc::Rc;
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-/// Largest latency a histogram holds (µs); longer values saturate.
-pub const MAX_LATENCY_US: u64 = 3_600_000_000;
-/// Snapshots that may wait for the stats thread before shards start dropping.
-pub const SNAPSHOT_QUEUE: usize = 256;
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counters {
-    pub requests: u64,
-    pub status_2xx: u64,
-    pub status_3xx: u64,
-    pub status_4xx: u64,
-    pub status_5xx: u64,
-    pub errors_gateway: u64,
-    pub errors_provider: u64,
-    pub aborted_upstream: u64,
-    pub aborted_client: u64,
-    pub streams: u64,
-    pub input_tokens: u64,
-    pub output_tokens: u64,
-    pub cached_tokens: u64,
-    pub upstream_connects: u64,
-    pub upstream_reused: u64,
-    pub connections_accepted: u64,
-    pub dropped_snapshots: u64,
-}
-
-impl Counters {
-    fn add(&mut self, o: &Counters) {
-        self.requests += o.requests;
-        self.status_2xx += o.status_2xx;
-        self.status_3xx += o.status_3xx;
-        self.status_4xx += o.status_4xx;
-        self.status_5xx += o.status_5xx;
-        self.errors_gateway += o.errors_gateway;
-        self.errors_provider += o.errors_provider;
-        self.aborted_upstream += o.aborted_upstream;
-        self.aborted_client += o.aborted_client;
-        self.streams += o.streams;
-        self.input_tokens += o.input_tokens;
-        self.output_tokens += o.output_tokens;
-        self.cached_tokens += o.cached_tokens;
-        self.upstream_connects += o.upstream_connects;
-        self.upstream_reused += o.upstream_reused;
-        self.connections_accepted += o.connections_accepted;
-        self.dropped_snapshots += o.dropped_snapshots;
-    }
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ProviderCounters {
-    pub requests: u64,
-    pub errors: u64,
-    pub input_tokens: u64,
-    pub output_tokens: u64,
-}
-
-/// The latency series every shard keeps.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Series {
-    Total = 0,
-    Gateway = 1,
-    UpstreamTtfb = 2,
-    Ttft = 3,
-}
-
-pub const SERIES: [(Series, &str); 4] = [
-    (Series::Total, "total"),
-    (Series::Gateway, "gateway"),
-    (Series::UpstreamTtfb, "upstream_ttfb"),
-    (Series::Ttft, "ttft"),
-];
-
-fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid bounds")
-}
-
-/// One empty histogram per [`Series`].
-fn new_series() -> [Histogram<u64>; 4] {
-    [
-        new_histogram(),
-        new_histogram(),
-        new_histogram(),
-        new_histogram(),
-    ]
-}
-
-/// What a shard sends: deltas since its previous snapshot, plus gauges.
-pub struct Snapshot {
-    pub shard: usize,
-    pub seq: u64,
-    pub counters: Counters,
-    pub histograms: [Histogram<u64>; 4],
-    pub providers: Vec<(String, ProviderCounters)>,
-    pub open_connections: u64,
-    pub idle_upstream: u64,
-}
-
-const _: () = {
-    const fn assert_send<T: Send>() {}
-    assert_send::<Snapshot>();
-};
-
-/// One shard's recorder.
-pub struct ShardStats {
-    pub counters: Counters,
-    histograms: [Histogram<u64>; 4],
-    providers: FastMap<Rc<str>, ProviderCounters>,
-}
-
-impl Default for ShardStats {
-    fn default() -> Self {
-        ShardStats {
-            counters: Counters::default(),
-            histograms: new_series(),
-            providers: FastMap::default(),
-        }
-    }
-}
-
-impl ShardStats {
-    pub fn record(&mut self, r: &RequestRecord) {
-        let c = &mut self.counters;
-        c.requests += 1;
-        match r.status {
-            200..=299 => c.status_2xx += 1,
-            300..=399 => c.status_3xx += 1,
-            400..=499 => c.status_4xx += 1,
-            _ => c.status_5xx += 1,
-        }
-        match r.error_source {
-            Some("provider") => c.errors_provider += 1,
-            Some(_) => c.errors_gateway += 1,
-            None => {}
-        }
-        match r.outcome {
-            Outcome::UpstreamAborted => c.aborted_upstream += 1,
-            Outcome::ClientAborted => c.aborted_client += 1,
-            _ => {}
-        }
-        c.streams += u64::from(r.stream);
-        c.input_tokens += r.usage.input_tokens.unwrap_or(0);
-        c.output_tokens += r.usage.output_tokens.unwrap_or(0);
-        c.cached_tokens += r.usage.cached_tokens.unwrap_or(0);
-        let us = |d: Duration| (d.as_micros() as u64).max(1);
-        self.histograms[Series::Total as usize].saturating_record(us(r.total));
-        self.histograms[Series::Gateway as usize].saturating_record(us(r.gateway));
-        if let Some(t) = r.upstream_ttfb {
-            self.histograms[Series::UpstreamTtfb as usize].saturating_record(us(t));
-        }
-        if let Some(t) = r.ttft {
-            self.histograms[Series::Ttft as usize].saturating_record(us(t));
-        }
-        if let Some(p) = &r.provider {
-            let pc = self.providers.entry(p.clone()).or_default();
-            pc.requests += 1;
-            pc.errors += u64::from(r.status >= 400);
-            pc.input_tokens += r.usage.input_tokens.unwrap_or(0);
-            pc.output_tokens += r.usage.output_tokens.unwrap_or(0);
-        }
-    }
-
-    pub fn histogram_mut(&mut self, s: Series) -> &mut Histogram<u64> {
-        &mut self.histograms[s as usize]
-    }
-
-    /// Takes the deltas, leaving the recorder empty.
-    pub fn take(
-        &mut self,
-        shard: usize,
-        seq: u64,
-        open_connections: u64,
-        idle_upstream: u64,
-    ) -> Snapshot {
-        let histograms = std::mem::replace(&mut self.histograms, new_series());
-        Snapshot {
-            shard,
-            seq,
-            counters: std::mem::take(&mut self.counters),
-            histograms,
-            providers: self
-                .providers
-                .drain()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect(),
-            open_connections,
-            idle_upstream,
-        }
-    }
-}
-
-/// Sends a snapshot without ever blocking the shard; a full queue counts a drop.
-pub fn send_snapshot(tx: &SyncSender<Snapshot>, snap: Snapshot) -> bool {
-    match tx.try_send(snap) {
-        Ok(()) => true,
-        Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => false,
-    }
-}
+pub use crate::stats::{SERIES, SNAPSHOT_QUEUE, Series, send_snapshot};
 
 /// The merged, process-wide view.
 pub struct Merged {
@@ -221,8 +19,15 @@ pub struct Merged {
     pub histograms: [Histogram<u64>; 4],
     pub providers: BTreeMap<String, ProviderCounters>,
     pub flushed: Vec<u64>,
-    pub open_connections: Vec<u64>,
-    pub idle_upstream: Vec<u64>,
+    /// The latest gauges of each shard.
+    pub gauges: Vec<Gauges>,
+}
+
+impl Merged {
+    /// A gauge summed over shards.
+    pub fn gauge(&self, f: impl Fn(&Gauges) -> u64) -> u64 {
+        self.gauges.iter().map(f).sum()
+    }
 }
 
 pub struct StatsHub {
@@ -240,14 +45,13 @@ impl StatsHub {
                 histograms: new_series(),
                 providers: BTreeMap::new(),
                 flushed: vec![0; shards],
-                open_connections: vec![0; shards],
-                idle_upstream: vec![0; shards],
+                gauges: vec![Gauges::default(); shards],
             }),
             changed: Condvar::new(),
         })
     }
 
-    fn merge(&self, s: Snapshot) {
+    pub fn merge(&self, s: Snapshot) {
         let mut m = self.merged.lock().unwrap_or_else(|p| p.into_inner());
         m.counters.add(&s.counters);
         for (acc, h) in m.histograms.iter_mut().zip(s.histograms.iter()) {
@@ -262,8 +66,7 @@ impl StatsHub {
         }
         if s.shard < m.flushed.len() {
             m.flushed[s.shard] = m.flushed[s.shard].max(s.seq);
-            m.open_connections[s.shard] = s.open_connections;
-            m.idle_upstream[s.shard] = s.idle_upstream;
+            m.gauges[s.shard] = s.gauges;
         }
         drop(m);
         self.changed.notify_all();
@@ -306,7 +109,9 @@ impl StatsHub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::usage::Usage;
+    use crate::record::{RequestRecord, Usage};
+    use crate::stats::ShardStats;
+    use std::rc::Rc;
 
     #[test]
     fn snapshots_merge_into_totals() {
@@ -323,7 +128,7 @@ mod tests {
             };
             r.total = Duration::from_micros(100);
             s.record(&r);
-            hub.merge(s.take(shard, 1, 0, 0));
+            hub.merge(s.take(shard, 1, Gauges::default()));
         }
         assert!(hub.wait_flushed(1, Duration::from_millis(1)));
         let m = hub.merged.lock().unwrap();

@@ -77,6 +77,22 @@ impl Default for RequestHead {
     }
 }
 
+/// A request as the stages read it: the parsed head, the read window its spans
+/// point into, and the body. Borrowed from the connection for one request.
+#[derive(Clone, Copy)]
+pub struct RequestView<'a> {
+    pub head: &'a RequestHead,
+    pub window: &'a [u8],
+    pub body: &'a [u8],
+}
+
+impl<'a> RequestView<'a> {
+    /// The request target (path and query) as sent.
+    pub fn target(&self) -> &'a [u8] {
+        self.head.target.get(self.window)
+    }
+}
+
 impl RequestHead {
     /// True when `name` is listed in a `Connection` header (so it is hop-by-hop).
     pub fn connection_lists(&self, window: &[u8], name: &[u8]) -> bool {

@@ -22,6 +22,8 @@ pub enum ResponseBody {
 #[derive(Debug, Default)]
 pub struct ResponseHead {
     pub status: u16,
+    /// The provider's reason phrase (empty when it sent none).
+    pub reason: Span,
     pub head_len: usize,
     pub headers: Vec<Header>,
     pub body: Option<ResponseBody>,
@@ -75,6 +77,10 @@ pub fn parse_response(
     }
     let http10 = resp.version == Some(0);
     head.status = status;
+    head.reason = match resp.reason {
+        Some(r) if !r.is_empty() => Span::of(window, r.as_bytes()),
+        _ => Span::default(),
+    };
     head.head_len = n;
     head.headers.clear();
     head.event_stream = false;

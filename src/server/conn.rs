@@ -1,18 +1,18 @@
 //! One client connection: read a head, read its body, run the pipeline, repeat.
 //!
-//! Owns the connection's buffers (reused across requests) and the client-side
-//! timeouts: idle between requests, head, body. Pipelined requests are answered
-//! one at a time, in order, from the same read window. Any framing error is
-//! answered and the connection closed; so is any request whose body we did not
-//! read to the end.
+//! Owns the client-side timeouts (idle between requests, head, body) and the
+//! framing of requests off the wire. Pipelined requests are answered one at a
+//! time, in order, from the same read window. A request that cannot be read
+//! goes to `pipeline::reject` (answered like every other response, then the
+//! connection closes); so does any request whose body we did not read to the end.
 
-use super::ShardCtx;
+use super::client::{BodyAt, ClientConn, Incoming, Unreadable};
 use super::pipeline;
+use super::shard::ShardCtx;
 use crate::error::GatewayError;
+use crate::http::Parsed;
 use crate::http::chunked::ChunkedDecoder;
-use crate::http::request::{BodyFraming, RequestHead, parse_request};
-use crate::http::response::ResponseHead;
-use crate::http::{Parsed, ReadBuf};
+use crate::http::request::{BodyFraming, parse_request};
 use crate::net::read_some_tcp as read_some;
 use futures_lite::AsyncWriteExt;
 use futures_lite::future::FutureExt;
@@ -21,94 +21,21 @@ use std::io;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-/// Initial read window of a client connection.
-pub const CLIENT_BUF: usize = 16 << 10;
 /// Shortest read timeout we set (glommio rejects zero).
 const MIN_TIMEOUT: Duration = Duration::from_millis(1);
-
-/// A client connection and the buffers its requests reuse.
-pub struct ClientConn {
-    pub stream: TcpStream,
-    pub buf: ReadBuf,
-    pub head: RequestHead,
-    /// A decoded chunked request body.
-    pub body: Vec<u8>,
-    /// The response being written to the client.
-    pub out: Vec<u8>,
-    /// The request being written upstream.
-    pub up_out: Vec<u8>,
-    /// A rewritten request body (unified routes).
-    pub rewritten: Vec<u8>,
-    /// simd-json scratch for usage parsing.
-    pub scratch: crate::usage::JsonScratch,
-    /// Decoded provider body bytes (chunked responses).
-    pub decoded: Vec<u8>,
-    pub rhead: ResponseHead,
-}
-
-/// Where the current request's body is.
-#[derive(Clone, Copy, Debug)]
-pub enum BodyAt {
-    /// In the read window at this range.
-    Window(usize, usize),
-    /// Decoded into `ClientConn::body`.
-    Decoded,
-}
-
-/// A request ready for the pipeline.
-pub struct Incoming {
-    pub started: Instant,
-    pub body: BodyAt,
-    /// Bytes of the read window this request used (head + body on the wire).
-    pub consumed: usize,
-}
-
-impl BodyAt {
-    /// The body bytes, given the read window and the decoded-body buffer
-    /// (taken separately so callers can still borrow other buffers mutably).
-    pub fn slice<'a>(self, window: &'a [u8], decoded: &'a [u8]) -> &'a [u8] {
-        match self {
-            BodyAt::Window(s, e) => &window[s..e],
-            BodyAt::Decoded => decoded,
-        }
-    }
-}
 
 /// Serves one accepted connection until it closes.
 pub async fn serve(ctx: Rc<ShardCtx>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let _ = stream.set_write_timeout(Some(ctx.config.timeouts.client_write));
     let id = ctx.register();
-    let mut c = ClientConn {
-        stream,
-        buf: ReadBuf::with_capacity(CLIENT_BUF),
-        head: RequestHead::default(),
-        body: Vec::new(),
-        out: Vec::with_capacity(4096),
-        up_out: Vec::with_capacity(4096),
-        rewritten: Vec::new(),
-        scratch: crate::usage::JsonScratch::default(),
-        decoded: Vec::new(),
-        rhead: ResponseHead::default(),
-    };
+    let mut c = ClientConn::new(stream);
     loop {
         let req = match read_request(&ctx, &mut c, id).await {
             Ok(Some(r)) => r,
             Ok(None) => break,
-            Err(e) => {
-                let mut rec = crate::record::RequestRecord::new(
-                    ctx.next_request_id(),
-                    ctx.shard,
-                    Instant::now(),
-                );
-                rec.status = e.status;
-                rec.error_source = Some(e.source.header_value());
-                rec.error_code = Some(e.code);
-                rec.outcome = crate::record::Outcome::GatewayError;
-                c.out.clear();
-                e.write_response(&mut c.out, c.head.http10, false, "");
-                let _ = c.stream.write_all(&c.out).await;
-                ctx.finish(&rec);
+            Err(unreadable) => {
+                pipeline::reject(&ctx, &mut c, unreadable).await;
                 break;
             }
         };
@@ -134,15 +61,33 @@ async fn read_request(
     ctx: &ShardCtx,
     c: &mut ClientConn,
     id: u64,
+) -> Result<Option<Incoming>, Unreadable> {
+    let mut started = None;
+    read_framed(ctx, c, id, &mut started)
+        .await
+        .map_err(|error| Unreadable {
+            started: started.unwrap_or_else(Instant::now),
+            error,
+        })
+}
+
+/// [`read_request`]'s work; `started` is set when the request's first byte is here.
+async fn read_framed(
+    ctx: &ShardCtx,
+    c: &mut ClientConn,
+    id: u64,
+    started: &mut Option<Instant>,
 ) -> Result<Option<Incoming>, GatewayError> {
     let t = &ctx.config.timeouts;
     let mut head_deadline: Option<Instant> = None;
     let head_len = loop {
         if !c.buf.is_empty() {
+            // One clock read per request: its arrival, which also starts the head deadline.
+            let arrived = *started.get_or_insert_with(Instant::now);
             if let Parsed::Complete(n) = parse_request(c.buf.filled(), &ctx.limits, &mut c.head)? {
                 break n;
             }
-            head_deadline.get_or_insert_with(|| Instant::now() + t.head);
+            head_deadline.get_or_insert(arrived + t.head);
         }
         let idle = c.buf.is_empty();
         if idle && ctx.draining.get() {
@@ -177,7 +122,7 @@ async fn read_request(
             Err(_) => return Ok(None),
         }
     };
-    let started = Instant::now();
+    let started = started.unwrap_or_else(Instant::now);
     let (body, consumed) = match c.head.body {
         BodyFraming::None => (BodyAt::Window(head_len, head_len), head_len),
         BodyFraming::Length(n) => {

@@ -1,42 +1,45 @@
-//! The pipeline: the order of a request's stages, top to bottom, in one place.
+//! The pipeline: a request's whole story, top to bottom, in the order data flows.
 //!
 //! ```text
-//! 1 parse head + body      server::conn + http::request   (done before `handle`)
-//! 2 route                  route + plan() below: path + model -> provider target
-//! 3 upstream               relay::exchange: pooled connection, request written
-//! 4 relay + usage tap      relay::exchange: response streamed, usage read
-//! 5 settle + record        ShardCtx::finish: the request record is counted
+//!   read     conn            head and body off the wire (before `handle`)
+//! 1 route    route           path + model -> provider, upstream path, body to send
+//! 2 attempt  attempt         connection, request sent, response head read; never
+//!                            touches the client (a stale pooled connection is
+//!                            retried once; a client that leaves cancels it)
+//! 3 relay    relay + taps    the body streamed to the client; usage read on the way
+//! 4 settle   here            usage, timings, the connection back to the pool
+//! 5 record   record()        the request record counted (stats; the log later)
 //! ```
 //!
-//! Authentication, admission (limits, budgets) and the cache slot in between 2
-//! and 3 as later issues build them. Each stage is its own module and never calls
-//! a later one; data flows one way.
+//! Authentication, admission and the cache lookup slot in between 1 and 2, the
+//! cache fill joins the taps, as later issues build them. Stages never call a
+//! later stage or this module; they return typed values or a `GatewayError`.
+//! Only this module answers the client, and every answer (framing errors
+//! included, through [`reject`]) ends in [`record`].
 
-use super::ShardCtx;
-use super::conn::{ClientConn, Incoming};
-use super::relay;
-use crate::config::ProviderKind;
-use crate::error::GatewayError;
-use crate::http::request::Method;
-use crate::json::{self, Rewrite};
-use crate::record::{Outcome, RequestRecord, RouteKind};
-use crate::route::{self, Route};
-use crate::upstream::Provider;
+use super::attempt::{self, AttemptRequest, UpstreamReply};
+use super::client::{ClientConn, Incoming, Unreadable};
+use super::forward::{self, Upstream};
+use super::relay::{self, Ending, Framing};
+use super::respond::{self, ClientFraming, ClientHead, RequestId};
+use super::shard::ShardCtx;
+use super::taps::{Tap, UsageTap};
+use crate::error::{ErrorSource, GatewayError};
+use crate::http::ReadBuf;
+use crate::http::response::ResponseBody;
+use crate::net::read_some_tcp;
+use crate::record::{Outcome, RequestRecord};
+use crate::route::{self, Plan, Routed};
 use futures_lite::AsyncWriteExt;
-use std::rc::Rc;
+use futures_lite::future::FutureExt;
+use glommio::net::TcpStream;
+use std::time::Duration;
 
-/// Where and how one request goes upstream: the output of routing.
-pub struct Plan {
-    pub provider: Rc<Provider>,
-    pub method: Method,
-    /// Upstream request target (path and query).
-    pub path: Rc<str>,
-    /// The unified API: send `ClientConn::rewritten` (model prefix stripped)
-    /// with the provider's unified auth lines; otherwise the client's body, untouched.
-    pub unified: bool,
-    /// aigw asked for stream usage on the client's behalf: drop the usage-only event.
-    pub filter_usage_event: bool,
-}
+/// How long an attempt waits on the provider before the pipeline starts
+/// watching whether the client is still there. Watching costs a poll on the
+/// client's socket, so quick answers (most of them) never pay it; a client that
+/// leaves a slow generation stops it within this long.
+pub const CLIENT_WATCH_AFTER: Duration = Duration::from_millis(100);
 
 /// Runs one request through every stage; returns whether the connection stays open.
 pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool {
@@ -44,198 +47,279 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
     rec.bytes_in = req.consumed as u64;
     let keep_alive = c.head.keep_alive && !ctx.draining.get();
 
-    let keep_alive = match plan(ctx, c, req, &mut rec) {
-        // 2. route  ->  3 + 4. upstream exchange, relay with usage tap
-        Ok(Some(plan)) => relay::exchange(ctx, c, req, &plan, &mut rec, keep_alive).await,
-        Ok(None) => answer_health(c, &mut rec, keep_alive).await,
-        Err(e) => answer_error(ctx, c, &mut rec, e, keep_alive).await,
+    // 1. route
+    let plan = match plan(ctx, c, req, &mut rec) {
+        Ok(Routed::Upstream(plan)) => plan,
+        Ok(Routed::Health) => {
+            c.out.clear();
+            let id = request_id(ctx, &rec);
+            respond::health(&mut c.out, c.head.http10, keep_alive, c.head.method, id);
+            rec.status = 200;
+            return answer(ctx, c, rec, keep_alive).await;
+        }
+        Err(e) => return answer_error(ctx, c, rec, &e, keep_alive).await,
     };
 
-    // 5. settle + record
-    rec.total = req.started.elapsed();
-    if rec.gateway.is_zero() {
-        rec.gateway = rec.total;
+    // 2. attempts: none of them writes to the client
+    let body_at = {
+        let view = req.view(&c.head, &c.buf, &c.body);
+        let body: &[u8] = if plan.unified {
+            &c.rewritten
+        } else {
+            view.body
+        };
+        let up = Upstream {
+            method: plan.method,
+            path: &plan.path,
+            authority: &plan.provider.endpoint.authority,
+            auth: plan.provider.auth_lines(plan.unified),
+            body,
+        };
+        forward::build(&mut c.up_out, &view, &up);
+        c.up_out.len() - body.len()
+    };
+    let mut reply = match attempts(ctx, c, &plan, body_at, &mut rec).await {
+        Ok(reply) => reply,
+        Err(Unanswered::Failed(e)) => return answer_error(ctx, c, rec, &e, keep_alive).await,
+        Err(Unanswered::ClientGone) => {
+            rec.outcome = Outcome::ClientAborted;
+            record(ctx, rec);
+            return false;
+        }
+    };
+
+    // 3. relay the reply through the taps
+    let rh = &c.rhead;
+    rec.status = rh.status;
+    if rh.status >= 400 {
+        rec.error_source = Some(ErrorSource::Provider);
     }
-    ctx.finish(&rec);
-    keep_alive
+    rec.upstream_ttfb = Some(reply.ttfb);
+    rec.upstream_reused = reply.reused;
+    let shape = plan.provider.usage_shape();
+    let mut usage = if rh.event_stream {
+        UsageTap::sse(shape, plan.filter_usage_event)
+    } else {
+        let length = match rh.body() {
+            ResponseBody::Length(n) => Some(n),
+            _ => None,
+        };
+        UsageTap::json(shape, length, &mut c.scratch)
+    };
+    let framing = Framing {
+        body: rh.body(),
+        client: ClientFraming::for_body(rh.body(), usage.rewrites(), c.head.http10),
+        reusable: rh.reusable,
+    };
+    // A drain may have begun while we waited for the provider: say `close` in
+    // the head now rather than closing a connection the client thinks persists.
+    let keep = keep_alive && framing.client != ClientFraming::Close && !ctx.draining.get();
+    let pre_upstream = reply.sent_at.duration_since(req.started);
+    c.out.clear();
+    let head = ClientHead {
+        http10: c.head.http10,
+        keep_alive: keep,
+        method: c.head.method,
+        id: request_id(ctx, &rec),
+        provider: rec.provider.as_deref(),
+        model: rec.model.as_deref(),
+        pre_upstream,
+        ttfb: reply.ttfb,
+        framing: framing.client,
+    };
+    respond::provider_head(&mut c.out, &head, rh, reply.conn.buf.filled());
+    reply.conn.buf.consume(rh.head_len);
+    let relayed = relay::relay(
+        &mut c.stream,
+        &mut c.out,
+        &mut c.decoded,
+        reply.conn,
+        framing,
+        &mut [&mut usage],
+        ctx.config.timeouts.stream_idle,
+        reply.sent_at + reply.ttfb,
+    )
+    .await;
+
+    // 4. settle
+    rec.usage = usage.usage();
+    rec.ttft = usage.first_event().map(|t| t.duration_since(req.started));
+    rec.bytes_out = relayed.bytes_out;
+    rec.gateway = pre_upstream + relayed.last_read.elapsed();
+    rec.outcome = match relayed.ending {
+        Ending::Complete => Outcome::Completed,
+        // The client saw a head and part of a body: it must not see an ending.
+        Ending::UpstreamAborted => Outcome::UpstreamAborted,
+        Ending::ClientAborted => Outcome::ClientAborted,
+    };
+    if let Some(conn) = relayed.reusable {
+        ctx.pool.put(&plan.provider.endpoint.name, conn);
+    }
+    let keep = keep && relayed.ending == Ending::Complete && !ctx.draining.get();
+
+    // 5. record
+    record(ctx, rec);
+    keep
 }
 
-/// Stage 2: turns path, method and body into a [`Plan`]. `Ok(None)` is `/healthz`.
+/// Answers a request that could not be read (a framing error, a timeout) like
+/// any other error; the connection then closes.
+pub async fn reject(ctx: &ShardCtx, c: &mut ClientConn, u: Unreadable) {
+    let rec = RequestRecord::new(ctx.next_request_id(), ctx.shard, u.started);
+    answer_error(ctx, c, rec, &u.error, false).await;
+}
+
+/// Stage 1: the route, then the plan; the record learns the route kind, the
+/// provider, model and whether it streams.
 fn plan(
     ctx: &ShardCtx,
     c: &mut ClientConn,
     req: &Incoming,
     rec: &mut RequestRecord,
-) -> Result<Option<Plan>, GatewayError> {
-    let window = c.buf.filled();
-    let target = std::str::from_utf8(c.head.target.get(window))
+) -> Result<Routed, GatewayError> {
+    let view = req.view(&c.head, &c.buf, &c.body);
+    let target = std::str::from_utf8(view.target())
         .map_err(|_| GatewayError::bad_request("invalid_path", "request path is not UTF-8"))?;
-    let method = c.head.method;
-    match route::route(target) {
-        Route::Health => Ok(None),
-        Route::NotFound => Err(GatewayError::not_found(format!(
-            "no route for {target}; use /v1/chat/completions, /<provider>/<path> or /v1/<account>/<gateway>/<provider>/<path>"
-        ))),
-        Route::Traversal => Err(GatewayError::bad_request(
-            "invalid_path",
-            "path segments `.` and `..` are not allowed",
-        )),
-        Route::Unified {
-            endpoint,
-            query,
-            cloudflare,
-        } => {
-            rec.route = if cloudflare {
-                RouteKind::Cloudflare
-            } else {
-                RouteKind::Unified
-            };
-            if method != Method::Post {
-                return Err(GatewayError::method_not_allowed(format!(
-                    "/v1/{endpoint} takes POST"
-                )));
-            }
-            let body = req.body.slice(window, &c.body);
-            let fields = json::scan_request(body).map_err(|e| {
-                GatewayError::bad_request(
-                    "invalid_json",
-                    format!("request body is not valid JSON: {e}"),
-                )
-            })?;
-            let model = fields.model(body).ok_or_else(|| {
-                GatewayError::bad_request(
-                    "missing_model",
-                    "`model` is required, as \"<provider>/<model>\", e.g. \"openai/gpt-4o-mini\"",
-                )
-            })?;
-            let (provider_name, model_name) = route::split_model(&model).ok_or_else(|| {
-                GatewayError::bad_request(
-                    "invalid_model",
-                    format!("model `{model}` must be \"<provider>/<model>\", e.g. \"openai/gpt-4o-mini\""),
-                )
-            })?;
-            let provider = lookup(ctx, provider_name)?;
-            rec.provider = Some(provider.name.clone());
-            rec.model = Some(model_name.to_string());
-            let stream = fields.is_stream(body);
-            rec.stream = stream;
-            let wants_usage = stream
-                && matches!(provider.kind(), ProviderKind::OpenAi | ProviderKind::Mock)
-                && !json::client_asked_usage(body, &fields);
-            json::rewrite_body(
-                body,
-                &fields,
-                &Rewrite {
-                    model: model_name,
-                    include_usage: wants_usage,
-                },
-                &mut c.rewritten,
-            );
-            Ok(Some(Plan {
-                path: provider.unified_path(endpoint, query),
-                provider,
-                method,
-                unified: true,
-                filter_usage_event: wants_usage,
-            }))
-        }
-        Route::Passthrough {
-            provider,
-            rest,
-            cloudflare,
-        } => {
-            rec.route = if cloudflare {
-                RouteKind::Cloudflare
-            } else {
-                RouteKind::Passthrough
-            };
-            let provider = match ctx.providers.get(provider) {
-                Some(p) => p.clone(),
-                None if cloudflare => return Err(unknown_provider(ctx, provider)),
-                None => {
-                    return Err(GatewayError::not_found(format!(
-                        "no route for {target}: `{provider}` is not a configured provider"
-                    )));
-                }
-            };
-            rec.provider = Some(provider.name.clone());
-            let body = req.body.slice(window, &c.body);
-            // The body is forwarded untouched; read model and stream for the record.
-            if let Ok(fields) = json::scan_request(body) {
-                rec.model = fields.model(body).map(|m| m.into_owned());
-                rec.stream = fields.is_stream(body);
-            }
-            Ok(Some(Plan {
-                path: provider.passthrough_path(rest),
-                provider,
-                method,
-                unified: false,
-                filter_usage_event: false,
-            }))
-        }
+    let route = route::route(target);
+    rec.route = route.kind();
+    let routed = route::plan(route, &view, &ctx.providers, &mut c.rewritten)?;
+    if let Routed::Upstream(p) = &routed {
+        rec.provider = Some(p.provider.name.clone());
+        rec.model.clone_from(&p.model);
+        rec.stream = p.stream;
     }
+    Ok(routed)
 }
 
-fn lookup(ctx: &ShardCtx, name: &str) -> Result<Rc<Provider>, GatewayError> {
-    ctx.providers
-        .get(name)
-        .cloned()
-        .ok_or_else(|| unknown_provider(ctx, name))
+/// Why no reply came back.
+enum Unanswered {
+    /// The attempts failed; the client gets this error.
+    Failed(GatewayError),
+    /// The client left while we waited; the attempt was dropped (which closes
+    /// its connection, so the provider stops generating).
+    ClientGone,
 }
 
-fn unknown_provider(ctx: &ShardCtx, name: &str) -> GatewayError {
-    let mut known: Vec<&str> = ctx.providers.keys().map(String::as_str).collect();
-    known.sort_unstable();
-    GatewayError::bad_request(
-        "unknown_provider",
-        format!(
-            "unknown provider `{name}`; configured providers: {}",
-            known.join(", ")
-        ),
-    )
-}
-
-async fn answer_health(c: &mut ClientConn, rec: &mut RequestRecord, keep_alive: bool) -> bool {
-    const BODY: &str = "{\"status\":\"ok\"}";
-    c.out.clear();
-    let conn_header = match (keep_alive, c.head.http10) {
-        (false, _) => "connection: close\r\n",
-        (true, true) => "connection: keep-alive\r\n",
-        (true, false) => "",
+/// Stage 2: attempts until one yields a response head. Today the only retry
+/// is the one a stale pooled connection earns.
+async fn attempts(
+    ctx: &ShardCtx,
+    c: &mut ClientConn,
+    plan: &Plan,
+    body_at: usize,
+    rec: &mut RequestRecord,
+) -> Result<UpstreamReply, Unanswered> {
+    let request = AttemptRequest {
+        bytes: &c.up_out,
+        method: plan.method,
+        path: &plan.path,
+        body: &c.up_out[body_at..],
+        request_id: rec.id,
     };
-    let head = format!(
-        "HTTP/1.{} 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{conn_header}\r\n",
-        if c.head.http10 { 0 } else { 1 },
-        BODY.len()
-    );
-    c.out.extend_from_slice(head.as_bytes());
-    if c.head.method != Method::Head {
-        c.out.extend_from_slice(BODY.as_bytes());
+    let rhead = &mut c.rhead;
+    let tries = async {
+        loop {
+            rec.attempts += 1;
+            match attempt::attempt(ctx, &plan.provider, &request, rhead).await {
+                Ok(reply) => {
+                    rec.upstream_connects += u32::from(reply.connected);
+                    return Ok(reply);
+                }
+                Err(e) => {
+                    rec.upstream_connects += u32::from(e.connected);
+                    // The provider had closed that pooled connection: the request
+                    // never reached it, so a fresh connection may carry it.
+                    if e.stale_connection() && e.retryable() && rec.attempts == 1 {
+                        continue;
+                    }
+                    return Err(Unanswered::Failed(e.to_gateway_error(&plan.provider.name)));
+                }
+            }
+        }
+    };
+    let max_window = c.buf.len() + ctx.limits.max_head_bytes;
+    let gone = async {
+        client_gone(&mut c.stream, &mut c.buf, max_window).await;
+        Err(Unanswered::ClientGone)
+    };
+    tries.or(gone).await
+}
+
+/// Resolves once the client has closed or reset its connection, checked from
+/// [`CLIENT_WATCH_AFTER`] on. Bytes it sends meanwhile (a pipelined request)
+/// stay in its read window; a full window ends the watch.
+async fn client_gone(stream: &mut TcpStream, buf: &mut ReadBuf, max_window: usize) {
+    glommio::timer::sleep(CLIENT_WATCH_AFTER).await;
+    // The connection loop sets its own deadline before every read it makes.
+    let _ = stream.set_read_timeout(None);
+    loop {
+        match read_some_tcp(stream, buf, max_window).await {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                std::future::pending::<()>().await;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
     }
-    rec.status = 200;
-    rec.bytes_out = c.out.len() as u64;
-    c.stream.write_all(&c.out).await.is_ok() && keep_alive
+}
+
+fn request_id<'a>(ctx: &'a ShardCtx, rec: &RequestRecord) -> RequestId<'a> {
+    RequestId {
+        prefix: &ctx.id_prefix,
+        n: rec.id,
+    }
 }
 
 /// Answers with a gateway error (the one place such a response is written).
-/// The caller finishes the record.
-pub async fn answer_error(
+async fn answer_error(
     ctx: &ShardCtx,
     c: &mut ClientConn,
-    rec: &mut RequestRecord,
-    e: GatewayError,
+    mut rec: RequestRecord,
+    e: &GatewayError,
     keep_alive: bool,
 ) -> bool {
     // An upstream error can come long after the request arrived: if a drain
     // began meanwhile, this answer is the connection's last.
-    let keep_alive = keep_alive && !ctx.draining.get();
+    let keep_alive = keep_alive && !e.close && !ctx.draining.get();
     c.out.clear();
-    let id_header = format!("aigw-request-id: {}{}\r\n", ctx.id_prefix, rec.id);
-    e.write_response(&mut c.out, c.head.http10, keep_alive, &id_header);
+    respond::error(
+        &mut c.out,
+        e,
+        c.head.http10,
+        keep_alive,
+        request_id(ctx, &rec),
+    );
     rec.status = e.status;
-    rec.error_source = Some(e.source.header_value());
+    rec.error_source = Some(e.source);
     rec.error_code = Some(e.code);
     rec.outcome = Outcome::GatewayError;
+    answer(ctx, c, rec, keep_alive).await
+}
+
+/// Writes the whole response in `c.out`, then records.
+async fn answer(
+    ctx: &ShardCtx,
+    c: &mut ClientConn,
+    mut rec: RequestRecord,
+    keep_alive: bool,
+) -> bool {
     rec.bytes_out = c.out.len() as u64;
-    c.stream.write_all(&c.out).await.is_ok() && keep_alive && !e.close
+    let written = c.stream.write_all(&c.out).await.is_ok();
+    c.out.clear();
+    if !written && rec.outcome == Outcome::Completed {
+        rec.outcome = Outcome::ClientAborted;
+    }
+    record(ctx, rec);
+    written && keep_alive
+}
+
+/// Stage 5, the end of every request: its total time, then the record is counted.
+fn record(ctx: &ShardCtx, mut rec: RequestRecord) {
+    rec.total = rec.started.elapsed();
+    if rec.gateway.is_zero() {
+        rec.gateway = rec.total;
+    }
+    ctx.record(&rec);
 }

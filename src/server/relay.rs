@@ -1,329 +1,140 @@
-//! Stages 3 and 4: the upstream exchange and the response relay.
+//! The relay: streams a provider's body to the client as it arrives, through
+//! the taps, re-framed for the client (length, chunked, or close-delimited).
 //!
-//! Owns: writing the re-serialized request to a pooled (or new) provider
-//! connection, reading the response head within the first-byte timeout,
-//! re-framing the body to the client as it arrives, tapping token usage on the
-//! way, and deciding whether the provider connection may return to the pool
-//! (only after a cleanly framed response with nothing left over). A response
-//! that breaks off is never completed: the client connection is closed without
-//! a terminating chunk. Does not route or count (pipeline, record).
+//! Owns reading the body within `timeouts.stream_idle`, decoding chunked
+//! bodies, feeding every chunk to the tap chain and ending it with
+//! `finish(Complete | Aborted)`, and deciding whether the provider connection
+//! may return to the pool (only after a cleanly framed body with nothing left
+//! over). A body that breaks off is never completed: the client sees no
+//! terminating chunk, and the pipeline closes the connection. Does not route,
+//! retry or count (pipeline, record).
 
-use super::ShardCtx;
-use super::conn::{ClientConn, Incoming};
-use super::pipeline::{Plan, answer_error};
-use crate::config::ProviderKind;
-use crate::error::GatewayError;
+use super::respond::ClientFraming;
+use super::taps::{self, End, Tap};
 use crate::http::chunked::{ChunkedDecoder, LAST_CHUNK, write_chunk};
-use crate::http::request::{Method, RequestHead};
-use crate::http::response::{ResponseBody, ResponseHead, ResponseParsed, parse_response};
-use crate::http::{Parsed, is_hop_by_hop, push_decimal, tokens};
-use crate::record::{Outcome, RequestRecord};
-use crate::upstream::conn::{ConnectError, Stream, UpstreamConn, connect};
-use crate::upstream::mock;
-use crate::usage::{JsonTail, SseTap, usage_from_json};
-use futures_lite::AsyncWriteExt;
-use futures_lite::io::Cursor;
+use crate::http::response::ResponseBody;
+use crate::upstream::conn::UpstreamConn;
+use futures_lite::{AsyncWrite, AsyncWriteExt};
 use std::time::{Duration, Instant};
 
 /// Largest read window while relaying a provider body (the body streams through it).
 pub const RELAY_WINDOW: usize = 256 << 10;
 
-/// How the body is framed towards the client.
+/// How the body arrives and leaves.
+#[derive(Clone, Copy, Debug)]
+pub struct Framing {
+    /// How the provider delimits it.
+    pub body: ResponseBody,
+    /// How the client gets it.
+    pub client: ClientFraming,
+    /// The provider said the connection may carry another request.
+    pub reusable: bool,
+}
+
+/// How the relay ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum ClientFraming {
-    None,
-    Length,
-    Chunked,
-    /// HTTP/1.0 client and a body of unknown length: close ends it.
-    Close,
+pub enum Ending {
+    Complete,
+    /// The provider's body broke off (closed, reset, malformed, stalled).
+    UpstreamAborted,
+    /// A write to the client failed.
+    ClientAborted,
 }
 
-enum HeadError {
-    /// Closed or reset before a single byte: a stale pooled connection.
-    ClosedEarly,
-    Timeout,
-    Bad(String),
+pub struct Relayed {
+    pub ending: Ending,
+    /// Bytes written to the client (the head included).
+    pub bytes_out: u64,
+    /// When the last provider bytes arrived.
+    pub last_read: Instant,
+    /// The provider connection, when it may carry another request.
+    pub reusable: Option<UpstreamConn>,
 }
 
-/// Runs the exchange and relays the response; returns whether the client
-/// connection stays open.
-pub async fn exchange(
-    ctx: &ShardCtx,
-    c: &mut ClientConn,
-    req: &Incoming,
-    plan: &Plan,
-    rec: &mut RequestRecord,
-    keep_alive: bool,
-) -> bool {
-    let provider = &plan.provider;
-    let t = &ctx.config.timeouts;
-    let body: &[u8] = if plan.unified {
-        &c.rewritten
-    } else {
-        req.body.slice(c.buf.filled(), &c.body)
-    };
-    let auth = if plan.unified {
-        &provider.auth_unified
-    } else {
-        &provider.auth_native
-    };
-    build_request(
-        &mut c.up_out,
-        c.buf.filled(),
-        &c.head,
-        plan,
-        auth.as_deref(),
-        body,
-    );
-    let mut mock_reply = (provider.kind() == ProviderKind::Mock).then(|| {
-        mock::respond(
-            &mock::MockRequest {
-                path: &plan.path,
-                body,
-            },
-            rec.id,
-        )
-    });
-
-    // 3. upstream: a pooled connection (one retry if it turns out stale), or a new one.
-    let mut attempt = 0;
-    let (mut up, sent_at, ttfb) = loop {
-        attempt += 1;
-        let (mut up, reused) = if let Some(reply) = mock_reply.take() {
-            (UpstreamConn::new(Stream::Memory(Cursor::new(reply))), false)
-        } else if let Some(up) = ctx.pool.take(&provider.name) {
-            (up, true)
-        } else {
-            match connect(provider, &ctx.resolver, t.upstream_connect).await {
-                Ok(up) => {
-                    ctx.stats.borrow_mut().counters.upstream_connects += 1;
-                    (up, false)
-                }
-                Err(ConnectError::Timeout) => {
-                    let e = GatewayError::upstream_timeout(&provider.name, "connect");
-                    return answer_error(ctx, c, rec, e, keep_alive).await;
-                }
-                Err(ConnectError::Failed(why)) => {
-                    let e = GatewayError::upstream_unreachable(&provider.name, why);
-                    return answer_error(ctx, c, rec, e, keep_alive).await;
-                }
-            }
-        };
-        let sent_at = Instant::now();
-        up.stream.set_write_timeout(t.client_write);
-        if let Err(e) = up.stream.write_all(&c.up_out).await {
-            if reused && attempt == 1 {
-                continue;
-            }
-            let e = GatewayError::upstream_unreachable(
-                &provider.name,
-                format!("sending the request: {e}"),
-            );
-            return answer_error(ctx, c, rec, e, keep_alive).await;
-        }
-        let max_head = ctx.config.limits.max_response_head_bytes;
-        match read_response_head(
-            &mut up,
-            &mut c.rhead,
-            plan.method == Method::Head,
-            max_head,
-            t.first_byte,
-            sent_at,
-        )
-        .await
-        {
-            Ok(ttfb) => {
-                rec.upstream_reused = reused;
-                ctx.stats.borrow_mut().counters.upstream_reused += u64::from(reused);
-                break (up, sent_at, ttfb);
-            }
-            Err(HeadError::ClosedEarly) if reused && attempt == 1 => continue,
-            Err(HeadError::ClosedEarly) => {
-                let e = GatewayError::upstream_bad_response(
-                    &provider.name,
-                    "connection closed before a response",
-                );
-                return answer_error(ctx, c, rec, e, keep_alive).await;
-            }
-            Err(HeadError::Timeout) => {
-                let e = GatewayError::upstream_timeout(
-                    &provider.name,
-                    "no response within timeouts.first_byte",
-                );
-                return answer_error(ctx, c, rec, e, keep_alive).await;
-            }
-            Err(HeadError::Bad(why)) => {
-                let e = GatewayError::upstream_bad_response(&provider.name, why);
-                return answer_error(ctx, c, rec, e, keep_alive).await;
-            }
-        }
-    };
-    rec.upstream_ttfb = Some(ttfb);
-    let pre_upstream = sent_at.duration_since(req.started);
-
-    // 4. relay the response as it arrives, tapping usage.
-    let rh = &c.rhead;
-    let status = rh.status;
-    let body_kind = rh.body();
-    let filter = plan.filter_usage_event && rh.event_stream;
-    let http10 = c.head.http10;
-    let framing = match body_kind {
-        ResponseBody::None => ClientFraming::None,
-        ResponseBody::Length(_) if !filter => ClientFraming::Length,
-        _ if !http10 => ClientFraming::Chunked,
-        _ => ClientFraming::Close,
-    };
-    // A drain may have begun while we waited for the provider: say `close` in
-    // the head now rather than closing a connection the client thinks persists.
-    let mut keep = keep_alive && framing != ClientFraming::Close && !ctx.draining.get();
-    rec.status = status;
-    if status >= 400 {
-        rec.error_source = Some("provider");
-    }
-    c.out.clear();
-    write_client_head(
-        &mut c.out,
-        ctx,
-        rec,
-        rh,
-        up.buf.filled(),
-        framing,
-        http10,
-        keep,
-        pre_upstream,
-        ttfb,
-        plan.method,
-    );
-    up.buf.consume(rh.head_len);
-
-    let mut tap = rh.event_stream.then(|| SseTap::new(filter));
-    let mut json_tail = JsonTail::default();
-    let mut json_done = false;
-    let mut filtered = Vec::new();
-    let mut remaining = match body_kind {
+/// Relays `up`'s body (its head already consumed) to `client`. `out` holds the
+/// client's head, written together with the first body bytes; `decoded` is
+/// scratch for chunked bodies. `first_read` is when the provider's head arrived.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the client side, the provider side, the taps and two deadlines: grouping them would only rename them"
+)]
+pub async fn relay<W: AsyncWrite + Unpin>(
+    client: &mut W,
+    out: &mut Vec<u8>,
+    decoded: &mut Vec<u8>,
+    mut up: UpstreamConn,
+    framing: Framing,
+    taps: &mut [&mut dyn Tap],
+    stream_idle: Duration,
+    first_read: Instant,
+) -> Relayed {
+    let mut remaining = match framing.body {
         ResponseBody::Length(n) => n,
         _ => 0,
     };
     let mut decoder = ChunkedDecoder::default();
     let mut eof = false;
-    let mut aborted = false;
-    let mut last_read = sent_at + ttfb;
-    loop {
+    let mut bytes_out = 0u64;
+    let mut last_read = first_read;
+    let ending = loop {
         let avail = up.buf.filled();
-        let (data, used, done): (&[u8], usize, bool) = match body_kind {
+        let (data, used, done): (&[u8], usize, bool) = match framing.body {
             ResponseBody::None => (&[], 0, true),
-            ResponseBody::Length(n) => {
+            ResponseBody::Length(_) => {
                 let take = (remaining as usize).min(avail.len());
-                if take as u64 == n && tap.is_none() {
-                    // The whole body in one piece: read usage from it directly.
-                    rec.usage = usage_from_json(&avail[..take], &mut c.scratch).unwrap_or_default();
-                    json_done = true;
-                }
                 remaining -= take as u64;
                 (&avail[..take], take, remaining == 0)
             }
             ResponseBody::Chunked => {
-                c.decoded.clear();
-                match decoder.decode(avail, &mut c.decoded, u64::MAX) {
-                    Ok(used) => (&c.decoded[..], used, decoder.is_done()),
-                    Err(_) => {
-                        aborted = true;
-                        break;
-                    }
+                decoded.clear();
+                match decoder.decode(avail, decoded, u64::MAX) {
+                    Ok(used) => (&decoded[..], used, decoder.is_done()),
+                    Err(_) => break Ending::UpstreamAborted,
                 }
             }
             ResponseBody::UntilClose => (avail, avail.len(), eof),
         };
         if !data.is_empty() {
-            match tap.as_mut() {
-                Some(tap) => {
-                    let before = tap.data_events;
-                    filtered.clear();
-                    tap.feed(data, &mut filtered);
-                    frame(
-                        &mut c.out,
-                        if tap.filters() { &filtered } else { data },
-                        framing,
-                    );
-                    if before == 0 && tap.data_events > 0 {
-                        rec.ttft = Some(req.started.elapsed());
-                    }
-                }
-                None => {
-                    if !json_done {
-                        json_tail.push(data);
-                    }
-                    frame(&mut c.out, data, framing);
-                }
-            }
+            frame(out, taps::through(taps, data), framing.client);
         }
         if done {
-            if let Some(tap) = tap.as_mut().filter(|t| t.filters()) {
-                filtered.clear();
-                tap.finish(&mut filtered);
-                frame(&mut c.out, &filtered, framing);
-            }
-            if framing == ClientFraming::Chunked {
-                c.out.extend_from_slice(LAST_CHUNK);
+            taps::finish(taps, End::Complete, |b| frame(out, b, framing.client));
+            if framing.client == ClientFraming::Chunked {
+                out.extend_from_slice(LAST_CHUNK);
             }
         }
         up.buf.consume(used);
-        if !c.out.is_empty() {
-            rec.bytes_out += c.out.len() as u64;
-            if c.stream.write_all(&c.out).await.is_err() {
-                rec.outcome = Outcome::ClientAborted;
-                settle_usage(rec, tap.as_ref(), &json_tail, json_done, &mut c.scratch);
-                return false;
+        if !out.is_empty() {
+            bytes_out += out.len() as u64;
+            let written = client.write_all(out).await;
+            out.clear();
+            if written.is_err() {
+                break Ending::ClientAborted;
             }
-            c.out.clear();
         }
         if done {
-            break;
+            break Ending::Complete;
         }
-        up.stream.set_read_timeout(t.stream_idle);
+        up.stream.set_read_timeout(stream_idle);
         match up.stream.read_some(&mut up.buf, RELAY_WINDOW).await {
-            Ok(0) if body_kind == ResponseBody::UntilClose => eof = true,
-            Ok(0) => {
-                aborted = true;
-                break;
-            }
+            Ok(0) if framing.body == ResponseBody::UntilClose => eof = true,
+            Ok(0) => break Ending::UpstreamAborted,
             Ok(_) => last_read = Instant::now(),
-            Err(_) => {
-                aborted = true;
-                break;
-            }
+            Err(_) => break Ending::UpstreamAborted,
         }
+    };
+    if ending != Ending::Complete {
+        // The taps learn the body is incomplete; whatever they held back stays held.
+        taps::finish(taps, End::Aborted, |_| {});
     }
-    rec.gateway = pre_upstream + last_read.elapsed();
-    settle_usage(rec, tap.as_ref(), &json_tail, json_done, &mut c.scratch);
-    if aborted {
-        // The client saw a head and part of a body: it must not see an ending.
-        rec.outcome = Outcome::UpstreamAborted;
-        return false;
-    }
-    let reusable = c.rhead.reusable && up.buf.is_empty() && !matches!(up.stream, Stream::Memory(_));
-    if reusable {
-        ctx.pool.put(&provider.name, up);
-    }
-    if ctx.draining.get() {
-        keep = false;
-    }
-    keep
-}
-
-fn settle_usage(
-    rec: &mut RequestRecord,
-    tap: Option<&SseTap>,
-    tail: &JsonTail,
-    json_done: bool,
-    scratch: &mut crate::usage::JsonScratch,
-) {
-    match tap {
-        Some(tap) => rec.usage = tap.usage,
-        None if !json_done => {
-            rec.usage = usage_from_json(tail.bytes(), scratch).unwrap_or_default()
-        }
-        None => {}
+    let reusable =
+        (ending == Ending::Complete && framing.reusable && up.buf.is_empty() && up.poolable())
+            .then_some(up);
+    Relayed {
+        ending,
+        bytes_out,
+        last_read,
+        reusable,
     }
 }
 
@@ -335,226 +146,162 @@ fn frame(out: &mut Vec<u8>, data: &[u8], framing: ClientFraming) {
     }
 }
 
-/// Reads until a final response head is parsed; returns the time to first byte.
-async fn read_response_head(
-    up: &mut UpstreamConn,
-    rhead: &mut ResponseHead,
-    was_head: bool,
-    max_head: usize,
-    first_byte: Duration,
-    start: Instant,
-) -> Result<Duration, HeadError> {
-    let deadline = start + first_byte;
-    let mut ttfb = None;
-    let mut first_wait = true;
-    loop {
-        if !up.buf.is_empty() {
-            match parse_response(up.buf.filled(), max_head, was_head, rhead) {
-                Ok(ResponseParsed::Head(Parsed::Complete(_))) => {
-                    return Ok(ttfb.unwrap_or_else(|| start.elapsed()));
-                }
-                Ok(ResponseParsed::Interim(n)) => {
-                    up.buf.consume(n);
-                    continue;
-                }
-                Ok(ResponseParsed::Head(Parsed::Partial)) => {}
-                Err(why) => return Err(HeadError::Bad(why.to_string())),
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::response::{ResponseHead, ResponseParsed, parse_response};
+    use crate::providers::openai;
+    use crate::providers::usage::JsonScratch;
+    use crate::server::taps::UsageTap;
+    use futures_lite::future::block_on;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// A client that accepts `limit` bytes, then fails every write.
+    struct Client {
+        got: Vec<u8>,
+        limit: usize,
+    }
+
+    impl AsyncWrite for Client {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            if self.got.len() + buf.len() > self.limit {
+                return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()));
             }
+            self.got.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
         }
-        // The first wait starts right after the request was sent: skip a clock read.
-        let left = if first_wait {
-            first_byte
-        } else {
-            deadline.saturating_duration_since(Instant::now())
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Relays a raw provider response to a client taking `limit` bytes.
+    fn run(raw: &[u8], http10: bool, limit: usize) -> (Relayed, String, UsageTapResult) {
+        let mut up = UpstreamConn::in_memory(raw.to_vec());
+        let mut rh = ResponseHead::default();
+        let window = raw;
+        // The in-memory stream hands the whole response over in one read.
+        block_on(up.stream.read_some(&mut up.buf, RELAY_WINDOW)).unwrap();
+        let Ok(ResponseParsed::Head(_)) = parse_response(window, 4096, false, &mut rh) else {
+            panic!("bad test response")
         };
-        first_wait = false;
-        if left.is_zero() {
-            return Err(HeadError::Timeout);
-        }
-        up.stream
-            .set_read_timeout(left.max(Duration::from_millis(1)));
-        match up.stream.read_some(&mut up.buf, max_head).await {
-            Ok(0) if ttfb.is_none() => return Err(HeadError::ClosedEarly),
-            Ok(0) => {
-                return Err(HeadError::Bad(
-                    "connection closed in the middle of the response head".into(),
-                ));
-            }
-            Ok(_) => {
-                ttfb.get_or_insert_with(|| start.elapsed());
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
-                ) =>
-            {
-                return Err(HeadError::Timeout);
-            }
-            Err(_) if ttfb.is_none() => return Err(HeadError::ClosedEarly),
-            Err(e) => return Err(HeadError::Bad(format!("reading the response head: {e}"))),
-        }
+        up.buf.consume(rh.head_len);
+        let mut scratch = JsonScratch::default();
+        let mut tap = if rh.event_stream {
+            UsageTap::sse(&openai::USAGE, true)
+        } else {
+            UsageTap::json(&openai::USAGE, None, &mut scratch)
+        };
+        let framing = Framing {
+            body: rh.body(),
+            client: ClientFraming::for_body(rh.body(), tap.rewrites(), http10),
+            reusable: rh.reusable,
+        };
+        let mut client = Client {
+            got: Vec::new(),
+            limit,
+        };
+        let relayed = block_on(relay(
+            &mut client,
+            &mut Vec::new(),
+            &mut Vec::new(),
+            up,
+            framing,
+            &mut [&mut tap],
+            Duration::from_secs(1),
+            Instant::now(),
+        ));
+        let usage = tap.usage().output_tokens;
+        (relayed, String::from_utf8(client.got).unwrap(), usage)
     }
-}
 
-/// Headers never forwarded upstream beyond the hop-by-hop set.
-fn skip_upstream(name: &[u8], key_injected: bool) -> bool {
-    let ci = |s: &str| name.eq_ignore_ascii_case(s.as_bytes());
-    let prefix =
-        |p: &str| name.len() >= p.len() && name[..p.len()].eq_ignore_ascii_case(p.as_bytes());
-    is_hop_by_hop(name)
-        || ci("host")
-        || ci("expect")
-        // Usage must be readable: ask for an uncompressed reply.
-        || ci("accept-encoding")
-        || prefix("aigw-")
-        || prefix("cf-aig-")
-        || (key_injected && (ci("authorization") || ci("x-api-key") || ci("api-key")))
-}
+    type UsageTapResult = Option<u64>;
 
-/// Re-serializes the request for the provider (never the client's raw head bytes).
-fn build_request(
-    out: &mut Vec<u8>,
-    window: &[u8],
-    head: &RequestHead,
-    plan: &Plan,
-    auth: Option<&str>,
-    body: &[u8],
-) {
-    out.clear();
-    out.extend_from_slice(plan.method.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(plan.path.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
-    out.extend_from_slice(plan.provider.config.base_url.authority.as_bytes());
-    out.extend_from_slice(b"\r\n");
-    if let Some(auth) = auth {
-        out.extend_from_slice(auth.as_bytes());
-    }
-    let has_connection = head
-        .headers
-        .iter()
-        .any(|h| h.name.get(window).eq_ignore_ascii_case(b"connection"));
-    for h in &head.headers {
-        let name = h.name.get(window);
-        if skip_upstream(name, auth.is_some())
-            || (has_connection && head.connection_lists(window, name))
-        {
-            continue;
-        }
-        out.extend_from_slice(name);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(h.value.get(window));
-        out.extend_from_slice(b"\r\n");
-    }
-    if !body.is_empty() || matches!(plan.method, Method::Post | Method::Put | Method::Patch) {
-        out.extend_from_slice(b"content-length: ");
-        push_decimal(out, body.len() as u64);
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body);
-}
+    const EVENTS: [&str; 3] = [
+        "data: {\"choices\":[{}]}\n\n",
+        "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}\n\n",
+        "data: [DONE]\n\n",
+    ];
 
-/// A value safe to put in a response header (no control bytes).
-fn header_safe(v: &str) -> bool {
-    v.bytes().all(|b| (0x20..0x7f).contains(&b))
-}
+    /// A chunked SSE response carrying the first `events` of [`EVENTS`],
+    /// ended properly when `complete`.
+    fn sse(events: usize, complete: bool) -> Vec<u8> {
+        let mut raw = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+        for e in &EVENTS[..events] {
+            write_chunk(&mut raw, e.as_bytes());
+        }
+        if complete {
+            raw.extend_from_slice(LAST_CHUNK);
+        }
+        raw
+    }
 
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one call site; each argument is a distinct fact of the head"
-)]
-fn write_client_head(
-    out: &mut Vec<u8>,
-    ctx: &ShardCtx,
-    rec: &RequestRecord,
-    rh: &ResponseHead,
-    window: &[u8],
-    framing: ClientFraming,
-    http10: bool,
-    keep_alive: bool,
-    pre_upstream: Duration,
-    ttfb: Duration,
-    method: Method,
-) {
-    // Hand-formatted: this runs once per response, and `write!` costs more than the rest.
-    out.extend_from_slice(if http10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
-    push_decimal(out, u64::from(rh.status));
-    out.push(b' ');
-    out.extend_from_slice(crate::error::reason(rh.status).as_bytes());
-    out.extend_from_slice(b"\r\n");
-    let listed = |name: &[u8]| {
-        rh.headers
-            .iter()
-            .filter(|h| h.name.get(window).eq_ignore_ascii_case(b"connection"))
-            .any(|h| tokens(h.value.get(window)).any(|t| t.eq_ignore_ascii_case(name)))
-    };
-    for h in &rh.headers {
-        let name = h.name.get(window);
-        let keep_length = method == Method::Head && name.eq_ignore_ascii_case(b"content-length");
-        if (!keep_length && is_hop_by_hop(name)) || listed(name) {
-            continue;
+    fn chunked(parts: &[&str]) -> String {
+        let mut out = Vec::new();
+        for p in parts {
+            write_chunk(&mut out, p.as_bytes());
         }
-        out.extend_from_slice(name);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(h.value.get(window));
-        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(LAST_CHUNK);
+        String::from_utf8(out).unwrap()
     }
-    out.extend_from_slice(b"aigw-request-id: ");
-    out.extend_from_slice(ctx.id_prefix.as_bytes());
-    push_decimal(out, rec.id);
-    if let Some(p) = &rec.provider {
-        out.extend_from_slice(b"\r\naigw-provider: ");
-        out.extend_from_slice(p.as_bytes());
-    }
-    if let Some(m) = rec.model.as_deref().filter(|m| header_safe(m)) {
-        out.extend_from_slice(b"\r\naigw-model: ");
-        out.extend_from_slice(m.as_bytes());
-    }
-    out.extend_from_slice(b"\r\n");
-    if rh.status >= 400 {
-        out.extend_from_slice(b"aigw-error-source: provider\r\n");
-    }
-    // Milliseconds with microsecond precision, formatted as integers (no float formatting).
-    let (g, u) = (pre_upstream.as_micros(), ttfb.as_micros());
-    out.extend_from_slice(b"server-timing: gateway;dur=");
-    push_millis(out, g as u64);
-    out.extend_from_slice(b", upstream;dur=");
-    push_millis(out, u as u64);
-    out.extend_from_slice(b"\r\n");
-    match (framing, rh.body()) {
-        (ClientFraming::Length, ResponseBody::Length(n)) => {
-            out.extend_from_slice(b"content-length: ");
-            push_decimal(out, n);
-            out.extend_from_slice(b"\r\n");
-        }
-        (ClientFraming::Chunked, _) => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-        // A bodyless answer to a GET/POST still needs an explicit length, or the
-        // client would read until close.
-        (ClientFraming::None, _)
-            if method != Method::Head && rh.status != 204 && rh.status != 304 =>
-        {
-            out.extend_from_slice(b"content-length: 0\r\n");
-        }
-        _ => {}
-    }
-    if !keep_alive {
-        out.extend_from_slice(b"connection: close\r\n");
-    } else if http10 {
-        out.extend_from_slice(b"connection: keep-alive\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-}
 
-/// Microseconds as milliseconds with three decimals ("12.345").
-fn push_millis(out: &mut Vec<u8>, micros: u64) {
-    push_decimal(out, micros / 1000);
-    let frac = micros % 1000;
-    out.extend_from_slice(&[
-        b'.',
-        b'0' + (frac / 100) as u8,
-        b'0' + (frac / 10 % 10) as u8,
-        b'0' + (frac % 10) as u8,
-    ]);
+    #[test]
+    fn a_stream_is_rechunked_filtered_and_completed() {
+        let (r, got, usage) = run(&sse(3, true), false, usize::MAX);
+        assert_eq!(r.ending, Ending::Complete);
+        // One read brought every chunk: they leave as one, minus the usage-only event.
+        assert_eq!(got, chunked(&[&format!("{}{}", EVENTS[0], EVENTS[2])]));
+        assert_eq!(usage, Some(4));
+        // An in-memory answer never returns to the pool.
+        assert!(r.reusable.is_none());
+    }
+
+    #[test]
+    fn a_cut_stream_is_never_completed() {
+        let (r, got, usage) = run(&sse(2, false), false, usize::MAX);
+        assert_eq!(r.ending, Ending::UpstreamAborted);
+        assert!(!got.contains("0\r\n\r\n"), "{got}");
+        // Usage seen before the cut still counts.
+        assert_eq!(usage, Some(4));
+        let (r, got, _) = run(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n{\"a\":",
+            false,
+            usize::MAX,
+        );
+        assert_eq!(
+            (r.ending, got.as_str()),
+            (Ending::UpstreamAborted, "{\"a\":")
+        );
+    }
+
+    #[test]
+    fn a_client_that_goes_away_ends_the_relay() {
+        let (r, _, _) = run(&sse(3, true), false, 10);
+        assert_eq!(r.ending, Ending::ClientAborted);
+    }
+
+    #[test]
+    fn json_keeps_its_length_and_an_http10_stream_ends_at_close() {
+        let body = r#"{"usage":{"prompt_tokens":1,"completion_tokens":2}}"#;
+        let raw = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let (r, got, usage) = run(raw.as_bytes(), false, usize::MAX);
+        assert_eq!(
+            (r.ending, got.as_str(), usage),
+            (Ending::Complete, body, Some(2))
+        );
+        let (r, got, _) = run(&sse(2, true), true, usize::MAX);
+        assert_eq!(r.ending, Ending::Complete);
+        assert_eq!(got, EVENTS[0]);
+    }
 }

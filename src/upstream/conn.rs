@@ -1,9 +1,10 @@
-//! One connection to a provider: plain TCP, TLS, or the in-process mock.
+//! One connection to a provider: plain TCP, TLS, or bytes already in memory
+//! (a provider answered in process).
 //!
 //! Owns the byte stream and its read window. Timeouts are set on the TCP socket
 //! per phase (first byte, stream idle), so an unanswered read never hangs.
 
-use super::Provider;
+use super::Endpoint;
 use super::dns::Resolver;
 use crate::http::ReadBuf;
 use futures_lite::io::Cursor;
@@ -20,7 +21,7 @@ pub const UPSTREAM_BUF: usize = 16 << 10;
 pub enum Stream {
     Plain(TcpStream),
     Tls(Box<futures_rustls::client::TlsStream<TcpStream>>),
-    /// The in-process mock: a finished response waiting to be read.
+    /// A finished response waiting to be read (a provider answered in process).
     Memory(Cursor<Vec<u8>>),
 }
 
@@ -106,6 +107,16 @@ pub struct UpstreamConn {
 }
 
 impl UpstreamConn {
+    /// A connection whose whole response is `bytes`.
+    pub fn in_memory(bytes: Vec<u8>) -> UpstreamConn {
+        UpstreamConn::new(Stream::Memory(Cursor::new(bytes)))
+    }
+
+    /// Whether this connection could carry another request (a network one).
+    pub fn poolable(&self) -> bool {
+        !matches!(self.stream, Stream::Memory(_))
+    }
+
     pub fn new(stream: Stream) -> UpstreamConn {
         UpstreamConn {
             stream,
@@ -123,19 +134,18 @@ pub enum ConnectError {
     Failed(String),
 }
 
-/// Opens a new connection to `provider` (DNS from the cache, TCP_NODELAY, TLS
+/// Opens a new connection to `to` (DNS from the cache, TCP_NODELAY, TLS
 /// for https), bounded by `timeout` as a whole.
 pub async fn connect(
-    provider: &Provider,
+    to: &Endpoint,
     resolver: &Resolver,
     timeout: Duration,
 ) -> Result<UpstreamConn, ConnectError> {
-    let url = &provider.config.base_url;
     let deadline = Instant::now() + timeout;
     let addrs = resolver
-        .lookup(&url.host, url.port)
+        .lookup(&to.host, to.port)
         .await
-        .map_err(|e| ConnectError::Failed(format!("cannot resolve {}: {e}", url.host)))?;
+        .map_err(|e| ConnectError::Failed(format!("cannot resolve {}: {e}", to.host)))?;
     let mut last_err = String::from("no addresses");
     let mut tcp = None;
     for addr in addrs.iter() {
@@ -156,27 +166,23 @@ pub async fn connect(
     }
     let tcp = tcp.ok_or(ConnectError::Failed(last_err))?;
     let _ = tcp.set_nodelay(true);
-    if !provider.is_tls() {
+    let Some(tls) = to.tls.clone() else {
         return Ok(UpstreamConn::new(Stream::Plain(tcp)));
-    }
-    let name = rustls::pki_types::ServerName::try_from(url.host.clone())
-        .map_err(|e| ConnectError::Failed(format!("invalid TLS name {}: {e}", url.host)))?;
+    };
+    let name = rustls::pki_types::ServerName::try_from(to.host.clone())
+        .map_err(|e| ConnectError::Failed(format!("invalid TLS name {}: {e}", to.host)))?;
     let left = deadline
         .saturating_duration_since(Instant::now())
         .max(Duration::from_millis(1));
     let _ = tcp.set_read_timeout(Some(left));
     let _ = tcp.set_write_timeout(Some(left));
-    let tls = provider
-        .tls
-        .clone()
-        .unwrap_or_else(super::tls::client_config);
     let connector = futures_rustls::TlsConnector::from(tls);
     match connector.connect(name, tcp).await {
         Ok(tls) => Ok(UpstreamConn::new(Stream::Tls(Box::new(tls)))),
         Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(ConnectError::Timeout),
         Err(e) => Err(ConnectError::Failed(format!(
             "TLS handshake with {}: {e}",
-            url.host
+            to.host
         ))),
     }
 }

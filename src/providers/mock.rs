@@ -5,11 +5,35 @@
 //! `usage` derived from the request size) into memory; the relay then reads it
 //! exactly as it reads a network provider, so the mock exercises the same
 //! framing, tap and accounting code. Model `echo` repeats the last user message.
+//! Its replies are OpenAI-shaped, so it reads usage with the OpenAI shape.
 
 use crate::error::push_json_string;
 use crate::http::chunked::{LAST_CHUNK, write_chunk};
 use simd_json::prelude::*;
 use std::fmt::Write as _;
+
+use super::Adapter;
+use super::usage::UsageShape;
+
+pub struct Mock;
+
+impl Adapter for Mock {
+    fn auth_native(&self, _key: &str) -> String {
+        String::new()
+    }
+    fn auth_unified(&self, _key: &str) -> String {
+        String::new()
+    }
+    fn injects_stream_usage(&self) -> bool {
+        true
+    }
+    fn usage_shape(&self) -> &'static UsageShape {
+        &super::openai::USAGE
+    }
+    fn answer_in_process(&self, path: &str, body: &[u8], request_id: u64) -> Option<Vec<u8>> {
+        Some(respond(&MockRequest { path, body }, request_id))
+    }
+}
 
 const DEFAULT_REPLY: &str =
     "This is a mock reply from aigw. Point a provider at a real model to get real answers.";

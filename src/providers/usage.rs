@@ -1,4 +1,5 @@
-//! Token usage from provider replies: the tap in the relay stage.
+//! Token usage from provider replies, read by each adapter's [`UsageShape`];
+//! `server::taps` runs it on the relay's chunks.
 //!
 //! Owns finding and reading `usage` objects in JSON bodies and SSE streams, and
 //! (for streams where aigw asked for usage on the client's behalf) dropping the
@@ -7,6 +8,7 @@
 //! object is copied and parsed with simd-json (which rewrites its input, hence
 //! the copy). Does not price tokens or count them per key (later stages).
 
+use crate::record::Usage;
 use memchr::memmem;
 use simd_json::prelude::*;
 
@@ -17,26 +19,16 @@ pub const MAX_SSE_LINE: usize = 1 << 20;
 /// pieces. `usage` is the last member of every provider's reply object.
 pub const JSON_TAIL_WINDOW: usize = 64 << 10;
 
-/// Token counts of one request. Fields absent from the reply stay `None`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Usage {
-    pub input_tokens: Option<u64>,
-    pub output_tokens: Option<u64>,
-    pub cached_tokens: Option<u64>,
-}
-
-impl Usage {
-    pub fn is_empty(&self) -> bool {
-        self.input_tokens.is_none() && self.output_tokens.is_none()
-    }
-
-    /// Later reports win field by field (Anthropic sends input tokens at the
-    /// start and cumulative output tokens at the end).
-    pub fn merge(&mut self, later: Usage) {
-        self.input_tokens = later.input_tokens.or(self.input_tokens);
-        self.output_tokens = later.output_tokens.or(self.output_tokens);
-        self.cached_tokens = later.cached_tokens.or(self.cached_tokens);
-    }
+/// Where a provider's `usage` object keeps its counts: field names tried in
+/// order. Each adapter names its own.
+#[derive(Debug)]
+pub struct UsageShape {
+    pub input: &'static [&'static str],
+    pub output: &'static [&'static str],
+    /// Cached input tokens as `outer.inner` members.
+    pub cached_nested: &'static [(&'static str, &'static str)],
+    /// Cached input tokens as a member of `usage` itself.
+    pub cached: &'static [&'static str],
 }
 
 /// Reusable buffers for parsing usage objects: the copy simd-json rewrites
@@ -87,10 +79,13 @@ pub fn find_usage_object(body: &[u8]) -> Option<&[u8]> {
     None
 }
 
-/// Reads usage from a JSON reply (OpenAI chat/completions/embeddings/responses,
-/// Anthropic messages). Only the usage object is copied and parsed (simd-json
-/// tape, buffers reused through `scratch`).
-pub fn usage_from_json(body: &[u8], scratch: &mut JsonScratch) -> Option<Usage> {
+/// Reads usage from a JSON reply in `shape`. Only the usage object is copied
+/// and parsed (simd-json tape, buffers reused through `scratch`).
+pub fn usage_from_json(
+    body: &[u8],
+    shape: &UsageShape,
+    scratch: &mut JsonScratch,
+) -> Option<Usage> {
     let obj = find_usage_object(body)?;
     scratch.bytes.clear();
     scratch.bytes.extend_from_slice(obj);
@@ -110,11 +105,13 @@ pub fn usage_from_json(body: &[u8], scratch: &mut JsonScratch) -> Option<Usage> 
             .and_then(|x| x.as_u64())
     };
     let u = Usage {
-        input_tokens: field(&["prompt_tokens", "input_tokens"]),
-        output_tokens: field(&["completion_tokens", "output_tokens"]),
-        cached_tokens: nested("prompt_tokens_details", "cached_tokens")
-            .or_else(|| nested("input_tokens_details", "cached_tokens"))
-            .or_else(|| field(&["cache_read_input_tokens"])),
+        input_tokens: field(shape.input),
+        output_tokens: field(shape.output),
+        cached_tokens: shape
+            .cached_nested
+            .iter()
+            .find_map(|(o, i)| nested(o, i))
+            .or_else(|| field(shape.cached)),
     };
     (!u.is_empty()).then_some(u)
 }
@@ -141,6 +138,7 @@ impl JsonTail {
 /// Watches an SSE stream: counts events, notes `[DONE]`, reads usage events, and
 /// optionally drops the usage-only event (`"choices":[]`) the client did not ask for.
 pub struct SseTap {
+    shape: &'static UsageShape,
     carry: Vec<u8>,
     /// Lines of the current event, held back only when filtering.
     event: Vec<u8>,
@@ -154,8 +152,9 @@ pub struct SseTap {
 }
 
 impl SseTap {
-    pub fn new(filter_usage_event: bool) -> SseTap {
+    pub fn new(shape: &'static UsageShape, filter_usage_event: bool) -> SseTap {
         SseTap {
+            shape,
             carry: Vec::new(),
             event: Vec::new(),
             drop_event: false,
@@ -247,7 +246,7 @@ impl SseTap {
             if data == b"[DONE]" {
                 self.saw_done = true;
             } else if usage_key_forward().find(data).is_some()
-                && let Some(u) = usage_from_json(data, &mut self.scratch)
+                && let Some(u) = usage_from_json(data, self.shape, &mut self.scratch)
             {
                 self.usage.merge(u);
                 if self.filter_usage_event && empty_choices().find(data).is_some() {
@@ -264,11 +263,12 @@ impl SseTap {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::{anthropic, openai};
 
     #[test]
     fn usage_is_read_from_a_chat_completion() {
         let body = br#"{"id":"x","choices":[{"message":{"content":"the \"usage\": {} trick"}}],"usage":{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17,"prompt_tokens_details":{"cached_tokens":3}}}"#;
-        let u = usage_from_json(body, &mut JsonScratch::default()).unwrap();
+        let u = usage_from_json(body, &openai::USAGE, &mut JsonScratch::default()).unwrap();
         assert_eq!(
             (u.input_tokens, u.output_tokens, u.cached_tokens),
             (Some(12), Some(5), Some(3))
@@ -278,7 +278,7 @@ mod tests {
     #[test]
     fn anthropic_stream_usage_merges_start_and_delta() {
         let stream = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":25,\"output_tokens\":1}}}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":15}}\n\n";
-        let mut tap = SseTap::new(false);
+        let mut tap = SseTap::new(&anthropic::USAGE, false);
         let mut out = Vec::new();
         for piece in stream.chunks(7) {
             tap.feed(piece, &mut out);
@@ -293,7 +293,7 @@ mod tests {
     #[test]
     fn usage_only_event_is_dropped_when_filtering_and_everything_else_kept() {
         let stream = "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1}}\n\ndata: [DONE]\n\n";
-        let mut tap = SseTap::new(true);
+        let mut tap = SseTap::new(&openai::USAGE, true);
         let mut out = Vec::new();
         for piece in stream.as_bytes().chunks(5) {
             tap.feed(piece, &mut out);
@@ -309,6 +309,13 @@ mod tests {
 
     #[test]
     fn null_usage_is_not_usage() {
-        assert!(usage_from_json(br#"{"usage":null}"#, &mut JsonScratch::default()).is_none());
+        assert!(
+            usage_from_json(
+                br#"{"usage":null}"#,
+                &openai::USAGE,
+                &mut JsonScratch::default()
+            )
+            .is_none()
+        );
     }
 }

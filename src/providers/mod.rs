@@ -1,0 +1,230 @@
+//! Providers: one adapter per [`ProviderKind`], owning everything that differs
+//! between providers' wire formats. A stage module: `route` and the pipeline
+//! ask it; it imports `upstream` (for the [`Endpoint`] a provider is reached
+//! at) and the leaves, and never the server.
+//!
+//! An adapter says how a provider is authenticated (header lines built once at
+//! start), where the unified endpoints live under its base URL, whether aigw
+//! asks for stream usage on the client's behalf, which shape its `usage`
+//! objects have, and (for the mock) answers in process. Body and stream
+//! translation join here later. `ProviderKind` is matched in this file only.
+
+pub mod anthropic;
+pub mod mock;
+pub mod openai;
+pub mod usage;
+
+use crate::config::{Config, ProviderConfig, ProviderKind, Scheme};
+use crate::fasthash::FastMap;
+use crate::upstream::{Endpoint, tls};
+use std::rc::Rc;
+use usage::UsageShape;
+
+/// Endpoints of the OpenAI-compatible unified API, as the client names them
+/// after `/v1/`.
+pub const UNIFIED_ENDPOINTS: &[&str] =
+    &["chat/completions", "completions", "embeddings", "responses"];
+
+/// What one kind of provider does differently. Stateless: one static value per kind.
+pub trait Adapter: Sync {
+    /// Header lines (each ending in CRLF) that carry `key` on passthrough requests.
+    fn auth_native(&self, key: &str) -> String;
+    /// Header lines that carry `key` on unified (OpenAI-shaped) requests.
+    fn auth_unified(&self, key: &str) -> String;
+    /// Upstream path of a unified endpoint under the base URL's path.
+    fn unified_path(&self, base: &str, endpoint: &str) -> String {
+        format!("{base}/{endpoint}")
+    }
+    /// Whether a streamed unified request gets `stream_options.include_usage`
+    /// injected when the client did not ask (the usage-only event is then
+    /// dropped before the client sees it).
+    fn injects_stream_usage(&self) -> bool;
+    /// Where this provider's replies keep token counts.
+    fn usage_shape(&self) -> &'static UsageShape;
+    /// A provider answered inside the gateway: the whole raw HTTP response.
+    fn answer_in_process(&self, _path: &str, _body: &[u8], _request_id: u64) -> Option<Vec<u8>> {
+        None
+    }
+}
+
+fn adapter(kind: ProviderKind) -> &'static dyn Adapter {
+    match kind {
+        ProviderKind::OpenAi => &openai::OpenAi,
+        ProviderKind::Anthropic => &anthropic::Anthropic,
+        ProviderKind::Mock => &mock::Mock,
+    }
+}
+
+/// A provider as a shard sees it: built once at start, shared by `Rc`.
+pub struct Provider {
+    pub name: Rc<str>,
+    /// Where its connections go (the pool key is the provider's name).
+    pub endpoint: Endpoint,
+    adapter: &'static dyn Adapter,
+    base_path: String,
+    auth_native: Option<String>,
+    auth_unified: Option<String>,
+    /// Upstream paths of the unified endpoints, in [`UNIFIED_ENDPOINTS`] order.
+    unified_paths: Vec<Rc<str>>,
+}
+
+impl std::fmt::Debug for Provider {
+    // Auth lines hold the key: never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Provider")
+            .field("name", &self.name)
+            .field("authority", &self.endpoint.authority)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Every configured provider by name.
+pub type Providers = FastMap<String, Rc<Provider>>;
+
+/// Builds the shard's providers from the config.
+pub fn build(config: &Config) -> Providers {
+    config
+        .providers
+        .values()
+        .map(|p| (p.name.clone(), Rc::new(Provider::new(p))))
+        .collect()
+}
+
+/// Hosts to resolve at start: every provider reached over the network.
+pub fn network_hosts(config: &Config) -> Vec<(String, u16)> {
+    config
+        .providers
+        .values()
+        .filter(|p| p.kind != ProviderKind::Mock)
+        .map(|p| (p.base_url.host.clone(), p.base_url.port))
+        .collect()
+}
+
+impl Provider {
+    pub fn new(config: &ProviderConfig) -> Provider {
+        let adapter = adapter(config.kind);
+        let url = &config.base_url;
+        let key = config.api_key.as_ref().map(|k| k.expose());
+        // Certificates were validated when the config was parsed.
+        let tls = (url.scheme == Scheme::Https)
+            .then(|| tls::config_for(&config.extra_roots).unwrap_or_else(|_| tls::client_config()));
+        let name: Rc<str> = Rc::from(config.name.as_str());
+        Provider {
+            unified_paths: UNIFIED_ENDPOINTS
+                .iter()
+                .map(|e| Rc::from(adapter.unified_path(&url.path, e)))
+                .collect(),
+            endpoint: Endpoint {
+                name: name.clone(),
+                host: url.host.clone(),
+                port: url.port,
+                authority: url.authority.clone(),
+                tls,
+            },
+            name,
+            adapter,
+            base_path: url.path.clone(),
+            auth_native: key.map(|k| adapter.auth_native(k)),
+            auth_unified: key.map(|k| adapter.auth_unified(k)),
+        }
+    }
+
+    /// Header lines carrying the configured key, if aigw holds one.
+    pub fn auth_lines(&self, unified: bool) -> Option<&str> {
+        if unified {
+            self.auth_unified.as_deref()
+        } else {
+            self.auth_native.as_deref()
+        }
+    }
+
+    /// Upstream path for a unified endpoint such as `chat/completions`: the
+    /// common no-query case is precomputed, so it costs a refcount.
+    pub fn unified_path(&self, endpoint: &str, query: &str) -> Rc<str> {
+        match UNIFIED_ENDPOINTS.iter().position(|e| *e == endpoint) {
+            Some(i) if query.is_empty() => self.unified_paths[i].clone(),
+            _ => Rc::from(format!(
+                "{}{query}",
+                self.adapter.unified_path(&self.base_path, endpoint)
+            )),
+        }
+    }
+
+    /// Upstream path for a passthrough `rest` (no leading slash, query included).
+    pub fn passthrough_path(&self, rest: &str) -> Rc<str> {
+        let mut p = String::with_capacity(self.base_path.len() + 1 + rest.len());
+        p.push_str(&self.base_path);
+        p.push('/');
+        p.push_str(rest);
+        Rc::from(p)
+    }
+
+    pub fn injects_stream_usage(&self) -> bool {
+        self.adapter.injects_stream_usage()
+    }
+
+    pub fn usage_shape(&self) -> &'static UsageShape {
+        self.adapter.usage_shape()
+    }
+
+    /// The whole raw response when this provider answers in process (the mock).
+    pub fn answer_in_process(&self, path: &str, body: &[u8], request_id: u64) -> Option<Vec<u8>> {
+        self.adapter.answer_in_process(path, body, request_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn provider(toml: &str, name: &str) -> Provider {
+        let c = Config::from_toml_with_env(toml, &|_| None).unwrap();
+        Provider::new(&c.providers[name])
+    }
+
+    #[test]
+    fn adapters_build_their_own_auth_and_paths() {
+        let p = provider(
+            "[providers.o]\nbase_url = \"http://127.0.0.1:9/v1\"\napi_key = \"sk-o\"\n",
+            "o",
+        );
+        assert_eq!(p.auth_lines(true), Some("authorization: Bearer sk-o\r\n"));
+        assert_eq!(p.auth_lines(false), Some("authorization: Bearer sk-o\r\n"));
+        assert_eq!(
+            &*p.unified_path("chat/completions", ""),
+            "/v1/chat/completions"
+        );
+        assert_eq!(&*p.unified_path("embeddings", "?a=1"), "/v1/embeddings?a=1");
+        assert_eq!(&*p.passthrough_path("files?x=1"), "/v1/files?x=1");
+        assert!(p.injects_stream_usage());
+
+        let a = provider(
+            "[providers.a]\nkind = \"anthropic\"\nbase_url = \"http://127.0.0.1:9\"\napi_key = \"sk-a\"\n",
+            "a",
+        );
+        assert_eq!(a.auth_lines(false), Some("x-api-key: sk-a\r\n"));
+        assert_eq!(
+            &*a.unified_path("chat/completions", ""),
+            "/v1/chat/completions"
+        );
+        assert!(!a.injects_stream_usage());
+        assert!(!format!("{a:?}").contains("sk-a"));
+    }
+
+    #[test]
+    fn only_the_mock_answers_in_process() {
+        let c = Config::from_toml_with_env("", &|_| None).unwrap();
+        let body = br#"{"model":"echo","messages":[{"role":"user","content":"hi"}]}"#;
+        let mock = Provider::new(&c.providers["mock"]);
+        assert!(
+            mock.answer_in_process("/v1/chat/completions", body, 1)
+                .is_some()
+        );
+        let openai = Provider::new(&c.providers["openai"]);
+        assert!(
+            openai
+                .answer_in_process("/v1/chat/completions", body, 1)
+                .is_none()
+        );
+    }
+}

@@ -1,0 +1,310 @@
+//! Response heads (and whole small responses) for the client, as bytes.
+//!
+//! Owns what every answer carries (`aigw-request-id`, `aigw-provider`,
+//! `aigw-model`, `Server-Timing`, the connection verdict) and how a body is
+//! framed towards the client. Writes into a buffer; only the pipeline (and the
+//! relay it runs) puts those bytes on the socket. Below `relay` and `pipeline`.
+
+use crate::error::{GatewayError, provider_reason};
+use crate::http::request::Method;
+use crate::http::response::{ResponseBody, ResponseHead};
+use crate::http::{is_hop_by_hop, push_decimal, tokens};
+use std::time::Duration;
+
+/// Longest model name echoed in `aigw-model`; a longer one (which no provider
+/// names) is left out rather than put into the client's header parser.
+pub const MAX_MODEL_ECHO: usize = 256;
+
+/// How a body is framed towards the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientFraming {
+    None,
+    Length,
+    Chunked,
+    /// HTTP/1.0 client and a body of unknown length: close ends it.
+    Close,
+}
+
+impl ClientFraming {
+    /// The framing for a provider body. `rewrites`: a tap may change the
+    /// bytes, so the provider's length no longer holds.
+    pub fn for_body(body: ResponseBody, rewrites: bool, http10: bool) -> ClientFraming {
+        match body {
+            ResponseBody::None => ClientFraming::None,
+            ResponseBody::Length(_) if !rewrites => ClientFraming::Length,
+            _ if !http10 => ClientFraming::Chunked,
+            _ => ClientFraming::Close,
+        }
+    }
+}
+
+/// `aigw-request-id`: the shard's prefix and the request's number.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestId<'a> {
+    pub prefix: &'a str,
+    pub n: u64,
+}
+
+impl RequestId<'_> {
+    fn push(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"aigw-request-id: ");
+        out.extend_from_slice(self.prefix.as_bytes());
+        push_decimal(out, self.n);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// What the client side of a response head depends on, besides the provider's head.
+pub struct ClientHead<'a> {
+    pub http10: bool,
+    pub keep_alive: bool,
+    /// The request's method (a HEAD answer keeps the provider's length).
+    pub method: Method,
+    pub id: RequestId<'a>,
+    pub provider: Option<&'a str>,
+    pub model: Option<&'a str>,
+    /// Gateway time before the request went upstream.
+    pub pre_upstream: Duration,
+    /// Upstream time to first byte.
+    pub ttfb: Duration,
+    pub framing: ClientFraming,
+}
+
+/// Writes the client's head for a provider response `rh` (whose spans point
+/// into `window`): the provider's end-to-end headers, then ours.
+pub fn provider_head(out: &mut Vec<u8>, h: &ClientHead<'_>, rh: &ResponseHead, window: &[u8]) {
+    // Hand-formatted: this runs once per response, and `write!` costs more than the rest.
+    status_line(
+        out,
+        h.http10,
+        rh.status,
+        provider_reason(rh.status, rh.reason.get(window)),
+    );
+    let listed = |name: &[u8]| {
+        rh.headers
+            .iter()
+            .filter(|x| x.name.get(window).eq_ignore_ascii_case(b"connection"))
+            .any(|x| tokens(x.value.get(window)).any(|t| t.eq_ignore_ascii_case(name)))
+    };
+    for x in &rh.headers {
+        let name = x.name.get(window);
+        let keep_length = h.method == Method::Head && name.eq_ignore_ascii_case(b"content-length");
+        if (!keep_length && is_hop_by_hop(name)) || listed(name) {
+            continue;
+        }
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(x.value.get(window));
+        out.extend_from_slice(b"\r\n");
+    }
+    h.id.push(out);
+    if let Some(p) = h.provider {
+        out.extend_from_slice(b"aigw-provider: ");
+        out.extend_from_slice(p.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(m) = h.model.filter(|m| echoable(m)) {
+        out.extend_from_slice(b"aigw-model: ");
+        out.extend_from_slice(m.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if rh.status >= 400 {
+        out.extend_from_slice(b"aigw-error-source: provider\r\n");
+    }
+    // Milliseconds with microsecond precision, formatted as integers (no float formatting).
+    out.extend_from_slice(b"server-timing: gateway;dur=");
+    push_millis(out, h.pre_upstream.as_micros() as u64);
+    out.extend_from_slice(b", upstream;dur=");
+    push_millis(out, h.ttfb.as_micros() as u64);
+    out.extend_from_slice(b"\r\n");
+    match (h.framing, rh.body()) {
+        (ClientFraming::Length, ResponseBody::Length(n)) => {
+            out.extend_from_slice(b"content-length: ");
+            push_decimal(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        (ClientFraming::Chunked, _) => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        // A bodyless answer to a GET/POST still needs an explicit length, or the
+        // client would read until close.
+        (ClientFraming::None, _)
+            if h.method != Method::Head && rh.status != 204 && rh.status != 304 =>
+        {
+            out.extend_from_slice(b"content-length: 0\r\n");
+        }
+        _ => {}
+    }
+    connection(out, h.http10, h.keep_alive);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes a whole gateway error response.
+pub fn error(
+    out: &mut Vec<u8>,
+    e: &GatewayError,
+    http10: bool,
+    keep_alive: bool,
+    id: RequestId<'_>,
+) {
+    let mut id_line = Vec::with_capacity(48);
+    id.push(&mut id_line);
+    // Request ids are ASCII (hex prefix, decimal number).
+    let id_line = std::str::from_utf8(&id_line).unwrap_or_default();
+    e.write_response(out, http10, keep_alive, id_line);
+}
+
+/// Writes the whole `GET /healthz` answer.
+pub fn health(
+    out: &mut Vec<u8>,
+    http10: bool,
+    keep_alive: bool,
+    method: Method,
+    id: RequestId<'_>,
+) {
+    const BODY: &[u8] = b"{\"status\":\"ok\"}";
+    status_line(out, http10, 200, b"OK");
+    out.extend_from_slice(b"content-type: application/json\r\ncontent-length: ");
+    push_decimal(out, BODY.len() as u64);
+    out.extend_from_slice(b"\r\n");
+    id.push(out);
+    connection(out, http10, keep_alive);
+    out.extend_from_slice(b"\r\n");
+    if method != Method::Head {
+        out.extend_from_slice(BODY);
+    }
+}
+
+fn status_line(out: &mut Vec<u8>, http10: bool, status: u16, reason: &[u8]) {
+    out.extend_from_slice(if http10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
+    push_decimal(out, u64::from(status));
+    out.push(b' ');
+    out.extend_from_slice(reason);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn connection(out: &mut Vec<u8>, http10: bool, keep_alive: bool) {
+    if !keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if http10 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+}
+
+/// A model name we may put in a header: short, printable ASCII.
+fn echoable(m: &str) -> bool {
+    m.len() <= MAX_MODEL_ECHO && m.bytes().all(|b| (0x20..0x7f).contains(&b))
+}
+
+/// Microseconds as milliseconds with three decimals ("12.345").
+fn push_millis(out: &mut Vec<u8>, micros: u64) {
+    push_decimal(out, micros / 1000);
+    let frac = micros % 1000;
+    out.extend_from_slice(&[
+        b'.',
+        b'0' + (frac / 100) as u8,
+        b'0' + (frac / 10 % 10) as u8,
+        b'0' + (frac % 10) as u8,
+    ]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::response::{ResponseParsed, parse_response};
+
+    fn head_for(raw: &[u8], model: Option<&str>, method: Method) -> String {
+        let mut rh = ResponseHead::default();
+        let parsed = parse_response(raw, 4096, method == Method::Head, &mut rh).unwrap();
+        assert!(matches!(parsed, ResponseParsed::Head(_)));
+        let h = ClientHead {
+            http10: false,
+            keep_alive: true,
+            method,
+            id: RequestId {
+                prefix: "ab-0-",
+                n: 7,
+            },
+            provider: Some("up"),
+            model,
+            pre_upstream: Duration::from_micros(1234),
+            ttfb: Duration::from_micros(5),
+            framing: ClientFraming::for_body(rh.body(), false, false),
+        };
+        let mut out = Vec::new();
+        provider_head(&mut out, &h, &rh, raw);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn provider_heads_keep_end_to_end_headers_and_add_ours() {
+        let s = head_for(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Req: 1\r\nConnection: keep-alive, x-drop\r\nX-Drop: y\r\nKeep-Alive: timeout=5\r\n\r\n",
+            Some("gpt"),
+            Method::Post,
+        );
+        assert_eq!(
+            s,
+            "HTTP/1.1 200 OK\r\nX-Req: 1\r\naigw-request-id: ab-0-7\r\naigw-provider: up\r\naigw-model: gpt\r\nserver-timing: gateway;dur=1.234, upstream;dur=0.005\r\ncontent-length: 2\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn unusual_statuses_keep_a_reason_and_errors_name_the_provider() {
+        let s = head_for(
+            b"HTTP/1.1 529 Overloaded\r\nContent-Length: 0\r\n\r\n",
+            None,
+            Method::Post,
+        );
+        assert!(s.starts_with("HTTP/1.1 529 Overloaded\r\n"), "{s}");
+        assert!(s.contains("aigw-error-source: provider\r\n"));
+        let s = head_for(
+            b"HTTP/1.1 422 Whatever\r\nContent-Length: 0\r\n\r\n",
+            None,
+            Method::Post,
+        );
+        assert!(
+            s.starts_with("HTTP/1.1 422 Unprocessable Content\r\n"),
+            "{s}"
+        );
+        let s = head_for(
+            b"HTTP/1.1 299\r\nContent-Length: 0\r\n\r\n",
+            None,
+            Method::Post,
+        );
+        assert!(s.starts_with("HTTP/1.1 299 Success\r\n"), "{s}");
+    }
+
+    #[test]
+    fn long_or_unprintable_model_names_are_not_echoed() {
+        let long = "m".repeat(MAX_MODEL_ECHO + 1);
+        let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        assert!(!head_for(raw, Some(&long), Method::Post).contains("aigw-model"));
+        assert!(!head_for(raw, Some("a\r\nx: y"), Method::Post).contains("aigw-model"));
+        let ok = "m".repeat(MAX_MODEL_ECHO);
+        assert!(head_for(raw, Some(&ok), Method::Post).contains("aigw-model"));
+    }
+
+    #[test]
+    fn a_head_request_keeps_the_provider_length() {
+        let s = head_for(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 42\r\n\r\n",
+            None,
+            Method::Head,
+        );
+        assert!(s.contains("Content-Length: 42\r\n"), "{s}");
+        assert!(!s.contains("content-length: 0"), "{s}");
+    }
+
+    #[test]
+    fn health_and_errors_carry_the_request_id() {
+        let id = RequestId { prefix: "p-", n: 3 };
+        let mut out = Vec::new();
+        health(&mut out, true, true, Method::Get, id);
+        let s = String::from_utf8(out).unwrap();
+        assert!(s.starts_with("HTTP/1.0 200 OK\r\n") && s.contains("aigw-request-id: p-3\r\n"));
+        assert!(s.contains("connection: keep-alive\r\n") && s.ends_with("{\"status\":\"ok\"}"));
+        let mut out = Vec::new();
+        error(&mut out, &GatewayError::not_found("x"), false, false, id);
+        let s = String::from_utf8(out).unwrap();
+        assert!(s.contains("aigw-request-id: p-3\r\n") && s.contains("connection: close\r\n"));
+    }
+}

@@ -1,0 +1,190 @@
+//! What one shard owns: [`ShardCtx`], `Rc`-shared by the shard's tasks, never
+//! leaving its thread. Config, providers, the upstream pool, the stats
+//! recorder, request ids, and the live-connection slab the drain walks.
+//! Below every other file of `server/`: it imports none of them.
+
+use crate::config::Config;
+use crate::http::request::HeadLimits;
+use crate::providers::{self, Providers};
+use crate::record::RequestRecord;
+use crate::stats::{Gauges, ShardStats, Snapshot};
+use crate::upstream::dns::Resolver;
+use crate::upstream::pool::Pool;
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+/// A live client connection as the drain logic sees it.
+struct ConnEntry {
+    /// Waiting for the next request with nothing buffered.
+    idle: bool,
+    /// Woken when a drain starts while the connection is idle.
+    waker: Option<Waker>,
+}
+
+/// Connection entries by id; ids are reused after a connection ends.
+#[derive(Default)]
+struct Slab {
+    entries: Vec<Option<ConnEntry>>,
+    free: Vec<usize>,
+    live: usize,
+}
+
+impl Slab {
+    fn insert(&mut self, e: ConnEntry) -> usize {
+        self.live += 1;
+        match self.free.pop() {
+            Some(i) => {
+                self.entries[i] = Some(e);
+                i
+            }
+            None => {
+                self.entries.push(Some(e));
+                self.entries.len() - 1
+            }
+        }
+    }
+    fn remove(&mut self, i: usize) {
+        if let Some(slot) = self.entries.get_mut(i)
+            && slot.take().is_some()
+        {
+            self.live -= 1;
+            self.free.push(i);
+        }
+    }
+    fn get_mut(&mut self, i: usize) -> Option<&mut ConnEntry> {
+        self.entries.get_mut(i)?.as_mut()
+    }
+}
+
+pub struct ShardCtx {
+    pub shard: usize,
+    pub config: Arc<Config>,
+    pub limits: HeadLimits,
+    pub providers: Providers,
+    pub pool: Pool,
+    pub resolver: Arc<Resolver>,
+    stats: RefCell<ShardStats>,
+    /// Client connections accepted since start (a gauge, not a request count).
+    accepted: Cell<u64>,
+    pub draining: Cell<bool>,
+    /// Prefix of `aigw-request-id`: process start and shard.
+    pub id_prefix: String,
+    next_request: Cell<u64>,
+    /// Live connections: a slab indexed by connection id, with a free list.
+    conns: RefCell<Slab>,
+}
+
+impl ShardCtx {
+    pub fn new(
+        shard: usize,
+        config: Arc<Config>,
+        resolver: Arc<Resolver>,
+        boot_id: u32,
+    ) -> ShardCtx {
+        let providers = providers::build(&config);
+        ShardCtx {
+            shard,
+            limits: HeadLimits {
+                max_head_bytes: config.limits.max_head_bytes,
+                max_headers: config.limits.max_headers,
+                max_body_bytes: config.limits.max_body_bytes,
+            },
+            pool: Pool::new(config.timeouts.upstream_idle),
+            config,
+            providers,
+            resolver,
+            stats: RefCell::new(ShardStats::default()),
+            accepted: Cell::new(0),
+            draining: Cell::new(false),
+            id_prefix: format!("{boot_id:08x}-{shard}-"),
+            next_request: Cell::new(1),
+            conns: RefCell::new(Slab::default()),
+        }
+    }
+
+    pub fn next_request_id(&self) -> u64 {
+        let id = self.next_request.get();
+        self.next_request.set(id + 1);
+        id
+    }
+
+    /// The record is final: count it. (Logs will read it here too.)
+    pub fn record(&self, rec: &RequestRecord) {
+        self.stats.borrow_mut().record(rec);
+    }
+
+    /// The stats since the last snapshot, with the shard's gauges.
+    pub fn snapshot(&self, seq: u64) -> Snapshot {
+        let gauges = Gauges {
+            open_connections: self.open_connections() as u64,
+            idle_upstream: self.pool.idle_count() as u64,
+            connections_accepted: self.accepted.get(),
+        };
+        self.stats.borrow_mut().take(self.shard, seq, gauges)
+    }
+
+    /// A new client connection: its id in the slab.
+    pub fn register(&self) -> u64 {
+        self.accepted.set(self.accepted.get() + 1);
+        self.conns.borrow_mut().insert(ConnEntry {
+            idle: true,
+            waker: None,
+        }) as u64
+    }
+
+    pub fn unregister(&self, id: u64) {
+        self.conns.borrow_mut().remove(id as usize);
+    }
+
+    pub fn set_idle(&self, id: u64, idle: bool) {
+        if let Some(e) = self.conns.borrow_mut().get_mut(id as usize) {
+            e.idle = idle;
+        }
+    }
+
+    pub fn open_connections(&self) -> usize {
+        self.conns.borrow().live
+    }
+
+    /// Starts the drain: requests in flight finish with `Connection: close`;
+    /// idle connections are woken and close.
+    pub fn begin_drain(&self) {
+        self.draining.set(true);
+        let wakers: Vec<Waker> = self
+            .conns
+            .borrow_mut()
+            .entries
+            .iter_mut()
+            .flatten()
+            .filter(|e| e.idle)
+            .filter_map(|e| e.waker.take())
+            .collect();
+        wakers.into_iter().for_each(Waker::wake);
+    }
+
+    /// Resolves when a drain starts (used to interrupt an idle read).
+    pub fn drain_started(&self, conn: u64) -> DrainStarted<'_> {
+        DrainStarted { ctx: self, conn }
+    }
+}
+
+pub struct DrainStarted<'a> {
+    ctx: &'a ShardCtx,
+    conn: u64,
+}
+
+impl Future for DrainStarted<'_> {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.ctx.draining.get() {
+            return Poll::Ready(());
+        }
+        if let Some(e) = self.ctx.conns.borrow_mut().get_mut(self.conn as usize) {
+            e.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}

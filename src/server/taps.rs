@@ -1,0 +1,246 @@
+//! Taps: what watches (and may rewrite) a provider's body on its way to the
+//! client. The relay feeds every decoded chunk through the chain in order and
+//! ends it with [`Tap::finish`], so a tap commits only on a [`End::Complete`]
+//! body. Today's tap reads token usage; the cache fill and stream translation
+//! join the chain later.
+
+use crate::providers::usage::{JsonScratch, JsonTail, SseTap, UsageShape, usage_from_json};
+use crate::record::Usage;
+use std::time::Instant;
+
+/// How a body ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// Every byte arrived and was framed as the provider framed it.
+    Complete,
+    /// The provider broke off, or the client went away.
+    Aborted,
+}
+
+pub trait Tap {
+    /// Whether this tap may change the bytes (then the provider's length no
+    /// longer holds and the relay re-frames the body).
+    fn rewrites(&self) -> bool {
+        false
+    }
+    /// A decoded body chunk, in order. Returns the bytes to pass on: `data`
+    /// itself when the tap only watches.
+    fn chunk<'a>(&'a mut self, data: &'a [u8]) -> &'a [u8];
+    /// The body ended. Returns bytes the tap held back, to pass on (nothing
+    /// when aborted).
+    fn finish(&mut self, end: End) -> &[u8];
+}
+
+/// Passes `data` through every tap in order; returns what the last one passes on.
+pub fn through<'a>(taps: &'a mut [&mut dyn Tap], data: &'a [u8]) -> &'a [u8] {
+    let mut data = data;
+    for tap in taps.iter_mut() {
+        data = tap.chunk(data);
+    }
+    data
+}
+
+/// Ends every tap in order. What a tap releases flows through the taps after
+/// it and reaches `emit`.
+pub fn finish(taps: &mut [&mut dyn Tap], end: End, mut emit: impl FnMut(&[u8])) {
+    for i in 0..taps.len() {
+        let (head, rest) = taps.split_at_mut(i + 1);
+        let released = head[i].finish(end);
+        if !released.is_empty() {
+            emit(through(rest, released));
+        }
+    }
+}
+
+/// Reads token usage (and, for streams, the time of the first event). When
+/// aigw asked for stream usage on the client's behalf, it also drops the
+/// usage-only event the client did not ask for.
+pub struct UsageTap<'s> {
+    shape: &'static UsageShape,
+    read: Read<'s>,
+    usage: Usage,
+    first_event: Option<Instant>,
+}
+
+enum Read<'s> {
+    /// A JSON body: the usage object is near its end.
+    Json {
+        tail: JsonTail,
+        /// The body's length, when known: a body that arrives in one piece is
+        /// read in place instead of through the tail.
+        length: Option<u64>,
+        done: bool,
+        scratch: &'s mut JsonScratch,
+    },
+    /// An SSE stream, with the bytes to pass on when filtering.
+    Sse { tap: Box<SseTap>, out: Vec<u8> },
+}
+
+impl<'s> UsageTap<'s> {
+    /// For a JSON body of `length` bytes (if known).
+    pub fn json(
+        shape: &'static UsageShape,
+        length: Option<u64>,
+        scratch: &'s mut JsonScratch,
+    ) -> Self {
+        UsageTap {
+            shape,
+            read: Read::Json {
+                tail: JsonTail::default(),
+                length,
+                done: false,
+                scratch,
+            },
+            usage: Usage::default(),
+            first_event: None,
+        }
+    }
+
+    /// For an SSE stream; `filter_usage_event` drops the usage-only event.
+    pub fn sse(shape: &'static UsageShape, filter_usage_event: bool) -> Self {
+        UsageTap {
+            shape,
+            read: Read::Sse {
+                tap: Box::new(SseTap::new(shape, filter_usage_event)),
+                out: Vec::new(),
+            },
+            usage: Usage::default(),
+            first_event: None,
+        }
+    }
+
+    /// The usage read so far (all of it once finished).
+    pub fn usage(&self) -> Usage {
+        self.usage
+    }
+
+    /// When the stream's first data event passed.
+    pub fn first_event(&self) -> Option<Instant> {
+        self.first_event
+    }
+}
+
+impl Tap for UsageTap<'_> {
+    fn rewrites(&self) -> bool {
+        matches!(&self.read, Read::Sse { tap, .. } if tap.filters())
+    }
+
+    fn chunk<'a>(&'a mut self, data: &'a [u8]) -> &'a [u8] {
+        match &mut self.read {
+            Read::Json {
+                tail,
+                length,
+                done,
+                scratch,
+            } => {
+                if *done {
+                } else if tail.bytes().is_empty() && *length == Some(data.len() as u64) {
+                    // The whole body in one piece: read usage from it directly.
+                    self.usage = usage_from_json(data, self.shape, scratch).unwrap_or_default();
+                    *done = true;
+                } else {
+                    tail.push(data);
+                }
+                data
+            }
+            Read::Sse { tap, out } => {
+                let before = tap.data_events;
+                out.clear();
+                tap.feed(data, out);
+                if before == 0 && tap.data_events > 0 {
+                    self.first_event = Some(Instant::now());
+                }
+                self.usage = tap.usage;
+                if tap.filters() { out } else { data }
+            }
+        }
+    }
+
+    fn finish(&mut self, end: End) -> &[u8] {
+        match &mut self.read {
+            Read::Json {
+                tail,
+                done,
+                scratch,
+                ..
+            } => {
+                if !*done {
+                    self.usage =
+                        usage_from_json(tail.bytes(), self.shape, scratch).unwrap_or_default();
+                    *done = true;
+                }
+                &[]
+            }
+            Read::Sse { tap, out } => {
+                out.clear();
+                if end == End::Complete && tap.filters() {
+                    tap.finish(out);
+                }
+                self.usage = tap.usage;
+                out
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::openai;
+
+    /// Doubles every byte: a stand-in for a rewriting tap later in the chain.
+    struct Double(Vec<u8>);
+    impl Tap for Double {
+        fn rewrites(&self) -> bool {
+            true
+        }
+        fn chunk<'a>(&'a mut self, data: &'a [u8]) -> &'a [u8] {
+            self.0.clear();
+            self.0.extend(data.iter().flat_map(|b| [*b, *b]));
+            &self.0
+        }
+        fn finish(&mut self, _: End) -> &[u8] {
+            &[]
+        }
+    }
+
+    #[test]
+    fn a_json_body_in_pieces_yields_its_usage_at_the_end() {
+        let body = br#"{"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":2}}"#;
+        let mut scratch = JsonScratch::default();
+        let mut tap = UsageTap::json(&openai::USAGE, Some(body.len() as u64), &mut scratch);
+        let mut passed = Vec::new();
+        for piece in body.chunks(9) {
+            passed.extend_from_slice(through(&mut [&mut tap], piece));
+        }
+        assert_eq!(passed, body);
+        finish(&mut [&mut tap], End::Complete, |_| {
+            panic!("a JSON tap holds nothing back")
+        });
+        assert_eq!(tap.usage().input_tokens, Some(7));
+        assert!(!tap.rewrites());
+    }
+
+    #[test]
+    fn held_back_bytes_flow_through_the_taps_after_and_only_on_completion() {
+        let stream = b"data: {\"choices\":[{\"delta\":{}}],\"usage\":null}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1}}\n\ndata: [DONE]\n";
+        for (end, expect_tail) in [(End::Complete, true), (End::Aborted, false)] {
+            let mut usage = UsageTap::sse(&openai::USAGE, true);
+            let mut double = Double(Vec::new());
+            let mut out = Vec::new();
+            {
+                let mut chain: [&mut dyn Tap; 2] = [&mut usage, &mut double];
+                out.extend_from_slice(through(&mut chain, stream));
+                finish(&mut chain, end, |b| out.extend_from_slice(b));
+            }
+            let text = String::from_utf8(out).unwrap();
+            // The usage-only event is gone; every byte that passed was doubled.
+            assert!(!text.contains("\"choices\":[]"));
+            assert!(text.starts_with("ddaattaa::"));
+            // The unterminated last line is released only when the body completed.
+            assert_eq!(text.contains("[[DDOONNEE]]"), expect_tail, "{end:?}");
+            assert_eq!(usage.usage().output_tokens, Some(1));
+            assert!(usage.first_event().is_some() && usage.rewrites());
+        }
+    }
+}

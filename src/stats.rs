@@ -1,0 +1,248 @@
+//! The per-shard stats recorder: each shard records into its own counters and
+//! histograms (plain fields, no atomics on the hot path); once a second, or when
+//! the admin socket asks, a shard takes a [`Snapshot`] and sends it to the stats
+//! thread (`control::stats`), which merges them.
+//!
+//! A leaf the data plane may import (it imports only `record`). Every counter is
+//! counted from a [`RequestRecord`], the single place request facts live; shard
+//! facts that are not requests (open connections, idle upstream connections,
+//! connections accepted) are gauges handed to [`ShardStats::take`].
+
+use crate::error::ErrorSource;
+use crate::fasthash::FastMap;
+use crate::record::{Outcome, RequestRecord};
+use hdrhistogram::Histogram;
+use std::rc::Rc;
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::time::Duration;
+
+/// Largest latency a histogram holds (µs); longer values saturate.
+pub const MAX_LATENCY_US: u64 = 3_600_000_000;
+/// Snapshots that may wait for the stats thread before shards start dropping.
+pub const SNAPSHOT_QUEUE: usize = 256;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub requests: u64,
+    pub status_2xx: u64,
+    pub status_3xx: u64,
+    pub status_4xx: u64,
+    pub status_5xx: u64,
+    pub errors_client: u64,
+    pub errors_gateway: u64,
+    pub errors_provider: u64,
+    pub aborted_upstream: u64,
+    pub aborted_client: u64,
+    pub streams: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cached_tokens: u64,
+    pub upstream_connects: u64,
+    pub upstream_reused: u64,
+    pub dropped_snapshots: u64,
+}
+
+impl Counters {
+    pub fn add(&mut self, o: &Counters) {
+        self.requests += o.requests;
+        self.status_2xx += o.status_2xx;
+        self.status_3xx += o.status_3xx;
+        self.status_4xx += o.status_4xx;
+        self.status_5xx += o.status_5xx;
+        self.errors_client += o.errors_client;
+        self.errors_gateway += o.errors_gateway;
+        self.errors_provider += o.errors_provider;
+        self.aborted_upstream += o.aborted_upstream;
+        self.aborted_client += o.aborted_client;
+        self.streams += o.streams;
+        self.input_tokens += o.input_tokens;
+        self.output_tokens += o.output_tokens;
+        self.cached_tokens += o.cached_tokens;
+        self.upstream_connects += o.upstream_connects;
+        self.upstream_reused += o.upstream_reused;
+        self.dropped_snapshots += o.dropped_snapshots;
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProviderCounters {
+    pub requests: u64,
+    pub errors: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+}
+
+/// The latency series every shard keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Series {
+    Total = 0,
+    Gateway = 1,
+    UpstreamTtfb = 2,
+    Ttft = 3,
+}
+
+pub const SERIES: [(Series, &str); 4] = [
+    (Series::Total, "total"),
+    (Series::Gateway, "gateway"),
+    (Series::UpstreamTtfb, "upstream_ttfb"),
+    (Series::Ttft, "ttft"),
+];
+
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid bounds")
+}
+
+/// One empty histogram per [`Series`].
+pub fn new_series() -> [Histogram<u64>; 4] {
+    [
+        new_histogram(),
+        new_histogram(),
+        new_histogram(),
+        new_histogram(),
+    ]
+}
+
+/// Shard facts that are not requests, read when a snapshot is taken.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Gauges {
+    pub open_connections: u64,
+    pub idle_upstream: u64,
+    /// Client connections accepted since the shard started.
+    pub connections_accepted: u64,
+}
+
+/// What a shard sends: deltas since its previous snapshot, plus gauges.
+pub struct Snapshot {
+    pub shard: usize,
+    pub seq: u64,
+    pub counters: Counters,
+    pub histograms: [Histogram<u64>; 4],
+    pub providers: Vec<(String, ProviderCounters)>,
+    pub gauges: Gauges,
+}
+
+const _: () = {
+    const fn assert_send<T: Send>() {}
+    assert_send::<Snapshot>();
+};
+
+/// One shard's recorder.
+pub struct ShardStats {
+    counters: Counters,
+    histograms: [Histogram<u64>; 4],
+    providers: FastMap<Rc<str>, ProviderCounters>,
+}
+
+impl Default for ShardStats {
+    fn default() -> Self {
+        ShardStats {
+            counters: Counters::default(),
+            histograms: new_series(),
+            providers: FastMap::default(),
+        }
+    }
+}
+
+impl ShardStats {
+    pub fn record(&mut self, r: &RequestRecord) {
+        let c = &mut self.counters;
+        c.requests += 1;
+        match r.status {
+            200..=299 => c.status_2xx += 1,
+            300..=399 => c.status_3xx += 1,
+            400..=499 => c.status_4xx += 1,
+            _ => c.status_5xx += 1,
+        }
+        match r.error_source {
+            Some(ErrorSource::Client) => c.errors_client += 1,
+            Some(ErrorSource::Gateway) => c.errors_gateway += 1,
+            Some(ErrorSource::Provider) => c.errors_provider += 1,
+            None => {}
+        }
+        match r.outcome {
+            Outcome::UpstreamAborted => c.aborted_upstream += 1,
+            Outcome::ClientAborted => c.aborted_client += 1,
+            _ => {}
+        }
+        c.streams += u64::from(r.stream);
+        c.input_tokens += r.usage.input_tokens.unwrap_or(0);
+        c.output_tokens += r.usage.output_tokens.unwrap_or(0);
+        c.cached_tokens += r.usage.cached_tokens.unwrap_or(0);
+        c.upstream_connects += u64::from(r.upstream_connects);
+        c.upstream_reused += u64::from(r.upstream_reused);
+        let us = |d: Duration| (d.as_micros() as u64).max(1);
+        self.histograms[Series::Total as usize].saturating_record(us(r.total));
+        self.histograms[Series::Gateway as usize].saturating_record(us(r.gateway));
+        if let Some(t) = r.upstream_ttfb {
+            self.histograms[Series::UpstreamTtfb as usize].saturating_record(us(t));
+        }
+        if let Some(t) = r.ttft {
+            self.histograms[Series::Ttft as usize].saturating_record(us(t));
+        }
+        if let Some(p) = &r.provider {
+            let pc = self.providers.entry(p.clone()).or_default();
+            pc.requests += 1;
+            pc.errors += u64::from(r.status >= 400);
+            pc.input_tokens += r.usage.input_tokens.unwrap_or(0);
+            pc.output_tokens += r.usage.output_tokens.unwrap_or(0);
+        }
+    }
+
+    /// Takes the deltas, leaving the recorder empty.
+    pub fn take(&mut self, shard: usize, seq: u64, gauges: Gauges) -> Snapshot {
+        let histograms = std::mem::replace(&mut self.histograms, new_series());
+        Snapshot {
+            shard,
+            seq,
+            counters: std::mem::take(&mut self.counters),
+            histograms,
+            providers: self
+                .providers
+                .drain()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            gauges,
+        }
+    }
+}
+
+/// Sends a snapshot without ever blocking the shard; a full queue counts a drop.
+pub fn send_snapshot(tx: &SyncSender<Snapshot>, snap: Snapshot) -> bool {
+    match tx.try_send(snap) {
+        Ok(()) => true,
+        Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn error_sources_are_counted_apart() {
+        let mut s = ShardStats::default();
+        for source in [
+            Some(ErrorSource::Client),
+            Some(ErrorSource::Client),
+            Some(ErrorSource::Gateway),
+            Some(ErrorSource::Provider),
+            None,
+        ] {
+            let mut r = RequestRecord::new(1, 0, Instant::now());
+            r.status = if source.is_some() { 400 } else { 200 };
+            r.error_source = source;
+            s.record(&r);
+        }
+        let c = s.take(0, 1, Gauges::default()).counters;
+        assert_eq!(
+            (
+                c.errors_client,
+                c.errors_gateway,
+                c.errors_provider,
+                c.requests
+            ),
+            (2, 1, 1, 5)
+        );
+    }
+}
