@@ -103,6 +103,50 @@ fn check_config_names_the_key_path_of_every_error() {
 }
 
 #[test]
+fn a_provider_key_with_a_line_break_is_a_config_error_that_never_shows_the_key() {
+    let dir = TempDir::new("crlf");
+    // In the file.
+    let file = dir.write(
+        "file.toml",
+        "[providers.up]\nbase_url = \"http://127.0.0.1:9/v1\"\napi_key = \"sk-leak\\r\\nx-evil: 1\"\n",
+    );
+    let (code, _, stderr) = run_aigw(&["check-config", file.to_str().unwrap()]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("providers.up.api_key:")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("sk-leak"), "{stderr}");
+    // In the variable `api_key_env` names, for check-config and for serve.
+    let file = dir.write(
+        "env.toml",
+        "[providers.up]\nbase_url = \"http://127.0.0.1:9/v1\"\napi_key_env = \"AIGW_TEST_CRLF_KEY\"\n",
+    );
+    for args in [
+        vec!["check-config", file.to_str().unwrap()],
+        vec!["serve", "--config", file.to_str().unwrap()],
+    ] {
+        let out = std::process::Command::new(common::gateway::AIGW)
+            .args(&args)
+            .env("AIGW_TEST_CRLF_KEY", "sk-leak\nx-evil: 1")
+            .output()
+            .expect("run aigw");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.starts_with("providers.up.api_key_env:")
+                    && l.contains("AIGW_TEST_CRLF_KEY")),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("sk-leak"), "{stderr}");
+    }
+}
+
+#[test]
 fn check_config_reports_every_error_at_once() {
     let dir = TempDir::new("cfg");
     let file = dir.write(

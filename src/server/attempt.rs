@@ -161,3 +161,110 @@ pub async fn attempt(
         Err(HeadError::Bad(why)) => Err(fail(Failure::BadHead(why), pooled, connected)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::upstream::dns::Resolver;
+    use aigw_loadtest::mock::{MockConfig, MockServer};
+    use std::sync::Arc;
+
+    /// Outcome of one attempt as the tests compare it.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Seen {
+        Head(u16),
+        Failed {
+            failure: String,
+            retryable: bool,
+            status: u16,
+        },
+    }
+
+    /// Runs one attempt on a fresh shard context against `base_url`, with the
+    /// mock fault `fault` asked for in the request.
+    fn attempt_at(base_url: &str, fault: &str) -> Seen {
+        let toml = format!(
+            "[timeouts]\nfirst_byte = \"300ms\"\nupstream_connect = \"2s\"\n[providers.up]\nbase_url = \"{base_url}\"\n"
+        );
+        let config = Arc::new(Config::from_toml_with_env(&toml, &|_| None).unwrap());
+        let request = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: up\r\nx-mock-error: {fault}\r\ncontent-length: 2\r\n\r\n{{}}"
+        );
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(128 << 10)
+            .spawn(move || async move {
+                let ctx = ShardCtx::new(0, config, Resolver::new(), 0);
+                let provider = ctx.providers["up"].clone();
+                let req = AttemptRequest {
+                    bytes: request.as_bytes(),
+                    method: Method::Post,
+                    path: "/v1/chat/completions",
+                    body: b"{}",
+                    request_id: 1,
+                };
+                let mut rh = ResponseHead::default();
+                match attempt(&ctx, &provider, &req, &mut rh).await {
+                    Ok(_) => Seen::Head(rh.status),
+                    Err(e) => Seen::Failed {
+                        failure: format!("{:?}", e.failure)
+                            .split('(')
+                            .next()
+                            .unwrap_or_default()
+                            .to_string(),
+                        retryable: e.retryable(),
+                        status: e.status(),
+                    },
+                }
+            })
+            .expect("executor starts")
+            .join()
+            .expect("attempt runs")
+    }
+
+    fn failed(failure: &str, retryable: bool, status: u16) -> Seen {
+        Seen::Failed {
+            failure: failure.into(),
+            retryable,
+            status,
+        }
+    }
+
+    #[test]
+    fn attempt_failures_are_classified_by_whether_a_retry_may_help() {
+        let mock = MockServer::start(MockConfig::default()).unwrap();
+        let url = mock.base_url();
+        assert_eq!(attempt_at(&url, "none"), Seen::Head(200));
+        // A provider's own error status is a reply, not an attempt failure.
+        assert_eq!(attempt_at(&url, "503"), Seen::Head(503));
+        assert_eq!(attempt_at(&url, "reset"), failed("ClosedEarly", true, 502));
+        assert_eq!(attempt_at(&url, "hang"), failed("HeadTimeout", true, 504));
+        assert_eq!(attempt_at(&url, "malformed"), failed("BadHead", false, 502));
+        // Refused: a port bound but not listening.
+        let sock = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = sock.local_addr().unwrap().port();
+        drop(sock);
+        let refused = attempt_at(&format!("http://127.0.0.1:{port}/v1"), "none");
+        assert_eq!(refused, failed("Unreachable", true, 502));
+    }
+
+    #[test]
+    fn only_a_pooled_connection_failing_before_any_byte_is_stale() {
+        let e = |failure, pooled| AttemptError {
+            failure,
+            pooled,
+            connected: false,
+        };
+        assert!(e(Failure::ClosedEarly, true).stale_connection());
+        assert!(e(Failure::SendFailed("reset".into()), true).stale_connection());
+        assert!(!e(Failure::ClosedEarly, false).stale_connection());
+        assert!(!e(Failure::HeadTimeout, true).stale_connection());
+        assert!(!e(Failure::BadHead("x".into()), true).stale_connection());
+        let g = e(Failure::HeadTimeout, false).to_gateway_error("up");
+        assert_eq!(
+            (g.status, g.source, g.code),
+            (504, ErrorSource::Provider, "upstream_timeout")
+        );
+        assert!(g.message.contains("`up`"));
+    }
+}

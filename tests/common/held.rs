@@ -3,7 +3,8 @@
 //! It accepts connections, reads one request on each, reports the request's
 //! arrival through a channel, and writes a fixed JSON answer only after
 //! [`HeldUpstream::release`]. A test can therefore act (send SIGTERM, say) while
-//! a request is provably in flight, without guessing with timers.
+//! a request is provably in flight, without guessing with timers. It also
+//! reports when the gateway closes a held connection ([`HeldUpstream::wait_closed`]).
 
 use super::WAIT;
 use std::io::{Read, Write};
@@ -17,6 +18,7 @@ pub struct HeldUpstream {
     pub addr: SocketAddr,
     arrived: Receiver<Vec<u8>>,
     release: Sender<()>,
+    closed: Receiver<()>,
 }
 
 impl HeldUpstream {
@@ -25,6 +27,7 @@ impl HeldUpstream {
         let addr = listener.local_addr().unwrap();
         let (arrived_tx, arrived) = mpsc::channel();
         let (release, release_rx) = mpsc::channel::<()>();
+        let (closed_tx, closed) = mpsc::channel::<()>();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(mut conn) = conn else { return };
@@ -32,6 +35,17 @@ impl HeldUpstream {
                 let Some(request) = read_request(&mut conn) else {
                     continue;
                 };
+                // A watcher reports the gateway closing this connection.
+                if let Ok(mut watch) = conn.try_clone() {
+                    let closed_tx = closed_tx.clone();
+                    std::thread::spawn(move || {
+                        let _ = watch.set_read_timeout(Some(WAIT * 3));
+                        let mut byte = [0u8; 1];
+                        if matches!(watch.read(&mut byte), Ok(0) | Err(_)) {
+                            let _ = closed_tx.send(());
+                        }
+                    });
+                }
                 if arrived_tx.send(request).is_err() {
                     return;
                 }
@@ -52,6 +66,7 @@ impl HeldUpstream {
             addr,
             arrived,
             release,
+            closed,
         }
     }
 
@@ -66,6 +81,13 @@ impl HeldUpstream {
             .expect("a request reaches the held upstream")
     }
 
+    /// Waits (bounded) until the gateway has closed a held connection.
+    pub fn wait_closed(&self) {
+        self.closed
+            .recv_timeout(WAIT)
+            .expect("the gateway closes the held upstream connection");
+    }
+
     /// Lets the held answer go.
     pub fn release(&self) {
         self.release.send(()).expect("held upstream is waiting");
@@ -73,7 +95,7 @@ impl HeldUpstream {
 }
 
 /// Reads one request head and its Content-Length body.
-fn read_request(conn: &mut impl Read) -> Option<Vec<u8>> {
+pub fn read_request(conn: &mut impl Read) -> Option<Vec<u8>> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {

@@ -8,6 +8,7 @@
 //!   SSE event arrived, whether the server closed).
 //! - [`held`]: a one-request provider that holds its answer until the test
 //!   releases it, for tests that need a request provably in flight.
+//! - [`fixed`]: a provider that answers every request with the same raw bytes.
 //!
 //! Every wait here is bounded by [`WAIT`] and ends on an event (a line, a byte,
 //! a close), never on a sleep.
@@ -18,10 +19,12 @@
     reason = "each test binary uses its own subset of the harness"
 )]
 
+pub mod fixed;
 pub mod gateway;
 pub mod held;
 pub mod wire;
 
+pub use fixed::FixedUpstream;
 pub use gateway::Gateway;
 pub use held::HeldUpstream;
 pub use wire::{Client, Response};

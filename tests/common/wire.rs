@@ -20,6 +20,8 @@ pub struct Response {
     /// Version digit after `HTTP/1.` (0 or 1).
     pub minor_version: u8,
     pub status: u16,
+    /// The reason phrase of the status line.
+    pub reason: String,
     pub headers: Vec<(String, String)>,
     /// The body after de-chunking.
     pub body: Vec<u8>,
@@ -197,6 +199,7 @@ impl Client {
                         let resp = Response {
                             minor_version: r.version.unwrap_or(1),
                             status: r.code.unwrap_or(0),
+                            reason: r.reason.unwrap_or_default().to_string(),
                             headers: r
                                 .headers
                                 .iter()
