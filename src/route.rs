@@ -66,7 +66,8 @@ pub struct Plan {
     pub unified: bool,
     /// aigw asked for stream usage on the client's behalf: drop the usage-only event.
     pub filter_usage_event: bool,
-    /// The model as the provider sees it, when the body names one.
+    /// The model as the provider sees it, when the body names one (the
+    /// pipeline moves it into the record).
     pub model: Option<String>,
     pub stream: bool,
 }

@@ -182,10 +182,11 @@ fn plan(
         .map_err(|_| GatewayError::bad_request("invalid_path", "request path is not UTF-8"))?;
     let route = route::route(target);
     rec.route = route.kind();
-    let routed = route::plan(route, &view, &ctx.providers, &mut c.rewritten)?;
-    if let Routed::Upstream(p) = &routed {
+    let mut routed = route::plan(route, &view, &ctx.providers, &mut c.rewritten)?;
+    if let Routed::Upstream(p) = &mut routed {
         rec.provider = Some(p.provider.name.clone());
-        rec.model.clone_from(&p.model);
+        // The record is where the model lives from here on.
+        rec.model = p.model.take();
         rec.stream = p.stream;
     }
     Ok(routed)
