@@ -258,6 +258,45 @@ pub fn skip_value(body: &[u8], i: usize) -> Result<usize, &'static str> {
     }
 }
 
+/// Whether `raw` is a number in JSON's own grammar (RFC 8259 §6):
+/// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`.
+pub fn is_number(raw: &[u8]) -> bool {
+    let mut i = 0;
+    let digits = |i: &mut usize| {
+        let start = *i;
+        while raw.get(*i).is_some_and(u8::is_ascii_digit) {
+            *i += 1;
+        }
+        *i > start
+    };
+    if raw.get(i) == Some(&b'-') {
+        i += 1;
+    }
+    match raw.get(i) {
+        Some(b'0') => i += 1,
+        Some(b'1'..=b'9') => {
+            digits(&mut i);
+        }
+        _ => return false,
+    }
+    if raw.get(i) == Some(&b'.') {
+        i += 1;
+        if !digits(&mut i) {
+            return false;
+        }
+    }
+    if matches!(raw.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(raw.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        if !digits(&mut i) {
+            return false;
+        }
+    }
+    i == raw.len()
+}
+
 /// Decodes a raw JSON string literal (with quotes). `None` if it is not a string.
 pub fn string_value(raw: &[u8]) -> Option<Cow<'_, str>> {
     let inner = raw.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
@@ -504,6 +543,16 @@ mod tests {
         }
         // Fields the gateway does not read may repeat; nested ones are not top level.
         assert!(scan_request(br#"{"x":1,"x":2,"a":{"model":1,"model":2}}"#).is_ok());
+    }
+
+    #[test]
+    fn numbers_follow_the_json_grammar() {
+        for ok in ["0", "-0", "12", "1.5", "-1.5e3", "2E+2", "3e-1"] {
+            assert!(is_number(ok.as_bytes()), "{ok}");
+        }
+        for bad in ["", "-", "01", "1.", ".5", "1e", "1-2", "+1", "1.5.5", "0x1"] {
+            assert!(!is_number(bad.as_bytes()), "{bad}");
+        }
     }
 
     #[test]

@@ -26,13 +26,16 @@
 
 pub mod config;
 pub mod control;
+pub mod controls;
 pub mod error;
 pub mod fasthash;
 pub mod http;
 pub mod json;
+pub mod logstore;
 pub mod net;
 pub mod providers;
 pub mod record;
+pub mod reqid;
 pub mod route;
 pub mod runtime;
 pub mod server;

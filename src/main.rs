@@ -1,4 +1,4 @@
-//! `aigw`: the gateway binary. `serve`, `check-config`, `print-config`, `stats`.
+//! `aigw`: the gateway binary. `serve`, `check-config`, `print-config`, `stats`, `logs`.
 
 use aigw::config::Config;
 use clap::{Parser, Subcommand};
@@ -52,6 +52,79 @@ enum Command {
         #[arg(long, conflicts_with = "json")]
         prometheus: bool,
     },
+    /// Search the request log (newest first); `aigw logs show ID` prints one request.
+    Logs(Box<LogsArgs>),
+}
+
+#[derive(clap::Args)]
+struct LogsArgs {
+    #[command(subcommand)]
+    show: Option<LogsCmd>,
+    /// Find the store from this config file's server.data_dir.
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    /// Find the store in this data directory.
+    #[arg(long, global = true, conflicts_with = "config")]
+    data_dir: Option<PathBuf>,
+    /// A status code (429) or class (4xx).
+    #[arg(long)]
+    status: Option<String>,
+    /// Whose fault an error was: client, gateway or provider.
+    #[arg(long)]
+    source: Option<String>,
+    /// Cache status (HIT, MISS, BYPASS, EXPIRED).
+    #[arg(long)]
+    cache: Option<String>,
+    #[arg(long)]
+    provider: Option<String>,
+    #[arg(long)]
+    model: Option<String>,
+    /// Metadata KEY=VALUE (repeatable; all must match).
+    #[arg(long)]
+    meta: Vec<String>,
+    /// A request id (the aigw-request-id header).
+    #[arg(long)]
+    id: Option<String>,
+    #[arg(long)]
+    event_id: Option<String>,
+    /// Rows whose user agent contains this.
+    #[arg(long)]
+    user_agent: Option<String>,
+    #[arg(long)]
+    min_cost: Option<String>,
+    #[arg(long)]
+    max_cost: Option<String>,
+    /// Input plus output tokens, at least.
+    #[arg(long)]
+    min_tokens: Option<String>,
+    #[arg(long)]
+    max_tokens: Option<String>,
+    /// Total time, at least (e.g. 500ms, 2s).
+    #[arg(long)]
+    min_duration: Option<String>,
+    #[arg(long)]
+    max_duration: Option<String>,
+    /// Arrived at or after: a duration ago (15m, 1h, 7d), 2026-11-30T06:00:00Z or Unix seconds.
+    #[arg(long)]
+    since: Option<String>,
+    /// Arrived before (same forms as --since).
+    #[arg(long)]
+    until: Option<String>,
+    /// Most rows printed (default 50).
+    #[arg(long)]
+    limit: Option<String>,
+    /// One JSON object per line.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Keep printing new rows as they are stored.
+    #[arg(long)]
+    follow: bool,
+}
+
+#[derive(Subcommand)]
+enum LogsCmd {
+    /// One request with its payloads.
+    Show { id: String },
 }
 
 fn main() -> ExitCode {
@@ -131,7 +204,197 @@ fn main() -> ExitCode {
                 Err(e) => fail(&e),
             }
         }
+        Command::Logs(args) => match logs(*args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        },
     }
+}
+
+/// `aigw logs`: reads the store directly, so it works with the gateway
+/// running or stopped.
+fn logs(a: LogsArgs) -> Result<(), String> {
+    use aigw::logstore::{self, query};
+    let data_dir = match (&a.data_dir, &a.config) {
+        (Some(d), _) => d.clone(),
+        (None, c) => load(c.as_deref())?.server.data_dir,
+    };
+    let conn = logstore::open_for_reading(&logstore::path(&data_dir))?;
+    let mut out = std::io::stdout().lock();
+    if let Some(LogsCmd::Show { id }) = &a.show {
+        let Some(query::Shown {
+            row,
+            request: req,
+            response: resp,
+        }) = query::show(&conn, id).map_err(|e| e.to_string())?
+        else {
+            return Err(format!("no request {id} in the log"));
+        };
+        let body = |b: &Option<query::StoredBody>| {
+            b.as_ref().map(|b| {
+                let text = String::from_utf8_lossy(&b.bytes).into_owned();
+                (text, b.truncated)
+            })
+        };
+        let (req, resp) = (body(&req), body(&resp));
+        if a.json {
+            let mut line = row.to_json();
+            line.pop();
+            for (name, b) in [("request_body", &req), ("response_body", &resp)] {
+                line.push_str(&format!(",\"{name}\":"));
+                match b {
+                    Some((text, truncated)) => {
+                        aigw::error::push_json_string(&mut line, text);
+                        line.push_str(&format!(",\"{name}_truncated\":{truncated}"));
+                    }
+                    None => line.push_str("null"),
+                }
+            }
+            line.push('}');
+            let _ = writeln!(out, "{line}");
+        } else {
+            let _ = write!(out, "{}", show_text(&row));
+            for (name, b) in [("request body", &req), ("response body", &resp)] {
+                match b {
+                    Some((text, truncated)) => {
+                        let cut = if *truncated { " (truncated)" } else { "" };
+                        let _ = writeln!(out, "\n--- {name}{cut} ---\n{text}");
+                    }
+                    None => {
+                        let _ =
+                            writeln!(out, "\n--- {name}: not stored (logs.payloads is off) ---");
+                    }
+                }
+            }
+        }
+        return Ok(());
+    }
+    let mut pairs: Vec<(&str, &str)> = Vec::new();
+    let flags: [(&str, &Option<String>); 17] = [
+        ("status", &a.status),
+        ("source", &a.source),
+        ("cache", &a.cache),
+        ("provider", &a.provider),
+        ("model", &a.model),
+        ("id", &a.id),
+        ("event-id", &a.event_id),
+        ("user-agent", &a.user_agent),
+        ("min-cost", &a.min_cost),
+        ("max-cost", &a.max_cost),
+        ("min-tokens", &a.min_tokens),
+        ("max-tokens", &a.max_tokens),
+        ("min-duration", &a.min_duration),
+        ("max-duration", &a.max_duration),
+        ("since", &a.since),
+        ("until", &a.until),
+        ("limit", &a.limit),
+    ];
+    for (name, v) in flags {
+        if let Some(v) = v {
+            pairs.push((name, v));
+        }
+    }
+    for m in &a.meta {
+        pairs.push(("meta", m));
+    }
+    let mut filter = query::Filter::from_pairs(pairs, aigw::reqid::now_unix_ms())
+        .map_err(|e| format!("--{e}"))?;
+    let mut rows = query::query(&conn, &filter).map_err(|e| e.to_string())?;
+    let print = |out: &mut std::io::StdoutLock<'_>, rows: &[query::Row], header: bool| {
+        if a.json {
+            for r in rows {
+                let _ = writeln!(out, "{}", r.to_json());
+            }
+        } else {
+            let text = query::table(rows);
+            let text = if header {
+                &text[..]
+            } else {
+                text.split_once('\n').map_or("", |(_, t)| t)
+            };
+            let _ = write!(out, "{text}");
+        }
+        let _ = out.flush();
+    };
+    if !a.follow {
+        print(&mut out, &rows, true);
+        return Ok(());
+    }
+    // Following: the latest rows oldest first, then new rows as they are stored.
+    rows.reverse();
+    print(&mut out, &rows, true);
+    filter.after_seq = Some(
+        rows.iter()
+            .map(|r| r.seq)
+            .max()
+            .map_or_else(|| max_seq(&conn), Ok)?,
+    );
+    filter.limit = query::MAX_LIMIT;
+    loop {
+        std::thread::sleep(FOLLOW_POLL);
+        let new = query::query(&conn, &filter).map_err(|e| e.to_string())?;
+        if let Some(last) = new.last() {
+            filter.after_seq = Some(last.seq);
+            print(&mut out, &new, false);
+        }
+    }
+}
+
+/// How often `aigw logs --follow` looks for new rows.
+const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
+fn max_seq(conn: &rusqlite::Connection) -> Result<i64, String> {
+    conn.query_row("SELECT coalesce(max(seq), 0) FROM requests", [], |r| {
+        r.get(0)
+    })
+    .map_err(|e| e.to_string())
+}
+
+/// `aigw logs show ID` for people: one field per line.
+fn show_text(r: &aigw::logstore::query::Row) -> String {
+    let ms =
+        |us: Option<i64>| us.map_or("-".to_string(), |v| format!("{:.3} ms", v as f64 / 1000.0));
+    let n = |v: Option<i64>| v.map_or("-".to_string(), |v| v.to_string());
+    let t = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let mut s = String::new();
+    for (k, v) in [
+        ("id", r.id.clone()),
+        ("time", aigw::logstore::time::format_ms(r.ts as u64)),
+        ("route", r.route.clone()),
+        ("provider", t(&r.provider)),
+        ("model", t(&r.model)),
+        ("path", t(&r.path)),
+        ("status", r.status.to_string()),
+        (
+            "error",
+            format!("{} {}", t(&r.error_source), t(&r.error_code)),
+        ),
+        ("outcome", r.outcome.clone()),
+        ("stream", r.stream.to_string()),
+        ("cache", t(&r.cache)),
+        ("total", ms(Some(r.total_us))),
+        ("gateway", ms(Some(r.gateway_us))),
+        ("upstream", ms(r.upstream_us)),
+        ("ttft", ms(r.ttft_us)),
+        (
+            "tokens",
+            format!(
+                "in {} out {} cached {}",
+                n(r.tokens_in),
+                n(r.tokens_out),
+                n(r.tokens_cached)
+            ),
+        ),
+        ("cost", r.cost.map_or("-".into(), |c| c.to_string())),
+        ("bytes", format!("in {} out {}", r.bytes_in, r.bytes_out)),
+        ("user agent", t(&r.user_agent)),
+        ("event id", t(&r.event_id)),
+        ("key", t(&r.key_id)),
+        ("metadata", t(&r.metadata)),
+    ] {
+        s.push_str(&format!("{k:<11} {v}\n"));
+    }
+    s
 }
 
 fn load(path: Option<&std::path::Path>) -> Result<Config, String> {

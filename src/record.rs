@@ -3,11 +3,12 @@
 //! read it later. A leaf: it imports only the error source from `error`.
 //!
 //! Built by the pipeline as the request proceeds, finished once in
-//! `pipeline::finish`, then handed to the shard's stats recorder. It stays on its
-//! shard; the log stage (a later issue) will send a `Send` copy to the log thread.
+//! `pipeline::record`, counted by the shard's stats recorder, then (when the
+//! request log keeps it) moved to the log thread: the record is `Send`.
 
 use crate::error::ErrorSource;
-use std::rc::Rc;
+use crate::reqid::RequestId;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How the request reached its provider.
@@ -69,13 +70,109 @@ impl Usage {
     }
 }
 
+impl Outcome {
+    /// The log's word for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Completed => "completed",
+            Outcome::GatewayError => "gateway_error",
+            Outcome::UpstreamAborted => "aborted_by_provider",
+            Outcome::ClientAborted => "aborted_by_client",
+        }
+    }
+}
+
+/// One `aigw-metadata` value: Cloudflare allows strings, numbers and booleans.
+#[derive(Clone, Debug, PartialEq)]
+pub enum MetaValue {
+    Str(String),
+    /// The number as the client wrote it (valid JSON number syntax).
+    Num(String),
+    Bool(bool),
+}
+
+impl MetaValue {
+    /// The value as text, as `--meta KEY=VALUE` compares it.
+    pub fn as_text(&self) -> &str {
+        match self {
+            MetaValue::Str(s) | MetaValue::Num(s) => s,
+            MetaValue::Bool(true) => "true",
+            MetaValue::Bool(false) => "false",
+        }
+    }
+}
+
+/// A request's metadata: a flat object of at most a few entries, in the
+/// client's order.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Metadata(pub Vec<(String, MetaValue)>);
+
+impl Metadata {
+    /// The metadata as a JSON object.
+    pub fn to_json(&self) -> String {
+        let mut out = String::from("{");
+        for (i, (k, v)) in self.0.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            crate::error::push_json_string(&mut out, k);
+            out.push(':');
+            match v {
+                MetaValue::Str(s) => crate::error::push_json_string(&mut out, s),
+                MetaValue::Num(n) => out.push_str(n),
+                MetaValue::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+            }
+        }
+        out.push('}');
+        out
+    }
+}
+
+/// A stored body: at most `logs.payload_max` bytes of it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Payload {
+    pub bytes: Vec<u8>,
+    /// The body was longer than what is kept.
+    pub truncated: bool,
+}
+
+impl Payload {
+    /// Keeps at most `cap` bytes of `body`.
+    pub fn capped(body: &[u8], cap: usize) -> Payload {
+        Payload {
+            bytes: body[..body.len().min(cap)].to_vec(),
+            truncated: body.len() > cap,
+        }
+    }
+
+    /// Appends, up to `cap` bytes in all.
+    pub fn push(&mut self, more: &[u8], cap: usize) {
+        let room = cap.saturating_sub(self.bytes.len());
+        self.bytes.extend_from_slice(&more[..more.len().min(room)]);
+        self.truncated |= more.len() > room;
+    }
+}
+
+/// What only the request log needs: gathered for requests it will keep.
+#[derive(Clone, Debug, Default)]
+pub struct LogFacts {
+    /// The request target as the client sent it (path and query).
+    pub path: String,
+    pub user_agent: Option<String>,
+    pub event_id: Option<String>,
+    pub metadata: Option<Metadata>,
+    pub request_body: Option<Payload>,
+    pub response_body: Option<Payload>,
+}
+
 /// Everything known about one finished request.
 #[derive(Clone, Debug)]
 pub struct RequestRecord {
-    pub id: u64,
+    /// UUIDv7; its timestamp is the request's arrival (wall clock).
+    pub id: RequestId,
     pub shard: usize,
     pub route: RouteKind,
-    pub provider: Option<Rc<str>>,
+    pub provider: Option<Arc<str>>,
     pub model: Option<String>,
     pub status: u16,
     /// Whose fault an error response was, if it was one.
@@ -100,10 +197,17 @@ pub struct RequestRecord {
     pub upstream_connects: u32,
     /// The answering provider connection was reused from the pool.
     pub upstream_reused: bool,
+    /// Present when the request log keeps this request.
+    pub log: Option<Box<LogFacts>>,
 }
 
+const _: () = {
+    const fn assert_send<T: Send>() {}
+    assert_send::<RequestRecord>();
+};
+
 impl RequestRecord {
-    pub fn new(id: u64, shard: usize, started: Instant) -> RequestRecord {
+    pub fn new(id: RequestId, shard: usize, started: Instant) -> RequestRecord {
         RequestRecord {
             id,
             shard,
@@ -126,6 +230,7 @@ impl RequestRecord {
             attempts: 0,
             upstream_connects: 0,
             upstream_reused: false,
+            log: None,
         }
     }
 }

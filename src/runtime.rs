@@ -8,8 +8,11 @@
 
 use crate::config::Config;
 use crate::control::admin::{self, Admin};
+use crate::control::logs::{self, LOG_QUEUE, LogStats};
 use crate::control::stats::StatsHub;
 use crate::control::{ShardCmd, ShardSenders, signals};
+use crate::logstore;
+use crate::record::RequestRecord;
 use crate::server::{ShardCtx, conn};
 use crate::stats::{SNAPSHOT_QUEUE, Snapshot, send_snapshot};
 use crate::upstream::dns::Resolver;
@@ -68,9 +71,20 @@ pub fn serve(config: Config, on_ready: impl FnOnce(&Listening)) -> Result<(), St
     let (cmd_txs, cmd_rxs): (Vec<_>, Vec<_>) =
         (0..shards).map(|_| flume::unbounded::<ShardCmd>()).unzip();
     let senders: ShardSenders = Arc::new(cmd_txs);
+    // The request log: a bounded queue from every shard to one writer thread.
+    let log_stats = Arc::new(LogStats::default());
+    let log_path = logstore::path(&config.server.data_dir);
+    let (log_tx, log_thread) = if config.logs.enabled {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<RequestRecord>(LOG_QUEUE);
+        let thread = logs::spawn(log_path.clone(), config.logs.clone(), rx, log_stats.clone())
+            .map_err(|e| format!("logs: {e}"))?;
+        (Some(tx), Some(thread))
+    } else {
+        (None, None)
+    };
     let admin_listener =
         admin::bind(&config.admin_socket).map_err(|e| format!("admin.socket: {e}"))?;
-    Admin::new(hub.clone(), senders.clone())
+    Admin::new(hub.clone(), senders.clone(), log_stats.clone(), log_path)
         .spawn(admin_listener)
         .map_err(|e| format!("cannot start the admin thread: {e}"))?;
     let resolver = Resolver::new();
@@ -80,11 +94,8 @@ pub fn serve(config: Config, on_ready: impl FnOnce(&Listening)) -> Result<(), St
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<usize, String>>();
     let next_shard = Arc::new(AtomicUsize::new(0));
     let cmd_rxs = Arc::new(cmd_rxs);
-    let boot_id = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u32)
-        .unwrap_or(0);
     let shard_config = config.clone();
+    let shard_log = log_tx.clone();
     let mut builder = LocalExecutorPoolBuilder::new(placement)
         .name("aigw-shard")
         .io_memory(IO_MEMORY);
@@ -103,7 +114,7 @@ pub fn serve(config: Config, on_ready: impl FnOnce(&Listening)) -> Result<(), St
                 commands: cmd_rxs[shard].clone(),
                 snapshots: snap_tx,
                 ready: ready_tx,
-                boot_id,
+                log: shard_log,
             };
             run_shard(args).await
         })
@@ -130,6 +141,11 @@ pub fn serve(config: Config, on_ready: impl FnOnce(&Listening)) -> Result<(), St
             .map(|e| explain_executor_error(&e.to_string()))
             .collect();
         let _ = std::fs::remove_file(&config.admin_socket);
+        drop(log_tx);
+        log_stats.stop();
+        if let Some(t) = log_thread {
+            let _ = t.join();
+        }
         return Err(if detail.is_empty() {
             why
         } else {
@@ -146,6 +162,12 @@ pub fn serve(config: Config, on_ready: impl FnOnce(&Listening)) -> Result<(), St
         admin_socket: config.admin_socket.clone(),
     });
     let results = handles.join_all();
+    // Every shard is gone: the log thread commits what is queued and ends.
+    drop(log_tx);
+    log_stats.stop();
+    if let Some(t) = log_thread {
+        let _ = t.join();
+    }
     let _ = std::fs::remove_file(&config.admin_socket);
     let errors: Vec<String> = results
         .into_iter()
@@ -167,7 +189,7 @@ struct ShardArgs {
     commands: flume::Receiver<ShardCmd>,
     snapshots: SyncSender<Snapshot>,
     ready: std::sync::mpsc::Sender<Result<usize, String>>,
-    boot_id: u32,
+    log: Option<SyncSender<RequestRecord>>,
 }
 
 async fn run_shard(a: ShardArgs) {
@@ -184,12 +206,7 @@ async fn run_shard(a: ShardArgs) {
             return;
         }
     };
-    let ctx = Rc::new(ShardCtx::new(
-        a.shard,
-        a.config.clone(),
-        a.resolver,
-        a.boot_id,
-    ));
+    let ctx = Rc::new(ShardCtx::new(a.shard, a.config.clone(), a.resolver, a.log));
     let (drain_tx, drain_rx) = glommio::channels::local_channel::new_bounded::<()>(1);
     glommio::spawn_local(control_loop(
         ctx.clone(),

@@ -12,7 +12,7 @@ use crate::error::ErrorSource;
 use crate::fasthash::FastMap;
 use crate::record::{Outcome, RequestRecord};
 use hdrhistogram::Histogram;
-use std::rc::Rc;
+use std::sync::Arc;
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::time::Duration;
 
@@ -40,6 +40,8 @@ pub struct Counters {
     pub upstream_connects: u64,
     pub upstream_reused: u64,
     pub dropped_snapshots: u64,
+    /// Records the request log's queue had no room for.
+    pub log_dropped: u64,
 }
 
 impl Counters {
@@ -61,6 +63,7 @@ impl Counters {
         self.upstream_connects += o.upstream_connects;
         self.upstream_reused += o.upstream_reused;
         self.dropped_snapshots += o.dropped_snapshots;
+        self.log_dropped += o.log_dropped;
     }
 }
 
@@ -130,7 +133,7 @@ const _: () = {
 pub struct ShardStats {
     counters: Counters,
     histograms: [Histogram<u64>; 4],
-    providers: FastMap<Rc<str>, ProviderCounters>,
+    providers: FastMap<Arc<str>, ProviderCounters>,
 }
 
 impl Default for ShardStats {
@@ -188,6 +191,13 @@ impl ShardStats {
         }
     }
 
+    /// A finished record the request log's queue had no room for. Not a fact
+    /// of the request (it was answered), but of the log channel, as
+    /// `dropped_snapshots` is of the stats channel.
+    pub fn log_dropped(&mut self) {
+        self.counters.log_dropped += 1;
+    }
+
     /// Takes the deltas, leaving the recorder empty.
     pub fn take(&mut self, shard: usize, seq: u64, gauges: Gauges) -> Snapshot {
         let histograms = std::mem::replace(&mut self.histograms, new_series());
@@ -229,7 +239,7 @@ mod tests {
             Some(ErrorSource::Provider),
             None,
         ] {
-            let mut r = RequestRecord::new(1, 0, Instant::now());
+            let mut r = RequestRecord::new(Default::default(), 0, Instant::now());
             r.status = if source.is_some() { 400 } else { 200 };
             r.error_source = source;
             s.record(&r);

@@ -298,7 +298,8 @@ fn stats_command_prints_the_admin_json(shards: usize) {
 }
 
 /// Opens connections until there is an idle keep-alive one on every shard
-/// (the shard is the second field of `aigw-request-id`).
+/// (the shard is the last two hex digits of the third group of
+/// `aigw-request-id`, a UUIDv7).
 fn idle_connection_per_shard(gw: &Gateway) -> Vec<Client> {
     let mut by_shard: Vec<Option<Client>> = (0..gw.shards).map(|_| None).collect();
     for _ in 0..256 {
@@ -309,10 +310,10 @@ fn idle_connection_per_shard(gw: &Gateway) -> Vec<Client> {
         let r = c.get("/no-such-route");
         assert_eq!(r.status, 404);
         let id = r.header("aigw-request-id").expect("request id");
-        let shard: usize = id
+        let shard = id
             .split('-')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
+            .nth(2)
+            .and_then(|g| usize::from_str_radix(&g[2..], 16).ok())
             .expect("shard in request id");
         by_shard[shard].get_or_insert(c);
     }

@@ -16,11 +16,13 @@
 //!   parsers, [`Secret`], and [`ConfigError`]s at key paths.
 //! - `server`: `[server]`, `[admin]`, `[limits]`, `[timeouts]`.
 //! - `providers`: the built-in catalog and `[providers.*]`.
+//! - `logs`: `[logs]`, the request log store.
 //!
 //! A new section (cache, API keys, rate limits, budgets, routes, prices) is one
 //! more file: its typed struct and a `read_*(w, root)` reader, its rows in
 //! [`KEYS`], one field in [`Config`] and one line in `from_toml_with_env`.
 
+mod logs;
 mod providers;
 mod read;
 mod schema;
@@ -29,6 +31,7 @@ mod server;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+pub use logs::LogsConfig;
 pub use providers::{BaseUrl, ProviderConfig, ProviderKind, Scheme};
 pub use read::{ConfigError, ConfigErrors, Secret, parse_bytes, parse_duration};
 pub use schema::{KEYS, KeySpec};
@@ -43,6 +46,7 @@ pub struct Config {
     pub limits: Limits,
     pub timeouts: Timeouts,
     pub providers: BTreeMap<String, ProviderConfig>,
+    pub logs: LogsConfig,
 }
 
 impl Config {
@@ -92,6 +96,7 @@ impl Config {
         let limits = server::read_limits(&mut w, &root);
         let timeouts = server::read_timeouts(&mut w, &root);
         let providers = providers::read_providers(&mut w, &root, env);
+        let logs = logs::read_logs(&mut w, &root);
         w.finish()?;
         Ok(Config {
             server,
@@ -99,6 +104,7 @@ impl Config {
             limits,
             timeouts,
             providers,
+            logs,
         })
     }
 

@@ -148,6 +148,41 @@ impl Walker {
         }
     }
 
+    /// `true`/`false` under a section table.
+    pub(super) fn flag(&mut self, t: Option<&toml::Table>, path: &str) -> Option<bool> {
+        match self.leaf(t, path)? {
+            toml::Value::Boolean(b) => Some(*b),
+            other => {
+                self.err(
+                    path,
+                    format!("expected true or false, found {}", other.type_str()),
+                );
+                None
+            }
+        }
+    }
+
+    /// A number from 0 to 1 (an integer 0 or 1 is accepted too).
+    pub(super) fn fraction(&mut self, t: Option<&toml::Table>, path: &str) -> Option<f64> {
+        let v = match self.leaf(t, path)? {
+            toml::Value::Float(f) => *f,
+            toml::Value::Integer(i) => *i as f64,
+            other => {
+                self.err(
+                    path,
+                    format!("expected a number from 0 to 1, found {}", other.type_str()),
+                );
+                return None;
+            }
+        };
+        if (0.0..=1.0).contains(&v) {
+            Some(v)
+        } else {
+            self.err(path, format!("{v} is out of range; use 0.0..=1.0"));
+            None
+        }
+    }
+
     pub(super) fn uint(
         &mut self,
         t: Option<&toml::Table>,
@@ -279,7 +314,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
         "h" => Duration::from_secs(n.saturating_mul(3600)),
-        _ => return Err(format!("`{s}` has no unit (us, ms, s, m, h)")),
+        "d" => Duration::from_secs(n.saturating_mul(86_400)),
+        _ => return Err(format!("`{s}` has no unit (us, ms, s, m, h, d)")),
     };
     Ok(d)
 }

@@ -138,6 +138,41 @@ pub const KEYS: &[KeySpec] = &[
         default: "(none)",
         meaning: "PEM file of extra CAs trusted for this provider (private CAs); public roots stay trusted",
     },
+    KeySpec {
+        path: "logs.enabled",
+        default: "true",
+        meaning: "keep a row per request in <data_dir>/requests.db (SQLite); `aigw logs` reads it",
+    },
+    KeySpec {
+        path: "logs.payloads",
+        default: "false",
+        meaning: "also store request and response bodies (streams as the client received them)",
+    },
+    KeySpec {
+        path: "logs.payload_max",
+        default: "64KiB",
+        meaning: "cap on each stored body; longer ones are cut and marked truncated",
+    },
+    KeySpec {
+        path: "logs.sample",
+        default: "1.0",
+        meaning: "share of successful requests kept (errors are always kept)",
+    },
+    KeySpec {
+        path: "logs.max_rows",
+        default: "1000000",
+        meaning: "rows kept at most; the oldest are deleted first, off the request path",
+    },
+    KeySpec {
+        path: "logs.max_age",
+        default: "30d",
+        meaning: "rows older than this are deleted",
+    },
+    KeySpec {
+        path: "logs.flush_interval",
+        default: "200ms",
+        meaning: "how often received rows are committed: what a crash or kill -9 can lose at most (< 1s)",
+    },
 ];
 
 /// Every key in `root` must be in [`KEYS`] (or a table on the way to one).

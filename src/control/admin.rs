@@ -4,14 +4,17 @@
 //! Endpoints: `GET /stats` (JSON, fresh: every shard flushes first),
 //! `GET /metrics` (Prometheus text), `GET /healthz`. Not on any request path.
 
+use super::logs::LogStats;
 use super::stats::{Merged, SERIES, StatsHub};
 use super::{ShardCmd, ShardSenders};
+use crate::logstore::{self, query::Filter};
 use hdrhistogram::Histogram;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -27,6 +30,9 @@ pub struct Admin {
     hub: Arc<StatsHub>,
     shards: ShardSenders,
     seq: AtomicU64,
+    logs: Arc<LogStats>,
+    /// The request log store (read-only from here).
+    log_path: PathBuf,
 }
 
 /// Binds the socket (refusing to steal one a live aigw is serving) with mode 0600.
@@ -50,11 +56,18 @@ pub fn bind(path: &Path) -> Result<UnixListener, String> {
 }
 
 impl Admin {
-    pub fn new(hub: Arc<StatsHub>, shards: ShardSenders) -> Arc<Admin> {
+    pub fn new(
+        hub: Arc<StatsHub>,
+        shards: ShardSenders,
+        logs: Arc<LogStats>,
+        log_path: PathBuf,
+    ) -> Arc<Admin> {
         Arc::new(Admin {
             hub,
             shards,
             seq: AtomicU64::new(1),
+            logs,
+            log_path,
         })
     }
 
@@ -99,19 +112,25 @@ impl Admin {
             }
         };
         let (method, target) = path;
-        let route = target.split('?').next().unwrap_or("");
+        let (route, query) = target.split_once('?').unwrap_or((&target, ""));
         match (method.as_str(), route) {
             ("GET", "/stats") => {
                 self.flush();
-                let body = render_json(&self.hub.merged.lock().unwrap_or_else(|p| p.into_inner()));
+                let merged = self.hub.merged.lock().unwrap_or_else(|p| p.into_inner());
+                let body = render_json(&merged, &self.logs);
                 respond(&mut conn, 200, "application/json", &body);
             }
             ("GET", "/metrics") => {
                 self.flush();
-                let body =
-                    render_prometheus(&self.hub.merged.lock().unwrap_or_else(|p| p.into_inner()));
+                let merged = self.hub.merged.lock().unwrap_or_else(|p| p.into_inner());
+                let body = render_prometheus(&merged, &self.logs);
                 respond(&mut conn, 200, "text/plain; version=0.0.4", &body);
             }
+            ("GET", "/logs") => match self.logs_query(query) {
+                // Every request answered before this query is in the answer.
+                Ok(body) => respond(&mut conn, 200, "application/x-ndjson", &body),
+                Err((status, why)) => respond(&mut conn, status, "text/plain", &format!("{why}\n")),
+            },
             ("GET", "/healthz") => {
                 respond(&mut conn, 200, "application/json", "{\"status\":\"ok\"}\n")
             }
@@ -119,9 +138,37 @@ impl Admin {
                 &mut conn,
                 404,
                 "text/plain",
-                "not found: try /stats, /metrics or /healthz\n",
+                "not found: try /stats, /metrics, /logs or /healthz\n",
             ),
         }
+    }
+
+    /// `GET /logs?status=4xx&provider=...`: the filters of `aigw logs`, as JSON lines.
+    fn logs_query(&self, query: &str) -> Result<String, (u16, String)> {
+        let pairs: Vec<(String, String)> = query
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                (percent_decode(k), percent_decode(v))
+            })
+            .collect();
+        let filter = Filter::from_pairs(
+            pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            crate::reqid::now_unix_ms(),
+        )
+        .map_err(|e| (400, e))?;
+        // Shards hand over records of answered requests, then the log thread commits.
+        self.flush();
+        self.logs.flush(FLUSH_WAIT);
+        let conn = logstore::open_for_reading(&self.log_path).map_err(|e| (404, e))?;
+        let rows = logstore::query::query(&conn, &filter).map_err(|e| (500, e.to_string()))?;
+        let mut out = String::new();
+        for r in rows {
+            out.push_str(&r.to_json());
+            out.push('\n');
+        }
+        Ok(out)
     }
 
     /// Asks every shard for a snapshot and waits (bounded) until they arrive.
@@ -159,7 +206,32 @@ fn quantiles(h: &Histogram<u64>) -> String {
     )
 }
 
-pub fn render_json(m: &Merged) -> String {
+/// Decodes `%XX` and `+` in a query-string part.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
+                {
+                    Ok(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub fn render_json(m: &Merged, logs: &LogStats) -> String {
     let c = &m.counters;
     let mut s = String::with_capacity(2048);
     let _ = write!(
@@ -167,7 +239,8 @@ pub fn render_json(m: &Merged) -> String {
         "{{\"uptime_s\":{},\"shards\":{},\"requests\":{},\"status\":{{\"2xx\":{},\"3xx\":{},\"4xx\":{},\"5xx\":{}}},\
          \"errors\":{{\"client\":{},\"gateway\":{},\"provider\":{}}},\"aborted\":{{\"upstream\":{},\"client\":{}}},\"streams\":{},\
          \"tokens\":{{\"input\":{},\"output\":{},\"cached\":{}}},\"upstream\":{{\"connects\":{},\"reused\":{},\"idle\":{}}},\
-         \"connections\":{{\"accepted\":{},\"open\":{}}},\"dropped_snapshots\":{},\"latency_us\":{{",
+         \"connections\":{{\"accepted\":{},\"open\":{}}},\"dropped_snapshots\":{},\
+         \"logs\":{{\"rows\":{},\"written\":{},\"dropped\":{},\"write_errors\":{},\"deleted\":{}}},\"latency_us\":{{",
         m.started.elapsed().as_secs(),
         m.shards,
         c.requests,
@@ -190,6 +263,11 @@ pub fn render_json(m: &Merged) -> String {
         m.gauge(|g| g.connections_accepted),
         m.gauge(|g| g.open_connections),
         c.dropped_snapshots,
+        logs.rows.load(Ordering::Relaxed),
+        logs.rows_written.load(Ordering::Relaxed),
+        c.log_dropped,
+        logs.write_errors.load(Ordering::Relaxed),
+        logs.rows_deleted.load(Ordering::Relaxed),
     );
     for (i, (series, name)) in SERIES.iter().enumerate() {
         if i > 0 {
@@ -218,7 +296,7 @@ pub fn render_json(m: &Merged) -> String {
     s
 }
 
-pub fn render_prometheus(m: &Merged) -> String {
+pub fn render_prometheus(m: &Merged, logs: &LogStats) -> String {
     let c = &m.counters;
     let mut s = String::with_capacity(2048);
     let _ = writeln!(s, "# TYPE aigw_requests_total counter");
@@ -260,6 +338,25 @@ pub fn render_prometheus(m: &Merged) -> String {
         "aigw_streams_aborted_total{{by=\"client\"}} {}",
         c.aborted_client
     );
+    for (name, help, v) in [
+        (
+            "aigw_log_rows_written_total",
+            "Request log rows committed.",
+            logs.rows_written.load(Ordering::Relaxed),
+        ),
+        (
+            "aigw_log_dropped_total",
+            "Request log rows dropped because the log queue was full.",
+            c.log_dropped,
+        ),
+        (
+            "aigw_log_write_errors_total",
+            "Request log batches that failed to commit.",
+            logs.write_errors.load(Ordering::Relaxed),
+        ),
+    ] {
+        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+    }
     let _ = writeln!(s, "# TYPE aigw_provider_requests_total counter");
     for (name, p) in &m.providers {
         let _ = writeln!(

@@ -9,6 +9,7 @@
 //! channel, which wakes a glommio executor from a foreign thread.
 
 pub mod admin;
+pub mod logs;
 pub mod report;
 pub mod signals;
 pub mod stats;

@@ -111,16 +111,16 @@ mod tests {
     use super::*;
     use crate::record::{RequestRecord, Usage};
     use crate::stats::ShardStats;
-    use std::rc::Rc;
+    use std::sync::Arc;
 
     #[test]
     fn snapshots_merge_into_totals() {
         let hub = StatsHub::new(2);
         for shard in 0..2 {
             let mut s = ShardStats::default();
-            let mut r = RequestRecord::new(1, shard, Instant::now());
+            let mut r = RequestRecord::new(Default::default(), shard, Instant::now());
             r.status = 200;
-            r.provider = Some(Rc::from("mock"));
+            r.provider = Some(Arc::from("mock"));
             r.usage = Usage {
                 input_tokens: Some(3),
                 output_tokens: Some(4),

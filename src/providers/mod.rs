@@ -18,6 +18,7 @@ use crate::config::{Config, ProviderConfig, ProviderKind, Scheme};
 use crate::fasthash::FastMap;
 use crate::upstream::{Endpoint, tls};
 use std::rc::Rc;
+use std::sync::Arc;
 use usage::UsageShape;
 
 /// Endpoints of the OpenAI-compatible unified API, as the client names them
@@ -57,7 +58,8 @@ fn adapter(kind: ProviderKind) -> &'static dyn Adapter {
 
 /// A provider as a shard sees it: built once at start, shared by `Rc`.
 pub struct Provider {
-    pub name: Rc<str>,
+    /// Shared with the request records (which cross to the log thread).
+    pub name: Arc<str>,
     /// Where its connections go (the pool key is the provider's name).
     pub endpoint: Endpoint,
     adapter: &'static dyn Adapter,
@@ -108,14 +110,14 @@ impl Provider {
         // Certificates were validated when the config was parsed.
         let tls = (url.scheme == Scheme::Https)
             .then(|| tls::config_for(&config.extra_roots).unwrap_or_else(|_| tls::client_config()));
-        let name: Rc<str> = Rc::from(config.name.as_str());
+        let name: Arc<str> = Arc::from(config.name.as_str());
         Provider {
             unified_paths: UNIFIED_ENDPOINTS
                 .iter()
                 .map(|e| Rc::from(adapter.unified_path(&url.path, e)))
                 .collect(),
             endpoint: Endpoint {
-                name: name.clone(),
+                name: Rc::from(config.name.as_str()),
                 host: url.host.clone(),
                 port: url.port,
                 authority: url.authority.clone(),

@@ -2,13 +2,14 @@
 //!
 //! ```text
 //!   read     conn            head and body off the wire (before `handle`)
+//! 0 controls controls        aigw-*/cf-aig-* headers: metadata, event id, collect-log
 //! 1 route    route           path + model -> provider, upstream path, body to send
 //! 2 attempt  attempt         connection, request sent, response head read; never
 //!                            touches the client (a stale pooled connection is
 //!                            retried once; a client that leaves cancels it)
 //! 3 relay    relay + taps    the body streamed to the client; usage read on the way
 //! 4 settle   here            usage, timings, the connection back to the pool
-//! 5 record   record()        the request record counted (stats; the log later)
+//! 5 record   record()        the record counted (stats) and handed to the request log
 //! ```
 //!
 //! Authentication, admission and the cache lookup slot in between 1 and 2, the
@@ -21,14 +22,15 @@ use super::attempt::{self, AttemptRequest, UpstreamReply};
 use super::client::{ClientConn, Incoming, Unreadable};
 use super::forward::{self, Upstream};
 use super::relay::{self, Ending, Framing};
-use super::respond::{self, ClientFraming, ClientHead, RequestId};
+use super::respond::{self, ClientFraming, ClientHead};
 use super::shard::ShardCtx;
-use super::taps::{Tap, UsageTap};
+use super::taps::{PayloadTap, Tap, UsageTap};
+use crate::controls;
 use crate::error::{ErrorSource, GatewayError};
 use crate::http::ReadBuf;
 use crate::http::response::ResponseBody;
 use crate::net::read_some_tcp;
-use crate::record::{Outcome, RequestRecord};
+use crate::record::{LogFacts, Outcome, Payload, RequestRecord};
 use crate::route::{self, Plan, Routed};
 use futures_lite::AsyncWriteExt;
 use futures_lite::future::FutureExt;
@@ -43,17 +45,21 @@ pub const CLIENT_WATCH_AFTER: Duration = Duration::from_millis(100);
 
 /// Runs one request through every stage; returns whether the connection stays open.
 pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool {
-    let mut rec = RequestRecord::new(ctx.next_request_id(), ctx.shard, req.started);
+    let mut rec = RequestRecord::new(ctx.new_request_id(), ctx.shard, req.started);
     rec.bytes_in = req.consumed as u64;
     let keep_alive = c.head.keep_alive && !ctx.draining.get();
+
+    // 0. controls, and what the request log will keep of this request
+    if let Err(e) = controls(ctx, c, req, &mut rec) {
+        return answer_error(ctx, c, rec, &e, keep_alive).await;
+    }
 
     // 1. route
     let plan = match plan(ctx, c, req, &mut rec) {
         Ok(Routed::Upstream(plan)) => plan,
         Ok(Routed::Health) => {
             c.out.clear();
-            let id = request_id(ctx, &rec);
-            respond::health(&mut c.out, c.head.http10, keep_alive, c.head.method, id);
+            respond::health(&mut c.out, c.head.http10, keep_alive, c.head.method, rec.id);
             rec.status = 200;
             return answer(ctx, c, rec, keep_alive).await;
         }
@@ -106,6 +112,10 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         };
         UsageTap::json(shape, length, &mut c.scratch)
     };
+    // Last in the chain, so it keeps what the client receives.
+    let mut payload = payload_cap(ctx)
+        .filter(|_| rec.log.is_some())
+        .map(PayloadTap::new);
     let framing = Framing {
         body: rh.body(),
         client: ClientFraming::for_body(rh.body(), usage.rewrites(), c.head.http10),
@@ -120,7 +130,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         http10: c.head.http10,
         keep_alive: keep,
         method: c.head.method,
-        id: request_id(ctx, &rec),
+        id: rec.id,
         provider: rec.provider.as_deref(),
         model: rec.model.as_deref(),
         pre_upstream,
@@ -129,13 +139,25 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
     };
     respond::provider_head(&mut c.out, &head, rh, reply.conn.buf.filled());
     reply.conn.buf.consume(rh.head_len);
+    let mut chain: [&mut dyn Tap; 2];
+    let mut only_usage: [&mut dyn Tap; 1];
+    let taps: &mut [&mut dyn Tap] = match payload.as_mut() {
+        Some(p) => {
+            chain = [&mut usage, p];
+            &mut chain
+        }
+        None => {
+            only_usage = [&mut usage];
+            &mut only_usage
+        }
+    };
     let relayed = relay::relay(
         &mut c.stream,
         &mut c.out,
         &mut c.decoded,
         reply.conn,
         framing,
-        &mut [&mut usage],
+        taps,
         ctx.config.timeouts.stream_idle,
         reply.sent_at + reply.ttfb,
     )
@@ -144,6 +166,9 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
     // 4. settle
     rec.usage = usage.usage();
     rec.ttft = usage.first_event().map(|t| t.duration_since(req.started));
+    if let (Some(p), Some(log)) = (payload, rec.log.as_mut()) {
+        log.response_body = Some(p.into_payload());
+    }
     rec.bytes_out = relayed.bytes_out;
     rec.gateway = pre_upstream + relayed.last_read.elapsed();
     rec.outcome = match relayed.ending {
@@ -165,8 +190,60 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
 /// Answers a request that could not be read (a framing error, a timeout) like
 /// any other error; the connection then closes.
 pub async fn reject(ctx: &ShardCtx, c: &mut ClientConn, u: Unreadable) {
-    let rec = RequestRecord::new(ctx.next_request_id(), ctx.shard, u.started);
+    let mut rec = RequestRecord::new(ctx.new_request_id(), ctx.shard, u.started);
+    if ctx.logging() {
+        // What could be read of it: the path, if the head got that far.
+        let window = c.buf.filled();
+        let path = c
+            .head
+            .target
+            .get(window.get(..c.head.head_len).unwrap_or_default());
+        rec.log = Some(Box::new(LogFacts {
+            path: String::from_utf8_lossy(path).into_owned(),
+            ..LogFacts::default()
+        }));
+    }
     answer_error(ctx, c, rec, &u.error, false).await;
+}
+
+/// Stage 0: the request controls. When the request log will keep this request
+/// (logging on, and no `collect-log: false`), the record gathers what the log
+/// needs: path, user agent, event id, metadata, and the body when payloads are on.
+fn controls(
+    ctx: &ShardCtx,
+    c: &ClientConn,
+    req: &Incoming,
+    rec: &mut RequestRecord,
+) -> Result<(), GatewayError> {
+    let view = req.view(&c.head, &c.buf, &c.body);
+    let read = controls::read(&view);
+    if !ctx.logging() || read.as_ref().is_ok_and(|c| !c.collect_log) {
+        return read.map(drop);
+    }
+    let mut facts = LogFacts {
+        path: String::from_utf8_lossy(view.target()).into_owned(),
+        ..LogFacts::default()
+    };
+    if let Some(cap) = payload_cap(ctx) {
+        facts.request_body = Some(Payload::capped(view.body, cap));
+    }
+    let result = match read {
+        Ok(controls) => {
+            facts.user_agent = controls.user_agent;
+            facts.event_id = controls.event_id;
+            facts.metadata = controls.metadata;
+            Ok(())
+        }
+        Err(e) => Err(e),
+    };
+    rec.log = Some(Box::new(facts));
+    result
+}
+
+/// The payload cap when the bodies of a request the log keeps are kept too.
+fn payload_cap(ctx: &ShardCtx) -> Option<usize> {
+    let logs = &ctx.config.logs;
+    (ctx.logging() && logs.payloads).then_some(logs.payload_max)
 }
 
 /// Stage 1: the route, then the plan; the record learns the route kind, the
@@ -215,7 +292,8 @@ async fn attempts(
         method: plan.method,
         path: &plan.path,
         body: &c.up_out[body_at..],
-        request_id: rec.id,
+        // The in-process mock names its replies after the request.
+        request_id: rec.id.0 as u64,
     };
     let rhead = &mut c.rhead;
     let tries = async {
@@ -266,13 +344,6 @@ async fn client_gone(stream: &mut TcpStream, buf: &mut ReadBuf, max_window: usiz
     }
 }
 
-fn request_id<'a>(ctx: &'a ShardCtx, rec: &RequestRecord) -> RequestId<'a> {
-    RequestId {
-        prefix: &ctx.id_prefix,
-        n: rec.id,
-    }
-}
-
 /// Answers with a gateway error (the one place such a response is written).
 async fn answer_error(
     ctx: &ShardCtx,
@@ -285,13 +356,7 @@ async fn answer_error(
     // began meanwhile, this answer is the connection's last.
     let keep_alive = keep_alive && !e.close && !ctx.draining.get();
     c.out.clear();
-    respond::error(
-        &mut c.out,
-        e,
-        c.head.http10,
-        keep_alive,
-        request_id(ctx, &rec),
-    );
+    respond::error(&mut c.out, e, c.head.http10, keep_alive, rec.id);
     rec.status = e.status;
     rec.error_source = Some(e.source);
     rec.error_code = Some(e.code);
@@ -299,7 +364,8 @@ async fn answer_error(
     answer(ctx, c, rec, keep_alive).await
 }
 
-/// Writes the whole response in `c.out`, then records.
+/// Writes the whole response in `c.out`, then records (with the body as the
+/// response payload, when payloads are kept).
 async fn answer(
     ctx: &ShardCtx,
     c: &mut ClientConn,
@@ -307,6 +373,12 @@ async fn answer(
     keep_alive: bool,
 ) -> bool {
     rec.bytes_out = c.out.len() as u64;
+    if let Some(cap) = payload_cap(ctx)
+        && let Some(log) = rec.log.as_mut()
+    {
+        let body_at = memchr::memmem::find(&c.out, b"\r\n\r\n").map_or(c.out.len(), |i| i + 4);
+        log.response_body = Some(Payload::capped(&c.out[body_at..], cap));
+    }
     let written = c.stream.write_all(&c.out).await.is_ok();
     c.out.clear();
     if !written && rec.outcome == Outcome::Completed {
@@ -322,5 +394,5 @@ fn record(ctx: &ShardCtx, mut rec: RequestRecord) {
     if rec.gateway.is_zero() {
         rec.gateway = rec.total;
     }
-    ctx.record(&rec);
+    ctx.record(rec);
 }

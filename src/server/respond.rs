@@ -9,6 +9,7 @@ use crate::error::{GatewayError, provider_reason};
 use crate::http::request::Method;
 use crate::http::response::{ResponseBody, ResponseHead};
 use crate::http::{is_hop_by_hop, push_decimal, tokens};
+use crate::reqid::RequestId;
 use std::time::Duration;
 
 /// Longest model name echoed in `aigw-model`; a longer one (which no provider
@@ -38,20 +39,11 @@ impl ClientFraming {
     }
 }
 
-/// `aigw-request-id`: the shard's prefix and the request's number.
-#[derive(Clone, Copy, Debug)]
-pub struct RequestId<'a> {
-    pub prefix: &'a str,
-    pub n: u64,
-}
-
-impl RequestId<'_> {
-    fn push(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"aigw-request-id: ");
-        out.extend_from_slice(self.prefix.as_bytes());
-        push_decimal(out, self.n);
-        out.extend_from_slice(b"\r\n");
-    }
+/// Writes the `aigw-request-id` header line.
+fn push_id(out: &mut Vec<u8>, id: RequestId) {
+    out.extend_from_slice(b"aigw-request-id: ");
+    out.extend_from_slice(&id.to_text());
+    out.extend_from_slice(b"\r\n");
 }
 
 /// What the client side of a response head depends on, besides the provider's head.
@@ -60,7 +52,7 @@ pub struct ClientHead<'a> {
     pub keep_alive: bool,
     /// The request's method (a HEAD answer keeps the provider's length).
     pub method: Method,
-    pub id: RequestId<'a>,
+    pub id: RequestId,
     pub provider: Option<&'a str>,
     pub model: Option<&'a str>,
     /// Gateway time before the request went upstream.
@@ -97,7 +89,7 @@ pub fn provider_head(out: &mut Vec<u8>, h: &ClientHead<'_>, rh: &ResponseHead, w
         out.extend_from_slice(x.value.get(window));
         out.extend_from_slice(b"\r\n");
     }
-    h.id.push(out);
+    push_id(out, h.id);
     if let Some(p) = h.provider {
         out.extend_from_slice(b"aigw-provider: ");
         out.extend_from_slice(p.as_bytes());
@@ -138,34 +130,22 @@ pub fn provider_head(out: &mut Vec<u8>, h: &ClientHead<'_>, rh: &ResponseHead, w
 }
 
 /// Writes a whole gateway error response.
-pub fn error(
-    out: &mut Vec<u8>,
-    e: &GatewayError,
-    http10: bool,
-    keep_alive: bool,
-    id: RequestId<'_>,
-) {
-    let mut id_line = Vec::with_capacity(48);
-    id.push(&mut id_line);
-    // Request ids are ASCII (hex prefix, decimal number).
+pub fn error(out: &mut Vec<u8>, e: &GatewayError, http10: bool, keep_alive: bool, id: RequestId) {
+    let mut id_line = Vec::with_capacity(60);
+    push_id(&mut id_line, id);
+    // Request ids are ASCII (hex digits and dashes).
     let id_line = std::str::from_utf8(&id_line).unwrap_or_default();
     e.write_response(out, http10, keep_alive, id_line);
 }
 
 /// Writes the whole `GET /healthz` answer.
-pub fn health(
-    out: &mut Vec<u8>,
-    http10: bool,
-    keep_alive: bool,
-    method: Method,
-    id: RequestId<'_>,
-) {
+pub fn health(out: &mut Vec<u8>, http10: bool, keep_alive: bool, method: Method, id: RequestId) {
     const BODY: &[u8] = b"{\"status\":\"ok\"}";
     status_line(out, http10, 200, b"OK");
     out.extend_from_slice(b"content-type: application/json\r\ncontent-length: ");
     push_decimal(out, BODY.len() as u64);
     out.extend_from_slice(b"\r\n");
-    id.push(out);
+    push_id(out, id);
     connection(out, http10, keep_alive);
     out.extend_from_slice(b"\r\n");
     if method != Method::Head {
@@ -219,10 +199,7 @@ mod tests {
             http10: false,
             keep_alive: true,
             method,
-            id: RequestId {
-                prefix: "ab-0-",
-                n: 7,
-            },
+            id: RequestId(0x0190_1234_5678_7abc_8def_0123_4567_89ab),
             provider: Some("up"),
             model,
             pre_upstream: Duration::from_micros(1234),
@@ -243,7 +220,7 @@ mod tests {
         );
         assert_eq!(
             s,
-            "HTTP/1.1 200 OK\r\nX-Req: 1\r\naigw-request-id: ab-0-7\r\naigw-provider: up\r\naigw-model: gpt\r\nserver-timing: gateway;dur=1.234, upstream;dur=0.005\r\ncontent-length: 2\r\n\r\n"
+            "HTTP/1.1 200 OK\r\nX-Req: 1\r\naigw-request-id: 01901234-5678-7abc-8def-0123456789ab\r\naigw-provider: up\r\naigw-model: gpt\r\nserver-timing: gateway;dur=1.234, upstream;dur=0.005\r\ncontent-length: 2\r\n\r\n"
         );
     }
 
@@ -296,15 +273,21 @@ mod tests {
 
     #[test]
     fn health_and_errors_carry_the_request_id() {
-        let id = RequestId { prefix: "p-", n: 3 };
+        let id = RequestId(3);
         let mut out = Vec::new();
         health(&mut out, true, true, Method::Get, id);
         let s = String::from_utf8(out).unwrap();
-        assert!(s.starts_with("HTTP/1.0 200 OK\r\n") && s.contains("aigw-request-id: p-3\r\n"));
+        assert!(
+            s.starts_with("HTTP/1.0 200 OK\r\n")
+                && s.contains("aigw-request-id: 00000000-0000-0000-0000-000000000003\r\n")
+        );
         assert!(s.contains("connection: keep-alive\r\n") && s.ends_with("{\"status\":\"ok\"}"));
         let mut out = Vec::new();
         error(&mut out, &GatewayError::not_found("x"), false, false, id);
         let s = String::from_utf8(out).unwrap();
-        assert!(s.contains("aigw-request-id: p-3\r\n") && s.contains("connection: close\r\n"));
+        assert!(
+            s.contains("aigw-request-id: 00000000-0000-0000-0000-000000000003\r\n")
+                && s.contains("connection: close\r\n")
+        );
     }
 }

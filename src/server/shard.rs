@@ -6,7 +6,8 @@
 use crate::config::Config;
 use crate::http::request::HeadLimits;
 use crate::providers::{self, Providers};
-use crate::record::RequestRecord;
+use crate::record::{Outcome, RequestRecord};
+use crate::reqid::{IdGen, RequestId, now_unix_ms};
 use crate::stats::{Gauges, ShardStats, Snapshot};
 use crate::upstream::dns::Resolver;
 use crate::upstream::pool::Pool;
@@ -14,6 +15,7 @@ use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::mpsc::SyncSender;
 use std::task::{Context, Poll, Waker};
 
 /// A live client connection as the drain logic sees it.
@@ -70,9 +72,10 @@ pub struct ShardCtx {
     /// Client connections accepted since start (a gauge, not a request count).
     accepted: Cell<u64>,
     pub draining: Cell<bool>,
-    /// Prefix of `aigw-request-id`: process start and shard.
-    pub id_prefix: String,
-    next_request: Cell<u64>,
+    /// Request ids (UUIDv7) and the shard's cheap randomness (log sampling).
+    ids: RefCell<IdGen>,
+    /// Finished records the request log keeps go here (`None`: logs are off).
+    log: Option<SyncSender<RequestRecord>>,
     /// Live connections: a slab indexed by connection id, with a free list.
     conns: RefCell<Slab>,
 }
@@ -82,7 +85,7 @@ impl ShardCtx {
         shard: usize,
         config: Arc<Config>,
         resolver: Arc<Resolver>,
-        boot_id: u32,
+        log: Option<SyncSender<RequestRecord>>,
     ) -> ShardCtx {
         let providers = providers::build(&config);
         ShardCtx {
@@ -99,21 +102,39 @@ impl ShardCtx {
             stats: RefCell::new(ShardStats::default()),
             accepted: Cell::new(0),
             draining: Cell::new(false),
-            id_prefix: format!("{boot_id:08x}-{shard}-"),
-            next_request: Cell::new(1),
+            ids: RefCell::new(IdGen::new(shard)),
+            log,
             conns: RefCell::new(Slab::default()),
         }
     }
 
-    pub fn next_request_id(&self) -> u64 {
-        let id = self.next_request.get();
-        self.next_request.set(id + 1);
-        id
+    /// A fresh request id (UUIDv7, stamped now).
+    pub fn new_request_id(&self) -> RequestId {
+        self.ids.borrow_mut().id(now_unix_ms())
     }
 
-    /// The record is final: count it. (Logs will read it here too.)
-    pub fn record(&self, rec: &RequestRecord) {
-        self.stats.borrow_mut().record(rec);
+    /// Whether the request log is on (then requests gather log facts).
+    pub fn logging(&self) -> bool {
+        self.log.is_some()
+    }
+
+    /// The record is final: count it, then hand it to the request log if the
+    /// log keeps it (errors always; successes at `logs.sample`). The shard never
+    /// waits: a full queue drops the row and counts the drop.
+    pub fn record(&self, rec: RequestRecord) {
+        self.stats.borrow_mut().record(&rec);
+        let Some(log) = &self.log else { return };
+        if rec.log.is_none() {
+            return;
+        }
+        let sample = self.config.logs.sample;
+        let failed = rec.status >= 400 || rec.outcome != Outcome::Completed;
+        if !failed && sample < 1.0 && self.ids.borrow_mut().unit() >= sample {
+            return;
+        }
+        if log.try_send(rec).is_err() {
+            self.stats.borrow_mut().log_dropped();
+        }
     }
 
     /// The stats since the last snapshot, with the shard's gauges.

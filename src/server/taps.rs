@@ -1,11 +1,11 @@
 //! Taps: what watches (and may rewrite) a provider's body on its way to the
 //! client. The relay feeds every decoded chunk through the chain in order and
 //! ends it with [`Tap::finish`], so a tap commits only on a [`End::Complete`]
-//! body. Today's tap reads token usage; the cache fill and stream translation
-//! join the chain later.
+//! body. Today's taps read token usage and keep the response payload for the
+//! request log; the cache fill and stream translation join the chain later.
 
 use crate::providers::usage::{JsonScratch, JsonTail, SseTap, UsageShape, usage_from_json};
-use crate::record::Usage;
+use crate::record::{Payload, Usage};
 use std::time::Instant;
 
 /// How a body ended.
@@ -183,6 +183,37 @@ impl Tap for UsageTap<'_> {
     }
 }
 
+/// Keeps the body as it passes (what the client receives, when it runs last),
+/// up to a cap: the request log's response payload.
+pub struct PayloadTap {
+    cap: usize,
+    kept: Payload,
+}
+
+impl PayloadTap {
+    pub fn new(cap: usize) -> PayloadTap {
+        PayloadTap {
+            cap,
+            kept: Payload::default(),
+        }
+    }
+
+    pub fn into_payload(self) -> Payload {
+        self.kept
+    }
+}
+
+impl Tap for PayloadTap {
+    fn chunk<'a>(&'a mut self, data: &'a [u8]) -> &'a [u8] {
+        self.kept.push(data, self.cap);
+        data
+    }
+
+    fn finish(&mut self, _end: End) -> &[u8] {
+        &[]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,6 +250,21 @@ mod tests {
         });
         assert_eq!(tap.usage().input_tokens, Some(7));
         assert!(!tap.rewrites());
+    }
+
+    #[test]
+    fn the_payload_tap_keeps_what_passes_up_to_its_cap() {
+        let mut usage = UsageTap::sse(&openai::USAGE, true);
+        let mut keep = PayloadTap::new(16);
+        let stream = b"data: {\"choices\":[{}]}\n\ndata: {\"choices\":[],\"usage\":{\"completion_tokens\":1}}\n\n";
+        {
+            let mut chain: [&mut dyn Tap; 2] = [&mut usage, &mut keep];
+            through(&mut chain, stream);
+            finish(&mut chain, End::Complete, |_| {});
+        }
+        let p = keep.into_payload();
+        assert_eq!(p.bytes, b"data: {\"choices\"");
+        assert!(p.truncated);
     }
 
     #[test]

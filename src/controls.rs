@@ -1,0 +1,272 @@
+//! Request controls: the `aigw-*` request headers (each also accepted as
+//! `cf-aig-*`, so code written for Cloudflare AI Gateway works unchanged) that
+//! steer what the gateway does with one request, read once into typed values.
+//!
+//! A stage right after routing. Today: `metadata` (a flat JSON object of at
+//! most [`MAX_METADATA_ENTRIES`] strings, numbers or booleans), `event-id`
+//! (stored as given) and `collect-log` (`false` keeps the request out of the
+//! log). Anything malformed is a 400 that says why. Also picks up the one
+//! header value the log keeps, `User-Agent`. Cache and retry controls join here.
+
+use crate::error::GatewayError;
+use crate::http::request::RequestView;
+use crate::json;
+use crate::record::{MetaValue, Metadata};
+
+/// Most metadata entries (Cloudflare's limit).
+pub const MAX_METADATA_ENTRIES: usize = 5;
+/// Longest metadata key or string value, in bytes.
+pub const MAX_METADATA_TEXT: usize = 256;
+/// Longest event id, in bytes.
+pub const MAX_EVENT_ID: usize = 256;
+/// Longest user agent kept, in bytes (longer ones are cut).
+pub const MAX_USER_AGENT: usize = 512;
+
+/// What the controls of one request ask for.
+#[derive(Debug, Default, PartialEq)]
+pub struct Controls {
+    pub metadata: Option<Metadata>,
+    pub event_id: Option<String>,
+    /// `false` when the client asked not to be logged.
+    pub collect_log: bool,
+    pub user_agent: Option<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Control {
+    Metadata,
+    EventId,
+    CollectLog,
+}
+
+/// Which control a header names, if any (either prefix, any case).
+fn control_of(name: &[u8]) -> Option<Control> {
+    let rest = strip_prefix_ci(name, b"aigw-").or_else(|| strip_prefix_ci(name, b"cf-aig-"))?;
+    if rest.eq_ignore_ascii_case(b"metadata") {
+        Some(Control::Metadata)
+    } else if rest.eq_ignore_ascii_case(b"event-id") {
+        Some(Control::EventId)
+    } else if rest.eq_ignore_ascii_case(b"collect-log") {
+        Some(Control::CollectLog)
+    } else {
+        None
+    }
+}
+
+fn strip_prefix_ci<'a>(name: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
+    (name.len() >= prefix.len() && name[..prefix.len()].eq_ignore_ascii_case(prefix))
+        .then(|| &name[prefix.len()..])
+}
+
+fn bad(code: &'static str, message: String) -> GatewayError {
+    GatewayError::bad_request(code, message)
+}
+
+/// The stage: reads every control header of `req`.
+pub fn read(req: &RequestView<'_>) -> Result<Controls, GatewayError> {
+    let mut c = Controls {
+        collect_log: true,
+        ..Controls::default()
+    };
+    let mut seen = [false; 3];
+    for h in &req.head.headers {
+        let name = h.name.get(req.window);
+        let value = h.value.get(req.window);
+        if name.eq_ignore_ascii_case(b"user-agent") {
+            let cut = &value[..value.len().min(MAX_USER_AGENT)];
+            c.user_agent = Some(String::from_utf8_lossy(cut).into_owned());
+            continue;
+        }
+        let Some(control) = control_of(name) else {
+            continue;
+        };
+        let shown = String::from_utf8_lossy(name).to_ascii_lowercase();
+        if std::mem::replace(&mut seen[control as usize], true) {
+            return Err(bad(
+                "duplicate_header",
+                format!(
+                    "`{shown}` is given more than once (aigw-* and cf-aig-* name the same control); send it once"
+                ),
+            ));
+        }
+        match control {
+            Control::Metadata => c.metadata = Some(metadata(value, &shown)?),
+            Control::EventId => {
+                let id = std::str::from_utf8(value)
+                    .ok()
+                    .filter(|v| v.len() <= MAX_EVENT_ID && !v.is_empty())
+                    .ok_or_else(|| {
+                        bad(
+                            "invalid_event_id",
+                            format!("`{shown}` must be 1 to {MAX_EVENT_ID} bytes of UTF-8 text"),
+                        )
+                    })?;
+                c.event_id = Some(id.to_string());
+            }
+            Control::CollectLog => {
+                c.collect_log = match value {
+                    v if v.eq_ignore_ascii_case(b"true") => true,
+                    v if v.eq_ignore_ascii_case(b"false") => false,
+                    _ => {
+                        return Err(bad(
+                            "invalid_collect_log",
+                            format!("`{shown}` must be true or false"),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(c)
+}
+
+/// Parses a metadata header: a flat JSON object, at most five entries, each a
+/// string, number or boolean.
+fn metadata(value: &[u8], header: &str) -> Result<Metadata, GatewayError> {
+    let fail = |why: &str| {
+        bad(
+            "invalid_metadata",
+            format!(
+                "`{header}` must be a flat JSON object of at most {MAX_METADATA_ENTRIES} entries whose values are strings, numbers or booleans: {why}"
+            ),
+        )
+    };
+    let start = json::skip_ws(value, 0);
+    if value.get(start) != Some(&b'{') {
+        return Err(fail("it is not a JSON object"));
+    }
+    let mut entries: Vec<(String, MetaValue)> = Vec::new();
+    let mut problem: Option<String> = None;
+    let end = json::for_each_member(value, start, |raw_key, range| {
+        if problem.is_some() {
+            return;
+        }
+        let mut quoted = Vec::with_capacity(raw_key.len() + 2);
+        quoted.push(b'"');
+        quoted.extend_from_slice(raw_key);
+        quoted.push(b'"');
+        let Some(key) = json::string_value(&quoted).map(|k| k.into_owned()) else {
+            problem = Some("a key is not a valid JSON string".into());
+            return;
+        };
+        let raw = &value[range];
+        let v = match raw.first() {
+            Some(b'"') => match json::string_value(raw) {
+                Some(s) => MetaValue::Str(s.into_owned()),
+                None => {
+                    problem = Some(format!("the value of `{key}` is not a valid JSON string"));
+                    return;
+                }
+            },
+            Some(b't') if raw == b"true" => MetaValue::Bool(true),
+            Some(b'f') if raw == b"false" => MetaValue::Bool(false),
+            Some(b'-' | b'0'..=b'9') if json::is_number(raw) => {
+                MetaValue::Num(String::from_utf8_lossy(raw).into_owned())
+            }
+            Some(b'{' | b'[') => {
+                problem = Some(format!(
+                    "`{key}` holds an object or array (nesting is not allowed)"
+                ));
+                return;
+            }
+            _ => {
+                problem = Some(format!("`{key}` is not a string, number or boolean"));
+                return;
+            }
+        };
+        if key.is_empty() || key.len() > MAX_METADATA_TEXT {
+            problem = Some(format!("keys must be 1 to {MAX_METADATA_TEXT} bytes"));
+        } else if matches!(&v, MetaValue::Str(s) if s.len() > MAX_METADATA_TEXT) {
+            problem = Some(format!(
+                "the value of `{key}` is longer than {MAX_METADATA_TEXT} bytes"
+            ));
+        } else if entries.iter().any(|(k, _)| *k == key) {
+            problem = Some(format!("`{key}` appears more than once"));
+        } else {
+            entries.push((key, v));
+        }
+    })
+    .map_err(fail)?;
+    if let Some(p) = problem {
+        return Err(fail(&p));
+    }
+    if json::skip_ws(value, end) != value.len() {
+        return Err(fail("there is data after the object"));
+    }
+    if entries.len() > MAX_METADATA_ENTRIES {
+        return Err(fail(&format!("it has {} entries", entries.len())));
+    }
+    Ok(Metadata(entries))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::request::{HeadLimits, RequestHead, parse_request};
+
+    fn controls(headers: &str) -> Result<Controls, GatewayError> {
+        let raw = format!("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n{headers}\r\n");
+        let mut head = RequestHead::default();
+        let limits = HeadLimits {
+            max_head_bytes: 16 << 10,
+            max_headers: 64,
+            max_body_bytes: 1 << 20,
+        };
+        parse_request(raw.as_bytes(), &limits, &mut head).unwrap();
+        read(&RequestView {
+            head: &head,
+            window: raw.as_bytes(),
+            body: b"",
+        })
+    }
+
+    #[test]
+    fn controls_are_read_under_either_prefix() {
+        let c = controls(
+            "aigw-metadata: {\"user\":\"ann\",\"n\":-1.5e3,\"vip\":true}\r\ncf-aig-event-id: ev-1\r\nCF-AIG-Collect-Log: false\r\nUser-Agent: sdk/1\r\n",
+        )
+        .unwrap();
+        let m = c.metadata.unwrap();
+        assert_eq!(
+            m.0,
+            vec![
+                ("user".into(), MetaValue::Str("ann".into())),
+                ("n".into(), MetaValue::Num("-1.5e3".into())),
+                ("vip".into(), MetaValue::Bool(true)),
+            ]
+        );
+        assert_eq!(m.to_json(), r#"{"user":"ann","n":-1.5e3,"vip":true}"#);
+        assert_eq!(c.event_id.as_deref(), Some("ev-1"));
+        assert!(!c.collect_log);
+        assert_eq!(c.user_agent.as_deref(), Some("sdk/1"));
+        assert!(controls("").unwrap().collect_log);
+    }
+
+    #[test]
+    fn bad_controls_are_400s_that_say_why() {
+        for (header, says) in [
+            ("aigw-metadata: [1]", "not a JSON object"),
+            ("aigw-metadata: {\"a\":{\"b\":1}}", "nesting"),
+            (
+                "aigw-metadata: {\"a\":null}",
+                "not a string, number or boolean",
+            ),
+            (
+                "aigw-metadata: {\"a\":1,\"b\":2,\"c\":3,\"d\":4,\"e\":5,\"f\":6}",
+                "6 entries",
+            ),
+            ("aigw-metadata: {\"a\":1,\"a\":2}", "more than once"),
+            (
+                "aigw-metadata: {\"a\":1-2}",
+                "not a string, number or boolean",
+            ),
+            ("aigw-metadata: {\"a\":1} x", "after the object"),
+            ("aigw-collect-log: maybe", "true or false"),
+            ("aigw-event-id: x\r\ncf-aig-event-id: y", "more than once"),
+        ] {
+            let e = controls(&format!("{header}\r\n")).unwrap_err();
+            assert_eq!(e.status, 400, "{header}");
+            assert!(e.message.contains(says), "{header}: {}", e.message);
+        }
+    }
+}

@@ -1,0 +1,497 @@
+//! Reading the log: the filters of `aigw logs` and `GET /logs` (Cloudflare's,
+//! by the same names), newest first, and the two ways a row is shown (a table
+//! line for people, JSON for programs).
+
+use super::time::{format_ms, parse_time};
+use crate::error::push_json_string;
+use rusqlite::types::Value;
+use rusqlite::{Connection, OptionalExtension};
+use std::fmt::Write as _;
+use std::time::Duration;
+
+/// Rows returned when no `--limit` is given.
+pub const DEFAULT_LIMIT: usize = 50;
+/// Most rows one query returns.
+pub const MAX_LIMIT: usize = 100_000;
+
+/// `--status`: one code, or a class (`4xx`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Code(u16),
+    Class(u16),
+}
+
+/// What `aigw logs` selects. Every field narrows; an empty filter selects all.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Filter {
+    pub status: Option<Status>,
+    pub source: Option<String>,
+    pub cache: Option<String>,
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    pub meta: Vec<(String, String)>,
+    pub id: Option<String>,
+    pub event_id: Option<String>,
+    /// Rows whose user agent contains this.
+    pub user_agent: Option<String>,
+    pub min_cost: Option<f64>,
+    pub max_cost: Option<f64>,
+    /// Input plus output tokens.
+    pub min_tokens: Option<u64>,
+    pub max_tokens: Option<u64>,
+    /// Total time.
+    pub min_duration: Option<Duration>,
+    pub max_duration: Option<Duration>,
+    /// Arrival time, Unix milliseconds (inclusive).
+    pub since: Option<u64>,
+    /// Arrival time, Unix milliseconds (exclusive).
+    pub until: Option<u64>,
+    /// Only rows stored after this one (`--follow`).
+    pub after_seq: Option<i64>,
+    pub limit: usize,
+}
+
+impl Filter {
+    /// Builds a filter from `(name, value)` pairs named as the CLI flags are
+    /// (without `--`): `status`, `source`, `meta`, `since`, ... `now_ms` anchors
+    /// relative times. Unknown names and bad values are errors that say so.
+    pub fn from_pairs<'a>(
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+        now_ms: u64,
+    ) -> Result<Filter, String> {
+        let mut f = Filter {
+            limit: DEFAULT_LIMIT,
+            ..Filter::default()
+        };
+        for (name, v) in pairs {
+            let num = |what: &str| -> Result<u64, String> {
+                v.parse()
+                    .map_err(|_| format!("{name}: `{v}` is not {what}"))
+            };
+            let dur = || -> Result<Duration, String> {
+                crate::config::parse_duration(v).map_err(|e| format!("{name}: {e}"))
+            };
+            let cost = || -> Result<f64, String> {
+                v.parse::<f64>()
+                    .ok()
+                    .filter(|c| c.is_finite())
+                    .ok_or_else(|| format!("{name}: `{v}` is not a number"))
+            };
+            match name {
+                "status" => f.status = Some(parse_status(v)?),
+                "source" => {
+                    if !matches!(v, "client" | "gateway" | "provider") {
+                        return Err(format!("source: `{v}` must be client, gateway or provider"));
+                    }
+                    f.source = Some(v.to_string());
+                }
+                "cache" => f.cache = Some(v.to_ascii_uppercase()),
+                "provider" => f.provider = Some(v.to_string()),
+                "model" => f.model = Some(v.to_string()),
+                "meta" => {
+                    let (k, val) = v
+                        .split_once('=')
+                        .ok_or_else(|| format!("meta: `{v}` must be KEY=VALUE"))?;
+                    f.meta.push((k.to_string(), val.to_string()));
+                }
+                "id" => f.id = Some(v.to_ascii_lowercase()),
+                "event-id" | "event_id" => f.event_id = Some(v.to_string()),
+                "user-agent" | "user_agent" => f.user_agent = Some(v.to_string()),
+                "min-cost" | "min_cost" => f.min_cost = Some(cost()?),
+                "max-cost" | "max_cost" => f.max_cost = Some(cost()?),
+                "min-tokens" | "min_tokens" => f.min_tokens = Some(num("a token count")?),
+                "max-tokens" | "max_tokens" => f.max_tokens = Some(num("a token count")?),
+                "min-duration" | "min_duration" => f.min_duration = Some(dur()?),
+                "max-duration" | "max_duration" => f.max_duration = Some(dur()?),
+                "since" => {
+                    f.since = Some(parse_time(v, now_ms).map_err(|e| format!("since: {e}"))?)
+                }
+                "until" => {
+                    f.until = Some(parse_time(v, now_ms).map_err(|e| format!("until: {e}"))?)
+                }
+                "limit" => {
+                    let n = num("a row count")? as usize;
+                    if n == 0 || n > MAX_LIMIT {
+                        return Err(format!("limit: use 1..={MAX_LIMIT}"));
+                    }
+                    f.limit = n;
+                }
+                other => return Err(format!("unknown filter `{other}`")),
+            }
+        }
+        Ok(f)
+    }
+
+    /// The WHERE clause and its parameters; the first `--meta` drives a join.
+    fn sql(&self) -> (String, Vec<Value>) {
+        let mut from = String::from("requests r");
+        let mut wheres: Vec<String> = Vec::new();
+        let mut args: Vec<Value> = Vec::new();
+        let arg = |v: Value, args: &mut Vec<Value>| {
+            args.push(v);
+            format!("?{}", args.len())
+        };
+        for (i, (k, v)) in self.meta.iter().enumerate() {
+            let (pk, pv) = (
+                arg(k.clone().into(), &mut args),
+                arg(v.clone().into(), &mut args),
+            );
+            if i == 0 {
+                // Newest first along meta_kv(key, value, ts).
+                from = "meta m JOIN requests r ON r.seq = m.seq".to_string();
+                wheres.push(format!("m.key = {pk} AND m.value = {pv}"));
+            } else {
+                wheres.push(format!(
+                    "EXISTS (SELECT 1 FROM meta x WHERE x.seq = r.seq AND x.key = {pk} AND x.value = {pv})"
+                ));
+            }
+        }
+        let ts = if self.meta.is_empty() { "r.ts" } else { "m.ts" };
+        match self.status {
+            Some(Status::Code(c)) => wheres.push(format!(
+                "r.status = {}",
+                arg(i64::from(c).into(), &mut args)
+            )),
+            Some(Status::Class(c)) => {
+                let lo = arg(i64::from(c * 100).into(), &mut args);
+                let hi = arg(i64::from(c * 100 + 99).into(), &mut args);
+                wheres.push(format!("r.status BETWEEN {lo} AND {hi}"));
+            }
+            None => {}
+        }
+        let mut eq = |col: &str, v: &Option<String>, args: &mut Vec<Value>| {
+            if let Some(v) = v {
+                wheres.push(format!("{col} = {}", arg(v.clone().into(), args)));
+            }
+        };
+        eq("r.error_source", &self.source, &mut args);
+        eq("r.cache", &self.cache, &mut args);
+        eq("r.provider", &self.provider, &mut args);
+        eq("r.model", &self.model, &mut args);
+        eq("r.id", &self.id, &mut args);
+        eq("r.event_id", &self.event_id, &mut args);
+        if let Some(ua) = &self.user_agent {
+            wheres.push(format!(
+                "instr(r.user_agent, {}) > 0",
+                arg(ua.clone().into(), &mut args)
+            ));
+        }
+        let mut range = |expr: &str, op: &str, v: Option<Value>, args: &mut Vec<Value>| {
+            if let Some(v) = v {
+                wheres.push(format!("{expr} {op} {}", arg(v, args)));
+            }
+        };
+        range("r.cost", ">=", self.min_cost.map(Value::from), &mut args);
+        range("r.cost", "<=", self.max_cost.map(Value::from), &mut args);
+        let tokens = "(coalesce(r.tokens_in, 0) + coalesce(r.tokens_out, 0))";
+        range(
+            tokens,
+            ">=",
+            self.min_tokens.map(|n| Value::from(n as i64)),
+            &mut args,
+        );
+        range(
+            tokens,
+            "<=",
+            self.max_tokens.map(|n| Value::from(n as i64)),
+            &mut args,
+        );
+        let us = |d: Duration| Value::from(d.as_micros() as i64);
+        range("r.total_us", ">=", self.min_duration.map(us), &mut args);
+        range("r.total_us", "<=", self.max_duration.map(us), &mut args);
+        range(
+            ts,
+            ">=",
+            self.since.map(|t| Value::from(t as i64)),
+            &mut args,
+        );
+        range(
+            ts,
+            "<",
+            self.until.map(|t| Value::from(t as i64)),
+            &mut args,
+        );
+        range("r.seq", ">", self.after_seq.map(Value::from), &mut args);
+        let mut sql = format!("SELECT {COLUMNS} FROM {from}");
+        if !wheres.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(&wheres.join(" AND "));
+        }
+        if self.after_seq.is_some() {
+            // Following: in the order rows were stored.
+            let _ = write!(sql, " ORDER BY r.seq ASC LIMIT {}", self.limit);
+        } else {
+            let _ = write!(sql, " ORDER BY {ts} DESC LIMIT {}", self.limit);
+        }
+        (sql, args)
+    }
+}
+
+fn parse_status(v: &str) -> Result<Status, String> {
+    let b = v.as_bytes();
+    if b.len() == 3 && (b'1'..=b'5').contains(&b[0]) && b[1..].eq_ignore_ascii_case(b"xx") {
+        return Ok(Status::Class(u16::from(b[0] - b'0')));
+    }
+    match v.parse::<u16>() {
+        Ok(c) if (100..=599).contains(&c) => Ok(Status::Code(c)),
+        _ => Err(format!(
+            "status: `{v}` must be a code like 429 or a class like 4xx"
+        )),
+    }
+}
+
+const COLUMNS: &str = "r.seq, r.id, r.ts, r.route, r.provider, r.model, r.path, r.status, r.error_source, \
+    r.error_code, r.outcome, r.stream, r.cache, r.gateway_us, r.upstream_us, r.ttft_us, r.total_us, \
+    r.tokens_in, r.tokens_out, r.tokens_cached, r.cost, r.bytes_in, r.bytes_out, r.user_agent, \
+    r.event_id, r.key_id, r.metadata";
+
+/// One stored request.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Row {
+    pub seq: i64,
+    pub id: String,
+    pub ts: i64,
+    pub route: String,
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    pub path: Option<String>,
+    pub status: i64,
+    pub error_source: Option<String>,
+    pub error_code: Option<String>,
+    pub outcome: String,
+    pub stream: bool,
+    pub cache: Option<String>,
+    pub gateway_us: i64,
+    pub upstream_us: Option<i64>,
+    pub ttft_us: Option<i64>,
+    pub total_us: i64,
+    pub tokens_in: Option<i64>,
+    pub tokens_out: Option<i64>,
+    pub tokens_cached: Option<i64>,
+    pub cost: Option<f64>,
+    pub bytes_in: i64,
+    pub bytes_out: i64,
+    pub user_agent: Option<String>,
+    pub event_id: Option<String>,
+    pub key_id: Option<String>,
+    /// The metadata object as JSON text.
+    pub metadata: Option<String>,
+}
+
+impl Row {
+    fn from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+        Ok(Row {
+            seq: r.get(0)?,
+            id: r.get(1)?,
+            ts: r.get(2)?,
+            route: r.get(3)?,
+            provider: r.get(4)?,
+            model: r.get(5)?,
+            path: r.get(6)?,
+            status: r.get(7)?,
+            error_source: r.get(8)?,
+            error_code: r.get(9)?,
+            outcome: r.get(10)?,
+            stream: r.get(11)?,
+            cache: r.get(12)?,
+            gateway_us: r.get(13)?,
+            upstream_us: r.get(14)?,
+            ttft_us: r.get(15)?,
+            total_us: r.get(16)?,
+            tokens_in: r.get(17)?,
+            tokens_out: r.get(18)?,
+            tokens_cached: r.get(19)?,
+            cost: r.get(20)?,
+            bytes_in: r.get(21)?,
+            bytes_out: r.get(22)?,
+            user_agent: r.get(23)?,
+            event_id: r.get(24)?,
+            key_id: r.get(25)?,
+            metadata: r.get(26)?,
+        })
+    }
+
+    /// One JSON object (a line of `--json` output).
+    pub fn to_json(&self) -> String {
+        let mut s = String::with_capacity(512);
+        let text = |s: &mut String, k: &str, v: Option<&str>| {
+            let _ = write!(s, ",\"{k}\":");
+            match v {
+                Some(v) => push_json_string(s, v),
+                None => s.push_str("null"),
+            }
+        };
+        let int = |s: &mut String, k: &str, v: Option<i64>| {
+            let _ = match v {
+                Some(v) => write!(s, ",\"{k}\":{v}"),
+                None => write!(s, ",\"{k}\":null"),
+            };
+        };
+        s.push_str("{\"id\":");
+        push_json_string(&mut s, &self.id);
+        text(&mut s, "time", Some(&format_ms(self.ts as u64)));
+        text(&mut s, "route", Some(&self.route));
+        text(&mut s, "provider", self.provider.as_deref());
+        text(&mut s, "model", self.model.as_deref());
+        text(&mut s, "path", self.path.as_deref());
+        int(&mut s, "status", Some(self.status));
+        text(&mut s, "error_source", self.error_source.as_deref());
+        text(&mut s, "error_code", self.error_code.as_deref());
+        text(&mut s, "outcome", Some(&self.outcome));
+        let _ = write!(s, ",\"stream\":{}", self.stream);
+        text(&mut s, "cache", self.cache.as_deref());
+        int(&mut s, "gateway_us", Some(self.gateway_us));
+        int(&mut s, "upstream_us", self.upstream_us);
+        int(&mut s, "ttft_us", self.ttft_us);
+        int(&mut s, "total_us", Some(self.total_us));
+        int(&mut s, "tokens_in", self.tokens_in);
+        int(&mut s, "tokens_out", self.tokens_out);
+        int(&mut s, "tokens_cached", self.tokens_cached);
+        let _ = match self.cost {
+            Some(c) => write!(s, ",\"cost\":{c}"),
+            None => write!(s, ",\"cost\":null"),
+        };
+        int(&mut s, "bytes_in", Some(self.bytes_in));
+        int(&mut s, "bytes_out", Some(self.bytes_out));
+        text(&mut s, "user_agent", self.user_agent.as_deref());
+        text(&mut s, "event_id", self.event_id.as_deref());
+        text(&mut s, "key_id", self.key_id.as_deref());
+        // Stored as JSON by the gateway itself.
+        let _ = write!(
+            s,
+            ",\"metadata\":{}",
+            self.metadata.as_deref().unwrap_or("null")
+        );
+        s.push('}');
+        s
+    }
+}
+
+/// Runs `f` against the store, newest first (or, following, in store order).
+pub fn query(conn: &Connection, f: &Filter) -> rusqlite::Result<Vec<Row>> {
+    let (sql, args) = f.sql();
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(args), Row::from_sql)?;
+    rows.collect()
+}
+
+/// A stored body and whether it was cut.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredBody {
+    pub bytes: Vec<u8>,
+    pub truncated: bool,
+}
+
+/// One request and its bodies (when they were stored).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Shown {
+    pub row: Row,
+    pub request: Option<StoredBody>,
+    pub response: Option<StoredBody>,
+}
+
+/// One request by id, with its payloads (when they were stored).
+pub fn show(conn: &Connection, id: &str) -> rusqlite::Result<Option<Shown>> {
+    let f = Filter {
+        id: Some(id.to_ascii_lowercase()),
+        limit: 1,
+        ..Filter::default()
+    };
+    let Some(row) = query(conn, &f)?.into_iter().next() else {
+        return Ok(None);
+    };
+    type Bodies = (Option<Vec<u8>>, bool, Option<Vec<u8>>, bool);
+    let bodies: Option<Bodies> = conn
+        .query_row(
+            "SELECT request, request_truncated, response, response_truncated FROM payloads WHERE seq = ?1",
+            [row.seq],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .optional()?;
+    let (req, resp) = match bodies {
+        Some((q, qt, a, at)) => (
+            q.map(|bytes| StoredBody {
+                bytes,
+                truncated: qt,
+            }),
+            a.map(|bytes| StoredBody {
+                bytes,
+                truncated: at,
+            }),
+        ),
+        None => (None, None),
+    };
+    Ok(Some(Shown {
+        row,
+        request: req,
+        response: resp,
+    }))
+}
+
+/// The readable table `aigw logs` prints.
+pub fn table(rows: &[Row]) -> String {
+    let mut out = format!(
+        "{:<24} {:<36} {:>3} {:<10} {:<24} {:>9} {:>7} {:>7}  {}\n",
+        "time", "id", "sta", "provider", "model", "total_ms", "in", "out", "outcome"
+    );
+    for r in rows {
+        let model = r.model.as_deref().unwrap_or("-");
+        let model: String = model.chars().take(24).collect();
+        let _ = writeln!(
+            out,
+            "{:<24} {:<36} {:>3} {:<10} {:<24} {:>9.1} {:>7} {:>7}  {}{}",
+            format_ms(r.ts as u64),
+            r.id,
+            r.status,
+            r.provider.as_deref().unwrap_or("-"),
+            model,
+            r.total_us as f64 / 1000.0,
+            r.tokens_in.map_or("-".into(), |n| n.to_string()),
+            r.tokens_out.map_or("-".into(), |n| n.to_string()),
+            r.outcome,
+            r.error_code
+                .as_deref()
+                .map(|c| format!(" ({c})"))
+                .unwrap_or_default(),
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_parse_from_flag_pairs_and_refuse_nonsense() {
+        let f = Filter::from_pairs(
+            [
+                ("status", "4xx"),
+                ("source", "client"),
+                ("meta", "user=ann"),
+                ("meta", "team=a=b"),
+                ("since", "1h"),
+                ("min-duration", "250ms"),
+                ("limit", "5"),
+            ],
+            10_000_000,
+        )
+        .unwrap();
+        assert_eq!(f.status, Some(Status::Class(4)));
+        assert_eq!(f.meta[1], ("team".into(), "a=b".into()));
+        assert_eq!(f.since, Some(10_000_000 - 3_600_000));
+        assert_eq!(f.min_duration, Some(Duration::from_millis(250)));
+        assert_eq!(f.limit, 5);
+        for (k, v) in [
+            ("status", "4x"),
+            ("status", "700"),
+            ("source", "me"),
+            ("meta", "novalue"),
+            ("limit", "0"),
+            ("colour", "red"),
+            ("min-cost", "NaN"),
+        ] {
+            assert!(Filter::from_pairs([(k, v)], 0).is_err(), "{k}={v}");
+        }
+    }
+}

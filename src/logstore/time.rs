@@ -1,0 +1,143 @@
+//! Wall-clock times as the log shows and takes them: Unix milliseconds to
+//! `2026-11-30T06:18:38.123Z` and back, and `--since 1h`-style relative times.
+//! UTC only; no calendar crate needed for that.
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
+fn civil(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// (year, month, day) to days since 1970-01-01.
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = i64::from((m + 9) % 12);
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// `2026-11-30T06:18:38.123Z`.
+pub fn format_ms(ms: u64) -> String {
+    let secs = (ms / 1000) as i64;
+    let (y, mo, d) = civil(secs.div_euclid(86_400));
+    let rem = secs.rem_euclid(86_400);
+    format!(
+        "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+/// A time as `aigw logs --since/--until` take it: a duration ago (`90s`,
+/// `15m`, `1h`, `7d`), an RFC 3339 UTC time (`2026-11-30T06:00:00Z`, seconds
+/// and fraction optional), or Unix seconds.
+pub fn parse_time(s: &str, now_ms: u64) -> Result<u64, String> {
+    let s = s.trim();
+    let bad = || {
+        format!(
+            "`{s}` is not a time: write a duration ago (\"15m\", \"1h\", \"7d\"), 2026-11-30T06:00:00Z or Unix seconds"
+        )
+    };
+    if let Some(unit) = s.find(|c: char| !c.is_ascii_digit())
+        && unit > 0
+        && !s.contains('-')
+    {
+        let n: u64 = s[..unit].parse().map_err(|_| bad())?;
+        let ms = match &s[unit..] {
+            "ms" => n,
+            "s" => n * 1000,
+            "m" => n * 60_000,
+            "h" => n * 3_600_000,
+            "d" => n * 86_400_000,
+            _ => return Err(bad()),
+        };
+        return Ok(now_ms.saturating_sub(ms));
+    }
+    if s.bytes().all(|b| b.is_ascii_digit()) && !s.is_empty() {
+        return s.parse::<u64>().map(|n| n * 1000).map_err(|_| bad());
+    }
+    let rest = s
+        .strip_suffix('Z')
+        .or_else(|| s.strip_suffix('z'))
+        .ok_or_else(bad)?;
+    let (date, clock) = rest
+        .split_once(['T', 't', ' '])
+        .unwrap_or((rest, "00:00:00"));
+    let num = |p: Option<&str>| p.and_then(|v| v.parse::<u32>().ok()).ok_or_else(bad);
+    let mut d = date.split('-');
+    let (y, mo, day) = (num(d.next())?, num(d.next())?, num(d.next())?);
+    let (clock, frac) = clock.split_once('.').unwrap_or((clock, ""));
+    let mut c = clock.split(':');
+    let (h, mi) = (num(c.next())?, num(c.next())?);
+    let sec = c
+        .next()
+        .map(|v| v.parse::<u32>().map_err(|_| bad()))
+        .transpose()?
+        .unwrap_or(0);
+    if d.next().is_some()
+        || !(1..=12).contains(&mo)
+        || !(1..=31).contains(&day)
+        || h > 23
+        || mi > 59
+        || sec > 60
+    {
+        return Err(bad());
+    }
+    let millis = match frac.len() {
+        0 => 0,
+        _ => format!("{frac:0<3}")[..3]
+            .parse::<u64>()
+            .map_err(|_| bad())?,
+    };
+    let days = days_from_civil(i64::from(y), mo, day);
+    let secs = days * 86_400 + i64::from(h) * 3600 + i64::from(mi) * 60 + i64::from(sec);
+    u64::try_from(secs)
+        .map(|s| s * 1000 + millis)
+        .map_err(|_| bad())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_format_and_parse_back() {
+        let ms = 1_795_940_318_123; // 2026-11-29T...
+        let text = format_ms(ms);
+        assert_eq!(parse_time(&text, 0).unwrap(), ms);
+        assert_eq!(format_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            parse_time("2026-11-30T06:00:00Z", 0).unwrap(),
+            parse_time("2026-11-30T06:00Z", 0).unwrap()
+        );
+        assert_eq!(
+            format_ms(parse_time("2024-02-29T23:59:59Z", 0).unwrap()),
+            "2024-02-29T23:59:59.000Z"
+        );
+    }
+
+    #[test]
+    fn relative_times_count_back_from_now() {
+        assert_eq!(
+            parse_time("1h", 10_000_000).unwrap(),
+            10_000_000 - 3_600_000
+        );
+        assert_eq!(parse_time("90s", 100_000).unwrap(), 10_000);
+        assert_eq!(parse_time("1700000000", 0).unwrap(), 1_700_000_000_000);
+        for bad in ["yesterday", "1y", "2026-13-01T00:00:00Z", "-5m"] {
+            assert!(parse_time(bad, 0).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! Writing the log: a batch of finished records in one transaction, and
+//! retention (oldest first, in small deletes so no single one holds the file
+//! for long). Used by the log thread only.
+
+use crate::record::RequestRecord;
+use rusqlite::{Connection, params};
+use std::path::Path;
+use std::time::Duration;
+
+/// Most rows one retention pass deletes; passes repeat every flush until the
+/// store is within its limits.
+pub const RETENTION_BATCH: u64 = 5_000;
+
+/// The write side of the store.
+pub struct Writer {
+    conn: Connection,
+    /// Rows in `requests` (counted once at open, then kept).
+    rows: u64,
+}
+
+fn us(d: Duration) -> i64 {
+    d.as_micros().min(i64::MAX as u128) as i64
+}
+
+fn opt_i64(v: Option<u64>) -> Option<i64> {
+    v.map(|n| n.min(i64::MAX as u64) as i64)
+}
+
+impl Writer {
+    pub fn open(path: &Path) -> Result<Writer, String> {
+        let conn = super::open_for_writing(path)?;
+        let rows: i64 = conn
+            .query_row("SELECT count(*) FROM requests", [], |r| r.get(0))
+            .map_err(|e| format!("request log {}: {e}", path.display()))?;
+        Ok(Writer {
+            conn,
+            rows: rows as u64,
+        })
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Inserts every record of `batch` (which must carry log facts) in one
+    /// transaction. A failure rolls the whole batch back.
+    pub fn insert(&mut self, batch: &[RequestRecord]) -> rusqlite::Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut row = tx.prepare_cached(
+                "INSERT INTO requests (id, ts, route, provider, model, path, status, error_source, error_code,
+                 outcome, stream, gateway_us, upstream_us, ttft_us, total_us, tokens_in, tokens_out,
+                 tokens_cached, bytes_in, bytes_out, user_agent, event_id, metadata)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)",
+            )?;
+            let mut meta = tx
+                .prepare_cached("INSERT INTO meta (seq, ts, key, value) VALUES (?1, ?2, ?3, ?4)")?;
+            let mut payload = tx.prepare_cached(
+                "INSERT INTO payloads (seq, request, request_truncated, response, response_truncated) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for r in batch {
+                let Some(facts) = r.log.as_deref() else {
+                    continue;
+                };
+                let ts = r.id.unix_ms() as i64;
+                row.execute(params![
+                    r.id.to_string(),
+                    ts,
+                    r.route.as_str(),
+                    r.provider.as_deref(),
+                    r.model.as_deref(),
+                    facts.path,
+                    r.status,
+                    r.error_source.map(|s| s.as_str()),
+                    r.error_code,
+                    r.outcome.as_str(),
+                    r.stream,
+                    us(r.gateway),
+                    r.upstream_ttfb.map(us),
+                    r.ttft.map(us),
+                    us(r.total),
+                    opt_i64(r.usage.input_tokens),
+                    opt_i64(r.usage.output_tokens),
+                    opt_i64(r.usage.cached_tokens),
+                    opt_i64(Some(r.bytes_in)),
+                    opt_i64(Some(r.bytes_out)),
+                    facts.user_agent,
+                    facts.event_id,
+                    facts.metadata.as_ref().map(|m| m.to_json()),
+                ])?;
+                let seq = tx.last_insert_rowid();
+                if let Some(m) = &facts.metadata {
+                    for (k, v) in &m.0 {
+                        meta.execute(params![seq, ts, k, v.as_text()])?;
+                    }
+                }
+                if facts.request_body.is_some() || facts.response_body.is_some() {
+                    let (q, a) = (facts.request_body.as_ref(), facts.response_body.as_ref());
+                    payload.execute(params![
+                        seq,
+                        q.map(|p| &p.bytes[..]),
+                        q.is_some_and(|p| p.truncated),
+                        a.map(|p| &p.bytes[..]),
+                        a.is_some_and(|p| p.truncated),
+                    ])?;
+                }
+            }
+        }
+        tx.commit()?;
+        self.rows += batch.iter().filter(|r| r.log.is_some()).count() as u64;
+        Ok(())
+    }
+
+    /// Deletes at most [`RETENTION_BATCH`] of the oldest rows beyond `max_rows`
+    /// or older than `min_ts`; returns how many went (call again while > 0).
+    pub fn retain(&mut self, max_rows: u64, min_ts: u64) -> rusqlite::Result<u64> {
+        let over = self.rows.saturating_sub(max_rows);
+        let tx = self.conn.transaction()?;
+        let deleted = {
+            let mut oldest =
+                tx.prepare_cached("SELECT seq, ts FROM requests ORDER BY ts ASC LIMIT ?1")?;
+            let mut victims: Vec<i64> = Vec::new();
+            let want = RETENTION_BATCH;
+            let mut rows = oldest.query([want as i64])?;
+            while let Some(row) = rows.next()? {
+                let (seq, ts): (i64, i64) = (row.get(0)?, row.get(1)?);
+                if (victims.len() as u64) < over || (ts as u64) < min_ts {
+                    victims.push(seq);
+                } else {
+                    break;
+                }
+            }
+            drop(rows);
+            let mut del = tx.prepare_cached("DELETE FROM requests WHERE seq = ?1")?;
+            let mut del_meta = tx.prepare_cached("DELETE FROM meta WHERE seq = ?1")?;
+            let mut del_payload = tx.prepare_cached("DELETE FROM payloads WHERE seq = ?1")?;
+            for seq in &victims {
+                del.execute([seq])?;
+                del_meta.execute([seq])?;
+                del_payload.execute([seq])?;
+            }
+            victims.len() as u64
+        };
+        tx.commit()?;
+        self.rows -= deleted.min(self.rows);
+        Ok(deleted)
+    }
+}
