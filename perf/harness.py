@@ -262,16 +262,25 @@ def cpu_mask(cpu):
     return "1" + "0" * n
 
 
-def start_aigw(procs, bins, args, mock_port, name, port, shards, cpus, cache):
+# aigw's request log (on by default); the `aigw-nolog` target turns it off.
+AIGW_NOLOG_TOML = "\n[logs]\nenabled = false\n"
+# What the aigw targets send besides the body: metadata, as a user tagging requests would.
+AIGW_HEADERS = ['aigw-metadata: {"user":"bench","app":"perf"}']
+
+
+def start_aigw(procs, bins, args, mock_port, name, port, shards, cpus, cache, extra=""):
     aigw = bins.get("aigw")
     if aigw is None or not Path(aigw).exists():
         return None, "n/a: aigw binary not built"
     conf = WORK / f"{name}.toml"
+    # A fresh request log per run: every run starts from the same empty store.
+    shutil.rmtree(WORK / f"{name}-data", ignore_errors=True)
     conf.write_text(
-        f'[server]\nlisten = "127.0.0.1:{port}"\nshards = {shards}\n\n'
+        f'[server]\nlisten = "127.0.0.1:{port}"\nshards = {shards}\ndata_dir = "{WORK}/{name}-data"\n\n'
         f'[admin]\nsocket = "{WORK}/{name}-admin.sock"\n\n'
         f'[providers.bench]\nkind = "openai"\nbase_url = "http://127.0.0.1:{mock_port}/v1"\n'
         + (AIGW_CACHE_TOML if cache else "")
+        + extra
     )
     p = procs.start(name, ["taskset", "-c", cpus, aigw, "serve", "--config", conf], WORK / f"{name}.log")
     if not wait_for_line(p, "aigw listening on", START_TIMEOUT_S):
@@ -358,7 +367,9 @@ def build_targets(procs, bins, args, aigw_built):
     t.streams = False
     targets.append(t)
 
-    variants = [("aigw", "aigw pass-through", "our proxy path, cache off, accounting on", 1, args.proxy_cpu, False)]
+    variants = [("aigw", "aigw pass-through", "our proxy path, cache off, accounting and request log on (metadata, no payloads)", 1, args.proxy_cpu, False)]
+    if args.aigw_nolog:
+        variants.append(("aigw-nolog", "aigw, log off", "as above with `logs.enabled = false`", 1, args.proxy_cpu, False))
     if args.aigw_2shards:
         variants.append(("aigw-2shards", "aigw 2 shards", f"pass-through, 2 shards on CPUs {args.load_cpu},{args.proxy_cpu} (shared with load)",
                          2, f"{args.load_cpu},{args.proxy_cpu}", False))
@@ -368,6 +379,7 @@ def build_targets(procs, bins, args, aigw_built):
     for key, label, stands_for, shards, cpus, cache in variants:
         t = Target(key, label, stands_for)
         t.model = "bench/gpt-4o-mini"
+        t.headers = list(AIGW_HEADERS)
         port += 1
         if cache and not cache_on:
             t.unavailable = "n/a: no cache yet"
@@ -375,7 +387,8 @@ def build_targets(procs, bins, args, aigw_built):
             t.unavailable = ("n/a: aigw did not build" if not args.no_build
                              else "n/a: aigw binary not found (built without --workspace?)")
         else:
-            p, why = start_aigw(procs, bins, args, mock_port, key, port, shards, cpus, cache)
+            extra = AIGW_NOLOG_TOML if key == "aigw-nolog" else ""
+            p, why = start_aigw(procs, bins, args, mock_port, key, port, shards, cpus, cache, extra)
             if p is None:
                 t.unavailable = why
             else:
@@ -560,7 +573,7 @@ def render(args, targets, results, wrk_rows, started, machine):
 
 def ratio_lines(sc, med):
     out = []
-    for a in [k for k in ("aigw", "aigw-2shards", "litellm", "portkey") if k in med]:
+    for a in [k for k in ("aigw", "aigw-nolog", "aigw-2shards", "litellm", "portkey") if k in med]:
         parts = []
         if sc.stream:
             for key, name in [("ttft_p50_us", "TTFT p50"), ("ttft_p99_us", "TTFT p99")]:
@@ -676,6 +689,7 @@ def parse_args():
     p.add_argument("--targets", default="", help="subset of target keys: direct,nginx-proxy,nginx-static,aigw,...")
     p.add_argument("--aigw-cache", action="store_true", help="run the aigw cache-hit target (once the cache exists)")
     p.add_argument("--aigw-2shards", action="store_true", help="also run aigw with 2 shards on both CPUs")
+    p.add_argument("--aigw-nolog", action="store_true", help="also run aigw with the request log off")
     p.add_argument("--peers", action="store_true", help="also LiteLLM proxy and Portkey gateway, if installable")
     p.add_argument("--no-wrk", action="store_true", help="skip the wrk vs aigw-load baseline")
     p.add_argument("--wrk-only", action="store_true", help="only the wrk vs aigw-load baseline")

@@ -7,18 +7,22 @@
 //! its connection; nothing on its path crosses a core. Imports point down this list:
 //!
 //! - [`runtime`]: shards, pinning, listeners, control-plane threads, drain.
-//! - [`control`]: stats thread, admin socket, signals, `aigw stats` rendering.
-//!   Nothing on the data plane imports it.
+//! - [`control`]: stats thread, log thread, admin socket, signals, `aigw stats`
+//!   rendering. Nothing on the data plane imports it.
+//! - [`logstore`]: the request log's SQLite file: schema, batched writes and
+//!   retention (for the log thread), the filters of `aigw logs` and `GET /logs`.
 //! - [`server`]: the per-connection loop, the pipeline that orders the stages,
 //!   upstream attempts, the relay and its taps.
-//! - Stages: [`route`] (path + model to a plan) and [`providers`] (one adapter per
-//!   provider kind: auth, paths, usage shapes, the in-process mock).
+//! - Stages: [`controls`] (the `aigw-*`/`cf-aig-*` request headers), [`route`]
+//!   (path + model to a plan) and [`providers`] (one adapter per provider kind:
+//!   auth, paths, usage shapes, the in-process mock).
 //! - [`upstream`]: DNS, TCP, TLS, the pool and the HTTP/1.1 client; knows no
 //!   models, routes or keys.
 //! - Leaves, importing nothing above them: [`http`] (HTTP/1.1 framing on httparse),
 //!   [`json`] (request-body field scanning and splicing), [`config`] (the TOML file,
 //!   parsed once into typed values), [`error`] (gateway errors and their bytes),
 //!   [`record`] (the one record a request leaves, and its token [`record::Usage`]),
+//!   [`reqid`] (UUIDv7 request ids),
 //!   [`stats`] (the per-shard recorder), [`fasthash`], [`net`] (socket reads
 //!   tuned for glommio) and [`sys`] (the only `unsafe` code).
 

@@ -27,6 +27,13 @@ pub const LOG_QUEUE: usize = 1 << 16;
 pub const RETENTION_EVERY: Duration = Duration::from_secs(1);
 /// Most retention passes per run (each deletes up to `RETENTION_BATCH` rows).
 pub const RETENTION_PASSES: usize = 4;
+/// How often metadata rows of deleted requests are swept (a scan of `meta`).
+pub const META_SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// Rows written between two yields of the log thread inside a commit, so a
+/// shard sharing its CPU never waits out one long commit. (One transaction per
+/// flush all the same: every commit rewrites the metadata pages it touched, so
+/// fewer, larger commits cost less per row.)
+pub const ROWS_PER_YIELD: usize = 500;
 
 /// What the log thread has done, for `/stats` and `/metrics`, and the
 /// handshake that lets the admin socket ask for a commit now.
@@ -109,6 +116,7 @@ pub fn spawn(
 fn run(writer: &mut Writer, cfg: &LogsConfig, rx: &Receiver<RequestRecord>, stats: &LogStats) {
     let mut batch: Vec<RequestRecord> = Vec::with_capacity(4096);
     let mut last_retention = Instant::now();
+    let mut last_sweep = Instant::now();
     loop {
         let (answers, stop) = stats.wait_round(cfg.flush_interval);
         let mut open = !stop;
@@ -145,6 +153,13 @@ fn run(writer: &mut Writer, cfg: &LogsConfig, rx: &Receiver<RequestRecord>, stat
         if writer.rows() > cfg.max_rows || last_retention.elapsed() >= RETENTION_EVERY || !open {
             last_retention = Instant::now();
             retain(writer, cfg, stats);
+        }
+        if last_sweep.elapsed() >= META_SWEEP_EVERY || !open {
+            last_sweep = Instant::now();
+            if let Err(e) = writer.sweep_meta() {
+                stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                log::warn!("request log metadata sweep: {e}");
+            }
         }
         stats.rows.store(writer.rows(), Ordering::Relaxed);
         stats.round_done(answers);

@@ -169,7 +169,16 @@ impl Filter {
         eq("r.provider", &self.provider, &mut args);
         eq("r.model", &self.model, &mut args);
         eq("r.id", &self.id, &mut args);
+        // A UUIDv7 carries its arrival time: look it up through the time index.
+        let id_ts = self
+            .id
+            .as_deref()
+            .and_then(crate::reqid::RequestId::parse)
+            .map(|id| id.unix_ms() as i64);
         eq("r.event_id", &self.event_id, &mut args);
+        if let Some(ts) = id_ts {
+            wheres.push(format!("r.ts = {}", arg(ts.into(), &mut args)));
+        }
         if let Some(ua) = &self.user_agent {
             wheres.push(format!(
                 "instr(r.user_agent, {}) > 0",

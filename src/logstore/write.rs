@@ -45,6 +45,15 @@ impl Writer {
     /// Inserts every record of `batch` (which must carry log facts) in one
     /// transaction. A failure rolls the whole batch back.
     pub fn insert(&mut self, batch: &[RequestRecord]) -> rusqlite::Result<()> {
+        self.insert_yielding(batch, usize::MAX)
+    }
+
+    /// As [`Writer::insert`], letting other threads run every `rows_per_yield` rows.
+    pub fn insert_yielding(
+        &mut self,
+        batch: &[RequestRecord],
+        rows_per_yield: usize,
+    ) -> rusqlite::Result<()> {
         let tx = self.conn.transaction()?;
         {
             let mut row = tx.prepare_cached(
@@ -53,12 +62,16 @@ impl Writer {
                  tokens_cached, bytes_in, bytes_out, user_agent, event_id, metadata)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)",
             )?;
-            let mut meta = tx
-                .prepare_cached("INSERT INTO meta (seq, ts, key, value) VALUES (?1, ?2, ?3, ?4)")?;
+            let mut meta = tx.prepare_cached(
+                "INSERT OR IGNORE INTO meta (key, value, ts, seq) VALUES (?1, ?2, ?3, ?4)",
+            )?;
             let mut payload = tx.prepare_cached(
                 "INSERT INTO payloads (seq, request, request_truncated, response, response_truncated) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
-            for r in batch {
+            for (i, r) in batch.iter().enumerate() {
+                if i > 0 && i % rows_per_yield == 0 {
+                    std::thread::yield_now();
+                }
                 let Some(facts) = r.log.as_deref() else {
                     continue;
                 };
@@ -91,7 +104,7 @@ impl Writer {
                 let seq = tx.last_insert_rowid();
                 if let Some(m) = &facts.metadata {
                     for (k, v) in &m.0 {
-                        meta.execute(params![seq, ts, k, v.as_text()])?;
+                        meta.execute(params![k, v.as_text(), ts, seq])?;
                     }
                 }
                 if facts.request_body.is_some() || facts.response_body.is_some() {
@@ -109,6 +122,16 @@ impl Writer {
         tx.commit()?;
         self.rows += batch.iter().filter(|r| r.log.is_some()).count() as u64;
         Ok(())
+    }
+
+    /// Deletes metadata rows older than every request left (their requests
+    /// are gone; until now a join hid them). A scan of `meta`: run it rarely.
+    pub fn sweep_meta(&mut self) -> rusqlite::Result<u64> {
+        let n = self.conn.execute(
+            "DELETE FROM meta WHERE ts < (SELECT coalesce(min(ts), 9223372036854775807) FROM requests)",
+            [],
+        )?;
+        Ok(n as u64)
     }
 
     /// Deletes at most [`RETENTION_BATCH`] of the oldest rows beyond `max_rows`
@@ -132,11 +155,9 @@ impl Writer {
             }
             drop(rows);
             let mut del = tx.prepare_cached("DELETE FROM requests WHERE seq = ?1")?;
-            let mut del_meta = tx.prepare_cached("DELETE FROM meta WHERE seq = ?1")?;
             let mut del_payload = tx.prepare_cached("DELETE FROM payloads WHERE seq = ?1")?;
             for seq in &victims {
                 del.execute([seq])?;
-                del_meta.execute([seq])?;
                 del_payload.execute([seq])?;
             }
             victims.len() as u64

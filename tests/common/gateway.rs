@@ -58,6 +58,7 @@ pub struct Setup {
     shards: usize,
     server_lines: String,
     sections: String,
+    env: Vec<(String, String)>,
 }
 
 impl Setup {
@@ -76,6 +77,13 @@ impl Setup {
         self
     }
 
+    /// Sets an environment variable for the gateway process (e.g. a key that
+    /// `api_key_env` names, so it appears in no file).
+    pub fn env(mut self, name: &str, value: &str) -> Setup {
+        self.env.push((name.into(), value.into()));
+        self
+    }
+
     /// Adds whole TOML sections (e.g. `[timeouts]` with keys).
     pub fn toml(mut self, text: &str) -> Setup {
         self.sections.push('\n');
@@ -86,15 +94,16 @@ impl Setup {
 
     pub fn start(self) -> Gateway {
         let dir = TempDir::new("gw");
+        // The data directory sits beside the config file, not around it.
         let text = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\nshards = {}\ndata_dir = \"{data}\"\n{}\n[admin]\nsocket = \"{data}/admin.sock\"\n{}",
             self.shards,
             self.server_lines,
             self.sections,
-            data = dir.path().display(),
+            data = dir.path().join("data").display(),
         );
         let config = dir.write("aigw.toml", &text);
-        Gateway::spawn(dir, &config, self.shards)
+        Gateway::spawn(dir, &config, self.shards, &self.env)
     }
 }
 
@@ -115,11 +124,13 @@ impl Gateway {
             shards,
             server_lines: String::new(),
             sections: String::new(),
+            env: Vec::new(),
         }
     }
 
-    fn spawn(dir: TempDir, config: &Path, shards: usize) -> Gateway {
+    fn spawn(dir: TempDir, config: &Path, shards: usize, env: &[(String, String)]) -> Gateway {
         let mut child = Command::new(AIGW)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .arg("serve")
             .arg("--config")
             .arg(config)
@@ -163,8 +174,21 @@ impl Gateway {
         }
     }
 
+    /// The gateway's temporary directory (its config file and `data/`).
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// `server.data_dir`: the request log, the admin socket.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Sends SIGKILL: no drain, no goodbye.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("gateway running");
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     /// A new keep-alive client connection.
