@@ -38,6 +38,22 @@ pub fn tcp_fd(stream: &glommio::net::TcpStream) -> BorrowedFd<'_> {
     unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) }
 }
 
+/// Lowers the calling thread's scheduling priority to `nice` (Linux keeps a
+/// nice value per thread). Best effort: an error leaves the priority as it was.
+pub fn lower_thread_priority(nice: i32) -> io::Result<()> {
+    // SAFETY: gettid(2) and setpriority(2) take and return plain integers;
+    // PRIO_PROCESS with a thread id addresses only this thread.
+    let rc = unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, nice)
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Hands a bound, listening, non-blocking socket to glommio.
 pub fn adopt_listener(sock: socket2::Socket) -> glommio::net::TcpListener {
     let fd = sock.into_raw_fd();

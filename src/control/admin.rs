@@ -123,7 +123,7 @@ impl Admin {
             ("GET", "/metrics") => {
                 self.flush();
                 let merged = self.hub.merged.lock().unwrap_or_else(|p| p.into_inner());
-                let body = render_prometheus(&merged, &self.logs);
+                let body = super::metrics::render(&merged, &self.logs);
                 respond(&mut conn, 200, "text/plain; version=0.0.4", &body);
             }
             ("GET", "/logs") => match self.logs_query(query) {
@@ -280,7 +280,7 @@ pub fn render_json(m: &Merged, logs: &LogStats) -> String {
         );
     }
     s.push_str("},\"providers\":{");
-    for (i, (name, p)) in m.providers.iter().enumerate() {
+    for (i, (name, p)) in m.providers().iter().enumerate() {
         if i > 0 {
             s.push(',');
         }
@@ -289,94 +289,13 @@ pub fn render_json(m: &Merged, logs: &LogStats) -> String {
         let _ = write!(
             s,
             "{key}:{{\"requests\":{},\"errors\":{},\"input_tokens\":{},\"output_tokens\":{}}}",
-            p.requests, p.errors, p.input_tokens, p.output_tokens
+            p.total_requests(),
+            p.requests[3] + p.requests[4],
+            p.input_tokens,
+            p.output_tokens
         );
     }
     s.push_str("}}\n");
-    s
-}
-
-pub fn render_prometheus(m: &Merged, logs: &LogStats) -> String {
-    let c = &m.counters;
-    let mut s = String::with_capacity(2048);
-    let _ = writeln!(s, "# TYPE aigw_requests_total counter");
-    for (class, n) in [
-        ("2xx", c.status_2xx),
-        ("3xx", c.status_3xx),
-        ("4xx", c.status_4xx),
-        ("5xx", c.status_5xx),
-    ] {
-        let _ = writeln!(s, "aigw_requests_total{{status=\"{class}\"}} {n}");
-    }
-    let _ = writeln!(s, "# TYPE aigw_errors_total counter");
-    for (source, n) in [
-        ("client", c.errors_client),
-        ("gateway", c.errors_gateway),
-        ("provider", c.errors_provider),
-    ] {
-        let _ = writeln!(s, "aigw_errors_total{{source=\"{source}\"}} {n}");
-    }
-    let _ = writeln!(s, "# TYPE aigw_tokens_total counter");
-    let _ = writeln!(
-        s,
-        "aigw_tokens_total{{direction=\"input\"}} {}",
-        c.input_tokens
-    );
-    let _ = writeln!(
-        s,
-        "aigw_tokens_total{{direction=\"output\"}} {}",
-        c.output_tokens
-    );
-    let _ = writeln!(s, "# TYPE aigw_streams_aborted_total counter");
-    let _ = writeln!(
-        s,
-        "aigw_streams_aborted_total{{by=\"upstream\"}} {}",
-        c.aborted_upstream
-    );
-    let _ = writeln!(
-        s,
-        "aigw_streams_aborted_total{{by=\"client\"}} {}",
-        c.aborted_client
-    );
-    for (name, help, v) in [
-        (
-            "aigw_log_rows_written_total",
-            "Request log rows committed.",
-            logs.rows_written.load(Ordering::Relaxed),
-        ),
-        (
-            "aigw_log_dropped_total",
-            "Request log rows dropped because the log queue was full.",
-            c.log_dropped,
-        ),
-        (
-            "aigw_log_write_errors_total",
-            "Request log batches that failed to commit.",
-            logs.write_errors.load(Ordering::Relaxed),
-        ),
-    ] {
-        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
-    }
-    let _ = writeln!(s, "# TYPE aigw_provider_requests_total counter");
-    for (name, p) in &m.providers {
-        let _ = writeln!(
-            s,
-            "aigw_provider_requests_total{{provider=\"{name}\"}} {}",
-            p.requests
-        );
-    }
-    for (series, name) in SERIES {
-        let h = &m.histograms[series as usize];
-        let _ = writeln!(s, "# TYPE aigw_latency_{name}_us summary");
-        for q in [0.5, 0.9, 0.99, 0.999] {
-            let _ = writeln!(
-                s,
-                "aigw_latency_{name}_us{{quantile=\"{q}\"}} {}",
-                h.value_at_quantile(q)
-            );
-        }
-        let _ = writeln!(s, "aigw_latency_{name}_us_count {}", h.len());
-    }
     s
 }
 

@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod logs;
+pub mod metrics;
 pub mod report;
 pub mod signals;
 pub mod stats;

@@ -2,7 +2,8 @@
 //! recorders) into the process-wide view the admin socket renders. Control
 //! plane: never imported by the data plane.
 
-use crate::stats::{Counters, Gauges, ProviderCounters, Snapshot, new_series};
+use crate::stats::labels::{LabelCounters, MergedLabels};
+use crate::stats::{Counters, Gauges, Snapshot, new_series};
 use hdrhistogram::Histogram;
 use std::collections::BTreeMap;
 use std::sync::mpsc::Receiver;
@@ -17,7 +18,8 @@ pub struct Merged {
     pub shards: usize,
     pub counters: Counters,
     pub histograms: [Histogram<u64>; 4],
-    pub providers: BTreeMap<String, ProviderCounters>,
+    /// Counters by (provider, model), bounded.
+    pub labels: MergedLabels,
     pub flushed: Vec<u64>,
     /// The latest gauges of each shard.
     pub gauges: Vec<Gauges>,
@@ -27,6 +29,17 @@ impl Merged {
     /// A gauge summed over shards.
     pub fn gauge(&self, f: impl Fn(&Gauges) -> u64) -> u64 {
         self.gauges.iter().map(f).sum()
+    }
+
+    /// Counters summed per provider (requests that reached none excluded).
+    pub fn providers(&self) -> BTreeMap<&str, LabelCounters> {
+        let mut out: BTreeMap<&str, LabelCounters> = BTreeMap::new();
+        for ((p, _), c) in &self.labels.by {
+            if p != crate::stats::labels::NONE {
+                out.entry(p.as_str()).or_default().add(c);
+            }
+        }
+        out
     }
 }
 
@@ -43,7 +56,7 @@ impl StatsHub {
                 shards,
                 counters: Counters::default(),
                 histograms: new_series(),
-                providers: BTreeMap::new(),
+                labels: MergedLabels::default(),
                 flushed: vec![0; shards],
                 gauges: vec![Gauges::default(); shards],
             }),
@@ -57,12 +70,8 @@ impl StatsHub {
         for (acc, h) in m.histograms.iter_mut().zip(s.histograms.iter()) {
             let _ = acc.add(h);
         }
-        for (name, pc) in s.providers {
-            let acc = m.providers.entry(name).or_default();
-            acc.requests += pc.requests;
-            acc.errors += pc.errors;
-            acc.input_tokens += pc.input_tokens;
-            acc.output_tokens += pc.output_tokens;
+        for (provider, model, c) in s.labels {
+            m.labels.add(provider, model, &c);
         }
         if s.shard < m.flushed.len() {
             m.flushed[s.shard] = m.flushed[s.shard].max(s.seq);
@@ -140,7 +149,7 @@ mod tests {
             ),
             (2, 6, 8)
         );
-        assert_eq!(m.providers["mock"].requests, 2);
+        assert_eq!(m.providers()["mock"].total_requests(), 2);
         assert_eq!(m.histograms[Series::Total as usize].len(), 2);
     }
 }

@@ -45,6 +45,7 @@ pub const CLIENT_WATCH_AFTER: Duration = Duration::from_millis(100);
 
 /// Runs one request through every stage; returns whether the connection stays open.
 pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool {
+    let _in_flight = ctx.in_flight();
     let mut rec = RequestRecord::new(ctx.new_request_id(), ctx.shard, req.started);
     rec.bytes_in = req.consumed as u64;
     let keep_alive = c.head.keep_alive && !ctx.draining.get();
@@ -151,6 +152,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
             &mut only_usage
         }
     };
+    let _streaming = c.rhead.event_stream.then(|| ctx.streaming());
     let relayed = relay::relay(
         &mut c.stream,
         &mut c.out,

@@ -71,6 +71,10 @@ pub struct ShardCtx {
     stats: RefCell<ShardStats>,
     /// Client connections accepted since start (a gauge, not a request count).
     accepted: Cell<u64>,
+    /// Requests between arrival and their record.
+    in_flight: Cell<u64>,
+    /// Event streams being relayed.
+    streams: Cell<u64>,
     pub draining: Cell<bool>,
     /// Request ids (UUIDv7) and the shard's cheap randomness (log sampling).
     ids: RefCell<IdGen>,
@@ -101,6 +105,8 @@ impl ShardCtx {
             resolver,
             stats: RefCell::new(ShardStats::default()),
             accepted: Cell::new(0),
+            in_flight: Cell::new(0),
+            streams: Cell::new(0),
             draining: Cell::new(false),
             ids: RefCell::new(IdGen::new(shard)),
             log,
@@ -111,6 +117,16 @@ impl ShardCtx {
     /// A fresh request id (UUIDv7, stamped now).
     pub fn new_request_id(&self) -> RequestId {
         self.ids.borrow_mut().id(now_unix_ms())
+    }
+
+    /// Counts a request in flight until the guard drops.
+    pub fn in_flight(&self) -> Gauge<'_> {
+        Gauge::up(&self.in_flight)
+    }
+
+    /// Counts a stream being relayed until the guard drops.
+    pub fn streaming(&self) -> Gauge<'_> {
+        Gauge::up(&self.streams)
     }
 
     /// Whether the request log is on (then requests gather log facts).
@@ -143,6 +159,8 @@ impl ShardCtx {
             open_connections: self.open_connections() as u64,
             idle_upstream: self.pool.idle_count() as u64,
             connections_accepted: self.accepted.get(),
+            requests_in_flight: self.in_flight.get(),
+            streams_in_flight: self.streams.get(),
         };
         self.stats.borrow_mut().take(self.shard, seq, gauges)
     }
@@ -189,6 +207,23 @@ impl ShardCtx {
     /// Resolves when a drain starts (used to interrupt an idle read).
     pub fn drain_started(&self, conn: u64) -> DrainStarted<'_> {
         DrainStarted { ctx: self, conn }
+    }
+}
+
+/// One unit of a shard gauge, given back on drop (also when a task is
+/// dropped mid-request, e.g. at the end of a drain).
+pub struct Gauge<'a>(&'a Cell<u64>);
+
+impl<'a> Gauge<'a> {
+    fn up(cell: &'a Cell<u64>) -> Gauge<'a> {
+        cell.set(cell.get() + 1);
+        Gauge(cell)
+    }
+}
+
+impl Drop for Gauge<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
     }
 }
 

@@ -8,11 +8,11 @@
 //! facts that are not requests (open connections, idle upstream connections,
 //! connections accepted) are gauges handed to [`ShardStats::take`].
 
+pub mod labels;
+
 use crate::error::ErrorSource;
-use crate::fasthash::FastMap;
 use crate::record::{Outcome, RequestRecord};
 use hdrhistogram::Histogram;
-use std::sync::Arc;
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::time::Duration;
 
@@ -67,14 +67,6 @@ impl Counters {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ProviderCounters {
-    pub requests: u64,
-    pub errors: u64,
-    pub input_tokens: u64,
-    pub output_tokens: u64,
-}
-
 /// The latency series every shard keeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Series {
@@ -110,6 +102,10 @@ pub fn new_series() -> [Histogram<u64>; 4] {
 pub struct Gauges {
     pub open_connections: u64,
     pub idle_upstream: u64,
+    /// Requests between arrival and their record.
+    pub requests_in_flight: u64,
+    /// Event streams being relayed.
+    pub streams_in_flight: u64,
     /// Client connections accepted since the shard started.
     pub connections_accepted: u64,
 }
@@ -120,7 +116,8 @@ pub struct Snapshot {
     pub seq: u64,
     pub counters: Counters,
     pub histograms: [Histogram<u64>; 4],
-    pub providers: Vec<(String, ProviderCounters)>,
+    /// Counters by (provider, model), bounded.
+    pub labels: Vec<(String, String, labels::LabelCounters)>,
     pub gauges: Gauges,
 }
 
@@ -133,7 +130,7 @@ const _: () = {
 pub struct ShardStats {
     counters: Counters,
     histograms: [Histogram<u64>; 4],
-    providers: FastMap<Arc<str>, ProviderCounters>,
+    labels: labels::ByLabel,
 }
 
 impl Default for ShardStats {
@@ -141,7 +138,7 @@ impl Default for ShardStats {
         ShardStats {
             counters: Counters::default(),
             histograms: new_series(),
-            providers: FastMap::default(),
+            labels: labels::ByLabel::default(),
         }
     }
 }
@@ -182,13 +179,7 @@ impl ShardStats {
         if let Some(t) = r.ttft {
             self.histograms[Series::Ttft as usize].saturating_record(us(t));
         }
-        if let Some(p) = &r.provider {
-            let pc = self.providers.entry(p.clone()).or_default();
-            pc.requests += 1;
-            pc.errors += u64::from(r.status >= 400);
-            pc.input_tokens += r.usage.input_tokens.unwrap_or(0);
-            pc.output_tokens += r.usage.output_tokens.unwrap_or(0);
-        }
+        self.labels.record(r);
     }
 
     /// A finished record the request log's queue had no room for. Not a fact
@@ -206,11 +197,7 @@ impl ShardStats {
             seq,
             counters: std::mem::take(&mut self.counters),
             histograms,
-            providers: self
-                .providers
-                .drain()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect(),
+            labels: self.labels.take(),
             gauges,
         }
     }

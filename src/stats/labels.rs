@@ -1,0 +1,253 @@
+//! Counters by label set (provider, model) for `/metrics`: requests by status
+//! class, errors by source, tokens, and latency histograms with fixed buckets
+//! (Prometheus histograms aggregate across instances; HdrHistograms, kept for
+//! `/stats` percentiles, do not).
+//!
+//! Label values are bounded: each provider tracks at most
+//! [`MAX_MODELS_PER_PROVIDER`] model names; the rest fold into `other`, so a
+//! client sending random model names cannot grow memory or series. Requests
+//! that reached no provider are labelled `none`.
+
+use crate::error::ErrorSource;
+use crate::fasthash::FastMap;
+use crate::record::RequestRecord;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Distinct model labels per provider; further models count as `other`.
+pub const MAX_MODELS_PER_PROVIDER: usize = 32;
+/// The label of models beyond the limit.
+pub const OTHER: &str = "other";
+/// The provider (and model) label of requests that reached no provider.
+pub const NONE: &str = "none";
+
+/// Upper bounds of the latency buckets, in microseconds (exported in seconds);
+/// a last, implicit bucket is `+Inf`.
+pub const BUCKETS_US: [u64; 16] = [
+    500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+    2_500_000, 5_000_000, 10_000_000, 30_000_000, 60_000_000,
+];
+
+/// A fixed-bucket histogram: counts per bucket (not cumulative) and the sum.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Buckets {
+    pub counts: [u64; BUCKETS_US.len() + 1],
+    pub sum_us: u64,
+}
+
+impl Buckets {
+    pub fn record(&mut self, d: Duration) {
+        let us = d.as_micros().min(u64::MAX as u128) as u64;
+        let i = BUCKETS_US.partition_point(|b| *b < us);
+        self.counts[i] += 1;
+        self.sum_us = self.sum_us.saturating_add(us);
+    }
+
+    pub fn add(&mut self, o: &Buckets) {
+        for (a, b) in self.counts.iter_mut().zip(o.counts.iter()) {
+            *a += b;
+        }
+        self.sum_us = self.sum_us.saturating_add(o.sum_us);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+}
+
+/// What is counted for one (provider, model).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LabelCounters {
+    /// By status class: 1xx..5xx (index 0..4).
+    pub requests: [u64; 5],
+    /// By error source: client, gateway, provider.
+    pub errors: [u64; 3],
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cached_tokens: u64,
+    pub duration: Buckets,
+    pub ttft: Buckets,
+}
+
+impl LabelCounters {
+    fn record(&mut self, r: &RequestRecord) {
+        let class = (r.status / 100).clamp(1, 5) as usize - 1;
+        self.requests[class] += 1;
+        if let Some(s) = r.error_source {
+            self.errors[source_index(s)] += 1;
+        }
+        self.input_tokens += r.usage.input_tokens.unwrap_or(0);
+        self.output_tokens += r.usage.output_tokens.unwrap_or(0);
+        self.cached_tokens += r.usage.cached_tokens.unwrap_or(0);
+        self.duration.record(r.total);
+        if let Some(t) = r.ttft {
+            self.ttft.record(t);
+        }
+    }
+
+    pub fn add(&mut self, o: &LabelCounters) {
+        for (a, b) in self.requests.iter_mut().zip(o.requests) {
+            *a += b;
+        }
+        for (a, b) in self.errors.iter_mut().zip(o.errors) {
+            *a += b;
+        }
+        self.input_tokens += o.input_tokens;
+        self.output_tokens += o.output_tokens;
+        self.cached_tokens += o.cached_tokens;
+        self.duration.add(&o.duration);
+        self.ttft.add(&o.ttft);
+    }
+
+    pub fn total_requests(&self) -> u64 {
+        self.requests.iter().sum()
+    }
+}
+
+/// Index of an error source in [`LabelCounters::errors`].
+pub fn source_index(s: ErrorSource) -> usize {
+    match s {
+        ErrorSource::Client => 0,
+        ErrorSource::Gateway => 1,
+        ErrorSource::Provider => 2,
+    }
+}
+
+/// The label values of the error sources, in [`source_index`] order.
+pub const SOURCES: [&str; 3] = ["client", "gateway", "provider"];
+
+#[derive(Default)]
+struct ProviderModels {
+    models: FastMap<Box<str>, LabelCounters>,
+    other: LabelCounters,
+}
+
+/// A shard's counters by (provider, model), bounded.
+#[derive(Default)]
+pub struct ByLabel {
+    providers: FastMap<Arc<str>, ProviderModels>,
+    none: LabelCounters,
+}
+
+impl ByLabel {
+    pub fn record(&mut self, r: &RequestRecord) {
+        let Some(p) = &r.provider else {
+            self.none.record(r);
+            return;
+        };
+        let entry = match self.providers.get_mut(p) {
+            Some(e) => e,
+            None => self.providers.entry(p.clone()).or_default(),
+        };
+        let model = r.model.as_deref().unwrap_or(NONE);
+        let counters = if let Some(c) = entry.models.get_mut(model) {
+            c
+        } else if entry.models.len() < MAX_MODELS_PER_PROVIDER && model != OTHER {
+            entry.models.entry(Box::from(model)).or_default()
+        } else {
+            &mut entry.other
+        };
+        counters.record(r);
+    }
+
+    /// Takes everything counted, as (provider, model, counters), leaving the
+    /// tracked names in place (a model keeps its label slot).
+    pub fn take(&mut self) -> Vec<(String, String, LabelCounters)> {
+        let mut out = Vec::new();
+        let empty = LabelCounters::default();
+        for (p, e) in &mut self.providers {
+            for (m, c) in &mut e.models {
+                if *c != empty {
+                    out.push((p.to_string(), m.to_string(), std::mem::take(c)));
+                }
+            }
+            if e.other != empty {
+                out.push((p.to_string(), OTHER.into(), std::mem::take(&mut e.other)));
+            }
+        }
+        if self.none != empty {
+            out.push((NONE.into(), NONE.into(), std::mem::take(&mut self.none)));
+        }
+        out
+    }
+}
+
+/// The merged view across shards, bounded the same way.
+#[derive(Default)]
+pub struct MergedLabels {
+    pub by: std::collections::BTreeMap<(String, String), LabelCounters>,
+}
+
+impl MergedLabels {
+    pub fn add(&mut self, provider: String, model: String, c: &LabelCounters) {
+        let tracked = self
+            .by
+            .keys()
+            .filter(|(p, m)| *p == provider && m != OTHER)
+            .count();
+        let key = if self.by.contains_key(&(provider.clone(), model.clone()))
+            || (tracked < MAX_MODELS_PER_PROVIDER && model != OTHER)
+        {
+            (provider, model)
+        } else {
+            (provider, OTHER.into())
+        };
+        self.by.entry(key).or_default().add(c);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reqid::RequestId;
+    use std::time::Instant;
+
+    fn rec(model: &str, status: u16, ms: u64) -> RequestRecord {
+        let mut r = RequestRecord::new(RequestId::default(), 0, Instant::now());
+        r.provider = Some(Arc::from("up"));
+        r.model = Some(model.into());
+        r.status = status;
+        r.total = Duration::from_millis(ms);
+        r
+    }
+
+    #[test]
+    fn buckets_count_into_the_first_bound_at_or_above() {
+        let mut b = Buckets::default();
+        for us in [1, 500, 501, 60_000_000, 60_000_001] {
+            b.record(Duration::from_micros(us));
+        }
+        assert_eq!(b.counts[0], 2);
+        assert_eq!(b.counts[1], 1);
+        assert_eq!(b.counts[15], 1);
+        assert_eq!(b.counts[16], 1);
+        assert_eq!(b.count(), 5);
+    }
+
+    #[test]
+    fn random_model_names_fold_into_other() {
+        let mut l = ByLabel::default();
+        for i in 0..1000 {
+            l.record(&rec(&format!("m{i}"), 200, 1));
+        }
+        l.record(&rec("m0", 500, 1));
+        let taken = l.take();
+        assert_eq!(taken.len(), MAX_MODELS_PER_PROVIDER + 1);
+        let other = taken.iter().find(|(_, m, _)| m == OTHER).unwrap();
+        assert_eq!(
+            other.2.total_requests(),
+            1000 - MAX_MODELS_PER_PROVIDER as u64
+        );
+        let m0 = taken.iter().find(|(_, m, _)| m == "m0").unwrap();
+        assert_eq!(m0.2.requests, [0, 2 - 1, 0, 0, 1]);
+        let mut merged = MergedLabels::default();
+        for shard in 0..3 {
+            for i in 0..100 {
+                let mut c = LabelCounters::default();
+                c.requests[1] = 1;
+                merged.add("up".into(), format!("s{shard}-{i}"), &c);
+            }
+        }
+        assert_eq!(merged.by.len(), MAX_MODELS_PER_PROVIDER + 1);
+    }
+}
