@@ -1,0 +1,220 @@
+//! `/metrics` as a Prometheus user reads it: parsed by the official
+//! `prometheus_client` parser (installed by scripts/test), every family typed
+//! and documented, histogram counts equal to `/stats`, and a bounded number of
+//! series however many model names clients invent. At 1 and 2 shards.
+
+mod common;
+
+use common::gateway::admin_get;
+use common::{Gateway, json, mock};
+use simd_json::prelude::*;
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+const PARSER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/metrics/parse.py");
+
+/// The parsed families, or `None` (with a note) when the parser is missing
+/// and `AIGW_REQUIRE_SDK` is not set.
+fn parsed(text: &str) -> Option<simd_json::OwnedValue> {
+    let have = Command::new("python3")
+        .args(["-c", "import prometheus_client"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !have {
+        assert!(
+            std::env::var("AIGW_REQUIRE_SDK").as_deref() != Ok("1"),
+            "AIGW_REQUIRE_SDK=1 but the prometheus_client package is missing; scripts/test installs it"
+        );
+        eprintln!("skipping: python3 -m pip install prometheus_client to run this test");
+        return None;
+    }
+    let mut child = Command::new("python3")
+        .arg(PARSER)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the parser");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "prometheus_client rejects /metrics: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(json(&out.stdout))
+}
+
+fn metrics(gw: &Gateway) -> String {
+    let (status, body) = admin_get(&gw.admin_socket, "/metrics");
+    assert_eq!(status, 200);
+    String::from_utf8(body).unwrap()
+}
+
+/// The value of the sample `name` whose labels include every pair in `want`.
+fn sample(f: &simd_json::OwnedValue, family: &str, name: &str, want: &[(&str, &str)]) -> f64 {
+    f[family]["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s[0].as_str() == Some(name))
+        .filter(|s| {
+            want.iter()
+                .all(|(k, v)| s[1].get(*k).and_then(|x| x.as_str()) == Some(*v))
+        })
+        .map(|s| s[2].cast_f64().unwrap())
+        .sum()
+}
+
+fn metrics_parse_and_histograms_match_stats(shards: usize) {
+    let mock = mock();
+    let gw = Gateway::with(shards)
+        .provider("up", &mock.base_url(), "")
+        .start();
+    let mut c = gw.client();
+    for stream in [false, true, false] {
+        let body = format!(r#"{{"model":"up/gpt-x","stream":{stream},"messages":[]}}"#);
+        assert_eq!(c.post("/v1/chat/completions", &[], &body).status, 200);
+    }
+    assert_eq!(c.post("/v1/chat/completions", &[], "{bad").status, 400);
+    let r = c.post(
+        "/v1/chat/completions",
+        &[("x-mock-error", "503")],
+        r#"{"model":"up/gpt-x","messages":[]}"#,
+    );
+    assert_eq!(r.status, 503);
+    let text = metrics(&gw);
+    let stats = gw.stats();
+    let Some(f) = parsed(&text) else { return };
+    for (name, fam) in f.as_object().unwrap() {
+        assert_ne!(
+            fam["type"].as_str(),
+            Some("unknown"),
+            "{name} has no # TYPE"
+        );
+        assert!(
+            !fam["help"].as_str().unwrap_or("").is_empty(),
+            "{name} has no # HELP"
+        );
+    }
+    assert_eq!(f["aigw_request_duration_seconds"]["type"], "histogram");
+    let total = stats["latency_us"]["total"]["count"].cast_f64().unwrap();
+    assert_eq!(total, 5.0);
+    assert_eq!(
+        sample(
+            &f,
+            "aigw_latency_total_seconds",
+            "aigw_latency_total_seconds_count",
+            &[]
+        ),
+        total
+    );
+    assert_eq!(
+        sample(
+            &f,
+            "aigw_request_duration_seconds",
+            "aigw_request_duration_seconds_count",
+            &[]
+        ),
+        total
+    );
+    assert_eq!(
+        sample(
+            &f,
+            "aigw_latency_ttft_seconds",
+            "aigw_latency_ttft_seconds_count",
+            &[]
+        ),
+        stats["latency_us"]["ttft"]["count"].cast_f64().unwrap()
+    );
+    let ok = [("provider", "up"), ("model", "gpt-x"), ("status", "2xx")];
+    assert_eq!(sample(&f, "aigw_requests", "aigw_requests_total", &ok), 3.0);
+    let unavailable = [("provider", "up"), ("status", "5xx")];
+    assert_eq!(
+        sample(&f, "aigw_requests", "aigw_requests_total", &unavailable),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &f,
+            "aigw_errors",
+            "aigw_errors_total",
+            &[("source", "client")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &f,
+            "aigw_errors",
+            "aigw_errors_total",
+            &[("source", "provider")]
+        ),
+        1.0
+    );
+    let tokens = sample(
+        &f,
+        "aigw_tokens",
+        "aigw_tokens_total",
+        &[("direction", "output")],
+    );
+    assert_eq!(tokens, stats["tokens"]["output"].cast_f64().unwrap());
+    // The +Inf bucket of every histogram equals its count.
+    let inf = sample(
+        &f,
+        "aigw_request_duration_seconds",
+        "aigw_request_duration_seconds_bucket",
+        &[("le", "+Inf")],
+    );
+    assert_eq!(inf, total);
+    assert_eq!(
+        sample(&f, "aigw_open_connections", "aigw_open_connections", &[]),
+        1.0
+    );
+}
+
+fn random_model_names_leave_the_series_bounded(shards: usize) {
+    let mock = mock();
+    let gw = Gateway::with(shards)
+        .provider("up", &mock.base_url(), "")
+        .toml("[logs]\nenabled = false")
+        .start();
+    let mut c = gw.client();
+    for i in 0..1000 {
+        let body = format!(
+            r#"{{"model":"up/random-{i}-{}","messages":[]}}"#,
+            i * 7919 % 1009
+        );
+        assert_eq!(c.post("/v1/chat/completions", &[], &body).status, 200);
+    }
+    let text = metrics(&gw);
+    let models: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("aigw_requests_total{"))
+        .filter_map(|l| l.split("model=\"").nth(1)?.split('"').next())
+        .collect();
+    // At most 32 names per provider (after merging shards) plus `other`.
+    assert!(models.len() <= 33, "{} model labels", models.len());
+    assert!(models.contains("other"));
+    assert!(
+        text.lines().count() < 5000,
+        "{} lines",
+        text.lines().count()
+    );
+    if let Some(f) = parsed(&text) {
+        assert_eq!(
+            sample(&f, "aigw_requests", "aigw_requests_total", &[]),
+            1000.0
+        );
+    }
+}
+
+at_1_and_2_shards!(
+    metrics_parse_and_histograms_match_stats,
+    random_model_names_leave_the_series_bounded,
+);
