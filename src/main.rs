@@ -157,6 +157,9 @@ fn main() -> ExitCode {
                     l.addr, l.shards
                 );
                 let _ = writeln!(out, "aigw admin socket {}", l.admin_socket.display());
+                if let Some(m) = l.metrics_addr {
+                    let _ = writeln!(out, "aigw metrics on http://{m}/metrics");
+                }
                 let _ = out.flush();
             });
             match result {

@@ -44,6 +44,8 @@ pub struct Listening {
     pub addr: SocketAddr,
     pub shards: usize,
     pub admin_socket: std::path::PathBuf,
+    /// Where `/metrics` is served over TCP (`admin.listen`).
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// Runs the gateway until it is drained by a signal. `on_ready` is called once
@@ -84,9 +86,22 @@ pub fn serve(config: Config, on_ready: impl FnOnce(&Listening)) -> Result<(), St
     };
     let admin_listener =
         admin::bind(&config.admin_socket).map_err(|e| format!("admin.socket: {e}"))?;
-    Admin::new(hub.clone(), senders.clone(), log_stats.clone(), log_path)
+    let admin = Admin::new(hub.clone(), senders.clone(), log_stats.clone(), log_path);
+    admin
         .spawn(admin_listener)
         .map_err(|e| format!("cannot start the admin thread: {e}"))?;
+    let metrics_addr = match config.admin_listen {
+        Some(a) => {
+            let l = std::net::TcpListener::bind(a)
+                .map_err(|e| format!("admin.listen: cannot listen on {a}: {e}"))?;
+            let bound = l.local_addr().map_err(|e| format!("admin.listen: {e}"))?;
+            admin
+                .spawn_metrics(l)
+                .map_err(|e| format!("cannot start the metrics thread: {e}"))?;
+            Some(bound)
+        }
+        None => None,
+    };
     let resolver = Resolver::new();
     resolver.spawn_refresher(crate::providers::network_hosts(&config));
 
@@ -160,6 +175,7 @@ pub fn serve(config: Config, on_ready: impl FnOnce(&Listening)) -> Result<(), St
         addr,
         shards,
         admin_socket: config.admin_socket.clone(),
+        metrics_addr,
     });
     let results = handles.join_all();
     // Every shard is gone: the log thread commits what is queued and ends.

@@ -214,7 +214,28 @@ fn random_model_names_leave_the_series_bounded(shards: usize) {
     }
 }
 
+fn a_tcp_listener_serves_metrics_and_healthz_only(shards: usize) {
+    let mock = mock();
+    let gw = Gateway::with(shards)
+        .provider("up", &mock.base_url(), "")
+        .admin("listen = \"127.0.0.1:0\"")
+        .start();
+    let addr = gw.metrics_addr.expect("the metrics line");
+    assert!(addr.ip().is_loopback());
+    let mut c = common::Client::connect(addr);
+    let r = c.get("/metrics");
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("# TYPE aigw_requests_total counter"));
+    for path in ["/stats", "/logs", "/config"] {
+        let mut c = common::Client::connect(addr);
+        assert_eq!(c.get(path).status, 404, "{path} over TCP");
+    }
+    let mut c = common::Client::connect(addr);
+    assert_eq!(c.get("/healthz").status, 200);
+}
+
 at_1_and_2_shards!(
+    a_tcp_listener_serves_metrics_and_healthz_only,
     metrics_parse_and_histograms_match_stats,
     random_model_names_leave_the_series_bounded,
 );

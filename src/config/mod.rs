@@ -43,6 +43,8 @@ use read::Walker;
 pub struct Config {
     pub server: ServerConfig,
     pub admin_socket: PathBuf,
+    /// `/metrics` and `/healthz` over TCP, when set.
+    pub admin_listen: Option<std::net::SocketAddr>,
     pub limits: Limits,
     pub timeouts: Timeouts,
     pub providers: BTreeMap<String, ProviderConfig>,
@@ -93,6 +95,7 @@ impl Config {
         // value, so one pass reports every problem, in file order.
         let server = server::read_server(&mut w, &root);
         let admin_socket = server::read_admin_socket(&mut w, &root, &server.data_dir);
+        let admin_listen = server::read_admin_listen(&mut w, &root);
         let limits = server::read_limits(&mut w, &root);
         let timeouts = server::read_timeouts(&mut w, &root);
         let providers = providers::read_providers(&mut w, &root, env);
@@ -101,6 +104,7 @@ impl Config {
         Ok(Config {
             server,
             admin_socket,
+            admin_listen,
             limits,
             timeouts,
             providers,
@@ -141,6 +145,19 @@ mod tests {
             Ok(_) => vec![],
             Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
         }
+    }
+
+    #[test]
+    fn admin_listen_takes_a_port_for_loopback_or_an_address() {
+        let listen = |v: &str| {
+            Config::from_toml_with_env(&format!("[admin]\nlisten = \"{v}\"\n"), &|_| None)
+                .map(|c| c.admin_listen.unwrap().to_string())
+        };
+        assert_eq!(listen("9090").unwrap(), "127.0.0.1:9090");
+        assert_eq!(listen(":9091").unwrap(), "127.0.0.1:9091");
+        assert_eq!(listen("0.0.0.0:9092").unwrap(), "0.0.0.0:9092");
+        assert!(errors("[admin]\nlisten = \"nope\"\n")[0].starts_with("admin.listen:"));
+        assert!(Config::from_toml_with_env("", &|_| None).unwrap().admin_listen.is_none());
     }
 
     #[test]

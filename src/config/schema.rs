@@ -49,6 +49,11 @@ pub const KEYS: &[KeySpec] = &[
         meaning: "Unix socket (mode 0600) serving /stats and /metrics",
     },
     KeySpec {
+        path: "admin.listen",
+        default: "(off)",
+        meaning: "TCP address serving /metrics and /healthz only (\"9090\" = loopback port 9090)",
+    },
+    KeySpec {
         path: "limits.max_head_bytes",
         default: "16KiB",
         meaning: "largest request head; larger gets 431",

@@ -73,6 +73,30 @@ pub(super) fn read_server(w: &mut Walker, root: &toml::Table) -> ServerConfig {
     }
 }
 
+/// `admin.listen`: a TCP address for `/metrics` and `/healthz`. A bare port
+/// (`"9090"` or `":9090"`) means loopback.
+pub(super) fn read_admin_listen(
+    w: &mut Walker,
+    root: &toml::Table,
+) -> Option<std::net::SocketAddr> {
+    let t = w.table(root, "admin");
+    let v = w.string(t, "admin.listen")?;
+    let port_only = v.strip_prefix(':').unwrap_or(&v);
+    if let Ok(port) = port_only.parse::<u16>() {
+        return Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    match v.parse() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            w.err(
+                "admin.listen",
+                format!("`{v}` is not a port or IP:PORT; write e.g. \"9090\" (loopback) or \"0.0.0.0:9090\""),
+            );
+            None
+        }
+    }
+}
+
 /// `[admin]`: the socket path, by default inside `data_dir`.
 pub(super) fn read_admin_socket(w: &mut Walker, root: &toml::Table, data_dir: &Path) -> PathBuf {
     let t = w.table(root, "admin");

@@ -11,6 +11,7 @@ use crate::logstore::{self, query::Filter};
 use hdrhistogram::Histogram;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
+use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
@@ -78,7 +79,10 @@ impl Admin {
             .spawn(move || {
                 for conn in listener.incoming() {
                     match conn {
-                        Ok(c) => me.serve(c),
+                        Ok(c) => {
+                            let _ = c.set_read_timeout(Some(ADMIN_READ_TIMEOUT));
+                            me.serve(c, Scope::Everything)
+                        }
                         Err(e) => log::warn!("admin accept: {e}"),
                     }
                 }
@@ -86,8 +90,27 @@ impl Admin {
         Ok(())
     }
 
-    fn serve(&self, mut conn: UnixStream) {
-        let _ = conn.set_read_timeout(Some(ADMIN_READ_TIMEOUT));
+    /// Serves `/metrics` and `/healthz` (only) on a TCP listener
+    /// (`admin.listen`), for scrapers that cannot reach a Unix socket.
+    pub fn spawn_metrics(self: &Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
+        let me = Arc::clone(self);
+        std::thread::Builder::new()
+            .name("aigw-metrics".into())
+            .spawn(move || {
+                for conn in listener.incoming() {
+                    match conn {
+                        Ok(c) => {
+                            let _ = c.set_read_timeout(Some(ADMIN_READ_TIMEOUT));
+                            me.serve(c, Scope::MetricsOnly)
+                        }
+                        Err(e) => log::warn!("metrics accept: {e}"),
+                    }
+                }
+            })?;
+        Ok(())
+    }
+
+    fn serve<C: Read + Write>(&self, mut conn: C, scope: Scope) {
         let mut buf = Vec::with_capacity(1024);
         let mut chunk = [0u8; 1024];
         let path = loop {
@@ -113,6 +136,15 @@ impl Admin {
         };
         let (method, target) = path;
         let (route, query) = target.split_once('?').unwrap_or((&target, ""));
+        if scope == Scope::MetricsOnly && !matches!(route, "/metrics" | "/healthz") {
+            respond(
+                &mut conn,
+                404,
+                "text/plain",
+                "not found: this listener serves /metrics and /healthz\n",
+            );
+            return;
+        }
         match (method.as_str(), route) {
             ("GET", "/stats") => {
                 self.flush();
@@ -184,7 +216,16 @@ impl Admin {
     }
 }
 
-fn respond(conn: &mut UnixStream, status: u16, content_type: &str, body: &str) {
+/// What a listener may serve.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scope {
+    /// The Unix socket (mode 0600): everything.
+    Everything,
+    /// The optional TCP listener: `/metrics` and `/healthz` only.
+    MetricsOnly,
+}
+
+fn respond(conn: &mut impl Write, status: u16, content_type: &str, body: &str) {
     let head = format!(
         "HTTP/1.1 {status} {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
         crate::error::reason(status),

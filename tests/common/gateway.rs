@@ -59,6 +59,7 @@ pub struct Setup {
     server_lines: String,
     sections: String,
     env: Vec<(String, String)>,
+    admin_lines: String,
 }
 
 impl Setup {
@@ -74,6 +75,13 @@ impl Setup {
     pub fn server(mut self, lines: &str) -> Setup {
         self.server_lines.push_str(lines);
         self.server_lines.push('\n');
+        self
+    }
+
+    /// Adds lines to the `[admin]` table (e.g. `listen = "0"`).
+    pub fn admin(mut self, lines: &str) -> Setup {
+        self.admin_lines.push_str(lines);
+        self.admin_lines.push('\n');
         self
     }
 
@@ -96,14 +104,16 @@ impl Setup {
         let dir = TempDir::new("gw");
         // The data directory sits beside the config file, not around it.
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nshards = {}\ndata_dir = \"{data}\"\n{}\n[admin]\nsocket = \"{data}/admin.sock\"\n{}",
+            "[server]\nlisten = \"127.0.0.1:0\"\nshards = {}\ndata_dir = \"{data}\"\n{}\n[admin]\nsocket = \"{data}/admin.sock\"\n{}\n{}",
             self.shards,
             self.server_lines,
+            self.admin_lines,
             self.sections,
             data = dir.path().join("data").display(),
         );
         let config = dir.write("aigw.toml", &text);
-        Gateway::spawn(dir, &config, self.shards, &self.env)
+        let metrics = self.admin_lines.contains("listen");
+        Gateway::spawn(dir, &config, self.shards, &self.env, metrics)
     }
 }
 
@@ -112,6 +122,8 @@ pub struct Gateway {
     child: Option<Child>,
     pub addr: SocketAddr,
     pub admin_socket: PathBuf,
+    /// `admin.listen`'s address, when the test set one.
+    pub metrics_addr: Option<SocketAddr>,
     pub shards: usize,
     stderr: Arc<Mutex<String>>,
     dir: TempDir,
@@ -125,10 +137,17 @@ impl Gateway {
             server_lines: String::new(),
             sections: String::new(),
             env: Vec::new(),
+            admin_lines: String::new(),
         }
     }
 
-    fn spawn(dir: TempDir, config: &Path, shards: usize, env: &[(String, String)]) -> Gateway {
+    fn spawn(
+        dir: TempDir,
+        config: &Path,
+        shards: usize,
+        env: &[(String, String)],
+        metrics: bool,
+    ) -> Gateway {
         let mut child = Command::new(AIGW)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .arg("serve")
@@ -164,10 +183,22 @@ impl Gateway {
             },
             Err(e) => fail(&mut child, format!("no admin socket line ({e})")),
         };
+        let metrics_addr = if metrics {
+            match lines.recv_timeout(WAIT) {
+                Ok(l) => l
+                    .strip_prefix("aigw metrics on http://")
+                    .and_then(|r| r.strip_suffix("/metrics"))
+                    .and_then(|a| a.parse().ok()),
+                Err(e) => fail(&mut child, format!("no metrics line ({e})")),
+            }
+        } else {
+            None
+        };
         Gateway {
             child: Some(child),
             addr,
             admin_socket,
+            metrics_addr,
             shards,
             stderr,
             dir,
