@@ -136,20 +136,24 @@ fn main() -> ExitCode {
             shards,
             admin_socket,
         } => {
-            let mut cfg = match load(config.as_deref()) {
-                Ok(c) => c,
-                Err(e) => return fail(&e),
+            let source = aigw::control::reload::Source {
+                path: config,
+                listen,
+                shards,
+                admin_socket,
             };
-            if let Some(l) = listen {
-                cfg.server.listen = l;
-            }
-            if let Some(n) = shards {
-                cfg.server.shards = std::num::NonZeroUsize::new(n);
-            }
-            if let Some(p) = admin_socket {
-                cfg.admin_socket = p;
-            }
-            let result = aigw::runtime::serve(cfg, |l| {
+            let cfg = match source.load() {
+                Ok(c) => c,
+                Err(errors) => {
+                    let file = source
+                        .path
+                        .as_ref()
+                        .map(|p| format!("config {}:\n", p.display()))
+                        .unwrap_or_default();
+                    return fail(&format!("{file}{}", errors.join("\n")));
+                }
+            };
+            let result = aigw::runtime::serve(cfg, source, |l| {
                 let mut out = std::io::stdout().lock();
                 let _ = writeln!(
                     out,

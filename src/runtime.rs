@@ -9,6 +9,7 @@
 use crate::config::Config;
 use crate::control::admin::{self, Admin};
 use crate::control::logs::{self, LOG_QUEUE, LogStats};
+use crate::control::reload::{Reloader, Source};
 use crate::control::stats::StatsHub;
 use crate::control::{ShardCmd, ShardSenders, signals};
 use crate::logstore;
@@ -50,7 +51,11 @@ pub struct Listening {
 
 /// Runs the gateway until it is drained by a signal. `on_ready` is called once
 /// every shard is listening.
-pub fn serve(config: Config, on_ready: impl FnOnce(&Listening)) -> Result<(), String> {
+pub fn serve(
+    config: Config,
+    source: Source,
+    on_ready: impl FnOnce(&Listening),
+) -> Result<(), String> {
     let config = Arc::new(config);
     std::fs::create_dir_all(&config.server.data_dir).map_err(|e| {
         format!(
@@ -86,7 +91,20 @@ pub fn serve(config: Config, on_ready: impl FnOnce(&Listening)) -> Result<(), St
     };
     let admin_listener =
         admin::bind(&config.admin_socket).map_err(|e| format!("admin.socket: {e}"))?;
-    let admin = Admin::new(hub.clone(), senders.clone(), log_stats.clone(), log_path);
+    let reloader = Reloader::new(
+        source,
+        config.clone(),
+        senders.clone(),
+        hub.clone(),
+        log_stats.clone(),
+    );
+    let admin = Admin::new(
+        hub.clone(),
+        senders.clone(),
+        log_stats.clone(),
+        log_path,
+        reloader.clone(),
+    );
     admin
         .spawn(admin_listener)
         .map_err(|e| format!("cannot start the admin thread: {e}"))?;
@@ -170,7 +188,8 @@ pub fn serve(config: Config, on_ready: impl FnOnce(&Listening)) -> Result<(), St
     // Handlers go in before readiness is announced: a supervisor may send
     // SIGTERM as soon as it reads the listening line, and the default action
     // would kill the process without a drain.
-    signals::spawn(senders.clone()).map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    signals::spawn(senders.clone(), reloader)
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     on_ready(&Listening {
         addr,
         shards,
@@ -303,6 +322,7 @@ async fn control_loop(
                     dropped += 1;
                 }
             }
+            Some(ShardCmd::Reload(config)) => ctx.apply(&config),
             Some(ShardCmd::Drain) => {
                 let _ = drain.try_send(());
             }

@@ -112,6 +112,100 @@ impl Config {
         })
     }
 
+    /// The running values, one `key = value` per setting, secrets as `****`
+    /// (what `GET /config` shows). With `fingerprint`, a secret is shown as a
+    /// hash of itself instead, so two configs can be compared without either
+    /// key ever being printed.
+    pub fn entries(&self, fingerprint: bool) -> BTreeMap<String, String> {
+        let mut e = BTreeMap::new();
+        let mut put = |k: String, v: String| {
+            e.insert(k, v);
+        };
+        let s = &self.server;
+        put("server.listen".into(), s.listen.to_string());
+        put(
+            "server.shards".into(),
+            s.shards.map_or(0, |n| n.get()).to_string(),
+        );
+        put("server.data_dir".into(), s.data_dir.display().to_string());
+        put(
+            "server.drain_timeout".into(),
+            format!("{:?}", s.drain_timeout),
+        );
+        put(
+            "server.spin_before_park".into(),
+            format!("{:?}", s.spin_before_park),
+        );
+        put(
+            "admin.socket".into(),
+            self.admin_socket.display().to_string(),
+        );
+        put(
+            "admin.listen".into(),
+            self.admin_listen.map_or("(off)".into(), |a| a.to_string()),
+        );
+        let l = &self.limits;
+        put("limits.max_head_bytes".into(), l.max_head_bytes.to_string());
+        put("limits.max_headers".into(), l.max_headers.to_string());
+        put("limits.max_body_bytes".into(), l.max_body_bytes.to_string());
+        put(
+            "limits.max_response_head_bytes".into(),
+            l.max_response_head_bytes.to_string(),
+        );
+        let t = &self.timeouts;
+        for (k, v) in [
+            ("head", t.head),
+            ("body", t.body),
+            ("idle", t.idle),
+            ("client_write", t.client_write),
+            ("upstream_connect", t.upstream_connect),
+            ("first_byte", t.first_byte),
+            ("stream_idle", t.stream_idle),
+            ("upstream_idle", t.upstream_idle),
+        ] {
+            put(format!("timeouts.{k}"), format!("{v:?}"));
+        }
+        for (name, p) in &self.providers {
+            let k = |f: &str| format!("providers.{name}.{f}");
+            put(k("kind"), p.kind.as_str().into());
+            put(k("base_url"), p.base_url.to_string());
+            let key = match (&p.api_key, fingerprint) {
+                (None, _) => "(none)".to_string(),
+                (Some(_), false) => "****".to_string(),
+                (Some(s), true) => {
+                    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(s.expose().as_bytes()))
+                }
+            };
+            put(k("api_key"), key);
+            if let Some(env) = &p.api_key_env {
+                put(k("api_key_env"), env.clone());
+            }
+            if !p.extra_roots.is_empty() {
+                let roots: Vec<u8> = p.extra_roots.concat();
+                put(
+                    k("ca_file"),
+                    format!(
+                        "{} certificate(s), {:016x}",
+                        p.extra_roots.len(),
+                        xxhash_rust::xxh3::xxh3_64(&roots)
+                    ),
+                );
+            }
+        }
+        let g = &self.logs;
+        put("logs.enabled".into(), g.enabled.to_string());
+        put("logs.payloads".into(), g.payloads.to_string());
+        put("logs.payload_max".into(), g.payload_max.to_string());
+        put("logs.sample".into(), g.sample.to_string());
+        put("logs.max_rows".into(), g.max_rows.to_string());
+        put("logs.max_age".into(), format!("{:?}", g.max_age));
+        put(
+            "logs.flush_interval".into(),
+            format!("{:?}", g.flush_interval),
+        );
+        e
+    }
+
     /// The `print-config` text: every key, its default and meaning.
     pub fn describe_keys() -> String {
         let mut out = String::from("# key = default    # meaning\n");
@@ -148,6 +242,31 @@ mod tests {
     }
 
     #[test]
+    fn entries_show_every_setting_and_no_secret() {
+        let c = Config::from_toml_with_env(
+            "[providers.up]\nbase_url = \"http://127.0.0.1:9/v1\"\napi_key = \"sk-hidden\"\n",
+            &|_| None,
+        )
+        .unwrap();
+        let shown = c.entries(false);
+        assert_eq!(shown["providers.up.api_key"], "****");
+        assert_eq!(shown["providers.up.base_url"], "http://127.0.0.1:9/v1");
+        assert_eq!(shown["timeouts.first_byte"], "300s");
+        let fp = c.entries(true);
+        assert!(!fp.values().any(|v| v.contains("sk-hidden")));
+        assert!(!shown.values().any(|v| v.contains("sk-hidden")));
+        let other = Config::from_toml_with_env(
+            "[providers.up]\nbase_url = \"http://127.0.0.1:9/v1\"\napi_key = \"sk-other\"\n",
+            &|_| None,
+        )
+        .unwrap();
+        assert_ne!(
+            fp["providers.up.api_key"],
+            other.entries(true)["providers.up.api_key"]
+        );
+    }
+
+    #[test]
     fn admin_listen_takes_a_port_for_loopback_or_an_address() {
         let listen = |v: &str| {
             Config::from_toml_with_env(&format!("[admin]\nlisten = \"{v}\"\n"), &|_| None)
@@ -157,7 +276,12 @@ mod tests {
         assert_eq!(listen(":9091").unwrap(), "127.0.0.1:9091");
         assert_eq!(listen("0.0.0.0:9092").unwrap(), "0.0.0.0:9092");
         assert!(errors("[admin]\nlisten = \"nope\"\n")[0].starts_with("admin.listen:"));
-        assert!(Config::from_toml_with_env("", &|_| None).unwrap().admin_listen.is_none());
+        assert!(
+            Config::from_toml_with_env("", &|_| None)
+                .unwrap()
+                .admin_listen
+                .is_none()
+        );
     }
 
     #[test]

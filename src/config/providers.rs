@@ -50,6 +50,16 @@ pub struct BaseUrl {
     pub authority: String,
 }
 
+impl std::fmt::Display for BaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = match self.scheme {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        };
+        write!(f, "{scheme}://{}{}", self.authority, self.path)
+    }
+}
+
 impl BaseUrl {
     pub fn parse(s: &str) -> Result<BaseUrl, String> {
         // Host and path are written into the request line and the Host header as

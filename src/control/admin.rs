@@ -4,9 +4,10 @@
 //! Endpoints: `GET /stats` (JSON, fresh: every shard flushes first),
 //! `GET /metrics` (Prometheus text), `GET /healthz`. Not on any request path.
 
+use super::ShardSenders;
 use super::logs::LogStats;
+use super::reload::Reloader;
 use super::stats::{Merged, SERIES, StatsHub};
-use super::{ShardCmd, ShardSenders};
 use crate::logstore::{self, query::Filter};
 use hdrhistogram::Histogram;
 use std::fmt::Write as _;
@@ -17,7 +18,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// Longest an admin client may take to send its request.
@@ -30,10 +31,10 @@ pub const MAX_ADMIN_REQUEST: usize = 8 << 10;
 pub struct Admin {
     hub: Arc<StatsHub>,
     shards: ShardSenders,
-    seq: AtomicU64,
     logs: Arc<LogStats>,
     /// The request log store (read-only from here).
     log_path: PathBuf,
+    reloader: Arc<Reloader>,
 }
 
 /// Binds the socket (refusing to steal one a live aigw is serving) with mode 0600.
@@ -62,13 +63,14 @@ impl Admin {
         shards: ShardSenders,
         logs: Arc<LogStats>,
         log_path: PathBuf,
+        reloader: Arc<Reloader>,
     ) -> Arc<Admin> {
         Arc::new(Admin {
             hub,
             shards,
-            seq: AtomicU64::new(1),
             logs,
             log_path,
+            reloader,
         })
     }
 
@@ -163,6 +165,21 @@ impl Admin {
                 Ok(body) => respond(&mut conn, 200, "application/x-ndjson", &body),
                 Err((status, why)) => respond(&mut conn, status, "text/plain", &format!("{why}\n")),
             },
+            ("POST", "/config/reload") => match self.reloader.reload() {
+                Ok(report) => respond(&mut conn, 200, "application/json", &report.to_json()),
+                Err(errors) => {
+                    let mut body = String::from("{\"applied\":false,\"errors\":[");
+                    for (i, e) in errors.iter().enumerate() {
+                        if i > 0 {
+                            body.push(',');
+                        }
+                        crate::error::push_json_string(&mut body, e);
+                    }
+                    body.push_str("]}\n");
+                    respond(&mut conn, 400, "application/json", &body);
+                }
+            },
+            ("GET", "/config") => respond(&mut conn, 200, "text/plain", &self.reloader.render()),
             ("GET", "/healthz") => {
                 respond(&mut conn, 200, "application/json", "{\"status\":\"ok\"}\n")
             }
@@ -170,7 +187,7 @@ impl Admin {
                 &mut conn,
                 404,
                 "text/plain",
-                "not found: try /stats, /metrics, /logs or /healthz\n",
+                "not found: try GET /stats, /metrics, /logs, /config, /healthz or POST /config/reload\n",
             ),
         }
     }
@@ -205,12 +222,7 @@ impl Admin {
 
     /// Asks every shard for a snapshot and waits (bounded) until they arrive.
     fn flush(&self) {
-        // Ticks send sequence 0; every /stats request waits for a number no tick reaches.
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
-        for tx in self.shards.iter() {
-            let _ = tx.send(ShardCmd::Flush(seq));
-        }
-        if !self.hub.wait_flushed(seq, FLUSH_WAIT) {
+        if !self.hub.flush_shards(&self.shards, FLUSH_WAIT) {
             log::debug!("admin: not every shard flushed within {FLUSH_WAIT:?}");
         }
     }

@@ -53,9 +53,16 @@ pub struct LogStats {
     /// (commits asked for, commits done, stop after the next commit).
     flush: Mutex<(u64, u64, bool)>,
     flushed: Condvar,
+    /// Settings from a reload, taken up at the next round.
+    reloaded: Mutex<Option<LogsConfig>>,
 }
 
 impl LogStats {
+    /// Hands the log thread reloaded settings (retention, flush interval).
+    pub fn set_config(&self, cfg: LogsConfig) {
+        *self.reloaded.lock().unwrap_or_else(|p| p.into_inner()) = Some(cfg);
+    }
+
     /// Asks the log thread to commit what it has received and waits (at most
     /// `wait`) until it has. False when the thread did not answer in time
     /// (or there is none).
@@ -118,16 +125,24 @@ pub fn spawn(
             if let Err(e) = crate::sys::lower_thread_priority(LOG_THREAD_NICE) {
                 log::debug!("log thread keeps its priority: {e}");
             }
-            run(&mut writer, &cfg, &rx, &stats)
+            run(&mut writer, cfg, &rx, &stats)
         })
         .map_err(|e| format!("cannot start the log thread: {e}"))
 }
 
-fn run(writer: &mut Writer, cfg: &LogsConfig, rx: &Receiver<RequestRecord>, stats: &LogStats) {
+fn run(writer: &mut Writer, mut cfg: LogsConfig, rx: &Receiver<RequestRecord>, stats: &LogStats) {
     let mut batch: Vec<RequestRecord> = Vec::with_capacity(4096);
     let mut last_retention = Instant::now();
     let mut last_sweep = Instant::now();
     loop {
+        if let Some(new) = stats
+            .reloaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            cfg = new;
+        }
         let (answers, stop) = stats.wait_round(cfg.flush_interval);
         let mut open = !stop;
         loop {
@@ -162,7 +177,7 @@ fn run(writer: &mut Writer, cfg: &LogsConfig, rx: &Receiver<RequestRecord>, stat
         // Over the row limit: trim at once; by age: once a second.
         if writer.rows() > cfg.max_rows || last_retention.elapsed() >= RETENTION_EVERY || !open {
             last_retention = Instant::now();
-            retain(writer, cfg, stats);
+            retain(writer, &cfg, stats);
         }
         if last_sweep.elapsed() >= META_SWEEP_EVERY || !open {
             last_sweep = Instant::now();

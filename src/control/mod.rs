@@ -2,7 +2,8 @@
 //!
 //! - [`stats`]: per-shard recorders and the merging stats thread.
 //! - [`admin`]: HTTP/1.1 over a Unix socket (`/stats`, `/metrics`, `/healthz`).
-//! - [`signals`]: SIGTERM/SIGINT start a drain.
+//! - [`signals`]: SIGTERM/SIGINT start a drain; SIGHUP reloads.
+//! - [`reload`]: re-reads the config file and applies it to every shard.
 //! - [`report`]: `aigw stats` as a table (client side).
 //!
 //! Shards hear from the control plane only through [`ShardCmd`] on a flume
@@ -11,17 +12,20 @@
 pub mod admin;
 pub mod logs;
 pub mod metrics;
+pub mod reload;
 pub mod report;
 pub mod signals;
 pub mod stats;
 
 /// Messages from control threads to one shard.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum ShardCmd {
     /// Send a stats snapshot now, numbered with this sequence.
     Flush(u64),
     /// Stop accepting, finish in-flight requests, close idle connections.
     Drain,
+    /// Use this config from the next request on.
+    Reload(std::sync::Arc<crate::config::Config>),
 }
 
 /// Senders to every shard, in shard order.

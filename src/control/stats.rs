@@ -46,6 +46,8 @@ impl Merged {
 pub struct StatsHub {
     pub merged: Mutex<Merged>,
     changed: Condvar,
+    /// Numbers flush requests; ticks send 0, so a request waits for a number no tick reaches.
+    flush_seq: std::sync::atomic::AtomicU64,
 }
 
 impl StatsHub {
@@ -61,6 +63,7 @@ impl StatsHub {
                 gauges: vec![Gauges::default(); shards],
             }),
             changed: Condvar::new(),
+            flush_seq: std::sync::atomic::AtomicU64::new(1),
         })
     }
 
@@ -79,6 +82,19 @@ impl StatsHub {
         }
         drop(m);
         self.changed.notify_all();
+    }
+
+    /// Asks every shard for a snapshot and waits (at most `wait`) until all
+    /// arrived. Shards handle commands in order, so whatever was sent to them
+    /// before (a reload, say) has been applied when this returns true.
+    pub fn flush_shards(&self, shards: &super::ShardSenders, wait: Duration) -> bool {
+        let seq = self
+            .flush_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        for tx in shards.iter() {
+            let _ = tx.send(super::ShardCmd::Flush(seq));
+        }
+        self.wait_flushed(seq, wait)
     }
 
     /// Waits until every shard has sent a snapshot numbered at least `seq`.

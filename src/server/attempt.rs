@@ -121,7 +121,8 @@ pub async fn attempt(
     req: &AttemptRequest<'_>,
     rhead: &mut ResponseHead,
 ) -> Result<UpstreamReply, AttemptError> {
-    let t = &ctx.config.timeouts;
+    let config = ctx.config();
+    let t = &config.timeouts;
     let fail = |failure, pooled, connected| AttemptError {
         failure,
         pooled,
@@ -146,7 +147,7 @@ pub async fn attempt(
     if let Err(e) = client::send(&mut up, req.bytes, t.client_write).await {
         return Err(fail(Failure::SendFailed(e.to_string()), pooled, connected));
     }
-    let max_head = ctx.config.limits.max_response_head_bytes;
+    let max_head = config.limits.max_response_head_bytes;
     let was_head = req.method == Method::Head;
     match client::read_head(&mut up, rhead, was_head, max_head, t.first_byte, sent_at).await {
         Ok(ttfb) => Ok(UpstreamReply {
@@ -195,7 +196,7 @@ mod tests {
             .io_memory(128 << 10)
             .spawn(move || async move {
                 let ctx = ShardCtx::new(0, config, Resolver::new(), None);
-                let provider = ctx.providers["up"].clone();
+                let provider = ctx.providers()["up"].clone();
                 let req = AttemptRequest {
                     bytes: request.as_bytes(),
                     method: Method::Post,

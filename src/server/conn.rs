@@ -27,7 +27,7 @@ const MIN_TIMEOUT: Duration = Duration::from_millis(1);
 /// Serves one accepted connection until it closes.
 pub async fn serve(ctx: Rc<ShardCtx>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
-    let _ = stream.set_write_timeout(Some(ctx.config.timeouts.client_write));
+    let _ = stream.set_write_timeout(Some(ctx.config().timeouts.client_write));
     let id = ctx.register();
     let mut c = ClientConn::new(stream);
     loop {
@@ -78,13 +78,15 @@ async fn read_framed(
     id: u64,
     started: &mut Option<Instant>,
 ) -> Result<Option<Incoming>, GatewayError> {
-    let t = &ctx.config.timeouts;
+    let config = ctx.config();
+    let t = &config.timeouts;
+    let limits = ctx.limits();
     let mut head_deadline: Option<Instant> = None;
     let head_len = loop {
         if !c.buf.is_empty() {
             // One clock read per request: its arrival, which also starts the head deadline.
             let arrived = *started.get_or_insert_with(Instant::now);
-            if let Parsed::Complete(n) = parse_request(c.buf.filled(), &ctx.limits, &mut c.head)? {
+            if let Parsed::Complete(n) = parse_request(c.buf.filled(), &limits, &mut c.head)? {
                 break n;
             }
             head_deadline.get_or_insert(arrived + t.head);
@@ -101,7 +103,7 @@ async fn read_framed(
             return Err(timeout_error("request head"));
         }
         let _ = c.stream.set_read_timeout(Some(timeout.max(MIN_TIMEOUT)));
-        let max_window = ctx.limits.max_head_bytes.max(c.buf.len() + 1);
+        let max_window = limits.max_head_bytes.max(c.buf.len() + 1);
         let read = if idle {
             ctx.set_idle(id, true);
             let r = read_some(&mut c.stream, &mut c.buf, max_window)
@@ -148,21 +150,17 @@ async fn read_framed(
             let mut pos = head_len;
             // The wire form may exceed the decoded size by framing overhead.
             let max_window =
-                head_len + (ctx.limits.max_body_bytes as usize).saturating_mul(2) + (64 << 10);
+                head_len + (limits.max_body_bytes as usize).saturating_mul(2) + (64 << 10);
             loop {
                 let used = decoder
-                    .decode(
-                        &c.buf.filled()[pos..],
-                        &mut c.body,
-                        ctx.limits.max_body_bytes,
-                    )
+                    .decode(&c.buf.filled()[pos..], &mut c.body, limits.max_body_bytes)
                     .map_err(|e| match e {
                         crate::http::chunked::ChunkError::TooLarge => GatewayError::framing(
                             413,
                             "body_too_large",
                             format!(
                                 "request body exceeds the limit of {} bytes",
-                                ctx.limits.max_body_bytes
+                                limits.max_body_bytes
                             ),
                         ),
                         other => {

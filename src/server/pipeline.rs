@@ -160,7 +160,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         reply.conn,
         framing,
         taps,
-        ctx.config.timeouts.stream_idle,
+        ctx.config().timeouts.stream_idle,
         reply.sent_at + reply.ttfb,
     )
     .await;
@@ -244,8 +244,8 @@ fn controls(
 
 /// The payload cap when the bodies of a request the log keeps are kept too.
 fn payload_cap(ctx: &ShardCtx) -> Option<usize> {
-    let logs = &ctx.config.logs;
-    (ctx.logging() && logs.payloads).then_some(logs.payload_max)
+    let config = ctx.config();
+    (ctx.logging() && config.logs.payloads).then_some(config.logs.payload_max)
 }
 
 /// Stage 1: the route, then the plan; the record learns the route kind, the
@@ -261,7 +261,7 @@ fn plan(
         .map_err(|_| GatewayError::bad_request("invalid_path", "request path is not UTF-8"))?;
     let route = route::route(target);
     rec.route = route.kind();
-    let mut routed = route::plan(route, &view, &ctx.providers, &mut c.rewritten)?;
+    let mut routed = route::plan(route, &view, &ctx.providers(), &mut c.rewritten)?;
     if let Routed::Upstream(p) = &mut routed {
         rec.provider = Some(p.provider.name.clone());
         // The record is where the model lives from here on.
@@ -318,7 +318,7 @@ async fn attempts(
             }
         }
     };
-    let max_window = c.buf.len() + ctx.limits.max_head_bytes;
+    let max_window = c.buf.len() + ctx.limits().max_head_bytes;
     let gone = async {
         client_gone(&mut c.stream, &mut c.buf, max_window).await;
         Err(Unanswered::ClientGone)

@@ -14,6 +14,7 @@ use crate::upstream::pool::Pool;
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::mpsc::SyncSender;
 use std::task::{Context, Poll, Waker};
@@ -63,9 +64,11 @@ impl Slab {
 
 pub struct ShardCtx {
     pub shard: usize,
-    pub config: Arc<Config>,
-    pub limits: HeadLimits,
-    pub providers: Providers,
+    /// The running config: replaced whole on a reload; a request holds the
+    /// one it started with (`Rc`, this shard's own copy: no shared refcount).
+    config: RefCell<Rc<Config>>,
+    limits: Cell<HeadLimits>,
+    providers: RefCell<Rc<Providers>>,
     pub pool: Pool,
     pub resolver: Arc<Resolver>,
     stats: RefCell<ShardStats>,
@@ -91,17 +94,13 @@ impl ShardCtx {
         resolver: Arc<Resolver>,
         log: Option<SyncSender<RequestRecord>>,
     ) -> ShardCtx {
-        let providers = providers::build(&config);
+        let config = Rc::new(Config::clone(&config));
         ShardCtx {
             shard,
-            limits: HeadLimits {
-                max_head_bytes: config.limits.max_head_bytes,
-                max_headers: config.limits.max_headers,
-                max_body_bytes: config.limits.max_body_bytes,
-            },
+            limits: Cell::new(head_limits(&config)),
             pool: Pool::new(config.timeouts.upstream_idle),
-            config,
-            providers,
+            providers: RefCell::new(Rc::new(providers::build(&config))),
+            config: RefCell::new(config),
             resolver,
             stats: RefCell::new(ShardStats::default()),
             accepted: Cell::new(0),
@@ -112,6 +111,41 @@ impl ShardCtx {
             log,
             conns: RefCell::new(Slab::default()),
         }
+    }
+
+    /// The running config (a request keeps the one it started with).
+    pub fn config(&self) -> Rc<Config> {
+        self.config.borrow().clone()
+    }
+
+    /// The running providers.
+    pub fn providers(&self) -> Rc<Providers> {
+        self.providers.borrow().clone()
+    }
+
+    pub fn limits(&self) -> HeadLimits {
+        self.limits.get()
+    }
+
+    /// Applies a reloaded config: new requests see it at once, requests in
+    /// flight finish with the one they started with. Pooled connections to a
+    /// provider whose address or trust changed (or that is gone) are closed.
+    pub fn apply(&self, new: &Config) {
+        let new = Rc::new(new.clone());
+        let old = self.config();
+        for (name, p) in &old.providers {
+            let same = new
+                .providers
+                .get(name)
+                .is_some_and(|q| q.base_url == p.base_url && q.extra_roots == p.extra_roots);
+            if !same {
+                self.pool.forget(name);
+            }
+        }
+        self.pool.set_max_idle(new.timeouts.upstream_idle);
+        self.limits.set(head_limits(&new));
+        *self.providers.borrow_mut() = Rc::new(providers::build(&new));
+        *self.config.borrow_mut() = new;
     }
 
     /// A fresh request id (UUIDv7, stamped now).
@@ -143,7 +177,7 @@ impl ShardCtx {
         if rec.log.is_none() {
             return;
         }
-        let sample = self.config.logs.sample;
+        let sample = self.config.borrow().logs.sample;
         let failed = rec.status >= 400 || rec.outcome != Outcome::Completed;
         if !failed && sample < 1.0 && self.ids.borrow_mut().unit() >= sample {
             return;
@@ -224,6 +258,14 @@ impl<'a> Gauge<'a> {
 impl Drop for Gauge<'_> {
     fn drop(&mut self) {
         self.0.set(self.0.get().saturating_sub(1));
+    }
+}
+
+fn head_limits(config: &Config) -> HeadLimits {
+    HeadLimits {
+        max_head_bytes: config.limits.max_head_bytes,
+        max_headers: config.limits.max_headers,
+        max_body_bytes: config.limits.max_body_bytes,
     }
 }
 

@@ -5,7 +5,7 @@
 //! response with nothing left over; the relay decides that, not the pool.
 
 use super::conn::UpstreamConn;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
@@ -15,14 +15,14 @@ pub const MAX_IDLE_PER_PROVIDER: usize = 512;
 
 pub struct Pool {
     idle: RefCell<HashMap<Rc<str>, Vec<UpstreamConn>>>,
-    max_idle: Duration,
+    max_idle: Cell<Duration>,
 }
 
 impl Pool {
     pub fn new(max_idle: Duration) -> Pool {
         Pool {
             idle: RefCell::new(HashMap::new()),
-            max_idle,
+            max_idle: Cell::new(max_idle),
         }
     }
 
@@ -31,7 +31,7 @@ impl Pool {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(provider)?;
         while let Some(c) = list.pop() {
-            if c.idle_since.elapsed() < self.max_idle {
+            if c.idle_since.elapsed() < self.max_idle.get() {
                 return Some(c);
             }
         }
@@ -51,9 +51,19 @@ impl Pool {
     /// Closes connections idle past the limit (called from the shard's tick).
     pub fn sweep(&self) {
         let mut idle = self.idle.borrow_mut();
+        let max = self.max_idle.get();
         for list in idle.values_mut() {
-            list.retain(|c| c.idle_since.elapsed() < self.max_idle);
+            list.retain(|c| c.idle_since.elapsed() < max);
         }
+    }
+
+    /// Closes every idle connection to `endpoint` (its address changed).
+    pub fn forget(&self, endpoint: &str) {
+        self.idle.borrow_mut().remove(endpoint);
+    }
+
+    pub fn set_max_idle(&self, max_idle: Duration) {
+        self.max_idle.set(max_idle);
     }
 
     pub fn idle_count(&self) -> usize {

@@ -125,8 +125,15 @@ pub struct Gateway {
     /// `admin.listen`'s address, when the test set one.
     pub metrics_addr: Option<SocketAddr>,
     pub shards: usize,
-    stderr: Arc<Mutex<String>>,
+    stderr: Arc<Output>,
     dir: TempDir,
+}
+
+/// A child's collected output, with a signal for each new piece.
+#[derive(Default)]
+pub struct Output {
+    text: Mutex<String>,
+    grew: std::sync::Condvar,
 }
 
 impl Gateway {
@@ -158,7 +165,7 @@ impl Gateway {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn aigw");
-        let stderr = Arc::new(Mutex::new(String::new()));
+        let stderr = Arc::new(Output::default());
         collect(child.stderr.take().expect("stderr piped"), stderr.clone());
         let lines = lines_of(child.stdout.take().expect("stdout piped"));
         let fail = |child: &mut Child, why: String| -> ! {
@@ -166,7 +173,7 @@ impl Gateway {
             let _ = child.wait();
             panic!(
                 "aigw did not start: {why}\nstderr:\n{}",
-                stderr.lock().unwrap()
+                stderr.text.lock().unwrap()
             );
         };
         let listening = match lines.recv_timeout(WAIT) {
@@ -273,7 +280,19 @@ impl Gateway {
 
     /// Everything the gateway wrote to stderr so far.
     pub fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
+        self.stderr.text.lock().unwrap().clone()
+    }
+
+    /// Waits (bounded by `WAIT`) until stderr contains `needle`.
+    pub fn wait_stderr(&self, needle: &str) -> String {
+        let text = self.stderr.text.lock().unwrap();
+        let (text, timeout) = self
+            .stderr
+            .grew
+            .wait_timeout_while(text, WAIT, |t| !t.contains(needle))
+            .unwrap();
+        assert!(!timeout.timed_out(), "no {needle:?} on stderr:\n{}", *text);
+        text.clone()
     }
 }
 
@@ -308,26 +327,41 @@ pub fn lines_of(out: impl Read + Send + 'static) -> Receiver<String> {
     rx
 }
 
-fn collect(mut out: impl Read + Send + 'static, into: Arc<Mutex<String>>) {
+fn collect(mut out: impl Read + Send + 'static, into: Arc<Output>) {
     std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
         while let Ok(n) = out.read(&mut buf) {
             if n == 0 {
                 break;
             }
-            into.lock()
+            into.text
+                .lock()
                 .unwrap()
                 .push_str(&String::from_utf8_lossy(&buf[..n]));
+            into.grew.notify_all();
         }
     });
 }
 
 /// One GET over the admin Unix socket: (status, body).
 pub fn admin_get(socket: &Path, path: &str) -> (u16, Vec<u8>) {
+    admin_request(socket, "GET", path)
+}
+
+/// One POST (no body) over the admin Unix socket: (status, body).
+pub fn admin_post(socket: &Path, path: &str) -> (u16, Vec<u8>) {
+    admin_request(socket, "POST", path)
+}
+
+fn admin_request(socket: &Path, method: &str, path: &str) -> (u16, Vec<u8>) {
     let mut s =
         UnixStream::connect(socket).unwrap_or_else(|e| panic!("connect {}: {e}", socket.display()));
     s.set_read_timeout(Some(WAIT)).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: aigw\r\n\r\n").unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: aigw\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).expect("read admin response");
     let split = raw

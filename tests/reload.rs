@@ -1,0 +1,160 @@
+//! Live reload: `POST /config/reload` and SIGHUP re-read the config file and
+//! apply it to every shard without closing a connection; an invalid file
+//! changes nothing and names every error; restart-only settings are named;
+//! `GET /config` shows the running values without secrets. At 1 and 2 shards.
+
+mod common;
+
+use common::gateway::{admin_get, admin_post};
+use common::{Gateway, json, mock};
+use simd_json::prelude::*;
+
+fn config_path(gw: &Gateway) -> std::path::PathBuf {
+    gw.dir().join("aigw.toml")
+}
+
+/// Rewrites the gateway's config file with `from` replaced by `to`.
+fn edit(gw: &Gateway, from: &str, to: &str) {
+    let path = config_path(gw);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains(from), "{from} not in\n{text}");
+    std::fs::write(&path, text.replace(from, to)).unwrap();
+}
+
+fn chat() -> &'static str {
+    r#"{"model":"up/m","messages":[{"role":"user","content":"hi"}]}"#
+}
+
+fn a_reload_moves_a_provider_without_closing_a_connection(shards: usize) {
+    let (a, b) = (mock(), mock());
+    let gw = Gateway::with(shards)
+        .provider("up", &a.base_url(), "")
+        .start();
+    let mut client = gw.client();
+    assert_eq!(client.post("/v1/chat/completions", &[], chat()).status, 200);
+    assert_eq!(a.requests_seen(), 1);
+
+    edit(&gw, &a.base_url(), &b.base_url());
+    let (status, body) = admin_post(&gw.admin_socket, "/config/reload");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let report = json(&body);
+    assert_eq!(report["applied"].as_bool(), Some(true));
+    let changed: Vec<&str> = report["changed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert_eq!(changed, ["providers.up.base_url"]);
+
+    // The same keep-alive connection now reaches the new address.
+    let r = client.post("/v1/chat/completions", &[], chat());
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("connection"), None, "the connection stays open");
+    assert_eq!((a.requests_seen(), b.requests_seen()), (1, 1));
+}
+
+fn an_invalid_reload_changes_nothing_and_names_every_error(shards: usize) {
+    let a = mock();
+    let gw = Gateway::with(shards)
+        .provider("up", &a.base_url(), "")
+        .start();
+    let before = admin_get(&gw.admin_socket, "/config").1;
+    edit(
+        &gw,
+        "kind = \"openai\"",
+        "kind = \"grpc\"\ncolour = \"red\"",
+    );
+    let (status, body) = admin_post(&gw.admin_socket, "/config/reload");
+    assert_eq!(status, 400);
+    let answer = json(&body);
+    assert_eq!(answer["applied"].as_bool(), Some(false));
+    let errors: Vec<&str> = answer["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert!(
+        errors.iter().any(|e| e.starts_with("providers.up.kind:")),
+        "{errors:?}"
+    );
+    assert!(
+        errors.iter().any(|e| e.starts_with("providers.up.colour:")),
+        "{errors:?}"
+    );
+    assert_eq!(admin_get(&gw.admin_socket, "/config").1, before);
+    assert_eq!(
+        gw.client().post("/v1/chat/completions", &[], chat()).status,
+        200
+    );
+    assert_eq!(a.requests_seen(), 1);
+}
+
+fn restart_only_settings_are_named_and_keep_their_values(shards: usize) {
+    let a = mock();
+    let gw = Gateway::with(shards)
+        .server("drain_timeout = \"3s\"")
+        .provider("up", &a.base_url(), "")
+        .toml("[timeouts]\nfirst_byte = \"30s\"")
+        .start();
+    edit(&gw, "drain_timeout = \"3s\"", "drain_timeout = \"4s\"");
+    edit(&gw, "first_byte = \"30s\"", "first_byte = \"40s\"");
+    let (status, body) = admin_post(&gw.admin_socket, "/config/reload");
+    assert_eq!(status, 200);
+    let report = json(&body);
+    let list = |k: &str| -> Vec<String> {
+        report[k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(list("restart_needed"), ["server.drain_timeout"]);
+    assert_eq!(list("changed"), ["timeouts.first_byte"]);
+    let config = String::from_utf8(admin_get(&gw.admin_socket, "/config").1).unwrap();
+    assert!(config.contains("server.drain_timeout = 3s\n"), "{config}");
+    assert!(config.contains("timeouts.first_byte = 40s\n"), "{config}");
+}
+
+fn sighup_reloads_and_get_config_hides_secrets(shards: usize) {
+    let (a, b) = (mock(), mock());
+    let gw = Gateway::with(shards)
+        .provider("up", &a.base_url(), "api_key = \"sk-reload-canary-1\"")
+        .start();
+    edit(&gw, &a.base_url(), &b.base_url());
+    edit(&gw, "sk-reload-canary-1", "sk-reload-canary-2");
+    // SAFETY: kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(gw.pid(), libc::SIGHUP) }, 0);
+    // The whole line: it names what changed, the key by its path only.
+    let log = gw.wait_stderr("\"providers.up.base_url\"]");
+    assert!(
+        log.contains("SIGHUP: config reloaded; changed: [\"providers.up.api_key\", \"providers.up.base_url\"]"),
+        "{log}"
+    );
+    let r = gw.client().post("/v1/chat/completions", &[], chat());
+    assert_eq!(r.status, 200);
+    assert_eq!(b.requests_seen(), 1);
+    let seen = b.captured();
+    assert_eq!(
+        seen[0].header("authorization"),
+        Some("Bearer sk-reload-canary-2")
+    );
+    let config = String::from_utf8(admin_get(&gw.admin_socket, "/config").1).unwrap();
+    assert!(config.contains("providers.up.api_key = ****\n"), "{config}");
+    assert!(
+        config.contains(&format!("providers.up.base_url = {}\n", b.base_url())),
+        "{config}"
+    );
+    for text in [config, gw.stderr()] {
+        assert!(!text.contains("sk-reload-canary"), "{text}");
+    }
+}
+
+at_1_and_2_shards!(
+    a_reload_moves_a_provider_without_closing_a_connection,
+    an_invalid_reload_changes_nothing_and_names_every_error,
+    restart_only_settings_are_named_and_keep_their_values,
+    sighup_reloads_and_get_config_hides_secrets,
+);
