@@ -264,6 +264,8 @@ def cpu_mask(cpu):
 
 # aigw's request log (on by default); the `aigw-nolog` target turns it off.
 AIGW_NOLOG_TOML = "\n[logs]\nenabled = false\n"
+# The `aigw-payloads` target keeps request and response bodies too.
+AIGW_PAYLOADS_TOML = "\n[logs]\npayloads = true\n"
 # What the aigw targets send besides the body: metadata, as a user tagging requests would.
 AIGW_HEADERS = ['aigw-metadata: {"user":"bench","app":"perf"}']
 
@@ -370,6 +372,7 @@ def build_targets(procs, bins, args, aigw_built):
     variants = [("aigw", "aigw pass-through", "our proxy path, cache off, accounting and request log on (metadata, no payloads)", 1, args.proxy_cpu, False)]
     if args.aigw_nolog:
         variants.append(("aigw-nolog", "aigw, log off", "as above with `logs.enabled = false`", 1, args.proxy_cpu, False))
+        variants.append(("aigw-payloads", "aigw, log + payloads", "as above with `logs.payloads = true`", 1, args.proxy_cpu, False))
     if args.aigw_2shards:
         variants.append(("aigw-2shards", "aigw 2 shards", f"pass-through, 2 shards on CPUs {args.load_cpu},{args.proxy_cpu} (shared with load)",
                          2, f"{args.load_cpu},{args.proxy_cpu}", False))
@@ -387,7 +390,7 @@ def build_targets(procs, bins, args, aigw_built):
             t.unavailable = ("n/a: aigw did not build" if not args.no_build
                              else "n/a: aigw binary not found (built without --workspace?)")
         else:
-            extra = AIGW_NOLOG_TOML if key == "aigw-nolog" else ""
+            extra = {"aigw-nolog": AIGW_NOLOG_TOML, "aigw-payloads": AIGW_PAYLOADS_TOML}.get(key, "")
             p, why = start_aigw(procs, bins, args, mock_port, key, port, shards, cpus, cache, extra)
             if p is None:
                 t.unavailable = why
@@ -573,7 +576,7 @@ def render(args, targets, results, wrk_rows, started, machine):
 
 def ratio_lines(sc, med):
     out = []
-    for a in [k for k in ("aigw", "aigw-nolog", "aigw-2shards", "litellm", "portkey") if k in med]:
+    for a in [k for k in ("aigw", "aigw-nolog", "aigw-payloads", "aigw-2shards", "litellm", "portkey") if k in med]:
         parts = []
         if sc.stream:
             for key, name in [("ttft_p50_us", "TTFT p50"), ("ttft_p99_us", "TTFT p99")]:
@@ -689,7 +692,7 @@ def parse_args():
     p.add_argument("--targets", default="", help="subset of target keys: direct,nginx-proxy,nginx-static,aigw,...")
     p.add_argument("--aigw-cache", action="store_true", help="run the aigw cache-hit target (once the cache exists)")
     p.add_argument("--aigw-2shards", action="store_true", help="also run aigw with 2 shards on both CPUs")
-    p.add_argument("--aigw-nolog", action="store_true", help="also run aigw with the request log off")
+    p.add_argument("--aigw-nolog", action="store_true", help="also run aigw with the request log off, and with payloads kept")
     p.add_argument("--peers", action="store_true", help="also LiteLLM proxy and Portkey gateway, if installable")
     p.add_argument("--no-wrk", action="store_true", help="skip the wrk vs aigw-load baseline")
     p.add_argument("--wrk-only", action="store_true", help="only the wrk vs aigw-load baseline")

@@ -51,6 +51,9 @@ enum Command {
         /// Print Prometheus text from /metrics.
         #[arg(long, conflicts_with = "json")]
         prometheus: bool,
+        /// Redraw every second until interrupted.
+        #[arg(long)]
+        watch: bool,
     },
     /// Search the request log (newest first); `aigw logs show ID` prints one request.
     Logs(Box<LogsArgs>),
@@ -187,6 +190,7 @@ fn main() -> ExitCode {
             config,
             json,
             prometheus,
+            watch,
         } => {
             let socket = match socket {
                 Some(s) => s,
@@ -195,20 +199,23 @@ fn main() -> ExitCode {
                     Err(e) => return fail(&e),
                 },
             };
-            match aigw::control::admin::query(
-                &socket,
-                if prometheus { "/metrics" } else { "/stats" },
-            ) {
-                Ok(body) => {
-                    let text = if json || prometheus {
-                        body
-                    } else {
-                        aigw::control::report::render(&body).unwrap_or(body)
-                    };
+            let path = if prometheus { "/metrics" } else { "/stats" };
+            loop {
+                let text = match aigw::control::admin::query(&socket, path) {
+                    Ok(body) if json || prometheus => body,
+                    Ok(body) => aigw::control::report::render(&body).unwrap_or(body),
+                    Err(e) => return fail(&e),
+                };
+                if !watch {
                     print!("{text}");
-                    ExitCode::SUCCESS
+                    return ExitCode::SUCCESS;
                 }
-                Err(e) => fail(&e),
+                // Clear the screen and draw the frame in one write.
+                let mut out = std::io::stdout().lock();
+                let _ = write!(out, "\x1b[2J\x1b[H{text}");
+                let _ = out.flush();
+                drop(out);
+                std::thread::sleep(WATCH_EVERY);
             }
         }
         Command::Logs(args) => match logs(*args) {
@@ -346,6 +353,9 @@ fn logs(a: LogsArgs) -> Result<(), String> {
         }
     }
 }
+
+/// How often `aigw stats --watch` redraws.
+const WATCH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// How often `aigw logs --follow` looks for new rows.
 const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(250);

@@ -340,6 +340,32 @@ fn collect_log_false_leaves_no_row(shards: usize) {
     );
 }
 
+fn sampling_keeps_every_error_and_a_share_of_successes(shards: usize) {
+    let mock = mock();
+    let gw = Gateway::with(shards)
+        .provider("up", &mock.base_url(), "")
+        .toml("[logs]\nsample = 0.0")
+        .start();
+    let mut c = gw.client();
+    for _ in 0..5 {
+        assert_eq!(
+            c.post("/v1/chat/completions", &[], &chat("up/m", false))
+                .status,
+            200
+        );
+    }
+    let bad = id_of(&c.post("/v1/chat/completions", &[], "{"));
+    let failed = id_of(&c.post(
+        "/v1/chat/completions",
+        &[("x-mock-error", "503")],
+        &chat("up/m", false),
+    ));
+    assert_eq!(
+        ids(&admin_logs(&gw, "limit=100")),
+        BTreeSet::from([bad, failed])
+    );
+}
+
 fn bad_metadata_is_a_400_that_names_the_problem(shards: usize) {
     let mock = mock();
     let gw = Gateway::with(shards)
@@ -501,6 +527,7 @@ at_1_and_2_shards!(
     retention_deletes_the_oldest_first,
     payloads_are_capped_and_streams_stored_as_received,
     collect_log_false_leaves_no_row,
+    sampling_keeps_every_error_and_a_share_of_successes,
     bad_metadata_is_a_400_that_names_the_problem,
     a_kill_9_loses_at_most_one_flush_interval,
     no_secret_is_written_or_shown_anywhere,

@@ -234,7 +234,71 @@ fn a_tcp_listener_serves_metrics_and_healthz_only(shards: usize) {
     assert_eq!(c.get("/healthz").status, 200);
 }
 
+fn stats_show_windows_and_a_row_per_model(shards: usize) {
+    let mock = mock();
+    let gw = Gateway::with(shards)
+        .provider("up", &mock.base_url(), "")
+        .start();
+    let mut c = gw.client();
+    for (model, n) in [("a", 5), ("b", 2)] {
+        for _ in 0..n {
+            let body = format!(r#"{{"model":"up/{model}","messages":[]}}"#);
+            assert_eq!(c.post("/v1/chat/completions", &[], &body).status, 200);
+        }
+    }
+    let r = c.post(
+        "/v1/chat/completions",
+        &[("x-mock-error", "500")],
+        r#"{"model":"up/b","messages":[]}"#,
+    );
+    assert_eq!(r.status, 500);
+    let s = gw.stats();
+    for w in ["1m", "5m"] {
+        assert_eq!(s["windows"][w]["requests"].as_u64(), Some(8), "{w}: {s}");
+        assert_eq!(s["windows"][w]["errors"]["provider"].as_u64(), Some(1));
+        assert!(s["windows"][w]["latency_ms"]["p50"].cast_f64().is_some());
+    }
+    let models = s["models"].as_array().unwrap();
+    let row = |m: &str| {
+        models
+            .iter()
+            .find(|r| r["provider"] == "up" && r["model"] == m)
+            .unwrap_or_else(|| panic!("no row for {m}: {s}"))
+    };
+    assert_eq!(row("a")["since_start"]["requests"].as_u64(), Some(5));
+    assert_eq!(row("a")["1m"]["requests"].as_u64(), Some(5));
+    let b_rate = row("b")["1m"]["error_rate"].cast_f64().unwrap();
+    assert!((b_rate - 1.0 / 3.0).abs() < 1e-3, "{b_rate}");
+
+    let (code, table, err) =
+        common::gateway::run_aigw(&["stats", "--socket", gw.admin_socket.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        table.contains("model (1m)") && table.contains("up/a"),
+        "{table}"
+    );
+
+    // --watch redraws: two frames arrive, then it is stopped.
+    let mut watch = Command::new(common::gateway::AIGW)
+        .args(["stats", "--watch", "--socket"])
+        .arg(&gw.admin_socket)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = common::gateway::lines_of(watch.stdout.take().unwrap());
+    let mut frames = 0;
+    while frames < 2 {
+        let line = lines
+            .recv_timeout(common::WAIT)
+            .expect("a frame every second");
+        frames += usize::from(line.contains("\x1b[2J"));
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
+}
+
 at_1_and_2_shards!(
+    stats_show_windows_and_a_row_per_model,
     a_tcp_listener_serves_metrics_and_healthz_only,
     metrics_parse_and_histograms_match_stats,
     random_model_names_leave_the_series_bounded,

@@ -9,6 +9,7 @@ use super::logs::LogStats;
 use super::reload::Reloader;
 use super::stats::{Merged, SERIES, StatsHub};
 use crate::logstore::{self, query::Filter};
+use crate::stats::labels::LabelCounters;
 use hdrhistogram::Histogram;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
@@ -259,6 +260,41 @@ fn quantiles(h: &Histogram<u64>) -> String {
     )
 }
 
+fn sum_labels<'a>(it: impl Iterator<Item = &'a LabelCounters>) -> LabelCounters {
+    let mut sum = LabelCounters::default();
+    for c in it {
+        sum.add(c);
+    }
+    sum
+}
+
+/// One window's numbers: rate, errors, tokens, latency estimates (from the
+/// fixed buckets `/metrics` exports, interpolated).
+fn window_json(seconds: u64, c: &LabelCounters) -> String {
+    let requests = c.total_requests();
+    let errors: u64 = c.errors.iter().sum();
+    let ms =
+        |us: Option<u64>| us.map_or("null".to_string(), |v| format!("{:.3}", v as f64 / 1000.0));
+    format!(
+        "{{\"seconds\":{seconds},\"requests\":{requests},\"rps\":{:.3},\"errors\":{{\"client\":{},\"gateway\":{},\"provider\":{}}},\
+         \"error_rate\":{:.4},\"tokens\":{{\"input\":{},\"output\":{}}},\"latency_ms\":{{\"p50\":{},\"p99\":{}}},\"ttft_ms\":{{\"p50\":{}}}}}",
+        requests as f64 / seconds.max(1) as f64,
+        c.errors[0],
+        c.errors[1],
+        c.errors[2],
+        if requests == 0 {
+            0.0
+        } else {
+            errors as f64 / requests as f64
+        },
+        c.input_tokens,
+        c.output_tokens,
+        ms(c.duration.quantile_us(0.5)),
+        ms(c.duration.quantile_us(0.99)),
+        ms(c.ttft.quantile_us(0.5)),
+    )
+}
+
 /// Decodes `%XX` and `+` in a query-string part.
 fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
@@ -332,7 +368,37 @@ pub fn render_json(m: &Merged, logs: &LogStats) -> String {
             quantiles(&m.histograms[*series as usize])
         );
     }
-    s.push_str("},\"providers\":{");
+    s.push_str("},\"windows\":{");
+    let windows = [("1m", m.window(60)), ("5m", m.window(300))];
+    for (i, (name, w)) in windows.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        let sum = sum_labels(w.labels.values());
+        let _ = write!(s, "\"{name}\":{}", window_json(w.seconds, &sum));
+    }
+    s.push_str("},\"models\":[");
+    let uptime = m.started.elapsed().as_secs().max(1);
+    for (i, ((p, model), since)) in m.labels.by.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str("{\"provider\":");
+        crate::error::push_json_string(&mut s, p);
+        s.push_str(",\"model\":");
+        crate::error::push_json_string(&mut s, model);
+        let _ = write!(s, ",\"since_start\":{}", window_json(uptime, since));
+        for (name, w) in &windows {
+            let here = w
+                .labels
+                .get(&(p.clone(), model.clone()))
+                .copied()
+                .unwrap_or_default();
+            let _ = write!(s, ",\"{name}\":{}", window_json(w.seconds, &here));
+        }
+        s.push('}');
+    }
+    s.push_str("],\"providers\":{");
     for (i, (name, p)) in m.providers().iter().enumerate() {
         if i > 0 {
             s.push(',');

@@ -76,6 +76,86 @@ pub fn render(stats_json: &str) -> Option<String> {
             q("max")
         );
     }
+    let f = |path: &[&str]| -> String {
+        let mut cur = Some(&v);
+        for p in path {
+            cur = cur.and_then(|c| c.get(*p));
+        }
+        match cur {
+            Some(x) if x.as_f64().is_some() || x.as_u64().is_some() => {
+                format!("{:.1}", x.cast_f64().unwrap_or(0.0))
+            }
+            _ => "-".into(),
+        }
+    };
+    let _ = writeln!(
+        out,
+        "window      {:>9} {:>9} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "requests", "req/s", "err %", "p50 ms", "p99 ms", "ttft ms", "tok in", "tok out"
+    );
+    for w in ["1m", "5m"] {
+        let k = |path: &[&'static str]| -> Vec<&'static str> {
+            let mut full = vec!["windows", w];
+            full.extend_from_slice(path);
+            full
+        };
+        let _ = writeln!(
+            out,
+            "  {:<9} {:>9} {:>9} {:>7.2} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            w,
+            n(&k(&["requests"])),
+            f(&k(&["rps"])),
+            v.get("windows")
+                .and_then(|x| x.get(w))
+                .and_then(|x| x.get("error_rate"))
+                .and_then(|x| x.cast_f64())
+                .unwrap_or(0.0)
+                * 100.0,
+            f(&k(&["latency_ms", "p50"])),
+            f(&k(&["latency_ms", "p99"])),
+            f(&k(&["ttft_ms", "p50"])),
+            n(&k(&["tokens", "input"])),
+            n(&k(&["tokens", "output"])),
+        );
+    }
+    if let Some(models) = v.get("models").and_then(|m| m.as_array()) {
+        let _ = writeln!(
+            out,
+            "model (1m)  {:<32} {:>9} {:>7} {:>9} {:>9} {:>9} {:>9}",
+            "", "req/s", "err %", "p50 ms", "p99 ms", "ttft ms", "tok out"
+        );
+        for m in models {
+            let name = format!(
+                "{}/{}",
+                m.get("provider").and_then(|x| x.as_str()).unwrap_or("?"),
+                m.get("model").and_then(|x| x.as_str()).unwrap_or("?")
+            );
+            let w = m.get("1m");
+            let g = |path: &[&str]| -> String {
+                let mut cur = w;
+                for p in path {
+                    cur = cur.and_then(|c| c.get(*p));
+                }
+                cur.and_then(|x| x.cast_f64())
+                    .map_or("-".into(), |x| format!("{x:.1}"))
+            };
+            let err = w
+                .and_then(|x| x.get("error_rate"))
+                .and_then(|x| x.cast_f64())
+                .unwrap_or(0.0);
+            let _ = writeln!(
+                out,
+                "  {:<42} {:>9} {:>7.2} {:>9} {:>9} {:>9} {:>9}",
+                name.chars().take(42).collect::<String>(),
+                g(&["rps"]),
+                err * 100.0,
+                g(&["latency_ms", "p50"]),
+                g(&["latency_ms", "p99"]),
+                g(&["ttft_ms", "p50"]),
+                g(&["tokens", "output"]),
+            );
+        }
+    }
     if let Some(providers) = v.get("providers").and_then(|p| p.as_object()) {
         let mut names: Vec<&String> = providers.keys().collect();
         names.sort();

@@ -12,6 +12,26 @@ use std::time::{Duration, Instant};
 
 pub use crate::stats::{SERIES, SNAPSHOT_QUEUE, Series, send_snapshot};
 
+/// Seconds of history kept for the sliding windows of `/stats`.
+pub const WINDOW_SECS: u64 = 300;
+
+/// What was counted in one second (since the gateway started).
+#[derive(Default)]
+pub struct Slot {
+    pub second: u64,
+    pub counters: Counters,
+    pub labels: BTreeMap<(String, String), LabelCounters>,
+}
+
+/// Totals over the last few seconds.
+#[derive(Default)]
+pub struct Window {
+    /// Seconds the window covers (less than asked when the gateway is younger).
+    pub seconds: u64,
+    pub counters: Counters,
+    pub labels: BTreeMap<(String, String), LabelCounters>,
+}
+
 /// The merged, process-wide view.
 pub struct Merged {
     pub started: Instant,
@@ -23,12 +43,50 @@ pub struct Merged {
     pub flushed: Vec<u64>,
     /// The latest gauges of each shard.
     pub gauges: Vec<Gauges>,
+    /// Per-second history, oldest first, at most [`WINDOW_SECS`] long.
+    pub history: std::collections::VecDeque<Slot>,
 }
 
 impl Merged {
     /// A gauge summed over shards.
     pub fn gauge(&self, f: impl Fn(&Gauges) -> u64) -> u64 {
         self.gauges.iter().map(f).sum()
+    }
+
+    /// The totals of the last `secs` seconds.
+    pub fn window(&self, secs: u64) -> Window {
+        let now = self.started.elapsed().as_secs();
+        let from = now.saturating_sub(secs.saturating_sub(1));
+        let mut w = Window {
+            seconds: secs.min(now + 1),
+            ..Window::default()
+        };
+        for slot in self.history.iter().filter(|s| s.second >= from) {
+            w.counters.add(&slot.counters);
+            for (k, v) in &slot.labels {
+                w.labels.entry(k.clone()).or_default().add(v);
+            }
+        }
+        w
+    }
+
+    /// The slot of the current second, created (and old ones dropped) as needed.
+    fn slot(&mut self) -> &mut Slot {
+        let now = self.started.elapsed().as_secs();
+        while self
+            .history
+            .front()
+            .is_some_and(|s| s.second + WINDOW_SECS <= now)
+        {
+            self.history.pop_front();
+        }
+        if self.history.back().is_none_or(|s| s.second != now) {
+            self.history.push_back(Slot {
+                second: now,
+                ..Slot::default()
+            });
+        }
+        self.history.back_mut().expect("just pushed")
     }
 
     /// Counters summed per provider (requests that reached none excluded).
@@ -61,6 +119,7 @@ impl StatsHub {
                 labels: MergedLabels::default(),
                 flushed: vec![0; shards],
                 gauges: vec![Gauges::default(); shards],
+                history: std::collections::VecDeque::new(),
             }),
             changed: Condvar::new(),
             flush_seq: std::sync::atomic::AtomicU64::new(1),
@@ -70,11 +129,13 @@ impl StatsHub {
     pub fn merge(&self, s: Snapshot) {
         let mut m = self.merged.lock().unwrap_or_else(|p| p.into_inner());
         m.counters.add(&s.counters);
+        m.slot().counters.add(&s.counters);
         for (acc, h) in m.histograms.iter_mut().zip(s.histograms.iter()) {
             let _ = acc.add(h);
         }
         for (provider, model, c) in s.labels {
-            m.labels.add(provider, model, &c);
+            let key = m.labels.add(provider, model, &c);
+            m.slot().labels.entry(key).or_default().add(&c);
         }
         if s.shard < m.flushed.len() {
             m.flushed[s.shard] = m.flushed[s.shard].max(s.seq);

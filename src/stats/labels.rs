@@ -53,6 +53,27 @@ impl Buckets {
     pub fn count(&self) -> u64 {
         self.counts.iter().sum()
     }
+
+    /// An estimate of quantile `q` (0..=1), in microseconds: the bucket that
+    /// holds it, interpolated linearly inside. `None` when empty.
+    pub fn quantile_us(&self, q: f64) -> Option<u64> {
+        let n = self.count();
+        if n == 0 {
+            return None;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * n as f64).ceil() as u64).max(1);
+        let mut below = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            if *c > 0 && below + c >= rank {
+                let lo = if i == 0 { 0 } else { BUCKETS_US[i - 1] };
+                let hi = BUCKETS_US.get(i).copied().unwrap_or(lo * 2);
+                let within = (rank - below) as f64 / *c as f64;
+                return Some(lo + ((hi - lo) as f64 * within) as u64);
+            }
+            below += c;
+        }
+        None
+    }
 }
 
 /// What is counted for one (provider, model).
@@ -179,7 +200,9 @@ pub struct MergedLabels {
 }
 
 impl MergedLabels {
-    pub fn add(&mut self, provider: String, model: String, c: &LabelCounters) {
+    /// Adds `c` under (provider, model), or under (provider, `other`) once the
+    /// provider has its share of model labels; returns the key used.
+    pub fn add(&mut self, provider: String, model: String, c: &LabelCounters) -> (String, String) {
         let tracked = self
             .by
             .keys()
@@ -192,7 +215,8 @@ impl MergedLabels {
         } else {
             (provider, OTHER.into())
         };
-        self.by.entry(key).or_default().add(c);
+        self.by.entry(key.clone()).or_default().add(c);
+        key
     }
 }
 
@@ -222,6 +246,20 @@ mod tests {
         assert_eq!(b.counts[15], 1);
         assert_eq!(b.counts[16], 1);
         assert_eq!(b.count(), 5);
+    }
+
+    #[test]
+    fn quantiles_interpolate_inside_their_bucket() {
+        let mut b = Buckets::default();
+        assert_eq!(b.quantile_us(0.5), None);
+        for _ in 0..100 {
+            b.record(Duration::from_micros(700)); // bucket 500..1000
+        }
+        let p50 = b.quantile_us(0.5).unwrap();
+        assert!((500..=1000).contains(&p50), "{p50}");
+        b.record(Duration::from_secs(2)); // bucket 1s..2.5s
+        let p999 = b.quantile_us(0.999).unwrap();
+        assert!((1_000_000..=2_500_000).contains(&p999), "{p999}");
     }
 
     #[test]
