@@ -76,37 +76,38 @@ impl Admin {
     }
 
     pub fn spawn(self: &Arc<Self>, listener: UnixListener) -> std::io::Result<()> {
-        let me = Arc::clone(self);
-        std::thread::Builder::new()
-            .name("aigw-admin".into())
-            .spawn(move || {
-                for conn in listener.incoming() {
-                    match conn {
-                        Ok(c) => {
-                            let _ = c.set_read_timeout(Some(ADMIN_READ_TIMEOUT));
-                            me.serve(c, Scope::Everything)
-                        }
-                        Err(e) => log::warn!("admin accept: {e}"),
-                    }
-                }
-            })?;
-        Ok(())
+        self.spawn_accepting("aigw-admin", Scope::Everything, move || {
+            let (c, _) = listener.accept()?;
+            c.set_read_timeout(Some(ADMIN_READ_TIMEOUT))?;
+            Ok(c)
+        })
     }
 
     /// Serves `/metrics` and `/healthz` (only) on a TCP listener
     /// (`admin.listen`), for scrapers that cannot reach a Unix socket.
     pub fn spawn_metrics(self: &Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
+        self.spawn_accepting("aigw-metrics", Scope::MetricsOnly, move || {
+            let (c, _) = listener.accept()?;
+            c.set_read_timeout(Some(ADMIN_READ_TIMEOUT))?;
+            Ok(c)
+        })
+    }
+
+    /// One thread serving one connection at a time from `accept`.
+    fn spawn_accepting<C: Read + Write>(
+        self: &Arc<Self>,
+        name: &str,
+        scope: Scope,
+        mut accept: impl FnMut() -> std::io::Result<C> + Send + 'static,
+    ) -> std::io::Result<()> {
         let me = Arc::clone(self);
         std::thread::Builder::new()
-            .name("aigw-metrics".into())
+            .name(name.into())
             .spawn(move || {
-                for conn in listener.incoming() {
-                    match conn {
-                        Ok(c) => {
-                            let _ = c.set_read_timeout(Some(ADMIN_READ_TIMEOUT));
-                            me.serve(c, Scope::MetricsOnly)
-                        }
-                        Err(e) => log::warn!("metrics accept: {e}"),
+                loop {
+                    match accept() {
+                        Ok(c) => me.serve(c, scope),
+                        Err(e) => log::warn!("admin accept: {e}"),
                     }
                 }
             })?;
