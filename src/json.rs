@@ -37,6 +37,9 @@ pub enum BodyError {
     Invalid(&'static str),
     /// A field the gateway reads appears more than once (its path).
     Duplicate(&'static str),
+    /// A field the gateway reads as a boolean holds something else (its path):
+    /// lenient servers read `"true"` or `1` as true, so aigw must not guess.
+    NotBoolean(&'static str),
 }
 
 impl std::fmt::Display for BodyError {
@@ -47,6 +50,9 @@ impl std::fmt::Display for BodyError {
                 f,
                 "`{field}` appears more than once in the request body; send it once (JSON parsers disagree on which copy wins)"
             ),
+            BodyError::NotBoolean(field) => {
+                write!(f, "`{field}` must be true or false (or null)")
+            }
         }
     }
 }
@@ -109,9 +115,17 @@ impl RequestFields {
     }
 }
 
+/// The UTF-8 byte order mark, which Python's `json.loads(bytes)` accepts.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// Where a body's JSON text starts: after a byte order mark and whitespace.
+pub fn json_start(body: &[u8]) -> usize {
+    skip_ws(body, if body.starts_with(BOM) { BOM.len() } else { 0 })
+}
+
 /// Scans the top-level object of a request body.
 pub fn scan_request(body: &[u8]) -> Result<RequestFields, BodyError> {
-    let start = skip_ws(body, 0);
+    let start = json_start(body);
     if body.get(start) != Some(&b'{') {
         return Err(BodyError::Invalid("request body must be a JSON object"));
     }
@@ -138,6 +152,13 @@ pub fn scan_request(body: &[u8]) -> Result<RequestFields, BodyError> {
     if let Some(name) = duplicate {
         return Err(BodyError::Duplicate(name));
     }
+    let boolean = |r: &Option<Range<usize>>| {
+        r.as_ref()
+            .is_none_or(|r| matches!(&body[r.clone()], b"true" | b"false" | b"null"))
+    };
+    if !boolean(&fields.stream) {
+        return Err(BodyError::NotBoolean("stream"));
+    }
     if let Some(opts) = fields.stream_options.clone()
         && body.get(opts.start) == Some(&b'{')
     {
@@ -149,6 +170,9 @@ pub fn scan_request(body: &[u8]) -> Result<RequestFields, BodyError> {
         });
         if twice {
             return Err(BodyError::Duplicate("stream_options.include_usage"));
+        }
+        if !boolean(&fields.include_usage) {
+            return Err(BodyError::NotBoolean("stream_options.include_usage"));
         }
     }
     Ok(fields)
@@ -543,6 +567,26 @@ mod tests {
         }
         // Fields the gateway does not read may repeat; nested ones are not top level.
         assert!(scan_request(br#"{"x":1,"x":2,"a":{"model":1,"model":2}}"#).is_ok());
+    }
+
+    #[test]
+    fn booleans_we_read_must_be_booleans() {
+        for (body, field) in [
+            (&br#"{"stream":"true"}"#[..], "stream"),
+            (br#"{"stream":1}"#, "stream"),
+            (
+                br#"{"stream_options":{"include_usage":"yes"}}"#,
+                "stream_options.include_usage",
+            ),
+        ] {
+            assert_eq!(scan_request(body), Err(BodyError::NotBoolean(field)));
+        }
+        assert!(
+            scan_request(br#"{"stream":null,"stream_options":{"include_usage":false}}"#).is_ok()
+        );
+        // A byte order mark is JSON to Python's parser, so it is to us.
+        let f = scan_request(b"\xEF\xBB\xBF {\"model\":\"a/b\"}").unwrap();
+        assert_eq!(f.model(b"\xEF\xBB\xBF {\"model\":\"a/b\"}").unwrap(), "a/b");
     }
 
     #[test]

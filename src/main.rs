@@ -247,6 +247,12 @@ fn logs(a: LogsArgs) -> Result<(), String> {
         let body = |b: &Option<query::StoredBody>| {
             b.as_ref().map(|b| {
                 let text = String::from_utf8_lossy(&b.bytes).into_owned();
+                // Bodies are printed for people unless --json: no terminal escapes.
+                let text = if a.json {
+                    text
+                } else {
+                    query::printable(&text, true)
+                };
                 (text, b.truncated)
             })
         };
@@ -409,7 +415,10 @@ fn show_text(r: &aigw::logstore::query::Row) -> String {
         ("key", t(&r.key_id)),
         ("metadata", t(&r.metadata)),
     ] {
-        s.push_str(&format!("{k:<11} {v}\n"));
+        s.push_str(&format!(
+            "{k:<11} {}\n",
+            aigw::logstore::query::printable(&v, false)
+        ));
     }
     s
 }

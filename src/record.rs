@@ -206,6 +206,67 @@ const _: () = {
     assert_send::<RequestRecord>();
 };
 
+/// Most payload bytes the log queue may hold: with `logs.payloads` on, a
+/// burst of large bodies would otherwise queue up to 65,536 of them in memory.
+/// Past it, rows still go to the log, without their bodies.
+pub const LOG_QUEUE_PAYLOAD_BYTES: usize = 256 << 20;
+
+/// How finished records reach the log thread: a bounded queue, and the payload
+/// bytes it holds (added by shards, taken off by the log thread).
+#[derive(Clone)]
+pub struct LogQueue {
+    pub tx: std::sync::mpsc::SyncSender<RequestRecord>,
+    pub payload_bytes: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl RequestRecord {
+    /// Bytes of stored bodies this record carries.
+    pub fn payload_len(&self) -> usize {
+        self.log.as_ref().map_or(0, |l| {
+            l.request_body.as_ref().map_or(0, |p| p.bytes.len())
+                + l.response_body.as_ref().map_or(0, |p| p.bytes.len())
+        })
+    }
+}
+
+impl LogQueue {
+    /// Hands `rec` to the log thread without waiting. Its bodies are left out
+    /// when the queue already holds [`LOG_QUEUE_PAYLOAD_BYTES`] of them.
+    /// `Err`: no room at all (the row is dropped).
+    pub fn send(&self, mut rec: RequestRecord) -> Result<(), Dropped> {
+        use std::sync::atomic::Ordering;
+        let mut bodies_dropped = false;
+        let len = rec.payload_len();
+        if len > 0 {
+            let queued = self.payload_bytes.fetch_add(len, Ordering::Relaxed);
+            if queued + len > LOG_QUEUE_PAYLOAD_BYTES {
+                self.payload_bytes.fetch_sub(len, Ordering::Relaxed);
+                if let Some(l) = rec.log.as_mut() {
+                    l.request_body = None;
+                    l.response_body = None;
+                }
+                bodies_dropped = true;
+            }
+        }
+        let carried = rec.payload_len();
+        match self.tx.try_send(rec) {
+            Ok(()) if bodies_dropped => Err(Dropped::Bodies),
+            Ok(()) => Ok(()),
+            Err(_) => {
+                self.payload_bytes.fetch_sub(carried, Ordering::Relaxed);
+                Err(Dropped::Row)
+            }
+        }
+    }
+}
+
+/// What [`LogQueue::send`] could not keep.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dropped {
+    Row,
+    Bodies,
+}
+
 impl RequestRecord {
     pub fn new(id: RequestId, shard: usize, started: Instant) -> RequestRecord {
         RequestRecord {
@@ -232,5 +293,56 @@ impl RequestRecord {
             upstream_reused: false,
             log: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+
+    fn with_body(n: usize) -> RequestRecord {
+        let mut r = RequestRecord::new(RequestId::default(), 0, Instant::now());
+        r.log = Some(Box::new(LogFacts {
+            request_body: Some(Payload::capped(&vec![b'x'; n], n)),
+            ..LogFacts::default()
+        }));
+        r
+    }
+
+    #[test]
+    fn the_log_queue_bounds_rows_and_body_bytes() {
+        let (tx, rx) = std::sync::mpsc::sync_channel(2);
+        let q = LogQueue {
+            tx,
+            payload_bytes: Arc::default(),
+        };
+        assert_eq!(q.send(with_body(100)), Ok(()));
+        assert_eq!(q.payload_bytes.load(Ordering::Relaxed), 100);
+        // Past the byte budget, the row goes without its body.
+        q.payload_bytes
+            .store(LOG_QUEUE_PAYLOAD_BYTES - 50, Ordering::Relaxed);
+        assert_eq!(q.send(with_body(100)), Err(Dropped::Bodies));
+        assert_eq!(
+            q.payload_bytes.load(Ordering::Relaxed),
+            LOG_QUEUE_PAYLOAD_BYTES - 50
+        );
+        // A full queue drops the row and gives its bytes back.
+        q.payload_bytes.store(0, Ordering::Relaxed);
+        assert_eq!(q.send(with_body(10)), Err(Dropped::Row));
+        assert_eq!(q.payload_bytes.load(Ordering::Relaxed), 0);
+        let kept: Vec<_> = rx.try_iter().collect();
+        assert_eq!(kept.len(), 2);
+        assert_eq!(kept[1].payload_len(), 0);
+    }
+
+    #[test]
+    fn payloads_keep_at_most_their_cap() {
+        let mut p = Payload::capped(b"abcdef", 4);
+        assert_eq!((&p.bytes[..], p.truncated), (&b"abcd"[..], true));
+        p = Payload::default();
+        p.push(b"ab", 3);
+        p.push(b"cd", 3);
+        assert_eq!((&p.bytes[..], p.truncated), (&b"abc"[..], true));
     }
 }

@@ -234,8 +234,15 @@ pub fn plan(
                     f.model(req.body).map(Cow::into_owned),
                     f.is_stream(req.body),
                 ),
-                Err(e @ BodyError::Duplicate(_)) => return Err(body_error(e)),
+                // A JSON object we cannot read could hide the fields we read
+                // (a duplicate past a nesting limit, say): refuse it.
+                Err(e @ BodyError::Invalid(_))
+                    if req.body.get(json::json_start(req.body)) == Some(&b'{') =>
+                {
+                    return Err(body_error(e));
+                }
                 Err(BodyError::Invalid(_)) => (None, false),
+                Err(e) => return Err(body_error(e)),
             };
             Ok(Routed::Upstream(Plan {
                 path: provider.passthrough_path(rest),
@@ -254,6 +261,7 @@ fn body_error(e: BodyError) -> GatewayError {
     let code = match e {
         BodyError::Invalid(_) => "invalid_json",
         BodyError::Duplicate(_) => "duplicate_field",
+        BodyError::NotBoolean(_) => "invalid_field",
     };
     GatewayError::bad_request(code, e.to_string())
 }
@@ -511,7 +519,22 @@ mod tests {
             code("/mock/%2e%2e/x", Method::Get, ""),
             (400, "invalid_path")
         );
-        // A passthrough body that is not JSON is the provider's business.
+        // A passthrough body that is not JSON is the provider's business...
         assert!(plan_for("/mock/files", Method::Post, "not json").is_ok());
+        assert!(plan_for("/mock/files", Method::Post, "[1,2]").is_ok());
+        // ...but a JSON object aigw cannot read is refused.
+        let deep = format!("{{\"x\":{}1{}}}", "[".repeat(300), "]".repeat(300));
+        assert_eq!(
+            code("/mock/chat/completions", Method::Post, &deep),
+            (400, "invalid_json")
+        );
+        assert_eq!(
+            code(
+                "/mock/chat/completions",
+                Method::Post,
+                r#"{"stream":"true"}"#
+            ),
+            (400, "invalid_field")
+        );
     }
 }

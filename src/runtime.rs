@@ -13,7 +13,7 @@ use crate::control::reload::{Reloader, Source};
 use crate::control::stats::StatsHub;
 use crate::control::{ShardCmd, ShardSenders, signals};
 use crate::logstore;
-use crate::record::RequestRecord;
+use crate::record::{LogQueue, RequestRecord};
 use crate::server::{ShardCtx, conn};
 use crate::stats::{SNAPSHOT_QUEUE, Snapshot, send_snapshot};
 use crate::upstream::dns::Resolver;
@@ -83,9 +83,19 @@ pub fn serve(
     let log_path = logstore::path(&config.server.data_dir);
     let (log_tx, log_thread) = if config.logs.enabled {
         let (tx, rx) = std::sync::mpsc::sync_channel::<RequestRecord>(LOG_QUEUE);
-        let thread = logs::spawn(log_path.clone(), config.logs.clone(), rx, log_stats.clone())
-            .map_err(|e| format!("logs: {e}"))?;
-        (Some(tx), Some(thread))
+        let queue = LogQueue {
+            tx,
+            payload_bytes: Arc::default(),
+        };
+        let thread = logs::spawn(
+            log_path.clone(),
+            config.logs.clone(),
+            rx,
+            queue.payload_bytes.clone(),
+            log_stats.clone(),
+        )
+        .map_err(|e| format!("logs: {e}"))?;
+        (Some(queue), Some(thread))
     } else {
         (None, None)
     };
@@ -224,7 +234,7 @@ struct ShardArgs {
     commands: flume::Receiver<ShardCmd>,
     snapshots: SyncSender<Snapshot>,
     ready: std::sync::mpsc::Sender<Result<usize, String>>,
-    log: Option<SyncSender<RequestRecord>>,
+    log: Option<LogQueue>,
 }
 
 async fn run_shard(a: ShardArgs) {

@@ -237,7 +237,27 @@ fn provider_statuses_keep_a_reason_phrase(shards: usize) {
     }
 }
 
+/// Regression: a head that fails to parse used to be logged with the previous
+/// request's spans, which a shorter window turned into an out-of-range slice.
+fn a_bad_head_after_a_long_one_is_answered_not_a_crash(shards: usize) {
+    let mock = mock();
+    let gw = gateway_with_key(&mock.base_url(), shards);
+    let mut client = gw.client();
+    let pad = "p".repeat(1000);
+    let r = client.request("GET", "/healthz", &[("x-pad", &pad)], b"");
+    assert_eq!(r.status, 200);
+    let r = client.try_read_response_after(b"\x01\r\n\r\n").unwrap();
+    assert_eq!(r.status, 400);
+    assert!(r.header("aigw-request-id").is_some());
+    assert_eq!(
+        gw.client().get("/healthz").status,
+        200,
+        "the gateway lives on"
+    );
+}
+
 at_1_and_2_shards!(
+    a_bad_head_after_a_long_one_is_answered_not_a_crash,
     escaped_keys_mean_to_aigw_what_they_mean_to_the_provider,
     fields_we_read_may_not_appear_twice,
     encoded_dot_segments_never_reach_the_provider,

@@ -210,6 +210,7 @@ impl Walker {
         }
     }
 
+    /// A positive duration of at most [`MAX_DURATION`].
     pub(super) fn duration(
         &mut self,
         t: Option<&toml::Table>,
@@ -226,6 +227,13 @@ impl Walker {
             other => Err(format!("expected a string, found {}", other.type_str())),
         };
         match parsed {
+            Ok(d) if d > MAX_DURATION => {
+                self.err(
+                    path,
+                    format!("{d:?} is longer than the 365 days any setting may wait"),
+                );
+                fallback
+            }
             Ok(d) if !d.is_zero() => d,
             Ok(_) => {
                 self.err(path, "must be greater than zero".into());
@@ -247,13 +255,23 @@ impl Walker {
             return Duration::ZERO;
         };
         match v {
-            toml::Value::String(s) => parse_duration(s).unwrap_or_else(|e| {
-                self.err(
-                    path,
-                    format!("{e}; write a duration like \"50us\" or \"0us\""),
-                );
-                Duration::ZERO
-            }),
+            toml::Value::String(s) => match parse_duration(s) {
+                Ok(d) if d <= MAX_DURATION => d,
+                Ok(d) => {
+                    self.err(
+                        path,
+                        format!("{d:?} is longer than the 365 days any setting may wait"),
+                    );
+                    Duration::ZERO
+                }
+                Err(e) => {
+                    self.err(
+                        path,
+                        format!("{e}; write a duration like \"50us\" or \"0us\""),
+                    );
+                    Duration::ZERO
+                }
+            },
             other => {
                 self.err(
                     path,
@@ -299,6 +317,10 @@ impl Walker {
         }
     }
 }
+
+/// Longest duration a setting may hold: deadlines are added to the clock, and
+/// a year is already longer than anything a gateway waits for.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
 
 /// "500ms", "10s", "2m", "1h".
 pub fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -22,7 +22,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-/// Longest an admin client may take to send its request.
+/// Longest an admin client may take to send its whole request (and each
+/// write of the answer may stall).
 pub const ADMIN_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest `/stats` waits for shards to flush before answering with what it has.
 pub const FLUSH_WAIT: Duration = Duration::from_secs(1);
@@ -79,6 +80,7 @@ impl Admin {
         self.spawn_accepting("aigw-admin", Scope::Everything, move || {
             let (c, _) = listener.accept()?;
             c.set_read_timeout(Some(ADMIN_READ_TIMEOUT))?;
+            c.set_write_timeout(Some(ADMIN_READ_TIMEOUT))?;
             Ok(c)
         })
     }
@@ -89,6 +91,7 @@ impl Admin {
         self.spawn_accepting("aigw-metrics", Scope::MetricsOnly, move || {
             let (c, _) = listener.accept()?;
             c.set_read_timeout(Some(ADMIN_READ_TIMEOUT))?;
+            c.set_write_timeout(Some(ADMIN_READ_TIMEOUT))?;
             Ok(c)
         })
     }
@@ -117,7 +120,12 @@ impl Admin {
     fn serve<C: Read + Write>(&self, mut conn: C, scope: Scope) {
         let mut buf = Vec::with_capacity(1024);
         let mut chunk = [0u8; 1024];
+        // The whole request within the read timeout, however slowly it drips.
+        let deadline = std::time::Instant::now() + ADMIN_READ_TIMEOUT;
         let path = loop {
+            if std::time::Instant::now() > deadline {
+                return;
+            }
             match conn.read(&mut chunk) {
                 Ok(0) | Err(_) => return,
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
@@ -150,16 +158,22 @@ impl Admin {
             return;
         }
         match (method.as_str(), route) {
+            // Rendered under the stats lock, written after it is released: a
+            // slow reader must never hold up the stats thread.
             ("GET", "/stats") => {
                 self.flush();
-                let merged = self.hub.merged.lock().unwrap_or_else(|p| p.into_inner());
-                let body = render_json(&merged, &self.logs);
+                let body = render_json(
+                    &self.hub.merged.lock().unwrap_or_else(|p| p.into_inner()),
+                    &self.logs,
+                );
                 respond(&mut conn, 200, "application/json", &body);
             }
             ("GET", "/metrics") => {
                 self.flush();
-                let merged = self.hub.merged.lock().unwrap_or_else(|p| p.into_inner());
-                let body = super::metrics::render(&merged, &self.logs);
+                let body = super::metrics::render(
+                    &self.hub.merged.lock().unwrap_or_else(|p| p.into_inner()),
+                    &self.logs,
+                );
                 respond(&mut conn, 200, "text/plain; version=0.0.4", &body);
             }
             ("GET", "/logs") => match self.logs_query(query) {
@@ -330,7 +344,7 @@ pub fn render_json(m: &Merged, logs: &LogStats) -> String {
          \"errors\":{{\"client\":{},\"gateway\":{},\"provider\":{}}},\"aborted\":{{\"upstream\":{},\"client\":{}}},\"streams\":{},\
          \"tokens\":{{\"input\":{},\"output\":{},\"cached\":{}}},\"upstream\":{{\"connects\":{},\"reused\":{},\"idle\":{}}},\
          \"connections\":{{\"accepted\":{},\"open\":{}}},\"dropped_snapshots\":{},\
-         \"logs\":{{\"rows\":{},\"written\":{},\"dropped\":{},\"write_errors\":{},\"deleted\":{}}},\"latency_us\":{{",
+         \"logs\":{{\"rows\":{},\"written\":{},\"dropped\":{},\"bodies_dropped\":{},\"write_errors\":{},\"deleted\":{}}},\"latency_us\":{{",
         m.started.elapsed().as_secs(),
         m.shards,
         c.requests,
@@ -356,6 +370,7 @@ pub fn render_json(m: &Merged, logs: &LogStats) -> String {
         logs.rows.load(Ordering::Relaxed),
         logs.rows_written.load(Ordering::Relaxed),
         c.log_dropped,
+        c.log_bodies_dropped,
         logs.write_errors.load(Ordering::Relaxed),
         logs.rows_deleted.load(Ordering::Relaxed),
     );

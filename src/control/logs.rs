@@ -14,7 +14,7 @@ use crate::logstore::write::Writer;
 use crate::record::RequestRecord;
 use crate::reqid::now_unix_ms;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -115,6 +115,7 @@ pub fn spawn(
     path: PathBuf,
     cfg: LogsConfig,
     rx: Receiver<RequestRecord>,
+    payload_bytes: Arc<AtomicUsize>,
     stats: Arc<LogStats>,
 ) -> Result<JoinHandle<()>, String> {
     let mut writer = Writer::open(&path)?;
@@ -125,12 +126,18 @@ pub fn spawn(
             if let Err(e) = crate::sys::lower_thread_priority(LOG_THREAD_NICE) {
                 log::debug!("log thread keeps its priority: {e}");
             }
-            run(&mut writer, cfg, &rx, &stats)
+            run(&mut writer, cfg, &rx, &payload_bytes, &stats)
         })
         .map_err(|e| format!("cannot start the log thread: {e}"))
 }
 
-fn run(writer: &mut Writer, mut cfg: LogsConfig, rx: &Receiver<RequestRecord>, stats: &LogStats) {
+fn run(
+    writer: &mut Writer,
+    mut cfg: LogsConfig,
+    rx: &Receiver<RequestRecord>,
+    payload_bytes: &AtomicUsize,
+    stats: &LogStats,
+) {
     let mut batch: Vec<RequestRecord> = Vec::with_capacity(4096);
     let mut last_retention = Instant::now();
     let mut last_sweep = Instant::now();
@@ -147,7 +154,10 @@ fn run(writer: &mut Writer, mut cfg: LogsConfig, rx: &Receiver<RequestRecord>, s
         let mut open = !stop;
         loop {
             match rx.try_recv() {
-                Ok(r) => batch.push(r),
+                Ok(r) => {
+                    payload_bytes.fetch_sub(r.payload_len(), Ordering::Relaxed);
+                    batch.push(r)
+                }
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
                     open = false;

@@ -16,7 +16,9 @@
 //!
 //! Every index costs the log thread time on every row (measured: the
 //! thread's cost per row is what the request log costs a busy shard), so
-//! there are few: time, provider, model and status, each with time second.
+//! there is one, on time. `seq` is AUTOINCREMENT: a number is never reused,
+//! even after retention empties the table, so a metadata row swept late or a
+//! `--follow` position can never point at another request.
 
 pub mod query;
 pub mod time;
@@ -43,7 +45,7 @@ pub const CACHE_KIB: i64 = 16 << 10;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS requests (
-    seq INTEGER PRIMARY KEY,
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
     id TEXT NOT NULL,
     ts INTEGER NOT NULL,
     route TEXT NOT NULL,

@@ -437,6 +437,18 @@ pub fn show(conn: &Connection, id: &str) -> rusqlite::Result<Option<Shown>> {
     }))
 }
 
+/// Text safe to print on a terminal: control characters (escape sequences
+/// included) become `?`; newlines and tabs stay when `keep_lines`.
+pub fn printable(s: &str, keep_lines: bool) -> String {
+    s.chars()
+        .map(|c| match c {
+            '\n' | '\t' if keep_lines => c,
+            c if c.is_control() => '?',
+            c => c,
+        })
+        .collect()
+}
+
 /// The readable table `aigw logs` prints.
 pub fn table(rows: &[Row]) -> String {
     let mut out = format!(
@@ -444,7 +456,7 @@ pub fn table(rows: &[Row]) -> String {
         "time", "id", "sta", "provider", "model", "total_ms", "in", "out", "outcome"
     );
     for r in rows {
-        let model = r.model.as_deref().unwrap_or("-");
+        let model = printable(r.model.as_deref().unwrap_or("-"), false);
         let model: String = model.chars().take(24).collect();
         let _ = writeln!(
             out,
@@ -452,7 +464,7 @@ pub fn table(rows: &[Row]) -> String {
             format_ms(r.ts as u64),
             r.id,
             r.status,
-            r.provider.as_deref().unwrap_or("-"),
+            printable(r.provider.as_deref().unwrap_or("-"), false),
             model,
             r.total_us as f64 / 1000.0,
             r.tokens_in.map_or("-".into(), |n| n.to_string()),
@@ -460,7 +472,7 @@ pub fn table(rows: &[Row]) -> String {
             r.outcome,
             r.error_code
                 .as_deref()
-                .map(|c| format!(" ({c})"))
+                .map(|c| format!(" ({})", printable(c, false)))
                 .unwrap_or_default(),
         );
     }
@@ -470,6 +482,12 @@ pub fn table(rows: &[Row]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn terminal_escapes_are_not_printed() {
+        assert_eq!(printable("a\u{1b}]52;x\u{7}b", false), "a?]52;x?b");
+        assert_eq!(printable("l1\nl2\u{9b}", true), "l1\nl2?");
+    }
 
     #[test]
     fn filters_parse_from_flag_pairs_and_refuse_nonsense() {

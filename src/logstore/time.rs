@@ -55,18 +55,22 @@ pub fn parse_time(s: &str, now_ms: u64) -> Result<u64, String> {
         && !s.contains('-')
     {
         let n: u64 = s[..unit].parse().map_err(|_| bad())?;
-        let ms = match &s[unit..] {
-            "ms" => n,
-            "s" => n * 1000,
-            "m" => n * 60_000,
-            "h" => n * 3_600_000,
-            "d" => n * 86_400_000,
+        let per = match &s[unit..] {
+            "ms" => 1,
+            "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
             _ => return Err(bad()),
         };
-        return Ok(now_ms.saturating_sub(ms));
+        return Ok(now_ms.saturating_sub(n.saturating_mul(per)));
     }
     if s.bytes().all(|b| b.is_ascii_digit()) && !s.is_empty() {
-        return s.parse::<u64>().map(|n| n * 1000).map_err(|_| bad());
+        return s
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(1000))
+            .ok_or_else(bad);
     }
     let rest = s
         .strip_suffix('Z')
@@ -95,12 +99,15 @@ pub fn parse_time(s: &str, now_ms: u64) -> Result<u64, String> {
     {
         return Err(bad());
     }
-    let millis = match frac.len() {
-        0 => 0,
-        _ => format!("{frac:0<3}")[..3]
-            .parse::<u64>()
-            .map_err(|_| bad())?,
-    };
+    if !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    // Milliseconds: the first three digits of the fraction, padded.
+    let millis = frac
+        .bytes()
+        .chain(std::iter::repeat(b'0'))
+        .take(3)
+        .fold(0u64, |acc, d| acc * 10 + u64::from(d - b'0'));
     let days = days_from_civil(i64::from(y), mo, day);
     let secs = days * 86_400 + i64::from(h) * 3600 + i64::from(mi) * 60 + i64::from(sec);
     u64::try_from(secs)
@@ -136,7 +143,15 @@ mod tests {
         );
         assert_eq!(parse_time("90s", 100_000).unwrap(), 10_000);
         assert_eq!(parse_time("1700000000", 0).unwrap(), 1_700_000_000_000);
-        for bad in ["yesterday", "1y", "2026-13-01T00:00:00Z", "-5m"] {
+        for bad in [
+            "yesterday",
+            "1y",
+            "2026-13-01T00:00:00Z",
+            "-5m",
+            "2026-01-01T00:00:00.\u{e9}\u{e9}Z",
+            "99999999999999999999",
+            "99999999999999999",
+        ] {
             assert!(parse_time(bad, 0).is_err(), "{bad}");
         }
     }

@@ -102,6 +102,21 @@ pub fn network_hosts(config: &Config) -> Vec<(String, u16)> {
         .collect()
 }
 
+/// The pool key of a provider's connections: its name and everything that
+/// makes a connection go somewhere else (address, scheme, extra trusted CAs).
+/// A reload that moves a provider gives it a new key, so connections to the
+/// old address, even ones returned later by requests still in flight, are
+/// never taken for the new one.
+pub fn pool_key(config: &ProviderConfig) -> String {
+    let roots = config.extra_roots.concat();
+    format!(
+        "{}@{}#{:016x}",
+        config.name,
+        config.base_url,
+        xxhash_rust::xxh3::xxh3_64(&roots)
+    )
+}
+
 impl Provider {
     pub fn new(config: &ProviderConfig) -> Provider {
         let adapter = adapter(config.kind);
@@ -117,7 +132,7 @@ impl Provider {
                 .map(|e| Rc::from(adapter.unified_path(&url.path, e)))
                 .collect(),
             endpoint: Endpoint {
-                name: Rc::from(config.name.as_str()),
+                name: Rc::from(pool_key(config)),
                 host: url.host.clone(),
                 port: url.port,
                 authority: url.authority.clone(),

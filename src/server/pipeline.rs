@@ -35,13 +35,17 @@ use crate::route::{self, Plan, Routed};
 use futures_lite::AsyncWriteExt;
 use futures_lite::future::FutureExt;
 use glommio::net::TcpStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long an attempt waits on the provider before the pipeline starts
 /// watching whether the client is still there. Watching costs a poll on the
 /// client's socket, so quick answers (most of them) never pay it; a client that
 /// leaves a slow generation stops it within this long.
 pub const CLIENT_WATCH_AFTER: Duration = Duration::from_millis(100);
+
+/// The status recorded for a request whose client left before any answer
+/// (nginx's convention; never sent).
+pub const CLIENT_CLOSED: u16 = 499;
 
 /// Runs one request through every stage; returns whether the connection stays open.
 pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool {
@@ -85,10 +89,18 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         forward::build(&mut c.up_out, &view, &up);
         c.up_out.len() - body.len()
     };
+    let upstream_from = Instant::now();
     let mut reply = match attempts(ctx, c, &plan, body_at, &mut rec).await {
         Ok(reply) => reply,
-        Err(Unanswered::Failed(e)) => return answer_error(ctx, c, rec, &e, keep_alive).await,
+        Err(Unanswered::Failed(e)) => {
+            // The time waiting on the provider is not the gateway's.
+            rec.gateway = upstream_from.duration_since(req.started);
+            return answer_error(ctx, c, rec, &e, keep_alive).await;
+        }
         Err(Unanswered::ClientGone) => {
+            // No response went out; 499 is the status proxies log for that.
+            rec.status = CLIENT_CLOSED;
+            rec.gateway = upstream_from.duration_since(req.started);
             rec.outcome = Outcome::ClientAborted;
             record(ctx, rec);
             return false;
@@ -194,16 +206,9 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
 pub async fn reject(ctx: &ShardCtx, c: &mut ClientConn, u: Unreadable) {
     let mut rec = RequestRecord::new(ctx.new_request_id(), ctx.shard, u.started);
     if ctx.logging() {
-        // What could be read of it: the path, if the head got that far.
-        let window = c.buf.filled();
-        let path = c
-            .head
-            .target
-            .get(window.get(..c.head.head_len).unwrap_or_default());
-        rec.log = Some(Box::new(LogFacts {
-            path: String::from_utf8_lossy(path).into_owned(),
-            ..LogFacts::default()
-        }));
+        // The head did not parse, so nothing of it is trusted: `c.head` still
+        // describes the previous request on this connection.
+        rec.log = Some(Box::default());
     }
     answer_error(ctx, c, rec, &u.error, false).await;
 }
@@ -222,8 +227,11 @@ fn controls(
     if !ctx.logging() || read.as_ref().is_ok_and(|c| !c.collect_log) {
         return read.map(drop);
     }
+    // The path without its query: some clients authenticate with `?key=...`.
+    let target = view.target();
+    let path = target.split(|b| *b == b'?').next().unwrap_or(target);
     let mut facts = LogFacts {
-        path: String::from_utf8_lossy(view.target()).into_owned(),
+        path: String::from_utf8_lossy(path).into_owned(),
         ..LogFacts::default()
     };
     if let Some(cap) = payload_cap(ctx) {

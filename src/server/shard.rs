@@ -6,7 +6,7 @@
 use crate::config::Config;
 use crate::http::request::HeadLimits;
 use crate::providers::{self, Providers};
-use crate::record::{Outcome, RequestRecord};
+use crate::record::{Dropped, LogQueue, Outcome, RequestRecord};
 use crate::reqid::{IdGen, RequestId, now_unix_ms};
 use crate::stats::{Gauges, ShardStats, Snapshot};
 use crate::upstream::dns::Resolver;
@@ -16,7 +16,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::mpsc::SyncSender;
 use std::task::{Context, Poll, Waker};
 
 /// A live client connection as the drain logic sees it.
@@ -82,7 +81,7 @@ pub struct ShardCtx {
     /// Request ids (UUIDv7) and the shard's cheap randomness (log sampling).
     ids: RefCell<IdGen>,
     /// Finished records the request log keeps go here (`None`: logs are off).
-    log: Option<SyncSender<RequestRecord>>,
+    log: Option<LogQueue>,
     /// Live connections: a slab indexed by connection id, with a free list.
     conns: RefCell<Slab>,
 }
@@ -92,7 +91,7 @@ impl ShardCtx {
         shard: usize,
         config: Arc<Config>,
         resolver: Arc<Resolver>,
-        log: Option<SyncSender<RequestRecord>>,
+        log: Option<LogQueue>,
     ) -> ShardCtx {
         let config = Rc::new(Config::clone(&config));
         ShardCtx {
@@ -134,12 +133,12 @@ impl ShardCtx {
         let new = Rc::new(new.clone());
         let old = self.config();
         for (name, p) in &old.providers {
-            let same = new
-                .providers
-                .get(name)
-                .is_some_and(|q| q.base_url == p.base_url && q.extra_roots == p.extra_roots);
-            if !same {
-                self.pool.forget(name);
+            // Keys follow addresses: a moved provider's new key holds nothing
+            // yet; its old key's connections are closed now (and any returned
+            // later by requests in flight are never taken, and expire).
+            let key = providers::pool_key(p);
+            if new.providers.get(name).map(providers::pool_key) != Some(key.clone()) {
+                self.pool.forget(&key);
             }
         }
         self.pool.set_max_idle(new.timeouts.upstream_idle);
@@ -182,8 +181,10 @@ impl ShardCtx {
         if !failed && sample < 1.0 && self.ids.borrow_mut().unit() >= sample {
             return;
         }
-        if log.try_send(rec).is_err() {
-            self.stats.borrow_mut().log_dropped();
+        match log.send(rec) {
+            Ok(()) => {}
+            Err(Dropped::Row) => self.stats.borrow_mut().log_dropped(),
+            Err(Dropped::Bodies) => self.stats.borrow_mut().log_bodies_dropped(),
         }
     }
 

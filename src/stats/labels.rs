@@ -97,9 +97,15 @@ impl LabelCounters {
         if let Some(s) = r.error_source {
             self.errors[source_index(s)] += 1;
         }
-        self.input_tokens += r.usage.input_tokens.unwrap_or(0);
-        self.output_tokens += r.usage.output_tokens.unwrap_or(0);
-        self.cached_tokens += r.usage.cached_tokens.unwrap_or(0);
+        self.input_tokens = self
+            .input_tokens
+            .saturating_add(r.usage.input_tokens.unwrap_or(0));
+        self.output_tokens = self
+            .output_tokens
+            .saturating_add(r.usage.output_tokens.unwrap_or(0));
+        self.cached_tokens = self
+            .cached_tokens
+            .saturating_add(r.usage.cached_tokens.unwrap_or(0));
         self.duration.record(r.total);
         if let Some(t) = r.ttft {
             self.ttft.record(t);
@@ -113,9 +119,9 @@ impl LabelCounters {
         for (a, b) in self.errors.iter_mut().zip(o.errors) {
             *a += b;
         }
-        self.input_tokens += o.input_tokens;
-        self.output_tokens += o.output_tokens;
-        self.cached_tokens += o.cached_tokens;
+        self.input_tokens = self.input_tokens.saturating_add(o.input_tokens);
+        self.output_tokens = self.output_tokens.saturating_add(o.output_tokens);
+        self.cached_tokens = self.cached_tokens.saturating_add(o.cached_tokens);
         self.duration.add(&o.duration);
         self.ttft.add(&o.ttft);
     }

@@ -42,6 +42,8 @@ pub struct Counters {
     pub dropped_snapshots: u64,
     /// Records the request log's queue had no room for.
     pub log_dropped: u64,
+    /// Rows logged without their bodies: the queue held too many body bytes.
+    pub log_bodies_dropped: u64,
 }
 
 impl Counters {
@@ -57,13 +59,14 @@ impl Counters {
         self.aborted_upstream += o.aborted_upstream;
         self.aborted_client += o.aborted_client;
         self.streams += o.streams;
-        self.input_tokens += o.input_tokens;
-        self.output_tokens += o.output_tokens;
-        self.cached_tokens += o.cached_tokens;
+        self.input_tokens = self.input_tokens.saturating_add(o.input_tokens);
+        self.output_tokens = self.output_tokens.saturating_add(o.output_tokens);
+        self.cached_tokens = self.cached_tokens.saturating_add(o.cached_tokens);
         self.upstream_connects += o.upstream_connects;
         self.upstream_reused += o.upstream_reused;
         self.dropped_snapshots += o.dropped_snapshots;
         self.log_dropped += o.log_dropped;
+        self.log_bodies_dropped += o.log_bodies_dropped;
     }
 }
 
@@ -165,9 +168,15 @@ impl ShardStats {
             _ => {}
         }
         c.streams += u64::from(r.stream);
-        c.input_tokens += r.usage.input_tokens.unwrap_or(0);
-        c.output_tokens += r.usage.output_tokens.unwrap_or(0);
-        c.cached_tokens += r.usage.cached_tokens.unwrap_or(0);
+        c.input_tokens = c
+            .input_tokens
+            .saturating_add(r.usage.input_tokens.unwrap_or(0));
+        c.output_tokens = c
+            .output_tokens
+            .saturating_add(r.usage.output_tokens.unwrap_or(0));
+        c.cached_tokens = c
+            .cached_tokens
+            .saturating_add(r.usage.cached_tokens.unwrap_or(0));
         c.upstream_connects += u64::from(r.upstream_connects);
         c.upstream_reused += u64::from(r.upstream_reused);
         let us = |d: Duration| (d.as_micros() as u64).max(1);
@@ -187,6 +196,11 @@ impl ShardStats {
     /// `dropped_snapshots` is of the stats channel.
     pub fn log_dropped(&mut self) {
         self.counters.log_dropped += 1;
+    }
+
+    /// A row the log keeps without its bodies (too many body bytes queued).
+    pub fn log_bodies_dropped(&mut self) {
+        self.counters.log_bodies_dropped += 1;
     }
 
     /// Takes the deltas, leaving the recorder empty.
