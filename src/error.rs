@@ -196,6 +196,22 @@ impl GatewayError {
         out.extend_from_slice(head.as_bytes());
         out.extend_from_slice(body.as_bytes());
     }
+
+    /// The answer to a HEAD request: [`GatewayError::write_response`]'s head
+    /// (its length included) without the body, which a HEAD response never has.
+    pub fn write_head_response(
+        &self,
+        out: &mut Vec<u8>,
+        http10: bool,
+        keep_alive: bool,
+        extra_headers: &str,
+    ) {
+        let start = out.len();
+        self.write_response(out, http10, keep_alive, extra_headers);
+        if let Some(end) = memchr::memmem::find(&out[start..], b"\r\n\r\n") {
+            out.truncate(start + end + 4);
+        }
+    }
 }
 
 impl std::fmt::Display for GatewayError {

@@ -256,7 +256,36 @@ fn a_bad_head_after_a_long_one_is_answered_not_a_crash(shards: usize) {
     );
 }
 
+/// Regression: a gateway error to a HEAD request carried a body, which the
+/// client then read as the start of the next response.
+fn an_error_to_a_head_request_has_no_body(shards: usize) {
+    use std::io::{Read, Write};
+    let mock = mock();
+    let gw = gateway_with_key(&mock.base_url(), shards);
+    let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(common::WAIT)).unwrap();
+    s.write_all(
+        b"HEAD /nowhere/x HTTP/1.1\r\nHost: a\r\n\r\nGET /healthz HTTP/1.1\r\nHost: a\r\n\r\n",
+    )
+    .unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !got.ends_with(b"{\"status\":\"ok\"}") {
+        let n = s.read(&mut chunk).expect("both answers arrive");
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8(got).unwrap();
+    let (first, rest) = text.split_once("\r\n\r\n").unwrap();
+    assert!(first.starts_with("HTTP/1.1 404 "), "{first}");
+    assert!(
+        rest.starts_with("HTTP/1.1 200 OK\r\n"),
+        "the 404 had a body: {rest}"
+    );
+}
+
 at_1_and_2_shards!(
+    an_error_to_a_head_request_has_no_body,
     a_bad_head_after_a_long_one_is_answered_not_a_crash,
     escaped_keys_mean_to_aigw_what_they_mean_to_the_provider,
     fields_we_read_may_not_appear_twice,

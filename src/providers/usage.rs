@@ -196,7 +196,14 @@ impl SseTap {
             return;
         }
         if self.overlong || self.carry.len() + rest.len() > MAX_SSE_LINE {
-            // Too long to inspect: pass it on unexamined.
+            // Too long to inspect: pass it on unexamined. The lines of its
+            // event held so far go first, in order, and the event can no
+            // longer be dropped.
+            if self.filter_usage_event && !self.overlong {
+                out.extend_from_slice(&self.event);
+                self.event.clear();
+                self.drop_event = false;
+            }
             self.overlong = true;
             if self.filter_usage_event {
                 out.extend_from_slice(&self.carry);
@@ -305,6 +312,19 @@ mod tests {
         );
         assert_eq!(tap.usage.output_tokens, Some(1));
         assert!(tap.saw_done);
+    }
+
+    #[test]
+    fn an_overlong_line_keeps_its_event_in_order() {
+        let long = "x".repeat(MAX_SSE_LINE + 10);
+        let stream = format!("id: 1\ndata: {long}\ndata: tail\n\ndata: [DONE]\n\n");
+        let mut tap = SseTap::new(&openai::USAGE, true);
+        let mut out = Vec::new();
+        for piece in stream.as_bytes().chunks(64 << 10) {
+            tap.feed(piece, &mut out);
+        }
+        tap.finish(&mut out);
+        assert_eq!(out, stream.as_bytes());
     }
 
     #[test]

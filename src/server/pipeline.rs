@@ -366,7 +366,14 @@ async fn answer_error(
     // began meanwhile, this answer is the connection's last.
     let keep_alive = keep_alive && !e.close && !ctx.draining.get();
     c.out.clear();
-    respond::error(&mut c.out, e, c.head.http10, keep_alive, rec.id);
+    respond::error(
+        &mut c.out,
+        e,
+        c.head.http10,
+        keep_alive,
+        c.head.method,
+        rec.id,
+    );
     rec.status = e.status;
     rec.error_source = Some(e.source);
     rec.error_code = Some(e.code);

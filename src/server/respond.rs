@@ -129,13 +129,24 @@ pub fn provider_head(out: &mut Vec<u8>, h: &ClientHead<'_>, rh: &ResponseHead, w
     out.extend_from_slice(b"\r\n");
 }
 
-/// Writes a whole gateway error response.
-pub fn error(out: &mut Vec<u8>, e: &GatewayError, http10: bool, keep_alive: bool, id: RequestId) {
+/// Writes a whole gateway error response (only its head to a HEAD request).
+pub fn error(
+    out: &mut Vec<u8>,
+    e: &GatewayError,
+    http10: bool,
+    keep_alive: bool,
+    method: Method,
+    id: RequestId,
+) {
     let mut id_line = Vec::with_capacity(60);
     push_id(&mut id_line, id);
     // Request ids are ASCII (hex digits and dashes).
     let id_line = std::str::from_utf8(&id_line).unwrap_or_default();
-    e.write_response(out, http10, keep_alive, id_line);
+    if method == Method::Head {
+        e.write_head_response(out, http10, keep_alive, id_line);
+    } else {
+        e.write_response(out, http10, keep_alive, id_line);
+    }
 }
 
 /// Writes the whole `GET /healthz` answer.
@@ -283,11 +294,33 @@ mod tests {
         );
         assert!(s.contains("connection: keep-alive\r\n") && s.ends_with("{\"status\":\"ok\"}"));
         let mut out = Vec::new();
-        error(&mut out, &GatewayError::not_found("x"), false, false, id);
+        error(
+            &mut out,
+            &GatewayError::not_found("x"),
+            false,
+            false,
+            Method::Get,
+            id,
+        );
         let s = String::from_utf8(out).unwrap();
         assert!(
             s.contains("aigw-request-id: 00000000-0000-0000-0000-000000000003\r\n")
                 && s.contains("connection: close\r\n")
+        );
+        // A HEAD request gets the head (with its length) and no body.
+        let mut out = Vec::new();
+        error(
+            &mut out,
+            &GatewayError::not_found("x"),
+            false,
+            true,
+            Method::Head,
+            id,
+        );
+        let s = String::from_utf8(out).unwrap();
+        assert!(
+            s.ends_with("\r\n\r\n") && s.contains("content-length: "),
+            "{s}"
         );
     }
 }
