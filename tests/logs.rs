@@ -234,6 +234,64 @@ fn each_filter_selects_exactly_its_rows(shards: usize) {
     assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
 }
 
+fn rows_older_than_max_age_are_deleted(shards: usize) {
+    let mock = mock();
+    let mut gw = Gateway::with(shards)
+        .provider("up", &mock.base_url(), "")
+        .toml("[logs]\nmax_age = \"1ms\"")
+        .start();
+    let mut c = gw.client();
+    for _ in 0..3 {
+        assert_eq!(
+            c.post("/v1/chat/completions", &[], &chat("up/m", false))
+                .status,
+            200
+        );
+    }
+    drop(c);
+    admin_logs(&gw, "limit=1");
+    assert_eq!(
+        gw.stats()["logs"]["written"].as_u64(),
+        Some(3),
+        "the rows were stored"
+    );
+    // Retention also runs as the log thread stops; by then every row is older
+    // than a millisecond.
+    gw.terminate();
+    assert!(gw.wait_exit().success());
+    let (code, rows, err) = cli(&gw, &["--limit", "100"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(rows.is_empty(), "{rows:?}");
+}
+
+fn follow_prints_new_rows_as_they_are_stored(shards: usize) {
+    let mock = mock();
+    let gw = Gateway::with(shards)
+        .provider("up", &mock.base_url(), "")
+        .start();
+    let mut c = gw.client();
+    let first = id_of(&c.post("/v1/chat/completions", &[], &chat("up/m", false)));
+    admin_logs(&gw, "limit=1");
+    let mut follow = Command::new(AIGW)
+        .args(["logs", "--follow", "--json", "--data-dir"])
+        .arg(gw.data_dir())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = common::gateway::lines_of(follow.stdout.take().unwrap());
+    let next_id = |lines: &std::sync::mpsc::Receiver<String>| {
+        let line = lines.recv_timeout(common::WAIT).expect("a row");
+        json(line.as_bytes())["id"].as_str().unwrap().to_string()
+    };
+    // The latest row first, then each new one as it is committed.
+    assert_eq!(next_id(&lines), first);
+    let second = id_of(&c.post("/v1/chat/completions", &[], &chat("up/m", false)));
+    admin_logs(&gw, "limit=1");
+    assert_eq!(next_id(&lines), second);
+    let _ = follow.kill();
+    let _ = follow.wait();
+}
+
 fn retention_deletes_the_oldest_first(shards: usize) {
     let mock = mock();
     let gw = Gateway::with(shards)
@@ -525,6 +583,8 @@ at_1_and_2_shards!(
     a_burst_leaves_exactly_one_row_per_request,
     each_filter_selects_exactly_its_rows,
     retention_deletes_the_oldest_first,
+    follow_prints_new_rows_as_they_are_stored,
+    rows_older_than_max_age_are_deleted,
     payloads_are_capped_and_streams_stored_as_received,
     collect_log_false_leaves_no_row,
     sampling_keeps_every_error_and_a_share_of_successes,
