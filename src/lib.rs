@@ -13,7 +13,8 @@
 //!   retention (for the log thread), the filters of `aigw logs` and `GET /logs`.
 //! - [`server`]: the per-connection loop, the pipeline that orders the stages,
 //!   upstream attempts, the relay and its taps.
-//! - Stages: [`controls`] (the `aigw-*`/`cf-aig-*` request headers), [`route`]
+//! - Stages: [`controls`] (the `aigw-*`/`cf-aig-*` request headers), [`cache`]
+//!   (so far its key computation; not yet on the request path), [`route`]
 //!   (path + model to a plan) and [`providers`] (one adapter per provider kind:
 //!   auth, paths, usage shapes, the in-process mock).
 //! - [`upstream`]: DNS, TCP, TLS, the pool and the HTTP/1.1 client; knows no
@@ -28,6 +29,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod cache;
 pub mod config;
 pub mod control;
 pub mod controls;

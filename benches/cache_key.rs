@@ -1,0 +1,52 @@
+//! Cache key computation (canonical body + xxh3-128) for chat requests of
+//! about 1 KiB and 16 KiB, in bytes of body per second.
+
+use aigw::cache::key::{KeyInput, KeyMaker};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use std::hint::black_box;
+
+/// A chat request with `turns` user/assistant messages.
+fn chat(turns: usize) -> Vec<u8> {
+    let mut messages = vec![
+        r#"{"role":"system","content":"You are a helpful assistant. Answer briefly."}"#.to_string(),
+    ];
+    for i in 0..turns {
+        messages.push(format!(
+            r#"{{"role":"user","content":"Question {i}: what is the capital of the country with code \"{i:03}\"? Please explain."}}"#
+        ));
+        messages.push(format!(
+            r#"{{"role":"assistant","content":"Answer {i}: it depends on the code; here is a short explanation of how codes map."}}"#
+        ));
+    }
+    format!(
+        r#"{{"model":"openai/gpt-4o-mini","temperature":0.2,"max_tokens":256,"stream":false,"messages":[{}]}}"#,
+        messages.join(",")
+    )
+    .into_bytes()
+}
+
+fn keys(c: &mut Criterion) {
+    let mut g = c.benchmark_group("cache_key");
+    let mut maker = KeyMaker::default();
+    for (name, turns) in [("1KiB", 4), ("16KiB", 70)] {
+        let body = chat(turns);
+        g.throughput(Throughput::Bytes(body.len() as u64));
+        g.bench_function(format!("{name}_{}B", body.len()), |b| {
+            b.iter(|| {
+                maker
+                    .key(&KeyInput {
+                        scope: 1,
+                        provider: "openai",
+                        path: "/v1/chat/completions",
+                        body: black_box(&body),
+                        custom: None,
+                    })
+                    .unwrap()
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, keys);
+criterion_main!(benches);
