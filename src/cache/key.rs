@@ -12,12 +12,13 @@
 //! A body that is not one JSON value, or in which any object names a key twice,
 //! has no key: such a request is not cached (it bypasses the cache).
 //!
-//! Cost (criterion `cache_key`): about 3.5 µs per KiB of chat body. Nested
-//! values are scanned once per level (the member scan, then the recursion);
-//! a single-pass walk is the known next step before this joins the request path.
+//! One pass over the body: members are written as they come and an object
+//! whose keys arrive out of order is reordered in a scratch buffer; escaped
+//! strings are re-spelled straight from their text. Measured (criterion
+//! `cache_key`, chat bodies): 0.91 µs for 1 KiB, 11.5 µs for 16 KiB
+//! (1.1-1.3 GiB/s).
 
-use crate::json::{MAX_DEPTH, for_each_member, is_number, skip_value, skip_ws, string_value};
-use std::borrow::Cow;
+use crate::json::{MAX_DEPTH, is_number, skip_ws};
 use xxhash_rust::xxh3::Xxh3;
 
 /// Bumped whenever the canonical form or the key's inputs change, so entries
@@ -52,10 +53,23 @@ pub enum NoKey {
     DuplicateKey,
 }
 
-/// Computes keys, reusing its buffer across requests (one per shard).
+/// Computes keys, reusing its buffers across requests (one per shard).
 #[derive(Default)]
 pub struct KeyMaker {
     canonical: Vec<u8>,
+    /// Members of the objects being written, as a stack shared by nesting levels.
+    members: Vec<Member>,
+    /// Where an object's members are reordered.
+    scratch: Vec<u8>,
+}
+
+/// One member written to the canonical buffer: `"key":value` spans
+/// `start..end`, its key `start..key_end`.
+#[derive(Clone, Copy)]
+struct Member {
+    start: usize,
+    key_end: usize,
+    end: usize,
 }
 
 impl KeyMaker {
@@ -72,8 +86,7 @@ impl KeyMaker {
             None => {
                 h.update(b"body");
                 field(&mut h, input.path.as_bytes());
-                self.canonical.clear();
-                canonical(input.body, &mut self.canonical)?;
+                self.write_canonical(input.body)?;
                 field(&mut h, &self.canonical);
             }
         }
@@ -84,6 +97,131 @@ impl KeyMaker {
     pub fn last_canonical(&self) -> &[u8] {
         &self.canonical
     }
+
+    /// Writes the canonical form of the JSON text `body`, in one pass.
+    fn write_canonical(&mut self, body: &[u8]) -> Result<(), NoKey> {
+        self.canonical.clear();
+        self.members.clear();
+        let start = crate::json::json_start(body);
+        let end = self.value(body, start, 0)?;
+        if skip_ws(body, end) != body.len() {
+            return Err(NoKey::NotJson);
+        }
+        Ok(())
+    }
+
+    /// Writes the value at `i`; returns the offset after it.
+    fn value(&mut self, body: &[u8], i: usize, depth: usize) -> Result<usize, NoKey> {
+        if depth > MAX_DEPTH {
+            return Err(NoKey::NotJson);
+        }
+        match body.get(i) {
+            Some(b'{') => self.object(body, i, depth),
+            Some(b'[') => self.array(body, i, depth),
+            Some(b'"') => string(body, i, &mut self.canonical),
+            Some(_) => {
+                let end = literal_end(body, i);
+                let lit = &body[i..end];
+                if !(lit == b"true" || lit == b"false" || lit == b"null" || is_number(lit)) {
+                    return Err(NoKey::NotJson);
+                }
+                self.canonical.extend_from_slice(lit);
+                Ok(end)
+            }
+            None => Err(NoKey::NotJson),
+        }
+    }
+
+    fn object(&mut self, body: &[u8], open: usize, depth: usize) -> Result<usize, NoKey> {
+        let base = self.members.len();
+        self.canonical.push(b'{');
+        let first = self.canonical.len();
+        let mut i = skip_ws(body, open + 1);
+        let end = if body.get(i) == Some(&b'}') {
+            i + 1
+        } else {
+            loop {
+                if body.get(i) != Some(&b'"') {
+                    return Err(NoKey::NotJson);
+                }
+                let start = self.canonical.len();
+                i = string(body, i, &mut self.canonical)?;
+                let key_end = self.canonical.len();
+                i = skip_ws(body, i);
+                if body.get(i) != Some(&b':') {
+                    return Err(NoKey::NotJson);
+                }
+                self.canonical.push(b':');
+                i = self.value(body, skip_ws(body, i + 1), depth + 1)?;
+                self.members.push(Member {
+                    start,
+                    key_end,
+                    end: self.canonical.len(),
+                });
+                i = skip_ws(body, i);
+                match body.get(i) {
+                    Some(b',') => {
+                        self.canonical.push(b',');
+                        i = skip_ws(body, i + 1);
+                    }
+                    Some(b'}') => break i + 1,
+                    _ => return Err(NoKey::NotJson),
+                }
+            }
+        };
+        self.sort_members(base, first)?;
+        self.members.truncate(base);
+        self.canonical.push(b'}');
+        Ok(end)
+    }
+
+    /// Puts the members written since `base` in key order (canonical key
+    /// bytes: a fixed total order on the keys), refusing a repeated key.
+    fn sort_members(&mut self, base: usize, first: usize) -> Result<(), NoKey> {
+        let buf = &self.canonical;
+        let key = |m: &Member| &buf[m.start..m.key_end];
+        let members = &mut self.members[base..];
+        if members.windows(2).all(|w| key(&w[0]) < key(&w[1])) {
+            return Ok(()); // already in order, no repeats: the common case
+        }
+        members.sort_unstable_by(|a, b| key(a).cmp(key(b)));
+        if members.windows(2).any(|w| key(&w[0]) == key(&w[1])) {
+            return Err(NoKey::DuplicateKey);
+        }
+        self.scratch.clear();
+        for (n, m) in members.iter().enumerate() {
+            if n > 0 {
+                self.scratch.push(b',');
+            }
+            self.scratch.extend_from_slice(&buf[m.start..m.end]);
+        }
+        self.canonical.truncate(first);
+        self.canonical.extend_from_slice(&self.scratch);
+        Ok(())
+    }
+
+    fn array(&mut self, body: &[u8], open: usize, depth: usize) -> Result<usize, NoKey> {
+        self.canonical.push(b'[');
+        let mut i = skip_ws(body, open + 1);
+        if body.get(i) == Some(&b']') {
+            self.canonical.push(b']');
+            return Ok(i + 1);
+        }
+        loop {
+            i = skip_ws(body, self.value(body, i, depth + 1)?);
+            match body.get(i) {
+                Some(b',') => {
+                    self.canonical.push(b',');
+                    i = skip_ws(body, i + 1);
+                }
+                Some(b']') => {
+                    self.canonical.push(b']');
+                    return Ok(i + 1);
+                }
+                _ => return Err(NoKey::NotJson),
+            }
+        }
+    }
 }
 
 /// Hashes a length-prefixed field, so (a, bc) and (ab, c) differ.
@@ -92,140 +230,123 @@ fn field(h: &mut Xxh3, bytes: &[u8]) {
     h.update(bytes);
 }
 
-/// Writes the canonical form of the JSON text `body` into `out`.
+/// The canonical form of the JSON text `body` (see [`KeyMaker`]).
 pub fn canonical(body: &[u8], out: &mut Vec<u8>) -> Result<(), NoKey> {
-    let start = crate::json::json_start(body);
-    let end = value(body, start, out, 0)?;
-    if skip_ws(body, end) != body.len() {
-        return Err(NoKey::NotJson);
+    let mut k = KeyMaker::default();
+    k.write_canonical(body)?;
+    out.extend_from_slice(&k.canonical);
+    Ok(())
+}
+
+/// Writes the string starting at `i` (its opening quote) canonically;
+/// returns the offset after its closing quote.
+fn string(body: &[u8], i: usize, out: &mut Vec<u8>) -> Result<usize, NoKey> {
+    let mut j = i + 1;
+    let mut escaped = false;
+    let end = loop {
+        match memchr::memchr2(b'"', b'\\', &body[j.min(body.len())..]) {
+            Some(k) if body[j + k] == b'\\' => {
+                escaped = true;
+                j += k + 2;
+            }
+            Some(k) => break j + k + 1,
+            None => return Err(NoKey::NotJson),
+        }
+    };
+    let raw = &body[i..end];
+    if !escaped {
+        // Without escapes the text is already canonical (a raw `"` or control
+        // byte cannot occur in a valid string).
+        out.extend_from_slice(raw);
+    } else {
+        out.push(b'"');
+        reencode(&raw[1..raw.len() - 1], out)?;
+        out.push(b'"');
+    }
+    Ok(end)
+}
+
+/// Re-spells the inside of an escaped string canonically, straight from its
+/// text: runs without escapes are copied, each escape becomes the one
+/// canonical spelling of its character.
+fn reencode(inner: &[u8], out: &mut Vec<u8>) -> Result<(), NoKey> {
+    let hex4 = |at: usize| -> Result<u32, NoKey> {
+        let h = inner.get(at..at + 4).ok_or(NoKey::NotJson)?;
+        let h = std::str::from_utf8(h).map_err(|_| NoKey::NotJson)?;
+        u32::from_str_radix(h, 16).map_err(|_| NoKey::NotJson)
+    };
+    let mut i = 0;
+    while i < inner.len() {
+        match memchr::memchr(b'\\', &inner[i..]) {
+            None => {
+                out.extend_from_slice(&inner[i..]);
+                return Ok(());
+            }
+            Some(k) => {
+                out.extend_from_slice(&inner[i..i + k]);
+                i += k;
+            }
+        }
+        let ch = match inner.get(i + 1).ok_or(NoKey::NotJson)? {
+            b'"' => '"',
+            b'\\' => '\\',
+            b'/' => '/',
+            b'b' => '\u{8}',
+            b'f' => '\u{c}',
+            b'n' => '\n',
+            b'r' => '\r',
+            b't' => '\t',
+            b'u' => {
+                let mut cp = hex4(i + 2)?;
+                if (0xD800..0xDC00).contains(&cp) {
+                    // A high surrogate must be followed by an escaped low one.
+                    if inner.get(i + 6..i + 8) != Some(b"\\u") {
+                        return Err(NoKey::NotJson);
+                    }
+                    let low = hex4(i + 8)?;
+                    if !(0xDC00..0xE000).contains(&low) {
+                        return Err(NoKey::NotJson);
+                    }
+                    cp = 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00);
+                    i += 6;
+                }
+                i += 4;
+                char::from_u32(cp).ok_or(NoKey::NotJson)?
+            }
+            _ => return Err(NoKey::NotJson),
+        };
+        i += 2;
+        push_char(out, ch);
     }
     Ok(())
 }
 
-/// Writes the value at `i` canonically; returns the offset after it.
-fn value(body: &[u8], i: usize, out: &mut Vec<u8>, depth: usize) -> Result<usize, NoKey> {
-    if depth > MAX_DEPTH {
-        return Err(NoKey::NotJson);
-    }
-    match body.get(i) {
-        Some(b'{') => object(body, i, out, depth),
-        Some(b'[') => array(body, i, out, depth),
-        Some(b'"') => {
-            let end = skip_value(body, i).map_err(|_| NoKey::NotJson)?;
-            let raw = &body[i..end];
-            if memchr::memchr(b'\\', raw).is_none() {
-                // Without escapes the text is already canonical (a raw `"` or
-                // control byte cannot occur in a valid string).
-                out.extend_from_slice(raw);
-            } else {
-                let s = string_value(raw).ok_or(NoKey::NotJson)?;
-                push_string(out, &s);
-            }
-            Ok(end)
+/// One character in its canonical spelling inside a string.
+fn push_char(out: &mut Vec<u8>, c: char) {
+    match c {
+        '"' => out.extend_from_slice(b"\\\""),
+        '\\' => out.extend_from_slice(b"\\\\"),
+        c if (c as u32) < 0x20 => {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            let v = c as usize;
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[v >> 4]);
+            out.push(HEX[v & 0xf]);
         }
-        Some(_) => {
-            let end = skip_value(body, i).map_err(|_| NoKey::NotJson)?;
-            let lit = &body[i..end];
-            if !(lit == b"true" || lit == b"false" || lit == b"null" || is_number(lit)) {
-                return Err(NoKey::NotJson);
-            }
-            out.extend_from_slice(lit);
-            Ok(end)
-        }
-        None => Err(NoKey::NotJson),
-    }
-}
-
-fn object(body: &[u8], open: usize, out: &mut Vec<u8>, depth: usize) -> Result<usize, NoKey> {
-    // Members as (decoded key, value range), sorted by key. A key borrows
-    // from the body unless it had escapes.
-    let mut members: Vec<(Cow<'_, str>, std::ops::Range<usize>)> = Vec::new();
-    let mut bad_key = false;
-    let base = body.as_ptr() as usize;
-    let end = for_each_member(body, open, |raw_key, range| {
-        // `raw_key` lies between its quotes inside `body`.
-        let at = raw_key.as_ptr() as usize - base;
-        match string_value(&body[at - 1..at + raw_key.len() + 1]) {
-            Some(k) => members.push((k, range)),
-            None => bad_key = true,
-        }
-    })
-    .map_err(|_| NoKey::NotJson)?;
-    if bad_key {
-        return Err(NoKey::NotJson);
-    }
-    members.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-    if members.windows(2).any(|w| w[0].0 == w[1].0) {
-        return Err(NoKey::DuplicateKey);
-    }
-    out.push(b'{');
-    for (n, (k, range)) in members.iter().enumerate() {
-        if n > 0 {
-            out.push(b',');
-        }
-        push_string(out, k);
-        out.push(b':');
-        value(body, range.start, out, depth + 1)?;
-    }
-    out.push(b'}');
-    Ok(end)
-}
-
-fn array(body: &[u8], open: usize, out: &mut Vec<u8>, depth: usize) -> Result<usize, NoKey> {
-    out.push(b'[');
-    let mut i = skip_ws(body, open + 1);
-    if body.get(i) == Some(&b']') {
-        out.push(b']');
-        return Ok(i + 1);
-    }
-    let mut first = true;
-    loop {
-        if !first {
-            out.push(b',');
-        }
-        first = false;
-        let end = value(body, i, out, depth + 1)?;
-        i = skip_ws(body, end);
-        match body.get(i) {
-            Some(b',') => i = skip_ws(body, i + 1),
-            Some(b']') => {
-                out.push(b']');
-                return Ok(i + 1);
-            }
-            _ => return Err(NoKey::NotJson),
+        c => {
+            let mut b = [0u8; 4];
+            out.extend_from_slice(c.encode_utf8(&mut b).as_bytes());
         }
     }
 }
 
-/// A string in one canonical spelling: only `"`, `\` and control characters
-/// escaped, the latter as `\u00XX`.
-fn push_string(out: &mut Vec<u8>, s: &str) {
-    out.push(b'"');
-    let bytes = s.as_bytes();
-    // Nearly every string needs no escape: copy it whole.
-    if !bytes.iter().any(|b| *b < 0x20 || *b == b'"' || *b == b'\\') {
-        out.extend_from_slice(bytes);
-        out.push(b'"');
-        return;
+/// The end of a bare literal (number, true, false, null) starting at `i`.
+fn literal_end(body: &[u8], i: usize) -> usize {
+    let mut j = i;
+    while j < body.len() && !matches!(body[j], b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r') {
+        j += 1;
     }
-    for c in s.chars() {
-        match c {
-            '"' => out.extend_from_slice(b"\\\""),
-            '\\' => out.extend_from_slice(b"\\\\"),
-            c if (c as u32) < 0x20 => {
-                const HEX: &[u8; 16] = b"0123456789abcdef";
-                let v = c as usize;
-                out.extend_from_slice(b"\\u00");
-                out.push(HEX[v >> 4]);
-                out.push(HEX[v & 0xf]);
-            }
-            c => {
-                let mut b = [0u8; 4];
-                out.extend_from_slice(c.encode_utf8(&mut b).as_bytes());
-            }
-        }
-    }
-    out.push(b'"');
+    j
 }
 
 #[cfg(test)]
@@ -258,6 +379,43 @@ mod tests {
             canon(a),
             r#"{"messages":[{"content":"hi\u000a","role":"user"}],"model":"gpt","temperature":0.2}"#
         );
+    }
+
+    /// Writes `{"k0":{"k0":0,...},...}` with its keys in a shuffled order and
+    /// random whitespace, `depth` levels deep.
+    fn shuffled(rng: &mut crate::reqid::IdGen, depth: usize, out: &mut String) {
+        let mut keys: Vec<usize> = (0..6).collect();
+        for i in (1..keys.len()).rev() {
+            keys.swap(i, rng.next_u64() as usize % (i + 1));
+        }
+        let ws =
+            |rng: &mut crate::reqid::IdGen| [" ", "", "\n ", "\t"][rng.next_u64() as usize % 4];
+        out.push('{');
+        for (n, k) in keys.iter().enumerate() {
+            if n > 0 {
+                out.push(',');
+            }
+            out.push_str(ws(rng));
+            out.push_str(&format!("\"k{k}\"{}:", ws(rng)));
+            if depth > 0 {
+                shuffled(rng, depth - 1, out);
+            } else {
+                out.push_str(&format!("[{k}, \"v{k}\", true]"));
+            }
+        }
+        out.push('}');
+    }
+
+    #[test]
+    fn any_member_order_gives_the_same_key() {
+        let mut rng = crate::reqid::IdGen::new(3);
+        let mut first = None;
+        for _ in 0..50 {
+            let mut body = String::new();
+            shuffled(&mut rng, 3, &mut body);
+            let k = key(&body).unwrap();
+            assert_eq!(*first.get_or_insert(k), k, "{body}");
+        }
     }
 
     #[test]
@@ -321,6 +479,24 @@ mod tests {
             })
         );
         assert_ne!(k.key(&custom), k.key(&KeyInput { scope: 9, ..custom }));
+    }
+
+    #[test]
+    fn escapes_are_respelled_to_one_form() {
+        // Each pair spells the same string two ways.
+        for (a, b) in [
+            (r#""a\"b""#, r#""a\u0022b""#),
+            (r#""a\/b""#, r#""a/b""#),
+            (r#""\u00e9""#, "\"\u{e9}\""),
+            (r#""\ud83d\ude00""#, "\"\u{1f600}\""),
+            (r#""x\ny""#, r#""x\u000Ay""#),
+            (r#""\\""#, r#""\u005c""#),
+        ] {
+            assert_eq!(canon(a), canon(b), "{a} vs {b}");
+        }
+        for bad in [r#""\ud83d""#, r#""\ud83dx""#, r#""\q""#, r#""\u12""#] {
+            assert_eq!(key(bad), Err(NoKey::NotJson), "{bad}");
+        }
     }
 
     #[test]
