@@ -1,0 +1,229 @@
+//! The cache's entry format: how one cached response is laid out in a segment
+//! of a shard's mapped file, and how a reader proves what it read is whole.
+//!
+//! A reader on another shard reads the shared mapping while the owner may be
+//! writing, and a restart reads whatever a crash left. So every entry carries
+//! a format version, its key, lengths, expiry, a checksum over key, head and
+//! body, and a completion mark written last; anything that does not check out
+//! is "not there" (never a wrong answer). Pure functions over byte slices: the
+//! mapping and its `unsafe` live elsewhere.
+//!
+//! ```text
+//! offset  size  field
+//!      0     4  MAGIC
+//!      4     2  FORMAT_VERSION
+//!      6     2  flags (STREAM: the body is the SSE bytes the client received)
+//!      8    16  key (xxh3-128, little endian)
+//!     24     8  created, Unix ms
+//!     32     8  expires, Unix ms
+//!     40     4  head length (status and headers to replay)
+//!     44     4  body length
+//!     48     8  checksum: xxh3-64 over bytes 0..48 and head and body
+//!     56     -  head, then body
+//!      -     8  completion mark: checksum ^ COMPLETE, written last
+//! ```
+
+use super::key::CacheKey;
+use xxhash_rust::xxh3::Xxh3;
+
+/// Marks the start of an entry.
+pub const MAGIC: u32 = 0xA16A_CAC1;
+/// Bumped on any layout change: entries of another version are dropped.
+pub const FORMAT_VERSION: u16 = 1;
+/// Bytes before the head.
+pub const HEADER_LEN: usize = 56;
+/// Bytes of the completion mark after the body.
+pub const TRAILER_LEN: usize = 8;
+/// Mixed into the checksum to make the completion mark.
+const COMPLETE: u64 = 0x00C0_FFEE_D0E5_0001;
+
+/// Flag: the body is an SSE stream (replayed as a stream, only to stream requests).
+pub const FLAG_STREAM: u16 = 1;
+
+/// One response to store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entry<'a> {
+    pub key: CacheKey,
+    pub flags: u16,
+    pub created_ms: u64,
+    pub expires_ms: u64,
+    /// What is replayed before the body (status line and headers, as stored).
+    pub head: &'a [u8],
+    pub body: &'a [u8],
+}
+
+impl Entry<'_> {
+    /// Bytes the entry takes in a segment.
+    pub fn size(&self) -> usize {
+        encoded_len(self.head.len(), self.body.len())
+    }
+}
+
+/// Bytes an entry with these lengths takes.
+pub fn encoded_len(head: usize, body: usize) -> usize {
+    HEADER_LEN + head + body + TRAILER_LEN
+}
+
+/// Why bytes are not a valid entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Invalid {
+    /// No magic: free space, or not an entry boundary.
+    Empty,
+    /// Another format version (written by another release).
+    Version,
+    /// Lengths run past the bytes given.
+    Truncated,
+    /// The checksum does not match: a torn or corrupt entry.
+    Corrupt,
+    /// The completion mark is missing: the write did not finish.
+    Incomplete,
+}
+
+fn checksum(header: &[u8], head: &[u8], body: &[u8]) -> u64 {
+    let mut h = Xxh3::new();
+    h.update(&header[..48]);
+    h.update(head);
+    h.update(body);
+    h.digest()
+}
+
+/// Writes `e` at the start of `out` (which must hold `e.size()` bytes) and
+/// returns its length. The completion mark is the last thing written; a writer
+/// to shared memory puts a release fence before it.
+pub fn encode(e: &Entry<'_>, out: &mut [u8]) -> usize {
+    let len = e.size();
+    assert!(out.len() >= len, "encode needs {len} bytes");
+    out[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+    out[4..6].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out[6..8].copy_from_slice(&e.flags.to_le_bytes());
+    out[8..24].copy_from_slice(&e.key.0.to_le_bytes());
+    out[24..32].copy_from_slice(&e.created_ms.to_le_bytes());
+    out[32..40].copy_from_slice(&e.expires_ms.to_le_bytes());
+    out[40..44].copy_from_slice(&(e.head.len() as u32).to_le_bytes());
+    out[44..48].copy_from_slice(&(e.body.len() as u32).to_le_bytes());
+    let head_at = HEADER_LEN;
+    let body_at = head_at + e.head.len();
+    let end = body_at + e.body.len();
+    out[head_at..body_at].copy_from_slice(e.head);
+    out[body_at..end].copy_from_slice(e.body);
+    let sum = checksum(&out[..HEADER_LEN], e.head, e.body);
+    out[48..56].copy_from_slice(&sum.to_le_bytes());
+    out[end..end + TRAILER_LEN].copy_from_slice(&(sum ^ COMPLETE).to_le_bytes());
+    len
+}
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// Reads the entry at the start of `bytes`, proving it whole. Never panics,
+/// whatever the bytes.
+pub fn decode(bytes: &[u8]) -> Result<Entry<'_>, Invalid> {
+    if bytes.len() < HEADER_LEN || u32_at(bytes, 0) != MAGIC {
+        return Err(Invalid::Empty);
+    }
+    if u16_at(bytes, 4) != FORMAT_VERSION {
+        return Err(Invalid::Version);
+    }
+    let head_len = u32_at(bytes, 40) as usize;
+    let body_len = u32_at(bytes, 44) as usize;
+    let end = HEADER_LEN
+        .checked_add(head_len)
+        .and_then(|n| n.checked_add(body_len))
+        .ok_or(Invalid::Truncated)?;
+    if bytes.len() < end.saturating_add(TRAILER_LEN) {
+        return Err(Invalid::Truncated);
+    }
+    let head = &bytes[HEADER_LEN..HEADER_LEN + head_len];
+    let body = &bytes[HEADER_LEN + head_len..end];
+    let sum = u64_at(bytes, 48);
+    if u64_at(bytes, end) != sum ^ COMPLETE {
+        return Err(Invalid::Incomplete);
+    }
+    if checksum(&bytes[..HEADER_LEN], head, body) != sum {
+        return Err(Invalid::Corrupt);
+    }
+    Ok(Entry {
+        key: CacheKey(u128::from_le_bytes(
+            bytes[8..24].try_into().expect("16 bytes"),
+        )),
+        flags: u16_at(bytes, 6),
+        created_ms: u64_at(bytes, 24),
+        expires_ms: u64_at(bytes, 32),
+        head,
+        body,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> (Vec<u8>, usize) {
+        let e = Entry {
+            key: CacheKey(0x1234_5678_9abc_def0_0fed_cba9_8765_4321),
+            flags: FLAG_STREAM,
+            created_ms: 1_790_000_000_000,
+            expires_ms: 1_790_000_360_000,
+            head: b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n",
+            body: b"data: {\"x\":1}\n\ndata: [DONE]\n\n",
+        };
+        let mut buf = vec![0u8; e.size() + 32];
+        let n = encode(&e, &mut buf);
+        assert_eq!(decode(&buf).unwrap(), e);
+        (buf, n)
+    }
+
+    #[test]
+    fn an_entry_reads_back_as_written() {
+        let (buf, n) = sample();
+        let e = decode(&buf).unwrap();
+        assert_eq!(e.size(), n);
+        assert_eq!(e.flags & FLAG_STREAM, FLAG_STREAM);
+        assert!(e.body.ends_with(b"[DONE]\n\n"));
+    }
+
+    #[test]
+    fn a_write_that_did_not_finish_is_not_there() {
+        let (mut buf, n) = sample();
+        buf[n - TRAILER_LEN..n].fill(0);
+        assert_eq!(decode(&buf), Err(Invalid::Incomplete));
+        assert_eq!(decode(&buf[..n - 1]), Err(Invalid::Truncated));
+        assert_eq!(decode(&[0u8; 100]), Err(Invalid::Empty));
+    }
+
+    #[test]
+    fn any_flipped_byte_loses_the_entry_and_never_panics() {
+        let (buf, n) = sample();
+        for at in 0..n {
+            for bit in [0x01u8, 0x80] {
+                let mut b = buf.clone();
+                b[at] ^= bit;
+                let r = decode(&b);
+                assert!(r.is_err(), "flip at {at} went unnoticed: {r:?}");
+            }
+        }
+        // Garbage of every short length, and huge lengths, never panic.
+        for len in 0..HEADER_LEN + 16 {
+            let _ = decode(&buf[..len]);
+        }
+        let mut b = buf.clone();
+        b[40..48].fill(0xff);
+        assert_eq!(decode(&b), Err(Invalid::Truncated));
+    }
+
+    #[test]
+    fn another_version_is_dropped() {
+        let (mut buf, _) = sample();
+        buf[4] = buf[4].wrapping_add(1);
+        assert_eq!(decode(&buf), Err(Invalid::Version));
+    }
+}
