@@ -31,7 +31,7 @@ pub const KEYS: &[KeySpec] = &[
     KeySpec {
         path: "server.data_dir",
         default: "aigw-data",
-        meaning: "directory for the admin socket and later the cache and logs",
+        meaning: "directory for the admin socket, the request log (requests.db) and later the cache",
     },
     KeySpec {
         path: "server.drain_timeout",
@@ -46,7 +46,7 @@ pub const KEYS: &[KeySpec] = &[
     KeySpec {
         path: "admin.socket",
         default: "<data_dir>/admin.sock",
-        meaning: "Unix socket (mode 0600) serving /stats and /metrics",
+        meaning: "Unix socket (mode 0600): /stats, /metrics, /logs, /config, POST /config/reload",
     },
     KeySpec {
         path: "admin.listen",
