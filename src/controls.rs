@@ -24,12 +24,13 @@ pub const MAX_USER_AGENT: usize = 512;
 
 /// What the controls of one request ask for.
 #[derive(Debug, Default, PartialEq)]
-pub struct Controls {
+pub struct Controls<'a> {
     pub metadata: Option<Metadata>,
     pub event_id: Option<String>,
     /// `false` when the client asked not to be logged.
     pub collect_log: bool,
-    pub user_agent: Option<String>,
+    /// Borrowed from the request: only the log copies it, and only when it keeps the request.
+    pub user_agent: Option<&'a [u8]>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -63,7 +64,7 @@ fn bad(code: &'static str, message: String) -> GatewayError {
 }
 
 /// The stage: reads every control header of `req`.
-pub fn read(req: &RequestView<'_>) -> Result<Controls, GatewayError> {
+pub fn read<'a>(req: &RequestView<'a>) -> Result<Controls<'a>, GatewayError> {
     let mut c = Controls {
         collect_log: true,
         ..Controls::default()
@@ -73,19 +74,20 @@ pub fn read(req: &RequestView<'_>) -> Result<Controls, GatewayError> {
         let name = h.name.get(req.window);
         let value = h.value.get(req.window);
         if name.eq_ignore_ascii_case(b"user-agent") {
-            let cut = &value[..value.len().min(MAX_USER_AGENT)];
-            c.user_agent = Some(String::from_utf8_lossy(cut).into_owned());
+            c.user_agent = Some(&value[..value.len().min(MAX_USER_AGENT)]);
             continue;
         }
         let Some(control) = control_of(name) else {
             continue;
         };
-        let shown = String::from_utf8_lossy(name).to_ascii_lowercase();
+        // The header's name, for error messages only.
+        let shown = || String::from_utf8_lossy(name).to_ascii_lowercase();
         if std::mem::replace(&mut seen[control as usize], true) {
             return Err(bad(
                 "duplicate_header",
                 format!(
-                    "`{shown}` is given more than once (aigw-* and cf-aig-* name the same control); send it once"
+                    "`{}` is given more than once (aigw-* and cf-aig-* name the same control); send it once",
+                    shown()
                 ),
             ));
         }
@@ -98,7 +100,10 @@ pub fn read(req: &RequestView<'_>) -> Result<Controls, GatewayError> {
                     .ok_or_else(|| {
                         bad(
                             "invalid_event_id",
-                            format!("`{shown}` must be 1 to {MAX_EVENT_ID} bytes of UTF-8 text"),
+                            format!(
+                                "`{}` must be 1 to {MAX_EVENT_ID} bytes of UTF-8 text",
+                                shown()
+                            ),
                         )
                     })?;
                 c.event_id = Some(id.to_string());
@@ -110,7 +115,7 @@ pub fn read(req: &RequestView<'_>) -> Result<Controls, GatewayError> {
                     _ => {
                         return Err(bad(
                             "invalid_collect_log",
-                            format!("`{shown}` must be true or false"),
+                            format!("`{}` must be true or false", shown()),
                         ));
                     }
                 }
@@ -122,12 +127,13 @@ pub fn read(req: &RequestView<'_>) -> Result<Controls, GatewayError> {
 
 /// Parses a metadata header: a flat JSON object, at most five entries, each a
 /// string, number or boolean.
-fn metadata(value: &[u8], header: &str) -> Result<Metadata, GatewayError> {
+fn metadata(value: &[u8], header: &dyn Fn() -> String) -> Result<Metadata, GatewayError> {
     let fail = |why: &str| {
         bad(
             "invalid_metadata",
             format!(
-                "`{header}` must be a flat JSON object of at most {MAX_METADATA_ENTRIES} entries whose values are strings, numbers or booleans: {why}"
+                "`{}` must be a flat JSON object of at most {MAX_METADATA_ENTRIES} entries whose values are strings, numbers or booleans: {why}",
+                header()
             ),
         )
     };
@@ -141,11 +147,7 @@ fn metadata(value: &[u8], header: &str) -> Result<Metadata, GatewayError> {
         if problem.is_some() {
             return;
         }
-        let mut quoted = Vec::with_capacity(raw_key.len() + 2);
-        quoted.push(b'"');
-        quoted.extend_from_slice(raw_key);
-        quoted.push(b'"');
-        let Some(key) = json::string_value(&quoted).map(|k| k.into_owned()) else {
+        let Some(key) = json::decode_key(raw_key) else {
             problem = Some("a key is not a valid JSON string".into());
             return;
         };
@@ -204,7 +206,12 @@ mod tests {
     use super::*;
     use crate::http::request::{HeadLimits, RequestHead, parse_request};
 
-    fn controls(headers: &str) -> Result<Controls, GatewayError> {
+    /// Reads the controls of a request with `headers` and hands them to `f`
+    /// (they borrow the request).
+    fn with_controls<R>(
+        headers: &str,
+        f: impl FnOnce(Result<Controls<'_>, GatewayError>) -> R,
+    ) -> R {
         let raw = format!("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n{headers}\r\n");
         let mut head = RequestHead::default();
         let limits = HeadLimits {
@@ -213,33 +220,33 @@ mod tests {
             max_body_bytes: 1 << 20,
         };
         parse_request(raw.as_bytes(), &limits, &mut head).unwrap();
-        read(&RequestView {
+        f(read(&RequestView {
             head: &head,
             window: raw.as_bytes(),
             body: b"",
-        })
+        }))
     }
 
     #[test]
     fn controls_are_read_under_either_prefix() {
-        let c = controls(
-            "aigw-metadata: {\"user\":\"ann\",\"n\":-1.5e3,\"vip\":true}\r\ncf-aig-event-id: ev-1\r\nCF-AIG-Collect-Log: false\r\nUser-Agent: sdk/1\r\n",
-        )
-        .unwrap();
-        let m = c.metadata.unwrap();
-        assert_eq!(
-            m.0,
-            vec![
-                ("user".into(), MetaValue::Str("ann".into())),
-                ("n".into(), MetaValue::Num("-1.5e3".into())),
-                ("vip".into(), MetaValue::Bool(true)),
-            ]
-        );
-        assert_eq!(m.to_json(), r#"{"user":"ann","n":-1.5e3,"vip":true}"#);
-        assert_eq!(c.event_id.as_deref(), Some("ev-1"));
-        assert!(!c.collect_log);
-        assert_eq!(c.user_agent.as_deref(), Some("sdk/1"));
-        assert!(controls("").unwrap().collect_log);
+        let headers = "aigw-metadata: {\"user\":\"ann\",\"n\":-1.5e3,\"vip\":true}\r\ncf-aig-event-id: ev-1\r\nCF-AIG-Collect-Log: false\r\nUser-Agent: sdk/1\r\n";
+        with_controls(headers, |c| {
+            let c = c.unwrap();
+            let m = c.metadata.unwrap();
+            assert_eq!(
+                m.0,
+                vec![
+                    ("user".into(), MetaValue::Str("ann".into())),
+                    ("n".into(), MetaValue::Num("-1.5e3".into())),
+                    ("vip".into(), MetaValue::Bool(true)),
+                ]
+            );
+            assert_eq!(m.to_json(), r#"{"user":"ann","n":-1.5e3,"vip":true}"#);
+            assert_eq!(c.event_id.as_deref(), Some("ev-1"));
+            assert!(!c.collect_log);
+            assert_eq!(c.user_agent, Some(&b"sdk/1"[..]));
+        });
+        with_controls("", |c| assert!(c.unwrap().collect_log));
     }
 
     #[test]
@@ -264,7 +271,7 @@ mod tests {
             ("aigw-collect-log: maybe", "true or false"),
             ("aigw-event-id: x\r\ncf-aig-event-id: y", "more than once"),
         ] {
-            let e = controls(&format!("{header}\r\n")).unwrap_err();
+            let e = with_controls(&format!("{header}\r\n"), |c| c.unwrap_err());
             assert_eq!(e.status, 400, "{header}");
             assert!(e.message.contains(says), "{header}: {}", e.message);
         }

@@ -92,9 +92,9 @@ fn key_is(raw_key: &[u8], name: &str) -> bool {
     }
 }
 
-/// An escaped key, decoded. `None` for an invalid escape, which no strict
-/// parser accepts either.
-fn decode_key(raw_key: &[u8]) -> Option<String> {
+/// A raw key (the text between its quotes, as `for_each_member` gives it),
+/// decoded. `None` for an invalid escape, which no strict parser accepts either.
+pub fn decode_key(raw_key: &[u8]) -> Option<String> {
     let mut quoted = Vec::with_capacity(raw_key.len() + 2);
     quoted.push(b'"');
     quoted.extend_from_slice(raw_key);

@@ -8,6 +8,7 @@
 //! does not know addresses, keys or connections.
 
 use crate::error::GatewayError;
+use crate::http::percent_decode;
 use crate::http::request::{Method, RequestView};
 use crate::json::{self, BodyError, Rewrite};
 use crate::providers::{Provider, Providers, UNIFIED_ENDPOINTS};
@@ -325,27 +326,6 @@ fn has_dot_segment(path: &str) -> bool {
 fn dot_segment(path: &[u8]) -> bool {
     path.split(|b| *b == b'/' || *b == b'\\')
         .any(|seg| seg == b"." || seg == b"..")
-}
-
-fn percent_decode(s: &[u8]) -> Vec<u8> {
-    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
-    let mut out = Vec::with_capacity(s.len());
-    let mut i = 0;
-    while i < s.len() {
-        if s[i] == b'%'
-            && let (Some(h), Some(l)) = (
-                s.get(i + 1).copied().and_then(hex),
-                s.get(i + 2).copied().and_then(hex),
-            )
-        {
-            out.push(h << 4 | l);
-            i += 3;
-        } else {
-            out.push(s[i]);
-            i += 1;
-        }
-    }
-    out
 }
 
 /// Splits `provider/model` at the first slash.

@@ -93,11 +93,6 @@ impl KeyMaker {
         Ok(CacheKey(h.digest128()))
     }
 
-    /// The canonical form of the last body keyed (for tests and diagnostics).
-    pub fn last_canonical(&self) -> &[u8] {
-        &self.canonical
-    }
-
     /// Writes the canonical form of the JSON text `body`, in one pass.
     fn write_canonical(&mut self, body: &[u8]) -> Result<(), NoKey> {
         self.canonical.clear();

@@ -226,7 +226,7 @@ pub(super) fn read_providers(
     root: &toml::Table,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> BTreeMap<String, ProviderConfig> {
-    let builtin = w.boolean(root, "builtin_providers").unwrap_or(true);
+    let builtin = w.flag(Some(root), "builtin_providers").unwrap_or(true);
     let user = w.table(root, "providers");
     let mut providers = BTreeMap::new();
     if builtin {

@@ -135,20 +135,7 @@ impl Walker {
         }
     }
 
-    pub(super) fn boolean(&mut self, t: &toml::Table, path: &str) -> Option<bool> {
-        match t.get(path)? {
-            toml::Value::Boolean(b) => Some(*b),
-            other => {
-                self.err(
-                    path,
-                    format!("expected true or false, found {}", other.type_str()),
-                );
-                None
-            }
-        }
-    }
-
-    /// `true`/`false` under a section table.
+    /// `true`/`false` under a section table (or, for a top-level key, the root).
     pub(super) fn flag(&mut self, t: Option<&toml::Table>, path: &str) -> Option<bool> {
         match self.leaf(t, path)? {
             toml::Value::Boolean(b) => Some(*b),

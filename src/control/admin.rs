@@ -215,7 +215,7 @@ impl Admin {
             .filter(|p| !p.is_empty())
             .map(|p| {
                 let (k, v) = p.split_once('=').unwrap_or((p, ""));
-                (percent_decode(k), percent_decode(v))
+                (query_decode(k), query_decode(v))
             })
             .collect();
         let filter = Filter::from_pairs(
@@ -310,33 +310,18 @@ fn window_json(seconds: u64, c: &LabelCounters) -> String {
     )
 }
 
-/// Decodes `%XX` and `+` in a query-string part.
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
-                {
-                    Ok(v) => {
-                        out.push(v);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+/// Decodes a query-string part: `+` is a space, then `%XX` escapes.
+fn query_decode(s: &str) -> String {
+    let spaced: Vec<u8> = s
+        .bytes()
+        .map(|b| if b == b'+' { b' ' } else { b })
+        .collect();
+    String::from_utf8_lossy(&crate::http::percent_decode(&spaced)).into_owned()
 }
 
 pub fn render_json(m: &Merged, logs: &LogStats) -> String {
     let c = &m.counters;
+    let t = m.totals();
     let mut s = String::with_capacity(2048);
     let _ = write!(
         s,
@@ -347,20 +332,21 @@ pub fn render_json(m: &Merged, logs: &LogStats) -> String {
          \"logs\":{{\"rows\":{},\"written\":{},\"dropped\":{},\"bodies_dropped\":{},\"write_errors\":{},\"deleted\":{}}},\"latency_us\":{{",
         m.started.elapsed().as_secs(),
         m.shards,
-        c.requests,
-        c.status_2xx,
-        c.status_3xx,
-        c.status_4xx,
-        c.status_5xx,
-        c.errors_client,
-        c.errors_gateway,
-        c.errors_provider,
+        t.total_requests(),
+        t.requests[1],
+        t.requests[2],
+        t.requests[3],
+        // Anything outside 2xx-4xx is a 5xx here, as no final answer is a 1xx.
+        t.requests[4] + t.requests[0],
+        t.errors[0],
+        t.errors[1],
+        t.errors[2],
         c.aborted_upstream,
         c.aborted_client,
         c.streams,
-        c.input_tokens,
-        c.output_tokens,
-        c.cached_tokens,
+        t.input_tokens,
+        t.output_tokens,
+        t.cached_tokens,
         c.upstream_connects,
         c.upstream_reused,
         m.gauge(|g| g.idle_upstream),

@@ -45,7 +45,6 @@ pub const LOG_THREAD_NICE: i32 = 10;
 #[derive(Debug, Default)]
 pub struct LogStats {
     pub rows_written: AtomicU64,
-    pub batches: AtomicU64,
     pub write_errors: AtomicU64,
     pub rows_deleted: AtomicU64,
     /// Rows in the store.
@@ -171,7 +170,6 @@ fn run(
                     stats
                         .rows_written
                         .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    stats.batches.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(e) => {
                     // SQLite's message names the failure, never row contents.

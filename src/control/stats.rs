@@ -19,7 +19,6 @@ pub const WINDOW_SECS: u64 = 300;
 #[derive(Default)]
 pub struct Slot {
     pub second: u64,
-    pub counters: Counters,
     pub labels: BTreeMap<(String, String), LabelCounters>,
 }
 
@@ -28,7 +27,6 @@ pub struct Slot {
 pub struct Window {
     /// Seconds the window covers (less than asked when the gateway is younger).
     pub seconds: u64,
-    pub counters: Counters,
     pub labels: BTreeMap<(String, String), LabelCounters>,
 }
 
@@ -62,7 +60,6 @@ impl Merged {
             ..Window::default()
         };
         for slot in self.history.iter().filter(|s| s.second >= from) {
-            w.counters.add(&slot.counters);
             for (k, v) in &slot.labels {
                 w.labels.entry(k.clone()).or_default().add(v);
             }
@@ -87,6 +84,15 @@ impl Merged {
             });
         }
         self.history.back_mut().expect("just pushed")
+    }
+
+    /// Requests by status class, errors by source and tokens, over everything.
+    pub fn totals(&self) -> LabelCounters {
+        let mut t = LabelCounters::default();
+        for c in self.labels.by.values() {
+            t.add(c);
+        }
+        t
     }
 
     /// Counters summed per provider (requests that reached none excluded).
@@ -129,7 +135,6 @@ impl StatsHub {
     pub fn merge(&self, s: Snapshot) {
         let mut m = self.merged.lock().unwrap_or_else(|p| p.into_inner());
         m.counters.add(&s.counters);
-        m.slot().counters.add(&s.counters);
         for (acc, h) in m.histograms.iter_mut().zip(s.histograms.iter()) {
             let _ = acc.add(h);
         }
@@ -220,9 +225,9 @@ mod tests {
         let m = hub.merged.lock().unwrap();
         assert_eq!(
             (
-                m.counters.requests,
-                m.counters.input_tokens,
-                m.counters.output_tokens
+                m.totals().total_requests(),
+                m.totals().input_tokens,
+                m.totals().output_tokens
             ),
             (2, 6, 8)
         );

@@ -117,6 +117,28 @@ pub fn parse_content_length(value: &[u8], current: Option<u64>) -> Result<u64, &
     result.ok_or("empty Content-Length")
 }
 
+/// Decodes every valid `%XX`; anything else (a lone `%` too) stays as it is.
+pub fn percent_decode(s: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        if s[i] == b'%'
+            && let (Some(h), Some(l)) = (
+                s.get(i + 1).copied().and_then(hex),
+                s.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push(h << 4 | l);
+            i += 3;
+        } else {
+            out.push(s[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
 /// Appends `n` in decimal (header values on the hot path, without `fmt`).
 pub fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
     let mut digits = [0u8; 20];

@@ -239,7 +239,9 @@ fn controls(
     }
     let result = match read {
         Ok(controls) => {
-            facts.user_agent = controls.user_agent;
+            facts.user_agent = controls
+                .user_agent
+                .map(|ua| String::from_utf8_lossy(ua).into_owned());
             facts.event_id = controls.event_id;
             facts.metadata = controls.metadata;
             Ok(())

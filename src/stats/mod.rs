@@ -10,7 +10,6 @@
 
 pub mod labels;
 
-use crate::error::ErrorSource;
 use crate::record::{Outcome, RequestRecord};
 use hdrhistogram::Histogram;
 use std::sync::mpsc::{SyncSender, TrySendError};
@@ -21,22 +20,14 @@ pub const MAX_LATENCY_US: u64 = 3_600_000_000;
 /// Snapshots that may wait for the stats thread before shards start dropping.
 pub const SNAPSHOT_QUEUE: usize = 256;
 
+/// What is counted per shard besides the (provider, model) label counters,
+/// which hold requests by status class, errors by source and tokens (the
+/// totals are their sums: see `control::stats::Merged::totals`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
-    pub requests: u64,
-    pub status_2xx: u64,
-    pub status_3xx: u64,
-    pub status_4xx: u64,
-    pub status_5xx: u64,
-    pub errors_client: u64,
-    pub errors_gateway: u64,
-    pub errors_provider: u64,
     pub aborted_upstream: u64,
     pub aborted_client: u64,
     pub streams: u64,
-    pub input_tokens: u64,
-    pub output_tokens: u64,
-    pub cached_tokens: u64,
     pub upstream_connects: u64,
     pub upstream_reused: u64,
     pub dropped_snapshots: u64,
@@ -48,20 +39,9 @@ pub struct Counters {
 
 impl Counters {
     pub fn add(&mut self, o: &Counters) {
-        self.requests += o.requests;
-        self.status_2xx += o.status_2xx;
-        self.status_3xx += o.status_3xx;
-        self.status_4xx += o.status_4xx;
-        self.status_5xx += o.status_5xx;
-        self.errors_client += o.errors_client;
-        self.errors_gateway += o.errors_gateway;
-        self.errors_provider += o.errors_provider;
         self.aborted_upstream += o.aborted_upstream;
         self.aborted_client += o.aborted_client;
         self.streams += o.streams;
-        self.input_tokens = self.input_tokens.saturating_add(o.input_tokens);
-        self.output_tokens = self.output_tokens.saturating_add(o.output_tokens);
-        self.cached_tokens = self.cached_tokens.saturating_add(o.cached_tokens);
         self.upstream_connects += o.upstream_connects;
         self.upstream_reused += o.upstream_reused;
         self.dropped_snapshots += o.dropped_snapshots;
@@ -149,34 +129,12 @@ impl Default for ShardStats {
 impl ShardStats {
     pub fn record(&mut self, r: &RequestRecord) {
         let c = &mut self.counters;
-        c.requests += 1;
-        match r.status {
-            200..=299 => c.status_2xx += 1,
-            300..=399 => c.status_3xx += 1,
-            400..=499 => c.status_4xx += 1,
-            _ => c.status_5xx += 1,
-        }
-        match r.error_source {
-            Some(ErrorSource::Client) => c.errors_client += 1,
-            Some(ErrorSource::Gateway) => c.errors_gateway += 1,
-            Some(ErrorSource::Provider) => c.errors_provider += 1,
-            None => {}
-        }
         match r.outcome {
             Outcome::UpstreamAborted => c.aborted_upstream += 1,
             Outcome::ClientAborted => c.aborted_client += 1,
             _ => {}
         }
         c.streams += u64::from(r.stream);
-        c.input_tokens = c
-            .input_tokens
-            .saturating_add(r.usage.input_tokens.unwrap_or(0));
-        c.output_tokens = c
-            .output_tokens
-            .saturating_add(r.usage.output_tokens.unwrap_or(0));
-        c.cached_tokens = c
-            .cached_tokens
-            .saturating_add(r.usage.cached_tokens.unwrap_or(0));
         c.upstream_connects += u64::from(r.upstream_connects);
         c.upstream_reused += u64::from(r.upstream_reused);
         let us = |d: Duration| (d.as_micros() as u64).max(1);
@@ -228,6 +186,7 @@ pub fn send_snapshot(tx: &SyncSender<Snapshot>, snap: Snapshot) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorSource;
     use std::time::Instant;
 
     #[test]
@@ -245,14 +204,12 @@ mod tests {
             r.error_source = source;
             s.record(&r);
         }
-        let c = s.take(0, 1, Gauges::default()).counters;
+        let mut c = labels::LabelCounters::default();
+        for (_, _, l) in s.take(0, 1, Gauges::default()).labels {
+            c.add(&l);
+        }
         assert_eq!(
-            (
-                c.errors_client,
-                c.errors_gateway,
-                c.errors_provider,
-                c.requests
-            ),
+            (c.errors[0], c.errors[1], c.errors[2], c.total_requests()),
             (2, 1, 1, 5)
         );
     }
