@@ -35,6 +35,58 @@ impl RouteKind {
     }
 }
 
+/// What the response cache did with a request (none when the cache is off).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheStatus {
+    /// Answered from a stored entry; no provider was asked.
+    Hit,
+    /// Answered from an identical request's upstream call in flight.
+    Coalesced,
+    /// Not found: went upstream (and its answer may be stored).
+    Miss,
+    /// Found past its expiry: went upstream.
+    Expired,
+    /// Not looked up: `skip-cache`, or a request the cache does not keep.
+    Bypass,
+}
+
+impl CacheStatus {
+    /// The label in `/metrics`, `/stats` and the log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "hit",
+            CacheStatus::Coalesced => "coalesced",
+            CacheStatus::Miss => "miss",
+            CacheStatus::Expired => "expired",
+            CacheStatus::Bypass => "bypass",
+        }
+    }
+
+    /// The `aigw-cache-status` value: a coalesced answer is a hit to the
+    /// client (no provider call of its own).
+    pub fn header(self) -> &'static str {
+        match self {
+            CacheStatus::Hit | CacheStatus::Coalesced => "HIT",
+            CacheStatus::Miss => "MISS",
+            CacheStatus::Expired => "EXPIRED",
+            CacheStatus::Bypass => "BYPASS",
+        }
+    }
+
+    /// Answered without a provider call of its own.
+    pub fn served(self) -> bool {
+        matches!(self, CacheStatus::Hit | CacheStatus::Coalesced)
+    }
+
+    pub const ALL: [CacheStatus; 5] = [
+        CacheStatus::Hit,
+        CacheStatus::Coalesced,
+        CacheStatus::Miss,
+        CacheStatus::Expired,
+        CacheStatus::Bypass,
+    ];
+}
+
 /// How the response ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -197,6 +249,8 @@ pub struct RequestRecord {
     pub upstream_connects: u32,
     /// The answering provider connection was reused from the pool.
     pub upstream_reused: bool,
+    /// What the cache did (`None`: cache off, or not a provider request).
+    pub cache: Option<CacheStatus>,
     /// Present when the request log keeps this request.
     pub log: Option<Box<LogFacts>>,
 }
@@ -291,6 +345,7 @@ impl RequestRecord {
             attempts: 0,
             upstream_connects: 0,
             upstream_reused: false,
+            cache: None,
             log: None,
         }
     }

@@ -2,13 +2,18 @@
 //!
 //! Kept in one file so a reader audits them in one place: a non-blocking
 //! `recv(2)` on a borrowed socket, borrowing a glommio stream's descriptor,
-//! and adopting a listening socket into glommio. The crate root denies
-//! `unsafe_code`; this module alone allows it.
+//! adopting a listening socket into glommio, allocating a file's blocks, and
+//! the cache's shared mapping ([`SharedMap`]: 64-bit words read and written
+//! with atomic loads and stores, so shards read what another shard writes
+//! without a data race). The crate root denies `unsafe_code`; this module
+//! alone allows it.
 
 #![allow(unsafe_code)]
 
+use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// `recv(fd, buf, MSG_DONTWAIT)`: reads what the socket holds now, or
 /// `WouldBlock`. Never waits.
@@ -60,4 +65,103 @@ pub fn adopt_listener(sock: socket2::Socket) -> glommio::net::TcpListener {
     // SAFETY: `fd` is a listening socket we just created and own; ownership
     // moves into the glommio listener, which closes it.
     unsafe { glommio::net::TcpListener::from_raw_fd(fd) }
+}
+
+/// Allocates `len` bytes of `file`'s blocks now (`posix_fallocate(3)`), so a
+/// later write into a mapping of it cannot fail for lack of space (SIGBUS).
+pub fn allocate(file: &File, len: u64) -> io::Result<()> {
+    let len = libc::off_t::try_from(len)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "file too large"))?;
+    // SAFETY: the descriptor is borrowed from `file`, which stays open for the
+    // call; posix_fallocate takes plain integers and touches no memory of ours.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(rc))
+    }
+}
+
+/// A file mapped shared (read and write) for the life of the process, read
+/// and written only as aligned 64-bit words through atomic operations.
+///
+/// Any thread may read any word while its owner writes it: atomic accesses are
+/// never a data race. What a reader gets may still be a mix of an old and a
+/// new value of a region, so readers validate (checksums) what they copied.
+/// The file is never shrunk or truncated while mapped (that would SIGBUS a
+/// reader): it is sized before mapping, and the data_dir lock keeps a second
+/// aigw from touching it.
+pub struct SharedMap {
+    map: memmap2::MmapRaw,
+    len: usize,
+}
+
+impl SharedMap {
+    /// Maps the first `len` bytes of `file` (which must be at least that
+    /// long), reading every page in now so first-touch faults happen at start.
+    pub fn new(file: &File, len: usize) -> io::Result<SharedMap> {
+        if file.metadata()?.len() < len as u64 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "file shorter than its mapping",
+            ));
+        }
+        let map = memmap2::MmapOptions::new()
+            .len(len)
+            .populate()
+            .map_raw(file)?;
+        Ok(SharedMap { map, len })
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The word at byte offset `at`. Panics unless `at` is 8-aligned and inside.
+    fn word(&self, at: usize) -> &AtomicU64 {
+        assert!(
+            at.is_multiple_of(8) && at + 8 <= self.len,
+            "word {at} outside the mapping"
+        );
+        // SAFETY: the mapping starts page-aligned and `at` is a multiple of 8
+        // with `at + 8 <= len`, so the pointer is aligned and in bounds; the
+        // mapping lives as long as `self` (the returned borrow), and every
+        // access to these bytes in this process goes through `AtomicU64`.
+        unsafe { AtomicU64::from_ptr(self.map.as_mut_ptr().add(at).cast::<u64>()) }
+    }
+
+    pub fn load(&self, at: usize, order: Ordering) -> u64 {
+        self.word(at).load(order)
+    }
+
+    pub fn store(&self, at: usize, value: u64, order: Ordering) {
+        self.word(at).store(value, order)
+    }
+
+    /// Copies `out.len()` bytes (a multiple of 8) from offset `at`, word by word.
+    pub fn read(&self, at: usize, out: &mut [u8]) {
+        assert!(out.len().is_multiple_of(8) && at + out.len() <= self.len);
+        for (i, chunk) in out.chunks_exact_mut(8).enumerate() {
+            let w = self.load(at + i * 8, Ordering::Relaxed);
+            chunk.copy_from_slice(&w.to_le_bytes());
+        }
+    }
+
+    /// Writes `src` (a multiple of 8 bytes) at offset `at`, word by word.
+    pub fn write(&self, at: usize, src: &[u8]) {
+        assert!(src.len().is_multiple_of(8) && at + src.len() <= self.len);
+        for (i, chunk) in src.chunks_exact(8).enumerate() {
+            let w = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
+            self.store(at + i * 8, w, Ordering::Relaxed);
+        }
+    }
+
+    /// Asks the kernel to write dirty pages back (`msync(MS_ASYNC)`); never waits.
+    pub fn flush_async(&self) -> io::Result<()> {
+        self.map.flush_async()
+    }
 }

@@ -18,10 +18,17 @@
 //!     32     8  expires, Unix ms
 //!     40     4  head length (status and headers to replay)
 //!     44     4  body length
-//!     48     8  checksum: xxh3-64 over bytes 0..48 and head and body
-//!     56     -  head, then body
+//!     48     4  provider tag (low 32 bits of xxh3-64 of its name: purge by provider)
+//!     52     4  input tokens the stored answer cost (saved by each hit)
+//!     56     4  output tokens
+//!     60     4  HTTP status of the stored answer
+//!     64     8  checksum: xxh3-64 over bytes 0..64, head, body and padding
+//!     72     -  head, then body, then zeros to a multiple of 8
 //!      -     8  completion mark: checksum ^ COMPLETE, written last
 //! ```
+//!
+//! Every entry starts and ends 8-aligned, so the mapping is read and written
+//! in whole words.
 
 use super::key::CacheKey;
 use xxhash_rust::xxh3::Xxh3;
@@ -29,13 +36,15 @@ use xxhash_rust::xxh3::Xxh3;
 /// Marks the start of an entry.
 pub const MAGIC: u32 = 0xA16A_CAC1;
 /// Bumped on any layout change: entries of another version are dropped.
-pub const FORMAT_VERSION: u16 = 1;
+pub const FORMAT_VERSION: u16 = 2;
 /// Bytes before the head.
-pub const HEADER_LEN: usize = 56;
+pub const HEADER_LEN: usize = 72;
 /// Bytes of the completion mark after the body.
 pub const TRAILER_LEN: usize = 8;
 /// Mixed into the checksum to make the completion mark.
 const COMPLETE: u64 = 0x00C0_FFEE_D0E5_0001;
+/// Where the checksum sits (the bytes before it are what it covers of the header).
+const SUM_AT: usize = 64;
 
 /// Flag: the body is an SSE stream (replayed as a stream, only to stream requests).
 pub const FLAG_STREAM: u16 = 1;
@@ -47,6 +56,11 @@ pub struct Entry<'a> {
     pub flags: u16,
     pub created_ms: u64,
     pub expires_ms: u64,
+    pub provider: u32,
+    pub input_tokens: u32,
+    pub output_tokens: u32,
+    /// The HTTP status replayed.
+    pub status: u16,
     /// What is replayed before the body (status line and headers, as stored).
     pub head: &'a [u8],
     pub body: &'a [u8],
@@ -59,9 +73,14 @@ impl Entry<'_> {
     }
 }
 
+/// The provider tag of a provider name.
+pub fn provider_tag(name: &str) -> u32 {
+    xxhash_rust::xxh3::xxh3_64(name.as_bytes()) as u32
+}
+
 /// Bytes an entry with these lengths takes.
 pub fn encoded_len(head: usize, body: usize) -> usize {
-    HEADER_LEN + head + body + TRAILER_LEN
+    HEADER_LEN + (head + body).next_multiple_of(8) + TRAILER_LEN
 }
 
 /// Why bytes are not a valid entry.
@@ -79,17 +98,16 @@ pub enum Invalid {
     Incomplete,
 }
 
-fn checksum(header: &[u8], head: &[u8], body: &[u8]) -> u64 {
+fn checksum(header: &[u8], rest: &[u8]) -> u64 {
     let mut h = Xxh3::new();
-    h.update(&header[..48]);
-    h.update(head);
-    h.update(body);
+    h.update(&header[..SUM_AT]);
+    h.update(rest);
     h.digest()
 }
 
 /// Writes `e` at the start of `out` (which must hold `e.size()` bytes) and
 /// returns its length. The completion mark is the last thing written; a writer
-/// to shared memory puts a release fence before it.
+/// to shared memory writes it last, with release ordering.
 pub fn encode(e: &Entry<'_>, out: &mut [u8]) -> usize {
     let len = e.size();
     assert!(out.len() >= len, "encode needs {len} bytes");
@@ -101,14 +119,20 @@ pub fn encode(e: &Entry<'_>, out: &mut [u8]) -> usize {
     out[32..40].copy_from_slice(&e.expires_ms.to_le_bytes());
     out[40..44].copy_from_slice(&(e.head.len() as u32).to_le_bytes());
     out[44..48].copy_from_slice(&(e.body.len() as u32).to_le_bytes());
+    out[48..52].copy_from_slice(&e.provider.to_le_bytes());
+    out[52..56].copy_from_slice(&e.input_tokens.to_le_bytes());
+    out[56..60].copy_from_slice(&e.output_tokens.to_le_bytes());
+    out[60..64].copy_from_slice(&u32::from(e.status).to_le_bytes());
     let head_at = HEADER_LEN;
     let body_at = head_at + e.head.len();
     let end = body_at + e.body.len();
+    let mark_at = len - TRAILER_LEN;
     out[head_at..body_at].copy_from_slice(e.head);
     out[body_at..end].copy_from_slice(e.body);
-    let sum = checksum(&out[..HEADER_LEN], e.head, e.body);
-    out[48..56].copy_from_slice(&sum.to_le_bytes());
-    out[end..end + TRAILER_LEN].copy_from_slice(&(sum ^ COMPLETE).to_le_bytes());
+    out[end..mark_at].fill(0);
+    let sum = checksum(&out[..HEADER_LEN], &out[HEADER_LEN..mark_at]);
+    out[SUM_AT..SUM_AT + 8].copy_from_slice(&sum.to_le_bytes());
+    out[mark_at..len].copy_from_slice(&(sum ^ COMPLETE).to_le_bytes());
     len
 }
 
@@ -124,42 +148,63 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
+/// From an entry's header alone: its key and the bytes the whole entry
+/// takes, or why the header is not one. Never panics. (Readers copy the
+/// header, then exactly this many bytes.)
+pub fn frame(header: &[u8]) -> Result<(CacheKey, usize), Invalid> {
+    if header.len() < HEADER_LEN || u32_at(header, 0) != MAGIC {
+        return Err(Invalid::Empty);
+    }
+    if u16_at(header, 4) != FORMAT_VERSION {
+        return Err(Invalid::Version);
+    }
+    let head_len = u32_at(header, 40) as usize;
+    let body_len = u32_at(header, 44) as usize;
+    let key = CacheKey(u128::from_le_bytes(
+        header[8..24].try_into().expect("16 bytes"),
+    ));
+    Ok((key, encoded_len(head_len, body_len)))
+}
+
 /// Reads the entry at the start of `bytes`, proving it whole. Never panics,
 /// whatever the bytes.
 pub fn decode(bytes: &[u8]) -> Result<Entry<'_>, Invalid> {
-    if bytes.len() < HEADER_LEN || u32_at(bytes, 0) != MAGIC {
-        return Err(Invalid::Empty);
+    let (_, len) = frame(bytes)?;
+    if bytes.len() < len {
+        return Err(Invalid::Truncated);
     }
-    if u16_at(bytes, 4) != FORMAT_VERSION {
-        return Err(Invalid::Version);
+    let mark_at = len - TRAILER_LEN;
+    let sum = u64_at(bytes, SUM_AT);
+    if u64_at(bytes, mark_at) != sum ^ COMPLETE {
+        return Err(Invalid::Incomplete);
+    }
+    if checksum(&bytes[..HEADER_LEN], &bytes[HEADER_LEN..mark_at]) != sum {
+        return Err(Invalid::Corrupt);
+    }
+    view(bytes)
+}
+
+/// Reads the fields of an entry already proven whole by [`decode`] (a
+/// second look at the same bytes, without the checksum). Never panics.
+pub fn view(bytes: &[u8]) -> Result<Entry<'_>, Invalid> {
+    let (key, len) = frame(bytes)?;
+    if bytes.len() < len {
+        return Err(Invalid::Truncated);
     }
     let head_len = u32_at(bytes, 40) as usize;
     let body_len = u32_at(bytes, 44) as usize;
-    let end = HEADER_LEN
-        .checked_add(head_len)
-        .and_then(|n| n.checked_add(body_len))
-        .ok_or(Invalid::Truncated)?;
-    if bytes.len() < end.saturating_add(TRAILER_LEN) {
-        return Err(Invalid::Truncated);
-    }
-    let head = &bytes[HEADER_LEN..HEADER_LEN + head_len];
-    let body = &bytes[HEADER_LEN + head_len..end];
-    let sum = u64_at(bytes, 48);
-    if u64_at(bytes, end) != sum ^ COMPLETE {
-        return Err(Invalid::Incomplete);
-    }
-    if checksum(&bytes[..HEADER_LEN], head, body) != sum {
-        return Err(Invalid::Corrupt);
-    }
+    let body_at = HEADER_LEN + head_len;
     Ok(Entry {
-        key: CacheKey(u128::from_le_bytes(
-            bytes[8..24].try_into().expect("16 bytes"),
-        )),
+        key,
         flags: u16_at(bytes, 6),
         created_ms: u64_at(bytes, 24),
         expires_ms: u64_at(bytes, 32),
-        head,
-        body,
+        provider: u32_at(bytes, 48),
+        input_tokens: u32_at(bytes, 52),
+        output_tokens: u32_at(bytes, 56),
+        status: u32_at(bytes, 60) as u16,
+        head: &bytes[HEADER_LEN..body_at],
+        body: &bytes[body_at..body_at + body_len],
     })
 }
 
@@ -173,7 +218,11 @@ mod tests {
             flags: FLAG_STREAM,
             created_ms: 1_790_000_000_000,
             expires_ms: 1_790_000_360_000,
-            head: b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n",
+            provider: provider_tag("openai"),
+            input_tokens: 12,
+            output_tokens: 34,
+            status: 200,
+            head: b"content-type: text/event-stream\r\n",
             body: b"data: {\"x\":1}\n\ndata: [DONE]\n\n",
         };
         let mut buf = vec![0u8; e.size() + 32];
@@ -218,6 +267,8 @@ mod tests {
         let mut b = buf.clone();
         b[40..48].fill(0xff);
         assert_eq!(decode(&b), Err(Invalid::Truncated));
+        // Lengths of the largest kind still frame without overflow.
+        assert!(frame(&b).is_ok());
     }
 
     #[test]

@@ -1,10 +1,402 @@
-//! The response cache (issue "Response cache"): a stage between admission and
-//! the attempts. Built in steps; today it holds the key computation and the entry
-//! format, which nothing on the request path calls yet.
+//! The response cache: a stage between routing and the attempts, and a tap
+//! (the fill) on the relay.
 //!
 //! - [`key`]: the cache key: xxh3-128 over a schema version, the credential
 //!   scope, the provider, the upstream path and the canonical request body.
 //! - [`entry`]: the entry format in a segment, and proving an entry whole.
+//! - [`store`]: one shard's partition: mapped file, segments, index.
+//! - [`flight`]: coalescing identical misses into one upstream call.
+//!
+//! [`Cache`] is what all shards share (every partition's mapping and index,
+//! the flights in progress); [`ShardCache`] is one shard's part (the writer of
+//! its own partition and its buffers). A hit reads any partition in place and
+//! sends no message; a miss's answer is stored by the partition's owner,
+//! handed over through a channel when another shard fetched it.
 
 pub mod entry;
+pub mod flight;
 pub mod key;
+pub mod store;
+
+use crate::config::CacheConfig;
+use crate::record::CacheStatus;
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry as MapEntry;
+use entry::Entry;
+use flight::{Flight, Leading};
+use key::{CacheKey, KeyInput, KeyMaker};
+use std::cell::{Ref, RefCell};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use store::{Found, Geometry, Opened, Partition, Purge, Writer, partition_of};
+
+/// The cache's directory under `server.data_dir`.
+pub fn dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("cache")
+}
+
+/// Request headers that carry a credential: entries are scoped by them.
+pub const CREDENTIAL_HEADERS: [&str; 6] = [
+    "authorization",
+    "x-api-key",
+    "api-key",
+    "x-goog-api-key",
+    "cf-aig-authorization",
+    "aigw-authorization",
+];
+
+/// The scope of a request: a hash of every credential header it carries
+/// (name and value), so two credentials never share an entry; 0 with
+/// `cache.shared` (everyone shares), 1 for requests without any credential
+/// (they all use the gateway's own provider keys).
+pub fn scope<'a>(shared: bool, headers: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> u64 {
+    if shared {
+        return 0;
+    }
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    let mut any = false;
+    // Order-independent: each credential's hash is summed.
+    let mut sum = 0u64;
+    for (name, value) in headers {
+        if CREDENTIAL_HEADERS
+            .iter()
+            .any(|c| name.eq_ignore_ascii_case(c.as_bytes()))
+        {
+            h.reset();
+            h.update(&name.to_ascii_lowercase());
+            h.update(b"\0");
+            h.update(value);
+            sum = sum.wrapping_add(h.digest());
+            any = true;
+        }
+    }
+    if any { sum | 2 } else { 1 }
+}
+
+/// Everything the shards share.
+pub struct Cache {
+    shards: usize,
+    config: CacheConfig,
+    geo: Geometry,
+    partitions: Vec<Partition>,
+    writers: Vec<Mutex<Option<Writer>>>,
+    flights: DashMap<CacheKey, Arc<Flight>>,
+    fills: Vec<flume::Sender<Arc<Flight>>>,
+    fill_rx: Vec<Mutex<Option<flume::Receiver<Arc<Flight>>>>>,
+}
+
+/// What a start found, per partition (for the start-up line).
+pub struct Report {
+    pub opened: Vec<Opened>,
+    /// Files of partitions beyond today's shard count, removed.
+    pub removed: Vec<PathBuf>,
+}
+
+impl Report {
+    /// One line for the operator.
+    pub fn summary(&self, dir: &Path) -> String {
+        let kept: u64 = self.opened.iter().map(|o| o.kept).sum();
+        let dropped: u64 = self.opened.iter().map(|o| o.dropped).sum();
+        let mut s = format!(
+            "cache: {} partitions in {}: {kept} entries kept, {dropped} dropped",
+            self.opened.len(),
+            dir.display()
+        );
+        let why: Vec<&str> = self
+            .opened
+            .iter()
+            .filter_map(|o| o.fresh.as_deref())
+            .filter(|w| *w != "new file")
+            .collect();
+        if let Some(w) = why.first() {
+            s.push_str(&format!("; started empty: {w}"));
+        }
+        if !self.removed.is_empty() {
+            s.push_str(&format!(
+                "; removed {} partition files of a larger shard count",
+                self.removed.len()
+            ));
+        }
+        s
+    }
+}
+
+/// Totals over every partition.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub entries: u64,
+    pub bytes: u64,
+    pub capacity: u64,
+    pub stores: u64,
+    pub evictions: u64,
+    pub expirations: u64,
+    pub purged: u64,
+    pub flights: u64,
+}
+
+impl Cache {
+    /// Opens (or makes) one partition file per shard under `dir` and rebuilds
+    /// their indexes, in parallel.
+    pub fn open(
+        dir: &Path,
+        config: &CacheConfig,
+        shards: usize,
+        now_ms: u64,
+    ) -> Result<(Cache, Report), String> {
+        let geo = Geometry::new(config.size, shards, config.max_entry)?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cache: cannot create {}: {e}", dir.display()))?;
+        let mut removed = Vec::new();
+        for i in shards.. {
+            let p = store::file_path(dir, i);
+            if !p.exists() {
+                break;
+            }
+            std::fs::remove_file(&p)
+                .map_err(|e| format!("cache: cannot remove {}: {e}", p.display()))?;
+            removed.push(p);
+        }
+        let results: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..shards)
+                .map(|i| s.spawn(move || store::open(dir, i, shards, geo, now_ms)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(std::io::Error::other("panicked")))
+                })
+                .collect()
+        });
+        let mut partitions = Vec::with_capacity(shards);
+        let mut writers = Vec::with_capacity(shards);
+        let mut opened = Vec::with_capacity(shards);
+        for (i, r) in results.into_iter().enumerate() {
+            let (p, w, o) = r.map_err(|e| {
+                format!(
+                    "cache: cannot open {}: {e}",
+                    store::file_path(dir, i).display()
+                )
+            })?;
+            partitions.push(p);
+            writers.push(Mutex::new(Some(w)));
+            opened.push(o);
+        }
+        let (fills, fill_rx) = (0..shards)
+            .map(|_| {
+                let (tx, rx) = flume::unbounded();
+                (tx, Mutex::new(Some(rx)))
+            })
+            .unzip();
+        Ok((
+            Cache {
+                shards,
+                config: config.clone(),
+                geo,
+                partitions,
+                writers,
+                flights: DashMap::new(),
+                fills,
+                fill_rx,
+            },
+            Report { opened, removed },
+        ))
+    }
+
+    pub fn totals(&self) -> Totals {
+        let mut t = Totals {
+            capacity: (self.geo.segment * self.geo.segments * self.shards) as u64,
+            flights: self.flights.len() as u64,
+            ..Totals::default()
+        };
+        for p in &self.partitions {
+            let s = &p.stats;
+            t.entries += s.entries.load(Ordering::Relaxed);
+            t.bytes += s.bytes.load(Ordering::Relaxed);
+            t.stores += s.stores.load(Ordering::Relaxed);
+            t.evictions += s.evictions.load(Ordering::Relaxed);
+            t.expirations += s.expirations.load(Ordering::Relaxed);
+            t.purged += s.purged.load(Ordering::Relaxed);
+        }
+        t
+    }
+
+    /// Shard `shard`'s part; once per shard (the writer moves into it).
+    pub fn for_shard(self: &Arc<Self>, shard: usize) -> Option<ShardCache> {
+        let writer = self.writers.get(shard)?.lock().ok()?.take()?;
+        let fills = self.fill_rx.get(shard)?.lock().ok()?.take()?;
+        Some(ShardCache {
+            shared: self.clone(),
+            shard,
+            writer: RefCell::new(writer),
+            fills,
+            keys: RefCell::new(KeyMaker::default()),
+            buf: RefCell::new(Vec::new()),
+        })
+    }
+
+    pub fn config(&self) -> &CacheConfig {
+        &self.config
+    }
+}
+
+/// What the cache stage decided for a request.
+pub enum Lookup {
+    /// A fresh entry: it is in [`ShardCache::hit`].
+    Hit,
+    /// An identical request is upstream: follow it.
+    Follow(Arc<Flight>, CacheStatus),
+    /// Go upstream and share the answer (store it, feed followers).
+    Lead(Leading, CacheStatus),
+    /// Not cacheable (no key: not one JSON value, duplicate keys).
+    Bypass,
+}
+
+/// One shard's part of the cache.
+pub struct ShardCache {
+    pub shared: Arc<Cache>,
+    shard: usize,
+    writer: RefCell<Writer>,
+    fills: flume::Receiver<Arc<Flight>>,
+    keys: RefCell<KeyMaker>,
+    /// The entry of the last hit, as copied out of its partition.
+    buf: RefCell<Vec<u8>>,
+}
+
+impl ShardCache {
+    /// The stage: computes the key, looks it up in its partition (any shard's,
+    /// read in place), and on a miss joins or leads the flight for it.
+    pub fn lookup(&self, input: &KeyInput<'_>, now_ms: u64) -> Lookup {
+        let Ok(key) = self.keys.borrow_mut().key(input) else {
+            return Lookup::Bypass;
+        };
+        let shared = &self.shared;
+        let part = &shared.partitions[partition_of(key, shared.shards)];
+        let status = match part.lookup(key, now_ms, &mut self.buf.borrow_mut()) {
+            Some(Found::Fresh(_)) => return Lookup::Hit,
+            Some(Found::Expired) => CacheStatus::Expired,
+            None => CacheStatus::Miss,
+        };
+        match shared.flights.entry(key) {
+            MapEntry::Occupied(o) if !o.get().is_failed() => {
+                Lookup::Follow(o.get().clone(), status)
+            }
+            e => {
+                let flight = Arc::new(Flight::new(key, shared.config.max_entry));
+                e.insert(flight.clone());
+                let me = shared.clone();
+                let leading = Leading::new(
+                    flight,
+                    Box::new(move |f| {
+                        me.flights.remove_if(&f.key, |_, v| Arc::ptr_eq(v, f));
+                    }),
+                );
+                Lookup::Lead(leading, status)
+            }
+        }
+    }
+
+    /// The entry the last [`Lookup::Hit`] found.
+    pub fn hit(&self) -> Option<Ref<'_, [u8]>> {
+        let buf = self.buf.borrow();
+        entry::view(&buf).ok()?;
+        Some(Ref::map(buf, |b| &b[..]))
+    }
+
+    /// A completed flight's answer goes to its partition's owner: stored here
+    /// when that is this shard, else handed over (off this request's path).
+    pub fn store(&self, flight: Arc<Flight>, now_ms: u64) {
+        let owner = partition_of(flight.key, self.shared.shards);
+        if owner == self.shard {
+            self.store_here(&flight, now_ms);
+        } else if self.shared.fills[owner].send(flight.clone()).is_err() {
+            self.forget(&flight);
+        }
+    }
+
+    /// Stores a completed flight in this shard's partition, then lets new
+    /// requests find the entry instead of the flight.
+    fn store_here(&self, flight: &Arc<Flight>, now_ms: u64) {
+        if let Some(f) = flight.finished()
+            && let Some(head) = f.head()
+        {
+            let (created_ms, expires_ms) = f.times();
+            let (input_tokens, output_tokens) = f.tokens();
+            let e = Entry {
+                key: flight.key,
+                flags: if head.stream { entry::FLAG_STREAM } else { 0 },
+                created_ms,
+                expires_ms,
+                provider: f.provider(),
+                input_tokens,
+                output_tokens,
+                status: head.status,
+                head: &head.head,
+                body: f.body(),
+            };
+            let part = &self.shared.partitions[self.shard];
+            self.writer.borrow_mut().insert(part, &e, now_ms);
+        }
+        self.forget(flight);
+    }
+
+    fn forget(&self, flight: &Arc<Flight>) {
+        self.shared
+            .flights
+            .remove_if(&flight.key, |_, v| Arc::ptr_eq(v, flight));
+    }
+
+    /// Waits for the next answer another shard handed over, and stores it.
+    /// `None` once every sender is gone.
+    pub async fn store_next(&self) -> Option<()> {
+        let flight = self.fills.recv_async().await.ok()?;
+        self.store_here(&flight, crate::reqid::now_unix_ms());
+        Some(())
+    }
+
+    /// Purges this shard's partition.
+    pub fn purge(&self, what: Purge) -> u64 {
+        let part = &self.shared.partitions[self.shard];
+        self.writer.borrow_mut().purge(part, what)
+    }
+
+    /// Writes this shard's partition back (a clean stop).
+    pub fn flush(&self) {
+        self.writer
+            .borrow()
+            .flush(&self.shared.partitions[self.shard]);
+    }
+}
+
+pub use store::Purge as PurgeWhat;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_scope_entries_and_order_does_not_matter() {
+        let a: [(&[u8], &[u8]); 2] = [(b"Authorization", b"Bearer a"), (b"x-other", b"1")];
+        let b: [(&[u8], &[u8]); 1] = [(b"authorization", b"Bearer b")];
+        let none: [(&[u8], &[u8]); 1] = [(b"content-type", b"application/json")];
+        let sa = scope(false, a.into_iter());
+        assert_ne!(sa, scope(false, b.into_iter()));
+        assert_eq!(
+            sa,
+            scope(
+                false,
+                [(&b"AUTHORIZATION"[..], &b"Bearer a"[..])].into_iter()
+            )
+        );
+        assert_eq!(scope(false, none.into_iter()), 1);
+        assert_eq!(scope(true, a.into_iter()), 0);
+        let two: [(&[u8], &[u8]); 2] = [(b"x-api-key", b"k"), (b"authorization", b"Bearer a")];
+        let two_rev: [(&[u8], &[u8]); 2] = [(b"authorization", b"Bearer a"), (b"x-api-key", b"k")];
+        assert_eq!(
+            scope(false, two.into_iter()),
+            scope(false, two_rev.into_iter())
+        );
+        assert_ne!(scope(false, two.into_iter()), sa);
+    }
+}

@@ -22,6 +22,7 @@
 //! more file: its typed struct and a `read_*(w, root)` reader, its rows in
 //! [`KEYS`], one field in [`Config`] and one line in `from_toml_with_env`.
 
+mod cache;
 mod logs;
 mod providers;
 mod read;
@@ -31,6 +32,7 @@ mod server;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+pub use cache::CacheConfig;
 pub use logs::LogsConfig;
 pub use providers::{BaseUrl, ProviderConfig, ProviderKind, Scheme};
 pub use read::{ConfigError, ConfigErrors, Secret, parse_bytes, parse_duration};
@@ -49,6 +51,7 @@ pub struct Config {
     pub timeouts: Timeouts,
     pub providers: BTreeMap<String, ProviderConfig>,
     pub logs: LogsConfig,
+    pub cache: CacheConfig,
 }
 
 impl Config {
@@ -100,6 +103,7 @@ impl Config {
         let timeouts = server::read_timeouts(&mut w, &root);
         let providers = providers::read_providers(&mut w, &root, env);
         let logs = logs::read_logs(&mut w, &root);
+        let cache = cache::read_cache(&mut w, &root);
         w.finish()?;
         Ok(Config {
             server,
@@ -109,6 +113,7 @@ impl Config {
             timeouts,
             providers,
             logs,
+            cache,
         })
     }
 
@@ -203,6 +208,12 @@ impl Config {
             "logs.flush_interval".into(),
             format!("{:?}", g.flush_interval),
         );
+        let c = &self.cache;
+        put("cache.enabled".into(), c.enabled.to_string());
+        put("cache.size".into(), c.size.to_string());
+        put("cache.default_ttl".into(), format!("{:?}", c.default_ttl));
+        put("cache.max_entry".into(), c.max_entry.to_string());
+        put("cache.shared".into(), c.shared.to_string());
         e
     }
 

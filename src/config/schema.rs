@@ -178,6 +178,31 @@ pub const KEYS: &[KeySpec] = &[
         default: "200ms",
         meaning: "how often received rows are committed: what a crash or kill -9 can lose at most (< 1s)",
     },
+    KeySpec {
+        path: "cache.enabled",
+        default: "false",
+        meaning: "exact-match response cache: identical requests are answered from <data_dir>/cache",
+    },
+    KeySpec {
+        path: "cache.size",
+        default: "1GiB",
+        meaning: "bytes of all cache files together, split evenly across shards, allocated at start",
+    },
+    KeySpec {
+        path: "cache.default_ttl",
+        default: "1h",
+        meaning: "how long an entry is served; `aigw-cache-ttl: <seconds>` sets it per request (1s..31d)",
+    },
+    KeySpec {
+        path: "cache.max_entry",
+        default: "4MiB",
+        meaning: "largest response stored (status, headers and body); larger ones pass uncached",
+    },
+    KeySpec {
+        path: "cache.shared",
+        default: "false",
+        meaning: "share entries between credentials; by default each provider key or gateway key has its own",
+    },
 ];
 
 /// Every key in `root` must be in [`KEYS`] (or a table on the way to one).

@@ -32,6 +32,9 @@ pub const RESTART_ONLY: &[&str] = &[
     "admin.socket",
     "admin.listen",
     "logs.enabled",
+    "cache.enabled",
+    "cache.size",
+    "cache.max_entry",
 ];
 
 /// Where the running config came from, and the command-line overrides that

@@ -1,0 +1,334 @@
+//! Coalescing: concurrent identical misses make one upstream call. The first
+//! (the leader) goes upstream and publishes what its client receives into a
+//! [`Flight`]; the others (followers, on any shard) read it as it grows, so a
+//! stream's followers see each event when the leader's client does.
+//!
+//! A flight lives in the cache's table from the leader's miss until its answer
+//! is stored (or it fails), so a request arriving in between follows it too.
+//! The leader's [`Leading`] guard fails the flight if it is dropped unfinished
+//! (an error, an abort, a cancelled task): followers then go upstream on their
+//! own. Followers wake through their wakers from the leader's thread: the one
+//! place a request crosses cores, and only on a miss.
+
+use super::key::CacheKey;
+use std::future::poll_fn;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Poll, Waker};
+
+/// How a flight ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// The whole answer is in the flight.
+    Complete,
+    /// No answer to share: the leader failed, was aborted, or the answer is
+    /// not one to share (not 2xx, `no-store`, too large).
+    Failed,
+}
+
+/// The answer's status and end-to-end header lines, once the leader has them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlightHead {
+    pub status: u16,
+    pub head: Vec<u8>,
+    pub stream: bool,
+}
+
+#[derive(Default)]
+struct State {
+    head: Option<FlightHead>,
+    body: Vec<u8>,
+    end: Option<End>,
+    wakers: Vec<Waker>,
+    followers: u64,
+    created_ms: u64,
+    expires_ms: u64,
+    input_tokens: u32,
+    output_tokens: u32,
+    provider: u32,
+}
+
+/// One upstream call that identical requests share.
+pub struct Flight {
+    pub key: CacheKey,
+    /// Largest answer (head and body) a flight carries.
+    max_bytes: usize,
+    state: Mutex<State>,
+}
+
+/// A complete flight, as stored.
+pub struct Finished<'a> {
+    guard: MutexGuard<'a, State>,
+}
+
+impl Finished<'_> {
+    pub fn head(&self) -> Option<&FlightHead> {
+        self.guard.head.as_ref()
+    }
+    pub fn body(&self) -> &[u8] {
+        &self.guard.body
+    }
+    pub fn times(&self) -> (u64, u64) {
+        (self.guard.created_ms, self.guard.expires_ms)
+    }
+    pub fn tokens(&self) -> (u32, u32) {
+        (self.guard.input_tokens, self.guard.output_tokens)
+    }
+    pub fn provider(&self) -> u32 {
+        self.guard.provider
+    }
+}
+
+impl Flight {
+    pub fn new(key: CacheKey, max_bytes: usize) -> Flight {
+        Flight {
+            key,
+            max_bytes,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding it cannot leave it half-written in a way that
+        // matters more than losing the flight: take it either way.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wake(state: &mut State) {
+        for w in state.wakers.drain(..) {
+            w.wake();
+        }
+    }
+
+    /// Followers this flight has had.
+    pub fn followers(&self) -> u64 {
+        self.lock().followers
+    }
+
+    /// The stored form, when the flight completed.
+    pub fn finished(&self) -> Option<Finished<'_>> {
+        let guard = self.lock();
+        (guard.end == Some(End::Complete) && guard.head.is_some()).then_some(Finished { guard })
+    }
+
+    /// Waits for the head; `None` when the flight failed first.
+    pub async fn head(&self) -> Option<FlightHead> {
+        poll_fn(|cx| {
+            let mut s = self.lock();
+            if let Some(h) = &s.head {
+                return Poll::Ready(Some(h.clone()));
+            }
+            if s.end.is_some() {
+                return Poll::Ready(None);
+            }
+            register(&mut s.wakers, cx.waker());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Appends the body bytes past `cursor` to `out` (moving `cursor`), waiting
+    /// for some. Returns `None` while more may come, else how it ended; bytes
+    /// may have been appended either way.
+    pub async fn more(&self, cursor: &mut usize, out: &mut Vec<u8>) -> Option<End> {
+        poll_fn(|cx| {
+            let mut s = self.lock();
+            let have = s.body.len();
+            if have > *cursor {
+                out.extend_from_slice(&s.body[*cursor..]);
+                *cursor = have;
+                return Poll::Ready(s.end.filter(|e| *e == End::Complete));
+            }
+            if let Some(end) = s.end {
+                return Poll::Ready(Some(end));
+            }
+            register(&mut s.wakers, cx.waker());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Counts a follower; false when the flight already failed.
+    pub fn follow(&self) -> bool {
+        let mut s = self.lock();
+        s.followers += 1;
+        s.end != Some(End::Failed)
+    }
+
+    pub fn is_failed(&self) -> bool {
+        self.lock().end == Some(End::Failed)
+    }
+
+    fn fail(&self) {
+        let mut s = self.lock();
+        if s.end.is_none() {
+            s.end = Some(End::Failed);
+            Self::wake(&mut s);
+        }
+    }
+}
+
+fn register(wakers: &mut Vec<Waker>, w: &Waker) {
+    if !wakers.iter().any(|x| x.will_wake(w)) {
+        wakers.push(w.clone());
+    }
+}
+
+/// The leader's side of a flight. Dropped unfinished, it fails the flight.
+pub struct Leading {
+    pub flight: Arc<Flight>,
+    /// Called once when the flight fails (takes it out of the table).
+    on_fail: Option<Box<dyn FnOnce(&Arc<Flight>)>>,
+}
+
+impl Leading {
+    pub fn new(flight: Arc<Flight>, on_fail: Box<dyn FnOnce(&Arc<Flight>)>) -> Leading {
+        Leading {
+            flight,
+            on_fail: Some(on_fail),
+        }
+    }
+
+    /// The answer's head: a shareable answer starts.
+    pub fn head(&mut self, head: FlightHead, provider: u32) {
+        let mut s = self.flight.lock();
+        if s.end.is_none() {
+            s.provider = provider;
+            s.head = Some(head);
+            Flight::wake(&mut s);
+        }
+    }
+
+    /// Body bytes as the leader's client receives them. Past the size limit
+    /// the flight fails (and stops taking bytes).
+    pub fn append(&mut self, data: &[u8]) {
+        let mut s = self.flight.lock();
+        if s.end.is_some() || data.is_empty() {
+            return;
+        }
+        let size = s.head.as_ref().map_or(0, |h| h.head.len()) + s.body.len() + data.len();
+        if size > self.flight.max_bytes {
+            drop(s);
+            self.fail();
+            return;
+        }
+        s.body.extend_from_slice(data);
+        Flight::wake(&mut s);
+    }
+
+    /// Whether the flight still carries the answer.
+    pub fn alive(&self) -> bool {
+        !self.flight.is_failed()
+    }
+
+    /// Fails the flight now: followers go upstream on their own.
+    pub fn fail(&mut self) {
+        self.flight.fail();
+        if let Some(f) = self.on_fail.take() {
+            f(&self.flight);
+        }
+    }
+
+    /// The whole answer arrived: followers finish, and the flight is ready to
+    /// store. Returns it unless it had failed.
+    pub fn complete(
+        mut self,
+        created_ms: u64,
+        expires_ms: u64,
+        tokens: (u32, u32),
+    ) -> Option<Arc<Flight>> {
+        let mut s = self.flight.lock();
+        if s.end.is_some() || s.head.is_none() {
+            drop(s);
+            self.fail();
+            return None;
+        }
+        s.end = Some(End::Complete);
+        s.created_ms = created_ms;
+        s.expires_ms = expires_ms;
+        (s.input_tokens, s.output_tokens) = tokens;
+        Flight::wake(&mut s);
+        drop(s);
+        self.on_fail = None;
+        Some(self.flight.clone())
+    }
+}
+
+impl Drop for Leading {
+    fn drop(&mut self) {
+        if self.on_fail.is_some() {
+            self.fail();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    fn leading(max: usize) -> (Leading, Rc<Cell<bool>>) {
+        let failed = Rc::new(Cell::new(false));
+        let f = failed.clone();
+        let l = Leading::new(
+            Arc::new(Flight::new(CacheKey(1), max)),
+            Box::new(move |_| f.set(true)),
+        );
+        (l, failed)
+    }
+
+    fn head() -> FlightHead {
+        FlightHead {
+            status: 200,
+            head: b"content-type: text/event-stream\r\n".to_vec(),
+            stream: true,
+        }
+    }
+
+    #[test]
+    fn followers_read_what_arrives_then_the_end() {
+        let (mut l, failed) = leading(1 << 20);
+        let f = l.flight.clone();
+        assert!(f.follow());
+        l.head(head(), 3);
+        l.append(b"data: 1\n\n");
+        let (mut cursor, mut out) = (0, Vec::new());
+        let end = futures_lite::future::block_on(f.more(&mut cursor, &mut out));
+        assert_eq!((end, &out[..]), (None, &b"data: 1\n\n"[..]));
+        l.append(b"data: 2\n\n");
+        let done = l.complete(1, 2, (3, 4)).unwrap();
+        let end = futures_lite::future::block_on(f.more(&mut cursor, &mut out));
+        assert_eq!(end, Some(End::Complete));
+        assert_eq!(out, b"data: 1\n\ndata: 2\n\n");
+        assert!(!failed.get());
+        let fin = done.finished().unwrap();
+        assert_eq!(
+            (fin.tokens(), fin.provider(), fin.times()),
+            ((3, 4), 3, (1, 2))
+        );
+        drop(fin);
+        assert_eq!(futures_lite::future::block_on(f.head()), Some(head()));
+    }
+
+    #[test]
+    fn a_dropped_or_oversized_leader_fails_its_followers() {
+        let (l, failed) = leading(1 << 20);
+        let f = l.flight.clone();
+        drop(l);
+        assert!(failed.get() && f.is_failed() && !f.follow());
+        assert_eq!(futures_lite::future::block_on(f.head()), None);
+        let (mut l, failed) = leading(50);
+        let f = l.flight.clone();
+        l.head(head(), 0);
+        l.append(&[b'x'; 10]);
+        assert!(l.alive());
+        l.append(&[b'x'; 10]);
+        assert!(!l.alive() && failed.get());
+        let (mut cursor, mut out) = (0, Vec::new());
+        let end = futures_lite::future::block_on(f.more(&mut cursor, &mut out));
+        assert_eq!((end, out.len()), (None, 10));
+        let end = futures_lite::future::block_on(f.more(&mut cursor, &mut out));
+        assert_eq!(end, Some(End::Failed));
+        assert!(l.complete(0, 0, (0, 0)).is_none());
+    }
+}
