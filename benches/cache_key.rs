@@ -40,6 +40,7 @@ fn keys(c: &mut Criterion) {
                         path: "/v1/chat/completions",
                         body: black_box(&body),
                         custom: None,
+                        stream: false,
                     })
                     .unwrap()
             })

@@ -21,6 +21,8 @@ pub const MAX_METADATA_TEXT: usize = 256;
 pub const MAX_EVENT_ID: usize = 256;
 /// Longest user agent kept, in bytes (longer ones are cut).
 pub const MAX_USER_AGENT: usize = 512;
+/// Longest `cache-key`, in bytes.
+pub const MAX_CACHE_KEY: usize = 1024;
 
 /// What the controls of one request ask for.
 #[derive(Debug, Default, PartialEq)]
@@ -31,6 +33,18 @@ pub struct Controls<'a> {
     pub collect_log: bool,
     /// Borrowed from the request: only the log copies it, and only when it keeps the request.
     pub user_agent: Option<&'a [u8]>,
+    pub cache: CacheControls<'a>,
+}
+
+/// `cache-ttl`, `skip-cache` and `cache-key`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheControls<'a> {
+    /// How long this answer is kept (else `cache.default_ttl`).
+    pub ttl: Option<std::time::Duration>,
+    /// Neither look up nor store.
+    pub skip: bool,
+    /// Replaces the upstream path and body in the key (still scoped).
+    pub key: Option<&'a str>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -38,6 +52,9 @@ enum Control {
     Metadata,
     EventId,
     CollectLog,
+    CacheTtl,
+    SkipCache,
+    CacheKey,
 }
 
 /// Which control a header names, if any (either prefix, any case).
@@ -49,6 +66,12 @@ fn control_of(name: &[u8]) -> Option<Control> {
         Some(Control::EventId)
     } else if rest.eq_ignore_ascii_case(b"collect-log") {
         Some(Control::CollectLog)
+    } else if rest.eq_ignore_ascii_case(b"cache-ttl") {
+        Some(Control::CacheTtl)
+    } else if rest.eq_ignore_ascii_case(b"skip-cache") {
+        Some(Control::SkipCache)
+    } else if rest.eq_ignore_ascii_case(b"cache-key") {
+        Some(Control::CacheKey)
     } else {
         None
     }
@@ -69,7 +92,7 @@ pub fn read<'a>(req: &RequestView<'a>) -> Result<Controls<'a>, GatewayError> {
         collect_log: true,
         ..Controls::default()
     };
-    let mut seen = [false; 3];
+    let mut seen = [false; 6];
     for h in &req.head.headers {
         let name = h.name.get(req.window);
         let value = h.value.get(req.window);
@@ -109,20 +132,68 @@ pub fn read<'a>(req: &RequestView<'a>) -> Result<Controls<'a>, GatewayError> {
                 c.event_id = Some(id.to_string());
             }
             Control::CollectLog => {
-                c.collect_log = match value {
-                    v if v.eq_ignore_ascii_case(b"true") => true,
-                    v if v.eq_ignore_ascii_case(b"false") => false,
-                    _ => {
-                        return Err(bad(
-                            "invalid_collect_log",
-                            format!("`{}` must be true or false", shown()),
-                        ));
-                    }
-                }
+                c.collect_log = flag(value).ok_or_else(|| {
+                    bad(
+                        "invalid_collect_log",
+                        format!("`{}` must be true or false", shown()),
+                    )
+                })?
+            }
+            Control::SkipCache => {
+                c.cache.skip = flag(value).ok_or_else(|| {
+                    bad(
+                        "invalid_skip_cache",
+                        format!("`{}` must be true or false", shown()),
+                    )
+                })?
+            }
+            Control::CacheTtl => {
+                let max = crate::config::cache::MAX_TTL.as_secs();
+                let secs = std::str::from_utf8(value)
+                    .ok()
+                    .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .filter(|n| (1..=max).contains(n))
+                    .ok_or_else(|| {
+                        bad(
+                            "invalid_cache_ttl",
+                            format!(
+                                "`{}` must be a whole number of seconds from 1 to {max} (31 days)",
+                                shown()
+                            ),
+                        )
+                    })?;
+                c.cache.ttl = Some(std::time::Duration::from_secs(secs));
+            }
+            Control::CacheKey => {
+                let key = std::str::from_utf8(value)
+                    .ok()
+                    .filter(|v| !v.is_empty() && v.len() <= MAX_CACHE_KEY)
+                    .ok_or_else(|| {
+                        bad(
+                            "invalid_cache_key",
+                            format!(
+                                "`{}` must be 1 to {MAX_CACHE_KEY} bytes of UTF-8 text",
+                                shown()
+                            ),
+                        )
+                    })?;
+                c.cache.key = Some(key);
             }
         }
     }
     Ok(c)
+}
+
+/// `true` or `false`, any case.
+fn flag(value: &[u8]) -> Option<bool> {
+    if value.eq_ignore_ascii_case(b"true") {
+        Some(true)
+    } else if value.eq_ignore_ascii_case(b"false") {
+        Some(false)
+    } else {
+        None
+    }
 }
 
 /// Parses a metadata header: a flat JSON object, at most five entries, each a
@@ -247,6 +318,38 @@ mod tests {
             assert_eq!(c.user_agent, Some(&b"sdk/1"[..]));
         });
         with_controls("", |c| assert!(c.unwrap().collect_log));
+    }
+
+    #[test]
+    fn cache_controls_are_read_and_checked() {
+        let headers =
+            "cf-aig-cache-ttl: 60\r\naigw-skip-cache: TRUE\r\naigw-cache-key: tenant-a/q1\r\n";
+        with_controls(headers, |c| {
+            let c = c.unwrap().cache;
+            assert_eq!(c.ttl, Some(std::time::Duration::from_secs(60)));
+            assert!(c.skip);
+            assert_eq!(c.key, Some("tenant-a/q1"));
+        });
+        with_controls("", |c| {
+            assert_eq!(c.unwrap().cache, CacheControls::default())
+        });
+        for (header, code) in [
+            ("aigw-cache-ttl: 0", "invalid_cache_ttl"),
+            ("aigw-cache-ttl: -5", "invalid_cache_ttl"),
+            ("aigw-cache-ttl: 1.5", "invalid_cache_ttl"),
+            ("aigw-cache-ttl: 99999999999", "invalid_cache_ttl"),
+            ("cf-aig-skip-cache: yes", "invalid_skip_cache"),
+            ("aigw-cache-key: ", "invalid_cache_key"),
+            (
+                "aigw-cache-ttl: 5\r\ncf-aig-cache-ttl: 6",
+                "duplicate_header",
+            ),
+        ] {
+            with_controls(&format!("{header}\r\n"), |c| {
+                let e = c.unwrap_err();
+                assert_eq!((e.status, e.code), (400, code), "{header}");
+            });
+        }
     }
 
     #[test]

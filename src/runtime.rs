@@ -6,6 +6,7 @@
 //! listening address (port 0 resolved once, so every shard binds the same port),
 //! and turning startup failures into clear messages.
 
+use crate::cache::{self, Cache, ShardCache};
 use crate::config::Config;
 use crate::control::admin::{self, Admin};
 use crate::control::logs::{self, LOG_QUEUE, LogStats};
@@ -63,6 +64,7 @@ pub fn serve(
             config.server.data_dir.display()
         )
     })?;
+    let _lock = lock_data_dir(&config.server.data_dir)?;
     check_memlock()?;
     let cpus = allowed_cpus();
     let shards = config
@@ -71,6 +73,14 @@ pub fn serve(
         .map(|n| n.get())
         .unwrap_or(cpus.len().max(1));
     let addr = probe_listen(config.server.listen)?;
+    let cache = if config.cache.enabled {
+        let dir = cache::dir(&config.server.data_dir);
+        let (c, report) = Cache::open(&dir, &config.cache, shards, crate::reqid::now_unix_ms())?;
+        eprintln!("{}", report.summary(&dir));
+        Some(Arc::new(c))
+    } else {
+        None
+    };
 
     let hub = StatsHub::new(shards);
     let (snap_tx, snap_rx) = std::sync::mpsc::sync_channel::<Snapshot>(SNAPSHOT_QUEUE);
@@ -139,6 +149,7 @@ pub fn serve(
     let cmd_rxs = Arc::new(cmd_rxs);
     let shard_config = config.clone();
     let shard_log = log_tx.clone();
+    let shard_cache = cache.clone();
     let mut builder = LocalExecutorPoolBuilder::new(placement)
         .name("aigw-shard")
         .io_memory(IO_MEMORY);
@@ -158,6 +169,7 @@ pub fn serve(
                 snapshots: snap_tx,
                 ready: ready_tx,
                 log: shard_log,
+                cache: shard_cache.and_then(|c| c.for_shard(shard)),
             };
             run_shard(args).await
         })
@@ -235,6 +247,7 @@ struct ShardArgs {
     snapshots: SyncSender<Snapshot>,
     ready: std::sync::mpsc::Sender<Result<usize, String>>,
     log: Option<LogQueue>,
+    cache: Option<ShardCache>,
 }
 
 async fn run_shard(a: ShardArgs) {
@@ -251,7 +264,23 @@ async fn run_shard(a: ShardArgs) {
             return;
         }
     };
-    let ctx = Rc::new(ShardCtx::new(a.shard, a.config.clone(), a.resolver, a.log));
+    let ctx = Rc::new(ShardCtx::new(
+        a.shard,
+        a.config.clone(),
+        a.resolver,
+        a.log,
+        a.cache,
+    ));
+    if ctx.cache().is_some() {
+        // Answers other shards fetched for this shard's partition.
+        let ctx = ctx.clone();
+        glommio::spawn_local(async move {
+            if let Some(c) = ctx.cache() {
+                while c.store_next().await.is_some() {}
+            }
+        })
+        .detach();
+    }
     let (drain_tx, drain_rx) = glommio::channels::local_channel::new_bounded::<()>(1);
     glommio::spawn_local(control_loop(
         ctx.clone(),
@@ -301,6 +330,9 @@ async fn run_shard(a: ShardArgs) {
             ctx.open_connections()
         );
     }
+    if let Some(c) = ctx.cache() {
+        c.flush();
+    }
     let _ = send_snapshot(&a.snapshots, ctx.snapshot(0));
 }
 
@@ -333,6 +365,10 @@ async fn control_loop(
                 }
             }
             Some(ShardCmd::Reload(config)) => ctx.apply(&config),
+            Some(ShardCmd::Purge(what, reply)) => {
+                let n = ctx.cache().map_or(0, |c| c.purge(what));
+                let _ = reply.send(n);
+            }
             Some(ShardCmd::Drain) => {
                 let _ = drain.try_send(());
             }
@@ -355,6 +391,39 @@ fn bind_listener(
     sock.listen(LISTEN_BACKLOG)?;
     let stopper = sock.try_clone()?;
     Ok((crate::sys::adopt_listener(sock), stopper))
+}
+
+/// Holds `data_dir/aigw.lock` for the life of the process: a second aigw on
+/// the same data_dir would write the same cache files and log store.
+fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, String> {
+    use std::io::Write;
+    let path = dir.join("aigw.lock");
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| format!("server.data_dir: cannot open {}: {e}", path.display()))?;
+    match f.try_lock() {
+        Ok(()) => {
+            let _ = f.set_len(0);
+            let _ = writeln!(f, "{}", std::process::id());
+            Ok(f)
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            Err(format!(
+                "server.data_dir: {} is in use by another aigw (pid {}); give each instance its own data_dir",
+                dir.display(),
+                holder.trim()
+            ))
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(format!(
+            "server.data_dir: cannot lock {}: {e}",
+            path.display()
+        )),
+    }
 }
 
 /// Binds once without SO_REUSEPORT: fails if anyone (another aigw included)

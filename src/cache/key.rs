@@ -23,7 +23,7 @@ use xxhash_rust::xxh3::Xxh3;
 
 /// Bumped whenever the canonical form or the key's inputs change, so entries
 /// written under another form are never found.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// A cache key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -42,6 +42,9 @@ pub struct KeyInput<'a> {
     pub body: &'a [u8],
     /// `aigw-cache-key`: replaces path and body when given.
     pub custom: Option<&'a str>,
+    /// The request asks for a stream: a stream is never the answer to a
+    /// request that did not ask for one (and vice versa), custom key or not.
+    pub stream: bool,
 }
 
 /// Why a request has no key.
@@ -78,6 +81,7 @@ impl KeyMaker {
         h.update(&SCHEMA_VERSION.to_le_bytes());
         h.update(&input.scope.to_le_bytes());
         field(&mut h, input.provider.as_bytes());
+        h.update(&[u8::from(input.stream)]);
         match input.custom {
             Some(custom) => {
                 h.update(b"custom");
@@ -355,6 +359,7 @@ mod tests {
             path: "/v1/chat/completions",
             body: body.as_bytes(),
             custom: None,
+            stream: false,
         })
     }
 
@@ -441,6 +446,7 @@ mod tests {
             path: "/v1/chat/completions",
             body: b"{}",
             custom: None,
+            stream: false,
         };
         let base = k.key(&input).unwrap();
         for changed in [
@@ -455,6 +461,10 @@ mod tests {
             },
             KeyInput {
                 custom: Some("mine"),
+                ..input
+            },
+            KeyInput {
+                stream: true,
                 ..input
             },
         ] {
@@ -474,6 +484,14 @@ mod tests {
             })
         );
         assert_ne!(k.key(&custom), k.key(&KeyInput { scope: 9, ..custom }));
+        // A stream never answers a request that did not ask for one.
+        assert_ne!(
+            k.key(&custom),
+            k.key(&KeyInput {
+                stream: true,
+                ..custom
+            })
+        );
     }
 
     #[test]

@@ -22,7 +22,7 @@
 //! more file: its typed struct and a `read_*(w, root)` reader, its rows in
 //! [`KEYS`], one field in [`Config`] and one line in `from_toml_with_env`.
 
-mod cache;
+pub mod cache;
 mod logs;
 mod providers;
 mod read;

@@ -26,6 +26,8 @@ pub enum ShardCmd {
     Drain,
     /// Use this config from the next request on.
     Reload(std::sync::Arc<crate::config::Config>),
+    /// Purge the shard's cache partition; the reply is how many entries went.
+    Purge(crate::cache::PurgeWhat, std::sync::mpsc::Sender<u64>),
 }
 
 /// Senders to every shard, in shard order.

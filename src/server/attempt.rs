@@ -195,7 +195,7 @@ mod tests {
         glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
             .io_memory(128 << 10)
             .spawn(move || async move {
-                let ctx = ShardCtx::new(0, config, Resolver::new(), None);
+                let ctx = ShardCtx::new(0, config, Resolver::new(), None, None);
                 let provider = ctx.providers()["up"].clone();
                 let req = AttemptRequest {
                     bytes: request.as_bytes(),

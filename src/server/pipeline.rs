@@ -23,18 +23,25 @@ use super::client::{ClientConn, Incoming, Unreadable};
 use super::forward::{self, Upstream};
 use super::relay::{self, Ending, Framing};
 use super::respond::{self, ClientFraming, ClientHead};
+use super::respond::{CacheLine, CachedHead};
 use super::shard::ShardCtx;
-use super::taps::{PayloadTap, Tap, UsageTap};
+use super::taps::{FillTap, NoTap, PayloadTap, Tap, UsageTap};
+use crate::cache::flight::{End as FlightEnd, Flight, FlightHead, Leading};
+use crate::cache::key::KeyInput;
+use crate::cache::{self, Lookup, entry};
 use crate::controls;
 use crate::error::{ErrorSource, GatewayError};
 use crate::http::ReadBuf;
-use crate::http::response::ResponseBody;
+use crate::http::request::Method;
+use crate::http::response::{ResponseBody, ResponseHead};
 use crate::net::read_some_tcp;
-use crate::record::{LogFacts, Outcome, Payload, RequestRecord};
+use crate::record::{CacheStatus, LogFacts, Outcome, Payload, RequestRecord, RouteKind, Usage};
+use crate::reqid::now_unix_ms;
 use crate::route::{self, Plan, Routed};
 use futures_lite::AsyncWriteExt;
 use futures_lite::future::FutureExt;
 use glommio::net::TcpStream;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long an attempt waits on the provider before the pipeline starts
@@ -55,9 +62,10 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
     let keep_alive = c.head.keep_alive && !ctx.draining.get();
 
     // 0. controls, and what the request log will keep of this request
-    if let Err(e) = controls(ctx, c, req, &mut rec) {
-        return answer_error(ctx, c, rec, &e, keep_alive).await;
-    }
+    let wish = match controls(ctx, c, req, &mut rec) {
+        Ok(wish) => wish,
+        Err(e) => return answer_error(ctx, c, rec, &e, keep_alive).await,
+    };
 
     // 1. route
     let plan = match plan(ctx, c, req, &mut rec) {
@@ -70,6 +78,22 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         }
         Err(e) => return answer_error(ctx, c, rec, &e, keep_alive).await,
     };
+
+    // 1b. cache: a hit answers here; a miss leads or follows the one upstream call
+    let mut lead = None;
+    match cache_lookup(ctx, c, req, &plan, &wish, &mut rec) {
+        Cached::Off => {}
+        Cached::Hit => return serve_hit(ctx, c, req, rec, keep_alive).await,
+        Cached::Lead(l) => lead = Some(l),
+        Cached::Follow(flight) => match follow(ctx, c, req, &flight, &mut rec, keep_alive).await {
+            Some(keep) => {
+                record(ctx, rec);
+                return keep;
+            }
+            // The leader failed: this request goes upstream on its own.
+            None => {}
+        },
+    }
 
     // 2. attempts: none of them writes to the client
     let body_at = {
@@ -125,6 +149,9 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         };
         UsageTap::json(shape, length, &mut c.scratch)
     };
+    // After the usage tap, so the cache keeps what the client receives.
+    let mut fill =
+        lead.and_then(|l| fill_tap(l, &plan, rh, reply.conn.buf.filled(), c.head.method));
     // Last in the chain, so it keeps what the client receives.
     let mut payload = payload_cap(ctx)
         .filter(|_| rec.log.is_some())
@@ -149,21 +176,22 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         pre_upstream,
         ttfb: reply.ttfb,
         framing: framing.client,
+        cache: cache_line(&rec),
     };
     respond::provider_head(&mut c.out, &head, rh, reply.conn.buf.filled());
     reply.conn.buf.consume(rh.head_len);
-    let mut chain: [&mut dyn Tap; 2];
-    let mut only_usage: [&mut dyn Tap; 1];
-    let taps: &mut [&mut dyn Tap] = match payload.as_mut() {
-        Some(p) => {
-            chain = [&mut usage, p];
-            &mut chain
-        }
-        None => {
-            only_usage = [&mut usage];
-            &mut only_usage
-        }
-    };
+    let (mut no_fill, mut no_payload) = (NoTap, NoTap);
+    let taps: &mut [&mut dyn Tap] = &mut [
+        &mut usage,
+        match fill.as_mut() {
+            Some(f) => f,
+            None => &mut no_fill,
+        },
+        match payload.as_mut() {
+            Some(p) => p,
+            None => &mut no_payload,
+        },
+    ];
     let _streaming = c.rhead.event_stream.then(|| ctx.streaming());
     let relayed = relay::relay(
         &mut c.stream,
@@ -194,6 +222,20 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
     if let Some(conn) = relayed.reusable {
         ctx.pool.put(&plan.provider.endpoint.name, conn);
     }
+    // A whole answer is shared; anything else fails the flight (its followers
+    // go upstream on their own) as the fill tap drops.
+    if let (Some(f), Some(cache), Ending::Complete) = (fill, ctx.cache(), relayed.ending) {
+        let now = now_unix_ms();
+        let ttl = wish.ttl.unwrap_or(ctx.config().cache.default_ttl);
+        let tokens = |t: Option<u64>| t.unwrap_or(0).min(u64::from(u32::MAX)) as u32;
+        let used = (
+            tokens(rec.usage.input_tokens),
+            tokens(rec.usage.output_tokens),
+        );
+        if let Some(flight) = f.leading.complete(now, now + ttl.as_millis() as u64, used) {
+            cache.store(flight, now);
+        }
+    }
     let keep = keep && relayed.ending == Ending::Complete && !ctx.draining.get();
 
     // 5. record
@@ -213,6 +255,14 @@ pub async fn reject(ctx: &ShardCtx, c: &mut ClientConn, u: Unreadable) {
     answer_error(ctx, c, rec, &u.error, false).await;
 }
 
+/// What the cache controls asked for, owned (they outlive the request's buffers' borrow).
+#[derive(Default)]
+struct CacheWish {
+    ttl: Option<Duration>,
+    skip: bool,
+    key: Option<String>,
+}
+
 /// Stage 0: the request controls. When the request log will keep this request
 /// (logging on, and no `collect-log: false`), the record gathers what the log
 /// needs: path, user agent, event id, metadata, and the body when payloads are on.
@@ -221,11 +271,19 @@ fn controls(
     c: &ClientConn,
     req: &Incoming,
     rec: &mut RequestRecord,
-) -> Result<(), GatewayError> {
+) -> Result<CacheWish, GatewayError> {
     let view = req.view(&c.head, &c.buf, &c.body);
     let read = controls::read(&view);
+    let wish = read.as_ref().map_or_else(
+        |_| CacheWish::default(),
+        |r| CacheWish {
+            ttl: r.cache.ttl,
+            skip: r.cache.skip,
+            key: r.cache.key.map(str::to_string),
+        },
+    );
     if !ctx.logging() || read.as_ref().is_ok_and(|c| !c.collect_log) {
-        return read.map(drop);
+        return read.map(|_| wish);
     }
     // The path without its query: some clients authenticate with `?key=...`.
     let target = view.target();
@@ -244,7 +302,7 @@ fn controls(
                 .map(|ua| String::from_utf8_lossy(ua).into_owned());
             facts.event_id = controls.event_id;
             facts.metadata = controls.metadata;
-            Ok(())
+            Ok(wish)
         }
         Err(e) => Err(e),
     };
@@ -279,6 +337,267 @@ fn plan(
         rec.stream = p.stream;
     }
     Ok(routed)
+}
+
+/// What the cache stage decided.
+enum Cached {
+    /// The cache is off, or this request is not one it keeps.
+    Off,
+    /// A fresh entry answers (it waits in the shard's cache).
+    Hit,
+    /// Go upstream and share the answer.
+    Lead(Leading),
+    /// An identical request is upstream: share its answer.
+    Follow(Arc<Flight>),
+}
+
+/// Stage 1b: the cache lookup. Keeps POST requests of the provider routes;
+/// `skip-cache`, other methods and bodies without a key bypass it.
+fn cache_lookup(
+    ctx: &ShardCtx,
+    c: &ClientConn,
+    req: &Incoming,
+    plan: &Plan,
+    wish: &CacheWish,
+    rec: &mut RequestRecord,
+) -> Cached {
+    let Some(cache) = ctx.cache() else {
+        return Cached::Off;
+    };
+    if wish.skip || c.head.method != Method::Post {
+        rec.cache = Some(CacheStatus::Bypass);
+        return Cached::Off;
+    }
+    let view = req.view(&c.head, &c.buf, &c.body);
+    let headers = view
+        .head
+        .headers
+        .iter()
+        .map(|h| (h.name.get(view.window), h.value.get(view.window)));
+    let input = KeyInput {
+        scope: cache::scope(cache.shared.config().shared, headers),
+        provider: &plan.provider.name,
+        path: &plan.path,
+        body: view.body,
+        custom: wish.key.as_deref(),
+        stream: plan.stream,
+    };
+    let (cached, status) = match cache.lookup(&input, now_unix_ms()) {
+        Lookup::Hit => (Cached::Hit, CacheStatus::Hit),
+        Lookup::Bypass => (Cached::Off, CacheStatus::Bypass),
+        Lookup::Lead(l, status) => (Cached::Lead(l), status),
+        Lookup::Follow(f, _) => (Cached::Follow(f), CacheStatus::Coalesced),
+    };
+    rec.cache = Some(status);
+    cached
+}
+
+/// The cache status header for the record's cache status, if any.
+fn cache_line(rec: &RequestRecord) -> Option<CacheLine> {
+    rec.cache.map(|status| CacheLine {
+        cloudflare: rec.route == RouteKind::Cloudflare,
+        status,
+    })
+}
+
+/// Answers from the entry the lookup found: no provider is asked.
+async fn serve_hit(
+    ctx: &ShardCtx,
+    c: &mut ClientConn,
+    req: &Incoming,
+    mut rec: RequestRecord,
+    keep_alive: bool,
+) -> bool {
+    let Some(bytes) = ctx.cache().and_then(|cache| cache.hit()) else {
+        let e = GatewayError::unavailable("the cache entry could not be read; retry the request");
+        return answer_error(ctx, c, rec, &e, keep_alive).await;
+    };
+    let Ok(e) = entry::view(&bytes) else {
+        drop(bytes);
+        let e = GatewayError::unavailable("the cache entry could not be read; retry the request");
+        return answer_error(ctx, c, rec, &e, keep_alive).await;
+    };
+    c.out.clear();
+    let head = CachedHead {
+        http10: c.head.http10,
+        keep_alive,
+        id: rec.id,
+        provider: rec.provider.as_deref(),
+        model: rec.model.as_deref(),
+        status: e.status,
+        cache: CacheLine {
+            cloudflare: rec.route == RouteKind::Cloudflare,
+            status: CacheStatus::Hit,
+        },
+        age: Some(now_unix_ms().saturating_sub(e.created_ms) / 1000),
+        gateway: req.started.elapsed(),
+        length: Some(e.body.len()),
+    };
+    respond::cached_head(&mut c.out, &head, e.head);
+    c.out.extend_from_slice(e.body);
+    rec.status = e.status;
+    rec.usage = Usage {
+        input_tokens: Some(u64::from(e.input_tokens)),
+        output_tokens: Some(u64::from(e.output_tokens)),
+        cached_tokens: None,
+    };
+    if e.flags & entry::FLAG_STREAM != 0 {
+        rec.ttft = Some(req.started.elapsed());
+    }
+    drop(bytes);
+    answer(ctx, c, rec, keep_alive).await
+}
+
+/// The fill tap for a leader whose answer may be shared: a 2xx the provider
+/// allows storing. Otherwise the flight fails now (followers go on their own).
+fn fill_tap(
+    mut leading: Leading,
+    plan: &Plan,
+    rh: &ResponseHead,
+    window: &[u8],
+    method: Method,
+) -> Option<FillTap> {
+    if !(200..300).contains(&rh.status)
+        || method == Method::Head
+        || respond::forbids_store(rh, window)
+    {
+        leading.fail();
+        return None;
+    }
+    let mut head = Vec::new();
+    respond::stored_head(&mut head, rh, window);
+    leading.head(
+        FlightHead {
+            status: rh.status,
+            head,
+            stream: rh.event_stream,
+        },
+        entry::provider_tag(&plan.provider.name),
+    );
+    Some(FillTap { leading })
+}
+
+/// Answers a follower from its flight. A JSON answer is sent once whole (so a
+/// failed leader leaves the follower free to go upstream itself); a stream is
+/// relayed as it arrives. `None`: the flight failed before anything was sent.
+async fn follow(
+    ctx: &ShardCtx,
+    c: &mut ClientConn,
+    req: &Incoming,
+    flight: &Flight,
+    rec: &mut RequestRecord,
+    keep_alive: bool,
+) -> Option<bool> {
+    if !flight.follow() {
+        rec.cache = Some(CacheStatus::Miss);
+        return None;
+    }
+    let config = ctx.config();
+    let t = &config.timeouts;
+    let wait = t.upstream_connect + t.first_byte;
+    let on_own = |rec: &mut RequestRecord| {
+        rec.cache = Some(CacheStatus::Miss);
+        None
+    };
+    let Ok(head) = glommio::timer::timeout(wait, async {
+        flight
+            .head()
+            .await
+            .ok_or(glommio::GlommioError::<()>::TimedOut(wait))
+    })
+    .await
+    else {
+        return on_own(rec);
+    };
+    let cache = CacheLine {
+        cloudflare: rec.route == RouteKind::Cloudflare,
+        status: CacheStatus::Coalesced,
+    };
+    let mut cached = CachedHead {
+        http10: c.head.http10,
+        keep_alive,
+        id: rec.id,
+        provider: rec.provider.as_deref(),
+        model: rec.model.as_deref(),
+        status: head.status,
+        cache,
+        age: None,
+        gateway: Duration::ZERO,
+        length: None,
+    };
+    rec.status = head.status;
+    rec.attempts = 0;
+    if !head.stream {
+        let mut body = std::mem::take(&mut c.decoded);
+        body.clear();
+        let mut cursor = 0;
+        let ended = loop {
+            let step = glommio::timer::timeout(t.stream_idle, async {
+                Ok(flight.more(&mut cursor, &mut body).await)
+            })
+            .await;
+            match step {
+                Ok(None) => continue,
+                Ok(Some(FlightEnd::Complete)) => break true,
+                _ => break false,
+            }
+        };
+        if !ended {
+            c.decoded = body;
+            return on_own(rec);
+        }
+        cached.gateway = req.started.elapsed();
+        cached.length = Some(body.len());
+        c.out.clear();
+        respond::cached_head(&mut c.out, &cached, &head.head);
+        c.out.extend_from_slice(&body);
+        c.decoded = body;
+        settle_follower(flight, rec);
+        let keep = write_answer(ctx, c, rec, keep_alive).await;
+        return Some(keep);
+    }
+    // A stream: the head now, events as they come.
+    let keep = keep_alive && !c.head.http10;
+    cached.keep_alive = keep;
+    cached.gateway = req.started.elapsed();
+    c.out.clear();
+    respond::cached_head(&mut c.out, &cached, &head.head);
+    let framing = if c.head.http10 {
+        ClientFraming::Close
+    } else {
+        ClientFraming::Chunked
+    };
+    let _streaming = ctx.streaming();
+    let followed = relay::relay_flight(
+        &mut c.stream,
+        &mut c.out,
+        &mut c.decoded,
+        flight,
+        framing,
+        t.stream_idle,
+    )
+    .await;
+    rec.bytes_out = followed.bytes_out;
+    rec.ttft = followed.first_bytes.map(|t| t.duration_since(req.started));
+    rec.outcome = match followed.ending {
+        Ending::Complete => Outcome::Completed,
+        Ending::UpstreamAborted => Outcome::UpstreamAborted,
+        Ending::ClientAborted => Outcome::ClientAborted,
+    };
+    settle_follower(flight, rec);
+    Some(keep && followed.ending == Ending::Complete && !ctx.draining.get())
+}
+
+/// A follower's record learns the tokens its shared answer cost (saved).
+fn settle_follower(flight: &Flight, rec: &mut RequestRecord) {
+    if let Some(f) = flight.finished() {
+        let (input, output) = f.tokens();
+        rec.usage = Usage {
+            input_tokens: Some(u64::from(input)),
+            output_tokens: Some(u64::from(output)),
+            cached_tokens: None,
+        };
+    }
 }
 
 /// Why no reply came back.
@@ -391,6 +710,18 @@ async fn answer(
     mut rec: RequestRecord,
     keep_alive: bool,
 ) -> bool {
+    let keep = write_answer(ctx, c, &mut rec, keep_alive).await;
+    record(ctx, rec);
+    keep
+}
+
+/// Writes the whole response in `c.out` (the record learns what went out).
+async fn write_answer(
+    ctx: &ShardCtx,
+    c: &mut ClientConn,
+    rec: &mut RequestRecord,
+    keep_alive: bool,
+) -> bool {
     rec.bytes_out = c.out.len() as u64;
     if let Some(cap) = payload_cap(ctx)
         && let Some(log) = rec.log.as_mut()
@@ -403,7 +734,6 @@ async fn answer(
     if !written && rec.outcome == Outcome::Completed {
         rec.outcome = Outcome::ClientAborted;
     }
-    record(ctx, rec);
     written && keep_alive
 }
 

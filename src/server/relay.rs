@@ -11,6 +11,7 @@
 
 use super::respond::ClientFraming;
 use super::taps::{self, End, Tap};
+use crate::cache::flight::{End as FlightEnd, Flight};
 use crate::http::chunked::{ChunkedDecoder, LAST_CHUNK, write_chunk};
 use crate::http::response::ResponseBody;
 use crate::upstream::conn::UpstreamConn;
@@ -135,6 +136,67 @@ pub async fn relay<W: AsyncWrite + Unpin>(
         bytes_out,
         last_read,
         reusable,
+    }
+}
+
+/// What a follower's relay of a flight did.
+#[derive(Debug)]
+pub struct Followed {
+    pub ending: Ending,
+    pub bytes_out: u64,
+    /// When the first body bytes went to the client.
+    pub first_bytes: Option<Instant>,
+}
+
+/// Relays a coalesced stream to a follower as the leader receives it: `out`
+/// holds the client's head, sent with the first bytes. Framing is chunked
+/// (or ends at close, for HTTP/1.0). Waits at most `idle` for each step.
+pub async fn relay_flight<W: AsyncWrite + Unpin>(
+    client: &mut W,
+    out: &mut Vec<u8>,
+    scratch: &mut Vec<u8>,
+    flight: &Flight,
+    client_framing: ClientFraming,
+    idle: Duration,
+) -> Followed {
+    let mut cursor = 0;
+    let mut bytes_out = 0u64;
+    let mut first_bytes = None;
+    let ending = loop {
+        scratch.clear();
+        let end = match glommio::timer::timeout(idle, async {
+            Ok(flight.more(&mut cursor, scratch).await)
+        })
+        .await
+        {
+            Ok(end) => end,
+            Err(_) => Some(FlightEnd::Failed),
+        };
+        if !scratch.is_empty() {
+            frame(out, scratch, client_framing);
+            first_bytes.get_or_insert_with(Instant::now);
+        }
+        if end == Some(FlightEnd::Complete) && client_framing == ClientFraming::Chunked {
+            out.extend_from_slice(LAST_CHUNK);
+        }
+        if !out.is_empty() {
+            bytes_out += out.len() as u64;
+            let written = client.write_all(out).await;
+            out.clear();
+            if written.is_err() {
+                break Ending::ClientAborted;
+            }
+        }
+        match end {
+            None => {}
+            Some(FlightEnd::Complete) => break Ending::Complete,
+            Some(FlightEnd::Failed) => break Ending::UpstreamAborted,
+        }
+    };
+    Followed {
+        ending,
+        bytes_out,
+        first_bytes,
     }
 }
 

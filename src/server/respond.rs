@@ -9,6 +9,7 @@ use crate::error::{GatewayError, provider_reason};
 use crate::http::request::Method;
 use crate::http::response::{ResponseBody, ResponseHead};
 use crate::http::{is_hop_by_hop, push_decimal, tokens};
+use crate::record::CacheStatus;
 use crate::reqid::RequestId;
 use std::time::Duration;
 
@@ -60,6 +61,126 @@ pub struct ClientHead<'a> {
     /// Upstream time to first byte.
     pub ttfb: Duration,
     pub framing: ClientFraming,
+    /// The cache status line to send, if the cache looked at this request.
+    pub cache: Option<CacheLine>,
+}
+
+/// The cache status header: its name follows the request's URL layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheLine {
+    /// `cf-aig-cache-status` on Cloudflare-layout requests.
+    pub cloudflare: bool,
+    pub status: CacheStatus,
+}
+
+impl CacheLine {
+    fn write(self, out: &mut Vec<u8>) {
+        out.extend_from_slice(if self.cloudflare {
+            b"cf-aig-cache-status: "
+        } else {
+            b"aigw-cache-status: "
+        });
+        out.extend_from_slice(self.status.header().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Whether a provider header is replayed from the cache: end-to-end headers
+/// only, without framing (the replay frames its own body) or cookies.
+fn stored(name: &[u8]) -> bool {
+    !(is_hop_by_hop(name)
+        || name.eq_ignore_ascii_case(b"content-length")
+        || name.eq_ignore_ascii_case(b"set-cookie"))
+}
+
+/// Writes the provider's header lines a cache entry keeps (see [`stored`]).
+pub fn stored_head(out: &mut Vec<u8>, rh: &ResponseHead, window: &[u8]) {
+    let listed = |name: &[u8]| connection_lists(rh, window, name);
+    for x in &rh.headers {
+        let name = x.name.get(window);
+        if !stored(name) || listed(name) {
+            continue;
+        }
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(x.value.get(window));
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Whether the provider's `Connection` header lists `name` (hop-by-hop then).
+fn connection_lists(rh: &ResponseHead, window: &[u8], name: &[u8]) -> bool {
+    rh.headers
+        .iter()
+        .filter(|x| x.name.get(window).eq_ignore_ascii_case(b"connection"))
+        .any(|x| tokens(x.value.get(window)).any(|t| t.eq_ignore_ascii_case(name)))
+}
+
+/// Whether a provider response says not to store it (`Cache-Control: no-store`).
+pub fn forbids_store(rh: &ResponseHead, window: &[u8]) -> bool {
+    rh.headers
+        .iter()
+        .filter(|x| x.name.get(window).eq_ignore_ascii_case(b"cache-control"))
+        .any(|x| tokens(x.value.get(window)).any(|t| t.eq_ignore_ascii_case(b"no-store")))
+}
+
+/// What the head of an answer from the cache depends on.
+pub struct CachedHead<'a> {
+    pub http10: bool,
+    pub keep_alive: bool,
+    pub id: RequestId,
+    pub provider: Option<&'a str>,
+    pub model: Option<&'a str>,
+    pub status: u16,
+    pub cache: CacheLine,
+    /// Seconds since the entry was stored (`Age`); `None` for a coalesced answer.
+    pub age: Option<u64>,
+    pub gateway: Duration,
+    /// The body's length, or `None` for a body still arriving (chunked, or
+    /// ended by close for HTTP/1.0).
+    pub length: Option<usize>,
+}
+
+/// Writes the head of an answer from the cache: the stored header lines
+/// (`stored`, as [`stored_head`] wrote them), then ours.
+pub fn cached_head(out: &mut Vec<u8>, h: &CachedHead<'_>, stored: &[u8]) {
+    status_line(out, h.http10, h.status, provider_reason(h.status, b""));
+    out.extend_from_slice(stored);
+    push_id(out, h.id);
+    if let Some(p) = h.provider {
+        out.extend_from_slice(b"aigw-provider: ");
+        out.extend_from_slice(p.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(m) = h.model.filter(|m| echoable(m)) {
+        out.extend_from_slice(b"aigw-model: ");
+        out.extend_from_slice(m.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    h.cache.write(out);
+    if let Some(age) = h.age {
+        out.extend_from_slice(b"age: ");
+        push_decimal(out, age);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"server-timing: gateway;dur=");
+    push_millis(out, h.gateway.as_micros() as u64);
+    out.extend_from_slice(b"\r\n");
+    match h.length {
+        Some(n) => {
+            out.extend_from_slice(b"content-length: ");
+            push_decimal(out, n as u64);
+            out.extend_from_slice(b"\r\n");
+        }
+        None if !h.http10 => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        None => {}
+    }
+    connection(
+        out,
+        h.http10,
+        h.keep_alive && (h.length.is_some() || !h.http10),
+    );
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Writes the client's head for a provider response `rh` (whose spans point
@@ -72,12 +193,7 @@ pub fn provider_head(out: &mut Vec<u8>, h: &ClientHead<'_>, rh: &ResponseHead, w
         rh.status,
         provider_reason(rh.status, rh.reason.get(window)),
     );
-    let listed = |name: &[u8]| {
-        rh.headers
-            .iter()
-            .filter(|x| x.name.get(window).eq_ignore_ascii_case(b"connection"))
-            .any(|x| tokens(x.value.get(window)).any(|t| t.eq_ignore_ascii_case(name)))
-    };
+    let listed = |name: &[u8]| connection_lists(rh, window, name);
     for x in &rh.headers {
         let name = x.name.get(window);
         let keep_length = h.method == Method::Head && name.eq_ignore_ascii_case(b"content-length");
@@ -102,6 +218,9 @@ pub fn provider_head(out: &mut Vec<u8>, h: &ClientHead<'_>, rh: &ResponseHead, w
     }
     if rh.status >= 400 {
         out.extend_from_slice(b"aigw-error-source: provider\r\n");
+    }
+    if let Some(c) = h.cache {
+        c.write(out);
     }
     // Milliseconds with microsecond precision, formatted as integers (no float formatting).
     out.extend_from_slice(b"server-timing: gateway;dur=");
@@ -216,6 +335,7 @@ mod tests {
             pre_upstream: Duration::from_micros(1234),
             ttfb: Duration::from_micros(5),
             framing: ClientFraming::for_body(rh.body(), false, false),
+            cache: None,
         };
         let mut out = Vec::new();
         provider_head(&mut out, &h, &rh, raw);

@@ -3,6 +3,7 @@
 //! recorder, request ids, and the live-connection slab the drain walks.
 //! Below every other file of `server/`: it imports none of them.
 
+use crate::cache::ShardCache;
 use crate::config::Config;
 use crate::http::request::HeadLimits;
 use crate::providers::{self, Providers};
@@ -84,6 +85,8 @@ pub struct ShardCtx {
     log: Option<LogQueue>,
     /// Live connections: a slab indexed by connection id, with a free list.
     conns: RefCell<Slab>,
+    /// This shard's part of the response cache (`None`: the cache is off).
+    cache: Option<ShardCache>,
 }
 
 impl ShardCtx {
@@ -92,6 +95,7 @@ impl ShardCtx {
         config: Arc<Config>,
         resolver: Arc<Resolver>,
         log: Option<LogQueue>,
+        cache: Option<ShardCache>,
     ) -> ShardCtx {
         let config = Rc::new(Config::clone(&config));
         ShardCtx {
@@ -109,7 +113,13 @@ impl ShardCtx {
             ids: RefCell::new(IdGen::new(shard)),
             log,
             conns: RefCell::new(Slab::default()),
+            cache,
         }
+    }
+
+    /// The response cache, when it is on.
+    pub fn cache(&self) -> Option<&ShardCache> {
+        self.cache.as_ref()
     }
 
     /// The running config (a request keeps the one it started with).

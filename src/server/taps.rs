@@ -4,6 +4,7 @@
 //! body. Today's taps read token usage and keep the response payload for the
 //! request log; the cache fill and stream translation join the chain later.
 
+use crate::cache::flight::Leading;
 use crate::providers::usage::{JsonScratch, JsonTail, SseTap, UsageShape, usage_from_json};
 use crate::record::{Payload, Usage};
 use std::time::Instant;
@@ -49,6 +50,34 @@ pub fn finish(taps: &mut [&mut dyn Tap], end: End, mut emit: impl FnMut(&[u8])) 
         if !released.is_empty() {
             emit(through(rest, released));
         }
+    }
+}
+
+/// Feeds the body the client receives into the cache's flight: followers
+/// read it as it grows, and the partition's owner stores it once complete.
+pub struct FillTap {
+    pub leading: Leading,
+}
+
+impl Tap for FillTap {
+    fn chunk<'a>(&'a mut self, data: &'a [u8]) -> &'a [u8] {
+        self.leading.append(data);
+        data
+    }
+    fn finish(&mut self, _: End) -> &[u8] {
+        &[]
+    }
+}
+
+/// A tap that does nothing (an empty place in a fixed-size chain).
+pub struct NoTap;
+
+impl Tap for NoTap {
+    fn chunk<'a>(&'a mut self, data: &'a [u8]) -> &'a [u8] {
+        data
+    }
+    fn finish(&mut self, _: End) -> &[u8] {
+        &[]
     }
 }
 
