@@ -57,6 +57,29 @@ enum Command {
     },
     /// Search the request log (newest first); `aigw logs show ID` prints one request.
     Logs(Box<LogsArgs>),
+    /// The response cache of a running gateway.
+    Cache {
+        #[command(subcommand)]
+        cmd: CacheCmd,
+    },
+}
+
+#[derive(clap::Subcommand)]
+enum CacheCmd {
+    /// Drop cached answers: all of them, one key, or one provider's.
+    Purge {
+        /// One entry: its cache key (32 hex digits, `cache_key` in `aigw logs show ID`).
+        #[arg(long, conflicts_with = "provider")]
+        key: Option<String>,
+        /// Every entry of this provider.
+        #[arg(long)]
+        provider: Option<String>,
+        /// Admin socket path (default: from --config, else the built-in default).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -181,6 +204,36 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(&format!("{}:\n{e}", file.display())),
         },
+        Command::Cache {
+            cmd:
+                CacheCmd::Purge {
+                    key,
+                    provider,
+                    socket,
+                    config,
+                },
+        } => {
+            let socket = match socket {
+                Some(s) => s,
+                None => match load(config.as_deref()) {
+                    Ok(c) => c.admin_socket,
+                    Err(e) => return fail(&e),
+                },
+            };
+            let mut path = String::from("/cache/purge");
+            if let Some(k) = key {
+                path.push_str(&format!("?key={}", aigw::http::percent_encode(&k)));
+            } else if let Some(p) = provider {
+                path.push_str(&format!("?provider={}", aigw::http::percent_encode(&p)));
+            }
+            match aigw::control::admin::request(&socket, "POST", &path) {
+                Ok(body) => {
+                    print!("{body}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            }
+        }
         Command::PrintConfig => {
             print!("{}", Config::describe_keys());
             ExitCode::SUCCESS

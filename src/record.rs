@@ -73,6 +73,22 @@ impl CacheStatus {
         }
     }
 
+    /// The value in the request log's `cache` column (`aigw logs --cache`).
+    pub fn log_name(self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "HIT",
+            CacheStatus::Coalesced => "COALESCED",
+            CacheStatus::Miss => "MISS",
+            CacheStatus::Expired => "EXPIRED",
+            CacheStatus::Bypass => "BYPASS",
+        }
+    }
+
+    /// Index in [`CacheStatus::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// Answered without a provider call of its own.
     pub fn served(self) -> bool {
         matches!(self, CacheStatus::Hit | CacheStatus::Coalesced)
@@ -251,6 +267,8 @@ pub struct RequestRecord {
     pub upstream_reused: bool,
     /// What the cache did (`None`: cache off, or not a provider request).
     pub cache: Option<CacheStatus>,
+    /// The cache key, when one was computed (`aigw cache purge --key`).
+    pub cache_key: Option<u128>,
     /// Present when the request log keeps this request.
     pub log: Option<Box<LogFacts>>,
 }
@@ -346,6 +364,7 @@ impl RequestRecord {
             upstream_connects: 0,
             upstream_reused: false,
             cache: None,
+            cache_key: None,
             log: None,
         }
     }

@@ -124,6 +124,7 @@ pub fn serve(
         log_stats.clone(),
         log_path,
         reloader.clone(),
+        cache.clone(),
     );
     admin
         .spawn(admin_listener)

@@ -207,15 +207,17 @@ fn serve_refuses_a_listen_address_in_use(shards: usize) {
 
 fn serve_refuses_an_admin_socket_in_use(shards: usize) {
     let running = Gateway::with(shards).start();
-    let (code, _, stderr) = run_aigw(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--shards",
-        &shards.to_string(),
-        "--admin-socket",
-        running.admin_socket.to_str().unwrap(),
-    ]);
+    // Its own data_dir: only the admin socket is shared.
+    let dir = TempDir::new("second-admin");
+    let file = dir.write(
+        "aigw.toml",
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nshards = {shards}\ndata_dir = \"{}\"\n[admin]\nsocket = \"{}\"\n",
+            dir.path().display(),
+            running.admin_socket.display()
+        ),
+    );
+    let (code, _, stderr) = run_aigw(&["serve", "--config", file.to_str().unwrap()]);
     assert_eq!(code, 2);
     assert!(stderr.starts_with("aigw: admin.socket: "), "{stderr}");
     assert_eq!(

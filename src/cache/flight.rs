@@ -173,15 +173,18 @@ fn register(wakers: &mut Vec<Waker>, w: &Waker) {
     }
 }
 
+/// What runs once when a flight fails.
+type OnFail = Box<dyn FnOnce(&Arc<Flight>)>;
+
 /// The leader's side of a flight. Dropped unfinished, it fails the flight.
 pub struct Leading {
     pub flight: Arc<Flight>,
     /// Called once when the flight fails (takes it out of the table).
-    on_fail: Option<Box<dyn FnOnce(&Arc<Flight>)>>,
+    on_fail: Option<OnFail>,
 }
 
 impl Leading {
-    pub fn new(flight: Arc<Flight>, on_fail: Box<dyn FnOnce(&Arc<Flight>)>) -> Leading {
+    pub fn new(flight: Arc<Flight>, on_fail: OnFail) -> Leading {
         Leading {
             flight,
             on_fail: Some(on_fail),

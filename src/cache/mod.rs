@@ -267,10 +267,14 @@ pub struct ShardCache {
 impl ShardCache {
     /// The stage: computes the key, looks it up in its partition (any shard's,
     /// read in place), and on a miss joins or leads the flight for it.
-    pub fn lookup(&self, input: &KeyInput<'_>, now_ms: u64) -> Lookup {
+    pub fn lookup(&self, input: &KeyInput<'_>, now_ms: u64) -> (Option<CacheKey>, Lookup) {
         let Ok(key) = self.keys.borrow_mut().key(input) else {
-            return Lookup::Bypass;
+            return (None, Lookup::Bypass);
         };
+        (Some(key), self.find(key, now_ms))
+    }
+
+    fn find(&self, key: CacheKey, now_ms: u64) -> Lookup {
         let shared = &self.shared;
         let part = &shared.partitions[partition_of(key, shared.shards)];
         let status = match part.lookup(key, now_ms, &mut self.buf.borrow_mut()) {

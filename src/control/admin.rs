@@ -2,13 +2,18 @@
 //! thread, one request per connection. `curl --unix-socket PATH localhost/stats`.
 //!
 //! Endpoints: `GET /stats` (JSON, fresh: every shard flushes first),
-//! `GET /metrics` (Prometheus text), `GET /healthz`. Not on any request path.
+//! `GET /metrics` (Prometheus text), `GET /healthz`, `GET /logs`,
+//! `GET /config`, `POST /config/reload`, `POST /cache/purge`. Not on any
+//! request path.
 
-use super::ShardSenders;
 use super::logs::LogStats;
 use super::reload::Reloader;
 use super::stats::{Merged, SERIES, StatsHub};
+use super::{ShardCmd, ShardSenders};
+use crate::cache::key::CacheKey;
+use crate::cache::{Cache, PurgeWhat, Totals};
 use crate::logstore::{self, query::Filter};
+use crate::record::CacheStatus;
 use crate::stats::labels::LabelCounters;
 use hdrhistogram::Histogram;
 use std::fmt::Write as _;
@@ -29,6 +34,8 @@ pub const ADMIN_READ_TIMEOUT: Duration = Duration::from_secs(5);
 pub const FLUSH_WAIT: Duration = Duration::from_secs(1);
 /// Largest admin request head.
 pub const MAX_ADMIN_REQUEST: usize = 8 << 10;
+/// Longest `POST /cache/purge` waits for every shard.
+pub const PURGE_WAIT: Duration = Duration::from_secs(30);
 
 pub struct Admin {
     hub: Arc<StatsHub>,
@@ -37,6 +44,8 @@ pub struct Admin {
     /// The request log store (read-only from here).
     log_path: PathBuf,
     reloader: Arc<Reloader>,
+    /// The response cache, when on (its totals; purges go through the shards).
+    cache: Option<Arc<Cache>>,
 }
 
 /// Binds the socket (refusing to steal one a live aigw is serving) with mode 0600.
@@ -66,6 +75,7 @@ impl Admin {
         logs: Arc<LogStats>,
         log_path: PathBuf,
         reloader: Arc<Reloader>,
+        cache: Option<Arc<Cache>>,
     ) -> Arc<Admin> {
         Arc::new(Admin {
             hub,
@@ -73,6 +83,7 @@ impl Admin {
             logs,
             log_path,
             reloader,
+            cache,
         })
     }
 
@@ -165,6 +176,7 @@ impl Admin {
                 let body = render_json(
                     &self.hub.merged.lock().unwrap_or_else(|p| p.into_inner()),
                     &self.logs,
+                    self.cache.as_ref().map(|c| c.totals()),
                 );
                 respond(&mut conn, 200, "application/json", &body);
             }
@@ -173,6 +185,7 @@ impl Admin {
                 let body = super::metrics::render(
                     &self.hub.merged.lock().unwrap_or_else(|p| p.into_inner()),
                     &self.logs,
+                    self.cache.as_ref().map(|c| c.totals()),
                 );
                 respond(&mut conn, 200, "text/plain; version=0.0.4", &body);
             }
@@ -195,6 +208,15 @@ impl Admin {
                     respond(&mut conn, 400, "application/json", &body);
                 }
             },
+            ("POST", "/cache/purge") => match self.purge(query) {
+                Ok(n) => respond(
+                    &mut conn,
+                    200,
+                    "application/json",
+                    &format!("{{\"purged\":{n}}}\n"),
+                ),
+                Err((status, why)) => respond(&mut conn, status, "text/plain", &format!("{why}\n")),
+            },
             ("GET", "/config") => respond(&mut conn, 200, "text/plain", &self.reloader.render()),
             ("GET", "/healthz") => {
                 respond(&mut conn, 200, "application/json", "{\"status\":\"ok\"}\n")
@@ -203,7 +225,7 @@ impl Admin {
                 &mut conn,
                 404,
                 "text/plain",
-                "not found: try GET /stats, /metrics, /logs, /config, /healthz or POST /config/reload\n",
+                "not found: try GET /stats, /metrics, /logs, /config, /healthz, POST /config/reload or POST /cache/purge\n",
             ),
         }
     }
@@ -234,6 +256,64 @@ impl Admin {
             out.push('\n');
         }
         Ok(out)
+    }
+
+    /// `POST /cache/purge` (everything), `?key=<32 hex digits>` (one entry, as
+    /// the request log's `cache_key` shows it) or `?provider=NAME`: every
+    /// shard purges its partition. Returns how many entries went.
+    fn purge(&self, query: &str) -> Result<u64, (u16, String)> {
+        if self.cache.is_none() {
+            return Err((409, "the cache is off (cache.enabled = false)".into()));
+        }
+        let mut what = PurgeWhat::All;
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let v = query_decode(v);
+            what = match query_decode(k).as_str() {
+                "key" => {
+                    let key = (v.len() == 32)
+                        .then(|| u128::from_str_radix(&v, 16).ok())
+                        .flatten()
+                        .ok_or((400, format!("key: `{v}` must be 32 hex digits (the cache_key of `aigw logs show ID`)")))?;
+                    PurgeWhat::Key(CacheKey(key))
+                }
+                "provider" if !v.is_empty() => {
+                    PurgeWhat::Provider(crate::cache::entry::provider_tag(&v))
+                }
+                other => {
+                    return Err((
+                        400,
+                        format!(
+                            "`{other}` is not a purge filter: use key=HEX or provider=NAME, or none to purge everything"
+                        ),
+                    ));
+                }
+            };
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut asked = 0;
+        for s in self.shards.iter() {
+            if s.send(ShardCmd::Purge(what, tx.clone())).is_ok() {
+                asked += 1;
+            }
+        }
+        drop(tx);
+        let deadline = std::time::Instant::now() + PURGE_WAIT;
+        let mut total = 0;
+        for _ in 0..asked {
+            match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+                Ok(n) => total += n,
+                Err(_) => {
+                    return Err((
+                        504,
+                        format!(
+                            "not every shard purged within {PURGE_WAIT:?}; {total} entries went so far"
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(total)
     }
 
     /// Asks every shard for a snapshot and waits (bounded) until they arrive.
@@ -319,7 +399,7 @@ fn query_decode(s: &str) -> String {
     String::from_utf8_lossy(&crate::http::percent_decode(&spaced)).into_owned()
 }
 
-pub fn render_json(m: &Merged, logs: &LogStats) -> String {
+pub fn render_json(m: &Merged, logs: &LogStats, cache: Option<Totals>) -> String {
     let c = &m.counters;
     let t = m.totals();
     let mut s = String::with_capacity(2048);
@@ -416,12 +496,52 @@ pub fn render_json(m: &Merged, logs: &LogStats) -> String {
             p.output_tokens
         );
     }
-    s.push_str("}}\n");
+    s.push('}');
+    if let Some(c) = cache {
+        s.push_str(",\"cache\":");
+        s.push_str(&cache_json(&t, &c));
+    }
+    s.push_str("}\n");
+    s
+}
+
+/// The `cache` object of `/stats`: what the partitions hold, and what the
+/// cache did with requests since start.
+fn cache_json(t: &LabelCounters, c: &Totals) -> String {
+    let n = |s: CacheStatus| t.cache[s.index()];
+    let served = n(CacheStatus::Hit) + n(CacheStatus::Coalesced);
+    let looked = served + n(CacheStatus::Miss) + n(CacheStatus::Expired);
+    let ratio = if looked == 0 {
+        0.0
+    } else {
+        served as f64 / looked as f64
+    };
+    let mut s = format!(
+        "{{\"entries\":{},\"bytes\":{},\"capacity\":{},\"stores\":{},\"evictions\":{},\"expirations\":{},\"purged\":{},\"in_flight\":{},\"hit_ratio\":{ratio:.4},\"requests\":{{",
+        c.entries, c.bytes, c.capacity, c.stores, c.evictions, c.expirations, c.purged, c.flights
+    );
+    for (i, st) in CacheStatus::ALL.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        let _ = write!(s, "\"{}\":{}", st.as_str(), n(*st));
+    }
+    let _ = write!(
+        s,
+        "}},\"saved_tokens\":{{\"input\":{},\"output\":{}}}}}",
+        t.saved_input_tokens, t.saved_output_tokens
+    );
     s
 }
 
 /// Client side for `aigw stats`: one GET over the socket, the body returned.
 pub fn query(socket: &Path, path: &str) -> Result<String, String> {
+    request(socket, "GET", path)
+}
+
+/// One request over the admin socket; the body of a 200, else an error that
+/// quotes the answer.
+pub fn request(socket: &Path, method: &str, path: &str) -> Result<String, String> {
     let mut conn = UnixStream::connect(socket).map_err(|e| {
         format!(
             "cannot connect to admin socket {}: {e} (is aigw running?)",
@@ -430,7 +550,8 @@ pub fn query(socket: &Path, path: &str) -> Result<String, String> {
     })?;
     let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
     conn.write_all(
-        format!("GET {path} HTTP/1.1\r\nhost: aigw\r\nconnection: close\r\n\r\n").as_bytes(),
+        format!("{method} {path} HTTP/1.1\r\nhost: aigw\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+            .as_bytes(),
     )
     .map_err(|e| e.to_string())?;
     let mut resp = Vec::new();
@@ -441,8 +562,9 @@ pub fn query(socket: &Path, path: &str) -> Result<String, String> {
         .ok_or("malformed admin response")?;
     if !head.starts_with("HTTP/1.1 200") {
         return Err(format!(
-            "admin socket answered: {}",
-            head.lines().next().unwrap_or("")
+            "admin socket answered: {}: {}",
+            head.lines().next().unwrap_or(""),
+            body.trim()
         ));
     }
     Ok(body.to_string())

@@ -6,6 +6,8 @@
 
 use super::logs::LogStats;
 use super::stats::{Merged, SERIES};
+use crate::cache::Totals;
+use crate::record::CacheStatus;
 use crate::stats::labels::{BUCKETS_US, Buckets, LabelCounters, SOURCES};
 use hdrhistogram::Histogram;
 use std::fmt::Write as _;
@@ -71,7 +73,7 @@ fn from_hdr(h: &Histogram<u64>) -> Buckets {
     b
 }
 
-pub fn render(m: &Merged, logs: &LogStats) -> String {
+pub fn render(m: &Merged, logs: &LogStats, cache: Option<Totals>) -> String {
     let c = &m.counters;
     let mut s = String::with_capacity(16 << 10);
     let labelled: Vec<(String, &LabelCounters)> = m
@@ -141,6 +143,98 @@ pub fn render(m: &Merged, logs: &LogStats) -> String {
             if n > 0 {
                 let _ = writeln!(s, "aigw_tokens_total{{{l},direction=\"{dir}\"}} {n}");
             }
+        }
+    }
+    family(
+        &mut s,
+        "aigw_cache_requests_total",
+        "counter",
+        "What the response cache did, by provider, model and cache (hit, coalesced, miss, expired, bypass).",
+    );
+    for (l, v) in &labelled {
+        for st in CacheStatus::ALL {
+            let n = v.cache[st.index()];
+            if n > 0 {
+                let _ = writeln!(
+                    s,
+                    "aigw_cache_requests_total{{{l},cache=\"{}\"}} {n}",
+                    st.as_str()
+                );
+            }
+        }
+    }
+    family(
+        &mut s,
+        "aigw_cache_saved_tokens_total",
+        "counter",
+        "Tokens that answers from the cache would have cost, by provider, model and direction.",
+    );
+    for (l, v) in &labelled {
+        for (dir, n) in [
+            ("input", v.saved_input_tokens),
+            ("output", v.saved_output_tokens),
+        ] {
+            if n > 0 {
+                let _ = writeln!(
+                    s,
+                    "aigw_cache_saved_tokens_total{{{l},direction=\"{dir}\"}} {n}"
+                );
+            }
+        }
+    }
+    if let Some(c) = cache {
+        for (name, kind, help, v) in [
+            (
+                "aigw_cache_entries",
+                "gauge",
+                "Entries in the cache.",
+                c.entries,
+            ),
+            (
+                "aigw_cache_bytes",
+                "gauge",
+                "Bytes of the entries in the cache.",
+                c.bytes,
+            ),
+            (
+                "aigw_cache_capacity_bytes",
+                "gauge",
+                "Bytes the cache files hold at most.",
+                c.capacity,
+            ),
+            (
+                "aigw_cache_in_flight",
+                "gauge",
+                "Upstream calls identical requests are waiting on.",
+                c.flights,
+            ),
+            (
+                "aigw_cache_stores_total",
+                "counter",
+                "Answers stored.",
+                c.stores,
+            ),
+            (
+                "aigw_cache_evictions_total",
+                "counter",
+                "Live entries dropped to make room.",
+                c.evictions,
+            ),
+            (
+                "aigw_cache_expirations_total",
+                "counter",
+                "Expired entries dropped.",
+                c.expirations,
+            ),
+            (
+                "aigw_cache_purged_total",
+                "counter",
+                "Entries purged through the admin socket.",
+                c.purged,
+            ),
+        ] {
+            family(&mut s, name, kind, help);
+            let _ = writeln!(s, "{name} {v}");
         }
     }
     family(

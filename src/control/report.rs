@@ -48,6 +48,37 @@ pub fn render(stats_json: &str) -> Option<String> {
         n(&["tokens", "cached"]),
         n(&["streams"])
     );
+    if v.get("cache").is_some() {
+        let ratio = v
+            .get("cache")
+            .and_then(|c| c.get("hit_ratio"))
+            .and_then(|r| r.as_f64())
+            .unwrap_or(0.0);
+        let _ = writeln!(
+            out,
+            "cache       hit {}  coalesced {}  miss {}  expired {}  bypass {}   hit ratio {:.1}%   saved tokens: input {}  output {}",
+            n(&["cache", "requests", "hit"]),
+            n(&["cache", "requests", "coalesced"]),
+            n(&["cache", "requests", "miss"]),
+            n(&["cache", "requests", "expired"]),
+            n(&["cache", "requests", "bypass"]),
+            ratio * 100.0,
+            n(&["cache", "saved_tokens", "input"]),
+            n(&["cache", "saved_tokens", "output"]),
+        );
+        let _ = writeln!(
+            out,
+            "cache store entries {}  bytes {} of {}  stores {}  evictions {}  expirations {}  purged {}  in flight {}",
+            n(&["cache", "entries"]),
+            n(&["cache", "bytes"]),
+            n(&["cache", "capacity"]),
+            n(&["cache", "stores"]),
+            n(&["cache", "evictions"]),
+            n(&["cache", "expirations"]),
+            n(&["cache", "purged"]),
+            n(&["cache", "in_flight"]),
+        );
+    }
     let _ = writeln!(
         out,
         "upstream    connects {}  reused {}  idle {}   connections: accepted {}  open {}",
@@ -186,5 +217,16 @@ mod tests {
         assert!(text.contains("client 2  gateway 1  provider 0"), "{text}");
         assert!(text.contains("provider    mock"), "{text}");
         assert!(super::render("not json").is_none());
+        assert!(!text.contains("cache       hit"), "{text}");
+        let with_cache = format!(
+            "{},\"cache\":{{\"entries\":3,\"bytes\":900,\"capacity\":1000,\"stores\":4,\"evictions\":1,\"expirations\":0,\"purged\":0,\"in_flight\":0,\"hit_ratio\":0.5,\"requests\":{{\"hit\":2,\"coalesced\":0,\"miss\":2,\"expired\":0,\"bypass\":1}},\"saved_tokens\":{{\"input\":30,\"output\":8}}}}}}",
+            &json[..json.len() - 1]
+        );
+        let text = super::render(&with_cache).unwrap();
+        assert!(
+            text.contains("hit 2  coalesced 0  miss 2") && text.contains("50.0%"),
+            "{text}"
+        );
+        assert!(text.contains("entries 3  bytes 900 of 1000"), "{text}");
     }
 }

@@ -117,6 +117,20 @@ pub fn parse_content_length(value: &[u8], current: Option<u64>) -> Result<u64, &
     result.ok_or("empty Content-Length")
 }
 
+/// Encodes every byte but unreserved ones (`A-Z a-z 0-9 - . _ ~`) as `%XX`,
+/// for a query value.
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Decodes every valid `%XX`; anything else (a lone `%` too) stays as it is.
 pub fn percent_decode(s: &[u8]) -> Vec<u8> {
     let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
@@ -156,6 +170,17 @@ pub fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn percent_encoding_round_trips() {
+        for s in ["plain-1.2_~", "a b&c=d/é", "%41", ""] {
+            assert_eq!(
+                super::percent_decode(super::percent_encode(s).as_bytes()),
+                s.as_bytes()
+            );
+        }
+        assert_eq!(super::percent_encode("a b&"), "a%20b%26");
+    }
+
     #[test]
     fn decimals_format_like_display() {
         for n in [0u64, 7, 10, 999, 1_000_000, u64::MAX] {

@@ -58,6 +58,7 @@ CREATE TABLE IF NOT EXISTS requests (
     outcome TEXT NOT NULL,
     stream INTEGER NOT NULL,
     cache TEXT,
+    cache_key TEXT,
     gateway_us INTEGER NOT NULL,
     upstream_us INTEGER,
     ttft_us INTEGER,
@@ -104,7 +105,29 @@ pub fn open_for_writing(path: &Path) -> Result<Connection, String> {
     conn.pragma_update(None, "cache_size", -CACHE_KIB)
         .map_err(fail)?;
     conn.execute_batch(SCHEMA).map_err(fail)?;
+    migrate(&conn).map_err(fail)?;
     Ok(conn)
+}
+
+/// Columns added since the first release of the schema: a store made by an
+/// older aigw gains them (empty for its old rows).
+const ADDED_COLUMNS: &[(&str, &str)] = &[("cache_key", "TEXT")];
+
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let mut have = Vec::new();
+    {
+        let mut stmt = conn.prepare("SELECT name FROM pragma_table_info('requests')")?;
+        let names = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        for n in names {
+            have.push(n?);
+        }
+    }
+    for (name, kind) in ADDED_COLUMNS {
+        if !have.iter().any(|h| h == name) {
+            conn.execute_batch(&format!("ALTER TABLE requests ADD COLUMN {name} {kind}"))?;
+        }
+    }
+    Ok(())
 }
 
 /// Opens the store read-only (it must exist).

@@ -252,7 +252,7 @@ fn parse_status(v: &str) -> Result<Status, String> {
 const COLUMNS: &str = "r.seq, r.id, r.ts, r.route, r.provider, r.model, r.path, r.status, r.error_source, \
     r.error_code, r.outcome, r.stream, r.cache, r.gateway_us, r.upstream_us, r.ttft_us, r.total_us, \
     r.tokens_in, r.tokens_out, r.tokens_cached, r.cost, r.bytes_in, r.bytes_out, r.user_agent, \
-    r.event_id, r.key_id, r.metadata";
+    r.event_id, r.key_id, r.metadata, r.cache_key";
 
 /// One stored request.
 #[derive(Clone, Debug, PartialEq)]
@@ -285,6 +285,8 @@ pub struct Row {
     pub key_id: Option<String>,
     /// The metadata object as JSON text.
     pub metadata: Option<String>,
+    /// The cache key (32 hex digits), when the cache computed one.
+    pub cache_key: Option<String>,
 }
 
 impl Row {
@@ -317,6 +319,7 @@ impl Row {
             event_id: r.get(24)?,
             key_id: r.get(25)?,
             metadata: r.get(26)?,
+            cache_key: r.get(27)?,
         })
     }
 
@@ -349,6 +352,7 @@ impl Row {
         text(&mut s, "outcome", Some(&self.outcome));
         let _ = write!(s, ",\"stream\":{}", self.stream);
         text(&mut s, "cache", self.cache.as_deref());
+        text(&mut s, "cache_key", self.cache_key.as_deref());
         int(&mut s, "gateway_us", Some(self.gateway_us));
         int(&mut s, "upstream_us", self.upstream_us);
         int(&mut s, "ttft_us", self.ttft_us);

@@ -85,14 +85,13 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         Cached::Off => {}
         Cached::Hit => return serve_hit(ctx, c, req, rec, keep_alive).await,
         Cached::Lead(l) => lead = Some(l),
-        Cached::Follow(flight) => match follow(ctx, c, req, &flight, &mut rec, keep_alive).await {
-            Some(keep) => {
+        Cached::Follow(flight) => {
+            // `None`: the leader failed, so this request goes upstream on its own.
+            if let Some(keep) = follow(ctx, c, req, &flight, &mut rec, keep_alive).await {
                 record(ctx, rec);
                 return keep;
             }
-            // The leader failed: this request goes upstream on its own.
-            None => {}
-        },
+        }
     }
 
     // 2. attempts: none of them writes to the client
@@ -382,7 +381,9 @@ fn cache_lookup(
         custom: wish.key.as_deref(),
         stream: plan.stream,
     };
-    let (cached, status) = match cache.lookup(&input, now_unix_ms()) {
+    let (key, lookup) = cache.lookup(&input, now_unix_ms());
+    rec.cache_key = key.map(|k| k.0);
+    let (cached, status) = match lookup {
         Lookup::Hit => (Cached::Hit, CacheStatus::Hit),
         Lookup::Bypass => (Cached::Off, CacheStatus::Bypass),
         Lookup::Lead(l, status) => (Cached::Lead(l), status),
@@ -408,43 +409,43 @@ async fn serve_hit(
     mut rec: RequestRecord,
     keep_alive: bool,
 ) -> bool {
-    let Some(bytes) = ctx.cache().and_then(|cache| cache.hit()) else {
+    // The entry stays borrowed only while the answer is built.
+    let built = ctx.cache().and_then(|cache| {
+        let bytes = cache.hit()?;
+        let e = entry::view(&bytes).ok()?;
+        c.out.clear();
+        let head = CachedHead {
+            http10: c.head.http10,
+            keep_alive,
+            id: rec.id,
+            provider: rec.provider.as_deref(),
+            model: rec.model.as_deref(),
+            status: e.status,
+            cache: CacheLine {
+                cloudflare: rec.route == RouteKind::Cloudflare,
+                status: CacheStatus::Hit,
+            },
+            age: Some(now_unix_ms().saturating_sub(e.created_ms) / 1000),
+            gateway: req.started.elapsed(),
+            length: Some(e.body.len()),
+        };
+        respond::cached_head(&mut c.out, &head, e.head);
+        c.out.extend_from_slice(e.body);
+        Some((e.status, e.input_tokens, e.output_tokens, e.flags))
+    });
+    let Some((status, input, output, flags)) = built else {
         let e = GatewayError::unavailable("the cache entry could not be read; retry the request");
         return answer_error(ctx, c, rec, &e, keep_alive).await;
     };
-    let Ok(e) = entry::view(&bytes) else {
-        drop(bytes);
-        let e = GatewayError::unavailable("the cache entry could not be read; retry the request");
-        return answer_error(ctx, c, rec, &e, keep_alive).await;
-    };
-    c.out.clear();
-    let head = CachedHead {
-        http10: c.head.http10,
-        keep_alive,
-        id: rec.id,
-        provider: rec.provider.as_deref(),
-        model: rec.model.as_deref(),
-        status: e.status,
-        cache: CacheLine {
-            cloudflare: rec.route == RouteKind::Cloudflare,
-            status: CacheStatus::Hit,
-        },
-        age: Some(now_unix_ms().saturating_sub(e.created_ms) / 1000),
-        gateway: req.started.elapsed(),
-        length: Some(e.body.len()),
-    };
-    respond::cached_head(&mut c.out, &head, e.head);
-    c.out.extend_from_slice(e.body);
-    rec.status = e.status;
+    rec.status = status;
     rec.usage = Usage {
-        input_tokens: Some(u64::from(e.input_tokens)),
-        output_tokens: Some(u64::from(e.output_tokens)),
+        input_tokens: Some(u64::from(input)),
+        output_tokens: Some(u64::from(output)),
         cached_tokens: None,
     };
-    if e.flags & entry::FLAG_STREAM != 0 {
+    if flags & entry::FLAG_STREAM != 0 {
         rec.ttft = Some(req.started.elapsed());
     }
-    drop(bytes);
     answer(ctx, c, rec, keep_alive).await
 }
 

@@ -86,6 +86,11 @@ pub struct LabelCounters {
     pub input_tokens: u64,
     pub output_tokens: u64,
     pub cached_tokens: u64,
+    /// By cache status ([`crate::record::CacheStatus::ALL`] order).
+    pub cache: [u64; 5],
+    /// Tokens answers from the cache would have cost (not counted above).
+    pub saved_input_tokens: u64,
+    pub saved_output_tokens: u64,
     pub duration: Buckets,
     pub ttft: Buckets,
 }
@@ -97,12 +102,15 @@ impl LabelCounters {
         if let Some(s) = r.error_source {
             self.errors[source_index(s)] += 1;
         }
-        self.input_tokens = self
-            .input_tokens
-            .saturating_add(r.usage.input_tokens.unwrap_or(0));
-        self.output_tokens = self
-            .output_tokens
-            .saturating_add(r.usage.output_tokens.unwrap_or(0));
+        let (input, output) = match r.cache {
+            Some(c) if c.served() => (&mut self.saved_input_tokens, &mut self.saved_output_tokens),
+            _ => (&mut self.input_tokens, &mut self.output_tokens),
+        };
+        *input = input.saturating_add(r.usage.input_tokens.unwrap_or(0));
+        *output = output.saturating_add(r.usage.output_tokens.unwrap_or(0));
+        if let Some(c) = r.cache {
+            self.cache[c.index()] += 1;
+        }
         self.cached_tokens = self
             .cached_tokens
             .saturating_add(r.usage.cached_tokens.unwrap_or(0));
@@ -122,6 +130,13 @@ impl LabelCounters {
         self.input_tokens = self.input_tokens.saturating_add(o.input_tokens);
         self.output_tokens = self.output_tokens.saturating_add(o.output_tokens);
         self.cached_tokens = self.cached_tokens.saturating_add(o.cached_tokens);
+        for (a, b) in self.cache.iter_mut().zip(o.cache) {
+            *a += b;
+        }
+        self.saved_input_tokens = self.saved_input_tokens.saturating_add(o.saved_input_tokens);
+        self.saved_output_tokens = self
+            .saved_output_tokens
+            .saturating_add(o.saved_output_tokens);
         self.duration.add(&o.duration);
         self.ttft.add(&o.ttft);
     }
