@@ -27,7 +27,7 @@ use flight::{Flight, Leading};
 use key::{CacheKey, KeyInput, KeyMaker};
 use std::cell::{Ref, RefCell};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use store::{Found, Geometry, Opened, Partition, Purge, Writer, partition_of};
 
@@ -84,6 +84,8 @@ pub struct Cache {
     flights: DashMap<CacheKey, Arc<Flight>>,
     fills: Vec<flume::Sender<Arc<Flight>>>,
     fill_rx: Vec<Mutex<Option<flume::Receiver<Arc<Flight>>>>>,
+    /// Requests that joined another's upstream call (counted as they join).
+    followers: AtomicU64,
 }
 
 /// What a start found, per partition (for the start-up line).
@@ -133,6 +135,8 @@ pub struct Totals {
     pub expirations: u64,
     pub purged: u64,
     pub flights: u64,
+    /// Requests that joined an identical request's upstream call.
+    pub followers: u64,
 }
 
 impl Cache {
@@ -199,6 +203,7 @@ impl Cache {
                 flights: DashMap::new(),
                 fills,
                 fill_rx,
+                followers: AtomicU64::new(0),
             },
             Report { opened, removed },
         ))
@@ -208,6 +213,7 @@ impl Cache {
         let mut t = Totals {
             capacity: (self.geo.segment * self.geo.segments * self.shards) as u64,
             flights: self.flights.len() as u64,
+            followers: self.followers.load(Ordering::Relaxed),
             ..Totals::default()
         };
         for p in &self.partitions {
@@ -282,23 +288,31 @@ impl ShardCache {
             Some(Found::Expired) => CacheStatus::Expired,
             None => CacheStatus::Miss,
         };
-        match shared.flights.entry(key) {
+        let flight = match shared.flights.entry(key) {
             MapEntry::Occupied(o) if !o.get().is_failed() => {
-                Lookup::Follow(o.get().clone(), status)
+                shared.followers.fetch_add(1, Ordering::Relaxed);
+                return Lookup::Follow(o.get().clone(), status);
             }
             e => {
                 let flight = Arc::new(Flight::new(key, shared.config.max_entry));
                 e.insert(flight.clone());
-                let me = shared.clone();
-                let leading = Leading::new(
-                    flight,
-                    Box::new(move |f| {
-                        me.flights.remove_if(&f.key, |_, v| Arc::ptr_eq(v, f));
-                    }),
-                );
-                Lookup::Lead(leading, status)
+                flight
             }
+        };
+        let me = shared.clone();
+        let leading = Leading::new(
+            flight,
+            Box::new(move |f| {
+                me.flights.remove_if(&f.key, |_, v| Arc::ptr_eq(v, f));
+            }),
+        );
+        // The flight this request missed may have been stored and left the
+        // table between the lookup and now: look again before going upstream.
+        if let Some(Found::Fresh(_)) = part.lookup(key, now_ms, &mut self.buf.borrow_mut()) {
+            drop(leading);
+            return Lookup::Hit;
         }
+        Lookup::Lead(leading, status)
     }
 
     /// The entry the last [`Lookup::Hit`] found.

@@ -517,8 +517,16 @@ fn cache_json(t: &LabelCounters, c: &Totals) -> String {
         served as f64 / looked as f64
     };
     let mut s = format!(
-        "{{\"entries\":{},\"bytes\":{},\"capacity\":{},\"stores\":{},\"evictions\":{},\"expirations\":{},\"purged\":{},\"in_flight\":{},\"hit_ratio\":{ratio:.4},\"requests\":{{",
-        c.entries, c.bytes, c.capacity, c.stores, c.evictions, c.expirations, c.purged, c.flights
+        "{{\"entries\":{},\"bytes\":{},\"capacity\":{},\"stores\":{},\"evictions\":{},\"expirations\":{},\"purged\":{},\"in_flight\":{},\"followers\":{},\"hit_ratio\":{ratio:.4},\"requests\":{{",
+        c.entries,
+        c.bytes,
+        c.capacity,
+        c.stores,
+        c.evictions,
+        c.expirations,
+        c.purged,
+        c.flights,
+        c.followers
     );
     for (i, st) in CacheStatus::ALL.iter().enumerate() {
         if i > 0 {

@@ -215,6 +215,12 @@ pub fn render(m: &Merged, logs: &LogStats, cache: Option<Totals>) -> String {
                 c.stores,
             ),
             (
+                "aigw_cache_followers_total",
+                "counter",
+                "Requests that joined an identical request's upstream call.",
+                c.followers,
+            ),
+            (
                 "aigw_cache_evictions_total",
                 "counter",
                 "Live entries dropped to make room.",

@@ -60,6 +60,7 @@ pub struct Setup {
     sections: String,
     env: Vec<(String, String)>,
     admin_lines: String,
+    data_dir: Option<PathBuf>,
 }
 
 impl Setup {
@@ -92,6 +93,12 @@ impl Setup {
         self
     }
 
+    /// Uses this `server.data_dir` (another gateway's, to test a restart).
+    pub fn data_dir(mut self, dir: &Path) -> Setup {
+        self.data_dir = Some(dir.to_path_buf());
+        self
+    }
+
     /// Adds whole TOML sections (e.g. `[timeouts]` with keys).
     pub fn toml(mut self, text: &str) -> Setup {
         self.sections.push('\n');
@@ -109,7 +116,11 @@ impl Setup {
             self.server_lines,
             self.admin_lines,
             self.sections,
-            data = dir.path().join("data").display(),
+            data = self
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| dir.path().join("data"))
+                .display(),
         );
         let config = dir.write("aigw.toml", &text);
         let metrics = self.admin_lines.contains("listen");
@@ -145,6 +156,7 @@ impl Gateway {
             sections: String::new(),
             env: Vec::new(),
             admin_lines: String::new(),
+            data_dir: None,
         }
     }
 

@@ -1,0 +1,655 @@
+//! The response cache end to end, against the real binary and the mock: miss
+//! then hit byte-identical, canonical keys, controls, scopes, expiry, streams,
+//! what is never stored, coalescing (JSON and streams, a failing leader),
+//! restart, damaged files, kill -9, the data_dir lock, purge, stats. At 1 and
+//! 2 shards.
+
+mod common;
+
+use aigw_loadtest::mock::MockConfig;
+use common::gateway::{admin_get, admin_post, run_aigw};
+use common::held::read_request;
+use common::{Client, Gateway, Response, WAIT, json, mock, mock_with};
+use simd_json::prelude::*;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::TcpListener;
+use std::sync::mpsc;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+const CACHE: &str = "[cache]\nenabled = true\nsize = \"16MiB\"\nmax_entry = \"1MiB\"\n";
+
+fn chat(content: &str, stream: bool) -> String {
+    format!(
+        r#"{{"model":"up/gpt-x","messages":[{{"role":"user","content":"{content}"}}],"temperature":0.5,"stream":{stream}}}"#
+    )
+}
+
+fn cached_gateway(shards: usize, upstream: &str) -> Gateway {
+    Gateway::with(shards)
+        .provider("up", upstream, "")
+        .toml(CACHE)
+        .start()
+}
+
+fn status(r: &Response) -> &str {
+    r.header("aigw-cache-status").unwrap_or("(none)")
+}
+
+fn post(gw: &Gateway, headers: &[(&str, &str)], body: &str) -> Response {
+    gw.client().post("/v1/chat/completions", headers, body)
+}
+
+fn cache_stats(gw: &Gateway) -> simd_json::OwnedValue {
+    gw.stats()["cache"].clone()
+}
+
+fn n(v: &simd_json::OwnedValue, path: &[&str]) -> u64 {
+    let mut cur = v.clone();
+    for p in path {
+        cur = cur[*p].clone();
+    }
+    cur.as_u64().unwrap_or_else(|| panic!("{path:?} in {v}"))
+}
+
+fn a_miss_then_byte_identical_hits(shards: usize) {
+    let mock = mock();
+    let gw = cached_gateway(shards, &mock.base_url());
+    let body = chat("cache me", false);
+    let first = post(&gw, &[], &body);
+    assert_eq!((first.status, status(&first)), (200, "MISS"));
+    assert!(first.header("age").is_none());
+    // New connections land on either shard: the entry is read from any.
+    for _ in 0..6 {
+        let again = post(&gw, &[], &body);
+        assert_eq!((again.status, status(&again)), (200, "HIT"));
+        assert_eq!(again.body, first.body, "a hit is what the provider sent");
+        assert!(again.header("age").is_some());
+        assert_eq!(again.header("aigw-provider"), Some("up"));
+        assert_eq!(
+            again.header("content-type"),
+            first.header("content-type"),
+            "provider headers are replayed"
+        );
+        assert_ne!(
+            again.header("aigw-request-id"),
+            first.header("aigw-request-id")
+        );
+    }
+    assert_eq!(mock.requests_seen(), 1);
+    // Key order and whitespace do not matter; any value does.
+    let reordered = r#" { "temperature" : 0.5, "stream": false,
+        "messages":[{"content":"cache me","role":"user"}], "model":"up/gpt-x" } "#;
+    assert_eq!(status(&post(&gw, &[], reordered)), "HIT");
+    let hotter = body.replace("0.5", "0.7");
+    assert_eq!(status(&post(&gw, &[], &hotter)), "MISS");
+    // A stream request for the same prompt never gets the JSON answer.
+    let streamed = post(&gw, &[], &chat("cache me", true));
+    assert_eq!(status(&streamed), "MISS");
+    assert_eq!(streamed.header("content-type"), Some("text/event-stream"));
+    assert_eq!(mock.requests_seen(), 3);
+    // A body aigw cannot key (not JSON, on the passthrough route) bypasses the cache.
+    let r = gw.client().post("/up/chat/completions", &[], "not json");
+    assert_eq!(status(&r), "BYPASS");
+
+    let c = cache_stats(&gw);
+    assert_eq!(n(&c, &["requests", "hit"]), 7);
+    assert_eq!(n(&c, &["requests", "miss"]), 3);
+    assert_eq!(n(&c, &["requests", "bypass"]), 1);
+    assert_eq!(n(&c, &["entries"]), 3);
+    assert_eq!(n(&c, &["stores"]), 3);
+    assert_eq!(mock.requests_seen(), 4);
+    assert!(n(&c, &["bytes"]) > 0 && n(&c, &["capacity"]) > 0);
+    assert!(n(&c, &["saved_tokens", "input"]) > 0, "{c}");
+    // Hits cost no tokens: the spent tokens are those of the three misses.
+    let hit_tokens = first.json()["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert_eq!(n(&c, &["saved_tokens", "input"]), hit_tokens * 7);
+    let (code, metrics) = admin_get(&gw.admin_socket, "/metrics");
+    assert_eq!(code, 200);
+    let metrics = String::from_utf8(metrics).unwrap();
+    assert!(
+        metrics
+            .contains("aigw_cache_requests_total{provider=\"up\",model=\"gpt-x\",cache=\"hit\"} 7"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("aigw_cache_entries 3"), "{metrics}");
+}
+
+fn streams_replay_as_streams_without_the_usage_event_nobody_asked_for(shards: usize) {
+    let mock = mock();
+    let gw = cached_gateway(shards, &mock.base_url());
+    let body = chat("stream me", true);
+    let first = post(&gw, &[], &body);
+    assert_eq!(status(&first), "MISS");
+    assert!(first.complete);
+    let hit = post(&gw, &[], &body);
+    assert_eq!(status(&hit), "HIT");
+    assert_eq!(hit.header("content-type"), Some("text/event-stream"));
+    assert_eq!(hit.body, first.body, "the same SSE bytes, event for event");
+    assert_eq!(hit.sse_data().last().map(String::as_str), Some("[DONE]"));
+    // aigw asked the provider for usage on this client's behalf; the client
+    // never sees that event, live or replayed.
+    for d in hit.sse_data().iter().filter(|d| *d != "[DONE]") {
+        let v = json(d.as_bytes());
+        assert!(!v["choices"].as_array().unwrap().is_empty(), "{d}");
+    }
+    // ...yet the replay knows what the answer cost.
+    let c = cache_stats(&gw);
+    assert!(n(&c, &["saved_tokens", "output"]) > 0, "{c}");
+    // A client that asks for usage has another key and gets its usage event.
+    let with_usage = body.replace(
+        r#""stream":true"#,
+        r#""stream":true,"stream_options":{"include_usage":true}"#,
+    );
+    let asked = post(&gw, &[], &with_usage);
+    assert_eq!(status(&asked), "MISS");
+    let again = post(&gw, &[], &with_usage);
+    assert_eq!(status(&again), "HIT");
+    assert_eq!(again.body, asked.body);
+    assert!(again.text().contains("\"usage\":{"), "{}", again.text());
+    assert_eq!(mock.requests_seen(), 2);
+}
+
+fn controls_skip_ttl_and_custom_keys(shards: usize) {
+    let mock = mock();
+    let gw = cached_gateway(shards, &mock.base_url());
+    let body = chat("controls", false);
+    let skipped = post(&gw, &[("aigw-skip-cache", "true")], &body);
+    assert_eq!((skipped.status, status(&skipped)), (200, "BYPASS"));
+    assert_eq!(
+        status(&post(&gw, &[], &body)),
+        "MISS",
+        "a skip stores nothing"
+    );
+    assert_eq!(
+        status(&post(&gw, &[("cf-aig-skip-cache", "true")], &body)),
+        "BYPASS",
+        "a skip does not read either"
+    );
+    // A caller-chosen key replaces the body in the key.
+    let a = post(&gw, &[("aigw-cache-key", "answer-42")], &chat("one", false));
+    assert_eq!(status(&a), "MISS");
+    let b = post(
+        &gw,
+        &[("cf-aig-cache-key", "answer-42")],
+        &chat("two", false),
+    );
+    assert_eq!(status(&b), "HIT");
+    assert_eq!(b.body, a.body);
+    // Bad values are 400s that say why.
+    for (h, v, code) in [
+        ("aigw-cache-ttl", "0", "invalid_cache_ttl"),
+        ("aigw-cache-ttl", "ten", "invalid_cache_ttl"),
+        ("cf-aig-cache-ttl", "99999999", "invalid_cache_ttl"),
+        ("aigw-skip-cache", "maybe", "invalid_skip_cache"),
+    ] {
+        let r = post(&gw, &[(h, v)], &body);
+        assert_eq!(
+            (r.status, r.error_code()),
+            (400, code.to_string()),
+            "{h}: {v}"
+        );
+        assert_eq!(r.header("aigw-error-source"), Some("gateway"));
+    }
+    // Cloudflare-layout URLs name the header as Cloudflare does.
+    let path = "/v1/acct/gw/up/chat/completions";
+    let cf_body = r#"{"model":"gpt-x","messages":[{"role":"user","content":"cf"}]}"#;
+    let r = gw.client().post(path, &[], cf_body);
+    assert_eq!(r.header("cf-aig-cache-status"), Some("MISS"));
+    assert!(r.header("aigw-cache-status").is_none());
+    let r = gw.client().post(path, &[], cf_body);
+    assert_eq!(r.header("cf-aig-cache-status"), Some("HIT"));
+    // The same upstream request by another URL layout is the same entry.
+    let r = gw.client().post("/up/chat/completions", &[], cf_body);
+    assert_eq!(status(&r), "HIT");
+    assert_eq!(mock.requests_seen(), 5);
+}
+
+fn two_credentials_never_share_an_entry(shards: usize) {
+    let mock = mock();
+    let gw = cached_gateway(shards, &mock.base_url());
+    let body = chat("tenant", false);
+    let alice = [("authorization", "Bearer sk-alice")];
+    let bob = [("authorization", "Bearer sk-bob")];
+    assert_eq!(status(&post(&gw, &alice, &body)), "MISS");
+    assert_eq!(status(&post(&gw, &alice, &body)), "HIT");
+    assert_eq!(status(&post(&gw, &bob, &body)), "MISS");
+    assert_eq!(
+        status(&post(&gw, &[("x-api-key", "sk-alice")], &body)),
+        "MISS"
+    );
+    assert_eq!(status(&post(&gw, &[], &body)), "MISS");
+    // A custom key is scoped too: Bob cannot probe Alice's keys.
+    let k = [
+        ("authorization", "Bearer sk-alice"),
+        ("aigw-cache-key", "k1"),
+    ];
+    assert_eq!(status(&post(&gw, &k, &body)), "MISS");
+    let k = [("authorization", "Bearer sk-bob"), ("aigw-cache-key", "k1")];
+    assert_eq!(status(&post(&gw, &k, &body)), "MISS");
+    // `cache.shared` says every credential shares.
+    let shared = Gateway::with(shards)
+        .provider("up", &mock.base_url(), "")
+        .toml(&format!("{CACHE}shared = true\n"))
+        .start();
+    assert_eq!(status(&post(&shared, &alice, &body)), "MISS");
+    assert_eq!(status(&post(&shared, &bob, &body)), "HIT");
+}
+
+fn entries_expire(shards: usize) {
+    let mock = mock();
+    let gw = cached_gateway(shards, &mock.base_url());
+    let body = chat("short-lived", false);
+    let ttl = [("aigw-cache-ttl", "1")];
+    let stored = Instant::now();
+    assert_eq!(status(&post(&gw, &ttl, &body)), "MISS");
+    assert_eq!(status(&post(&gw, &ttl, &body)), "HIT");
+    // The entry's clock, not ours, decides: ask until it says EXPIRED.
+    let deadline = Instant::now() + WAIT;
+    let expired = loop {
+        let r = post(&gw, &ttl, &body);
+        if status(&r) != "HIT" {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "never expired");
+        std::thread::sleep(Duration::from_millis(25));
+    };
+    assert_eq!(status(&expired), "EXPIRED");
+    assert!(stored.elapsed() >= Duration::from_millis(900));
+    // The fresh answer was stored again.
+    assert_eq!(status(&post(&gw, &ttl, &body)), "HIT");
+    let c = cache_stats(&gw);
+    assert_eq!(n(&c, &["requests", "expired"]), 1);
+}
+
+fn cut_streams_errors_and_no_store_are_never_stored(shards: usize) {
+    let mock = mock();
+    let gw = cached_gateway(shards, &mock.base_url());
+    for (knob, stream) in [("cut", true), ("500", false), ("cut", false)] {
+        let body = chat(&format!("broken {knob} {stream}"), stream);
+        let h = [("x-mock-error", knob)];
+        let before = mock.requests_seen();
+        let r = post(&gw, &h, &body);
+        assert!(r.status >= 500 || !r.complete, "{knob}: {}", r.status);
+        let r = post(&gw, &[], &body);
+        assert_eq!((r.status, status(&r)), (200, "MISS"), "{knob} was stored");
+        assert_eq!(mock.requests_seen(), before + 2);
+    }
+    // The provider says no-store.
+    const NO_STORE: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncache-control: no-store\r\ncontent-length: 2\r\n\r\n{}";
+    let fixed = common::FixedUpstream::start(NO_STORE);
+    let gw = Gateway::with(shards)
+        .provider("up", &fixed.base_url(), "")
+        .toml(CACHE)
+        .start();
+    let body = chat("private", false);
+    assert_eq!(status(&post(&gw, &[], &body)), "MISS");
+    assert_eq!(status(&post(&gw, &[], &body)), "MISS");
+    assert_eq!(n(&cache_stats(&gw), &["entries"]), 0);
+}
+
+/// Sends `count` identical requests at once, each on its own connection.
+fn all_at_once(gw: &Gateway, count: usize, body: &str) -> Vec<Response> {
+    let barrier = Arc::new(Barrier::new(count));
+    let handles: Vec<_> = (0..count)
+        .map(|_| {
+            let barrier = barrier.clone();
+            let addr = gw.addr;
+            let body = body.to_string();
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                barrier.wait();
+                c.post("/v1/chat/completions", &[], &body)
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+fn fifty_identical_misses_make_one_upstream_call(shards: usize) {
+    let mock = mock_with(MockConfig {
+        latency: Duration::from_millis(300),
+        ..MockConfig::default()
+    });
+    let gw = cached_gateway(shards, &mock.base_url());
+    let rs = all_at_once(&gw, 50, &chat("stampede", false));
+    assert_eq!(mock.requests_seen(), 1);
+    for r in &rs {
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, rs[0].body);
+    }
+    let misses = rs.iter().filter(|r| status(r) == "MISS").count();
+    assert_eq!(misses, 1);
+    assert!(rs.iter().all(|r| matches!(status(r), "MISS" | "HIT")));
+}
+
+fn stream_followers_get_events_as_the_leader_does(shards: usize) {
+    let mock = mock_with(MockConfig {
+        chunks: 10,
+        chunk_interval: Duration::from_millis(60),
+        ..MockConfig::default()
+    });
+    let gw = cached_gateway(shards, &mock.base_url());
+    let rs = all_at_once(&gw, 50, &chat("stream stampede", true));
+    assert_eq!(mock.requests_seen(), 1);
+    let leader = rs.iter().find(|r| status(r) == "MISS").expect("a leader");
+    let leader_end = *leader.event_times.last().unwrap();
+    for r in &rs {
+        assert_eq!(r.status, 200);
+        assert!(r.complete);
+        assert_eq!(r.body, leader.body);
+        assert_eq!(r.sse_data().last().map(String::as_str), Some("[DONE]"));
+        // Each follower saw its first event while the leader's stream went on.
+        assert!(
+            r.event_times[0] < leader_end,
+            "a follower waited for the whole stream"
+        );
+    }
+    let c = cache_stats(&gw);
+    assert!(
+        n(&c, &["requests", "coalesced"]) + n(&c, &["requests", "hit"]) == 49,
+        "{c}"
+    );
+}
+
+/// A provider whose first request waits for the test, then fails with a 500;
+/// every later request gets a 200 at once. Reports each arrival.
+fn first_fails_upstream() -> (String, mpsc::Receiver<()>, mpsc::Sender<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (arrived_tx, arrived) = mpsc::channel();
+    let (release, release_rx) = mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let release_rx = Arc::new(std::sync::Mutex::new(release_rx));
+        let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let (arrived_tx, release_rx, first) =
+                (arrived_tx.clone(), release_rx.clone(), first.clone());
+            std::thread::spawn(move || {
+                conn.set_read_timeout(Some(WAIT)).unwrap();
+                while read_request(&mut conn).is_some() {
+                    let _ = arrived_tx.send(());
+                    let answer: &[u8] = if first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                        let _ = release_rx.lock().unwrap().recv_timeout(WAIT * 3);
+                        b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
+                    } else {
+                        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"ok\":true}"
+                    };
+                    if conn.write_all(answer).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (format!("http://{addr}/v1"), arrived, release)
+}
+
+fn a_failing_leader_lets_followers_go_on_their_own(shards: usize) {
+    let (url, arrived, release) = first_fails_upstream();
+    let gw = cached_gateway(shards, &url);
+    let body = chat("doomed leader", false);
+    let addr = gw.addr;
+    let b = body.clone();
+    let leader =
+        std::thread::spawn(move || Client::connect(addr).post("/v1/chat/completions", &[], &b));
+    arrived
+        .recv_timeout(WAIT)
+        .expect("the leader reached the provider");
+    let followers: Vec<_> = (0..5)
+        .map(|_| {
+            let b = body.clone();
+            std::thread::spawn(move || Client::connect(addr).post("/v1/chat/completions", &[], &b))
+        })
+        .collect();
+    // Every follower has joined the leader's call before it fails.
+    let deadline = Instant::now() + WAIT;
+    while n(&cache_stats(&gw), &["followers"]) < 5 {
+        assert!(Instant::now() < deadline, "followers never joined");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    release.send(()).unwrap();
+    assert_eq!(leader.join().unwrap().status, 500);
+    for f in followers {
+        let r = f.join().unwrap();
+        assert_eq!((r.status, r.text().as_str()), (200, "{\"ok\":true}"));
+    }
+    // The leader and each follower asked the provider once.
+    for _ in 0..5 {
+        arrived
+            .recv_timeout(WAIT)
+            .expect("a follower went upstream");
+    }
+}
+
+/// Sends `count` distinct prompts; returns each prompt's first answer body.
+fn fill(gw: &Gateway, prefix: &str, count: usize) -> BTreeMap<String, Vec<u8>> {
+    let mut c = gw.client();
+    (0..count)
+        .map(|i| {
+            let body = chat(&format!("{prefix} {i}"), i % 3 == 0);
+            let r = c.post("/v1/chat/completions", &[], &body);
+            assert_eq!(r.status, 200);
+            (body, r.body)
+        })
+        .collect()
+}
+
+fn restart_keeps_entries_and_damage_loses_only_entries(shards: usize) {
+    let mock = mock();
+    let mut first = cached_gateway(shards, &mock.base_url());
+    let data = first.data_dir();
+    let answers = fill(&first, "keep", 60);
+    first.terminate();
+    assert!(first.wait_exit().success());
+    let second = Gateway::with(shards)
+        .provider("up", &mock.base_url(), "")
+        .toml(CACHE)
+        .data_dir(&data)
+        .start();
+    assert!(
+        second.stderr().contains("60 entries kept"),
+        "{}",
+        second.stderr()
+    );
+    for (body, answer) in &answers {
+        let r = post(&second, &[], body);
+        assert_eq!(status(&r), "HIT", "lost across a restart");
+        assert_eq!(&r.body, answer);
+    }
+    drop(second);
+    // Random byte flips in the files lose entries, never answer wrong.
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for i in 0..shards {
+        let path = data.join(format!("cache/partition-{i}.bin"));
+        let mut bytes = std::fs::read(&path).unwrap();
+        for _ in 0..2000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Mostly where entries live (the first segments), some anywhere.
+            let span = if x & 1 == 0 { 256 << 10 } else { bytes.len() };
+            let at = (x >> 8) as usize % span.min(bytes.len());
+            bytes[at] ^= 1 << ((x >> 4) & 7);
+        }
+        std::fs::write(&path, &bytes).unwrap();
+    }
+    let third = Gateway::with(shards)
+        .provider("up", &mock.base_url(), "")
+        .toml(CACHE)
+        .data_dir(&data)
+        .start();
+    let mut hits = 0;
+    for (body, answer) in &answers {
+        let r = post(&third, &[], body);
+        assert_eq!(r.status, 200);
+        if status(&r) == "HIT" {
+            assert_eq!(&r.body, answer, "a damaged entry answered");
+            hits += 1;
+        }
+    }
+    assert!(hits < answers.len(), "no flip landed on an entry");
+    drop(first);
+}
+
+fn kill9_during_writes_never_serves_a_wrong_answer(shards: usize) {
+    let mock = mock();
+    let mut gw = cached_gateway(shards, &mock.base_url());
+    let data = gw.data_dir();
+    // Writers fill the cache until the kill; each keeps what it saw.
+    let (tx, rx) = mpsc::channel::<(String, Vec<u8>)>();
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let addr = gw.addr;
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                for i in 0.. {
+                    let body = chat(
+                        &format!("heavy {w} {i} {}", "x".repeat(i % 7 * 300)),
+                        i % 2 == 0,
+                    );
+                    match c.try_read_response_after(&common::wire::request_bytes(
+                        "POST",
+                        "/v1/chat/completions",
+                        &[],
+                        body.as_bytes(),
+                    )) {
+                        Ok(r) if r.status == 200 && r.complete => {
+                            if tx.send((body, r.body)).is_err() {
+                                return;
+                            }
+                        }
+                        _ => return,
+                    }
+                }
+            })
+        })
+        .collect();
+    drop(tx);
+    let mut seen = BTreeMap::new();
+    for (body, answer) in rx.iter().take(300) {
+        seen.insert(body, answer);
+    }
+    gw.kill9();
+    for w in writers {
+        let _ = w.join();
+    }
+    seen.extend(rx.try_iter());
+    let again = Gateway::with(shards)
+        .provider("up", &mock.base_url(), "")
+        .toml(CACHE)
+        .data_dir(&data)
+        .start();
+    let mut hits = 0;
+    for (body, answer) in &seen {
+        let r = post(&again, &[], body);
+        assert_eq!(r.status, 200);
+        if status(&r) == "HIT" {
+            assert_eq!(
+                &r.body, answer,
+                "a hit after kill -9 differs from what the provider sent"
+            );
+            hits += 1;
+        }
+    }
+    assert!(hits > seen.len() / 2, "{hits} of {} survived", seen.len());
+    drop(gw);
+}
+
+fn a_second_instance_on_the_same_data_dir_is_refused(shards: usize) {
+    let mock = mock();
+    let gw = cached_gateway(shards, &mock.base_url());
+    let file = gw.dir().join("second.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n[admin]\nsocket = \"{}/other.sock\"\n{CACHE}",
+            gw.data_dir().display(),
+            gw.dir().display()
+        ),
+    )
+    .unwrap();
+    let (code, _, stderr) = run_aigw(&["serve", "--config", file.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("server.data_dir") && stderr.contains("in use by another aigw"),
+        "{stderr}"
+    );
+    assert_eq!(status(&post(&gw, &[], &chat("still here", false))), "MISS");
+}
+
+fn purge_all_by_key_and_by_provider(shards: usize) {
+    let mock = mock();
+    let gw = Gateway::with(shards)
+        .provider("up", &mock.base_url(), "")
+        .provider("other", &mock.base_url(), "")
+        .toml(CACHE)
+        .start();
+    let a = chat("purge a", false);
+    let b = chat("purge b", false);
+    let o = a.replace("up/gpt-x", "other/gpt-x");
+    for body in [&a, &b, &o] {
+        assert_eq!(status(&post(&gw, &[], body)), "MISS");
+    }
+    // By key: the key is in the request log.
+    let id = post(&gw, &[], &a)
+        .header("aigw-request-id")
+        .unwrap()
+        .to_string();
+    let (code, row) = admin_get(&gw.admin_socket, &format!("/logs?id={id}"));
+    assert_eq!(code, 200);
+    let row = json(row.split(|c| *c == b'\n').next().unwrap());
+    assert_eq!(row["cache"], "HIT");
+    let key = row["cache_key"].as_str().unwrap().to_string();
+    assert_eq!(key.len(), 32);
+    let socket = gw.admin_socket.to_str().unwrap();
+    let (code, out, err) = run_aigw(&["cache", "purge", "--key", &key, "--socket", socket]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(json(out.as_bytes())["purged"].as_u64(), Some(1));
+    assert_eq!(status(&post(&gw, &[], &a)), "MISS");
+    assert_eq!(status(&post(&gw, &[], &b)), "HIT");
+    // By provider.
+    let (code, out) = admin_post(&gw.admin_socket, "/cache/purge?provider=other");
+    assert_eq!((code, json(&out)["purged"].as_u64()), (200, Some(1)));
+    assert_eq!(status(&post(&gw, &[], &o)), "MISS");
+    assert_eq!(status(&post(&gw, &[], &b)), "HIT");
+    // Everything; a bad filter is a 400 that says what to use.
+    let (code, out) = admin_post(&gw.admin_socket, "/cache/purge");
+    assert_eq!((code, json(&out)["purged"].as_u64()), (200, Some(3)));
+    assert_eq!(status(&post(&gw, &[], &b)), "MISS");
+    let (code, out) = admin_post(&gw.admin_socket, "/cache/purge?key=xyz");
+    assert_eq!(code, 400, "{}", String::from_utf8_lossy(&out));
+    assert_eq!(n(&cache_stats(&gw), &["purged"]), 5);
+}
+
+at_1_and_2_shards!(
+    a_miss_then_byte_identical_hits,
+    streams_replay_as_streams_without_the_usage_event_nobody_asked_for,
+    controls_skip_ttl_and_custom_keys,
+    two_credentials_never_share_an_entry,
+    entries_expire,
+    cut_streams_errors_and_no_store_are_never_stored,
+    fifty_identical_misses_make_one_upstream_call,
+    stream_followers_get_events_as_the_leader_does,
+    a_failing_leader_lets_followers_go_on_their_own,
+    restart_keeps_entries_and_damage_loses_only_entries,
+    kill9_during_writes_never_serves_a_wrong_answer,
+    a_second_instance_on_the_same_data_dir_is_refused,
+    purge_all_by_key_and_by_provider,
+);
+
+#[test]
+fn the_cache_is_off_by_default() {
+    let mock = mock();
+    let gw = Gateway::with(1)
+        .provider("up", &mock.base_url(), "")
+        .start();
+    let r = post(&gw, &[], &chat("no cache", false));
+    assert!(r.header("aigw-cache-status").is_none());
+    assert!(gw.stats().get("cache").is_none());
+    let (code, _) = admin_post(&gw.admin_socket, "/cache/purge");
+    assert_eq!(code, 409);
+}
