@@ -11,9 +11,63 @@
 //! `recv`.
 
 use crate::http::ReadBuf;
-use futures_lite::AsyncReadExt;
+use futures_lite::{AsyncReadExt, AsyncWrite};
 use glommio::net::TcpStream;
 use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+/// A client socket written straight with `send(MSG_DONTWAIT)` while it has
+/// room, through glommio (and its write timeout) only when it is full. A
+/// glommio write is an io_uring send that completes on a later reactor turn;
+/// a response usually fits the socket buffer, so one syscall does it.
+///
+/// Once a write has gone to glommio, every call goes there until it completes:
+/// sending directly while its io_uring send is in flight would reorder bytes.
+pub struct Direct<'a> {
+    stream: &'a mut TcpStream,
+    in_glommio: bool,
+}
+
+impl<'a> Direct<'a> {
+    pub fn new(stream: &'a mut TcpStream) -> Direct<'a> {
+        Direct {
+            stream,
+            in_glommio: false,
+        }
+    }
+}
+
+impl AsyncWrite for Direct<'_> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if !self.in_glommio {
+            match crate::sys::try_send(crate::sys::tcp_fd(self.stream), buf) {
+                Ok(n) => return Poll::Ready(Ok(n)),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        let polled = Pin::new(&mut *self.stream).poll_write(cx, buf);
+        self.in_glommio = polled.is_pending();
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.stream).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.stream).poll_close(cx)
+    }
+}
 
 /// How many times a read lets the shard's other tasks run before it waits on
 /// the socket through glommio. Under load the data usually arrives meanwhile,

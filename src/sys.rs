@@ -36,6 +36,27 @@ pub fn try_recv(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
+/// `send(fd, buf, MSG_DONTWAIT | MSG_NOSIGNAL)`: writes what the socket has
+/// room for now, or `WouldBlock`. Never waits.
+pub fn try_send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `fd` is borrowed, so the descriptor stays open (and is not
+    // reused) for the duration of this call; `buf` is valid for reads of
+    // exactly `buf.len()` bytes.
+    let n = unsafe {
+        libc::send(
+            fd.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
 /// The descriptor of a glommio TCP stream, borrowed for as long as the stream is.
 pub fn tcp_fd(stream: &glommio::net::TcpStream) -> BorrowedFd<'_> {
     // SAFETY: a glommio `TcpStream` owns its socket and closes it only when

@@ -559,6 +559,30 @@ fn kill9_during_writes_never_serves_a_wrong_answer(shards: usize) {
     drop(gw);
 }
 
+fn another_shard_count_drops_the_entries_and_says_so(shards: usize) {
+    let mock = mock();
+    let mut first = cached_gateway(shards, &mock.base_url());
+    let data = first.data_dir();
+    let answers = fill(&first, "reshard", 10);
+    first.terminate();
+    assert!(first.wait_exit().success());
+    let other = Gateway::with(shards + 1)
+        .provider("up", &mock.base_url(), "")
+        .toml(CACHE)
+        .data_dir(&data)
+        .start();
+    let said = other.wait_stderr("started empty");
+    assert!(
+        said.contains(&format!("written for {shards} shards")) && said.contains("dropped"),
+        "{said}"
+    );
+    for body in answers.keys() {
+        let r = post(&other, &[], body);
+        assert_eq!((r.status, status(&r)), (200, "MISS"));
+    }
+    drop(first);
+}
+
 fn a_second_instance_on_the_same_data_dir_is_refused(shards: usize) {
     let mock = mock();
     let gw = cached_gateway(shards, &mock.base_url());
@@ -637,6 +661,7 @@ at_1_and_2_shards!(
     a_failing_leader_lets_followers_go_on_their_own,
     restart_keeps_entries_and_damage_loses_only_entries,
     kill9_during_writes_never_serves_a_wrong_answer,
+    another_shard_count_drops_the_entries_and_says_so,
     a_second_instance_on_the_same_data_dir_is_refused,
     purge_all_by_key_and_by_provider,
 );

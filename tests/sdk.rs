@@ -82,6 +82,7 @@ fn run_sdk_script(shards: usize, program: &str, script: &str) {
     let mock = mock();
     let gw = Gateway::with(shards)
         .provider("up", &mock.base_url(), "")
+        .toml("[cache]\nenabled = true\nsize = \"16MiB\"\nmax_entry = \"1MiB\"\n")
         .start();
 
     let child = Command::new(program)

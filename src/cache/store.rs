@@ -277,10 +277,18 @@ pub fn open(
     let mut fresh = None;
     if on_disk != len as u64 {
         if on_disk != 0 {
-            fresh = Some(format!(
-                "{} was {on_disk} bytes, not the {len} this configuration needs",
-                path.display()
-            ));
+            // Say why in the operator's terms when the old header can tell.
+            let mut old = vec![0u8; 64];
+            let known = std::io::Read::read_exact(&mut &file, &mut old).is_ok()
+                && old[..8] == FILE_MAGIC.to_le_bytes();
+            fresh = Some(if known {
+                describe_mismatch(&old, shards)
+            } else {
+                format!(
+                    "{} was {on_disk} bytes, not the {len} this configuration needs",
+                    path.display()
+                )
+            });
         }
         // Not mapped by anyone yet (the data_dir lock keeps other aigw out).
         file.set_len(0)?;

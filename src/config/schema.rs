@@ -31,7 +31,7 @@ pub const KEYS: &[KeySpec] = &[
     KeySpec {
         path: "server.data_dir",
         default: "aigw-data",
-        meaning: "directory for the admin socket, the request log (requests.db) and later the cache",
+        meaning: "directory for the admin socket, the request log (requests.db), the cache (cache/) and the lock (aigw.lock)",
     },
     KeySpec {
         path: "server.drain_timeout",

@@ -34,7 +34,7 @@ use crate::error::{ErrorSource, GatewayError};
 use crate::http::ReadBuf;
 use crate::http::request::Method;
 use crate::http::response::{ResponseBody, ResponseHead};
-use crate::net::read_some_tcp;
+use crate::net::{Direct, read_some_tcp};
 use crate::record::{CacheStatus, LogFacts, Outcome, Payload, RequestRecord, RouteKind, Usage};
 use crate::reqid::now_unix_ms;
 use crate::route::{self, Plan, Routed};
@@ -193,7 +193,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
     ];
     let _streaming = c.rhead.event_stream.then(|| ctx.streaming());
     let relayed = relay::relay(
-        &mut c.stream,
+        &mut Direct::new(&mut c.stream),
         &mut c.out,
         &mut c.decoded,
         reply.conn,
@@ -570,7 +570,7 @@ async fn follow(
     };
     let _streaming = ctx.streaming();
     let followed = relay::relay_flight(
-        &mut c.stream,
+        &mut Direct::new(&mut c.stream),
         &mut c.out,
         &mut c.decoded,
         flight,
@@ -730,7 +730,7 @@ async fn write_answer(
         let body_at = memchr::memmem::find(&c.out, b"\r\n\r\n").map_or(c.out.len(), |i| i + 4);
         log.response_body = Some(Payload::capped(&c.out[body_at..], cap));
     }
-    let written = c.stream.write_all(&c.out).await.is_ok();
+    let written = Direct::new(&mut c.stream).write_all(&c.out).await.is_ok();
     c.out.clear();
     if !written && rec.outcome == Outcome::Completed {
         rec.outcome = Outcome::ClientAborted;

@@ -51,6 +51,25 @@ echo = "".join(
 )
 assert echo == "echo me", echo
 
+# The response cache (on in this gateway): the second identical request is a
+# hit with the same answer; a cached stream reads like a live one.
+cached = [{"role": "user", "content": "cache this"}]
+first = client.chat.completions.with_raw_response.create(model="up/gpt-x", messages=cached)
+second = client.chat.completions.with_raw_response.create(model="up/gpt-x", messages=cached)
+assert first.headers.get("aigw-cache-status") == "MISS", first.headers
+assert second.headers.get("aigw-cache-status") == "HIT", second.headers
+assert second.parse().model_dump() == first.parse().model_dump()
+
+
+def streamed():
+    raw = client.chat.completions.with_raw_response.create(model="up/gpt-x", messages=cached, stream=True)
+    text = "".join(c.choices[0].delta.content or "" for c in raw.parse())
+    return raw.headers.get("aigw-cache-status"), text
+
+
+assert streamed() == ("MISS", expected)
+assert streamed() == ("HIT", expected)
+
 # A gateway error surfaces as the SDK's typed error.
 try:
     client.chat.completions.create(model="nope/gpt-x", messages=messages)

@@ -14,8 +14,8 @@
 
 use super::body::RequestFactory;
 use super::response::{BodyDecoder, Feed, HeadParse, ProtocolError, SseScanner, parse_head};
+use super::sock;
 use super::stats::{ErrorKind, Stats, micros};
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use glommio::timer::sleep;
 use std::cell::RefCell;
@@ -286,10 +286,10 @@ async fn exchange(
     buf: &mut [u8],
     mut sse: Option<&mut SseState>,
 ) -> Result<Done, Failure> {
-    conn.write_all(request).await?;
+    sock::write_all(conn, request).await?;
     let mut filled = 0;
     let (head, head_len) = loop {
-        let n = conn.read(&mut buf[filled..]).await?;
+        let n = sock::read(conn, &mut buf[filled..]).await?;
         if n == 0 {
             return Err(Failure::Closed);
         }
@@ -327,7 +327,7 @@ async fn exchange(
     };
     let mut state = feed(&mut decoder, &buf[head_len..filled]).map_err(Failure::Protocol)?;
     while state == Feed::NeedMore {
-        let n = conn.read(buf).await?;
+        let n = sock::read(conn, buf).await?;
         if n == 0 {
             decoder.finish_at_eof().map_err(Failure::Protocol)?;
             return Ok(Done {

@@ -9,6 +9,8 @@
 //! - `shard`    — an executor's share of the connections and its snapshots;
 //! - `conn`     — one keep-alive connection: pacing (open or closed loop),
 //!   send, read, record; coordinated omission is corrected here;
+//! - `sock`     — reads and writes that ask the socket directly before
+//!   waiting through glommio;
 //! - `response` — response framing (head, Content-Length, chunked, SSE events);
 //! - `stats`    — histograms and counters; `progress` merges them;
 //! - `cpu`      — CPU time from /proc for CPU-µs per request;
@@ -26,6 +28,7 @@ pub mod report;
 pub mod response;
 pub mod run;
 pub mod shard;
+pub mod sock;
 pub mod stats;
 
 pub use config::{BodySource, CpuWatch, LoadConfig, Mode, Target, parse_target};
