@@ -267,6 +267,11 @@ def cpu_mask(cpu):
 AIGW_NOLOG_TOML = "\n[logs]\nenabled = false\n"
 # The `aigw-payloads` target keeps request and response bodies too.
 AIGW_PAYLOADS_TOML = "\n[logs]\npayloads = true\n"
+# Targets that answer in microseconds without the mock (nginx static, cache
+# hits) are loaded with aigw-load polling its sockets before it waits: the mock
+# on its CPU is idle then, and without it aigw-load drives ~0.4x what wrk does
+# against nginx static (with it, ~1.0x; see loadtest/src/load/sock.rs).
+SPIN_ARGS = ["--spin", "16"]
 # What the aigw targets send besides the body: metadata, as a user tagging requests would.
 AIGW_HEADERS = ['aigw-metadata: {"user":"bench","app":"perf"}']
 
@@ -368,6 +373,7 @@ def build_targets(procs, bins, args, aigw_built):
     t.url = f"http://127.0.0.1:{static_port}{path}"
     t.pids = lambda: descendants(nginx.pid)
     t.streams = False
+    t.extra_args = list(SPIN_ARGS)
     targets.append(t)
 
     variants = [("aigw", "aigw pass-through", "our proxy path, cache off, accounting and request log on (metadata, no payloads)", 1, args.proxy_cpu, False)]
@@ -404,7 +410,7 @@ def build_targets(procs, bins, args, aigw_built):
                 t.url = f"http://127.0.0.1:{port}{path}"
                 t.stream_url = t.url
                 if key in ("aigw-cache", "aigw-cache-nolog"):
-                    t.extra_args = ["--hit-ratio", "1", "--pool-size", "64"]
+                    t.extra_args = ["--hit-ratio", "1", "--pool-size", "64"] + SPIN_ARGS
                     t.streams = False
         targets.append(t)
 
@@ -630,7 +636,7 @@ def wrk_compare(bins, args, static_url, server="nginx static", headers=(), model
             elif len(words) > 2 and words[1] == "requests" and words[2] == "in":
                 wrk_cpu.append(used * 1e6 / max(int(words[0]), 1))
         out = WORK / f"wrk-compare-{server.replace(' ', '-')}-{trial}.json"
-        subprocess.run(["taskset", "-c", args.load_cpu, bins["aigw-load"], "--cpus", args.load_cpu, "--url", static_url,
+        subprocess.run(["taskset", "-c", args.load_cpu, bins["aigw-load"], "--cpus", args.load_cpu] + SPIN_ARGS + ["--url", static_url,
                         "--body", body] + [a for h in headers for a in ("-H", h)] + ["-c", str(c), "--duration", f"{args.duration}s", "--warmup", f"{args.warmup}s",
                         "--quiet", "--json", out], capture_output=True,
                        timeout=args.duration + args.warmup + RUN_SLACK_S)

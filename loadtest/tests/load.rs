@@ -49,6 +49,32 @@ fn closed_loop_reports_rate_statuses_and_percentiles() {
     assert!(!report.exceeds_error_threshold());
 }
 
+/// `--spin` reads and writes the sockets directly: every answer still
+/// arrives whole, streams and bodies split across reads included.
+#[test]
+fn spinning_reads_lose_nothing() {
+    let server = mock(MockConfig {
+        reply_bytes: 100_000,
+        ..MockConfig::default()
+    });
+    let mut cfg = config(&server, 8);
+    cfg.spin = 16;
+    let json = run(&cfg).to_json();
+    let target = &json["targets"][0];
+    assert_eq!(target["errors"], 0, "{json}");
+    assert_eq!(target["status"]["200"], target["requests"], "{json}");
+    let mut cfg = config(&server, 4);
+    cfg.spin = 16;
+    cfg.stream = true;
+    let json = run(&cfg).to_json();
+    let target = &json["targets"][0];
+    assert_eq!(target["errors"], 0, "{json}");
+    assert!(
+        target["events"].as_u64().unwrap() >= target["requests"].as_u64().unwrap() * 8,
+        "{json}"
+    );
+}
+
 #[test]
 fn streams_report_time_to_first_event_and_gaps() {
     let server = mock(MockConfig {

@@ -64,6 +64,12 @@ struct Args {
     /// Size of that prompt pool.
     #[arg(long, default_value_t = NonZeroUsize::new(DEFAULT_POOL_SIZE).unwrap())]
     pool_size: NonZeroUsize,
+    /// Ask each socket this many times (letting the other connections run in
+    /// between) before waiting through io_uring; 0 waits at once. Use 16 when
+    /// the generator has its CPU to itself and the server answers in
+    /// microseconds (a cache, nginx static): it then keeps up with wrk.
+    #[arg(long, default_value_t = 0)]
+    spin: usize,
     /// HTTP method.
     #[arg(long, default_value = "POST")]
     method: String,
@@ -171,6 +177,7 @@ fn build_config(args: Args) -> Result<(LoadConfig, Option<PathBuf>), ConfigError
     cfg.stream = args.stream;
     cfg.hit_ratio = args.hit_ratio;
     cfg.pool_size = args.pool_size;
+    cfg.spin = args.spin.min(aigw_loadtest::load::sock::MAX_SPIN);
     cfg.timeout = args.timeout;
     cfg.max_error_rate = args.max_error_rate;
     cfg.cpu_watch = args

@@ -92,6 +92,8 @@ pub struct LoadConfig {
     /// Probability in [0, 1] that a template body reuses a pooled prompt.
     pub hit_ratio: f64,
     pub pool_size: NonZeroUsize,
+    /// Socket tries before waiting through io_uring (`--spin`; 0: wait at once).
+    pub spin: usize,
     pub timeout: Duration,
     pub max_error_rate: f64,
     pub cpu_watch: Vec<CpuWatch>,
@@ -119,6 +121,7 @@ impl LoadConfig {
             stream: false,
             hit_ratio: 0.0,
             pool_size: NonZeroUsize::new(DEFAULT_POOL_SIZE).expect("non-zero"),
+            spin: 0,
             timeout: DEFAULT_TIMEOUT,
             max_error_rate: DEFAULT_MAX_ERROR_RATE,
             cpu_watch: Vec::new(),

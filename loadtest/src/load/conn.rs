@@ -71,6 +71,8 @@ pub struct Connection {
     pub pacing: Pacing,
     pub clock: RunClock,
     pub timeout: Duration,
+    /// Socket tries before waiting through io_uring (0: wait at once).
+    pub spin: usize,
     /// Measure server-sent events (time to first event, gaps).
     pub stream: bool,
     pub recorder: Rc<RefCell<ShardRecorder>>,
@@ -114,6 +116,7 @@ impl Failure {
 pub async fn run_connection(mut c: Connection) {
     let mut buf = vec![0u8; READ_BUFFER];
     let mut stream: Option<TcpStream> = None;
+
     let mut due = match c.pacing {
         Pacing::Open { first, .. } => first,
         Pacing::Closed => c.clock.start,
@@ -171,7 +174,7 @@ pub async fn run_connection(mut c: Connection) {
         let request = c.requests.next_request();
         let mut sse = c.stream.then(SseState::default);
         c.recorder.borrow_mut().in_flight += 1;
-        let result = exchange(conn, request, &mut buf, sse.as_mut()).await;
+        let result = exchange(conn, request, &mut buf, sse.as_mut(), c.spin).await;
         c.recorder.borrow_mut().in_flight -= 1;
         match result {
             Ok(done) => {
@@ -285,11 +288,12 @@ async fn exchange(
     request: &[u8],
     buf: &mut [u8],
     mut sse: Option<&mut SseState>,
+    spin: usize,
 ) -> Result<Done, Failure> {
-    sock::write_all(conn, request).await?;
+    sock::write_all(conn, request, spin).await?;
     let mut filled = 0;
     let (head, head_len) = loop {
-        let n = sock::read(conn, &mut buf[filled..]).await?;
+        let n = sock::read(conn, &mut buf[filled..], spin).await?;
         if n == 0 {
             return Err(Failure::Closed);
         }
@@ -327,7 +331,7 @@ async fn exchange(
     };
     let mut state = feed(&mut decoder, &buf[head_len..filled]).map_err(Failure::Protocol)?;
     while state == Feed::NeedMore {
-        let n = sock::read(conn, buf).await?;
+        let n = sock::read(conn, buf, spin).await?;
         if n == 0 {
             decoder.finish_at_eof().map_err(Failure::Protocol)?;
             return Ok(Done {

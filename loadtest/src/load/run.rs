@@ -99,6 +99,7 @@ fn run_target(
         shards: cfg.cpus.len(),
         interval: cfg.per_connection_interval(),
         timeout: cfg.timeout,
+        spin: cfg.spin,
         stream: cfg.stream,
         snapshots: tx,
     };

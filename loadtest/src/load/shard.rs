@@ -40,6 +40,8 @@ pub struct ShardPlan {
     /// Open-loop interval per connection; `None` for closed loop.
     pub interval: Option<Duration>,
     pub timeout: Duration,
+    /// Socket tries before waiting (`--spin`).
+    pub spin: usize,
     pub stream: bool,
     pub snapshots: Sender<Snapshot>,
 }
@@ -69,6 +71,7 @@ pub async fn run_shard(plan: ShardPlan, index: usize) {
                 pacing,
                 clock: plan.clock,
                 timeout: plan.timeout,
+                spin: plan.spin,
                 stream: plan.stream,
                 recorder: recorder.clone(),
             }))

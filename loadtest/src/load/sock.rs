@@ -10,7 +10,10 @@
 //! connections in between, and only then waits through glommio. Measured on
 //! this VM against nginx static (64 connections, one CPU): glommio reads and
 //! writes drove 0.36x what wrk drives; direct reads with 2 yields 0.4-0.5x,
-//! 6 yields 0.7x, 16 yields 0.97-1.0x. What it saves is the io_uring poll
+//! 6 yields 0.7x, 16 yields 0.97-1.0x. Against a slow server the tries only
+//! find empty sockets and take CPU from whatever shares the generator's core
+//! (the harness's mock), and adapting per connection flapped (0.7-1.0x), so
+//! it is a choice: `--spin N`, off by default. What it saves is the io_uring poll
 //! each waiting read arms: its completion is task work that interrupts the
 //! executor with a reschedule IPI (10% of the CPU in a profile).
 //!
@@ -24,10 +27,8 @@ use glommio::net::TcpStream;
 use std::io;
 use std::os::fd::AsRawFd;
 
-/// How many times a read lets the executor's other connections run before it
-/// waits on the socket through glommio (each try is one `recv`). At low
-/// rates this spends a little more CPU on the generator's own core.
-const YIELDS_BEFORE_WAIT: usize = 16;
+/// Largest `--spin`.
+pub const MAX_SPIN: usize = 64;
 
 fn would_block(e: &io::Error) -> bool {
     matches!(
@@ -76,20 +77,25 @@ fn try_send(stream: &TcpStream, buf: &[u8]) -> io::Result<usize> {
 
 /// Reads what the socket has into `buf`, waiting only when it is empty.
 /// `Ok(0)` is end of stream; the stream's read timeout bounds the wait.
-pub async fn read(stream: &mut TcpStream, buf: &mut [u8]) -> io::Result<usize> {
-    if buf.is_empty() {
-        return Ok(0);
+/// `spin` 0 is a plain glommio read (one io_uring receive: right for a slow
+/// server, or a generator sharing its CPU with the mock).
+pub async fn read(stream: &mut TcpStream, buf: &mut [u8], spin: usize) -> io::Result<usize> {
+    if spin == 0 || buf.is_empty() {
+        return stream.read(buf).await;
     }
-    for _ in 0..YIELDS_BEFORE_WAIT {
+    // The answer cannot be here the moment the request left: the executor's
+    // other connections run first, then the socket is asked.
+    for _ in 0..spin {
+        futures_lite::future::yield_now().await;
         match try_recv(stream, buf) {
             Ok(n) => return Ok(n),
             Err(e) if would_block(&e) => {}
             Err(e) => return Err(e),
         }
-        futures_lite::future::yield_now().await;
     }
-    // One byte through glommio fills its buffer, so it arms no extra poll;
-    // the rest comes with one more `recv`.
+    // One byte through glommio fills its buffer, so it arms no extra poll
+    // (whose completion would interrupt the executor); the rest comes with
+    // one more `recv`.
     let first = stream.read(&mut buf[..1]).await?;
     if first == 0 || buf.len() == 1 {
         return Ok(first);
@@ -101,16 +107,20 @@ pub async fn read(stream: &mut TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
-/// Writes all of `bytes`: straight into the socket while it has room, the
-/// rest through glommio (whose write timeout bounds the wait).
-pub async fn write_all(stream: &mut TcpStream, mut bytes: &[u8]) -> io::Result<()> {
-    while !bytes.is_empty() {
+/// Writes all of `bytes`: with `spin`, straight into the socket while it has
+/// room, the rest (or all, without `spin`) through glommio, whose write
+/// timeout bounds the wait.
+pub async fn write_all(stream: &mut TcpStream, mut bytes: &[u8], spin: usize) -> io::Result<()> {
+    while spin > 0 && !bytes.is_empty() {
         match try_send(stream, bytes) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => bytes = &bytes[n..],
-            Err(e) if would_block(&e) => return stream.write_all(bytes).await,
+            Err(e) if would_block(&e) => break,
             Err(e) => return Err(e),
         }
     }
-    Ok(())
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    stream.write_all(bytes).await
 }
