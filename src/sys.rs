@@ -134,6 +134,14 @@ impl SharedMap {
         Ok(SharedMap { map, len })
     }
 
+    /// Zeroed anonymous memory of `len` bytes, advised to use huge pages
+    /// (a hint: without transparent huge pages it is plain memory).
+    pub fn anonymous(len: usize) -> io::Result<SharedMap> {
+        let map = memmap2::MmapRaw::from(memmap2::MmapMut::map_anon(len)?);
+        let _ = map.advise(memmap2::Advice::HugePage);
+        Ok(SharedMap { map, len })
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }

@@ -173,30 +173,35 @@ fn register(wakers: &mut Vec<Waker>, w: &Waker) {
     }
 }
 
-/// What runs once when a flight fails.
-type OnFail = Box<dyn FnOnce(&Arc<Flight>)>;
+/// The flights in progress, by key (shared by every shard).
+pub type Flights = dashmap::DashMap<CacheKey, Arc<Flight>>;
 
 /// The leader's side of a flight. Dropped unfinished, it fails the flight.
 pub struct Leading {
     pub flight: Arc<Flight>,
-    /// Called once when the flight fails (takes it out of the table).
-    on_fail: Option<OnFail>,
+    /// The table the flight is in, until it fails (then it leaves it) or
+    /// completes (then its store takes it out).
+    table: Option<Arc<Flights>>,
 }
 
 impl Leading {
-    pub fn new(flight: Arc<Flight>, on_fail: OnFail) -> Leading {
+    pub fn new(flight: Arc<Flight>, table: Arc<Flights>) -> Leading {
         Leading {
             flight,
-            on_fail: Some(on_fail),
+            table: Some(table),
         }
     }
 
-    /// The answer's head: a shareable answer starts.
-    pub fn head(&mut self, head: FlightHead, provider: u32) {
+    /// The answer's head: a shareable answer starts. `body_hint`: the body's
+    /// length when the provider said it.
+    pub fn head(&mut self, head: FlightHead, provider: u32, body_hint: Option<usize>) {
         let mut s = self.flight.lock();
         if s.end.is_none() {
             s.provider = provider;
             s.head = Some(head);
+            if let Some(n) = body_hint.filter(|n| *n <= self.flight.max_bytes) {
+                s.body.reserve_exact(n);
+            }
             Flight::wake(&mut s);
         }
     }
@@ -226,8 +231,9 @@ impl Leading {
     /// Fails the flight now: followers go upstream on their own.
     pub fn fail(&mut self) {
         self.flight.fail();
-        if let Some(f) = self.on_fail.take() {
-            f(&self.flight);
+        if let Some(table) = self.table.take() {
+            let f = &self.flight;
+            table.remove_if(&f.key, |_, v| Arc::ptr_eq(v, f));
         }
     }
 
@@ -251,14 +257,14 @@ impl Leading {
         (s.input_tokens, s.output_tokens) = tokens;
         Flight::wake(&mut s);
         drop(s);
-        self.on_fail = None;
+        self.table = None;
         Some(self.flight.clone())
     }
 }
 
 impl Drop for Leading {
     fn drop(&mut self) {
-        if self.on_fail.is_some() {
+        if self.table.is_some() {
             self.fail();
         }
     }
@@ -267,17 +273,15 @@ impl Drop for Leading {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::cell::Cell;
-    use std::rc::Rc;
 
-    fn leading(max: usize) -> (Leading, Rc<Cell<bool>>) {
-        let failed = Rc::new(Cell::new(false));
-        let f = failed.clone();
-        let l = Leading::new(
-            Arc::new(Flight::new(CacheKey(1), max)),
-            Box::new(move |_| f.set(true)),
-        );
-        (l, failed)
+    /// A leader whose flight is in a table; the check says whether the
+    /// flight has left it.
+    fn leading(max: usize) -> (Leading, impl Fn() -> bool) {
+        let table = Arc::new(Flights::new());
+        let flight = Arc::new(Flight::new(CacheKey(1), max));
+        table.insert(flight.key, flight.clone());
+        let l = Leading::new(flight, table.clone());
+        (l, move || table.is_empty())
     }
 
     fn head() -> FlightHead {
@@ -293,7 +297,7 @@ mod tests {
         let (mut l, failed) = leading(1 << 20);
         let f = l.flight.clone();
         assert!(f.follow());
-        l.head(head(), 3);
+        l.head(head(), 3, Some(18));
         l.append(b"data: 1\n\n");
         let (mut cursor, mut out) = (0, Vec::new());
         let end = futures_lite::future::block_on(f.more(&mut cursor, &mut out));
@@ -303,7 +307,7 @@ mod tests {
         let end = futures_lite::future::block_on(f.more(&mut cursor, &mut out));
         assert_eq!(end, Some(End::Complete));
         assert_eq!(out, b"data: 1\n\ndata: 2\n\n");
-        assert!(!failed.get());
+        assert!(!failed());
         let fin = done.finished().unwrap();
         assert_eq!(
             (fin.tokens(), fin.provider(), fin.times()),
@@ -318,15 +322,15 @@ mod tests {
         let (l, failed) = leading(1 << 20);
         let f = l.flight.clone();
         drop(l);
-        assert!(failed.get() && f.is_failed() && !f.follow());
+        assert!(failed() && f.is_failed() && !f.follow());
         assert_eq!(futures_lite::future::block_on(f.head()), None);
         let (mut l, failed) = leading(50);
         let f = l.flight.clone();
-        l.head(head(), 0);
+        l.head(head(), 0, None);
         l.append(&[b'x'; 10]);
         assert!(l.alive());
         l.append(&[b'x'; 10]);
-        assert!(!l.alive() && failed.get());
+        assert!(!l.alive() && failed());
         let (mut cursor, mut out) = (0, Vec::new());
         let end = futures_lite::future::block_on(f.more(&mut cursor, &mut out));
         assert_eq!((end, out.len()), (None, 10));

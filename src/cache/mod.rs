@@ -20,10 +20,9 @@ pub mod store;
 
 use crate::config::CacheConfig;
 use crate::record::CacheStatus;
-use dashmap::DashMap;
 use dashmap::mapref::entry::Entry as MapEntry;
 use entry::Entry;
-use flight::{Flight, Leading};
+use flight::{Flight, Flights, Leading};
 use key::{CacheKey, KeyInput, KeyMaker};
 use std::cell::{Ref, RefCell};
 use std::path::{Path, PathBuf};
@@ -81,7 +80,7 @@ pub struct Cache {
     geo: Geometry,
     partitions: Vec<Partition>,
     writers: Vec<Mutex<Option<Writer>>>,
-    flights: DashMap<CacheKey, Arc<Flight>>,
+    flights: Arc<Flights>,
     fills: Vec<flume::Sender<Arc<Flight>>>,
     fill_rx: Vec<Mutex<Option<flume::Receiver<Arc<Flight>>>>>,
     /// Requests that joined another's upstream call (counted as they join).
@@ -200,7 +199,7 @@ impl Cache {
                 geo,
                 partitions,
                 writers,
-                flights: DashMap::new(),
+                flights: Arc::new(Flights::new()),
                 fills,
                 fill_rx,
                 followers: AtomicU64::new(0),
@@ -283,6 +282,8 @@ impl ShardCache {
     fn find(&self, key: CacheKey, now_ms: u64) -> Lookup {
         let shared = &self.shared;
         let part = &shared.partitions[partition_of(key, shared.shards)];
+        // Whether an answer was stored while this request looked (see below).
+        let stores = part.stats.stores.load(Ordering::Acquire);
         let status = match part.lookup(key, now_ms, &mut self.buf.borrow_mut()) {
             Some(Found::Fresh(_)) => return Lookup::Hit,
             Some(Found::Expired) => CacheStatus::Expired,
@@ -299,16 +300,14 @@ impl ShardCache {
                 flight
             }
         };
-        let me = shared.clone();
-        let leading = Leading::new(
-            flight,
-            Box::new(move |f| {
-                me.flights.remove_if(&f.key, |_, v| Arc::ptr_eq(v, f));
-            }),
-        );
+        let leading = Leading::new(flight, shared.flights.clone());
         // The flight this request missed may have been stored and left the
         // table between the lookup and now: look again before going upstream.
-        if let Some(Found::Fresh(_)) = part.lookup(key, now_ms, &mut self.buf.borrow_mut()) {
+        // A store counts itself before its flight leaves the table, so an
+        // unchanged count proves there is nothing new to find.
+        if part.stats.stores.load(Ordering::Acquire) != stores
+            && let Some(Found::Fresh(_)) = part.lookup(key, now_ms, &mut self.buf.borrow_mut())
+        {
             drop(leading);
             return Lookup::Hit;
         }

@@ -467,6 +467,10 @@ fn fill_tap(
     }
     let mut head = Vec::new();
     respond::stored_head(&mut head, rh, window);
+    let hint = match rh.body() {
+        ResponseBody::Length(n) => usize::try_from(n).ok(),
+        _ => None,
+    };
     leading.head(
         FlightHead {
             status: rh.status,
@@ -474,6 +478,7 @@ fn fill_tap(
             stream: rh.event_stream,
         },
         entry::provider_tag(&plan.provider.name),
+        hint,
     );
     Some(FillTap { leading })
 }
