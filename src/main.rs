@@ -213,12 +213,9 @@ fn main() -> ExitCode {
                     config,
                 },
         } => {
-            let socket = match socket {
-                Some(s) => s,
-                None => match load(config.as_deref()) {
-                    Ok(c) => c.admin_socket,
-                    Err(e) => return fail(&e),
-                },
+            let socket = match admin_socket(socket, config.as_deref()) {
+                Ok(s) => s,
+                Err(e) => return fail(&e),
             };
             let mut path = String::from("/cache/purge");
             if let Some(k) = key {
@@ -245,12 +242,9 @@ fn main() -> ExitCode {
             prometheus,
             watch,
         } => {
-            let socket = match socket {
-                Some(s) => s,
-                None => match load(config.as_deref()) {
-                    Ok(c) => c.admin_socket,
-                    Err(e) => return fail(&e),
-                },
+            let socket = match admin_socket(socket, config.as_deref()) {
+                Ok(s) => s,
+                Err(e) => return fail(&e),
             };
             let path = if prometheus { "/metrics" } else { "/stats" };
             loop {
@@ -474,6 +468,18 @@ fn show_text(r: &aigw::logstore::query::Row) -> String {
         ));
     }
     s
+}
+
+/// The admin socket a client command talks to: `--socket`, else the one the
+/// config (`--config`, or the built-in defaults) names.
+fn admin_socket(
+    socket: Option<PathBuf>,
+    config: Option<&std::path::Path>,
+) -> Result<PathBuf, String> {
+    match socket {
+        Some(s) => Ok(s),
+        None => load(config).map(|c| c.admin_socket),
+    }
 }
 
 fn load(path: Option<&std::path::Path>) -> Result<Config, String> {

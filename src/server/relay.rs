@@ -105,13 +105,8 @@ pub async fn relay<W: AsyncWrite + Unpin>(
             }
         }
         up.buf.consume(used);
-        if !out.is_empty() {
-            bytes_out += out.len() as u64;
-            let written = client.write_all(out).await;
-            out.clear();
-            if written.is_err() {
-                break Ending::ClientAborted;
-            }
+        if !send(client, out, &mut bytes_out).await {
+            break Ending::ClientAborted;
         }
         if done {
             break Ending::Complete;
@@ -179,13 +174,8 @@ pub async fn relay_flight<W: AsyncWrite + Unpin>(
         if end == Some(FlightEnd::Complete) && client_framing == ClientFraming::Chunked {
             out.extend_from_slice(LAST_CHUNK);
         }
-        if !out.is_empty() {
-            bytes_out += out.len() as u64;
-            let written = client.write_all(out).await;
-            out.clear();
-            if written.is_err() {
-                break Ending::ClientAborted;
-            }
+        if !send(client, out, &mut bytes_out).await {
+            break Ending::ClientAborted;
         }
         match end {
             None => {}
@@ -198,6 +188,18 @@ pub async fn relay_flight<W: AsyncWrite + Unpin>(
         bytes_out,
         first_bytes,
     }
+}
+
+/// Sends what `out` holds (counting it) and empties it; false when the
+/// client is gone.
+async fn send<W: AsyncWrite + Unpin>(client: &mut W, out: &mut Vec<u8>, sent: &mut u64) -> bool {
+    if out.is_empty() {
+        return true;
+    }
+    *sent += out.len() as u64;
+    let written = client.write_all(out).await;
+    out.clear();
+    written.is_ok()
 }
 
 fn frame(out: &mut Vec<u8>, data: &[u8], framing: ClientFraming) {

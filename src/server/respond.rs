@@ -40,6 +40,22 @@ impl ClientFraming {
     }
 }
 
+/// Writes the header lines every provider answer carries: request id,
+/// provider and (when it can be echoed) model.
+fn push_ours(out: &mut Vec<u8>, id: RequestId, provider: Option<&str>, model: Option<&str>) {
+    push_id(out, id);
+    if let Some(p) = provider {
+        out.extend_from_slice(b"aigw-provider: ");
+        out.extend_from_slice(p.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(m) = model.filter(|m| echoable(m)) {
+        out.extend_from_slice(b"aigw-model: ");
+        out.extend_from_slice(m.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
 /// Writes the `aigw-request-id` header line.
 fn push_id(out: &mut Vec<u8>, id: RequestId) {
     out.extend_from_slice(b"aigw-request-id: ");
@@ -146,17 +162,7 @@ pub struct CachedHead<'a> {
 pub fn cached_head(out: &mut Vec<u8>, h: &CachedHead<'_>, stored: &[u8]) {
     status_line(out, h.http10, h.status, provider_reason(h.status, b""));
     out.extend_from_slice(stored);
-    push_id(out, h.id);
-    if let Some(p) = h.provider {
-        out.extend_from_slice(b"aigw-provider: ");
-        out.extend_from_slice(p.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    if let Some(m) = h.model.filter(|m| echoable(m)) {
-        out.extend_from_slice(b"aigw-model: ");
-        out.extend_from_slice(m.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    push_ours(out, h.id, h.provider, h.model);
     h.cache.write(out);
     if let Some(age) = h.age {
         out.extend_from_slice(b"age: ");
@@ -205,17 +211,7 @@ pub fn provider_head(out: &mut Vec<u8>, h: &ClientHead<'_>, rh: &ResponseHead, w
         out.extend_from_slice(x.value.get(window));
         out.extend_from_slice(b"\r\n");
     }
-    push_id(out, h.id);
-    if let Some(p) = h.provider {
-        out.extend_from_slice(b"aigw-provider: ");
-        out.extend_from_slice(p.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    if let Some(m) = h.model.filter(|m| echoable(m)) {
-        out.extend_from_slice(b"aigw-model: ");
-        out.extend_from_slice(m.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    push_ours(out, h.id, h.provider, h.model);
     if rh.status >= 400 {
         out.extend_from_slice(b"aigw-error-source: provider\r\n");
     }
