@@ -220,6 +220,10 @@ pub fn serve(
         metrics_addr,
     });
     let results = handles.join_all();
+    // Answers handed between shards as they stopped are stored now.
+    if let Some(c) = &cache {
+        c.settle();
+    }
     // Every shard is gone: the log thread commits what is queued and ends.
     drop(log_tx);
     log_stats.stop();
@@ -330,9 +334,6 @@ async fn run_shard(a: ShardArgs) {
             a.shard,
             ctx.open_connections()
         );
-    }
-    if let Some(c) = ctx.cache() {
-        c.flush();
     }
     let _ = send_snapshot(&a.snapshots, ctx.snapshot(0));
 }

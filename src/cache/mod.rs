@@ -79,10 +79,12 @@ pub struct Cache {
     config: CacheConfig,
     geo: Geometry,
     partitions: Vec<Partition>,
-    writers: Vec<Mutex<Option<Writer>>>,
+    /// Each partition's writer: only its owner shard locks it while running
+    /// (uncontended; misses only), the main thread after every shard stopped.
+    writers: Vec<Mutex<Writer>>,
     flights: Arc<Flights>,
     fills: Vec<flume::Sender<Arc<Flight>>>,
-    fill_rx: Vec<Mutex<Option<flume::Receiver<Arc<Flight>>>>>,
+    fill_rx: Vec<flume::Receiver<Arc<Flight>>>,
     /// Requests that joined another's upstream call (counted as they join).
     followers: AtomicU64,
 }
@@ -183,15 +185,10 @@ impl Cache {
                 )
             })?;
             partitions.push(p);
-            writers.push(Mutex::new(Some(w)));
+            writers.push(Mutex::new(w));
             opened.push(o);
         }
-        let (fills, fill_rx) = (0..shards)
-            .map(|_| {
-                let (tx, rx) = flume::unbounded();
-                (tx, Mutex::new(Some(rx)))
-            })
-            .unzip();
+        let (fills, fill_rx) = (0..shards).map(|_| flume::unbounded()).unzip();
         Ok((
             Cache {
                 shards,
@@ -227,18 +224,66 @@ impl Cache {
         t
     }
 
-    /// Shard `shard`'s part; once per shard (the writer moves into it).
+    /// Shard `shard`'s part.
     pub fn for_shard(self: &Arc<Self>, shard: usize) -> Option<ShardCache> {
-        let writer = self.writers.get(shard)?.lock().ok()?.take()?;
-        let fills = self.fill_rx.get(shard)?.lock().ok()?.take()?;
+        let fills = self.fill_rx.get(shard)?.clone();
         Some(ShardCache {
             shared: self.clone(),
             shard,
-            writer: RefCell::new(writer),
             fills,
             keys: RefCell::new(KeyMaker::default()),
             buf: RefCell::new(Vec::new()),
         })
+    }
+
+    fn writer(&self, shard: usize) -> std::sync::MutexGuard<'_, Writer> {
+        self.writers[shard]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stores a completed flight in partition `shard` (its owner calls this),
+    /// then lets new requests find the entry instead of the flight.
+    fn store_in(&self, shard: usize, flight: &Arc<Flight>, now_ms: u64) {
+        if let Some(f) = flight.finished()
+            && let Some(head) = f.head()
+        {
+            let (created_ms, expires_ms) = f.times();
+            let (input_tokens, output_tokens) = f.tokens();
+            let e = Entry {
+                key: flight.key,
+                flags: if head.stream { entry::FLAG_STREAM } else { 0 },
+                created_ms,
+                expires_ms,
+                provider: f.provider(),
+                input_tokens,
+                output_tokens,
+                status: head.status,
+                head: &head.head,
+                body: f.body(),
+            };
+            self.writer(shard)
+                .insert(&self.partitions[shard], &e, now_ms);
+        }
+        self.forget(flight);
+    }
+
+    fn forget(&self, flight: &Arc<Flight>) {
+        self.flights
+            .remove_if(&flight.key, |_, v| Arc::ptr_eq(v, flight));
+    }
+
+    /// After every shard has stopped: stores the answers still on their way to
+    /// their partitions (a shard may have handed one over as its owner
+    /// stopped), then asks the kernel to write the files back.
+    pub fn settle(&self) {
+        let now = crate::reqid::now_unix_ms();
+        for shard in 0..self.shards {
+            while let Ok(f) = self.fill_rx[shard].try_recv() {
+                self.store_in(shard, &f, now);
+            }
+            self.writer(shard).flush(&self.partitions[shard]);
+        }
     }
 
     pub fn config(&self) -> &CacheConfig {
@@ -262,7 +307,6 @@ pub enum Lookup {
 pub struct ShardCache {
     pub shared: Arc<Cache>,
     shard: usize,
-    writer: RefCell<Writer>,
     fills: flume::Receiver<Arc<Flight>>,
     keys: RefCell<KeyMaker>,
     /// The entry of the last hit, as copied out of its partition.
@@ -326,63 +370,31 @@ impl ShardCache {
     pub fn store(&self, flight: Arc<Flight>, now_ms: u64) {
         let owner = partition_of(flight.key, self.shared.shards);
         if owner == self.shard {
-            self.store_here(&flight, now_ms);
+            self.shared.store_in(owner, &flight, now_ms);
         } else if self.shared.fills[owner].send(flight.clone()).is_err() {
-            self.forget(&flight);
+            self.shared.forget(&flight);
         }
-    }
-
-    /// Stores a completed flight in this shard's partition, then lets new
-    /// requests find the entry instead of the flight.
-    fn store_here(&self, flight: &Arc<Flight>, now_ms: u64) {
-        if let Some(f) = flight.finished()
-            && let Some(head) = f.head()
-        {
-            let (created_ms, expires_ms) = f.times();
-            let (input_tokens, output_tokens) = f.tokens();
-            let e = Entry {
-                key: flight.key,
-                flags: if head.stream { entry::FLAG_STREAM } else { 0 },
-                created_ms,
-                expires_ms,
-                provider: f.provider(),
-                input_tokens,
-                output_tokens,
-                status: head.status,
-                head: &head.head,
-                body: f.body(),
-            };
-            let part = &self.shared.partitions[self.shard];
-            self.writer.borrow_mut().insert(part, &e, now_ms);
-        }
-        self.forget(flight);
-    }
-
-    fn forget(&self, flight: &Arc<Flight>) {
-        self.shared
-            .flights
-            .remove_if(&flight.key, |_, v| Arc::ptr_eq(v, flight));
     }
 
     /// Waits for the next answer another shard handed over, and stores it.
     /// `None` once every sender is gone.
     pub async fn store_next(&self) -> Option<()> {
         let flight = self.fills.recv_async().await.ok()?;
-        self.store_here(&flight, crate::reqid::now_unix_ms());
+        self.shared
+            .store_in(self.shard, &flight, crate::reqid::now_unix_ms());
         Some(())
     }
 
     /// Purges this shard's partition.
     pub fn purge(&self, what: Purge) -> u64 {
+        // Answers already handed to this partition go in first, so a purge
+        // that follows an answer finds it.
+        while let Ok(f) = self.fills.try_recv() {
+            self.shared
+                .store_in(self.shard, &f, crate::reqid::now_unix_ms());
+        }
         let part = &self.shared.partitions[self.shard];
-        self.writer.borrow_mut().purge(part, what)
-    }
-
-    /// Writes this shard's partition back (a clean stop).
-    pub fn flush(&self) {
-        self.writer
-            .borrow()
-            .flush(&self.shared.partitions[self.shard]);
+        self.shared.writer(self.shard).purge(part, what)
     }
 }
 

@@ -527,7 +527,8 @@ async fn follow(
         model: rec.model.as_deref(),
         status: head.status,
         cache,
-        age: None,
+        // The shared answer is being generated (or just was): it is fresh.
+        age: Some(0),
         gateway: Duration::ZERO,
         length: None,
     };

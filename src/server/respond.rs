@@ -149,7 +149,7 @@ pub struct CachedHead<'a> {
     pub model: Option<&'a str>,
     pub status: u16,
     pub cache: CacheLine,
-    /// Seconds since the entry was stored (`Age`); `None` for a coalesced answer.
+    /// Seconds since the entry was stored (`Age`; 0 for a coalesced answer).
     pub age: Option<u64>,
     pub gateway: Duration,
     /// The body's length, or `None` for a body still arriving (chunked, or
