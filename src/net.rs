@@ -18,12 +18,13 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 /// A client socket written straight with `send(MSG_DONTWAIT)` while it has
-/// room, through glommio (and its write timeout) only when it is full. A
-/// glommio write is an io_uring send that completes on a later reactor turn;
-/// a response usually fits the socket buffer, so one syscall does it.
+/// room, through glommio (and its write timeout) only when it is full; a
+/// response usually fits the socket buffer, so one syscall does it.
 ///
-/// Once a write has gone to glommio, every call goes there until it completes:
-/// sending directly while its io_uring send is in flight would reorder bytes.
+/// Once a write has gone to glommio, every call goes there until it
+/// completes. glommio 0.9's socket writes are a non-blocking send plus a
+/// writability poll, so no bytes are in flight inside io_uring; the rule
+/// keeps that true should a later glommio submit sends through io_uring.
 pub struct Direct<'a> {
     stream: &'a mut TcpStream,
     in_glommio: bool,

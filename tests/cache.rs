@@ -305,6 +305,52 @@ fn cut_streams_errors_and_no_store_are_never_stored(shards: usize) {
     assert_eq!(n(&cache_stats(&gw), &["entries"]), 0);
 }
 
+fn errors_in_a_200_stream_and_other_askers_are_never_shared(shards: usize) {
+    // A provider that reports a failure inside a 200 stream.
+    const ERROR_STREAM: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: 56\r\n\r\ndata: {\"error\":{\"message\":\"overloaded\"}}\n\ndata: [DONE]\n\n";
+    let fixed = common::FixedUpstream::start(ERROR_STREAM);
+    let gw = Gateway::with(shards)
+        .provider("up", &fixed.base_url(), "")
+        .toml(CACHE)
+        .start();
+    let body = chat("overloaded", true);
+    let r = post(&gw, &[], &body);
+    assert_eq!((r.status, status(&r)), (200, "MISS"));
+    assert!(r.text().contains("overloaded"), "{}", r.text());
+    assert_eq!(
+        status(&post(&gw, &[], &body)),
+        "MISS",
+        "an error stream was stored"
+    );
+
+    let mock = mock();
+    let gw = cached_gateway(shards, &mock.base_url());
+    // A credential in the query scopes a caller-chosen key too.
+    let path = |k: &str| format!("/up/chat/completions?key={k}");
+    let custom = [("aigw-cache-key", "same")];
+    let plain = r#"{"model":"gpt-x","messages":[{"role":"user","content":"q"}]}"#;
+    assert_eq!(
+        status(&gw.client().post(&path("a"), &custom, plain)),
+        "MISS"
+    );
+    assert_eq!(status(&gw.client().post(&path("a"), &custom, plain)), "HIT");
+    assert_eq!(
+        status(&gw.client().post(&path("b"), &custom, plain)),
+        "MISS"
+    );
+    // A header that changes the answer (an API beta) is another entry.
+    let body = chat("beta", false);
+    assert_eq!(status(&post(&gw, &[], &body)), "MISS");
+    assert_eq!(
+        status(&post(&gw, &[("openai-beta", "assistants=v2")], &body)),
+        "MISS"
+    );
+    assert_eq!(
+        status(&post(&gw, &[("openai-beta", "assistants=v2")], &body)),
+        "HIT"
+    );
+}
+
 /// Sends `count` identical requests at once, each on its own connection.
 fn all_at_once(gw: &Gateway, count: usize, body: &str) -> Vec<Response> {
     let barrier = Arc::new(Barrier::new(count));
@@ -675,6 +721,7 @@ at_1_and_2_shards!(
     two_credentials_never_share_an_entry,
     entries_expire,
     cut_streams_errors_and_no_store_are_never_stored,
+    errors_in_a_200_stream_and_other_askers_are_never_shared,
     fifty_identical_misses_make_one_upstream_call,
     stream_followers_get_events_as_the_leader_does,
     a_failing_leader_lets_followers_go_on_their_own,

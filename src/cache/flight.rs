@@ -12,6 +12,7 @@
 
 use super::key::CacheKey;
 use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Poll, Waker};
 
@@ -53,6 +54,9 @@ pub struct Flight {
     /// Largest answer (head and body) a flight carries.
     max_bytes: usize,
     state: Mutex<State>,
+    /// Set once the flight fails: read without the lock (a lookup holding a
+    /// table lock must not wait on a flight's lock, which a store may hold).
+    failed: AtomicBool,
 }
 
 /// A complete flight, as stored.
@@ -84,6 +88,7 @@ impl Flight {
             key,
             max_bytes,
             state: Mutex::new(State::default()),
+            failed: AtomicBool::new(false),
         }
     }
 
@@ -155,13 +160,14 @@ impl Flight {
     }
 
     pub fn is_failed(&self) -> bool {
-        self.lock().end == Some(End::Failed)
+        self.failed.load(Ordering::Acquire)
     }
 
     fn fail(&self) {
         let mut s = self.lock();
         if s.end.is_none() {
             s.end = Some(End::Failed);
+            self.failed.store(true, Ordering::Release);
             Self::wake(&mut s);
         }
     }

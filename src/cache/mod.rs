@@ -45,32 +45,94 @@ pub const CREDENTIAL_HEADERS: [&str; 6] = [
     "aigw-authorization",
 ];
 
-/// The scope of a request: a hash of every credential header it carries
-/// (name and value), so two credentials never share an entry; 0 with
+/// Query parameters that carry a credential (some clients authenticate with
+/// `?key=...`): scoped like the headers.
+pub const CREDENTIAL_PARAMS: [&str; 5] = ["key", "api_key", "api-key", "access_token", "token"];
+
+/// Forwarded request headers that change the answer (API versions and betas,
+/// the organization or project billed): part of the scope, whoever shares.
+pub const VARYING_HEADERS: [&str; 5] = [
+    "anthropic-version",
+    "anthropic-beta",
+    "openai-beta",
+    "openai-organization",
+    "openai-project",
+];
+
+fn named(name: &[u8], list: &[&str]) -> bool {
+    list.iter().any(|c| name.eq_ignore_ascii_case(c.as_bytes()))
+}
+
+fn pair_hash(h: &mut xxhash_rust::xxh3::Xxh3, name: &[u8], value: &[u8]) -> u64 {
+    h.reset();
+    h.update(&name.to_ascii_lowercase());
+    h.update(b"\0");
+    h.update(value);
+    h.digest()
+}
+
+/// The scope of a request: who may share its entries, and which answer its
+/// headers ask for.
+///
+/// Who: a hash of every credential the request carries (the headers in
+/// [`CREDENTIAL_HEADERS`], the query parameters in [`CREDENTIAL_PARAMS`] of
+/// the upstream `query`), so two credentials never share an entry; 0 with
 /// `cache.shared` (everyone shares), 1 for requests without any credential
-/// (they all use the gateway's own provider keys).
-pub fn scope<'a>(shared: bool, headers: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> u64 {
-    if shared {
-        return 0;
-    }
+/// (they all use the gateway's own provider keys). Mixed with a hash of the
+/// [`VARYING_HEADERS`] present, whoever shares.
+pub fn scope<'a>(
+    shared: bool,
+    headers: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+    query: &str,
+) -> u64 {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     let mut any = false;
-    // Order-independent: each credential's hash is summed.
-    let mut sum = 0u64;
+    // Order-independent: each pair's hash is summed.
+    let (mut who, mut vary) = (0u64, 0u64);
     for (name, value) in headers {
-        if CREDENTIAL_HEADERS
-            .iter()
-            .any(|c| name.eq_ignore_ascii_case(c.as_bytes()))
-        {
-            h.reset();
-            h.update(&name.to_ascii_lowercase());
-            h.update(b"\0");
-            h.update(value);
-            sum = sum.wrapping_add(h.digest());
+        if named(name, &CREDENTIAL_HEADERS) {
+            who = who.wrapping_add(pair_hash(&mut h, name, value));
+            any = true;
+        } else if named(name, &VARYING_HEADERS) {
+            vary = vary.wrapping_add(pair_hash(&mut h, name, value));
+        }
+    }
+    for pair in query.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if named(k.as_bytes(), &CREDENTIAL_PARAMS) {
+            let name = format!("?{k}");
+            who = who.wrapping_add(pair_hash(&mut h, name.as_bytes(), v.as_bytes()));
             any = true;
         }
     }
-    if any { sum | 2 } else { 1 }
+    let who = match (shared, any) {
+        (true, _) => 0,
+        (false, true) => who | 2,
+        (false, false) => 1,
+    };
+    who ^ vary
+}
+
+/// Whether a whole answer may be stored. A stream must have ended the way
+/// its provider ends one (`data: [DONE]`, or Anthropic's `message_stop`) and
+/// carry no error event: a provider reports some failures inside a 200
+/// stream, and such an answer must not be served for a whole TTL. (Streams of
+/// providers that end otherwise are not stored.)
+pub fn storable(stream: bool, body: &[u8]) -> bool {
+    if !stream {
+        return true;
+    }
+    use memchr::memmem::find;
+    let end = body
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(0, |i| i + 1);
+    let ended =
+        body[..end].ends_with(b"data: [DONE]") || find(body, b"event: message_stop").is_some();
+    let error = find(body, b"event: error").is_some()
+        || body.starts_with(b"data: {\"error\"")
+        || find(body, b"\ndata: {\"error\"").is_some();
+    ended && !error
 }
 
 /// Everything the shards share.
@@ -247,6 +309,7 @@ impl Cache {
     fn store_in(&self, shard: usize, flight: &Arc<Flight>, now_ms: u64) {
         if let Some(f) = flight.finished()
             && let Some(head) = f.head()
+            && storable(head.stream, f.body())
         {
             let (created_ms, expires_ms) = f.times();
             let (input_tokens, output_tokens) = f.tokens();
@@ -405,27 +468,57 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_streams_that_ended_well_are_stored() {
+        assert!(storable(false, b"{\"error\":1}"));
+        assert!(storable(true, b"data: {\"a\":1}\n\ndata: [DONE]\n\n"));
+        assert!(storable(
+            true,
+            b"event: message_start\ndata: {}\n\nevent: message_stop\ndata: {}\n\n"
+        ));
+        assert!(!storable(true, b"data: {\"a\":1}\n\n"), "no end");
+        assert!(!storable(true, b"data: {\"error\":{}}\n\ndata: [DONE]\n\n"));
+        assert!(!storable(
+            true,
+            b"data: {}\n\ndata: {\"error\":{}}\n\ndata: [DONE]\n\n"
+        ));
+        assert!(!storable(
+            true,
+            b"event: error\ndata: {}\n\nevent: message_stop\n\n"
+        ));
+    }
+
+    #[test]
     fn credentials_scope_entries_and_order_does_not_matter() {
         let a: [(&[u8], &[u8]); 2] = [(b"Authorization", b"Bearer a"), (b"x-other", b"1")];
         let b: [(&[u8], &[u8]); 1] = [(b"authorization", b"Bearer b")];
         let none: [(&[u8], &[u8]); 1] = [(b"content-type", b"application/json")];
-        let sa = scope(false, a.into_iter());
-        assert_ne!(sa, scope(false, b.into_iter()));
+        let sa = scope(false, a.into_iter(), "");
+        assert_ne!(sa, scope(false, b.into_iter(), ""));
         assert_eq!(
             sa,
             scope(
                 false,
-                [(&b"AUTHORIZATION"[..], &b"Bearer a"[..])].into_iter()
+                [(&b"AUTHORIZATION"[..], &b"Bearer a"[..])].into_iter(),
+                ""
             )
         );
-        assert_eq!(scope(false, none.into_iter()), 1);
-        assert_eq!(scope(true, a.into_iter()), 0);
+        assert_eq!(scope(false, none.into_iter(), ""), 1);
+        assert_eq!(scope(true, a.into_iter(), ""), 0);
+        // A credential in the query scopes too; other parameters do not.
+        let q1 = scope(false, none.into_iter(), "alt=sse&key=k1");
+        assert_ne!(q1, 1);
+        assert_ne!(q1, scope(false, none.into_iter(), "alt=sse&key=k2"));
+        assert_eq!(scope(false, none.into_iter(), "alt=sse"), 1);
+        // A header that changes the answer separates entries even when shared.
+        let beta: [(&[u8], &[u8]); 1] = [(b"anthropic-beta", b"tools-2024")];
+        assert_ne!(scope(true, beta.into_iter(), ""), 0);
+        assert_ne!(scope(false, beta.into_iter(), ""), 1);
         let two: [(&[u8], &[u8]); 2] = [(b"x-api-key", b"k"), (b"authorization", b"Bearer a")];
         let two_rev: [(&[u8], &[u8]); 2] = [(b"authorization", b"Bearer a"), (b"x-api-key", b"k")];
         assert_eq!(
-            scope(false, two.into_iter()),
-            scope(false, two_rev.into_iter())
+            scope(false, two.into_iter(), ""),
+            scope(false, two_rev.into_iter(), "")
         );
-        assert_ne!(scope(false, two.into_iter()), sa);
+        assert_ne!(scope(false, two.into_iter(), ""), sa);
     }
 }

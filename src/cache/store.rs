@@ -671,7 +671,15 @@ impl Writer {
             part.stats.bytes.store(0, Ordering::Relaxed);
             self.start_segment(part, 0);
         } else {
-            for i in 0..part.slots.len() {
+            // A key can only be in its bucket; a provider's entries anywhere.
+            let slots = match what {
+                Purge::Key(k) => {
+                    let b = bucket_of(k, part.geo.buckets) * SLOTS;
+                    b..b + SLOTS
+                }
+                _ => 0..part.slots.len(),
+            };
+            for i in slots {
                 let s = part.slots.load(i, Ordering::Relaxed);
                 if s == 0 {
                     continue;

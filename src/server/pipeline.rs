@@ -149,8 +149,10 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         UsageTap::json(shape, length, &mut c.scratch)
     };
     // After the usage tap, so the cache keeps what the client receives.
-    let mut fill =
-        lead.and_then(|l| fill_tap(l, &plan, rh, reply.conn.buf.filled(), c.head.method));
+    let mut fill = lead.and_then(|l| {
+        let shared = ctx.cache().is_some_and(|c| c.shared.config().shared);
+        fill_tap(l, &plan, rh, reply.conn.buf.filled(), c.head.method, shared)
+    });
     // Last in the chain, so it keeps what the client receives.
     let mut payload = payload_cap(ctx)
         .filter(|_| rec.log.is_some())
@@ -374,7 +376,11 @@ fn cache_lookup(
         .iter()
         .map(|h| (h.name.get(view.window), h.value.get(view.window)));
     let input = KeyInput {
-        scope: cache::scope(cache.shared.config().shared, headers),
+        scope: cache::scope(
+            cache.shared.config().shared,
+            headers,
+            plan.path.split_once('?').map_or("", |(_, q)| q),
+        ),
         provider: &plan.provider.name,
         path: &plan.path,
         body: view.body,
@@ -457,10 +463,13 @@ fn fill_tap(
     rh: &ResponseHead,
     window: &[u8],
     method: Method,
+    shared: bool,
 ) -> Option<FillTap> {
+    // A body that ends at close cannot be told whole from cut: not shared.
     if !(200..300).contains(&rh.status)
         || method == Method::Head
-        || respond::forbids_store(rh, window)
+        || rh.body() == ResponseBody::UntilClose
+        || respond::forbids_store(rh, window, shared)
     {
         leading.fail();
         return None;
@@ -555,16 +564,37 @@ async fn follow(
         }
         cached.gateway = req.started.elapsed();
         cached.length = Some(body.len());
+        // A drain may have begun while this request waited.
+        cached.keep_alive = keep_alive && !ctx.draining.get();
         c.out.clear();
         respond::cached_head(&mut c.out, &cached, &head.head);
         c.out.extend_from_slice(&body);
         c.decoded = body;
+        let keep_alive = cached.keep_alive;
         settle_follower(flight, rec);
         let keep = write_answer(ctx, c, rec, keep_alive).await;
         return Some(keep);
     }
-    // A stream: the head now, events as they come.
-    let keep = keep_alive && !c.head.http10;
+    // A stream: the head goes with the first events, then events as they
+    // come. Until the first bytes, a failed flight still leaves this request
+    // free to go upstream on its own.
+    let mut first = std::mem::take(&mut c.decoded);
+    first.clear();
+    let mut cursor = 0;
+    let end = match glommio::timer::timeout(t.first_byte, async {
+        Ok(flight.more(&mut cursor, &mut first).await)
+    })
+    .await
+    {
+        Ok(end) => end,
+        Err(_) => Some(FlightEnd::Failed),
+    };
+    if first.is_empty() && end != Some(FlightEnd::Complete) {
+        c.decoded = first;
+        return on_own(rec);
+    }
+    // A drain may have begun while this request waited.
+    let keep = keep_alive && !c.head.http10 && !ctx.draining.get();
     cached.keep_alive = keep;
     cached.gateway = req.started.elapsed();
     c.out.clear();
@@ -578,12 +608,14 @@ async fn follow(
     let followed = relay::relay_flight(
         &mut Direct::new(&mut c.stream),
         &mut c.out,
-        &mut c.decoded,
+        &mut first,
         flight,
+        end,
         framing,
         t.stream_idle,
     )
     .await;
+    c.decoded = first;
     rec.bytes_out = followed.bytes_out;
     rec.ttft = followed.first_bytes.map(|t| t.duration_since(req.started));
     rec.outcome = match followed.ending {

@@ -144,29 +144,35 @@ pub struct Followed {
 }
 
 /// Relays a coalesced stream to a follower as the leader receives it: `out`
-/// holds the client's head, sent with the first bytes. Framing is chunked
-/// (or ends at close, for HTTP/1.0). Waits at most `idle` for each step.
+/// holds the client's head, sent with the first bytes; `scratch` holds the
+/// body bytes already taken from the flight (and `end`, whether it ended
+/// with them). Framing is chunked (or ends at close, for HTTP/1.0). Waits at
+/// most `idle` for each later step.
 pub async fn relay_flight<W: AsyncWrite + Unpin>(
     client: &mut W,
     out: &mut Vec<u8>,
     scratch: &mut Vec<u8>,
     flight: &Flight,
+    mut end: Option<FlightEnd>,
     client_framing: ClientFraming,
     idle: Duration,
 ) -> Followed {
-    let mut cursor = 0;
+    let mut cursor = scratch.len();
     let mut bytes_out = 0u64;
     let mut first_bytes = None;
+    let mut taken = true;
     let ending = loop {
-        scratch.clear();
-        let end = match glommio::timer::timeout(idle, async {
-            Ok(flight.more(&mut cursor, scratch).await)
-        })
-        .await
-        {
-            Ok(end) => end,
-            Err(_) => Some(FlightEnd::Failed),
-        };
+        if !std::mem::replace(&mut taken, false) {
+            scratch.clear();
+            end = match glommio::timer::timeout(idle, async {
+                Ok(flight.more(&mut cursor, scratch).await)
+            })
+            .await
+            {
+                Ok(end) => end,
+                Err(_) => Some(FlightEnd::Failed),
+            };
+        }
         if !scratch.is_empty() {
             frame(out, scratch, client_framing);
             first_bytes.get_or_insert_with(Instant::now);

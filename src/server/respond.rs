@@ -132,12 +132,18 @@ fn connection_lists(rh: &ResponseHead, window: &[u8], name: &[u8]) -> bool {
         .any(|x| tokens(x.value.get(window)).any(|t| t.eq_ignore_ascii_case(name)))
 }
 
-/// Whether a provider response says not to store it (`Cache-Control: no-store`).
-pub fn forbids_store(rh: &ResponseHead, window: &[u8]) -> bool {
+/// Whether a provider response says not to store it: `Cache-Control:
+/// no-store`, or `private` when entries are shared between credentials.
+pub fn forbids_store(rh: &ResponseHead, window: &[u8], shared: bool) -> bool {
     rh.headers
         .iter()
         .filter(|x| x.name.get(window).eq_ignore_ascii_case(b"cache-control"))
-        .any(|x| tokens(x.value.get(window)).any(|t| t.eq_ignore_ascii_case(b"no-store")))
+        .any(|x| {
+            tokens(x.value.get(window)).any(|t| {
+                t.eq_ignore_ascii_case(b"no-store")
+                    || (shared && t.eq_ignore_ascii_case(b"private"))
+            })
+        })
 }
 
 /// What the head of an answer from the cache depends on.
@@ -173,6 +179,8 @@ pub fn cached_head(out: &mut Vec<u8>, h: &CachedHead<'_>, stored: &[u8]) {
     push_millis(out, h.gateway.as_micros() as u64);
     out.extend_from_slice(b"\r\n");
     match h.length {
+        // A 204 or 304 has no body and must not say it has.
+        Some(_) if matches!(h.status, 204 | 304) => {}
         Some(n) => {
             out.extend_from_slice(b"content-length: ");
             push_decimal(out, n as u64);
