@@ -415,6 +415,54 @@ fn stream_followers_get_events_as_the_leader_does(shards: usize) {
     );
 }
 
+fn followers_finish_a_stream_whose_leader_left(shards: usize) {
+    let mock = mock_with(MockConfig {
+        chunks: 10,
+        chunk_interval: Duration::from_millis(50),
+        ..MockConfig::default()
+    });
+    let gw = cached_gateway(shards, &mock.base_url());
+    let body = chat("the leader leaves", true);
+    // The leader reads its first event, then waits for the test to drop it.
+    let mut leader = std::net::TcpStream::connect(gw.addr).unwrap();
+    leader.set_read_timeout(Some(WAIT)).unwrap();
+    leader
+        .write_all(&common::wire::request_bytes(
+            "POST",
+            "/v1/chat/completions",
+            &[],
+            body.as_bytes(),
+        ))
+        .unwrap();
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("data: ") {
+        let mut buf = [0u8; 4096];
+        let n = std::io::Read::read(&mut leader, &mut buf).unwrap();
+        assert!(n > 0, "the leader's stream ended early");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let followers: Vec<_> = (0..3)
+        .map(|_| {
+            let (addr, b) = (gw.addr, body.clone());
+            std::thread::spawn(move || Client::connect(addr).post("/v1/chat/completions", &[], &b))
+        })
+        .collect();
+    let deadline = Instant::now() + WAIT;
+    while n(&cache_stats(&gw), &["followers"]) < 3 {
+        assert!(Instant::now() < deadline, "followers never joined");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(leader);
+    for f in followers {
+        let r = f.join().unwrap();
+        assert!(r.complete, "a follower's stream was cut with its leader");
+        assert_eq!(r.sse_data().last().map(String::as_str), Some("[DONE]"));
+    }
+    assert_eq!(mock.requests_seen(), 1);
+    // The leader's client aborted: the answer was shared, not stored.
+    assert_eq!(status(&post(&gw, &[], &body)), "MISS");
+}
+
 /// A provider whose first request waits for the test, then fails with a 500;
 /// every later request gets a 200 at once. Reports each arrival.
 fn first_fails_upstream() -> (String, mpsc::Receiver<()>, mpsc::Sender<()>) {
@@ -725,6 +773,7 @@ at_1_and_2_shards!(
     fifty_identical_misses_make_one_upstream_call,
     stream_followers_get_events_as_the_leader_does,
     a_failing_leader_lets_followers_go_on_their_own,
+    followers_finish_a_stream_whose_leader_left,
     restart_keeps_entries_and_damage_loses_only_entries,
     kill9_during_writes_never_serves_a_wrong_answer,
     another_shard_count_drops_the_entries_and_says_so,

@@ -439,6 +439,11 @@ impl ShardCache {
         }
     }
 
+    /// A completed flight that is not to be stored leaves the table.
+    pub fn release(&self, flight: &Arc<Flight>) {
+        self.shared.forget(flight);
+    }
+
     /// Waits for the next answer another shard handed over, and stores it.
     /// `None` once every sender is gone.
     pub async fn store_next(&self) -> Option<()> {

@@ -153,6 +153,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         let shared = ctx.cache().is_some_and(|c| c.shared.config().shared);
         fill_tap(l, &plan, rh, reply.conn.buf.filled(), c.head.method, shared)
     });
+    let shared_flight = fill.as_ref().map(|f| f.leading.flight.clone());
     // Last in the chain, so it keeps what the client receives.
     let mut payload = payload_cap(ctx)
         .filter(|_| rec.log.is_some())
@@ -194,6 +195,9 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         },
     ];
     let _streaming = c.rhead.event_stream.then(|| ctx.streaming());
+    // If this client leaves while others follow its answer, the provider's
+    // body is still read to its end for them.
+    let carry_on = || shared_flight.as_ref().is_some_and(|f| f.followers() > 0);
     let relayed = relay::relay(
         &mut Direct::new(&mut c.stream),
         &mut c.out,
@@ -203,6 +207,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         taps,
         ctx.config().timeouts.stream_idle,
         reply.sent_at + reply.ttfb,
+        &carry_on,
     )
     .await;
 
@@ -223,9 +228,10 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
     if let Some(conn) = relayed.reusable {
         ctx.pool.put(&plan.provider.endpoint.name, conn);
     }
-    // A whole answer is shared; anything else fails the flight (its followers
-    // go upstream on their own) as the fill tap drops.
-    if let (Some(f), Some(cache), Ending::Complete) = (fill, ctx.cache(), relayed.ending) {
+    // A whole answer is shared, and stored if its client received it too;
+    // anything else fails the flight (its followers go upstream on their own)
+    // as the fill tap drops.
+    if let (Some(f), Some(cache), true) = (fill, ctx.cache(), relayed.body_complete) {
         let now = now_unix_ms();
         let ttl = wish.ttl.unwrap_or(ctx.config().cache.default_ttl);
         let tokens = |t: Option<u64>| t.unwrap_or(0).min(u64::from(u32::MAX)) as u32;
@@ -234,7 +240,12 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
             tokens(rec.usage.output_tokens),
         );
         if let Some(flight) = f.leading.complete(now, now + ttl.as_millis() as u64, used) {
-            cache.store(flight, now);
+            if relayed.ending == Ending::Complete {
+                cache.store(flight, now);
+            } else {
+                // A response its client aborted is never stored.
+                cache.release(&flight);
+            }
         }
     }
     let keep = keep && relayed.ending == Ending::Complete && !ctx.draining.get();

@@ -50,11 +50,16 @@ pub struct Relayed {
     pub last_read: Instant,
     /// The provider connection, when it may carry another request.
     pub reusable: Option<UpstreamConn>,
+    /// The whole body came from the provider (and went through the taps),
+    /// whether or not the client was still there to receive it.
+    pub body_complete: bool,
 }
 
 /// Relays `up`'s body (its head already consumed) to `client`. `out` holds the
 /// client's head, written together with the first body bytes; `decoded` is
 /// scratch for chunked bodies. `first_read` is when the provider's head arrived.
+/// When the client goes away, `carry_on` says whether to keep reading the
+/// provider's body through the taps anyway (others are waiting on it).
 #[expect(
     clippy::too_many_arguments,
     reason = "the client side, the provider side, the taps and two deadlines: grouping them would only rename them"
@@ -68,7 +73,9 @@ pub async fn relay<W: AsyncWrite + Unpin>(
     taps: &mut [&mut dyn Tap],
     stream_idle: Duration,
     first_read: Instant,
+    carry_on: &dyn Fn() -> bool,
 ) -> Relayed {
+    let mut client_gone = false;
     let mut remaining = match framing.body {
         ResponseBody::Length(n) => n,
         _ => 0,
@@ -105,11 +112,20 @@ pub async fn relay<W: AsyncWrite + Unpin>(
             }
         }
         up.buf.consume(used);
-        if !send(client, out, &mut bytes_out).await {
-            break Ending::ClientAborted;
+        if client_gone {
+            out.clear();
+        } else if !send(client, out, &mut bytes_out).await {
+            if !carry_on() {
+                break Ending::ClientAborted;
+            }
+            client_gone = true;
         }
         if done {
-            break Ending::Complete;
+            break if client_gone {
+                Ending::ClientAborted
+            } else {
+                Ending::Complete
+            };
         }
         up.stream.set_read_timeout(stream_idle);
         match up.stream.read_some(&mut up.buf, RELAY_WINDOW).await {
@@ -119,7 +135,10 @@ pub async fn relay<W: AsyncWrite + Unpin>(
             Err(_) => break Ending::UpstreamAborted,
         }
     };
-    if ending != Ending::Complete {
+    // Ended at the body's end, with or without its client.
+    let body_complete =
+        ending == Ending::Complete || (client_gone && ending == Ending::ClientAborted);
+    if !body_complete {
         // The taps learn the body is incomplete; whatever they held back stays held.
         taps::finish(taps, End::Aborted, |_| {});
     }
@@ -131,6 +150,7 @@ pub async fn relay<W: AsyncWrite + Unpin>(
         bytes_out,
         last_read,
         reusable,
+        body_complete,
     }
 }
 
@@ -255,6 +275,15 @@ mod tests {
 
     /// Relays a raw provider response to a client taking `limit` bytes.
     fn run(raw: &[u8], http10: bool, limit: usize) -> (Relayed, String, UsageTapResult) {
+        run_with(raw, http10, limit, false)
+    }
+
+    fn run_with(
+        raw: &[u8],
+        http10: bool,
+        limit: usize,
+        carry_on: bool,
+    ) -> (Relayed, String, UsageTapResult) {
         let mut up = UpstreamConn::in_memory(raw.to_vec());
         let mut rh = ResponseHead::default();
         let window = raw;
@@ -288,6 +317,7 @@ mod tests {
             &mut [&mut tap],
             Duration::from_secs(1),
             Instant::now(),
+            &|| carry_on,
         ));
         let usage = tap.usage().output_tokens;
         (relayed, String::from_utf8(client.got).unwrap(), usage)
@@ -356,6 +386,18 @@ mod tests {
     fn a_client_that_goes_away_ends_the_relay() {
         let (r, _, _) = run(&sse(3, true), false, 10);
         assert_eq!(r.ending, Ending::ClientAborted);
+        assert!(!r.body_complete);
+    }
+
+    #[test]
+    fn a_relay_others_wait_on_reads_the_body_to_its_end_without_its_client() {
+        let (r, got, usage) = run_with(&sse(3, true), false, 10, true);
+        assert_eq!(r.ending, Ending::ClientAborted);
+        assert!(r.body_complete && r.reusable.is_none());
+        assert!(got.len() <= 10);
+        assert_eq!(usage, Some(4), "the taps saw the whole body");
+        let (r, _, _) = run_with(&sse(3, false), false, 10, true);
+        assert!(!r.body_complete, "a cut body is not complete");
     }
 
     #[test]
