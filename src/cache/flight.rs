@@ -46,7 +46,13 @@ struct State {
     input_tokens: u32,
     output_tokens: u32,
     provider: u32,
+    /// The answer outgrew the largest entry: shared with its followers, never stored.
+    oversize: bool,
 }
+
+/// Largest answer a flight keeps for its followers once it is too large to
+/// store (past it, the flight fails and they are cut).
+pub const MAX_SHARED_BYTES: usize = 64 << 20;
 
 /// One upstream call that identical requests share.
 pub struct Flight {
@@ -112,7 +118,8 @@ impl Flight {
     /// The stored form, when the flight completed.
     pub fn finished(&self) -> Option<Finished<'_>> {
         let guard = self.lock();
-        (guard.end == Some(End::Complete) && guard.head.is_some()).then_some(Finished { guard })
+        (guard.end == Some(End::Complete) && guard.head.is_some() && !guard.oversize)
+            .then_some(Finished { guard })
     }
 
     /// Waits for the head; `None` when the flight failed first.
@@ -221,9 +228,14 @@ impl Leading {
         }
         let size = s.head.as_ref().map_or(0, |h| h.head.len()) + s.body.len() + data.len();
         if size > self.flight.max_bytes {
-            drop(s);
-            self.fail();
-            return;
+            // Too large to store. Followers already reading it keep getting it
+            // (up to a bound); with none, the flight ends here.
+            s.oversize = true;
+            if s.followers == 0 || size > MAX_SHARED_BYTES.max(self.flight.max_bytes) {
+                drop(s);
+                self.fail();
+                return;
+            }
         }
         s.body.extend_from_slice(data);
         Flight::wake(&mut s);
@@ -343,5 +355,21 @@ mod tests {
         let end = futures_lite::future::block_on(f.more(&mut cursor, &mut out));
         assert_eq!(end, Some(End::Failed));
         assert!(l.complete(0, 0, (0, 0)).is_none());
+    }
+
+    #[test]
+    fn an_oversized_answer_still_reaches_its_followers_but_is_not_stored() {
+        let (mut l, failed) = leading(50);
+        let f = l.flight.clone();
+        l.head(head(), 0, None);
+        assert!(f.follow());
+        l.append(&[b'x'; 10]);
+        l.append(&[b'y'; 100]);
+        assert!(l.alive() && !failed());
+        let done = l.complete(1, 2, (3, 4)).unwrap();
+        assert!(done.finished().is_none(), "too large to store");
+        let (mut cursor, mut out) = (0, Vec::new());
+        let end = futures_lite::future::block_on(f.more(&mut cursor, &mut out));
+        assert_eq!((end, out.len()), (Some(End::Complete), 110));
     }
 }
