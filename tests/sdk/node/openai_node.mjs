@@ -67,6 +67,30 @@ try {
   check(e.data.length === 2, `${e.data.length} embeddings`);
   check(e.data.every((d) => d.embedding.length > 0), `empty embedding ${show(e.data)}`);
 
+  // The response cache (on in this gateway): the second identical request is
+  // a hit with the same answer; a cached stream reads like a live one.
+  step = "cache: miss then hit";
+  const cached = [{ role: "user", content: "cache this in node" }];
+  const first = await client.chat.completions
+    .create({ model: "up/gpt-x", messages: cached })
+    .withResponse();
+  const second = await client.chat.completions
+    .create({ model: "up/gpt-x", messages: cached })
+    .withResponse();
+  check(first.response.headers.get("aigw-cache-status") === "MISS", `first ${first.response.headers.get("aigw-cache-status")}`);
+  check(second.response.headers.get("aigw-cache-status") === "HIT", `second ${second.response.headers.get("aigw-cache-status")}`);
+  check(JSON.stringify(second.data) === JSON.stringify(first.data), `answers differ ${show(second.data)}`);
+  step = "cache: a stream replayed";
+  for (const want of ["MISS", "HIT"]) {
+    const { data: stream, response } = await client.chat.completions
+      .create({ model: "up/gpt-x", messages: cached, stream: true })
+      .withResponse();
+    let replayed = "";
+    for await (const chunk of stream) replayed += chunk.choices[0].delta.content ?? "";
+    check(response.headers.get("aigw-cache-status") === want, `stream ${response.headers.get("aigw-cache-status")}, wanted ${want}`);
+    check(replayed === expected, `text ${show(replayed)}`);
+  }
+
   // The gateway's built-in mock provider, streaming.
   step = "built-in mock provider (mock/echo), streaming";
   let echo = "";
