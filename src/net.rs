@@ -17,6 +17,14 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+/// The socket has nothing (or no room) now; try again later.
+fn would_block(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
+}
+
 /// A client socket written straight with `send(MSG_DONTWAIT)` while it has
 /// room, through glommio (and its write timeout) only when it is full; a
 /// response usually fits the socket buffer, so one syscall does it.
@@ -48,11 +56,7 @@ impl AsyncWrite for Direct<'_> {
         if !self.in_glommio {
             match crate::sys::try_send(crate::sys::tcp_fd(self.stream), buf) {
                 Ok(n) => return Poll::Ready(Ok(n)),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                    ) => {}
+                Err(e) if would_block(&e) => {}
                 Err(e) => return Poll::Ready(Err(e)),
             }
         }
@@ -98,11 +102,7 @@ pub async fn read_some_tcp(
                 buf.advance(n);
                 return Ok(n);
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) => {}
+            Err(e) if would_block(&e) => {}
             Err(e) => return Err(e),
         }
         futures_lite::future::yield_now().await;
@@ -114,14 +114,7 @@ pub async fn read_some_tcp(
     }
     let more = match crate::sys::try_recv(crate::sys::tcp_fd(stream), &mut spare[1..]) {
         Ok(n) => n,
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-            ) =>
-        {
-            0
-        }
+        Err(e) if would_block(&e) => 0,
         Err(e) => return Err(e),
     };
     buf.advance(first + more);

@@ -148,10 +148,20 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
-/// From an entry's header alone: its key and the bytes the whole entry
-/// takes, or why the header is not one. Never panics. (Readers copy the
-/// header, then exactly this many bytes.)
-pub fn frame(header: &[u8]) -> Result<(CacheKey, usize), Invalid> {
+/// What an entry's header alone says (not yet proven: see [`decode`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Frame {
+    pub key: CacheKey,
+    /// Bytes the whole entry takes.
+    pub len: usize,
+    pub expires_ms: u64,
+    pub provider: u32,
+}
+
+/// From an entry's header alone: its key, the bytes the whole entry takes,
+/// its expiry and provider, or why the header is not one. Never panics.
+/// (Readers copy the header, then exactly `len` bytes.)
+pub fn frame(header: &[u8]) -> Result<Frame, Invalid> {
     if header.len() < HEADER_LEN || u32_at(header, 0) != MAGIC {
         return Err(Invalid::Empty);
     }
@@ -163,13 +173,18 @@ pub fn frame(header: &[u8]) -> Result<(CacheKey, usize), Invalid> {
     let key = CacheKey(u128::from_le_bytes(
         header[8..24].try_into().expect("16 bytes"),
     ));
-    Ok((key, encoded_len(head_len, body_len)))
+    Ok(Frame {
+        key,
+        len: encoded_len(head_len, body_len),
+        expires_ms: u64_at(header, 32),
+        provider: u32_at(header, 48),
+    })
 }
 
 /// Reads the entry at the start of `bytes`, proving it whole. Never panics,
 /// whatever the bytes.
 pub fn decode(bytes: &[u8]) -> Result<Entry<'_>, Invalid> {
-    let (_, len) = frame(bytes)?;
+    let len = frame(bytes)?.len;
     if bytes.len() < len {
         return Err(Invalid::Truncated);
     }
@@ -187,7 +202,12 @@ pub fn decode(bytes: &[u8]) -> Result<Entry<'_>, Invalid> {
 /// Reads the fields of an entry already proven whole by [`decode`] (a
 /// second look at the same bytes, without the checksum). Never panics.
 pub fn view(bytes: &[u8]) -> Result<Entry<'_>, Invalid> {
-    let (key, len) = frame(bytes)?;
+    let Frame {
+        key,
+        len,
+        expires_ms,
+        provider,
+    } = frame(bytes)?;
     if bytes.len() < len {
         return Err(Invalid::Truncated);
     }
@@ -198,8 +218,8 @@ pub fn view(bytes: &[u8]) -> Result<Entry<'_>, Invalid> {
         key,
         flags: u16_at(bytes, 6),
         created_ms: u64_at(bytes, 24),
-        expires_ms: u64_at(bytes, 32),
-        provider: u32_at(bytes, 48),
+        expires_ms,
+        provider,
         input_tokens: u32_at(bytes, 52),
         output_tokens: u32_at(bytes, 56),
         status: u32_at(bytes, 60) as u16,

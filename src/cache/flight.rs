@@ -241,11 +241,6 @@ impl Leading {
         Flight::wake(&mut s);
     }
 
-    /// Whether the flight still carries the answer.
-    pub fn alive(&self) -> bool {
-        !self.flight.is_failed()
-    }
-
     /// Fails the flight now: followers go upstream on their own.
     pub fn fail(&mut self) {
         self.flight.fail();
@@ -346,9 +341,9 @@ mod tests {
         let f = l.flight.clone();
         l.head(head(), 0, None);
         l.append(&[b'x'; 10]);
-        assert!(l.alive());
+        assert!(!f.is_failed());
         l.append(&[b'x'; 10]);
-        assert!(!l.alive() && failed());
+        assert!(f.is_failed() && failed());
         let (mut cursor, mut out) = (0, Vec::new());
         let end = futures_lite::future::block_on(f.more(&mut cursor, &mut out));
         assert_eq!((end, out.len()), (None, 10));
@@ -365,7 +360,7 @@ mod tests {
         assert!(f.follow());
         l.append(&[b'x'; 10]);
         l.append(&[b'y'; 100]);
-        assert!(l.alive() && !failed());
+        assert!(!f.is_failed() && !failed());
         let done = l.complete(1, 2, (3, 4)).unwrap();
         assert!(done.finished().is_none(), "too large to store");
         let (mut cursor, mut out) = (0, Vec::new());

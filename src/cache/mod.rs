@@ -59,13 +59,19 @@ pub const VARYING_HEADERS: [&str; 5] = [
     "openai-project",
 ];
 
-fn named(name: &[u8], list: &[&str]) -> bool {
-    list.iter().any(|c| name.eq_ignore_ascii_case(c.as_bytes()))
+/// The entry of `list` that `name` is, in any case.
+fn named(name: &[u8], list: &[&'static str]) -> Option<&'static str> {
+    list.iter()
+        .copied()
+        .find(|c| name.eq_ignore_ascii_case(c.as_bytes()))
 }
 
-fn pair_hash(h: &mut xxhash_rust::xxh3::Xxh3, name: &[u8], value: &[u8]) -> u64 {
+/// A hash of one named value; `kind` keeps a header and a query parameter of
+/// the same name apart.
+fn pair_hash(h: &mut xxhash_rust::xxh3::Xxh3, kind: &[u8], name: &str, value: &[u8]) -> u64 {
     h.reset();
-    h.update(&name.to_ascii_lowercase());
+    h.update(kind);
+    h.update(name.as_bytes());
     h.update(b"\0");
     h.update(value);
     h.digest()
@@ -90,18 +96,17 @@ pub fn scope<'a>(
     // Order-independent: each pair's hash is summed.
     let (mut who, mut vary) = (0u64, 0u64);
     for (name, value) in headers {
-        if named(name, &CREDENTIAL_HEADERS) {
-            who = who.wrapping_add(pair_hash(&mut h, name, value));
+        if let Some(name) = named(name, &CREDENTIAL_HEADERS) {
+            who = who.wrapping_add(pair_hash(&mut h, b"h", name, value));
             any = true;
-        } else if named(name, &VARYING_HEADERS) {
-            vary = vary.wrapping_add(pair_hash(&mut h, name, value));
+        } else if let Some(name) = named(name, &VARYING_HEADERS) {
+            vary = vary.wrapping_add(pair_hash(&mut h, b"h", name, value));
         }
     }
     for pair in query.split('&') {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        if named(k.as_bytes(), &CREDENTIAL_PARAMS) {
-            let name = format!("?{k}");
-            who = who.wrapping_add(pair_hash(&mut h, name.as_bytes(), v.as_bytes()));
+        if let Some(name) = named(k.as_bytes(), &CREDENTIAL_PARAMS) {
+            who = who.wrapping_add(pair_hash(&mut h, b"q", name, v.as_bytes()));
             any = true;
         }
     }
@@ -421,11 +426,10 @@ impl ShardCache {
         Lookup::Lead(leading, status)
     }
 
-    /// The entry the last [`Lookup::Hit`] found.
-    pub fn hit(&self) -> Option<Ref<'_, [u8]>> {
-        let buf = self.buf.borrow();
-        entry::view(&buf).ok()?;
-        Some(Ref::map(buf, |b| &b[..]))
+    /// The entry the last [`Lookup::Hit`] found, as proven when it was found
+    /// (read it with [`entry::view`]).
+    pub fn hit(&self) -> Ref<'_, [u8]> {
+        Ref::map(self.buf.borrow(), |b| &b[..])
     }
 
     /// A completed flight's answer goes to its partition's owner: stored here

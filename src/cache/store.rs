@@ -29,8 +29,12 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// Files and segments are sized in whole pages.
+const PAGE: usize = 4096;
 /// Bytes before the first segment.
-pub const FILE_HEADER: usize = 4096;
+pub const FILE_HEADER: usize = PAGE;
+/// The zero word written after the last entry of a segment, where a walk stops.
+const END_MARKER: usize = 8;
 /// Bytes of a segment's header.
 pub const SEG_HEADER: usize = 64;
 /// Slots per index bucket.
@@ -59,9 +63,10 @@ impl Geometry {
     /// two segments, and a segment an entry of `max_entry` bytes.
     pub fn new(total: u64, shards: usize, max_entry: usize) -> Result<Geometry, String> {
         let partition = (total / shards.max(1) as u64) as usize;
-        let room = (partition.saturating_sub(FILE_HEADER)) / 4096 * 4096;
-        let need = (SEG_HEADER + entry::encoded_len(max_entry, 0) + 8).next_multiple_of(4096);
-        let segment = (room / TARGET_SEGMENTS / 4096 * 4096)
+        let room = (partition.saturating_sub(FILE_HEADER)) / PAGE * PAGE;
+        let need =
+            (SEG_HEADER + entry::encoded_len(max_entry, 0) + END_MARKER).next_multiple_of(PAGE);
+        let segment = (room / TARGET_SEGMENTS / PAGE * PAGE)
             .min(MAX_SEGMENT)
             .max(need);
         let segments = room / segment;
@@ -175,10 +180,6 @@ pub enum Found<'b> {
 }
 
 impl Partition {
-    pub fn geometry(&self) -> Geometry {
-        self.geo
-    }
-
     /// Finds `key`, copying its entry into `buf`. Never waits; what another
     /// shard is writing meanwhile reads as absent.
     pub fn lookup<'b>(
@@ -220,7 +221,7 @@ impl Partition {
         let at = self.geo.seg_at(seg) + off;
         buf.resize(entry::HEADER_LEN, 0);
         self.map.read(at, buf);
-        let Ok((k, len)) = entry::frame(buf) else {
+        let Ok(entry::Frame { key: k, len, .. }) = entry::frame(buf) else {
             return false;
         };
         if k != key || off + len > self.geo.segment {
@@ -440,7 +441,7 @@ impl Writer {
                 buf.resize(entry::HEADER_LEN, 0);
                 part.map.read(base + off, &mut buf);
                 let len = match entry::frame(&buf) {
-                    Ok((_, len)) if off + len <= geo.segment => len,
+                    Ok(f) if off + f.len <= geo.segment => f.len,
                     _ => break,
                 };
                 buf.resize(len, 0);
@@ -508,7 +509,7 @@ impl Writer {
         self.scratch.resize(len, 0);
         entry::encode(e, &mut self.scratch);
         // The end marker first: a walk after a crash stops here.
-        if off + len + 8 <= geo.segment {
+        if off + len + END_MARKER <= geo.segment {
             part.map.store(at + len, 0, Ordering::Relaxed);
         }
         let mark = len - entry::TRAILER_LEN;
@@ -546,7 +547,7 @@ impl Writer {
                 free.get_or_insert(i);
                 continue;
             }
-            if slot_tag(s) == slot_tag(new) && self.key_at(part, s) == Some(key) {
+            if slot_tag(s) == slot_tag(new) && self.frame_at(part, s).map(|f| f.key) == Some(key) {
                 self.drop_entry(part, i, s);
                 part.slots.store(i, new, Ordering::Release);
                 self.count_in(part, len);
@@ -577,27 +578,19 @@ impl Writer {
         part.stats.bytes.fetch_add(len as u64, Ordering::Relaxed);
     }
 
-    /// The key and length of the entry a slot points at (the owner reads its own writes).
-    fn frame_at(
-        &self,
-        part: &Partition,
-        s: u64,
-    ) -> Option<(CacheKey, usize, [u8; entry::HEADER_LEN])> {
+    /// The header of the entry a slot points at (the owner reads its own writes).
+    fn frame_at(&self, part: &Partition, s: u64) -> Option<entry::Frame> {
         let at = part.geo.seg_at(slot_seg(s)) + slot_offset(s);
         let mut h = [0u8; entry::HEADER_LEN];
         part.map.read(at, &mut h);
-        entry::frame(&h).ok().map(|(k, len)| (k, len, h))
-    }
-
-    fn key_at(&self, part: &Partition, s: u64) -> Option<CacheKey> {
-        self.frame_at(part, s).map(|(k, _, _)| k)
+        entry::frame(&h).ok()
     }
 
     /// Takes slot `i` (holding `s`) out of the index and clears its entry's
     /// completion mark, so no restart finds it again.
     fn drop_entry(&mut self, part: &Partition, i: usize, s: u64) {
         part.slots.store(i, 0, Ordering::Release);
-        if let Some((_, len, _)) = self.frame_at(part, s) {
+        if let Some(entry::Frame { len, .. }) = self.frame_at(part, s) {
             let at = part.geo.seg_at(slot_seg(s)) + slot_offset(s);
             if slot_offset(s) + len <= part.geo.segment {
                 part.map
@@ -635,7 +628,13 @@ impl Writer {
         let used = self.segs[seg].used;
         while off + entry::HEADER_LEN <= used {
             let probe = slot(CacheKey(0), seg, off);
-            let Some((key, len, h)) = self.frame_at(part, probe) else {
+            let Some(entry::Frame {
+                key,
+                len,
+                expires_ms,
+                ..
+            }) = self.frame_at(part, probe)
+            else {
                 break;
             };
             let b = bucket_of(key, part.geo.buckets) * SLOTS;
@@ -643,8 +642,7 @@ impl Writer {
             for i in b..b + SLOTS {
                 if part.slots.load(i, Ordering::Relaxed) == here {
                     self.drop_entry(part, i, here);
-                    let expires = u64::from_le_bytes(h[32..40].try_into().unwrap_or_default());
-                    if expires <= now_ms {
+                    if expires_ms <= now_ms {
                         part.stats.expirations.fetch_add(1, Ordering::Relaxed);
                     } else {
                         part.stats.evictions.fetch_add(1, Ordering::Relaxed);
@@ -684,13 +682,12 @@ impl Writer {
                 if s == 0 {
                     continue;
                 }
-                let Some((key, _, h)) = self.frame_at(part, s) else {
+                let Some(f) = self.frame_at(part, s) else {
                     continue;
                 };
-                let provider = u32::from_le_bytes(h[48..52].try_into().unwrap_or_default());
                 let hit = match what {
-                    Purge::Key(k) => k == key,
-                    Purge::Provider(p) => p == provider,
+                    Purge::Key(k) => k == f.key,
+                    Purge::Provider(p) => p == f.provider,
                     Purge::All => true,
                 };
                 if hit {

@@ -83,7 +83,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
     let mut lead = None;
     match cache_lookup(ctx, c, req, &plan, &wish, &mut rec) {
         Cached::Off => {}
-        Cached::Hit => return serve_hit(ctx, c, req, rec, keep_alive).await,
+        Cached::Hit { now_ms } => return serve_hit(ctx, c, req, rec, keep_alive, now_ms).await,
         Cached::Lead(l) => lead = Some(l),
         Cached::Follow(flight) => {
             // `None`: the leader failed, so this request goes upstream on its own.
@@ -356,7 +356,10 @@ enum Cached {
     /// The cache is off, or this request is not one it keeps.
     Off,
     /// A fresh entry answers (it waits in the shard's cache).
-    Hit,
+    Hit {
+        /// When it was looked up (the answer's `Age` counts to here).
+        now_ms: u64,
+    },
     /// Go upstream and share the answer.
     Lead(Leading),
     /// An identical request is upstream: share its answer.
@@ -398,10 +401,11 @@ fn cache_lookup(
         custom: wish.key.as_deref(),
         stream: plan.stream,
     };
-    let (key, lookup) = cache.lookup(&input, now_unix_ms());
+    let now_ms = now_unix_ms();
+    let (key, lookup) = cache.lookup(&input, now_ms);
     rec.cache_key = key.map(|k| k.0);
     let (cached, status) = match lookup {
-        Lookup::Hit => (Cached::Hit, CacheStatus::Hit),
+        Lookup::Hit => (Cached::Hit { now_ms }, CacheStatus::Hit),
         Lookup::Bypass => (Cached::Off, CacheStatus::Bypass),
         Lookup::Lead(l, status) => (Cached::Lead(l), status),
         Lookup::Follow(f, _) => (Cached::Follow(f), CacheStatus::Coalesced),
@@ -425,10 +429,11 @@ async fn serve_hit(
     req: &Incoming,
     mut rec: RequestRecord,
     keep_alive: bool,
+    now_ms: u64,
 ) -> bool {
     // The entry stays borrowed only while the answer is built.
     let built = ctx.cache().and_then(|cache| {
-        let bytes = cache.hit()?;
+        let bytes = cache.hit();
         let e = entry::view(&bytes).ok()?;
         c.out.clear();
         let head = CachedHead {
@@ -442,7 +447,7 @@ async fn serve_hit(
                 cloudflare: rec.route == RouteKind::Cloudflare,
                 status: CacheStatus::Hit,
             },
-            age: Some(now_unix_ms().saturating_sub(e.created_ms) / 1000),
+            age: Some(now_ms.saturating_sub(e.created_ms) / 1000),
             gateway: req.started.elapsed(),
             length: Some(e.body.len()),
         };
