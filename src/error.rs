@@ -53,6 +53,9 @@ pub struct GatewayError {
     pub message: String,
     /// The connection must close after this response (framing errors).
     pub close: bool,
+    /// More header lines for the answer (each ending in CRLF): `Retry-After`,
+    /// rate-limit counts, `www-authenticate`.
+    pub headers: String,
 }
 
 impl GatewayError {
@@ -70,6 +73,7 @@ impl GatewayError {
             code,
             message,
             close: false,
+            headers: String::new(),
         }
     }
 
@@ -146,6 +150,31 @@ impl GatewayError {
         )
     }
 
+    /// No gateway key, or one that is not (or no longer) valid.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        let mut e = Self::new(
+            401,
+            ErrorSource::Client,
+            "invalid_request_error",
+            "invalid_api_key",
+            message.into(),
+        );
+        e.headers
+            .push_str("www-authenticate: Bearer realm=\"aigw\"\r\n");
+        e
+    }
+
+    /// A valid key asked for something it may not use.
+    pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(
+            403,
+            ErrorSource::Client,
+            "permission_error",
+            code,
+            message.into(),
+        )
+    }
+
     pub fn unavailable(message: impl Into<String>) -> Self {
         let mut e = Self::new(
             503,
@@ -186,6 +215,7 @@ impl GatewayError {
             self.source.header_value(),
             extra_headers,
         );
+        head.push_str(&self.headers);
         let close = self.close || !keep_alive;
         if close {
             head.push_str("connection: close\r\n");

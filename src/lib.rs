@@ -10,11 +10,12 @@
 //! - [`control`]: stats thread, log thread, admin socket, signals, `aigw stats`
 //!   rendering. Nothing on the data plane imports it.
 //! - [`logstore`]: the request log's SQLite file: schema, batched writes and
-//!   retention (for the log thread), the filters of `aigw logs` and `GET /logs`.
+//!   retention (for the log thread), the filters of `aigw logs` and `GET /logs`,
+//!   and the admin-created gateway keys kept beside it.
 //! - [`server`]: the per-connection loop, the pipeline that orders the stages,
 //!   upstream attempts, the relay and its taps.
-//! - Stages: [`controls`] (the `aigw-*`/`cf-aig-*` request headers), [`cache`]
-//!   (so far its key computation; not yet on the request path), [`route`]
+//! - Stages: [`controls`] (the `aigw-*`/`cf-aig-*` request headers), [`auth`]
+//!   (gateway keys), [`cache`] (the response cache), [`route`]
 //!   (path + model to a plan) and [`providers`] (one adapter per provider kind:
 //!   auth, paths, usage shapes, the in-process mock).
 //! - [`upstream`]: DNS, TCP, TLS, the pool and the HTTP/1.1 client; knows no
@@ -29,6 +30,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod control;

@@ -62,6 +62,50 @@ enum Command {
         #[command(subcommand)]
         cmd: CacheCmd,
     },
+    /// Gateway keys: make one, list them, revoke one.
+    Key {
+        #[command(subcommand)]
+        cmd: KeyCmd,
+    },
+}
+
+#[derive(clap::Subcommand)]
+enum KeyCmd {
+    /// Make a fresh secret (printed once) and its `[keys.ID]` config lines;
+    /// with --create, also add it to the running gateway (stored hashed).
+    New {
+        id: String,
+        /// A model pattern the key may use, "provider/model" with `*` (repeatable; none: all).
+        #[arg(long = "model")]
+        models: Vec<String>,
+        /// Attribution KEY=VALUE every request with the key carries (repeatable).
+        #[arg(long = "meta")]
+        meta: Vec<String>,
+        /// Add the key to the running gateway over its admin socket.
+        #[arg(long)]
+        create: bool,
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// The keys of the running gateway (ids, origin, models; never secrets).
+    List {
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Revoke a key created over the admin socket: refused from the next request on.
+    Revoke {
+        id: String,
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Subcommand)]
@@ -105,6 +149,9 @@ struct LogsArgs {
     provider: Option<String>,
     #[arg(long)]
     model: Option<String>,
+    /// The gateway key's id.
+    #[arg(long)]
+    key: Option<String>,
     /// Metadata KEY=VALUE (repeatable; all must match).
     #[arg(long)]
     meta: Vec<String>,
@@ -231,6 +278,13 @@ fn main() -> ExitCode {
                 Err(e) => fail(&e),
             }
         }
+        Command::Key { cmd } => match key_command(cmd) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        },
         Command::PrintConfig => {
             print!("{}", Config::describe_keys());
             ExitCode::SUCCESS
@@ -337,12 +391,13 @@ fn logs(a: LogsArgs) -> Result<(), String> {
         return Ok(());
     }
     let mut pairs: Vec<(&str, &str)> = Vec::new();
-    let flags: [(&str, &Option<String>); 17] = [
+    let flags: [(&str, &Option<String>); 18] = [
         ("status", &a.status),
         ("source", &a.source),
         ("cache", &a.cache),
         ("provider", &a.provider),
         ("model", &a.model),
+        ("key", &a.key),
         ("id", &a.id),
         ("event-id", &a.event_id),
         ("user-agent", &a.user_agent),
@@ -524,4 +579,107 @@ fn init_logging() {
     };
     let _ = log::set_boxed_logger(Box::new(Stderr(level)));
     log::set_max_level(level);
+}
+
+/// `aigw key new|list|revoke`.
+fn key_command(cmd: KeyCmd) -> Result<String, String> {
+    use aigw::auth;
+    use aigw::config::auth::{pattern_problem, valid_key_id};
+    use aigw::logstore::keys::{encode_metadata, encode_models};
+    match cmd {
+        KeyCmd::New {
+            id,
+            models,
+            meta,
+            create,
+            socket,
+            config,
+        } => {
+            if !valid_key_id(&id) {
+                return Err(format!(
+                    "`{id}` is not a key id; use 1 to 64 of A-Z a-z 0-9 _ - ."
+                ));
+            }
+            if let Some(why) = models.iter().find_map(|m| pattern_problem(m)) {
+                return Err(format!("--model: {why}"));
+            }
+            let mut metadata = Vec::new();
+            for m in &meta {
+                let (k, v) = m
+                    .split_once('=')
+                    .ok_or_else(|| format!("--meta: `{m}` must be KEY=VALUE"))?;
+                metadata.push((k.to_string(), v.to_string()));
+            }
+            let secret = auth::new_secret()?;
+            let hash = auth::hex(&auth::hash_secret(secret.as_bytes()));
+            let mut out = String::new();
+            if create {
+                let socket = admin_socket(socket, config.as_deref())?;
+                let body = format!(
+                    "{{\"id\":{},\"models\":{},\"metadata\":{},\"secret_sha256\":\"{hash}\"}}",
+                    json_quote(&id),
+                    encode_models(&models),
+                    encode_metadata(&metadata),
+                );
+                aigw::control::admin::request_with_body(&socket, "POST", "/keys", &body)?;
+                out.push_str(&format!(
+                    "key `{id}` is in force on the running gateway (stored hashed)\n"
+                ));
+            }
+            out.push_str(&format!(
+                "secret: {secret}\n(shown once: give it to the client; only its hash is kept)\n\n"
+            ));
+            if !create {
+                out.push_str(&format!("[keys.{id}]\nsecret_sha256 = \"{hash}\"\n"));
+                if !models.is_empty() {
+                    out.push_str(&format!("models = {}\n", encode_models(&models)));
+                }
+                if !metadata.is_empty() {
+                    let fields: Vec<String> = metadata
+                        .iter()
+                        .map(|(k, v)| format!("{} = {}", toml_key(k), json_quote(v)))
+                        .collect();
+                    out.push_str(&format!("metadata = {{ {} }}\n", fields.join(", ")));
+                }
+            }
+            Ok(out)
+        }
+        KeyCmd::List {
+            json,
+            socket,
+            config,
+        } => {
+            let socket = admin_socket(socket, config.as_deref())?;
+            let body = aigw::control::admin::query(&socket, "/keys")?;
+            if json {
+                return Ok(body);
+            }
+            Ok(aigw::control::report::keys_table(&body).unwrap_or(body))
+        }
+        KeyCmd::Revoke { id, socket, config } => {
+            let socket = admin_socket(socket, config.as_deref())?;
+            let path = format!("/keys/{}", aigw::http::percent_encode(&id));
+            aigw::control::admin::request(&socket, "DELETE", &path)?;
+            Ok(format!("key `{id}` revoked\n"))
+        }
+    }
+}
+
+/// A TOML key: bare when it can be, quoted otherwise.
+fn toml_key(k: &str) -> String {
+    if !k.is_empty()
+        && k.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        k.to_string()
+    } else {
+        json_quote(k)
+    }
+}
+
+/// `s` as a JSON string literal (also a valid TOML basic string).
+fn json_quote(s: &str) -> String {
+    let mut out = String::new();
+    aigw::error::push_json_string(&mut out, s);
+    out
 }

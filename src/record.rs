@@ -242,6 +242,8 @@ pub struct RequestRecord {
     pub route: RouteKind,
     pub provider: Option<Arc<str>>,
     pub model: Option<String>,
+    /// The gateway key the request presented (its id), when it had one.
+    pub key_id: Option<Arc<str>>,
     pub status: u16,
     /// Whose fault an error response was, if it was one.
     pub error_source: Option<ErrorSource>,
@@ -347,6 +349,7 @@ impl RequestRecord {
             route: RouteKind::Local,
             provider: None,
             model: None,
+            key_id: None,
             status: 0,
             error_source: None,
             error_code: None,

@@ -6,6 +6,7 @@
 //! listening address (port 0 resolved once, so every shard binds the same port),
 //! and turning startup failures into clear messages.
 
+use crate::auth::Registry;
 use crate::cache::{self, Cache, ShardCache};
 use crate::config::Config;
 use crate::control::admin::{self, Admin};
@@ -14,6 +15,7 @@ use crate::control::reload::{Reloader, Source};
 use crate::control::stats::StatsHub;
 use crate::control::{ShardCmd, ShardSenders, signals};
 use crate::logstore;
+use crate::logstore::keys::KeyStore;
 use crate::record::{LogQueue, RequestRecord};
 use crate::server::{ShardCtx, conn};
 use crate::stats::{SNAPSHOT_QUEUE, Snapshot, send_snapshot};
@@ -111,12 +113,18 @@ pub fn serve(
     };
     let admin_listener =
         admin::bind(&config.admin_socket).map_err(|e| format!("admin.socket: {e}"))?;
+    // Keys created over the admin socket, kept beside the request log.
+    let stored_keys = KeyStore::open(&config.server.data_dir)
+        .and_then(|s| s.load())
+        .map_err(|e| format!("keys: {e}"))?;
+    let keys = Registry::new(&config.keys, stored_keys);
     let reloader = Reloader::new(
         source,
         config.clone(),
         senders.clone(),
         hub.clone(),
         log_stats.clone(),
+        keys.clone(),
     );
     let admin = Admin::new(
         hub.clone(),
@@ -125,6 +133,7 @@ pub fn serve(
         log_path,
         reloader.clone(),
         cache.clone(),
+        keys.clone(),
     );
     admin
         .spawn(admin_listener)
@@ -151,6 +160,7 @@ pub fn serve(
     let shard_config = config.clone();
     let shard_log = log_tx.clone();
     let shard_cache = cache.clone();
+    let shard_keys = keys.clone();
     let mut builder = LocalExecutorPoolBuilder::new(placement)
         .name("aigw-shard")
         .io_memory(IO_MEMORY);
@@ -171,6 +181,7 @@ pub fn serve(
                 ready: ready_tx,
                 log: shard_log,
                 cache: shard_cache.and_then(|c| c.for_shard(shard)),
+                keys: shard_keys,
             };
             run_shard(args).await
         })
@@ -253,6 +264,7 @@ struct ShardArgs {
     ready: std::sync::mpsc::Sender<Result<usize, String>>,
     log: Option<LogQueue>,
     cache: Option<ShardCache>,
+    keys: Arc<Registry>,
 }
 
 async fn run_shard(a: ShardArgs) {
@@ -275,6 +287,7 @@ async fn run_shard(a: ShardArgs) {
         a.resolver,
         a.log,
         a.cache,
+        a.keys,
     ));
     if ctx.cache().is_some() {
         // Answers other shards fetched for this shard's partition.

@@ -6,7 +6,7 @@ mod common;
 
 use common::gateway::{TempDir, run_aigw};
 use common::held::{HELD_REPLY, HeldUpstream};
-use common::{Client, Gateway, WAIT, json, mock};
+use common::{Gateway, WAIT, json, mock};
 use simd_json::prelude::*;
 use std::net::TcpStream;
 
@@ -299,38 +299,12 @@ fn stats_command_prints_the_admin_json(shards: usize) {
     assert!(table.contains("provider    up"), "{table}");
 }
 
-/// Opens connections until there is an idle keep-alive one on every shard
-/// (the shard is the last two hex digits of the third group of
-/// `aigw-request-id`, a UUIDv7).
-fn idle_connection_per_shard(gw: &Gateway) -> Vec<Client> {
-    let mut by_shard: Vec<Option<Client>> = (0..gw.shards).map(|_| None).collect();
-    for _ in 0..256 {
-        if by_shard.iter().all(Option::is_some) {
-            break;
-        }
-        let mut c = gw.client();
-        let r = c.get("/no-such-route");
-        assert_eq!(r.status, 404);
-        let id = r.header("aigw-request-id").expect("request id");
-        let shard = id
-            .split('-')
-            .nth(2)
-            .and_then(|g| usize::from_str_radix(&g[2..], 16).ok())
-            .expect("shard in request id");
-        by_shard[shard].get_or_insert(c);
-    }
-    by_shard
-        .into_iter()
-        .map(|c| c.expect("a connection landed on every shard"))
-        .collect()
-}
-
 fn sigterm_drains_in_flight_requests_and_closes_idle_connections(shards: usize) {
     let held = HeldUpstream::start();
     let mut gw = Gateway::with(shards)
         .provider("held", &held.base_url(), "")
         .start();
-    let mut idle = idle_connection_per_shard(&gw);
+    let mut idle = gw.connection_per_shard();
     let mut in_flight = gw.client();
     in_flight.send(&common::wire::request_bytes(
         "POST",

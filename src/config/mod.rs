@@ -22,6 +22,7 @@
 //! more file: its typed struct and a `read_*(w, root)` reader, its rows in
 //! [`KEYS`], one field in [`Config`] and one line in `from_toml_with_env`.
 
+pub mod auth;
 pub mod cache;
 mod logs;
 mod providers;
@@ -32,6 +33,7 @@ mod server;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+pub use auth::{AuthConfig, KeyConfig};
 pub use cache::CacheConfig;
 pub use logs::LogsConfig;
 pub use providers::{BaseUrl, ProviderConfig, ProviderKind, Scheme};
@@ -52,6 +54,9 @@ pub struct Config {
     pub providers: BTreeMap<String, ProviderConfig>,
     pub logs: LogsConfig,
     pub cache: CacheConfig,
+    pub auth: AuthConfig,
+    /// Gateway keys defined in the file, by id.
+    pub keys: BTreeMap<String, KeyConfig>,
 }
 
 impl Config {
@@ -104,6 +109,8 @@ impl Config {
         let providers = providers::read_providers(&mut w, &root, env);
         let logs = logs::read_logs(&mut w, &root);
         let cache = cache::read_cache(&mut w, &root);
+        let auth = auth::read_auth(&mut w, &root);
+        let keys = auth::read_keys(&mut w, &root);
         w.finish()?;
         Ok(Config {
             server,
@@ -114,6 +121,8 @@ impl Config {
             providers,
             logs,
             cache,
+            auth,
+            keys,
         })
     }
 
@@ -214,6 +223,20 @@ impl Config {
         put("cache.default_ttl".into(), format!("{:?}", c.default_ttl));
         put("cache.max_entry".into(), c.max_entry.to_string());
         put("cache.shared".into(), c.shared.to_string());
+        put("auth.required".into(), self.auth.required.to_string());
+        for (id, k) in &self.keys {
+            let p = |f: &str| format!("keys.{id}.{f}");
+            // A hash is not the secret, but only its start is shown.
+            let hex: String = k.secret_sha256.iter().map(|b| format!("{b:02x}")).collect();
+            let shown = if fingerprint {
+                hex
+            } else {
+                format!("{}...", &hex[..8])
+            };
+            put(p("secret_sha256"), shown);
+            put(p("models"), format!("{:?}", k.models));
+            put(p("metadata"), format!("{:?}", k.metadata));
+        }
         e
     }
 

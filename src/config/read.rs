@@ -135,6 +135,38 @@ impl Walker {
         }
     }
 
+    /// An array of strings.
+    pub(super) fn strings(&mut self, t: Option<&toml::Table>, path: &str) -> Option<Vec<String>> {
+        match self.leaf(t, path)? {
+            toml::Value::Array(a) => {
+                let mut out = Vec::with_capacity(a.len());
+                for (i, v) in a.iter().enumerate() {
+                    match v {
+                        toml::Value::String(s) => out.push(s.clone()),
+                        other => {
+                            self.err(
+                                &format!("{path}[{i}]"),
+                                format!("expected a string, found {}", other.type_str()),
+                            );
+                            return None;
+                        }
+                    }
+                }
+                Some(out)
+            }
+            other => {
+                self.err(
+                    path,
+                    format!(
+                        "expected an array of strings like [\"a\", \"b\"], found {}",
+                        other.type_str()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
     /// `true`/`false` under a section table (or, for a top-level key, the root).
     pub(super) fn flag(&mut self, t: Option<&toml::Table>, path: &str) -> Option<bool> {
         match self.leaf(t, path)? {

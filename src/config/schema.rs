@@ -203,6 +203,26 @@ pub const KEYS: &[KeySpec] = &[
         default: "false",
         meaning: "share entries between credentials; by default each provider key or gateway key has its own",
     },
+    KeySpec {
+        path: "auth.required",
+        default: "false",
+        meaning: "requests without a valid gateway key get 401 before anything reaches a provider",
+    },
+    KeySpec {
+        path: "keys.*.secret_sha256",
+        default: "(required)",
+        meaning: "SHA-256 (hex) of the key's secret; `aigw key new ID` prints a secret and this line",
+    },
+    KeySpec {
+        path: "keys.*.models",
+        default: "[] (all)",
+        meaning: "models the key may use: \"provider/model\" patterns, `*` a wildcard (\"openai/*\")",
+    },
+    KeySpec {
+        path: "keys.*.metadata",
+        default: "{}",
+        meaning: "attribution every request with the key carries, e.g. { team = \"search\" }",
+    },
 ];
 
 /// Every key in `root` must be in [`KEYS`] (or a table on the way to one).
@@ -239,10 +259,10 @@ fn check_table(w: &mut Walker, table: &toml::Table, prefix: &str) {
     }
 }
 
-/// `providers.foo.kind` -> `providers.*.kind`.
+/// `providers.foo.kind` -> `providers.*.kind` (and `keys.<id>.*` alike).
 fn key_pattern(path: &str) -> String {
     let mut parts: Vec<&str> = path.split('.').collect();
-    if parts.len() >= 2 && parts[0] == "providers" {
+    if parts.len() >= 2 && (parts[0] == "providers" || parts[0] == "keys") {
         parts[1] = "*";
     }
     parts.join(".")

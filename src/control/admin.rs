@@ -3,13 +3,14 @@
 //!
 //! Endpoints: `GET /stats` (JSON, fresh: every shard flushes first),
 //! `GET /metrics` (Prometheus text), `GET /healthz`, `GET /logs`,
-//! `GET /config`, `POST /config/reload`, `POST /cache/purge`. Not on any
-//! request path.
+//! `GET /config`, `POST /config/reload`, `POST /cache/purge`, and the gateway
+//! keys: `GET /keys`, `POST /keys`, `DELETE /keys/ID`. Not on any request path.
 
 use super::logs::LogStats;
 use super::reload::Reloader;
 use super::stats::{Merged, SERIES, StatsHub};
 use super::{ShardCmd, ShardSenders};
+use crate::auth::Registry;
 use crate::cache::key::CacheKey;
 use crate::cache::{Cache, PurgeWhat, Totals};
 use crate::logstore::{self, query::Filter};
@@ -46,6 +47,8 @@ pub struct Admin {
     reloader: Arc<Reloader>,
     /// The response cache, when on (its totals; purges go through the shards).
     cache: Option<Arc<Cache>>,
+    /// The gateway keys every shard reads.
+    keys: Arc<Registry>,
 }
 
 /// Binds the socket (refusing to steal one a live aigw is serving) with mode 0600.
@@ -76,6 +79,7 @@ impl Admin {
         log_path: PathBuf,
         reloader: Arc<Reloader>,
         cache: Option<Arc<Cache>>,
+        keys: Arc<Registry>,
     ) -> Arc<Admin> {
         Arc::new(Admin {
             hub,
@@ -84,6 +88,7 @@ impl Admin {
             log_path,
             reloader,
             cache,
+            keys,
         })
     }
 
@@ -133,7 +138,14 @@ impl Admin {
         let mut chunk = [0u8; 1024];
         // The whole request within the read timeout, however slowly it drips.
         let deadline = std::time::Instant::now() + ADMIN_READ_TIMEOUT;
-        let path = loop {
+        // The head, then the body its Content-Length announces.
+        let mut want: Option<(String, String, usize, usize)> = None;
+        loop {
+            if let Some((_, _, _, end)) = &want
+                && buf.len() >= *end
+            {
+                break;
+            }
             if std::time::Instant::now() > deadline {
                 return;
             }
@@ -141,14 +153,41 @@ impl Admin {
                 Ok(0) | Err(_) => return,
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
+            if want.is_some() {
+                continue;
+            }
             let mut headers = [httparse::EMPTY_HEADER; 32];
             let mut req = httparse::Request::new(&mut headers);
             match req.parse(&buf) {
-                Ok(httparse::Status::Complete(_)) => {
-                    break (
+                Ok(httparse::Status::Complete(n)) => {
+                    let length = req
+                        .headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                        .map(|h| {
+                            std::str::from_utf8(h.value)
+                                .ok()
+                                .and_then(|v| v.trim().parse::<usize>().ok())
+                        });
+                    let length = match length {
+                        None => 0,
+                        Some(Some(l)) if n + l <= MAX_ADMIN_REQUEST => l,
+                        Some(_) => {
+                            respond(
+                                &mut conn,
+                                400,
+                                "text/plain",
+                                "bad request: Content-Length missing a number or over 8 KiB\n",
+                            );
+                            return;
+                        }
+                    };
+                    want = Some((
                         req.method.unwrap_or("").to_string(),
                         req.path.unwrap_or("").to_string(),
-                    );
+                        n,
+                        n + length,
+                    ));
                 }
                 Ok(httparse::Status::Partial) if buf.len() < MAX_ADMIN_REQUEST => continue,
                 _ => {
@@ -156,8 +195,11 @@ impl Admin {
                     return;
                 }
             }
+        }
+        let Some((method, target, head_len, end)) = want else {
+            return;
         };
-        let (method, target) = path;
+        let body = &buf[head_len..end];
         let (route, query) = target.split_once('?').unwrap_or((&target, ""));
         if scope == Scope::MetricsOnly && !matches!(route, "/metrics" | "/healthz") {
             respond(
@@ -218,6 +260,21 @@ impl Admin {
                 Err((status, why)) => respond(&mut conn, status, "text/plain", &format!("{why}\n")),
             },
             ("GET", "/config") => respond(&mut conn, 200, "text/plain", &self.reloader.render()),
+            ("GET", "/keys") => respond(
+                &mut conn,
+                200,
+                "application/json",
+                &super::keys::list(&self.keys),
+            ),
+            ("POST", "/keys") => {
+                let (status, body) = super::keys::create(&self.keys, &self.data_dir(), body);
+                respond(&mut conn, status, "application/json", &body);
+            }
+            ("DELETE", r) if r.starts_with("/keys/") => {
+                let id = query_decode(&r["/keys/".len()..]);
+                let (status, body) = super::keys::revoke(&self.keys, &self.data_dir(), &id);
+                respond(&mut conn, status, "application/json", &body);
+            }
             ("GET", "/healthz") => {
                 respond(&mut conn, 200, "application/json", "{\"status\":\"ok\"}\n")
             }
@@ -225,7 +282,7 @@ impl Admin {
                 &mut conn,
                 404,
                 "text/plain",
-                "not found: try GET /stats, /metrics, /logs, /config, /healthz, POST /config/reload or POST /cache/purge\n",
+                "not found: try GET /stats, /metrics, /logs, /config, /keys, /healthz, POST /config/reload, /cache/purge, /keys or DELETE /keys/ID\n",
             ),
         }
     }
@@ -314,6 +371,11 @@ impl Admin {
             }
         }
         Ok(total)
+    }
+
+    /// Where admin-created keys are stored (`server.data_dir` is restart-only).
+    fn data_dir(&self) -> PathBuf {
+        self.reloader.running().server.data_dir.clone()
     }
 
     /// Asks every shard for a snapshot and waits (bounded) until they arrive.
@@ -550,6 +612,16 @@ pub fn query(socket: &Path, path: &str) -> Result<String, String> {
 /// One request over the admin socket; the body of a 200, else an error that
 /// quotes the answer.
 pub fn request(socket: &Path, method: &str, path: &str) -> Result<String, String> {
+    request_with_body(socket, method, path, "")
+}
+
+/// As [`request`], sending `body` (JSON); any 2xx is success.
+pub fn request_with_body(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<String, String> {
     let mut conn = UnixStream::connect(socket).map_err(|e| {
         format!(
             "cannot connect to admin socket {}: {e} (is aigw running?)",
@@ -558,8 +630,11 @@ pub fn request(socket: &Path, method: &str, path: &str) -> Result<String, String
     })?;
     let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
     conn.write_all(
-        format!("{method} {path} HTTP/1.1\r\nhost: aigw\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-            .as_bytes(),
+        format!(
+            "{method} {path} HTTP/1.1\r\nhost: aigw\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
     )
     .map_err(|e| e.to_string())?;
     let mut resp = Vec::new();
@@ -568,7 +643,7 @@ pub fn request(socket: &Path, method: &str, path: &str) -> Result<String, String
     let (head, body) = text
         .split_once("\r\n\r\n")
         .ok_or("malformed admin response")?;
-    if !head.starts_with("HTTP/1.1 200") {
+    if !head.starts_with("HTTP/1.1 2") {
         return Err(format!(
             "admin socket answered: {}: {}",
             head.lines().next().unwrap_or(""),

@@ -10,6 +10,7 @@
 //! channel, which wakes a glommio executor from a foreign thread.
 
 pub mod admin;
+pub mod keys;
 pub mod logs;
 pub mod metrics;
 pub mod reload;

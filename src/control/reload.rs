@@ -12,6 +12,7 @@ use super::ShardCmd;
 use super::ShardSenders;
 use super::logs::LogStats;
 use super::stats::StatsHub;
+use crate::auth::Registry;
 use crate::config::Config;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -104,6 +105,7 @@ pub struct Reloader {
     shards: ShardSenders,
     hub: Arc<StatsHub>,
     logs: Arc<LogStats>,
+    keys: Arc<Registry>,
 }
 
 impl Reloader {
@@ -113,6 +115,7 @@ impl Reloader {
         shards: ShardSenders,
         hub: Arc<StatsHub>,
         logs: Arc<LogStats>,
+        keys: Arc<Registry>,
     ) -> Arc<Reloader> {
         Arc::new(Reloader {
             source,
@@ -120,6 +123,7 @@ impl Reloader {
             shards,
             hub,
             logs,
+            keys,
         })
     }
 
@@ -163,6 +167,7 @@ impl Reloader {
             let _ = tx.send(ShardCmd::Reload(new.clone()));
         }
         self.logs.set_config(new.logs.clone());
+        self.keys.set_config(&new.keys);
         *running = new;
         drop(running);
         // Shards handle commands in order: once they answer a flush, the

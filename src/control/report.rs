@@ -206,6 +206,51 @@ pub fn render(stats_json: &str) -> Option<String> {
     Some(out)
 }
 
+/// Renders `GET /keys` JSON as a table (`aigw key list`); `None` if the JSON
+/// is not what aigw serves.
+pub fn keys_table(keys_json: &str) -> Option<String> {
+    let mut bytes = keys_json.as_bytes().to_vec();
+    let v = simd_json::to_owned_value(&mut bytes).ok()?;
+    let keys = v.get("keys")?.as_array()?;
+    let mut out = format!("{:<24} {:<7} {:<40} metadata\n", "id", "origin", "models");
+    for k in keys {
+        let list = |field: &str| -> String {
+            k.get(field)
+                .and_then(|m| m.as_array())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "*".into())
+        };
+        let meta = k
+            .get("metadata")
+            .and_then(|m| m.as_object())
+            .map(|o| {
+                o.iter()
+                    .map(|(a, b)| format!("{a}={}", b.as_str().unwrap_or("")))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "{:<24} {:<7} {:<40} {}",
+            crate::logstore::query::printable(k.get("id")?.as_str()?, false),
+            k.get("origin")?.as_str()?,
+            crate::logstore::query::printable(&list("models"), false),
+            crate::logstore::query::printable(&meta, false),
+        );
+    }
+    if keys.is_empty() {
+        out.push_str("(no keys: add [keys.ID] to the config, or `aigw key new ID --create`)\n");
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

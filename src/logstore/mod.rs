@@ -20,6 +20,7 @@
 //! even after retention empties the table, so a metadata row swept late or a
 //! `--follow` position can never point at another request.
 
+pub mod keys;
 pub mod query;
 pub mod time;
 pub mod write;

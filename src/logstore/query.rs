@@ -29,6 +29,8 @@ pub struct Filter {
     pub cache: Option<String>,
     pub provider: Option<String>,
     pub model: Option<String>,
+    /// The gateway key's id.
+    pub key: Option<String>,
     pub meta: Vec<(String, String)>,
     pub id: Option<String>,
     pub event_id: Option<String>,
@@ -88,6 +90,7 @@ impl Filter {
                 "cache" => f.cache = Some(v.to_ascii_uppercase()),
                 "provider" => f.provider = Some(v.to_string()),
                 "model" => f.model = Some(v.to_string()),
+                "key" => f.key = Some(v.to_string()),
                 "meta" => {
                     let (k, val) = v
                         .split_once('=')
@@ -167,6 +170,7 @@ impl Filter {
         eq("r.error_source", &self.source, &mut args);
         eq("r.cache", &self.cache, &mut args);
         eq("r.provider", &self.provider, &mut args);
+        eq("r.key_id", &self.key, &mut args);
         eq("r.model", &self.model, &mut args);
         eq("r.id", &self.id, &mut args);
         // A UUIDv7 carries its arrival time: look it up through the time index.

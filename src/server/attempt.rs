@@ -195,7 +195,8 @@ mod tests {
         glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
             .io_memory(128 << 10)
             .spawn(move || async move {
-                let ctx = ShardCtx::new(0, config, Resolver::new(), None, None);
+                let keys = crate::auth::Registry::new(&config.keys, vec![]);
+                let ctx = ShardCtx::new(0, config, Resolver::new(), None, None, keys);
                 let provider = ctx.providers()["up"].clone();
                 let req = AttemptRequest {
                     bytes: request.as_bytes(),

@@ -12,8 +12,8 @@
 //! 5 record   record()        the record counted (stats) and handed to the request log
 //! ```
 //!
-//! Authentication, admission and the cache lookup slot in between 1 and 2, the
-//! cache fill joins the taps, as later issues build them. Stages never call a
+//! Between 1 and 2: 1a authentication (the gateway key), 1b the cache lookup;
+//! admission (limits, budgets) joins them as later issues build it. Stages never call a
 //! later stage or this module; they return typed values or a `GatewayError`.
 //! Only this module answers the client, and every answer (framing errors
 //! included, through [`reject`]) ends in [`record`].
@@ -26,6 +26,7 @@ use super::respond::{self, ClientFraming, ClientHead};
 use super::respond::{CacheLine, CachedHead};
 use super::shard::ShardCtx;
 use super::taps::{FillTap, NoTap, PayloadTap, Tap, UsageTap};
+use crate::auth::{self, Carrier, KeyEntry};
 use crate::cache::flight::{End as FlightEnd, Flight, FlightHead, Leading};
 use crate::cache::key::KeyInput;
 use crate::cache::{self, Lookup, entry};
@@ -35,7 +36,9 @@ use crate::http::ReadBuf;
 use crate::http::request::Method;
 use crate::http::response::{ResponseBody, ResponseHead};
 use crate::net::{Direct, read_some_tcp};
-use crate::record::{CacheStatus, LogFacts, Outcome, Payload, RequestRecord, RouteKind, Usage};
+use crate::record::{
+    CacheStatus, LogFacts, MetaValue, Metadata, Outcome, Payload, RequestRecord, RouteKind, Usage,
+};
 use crate::reqid::now_unix_ms;
 use crate::route::{self, Plan, Routed};
 use futures_lite::AsyncWriteExt;
@@ -78,6 +81,13 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         }
         Err(e) => return answer_error(ctx, c, rec, &e, keep_alive).await,
     };
+
+    // 1a. who is calling, and whether their key may use this model
+    let principal = match authenticate(ctx, c, req, &plan, &mut rec) {
+        Ok(p) => p,
+        Err(e) => return answer_error(ctx, c, rec, &e, keep_alive).await,
+    };
+    let _ = &principal;
 
     // 1b. cache: a hit answers here; a miss leads or follows the one upstream call
     let mut lead = None;
@@ -349,6 +359,77 @@ fn plan(
         rec.stream = p.stream;
     }
     Ok(routed)
+}
+
+/// Stage 1a: the gateway key. When keys exist or `auth.required` is set, the
+/// presented key must be one of them (401) and allow the routed model (403);
+/// the record learns its id and the log its metadata. See [`auth::presented`]
+/// for which header carries it.
+fn authenticate(
+    ctx: &ShardCtx,
+    c: &ClientConn,
+    req: &Incoming,
+    plan: &Plan,
+    rec: &mut RequestRecord,
+) -> Result<Option<Arc<KeyEntry>>, GatewayError> {
+    let required = ctx.config().auth.required;
+    let found = ctx.keys().with(|keys| {
+        if keys.is_empty() && !required {
+            return Ok(None);
+        }
+        let view = req.view(&c.head, &c.buf, &c.body);
+        let headers = view
+            .head
+            .headers
+            .iter()
+            .map(|h| (h.name.get(view.window), h.value.get(view.window)));
+        let injected = plan.provider.auth_lines(plan.unified).is_some();
+        match auth::presented(headers, injected) {
+            Some((carrier, secret)) => match keys.find(secret) {
+                Some(k) => Ok(Some(k.clone())),
+                // A credential for the gateway, or one that may only be one.
+                None if required
+                    || carrier == Carrier::Gateway
+                    || secret.starts_with(auth::SECRET_PREFIX.as_bytes()) =>
+                {
+                    Err(GatewayError::unauthorized(
+                        "the gateway key is not valid (unknown or revoked)",
+                    ))
+                }
+                None => Ok(None),
+            },
+            None if required => Err(GatewayError::unauthorized(if injected {
+                "this gateway requires a key: send `Authorization: Bearer <key>`"
+            } else {
+                "this gateway requires a key: send `aigw-authorization: Bearer <key>` (your provider key stays in `Authorization`)"
+            })),
+            None => Ok(None),
+        }
+    })?;
+    let Some(key) = found else { return Ok(None) };
+    rec.key_id = Some(key.id.clone());
+    if let Some(log) = rec.log.as_mut()
+        && !key.metadata.is_empty()
+    {
+        // The key's attribution wins over the request's own of the same name.
+        let meta = log.metadata.get_or_insert_with(Metadata::default);
+        for (k, v) in &key.metadata {
+            meta.0.retain(|(name, _)| name != k);
+            meta.0.push((k.clone(), MetaValue::Str(v.clone())));
+        }
+    }
+    let provider = &*plan.provider.name;
+    if !key.allows(provider, rec.model.as_deref()) {
+        let what = rec.model.as_deref().map_or_else(
+            || format!("provider `{provider}`"),
+            |m| format!("model `{provider}/{m}`"),
+        );
+        return Err(GatewayError::forbidden(
+            "model_not_allowed",
+            format!("key `{}` may not use {what}", key.id),
+        ));
+    }
+    Ok(Some(key))
 }
 
 /// What the cache stage decided.

@@ -3,6 +3,7 @@
 //! recorder, request ids, and the live-connection slab the drain walks.
 //! Below every other file of `server/`: it imports none of them.
 
+use crate::auth::{Registry, ShardKeys};
 use crate::cache::ShardCache;
 use crate::config::Config;
 use crate::http::request::HeadLimits;
@@ -87,6 +88,8 @@ pub struct ShardCtx {
     conns: RefCell<Slab>,
     /// This shard's part of the response cache (`None`: the cache is off).
     cache: Option<ShardCache>,
+    /// This shard's copy of the gateway key table.
+    keys: ShardKeys,
 }
 
 impl ShardCtx {
@@ -96,6 +99,7 @@ impl ShardCtx {
         resolver: Arc<Resolver>,
         log: Option<LogQueue>,
         cache: Option<ShardCache>,
+        keys: Arc<Registry>,
     ) -> ShardCtx {
         let config = Rc::new(Config::clone(&config));
         ShardCtx {
@@ -114,7 +118,13 @@ impl ShardCtx {
             log,
             conns: RefCell::new(Slab::default()),
             cache,
+            keys: ShardKeys::new(keys),
         }
+    }
+
+    /// The gateway keys (refreshed when a reload or the admin socket changed them).
+    pub fn keys(&self) -> &ShardKeys {
+        &self.keys
     }
 
     /// The response cache, when it is on.

@@ -242,6 +242,32 @@ impl Gateway {
     }
 
     /// A new keep-alive client connection.
+    /// Opens connections until there is an idle keep-alive one on every shard
+    /// (the shard is the last two hex digits of the third group of
+    /// `aigw-request-id`, a UUIDv7).
+    pub fn connection_per_shard(&self) -> Vec<Client> {
+        let mut by_shard: Vec<Option<Client>> = (0..self.shards).map(|_| None).collect();
+        for _ in 0..256 {
+            if by_shard.iter().all(Option::is_some) {
+                break;
+            }
+            let mut c = self.client();
+            let r = c.get("/no-such-route");
+            assert_eq!(r.status, 404);
+            let id = r.header("aigw-request-id").expect("request id");
+            let shard = id
+                .split('-')
+                .nth(2)
+                .and_then(|g| usize::from_str_radix(&g[2..], 16).ok())
+                .expect("shard in request id");
+            by_shard[shard].get_or_insert(c);
+        }
+        by_shard
+            .into_iter()
+            .map(|c| c.expect("a connection landed on every shard"))
+            .collect()
+    }
+
     pub fn client(&self) -> Client {
         Client::connect(self.addr)
     }
@@ -366,12 +392,18 @@ pub fn admin_post(socket: &Path, path: &str) -> (u16, Vec<u8>) {
 }
 
 fn admin_request(socket: &Path, method: &str, path: &str) -> (u16, Vec<u8>) {
+    admin_send(socket, method, path, "")
+}
+
+/// One request with a body over the admin Unix socket: (status, body).
+pub fn admin_send(socket: &Path, method: &str, path: &str, body: &str) -> (u16, Vec<u8>) {
     let mut s =
         UnixStream::connect(socket).unwrap_or_else(|e| panic!("connect {}: {e}", socket.display()));
     s.set_read_timeout(Some(WAIT)).unwrap();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: aigw\r\nContent-Length: 0\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: aigw\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
     )
     .unwrap();
     let mut raw = Vec::new();

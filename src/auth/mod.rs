@@ -1,0 +1,535 @@
+//! Gateway keys: who is calling. Stage 1a of the pipeline, right after the route.
+//!
+//! Owns the key table every shard reads ([`Registry`]: the file's keys and the
+//! ones created over the admin socket, with a generation number a shard checks
+//! per request, so a change is in force on every shard at its next request),
+//! hashing and comparing secrets (SHA-256, compared in constant time), which
+//! header carries the gateway key ([`presented`]), and the model patterns a
+//! key allows. A shard reads its own copy of the table: no lock and no shared
+//! write on the request path. Admin-created keys persist in `logstore::keys`.
+//!
+//! Only hashes are held: a secret is hashed as it arrives and dropped.
+
+use crate::config::KeyConfig;
+use crate::fasthash::FastMap;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// The prefix of every secret `aigw key new` makes: a credential with it is
+/// meant for the gateway (so an unknown one is refused, never passed on).
+pub const SECRET_PREFIX: &str = "sk-aigw-";
+
+/// Where a key was defined.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// `[keys.<id>]` in the config file (changed by editing it and reloading).
+    Config,
+    /// `POST /keys` (stored in the data directory's database).
+    Admin,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Config => "config",
+            Origin::Admin => "admin",
+        }
+    }
+}
+
+/// One gateway key, as every shard sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyEntry {
+    pub id: Arc<str>,
+    pub hash: [u8; 32],
+    /// `provider/model` patterns; empty allows every model.
+    pub models: Vec<String>,
+    pub metadata: Vec<(String, String)>,
+    pub origin: Origin,
+    /// Unix ms when created over the admin socket (0 for config keys).
+    pub created_ms: u64,
+}
+
+impl KeyEntry {
+    pub fn from_config(k: &KeyConfig) -> KeyEntry {
+        KeyEntry {
+            id: Arc::from(k.id.as_str()),
+            hash: k.secret_sha256,
+            models: k.models.clone(),
+            metadata: k.metadata.clone(),
+            origin: Origin::Config,
+            created_ms: 0,
+        }
+    }
+
+    /// Whether the key may use `model` of `provider`. A request without a
+    /// model (a passthrough `GET /openai/models`) needs a pattern that allows
+    /// every model of its provider.
+    pub fn allows(&self, provider: &str, model: Option<&str>) -> bool {
+        self.models.is_empty()
+            || self.models.iter().any(|p| {
+                if p == "*" {
+                    return true;
+                }
+                let Some((pp, mp)) = p.split_once('/') else {
+                    return false;
+                };
+                glob(pp.as_bytes(), provider.as_bytes())
+                    && match model {
+                        Some(m) => glob(mp.as_bytes(), m.as_bytes()),
+                        None => mp == "*",
+                    }
+            })
+    }
+}
+
+/// `*` matches any run of bytes (none included); everything else matches itself.
+pub fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    // Where the last `*` was, and the text position it matched up to.
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pattern.len() && pattern[p] == b'*' {
+            star = Some((p, t));
+            p += 1;
+        } else if p < pattern.len() && pattern[p] == text[t] {
+            p += 1;
+            t += 1;
+        } else if let Some((sp, st)) = star {
+            p = sp + 1;
+            t = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|b| *b == b'*')
+}
+
+/// SHA-256 of a secret.
+pub fn hash_secret(secret: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, secret);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// Compares two hashes in time independent of where they differ.
+pub fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+/// Lower-case hex of a hash.
+pub fn hex(hash: &[u8; 32]) -> String {
+    hash.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A fresh secret: the prefix and 32 random bytes in hex.
+pub fn new_secret() -> Result<String, String> {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| "the system's random source failed".to_string())?;
+    Ok(format!("{SECRET_PREFIX}{}", hex(&bytes)))
+}
+
+/// The key table at one moment: keys by the first 8 bytes of their hash.
+#[derive(Debug, Default)]
+pub struct Keys {
+    by_prefix: FastMap<u64, Vec<Arc<KeyEntry>>>,
+    len: usize,
+}
+
+impl Keys {
+    fn build<'a>(entries: impl Iterator<Item = &'a Arc<KeyEntry>>) -> Keys {
+        let mut k = Keys::default();
+        for e in entries {
+            k.by_prefix
+                .entry(prefix(&e.hash))
+                .or_default()
+                .push(e.clone());
+            k.len += 1;
+        }
+        k
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// A copy that shares no reference count with this one: a shard's own,
+    /// so counting references to a hot key never crosses cores.
+    fn local_copy(&self) -> Keys {
+        let mut k = Keys::default();
+        for entries in self.by_prefix.values() {
+            for e in entries {
+                let mut own = KeyEntry::clone(e);
+                own.id = Arc::from(&*e.id);
+                k.by_prefix
+                    .entry(prefix(&own.hash))
+                    .or_default()
+                    .push(Arc::new(own));
+                k.len += 1;
+            }
+        }
+        k
+    }
+
+    /// The key whose secret this is, if any.
+    pub fn find(&self, secret: &[u8]) -> Option<&Arc<KeyEntry>> {
+        let hash = hash_secret(secret);
+        self.by_prefix
+            .get(&prefix(&hash))?
+            .iter()
+            .find(|e| ct_eq(&e.hash, &hash))
+    }
+}
+
+fn prefix(hash: &[u8; 32]) -> u64 {
+    u64::from_le_bytes(hash[..8].try_into().expect("8 bytes"))
+}
+
+/// Why a key could not be added or revoked.
+#[derive(Debug, PartialEq, Eq)]
+pub enum KeyError {
+    /// The id is taken (by a file key or a live admin key).
+    Exists(String),
+    /// No such key.
+    NotFound(String),
+    /// A file key: edit the file and reload instead.
+    InConfig(String),
+    /// The secret is already another key's.
+    SameSecret(String),
+}
+
+impl std::fmt::Display for KeyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyError::Exists(id) => write!(
+                f,
+                "a key with id `{id}` exists; revoke it first or choose another id"
+            ),
+            KeyError::NotFound(id) => write!(f, "no key with id `{id}`"),
+            KeyError::InConfig(id) => write!(
+                f,
+                "key `{id}` is defined in the config file; remove [keys.{id}] there and reload"
+            ),
+            KeyError::SameSecret(id) => write!(f, "that secret is already key `{id}`'s"),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Sets {
+    config: BTreeMap<Arc<str>, Arc<KeyEntry>>,
+    admin: BTreeMap<Arc<str>, Arc<KeyEntry>>,
+}
+
+/// The key table shared by every shard: changed by a reload or the admin
+/// socket (under a lock, off the request path), read by shards through
+/// [`ShardKeys`].
+pub struct Registry {
+    sets: Mutex<Sets>,
+    current: Mutex<Arc<Keys>>,
+    generation: AtomicU64,
+}
+
+impl Registry {
+    pub fn new(config: &BTreeMap<String, KeyConfig>, admin: Vec<KeyEntry>) -> Arc<Registry> {
+        let r = Registry {
+            sets: Mutex::new(Sets::default()),
+            current: Mutex::new(Arc::default()),
+            generation: AtomicU64::new(0),
+        };
+        {
+            let mut sets = r.sets.lock().unwrap_or_else(|e| e.into_inner());
+            sets.config = config_set(config);
+            // A file key wins over an admin key of the same id.
+            sets.admin = admin
+                .into_iter()
+                .filter(|e| !sets.config.contains_key(&e.id))
+                .map(|e| (e.id.clone(), Arc::new(e)))
+                .collect();
+            r.publish(&sets);
+        }
+        Arc::new(r)
+    }
+
+    /// A reload's keys replace the file's keys.
+    pub fn set_config(&self, config: &BTreeMap<String, KeyConfig>) {
+        let mut sets = self.lock();
+        sets.config = config_set(config);
+        self.publish(&sets);
+    }
+
+    /// Adds an admin key (its secret must be new and its id free).
+    pub fn add(&self, entry: KeyEntry) -> Result<(), KeyError> {
+        let mut sets = self.lock();
+        self.check_new(&sets, &entry)?;
+        sets.admin.insert(entry.id.clone(), Arc::new(entry));
+        self.publish(&sets);
+        Ok(())
+    }
+
+    /// Whether `entry` could be added now (checked before it is stored).
+    pub fn can_add(&self, entry: &KeyEntry) -> Result<(), KeyError> {
+        self.check_new(&self.lock(), entry)
+    }
+
+    fn check_new(&self, sets: &Sets, entry: &KeyEntry) -> Result<(), KeyError> {
+        if sets.config.contains_key(&entry.id) || sets.admin.contains_key(&entry.id) {
+            return Err(KeyError::Exists(entry.id.to_string()));
+        }
+        if let Some(other) = sets
+            .config
+            .values()
+            .chain(sets.admin.values())
+            .find(|e| ct_eq(&e.hash, &entry.hash))
+        {
+            return Err(KeyError::SameSecret(other.id.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Whether an admin key `id` may be revoked.
+    pub fn can_revoke(&self, id: &str) -> Result<(), KeyError> {
+        let sets = self.lock();
+        if sets.admin.contains_key(id) {
+            Ok(())
+        } else if sets.config.contains_key(id) {
+            Err(KeyError::InConfig(id.to_string()))
+        } else {
+            Err(KeyError::NotFound(id.to_string()))
+        }
+    }
+
+    /// Removes an admin key: from the next request on, no shard accepts it.
+    pub fn revoke(&self, id: &str) -> Result<(), KeyError> {
+        self.can_revoke(id)?;
+        let mut sets = self.lock();
+        sets.admin.remove(id);
+        self.publish(&sets);
+        Ok(())
+    }
+
+    /// Every key, file keys first, by id.
+    pub fn list(&self) -> Vec<Arc<KeyEntry>> {
+        let sets = self.lock();
+        sets.config
+            .values()
+            .chain(sets.admin.values())
+            .cloned()
+            .collect()
+    }
+
+    /// Bumped by every change.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The current table.
+    pub fn snapshot(&self) -> Arc<Keys> {
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Sets> {
+        self.sets.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn publish(&self, sets: &Sets) {
+        let keys = Arc::new(Keys::build(sets.config.values().chain(sets.admin.values())));
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = keys;
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+fn config_set(config: &BTreeMap<String, KeyConfig>) -> BTreeMap<Arc<str>, Arc<KeyEntry>> {
+    config
+        .values()
+        .map(|k| {
+            let e = KeyEntry::from_config(k);
+            (e.id.clone(), Arc::new(e))
+        })
+        .collect()
+}
+
+/// A shard's copy of the key table, refreshed when the registry's generation moves.
+pub struct ShardKeys {
+    registry: Arc<Registry>,
+    seen: std::cell::Cell<u64>,
+    keys: std::cell::RefCell<Keys>,
+}
+
+impl ShardKeys {
+    pub fn new(registry: Arc<Registry>) -> ShardKeys {
+        let seen = registry.generation();
+        let keys = registry.snapshot().local_copy();
+        ShardKeys {
+            registry,
+            seen: std::cell::Cell::new(seen),
+            keys: std::cell::RefCell::new(keys),
+        }
+    }
+
+    /// Runs `f` on the current table (one atomic load when nothing changed).
+    pub fn with<R>(&self, f: impl FnOnce(&Keys) -> R) -> R {
+        let now = self.registry.generation();
+        if now != self.seen.get() {
+            *self.keys.borrow_mut() = self.registry.snapshot().local_copy();
+            self.seen.set(now);
+        }
+        f(&self.keys.borrow())
+    }
+}
+
+/// Where the gateway key came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Carrier {
+    /// `aigw-authorization` or `cf-aig-authorization`: meant for the gateway.
+    Gateway,
+    /// `Authorization` or `x-api-key` when aigw holds the provider's key.
+    Provider,
+}
+
+/// The credential a request presents to the gateway, if any: the value of
+/// `aigw-authorization` / `cf-aig-authorization` (`Bearer ` optional), else,
+/// when aigw injects the provider's key (so the client's own credential
+/// headers are not forwarded), `Authorization: Bearer` or `x-api-key`.
+pub fn presented<'a>(
+    headers: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+    injected: bool,
+) -> Option<(Carrier, &'a [u8])> {
+    let mut provider = None;
+    for (name, value) in headers {
+        let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+        if is("aigw-authorization") || is("cf-aig-authorization") {
+            return Some((Carrier::Gateway, bearer(value)));
+        }
+        if injected && provider.is_none() && (is("authorization") || is("x-api-key")) {
+            provider = Some((Carrier::Provider, bearer(value)));
+        }
+    }
+    provider
+}
+
+/// The token of `Bearer <token>` (scheme case-insensitive), or the value.
+fn bearer(value: &[u8]) -> &[u8] {
+    let v = value.trim_ascii();
+    if v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ") {
+        v[7..].trim_ascii_start()
+    } else {
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str, secret: &str, models: &[&str]) -> KeyEntry {
+        KeyEntry {
+            id: Arc::from(id),
+            hash: hash_secret(secret.as_bytes()),
+            models: models.iter().map(|m| m.to_string()).collect(),
+            metadata: vec![],
+            origin: Origin::Admin,
+            created_ms: 1,
+        }
+    }
+
+    #[test]
+    fn glob_matches_runs() {
+        assert!(glob(b"claude-*", b"claude-3-5-haiku"));
+        assert!(glob(b"*", b""));
+        assert!(glob(b"gpt-*-mini", b"gpt-4o-mini"));
+        assert!(!glob(b"gpt-*-mini", b"gpt-4o"));
+        assert!(glob(b"a*b*c", b"aXbYbc"));
+        assert!(!glob(b"abc", b"abcd"));
+        assert!(!glob(b"", b"a"));
+    }
+
+    #[test]
+    fn models_allow_by_pattern() {
+        let k = entry("a", "s", &["openai/*", "anthropic/claude-*"]);
+        assert!(k.allows("openai", Some("gpt-4o")));
+        assert!(k.allows("openai", None));
+        assert!(k.allows("anthropic", Some("claude-sonnet-4")));
+        assert!(!k.allows("anthropic", Some("other")));
+        assert!(!k.allows("anthropic", None));
+        assert!(!k.allows("mock", Some("mock")));
+        assert!(entry("b", "t", &[]).allows("mock", None));
+        assert!(entry("c", "u", &["*"]).allows("x", Some("y")));
+    }
+
+    #[test]
+    fn the_registry_finds_keys_by_secret_and_forgets_revoked_ones() {
+        let r = Registry::new(&BTreeMap::new(), vec![entry("a", "sk-aigw-1", &[])]);
+        let keys = ShardKeys::new(r.clone());
+        assert_eq!(
+            keys.with(|k| k.find(b"sk-aigw-1").map(|e| e.id.clone())),
+            Some(Arc::from("a"))
+        );
+        assert!(keys.with(|k| k.find(b"sk-aigw-2").is_none()));
+        r.add(entry("b", "sk-aigw-2", &[])).unwrap();
+        assert!(keys.with(|k| k.find(b"sk-aigw-2").is_some()));
+        assert_eq!(
+            r.add(entry("b", "x", &[])),
+            Err(KeyError::Exists("b".into()))
+        );
+        assert_eq!(
+            r.add(entry("c", "sk-aigw-2", &[])),
+            Err(KeyError::SameSecret("b".into()))
+        );
+        r.revoke("a").unwrap();
+        assert!(keys.with(|k| k.find(b"sk-aigw-1").is_none()));
+        assert_eq!(r.revoke("a"), Err(KeyError::NotFound("a".into())));
+    }
+
+    #[test]
+    fn file_keys_cannot_be_revoked_over_the_socket() {
+        let c = crate::config::Config::from_toml(&format!(
+            "[keys.f]\nsecret_sha256 = \"{}\"\n",
+            hex(&hash_secret(b"s"))
+        ))
+        .unwrap();
+        let r = Registry::new(&c.keys, vec![]);
+        assert_eq!(r.revoke("f"), Err(KeyError::InConfig("f".into())));
+        r.set_config(&BTreeMap::new());
+        assert_eq!(r.revoke("f"), Err(KeyError::NotFound("f".into())));
+    }
+
+    #[test]
+    fn the_gateway_header_wins_and_provider_headers_count_only_when_injected() {
+        let h: Vec<(&[u8], &[u8])> = vec![
+            (b"Authorization", b"Bearer sk-provider"),
+            (b"cf-aig-authorization", b"Bearer  sk-aigw-x "),
+        ];
+        assert_eq!(
+            presented(h.iter().copied(), false),
+            Some((Carrier::Gateway, &b"sk-aigw-x"[..]))
+        );
+        let h: Vec<(&[u8], &[u8])> = vec![(b"x-api-key", b"sk-aigw-y")];
+        assert_eq!(
+            presented(h.iter().copied(), true),
+            Some((Carrier::Provider, &b"sk-aigw-y"[..]))
+        );
+        assert_eq!(presented(h.iter().copied(), false), None);
+    }
+
+    #[test]
+    fn secrets_are_fresh_and_hash_to_known_values() {
+        let (a, b) = (new_secret().unwrap(), new_secret().unwrap());
+        assert!(a.starts_with(SECRET_PREFIX) && a.len() == SECRET_PREFIX.len() + 64);
+        assert_ne!(a, b);
+        assert_eq!(
+            hex(&hash_secret(b"hello")),
+            "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+        );
+    }
+}

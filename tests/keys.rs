@@ -1,0 +1,334 @@
+//! Gateway keys end to end: `aigw key new` lines in the config, `auth.required`,
+//! which header carries the key, 401 and 403 that never reach the provider,
+//! the key id in the log, keys created and revoked over the admin socket (on
+//! every shard at once, surviving a restart), `aigw key list|revoke`. At 1 and
+//! 2 shards.
+
+mod common;
+
+use common::gateway::{admin_get, admin_send, run_aigw};
+use common::{Gateway, json, mock};
+use simd_json::prelude::*;
+
+const CHAT: &str = r#"{"model":"up/gpt-x","messages":[{"role":"user","content":"hi"}]}"#;
+
+fn chat(model: &str) -> String {
+    CHAT.replace("up/gpt-x", model)
+}
+
+/// `aigw key new ID ARGS`: (secret, the config lines it printed).
+fn key_new(id: &str, args: &[&str]) -> (String, String) {
+    let mut all = vec!["key", "new", id];
+    all.extend_from_slice(args);
+    let (code, out, err) = run_aigw(&all);
+    assert_eq!(code, 0, "{err}");
+    let secret = out
+        .lines()
+        .find_map(|l| l.strip_prefix("secret: "))
+        .expect("a secret line")
+        .to_string();
+    let config = out[out.find("[keys.").expect("config lines")..].to_string();
+    assert!(!config.contains(&secret), "the config lines hold no secret");
+    (secret, config)
+}
+
+fn bearer(secret: &str) -> String {
+    format!("Bearer {secret}")
+}
+
+fn printed_keys_work_and_everything_else_is_refused(shards: usize) {
+    let mock = mock();
+    let (alice, alice_lines) = key_new("alice", &["--model", "up/gpt-*", "--meta", "team=search"]);
+    let (bob, bob_lines) = key_new("bob", &[]);
+    let gw = Gateway::with(shards)
+        .provider("up", &mock.base_url(), "api_key = \"sk-provider\"")
+        .toml(&format!(
+            "[auth]\nrequired = true\n{alice_lines}\n{bob_lines}"
+        ))
+        .start();
+    let post = |headers: &[(&str, &str)], body: &str| {
+        gw.client().post("/v1/chat/completions", headers, body)
+    };
+
+    // No key, a wrong one, one in the wrong header shape: 401, nothing upstream.
+    let r = post(&[], CHAT);
+    assert_eq!(r.status, 401);
+    assert_eq!(r.error_code(), "invalid_api_key");
+    assert_eq!(r.header("aigw-error-source"), Some("gateway"));
+    assert!(r.header("www-authenticate").is_some());
+    assert!(r.text().contains("Authorization: Bearer"), "{}", r.text());
+    let wrong = bearer(&alice.replace('a', "b"));
+    assert_eq!(post(&[("Authorization", &wrong)], CHAT).status, 401);
+    assert_eq!(post(&[("aigw-authorization", &wrong)], CHAT).status, 401);
+    assert_eq!(mock.requests_seen(), 0);
+
+    // A model the key does not allow: 403 naming both, nothing upstream.
+    let r = post(&[("Authorization", &bearer(&alice))], &chat("up/o3"));
+    assert_eq!(r.status, 403);
+    assert_eq!(r.error_code(), "model_not_allowed");
+    let text = r.text();
+    assert!(text.contains("alice") && text.contains("up/o3"), "{text}");
+    assert_eq!(mock.requests_seen(), 0);
+
+    // The key in `Authorization` (aigw holds the provider key), in
+    // `aigw-authorization`, in `cf-aig-authorization`, as `x-api-key`.
+    for (header, value) in [
+        ("Authorization", bearer(&alice)),
+        ("aigw-authorization", bearer(&alice)),
+        ("cf-aig-authorization", bearer(&alice)),
+        ("x-api-key", alice.clone()),
+    ] {
+        let r = post(&[(header, &value)], CHAT);
+        assert_eq!(r.status, 200, "{header}: {}", r.text());
+    }
+    let r = post(&[("Authorization", &bearer(&bob))], &chat("up/o3"));
+    assert_eq!(r.status, 200, "bob may use every model");
+    assert_eq!(mock.requests_seen(), 5);
+    // The provider sees its own key, never the gateway's.
+    for c in mock.captured() {
+        assert_eq!(c.header("authorization"), Some("Bearer sk-provider"));
+        assert!(c.header("x-api-key").is_none());
+        assert!(c.header("aigw-authorization").is_none());
+        assert!(c.header("cf-aig-authorization").is_none());
+    }
+
+    // The log knows whose requests they were; the key's metadata is attributed.
+    let (code, body) = admin_get(&gw.admin_socket, "/logs?key=alice&limit=100");
+    assert_eq!(code, 200);
+    let rows: Vec<_> = String::from_utf8(body)
+        .unwrap()
+        .lines()
+        .map(|l| json(l.as_bytes()))
+        .collect();
+    // Four successes and the 403.
+    assert_eq!(rows.len(), 5, "{rows:?}");
+    assert!(rows.iter().all(|r| r["key_id"].as_str() == Some("alice")));
+    assert!(
+        rows.iter()
+            .all(|r| r["metadata"]["team"].as_str() == Some("search")),
+        "{rows:?}"
+    );
+    let (code, body) = admin_get(&gw.admin_socket, "/logs?key=bob");
+    assert_eq!(code, 200);
+    assert_eq!(String::from_utf8(body).unwrap().lines().count(), 1);
+}
+
+fn a_client_with_its_own_provider_key_sends_the_gateway_key_beside_it(shards: usize) {
+    let mock = mock();
+    let (secret, lines) = key_new("carol", &[]);
+    let gw = Gateway::with(shards)
+        .provider("up", &mock.base_url(), "")
+        .toml(&format!("[auth]\nrequired = true\n{lines}"))
+        .start();
+    let post = |headers: &[(&str, &str)]| gw.client().post("/v1/chat/completions", headers, CHAT);
+    // Its Authorization is the provider's key: it is not the gateway key.
+    let r = post(&[("Authorization", "Bearer sk-client-own")]);
+    assert_eq!(r.status, 401);
+    assert!(r.text().contains("aigw-authorization"), "{}", r.text());
+    let r = post(&[
+        ("Authorization", "Bearer sk-client-own"),
+        ("aigw-authorization", &bearer(&secret)),
+    ]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = mock.captured();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        seen[0].header("authorization"),
+        Some("Bearer sk-client-own")
+    );
+    assert!(seen[0].header("aigw-authorization").is_none());
+}
+
+fn without_auth_required_anonymous_requests_pass_but_bad_gateway_keys_do_not(shards: usize) {
+    let mock = mock();
+    let (secret, lines) = key_new("dave", &["--model", "up/gpt-x"]);
+    let gw = Gateway::with(shards)
+        .provider("up", &mock.base_url(), "api_key = \"sk-provider\"")
+        .toml(&lines)
+        .start();
+    let post = |headers: &[(&str, &str)], body: &str| {
+        gw.client().post("/v1/chat/completions", headers, body)
+    };
+    assert_eq!(post(&[], CHAT).status, 200);
+    // A habitual provider key in Authorization is not a gateway key.
+    assert_eq!(
+        post(&[("Authorization", "Bearer sk-whatever")], CHAT).status,
+        200
+    );
+    // Something meant for the gateway that it does not know is refused.
+    let unknown = format!("sk-aigw-{}", "0".repeat(64));
+    assert_eq!(
+        post(&[("Authorization", &bearer(&unknown))], CHAT).status,
+        401
+    );
+    assert_eq!(
+        post(&[("aigw-authorization", "Bearer nope")], CHAT).status,
+        401
+    );
+    // A known key still has its limits on models.
+    let r = post(&[("Authorization", &bearer(&secret))], &chat("up/other"));
+    assert_eq!(r.status, 403);
+    assert_eq!(mock.requests_seen(), 2);
+}
+
+fn keys_made_over_the_admin_socket_work_on_every_shard_and_survive_a_restart(shards: usize) {
+    let mock = mock();
+    let dir = common::gateway::TempDir::new("keys-data");
+    let start = || {
+        Gateway::with(shards)
+            .provider("up", &mock.base_url(), "api_key = \"sk-provider\"")
+            .toml("[auth]\nrequired = true\n")
+            .data_dir(dir.path())
+            .start()
+    };
+    let gw = start();
+    let (code, body) = admin_send(
+        &gw.admin_socket,
+        "POST",
+        "/keys",
+        r#"{"id":"erin","models":["up/*"],"metadata":{"app":"bot"}}"#,
+    );
+    assert_eq!(code, 201, "{}", String::from_utf8_lossy(&body));
+    let made = json(&body);
+    let erin = made["secret"].as_str().unwrap().to_string();
+    assert!(erin.starts_with("sk-aigw-"));
+    // A second key, the CLI's way: only the hash crosses the socket.
+    let socket = gw.admin_socket.to_str().unwrap().to_string();
+    let (code, out, err) = run_aigw(&["key", "new", "frank", "--create", "--socket", &socket]);
+    assert_eq!(code, 0, "{err}");
+    let frank = out
+        .lines()
+        .find_map(|l| l.strip_prefix("secret: "))
+        .unwrap()
+        .to_string();
+    // Taken ids and bad bodies are refused with a reason.
+    let (code, body) = admin_send(&gw.admin_socket, "POST", "/keys", r#"{"id":"erin"}"#);
+    assert_eq!(code, 409, "{}", String::from_utf8_lossy(&body));
+    let (code, _) = admin_send(
+        &gw.admin_socket,
+        "POST",
+        "/keys",
+        r#"{"id":"x","models":["gpt"]}"#,
+    );
+    assert_eq!(code, 400);
+
+    // In force on every shard, on connections opened before it existed too.
+    let mut conns = gw.connection_per_shard();
+    for c in &mut conns {
+        for secret in [&erin, &frank] {
+            let r = c.post(
+                "/v1/chat/completions",
+                &[("Authorization", &bearer(secret))],
+                CHAT,
+            );
+            assert_eq!(r.status, 200, "{}", r.text());
+        }
+    }
+    let (code, out, err) = run_aigw(&["key", "list", "--socket", &socket]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("erin") && out.contains("frank") && out.contains("app=bot"),
+        "{out}"
+    );
+    assert!(
+        !out.contains(&erin) && !out.contains("sk-aigw-"),
+        "no secret listed: {out}"
+    );
+
+    // Revoked: the very next request on every shard is refused.
+    let (code, out, err) = run_aigw(&["key", "revoke", "frank", "--socket", &socket]);
+    assert_eq!(code, 0, "{err}{out}");
+    for c in &mut conns {
+        let r = c.post(
+            "/v1/chat/completions",
+            &[("Authorization", &bearer(&frank))],
+            CHAT,
+        );
+        assert_eq!(r.status, 401);
+    }
+    let (code, _, err) = run_aigw(&["key", "revoke", "frank", "--socket", &socket]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no key with id"), "{err}");
+    let before = mock.requests_seen();
+    drop(gw);
+
+    // After a restart on the same data directory: erin works, frank does not.
+    let gw = start();
+    let ok = gw.client().post(
+        "/v1/chat/completions",
+        &[("Authorization", &bearer(&erin))],
+        CHAT,
+    );
+    assert_eq!(ok.status, 200);
+    let no = gw.client().post(
+        "/v1/chat/completions",
+        &[("Authorization", &bearer(&frank))],
+        CHAT,
+    );
+    assert_eq!(no.status, 401);
+    assert_eq!(mock.requests_seen(), before + 1);
+    let (code, body) = admin_get(&gw.admin_socket, "/keys");
+    assert_eq!(code, 200);
+    let listed = json(&body);
+    let ids: Vec<&str> = listed["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["erin"]);
+}
+
+fn a_file_key_is_revoked_by_a_reload_not_the_socket(shards: usize) {
+    let mock = mock();
+    let (secret, lines) = key_new("gina", &[]);
+    let gw = Gateway::with(shards)
+        .provider("up", &mock.base_url(), "api_key = \"sk-provider\"")
+        .toml(&format!("[auth]\nrequired = true\n{lines}"))
+        .start();
+    let (code, body) = admin_send(&gw.admin_socket, "DELETE", "/keys/gina", "");
+    assert_eq!(code, 409);
+    assert!(String::from_utf8_lossy(&body).contains("reload"));
+    let mut conns = gw.connection_per_shard();
+    for c in &mut conns {
+        let r = c.post(
+            "/v1/chat/completions",
+            &[("Authorization", &bearer(&secret))],
+            CHAT,
+        );
+        assert_eq!(r.status, 200);
+    }
+    // The file without the key, reloaded: refused on every shard.
+    let config = gw.dir().join("aigw.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let cut = text.find("[keys.gina]").unwrap();
+    std::fs::write(&config, &text[..cut]).unwrap();
+    let (code, body) = common::gateway::admin_post(&gw.admin_socket, "/config/reload");
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    for c in &mut conns {
+        let r = c.post(
+            "/v1/chat/completions",
+            &[("Authorization", &bearer(&secret))],
+            CHAT,
+        );
+        assert_eq!(r.status, 401);
+    }
+}
+
+at_1_and_2_shards!(
+    printed_keys_work_and_everything_else_is_refused,
+    a_client_with_its_own_provider_key_sends_the_gateway_key_beside_it,
+    without_auth_required_anonymous_requests_pass_but_bad_gateway_keys_do_not,
+    keys_made_over_the_admin_socket_work_on_every_shard_and_survive_a_restart,
+    a_file_key_is_revoked_by_a_reload_not_the_socket,
+);
+
+#[test]
+fn key_new_refuses_bad_ids_and_patterns() {
+    let (code, _, err) = run_aigw(&["key", "new", "a b"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("not a key id"), "{err}");
+    let (code, _, err) = run_aigw(&["key", "new", "a", "--model", "gpt-4o"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("provider/model"), "{err}");
+}
