@@ -164,6 +164,18 @@ impl GatewayError {
         e
     }
 
+    /// A rate limit or budget refused the request (the caller adds
+    /// `Retry-After` and the rate-limit headers).
+    pub fn rate_limited(message: impl Into<String>) -> Self {
+        Self::new(
+            429,
+            ErrorSource::Client,
+            "rate_limit_error",
+            "rate_limit_exceeded",
+            message.into(),
+        )
+    }
+
     /// A valid key asked for something it may not use.
     pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(

@@ -26,6 +26,9 @@ pub struct RequestFields {
     pub stream_options: Option<Range<usize>>,
     /// `stream_options.include_usage`, when `stream_options` is an object holding it.
     pub include_usage: Option<Range<usize>>,
+    /// `max_tokens`, `max_completion_tokens`, `max_output_tokens` (the names
+    /// providers use for the output cap), each when present.
+    pub max_tokens: [Option<Range<usize>>; 3],
     /// Offset just after the top-level `{`.
     pub body_open: usize,
 }
@@ -63,7 +66,12 @@ enum Field {
     Model,
     Stream,
     StreamOptions,
+    /// Index into [`RequestFields::max_tokens`].
+    MaxTokens(usize),
 }
+
+/// The output-cap names, in [`RequestFields::max_tokens`] order.
+const MAX_TOKENS_NAMES: [&str; 3] = ["max_tokens", "max_completion_tokens", "max_output_tokens"];
 
 /// Which field a raw key names, compared after unescaping. Keys without a
 /// backslash (nearly all) are compared as they are.
@@ -79,6 +87,9 @@ fn field_of(raw_key: &[u8]) -> Option<Field> {
         b"model" => Some(Field::Model),
         b"stream" => Some(Field::Stream),
         b"stream_options" => Some(Field::StreamOptions),
+        b"max_tokens" => Some(Field::MaxTokens(0)),
+        b"max_completion_tokens" => Some(Field::MaxTokens(1)),
+        b"max_output_tokens" => Some(Field::MaxTokens(2)),
         _ => None,
     }
 }
@@ -113,6 +124,22 @@ impl RequestFields {
     pub fn model<'a>(&self, body: &'a [u8]) -> Option<Cow<'a, str>> {
         string_value(&body[self.model.clone()?])
     }
+
+    /// The largest output cap the body sets, when it sets one as a plain
+    /// non-negative integer (anything else is left to the provider to refuse).
+    pub fn max_tokens(&self, body: &[u8]) -> Option<u64> {
+        self.max_tokens
+            .iter()
+            .flatten()
+            .filter_map(|r| {
+                let raw = &body[r.clone()];
+                if raw.is_empty() || raw.len() > 19 || !raw.iter().all(u8::is_ascii_digit) {
+                    return None;
+                }
+                std::str::from_utf8(raw).ok()?.parse::<u64>().ok()
+            })
+            .max()
+    }
 }
 
 /// The UTF-8 byte order mark, which Python's `json.loads(bytes)` accepts.
@@ -139,6 +166,7 @@ pub fn scan_request(body: &[u8]) -> Result<RequestFields, BodyError> {
             Some(Field::Model) => (&mut fields.model, "model"),
             Some(Field::Stream) => (&mut fields.stream, "stream"),
             Some(Field::StreamOptions) => (&mut fields.stream_options, "stream_options"),
+            Some(Field::MaxTokens(i)) => (&mut fields.max_tokens[i], MAX_TOKENS_NAMES[i]),
             None => return,
         };
         if slot.replace(value).is_some() {

@@ -71,6 +71,8 @@ pub struct Plan {
     /// pipeline moves it into the record).
     pub model: Option<String>,
     pub stream: bool,
+    /// The output cap the body sets (`max_tokens` and its other names).
+    pub max_tokens: Option<u64>,
 }
 
 /// What routing decided.
@@ -210,6 +212,7 @@ pub fn plan(
                 filter_usage_event: wants_usage,
                 model: Some(model_name.to_string()),
                 stream,
+                max_tokens: fields.max_tokens(body),
             }))
         }
         Route::Passthrough {
@@ -230,10 +233,11 @@ pub fn plan(
             // record (and later limits and the cache). A body that is not JSON
             // is the provider's business, but one whose fields we read appear
             // twice would mean one thing to us and another upstream.
-            let (model, stream) = match json::scan_request(req.body) {
+            let (model, stream, max_tokens) = match json::scan_request(req.body) {
                 Ok(f) => (
                     f.model(req.body).map(Cow::into_owned),
                     f.is_stream(req.body),
+                    f.max_tokens(req.body),
                 ),
                 // A JSON object we cannot read could hide the fields we read
                 // (a duplicate past a nesting limit, say): refuse it.
@@ -242,7 +246,7 @@ pub fn plan(
                 {
                     return Err(body_error(e));
                 }
-                Err(BodyError::Invalid(_)) => (None, false),
+                Err(BodyError::Invalid(_)) => (None, false, None),
                 Err(e) => return Err(body_error(e)),
             };
             Ok(Routed::Upstream(Plan {
@@ -253,6 +257,7 @@ pub fn plan(
                 filter_usage_event: false,
                 model,
                 stream,
+                max_tokens,
             }))
         }
     }

@@ -161,6 +161,7 @@ pub fn serve(
     let shard_log = log_tx.clone();
     let shard_cache = cache.clone();
     let shard_keys = keys.clone();
+    let limiter = crate::limit::Limiter::new(shards);
     let mut builder = LocalExecutorPoolBuilder::new(placement)
         .name("aigw-shard")
         .io_memory(IO_MEMORY);
@@ -182,6 +183,7 @@ pub fn serve(
                 log: shard_log,
                 cache: shard_cache.and_then(|c| c.for_shard(shard)),
                 keys: shard_keys,
+                limiter,
             };
             run_shard(args).await
         })
@@ -265,6 +267,7 @@ struct ShardArgs {
     log: Option<LogQueue>,
     cache: Option<ShardCache>,
     keys: Arc<Registry>,
+    limiter: Arc<crate::limit::Limiter>,
 }
 
 async fn run_shard(a: ShardArgs) {
@@ -288,6 +291,7 @@ async fn run_shard(a: ShardArgs) {
         a.log,
         a.cache,
         a.keys,
+        a.limiter,
     ));
     if ctx.cache().is_some() {
         // Answers other shards fetched for this shard's partition.

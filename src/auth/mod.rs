@@ -67,21 +67,27 @@ impl KeyEntry {
     /// model (a passthrough `GET /openai/models`) needs a pattern that allows
     /// every model of its provider.
     pub fn allows(&self, provider: &str, model: Option<&str>) -> bool {
-        self.models.is_empty()
-            || self.models.iter().any(|p| {
-                if p == "*" {
-                    return true;
-                }
-                let Some((pp, mp)) = p.split_once('/') else {
-                    return false;
-                };
-                glob(pp.as_bytes(), provider.as_bytes())
-                    && match model {
-                        Some(m) => glob(mp.as_bytes(), m.as_bytes()),
-                        None => mp == "*",
-                    }
-            })
+        models_allow(&self.models, provider, model)
     }
+}
+
+/// Whether `provider/model` matches any of `patterns` (empty: everything).
+/// Without a model, only a pattern allowing every model of the provider matches.
+pub fn models_allow(patterns: &[String], provider: &str, model: Option<&str>) -> bool {
+    patterns.is_empty()
+        || patterns.iter().any(|p| {
+            if p == "*" {
+                return true;
+            }
+            let Some((pp, mp)) = p.split_once('/') else {
+                return false;
+            };
+            glob(pp.as_bytes(), provider.as_bytes())
+                && match model {
+                    Some(m) => glob(mp.as_bytes(), m.as_bytes()),
+                    None => mp == "*",
+                }
+        })
 }
 
 /// `*` matches any run of bytes (none included); everything else matches itself.

@@ -24,6 +24,7 @@
 
 pub mod auth;
 pub mod cache;
+pub mod limits;
 mod logs;
 mod providers;
 mod read;
@@ -35,6 +36,7 @@ use std::path::PathBuf;
 
 pub use auth::{AuthConfig, KeyConfig};
 pub use cache::CacheConfig;
+pub use limits::RateRule;
 pub use logs::LogsConfig;
 pub use providers::{BaseUrl, ProviderConfig, ProviderKind, Scheme};
 pub use read::{ConfigError, ConfigErrors, Secret, parse_bytes, parse_duration};
@@ -57,6 +59,7 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Gateway keys defined in the file, by id.
     pub keys: BTreeMap<String, KeyConfig>,
+    pub rate_limits: Vec<RateRule>,
 }
 
 impl Config {
@@ -111,6 +114,7 @@ impl Config {
         let cache = cache::read_cache(&mut w, &root);
         let auth = auth::read_auth(&mut w, &root);
         let keys = auth::read_keys(&mut w, &root);
+        let rate_limits = limits::read_rate_limits(&mut w, &root);
         w.finish()?;
         Ok(Config {
             server,
@@ -123,6 +127,7 @@ impl Config {
             cache,
             auth,
             keys,
+            rate_limits,
         })
     }
 
@@ -236,6 +241,9 @@ impl Config {
             put(p("secret_sha256"), shown);
             put(p("models"), format!("{:?}", k.models));
             put(p("metadata"), format!("{:?}", k.metadata));
+        }
+        for (i, r) in self.rate_limits.iter().enumerate() {
+            put(format!("rate_limits[{i}]"), format!("{r:?}"));
         }
         e
     }

@@ -223,6 +223,51 @@ pub const KEYS: &[KeySpec] = &[
         default: "{}",
         meaning: "attribution every request with the key carries, e.g. { team = \"search\" }",
     },
+    KeySpec {
+        path: "rate_limits[].name",
+        default: "rate_limits[i]",
+        meaning: "named in the 429 message",
+    },
+    KeySpec {
+        path: "rate_limits[].scope",
+        default: "(required)",
+        meaning: "whose use is counted: \"gateway\", \"key\" or \"metadata.<field>\" (e.g. metadata.user)",
+    },
+    KeySpec {
+        path: "rate_limits[].count",
+        default: "(required)",
+        meaning: "requests, input_tokens, output_tokens, total_tokens, or concurrent (in flight at once)",
+    },
+    KeySpec {
+        path: "rate_limits[].limit",
+        default: "(required)",
+        meaning: "how many per window (at most 4294967295)",
+    },
+    KeySpec {
+        path: "rate_limits[].window",
+        default: "(required)",
+        meaning: "the window, e.g. \"60s\" (not for concurrent)",
+    },
+    KeySpec {
+        path: "rate_limits[].technique",
+        default: "sliding",
+        meaning: "sliding (the previous window weighted by overlap) or fixed (clock-aligned)",
+    },
+    KeySpec {
+        path: "rate_limits[].models",
+        default: "[] (all)",
+        meaning: "\"provider/model\" patterns the rule applies to",
+    },
+    KeySpec {
+        path: "rate_limits[].count_cache_hits",
+        default: "false",
+        meaning: "cache hits count toward a requests rule (never toward token rules)",
+    },
+    KeySpec {
+        path: "rate_limits[].default_max_tokens",
+        default: "4096",
+        meaning: "output tokens reserved for a request without max_tokens (settled to the real usage)",
+    },
 ];
 
 /// Every key in `root` must be in [`KEYS`] (or a table on the way to one).
@@ -244,8 +289,26 @@ fn check_table(w: &mut Walker, table: &toml::Table, prefix: &str) {
         let is_table_prefix = KEYS
             .iter()
             .any(|s| s.path.starts_with(&format!("{pattern}.")));
+        let is_array_prefix = KEYS
+            .iter()
+            .any(|s| s.path.starts_with(&format!("{pattern}[].")));
         match v {
             toml::Value::Table(t) if is_table_prefix => check_table(w, t, &path),
+            toml::Value::Array(items) if is_array_prefix => {
+                for (i, item) in items.iter().enumerate() {
+                    let at = format!("{path}[{i}]");
+                    match item {
+                        toml::Value::Table(t) => check_table(w, t, &at),
+                        _ => w.err(&at, format!("must be a table, e.g. [[{path}]]")),
+                    }
+                }
+            }
+            _ if is_array_prefix => {
+                w.err(
+                    &path,
+                    format!("must be an array of tables, e.g. [[{path}]]"),
+                );
+            }
             _ if is_table_prefix => {
                 w.err(&path, format!("must be a table, e.g. [{path}]"));
             }
@@ -259,11 +322,18 @@ fn check_table(w: &mut Walker, table: &toml::Table, prefix: &str) {
     }
 }
 
-/// `providers.foo.kind` -> `providers.*.kind` (and `keys.<id>.*` alike).
+/// `providers.foo.kind` -> `providers.*.kind` (and `keys.<id>.*` alike);
+/// `rate_limits[2].scope` -> `rate_limits[].scope`.
 fn key_pattern(path: &str) -> String {
-    let mut parts: Vec<&str> = path.split('.').collect();
+    let mut parts: Vec<String> = path
+        .split('.')
+        .map(|p| match p.split_once('[') {
+            Some((name, rest)) if rest.ends_with(']') => format!("{name}[]"),
+            _ => p.to_string(),
+        })
+        .collect();
     if parts.len() >= 2 && (parts[0] == "providers" || parts[0] == "keys") {
-        parts[1] = "*";
+        parts[1] = "*".into();
     }
     parts.join(".")
 }

@@ -196,7 +196,15 @@ mod tests {
             .io_memory(128 << 10)
             .spawn(move || async move {
                 let keys = crate::auth::Registry::new(&config.keys, vec![]);
-                let ctx = ShardCtx::new(0, config, Resolver::new(), None, None, keys);
+                let ctx = ShardCtx::new(
+                    0,
+                    config,
+                    Resolver::new(),
+                    None,
+                    None,
+                    keys,
+                    crate::limit::Limiter::new(1),
+                );
                 let provider = ctx.providers()["up"].clone();
                 let req = AttemptRequest {
                     bytes: request.as_bytes(),

@@ -35,6 +35,7 @@ use crate::error::{ErrorSource, GatewayError};
 use crate::http::ReadBuf;
 use crate::http::request::Method;
 use crate::http::response::{ResponseBody, ResponseHead};
+use crate::limit::{Admission, Ask};
 use crate::net::{Direct, read_some_tcp};
 use crate::record::{
     CacheStatus, LogFacts, MetaValue, Metadata, Outcome, Payload, RequestRecord, RouteKind, Usage,
@@ -87,17 +88,27 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         Ok(p) => p,
         Err(e) => return answer_error(ctx, c, rec, &e, keep_alive).await,
     };
-    let _ = &principal;
+
+    // 1c. admission: the rate limits this request falls under
+    let mut admission = match admit(ctx, c, req, &plan, principal.as_deref(), &wish, &rec) {
+        Ok(a) => a,
+        Err(e) => return answer_error(ctx, c, rec, &e, keep_alive).await,
+    };
 
     // 1b. cache: a hit answers here; a miss leads or follows the one upstream call
     let mut lead = None;
     match cache_lookup(ctx, c, req, &plan, &wish, &mut rec) {
         Cached::Off => {}
-        Cached::Hit { now_ms } => return serve_hit(ctx, c, req, rec, keep_alive, now_ms).await,
+        Cached::Hit { now_ms } => {
+            admission.cache_hit();
+            return serve_hit(ctx, c, req, rec, keep_alive, now_ms, &admission.headers).await;
+        }
         Cached::Lead(l) => lead = Some(l),
         Cached::Follow(flight) => {
             // `None`: the leader failed, so this request goes upstream on its own.
-            if let Some(keep) = follow(ctx, c, req, &flight, &mut rec, keep_alive).await {
+            let limits = &admission.headers;
+            if let Some(keep) = follow(ctx, c, req, &flight, &mut rec, keep_alive, limits).await {
+                admission.cache_hit();
                 record(ctx, rec);
                 return keep;
             }
@@ -189,6 +200,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         ttfb: reply.ttfb,
         framing: framing.client,
         cache: cache_line(&rec),
+        limits: &admission.headers,
     };
     respond::provider_head(&mut c.out, &head, rh, reply.conn.buf.filled());
     reply.conn.buf.consume(rh.head_len);
@@ -259,6 +271,20 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         }
     }
     let keep = keep && relayed.ending == Ending::Complete && !ctx.draining.get();
+    // Token reservations settle to the reported usage; an error without usage
+    // cost nothing; an answer cut before its usage keeps the reservation.
+    if !admission.is_empty() {
+        let used = match (rec.usage.is_empty(), rec.status >= 400) {
+            (false, _) => Some((
+                rec.usage.input_tokens.unwrap_or(0),
+                rec.usage.output_tokens.unwrap_or(0),
+            )),
+            (true, true) => Some((0, 0)),
+            (true, false) => None,
+        };
+        admission.settle(used, now_unix_ms());
+    }
+    drop(admission);
 
     // 5. record
     record(ctx, rec);
@@ -277,12 +303,14 @@ pub async fn reject(ctx: &ShardCtx, c: &mut ClientConn, u: Unreadable) {
     answer_error(ctx, c, rec, &u.error, false).await;
 }
 
-/// What the cache controls asked for, owned (they outlive the request's buffers' borrow).
+/// What the request controls asked for, owned (they outlive the request's
+/// buffers' borrow): the cache controls, and the metadata limits are scoped by.
 #[derive(Default)]
-struct CacheWish {
+struct Wish {
     ttl: Option<Duration>,
     skip: bool,
     key: Option<String>,
+    metadata: Option<Metadata>,
 }
 
 /// Stage 0: the request controls. When the request log will keep this request
@@ -293,15 +321,16 @@ fn controls(
     c: &ClientConn,
     req: &Incoming,
     rec: &mut RequestRecord,
-) -> Result<CacheWish, GatewayError> {
+) -> Result<Wish, GatewayError> {
     let view = req.view(&c.head, &c.buf, &c.body);
-    let read = controls::read(&view);
-    let wish = read.as_ref().map_or_else(
-        |_| CacheWish::default(),
-        |r| CacheWish {
+    let mut read = controls::read(&view);
+    let wish = read.as_mut().map_or_else(
+        |_| Wish::default(),
+        |r| Wish {
             ttl: r.cache.ttl,
             skip: r.cache.skip,
             key: r.cache.key.map(str::to_string),
+            metadata: r.metadata.take(),
         },
     );
     if !ctx.logging() || read.as_ref().is_ok_and(|c| !c.collect_log) {
@@ -323,7 +352,7 @@ fn controls(
                 .user_agent
                 .map(|ua| String::from_utf8_lossy(ua).into_owned());
             facts.event_id = controls.event_id;
-            facts.metadata = controls.metadata;
+            facts.metadata = wish.metadata.clone();
             Ok(wish)
         }
         Err(e) => Err(e),
@@ -432,6 +461,44 @@ fn authenticate(
     Ok(Some(key))
 }
 
+/// Stage 1c: admission under the rate limits (none configured: nothing to do).
+fn admit(
+    ctx: &ShardCtx,
+    c: &ClientConn,
+    req: &Incoming,
+    plan: &Plan,
+    key: Option<&KeyEntry>,
+    wish: &Wish,
+    rec: &RequestRecord,
+) -> Result<Admission, GatewayError> {
+    let limiter = ctx.limiter();
+    if limiter.is_empty() {
+        return Ok(Admission::default());
+    }
+    let metadata = |field: &str| -> Option<String> {
+        key.and_then(|k| k.metadata.iter().find(|(f, _)| f == field))
+            .map(|(_, v)| v.clone())
+            .or_else(|| {
+                wish.metadata.as_ref().and_then(|m| {
+                    m.0.iter()
+                        .find(|(f, _)| f == field)
+                        .map(|(_, v)| v.as_text().to_string())
+                })
+            })
+    };
+    let body_len = req.view(&c.head, &c.buf, &c.body).body.len() as u64;
+    limiter.admit(&Ask {
+        key_id: key.map(|k| &*k.id),
+        metadata: &metadata,
+        provider: &plan.provider.name,
+        model: rec.model.as_deref(),
+        // About four bytes of JSON per token.
+        input_estimate: body_len.div_ceil(4),
+        max_tokens: plan.max_tokens,
+        now_ms: now_unix_ms(),
+    })
+}
+
 /// What the cache stage decided.
 enum Cached {
     /// The cache is off, or this request is not one it keeps.
@@ -454,7 +521,7 @@ fn cache_lookup(
     c: &ClientConn,
     req: &Incoming,
     plan: &Plan,
-    wish: &CacheWish,
+    wish: &Wish,
     rec: &mut RequestRecord,
 ) -> Cached {
     let Some(cache) = ctx.cache() else {
@@ -511,6 +578,7 @@ async fn serve_hit(
     mut rec: RequestRecord,
     keep_alive: bool,
     now_ms: u64,
+    limits: &str,
 ) -> bool {
     // The entry stays borrowed only while the answer is built.
     let built = ctx.cache().and_then(|cache| {
@@ -531,6 +599,7 @@ async fn serve_hit(
             age: Some(now_ms.saturating_sub(e.created_ms) / 1000),
             gateway: req.started.elapsed(),
             length: Some(e.body.len()),
+            limits,
         };
         respond::cached_head(&mut c.out, &head, e.head);
         c.out.extend_from_slice(e.body);
@@ -599,6 +668,7 @@ async fn follow(
     flight: &Flight,
     rec: &mut RequestRecord,
     keep_alive: bool,
+    limits: &str,
 ) -> Option<bool> {
     if !flight.follow() {
         rec.cache = Some(CacheStatus::Miss);
@@ -637,6 +707,7 @@ async fn follow(
         age: Some(0),
         gateway: Duration::ZERO,
         length: None,
+        limits,
     };
     rec.status = head.status;
     rec.attempts = 0;

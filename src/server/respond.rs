@@ -79,6 +79,9 @@ pub struct ClientHead<'a> {
     pub framing: ClientFraming,
     /// The cache status line to send, if the cache looked at this request.
     pub cache: Option<CacheLine>,
+    /// The gateway's `x-ratelimit-*` lines (empty: no rule applied, and the
+    /// provider's own pass through).
+    pub limits: &'a str,
 }
 
 /// The cache status header: its name follows the request's URL layout.
@@ -104,9 +107,18 @@ impl CacheLine {
 /// Whether a provider header is replayed from the cache: end-to-end headers
 /// only, without framing (the replay frames its own body) or cookies.
 fn stored(name: &[u8]) -> bool {
+    // A provider's rate-limit counts are of the moment it answered: a replay
+    // of them later would be wrong.
     !(is_hop_by_hop(name)
         || name.eq_ignore_ascii_case(b"content-length")
-        || name.eq_ignore_ascii_case(b"set-cookie"))
+        || name.eq_ignore_ascii_case(b"set-cookie")
+        || is_rate_limit(name))
+}
+
+/// `x-ratelimit-*`: the provider's rate-limit counts (replaced by the
+/// gateway's when its own rules applied to the request).
+fn is_rate_limit(name: &[u8]) -> bool {
+    name.len() > 12 && name[..12].eq_ignore_ascii_case(b"x-ratelimit-")
 }
 
 /// Writes the provider's header lines a cache entry keeps (see [`stored`]).
@@ -161,6 +173,8 @@ pub struct CachedHead<'a> {
     /// The body's length, or `None` for a body still arriving (chunked, or
     /// ended by close for HTTP/1.0).
     pub length: Option<usize>,
+    /// The gateway's `x-ratelimit-*` lines.
+    pub limits: &'a str,
 }
 
 /// Writes the head of an answer from the cache: the stored header lines
@@ -169,6 +183,7 @@ pub fn cached_head(out: &mut Vec<u8>, h: &CachedHead<'_>, stored: &[u8]) {
     status_line(out, h.http10, h.status, provider_reason(h.status, b""));
     out.extend_from_slice(stored);
     push_ours(out, h.id, h.provider, h.model);
+    out.extend_from_slice(h.limits.as_bytes());
     h.cache.write(out);
     if let Some(age) = h.age {
         out.extend_from_slice(b"age: ");
@@ -211,7 +226,10 @@ pub fn provider_head(out: &mut Vec<u8>, h: &ClientHead<'_>, rh: &ResponseHead, w
     for x in &rh.headers {
         let name = x.name.get(window);
         let keep_length = h.method == Method::Head && name.eq_ignore_ascii_case(b"content-length");
-        if (!keep_length && is_hop_by_hop(name)) || listed(name) {
+        if (!keep_length && is_hop_by_hop(name))
+            || listed(name)
+            || (!h.limits.is_empty() && is_rate_limit(name))
+        {
             continue;
         }
         out.extend_from_slice(name);
@@ -220,6 +238,7 @@ pub fn provider_head(out: &mut Vec<u8>, h: &ClientHead<'_>, rh: &ResponseHead, w
         out.extend_from_slice(b"\r\n");
     }
     push_ours(out, h.id, h.provider, h.model);
+    out.extend_from_slice(h.limits.as_bytes());
     if rh.status >= 400 {
         out.extend_from_slice(b"aigw-error-source: provider\r\n");
     }
@@ -340,6 +359,7 @@ mod tests {
             ttfb: Duration::from_micros(5),
             framing: ClientFraming::for_body(rh.body(), false, false),
             cache: None,
+            limits: "",
         };
         let mut out = Vec::new();
         provider_head(&mut out, &h, &rh, raw);

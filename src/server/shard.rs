@@ -7,6 +7,7 @@ use crate::auth::{Registry, ShardKeys};
 use crate::cache::ShardCache;
 use crate::config::Config;
 use crate::http::request::HeadLimits;
+use crate::limit::{Limiter, ShardLimiter};
 use crate::providers::{self, Providers};
 use crate::record::{Dropped, LogQueue, Outcome, RequestRecord};
 use crate::reqid::{IdGen, RequestId, now_unix_ms};
@@ -90,6 +91,8 @@ pub struct ShardCtx {
     cache: Option<ShardCache>,
     /// This shard's copy of the gateway key table.
     keys: ShardKeys,
+    /// The rate limits: this shard's leases of the shared counts.
+    limiter: ShardLimiter,
 }
 
 impl ShardCtx {
@@ -100,8 +103,10 @@ impl ShardCtx {
         log: Option<LogQueue>,
         cache: Option<ShardCache>,
         keys: Arc<Registry>,
+        limiter: Arc<Limiter>,
     ) -> ShardCtx {
         let config = Rc::new(Config::clone(&config));
+        let limiter = ShardLimiter::new(limiter, &config.rate_limits);
         ShardCtx {
             shard,
             limits: Cell::new(head_limits(&config)),
@@ -119,7 +124,13 @@ impl ShardCtx {
             conns: RefCell::new(Slab::default()),
             cache,
             keys: ShardKeys::new(keys),
+            limiter,
         }
+    }
+
+    /// The rate limits.
+    pub fn limiter(&self) -> &ShardLimiter {
+        &self.limiter
     }
 
     /// The gateway keys (refreshed when a reload or the admin socket changed them).
@@ -163,6 +174,7 @@ impl ShardCtx {
         }
         self.pool.set_max_idle(new.timeouts.upstream_idle);
         self.limits.set(head_limits(&new));
+        self.limiter.set_rules(&new.rate_limits);
         *self.providers.borrow_mut() = Rc::new(providers::build(&new));
         *self.config.borrow_mut() = new;
     }

@@ -172,6 +172,7 @@ impl Conn {
         // 2. Record what arrived, before anything can fail.
         let counters = shared.record.shard(shard.index);
         counters.requests.fetch_add(1, Ordering::Relaxed);
+        let _in_flight = shared.record.enter();
         if shared.record.is_capturing() {
             shared.record.capture(capture(head, body));
         }

@@ -314,6 +314,12 @@ impl MockServer {
         self.shared.record.requests()
     }
 
+    /// The most data-plane requests answered at once (capture on; streams
+    /// count until their last byte is written).
+    pub fn max_in_flight(&self) -> u64 {
+        self.shared.record.max_in_flight()
+    }
+
     /// TCP connections accepted since start or last reset.
     pub fn connections_seen(&self) -> u64 {
         self.shared.record.connections()

@@ -64,6 +64,21 @@ pub struct ShardCounters {
 pub struct Record {
     shards: Vec<ShardCounters>,
     capture: Option<Mutex<VecDeque<CapturedRequest>>>,
+    /// Requests being answered now, and the most at once (kept with capture
+    /// on, for tests: shared by every shard, so off the benchmark path).
+    in_flight: AtomicU64,
+    max_in_flight: AtomicU64,
+}
+
+/// One request being answered, counted until it drops.
+pub struct InFlight<'a>(Option<&'a Record>);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(r) = self.0 {
+            r.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
 }
 
 impl Record {
@@ -73,7 +88,24 @@ impl Record {
                 .map(|_| ShardCounters::default())
                 .collect(),
             capture: capture.then(|| Mutex::new(VecDeque::with_capacity(CAPTURE_CAPACITY))),
+            in_flight: AtomicU64::new(0),
+            max_in_flight: AtomicU64::new(0),
         }
+    }
+
+    /// Counts a request in flight until the guard drops (with capture on).
+    pub fn enter(&self) -> InFlight<'_> {
+        if !self.is_capturing() {
+            return InFlight(None);
+        }
+        let now = self.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+        self.max_in_flight.fetch_max(now, Ordering::AcqRel);
+        InFlight(Some(self))
+    }
+
+    /// The most requests answered at once since start or last reset (capture on).
+    pub fn max_in_flight(&self) -> u64 {
+        self.max_in_flight.load(Ordering::Acquire)
     }
 
     /// The counters shard `i` writes to. Out-of-range indices share the last
@@ -124,6 +156,7 @@ impl Record {
 
     /// Zeroes the counters and empties the capture log.
     pub fn reset(&self) {
+        self.max_in_flight.store(0, Ordering::Release);
         for s in &self.shards {
             s.requests.store(0, Ordering::Relaxed);
             s.connections.store(0, Ordering::Relaxed);

@@ -1,0 +1,715 @@
+//! Rate limits: stage 1c of the pipeline (admission), after the key is known
+//! and before the cache lookup.
+//!
+//! The true count of each bucket (a rule and one value of its scope: the
+//! gateway, a key id, a metadata value) lives in one [`Limiter`] every shard
+//! shares: a dashmap of [`window::Counter`]s, whose takes are compare-and-swaps
+//! that never count past the limit. A shard admits `requests` from leases it
+//! takes from the counter (a few units at a time, fewer as the window fills,
+//! one at a time near its end), so a busy shard touches the shared word once
+//! every few requests; it gives unused units back as soon as it has no request
+//! of that bucket in flight. Worst-case overshoot of a `requests` rule: zero
+//! (every admitted request holds a unit the counter granted). Token rules
+//! reserve at admission (a prompt estimate plus `max_tokens`, or the rule's
+//! `default_max_tokens`) and settle to the real usage: usage above the
+//! reservation is debt in the window it is settled in, never forgiven, so a
+//! token rule overshoots by at most what in-flight requests use beyond their
+//! reservations. `concurrent` rules count requests in flight, exactly.
+//!
+//! An [`Admission`] holds what a request took; it settles once, and what it
+//! did not settle (a request that never reached a provider) is refunded when
+//! it drops.
+
+pub mod window;
+
+use crate::auth::models_allow;
+use crate::config::limits::{Count, RateRule, Scope, Technique};
+use crate::error::GatewayError;
+use crate::fasthash::FastMap;
+use dashmap::DashMap;
+use std::cell::{Cell, RefCell};
+use std::fmt::Write as _;
+use std::rc::Rc;
+use std::sync::Arc;
+use window::{Counter, Grant, Refusal};
+
+/// Most units a shard leases at once for a `requests` rule.
+pub const MAX_LEASE: u64 = 32;
+/// Buckets kept before idle ones (no shard holding them, both windows over)
+/// are swept from the shared table.
+pub const SWEEP_AT: usize = 16_384;
+/// Local entries a shard keeps before dropping those it does not hold.
+const LOCAL_SWEEP_AT: usize = 1024;
+
+/// The scope value of requests without one (no key, no such metadata field).
+pub const NO_VALUE: &str = "(none)";
+
+/// One bucket: a rule's count for one scope value.
+#[derive(Debug)]
+pub struct Bucket {
+    pub counter: Counter,
+    window_ms: u64,
+}
+
+/// The shared table of buckets, by (rule fingerprint, scope value hash).
+pub struct Limiter {
+    buckets: DashMap<(u64, u64), Arc<Bucket>>,
+    shards: usize,
+}
+
+impl Limiter {
+    pub fn new(shards: usize) -> Arc<Limiter> {
+        Arc::new(Limiter {
+            buckets: DashMap::new(),
+            shards: shards.max(1),
+        })
+    }
+
+    fn bucket(&self, key: (u64, u64), window_ms: u64) -> Arc<Bucket> {
+        if let Some(b) = self.buckets.get(&key) {
+            return b.clone();
+        }
+        if self.buckets.len() >= SWEEP_AT {
+            self.sweep(crate::reqid::now_unix_ms());
+        }
+        self.buckets
+            .entry(key)
+            .or_insert_with(|| {
+                Arc::new(Bucket {
+                    counter: Counter::default(),
+                    window_ms,
+                })
+            })
+            .clone()
+    }
+
+    /// Drops buckets no shard holds whose current and previous windows are
+    /// over (their counts can no longer refuse anything).
+    pub fn sweep(&self, now_ms: u64) {
+        self.buckets.retain(|_, b| {
+            Arc::strong_count(b) > 1
+                || b.counter.in_flight() > 0
+                || b.counter.last_window().saturating_add(1)
+                    >= window::position(now_ms, b.window_ms).0
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.buckets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buckets.is_empty()
+    }
+}
+
+/// A rule as a shard applies it.
+#[derive(Debug)]
+struct Prepared {
+    rule: RateRule,
+    /// Identifies the rule's buckets: what it counts, per what, over which
+    /// window (not its limit: a reload that changes only the limit keeps counts).
+    fingerprint: u64,
+    window_ms: u64,
+}
+
+fn fingerprint(r: &RateRule) -> u64 {
+    let text = format!(
+        "{:?}|{}|{}|{}|{:?}",
+        r.scope,
+        r.count.as_str(),
+        r.window.as_millis(),
+        r.technique.as_str(),
+        r.models
+    );
+    xxhash_rust::xxh3::xxh3_64(text.as_bytes())
+}
+
+/// A shard's view of one bucket: the bucket, its lease, its requests in flight.
+#[derive(Debug)]
+struct Local {
+    bucket: Arc<Bucket>,
+    lease_window: Cell<u32>,
+    lease_left: Cell<u64>,
+    holders: Cell<u32>,
+}
+
+impl Local {
+    /// Gives the lease's unused units back (no request of this bucket is in
+    /// flight on this shard, or the lease's window is over).
+    fn return_lease(&self) {
+        let left = self.lease_left.replace(0);
+        self.bucket.counter.give_back(self.lease_window.get(), left);
+    }
+}
+
+/// What a request brings to admission.
+pub struct Ask<'a> {
+    pub key_id: Option<&'a str>,
+    /// A metadata field's value (the key's, else the request's).
+    pub metadata: &'a dyn Fn(&str) -> Option<String>,
+    pub provider: &'a str,
+    pub model: Option<&'a str>,
+    /// Input tokens the prompt may hold (an estimate from its size).
+    pub input_estimate: u64,
+    /// The request's output cap, when it sets one.
+    pub max_tokens: Option<u64>,
+    pub now_ms: u64,
+}
+
+/// A shard's limiter: its rules, its leases, and the shared table.
+pub struct ShardLimiter {
+    shared: Arc<Limiter>,
+    rules: RefCell<Rc<Vec<Prepared>>>,
+    local: RefCell<FastMap<(u64, u64), Rc<Local>>>,
+}
+
+impl ShardLimiter {
+    pub fn new(shared: Arc<Limiter>, rules: &[RateRule]) -> ShardLimiter {
+        let s = ShardLimiter {
+            shared,
+            rules: RefCell::new(Rc::new(Vec::new())),
+            local: RefCell::new(FastMap::default()),
+        };
+        s.set_rules(rules);
+        s
+    }
+
+    /// A reload's rules (requests in flight settle against the ones they took).
+    pub fn set_rules(&self, rules: &[RateRule]) {
+        let prepared = rules
+            .iter()
+            .map(|r| Prepared {
+                rule: r.clone(),
+                fingerprint: fingerprint(r),
+                window_ms: r.window.as_millis().max(1) as u64,
+            })
+            .collect();
+        *self.rules.borrow_mut() = Rc::new(prepared);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.borrow().is_empty()
+    }
+
+    fn local(&self, fingerprint: u64, value: &str, window_ms: u64) -> Rc<Local> {
+        let key = (fingerprint, xxhash_rust::xxh3::xxh3_64(value.as_bytes()));
+        let mut map = self.local.borrow_mut();
+        if let Some(l) = map.get(&key) {
+            return l.clone();
+        }
+        if map.len() >= LOCAL_SWEEP_AT {
+            map.retain(|_, l| Rc::strong_count(l) > 1 || l.lease_left.get() > 0);
+        }
+        let l = Rc::new(Local {
+            bucket: self.shared.bucket(key, window_ms),
+            lease_window: Cell::new(0),
+            lease_left: Cell::new(0),
+            holders: Cell::new(0),
+        });
+        map.insert(key, l.clone());
+        l
+    }
+
+    /// Admits the request under every rule that applies, or refuses it with
+    /// the first rule it would break (a 429 naming the rule, with
+    /// `Retry-After` and the rate-limit headers). Nothing is taken from any
+    /// rule when one refuses.
+    pub fn admit(&self, ask: &Ask<'_>) -> Result<Admission, GatewayError> {
+        let rules = self.rules.borrow().clone();
+        let mut admission = Admission::default();
+        let mut best: [Option<Shown>; 2] = [None, None];
+        for p in rules.iter() {
+            let r = &p.rule;
+            if !models_allow(&r.models, ask.provider, ask.model) {
+                continue;
+            }
+            let value: std::borrow::Cow<'_, str> = match &r.scope {
+                Scope::Gateway => "".into(),
+                Scope::Key | Scope::Provider => ask.key_id.unwrap_or(NO_VALUE).into(),
+                Scope::Metadata(f) => (ask.metadata)(f).map_or(NO_VALUE.into(), Into::into),
+            };
+            let local = self.local(p.fingerprint, &value, p.window_ms);
+            let now = window::position(ask.now_ms, p.window_ms);
+            let sliding = r.technique == Technique::Sliding;
+            let mut refused = |refusal: Option<Refusal>, want: u64| {
+                // What earlier rules took for this request goes back.
+                admission.undo();
+                Err(refusal_error(p, &value, refusal, want, ask.now_ms))
+            };
+            match r.count {
+                Count::Concurrent => {
+                    if !local.bucket.counter.enter(r.limit) {
+                        return refused(None, 1);
+                    }
+                    admission.held.push(Held {
+                        local,
+                        kind: Kind::Concurrent,
+                        count_hits: true,
+                    });
+                }
+                Count::Requests => {
+                    if local.lease_window.get() != now.0 || local.lease_left.get() == 0 {
+                        local.return_lease();
+                        // A few units while the window has room, one at a time near its end.
+                        let room = local.bucket.counter.remaining(now, sliding, r.limit);
+                        let lease = (room / (4 * self.shared.shards as u64)).clamp(1, MAX_LEASE);
+                        match local.bucket.counter.take(now, sliding, r.limit, 1, lease) {
+                            Ok(Grant { window, units, .. }) => {
+                                local.lease_window.set(window);
+                                local.lease_left.set(units);
+                            }
+                            Err(refusal) => return refused(Some(refusal), 1),
+                        }
+                    }
+                    local.lease_left.set(local.lease_left.get() - 1);
+                    local.holders.set(local.holders.get() + 1);
+                    let remaining = local.bucket.counter.remaining(now, sliding, r.limit)
+                        + local.lease_left.get();
+                    show(&mut best[0], r.limit, remaining, p.window_ms, ask.now_ms);
+                    admission.held.push(Held {
+                        kind: Kind::Request {
+                            window: local.lease_window.get(),
+                        },
+                        local,
+                        count_hits: r.count_cache_hits,
+                    });
+                }
+                Count::InputTokens | Count::OutputTokens | Count::TotalTokens => {
+                    let output = ask.max_tokens.unwrap_or(r.default_max_tokens);
+                    let want = match r.count {
+                        Count::InputTokens => ask.input_estimate,
+                        Count::OutputTokens => output,
+                        _ => ask.input_estimate + output,
+                    }
+                    .max(1);
+                    match local.bucket.counter.take(now, sliding, r.limit, want, want) {
+                        Ok(g) => {
+                            show(&mut best[1], r.limit, g.remaining, p.window_ms, ask.now_ms);
+                            admission.held.push(Held {
+                                local,
+                                kind: Kind::Tokens {
+                                    count: r.count,
+                                    window: g.window,
+                                    reserved: want,
+                                },
+                                count_hits: false,
+                            });
+                        }
+                        Err(refusal) => return refused(Some(refusal), want),
+                    }
+                }
+            }
+        }
+        for (s, what) in best.iter().zip(["requests", "tokens"]) {
+            if let Some(s) = s {
+                s.write(&mut admission.headers, what);
+            }
+        }
+        Ok(admission)
+    }
+}
+
+/// The tightest rule of a kind, for the success headers.
+struct Shown {
+    limit: u64,
+    remaining: u64,
+    reset_ms: u64,
+}
+
+impl Shown {
+    fn write(&self, out: &mut String, what: &str) {
+        let _ = write!(
+            out,
+            "x-ratelimit-limit-{what}: {}\r\nx-ratelimit-remaining-{what}: {}\r\nx-ratelimit-reset-{what}: {}\r\n",
+            self.limit,
+            self.remaining,
+            go_duration(self.reset_ms)
+        );
+    }
+}
+
+fn show(best: &mut Option<Shown>, limit: u64, remaining: u64, window_ms: u64, now_ms: u64) {
+    if best.as_ref().is_some_and(|b| b.remaining <= remaining) {
+        return;
+    }
+    *best = Some(Shown {
+        limit,
+        remaining,
+        reset_ms: window_ms - now_ms % window_ms,
+    });
+}
+
+/// `1h2m3s`, `6m0s`, `12s`, `250ms`: how OpenAI writes its reset headers.
+pub fn go_duration(ms: u64) -> String {
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let s = ms.div_ceil(1000);
+    let (h, m, s) = (s / 3600, (s / 60) % 60, s % 60);
+    match (h, m) {
+        (0, 0) => format!("{s}s"),
+        (0, _) => format!("{m}m{s}s"),
+        _ => format!("{h}h{m}m{s}s"),
+    }
+}
+
+/// The 429 for a rule a request would break.
+fn refusal_error(
+    p: &Prepared,
+    value: &str,
+    refusal: Option<Refusal>,
+    want: u64,
+    now_ms: u64,
+) -> GatewayError {
+    let r = &p.rule;
+    let whose = match &r.scope {
+        Scope::Gateway => String::new(),
+        Scope::Key | Scope::Provider => format!(" for key `{value}`"),
+        Scope::Metadata(f) => format!(" for {f} `{value}`"),
+    };
+    let (message, wait_ms, what) = match (r.count, refusal) {
+        (Count::Concurrent, _) | (_, None) => (
+            format!(
+                "rate limit `{}` exceeded: at most {} concurrent requests{whose}; retry when one finishes",
+                r.name, r.limit
+            ),
+            1000,
+            "requests",
+        ),
+        (count, Some(refusal)) => {
+            let sliding = r.technique == Technique::Sliding;
+            let what = if count == Count::Requests {
+                "requests"
+            } else {
+                "tokens"
+            };
+            let per = format!(
+                "{} {} per {} ({})",
+                r.limit,
+                count.as_str(),
+                go_duration(p.window_ms),
+                r.technique.as_str()
+            );
+            match window::wait_ms(&refusal, r.limit, want, p.window_ms, sliding) {
+                Some(ms) => (
+                    format!(
+                        "rate limit `{}` exceeded: {per}{whose}; retry in {}",
+                        r.name,
+                        go_duration(ms)
+                    ),
+                    ms,
+                    what,
+                ),
+                None => (
+                    format!(
+                        "rate limit `{}` ({per}{whose}) can never admit this request: it reserves {want} tokens; lower max_tokens",
+                        r.name
+                    ),
+                    p.window_ms,
+                    what,
+                ),
+            }
+        }
+    };
+    let mut e = GatewayError::rate_limited(message);
+    let reset_ms = p.window_ms - now_ms % p.window_ms;
+    let _ = write!(
+        e.headers,
+        "retry-after: {}\r\nx-ratelimit-limit-{what}: {}\r\nx-ratelimit-remaining-{what}: 0\r\nx-ratelimit-reset-{what}: {}\r\n",
+        wait_ms.div_ceil(1000).max(1),
+        r.limit,
+        go_duration(if r.count == Count::Concurrent {
+            wait_ms
+        } else {
+            reset_ms.max(wait_ms.min(reset_ms))
+        })
+    );
+    e
+}
+
+#[derive(Debug)]
+enum Kind {
+    Request {
+        window: u32,
+    },
+    Concurrent,
+    Tokens {
+        count: Count,
+        window: u32,
+        reserved: u64,
+    },
+}
+
+#[derive(Debug)]
+struct Held {
+    local: Rc<Local>,
+    kind: Kind,
+    /// A cache hit keeps its `requests` unit.
+    count_hits: bool,
+}
+
+/// What one request holds under the rules: settle it with the usage; what is
+/// not settled is given back when it drops.
+#[must_use = "an admission holds units until it settles or drops"]
+#[derive(Debug, Default)]
+pub struct Admission {
+    held: Vec<Held>,
+    /// `x-ratelimit-*` lines for a successful answer (the tightest rule of each kind).
+    pub headers: String,
+}
+
+impl Admission {
+    /// The answer came from the cache: token reservations are given back, and
+    /// `requests` units too unless the rule counts cache hits.
+    pub fn cache_hit(&mut self) {
+        self.held.retain(|h| match h.kind {
+            Kind::Tokens {
+                window, reserved, ..
+            } => {
+                h.local.bucket.counter.give_back(window, reserved);
+                false
+            }
+            Kind::Request { window } if !h.count_hits => {
+                let l = &h.local;
+                if l.lease_window.get() == window {
+                    l.lease_left.set(l.lease_left.get() + 1);
+                } else {
+                    l.bucket.counter.give_back(window, 1);
+                }
+                release(l);
+                false
+            }
+            _ => true,
+        });
+    }
+
+    /// Settles token reservations to what the provider reported (`None`:
+    /// nothing reported, so the reservation stands as the charge).
+    pub fn settle(&mut self, used: Option<(u64, u64)>, now_ms: u64) {
+        for h in &mut self.held {
+            let Kind::Tokens {
+                count,
+                window,
+                reserved,
+            } = &mut h.kind
+            else {
+                continue;
+            };
+            let Some((input, output)) = used else {
+                *reserved = 0;
+                continue;
+            };
+            let actual = match count {
+                Count::InputTokens => input,
+                Count::OutputTokens => output,
+                _ => input + output,
+            };
+            let counter = &h.local.bucket.counter;
+            if actual > *reserved {
+                let now = window::position(now_ms, h.local.bucket.window_ms).0;
+                counter.add(now, actual - *reserved);
+            } else {
+                counter.give_back(*window, *reserved - actual);
+            }
+            *reserved = 0;
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+
+    /// Gives back everything: the request was refused by a later rule.
+    fn undo(&mut self) {
+        for h in &mut self.held {
+            h.count_hits = false;
+        }
+        self.cache_hit();
+    }
+}
+
+fn release(l: &Local) {
+    let n = l.holders.get().saturating_sub(1);
+    l.holders.set(n);
+    if n == 0 {
+        l.return_lease();
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        for h in self.held.drain(..) {
+            match h.kind {
+                Kind::Request { .. } => release(&h.local),
+                Kind::Concurrent => h.local.bucket.counter.leave(),
+                Kind::Tokens {
+                    window, reserved, ..
+                } => h.local.bucket.counter.give_back(window, reserved),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn limiter(toml: &str, shards: usize) -> (Arc<Limiter>, ShardLimiter) {
+        let c = Config::from_toml(toml).unwrap();
+        let shared = Limiter::new(shards);
+        let s = ShardLimiter::new(shared.clone(), &c.rate_limits);
+        (shared, s)
+    }
+
+    fn ask<'a>(key: Option<&'a str>, meta: &'a dyn Fn(&str) -> Option<String>) -> Ask<'a> {
+        Ask {
+            key_id: key,
+            metadata: meta,
+            provider: "openai",
+            model: Some("gpt-4o"),
+            input_estimate: 100,
+            max_tokens: Some(50),
+            now_ms: 1_000_000,
+        }
+    }
+
+    const NONE: &dyn Fn(&str) -> Option<String> = &|_| None;
+
+    #[test]
+    fn two_shards_admit_exactly_the_limit_between_them() {
+        let rules = "[[rate_limits]]\nscope = \"key\"\ncount = \"requests\"\nlimit = 100\nwindow = \"30d\"\n";
+        let (shared, a) = limiter(rules, 2);
+        let b = ShardLimiter::new(shared, &Config::from_toml(rules).unwrap().rate_limits);
+        let mut held = Vec::new();
+        let mut admitted = 0;
+        for i in 0..300 {
+            let s = if i % 3 == 0 { &a } else { &b };
+            if let Ok(adm) = s.admit(&ask(Some("alice"), NONE)) {
+                admitted += 1;
+                held.push(adm);
+            }
+        }
+        // Units leased but unused went back as their shards emptied; with
+        // everything in flight, each shard used what it leased.
+        drop(held);
+        let more = (0..300)
+            .filter(|i| {
+                let s = if i % 2 == 0 { &a } else { &b };
+                s.admit(&ask(Some("alice"), NONE)).is_ok()
+            })
+            .count();
+        assert_eq!(admitted + more, 100);
+        // Another key has its own count.
+        assert!(a.admit(&ask(Some("bob"), NONE)).is_ok());
+    }
+
+    #[test]
+    fn a_refusal_names_the_rule_and_says_when_to_retry() {
+        let (_, s) = limiter(
+            "[[rate_limits]]\nname = \"tiny\"\nscope = \"key\"\ncount = \"requests\"\nlimit = 1\nwindow = \"60s\"\ntechnique = \"fixed\"\n",
+            1,
+        );
+        let first = s.admit(&ask(Some("k"), NONE)).unwrap();
+        assert!(first.headers.contains("x-ratelimit-remaining-requests: 0"));
+        let e = s.admit(&ask(Some("k"), NONE)).unwrap_err();
+        assert_eq!(e.status, 429);
+        assert!(
+            e.message.contains("`tiny`") && e.message.contains("key `k`"),
+            "{}",
+            e.message
+        );
+        // 1,000,000 ms is 40 s into its minute: 20 s to go.
+        assert!(e.headers.contains("retry-after: 20\r\n"), "{}", e.headers);
+        assert!(e.headers.contains("x-ratelimit-limit-requests: 1\r\n"));
+        assert!(e.headers.contains("x-ratelimit-reset-requests: 20s\r\n"));
+    }
+
+    #[test]
+    fn concurrency_is_held_until_the_admission_drops() {
+        let (_, s) = limiter(
+            "[[rate_limits]]\nscope = \"gateway\"\ncount = \"concurrent\"\nlimit = 2\n",
+            1,
+        );
+        let a = s.admit(&ask(None, NONE)).unwrap();
+        let _b = s.admit(&ask(None, NONE)).unwrap();
+        assert!(s.admit(&ask(None, NONE)).is_err());
+        drop(a);
+        assert!(s.admit(&ask(None, NONE)).is_ok());
+    }
+
+    #[test]
+    fn tokens_reserve_then_settle_and_carry_debt() {
+        let (_, s) = limiter(
+            "[[rate_limits]]\nscope = \"metadata.user\"\ncount = \"total_tokens\"\nlimit = 1000\nwindow = \"30d\"\ntechnique = \"fixed\"\n",
+            1,
+        );
+        let ann: &dyn Fn(&str) -> Option<String> = &|f| (f == "user").then(|| "ann".to_string());
+        // 100 + 50 reserved each: six fit, the seventh does not.
+        let held: Vec<_> = (0..6).map(|_| s.admit(&ask(None, ann)).unwrap()).collect();
+        assert!(s.admit(&ask(None, ann)).is_err());
+        // Someone else's user has their own count.
+        assert!(s.admit(&ask(None, NONE)).is_ok());
+        // Each used 20: 780 left.
+        for mut h in held {
+            h.settle(Some((10, 10)), 1_000_000);
+        }
+        let many: Vec<_> = (0..5).map(|_| s.admit(&ask(None, ann)).unwrap()).collect();
+        // 750 reserved; one uses 600 beyond its 150: debt fills the window.
+        for (i, mut h) in many.into_iter().enumerate() {
+            h.settle(Some(if i == 0 { (300, 450) } else { (0, 0) }), 1_000_000);
+        }
+        // 120 + 750 = 870 counted: 130 left, less than 150.
+        assert!(s.admit(&ask(None, ann)).is_err());
+        // A dropped admission (never reached a provider) gives its reservation back.
+        let mut small = ask(None, ann);
+        small.max_tokens = Some(10);
+        small.input_estimate = 10;
+        let h = s.admit(&small).unwrap();
+        drop(h);
+        assert!(s.admit(&small).is_ok());
+    }
+
+    #[test]
+    fn a_cache_hit_gives_its_request_unit_back_unless_hits_count() {
+        let (_, s) = limiter(
+            "[[rate_limits]]\nscope = \"key\"\ncount = \"requests\"\nlimit = 1\nwindow = \"30d\"\n",
+            1,
+        );
+        let mut a = s.admit(&ask(Some("k"), NONE)).unwrap();
+        a.cache_hit();
+        drop(a);
+        let b = s.admit(&ask(Some("k"), NONE)).unwrap();
+        drop(b);
+        assert!(s.admit(&ask(Some("k"), NONE)).is_err());
+        let (_, s) = limiter(
+            "[[rate_limits]]\nscope = \"key\"\ncount = \"requests\"\nlimit = 1\nwindow = \"30d\"\ncount_cache_hits = true\n",
+            1,
+        );
+        let mut a = s.admit(&ask(Some("k"), NONE)).unwrap();
+        a.cache_hit();
+        drop(a);
+        assert!(s.admit(&ask(Some("k"), NONE)).is_err());
+    }
+
+    #[test]
+    fn rules_apply_to_their_models_only() {
+        let (_, s) = limiter(
+            "[[rate_limits]]\nscope = \"gateway\"\ncount = \"requests\"\nlimit = 1\nwindow = \"30d\"\nmodels = [\"anthropic/*\"]\n",
+            1,
+        );
+        for _ in 0..3 {
+            let a = s.admit(&ask(None, NONE)).unwrap();
+            assert!(a.is_empty());
+        }
+    }
+
+    #[test]
+    fn durations_read_like_openais() {
+        assert_eq!(go_duration(250), "250ms");
+        assert_eq!(go_duration(12_000), "12s");
+        assert_eq!(go_duration(360_000), "6m0s");
+        assert_eq!(go_duration(3_723_000), "1h2m3s");
+    }
+}

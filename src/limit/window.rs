@@ -1,0 +1,338 @@
+//! One bucket's true count: the current window's count and the previous
+//! window's, each packed with its window number into one atomic word, so a
+//! take is a compare-and-swap that can never admit past the limit, and a
+//! window rolls over without a lock. Also the in-flight count of
+//! `concurrent` rules, and the arithmetic of when a refused request may retry.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+fn pack(window: u32, count: u32) -> u64 {
+    (u64::from(window) << 32) | u64::from(count)
+}
+
+fn unpack(v: u64) -> (u32, u32) {
+    ((v >> 32) as u32, v as u32)
+}
+
+/// Where `now_ms` falls: the window's number and how far into it (0..1).
+pub fn position(now_ms: u64, window_ms: u64) -> (u32, f64) {
+    let window_ms = window_ms.max(1);
+    (
+        (now_ms / window_ms) as u32,
+        (now_ms % window_ms) as f64 / window_ms as f64,
+    )
+}
+
+/// Why a take was refused: the counts it saw.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Refusal {
+    pub current: u64,
+    /// The previous window's count (0 for fixed windows).
+    pub previous: u64,
+    /// How far into its window the take was (0..1).
+    pub elapsed: f64,
+}
+
+/// What a take was granted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Grant {
+    /// The window the units count in.
+    pub window: u32,
+    pub units: u64,
+    /// What was left after them.
+    pub remaining: u64,
+}
+
+/// A bucket's counts. Shared by every shard (one per rule and scope value).
+#[derive(Debug, Default)]
+pub struct Counter {
+    current: AtomicU64,
+    previous: AtomicU64,
+    in_flight: AtomicU64,
+}
+
+impl Counter {
+    /// The current word, rolled to `window` if it is older. A window number
+    /// behind the stored one (another shard's clock ran ahead) uses the stored one.
+    fn rolled(&self, window: u32) -> u64 {
+        loop {
+            let cur = self.current.load(Ordering::Acquire);
+            let (w, count) = unpack(cur);
+            if w >= window {
+                return cur;
+            }
+            // The previous window's count first: a reader who sees the new
+            // current window then finds its predecessor. `fetch_max` keeps
+            // the largest count a racing roller saw for the same window.
+            let carried = if w.wrapping_add(1) == window {
+                count
+            } else {
+                0
+            };
+            self.previous
+                .fetch_max(pack(window - 1, carried), Ordering::AcqRel);
+            let next = pack(window, 0);
+            if self
+                .current
+                .compare_exchange(cur, next, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                return next;
+            }
+        }
+    }
+
+    fn previous_of(&self, window: u32) -> u64 {
+        let (w, count) = unpack(self.previous.load(Ordering::Acquire));
+        if window > 0 && w == window - 1 {
+            u64::from(count)
+        } else {
+            0
+        }
+    }
+
+    /// Takes between `min` and `max` units if the window has room for `min`:
+    /// never more than `limit` counted (sliding: the previous window's count
+    /// weighted by how much of it still overlaps, rounded up).
+    pub fn take(
+        &self,
+        now: (u32, f64),
+        sliding: bool,
+        limit: u64,
+        min: u64,
+        max: u64,
+    ) -> Result<Grant, Refusal> {
+        let (window, elapsed) = now;
+        loop {
+            let cur = self.rolled(window);
+            let (w, count) = unpack(cur);
+            let count = u64::from(count);
+            let previous = if sliding { self.previous_of(w) } else { 0 };
+            let weighted = (previous as f64 * (1.0 - elapsed)).ceil() as u64;
+            let room = limit.saturating_sub(count + weighted);
+            if room < min.max(1) {
+                return Err(Refusal {
+                    current: count,
+                    previous,
+                    elapsed,
+                });
+            }
+            let units = room.min(max.max(min));
+            let next = pack(w, (count + units).min(u64::from(u32::MAX)) as u32);
+            if self
+                .current
+                .compare_exchange(cur, next, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                return Ok(Grant {
+                    window: w,
+                    units,
+                    remaining: room - units,
+                });
+            }
+        }
+    }
+
+    /// What is left now (for the remaining-count headers; not a promise).
+    pub fn remaining(&self, now: (u32, f64), sliding: bool, limit: u64) -> u64 {
+        let (w, count) = unpack(self.rolled(now.0));
+        let previous = if sliding { self.previous_of(w) } else { 0 };
+        let weighted = (previous as f64 * (1.0 - now.1)).ceil() as u64;
+        limit.saturating_sub(u64::from(count) + weighted)
+    }
+
+    /// Adds units past the limit (usage above a reservation: debt, never
+    /// forgiven) to the window of `now`.
+    pub fn add(&self, now: u32, units: u64) {
+        loop {
+            let cur = self.rolled(now);
+            let (w, count) = unpack(cur);
+            let next = pack(
+                w,
+                (u64::from(count) + units).min(u64::from(u32::MAX)) as u32,
+            );
+            if self
+                .current
+                .compare_exchange(cur, next, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                return;
+            }
+        }
+    }
+
+    /// Gives back units taken in `window`: to the current count if that window
+    /// is still current, to the previous count if it just ended, else nowhere.
+    pub fn give_back(&self, window: u32, units: u64) {
+        if units == 0 {
+            return;
+        }
+        for slot in [&self.current, &self.previous] {
+            loop {
+                let v = slot.load(Ordering::Acquire);
+                let (w, count) = unpack(v);
+                if w != window {
+                    break;
+                }
+                let next = pack(w, u64::from(count).saturating_sub(units) as u32);
+                if slot
+                    .compare_exchange(v, next, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// One more in flight, unless `limit` are.
+    pub fn enter(&self, limit: u64) -> bool {
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    pub fn leave(&self) {
+        let _ = self
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// The window number last counted in.
+    pub fn last_window(&self) -> u32 {
+        unpack(self.current.load(Ordering::Acquire)).0
+    }
+}
+
+/// Milliseconds until a refused take of `want` units could succeed, with no
+/// other traffic: for a fixed window its end; for a sliding one, until the
+/// previous window's weight (or, next window, this one's) has faded enough.
+/// `None`: `want` is more than the whole limit, so never.
+pub fn wait_ms(r: &Refusal, limit: u64, want: u64, window_ms: u64, sliding: bool) -> Option<u64> {
+    if want > limit {
+        return None;
+    }
+    let w = window_ms as f64;
+    let to_end = (1.0 - r.elapsed) * w;
+    if !sliding {
+        return Some(to_end.round() as u64);
+    }
+    let (limit, want) = (limit as f64, want as f64);
+    let (cur, prev) = (r.current as f64, r.previous as f64);
+    // Still in this window: prev * (1 - f) + cur + want <= limit.
+    if cur + want <= limit && prev > 0.0 {
+        let f = 1.0 - (limit - cur - want) / prev;
+        return Some(((f - r.elapsed) * w).max(1.0).round() as u64);
+    }
+    // In the next one: cur * (1 - f) + want <= limit.
+    let f = if cur > 0.0 {
+        (1.0 - (limit - want) / cur).clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    Some((to_end + f * w).round() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn takes_never_pass_the_limit_and_leases_shrink_at_the_end() {
+        let c = Counter::default();
+        let g = c.take((5, 0.1), false, 10, 1, 4).unwrap();
+        assert_eq!((g.window, g.units, g.remaining), (5, 4, 6));
+        assert_eq!(c.take((5, 0.2), false, 10, 1, 4).unwrap().units, 4);
+        assert_eq!(c.take((5, 0.3), false, 10, 1, 4).unwrap().units, 2);
+        let r = c.take((5, 0.4), false, 10, 1, 4).unwrap_err();
+        assert_eq!(r.current, 10);
+        c.give_back(5, 3);
+        assert_eq!(c.take((5, 0.5), false, 10, 3, 3).unwrap().units, 3);
+        // A new fixed window starts empty.
+        assert_eq!(c.take((6, 0.0), false, 10, 10, 10).unwrap().units, 10);
+    }
+
+    #[test]
+    fn a_sliding_window_weighs_the_previous_one() {
+        let c = Counter::default();
+        c.take((1, 0.5), true, 10, 10, 10).unwrap();
+        // A quarter into window 2, three quarters of window 1's 10 still count.
+        let r = c.take((2, 0.25), true, 10, 3, 3).unwrap_err();
+        assert_eq!((r.current, r.previous), (0, 10));
+        assert_eq!(c.take((2, 0.25), true, 10, 1, 8).unwrap().units, 2);
+        // Half into window 3: window 2's 2 count for 1.
+        assert_eq!(c.remaining((3, 0.5), true, 10), 9);
+        // Two windows later nothing carries.
+        assert_eq!(c.remaining((5, 0.0), true, 10), 10);
+    }
+
+    #[test]
+    fn units_given_back_after_the_window_ended_go_to_the_previous_count() {
+        let c = Counter::default();
+        let g = c.take((1, 0.9), true, 10, 10, 10).unwrap();
+        c.take((2, 0.0), true, 10, 1, 1).unwrap_err();
+        c.give_back(g.window, 10);
+        assert_eq!(c.remaining((2, 0.0), true, 10), 10);
+        // Debt goes into the window of its settlement.
+        c.add(2, 25);
+        assert_eq!(c.remaining((2, 0.5), true, 10), 0);
+        assert!(
+            c.take((3, 0.5), true, 10, 1, 1).is_err(),
+            "half of 25 still counts"
+        );
+    }
+
+    #[test]
+    fn concurrency_enters_up_to_its_limit() {
+        let c = Counter::default();
+        assert!(c.enter(2) && c.enter(2) && !c.enter(2));
+        c.leave();
+        assert!(c.enter(2));
+        assert_eq!(c.in_flight(), 2);
+    }
+
+    #[test]
+    fn waits_are_until_enough_has_faded() {
+        let fixed = Refusal {
+            current: 10,
+            previous: 0,
+            elapsed: 0.25,
+        };
+        assert_eq!(wait_ms(&fixed, 10, 1, 60_000, false), Some(45_000));
+        assert_eq!(wait_ms(&fixed, 10, 11, 60_000, false), None);
+        // Sliding, full now: the rest of this window, then a tenth of the next.
+        assert_eq!(wait_ms(&fixed, 10, 1, 60_000, true), Some(45_000 + 6_000));
+        // Sliding, room now but the previous window weighs: until it fades.
+        let prev = Refusal {
+            current: 2,
+            previous: 10,
+            elapsed: 0.25,
+        };
+        assert_eq!(wait_ms(&prev, 10, 1, 60_000, true), Some(3_000));
+    }
+
+    #[test]
+    fn racing_takers_share_exactly_the_limit() {
+        let c = std::sync::Arc::new(Counter::default());
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let c = c.clone();
+                std::thread::spawn(move || {
+                    let mut got = 0;
+                    while let Ok(g) = c.take((7, 0.5), true, 1000, 1, 3) {
+                        got += g.units;
+                    }
+                    got
+                })
+            })
+            .collect();
+        let total: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        assert_eq!(total, 1000);
+    }
+}

@@ -1,0 +1,272 @@
+//! Rate limits end to end against the real binary and the mock: exactly the
+//! limit admitted to 64 racing clients and to one connection, never a fifth
+//! request in flight under a `concurrent` limit of 4, token rules settled to
+//! the real usage, per-metadata scopes, cache hits that do not count, and
+//! every 429 with `Retry-After` and the rate-limit headers. At 1 and 2 shards.
+
+mod common;
+
+use aigw_loadtest::mock::MockConfig;
+use common::{Gateway, Response, mock, mock_with};
+use simd_json::prelude::*;
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+fn chat(content: &str) -> String {
+    format!(r#"{{"model":"up/gpt-x","messages":[{{"role":"user","content":"{content}"}}]}}"#)
+}
+
+fn limited(shards: usize, upstream: &str, rules: &str) -> Gateway {
+    Gateway::with(shards)
+        .provider("up", upstream, "")
+        .toml(rules)
+        .start()
+}
+
+/// What every refusal carries.
+fn assert_refusal(r: &Response, rule: &str) {
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.error_code(), "rate_limit_exceeded");
+    assert_eq!(r.header("aigw-error-source"), Some("gateway"));
+    let retry: u64 = r
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("Retry-After in {:?}", r.headers));
+    assert!(retry >= 1);
+    for h in ["limit", "remaining", "reset"] {
+        let name = format!("x-ratelimit-{h}-requests");
+        let tokens = format!("x-ratelimit-{h}-tokens");
+        assert!(
+            r.header(&name).is_some() || r.header(&tokens).is_some(),
+            "{name} in {:?}",
+            r.headers
+        );
+    }
+    assert!(r.text().contains(rule), "{}", r.text());
+}
+
+const HUNDRED: &str = "[[rate_limits]]\nname = \"hundred\"\nscope = \"key\"\ncount = \"requests\"\nlimit = 100\nwindow = \"30d\"\n";
+
+fn sixty_four_racing_clients_get_exactly_the_limit(shards: usize) {
+    let mock = mock();
+    let gw = limited(shards, &mock.base_url(), HUNDRED);
+    let start = Arc::new(Barrier::new(64));
+    let threads: Vec<_> = (0..64)
+        .map(|i| {
+            let mut c = gw.client();
+            let start = start.clone();
+            std::thread::spawn(move || {
+                start.wait();
+                let mut ok = 0;
+                loop {
+                    let r = c.post("/v1/chat/completions", &[], &chat(&format!("c{i}")));
+                    match r.status {
+                        200 => {
+                            assert!(r.header("x-ratelimit-remaining-requests").is_some());
+                            assert_eq!(r.header("x-ratelimit-limit-requests"), Some("100"));
+                            ok += 1;
+                        }
+                        _ => {
+                            assert_refusal(&r, "hundred");
+                            return ok;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let admitted: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!(admitted, 100);
+    assert_eq!(mock.requests_seen(), 100);
+}
+
+fn one_connection_gets_the_whole_limit(shards: usize) {
+    let mock = mock();
+    let gw = limited(shards, &mock.base_url(), HUNDRED);
+    let mut c = gw.client();
+    let mut seen = Vec::new();
+    for i in 0..110 {
+        let r = c.post("/v1/chat/completions", &[], &chat(&format!("{i}")));
+        if r.status == 429 {
+            assert_refusal(&r, "hundred");
+        } else {
+            assert_eq!(r.status, 200);
+            seen.push(
+                r.header("x-ratelimit-remaining-requests")
+                    .unwrap()
+                    .parse::<u64>()
+                    .unwrap(),
+            );
+        }
+    }
+    assert_eq!(seen.len(), 100);
+    assert_eq!(seen.last(), Some(&0));
+    assert_eq!(mock.requests_seen(), 100);
+}
+
+fn a_concurrent_limit_of_four_never_has_a_fifth_in_flight(shards: usize) {
+    let mock = mock_with(MockConfig {
+        latency: Duration::from_millis(20),
+        capture: true,
+        ..MockConfig::default()
+    });
+    let gw = limited(
+        shards,
+        &mock.base_url(),
+        "[[rate_limits]]\nname = \"four\"\nscope = \"gateway\"\ncount = \"concurrent\"\nlimit = 4\n",
+    );
+    let start = Arc::new(Barrier::new(16));
+    let threads: Vec<_> = (0..16)
+        .map(|i| {
+            let mut c = gw.client();
+            let start = start.clone();
+            std::thread::spawn(move || {
+                start.wait();
+                let (mut ok, mut refused) = (0, 0);
+                for j in 0..6 {
+                    let stream = j % 2 == 1;
+                    let body = chat(&format!("{i}-{j}"))
+                        .replace("}]}", &format!("}}],\"stream\":{stream}}}"));
+                    let r = c.post("/v1/chat/completions", &[], &body);
+                    match r.status {
+                        200 => ok += 1,
+                        _ => {
+                            assert_refusal(&r, "four");
+                            refused += 1;
+                        }
+                    }
+                }
+                (ok, refused)
+            })
+        })
+        .collect();
+    let (ok, refused) = threads
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    assert!(
+        mock.max_in_flight() <= 4,
+        "{} in flight",
+        mock.max_in_flight()
+    );
+    assert!(ok >= 4 && refused > 0, "{ok} answered, {refused} refused");
+    assert_eq!(mock.requests_seen(), ok);
+}
+
+fn token_limits_settle_to_the_real_usage_and_carry_debt(shards: usize) {
+    let mock = mock();
+    let limit = 2000;
+    let gw = limited(
+        shards,
+        &mock.base_url(),
+        &format!(
+            "[[rate_limits]]\nname = \"tokens\"\nscope = \"gateway\"\ncount = \"total_tokens\"\nlimit = {limit}\nwindow = \"30d\"\ntechnique = \"fixed\"\n"
+        ),
+    );
+    let mut c = gw.client();
+    // `max_tokens: 1` reserves little; the mock's answers use far more.
+    let body =
+        r#"{"model":"up/gpt-x","max_tokens":1,"messages":[{"role":"user","content":"count me"}]}"#;
+    let (mut used, mut most) = (0, 0);
+    let refused = loop {
+        let r = c.post("/v1/chat/completions", &[], body);
+        if r.status != 200 {
+            break r;
+        }
+        let t = r.json()["usage"]["total_tokens"].as_u64().unwrap();
+        used += t;
+        most = most.max(t);
+        assert!(used < 10 * limit, "never refused");
+    };
+    assert_refusal(&refused, "tokens");
+    assert!(refused.header("x-ratelimit-remaining-tokens").is_some());
+    // Charged what was used, not what was reserved: the last admitted request
+    // may run over (debt), by at most its own usage.
+    assert!(
+        used >= limit - most && used <= limit + most,
+        "used {used} of {limit}"
+    );
+}
+
+fn metadata_scopes_count_each_value_apart(shards: usize) {
+    let mock = mock();
+    let gw = limited(
+        shards,
+        &mock.base_url(),
+        "[[rate_limits]]\nname = \"per-user\"\nscope = \"metadata.user\"\ncount = \"requests\"\nlimit = 2\nwindow = \"30d\"\n",
+    );
+    let post = |user: &str, i: u32| {
+        let meta = format!("{{\"user\":\"{user}\"}}");
+        gw.client().post(
+            "/v1/chat/completions",
+            &[("aigw-metadata", &meta)],
+            &chat(&format!("{user}{i}")),
+        )
+    };
+    assert_eq!(post("ann", 0).status, 200);
+    assert_eq!(post("ann", 1).status, 200);
+    let r = post("ann", 2);
+    assert_refusal(&r, "per-user");
+    assert!(r.text().contains("user `ann`"), "{}", r.text());
+    assert_eq!(post("bob", 0).status, 200);
+    assert_eq!(mock.requests_seen(), 3);
+}
+
+fn cache_hits_do_not_count_unless_asked(shards: usize) {
+    let mock = mock();
+    let gw = limited(
+        shards,
+        &mock.base_url(),
+        "[cache]\nenabled = true\nsize = \"16MiB\"\nmax_entry = \"1MiB\"\n[[rate_limits]]\nname = \"two\"\nscope = \"gateway\"\ncount = \"requests\"\nlimit = 2\nwindow = \"30d\"\n",
+    );
+    let mut c = gw.client();
+    let first = c.post("/v1/chat/completions", &[], &chat("same"));
+    assert_eq!(first.status, 200);
+    for _ in 0..5 {
+        let r = c.post("/v1/chat/completions", &[], &chat("same"));
+        assert_eq!(r.status, 200, "{}", r.text());
+        // A hit from the writer's own shard (or, at 2 shards, a coalesced
+        // answer while the entry settles): no provider call either way.
+        assert_eq!(r.header("aigw-cache-status"), Some("HIT"));
+    }
+    assert_eq!(
+        c.post("/v1/chat/completions", &[], &chat("other")).status,
+        200
+    );
+    assert_refusal(&c.post("/v1/chat/completions", &[], &chat("third")), "two");
+    assert_eq!(mock.requests_seen(), 2);
+}
+
+at_1_and_2_shards!(
+    sixty_four_racing_clients_get_exactly_the_limit,
+    one_connection_gets_the_whole_limit,
+    a_concurrent_limit_of_four_never_has_a_fifth_in_flight,
+    token_limits_settle_to_the_real_usage_and_carry_debt,
+    metadata_scopes_count_each_value_apart,
+    cache_hits_do_not_count_unless_asked,
+);
+
+#[test]
+fn limits_by_key_need_the_key() {
+    let mock = mock();
+    let secret = "sk-aigw-test-limits";
+    let hash = aigw::auth::hex(&aigw::auth::hash_secret(secret.as_bytes()));
+    let gw = Gateway::with(1)
+        .provider("up", &mock.base_url(), "api_key = \"sk-p\"")
+        .toml(&format!(
+            "[keys.kim]\nsecret_sha256 = \"{hash}\"\n[[rate_limits]]\nname = \"one\"\nscope = \"key\"\ncount = \"requests\"\nlimit = 1\nwindow = \"30d\"\n"
+        ))
+        .start();
+    let auth = format!("Bearer {secret}");
+    let post = |h: &[(&str, &str)], i: u32| {
+        gw.client()
+            .post("/v1/chat/completions", h, &chat(&format!("{i}")))
+    };
+    assert_eq!(post(&[("Authorization", &auth)], 0).status, 200);
+    let r = post(&[("Authorization", &auth)], 1);
+    assert_refusal(&r, "one");
+    assert!(r.text().contains("key `kim`"), "{}", r.text());
+    // Requests without a key share one count of their own.
+    assert_eq!(post(&[], 2).status, 200);
+    assert_eq!(post(&[], 3).status, 429);
+}
