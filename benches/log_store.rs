@@ -39,6 +39,7 @@ fn record(ids: &mut IdGen, ts: u64, i: usize, provider: &Arc<str>) -> RequestRec
         input_tokens: Some(100 + (i % 500) as u64),
         output_tokens: Some(20 + (i % 300) as u64),
         cached_tokens: None,
+        cache_write_tokens: None,
     };
     r.total = Duration::from_micros(200 + (i % 5000) as u64 * 100);
     r.gateway = Duration::from_micros(30);

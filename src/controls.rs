@@ -34,6 +34,20 @@ pub struct Controls<'a> {
     /// Borrowed from the request: only the log copies it, and only when it keeps the request.
     pub user_agent: Option<&'a [u8]>,
     pub cache: CacheControls<'a>,
+    /// `custom-cost`: this request's own prices, replacing the table's.
+    pub custom_cost: Option<CustomCost>,
+    /// `include-cost: true`: the answer says what it cost (`aigw-cost`).
+    pub include_cost: bool,
+}
+
+/// `custom-cost`: USD per token (Cloudflare's names). Fields left out are
+/// taken from the price table.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CustomCost {
+    pub per_token_in: Option<f64>,
+    pub per_token_out: Option<f64>,
+    pub per_cache_read_token: Option<f64>,
+    pub per_cache_write_token: Option<f64>,
 }
 
 /// `cache-ttl`, `skip-cache` and `cache-key`.
@@ -55,6 +69,8 @@ enum Control {
     CacheTtl,
     SkipCache,
     CacheKey,
+    CustomCost,
+    IncludeCost,
 }
 
 /// Which control a header names, if any (either prefix, any case).
@@ -72,6 +88,10 @@ fn control_of(name: &[u8]) -> Option<Control> {
         Some(Control::SkipCache)
     } else if rest.eq_ignore_ascii_case(b"cache-key") {
         Some(Control::CacheKey)
+    } else if rest.eq_ignore_ascii_case(b"custom-cost") {
+        Some(Control::CustomCost)
+    } else if rest.eq_ignore_ascii_case(b"include-cost") {
+        Some(Control::IncludeCost)
     } else {
         None
     }
@@ -92,7 +112,7 @@ pub fn read<'a>(req: &RequestView<'a>) -> Result<Controls<'a>, GatewayError> {
         collect_log: true,
         ..Controls::default()
     };
-    let mut seen = [false; 6];
+    let mut seen = [false; 8];
     for h in &req.head.headers {
         let name = h.name.get(req.window);
         let value = h.value.get(req.window);
@@ -180,7 +200,57 @@ pub fn read<'a>(req: &RequestView<'a>) -> Result<Controls<'a>, GatewayError> {
                     })?;
                 c.cache.key = Some(key);
             }
+            Control::CustomCost => c.custom_cost = Some(custom_cost(value, &shown)?),
+            Control::IncludeCost => {
+                c.include_cost = flag(value).ok_or_else(|| {
+                    bad(
+                        "invalid_include_cost",
+                        format!("`{}` must be true or false", shown()),
+                    )
+                })?
+            }
         }
+    }
+    Ok(c)
+}
+
+/// Parses `custom-cost`: a JSON object of non-negative USD-per-token numbers.
+fn custom_cost(value: &[u8], header: &dyn Fn() -> String) -> Result<CustomCost, GatewayError> {
+    use simd_json::prelude::*;
+    let fail = |why: &str| {
+        bad(
+            "invalid_custom_cost",
+            format!(
+                "`{}` {why}; send e.g. {{\"per_token_in\":0.000001,\"per_token_out\":0.000002}}",
+                header()
+            ),
+        )
+    };
+    let mut copy = value.to_vec();
+    let v = simd_json::to_owned_value(&mut copy).map_err(|_| fail("is not JSON"))?;
+    let o = v.as_object().ok_or_else(|| fail("is not a JSON object"))?;
+    let mut c = CustomCost::default();
+    for (k, v) in o.iter() {
+        let n = v
+            .as_f64()
+            .or_else(|| v.as_u64().map(|n| n as f64))
+            .filter(|n| n.is_finite() && *n >= 0.0)
+            .ok_or_else(|| fail(&format!("has `{k}` that is not a non-negative number")))?;
+        let slot = match k.as_str() {
+            "per_token_in" => &mut c.per_token_in,
+            "per_token_out" => &mut c.per_token_out,
+            "per_cache_read_token" => &mut c.per_cache_read_token,
+            "per_cache_write_token" => &mut c.per_cache_write_token,
+            other => {
+                return Err(fail(&format!(
+                    "has `{other}`; use per_token_in, per_token_out, per_cache_read_token, per_cache_write_token"
+                )));
+            }
+        };
+        *slot = Some(n);
+    }
+    if c == CustomCost::default() {
+        return Err(fail("sets no price"));
     }
     Ok(c)
 }

@@ -15,7 +15,8 @@
 //! - [`server`]: the per-connection loop, the pipeline that orders the stages,
 //!   upstream attempts, the relay and its taps.
 //! - Stages: [`controls`] (the `aigw-*`/`cf-aig-*` request headers), [`auth`]
-//!   (gateway keys), [`limit`] (rate limits), [`cache`] (the response cache), [`route`]
+//!   (gateway keys), [`limit`] (rate limits), [`cost`] (prices), [`cache`]
+//!   (the response cache), [`route`]
 //!   (path + model to a plan) and [`providers`] (one adapter per provider kind:
 //!   auth, paths, usage shapes, the in-process mock).
 //! - [`upstream`]: DNS, TCP, TLS, the pool and the HTTP/1.1 client; knows no
@@ -35,6 +36,7 @@ pub mod cache;
 pub mod config;
 pub mod control;
 pub mod controls;
+pub mod cost;
 pub mod error;
 pub mod fasthash;
 pub mod http;

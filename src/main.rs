@@ -62,6 +62,18 @@ enum Command {
         #[command(subcommand)]
         cmd: CacheCmd,
     },
+    /// The price table: shipped prices (with their date) and the config's.
+    Prices {
+        /// Add this config file's [prices] (else the shipped table alone).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Only "provider/model" names matching this pattern (`*` a wildcard).
+        #[arg(long)]
+        model: Option<String>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Gateway keys: make one, list them, revoke one.
     Key {
         #[command(subcommand)]
@@ -277,6 +289,19 @@ fn main() -> ExitCode {
                 }
                 Err(e) => fail(&e),
             }
+        }
+        Command::Prices {
+            config,
+            model,
+            json,
+        } => {
+            let overrides = match config.as_deref().map(Config::load) {
+                Some(Ok(c)) => c.prices,
+                Some(Err(e)) => return fail(&e.to_string()),
+                None => Default::default(),
+            };
+            print!("{}", prices_text(&overrides, model.as_deref(), json));
+            ExitCode::SUCCESS
         }
         Command::Key { cmd } => match key_command(cmd) {
             Ok(text) => {
@@ -681,5 +706,59 @@ fn toml_key(k: &str) -> String {
 fn json_quote(s: &str) -> String {
     let mut out = String::new();
     aigw::error::push_json_string(&mut out, s);
+    out
+}
+
+/// `aigw prices`: the table as text or JSON lines.
+fn prices_text(
+    overrides: &std::collections::BTreeMap<String, aigw::config::PriceConfig>,
+    pattern: Option<&str>,
+    json: bool,
+) -> String {
+    use aigw::cost::{self, Origin};
+    let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v}"));
+    let mut out = String::new();
+    if !json {
+        out.push_str(&format!(
+            "# USD per million tokens; shipped table of {} (src/cost/prices.toml), [prices] in config over it\n",
+            cost::shipped().0
+        ));
+        out.push_str(&format!(
+            "{:<44} {:>9} {:>9} {:>9} {:>9} {:>9}  from\n",
+            "model", "input", "output", "cached", "write", "context"
+        ));
+    }
+    for (name, p) in cost::all(overrides) {
+        if pattern.is_some_and(|pat| !aigw::auth::glob(pat.as_bytes(), name.as_bytes())) {
+            continue;
+        }
+        let from = if p.origin == Origin::Config {
+            "config"
+        } else {
+            "shipped"
+        };
+        if json {
+            let num = |v: Option<f64>| v.map_or("null".to_string(), |v| format!("{v}"));
+            out.push_str(&format!(
+                "{{\"model\":{},\"input\":{},\"output\":{},\"cached_input\":{},\"cache_write\":{},\"context_window\":{},\"from\":\"{from}\"}}\n",
+                json_quote(&name),
+                p.input,
+                p.output,
+                num(p.cached_input),
+                num(p.cache_write),
+                p.context_window.map_or("null".to_string(), |w| w.to_string()),
+            ));
+        } else {
+            out.push_str(&format!(
+                "{:<44} {:>9} {:>9} {:>9} {:>9} {:>9}  {from}\n",
+                name,
+                p.input,
+                p.output,
+                opt(p.cached_input),
+                opt(p.cache_write),
+                p.context_window.map_or("-".to_string(), |w| w.to_string()),
+            ));
+        }
+    }
     out
 }

@@ -122,6 +122,9 @@ pub struct Usage {
     pub input_tokens: Option<u64>,
     pub output_tokens: Option<u64>,
     pub cached_tokens: Option<u64>,
+    /// Input tokens written to the provider's prompt cache (Anthropic's
+    /// `cache_creation_input_tokens`).
+    pub cache_write_tokens: Option<u64>,
 }
 
 impl Usage {
@@ -135,6 +138,7 @@ impl Usage {
         self.input_tokens = later.input_tokens.or(self.input_tokens);
         self.output_tokens = later.output_tokens.or(self.output_tokens);
         self.cached_tokens = later.cached_tokens.or(self.cached_tokens);
+        self.cache_write_tokens = later.cache_write_tokens.or(self.cache_write_tokens);
     }
 }
 
@@ -267,6 +271,13 @@ pub struct RequestRecord {
     pub upstream_connects: u32,
     /// The answering provider connection was reused from the pool.
     pub upstream_reused: bool,
+    /// USD, when the model's price is known (0 for answers no provider made).
+    pub cost: Option<f64>,
+    /// The cost comes from an estimate of the tokens (the answer was cut
+    /// before its provider reported usage).
+    pub cost_estimated: bool,
+    /// Input tokens over the model's context window, when known.
+    pub context_share: Option<f64>,
     /// What the cache did (`None`: cache off, or not a provider request).
     pub cache: Option<CacheStatus>,
     /// The cache key, when one was computed (`aigw cache purge --key`).
@@ -350,6 +361,9 @@ impl RequestRecord {
             provider: None,
             model: None,
             key_id: None,
+            cost: None,
+            cost_estimated: false,
+            context_share: None,
             status: 0,
             error_source: None,
             error_code: None,

@@ -203,8 +203,9 @@ fn each_filter_selects_exactly_its_rows(shards: usize) {
             set(&all),
         ),
         (vec!["--limit", "2"], set(&[&slow, &elsewhere])),
-        // Nothing is priced or cached yet: those filters select nothing.
-        (vec!["--min-cost", "0"], set(&[])),
+        // No model here has a price: only what used no tokens has a cost (zero).
+        (vec!["--min-cost", "0"], set(&[&fail, &bad])),
+        (vec!["--min-cost", "0.000001"], set(&[])),
         (vec!["--cache", "HIT"], set(&[])),
     ];
     for (args, want) in table {

@@ -26,6 +26,7 @@ pub mod auth;
 pub mod cache;
 pub mod limits;
 mod logs;
+pub mod prices;
 mod providers;
 mod read;
 mod schema;
@@ -38,6 +39,7 @@ pub use auth::{AuthConfig, KeyConfig};
 pub use cache::CacheConfig;
 pub use limits::RateRule;
 pub use logs::LogsConfig;
+pub use prices::PriceConfig;
 pub use providers::{BaseUrl, ProviderConfig, ProviderKind, Scheme};
 pub use read::{ConfigError, ConfigErrors, Secret, parse_bytes, parse_duration};
 pub use schema::{KEYS, KeySpec};
@@ -60,6 +62,8 @@ pub struct Config {
     /// Gateway keys defined in the file, by id.
     pub keys: BTreeMap<String, KeyConfig>,
     pub rate_limits: Vec<RateRule>,
+    /// Price overrides by "provider/model".
+    pub prices: BTreeMap<String, PriceConfig>,
 }
 
 impl Config {
@@ -115,6 +119,7 @@ impl Config {
         let auth = auth::read_auth(&mut w, &root);
         let keys = auth::read_keys(&mut w, &root);
         let rate_limits = limits::read_rate_limits(&mut w, &root);
+        let prices = prices::read_prices(&mut w, &root);
         w.finish()?;
         Ok(Config {
             server,
@@ -128,6 +133,7 @@ impl Config {
             auth,
             keys,
             rate_limits,
+            prices,
         })
     }
 
@@ -244,6 +250,9 @@ impl Config {
         }
         for (i, r) in self.rate_limits.iter().enumerate() {
             put(format!("rate_limits[{i}]"), format!("{r:?}"));
+        }
+        for (name, p) in &self.prices {
+            put(format!("prices.\"{name}\""), format!("{p:?}"));
         }
         e
     }

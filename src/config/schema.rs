@@ -268,21 +268,57 @@ pub const KEYS: &[KeySpec] = &[
         default: "4096",
         meaning: "output tokens reserved for a request without max_tokens (settled to the real usage)",
     },
+    KeySpec {
+        path: "prices.*.input",
+        default: "(table)",
+        meaning: "USD per million input tokens of \"provider/model\" (overrides or extends the shipped table; `aigw prices`)",
+    },
+    KeySpec {
+        path: "prices.*.output",
+        default: "(table)",
+        meaning: "USD per million output tokens",
+    },
+    KeySpec {
+        path: "prices.*.cached_input",
+        default: "(none)",
+        meaning: "USD per million cached input tokens (cache reads)",
+    },
+    KeySpec {
+        path: "prices.*.cache_write",
+        default: "(none)",
+        meaning: "USD per million tokens written to a provider's prompt cache",
+    },
+    KeySpec {
+        path: "prices.*.context_window",
+        default: "(table)",
+        meaning: "the model's context window, in tokens",
+    },
 ];
 
 /// Every key in `root` must be in [`KEYS`] (or a table on the way to one).
 pub(super) fn check_keys(w: &mut Walker, root: &toml::Table) {
-    check_table(w, root, "");
+    check_table(w, root, "", "");
 }
 
-fn check_table(w: &mut Walker, table: &toml::Table, prefix: &str) {
+/// Tables whose keys are names the user chooses (`*` in [`KEYS`]).
+const NAMED: &[&str] = &["providers", "keys", "prices"];
+
+/// `prefix` is the path so far (for messages), `prefix_pattern` its [`KEYS`] form.
+fn check_table(w: &mut Walker, table: &toml::Table, prefix: &str, prefix_pattern: &str) {
     for (k, v) in table {
         let path = if prefix.is_empty() {
             k.clone()
         } else {
             format!("{prefix}.{k}")
         };
-        let pattern = key_pattern(&path);
+        // A chosen name may hold dots ("openai/gpt-4.1"): it is one `*`.
+        let pattern = if prefix_pattern.is_empty() {
+            k.clone()
+        } else if NAMED.contains(&prefix_pattern) {
+            format!("{prefix_pattern}.*")
+        } else {
+            format!("{prefix_pattern}.{k}")
+        };
         if KEYS.iter().any(|s| s.path == pattern) {
             continue;
         }
@@ -293,12 +329,13 @@ fn check_table(w: &mut Walker, table: &toml::Table, prefix: &str) {
             .iter()
             .any(|s| s.path.starts_with(&format!("{pattern}[].")));
         match v {
-            toml::Value::Table(t) if is_table_prefix => check_table(w, t, &path),
+            toml::Value::Table(t) if is_table_prefix => check_table(w, t, &path, &pattern),
             toml::Value::Array(items) if is_array_prefix => {
+                let item_pattern = format!("{pattern}[]");
                 for (i, item) in items.iter().enumerate() {
                     let at = format!("{path}[{i}]");
                     match item {
-                        toml::Value::Table(t) => check_table(w, t, &at),
+                        toml::Value::Table(t) => check_table(w, t, &at, &item_pattern),
                         _ => w.err(&at, format!("must be a table, e.g. [[{path}]]")),
                     }
                 }
@@ -320,22 +357,6 @@ fn check_table(w: &mut Walker, table: &toml::Table, prefix: &str) {
             }
         }
     }
-}
-
-/// `providers.foo.kind` -> `providers.*.kind` (and `keys.<id>.*` alike);
-/// `rate_limits[2].scope` -> `rate_limits[].scope`.
-fn key_pattern(path: &str) -> String {
-    let mut parts: Vec<String> = path
-        .split('.')
-        .map(|p| match p.split_once('[') {
-            Some((name, rest)) if rest.ends_with(']') => format!("{name}[]"),
-            _ => p.to_string(),
-        })
-        .collect();
-    if parts.len() >= 2 && (parts[0] == "providers" || parts[0] == "keys") {
-        parts[1] = "*".into();
-    }
-    parts.join(".")
 }
 
 fn suggest(pattern: &str) -> Option<&'static str> {

@@ -469,7 +469,7 @@ pub fn render_json(m: &Merged, logs: &LogStats, cache: Option<Totals>) -> String
         s,
         "{{\"uptime_s\":{},\"shards\":{},\"requests\":{},\"status\":{{\"2xx\":{},\"3xx\":{},\"4xx\":{},\"5xx\":{}}},\
          \"errors\":{{\"client\":{},\"gateway\":{},\"provider\":{}}},\"aborted\":{{\"upstream\":{},\"client\":{}}},\"streams\":{},\
-         \"tokens\":{{\"input\":{},\"output\":{},\"cached\":{}}},\"upstream\":{{\"connects\":{},\"reused\":{},\"idle\":{}}},\
+         \"tokens\":{{\"input\":{},\"output\":{},\"cached\":{}}},\"cost\":{{\"usd\":{},\"unknown\":{},\"estimated\":{}}},\"upstream\":{{\"connects\":{},\"reused\":{},\"idle\":{}}},\
          \"connections\":{{\"accepted\":{},\"open\":{}}},\"dropped_snapshots\":{},\
          \"logs\":{{\"rows\":{},\"written\":{},\"dropped\":{},\"bodies_dropped\":{},\"write_errors\":{},\"deleted\":{}}},\"latency_us\":{{",
         m.started.elapsed().as_secs(),
@@ -489,6 +489,9 @@ pub fn render_json(m: &Merged, logs: &LogStats, cache: Option<Totals>) -> String
         t.input_tokens,
         t.output_tokens,
         t.cached_tokens,
+        t.cost_nanos as f64 / 1e9,
+        t.cost_unknown,
+        t.cost_estimated,
         c.upstream_connects,
         c.upstream_reused,
         m.gauge(|g| g.idle_upstream),

@@ -147,6 +147,43 @@ pub fn render(m: &Merged, logs: &LogStats, cache: Option<Totals>) -> String {
     }
     family(
         &mut s,
+        "aigw_cost_usd_total",
+        "counter",
+        "Spend in US dollars by provider and model (requests whose price is known; cache hits cost nothing).",
+    );
+    for (l, v) in &labelled {
+        if v.cost_nanos > 0 {
+            let _ = writeln!(
+                s,
+                "aigw_cost_usd_total{{{l}}} {}",
+                v.cost_nanos as f64 / 1e9
+            );
+        }
+    }
+    family(
+        &mut s,
+        "aigw_cost_unknown_total",
+        "counter",
+        "Requests whose cost is unknown (no price for their model; add one under [prices]).",
+    );
+    for (l, v) in &labelled {
+        if v.cost_unknown > 0 {
+            let _ = writeln!(s, "aigw_cost_unknown_total{{{l}}} {}", v.cost_unknown);
+        }
+    }
+    family(
+        &mut s,
+        "aigw_cost_estimated_total",
+        "counter",
+        "Requests charged an estimate: their answer was cut before the provider reported usage.",
+    );
+    for (l, v) in &labelled {
+        if v.cost_estimated > 0 {
+            let _ = writeln!(s, "aigw_cost_estimated_total{{{l}}} {}", v.cost_estimated);
+        }
+    }
+    family(
+        &mut s,
         "aigw_cache_requests_total",
         "counter",
         "What the response cache did, by provider, model and cache (hit, coalesced, miss, expired, bypass).",

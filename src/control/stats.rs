@@ -216,6 +216,7 @@ mod tests {
                 input_tokens: Some(3),
                 output_tokens: Some(4),
                 cached_tokens: None,
+                cache_write_tokens: None,
             };
             r.total = Duration::from_micros(100);
             s.record(&r);

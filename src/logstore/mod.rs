@@ -60,6 +60,8 @@ CREATE TABLE IF NOT EXISTS requests (
     stream INTEGER NOT NULL,
     cache TEXT,
     cache_key TEXT,
+    cost_estimated INTEGER,
+    context_share REAL,
     gateway_us INTEGER NOT NULL,
     upstream_us INTEGER,
     ttft_us INTEGER,
@@ -112,7 +114,11 @@ pub fn open_for_writing(path: &Path) -> Result<Connection, String> {
 
 /// Columns added since the first release of the schema: a store made by an
 /// older aigw gains them (empty for its old rows).
-const ADDED_COLUMNS: &[(&str, &str)] = &[("cache_key", "TEXT")];
+const ADDED_COLUMNS: &[(&str, &str)] = &[
+    ("cache_key", "TEXT"),
+    ("cost_estimated", "INTEGER"),
+    ("context_share", "REAL"),
+];
 
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     let mut have = Vec::new();

@@ -256,7 +256,7 @@ fn parse_status(v: &str) -> Result<Status, String> {
 const COLUMNS: &str = "r.seq, r.id, r.ts, r.route, r.provider, r.model, r.path, r.status, r.error_source, \
     r.error_code, r.outcome, r.stream, r.cache, r.gateway_us, r.upstream_us, r.ttft_us, r.total_us, \
     r.tokens_in, r.tokens_out, r.tokens_cached, r.cost, r.bytes_in, r.bytes_out, r.user_agent, \
-    r.event_id, r.key_id, r.metadata, r.cache_key";
+    r.event_id, r.key_id, r.metadata, r.cache_key, r.cost_estimated, r.context_share";
 
 /// One stored request.
 #[derive(Clone, Debug, PartialEq)]
@@ -291,6 +291,10 @@ pub struct Row {
     pub metadata: Option<String>,
     /// The cache key (32 hex digits), when the cache computed one.
     pub cache_key: Option<String>,
+    /// The cost comes from estimated tokens (cut before its usage).
+    pub cost_estimated: bool,
+    /// Input tokens over the model's context window.
+    pub context_share: Option<f64>,
 }
 
 impl Row {
@@ -324,6 +328,8 @@ impl Row {
             key_id: r.get(25)?,
             metadata: r.get(26)?,
             cache_key: r.get(27)?,
+            cost_estimated: r.get::<_, Option<bool>>(28)?.unwrap_or(false),
+            context_share: r.get(29)?,
         })
     }
 
@@ -367,6 +373,11 @@ impl Row {
         let _ = match self.cost {
             Some(c) => write!(s, ",\"cost\":{c}"),
             None => write!(s, ",\"cost\":null"),
+        };
+        let _ = write!(s, ",\"cost_estimated\":{}", self.cost_estimated);
+        let _ = match self.context_share {
+            Some(c) => write!(s, ",\"context_share\":{c}"),
+            None => write!(s, ",\"context_share\":null"),
         };
         int(&mut s, "bytes_in", Some(self.bytes_in));
         int(&mut s, "bytes_out", Some(self.bytes_out));

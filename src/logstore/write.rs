@@ -59,8 +59,9 @@ impl Writer {
             let mut row = tx.prepare_cached(
                 "INSERT INTO requests (id, ts, route, provider, model, path, status, error_source, error_code,
                  outcome, stream, gateway_us, upstream_us, ttft_us, total_us, tokens_in, tokens_out,
-                 tokens_cached, bytes_in, bytes_out, user_agent, event_id, metadata, cache, cache_key, key_id)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)",
+                 tokens_cached, bytes_in, bytes_out, user_agent, event_id, metadata, cache, cache_key, key_id,
+                 cost, cost_estimated, context_share)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)",
             )?;
             let mut meta = tx.prepare_cached(
                 "INSERT OR IGNORE INTO meta (key, value, ts, seq) VALUES (?1, ?2, ?3, ?4)",
@@ -103,6 +104,9 @@ impl Writer {
                     r.cache.map(|c| c.log_name()),
                     r.cache_key.map(|k| format!("{k:032x}")),
                     r.key_id.as_deref(),
+                    r.cost,
+                    r.cost_estimated,
+                    r.context_share,
                 ])?;
                 let seq = tx.last_insert_rowid();
                 if let Some(m) = &facts.metadata {

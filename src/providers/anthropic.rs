@@ -14,6 +14,8 @@ pub static USAGE: UsageShape = UsageShape {
     output: &["output_tokens", "completion_tokens"],
     cached_nested: &[("prompt_tokens_details", "cached_tokens")],
     cached: &["cache_read_input_tokens"],
+    cache_write: &["cache_creation_input_tokens"],
+    input_includes_cached: false,
 };
 
 impl Adapter for Anthropic {

@@ -17,6 +17,8 @@ pub static USAGE: UsageShape = UsageShape {
         ("input_tokens_details", "cached_tokens"),
     ],
     cached: &[],
+    cache_write: &[],
+    input_includes_cached: true,
 };
 
 impl Adapter for OpenAi {

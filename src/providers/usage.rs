@@ -29,6 +29,11 @@ pub struct UsageShape {
     pub cached_nested: &'static [(&'static str, &'static str)],
     /// Cached input tokens as a member of `usage` itself.
     pub cached: &'static [&'static str],
+    /// Tokens written to the prompt cache, as a member of `usage`.
+    pub cache_write: &'static [&'static str],
+    /// The input count includes cached (and cache-written) tokens (OpenAI);
+    /// otherwise they are counted apart (Anthropic).
+    pub input_includes_cached: bool,
 }
 
 /// Reusable buffers for parsing usage objects: the copy simd-json rewrites
@@ -112,6 +117,7 @@ pub fn usage_from_json(
             .iter()
             .find_map(|(o, i)| nested(o, i))
             .or_else(|| field(shape.cached)),
+        cache_write_tokens: field(shape.cache_write),
     };
     (!u.is_empty()).then_some(u)
 }

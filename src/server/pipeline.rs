@@ -30,7 +30,8 @@ use crate::auth::{self, Carrier, KeyEntry};
 use crate::cache::flight::{End as FlightEnd, Flight, FlightHead, Leading};
 use crate::cache::key::KeyInput;
 use crate::cache::{self, Lookup, entry};
-use crate::controls;
+use crate::controls::{self, CustomCost};
+use crate::cost::{self, Tokens};
 use crate::error::{ErrorSource, GatewayError};
 use crate::http::ReadBuf;
 use crate::http::request::Method;
@@ -101,13 +102,14 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         Cached::Off => {}
         Cached::Hit { now_ms } => {
             admission.cache_hit();
-            return serve_hit(ctx, c, req, rec, keep_alive, now_ms, &admission.headers).await;
+            let extra = answer_headers(&admission, &wish);
+            return serve_hit(ctx, c, req, rec, keep_alive, now_ms, &extra).await;
         }
         Cached::Lead(l) => lead = Some(l),
         Cached::Follow(flight) => {
             // `None`: the leader failed, so this request goes upstream on its own.
-            let limits = &admission.headers;
-            if let Some(keep) = follow(ctx, c, req, &flight, &mut rec, keep_alive, limits).await {
+            let extra = answer_headers(&admission, &wish);
+            if let Some(keep) = follow(ctx, c, req, &flight, &mut rec, keep_alive, &extra).await {
                 admission.cache_hit();
                 record(ctx, rec);
                 return keep;
@@ -220,22 +222,69 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
     // If this client leaves while others follow its answer, the provider's
     // body is still read to its end for them.
     let carry_on = || shared_flight.as_ref().is_some_and(|f| f.followers() > 0);
-    let relayed = relay::relay(
-        &mut Direct::new(&mut c.stream),
-        &mut c.out,
-        &mut c.decoded,
-        reply.conn,
-        framing,
-        taps,
-        ctx.config().timeouts.stream_idle,
-        reply.sent_at + reply.ttfb,
-        &carry_on,
-    )
-    .await;
+    // `include-cost` on a whole JSON answer: it is read before it is sent, so
+    // its head can say what it cost.
+    let hold = wish.include_cost
+        && matches!(rh.body(), ResponseBody::Length(n) if n <= MAX_HELD_BODY)
+        && framing.client == ClientFraming::Length;
+    let mut held = Vec::new();
+    let mut relayed = if hold {
+        relay::relay(
+            &mut held,
+            &mut c.out,
+            &mut c.decoded,
+            reply.conn,
+            framing,
+            taps,
+            ctx.config().timeouts.stream_idle,
+            reply.sent_at + reply.ttfb,
+            &carry_on,
+        )
+        .await
+    } else {
+        relay::relay(
+            &mut Direct::new(&mut c.stream),
+            &mut c.out,
+            &mut c.decoded,
+            reply.conn,
+            framing,
+            taps,
+            ctx.config().timeouts.stream_idle,
+            reply.sent_at + reply.ttfb,
+            &carry_on,
+        )
+        .await
+    };
 
     // 4. settle
     rec.usage = usage.usage();
     rec.ttft = usage.first_event().map(|t| t.duration_since(req.started));
+    // What it used: the provider's report, else (an answer cut before its
+    // usage) an estimate from the request and what was relayed.
+    let shape = plan.provider.usage_shape();
+    let mut used = tokens_of(&rec.usage, shape.input_includes_cached);
+    if rec.usage.is_empty() && rec.status < 400 {
+        let body_len = req.view(&c.head, &c.buf, &c.body).body.len() as u64;
+        used = Tokens {
+            input: body_len.div_ceil(4),
+            output: relayed.bytes_out.div_ceil(4),
+            input_includes_cached: true,
+            ..Tokens::default()
+        };
+        rec.cost_estimated = true;
+    }
+    price(ctx, &mut rec, &used, wish.custom_cost.as_ref());
+    if hold {
+        if relayed.ending == Ending::Complete {
+            insert_cost_header(&mut held, rec.cost);
+            if Direct::new(&mut c.stream).write_all(&held).await.is_err() {
+                relayed.ending = Ending::ClientAborted;
+            }
+        } else if relayed.ending == Ending::UpstreamAborted {
+            // Nothing was sent: the client gets no half answer either.
+            relayed.ending = Ending::ClientAborted;
+        }
+    }
     if let (Some(p), Some(log)) = (payload, rec.log.as_mut()) {
         log.response_body = Some(p.into_payload());
     }
@@ -271,18 +320,10 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         }
     }
     let keep = keep && relayed.ending == Ending::Complete && !ctx.draining.get();
-    // Token reservations settle to the reported usage; an error without usage
-    // cost nothing; an answer cut before its usage keeps the reservation.
+    // Token reservations settle to what was used (an error without usage
+    // used nothing).
     if !admission.is_empty() {
-        let used = match (rec.usage.is_empty(), rec.status >= 400) {
-            (false, _) => Some((
-                rec.usage.input_tokens.unwrap_or(0),
-                rec.usage.output_tokens.unwrap_or(0),
-            )),
-            (true, true) => Some((0, 0)),
-            (true, false) => None,
-        };
-        admission.settle(used, now_unix_ms());
+        admission.settle(Some((used.all_input(), used.output)), now_unix_ms());
     }
     drop(admission);
 
@@ -311,6 +352,8 @@ struct Wish {
     skip: bool,
     key: Option<String>,
     metadata: Option<Metadata>,
+    custom_cost: Option<CustomCost>,
+    include_cost: bool,
 }
 
 /// Stage 0: the request controls. When the request log will keep this request
@@ -331,6 +374,8 @@ fn controls(
             skip: r.cache.skip,
             key: r.cache.key.map(str::to_string),
             metadata: r.metadata.take(),
+            custom_cost: r.custom_cost,
+            include_cost: r.include_cost,
         },
     );
     if !ctx.logging() || read.as_ref().is_ok_and(|c| !c.collect_log) {
@@ -459,6 +504,57 @@ fn authenticate(
         ));
     }
     Ok(Some(key))
+}
+
+/// The gateway's header lines for an answer no provider made for this
+/// request (a cache hit or a shared answer): rate-limit counts, and its cost
+/// (nothing) when asked.
+fn answer_headers<'a>(admission: &'a Admission, wish: &Wish) -> std::borrow::Cow<'a, str> {
+    if wish.include_cost {
+        format!("{}aigw-cost: 0\r\n", admission.headers).into()
+    } else {
+        admission.headers.as_str().into()
+    }
+}
+
+/// Largest JSON answer read whole before it is sent (for `include-cost`).
+const MAX_HELD_BODY: u64 = 16 << 20;
+
+/// A usage report as the cost arithmetic reads it.
+fn tokens_of(u: &Usage, input_includes_cached: bool) -> Tokens {
+    Tokens {
+        input: u.input_tokens.unwrap_or(0),
+        output: u.output_tokens.unwrap_or(0),
+        cached: u.cached_tokens.unwrap_or(0),
+        cache_write: u.cache_write_tokens.unwrap_or(0),
+        input_includes_cached,
+    }
+}
+
+/// The record learns the request's cost (unknown without a price) and its
+/// share of the model's context window.
+fn price(ctx: &ShardCtx, rec: &mut RequestRecord, used: &Tokens, custom: Option<&CustomCost>) {
+    let prices = ctx.prices();
+    let found = match (rec.provider.as_deref(), rec.model.as_deref()) {
+        (Some(p), Some(m)) => prices.get(p, m),
+        _ => None,
+    };
+    rec.cost = cost::cost(found, custom, used);
+    rec.context_share = found
+        .and_then(|p| p.context_window)
+        .map(|w| used.all_input() as f64 / w as f64);
+}
+
+/// Adds `aigw-cost` (USD; `unknown` without a price) to a whole answer's head.
+fn insert_cost_header(answer: &mut Vec<u8>, cost: Option<f64>) {
+    let Some(end) = memchr::memmem::find(answer, b"\r\n\r\n") else {
+        return;
+    };
+    let line = match cost {
+        Some(usd) => format!("\r\naigw-cost: {usd:.10}"),
+        None => "\r\naigw-cost: unknown".to_string(),
+    };
+    answer.splice(end..end, line.into_bytes());
 }
 
 /// Stage 1c: admission under the rate limits (none configured: nothing to do).
@@ -610,10 +706,13 @@ async fn serve_hit(
         return answer_error(ctx, c, rec, &e, keep_alive).await;
     };
     rec.status = status;
+    // No provider was asked: nothing was spent.
+    rec.cost = Some(0.0);
     rec.usage = Usage {
         input_tokens: Some(u64::from(input)),
         output_tokens: Some(u64::from(output)),
         cached_tokens: None,
+        cache_write_tokens: None,
     };
     if flags & entry::FLAG_STREAM != 0 {
         rec.ttft = Some(req.started.elapsed());
@@ -797,12 +896,14 @@ async fn follow(
 
 /// A follower's record learns the tokens its shared answer cost (saved).
 fn settle_follower(flight: &Flight, rec: &mut RequestRecord) {
+    rec.cost = Some(0.0);
     if let Some(f) = flight.finished() {
         let (input, output) = f.tokens();
         rec.usage = Usage {
             input_tokens: Some(u64::from(input)),
             output_tokens: Some(u64::from(output)),
             cached_tokens: None,
+            cache_write_tokens: None,
         };
     }
 }
@@ -903,6 +1004,10 @@ async fn answer_error(
         rec.id,
     );
     rec.status = e.status;
+    // Refused or failed before a provider could spend anything.
+    if rec.cost.is_none() && (e.source != ErrorSource::Provider || rec.attempts == 0) {
+        rec.cost = Some(0.0);
+    }
     rec.error_source = Some(e.source);
     rec.error_code = Some(e.code);
     rec.outcome = Outcome::GatewayError;

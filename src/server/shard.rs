@@ -6,6 +6,7 @@
 use crate::auth::{Registry, ShardKeys};
 use crate::cache::ShardCache;
 use crate::config::Config;
+use crate::cost::PriceTable;
 use crate::http::request::HeadLimits;
 use crate::limit::{Limiter, ShardLimiter};
 use crate::providers::{self, Providers};
@@ -93,6 +94,8 @@ pub struct ShardCtx {
     keys: ShardKeys,
     /// The rate limits: this shard's leases of the shared counts.
     limiter: ShardLimiter,
+    /// The price table (shipped, with the config's prices over it).
+    prices: RefCell<Rc<PriceTable>>,
 }
 
 impl ShardCtx {
@@ -107,6 +110,7 @@ impl ShardCtx {
     ) -> ShardCtx {
         let config = Rc::new(Config::clone(&config));
         let limiter = ShardLimiter::new(limiter, &config.rate_limits);
+        let config_prices = config.prices.clone();
         ShardCtx {
             shard,
             limits: Cell::new(head_limits(&config)),
@@ -125,7 +129,13 @@ impl ShardCtx {
             cache,
             keys: ShardKeys::new(keys),
             limiter,
+            prices: RefCell::new(Rc::new(PriceTable::build(&config_prices))),
         }
+    }
+
+    /// The running price table.
+    pub fn prices(&self) -> Rc<PriceTable> {
+        self.prices.borrow().clone()
     }
 
     /// The rate limits.
@@ -175,6 +185,7 @@ impl ShardCtx {
         self.pool.set_max_idle(new.timeouts.upstream_idle);
         self.limits.set(head_limits(&new));
         self.limiter.set_rules(&new.rate_limits);
+        *self.prices.borrow_mut() = Rc::new(PriceTable::build(&new.prices));
         *self.providers.borrow_mut() = Rc::new(providers::build(&new));
         *self.config.borrow_mut() = new;
     }

@@ -91,6 +91,12 @@ pub struct LabelCounters {
     /// Tokens answers from the cache would have cost (not counted above).
     pub saved_input_tokens: u64,
     pub saved_output_tokens: u64,
+    /// Spend, in billionths of a US dollar (requests whose cost is known).
+    pub cost_nanos: u64,
+    /// Requests whose cost is unknown (no price for their model).
+    pub cost_unknown: u64,
+    /// Requests charged an estimate (cut before their usage).
+    pub cost_estimated: u64,
     pub duration: Buckets,
     pub ttft: Buckets,
 }
@@ -114,6 +120,14 @@ impl LabelCounters {
         self.cached_tokens = self
             .cached_tokens
             .saturating_add(r.usage.cached_tokens.unwrap_or(0));
+        match r.cost {
+            Some(usd) => {
+                self.cost_nanos = self.cost_nanos.saturating_add((usd * 1e9).round() as u64);
+            }
+            None if r.provider.is_some() => self.cost_unknown += 1,
+            None => {}
+        }
+        self.cost_estimated += u64::from(r.cost_estimated);
         self.duration.record(r.total);
         if let Some(t) = r.ttft {
             self.ttft.record(t);
@@ -137,6 +151,9 @@ impl LabelCounters {
         self.saved_output_tokens = self
             .saved_output_tokens
             .saturating_add(o.saved_output_tokens);
+        self.cost_nanos = self.cost_nanos.saturating_add(o.cost_nanos);
+        self.cost_unknown += o.cost_unknown;
+        self.cost_estimated += o.cost_estimated;
         self.duration.add(&o.duration);
         self.ttft.add(&o.ttft);
     }

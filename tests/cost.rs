@@ -1,0 +1,234 @@
+//! What requests cost, end to end: prices from the config over the shipped
+//! table, `aigw-include-cost`, `aigw-custom-cost`, unknown prices shown as
+//! unknown, cache hits at zero, a client that leaves mid-stream charged a
+//! non-zero estimate, and the cost in the log, `/stats` and `/metrics`.
+//! `aigw prices`. At 1 and 2 shards.
+
+mod common;
+
+use common::gateway::{admin_get, run_aigw};
+use common::{Gateway, WAIT, json, mock};
+use simd_json::prelude::*;
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+fn chat(content: &str, stream: bool) -> String {
+    format!(
+        r#"{{"model":"up/gpt-x","messages":[{{"role":"user","content":"{content}"}}],"stream":{stream}}}"#
+    )
+}
+
+const PRICED: &str = "[prices.\"up/gpt-x\"]\ninput = 1.0\noutput = 2.0\ncontext_window = 1000\n";
+
+/// The log's rows, newest first (every answered request is in them).
+fn rows(gw: &Gateway, query: &str) -> Vec<simd_json::OwnedValue> {
+    let (code, body) = admin_get(&gw.admin_socket, &format!("/logs?{query}"));
+    assert_eq!(code, 200);
+    String::from_utf8(body)
+        .unwrap()
+        .lines()
+        .map(|l| json(l.as_bytes()))
+        .collect()
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1e-9)
+}
+
+fn a_priced_answer_says_what_it_cost(shards: usize) {
+    let mock = mock();
+    let gw = Gateway::with(shards)
+        .provider("up", &mock.base_url(), "")
+        .toml(&format!(
+            "{PRICED}[cache]\nenabled = true\nsize = \"16MiB\"\nmax_entry = \"1MiB\"\n"
+        ))
+        .start();
+    let r = gw.client().post(
+        "/v1/chat/completions",
+        &[("aigw-include-cost", "true")],
+        &chat("price me", false),
+    );
+    assert_eq!(r.status, 200);
+    let usage = &r.json()["usage"];
+    let (input, output) = (
+        usage["prompt_tokens"].as_u64().unwrap(),
+        usage["completion_tokens"].as_u64().unwrap(),
+    );
+    let want = (input as f64 * 1.0 + output as f64 * 2.0) / 1e6;
+    let said: f64 = r.header("aigw-cost").unwrap().parse().unwrap();
+    assert!(close(said, want), "{said} vs {want}");
+    // The body is whole and its length right.
+    assert_eq!(
+        r.header("content-length")
+            .unwrap()
+            .parse::<usize>()
+            .unwrap(),
+        r.body.len()
+    );
+    // Without the control, no header.
+    let plain = gw
+        .client()
+        .post("/v1/chat/completions", &[], &chat("no header", false));
+    assert!(plain.header("aigw-cost").is_none());
+    // A custom price replaces the table's for this request only.
+    let custom = gw.client().post(
+        "/v1/chat/completions",
+        &[
+            ("aigw-include-cost", "true"),
+            (
+                "cf-aig-custom-cost",
+                r#"{"per_token_in":0.5,"per_token_out":0}"#,
+            ),
+            ("aigw-skip-cache", "true"),
+        ],
+        &chat("price me", false),
+    );
+    let said: f64 = custom.header("aigw-cost").unwrap().parse().unwrap();
+    assert!(close(said, input as f64 * 0.5), "{said}");
+    let bad = gw.client().post(
+        "/v1/chat/completions",
+        &[("aigw-custom-cost", r#"{"per_token":1}"#)],
+        &chat("x", false),
+    );
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.error_code(), "invalid_custom_cost");
+    // A cache hit costs nothing.
+    let mut hit = None;
+    let deadline = Instant::now() + WAIT;
+    while hit.is_none() {
+        let r = gw.client().post(
+            "/v1/chat/completions",
+            &[("aigw-include-cost", "true")],
+            &chat("price me", false),
+        );
+        if r.header("aigw-cache-status") == Some("HIT") {
+            hit = Some(r);
+        }
+        assert!(Instant::now() < deadline, "never a hit");
+    }
+    assert_eq!(hit.unwrap().header("aigw-cost"), Some("0"));
+
+    // The log, /stats and /metrics have it.
+    let logged = rows(&gw, "limit=100");
+    let first = logged.last().unwrap();
+    assert!(close(first["cost"].cast_f64().unwrap(), want), "{first}");
+    assert_eq!(first["cost_estimated"].as_bool(), Some(false));
+    let share = first["context_share"].cast_f64().unwrap();
+    assert!(close(share, input as f64 / 1000.0), "{share}");
+    let stats = gw.stats();
+    let usd = stats["cost"]["usd"].cast_f64().unwrap();
+    assert!(usd >= want + said - 1e-12, "{stats}");
+    let (_, metrics) = admin_get(&gw.admin_socket, "/metrics");
+    let metrics = String::from_utf8(metrics).unwrap();
+    assert!(
+        metrics.contains("aigw_cost_usd_total{provider=\"up\",model=\"gpt-x\"} "),
+        "{metrics}"
+    );
+}
+
+fn an_unknown_price_is_unknown_never_zero(shards: usize) {
+    let mock = mock();
+    let gw = Gateway::with(shards)
+        .provider("up", &mock.base_url(), "")
+        .start();
+    let r = gw.client().post(
+        "/v1/chat/completions",
+        &[("aigw-include-cost", "true")],
+        &chat("what price", false),
+    );
+    assert_eq!(r.status, 200, "an unknown price never blocks");
+    assert_eq!(r.header("aigw-cost"), Some("unknown"));
+    let row = &rows(&gw, "limit=1")[0];
+    assert!(row["cost"].is_null(), "{row}");
+    assert!(row["context_share"].is_null(), "{row}");
+    assert_eq!(gw.stats()["cost"]["unknown"].as_u64(), Some(1));
+    // Requests refused before any provider cost nothing (known: zero).
+    let refused = gw
+        .client()
+        .post("/v1/chat/completions", &[], "{\"model\":\"up/gpt-x\"");
+    assert_eq!(refused.status, 400);
+    assert_eq!(rows(&gw, "limit=1")[0]["cost"].cast_f64(), Some(0.0));
+}
+
+fn a_client_that_leaves_mid_stream_is_charged_an_estimate(shards: usize) {
+    let mock = mock();
+    let gw = Gateway::with(shards)
+        .provider("up", &mock.base_url(), "")
+        .toml(PRICED)
+        .start();
+    let body = chat("a long story", true);
+    let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    write!(
+        s,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nx-mock-chunks: 40\r\nx-mock-chunk-interval-ms: 50\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    // The first event arrives: then the client goes.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(5).any(|w| w == b"data:") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed early");
+        got.extend_from_slice(&buf[..n]);
+    }
+    drop(s);
+    let deadline = Instant::now() + WAIT;
+    let row = loop {
+        let r = rows(&gw, "limit=1");
+        if let Some(row) = r.into_iter().next() {
+            break row;
+        }
+        assert!(Instant::now() < deadline, "no row");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(row["outcome"].as_str(), Some("aborted_by_client"), "{row}");
+    assert_eq!(row["cost_estimated"].as_bool(), Some(true), "{row}");
+    assert!(row["cost"].cast_f64().unwrap() > 0.0, "{row}");
+    // The provider was not read to its end: far fewer events than 40 reached us.
+    assert!(row["bytes_out"].as_u64().unwrap() < 4000, "{row}");
+}
+
+at_1_and_2_shards!(
+    a_priced_answer_says_what_it_cost,
+    an_unknown_price_is_unknown_never_zero,
+    a_client_that_leaves_mid_stream_is_charged_an_estimate,
+);
+
+#[test]
+fn aigw_prices_prints_the_table_with_config_prices_over_it() {
+    let (code, out, err) = run_aigw(&["prices", "--model", "openai/gpt-4o-mini"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("shipped table of 20"), "{out}");
+    assert!(out.contains("openai/gpt-4o-mini "), "{out}");
+    let dir = common::gateway::TempDir::new("prices");
+    let config = dir.write(
+        "aigw.toml",
+        "[prices.\"openai/gpt-4o-mini\"]\ninput = 7.0\noutput = 9.0\n[prices.\"acme/m1\"]\ninput = 1\noutput = 1\n",
+    );
+    let (code, out, err) = run_aigw(&[
+        "prices",
+        "--config",
+        config.to_str().unwrap(),
+        "--json",
+        "--model",
+        "*/*m*1*",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<_> = out.lines().map(|l| json(l.as_bytes())).collect();
+    let acme = lines
+        .iter()
+        .find(|l| l["model"].as_str() == Some("acme/m1"))
+        .expect("acme/m1 listed");
+    assert_eq!(acme["from"].as_str(), Some("config"));
+    let (code, out, _) = run_aigw(&[
+        "prices",
+        "--config",
+        config.to_str().unwrap(),
+        "--model",
+        "openai/gpt-4o-mini",
+    ]);
+    assert_eq!(code, 0);
+    assert!(out.contains("config"), "{out}");
+}
