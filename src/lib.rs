@@ -15,7 +15,7 @@
 //! - [`server`]: the per-connection loop, the pipeline that orders the stages,
 //!   upstream attempts, the relay and its taps.
 //! - Stages: [`controls`] (the `aigw-*`/`cf-aig-*` request headers), [`auth`]
-//!   (gateway keys), [`limit`] (rate limits), [`cost`] (prices), [`cache`]
+//!   (gateway keys), [`limit`] (rate limits), [`budget`] (spend per window), [`cost`] (prices), [`cache`]
 //!   (the response cache), [`route`]
 //!   (path + model to a plan) and [`providers`] (one adapter per provider kind:
 //!   auth, paths, usage shapes, the in-process mock).
@@ -25,14 +25,16 @@
 //!   [`json`] (request-body field scanning and splicing), [`config`] (the TOML file,
 //!   parsed once into typed values), [`error`] (gateway errors and their bytes),
 //!   [`record`] (the one record a request leaves, and its token [`record::Usage`]),
-//!   [`reqid`] (UUIDv7 request ids),
+//!   [`reqid`] (UUIDv7 request ids), [`calendar`] (UTC days and months),
 //!   [`stats`] (the per-shard recorder), [`fasthash`], [`net`] (socket reads
 //!   tuned for glommio) and [`sys`] (the only `unsafe` code).
 
 #![deny(unsafe_code)]
 
 pub mod auth;
+pub mod budget;
 pub mod cache;
+pub mod calendar;
 pub mod config;
 pub mod control;
 pub mod controls;

@@ -62,6 +62,21 @@ enum Command {
         #[command(subcommand)]
         cmd: CacheCmd,
     },
+    /// Spend, tokens and requests by key, provider, model or a metadata
+    /// field, from the request log, with every budget and what is left.
+    Usage {
+        /// Find the store and the budgets from this config file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// key, provider, model or metadata.<field>.
+        #[arg(long, default_value = "key")]
+        by: String,
+        /// From: a duration ago (24h, 7d), 2026-11-30T06:00:00Z or Unix seconds.
+        #[arg(long, default_value = "24h")]
+        since: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// The price table: shipped prices (with their date) and the config's.
     Prices {
         /// Add this config file's [prices] (else the shipped table alone).
@@ -290,6 +305,18 @@ fn main() -> ExitCode {
                 Err(e) => fail(&e),
             }
         }
+        Command::Usage {
+            config,
+            by,
+            since,
+            json,
+        } => match usage(config.as_deref(), &by, &since, json) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        },
         Command::Prices {
             config,
             model,
@@ -761,4 +788,35 @@ fn prices_text(
         }
     }
     out
+}
+
+/// `aigw usage`: reads the store like `aigw logs`; budgets are replayed from
+/// it with the config's budgets, as a restarting gateway does.
+fn usage(
+    config: Option<&std::path::Path>,
+    by: &str,
+    since: &str,
+    json: bool,
+) -> Result<String, String> {
+    use aigw::control::usage::{By, rebuild, usage_json, usage_table};
+    let config = load(config)?;
+    let parsed = By::parse(by).map_err(|e| format!("--{e}"))?;
+    let now = aigw::reqid::now_unix_ms();
+    let since_ms =
+        aigw::logstore::time::parse_time(since, now).map_err(|e| format!("--since: {e}"))?;
+    let path = aigw::logstore::path(&config.server.data_dir);
+    let conn = aigw::logstore::open_for_reading(&path)?;
+    let budgets = aigw::budget::Budgets::new();
+    let limiter = aigw::limit::Limiter::new(1);
+    let only_budgets = Config {
+        rate_limits: Vec::new(),
+        ..config.clone()
+    };
+    rebuild(&only_budgets, &limiter, &budgets)?;
+    let standings = budgets.report(&config.budgets, now);
+    let body = usage_json(&conn, &parsed, since_ms, &standings)?;
+    if json {
+        return Ok(body);
+    }
+    Ok(usage_table(&body, by).unwrap_or(body))
 }

@@ -17,6 +17,7 @@ use crate::control::{ShardCmd, ShardSenders, signals};
 use crate::logstore;
 use crate::logstore::keys::KeyStore;
 use crate::record::{LogQueue, RequestRecord};
+use crate::server::shard::Shared;
 use crate::server::{ShardCtx, conn};
 use crate::stats::{SNAPSHOT_QUEUE, Snapshot, send_snapshot};
 use crate::upstream::dns::Resolver;
@@ -118,6 +119,19 @@ pub fn serve(
         .and_then(|s| s.load())
         .map_err(|e| format!("keys: {e}"))?;
     let keys = Registry::new(&config.keys, stored_keys);
+    let limiter = crate::limit::Limiter::new(shards);
+    let budgets = crate::budget::Budgets::new();
+    // Limit windows and budgets carry on from the request log.
+    match crate::control::usage::rebuild(&config, &limiter, &budgets) {
+        Ok(0) => {}
+        Ok(n) => eprintln!("aigw: rate limits and budgets rebuilt from {n} logged requests"),
+        Err(e) => eprintln!("aigw: rate limits and budgets start empty: {e}"),
+    }
+    let shared = Shared {
+        keys: keys.clone(),
+        limiter,
+        budgets,
+    };
     let reloader = Reloader::new(
         source,
         config.clone(),
@@ -133,7 +147,7 @@ pub fn serve(
         log_path,
         reloader.clone(),
         cache.clone(),
-        keys.clone(),
+        shared.clone(),
     );
     admin
         .spawn(admin_listener)
@@ -160,8 +174,7 @@ pub fn serve(
     let shard_config = config.clone();
     let shard_log = log_tx.clone();
     let shard_cache = cache.clone();
-    let shard_keys = keys.clone();
-    let limiter = crate::limit::Limiter::new(shards);
+    let shard_shared = shared.clone();
     let mut builder = LocalExecutorPoolBuilder::new(placement)
         .name("aigw-shard")
         .io_memory(IO_MEMORY);
@@ -182,8 +195,7 @@ pub fn serve(
                 ready: ready_tx,
                 log: shard_log,
                 cache: shard_cache.and_then(|c| c.for_shard(shard)),
-                keys: shard_keys,
-                limiter,
+                shared: shard_shared,
             };
             run_shard(args).await
         })
@@ -266,8 +278,7 @@ struct ShardArgs {
     ready: std::sync::mpsc::Sender<Result<usize, String>>,
     log: Option<LogQueue>,
     cache: Option<ShardCache>,
-    keys: Arc<Registry>,
-    limiter: Arc<crate::limit::Limiter>,
+    shared: Shared,
 }
 
 async fn run_shard(a: ShardArgs) {
@@ -290,8 +301,7 @@ async fn run_shard(a: ShardArgs) {
         a.resolver,
         a.log,
         a.cache,
-        a.keys,
-        a.limiter,
+        a.shared,
     ));
     if ctx.cache().is_some() {
         // Answers other shards fetched for this shard's partition.

@@ -23,6 +23,7 @@
 //! [`KEYS`], one field in [`Config`] and one line in `from_toml_with_env`.
 
 pub mod auth;
+pub mod budgets;
 pub mod cache;
 pub mod limits;
 mod logs;
@@ -36,6 +37,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 pub use auth::{AuthConfig, KeyConfig};
+pub use budgets::{BudgetRule, BudgetWindow};
 pub use cache::CacheConfig;
 pub use limits::RateRule;
 pub use logs::LogsConfig;
@@ -62,6 +64,7 @@ pub struct Config {
     /// Gateway keys defined in the file, by id.
     pub keys: BTreeMap<String, KeyConfig>,
     pub rate_limits: Vec<RateRule>,
+    pub budgets: Vec<BudgetRule>,
     /// Price overrides by "provider/model".
     pub prices: BTreeMap<String, PriceConfig>,
 }
@@ -120,6 +123,7 @@ impl Config {
         let keys = auth::read_keys(&mut w, &root);
         let rate_limits = limits::read_rate_limits(&mut w, &root);
         let prices = prices::read_prices(&mut w, &root);
+        let budgets = budgets::read_budgets(&mut w, &root);
         w.finish()?;
         Ok(Config {
             server,
@@ -134,6 +138,7 @@ impl Config {
             keys,
             rate_limits,
             prices,
+            budgets,
         })
     }
 
@@ -250,6 +255,9 @@ impl Config {
         }
         for (i, r) in self.rate_limits.iter().enumerate() {
             put(format!("rate_limits[{i}]"), format!("{r:?}"));
+        }
+        for (i, b) in self.budgets.iter().enumerate() {
+            put(format!("budgets[{i}]"), format!("{b:?}"));
         }
         for (name, p) in &self.prices {
             put(format!("prices.\"{name}\""), format!("{p:?}"));

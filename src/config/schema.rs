@@ -293,6 +293,41 @@ pub const KEYS: &[KeySpec] = &[
         default: "(table)",
         meaning: "the model's context window, in tokens",
     },
+    KeySpec {
+        path: "budgets[].name",
+        default: "budgets[i]",
+        meaning: "named in the 429 message and `aigw usage`",
+    },
+    KeySpec {
+        path: "budgets[].scope",
+        default: "(required)",
+        meaning: "whose spend: \"gateway\", \"key\", \"provider\" or \"metadata.<field>\"",
+    },
+    KeySpec {
+        path: "budgets[].usd",
+        default: "(required)",
+        meaning: "US dollars per window",
+    },
+    KeySpec {
+        path: "budgets[].window",
+        default: "(required)",
+        meaning: "\"daily\" or \"monthly\" (UTC calendar), or a duration such as \"7d\" (rolling)",
+    },
+    KeySpec {
+        path: "budgets[].alert_at",
+        default: "(none)",
+        meaning: "share of the budget (0..1) at which a warning is logged, counted and flagged in /usage",
+    },
+    KeySpec {
+        path: "budgets[].models",
+        default: "[] (all)",
+        meaning: "\"provider/model\" patterns the budget applies to",
+    },
+    KeySpec {
+        path: "budgets[].default_max_tokens",
+        default: "4096",
+        meaning: "output tokens reserved for a request without max_tokens (spend may pass the budget by what such requests use beyond it)",
+    },
 ];
 
 /// Every key in `root` must be in [`KEYS`] (or a table on the way to one).

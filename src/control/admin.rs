@@ -4,17 +4,18 @@
 //! Endpoints: `GET /stats` (JSON, fresh: every shard flushes first),
 //! `GET /metrics` (Prometheus text), `GET /healthz`, `GET /logs`,
 //! `GET /config`, `POST /config/reload`, `POST /cache/purge`, and the gateway
-//! keys: `GET /keys`, `POST /keys`, `DELETE /keys/ID`. Not on any request path.
+//! keys: `GET /keys`, `POST /keys`, `DELETE /keys/ID`; `GET /usage`. Not on
+//! any request path.
 
 use super::logs::LogStats;
 use super::reload::Reloader;
 use super::stats::{Merged, SERIES, StatsHub};
 use super::{ShardCmd, ShardSenders};
-use crate::auth::Registry;
 use crate::cache::key::CacheKey;
 use crate::cache::{Cache, PurgeWhat, Totals};
 use crate::logstore::{self, query::Filter};
 use crate::record::CacheStatus;
+use crate::server::shard::Shared;
 use crate::stats::labels::LabelCounters;
 use hdrhistogram::Histogram;
 use std::fmt::Write as _;
@@ -47,8 +48,8 @@ pub struct Admin {
     reloader: Arc<Reloader>,
     /// The response cache, when on (its totals; purges go through the shards).
     cache: Option<Arc<Cache>>,
-    /// The gateway keys every shard reads.
-    keys: Arc<Registry>,
+    /// The key table, rate-limit counts and budgets every shard shares.
+    shared: Shared,
 }
 
 /// Binds the socket (refusing to steal one a live aigw is serving) with mode 0600.
@@ -79,7 +80,7 @@ impl Admin {
         log_path: PathBuf,
         reloader: Arc<Reloader>,
         cache: Option<Arc<Cache>>,
-        keys: Arc<Registry>,
+        shared: Shared,
     ) -> Arc<Admin> {
         Arc::new(Admin {
             hub,
@@ -88,7 +89,7 @@ impl Admin {
             log_path,
             reloader,
             cache,
-            keys,
+            shared,
         })
     }
 
@@ -224,10 +225,19 @@ impl Admin {
             }
             ("GET", "/metrics") => {
                 self.flush();
-                let body = super::metrics::render(
+                let mut body = super::metrics::render(
                     &self.hub.merged.lock().unwrap_or_else(|p| p.into_inner()),
                     &self.logs,
                     self.cache.as_ref().map(|c| c.totals()),
+                );
+                let standings = self.shared.budgets.report(
+                    &self.reloader.running().budgets,
+                    crate::reqid::now_unix_ms(),
+                );
+                super::metrics::render_budgets(
+                    &mut body,
+                    &standings,
+                    self.shared.budgets.alerts.load(Ordering::Relaxed),
                 );
                 respond(&mut conn, 200, "text/plain; version=0.0.4", &body);
             }
@@ -260,19 +270,23 @@ impl Admin {
                 Err((status, why)) => respond(&mut conn, status, "text/plain", &format!("{why}\n")),
             },
             ("GET", "/config") => respond(&mut conn, 200, "text/plain", &self.reloader.render()),
+            ("GET", "/usage") => match self.usage(query) {
+                Ok(body) => respond(&mut conn, 200, "application/json", &body),
+                Err((status, why)) => respond(&mut conn, status, "text/plain", &format!("{why}\n")),
+            },
             ("GET", "/keys") => respond(
                 &mut conn,
                 200,
                 "application/json",
-                &super::keys::list(&self.keys),
+                &super::keys::list(&self.shared.keys),
             ),
             ("POST", "/keys") => {
-                let (status, body) = super::keys::create(&self.keys, &self.data_dir(), body);
+                let (status, body) = super::keys::create(&self.shared.keys, &self.data_dir(), body);
                 respond(&mut conn, status, "application/json", &body);
             }
             ("DELETE", r) if r.starts_with("/keys/") => {
                 let id = query_decode(&r["/keys/".len()..]);
-                let (status, body) = super::keys::revoke(&self.keys, &self.data_dir(), &id);
+                let (status, body) = super::keys::revoke(&self.shared.keys, &self.data_dir(), &id);
                 respond(&mut conn, status, "application/json", &body);
             }
             ("GET", "/healthz") => {
@@ -282,7 +296,7 @@ impl Admin {
                 &mut conn,
                 404,
                 "text/plain",
-                "not found: try GET /stats, /metrics, /logs, /config, /keys, /healthz, POST /config/reload, /cache/purge, /keys or DELETE /keys/ID\n",
+                "not found: try GET /stats, /metrics, /logs, /config, /keys, /usage, /healthz, POST /config/reload, /cache/purge, /keys or DELETE /keys/ID\n",
             ),
         }
     }
@@ -313,6 +327,39 @@ impl Admin {
             out.push('\n');
         }
         Ok(out)
+    }
+
+    /// `GET /usage?by=key&since=24h`: totals from the log, and every budget's
+    /// standing from the running counts.
+    fn usage(&self, query: &str) -> Result<String, (u16, String)> {
+        let mut by = super::usage::By::Key;
+        let now = crate::reqid::now_unix_ms();
+        let mut since = now.saturating_sub(86_400_000);
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let v = query_decode(v);
+            match query_decode(k).as_str() {
+                "by" => by = super::usage::By::parse(&v).map_err(|e| (400, e))?,
+                "since" => {
+                    since = crate::logstore::time::parse_time(&v, now)
+                        .map_err(|e| (400, format!("since: {e}")))?
+                }
+                other => {
+                    return Err((
+                        400,
+                        format!("`{other}` is not a usage filter: use by, since"),
+                    ));
+                }
+            }
+        }
+        self.flush();
+        self.logs.flush(FLUSH_WAIT);
+        let conn = logstore::open_for_reading(&self.log_path).map_err(|e| (404, e))?;
+        let standings = self
+            .shared
+            .budgets
+            .report(&self.reloader.running().budgets, now);
+        super::usage::usage_json(&conn, &by, since, &standings).map_err(|e| (500, e))
     }
 
     /// `POST /cache/purge` (everything), `?key=<32 hex digits>` (one entry, as

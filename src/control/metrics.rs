@@ -427,6 +427,51 @@ pub fn render(m: &Merged, logs: &LogStats, cache: Option<Totals>) -> String {
     s
 }
 
+/// The budget families: spend and amount per budget and scope value, and
+/// the alerts raised since start.
+pub fn render_budgets(s: &mut String, standings: &[crate::budget::Standing], alerts: u64) {
+    family(
+        s,
+        "aigw_budget_alerts_total",
+        "counter",
+        "Budget warnings raised (spend passed alert_at) since start.",
+    );
+    let _ = writeln!(s, "aigw_budget_alerts_total {alerts}");
+    if standings.is_empty() {
+        return;
+    }
+    family(
+        s,
+        "aigw_budget_spent_usd",
+        "gauge",
+        "Spend in the budget's current window, by budget and scope value.",
+    );
+    for b in standings {
+        let _ = writeln!(
+            s,
+            "aigw_budget_spent_usd{{budget=\"{}\",value=\"{}\"}} {}",
+            escape(&b.budget),
+            escape(&b.value),
+            b.spent_usd
+        );
+    }
+    family(
+        s,
+        "aigw_budget_usd",
+        "gauge",
+        "The budget's amount for its current window.",
+    );
+    for b in standings {
+        let _ = writeln!(
+            s,
+            "aigw_budget_usd{{budget=\"{}\",value=\"{}\"}} {}",
+            escape(&b.budget),
+            escape(&b.value),
+            b.usd
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,6 +17,7 @@ pub mod reload;
 pub mod report;
 pub mod signals;
 pub mod stats;
+pub mod usage;
 
 /// Messages from control threads to one shard.
 #[derive(Clone, Debug)]

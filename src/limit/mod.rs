@@ -1,4 +1,4 @@
-//! Rate limits: stage 1c of the pipeline (admission), after the key is known
+//! Rate limits: stage 1b of the pipeline (admission), after the key is known
 //! and before the cache lookup.
 //!
 //! The true count of each bucket (a rule and one value of its scope: the
@@ -98,9 +98,63 @@ impl Limiter {
         self.buckets.len()
     }
 
+    /// Counts what the request log recorded into the windows of `rules` (at
+    /// start, before any shard runs; `logged` oldest first): each admitted
+    /// request, and its tokens. Requests the gateway refused count nothing;
+    /// cache hits count only toward `requests` rules that count them.
+    pub fn rebuild(&self, rules: &[RateRule], logged: &[Logged<'_>]) {
+        for r in rules {
+            if r.count == Count::Concurrent {
+                continue;
+            }
+            let fp = fingerprint(r);
+            let window_ms = r.window.as_millis().max(1) as u64;
+            for l in logged {
+                if l.refused
+                    || (l.cached && (r.count != Count::Requests || !r.count_cache_hits))
+                    || !models_allow(&r.models, l.provider, l.model)
+                {
+                    continue;
+                }
+                let value = match &r.scope {
+                    Scope::Gateway => "",
+                    Scope::Key | Scope::Provider => l.key_id.unwrap_or(NO_VALUE),
+                    Scope::Metadata(f) => l
+                        .metadata
+                        .iter()
+                        .find(|(k, _)| k == f)
+                        .map_or(NO_VALUE, |(_, v)| v.as_str()),
+                };
+                let units = match r.count {
+                    Count::Requests => 1,
+                    Count::InputTokens => l.tokens_in,
+                    Count::OutputTokens => l.tokens_out,
+                    _ => l.tokens_in + l.tokens_out,
+                };
+                let key = (fp, xxhash_rust::xxh3::xxh3_64(value.as_bytes()));
+                let b = self.bucket(key, window_ms);
+                b.counter.add(window::position(l.ts_ms, window_ms).0, units);
+            }
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.buckets.is_empty()
     }
+}
+
+/// A logged request as the rebuild counts it.
+pub struct Logged<'a> {
+    pub ts_ms: u64,
+    pub key_id: Option<&'a str>,
+    pub provider: &'a str,
+    pub model: Option<&'a str>,
+    /// Metadata fields as text.
+    pub metadata: &'a [(String, String)],
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    pub refused: bool,
+    pub cached: bool,
 }
 
 /// A rule as a shard applies it.

@@ -22,6 +22,7 @@
 
 pub mod keys;
 pub mod query;
+pub mod replay;
 pub mod time;
 pub mod write;
 

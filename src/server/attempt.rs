@@ -196,15 +196,12 @@ mod tests {
             .io_memory(128 << 10)
             .spawn(move || async move {
                 let keys = crate::auth::Registry::new(&config.keys, vec![]);
-                let ctx = ShardCtx::new(
-                    0,
-                    config,
-                    Resolver::new(),
-                    None,
-                    None,
+                let shared = crate::server::shard::Shared {
                     keys,
-                    crate::limit::Limiter::new(1),
-                );
+                    limiter: crate::limit::Limiter::new(1),
+                    budgets: crate::budget::Budgets::new(),
+                };
+                let ctx = ShardCtx::new(0, config, Resolver::new(), None, None, shared);
                 let provider = ctx.providers()["up"].clone();
                 let req = AttemptRequest {
                     bytes: request.as_bytes(),

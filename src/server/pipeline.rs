@@ -12,8 +12,9 @@
 //! 5 record   record()        the record counted (stats) and handed to the request log
 //! ```
 //!
-//! Between 1 and 2: 1a authentication (the gateway key), 1b the cache lookup;
-//! admission (limits, budgets) joins them as later issues build it. Stages never call a
+//! Between 1 and 2: 1a authentication (the gateway key), 1b admission (rate
+//! limits, then the budgets' reservation), 1c the cache lookup (a hit gives
+//! back what admission took, unless a rule counts hits). Stages never call a
 //! later stage or this module; they return typed values or a `GatewayError`.
 //! Only this module answers the client, and every answer (framing errors
 //! included, through [`reject`]) ends in [`record`].
@@ -27,6 +28,7 @@ use super::respond::{CacheLine, CachedHead};
 use super::shard::ShardCtx;
 use super::taps::{FillTap, NoTap, PayloadTap, Tap, UsageTap};
 use crate::auth::{self, Carrier, KeyEntry};
+use crate::budget::{Rates, Reservation, Who};
 use crate::cache::flight::{End as FlightEnd, Flight, FlightHead, Leading};
 use crate::cache::key::KeyInput;
 use crate::cache::{self, Lookup, entry};
@@ -90,13 +92,14 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         Err(e) => return answer_error(ctx, c, rec, &e, keep_alive).await,
     };
 
-    // 1c. admission: the rate limits this request falls under
-    let mut admission = match admit(ctx, c, req, &plan, principal.as_deref(), &wish, &rec) {
-        Ok(a) => a,
-        Err(e) => return answer_error(ctx, c, rec, &e, keep_alive).await,
-    };
+    // 1b. admission: the rate limits this request falls under
+    let (mut admission, reservation) =
+        match admit(ctx, c, req, &plan, principal.as_deref(), &wish, &rec) {
+            Ok(a) => a,
+            Err(e) => return answer_error(ctx, c, rec, &e, keep_alive).await,
+        };
 
-    // 1b. cache: a hit answers here; a miss leads or follows the one upstream call
+    // 1c. cache: a hit answers here; a miss leads or follows the one upstream call
     let mut lead = None;
     match cache_lookup(ctx, c, req, &plan, &wish, &mut rec) {
         Cached::Off => {}
@@ -326,6 +329,10 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         admission.settle(Some((used.all_input(), used.output)), now_unix_ms());
     }
     drop(admission);
+    // Budgets are charged the cost (unknown: nothing can be charged).
+    if !reservation.is_empty() {
+        reservation.settle(rec.cost, ctx.shared_budgets());
+    }
 
     // 5. record
     record(ctx, rec);
@@ -557,7 +564,8 @@ fn insert_cost_header(answer: &mut Vec<u8>, cost: Option<f64>) {
     answer.splice(end..end, line.into_bytes());
 }
 
-/// Stage 1c: admission under the rate limits (none configured: nothing to do).
+/// Stage 1b: admission under the rate limits, then the budgets' reservation
+/// of the request's worst-case cost (none configured: nothing to do).
 fn admit(
     ctx: &ShardCtx,
     c: &ClientConn,
@@ -566,10 +574,10 @@ fn admit(
     key: Option<&KeyEntry>,
     wish: &Wish,
     rec: &RequestRecord,
-) -> Result<Admission, GatewayError> {
-    let limiter = ctx.limiter();
-    if limiter.is_empty() {
-        return Ok(Admission::default());
+) -> Result<(Admission, Reservation), GatewayError> {
+    let (limiter, budgets) = (ctx.limiter(), ctx.budgets());
+    if limiter.is_empty() && budgets.is_empty() {
+        return Ok((Admission::default(), Reservation::default()));
     }
     let metadata = |field: &str| -> Option<String> {
         key.and_then(|k| k.metadata.iter().find(|(f, _)| f == field))
@@ -583,7 +591,8 @@ fn admit(
             })
     };
     let body_len = req.view(&c.head, &c.buf, &c.body).body.len() as u64;
-    limiter.admit(&Ask {
+    let now_ms = now_unix_ms();
+    let admission = limiter.admit(&Ask {
         key_id: key.map(|k| &*k.id),
         metadata: &metadata,
         provider: &plan.provider.name,
@@ -591,8 +600,36 @@ fn admit(
         // About four bytes of JSON per token.
         input_estimate: body_len.div_ceil(4),
         max_tokens: plan.max_tokens,
-        now_ms: now_unix_ms(),
-    })
+        now_ms,
+    })?;
+    if budgets.is_empty() {
+        return Ok((admission, Reservation::default()));
+    }
+    // Prices per token, the request's own over the table's.
+    let prices = ctx.prices();
+    let price = rec
+        .model
+        .as_deref()
+        .and_then(|m| prices.get(&plan.provider.name, m));
+    let custom = wish.custom_cost.as_ref();
+    let input = custom
+        .and_then(|c| c.per_token_in)
+        .or(price.map(|p| p.input / 1e6));
+    let output = custom
+        .and_then(|c| c.per_token_out)
+        .or(price.map(|p| p.output / 1e6));
+    let rates = input
+        .zip(output)
+        .map(|(input, output)| Rates { input, output });
+    let who = Who {
+        key_id: key.map(|k| &*k.id),
+        provider: &plan.provider.name,
+        model: rec.model.as_deref(),
+        metadata: &metadata,
+    };
+    // A refusal here drops `admission`, which gives its units back.
+    let reservation = budgets.reserve(&who, rates, body_len, plan.max_tokens, now_ms)?;
+    Ok((admission, reservation))
 }
 
 /// What the cache stage decided.
@@ -610,7 +647,7 @@ enum Cached {
     Follow(Arc<Flight>),
 }
 
-/// Stage 1b: the cache lookup. Keeps POST requests of the provider routes;
+/// Stage 1c: the cache lookup. Keeps POST requests of the provider routes;
 /// `skip-cache`, other methods and bodies without a key bypass it.
 fn cache_lookup(
     ctx: &ShardCtx,

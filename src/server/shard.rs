@@ -4,6 +4,7 @@
 //! Below every other file of `server/`: it imports none of them.
 
 use crate::auth::{Registry, ShardKeys};
+use crate::budget::{Budgets, ShardBudgets};
 use crate::cache::ShardCache;
 use crate::config::Config;
 use crate::cost::PriceTable;
@@ -65,6 +66,15 @@ impl Slab {
     }
 }
 
+/// What every shard shares with the others and the control plane: the key
+/// table, the rate-limit counts, the budgets' spend.
+#[derive(Clone)]
+pub struct Shared {
+    pub keys: Arc<Registry>,
+    pub limiter: Arc<Limiter>,
+    pub budgets: Arc<Budgets>,
+}
+
 pub struct ShardCtx {
     pub shard: usize,
     /// The running config: replaced whole on a reload; a request holds the
@@ -94,6 +104,9 @@ pub struct ShardCtx {
     keys: ShardKeys,
     /// The rate limits: this shard's leases of the shared counts.
     limiter: ShardLimiter,
+    /// The budgets: this shard's handles on the shared spend.
+    budgets: ShardBudgets,
+    shared_budgets: Arc<Budgets>,
     /// The price table (shipped, with the config's prices over it).
     prices: RefCell<Rc<PriceTable>>,
 }
@@ -105,12 +118,17 @@ impl ShardCtx {
         resolver: Arc<Resolver>,
         log: Option<LogQueue>,
         cache: Option<ShardCache>,
-        keys: Arc<Registry>,
-        limiter: Arc<Limiter>,
+        shared: Shared,
     ) -> ShardCtx {
+        let Shared {
+            keys,
+            limiter,
+            budgets,
+        } = shared;
         let config = Rc::new(Config::clone(&config));
         let limiter = ShardLimiter::new(limiter, &config.rate_limits);
         let config_prices = config.prices.clone();
+        let budget_rules = config.budgets.clone();
         ShardCtx {
             shard,
             limits: Cell::new(head_limits(&config)),
@@ -129,8 +147,20 @@ impl ShardCtx {
             cache,
             keys: ShardKeys::new(keys),
             limiter,
+            budgets: ShardBudgets::new(budgets.clone(), &budget_rules),
+            shared_budgets: budgets,
             prices: RefCell::new(Rc::new(PriceTable::build(&config_prices))),
         }
+    }
+
+    /// The budgets.
+    pub fn budgets(&self) -> &ShardBudgets {
+        &self.budgets
+    }
+
+    /// The shared spend (where alerts are counted).
+    pub fn shared_budgets(&self) -> &Budgets {
+        &self.shared_budgets
     }
 
     /// The running price table.
@@ -185,6 +215,7 @@ impl ShardCtx {
         self.pool.set_max_idle(new.timeouts.upstream_idle);
         self.limits.set(head_limits(&new));
         self.limiter.set_rules(&new.rate_limits);
+        self.budgets.set_rules(&new.budgets);
         *self.prices.borrow_mut() = Rc::new(PriceTable::build(&new.prices));
         *self.providers.borrow_mut() = Rc::new(providers::build(&new));
         *self.config.borrow_mut() = new;

@@ -1,0 +1,768 @@
+//! Budgets: dollars a scope may spend per window. Stage 1b of the pipeline,
+//! beside the rate limits: a request is admitted only if the worst case of
+//! what it may cost fits what is left, and that worst case is reserved; when
+//! it ends, the reservation settles to the real cost (the rest refunded), and
+//! a reservation dropped unsettled refunds itself.
+//!
+//! Worst case: every byte of the request body as an input token (no token is
+//! shorter than a byte) plus `max_tokens` (else the budget's
+//! `default_max_tokens`) output tokens, at the model's prices (or the
+//! request's `custom-cost`). With `max_tokens` set, spend therefore never
+//! passes a budget, however many requests race for its last dollar; without
+//! it, by at most what such requests use beyond `default_max_tokens`. A model
+//! without a price reserves nothing and is never refused for it, but an
+//! exhausted budget refuses every request in its scope.
+//!
+//! Spend is counted in micro-dollars (rounded up) in one atomic word per
+//! bucket with its window's number, shared by every shard: a reservation is a
+//! compare-and-swap that never passes the budget. The amount in force is
+//! taken when a window begins, so a lower amount set by a reload never blocks
+//! spend from before it; a changed window is a new set of buckets.
+
+use crate::auth::models_allow;
+use crate::calendar::{DAY_MS, month_of};
+use crate::config::limits::Scope;
+use crate::config::{BudgetRule, BudgetWindow};
+use crate::error::GatewayError;
+use crate::fasthash::FastMap;
+use dashmap::DashMap;
+use std::cell::RefCell;
+use std::fmt::Write as _;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The scope value of requests without one.
+pub const NO_VALUE: &str = crate::limit::NO_VALUE;
+
+const MICROS_BITS: u32 = 40;
+const MICROS_MASK: u64 = (1 << MICROS_BITS) - 1;
+const WINDOW_MASK: u64 = (1 << (64 - MICROS_BITS)) - 1;
+
+fn pack(window: u32, micros: u64) -> u64 {
+    ((u64::from(window) & WINDOW_MASK) << MICROS_BITS) | micros.min(MICROS_MASK)
+}
+
+fn unpack(v: u64) -> (u32, u64) {
+    ((v >> MICROS_BITS) as u32, v & MICROS_MASK)
+}
+
+/// USD to micro-dollars, rounded up (a charge is never under-counted).
+pub fn micros(usd: f64) -> u64 {
+    if usd.is_finite() && usd > 0.0 {
+        (usd * 1e6).ceil() as u64
+    } else {
+        0
+    }
+}
+
+/// Where a time falls in a budget window: its number, its start and end
+/// (Unix ms), and (rolling windows) the weight the previous window still has.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Slot {
+    pub window: u32,
+    pub start_ms: u64,
+    pub end_ms: u64,
+    pub previous_weight: f64,
+}
+
+pub fn slot(window: BudgetWindow, now_ms: u64) -> Slot {
+    match window {
+        BudgetWindow::Daily => {
+            let w = now_ms / DAY_MS;
+            Slot {
+                window: w as u32,
+                start_ms: w * DAY_MS,
+                end_ms: (w + 1) * DAY_MS,
+                previous_weight: 0.0,
+            }
+        }
+        BudgetWindow::Monthly => {
+            let (w, start_ms, end_ms) = month_of(now_ms);
+            Slot {
+                window: w,
+                start_ms,
+                end_ms,
+                previous_weight: 0.0,
+            }
+        }
+        BudgetWindow::Rolling(d) => {
+            let len = d.as_millis().max(1) as u64;
+            let w = now_ms / len;
+            Slot {
+                window: w as u32,
+                start_ms: w * len,
+                end_ms: (w + 1) * len,
+                previous_weight: 1.0 - (now_ms - w * len) as f64 / len as f64,
+            }
+        }
+    }
+}
+
+/// One budget's spend for one scope value.
+#[derive(Debug, Default)]
+pub struct Spend {
+    current: AtomicU64,
+    previous: AtomicU64,
+    /// The amount in force and the window it was taken for.
+    amount: AtomicU64,
+    /// The window whose alert was raised (+1; 0: none yet).
+    alerted: AtomicU64,
+}
+
+impl Spend {
+    fn rolled(&self, window: u32) -> u64 {
+        loop {
+            let cur = self.current.load(Ordering::Acquire);
+            let (w, spent) = unpack(cur);
+            if w >= window {
+                return cur;
+            }
+            let carried = if w.wrapping_add(1) == window {
+                spent
+            } else {
+                0
+            };
+            self.previous
+                .fetch_max(pack(window - 1, carried), Ordering::AcqRel);
+            let next = pack(window, 0);
+            if self
+                .current
+                .compare_exchange(cur, next, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                return next;
+            }
+        }
+    }
+
+    /// The amount for `window`: taken from `configured` when the window is
+    /// new to this bucket, kept for the rest of it.
+    fn amount(&self, window: u32, configured: u64) -> u64 {
+        let v = self.amount.load(Ordering::Acquire);
+        let (w, amount) = unpack(v);
+        if w == window && v != 0 {
+            return amount;
+        }
+        let _ = self.amount.compare_exchange(
+            v,
+            pack(window, configured),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        unpack(self.amount.load(Ordering::Acquire)).1
+    }
+
+    /// Spend counted now: this window's and the weighted previous one's.
+    pub fn spent(&self, s: &Slot) -> u64 {
+        let (w, cur) = unpack(self.rolled(s.window));
+        let (pw, prev) = unpack(self.previous.load(Ordering::Acquire));
+        let prev = if w > 0 && pw == w - 1 {
+            (prev as f64 * s.previous_weight).ceil() as u64
+        } else {
+            0
+        };
+        cur + prev
+    }
+
+    /// Reserves `amount` if the budget is not spent and it fits.
+    fn reserve(&self, s: &Slot, budget: u64, amount: u64) -> Result<u32, u64> {
+        loop {
+            let cur = self.rolled(s.window);
+            let (w, spent) = unpack(cur);
+            let (pw, prev) = unpack(self.previous.load(Ordering::Acquire));
+            let prev = if w > 0 && pw == w - 1 {
+                (prev as f64 * s.previous_weight).ceil() as u64
+            } else {
+                0
+            };
+            let counted = spent + prev;
+            if counted >= budget || counted + amount > budget {
+                return Err(counted);
+            }
+            if self
+                .current
+                .compare_exchange(
+                    cur,
+                    pack(w, spent + amount),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()
+            {
+                return Ok(w);
+            }
+        }
+    }
+
+    /// Adds spend to `window` (the current one, or the one just before it).
+    pub fn add(&self, window: u32, amount: u64) {
+        if amount == 0 {
+            return;
+        }
+        let cur = self.rolled(window);
+        let (w, _) = unpack(cur);
+        let slot = if w == window {
+            &self.current
+        } else if w > 0 && w - 1 == window {
+            &self.previous
+        } else {
+            return;
+        };
+        let _ = slot.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+            let (vw, spent) = unpack(v);
+            (vw == window).then(|| pack(vw, spent + amount))
+        });
+    }
+
+    /// Takes back spend reserved in `window`, if that window still counts.
+    fn give_back(&self, window: u32, amount: u64) {
+        if amount == 0 {
+            return;
+        }
+        for slot in [&self.current, &self.previous] {
+            let done = slot
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                    let (w, spent) = unpack(v);
+                    (w == window).then(|| pack(w, spent.saturating_sub(amount)))
+                })
+                .is_ok();
+            if done {
+                return;
+            }
+        }
+    }
+}
+
+/// One budget bucket in the shared table.
+#[derive(Debug)]
+pub struct Bucket {
+    pub spend: Spend,
+    /// Which budget (its index when the bucket was made) and scope value, for `/usage`.
+    pub rule: String,
+    pub value: Box<str>,
+}
+
+/// A budget as the shards apply it.
+#[derive(Debug, Clone)]
+struct Prepared {
+    rule: BudgetRule,
+    /// Identifies its buckets: per what, over which window, which models
+    /// (not the amount: a new amount applies from the next window).
+    fingerprint: u64,
+    amount: u64,
+}
+
+fn prepare(rules: &[BudgetRule]) -> Vec<Prepared> {
+    rules
+        .iter()
+        .map(|r| Prepared {
+            fingerprint: xxhash_rust::xxh3::xxh3_64(
+                format!("{:?}|{:?}|{:?}", r.scope, r.window, r.models).as_bytes(),
+            ),
+            amount: micros(r.usd),
+            rule: r.clone(),
+        })
+        .collect()
+}
+
+/// Every budget's buckets, shared by the shards, the admin socket (`/usage`)
+/// and the start-up rebuild.
+pub struct Budgets {
+    buckets: DashMap<(u64, u64), Arc<Bucket>>,
+    /// Alerts raised (a warning logged) since start.
+    pub alerts: AtomicU64,
+}
+
+/// What the scope of a budget is for one request.
+pub struct Who<'a> {
+    pub key_id: Option<&'a str>,
+    pub provider: &'a str,
+    pub model: Option<&'a str>,
+    /// A metadata field's value (the key's, else the request's).
+    pub metadata: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Who<'_> {
+    fn value(&self, scope: &Scope) -> String {
+        match scope {
+            Scope::Gateway => String::new(),
+            Scope::Key => self.key_id.unwrap_or(NO_VALUE).to_string(),
+            Scope::Provider => self.provider.to_string(),
+            Scope::Metadata(f) => (self.metadata)(f).unwrap_or_else(|| NO_VALUE.to_string()),
+        }
+    }
+}
+
+impl Budgets {
+    pub fn new() -> Arc<Budgets> {
+        Arc::new(Budgets {
+            buckets: DashMap::new(),
+            alerts: AtomicU64::new(0),
+        })
+    }
+
+    fn bucket(&self, p: &Prepared, value: &str) -> Arc<Bucket> {
+        let key = (p.fingerprint, xxhash_rust::xxh3::xxh3_64(value.as_bytes()));
+        if let Some(b) = self.buckets.get(&key) {
+            return b.clone();
+        }
+        self.buckets
+            .entry(key)
+            .or_insert_with(|| {
+                Arc::new(Bucket {
+                    spend: Spend::default(),
+                    rule: p.rule.name.clone(),
+                    value: value.into(),
+                })
+            })
+            .clone()
+    }
+
+    /// Adds spend the request log recorded (at start, before any shard runs).
+    pub fn rebuild(&self, rules: &[BudgetRule], spent: &[Spent]) {
+        let prepared = prepare(rules);
+        for s in spent {
+            let metadata = |f: &str| {
+                s.metadata
+                    .iter()
+                    .find(|(k, _)| k == f)
+                    .map(|(_, v)| v.clone())
+            };
+            let who = Who {
+                key_id: s.key_id.as_deref(),
+                provider: &s.provider,
+                model: s.model.as_deref(),
+                metadata: &metadata,
+            };
+            for p in &prepared {
+                if !models_allow(&p.rule.models, who.provider, who.model) {
+                    continue;
+                }
+                let b = self.bucket(p, &who.value(&p.rule.scope));
+                let at = slot(p.rule.window, s.ts_ms);
+                b.spend.add(at.window, micros(s.usd));
+            }
+        }
+    }
+
+    /// Every bucket of the running budgets, for `/usage`.
+    pub fn report(&self, rules: &[BudgetRule], now_ms: u64) -> Vec<Standing> {
+        let prepared = prepare(rules);
+        let mut out = Vec::new();
+        for entry in self.buckets.iter() {
+            let Some(p) = prepared.iter().find(|p| p.fingerprint == entry.key().0) else {
+                continue;
+            };
+            let s = slot(p.rule.window, now_ms);
+            let b = entry.value();
+            let amount = b.spend.amount(s.window, p.amount);
+            let spent = b.spend.spent(&s);
+            out.push(Standing {
+                budget: p.rule.name.clone(),
+                scope: p.rule.scope.describe(),
+                value: b.value.to_string(),
+                window: p.rule.window.describe(),
+                usd: amount as f64 / 1e6,
+                spent_usd: spent as f64 / 1e6,
+                alert: p
+                    .rule
+                    .alert_at
+                    .is_some_and(|a| spent as f64 >= a * amount as f64),
+                resets_ms: s.end_ms,
+            });
+        }
+        out.sort_by(|a, b| (&a.budget, &a.value).cmp(&(&b.budget, &b.value)));
+        out
+    }
+}
+
+/// Spend the request log recorded: what the rebuild adds.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Spent {
+    pub ts_ms: u64,
+    pub key_id: Option<String>,
+    pub provider: String,
+    pub model: Option<String>,
+    pub metadata: Vec<(String, String)>,
+    pub usd: f64,
+}
+
+/// One bucket's standing (`/usage`, `aigw usage`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Standing {
+    pub budget: String,
+    pub scope: String,
+    pub value: String,
+    pub window: String,
+    pub usd: f64,
+    pub spent_usd: f64,
+    /// Spend has passed `alert_at`.
+    pub alert: bool,
+    pub resets_ms: u64,
+}
+
+/// A shard's budgets: its rules and its handles on the shared buckets.
+pub struct ShardBudgets {
+    shared: Arc<Budgets>,
+    rules: RefCell<Rc<Vec<Prepared>>>,
+    local: RefCell<FastMap<(u64, u64), Arc<Bucket>>>,
+}
+
+/// The worst case a request may cost, by price: USD per input and per output token.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Rates {
+    pub input: f64,
+    pub output: f64,
+}
+
+impl ShardBudgets {
+    pub fn new(shared: Arc<Budgets>, rules: &[BudgetRule]) -> ShardBudgets {
+        ShardBudgets {
+            shared,
+            rules: RefCell::new(Rc::new(prepare(rules))),
+            local: RefCell::new(FastMap::default()),
+        }
+    }
+
+    pub fn set_rules(&self, rules: &[BudgetRule]) {
+        *self.rules.borrow_mut() = Rc::new(prepare(rules));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.borrow().is_empty()
+    }
+
+    fn bucket(&self, p: &Prepared, value: &str) -> Arc<Bucket> {
+        let key = (p.fingerprint, xxhash_rust::xxh3::xxh3_64(value.as_bytes()));
+        let mut map = self.local.borrow_mut();
+        if let Some(b) = map.get(&key) {
+            return b.clone();
+        }
+        if map.len() >= 1024 {
+            map.clear();
+        }
+        let b = self.shared.bucket(p, value);
+        map.insert(key, b.clone());
+        b
+    }
+
+    /// Reserves the request's worst case under every budget it falls under,
+    /// or refuses it (429 naming the budget, what is spent, the amount and
+    /// when it resets). `rates`: `None` when the model has no price.
+    pub fn reserve(
+        &self,
+        who: &Who<'_>,
+        rates: Option<Rates>,
+        input_bytes: u64,
+        max_tokens: Option<u64>,
+        now_ms: u64,
+    ) -> Result<Reservation, GatewayError> {
+        let rules = self.rules.borrow().clone();
+        let mut r = Reservation::default();
+        for p in rules.iter() {
+            if !models_allow(&p.rule.models, who.provider, who.model) {
+                continue;
+            }
+            let value = who.value(&p.rule.scope);
+            let b = self.bucket(p, &value);
+            let s = slot(p.rule.window, now_ms);
+            let amount = b.spend.amount(s.window, p.amount);
+            let worst = rates.map_or(0, |rates| {
+                let output = max_tokens.unwrap_or(p.rule.default_max_tokens);
+                micros(input_bytes as f64 * rates.input + output as f64 * rates.output)
+            });
+            match b.spend.reserve(&s, amount, worst) {
+                Ok(window) => r.held.push(Held {
+                    bucket: b,
+                    window,
+                    reserved: worst,
+                    alert_at: p.rule.alert_at.map(|a| (a * amount as f64) as u64),
+                    amount,
+                    slot: s,
+                }),
+                Err(spent) => {
+                    drop(r);
+                    return Err(exhausted(p, &value, spent, amount, worst, &s, now_ms));
+                }
+            }
+        }
+        Ok(r)
+    }
+}
+
+/// The 429 of an exhausted budget.
+fn exhausted(
+    p: &Prepared,
+    value: &str,
+    spent: u64,
+    amount: u64,
+    worst: u64,
+    s: &Slot,
+    now_ms: u64,
+) -> GatewayError {
+    let whose = match &p.rule.scope {
+        Scope::Gateway => String::new(),
+        Scope::Key => format!(" for key `{value}`"),
+        Scope::Provider => format!(" for provider `{value}`"),
+        Scope::Metadata(f) => format!(" for {f} `{value}`"),
+    };
+    let usd = |m: u64| m as f64 / 1e6;
+    let resets = crate::calendar::format_ms(s.end_ms);
+    let message = if spent >= amount {
+        format!(
+            "budget `{}` exhausted{whose}: spent ${:.6} of ${:.6} ({}); resets at {resets}",
+            p.rule.name,
+            usd(spent),
+            usd(amount),
+            p.rule.window.describe()
+        )
+    } else {
+        format!(
+            "budget `{}`{whose} cannot cover this request: it may cost up to ${:.6} and ${:.6} of ${:.6} is left ({}); lower max_tokens or wait until {resets}",
+            p.rule.name,
+            usd(worst),
+            usd(amount - spent),
+            usd(amount),
+            p.rule.window.describe()
+        )
+    };
+    let mut e = GatewayError::rate_limited(message);
+    e.code = "budget_exceeded";
+    let _ = write!(
+        e.headers,
+        "retry-after: {}\r\n",
+        s.end_ms.saturating_sub(now_ms).div_ceil(1000).max(1)
+    );
+    e
+}
+
+#[derive(Debug)]
+struct Held {
+    bucket: Arc<Bucket>,
+    window: u32,
+    reserved: u64,
+    /// Micro-dollars at which the budget warns.
+    alert_at: Option<u64>,
+    amount: u64,
+    slot: Slot,
+}
+
+/// What a request reserved: settle it with its real cost; dropped unsettled,
+/// it refunds itself.
+#[must_use = "a reservation holds budget until it settles or drops"]
+#[derive(Debug, Default)]
+pub struct Reservation {
+    held: Vec<Held>,
+}
+
+impl Reservation {
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+
+    /// Charges the real cost (`None`: unknown, so nothing can be charged) and
+    /// refunds the rest; raises a budget's alert the first time its window
+    /// passes `alert_at`. Returns how many alerts this raised.
+    pub fn settle(mut self, cost: Option<f64>, budgets: &Budgets) -> usize {
+        let actual = cost.map_or(0, micros);
+        let mut raised = 0;
+        for h in std::mem::take(&mut self.held) {
+            let spend = &h.bucket.spend;
+            if actual >= h.reserved {
+                spend.add(h.window, actual - h.reserved);
+            } else {
+                spend.give_back(h.window, h.reserved - actual);
+            }
+            let Some(alert) = h.alert_at else { continue };
+            let spent = spend.spent(&h.slot);
+            let mark = u64::from(h.window) + 1;
+            if spent >= alert && spend.alerted.swap(mark, Ordering::AcqRel) != mark {
+                raised += 1;
+                budgets.alerts.fetch_add(1, Ordering::Relaxed);
+                log::warn!(
+                    "budget `{}` for `{}`: ${:.6} of ${:.6} spent ({:.0}%)",
+                    h.bucket.rule,
+                    h.bucket.value,
+                    spent as f64 / 1e6,
+                    h.amount as f64 / 1e6,
+                    100.0 * spent as f64 / h.amount.max(1) as f64
+                );
+            }
+        }
+        raised
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        for h in self.held.drain(..) {
+            h.bucket.spend.give_back(h.window, h.reserved);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn shard(toml: &str) -> (Arc<Budgets>, ShardBudgets, Vec<BudgetRule>) {
+        let c = Config::from_toml(toml).unwrap();
+        let shared = Budgets::new();
+        (
+            shared.clone(),
+            ShardBudgets::new(shared, &c.budgets),
+            c.budgets,
+        )
+    }
+
+    const NONE: &dyn Fn(&str) -> Option<String> = &|_| None;
+
+    fn who(key: Option<&str>) -> Who<'_> {
+        Who {
+            key_id: key,
+            provider: "openai",
+            model: Some("gpt-4o"),
+            metadata: NONE,
+        }
+    }
+
+    // A dollar per token each way: a request of 1 byte and max_tokens 1 may cost $2.
+    const RATES: Option<Rates> = Some(Rates {
+        input: 1.0,
+        output: 1.0,
+    });
+    const NOW: u64 = 1_796_032_800_000;
+
+    #[test]
+    fn racing_reservations_never_pass_the_budget() {
+        let (shared, s, _) = shard("[[budgets]]\nscope = \"key\"\nusd = 25\nwindow = \"daily\"\n");
+        let held: Vec<_> = (0..64)
+            .filter_map(|_| s.reserve(&who(Some("a")), RATES, 1, Some(1), NOW).ok())
+            .collect();
+        assert_eq!(held.len(), 12, "12 x $2 fit in $25, a 13th does not");
+        // Each really cost $1.5: $18 spent, $7 left: three more of $2 fit.
+        for h in held {
+            h.settle(Some(1.5), &shared);
+        }
+        let more: Vec<_> = (0..64)
+            .filter_map(|_| s.reserve(&who(Some("a")), RATES, 1, Some(1), NOW).ok())
+            .collect();
+        assert_eq!(more.len(), 3);
+        drop(more);
+        // Dropped unsettled: refunded.
+        let again: Vec<_> = (0..64)
+            .filter_map(|_| s.reserve(&who(Some("a")), RATES, 1, Some(1), NOW).ok())
+            .collect();
+        assert_eq!(again.len(), 3);
+        // Another key has its own budget; tomorrow is a new day.
+        assert!(s.reserve(&who(Some("b")), RATES, 1, Some(1), NOW).is_ok());
+        assert!(
+            s.reserve(&who(Some("a")), RATES, 1, Some(1), NOW + DAY_MS)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn an_exhausted_budget_says_what_was_spent_and_when_it_resets() {
+        let (shared, s, _) = shard(
+            "[[budgets]]\nname = \"day\"\nscope = \"gateway\"\nusd = 1\nwindow = \"daily\"\n",
+        );
+        s.reserve(&who(None), None, 10, None, NOW)
+            .unwrap()
+            .settle(Some(1.25), &shared);
+        // Even a model without a price is refused once the budget is spent.
+        let e = s.reserve(&who(None), None, 10, None, NOW).unwrap_err();
+        assert_eq!((e.status, e.code), (429, "budget_exceeded"));
+        assert!(
+            e.message.contains("spent $1.250000 of $1.000000"),
+            "{}",
+            e.message
+        );
+        assert!(
+            e.message.contains("2026-12-01T00:00:00.000Z"),
+            "{}",
+            e.message
+        );
+        // 10:00 UTC: 14 hours to midnight.
+        assert!(
+            e.headers.contains("retry-after: 50400\r\n"),
+            "{}",
+            e.headers
+        );
+    }
+
+    #[test]
+    fn an_unknown_price_reserves_nothing_and_is_never_refused_for_it() {
+        let (shared, s, _) =
+            shard("[[budgets]]\nscope = \"gateway\"\nusd = 1\nwindow = \"monthly\"\n");
+        for _ in 0..100 {
+            s.reserve(&who(None), None, 1_000_000, None, NOW)
+                .unwrap()
+                .settle(None, &shared);
+        }
+    }
+
+    #[test]
+    fn alerts_fire_once_a_window() {
+        let (shared, s, _) = shard(
+            "[[budgets]]\nscope = \"gateway\"\nusd = 10\nwindow = \"daily\"\nalert_at = 0.5\n",
+        );
+        let settle = |usd: f64, now: u64| {
+            s.reserve(&who(None), RATES, 1, Some(1), now)
+                .unwrap()
+                .settle(Some(usd), &shared)
+        };
+        assert_eq!(settle(4.0, NOW), 0);
+        assert_eq!(settle(1.5, NOW), 1);
+        assert_eq!(settle(1.0, NOW), 0);
+        assert_eq!(settle(6.0, NOW + DAY_MS), 1);
+        assert_eq!(shared.alerts.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_new_amount_applies_from_the_next_window() {
+        let (shared, s, rules) =
+            shard("[[budgets]]\nscope = \"gateway\"\nusd = 10\nwindow = \"daily\"\n");
+        s.reserve(&who(None), RATES, 1, Some(1), NOW)
+            .unwrap()
+            .settle(Some(6.0), &shared);
+        let lower =
+            Config::from_toml("[[budgets]]\nscope = \"gateway\"\nusd = 5\nwindow = \"daily\"\n")
+                .unwrap();
+        s.set_rules(&lower.budgets);
+        // Today the $10 still holds ($6 spent, $2 fits); tomorrow $5 does.
+        assert!(s.reserve(&who(None), RATES, 1, Some(1), NOW).is_ok());
+        let standing = shared.report(&lower.budgets, NOW + DAY_MS);
+        assert_eq!(standing.len(), 1);
+        assert_eq!((standing[0].usd, standing[0].spent_usd), (5.0, 0.0));
+        let _ = rules;
+    }
+
+    #[test]
+    fn the_log_rebuilds_spend() {
+        let (shared, s, rules) =
+            shard("[[budgets]]\nscope = \"metadata.team\"\nusd = 10\nwindow = \"7d\"\n");
+        let spent: Vec<Spent> = (0..9)
+            .map(|i| Spent {
+                ts_ms: NOW - 1000 * i,
+                key_id: None,
+                provider: "openai".into(),
+                model: Some("gpt-4o".into()),
+                metadata: vec![("team".into(), "search".into())],
+                usd: 1.0,
+            })
+            .collect();
+        shared.rebuild(&rules, &spent);
+        let search: &dyn Fn(&str) -> Option<String> = &|_| Some("search".into());
+        let mut w = who(None);
+        w.metadata = search;
+        // $9 of $10 spent: a $2 worst case does not fit, another team's does.
+        assert!(s.reserve(&w, RATES, 1, Some(1), NOW).is_err());
+        assert!(s.reserve(&who(None), RATES, 1, Some(1), NOW).is_ok());
+        let standing = shared.report(&rules, NOW);
+        let team = standing.iter().find(|s| s.value == "search").unwrap();
+        assert!((team.spent_usd - 9.0).abs() < 1e-6, "{team:?}");
+    }
+}

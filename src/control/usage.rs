@@ -1,0 +1,189 @@
+//! Usage and spend: the start-up replay of the request log into the rate
+//! limits and budgets, and the totals `GET /usage` and `aigw usage` show (by
+//! key, provider, model or a metadata field, over a chosen time), with every
+//! budget's standing. Off the request path.
+
+use crate::budget::{Budgets, Standing};
+use crate::config::Config;
+use crate::error::push_json_string;
+use crate::limit::Limiter;
+use crate::logstore;
+pub use crate::logstore::replay::By;
+use std::fmt::Write as _;
+
+/// Replays the request log into the rate-limit windows and budgets in force
+/// now; returns how many logged requests it read.
+pub fn rebuild(config: &Config, limiter: &Limiter, budgets: &Budgets) -> Result<usize, String> {
+    if config.rate_limits.is_empty() && config.budgets.is_empty() {
+        return Ok(0);
+    }
+    let path = logstore::path(&config.server.data_dir);
+    if !path.exists() {
+        return Ok(0);
+    }
+    let now = crate::reqid::now_unix_ms();
+    // The earliest time any window in force (or, sliding, the one before it) began.
+    let mut since = now;
+    for r in &config.rate_limits {
+        let w = r.window.as_millis().max(1) as u64;
+        since = since.min((now / w).saturating_sub(1) * w);
+    }
+    for b in &config.budgets {
+        let s = crate::budget::slot(b.window, now);
+        since = since.min(s.start_ms.saturating_sub(s.end_ms - s.start_ms));
+    }
+    let conn = logstore::open_for_reading(&path)?;
+    let rows = logstore::replay::replay(&conn, since).map_err(|e| e.to_string())?;
+    let logged: Vec<crate::limit::Logged<'_>> = rows
+        .iter()
+        .filter_map(|r| {
+            Some(crate::limit::Logged {
+                ts_ms: r.ts_ms,
+                key_id: r.key_id.as_deref(),
+                provider: r.provider.as_deref()?,
+                model: r.model.as_deref(),
+                metadata: &r.metadata,
+                tokens_in: r.tokens_in,
+                tokens_out: r.tokens_out,
+                refused: r.refused,
+                cached: r.cached,
+            })
+        })
+        .collect();
+    limiter.rebuild(&config.rate_limits, &logged);
+    let spent: Vec<crate::budget::Spent> = rows
+        .iter()
+        .filter(|r| r.cost.is_some_and(|c| c > 0.0))
+        .filter_map(|r| {
+            Some(crate::budget::Spent {
+                ts_ms: r.ts_ms,
+                key_id: r.key_id.clone(),
+                provider: r.provider.clone()?,
+                model: r.model.clone(),
+                metadata: r.metadata.clone(),
+                usd: r.cost?,
+            })
+        })
+        .collect();
+    budgets.rebuild(&config.budgets, &spent);
+    Ok(rows.len())
+}
+
+/// `GET /usage` and `aigw usage --json`: the totals by `by` since `since_ms`
+/// and the budgets' standings.
+pub fn usage_json(
+    conn: &rusqlite::Connection,
+    by: &By,
+    since_ms: u64,
+    standings: &[Standing],
+) -> Result<String, String> {
+    let rows = logstore::replay::usage(conn, by, since_ms).map_err(|e| e.to_string())?;
+    let mut s = String::from("{\"since\":");
+    push_json_string(&mut s, &crate::calendar::format_ms(since_ms));
+    s.push_str(",\"groups\":[");
+    for (i, r) in rows.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str("{\"value\":");
+        push_json_string(&mut s, &r.value);
+        let _ = write!(
+            s,
+            ",\"requests\":{},\"tokens_in\":{},\"tokens_out\":{},\"cost_usd\":{},\"unknown_cost\":{},\"cached\":{}}}",
+            r.requests, r.tokens_in, r.tokens_out, r.cost, r.unknown_cost, r.cached
+        );
+    }
+    s.push_str("],\"budgets\":[");
+    for (i, b) in standings.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str("{\"budget\":");
+        push_json_string(&mut s, &b.budget);
+        s.push_str(",\"scope\":");
+        push_json_string(&mut s, &b.scope);
+        s.push_str(",\"value\":");
+        push_json_string(&mut s, &b.value);
+        s.push_str(",\"window\":");
+        push_json_string(&mut s, &b.window);
+        let _ = write!(
+            s,
+            ",\"usd\":{},\"spent_usd\":{},\"left_usd\":{},\"alert\":{},\"resets\":",
+            b.usd,
+            b.spent_usd,
+            (b.usd - b.spent_usd).max(0.0),
+            b.alert
+        );
+        push_json_string(&mut s, &crate::calendar::format_ms(b.resets_ms));
+        s.push('}');
+    }
+    s.push_str("]}\n");
+    Ok(s)
+}
+
+/// The text `aigw usage` prints (from the JSON above).
+pub fn usage_table(json: &str, by: &str) -> Option<String> {
+    use simd_json::prelude::*;
+    let mut bytes = json.as_bytes().to_vec();
+    let v = simd_json::to_owned_value(&mut bytes).ok()?;
+    let mut out = format!(
+        "since {}\n{:<32} {:>9} {:>12} {:>12} {:>14} {:>8} {:>8}\n",
+        v.get("since")?.as_str()?,
+        by,
+        "requests",
+        "tokens_in",
+        "tokens_out",
+        "cost_usd",
+        "unpriced",
+        "cached"
+    );
+    for g in v.get("groups")?.as_array()? {
+        let n = |k: &str| g.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
+        let _ = writeln!(
+            out,
+            "{:<32} {:>9} {:>12} {:>12} {:>14.6} {:>8} {:>8}",
+            crate::logstore::query::printable(g.get("value")?.as_str()?, false),
+            n("requests"),
+            n("tokens_in"),
+            n("tokens_out"),
+            g.get("cost_usd").and_then(|x| x.cast_f64()).unwrap_or(0.0),
+            n("unknown_cost"),
+            n("cached")
+        );
+    }
+    let budgets = v.get("budgets")?.as_array()?;
+    if !budgets.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n{:<20} {:<24} {:<14} {:>12} {:>12} {:>12}  resets",
+            "budget", "for", "window", "usd", "spent", "left"
+        );
+        for b in budgets {
+            let f = |k: &str| b.get(k).and_then(|x| x.cast_f64()).unwrap_or(0.0);
+            let alert = if b.get("alert").and_then(|x| x.as_bool()) == Some(true) {
+                "  ALERT"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                out,
+                "{:<20} {:<24} {:<14} {:>12.6} {:>12.6} {:>12.6}  {}{alert}",
+                crate::logstore::query::printable(b.get("budget")?.as_str()?, false),
+                crate::logstore::query::printable(
+                    &format!(
+                        "{}={}",
+                        b.get("scope")?.as_str()?,
+                        b.get("value")?.as_str()?
+                    ),
+                    false
+                ),
+                b.get("window")?.as_str()?,
+                f("usd"),
+                f("spent_usd"),
+                f("left_usd"),
+                b.get("resets")?.as_str()?,
+            );
+        }
+    }
+    Some(out)
+}

@@ -1,0 +1,205 @@
+//! Budgets end to end: 64 clients racing for the last dollar never overspend
+//! with `max_tokens`, an exhausted budget's 429 says what was spent and when
+//! it resets, alerts before anything is blocked, spend that survives a
+//! restart and kill -9, `GET /usage` and `aigw usage`. At 1 and 2 shards.
+
+mod common;
+
+use common::gateway::{admin_get, run_aigw};
+use common::{Gateway, json, mock};
+use simd_json::prelude::*;
+use std::sync::{Arc, Barrier};
+
+/// $1 per thousand tokens each way: tiny requests cost cents.
+const PRICE: &str = "[prices.\"up/gpt-x\"]\ninput = 1000.0\noutput = 1000.0\n";
+
+fn body(i: usize) -> String {
+    format!(
+        r#"{{"model":"up/gpt-x","max_tokens":10,"messages":[{{"role":"user","content":"n{i}"}}]}}"#
+    )
+}
+
+/// The mock's answers: 5 output tokens, within `max_tokens`.
+const SHORT: (&str, &str) = ("x-mock-reply-bytes", "20");
+
+fn usage(gw: &Gateway, query: &str) -> simd_json::OwnedValue {
+    let (code, body) = admin_get(&gw.admin_socket, &format!("/usage?{query}"));
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    json(&body)
+}
+
+fn sixty_four_racing_clients_never_overspend(shards: usize) {
+    let mock = mock();
+    let gw = Gateway::with(shards)
+        .provider("up", &mock.base_url(), "")
+        .toml(&format!(
+            "{PRICE}[[budgets]]\nname = \"five\"\nscope = \"gateway\"\nusd = 5.0\nwindow = \"daily\"\n"
+        ))
+        .start();
+    let start = Arc::new(Barrier::new(64));
+    let threads: Vec<_> = (0..64)
+        .map(|t| {
+            let mut c = gw.client();
+            let start = start.clone();
+            std::thread::spawn(move || {
+                start.wait();
+                let mut spent = 0.0;
+                for i in 0.. {
+                    let r = c.post(
+                        "/v1/chat/completions",
+                        &[SHORT, ("aigw-include-cost", "true")],
+                        &body(t * 1000 + i),
+                    );
+                    if r.status != 200 {
+                        assert_eq!(r.status, 429, "{}", r.text());
+                        assert!(r.header("retry-after").is_some());
+                        return spent;
+                    }
+                    spent += r.header("aigw-cost").unwrap().parse::<f64>().unwrap();
+                }
+                unreachable!()
+            })
+        })
+        .collect();
+    let spent: f64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    // Never past the budget; and not far from it (the worst case of one
+    // request is under 20 cents).
+    assert!(spent <= 5.0 + 1e-6, "spent {spent}");
+    assert!(spent > 4.5, "spent only {spent}");
+    let u = usage(&gw, "by=provider");
+    let b = &u["budgets"][0];
+    assert_eq!(b["budget"].as_str(), Some("five"));
+    assert!(b["spent_usd"].cast_f64().unwrap() <= 5.0 + 1e-6, "{u}");
+}
+
+fn an_exhausted_budget_says_what_and_when_and_alerts_first(shards: usize) {
+    let mock = mock();
+    let gw = Gateway::with(shards)
+        .provider("up", &mock.base_url(), "")
+        .toml(&format!(
+            "{PRICE}[[budgets]]\nname = \"team\"\nscope = \"metadata.team\"\nusd = 0.5\nwindow = \"monthly\"\nalert_at = 0.5\n"
+        ))
+        .start();
+    let mut c = gw.client();
+    let meta = ("aigw-metadata", r#"{"team":"search"}"#);
+    let mut last = None;
+    for i in 0..100 {
+        let r = c.post("/v1/chat/completions", &[SHORT, meta], &body(i));
+        if r.status != 200 {
+            last = Some(r);
+            break;
+        }
+    }
+    let r = last.expect("the budget ran out");
+    assert_eq!(r.status, 429);
+    assert_eq!(r.error_code(), "budget_exceeded");
+    let text = r.text();
+    assert!(
+        text.contains("budget `team`") && text.contains("search"),
+        "{text}"
+    );
+    assert!(
+        text.contains("of $0.500000") && text.contains("monthly"),
+        "{text}"
+    );
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=31 * 86_400).contains(&retry), "{retry}");
+    // Another team is not affected.
+    let other = c.post(
+        "/v1/chat/completions",
+        &[SHORT, ("aigw-metadata", r#"{"team":"ads"}"#)],
+        &body(1),
+    );
+    assert_eq!(other.status, 200);
+    // The alert was raised before the block: a warning, a metric, a flag.
+    assert!(gw.stderr().contains("budget `team`"), "{}", gw.stderr());
+    let u = usage(&gw, "by=metadata.team");
+    let search = u["budgets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["value"].as_str() == Some("search"))
+        .unwrap()
+        .clone();
+    assert_eq!(search["alert"].as_bool(), Some(true), "{u}");
+    let groups = u["groups"].as_array().unwrap();
+    assert!(
+        groups.iter().any(|g| g["value"].as_str() == Some("search")),
+        "{u}"
+    );
+    let (_, metrics) = admin_get(&gw.admin_socket, "/metrics");
+    let metrics = String::from_utf8(metrics).unwrap();
+    assert!(metrics.contains("aigw_budget_alerts_total 1"), "{metrics}");
+    assert!(
+        metrics.contains("aigw_budget_spent_usd{budget=\"team\",value=\"search\"}"),
+        "{metrics}"
+    );
+}
+
+fn spend_survives_restart_and_kill9(shards: usize) {
+    let mock = mock();
+    let dir = common::gateway::TempDir::new("budget-data");
+    let config =
+        format!("{PRICE}[[budgets]]\nname = \"k\"\nscope = \"key\"\nusd = 0.2\nwindow = \"7d\"\n");
+    let start = || {
+        Gateway::with(shards)
+            .provider("up", &mock.base_url(), "")
+            .toml(&config)
+            .data_dir(dir.path())
+            .start()
+    };
+    let mut gw = start();
+    let mut c = gw.client();
+    let mut admitted = 0;
+    while c
+        .post("/v1/chat/completions", &[SHORT], &body(admitted))
+        .status
+        == 200
+    {
+        admitted += 1;
+        assert!(admitted < 100, "never refused");
+    }
+    // Everything answered is in the log once a query has answered.
+    let before = usage(&gw, "by=key")["budgets"][0]["spent_usd"]
+        .cast_f64()
+        .unwrap();
+    assert!(before > 0.1, "{before}");
+    gw.kill9();
+    let gw = start();
+    assert!(gw.stderr().contains("rebuilt from"), "{}", gw.stderr());
+    let r = gw
+        .client()
+        .post("/v1/chat/completions", &[SHORT], &body(999));
+    assert_eq!(r.status, 429, "spend was forgotten: {}", r.text());
+    let after = usage(&gw, "by=key")["budgets"][0]["spent_usd"]
+        .cast_f64()
+        .unwrap();
+    assert!((after - before).abs() < 1e-6, "{before} then {after}");
+    // `aigw usage` reads the same store.
+    let cfg = gw.dir().join("aigw.toml");
+    let (code, out, err) = run_aigw(&[
+        "usage",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--by",
+        "provider",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("up ") && out.contains("budget"), "{out}");
+    let (code, out, err) = run_aigw(&["usage", "--config", cfg.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v = json(out.as_bytes());
+    let cli = v["budgets"][0]["spent_usd"].cast_f64().unwrap();
+    assert!((cli - before).abs() < 1e-6, "{cli} vs {before}");
+    assert_eq!(v["groups"][0]["value"].as_str(), Some("(none)"));
+    assert_eq!(
+        v["groups"][0]["requests"].as_u64(),
+        Some(admitted as u64 + 2)
+    );
+}
+
+at_1_and_2_shards!(
+    sixty_four_racing_clients_never_overspend,
+    an_exhausted_budget_says_what_and_when_and_alerts_first,
+    spend_survives_restart_and_kill9,
+);
