@@ -12,6 +12,7 @@ the proxy under test (nginx's single worker, aigw's single shard, a peer) gets
 CPU 1. Change with --load-cpu / --proxy-cpu.
 """
 
+import hashlib
 import argparse
 import datetime
 import json
@@ -272,6 +273,18 @@ AIGW_PAYLOADS_TOML = "\n[logs]\npayloads = true\n"
 # on its CPU is idle then, and without it aigw-load drives ~0.4x what wrk does
 # against nginx static (with it, ~1.0x; see loadtest/src/load/sock.rs).
 SPIN_ARGS = ["--spin", "16"]
+# The `aigw-limits` target: a gateway key, two rate limits and a budget (issue
+# 9's "with a key, two limits and a budget configured vs none"), set high
+# enough never to refuse during a run.
+AIGW_LIMITS_SECRET = "sk-aigw-" + "5" * 64
+AIGW_LIMITS_TOML = (
+    "\n[auth]\nrequired = true\n"
+    "[keys.bench]\nsecret_sha256 = \"{sha}\"\n"
+    "[[rate_limits]]\nscope = \"key\"\ncount = \"requests\"\nlimit = 4000000000\nwindow = \"30d\"\n"
+    "[[rate_limits]]\nscope = \"key\"\ncount = \"total_tokens\"\nlimit = 4000000000\nwindow = \"30d\"\n"
+    "[[budgets]]\nscope = \"key\"\nusd = 1000000\nwindow = \"monthly\"\n"
+    "[prices.\"bench/gpt-4o-mini\"]\ninput = 0.15\noutput = 0.6\n"
+)
 # What the aigw targets send besides the body: metadata, as a user tagging requests would.
 AIGW_HEADERS = ['aigw-metadata: {"user":"bench","app":"perf"}']
 
@@ -383,6 +396,8 @@ def build_targets(procs, bins, args, aigw_built):
     if args.aigw_2shards:
         variants.append(("aigw-2shards", "aigw 2 shards", f"pass-through, 2 shards on CPUs {args.load_cpu},{args.proxy_cpu} (shared with load)",
                          2, f"{args.load_cpu},{args.proxy_cpu}", False))
+    if args.aigw_limits:
+        variants.append(("aigw-limits", "aigw, key + 2 limits + budget", "pass-through with a gateway key, two rate limits and a budget", 1, args.proxy_cpu, False))
     cache_on = args.aigw_cache or AIGW_CACHE_READY
     variants.append(("aigw-cache", "aigw cache hit", "our cache path", 1, args.proxy_cpu, True))
     if args.aigw_nolog:
@@ -400,8 +415,12 @@ def build_targets(procs, bins, args, aigw_built):
             t.unavailable = ("n/a: aigw did not build" if not args.no_build
                              else "n/a: aigw binary not found (built without --workspace?)")
         else:
+            sha = hashlib.sha256(AIGW_LIMITS_SECRET.encode()).hexdigest()
             extra = {"aigw-nolog": AIGW_NOLOG_TOML, "aigw-cache-nolog": AIGW_NOLOG_TOML,
-                     "aigw-payloads": AIGW_PAYLOADS_TOML}.get(key, "")
+                     "aigw-payloads": AIGW_PAYLOADS_TOML,
+                     "aigw-limits": AIGW_LIMITS_TOML.replace("{sha}", sha)}.get(key, "")
+            if key == "aigw-limits":
+                t.headers.append(f"aigw-authorization: Bearer {AIGW_LIMITS_SECRET}")
             p, why = start_aigw(procs, bins, args, mock_port, key, port, shards, cpus, cache, extra)
             if p is None:
                 t.unavailable = why
@@ -600,6 +619,10 @@ def ratio_lines(sc, med):
                 r = added_ratio(med, key, a, "nginx-proxy")
                 parts.append(f"added {name} ({a}−direct)/(nginx−direct) = {fmt(r, 2)}")
         out.append(f"- {a} vs nginx proxy_pass: " + "; ".join(parts))
+    if "aigw-limits" in med and "aigw" in med and not sc.stream:
+        out.append(f"- aigw key + 2 limits + budget vs aigw: rps = "
+                   f"{fmt(ratio(med['aigw-limits'].get('rps'), med['aigw'].get('rps')), 3)}; CPU/req = "
+                   f"{fmt(ratio(med['aigw-limits'].get('server_cpu'), med['aigw'].get('server_cpu')), 3)}")
     if "aigw-cache" in med and not sc.stream:
         out.append(f"- aigw cache hit vs nginx static: rps = "
                    f"{fmt(ratio(med['aigw-cache'].get('rps'), med.get('nginx-static', {}).get('rps')), 2)}; CPU/req = "
@@ -703,6 +726,7 @@ def parse_args():
     p.add_argument("--targets", default="", help="subset of target keys: direct,nginx-proxy,nginx-static,aigw,...")
     p.add_argument("--aigw-cache", action="store_true", help="run the aigw cache-hit target (once the cache exists)")
     p.add_argument("--aigw-2shards", action="store_true", help="also run aigw with 2 shards on both CPUs")
+    p.add_argument("--aigw-limits", action="store_true", help="also run aigw with a gateway key, two rate limits and a budget")
     p.add_argument("--aigw-nolog", action="store_true", help="also run aigw with the request log off, and with payloads kept")
     p.add_argument("--peers", action="store_true", help="also LiteLLM proxy and Portkey gateway, if installable")
     p.add_argument("--no-wrk", action="store_true", help="skip the wrk vs aigw-load baseline")

@@ -8,6 +8,8 @@
 #   perf/profile.sh --callgrind            # instructions per request, 1000 requests
 #   perf/profile.sh --target mock          # profile aigw-mock instead (no aigw needed)
 #   perf/profile.sh --target nginx         # profile nginx proxy_pass, for comparison
+#   perf/profile.sh --callgrind --extra-toml limits.toml -H 'aigw-authorization: Bearer K'
+#                                          # aigw with more config, requests with more headers
 #
 # Layout as in the harness: aigw-load + aigw-mock on CPU 0, the profiled
 # server on CPU 1. Output: perf/results/profile-<target>-<time>.{svg,txt}.
@@ -23,7 +25,7 @@ RESULTS=$ROOT/perf/results
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}/release
 
 target=aigw; seconds=10; rate=""; mode=perf; build=1; install=1
-load_cpu=0; proxy_cpu=1; port_base=18200; callgrind_requests=1000
+load_cpu=0; proxy_cpu=1; port_base=18200; callgrind_requests=1000; extra_toml=""; headers=()
 while [ $# -gt 0 ]; do
   case $1 in
     --target) target=$2; shift ;;
@@ -35,6 +37,8 @@ while [ $# -gt 0 ]; do
     --no-install) install=0 ;;
     --load-cpu) load_cpu=$2; shift ;;
     --proxy-cpu) proxy_cpu=$2; shift ;;
+    --extra-toml) extra_toml=$2; shift ;;
+    -H|--header) headers+=(-H "$2"); shift ;;
     -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "unknown flag $1" >&2; exit 2 ;;
   esac
@@ -115,6 +119,7 @@ socket = "$WORK/admin.sock"
 kind = "openai"
 base_url = "http://127.0.0.1:$mock_port/v1"
 EOF
+    [ -n "$extra_toml" ] && cat "$extra_toml" >> "$WORK/aigw.toml"
     model=bench/gpt-4o-mini
     url=http://127.0.0.1:$port/v1/chat/completions
     if [ "$mode" = callgrind ]; then
@@ -139,7 +144,7 @@ EOF
     url=http://127.0.0.1:$port/v1/chat/completions ;;
 esac
 
-load_args=(--url "$url" --model "$model" --cpus "$load_cpu" --quiet --max-error-rate 1 --cpu-pid "server=$server_pid")
+load_args=(--url "$url" --model "$model" --cpus "$load_cpu" --quiet --max-error-rate 1 --cpu-pid "server=$server_pid" "${headers[@]}")
 if [ "$mode" = callgrind ]; then
   # A fixed request count at a gentle rate: callgrind runs ~50x slower.
   load_args+=(--rate 200 --connections 8 --warmup 0s --duration "$((callgrind_requests / 200))s" --timeout 30s)
@@ -172,7 +177,7 @@ else
   # Warm up (connections, first-use paths), then zero the counters so the
   # profile holds only the measured requests; dump before stopping.
   log "warm-up under callgrind"
-  taskset -c "$load_cpu" "$TARGET_DIR/aigw-load" --url "$url" --model "$model" --cpus "$load_cpu" --quiet \
+  taskset -c "$load_cpu" "$TARGET_DIR/aigw-load" --url "$url" --model "$model" --cpus "$load_cpu" --quiet "${headers[@]}" \
     --max-error-rate 1 --rate 200 --connections 8 --warmup 0s --duration 1s --timeout 30s > /dev/null
   callgrind_control -z "$server_pid" > /dev/null
   log "load running under callgrind ($callgrind_requests requests)"

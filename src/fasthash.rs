@@ -1,4 +1,5 @@
-//! FNV-1a hashing for small shard-local maps keyed by short names (providers).
+//! FNV-1a hashing for small shard-local maps keyed by short names (providers),
+//! and one multiply per word for keys that are hashes already (limit buckets).
 //!
 //! These maps are looked up on every request and never see untrusted keys in
 //! bulk (provider names come from the config), so SipHash's flooding defence
@@ -25,6 +26,11 @@ impl Hasher for Fnv1a {
             self.0 ^= u64::from(*b);
             self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
         }
+    }
+    /// A whole word at once (keys built from hashes: one multiply, folded).
+    fn write_u64(&mut self, n: u64) {
+        let x = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.0 = x ^ (x >> 29);
     }
 }
 

@@ -111,6 +111,30 @@ fn printed_keys_work_and_everything_else_is_refused(shards: usize) {
     let (code, body) = admin_get(&gw.admin_socket, "/logs?key=bob");
     assert_eq!(code, 200);
     assert_eq!(String::from_utf8(body).unwrap().lines().count(), 1);
+    // /stats and /metrics count by key too (requests without one are not).
+    let stats = gw.stats();
+    assert_eq!(
+        stats["keys"]["alice"]["requests"].as_u64(),
+        Some(5),
+        "{stats}"
+    );
+    assert_eq!(
+        stats["keys"]["alice"]["errors"].as_u64(),
+        Some(1),
+        "{stats}"
+    );
+    assert_eq!(
+        stats["keys"]["bob"]["requests"].as_u64(),
+        Some(1),
+        "{stats}"
+    );
+    assert!(stats["keys"]["alice"]["tokens"]["input"].as_u64().unwrap() > 0);
+    let (_, metrics) = admin_get(&gw.admin_socket, "/metrics");
+    let metrics = String::from_utf8(metrics).unwrap();
+    assert!(
+        metrics.contains("aigw_key_requests_total{key=\"alice\"} 5"),
+        "{metrics}"
+    );
 }
 
 fn a_client_with_its_own_provider_key_sends_the_gateway_key_beside_it(shards: usize) {

@@ -1,7 +1,8 @@
 //! The official OpenAI SDKs (Python and Node) against the gateway: a
 //! non-streaming and a streaming chat completion (the stream must not carry the
 //! usage-only event aigw asked for on the client's behalf), a stream that asks
-//! for usage and gets it, embeddings, and a typed error.
+//! for usage and gets it, embeddings, typed errors, a gateway key as the SDK's
+//! `api_key` (a wrong one: the typed 401) and a rate limit's typed 429.
 //!
 //! Runs `tests/sdk/openai_python.py` when `python3 -c "import openai"` works, and
 //! `node tests/sdk/node/openai_node.mjs` when `tests/sdk/node/node_modules/openai`
@@ -80,15 +81,20 @@ fn node_sdk_available() -> bool {
 /// last line ending in `ok`.
 fn run_sdk_script(shards: usize, program: &str, script: &str) {
     let mock = mock();
+    let secret = format!("sk-aigw-{}", "7".repeat(64));
+    let hash = aigw::auth::hex(&aigw::auth::hash_secret(secret.as_bytes()));
     let gw = Gateway::with(shards)
-        .provider("up", &mock.base_url(), "")
+        .provider("up", &mock.base_url(), "api_key = \"sk-up\"")
         .toml("[cache]\nenabled = true\nsize = \"16MiB\"\nmax_entry = \"1MiB\"\n")
+        .toml(&format!("[keys.sdk]\nsecret_sha256 = \"{hash}\"\n"))
+        .toml("[[rate_limits]]\nscope = \"metadata.user\"\ncount = \"requests\"\nlimit = 1\nwindow = \"30d\"\nmodels = [\"up/limited\"]\n")
         .start();
 
     let child = Command::new(program)
         .arg(script)
         .arg(format!("http://{}", gw.addr))
         .arg(reply_text(64))
+        .arg(&secret)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -365,32 +365,76 @@ fn config_set(config: &BTreeMap<String, KeyConfig>) -> BTreeMap<Arc<str>, Arc<Ke
         .collect()
 }
 
+/// Secrets a shard has verified, remembered (by a keyed hash, never the
+/// secret) so a key's next request skips SHA-256. Cleared with the table.
+const VERIFIED_CAP: usize = 4096;
+
 /// A shard's copy of the key table, refreshed when the registry's generation moves.
 pub struct ShardKeys {
     registry: Arc<Registry>,
     seen: std::cell::Cell<u64>,
     keys: std::cell::RefCell<Keys>,
+    /// xxh3-128 of a verified secret under `seed` -> its key. The seed is
+    /// random per process, so no one can make a secret that collides with
+    /// another's without knowing it.
+    verified: std::cell::RefCell<FastMap<u64, (u128, Arc<KeyEntry>)>>,
+    seed: u64,
 }
 
 impl ShardKeys {
     pub fn new(registry: Arc<Registry>) -> ShardKeys {
         let seen = registry.generation();
         let keys = registry.snapshot().local_copy();
+        let mut seed = [0u8; 8];
+        // Without randomness the seed is fixed: lookups stay correct, only
+        // the collision argument weakens (to an unseeded 128-bit hash).
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed);
         ShardKeys {
             registry,
             seen: std::cell::Cell::new(seen),
             keys: std::cell::RefCell::new(keys),
+            verified: std::cell::RefCell::new(FastMap::default()),
+            seed: u64::from_le_bytes(seed),
+        }
+    }
+
+    fn refresh(&self) {
+        let now = self.registry.generation();
+        if now != self.seen.get() {
+            *self.keys.borrow_mut() = self.registry.snapshot().local_copy();
+            self.verified.borrow_mut().clear();
+            self.seen.set(now);
         }
     }
 
     /// Runs `f` on the current table (one atomic load when nothing changed).
     pub fn with<R>(&self, f: impl FnOnce(&Keys) -> R) -> R {
-        let now = self.registry.generation();
-        if now != self.seen.get() {
-            *self.keys.borrow_mut() = self.registry.snapshot().local_copy();
-            self.seen.set(now);
-        }
+        self.refresh();
         f(&self.keys.borrow())
+    }
+
+    /// Whether the table holds no key (nothing to authenticate against).
+    pub fn is_empty(&self) -> bool {
+        self.with(Keys::is_empty)
+    }
+
+    /// The key whose secret this is: from the secrets this shard verified
+    /// already, else by SHA-256 against the table (and then remembered).
+    pub fn find(&self, secret: &[u8]) -> Option<Arc<KeyEntry>> {
+        self.refresh();
+        let h = xxhash_rust::xxh3::xxh3_128_with_seed(secret, self.seed);
+        if let Some((full, k)) = self.verified.borrow().get(&(h as u64))
+            && *full == h
+        {
+            return Some(k.clone());
+        }
+        let found = self.keys.borrow().find(secret).cloned()?;
+        let mut v = self.verified.borrow_mut();
+        if v.len() >= VERIFIED_CAP {
+            v.clear();
+        }
+        v.insert(h as u64, (h, found.clone()));
+        Some(found)
     }
 }
 
@@ -477,13 +521,16 @@ mod tests {
     fn the_registry_finds_keys_by_secret_and_forgets_revoked_ones() {
         let r = Registry::new(&BTreeMap::new(), vec![entry("a", "sk-aigw-1", &[])]);
         let keys = ShardKeys::new(r.clone());
-        assert_eq!(
-            keys.with(|k| k.find(b"sk-aigw-1").map(|e| e.id.clone())),
-            Some(Arc::from("a"))
-        );
-        assert!(keys.with(|k| k.find(b"sk-aigw-2").is_none()));
+        for _ in 0..2 {
+            // The second time from the verified secrets.
+            assert_eq!(
+                keys.find(b"sk-aigw-1").map(|e| e.id.clone()),
+                Some(Arc::from("a"))
+            );
+        }
+        assert!(keys.find(b"sk-aigw-2").is_none());
         r.add(entry("b", "sk-aigw-2", &[])).unwrap();
-        assert!(keys.with(|k| k.find(b"sk-aigw-2").is_some()));
+        assert!(keys.find(b"sk-aigw-2").is_some());
         assert_eq!(
             r.add(entry("b", "x", &[])),
             Err(KeyError::Exists("b".into()))
@@ -493,7 +540,7 @@ mod tests {
             Err(KeyError::SameSecret("b".into()))
         );
         r.revoke("a").unwrap();
-        assert!(keys.with(|k| k.find(b"sk-aigw-1").is_none()));
+        assert!(keys.find(b"sk-aigw-1").is_none(), "forgotten once revoked");
         assert_eq!(r.revoke("a"), Err(KeyError::NotFound("a".into())));
     }
 

@@ -284,12 +284,12 @@ pub struct Who<'a> {
 }
 
 impl Who<'_> {
-    fn value(&self, scope: &Scope) -> String {
+    fn value(&self, scope: &Scope) -> std::borrow::Cow<'_, str> {
         match scope {
-            Scope::Gateway => String::new(),
-            Scope::Key => self.key_id.unwrap_or(NO_VALUE).to_string(),
-            Scope::Provider => self.provider.to_string(),
-            Scope::Metadata(f) => (self.metadata)(f).unwrap_or_else(|| NO_VALUE.to_string()),
+            Scope::Gateway => "".into(),
+            Scope::Key => self.key_id.unwrap_or(NO_VALUE).into(),
+            Scope::Provider => self.provider.into(),
+            Scope::Metadata(f) => (self.metadata)(f).map_or(NO_VALUE.into(), Into::into),
         }
     }
 }
@@ -407,6 +407,9 @@ pub struct ShardBudgets {
     shared: Arc<Budgets>,
     rules: RefCell<Rc<Vec<Prepared>>>,
     local: RefCell<FastMap<(u64, u64), Arc<Bucket>>>,
+    /// The last calendar slots worked out (a month's bounds cost a date
+    /// computation; they hold until the slot ends).
+    calendar: std::cell::Cell<[Option<(BudgetWindow, Slot)>; 2]>,
 }
 
 /// The worst case a request may cost, by price: USD per input and per output token.
@@ -422,7 +425,28 @@ impl ShardBudgets {
             shared,
             rules: RefCell::new(Rc::new(prepare(rules))),
             local: RefCell::new(FastMap::default()),
+            calendar: std::cell::Cell::new([None, None]),
         }
+    }
+
+    /// [`slot`], remembering calendar days and months until they end.
+    fn slot(&self, window: BudgetWindow, now_ms: u64) -> Slot {
+        let i = match window {
+            BudgetWindow::Daily => 0,
+            BudgetWindow::Monthly => 1,
+            BudgetWindow::Rolling(_) => return slot(window, now_ms),
+        };
+        let mut cached = self.calendar.get();
+        if let Some((w, s)) = cached[i]
+            && w == window
+            && (s.start_ms..s.end_ms).contains(&now_ms)
+        {
+            return s;
+        }
+        let s = slot(window, now_ms);
+        cached[i] = Some((window, s));
+        self.calendar.set(cached);
+        s
     }
 
     pub fn set_rules(&self, rules: &[BudgetRule]) {
@@ -466,7 +490,7 @@ impl ShardBudgets {
             }
             let value = who.value(&p.rule.scope);
             let b = self.bucket(p, &value);
-            let s = slot(p.rule.window, now_ms);
+            let s = self.slot(p.rule.window, now_ms);
             let amount = b.spend.amount(s.window, p.amount);
             let worst = rates.map_or(0, |rates| {
                 let output = max_tokens.unwrap_or(p.rule.default_max_tokens);

@@ -562,6 +562,22 @@ pub fn render_json(m: &Merged, logs: &LogStats, cache: Option<Totals>) -> String
             quantiles(&m.histograms[*series as usize])
         );
     }
+    s.push_str("},\"keys\":{");
+    for (i, (id, k)) in m.keys.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        crate::error::push_json_string(&mut s, id);
+        let _ = write!(
+            s,
+            ":{{\"requests\":{},\"errors\":{},\"tokens\":{{\"input\":{},\"output\":{}}},\"cost_usd\":{}}}",
+            k.requests,
+            k.errors,
+            k.input_tokens,
+            k.output_tokens,
+            k.cost_nanos as f64 / 1e9
+        );
+    }
     s.push_str("},\"windows\":{");
     let windows = [("1m", m.window(60)), ("5m", m.window(300))];
     for (i, (name, w)) in windows.iter().enumerate() {

@@ -145,6 +145,51 @@ pub fn render(m: &Merged, logs: &LogStats, cache: Option<Totals>) -> String {
             }
         }
     }
+    if !m.keys.is_empty() {
+        family(
+            &mut s,
+            "aigw_key_requests_total",
+            "counter",
+            "Requests by gateway key id (requests without a key are not counted here).",
+        );
+        for (id, k) in &m.keys {
+            let _ = writeln!(
+                s,
+                "aigw_key_requests_total{{key=\"{}\"}} {}",
+                escape(id),
+                k.requests
+            );
+        }
+        family(
+            &mut s,
+            "aigw_key_tokens_total",
+            "counter",
+            "Tokens spent by gateway key id and direction (cache hits not counted).",
+        );
+        for (id, k) in &m.keys {
+            for (dir, n) in [("input", k.input_tokens), ("output", k.output_tokens)] {
+                let _ = writeln!(
+                    s,
+                    "aigw_key_tokens_total{{key=\"{}\",direction=\"{dir}\"}} {n}",
+                    escape(id)
+                );
+            }
+        }
+        family(
+            &mut s,
+            "aigw_key_cost_usd_total",
+            "counter",
+            "Spend in US dollars by gateway key id (requests whose price is known).",
+        );
+        for (id, k) in &m.keys {
+            let _ = writeln!(
+                s,
+                "aigw_key_cost_usd_total{{key=\"{}\"}} {}",
+                escape(id),
+                k.cost_nanos as f64 / 1e9
+            );
+        }
+    }
     family(
         &mut s,
         "aigw_cost_usd_total",

@@ -2,7 +2,7 @@
 //! recorders) into the process-wide view the admin socket renders. Control
 //! plane: never imported by the data plane.
 
-use crate::stats::labels::{LabelCounters, MergedLabels};
+use crate::stats::labels::{KeyCounters, LabelCounters, MergedLabels};
 use crate::stats::{Counters, Gauges, Snapshot, new_series};
 use hdrhistogram::Histogram;
 use std::collections::BTreeMap;
@@ -38,6 +38,8 @@ pub struct Merged {
     pub histograms: [Histogram<u64>; 4],
     /// Counters by (provider, model), bounded.
     pub labels: MergedLabels,
+    /// Counters by gateway key id since start, bounded.
+    pub keys: BTreeMap<String, KeyCounters>,
     pub flushed: Vec<u64>,
     /// The latest gauges of each shard.
     pub gauges: Vec<Gauges>,
@@ -123,6 +125,7 @@ impl StatsHub {
                 counters: Counters::default(),
                 histograms: new_series(),
                 labels: MergedLabels::default(),
+                keys: BTreeMap::new(),
                 flushed: vec![0; shards],
                 gauges: vec![Gauges::default(); shards],
                 history: std::collections::VecDeque::new(),
@@ -141,6 +144,15 @@ impl StatsHub {
         for (provider, model, c) in s.labels {
             let key = m.labels.add(provider, model, &c);
             m.slot().labels.entry(key).or_default().add(&c);
+        }
+        for (key, c) in s.keys {
+            let key = if m.keys.contains_key(&key) || m.keys.len() < crate::stats::labels::MAX_KEYS
+            {
+                key
+            } else {
+                crate::stats::labels::OTHER.to_string()
+            };
+            m.keys.entry(key).or_default().add(&c);
         }
         if s.shard < m.flushed.len() {
             m.flushed[s.shard] = m.flushed[s.shard].max(s.seq);

@@ -155,15 +155,27 @@ pub fn percent_decode(s: &[u8]) -> Vec<u8> {
 
 /// Appends `n` in decimal (header values on the hot path, without `fmt`).
 pub fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    // Two digits per division: headers carry several numbers per response.
+    const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+        2021222324252627282930313233343536373839\
+        4041424344454647484950515253545556575859\
+        6061626364656667686970717273747576777879\
+        8081828384858687888990919293949596979899";
     let mut digits = [0u8; 20];
     let mut i = digits.len();
-    loop {
+    while n >= 100 {
+        let pair = (n % 100) as usize * 2;
+        n /= 100;
+        i -= 2;
+        digits[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    }
+    if n >= 10 {
+        let pair = n as usize * 2;
+        i -= 2;
+        digits[i..i + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    } else {
         i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
+        digits[i] = b'0' + n as u8;
     }
     out.extend_from_slice(&digits[i..]);
 }
@@ -183,7 +195,19 @@ mod tests {
 
     #[test]
     fn decimals_format_like_display() {
-        for n in [0u64, 7, 10, 999, 1_000_000, u64::MAX] {
+        for n in [
+            0u64,
+            7,
+            9,
+            10,
+            99,
+            100,
+            101,
+            999,
+            12_345,
+            1_000_000,
+            u64::MAX,
+        ] {
             let mut out = Vec::new();
             super::push_decimal(&mut out, n);
             assert_eq!(out, n.to_string().into_bytes());

@@ -26,6 +26,7 @@ use crate::auth::models_allow;
 use crate::config::limits::{Count, RateRule, Scope, Technique};
 use crate::error::GatewayError;
 use crate::fasthash::FastMap;
+use crate::http::push_decimal;
 use dashmap::DashMap;
 use std::cell::{Cell, RefCell};
 use std::fmt::Write as _;
@@ -165,6 +166,11 @@ struct Prepared {
     /// window (not its limit: a reload that changes only the limit keeps counts).
     fingerprint: u64,
     window_ms: u64,
+    /// `x-ratelimit-limit-<requests|tokens>: N` with its CRLF, rendered once.
+    limit_line: Vec<u8>,
+    /// The last reset rendered, by the value it was rendered for (it changes
+    /// once a second at most, and takes divisions to write).
+    reset: RefCell<(u64, Vec<u8>)>,
 }
 
 fn fingerprint(r: &RateRule) -> u64 {
@@ -233,10 +239,22 @@ impl ShardLimiter {
     pub fn set_rules(&self, rules: &[RateRule]) {
         let prepared = rules
             .iter()
-            .map(|r| Prepared {
-                rule: r.clone(),
-                fingerprint: fingerprint(r),
-                window_ms: r.window.as_millis().max(1) as u64,
+            .map(|r| {
+                let what = if r.count.is_tokens() {
+                    "tokens"
+                } else {
+                    "requests"
+                };
+                let mut limit_line = format!("x-ratelimit-limit-{what}: ").into_bytes();
+                push_decimal(&mut limit_line, r.limit);
+                limit_line.extend_from_slice(b"\r\n");
+                Prepared {
+                    rule: r.clone(),
+                    fingerprint: fingerprint(r),
+                    window_ms: r.window.as_millis().max(1) as u64,
+                    limit_line,
+                    reset: RefCell::new((u64::MAX, Vec::new())),
+                }
             })
             .collect();
         *self.rules.borrow_mut() = Rc::new(prepared);
@@ -271,7 +289,10 @@ impl ShardLimiter {
     /// rule when one refuses.
     pub fn admit(&self, ask: &Ask<'_>) -> Result<Admission, GatewayError> {
         let rules = self.rules.borrow().clone();
-        let mut admission = Admission::default();
+        let mut admission = Admission {
+            held: Vec::with_capacity(rules.len()),
+            headers: Vec::with_capacity(256),
+        };
         let mut best: [Option<Shown>; 2] = [None, None];
         for p in rules.iter() {
             let r = &p.rule;
@@ -320,7 +341,7 @@ impl ShardLimiter {
                     local.holders.set(local.holders.get() + 1);
                     let remaining = local.bucket.counter.remaining(now, sliding, r.limit)
                         + local.lease_left.get();
-                    show(&mut best[0], r.limit, remaining, p.window_ms, ask.now_ms);
+                    show(&mut best[0], p, remaining, ask.now_ms);
                     admission.held.push(Held {
                         kind: Kind::Request {
                             window: local.lease_window.get(),
@@ -339,7 +360,7 @@ impl ShardLimiter {
                     .max(1);
                     match local.bucket.counter.take(now, sliding, r.limit, want, want) {
                         Ok(g) => {
-                            show(&mut best[1], r.limit, g.remaining, p.window_ms, ask.now_ms);
+                            show(&mut best[1], p, g.remaining, ask.now_ms);
                             admission.held.push(Held {
                                 local,
                                 kind: Kind::Tokens {
@@ -365,47 +386,76 @@ impl ShardLimiter {
 }
 
 /// The tightest rule of a kind, for the success headers.
-struct Shown {
-    limit: u64,
+struct Shown<'a> {
+    rule: &'a Prepared,
     remaining: u64,
     reset_ms: u64,
 }
 
-impl Shown {
-    fn write(&self, out: &mut String, what: &str) {
-        let _ = write!(
-            out,
-            "x-ratelimit-limit-{what}: {}\r\nx-ratelimit-remaining-{what}: {}\r\nx-ratelimit-reset-{what}: {}\r\n",
-            self.limit,
-            self.remaining,
-            go_duration(self.reset_ms)
-        );
+impl Shown<'_> {
+    /// Hand-formatted: this runs for every admitted request.
+    fn write(&self, out: &mut Vec<u8>, what: &str) {
+        out.extend_from_slice(&self.rule.limit_line);
+        out.extend_from_slice(b"x-ratelimit-remaining-");
+        out.extend_from_slice(what.as_bytes());
+        out.extend_from_slice(b": ");
+        push_decimal(out, self.remaining);
+        out.extend_from_slice(b"\r\nx-ratelimit-reset-");
+        out.extend_from_slice(what.as_bytes());
+        out.extend_from_slice(b": ");
+        // Seconds from 1 s on, as written: rendered once per value.
+        let key = if self.reset_ms < 1000 {
+            self.reset_ms
+        } else {
+            self.reset_ms.div_ceil(1000) * 1000
+        };
+        let mut cached = self.rule.reset.borrow_mut();
+        if cached.0 != key {
+            cached.1.clear();
+            push_go_duration(&mut cached.1, key);
+            cached.0 = key;
+        }
+        out.extend_from_slice(&cached.1);
+        out.extend_from_slice(b"\r\n");
     }
 }
 
-fn show(best: &mut Option<Shown>, limit: u64, remaining: u64, window_ms: u64, now_ms: u64) {
+fn show<'a>(best: &mut Option<Shown<'a>>, p: &'a Prepared, remaining: u64, now_ms: u64) {
     if best.as_ref().is_some_and(|b| b.remaining <= remaining) {
         return;
     }
     *best = Some(Shown {
-        limit,
+        rule: p,
         remaining,
-        reset_ms: window_ms - now_ms % window_ms,
+        reset_ms: p.window_ms - now_ms % p.window_ms,
     });
 }
 
 /// `1h2m3s`, `6m0s`, `12s`, `250ms`: how OpenAI writes its reset headers.
 pub fn go_duration(ms: u64) -> String {
+    let mut v = Vec::new();
+    push_go_duration(&mut v, ms);
+    String::from_utf8_lossy(&v).into_owned()
+}
+
+fn push_go_duration(out: &mut Vec<u8>, ms: u64) {
     if ms < 1000 {
-        return format!("{ms}ms");
+        push_decimal(out, ms);
+        out.extend_from_slice(b"ms");
+        return;
     }
     let s = ms.div_ceil(1000);
     let (h, m, s) = (s / 3600, (s / 60) % 60, s % 60);
-    match (h, m) {
-        (0, 0) => format!("{s}s"),
-        (0, _) => format!("{m}m{s}s"),
-        _ => format!("{h}h{m}m{s}s"),
+    if h > 0 {
+        push_decimal(out, h);
+        out.push(b'h');
     }
+    if h > 0 || m > 0 {
+        push_decimal(out, m);
+        out.push(b'm');
+    }
+    push_decimal(out, s);
+    out.push(b's');
 }
 
 /// The 429 for a rule a request would break.
@@ -510,7 +560,7 @@ struct Held {
 pub struct Admission {
     held: Vec<Held>,
     /// `x-ratelimit-*` lines for a successful answer (the tightest rule of each kind).
-    pub headers: String,
+    pub headers: Vec<u8>,
 }
 
 impl Admission {
@@ -666,7 +716,11 @@ mod tests {
             1,
         );
         let first = s.admit(&ask(Some("k"), NONE)).unwrap();
-        assert!(first.headers.contains("x-ratelimit-remaining-requests: 0"));
+        let shown = String::from_utf8(first.headers.clone()).unwrap();
+        assert!(
+            shown.contains("x-ratelimit-remaining-requests: 0"),
+            "{shown}"
+        );
         let e = s.admit(&ask(Some("k"), NONE)).unwrap_err();
         assert_eq!(e.status, 429);
         assert!(

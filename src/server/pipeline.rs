@@ -33,7 +33,7 @@ use crate::cache::flight::{End as FlightEnd, Flight, FlightHead, Leading};
 use crate::cache::key::KeyInput;
 use crate::cache::{self, Lookup, entry};
 use crate::controls::{self, CustomCost};
-use crate::cost::{self, Tokens};
+use crate::cost::{self, Price, Tokens};
 use crate::error::{ErrorSource, GatewayError};
 use crate::http::ReadBuf;
 use crate::http::request::Method;
@@ -92,12 +92,26 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         Err(e) => return answer_error(ctx, c, rec, &e, keep_alive).await,
     };
 
+    // The model's price, looked up once (admission reserves by it, the
+    // record is charged by it).
+    let priced = match rec.model.as_deref() {
+        Some(m) => ctx.prices().get(&plan.provider.name, m).cloned(),
+        None => None,
+    };
+
     // 1b. admission: the rate limits this request falls under
-    let (mut admission, reservation) =
-        match admit(ctx, c, req, &plan, principal.as_deref(), &wish, &rec) {
-            Ok(a) => a,
-            Err(e) => return answer_error(ctx, c, rec, &e, keep_alive).await,
-        };
+    let (mut admission, reservation) = match admit(
+        ctx,
+        body_len(c, req),
+        &plan,
+        principal.as_deref(),
+        &wish,
+        &rec,
+        priced.as_ref(),
+    ) {
+        Ok(a) => a,
+        Err(e) => return answer_error(ctx, c, rec, &e, keep_alive).await,
+    };
 
     // 1c. cache: a hit answers here; a miss leads or follows the one upstream call
     let mut lead = None;
@@ -267,16 +281,15 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
     let shape = plan.provider.usage_shape();
     let mut used = tokens_of(&rec.usage, shape.input_includes_cached);
     if rec.usage.is_empty() && rec.status < 400 {
-        let body_len = req.view(&c.head, &c.buf, &c.body).body.len() as u64;
         used = Tokens {
-            input: body_len.div_ceil(4),
+            input: body_len(c, req).div_ceil(4),
             output: relayed.bytes_out.div_ceil(4),
             input_includes_cached: true,
             ..Tokens::default()
         };
         rec.cost_estimated = true;
     }
-    price(ctx, &mut rec, &used, wish.custom_cost.as_ref());
+    price(&mut rec, priced.as_ref(), &used, wish.custom_cost.as_ref());
     if hold {
         if relayed.ending == Ending::Complete {
             insert_cost_header(&mut held, rec.cost);
@@ -454,39 +467,40 @@ fn authenticate(
     rec: &mut RequestRecord,
 ) -> Result<Option<Arc<KeyEntry>>, GatewayError> {
     let required = ctx.config().auth.required;
-    let found = ctx.keys().with(|keys| {
-        if keys.is_empty() && !required {
-            return Ok(None);
-        }
-        let view = req.view(&c.head, &c.buf, &c.body);
-        let headers = view
-            .head
-            .headers
-            .iter()
-            .map(|h| (h.name.get(view.window), h.value.get(view.window)));
-        let injected = plan.provider.auth_lines(plan.unified).is_some();
-        match auth::presented(headers, injected) {
-            Some((carrier, secret)) => match keys.find(secret) {
-                Some(k) => Ok(Some(k.clone())),
-                // A credential for the gateway, or one that may only be one.
-                None if required
-                    || carrier == Carrier::Gateway
-                    || secret.starts_with(auth::SECRET_PREFIX.as_bytes()) =>
-                {
-                    Err(GatewayError::unauthorized(
-                        "the gateway key is not valid (unknown or revoked)",
-                    ))
-                }
-                None => Ok(None),
-            },
-            None if required => Err(GatewayError::unauthorized(if injected {
+    let keys = ctx.keys();
+    if !required && keys.is_empty() {
+        return Ok(None);
+    }
+    let view = req.view(&c.head, &c.buf, &c.body);
+    let headers = view
+        .head
+        .headers
+        .iter()
+        .map(|h| (h.name.get(view.window), h.value.get(view.window)));
+    let injected = plan.provider.auth_lines(plan.unified).is_some();
+    let found = match auth::presented(headers, injected) {
+        Some((carrier, secret)) => match keys.find(secret) {
+            Some(k) => Some(k),
+            // A credential for the gateway, or one that may only be one.
+            None if required
+                || carrier == Carrier::Gateway
+                || secret.starts_with(auth::SECRET_PREFIX.as_bytes()) =>
+            {
+                return Err(GatewayError::unauthorized(
+                    "the gateway key is not valid (unknown or revoked)",
+                ));
+            }
+            None => None,
+        },
+        None if required => {
+            return Err(GatewayError::unauthorized(if injected {
                 "this gateway requires a key: send `Authorization: Bearer <key>`"
             } else {
                 "this gateway requires a key: send `aigw-authorization: Bearer <key>` (your provider key stays in `Authorization`)"
-            })),
-            None => Ok(None),
+            }));
         }
-    })?;
+        None => None,
+    };
     let Some(key) = found else { return Ok(None) };
     rec.key_id = Some(key.id.clone());
     if let Some(log) = rec.log.as_mut()
@@ -516,12 +530,19 @@ fn authenticate(
 /// The gateway's header lines for an answer no provider made for this
 /// request (a cache hit or a shared answer): rate-limit counts, and its cost
 /// (nothing) when asked.
-fn answer_headers<'a>(admission: &'a Admission, wish: &Wish) -> std::borrow::Cow<'a, str> {
+fn answer_headers<'a>(admission: &'a Admission, wish: &Wish) -> std::borrow::Cow<'a, [u8]> {
     if wish.include_cost {
-        format!("{}aigw-cost: 0\r\n", admission.headers).into()
+        let mut h = admission.headers.clone();
+        h.extend_from_slice(b"aigw-cost: 0\r\n");
+        h.into()
     } else {
-        admission.headers.as_str().into()
+        admission.headers.as_slice().into()
     }
+}
+
+/// The request body's length.
+fn body_len(c: &ClientConn, req: &Incoming) -> u64 {
+    req.view(&c.head, &c.buf, &c.body).body.len() as u64
 }
 
 /// Largest JSON answer read whole before it is sent (for `include-cost`).
@@ -540,12 +561,12 @@ fn tokens_of(u: &Usage, input_includes_cached: bool) -> Tokens {
 
 /// The record learns the request's cost (unknown without a price) and its
 /// share of the model's context window.
-fn price(ctx: &ShardCtx, rec: &mut RequestRecord, used: &Tokens, custom: Option<&CustomCost>) {
-    let prices = ctx.prices();
-    let found = match (rec.provider.as_deref(), rec.model.as_deref()) {
-        (Some(p), Some(m)) => prices.get(p, m),
-        _ => None,
-    };
+fn price(
+    rec: &mut RequestRecord,
+    found: Option<&Price>,
+    used: &Tokens,
+    custom: Option<&CustomCost>,
+) {
     rec.cost = cost::cost(found, custom, used);
     rec.context_share = found
         .and_then(|p| p.context_window)
@@ -568,12 +589,12 @@ fn insert_cost_header(answer: &mut Vec<u8>, cost: Option<f64>) {
 /// of the request's worst-case cost (none configured: nothing to do).
 fn admit(
     ctx: &ShardCtx,
-    c: &ClientConn,
-    req: &Incoming,
+    body_len: u64,
     plan: &Plan,
     key: Option<&KeyEntry>,
     wish: &Wish,
     rec: &RequestRecord,
+    price: Option<&Price>,
 ) -> Result<(Admission, Reservation), GatewayError> {
     let (limiter, budgets) = (ctx.limiter(), ctx.budgets());
     if limiter.is_empty() && budgets.is_empty() {
@@ -590,7 +611,6 @@ fn admit(
                 })
             })
     };
-    let body_len = req.view(&c.head, &c.buf, &c.body).body.len() as u64;
     let now_ms = now_unix_ms();
     let admission = limiter.admit(&Ask {
         key_id: key.map(|k| &*k.id),
@@ -606,11 +626,6 @@ fn admit(
         return Ok((admission, Reservation::default()));
     }
     // Prices per token, the request's own over the table's.
-    let prices = ctx.prices();
-    let price = rec
-        .model
-        .as_deref()
-        .and_then(|m| prices.get(&plan.provider.name, m));
     let custom = wish.custom_cost.as_ref();
     let input = custom
         .and_then(|c| c.per_token_in)
@@ -711,7 +726,7 @@ async fn serve_hit(
     mut rec: RequestRecord,
     keep_alive: bool,
     now_ms: u64,
-    limits: &str,
+    limits: &[u8],
 ) -> bool {
     // The entry stays borrowed only while the answer is built.
     let built = ctx.cache().and_then(|cache| {
@@ -804,7 +819,7 @@ async fn follow(
     flight: &Flight,
     rec: &mut RequestRecord,
     keep_alive: bool,
-    limits: &str,
+    limits: &[u8],
 ) -> Option<bool> {
     if !flight.follow() {
         rec.cache = Some(CacheStatus::Miss);

@@ -81,7 +81,7 @@ pub struct ClientHead<'a> {
     pub cache: Option<CacheLine>,
     /// The gateway's `x-ratelimit-*` lines (empty: no rule applied, and the
     /// provider's own pass through).
-    pub limits: &'a str,
+    pub limits: &'a [u8],
 }
 
 /// The cache status header: its name follows the request's URL layout.
@@ -174,7 +174,7 @@ pub struct CachedHead<'a> {
     /// ended by close for HTTP/1.0).
     pub length: Option<usize>,
     /// The gateway's `x-ratelimit-*` lines.
-    pub limits: &'a str,
+    pub limits: &'a [u8],
 }
 
 /// Writes the head of an answer from the cache: the stored header lines
@@ -183,7 +183,7 @@ pub fn cached_head(out: &mut Vec<u8>, h: &CachedHead<'_>, stored: &[u8]) {
     status_line(out, h.http10, h.status, provider_reason(h.status, b""));
     out.extend_from_slice(stored);
     push_ours(out, h.id, h.provider, h.model);
-    out.extend_from_slice(h.limits.as_bytes());
+    out.extend_from_slice(h.limits);
     h.cache.write(out);
     if let Some(age) = h.age {
         out.extend_from_slice(b"age: ");
@@ -238,7 +238,7 @@ pub fn provider_head(out: &mut Vec<u8>, h: &ClientHead<'_>, rh: &ResponseHead, w
         out.extend_from_slice(b"\r\n");
     }
     push_ours(out, h.id, h.provider, h.model);
-    out.extend_from_slice(h.limits.as_bytes());
+    out.extend_from_slice(h.limits);
     if rh.status >= 400 {
         out.extend_from_slice(b"aigw-error-source: provider\r\n");
     }
@@ -359,7 +359,7 @@ mod tests {
             ttfb: Duration::from_micros(5),
             framing: ClientFraming::for_body(rh.body(), false, false),
             cache: None,
-            limits: "",
+            limits: b"",
         };
         let mut out = Vec::new();
         provider_head(&mut out, &h, &rh, raw);

@@ -327,3 +327,79 @@ mod tests {
         assert_eq!(merged.by.len(), MAX_MODELS_PER_PROVIDER + 1);
     }
 }
+
+/// Most gateway keys counted apart; further keys count as `other`.
+pub const MAX_KEYS: usize = 4096;
+
+/// What is counted for one gateway key (requests without a key are not).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeyCounters {
+    pub requests: u64,
+    /// Answers with a 4xx or 5xx status.
+    pub errors: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// Spend in billionths of a US dollar.
+    pub cost_nanos: u64,
+}
+
+impl KeyCounters {
+    fn record(&mut self, r: &RequestRecord) {
+        self.requests += 1;
+        self.errors += u64::from(r.status >= 400);
+        if !r.cache.is_some_and(|c| c.served()) {
+            self.input_tokens = self
+                .input_tokens
+                .saturating_add(r.usage.input_tokens.unwrap_or(0));
+            self.output_tokens = self
+                .output_tokens
+                .saturating_add(r.usage.output_tokens.unwrap_or(0));
+        }
+        if let Some(usd) = r.cost {
+            self.cost_nanos = self.cost_nanos.saturating_add((usd * 1e9).round() as u64);
+        }
+    }
+
+    pub fn add(&mut self, o: &KeyCounters) {
+        self.requests += o.requests;
+        self.errors += o.errors;
+        self.input_tokens = self.input_tokens.saturating_add(o.input_tokens);
+        self.output_tokens = self.output_tokens.saturating_add(o.output_tokens);
+        self.cost_nanos = self.cost_nanos.saturating_add(o.cost_nanos);
+    }
+}
+
+/// A shard's counters by gateway key id, bounded by [`MAX_KEYS`].
+#[derive(Default)]
+pub struct ByKey {
+    keys: FastMap<Arc<str>, KeyCounters>,
+    other: KeyCounters,
+}
+
+impl ByKey {
+    pub fn record(&mut self, r: &RequestRecord) {
+        let Some(id) = &r.key_id else { return };
+        if let Some(c) = self.keys.get_mut(id) {
+            c.record(r);
+        } else if self.keys.len() < MAX_KEYS {
+            self.keys.entry(id.clone()).or_default().record(r);
+        } else {
+            self.other.record(r);
+        }
+    }
+
+    /// Takes everything counted, as (key id, counters).
+    pub fn take(&mut self) -> Vec<(String, KeyCounters)> {
+        let empty = KeyCounters::default();
+        let mut out: Vec<(String, KeyCounters)> = self
+            .keys
+            .iter_mut()
+            .filter(|(_, c)| **c != empty)
+            .map(|(k, c)| (k.to_string(), std::mem::take(c)))
+            .collect();
+        if self.other != empty {
+            out.push((OTHER.into(), std::mem::take(&mut self.other)));
+        }
+        out
+    }
+}

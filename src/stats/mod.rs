@@ -101,6 +101,8 @@ pub struct Snapshot {
     pub histograms: [Histogram<u64>; 4],
     /// Counters by (provider, model), bounded.
     pub labels: Vec<(String, String, labels::LabelCounters)>,
+    /// Counters by gateway key id, bounded.
+    pub keys: Vec<(String, labels::KeyCounters)>,
     pub gauges: Gauges,
 }
 
@@ -114,6 +116,7 @@ pub struct ShardStats {
     counters: Counters,
     histograms: [Histogram<u64>; 4],
     labels: labels::ByLabel,
+    keys: labels::ByKey,
 }
 
 impl Default for ShardStats {
@@ -122,6 +125,7 @@ impl Default for ShardStats {
             counters: Counters::default(),
             histograms: new_series(),
             labels: labels::ByLabel::default(),
+            keys: labels::ByKey::default(),
         }
     }
 }
@@ -147,6 +151,7 @@ impl ShardStats {
             self.histograms[Series::Ttft as usize].saturating_record(us(t));
         }
         self.labels.record(r);
+        self.keys.record(r);
     }
 
     /// A finished record the request log's queue had no room for. Not a fact
@@ -170,6 +175,7 @@ impl ShardStats {
             counters: std::mem::take(&mut self.counters),
             histograms,
             labels: self.labels.take(),
+            keys: self.keys.take(),
             gauges,
         }
     }

@@ -1,15 +1,17 @@
 """The official OpenAI Python SDK against a running aigw (run by tests/sdk.rs).
 
-Usage: openai_python.py GATEWAY_URL EXPECTED_REPLY
+Usage: openai_python.py GATEWAY_URL EXPECTED_REPLY GATEWAY_KEY
 GATEWAY_URL is http://IP:PORT; provider `up` is the mock provider, whose replies
-are EXPECTED_REPLY. Exits non-zero (with a traceback) on any mismatch.
+are EXPECTED_REPLY; GATEWAY_KEY is a gateway key the config defines (requests
+without one pass; model `up/limited` allows one request per user). Exits
+non-zero (with a traceback) on any mismatch.
 """
 
 import sys
 
 import openai
 
-gateway, expected = sys.argv[1], sys.argv[2]
+gateway, expected, gateway_key = sys.argv[1], sys.argv[2], sys.argv[3]
 client = openai.OpenAI(base_url=f"{gateway}/v1", api_key="x", max_retries=0, timeout=20)
 messages = [{"role": "user", "content": "say something"}]
 
@@ -76,5 +78,27 @@ try:
     raise AssertionError("unknown provider accepted")
 except openai.BadRequestError as err:
     assert err.code == "unknown_provider", err
+
+# A gateway key as the SDK's api_key; a wrong one is the SDK's typed 401.
+keyed = openai.OpenAI(base_url=f"{gateway}/v1", api_key=gateway_key, max_retries=0, timeout=20)
+r = keyed.chat.completions.create(model="up/gpt-x", messages=messages)
+assert r.choices[0].message.content == expected, r
+wrong = openai.OpenAI(base_url=f"{gateway}/v1", api_key="sk-aigw-" + "0" * 64, max_retries=0, timeout=20)
+try:
+    wrong.chat.completions.create(model="up/gpt-x", messages=messages)
+    raise AssertionError("a wrong gateway key was accepted")
+except openai.AuthenticationError as err:
+    assert err.code == "invalid_api_key", err
+
+# A rate limit is the SDK's typed 429, with the headers it retries by.
+limited = {"aigw-metadata": '{"user":"sdk"}'}
+keyed.chat.completions.create(model="up/limited", messages=messages, extra_headers=limited)
+try:
+    keyed.chat.completions.create(model="up/limited", messages=messages, extra_headers=limited)
+    raise AssertionError("the second request passed a limit of one")
+except openai.RateLimitError as err:
+    assert err.code == "rate_limit_exceeded", err
+    assert int(err.response.headers["retry-after"]) >= 1, err.response.headers
+    assert err.response.headers["x-ratelimit-remaining-requests"] == "0", err.response.headers
 
 print("openai", openai.__version__, "ok")

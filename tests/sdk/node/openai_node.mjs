@@ -8,7 +8,7 @@
 import OpenAI from "openai";
 import { VERSION } from "openai/version";
 
-const [gateway, expected] = process.argv.slice(2);
+const [gateway, expected, gatewayKey] = process.argv.slice(2);
 if (!gateway || expected === undefined) {
   console.error("usage: node openai_node.mjs GATEWAY_URL EXPECTED_REPLY");
   process.exit(2);
@@ -115,6 +115,35 @@ try {
   check(caught instanceof OpenAI.BadRequestError, `not a BadRequestError: ${caught}`);
   check(caught.status === 400, `status ${caught.status}`);
   check(caught.code === "unknown_provider", `code ${show(caught.code)}`);
+
+  // A gateway key as the SDK's apiKey; a wrong one is the typed 401.
+  step = "gateway key";
+  const keyed = new OpenAI({ baseURL: `${gateway}/v1`, apiKey: gatewayKey, maxRetries: 0, timeout: 20_000 });
+  const ok = await keyed.chat.completions.create({ model: "up/gpt-x", messages });
+  check(ok.choices[0].message.content === expected, `keyed reply ${show(ok.choices[0].message.content)}`);
+  step = "wrong gateway key";
+  const wrong = new OpenAI({ baseURL: `${gateway}/v1`, apiKey: "sk-aigw-" + "0".repeat(64), maxRetries: 0, timeout: 20_000 });
+  caught = undefined;
+  try {
+    await wrong.chat.completions.create({ model: "up/gpt-x", messages });
+  } catch (err) {
+    caught = err;
+  }
+  check(caught instanceof OpenAI.AuthenticationError, `not an AuthenticationError: ${caught}`);
+
+  // A rate limit is the typed 429, with the headers the SDK retries by.
+  step = "rate limit";
+  const limited = { headers: { "aigw-metadata": '{"user":"sdk"}' } };
+  await keyed.chat.completions.create({ model: "up/limited", messages }, limited);
+  caught = undefined;
+  try {
+    await keyed.chat.completions.create({ model: "up/limited", messages }, limited);
+  } catch (err) {
+    caught = err;
+  }
+  check(caught instanceof OpenAI.RateLimitError, `not a RateLimitError: ${caught}`);
+  check(caught.code === "rate_limit_exceeded", `code ${show(caught.code)}`);
+  check(Number(caught.headers.get("retry-after")) >= 1, `retry-after ${caught.headers.get("retry-after")}`);
 } catch (err) {
   console.error(`FAILED at ${step}:`, err);
   process.exit(1);
