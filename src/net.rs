@@ -74,6 +74,43 @@ impl AsyncWrite for Direct<'_> {
     }
 }
 
+/// Where a relayed answer goes: straight to the client, or held in memory
+/// (to be sent whole once its head can say what it cost).
+pub enum Sink<'a> {
+    Direct(Direct<'a>),
+    Held(&'a mut Vec<u8>),
+}
+
+impl AsyncWrite for Sink<'_> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Sink::Direct(d) => Pin::new(d).poll_write(cx, buf),
+            Sink::Held(v) => {
+                v.extend_from_slice(buf);
+                Poll::Ready(Ok(buf.len()))
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Sink::Direct(d) => Pin::new(d).poll_flush(cx),
+            Sink::Held(_) => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Sink::Direct(d) => Pin::new(d).poll_close(cx),
+            Sink::Held(_) => Poll::Ready(Ok(())),
+        }
+    }
+}
+
 /// How many times a read lets the shard's other tasks run before it waits on
 /// the socket through glommio. Under load the data usually arrives meanwhile,
 /// which saves an io_uring poll and its task-work wake-up; when the shard is

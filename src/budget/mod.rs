@@ -25,6 +25,7 @@ use crate::config::limits::Scope;
 use crate::config::{BudgetRule, BudgetWindow};
 use crate::error::GatewayError;
 use crate::fasthash::FastMap;
+use crate::limit::window::Windows;
 use dashmap::DashMap;
 use std::cell::RefCell;
 use std::fmt::Write as _;
@@ -35,17 +36,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// The scope value of requests without one.
 pub const NO_VALUE: &str = crate::limit::NO_VALUE;
 
-const MICROS_BITS: u32 = 40;
-const MICROS_MASK: u64 = (1 << MICROS_BITS) - 1;
-const WINDOW_MASK: u64 = (1 << (64 - MICROS_BITS)) - 1;
-
-fn pack(window: u32, micros: u64) -> u64 {
-    ((u64::from(window) & WINDOW_MASK) << MICROS_BITS) | micros.min(MICROS_MASK)
-}
-
-fn unpack(v: u64) -> (u32, u64) {
-    ((v >> MICROS_BITS) as u32, v & MICROS_MASK)
-}
+/// Spend is counted in micro-dollars, 40 bits a window (over $1M).
+type SpendWindows = Windows<40>;
 
 /// USD to micro-dollars, rounded up (a charge is never under-counted).
 pub fn micros(usd: f64) -> u64 {
@@ -102,94 +94,42 @@ pub fn slot(window: BudgetWindow, now_ms: u64) -> Slot {
 /// One budget's spend for one scope value.
 #[derive(Debug, Default)]
 pub struct Spend {
-    current: AtomicU64,
-    previous: AtomicU64,
+    windows: SpendWindows,
     /// The amount in force and the window it was taken for.
-    amount: AtomicU64,
+    amount: SpendWindows,
     /// The window whose alert was raised (+1; 0: none yet).
     alerted: AtomicU64,
 }
 
 impl Spend {
-    fn rolled(&self, window: u32) -> u64 {
-        loop {
-            let cur = self.current.load(Ordering::Acquire);
-            let (w, spent) = unpack(cur);
-            if w >= window {
-                return cur;
-            }
-            let carried = if w.wrapping_add(1) == window {
-                spent
-            } else {
-                0
-            };
-            self.previous
-                .fetch_max(pack(window - 1, carried), Ordering::AcqRel);
-            let next = pack(window, 0);
-            if self
-                .current
-                .compare_exchange(cur, next, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-            {
-                return next;
-            }
-        }
-    }
-
     /// The amount for `window`: taken from `configured` when the window is
     /// new to this bucket, kept for the rest of it.
     fn amount(&self, window: u32, configured: u64) -> u64 {
-        let v = self.amount.load(Ordering::Acquire);
-        let (w, amount) = unpack(v);
-        if w == window && v != 0 {
+        let (w, amount) = self.amount.rolled(window);
+        if amount != 0 || w != SpendWindows::number(window) {
             return amount;
         }
-        let _ = self.amount.compare_exchange(
-            v,
-            pack(window, configured),
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        );
-        unpack(self.amount.load(Ordering::Acquire)).1
+        // New to this window: it takes the amount configured now.
+        let _ = self.amount.swap(w, 0, configured);
+        self.amount.rolled(window).1
     }
 
     /// Spend counted now: this window's and the weighted previous one's.
     pub fn spent(&self, s: &Slot) -> u64 {
-        let (w, cur) = unpack(self.rolled(s.window));
-        let (pw, prev) = unpack(self.previous.load(Ordering::Acquire));
-        let prev = if w > 0 && pw == w - 1 {
-            (prev as f64 * s.previous_weight).ceil() as u64
-        } else {
-            0
-        };
-        cur + prev
+        let (w, cur) = self.windows.rolled(s.window);
+        cur + (self.windows.previous_of(w) as f64 * s.previous_weight).ceil() as u64
     }
 
     /// Reserves `amount` if the budget is not spent and it fits.
     fn reserve(&self, s: &Slot, budget: u64, amount: u64) -> Result<u32, u64> {
         loop {
-            let cur = self.rolled(s.window);
-            let (w, spent) = unpack(cur);
-            let (pw, prev) = unpack(self.previous.load(Ordering::Acquire));
-            let prev = if w > 0 && pw == w - 1 {
-                (prev as f64 * s.previous_weight).ceil() as u64
-            } else {
-                0
-            };
+            let (w, spent) = self.windows.rolled(s.window);
+            let prev = (self.windows.previous_of(w) as f64 * s.previous_weight).ceil() as u64;
             let counted = spent + prev;
             if counted >= budget || counted + amount > budget {
                 return Err(counted);
             }
-            if self
-                .current
-                .compare_exchange(
-                    cur,
-                    pack(w, spent + amount),
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                )
-                .is_ok()
-            {
+            if self.windows.swap(w, spent, spent + amount) {
                 return Ok(w);
             }
         }
@@ -197,40 +137,12 @@ impl Spend {
 
     /// Adds spend to `window` (the current one, or the one just before it).
     pub fn add(&self, window: u32, amount: u64) {
-        if amount == 0 {
-            return;
-        }
-        let cur = self.rolled(window);
-        let (w, _) = unpack(cur);
-        let slot = if w == window {
-            &self.current
-        } else if w > 0 && w - 1 == window {
-            &self.previous
-        } else {
-            return;
-        };
-        let _ = slot.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
-            let (vw, spent) = unpack(v);
-            (vw == window).then(|| pack(vw, spent + amount))
-        });
+        self.windows.add(window, amount);
     }
 
     /// Takes back spend reserved in `window`, if that window still counts.
     fn give_back(&self, window: u32, amount: u64) {
-        if amount == 0 {
-            return;
-        }
-        for slot in [&self.current, &self.previous] {
-            let done = slot
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
-                    let (w, spent) = unpack(v);
-                    (w == window).then(|| pack(w, spent.saturating_sub(amount)))
-                })
-                .is_ok();
-            if done {
-                return;
-            }
-        }
+        self.windows.give_back(window, amount);
     }
 }
 

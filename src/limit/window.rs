@@ -1,18 +1,10 @@
-//! One bucket's true count: the current window's count and the previous
-//! window's, each packed with its window number into one atomic word, so a
-//! take is a compare-and-swap that can never admit past the limit, and a
-//! window rolls over without a lock. Also the in-flight count of
-//! `concurrent` rules, and the arithmetic of when a refused request may retry.
+//! Counting in windows: [`Windows`] (the current and previous window's
+//! counts, each packed with its window number into one atomic word, shared
+//! with the budgets), a rate-limit bucket's [`Counter`] on it (a take is a
+//! compare-and-swap that can never admit past the limit), the in-flight count
+//! of `concurrent` rules, and the arithmetic of when a refused request may retry.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-
-fn pack(window: u32, count: u32) -> u64 {
-    (u64::from(window) << 32) | u64::from(count)
-}
-
-fn unpack(v: u64) -> (u32, u32) {
-    ((v >> 32) as u32, v as u32)
-}
 
 /// Where `now_ms` falls: the window's number and how far into it (0..1).
 pub fn position(now_ms: u64, window_ms: u64) -> (u32, f64) {
@@ -43,23 +35,45 @@ pub struct Grant {
     pub remaining: u64,
 }
 
-/// A bucket's counts. Shared by every shard (one per rule and scope value).
+/// Two windows' counts, the current one and the one before it, each packed
+/// with its window number into one atomic word: the low `BITS` bits count,
+/// the rest number the window (`64 - BITS` bits of it, enough that a number
+/// wraps only after decades). Rate limits count in 32 bits, budgets
+/// micro-dollars in 40. Every change is a compare-and-swap; a window rolls
+/// over without a lock.
 #[derive(Debug, Default)]
-pub struct Counter {
+pub struct Windows<const BITS: u32> {
     current: AtomicU64,
     previous: AtomicU64,
-    in_flight: AtomicU64,
 }
 
-impl Counter {
-    /// The current word, rolled to `window` if it is older. A window number
-    /// behind the stored one (another shard's clock ran ahead) uses the stored one.
-    fn rolled(&self, window: u32) -> u64 {
+impl<const BITS: u32> Windows<BITS> {
+    /// Largest count a window holds (more saturates).
+    pub const MAX: u64 = (1 << BITS) - 1;
+
+    fn pack(window: u32, count: u64) -> u64 {
+        (u64::from(window) << BITS) | count.min(Self::MAX)
+    }
+
+    fn unpack(v: u64) -> (u32, u64) {
+        ((v >> BITS) as u32, v & Self::MAX)
+    }
+
+    /// A window number as stored (the bits above the count).
+    pub fn number(window: u32) -> u32 {
+        (u64::from(window) & ((1u64 << (64 - BITS)) - 1)) as u32
+    }
+
+    /// The current word, rolled to `window` if it is older; a window number
+    /// behind the stored one (another shard's clock ran ahead) uses the
+    /// stored one. Returns (its window, its count).
+    pub fn rolled(&self, window: u32) -> (u32, u64) {
+        let window = Self::number(window);
         loop {
             let cur = self.current.load(Ordering::Acquire);
-            let (w, count) = unpack(cur);
+            let (w, count) = Self::unpack(cur);
             if w >= window {
-                return cur;
+                return (w, count);
             }
             // The previous window's count first: a reader who sees the new
             // current window then finds its predecessor. `fetch_max` keeps
@@ -70,27 +84,93 @@ impl Counter {
                 0
             };
             self.previous
-                .fetch_max(pack(window - 1, carried), Ordering::AcqRel);
-            let next = pack(window, 0);
+                .fetch_max(Self::pack(window - 1, carried), Ordering::AcqRel);
             if self
                 .current
-                .compare_exchange(cur, next, Ordering::AcqRel, Ordering::Acquire)
+                .compare_exchange(
+                    cur,
+                    Self::pack(window, 0),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
                 .is_ok()
             {
-                return next;
+                return (window, 0);
             }
         }
     }
 
-    fn previous_of(&self, window: u32) -> u64 {
-        let (w, count) = unpack(self.previous.load(Ordering::Acquire));
+    /// The count of the window before `window` (0 if none is kept).
+    pub fn previous_of(&self, window: u32) -> u64 {
+        let (w, count) = Self::unpack(self.previous.load(Ordering::Acquire));
         if window > 0 && w == window - 1 {
-            u64::from(count)
+            count
         } else {
             0
         }
     }
 
+    /// Sets the current window's count from `count` to `to`; `false` if it
+    /// moved meanwhile (the caller looks again).
+    pub fn swap(&self, window: u32, count: u64, to: u64) -> bool {
+        self.current
+            .compare_exchange(
+                Self::pack(window, count),
+                Self::pack(window, to),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+    }
+
+    /// Adds to the count of `window` if it is the current or the previous one.
+    pub fn add(&self, window: u32, units: u64) {
+        let window = Self::number(window);
+        if units == 0 {
+            return;
+        }
+        let (w, _) = self.rolled(window);
+        let slot = if w == window {
+            &self.current
+        } else if w > 0 && w - 1 == window {
+            &self.previous
+        } else {
+            return;
+        };
+        let _ = slot.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+            let (vw, count) = Self::unpack(v);
+            (vw == window).then(|| Self::pack(vw, count + units))
+        });
+    }
+
+    /// Takes back units counted in `window`, if that window still counts.
+    pub fn give_back(&self, window: u32, units: u64) {
+        let window = Self::number(window);
+        if units == 0 {
+            return;
+        }
+        for slot in [&self.current, &self.previous] {
+            let done = slot
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                    let (w, count) = Self::unpack(v);
+                    (w == window).then(|| Self::pack(w, count.saturating_sub(units)))
+                })
+                .is_ok();
+            if done {
+                return;
+            }
+        }
+    }
+}
+
+/// A bucket's counts. Shared by every shard (one per rule and scope value).
+#[derive(Debug, Default)]
+pub struct Counter {
+    windows: Windows<32>,
+    in_flight: AtomicU64,
+}
+
+impl Counter {
     /// Takes between `min` and `max` units if the window has room for `min`:
     /// never more than `limit` counted (sliding: the previous window's count
     /// weighted by how much of it still overlaps, rounded up).
@@ -104,10 +184,12 @@ impl Counter {
     ) -> Result<Grant, Refusal> {
         let (window, elapsed) = now;
         loop {
-            let cur = self.rolled(window);
-            let (w, count) = unpack(cur);
-            let count = u64::from(count);
-            let previous = if sliding { self.previous_of(w) } else { 0 };
+            let (w, count) = self.windows.rolled(window);
+            let previous = if sliding {
+                self.windows.previous_of(w)
+            } else {
+                0
+            };
             let weighted = (previous as f64 * (1.0 - elapsed)).ceil() as u64;
             let room = limit.saturating_sub(count + weighted);
             if room < min.max(1) {
@@ -118,12 +200,7 @@ impl Counter {
                 });
             }
             let units = room.min(max.max(min));
-            let next = pack(w, (count + units).min(u64::from(u32::MAX)) as u32);
-            if self
-                .current
-                .compare_exchange(cur, next, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-            {
+            if self.windows.swap(w, count, count + units) {
                 return Ok(Grant {
                     window: w,
                     units,
@@ -135,54 +212,26 @@ impl Counter {
 
     /// What is left now (for the remaining-count headers; not a promise).
     pub fn remaining(&self, now: (u32, f64), sliding: bool, limit: u64) -> u64 {
-        let (w, count) = unpack(self.rolled(now.0));
-        let previous = if sliding { self.previous_of(w) } else { 0 };
+        let (w, count) = self.windows.rolled(now.0);
+        let previous = if sliding {
+            self.windows.previous_of(w)
+        } else {
+            0
+        };
         let weighted = (previous as f64 * (1.0 - now.1)).ceil() as u64;
-        limit.saturating_sub(u64::from(count) + weighted)
+        limit.saturating_sub(count + weighted)
     }
 
     /// Adds units past the limit (usage above a reservation: debt, never
     /// forgiven) to the window of `now`.
     pub fn add(&self, now: u32, units: u64) {
-        loop {
-            let cur = self.rolled(now);
-            let (w, count) = unpack(cur);
-            let next = pack(
-                w,
-                (u64::from(count) + units).min(u64::from(u32::MAX)) as u32,
-            );
-            if self
-                .current
-                .compare_exchange(cur, next, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-            {
-                return;
-            }
-        }
+        self.windows.add(now, units);
     }
 
     /// Gives back units taken in `window`: to the current count if that window
     /// is still current, to the previous count if it just ended, else nowhere.
     pub fn give_back(&self, window: u32, units: u64) {
-        if units == 0 {
-            return;
-        }
-        for slot in [&self.current, &self.previous] {
-            loop {
-                let v = slot.load(Ordering::Acquire);
-                let (w, count) = unpack(v);
-                if w != window {
-                    break;
-                }
-                let next = pack(w, u64::from(count).saturating_sub(units) as u32);
-                if slot
-                    .compare_exchange(v, next, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-                {
-                    return;
-                }
-            }
-        }
+        self.windows.give_back(window, units);
     }
 
     /// One more in flight, unless `limit` are.
@@ -206,7 +255,7 @@ impl Counter {
 
     /// The window number last counted in.
     pub fn last_window(&self) -> u32 {
-        unpack(self.current.load(Ordering::Acquire)).0
+        self.windows.rolled(0).0
     }
 }
 

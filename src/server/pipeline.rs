@@ -39,7 +39,7 @@ use crate::http::ReadBuf;
 use crate::http::request::Method;
 use crate::http::response::{ResponseBody, ResponseHead};
 use crate::limit::{Admission, Ask};
-use crate::net::{Direct, read_some_tcp};
+use crate::net::{Direct, Sink, read_some_tcp};
 use crate::record::{
     CacheStatus, LogFacts, MetaValue, Metadata, Outcome, Payload, RequestRecord, RouteKind, Usage,
 };
@@ -245,33 +245,23 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         && matches!(rh.body(), ResponseBody::Length(n) if n <= MAX_HELD_BODY)
         && framing.client == ClientFraming::Length;
     let mut held = Vec::new();
-    let mut relayed = if hold {
-        relay::relay(
-            &mut held,
-            &mut c.out,
-            &mut c.decoded,
-            reply.conn,
-            framing,
-            taps,
-            ctx.config().timeouts.stream_idle,
-            reply.sent_at + reply.ttfb,
-            &carry_on,
-        )
-        .await
+    let mut sink = if hold {
+        Sink::Held(&mut held)
     } else {
-        relay::relay(
-            &mut Direct::new(&mut c.stream),
-            &mut c.out,
-            &mut c.decoded,
-            reply.conn,
-            framing,
-            taps,
-            ctx.config().timeouts.stream_idle,
-            reply.sent_at + reply.ttfb,
-            &carry_on,
-        )
-        .await
+        Sink::Direct(Direct::new(&mut c.stream))
     };
+    let mut relayed = relay::relay(
+        &mut sink,
+        &mut c.out,
+        &mut c.decoded,
+        reply.conn,
+        framing,
+        taps,
+        ctx.config().timeouts.stream_idle,
+        reply.sent_at + reply.ttfb,
+        &carry_on,
+    )
+    .await;
 
     // 4. settle
     rec.usage = usage.usage();
