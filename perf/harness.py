@@ -396,6 +396,8 @@ def build_targets(procs, bins, args, aigw_built):
     if args.aigw_2shards:
         variants.append(("aigw-2shards", "aigw 2 shards", f"pass-through, 2 shards on CPUs {args.load_cpu},{args.proxy_cpu} (shared with load)",
                          2, f"{args.load_cpu},{args.proxy_cpu}", False))
+    if args.aigw_before:
+        variants.append(("aigw-before", "aigw before (older binary)", f"pass-through as `aigw`, built from another commit: {args.aigw_before}", 1, args.proxy_cpu, False))
     if args.aigw_limits:
         variants.append(("aigw-limits", "aigw, key + 2 limits + budget", "pass-through with a gateway key, two rate limits and a budget", 1, args.proxy_cpu, False))
     cache_on = args.aigw_cache or AIGW_CACHE_READY
@@ -421,7 +423,8 @@ def build_targets(procs, bins, args, aigw_built):
                      "aigw-limits": AIGW_LIMITS_TOML.replace("{sha}", sha)}.get(key, "")
             if key == "aigw-limits":
                 t.headers.append(f"aigw-authorization: Bearer {AIGW_LIMITS_SECRET}")
-            p, why = start_aigw(procs, bins, args, mock_port, key, port, shards, cpus, cache, extra)
+            run_bins = dict(bins, aigw=Path(args.aigw_before)) if key == "aigw-before" else bins
+            p, why = start_aigw(procs, run_bins, args, mock_port, key, port, shards, cpus, cache, extra)
             if p is None:
                 t.unavailable = why
             else:
@@ -619,6 +622,10 @@ def ratio_lines(sc, med):
                 r = added_ratio(med, key, a, "nginx-proxy")
                 parts.append(f"added {name} ({a}−direct)/(nginx−direct) = {fmt(r, 2)}")
         out.append(f"- {a} vs nginx proxy_pass: " + "; ".join(parts))
+    if "aigw-before" in med and "aigw" in med and not sc.stream:
+        out.append(f"- aigw vs aigw before: rps = "
+                   f"{fmt(ratio(med['aigw'].get('rps'), med['aigw-before'].get('rps')), 3)}; CPU/req = "
+                   f"{fmt(ratio(med['aigw'].get('server_cpu'), med['aigw-before'].get('server_cpu')), 3)}")
     if "aigw-limits" in med and "aigw" in med and not sc.stream:
         out.append(f"- aigw key + 2 limits + budget vs aigw: rps = "
                    f"{fmt(ratio(med['aigw-limits'].get('rps'), med['aigw'].get('rps')), 3)}; CPU/req = "
@@ -726,6 +733,7 @@ def parse_args():
     p.add_argument("--targets", default="", help="subset of target keys: direct,nginx-proxy,nginx-static,aigw,...")
     p.add_argument("--aigw-cache", action="store_true", help="run the aigw cache-hit target (once the cache exists)")
     p.add_argument("--aigw-2shards", action="store_true", help="also run aigw with 2 shards on both CPUs")
+    p.add_argument("--aigw-before", metavar="PATH", help="also run this aigw binary (built from an earlier commit) as `aigw-before`")
     p.add_argument("--aigw-limits", action="store_true", help="also run aigw with a gateway key, two rate limits and a budget")
     p.add_argument("--aigw-nolog", action="store_true", help="also run aigw with the request log off, and with payloads kept")
     p.add_argument("--peers", action="store_true", help="also LiteLLM proxy and Portkey gateway, if installable")

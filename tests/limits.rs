@@ -270,3 +270,43 @@ fn limits_by_key_need_the_key() {
     assert_eq!(post(&[], 2).status, 200);
     assert_eq!(post(&[], 3).status, 429);
 }
+
+fn limit_windows_survive_a_restart(shards: usize) {
+    let mock = mock();
+    let dir = common::gateway::TempDir::new("limits-data");
+    let rules = "[[rate_limits]]\nname = \"three\"\nscope = \"gateway\"\ncount = \"requests\"\nlimit = 3\nwindow = \"30d\"\n";
+    let start = || {
+        Gateway::with(shards)
+            .provider("up", &mock.base_url(), "")
+            .toml(rules)
+            .data_dir(dir.path())
+            .start()
+    };
+    let mut gw = start();
+    for i in 0..3 {
+        let r = gw
+            .client()
+            .post("/v1/chat/completions", &[], &chat(&format!("{i}")));
+        assert_eq!(r.status, 200);
+    }
+    // A refused request is logged too, and must not count after the restart.
+    assert_refusal(
+        &gw.client().post("/v1/chat/completions", &[], &chat("x")),
+        "three",
+    );
+    gw.terminate();
+    assert!(gw.wait_exit().success());
+    let gw = start();
+    assert!(
+        gw.stderr().contains("rebuilt from 4 logged"),
+        "{}",
+        gw.stderr()
+    );
+    assert_refusal(
+        &gw.client().post("/v1/chat/completions", &[], &chat("y")),
+        "three",
+    );
+    assert_eq!(mock.requests_seen(), 3);
+}
+
+at_1_and_2_shards!(limit_windows_survive_a_restart);

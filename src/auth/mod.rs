@@ -369,6 +369,9 @@ fn config_set(config: &BTreeMap<String, KeyConfig>) -> BTreeMap<Arc<str>, Arc<Ke
 /// secret) so a key's next request skips SHA-256. Cleared with the table.
 const VERIFIED_CAP: usize = 4096;
 
+/// A secret's full keyed hash and the key it is (`None`: no key).
+type Verified = (u128, Option<Arc<KeyEntry>>);
+
 /// A shard's copy of the key table, refreshed when the registry's generation moves.
 pub struct ShardKeys {
     registry: Arc<Registry>,
@@ -377,7 +380,9 @@ pub struct ShardKeys {
     /// xxh3-128 of a verified secret under `seed` -> its key. The seed is
     /// random per process, so no one can make a secret that collides with
     /// another's without knowing it.
-    verified: std::cell::RefCell<FastMap<u64, (u128, Arc<KeyEntry>)>>,
+    /// Unknown secrets are remembered too (as `None`), so a client that
+    /// sends its own provider key to a gateway with keys pays no SHA-256.
+    verified: std::cell::RefCell<FastMap<u64, Verified>>,
     seed: u64,
 }
 
@@ -426,15 +431,15 @@ impl ShardKeys {
         if let Some((full, k)) = self.verified.borrow().get(&(h as u64))
             && *full == h
         {
-            return Some(k.clone());
+            return k.clone();
         }
-        let found = self.keys.borrow().find(secret).cloned()?;
+        let found = self.keys.borrow().find(secret).cloned();
         let mut v = self.verified.borrow_mut();
         if v.len() >= VERIFIED_CAP {
             v.clear();
         }
         v.insert(h as u64, (h, found.clone()));
-        Some(found)
+        found
     }
 }
 

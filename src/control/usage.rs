@@ -13,6 +13,9 @@ use std::fmt::Write as _;
 
 /// Replays the request log into the rate-limit windows and budgets in force
 /// now; returns how many logged requests it read.
+/// Rows replayed at a time at start.
+const REPLAY_BATCH: usize = 8192;
+
 pub fn rebuild(config: &Config, limiter: &Limiter, budgets: &Budgets) -> Result<usize, String> {
     if config.rate_limits.is_empty() && config.budgets.is_empty() {
         return Ok(0);
@@ -30,43 +33,51 @@ pub fn rebuild(config: &Config, limiter: &Limiter, budgets: &Budgets) -> Result<
     }
     for b in &config.budgets {
         let s = crate::budget::slot(b.window, now);
-        since = since.min(s.start_ms.saturating_sub(s.end_ms - s.start_ms));
+        // A rolling window weighs the one before it; a calendar one does not.
+        let start = match b.window {
+            crate::config::BudgetWindow::Rolling(_) => {
+                s.start_ms.saturating_sub(s.end_ms - s.start_ms)
+            }
+            _ => s.start_ms,
+        };
+        since = since.min(start);
     }
     let conn = logstore::open_for_reading(&path)?;
-    let rows = logstore::replay::replay(&conn, since).map_err(|e| e.to_string())?;
-    let logged: Vec<crate::limit::Logged<'_>> = rows
-        .iter()
-        .filter_map(|r| {
-            Some(crate::limit::Logged {
-                ts_ms: r.ts_ms,
-                key_id: r.key_id.as_deref(),
-                provider: r.provider.as_deref()?,
-                model: r.model.as_deref(),
-                metadata: &r.metadata,
-                tokens_in: r.tokens_in,
-                tokens_out: r.tokens_out,
-                refused: r.refused,
-                cached: r.cached,
+    let mut each = |rows: &[logstore::replay::Replayed]| {
+        let logged: Vec<crate::limit::Logged<'_>> = rows
+            .iter()
+            .filter_map(|r| {
+                Some(crate::limit::Logged {
+                    ts_ms: r.ts_ms,
+                    key_id: r.key_id.as_deref(),
+                    provider: r.provider.as_deref()?,
+                    model: r.model.as_deref(),
+                    metadata: &r.metadata,
+                    tokens_in: r.tokens_in,
+                    tokens_out: r.tokens_out,
+                    refused: r.refused,
+                    cached: r.cached,
+                })
             })
-        })
-        .collect();
-    limiter.rebuild(&config.rate_limits, &logged);
-    let spent: Vec<crate::budget::Spent> = rows
-        .iter()
-        .filter(|r| r.cost.is_some_and(|c| c > 0.0))
-        .filter_map(|r| {
-            Some(crate::budget::Spent {
-                ts_ms: r.ts_ms,
-                key_id: r.key_id.clone(),
-                provider: r.provider.clone()?,
-                model: r.model.clone(),
-                metadata: r.metadata.clone(),
-                usd: r.cost?,
+            .collect();
+        limiter.rebuild(&config.rate_limits, &logged);
+        let spent: Vec<crate::budget::Spent> = rows
+            .iter()
+            .filter(|r| r.cost.is_some_and(|c| c > 0.0))
+            .filter_map(|r| {
+                Some(crate::budget::Spent {
+                    ts_ms: r.ts_ms,
+                    key_id: r.key_id.clone(),
+                    provider: r.provider.clone()?,
+                    model: r.model.clone(),
+                    metadata: r.metadata.clone(),
+                    usd: r.cost?,
+                })
             })
-        })
-        .collect();
-    budgets.rebuild(&config.budgets, &spent);
-    Ok(rows.len())
+            .collect();
+        budgets.rebuild(&config.budgets, &spent);
+    };
+    logstore::replay::replay(&conn, since, REPLAY_BATCH, &mut each).map_err(|e| e.to_string())
 }
 
 /// `GET /usage` and `aigw usage --json`: the totals by `by` since `since_ms`

@@ -91,6 +91,15 @@ impl<'a> RequestView<'a> {
     pub fn target(&self) -> &'a [u8] {
         self.head.target.get(self.window)
     }
+
+    /// Every header as (name, value), in order.
+    pub fn headers(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
+        let window = self.window;
+        self.head
+            .headers
+            .iter()
+            .map(move |h| (h.name.get(window), h.value.get(window)))
+    }
 }
 
 impl RequestHead {

@@ -23,8 +23,14 @@ pub struct Replayed {
     pub cached: bool,
 }
 
-/// Every row since `since_ms`, oldest first.
-pub fn replay(conn: &Connection, since_ms: u64) -> rusqlite::Result<Vec<Replayed>> {
+/// Every row since `since_ms`, oldest first, handed to `each` in batches of
+/// at most `batch` (a month of a busy log does not fit in memory at once).
+pub fn replay(
+    conn: &Connection,
+    since_ms: u64,
+    batch: usize,
+    each: &mut dyn FnMut(&[Replayed]),
+) -> rusqlite::Result<usize> {
     let mut stmt = conn.prepare(
         "SELECT ts, key_id, provider, model, metadata, cost, tokens_in, tokens_out, error_source, cache
          FROM requests WHERE ts >= ?1 ORDER BY ts",
@@ -46,7 +52,19 @@ pub fn replay(conn: &Connection, since_ms: u64) -> rusqlite::Result<Vec<Replayed
             cached: matches!(cache.as_deref(), Some("HIT" | "COALESCED")),
         })
     })?;
-    rows.collect()
+    let mut chunk = Vec::with_capacity(batch.min(1 << 16));
+    let mut total = 0;
+    for row in rows {
+        chunk.push(row?);
+        if chunk.len() >= batch.max(1) {
+            total += chunk.len();
+            each(&chunk);
+            chunk.clear();
+        }
+    }
+    total += chunk.len();
+    each(&chunk);
+    Ok(total)
 }
 
 /// A stored metadata object's fields as text.

@@ -462,11 +462,7 @@ fn authenticate(
         return Ok(None);
     }
     let view = req.view(&c.head, &c.buf, &c.body);
-    let headers = view
-        .head
-        .headers
-        .iter()
-        .map(|h| (h.name.get(view.window), h.value.get(view.window)));
+    let headers = view.headers();
     let injected = plan.provider.auth_lines(plan.unified).is_some();
     let found = match auth::presented(headers, injected) {
         Some((carrier, secret)) => match keys.find(secret) {
@@ -670,11 +666,7 @@ fn cache_lookup(
         return Cached::Off;
     }
     let view = req.view(&c.head, &c.buf, &c.body);
-    let headers = view
-        .head
-        .headers
-        .iter()
-        .map(|h| (h.name.get(view.window), h.value.get(view.window)));
+    let headers = view.headers();
     let input = KeyInput {
         scope: cache::scope(
             cache.shared.config().shared,
