@@ -50,6 +50,7 @@ fn stages(c: &mut Criterion) {
         model: Some("gpt-4o-mini"),
         input_estimate: 300,
         max_tokens: Some(256),
+        choices: 1,
         now_ms: 1_796_032_800_000,
     };
     g.bench_function("rate_limits_admit_and_settle", |b| {
@@ -76,7 +77,14 @@ fn stages(c: &mut Criterion) {
     g.bench_function("budget_reserve_and_settle", |b| {
         b.iter(|| {
             let r = budgets
-                .reserve(black_box(&who), rates, 1200, Some(256), 1_796_032_800_000)
+                .reserve(
+                    black_box(&who),
+                    rates,
+                    1200,
+                    Some(256),
+                    1,
+                    1_796_032_800_000,
+                )
                 .unwrap();
             black_box(r.settle(Some(0.000_114), &shared))
         })

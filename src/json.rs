@@ -29,6 +29,8 @@ pub struct RequestFields {
     /// `max_tokens`, `max_completion_tokens`, `max_output_tokens` (the names
     /// providers use for the output cap), each when present.
     pub max_tokens: [Option<Range<usize>>; 3],
+    /// `n`, when present.
+    pub choices: Option<Range<usize>>,
     /// Offset just after the top-level `{`.
     pub body_open: usize,
 }
@@ -68,6 +70,8 @@ enum Field {
     StreamOptions,
     /// Index into [`RequestFields::max_tokens`].
     MaxTokens(usize),
+    /// `n`: how many answers the request asks for.
+    Choices,
 }
 
 /// The output-cap names, in [`RequestFields::max_tokens`] order.
@@ -90,6 +94,7 @@ fn field_of(raw_key: &[u8]) -> Option<Field> {
         b"max_tokens" => Some(Field::MaxTokens(0)),
         b"max_completion_tokens" => Some(Field::MaxTokens(1)),
         b"max_output_tokens" => Some(Field::MaxTokens(2)),
+        b"n" => Some(Field::Choices),
         _ => None,
     }
 }
@@ -131,15 +136,27 @@ impl RequestFields {
         self.max_tokens
             .iter()
             .flatten()
-            .filter_map(|r| {
-                let raw = &body[r.clone()];
-                if raw.is_empty() || raw.len() > 19 || !raw.iter().all(u8::is_ascii_digit) {
-                    return None;
-                }
-                std::str::from_utf8(raw).ok()?.parse::<u64>().ok()
-            })
+            .filter_map(|r| plain_integer(&body[r.clone()]))
             .max()
     }
+
+    /// How many answers the body asks for (`n`; 1 when absent or not a
+    /// plain integer, which providers refuse).
+    pub fn choices(&self, body: &[u8]) -> u64 {
+        self.choices
+            .as_ref()
+            .and_then(|r| plain_integer(&body[r.clone()]))
+            .unwrap_or(1)
+            .max(1)
+    }
+}
+
+/// A JSON number written as plain decimal digits that fits a u64.
+fn plain_integer(raw: &[u8]) -> Option<u64> {
+    if raw.is_empty() || raw.len() > 19 || !raw.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(raw).ok()?.parse::<u64>().ok()
 }
 
 /// The UTF-8 byte order mark, which Python's `json.loads(bytes)` accepts.
@@ -167,6 +184,7 @@ pub fn scan_request(body: &[u8]) -> Result<RequestFields, BodyError> {
             Some(Field::Stream) => (&mut fields.stream, "stream"),
             Some(Field::StreamOptions) => (&mut fields.stream_options, "stream_options"),
             Some(Field::MaxTokens(i)) => (&mut fields.max_tokens[i], MAX_TOKENS_NAMES[i]),
+            Some(Field::Choices) => (&mut fields.choices, "n"),
             None => return,
         };
         if slot.replace(value).is_some() {

@@ -73,6 +73,8 @@ pub struct Plan {
     pub stream: bool,
     /// The output cap the body sets (`max_tokens` and its other names).
     pub max_tokens: Option<u64>,
+    /// How many answers it asks for (`n`): each may use `max_tokens`.
+    pub choices: u64,
 }
 
 /// What routing decided.
@@ -213,6 +215,7 @@ pub fn plan(
                 model: Some(model_name.to_string()),
                 stream,
                 max_tokens: fields.max_tokens(body),
+                choices: fields.choices(body),
             }))
         }
         Route::Passthrough {
@@ -233,11 +236,12 @@ pub fn plan(
             // record (and later limits and the cache). A body that is not JSON
             // is the provider's business, but one whose fields we read appear
             // twice would mean one thing to us and another upstream.
-            let (model, stream, max_tokens) = match json::scan_request(req.body) {
+            let (model, stream, max_tokens, choices) = match json::scan_request(req.body) {
                 Ok(f) => (
                     f.model(req.body).map(Cow::into_owned),
                     f.is_stream(req.body),
                     f.max_tokens(req.body),
+                    f.choices(req.body),
                 ),
                 // A JSON object we cannot read could hide the fields we read
                 // (a duplicate past a nesting limit, say): refuse it.
@@ -246,7 +250,7 @@ pub fn plan(
                 {
                     return Err(body_error(e));
                 }
-                Err(BodyError::Invalid(_)) => (None, false, None),
+                Err(BodyError::Invalid(_)) => (None, false, None, 1),
                 Err(e) => return Err(body_error(e)),
             };
             Ok(Routed::Upstream(Plan {
@@ -258,6 +262,7 @@ pub fn plan(
                 model,
                 stream,
                 max_tokens,
+                choices,
             }))
         }
     }

@@ -203,3 +203,44 @@ at_1_and_2_shards!(
     an_exhausted_budget_says_what_and_when_and_alerts_first,
     spend_survives_restart_and_kill9,
 );
+
+fn a_client_cannot_price_its_own_spend_down_or_overflow_a_budget(shards: usize) {
+    let mock = mock();
+    let gw = Gateway::with(shards)
+        .provider("up", &mock.base_url(), "")
+        .toml(&format!(
+            "{PRICE}[[budgets]]\nname = \"b\"\nscope = \"gateway\"\nusd = 0.3\nwindow = \"daily\"\n"
+        ))
+        .start();
+    let mut c = gw.client();
+    let free = (
+        "aigw-custom-cost",
+        r#"{"per_token_in":0,"per_token_out":0}"#,
+    );
+    let mut admitted = 0;
+    while c
+        .post("/v1/chat/completions", &[SHORT, free], &body(admitted))
+        .status
+        == 200
+    {
+        admitted += 1;
+        assert!(
+            admitted < 1000,
+            "a zero custom price bought unlimited spend"
+        );
+    }
+    let spent = usage(&gw, "")["budgets"][0]["spent_usd"]
+        .cast_f64()
+        .unwrap();
+    assert!(spent > 0.0 && spent <= 0.3 + 1e-6, "{spent}");
+    // A cap no budget could cover is refused, and the spend stays as it was.
+    let huge = r#"{"model":"up/gpt-x","max_tokens":9999999999999999999,"messages":[{"role":"user","content":"x"}]}"#;
+    let r = c.post("/v1/chat/completions", &[SHORT], huge);
+    assert_eq!(r.status, 429, "{}", r.text());
+    let after = usage(&gw, "")["budgets"][0]["spent_usd"]
+        .cast_f64()
+        .unwrap();
+    assert!((after - spent).abs() < 1e-9, "{spent} then {after}");
+}
+
+at_1_and_2_shards!(a_client_cannot_price_its_own_spend_down_or_overflow_a_budget);

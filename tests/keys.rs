@@ -161,6 +161,12 @@ fn a_client_with_its_own_provider_key_sends_the_gateway_key_beside_it(shards: us
         Some("Bearer sk-client-own")
     );
     assert!(seen[0].header("aigw-authorization").is_none());
+    // The gateway key in `Authorization`, which would go to the provider:
+    // refused, and never sent.
+    let r = post(&[("Authorization", &bearer(&secret))]);
+    assert_eq!(r.status, 401);
+    assert!(r.text().contains("aigw-authorization"), "{}", r.text());
+    assert_eq!(mock.requests_seen(), 1);
 }
 
 fn without_auth_required_anonymous_requests_pass_but_bad_gateway_keys_do_not(shards: usize) {

@@ -450,6 +450,10 @@ pub enum Carrier {
     Gateway,
     /// `Authorization` or `x-api-key` when aigw holds the provider's key.
     Provider,
+    /// A gateway secret (`sk-aigw-...`) in `Authorization` or `x-api-key`
+    /// while aigw holds no key for the provider: those headers go upstream,
+    /// so the request is refused rather than hand the secret to the provider.
+    Misplaced,
 }
 
 /// The credential a request presents to the gateway, if any: the value of
@@ -461,16 +465,22 @@ pub fn presented<'a>(
     injected: bool,
 ) -> Option<(Carrier, &'a [u8])> {
     let mut provider = None;
+    let mut misplaced = None;
     for (name, value) in headers {
         let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
         if is("aigw-authorization") || is("cf-aig-authorization") {
             return Some((Carrier::Gateway, bearer(value)));
         }
-        if injected && provider.is_none() && (is("authorization") || is("x-api-key")) {
-            provider = Some((Carrier::Provider, bearer(value)));
+        if is("authorization") || is("x-api-key") {
+            let token = bearer(value);
+            if injected {
+                provider.get_or_insert((Carrier::Provider, token));
+            } else if token.starts_with(SECRET_PREFIX.as_bytes()) {
+                misplaced = Some((Carrier::Misplaced, token));
+            }
         }
     }
-    provider
+    misplaced.or(provider)
 }
 
 /// The token of `Bearer <token>` (scheme case-insensitive), or the value.
@@ -577,6 +587,12 @@ mod tests {
             presented(h.iter().copied(), true),
             Some((Carrier::Provider, &b"sk-aigw-y"[..]))
         );
+        // Where it would go upstream, a gateway secret is refused, not passed on.
+        assert_eq!(
+            presented(h.iter().copied(), false),
+            Some((Carrier::Misplaced, &b"sk-aigw-y"[..]))
+        );
+        let h: Vec<(&[u8], &[u8])> = vec![(b"Authorization", b"Bearer sk-provider")];
         assert_eq!(presented(h.iter().copied(), false), None);
     }
 

@@ -117,16 +117,27 @@ impl Spend {
     /// Spend counted now: this window's and the weighted previous one's.
     pub fn spent(&self, s: &Slot) -> u64 {
         let (w, cur) = self.windows.rolled(s.window);
-        cur + (self.windows.previous_of(w) as f64 * s.previous_weight).ceil() as u64
+        cur.saturating_add(self.weighted_previous(s, w))
+    }
+
+    /// The previous window's spend, weighted by how much of it still counts.
+    /// If the stored window is newer than `s` (another shard's clock is
+    /// ahead), the previous one counts whole: never less than is due.
+    fn weighted_previous(&self, s: &Slot, w: u32) -> u64 {
+        let weight = if w > SpendWindows::number(s.window) {
+            1.0
+        } else {
+            s.previous_weight
+        };
+        (self.windows.previous_of(w) as f64 * weight).ceil() as u64
     }
 
     /// Reserves `amount` if the budget is not spent and it fits.
     fn reserve(&self, s: &Slot, budget: u64, amount: u64) -> Result<u32, u64> {
         loop {
             let (w, spent) = self.windows.rolled(s.window);
-            let prev = (self.windows.previous_of(w) as f64 * s.previous_weight).ceil() as u64;
-            let counted = spent + prev;
-            if counted >= budget || counted + amount > budget {
+            let counted = spent.saturating_add(self.weighted_previous(s, w));
+            if counted >= budget || counted.saturating_add(amount) > budget {
                 return Err(counted);
             }
             if self.windows.swap(w, spent, spent + amount) {
@@ -150,6 +161,8 @@ impl Spend {
 #[derive(Debug)]
 pub struct Bucket {
     pub spend: Spend,
+    /// Its budget's window (a sweep drops buckets whose spend no longer counts).
+    window: BudgetWindow,
     /// Which budget (its index when the bucket was made) and scope value, for `/usage`.
     pub rule: String,
     pub value: Box<str>,
@@ -219,16 +232,35 @@ impl Budgets {
         if let Some(b) = self.buckets.get(&key) {
             return b.clone();
         }
+        if self.buckets.len() >= crate::limit::SWEEP_AT {
+            self.sweep(crate::reqid::now_unix_ms());
+        }
         self.buckets
             .entry(key)
             .or_insert_with(|| {
                 Arc::new(Bucket {
                     spend: Spend::default(),
+                    window: p.rule.window,
                     rule: p.rule.name.clone(),
                     value: value.into(),
                 })
             })
             .clone()
+    }
+
+    /// Drops buckets no shard holds whose spend no longer counts (scope
+    /// values that come and go, e.g. per-user metadata, do not pile up).
+    pub fn sweep(&self, now_ms: u64) {
+        self.buckets
+            .retain(|_, b| Arc::strong_count(b) > 1 || b.spend.spent(&slot(b.window, now_ms)) > 0);
+    }
+
+    pub fn len(&self) -> usize {
+        self.buckets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buckets.is_empty()
     }
 
     /// Adds spend the request log recorded (at start, before any shard runs).
@@ -392,6 +424,7 @@ impl ShardBudgets {
         rates: Option<Rates>,
         input_bytes: u64,
         max_tokens: Option<u64>,
+        choices: u64,
         now_ms: u64,
     ) -> Result<Reservation, GatewayError> {
         let rules = self.rules.borrow().clone();
@@ -405,7 +438,9 @@ impl ShardBudgets {
             let s = self.slot(p.rule.window, now_ms);
             let amount = b.spend.amount(s.window, p.amount);
             let worst = rates.map_or(0, |rates| {
-                let output = max_tokens.unwrap_or(p.rule.default_max_tokens);
+                let output = max_tokens
+                    .unwrap_or(p.rule.default_max_tokens)
+                    .saturating_mul(choices.max(1));
                 micros(input_bytes as f64 * rates.input + output as f64 * rates.output)
             });
             match b.spend.reserve(&s, amount, worst) {
@@ -506,7 +541,7 @@ impl Reservation {
         for h in std::mem::take(&mut self.held) {
             let spend = &h.bucket.spend;
             if actual >= h.reserved {
-                spend.add(h.window, actual - h.reserved);
+                spend.add(h.window, actual.saturating_sub(h.reserved));
             } else {
                 spend.give_back(h.window, h.reserved - actual);
             }
@@ -575,7 +610,7 @@ mod tests {
     fn racing_reservations_never_pass_the_budget() {
         let (shared, s, _) = shard("[[budgets]]\nscope = \"key\"\nusd = 25\nwindow = \"daily\"\n");
         let held: Vec<_> = (0..64)
-            .filter_map(|_| s.reserve(&who(Some("a")), RATES, 1, Some(1), NOW).ok())
+            .filter_map(|_| s.reserve(&who(Some("a")), RATES, 1, Some(1), 1, NOW).ok())
             .collect();
         assert_eq!(held.len(), 12, "12 x $2 fit in $25, a 13th does not");
         // Each really cost $1.5: $18 spent, $7 left: three more of $2 fit.
@@ -583,19 +618,22 @@ mod tests {
             h.settle(Some(1.5), &shared);
         }
         let more: Vec<_> = (0..64)
-            .filter_map(|_| s.reserve(&who(Some("a")), RATES, 1, Some(1), NOW).ok())
+            .filter_map(|_| s.reserve(&who(Some("a")), RATES, 1, Some(1), 1, NOW).ok())
             .collect();
         assert_eq!(more.len(), 3);
         drop(more);
         // Dropped unsettled: refunded.
         let again: Vec<_> = (0..64)
-            .filter_map(|_| s.reserve(&who(Some("a")), RATES, 1, Some(1), NOW).ok())
+            .filter_map(|_| s.reserve(&who(Some("a")), RATES, 1, Some(1), 1, NOW).ok())
             .collect();
         assert_eq!(again.len(), 3);
         // Another key has its own budget; tomorrow is a new day.
-        assert!(s.reserve(&who(Some("b")), RATES, 1, Some(1), NOW).is_ok());
         assert!(
-            s.reserve(&who(Some("a")), RATES, 1, Some(1), NOW + DAY_MS)
+            s.reserve(&who(Some("b")), RATES, 1, Some(1), 1, NOW)
+                .is_ok()
+        );
+        assert!(
+            s.reserve(&who(Some("a")), RATES, 1, Some(1), 1, NOW + DAY_MS)
                 .is_ok()
         );
     }
@@ -605,11 +643,11 @@ mod tests {
         let (shared, s, _) = shard(
             "[[budgets]]\nname = \"day\"\nscope = \"gateway\"\nusd = 1\nwindow = \"daily\"\n",
         );
-        s.reserve(&who(None), None, 10, None, NOW)
+        s.reserve(&who(None), None, 10, None, 1, NOW)
             .unwrap()
             .settle(Some(1.25), &shared);
         // Even a model without a price is refused once the budget is spent.
-        let e = s.reserve(&who(None), None, 10, None, NOW).unwrap_err();
+        let e = s.reserve(&who(None), None, 10, None, 1, NOW).unwrap_err();
         assert_eq!((e.status, e.code), (429, "budget_exceeded"));
         assert!(
             e.message.contains("spent $1.250000 of $1.000000"),
@@ -634,7 +672,7 @@ mod tests {
         let (shared, s, _) =
             shard("[[budgets]]\nscope = \"gateway\"\nusd = 1\nwindow = \"monthly\"\n");
         for _ in 0..100 {
-            s.reserve(&who(None), None, 1_000_000, None, NOW)
+            s.reserve(&who(None), None, 1_000_000, None, 1, NOW)
                 .unwrap()
                 .settle(None, &shared);
         }
@@ -646,7 +684,7 @@ mod tests {
             "[[budgets]]\nscope = \"gateway\"\nusd = 10\nwindow = \"daily\"\nalert_at = 0.5\n",
         );
         let settle = |usd: f64, now: u64| {
-            s.reserve(&who(None), RATES, 1, Some(1), now)
+            s.reserve(&who(None), RATES, 1, Some(1), 1, now)
                 .unwrap()
                 .settle(Some(usd), &shared)
         };
@@ -661,7 +699,7 @@ mod tests {
     fn a_new_amount_applies_from_the_next_window() {
         let (shared, s, rules) =
             shard("[[budgets]]\nscope = \"gateway\"\nusd = 10\nwindow = \"daily\"\n");
-        s.reserve(&who(None), RATES, 1, Some(1), NOW)
+        s.reserve(&who(None), RATES, 1, Some(1), 1, NOW)
             .unwrap()
             .settle(Some(6.0), &shared);
         let lower =
@@ -669,11 +707,27 @@ mod tests {
                 .unwrap();
         s.set_rules(&lower.budgets);
         // Today the $10 still holds ($6 spent, $2 fits); tomorrow $5 does.
-        assert!(s.reserve(&who(None), RATES, 1, Some(1), NOW).is_ok());
+        assert!(s.reserve(&who(None), RATES, 1, Some(1), 1, NOW).is_ok());
         let standing = shared.report(&lower.budgets, NOW + DAY_MS);
         assert_eq!(standing.len(), 1);
         assert_eq!((standing[0].usd, standing[0].spent_usd), (5.0, 0.0));
         let _ = rules;
+    }
+
+    #[test]
+    fn idle_buckets_are_swept() {
+        let (shared, s, _) = shard("[[budgets]]\nscope = \"key\"\nusd = 10\nwindow = \"daily\"\n");
+        for i in 0..3 {
+            let id = format!("k{i}");
+            s.reserve(&who(Some(&id)), RATES, 1, Some(1), 1, NOW)
+                .unwrap()
+                .settle(Some(if i == 0 { 1.0 } else { 0.0 }), &shared);
+        }
+        drop(s);
+        shared.sweep(NOW);
+        assert_eq!(shared.len(), 1, "the one with spend stays");
+        shared.sweep(NOW + 2 * DAY_MS);
+        assert!(shared.is_empty());
     }
 
     #[test]
@@ -695,8 +749,8 @@ mod tests {
         let mut w = who(None);
         w.metadata = search;
         // $9 of $10 spent: a $2 worst case does not fit, another team's does.
-        assert!(s.reserve(&w, RATES, 1, Some(1), NOW).is_err());
-        assert!(s.reserve(&who(None), RATES, 1, Some(1), NOW).is_ok());
+        assert!(s.reserve(&w, RATES, 1, Some(1), 1, NOW).is_err());
+        assert!(s.reserve(&who(None), RATES, 1, Some(1), 1, NOW).is_ok());
         let standing = shared.report(&rules, NOW);
         let team = standing.iter().find(|s| s.value == "search").unwrap();
         assert!((team.spent_usd - 9.0).abs() < 1e-6, "{team:?}");

@@ -172,7 +172,11 @@ impl Admin {
                         });
                     let length = match length {
                         None => 0,
-                        Some(Some(l)) if n + l <= MAX_ADMIN_REQUEST => l,
+                        Some(Some(l))
+                            if n.checked_add(l).is_some_and(|end| end <= MAX_ADMIN_REQUEST) =>
+                        {
+                            l
+                        }
                         Some(_) => {
                             respond(
                                 &mut conn,

@@ -144,6 +144,23 @@ fn undated(model: &str) -> Option<&str> {
     None
 }
 
+/// `custom`, never below the table's prices where the table has them: what a
+/// request under a budget is charged (a client cannot price its own spend
+/// down; it can price up, or price what the table does not know).
+pub fn floored(custom: &CustomCost, price: Option<&Price>) -> CustomCost {
+    let Some(p) = price else { return *custom };
+    let at_least = |c: Option<f64>, table: Option<f64>| match (c, table) {
+        (Some(c), Some(t)) => Some(c.max(t / 1e6)),
+        (c, _) => c,
+    };
+    CustomCost {
+        per_token_in: at_least(custom.per_token_in, Some(p.input)),
+        per_token_out: at_least(custom.per_token_out, Some(p.output)),
+        per_cache_read_token: at_least(custom.per_cache_read_token, p.cached_input),
+        per_cache_write_token: at_least(custom.per_cache_write_token, p.cache_write),
+    }
+}
+
 /// A request's token counts as the cost arithmetic needs them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Tokens {
@@ -284,6 +301,20 @@ mod tests {
         assert_eq!(cost(Some(&p), Some(&half), &t), Some(10.0));
         assert_eq!(cost(None, Some(&half), &t), None, "input has no price");
         assert_eq!(cost(None, None, &Tokens::default()), Some(0.0));
+    }
+
+    #[test]
+    fn a_floored_custom_price_never_undercuts_the_table() {
+        let p = price(2.0, 8.0, None, None);
+        let cheap = CustomCost {
+            per_token_in: Some(0.0),
+            per_token_out: Some(1.0),
+            ..CustomCost::default()
+        };
+        let f = floored(&cheap, Some(&p));
+        assert_eq!(f.per_token_in, Some(2.0 / 1e6));
+        assert_eq!(f.per_token_out, Some(1.0), "a higher price stands");
+        assert_eq!(floored(&cheap, None), cheap);
     }
 
     #[test]

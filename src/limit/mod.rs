@@ -214,6 +214,8 @@ pub struct Ask<'a> {
     pub input_estimate: u64,
     /// The request's output cap, when it sets one.
     pub max_tokens: Option<u64>,
+    /// How many answers it asks for (`n`): each may use the cap.
+    pub choices: u64,
     pub now_ms: u64,
 }
 
@@ -351,11 +353,14 @@ impl ShardLimiter {
                     });
                 }
                 Count::InputTokens | Count::OutputTokens | Count::TotalTokens => {
-                    let output = ask.max_tokens.unwrap_or(r.default_max_tokens);
+                    let output = ask
+                        .max_tokens
+                        .unwrap_or(r.default_max_tokens)
+                        .saturating_mul(ask.choices.max(1));
                     let want = match r.count {
                         Count::InputTokens => ask.input_estimate,
                         Count::OutputTokens => output,
-                        _ => ask.input_estimate + output,
+                        _ => ask.input_estimate.saturating_add(output),
                     }
                     .max(1);
                     match local.bucket.counter.take(now, sliding, r.limit, want, want) {
@@ -624,8 +629,9 @@ impl Admission {
         self.held.is_empty()
     }
 
-    /// Gives back everything: the request was refused by a later rule.
-    fn undo(&mut self) {
+    /// Gives back everything: the request was refused (by a later rule, or
+    /// by a budget).
+    pub fn undo(&mut self) {
         for h in &mut self.held {
             h.count_hits = false;
         }
@@ -675,6 +681,7 @@ mod tests {
             model: Some("gpt-4o"),
             input_estimate: 100,
             max_tokens: Some(50),
+            choices: 1,
             now_ms: 1_000_000,
         }
     }

@@ -163,6 +163,18 @@ impl<const BITS: u32> Windows<BITS> {
     }
 }
 
+/// The previous window's count as it still weighs `elapsed` into window
+/// `asked`; if the stored window `w` is newer (another shard's clock is
+/// ahead), the previous one weighs whole: a take never counts less than due.
+fn weighted(previous: u64, elapsed: f64, w: u32, asked: u32) -> u64 {
+    let elapsed = if w > Windows::<32>::number(asked) {
+        0.0
+    } else {
+        elapsed
+    };
+    (previous as f64 * (1.0 - elapsed)).ceil() as u64
+}
+
 /// A bucket's counts. Shared by every shard (one per rule and scope value).
 #[derive(Debug, Default)]
 pub struct Counter {
@@ -190,7 +202,7 @@ impl Counter {
             } else {
                 0
             };
-            let weighted = (previous as f64 * (1.0 - elapsed)).ceil() as u64;
+            let weighted = weighted(previous, elapsed, w, window);
             let room = limit.saturating_sub(count + weighted);
             if room < min.max(1) {
                 return Err(Refusal {
@@ -218,7 +230,7 @@ impl Counter {
         } else {
             0
         };
-        let weighted = (previous as f64 * (1.0 - now.1)).ceil() as u64;
+        let weighted = weighted(previous, now.1, w, now.0);
         limit.saturating_sub(count + weighted)
     }
 
@@ -335,6 +347,17 @@ mod tests {
             c.take((3, 0.5), true, 10, 1, 1).is_err(),
             "half of 25 still counts"
         );
+    }
+
+    #[test]
+    fn a_shard_behind_the_clock_counts_the_previous_window_whole() {
+        let c = Counter::default();
+        c.take((1, 0.5), true, 10, 10, 10).unwrap();
+        // Another shard moved the bucket to window 2 at its start.
+        assert!(c.take((2, 0.0), true, 10, 1, 1).is_err());
+        // A shard whose clock still says late in window 1 must not weigh
+        // window 1 (now the previous one) as nearly over.
+        assert!(c.take((1, 0.999), true, 10, 1, 1).is_err());
     }
 
     #[test]

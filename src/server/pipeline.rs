@@ -165,6 +165,19 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
             rec.status = CLIENT_CLOSED;
             rec.gateway = upstream_from.duration_since(req.started);
             rec.outcome = Outcome::ClientAborted;
+            // The provider had the prompt: it is charged, as an estimate.
+            let used = Tokens {
+                input: body_len(c, req).div_ceil(4),
+                input_includes_cached: true,
+                ..Tokens::default()
+            };
+            rec.cost_estimated = true;
+            let custom = under_budget(wish.custom_cost, &reservation, priced.as_ref());
+            price(&mut rec, priced.as_ref(), &used, custom.as_ref());
+            admission.settle(Some((used.input, 0)), now_unix_ms());
+            if !reservation.is_empty() {
+                reservation.settle(rec.cost, ctx.shared_budgets());
+            }
             record(ctx, rec);
             return false;
         }
@@ -270,16 +283,24 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
     // usage) an estimate from the request and what was relayed.
     let shape = plan.provider.usage_shape();
     let mut used = tokens_of(&rec.usage, shape.input_includes_cached);
+    let relayed_tokens = relayed.bytes_out.div_ceil(4);
     if rec.usage.is_empty() && rec.status < 400 {
         used = Tokens {
             input: body_len(c, req).div_ceil(4),
-            output: relayed.bytes_out.div_ceil(4),
+            output: relayed_tokens,
             input_includes_cached: true,
             ..Tokens::default()
         };
         rec.cost_estimated = true;
+    } else if relayed.ending != Ending::Complete && rec.status < 400 && used.output < relayed_tokens
+    {
+        // Cut after a first report (Anthropic counts input at the start):
+        // the output is at least what was relayed.
+        used.output = relayed_tokens;
+        rec.cost_estimated = true;
     }
-    price(&mut rec, priced.as_ref(), &used, wish.custom_cost.as_ref());
+    let custom = under_budget(wish.custom_cost, &reservation, priced.as_ref());
+    price(&mut rec, priced.as_ref(), &used, custom.as_ref());
     if hold {
         if relayed.ending == Ending::Complete {
             insert_cost_header(&mut held, rec.cost);
@@ -465,6 +486,12 @@ fn authenticate(
     let headers = view.headers();
     let injected = plan.provider.auth_lines(plan.unified).is_some();
     let found = match auth::presented(headers, injected) {
+        Some((Carrier::Misplaced, _)) => {
+            return Err(GatewayError::unauthorized(format!(
+                "a gateway key was sent in `Authorization` or `x-api-key`, which go to provider `{}` (aigw holds no key for it): send it as `aigw-authorization: Bearer <key>`",
+                plan.provider.name
+            )));
+        }
         Some((carrier, secret)) => match keys.find(secret) {
             Some(k) => Some(k),
             // A credential for the gateway, or one that may only be one.
@@ -523,6 +550,18 @@ fn answer_headers<'a>(admission: &'a Admission, wish: &Wish) -> std::borrow::Cow
         h.into()
     } else {
         admission.headers.as_slice().into()
+    }
+}
+
+/// The request's own prices; under a budget, never below the table's.
+fn under_budget(
+    custom: Option<CustomCost>,
+    reservation: &Reservation,
+    price: Option<&Price>,
+) -> Option<CustomCost> {
+    match custom {
+        Some(c) if !reservation.is_empty() => Some(cost::floored(&c, price)),
+        c => c,
     }
 }
 
@@ -606,13 +645,15 @@ fn admit(
         // About four bytes of JSON per token.
         input_estimate: body_len.div_ceil(4),
         max_tokens: plan.max_tokens,
+        choices: plan.choices,
         now_ms,
     })?;
     if budgets.is_empty() {
         return Ok((admission, Reservation::default()));
     }
-    // Prices per token, the request's own over the table's.
-    let custom = wish.custom_cost.as_ref();
+    // Prices per token, the request's own over the table's, never below them.
+    let floored = wish.custom_cost.map(|c| cost::floored(&c, price));
+    let custom = floored.as_ref();
     let input = custom
         .and_then(|c| c.per_token_in)
         .or(price.map(|p| p.input / 1e6));
@@ -628,9 +669,15 @@ fn admit(
         model: rec.model.as_deref(),
         metadata: &metadata,
     };
-    // A refusal here drops `admission`, which gives its units back.
-    let reservation = budgets.reserve(&who, rates, body_len, plan.max_tokens, now_ms)?;
-    Ok((admission, reservation))
+    let mut admission = admission;
+    match budgets.reserve(&who, rates, body_len, plan.max_tokens, plan.choices, now_ms) {
+        Ok(reservation) => Ok((admission, reservation)),
+        Err(e) => {
+            // Refused: what the rate limits took goes back.
+            admission.undo();
+            Err(e)
+        }
+    }
 }
 
 /// What the cache stage decided.
