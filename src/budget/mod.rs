@@ -27,6 +27,7 @@ use crate::error::GatewayError;
 use crate::fasthash::FastMap;
 use crate::limit::window::Windows;
 use dashmap::DashMap;
+use smallvec::SmallVec;
 use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::rc::Rc;
@@ -524,7 +525,8 @@ struct Held {
 #[must_use = "a reservation holds budget until it settles or drops"]
 #[derive(Debug, Default)]
 pub struct Reservation {
-    held: Vec<Held>,
+    /// Inline for the usual one or two budgets: no allocation per request.
+    held: SmallVec<[Held; 2]>,
 }
 
 impl Reservation {

@@ -28,6 +28,7 @@ use crate::error::GatewayError;
 use crate::fasthash::FastMap;
 use crate::http::push_decimal;
 use dashmap::DashMap;
+use smallvec::SmallVec;
 use std::cell::{Cell, RefCell};
 use std::fmt::Write as _;
 use std::rc::Rc;
@@ -191,6 +192,8 @@ struct Local {
     bucket: Arc<Bucket>,
     lease_window: Cell<u32>,
     lease_left: Cell<u64>,
+    /// What the shared count had left after the lease was taken.
+    lease_room: Cell<u64>,
     holders: Cell<u32>,
 }
 
@@ -279,6 +282,7 @@ impl ShardLimiter {
             bucket: self.shared.bucket(key, window_ms),
             lease_window: Cell::new(0),
             lease_left: Cell::new(0),
+            lease_room: Cell::new(0),
             holders: Cell::new(0),
         });
         map.insert(key, l.clone());
@@ -292,7 +296,7 @@ impl ShardLimiter {
     pub fn admit(&self, ask: &Ask<'_>) -> Result<Admission, GatewayError> {
         let rules = self.rules.borrow().clone();
         let mut admission = Admission {
-            held: Vec::with_capacity(rules.len()),
+            held: SmallVec::new(),
             headers: Vec::with_capacity(256),
         };
         let mut best: [Option<Shown>; 2] = [None, None];
@@ -329,20 +333,29 @@ impl ShardLimiter {
                     if local.lease_window.get() != now.0 || local.lease_left.get() == 0 {
                         local.return_lease();
                         // A few units while the window has room, one at a time near its end.
-                        let room = local.bucket.counter.remaining(now, sliding, r.limit);
-                        let lease = (room / (4 * self.shared.shards as u64)).clamp(1, MAX_LEASE);
-                        match local.bucket.counter.take(now, sliding, r.limit, 1, lease) {
-                            Ok(Grant { window, units, .. }) => {
+                        let share = 4 * self.shared.shards as u64;
+                        let lease = |room: u64| (room / share).clamp(1, MAX_LEASE);
+                        match local
+                            .bucket
+                            .counter
+                            .take_with(now, sliding, r.limit, 1, lease)
+                        {
+                            Ok(Grant {
+                                window,
+                                units,
+                                remaining,
+                            }) => {
                                 local.lease_window.set(window);
                                 local.lease_left.set(units);
+                                local.lease_room.set(remaining);
                             }
                             Err(refusal) => return refused(Some(refusal), 1),
                         }
                     }
                     local.lease_left.set(local.lease_left.get() - 1);
                     local.holders.set(local.holders.get() + 1);
-                    let remaining = local.bucket.counter.remaining(now, sliding, r.limit)
-                        + local.lease_left.get();
+                    // As of the lease (others' use since is not seen: an estimate).
+                    let remaining = local.lease_room.get() + local.lease_left.get();
                     show(&mut best[0], p, remaining, ask.now_ms);
                     admission.held.push(Held {
                         kind: Kind::Request {
@@ -563,7 +576,8 @@ struct Held {
 #[must_use = "an admission holds units until it settles or drops"]
 #[derive(Debug, Default)]
 pub struct Admission {
-    held: Vec<Held>,
+    /// Inline for the usual few rules: no allocation per request.
+    held: SmallVec<[Held; 4]>,
     /// `x-ratelimit-*` lines for a successful answer (the tightest rule of each kind).
     pub headers: Vec<u8>,
 }

@@ -194,6 +194,19 @@ impl Counter {
         min: u64,
         max: u64,
     ) -> Result<Grant, Refusal> {
+        self.take_with(now, sliding, limit, min, |_| max)
+    }
+
+    /// As [`Counter::take`], with the most to take decided from the room
+    /// there is (a lease: a share of the room, so shards leave some to others).
+    pub fn take_with(
+        &self,
+        now: (u32, f64),
+        sliding: bool,
+        limit: u64,
+        min: u64,
+        max: impl Fn(u64) -> u64,
+    ) -> Result<Grant, Refusal> {
         let (window, elapsed) = now;
         loop {
             let (w, count) = self.windows.rolled(window);
@@ -211,7 +224,7 @@ impl Counter {
                     elapsed,
                 });
             }
-            let units = room.min(max.max(min));
+            let units = room.min(max(room).max(min));
             if self.windows.swap(w, count, count + units) {
                 return Ok(Grant {
                     window: w,
