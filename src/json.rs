@@ -153,10 +153,13 @@ impl RequestFields {
 
 /// A JSON number written as plain decimal digits that fits a u64.
 fn plain_integer(raw: &[u8]) -> Option<u64> {
-    if raw.is_empty() || raw.len() > 19 || !raw.iter().all(u8::is_ascii_digit) {
+    if raw.is_empty() || raw.len() > 19 {
         return None;
     }
-    std::str::from_utf8(raw).ok()?.parse::<u64>().ok()
+    // At most 19 digits: no overflow.
+    raw.iter().try_fold(0u64, |n, d| {
+        d.is_ascii_digit().then(|| n * 10 + u64::from(d - b'0'))
+    })
 }
 
 /// The UTF-8 byte order mark, which Python's `json.loads(bytes)` accepts.
@@ -494,6 +497,22 @@ fn push_json_str(out: &mut Vec<u8>, s: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn output_caps_and_answer_counts_are_read_as_plain_integers() {
+        let body = br#"{"max_tokens":100,"max_completion_tokens":200,"n":3,"model":"m"}"#;
+        let f = scan_request(body).unwrap();
+        assert_eq!((f.max_tokens(body), f.choices(body)), (Some(200), 3));
+        let body = br#"{"max_tokens":"5","n":0}"#;
+        let f = scan_request(body).unwrap();
+        assert_eq!((f.max_tokens(body), f.choices(body)), (None, 1));
+        let body = br#"{"max_tokens":99999999999999999999}"#;
+        assert_eq!(scan_request(body).unwrap().max_tokens(body), None);
+        assert_eq!(
+            scan_request(br#"{"max_tokens":1,"max_tokens":2}"#),
+            Err(BodyError::Duplicate("max_tokens"))
+        );
+    }
 
     fn rewrite(body: &str, model: &str, include_usage: bool) -> String {
         let f = scan_request(body.as_bytes()).unwrap();

@@ -376,7 +376,8 @@ pub async fn reject(ctx: &ShardCtx, c: &mut ClientConn, u: Unreadable) {
 }
 
 /// What the request controls asked for, owned (they outlive the request's
-/// buffers' borrow): the cache controls, and the metadata limits are scoped by.
+/// buffers' borrow): the cache controls, and the metadata limits are scoped
+/// by (moved into the log's facts when the log keeps the request).
 #[derive(Default)]
 struct Wish {
     ttl: Option<Duration>,
@@ -428,7 +429,9 @@ fn controls(
                 .user_agent
                 .map(|ua| String::from_utf8_lossy(ua).into_owned());
             facts.event_id = controls.event_id;
-            facts.metadata = wish.metadata.clone();
+            // The log's copy is the one admission reads (no clone per request).
+            let mut wish = wish;
+            facts.metadata = wish.metadata.take();
             Ok(wish)
         }
         Err(e) => Err(e),
@@ -629,7 +632,9 @@ fn admit(
         key.and_then(|k| k.metadata.iter().find(|(f, _)| f == field))
             .map(|(_, v)| v.clone())
             .or_else(|| {
-                wish.metadata.as_ref().and_then(|m| {
+                // The request's metadata: in the log's facts when the log keeps it.
+                let logged = rec.log.as_ref().and_then(|l| l.metadata.as_ref());
+                wish.metadata.as_ref().or(logged).and_then(|m| {
                     m.0.iter()
                         .find(|(f, _)| f == field)
                         .map(|(_, v)| v.as_text().to_string())
