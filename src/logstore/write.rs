@@ -105,7 +105,8 @@ impl Writer {
                     r.cache_key.map(|k| format!("{k:032x}")),
                     r.key_id.as_deref(),
                     r.cost,
-                    r.cost_estimated,
+                    // NULL (no bytes in the row) for the usual `false`.
+                    r.cost_estimated.then_some(1),
                     r.context_share,
                 ])?;
                 let seq = tx.last_insert_rowid();
