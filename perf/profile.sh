@@ -111,6 +111,7 @@ case $target in
 [server]
 listen = "127.0.0.1:$port"
 shards = 1
+data_dir = "$WORK/data"
 
 [admin]
 socket = "$WORK/admin.sock"
@@ -120,6 +121,8 @@ kind = "openai"
 base_url = "http://127.0.0.1:$mock_port/v1"
 EOF
     [ -n "$extra_toml" ] && cat "$extra_toml" >> "$WORK/aigw.toml"
+    # A fresh request log per run: a large one from earlier runs slows every insert.
+    rm -rf "$WORK/data"
     model=bench/gpt-4o-mini
     url=http://127.0.0.1:$port/v1/chat/completions
     if [ "$mode" = callgrind ]; then
