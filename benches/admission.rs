@@ -5,9 +5,9 @@
 //! budget's reservation and settlement. One thread: no contention.
 
 use aigw::auth::{KeyEntry, Origin, Registry, ShardKeys, hash_secret};
-use aigw::budget::{Budgets, Rates, ShardBudgets, Who};
+use aigw::budget::{Budgets, Rates, ShardBudgets};
 use aigw::config::Config;
-use aigw::limit::{Ask, Limiter, ShardLimiter};
+use aigw::limit::{Ask, Limiter, ShardLimiter, Subject};
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::collections::BTreeMap;
 use std::hint::black_box;
@@ -50,12 +50,15 @@ fn stages(c: &mut Criterion) {
 
     let config = Config::from_toml(RULES).unwrap();
     let limiter = ShardLimiter::new(Limiter::new(2), &config.rate_limits);
-    let none: &dyn Fn(&str) -> Option<String> = &|_| None;
-    let ask = Ask {
+    let subject = Subject {
         key_id: Some("key517"),
-        metadata: none,
         provider: "openai",
         model: Some("gpt-4o-mini"),
+        key_metadata: &[],
+        metadata: None,
+    };
+    let ask = Ask {
+        subject,
         input_estimate: 300,
         max_tokens: Some(256),
         choices: 1,
@@ -72,12 +75,6 @@ fn stages(c: &mut Criterion) {
 
     let shared = Budgets::new();
     let budgets = ShardBudgets::new(shared.clone(), &config.budgets);
-    let who = Who {
-        key_id: Some("key517"),
-        provider: "openai",
-        model: Some("gpt-4o-mini"),
-        metadata: none,
-    };
     let rates = Some(Rates {
         input: 0.15e-6,
         output: 0.6e-6,
@@ -86,7 +83,7 @@ fn stages(c: &mut Criterion) {
         b.iter(|| {
             let r = budgets
                 .reserve(
-                    black_box(&who),
+                    black_box(&subject),
                     rates,
                     1200,
                     Some(256),

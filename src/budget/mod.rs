@@ -19,12 +19,12 @@
 //! taken when a window begins, so a lower amount set by a reload never blocks
 //! spend from before it; a changed window is a new set of buckets.
 
-use crate::auth::models_allow;
 use crate::calendar::{DAY_MS, month_of};
 use crate::config::limits::Scope;
 use crate::config::{BudgetRule, BudgetWindow};
 use crate::error::GatewayError;
 use crate::fasthash::FastMap;
+use crate::limit::Subject;
 use crate::limit::window::Windows;
 use dashmap::DashMap;
 use smallvec::SmallVec;
@@ -200,26 +200,6 @@ pub struct Budgets {
     pub alerts: AtomicU64,
 }
 
-/// What the scope of a budget is for one request.
-pub struct Who<'a> {
-    pub key_id: Option<&'a str>,
-    pub provider: &'a str,
-    pub model: Option<&'a str>,
-    /// A metadata field's value (the key's, else the request's).
-    pub metadata: &'a dyn Fn(&str) -> Option<String>,
-}
-
-impl Who<'_> {
-    fn value(&self, scope: &Scope) -> std::borrow::Cow<'_, str> {
-        match scope {
-            Scope::Gateway => "".into(),
-            Scope::Key => self.key_id.unwrap_or(NO_VALUE).into(),
-            Scope::Provider => self.provider.into(),
-            Scope::Metadata(f) => (self.metadata)(f).map_or(NO_VALUE.into(), Into::into),
-        }
-    }
-}
-
 impl Budgets {
     pub fn new() -> Arc<Budgets> {
         Arc::new(Budgets {
@@ -265,26 +245,14 @@ impl Budgets {
     }
 
     /// Adds spend the request log recorded (at start, before any shard runs).
-    pub fn rebuild(&self, rules: &[BudgetRule], spent: &[Spent]) {
+    pub fn rebuild(&self, rules: &[BudgetRule], spent: &[Spent<'_>]) {
         let prepared = prepare(rules);
         for s in spent {
-            let metadata = |f: &str| {
-                s.metadata
-                    .iter()
-                    .find(|(k, _)| k == f)
-                    .map(|(_, v)| v.clone())
-            };
-            let who = Who {
-                key_id: s.key_id.as_deref(),
-                provider: &s.provider,
-                model: s.model.as_deref(),
-                metadata: &metadata,
-            };
             for p in &prepared {
-                if !models_allow(&p.rule.models, who.provider, who.model) {
+                if !s.subject.matches(&p.rule.models) {
                     continue;
                 }
-                let b = self.bucket(p, &who.value(&p.rule.scope));
+                let b = self.bucket(p, s.subject.value(&p.rule.scope));
                 let at = slot(p.rule.window, s.ts_ms);
                 b.spend.add(at.window, micros(s.usd));
             }
@@ -323,13 +291,10 @@ impl Budgets {
 }
 
 /// Spend the request log recorded: what the rebuild adds.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Spent {
+#[derive(Clone, Copy, Debug)]
+pub struct Spent<'a> {
     pub ts_ms: u64,
-    pub key_id: Option<String>,
-    pub provider: String,
-    pub model: Option<String>,
-    pub metadata: Vec<(String, String)>,
+    pub subject: Subject<'a>,
     pub usd: f64,
 }
 
@@ -408,7 +373,7 @@ impl ShardBudgets {
         if let Some(b) = map.get(&key) {
             return b.clone();
         }
-        if map.len() >= 1024 {
+        if map.len() >= crate::limit::LOCAL_CAP {
             map.clear();
         }
         let b = self.shared.bucket(p, value);
@@ -421,7 +386,7 @@ impl ShardBudgets {
     /// when it resets). `rates`: `None` when the model has no price.
     pub fn reserve(
         &self,
-        who: &Who<'_>,
+        who: &Subject<'_>,
         rates: Option<Rates>,
         input_bytes: u64,
         max_tokens: Option<u64>,
@@ -431,11 +396,11 @@ impl ShardBudgets {
         let rules = self.rules.borrow().clone();
         let mut r = Reservation::default();
         for p in rules.iter() {
-            if !models_allow(&p.rule.models, who.provider, who.model) {
+            if !who.matches(&p.rule.models) {
                 continue;
             }
             let value = who.value(&p.rule.scope);
-            let b = self.bucket(p, &value);
+            let b = self.bucket(p, value);
             let s = self.slot(p.rule.window, now_ms);
             let amount = b.spend.amount(s.window, p.amount);
             let worst = rates.map_or(0, |rates| {
@@ -455,7 +420,7 @@ impl ShardBudgets {
                 }),
                 Err(spent) => {
                     drop(r);
-                    return Err(exhausted(p, &value, spent, amount, worst, &s, now_ms));
+                    return Err(exhausted(p, value, spent, amount, worst, &s, now_ms));
                 }
             }
         }
@@ -590,14 +555,13 @@ mod tests {
         )
     }
 
-    const NONE: &dyn Fn(&str) -> Option<String> = &|_| None;
-
-    fn who(key: Option<&str>) -> Who<'_> {
-        Who {
+    fn who(key: Option<&str>) -> Subject<'_> {
+        Subject {
             key_id: key,
             provider: "openai",
             model: Some("gpt-4o"),
-            metadata: NONE,
+            key_metadata: &[],
+            metadata: None,
         }
     }
 
@@ -736,20 +700,17 @@ mod tests {
     fn the_log_rebuilds_spend() {
         let (shared, s, rules) =
             shard("[[budgets]]\nscope = \"metadata.team\"\nusd = 10\nwindow = \"7d\"\n");
+        let team = [("team".to_string(), "search".to_string())];
+        let mut w = who(None);
+        w.key_metadata = &team;
         let spent: Vec<Spent> = (0..9)
             .map(|i| Spent {
                 ts_ms: NOW - 1000 * i,
-                key_id: None,
-                provider: "openai".into(),
-                model: Some("gpt-4o".into()),
-                metadata: vec![("team".into(), "search".into())],
+                subject: w,
                 usd: 1.0,
             })
             .collect();
         shared.rebuild(&rules, &spent);
-        let search: &dyn Fn(&str) -> Option<String> = &|_| Some("search".into());
-        let mut w = who(None);
-        w.metadata = search;
         // $9 of $10 spent: a $2 worst case does not fit, another team's does.
         assert!(s.reserve(&w, RATES, 1, Some(1), 1, NOW).is_err());
         assert!(s.reserve(&who(None), RATES, 1, Some(1), 1, NOW).is_ok());

@@ -5,7 +5,7 @@
 //! window (a UTC calendar day or month, or a rolling duration), when to warn.
 
 use super::auth::pattern_problem;
-use super::limits::Scope;
+use super::limits::{Scope, read_scope};
 use super::read::Walker;
 use std::time::Duration;
 
@@ -60,21 +60,7 @@ pub(super) fn read_budgets(w: &mut Walker, root: &toml::Table) -> Vec<BudgetRule
         let at = format!("budgets[{i}]");
         let p = |k: &str| format!("{at}.{k}");
         let name = w.string(Some(t), &p("name")).unwrap_or_else(|| at.clone());
-        let scope = match w.string(Some(t), &p("scope")) {
-            Some(s) => Scope::parse(&s, true)
-                .map_err(|e| w.err(&p("scope"), e))
-                .ok(),
-            None => {
-                if !t.contains_key("scope") {
-                    w.err(
-                        &p("scope"),
-                        "missing: use \"gateway\", \"key\", \"provider\" or \"metadata.<field>\""
-                            .into(),
-                    );
-                }
-                None
-            }
-        };
+        let scope = read_scope(w, t, &p("scope"), true);
         let usd = match t.get("usd") {
             Some(toml::Value::Float(f)) => Some(*f),
             Some(toml::Value::Integer(n)) => Some(*n as f64),

@@ -132,24 +132,7 @@ pub(super) fn read_rate_limits(w: &mut Walker, root: &toml::Table) -> Vec<RateRu
         let at = format!("rate_limits[{i}]");
         let p = |k: &str| format!("{at}.{k}");
         let name = w.string(Some(t), &p("name")).unwrap_or_else(|| at.clone());
-        let scope = match w.string(Some(t), &p("scope")) {
-            Some(s) => match Scope::parse(&s, false) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    w.err(&p("scope"), e);
-                    None
-                }
-            },
-            None => {
-                missing(
-                    w,
-                    t,
-                    &p("scope"),
-                    "\"gateway\", \"key\" or \"metadata.<field>\"",
-                );
-                None
-            }
-        };
+        let scope = read_scope(w, t, &p("scope"), false);
         let count = match w.string(Some(t), &p("count")).as_deref() {
             Some("requests") => Some(Count::Requests),
             Some("input_tokens") => Some(Count::InputTokens),
@@ -236,7 +219,30 @@ pub(super) fn read_rate_limits(w: &mut Walker, root: &toml::Table) -> Vec<RateRu
     rules
 }
 
-fn missing(w: &mut Walker, t: &toml::Table, path: &str, what: &str) {
+/// A rule's `scope` (budgets also take `provider`); `None` after an error.
+pub(super) fn read_scope(
+    w: &mut Walker,
+    t: &toml::Table,
+    path: &str,
+    allow_provider: bool,
+) -> Option<Scope> {
+    match w.string(Some(t), path) {
+        Some(s) => Scope::parse(&s, allow_provider)
+            .map_err(|e| w.err(path, e))
+            .ok(),
+        None => {
+            let what = if allow_provider {
+                "\"gateway\", \"key\", \"provider\" or \"metadata.<field>\""
+            } else {
+                "\"gateway\", \"key\" or \"metadata.<field>\""
+            };
+            missing(w, t, path, what);
+            None
+        }
+    }
+}
+
+pub(super) fn missing(w: &mut Walker, t: &toml::Table, path: &str, what: &str) {
     if !t.contains_key(path.rsplit('.').next().unwrap_or(path)) {
         w.err(path, format!("missing: use {what}"));
     }

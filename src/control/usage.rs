@@ -3,10 +3,10 @@
 //! key, provider, model or a metadata field, over a chosen time), with every
 //! budget's standing. Off the request path.
 
-use crate::budget::{Budgets, Standing};
+use crate::budget::{Budgets, Spent, Standing};
 use crate::config::Config;
 use crate::error::push_json_string;
-use crate::limit::Limiter;
+use crate::limit::{Limiter, Logged, Subject};
 use crate::logstore;
 pub use crate::logstore::replay::By;
 use std::fmt::Write as _;
@@ -44,34 +44,40 @@ pub fn rebuild(config: &Config, limiter: &Limiter, budgets: &Budgets) -> Result<
     }
     let conn = logstore::open_for_reading(&path)?;
     let mut each = |rows: &[logstore::replay::Replayed]| {
-        let logged: Vec<crate::limit::Logged<'_>> = rows
+        // The logged metadata already holds the key's fields merged in.
+        let subjects: Vec<(&logstore::replay::Replayed, Subject<'_>)> = rows
             .iter()
             .filter_map(|r| {
-                Some(crate::limit::Logged {
-                    ts_ms: r.ts_ms,
+                let subject = Subject {
                     key_id: r.key_id.as_deref(),
                     provider: r.provider.as_deref()?,
                     model: r.model.as_deref(),
-                    metadata: &r.metadata,
-                    tokens_in: r.tokens_in,
-                    tokens_out: r.tokens_out,
-                    refused: r.refused,
-                    cached: r.cached,
-                })
+                    key_metadata: &r.metadata,
+                    metadata: None,
+                };
+                Some((r, subject))
+            })
+            .collect();
+        let logged: Vec<Logged<'_>> = subjects
+            .iter()
+            .map(|(r, subject)| Logged {
+                ts_ms: r.ts_ms,
+                subject: *subject,
+                tokens_in: r.tokens_in,
+                tokens_out: r.tokens_out,
+                refused: r.refused,
+                cached: r.cached,
             })
             .collect();
         limiter.rebuild(&config.rate_limits, &logged);
-        let spent: Vec<crate::budget::Spent> = rows
+        let spent: Vec<Spent<'_>> = subjects
             .iter()
-            .filter(|r| r.cost.is_some_and(|c| c > 0.0))
-            .filter_map(|r| {
-                Some(crate::budget::Spent {
+            .filter_map(|(r, subject)| {
+                let usd = r.cost.filter(|c| *c > 0.0)?;
+                Some(Spent {
                     ts_ms: r.ts_ms,
-                    key_id: r.key_id.clone(),
-                    provider: r.provider.clone()?,
-                    model: r.model.clone(),
-                    metadata: r.metadata.clone(),
-                    usd: r.cost?,
+                    subject: *subject,
+                    usd,
                 })
             })
             .collect();

@@ -27,6 +27,7 @@ use crate::config::limits::{Count, RateRule, Scope, Technique};
 use crate::error::GatewayError;
 use crate::fasthash::FastMap;
 use crate::http::push_decimal;
+use crate::record::Metadata;
 use dashmap::DashMap;
 use smallvec::SmallVec;
 use std::cell::{Cell, RefCell};
@@ -40,11 +41,53 @@ pub const MAX_LEASE: u64 = 32;
 /// Buckets kept before idle ones (no shard holding them, both windows over)
 /// are swept from the shared table.
 pub const SWEEP_AT: usize = 16_384;
-/// Local entries a shard keeps before dropping those it does not hold.
-const LOCAL_SWEEP_AT: usize = 1024;
+/// Bucket handles a shard keeps (limits and budgets each) before dropping
+/// those it does not hold.
+pub const LOCAL_CAP: usize = 1024;
 
 /// The scope value of requests without one (no key, no such metadata field).
 pub const NO_VALUE: &str = "(none)";
+
+/// Who and what a request is, as rate limits and budgets scope it (live, or
+/// replayed from the log at start).
+#[derive(Clone, Copy, Debug)]
+pub struct Subject<'a> {
+    pub key_id: Option<&'a str>,
+    pub provider: &'a str,
+    pub model: Option<&'a str>,
+    /// Attribution the key fixes: it wins over the request's own.
+    pub key_metadata: &'a [(String, String)],
+    /// The request's own `aigw-metadata`.
+    pub metadata: Option<&'a Metadata>,
+}
+
+impl<'a> Subject<'a> {
+    /// A metadata field's value: the key's, else the request's.
+    pub fn field(&self, name: &str) -> Option<&'a str> {
+        if let Some((_, v)) = self.key_metadata.iter().find(|(k, _)| k == name) {
+            return Some(v);
+        }
+        let m = self.metadata?;
+        m.0.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_text())
+    }
+
+    /// The value a scope counts this request under ([`NO_VALUE`] without one).
+    pub fn value(&self, scope: &Scope) -> &'a str {
+        match scope {
+            Scope::Gateway => "",
+            Scope::Key => self.key_id.unwrap_or(NO_VALUE),
+            Scope::Provider => self.provider,
+            Scope::Metadata(f) => self.field(f).unwrap_or(NO_VALUE),
+        }
+    }
+
+    /// Whether rules limited to `models` apply to it.
+    pub fn matches(&self, models: &[String]) -> bool {
+        models_allow(models, self.provider, self.model)
+    }
+}
 
 /// One bucket: a rule's count for one scope value.
 #[derive(Debug)]
@@ -96,10 +139,6 @@ impl Limiter {
         });
     }
 
-    pub fn len(&self) -> usize {
-        self.buckets.len()
-    }
-
     /// Counts what the request log recorded into the windows of `rules` (at
     /// start, before any shard runs; `logged` oldest first): each admitted
     /// request, and its tokens. Requests the gateway refused count nothing;
@@ -114,19 +153,11 @@ impl Limiter {
             for l in logged {
                 if l.refused
                     || (l.cached && (r.count != Count::Requests || !r.count_cache_hits))
-                    || !models_allow(&r.models, l.provider, l.model)
+                    || !l.subject.matches(&r.models)
                 {
                     continue;
                 }
-                let value = match &r.scope {
-                    Scope::Gateway => "",
-                    Scope::Key | Scope::Provider => l.key_id.unwrap_or(NO_VALUE),
-                    Scope::Metadata(f) => l
-                        .metadata
-                        .iter()
-                        .find(|(k, _)| k == f)
-                        .map_or(NO_VALUE, |(_, v)| v.as_str()),
-                };
+                let value = l.subject.value(&r.scope);
                 let units = match r.count {
                     Count::Requests => 1,
                     Count::InputTokens => l.tokens_in,
@@ -139,20 +170,12 @@ impl Limiter {
             }
         }
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.buckets.is_empty()
-    }
 }
 
 /// A logged request as the rebuild counts it.
 pub struct Logged<'a> {
     pub ts_ms: u64,
-    pub key_id: Option<&'a str>,
-    pub provider: &'a str,
-    pub model: Option<&'a str>,
-    /// Metadata fields as text.
-    pub metadata: &'a [(String, String)],
+    pub subject: Subject<'a>,
     pub tokens_in: u64,
     pub tokens_out: u64,
     pub refused: bool,
@@ -208,11 +231,7 @@ impl Local {
 
 /// What a request brings to admission.
 pub struct Ask<'a> {
-    pub key_id: Option<&'a str>,
-    /// A metadata field's value (the key's, else the request's).
-    pub metadata: &'a dyn Fn(&str) -> Option<String>,
-    pub provider: &'a str,
-    pub model: Option<&'a str>,
+    pub subject: Subject<'a>,
     /// Input tokens the prompt may hold (an estimate from its size).
     pub input_estimate: u64,
     /// The request's output cap, when it sets one.
@@ -275,7 +294,7 @@ impl ShardLimiter {
         if let Some(l) = map.get(&key) {
             return l.clone();
         }
-        if map.len() >= LOCAL_SWEEP_AT {
+        if map.len() >= LOCAL_CAP {
             map.retain(|_, l| Rc::strong_count(l) > 1 || l.lease_left.get() > 0);
         }
         let l = Rc::new(Local {
@@ -302,21 +321,17 @@ impl ShardLimiter {
         let mut best: [Option<Shown>; 2] = [None, None];
         for p in rules.iter() {
             let r = &p.rule;
-            if !models_allow(&r.models, ask.provider, ask.model) {
+            if !ask.subject.matches(&r.models) {
                 continue;
             }
-            let value: std::borrow::Cow<'_, str> = match &r.scope {
-                Scope::Gateway => "".into(),
-                Scope::Key | Scope::Provider => ask.key_id.unwrap_or(NO_VALUE).into(),
-                Scope::Metadata(f) => (ask.metadata)(f).map_or(NO_VALUE.into(), Into::into),
-            };
-            let local = self.local(p.fingerprint, &value, p.window_ms);
+            let value = ask.subject.value(&r.scope);
+            let local = self.local(p.fingerprint, value, p.window_ms);
             let now = window::position(ask.now_ms, p.window_ms);
             let sliding = r.technique == Technique::Sliding;
             let mut refused = |refusal: Option<Refusal>, want: u64| {
                 // What earlier rules took for this request goes back.
                 admission.undo();
-                Err(refusal_error(p, &value, refusal, want, ask.now_ms))
+                Err(refusal_error(p, value, refusal, want, ask.now_ms))
             };
             match r.count {
                 Count::Concurrent => {
@@ -687,12 +702,15 @@ mod tests {
         (shared, s)
     }
 
-    fn ask<'a>(key: Option<&'a str>, meta: &'a dyn Fn(&str) -> Option<String>) -> Ask<'a> {
+    fn ask<'a>(key: Option<&'a str>, meta: &'a [(String, String)]) -> Ask<'a> {
         Ask {
-            key_id: key,
-            metadata: meta,
-            provider: "openai",
-            model: Some("gpt-4o"),
+            subject: Subject {
+                key_id: key,
+                provider: "openai",
+                model: Some("gpt-4o"),
+                key_metadata: meta,
+                metadata: None,
+            },
             input_estimate: 100,
             max_tokens: Some(50),
             choices: 1,
@@ -700,7 +718,7 @@ mod tests {
         }
     }
 
-    const NONE: &dyn Fn(&str) -> Option<String> = &|_| None;
+    const NONE: &[(String, String)] = &[];
 
     #[test]
     fn two_shards_admit_exactly_the_limit_between_them() {
@@ -774,7 +792,7 @@ mod tests {
             "[[rate_limits]]\nscope = \"metadata.user\"\ncount = \"total_tokens\"\nlimit = 1000\nwindow = \"30d\"\ntechnique = \"fixed\"\n",
             1,
         );
-        let ann: &dyn Fn(&str) -> Option<String> = &|f| (f == "user").then(|| "ann".to_string());
+        let ann: &[(String, String)] = &[("user".to_string(), "ann".to_string())];
         // 100 + 50 reserved each: six fit, the seventh does not.
         let held: Vec<_> = (0..6).map(|_| s.admit(&ask(None, ann)).unwrap()).collect();
         assert!(s.admit(&ask(None, ann)).is_err());

@@ -150,33 +150,29 @@ pub fn encode_metadata(metadata: &[(String, String)]) -> String {
 }
 
 fn decode_models(s: &str) -> Vec<String> {
-    let mut bytes = s.as_bytes().to_vec();
-    match simd_json::to_owned_value(&mut bytes) {
-        Ok(v) => v
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|m| m.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default(),
-        Err(_) => Vec::new(),
-    }
+    let v = parse(s);
+    let Some(a) = v.as_ref().and_then(|v| v.as_array()) else {
+        return Vec::new();
+    };
+    a.iter()
+        .filter_map(|m| m.as_str().map(str::to_string))
+        .collect()
 }
 
 fn decode_metadata(s: &str) -> Vec<(String, String)> {
+    let v = parse(s);
+    let Some(o) = v.as_ref().and_then(|v| v.as_object()) else {
+        return Vec::new();
+    };
+    o.iter()
+        .filter_map(|(k, v)| Some((k.to_string(), v.as_str()?.to_string())))
+        .collect()
+}
+
+/// A stored JSON column (written by this module), or `None` if damaged.
+fn parse(s: &str) -> Option<simd_json::OwnedValue> {
     let mut bytes = s.as_bytes().to_vec();
-    match simd_json::to_owned_value(&mut bytes) {
-        Ok(v) => v
-            .as_object()
-            .map(|o| {
-                o.iter()
-                    .filter_map(|(k, v)| Some((k.to_string(), v.as_str()?.to_string())))
-                    .collect()
-            })
-            .unwrap_or_default(),
-        Err(_) => Vec::new(),
-    }
+    simd_json::to_owned_value(&mut bytes).ok()
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ use super::respond::{CacheLine, CachedHead};
 use super::shard::ShardCtx;
 use super::taps::{FillTap, NoTap, PayloadTap, Tap, UsageTap};
 use crate::auth::{self, Carrier, KeyEntry};
-use crate::budget::{Rates, Reservation, Who};
+use crate::budget::{Rates, Reservation};
 use crate::cache::flight::{End as FlightEnd, Flight, FlightHead, Leading};
 use crate::cache::key::KeyInput;
 use crate::cache::{self, Lookup, entry};
@@ -38,7 +38,7 @@ use crate::error::{ErrorSource, GatewayError};
 use crate::http::ReadBuf;
 use crate::http::request::Method;
 use crate::http::response::{ResponseBody, ResponseHead};
-use crate::limit::{Admission, Ask};
+use crate::limit::{Admission, Ask, Subject};
 use crate::net::{Direct, Sink, read_some_tcp};
 use crate::record::{
     CacheStatus, LogFacts, MetaValue, Metadata, Outcome, Payload, RequestRecord, RouteKind, Usage,
@@ -94,10 +94,11 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
 
     // The model's price, looked up once (admission reserves by it, the
     // record is charged by it).
-    let priced = match rec.model.as_deref() {
-        Some(m) => ctx.prices().get(&plan.provider.name, m).cloned(),
-        None => None,
-    };
+    let prices = ctx.prices();
+    let priced = rec
+        .model
+        .as_deref()
+        .and_then(|m| prices.get(&plan.provider.name, m));
 
     // 1b. admission: the rate limits this request falls under
     let (mut admission, reservation) = match admit(
@@ -107,7 +108,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         principal.as_deref(),
         &wish,
         &rec,
-        priced.as_ref(),
+        priced,
     ) {
         Ok(a) => a,
         Err(e) => return answer_error(ctx, c, rec, &e, keep_alive).await,
@@ -172,8 +173,8 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
                 ..Tokens::default()
             };
             rec.cost_estimated = true;
-            let custom = under_budget(wish.custom_cost, &reservation, priced.as_ref());
-            price(&mut rec, priced.as_ref(), &used, custom.as_ref());
+            let custom = under_budget(wish.custom_cost, &reservation, priced);
+            price(&mut rec, priced, &used, custom.as_ref());
             admission.settle(Some((used.input, 0)), now_unix_ms());
             if !reservation.is_empty() {
                 reservation.settle(rec.cost, ctx.shared_budgets());
@@ -299,8 +300,8 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         used.output = relayed_tokens;
         rec.cost_estimated = true;
     }
-    let custom = under_budget(wish.custom_cost, &reservation, priced.as_ref());
-    price(&mut rec, priced.as_ref(), &used, custom.as_ref());
+    let custom = under_budget(wish.custom_cost, &reservation, priced);
+    price(&mut rec, priced, &used, custom.as_ref());
     if hold {
         if relayed.ending == Ending::Complete {
             insert_cost_header(&mut held, rec.cost);
@@ -628,25 +629,20 @@ fn admit(
     if limiter.is_empty() && budgets.is_empty() {
         return Ok((Admission::default(), Reservation::default()));
     }
-    let metadata = |field: &str| -> Option<String> {
-        key.and_then(|k| k.metadata.iter().find(|(f, _)| f == field))
-            .map(|(_, v)| v.clone())
-            .or_else(|| {
-                // The request's metadata: in the log's facts when the log keeps it.
-                let logged = rec.log.as_ref().and_then(|l| l.metadata.as_ref());
-                wish.metadata.as_ref().or(logged).and_then(|m| {
-                    m.0.iter()
-                        .find(|(f, _)| f == field)
-                        .map(|(_, v)| v.as_text().to_string())
-                })
-            })
+    let subject = Subject {
+        key_id: key.map(|k| &*k.id),
+        provider: &plan.provider.name,
+        model: rec.model.as_deref(),
+        key_metadata: key.map_or(&[][..], |k| &k.metadata),
+        // In the log's facts when the log keeps the request.
+        metadata: wish
+            .metadata
+            .as_ref()
+            .or_else(|| rec.log.as_ref().and_then(|l| l.metadata.as_ref())),
     };
     let now_ms = now_unix_ms();
     let admission = limiter.admit(&Ask {
-        key_id: key.map(|k| &*k.id),
-        metadata: &metadata,
-        provider: &plan.provider.name,
-        model: rec.model.as_deref(),
+        subject,
         // About four bytes of JSON per token.
         input_estimate: body_len.div_ceil(4),
         max_tokens: plan.max_tokens,
@@ -668,14 +664,15 @@ fn admit(
     let rates = input
         .zip(output)
         .map(|(input, output)| Rates { input, output });
-    let who = Who {
-        key_id: key.map(|k| &*k.id),
-        provider: &plan.provider.name,
-        model: rec.model.as_deref(),
-        metadata: &metadata,
-    };
     let mut admission = admission;
-    match budgets.reserve(&who, rates, body_len, plan.max_tokens, plan.choices, now_ms) {
+    match budgets.reserve(
+        &subject,
+        rates,
+        body_len,
+        plan.max_tokens,
+        plan.choices,
+        now_ms,
+    ) {
         Ok(reservation) => Ok((admission, reservation)),
         Err(e) => {
             // Refused: what the rate limits took goes back.
