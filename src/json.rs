@@ -100,7 +100,7 @@ fn field_of(raw_key: &[u8]) -> Option<Field> {
 }
 
 /// Whether a raw key (between its quotes) is `name` once unescaped.
-fn key_is(raw_key: &[u8], name: &str) -> bool {
+pub fn key_is(raw_key: &[u8], name: &str) -> bool {
     if raw_key.contains(&b'\\') {
         decode_key(raw_key).is_some_and(|k| k == name)
     } else {
@@ -229,10 +229,10 @@ pub fn scan_request(body: &[u8]) -> Result<RequestFields, BodyError> {
 
 /// Calls `f(raw_key, value_range)` for each member of the object starting at
 /// `open` (which must be `{`); returns the offset after its `}`.
-pub fn for_each_member(
-    body: &[u8],
+pub fn for_each_member<'a>(
+    body: &'a [u8],
     open: usize,
-    mut f: impl FnMut(&[u8], Range<usize>),
+    mut f: impl FnMut(&'a [u8], Range<usize>),
 ) -> Result<usize, &'static str> {
     let mut i = skip_ws(body, open + 1);
     if body.get(i) == Some(&b'}') {
@@ -482,7 +482,7 @@ fn usage_edit(body: &[u8], fields: &RequestFields) -> Option<(Range<usize>, &'st
 }
 
 /// Appends `s` as a JSON string literal; model names rarely need escaping.
-fn push_json_str(out: &mut Vec<u8>, s: &str) {
+pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
     if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());

@@ -11,7 +11,7 @@ use crate::error::GatewayError;
 use crate::http::percent_decode;
 use crate::http::request::{Method, RequestView};
 use crate::json::{self, BodyError, Rewrite};
-use crate::providers::{Provider, Providers, UNIFIED_ENDPOINTS};
+use crate::providers::{Dialect, Provider, Providers, Translation, UNIFIED_ENDPOINTS};
 use crate::record::RouteKind;
 use std::borrow::Cow;
 use std::rc::Rc;
@@ -75,6 +75,9 @@ pub struct Plan {
     pub max_tokens: Option<u64>,
     /// How many answers it asks for (`n`): each may use `max_tokens`.
     pub choices: u64,
+    /// The request was translated to the provider's format: how its reply
+    /// comes back.
+    pub translation: Option<Translation>,
 }
 
 /// What routing decided.
@@ -197,25 +200,42 @@ pub fn plan(
             let wants_usage = stream
                 && provider.injects_stream_usage()
                 && !json::client_asked_usage(body, &fields);
-            json::rewrite_body(
-                body,
-                &fields,
-                &Rewrite {
-                    model: model_name,
-                    include_usage: wants_usage,
-                },
-                rewritten,
-            );
+            let translation = if provider.dialect() == Dialect::OpenAi {
+                json::rewrite_body(
+                    body,
+                    &fields,
+                    &Rewrite {
+                        model: model_name,
+                        include_usage: wants_usage,
+                    },
+                    rewritten,
+                );
+                None
+            } else {
+                let t = provider
+                    .translate(endpoint, body, model_name, rewritten)
+                    .map_err(|e| {
+                        GatewayError::bad_request(
+                            "untranslatable_request",
+                            format!(
+                                "this request cannot be sent to provider `{}`: {}",
+                                provider.name, e.0
+                            ),
+                        )
+                    })?;
+                Some(t)
+            };
             Ok(Routed::Upstream(Plan {
                 path: provider.unified_path(endpoint, query),
                 provider,
                 method,
                 unified: true,
-                filter_usage_event: wants_usage,
+                filter_usage_event: wants_usage && translation.is_none(),
                 model: Some(model_name.to_string()),
                 stream,
                 max_tokens: fields.max_tokens(body),
                 choices: fields.choices(body),
+                translation,
             }))
         }
         Route::Passthrough {
@@ -263,6 +283,7 @@ pub fn plan(
                 stream,
                 max_tokens,
                 choices,
+                translation: None,
             }))
         }
     }

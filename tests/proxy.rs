@@ -384,14 +384,17 @@ fn anthropic_kind_gets_its_key_as_x_api_key_and_native_paths(shards: usize) {
     assert_eq!(seen.header("anthropic-version"), Some("2023-06-01"));
     assert_eq!(seen.header("authorization"), None);
 
-    // Unified: Anthropic's OpenAI-compatible endpoint under /v1 of the same root.
+    // Unified: translated to the Messages API under /v1 of the same root
+    // (tests/translate.rs covers the translation itself).
     mock.reset();
     let r = client.post("/v1/chat/completions", &[], &chat("ant/claude-x", false));
     assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["object"], "chat.completion");
     let seen = &mock.captured()[0];
-    assert_eq!(seen.path, "/v1/chat/completions");
-    assert_eq!(seen.header("authorization"), Some("Bearer sk-ant-gateway"));
+    assert_eq!(seen.path, "/v1/messages");
+    assert_eq!(seen.header("authorization"), None);
     assert_eq!(seen.header("x-api-key"), Some("sk-ant-gateway"));
+    assert_eq!(seen.header("anthropic-version"), Some("2023-06-01"));
 }
 
 fn hop_by_hop_and_gateway_headers_are_not_forwarded(shards: usize) {

@@ -6,7 +6,7 @@
 mod common;
 
 use aigw_loadtest::mock::{MockServer, reply_text};
-use common::{Gateway, mock};
+use common::{Gateway, json, mock};
 use simd_json::prelude::*;
 use std::time::Instant;
 
@@ -159,11 +159,11 @@ fn a_stream_that_goes_quiet_is_aborted_after_stream_idle(shards: usize) {
     );
 
     assert_eq!(r.status, 200);
-    assert_eq!(
-        r.sse_data().len(),
-        1,
-        "only the first event came before the gap"
-    );
+    let data = r.sse_data();
+    assert_eq!(data.len(), 2, "only the first event came before the gap");
+    // Then a typed error, and no [DONE].
+    let error = json(data[1].as_bytes());
+    assert_eq!(error["error"]["code"], "stream_truncated");
     assert!(!r.complete);
     assert!(
         sent.elapsed().as_millis() < 2000,

@@ -137,7 +137,12 @@ pub struct ProviderConfig {
     pub api_key_env: Option<String>,
     /// Extra trusted CA certificates (DER), read from `ca_file` at start.
     pub extra_roots: Vec<Vec<u8>>,
+    /// `max_tokens` written into translated requests that set none.
+    pub default_max_tokens: u64,
 }
+
+/// The output cap a translated request gets when it sets none.
+pub const DEFAULT_MAX_TOKENS: u64 = 4096;
 
 /// The built-in provider catalog: name, kind, base URL, key variable.
 pub(super) const BUILTIN_PROVIDERS: &[(&str, ProviderKind, &str, Option<&str>)] = &[
@@ -247,6 +252,7 @@ pub(super) fn read_providers(
                     api_key,
                     api_key_env: key_env.map(str::to_string),
                     extra_roots: Vec::new(),
+                    default_max_tokens: DEFAULT_MAX_TOKENS,
                 },
             );
         }
@@ -346,6 +352,18 @@ fn read_provider(
         },
         None => Vec::new(),
     };
+    let max_path = format!("{path}.default_max_tokens");
+    let default_max_tokens = match t.get("default_max_tokens") {
+        None => DEFAULT_MAX_TOKENS,
+        Some(toml::Value::Integer(n)) if *n > 0 => *n as u64,
+        Some(_) => {
+            w.err(
+                &max_path,
+                "must be a positive integer (the output cap for translated requests without max_tokens)".into(),
+            );
+            return None;
+        }
+    };
     Some(ProviderConfig {
         name: name.to_string(),
         kind,
@@ -353,6 +371,7 @@ fn read_provider(
         api_key,
         api_key_env: key_env,
         extra_roots,
+        default_max_tokens,
     })
 }
 

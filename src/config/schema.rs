@@ -139,6 +139,11 @@ pub const KEYS: &[KeySpec] = &[
         meaning: "environment variable holding the provider key (read at start)",
     },
     KeySpec {
+        path: "providers.*.default_max_tokens",
+        default: "4096",
+        meaning: "max_tokens written into a translated request (Anthropic requires one) that sets none",
+    },
+    KeySpec {
         path: "providers.*.ca_file",
         default: "(none)",
         meaning: "PEM file of extra CAs trusted for this provider (private CAs); public roots stay trusted",

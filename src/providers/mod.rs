@@ -6,12 +6,15 @@
 //! An adapter says how a provider is authenticated (header lines built once at
 //! start), where the unified endpoints live under its base URL, whether aigw
 //! asks for stream usage on the client's behalf, which shape its `usage`
-//! objects have, and (for the mock) answers in process. Body and stream
-//! translation join here later. `ProviderKind` is matched in this file only.
+//! objects have, which wire format its unified endpoint speaks (a unified
+//! request to a provider of another [`Dialect`] is translated, and its reply
+//! translated back), and (for the mock) answers in process. `ProviderKind` is
+//! matched in this file only.
 
 pub mod anthropic;
 pub mod mock;
 pub mod openai;
+pub mod translate;
 pub mod usage;
 
 use crate::config::{Config, ProviderConfig, ProviderKind, Scheme};
@@ -19,12 +22,44 @@ use crate::fasthash::FastMap;
 use crate::upstream::{Endpoint, tls};
 use std::rc::Rc;
 use std::sync::Arc;
+use translate::{ReplyTranslator, TranslateError};
 use usage::UsageShape;
 
 /// Endpoints of the OpenAI-compatible unified API, as the client names them
 /// after `/v1/`.
 pub const UNIFIED_ENDPOINTS: &[&str] =
     &["chat/completions", "completions", "embeddings", "responses"];
+
+/// The wire format a provider's unified endpoint speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    /// OpenAI's: the client's body goes with its model rewritten.
+    OpenAi,
+    /// Anthropic's Messages API: requests and replies are translated.
+    Anthropic,
+}
+
+/// How a translated request's reply is turned back into what the client
+/// asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Translation {
+    /// An Anthropic Messages reply as an OpenAI chat completion.
+    AnthropicToChat {
+        /// The client asked for a final usage chunk.
+        include_usage: bool,
+    },
+}
+
+impl Translation {
+    /// The translator for a reply of `status` (`event_stream`: an SSE body).
+    pub fn reply(self, status: u16, event_stream: bool) -> Box<dyn ReplyTranslator> {
+        match self {
+            Translation::AnthropicToChat { include_usage } => Box::new(
+                anthropic::reply::ChatReply::new(status, event_stream, include_usage),
+            ),
+        }
+    }
+}
 
 /// What one kind of provider does differently. Stateless: one static value per kind.
 pub trait Adapter: Sync {
@@ -42,6 +77,14 @@ pub trait Adapter: Sync {
     fn injects_stream_usage(&self) -> bool;
     /// Where this provider's replies keep token counts.
     fn usage_shape(&self) -> &'static UsageShape;
+    /// The format its unified endpoint speaks.
+    fn dialect(&self) -> Dialect {
+        Dialect::OpenAi
+    }
+    /// Header lines every unified request carries (an API version).
+    fn unified_headers(&self) -> &'static str {
+        ""
+    }
     /// A provider answered inside the gateway: the whole raw HTTP response.
     fn answer_in_process(&self, _path: &str, _body: &[u8], _request_id: u64) -> Option<Vec<u8>> {
         None
@@ -66,6 +109,8 @@ pub struct Provider {
     base_path: String,
     auth_native: Option<String>,
     auth_unified: Option<String>,
+    /// Output cap written into translated requests that set none (Anthropic requires one).
+    default_max_tokens: u64,
     /// Upstream paths of the unified endpoints, in [`UNIFIED_ENDPOINTS`] order.
     unified_paths: Vec<Rc<str>>,
 }
@@ -143,6 +188,41 @@ impl Provider {
             base_path: url.path.clone(),
             auth_native: key.map(|k| adapter.auth_native(k)),
             auth_unified: key.map(|k| adapter.auth_unified(k)),
+            default_max_tokens: config.default_max_tokens,
+        }
+    }
+
+    /// The format its unified endpoint speaks.
+    pub fn dialect(&self) -> Dialect {
+        self.adapter.dialect()
+    }
+
+    /// Header lines every unified request to it carries besides the key.
+    pub fn unified_headers(&self) -> &'static str {
+        self.adapter.unified_headers()
+    }
+
+    /// Writes the unified request `body` for `endpoint` in this provider's
+    /// format into `out`, with `model` as the provider's model name; says how
+    /// the reply comes back. Only for providers of another [`Dialect`].
+    pub fn translate(
+        &self,
+        endpoint: &str,
+        body: &[u8],
+        model: &str,
+        out: &mut Vec<u8>,
+    ) -> Result<Translation, TranslateError> {
+        match (self.dialect(), endpoint) {
+            (Dialect::Anthropic, "chat/completions") => {
+                let asked = anthropic::request::chat(body, model, self.default_max_tokens, out)?;
+                Ok(Translation::AnthropicToChat {
+                    include_usage: asked.stream && asked.include_usage,
+                })
+            }
+            (dialect, endpoint) => Err(TranslateError::new(format!(
+                "provider `{}` ({dialect:?} API) has no counterpart of /v1/{endpoint}; only /v1/chat/completions is translated",
+                self.name
+            ))),
         }
     }
 
@@ -220,9 +300,22 @@ mod tests {
             "a",
         );
         assert_eq!(a.auth_lines(false), Some("x-api-key: sk-a\r\n"));
+        assert_eq!(&*a.unified_path("chat/completions", ""), "/v1/messages");
+        assert_eq!(a.dialect(), Dialect::Anthropic);
+        assert!(a.unified_headers().starts_with("anthropic-version:"));
+        let mut out = Vec::new();
+        assert!(a.translate("embeddings", b"{}", "m", &mut out).is_err());
+        let t = a.translate(
+            "chat/completions",
+            br#"{"messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":true}}"#,
+            "claude",
+            &mut out,
+        );
         assert_eq!(
-            &*a.unified_path("chat/completions", ""),
-            "/v1/chat/completions"
+            t,
+            Ok(Translation::AnthropicToChat {
+                include_usage: true
+            })
         );
         assert!(!a.injects_stream_usage());
         assert!(!format!("{a:?}").contains("sk-a"));

@@ -21,6 +21,8 @@ pub struct Upstream<'a> {
     pub authority: &'a str,
     /// Header lines carrying the configured key, when aigw holds one.
     pub auth: Option<&'a str>,
+    /// Header lines a translated request carries (an API version).
+    pub extra: &'a str,
     pub body: &'a [u8],
 }
 
@@ -39,6 +41,14 @@ fn skip_upstream(name: &[u8], key_injected: bool) -> bool {
         || (key_injected && CREDENTIAL_HEADERS.iter().any(|h| ci(h)))
 }
 
+/// Whether `lines` (CRLF-ended header lines) set header `name`.
+fn names_line(lines: &str, name: &[u8]) -> bool {
+    lines.split("\r\n").any(|l| {
+        l.split_once(':')
+            .is_some_and(|(n, _)| n.as_bytes().eq_ignore_ascii_case(name))
+    })
+}
+
 /// Writes the upstream request into `out`.
 pub fn build(out: &mut Vec<u8>, req: &RequestView<'_>, up: &Upstream<'_>) {
     let (window, head) = (req.window, req.head);
@@ -52,6 +62,7 @@ pub fn build(out: &mut Vec<u8>, req: &RequestView<'_>, up: &Upstream<'_>) {
     if let Some(auth) = up.auth {
         out.extend_from_slice(auth.as_bytes());
     }
+    out.extend_from_slice(up.extra.as_bytes());
     let has_connection = head
         .headers
         .iter()
@@ -60,6 +71,7 @@ pub fn build(out: &mut Vec<u8>, req: &RequestView<'_>, up: &Upstream<'_>) {
         let name = h.name.get(window);
         if skip_upstream(name, up.auth.is_some())
             || (has_connection && head.connection_lists(window, name))
+            || (!up.extra.is_empty() && names_line(up.extra, name))
         {
             continue;
         }
@@ -104,6 +116,7 @@ mod tests {
                 path: "/v1/chat/completions",
                 authority: "up.example",
                 auth,
+                extra: "",
                 body,
             },
         );

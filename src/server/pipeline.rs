@@ -26,7 +26,7 @@ use super::relay::{self, Ending, Framing};
 use super::respond::{self, ClientFraming, ClientHead};
 use super::respond::{CacheLine, CachedHead};
 use super::shard::ShardCtx;
-use super::taps::{FillTap, NoTap, PayloadTap, Tap, UsageTap};
+use super::taps::{FillTap, NoTap, PayloadTap, Tap, TranslateTap, UsageTap};
 use crate::auth::{self, Carrier, KeyEntry};
 use crate::budget::{Rates, Reservation};
 use crate::cache::flight::{End as FlightEnd, Flight, FlightHead, Leading};
@@ -148,6 +148,11 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
             path: &plan.path,
             authority: &plan.provider.endpoint.authority,
             auth: plan.provider.auth_lines(plan.unified),
+            extra: if plan.unified {
+                plan.provider.unified_headers()
+            } else {
+                ""
+            },
             body,
         };
         forward::build(&mut c.up_out, &view, &up);
@@ -202,6 +207,11 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         };
         UsageTap::json(shape, length, &mut c.scratch)
     };
+    // After the usage tap (which reads the provider's own format): the
+    // reply in the format the client asked for.
+    let mut translate = plan
+        .translation
+        .map(|t| TranslateTap::new(t.reply(rh.status, rh.event_stream)));
     // After the usage tap, so the cache keeps what the client receives.
     let mut fill = lead.and_then(|l| {
         let shared = ctx.cache().is_some_and(|c| c.shared.config().shared);
@@ -214,8 +224,13 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         .map(PayloadTap::new);
     let framing = Framing {
         body: rh.body(),
-        client: ClientFraming::for_body(rh.body(), usage.rewrites(), c.head.http10),
+        client: ClientFraming::for_body(
+            rh.body(),
+            usage.rewrites() || translate.is_some(),
+            c.head.http10,
+        ),
         reusable: rh.reusable,
+        events: rh.event_stream && rh.status < 400,
     };
     // A drain may have begun while we waited for the provider: say `close` in
     // the head now rather than closing a connection the client thinks persists.
@@ -237,9 +252,13 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
     };
     respond::provider_head(&mut c.out, &head, rh, reply.conn.buf.filled());
     reply.conn.buf.consume(rh.head_len);
-    let (mut no_fill, mut no_payload) = (NoTap, NoTap);
+    let (mut no_translate, mut no_fill, mut no_payload) = (NoTap, NoTap, NoTap);
     let taps: &mut [&mut dyn Tap] = &mut [
         &mut usage,
+        match translate.as_mut() {
+            Some(t) => t,
+            None => &mut no_translate,
+        },
         match fill.as_mut() {
             Some(f) => f,
             None => &mut no_fill,

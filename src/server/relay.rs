@@ -30,7 +30,15 @@ pub struct Framing {
     pub client: ClientFraming,
     /// The provider said the connection may carry another request.
     pub reusable: bool,
+    /// An event stream: if the provider breaks off, the client gets
+    /// [`STREAM_BROKE_OFF`] before the connection closes.
+    pub events: bool,
 }
+
+/// The event a client receives when the provider's stream breaks off: a typed
+/// error (the OpenAI SDKs raise it) and never `[DONE]`. The blank lines end
+/// whatever partial line went before, so it parses as an event of its own.
+pub const STREAM_BROKE_OFF: &[u8] = b"\n\ndata: {\"error\":{\"message\":\"the provider's stream broke off before its end: the answer is incomplete\",\"type\":\"provider_error\",\"param\":null,\"code\":\"stream_truncated\"}}\n\n";
 
 /// How the relay ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -141,6 +149,15 @@ pub async fn relay<W: AsyncWrite + Unpin>(
     if !body_complete {
         // The taps learn the body is incomplete; whatever they held back stays held.
         taps::finish(taps, End::Aborted, |_| {});
+        if ending == Ending::UpstreamAborted
+            && framing.events
+            && !client_gone
+            && framing.client != ClientFraming::Length
+        {
+            out.clear();
+            frame(out, STREAM_BROKE_OFF, framing.client);
+            send(client, out, &mut bytes_out).await;
+        }
     }
     let reusable =
         (ending == Ending::Complete && framing.reusable && up.buf.is_empty() && up.poolable())
@@ -303,6 +320,7 @@ mod tests {
             body: rh.body(),
             client: ClientFraming::for_body(rh.body(), tap.rewrites(), http10),
             reusable: rh.reusable,
+            events: rh.event_stream,
         };
         let mut client = Client {
             got: Vec::new(),

@@ -5,6 +5,7 @@
 //! request log; the cache fill and stream translation join the chain later.
 
 use crate::cache::flight::Leading;
+use crate::providers::translate::ReplyTranslator;
 use crate::providers::usage::{JsonScratch, JsonTail, SseTap, UsageShape, usage_from_json};
 use crate::record::{Payload, Usage};
 use std::time::Instant;
@@ -66,6 +67,38 @@ impl Tap for FillTap {
     }
     fn finish(&mut self, _: End) -> &[u8] {
         &[]
+    }
+}
+
+/// Turns the provider's format into the client's (a translated request's
+/// reply): events pass as they are translated, a JSON body once whole.
+pub struct TranslateTap {
+    translator: Box<dyn ReplyTranslator>,
+    out: Vec<u8>,
+}
+
+impl TranslateTap {
+    pub fn new(translator: Box<dyn ReplyTranslator>) -> TranslateTap {
+        TranslateTap {
+            translator,
+            out: Vec::new(),
+        }
+    }
+}
+
+impl Tap for TranslateTap {
+    fn rewrites(&self) -> bool {
+        true
+    }
+    fn chunk<'a>(&'a mut self, data: &'a [u8]) -> &'a [u8] {
+        self.out.clear();
+        self.translator.feed(data, &mut self.out);
+        &self.out
+    }
+    fn finish(&mut self, end: End) -> &[u8] {
+        self.out.clear();
+        self.translator.finish(end == End::Complete, &mut self.out);
+        &self.out
     }
 }
 

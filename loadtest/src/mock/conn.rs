@@ -20,6 +20,7 @@ use glommio::net::TcpStream;
 use serde::Deserialize;
 
 use super::Shared;
+use super::anthropic;
 use super::http::{self, BodyLen, KIB, MAX_BODY, MAX_HEAD, MAX_HEADERS, Parsed, Reject};
 use super::knobs::{self, BadKnob, ErrorKind, H_ERROR, Knobs};
 use super::record::CapturedRequest;
@@ -210,14 +211,23 @@ impl Conn {
                 status @ (ErrorKind::RateLimited | ErrorKind::Internal | ErrorKind::Unavailable),
             ) => {
                 sleep(knobs.latency).await;
+                if path == ANTHROPIC_PATH {
+                    return self.anthropic_status(status, &knobs, keep_alive).await;
+                }
                 return self.injected_status(status, &knobs, keep_alive).await;
             }
-            Some(ErrorKind::Cut) | None => {}
+            Some(ErrorKind::Cut | ErrorKind::StreamError) | None => {}
         }
         let cut = knobs.error == Some(ErrorKind::Cut);
 
         // 5. Route and read the JSON body.
         sleep(knobs.latency).await;
+        if head.method == "POST" && path == ANTHROPIC_PATH {
+            return self.anthropic(body, &knobs, shard, keep_alive, cut).await;
+        }
+        if knobs.error == Some(ErrorKind::StreamError) {
+            return self.stream_error(keep_alive, false).await;
+        }
         let endpoint = match (head.method, Endpoint::from_path(path)) {
             ("POST", Some(endpoint)) => endpoint,
             _ => {
@@ -247,6 +257,10 @@ impl Conn {
         answer.prompt_tokens = reply::prompt_tokens(body.len());
         answer.reply_bytes = knobs.reply_bytes;
         answer.include_usage = request.include_usage();
+        if let (Some(tools), Some(choice)) = (&request.tools, &request.tool_choice) {
+            let forced = serde_json::json!({"tools": tools, "tool_choice": choice});
+            answer.tool = anthropic::forced_tool(&forced);
+        }
         self.scratch.clear();
         match endpoint {
             Endpoint::Embeddings => {
@@ -263,6 +277,142 @@ impl Conn {
                     .await
             }
         }
+    }
+
+    /// `POST /v1/messages`: the Anthropic shape, whole or streamed, with a
+    /// forced tool answered by a call to it.
+    async fn anthropic(
+        &mut self,
+        body: &[u8],
+        knobs: &Knobs,
+        shard: &Shard,
+        keep_alive: bool,
+        cut: bool,
+    ) -> io::Result<Next> {
+        let Ok(request) = serde_json::from_slice::<serde_json::Value>(body) else {
+            self.scratch.clear();
+            anthropic::push_error(&mut self.scratch, 400, "invalid JSON body (mock)");
+            return self
+                .send(400, "application/json", keep_alive, b"", false)
+                .await;
+        };
+        if knobs.error == Some(ErrorKind::StreamError) {
+            return self.stream_error(keep_alive, true).await;
+        }
+        let message = anthropic::Message {
+            id: format!("msg_mock-{}-{}", shard.index, shard.next_seq()),
+            model: request
+                .get("model")
+                .and_then(|m| m.as_str())
+                .unwrap_or(DEFAULT_MODEL)
+                .to_owned(),
+            prompt_tokens: reply::prompt_tokens(body.len()),
+            reply_bytes: knobs.reply_bytes,
+            tool: anthropic::forced_tool(&request),
+        };
+        self.scratch.clear();
+        if request.get("stream").and_then(|s| s.as_bool()) != Some(true) {
+            message.push_body(&mut self.scratch);
+            return self
+                .send(200, "application/json", keep_alive, b"", cut)
+                .await;
+        }
+        let events = message.events(knobs.chunks);
+        self.out.clear();
+        http::push_head(
+            &mut self.out,
+            200,
+            "text/event-stream",
+            BodyLen::Chunked,
+            keep_alive,
+            b"cache-control: no-cache\r\n",
+        );
+        if !knobs.ttft.is_zero() {
+            self.flush().await?;
+            sleep(knobs.ttft).await;
+        }
+        let cut_after = cut.then_some(events.len() / 2);
+        for (i, event) in events.iter().enumerate() {
+            if cut_after == Some(i) {
+                self.flush().await?;
+                return Ok(Next::Close);
+            }
+            // Pauses fall between content deltas, as a model's would.
+            if i > 3 && i + 3 < events.len() && !knobs.chunk_interval.is_zero() {
+                self.flush().await?;
+                sleep(knobs.chunk_interval).await;
+            }
+            http::push_chunk(&mut self.out, event);
+        }
+        self.out.extend_from_slice(http::LAST_CHUNK);
+        self.flush().await?;
+        Ok(if keep_alive {
+            Next::KeepAlive
+        } else {
+            Next::Close
+        })
+    }
+
+    /// A 429, 500 or 503 in Anthropic's error shape.
+    async fn anthropic_status(
+        &mut self,
+        kind: ErrorKind,
+        knobs: &Knobs,
+        keep_alive: bool,
+    ) -> io::Result<Next> {
+        let (status, message, extra) = match kind {
+            ErrorKind::RateLimited => (
+                429,
+                "Number of requests has exceeded your rate limit (mock)",
+                format!("retry-after: {}\r\n", knobs.retry_after_secs),
+            ),
+            ErrorKind::Unavailable => (503, "Overloaded (mock)", String::new()),
+            _ => (500, "Internal server error (mock)", String::new()),
+        };
+        self.scratch.clear();
+        anthropic::push_error(&mut self.scratch, status, message);
+        self.send(
+            status,
+            "application/json",
+            keep_alive,
+            extra.as_bytes(),
+            false,
+        )
+        .await
+    }
+
+    /// `stream-error`: a 200 stream whose first and only event is an error.
+    async fn stream_error(&mut self, keep_alive: bool, anthropic_shape: bool) -> io::Result<Next> {
+        self.scratch.clear();
+        if anthropic_shape {
+            anthropic::push_error_event(&mut self.scratch);
+        } else {
+            self.scratch.extend_from_slice(b"data: ");
+            reply::push_error(
+                &mut self.scratch,
+                "The server is overloaded (mock stream error)",
+                "server_error",
+                Some("overloaded"),
+            );
+            self.scratch.extend_from_slice(b"\n\n");
+        }
+        self.out.clear();
+        http::push_head(
+            &mut self.out,
+            200,
+            "text/event-stream",
+            BodyLen::Chunked,
+            keep_alive,
+            b"cache-control: no-cache\r\n",
+        );
+        http::push_chunk(&mut self.out, &self.scratch);
+        self.out.extend_from_slice(http::LAST_CHUNK);
+        self.flush().await?;
+        Ok(if keep_alive {
+            Next::KeepAlive
+        } else {
+            Next::Close
+        })
     }
 
     /// `/mock/stats`, `/mock/reset`, `/mock/requests`.
@@ -390,7 +540,8 @@ impl Conn {
         keep_alive: bool,
         cut: bool,
     ) -> io::Result<Next> {
-        let n = knobs.chunks.max(1);
+        // A tool call's arguments come in several fragments.
+        let n = knobs.chunks.max(if answer.tool.is_some() { 3 } else { 1 });
         self.out.clear();
         http::push_head(
             &mut self.out,
@@ -485,6 +636,9 @@ impl Conn {
     }
 }
 
+/// Where the Anthropic Messages API answers.
+const ANTHROPIC_PATH: &str = "/v1/messages";
+
 /// The model named in answers when a request names none. The mock is lenient:
 /// it answers whatever it is sent, so a gateway test can focus on one thing.
 const DEFAULT_MODEL: &str = "mock-model";
@@ -500,6 +654,10 @@ struct RequestJson<'a> {
     stream_options: Option<StreamOptions>,
     #[serde(default)]
     input: Option<serde_json::Value>,
+    #[serde(default)]
+    tools: Option<serde_json::Value>,
+    #[serde(default)]
+    tool_choice: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]

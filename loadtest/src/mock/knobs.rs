@@ -42,11 +42,13 @@ pub enum ErrorKind {
     Hang,
     /// Send an invalid HTTP response head, then close.
     Malformed,
+    /// A `200` event stream whose first and only event is an error.
+    StreamError,
 }
 
 impl ErrorKind {
     /// Every kind, in the order `--help` lists them.
-    pub const ALL: [ErrorKind; 7] = [
+    pub const ALL: [ErrorKind; 8] = [
         ErrorKind::RateLimited,
         ErrorKind::Internal,
         ErrorKind::Unavailable,
@@ -54,6 +56,7 @@ impl ErrorKind {
         ErrorKind::Cut,
         ErrorKind::Hang,
         ErrorKind::Malformed,
+        ErrorKind::StreamError,
     ];
 
     /// The name used by `--error` and `x-mock-error`.
@@ -66,6 +69,7 @@ impl ErrorKind {
             ErrorKind::Cut => "cut",
             ErrorKind::Hang => "hang",
             ErrorKind::Malformed => "malformed",
+            ErrorKind::StreamError => "stream-error",
         }
     }
 }
@@ -84,7 +88,7 @@ impl fmt::Display for UnknownErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "unknown error kind {:?} (expected one of 429, 500, 503, reset, cut, hang, malformed)",
+            "unknown error kind {:?} (expected one of 429, 500, 503, reset, cut, hang, malformed, stream-error)",
             self.0
         )
     }

@@ -9,12 +9,14 @@
 //! * `http.rs`: request framing and response framing (wire limits live here);
 //! * `conn.rs`: one connection's pipeline (record, knobs, faults, answer);
 //! * `knobs.rs`: latency/stream/fault knobs, defaults and `x-mock-*` headers;
-//! * `reply.rs`: the JSON and SSE bytes of every answer;
+//! * `reply.rs`: the JSON and SSE bytes of every OpenAI-shaped answer;
+//! * `anthropic.rs`: the same for the Anthropic Messages API, and forced tool calls;
 //! * `record.rs`: request/connection counters and the capture log;
 //! * `shutdown.rs`: closing a shard's connections when the server stops;
 //! * `cli.rs`: `aigw-mock` command-line flags into a [`MockConfig`].
 //!
-//! Base URL `http://ADDR/v1`; `/mock/stats`, `/mock/reset` and
+//! Base URL `http://ADDR/v1` (OpenAI shape; `POST /v1/messages` answers in
+//! the Anthropic shape, see `anthropic.rs`); `/mock/stats`, `/mock/reset` and
 //! `/mock/requests` are the control plane.
 //!
 //! In a test:
@@ -34,6 +36,7 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
+mod anthropic;
 mod cli;
 mod conn;
 mod http;

@@ -83,6 +83,8 @@ pub struct Answer {
     pub reply_bytes: usize,
     /// Streams: the client asked for `stream_options.include_usage`.
     pub include_usage: bool,
+    /// A forced tool call (chat only): the tool's name and its arguments.
+    pub tool: Option<(String, String)>,
 }
 
 impl Answer {
@@ -95,11 +97,30 @@ impl Answer {
             prompt_tokens: 0,
             reply_bytes: 0,
             include_usage: false,
+            tool: None,
+        }
+    }
+
+    /// Bytes the reply is made of: the text, or a tool call's arguments.
+    fn output_bytes(&self) -> usize {
+        match &self.tool {
+            Some((_, args)) if self.endpoint == Endpoint::Chat => args.len(),
+            _ => self.reply_bytes,
+        }
+    }
+
+    fn tool_call(&self, args: &str, with_head: bool) -> serde_json::Value {
+        let (name, _) = self.tool.as_ref().expect("a tool call");
+        if with_head {
+            serde_json::json!([{"index": 0, "id": format!("call_{}", self.id), "type": "function",
+                "function": {"name": name, "arguments": args}}])
+        } else {
+            serde_json::json!([{"index": 0, "function": {"arguments": args}}])
         }
     }
 
     fn push_usage(&self, out: &mut Vec<u8>) {
-        let completion = completion_tokens(self.reply_bytes);
+        let completion = completion_tokens(self.output_bytes());
         let _ = write!(
             out,
             r#"{{"prompt_tokens":{},"completion_tokens":{completion},"total_tokens":{}}}"#,
@@ -123,6 +144,18 @@ impl Answer {
     pub fn push_body(&self, out: &mut Vec<u8>) {
         self.push_preamble(out, false);
         match self.endpoint {
+            Endpoint::Chat if self.tool.is_some() => {
+                let (_, args) = self.tool.as_ref().expect("checked");
+                let mut calls = self.tool_call(args, true);
+                if let Some(c) = calls.get_mut(0).and_then(|c| c.as_object_mut()) {
+                    c.remove("index");
+                }
+                out.extend_from_slice(
+                    br#""choices":[{"index":0,"message":{"role":"assistant","content":null,"tool_calls":"#,
+                );
+                let _ = serde_json::to_writer(&mut *out, &calls);
+                out.extend_from_slice(br#"},"logprobs":null,"finish_reason":"tool_calls"}],"#);
+            }
             Endpoint::Chat => {
                 out.extend_from_slice(
                     br#""choices":[{"index":0,"message":{"role":"assistant","content":""#,
@@ -150,6 +183,25 @@ impl Answer {
         out.extend_from_slice(b"data: ");
         self.push_preamble(out, true);
         match self.endpoint {
+            Endpoint::Chat if self.tool.is_some() => {
+                let (_, args) = self.tool.as_ref().expect("checked");
+                let (a, b) = piece(args.len(), i, n);
+                let (a, b) = (floor_char(args, a), floor_char(args, b));
+                let mut delta =
+                    serde_json::json!({"tool_calls": self.tool_call(&args[a..b], i == 0)});
+                if i == 0 {
+                    delta["role"] = "assistant".into();
+                    delta["content"] = serde_json::Value::Null;
+                }
+                out.extend_from_slice(br#""choices":[{"index":0,"delta":"#);
+                let _ = serde_json::to_writer(&mut *out, &delta);
+                let finish = if i + 1 >= n {
+                    r#""tool_calls""#
+                } else {
+                    "null"
+                };
+                let _ = write!(out, r#","logprobs":null,"finish_reason":{finish}}}]"#);
+            }
             Endpoint::Chat => {
                 out.extend_from_slice(br#""choices":[{"index":0,"delta":{"#);
                 if i == 0 {
@@ -215,6 +267,14 @@ pub fn piece(len: usize, i: u32, n: u32) -> (usize, usize) {
     let n = n.max(1) as usize;
     let i = (i as usize).min(n);
     (len * i / n, len * (i + 1).min(n) / n)
+}
+
+/// `i`, moved down to a character boundary of `s`.
+fn floor_char(s: &str, mut i: usize) -> usize {
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
 }
 
 /// Appends bytes `start..end` of the endless repetition of [`TEXT`].
@@ -292,6 +352,35 @@ mod tests {
             assert_eq!(v["choices"][0]["finish_reason"].is_null(), i < 6);
         }
         assert_eq!(text, reply_text(100));
+    }
+
+    #[test]
+    fn a_forced_tool_call_streams_its_arguments_in_fragments() {
+        let mut a = answer(Endpoint::Chat, 10, false);
+        a.tool = Some(("f".into(), r#"{"city":"mock city"}"#.into()));
+        let mut args = String::new();
+        for i in 0..3 {
+            let mut out = Vec::new();
+            a.push_event(&mut out, i, 3);
+            let json = out
+                .strip_prefix(b"data: ")
+                .unwrap()
+                .strip_suffix(b"\n\n")
+                .unwrap();
+            let v: serde_json::Value = serde_json::from_slice(json).unwrap();
+            let call = &v["choices"][0]["delta"]["tool_calls"][0];
+            assert_eq!(call["id"].is_string(), i == 0);
+            args.push_str(call["function"]["arguments"].as_str().unwrap());
+        }
+        assert_eq!(args, r#"{"city":"mock city"}"#);
+        let mut out = Vec::new();
+        a.push_body(&mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+        assert_eq!(
+            v["choices"][0]["message"]["tool_calls"][0]["function"]["name"],
+            "f"
+        );
     }
 
     #[test]

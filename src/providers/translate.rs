@@ -1,0 +1,269 @@
+//! What every translation between wire formats shares: reading a JSON object's
+//! members as raw byte ranges (so values pass through byte for byte: tool
+//! schemas, tool arguments, `cache_control` markers), splitting an SSE stream
+//! into lines, and the [`ReplyTranslator`] a reply goes through on its way to
+//! the client. The formats themselves live with their adapters
+//! (`anthropic::request`, `anthropic::reply`).
+//!
+//! Reading never guesses: a member we read that appears twice is an error,
+//! since parsers disagree on which copy wins (STYLE 17).
+
+use crate::json;
+use smallvec::SmallVec;
+use std::borrow::Cow;
+use std::ops::Range;
+
+/// Why a request cannot be translated: a 400 for the client, naming the field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TranslateError(pub String);
+
+impl TranslateError {
+    pub fn new(why: impl Into<String>) -> TranslateError {
+        TranslateError(why.into())
+    }
+}
+
+pub type Result<T> = std::result::Result<T, TranslateError>;
+
+/// One JSON object's members: raw keys (between their quotes) and the byte
+/// ranges of their values in the document.
+pub struct Obj<'a> {
+    doc: &'a [u8],
+    members: SmallVec<[(&'a [u8], Range<usize>); 12]>,
+}
+
+impl<'a> Obj<'a> {
+    /// The object whose value is `doc[range]`; `what` names it in errors.
+    pub fn read(doc: &'a [u8], range: Range<usize>, what: &str) -> Result<Obj<'a>> {
+        if doc.get(range.start) != Some(&b'{') {
+            return Err(TranslateError::new(format!("`{what}` must be an object")));
+        }
+        let mut members = SmallVec::new();
+        json::for_each_member(doc, range.start, |k, v| members.push((k, v)))
+            .map_err(|e| TranslateError::new(format!("`{what}`: {e}")))?;
+        Ok(Obj { doc, members })
+    }
+
+    /// The whole document as an object.
+    pub fn document(doc: &'a [u8], what: &str) -> Result<Obj<'a>> {
+        let start = json::json_start(doc);
+        let end = json::skip_value(doc, start)
+            .map_err(|e| TranslateError::new(format!("{what} is not JSON: {e}")))?;
+        Obj::read(doc, start..end, what)
+    }
+
+    /// The raw value of `name` (`null` counts as absent); an error when the
+    /// object holds it twice.
+    pub fn get(&self, name: &str) -> Result<Option<&'a [u8]>> {
+        Ok(self.range(name)?.map(|r| &self.doc[r]))
+    }
+
+    /// Like [`Obj::get`], as a range into the document.
+    pub fn range(&self, name: &str) -> Result<Option<Range<usize>>> {
+        let mut found = None;
+        for (k, v) in &self.members {
+            if json::key_is(k, name) {
+                if found.is_some() {
+                    return Err(TranslateError::new(format!(
+                        "`{name}` appears more than once in an object; send it once"
+                    )));
+                }
+                found = Some(v.clone());
+            }
+        }
+        Ok(found.filter(|r| &self.doc[r.clone()] != b"null"))
+    }
+
+    /// The value of `name` decoded as a string; an error when it is not one.
+    pub fn str(&self, name: &str) -> Result<Option<Cow<'a, str>>> {
+        match self.get(name)? {
+            None => Ok(None),
+            Some(raw) => json::string_value(raw)
+                .map(Some)
+                .ok_or_else(|| TranslateError::new(format!("`{name}` must be a string"))),
+        }
+    }
+
+    /// The raw value of `name` when it is a string literal (quotes included).
+    pub fn raw_str(&self, name: &str) -> Result<Option<&'a [u8]>> {
+        match self.get(name)? {
+            Some(raw) if raw.first() != Some(&b'"') => {
+                Err(TranslateError::new(format!("`{name}` must be a string")))
+            }
+            v => Ok(v),
+        }
+    }
+
+    /// The object `name` holds, if any.
+    pub fn obj(&self, name: &str) -> Result<Option<Obj<'a>>> {
+        match self.range(name)? {
+            None => Ok(None),
+            Some(r) => Obj::read(self.doc, r, name).map(Some),
+        }
+    }
+
+    /// The elements of the array `name` holds (empty when absent).
+    pub fn array(&self, name: &str) -> Result<SmallVec<[Range<usize>; 8]>> {
+        match self.range(name)? {
+            None => Ok(SmallVec::new()),
+            Some(r) => elements(self.doc, r, name),
+        }
+    }
+
+    /// Every member, raw key first, in document order.
+    pub fn members(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + '_ {
+        self.members.iter().map(|(k, v)| (*k, &self.doc[v.clone()]))
+    }
+
+    pub fn doc(&self) -> &'a [u8] {
+        self.doc
+    }
+}
+
+/// The element ranges of the array at `doc[range]`.
+pub fn elements(
+    doc: &[u8],
+    range: Range<usize>,
+    what: &str,
+) -> Result<SmallVec<[Range<usize>; 8]>> {
+    let bad = |e: &str| TranslateError::new(format!("`{what}`: {e}"));
+    if doc.get(range.start) != Some(&b'[') {
+        return Err(bad("must be an array"));
+    }
+    let mut out = SmallVec::new();
+    let mut i = json::skip_ws(doc, range.start + 1);
+    if doc.get(i) == Some(&b']') {
+        return Ok(out);
+    }
+    loop {
+        let end = json::skip_value(doc, i).map_err(bad)?;
+        out.push(i..end);
+        i = json::skip_ws(doc, end);
+        match doc.get(i) {
+            Some(b',') => i = json::skip_ws(doc, i + 1),
+            Some(b']') => return Ok(out),
+            _ => return Err(bad("expected ',' or ']' in an array")),
+        }
+    }
+}
+
+/// Writes `raw` (a JSON value from a validated document) as it is.
+pub fn raw(out: &mut Vec<u8>, raw: &[u8]) {
+    out.extend_from_slice(raw);
+}
+
+/// Writes `s` as a JSON string literal.
+pub fn string(out: &mut Vec<u8>, s: &str) {
+    json::push_json_str(out, s);
+}
+
+/// Writes a JSON string literal whose content is the raw JSON text `value`
+/// (a tool call's `arguments`: the object as a string).
+pub fn stringified(out: &mut Vec<u8>, value: &[u8]) {
+    match std::str::from_utf8(value) {
+        Ok(s) => json::push_json_str(out, s),
+        Err(_) => json::push_json_str(out, &String::from_utf8_lossy(value)),
+    }
+}
+
+/// Whether `doc` is one valid JSON value (a strict parse, so what we pass on
+/// raw is what any parser reads).
+pub fn is_valid_json(doc: &[u8]) -> bool {
+    let mut copy = doc.to_vec();
+    simd_json::to_tape(&mut copy).is_ok()
+}
+
+/// Turns a reply in a provider's format into the client's, as it arrives:
+/// whole SSE events as they complete, a JSON body once it is whole.
+pub trait ReplyTranslator {
+    /// Decoded body bytes, in order; what to send goes to `out`.
+    fn feed(&mut self, data: &[u8], out: &mut Vec<u8>);
+    /// The body ended (`complete`: every byte arrived); what is left goes to `out`.
+    fn finish(&mut self, complete: bool, out: &mut Vec<u8>);
+}
+
+/// Longest SSE line a translator reads (a tool call's arguments can be large).
+pub const MAX_LINE: usize = 16 << 20;
+
+/// Splits a byte stream into lines (without their `\n` or `\r\n`).
+#[derive(Default)]
+pub struct Lines {
+    carry: Vec<u8>,
+    overlong: bool,
+}
+
+impl Lines {
+    /// Calls `f` for every whole line in `input` (with what came before it).
+    /// A line longer than [`MAX_LINE`] is skipped whole.
+    pub fn feed(&mut self, input: &[u8], mut f: impl FnMut(&[u8])) {
+        let mut start = 0;
+        while let Some(i) = memchr::memchr(b'\n', &input[start..]) {
+            let end = start + i;
+            if self.overlong {
+                self.overlong = false;
+            } else if self.carry.is_empty() {
+                f(trim_cr(&input[start..end]));
+            } else {
+                self.carry.extend_from_slice(&input[start..end]);
+                let line = std::mem::take(&mut self.carry);
+                f(trim_cr(&line));
+                self.carry = line;
+                self.carry.clear();
+            }
+            start = end + 1;
+        }
+        let rest = &input[start..];
+        if self.overlong || self.carry.len() + rest.len() > MAX_LINE {
+            self.overlong = true;
+            self.carry.clear();
+        } else {
+            self.carry.extend_from_slice(rest);
+        }
+    }
+
+    /// The unterminated last line, if any (a stream may end without `\n`).
+    pub fn rest(&mut self) -> Option<Vec<u8>> {
+        (!self.carry.is_empty() && !self.overlong).then(|| std::mem::take(&mut self.carry))
+    }
+}
+
+fn trim_cr(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+/// The payload of an SSE `data:` line.
+pub fn data_of(line: &[u8]) -> Option<&[u8]> {
+    let d = line.strip_prefix(b"data:")?;
+    Some(d.strip_prefix(b" ").unwrap_or(d))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_are_read_raw_and_a_duplicate_is_an_error() {
+        let doc = br#"{"a":{"x":[1, 2]},"b":"s\u0074r","c":null,"d":1,"d":2}"#;
+        let o = Obj::document(doc, "body").unwrap();
+        assert_eq!(o.get("a").unwrap(), Some(&br#"{"x":[1, 2]}"#[..]));
+        assert_eq!(o.str("b").unwrap().as_deref(), Some("str"));
+        assert_eq!(o.get("c").unwrap(), None);
+        assert!(o.get("d").is_err());
+        let inner = o.obj("a").unwrap().unwrap();
+        assert_eq!(inner.array("x").unwrap().len(), 2);
+        assert!(o.str("a").is_err());
+    }
+
+    #[test]
+    fn lines_split_across_pieces_and_drop_overlong_ones() {
+        let mut l = Lines::default();
+        let mut seen = Vec::new();
+        for piece in [&b"da"[..], b"ta: 1\r\n\nda", b"ta: 2\n"] {
+            l.feed(piece, |line| seen.push(line.to_vec()));
+        }
+        assert_eq!(seen, vec![b"data: 1".to_vec(), vec![], b"data: 2".to_vec()]);
+        assert_eq!(data_of(b"data:x"), Some(&b"x"[..]));
+        assert!(is_valid_json(br#"{"a":[1,2.5,"x"]}"#));
+        assert!(!is_valid_json(br#"{"a":"\x"}"#));
+    }
+}

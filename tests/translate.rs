@@ -1,0 +1,261 @@
+//! One API over an Anthropic provider: `POST /v1/chat/completions` with
+//! `model: "<anthropic provider>/<model>"` goes to aigw-mock's `/v1/messages`
+//! in the Messages format and comes back as an OpenAI chat completion, whole
+//! and streamed (events translated as they arrive), with tool calls, usage,
+//! provider errors in OpenAI shape, a cut stream ending in an error event and
+//! no `[DONE]`, and the passthrough route left byte for byte. At 1 and 2 shards.
+
+mod common;
+
+use aigw_loadtest::mock::MockServer;
+use common::gateway::admin_get;
+use common::{Gateway, json, mock};
+use simd_json::prelude::*;
+
+/// A gateway with provider `claude` (kind anthropic) at the mock, holding a key.
+fn gateway(shards: usize, mock: &MockServer) -> Gateway {
+    let base = mock.base_url();
+    let base = base.trim_end_matches("/v1");
+    Gateway::with(shards)
+        .toml(&format!(
+            "[providers.claude]\nkind = \"anthropic\"\nbase_url = \"{base}\"\napi_key = \"sk-ant-test\"\ndefault_max_tokens = 321\n"
+        ))
+        .start()
+}
+
+const WEATHER_TOOL: &str = r#"[{"type":"function","function":{"name":"get_weather","description":"Weather in a city","parameters":{"type":"object","properties":{"city":{"type":"string"},"days":{"type":"integer"}},"required":["city"]}}}]"#;
+
+fn chat(extra: &str) -> String {
+    format!(
+        r#"{{"model":"claude/claude-test","messages":[{{"role":"system","content":"be brief"}},{{"role":"user","content":"hello"}}]{extra}}}"#
+    )
+}
+
+fn a_chat_completion_is_translated_both_ways(shards: usize) {
+    let mock = mock();
+    let gw = gateway(shards, &mock);
+    let r = gw.client().post("/v1/chat/completions", &[], &chat(""));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["model"], "claude-test");
+    let text = v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(text, aigw_loadtest::mock::reply_text(64));
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    assert!(v["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
+    assert_eq!(v["usage"]["completion_tokens"], 16);
+    assert_eq!(r.header("aigw-provider"), Some("claude"));
+
+    // What the provider saw: the Messages API, its headers, a default cap.
+    let seen = mock.captured();
+    let req = seen.last().unwrap();
+    assert_eq!(req.path, "/v1/messages");
+    assert_eq!(req.header("x-api-key"), Some("sk-ant-test"));
+    assert_eq!(req.header("anthropic-version"), Some("2023-06-01"));
+    assert!(req.header("authorization").is_none());
+    let body = req.json().unwrap();
+    assert_eq!(body["max_tokens"], 321);
+    assert_eq!(body["system"][0]["text"], "be brief");
+    assert_eq!(body["messages"][0]["role"], "user");
+
+    // Streamed: the same text as chunks, usage when asked, then [DONE].
+    let s = gw.client().post(
+        "/v1/chat/completions",
+        &[("x-mock-chunks", "5")],
+        &chat(r#","stream":true,"stream_options":{"include_usage":true}"#),
+    );
+    assert_eq!(s.status, 200);
+    assert!(
+        s.header("content-type")
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    assert_eq!(s.stream_content(), text);
+    let data = s.sse_data();
+    assert_eq!(data.last().unwrap(), "[DONE]");
+    let usage = json(data[data.len() - 2].as_bytes());
+    assert_eq!(usage["usage"]["completion_tokens"], 16);
+    let finish = json(data[data.len() - 3].as_bytes());
+    assert_eq!(finish["choices"][0]["finish_reason"], "stop");
+
+    // The log row carries Anthropic's token counts.
+    let (_, rows) = admin_get(&gw.admin_socket, "/logs?limit=1");
+    let row = json(
+        String::from_utf8(rows)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap()
+            .as_bytes(),
+    );
+    assert_eq!(row["provider"], "claude");
+    assert_eq!(row["tokens_out"], 16);
+}
+
+fn tool_calls_survive_translation_whole_and_streamed(shards: usize) {
+    let mock = mock();
+    let gw = gateway(shards, &mock);
+    let forced = format!(
+        r#","tools":{WEATHER_TOOL},"tool_choice":{{"type":"function","function":{{"name":"get_weather"}}}}"#
+    );
+    let r = gw
+        .client()
+        .post("/v1/chat/completions", &[], &chat(&forced));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+    let call = &v["choices"][0]["message"]["tool_calls"][0];
+    assert_eq!(call["type"], "function");
+    assert_eq!(call["function"]["name"], "get_weather");
+    let id = call["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("toolu_"));
+    let args = call["function"]["arguments"].as_str().unwrap().to_string();
+    let parsed = json(args.as_bytes());
+    assert_eq!(parsed["days"], 1);
+    // The provider got the tool as Anthropic's and was forced to call it.
+    let body = mock.captured().last().unwrap().json().unwrap();
+    assert_eq!(body["tools"][0]["input_schema"]["required"][0], "city");
+    assert_eq!(body["tool_choice"]["type"], "tool");
+
+    // Streamed: the arguments arrive in fragments that join to the same JSON.
+    let s = gw.client().post(
+        "/v1/chat/completions",
+        &[],
+        &chat(&format!(r#"{forced},"stream":true"#)),
+    );
+    assert_eq!(s.status, 200);
+    let mut streamed = String::new();
+    let mut fragments = 0;
+    let mut first_id = None;
+    for d in s.sse_data().iter().filter(|d| *d != "[DONE]") {
+        let e = json(d.as_bytes());
+        if let Some(c) = e["choices"][0]["delta"].get("tool_calls") {
+            if first_id.is_none() {
+                first_id = c[0]["id"].as_str().map(str::to_string);
+            }
+            streamed.push_str(c[0]["function"]["arguments"].as_str().unwrap());
+            fragments += 1;
+        }
+    }
+    assert!(fragments >= 3, "{fragments} fragments");
+    assert_eq!(json(streamed.as_bytes()), parsed);
+    assert!(first_id.unwrap().starts_with("toolu_"));
+
+    // The tool's result goes back as a tool_result with the same id.
+    let follow = format!(
+        r#"{{"model":"claude/claude-test","messages":[{{"role":"user","content":"weather?"}},{{"role":"assistant","content":null,"tool_calls":[{{"id":"{id}","type":"function","function":{{"name":"get_weather","arguments":{}}}}}]}},{{"role":"tool","tool_call_id":"{id}","content":"sunny"}}],"tools":{WEATHER_TOOL}}}"#,
+        serde_json_string(&args)
+    );
+    let r = gw.client().post("/v1/chat/completions", &[], &follow);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let body = mock.captured().last().unwrap().json().unwrap();
+    assert_eq!(body["messages"][1]["content"][0]["type"], "tool_use");
+    assert_eq!(body["messages"][1]["content"][0]["id"], id.as_str());
+    assert_eq!(body["messages"][1]["content"][0]["input"]["days"], 1);
+    assert_eq!(
+        body["messages"][2]["content"][0]["tool_use_id"],
+        id.as_str()
+    );
+}
+
+/// `s` as a JSON string literal.
+fn serde_json_string(s: &str) -> String {
+    let v = simd_json::OwnedValue::from(s);
+    simd_json::to_string(&v).unwrap()
+}
+
+fn provider_errors_and_cut_streams_reach_the_client_in_openai_shape(shards: usize) {
+    let mock = mock();
+    let gw = gateway(shards, &mock);
+    let r = gw.client().post(
+        "/v1/chat/completions",
+        &[("x-mock-error", "429"), ("x-mock-retry-after", "7")],
+        &chat(""),
+    );
+    assert_eq!(r.status, 429);
+    assert_eq!(r.header("aigw-error-source"), Some("provider"));
+    assert_eq!(r.header("retry-after"), Some("7"));
+    let v = r.json();
+    assert_eq!(v["error"]["type"], "rate_limit_error");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("rate limit")
+    );
+
+    // A stream cut after its first events ends with an error event, no [DONE].
+    let s = gw.client().post(
+        "/v1/chat/completions",
+        &[("x-mock-error", "cut"), ("x-mock-chunks", "6")],
+        &chat(r#","stream":true"#),
+    );
+    let data = s.sse_data();
+    assert!(!data.iter().any(|d| d == "[DONE]"), "{data:?}");
+    // Some text arrived, then a typed error.
+    assert!(!s.stream_content().is_empty());
+    let last = json(data.last().unwrap().as_bytes());
+    assert_eq!(last["error"]["code"], "stream_truncated", "{data:?}");
+
+    // A 200 stream whose only event is an error passes as an OpenAI error event.
+    let s = gw.client().post(
+        "/v1/chat/completions",
+        &[("x-mock-error", "stream-error")],
+        &chat(r#","stream":true"#),
+    );
+    let data = s.sse_data();
+    assert_eq!(data.len(), 1, "{data:?}");
+    assert_eq!(
+        json(data[0].as_bytes())["error"]["type"],
+        "overloaded_error"
+    );
+
+    // What has no Anthropic counterpart is refused before anything is sent.
+    let before = mock.requests_seen();
+    let r = gw
+        .client()
+        .post("/v1/chat/completions", &[], &chat(r#","n":2"#));
+    assert_eq!(r.status, 400);
+    assert_eq!(r.error_code(), "untranslatable_request");
+    let r = gw.client().post(
+        "/v1/embeddings",
+        &[],
+        r#"{"model":"claude/claude-test","input":"x"}"#,
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(mock.requests_seen(), before);
+}
+
+fn passthrough_to_anthropic_stays_byte_for_byte(shards: usize) {
+    let mock = mock();
+    let gw = gateway(shards, &mock);
+    let body = r#"{"model":"claude-test","max_tokens":10,"messages":[{"role":"user","content":[{"type":"text","text":"hi","cache_control":{"type":"ephemeral"}}]}]}"#;
+    let r = gw.client().post(
+        "/claude/v1/messages",
+        &[("anthropic-version", "2023-06-01")],
+        body,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["type"], "message");
+    let seen = mock.captured();
+    let req = seen.last().unwrap();
+    assert_eq!(req.body, body.as_bytes());
+    assert_eq!(req.header("x-api-key"), Some("sk-ant-test"));
+    // The stream passes as Anthropic's events.
+    let s = gw.client().post(
+        "/claude/v1/messages",
+        &[("anthropic-version", "2023-06-01")],
+        &body.replace("\"max_tokens\":10", "\"max_tokens\":10,\"stream\":true"),
+    );
+    assert!(s.text().contains("event: message_stop"));
+}
+
+at_1_and_2_shards!(
+    a_chat_completion_is_translated_both_ways,
+    tool_calls_survive_translation_whole_and_streamed,
+    provider_errors_and_cut_streams_reach_the_client_in_openai_shape,
+    passthrough_to_anthropic_stays_byte_for_byte,
+);
