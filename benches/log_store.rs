@@ -55,6 +55,8 @@ fn record(ids: &mut IdGen, ts: u64, i: usize, provider: &Arc<str>) -> RequestRec
         ])),
         request_body: None,
         response_body: None,
+        step: None,
+        tries: None,
     }));
     r
 }

@@ -38,6 +38,22 @@ pub struct Controls<'a> {
     pub custom_cost: Option<CustomCost>,
     /// `include-cost: true`: the answer says what it cost (`aigw-cost`).
     pub include_cost: bool,
+    /// `request-timeout`, `max-attempts`, `retry-delay`, `backoff`.
+    pub retry: RetryControls,
+}
+
+/// Per-request retry controls (Cloudflare's names), over the route's own.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RetryControls {
+    /// `request-timeout` (ms): no response head within it is a timeout,
+    /// which falls back.
+    pub timeout: Option<std::time::Duration>,
+    /// `max-attempts` (1 to 5): tries per target.
+    pub max_attempts: Option<u32>,
+    /// `retry-delay` (ms): the first wait between tries.
+    pub delay: Option<std::time::Duration>,
+    /// `backoff`: constant, linear or exponential.
+    pub backoff: Option<crate::config::routes::Backoff>,
 }
 
 /// `custom-cost`: USD per token (Cloudflare's names). Fields left out are
@@ -71,7 +87,14 @@ enum Control {
     CacheKey,
     CustomCost,
     IncludeCost,
+    RequestTimeout,
+    MaxAttempts,
+    RetryDelay,
+    Backoff,
 }
+
+/// How many controls there are (for the duplicate check).
+const CONTROLS: usize = 12;
 
 /// Which control a header names, if any (either prefix, any case).
 fn control_of(name: &[u8]) -> Option<Control> {
@@ -92,6 +115,14 @@ fn control_of(name: &[u8]) -> Option<Control> {
         Some(Control::CustomCost)
     } else if rest.eq_ignore_ascii_case(b"include-cost") {
         Some(Control::IncludeCost)
+    } else if rest.eq_ignore_ascii_case(b"request-timeout") {
+        Some(Control::RequestTimeout)
+    } else if rest.eq_ignore_ascii_case(b"max-attempts") {
+        Some(Control::MaxAttempts)
+    } else if rest.eq_ignore_ascii_case(b"retry-delay") {
+        Some(Control::RetryDelay)
+    } else if rest.eq_ignore_ascii_case(b"backoff") {
+        Some(Control::Backoff)
     } else {
         None
     }
@@ -100,6 +131,37 @@ fn control_of(name: &[u8]) -> Option<Control> {
 fn strip_prefix_ci<'a>(name: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
     (name.len() >= prefix.len() && name[..prefix.len()].eq_ignore_ascii_case(prefix))
         .then(|| &name[prefix.len()..])
+}
+
+/// Longest `request-timeout`: ten minutes.
+const MAX_TIMEOUT_MS: u64 = 600_000;
+
+/// Longest `retry-delay`: a minute.
+const MAX_RETRY_DELAY_MS: u64 = 60_000;
+
+/// A whole number from `min` to `max`, else a 400 naming the header.
+fn number(
+    value: &[u8],
+    min: u64,
+    max: u64,
+    code: &'static str,
+    shown: &dyn Fn() -> String,
+    unit: &str,
+) -> Result<u64, GatewayError> {
+    std::str::from_utf8(value)
+        .ok()
+        .filter(|v| !v.is_empty() && v.len() <= 12 && v.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|n| (min..=max).contains(n))
+        .ok_or_else(|| {
+            bad(
+                code,
+                format!(
+                    "`{}` must be a whole number of {unit} from {min} to {max}",
+                    shown()
+                ),
+            )
+        })
 }
 
 fn bad(code: &'static str, message: String) -> GatewayError {
@@ -112,7 +174,7 @@ pub fn read<'a>(req: &RequestView<'a>) -> Result<Controls<'a>, GatewayError> {
         collect_log: true,
         ..Controls::default()
     };
-    let mut seen = [false; 8];
+    let mut seen = [false; CONTROLS];
     for h in &req.head.headers {
         let name = h.name.get(req.window);
         let value = h.value.get(req.window);
@@ -201,6 +263,49 @@ pub fn read<'a>(req: &RequestView<'a>) -> Result<Controls<'a>, GatewayError> {
                 c.cache.key = Some(key);
             }
             Control::CustomCost => c.custom_cost = Some(custom_cost(value, &shown)?),
+            Control::RequestTimeout => {
+                c.retry.timeout = Some(std::time::Duration::from_millis(number(
+                    value,
+                    1,
+                    MAX_TIMEOUT_MS,
+                    "invalid_request_timeout",
+                    &shown,
+                    "milliseconds",
+                )?))
+            }
+            Control::MaxAttempts => {
+                c.retry.max_attempts = Some(number(
+                    value,
+                    1,
+                    u64::from(crate::config::routes::MAX_ATTEMPTS),
+                    "invalid_max_attempts",
+                    &shown,
+                    "tries",
+                )? as u32)
+            }
+            Control::RetryDelay => {
+                c.retry.delay = Some(std::time::Duration::from_millis(number(
+                    value,
+                    0,
+                    MAX_RETRY_DELAY_MS,
+                    "invalid_retry_delay",
+                    &shown,
+                    "milliseconds",
+                )?))
+            }
+            Control::Backoff => {
+                c.retry.backoff = Some(
+                    std::str::from_utf8(value)
+                        .ok()
+                        .and_then(crate::config::routes::Backoff::parse)
+                        .ok_or_else(|| {
+                            bad(
+                                "invalid_backoff",
+                                format!("`{}` must be constant, linear or exponential", shown()),
+                            )
+                        })?,
+                )
+            }
             Control::IncludeCost => {
                 c.include_cost = flag(value).ok_or_else(|| {
                     bad(

@@ -77,6 +77,34 @@ impl GatewayError {
         }
     }
 
+    /// A provider's failure status that a retry or fallback moved past (the
+    /// reply itself is gone by the time every target has failed).
+    pub fn upstream_status(provider: &str, status: u16) -> Self {
+        Self::new(
+            if status >= 500 { 502 } else { status },
+            ErrorSource::Provider,
+            "upstream_error",
+            "upstream_error",
+            format!("provider `{provider}` answered HTTP {status}"),
+        )
+    }
+
+    /// Every target of a route is cooling down after failures.
+    pub fn all_cooling(route: &str, wait: std::time::Duration) -> Self {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        let mut e = Self::new(
+            503,
+            ErrorSource::Gateway,
+            "server_error",
+            "targets_cooling_down",
+            format!(
+                "every target of route `{route}` is cooling down after failures; retry in {secs}s"
+            ),
+        );
+        e.headers = format!("retry-after: {secs}\r\n");
+        e
+    }
+
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(
             400,

@@ -54,4 +54,5 @@ pub mod runtime;
 pub mod server;
 pub mod stats;
 pub mod sys;
+pub mod targets;
 pub mod upstream;

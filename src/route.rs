@@ -13,6 +13,7 @@ use crate::http::request::{Method, RequestView};
 use crate::json::{self, BodyError, Rewrite};
 use crate::providers::{Dialect, Provider, Providers, Translation, UNIFIED_ENDPOINTS};
 use crate::record::RouteKind;
+use crate::targets::{Draw, Order, Route as TargetRoute, Routes};
 use std::borrow::Cow;
 use std::rc::Rc;
 
@@ -78,6 +79,29 @@ pub struct Plan {
     /// The request was translated to the provider's format: how its reply
     /// comes back.
     pub translation: Option<Translation>,
+    /// The request names a route: its targets in this request's order.
+    pub routing: Option<Routing>,
+}
+
+/// A routed request: which route, the order it tries targets in, and which
+/// one the plan is for now.
+#[derive(Debug)]
+pub struct Routing {
+    pub route: Rc<TargetRoute>,
+    pub order: Order,
+    /// Index into `order` of the target this plan sends to (`aigw-step`).
+    pub step: usize,
+    /// The unified endpoint asked for (`chat/completions`).
+    pub endpoint: &'static str,
+    query: String,
+}
+
+/// What routing needs besides the request: the routes, a random draw for
+/// weights, and the request's metadata fields (routes choose by them).
+pub struct RouteInputs<'a> {
+    pub routes: &'a Routes,
+    pub draw: &'a Draw,
+    pub field: &'a dyn Fn(&str) -> Option<String>,
 }
 
 /// What routing decided.
@@ -154,6 +178,7 @@ pub fn plan(
     route: Route<'_>,
     req: &RequestView<'_>,
     providers: &Providers,
+    inputs: &RouteInputs<'_>,
     rewritten: &mut Vec<u8>,
 ) -> Result<Routed, GatewayError> {
     let method = req.head.method;
@@ -183,11 +208,40 @@ pub fn plan(
                     "`model` is required, as \"<provider>/<model>\", e.g. \"openai/gpt-4o-mini\"",
                 )
             })?;
+            let named = model.strip_prefix("dynamic/").unwrap_or(&model);
+            if let Some(r) = inputs.routes.get(named) {
+                let order = r.order(inputs.field, inputs.draw);
+                let first = order[0].clone();
+                let mut plan = unified_plan(
+                    &first.provider,
+                    &first.model,
+                    endpoint,
+                    query,
+                    body,
+                    &fields,
+                    rewritten,
+                )?;
+                plan.routing = Some(Routing {
+                    route: r.clone(),
+                    order,
+                    step: 0,
+                    endpoint,
+                    query: query.to_string(),
+                });
+                return Ok(Routed::Upstream(plan));
+            }
             let (provider_name, model_name) = split_model(&model).ok_or_else(|| {
+                let routes = if inputs.routes.is_empty() {
+                    String::new()
+                } else {
+                    let mut names: Vec<&str> = inputs.routes.keys().map(String::as_str).collect();
+                    names.sort_unstable();
+                    format!(" or a route name ({})", names.join(", "))
+                };
                 GatewayError::bad_request(
                     "invalid_model",
                     format!(
-                        "model `{}` must be \"<provider>/<model>\", e.g. \"openai/gpt-4o-mini\"",
+                        "model `{}` must be \"<provider>/<model>\", e.g. \"openai/gpt-4o-mini\"{routes}",
                         clip(&model)
                     ),
                 )
@@ -196,47 +250,10 @@ pub fn plan(
                 .get(provider_name)
                 .cloned()
                 .ok_or_else(|| unknown_provider(providers, provider_name))?;
-            let stream = fields.is_stream(body);
-            let wants_usage = stream
-                && provider.injects_stream_usage()
-                && !json::client_asked_usage(body, &fields);
-            let translation = if provider.dialect() == Dialect::OpenAi {
-                json::rewrite_body(
-                    body,
-                    &fields,
-                    &Rewrite {
-                        model: model_name,
-                        include_usage: wants_usage,
-                    },
-                    rewritten,
-                );
-                None
-            } else {
-                let t = provider
-                    .translate(endpoint, body, model_name, rewritten)
-                    .map_err(|e| {
-                        GatewayError::bad_request(
-                            "untranslatable_request",
-                            format!(
-                                "this request cannot be sent to provider `{}`: {}",
-                                provider.name, e.0
-                            ),
-                        )
-                    })?;
-                Some(t)
-            };
-            Ok(Routed::Upstream(Plan {
-                path: provider.unified_path(endpoint, query),
-                provider,
-                method,
-                unified: true,
-                filter_usage_event: wants_usage && translation.is_none(),
-                model: Some(model_name.to_string()),
-                stream,
-                max_tokens: fields.max_tokens(body),
-                choices: fields.choices(body),
-                translation,
-            }))
+            unified_plan(
+                &provider, model_name, endpoint, query, body, &fields, rewritten,
+            )
+            .map(Routed::Upstream)
         }
         Route::Passthrough {
             provider,
@@ -284,7 +301,99 @@ pub fn plan(
                 max_tokens,
                 choices,
                 translation: None,
+                routing: None,
             }))
+        }
+    }
+}
+
+/// The plan of a unified request to `provider`'s `model`: the body
+/// rewritten (OpenAI dialect) or translated into `rewritten`.
+fn unified_plan(
+    provider: &Rc<Provider>,
+    model_name: &str,
+    endpoint: &'static str,
+    query: &str,
+    body: &[u8],
+    fields: &json::RequestFields,
+    rewritten: &mut Vec<u8>,
+) -> Result<Plan, GatewayError> {
+    let stream = fields.is_stream(body);
+    let wants_usage =
+        stream && provider.injects_stream_usage() && !json::client_asked_usage(body, fields);
+    let translation = if provider.dialect() == Dialect::OpenAi {
+        json::rewrite_body(
+            body,
+            fields,
+            &Rewrite {
+                model: model_name,
+                include_usage: wants_usage,
+            },
+            rewritten,
+        );
+        None
+    } else {
+        let t = provider
+            .translate(endpoint, body, model_name, rewritten)
+            .map_err(|e| {
+                GatewayError::bad_request(
+                    "untranslatable_request",
+                    format!(
+                        "this request cannot be sent to provider `{}`: {}",
+                        provider.name, e.0
+                    ),
+                )
+            })?;
+        Some(t)
+    };
+    Ok(Plan {
+        path: provider.unified_path(endpoint, query),
+        provider: provider.clone(),
+        method: Method::Post,
+        unified: true,
+        filter_usage_event: wants_usage && translation.is_none(),
+        model: Some(model_name.to_string()),
+        stream,
+        max_tokens: fields.max_tokens(body),
+        choices: fields.choices(body),
+        translation,
+        routing: None,
+    })
+}
+
+/// Points a routed plan at step `step` of its order: the body is written
+/// anew for that target (its model, its format) into `rewritten`. Returns the
+/// target's model.
+pub fn retarget(
+    plan: &mut Plan,
+    step: usize,
+    body: &[u8],
+    rewritten: &mut Vec<u8>,
+) -> Result<String, GatewayError> {
+    let routing = plan.routing.take().expect("a routed plan");
+    let target = routing.order[step].clone();
+    let result = json::scan_request(body)
+        .map_err(body_error)
+        .and_then(|fields| {
+            unified_plan(
+                &target.provider,
+                &target.model,
+                routing.endpoint,
+                &routing.query,
+                body,
+                &fields,
+                rewritten,
+            )
+        });
+    match result {
+        Ok(mut next) => {
+            next.routing = Some(Routing { step, ..routing });
+            *plan = next;
+            Ok(target.model.clone())
+        }
+        Err(e) => {
+            plan.routing = Some(routing);
+            Err(e)
         }
     }
 }
@@ -469,7 +578,13 @@ mod tests {
             window,
             body: body.as_bytes(),
         };
-        plan(route(target), &view, &providers, &mut Vec::new())
+        let routes = crate::targets::Routes::default();
+        let inputs = RouteInputs {
+            routes: &routes,
+            draw: &Draw::new(1),
+            field: &|_| None,
+        };
+        plan(route(target), &view, &providers, &inputs, &mut Vec::new())
     }
 
     #[test]

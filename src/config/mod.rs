@@ -30,6 +30,7 @@ mod logs;
 pub mod prices;
 mod providers;
 mod read;
+pub mod routes;
 mod schema;
 mod server;
 
@@ -44,6 +45,7 @@ pub use logs::LogsConfig;
 pub use prices::PriceConfig;
 pub use providers::{BaseUrl, ProviderConfig, ProviderKind, Scheme};
 pub use read::{ConfigError, ConfigErrors, Secret, parse_bytes, parse_duration};
+pub use routes::RouteConfig;
 pub use schema::{KEYS, KeySpec};
 pub use server::{Limits, ServerConfig, Timeouts};
 
@@ -67,6 +69,8 @@ pub struct Config {
     pub budgets: Vec<BudgetRule>,
     /// Price overrides by "provider/model".
     pub prices: BTreeMap<String, PriceConfig>,
+    /// Model names that stand for provider targets, by name.
+    pub routes: Vec<RouteConfig>,
 }
 
 impl Config {
@@ -124,6 +128,36 @@ impl Config {
         let rate_limits = limits::read_rate_limits(&mut w, &root);
         let prices = prices::read_prices(&mut w, &root);
         let budgets = budgets::read_budgets(&mut w, &root);
+        let routes = routes::read_routes(&mut w, &root);
+        for r in &routes {
+            let lists = std::iter::once(("targets".to_string(), &r.targets)).chain(
+                r.variants
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| (format!("variants[{i}].targets"), &v.targets)),
+            );
+            for (list, targets) in lists {
+                for (i, t) in targets.iter().enumerate() {
+                    if !providers.contains_key(&t.provider) {
+                        w.err(
+                            &format!("routes.{}.{list}[{i}].provider", r.name),
+                            format!(
+                                "`{}` is not a configured provider; add [providers.{}] or use one of: {}",
+                                t.provider,
+                                t.provider,
+                                providers.keys().cloned().collect::<Vec<_>>().join(", ")
+                            ),
+                        );
+                    }
+                }
+            }
+            if r.strategy == routes::Strategy::Weighted && r.targets.iter().all(|t| t.weight == 0) {
+                w.err(
+                    &format!("routes.{}.targets", r.name),
+                    "a weighted route needs a target with weight above 0".into(),
+                );
+            }
+        }
         w.finish()?;
         Ok(Config {
             server,
@@ -139,6 +173,7 @@ impl Config {
             rate_limits,
             prices,
             budgets,
+            routes,
         })
     }
 
@@ -258,6 +293,9 @@ impl Config {
         }
         for (i, b) in self.budgets.iter().enumerate() {
             put(format!("budgets[{i}]"), format!("{b:?}"));
+        }
+        for r in &self.routes {
+            put(format!("routes.{}", r.name), format!("{r:?}"));
         }
         for (name, p) in &self.prices {
             put(format!("prices.\"{name}\""), format!("{p:?}"));

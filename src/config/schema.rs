@@ -333,6 +333,101 @@ pub const KEYS: &[KeySpec] = &[
         default: "4096",
         meaning: "output tokens reserved for a request without max_tokens (spend may pass the budget by what such requests use beyond it)",
     },
+    KeySpec {
+        path: "routes.*.strategy",
+        default: "fallback",
+        meaning: "\"fallback\" (targets in order) or \"weighted\" (by weight, then the others)",
+    },
+    KeySpec {
+        path: "routes.*.targets[].provider",
+        default: "(required)",
+        meaning: "a configured provider",
+    },
+    KeySpec {
+        path: "routes.*.targets[].model",
+        default: "(required)",
+        meaning: "the model that provider serves",
+    },
+    KeySpec {
+        path: "routes.*.targets[].weight",
+        default: "1",
+        meaning: "share of requests under \"weighted\"",
+    },
+    KeySpec {
+        path: "routes.*.targets[].first_byte",
+        default: "timeouts.first_byte",
+        meaning: "this target's first-byte timeout (a fallback after)",
+    },
+    KeySpec {
+        path: "routes.*.variants[].when",
+        default: "(required)",
+        meaning: "{ \"metadata.<field>\" = value, ... }: use these targets when all match",
+    },
+    KeySpec {
+        path: "routes.*.variants[].targets[].provider",
+        default: "(required)",
+        meaning: "as in targets",
+    },
+    KeySpec {
+        path: "routes.*.variants[].targets[].model",
+        default: "(required)",
+        meaning: "as in targets",
+    },
+    KeySpec {
+        path: "routes.*.variants[].targets[].weight",
+        default: "1",
+        meaning: "as in targets",
+    },
+    KeySpec {
+        path: "routes.*.variants[].targets[].first_byte",
+        default: "timeouts.first_byte",
+        meaning: "as in targets",
+    },
+    KeySpec {
+        path: "routes.*.retry.attempts",
+        default: "1",
+        meaning: "tries of one target before the next (at most 5)",
+    },
+    KeySpec {
+        path: "routes.*.retry.backoff",
+        default: "exponential",
+        meaning: "constant, linear or exponential",
+    },
+    KeySpec {
+        path: "routes.*.retry.base",
+        default: "200ms",
+        meaning: "the first wait between tries",
+    },
+    KeySpec {
+        path: "routes.*.retry.max",
+        default: "5s",
+        meaning: "longest wait; a Retry-After above it moves on to the next target",
+    },
+    KeySpec {
+        path: "routes.*.retry.jitter",
+        default: "true",
+        meaning: "draw each wait from its upper half at random",
+    },
+    KeySpec {
+        path: "routes.*.fallback_on",
+        default: "[429, 500, 502, 503, 504, 529, \"timeout\", \"connect\"]",
+        meaning: "failures that lead to a retry or the next target",
+    },
+    KeySpec {
+        path: "routes.*.cooldown.failures",
+        default: "3",
+        meaning: "failures within the window that cool a target down",
+    },
+    KeySpec {
+        path: "routes.*.cooldown.window",
+        default: "30s",
+        meaning: "how far back failures are counted",
+    },
+    KeySpec {
+        path: "routes.*.cooldown.duration",
+        default: "30s",
+        meaning: "how long a cooling target is skipped",
+    },
 ];
 
 /// Every key in `root` must be in [`KEYS`] (or a table on the way to one).
@@ -341,7 +436,7 @@ pub(super) fn check_keys(w: &mut Walker, root: &toml::Table) {
 }
 
 /// Tables whose keys are names the user chooses (`*` in [`KEYS`]).
-const NAMED: &[&str] = &["providers", "keys", "prices"];
+const NAMED: &[&str] = &["providers", "keys", "prices", "routes"];
 
 /// `prefix` is the path so far (for messages), `prefix_pattern` its [`KEYS`] form.
 fn check_table(w: &mut Walker, table: &toml::Table, prefix: &str, prefix_pattern: &str) {

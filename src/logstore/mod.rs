@@ -63,6 +63,9 @@ CREATE TABLE IF NOT EXISTS requests (
     cache_key TEXT,
     cost_estimated INTEGER,
     context_share REAL,
+    attempts INTEGER,
+    step INTEGER,
+    tries TEXT,
     gateway_us INTEGER NOT NULL,
     upstream_us INTEGER,
     ttft_us INTEGER,
@@ -119,6 +122,9 @@ const ADDED_COLUMNS: &[(&str, &str)] = &[
     ("cache_key", "TEXT"),
     ("cost_estimated", "INTEGER"),
     ("context_share", "REAL"),
+    ("attempts", "INTEGER"),
+    ("step", "INTEGER"),
+    ("tries", "TEXT"),
 ];
 
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {

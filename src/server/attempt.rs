@@ -25,6 +25,8 @@ pub struct AttemptRequest<'a> {
     pub path: &'a str,
     pub body: &'a [u8],
     pub request_id: u64,
+    /// No complete response head within this is a timeout.
+    pub first_byte: Duration,
 }
 
 /// A response head has arrived; the body is still on `conn`.
@@ -149,7 +151,7 @@ pub async fn attempt(
     }
     let max_head = config.limits.max_response_head_bytes;
     let was_head = req.method == Method::Head;
-    match client::read_head(&mut up, rhead, was_head, max_head, t.first_byte, sent_at).await {
+    match client::read_head(&mut up, rhead, was_head, max_head, req.first_byte, sent_at).await {
         Ok(ttfb) => Ok(UpstreamReply {
             conn: up,
             sent_at,
@@ -209,6 +211,7 @@ mod tests {
                     path: "/v1/chat/completions",
                     body: b"{}",
                     request_id: 1,
+                    first_byte: ctx.config().timeouts.first_byte,
                 };
                 let mut rh = ResponseHead::default();
                 match attempt(&ctx, &provider, &req, &mut rh).await {

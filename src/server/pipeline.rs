@@ -19,10 +19,10 @@
 //! Only this module answers the client, and every answer (framing errors
 //! included, through [`reject`]) ends in [`record`].
 
-use super::attempt::{self, AttemptRequest, UpstreamReply};
+use super::attempt::{self, AttemptError, AttemptRequest, Failure, UpstreamReply};
 use super::client::{ClientConn, Incoming, Unreadable};
 use super::forward::{self, Upstream};
-use super::relay::{self, Ending, Framing};
+use super::relay::{self, Ending, Framing, RELAY_WINDOW};
 use super::respond::{self, ClientFraming, ClientHead};
 use super::respond::{CacheLine, CachedHead};
 use super::shard::ShardCtx;
@@ -32,7 +32,8 @@ use crate::budget::{Rates, Reservation};
 use crate::cache::flight::{End as FlightEnd, Flight, FlightHead, Leading};
 use crate::cache::key::KeyInput;
 use crate::cache::{self, Lookup, entry};
-use crate::controls::{self, CustomCost};
+use crate::config::routes::Retry;
+use crate::controls::{self, CustomCost, RetryControls};
 use crate::cost::{self, Price, Tokens};
 use crate::error::{ErrorSource, GatewayError};
 use crate::http::ReadBuf;
@@ -44,10 +45,12 @@ use crate::record::{
     CacheStatus, LogFacts, MetaValue, Metadata, Outcome, Payload, RequestRecord, RouteKind, Usage,
 };
 use crate::reqid::now_unix_ms;
-use crate::route::{self, Plan, Routed};
+use crate::route::{self, Plan, RouteInputs, Routed};
+use crate::targets;
 use futures_lite::AsyncWriteExt;
 use futures_lite::future::FutureExt;
 use glommio::net::TcpStream;
+use smallvec::SmallVec;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -75,7 +78,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
     };
 
     // 1. route
-    let plan = match plan(ctx, c, req, &mut rec) {
+    let mut plan = match plan(ctx, c, req, &wish, &mut rec) {
         Ok(Routed::Upstream(plan)) => plan,
         Ok(Routed::Health) => {
             c.out.clear();
@@ -135,31 +138,18 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         }
     }
 
-    // 2. attempts: none of them writes to the client
-    let body_at = {
-        let view = req.view(&c.head, &c.buf, &c.body);
-        let body: &[u8] = if plan.unified {
-            &c.rewritten
-        } else {
-            view.body
-        };
-        let up = Upstream {
-            method: plan.method,
-            path: &plan.path,
-            authority: &plan.provider.endpoint.authority,
-            auth: plan.provider.auth_lines(plan.unified),
-            extra: if plan.unified {
-                plan.provider.unified_headers()
-            } else {
-                ""
-            },
-            body,
-        };
-        forward::build(&mut c.up_out, &view, &up);
-        c.up_out.len() - body.len()
-    };
+    // 2. attempts (retries, fallbacks): none of them writes to the client
     let upstream_from = Instant::now();
-    let mut reply = match attempts(ctx, c, &plan, body_at, &mut rec).await {
+    let attempted = attempts(ctx, c, req, &mut plan, &wish, &mut rec).await;
+    // A route's serving target sets the price (and the record's provider and model).
+    let priced = if plan.routing.is_some() {
+        rec.model
+            .as_deref()
+            .and_then(|m| prices.get(&plan.provider.name, m))
+    } else {
+        priced
+    };
+    let mut reply = match attempted {
         Ok(reply) => reply,
         Err(Unanswered::Failed(e)) => {
             // The time waiting on the provider is not the gateway's.
@@ -249,6 +239,10 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         framing: framing.client,
         cache: cache_line(&rec),
         limits: &admission.headers,
+        step: plan
+            .routing
+            .as_ref()
+            .map(|r| (r.step, rec.route == RouteKind::Cloudflare)),
     };
     respond::provider_head(&mut c.out, &head, rh, reply.conn.buf.filled());
     reply.conn.buf.consume(rh.head_len);
@@ -406,6 +400,7 @@ struct Wish {
     metadata: Option<Metadata>,
     custom_cost: Option<CustomCost>,
     include_cost: bool,
+    retry: RetryControls,
 }
 
 /// Stage 0: the request controls. When the request log will keep this request
@@ -428,6 +423,7 @@ fn controls(
             metadata: r.metadata.take(),
             custom_cost: r.custom_cost,
             include_cost: r.include_cost,
+            retry: r.retry,
         },
     );
     if !ctx.logging() || read.as_ref().is_ok_and(|c| !c.collect_log) {
@@ -472,6 +468,7 @@ fn plan(
     ctx: &ShardCtx,
     c: &mut ClientConn,
     req: &Incoming,
+    wish: &Wish,
     rec: &mut RequestRecord,
 ) -> Result<Routed, GatewayError> {
     let view = req.view(&c.head, &c.buf, &c.body);
@@ -479,7 +476,17 @@ fn plan(
         .map_err(|_| GatewayError::bad_request("invalid_path", "request path is not UTF-8"))?;
     let route = route::route(target);
     rec.route = route.kind();
-    let mut routed = route::plan(route, &view, &ctx.providers(), &mut c.rewritten)?;
+    let metadata = wish
+        .metadata
+        .as_ref()
+        .or_else(|| rec.log.as_ref().and_then(|l| l.metadata.as_ref()));
+    let routes = ctx.routes();
+    let inputs = RouteInputs {
+        routes: &routes,
+        draw: &ctx.draw,
+        field: &|name| targets::metadata_field(metadata, name),
+    };
+    let mut routed = route::plan(route, &view, &ctx.providers(), &inputs, &mut c.rewritten)?;
     if let Routed::Upstream(p) = &mut routed {
         rec.provider = Some(p.provider.name.clone());
         // The record is where the model lives from here on.
@@ -735,14 +742,19 @@ fn cache_lookup(
     }
     let view = req.view(&c.head, &c.buf, &c.body);
     let headers = view.headers();
+    // A routed request is keyed by its route (any target may answer it).
+    let (provider, path): (&str, &str) = match &plan.routing {
+        Some(r) => (&r.route.name, r.endpoint),
+        None => (&plan.provider.name, &plan.path),
+    };
     let input = KeyInput {
         scope: cache::scope(
             cache.shared.config().shared,
             headers,
             plan.path.split_once('?').map_or("", |(_, q)| q),
         ),
-        provider: &plan.provider.name,
-        path: &plan.path,
+        provider,
+        path,
         body: view.body,
         custom: wish.key.as_deref(),
         stream: plan.stream,
@@ -1019,15 +1031,308 @@ enum Unanswered {
     ClientGone,
 }
 
-/// Stage 2: attempts until one yields a response head. Today the only retry
-/// is the one a stale pooled connection earns.
+/// Writes the upstream request for the plan's target into `c.up_out`;
+/// returns where its body starts.
+fn build_upstream(c: &mut ClientConn, req: &Incoming, plan: &Plan) -> usize {
+    let view = req.view(&c.head, &c.buf, &c.body);
+    let body: &[u8] = if plan.unified {
+        &c.rewritten
+    } else {
+        view.body
+    };
+    let up = Upstream {
+        method: plan.method,
+        path: &plan.path,
+        authority: &plan.provider.endpoint.authority,
+        auth: plan.provider.auth_lines(plan.unified),
+        extra: if plan.unified {
+            plan.provider.unified_headers()
+        } else {
+            ""
+        },
+        body,
+    };
+    forward::build(&mut c.up_out, &view, &up);
+    c.up_out.len() - body.len()
+}
+
+/// Longest a request waits for a cooling target to return when every
+/// target of its route is cooling (else a 503 with `Retry-After`).
+const MAX_COOLING_WAIT: Duration = Duration::from_secs(1);
+
+/// Statuses that lead to a retry or a fallback when no route says otherwise.
+const DEFAULT_FALLBACK_STATUSES: &[u16] = &[429, 500, 502, 503, 504, 529];
+
+/// Stage 2: tries the plan's targets until one yields a response head that
+/// is not a failure. A route gives the targets, in this request's order,
+/// with its retry policy and the failures that move on; per-request controls
+/// override the tries, waits and timeout. A plain request has one target and
+/// (without `max-attempts`) one try. Targets that are cooling are skipped.
+/// The last try's reply is the answer, whatever its status; waits honour the
+/// provider's `Retry-After`. A stale pooled connection earns a free retry.
 async fn attempts(
+    ctx: &ShardCtx,
+    c: &mut ClientConn,
+    req: &Incoming,
+    plan: &mut Plan,
+    wish: &Wish,
+    rec: &mut RequestRecord,
+) -> Result<UpstreamReply, Unanswered> {
+    let route = plan.routing.as_ref().map(|r| r.route.clone());
+    let mut retry = route.as_ref().map_or_else(Retry::default, |r| r.retry);
+    if let Some(n) = wish.retry.max_attempts {
+        retry.attempts = n;
+    }
+    if let Some(d) = wish.retry.delay {
+        retry.base = d;
+    }
+    if let Some(b) = wish.retry.backoff {
+        retry.backoff = b;
+    }
+    let falls_back = |status: u16| match &route {
+        Some(r) => r.fallback_on.statuses.contains(&status),
+        None => DEFAULT_FALLBACK_STATUSES.contains(&status),
+    };
+    let steps = usable_steps(plan).await?;
+    let track = rec.log.is_some() && (route.is_some() || retry.attempts > 1);
+    let mut body_at = build_upstream(c, req, plan);
+    let mut last_error = None;
+    for (n, &step) in steps.iter().enumerate() {
+        if plan.routing.as_ref().is_some_and(|r| r.step != step) {
+            let view = req.view(&c.head, &c.buf, &c.body);
+            match route::retarget(plan, step, view.body, &mut c.rewritten) {
+                Ok(model) => {
+                    rec.provider = Some(plan.provider.name.clone());
+                    rec.model = Some(model);
+                }
+                Err(e) => {
+                    last_error = Some(e);
+                    continue;
+                }
+            }
+            body_at = build_upstream(c, req, plan);
+        }
+        let target = plan.routing.as_ref().map(|r| r.order[step].clone());
+        let first_byte = wish
+            .retry
+            .timeout
+            .or(target.as_ref().and_then(|t| t.first_byte))
+            .unwrap_or(ctx.config().timeouts.first_byte);
+        let mut hint: Option<Duration> = None;
+        for tried in 0..retry.attempts {
+            if tried > 0 {
+                let wait = hint
+                    .take()
+                    .unwrap_or_else(|| targets::backoff(&retry, tried, &ctx.draw));
+                wait_unless_gone(ctx, c, wait).await?;
+            }
+            let last = n + 1 == steps.len() && tried + 1 == retry.attempts;
+            let started = Instant::now();
+            if let (Some(log), Some(r)) = (rec.log.as_mut(), &plan.routing) {
+                log.step = Some(r.step as u32);
+            }
+            let result = attempt_once(ctx, c, plan, body_at, rec, first_byte).await;
+            if track {
+                let outcome = match &result {
+                    Ok(_) => Ok(c.rhead.status),
+                    Err(Tried::Failed(e)) => Err(e.to_gateway_error("").code),
+                    Err(Tried::Gone) => Err("client_gone"),
+                };
+                note_try(rec, outcome, started.elapsed());
+            }
+            let failure = match result {
+                Err(Tried::Gone) => return Err(Unanswered::ClientGone),
+                Ok(mut reply) => {
+                    let rh = &c.rhead;
+                    let mut failed = falls_back(rh.status);
+                    if !failed && !last && rh.status < 300 && rh.event_stream {
+                        failed = first_event_is_error(&mut reply, rh.head_len, first_byte).await;
+                    }
+                    if !failed {
+                        if let (Some(r), Some(t)) = (&route, &target) {
+                            r.succeeded(t);
+                        }
+                        return Ok(reply);
+                    }
+                    if let (Some(r), Some(t)) = (&route, &target) {
+                        r.failed(t, Instant::now());
+                    }
+                    if last {
+                        return Ok(reply);
+                    }
+                    let after = retry_after(rh, reply.conn.buf.filled());
+                    drop(reply);
+                    last_error = Some(GatewayError::upstream_status(
+                        &plan.provider.name,
+                        c.rhead.status,
+                    ));
+                    // Longer than the route would wait: the next target.
+                    if after.is_some_and(|a| a > retry.max) {
+                        break;
+                    }
+                    hint = after;
+                    continue;
+                }
+                Err(Tried::Failed(e)) => e,
+            };
+            if let (Some(r), Some(t)) = (&route, &target) {
+                r.failed(t, Instant::now());
+            }
+            let covered = match &failure.failure {
+                Failure::HeadTimeout => route.as_ref().is_none_or(|r| r.fallback_on.timeout),
+                Failure::ConnectTimeout => route
+                    .as_ref()
+                    .is_none_or(|r| r.fallback_on.timeout || r.fallback_on.connect),
+                Failure::BadHead(_) => true,
+                _ => route.as_ref().is_none_or(|r| r.fallback_on.connect),
+            };
+            let error = failure.to_gateway_error(&plan.provider.name);
+            if last || !covered {
+                return Err(Unanswered::Failed(error));
+            }
+            last_error = Some(error);
+            // A malformed answer would be malformed again: the next target.
+            if !failure.retryable() {
+                break;
+            }
+        }
+    }
+    Err(Unanswered::Failed(last_error.unwrap_or_else(|| {
+        GatewayError::unavailable("no target of the route could be tried")
+    })))
+}
+
+/// Adds one try to the log's list: the target, its status or failure, its time.
+fn note_try(rec: &mut RequestRecord, outcome: Result<u16, &str>, took: Duration) {
+    use std::fmt::Write as _;
+    let provider = rec.provider.clone();
+    let model = rec.model.clone();
+    let Some(log) = rec.log.as_mut() else { return };
+    let s = log.tries.get_or_insert_with(|| String::from("["));
+    if s.len() > 1 {
+        s.push(',');
+    }
+    s.push_str("{\"provider\":");
+    crate::error::push_json_string(s, provider.as_deref().unwrap_or(""));
+    s.push_str(",\"model\":");
+    crate::error::push_json_string(s, model.as_deref().unwrap_or(""));
+    let _ = match outcome {
+        Ok(status) => write!(s, ",\"status\":{status}"),
+        Err(code) => write!(s, ",\"error\":\"{code}\""),
+    };
+    let _ = write!(s, ",\"ms\":{}}}", took.as_millis());
+}
+
+/// The steps of the plan's order to try: those not cooling. When every
+/// target is cooling, waits for the first to return if that is soon, else
+/// refuses with a 503 saying when to come back.
+async fn usable_steps(plan: &Plan) -> Result<SmallVec<[usize; 4]>, Unanswered> {
+    let Some(routing) = &plan.routing else {
+        return Ok(smallvec::smallvec![0]);
+    };
+    let now = Instant::now();
+    let steps: SmallVec<[usize; 4]> = (0..routing.order.len())
+        .filter(|&i| routing.order[i].cooling(now).is_none())
+        .collect();
+    if !steps.is_empty() {
+        return Ok(steps);
+    }
+    let (step, until) = routing
+        .order
+        .iter()
+        .enumerate()
+        .filter_map(|(i, t)| t.cooling(now).map(|u| (i, u)))
+        .min_by_key(|(_, u)| *u)
+        .expect("every target is cooling");
+    let wait = until.duration_since(now);
+    if wait > MAX_COOLING_WAIT {
+        return Err(Unanswered::Failed(GatewayError::all_cooling(
+            &routing.route.name,
+            wait,
+        )));
+    }
+    glommio::timer::sleep(wait).await;
+    Ok(smallvec::smallvec![step])
+}
+
+/// Waits `wait` between two tries; a client that leaves meanwhile ends the request.
+async fn wait_unless_gone(
+    ctx: &ShardCtx,
+    c: &mut ClientConn,
+    wait: Duration,
+) -> Result<(), Unanswered> {
+    let max_window = c.buf.len() + ctx.limits().max_head_bytes;
+    let gone = async {
+        client_gone(&mut c.stream, &mut c.buf, max_window).await;
+        Err(Unanswered::ClientGone)
+    };
+    async {
+        glommio::timer::sleep(wait).await;
+        Ok(())
+    }
+    .or(gone)
+    .await
+}
+
+/// A provider's `Retry-After` in seconds (the date form is not honoured).
+fn retry_after(rh: &ResponseHead, window: &[u8]) -> Option<Duration> {
+    rh.headers
+        .iter()
+        .find(|h| h.name.get(window).eq_ignore_ascii_case(b"retry-after"))
+        .and_then(|h| std::str::from_utf8(h.value.get(window)).ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|s| Duration::from_secs(s.min(86_400)))
+}
+
+/// Most bytes read ahead to find a stream's first event.
+const PEEK_MAX: usize = 64 << 10;
+
+/// Whether a `200` stream's first event is an error (`{"error":...}` or
+/// Anthropic's `{"type":"error",...}`): a failure like any other, before
+/// the client has seen a byte. Reads ahead into the connection's buffer,
+/// which the relay then starts from.
+async fn first_event_is_error(reply: &mut UpstreamReply, head_len: usize, wait: Duration) -> bool {
+    loop {
+        let body = &reply.conn.buf.filled()[head_len.min(reply.conn.buf.filled().len())..];
+        if let Some(at) = memchr::memmem::find(body, b"data:") {
+            let line = &body[at + 5..];
+            if let Some(end) = memchr::memchr(b'\n', line) {
+                let data = line[..end].trim_ascii_start();
+                return data.starts_with(b"{\"error\"") || data.starts_with(b"{\"type\":\"error\"");
+            }
+        }
+        if body.len() >= PEEK_MAX {
+            return false;
+        }
+        reply.conn.stream.set_read_timeout(wait);
+        match reply
+            .conn
+            .stream
+            .read_some(&mut reply.conn.buf, RELAY_WINDOW)
+            .await
+        {
+            Ok(n) if n > 0 => {}
+            _ => return false,
+        }
+    }
+}
+
+/// Why one try yielded no reply.
+enum Tried {
+    Gone,
+    Failed(AttemptError),
+}
+
+/// One try at the plan's target (a stale pooled connection is retried once
+/// on a fresh one); the client leaving cancels it.
+async fn attempt_once(
     ctx: &ShardCtx,
     c: &mut ClientConn,
     plan: &Plan,
     body_at: usize,
     rec: &mut RequestRecord,
-) -> Result<UpstreamReply, Unanswered> {
+    first_byte: Duration,
+) -> Result<UpstreamReply, Tried> {
     let request = AttemptRequest {
         bytes: &c.up_out,
         method: plan.method,
@@ -1035,9 +1340,11 @@ async fn attempts(
         body: &c.up_out[body_at..],
         // The in-process mock names its replies after the request.
         request_id: rec.id.0 as u64,
+        first_byte,
     };
     let rhead = &mut c.rhead;
     let tries = async {
+        let mut fresh = false;
         loop {
             rec.attempts += 1;
             match attempt::attempt(ctx, &plan.provider, &request, rhead).await {
@@ -1049,10 +1356,11 @@ async fn attempts(
                     rec.upstream_connects += u32::from(e.connected);
                     // The provider had closed that pooled connection: the request
                     // never reached it, so a fresh connection may carry it.
-                    if e.stale_connection() && e.retryable() && rec.attempts == 1 {
+                    if e.stale_connection() && e.retryable() && !fresh {
+                        fresh = true;
                         continue;
                     }
-                    return Err(Unanswered::Failed(e.to_gateway_error(&plan.provider.name)));
+                    return Err(Tried::Failed(e));
                 }
             }
         }
@@ -1060,7 +1368,7 @@ async fn attempts(
     let max_window = c.buf.len() + ctx.limits().max_head_bytes;
     let gone = async {
         client_gone(&mut c.stream, &mut c.buf, max_window).await;
-        Err(Unanswered::ClientGone)
+        Err(Tried::Gone)
     };
     tries.or(gone).await
 }
@@ -1154,6 +1462,9 @@ async fn write_answer(
 /// Stage 5, the end of every request: its total time, then the record is counted.
 fn record(ctx: &ShardCtx, mut rec: RequestRecord) {
     rec.total = rec.started.elapsed();
+    if let Some(t) = rec.log.as_mut().and_then(|l| l.tries.as_mut()) {
+        t.push(']');
+    }
     if rec.gateway.is_zero() {
         rec.gateway = rec.total;
     }

@@ -82,6 +82,9 @@ pub struct ClientHead<'a> {
     /// The gateway's `x-ratelimit-*` lines (empty: no rule applied, and the
     /// provider's own pass through).
     pub limits: &'a [u8],
+    /// Which target of a route served (`aigw-step`, or `cf-aig-step` on
+    /// Cloudflare-layout requests), 0-based.
+    pub step: Option<(usize, bool)>,
 }
 
 /// The cache status header: its name follows the request's URL layout.
@@ -239,6 +242,15 @@ pub fn provider_head(out: &mut Vec<u8>, h: &ClientHead<'_>, rh: &ResponseHead, w
     }
     push_ours(out, h.id, h.provider, h.model);
     out.extend_from_slice(h.limits);
+    if let Some((step, cloudflare)) = h.step {
+        out.extend_from_slice(if cloudflare {
+            b"cf-aig-step: "
+        } else {
+            b"aigw-step: "
+        });
+        push_decimal(out, step as u64);
+        out.extend_from_slice(b"\r\n");
+    }
     if rh.status >= 400 {
         out.extend_from_slice(b"aigw-error-source: provider\r\n");
     }
@@ -360,6 +372,7 @@ mod tests {
             framing: ClientFraming::for_body(rh.body(), false, false),
             cache: None,
             limits: b"",
+            step: None,
         };
         let mut out = Vec::new();
         provider_head(&mut out, &h, &rh, raw);

@@ -14,6 +14,7 @@ use crate::providers::{self, Providers};
 use crate::record::{Dropped, LogQueue, Outcome, RequestRecord};
 use crate::reqid::{IdGen, RequestId, now_unix_ms};
 use crate::stats::{Gauges, ShardStats, Snapshot};
+use crate::targets::{self, Draw, Routes};
 use crate::upstream::dns::Resolver;
 use crate::upstream::pool::Pool;
 use std::cell::{Cell, RefCell};
@@ -82,6 +83,10 @@ pub struct ShardCtx {
     config: RefCell<Rc<Config>>,
     limits: Cell<HeadLimits>,
     providers: RefCell<Rc<Providers>>,
+    /// The routes over those providers, with their cooldown state.
+    routes: RefCell<Rc<Routes>>,
+    /// Draws for weighted routes and retry jitter.
+    pub draw: Draw,
     pub pool: Pool,
     pub resolver: Arc<Resolver>,
     stats: RefCell<ShardStats>,
@@ -129,11 +134,17 @@ impl ShardCtx {
         let limiter = ShardLimiter::new(limiter, &config.rate_limits);
         let config_prices = config.prices.clone();
         let budget_rules = config.budgets.clone();
+        let built = providers::build(&config);
+        let routes = targets::build(&config, &built);
         ShardCtx {
             shard,
             limits: Cell::new(head_limits(&config)),
             pool: Pool::new(config.timeouts.upstream_idle),
-            providers: RefCell::new(Rc::new(providers::build(&config))),
+            routes: RefCell::new(Rc::new(routes)),
+            draw: Draw::new(
+                crate::reqid::now_unix_ms() ^ ((shard as u64 + 1) << 40) ^ 0x9e37_79b9_7f4a_7c15,
+            ),
+            providers: RefCell::new(Rc::new(built)),
             config: RefCell::new(config),
             resolver,
             stats: RefCell::new(ShardStats::default()),
@@ -193,6 +204,11 @@ impl ShardCtx {
         self.providers.borrow().clone()
     }
 
+    /// The running routes.
+    pub fn routes(&self) -> Rc<Routes> {
+        self.routes.borrow().clone()
+    }
+
     pub fn limits(&self) -> HeadLimits {
         self.limits.get()
     }
@@ -217,7 +233,9 @@ impl ShardCtx {
         self.limiter.set_rules(&new.rate_limits);
         self.budgets.set_rules(&new.budgets);
         *self.prices.borrow_mut() = Rc::new(PriceTable::build(&new.prices));
-        *self.providers.borrow_mut() = Rc::new(providers::build(&new));
+        let providers = providers::build(&new);
+        *self.routes.borrow_mut() = Rc::new(targets::build(&new, &providers));
+        *self.providers.borrow_mut() = Rc::new(providers);
         *self.config.borrow_mut() = new;
     }
 

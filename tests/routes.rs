@@ -1,0 +1,373 @@
+//! Routes: `model: "<route>"` (or `dynamic/<route>`) over several targets.
+//! Fallback when the primary answers 500, 429 (honouring Retry-After),
+//! times out, refuses, or sends a 200 stream whose first event is an error;
+//! weighted balancing within 5% of the weights over 1,000 requests; a
+//! cooling target skipped and tried again; every target cooling gives a 503
+//! with Retry-After; per-request retry controls; a translated target behind
+//! a fallback; metadata variants. `aigw-step` names the serving target. At 1
+//! and 2 shards.
+
+mod common;
+
+use aigw_loadtest::mock::{ErrorKind, MockConfig, MockServer};
+use common::gateway::admin_get;
+use common::{Gateway, json, mock, mock_with};
+use std::time::{Duration, Instant};
+
+fn failing(kind: ErrorKind) -> MockServer {
+    mock_with(MockConfig {
+        error: Some(kind),
+        retry_after_secs: 0,
+        ..MockConfig::default()
+    })
+}
+
+/// A gateway with providers `a` and `b` at two mocks and `routes` as given.
+fn gateway(shards: usize, a: &MockServer, b: &MockServer, routes: &str) -> Gateway {
+    Gateway::with(shards)
+        .provider("a", &a.base_url(), "")
+        .provider("b", &b.base_url(), "")
+        .toml(routes)
+        .start()
+}
+
+const FALLBACK: &str = "[routes.chat]\ntargets = [{ provider = \"a\", model = \"m-a\" }, { provider = \"b\", model = \"m-b\" }]\n";
+
+fn chat(model: &str, stream: bool) -> String {
+    format!(
+        r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}],"stream":{stream}}}"#
+    )
+}
+
+fn a_failing_primary_falls_back_to_the_next_target(shards: usize) {
+    let (a, b) = (failing(ErrorKind::Internal), mock());
+    let gw = gateway(shards, &a, &b, FALLBACK);
+    let r = gw
+        .client()
+        .post("/v1/chat/completions", &[], &chat("chat", false));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("aigw-step"), Some("1"));
+    assert_eq!(r.header("aigw-provider"), Some("b"));
+    assert_eq!(r.header("aigw-model"), Some("m-b"));
+    assert_eq!(r.json()["model"], "m-b");
+    assert_eq!((a.requests_seen(), b.requests_seen()), (1, 1));
+    // Each target got its own model.
+    assert_eq!(a.captured()[0].json().unwrap()["model"], "m-a");
+    // Streams too, and `dynamic/<route>` names the same route.
+    let s = gw
+        .client()
+        .post("/v1/chat/completions", &[], &chat("dynamic/chat", true));
+    assert_eq!(s.status, 200);
+    assert_eq!(s.header("aigw-step"), Some("1"));
+    assert_eq!(s.sse_data().last().unwrap(), "[DONE]");
+    // The log row names the serving target and counts the tries.
+    let (_, rows) = admin_get(&gw.admin_socket, "/logs?limit=1");
+    let row = json(
+        String::from_utf8(rows)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap()
+            .as_bytes(),
+    );
+    assert_eq!(row["provider"], "b");
+    assert_eq!(row["model"], "m-b");
+    assert_eq!(row["attempts"], 2);
+    assert_eq!(row["step"], 1);
+    let tries = &row["tries"];
+    assert_eq!(tries[0]["provider"], "a");
+    assert_eq!(tries[0]["status"], 500);
+    assert_eq!(tries[1]["model"], "m-b");
+    assert_eq!(tries[1]["status"], 200);
+}
+
+fn a_rate_limited_primary_is_retried_then_left(shards: usize) {
+    // Retry-After 0: the route tries the primary again at once, then moves on.
+    let (a, b) = (failing(ErrorKind::RateLimited), mock());
+    let gw = gateway(
+        shards,
+        &a,
+        &b,
+        &format!("{FALLBACK}retry = {{ attempts = 3, backoff = \"constant\", base = \"10ms\" }}\n"),
+    );
+    let r = gw
+        .client()
+        .post("/v1/chat/completions", &[], &chat("chat", false));
+    assert_eq!(r.status, 200);
+    assert_eq!(a.requests_seen(), 3);
+    assert_eq!(r.header("aigw-step"), Some("1"));
+    // A Retry-After longer than the route waits goes to the next target at once.
+    let slow = mock_with(MockConfig {
+        error: Some(ErrorKind::RateLimited),
+        retry_after_secs: 60,
+        ..MockConfig::default()
+    });
+    let gw = gateway(
+        shards,
+        &slow,
+        &b,
+        &format!("{FALLBACK}retry = {{ attempts = 3, max = \"2s\" }}\n"),
+    );
+    let started = Instant::now();
+    let r = gw
+        .client()
+        .post("/v1/chat/completions", &[], &chat("chat", false));
+    assert_eq!(r.status, 200);
+    assert_eq!(slow.requests_seen(), 1);
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+fn timeouts_refusals_and_stream_errors_fall_back(shards: usize) {
+    let b = mock();
+    // A primary that takes 5 s to answer, with a 200 ms first-byte timeout.
+    let slow = mock_with(MockConfig {
+        latency: Duration::from_secs(5),
+        ..MockConfig::default()
+    });
+    let refused = {
+        let sock = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = sock.local_addr().unwrap().port();
+        drop(sock);
+        format!("http://127.0.0.1:{port}/v1")
+    };
+    let stream_error = failing(ErrorKind::StreamError);
+    let gw = Gateway::with(shards)
+        .provider("slow", &slow.base_url(), "")
+        .provider("gone", &refused, "")
+        .provider("bad_stream", &stream_error.base_url(), "")
+        .provider("b", &b.base_url(), "")
+        .toml(
+            "[routes.t]\ntargets = [{ provider = \"slow\", model = \"x\", first_byte = \"200ms\" }, { provider = \"b\", model = \"y\" }]\n\
+             [routes.r]\ntargets = [{ provider = \"gone\", model = \"x\" }, { provider = \"b\", model = \"y\" }]\n\
+             [routes.s]\ntargets = [{ provider = \"bad_stream\", model = \"x\" }, { provider = \"b\", model = \"y\" }]\n",
+        )
+        .start();
+    let started = Instant::now();
+    let r = gw
+        .client()
+        .post("/v1/chat/completions", &[], &chat("t", false));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("aigw-step"), Some("1"));
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let r = gw
+        .client()
+        .post("/v1/chat/completions", &[], &chat("r", false));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("aigw-step"), Some("1"));
+    let s = gw
+        .client()
+        .post("/v1/chat/completions", &[], &chat("s", true));
+    assert_eq!(s.status, 200);
+    assert_eq!(s.header("aigw-step"), Some("1"));
+    assert_eq!(s.stream_content(), aigw_loadtest::mock::reply_text(64));
+    assert_eq!(stream_error.requests_seen(), 1);
+    // With no target left, the stream error itself reaches the client.
+    let only = Gateway::with(shards)
+        .provider("bad_stream", &stream_error.base_url(), "")
+        .start();
+    let s = only
+        .client()
+        .post("/v1/chat/completions", &[], &chat("bad_stream/x", true));
+    let data = s.sse_data();
+    assert_eq!(json(data[0].as_bytes())["error"]["code"], "overloaded");
+}
+
+fn weighted_targets_share_requests_by_weight(shards: usize) {
+    let (a, b) = (mock(), mock());
+    let gw = gateway(
+        shards,
+        &a,
+        &b,
+        "[routes.w]\nstrategy = \"weighted\"\ntargets = [{ provider = \"a\", model = \"x\", weight = 3 }, { provider = \"b\", model = \"y\", weight = 1 }]\n",
+    );
+    let mut conns = gw.connection_per_shard();
+    let n = conns.len();
+    for i in 0..1000 {
+        let c = &mut conns[i % n];
+        let r = c.post("/v1/chat/completions", &[], &chat("w", false));
+        assert_eq!(r.status, 200);
+    }
+    let share = a.requests_seen() as f64 / 1000.0;
+    assert!(
+        (0.70..=0.80).contains(&share),
+        "a got {share} of requests, want 0.75"
+    );
+    assert_eq!(a.requests_seen() + b.requests_seen(), 1000);
+}
+
+fn a_cooling_target_is_skipped_then_tried_again(shards: usize) {
+    let (a, b) = (failing(ErrorKind::Unavailable), mock());
+    let gw = gateway(
+        shards,
+        &a,
+        &b,
+        &format!(
+            "{FALLBACK}cooldown = {{ failures = 2, window = \"60s\", duration = \"300ms\" }}\n"
+        ),
+    );
+    // One connection: one shard learns (cooldowns are per shard).
+    let mut c = gw.client();
+    for _ in 0..2 {
+        let r = c.post("/v1/chat/completions", &[], &chat("chat", false));
+        assert_eq!(r.header("aigw-step"), Some("1"));
+    }
+    assert_eq!(a.requests_seen(), 2);
+    // Cooling: the primary is skipped.
+    let r = c.post("/v1/chat/completions", &[], &chat("chat", false));
+    assert_eq!(r.status, 200);
+    assert_eq!(a.requests_seen(), 2);
+    // After the cooldown it is tried again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.requests_seen() == 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the primary was never tried again"
+        );
+        let r = c.post("/v1/chat/completions", &[], &chat("chat", false));
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(a.requests_seen(), 3);
+
+    // A route whose every target cools: a 503 that says when to come back.
+    let gw = Gateway::with(shards)
+        .provider("a", &a.base_url(), "")
+        .toml("[routes.one]\ntargets = [{ provider = \"a\", model = \"x\" }]\ncooldown = { failures = 1, window = \"60s\", duration = \"30s\" }\n")
+        .start();
+    let mut c = gw.client();
+    let r = c.post("/v1/chat/completions", &[], &chat("one", false));
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("aigw-error-source"), Some("provider"));
+    let r = c.post("/v1/chat/completions", &[], &chat("one", false));
+    assert_eq!(r.status, 503);
+    assert_eq!(r.error_code(), "targets_cooling_down");
+    assert_eq!(r.header("aigw-error-source"), Some("gateway"));
+    let after: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((29..=30).contains(&after), "{after}");
+}
+
+fn per_request_controls_retry_a_plain_request(shards: usize) {
+    let a = failing(ErrorKind::Internal);
+    let gw = Gateway::with(shards)
+        .provider("a", &a.base_url(), "")
+        .start();
+    let r = gw.client().post(
+        "/v1/chat/completions",
+        &[
+            ("aigw-max-attempts", "3"),
+            ("cf-aig-retry-delay", "5"),
+            ("aigw-backoff", "constant"),
+        ],
+        &chat("a/x", false),
+    );
+    // The last try's answer is the client's, as the provider gave it.
+    assert_eq!(r.status, 500);
+    assert_eq!(r.header("aigw-error-source"), Some("provider"));
+    assert_eq!(a.requests_seen(), 3);
+    // Without the control, one try.
+    let r = gw
+        .client()
+        .post("/v1/chat/completions", &[], &chat("a/x", false));
+    assert_eq!(r.status, 500);
+    assert_eq!(a.requests_seen(), 4);
+    for (h, v, code) in [
+        ("aigw-max-attempts", "9", "invalid_max_attempts"),
+        ("cf-aig-request-timeout", "soon", "invalid_request_timeout"),
+        ("aigw-backoff", "random", "invalid_backoff"),
+    ] {
+        let r = gw
+            .client()
+            .post("/v1/chat/completions", &[(h, v)], &chat("a/x", false));
+        assert_eq!(r.status, 400);
+        assert_eq!(r.error_code(), code);
+    }
+    // A request timeout falls back like a slow provider.
+    let slow = mock_with(MockConfig {
+        latency: Duration::from_secs(5),
+        ..MockConfig::default()
+    });
+    let b = mock();
+    let gw = gateway(shards, &slow, &b, FALLBACK);
+    let started = Instant::now();
+    let r = gw.client().post(
+        "/v1/chat/completions",
+        &[("aigw-request-timeout", "200")],
+        &chat("chat", false),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("aigw-step"), Some("1"));
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+fn a_route_falls_back_across_formats_and_chooses_by_metadata(shards: usize) {
+    let (a, claude) = (failing(ErrorKind::Internal), mock());
+    let root = claude.base_url().trim_end_matches("/v1").to_string();
+    let gw = Gateway::with(shards)
+        .provider("a", &a.base_url(), "")
+        .toml(&format!(
+            "[providers.claude]\nkind = \"anthropic\"\nbase_url = \"{root}\"\napi_key = \"k\"\n\
+             [routes.chat]\ntargets = [{{ provider = \"a\", model = \"gpt\" }}, {{ provider = \"claude\", model = \"claude-x\" }}]\n\
+             [[routes.chat.variants]]\nwhen = {{ \"metadata.tier\" = \"free\" }}\ntargets = [{{ provider = \"claude\", model = \"claude-small\" }}]\n"
+        ))
+        .start();
+    let r = gw
+        .client()
+        .post("/v1/chat/completions", &[], &chat("chat", false));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("aigw-step"), Some("1"));
+    assert_eq!(r.json()["object"], "chat.completion");
+    let seen = claude.captured();
+    assert_eq!(seen[0].path, "/v1/messages");
+    assert_eq!(seen[0].json().unwrap()["model"], "claude-x");
+    let s = gw
+        .client()
+        .post("/v1/chat/completions", &[], &chat("chat", true));
+    assert_eq!(s.stream_content(), aigw_loadtest::mock::reply_text(64));
+    // A free-tier request takes the variant's list.
+    let r = gw.client().post(
+        "/v1/chat/completions",
+        &[("aigw-metadata", r#"{"tier":"free"}"#)],
+        &chat("chat", false),
+    );
+    assert_eq!(r.header("aigw-step"), Some("0"));
+    assert_eq!(r.header("aigw-model"), Some("claude-small"));
+    assert_eq!(a.requests_seen(), 2);
+}
+
+fn route_config_errors_name_the_key(_shards: usize) {
+    for (toml, path) in [
+        (
+            "[routes.x]\ntargets = [{ provider = \"nope\", model = \"m\" }]\n",
+            "routes.x.targets[0].provider",
+        ),
+        (
+            "[routes.x]\nstrategy = \"random\"\ntargets = [{ provider = \"mock\", model = \"m\" }]\n",
+            "routes.x.strategy",
+        ),
+        (
+            "[routes.x]\ntargets = [{ provider = \"mock\", model = \"m\" }]\nretry = { attempts = 9 }\n",
+            "routes.x.retry.attempts",
+        ),
+        (
+            "[routes.x]\ntargets = [{ provider = \"mock\", model = \"m\" }]\nfallback_on = [200]\n",
+            "routes.x.fallback_on[0]",
+        ),
+        (
+            "[routes.x]\ntargets = [{ provider = \"mock\", model = \"m\" }]\nretries = 3\n",
+            "routes.x.retries",
+        ),
+    ] {
+        let err = aigw::config::Config::from_toml_with_env(toml, &|_| None).unwrap_err();
+        assert!(err.to_string().contains(path), "{path}: {err}");
+    }
+}
+
+at_1_and_2_shards!(
+    a_failing_primary_falls_back_to_the_next_target,
+    a_rate_limited_primary_is_retried_then_left,
+    timeouts_refusals_and_stream_errors_fall_back,
+    weighted_targets_share_requests_by_weight,
+    a_cooling_target_is_skipped_then_tried_again,
+    per_request_controls_retry_a_plain_request,
+    a_route_falls_back_across_formats_and_chooses_by_metadata,
+    route_config_errors_name_the_key,
+);
