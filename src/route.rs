@@ -11,7 +11,7 @@ use crate::error::GatewayError;
 use crate::http::percent_decode;
 use crate::http::request::{Method, RequestView};
 use crate::json::{self, BodyError, Rewrite};
-use crate::providers::{Dialect, Provider, Providers, Translation, UNIFIED_ENDPOINTS};
+use crate::providers::{self, Provider, Providers, Translation, UNIFIED_ENDPOINTS};
 use crate::record::RouteKind;
 use crate::targets::{Draw, Order, Route as TargetRoute, Routes};
 use std::borrow::Cow;
@@ -319,9 +319,13 @@ fn unified_plan(
     rewritten: &mut Vec<u8>,
 ) -> Result<Plan, GatewayError> {
     let stream = fields.is_stream(body);
-    let wants_usage =
-        stream && provider.injects_stream_usage() && !json::client_asked_usage(body, fields);
-    let translation = if provider.dialect() == Dialect::OpenAi {
+    let same = provider.dialect() == providers::client_dialect(endpoint);
+    let wants_usage = same
+        && endpoint != "messages"
+        && stream
+        && provider.injects_stream_usage()
+        && !json::client_asked_usage(body, fields);
+    let translation = if same {
         json::rewrite_body(
             body,
             fields,
@@ -346,8 +350,9 @@ fn unified_plan(
             })?;
         Some(t)
     };
+    let upstream = translation.map_or(endpoint, |t| t.upstream_endpoint());
     Ok(Plan {
-        path: provider.unified_path(endpoint, query),
+        path: provider.unified_path(upstream, query),
         provider: provider.clone(),
         method: Method::Post,
         unified: true,

@@ -19,6 +19,8 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 
 const PYTHON_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/openai_python.py");
+const TRANSLATE_SCRIPT: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/translate_python.py");
 const NODE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/node");
 const NODE_SCRIPT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -54,6 +56,22 @@ fn python_sdk_available() -> bool {
     )
 }
 
+/// Whether both Python SDKs (openai and anthropic) can be imported.
+fn python_sdks_available() -> bool {
+    let ok = Command::new("python3")
+        .args(["-c", "import openai, anthropic"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    require_sdk(
+        ok,
+        "Python (openai and anthropic)",
+        "`python3 -c \"import openai, anthropic\"` fails",
+        "pip install -r tests/sdk/requirements.txt",
+    )
+}
+
 /// Whether the Node SDK is installed next to the script and `node` runs.
 fn node_sdk_available() -> bool {
     let installed = Path::new(NODE_DIR).join("node_modules/openai").is_dir();
@@ -76,25 +94,11 @@ fn node_sdk_available() -> bool {
     )
 }
 
-/// Starts a gateway whose provider `up` is the mock provider and runs
-/// `program script GATEWAY_URL EXPECTED_REPLY`, which must exit 0 and print a
-/// last line ending in `ok`.
-fn run_sdk_script(shards: usize, program: &str, script: &str) {
-    let mock = mock();
-    let secret = format!("sk-aigw-{}", "7".repeat(64));
-    let hash = aigw::auth::hex(&aigw::auth::hash_secret(secret.as_bytes()));
-    let gw = Gateway::with(shards)
-        .provider("up", &mock.base_url(), "api_key = \"sk-up\"")
-        .toml("[cache]\nenabled = true\nsize = \"16MiB\"\nmax_entry = \"1MiB\"\n")
-        .toml(&format!("[keys.sdk]\nsecret_sha256 = \"{hash}\"\n"))
-        .toml("[[rate_limits]]\nscope = \"metadata.user\"\ncount = \"requests\"\nlimit = 1\nwindow = \"30d\"\nmodels = [\"up/limited\"]\n")
-        .start();
-
+/// Runs `script GATEWAY_URL EXPECTED_REPLY` with python3 against `gw`; it
+/// must exit 0 and print a last line ending in `ok`.
+fn run_script(gw: &Gateway, program: &str, args: &[&str]) {
     let child = Command::new(program)
-        .arg(script)
-        .arg(format!("http://{}", gw.addr))
-        .arg(reply_text(64))
-        .arg(&secret)
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -126,6 +130,24 @@ fn run_sdk_script(shards: usize, program: &str, script: &str) {
     println!("{}", stdout.trim_end());
 }
 
+/// Starts a gateway whose provider `up` is the mock provider and runs
+/// `program script GATEWAY_URL EXPECTED_REPLY`, which must exit 0 and print a
+/// last line ending in `ok`.
+fn run_sdk_script(shards: usize, program: &str, script: &str) {
+    let mock = mock();
+    let secret = format!("sk-aigw-{}", "7".repeat(64));
+    let hash = aigw::auth::hex(&aigw::auth::hash_secret(secret.as_bytes()));
+    let gw = Gateway::with(shards)
+        .provider("up", &mock.base_url(), "api_key = \"sk-up\"")
+        .toml("[cache]\nenabled = true\nsize = \"16MiB\"\nmax_entry = \"1MiB\"\n")
+        .toml(&format!("[keys.sdk]\nsecret_sha256 = \"{hash}\"\n"))
+        .toml("[[rate_limits]]\nscope = \"metadata.user\"\ncount = \"requests\"\nlimit = 1\nwindow = \"30d\"\nmodels = [\"up/limited\"]\n")
+        .start();
+
+    let url = format!("http://{}", gw.addr);
+    run_script(&gw, program, &[script, &url, &reply_text(64), &secret]);
+}
+
 fn openai_python_sdk_works_against_the_gateway(shards: usize) {
     if python_sdk_available() {
         run_sdk_script(shards, "python3", PYTHON_SCRIPT);
@@ -138,7 +160,27 @@ fn openai_node_sdk_works_against_the_gateway(shards: usize) {
     }
 }
 
+/// The openai SDK against an Anthropic model, and the anthropic SDK through
+/// passthrough and through `/v1/messages` to an OpenAI-compatible model:
+/// streaming, tools and typed errors.
+fn both_python_sdks_work_across_formats(shards: usize) {
+    if !python_sdks_available() {
+        return;
+    }
+    let (openai, claude) = (mock(), mock());
+    let root = claude.base_url().trim_end_matches("/v1").to_string();
+    let gw = Gateway::with(shards)
+        .provider("up", &openai.base_url(), "api_key = \"sk-up\"")
+        .toml(&format!(
+            "[providers.claude]\nkind = \"anthropic\"\nbase_url = \"{root}\"\napi_key = \"sk-ant\"\n"
+        ))
+        .start();
+    let url = format!("http://{}", gw.addr);
+    run_script(&gw, "python3", &[TRANSLATE_SCRIPT, &url, &reply_text(64)]);
+}
+
 at_1_and_2_shards!(
+    both_python_sdks_work_across_formats,
     openai_python_sdk_works_against_the_gateway,
     openai_node_sdk_works_against_the_gateway,
 );

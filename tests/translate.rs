@@ -253,7 +253,88 @@ fn passthrough_to_anthropic_stays_byte_for_byte(shards: usize) {
     assert!(s.text().contains("event: message_stop"));
 }
 
+/// `/v1/messages` (Anthropic-shaped in) to an OpenAI-compatible provider
+/// and to an Anthropic one.
+fn the_messages_api_reaches_any_provider(shards: usize) {
+    let (openai, claude) = (mock(), mock());
+    let base = claude.base_url();
+    let gw = Gateway::with(shards)
+        .provider("up", &openai.base_url(), "")
+        .toml(&format!(
+            "[providers.claude]\nkind = \"anthropic\"\nbase_url = \"{}\"\napi_key = \"k\"\n",
+            base.trim_end_matches("/v1")
+        ))
+        .start();
+    let msg = |model: &str, extra: &str| {
+        format!(
+            r#"{{"model":"{model}","max_tokens":50,"system":"be brief","messages":[{{"role":"user","content":"hello"}}]{extra}}}"#
+        )
+    };
+    let headers = [
+        ("anthropic-version", "2023-06-01"),
+        ("x-api-key", "client-key"),
+    ];
+    let r = gw
+        .client()
+        .post("/v1/messages", &headers, &msg("up/gpt-x", ""));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["type"], "message");
+    assert_eq!(
+        v["content"][0]["text"],
+        aigw_loadtest::mock::reply_text(64).as_str()
+    );
+    assert_eq!(v["stop_reason"], "end_turn");
+    assert_eq!(v["usage"]["output_tokens"], 16);
+    let seen = openai.captured();
+    assert_eq!(seen[0].path, "/v1/chat/completions");
+    let body = seen[0].json().unwrap();
+    assert_eq!(body["messages"][0]["role"], "system");
+    assert_eq!(body["model"], "gpt-x");
+
+    // Streamed: Anthropic's events, the text in text deltas.
+    let s = gw.client().post(
+        "/v1/messages",
+        &headers,
+        &msg("up/gpt-x", r#","stream":true"#),
+    );
+    assert_eq!(s.status, 200);
+    let text = s.text();
+    let mut joined = String::new();
+    for d in s.sse_data() {
+        let e = json(d.as_bytes());
+        if e["type"] == "content_block_delta" {
+            joined.push_str(e["delta"]["text"].as_str().unwrap());
+        }
+    }
+    assert_eq!(joined, aigw_loadtest::mock::reply_text(64));
+    assert!(text.contains("event: message_stop"));
+    assert!(text.contains("\"output_tokens\":16"));
+
+    // Tools: a forced tool comes back as a tool_use block.
+    let tools = r#","tools":[{"name":"get_weather","input_schema":{"type":"object","properties":{"city":{"type":"string"}}}}],"tool_choice":{"type":"tool","name":"get_weather"}"#;
+    let r = gw
+        .client()
+        .post("/v1/messages", &headers, &msg("up/gpt-x", tools));
+    let v = r.json();
+    assert_eq!(v["stop_reason"], "tool_use");
+    assert_eq!(v["content"][0]["name"], "get_weather");
+    assert_eq!(v["content"][0]["input"]["city"], "mock city");
+
+    // To an Anthropic provider the request goes as it is, its model rewritten.
+    let r = gw
+        .client()
+        .post("/v1/messages", &headers, &msg("claude/claude-x", ""));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["type"], "message");
+    let seen = claude.captured();
+    assert_eq!(seen[0].path, "/v1/messages");
+    assert_eq!(seen[0].json().unwrap()["model"], "claude-x");
+    assert_eq!(seen[0].header("x-api-key"), Some("k"));
+}
+
 at_1_and_2_shards!(
+    the_messages_api_reaches_any_provider,
     a_chat_completion_is_translated_both_ways,
     tool_calls_survive_translation_whole_and_streamed,
     provider_errors_and_cut_streams_reach_the_client_in_openai_shape,

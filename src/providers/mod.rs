@@ -27,8 +27,23 @@ use usage::UsageShape;
 
 /// Endpoints of the OpenAI-compatible unified API, as the client names them
 /// after `/v1/`.
-pub const UNIFIED_ENDPOINTS: &[&str] =
-    &["chat/completions", "completions", "embeddings", "responses"];
+pub const UNIFIED_ENDPOINTS: &[&str] = &[
+    "chat/completions",
+    "completions",
+    "embeddings",
+    "responses",
+    "messages",
+];
+
+/// The format a unified request arrives in: Anthropic's for `/v1/messages`,
+/// OpenAI's for the rest.
+pub fn client_dialect(endpoint: &str) -> Dialect {
+    if endpoint == "messages" {
+        Dialect::Anthropic
+    } else {
+        Dialect::OpenAi
+    }
+}
 
 /// The wire format a provider's unified endpoint speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +63,8 @@ pub enum Translation {
         /// The client asked for a final usage chunk.
         include_usage: bool,
     },
+    /// An OpenAI chat completion reply as an Anthropic Messages reply.
+    ChatToMessages,
 }
 
 impl Translation {
@@ -57,6 +74,17 @@ impl Translation {
             Translation::AnthropicToChat { include_usage } => Box::new(
                 anthropic::reply::ChatReply::new(status, event_stream, include_usage),
             ),
+            Translation::ChatToMessages => {
+                Box::new(anthropic::inbound::MessagesReply::new(status, event_stream))
+            }
+        }
+    }
+
+    /// The unified endpoint the translated request goes to.
+    pub fn upstream_endpoint(self) -> &'static str {
+        match self {
+            Translation::AnthropicToChat { .. } => "messages",
+            Translation::ChatToMessages => "chat/completions",
         }
     }
 }
@@ -219,8 +247,12 @@ impl Provider {
                     include_usage: asked.stream && asked.include_usage,
                 })
             }
+            (Dialect::OpenAi, "messages") => {
+                anthropic::inbound::chat_request(body, model, self.injects_stream_usage(), out)?;
+                Ok(Translation::ChatToMessages)
+            }
             (dialect, endpoint) => Err(TranslateError::new(format!(
-                "provider `{}` ({dialect:?} API) has no counterpart of /v1/{endpoint}; only /v1/chat/completions is translated",
+                "provider `{}` ({dialect:?} API) has no counterpart of /v1/{endpoint}; only /v1/chat/completions and /v1/messages are translated",
                 self.name
             ))),
         }

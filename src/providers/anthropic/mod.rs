@@ -4,6 +4,7 @@
 //! (`reply`). `usage` counts `input_tokens`/`output_tokens`, and streams
 //! report input at `message_start` and cumulative output at `message_delta`.
 
+pub mod inbound;
 pub mod reply;
 pub mod request;
 
