@@ -351,8 +351,13 @@ fn unified_plan(
         Some(t)
     };
     let upstream = translation.map_or(endpoint, |t| t.upstream_endpoint());
+    let path = match provider.model_path(upstream, model_name, stream, query) {
+        Some(Ok(p)) => p,
+        Some(Err(e)) => return Err(GatewayError::bad_request("invalid_model", e.0)),
+        None => provider.unified_path(upstream, query),
+    };
     Ok(Plan {
-        path: provider.unified_path(upstream, query),
+        path,
         provider: provider.clone(),
         method: Method::Post,
         unified: true,

@@ -333,7 +333,148 @@ fn the_messages_api_reaches_any_provider(shards: usize) {
     assert_eq!(seen[0].header("x-api-key"), Some("k"));
 }
 
+/// `model: "<google provider>/<model>"` goes to Gemini's generateContent
+/// and comes back as a chat completion; Azure gets deployment URLs.
+fn gemini_and_azure_speak_their_own_formats(shards: usize) {
+    let (g, az) = (mock(), mock());
+    let gw = Gateway::with(shards)
+        .toml(&format!(
+            "[providers.gem]\nkind = \"google\"\nbase_url = \"{}\"\napi_key = \"g-key\"\n\
+             [providers.az]\nkind = \"azure\"\nbase_url = \"{}\"\napi_key = \"az-key\"\n",
+            g.base_url().trim_end_matches("/v1"),
+            az.base_url()
+        ))
+        .start();
+    let chat = |model: &str, extra: &str| {
+        format!(
+            r#"{{"model":"{model}","messages":[{{"role":"system","content":"be brief"}},{{"role":"user","content":"hello"}}]{extra}}}"#
+        )
+    };
+    let r = gw
+        .client()
+        .post("/v1/chat/completions", &[], &chat("gem/gemini-test", ""));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    let text = v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(text, aigw_loadtest::mock::reply_text(64));
+    assert_eq!(v["usage"]["completion_tokens"], 16);
+    let seen = g.captured();
+    assert_eq!(seen[0].path, "/v1beta/models/gemini-test:generateContent");
+    assert_eq!(seen[0].header("x-goog-api-key"), Some("g-key"));
+    let body = seen[0].json().unwrap();
+    assert_eq!(body["systemInstruction"]["parts"][0]["text"], "be brief");
+    assert_eq!(body["contents"][0]["role"], "user");
+
+    let s = gw.client().post(
+        "/v1/chat/completions",
+        &[("x-mock-chunks", "4")],
+        &chat(
+            "gem/gemini-test",
+            r#","stream":true,"stream_options":{"include_usage":true}"#,
+        ),
+    );
+    assert_eq!(s.stream_content(), text);
+    let data = s.sse_data();
+    assert_eq!(data.last().unwrap(), "[DONE]");
+    assert_eq!(
+        json(data[data.len() - 2].as_bytes())["usage"]["completion_tokens"],
+        16
+    );
+    assert_eq!(
+        g.captured().last().unwrap().path,
+        "/v1beta/models/gemini-test:streamGenerateContent?alt=sse"
+    );
+    // The log has Gemini's usageMetadata.
+    let (_, rows) = admin_get(&gw.admin_socket, "/logs?limit=1");
+    let row = json(
+        String::from_utf8(rows)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap()
+            .as_bytes(),
+    );
+    assert_eq!(row["tokens_out"], 16);
+
+    // A forced tool: a function call comes back as a tool call, and its
+    // result goes back named after the function.
+    let forced = format!(
+        r#","tools":{WEATHER_TOOL},"tool_choice":{{"type":"function","function":{{"name":"get_weather"}}}}"#
+    );
+    let r = gw.client().post(
+        "/v1/chat/completions",
+        &[],
+        &chat("gem/gemini-test", &forced),
+    );
+    let v = r.json();
+    let call = &v["choices"][0]["message"]["tool_calls"][0];
+    assert_eq!(call["function"]["name"], "get_weather");
+    assert_eq!(
+        json(call["function"]["arguments"].as_str().unwrap().as_bytes())["days"],
+        1
+    );
+    assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+    let s = gw.client().post(
+        "/v1/chat/completions",
+        &[],
+        &chat("gem/gemini-test", &format!(r#"{forced},"stream":true"#)),
+    );
+    let streamed: Vec<_> = s
+        .sse_data()
+        .iter()
+        .filter(|d| *d != "[DONE]")
+        .map(|d| json(d.as_bytes()))
+        .filter(|e| e["choices"][0]["delta"].get("tool_calls").is_some())
+        .collect();
+    assert_eq!(
+        streamed[0]["choices"][0]["delta"]["tool_calls"][0]["function"]["name"],
+        "get_weather"
+    );
+
+    // Errors in Google's shape come back in OpenAI's.
+    let r = gw.client().post(
+        "/v1/chat/completions",
+        &[("x-mock-error", "429")],
+        &chat("gem/gemini-test", ""),
+    );
+    assert_eq!(r.status, 429);
+    assert_eq!(r.json()["error"]["type"], "RESOURCE_EXHAUSTED");
+    let s = gw.client().post(
+        "/v1/chat/completions",
+        &[("x-mock-error", "cut"), ("x-mock-chunks", "6")],
+        &chat("gem/gemini-test", r#","stream":true"#),
+    );
+    let data = s.sse_data();
+    assert!(!data.iter().any(|d| d == "[DONE]"));
+    assert_eq!(
+        json(data.last().unwrap().as_bytes())["error"]["code"],
+        "stream_truncated"
+    );
+    // A model name that would change the URL is refused.
+    let r = gw
+        .client()
+        .post("/v1/chat/completions", &[], &chat("gem/x?key=1", ""));
+    assert_eq!(r.status, 400);
+    assert_eq!(r.error_code(), "invalid_model");
+
+    // Azure: the deployment in the path, api-version in the query, api-key.
+    let r = gw
+        .client()
+        .post("/v1/chat/completions", &[], &chat("az/my-deploy", ""));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = az.captured();
+    assert_eq!(
+        seen[0].path,
+        "/v1/deployments/my-deploy/chat/completions?api-version=2024-10-21"
+    );
+    assert_eq!(seen[0].header("api-key"), Some("az-key"));
+}
+
 at_1_and_2_shards!(
+    gemini_and_azure_speak_their_own_formats,
     the_messages_api_reaches_any_provider,
     a_chat_completion_is_translated_both_ways,
     tool_calls_survive_translation_whole_and_streamed,

@@ -15,9 +15,14 @@ use super::read::{Secret, Walker};
 pub enum ProviderKind {
     /// Any OpenAI-compatible server: `Authorization: Bearer`, `/chat/completions`.
     OpenAi,
-    /// Anthropic: native API under `/v1/messages` with `x-api-key`; unified requests
-    /// use its OpenAI-compatible endpoint `/v1/chat/completions`.
+    /// Anthropic: the Messages API under `/v1/messages` with `x-api-key`;
+    /// unified chat completions are translated to it.
     Anthropic,
+    /// Google Gemini: `generateContent` with `x-goog-api-key`; unified chat
+    /// completions are translated to it.
+    Google,
+    /// Azure OpenAI: OpenAI's format under deployment URLs with `api-key`.
+    Azure,
     /// Answered inside the gateway; synthesizes OpenAI-shaped replies.
     Mock,
 }
@@ -27,6 +32,8 @@ impl ProviderKind {
         match self {
             ProviderKind::OpenAi => "openai",
             ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Google => "google",
+            ProviderKind::Azure => "azure",
             ProviderKind::Mock => "mock",
         }
     }
@@ -139,7 +146,12 @@ pub struct ProviderConfig {
     pub extra_roots: Vec<Vec<u8>>,
     /// `max_tokens` written into translated requests that set none.
     pub default_max_tokens: u64,
+    /// Azure's `api-version` (kind azure only).
+    pub api_version: Option<String>,
 }
+
+/// The Azure OpenAI API version unified requests use when none is configured.
+pub const AZURE_API_VERSION: &str = "2024-10-21";
 
 /// The output cap a translated request gets when it sets none.
 pub const DEFAULT_MAX_TOKENS: u64 = 4096;
@@ -158,6 +170,12 @@ pub(super) const BUILTIN_PROVIDERS: &[(&str, ProviderKind, &str, Option<&str>)] 
         ProviderKind::Anthropic,
         "https://api.anthropic.com",
         Some("ANTHROPIC_API_KEY"),
+    ),
+    (
+        "google",
+        ProviderKind::Google,
+        "https://generativelanguage.googleapis.com",
+        Some("GEMINI_API_KEY"),
     ),
     (
         "groq",
@@ -253,6 +271,7 @@ pub(super) fn read_providers(
                     api_key_env: key_env.map(str::to_string),
                     extra_roots: Vec::new(),
                     default_max_tokens: DEFAULT_MAX_TOKENS,
+                    api_version: None,
                 },
             );
         }
@@ -305,11 +324,13 @@ fn read_provider(
     let kind = match w.string(Some(t), &kind_path).as_deref() {
         None | Some("openai") => ProviderKind::OpenAi,
         Some("anthropic") => ProviderKind::Anthropic,
+        Some("google") => ProviderKind::Google,
+        Some("azure") => ProviderKind::Azure,
         Some("mock") => ProviderKind::Mock,
         Some(other) => {
             w.err(
                 &kind_path,
-                format!("unknown kind `{other}`; use openai, anthropic or mock"),
+                format!("unknown kind `{other}`; use openai, anthropic, google, azure or mock"),
             );
             return None;
         }
@@ -352,6 +373,34 @@ fn read_provider(
         },
         None => Vec::new(),
     };
+    let api_version = match w.string(Some(t), &format!("{path}.api_version")) {
+        Some(v) if kind != ProviderKind::Azure => {
+            w.err(
+                &format!("{path}.api_version"),
+                format!(
+                    "only kind = \"azure\" takes an api_version (this provider is {})",
+                    kind.as_str()
+                ),
+            );
+            let _ = v;
+            None
+        }
+        Some(v)
+            if v.is_empty()
+                || !v
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') =>
+        {
+            w.err(
+                &format!("{path}.api_version"),
+                "use an Azure API version such as \"2024-10-21\"".into(),
+            );
+            None
+        }
+        Some(v) => Some(v),
+        None if kind == ProviderKind::Azure => Some(AZURE_API_VERSION.to_string()),
+        None => None,
+    };
     let max_path = format!("{path}.default_max_tokens");
     let default_max_tokens = match t.get("default_max_tokens") {
         None => DEFAULT_MAX_TOKENS,
@@ -372,6 +421,7 @@ fn read_provider(
         api_key_env: key_env,
         extra_roots,
         default_max_tokens,
+        api_version,
     })
 }
 

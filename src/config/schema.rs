@@ -121,7 +121,7 @@ pub const KEYS: &[KeySpec] = &[
     KeySpec {
         path: "providers.*.kind",
         default: "openai",
-        meaning: "wire protocol: openai (any OpenAI-compatible server), anthropic, mock",
+        meaning: "wire protocol: openai (any OpenAI-compatible server), anthropic, google, azure, mock",
     },
     KeySpec {
         path: "providers.*.base_url",
@@ -137,6 +137,11 @@ pub const KEYS: &[KeySpec] = &[
         path: "providers.*.api_key_env",
         default: "(per provider)",
         meaning: "environment variable holding the provider key (read at start)",
+    },
+    KeySpec {
+        path: "providers.*.api_version",
+        default: "2024-10-21",
+        meaning: "Azure OpenAI api-version for unified requests (kind azure only)",
     },
     KeySpec {
         path: "providers.*.default_max_tokens",

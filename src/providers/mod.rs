@@ -12,6 +12,8 @@
 //! matched in this file only.
 
 pub mod anthropic;
+pub mod azure;
+pub mod google;
 pub mod mock;
 pub mod openai;
 pub mod translate;
@@ -52,6 +54,8 @@ pub enum Dialect {
     OpenAi,
     /// Anthropic's Messages API: requests and replies are translated.
     Anthropic,
+    /// Google's Gemini `generateContent`: requests and replies are translated.
+    Google,
 }
 
 /// How a translated request's reply is turned back into what the client
@@ -65,11 +69,14 @@ pub enum Translation {
     },
     /// An OpenAI chat completion reply as an Anthropic Messages reply.
     ChatToMessages,
+    /// A Gemini reply as an OpenAI chat completion.
+    GoogleToChat { include_usage: bool },
 }
 
 impl Translation {
-    /// The translator for a reply of `status` (`event_stream`: an SSE body).
-    pub fn reply(self, status: u16, event_stream: bool) -> Box<dyn ReplyTranslator> {
+    /// The translator for a reply of `status` (`event_stream`: an SSE body)
+    /// to a request for `model`.
+    pub fn reply(self, status: u16, event_stream: bool, model: &str) -> Box<dyn ReplyTranslator> {
         match self {
             Translation::AnthropicToChat { include_usage } => Box::new(
                 anthropic::reply::ChatReply::new(status, event_stream, include_usage),
@@ -77,6 +84,12 @@ impl Translation {
             Translation::ChatToMessages => {
                 Box::new(anthropic::inbound::MessagesReply::new(status, event_stream))
             }
+            Translation::GoogleToChat { include_usage } => Box::new(google::reply::ChatReply::new(
+                status,
+                event_stream,
+                include_usage,
+                model,
+            )),
         }
     }
 
@@ -84,7 +97,7 @@ impl Translation {
     pub fn upstream_endpoint(self) -> &'static str {
         match self {
             Translation::AnthropicToChat { .. } => "messages",
-            Translation::ChatToMessages => "chat/completions",
+            Translation::ChatToMessages | Translation::GoogleToChat { .. } => "chat/completions",
         }
     }
 }
@@ -113,6 +126,17 @@ pub trait Adapter: Sync {
     fn unified_headers(&self) -> &'static str {
         ""
     }
+    /// Upstream path of a unified request when it depends on the model (and
+    /// whether it streams): Gemini's `models/{model}:...`, Azure's deployments.
+    fn model_path(
+        &self,
+        _base: &str,
+        _endpoint: &str,
+        _model: &str,
+        _stream: bool,
+    ) -> Option<String> {
+        None
+    }
     /// A provider answered inside the gateway: the whole raw HTTP response.
     fn answer_in_process(&self, _path: &str, _body: &[u8], _request_id: u64) -> Option<Vec<u8>> {
         None
@@ -123,6 +147,8 @@ fn adapter(kind: ProviderKind) -> &'static dyn Adapter {
     match kind {
         ProviderKind::OpenAi => &openai::OpenAi,
         ProviderKind::Anthropic => &anthropic::Anthropic,
+        ProviderKind::Google => &google::Google,
+        ProviderKind::Azure => &azure::Azure,
         ProviderKind::Mock => &mock::Mock,
     }
 }
@@ -139,6 +165,8 @@ pub struct Provider {
     auth_unified: Option<String>,
     /// Output cap written into translated requests that set none (Anthropic requires one).
     default_max_tokens: u64,
+    /// Query every unified request carries (Azure's `api-version=...`).
+    unified_query: Option<String>,
     /// Upstream paths of the unified endpoints, in [`UNIFIED_ENDPOINTS`] order.
     unified_paths: Vec<Rc<str>>,
 }
@@ -217,6 +245,10 @@ impl Provider {
             auth_native: key.map(|k| adapter.auth_native(k)),
             auth_unified: key.map(|k| adapter.auth_unified(k)),
             default_max_tokens: config.default_max_tokens,
+            unified_query: config
+                .api_version
+                .as_ref()
+                .map(|v| format!("api-version={v}")),
         }
     }
 
@@ -245,6 +277,12 @@ impl Provider {
                 let asked = anthropic::request::chat(body, model, self.default_max_tokens, out)?;
                 Ok(Translation::AnthropicToChat {
                     include_usage: asked.stream && asked.include_usage,
+                })
+            }
+            (Dialect::Google, "chat/completions") => {
+                let (stream, include_usage) = google::request::chat(body, out)?;
+                Ok(Translation::GoogleToChat {
+                    include_usage: stream && include_usage,
                 })
             }
             (Dialect::OpenAi, "messages") => {
@@ -277,6 +315,45 @@ impl Provider {
                 self.adapter.unified_path(&self.base_path, endpoint)
             )),
         }
+    }
+
+    /// Upstream path of a unified request whose path names its model
+    /// (Gemini, Azure); `None` for providers whose path does not. The model
+    /// goes into the path, so only plain names pass (letters, digits, `.`,
+    /// `-`, `_`): anything else could climb out of the base URL.
+    pub fn model_path(
+        &self,
+        endpoint: &str,
+        model: &str,
+        stream: bool,
+        query: &str,
+    ) -> Option<Result<Rc<str>, TranslateError>> {
+        let plain = !model.is_empty()
+            && model
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+            && !model.starts_with('.');
+        let path = self
+            .adapter
+            .model_path(&self.base_path, endpoint, model, stream)?;
+        if !plain {
+            return Some(Err(TranslateError::new(format!(
+                "model `{}` goes into provider `{}`'s URL, so it may hold only letters, digits, '.', '-' and '_'",
+                model.chars().take(64).collect::<String>(),
+                self.name
+            ))));
+        }
+        let mut path = path;
+        for q in [
+            query.strip_prefix('?').unwrap_or(query),
+            self.unified_query.as_deref().unwrap_or(""),
+        ] {
+            if !q.is_empty() {
+                path.push(if path.contains('?') { '&' } else { '?' });
+                path.push_str(q);
+            }
+        }
+        Some(Ok(Rc::from(path)))
     }
 
     /// Upstream path for a passthrough `rest` (no leading slash, query included).

@@ -44,14 +44,28 @@ pub struct JsonScratch {
     buffers: Option<simd_json::Buffers>,
 }
 
+/// Finds `"usage"` and Gemini's `"usageMetadata"` (the key's start; see [`key_len`]).
 fn usage_key() -> &'static memmem::FinderRev<'static> {
     static FINDER: std::sync::OnceLock<memmem::FinderRev<'static>> = std::sync::OnceLock::new();
-    FINDER.get_or_init(|| memmem::FinderRev::new(b"\"usage\""))
+    FINDER.get_or_init(|| memmem::FinderRev::new(b"\"usage"))
 }
 
 fn usage_key_forward() -> &'static memmem::Finder<'static> {
     static FINDER: std::sync::OnceLock<memmem::Finder<'static>> = std::sync::OnceLock::new();
-    FINDER.get_or_init(|| memmem::Finder::new(b"\"usage\""))
+    FINDER.get_or_init(|| memmem::Finder::new(b"\"usage"))
+}
+
+/// The length of the usage key found at `at` (`"usage"` or
+/// `"usageMetadata"`, quotes included), if it is one.
+fn key_len(body: &[u8], at: usize) -> Option<usize> {
+    let rest = &body[at + 6..];
+    if rest.first() == Some(&b'"') {
+        Some(7)
+    } else if rest.starts_with(b"Metadata\"") {
+        Some(15)
+    } else {
+        None
+    }
 }
 
 fn empty_choices() -> &'static memmem::Finder<'static> {
@@ -69,7 +83,10 @@ pub fn find_usage_object(body: &[u8]) -> Option<&[u8]> {
         if backslashes % 2 == 1 {
             continue; // an escaped quote inside a string
         }
-        let colon = crate::json::skip_ws(body, at + 7);
+        let Some(len) = key_len(body, at) else {
+            continue;
+        };
+        let colon = crate::json::skip_ws(body, at + len);
         if body.get(colon) != Some(&b':') {
             continue;
         }

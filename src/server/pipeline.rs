@@ -199,9 +199,13 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
     };
     // After the usage tap (which reads the provider's own format): the
     // reply in the format the client asked for.
-    let mut translate = plan
-        .translation
-        .map(|t| TranslateTap::new(t.reply(rh.status, rh.event_stream)));
+    let mut translate = plan.translation.map(|t| {
+        TranslateTap::new(t.reply(
+            rh.status,
+            rh.event_stream,
+            rec.model.as_deref().unwrap_or(""),
+        ))
+    });
     // After the usage tap, so the cache keeps what the client receives.
     let mut fill = lead.and_then(|l| {
         let shared = ctx.cache().is_some_and(|c| c.shared.config().shared);

@@ -21,6 +21,7 @@ use serde::Deserialize;
 
 use super::Shared;
 use super::anthropic;
+use super::gemini;
 use super::http::{self, BodyLen, KIB, MAX_BODY, MAX_HEAD, MAX_HEADERS, Parsed, Reject};
 use super::knobs::{self, BadKnob, ErrorKind, H_ERROR, Knobs};
 use super::record::CapturedRequest;
@@ -214,6 +215,9 @@ impl Conn {
                 if path == ANTHROPIC_PATH {
                     return self.anthropic_status(status, &knobs, keep_alive).await;
                 }
+                if gemini::route(path).is_some() {
+                    return self.gemini_status(status, &knobs, keep_alive).await;
+                }
                 return self.injected_status(status, &knobs, keep_alive).await;
             }
             Some(ErrorKind::Cut | ErrorKind::StreamError) | None => {}
@@ -224,6 +228,14 @@ impl Conn {
         sleep(knobs.latency).await;
         if head.method == "POST" && path == ANTHROPIC_PATH {
             return self.anthropic(body, &knobs, shard, keep_alive, cut).await;
+        }
+        if head.method == "POST"
+            && let Some((model, stream)) = gemini::route(path)
+        {
+            let model = model.to_owned();
+            return self
+                .gemini(body, &model, stream, &knobs, shard, keep_alive, cut)
+                .await;
         }
         if knobs.error == Some(ErrorKind::StreamError) {
             return self.stream_error(keep_alive, false).await;
@@ -351,6 +363,133 @@ impl Conn {
         } else {
             Next::Close
         })
+    }
+
+    /// Gemini's `generateContent` (whole) or `streamGenerateContent` (SSE).
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one answer's request, knobs and framing"
+    )]
+    async fn gemini(
+        &mut self,
+        body: &[u8],
+        model: &str,
+        stream: bool,
+        knobs: &Knobs,
+        shard: &Shard,
+        keep_alive: bool,
+        cut: bool,
+    ) -> io::Result<Next> {
+        let Ok(request) = serde_json::from_slice::<serde_json::Value>(body) else {
+            self.scratch.clear();
+            gemini::push_error(
+                &mut self.scratch,
+                400,
+                "Invalid JSON payload received. (mock)",
+            );
+            return self
+                .send(400, "application/json", keep_alive, b"", false)
+                .await;
+        };
+        if knobs.error == Some(ErrorKind::StreamError) {
+            self.scratch.clear();
+            self.scratch.extend_from_slice(b"data: ");
+            gemini::push_error(
+                &mut self.scratch,
+                503,
+                "The model is overloaded. (mock stream error)",
+            );
+            self.scratch.extend_from_slice(b"\r\n\r\n");
+            let event = [std::mem::take(&mut self.scratch)];
+            return self.send_events(keep_alive, &event, knobs, false).await;
+        }
+        let response = gemini::Response {
+            id: format!("mock-{}-{}", shard.index, shard.next_seq()),
+            model: model.to_owned(),
+            prompt_tokens: reply::prompt_tokens(body.len()),
+            reply_bytes: knobs.reply_bytes,
+            call: gemini::forced_call(&request),
+        };
+        self.scratch.clear();
+        if !stream {
+            response.push_body(&mut self.scratch);
+            return self
+                .send(200, "application/json", keep_alive, b"", cut)
+                .await;
+        }
+        let events = response.events(knobs.chunks);
+        self.send_events(keep_alive, &events, knobs, cut).await
+    }
+
+    /// A chunked SSE answer of whole `events`, paced by the knobs; `cut`
+    /// closes halfway.
+    async fn send_events(
+        &mut self,
+        keep_alive: bool,
+        events: &[Vec<u8>],
+        knobs: &Knobs,
+        cut: bool,
+    ) -> io::Result<Next> {
+        self.out.clear();
+        http::push_head(
+            &mut self.out,
+            200,
+            "text/event-stream",
+            BodyLen::Chunked,
+            keep_alive,
+            b"cache-control: no-cache\r\n",
+        );
+        if !knobs.ttft.is_zero() {
+            self.flush().await?;
+            sleep(knobs.ttft).await;
+        }
+        let cut_after = cut.then_some(events.len() / 2);
+        for (i, event) in events.iter().enumerate() {
+            if cut_after == Some(i) {
+                self.flush().await?;
+                return Ok(Next::Close);
+            }
+            if i > 0 && !knobs.chunk_interval.is_zero() {
+                self.flush().await?;
+                sleep(knobs.chunk_interval).await;
+            }
+            http::push_chunk(&mut self.out, event);
+        }
+        self.out.extend_from_slice(http::LAST_CHUNK);
+        self.flush().await?;
+        Ok(if keep_alive {
+            Next::KeepAlive
+        } else {
+            Next::Close
+        })
+    }
+
+    /// A 429, 500 or 503 in Google's error shape.
+    async fn gemini_status(
+        &mut self,
+        kind: ErrorKind,
+        knobs: &Knobs,
+        keep_alive: bool,
+    ) -> io::Result<Next> {
+        let (status, message, extra) = match kind {
+            ErrorKind::RateLimited => (
+                429,
+                "Resource has been exhausted (e.g. check quota). (mock)",
+                format!("retry-after: {}\r\n", knobs.retry_after_secs),
+            ),
+            ErrorKind::Unavailable => (503, "The model is overloaded. (mock)", String::new()),
+            _ => (500, "An internal error has occurred. (mock)", String::new()),
+        };
+        self.scratch.clear();
+        gemini::push_error(&mut self.scratch, status, message);
+        self.send(
+            status,
+            "application/json",
+            keep_alive,
+            extra.as_bytes(),
+            false,
+        )
+        .await
     }
 
     /// A 429, 500 or 503 in Anthropic's error shape.

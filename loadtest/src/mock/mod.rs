@@ -11,12 +11,14 @@
 //! * `knobs.rs`: latency/stream/fault knobs, defaults and `x-mock-*` headers;
 //! * `reply.rs`: the JSON and SSE bytes of every OpenAI-shaped answer;
 //! * `anthropic.rs`: the same for the Anthropic Messages API, and forced tool calls;
+//! * `gemini.rs`: the same for Gemini's `generateContent`;
 //! * `record.rs`: request/connection counters and the capture log;
 //! * `shutdown.rs`: closing a shard's connections when the server stops;
 //! * `cli.rs`: `aigw-mock` command-line flags into a [`MockConfig`].
 //!
 //! Base URL `http://ADDR/v1` (OpenAI shape; `POST /v1/messages` answers in
-//! the Anthropic shape, see `anthropic.rs`); `/mock/stats`, `/mock/reset` and
+//! the Anthropic shape, `/v1beta/models/{model}:generateContent` and
+//! `:streamGenerateContent` in Gemini's); `/mock/stats`, `/mock/reset` and
 //! `/mock/requests` are the control plane.
 //!
 //! In a test:
@@ -39,6 +41,7 @@
 mod anthropic;
 mod cli;
 mod conn;
+mod gemini;
 mod http;
 mod knobs;
 mod record;

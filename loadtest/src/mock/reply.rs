@@ -32,6 +32,15 @@ pub enum Endpoint {
 impl Endpoint {
     /// The endpoint a `POST` to `path` addresses, if any.
     pub fn from_path(path: &str) -> Option<Endpoint> {
+        // Azure OpenAI's layout: `/v1/deployments/<deployment>/chat/completions`.
+        let azure;
+        let path = match path.split_once("/deployments/") {
+            Some((base, rest)) => {
+                azure = format!("{base}/{}", rest.split_once('/')?.1);
+                azure.as_str()
+            }
+            None => path,
+        };
         match path.trim_end_matches('/') {
             "/v1/chat/completions" => Some(Endpoint::Chat),
             "/v1/completions" => Some(Endpoint::Completions),

@@ -1,0 +1,26 @@
+//! Azure OpenAI: OpenAI's wire format under deployment URLs
+//! (`{base}/deployments/{deployment}/chat/completions?api-version=...`, the
+//! request's model naming the deployment) with an `api-key` header.
+
+use super::Adapter;
+use super::usage::UsageShape;
+
+pub struct Azure;
+
+impl Adapter for Azure {
+    fn auth_native(&self, key: &str) -> String {
+        format!("api-key: {key}\r\n")
+    }
+    fn auth_unified(&self, key: &str) -> String {
+        self.auth_native(key)
+    }
+    fn injects_stream_usage(&self) -> bool {
+        true
+    }
+    fn usage_shape(&self) -> &'static UsageShape {
+        &super::openai::USAGE
+    }
+    fn model_path(&self, base: &str, endpoint: &str, model: &str, _stream: bool) -> Option<String> {
+        Some(format!("{base}/deployments/{model}/{endpoint}"))
+    }
+}

@@ -1,0 +1,485 @@
+//! A Gemini `GenerateContentResponse` (whole, or each event of an
+//! `alt=sse` stream), written as an OpenAI chat completion or chunks: text
+//! parts as content, `functionCall` parts as tool calls (Gemini sends each
+//! call whole), the finish reason, and `usageMetadata` as usage. Gemini's
+//! stream has no end marker: it ends with the body, after an event with a
+//! finish reason; a body that ends before one was cut.
+
+use crate::providers::translate::{self, Lines, Obj, ReplyTranslator, data_of};
+
+fn finish_reason(reason: &[u8], calls: bool) -> &'static str {
+    match reason {
+        b"\"MAX_TOKENS\"" => "length",
+        b"\"SAFETY\""
+        | b"\"RECITATION\""
+        | b"\"BLOCKLIST\""
+        | b"\"PROHIBITED_CONTENT\""
+        | b"\"SPII\""
+        | b"\"IMAGE_SAFETY\"" => "content_filter",
+        _ if calls => "tool_calls",
+        _ => "stop",
+    }
+}
+
+#[derive(Default, Clone, Copy)]
+struct Counts {
+    prompt: u64,
+    output: u64,
+    cached: u64,
+}
+
+impl Counts {
+    fn read(u: &Obj<'_>) -> Counts {
+        let n = |name| {
+            u.get(name)
+                .ok()
+                .flatten()
+                .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        Counts {
+            prompt: n("promptTokenCount"),
+            // Thinking tokens are billed as output.
+            output: n("candidatesTokenCount") + n("thoughtsTokenCount"),
+            cached: n("cachedContentTokenCount"),
+        }
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(
+            format!(
+                "{{\"prompt_tokens\":{},\"completion_tokens\":{},\"total_tokens\":{},\"prompt_tokens_details\":{{\"cached_tokens\":{}}}}}",
+                self.prompt,
+                self.output,
+                self.prompt + self.output,
+                self.cached
+            )
+            .as_bytes(),
+        );
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Writes the OpenAI error object for a Google error body
+/// (`{"error":{"code","message","status"}}`), or anything else.
+pub fn error_body(status: u16, body: &[u8], out: &mut Vec<u8>) {
+    let parsed = Obj::document(body, "error")
+        .ok()
+        .and_then(|t| t.obj("error").ok()?)
+        .and_then(|e| {
+            Some((
+                e.raw_str("message").ok()??,
+                e.raw_str("status").ok().flatten(),
+            ))
+        });
+    out.extend_from_slice(b"{\"error\":{\"message\":");
+    match parsed {
+        Some((m, kind)) => {
+            translate::raw(out, m);
+            out.extend_from_slice(b",\"type\":");
+            translate::raw(out, kind.unwrap_or(b"\"provider_error\""));
+            out.extend_from_slice(b",\"param\":null,\"code\":");
+            translate::raw(out, kind.unwrap_or(b"null"));
+        }
+        None => {
+            translate::string(
+                out,
+                &format!(
+                    "the provider answered HTTP {status}: {}",
+                    String::from_utf8_lossy(&body[..body.len().min(512)]).trim()
+                ),
+            );
+            out.extend_from_slice(b",\"type\":\"provider_error\",\"param\":null,\"code\":null");
+        }
+    }
+    out.extend_from_slice(b"}}");
+}
+
+/// A function call, raw: `(name, args, id)`.
+type Call<'a> = (&'a [u8], &'a [u8], Option<&'a [u8]>);
+
+/// The parts of a response's first candidate: its texts, its calls, its
+/// finish reason.
+struct Candidate<'a> {
+    texts: Vec<&'a [u8]>,
+    calls: Vec<Call<'a>>,
+    finish: Option<&'a [u8]>,
+}
+
+fn candidate<'a>(top: &Obj<'a>) -> Option<Candidate<'a>> {
+    let doc = top.doc();
+    let mut c = Candidate {
+        texts: Vec::new(),
+        calls: Vec::new(),
+        finish: None,
+    };
+    let Some(first) = top.array("candidates").ok()?.first().cloned() else {
+        return Some(c);
+    };
+    let cand = Obj::read(doc, first, "candidate").ok()?;
+    c.finish = cand.get("finishReason").ok()?;
+    if let Some(content) = cand.obj("content").ok()? {
+        for p in content.array("parts").ok()? {
+            let part = Obj::read(doc, p, "part").ok()?;
+            // Thought summaries are not the answer.
+            if part.get("thought").ok()? == Some(b"true") {
+                continue;
+            }
+            if let Some(t) = part.raw_str("text").ok()? {
+                c.texts.push(t);
+            } else if let Some(f) = part.obj("functionCall").ok()? {
+                c.calls.push((
+                    f.raw_str("name").ok()??,
+                    f.get("args").ok()?.unwrap_or(b"{}"),
+                    f.raw_str("id").ok()?,
+                ));
+            }
+        }
+    }
+    Some(c)
+}
+
+/// A tool call's id: Gemini's own when it sends one, else `call_<n>`.
+fn call_id(out: &mut Vec<u8>, id: Option<&[u8]>, n: usize) {
+    match id {
+        Some(id) => translate::raw(out, id),
+        None => out.extend_from_slice(format!("\"call_{n}\"").as_bytes()),
+    }
+}
+
+/// Writes the `chat.completion` for a whole response; `false` when it is not one.
+pub fn completion(body: &[u8], model: &str, out: &mut Vec<u8>) -> bool {
+    let start = out.len();
+    let ok = write_completion(body, model, out).is_some();
+    if !ok {
+        out.truncate(start);
+    }
+    ok
+}
+
+fn write_completion(body: &[u8], model: &str, out: &mut Vec<u8>) -> Option<()> {
+    let top = Obj::document(body, "reply").ok()?;
+    let c = candidate(&top)?;
+    out.extend_from_slice(b"{\"id\":");
+    translate::raw(out, top.raw_str("responseId").ok()?.unwrap_or(b"\"\""));
+    out.extend_from_slice(b",\"object\":\"chat.completion\",\"created\":");
+    out.extend_from_slice(unix_now().to_string().as_bytes());
+    out.extend_from_slice(b",\"model\":");
+    match top.raw_str("modelVersion").ok()? {
+        Some(m) => translate::raw(out, m),
+        None => translate::string(out, model),
+    }
+    out.extend_from_slice(
+        b",\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":",
+    );
+    match c.texts.as_slice() {
+        [] => out.extend_from_slice(b"null"),
+        [one] => translate::raw(out, one),
+        many => {
+            let text: String = many
+                .iter()
+                .filter_map(|t| crate::json::string_value(t))
+                .collect();
+            translate::string(out, &text);
+        }
+    }
+    if !c.calls.is_empty() {
+        out.extend_from_slice(b",\"tool_calls\":[");
+        for (i, (name, args, id)) in c.calls.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"id\":");
+            call_id(out, *id, i);
+            out.extend_from_slice(b",\"type\":\"function\",\"function\":{\"name\":");
+            translate::raw(out, name);
+            out.extend_from_slice(b",\"arguments\":");
+            translate::stringified(out, args);
+            out.extend_from_slice(b"}}");
+        }
+        out.push(b']');
+    }
+    out.extend_from_slice(b",\"refusal\":null},\"logprobs\":null,\"finish_reason\":\"");
+    out.extend_from_slice(
+        finish_reason(c.finish.unwrap_or(b"\"STOP\""), !c.calls.is_empty()).as_bytes(),
+    );
+    out.extend_from_slice(b"\"}],\"usage\":");
+    let counts = top
+        .obj("usageMetadata")
+        .ok()?
+        .map(|u| Counts::read(&u))
+        .unwrap_or_default();
+    counts.write(out);
+    out.push(b'}');
+    Some(())
+}
+
+enum Mode {
+    Json(Vec<u8>),
+    Error(u16, Vec<u8>),
+    Stream(Box<Stream>),
+}
+
+struct Stream {
+    lines: Lines,
+    include_usage: bool,
+    model: String,
+    /// `data: {"id":...,"model":...,"choices":` once the first event named them.
+    head: Vec<u8>,
+    calls: usize,
+    counts: Counts,
+    finished: bool,
+    failed: bool,
+}
+
+/// Translates one Gemini reply (JSON, stream or error) into a chat completion.
+pub struct ChatReply {
+    mode: Mode,
+    model: String,
+}
+
+impl ChatReply {
+    pub fn new(status: u16, event_stream: bool, include_usage: bool, model: &str) -> ChatReply {
+        let mode = if status >= 400 {
+            Mode::Error(status, Vec::new())
+        } else if event_stream {
+            Mode::Stream(Box::new(Stream {
+                lines: Lines::default(),
+                include_usage,
+                model: model.to_string(),
+                head: Vec::new(),
+                calls: 0,
+                counts: Counts::default(),
+                finished: false,
+                failed: false,
+            }))
+        } else {
+            Mode::Json(Vec::new())
+        };
+        ChatReply {
+            mode,
+            model: model.to_string(),
+        }
+    }
+}
+
+impl ReplyTranslator for ChatReply {
+    fn feed(&mut self, data: &[u8], out: &mut Vec<u8>) {
+        match &mut self.mode {
+            Mode::Json(held) | Mode::Error(_, held) => held.extend_from_slice(data),
+            Mode::Stream(s) => {
+                let mut lines = std::mem::take(&mut s.lines);
+                lines.feed(data, |line| s.line(line, out));
+                s.lines = lines;
+            }
+        }
+    }
+
+    fn finish(&mut self, complete: bool, out: &mut Vec<u8>) {
+        if !complete {
+            return;
+        }
+        match &mut self.mode {
+            Mode::Json(held) => {
+                if !completion(held, &self.model, out) {
+                    error_body(502, held, out);
+                }
+            }
+            Mode::Error(status, held) => error_body(*status, held, out),
+            Mode::Stream(s) => {
+                if let Some(last) = s.lines.rest() {
+                    s.line(&last, out);
+                }
+                if s.failed {
+                } else if s.finished {
+                    if s.include_usage {
+                        out.extend_from_slice(&s.head);
+                        out.extend_from_slice(b"[],\"usage\":");
+                        s.counts.write(out);
+                        out.extend_from_slice(b"}\n\n");
+                    }
+                    out.extend_from_slice(b"data: [DONE]\n\n");
+                } else {
+                    out.extend_from_slice(
+                        b"data: {\"error\":{\"message\":\"the provider ended the stream before a finish reason: the answer is incomplete\",\"type\":\"provider_error\",\"param\":null,\"code\":\"stream_truncated\"}}\n\n",
+                    );
+                }
+            }
+        }
+    }
+}
+
+impl Stream {
+    fn line(&mut self, line: &[u8], out: &mut Vec<u8>) {
+        let Some(data) = data_of(line) else { return };
+        if self.failed {
+            return;
+        }
+        let Ok(top) = Obj::document(data, "event") else {
+            return;
+        };
+        if top.obj("error").ok().flatten().is_some() {
+            self.failed = true;
+            out.extend_from_slice(b"data: ");
+            error_body(200, data, out);
+            out.extend_from_slice(b"\n\n");
+            return;
+        }
+        if self.head.is_empty() {
+            self.head.extend_from_slice(b"data: {\"id\":");
+            translate::raw(
+                &mut self.head,
+                top.raw_str("responseId").ok().flatten().unwrap_or(b"\"\""),
+            );
+            self.head
+                .extend_from_slice(b",\"object\":\"chat.completion.chunk\",\"created\":");
+            self.head
+                .extend_from_slice(unix_now().to_string().as_bytes());
+            self.head.extend_from_slice(b",\"model\":");
+            match top.raw_str("modelVersion").ok().flatten() {
+                Some(m) => translate::raw(&mut self.head, m),
+                None => translate::string(&mut self.head, &self.model),
+            }
+            self.head.extend_from_slice(b",\"choices\":");
+            self.chunk(out, b"{\"role\":\"assistant\",\"content\":\"\"}", None);
+        }
+        if let Some(u) = top.obj("usageMetadata").ok().flatten() {
+            self.counts = Counts::read(&u);
+        }
+        let Some(c) = candidate(&top) else { return };
+        for t in &c.texts {
+            let mut d = Vec::with_capacity(t.len() + 16);
+            d.extend_from_slice(b"{\"content\":");
+            d.extend_from_slice(t);
+            d.push(b'}');
+            self.chunk(out, &d, None);
+        }
+        for (name, args, id) in &c.calls {
+            let k = self.calls;
+            self.calls += 1;
+            let mut d = Vec::with_capacity(args.len() + 128);
+            d.extend_from_slice(b"{\"tool_calls\":[{\"index\":");
+            d.extend_from_slice(k.to_string().as_bytes());
+            d.extend_from_slice(b",\"id\":");
+            call_id(&mut d, *id, k);
+            d.extend_from_slice(b",\"type\":\"function\",\"function\":{\"name\":");
+            translate::raw(&mut d, name);
+            d.extend_from_slice(b",\"arguments\":");
+            translate::stringified(&mut d, args);
+            d.extend_from_slice(b"}}]}");
+            self.chunk(out, &d, None);
+        }
+        if let Some(f) = c.finish {
+            self.finished = true;
+            self.chunk(out, b"{}", Some(finish_reason(f, self.calls > 0)));
+        }
+    }
+
+    fn chunk(&self, out: &mut Vec<u8>, delta: &[u8], finish: Option<&str>) {
+        out.extend_from_slice(&self.head);
+        out.extend_from_slice(b"[{\"index\":0,\"delta\":");
+        out.extend_from_slice(delta);
+        out.extend_from_slice(b",\"logprobs\":null,\"finish_reason\":");
+        match finish {
+            Some(f) => {
+                out.push(b'"');
+                out.extend_from_slice(f.as_bytes());
+                out.push(b'"');
+            }
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b"}]}\n\n");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use simd_json::prelude::*;
+
+    fn parse(b: &[u8]) -> simd_json::OwnedValue {
+        let mut copy = b.to_vec();
+        simd_json::to_owned_value(&mut copy)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(b)))
+    }
+
+    fn run(status: u16, stream: bool, body: &[u8], piece: usize) -> Vec<u8> {
+        let mut t = ChatReply::new(status, stream, true, "gemini-x");
+        let mut out = Vec::new();
+        for p in body.chunks(piece) {
+            t.feed(p, &mut out);
+        }
+        t.finish(true, &mut out);
+        out
+    }
+
+    #[test]
+    fn a_response_becomes_a_chat_completion() {
+        let body = br#"{"candidates":[{"content":{"role":"model","parts":[{"text":"Hi "},{"text":"there"},{"functionCall":{"name":"f","args":{"a":[1,2]}}}]},"finishReason":"STOP","index":0}],"usageMetadata":{"promptTokenCount":7,"candidatesTokenCount":3,"thoughtsTokenCount":2,"cachedContentTokenCount":4},"modelVersion":"gemini-x-001","responseId":"r1"}"#;
+        let v = parse(&run(200, false, body, 9));
+        assert_eq!(v["id"], "r1");
+        assert_eq!(v["model"], "gemini-x-001");
+        let m = &v["choices"][0]["message"];
+        assert_eq!(m["content"], "Hi there");
+        assert_eq!(m["tool_calls"][0]["id"], "call_0");
+        assert_eq!(
+            parse(
+                m["tool_calls"][0]["function"]["arguments"]
+                    .as_str()
+                    .unwrap()
+                    .as_bytes()
+            )["a"][1],
+            2
+        );
+        assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+        assert_eq!(v["usage"]["prompt_tokens"], 7);
+        assert_eq!(v["usage"]["completion_tokens"], 5);
+        assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], 4);
+        let e = parse(&run(
+            429,
+            false,
+            br#"{"error":{"code":429,"message":"Quota exceeded","status":"RESOURCE_EXHAUSTED"}}"#,
+            100,
+        ));
+        assert_eq!(e["error"]["type"], "RESOURCE_EXHAUSTED");
+        assert_eq!(e["error"]["message"], "Quota exceeded");
+    }
+
+    #[test]
+    fn stream_events_become_chunks_and_end_with_done() {
+        let stream = b"data: {\"candidates\":[{\"content\":{\"role\":\"model\",\"parts\":[{\"text\":\"Hel\"}]}}],\"responseId\":\"r\"}\r\n\r\ndata: {\"candidates\":[{\"content\":{\"role\":\"model\",\"parts\":[{\"text\":\"lo\"}]},\"finishReason\":\"STOP\"}],\"usageMetadata\":{\"promptTokenCount\":3,\"candidatesTokenCount\":2}}\r\n\r\n";
+        for piece in [1, 13, stream.len()] {
+            let out = run(200, true, stream, piece);
+            let events: Vec<&[u8]> = out
+                .split(|b| *b == b'\n')
+                .filter_map(|l| l.strip_prefix(b"data: "))
+                .collect();
+            let text: String = events
+                .iter()
+                .filter(|e| **e != b"[DONE]")
+                .map(|e| parse(e))
+                .filter_map(|v| {
+                    v["choices"]
+                        .get_idx(0)?
+                        .get("delta")?
+                        .get("content")?
+                        .as_str()
+                        .map(str::to_string)
+                })
+                .collect();
+            assert_eq!(text, "Hello");
+            assert_eq!(*events.last().unwrap(), b"[DONE]");
+            let usage = parse(events[events.len() - 2]);
+            assert_eq!(usage["usage"]["completion_tokens"], 2);
+        }
+        // Cut before a finish reason: an error event, no [DONE].
+        let out = run(200, true, &stream[..100], 7);
+        assert!(String::from_utf8_lossy(&out).contains("stream_truncated"));
+        assert!(!String::from_utf8_lossy(&out).contains("[DONE]"));
+    }
+}
