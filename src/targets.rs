@@ -26,6 +26,11 @@ pub struct Target {
     pub model: String,
     pub weight: u32,
     pub first_byte: Option<Duration>,
+    /// Whole-response timeout, the body included.
+    pub timeout: Option<Duration>,
+    /// Auth header lines of the target's own keys, used in turn.
+    auth: Vec<String>,
+    next_key: Cell<usize>,
     /// Recent failures (within the cooldown window), oldest first.
     failures: RefCell<VecDeque<Instant>>,
     /// Skipped until then.
@@ -34,14 +39,38 @@ pub struct Target {
 
 impl Target {
     fn new(t: &TargetConfig, providers: &Providers) -> Option<Rc<Target>> {
+        let provider = providers.get(&t.provider)?.clone();
         Some(Rc::new(Target {
-            provider: providers.get(&t.provider)?.clone(),
+            auth: t
+                .keys
+                .iter()
+                .map(|k| provider.unified_auth_with(k.expose()))
+                .collect(),
+            next_key: Cell::new(0),
+            provider,
             model: t.model.clone(),
             weight: t.weight,
             first_byte: t.first_byte,
+            timeout: t.timeout,
             failures: RefCell::new(VecDeque::new()),
             cooling_until: Cell::new(None),
         }))
+    }
+
+    /// The auth lines of its next key, when it has keys of its own (each
+    /// call takes the next, round robin).
+    pub fn next_auth(&self) -> Option<&str> {
+        if self.auth.is_empty() {
+            return None;
+        }
+        let i = self.next_key.get();
+        self.next_key.set((i + 1) % self.auth.len());
+        Some(&self.auth[i])
+    }
+
+    /// Whether it carries keys of its own.
+    pub fn has_keys(&self) -> bool {
+        !self.auth.is_empty()
     }
 
     /// When it stops cooling, if it is cooling at `now`.

@@ -333,6 +333,53 @@ fn a_route_falls_back_across_formats_and_chooses_by_metadata(shards: usize) {
     assert_eq!(a.requests_seen(), 2);
 }
 
+fn a_target_uses_its_keys_in_turn_and_its_whole_timeout(shards: usize) {
+    let a = mock();
+    let gw = Gateway::with(shards)
+        .provider("a", &a.base_url(), "")
+        .env("AIGW_TEST_KEY_1", "sk-one")
+        .env("AIGW_TEST_KEY_2", "sk-two")
+        .toml("[routes.k]\ntargets = [{ provider = \"a\", model = \"x\", api_keys_env = [\"AIGW_TEST_KEY_1\", \"AIGW_TEST_KEY_2\"], timeout = \"400ms\" }]\n")
+        .start();
+    let mut c = gw.client();
+    for _ in 0..4 {
+        let r = c.post(
+            "/v1/chat/completions",
+            &[("authorization", "Bearer client")],
+            &chat("k", false),
+        );
+        assert_eq!(r.status, 200);
+    }
+    let keys: Vec<String> = a
+        .captured()
+        .iter()
+        .map(|r| r.header("authorization").unwrap().to_string())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "Bearer sk-one",
+            "Bearer sk-two",
+            "Bearer sk-one",
+            "Bearer sk-two"
+        ]
+    );
+    // The whole response must arrive within the target's timeout: a slow
+    // stream is broken off with a typed error.
+    let started = Instant::now();
+    let s = c.post(
+        "/v1/chat/completions",
+        &[("x-mock-chunks", "10"), ("x-mock-chunk-interval-ms", "150")],
+        &chat("k", true),
+    );
+    assert!(started.elapsed() < Duration::from_millis(1200));
+    let data = s.sse_data();
+    assert_eq!(
+        json(data.last().unwrap().as_bytes())["error"]["code"],
+        "stream_truncated"
+    );
+}
+
 fn route_config_errors_name_the_key(_shards: usize) {
     for (toml, path) in [
         (
@@ -370,4 +417,5 @@ at_1_and_2_shards!(
     per_request_controls_retry_a_plain_request,
     a_route_falls_back_across_formats_and_chooses_by_metadata,
     route_config_errors_name_the_key,
+    a_target_uses_its_keys_in_turn_and_its_whole_timeout,
 );

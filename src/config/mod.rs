@@ -128,7 +128,7 @@ impl Config {
         let rate_limits = limits::read_rate_limits(&mut w, &root);
         let prices = prices::read_prices(&mut w, &root);
         let budgets = budgets::read_budgets(&mut w, &root);
-        let routes = routes::read_routes(&mut w, &root);
+        let routes = routes::read_routes(&mut w, &root, env);
         for r in &routes {
             let lists = std::iter::once(("targets".to_string(), &r.targets)).chain(
                 r.variants

@@ -430,7 +430,7 @@ fn read_provider(
 /// where a CR or LF would end the line and start a header of the key's choosing,
 /// so any control character is an error at the key's path. The message names
 /// where the key came from and never shows the key.
-fn read_api_key(
+pub(super) fn read_api_key(
     w: &mut Walker,
     path: &str,
     in_file: Option<String>,

@@ -5,7 +5,7 @@
 //! Owns reading a route into a [`RouteConfig`]; checking that each target
 //! names a configured provider is done once the providers are read.
 
-use super::read::Walker;
+use super::read::{Secret, Walker};
 use std::time::Duration;
 
 /// How a route orders its targets for one request.
@@ -103,6 +103,11 @@ pub struct TargetConfig {
     pub weight: u32,
     /// First-byte timeout for this target (else `timeouts.first_byte`).
     pub first_byte: Option<Duration>,
+    /// Whole-response timeout for this target (the body included).
+    pub timeout: Option<Duration>,
+    /// Provider keys used in turn instead of the provider's own (read from
+    /// the variables `api_keys_env` names).
+    pub keys: Vec<Secret>,
 }
 
 /// A target list chosen when the request's metadata matches.
@@ -125,7 +130,10 @@ pub struct RouteConfig {
     pub cooldown: Option<Cooldown>,
 }
 
-pub(super) fn read_routes(w: &mut Walker, root: &toml::Table) -> Vec<RouteConfig> {
+/// Reads environment variables (the process's, or a test's).
+type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+pub(super) fn read_routes(w: &mut Walker, root: &toml::Table, env: Env<'_>) -> Vec<RouteConfig> {
     let Some(routes) = w.table(root, "routes") else {
         return Vec::new();
     };
@@ -155,7 +163,7 @@ pub(super) fn read_routes(w: &mut Walker, root: &toml::Table) -> Vec<RouteConfig
                 Strategy::Fallback
             }
         };
-        let targets = read_targets(w, t, &p("targets"));
+        let targets = read_targets(w, t, &p("targets"), env);
         if targets.is_empty() && !t.contains_key("targets") {
             w.err(
                 &p("targets"),
@@ -169,7 +177,7 @@ pub(super) fn read_routes(w: &mut Walker, root: &toml::Table) -> Vec<RouteConfig
                 let Some(v) = item.as_table() else { continue };
                 let vat = format!("{at}.variants[{i}]");
                 let when = read_when(w, v, &format!("{vat}.when"));
-                let targets = read_targets(w, v, &format!("{vat}.targets"));
+                let targets = read_targets(w, v, &format!("{vat}.targets"), env);
                 variants.push(Variant { when, targets });
             }
         }
@@ -198,7 +206,7 @@ pub(super) fn read_routes(w: &mut Walker, root: &toml::Table) -> Vec<RouteConfig
     out
 }
 
-fn read_targets(w: &mut Walker, t: &toml::Table, at: &str) -> Vec<TargetConfig> {
+fn read_targets(w: &mut Walker, t: &toml::Table, at: &str, env: Env<'_>) -> Vec<TargetConfig> {
     let items = match t.get("targets") {
         None => return Vec::new(),
         Some(toml::Value::Array(items)) if !items.is_empty() => items,
@@ -232,11 +240,32 @@ fn read_targets(w: &mut Walker, t: &toml::Table, at: &str) -> Vec<TargetConfig> 
         let first_byte = x
             .contains_key("first_byte")
             .then(|| w.duration(Some(x), &format!("{tat}.first_byte"), "300s"));
+        let timeout = x
+            .contains_key("timeout")
+            .then(|| w.duration(Some(x), &format!("{tat}.timeout"), "600s"));
+        let mut keys = Vec::new();
+        let kat = format!("{tat}.api_keys_env");
+        for (j, var) in w
+            .strings(Some(x), &kat)
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+        {
+            match super::providers::read_api_key(w, &kat, None, Some(var), env) {
+                Some(k) => keys.push(k),
+                None => w.err(
+                    &format!("{kat}[{j}]"),
+                    format!("`{var}` is not set (or empty); set it to a provider key"),
+                ),
+            }
+        }
         out.push(TargetConfig {
             provider,
             model,
             weight,
             first_byte,
+            timeout,
+            keys,
         });
     }
     out

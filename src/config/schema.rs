@@ -359,6 +359,16 @@ pub const KEYS: &[KeySpec] = &[
         meaning: "share of requests under \"weighted\"",
     },
     KeySpec {
+        path: "routes.*.targets[].timeout",
+        default: "(none)",
+        meaning: "this target's whole-response timeout (the body included)",
+    },
+    KeySpec {
+        path: "routes.*.targets[].api_keys_env",
+        default: "[]",
+        meaning: "variables holding provider keys this target uses in turn (instead of the provider's)",
+    },
+    KeySpec {
         path: "routes.*.targets[].first_byte",
         default: "timeouts.first_byte",
         meaning: "this target's first-byte timeout (a fallback after)",
@@ -382,6 +392,16 @@ pub const KEYS: &[KeySpec] = &[
         path: "routes.*.variants[].targets[].weight",
         default: "1",
         meaning: "as in targets",
+    },
+    KeySpec {
+        path: "routes.*.variants[].targets[].timeout",
+        default: "(none)",
+        meaning: "this target's whole-response timeout (the body included)",
+    },
+    KeySpec {
+        path: "routes.*.variants[].targets[].api_keys_env",
+        default: "[]",
+        meaning: "variables holding provider keys this target uses in turn (instead of the provider's)",
     },
     KeySpec {
         path: "routes.*.variants[].targets[].first_byte",

@@ -296,6 +296,12 @@ impl Provider {
         }
     }
 
+    /// Header lines carrying `key` on a unified request to this provider
+    /// (a route target's own keys).
+    pub fn unified_auth_with(&self, key: &str) -> String {
+        self.adapter.auth_unified(key)
+    }
+
     /// Header lines carrying the configured key, if aigw holds one.
     pub fn auth_lines(&self, unified: bool) -> Option<&str> {
         if unified {

@@ -225,6 +225,11 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         ),
         reusable: rh.reusable,
         events: rh.event_stream && rh.status < 400,
+        deadline: plan
+            .routing
+            .as_ref()
+            .and_then(|r| r.order[r.step].timeout)
+            .map(|t| reply.sent_at + t),
     };
     // A drain may have begun while we waited for the provider: say `close` in
     // the head now rather than closing a connection the client thinks persists.
@@ -518,7 +523,11 @@ fn authenticate(
     }
     let view = req.view(&c.head, &c.buf, &c.body);
     let headers = view.headers();
-    let injected = plan.provider.auth_lines(plan.unified).is_some();
+    let injected = plan.provider.auth_lines(plan.unified).is_some()
+        || plan
+            .routing
+            .as_ref()
+            .is_some_and(|r| r.order.iter().any(|t| t.has_keys()));
     let found = match auth::presented(headers, injected) {
         Some((Carrier::Misplaced, _)) => {
             return Err(GatewayError::unauthorized(format!(
@@ -1044,11 +1053,16 @@ fn build_upstream(c: &mut ClientConn, req: &Incoming, plan: &Plan) -> usize {
     } else {
         view.body
     };
+    // A route target with keys of its own uses them in turn.
+    let target = plan.routing.as_ref().map(|r| &r.order[r.step]);
+    let auth = target
+        .and_then(|t| t.next_auth())
+        .or(plan.provider.auth_lines(plan.unified));
     let up = Upstream {
         method: plan.method,
         path: &plan.path,
         authority: &plan.provider.endpoint.authority,
-        auth: plan.provider.auth_lines(plan.unified),
+        auth,
         extra: if plan.unified {
             plan.provider.unified_headers()
         } else {
@@ -1121,7 +1135,13 @@ async fn attempts(
             .retry
             .timeout
             .or(target.as_ref().and_then(|t| t.first_byte))
-            .unwrap_or(ctx.config().timeouts.first_byte);
+            .unwrap_or(ctx.config().timeouts.first_byte)
+            .min(
+                target
+                    .as_ref()
+                    .and_then(|t| t.timeout)
+                    .unwrap_or(Duration::MAX),
+            );
         let mut hint: Option<Duration> = None;
         for tried in 0..retry.attempts {
             if tried > 0 {

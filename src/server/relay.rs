@@ -33,6 +33,9 @@ pub struct Framing {
     /// An event stream: if the provider breaks off, the client gets
     /// [`STREAM_BROKE_OFF`] before the connection closes.
     pub events: bool,
+    /// The whole body must have arrived by then (a route target's
+    /// `timeout`); past it the body is broken off like a stalled one.
+    pub deadline: Option<Instant>,
 }
 
 /// The event a client receives when the provider's stream breaks off: a typed
@@ -135,7 +138,14 @@ pub async fn relay<W: AsyncWrite + Unpin>(
                 Ending::Complete
             };
         }
-        up.stream.set_read_timeout(stream_idle);
+        let idle = match framing.deadline {
+            Some(d) => match d.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => stream_idle.min(left),
+                _ => break Ending::UpstreamAborted,
+            },
+            None => stream_idle,
+        };
+        up.stream.set_read_timeout(idle);
         match up.stream.read_some(&mut up.buf, RELAY_WINDOW).await {
             Ok(0) if framing.body == ResponseBody::UntilClose => eof = true,
             Ok(0) => break Ending::UpstreamAborted,
@@ -321,6 +331,7 @@ mod tests {
             client: ClientFraming::for_body(rh.body(), tap.rewrites(), http10),
             reusable: rh.reusable,
             events: rh.event_stream,
+            deadline: None,
         };
         let mut client = Client {
             got: Vec::new(),
