@@ -55,8 +55,7 @@ fn record(ids: &mut IdGen, ts: u64, i: usize, provider: &Arc<str>) -> RequestRec
         ])),
         request_body: None,
         response_body: None,
-        step: None,
-        tries: None,
+        routing: None,
     }));
     r
 }

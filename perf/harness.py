@@ -285,6 +285,10 @@ AIGW_LIMITS_TOML = (
     "[[budgets]]\nscope = \"key\"\nusd = 1000000\nwindow = \"monthly\"\n"
     "[prices.\"bench/gpt-4o-mini\"]\ninput = 0.15\noutput = 0.6\n"
 )
+# The `aigw-translate` target: the same OpenAI request to an anthropic-kind
+# provider at the mock, so it is translated to the Messages API and the
+# Anthropic-shaped reply back (issue 10's translated route).
+AIGW_TRANSLATE_TOML = '\n[providers.claude]\nkind = "anthropic"\nbase_url = "http://127.0.0.1:{mock_port}"\napi_key = "sk-bench"\n'
 # What the aigw targets send besides the body: metadata, as a user tagging requests would.
 AIGW_HEADERS = ['aigw-metadata: {"user":"bench","app":"perf"}']
 
@@ -398,6 +402,8 @@ def build_targets(procs, bins, args, aigw_built):
                          2, f"{args.load_cpu},{args.proxy_cpu}", False))
     if args.aigw_before:
         variants.append(("aigw-before", "aigw before (older binary)", f"pass-through as `aigw`, built from another commit: {args.aigw_before}", 1, args.proxy_cpu, False))
+    if args.aigw_translate:
+        variants.append(("aigw-translate", "aigw translated (OpenAI in, Anthropic out)", "pass-through to an anthropic-kind provider: request and reply translated", 1, args.proxy_cpu, False))
     if args.aigw_limits:
         variants.append(("aigw-limits", "aigw, key + 2 limits + budget", "pass-through with a gateway key, two rate limits and a budget", 1, args.proxy_cpu, False))
     cache_on = args.aigw_cache or AIGW_CACHE_READY
@@ -420,9 +426,12 @@ def build_targets(procs, bins, args, aigw_built):
             sha = hashlib.sha256(AIGW_LIMITS_SECRET.encode()).hexdigest()
             extra = {"aigw-nolog": AIGW_NOLOG_TOML, "aigw-cache-nolog": AIGW_NOLOG_TOML,
                      "aigw-payloads": AIGW_PAYLOADS_TOML,
+                     "aigw-translate": AIGW_TRANSLATE_TOML.replace("{mock_port}", str(mock_port)),
                      "aigw-limits": AIGW_LIMITS_TOML.replace("{sha}", sha)}.get(key, "")
             if key == "aigw-limits":
                 t.headers.append(f"aigw-authorization: Bearer {AIGW_LIMITS_SECRET}")
+            if key == "aigw-translate":
+                t.model = "claude/claude-bench"
             run_bins = dict(bins, aigw=Path(args.aigw_before)) if key == "aigw-before" else bins
             p, why = start_aigw(procs, run_bins, args, mock_port, key, port, shards, cpus, cache, extra)
             if p is None:
@@ -630,6 +639,19 @@ def ratio_lines(sc, med):
         out.append(f"- aigw key + 2 limits + budget vs aigw: rps = "
                    f"{fmt(ratio(med['aigw-limits'].get('rps'), med['aigw'].get('rps')), 3)}; CPU/req = "
                    f"{fmt(ratio(med['aigw-limits'].get('server_cpu'), med['aigw'].get('server_cpu')), 3)}")
+    if "aigw-translate" in med and "aigw" in med:
+        if sc.stream:
+            out.append(f"- aigw translated vs aigw pass-through: TTFT p50 = "
+                       f"{fmt_us(med['aigw-translate'].get('ttft_p50_us'))} vs {fmt_us(med['aigw'].get('ttft_p50_us'))}; "
+                       f"TTFT p99 = {fmt_us(med['aigw-translate'].get('ttft_p99_us'))} vs {fmt_us(med['aigw'].get('ttft_p99_us'))}")
+        else:
+            added = None
+            if med['aigw-translate'].get('p99_us') is not None and med['aigw'].get('p99_us') is not None:
+                added = med['aigw-translate']['p99_us'] - med['aigw']['p99_us']
+            out.append(f"- aigw translated vs aigw pass-through: rps = "
+                       f"{fmt(ratio(med['aigw-translate'].get('rps'), med['aigw'].get('rps')), 3)}; CPU/req = "
+                       f"{fmt(ratio(med['aigw-translate'].get('server_cpu'), med['aigw'].get('server_cpu')), 3)}; "
+                       f"added p99 = {fmt_us(added)}")
     if "aigw-cache" in med and not sc.stream:
         out.append(f"- aigw cache hit vs nginx static: rps = "
                    f"{fmt(ratio(med['aigw-cache'].get('rps'), med.get('nginx-static', {}).get('rps')), 2)}; CPU/req = "
@@ -734,6 +756,7 @@ def parse_args():
     p.add_argument("--aigw-cache", action="store_true", help="run the aigw cache-hit target (once the cache exists)")
     p.add_argument("--aigw-2shards", action="store_true", help="also run aigw with 2 shards on both CPUs")
     p.add_argument("--aigw-before", metavar="PATH", help="also run this aigw binary (built from an earlier commit) as `aigw-before`")
+    p.add_argument("--aigw-translate", action="store_true", help="also run aigw translating to an anthropic-kind provider (OpenAI in, Anthropic-shaped mock out)")
     p.add_argument("--aigw-limits", action="store_true", help="also run aigw with a gateway key, two rate limits and a budget")
     p.add_argument("--aigw-nolog", action="store_true", help="also run aigw with the request log off, and with payloads kept")
     p.add_argument("--peers", action="store_true", help="also LiteLLM proxy and Portkey gateway, if installable")

@@ -235,11 +235,10 @@ pub struct LogFacts {
     pub metadata: Option<Metadata>,
     pub request_body: Option<Payload>,
     pub response_body: Option<Payload>,
-    /// Which target of a route served (0-based), for routed requests.
-    pub step: Option<u32>,
-    /// Every try of a request that could retry or fall back, as a JSON
-    /// array of `{provider, model, status | error, ms}`.
-    pub tries: Option<String>,
+    /// A request that could retry or fall back: `{"step":N,"tries":[...]}`
+    /// as JSON, `step` the route target that served (0-based; absent
+    /// without a route) and each try's `{provider, model, status | error, ms}`.
+    pub routing: Option<String>,
 }
 
 /// Everything known about one finished request.

@@ -209,7 +209,10 @@ pub fn plan(
                 )
             })?;
             let named = model.strip_prefix("dynamic/").unwrap_or(&model);
-            if let Some(r) = inputs.routes.get(named) {
+            if let Some(r) = (!inputs.routes.is_empty())
+                .then(|| inputs.routes.get(named))
+                .flatten()
+            {
                 let order = r.order(inputs.field, inputs.draw);
                 let first = order[0].clone();
                 let mut plan = unified_plan(

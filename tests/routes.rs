@@ -72,13 +72,15 @@ fn a_failing_primary_falls_back_to_the_next_target(shards: usize) {
     );
     assert_eq!(row["provider"], "b");
     assert_eq!(row["model"], "m-b");
-    assert_eq!(row["attempts"], 2);
-    assert_eq!(row["step"], 1);
-    let tries = &row["tries"];
+    let routing = &row["routing"];
+    assert_eq!(routing["attempts"], 2);
+    let tries = &routing["tries"];
     assert_eq!(tries[0]["provider"], "a");
     assert_eq!(tries[0]["status"], 500);
+    assert_eq!(tries[0]["step"], 0);
     assert_eq!(tries[1]["model"], "m-b");
     assert_eq!(tries[1]["status"], 200);
+    assert_eq!(tries[1]["step"], 1);
 }
 
 fn a_rate_limited_primary_is_retried_then_left(shards: usize) {

@@ -63,9 +63,7 @@ CREATE TABLE IF NOT EXISTS requests (
     cache_key TEXT,
     cost_estimated INTEGER,
     context_share REAL,
-    attempts INTEGER,
-    step INTEGER,
-    tries TEXT,
+    routing TEXT,
     gateway_us INTEGER NOT NULL,
     upstream_us INTEGER,
     ttft_us INTEGER,
@@ -122,9 +120,7 @@ const ADDED_COLUMNS: &[(&str, &str)] = &[
     ("cache_key", "TEXT"),
     ("cost_estimated", "INTEGER"),
     ("context_share", "REAL"),
-    ("attempts", "INTEGER"),
-    ("step", "INTEGER"),
-    ("tries", "TEXT"),
+    ("routing", "TEXT"),
 ];
 
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {

@@ -257,7 +257,7 @@ const COLUMNS: &str = "r.seq, r.id, r.ts, r.route, r.provider, r.model, r.path, 
     r.error_code, r.outcome, r.stream, r.cache, r.gateway_us, r.upstream_us, r.ttft_us, r.total_us, \
     r.tokens_in, r.tokens_out, r.tokens_cached, r.cost, r.bytes_in, r.bytes_out, r.user_agent, \
     r.event_id, r.key_id, r.metadata, r.cache_key, r.cost_estimated, r.context_share, \
-    r.attempts, r.step, r.tries";
+    r.routing";
 
 /// One stored request.
 #[derive(Clone, Debug, PartialEq)]
@@ -296,12 +296,8 @@ pub struct Row {
     pub cost_estimated: bool,
     /// Input tokens over the model's context window.
     pub context_share: Option<f64>,
-    /// Upstream tries (0: answered without a provider).
-    pub attempts: i64,
-    /// Which target of a route served, for routed requests.
-    pub step: Option<i64>,
-    /// Each try of a request that could retry or fall back (JSON array).
-    pub tries: Option<String>,
+    /// A request that could retry or fall back: `{"step","tries"}` (JSON).
+    pub routing: Option<String>,
 }
 
 impl Row {
@@ -337,9 +333,7 @@ impl Row {
             cache_key: r.get(27)?,
             cost_estimated: r.get::<_, Option<bool>>(28)?.unwrap_or(false),
             context_share: r.get(29)?,
-            attempts: r.get::<_, Option<i64>>(30)?.unwrap_or(1),
-            step: r.get(31)?,
-            tries: r.get(32)?,
+            routing: r.get(30)?,
         })
     }
 
@@ -389,9 +383,12 @@ impl Row {
             Some(c) => write!(s, ",\"context_share\":{c}"),
             None => write!(s, ",\"context_share\":null"),
         };
-        int(&mut s, "attempts", Some(self.attempts));
-        int(&mut s, "step", self.step);
-        let _ = write!(s, ",\"tries\":{}", self.tries.as_deref().unwrap_or("null"));
+        // Stored as JSON by the gateway itself.
+        let _ = write!(
+            s,
+            ",\"routing\":{}",
+            self.routing.as_deref().unwrap_or("null")
+        );
         int(&mut s, "bytes_in", Some(self.bytes_in));
         int(&mut s, "bytes_out", Some(self.bytes_out));
         text(&mut s, "user_agent", self.user_agent.as_deref());

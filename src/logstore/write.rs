@@ -60,8 +60,8 @@ impl Writer {
                 "INSERT INTO requests (id, ts, route, provider, model, path, status, error_source, error_code,
                  outcome, stream, gateway_us, upstream_us, ttft_us, total_us, tokens_in, tokens_out,
                  tokens_cached, bytes_in, bytes_out, user_agent, event_id, metadata, cache, cache_key, key_id,
-                 cost, cost_estimated, context_share, attempts, step, tries)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32)",
+                 cost, cost_estimated, context_share, routing)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30)",
             )?;
             let mut meta = tx.prepare_cached(
                 "INSERT OR IGNORE INTO meta (key, value, ts, seq) VALUES (?1, ?2, ?3, ?4)",
@@ -108,10 +108,8 @@ impl Writer {
                     // NULL (no bytes in the row) for the usual `false`.
                     r.cost_estimated.then_some(1),
                     r.context_share,
-                    // NULL (no bytes in the row) for the usual one try.
-                    (r.attempts != 1).then_some(r.attempts),
-                    facts.step,
-                    facts.tries.as_deref(),
+                    // NULL (no bytes in the row) for the usual one plain try.
+                    facts.routing.as_deref(),
                 ])?;
                 let seq = tx.last_insert_rowid();
                 if let Some(m) = &facts.metadata {

@@ -334,14 +334,14 @@ impl Provider {
         stream: bool,
         query: &str,
     ) -> Option<Result<Rc<str>, TranslateError>> {
+        let path = self
+            .adapter
+            .model_path(&self.base_path, endpoint, model, stream)?;
         let plain = !model.is_empty()
             && model
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
             && !model.starts_with('.');
-        let path = self
-            .adapter
-            .model_path(&self.base_path, endpoint, model, stream)?;
         if !plain {
             return Some(Err(TranslateError::new(format!(
                 "model `{}` goes into provider `{}`'s URL, so it may hold only letters, digits, '.', '-' and '_'",

@@ -26,7 +26,7 @@ use super::relay::{self, Ending, Framing, RELAY_WINDOW};
 use super::respond::{self, ClientFraming, ClientHead};
 use super::respond::{CacheLine, CachedHead};
 use super::shard::ShardCtx;
-use super::taps::{FillTap, NoTap, PayloadTap, Tap, TranslateTap, UsageTap};
+use super::taps::{FillTap, PayloadTap, Tap, TranslateTap, UsageTap};
 use crate::auth::{self, Carrier, KeyEntry};
 use crate::budget::{Rates, Reservation};
 use crate::cache::flight::{End as FlightEnd, Flight, FlightHead, Leading};
@@ -255,22 +255,19 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
     };
     respond::provider_head(&mut c.out, &head, rh, reply.conn.buf.filled());
     reply.conn.buf.consume(rh.head_len);
-    let (mut no_translate, mut no_fill, mut no_payload) = (NoTap, NoTap, NoTap);
-    let taps: &mut [&mut dyn Tap] = &mut [
-        &mut usage,
-        match translate.as_mut() {
-            Some(t) => t,
-            None => &mut no_translate,
-        },
-        match fill.as_mut() {
-            Some(f) => f,
-            None => &mut no_fill,
-        },
-        match payload.as_mut() {
-            Some(p) => p,
-            None => &mut no_payload,
-        },
-    ];
+    // Only the taps this answer needs: each chunk passes every one.
+    let mut chain: SmallVec<[&mut dyn Tap; 4]> = SmallVec::new();
+    chain.push(&mut usage);
+    if let Some(t) = translate.as_mut() {
+        chain.push(t);
+    }
+    if let Some(f) = fill.as_mut() {
+        chain.push(f);
+    }
+    if let Some(p) = payload.as_mut() {
+        chain.push(p);
+    }
+    let taps: &mut [&mut dyn Tap] = &mut chain;
     let _streaming = c.rhead.event_stream.then(|| ctx.streaming());
     // If this client leaves while others follow its answer, the provider's
     // body is still read to its end for them.
@@ -298,6 +295,8 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         &carry_on,
     )
     .await;
+
+    drop(chain);
 
     // 4. settle
     rec.usage = usage.usage();
@@ -1152,9 +1151,6 @@ async fn attempts(
             }
             let last = n + 1 == steps.len() && tried + 1 == retry.attempts;
             let started = Instant::now();
-            if let (Some(log), Some(r)) = (rec.log.as_mut(), &plan.routing) {
-                log.step = Some(r.step as u32);
-            }
             let result = attempt_once(ctx, c, plan, body_at, rec, first_byte).await;
             if track {
                 let outcome = match &result {
@@ -1162,7 +1158,8 @@ async fn attempts(
                     Err(Tried::Failed(e)) => Err(e.to_gateway_error("").code),
                     Err(Tried::Gone) => Err("client_gone"),
                 };
-                note_try(rec, outcome, started.elapsed());
+                let step = plan.routing.as_ref().map(|r| r.step);
+                note_try(rec, step, outcome, started.elapsed());
             }
             let failure = match result {
                 Err(Tried::Gone) => return Err(Unanswered::ClientGone),
@@ -1226,17 +1223,30 @@ async fn attempts(
     })))
 }
 
-/// Adds one try to the log's list: the target, its status or failure, its time.
-fn note_try(rec: &mut RequestRecord, outcome: Result<u16, &str>, took: Duration) {
+/// Adds one try to the log's routing record: the route step (the last try's
+/// is the one that served), the target, its status or failure, its time.
+/// [`record`] closes the JSON.
+fn note_try(
+    rec: &mut RequestRecord,
+    step: Option<usize>,
+    outcome: Result<u16, &str>,
+    took: Duration,
+) {
     use std::fmt::Write as _;
     let provider = rec.provider.clone();
     let model = rec.model.clone();
     let Some(log) = rec.log.as_mut() else { return };
-    let s = log.tries.get_or_insert_with(|| String::from("["));
-    if s.len() > 1 {
+    let s = log
+        .routing
+        .get_or_insert_with(|| String::from("{\"tries\":["));
+    if !s.ends_with('[') {
         s.push(',');
     }
-    s.push_str("{\"provider\":");
+    s.push('{');
+    if let Some(step) = step {
+        let _ = write!(s, "\"step\":{step},");
+    }
+    s.push_str("\"provider\":");
     crate::error::push_json_string(s, provider.as_deref().unwrap_or(""));
     s.push_str(",\"model\":");
     crate::error::push_json_string(s, model.as_deref().unwrap_or(""));
@@ -1485,9 +1495,10 @@ async fn write_answer(
 
 /// Stage 5, the end of every request: its total time, then the record is counted.
 fn record(ctx: &ShardCtx, mut rec: RequestRecord) {
+    use std::fmt::Write as _;
     rec.total = rec.started.elapsed();
-    if let Some(t) = rec.log.as_mut().and_then(|l| l.tries.as_mut()) {
-        t.push(']');
+    if let Some(r) = rec.log.as_mut().and_then(|l| l.routing.as_mut()) {
+        let _ = write!(r, "],\"attempts\":{}}}", rec.attempts);
     }
     if rec.gateway.is_zero() {
         rec.gateway = rec.total;
