@@ -3,7 +3,7 @@
 //! for long). Used by the log thread only.
 
 use crate::record::RequestRecord;
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, ToSql, params};
 use std::path::Path;
 use std::time::Duration;
 
@@ -56,7 +56,16 @@ impl Writer {
     ) -> rusqlite::Result<()> {
         let tx = self.conn.transaction()?;
         {
+            // Rows of requests that could retry or fall back carry their
+            // routing record; the rest (nearly all) bind one value less.
             let mut row = tx.prepare_cached(
+                "INSERT INTO requests (id, ts, route, provider, model, path, status, error_source, error_code,
+                 outcome, stream, gateway_us, upstream_us, ttft_us, total_us, tokens_in, tokens_out,
+                 tokens_cached, bytes_in, bytes_out, user_agent, event_id, metadata, cache, cache_key, key_id,
+                 cost, cost_estimated, context_share)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)",
+            )?;
+            let mut routed = tx.prepare_cached(
                 "INSERT INTO requests (id, ts, route, provider, model, path, status, error_source, error_code,
                  outcome, stream, gateway_us, upstream_us, ttft_us, total_us, tokens_in, tokens_out,
                  tokens_cached, bytes_in, bytes_out, user_agent, event_id, metadata, cache, cache_key, key_id,
@@ -77,7 +86,7 @@ impl Writer {
                     continue;
                 };
                 let ts = r.id.unix_ms() as i64;
-                row.execute(params![
+                let values: &[&dyn ToSql] = params![
                     r.id.to_string(),
                     ts,
                     r.route.as_str(),
@@ -108,9 +117,15 @@ impl Writer {
                     // NULL (no bytes in the row) for the usual `false`.
                     r.cost_estimated.then_some(1),
                     r.context_share,
-                    // NULL (no bytes in the row) for the usual one plain try.
-                    facts.routing.as_deref(),
-                ])?;
+                ];
+                match facts.routing.as_deref() {
+                    None => row.execute(values)?,
+                    Some(routing) => {
+                        let mut all: Vec<&dyn ToSql> = values.to_vec();
+                        all.push(&routing);
+                        routed.execute(&all[..])?
+                    }
+                };
                 let seq = tx.last_insert_rowid();
                 if let Some(m) = &facts.metadata {
                     for (k, v) in &m.0 {

@@ -1095,6 +1095,34 @@ async fn attempts(
     wish: &Wish,
     rec: &mut RequestRecord,
 ) -> Result<UpstreamReply, Unanswered> {
+    // The common case, one target and one try, without the engine's state
+    // (which is boxed, so it does not grow every request's future).
+    if plan.routing.is_none() && wish.retry.max_attempts.is_none_or(|n| n <= 1) {
+        let first_byte = wish
+            .retry
+            .timeout
+            .unwrap_or_else(|| ctx.config().timeouts.first_byte);
+        let body_at = build_upstream(c, req, plan);
+        return match attempt_once(ctx, c, plan, body_at, rec, first_byte).await {
+            Ok(reply) => Ok(reply),
+            Err(Tried::Gone) => Err(Unanswered::ClientGone),
+            Err(Tried::Failed(e)) => {
+                Err(Unanswered::Failed(e.to_gateway_error(&plan.provider.name)))
+            }
+        };
+    }
+    Box::pin(retrying_attempts(ctx, c, req, plan, wish, rec)).await
+}
+
+/// [`attempts`] with retries, fallbacks and cooldowns.
+async fn retrying_attempts(
+    ctx: &ShardCtx,
+    c: &mut ClientConn,
+    req: &Incoming,
+    plan: &mut Plan,
+    wish: &Wish,
+    rec: &mut RequestRecord,
+) -> Result<UpstreamReply, Unanswered> {
     let route = plan.routing.as_ref().map(|r| r.route.clone());
     let mut retry = route.as_ref().map_or_else(Retry::default, |r| r.retry);
     if let Some(n) = wish.retry.max_attempts {
@@ -1150,7 +1178,7 @@ async fn attempts(
                 wait_unless_gone(ctx, c, wait).await?;
             }
             let last = n + 1 == steps.len() && tried + 1 == retry.attempts;
-            let started = Instant::now();
+            let started = track.then(Instant::now);
             let result = attempt_once(ctx, c, plan, body_at, rec, first_byte).await;
             if track {
                 let outcome = match &result {
@@ -1159,7 +1187,12 @@ async fn attempts(
                     Err(Tried::Gone) => Err("client_gone"),
                 };
                 let step = plan.routing.as_ref().map(|r| r.step);
-                note_try(rec, step, outcome, started.elapsed());
+                note_try(
+                    rec,
+                    step,
+                    outcome,
+                    started.map_or(Duration::ZERO, |s| s.elapsed()),
+                );
             }
             let failure = match result {
                 Err(Tried::Gone) => return Err(Unanswered::ClientGone),
