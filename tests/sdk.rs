@@ -160,19 +160,21 @@ fn openai_node_sdk_works_against_the_gateway(shards: usize) {
     }
 }
 
-/// The openai SDK against an Anthropic model, and the anthropic SDK through
+/// The openai SDK against an Anthropic and a Gemini model, and the anthropic SDK through
 /// passthrough and through `/v1/messages` to an OpenAI-compatible model:
 /// streaming, tools and typed errors.
 fn both_python_sdks_work_across_formats(shards: usize) {
     if !python_sdks_available() {
         return;
     }
-    let (openai, claude) = (mock(), mock());
+    let (openai, claude, gemini) = (mock(), mock(), mock());
     let root = claude.base_url().trim_end_matches("/v1").to_string();
+    let groot = gemini.base_url().trim_end_matches("/v1").to_string();
     let gw = Gateway::with(shards)
         .provider("up", &openai.base_url(), "api_key = \"sk-up\"")
         .toml(&format!(
-            "[providers.claude]\nkind = \"anthropic\"\nbase_url = \"{root}\"\napi_key = \"sk-ant\"\n"
+            "[providers.claude]\nkind = \"anthropic\"\nbase_url = \"{root}\"\napi_key = \"sk-ant\"\n\
+             [providers.gem]\nkind = \"google\"\nbase_url = \"{groot}\"\napi_key = \"g-key\"\n"
         ))
         .start();
     let url = format!("http://{}", gw.addr);

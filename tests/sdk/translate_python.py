@@ -2,7 +2,8 @@
 
 Usage: translate_python.py GATEWAY_URL EXPECTED_REPLY
 Provider `up` is an OpenAI-compatible mock, provider `claude` (kind anthropic)
-an Anthropic-shaped mock; both reply EXPECTED_REPLY and answer a forced tool
+an Anthropic-shaped mock, provider `gem` (kind google) a Gemini-shaped mock; all
+reply EXPECTED_REPLY and answer a forced tool
 choice with a call to that tool. Exits non-zero (with a traceback) on any
 mismatch.
 """
@@ -65,6 +66,32 @@ follow = messages + [
     {"role": "tool", "tool_call_id": call.id, "content": "sunny"},
 ]
 r = oa.chat.completions.create(model="claude/claude-test", messages=follow, tools=tools)
+assert r.choices[0].message.content == expected, r
+
+# The openai SDK, unchanged, against a Gemini model: whole, streamed, tools.
+r = oa.chat.completions.create(model="gem/gemini-test", messages=messages)
+assert r.choices[0].message.content == expected, r
+text = "".join(
+    c.choices[0].delta.content or ""
+    for c in oa.chat.completions.create(model="gem/gemini-test", messages=messages, stream=True)
+    if c.choices
+)
+assert text == expected, text
+r = oa.chat.completions.create(
+    model="gem/gemini-test", messages=messages, tools=tools, tool_choice=forced
+)
+gcall = r.choices[0].message.tool_calls[0]
+assert gcall.function.name == "get_weather" and json.loads(gcall.function.arguments)["days"] == 1, r
+with oa.chat.completions.stream(
+    model="gem/gemini-test", messages=messages, tools=tools, tool_choice=forced
+) as s:
+    final = s.get_final_completion()
+assert json.loads(final.choices[0].message.tool_calls[0].function.arguments) == json.loads(gcall.function.arguments)
+follow = messages + [
+    {"role": "assistant", "content": None, "tool_calls": [gcall.model_dump()]},
+    {"role": "tool", "tool_call_id": gcall.id, "content": "sunny"},
+]
+r = oa.chat.completions.create(model="gem/gemini-test", messages=follow, tools=tools)
 assert r.choices[0].message.content == expected, r
 
 # The anthropic SDK through passthrough, byte for byte.

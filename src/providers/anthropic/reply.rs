@@ -354,7 +354,12 @@ impl Stream {
                         let Some(&(_, k)) = self.tools.iter().find(|(i, _)| *i == index) else {
                             return;
                         };
-                        let Some(part) = d.raw_str("partial_json").ok().flatten() else {
+                        let Some(part) = d
+                            .raw_str("partial_json")
+                            .ok()
+                            .flatten()
+                            .filter(|p| *p != b"\"\"")
+                        else {
                             return;
                         };
                         let mut delta = Vec::with_capacity(part.len() + 64);
