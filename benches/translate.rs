@@ -78,7 +78,8 @@ fn requests(c: &mut Criterion) {
     });
     g.bench_function("messages_to_chat", |b| {
         b.iter(|| {
-            inbound::chat_request(black_box(MESSAGES), "gpt-4o-mini", true, &mut out).unwrap()
+            inbound::chat_request(black_box(MESSAGES), "gpt-4o-mini", true, false, &mut out)
+                .unwrap()
         })
     });
     g.bench_function("chat_to_gemini", |b| {

@@ -81,6 +81,11 @@ pub struct Plan {
     pub translation: Option<Translation>,
     /// The request names a route: its targets in this request's order.
     pub routing: Option<Routing>,
+    /// The client speaks Anthropic's format (`/v1/messages`, or passthrough
+    /// to an Anthropic provider): its stream errors are Anthropic's events.
+    pub anthropic_client: bool,
+    /// The unified endpoint the client asked for (`chat/completions`).
+    pub endpoint: Option<&'static str>,
 }
 
 /// A routed request: which route, the order it tries targets in, and which
@@ -295,6 +300,7 @@ pub fn plan(
             };
             Ok(Routed::Upstream(Plan {
                 path: provider.passthrough_path(rest),
+                anthropic_client: provider.dialect() == providers::Dialect::Anthropic,
                 provider,
                 method,
                 unified: false,
@@ -305,6 +311,7 @@ pub fn plan(
                 choices,
                 translation: None,
                 routing: None,
+                endpoint: None,
             }))
         }
     }
@@ -371,6 +378,8 @@ fn unified_plan(
         choices: fields.choices(body),
         translation,
         routing: None,
+        anthropic_client: endpoint == "messages",
+        endpoint: Some(endpoint),
     })
 }
 

@@ -20,7 +20,6 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 /// One provider and model of a route, with its cooldown state.
-#[derive(Debug)]
 pub struct Target {
     pub provider: Rc<Provider>,
     pub model: String,
@@ -35,6 +34,17 @@ pub struct Target {
     failures: RefCell<VecDeque<Instant>>,
     /// Skipped until then.
     cooling_until: Cell<Option<Instant>>,
+}
+
+impl std::fmt::Debug for Target {
+    // Its auth lines hold keys: never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("provider", &self.provider.name)
+            .field("model", &self.model)
+            .field("keys", &self.auth.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Target {

@@ -382,6 +382,46 @@ fn a_target_uses_its_keys_in_turn_and_its_whole_timeout(shards: usize) {
     );
 }
 
+/// A gateway key restricts a route to the targets it allows; a gateway
+/// secret never travels to a target that holds no key of its own.
+fn keys_restrict_routes_and_never_reach_a_provider(shards: usize) {
+    let (a, b) = (failing(ErrorKind::Internal), mock());
+    let secret = format!("sk-aigw-{}", "3".repeat(64));
+    let hash = aigw::auth::hex(&aigw::auth::hash_secret(secret.as_bytes()));
+    let gw = Gateway::with(shards)
+        .provider("a", &a.base_url(), "api_key = \"sk-a\"")
+        .provider("b", &b.base_url(), "")
+        .toml(&format!(
+            "[keys.only_b]\nsecret_sha256 = \"{hash}\"\nmodels = [\"b/*\"]\n{FALLBACK}"
+        ))
+        .start();
+    // `b` holds no key: a gateway secret in Authorization would travel there.
+    let bearer = format!("Bearer {secret}");
+    let r = gw.client().post(
+        "/v1/chat/completions",
+        &[("authorization", &bearer)],
+        &chat("chat", false),
+    );
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(a.requests_seen() + b.requests_seen(), 0);
+    // As aigw-authorization it is the gateway's; the key allows only `b`,
+    // so the route goes straight there, and no secret goes upstream.
+    let r = gw.client().post(
+        "/v1/chat/completions",
+        &[("aigw-authorization", &bearer)],
+        &chat("chat", false),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("aigw-provider"), Some("b"));
+    assert_eq!(a.requests_seen(), 0);
+    let seen = b.captured();
+    assert!(
+        seen.iter().all(
+            |q| q.header("authorization").is_none() && q.header("aigw-authorization").is_none()
+        )
+    );
+}
+
 fn route_config_errors_name_the_key(_shards: usize) {
     for (toml, path) in [
         (
@@ -420,4 +460,5 @@ at_1_and_2_shards!(
     a_route_falls_back_across_formats_and_chooses_by_metadata,
     route_config_errors_name_the_key,
     a_target_uses_its_keys_in_turn_and_its_whole_timeout,
+    keys_restrict_routes_and_never_reach_a_provider,
 );

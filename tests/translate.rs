@@ -311,6 +311,19 @@ fn the_messages_api_reaches_any_provider(shards: usize) {
     assert!(text.contains("event: message_stop"));
     assert!(text.contains("\"output_tokens\":16"));
 
+    // A stream cut short ends with Anthropic's own error event.
+    let s = gw.client().post(
+        "/v1/messages",
+        &[("x-mock-error", "cut"), ("x-mock-chunks", "6")],
+        &msg("up/gpt-x", r#","stream":true"#),
+    );
+    let text = s.text();
+    assert!(!text.contains("message_stop"), "{text}");
+    assert!(
+        text.trim_end().ends_with("}}") && text.contains("event: error"),
+        "{text}"
+    );
+
     // Tools: a forced tool comes back as a tool_use block.
     let tools = r#","tools":[{"name":"get_weather","input_schema":{"type":"object","properties":{"city":{"type":"string"}}}}],"tool_choice":{"type":"tool","name":"get_weather"}"#;
     let r = gw

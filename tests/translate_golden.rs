@@ -74,7 +74,7 @@ fn requests_translate_to_their_golden_files() {
     google::request::chat(&chat, &mut out).unwrap();
     golden("chat_tools_images.gemini.json", &out);
     let messages = input("messages_tools.request.json");
-    inbound::chat_request(&messages, "gpt-4o-mini", true, &mut out).unwrap();
+    inbound::chat_request(&messages, "gpt-4o-mini", true, false, &mut out).unwrap();
     golden("messages_tools.chat.json", &out);
 }
 

@@ -286,7 +286,17 @@ impl Provider {
                 })
             }
             (Dialect::OpenAi, "messages") => {
-                anthropic::inbound::chat_request(body, model, self.injects_stream_usage(), out)?;
+                // OpenAI's own API (and Azure's) wants the newer name for the cap;
+                // other OpenAI-compatible servers know `max_tokens`.
+                let host = &self.endpoint.host;
+                let modern = host.ends_with("openai.com") || host.ends_with(".azure.com");
+                anthropic::inbound::chat_request(
+                    body,
+                    model,
+                    self.injects_stream_usage(),
+                    modern,
+                    out,
+                )?;
                 Ok(Translation::ChatToMessages)
             }
             (dialect, endpoint) => Err(TranslateError::new(format!(

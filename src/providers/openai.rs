@@ -12,6 +12,7 @@ pub struct OpenAi;
 pub static USAGE: UsageShape = UsageShape {
     input: &["prompt_tokens", "input_tokens"],
     output: &["completion_tokens", "output_tokens"],
+    output_also: &[],
     cached_nested: &[
         ("prompt_tokens_details", "cached_tokens"),
         ("input_tokens_details", "cached_tokens"),

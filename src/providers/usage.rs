@@ -25,6 +25,8 @@ pub const JSON_TAIL_WINDOW: usize = 64 << 10;
 pub struct UsageShape {
     pub input: &'static [&'static str],
     pub output: &'static [&'static str],
+    /// Members added to the output count (Gemini's thinking tokens).
+    pub output_also: &'static [&'static str],
     /// Cached input tokens as `outer.inner` members.
     pub cached_nested: &'static [(&'static str, &'static str)],
     /// Cached input tokens as a member of `usage` itself.
@@ -128,7 +130,13 @@ pub fn usage_from_json(
     };
     let u = Usage {
         input_tokens: field(shape.input),
-        output_tokens: field(shape.output),
+        output_tokens: field(shape.output).map(|o| {
+            shape
+                .output_also
+                .iter()
+                .filter_map(|n| v.get(*n).and_then(|x| x.as_u64()))
+                .fold(o, u64::saturating_add)
+        }),
         cached_tokens: shape
             .cached_nested
             .iter()

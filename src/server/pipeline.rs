@@ -94,6 +94,12 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         Ok(p) => p,
         Err(e) => return answer_error(ctx, c, rec, &e, keep_alive).await,
     };
+    // A routed request may use only the targets its key allows.
+    if let (Some(key), true) = (&principal, plan.routing.is_some())
+        && let Err(e) = restrict_route(c, req, &mut plan, key, &mut rec)
+    {
+        return answer_error(ctx, c, rec, &e, keep_alive).await;
+    }
 
     // The model's price, looked up once (admission reserves by it, the
     // record is charged by it).
@@ -224,7 +230,11 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
             c.head.http10,
         ),
         reusable: rh.reusable,
-        events: rh.event_stream && rh.status < 400,
+        events: (rh.event_stream && rh.status < 400).then_some(if plan.anthropic_client {
+            relay::ANTHROPIC_STREAM_BROKE_OFF
+        } else {
+            relay::STREAM_BROKE_OFF
+        }),
         deadline: plan
             .routing
             .as_ref()
@@ -522,11 +532,15 @@ fn authenticate(
     }
     let view = req.view(&c.head, &c.buf, &c.body);
     let headers = view.headers();
-    let injected = plan.provider.auth_lines(plan.unified).is_some()
-        || plan
-            .routing
-            .as_ref()
-            .is_some_and(|r| r.order.iter().any(|t| t.has_keys()));
+    // A route injects a key only if every target carries one: otherwise a
+    // client credential could travel on to a target without.
+    let injected = match &plan.routing {
+        None => plan.provider.auth_lines(plan.unified).is_some(),
+        Some(r) => r
+            .order
+            .iter()
+            .all(|t| t.has_keys() || t.provider.auth_lines(true).is_some()),
+    };
     let found = match auth::presented(headers, injected) {
         Some((Carrier::Misplaced, _)) => {
             return Err(GatewayError::unauthorized(format!(
@@ -569,7 +583,8 @@ fn authenticate(
         }
     }
     let provider = &*plan.provider.name;
-    if !key.allows(provider, rec.model.as_deref()) {
+    // A route's targets are checked one by one (`restrict_route`).
+    if plan.routing.is_none() && !key.allows(provider, rec.model.as_deref()) {
         let what = rec.model.as_deref().map_or_else(
             || format!("provider `{provider}`"),
             |m| format!("model `{provider}/{m}`"),
@@ -580,6 +595,44 @@ fn authenticate(
         ));
     }
     Ok(Some(key))
+}
+
+/// Keeps the targets of a routed request that `key` may use, in order; none
+/// is a 403 naming the route. When the first target goes, the plan moves to
+/// the new first.
+fn restrict_route(
+    c: &mut ClientConn,
+    req: &Incoming,
+    plan: &mut Plan,
+    key: &KeyEntry,
+    rec: &mut RequestRecord,
+) -> Result<(), GatewayError> {
+    let Some(routing) = plan.routing.as_mut() else {
+        return Ok(());
+    };
+    let first = routing.order[routing.step].clone();
+    routing
+        .order
+        .retain(|t| key.allows(&t.provider.name, Some(&t.model)));
+    if routing.order.is_empty() {
+        return Err(GatewayError::forbidden(
+            "model_not_allowed",
+            format!(
+                "key `{}` may use no target of route `{}`",
+                key.id, routing.route.name
+            ),
+        ));
+    }
+    routing.step = usize::MAX;
+    if std::rc::Rc::ptr_eq(&routing.order[0], &first) {
+        routing.step = 0;
+        return Ok(());
+    }
+    let view = req.view(&c.head, &c.buf, &c.body);
+    let model = route::retarget(plan, 0, view.body, &mut c.rewritten)?;
+    rec.provider = Some(plan.provider.name.clone());
+    rec.model = Some(model);
+    Ok(())
 }
 
 /// The gateway's header lines for an answer no provider made for this
@@ -755,9 +808,12 @@ fn cache_lookup(
     let view = req.view(&c.head, &c.buf, &c.body);
     let headers = view.headers();
     // A routed request is keyed by its route (any target may answer it).
-    let (provider, path): (&str, &str) = match &plan.routing {
-        Some(r) => (&r.route.name, r.endpoint),
-        None => (&plan.provider.name, &plan.path),
+    // A translated request by the format its client speaks too (the same
+    // upstream path serves `/v1/chat/completions` and `/v1/messages`).
+    let (provider, path): (&str, &str) = match (&plan.routing, plan.translation, plan.endpoint) {
+        (Some(r), _, _) => (&r.route.name, r.endpoint),
+        (None, Some(_), Some(endpoint)) => (&plan.provider.name, endpoint),
+        _ => (&plan.provider.name, &plan.path),
     };
     let input = KeyInput {
         scope: cache::scope(
@@ -1151,7 +1207,9 @@ async fn retrying_attempts(
                     rec.model = Some(model);
                 }
                 Err(e) => {
-                    last_error = Some(e);
+                    // A provider's failure before says more than why this
+                    // target cannot take the request.
+                    last_error.get_or_insert(e);
                     continue;
                 }
             }
@@ -1170,6 +1228,14 @@ async fn retrying_attempts(
                     .unwrap_or(Duration::MAX),
             );
         let mut hint: Option<Duration> = None;
+        // A target's failures count once per request towards its cooldown.
+        let mut counted = false;
+        let mut count_failure = |client_timeout: bool| {
+            if let (Some(r), Some(t), false, false) = (&route, &target, counted, client_timeout) {
+                counted = true;
+                r.failed(t, Instant::now());
+            }
+        };
         for tried in 0..retry.attempts {
             if tried > 0 {
                 let wait = hint
@@ -1208,20 +1274,20 @@ async fn retrying_attempts(
                         }
                         return Ok(reply);
                     }
-                    if let (Some(r), Some(t)) = (&route, &target) {
-                        r.failed(t, Instant::now());
-                    }
-                    if last {
+                    count_failure(false);
+                    let after = retry_after(rh, reply.conn.buf.filled());
+                    // Longer than the route would wait: the next target, if
+                    // there is one; else this is the answer.
+                    let too_long = after.is_some_and(|a| a > retry.max);
+                    if last || (too_long && n + 1 == steps.len()) {
                         return Ok(reply);
                     }
-                    let after = retry_after(rh, reply.conn.buf.filled());
                     drop(reply);
                     last_error = Some(GatewayError::upstream_status(
                         &plan.provider.name,
                         c.rhead.status,
                     ));
-                    // Longer than the route would wait: the next target.
-                    if after.is_some_and(|a| a > retry.max) {
+                    if too_long {
                         break;
                     }
                     hint = after;
@@ -1229,9 +1295,6 @@ async fn retrying_attempts(
                 }
                 Err(Tried::Failed(e)) => e,
             };
-            if let (Some(r), Some(t)) = (&route, &target) {
-                r.failed(t, Instant::now());
-            }
             let covered = match &failure.failure {
                 Failure::HeadTimeout => route.as_ref().is_none_or(|r| r.fallback_on.timeout),
                 Failure::ConnectTimeout => route
@@ -1240,6 +1303,12 @@ async fn retrying_attempts(
                 Failure::BadHead(_) => true,
                 _ => route.as_ref().is_none_or(|r| r.fallback_on.connect),
             };
+            if covered {
+                // A timeout the client chose is not the target's failure.
+                let chosen =
+                    wish.retry.timeout.is_some() && matches!(failure.failure, Failure::HeadTimeout);
+                count_failure(chosen);
+            }
             let error = failure.to_gateway_error(&plan.provider.name);
             if last || !covered {
                 return Err(Unanswered::Failed(error));

@@ -30,13 +30,17 @@ pub struct Framing {
     pub client: ClientFraming,
     /// The provider said the connection may carry another request.
     pub reusable: bool,
-    /// An event stream: if the provider breaks off, the client gets
-    /// [`STREAM_BROKE_OFF`] before the connection closes.
-    pub events: bool,
+    /// An event stream: if the provider breaks off, the client gets this
+    /// event ([`STREAM_BROKE_OFF`], or [`ANTHROPIC_STREAM_BROKE_OFF`] for a
+    /// client of Anthropic's format) before the connection closes.
+    pub events: Option<&'static [u8]>,
     /// The whole body must have arrived by then (a route target's
     /// `timeout`); past it the body is broken off like a stalled one.
     pub deadline: Option<Instant>,
 }
+
+/// [`STREAM_BROKE_OFF`] as Anthropic's SDKs read errors: a named `error` event.
+pub const ANTHROPIC_STREAM_BROKE_OFF: &[u8] = b"\n\nevent: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"message\":\"the provider's stream broke off before its end: the answer is incomplete\"}}\n\n";
 
 /// The event a client receives when the provider's stream breaks off: a typed
 /// error (the OpenAI SDKs raise it) and never `[DONE]`. The blank lines end
@@ -159,13 +163,14 @@ pub async fn relay<W: AsyncWrite + Unpin>(
     if !body_complete {
         // The taps learn the body is incomplete; whatever they held back stays held.
         taps::finish(taps, End::Aborted, |_| {});
-        if ending == Ending::UpstreamAborted
-            && framing.events
-            && !client_gone
-            && framing.client != ClientFraming::Length
-        {
+        if let (Ending::UpstreamAborted, Some(event), false, false) = (
+            ending,
+            framing.events,
+            client_gone,
+            framing.client == ClientFraming::Length,
+        ) {
             out.clear();
-            frame(out, STREAM_BROKE_OFF, framing.client);
+            frame(out, event, framing.client);
             send(client, out, &mut bytes_out).await;
         }
     }
@@ -330,7 +335,7 @@ mod tests {
             body: rh.body(),
             client: ClientFraming::for_body(rh.body(), tap.rewrites(), http10),
             reusable: rh.reusable,
-            events: rh.event_stream,
+            events: rh.event_stream.then_some(STREAM_BROKE_OFF),
             deadline: None,
         };
         let mut client = Client {

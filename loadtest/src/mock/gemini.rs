@@ -131,7 +131,10 @@ pub fn forced_call(request: &Value) -> Option<(String, String)> {
         .iter()
         .find(|d| d.get("name").and_then(Value::as_str) == Some(&name))?;
     // The same argument rules as the other shapes.
-    let forced = json!({"tools": [{"name": name, "input_schema": decl.get("parameters")}],
+    let schema = decl
+        .get("parametersJsonSchema")
+        .or_else(|| decl.get("parameters"));
+    let forced = json!({"tools": [{"name": name, "input_schema": schema}],
         "tool_choice": {"type": "tool", "name": name}});
     super::anthropic::forced_tool(&forced)
 }

@@ -15,9 +15,16 @@ use crate::providers::translate::{
 use std::ops::Range;
 
 /// Writes the chat completion request for the Messages request `body`.
-/// `usage`: ask for stream usage (the provider accepts `stream_options`).
-/// Returns whether it streams.
-pub fn chat_request(body: &[u8], model: &str, usage: bool, out: &mut Vec<u8>) -> Result<bool> {
+/// `usage`: ask for stream usage (the provider accepts `stream_options`);
+/// `completion_cap`: write the cap as `max_completion_tokens` (OpenAI's own
+/// API, whose reasoning models refuse `max_tokens`). Returns whether it streams.
+pub fn chat_request(
+    body: &[u8],
+    model: &str,
+    usage: bool,
+    completion_cap: bool,
+    out: &mut Vec<u8>,
+) -> Result<bool> {
     if !translate::is_valid_json(body) {
         return Err(TranslateError::new("request body is not valid JSON"));
     }
@@ -74,7 +81,11 @@ pub fn chat_request(body: &[u8], model: &str, usage: bool, out: &mut Vec<u8>) ->
     }
     out.push(b']');
     if let Some(n) = top.get("max_tokens")? {
-        out.extend_from_slice(b",\"max_tokens\":");
+        out.extend_from_slice(if completion_cap {
+            b",\"max_completion_tokens\":"
+        } else {
+            b",\"max_tokens\":"
+        });
         translate::raw(out, n);
     }
     for name in ["temperature", "top_p"] {
@@ -758,7 +769,7 @@ mod tests {
     fn a_messages_request_becomes_a_chat_request() {
         let body = br#"{"model":"m","max_tokens":100,"system":"be brief","stream":true,"messages":[{"role":"user","content":"weather?"},{"role":"assistant","content":[{"type":"text","text":"checking"},{"type":"tool_use","id":"toolu_1","name":"get_weather","input":{"city":"Paris"}}]},{"role":"user","content":[{"type":"tool_result","tool_use_id":"toolu_1","content":"sunny"},{"type":"text","text":"thanks"},{"type":"image","source":{"type":"base64","media_type":"image/png","data":"AAA="}}]}],"tools":[{"name":"get_weather","input_schema":{"type":"object"}}],"tool_choice":{"type":"any","disable_parallel_tool_use":true},"stop_sequences":["X"],"metadata":{"user_id":"u"}}"#;
         let mut out = Vec::new();
-        assert!(chat_request(body, "gpt-x", true, &mut out).unwrap());
+        assert!(chat_request(body, "gpt-x", true, false, &mut out).unwrap());
         let v = parse(&out);
         assert_eq!(v["model"], "gpt-x");
         let m = v["messages"].as_array().unwrap();

@@ -16,6 +16,7 @@ pub struct Anthropic;
 pub static USAGE: UsageShape = UsageShape {
     input: &["input_tokens", "prompt_tokens"],
     output: &["output_tokens", "completion_tokens"],
+    output_also: &[],
     cached_nested: &[("prompt_tokens_details", "cached_tokens")],
     cached: &["cache_read_input_tokens"],
     cache_write: &["cache_creation_input_tokens"],

@@ -53,12 +53,15 @@ impl Counts {
 
     /// As an OpenAI `usage` object (prompt tokens include cached input).
     fn write(&self, out: &mut Vec<u8>) {
-        let prompt = self.input + self.cache_read + self.cache_write;
+        let prompt = self
+            .input
+            .saturating_add(self.cache_read)
+            .saturating_add(self.cache_write);
         out.extend_from_slice(
             format!(
                 "{{\"prompt_tokens\":{prompt},\"completion_tokens\":{},\"total_tokens\":{},\"prompt_tokens_details\":{{\"cached_tokens\":{}}},\"cache_creation_input_tokens\":{}}}",
                 self.output,
-                prompt + self.output,
+                prompt.saturating_add(self.output),
                 self.cache_read,
                 self.cache_write
             )

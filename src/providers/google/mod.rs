@@ -16,6 +16,7 @@ pub struct Google;
 pub static USAGE: UsageShape = UsageShape {
     input: &["promptTokenCount"],
     output: &["candidatesTokenCount"],
+    output_also: &["thoughtsTokenCount"],
     cached_nested: &[],
     cached: &["cachedContentTokenCount"],
     cache_write: &[],

@@ -40,7 +40,7 @@ impl Counts {
         Counts {
             prompt: n("promptTokenCount"),
             // Thinking tokens are billed as output.
-            output: n("candidatesTokenCount") + n("thoughtsTokenCount"),
+            output: n("candidatesTokenCount").saturating_add(n("thoughtsTokenCount")),
             cached: n("cachedContentTokenCount"),
         }
     }
@@ -51,7 +51,7 @@ impl Counts {
                 "{{\"prompt_tokens\":{},\"completion_tokens\":{},\"total_tokens\":{},\"prompt_tokens_details\":{{\"cached_tokens\":{}}}}}",
                 self.prompt,
                 self.output,
-                self.prompt + self.output,
+                self.prompt.saturating_add(self.output),
                 self.cached
             )
             .as_bytes(),
@@ -144,12 +144,33 @@ fn candidate<'a>(top: &Obj<'a>) -> Option<Candidate<'a>> {
     Some(c)
 }
 
-/// A tool call's id: Gemini's own when it sends one, else `call_<n>`.
-fn call_id(out: &mut Vec<u8>, id: Option<&[u8]>, n: usize) {
+/// A tool call's id: Gemini's own when it sends one, else one made unique
+/// across turns (`call_<response id>_<n>`, or the time when the response
+/// has no id), so a later tool message finds its call.
+fn call_id(out: &mut Vec<u8>, id: Option<&[u8]>, n: usize, response: &[u8]) {
     match id {
         Some(id) => translate::raw(out, id),
-        None => out.extend_from_slice(format!("\"call_{n}\"").as_bytes()),
+        None => {
+            let rid: String = crate::json::string_value(response)
+                .unwrap_or_default()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+                .take(48)
+                .collect();
+            let rid = if rid.is_empty() {
+                format!("{:x}", unix_nanos())
+            } else {
+                rid
+            };
+            out.extend_from_slice(format!("\"call_{rid}_{n}\"").as_bytes());
+        }
     }
+}
+
+fn unix_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
 }
 
 /// Writes the `chat.completion` for a whole response; `false` when it is not one.
@@ -195,7 +216,12 @@ fn write_completion(body: &[u8], model: &str, out: &mut Vec<u8>) -> Option<()> {
                 out.push(b',');
             }
             out.extend_from_slice(b"{\"id\":");
-            call_id(out, *id, i);
+            call_id(
+                out,
+                *id,
+                i,
+                top.raw_str("responseId").ok()?.unwrap_or(b"\"\""),
+            );
             out.extend_from_slice(b",\"type\":\"function\",\"function\":{\"name\":");
             translate::raw(out, name);
             out.extend_from_slice(b",\"arguments\":");
@@ -366,7 +392,8 @@ impl Stream {
             d.extend_from_slice(b"{\"tool_calls\":[{\"index\":");
             d.extend_from_slice(k.to_string().as_bytes());
             d.extend_from_slice(b",\"id\":");
-            call_id(&mut d, *id, k);
+            let rid = top.raw_str("responseId").ok().flatten().unwrap_or(b"\"\"");
+            call_id(&mut d, *id, k, rid);
             d.extend_from_slice(b",\"type\":\"function\",\"function\":{\"name\":");
             translate::raw(&mut d, name);
             d.extend_from_slice(b",\"arguments\":");
@@ -426,7 +453,7 @@ mod tests {
         assert_eq!(v["model"], "gemini-x-001");
         let m = &v["choices"][0]["message"];
         assert_eq!(m["content"], "Hi there");
-        assert_eq!(m["tool_calls"][0]["id"], "call_0");
+        assert_eq!(m["tool_calls"][0]["id"], "call_r1_0");
         assert_eq!(
             parse(
                 m["tool_calls"][0]["function"]["arguments"]

@@ -101,8 +101,10 @@ pub fn chat(body: &[u8], out: &mut Vec<u8>) -> Result<(bool, bool)> {
                 let id = m.raw_str("tool_call_id")?.ok_or_else(|| {
                     TranslateError::new(format!("`{at}.tool_call_id` is required"))
                 })?;
+                // The latest call of that id (ids may repeat across turns).
                 let name = names
                     .iter()
+                    .rev()
                     .find(|(i, _)| i.as_slice() == id)
                     .map(|(_, n)| n.clone())
                     .ok_or_else(|| {
@@ -356,8 +358,9 @@ fn tools(top: &Obj<'_>, out: &mut Vec<u8>) -> Result<()> {
                 out.extend_from_slice(b",\"description\":");
                 translate::raw(out, d);
             }
+            // Full JSON Schema (`parameters` takes only an OpenAPI subset).
             if let Some(p) = f.get("parameters")? {
-                out.extend_from_slice(b",\"parameters\":");
+                out.extend_from_slice(b",\"parametersJsonSchema\":");
                 translate::raw(out, p);
             }
             out.push(b'}');
