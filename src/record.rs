@@ -235,9 +235,10 @@ pub struct LogFacts {
     pub metadata: Option<Metadata>,
     pub request_body: Option<Payload>,
     pub response_body: Option<Payload>,
-    /// A request that could retry or fall back: `{"step":N,"tries":[...]}`
-    /// as JSON, `step` the route target that served (0-based; absent
-    /// without a route) and each try's `{provider, model, status | error, ms}`.
+    /// A request that could retry or fall back, as JSON:
+    /// `{"tries":[{step?, provider, model, status | error, ms}, ...],"attempts":N}`;
+    /// `step` is the try's place in the route's order (0-based; absent without
+    /// a route), so the last try's is the step that served.
     pub routing: Option<String>,
 }
 

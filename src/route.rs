@@ -98,7 +98,8 @@ pub struct Routing {
     pub step: usize,
     /// The unified endpoint asked for (`chat/completions`).
     pub endpoint: &'static str,
-    query: String,
+    /// The client's query (`?...` or empty).
+    pub query: String,
 }
 
 /// What routing needs besides the request: the routes, a random draw for
@@ -219,32 +220,15 @@ pub fn plan(
                 .flatten()
             {
                 let order = r.order(inputs.field, inputs.draw);
-                let first = order[0].clone();
-                let mut plan = unified_plan(
-                    &first.provider,
-                    &first.model,
-                    endpoint,
-                    query,
-                    body,
-                    &fields,
-                    rewritten,
-                )?;
-                plan.routing = Some(Routing {
-                    route: r.clone(),
-                    order,
-                    step: 0,
-                    endpoint,
-                    query: query.to_string(),
-                });
-                return Ok(Routed::Upstream(plan));
+                return routed_plan(r, order, endpoint, query, body, &fields, rewritten)
+                    .map(Routed::Upstream);
             }
             let (provider_name, model_name) = split_model(&model).ok_or_else(|| {
+                // Route names are not listed: the caller may not be authenticated yet.
                 let routes = if inputs.routes.is_empty() {
-                    String::new()
+                    ""
                 } else {
-                    let mut names: Vec<&str> = inputs.routes.keys().map(String::as_str).collect();
-                    names.sort_unstable();
-                    format!(" or a route name ({})", names.join(", "))
+                    " or a configured route name"
                 };
                 GatewayError::bad_request(
                     "invalid_model",
@@ -381,6 +365,50 @@ fn unified_plan(
         anthropic_client: endpoint == "messages",
         endpoint: Some(endpoint),
     })
+}
+
+/// The plan of a routed request: for the first target of `order` that can
+/// take the request (targets whose format cannot express it are left out of
+/// the order); none: the first target's reason.
+pub fn routed_plan(
+    route: &Rc<TargetRoute>,
+    mut order: Order,
+    endpoint: &'static str,
+    query: &str,
+    body: &[u8],
+    fields: &json::RequestFields,
+    rewritten: &mut Vec<u8>,
+) -> Result<Plan, GatewayError> {
+    let mut first_error = None;
+    while !order.is_empty() {
+        let t = order[0].clone();
+        match unified_plan(
+            &t.provider,
+            &t.model,
+            endpoint,
+            query,
+            body,
+            fields,
+            rewritten,
+        ) {
+            Ok(mut plan) => {
+                plan.routing = Some(Routing {
+                    route: route.clone(),
+                    order,
+                    step: 0,
+                    endpoint,
+                    query: query.to_string(),
+                });
+                return Ok(plan);
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+                order.remove(0);
+            }
+        }
+    }
+    Err(first_error
+        .unwrap_or_else(|| GatewayError::bad_request("invalid_model", "the route has no target")))
 }
 
 /// Points a routed plan at step `step` of its order: the body is written

@@ -154,6 +154,11 @@ impl Route {
         order
     }
 
+    /// Whether some of its target lists depend on metadata.
+    pub fn has_variants(&self) -> bool {
+        self.lists.len() > 1
+    }
+
     /// Records a failure of `target` at `now`: it cools down once it has
     /// failed `failures` times within the window.
     pub fn failed(&self, target: &Target, now: Instant) {

@@ -333,6 +333,23 @@ fn a_route_falls_back_across_formats_and_chooses_by_metadata(shards: usize) {
     assert_eq!(r.header("aigw-step"), Some("0"));
     assert_eq!(r.header("aigw-model"), Some("claude-small"));
     assert_eq!(a.requests_seen(), 2);
+    // A request the first target's format cannot express (n = 2 to
+    // Anthropic) goes to a target that can take it.
+    let b = mock();
+    let gw = Gateway::with(shards)
+        .provider("b", &b.base_url(), "")
+        .toml(&format!(
+            "[providers.claude]\nkind = \"anthropic\"\nbase_url = \"{root}\"\napi_key = \"k\"\n\
+             [routes.two]\ntargets = [{{ provider = \"claude\", model = \"c\" }}, {{ provider = \"b\", model = \"m\" }}]\n"
+        ))
+        .start();
+    let r = gw.client().post(
+        "/v1/chat/completions",
+        &[],
+        r#"{"model":"two","n":2,"messages":[{"role":"user","content":"hi"}]}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("aigw-provider"), Some("b"));
 }
 
 fn a_target_uses_its_keys_in_turn_and_its_whole_timeout(shards: usize) {

@@ -178,6 +178,21 @@ pub(super) fn read_routes(w: &mut Walker, root: &toml::Table, env: Env<'_>) -> V
                 let vat = format!("{at}.variants[{i}]");
                 let when = read_when(w, v, &format!("{vat}.when"));
                 let targets = read_targets(w, v, &format!("{vat}.targets"), env);
+                if !v.contains_key("targets") {
+                    w.err(
+                        &format!("{vat}.targets"),
+                        "missing: a variant needs its own targets".into(),
+                    );
+                }
+                if strategy == Strategy::Weighted
+                    && !targets.is_empty()
+                    && targets.iter().all(|t| t.weight == 0)
+                {
+                    w.err(
+                        &format!("{vat}.targets"),
+                        "a weighted route needs a target with weight above 0".into(),
+                    );
+                }
                 variants.push(Variant { when, targets });
             }
         }
@@ -253,6 +268,8 @@ fn read_targets(w: &mut Walker, t: &toml::Table, at: &str, env: Env<'_>) -> Vec<
         {
             match super::providers::read_api_key(w, &kat, None, Some(var), env) {
                 Some(k) => keys.push(k),
+                // A value with a control character was reported already.
+                None if env(var).is_some_and(|v| !v.is_empty()) => {}
                 None => w.err(
                     &format!("{kat}[{j}]"),
                     format!("`{var}` is not set (or empty); set it to a provider key"),

@@ -20,7 +20,10 @@ impl Adapter for Azure {
     fn usage_shape(&self) -> &'static UsageShape {
         &super::openai::USAGE
     }
+    /// Chat, completions and embeddings live under the deployment; the
+    /// Responses API does not (it goes to `{base}/responses`).
     fn model_path(&self, base: &str, endpoint: &str, model: &str, _stream: bool) -> Option<String> {
-        Some(format!("{base}/deployments/{model}/{endpoint}"))
+        matches!(endpoint, "chat/completions" | "completions" | "embeddings")
+            .then(|| format!("{base}/deployments/{model}/{endpoint}"))
     }
 }

@@ -182,6 +182,27 @@ pub trait ReplyTranslator {
     fn finish(&mut self, complete: bool, out: &mut Vec<u8>);
 }
 
+/// Largest whole reply (JSON or error body) a translator holds until it
+/// ends; a larger one is answered with an error instead.
+pub const MAX_HELD: usize = 64 << 20;
+
+/// Appends `data` to a held reply; once past [`MAX_HELD`], empties it and
+/// says it overflowed (`true`).
+pub fn hold(held: &mut Vec<u8>, data: &[u8], overflowed: &mut bool) {
+    if *overflowed {
+        return;
+    }
+    if held.len() + data.len() > MAX_HELD {
+        *overflowed = true;
+        *held = Vec::new();
+    } else {
+        held.extend_from_slice(data);
+    }
+}
+
+/// The OpenAI error a client gets for a reply too large to translate.
+pub const TOO_LARGE: &[u8] = b"{\"error\":{\"message\":\"the provider's reply is larger than aigw translates (64 MiB)\",\"type\":\"provider_error\",\"param\":null,\"code\":\"reply_too_large\"}}";
+
 /// Longest SSE line a translator reads (a tool call's arguments can be large).
 pub const MAX_LINE: usize = 16 << 20;
 

@@ -96,7 +96,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
     };
     // A routed request may use only the targets its key allows.
     if let (Some(key), true) = (&principal, plan.routing.is_some())
-        && let Err(e) = restrict_route(c, req, &mut plan, key, &mut rec)
+        && let Err(e) = restrict_route(ctx, c, req, &mut plan, key, &wish, &mut rec)
     {
         return answer_error(ctx, c, rec, &e, keep_alive).await;
     }
@@ -597,41 +597,72 @@ fn authenticate(
     Ok(Some(key))
 }
 
-/// Keeps the targets of a routed request that `key` may use, in order; none
-/// is a 403 naming the route. When the first target goes, the plan moves to
-/// the new first.
+/// Settles a routed request's targets once its key is known: the key's
+/// metadata (which wins over the request's) chooses the route's variant, and
+/// only the targets the key allows stay, in order; none is a 403 naming the
+/// route. When the first target changes, the plan moves to the new first.
 fn restrict_route(
+    ctx: &ShardCtx,
     c: &mut ClientConn,
     req: &Incoming,
     plan: &mut Plan,
     key: &KeyEntry,
+    wish: &Wish,
     rec: &mut RequestRecord,
 ) -> Result<(), GatewayError> {
-    let Some(routing) = plan.routing.as_mut() else {
+    let Some(routing) = plan.routing.as_ref() else {
         return Ok(());
     };
-    let first = routing.order[routing.step].clone();
-    routing
-        .order
-        .retain(|t| key.allows(&t.provider.name, Some(&t.model)));
-    if routing.order.is_empty() {
+    let route = routing.route.clone();
+    let current = routing.order[routing.step].clone();
+    let mut order = if key.metadata.is_empty() || !route.has_variants() {
+        routing.order.clone()
+    } else {
+        let request = wish
+            .metadata
+            .as_ref()
+            .or_else(|| rec.log.as_ref().and_then(|l| l.metadata.as_ref()));
+        let field = |name: &str| {
+            key.metadata
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .or_else(|| targets::metadata_field(request, name))
+        };
+        route.order(&field, &ctx.draw)
+    };
+    order.retain(|t| key.allows(&t.provider.name, Some(&t.model)));
+    if order.is_empty() {
         return Err(GatewayError::forbidden(
             "model_not_allowed",
             format!(
                 "key `{}` may use no target of route `{}`",
-                key.id, routing.route.name
+                key.id, route.name
             ),
         ));
     }
-    routing.step = usize::MAX;
-    if std::rc::Rc::ptr_eq(&routing.order[0], &first) {
-        routing.step = 0;
+    if std::rc::Rc::ptr_eq(&order[0], &current) {
+        if let Some(r) = plan.routing.as_mut() {
+            r.order = order;
+            r.step = 0;
+        }
         return Ok(());
     }
+    let (endpoint, query) = (routing.endpoint, routing.query.clone());
     let view = req.view(&c.head, &c.buf, &c.body);
-    let model = route::retarget(plan, 0, view.body, &mut c.rewritten)?;
+    let fields = crate::json::scan_request(view.body)
+        .map_err(|e| GatewayError::bad_request("invalid_json", e.to_string()))?;
+    *plan = route::routed_plan(
+        &route,
+        order,
+        endpoint,
+        &query,
+        view.body,
+        &fields,
+        &mut c.rewritten,
+    )?;
     rec.provider = Some(plan.provider.name.clone());
-    rec.model = Some(model);
+    rec.model = plan.model.take();
     Ok(())
 }
 
@@ -1242,6 +1273,10 @@ async fn retrying_attempts(
                     .take()
                     .unwrap_or_else(|| targets::backoff(&retry, tried, &ctx.draw));
                 wait_unless_gone(ctx, c, wait).await?;
+                // A target with keys of its own tries again with the next one.
+                if target.as_ref().is_some_and(|t| t.has_keys()) {
+                    body_at = build_upstream(c, req, plan);
+                }
             }
             let last = n + 1 == steps.len() && tried + 1 == retry.attempts;
             let started = track.then(Instant::now);

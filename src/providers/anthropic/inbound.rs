@@ -537,7 +537,12 @@ struct Stream {
 /// Translates one chat completion reply (JSON, stream or error) into a Messages reply.
 pub struct MessagesReply {
     mode: Mode,
+    /// The held reply passed [`translate::MAX_HELD`].
+    too_large: bool,
 }
+
+/// [`translate::TOO_LARGE`] in Anthropic's error shape.
+const ANTHROPIC_TOO_LARGE: &[u8] = b"{\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"message\":\"the provider's reply is larger than aigw translates (64 MiB)\"}}";
 
 impl MessagesReply {
     pub fn new(status: u16, event_stream: bool) -> MessagesReply {
@@ -557,14 +562,19 @@ impl MessagesReply {
         } else {
             Mode::Json(Vec::new())
         };
-        MessagesReply { mode }
+        MessagesReply {
+            mode,
+            too_large: false,
+        }
     }
 }
 
 impl ReplyTranslator for MessagesReply {
     fn feed(&mut self, data: &[u8], out: &mut Vec<u8>) {
         match &mut self.mode {
-            Mode::Json(held) | Mode::Error(_, held) => held.extend_from_slice(data),
+            Mode::Json(held) | Mode::Error(_, held) => {
+                translate::hold(held, data, &mut self.too_large)
+            }
             Mode::Stream(s) => {
                 let mut lines = std::mem::take(&mut s.lines);
                 lines.feed(data, |line| s.line(line, out));
@@ -575,6 +585,10 @@ impl ReplyTranslator for MessagesReply {
 
     fn finish(&mut self, complete: bool, out: &mut Vec<u8>) {
         if !complete {
+            return;
+        }
+        if self.too_large {
+            out.extend_from_slice(ANTHROPIC_TOO_LARGE);
             return;
         }
         match &mut self.mode {
@@ -742,6 +756,14 @@ impl Stream {
 
     fn end(&mut self, out: &mut Vec<u8>) {
         self.done = true;
+        if !self.started {
+            self.started = true;
+            event(
+                out,
+                "message_start",
+                b"{\"type\":\"message_start\",\"message\":{\"id\":\"\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"\",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":0,\"output_tokens\":0}}}",
+            );
+        }
         self.close(out);
         let mut d = Vec::with_capacity(192);
         d.extend_from_slice(b"{\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"");

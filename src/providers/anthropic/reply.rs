@@ -222,6 +222,8 @@ struct Stream {
 /// Translates one Messages reply (JSON, stream or error) into a chat completion.
 pub struct ChatReply {
     mode: Mode,
+    /// The held reply passed [`translate::MAX_HELD`].
+    too_large: bool,
 }
 
 impl ChatReply {
@@ -243,14 +245,19 @@ impl ChatReply {
         } else {
             Mode::Json(Vec::new())
         };
-        ChatReply { mode }
+        ChatReply {
+            mode,
+            too_large: false,
+        }
     }
 }
 
 impl ReplyTranslator for ChatReply {
     fn feed(&mut self, data: &[u8], out: &mut Vec<u8>) {
         match &mut self.mode {
-            Mode::Json(held) | Mode::Error(_, held) => held.extend_from_slice(data),
+            Mode::Json(held) | Mode::Error(_, held) => {
+                translate::hold(held, data, &mut self.too_large)
+            }
             Mode::Stream(s) => {
                 let mut lines = std::mem::take(&mut s.lines);
                 lines.feed(data, |line| s.line(line, out));
@@ -261,6 +268,10 @@ impl ReplyTranslator for ChatReply {
 
     fn finish(&mut self, complete: bool, out: &mut Vec<u8>) {
         if !complete {
+            return;
+        }
+        if self.too_large {
+            out.extend_from_slice(translate::TOO_LARGE);
             return;
         }
         match &mut self.mode {

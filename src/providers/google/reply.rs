@@ -267,6 +267,8 @@ struct Stream {
 pub struct ChatReply {
     mode: Mode,
     model: String,
+    /// The held reply passed [`translate::MAX_HELD`].
+    too_large: bool,
 }
 
 impl ChatReply {
@@ -290,6 +292,7 @@ impl ChatReply {
         ChatReply {
             mode,
             model: model.to_string(),
+            too_large: false,
         }
     }
 }
@@ -297,7 +300,9 @@ impl ChatReply {
 impl ReplyTranslator for ChatReply {
     fn feed(&mut self, data: &[u8], out: &mut Vec<u8>) {
         match &mut self.mode {
-            Mode::Json(held) | Mode::Error(_, held) => held.extend_from_slice(data),
+            Mode::Json(held) | Mode::Error(_, held) => {
+                translate::hold(held, data, &mut self.too_large)
+            }
             Mode::Stream(s) => {
                 let mut lines = std::mem::take(&mut s.lines);
                 lines.feed(data, |line| s.line(line, out));
@@ -308,6 +313,10 @@ impl ReplyTranslator for ChatReply {
 
     fn finish(&mut self, complete: bool, out: &mut Vec<u8>) {
         if !complete {
+            return;
+        }
+        if self.too_large {
+            out.extend_from_slice(translate::TOO_LARGE);
             return;
         }
         match &mut self.mode {
