@@ -95,7 +95,7 @@ fn replies(c: &mut Criterion) {
     g.bench_function("anthropic_message_to_chat", |b| {
         b.iter(|| {
             run(
-                &mut reply::ChatReply::new(200, false, false),
+                &mut reply::ChatReply::for_chat(200, false, false),
                 ANTHROPIC_MESSAGE,
                 &mut out,
             )
@@ -104,7 +104,7 @@ fn replies(c: &mut Criterion) {
     g.bench_function("chat_completion_to_message", |b| {
         b.iter(|| {
             run(
-                &mut inbound::MessagesReply::new(200, false),
+                &mut inbound::MessagesReply::for_messages(200, false),
                 OPENAI_COMPLETION,
                 &mut out,
             )
@@ -118,17 +118,29 @@ fn replies(c: &mut Criterion) {
     g.throughput(Throughput::Elements(EVENTS as u64));
     let a = anthropic_stream(EVENTS);
     g.bench_function("anthropic_to_chat", |b| {
-        b.iter(|| run(&mut reply::ChatReply::new(200, true, true), &a, &mut out))
+        b.iter(|| {
+            run(
+                &mut reply::ChatReply::for_chat(200, true, true),
+                &a,
+                &mut out,
+            )
+        })
     });
     let o = openai_stream(EVENTS);
     g.bench_function("chat_to_anthropic_events", |b| {
-        b.iter(|| run(&mut inbound::MessagesReply::new(200, true), &o, &mut out))
+        b.iter(|| {
+            run(
+                &mut inbound::MessagesReply::for_messages(200, true),
+                &o,
+                &mut out,
+            )
+        })
     });
     let gm = gemini_stream(EVENTS);
     g.bench_function("gemini_to_chat", |b| {
         b.iter(|| {
             run(
-                &mut google::reply::ChatReply::new(200, true, true, "gemini-2.5-flash"),
+                &mut google::reply::ChatReply::for_chat(200, true, true, "gemini-2.5-flash"),
                 &gm,
                 &mut out,
             )

@@ -184,7 +184,7 @@ fn provider_errors_and_cut_streams_reach_the_client_in_openai_shape(shards: usiz
         v["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("rate limit")
+            .contains("Rate limit exceeded (mock)")
     );
 
     // A stream cut after its first events ends with an error event, no [DONE].

@@ -84,18 +84,18 @@ fn replies_translate_to_their_golden_files_whole_and_streamed() {
     let m = input("anthropic_tool_use.message.json");
     golden(
         "anthropic_tool_use.chat.json",
-        &run(&mut reply::ChatReply::new(200, false, false), &m, 7),
+        &run(&mut reply::ChatReply::for_chat(200, false, false), &m, 7),
     );
     let s = input("anthropic_tool_use.stream.sse");
     golden(
         "anthropic_tool_use.chat.sse",
-        &run(&mut reply::ChatReply::new(200, true, true), &s, 5),
+        &run(&mut reply::ChatReply::for_chat(200, true, true), &s, 5),
     );
     let g = input("gemini_tool_use.response.json");
     golden(
         "gemini_tool_use.chat.json",
         &run(
-            &mut google::reply::ChatReply::new(200, false, false, "gemini-2.5-flash"),
+            &mut google::reply::ChatReply::for_chat(200, false, false, "gemini-2.5-flash"),
             &g,
             9,
         ),
@@ -104,7 +104,7 @@ fn replies_translate_to_their_golden_files_whole_and_streamed() {
     golden(
         "gemini_tool_use.chat.sse",
         &run(
-            &mut google::reply::ChatReply::new(200, true, true, "gemini-2.5-flash"),
+            &mut google::reply::ChatReply::for_chat(200, true, true, "gemini-2.5-flash"),
             &gs,
             3,
         ),
@@ -112,12 +112,16 @@ fn replies_translate_to_their_golden_files_whole_and_streamed() {
     let c = input("chat_tool_use.completion.json");
     golden(
         "chat_tool_use.message.json",
-        &run(&mut inbound::MessagesReply::new(200, false), &c, 11),
+        &run(
+            &mut inbound::MessagesReply::for_messages(200, false),
+            &c,
+            11,
+        ),
     );
     let cs = input("chat_tool_use.stream.sse");
     golden(
         "chat_tool_use.anthropic.sse",
-        &run(&mut inbound::MessagesReply::new(200, true), &cs, 4),
+        &run(&mut inbound::MessagesReply::for_messages(200, true), &cs, 4),
     );
 }
 
@@ -205,24 +209,24 @@ fn chunks_answer(stream: &[u8]) -> Answer {
 #[test]
 fn a_stream_reassembled_equals_the_whole_answer() {
     let whole = run(
-        &mut reply::ChatReply::new(200, false, false),
+        &mut reply::ChatReply::for_chat(200, false, false),
         &input("anthropic_tool_use.message.json"),
         64,
     );
     let streamed = run(
-        &mut reply::ChatReply::new(200, true, false),
+        &mut reply::ChatReply::for_chat(200, true, false),
         &input("anthropic_tool_use.stream.sse"),
         64,
     );
     assert_eq!(chunks_answer(&streamed), chat_answer(&whole));
 
     let whole = run(
-        &mut google::reply::ChatReply::new(200, false, false, "g"),
+        &mut google::reply::ChatReply::for_chat(200, false, false, "g"),
         &input("gemini_tool_use.response.json"),
         64,
     );
     let streamed = run(
-        &mut google::reply::ChatReply::new(200, true, false, "g"),
+        &mut google::reply::ChatReply::for_chat(200, true, false, "g"),
         &input("gemini_tool_use.stream.sse"),
         64,
     );
@@ -230,12 +234,12 @@ fn a_stream_reassembled_equals_the_whole_answer() {
 
     // Anthropic-shaped: the message's blocks against the events' blocks.
     let whole = parse(&run(
-        &mut inbound::MessagesReply::new(200, false),
+        &mut inbound::MessagesReply::for_messages(200, false),
         &input("chat_tool_use.completion.json"),
         64,
     ));
     let streamed = run(
-        &mut inbound::MessagesReply::new(200, true),
+        &mut inbound::MessagesReply::for_messages(200, true),
         &input("chat_tool_use.stream.sse"),
         64,
     );

@@ -79,17 +79,14 @@ impl Translation {
     pub fn reply(self, status: u16, event_stream: bool, model: &str) -> Box<dyn ReplyTranslator> {
         match self {
             Translation::AnthropicToChat { include_usage } => Box::new(
-                anthropic::reply::ChatReply::new(status, event_stream, include_usage),
+                anthropic::reply::ChatReply::for_chat(status, event_stream, include_usage),
             ),
-            Translation::ChatToMessages => {
-                Box::new(anthropic::inbound::MessagesReply::new(status, event_stream))
-            }
-            Translation::GoogleToChat { include_usage } => Box::new(google::reply::ChatReply::new(
-                status,
-                event_stream,
-                include_usage,
-                model,
-            )),
+            Translation::ChatToMessages => Box::new(
+                anthropic::inbound::MessagesReply::for_messages(status, event_stream),
+            ),
+            Translation::GoogleToChat { include_usage } => Box::new(
+                google::reply::ChatReply::for_chat(status, event_stream, include_usage, model),
+            ),
         }
     }
 

@@ -166,6 +166,90 @@ pub fn stringified(out: &mut Vec<u8>, value: &[u8]) {
     }
 }
 
+/// An OpenAI `image_url` part's image.
+pub enum Image<'a> {
+    /// A `data:<media>;base64,<data>` URL.
+    Base64 {
+        media: &'a str,
+        data: &'a str,
+    },
+    Url(&'a str),
+}
+
+/// The URL of an OpenAI `image_url` part (`"image_url": "..."` or
+/// `{"url": ...}`); `at` names the part in errors.
+pub fn image_url<'a>(part: &Obj<'a>, at: &str) -> Result<Cow<'a, str>> {
+    match part.get("image_url")? {
+        Some(raw) if raw.first() == Some(&b'"') => json::string_value(raw),
+        Some(_) => part
+            .obj("image_url")?
+            .map(|o| o.str("url"))
+            .transpose()?
+            .flatten(),
+        None => None,
+    }
+    .ok_or_else(|| TranslateError::new(format!("`{at}.image_url.url` is required")))
+}
+
+/// What an image URL holds: base64 data (a data URL) or a link; `target`
+/// names the provider in errors (only base64 data URLs are taken).
+pub fn image<'u>(url: &'u str, at: &str, target: &str) -> Result<Image<'u>> {
+    let Some(data) = url.strip_prefix("data:") else {
+        return Ok(Image::Url(url));
+    };
+    let (meta, payload) = data.split_once(',').ok_or_else(|| {
+        TranslateError::new(format!("`{at}.image_url.url`: a data URL needs a ','"))
+    })?;
+    let media = meta.strip_suffix(";base64").ok_or_else(|| {
+        TranslateError::new(format!(
+            "`{at}.image_url.url`: {target} takes base64 data URLs (data:<type>;base64,...)"
+        ))
+    })?;
+    Ok(Image::Base64 {
+        media,
+        data: payload,
+    })
+}
+
+/// Writes an OpenAI error object: the provider's `message` and `kind` (raw
+/// string literals) when its body had them, else a message quoting the body.
+pub fn openai_error(
+    status: u16,
+    body: &[u8],
+    parsed: Option<(&[u8], Option<&[u8]>)>,
+    out: &mut Vec<u8>,
+) {
+    out.extend_from_slice(b"{\"error\":{\"message\":");
+    match parsed {
+        Some((message, kind)) => {
+            raw(out, message);
+            out.extend_from_slice(b",\"type\":");
+            raw(out, kind.unwrap_or(b"\"provider_error\""));
+            out.extend_from_slice(b",\"param\":null,\"code\":");
+            raw(out, kind.unwrap_or(b"null"));
+        }
+        None => {
+            string(
+                out,
+                &format!(
+                    "the provider answered HTTP {status}: {}",
+                    String::from_utf8_lossy(&body[..body.len().min(512)]).trim()
+                ),
+            );
+            out.extend_from_slice(b",\"type\":\"provider_error\",\"param\":null,\"code\":null");
+        }
+    }
+    out.extend_from_slice(b"}}");
+}
+
+/// Parses JSON into a value for tests' assertions.
+#[cfg(test)]
+pub fn parse(b: &[u8]) -> simd_json::OwnedValue {
+    let mut copy = b.to_vec();
+    simd_json::to_owned_value(&mut copy)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(b)))
+}
+
 /// Whether `doc` is one valid JSON value (a strict parse, so what we pass on
 /// raw is what any parser reads).
 pub fn is_valid_json(doc: &[u8]) -> bool {
@@ -202,6 +286,91 @@ pub fn hold(held: &mut Vec<u8>, data: &[u8], overflowed: &mut bool) {
 
 /// The OpenAI error a client gets for a reply too large to translate.
 pub const TOO_LARGE: &[u8] = b"{\"error\":{\"message\":\"the provider's reply is larger than aigw translates (64 MiB)\",\"type\":\"provider_error\",\"param\":null,\"code\":\"reply_too_large\"}}";
+
+/// One direction of reply translation: what differs between formats. The
+/// rest (holding a whole body, cutting a stream into lines, the size cap) is
+/// [`Translator`]'s.
+pub trait Format {
+    /// A translated stream's state.
+    type Stream: StreamFormat;
+    /// The client's error body for a reply too large to hold.
+    const TOO_LARGE: &'static [u8];
+    /// Writes a whole successful reply in the client's format; `false` when
+    /// `body` is not one.
+    fn whole(&self, body: &[u8], out: &mut Vec<u8>) -> bool;
+    /// Writes the client's error body for the provider's error `body`.
+    fn error(&self, status: u16, body: &[u8], out: &mut Vec<u8>);
+}
+
+/// A stream's translation, line by line.
+pub trait StreamFormat {
+    fn line(&mut self, line: &[u8], out: &mut Vec<u8>);
+    /// The body ended whole: what the client is still owed (the stream's
+    /// end, or an error event when the provider never finished it).
+    fn end(&mut self, out: &mut Vec<u8>);
+}
+
+enum Held<S> {
+    /// A whole reply (`status` for errors), held until it ends.
+    Whole(u16, Vec<u8>),
+    Stream(Box<S>, Lines),
+}
+
+/// A [`ReplyTranslator`] for a [`Format`].
+pub struct Translator<F: Format> {
+    format: F,
+    held: Held<F::Stream>,
+    too_large: bool,
+}
+
+impl<F: Format> Translator<F> {
+    /// For a reply of `status`; `stream` is the stream state when the reply
+    /// is a successful event stream.
+    pub fn new(format: F, status: u16, stream: Option<F::Stream>) -> Translator<F> {
+        let held = match stream {
+            Some(s) if status < 400 => Held::Stream(Box::new(s), Lines::default()),
+            _ => Held::Whole(status, Vec::new()),
+        };
+        Translator {
+            format,
+            held,
+            too_large: false,
+        }
+    }
+}
+
+impl<F: Format> ReplyTranslator for Translator<F> {
+    fn feed(&mut self, data: &[u8], out: &mut Vec<u8>) {
+        match &mut self.held {
+            Held::Whole(_, body) => hold(body, data, &mut self.too_large),
+            Held::Stream(s, lines) => lines.feed(data, |line| s.line(line, out)),
+        }
+    }
+
+    fn finish(&mut self, complete: bool, out: &mut Vec<u8>) {
+        if !complete {
+            return;
+        }
+        if self.too_large {
+            out.extend_from_slice(F::TOO_LARGE);
+            return;
+        }
+        match &mut self.held {
+            Held::Whole(status, body) if *status >= 400 => self.format.error(*status, body, out),
+            Held::Whole(_, body) => {
+                if !self.format.whole(body, out) {
+                    self.format.error(502, body, out);
+                }
+            }
+            Held::Stream(s, lines) => {
+                if let Some(last) = lines.rest() {
+                    s.line(&last, out);
+                }
+                s.end(out);
+            }
+        }
+    }
+}
 
 /// Longest SSE line a translator reads (a tool call's arguments can be large).
 pub const MAX_LINE: usize = 16 << 20;

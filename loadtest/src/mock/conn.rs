@@ -213,10 +213,14 @@ impl Conn {
             ) => {
                 sleep(knobs.latency).await;
                 if path == ANTHROPIC_PATH {
-                    return self.anthropic_status(status, &knobs, keep_alive).await;
+                    return self
+                        .shaped_status(status, &knobs, keep_alive, anthropic::push_error)
+                        .await;
                 }
                 if gemini::route(path).is_some() {
-                    return self.gemini_status(status, &knobs, keep_alive).await;
+                    return self
+                        .shaped_status(status, &knobs, keep_alive, gemini::push_error)
+                        .await;
                 }
                 return self.injected_status(status, &knobs, keep_alive).await;
             }
@@ -464,52 +468,26 @@ impl Conn {
         })
     }
 
-    /// A 429, 500 or 503 in Google's error shape.
-    async fn gemini_status(
+    /// A 429, 500 or 503 in another provider's error shape: `push` writes
+    /// the body for a status and message.
+    async fn shaped_status(
         &mut self,
         kind: ErrorKind,
         knobs: &Knobs,
         keep_alive: bool,
+        push: fn(&mut Vec<u8>, u16, &str),
     ) -> io::Result<Next> {
         let (status, message, extra) = match kind {
             ErrorKind::RateLimited => (
                 429,
-                "Resource has been exhausted (e.g. check quota). (mock)",
-                format!("retry-after: {}\r\n", knobs.retry_after_secs),
-            ),
-            ErrorKind::Unavailable => (503, "The model is overloaded. (mock)", String::new()),
-            _ => (500, "An internal error has occurred. (mock)", String::new()),
-        };
-        self.scratch.clear();
-        gemini::push_error(&mut self.scratch, status, message);
-        self.send(
-            status,
-            "application/json",
-            keep_alive,
-            extra.as_bytes(),
-            false,
-        )
-        .await
-    }
-
-    /// A 429, 500 or 503 in Anthropic's error shape.
-    async fn anthropic_status(
-        &mut self,
-        kind: ErrorKind,
-        knobs: &Knobs,
-        keep_alive: bool,
-    ) -> io::Result<Next> {
-        let (status, message, extra) = match kind {
-            ErrorKind::RateLimited => (
-                429,
-                "Number of requests has exceeded your rate limit (mock)",
+                "Rate limit exceeded (mock)",
                 format!("retry-after: {}\r\n", knobs.retry_after_secs),
             ),
             ErrorKind::Unavailable => (503, "Overloaded (mock)", String::new()),
             _ => (500, "Internal server error (mock)", String::new()),
         };
         self.scratch.clear();
-        anthropic::push_error(&mut self.scratch, status, message);
+        push(&mut self.scratch, status, message);
         self.send(
             status,
             "application/json",

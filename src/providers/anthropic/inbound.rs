@@ -10,7 +10,7 @@
 //! and the stream's chunks become Anthropic's events as they arrive.
 
 use crate::providers::translate::{
-    self, Lines, Obj, ReplyTranslator, Result, TranslateError, data_of,
+    self, Format, Obj, Result, StreamFormat, TranslateError, Translator, data_of,
 };
 use std::ops::Range;
 
@@ -507,12 +507,6 @@ fn input(args: &str, out: &mut Vec<u8>) {
     }
 }
 
-enum Mode {
-    Json(Vec<u8>),
-    Error(u16, Vec<u8>),
-    Stream(Box<Stream>),
-}
-
 /// What kind of content block is open in the stream.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Open {
@@ -522,8 +516,8 @@ enum Open {
     Tool(u64),
 }
 
-struct Stream {
-    lines: Lines,
+/// The state of a translated stream.
+pub struct Stream {
     started: bool,
     /// Content blocks opened so far (the next block's index).
     blocks: u64,
@@ -534,82 +528,52 @@ struct Stream {
     failed: bool,
 }
 
-/// Translates one chat completion reply (JSON, stream or error) into a Messages reply.
-pub struct MessagesReply {
-    mode: Mode,
-    /// The held reply passed [`translate::MAX_HELD`].
-    too_large: bool,
-}
-
 /// [`translate::TOO_LARGE`] in Anthropic's error shape.
 const ANTHROPIC_TOO_LARGE: &[u8] = b"{\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"message\":\"the provider's reply is larger than aigw translates (64 MiB)\"}}";
 
-impl MessagesReply {
-    pub fn new(status: u16, event_stream: bool) -> MessagesReply {
-        let mode = if status >= 400 {
-            Mode::Error(status, Vec::new())
-        } else if event_stream {
-            Mode::Stream(Box::new(Stream {
-                lines: Lines::default(),
-                started: false,
-                blocks: 0,
-                open: Open::None,
-                stop: "end_turn",
-                counts: Counts::default(),
-                done: false,
-                failed: false,
-            }))
-        } else {
-            Mode::Json(Vec::new())
-        };
-        MessagesReply {
-            mode,
-            too_large: false,
-        }
+/// Chat completion replies as Messages replies.
+pub struct ToMessages;
+
+impl Format for ToMessages {
+    type Stream = Stream;
+    const TOO_LARGE: &'static [u8] = ANTHROPIC_TOO_LARGE;
+    fn whole(&self, body: &[u8], out: &mut Vec<u8>) -> bool {
+        message(body, out)
+    }
+    fn error(&self, status: u16, body: &[u8], out: &mut Vec<u8>) {
+        error_body(status, body, out)
     }
 }
 
-impl ReplyTranslator for MessagesReply {
-    fn feed(&mut self, data: &[u8], out: &mut Vec<u8>) {
-        match &mut self.mode {
-            Mode::Json(held) | Mode::Error(_, held) => {
-                translate::hold(held, data, &mut self.too_large)
-            }
-            Mode::Stream(s) => {
-                let mut lines = std::mem::take(&mut s.lines);
-                lines.feed(data, |line| s.line(line, out));
-                s.lines = lines;
-            }
-        }
-    }
+/// Translates one chat completion reply (JSON, stream or error) into a Messages reply.
+pub type MessagesReply = Translator<ToMessages>;
 
-    fn finish(&mut self, complete: bool, out: &mut Vec<u8>) {
-        if !complete {
-            return;
-        }
-        if self.too_large {
-            out.extend_from_slice(ANTHROPIC_TOO_LARGE);
-            return;
-        }
-        match &mut self.mode {
-            Mode::Json(held) => {
-                if !message(held, out) {
-                    error_body(502, held, out);
-                }
-            }
-            Mode::Error(status, held) => error_body(*status, held, out),
-            Mode::Stream(s) => {
-                if let Some(last) = s.lines.rest() {
-                    s.line(&last, out);
-                }
-                if !s.done && !s.failed {
-                    event(
-                        out,
-                        "error",
-                        b"{\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"message\":\"the provider ended the stream before [DONE]: the answer is incomplete\"}}",
-                    );
-                }
-            }
+impl Translator<ToMessages> {
+    pub fn for_messages(status: u16, event_stream: bool) -> MessagesReply {
+        let stream = event_stream.then_some(Stream {
+            started: false,
+            blocks: 0,
+            open: Open::None,
+            stop: "end_turn",
+            counts: Counts::default(),
+            done: false,
+            failed: false,
+        });
+        Translator::new(ToMessages, status, stream)
+    }
+}
+
+impl StreamFormat for Stream {
+    fn line(&mut self, line: &[u8], out: &mut Vec<u8>) {
+        self.chunk_line(line, out)
+    }
+    fn end(&mut self, out: &mut Vec<u8>) {
+        if !self.done && !self.failed {
+            event(
+                out,
+                "error",
+                b"{\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"message\":\"the provider ended the stream before [DONE]: the answer is incomplete\"}}",
+            );
         }
     }
 }
@@ -623,7 +587,7 @@ fn event(out: &mut Vec<u8>, name: &str, data: &[u8]) {
 }
 
 impl Stream {
-    fn line(&mut self, line: &[u8], out: &mut Vec<u8>) {
+    fn chunk_line(&mut self, line: &[u8], out: &mut Vec<u8>) {
         let Some(data) = data_of(line) else { return };
         if self.done || self.failed {
             return;
@@ -779,13 +743,10 @@ impl Stream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::translate::ReplyTranslator;
     use simd_json::prelude::*;
 
-    fn parse(b: &[u8]) -> simd_json::OwnedValue {
-        let mut copy = b.to_vec();
-        simd_json::to_owned_value(&mut copy)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(b)))
-    }
+    use crate::providers::translate::parse;
 
     #[test]
     fn a_messages_request_becomes_a_chat_request() {
@@ -820,7 +781,7 @@ mod tests {
     #[test]
     fn a_chat_completion_becomes_a_message() {
         let body = br#"{"id":"c1","object":"chat.completion","model":"gpt-x","choices":[{"index":0,"message":{"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"f","arguments":"{\"a\":1}"}}]},"finish_reason":"tool_calls"}],"usage":{"prompt_tokens":10,"completion_tokens":3,"prompt_tokens_details":{"cached_tokens":4}}}"#;
-        let mut t = MessagesReply::new(200, false);
+        let mut t = MessagesReply::for_messages(200, false);
         let mut out = Vec::new();
         t.feed(body, &mut out);
         t.finish(true, &mut out);
@@ -831,7 +792,7 @@ mod tests {
         assert_eq!(v["stop_reason"], "tool_use");
         assert_eq!(v["usage"]["input_tokens"], 6);
         assert_eq!(v["usage"]["cache_read_input_tokens"], 4);
-        let mut e = MessagesReply::new(429, false);
+        let mut e = MessagesReply::for_messages(429, false);
         let mut out = Vec::new();
         e.feed(
             br#"{"error":{"message":"slow down","type":"requests"}}"#,
@@ -865,7 +826,7 @@ mod tests {
     fn chunks_become_events_with_blocks_opened_and_closed() {
         let stream = b"data: {\"id\":\"c\",\"model\":\"g\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\ndata: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\ndata: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"call_1\",\"type\":\"function\",\"function\":{\"name\":\"f\",\"arguments\":\"\"}}]}}]}\n\ndata: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"{\\\"a\\\":\"}}]}}]}\n\ndata: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"1}\"}}]}}]}\n\ndata: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\ndata: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n";
         for piece in [1, 7, stream.len()] {
-            let mut t = MessagesReply::new(200, true);
+            let mut t = MessagesReply::for_messages(200, true);
             let mut out = Vec::new();
             for p in stream.chunks(piece) {
                 t.feed(p, &mut out);
@@ -900,7 +861,7 @@ mod tests {
             assert_eq!(e[8].1["usage"]["output_tokens"], 2);
         }
         // Cut before [DONE]: an error event, no message_stop.
-        let mut t = MessagesReply::new(200, true);
+        let mut t = MessagesReply::for_messages(200, true);
         let mut out = Vec::new();
         t.feed(&stream[..200], &mut out);
         t.finish(true, &mut out);

@@ -7,7 +7,7 @@
 //! A stream that ends without `message_stop` was cut: it ends with an error
 //! event and no `[DONE]`, so no client mistakes half an answer for a whole one.
 
-use crate::providers::translate::{self, Lines, Obj, ReplyTranslator, data_of};
+use crate::providers::translate::{self, Format, Obj, StreamFormat, Translator, data_of};
 use smallvec::SmallVec;
 
 /// Anthropic's stop reasons as OpenAI finish reasons.
@@ -86,25 +86,7 @@ pub fn error_body(status: u16, body: &[u8], out: &mut Vec<u8>) {
             e.raw_str("type").ok().flatten(),
         ))
     });
-    out.extend_from_slice(b"{\"error\":{\"message\":");
-    match parsed {
-        Some((message, kind)) => {
-            translate::raw(out, message);
-            out.extend_from_slice(b",\"type\":");
-            translate::raw(out, kind.unwrap_or(b"\"provider_error\""));
-            out.extend_from_slice(b",\"param\":null,\"code\":");
-            translate::raw(out, kind.unwrap_or(b"null"));
-        }
-        None => {
-            let text = String::from_utf8_lossy(&body[..body.len().min(512)]);
-            translate::string(
-                out,
-                &format!("the provider answered HTTP {status}: {}", text.trim()),
-            );
-            out.extend_from_slice(b",\"type\":\"provider_error\",\"param\":null,\"code\":null");
-        }
-    }
-    out.extend_from_slice(b"}}");
+    translate::openai_error(status, body, parsed, out);
 }
 
 /// Writes the `chat.completion` for a whole Messages reply; `false` when
@@ -195,18 +177,8 @@ fn joined(parts: &[&[u8]], out: &mut Vec<u8>) {
     }
 }
 
-/// What the reply is.
-enum Mode {
-    /// A whole JSON message, translated once it has arrived.
-    Json(Vec<u8>),
-    /// An error body (any status of 400 and up), translated once whole.
-    Error(u16, Vec<u8>),
-    Stream(Box<Stream>),
-}
-
 /// The state of a translated stream.
-struct Stream {
-    lines: Lines,
+pub struct Stream {
     include_usage: bool,
     /// `data: {"id":...,"choices":[{"index":0,"delta":` for every chunk.
     prefix: Vec<u8>,
@@ -219,84 +191,54 @@ struct Stream {
     failed: bool,
 }
 
+/// Messages replies as chat completions.
+pub struct ToChat;
+
+impl Format for ToChat {
+    type Stream = Stream;
+    const TOO_LARGE: &'static [u8] = translate::TOO_LARGE;
+    fn whole(&self, body: &[u8], out: &mut Vec<u8>) -> bool {
+        message(body, out)
+    }
+    fn error(&self, status: u16, body: &[u8], out: &mut Vec<u8>) {
+        error_body(status, body, out)
+    }
+}
+
 /// Translates one Messages reply (JSON, stream or error) into a chat completion.
-pub struct ChatReply {
-    mode: Mode,
-    /// The held reply passed [`translate::MAX_HELD`].
-    too_large: bool,
-}
+pub type ChatReply = Translator<ToChat>;
 
-impl ChatReply {
+impl Translator<ToChat> {
     /// For a reply of `status`; `event_stream` when its type is `text/event-stream`.
-    pub fn new(status: u16, event_stream: bool, include_usage: bool) -> ChatReply {
-        let mode = if status >= 400 {
-            Mode::Error(status, Vec::new())
-        } else if event_stream {
-            Mode::Stream(Box::new(Stream {
-                lines: Lines::default(),
-                include_usage,
-                prefix: Vec::new(),
-                head: Vec::new(),
-                tools: SmallVec::new(),
-                counts: Counts::default(),
-                stopped: false,
-                failed: false,
-            }))
-        } else {
-            Mode::Json(Vec::new())
-        };
-        ChatReply {
-            mode,
-            too_large: false,
-        }
+    pub fn for_chat(status: u16, event_stream: bool, include_usage: bool) -> ChatReply {
+        let stream = event_stream.then(|| Stream {
+            include_usage,
+            prefix: Vec::new(),
+            head: Vec::new(),
+            tools: SmallVec::new(),
+            counts: Counts::default(),
+            stopped: false,
+            failed: false,
+        });
+        Translator::new(ToChat, status, stream)
     }
 }
 
-impl ReplyTranslator for ChatReply {
-    fn feed(&mut self, data: &[u8], out: &mut Vec<u8>) {
-        match &mut self.mode {
-            Mode::Json(held) | Mode::Error(_, held) => {
-                translate::hold(held, data, &mut self.too_large)
-            }
-            Mode::Stream(s) => {
-                let mut lines = std::mem::take(&mut s.lines);
-                lines.feed(data, |line| s.line(line, out));
-                s.lines = lines;
-            }
-        }
+impl StreamFormat for Stream {
+    fn line(&mut self, line: &[u8], out: &mut Vec<u8>) {
+        self.event_line(line, out)
     }
-
-    fn finish(&mut self, complete: bool, out: &mut Vec<u8>) {
-        if !complete {
-            return;
-        }
-        if self.too_large {
-            out.extend_from_slice(translate::TOO_LARGE);
-            return;
-        }
-        match &mut self.mode {
-            Mode::Json(held) => {
-                if !message(held, out) {
-                    error_body(502, held, out);
-                }
-            }
-            Mode::Error(status, held) => error_body(*status, held, out),
-            Mode::Stream(s) => {
-                if let Some(last) = s.lines.rest() {
-                    s.line(&last, out);
-                }
-                if !s.stopped && !s.failed {
-                    out.extend_from_slice(
-                        b"data: {\"error\":{\"message\":\"the provider ended the stream before message_stop: the answer is incomplete\",\"type\":\"provider_error\",\"param\":null,\"code\":\"stream_truncated\"}}\n\n",
-                    );
-                }
-            }
+    fn end(&mut self, out: &mut Vec<u8>) {
+        if !self.stopped && !self.failed {
+            out.extend_from_slice(
+                b"data: {\"error\":{\"message\":\"the provider ended the stream before message_stop: the answer is incomplete\",\"type\":\"provider_error\",\"param\":null,\"code\":\"stream_truncated\"}}\n\n",
+            );
         }
     }
 }
 
 impl Stream {
-    fn line(&mut self, line: &[u8], out: &mut Vec<u8>) {
+    fn event_line(&mut self, line: &[u8], out: &mut Vec<u8>) {
         let Some(data) = data_of(line) else { return };
         if self.stopped || self.failed {
             return;
@@ -480,16 +422,13 @@ fn block_index(ev: &Obj<'_>) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::translate::ReplyTranslator;
     use simd_json::prelude::*;
 
-    fn parse(b: &[u8]) -> simd_json::OwnedValue {
-        let mut copy = b.to_vec();
-        simd_json::to_owned_value(&mut copy)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(b)))
-    }
+    use crate::providers::translate::parse;
 
     fn run(status: u16, stream: bool, usage: bool, body: &[u8], piece: usize) -> Vec<u8> {
-        let mut t = ChatReply::new(status, stream, usage);
+        let mut t = ChatReply::for_chat(status, stream, usage);
         let mut out = Vec::new();
         for p in body.chunks(piece) {
             t.feed(p, &mut out);

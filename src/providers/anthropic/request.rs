@@ -10,7 +10,7 @@
 //! Fields with no counterpart are dropped, since Anthropic refuses unknown
 //! fields; the README's translation table lists them.
 
-use crate::providers::translate::{self, Obj, Result, TranslateError};
+use crate::providers::translate::{self, Image, Obj, Result, TranslateError};
 use std::ops::Range;
 
 /// What the client asked for that the reply's translation needs.
@@ -319,36 +319,21 @@ fn content_blocks(
 
 /// An `image_url` part as an `image` block, left open for `cache_control`.
 fn image(part: &Obj<'_>, at: &str, out: &mut Vec<u8>) -> Result<()> {
-    let url = match part.get("image_url")? {
-        Some(raw) if raw.first() == Some(&b'"') => crate::json::string_value(raw),
-        Some(_) => part
-            .obj("image_url")?
-            .map(|o| o.str("url"))
-            .transpose()?
-            .flatten(),
-        None => None,
-    }
-    .ok_or_else(|| TranslateError::new(format!("`{at}.image_url.url` is required")))?;
+    let url = translate::image_url(part, at)?;
     out.extend_from_slice(b"{\"type\":\"image\",\"source\":");
-    if let Some(data) = url.strip_prefix("data:") {
-        let (meta, payload) = data.split_once(',').ok_or_else(|| {
-            TranslateError::new(format!("`{at}.image_url.url`: a data URL needs a ','"))
-        })?;
-        let media = meta.strip_suffix(";base64").ok_or_else(|| {
-            TranslateError::new(format!(
-                "`{at}.image_url.url`: Anthropic takes base64 data URLs (data:<type>;base64,...)"
-            ))
-        })?;
-        out.extend_from_slice(b"{\"type\":\"base64\",\"media_type\":");
-        translate::string(out, media);
-        out.extend_from_slice(b",\"data\":");
-        translate::string(out, payload);
-        out.push(b'}');
-    } else {
-        out.extend_from_slice(b"{\"type\":\"url\",\"url\":");
-        translate::string(out, &url);
-        out.push(b'}');
+    match translate::image(&url, at, "Anthropic")? {
+        Image::Base64 { media, data } => {
+            out.extend_from_slice(b"{\"type\":\"base64\",\"media_type\":");
+            translate::string(out, media);
+            out.extend_from_slice(b",\"data\":");
+            translate::string(out, data);
+        }
+        Image::Url(url) => {
+            out.extend_from_slice(b"{\"type\":\"url\",\"url\":");
+            translate::string(out, url);
+        }
     }
+    out.push(b'}');
     Ok(())
 }
 
@@ -470,20 +455,10 @@ fn tools(top: &Obj<'_>, out: &mut Vec<u8>) -> Result<()> {
 mod tests {
     use super::*;
 
-    fn translated(body: &str) -> serde_json_lite::Value {
+    fn translated(body: &str) -> simd_json::OwnedValue {
         let mut out = Vec::new();
         chat(body.as_bytes(), "claude-x", 1024, &mut out).unwrap();
-        serde_json_lite::parse(&out)
-    }
-
-    /// The tests read the output with simd-json's owned value.
-    mod serde_json_lite {
-        pub type Value = simd_json::OwnedValue;
-        pub fn parse(b: &[u8]) -> Value {
-            let mut copy = b.to_vec();
-            simd_json::to_owned_value(&mut copy)
-                .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(b)))
-        }
+        crate::providers::translate::parse(&out)
     }
 
     use simd_json::prelude::*;

@@ -5,7 +5,7 @@
 //! stream has no end marker: it ends with the body, after an event with a
 //! finish reason; a body that ends before one was cut.
 
-use crate::providers::translate::{self, Lines, Obj, ReplyTranslator, data_of};
+use crate::providers::translate::{self, Format, Obj, StreamFormat, Translator, data_of};
 
 fn finish_reason(reason: &[u8], calls: bool) -> &'static str {
     match reason {
@@ -77,27 +77,7 @@ pub fn error_body(status: u16, body: &[u8], out: &mut Vec<u8>) {
                 e.raw_str("status").ok().flatten(),
             ))
         });
-    out.extend_from_slice(b"{\"error\":{\"message\":");
-    match parsed {
-        Some((m, kind)) => {
-            translate::raw(out, m);
-            out.extend_from_slice(b",\"type\":");
-            translate::raw(out, kind.unwrap_or(b"\"provider_error\""));
-            out.extend_from_slice(b",\"param\":null,\"code\":");
-            translate::raw(out, kind.unwrap_or(b"null"));
-        }
-        None => {
-            translate::string(
-                out,
-                &format!(
-                    "the provider answered HTTP {status}: {}",
-                    String::from_utf8_lossy(&body[..body.len().min(512)]).trim()
-                ),
-            );
-            out.extend_from_slice(b",\"type\":\"provider_error\",\"param\":null,\"code\":null");
-        }
-    }
-    out.extend_from_slice(b"}}");
+    translate::openai_error(status, body, parsed, out);
 }
 
 /// A function call, raw: `(name, args, id)`.
@@ -245,14 +225,8 @@ fn write_completion(body: &[u8], model: &str, out: &mut Vec<u8>) -> Option<()> {
     Some(())
 }
 
-enum Mode {
-    Json(Vec<u8>),
-    Error(u16, Vec<u8>),
-    Stream(Box<Stream>),
-}
-
-struct Stream {
-    lines: Lines,
+/// The state of a translated stream.
+pub struct Stream {
     include_usage: bool,
     model: String,
     /// `data: {"id":...,"model":...,"choices":` once the first event named them.
@@ -263,94 +237,76 @@ struct Stream {
     failed: bool,
 }
 
-/// Translates one Gemini reply (JSON, stream or error) into a chat completion.
-pub struct ChatReply {
-    mode: Mode,
+/// Gemini replies as chat completions, for a request for `model` (named
+/// when the reply names none).
+pub struct ToChat {
     model: String,
-    /// The held reply passed [`translate::MAX_HELD`].
-    too_large: bool,
 }
 
-impl ChatReply {
-    pub fn new(status: u16, event_stream: bool, include_usage: bool, model: &str) -> ChatReply {
-        let mode = if status >= 400 {
-            Mode::Error(status, Vec::new())
-        } else if event_stream {
-            Mode::Stream(Box::new(Stream {
-                lines: Lines::default(),
-                include_usage,
-                model: model.to_string(),
-                head: Vec::new(),
-                calls: 0,
-                counts: Counts::default(),
-                finished: false,
-                failed: false,
-            }))
-        } else {
-            Mode::Json(Vec::new())
-        };
-        ChatReply {
-            mode,
+impl Format for ToChat {
+    type Stream = Stream;
+    const TOO_LARGE: &'static [u8] = translate::TOO_LARGE;
+    fn whole(&self, body: &[u8], out: &mut Vec<u8>) -> bool {
+        completion(body, &self.model, out)
+    }
+    fn error(&self, status: u16, body: &[u8], out: &mut Vec<u8>) {
+        error_body(status, body, out)
+    }
+}
+
+/// Translates one Gemini reply (JSON, stream or error) into a chat completion.
+pub type ChatReply = Translator<ToChat>;
+
+impl Translator<ToChat> {
+    pub fn for_chat(
+        status: u16,
+        event_stream: bool,
+        include_usage: bool,
+        model: &str,
+    ) -> ChatReply {
+        let stream = event_stream.then(|| Stream {
+            include_usage,
             model: model.to_string(),
-            too_large: false,
-        }
+            head: Vec::new(),
+            calls: 0,
+            counts: Counts::default(),
+            finished: false,
+            failed: false,
+        });
+        Translator::new(
+            ToChat {
+                model: model.to_string(),
+            },
+            status,
+            stream,
+        )
     }
 }
 
-impl ReplyTranslator for ChatReply {
-    fn feed(&mut self, data: &[u8], out: &mut Vec<u8>) {
-        match &mut self.mode {
-            Mode::Json(held) | Mode::Error(_, held) => {
-                translate::hold(held, data, &mut self.too_large)
-            }
-            Mode::Stream(s) => {
-                let mut lines = std::mem::take(&mut s.lines);
-                lines.feed(data, |line| s.line(line, out));
-                s.lines = lines;
-            }
-        }
+impl StreamFormat for Stream {
+    fn line(&mut self, line: &[u8], out: &mut Vec<u8>) {
+        self.event_line(line, out)
     }
-
-    fn finish(&mut self, complete: bool, out: &mut Vec<u8>) {
-        if !complete {
-            return;
-        }
-        if self.too_large {
-            out.extend_from_slice(translate::TOO_LARGE);
-            return;
-        }
-        match &mut self.mode {
-            Mode::Json(held) => {
-                if !completion(held, &self.model, out) {
-                    error_body(502, held, out);
-                }
+    fn end(&mut self, out: &mut Vec<u8>) {
+        if self.failed {
+        } else if self.finished {
+            if self.include_usage {
+                out.extend_from_slice(&self.head);
+                out.extend_from_slice(b"[],\"usage\":");
+                self.counts.write(out);
+                out.extend_from_slice(b"}\n\n");
             }
-            Mode::Error(status, held) => error_body(*status, held, out),
-            Mode::Stream(s) => {
-                if let Some(last) = s.lines.rest() {
-                    s.line(&last, out);
-                }
-                if s.failed {
-                } else if s.finished {
-                    if s.include_usage {
-                        out.extend_from_slice(&s.head);
-                        out.extend_from_slice(b"[],\"usage\":");
-                        s.counts.write(out);
-                        out.extend_from_slice(b"}\n\n");
-                    }
-                    out.extend_from_slice(b"data: [DONE]\n\n");
-                } else {
-                    out.extend_from_slice(
-                        b"data: {\"error\":{\"message\":\"the provider ended the stream before a finish reason: the answer is incomplete\",\"type\":\"provider_error\",\"param\":null,\"code\":\"stream_truncated\"}}\n\n",
-                    );
-                }
-            }
+            out.extend_from_slice(b"data: [DONE]\n\n");
+        } else {
+            out.extend_from_slice(
+                b"data: {\"error\":{\"message\":\"the provider ended the stream before a finish reason: the answer is incomplete\",\"type\":\"provider_error\",\"param\":null,\"code\":\"stream_truncated\"}}\n\n",
+            );
         }
     }
 }
 
 impl Stream {
-    fn line(&mut self, line: &[u8], out: &mut Vec<u8>) {
+    fn event_line(&mut self, line: &[u8], out: &mut Vec<u8>) {
         let Some(data) = data_of(line) else { return };
         if self.failed {
             return;
@@ -436,16 +392,13 @@ impl Stream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::translate::ReplyTranslator;
     use simd_json::prelude::*;
 
-    fn parse(b: &[u8]) -> simd_json::OwnedValue {
-        let mut copy = b.to_vec();
-        simd_json::to_owned_value(&mut copy)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(b)))
-    }
+    use crate::providers::translate::parse;
 
     fn run(status: u16, stream: bool, body: &[u8], piece: usize) -> Vec<u8> {
-        let mut t = ChatReply::new(status, stream, true, "gemini-x");
+        let mut t = ChatReply::for_chat(status, stream, true, "gemini-x");
         let mut out = Vec::new();
         for p in body.chunks(piece) {
             t.feed(p, &mut out);

@@ -7,7 +7,7 @@
 //! tools become `functionDeclarations`, `tool_choice` becomes `toolConfig`,
 //! and the sampling fields go into `generationConfig`.
 
-use crate::providers::translate::{self, Obj, Result, TranslateError};
+use crate::providers::translate::{self, Image, Obj, Result, TranslateError};
 use std::ops::Range;
 
 /// Writes the Gemini request for the chat request `body`; returns whether
@@ -206,41 +206,23 @@ fn parts_of(doc: &[u8], c: Range<usize>, at: &str, out: &mut Vec<u8>) -> Result<
                         out.push(b'}');
                     }
                     Some("image_url") => {
-                        let url = match part.get("image_url")? {
-                            Some(raw) if raw.first() == Some(&b'"') => {
-                                crate::json::string_value(raw)
-                            }
-                            _ => part
-                                .obj("image_url")?
-                                .map(|o| o.str("url"))
-                                .transpose()?
-                                .flatten(),
-                        }
-                        .ok_or_else(|| {
-                            TranslateError::new(format!("`{pat}.image_url.url` is required"))
-                        })?;
+                        let url = translate::image_url(&part, &pat)?;
                         sep(out);
-                        if let Some(data) = url.strip_prefix("data:") {
-                            let (meta, payload) = data.split_once(',').ok_or_else(|| {
-                                TranslateError::new(format!("`{pat}`: a data URL needs a ','"))
-                            })?;
-                            let mime = meta.strip_suffix(";base64").ok_or_else(|| {
-                                TranslateError::new(format!(
-                                    "`{pat}`: Gemini takes base64 data URLs"
-                                ))
-                            })?;
-                            out.extend_from_slice(b"{\"inlineData\":{\"mimeType\":");
-                            translate::string(out, mime);
-                            out.extend_from_slice(b",\"data\":");
-                            translate::string(out, payload);
-                            out.extend_from_slice(b"}}");
-                        } else {
-                            out.extend_from_slice(b"{\"fileData\":{\"mimeType\":");
-                            translate::string(out, mime_of(&url));
-                            out.extend_from_slice(b",\"fileUri\":");
-                            translate::string(out, &url);
-                            out.extend_from_slice(b"}}");
+                        match translate::image(&url, &pat, "Gemini")? {
+                            Image::Base64 { media, data } => {
+                                out.extend_from_slice(b"{\"inlineData\":{\"mimeType\":");
+                                translate::string(out, media);
+                                out.extend_from_slice(b",\"data\":");
+                                translate::string(out, data);
+                            }
+                            Image::Url(url) => {
+                                out.extend_from_slice(b"{\"fileData\":{\"mimeType\":");
+                                translate::string(out, mime_of(url));
+                                out.extend_from_slice(b",\"fileUri\":");
+                                translate::string(out, url);
+                            }
                         }
+                        out.extend_from_slice(b"}}");
                     }
                     other => {
                         return Err(TranslateError::new(format!(
@@ -407,11 +389,7 @@ mod tests {
     use super::*;
     use simd_json::prelude::*;
 
-    fn parse(b: &[u8]) -> simd_json::OwnedValue {
-        let mut copy = b.to_vec();
-        simd_json::to_owned_value(&mut copy)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(b)))
-    }
+    use crate::providers::translate::parse;
 
     #[test]
     fn a_chat_request_becomes_generate_content() {
