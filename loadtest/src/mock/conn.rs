@@ -334,39 +334,7 @@ impl Conn {
                 .await;
         }
         let events = message.events(knobs.chunks);
-        self.out.clear();
-        http::push_head(
-            &mut self.out,
-            200,
-            "text/event-stream",
-            BodyLen::Chunked,
-            keep_alive,
-            b"cache-control: no-cache\r\n",
-        );
-        if !knobs.ttft.is_zero() {
-            self.flush().await?;
-            sleep(knobs.ttft).await;
-        }
-        let cut_after = cut.then_some(events.len() / 2);
-        for (i, event) in events.iter().enumerate() {
-            if cut_after == Some(i) {
-                self.flush().await?;
-                return Ok(Next::Close);
-            }
-            // Pauses fall between content deltas, as a model's would.
-            if i > 3 && i + 3 < events.len() && !knobs.chunk_interval.is_zero() {
-                self.flush().await?;
-                sleep(knobs.chunk_interval).await;
-            }
-            http::push_chunk(&mut self.out, event);
-        }
-        self.out.extend_from_slice(http::LAST_CHUNK);
-        self.flush().await?;
-        Ok(if keep_alive {
-            Next::KeepAlive
-        } else {
-            Next::Close
-        })
+        self.send_events(keep_alive, &events, knobs, cut).await
     }
 
     /// Gemini's `generateContent` (whole) or `streamGenerateContent` (SSE).
