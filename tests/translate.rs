@@ -473,6 +473,33 @@ fn gemini_and_azure_speak_their_own_formats(shards: usize) {
     assert_eq!(r.status, 400);
     assert_eq!(r.error_code(), "invalid_model");
 
+    // The anthropic SDK's format reaches Gemini too (two translations).
+    let msg = r#"{"model":"gem/gemini-test","max_tokens":50,"messages":[{"role":"user","content":"hello"}]}"#;
+    let r = gw.client().post("/v1/messages", &[], msg);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["type"], "message");
+    assert_eq!(v["content"][0]["text"], text.as_str());
+    assert_eq!(v["usage"]["output_tokens"], 16);
+    let s = gw.client().post(
+        "/v1/messages",
+        &[("x-mock-chunks", "3")],
+        &msg.replace("\"max_tokens\":50", "\"max_tokens\":50,\"stream\":true"),
+    );
+    let mut joined = String::new();
+    for d in s.sse_data() {
+        let e = json(d.as_bytes());
+        if e["type"] == "content_block_delta" {
+            joined.push_str(e["delta"]["text"].as_str().unwrap());
+        }
+    }
+    assert_eq!(joined, text);
+    assert!(s.text().contains("event: message_stop"));
+    let forced = r#"{"model":"gem/gemini-test","max_tokens":50,"messages":[{"role":"user","content":"weather?"}],"tools":[{"name":"get_weather","input_schema":{"type":"object","properties":{"city":{"type":"string"}}}}],"tool_choice":{"type":"tool","name":"get_weather"}}"#;
+    let v = gw.client().post("/v1/messages", &[], forced).json();
+    assert_eq!(v["stop_reason"], "tool_use");
+    assert_eq!(v["content"][0]["input"]["city"], "mock city");
+
     // Azure: the deployment in the path, api-version in the query, api-key.
     let r = gw
         .client()

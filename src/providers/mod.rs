@@ -71,6 +71,9 @@ pub enum Translation {
     ChatToMessages,
     /// A Gemini reply as an OpenAI chat completion.
     GoogleToChat { include_usage: bool },
+    /// A Gemini reply as an Anthropic Messages reply (through the chat
+    /// completion format: two translations chained).
+    GoogleToMessages,
 }
 
 impl Translation {
@@ -84,6 +87,18 @@ impl Translation {
             Translation::ChatToMessages => Box::new(
                 anthropic::inbound::MessagesReply::for_messages(status, event_stream),
             ),
+            Translation::GoogleToMessages => Box::new(translate::Chain::new(
+                Box::new(google::reply::ChatReply::for_chat(
+                    status,
+                    event_stream,
+                    true,
+                    model,
+                )),
+                Box::new(anthropic::inbound::MessagesReply::for_messages(
+                    status,
+                    event_stream,
+                )),
+            )),
             Translation::GoogleToChat { include_usage } => Box::new(
                 google::reply::ChatReply::for_chat(status, event_stream, include_usage, model),
             ),
@@ -94,7 +109,9 @@ impl Translation {
     pub fn upstream_endpoint(self) -> &'static str {
         match self {
             Translation::AnthropicToChat { .. } => "messages",
-            Translation::ChatToMessages | Translation::GoogleToChat { .. } => "chat/completions",
+            Translation::ChatToMessages
+            | Translation::GoogleToChat { .. }
+            | Translation::GoogleToMessages => "chat/completions",
         }
     }
 }
@@ -281,6 +298,13 @@ impl Provider {
                 Ok(Translation::GoogleToChat {
                     include_usage: stream && include_usage,
                 })
+            }
+            (Dialect::Google, "messages") => {
+                // Anthropic's format to OpenAI's, then OpenAI's to Gemini's.
+                let mut chat = Vec::with_capacity(body.len() + 64);
+                anthropic::inbound::chat_request(body, model, false, false, &mut chat)?;
+                google::request::chat(&chat, out)?;
+                Ok(Translation::GoogleToMessages)
             }
             (Dialect::OpenAi, "messages") => {
                 // OpenAI's own API (and Azure's) wants the newer name for the cap;

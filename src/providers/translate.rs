@@ -372,6 +372,38 @@ impl<F: Format> ReplyTranslator for Translator<F> {
     }
 }
 
+/// Two translations in a row: what the first writes, the second reads.
+pub struct Chain {
+    first: Box<dyn ReplyTranslator>,
+    second: Box<dyn ReplyTranslator>,
+    between: Vec<u8>,
+}
+
+impl Chain {
+    pub fn new(first: Box<dyn ReplyTranslator>, second: Box<dyn ReplyTranslator>) -> Chain {
+        Chain {
+            first,
+            second,
+            between: Vec::new(),
+        }
+    }
+}
+
+impl ReplyTranslator for Chain {
+    fn feed(&mut self, data: &[u8], out: &mut Vec<u8>) {
+        self.between.clear();
+        self.first.feed(data, &mut self.between);
+        self.second.feed(&self.between, out);
+    }
+
+    fn finish(&mut self, complete: bool, out: &mut Vec<u8>) {
+        self.between.clear();
+        self.first.finish(complete, &mut self.between);
+        self.second.feed(&self.between, out);
+        self.second.finish(complete, out);
+    }
+}
+
 /// Longest SSE line a translator reads (a tool call's arguments can be large).
 pub const MAX_LINE: usize = 16 << 20;
 
