@@ -439,6 +439,30 @@ fn keys_restrict_routes_and_never_reach_a_provider(shards: usize) {
     );
 }
 
+/// Limits are those of the target that answers: a rule on `b` counts the
+/// requests a route sends to `b` after `a` failed, and refuses past its limit.
+fn limits_follow_the_serving_target(shards: usize) {
+    let (a, b) = (failing(ErrorKind::Internal), mock());
+    let gw = gateway(
+        shards,
+        &a,
+        &b,
+        &format!(
+            "{FALLBACK}[[rate_limits]]\nname = \"b-only\"\nscope = \"gateway\"\ncount = \"requests\"\nlimit = 1\nwindow = \"1h\"\nmodels = [\"b/*\"]\n"
+        ),
+    );
+    let mut c = gw.client();
+    let r = c.post("/v1/chat/completions", &[], &chat("chat", false));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("aigw-provider"), Some("b"));
+    assert_eq!(r.header("x-ratelimit-remaining-requests"), Some("0"));
+    let r = c.post("/v1/chat/completions", &[], &chat("chat", false));
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.header("aigw-error-source"), Some("gateway"));
+    assert!(r.text().contains("b-only"), "{}", r.text());
+    assert_eq!(b.requests_seen(), 1);
+}
+
 fn route_config_errors_name_the_key(_shards: usize) {
     for (toml, path) in [
         (
@@ -478,4 +502,5 @@ at_1_and_2_shards!(
     route_config_errors_name_the_key,
     a_target_uses_its_keys_in_turn_and_its_whole_timeout,
     keys_restrict_routes_and_never_reach_a_provider,
+    limits_follow_the_serving_target,
 );

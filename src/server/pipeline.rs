@@ -110,7 +110,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         .and_then(|m| prices.get(&plan.provider.name, m));
 
     // 1b. admission: the rate limits this request falls under
-    let (mut admission, reservation) = match admit(
+    let (mut admission, mut reservation) = match admit(
         ctx,
         body_len(c, req),
         &plan,
@@ -146,7 +146,34 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
 
     // 2. attempts (retries, fallbacks): none of them writes to the client
     let upstream_from = Instant::now();
-    let attempted = attempts(ctx, c, req, &mut plan, &wish, &mut rec).await;
+    // When a route moves on to another target, the limits and budgets are
+    // those of the target that will answer: the earlier admission is given
+    // back and the request admitted again (a refusal skips that target).
+    let request_len = body_len(c, req);
+    let mut readmit = |plan: &Plan, rec: &RequestRecord| -> Result<(), GatewayError> {
+        if ctx.limiter().is_empty() && ctx.budgets().is_empty() {
+            return Ok(());
+        }
+        admission.undo();
+        reservation = Reservation::default();
+        let priced = rec
+            .model
+            .as_deref()
+            .and_then(|m| prices.get(&plan.provider.name, m));
+        let (a, r) = admit(
+            ctx,
+            request_len,
+            plan,
+            principal.as_deref(),
+            &wish,
+            rec,
+            priced,
+        )?;
+        admission = a;
+        reservation = r;
+        Ok(())
+    };
+    let attempted = attempts(ctx, c, req, &mut plan, &wish, &mut rec, &mut readmit).await;
     // A route's serving target sets the price (and the record's provider and model).
     let priced = if plan.routing.is_some() {
         rec.model
@@ -1181,6 +1208,7 @@ async fn attempts(
     plan: &mut Plan,
     wish: &Wish,
     rec: &mut RequestRecord,
+    readmit: &mut Readmit<'_>,
 ) -> Result<UpstreamReply, Unanswered> {
     // The common case, one target and one try, without the engine's state
     // (which is boxed, so it does not grow every request's future).
@@ -1198,8 +1226,11 @@ async fn attempts(
             }
         };
     }
-    Box::pin(retrying_attempts(ctx, c, req, plan, wish, rec)).await
+    Box::pin(retrying_attempts(ctx, c, req, plan, wish, rec, readmit)).await
 }
+
+/// Admits a request again for the plan's (new) target.
+type Readmit<'a> = dyn FnMut(&Plan, &RequestRecord) -> Result<(), GatewayError> + 'a;
 
 /// [`attempts`] with retries, fallbacks and cooldowns.
 async fn retrying_attempts(
@@ -1209,6 +1240,7 @@ async fn retrying_attempts(
     plan: &mut Plan,
     wish: &Wish,
     rec: &mut RequestRecord,
+    readmit: &mut Readmit<'_>,
 ) -> Result<UpstreamReply, Unanswered> {
     let route = plan.routing.as_ref().map(|r| r.route.clone());
     let mut retry = route.as_ref().map_or_else(Retry::default, |r| r.retry);
@@ -1236,6 +1268,11 @@ async fn retrying_attempts(
                 Ok(model) => {
                     rec.provider = Some(plan.provider.name.clone());
                     rec.model = Some(model);
+                    // This target's limits and budgets; refused: the next target.
+                    if let Err(e) = readmit(plan, rec) {
+                        last_error = Some(e);
+                        continue;
+                    }
                 }
                 Err(e) => {
                     // A provider's failure before says more than why this
