@@ -80,8 +80,8 @@ pub fn error_body(status: u16, body: &[u8], out: &mut Vec<u8>) {
     translate::openai_error(status, body, parsed, out);
 }
 
-/// A function call, raw: `(name, args, id)`.
-type Call<'a> = (&'a [u8], &'a [u8], Option<&'a [u8]>);
+/// A function call, raw: `(name, args, id, thought signature)`.
+type Call<'a> = (&'a [u8], &'a [u8], Option<&'a [u8]>, Option<&'a [u8]>);
 
 /// The parts of a response's first candidate: its texts, its calls, its
 /// finish reason.
@@ -99,6 +99,14 @@ fn candidate<'a>(top: &Obj<'a>) -> Option<Candidate<'a>> {
         finish: None,
     };
     let Some(first) = top.array("candidates").ok()?.first().cloned() else {
+        // A prompt Gemini blocked has no candidate, only the reason.
+        if top
+            .obj("promptFeedback")
+            .ok()?
+            .is_some_and(|f| f.get("blockReason").ok().flatten().is_some())
+        {
+            c.finish = Some(b"\"SAFETY\"");
+        }
         return Some(c);
     };
     let cand = Obj::read(doc, first, "candidate").ok()?;
@@ -117,6 +125,7 @@ fn candidate<'a>(top: &Obj<'a>) -> Option<Candidate<'a>> {
                     f.raw_str("name").ok()??,
                     f.get("args").ok()?.unwrap_or(b"{}"),
                     f.raw_str("id").ok()?,
+                    part.raw_str("thoughtSignature").ok()?,
                 ));
             }
         }
@@ -124,10 +133,25 @@ fn candidate<'a>(top: &Obj<'a>) -> Option<Candidate<'a>> {
     Some(c)
 }
 
+/// What joins a tool call's id and the thought signature Gemini gave the
+/// call: the client sends the id back with the call, and the signature goes
+/// back to Gemini with it (Gemini refuses a later turn without it).
+pub const SIGNATURE_MARK: &str = "~sig~";
+
 /// A tool call's id: Gemini's own when it sends one, else one made unique
 /// across turns (`call_<response id>_<n>`, or the time when the response
-/// has no id), so a later tool message finds its call.
-fn call_id(out: &mut Vec<u8>, id: Option<&[u8]>, n: usize, response: &[u8]) {
+/// has no id), so a later tool message finds its call; with the call's
+/// thought signature after [`SIGNATURE_MARK`].
+fn call_id(out: &mut Vec<u8>, id: Option<&[u8]>, n: usize, response: &[u8], sig: Option<&[u8]>) {
+    if let Some(sig) = sig.and_then(crate::json::string_value) {
+        let mut base = Vec::new();
+        call_id(&mut base, id, n, response, None);
+        let base = crate::json::string_value(&base)
+            .unwrap_or_default()
+            .into_owned();
+        translate::string(out, &format!("{base}{SIGNATURE_MARK}{sig}"));
+        return;
+    }
     match id {
         Some(id) => translate::raw(out, id),
         None => {
@@ -191,7 +215,7 @@ fn write_completion(body: &[u8], model: &str, out: &mut Vec<u8>) -> Option<()> {
     }
     if !c.calls.is_empty() {
         out.extend_from_slice(b",\"tool_calls\":[");
-        for (i, (name, args, id)) in c.calls.iter().enumerate() {
+        for (i, (name, args, id, sig)) in c.calls.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
@@ -201,6 +225,7 @@ fn write_completion(body: &[u8], model: &str, out: &mut Vec<u8>) -> Option<()> {
                 *id,
                 i,
                 top.raw_str("responseId").ok()?.unwrap_or(b"\"\""),
+                *sig,
             );
             out.extend_from_slice(b",\"type\":\"function\",\"function\":{\"name\":");
             translate::raw(out, name);
@@ -350,7 +375,7 @@ impl Stream {
             d.push(b'}');
             self.chunk(out, &d, None);
         }
-        for (name, args, id) in &c.calls {
+        for (name, args, id, sig) in &c.calls {
             let k = self.calls;
             self.calls += 1;
             let mut d = Vec::with_capacity(args.len() + 128);
@@ -358,7 +383,7 @@ impl Stream {
             d.extend_from_slice(k.to_string().as_bytes());
             d.extend_from_slice(b",\"id\":");
             let rid = top.raw_str("responseId").ok().flatten().unwrap_or(b"\"\"");
-            call_id(&mut d, *id, k, rid);
+            call_id(&mut d, *id, k, rid, *sig);
             d.extend_from_slice(b",\"type\":\"function\",\"function\":{\"name\":");
             translate::raw(&mut d, name);
             d.extend_from_slice(b",\"arguments\":");
@@ -437,6 +462,31 @@ mod tests {
         ));
         assert_eq!(e["error"]["type"], "RESOURCE_EXHAUSTED");
         assert_eq!(e["error"]["message"], "Quota exceeded");
+    }
+
+    #[test]
+    fn a_blocked_prompt_is_a_content_filter_finish() {
+        let body = br#"{"promptFeedback":{"blockReason":"SAFETY"},"responseId":"r"}"#;
+        let v = parse(&run(200, false, body, 5));
+        assert_eq!(v["choices"][0]["finish_reason"], "content_filter");
+        let out = run(
+            200,
+            true,
+            b"data: {\"promptFeedback\":{\"blockReason\":\"OTHER\"}}\r\n\r\n",
+            7,
+        );
+        assert!(String::from_utf8_lossy(&out).contains("content_filter"));
+        assert!(String::from_utf8_lossy(&out).contains("[DONE]"));
+    }
+
+    #[test]
+    fn a_thought_signature_rides_in_the_call_id() {
+        let body = br#"{"candidates":[{"content":{"role":"model","parts":[{"functionCall":{"name":"f","args":{}},"thoughtSignature":"AbC+/="}]},"finishReason":"STOP"}],"responseId":"r"}"#;
+        let v = parse(&run(200, false, body, 5));
+        assert_eq!(
+            v["choices"][0]["message"]["tool_calls"][0]["id"],
+            "call_r_0~sig~AbC+/="
+        );
     }
 
     #[test]

@@ -84,6 +84,11 @@ pub fn chat(body: &[u8], out: &mut Vec<u8>) -> Result<(bool, bool)> {
                     p.extend_from_slice(b"{\"functionCall\":{\"name\":");
                     translate::raw(&mut p, name);
                     p.extend_from_slice(b",\"args\":");
+                    // A signature Gemini gave the call rides in its id.
+                    let signature = c.str("id")?.and_then(|id| {
+                        id.split_once(super::reply::SIGNATURE_MARK)
+                            .map(|(_, sig)| sig.to_string())
+                    });
                     if args.is_empty() {
                         p.extend_from_slice(b"{}");
                     } else if args.starts_with('{') && translate::is_valid_json(args.as_bytes()) {
@@ -93,7 +98,12 @@ pub fn chat(body: &[u8], out: &mut Vec<u8>) -> Result<(bool, bool)> {
                             "`{cat}.function.arguments` must hold a JSON object"
                         )));
                     }
-                    p.extend_from_slice(b"}}");
+                    p.push(b'}');
+                    if let Some(sig) = signature {
+                        p.extend_from_slice(b",\"thoughtSignature\":");
+                        translate::string(&mut p, &sig);
+                    }
+                    p.push(b'}');
                 }
                 (false, p)
             }
@@ -419,6 +429,21 @@ mod tests {
         let fc = &v["toolConfig"]["functionCallingConfig"];
         assert_eq!(fc["mode"], "ANY");
         assert_eq!(fc["allowedFunctionNames"][0], "get_weather");
+    }
+
+    #[test]
+    fn a_thought_signature_in_a_call_id_goes_back_with_the_call() {
+        let body = br#"{"messages":[{"role":"user","content":"x"},{"role":"assistant","tool_calls":[{"id":"call_r_0~sig~AbC+/=","type":"function","function":{"name":"f","arguments":"{}"}}]},{"role":"tool","tool_call_id":"call_r_0~sig~AbC+/=","content":"ok"}]}"#;
+        let mut out = Vec::new();
+        chat(body, &mut out).unwrap();
+        let v = parse(&out);
+        let part = &v["contents"][1]["parts"][0];
+        assert_eq!(part["thoughtSignature"], "AbC+/=");
+        assert_eq!(part["functionCall"]["name"], "f");
+        assert_eq!(
+            v["contents"][2]["parts"][0]["functionResponse"]["name"],
+            "f"
+        );
     }
 
     #[test]
