@@ -393,15 +393,8 @@ impl Conn {
         self.send_events(keep_alive, &events, knobs, cut).await
     }
 
-    /// A chunked SSE answer of whole `events`, paced by the knobs; `cut`
-    /// closes halfway.
-    async fn send_events(
-        &mut self,
-        keep_alive: bool,
-        events: &[Vec<u8>],
-        knobs: &Knobs,
-        cut: bool,
-    ) -> io::Result<Next> {
+    /// Starts a chunked SSE answer: its head, then the time to first token.
+    async fn stream_head(&mut self, keep_alive: bool, knobs: &Knobs) -> io::Result<()> {
         self.out.clear();
         http::push_head(
             &mut self.out,
@@ -415,6 +408,19 @@ impl Conn {
             self.flush().await?;
             sleep(knobs.ttft).await;
         }
+        Ok(())
+    }
+
+    /// A chunked SSE answer of whole `events`, paced by the knobs; `cut`
+    /// closes halfway.
+    async fn send_events(
+        &mut self,
+        keep_alive: bool,
+        events: &[Vec<u8>],
+        knobs: &Knobs,
+        cut: bool,
+    ) -> io::Result<Next> {
+        self.stream_head(keep_alive, knobs).await?;
         let cut_after = cut.then_some(events.len() / 2);
         for (i, event) in events.iter().enumerate() {
             if cut_after == Some(i) {
@@ -627,19 +633,7 @@ impl Conn {
     ) -> io::Result<Next> {
         // A tool call's arguments come in several fragments.
         let n = knobs.chunks.max(if answer.tool.is_some() { 3 } else { 1 });
-        self.out.clear();
-        http::push_head(
-            &mut self.out,
-            200,
-            "text/event-stream",
-            BodyLen::Chunked,
-            keep_alive,
-            b"cache-control: no-cache\r\n",
-        );
-        if !knobs.ttft.is_zero() {
-            self.flush().await?;
-            sleep(knobs.ttft).await;
-        }
+        self.stream_head(keep_alive, knobs).await?;
         let cut_after = cut.then_some(n / 2);
         for i in 0..n {
             if cut_after == Some(i) {
