@@ -382,3 +382,27 @@ fn read_fallback_on(w: &mut Walker, t: &toml::Table, at: &str) -> FallbackOn {
     }
     f
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    #[test]
+    fn a_targets_keys_are_read_from_the_environment_and_never_shown() {
+        let toml = "[routes.r]\ntargets = [{ provider = \"mock\", model = \"m\", api_keys_env = [\"K1\", \"K2\"] }]\n";
+        let env = |k: &str| match k {
+            "K1" => Some("sk-first-secret".to_string()),
+            "K2" => Some("sk-second-secret".to_string()),
+            _ => None,
+        };
+        let c = Config::from_toml_with_env(toml, &env).unwrap();
+        assert_eq!(c.routes[0].targets[0].keys.len(), 2);
+        for fingerprint in [false, true] {
+            let shown = format!("{:?}", c.entries(fingerprint));
+            assert!(!shown.contains("secret"), "{shown}");
+        }
+        assert!(!format!("{c:?}").contains("secret"));
+        let routes = crate::targets::build(&c, &crate::providers::build(&c));
+        assert!(!format!("{routes:?}").contains("secret"));
+    }
+}
