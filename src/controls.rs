@@ -150,7 +150,7 @@ fn number(
 ) -> Result<u64, GatewayError> {
     std::str::from_utf8(value)
         .ok()
-        .filter(|v| !v.is_empty() && v.len() <= 12 && v.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
         .and_then(|v| v.parse::<u64>().ok())
         .filter(|n| (min..=max).contains(n))
         .ok_or_else(|| {

@@ -109,6 +109,11 @@ impl IdGen {
         x.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
+    /// A uniform number in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
+    }
+
     /// A uniform number in `[0, 1)`.
     pub fn unit(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64

@@ -13,7 +13,7 @@ use crate::http::request::{Method, RequestView};
 use crate::json::{self, BodyError, Rewrite};
 use crate::providers::{self, Provider, Providers, Translation, UNIFIED_ENDPOINTS};
 use crate::record::RouteKind;
-use crate::targets::{Draw, Order, Route as TargetRoute, Routes};
+use crate::targets::{Below, Order, Route as TargetRoute, Routes};
 use std::borrow::Cow;
 use std::rc::Rc;
 
@@ -96,8 +96,6 @@ pub struct Routing {
     pub order: Order,
     /// Index into `order` of the target this plan sends to (`aigw-step`).
     pub step: usize,
-    /// The unified endpoint asked for (`chat/completions`).
-    pub endpoint: &'static str,
     /// The client's query (`?...` or empty).
     pub query: String,
 }
@@ -106,7 +104,7 @@ pub struct Routing {
 /// weights, and the request's metadata fields (routes choose by them).
 pub struct RouteInputs<'a> {
     pub routes: &'a Routes,
-    pub draw: &'a Draw,
+    pub below: &'a Below<'a>,
     pub field: &'a dyn Fn(&str) -> Option<String>,
 }
 
@@ -219,7 +217,7 @@ pub fn plan(
                 .then(|| inputs.routes.get(named))
                 .flatten()
             {
-                let order = r.order(inputs.field, inputs.draw);
+                let order = r.order(inputs.field, inputs.below);
                 return routed_plan(r, order, endpoint, query, body, &fields, rewritten)
                     .map(Routed::Upstream);
             }
@@ -345,7 +343,7 @@ fn unified_plan(
         Some(t)
     };
     let upstream = translation.map_or(endpoint, |t| t.upstream_endpoint());
-    let path = match provider.model_path(upstream, model_name, stream, query) {
+    let path = match provider.model_path(upstream, model_name, stream) {
         Some(Ok(p)) => p,
         Some(Err(e)) => return Err(GatewayError::bad_request("invalid_model", e.0)),
         None => provider.unified_path(upstream, query),
@@ -396,7 +394,6 @@ pub fn routed_plan(
                     route: route.clone(),
                     order,
                     step: 0,
-                    endpoint,
                     query: query.to_string(),
                 });
                 return Ok(plan);
@@ -420,7 +417,13 @@ pub fn retarget(
     body: &[u8],
     rewritten: &mut Vec<u8>,
 ) -> Result<String, GatewayError> {
-    let routing = plan.routing.take().expect("a routed plan");
+    // Routed plans are unified ones: they name their endpoint.
+    let Some(endpoint) = plan.endpoint.filter(|_| plan.routing.is_some()) else {
+        return Err(GatewayError::unavailable(
+            "the request has no route to move on",
+        ));
+    };
+    let routing = plan.routing.take().expect("checked above");
     let target = routing.order[step].clone();
     let result = json::scan_request(body)
         .map_err(body_error)
@@ -428,7 +431,7 @@ pub fn retarget(
             unified_plan(
                 &target.provider,
                 &target.model,
-                routing.endpoint,
+                endpoint,
                 &routing.query,
                 body,
                 &fields,
@@ -631,7 +634,7 @@ mod tests {
         let routes = crate::targets::Routes::default();
         let inputs = RouteInputs {
             routes: &routes,
-            draw: &Draw::new(1),
+            below: &|_| 0,
             field: &|_| None,
         };
         plan(route(target), &view, &providers, &inputs, &mut Vec::new())

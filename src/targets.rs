@@ -3,8 +3,8 @@
 //! weighted, the target list chosen by metadata), the waits between tries,
 //! and each target's cooldown.
 //!
-//! Shard-local state (cooldowns, the random draw for weights and jitter) is
-//! plain `Cell`s: a target failing on every shard cools on each shard as it
+//! Shard-local state (cooldowns) is plain `Cell`s, and random draws (weights,
+//! jitter) come from the shard's own cheap randomness ([`Below`]): a target failing on every shard cools on each shard as it
 //! learns so, with no message between cores. A stage module beside `route`,
 //! which asks it for the order; the pipeline reports outcomes back.
 
@@ -114,7 +114,7 @@ pub type Order = SmallVec<[Rc<Target>; 4]>;
 impl Route {
     /// The order this request tries the targets in: the first list whose
     /// conditions its metadata meets; weighted, one drawn by weight first.
-    pub fn order(&self, field: &dyn Fn(&str) -> Option<String>, draw: &Draw) -> Order {
+    pub fn order(&self, field: &dyn Fn(&str) -> Option<String>, below: &Below<'_>) -> Order {
         let list = self
             .lists
             .iter()
@@ -135,7 +135,7 @@ impl Route {
                 let pick = if total == 0 {
                     0
                 } else {
-                    let mut x = draw.below(total);
+                    let mut x = below(total);
                     rest.iter()
                         .position(|t| {
                             let w = u64::from(t.weight);
@@ -220,44 +220,27 @@ pub fn build(config: &Config, providers: &Providers) -> Routes {
         .collect()
 }
 
-/// A shard's random draws (xorshift: weights and jitter need spread, not secrecy).
-#[derive(Debug)]
-pub struct Draw(Cell<u64>);
+/// A uniform random number in `0..n` (`n > 0`): the shard's own draw
+/// (weights and jitter need spread, not secrecy).
+pub type Below<'a> = dyn Fn(u64) -> u64 + 'a;
 
-impl Draw {
-    pub fn new(seed: u64) -> Draw {
-        Draw(Cell::new(seed | 1))
-    }
-
-    fn next(&self) -> u64 {
-        let mut x = self.0.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0.set(x);
-        x
-    }
-
-    /// Uniform in `0..n` (`n > 0`).
-    pub fn below(&self, n: u64) -> u64 {
-        ((u128::from(self.next()) * u128::from(n)) >> 64) as u64
-    }
-}
+/// Waits grow at most to `base * 2^MAX_DOUBLINGS` before `retry.max` caps them.
+const MAX_DOUBLINGS: u32 = 16;
 
 /// The wait before try `tried + 1` of one target (`tried` tries failed so
 /// far, at least 1), at most `retry.max`; jittered into its upper half.
-pub fn backoff(retry: &Retry, tried: u32, draw: &Draw) -> Duration {
+pub fn backoff(retry: &Retry, tried: u32, below: &Below<'_>) -> Duration {
     let n = tried.max(1);
     let base = retry.base;
     let d = match retry.backoff {
         Backoff::Constant => base,
         Backoff::Linear => base.saturating_mul(n),
-        Backoff::Exponential => base.saturating_mul(1u32 << (n - 1).min(16)),
+        Backoff::Exponential => base.saturating_mul(1u32 << (n - 1).min(MAX_DOUBLINGS)),
     }
     .min(retry.max);
     if retry.jitter && !d.is_zero() {
         let half = d / 2;
-        half + Duration::from_nanos(draw.below(half.as_nanos().max(1) as u64))
+        half + Duration::from_nanos(below(half.as_nanos().max(1) as u64))
     } else {
         d
     }
@@ -275,6 +258,13 @@ pub fn metadata_field(metadata: Option<&Metadata>, name: &str) -> Option<String>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reqid::IdGen;
+
+    /// A seeded draw, as a shard has one.
+    fn draw(seed: usize) -> impl Fn(u64) -> u64 {
+        let g = RefCell::new(IdGen::new(seed));
+        move |n| g.borrow_mut().below(n)
+    }
 
     fn routes(toml: &str) -> Routes {
         let c = Config::from_toml_with_env(toml, &|_| None).unwrap();
@@ -287,7 +277,7 @@ mod tests {
     fn weighted_draws_follow_the_weights_and_keep_every_target() {
         let r = routes(TWO);
         let chat = &r["chat"];
-        let draw = Draw::new(42);
+        let draw = draw(42);
         let mut first_a = 0;
         for _ in 0..4000 {
             let o = chat.order(&|_| None, &draw);
@@ -304,7 +294,7 @@ mod tests {
         let r = routes(
             "[routes.chat]\ntargets = [{ provider = \"mock\", model = \"big\" }]\n[[routes.chat.variants]]\nwhen = { \"metadata.tier\" = \"free\" }\ntargets = [{ provider = \"mock\", model = \"small\" }]\n",
         );
-        let draw = Draw::new(1);
+        let draw = draw(1);
         let free = |k: &str| (k == "tier").then(|| "free".to_string());
         assert_eq!(r["chat"].order(&free, &draw)[0].model, "small");
         assert_eq!(r["chat"].order(&|_| None, &draw)[0].model, "big");
@@ -316,7 +306,7 @@ mod tests {
             "[routes.chat]\ntargets = [{ provider = \"mock\", model = \"a\" }]\ncooldown = { failures = 2, window = \"10s\", duration = \"5s\" }\n",
         );
         let chat = &r["chat"];
-        let t = chat.order(&|_| None, &Draw::new(1))[0].clone();
+        let t = chat.order(&|_| None, &draw(1))[0].clone();
         let now = Instant::now();
         chat.failed(&t, now);
         assert!(t.cooling(now).is_none());
@@ -335,7 +325,7 @@ mod tests {
             max: Duration::from_millis(350),
             jitter: false,
         };
-        let d = Draw::new(7);
+        let d = draw(7);
         let waits: Vec<u128> = (1..=4).map(|n| backoff(&r, n, &d).as_millis()).collect();
         assert_eq!(waits, vec![100, 200, 350, 350]);
         r.backoff = Backoff::Linear;

@@ -466,6 +466,17 @@ fn gemini_and_azure_speak_their_own_formats(shards: usize) {
         json(data.last().unwrap().as_bytes())["error"]["code"],
         "stream_truncated"
     );
+    // The client's query does not reach a path aigw builds from the model.
+    let r = gw.client().post(
+        "/v1/chat/completions?alt=json&key=x",
+        &[],
+        &chat("gem/gemini-test", r#","stream":true"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        g.captured().last().unwrap().path,
+        "/v1beta/models/gemini-test:streamGenerateContent?alt=sse"
+    );
     // A model name that would change the URL is refused.
     let r = gw
         .client()
@@ -511,6 +522,16 @@ fn gemini_and_azure_speak_their_own_formats(shards: usize) {
         "/v1/deployments/my-deploy/chat/completions?api-version=2024-10-21"
     );
     assert_eq!(seen[0].header("api-key"), Some("az-key"));
+    let r = gw.client().post(
+        "/v1/chat/completions?api-version=1999-01-01",
+        &[],
+        &chat("az/my-deploy", ""),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        az.captured().last().unwrap().path,
+        "/v1/deployments/my-deploy/chat/completions?api-version=2024-10-21"
+    );
 }
 
 at_1_and_2_shards!(

@@ -167,6 +167,9 @@ fn adapter(kind: ProviderKind) -> &'static dyn Adapter {
     }
 }
 
+/// Most characters of a refused model name shown in its error.
+const MODEL_SHOWN_MAX: usize = 64;
+
 /// A provider as a shard sees it: built once at start, shared by `Rc`.
 pub struct Provider {
     /// Shared with the request records (which cross to the log thread).
@@ -363,7 +366,6 @@ impl Provider {
         endpoint: &str,
         model: &str,
         stream: bool,
-        query: &str,
     ) -> Option<Result<Rc<str>, TranslateError>> {
         let path = self
             .adapter
@@ -376,19 +378,16 @@ impl Provider {
         if !plain {
             return Some(Err(TranslateError::new(format!(
                 "model `{}` goes into provider `{}`'s URL, so it may hold only letters, digits, '.', '-' and '_'",
-                model.chars().take(64).collect::<String>(),
+                model.chars().take(MODEL_SHOWN_MAX).collect::<String>(),
                 self.name
             ))));
         }
+        // The client's query is not forwarded: on these paths it could undo
+        // aigw's own (`alt=sse`, `api-version`) or trim the usage away.
         let mut path = path;
-        for q in [
-            query.strip_prefix('?').unwrap_or(query),
-            self.unified_query.as_deref().unwrap_or(""),
-        ] {
-            if !q.is_empty() {
-                path.push(if path.contains('?') { '&' } else { '?' });
-                path.push_str(q);
-            }
+        if let Some(q) = &self.unified_query {
+            path.push(if path.contains('?') { '&' } else { '?' });
+            path.push_str(q);
         }
         Some(Ok(Rc::from(path)))
     }

@@ -110,9 +110,13 @@ impl<'a> Obj<'a> {
         }
     }
 
-    /// Every member, raw key first, in document order.
-    pub fn members(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + '_ {
-        self.members.iter().map(|(k, v)| (*k, &self.doc[v.clone()]))
+    /// The value of `name` as a plain non-negative integer; `None` when it
+    /// is absent, repeated or anything else (a provider's count).
+    pub fn u64(&self, name: &str) -> Option<u64> {
+        std::str::from_utf8(self.get(name).ok()??)
+            .ok()?
+            .parse()
+            .ok()
     }
 
     pub fn doc(&self) -> &'a [u8] {
@@ -211,6 +215,60 @@ pub fn image<'u>(url: &'u str, at: &str, target: &str) -> Result<Image<'u>> {
     })
 }
 
+/// Most bytes of a provider's unreadable body quoted in an error message.
+pub const QUOTED_BODY_MAX: usize = 512;
+
+/// "the provider answered HTTP <status>: <the start of its body>".
+pub fn answered(status: u16, body: &[u8]) -> String {
+    format!(
+        "the provider answered HTTP {status}: {}",
+        String::from_utf8_lossy(&body[..body.len().min(QUOTED_BODY_MAX)]).trim()
+    )
+}
+
+/// Seconds since the epoch, for a translated reply's `created`.
+pub fn unix_now() -> u64 {
+    crate::reqid::now_unix_ms() / 1000
+}
+
+/// Writes an OpenAI `usage` object: `prompt` includes the `cached` input;
+/// `cache_write`, when the provider reports it, is kept as Anthropic names it.
+pub fn openai_usage(
+    out: &mut Vec<u8>,
+    prompt: u64,
+    completion: u64,
+    cached: u64,
+    cache_write: Option<u64>,
+) {
+    use std::io::Write as _;
+    let _ = write!(
+        out,
+        "{{\"prompt_tokens\":{prompt},\"completion_tokens\":{completion},\"total_tokens\":{},\"prompt_tokens_details\":{{\"cached_tokens\":{cached}}}",
+        prompt.saturating_add(completion)
+    );
+    if let Some(w) = cache_write {
+        let _ = write!(out, ",\"cache_creation_input_tokens\":{w}");
+    }
+    out.push(b'}');
+}
+
+/// Writes a tool call's `arguments` (JSON text, as OpenAI carries them) as
+/// the object other formats want: empty is `{}`, anything but an object is
+/// refused, naming `at`.
+pub fn arguments_object(args: &str, at: &str, out: &mut Vec<u8>) -> Result<()> {
+    let args = args.trim();
+    if args.is_empty() {
+        out.extend_from_slice(b"{}");
+    } else if args.starts_with('{') && is_valid_json(args.as_bytes()) {
+        out.extend_from_slice(args.as_bytes());
+    } else {
+        return Err(TranslateError::new(format!(
+            "`{at}.function.arguments` must hold a JSON object"
+        )));
+    }
+    Ok(())
+}
+
 /// Writes an OpenAI error object: the provider's `message` and `kind` (raw
 /// string literals) when its body had them, else a message quoting the body.
 pub fn openai_error(
@@ -229,13 +287,7 @@ pub fn openai_error(
             raw(out, kind.unwrap_or(b"null"));
         }
         None => {
-            string(
-                out,
-                &format!(
-                    "the provider answered HTTP {status}: {}",
-                    String::from_utf8_lossy(&body[..body.len().min(512)]).trim()
-                ),
-            );
+            string(out, &answered(status, body));
             out.extend_from_slice(b",\"type\":\"provider_error\",\"param\":null,\"code\":null");
         }
     }

@@ -25,8 +25,9 @@ pub struct AttemptRequest<'a> {
     pub path: &'a str,
     pub body: &'a [u8],
     pub request_id: u64,
-    /// No complete response head within this is a timeout.
-    pub first_byte: Duration,
+    /// No complete response head within this is a timeout (`None`:
+    /// `timeouts.first_byte`).
+    pub first_byte: Option<Duration>,
 }
 
 /// A response head has arrived; the body is still on `conn`.
@@ -151,7 +152,8 @@ pub async fn attempt(
     }
     let max_head = config.limits.max_response_head_bytes;
     let was_head = req.method == Method::Head;
-    match client::read_head(&mut up, rhead, was_head, max_head, req.first_byte, sent_at).await {
+    let first_byte = req.first_byte.unwrap_or(t.first_byte);
+    match client::read_head(&mut up, rhead, was_head, max_head, first_byte, sent_at).await {
         Ok(ttfb) => Ok(UpstreamReply {
             conn: up,
             sent_at,
@@ -211,7 +213,7 @@ mod tests {
                     path: "/v1/chat/completions",
                     body: b"{}",
                     request_id: 1,
-                    first_byte: ctx.config().timeouts.first_byte,
+                    first_byte: None,
                 };
                 let mut rh = ResponseHead::default();
                 match attempt(&ctx, &provider, &req, &mut rh).await {

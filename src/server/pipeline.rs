@@ -528,7 +528,7 @@ fn plan(
     let routes = ctx.routes();
     let inputs = RouteInputs {
         routes: &routes,
-        draw: &ctx.draw,
+        below: &|n| ctx.random_below(n),
         field: &|name| targets::metadata_field(metadata, name),
     };
     let mut routed = route::plan(route, &view, &ctx.providers(), &inputs, &mut c.rewritten)?;
@@ -656,7 +656,7 @@ fn restrict_route(
                 .map(|(_, v)| v.clone())
                 .or_else(|| targets::metadata_field(request, name))
         };
-        route.order(&field, &ctx.draw)
+        route.order(&field, &|n| ctx.random_below(n))
     };
     order.retain(|t| key.allows(&t.provider.name, Some(&t.model)));
     if order.is_empty() {
@@ -675,7 +675,9 @@ fn restrict_route(
         }
         return Ok(());
     }
-    let (endpoint, query) = (routing.endpoint, routing.query.clone());
+    let (Some(endpoint), query) = (plan.endpoint, routing.query.clone()) else {
+        return Ok(());
+    };
     let view = req.view(&c.head, &c.buf, &c.body);
     let fields = crate::json::scan_request(view.body)
         .map_err(|e| GatewayError::bad_request("invalid_json", e.to_string()))?;
@@ -869,7 +871,7 @@ fn cache_lookup(
     // A translated request by the format its client speaks too (the same
     // upstream path serves `/v1/chat/completions` and `/v1/messages`).
     let (provider, path): (&str, &str) = match (&plan.routing, plan.translation, plan.endpoint) {
-        (Some(r), _, _) => (&r.route.name, r.endpoint),
+        (Some(r), _, Some(endpoint)) => (&r.route.name, endpoint),
         (None, Some(_), Some(endpoint)) => (&plan.provider.name, endpoint),
         _ => (&plan.provider.name, &plan.path),
     };
@@ -1213,11 +1215,8 @@ async fn attempts(
     // The common case, one target and one try, without the engine's state
     // (which is boxed, so it does not grow every request's future).
     if plan.routing.is_none() && wish.retry.max_attempts.is_none_or(|n| n <= 1) {
-        let first_byte = wish
-            .retry
-            .timeout
-            .unwrap_or_else(|| ctx.config().timeouts.first_byte);
         let body_at = build_upstream(c, req, plan);
+        let first_byte = wish.retry.timeout;
         return match attempt_once(ctx, c, plan, body_at, rec, first_byte).await {
             Ok(reply) => Ok(reply),
             Err(Tried::Gone) => Err(Unanswered::ClientGone),
@@ -1308,7 +1307,7 @@ async fn retrying_attempts(
             if tried > 0 {
                 let wait = hint
                     .take()
-                    .unwrap_or_else(|| targets::backoff(&retry, tried, &ctx.draw));
+                    .unwrap_or_else(|| targets::backoff(&retry, tried, &|n| ctx.random_below(n)));
                 wait_unless_gone(ctx, c, wait).await?;
                 // A target with keys of its own tries again with the next one.
                 if target.as_ref().is_some_and(|t| t.has_keys()) {
@@ -1317,7 +1316,7 @@ async fn retrying_attempts(
             }
             let last = n + 1 == steps.len() && tried + 1 == retry.attempts;
             let started = track.then(Instant::now);
-            let result = attempt_once(ctx, c, plan, body_at, rec, first_byte).await;
+            let result = attempt_once(ctx, c, plan, body_at, rec, Some(first_byte)).await;
             if track {
                 let outcome = match &result {
                     Ok(_) => Ok(c.rhead.status),
@@ -1482,6 +1481,10 @@ async fn wait_unless_gone(
     .await
 }
 
+/// Longest `Retry-After` read from a provider (a day); a route waits at
+/// most `retry.max` anyway.
+const MAX_RETRY_AFTER_SECS: u64 = 86_400;
+
 /// A provider's `Retry-After` in seconds (the date form is not honoured).
 fn retry_after(rh: &ResponseHead, window: &[u8]) -> Option<Duration> {
     rh.headers
@@ -1489,7 +1492,7 @@ fn retry_after(rh: &ResponseHead, window: &[u8]) -> Option<Duration> {
         .find(|h| h.name.get(window).eq_ignore_ascii_case(b"retry-after"))
         .and_then(|h| std::str::from_utf8(h.value.get(window)).ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(|s| Duration::from_secs(s.min(86_400)))
+        .map(|s| Duration::from_secs(s.min(MAX_RETRY_AFTER_SECS)))
 }
 
 /// Most bytes read ahead to find a stream's first event.
@@ -1539,7 +1542,7 @@ async fn attempt_once(
     plan: &Plan,
     body_at: usize,
     rec: &mut RequestRecord,
-    first_byte: Duration,
+    first_byte: Option<Duration>,
 ) -> Result<UpstreamReply, Tried> {
     let request = AttemptRequest {
         bytes: &c.up_out,

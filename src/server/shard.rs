@@ -14,7 +14,7 @@ use crate::providers::{self, Providers};
 use crate::record::{Dropped, LogQueue, Outcome, RequestRecord};
 use crate::reqid::{IdGen, RequestId, now_unix_ms};
 use crate::stats::{Gauges, ShardStats, Snapshot};
-use crate::targets::{self, Draw, Routes};
+use crate::targets::{self, Routes};
 use crate::upstream::dns::Resolver;
 use crate::upstream::pool::Pool;
 use std::cell::{Cell, RefCell};
@@ -85,8 +85,6 @@ pub struct ShardCtx {
     providers: RefCell<Rc<Providers>>,
     /// The routes over those providers, with their cooldown state.
     routes: RefCell<Rc<Routes>>,
-    /// Draws for weighted routes and retry jitter.
-    pub draw: Draw,
     pub pool: Pool,
     pub resolver: Arc<Resolver>,
     stats: RefCell<ShardStats>,
@@ -141,9 +139,6 @@ impl ShardCtx {
             limits: Cell::new(head_limits(&config)),
             pool: Pool::new(config.timeouts.upstream_idle),
             routes: RefCell::new(Rc::new(routes)),
-            draw: Draw::new(
-                crate::reqid::now_unix_ms() ^ ((shard as u64 + 1) << 40) ^ 0x9e37_79b9_7f4a_7c15,
-            ),
             providers: RefCell::new(Rc::new(built)),
             config: RefCell::new(config),
             resolver,
@@ -202,6 +197,12 @@ impl ShardCtx {
     /// The running providers.
     pub fn providers(&self) -> Rc<Providers> {
         self.providers.borrow().clone()
+    }
+
+    /// A uniform random number in `0..n` from the shard's cheap randomness
+    /// (weighted routes, retry jitter).
+    pub fn random_below(&self, n: u64) -> u64 {
+        self.ids.borrow_mut().below(n)
     }
 
     /// The running routes.

@@ -102,18 +102,6 @@ impl Tap for TranslateTap {
     }
 }
 
-/// A tap that does nothing (an empty place in a fixed-size chain).
-pub struct NoTap;
-
-impl Tap for NoTap {
-    fn chunk<'a>(&'a mut self, data: &'a [u8]) -> &'a [u8] {
-        data
-    }
-    fn finish(&mut self, _: End) -> &[u8] {
-        &[]
-    }
-}
-
 /// Reads token usage (and, for streams, the time of the first event). When
 /// aigw asked for stream usage on the client's behalf, it also drops the
 /// usage-only event the client did not ask for.

@@ -242,7 +242,9 @@ impl Conn {
                 .await;
         }
         if knobs.error == Some(ErrorKind::StreamError) {
-            return self.stream_error(keep_alive, false).await;
+            return self
+                .stream_error(keep_alive, &knobs, reply::push_error_event)
+                .await;
         }
         let endpoint = match (head.method, Endpoint::from_path(path)) {
             ("POST", Some(endpoint)) => endpoint,
@@ -313,7 +315,9 @@ impl Conn {
                 .await;
         };
         if knobs.error == Some(ErrorKind::StreamError) {
-            return self.stream_error(keep_alive, true).await;
+            return self
+                .stream_error(keep_alive, knobs, anthropic::push_error_event)
+                .await;
         }
         let message = anthropic::Message {
             id: format!("msg_mock-{}-{}", shard.index, shard.next_seq()),
@@ -364,16 +368,9 @@ impl Conn {
                 .await;
         };
         if knobs.error == Some(ErrorKind::StreamError) {
-            self.scratch.clear();
-            self.scratch.extend_from_slice(b"data: ");
-            gemini::push_error(
-                &mut self.scratch,
-                503,
-                "The model is overloaded. (mock stream error)",
-            );
-            self.scratch.extend_from_slice(b"\r\n\r\n");
-            let event = [std::mem::take(&mut self.scratch)];
-            return self.send_events(keep_alive, &event, knobs, false).await;
+            return self
+                .stream_error(keep_alive, knobs, gemini::push_error_event)
+                .await;
         }
         let response = gemini::Response {
             id: format!("mock-{}-{}", shard.index, shard.next_seq()),
@@ -473,37 +470,15 @@ impl Conn {
     }
 
     /// `stream-error`: a 200 stream whose first and only event is an error.
-    async fn stream_error(&mut self, keep_alive: bool, anthropic_shape: bool) -> io::Result<Next> {
-        self.scratch.clear();
-        if anthropic_shape {
-            anthropic::push_error_event(&mut self.scratch);
-        } else {
-            self.scratch.extend_from_slice(b"data: ");
-            reply::push_error(
-                &mut self.scratch,
-                "The server is overloaded (mock stream error)",
-                "server_error",
-                Some("overloaded"),
-            );
-            self.scratch.extend_from_slice(b"\n\n");
-        }
-        self.out.clear();
-        http::push_head(
-            &mut self.out,
-            200,
-            "text/event-stream",
-            BodyLen::Chunked,
-            keep_alive,
-            b"cache-control: no-cache\r\n",
-        );
-        http::push_chunk(&mut self.out, &self.scratch);
-        self.out.extend_from_slice(http::LAST_CHUNK);
-        self.flush().await?;
-        Ok(if keep_alive {
-            Next::KeepAlive
-        } else {
-            Next::Close
-        })
+    async fn stream_error(
+        &mut self,
+        keep_alive: bool,
+        knobs: &Knobs,
+        push_event: fn(&mut Vec<u8>),
+    ) -> io::Result<Next> {
+        let mut event = Vec::new();
+        push_event(&mut event);
+        self.send_events(keep_alive, &[event], knobs, false).await
     }
 
     /// `/mock/stats`, `/mock/reset`, `/mock/requests`.

@@ -104,6 +104,13 @@ pub fn push_error(out: &mut Vec<u8>, status: u16, message: &str) {
     let _ = serde_json::to_writer(&mut *out, &body);
 }
 
+/// The `stream-error` fault's only event: a Google error.
+pub fn push_error_event(out: &mut Vec<u8>) {
+    out.extend_from_slice(b"data: ");
+    push_error(out, 503, "The model is overloaded. (mock stream error)");
+    out.extend_from_slice(b"\r\n\r\n");
+}
+
 /// The function a request forces (`toolConfig.functionCallingConfig.mode`
 /// `ANY`: the first allowed name, else the first declaration), with
 /// arguments that fit its parameters.

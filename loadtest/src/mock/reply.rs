@@ -311,6 +311,18 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// The `stream-error` fault's only event: an OpenAI-shaped error.
+pub fn push_error_event(out: &mut Vec<u8>) {
+    out.extend_from_slice(b"data: ");
+    push_error(
+        out,
+        "The server is overloaded (mock stream error)",
+        "server_error",
+        Some("overloaded"),
+    );
+    out.extend_from_slice(b"\n\n");
+}
+
 /// An OpenAI-shaped error body: `{"error":{"message","type","param","code"}}`.
 pub fn push_error(out: &mut Vec<u8>, message: &str, kind: &str, code: Option<&str>) {
     let body = serde_json::json!({

@@ -384,13 +384,7 @@ pub fn error_body(status: u16, body: &[u8], out: &mut Vec<u8>) {
         .and_then(|e| e.raw_str("message").ok()?);
     match message {
         Some(m) => translate::raw(out, m),
-        None => translate::string(
-            out,
-            &format!(
-                "the provider answered HTTP {status}: {}",
-                String::from_utf8_lossy(&body[..body.len().min(512)]).trim()
-            ),
-        ),
+        None => translate::string(out, &translate::answered(status, body)),
     }
     out.extend_from_slice(b"}}");
 }
@@ -405,13 +399,7 @@ struct Counts {
 
 impl Counts {
     fn read(usage: &Obj<'_>) -> Counts {
-        let n = |o: &Obj<'_>, name| {
-            o.get(name)
-                .ok()
-                .flatten()
-                .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
+        let n = |o: &Obj<'_>, name| o.u64(name).unwrap_or(0);
         let cached = usage
             .obj("prompt_tokens_details")
             .ok()
@@ -641,23 +629,13 @@ impl Stream {
                     self.close(out);
                     self.open(out, Open::Text, b"{\"type\":\"text\",\"text\":\"\"}");
                 }
-                let mut d = Vec::with_capacity(text.len() + 80);
-                self.delta_head(&mut d);
-                d.extend_from_slice(b"{\"type\":\"text_delta\",\"text\":");
-                d.extend_from_slice(text);
-                d.extend_from_slice(b"}}");
-                event(out, "content_block_delta", &d);
+                self.delta(out, b"{\"type\":\"text_delta\",\"text\":", text);
             }
             for call in delta.array("tool_calls").unwrap_or_default() {
                 let Ok(c) = Obj::read(data, call, "tool_call") else {
                     continue;
                 };
-                let index = c
-                    .get("index")
-                    .ok()
-                    .flatten()
-                    .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
-                    .unwrap_or(0);
+                let index = c.u64("index").unwrap_or(0);
                 let f = c.obj("function").ok().flatten();
                 if self.open != Open::Tool(index) {
                     self.close(out);
@@ -673,12 +651,11 @@ impl Stream {
                 if let Some(args) = f.and_then(|f| f.raw_str("arguments").ok().flatten())
                     && args != b"\"\""
                 {
-                    let mut d = Vec::with_capacity(args.len() + 80);
-                    self.delta_head(&mut d);
-                    d.extend_from_slice(b"{\"type\":\"input_json_delta\",\"partial_json\":");
-                    d.extend_from_slice(args);
-                    d.extend_from_slice(b"}}");
-                    event(out, "content_block_delta", &d);
+                    self.delta(
+                        out,
+                        b"{\"type\":\"input_json_delta\",\"partial_json\":",
+                        args,
+                    );
                 }
             }
         }
@@ -687,17 +664,24 @@ impl Stream {
         }
     }
 
-    /// `{"type":"content_block_delta","index":N,"delta":` for the open block.
-    fn delta_head(&self, d: &mut Vec<u8>) {
-        d.extend_from_slice(b"{\"type\":\"content_block_delta\",\"index\":");
-        d.extend_from_slice((self.blocks - 1).to_string().as_bytes());
-        d.extend_from_slice(b",\"delta\":");
+    /// A `content_block_delta` event of the open block, written in place:
+    /// `{"type":"content_block_delta","index":N,"delta":<kind><value>}}`,
+    /// `kind` opening the delta object up to its value (a raw string literal).
+    fn delta(&self, out: &mut Vec<u8>, kind: &[u8], value: &[u8]) {
+        out.extend_from_slice(
+            b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":",
+        );
+        crate::http::push_decimal(out, self.blocks - 1);
+        out.extend_from_slice(b",\"delta\":");
+        out.extend_from_slice(kind);
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"}}\n\n");
     }
 
     fn open(&mut self, out: &mut Vec<u8>, kind: Open, block: &[u8]) {
         let mut e = Vec::with_capacity(block.len() + 64);
         e.extend_from_slice(b"{\"type\":\"content_block_start\",\"index\":");
-        e.extend_from_slice(self.blocks.to_string().as_bytes());
+        crate::http::push_decimal(&mut e, self.blocks);
         e.extend_from_slice(b",\"content_block\":");
         e.extend_from_slice(block);
         e.push(b'}');

@@ -32,20 +32,13 @@ struct Counts {
 impl Counts {
     /// Takes every count `usage` holds (stream events repeat them cumulatively).
     fn read(&mut self, usage: &Obj<'_>) {
-        let n = |name| {
-            usage
-                .get(name)
-                .ok()
-                .flatten()
-                .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
-        };
         for (slot, name) in [
             (&mut self.input, "input_tokens"),
             (&mut self.output, "output_tokens"),
             (&mut self.cache_read, "cache_read_input_tokens"),
             (&mut self.cache_write, "cache_creation_input_tokens"),
         ] {
-            if let Some(v) = n(name) {
+            if let Some(v) = usage.u64(name) {
                 *slot = v;
             }
         }
@@ -57,23 +50,14 @@ impl Counts {
             .input
             .saturating_add(self.cache_read)
             .saturating_add(self.cache_write);
-        out.extend_from_slice(
-            format!(
-                "{{\"prompt_tokens\":{prompt},\"completion_tokens\":{},\"total_tokens\":{},\"prompt_tokens_details\":{{\"cached_tokens\":{}}},\"cache_creation_input_tokens\":{}}}",
-                self.output,
-                prompt.saturating_add(self.output),
-                self.cache_read,
-                self.cache_write
-            )
-            .as_bytes(),
+        translate::openai_usage(
+            out,
+            prompt,
+            self.output,
+            self.cache_read,
+            Some(self.cache_write),
         );
     }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// Writes the OpenAI error object for an Anthropic error body (`{"type":
@@ -122,7 +106,7 @@ fn write_message(body: &[u8], out: &mut Vec<u8>) -> Option<()> {
     out.extend_from_slice(b"{\"id\":");
     translate::raw(out, top.raw_str("id").ok()?.unwrap_or(b"\"\""));
     out.extend_from_slice(b",\"object\":\"chat.completion\",\"created\":");
-    out.extend_from_slice(unix_now().to_string().as_bytes());
+    crate::http::push_decimal(out, translate::unix_now());
     out.extend_from_slice(b",\"model\":");
     translate::raw(out, top.raw_str("model").ok()?.unwrap_or(b"\"\""));
     out.extend_from_slice(
@@ -272,7 +256,7 @@ impl Stream {
                         self.tools.push((index, k));
                         let mut d = Vec::with_capacity(96);
                         d.extend_from_slice(b"{\"tool_calls\":[{\"index\":");
-                        d.extend_from_slice(k.to_string().as_bytes());
+                        crate::http::push_decimal(&mut d, k as u64);
                         d.extend_from_slice(b",\"id\":");
                         translate::raw(&mut d, b.raw_str("id").ok().flatten().unwrap_or(b"\"\""));
                         d.extend_from_slice(b",\"type\":\"function\",\"function\":{\"name\":");
@@ -318,13 +302,14 @@ impl Stream {
                         else {
                             return;
                         };
-                        let mut delta = Vec::with_capacity(part.len() + 64);
-                        delta.extend_from_slice(b"{\"tool_calls\":[{\"index\":");
-                        delta.extend_from_slice(k.to_string().as_bytes());
-                        delta.extend_from_slice(b",\"function\":{\"arguments\":");
-                        translate::raw(&mut delta, part);
-                        delta.extend_from_slice(b"}}]}");
-                        self.chunk(out, &delta, None);
+                        // In place: a fragment per event, many per call.
+                        self.chunk_start(out);
+                        out.extend_from_slice(b"{\"tool_calls\":[{\"index\":");
+                        crate::http::push_decimal(out, u64::from(k));
+                        out.extend_from_slice(b",\"function\":{\"arguments\":");
+                        translate::raw(out, part);
+                        out.extend_from_slice(b"}}]}");
+                        Self::chunk_end(out, None);
                     }
                     _ => {}
                 }
@@ -368,8 +353,7 @@ impl Stream {
         self.head.extend_from_slice(id);
         self.head
             .extend_from_slice(b",\"object\":\"chat.completion.chunk\",\"created\":");
-        self.head
-            .extend_from_slice(unix_now().to_string().as_bytes());
+        crate::http::push_decimal(&mut self.head, translate::unix_now());
         self.head.extend_from_slice(b",\"model\":");
         self.head.extend_from_slice(model);
         self.head.extend_from_slice(b",\"choices\":");
@@ -380,11 +364,21 @@ impl Stream {
 
     /// One chunk with `delta` (a JSON object) and a finish reason.
     fn chunk(&mut self, out: &mut Vec<u8>, delta: &[u8], finish: Option<&str>) {
+        self.chunk_start(out);
+        out.extend_from_slice(delta);
+        Self::chunk_end(out, finish);
+    }
+
+    /// A chunk up to its delta object (written next, in place).
+    fn chunk_start(&mut self, out: &mut Vec<u8>) {
         if self.prefix.is_empty() {
             self.start(b"\"\"", b"\"\"");
         }
         out.extend_from_slice(&self.prefix);
-        out.extend_from_slice(delta);
+    }
+
+    /// The rest of a chunk after its delta.
+    fn chunk_end(out: &mut Vec<u8>, finish: Option<&str>) {
         out.extend_from_slice(b",\"logprobs\":null,\"finish_reason\":");
         match finish {
             Some(f) => {
@@ -399,24 +393,18 @@ impl Stream {
 
     /// A chunk whose delta is `{"<field>":<text>}` (text a raw string literal).
     fn content(&mut self, out: &mut Vec<u8>, field: &[u8], text: &[u8]) {
-        if self.prefix.is_empty() {
-            self.start(b"\"\"", b"\"\"");
-        }
-        out.extend_from_slice(&self.prefix);
+        self.chunk_start(out);
         out.extend_from_slice(b"{\"");
         out.extend_from_slice(field);
         out.extend_from_slice(b"\":");
         out.extend_from_slice(text);
-        out.extend_from_slice(b"},\"logprobs\":null,\"finish_reason\":null}]}\n\n");
+        out.push(b'}');
+        Self::chunk_end(out, None);
     }
 }
 
 fn block_index(ev: &Obj<'_>) -> u64 {
-    ev.get("index")
-        .ok()
-        .flatten()
-        .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
-        .unwrap_or(0)
+    ev.u64("index").unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -51,7 +51,7 @@ pub fn chat(body: &[u8], model: &str, default_max_tokens: u64, out: &mut Vec<u8>
                 "`max_tokens` must be a non-negative integer",
             ));
         }
-        None => out.extend_from_slice(default_max_tokens.to_string().as_bytes()),
+        None => crate::http::push_decimal(out, default_max_tokens),
     }
     messages(&top, out)?;
     for name in ["temperature", "top_p", "top_k"] {
@@ -350,21 +350,12 @@ fn tool_use(doc: &[u8], call: Range<usize>, at: &str, out: &mut Vec<u8>) -> Resu
         .raw_str("name")?
         .ok_or_else(|| TranslateError::new(format!("`{at}.function.name` is required")))?;
     let args = f.str("arguments")?.unwrap_or_default();
-    let args = args.trim();
     out.extend_from_slice(b"{\"type\":\"tool_use\",\"id\":");
     translate::raw(out, id);
     out.extend_from_slice(b",\"name\":");
     translate::raw(out, name);
     out.extend_from_slice(b",\"input\":");
-    if args.is_empty() {
-        out.extend_from_slice(b"{}");
-    } else if args.starts_with('{') && translate::is_valid_json(args.as_bytes()) {
-        out.extend_from_slice(args.as_bytes());
-    } else {
-        return Err(TranslateError::new(format!(
-            "`{at}.function.arguments` must hold a JSON object"
-        )));
-    }
+    translate::arguments_object(&args, at, out)?;
     out.push(b'}');
     Ok(())
 }

@@ -30,13 +30,7 @@ struct Counts {
 
 impl Counts {
     fn read(u: &Obj<'_>) -> Counts {
-        let n = |name| {
-            u.get(name)
-                .ok()
-                .flatten()
-                .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
+        let n = |name| u.u64(name).unwrap_or(0);
         Counts {
             prompt: n("promptTokenCount"),
             // Thinking tokens are billed as output.
@@ -46,23 +40,8 @@ impl Counts {
     }
 
     fn write(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(
-            format!(
-                "{{\"prompt_tokens\":{},\"completion_tokens\":{},\"total_tokens\":{},\"prompt_tokens_details\":{{\"cached_tokens\":{}}}}}",
-                self.prompt,
-                self.output,
-                self.prompt.saturating_add(self.output),
-                self.cached
-            )
-            .as_bytes(),
-        );
+        translate::openai_usage(out, self.prompt, self.output, self.cached, None);
     }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// Writes the OpenAI error object for a Google error body
@@ -138,6 +117,9 @@ fn candidate<'a>(top: &Obj<'a>) -> Option<Candidate<'a>> {
 /// back to Gemini with it (Gemini refuses a later turn without it).
 pub const SIGNATURE_MARK: &str = "~sig~";
 
+/// Most characters of Gemini's response id kept in a made-up call id.
+const RESPONSE_ID_MAX: usize = 48;
+
 /// A tool call's id: Gemini's own when it sends one, else one made unique
 /// across turns (`call_<response id>_<n>`, or the time when the response
 /// has no id), so a later tool message finds its call; with the call's
@@ -159,7 +141,7 @@ fn call_id(out: &mut Vec<u8>, id: Option<&[u8]>, n: usize, response: &[u8], sig:
                 .unwrap_or_default()
                 .chars()
                 .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
-                .take(48)
+                .take(RESPONSE_ID_MAX)
                 .collect();
             let rid = if rid.is_empty() {
                 format!("{:x}", unix_nanos())
@@ -193,7 +175,7 @@ fn write_completion(body: &[u8], model: &str, out: &mut Vec<u8>) -> Option<()> {
     out.extend_from_slice(b"{\"id\":");
     translate::raw(out, top.raw_str("responseId").ok()?.unwrap_or(b"\"\""));
     out.extend_from_slice(b",\"object\":\"chat.completion\",\"created\":");
-    out.extend_from_slice(unix_now().to_string().as_bytes());
+    crate::http::push_decimal(out, translate::unix_now());
     out.extend_from_slice(b",\"model\":");
     match top.raw_str("modelVersion").ok()? {
         Some(m) => translate::raw(out, m),
@@ -354,8 +336,7 @@ impl Stream {
             );
             self.head
                 .extend_from_slice(b",\"object\":\"chat.completion.chunk\",\"created\":");
-            self.head
-                .extend_from_slice(unix_now().to_string().as_bytes());
+            crate::http::push_decimal(&mut self.head, translate::unix_now());
             self.head.extend_from_slice(b",\"model\":");
             match top.raw_str("modelVersion").ok().flatten() {
                 Some(m) => translate::raw(&mut self.head, m),
@@ -369,18 +350,18 @@ impl Stream {
         }
         let Some(c) = candidate(&top) else { return };
         for t in &c.texts {
-            let mut d = Vec::with_capacity(t.len() + 16);
-            d.extend_from_slice(b"{\"content\":");
-            d.extend_from_slice(t);
-            d.push(b'}');
-            self.chunk(out, &d, None);
+            self.chunk_start(out);
+            out.extend_from_slice(b"{\"content\":");
+            out.extend_from_slice(t);
+            out.push(b'}');
+            self.chunk_end(out, None);
         }
         for (name, args, id, sig) in &c.calls {
             let k = self.calls;
             self.calls += 1;
             let mut d = Vec::with_capacity(args.len() + 128);
             d.extend_from_slice(b"{\"tool_calls\":[{\"index\":");
-            d.extend_from_slice(k.to_string().as_bytes());
+            crate::http::push_decimal(&mut d, k as u64);
             d.extend_from_slice(b",\"id\":");
             let rid = top.raw_str("responseId").ok().flatten().unwrap_or(b"\"\"");
             call_id(&mut d, *id, k, rid, *sig);
@@ -398,9 +379,19 @@ impl Stream {
     }
 
     fn chunk(&self, out: &mut Vec<u8>, delta: &[u8], finish: Option<&str>) {
+        self.chunk_start(out);
+        out.extend_from_slice(delta);
+        self.chunk_end(out, finish);
+    }
+
+    /// A chunk up to its delta object (written next, in place).
+    fn chunk_start(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.head);
         out.extend_from_slice(b"[{\"index\":0,\"delta\":");
-        out.extend_from_slice(delta);
+    }
+
+    /// The rest of a chunk after its delta.
+    fn chunk_end(&self, out: &mut Vec<u8>, finish: Option<&str>) {
         out.extend_from_slice(b",\"logprobs\":null,\"finish_reason\":");
         match finish {
             Some(f) => {

@@ -77,7 +77,6 @@ pub fn chat(body: &[u8], out: &mut Vec<u8>) -> Result<(bool, bool)> {
                         names.push((id.to_vec(), name.to_vec()));
                     }
                     let args = f.str("arguments")?.unwrap_or_default();
-                    let args = args.trim();
                     if !p.is_empty() {
                         p.push(b',');
                     }
@@ -89,15 +88,7 @@ pub fn chat(body: &[u8], out: &mut Vec<u8>) -> Result<(bool, bool)> {
                         id.split_once(super::reply::SIGNATURE_MARK)
                             .map(|(_, sig)| sig.to_string())
                     });
-                    if args.is_empty() {
-                        p.extend_from_slice(b"{}");
-                    } else if args.starts_with('{') && translate::is_valid_json(args.as_bytes()) {
-                        p.extend_from_slice(args.as_bytes());
-                    } else {
-                        return Err(TranslateError::new(format!(
-                            "`{cat}.function.arguments` must hold a JSON object"
-                        )));
-                    }
+                    translate::arguments_object(&args, &cat, &mut p)?;
                     p.push(b'}');
                     if let Some(sig) = signature {
                         p.extend_from_slice(b",\"thoughtSignature\":");
