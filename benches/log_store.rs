@@ -119,10 +119,18 @@ fn queries(c: &mut Criterion) {
     let dir = std::env::temp_dir().join(format!("aigw-bench-query-{rows}"));
     let path = dir.join("requests.db");
     // One request every 3 ms for the newest `rows` requests: a million is ~50 minutes.
-    let now = aigw::reqid::now_unix_ms();
+    // A store built by an earlier run is kept; times are relative to its
+    // newest row then ("the last 10 minutes" of the log).
+    let mut now = aigw::reqid::now_unix_ms();
     let first = now - rows as u64 * 3;
     let built = Writer::open(&path).map(|w| w.rows()).unwrap_or(0) as usize;
-    if built != rows {
+    if built == rows {
+        let conn = aigw::logstore::open_for_reading(&path).unwrap();
+        let newest: i64 = conn
+            .query_row("SELECT max(ts) FROM requests", [], |r| r.get(0))
+            .unwrap();
+        now = newest as u64 + 3;
+    } else {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let mut w = Writer::open(&path).unwrap();

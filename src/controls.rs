@@ -10,13 +10,9 @@
 
 use crate::error::GatewayError;
 use crate::http::request::RequestView;
-use crate::json;
-use crate::record::{MetaValue, Metadata};
+use crate::record::Metadata;
 
-/// Most metadata entries (Cloudflare's limit).
-pub const MAX_METADATA_ENTRIES: usize = 5;
-/// Longest metadata key or string value, in bytes.
-pub const MAX_METADATA_TEXT: usize = 256;
+pub use crate::record::{MAX_METADATA_ENTRIES, MAX_METADATA_TEXT};
 /// Longest event id, in bytes.
 pub const MAX_EVENT_ID: usize = 256;
 /// Longest user agent kept, in bytes (longer ones are cut).
@@ -374,7 +370,7 @@ fn flag(value: &[u8]) -> Option<bool> {
 /// Parses a metadata header: a flat JSON object, at most five entries, each a
 /// string, number or boolean.
 fn metadata(value: &[u8], header: &dyn Fn() -> String) -> Result<Metadata, GatewayError> {
-    let fail = |why: &str| {
+    Metadata::parse(value).map_err(|why| {
         bad(
             "invalid_metadata",
             format!(
@@ -382,75 +378,14 @@ fn metadata(value: &[u8], header: &dyn Fn() -> String) -> Result<Metadata, Gatew
                 header()
             ),
         )
-    };
-    let start = json::skip_ws(value, 0);
-    if value.get(start) != Some(&b'{') {
-        return Err(fail("it is not a JSON object"));
-    }
-    let mut entries: Vec<(String, MetaValue)> = Vec::new();
-    let mut problem: Option<String> = None;
-    let end = json::for_each_member(value, start, |raw_key, range| {
-        if problem.is_some() {
-            return;
-        }
-        let Some(key) = json::decode_key(raw_key) else {
-            problem = Some("a key is not a valid JSON string".into());
-            return;
-        };
-        let raw = &value[range];
-        let v = match raw.first() {
-            Some(b'"') => match json::string_value(raw) {
-                Some(s) => MetaValue::Str(s.into_owned()),
-                None => {
-                    problem = Some(format!("the value of `{key}` is not a valid JSON string"));
-                    return;
-                }
-            },
-            Some(b't') if raw == b"true" => MetaValue::Bool(true),
-            Some(b'f') if raw == b"false" => MetaValue::Bool(false),
-            Some(b'-' | b'0'..=b'9') if json::is_number(raw) => {
-                MetaValue::Num(String::from_utf8_lossy(raw).into_owned())
-            }
-            Some(b'{' | b'[') => {
-                problem = Some(format!(
-                    "`{key}` holds an object or array (nesting is not allowed)"
-                ));
-                return;
-            }
-            _ => {
-                problem = Some(format!("`{key}` is not a string, number or boolean"));
-                return;
-            }
-        };
-        if key.is_empty() || key.len() > MAX_METADATA_TEXT {
-            problem = Some(format!("keys must be 1 to {MAX_METADATA_TEXT} bytes"));
-        } else if matches!(&v, MetaValue::Str(s) if s.len() > MAX_METADATA_TEXT) {
-            problem = Some(format!(
-                "the value of `{key}` is longer than {MAX_METADATA_TEXT} bytes"
-            ));
-        } else if entries.iter().any(|(k, _)| *k == key) {
-            problem = Some(format!("`{key}` appears more than once"));
-        } else {
-            entries.push((key, v));
-        }
     })
-    .map_err(fail)?;
-    if let Some(p) = problem {
-        return Err(fail(&p));
-    }
-    if json::skip_ws(value, end) != value.len() {
-        return Err(fail("there is data after the object"));
-    }
-    if entries.len() > MAX_METADATA_ENTRIES {
-        return Err(fail(&format!("it has {} entries", entries.len())));
-    }
-    Ok(Metadata(entries))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::http::request::{HeadLimits, RequestHead, parse_request};
+    use crate::record::MetaValue;
 
     /// Reads the controls of a request with `headers` and hands them to `f`
     /// (they borrow the request).

@@ -6,6 +6,14 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// mimalloc, not glibc's malloc: finished requests' records are built on a
+/// shard and freed on the log thread, and glibc returns each such block to
+/// its arena under that arena's lock, which the shard takes on its next
+/// allocation. Measured: +2.4% closed-loop throughput with the request log
+/// on, +2.8% with it off (`perf/results/2026-11-30T144003Z.md`).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "aigw",

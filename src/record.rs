@@ -7,6 +7,7 @@
 //! request log keeps it) moved to the log thread: the record is `Send`.
 
 use crate::error::ErrorSource;
+use crate::json;
 use crate::reqid::RequestId;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -154,6 +155,11 @@ impl Outcome {
     }
 }
 
+/// Most metadata entries (Cloudflare's limit).
+pub const MAX_METADATA_ENTRIES: usize = 5;
+/// Longest metadata key or string value, in bytes.
+pub const MAX_METADATA_TEXT: usize = 256;
+
 /// One `aigw-metadata` value: Cloudflare allows strings, numbers and booleans.
 #[derive(Clone, Debug, PartialEq)]
 pub enum MetaValue {
@@ -180,23 +186,98 @@ impl MetaValue {
 pub struct Metadata(pub Vec<(String, MetaValue)>);
 
 impl Metadata {
+    /// Reads a metadata object: flat, at most [`MAX_METADATA_ENTRIES`]
+    /// entries, each a string, number or boolean, no key twice. `Err` says
+    /// what is wrong (the header's 400 and the log's readers use the same).
+    pub fn parse(value: &[u8]) -> Result<Metadata, String> {
+        let fail = |why: &str| why.to_string();
+        let start = json::skip_ws(value, 0);
+        if value.get(start) != Some(&b'{') {
+            return Err(fail("it is not a JSON object"));
+        }
+        let mut entries: Vec<(String, MetaValue)> = Vec::new();
+        let mut problem: Option<String> = None;
+        let end = json::for_each_member(value, start, |raw_key, range| {
+            if problem.is_some() {
+                return;
+            }
+            let Some(key) = json::decode_key(raw_key) else {
+                problem = Some("a key is not a valid JSON string".into());
+                return;
+            };
+            let raw = &value[range];
+            let v = match raw.first() {
+                Some(b'"') => match json::string_value(raw) {
+                    Some(s) => MetaValue::Str(s.into_owned()),
+                    None => {
+                        problem = Some(format!("the value of `{key}` is not a valid JSON string"));
+                        return;
+                    }
+                },
+                Some(b't') if raw == b"true" => MetaValue::Bool(true),
+                Some(b'f') if raw == b"false" => MetaValue::Bool(false),
+                Some(b'-' | b'0'..=b'9') if json::is_number(raw) => {
+                    MetaValue::Num(String::from_utf8_lossy(raw).into_owned())
+                }
+                Some(b'{' | b'[') => {
+                    problem = Some(format!(
+                        "`{key}` holds an object or array (nesting is not allowed)"
+                    ));
+                    return;
+                }
+                _ => {
+                    problem = Some(format!("`{key}` is not a string, number or boolean"));
+                    return;
+                }
+            };
+            if key.is_empty() || key.len() > MAX_METADATA_TEXT {
+                problem = Some(format!("keys must be 1 to {MAX_METADATA_TEXT} bytes"));
+            } else if matches!(&v, MetaValue::Str(s) if s.len() > MAX_METADATA_TEXT) {
+                problem = Some(format!(
+                    "the value of `{key}` is longer than {MAX_METADATA_TEXT} bytes"
+                ));
+            } else if entries.iter().any(|(k, _)| *k == key) {
+                problem = Some(format!("`{key}` appears more than once"));
+            } else {
+                entries.push((key, v));
+            }
+        })
+        .map_err(fail)?;
+        if let Some(p) = problem {
+            return Err(fail(&p));
+        }
+        if json::skip_ws(value, end) != value.len() {
+            return Err(fail("there is data after the object"));
+        }
+        if entries.len() > MAX_METADATA_ENTRIES {
+            return Err(fail(&format!("it has {} entries", entries.len())));
+        }
+        Ok(Metadata(entries))
+    }
+
     /// The metadata as a JSON object.
     pub fn to_json(&self) -> String {
-        let mut out = String::from("{");
+        let mut out = String::new();
+        self.write_json(&mut out);
+        out
+    }
+
+    /// Appends the metadata as a JSON object to `out`.
+    pub fn write_json(&self, out: &mut String) {
+        out.push('{');
         for (i, (k, v)) in self.0.iter().enumerate() {
             if i > 0 {
                 out.push(',');
             }
-            crate::error::push_json_string(&mut out, k);
+            crate::error::push_json_string(out, k);
             out.push(':');
             match v {
-                MetaValue::Str(s) => crate::error::push_json_string(&mut out, s),
+                MetaValue::Str(s) => crate::error::push_json_string(out, s),
                 MetaValue::Num(n) => out.push_str(n),
                 MetaValue::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
             }
         }
         out.push('}');
-        out
     }
 }
 

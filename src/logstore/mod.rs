@@ -9,16 +9,29 @@
 //!
 //! Tables: `requests` (one row per request; `ts` is the arrival time in Unix
 //! milliseconds, also the timestamp inside the UUIDv7 `id`, so an id lookup
-//! goes through the `ts` index and `id` needs none of its own), `meta` (one
-//! row per metadata entry, clustered by key, value and time for `--meta K=V`;
-//! rows of deleted requests are swept by time, and until then a join with
-//! `requests` hides them), `payloads` (bodies, when `logs.payloads` is on).
+//! goes through the `ts` index and `id` needs none of its own; `metadata` is
+//! the request's metadata object as JSON), `meta_seqs` (for `--meta K=V`: one
+//! row per metadata key and value per commit, listing the `seq` of every
+//! request in that commit that carried it as a JSON array, with the
+//! commit's time span; indexed by key, value and time; rows of deleted
+//! requests are swept by time, and until then a join with `requests` hides
+//! them), `payloads` (bodies, when `logs.payloads` is on).
 //!
-//! Every index costs the log thread time on every row (measured: the
-//! thread's cost per row is what the request log costs a busy shard), so
-//! there is one, on time. `seq` is AUTOINCREMENT: a number is never reused,
-//! even after retention empties the table, so a metadata row swept late or a
-//! `--follow` position can never point at another request.
+//! Every index entry costs the log thread time (measured: the thread's cost
+//! per row is what the request log costs a busy shard), so `requests` has
+//! one index, on time, and metadata costs an index entry per distinct value
+//! per commit rather than per request. (A row per request and entry, as
+//! before, cost 1.7 µs of the 4.0 µs a request with two entries took to
+//! store; at full load on one CPU the log thread now spends 3.3-3.9 µs per
+//! request instead of 4.7-5.0.) `seq` is
+//! AUTOINCREMENT: a number is never reused, even after retention empties
+//! the table, so a metadata row swept late or a `--follow` position can never
+//! point at another request.
+//!
+//! The readers' connections have two SQL functions over the stored metadata
+//! object, read as the gateway reads the header: `aigw_meta(metadata, key)`
+//! (the value as text, as `--meta` compares it, or NULL) and
+//! `aigw_meta_has(metadata, key, value)`.
 
 pub mod keys;
 pub mod query;
@@ -80,13 +93,14 @@ CREATE TABLE IF NOT EXISTS requests (
     metadata TEXT
 );
 CREATE INDEX IF NOT EXISTS requests_ts ON requests(ts);
-CREATE TABLE IF NOT EXISTS meta (
+CREATE TABLE IF NOT EXISTS meta_seqs (
     key TEXT NOT NULL,
     value TEXT NOT NULL,
-    ts INTEGER NOT NULL,
-    seq INTEGER NOT NULL,
-    PRIMARY KEY (key, value, ts, seq)
-) WITHOUT ROWID;
+    ts_min INTEGER NOT NULL,
+    ts_max INTEGER NOT NULL,
+    seqs TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS meta_seqs_kv ON meta_seqs(key, value, ts_max);
 CREATE TABLE IF NOT EXISTS payloads (
     seq INTEGER PRIMARY KEY,
     request BLOB,
@@ -111,6 +125,7 @@ pub fn open_for_writing(path: &Path) -> Result<Connection, String> {
         .map_err(fail)?;
     conn.execute_batch(SCHEMA).map_err(fail)?;
     migrate(&conn).map_err(fail)?;
+    add_functions(&conn).map_err(fail)?;
     Ok(conn)
 }
 
@@ -137,7 +152,49 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
             conn.execute_batch(&format!("ALTER TABLE requests ADD COLUMN {name} {kind}"))?;
         }
     }
+    // Before `meta_seqs`, a row per request and metadata entry: gathered
+    // into one row per key, value and minute.
+    let old_meta: i64 = conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'meta'",
+        [],
+        |r| r.get(0),
+    )?;
+    if old_meta > 0 {
+        conn.execute_batch(
+            "BEGIN;
+             INSERT INTO meta_seqs (key, value, ts_min, ts_max, seqs)
+                 SELECT key, value, min(ts), max(ts), json_group_array(seq)
+                 FROM meta GROUP BY key, value, ts / 60000;
+             DROP TABLE meta;
+             COMMIT;",
+        )?;
+    }
     Ok(())
+}
+
+/// `aigw_meta(metadata, key)` and `aigw_meta_has(metadata, key, value)` (see
+/// the module's notes). A row whose metadata is NULL or unreadable has none.
+fn add_functions(conn: &Connection) -> rusqlite::Result<()> {
+    use rusqlite::functions::FunctionFlags;
+    let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
+    fn value_of(ctx: &rusqlite::functions::Context<'_>) -> rusqlite::Result<Option<String>> {
+        let Some(json) = ctx.get_raw(0).as_str_or_null()? else {
+            return Ok(None);
+        };
+        let key = ctx.get_raw(1).as_str()?;
+        let Ok(m) = crate::record::Metadata::parse(json.as_bytes()) else {
+            return Ok(None);
+        };
+        Ok(m.0
+            .into_iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_text().to_string()))
+    }
+    conn.create_scalar_function("aigw_meta", 2, flags, value_of)?;
+    conn.create_scalar_function("aigw_meta_has", 3, flags, |ctx| {
+        let want = ctx.get_raw(2).as_str()?;
+        Ok(value_of(ctx)?.is_some_and(|v| v == want))
+    })
 }
 
 /// Opens the store read-only (it must exist).
@@ -154,5 +211,6 @@ pub fn open_for_reading(path: &Path) -> Result<Connection, String> {
     )
     .map_err(|e| format!("request log {}: {e}", path.display()))?;
     let _ = conn.busy_timeout(BUSY_WAIT);
+    add_functions(&conn).map_err(|e| format!("request log {}: {e}", path.display()))?;
     Ok(conn)
 }

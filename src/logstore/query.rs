@@ -125,31 +125,30 @@ impl Filter {
         Ok(f)
     }
 
-    /// The WHERE clause and its parameters; the first `--meta` drives a join.
-    fn sql(&self) -> (String, Vec<Value>) {
-        let mut from = String::from("requests r");
+    /// The statement and its parameters. With `listed`, only the requests
+    /// whose `seq` is in a JSON array bound as `?1` (left NULL here), and the
+    /// first `--meta` pair is left to that list; without it every pair is
+    /// read from the row.
+    fn sql(&self, listed: bool) -> (String, Vec<Value>) {
+        let from = "requests r";
         let mut wheres: Vec<String> = Vec::new();
         let mut args: Vec<Value> = Vec::new();
         let arg = |v: Value, args: &mut Vec<Value>| {
             args.push(v);
             format!("?{}", args.len())
         };
-        for (i, (k, v)) in self.meta.iter().enumerate() {
+        if listed {
+            let list = arg(Value::Null, &mut args);
+            wheres.push(format!("r.seq IN (SELECT value FROM json_each({list}))"));
+        }
+        for (k, v) in self.meta.iter().skip(usize::from(listed)) {
             let (pk, pv) = (
                 arg(k.clone().into(), &mut args),
                 arg(v.clone().into(), &mut args),
             );
-            if i == 0 {
-                // Newest first along meta_kv(key, value, ts).
-                from = "meta m JOIN requests r ON r.seq = m.seq".to_string();
-                wheres.push(format!("m.key = {pk} AND m.value = {pv}"));
-            } else {
-                wheres.push(format!(
-                    "EXISTS (SELECT 1 FROM meta x WHERE x.seq = r.seq AND x.key = {pk} AND x.value = {pv})"
-                ));
-            }
+            wheres.push(format!("aigw_meta_has(r.metadata, {pk}, {pv})"));
         }
-        let ts = if self.meta.is_empty() { "r.ts" } else { "m.ts" };
+        let ts = "r.ts";
         match self.status {
             Some(Status::Code(c)) => wheres.push(format!(
                 "r.status = {}",
@@ -405,12 +404,98 @@ impl Row {
     }
 }
 
+/// JSON text of `seq` lists gathered before the requests they name are read
+/// (about 8,000 requests).
+const LIST_BYTES: usize = 64 << 10;
+
 /// Runs `f` against the store, newest first (or, following, in store order).
 pub fn query(conn: &Connection, f: &Filter) -> rusqlite::Result<Vec<Row>> {
-    let (sql, args) = f.sql();
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(rusqlite::params_from_iter(args), Row::from_sql)?;
-    rows.collect()
+    if f.meta.is_empty() || f.after_seq.is_some() {
+        // Following reads only the rows stored since the last look.
+        let (sql, args) = f.sql(false);
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(args), Row::from_sql)?;
+        return rows.collect();
+    }
+    by_meta(conn, f, LIST_BYTES)
+}
+
+/// Newest first among the requests carrying the first `--meta` pair: its
+/// `meta_seqs` rows newest first, a few at a time, each group's requests
+/// through the other filters, until the rows kept are all newer than any
+/// request the rows left can list.
+fn by_meta(conn: &Connection, f: &Filter, list_bytes: usize) -> rusqlite::Result<Vec<Row>> {
+    let (key, value) = &f.meta[0];
+    let (sql, mut args) = f.sql(true);
+    let mut requests = conn.prepare_cached(&sql)?;
+    let mut lists = conn
+        .prepare_cached(
+            "SELECT ts_max, seqs FROM meta_seqs WHERE key = ?1 AND value = ?2
+             AND ts_max >= ?3 AND ts_min < ?4 ORDER BY ts_max DESC",
+        )
+        .map_err(|e| match e {
+            rusqlite::Error::SqliteFailure(code, Some(m)) if m.contains("meta_seqs") => {
+                rusqlite::Error::SqliteFailure(
+                    code,
+                    Some(format!(
+                        "{m} (the store was written by an older aigw: start this one on it once)"
+                    )),
+                )
+            }
+            e => e,
+        })?;
+    let since = f.since.map_or(i64::MIN, |t| t.min(i64::MAX as u64) as i64);
+    let until = f.until.map_or(i64::MAX, |t| t.min(i64::MAX as u64) as i64);
+    let mut rows = lists.query(rusqlite::params![key, value, since, until])?;
+    let mut found: Vec<Row> = Vec::new();
+    let mut pending = next_list(&mut rows)?;
+    let mut list = String::new();
+    while let Some((_, first)) = pending.take() {
+        list.clear();
+        list.push('[');
+        add_seqs(&mut list, &first);
+        while list.len() < list_bytes {
+            match next_list(&mut rows)? {
+                Some((_, seqs)) => add_seqs(&mut list, &seqs),
+                None => break,
+            }
+        }
+        list.push(']');
+        pending = next_list(&mut rows)?;
+        args[0] = Value::Text(std::mem::take(&mut list));
+        for row in requests.query_map(rusqlite::params_from_iter(args.iter()), Row::from_sql)? {
+            found.push(row?);
+        }
+        if let Value::Text(t) = std::mem::replace(&mut args[0], Value::Null) {
+            list = t;
+        }
+        found.sort_by(|a, b| b.ts.cmp(&a.ts).then(b.seq.cmp(&a.seq)));
+        found.truncate(f.limit);
+        match &pending {
+            Some((ts_max, _)) if found.len() >= f.limit && found[f.limit - 1].ts > *ts_max => break,
+            _ => {}
+        }
+    }
+    Ok(found)
+}
+
+/// The next `meta_seqs` row: its newest time and its `seq` list.
+fn next_list(rows: &mut rusqlite::Rows<'_>) -> rusqlite::Result<Option<(i64, String)>> {
+    Ok(match rows.next()? {
+        Some(r) => Some((r.get(0)?, r.get(1)?)),
+        None => None,
+    })
+}
+
+/// Appends the numbers of the JSON array `seqs` to the open array `list`.
+fn add_seqs(list: &mut String, seqs: &str) {
+    let inner = seqs.trim().trim_start_matches('[').trim_end_matches(']');
+    if !inner.is_empty() {
+        if list.len() > 1 {
+            list.push(',');
+        }
+        list.push_str(inner);
+    }
 }
 
 /// A stored body and whether it was cut.
@@ -549,5 +634,228 @@ mod tests {
         ] {
             assert!(Filter::from_pairs([(k, v)], 0).is_err(), "{k}={v}");
         }
+    }
+}
+
+#[cfg(test)]
+mod meta_tests {
+    use super::*;
+    use crate::logstore::write::Writer;
+    use crate::record::{LogFacts, MetaValue, Metadata, RequestRecord};
+    use crate::reqid::IdGen;
+    use std::time::Instant;
+
+    fn store(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("aigw-meta-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d.join("requests.db")
+    }
+
+    /// A record that arrived at `ts` with `meta`.
+    fn record(ids: &mut IdGen, ts: u64, meta: &[(&str, MetaValue)]) -> RequestRecord {
+        let mut r = RequestRecord::new(ids.id(ts), 0, Instant::now());
+        r.status = 200;
+        r.log = Some(Box::new(LogFacts {
+            path: "/v1/chat/completions".into(),
+            user_agent: None,
+            event_id: None,
+            metadata: (!meta.is_empty()).then(|| {
+                Metadata(
+                    meta.iter()
+                        .map(|(k, v)| (k.to_string(), v.clone()))
+                        .collect(),
+                )
+            }),
+            request_body: None,
+            response_body: None,
+            routing: None,
+        }));
+        r
+    }
+
+    fn ids(rows: &[Row]) -> Vec<String> {
+        rows.iter().map(|r| r.id.clone()).collect()
+    }
+
+    /// The rows `--meta` must select, newest first, worked out without
+    /// `meta_seqs`: every row read and its metadata compared.
+    fn expected(conn: &Connection, f: &Filter) -> Vec<Row> {
+        let all = Filter {
+            limit: MAX_LIMIT,
+            meta: Vec::new(),
+            ..f.clone()
+        };
+        let mut rows = query(conn, &all).unwrap();
+        rows.retain(|r| {
+            let m = r
+                .metadata
+                .as_deref()
+                .and_then(|j| Metadata::parse(j.as_bytes()).ok())
+                .unwrap_or_default();
+            f.meta
+                .iter()
+                .all(|(k, v)| m.0.iter().any(|(mk, mv)| mk == k && mv.as_text() == v))
+        });
+        rows.sort_by(|a, b| b.ts.cmp(&a.ts).then(b.seq.cmp(&a.seq)));
+        rows.truncate(f.limit);
+        rows
+    }
+
+    #[test]
+    fn meta_filters_select_exactly_the_newest_rows_carrying_every_pair() {
+        let path = store("select");
+        let mut w = Writer::open(&path).unwrap();
+        let mut idgen = IdGen::new(0);
+        let t0 = 1_790_000_000_000u64;
+        // 120 commits of 1 to 60 rows. Arrival times mostly rise with the
+        // commits, but every 7th request arrived long before (a slow one
+        // finishing late), so commits overlap in time.
+        let mut n = 0u64;
+        for commit in 0..120u64 {
+            let batch: Vec<RequestRecord> = (0..1 + (commit * 37) % 60)
+                .map(|_| {
+                    n += 1;
+                    let ts = if n.is_multiple_of(7) {
+                        t0 + n * 10 - 5_000
+                    } else {
+                        t0 + n * 10
+                    };
+                    let user = format!("u{}", n % 13);
+                    let mut meta = vec![("user", MetaValue::Str(user))];
+                    if n.is_multiple_of(3) {
+                        meta.push(("team", MetaValue::Str("a".into())));
+                    }
+                    if n.is_multiple_of(5) {
+                        meta.push(("vip", MetaValue::Bool(true)));
+                        meta.push(("n", MetaValue::Num("1.50".into())));
+                    }
+                    if n.is_multiple_of(11) {
+                        meta.clear();
+                    }
+                    record(&mut idgen, ts, &meta)
+                })
+                .collect();
+            w.insert(&batch).unwrap();
+        }
+        let conn = crate::logstore::open_for_reading(&path).unwrap();
+        let now = t0 + n * 10 + 1;
+        let cases: &[&[(&str, &str)]] = &[
+            &[("meta", "user=u4")],
+            &[("meta", "user=u4"), ("limit", "3")],
+            &[("meta", "team=a"), ("limit", "500")],
+            &[("meta", "team=a"), ("limit", "1")],
+            &[("meta", "vip=true"), ("meta", "team=a")],
+            &[("meta", "n=1.50"), ("limit", "7")],
+            &[("meta", "n=1.5")],
+            &[("meta", "user=nobody")],
+            &[("meta", "user=u2"), ("since", "25s"), ("until", "10s")],
+            &[("meta", "user=u5"), ("status", "200"), ("limit", "2")],
+        ];
+        for pairs in cases {
+            let f = Filter::from_pairs(pairs.iter().copied(), now).unwrap();
+            let got = query(&conn, &f).unwrap();
+            let want = expected(&conn, &f);
+            assert_eq!(ids(&got), ids(&want), "{pairs:?}");
+            // A commit's list at a time, and a few at a time: the merge of
+            // lists that overlap in time keeps the newest.
+            for list_bytes in [1, 200] {
+                let got = by_meta(&conn, &f, list_bytes).unwrap();
+                assert_eq!(
+                    ids(&got),
+                    ids(&want),
+                    "{pairs:?} in lists of {list_bytes} bytes"
+                );
+            }
+            if !pairs
+                .iter()
+                .any(|(_, v)| v.contains("nobody") || *v == "n=1.5")
+            {
+                assert!(!want.is_empty(), "{pairs:?} selects rows");
+            }
+        }
+        // Following reads the pairs from the rows themselves.
+        let f = Filter {
+            after_seq: Some(100),
+            limit: MAX_LIMIT,
+            ..Filter::from_pairs([("meta", "team=a")], now).unwrap()
+        };
+        let got = query(&conn, &f).unwrap();
+        assert!(!got.is_empty());
+        assert!(
+            got.iter()
+                .all(|r| r.seq > 100 && r.metadata.as_deref().unwrap().contains("\"team\":\"a\""))
+        );
+        let all_after = Filter {
+            after_seq: Some(100),
+            limit: MAX_LIMIT,
+            ..Filter::default()
+        };
+        let carrying = query(&conn, &all_after)
+            .unwrap()
+            .into_iter()
+            .filter(|r| {
+                r.metadata
+                    .as_deref()
+                    .is_some_and(|m| m.contains("\"team\":\"a\""))
+            })
+            .count();
+        assert_eq!(got.len(), carrying);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn a_store_with_a_row_per_metadata_entry_is_upgraded_in_place() {
+        let path = store("upgrade");
+        {
+            // The layout before `meta_seqs`.
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE requests (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL,
+                   ts INTEGER NOT NULL, route TEXT NOT NULL, provider TEXT, model TEXT, path TEXT,
+                   status INTEGER NOT NULL, error_source TEXT, error_code TEXT, outcome TEXT NOT NULL,
+                   stream INTEGER NOT NULL, cache TEXT, gateway_us INTEGER NOT NULL, upstream_us INTEGER,
+                   ttft_us INTEGER, total_us INTEGER NOT NULL, tokens_in INTEGER, tokens_out INTEGER,
+                   tokens_cached INTEGER, cost REAL, bytes_in INTEGER NOT NULL, bytes_out INTEGER NOT NULL,
+                   user_agent TEXT, event_id TEXT, key_id TEXT, metadata TEXT);
+                 CREATE TABLE meta (key TEXT NOT NULL, value TEXT NOT NULL, ts INTEGER NOT NULL,
+                   seq INTEGER NOT NULL, PRIMARY KEY (key, value, ts, seq)) WITHOUT ROWID;",
+            )
+            .unwrap();
+            for i in 1..=300i64 {
+                let ts = 1_790_000_000_000 + i * 1_000;
+                let user = format!("u{}", i % 4);
+                c.execute(
+                    "INSERT INTO requests (id, ts, route, status, outcome, stream, gateway_us, total_us,
+                       bytes_in, bytes_out, metadata) VALUES (?1, ?2, 'unified', 200, 'completed', 0, 1, 1, 0, 0, ?3)",
+                    rusqlite::params![format!("id-{i}"), ts, format!("{{\"user\":\"{user}\"}}")],
+                )
+                .unwrap();
+                c.execute(
+                    "INSERT INTO meta (key, value, ts, seq) VALUES ('user', ?1, ?2, ?3)",
+                    rusqlite::params![user, ts, i],
+                )
+                .unwrap();
+            }
+        }
+        drop(Writer::open(&path).unwrap());
+        let conn = crate::logstore::open_for_reading(&path).unwrap();
+        let old: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'meta'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(old, 0, "the old table is gone");
+        let f = Filter::from_pairs([("meta", "user=u1"), ("limit", "1000")], u64::MAX / 2).unwrap();
+        let got = query(&conn, &f).unwrap();
+        let want: Vec<String> = (1..=300)
+            .rev()
+            .filter(|i| i % 4 == 1)
+            .map(|i| format!("id-{i}"))
+            .collect();
+        assert_eq!(ids(&got), want);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 }

@@ -131,23 +131,17 @@ pub struct UsageRow {
 
 /// Totals by `by` of the requests since `since_ms`, most spend first.
 pub fn usage(conn: &Connection, by: &By, since_ms: u64) -> rusqlite::Result<Vec<UsageRow>> {
-    let (value, join) = match by {
-        By::Key => ("COALESCE(r.key_id, '(none)')", ""),
-        By::Provider => ("COALESCE(r.provider, '(none)')", ""),
-        By::Model => (
-            "COALESCE(r.provider || '/' || r.model, r.provider, '(none)')",
-            "",
-        ),
-        By::Metadata(_) => (
-            "COALESCE(m.value, '(none)')",
-            "LEFT JOIN meta m ON m.seq = r.seq AND m.key = ?2",
-        ),
+    let value = match by {
+        By::Key => "COALESCE(r.key_id, '(none)')",
+        By::Provider => "COALESCE(r.provider, '(none)')",
+        By::Model => "COALESCE(r.provider || '/' || r.model, r.provider, '(none)')",
+        By::Metadata(_) => "COALESCE(aigw_meta(r.metadata, ?2), '(none)')",
     };
     let sql = format!(
         "SELECT {value} AS v, COUNT(*), SUM(COALESCE(r.tokens_in, 0)), SUM(COALESCE(r.tokens_out, 0)),
                 SUM(COALESCE(r.cost, 0)), SUM(r.cost IS NULL AND r.provider IS NOT NULL),
                 SUM(COALESCE(r.cache IN ('HIT', 'COALESCED'), 0))
-         FROM requests r {join} WHERE r.ts >= ?1 GROUP BY v ORDER BY 5 DESC, 2 DESC"
+         FROM requests r WHERE r.ts >= ?1 GROUP BY v ORDER BY 5 DESC, 2 DESC"
     );
     let mut stmt = conn.prepare(&sql)?;
     let map = |r: &rusqlite::Row<'_>| {

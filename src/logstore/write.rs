@@ -4,6 +4,8 @@
 
 use crate::record::RequestRecord;
 use rusqlite::{Connection, ToSql, params};
+use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
@@ -16,6 +18,33 @@ pub struct Writer {
     conn: Connection,
     /// Rows in `requests` (counted once at open, then kept).
     rows: u64,
+}
+
+/// One metadata key and value in one commit: the requests that carried it.
+struct Carried {
+    ts_min: i64,
+    ts_max: i64,
+    /// A JSON array of their `seq`, open at the end.
+    seqs: String,
+}
+
+impl Carried {
+    fn new(ts: i64) -> Carried {
+        Carried {
+            ts_min: ts,
+            ts_max: ts,
+            seqs: String::from("["),
+        }
+    }
+
+    fn add(&mut self, ts: i64, seq: i64) {
+        self.ts_min = self.ts_min.min(ts);
+        self.ts_max = self.ts_max.max(ts);
+        if self.seqs.len() > 1 {
+            self.seqs.push(',');
+        }
+        let _ = write!(self.seqs, "{seq}");
+    }
 }
 
 fn us(d: Duration) -> i64 {
@@ -73,8 +102,10 @@ impl Writer {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30)",
             )?;
             let mut meta = tx.prepare_cached(
-                "INSERT OR IGNORE INTO meta (key, value, ts, seq) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO meta_seqs (key, value, ts_min, ts_max, seqs) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
+            // Metadata key and value -> the commit's requests carrying it.
+            let mut carried: HashMap<(&str, &str), Carried> = HashMap::new();
             let mut payload = tx.prepare_cached(
                 "INSERT INTO payloads (seq, request, request_truncated, response, response_truncated) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
@@ -129,7 +160,10 @@ impl Writer {
                 let seq = tx.last_insert_rowid();
                 if let Some(m) = &facts.metadata {
                     for (k, v) in &m.0 {
-                        meta.execute(params![k, v.as_text(), ts, seq])?;
+                        carried
+                            .entry((k.as_str(), v.as_text()))
+                            .or_insert_with(|| Carried::new(ts))
+                            .add(ts, seq);
                     }
                 }
                 if facts.request_body.is_some() || facts.response_body.is_some() {
@@ -143,17 +177,22 @@ impl Writer {
                     ])?;
                 }
             }
+            for ((k, v), c) in &mut carried {
+                c.seqs.push(']');
+                meta.execute(params![k, v, c.ts_min, c.ts_max, c.seqs])?;
+            }
         }
         tx.commit()?;
         self.rows += batch.iter().filter(|r| r.log.is_some()).count() as u64;
         Ok(())
     }
 
-    /// Deletes metadata rows older than every request left (their requests
-    /// are gone; until now a join hid them). A scan of `meta`: run it rarely.
+    /// Deletes metadata rows whose requests are all older than every request
+    /// left (they are gone; until now a join hid them). A scan of
+    /// `meta_seqs`: run it rarely.
     pub fn sweep_meta(&mut self) -> rusqlite::Result<u64> {
         let n = self.conn.execute(
-            "DELETE FROM meta WHERE ts < (SELECT coalesce(min(ts), 9223372036854775807) FROM requests)",
+            "DELETE FROM meta_seqs WHERE ts_max < (SELECT coalesce(min(ts), 9223372036854775807) FROM requests)",
             [],
         )?;
         Ok(n as u64)
