@@ -16,6 +16,10 @@ pub const RETENTION_BATCH: u64 = 5_000;
 /// The write side of the store.
 pub struct Writer {
     conn: Connection,
+    /// The INSERTs of [`ROWS_PER_INSERT`] rows and of one (made once: the
+    /// statement cache is looked up by text).
+    insert_many: String,
+    insert_one: String,
     /// Rows in `requests` (counted once at open, then kept).
     rows: u64,
 }
@@ -171,6 +175,8 @@ impl Writer {
             .map_err(|e| format!("request log {}: {e}", path.display()))?;
         Ok(Writer {
             conn,
+            insert_many: insert_sql(ROWS_PER_INSERT),
+            insert_one: insert_sql(1),
             rows: rows as u64,
         })
     }
@@ -197,8 +203,8 @@ impl Writer {
             .collect();
         let tx = self.conn.transaction()?;
         {
-            let mut many = tx.prepare_cached(&insert_sql(ROWS_PER_INSERT))?;
-            let mut one = tx.prepare_cached(&insert_sql(1))?;
+            let mut many = tx.prepare_cached(&self.insert_many)?;
+            let mut one = tx.prepare_cached(&self.insert_one)?;
             let mut meta = tx.prepare_cached(
                 "INSERT INTO meta_seqs (key, value, ts_min, ts_max, seqs) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
