@@ -3,6 +3,7 @@
 //! for long). Used by the log thread only.
 
 use crate::record::{LogFacts, RequestRecord};
+use rusqlite::types::{ToSqlOutput, Value, ValueRef};
 use rusqlite::{Connection, ToSql, params};
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -77,7 +78,8 @@ fn insert_sql(rows: usize) -> String {
     sql
 }
 
-/// Binds `r` as the row whose first parameter follows `base` (0-based).
+/// Binds `r` as the row whose first parameter follows `base` (0-based), on
+/// a statement whose bindings are clear.
 /// `json` is scratch space for the metadata object.
 fn bind_row(
     stmt: &mut rusqlite::CachedStatement<'_>,
@@ -127,7 +129,15 @@ fn bind_row(
         &facts.routing.as_deref(),
     ];
     for (i, v) in values.iter().enumerate() {
-        stmt.raw_bind_parameter(base + i + 1, v)?;
+        // Unbound is NULL (bindings are cleared after each execution), and
+        // most rows have a dozen NULLs.
+        let v = v.to_sql()?;
+        if !matches!(
+            v,
+            ToSqlOutput::Borrowed(ValueRef::Null) | ToSqlOutput::Owned(Value::Null)
+        ) {
+            stmt.raw_bind_parameter(base + i + 1, v)?;
+        }
     }
     Ok(())
 }
@@ -228,10 +238,12 @@ impl Writer {
                         bind_row(&mut many, i * COLUMNS.len(), r, facts, &mut json)?;
                     }
                     many.raw_execute()?;
+                    many.clear_bindings();
                 } else {
                     for (r, facts) in rows {
                         bind_row(&mut one, 0, r, facts, &mut json)?;
                         one.raw_execute()?;
+                        one.clear_bindings();
                     }
                 }
                 // One writer, one statement: its rows took consecutive numbers.
@@ -311,5 +323,96 @@ impl Writer {
         tx.commit()?;
         self.rows -= deleted.min(self.rows);
         Ok(deleted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorSource;
+    use crate::logstore::query::{Filter, MAX_LIMIT, query};
+    use crate::record::CacheStatus;
+    use crate::reqid::IdGen;
+    use std::time::Instant;
+
+    /// Rows with values and rows without them, many to a statement and one at
+    /// a time: a row never keeps a value of the row bound before it.
+    #[test]
+    fn every_row_holds_its_own_values_and_nulls() {
+        let dir = std::env::temp_dir().join(format!("aigw-write-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut w = Writer::open(&dir.join("requests.db")).unwrap();
+        let mut ids = IdGen::new(0);
+        let n = ROWS_PER_INSERT * 2 + 7;
+        let batch: Vec<RequestRecord> = (0..n)
+            .map(|i| {
+                let mut r =
+                    RequestRecord::new(ids.id(1_790_000_000_000 + i as u64), 0, Instant::now());
+                r.status = 200;
+                if i % 3 == 1 {
+                    r.status = 502;
+                    r.error_source = Some(ErrorSource::Provider);
+                    r.error_code = Some("upstream_error");
+                    r.cache = Some(CacheStatus::Miss);
+                    r.cache_key = Some(i as u128);
+                    r.key_id = Some("k1".into());
+                    r.cost = Some(0.5);
+                    r.usage.input_tokens = Some(i as u64);
+                }
+                r.log = Some(Box::new(LogFacts {
+                    path: "/v1/chat/completions".into(),
+                    user_agent: (i % 3 == 1).then(|| "ua".to_string()),
+                    event_id: (i % 3 == 1).then(|| format!("e{i}")),
+                    metadata: None,
+                    request_body: None,
+                    response_body: None,
+                    routing: (i % 3 == 1).then(|| "{\"step\":0}".to_string()),
+                }));
+                r
+            })
+            .collect();
+        w.insert(&batch).unwrap();
+        let conn = crate::logstore::open_for_reading(&dir.join("requests.db")).unwrap();
+        let rows = query(
+            &conn,
+            &Filter {
+                limit: MAX_LIMIT,
+                ..Filter::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(rows.len(), n);
+        for row in rows {
+            let i = (row.ts - 1_790_000_000_000) as usize;
+            assert_eq!(row.id, batch[i].id.to_string());
+            if i % 3 == 1 {
+                assert_eq!(row.status, 502);
+                assert_eq!(row.error_code.as_deref(), Some("upstream_error"));
+                assert_eq!(row.event_id, Some(format!("e{i}")));
+                assert_eq!(row.tokens_in, Some(i as i64));
+                assert_eq!(row.cost, Some(0.5));
+                assert!(row.routing.is_some() && row.cache_key.is_some() && row.key_id.is_some());
+            } else {
+                assert_eq!(row.status, 200);
+                let nulls = (
+                    &row.error_source,
+                    &row.error_code,
+                    &row.cache,
+                    &row.cache_key,
+                    &row.key_id,
+                    &row.event_id,
+                    &row.user_agent,
+                    &row.routing,
+                );
+                assert_eq!(
+                    nulls,
+                    (&None, &None, &None, &None, &None, &None, &None, &None),
+                    "row {i}"
+                );
+                assert_eq!((row.tokens_in, row.cost), (None, None), "row {i}");
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
