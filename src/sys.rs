@@ -5,7 +5,8 @@
 //! adopting a listening socket into glommio, allocating a file's blocks, and
 //! the cache's shared mapping ([`SharedMap`]: 64-bit words read and written
 //! with atomic loads and stores, so shards read what another shard writes
-//! without a data race). The crate root denies `unsafe_code`; this module
+//! without a data race), and sizing a SQLite connection's small-allocation
+//! slots (a C variadic call). The crate root denies `unsafe_code`; this module
 //! alone allows it.
 
 #![allow(unsafe_code)]
@@ -192,5 +193,32 @@ impl SharedMap {
     /// Asks the kernel to write dirty pages back (`msync(MS_ASYNC)`); never waits.
     pub fn flush_async(&self) -> io::Result<()> {
         self.map.flush_async()
+    }
+}
+
+/// Gives a just-opened SQLite connection `count` slots of `size` bytes for
+/// its small allocations (SQLite's "lookaside"), allocated by SQLite. `Err`:
+/// SQLite's result code.
+pub fn sqlite_lookaside(conn: &rusqlite::Connection, size: usize, count: usize) -> Result<(), i32> {
+    let (Ok(size), Ok(count)) = (i32::try_from(size), i32::try_from(count)) else {
+        return Err(rusqlite::ffi::SQLITE_RANGE);
+    };
+    // SAFETY: `conn.handle()` is the live connection `conn` borrows, used on
+    // this thread only; SQLITE_DBCONFIG_LOOKASIDE takes exactly (void*, int,
+    // int), and a null buffer makes SQLite allocate the slots itself. SQLite
+    // refuses (SQLITE_BUSY) rather than misbehaves if slots are in use.
+    let rc = unsafe {
+        rusqlite::ffi::sqlite3_db_config(
+            conn.handle(),
+            rusqlite::ffi::SQLITE_DBCONFIG_LOOKASIDE,
+            std::ptr::null_mut::<std::ffi::c_void>(),
+            size as std::ffi::c_int,
+            count as std::ffi::c_int,
+        )
+    };
+    if rc == rusqlite::ffi::SQLITE_OK {
+        Ok(())
+    } else {
+        Err(rc)
     }
 }

@@ -110,6 +110,12 @@ CREATE TABLE IF NOT EXISTS payloads (
 );
 ";
 
+/// The writer's small-allocation slots: every text bound to a row is copied
+/// by SQLite, and a statement of many rows holds hundreds of them at once,
+/// past SQLite's default of 40.
+const LOOKASIDE_SLOT: usize = 128;
+const LOOKASIDE_SLOTS: usize = 2048;
+
 /// Opens (creating if needed) the store for writing: WAL, `synchronous =
 /// NORMAL` (a commit survives a process crash; an OS crash may lose the last
 /// commits), the schema in place.
@@ -123,6 +129,12 @@ pub fn open_for_writing(path: &Path) -> Result<Connection, String> {
         .map_err(fail)?;
     conn.pragma_update(None, "cache_size", -CACHE_KIB)
         .map_err(fail)?;
+    crate::sys::sqlite_lookaside(&conn, LOOKASIDE_SLOT, LOOKASIDE_SLOTS).map_err(|rc| {
+        format!(
+            "request log {}: lookaside: SQLite code {rc}",
+            path.display()
+        )
+    })?;
     conn.execute_batch(SCHEMA).map_err(fail)?;
     migrate(&conn).map_err(fail)?;
     add_functions(&conn).map_err(fail)?;
