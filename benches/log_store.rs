@@ -149,7 +149,7 @@ fn queries(c: &mut Criterion) {
     let conn = aigw::logstore::open_for_reading(&path).unwrap();
     let mut g = c.benchmark_group("logs_query_1m");
     g.sample_size(20);
-    let cases: [(&str, Vec<(&str, String)>); 7] = [
+    let cases: [(&str, Vec<(&str, String)>); 8] = [
         ("newest_50", vec![]),
         ("since_10m", vec![("since", "10m".into())]),
         ("provider", vec![("provider", "groq".into())]),
@@ -157,6 +157,8 @@ fn queries(c: &mut Criterion) {
         ("status_429", vec![("status", "429".into())]),
         ("status_4xx", vec![("status", "4xx".into())]),
         ("meta_user", vec![("meta", "user=u417".into())]),
+        // Every request carries it: the newest of a million.
+        ("meta_every_row", vec![("meta", "app=bench".into())]),
     ];
     for (name, pairs) in cases {
         let f = Filter::from_pairs(pairs.iter().map(|(k, v)| (*k, v.as_str())), now).unwrap();
