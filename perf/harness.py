@@ -408,6 +408,8 @@ def build_targets(procs, bins, args, aigw_built):
         variants.append(("aigw-limits", "aigw, key + 2 limits + budget", "pass-through with a gateway key, two rate limits and a budget", 1, args.proxy_cpu, False))
     cache_on = args.aigw_cache or AIGW_CACHE_READY
     variants.append(("aigw-cache", "aigw cache hit", "our cache path", 1, args.proxy_cpu, True))
+    if args.aigw_before:
+        variants.append(("aigw-before-cache", "aigw before, cache hit", f"the cache path of the older binary: {args.aigw_before}", 1, args.proxy_cpu, True))
     if args.aigw_nolog:
         variants.append(("aigw-cache-nolog", "aigw cache hit, log off", "our cache path with `logs.enabled = false`", 1, args.proxy_cpu, True))
     variants.append(("aigw-cache-miss", "aigw cache, all miss", "pass-through with the cache on and every prompt unique (each is stored)", 1, args.proxy_cpu, True))
@@ -432,7 +434,7 @@ def build_targets(procs, bins, args, aigw_built):
                 t.headers.append(f"aigw-authorization: Bearer {AIGW_LIMITS_SECRET}")
             if key == "aigw-translate":
                 t.model = "claude/claude-bench"
-            run_bins = dict(bins, aigw=Path(args.aigw_before)) if key == "aigw-before" else bins
+            run_bins = dict(bins, aigw=Path(args.aigw_before)) if key.startswith("aigw-before") else bins
             p, why = start_aigw(procs, run_bins, args, mock_port, key, port, shards, cpus, cache, extra)
             if p is None:
                 t.unavailable = why
@@ -440,7 +442,7 @@ def build_targets(procs, bins, args, aigw_built):
                 t.pids = (lambda p=p: descendants(p.pid))
                 t.url = f"http://127.0.0.1:{port}{path}"
                 t.stream_url = t.url
-                if key in ("aigw-cache", "aigw-cache-nolog"):
+                if key in ("aigw-cache", "aigw-cache-nolog", "aigw-before-cache"):
                     t.extra_args = ["--hit-ratio", "1", "--pool-size", "64"] + SPIN_ARGS
                     t.streams = False
         targets.append(t)
@@ -635,6 +637,10 @@ def ratio_lines(sc, med):
         out.append(f"- aigw vs aigw before: rps = "
                    f"{fmt(ratio(med['aigw'].get('rps'), med['aigw-before'].get('rps')), 3)}; CPU/req = "
                    f"{fmt(ratio(med['aigw'].get('server_cpu'), med['aigw-before'].get('server_cpu')), 3)}")
+    if "aigw-before-cache" in med and "aigw-cache" in med and not sc.stream:
+        out.append(f"- aigw cache hit vs aigw before, cache hit: rps = "
+                   f"{fmt(ratio(med['aigw-cache'].get('rps'), med['aigw-before-cache'].get('rps')), 3)}; CPU/req = "
+                   f"{fmt(ratio(med['aigw-cache'].get('server_cpu'), med['aigw-before-cache'].get('server_cpu')), 3)}")
     if "aigw-limits" in med and "aigw" in med and not sc.stream:
         out.append(f"- aigw key + 2 limits + budget vs aigw: rps = "
                    f"{fmt(ratio(med['aigw-limits'].get('rps'), med['aigw'].get('rps')), 3)}; CPU/req = "
@@ -755,7 +761,7 @@ def parse_args():
     p.add_argument("--targets", default="", help="subset of target keys: direct,nginx-proxy,nginx-static,aigw,...")
     p.add_argument("--aigw-cache", action="store_true", help="run the aigw cache-hit target (once the cache exists)")
     p.add_argument("--aigw-2shards", action="store_true", help="also run aigw with 2 shards on both CPUs")
-    p.add_argument("--aigw-before", metavar="PATH", help="also run this aigw binary (built from an earlier commit) as `aigw-before`")
+    p.add_argument("--aigw-before", metavar="PATH", help="also run this aigw binary (built from an earlier commit) as `aigw-before` (and, with the cache targets, `aigw-before-cache`)")
     p.add_argument("--aigw-translate", action="store_true", help="also run aigw translating to an anthropic-kind provider (OpenAI in, Anthropic-shaped mock out)")
     p.add_argument("--aigw-limits", action="store_true", help="also run aigw with a gateway key, two rate limits and a budget")
     p.add_argument("--aigw-nolog", action="store_true", help="also run aigw with the request log off, and with payloads kept")
