@@ -303,10 +303,35 @@ fn generation_config(top: &Obj<'_>, out: &mut Vec<u8>) -> Result<()> {
         }
         None => {}
     }
-    if let Some(f) = top.obj("response_format")?
-        && f.str("type")?.as_deref() == Some("json_object")
-    {
-        put(&mut g, "responseMimeType", b"\"application/json\"");
+    if let Some(f) = top.obj("response_format")? {
+        match f.str("type")?.as_deref() {
+            Some("json_object") => put(&mut g, "responseMimeType", b"\"application/json\""),
+            // Structured output: the JSON Schema as written (Gemini's
+            // `responseJsonSchema` takes JSON Schema, as `parametersJsonSchema`
+            // does for tools).
+            Some("json_schema") => {
+                let schema = match f.obj("json_schema")? {
+                    Some(j) => j.get("schema")?,
+                    None => None,
+                };
+                put(&mut g, "responseMimeType", b"\"application/json\"");
+                match schema {
+                    Some(s) if s.first() == Some(&b'{') => put(&mut g, "responseJsonSchema", s),
+                    Some(_) => {
+                        return Err(TranslateError::new(
+                            "`response_format.json_schema.schema` must be an object",
+                        ));
+                    }
+                    None => {}
+                }
+            }
+            Some("text") | None => {}
+            Some(other) => {
+                return Err(TranslateError::new(format!(
+                    "`response_format.type` `{other}` is not text, json_object or json_schema"
+                )));
+            }
+        }
     }
     if !g.is_empty() {
         g.push(b'}');
@@ -435,6 +460,41 @@ mod tests {
             v["contents"][2]["parts"][0]["functionResponse"]["name"],
             "f"
         );
+    }
+
+    #[test]
+    fn response_formats_become_gemini_structured_output() {
+        let body = br#"{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_schema","json_schema":{"name":"r","strict":true,"schema":{"type":"object","properties":{"n":{"type":"integer"}},"required":["n"]}}}}"#;
+        let mut out = Vec::new();
+        chat(body, &mut out).unwrap();
+        let v = parse(&out);
+        let g = &v["generationConfig"];
+        assert_eq!(g["responseMimeType"], "application/json");
+        assert_eq!(
+            g["responseJsonSchema"]["properties"]["n"]["type"],
+            "integer"
+        );
+        assert_eq!(g["responseJsonSchema"]["required"][0], "n");
+        let body = br#"{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_object"}}"#;
+        let mut out = Vec::new();
+        chat(body, &mut out).unwrap();
+        let v = parse(&out);
+        assert_eq!(
+            v["generationConfig"]["responseMimeType"],
+            "application/json"
+        );
+        assert!(v["generationConfig"].get("responseJsonSchema").is_none());
+        let body =
+            br#"{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"text"}}"#;
+        let mut out = Vec::new();
+        chat(body, &mut out).unwrap();
+        assert!(parse(&out).get("generationConfig").is_none());
+        for bad in [
+            br#"{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"xml"}}"#.as_slice(),
+            br#"{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_schema","json_schema":{"schema":[1]}}}"#,
+        ] {
+            assert!(chat(bad, &mut Vec::new()).unwrap_err().0.contains("response_format"));
+        }
     }
 
     #[test]
