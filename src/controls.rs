@@ -12,7 +12,7 @@ use crate::error::GatewayError;
 use crate::http::request::RequestView;
 use crate::record::Metadata;
 
-pub use crate::record::{MAX_METADATA_ENTRIES, MAX_METADATA_TEXT};
+use crate::record::MAX_METADATA_ENTRIES;
 /// Longest event id, in bytes.
 pub const MAX_EVENT_ID: usize = 256;
 /// Longest user agent kept, in bytes (longer ones are cut).

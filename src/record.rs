@@ -190,10 +190,9 @@ impl Metadata {
     /// entries, each a string, number or boolean, no key twice. `Err` says
     /// what is wrong (the header's 400 and the log's readers use the same).
     pub fn parse(value: &[u8]) -> Result<Metadata, String> {
-        let fail = |why: &str| why.to_string();
         let start = json::skip_ws(value, 0);
         if value.get(start) != Some(&b'{') {
-            return Err(fail("it is not a JSON object"));
+            return Err("it is not a JSON object".into());
         }
         let mut entries: Vec<(String, MetaValue)> = Vec::new();
         let mut problem: Option<String> = None;
@@ -242,15 +241,15 @@ impl Metadata {
                 entries.push((key, v));
             }
         })
-        .map_err(fail)?;
+        .map_err(str::to_string)?;
         if let Some(p) = problem {
-            return Err(fail(&p));
+            return Err(p);
         }
         if json::skip_ws(value, end) != value.len() {
-            return Err(fail("there is data after the object"));
+            return Err("there is data after the object".into());
         }
         if entries.len() > MAX_METADATA_ENTRIES {
-            return Err(fail(&format!("it has {} entries", entries.len())));
+            return Err(format!("it has {} entries", entries.len()));
         }
         Ok(Metadata(entries))
     }

@@ -10,7 +10,7 @@
 mod common;
 
 use aigw_loadtest::mock::{ErrorKind, MockConfig, MockServer};
-use common::gateway::admin_get;
+use common::gateway::newest_log_row;
 use common::{Gateway, json, mock, mock_with};
 use std::time::{Duration, Instant};
 
@@ -61,15 +61,7 @@ fn a_failing_primary_falls_back_to_the_next_target(shards: usize) {
     assert_eq!(s.header("aigw-step"), Some("1"));
     assert_eq!(s.sse_data().last().unwrap(), "[DONE]");
     // The log row names the serving target and counts the tries.
-    let (_, rows) = admin_get(&gw.admin_socket, "/logs?limit=1");
-    let row = json(
-        String::from_utf8(rows)
-            .unwrap()
-            .lines()
-            .next()
-            .unwrap()
-            .as_bytes(),
-    );
+    let row = newest_log_row(&gw.admin_socket);
     assert_eq!(row["provider"], "b");
     assert_eq!(row["model"], "m-b");
     let routing = &row["routing"];

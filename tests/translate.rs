@@ -8,7 +8,7 @@
 mod common;
 
 use aigw_loadtest::mock::MockServer;
-use common::gateway::admin_get;
+use common::gateway::newest_log_row;
 use common::{Gateway, json, mock};
 use simd_json::prelude::*;
 
@@ -82,15 +82,7 @@ fn a_chat_completion_is_translated_both_ways(shards: usize) {
     assert_eq!(finish["choices"][0]["finish_reason"], "stop");
 
     // The log row carries Anthropic's token counts.
-    let (_, rows) = admin_get(&gw.admin_socket, "/logs?limit=1");
-    let row = json(
-        String::from_utf8(rows)
-            .unwrap()
-            .lines()
-            .next()
-            .unwrap()
-            .as_bytes(),
-    );
+    let row = newest_log_row(&gw.admin_socket);
     assert_eq!(row["provider"], "claude");
     assert_eq!(row["tokens_out"], 16);
 }
@@ -401,15 +393,7 @@ fn gemini_and_azure_speak_their_own_formats(shards: usize) {
         "/v1beta/models/gemini-test:streamGenerateContent?alt=sse"
     );
     // The log has Gemini's usageMetadata.
-    let (_, rows) = admin_get(&gw.admin_socket, "/logs?limit=1");
-    let row = json(
-        String::from_utf8(rows)
-            .unwrap()
-            .lines()
-            .next()
-            .unwrap()
-            .as_bytes(),
-    );
+    let row = newest_log_row(&gw.admin_socket);
     assert_eq!(row["tokens_out"], 16);
 
     // A forced tool: a function call comes back as a tool call, and its

@@ -27,13 +27,8 @@ pub const LOG_QUEUE: usize = 1 << 16;
 pub const RETENTION_EVERY: Duration = Duration::from_secs(1);
 /// Most retention passes per run (each deletes up to `RETENTION_BATCH` rows).
 pub const RETENTION_PASSES: usize = 4;
-/// How often metadata rows of deleted requests are swept (a scan of `meta`).
+/// How often metadata rows of deleted requests are swept (a scan of `meta_seqs`).
 pub const META_SWEEP_EVERY: Duration = Duration::from_secs(60);
-/// Rows written between two yields of the log thread inside a commit, so a
-/// shard sharing its CPU never waits out one long commit. (One transaction per
-/// flush all the same: every commit rewrites the metadata pages it touched, so
-/// fewer, larger commits cost less per row.)
-pub const ROWS_PER_YIELD: usize = 500;
 /// The log thread's nice value. Serving comes first: on a CPU it shares with
 /// a shard, the shard preempts it at once; when the CPU is saturated it still
 /// gets about a tenth of it (CFS weight 110 against 1024), which is what it

@@ -449,10 +449,8 @@ fn by_meta(conn: &Connection, f: &Filter, list_bytes: usize) -> rusqlite::Result
     let mut rows = lists.query(rusqlite::params![key, value, since, until])?;
     let mut found: Vec<Row> = Vec::new();
     let mut pending = next_list(&mut rows)?;
-    let mut list = String::new();
     while let Some((_, first)) = pending.take() {
-        list.clear();
-        list.push('[');
+        let mut list = String::from("[");
         add_seqs(&mut list, &first);
         while list.len() < list_bytes {
             match next_list(&mut rows)? {
@@ -462,12 +460,9 @@ fn by_meta(conn: &Connection, f: &Filter, list_bytes: usize) -> rusqlite::Result
         }
         list.push(']');
         pending = next_list(&mut rows)?;
-        args[0] = Value::Text(std::mem::take(&mut list));
+        args[0] = Value::Text(list);
         for row in requests.query_map(rusqlite::params_from_iter(args.iter()), Row::from_sql)? {
             found.push(row?);
-        }
-        if let Value::Text(t) = std::mem::replace(&mut args[0], Value::Null) {
-            list = t;
         }
         found.sort_by(|a, b| b.ts.cmp(&a.ts).then(b.seq.cmp(&a.seq)));
         found.truncate(f.limit);

@@ -2,8 +2,8 @@
 //! the rate-limit windows and budgets (`replay`), and the totals of `aigw
 //! usage` and `GET /usage` (`usage`). Read-only; never on a request's path.
 
+use crate::record::Metadata;
 use rusqlite::{Connection, params};
-use simd_json::prelude::*;
 
 /// One logged request, as the limits and budgets count it.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -67,21 +67,15 @@ pub fn replay(
     Ok(total)
 }
 
-/// A stored metadata object's fields as text.
+/// A stored metadata object's fields as text, as the request's limits and
+/// budgets compared them (numbers as the client wrote them).
 fn metadata_pairs(json: &str) -> Vec<(String, String)> {
-    let mut bytes = json.as_bytes().to_vec();
-    let Ok(v) = simd_json::to_owned_value(&mut bytes) else {
-        return Vec::new();
-    };
-    v.as_object()
-        .map(|o| {
-            o.iter()
+    Metadata::parse(json.as_bytes())
+        .map(|m| {
+            m.0.into_iter()
                 .map(|(k, v)| {
-                    let text = match v.as_str() {
-                        Some(s) => s.to_string(),
-                        None => v.to_string(),
-                    };
-                    (k.to_string(), text)
+                    let text = v.as_text().to_string();
+                    (k, text)
                 })
                 .collect()
         })
@@ -160,4 +154,24 @@ pub fn usage(conn: &Connection, by: &By, since_ms: u64) -> rusqlite::Result<Vec<
         _ => stmt.query_map(params![since_ms as i64], map)?,
     };
     rows.collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_metadata_reads_as_the_request_compared_it() {
+        assert_eq!(
+            metadata_pairs(r#"{"team":"a","n":1.50,"big":1e3,"vip":true}"#),
+            [
+                ("team", "a"),
+                ("n", "1.50"),
+                ("big", "1e3"),
+                ("vip", "true")
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+        );
+        assert!(metadata_pairs("not json").is_empty());
+    }
 }

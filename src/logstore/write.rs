@@ -195,18 +195,9 @@ impl Writer {
         self.rows
     }
 
-    /// Inserts every record of `batch` (which must carry log facts) in one
+    /// Inserts the records of `batch` that carry log facts in one
     /// transaction. A failure rolls the whole batch back.
     pub fn insert(&mut self, batch: &[RequestRecord]) -> rusqlite::Result<()> {
-        self.insert_yielding(batch, usize::MAX)
-    }
-
-    /// As [`Writer::insert`], letting other threads run every `rows_per_yield` rows.
-    pub fn insert_yielding(
-        &mut self,
-        batch: &[RequestRecord],
-        rows_per_yield: usize,
-    ) -> rusqlite::Result<()> {
         let logged: Vec<(&RequestRecord, &LogFacts)> = batch
             .iter()
             .filter_map(|r| Some((r, r.log.as_deref()?)))
@@ -224,13 +215,7 @@ impl Writer {
             // Metadata key and value -> the commit's requests carrying it.
             let mut carried: HashMap<(&str, &str), Carried> = HashMap::new();
             let mut json = String::new();
-            let mut since_yield = 0;
             for rows in logged.chunks(ROWS_PER_INSERT) {
-                since_yield += rows.len();
-                if since_yield >= rows_per_yield {
-                    since_yield = 0;
-                    std::thread::yield_now();
-                }
                 // A whole chunk in one statement; the last, shorter one a
                 // row at a time (one statement per length would be compiled).
                 if rows.len() == ROWS_PER_INSERT {

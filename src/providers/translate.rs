@@ -231,6 +231,21 @@ pub fn unix_now() -> u64 {
     crate::reqid::now_unix_ms() / 1000
 }
 
+/// Ends an OpenAI stream chunk after its delta: the choice's finish reason
+/// (`null` while it goes on), the chunk and its SSE event.
+pub fn chunk_end(out: &mut Vec<u8>, finish: Option<&str>) {
+    out.extend_from_slice(b",\"logprobs\":null,\"finish_reason\":");
+    match finish {
+        Some(f) => {
+            out.push(b'"');
+            out.extend_from_slice(f.as_bytes());
+            out.push(b'"');
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b"}]}\n\n");
+}
+
 /// Writes an OpenAI `usage` object: `prompt` includes the `cached` input;
 /// `cache_write`, when the provider reports it, is kept as Anthropic names it.
 pub fn openai_usage(

@@ -386,6 +386,14 @@ pub fn admin_get(socket: &Path, path: &str) -> (u16, Vec<u8>) {
     admin_request(socket, "GET", path)
 }
 
+/// The newest row of the request log, as `GET /logs` shows it.
+pub fn newest_log_row(socket: &Path) -> simd_json::OwnedValue {
+    let (status, rows) = admin_get(socket, "/logs?limit=1");
+    assert_eq!(status, 200, "GET /logs");
+    let rows = String::from_utf8(rows).unwrap();
+    json(rows.lines().next().expect("a logged request").as_bytes())
+}
+
 /// One POST (no body) over the admin Unix socket: (status, body).
 pub fn admin_post(socket: &Path, path: &str) -> (u16, Vec<u8>) {
     admin_request(socket, "POST", path)

@@ -309,7 +309,7 @@ impl Stream {
                         out.extend_from_slice(b",\"function\":{\"arguments\":");
                         translate::raw(out, part);
                         out.extend_from_slice(b"}}]}");
-                        Self::chunk_end(out, None);
+                        translate::chunk_end(out, None);
                     }
                     _ => {}
                 }
@@ -366,7 +366,7 @@ impl Stream {
     fn chunk(&mut self, out: &mut Vec<u8>, delta: &[u8], finish: Option<&str>) {
         self.chunk_start(out);
         out.extend_from_slice(delta);
-        Self::chunk_end(out, finish);
+        translate::chunk_end(out, finish);
     }
 
     /// A chunk up to its delta object (written next, in place).
@@ -377,20 +377,6 @@ impl Stream {
         out.extend_from_slice(&self.prefix);
     }
 
-    /// The rest of a chunk after its delta.
-    fn chunk_end(out: &mut Vec<u8>, finish: Option<&str>) {
-        out.extend_from_slice(b",\"logprobs\":null,\"finish_reason\":");
-        match finish {
-            Some(f) => {
-                out.push(b'"');
-                out.extend_from_slice(f.as_bytes());
-                out.push(b'"');
-            }
-            None => out.extend_from_slice(b"null"),
-        }
-        out.extend_from_slice(b"}]}\n\n");
-    }
-
     /// A chunk whose delta is `{"<field>":<text>}` (text a raw string literal).
     fn content(&mut self, out: &mut Vec<u8>, field: &[u8], text: &[u8]) {
         self.chunk_start(out);
@@ -399,7 +385,7 @@ impl Stream {
         out.extend_from_slice(b"\":");
         out.extend_from_slice(text);
         out.push(b'}');
-        Self::chunk_end(out, None);
+        translate::chunk_end(out, None);
     }
 }
 

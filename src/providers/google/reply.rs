@@ -354,7 +354,7 @@ impl Stream {
             out.extend_from_slice(b"{\"content\":");
             out.extend_from_slice(t);
             out.push(b'}');
-            self.chunk_end(out, None);
+            translate::chunk_end(out, None);
         }
         for (name, args, id, sig) in &c.calls {
             let k = self.calls;
@@ -381,27 +381,13 @@ impl Stream {
     fn chunk(&self, out: &mut Vec<u8>, delta: &[u8], finish: Option<&str>) {
         self.chunk_start(out);
         out.extend_from_slice(delta);
-        self.chunk_end(out, finish);
+        translate::chunk_end(out, finish);
     }
 
     /// A chunk up to its delta object (written next, in place).
     fn chunk_start(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.head);
         out.extend_from_slice(b"[{\"index\":0,\"delta\":");
-    }
-
-    /// The rest of a chunk after its delta.
-    fn chunk_end(&self, out: &mut Vec<u8>, finish: Option<&str>) {
-        out.extend_from_slice(b",\"logprobs\":null,\"finish_reason\":");
-        match finish {
-            Some(f) => {
-                out.push(b'"');
-                out.extend_from_slice(f.as_bytes());
-                out.push(b'"');
-            }
-            None => out.extend_from_slice(b"null"),
-        }
-        out.extend_from_slice(b"}]}\n\n");
     }
 }
 
