@@ -1,15 +1,19 @@
 //! Cache key computation (canonical body + xxh3-128) for chat requests of
-//! about 1 KiB and 16 KiB, in bytes of body per second.
+//! about 1 KiB and 16 KiB, in bytes of body per second: a body not seen
+//! before, and one repeated byte for byte (answered from the shard's memo).
 
 use aigw::cache::key::{KeyInput, KeyMaker};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 
+/// Where a body's varying bytes go (see `new` below).
+const NONCE: &str = "00000000";
+
 /// A chat request with `turns` user/assistant messages.
 fn chat(turns: usize) -> Vec<u8> {
-    let mut messages = vec![
-        r#"{"role":"system","content":"You are a helpful assistant. Answer briefly."}"#.to_string(),
-    ];
+    let mut messages = vec![format!(
+        r#"{{"role":"system","content":"You are a helpful assistant ({NONCE}). Answer briefly."}}"#
+    )];
     for i in 0..turns {
         messages.push(format!(
             r#"{{"role":"user","content":"Question {i}: what is the capital of the country with code \"{i:03}\"? Please explain."}}"#
@@ -31,20 +35,37 @@ fn keys(c: &mut Criterion) {
     for (name, turns) in [("1KiB", 4), ("16KiB", 70)] {
         let body = chat(turns);
         g.throughput(Throughput::Bytes(body.len() as u64));
-        g.bench_function(format!("{name}_{}B", body.len()), |b| {
-            b.iter(|| {
-                maker
-                    .key(&KeyInput {
-                        scope: 1,
-                        provider: "openai",
-                        path: "/v1/chat/completions",
-                        body: black_box(&body),
-                        custom: None,
-                        stream: false,
-                    })
-                    .unwrap()
-            })
-        });
+        // `new`: a body the shard has not seen (eight of its bytes change
+        // every time), so the canonical form is written; `repeat`: the same
+        // bytes again, as a client repeating its request sends them.
+        let at = body
+            .windows(NONCE.len())
+            .position(|w| w == NONCE.as_bytes())
+            .unwrap();
+        for (case, vary) in [("new", true), ("repeat", false)] {
+            let mut body = body.clone();
+            let mut n = 0u32;
+            g.bench_function(format!("{name}_{}B_{case}", body.len()), |b| {
+                b.iter(|| {
+                    if vary {
+                        n = n.wrapping_add(1);
+                        for (i, b) in body[at..at + 8].iter_mut().enumerate() {
+                            *b = b"0123456789abcdef"[(n >> (4 * i)) as usize & 15];
+                        }
+                    }
+                    maker
+                        .key(&KeyInput {
+                            scope: 1,
+                            provider: "openai",
+                            path: "/v1/chat/completions",
+                            body: black_box(&body),
+                            custom: None,
+                            stream: false,
+                        })
+                        .unwrap()
+                })
+            });
+        }
     }
     g.finish();
 }

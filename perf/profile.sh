@@ -10,6 +10,8 @@
 #   perf/profile.sh --target nginx         # profile nginx proxy_pass, for comparison
 #   perf/profile.sh --callgrind --extra-toml limits.toml -H 'aigw-authorization: Bearer K'
 #                                          # aigw with more config, requests with more headers
+#   perf/profile.sh --callgrind --extra-toml cache.toml --load-arg --hit-ratio --load-arg 1
+#                                          # any aigw-load flag, one word per --load-arg
 #
 # Layout as in the harness: aigw-load + aigw-mock on CPU 0, the profiled
 # server on CPU 1. Output: perf/results/profile-<target>-<time>.{svg,txt}.
@@ -25,7 +27,7 @@ RESULTS=$ROOT/perf/results
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}/release
 
 target=aigw; seconds=10; rate=""; mode=perf; build=1; install=1
-load_cpu=0; proxy_cpu=1; port_base=18200; callgrind_requests=1000; extra_toml=""; headers=()
+load_cpu=0; proxy_cpu=1; port_base=18200; callgrind_requests=1000; extra_toml=""; headers=(); load_extra=()
 while [ $# -gt 0 ]; do
   case $1 in
     --target) target=$2; shift ;;
@@ -39,6 +41,7 @@ while [ $# -gt 0 ]; do
     --proxy-cpu) proxy_cpu=$2; shift ;;
     --extra-toml) extra_toml=$2; shift ;;
     -H|--header) headers+=(-H "$2"); shift ;;
+    --load-arg) load_extra+=("$2"); shift ;;
     -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "unknown flag $1" >&2; exit 2 ;;
   esac
@@ -147,7 +150,7 @@ EOF
     url=http://127.0.0.1:$port/v1/chat/completions ;;
 esac
 
-load_args=(--url "$url" --model "$model" --cpus "$load_cpu" --quiet --max-error-rate 1 --cpu-pid "server=$server_pid" "${headers[@]}")
+load_args=(--url "$url" --model "$model" --cpus "$load_cpu" --quiet --max-error-rate 1 --cpu-pid "server=$server_pid" "${headers[@]}" "${load_extra[@]}")
 if [ "$mode" = callgrind ]; then
   # A fixed request count at a gentle rate: callgrind runs ~50x slower.
   load_args+=(--rate 200 --connections 8 --warmup 0s --duration "$((callgrind_requests / 200))s" --timeout 30s)

@@ -267,11 +267,39 @@ pub fn skip_ws(body: &[u8], mut i: usize) -> usize {
     i
 }
 
+/// How many leading bytes [`quote_or_backslash`] checks a word at a time
+/// before handing the rest to memchr: most JSON strings (keys, roles, short
+/// prompts) end within it, and memchr's set-up costs more than they do.
+const WORD_SCAN: usize = 64;
+
+/// The offset in `hay` of its first `"` or `\\`.
+#[inline]
+pub fn quote_or_backslash(hay: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // A byte of `x` that is zero sets its high bit in the result; a borrow
+    // can also flag bytes after the first zero, never before it, so the
+    // lowest flag is exact.
+    let zero_bytes = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let mut at = 0;
+    let words = hay.len().min(WORD_SCAN) / 8;
+    for _ in 0..words {
+        let w = u64::from_le_bytes(hay[at..at + 8].try_into().unwrap_or([0; 8]));
+        let hits =
+            zero_bytes(w ^ (ONES * u64::from(b'"'))) | zero_bytes(w ^ (ONES * u64::from(b'\\')));
+        if hits != 0 {
+            return Some(at + (hits.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    memchr::memchr2(b'"', b'\\', &hay[at..]).map(|k| at + k)
+}
+
 /// `i` is at an opening quote; returns the offset after the closing quote.
 fn skip_string(body: &[u8], i: usize) -> Result<usize, &'static str> {
     let mut j = i + 1;
     loop {
-        match memchr::memchr2(b'"', b'\\', &body[j.min(body.len())..]) {
+        match quote_or_backslash(&body[j.min(body.len())..]) {
             Some(k) if body[j + k] == b'\\' => j += k + 2,
             Some(k) => return Ok(j + k + 1),
             None => return Err("unterminated string"),
@@ -497,6 +525,32 @@ pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_word_scan_finds_the_first_quote_or_backslash_as_memchr_does() {
+        // Every length around the word and hand-off boundaries, each target
+        // at every position, over filler that includes bytes >= 0x80 and
+        // the bytes next to the targets (a borrow must not flag them).
+        let fillers: [&[u8]; 3] = [b"a", b"\x80\xff\x00!#[]", b"\x21\x5b\x5d\x01\x7f"];
+        for filler in fillers {
+            for len in 0..(WORD_SCAN + 24) {
+                let base: Vec<u8> = filler.iter().copied().cycle().take(len).collect();
+                let want = |hay: &[u8]| memchr::memchr2(b'"', b'\\', hay);
+                assert_eq!(quote_or_backslash(&base), want(&base), "len {len}");
+                for at in 0..len {
+                    for target in [b'"', b'\\'] {
+                        let mut hay = base.clone();
+                        hay[at] = target;
+                        // A second hit after the first must not move the answer.
+                        if at + 3 < len {
+                            hay[at + 3] = b'"';
+                        }
+                        assert_eq!(quote_or_backslash(&hay), want(&hay), "len {len} at {at}");
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn output_caps_and_answer_counts_are_read_as_plain_integers() {

@@ -5,8 +5,8 @@
 //! response with nothing left over; the relay decides that, not the pool.
 
 use super::conn::UpstreamConn;
+use crate::fasthash::FastMap;
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -14,14 +14,15 @@ use std::time::Duration;
 pub const MAX_IDLE_PER_PROVIDER: usize = 512;
 
 pub struct Pool {
-    idle: RefCell<HashMap<Rc<str>, Vec<UpstreamConn>>>,
+    /// Keyed by provider names from the config: FNV, not SipHash.
+    idle: RefCell<FastMap<Rc<str>, Vec<UpstreamConn>>>,
     max_idle: Cell<Duration>,
 }
 
 impl Pool {
     pub fn new(max_idle: Duration) -> Pool {
         Pool {
-            idle: RefCell::new(HashMap::new()),
+            idle: RefCell::new(FastMap::default()),
             max_idle: Cell::new(max_idle),
         }
     }
