@@ -36,3 +36,36 @@ impl Hasher for Fnv1a {
 
 /// A `HashMap` with FNV-1a.
 pub type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<Fnv1a>>;
+
+/// xxh3 with a per-table seed, for small shard-local maps keyed by text a
+/// client chose (user agents): fast on strings of any length, and a client
+/// cannot aim its keys at one bucket without knowing the seed.
+#[derive(Clone, Copy)]
+pub struct SeededXxh3(pub u64);
+
+impl std::hash::BuildHasher for SeededXxh3 {
+    type Hasher = Xxh3Word;
+    fn build_hasher(&self) -> Xxh3Word {
+        Xxh3Word(self.0)
+    }
+}
+
+/// Each write folds its bytes into the state with one seeded xxh3.
+pub struct Xxh3Word(u64);
+
+impl Hasher for Xxh3Word {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = xxhash_rust::xxh3::xxh3_64_with_seed(bytes, self.0);
+    }
+    /// `str`'s terminator: one multiply, not another hash call.
+    fn write_u8(&mut self, n: u8) {
+        self.write_u64(u64::from(n));
+    }
+    fn write_u64(&mut self, n: u64) {
+        let x = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.0 = x ^ (x >> 29);
+    }
+}

@@ -305,12 +305,55 @@ impl Payload {
     }
 }
 
+/// Text that repeats from request to request (paths, user agents): a shard
+/// keeps one shared copy of each, so a record carries a reference instead
+/// of a fresh string the log thread must free.
+pub struct Interner {
+    set: std::collections::HashSet<Arc<str>, crate::fasthash::SeededXxh3>,
+}
+
+/// Texts a shard keeps; it starts over when full (a client sending a new
+/// user agent every time costs an allocation each, as without the interner).
+pub const INTERNED: usize = 256;
+
+impl Interner {
+    pub fn new(seed: u64) -> Interner {
+        Interner {
+            set: std::collections::HashSet::with_capacity_and_hasher(
+                INTERNED,
+                crate::fasthash::SeededXxh3(seed),
+            ),
+        }
+    }
+
+    /// The shared copy of `text`.
+    pub fn get(&mut self, text: &str) -> Arc<str> {
+        if let Some(t) = self.set.get(text) {
+            return t.clone();
+        }
+        if self.set.len() >= INTERNED {
+            self.set.clear();
+        }
+        let t: Arc<str> = Arc::from(text);
+        self.set.insert(t.clone());
+        t
+    }
+
+    pub fn len(&self) -> usize {
+        self.set.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty()
+    }
+}
+
 /// What only the request log needs: gathered for requests it will keep.
 #[derive(Clone, Debug, Default)]
 pub struct LogFacts {
-    /// The request target as the client sent it (path and query).
-    pub path: String,
-    pub user_agent: Option<String>,
+    /// The request's path as the client sent it (without the query).
+    pub path: Arc<str>,
+    pub user_agent: Option<Arc<str>>,
     pub event_id: Option<String>,
     pub metadata: Option<Metadata>,
     pub request_body: Option<Payload>,
@@ -475,6 +518,22 @@ impl RequestRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn interned_texts_are_shared_and_the_interner_stays_bounded() {
+        let mut i = Interner::new(42);
+        let a = i.get("/v1/chat/completions");
+        let b = i.get("/v1/chat/completions");
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(&*a, "/v1/chat/completions");
+        assert_ne!(&*i.get("/v1/embeddings"), "/v1/chat/completions");
+        for n in 0..3 * INTERNED {
+            let t = format!("agent/{n}");
+            assert_eq!(&*i.get(&t), t.as_str());
+            assert!(i.len() <= INTERNED);
+        }
+        assert!(!i.is_empty());
+    }
     use std::sync::atomic::Ordering;
 
     fn with_body(n: usize) -> RequestRecord {

@@ -347,7 +347,7 @@ mod tests {
                 }
                 r.log = Some(Box::new(LogFacts {
                     path: "/v1/chat/completions".into(),
-                    user_agent: (i % 3 == 1).then(|| "ua".to_string()),
+                    user_agent: (i % 3 == 1).then(|| "ua".into()),
                     event_id: (i % 3 == 1).then(|| format!("e{i}")),
                     metadata: None,
                     request_body: None,

@@ -478,7 +478,7 @@ fn controls(
     let target = view.target();
     let path = target.split(|b| *b == b'?').next().unwrap_or(target);
     let mut facts = LogFacts {
-        path: String::from_utf8_lossy(path).into_owned(),
+        path: ctx.intern(&String::from_utf8_lossy(path)),
         ..LogFacts::default()
     };
     if let Some(cap) = payload_cap(ctx) {
@@ -488,7 +488,7 @@ fn controls(
         Ok(controls) => {
             facts.user_agent = controls
                 .user_agent
-                .map(|ua| String::from_utf8_lossy(ua).into_owned());
+                .map(|ua| ctx.intern(&String::from_utf8_lossy(ua)));
             facts.event_id = controls.event_id;
             // The log's copy is the one admission reads (no clone per request).
             let mut wish = wish;

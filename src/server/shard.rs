@@ -97,6 +97,8 @@ pub struct ShardCtx {
     pub draining: Cell<bool>,
     /// Request ids (UUIDv7) and the shard's cheap randomness (log sampling).
     ids: RefCell<IdGen>,
+    /// The log's shared copies of paths and user agents.
+    interned: RefCell<crate::record::Interner>,
     /// Finished records the request log keeps go here (`None`: logs are off).
     log: Option<LogQueue>,
     /// Live connections: a slab indexed by connection id, with a free list.
@@ -134,6 +136,8 @@ impl ShardCtx {
         let budget_rules = config.budgets.clone();
         let built = providers::build(&config);
         let routes = targets::build(&config, &built);
+        let mut ids = IdGen::new(shard);
+        let interned = crate::record::Interner::new(ids.next_u64());
         ShardCtx {
             shard,
             limits: Cell::new(head_limits(&config)),
@@ -147,7 +151,8 @@ impl ShardCtx {
             in_flight: Cell::new(0),
             streams: Cell::new(0),
             draining: Cell::new(false),
-            ids: RefCell::new(IdGen::new(shard)),
+            interned: RefCell::new(interned),
+            ids: RefCell::new(ids),
             log,
             conns: RefCell::new(Slab::default()),
             cache,
@@ -238,6 +243,11 @@ impl ShardCtx {
         *self.routes.borrow_mut() = Rc::new(targets::build(&new, &providers));
         *self.providers.borrow_mut() = Rc::new(providers);
         *self.config.borrow_mut() = new;
+    }
+
+    /// The shard's shared copy of a path or user agent for a log record.
+    pub fn intern(&self, text: &str) -> Arc<str> {
+        self.interned.borrow_mut().get(text)
     }
 
     /// A fresh request id (UUIDv7, stamped now).
