@@ -237,6 +237,9 @@ enum LogsCmd {
 
 fn main() -> ExitCode {
     init_logging();
+    if let Err(option) = aigw::sys::keep_c_heap() {
+        log::debug!("the C allocator keeps its defaults ({option} refused)");
+    }
     match Cli::parse().command {
         Command::Serve {
             config,

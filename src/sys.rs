@@ -196,6 +196,43 @@ impl SharedMap {
     }
 }
 
+/// Makes the C allocator (glibc's malloc, which SQLite uses) grow in big
+/// steps and keep what it took. By default a thread's own heap grows by
+/// exactly the block asked for: the log's writer, filling its page cache,
+/// made an `mprotect` call per page or two (1,300 in 5 s under load, two
+/// thirds of its system-call time by strace), and freed blocks of 128 KiB
+/// or more went back to the kernel to be mapped and zeroed again. Measured:
+/// the writer's system time fell from 1.1-1.5 to 0.65 µs per request in two
+/// of three runs. The cost: memory the C heap once held is not returned
+/// until 256 MiB of it is free. `Err`: the option glibc refused.
+pub fn keep_c_heap() -> Result<(), &'static str> {
+    /// The most a heap keeps free before it gives some back.
+    const TRIM_THRESHOLD: i32 = 256 << 20;
+    /// Blocks this big or bigger are mapped on their own.
+    const MMAP_THRESHOLD: i32 = 32 << 20;
+    /// What a heap grows by beyond the block that made it grow.
+    const TOP_PAD: i32 = 16 << 20;
+    // SAFETY: mallopt only sets allocator parameters; called once at start,
+    // before any thread allocates through the C allocator.
+    unsafe {
+        if libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD) != 1 {
+            return Err("M_TRIM_THRESHOLD");
+        }
+        if libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) != 1 {
+            return Err("M_MMAP_THRESHOLD");
+        }
+        // One heap for every thread (the first, which grows by TOP_PAD);
+        // only SQLite allocates here, Rust code uses mimalloc.
+        if libc::mallopt(libc::M_ARENA_MAX, 1) != 1 {
+            return Err("M_ARENA_MAX");
+        }
+        if libc::mallopt(libc::M_TOP_PAD, TOP_PAD) != 1 {
+            return Err("M_TOP_PAD");
+        }
+    }
+    Ok(())
+}
+
 /// Gives a just-opened SQLite connection `count` slots of `size` bytes for
 /// its small allocations (SQLite's "lookaside"), allocated by SQLite. `Err`:
 /// SQLite's result code.
@@ -220,5 +257,13 @@ pub fn sqlite_lookaside(conn: &rusqlite::Connection, size: usize, count: usize) 
         Ok(())
     } else {
         Err(rc)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_c_allocator_takes_the_settings() {
+        assert_eq!(super::keep_c_heap(), Ok(()));
     }
 }
