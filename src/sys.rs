@@ -200,11 +200,13 @@ impl SharedMap {
 /// steps and keep what it took. By default a thread's own heap grows by
 /// exactly the block asked for: the log's writer, filling its page cache,
 /// made an `mprotect` call per page or two (1,300 in 5 s under load, two
-/// thirds of its system-call time by strace), and freed blocks of 128 KiB
-/// or more went back to the kernel to be mapped and zeroed again. Measured:
-/// the writer's system time fell from 1.1-1.5 to 0.65 µs per request in two
-/// of three runs. The cost: memory the C heap once held is not returned
-/// until 256 MiB of it is free. `Err`: the option glibc refused.
+/// thirds of its system-call time by strace; none now, by `perf record -e
+/// syscalls:sys_enter_mprotect`), and freed blocks of 128 KiB or more went
+/// back to the kernel to be mapped and zeroed again. The writer's system
+/// time per request still varies 0.6-1.9 µs from run to run (checkpoints),
+/// so the gain is within that noise. The cost: memory the C heap once held
+/// is not returned until 256 MiB of it is free. `Err`: the option glibc
+/// refused.
 pub fn keep_c_heap() -> Result<(), &'static str> {
     /// The most a heap keeps free before it gives some back.
     const TRIM_THRESHOLD: i32 = 256 << 20;
