@@ -59,6 +59,7 @@ fn keys(c: &mut Criterion) {
                             provider: "openai",
                             path: "/v1/chat/completions",
                             body: black_box(&body),
+                            body_digest: None,
                             custom: None,
                             stream: false,
                         })

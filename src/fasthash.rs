@@ -69,3 +69,14 @@ impl Hasher for Xxh3Word {
         self.0 = x ^ (x >> 29);
     }
 }
+
+/// A 128-bit digest used as a map key (the memo of bodies a shard read):
+/// already a hash, so one word of it is enough for the table.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Digest128(pub u128);
+
+impl std::hash::Hash for Digest128 {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.0 as u64);
+    }
+}

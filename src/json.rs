@@ -35,6 +35,45 @@ pub struct RequestFields {
     pub body_open: usize,
 }
 
+/// Scans of request bodies a shard read lately, by the xxh3-128 of their
+/// bytes (a scan depends on nothing else): a request repeated byte for byte,
+/// as cache hits are, is not read again to route it. Only bodies that
+/// scanned cleanly are kept; the memo starts over when full.
+#[derive(Default)]
+pub struct ScanMemo {
+    map: crate::fasthash::FastMap<crate::fasthash::Digest128, RequestFields>,
+}
+
+/// Bodies a [`ScanMemo`] keeps (about 0.8 MiB).
+pub const SCAN_MEMO_ENTRIES: usize = 1 << 12;
+
+impl ScanMemo {
+    /// [`scan_request`] of `body`, whose xxh3-128 is `digest`.
+    pub fn scan(&mut self, body: &[u8], digest: u128) -> Result<RequestFields, BodyError> {
+        let key = crate::fasthash::Digest128(digest);
+        if let Some(fields) = self.map.get(&key) {
+            return Ok(fields.clone());
+        }
+        let fields = scan_request(body)?;
+        if self.map.len() >= SCAN_MEMO_ENTRIES {
+            self.map.clear();
+        }
+        if self.map.capacity() == 0 {
+            self.map.reserve(SCAN_MEMO_ENTRIES);
+        }
+        self.map.insert(key, fields.clone());
+        Ok(fields)
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
 /// Why a request body cannot be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyError {
@@ -525,6 +564,36 @@ pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_remembered_scan_is_the_scan_and_the_memo_stays_bounded() {
+        let mut memo = ScanMemo::default();
+        let digest = |b: &[u8]| xxhash_rust::xxh3::xxh3_128(b);
+        let bodies: [&[u8]; 4] = [
+            br#"{"model":"a/b","stream":true,"max_tokens":5,"n":2}"#,
+            br#"{ "n":2, "model":"a/b" }"#,
+            br#"{"model":"a/b","model":"c/d"}"#,
+            br#"[1]"#,
+        ];
+        for _ in 0..2 {
+            for body in bodies {
+                assert_eq!(memo.scan(body, digest(body)), scan_request(body));
+            }
+        }
+        // Only the two bodies that scanned are remembered.
+        assert_eq!(memo.len(), 2);
+        for n in 0..=SCAN_MEMO_ENTRIES {
+            let body = format!(r#"{{"model":"p/m{n}"}}"#);
+            let f = memo.scan(body.as_bytes(), digest(body.as_bytes())).unwrap();
+            assert_eq!(f.model(body.as_bytes()).unwrap(), format!("p/m{n}"));
+            assert!(memo.len() <= SCAN_MEMO_ENTRIES);
+        }
+        assert!(
+            memo.len() < SCAN_MEMO_ENTRIES,
+            "the memo never started over"
+        );
+        assert!(!memo.is_empty());
+    }
 
     #[test]
     fn the_word_scan_finds_the_first_quote_or_backslash_as_memchr_does() {

@@ -106,6 +106,9 @@ pub struct RouteInputs<'a> {
     pub routes: &'a Routes,
     pub below: &'a Below<'a>,
     pub field: &'a dyn Fn(&str) -> Option<String>,
+    /// Reads the request body's fields ([`json::scan_request`], or the
+    /// shard's memo of bodies it read lately).
+    pub scan: &'a dyn Fn(&[u8]) -> Result<json::RequestFields, BodyError>,
 }
 
 /// What routing decided.
@@ -205,7 +208,7 @@ pub fn plan(
                 )));
             }
             let body = req.body;
-            let fields = json::scan_request(body).map_err(body_error)?;
+            let fields = (inputs.scan)(body).map_err(body_error)?;
             let model = fields.model(body).ok_or_else(|| {
                 GatewayError::bad_request(
                     "missing_model",
@@ -263,7 +266,7 @@ pub fn plan(
             // record (and later limits and the cache). A body that is not JSON
             // is the provider's business, but one whose fields we read appear
             // twice would mean one thing to us and another upstream.
-            let (model, stream, max_tokens, choices) = match json::scan_request(req.body) {
+            let (model, stream, max_tokens, choices) = match (inputs.scan)(req.body) {
                 Ok(f) => (
                     f.model(req.body).map(Cow::into_owned),
                     f.is_stream(req.body),
@@ -636,6 +639,7 @@ mod tests {
             routes: &routes,
             below: &|_| 0,
             field: &|_| None,
+            scan: &json::scan_request,
         };
         plan(route(target), &view, &providers, &inputs, &mut Vec::new())
     }

@@ -19,7 +19,7 @@
 //! (1.1-1.3 GiB/s); a body the shard saw lately is not read again: 72 ns
 //! and 0.6 µs (its bytes are hashed to find its canonical digest).
 
-use crate::fasthash::FastMap;
+use crate::fasthash::{Digest128, FastMap};
 use crate::json::{MAX_DEPTH, is_number, skip_ws};
 use xxhash_rust::xxh3::Xxh3;
 
@@ -42,6 +42,8 @@ pub struct KeyInput<'a> {
     /// Upstream path and query.
     pub path: &'a str,
     pub body: &'a [u8],
+    /// xxh3-128 of `body`, when the caller has it already.
+    pub body_digest: Option<u128>,
     /// `aigw-cache-key`: replaces path and body when given.
     pub custom: Option<&'a str>,
     /// The request asks for a stream: a stream is never the answer to a
@@ -70,24 +72,13 @@ pub struct KeyMaker {
     /// as sent (128 bits each; a body's canonical form depends on nothing
     /// else, so one entry serves every scope and provider). Only bodies that
     /// have a key are remembered.
-    memo: FastMap<RawDigest, u128>,
+    memo: FastMap<Digest128, u128>,
 }
 
 /// Bodies a shard remembers; the memo starts over when full. Small enough
 /// (256 KiB) to stay in cache: at 64k entries a miss's insert cost more than
 /// the canonical pass it saves on 1 KiB bodies (criterion `cache_key`).
 const MEMO_ENTRIES: usize = 1 << 13;
-
-/// xxh3-128 of a body as sent.
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct RawDigest(u128);
-
-impl std::hash::Hash for RawDigest {
-    /// Already a hash: one word of it is enough for the table.
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        state.write_u64(self.0 as u64);
-    }
-}
 
 /// One member written to the canonical buffer: `"key":value` spans
 /// `start..end`, its key `start..key_end`.
@@ -113,7 +104,11 @@ impl KeyMaker {
             None => {
                 h.update(b"body");
                 field(&mut h, input.path.as_bytes());
-                h.update(&self.body_digest(input.body)?.to_le_bytes());
+                h.update(
+                    &self
+                        .body_digest(input.body, input.body_digest)?
+                        .to_le_bytes(),
+                );
             }
         }
         Ok(CacheKey(h.digest128()))
@@ -122,8 +117,8 @@ impl KeyMaker {
     /// xxh3-128 of the canonical form of `body`. A body seen lately (the
     /// same bytes: a client repeating its request, which is what a hit
     /// usually is) is answered from the memo without the canonical pass.
-    fn body_digest(&mut self, body: &[u8]) -> Result<u128, NoKey> {
-        let raw = RawDigest(xxhash_rust::xxh3::xxh3_128(body));
+    fn body_digest(&mut self, body: &[u8], raw: Option<u128>) -> Result<u128, NoKey> {
+        let raw = Digest128(raw.unwrap_or_else(|| xxhash_rust::xxh3::xxh3_128(body)));
         if let Some(d) = self.memo.get(&raw) {
             return Ok(*d);
         }
@@ -400,6 +395,7 @@ mod tests {
             provider: "openai",
             path: "/v1/chat/completions",
             body: body.as_bytes(),
+            body_digest: None,
             custom: None,
             stream: false,
         })
@@ -466,6 +462,7 @@ mod tests {
                                 provider,
                                 path,
                                 body: body.as_bytes(),
+                                body_digest: None,
                                 custom: None,
                                 stream,
                             });
@@ -496,6 +493,7 @@ mod tests {
         // A body with no key is not remembered as having one.
         let broken = KeyInput {
             body: br#"{"a":1,"a":2}"#,
+            body_digest: None,
             ..inputs(bodies[0])[0]
         };
         for _ in 0..2 {
@@ -513,6 +511,7 @@ mod tests {
                 provider: "p",
                 path: "/v1/chat/completions",
                 body: b.as_bytes(),
+                body_digest: None,
                 custom: None,
                 stream: false,
             }
@@ -566,6 +565,7 @@ mod tests {
             provider: "openai",
             path: "/v1/chat/completions",
             body: b"{}",
+            body_digest: None,
             custom: None,
             stream: false,
         };
@@ -595,6 +595,7 @@ mod tests {
         let custom = KeyInput {
             custom: Some("mine"),
             body: b"not even json",
+            body_digest: None,
             ..input
         };
         assert_eq!(

@@ -99,6 +99,8 @@ pub struct ShardCtx {
     ids: RefCell<IdGen>,
     /// The log's shared copies of paths and user agents.
     interned: RefCell<crate::record::Interner>,
+    /// Request bodies read lately (with the cache on, where they repeat).
+    scans: RefCell<crate::json::ScanMemo>,
     /// Finished records the request log keeps go here (`None`: logs are off).
     log: Option<LogQueue>,
     /// Live connections: a slab indexed by connection id, with a free list.
@@ -152,6 +154,7 @@ impl ShardCtx {
             streams: Cell::new(0),
             draining: Cell::new(false),
             interned: RefCell::new(interned),
+            scans: RefCell::new(crate::json::ScanMemo::default()),
             ids: RefCell::new(ids),
             log,
             conns: RefCell::new(Slab::default()),
@@ -243,6 +246,16 @@ impl ShardCtx {
         *self.routes.borrow_mut() = Rc::new(targets::build(&new, &providers));
         *self.providers.borrow_mut() = Rc::new(providers);
         *self.config.borrow_mut() = new;
+    }
+
+    /// The fields of a request body whose xxh3-128 is `digest`, from the
+    /// shard's memo when it read the same bytes lately.
+    pub fn scan_remembered(
+        &self,
+        body: &[u8],
+        digest: u128,
+    ) -> Result<crate::json::RequestFields, crate::json::BodyError> {
+        self.scans.borrow_mut().scan(body, digest)
     }
 
     /// The shard's shared copy of a path or user agent for a log record.
