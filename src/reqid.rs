@@ -30,15 +30,19 @@ impl RequestId {
 
     /// The canonical lower-case text form.
     pub fn to_text(self) -> [u8; TEXT_LEN] {
+        // A byte at a time (two digits), not a 128-bit shift per digit: this
+        // runs for every response head and every log row.
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut out = [b'-'; TEXT_LEN];
-        let mut nibble = 0;
-        for (i, slot) in out.iter_mut().enumerate() {
-            if matches!(i, 8 | 13 | 18 | 23) {
-                continue;
+        let mut at = 0;
+        for (i, b) in self.0.to_be_bytes().into_iter().enumerate() {
+            // 8-4-4-4-12: a dash before bytes 4, 6, 8 and 10.
+            if matches!(i, 4 | 6 | 8 | 10) {
+                at += 1;
             }
-            *slot = HEX[((self.0 >> (124 - 4 * nibble)) & 0xf) as usize];
-            nibble += 1;
+            out[at] = HEX[usize::from(b >> 4)];
+            out[at + 1] = HEX[usize::from(b & 0xf)];
+            at += 2;
         }
         out
     }
@@ -168,6 +172,28 @@ mod tests {
         assert_eq!(id.shard(), 1);
         assert!(text[14..18].ends_with("01"), "{text}");
         assert_eq!(RequestId::parse("not-an-id"), None);
+    }
+
+    #[test]
+    fn the_text_is_the_hex_digits_with_dashes_at_8_13_18_23() {
+        let mut g = IdGen::new(4);
+        for v in [0u128, u128::MAX, 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210]
+            .into_iter()
+            .chain((0..1000).map(|_| u128::from(g.next_u64()) << 64 | u128::from(g.next_u64())))
+        {
+            let hex = format!("{v:032x}");
+            let want = format!(
+                "{}-{}-{}-{}-{}",
+                &hex[..8],
+                &hex[8..12],
+                &hex[12..16],
+                &hex[16..20],
+                &hex[20..]
+            );
+            let id = RequestId(v);
+            assert_eq!(std::str::from_utf8(&id.to_text()).unwrap(), want);
+            assert_eq!(RequestId::parse(&want), Some(id));
+        }
     }
 
     #[test]

@@ -126,7 +126,8 @@ fn is_rate_limit(name: &[u8]) -> bool {
 
 /// Writes the provider's header lines a cache entry keeps (see [`stored`]).
 pub fn stored_head(out: &mut Vec<u8>, rh: &ResponseHead, window: &[u8]) {
-    let listed = |name: &[u8]| connection_lists(rh, window, name);
+    let has_connection = has_connection(rh, window);
+    let listed = |name: &[u8]| has_connection && connection_lists(rh, window, name);
     for x in &rh.headers {
         let name = x.name.get(window);
         if !stored(name) || listed(name) {
@@ -137,6 +138,15 @@ pub fn stored_head(out: &mut Vec<u8>, rh: &ResponseHead, window: &[u8]) {
         out.extend_from_slice(x.value.get(window));
         out.extend_from_slice(b"\r\n");
     }
+}
+
+/// Whether the provider sent a `Connection` header (most do not): only then
+/// can it name more hop-by-hop headers, so only then is each header checked
+/// against it.
+fn has_connection(rh: &ResponseHead, window: &[u8]) -> bool {
+    rh.headers
+        .iter()
+        .any(|x| x.name.get(window).eq_ignore_ascii_case(b"connection"))
 }
 
 /// Whether the provider's `Connection` header lists `name` (hop-by-hop then).
@@ -225,7 +235,8 @@ pub fn provider_head(out: &mut Vec<u8>, h: &ClientHead<'_>, rh: &ResponseHead, w
         rh.status,
         provider_reason(rh.status, rh.reason.get(window)),
     );
-    let listed = |name: &[u8]| connection_lists(rh, window, name);
+    let has_connection = has_connection(rh, window);
+    let listed = |name: &[u8]| has_connection && connection_lists(rh, window, name);
     for x in &rh.headers {
         let name = x.name.get(window);
         let keep_length = h.method == Method::Head && name.eq_ignore_ascii_case(b"content-length");
@@ -389,6 +400,27 @@ mod tests {
         assert_eq!(
             s,
             "HTTP/1.1 200 OK\r\nX-Req: 1\r\naigw-request-id: 01901234-5678-7abc-8def-0123456789ab\r\naigw-provider: up\r\naigw-model: gpt\r\nserver-timing: gateway;dur=1.234, upstream;dur=0.005\r\ncontent-length: 2\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn stored_heads_keep_end_to_end_headers_only() {
+        let stored_for = |raw: &[u8]| {
+            let mut rh = ResponseHead::default();
+            parse_response(raw, 4096, false, &mut rh).unwrap();
+            let mut out = Vec::new();
+            stored_head(&mut out, &rh, raw);
+            String::from_utf8(out).unwrap()
+        };
+        // What `Connection` lists is hop-by-hop, whatever its name.
+        assert_eq!(
+            stored_for(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Req: 1\r\nConnection: keep-alive, x-drop\r\nX-Drop: y\r\nSet-Cookie: a=b\r\nx-ratelimit-remaining-requests: 5\r\n\r\n"),
+            "X-Req: 1\r\n"
+        );
+        // Without a `Connection` header, X-Drop is an ordinary header.
+        assert_eq!(
+            stored_for(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Req: 1\r\nX-Drop: y\r\n\r\n"),
+            "X-Req: 1\r\nX-Drop: y\r\n"
         );
     }
 
