@@ -10,9 +10,7 @@
 
 use crate::error::GatewayError;
 use crate::http::request::RequestView;
-use crate::record::Metadata;
-
-use crate::record::MAX_METADATA_ENTRIES;
+use crate::record::{MAX_METADATA_ENTRIES, Metadata};
 /// Longest event id, in bytes.
 pub const MAX_EVENT_ID: usize = 256;
 /// Longest user agent kept, in bytes (longer ones are cut).
@@ -422,7 +420,9 @@ mod tests {
                     ("vip".into(), MetaValue::Bool(true)),
                 ]
             );
-            assert_eq!(m.to_json(), r#"{"user":"ann","n":-1.5e3,"vip":true}"#);
+            let mut json = String::new();
+            m.write_json(&mut json);
+            assert_eq!(json, r#"{"user":"ann","n":-1.5e3,"vip":true}"#);
             assert_eq!(c.event_id.as_deref(), Some("ev-1"));
             assert!(!c.collect_log);
             assert_eq!(c.user_agent, Some(&b"sdk/1"[..]));

@@ -70,13 +70,54 @@ impl Hasher for Xxh3Word {
     }
 }
 
-/// A 128-bit digest used as a map key (the memo of bodies a shard read):
-/// already a hash, so one word of it is enough for the table.
+/// A 128-bit digest as a map key: already a hash, so one word of it is
+/// enough for the table.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub struct Digest128(pub u128);
+struct Digest128(u128);
 
 impl std::hash::Hash for Digest128 {
     fn hash<H: Hasher>(&self, state: &mut H) {
         state.write_u64(self.0 as u64);
+    }
+}
+
+/// Results of a pure function of some bytes, by the xxh3-128 of those bytes
+/// (a shard's memo of request bodies it read: their canonical digest for
+/// the cache key, their fields for routing). At most `CAP` entries: the
+/// table is allocated once at that size and starts over when full, so it
+/// stays small enough to stay in cache.
+pub struct DigestMemo<V, const CAP: usize> {
+    map: FastMap<Digest128, V>,
+}
+
+impl<V, const CAP: usize> Default for DigestMemo<V, CAP> {
+    fn default() -> Self {
+        DigestMemo {
+            map: FastMap::default(),
+        }
+    }
+}
+
+impl<V, const CAP: usize> DigestMemo<V, CAP> {
+    pub fn get(&self, digest: u128) -> Option<&V> {
+        self.map.get(&Digest128(digest))
+    }
+
+    pub fn insert(&mut self, digest: u128, value: V) {
+        if self.map.len() >= CAP {
+            self.map.clear();
+        }
+        if self.map.capacity() == 0 {
+            self.map.reserve(CAP);
+        }
+        self.map.insert(Digest128(digest), value);
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
     }
 }

@@ -37,41 +37,25 @@ pub struct RequestFields {
 
 /// Scans of request bodies a shard read lately, by the xxh3-128 of their
 /// bytes (a scan depends on nothing else): a request repeated byte for byte,
-/// as cache hits are, is not read again to route it. Only bodies that
-/// scanned cleanly are kept; the memo starts over when full.
-#[derive(Default)]
-pub struct ScanMemo {
-    map: crate::fasthash::FastMap<crate::fasthash::Digest128, RequestFields>,
-}
+/// as cache hits are, is not read again to route it.
+pub type ScanMemo = crate::fasthash::DigestMemo<RequestFields, SCAN_MEMO_ENTRIES>;
 
 /// Bodies a [`ScanMemo`] keeps (about 0.8 MiB).
 pub const SCAN_MEMO_ENTRIES: usize = 1 << 12;
 
-impl ScanMemo {
-    /// [`scan_request`] of `body`, whose xxh3-128 is `digest`.
-    pub fn scan(&mut self, body: &[u8], digest: u128) -> Result<RequestFields, BodyError> {
-        let key = crate::fasthash::Digest128(digest);
-        if let Some(fields) = self.map.get(&key) {
-            return Ok(fields.clone());
-        }
-        let fields = scan_request(body)?;
-        if self.map.len() >= SCAN_MEMO_ENTRIES {
-            self.map.clear();
-        }
-        if self.map.capacity() == 0 {
-            self.map.reserve(SCAN_MEMO_ENTRIES);
-        }
-        self.map.insert(key, fields.clone());
-        Ok(fields)
+/// [`scan_request`] of `body`, whose xxh3-128 is `digest`, from `memo` when
+/// it read the same bytes lately. Only bodies that scan cleanly are kept.
+pub fn scan_remembered(
+    memo: &mut ScanMemo,
+    body: &[u8],
+    digest: u128,
+) -> Result<RequestFields, BodyError> {
+    if let Some(fields) = memo.get(digest) {
+        return Ok(fields.clone());
     }
-
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
+    let fields = scan_request(body)?;
+    memo.insert(digest, fields.clone());
+    Ok(fields)
 }
 
 /// Why a request body cannot be read.
@@ -577,14 +561,17 @@ mod tests {
         ];
         for _ in 0..2 {
             for body in bodies {
-                assert_eq!(memo.scan(body, digest(body)), scan_request(body));
+                assert_eq!(
+                    scan_remembered(&mut memo, body, digest(body)),
+                    scan_request(body)
+                );
             }
         }
         // Only the two bodies that scanned are remembered.
         assert_eq!(memo.len(), 2);
         for n in 0..=SCAN_MEMO_ENTRIES {
             let body = format!(r#"{{"model":"p/m{n}"}}"#);
-            let f = memo.scan(body.as_bytes(), digest(body.as_bytes())).unwrap();
+            let f = scan_remembered(&mut memo, body.as_bytes(), digest(body.as_bytes())).unwrap();
             assert_eq!(f.model(body.as_bytes()).unwrap(), format!("p/m{n}"));
             assert!(memo.len() <= SCAN_MEMO_ENTRIES);
         }

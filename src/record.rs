@@ -254,13 +254,6 @@ impl Metadata {
         Ok(Metadata(entries))
     }
 
-    /// The metadata as a JSON object.
-    pub fn to_json(&self) -> String {
-        let mut out = String::new();
-        self.write_json(&mut out);
-        out
-    }
-
     /// Appends the metadata as a JSON object to `out`.
     pub fn write_json(&self, out: &mut String) {
         out.push('{');
@@ -518,6 +511,7 @@ impl RequestRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering;
 
     #[test]
     fn interned_texts_are_shared_and_the_interner_stays_bounded() {
@@ -534,7 +528,6 @@ mod tests {
         }
         assert!(!i.is_empty());
     }
-    use std::sync::atomic::Ordering;
 
     fn with_body(n: usize) -> RequestRecord {
         let mut r = RequestRecord::new(RequestId::default(), 0, Instant::now());

@@ -214,8 +214,8 @@ pub fn keep_c_heap() -> Result<(), &'static str> {
     const MMAP_THRESHOLD: i32 = 32 << 20;
     /// What a heap grows by beyond the block that made it grow.
     const TOP_PAD: i32 = 16 << 20;
-    // SAFETY: mallopt only sets allocator parameters; called once at start,
-    // before any thread allocates through the C allocator.
+    // SAFETY: mallopt takes no pointers and only sets the allocator's
+    // parameters (under its own lock in glibc); any thread may call it.
     unsafe {
         if libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD) != 1 {
             return Err("M_TRIM_THRESHOLD");

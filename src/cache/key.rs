@@ -19,7 +19,7 @@
 //! (1.1-1.3 GiB/s); a body the shard saw lately is not read again: 72 ns
 //! and 0.6 µs (its bytes are hashed to find its canonical digest).
 
-use crate::fasthash::{Digest128, FastMap};
+use crate::fasthash::DigestMemo;
 use crate::json::{MAX_DEPTH, is_number, skip_ws};
 use xxhash_rust::xxh3::Xxh3;
 
@@ -72,7 +72,7 @@ pub struct KeyMaker {
     /// as sent (128 bits each; a body's canonical form depends on nothing
     /// else, so one entry serves every scope and provider). Only bodies that
     /// have a key are remembered.
-    memo: FastMap<Digest128, u128>,
+    memo: DigestMemo<u128, MEMO_ENTRIES>,
 }
 
 /// Bodies a shard remembers; the memo starts over when full. Small enough
@@ -118,18 +118,12 @@ impl KeyMaker {
     /// same bytes: a client repeating its request, which is what a hit
     /// usually is) is answered from the memo without the canonical pass.
     fn body_digest(&mut self, body: &[u8], raw: Option<u128>) -> Result<u128, NoKey> {
-        let raw = Digest128(raw.unwrap_or_else(|| xxhash_rust::xxh3::xxh3_128(body)));
-        if let Some(d) = self.memo.get(&raw) {
+        let raw = raw.unwrap_or_else(|| xxhash_rust::xxh3::xxh3_128(body));
+        if let Some(d) = self.memo.get(raw) {
             return Ok(*d);
         }
         self.write_canonical(body)?;
         let d = xxhash_rust::xxh3::xxh3_128(&self.canonical);
-        if self.memo.len() >= MEMO_ENTRIES {
-            self.memo.clear();
-        }
-        if self.memo.capacity() == 0 {
-            self.memo.reserve(MEMO_ENTRIES);
-        }
         self.memo.insert(raw, d);
         Ok(d)
     }

@@ -70,6 +70,25 @@ pub fn is_hop_by_hop(name: &[u8]) -> bool {
     HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
 }
 
+/// Whether a `Connection` header among `headers` lists a header name (which
+/// is then hop-by-hop). Most messages carry no `Connection` header; then no
+/// name is checked at all.
+pub fn connection_listed<'a>(
+    headers: &'a [Header],
+    window: &'a [u8],
+) -> impl Fn(&[u8]) -> bool + 'a {
+    let connections = move || {
+        headers
+            .iter()
+            .filter(move |h| h.name.get(window).eq_ignore_ascii_case(b"connection"))
+    };
+    let any = connections().next().is_some();
+    move |name| {
+        any && connections()
+            .any(|h| tokens(h.value.get(window)).any(|t| t.eq_ignore_ascii_case(name)))
+    }
+}
+
 /// Splits a comma-separated header value into trimmed tokens.
 pub fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value

@@ -102,16 +102,6 @@ impl<'a> RequestView<'a> {
     }
 }
 
-impl RequestHead {
-    /// True when `name` is listed in a `Connection` header (so it is hop-by-hop).
-    pub fn connection_lists(&self, window: &[u8], name: &[u8]) -> bool {
-        self.headers
-            .iter()
-            .filter(|h| h.name.get(window).eq_ignore_ascii_case(b"connection"))
-            .any(|h| tokens(h.value.get(window)).any(|t| t.eq_ignore_ascii_case(name)))
-    }
-}
-
 /// Parses a request head from `window`, or says more bytes are needed.
 pub fn parse_request(
     window: &[u8],

@@ -63,14 +63,11 @@ pub fn build(out: &mut Vec<u8>, req: &RequestView<'_>, up: &Upstream<'_>) {
         out.extend_from_slice(auth.as_bytes());
     }
     out.extend_from_slice(up.extra.as_bytes());
-    let has_connection = head
-        .headers
-        .iter()
-        .any(|h| h.name.get(window).eq_ignore_ascii_case(b"connection"));
+    let listed = crate::http::connection_listed(&head.headers, window);
     for h in &head.headers {
         let name = h.name.get(window);
         if skip_upstream(name, up.auth.is_some())
-            || (has_connection && head.connection_lists(window, name))
+            || listed(name)
             || (!up.extra.is_empty() && names_line(up.extra, name))
         {
             continue;

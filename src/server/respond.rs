@@ -126,8 +126,7 @@ fn is_rate_limit(name: &[u8]) -> bool {
 
 /// Writes the provider's header lines a cache entry keeps (see [`stored`]).
 pub fn stored_head(out: &mut Vec<u8>, rh: &ResponseHead, window: &[u8]) {
-    let has_connection = has_connection(rh, window);
-    let listed = |name: &[u8]| has_connection && connection_lists(rh, window, name);
+    let listed = crate::http::connection_listed(&rh.headers, window);
     for x in &rh.headers {
         let name = x.name.get(window);
         if !stored(name) || listed(name) {
@@ -138,23 +137,6 @@ pub fn stored_head(out: &mut Vec<u8>, rh: &ResponseHead, window: &[u8]) {
         out.extend_from_slice(x.value.get(window));
         out.extend_from_slice(b"\r\n");
     }
-}
-
-/// Whether the provider sent a `Connection` header (most do not): only then
-/// can it name more hop-by-hop headers, so only then is each header checked
-/// against it.
-fn has_connection(rh: &ResponseHead, window: &[u8]) -> bool {
-    rh.headers
-        .iter()
-        .any(|x| x.name.get(window).eq_ignore_ascii_case(b"connection"))
-}
-
-/// Whether the provider's `Connection` header lists `name` (hop-by-hop then).
-fn connection_lists(rh: &ResponseHead, window: &[u8], name: &[u8]) -> bool {
-    rh.headers
-        .iter()
-        .filter(|x| x.name.get(window).eq_ignore_ascii_case(b"connection"))
-        .any(|x| tokens(x.value.get(window)).any(|t| t.eq_ignore_ascii_case(name)))
 }
 
 /// Whether a provider response says not to store it: `Cache-Control:
@@ -235,8 +217,7 @@ pub fn provider_head(out: &mut Vec<u8>, h: &ClientHead<'_>, rh: &ResponseHead, w
         rh.status,
         provider_reason(rh.status, rh.reason.get(window)),
     );
-    let has_connection = has_connection(rh, window);
-    let listed = |name: &[u8]| has_connection && connection_lists(rh, window, name);
+    let listed = crate::http::connection_listed(&rh.headers, window);
     for x in &rh.headers {
         let name = x.name.get(window);
         let keep_length = h.method == Method::Head && name.eq_ignore_ascii_case(b"content-length");

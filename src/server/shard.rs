@@ -255,7 +255,7 @@ impl ShardCtx {
         body: &[u8],
         digest: u128,
     ) -> Result<crate::json::RequestFields, crate::json::BodyError> {
-        self.scans.borrow_mut().scan(body, digest)
+        crate::json::scan_remembered(&mut self.scans.borrow_mut(), body, digest)
     }
 
     /// The shard's shared copy of a path or user agent for a log record.
