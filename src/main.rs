@@ -240,6 +240,7 @@ fn main() -> ExitCode {
     if let Err(option) = aigw::sys::keep_c_heap() {
         log::debug!("the C allocator keeps its defaults ({option} refused)");
     }
+    aigw::sys::delay_heap_purge();
     match Cli::parse().command {
         Command::Serve {
             config,

@@ -3,8 +3,8 @@
 //! for long). Used by the log thread only.
 
 use crate::record::{LogFacts, RequestRecord};
-use rusqlite::types::{ToSqlOutput, Value, ValueRef};
-use rusqlite::{Connection, ToSql, params};
+use crate::sys::{BorrowedRows, SqlValue, StatementId};
+use rusqlite::params;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -16,11 +16,12 @@ pub const RETENTION_BATCH: u64 = 5_000;
 
 /// The write side of the store.
 pub struct Writer {
-    conn: Connection,
-    /// The INSERTs of [`ROWS_PER_INSERT`] rows and of one (made once: the
-    /// statement cache is looked up by text).
-    insert_many: String,
-    insert_one: String,
+    db: BorrowedRows,
+    /// The INSERTs of [`ROWS_PER_INSERT`] rows and of one.
+    insert_many: StatementId,
+    insert_one: StatementId,
+    /// One per row of `insert_many`.
+    text: Vec<RowText>,
     /// Rows in `requests` (counted once at open, then kept).
     rows: u64,
 }
@@ -78,68 +79,84 @@ fn insert_sql(rows: usize) -> String {
     sql
 }
 
-/// Binds `r` as the row whose first parameter follows `base` (0-based), on
-/// a statement whose bindings are clear.
-/// `json` is scratch space for the metadata object.
-fn bind_row(
-    stmt: &mut rusqlite::CachedStatement<'_>,
-    base: usize,
-    r: &RequestRecord,
-    facts: &LogFacts,
-    json: &mut String,
-) -> rusqlite::Result<()> {
-    let id = r.id.to_text();
-    let id = std::str::from_utf8(&id).unwrap_or_default();
-    let metadata = facts.metadata.as_ref().map(|m| {
-        json.clear();
-        m.write_json(json);
-        json.as_str()
-    });
-    let values: [&dyn ToSql; COLUMNS.len()] = [
-        &id,
-        &(r.id.unix_ms() as i64),
-        &r.route.as_str(),
-        &r.provider.as_deref(),
-        &r.model.as_deref(),
-        &facts.path,
-        &r.status,
-        &r.error_source.map(|s| s.as_str()),
-        &r.error_code,
-        &r.outcome.as_str(),
-        &r.stream,
-        &us(r.gateway),
-        &r.upstream_ttfb.map(us),
-        &r.ttft.map(us),
-        &us(r.total),
-        &opt_i64(r.usage.input_tokens),
-        &opt_i64(r.usage.output_tokens),
-        &opt_i64(r.usage.cached_tokens),
-        &opt_i64(Some(r.bytes_in)),
-        &opt_i64(Some(r.bytes_out)),
-        &facts.user_agent,
-        &facts.event_id,
-        &metadata,
-        &r.cache.map(|c| c.log_name()),
-        &r.cache_key.map(|k| format!("{k:032x}")),
-        &r.key_id.as_deref(),
-        &r.cost,
-        // NULL (no bytes in the row) for the usual `false`.
-        &r.cost_estimated.then_some(1),
-        &r.context_share,
-        &facts.routing.as_deref(),
-    ];
-    for (i, v) in values.iter().enumerate() {
-        // Unbound is NULL (bindings are cleared after each execution), and
-        // most rows have a dozen NULLs.
-        let v = v.to_sql()?;
-        if !matches!(
-            v,
-            ToSqlOutput::Borrowed(ValueRef::Null) | ToSqlOutput::Owned(Value::Null)
-        ) {
-            stmt.raw_bind_parameter(base + i + 1, v)?;
+/// Text a row needs that the record does not hold as text: made for each
+/// row of a statement before it runs, and kept (one per row of the largest
+/// statement, reused) so the statement reads it in place.
+struct RowText {
+    id: [u8; crate::reqid::TEXT_LEN],
+    metadata: String,
+    cache_key: [u8; 32],
+}
+
+impl RowText {
+    fn new() -> RowText {
+        RowText {
+            id: [b'0'; crate::reqid::TEXT_LEN],
+            metadata: String::new(),
+            cache_key: [b'0'; 32],
         }
     }
-    Ok(())
+
+    fn fill(&mut self, r: &RequestRecord, facts: &LogFacts) {
+        self.id = r.id.to_text();
+        self.metadata.clear();
+        if let Some(m) = &facts.metadata {
+            m.write_json(&mut self.metadata);
+        }
+        if let Some(k) = r.cache_key {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            for (i, d) in self.cache_key.iter_mut().enumerate() {
+                *d = HEX[((k >> (124 - 4 * i)) & 0xf) as usize];
+            }
+        }
+    }
+}
+
+/// `r`'s values in [`COLUMNS`] order (NULL for what it lacks).
+fn row_values<'a>(
+    r: &'a RequestRecord,
+    facts: &'a LogFacts,
+    text: &'a RowText,
+) -> [SqlValue<'a>; COLUMNS.len()] {
+    use SqlValue::{Int, Null, Real, Text};
+    let text_of = |t: Option<&'a str>| t.map_or(Null, Text);
+    let int_of = |n: Option<i64>| n.map_or(Null, Int);
+    // Both are ASCII (hex digits and dashes) by construction.
+    let id = std::str::from_utf8(&text.id).unwrap_or_default();
+    let cache_key = std::str::from_utf8(&text.cache_key).unwrap_or_default();
+    [
+        Text(id),
+        Int(r.id.unix_ms() as i64),
+        Text(r.route.as_str()),
+        text_of(r.provider.as_deref()),
+        text_of(r.model.as_deref()),
+        Text(&facts.path),
+        Int(i64::from(r.status)),
+        text_of(r.error_source.map(|s| s.as_str())),
+        text_of(r.error_code),
+        Text(r.outcome.as_str()),
+        Int(i64::from(r.stream)),
+        Int(us(r.gateway)),
+        int_of(r.upstream_ttfb.map(us)),
+        int_of(r.ttft.map(us)),
+        Int(us(r.total)),
+        int_of(opt_i64(r.usage.input_tokens)),
+        int_of(opt_i64(r.usage.output_tokens)),
+        int_of(opt_i64(r.usage.cached_tokens)),
+        int_of(opt_i64(Some(r.bytes_in))),
+        int_of(opt_i64(Some(r.bytes_out))),
+        text_of(facts.user_agent.as_deref()),
+        text_of(facts.event_id.as_deref()),
+        text_of(facts.metadata.as_ref().map(|_| text.metadata.as_str())),
+        text_of(r.cache.map(|c| c.log_name())),
+        text_of(r.cache_key.map(|_| cache_key)),
+        text_of(r.key_id.as_deref()),
+        r.cost.map_or(Null, Real),
+        // NULL (no bytes in the row) for the usual `false`.
+        if r.cost_estimated { Int(1) } else { Null },
+        r.context_share.map_or(Null, Real),
+        text_of(facts.routing.as_deref()),
+    ]
 }
 
 /// One metadata key and value in one commit: the requests that carried it.
@@ -183,10 +200,15 @@ impl Writer {
         let rows: i64 = conn
             .query_row("SELECT count(*) FROM requests", [], |r| r.get(0))
             .map_err(|e| format!("request log {}: {e}", path.display()))?;
+        let fail = |e: rusqlite::Error| format!("request log {}: {e}", path.display());
+        let mut db = BorrowedRows::new(conn);
+        let insert_many = db.prepare(&insert_sql(ROWS_PER_INSERT)).map_err(fail)?;
+        let insert_one = db.prepare(&insert_sql(1)).map_err(fail)?;
         Ok(Writer {
-            conn,
-            insert_many: insert_sql(ROWS_PER_INSERT),
-            insert_one: insert_sql(1),
+            db,
+            insert_many,
+            insert_one,
+            text: (0..ROWS_PER_INSERT).map(|_| RowText::new()).collect(),
             rows: rows as u64,
         })
     }
@@ -202,10 +224,10 @@ impl Writer {
             .iter()
             .filter_map(|r| Some((r, r.log.as_deref()?)))
             .collect();
-        let tx = self.conn.transaction()?;
+        // Unchecked: the connection is shared with the in-place statements
+        // (`&self.db`); nothing else runs on it meanwhile.
+        let tx = self.db.conn().unchecked_transaction()?;
         {
-            let mut many = tx.prepare_cached(&self.insert_many)?;
-            let mut one = tx.prepare_cached(&self.insert_one)?;
             let mut meta = tx.prepare_cached(
                 "INSERT INTO meta_seqs (key, value, ts_min, ts_max, seqs) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
@@ -214,21 +236,24 @@ impl Writer {
             )?;
             // Metadata key and value -> the commit's requests carrying it.
             let mut carried: HashMap<(&str, &str), Carried> = HashMap::new();
-            let mut json = String::new();
             for rows in logged.chunks(ROWS_PER_INSERT) {
+                for ((r, facts), text) in rows.iter().zip(self.text.iter_mut()) {
+                    text.fill(r, facts);
+                }
                 // A whole chunk in one statement; the last, shorter one a
                 // row at a time (one statement per length would be compiled).
                 if rows.len() == ROWS_PER_INSERT {
-                    for (i, (r, facts)) in rows.iter().enumerate() {
-                        bind_row(&mut many, i * COLUMNS.len(), r, facts, &mut json)?;
+                    let mut values = [SqlValue::Null; ROWS_PER_INSERT * COLUMNS.len()];
+                    for (row, ((r, facts), text)) in values
+                        .chunks_exact_mut(COLUMNS.len())
+                        .zip(rows.iter().zip(&self.text))
+                    {
+                        row.copy_from_slice(&row_values(r, facts, text));
                     }
-                    many.raw_execute()?;
-                    many.clear_bindings();
+                    self.db.run(self.insert_many, &values)?;
                 } else {
-                    for (r, facts) in rows {
-                        bind_row(&mut one, 0, r, facts, &mut json)?;
-                        one.raw_execute()?;
-                        one.clear_bindings();
+                    for ((r, facts), text) in rows.iter().zip(&self.text) {
+                        self.db.run(self.insert_one, &row_values(r, facts, text))?;
                     }
                 }
                 // One writer, one statement: its rows took consecutive numbers.
@@ -270,7 +295,7 @@ impl Writer {
     /// left (they are gone; until now a join hid them). A scan of
     /// `meta_seqs`: run it rarely.
     pub fn sweep_meta(&mut self) -> rusqlite::Result<u64> {
-        let n = self.conn.execute(
+        let n = self.db.conn().execute(
             "DELETE FROM meta_seqs WHERE ts_max < (SELECT coalesce(min(ts), 9223372036854775807) FROM requests)",
             [],
         )?;
@@ -281,7 +306,7 @@ impl Writer {
     /// or older than `min_ts`; returns how many went (call again while > 0).
     pub fn retain(&mut self, max_rows: u64, min_ts: u64) -> rusqlite::Result<u64> {
         let over = self.rows.saturating_sub(max_rows);
-        let tx = self.conn.transaction()?;
+        let tx = self.db.conn().unchecked_transaction()?;
         let deleted = {
             let mut oldest =
                 tx.prepare_cached("SELECT seq, ts FROM requests ORDER BY ts ASC LIMIT ?1")?;
