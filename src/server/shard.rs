@@ -263,6 +263,16 @@ impl ShardCtx {
         self.interned.borrow_mut().get(text)
     }
 
+    /// [`ShardCtx::intern`] of bytes from the wire (invalid UTF-8 replaced).
+    /// Valid text, the usual case, is checked by `from_utf8`'s fast path,
+    /// not walked chunk by chunk as `from_utf8_lossy` does.
+    pub fn intern_bytes(&self, bytes: &[u8]) -> Arc<str> {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => self.intern(text),
+            Err(_) => self.intern(&String::from_utf8_lossy(bytes)),
+        }
+    }
+
     /// A fresh request id (UUIDv7, stamped now).
     pub fn new_request_id(&self) -> RequestId {
         self.ids.borrow_mut().id(now_unix_ms())
