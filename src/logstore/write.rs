@@ -2,10 +2,10 @@
 //! retention (oldest first, in small deletes so no single one holds the file
 //! for long). Used by the log thread only.
 
+use crate::fasthash::FastMap;
 use crate::record::{LogFacts, RequestRecord};
 use crate::sys::{BorrowedRows, SqlValue, StatementId};
 use rusqlite::params;
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
@@ -163,8 +163,8 @@ fn row_values<'a>(
 struct Carried {
     ts_min: i64,
     ts_max: i64,
-    /// A JSON array of their `seq`, open at the end.
-    seqs: String,
+    /// A JSON array of their `seq` (ASCII), open at the end.
+    seqs: Vec<u8>,
 }
 
 impl Carried {
@@ -172,7 +172,7 @@ impl Carried {
         Carried {
             ts_min: ts,
             ts_max: ts,
-            seqs: String::from("["),
+            seqs: b"[".to_vec(),
         }
     }
 
@@ -180,9 +180,10 @@ impl Carried {
         self.ts_min = self.ts_min.min(ts);
         self.ts_max = self.ts_max.max(ts);
         if self.seqs.len() > 1 {
-            self.seqs.push(',');
+            self.seqs.push(b',');
         }
-        let _ = write!(self.seqs, "{seq}");
+        // Without `fmt`: a number for every metadata entry of every row.
+        crate::http::push_decimal(&mut self.seqs, seq.max(0) as u64);
     }
 }
 
@@ -235,7 +236,7 @@ impl Writer {
                 "INSERT INTO payloads (seq, request, request_truncated, response, response_truncated) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
             // Metadata key and value -> the commit's requests carrying it.
-            let mut carried: HashMap<(&str, &str), Carried> = HashMap::new();
+            let mut carried: FastMap<(&str, &str), Carried> = FastMap::default();
             for rows in logged.chunks(ROWS_PER_INSERT) {
                 for ((r, facts), text) in rows.iter().zip(self.text.iter_mut()) {
                     text.fill(r, facts);
@@ -282,8 +283,9 @@ impl Writer {
                 }
             }
             for ((k, v), c) in &mut carried {
-                c.seqs.push(']');
-                meta.execute(params![k, v, c.ts_min, c.ts_max, c.seqs])?;
+                c.seqs.push(b']');
+                let seqs = std::str::from_utf8(&c.seqs).unwrap_or("[]");
+                meta.execute(params![k, v, c.ts_min, c.ts_max, seqs])?;
             }
         }
         tx.commit()?;
