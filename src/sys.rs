@@ -452,13 +452,17 @@ mod tests {
         assert_eq!(super::keep_c_heap(), Ok(()));
     }
 
+    /// An in-memory database with one table made by `schema`.
+    fn table(schema: &str) -> super::BorrowedRows {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch(schema).unwrap();
+        super::BorrowedRows::new(conn)
+    }
+
     #[test]
     fn borrowed_rows_store_each_value_and_leave_no_binding_behind() {
-        use super::{BorrowedRows, SqlValue};
-        let conn = rusqlite::Connection::open_in_memory().unwrap();
-        conn.execute_batch("CREATE TABLE t (a TEXT, b INTEGER, c REAL, d TEXT)")
-            .unwrap();
-        let mut db = BorrowedRows::new(conn);
+        use super::SqlValue;
+        let mut db = table("CREATE TABLE t (a TEXT, b INTEGER, c REAL, d TEXT)");
         let two_rows = db
             .prepare("INSERT INTO t (a, b, c, d) VALUES (?1, ?2, ?3, ?4), (?5, ?6, ?7, ?8)")
             .unwrap();
@@ -514,11 +518,8 @@ mod tests {
 
     #[test]
     fn a_failing_borrowed_row_names_the_failure_and_the_statement_runs_again() {
-        use super::{BorrowedRows, SqlValue};
-        let conn = rusqlite::Connection::open_in_memory().unwrap();
-        conn.execute_batch("CREATE TABLE t (a TEXT NOT NULL)")
-            .unwrap();
-        let mut db = BorrowedRows::new(conn);
+        use super::SqlValue;
+        let mut db = table("CREATE TABLE t (a TEXT NOT NULL)");
         let one = db.prepare("INSERT INTO t (a) VALUES (?1)").unwrap();
         let e = db.run(one, &[SqlValue::Null]).unwrap_err();
         assert!(e.to_string().contains("NOT NULL"), "{e}");
