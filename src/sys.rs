@@ -6,9 +6,9 @@
 //! the cache's shared mapping ([`SharedMap`]: 64-bit words read and written
 //! with atomic loads and stores, so shards read what another shard writes
 //! without a data race), and sizing a SQLite connection's small-allocation
-//! slots (a C variadic call), the Rust heap's purge delay, and running its statements with text bound in
-//! place ([`BorrowedRows`]). The crate root denies `unsafe_code`; this module
-//! alone allows it.
+//! slots (a C variadic call), the Rust heap's purge delay, and running a
+//! connection's statements with text bound in place ([`BorrowedRows`]). The
+//! crate root denies `unsafe_code`; this module alone allows it.
 
 #![allow(unsafe_code)]
 

@@ -1,6 +1,6 @@
 //! Cache keys: xxh3-128 over (schema version, credential scope, provider,
-//! upstream path, xxh3-128 of the canonical body), or over a caller-chosen key in place of the
-//! path and body (`aigw-cache-key`, still scoped).
+//! upstream path, xxh3-128 of the canonical body), or over a caller-chosen
+//! key in place of the path and body (`aigw-cache-key`, still scoped).
 //!
 //! Canonical means JSON key order, whitespace and string escaping do not
 //! change the key; every value does. Why not from the simd-json tape, as
@@ -30,6 +30,31 @@ pub const SCHEMA_VERSION: u32 = 3;
 /// A cache key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CacheKey(pub u128);
+
+/// Hex digits in a key's text form.
+pub const KEY_TEXT_LEN: usize = 32;
+
+impl CacheKey {
+    /// Lower-case hex, all 32 digits: the log's `cache_key`, what
+    /// `aigw cache purge --key` takes. Without `fmt`: it runs for every
+    /// logged request the cache saw.
+    pub fn to_text(self) -> [u8; KEY_TEXT_LEN] {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; KEY_TEXT_LEN];
+        for (pair, b) in out.chunks_exact_mut(2).zip(self.0.to_be_bytes()) {
+            pair[0] = HEX[usize::from(b >> 4)];
+            pair[1] = HEX[usize::from(b & 0xf)];
+        }
+        out
+    }
+
+    /// The key whose [`CacheKey::to_text`] is `text` (either case).
+    pub fn parse(text: &str) -> Option<CacheKey> {
+        (text.len() == KEY_TEXT_LEN && text.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| u128::from_str_radix(text, 16).ok().map(CacheKey))
+            .flatten()
+    }
+}
 
 /// What a key is computed from.
 #[derive(Clone, Copy, Debug)]
@@ -436,6 +461,35 @@ mod tests {
             }
         }
         out.push('}');
+    }
+
+    #[test]
+    fn a_key_reads_back_from_its_text() {
+        let mut rng = crate::reqid::IdGen::new(9);
+        for v in [
+            0u128,
+            1,
+            u128::MAX,
+            0x0123_4567_89ab_cdef_fedc_ba98_7654_3210,
+        ]
+        .into_iter()
+        .chain((0..200).map(|_| u128::from(rng.next_u64()) << 64 | u128::from(rng.next_u64())))
+        {
+            let text = CacheKey(v).to_text();
+            let text = std::str::from_utf8(&text).unwrap();
+            assert_eq!(text, format!("{v:032x}"));
+            assert_eq!(CacheKey::parse(text), Some(CacheKey(v)));
+            assert_eq!(CacheKey::parse(&text.to_uppercase()), Some(CacheKey(v)));
+        }
+        for bad in [
+            "",
+            "abc",
+            &"g".repeat(32),
+            &"0".repeat(33),
+            &format!("+{}", "0".repeat(31)),
+        ] {
+            assert_eq!(CacheKey::parse(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -379,11 +379,9 @@ impl Admin {
             let v = query_decode(v);
             what = match query_decode(k).as_str() {
                 "key" => {
-                    let key = (v.len() == 32)
-                        .then(|| u128::from_str_radix(&v, 16).ok())
-                        .flatten()
+                    let key = CacheKey::parse(&v)
                         .ok_or((400, format!("key: `{v}` must be 32 hex digits (the cache_key of `aigw logs show ID`)")))?;
-                    PurgeWhat::Key(CacheKey(key))
+                    PurgeWhat::Key(key)
                 }
                 "provider" if !v.is_empty() => {
                     PurgeWhat::Provider(crate::cache::entry::provider_tag(&v))

@@ -2,6 +2,7 @@
 //! retention (oldest first, in small deletes so no single one holds the file
 //! for long). Used by the log thread only.
 
+use crate::cache::key::{CacheKey, KEY_TEXT_LEN};
 use crate::fasthash::FastMap;
 use crate::record::{LogFacts, RequestRecord};
 use crate::sys::{BorrowedRows, SqlValue, StatementId};
@@ -85,7 +86,7 @@ fn insert_sql(rows: usize) -> String {
 struct RowText {
     id: [u8; crate::reqid::TEXT_LEN],
     metadata: String,
-    cache_key: [u8; 32],
+    cache_key: [u8; KEY_TEXT_LEN],
 }
 
 impl RowText {
@@ -93,7 +94,7 @@ impl RowText {
         RowText {
             id: [b'0'; crate::reqid::TEXT_LEN],
             metadata: String::new(),
-            cache_key: [b'0'; 32],
+            cache_key: [b'0'; KEY_TEXT_LEN],
         }
     }
 
@@ -104,10 +105,7 @@ impl RowText {
             m.write_json(&mut self.metadata);
         }
         if let Some(k) = r.cache_key {
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            for (i, d) in self.cache_key.iter_mut().enumerate() {
-                *d = HEX[((k >> (124 - 4 * i)) & 0xf) as usize];
-            }
+            self.cache_key = CacheKey(k).to_text();
         }
     }
 }

@@ -478,7 +478,7 @@ fn controls(
     let target = view.target();
     let path = target.split(|b| *b == b'?').next().unwrap_or(target);
     let mut facts = LogFacts {
-        path: ctx.intern_bytes(path),
+        path: ctx.intern(path),
         ..LogFacts::default()
     };
     if let Some(cap) = payload_cap(ctx) {
@@ -486,7 +486,7 @@ fn controls(
     }
     let result = match read {
         Ok(controls) => {
-            facts.user_agent = controls.user_agent.map(|ua| ctx.intern_bytes(ua));
+            facts.user_agent = controls.user_agent.map(|ua| ctx.intern(ua));
             facts.event_id = controls.event_id;
             // The log's copy is the one admission reads (no clone per request).
             let mut wish = wish;

@@ -258,18 +258,15 @@ impl ShardCtx {
         crate::json::scan_remembered(&mut self.scans.borrow_mut(), body, digest)
     }
 
-    /// The shard's shared copy of a path or user agent for a log record.
-    pub fn intern(&self, text: &str) -> Arc<str> {
-        self.interned.borrow_mut().get(text)
-    }
-
-    /// [`ShardCtx::intern`] of bytes from the wire (invalid UTF-8 replaced).
-    /// Valid text, the usual case, is checked by `from_utf8`'s fast path,
-    /// not walked chunk by chunk as `from_utf8_lossy` does.
-    pub fn intern_bytes(&self, bytes: &[u8]) -> Arc<str> {
+    /// The shard's shared copy of a path or user agent from the wire, for a
+    /// log record (invalid UTF-8 replaced). Valid text, the usual case, is
+    /// checked by `from_utf8`'s fast path, not walked chunk by chunk as
+    /// `from_utf8_lossy` does.
+    pub fn intern(&self, bytes: &[u8]) -> Arc<str> {
+        let mut interned = self.interned.borrow_mut();
         match std::str::from_utf8(bytes) {
-            Ok(text) => self.intern(text),
-            Err(_) => self.intern(&String::from_utf8_lossy(bytes)),
+            Ok(text) => interned.get(text),
+            Err(_) => interned.get(&String::from_utf8_lossy(bytes)),
         }
     }
 
