@@ -26,7 +26,7 @@
 //!   parsed once into typed values), [`error`] (gateway errors and their bytes),
 //!   [`record`] (the one record a request leaves, and its token [`record::Usage`]),
 //!   [`reqid`] (UUIDv7 request ids), [`calendar`] (UTC days and months),
-//!   [`stats`] (the per-shard recorder), [`fasthash`], [`net`] (socket reads
+//!   [`stats`] (the per-shard recorder), [`fasthash`], [`num`] (rounding without libm), [`net`] (socket reads
 //!   tuned for glommio) and [`sys`] (the only `unsafe` code).
 
 #![deny(unsafe_code)]
@@ -46,6 +46,7 @@ pub mod json;
 pub mod limit;
 pub mod logstore;
 pub mod net;
+pub mod num;
 pub mod providers;
 pub mod record;
 pub mod reqid;

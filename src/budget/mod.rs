@@ -43,7 +43,7 @@ type SpendWindows = Windows<40>;
 /// USD to micro-dollars, rounded up (a charge is never under-counted).
 pub fn micros(usd: f64) -> u64 {
     if usd.is_finite() && usd > 0.0 {
-        (usd * 1e6).ceil() as u64
+        crate::num::ceil_u64(usd * 1e6)
     } else {
         0
     }
@@ -130,7 +130,7 @@ impl Spend {
         } else {
             s.previous_weight
         };
-        (self.windows.previous_of(w) as f64 * weight).ceil() as u64
+        crate::num::ceil_u64(self.windows.previous_of(w) as f64 * weight)
     }
 
     /// Reserves `amount` if the budget is not spent and it fits.
@@ -177,6 +177,9 @@ struct Prepared {
     /// (not the amount: a new amount applies from the next window).
     fingerprint: u64,
     amount: u64,
+    /// The bucket of the scope value this budget saw last (the same key asks
+    /// again and again): found again without hashing the value.
+    last: RefCell<Option<(Box<str>, Arc<Bucket>)>>,
 }
 
 fn prepare(rules: &[BudgetRule]) -> Vec<Prepared> {
@@ -188,6 +191,7 @@ fn prepare(rules: &[BudgetRule]) -> Vec<Prepared> {
             ),
             amount: micros(r.usd),
             rule: r.clone(),
+            last: RefCell::new(None),
         })
         .collect()
 }
@@ -322,6 +326,19 @@ pub struct ShardBudgets {
     calendar: std::cell::Cell<[Option<(BudgetWindow, Slot)>; 2]>,
 }
 
+/// What a request brings to a reservation.
+#[derive(Clone, Copy, Debug)]
+pub struct Ask {
+    /// `None`: the model has no price (nothing can be reserved).
+    pub rates: Option<Rates>,
+    /// The request body's size (its input tokens are at most this many).
+    pub input_bytes: u64,
+    pub max_tokens: Option<u64>,
+    /// How many answers it asks for (`n`).
+    pub choices: u64,
+    pub now_ms: u64,
+}
+
 /// The worst case a request may cost, by price: USD per input and per output token.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Rates {
@@ -368,6 +385,18 @@ impl ShardBudgets {
     }
 
     fn bucket(&self, p: &Prepared, value: &str) -> Arc<Bucket> {
+        let mut last = p.last.borrow_mut();
+        if let Some((v, b)) = last.as_ref()
+            && **v == *value
+        {
+            return b.clone();
+        }
+        let b = self.find_bucket(p, value);
+        *last = Some((value.into(), b.clone()));
+        b
+    }
+
+    fn find_bucket(&self, p: &Prepared, value: &str) -> Arc<Bucket> {
         let key = (p.fingerprint, xxhash_rust::xxh3::xxh3_64(value.as_bytes()));
         let mut map = self.local.borrow_mut();
         if let Some(b) = map.get(&key) {
@@ -393,8 +422,35 @@ impl ShardBudgets {
         choices: u64,
         now_ms: u64,
     ) -> Result<Reservation, GatewayError> {
-        let rules = self.rules.borrow().clone();
         let mut r = Reservation::default();
+        let ask = Ask {
+            rates,
+            input_bytes,
+            max_tokens,
+            choices,
+            now_ms,
+        };
+        self.reserve_into(who, &ask, &mut r)?;
+        Ok(r)
+    }
+
+    /// [`ShardBudgets::reserve`] into `r` (empty: it is filled where it
+    /// lives, not moved; refused, it is left empty).
+    pub fn reserve_into(
+        &self,
+        who: &Subject<'_>,
+        ask: &Ask,
+        r: &mut Reservation,
+    ) -> Result<(), GatewayError> {
+        debug_assert!(r.is_empty());
+        let Ask {
+            rates,
+            input_bytes,
+            max_tokens,
+            choices,
+            now_ms,
+        } = *ask;
+        let rules = self.rules.borrow().clone();
         for p in rules.iter() {
             if !who.matches(&p.rule.models) {
                 continue;
@@ -419,12 +475,13 @@ impl ShardBudgets {
                     slot: s,
                 }),
                 Err(spent) => {
-                    drop(r);
+                    // What earlier budgets reserved goes back.
+                    *r = Reservation::default();
                     return Err(exhausted(p, value, spent, amount, worst, &s, now_ms));
                 }
             }
         }
-        Ok(r)
+        Ok(())
     }
 }
 

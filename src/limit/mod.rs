@@ -190,11 +190,31 @@ struct Prepared {
     /// window (not its limit: a reload that changes only the limit keeps counts).
     fingerprint: u64,
     window_ms: u64,
-    /// `x-ratelimit-limit-<requests|tokens>: N` with its CRLF, rendered once.
+    /// `x-ratelimit-limit-<what>: N` with its CRLF, then
+    /// `x-ratelimit-remaining-<what>: `, rendered once.
     limit_line: Vec<u8>,
-    /// The last reset rendered, by the value it was rendered for (it changes
-    /// once a second at most, and takes divisions to write).
+    /// The last reset rendered (`\r\nx-ratelimit-reset-<what>: 1m2s\r\n`,
+    /// ending the remaining line), by the value it was rendered for (it
+    /// changes once a second at most, and takes divisions to write).
     reset: RefCell<(u64, Vec<u8>)>,
+    /// The bucket of the scope value this rule saw last (the same key asks
+    /// again and again): found again without hashing the value.
+    last: RefCell<Option<(Box<str>, Rc<Local>)>>,
+}
+
+/// What a rule's headers count: `requests` or `tokens` (OpenAI's names).
+fn what(r: &RateRule) -> &'static str {
+    if r.count.is_tokens() {
+        "tokens"
+    } else {
+        "requests"
+    }
+}
+
+impl Prepared {
+    fn what(&self) -> &'static str {
+        what(&self.rule)
+    }
 }
 
 fn fingerprint(r: &RateRule) -> u64 {
@@ -264,20 +284,19 @@ impl ShardLimiter {
         let prepared = rules
             .iter()
             .map(|r| {
-                let what = if r.count.is_tokens() {
-                    "tokens"
-                } else {
-                    "requests"
-                };
+                let what = what(r);
                 let mut limit_line = format!("x-ratelimit-limit-{what}: ").into_bytes();
                 push_decimal(&mut limit_line, r.limit);
-                limit_line.extend_from_slice(b"\r\n");
+                limit_line.extend_from_slice(b"\r\nx-ratelimit-remaining-");
+                limit_line.extend_from_slice(what.as_bytes());
+                limit_line.extend_from_slice(b": ");
                 Prepared {
                     rule: r.clone(),
                     fingerprint: fingerprint(r),
                     window_ms: r.window.as_millis().max(1) as u64,
                     limit_line,
                     reset: RefCell::new((u64::MAX, Vec::new())),
+                    last: RefCell::new(None),
                 }
             })
             .collect();
@@ -288,7 +307,19 @@ impl ShardLimiter {
         self.rules.borrow().is_empty()
     }
 
-    fn local(&self, fingerprint: u64, value: &str, window_ms: u64) -> Rc<Local> {
+    fn local(&self, p: &Prepared, value: &str) -> Rc<Local> {
+        let mut last = p.last.borrow_mut();
+        if let Some((v, l)) = last.as_ref()
+            && **v == *value
+        {
+            return l.clone();
+        }
+        let l = self.find_local(p.fingerprint, value, p.window_ms);
+        *last = Some((value.into(), l.clone()));
+        l
+    }
+
+    fn find_local(&self, fingerprint: u64, value: &str, window_ms: u64) -> Rc<Local> {
         let key = (fingerprint, xxhash_rust::xxh3::xxh3_64(value.as_bytes()));
         let mut map = self.local.borrow_mut();
         if let Some(l) = map.get(&key) {
@@ -308,24 +339,29 @@ impl ShardLimiter {
         l
     }
 
-    /// Admits the request under every rule that applies, or refuses it with
+    /// [`ShardLimiter::admit_into`] a fresh admission.
+    pub fn admit(&self, ask: &Ask<'_>) -> Result<Admission, GatewayError> {
+        let mut admission = Admission::default();
+        self.admit_into(ask, &mut admission)?;
+        Ok(admission)
+    }
+
+    /// Admits the request under every rule that applies into `admission`
+    /// (empty: it is filled where it lives, not moved), or refuses it with
     /// the first rule it would break (a 429 naming the rule, with
     /// `Retry-After` and the rate-limit headers). Nothing is taken from any
     /// rule when one refuses.
-    pub fn admit(&self, ask: &Ask<'_>) -> Result<Admission, GatewayError> {
+    pub fn admit_into(&self, ask: &Ask<'_>, admission: &mut Admission) -> Result<(), GatewayError> {
+        debug_assert!(admission.is_empty());
         let rules = self.rules.borrow().clone();
-        let mut admission = Admission {
-            held: SmallVec::new(),
-            headers: Vec::with_capacity(256),
-        };
         let mut best: [Option<Shown>; 2] = [None, None];
-        for p in rules.iter() {
+        for (at, p) in rules.iter().enumerate() {
             let r = &p.rule;
             if !ask.subject.matches(&r.models) {
                 continue;
             }
             let value = ask.subject.value(&r.scope);
-            let local = self.local(p.fingerprint, value, p.window_ms);
+            let local = self.local(p, value);
             let now = window::position(ask.now_ms, p.window_ms);
             let sliding = r.technique == Technique::Sliding;
             let mut refused = |refusal: Option<Refusal>, want: u64| {
@@ -371,7 +407,7 @@ impl ShardLimiter {
                     local.holders.set(local.holders.get() + 1);
                     // As of the lease (others' use since is not seen: an estimate).
                     let remaining = local.lease_room.get() + local.lease_left.get();
-                    show(&mut best[0], p, remaining, ask.now_ms);
+                    show(&mut best[0], at, p, remaining, ask.now_ms);
                     admission.held.push(Held {
                         kind: Kind::Request {
                             window: local.lease_window.get(),
@@ -393,7 +429,7 @@ impl ShardLimiter {
                     .max(1);
                     match local.bucket.counter.take(now, sliding, r.limit, want, want) {
                         Ok(g) => {
-                            show(&mut best[1], p, g.remaining, ask.now_ms);
+                            show(&mut best[1], at, p, g.remaining, ask.now_ms);
                             admission.held.push(Held {
                                 local,
                                 kind: Kind::Tokens {
@@ -409,56 +445,55 @@ impl ShardLimiter {
                 }
             }
         }
-        for (s, what) in best.iter().zip(["requests", "tokens"]) {
-            if let Some(s) = s {
-                s.write(&mut admission.headers, what);
-            }
+        if best.iter().any(Option::is_some) {
+            admission.shown = best;
+            admission.rules = Some(rules);
         }
-        Ok(admission)
+        Ok(())
     }
 }
 
 /// The tightest rule of a kind, for the success headers.
-struct Shown<'a> {
-    rule: &'a Prepared,
+#[derive(Clone, Copy, Debug)]
+struct Shown {
+    /// Its place in the rules the admission keeps.
+    rule: usize,
     remaining: u64,
     reset_ms: u64,
 }
 
-impl Shown<'_> {
+impl Shown {
     /// Hand-formatted: this runs for every admitted request.
-    fn write(&self, out: &mut Vec<u8>, what: &str) {
-        out.extend_from_slice(&self.rule.limit_line);
-        out.extend_from_slice(b"x-ratelimit-remaining-");
-        out.extend_from_slice(what.as_bytes());
-        out.extend_from_slice(b": ");
+    fn write(&self, rule: &Prepared, out: &mut Vec<u8>) {
+        out.extend_from_slice(&rule.limit_line);
         push_decimal(out, self.remaining);
-        out.extend_from_slice(b"\r\nx-ratelimit-reset-");
-        out.extend_from_slice(what.as_bytes());
-        out.extend_from_slice(b": ");
         // Seconds from 1 s on, as written: rendered once per value.
         let key = if self.reset_ms < 1000 {
             self.reset_ms
         } else {
             self.reset_ms.div_ceil(1000) * 1000
         };
-        let mut cached = self.rule.reset.borrow_mut();
+        let mut cached = rule.reset.borrow_mut();
         if cached.0 != key {
-            cached.1.clear();
-            push_go_duration(&mut cached.1, key);
+            let line = &mut cached.1;
+            line.clear();
+            line.extend_from_slice(b"\r\nx-ratelimit-reset-");
+            line.extend_from_slice(rule.what().as_bytes());
+            line.extend_from_slice(b": ");
+            push_go_duration(line, key);
+            line.extend_from_slice(b"\r\n");
             cached.0 = key;
         }
         out.extend_from_slice(&cached.1);
-        out.extend_from_slice(b"\r\n");
     }
 }
 
-fn show<'a>(best: &mut Option<Shown<'a>>, p: &'a Prepared, remaining: u64, now_ms: u64) {
+fn show(best: &mut Option<Shown>, at: usize, p: &Prepared, remaining: u64, now_ms: u64) {
     if best.as_ref().is_some_and(|b| b.remaining <= remaining) {
         return;
     }
     *best = Some(Shown {
-        rule: p,
+        rule: at,
         remaining,
         reset_ms: p.window_ms - now_ms % p.window_ms,
     });
@@ -593,11 +628,28 @@ struct Held {
 pub struct Admission {
     /// Inline for the usual few rules: no allocation per request.
     held: SmallVec<[Held; 4]>,
-    /// `x-ratelimit-*` lines for a successful answer (the tightest rule of each kind).
-    pub headers: Vec<u8>,
+    /// The tightest rule of each kind (requests, tokens), for the success
+    /// headers, rendered only when they are written.
+    shown: [Option<Shown>; 2],
+    /// The rules `shown` points into (a reload may have replaced the shard's since).
+    rules: Option<Rc<Vec<Prepared>>>,
 }
 
 impl Admission {
+    /// Writes the `x-ratelimit-*` lines of a successful answer (nothing when
+    /// no rule applied).
+    pub fn write_headers(&self, out: &mut Vec<u8>) {
+        let Some(rules) = &self.rules else { return };
+        for s in self.shown.iter().flatten() {
+            s.write(&rules[s.rule], out);
+        }
+    }
+
+    /// Whether [`Admission::write_headers`] writes anything.
+    pub fn has_headers(&self) -> bool {
+        self.rules.is_some()
+    }
+
     /// The answer came from the cache: token reservations are given back, and
     /// `requests` units too unless the rule counts cache hits.
     pub fn cache_hit(&mut self) {
@@ -755,7 +807,9 @@ mod tests {
             1,
         );
         let first = s.admit(&ask(Some("k"), NONE)).unwrap();
-        let shown = String::from_utf8(first.headers.clone()).unwrap();
+        let mut lines = Vec::new();
+        first.write_headers(&mut lines);
+        let shown = String::from_utf8(lines).unwrap();
         assert!(
             shown.contains("x-ratelimit-remaining-requests: 0"),
             "{shown}"

@@ -172,7 +172,7 @@ fn weighted(previous: u64, elapsed: f64, w: u32, asked: u32) -> u64 {
     } else {
         elapsed
     };
-    (previous as f64 * (1.0 - elapsed)).ceil() as u64
+    crate::num::ceil_u64(previous as f64 * (1.0 - elapsed))
 }
 
 /// A bucket's counts. Shared by every shard (one per rule and scope value).

@@ -28,7 +28,7 @@ use super::respond::{CacheLine, CachedHead};
 use super::shard::ShardCtx;
 use super::taps::{FillTap, PayloadTap, Tap, TranslateTap, UsageTap};
 use crate::auth::{self, Carrier, KeyEntry};
-use crate::budget::{Rates, Reservation};
+use crate::budget::{self, Rates, Reservation};
 use crate::cache::flight::{End as FlightEnd, Flight, FlightHead, Leading};
 use crate::cache::key::KeyInput;
 use crate::cache::{self, Lookup, entry};
@@ -110,18 +110,19 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         .and_then(|m| prices.get(&plan.provider.name, m));
 
     // 1b. admission: the rate limits this request falls under
-    let (mut admission, mut reservation) = match admit(
-        ctx,
-        body_len(c, req),
-        &plan,
-        principal.as_deref(),
-        &wish,
-        &rec,
-        priced,
-    ) {
-        Ok(a) => a,
-        Err(e) => return answer_error(ctx, c, rec, &e, keep_alive).await,
+    let mut admission = Admission::default();
+    let mut reservation = Reservation::default();
+    let inputs = AdmitInputs {
+        body_len: body_len(c, req),
+        plan: &plan,
+        key: principal.as_deref(),
+        wish: &wish,
+        rec: &rec,
+        price: priced,
     };
+    if let Err(e) = admit(ctx, inputs, &mut admission, &mut reservation) {
+        return answer_error(ctx, c, rec, &e, keep_alive).await;
+    }
 
     // 1c. cache: a hit answers here; a miss leads or follows the one upstream call
     let mut lead = None;
@@ -160,18 +161,16 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
             .model
             .as_deref()
             .and_then(|m| prices.get(&plan.provider.name, m));
-        let (a, r) = admit(
-            ctx,
-            request_len,
+        admission = Admission::default();
+        let inputs = AdmitInputs {
+            body_len: request_len,
             plan,
-            principal.as_deref(),
-            &wish,
+            key: principal.as_deref(),
+            wish: &wish,
             rec,
-            priced,
-        )?;
-        admission = a;
-        reservation = r;
-        Ok(())
+            price: priced,
+        };
+        admit(ctx, inputs, &mut admission, &mut reservation)
     };
     let attempted = attempts(ctx, c, req, &mut plan, &wish, &mut rec, &mut readmit).await;
     // A route's serving target sets the price (and the record's provider and model).
@@ -284,7 +283,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         ttfb: reply.ttfb,
         framing: framing.client,
         cache: cache_line(&rec),
-        limits: &admission.headers,
+        limits: Some(&admission),
         step: plan
             .routing
             .as_ref()
@@ -707,14 +706,14 @@ fn restrict_route(
 /// The gateway's header lines for an answer no provider made for this
 /// request (a cache hit or a shared answer): rate-limit counts, and its cost
 /// (nothing) when asked.
-fn answer_headers<'a>(admission: &'a Admission, wish: &Wish) -> std::borrow::Cow<'a, [u8]> {
+fn answer_headers(admission: &Admission, wish: &Wish) -> Vec<u8> {
+    // No allocation when there is nothing to say.
+    let mut h = Vec::new();
+    admission.write_headers(&mut h);
     if wish.include_cost {
-        let mut h = admission.headers.clone();
         h.extend_from_slice(b"aigw-cost: 0\r\n");
-        h.into()
-    } else {
-        admission.headers.as_slice().into()
     }
+    h
 }
 
 /// The request's own prices; under a budget, never below the table's.
@@ -774,20 +773,37 @@ fn insert_cost_header(answer: &mut Vec<u8>, cost: Option<f64>) {
     answer.splice(end..end, line.into_bytes());
 }
 
+/// What stage 1b reads of a request.
+#[derive(Clone, Copy)]
+struct AdmitInputs<'a> {
+    body_len: u64,
+    plan: &'a Plan,
+    key: Option<&'a KeyEntry>,
+    wish: &'a Wish,
+    rec: &'a RequestRecord,
+    price: Option<&'a Price>,
+}
+
 /// Stage 1b: admission under the rate limits, then the budgets' reservation
-/// of the request's worst-case cost (none configured: nothing to do).
+/// of the request's worst-case cost (none configured: nothing to do). Both
+/// are filled where they live (the caller's, empty), not moved.
 fn admit(
     ctx: &ShardCtx,
-    body_len: u64,
-    plan: &Plan,
-    key: Option<&KeyEntry>,
-    wish: &Wish,
-    rec: &RequestRecord,
-    price: Option<&Price>,
-) -> Result<(Admission, Reservation), GatewayError> {
+    inputs: AdmitInputs<'_>,
+    admission: &mut Admission,
+    reservation: &mut Reservation,
+) -> Result<(), GatewayError> {
+    let AdmitInputs {
+        body_len,
+        plan,
+        key,
+        wish,
+        rec,
+        price,
+    } = inputs;
     let (limiter, budgets) = (ctx.limiter(), ctx.budgets());
     if limiter.is_empty() && budgets.is_empty() {
-        return Ok((Admission::default(), Reservation::default()));
+        return Ok(());
     }
     let subject = Subject {
         key_id: key.map(|k| &*k.id),
@@ -801,16 +817,19 @@ fn admit(
             .or_else(|| rec.log.as_ref().and_then(|l| l.metadata.as_ref())),
     };
     let now_ms = now_unix_ms();
-    let admission = limiter.admit(&Ask {
-        subject,
-        // About four bytes of JSON per token.
-        input_estimate: body_len.div_ceil(4),
-        max_tokens: plan.max_tokens,
-        choices: plan.choices,
-        now_ms,
-    })?;
+    limiter.admit_into(
+        &Ask {
+            subject,
+            // About four bytes of JSON per token.
+            input_estimate: body_len.div_ceil(4),
+            max_tokens: plan.max_tokens,
+            choices: plan.choices,
+            now_ms,
+        },
+        admission,
+    )?;
     if budgets.is_empty() {
-        return Ok((admission, Reservation::default()));
+        return Ok(());
     }
     // Prices per token, the request's own over the table's, never below them.
     let floored = wish.custom_cost.map(|c| cost::floored(&c, price));
@@ -824,22 +843,19 @@ fn admit(
     let rates = input
         .zip(output)
         .map(|(input, output)| Rates { input, output });
-    let mut admission = admission;
-    match budgets.reserve(
-        &subject,
+    let ask = budget::Ask {
         rates,
-        body_len,
-        plan.max_tokens,
-        plan.choices,
+        input_bytes: body_len,
+        max_tokens: plan.max_tokens,
+        choices: plan.choices,
         now_ms,
-    ) {
-        Ok(reservation) => Ok((admission, reservation)),
-        Err(e) => {
+    };
+    budgets
+        .reserve_into(&subject, &ask, reservation)
+        .inspect_err(|_| {
             // Refused: what the rate limits took goes back.
             admission.undo();
-            Err(e)
-        }
-    }
+        })
 }
 
 /// What the cache stage decided.

@@ -9,6 +9,7 @@ use crate::error::{GatewayError, provider_reason};
 use crate::http::request::Method;
 use crate::http::response::{ResponseBody, ResponseHead};
 use crate::http::{is_hop_by_hop, push_decimal, tokens};
+use crate::limit::Admission;
 use crate::record::CacheStatus;
 use crate::reqid::RequestId;
 use std::time::Duration;
@@ -79,9 +80,9 @@ pub struct ClientHead<'a> {
     pub framing: ClientFraming,
     /// The cache status line to send, if the cache looked at this request.
     pub cache: Option<CacheLine>,
-    /// The gateway's `x-ratelimit-*` lines (empty: no rule applied, and the
-    /// provider's own pass through).
-    pub limits: &'a [u8],
+    /// What the rate limits admitted: the gateway's `x-ratelimit-*` lines
+    /// (none when no rule applied, and the provider's own pass through).
+    pub limits: Option<&'a Admission>,
     /// Which target of a route served (`aigw-step`, or `cf-aig-step` on
     /// Cloudflare-layout requests), 0-based.
     pub step: Option<(usize, bool)>,
@@ -218,12 +219,13 @@ pub fn provider_head(out: &mut Vec<u8>, h: &ClientHead<'_>, rh: &ResponseHead, w
         provider_reason(rh.status, rh.reason.get(window)),
     );
     let listed = crate::http::connection_listed(&rh.headers, window);
+    let limits = h.limits.filter(|a| a.has_headers());
     for x in &rh.headers {
         let name = x.name.get(window);
         let keep_length = h.method == Method::Head && name.eq_ignore_ascii_case(b"content-length");
         if (!keep_length && is_hop_by_hop(name))
             || listed(name)
-            || (!h.limits.is_empty() && is_rate_limit(name))
+            || (limits.is_some() && is_rate_limit(name))
         {
             continue;
         }
@@ -233,7 +235,9 @@ pub fn provider_head(out: &mut Vec<u8>, h: &ClientHead<'_>, rh: &ResponseHead, w
         out.extend_from_slice(b"\r\n");
     }
     push_ours(out, h.id, h.provider, h.model);
-    out.extend_from_slice(h.limits);
+    if let Some(a) = limits {
+        a.write_headers(out);
+    }
     if let Some((step, cloudflare)) = h.step {
         out.extend_from_slice(if cloudflare {
             b"cf-aig-step: "
@@ -363,7 +367,7 @@ mod tests {
             ttfb: Duration::from_micros(5),
             framing: ClientFraming::for_body(rh.body(), false, false),
             cache: None,
-            limits: b"",
+            limits: None,
             step: None,
         };
         let mut out = Vec::new();

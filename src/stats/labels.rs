@@ -122,7 +122,9 @@ impl LabelCounters {
             .saturating_add(r.usage.cached_tokens.unwrap_or(0));
         match r.cost {
             Some(usd) => {
-                self.cost_nanos = self.cost_nanos.saturating_add((usd * 1e9).round() as u64);
+                self.cost_nanos = self
+                    .cost_nanos
+                    .saturating_add(crate::num::round_u64(usd * 1e9));
             }
             None if r.provider.is_some() => self.cost_unknown += 1,
             None => {}
@@ -356,7 +358,9 @@ impl KeyCounters {
                 .saturating_add(r.usage.output_tokens.unwrap_or(0));
         }
         if let Some(usd) = r.cost {
-            self.cost_nanos = self.cost_nanos.saturating_add((usd * 1e9).round() as u64);
+            self.cost_nanos = self
+                .cost_nanos
+                .saturating_add(crate::num::round_u64(usd * 1e9));
         }
     }
 
