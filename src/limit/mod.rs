@@ -801,6 +801,37 @@ mod tests {
     }
 
     #[test]
+    fn success_lines_name_the_tightest_rule_of_each_kind_exactly() {
+        let (_, s) = limiter(
+            "[[rate_limits]]\nscope = \"key\"\ncount = \"requests\"\nlimit = 10\nwindow = \"60s\"\ntechnique = \"fixed\"\n\
+             [[rate_limits]]\nscope = \"key\"\ncount = \"requests\"\nlimit = 5\nwindow = \"1h\"\ntechnique = \"fixed\"\n\
+             [[rate_limits]]\nscope = \"key\"\ncount = \"total_tokens\"\nlimit = 1000\nwindow = \"60s\"\ntechnique = \"fixed\"\n",
+            1,
+        );
+        let lines = |a: &Admission| {
+            let mut out = Vec::new();
+            a.write_headers(&mut out);
+            String::from_utf8(out).unwrap()
+        };
+        let first = s.admit(&ask(Some("k"), NONE)).unwrap();
+        // 1,000,000 ms: 20 s left in its minute, 2,600 s (43m20s) in its hour.
+        let want = "x-ratelimit-limit-requests: 5\r\nx-ratelimit-remaining-requests: 4\r\nx-ratelimit-reset-requests: 43m20s\r\n\
+                    x-ratelimit-limit-tokens: 1000\r\nx-ratelimit-remaining-tokens: 850\r\nx-ratelimit-reset-tokens: 20s\r\n";
+        assert_eq!(lines(&first), want);
+        // The rendered reset is remembered per value: a second admission
+        // (another second) renders its own.
+        let mut later = ask(Some("k"), NONE);
+        later.now_ms += 1000;
+        let second = s.admit(&later).unwrap();
+        assert!(lines(&second).contains("x-ratelimit-reset-tokens: 19s\r\n"));
+        assert!(lines(&second).contains("x-ratelimit-remaining-requests: 3\r\n"));
+        // A reload does not change what an admission already holds.
+        s.set_rules(&[]);
+        assert_eq!(lines(&first), want);
+        assert!(!s.admit(&ask(Some("k"), NONE)).unwrap().has_headers());
+    }
+
+    #[test]
     fn a_refusal_names_the_rule_and_says_when_to_retry() {
         let (_, s) = limiter(
             "[[rate_limits]]\nname = \"tiny\"\nscope = \"key\"\ncount = \"requests\"\nlimit = 1\nwindow = \"60s\"\ntechnique = \"fixed\"\n",
