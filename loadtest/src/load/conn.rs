@@ -13,11 +13,10 @@
 //! leaves when the previous one completes; latency is counted from the send.
 
 use super::body::RequestFactory;
+use super::event::{Stream, sleep};
 use super::response::{BodyDecoder, Feed, HeadParse, ProtocolError, SseScanner, parse_head};
 use super::sock;
 use super::stats::{ErrorKind, Stats, micros};
-use glommio::net::TcpStream;
-use glommio::timer::sleep;
 use std::cell::RefCell;
 use std::fmt;
 use std::io;
@@ -71,7 +70,7 @@ pub struct Connection {
     pub pacing: Pacing,
     pub clock: RunClock,
     pub timeout: Duration,
-    /// Socket tries before waiting through io_uring (0: wait at once).
+    /// Socket tries before waiting on it (0: wait at once).
     pub spin: usize,
     /// Measure server-sent events (time to first event, gaps).
     pub stream: bool,
@@ -115,7 +114,7 @@ impl Failure {
 /// Runs one connection until the run's end; returns after its last response.
 pub async fn run_connection(mut c: Connection) {
     let mut buf = vec![0u8; READ_BUFFER];
-    let mut stream: Option<TcpStream> = None;
+    let mut stream: Option<Stream> = None;
 
     let mut due = match c.pacing {
         Pacing::Open { first, .. } => first,
@@ -170,11 +169,11 @@ pub async fn run_connection(mut c: Connection) {
             let lag = micros(Instant::now().saturating_duration_since(origin));
             record(&c, measured, |s| s.send_lag.saturating_record(lag));
         }
-        let conn = stream.as_mut().expect("connected above");
+        let conn = stream.as_ref().expect("connected above");
         let request = c.requests.next_request();
         let mut sse = c.stream.then(SseState::default);
         c.recorder.borrow_mut().in_flight += 1;
-        let result = exchange(conn, request, &mut buf, sse.as_mut(), c.spin).await;
+        let result = exchange(conn, request, &mut buf, sse.as_mut(), c.spin, c.timeout).await;
         c.recorder.borrow_mut().in_flight -= 1;
         match result {
             Ok(done) => {
@@ -225,12 +224,8 @@ fn record(c: &Connection, measured: bool, f: impl FnOnce(&mut Stats)) {
     });
 }
 
-async fn connect(addr: SocketAddr, timeout: Duration) -> glommio::Result<TcpStream, ()> {
-    let stream = TcpStream::connect_timeout(addr, timeout).await?;
-    stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    Ok(stream)
+async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<Stream> {
+    Stream::connect(addr, timeout).await
 }
 
 /// A complete response.
@@ -284,16 +279,19 @@ impl SseState {
 
 /// Writes one request and reads its whole response.
 async fn exchange(
-    conn: &mut TcpStream,
+    conn: &Stream,
     request: &[u8],
     buf: &mut [u8],
     mut sse: Option<&mut SseState>,
     spin: usize,
+    timeout: Duration,
 ) -> Result<Done, Failure> {
-    sock::write_all(conn, request, spin).await?;
+    // Each read and write may wait `timeout`.
+    let deadline = || Instant::now() + timeout;
+    sock::write_all(conn, request, deadline()).await?;
     let mut filled = 0;
     let (head, head_len) = loop {
-        let n = sock::read(conn, &mut buf[filled..], spin).await?;
+        let n = sock::read(conn, &mut buf[filled..], spin, deadline()).await?;
         if n == 0 {
             return Err(Failure::Closed);
         }
@@ -331,7 +329,7 @@ async fn exchange(
     };
     let mut state = feed(&mut decoder, &buf[head_len..filled]).map_err(Failure::Protocol)?;
     while state == Feed::NeedMore {
-        let n = sock::read(conn, buf, spin).await?;
+        let n = sock::read(conn, buf, spin, deadline()).await?;
         if n == 0 {
             decoder.finish_at_eof().map_err(Failure::Protocol)?;
             return Ok(Done {

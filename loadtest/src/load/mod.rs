@@ -4,13 +4,13 @@
 //! - `config`   — the typed run configuration and flag parsers;
 //! - `body`     — request bytes: chat-completion templates, prompt pool
 //!   (`--hit-ratio`), fixed or JSONL bodies;
-//! - `run`      — one pinned glommio executor per CPU, the run clock, the
-//!   main thread's progress loop, the report per target;
-//! - `shard`    — an executor's share of the connections and its snapshots;
+//! - `run`      — one pinned thread per CPU, the run clock, the main
+//!   thread's progress loop, the report per target;
+//! - `shard`    — a thread's share of the connections and its snapshots;
+//! - `event`    — each thread's event loop: tasks, epoll, timers;
 //! - `conn`     — one keep-alive connection: pacing (open or closed loop),
 //!   send, read, record; coordinated omission is corrected here;
-//! - `sock`     — reads and writes that ask the socket directly before
-//!   waiting through glommio;
+//! - `sock`     — reads that ask the socket a few times before waiting;
 //! - `response` — response framing (head, Content-Length, chunked, SSE events);
 //! - `stats`    — histograms and counters; `progress` merges them;
 //! - `cpu`      — CPU time from /proc for CPU-µs per request;
@@ -23,6 +23,7 @@ pub mod body;
 pub mod config;
 pub mod conn;
 pub mod cpu;
+pub mod event;
 pub mod progress;
 pub mod report;
 pub mod response;

@@ -1,6 +1,7 @@
 //! Running aigw-load: the whole story of a run, target by target.
 //!
-//! Owns: the executor pool (one pinned glommio executor per `--cpus` entry),
+//! Owns: the generator threads (one pinned to each `--cpus` entry, each
+//! running its own event loop, `event.rs`),
 //! the run's clock, the main thread's loop (progress lines, CPU samples at the
 //! measured window's edges) and assembling the `Report`. Targets run one
 //! after the other, each with its own warm-up and measured window, so they
@@ -10,22 +11,17 @@ use super::body::RequestPlan;
 use super::config::{LoadConfig, Mode, Target, parse_cpu_list};
 use super::conn::RunClock;
 use super::cpu::{process_cpu, processes_cpu};
+use super::event;
 use super::progress::Collector;
 use super::report::{CpuUse, Report, TargetReport};
 use super::shard::{ShardPlan, Snapshot, run_shard};
-use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// Memory each executor registers with io_uring. Sockets do not use it; kept
-/// small so several executors stay under an 8 MiB memlock limit (glommio's
-/// default is 10 MiB per executor; see glommio-notes §1.3).
-pub const IO_MEMORY: usize = 512 * 1024;
-/// Time between starting the executors and the first request, so every
-/// executor is up and connected before the clock starts.
+/// Time between starting the threads and the first request, so every
+/// thread is up before the clock starts.
 pub const STARTUP_GRACE: Duration = Duration::from_millis(200);
 /// Extra time after the last read timeout before unfinished requests are
 /// abandoned and counted as timeouts.
@@ -103,18 +99,21 @@ fn run_target(
         stream: cfg.stream,
         snapshots: tx,
     };
-    let next_index = Arc::new(AtomicUsize::new(0));
-    let handles = executor_pool(&cfg.cpus)
-        .on_all_shards(move || async move {
-            let index = next_index.fetch_add(1, Ordering::Relaxed);
-            run_shard(plan, index).await
-        })
-        .map_err(|e| {
-            RunError(format!(
-                "cannot start executors on CPUs {:?}: {e}",
-                cfg.cpus
-            ))
-        })?;
+    let mut handles = Vec::with_capacity(cfg.cpus.len());
+    for (index, &cpu) in cfg.cpus.iter().enumerate() {
+        let plan = plan.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("aigw-load-{index}"))
+            .spawn(move || {
+                event::pin_to_cpu(cpu).map_err(|e| format!("cannot pin to CPU {cpu}: {e}"))?;
+                event::block_on(run_shard(plan, index));
+                Ok::<(), String>(())
+            })
+            .map_err(|e| RunError(format!("cannot start a thread for CPU {cpu}: {e}")))?;
+        handles.push(handle);
+    }
+    // The threads hold the only senders now: the loop below ends when they do.
+    drop(plan);
 
     // Main loop: merge snapshots, print progress, sample CPU at the window's edges.
     let mut collector = Collector::default();
@@ -152,9 +151,13 @@ fn run_target(
         }
     }
     let cpu_at_end = cpu_at_end.unwrap_or_else(|| sample_cpu(cfg));
-    for (i, result) in handles.join_all().into_iter().enumerate() {
-        // Executor creation errors (memlock, affinity) surface here, not earlier.
-        result.map_err(|e| RunError(format!("executor {i} failed: {e}")))?;
+    for (i, handle) in handles.into_iter().enumerate() {
+        // Pinning errors surface here, not earlier.
+        match handle.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(RunError(format!("generator thread {i} failed: {e}"))),
+            Err(_) => return Err(RunError(format!("generator thread {i} panicked"))),
+        }
     }
 
     let mut report = TargetReport::new(
@@ -193,27 +196,8 @@ fn run_target(
     Ok(report)
 }
 
-/// One executor per CPU, pinned; small registered memory; no spinning
-/// (spin_before_park hurts when the load generator shares cores, §9).
-fn executor_pool(cpus: &[usize]) -> LocalExecutorPoolBuilder {
-    let online = CpuSet::online().ok();
-    let sets = cpus
-        .iter()
-        .map(|&cpu| match &online {
-            Some(set) => set.clone().filter(|l| l.cpu == cpu),
-            None => CpuSet::online()
-                .expect("cpu topology")
-                .filter(|l| l.cpu == cpu),
-        })
-        .collect();
-    LocalExecutorPoolBuilder::new(PoolPlacement::Custom(sets))
-        .name("aigw-load")
-        .io_memory(IO_MEMORY)
-        .blocking_thread_pool_placement(PoolPlacement::Unbound(1))
-}
-
-/// Every requested CPU must be online and in our affinity mask (glommio checks
-/// only "online"; pinning outside the mask fails later with a vaguer error).
+/// Every requested CPU must be in our affinity mask (pinning outside it
+/// fails later with a vaguer error).
 fn check_cpus(cpus: &[usize]) -> Result<(), RunError> {
     if let Some(allowed) = allowed_cpus()
         && let Some(bad) = cpus.iter().find(|c| !allowed.contains(c))
@@ -221,9 +205,6 @@ fn check_cpus(cpus: &[usize]) -> Result<(), RunError> {
         return Err(RunError(format!(
             "CPU {bad} is not available to this process (allowed: {allowed:?})"
         )));
-    }
-    if CpuSet::online().is_err() {
-        return Err(RunError("cannot read the CPU topology".into()));
     }
     Ok(())
 }

@@ -7,9 +7,9 @@
 
 use super::body::{RequestFactory, RequestPlan};
 use super::conn::{Connection, Pacing, RunClock, ShardRecorder, run_connection};
+use super::event::{self, sleep};
 use super::stats::{ErrorKind, Stats};
 use futures_lite::future;
-use glommio::timer::sleep;
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -48,10 +48,6 @@ pub struct ShardPlan {
 
 /// Runs shard `index`'s connections to completion.
 pub async fn run_shard(plan: ShardPlan, index: usize) {
-    // glommio 0.9.0's first timer on an executor fires late (membarrier
-    // registration, 6-14 ms here): take that hit before the clock starts.
-    sleep(Duration::from_millis(1)).await;
-
     let recorder = Rc::new(RefCell::new(ShardRecorder::default()));
     let mine: Vec<usize> = (index..plan.connections).step_by(plan.shards).collect();
     let tasks: Vec<_> = mine
@@ -65,7 +61,7 @@ pub async fn run_shard(plan: ShardPlan, index: usize) {
                     every,
                 },
             };
-            glommio::spawn_local(run_connection(Connection {
+            event::spawn(run_connection(Connection {
                 addr: plan.addr,
                 requests: RequestFactory::new(plan.requests.clone(), j),
                 pacing,
@@ -81,7 +77,7 @@ pub async fn run_shard(plan: ShardPlan, index: usize) {
     let reporter = {
         let recorder = recorder.clone();
         let snapshots = plan.snapshots.clone();
-        glommio::spawn_local(async move {
+        event::spawn(async move {
             loop {
                 sleep(REPORT_INTERVAL).await;
                 send_snapshot(&recorder, &snapshots);
