@@ -65,7 +65,7 @@ struct Args {
     #[arg(long, default_value_t = NonZeroUsize::new(DEFAULT_POOL_SIZE).unwrap())]
     pool_size: NonZeroUsize,
     /// Ask each socket this many times (letting the other connections run in
-    /// between) before waiting through io_uring; 0 waits at once. Use 16 when
+    /// between) before waiting on it (epoll); 0 waits at once. Use 16 when
     /// the generator has its CPU to itself and the server answers in
     /// microseconds (a cache, nginx static): it then keeps up with wrk.
     #[arg(long, default_value_t = 0)]

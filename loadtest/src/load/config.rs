@@ -92,7 +92,7 @@ pub struct LoadConfig {
     /// Probability in [0, 1] that a template body reuses a pooled prompt.
     pub hit_ratio: f64,
     pub pool_size: NonZeroUsize,
-    /// Socket tries before waiting through io_uring (`--spin`; 0: wait at once).
+    /// Socket tries before waiting on it (`--spin`; 0: wait at once).
     pub spin: usize,
     pub timeout: Duration,
     pub max_error_rate: f64,
