@@ -1,2 +1,3 @@
+pub mod event;
 pub mod load;
 pub mod mock;

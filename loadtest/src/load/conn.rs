@@ -13,10 +13,10 @@
 //! leaves when the previous one completes; latency is counted from the send.
 
 use super::body::RequestFactory;
-use super::event::{Stream, sleep};
 use super::response::{BodyDecoder, Feed, HeadParse, ProtocolError, SseScanner, parse_head};
 use super::sock;
 use super::stats::{ErrorKind, Stats, micros};
+use crate::event::{Stream, sleep};
 use std::cell::RefCell;
 use std::fmt;
 use std::io;

@@ -7,7 +7,6 @@
 //! - `run`      — one pinned thread per CPU, the run clock, the main
 //!   thread's progress loop, the report per target;
 //! - `shard`    — a thread's share of the connections and its snapshots;
-//! - `event`    — each thread's event loop: tasks, epoll, timers;
 //! - `conn`     — one keep-alive connection: pacing (open or closed loop),
 //!   send, read, record; coordinated omission is corrected here;
 //! - `sock`     — reads that ask the socket a few times before waiting;
@@ -23,7 +22,6 @@ pub mod body;
 pub mod config;
 pub mod conn;
 pub mod cpu;
-pub mod event;
 pub mod progress;
 pub mod report;
 pub mod response;

@@ -1,7 +1,7 @@
 //! Running aigw-load: the whole story of a run, target by target.
 //!
 //! Owns: the generator threads (one pinned to each `--cpus` entry, each
-//! running its own event loop, `event.rs`),
+//! running its own event loop, `crate::event`),
 //! the run's clock, the main thread's loop (progress lines, CPU samples at the
 //! measured window's edges) and assembling the `Report`. Targets run one
 //! after the other, each with its own warm-up and measured window, so they
@@ -11,10 +11,10 @@ use super::body::RequestPlan;
 use super::config::{LoadConfig, Mode, Target, parse_cpu_list};
 use super::conn::RunClock;
 use super::cpu::{process_cpu, processes_cpu};
-use super::event;
 use super::progress::Collector;
 use super::report::{CpuUse, Report, TargetReport};
 use super::shard::{ShardPlan, Snapshot, run_shard};
+use crate::event;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError};

@@ -7,8 +7,8 @@
 
 use super::body::{RequestFactory, RequestPlan};
 use super::conn::{Connection, Pacing, RunClock, ShardRecorder, run_connection};
-use super::event::{self, sleep};
 use super::stats::{ErrorKind, Stats};
+use crate::event::{self, sleep};
 use futures_lite::future;
 use std::cell::RefCell;
 use std::net::SocketAddr;

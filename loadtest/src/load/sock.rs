@@ -9,7 +9,7 @@
 //! whatever shares the generator's core (the harness's mock), so it is a
 //! choice: `--spin N`, off by default.
 
-use super::event::{self, Stream};
+use crate::event::{self, Stream};
 use std::io;
 use std::time::Instant;
 
@@ -40,10 +40,10 @@ pub async fn read(
             other => return other,
         }
     }
-    stream.read(buf, deadline).await
+    stream.read_before(buf, deadline).await
 }
 
 /// Writes all of `bytes`, waiting (until `deadline`) while the socket is full.
 pub async fn write_all(stream: &Stream, bytes: &[u8], deadline: Instant) -> io::Result<()> {
-    stream.write_all(bytes, deadline).await
+    stream.write_all_before(bytes, deadline).await
 }

@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crate::event::Stream as TcpStream;
 use futures_lite::{AsyncReadExt as _, AsyncWriteExt as _, future};
-use glommio::net::TcpStream;
 use serde::Deserialize;
 
 use super::Shared;
@@ -676,7 +676,7 @@ impl Conn {
     /// FIN first, then read until the client closes (or [`LINGER`] passes),
     /// so the kernel never answers unread input with RST.
     async fn linger_close(&mut self) {
-        let _ = self.stream.shutdown(Shutdown::Write).await;
+        let _ = self.stream.shutdown(Shutdown::Write);
         let stream = &mut self.stream;
         let drain = async {
             let mut sink = [0u8; 4 * KIB];
@@ -777,7 +777,7 @@ fn capture(head: &http::Head<'_, '_>, body: &[u8]) -> CapturedRequest {
 
 async fn sleep(d: Duration) {
     if !d.is_zero() {
-        glommio::timer::sleep(d).await;
+        crate::event::sleep(d).await;
     }
 }
 

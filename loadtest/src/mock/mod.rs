@@ -1,8 +1,9 @@
 //! `aigw-mock`: a fast, scriptable, OpenAI-compatible mock LLM provider.
 //!
 //! Owns the server's lifecycle: typed configuration ([`MockConfig`]), the
-//! shard threads (one glommio executor each, all listening on one port via
-//! SO_REUSEPORT), and the [`MockServer`] handle that tests hold. It sits where
+//! shard threads (one epoll event loop each, [`crate::event`], all listening
+//! on one port via SO_REUSEPORT), and the [`MockServer`] handle that tests
+//! hold. It sits where
 //! a real provider would: at the far end of the gateway's upstream connection.
 //!
 //! Layout, in the order a request meets it:
@@ -56,9 +57,8 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
+use crate::event::{self, Listener};
 use futures_lite::future;
-use glommio::net::TcpListener;
-use glommio::{LocalExecutorBuilder, Placement};
 
 pub use cli::{Command, USAGE, parse_args};
 pub use knobs::{
@@ -67,16 +67,9 @@ pub use knobs::{
 pub use record::{CAPTURE_CAPACITY, CapturedRequest};
 pub use reply::{EMBEDDING_DIMS, completion_tokens, prompt_tokens, reply_text};
 
-/// Most shards one server may run. Each is a thread with its own io_uring;
-/// more than the cores of any machine we use is a mistake.
+/// Most shards one server may run. Each is a thread with its own event
+/// loop; more than the cores of any machine we use is a mistake.
 pub const MAX_SHARDS: usize = 256;
-
-/// Memory each shard registers with io_uring, three times (one per ring).
-/// glommio's 10 MiB default overflows an 8 MiB memlock limit (glommio notes
-/// §1.3). The mock does no DMA file I/O, so it needs almost none; 64 KiB
-/// (verified fine in the notes) lets a test process run dozens of mock shards
-/// within 8 MiB.
-const IO_MEMORY: usize = 64 * 1024;
 
 /// Pause after a failed accept (e.g. out of file descriptors) so the shard
 /// does not spin while the condition lasts.
@@ -223,7 +216,7 @@ pub struct MockServer {
     shared: Arc<Shared>,
     /// Dropping the sender wakes every shard's accept loop to stop.
     stop: Option<flume::Sender<()>>,
-    shards: Vec<glommio::ExecutorJoinHandle<()>>,
+    shards: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for MockServer {
@@ -239,7 +232,7 @@ impl MockServer {
     /// Starts the shards and returns once every one is listening.
     ///
     /// With port 0 the first shard picks the port and the others bind the same
-    /// one (glommio always sets SO_REUSEPORT).
+    /// one (every listener sets SO_REUSEPORT).
     pub fn start(cfg: MockConfig) -> io::Result<MockServer> {
         let defaults = cfg.knobs()?;
         let shared = Arc::new(Shared {
@@ -269,9 +262,9 @@ impl MockServer {
         cfg: &MockConfig,
         stop: flume::Receiver<()>,
     ) -> io::Result<SocketAddr> {
-        let placement = match cfg.cpus.as_slice() {
-            [] => Placement::Unbound,
-            cpus => Placement::Fixed(cpus[index % cpus.len()]),
+        let cpu = match cfg.cpus.as_slice() {
+            [] => None,
+            cpus => Some(cpus[index % cpus.len()]),
         };
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
         let shard = ShardStart {
@@ -282,11 +275,19 @@ impl MockServer {
             stall: cfg.stall,
             ready: ready_tx,
         };
-        let handle = LocalExecutorBuilder::new(placement)
-            .name(&format!("aigw-mock-{index}"))
-            .io_memory(IO_MEMORY)
-            .spawn(move || shard.run())
-            .map_err(io::Error::from)?;
+        let handle = std::thread::Builder::new()
+            .name(format!("aigw-mock-{index}"))
+            .spawn(move || {
+                if let Some(cpu) = cpu
+                    && let Err(e) = event::pin_to_cpu(cpu)
+                {
+                    let _ = shard.ready.send(Err(io::Error::other(format!(
+                        "cannot pin to CPU {cpu}: {e}"
+                    ))));
+                    return;
+                }
+                event::block_on(shard.run());
+            })?;
         match ready_rx.recv() {
             Ok(Ok(addr)) => {
                 self.shards.push(handle);
@@ -296,12 +297,11 @@ impl MockServer {
                 let _ = handle.join();
                 Err(e)
             }
-            // The executor died before its shard could report (e.g. the
-            // memlock limit); its join result says why.
-            Err(_) => Err(match handle.join() {
-                Err(e) => io::Error::from(e),
-                Ok(()) => io::Error::other("mock shard exited during startup"),
-            }),
+            // The thread died before its shard could report.
+            Err(_) => {
+                let _ = handle.join();
+                Err(io::Error::other("mock shard exited during startup"))
+            }
         }
     }
 
@@ -367,10 +367,10 @@ struct ShardStart {
 impl ShardStart {
     /// Binds, reports readiness, then accepts until stopped.
     async fn run(self) {
-        let listener = match TcpListener::bind(self.addr) {
+        let listener = match Listener::bind(self.addr) {
             Ok(listener) => listener,
             Err(e) => {
-                let _ = self.ready.send(Err(e.into()));
+                let _ = self.ready.send(Err(e));
                 return;
             }
         };
@@ -379,17 +379,13 @@ impl ShardStart {
                 let _ = self.ready.send(Ok(addr));
             }
             Err(e) => {
-                let _ = self.ready.send(Err(e.into()));
+                let _ = self.ready.send(Err(e));
                 return;
             }
         }
-        // glommio 0.9's first timer sleep on an executor takes 6-14 ms
-        // (notes §1.4.1); take that hit now rather than in the first
-        // request's latency.
-        glommio::spawn_local(glommio::timer::sleep(Duration::from_millis(1))).detach();
         if let Some(stall) = self.stall {
-            glommio::spawn_local(async move {
-                glommio::timer::sleep(stall.after).await;
+            event::spawn(async move {
+                event::sleep(stall.after).await;
                 // Deliberately block the executor thread: everything on this
                 // shard freezes, as on a descheduled or swapping provider.
                 std::thread::sleep(stall.duration);
@@ -398,7 +394,7 @@ impl ShardStart {
         }
         let shard = Rc::new(conn::Shard::new(self.index, self.shared));
         let stop_connections = Rc::new(shutdown::StopSignal::default());
-        let gate = glommio::sync::Gate::new();
+        let open = Rc::new(shutdown::Open::default());
         let mut stopped = pin!(self.stop.recv_async());
         loop {
             let accepted = future::or(async { Some(listener.accept().await) }, async {
@@ -409,22 +405,22 @@ impl ShardStart {
             match accepted {
                 None => break,
                 Some(Ok(stream)) => {
-                    let Ok(pass) = gate.enter() else { break };
+                    let pass = open.enter();
                     let shard = Rc::clone(&shard);
                     let stop = Rc::clone(&stop_connections);
-                    glommio::spawn_local(async move {
+                    event::spawn(async move {
                         future::or(conn::serve(stream, shard), stop.stopped()).await;
                         drop(pass);
                     })
                     .detach();
                 }
-                Some(Err(_)) => glommio::timer::sleep(ACCEPT_BACKOFF).await,
+                Some(Err(_)) => event::sleep(ACCEPT_BACKOFF).await,
             }
         }
-        // glommio does not drop detached tasks when this future returns, so
-        // end every connection (dropping its socket) and wait until they have.
+        // End every connection (dropping its socket) and wait until they
+        // have, so no socket outlives the server handle.
         drop(listener);
         stop_connections.trigger();
-        let _ = gate.close().await;
+        open.closed().await;
     }
 }

@@ -1,10 +1,10 @@
 //! Stopping one shard's connections when the server is dropped.
 //!
-//! Owns a shard-local stop signal that every connection task races against.
-//! glommio 0.9 does not drop detached tasks when an executor's main future
-//! returns, so without this a hung or idle connection would keep its socket
-//! open after `MockServer` is gone. Does not decide when to stop (that is the
-//! accept loop in `mod.rs`, told by the server handle).
+//! Owns a shard-local stop signal that every connection task races against,
+//! and the count of connections still open. A detached task outlives the
+//! accept loop, so without these a hung or idle connection would keep its
+//! socket open after `MockServer` is gone. Does not decide when to stop (that
+//! is the accept loop in `mod.rs`, told by the server handle).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -62,7 +62,7 @@ impl Future for Stopped<'_> {
         });
         let mut waiters = signal.waiters.borrow_mut();
         match waiters.get_mut(&key) {
-            // Cloning a glommio waker bumps an i16 refcount; keep one clone.
+            // The same task again: keep the clone it left.
             Some(waker) if waker.will_wake(cx.waker()) => {}
             Some(waker) => waker.clone_from(cx.waker()),
             None => {
@@ -77,6 +77,49 @@ impl Drop for Stopped<'_> {
     fn drop(&mut self) {
         if let Some(key) = self.key {
             self.signal.waiters.borrow_mut().remove(&key);
+        }
+    }
+}
+
+/// The connections a shard has open; [`Open::closed`] waits for none.
+#[derive(Default)]
+pub struct Open {
+    count: Cell<usize>,
+    waiter: RefCell<Option<Waker>>,
+}
+
+impl Open {
+    /// Counts a connection until the returned pass drops.
+    pub fn enter(self: &std::rc::Rc<Self>) -> Pass {
+        self.count.set(self.count.get() + 1);
+        Pass(self.clone())
+    }
+
+    /// Completes once every pass has dropped.
+    pub async fn closed(&self) {
+        std::future::poll_fn(|cx| {
+            if self.count.get() == 0 {
+                Poll::Ready(())
+            } else {
+                *self.waiter.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// One open connection (see [`Open::enter`]).
+pub struct Pass(std::rc::Rc<Open>);
+
+impl Drop for Pass {
+    fn drop(&mut self) {
+        let open = &self.0;
+        open.count.set(open.count.get() - 1);
+        if open.count.get() == 0
+            && let Some(w) = open.waiter.borrow_mut().take()
+        {
+            w.wake();
         }
     }
 }

@@ -1,5 +1,6 @@
-//! aigw-load's event loop: one thread, its tasks, an edge-triggered epoll
-//! set and a timer heap. Replaces glommio for the generator's sockets.
+//! The event loop of aigw-load and aigw-mock: one thread, its tasks, an
+//! edge-triggered epoll set and a timer heap. Replaces glommio for the
+//! benchmark tools' sockets.
 //!
 //! Why not io_uring: a socket a glommio executor waits on has an io_uring
 //! poll armed on it, and when the *server* writes to it the server's `send`
@@ -9,29 +10,35 @@
 //! connections, generator and mock on CPU 0, aigw on CPU 1), aigw spent
 //! 29-30 µs of CPU per request under the glommio generator and 22 µs under
 //! wrk (epoll), and served 0.73x wrk's throughput. An epoll wait costs the
-//! sender nothing unless the generator is asleep in `epoll_wait`: a running
-//! generator finds the socket on its ready list at its next wait.
+//! sender nothing unless the waiting thread is asleep in `epoll_wait`: a
+//! running thread finds the socket on its ready list at its next wait. The
+//! mock stands in for a provider across a network, whose waits cost the
+//! gateway nothing either, so it waits the same way.
 //!
 //! Owns: spawning and polling tasks ([`spawn`], [`block_on`]), waiting for a
-//! socket to be readable or writable ([`Stream`]), and sleeping ([`sleep`]).
-//! Single-threaded by design: one per generator CPU, nothing shared between
-//! them. The `unsafe` here is four libc calls (`epoll_create1`, `epoll_ctl`,
-//! `epoll_wait`, `sched_setaffinity`) and building a CPU set, each with its
-//! SAFETY line.
+//! socket to be readable or writable ([`Stream`], [`Listener`]), and
+//! sleeping ([`sleep`]). Single-threaded by design: one loop per thread,
+//! nothing shared between them; a waker called from another thread (a
+//! channel's sender) wakes the loop through an eventfd. The `unsafe` here is
+//! five libc calls (`epoll_create1`, `epoll_ctl`, `epoll_wait`, `eventfd`,
+//! `sched_setaffinity`) and building a CPU set, each with its SAFETY line.
 
 #![allow(unsafe_code)]
 
+use futures_lite::io::{AsyncRead, AsyncWrite};
 use std::cell::{Cell, RefCell};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::fs::File;
 use std::future::Future;
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
+use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 /// Events taken from the kernel per `epoll_wait`.
@@ -42,12 +49,45 @@ const DEADLINE_SWEEP: Duration = Duration::from_millis(100);
 
 type BoxedTask = Pin<Box<dyn Future<Output = ()>>>;
 
-/// What one socket's waiters are, with when they give up.
+/// What one socket's waiters are, with when they give up (`None`: never).
 #[derive(Default)]
 struct Waiters {
-    read: Option<(Waker, Instant)>,
-    write: Option<(Waker, Instant)>,
+    read: Option<(Waker, Option<Instant>)>,
+    write: Option<(Waker, Option<Instant>)>,
 }
+
+/// What a loop's wakers share with it.
+struct Woken {
+    /// Ids woken since the loop last looked (wakers need `Send`, hence the
+    /// mutex; it is only contended when another thread wakes a task).
+    ids: Mutex<VecDeque<u64>>,
+    /// Written by a waker on another thread, so a sleeping loop wakes up.
+    notify: File,
+    owner: ThreadId,
+}
+
+impl Woken {
+    fn push(&self, id: u64) {
+        if let Ok(mut q) = self.ids.lock() {
+            q.push_back(id);
+        }
+        if std::thread::current().id() != self.owner {
+            // A full counter still wakes the loop: nothing to do on error.
+            let _ = (&self.notify).write(&1u64.to_ne_bytes());
+        }
+    }
+
+    fn pop(&self) -> Option<u64> {
+        self.ids.lock().ok().and_then(|mut q| q.pop_front())
+    }
+
+    fn len(&self) -> usize {
+        self.ids.lock().map(|q| q.len()).unwrap_or(0)
+    }
+}
+
+/// The epoll token of the loop's eventfd.
+const NOTIFY: u64 = u64::MAX;
 
 /// The thread's loop state.
 struct Runtime {
@@ -55,9 +95,7 @@ struct Runtime {
     next_id: Cell<u64>,
     /// Spawned tasks by id; a task being polled is taken out meanwhile.
     tasks: RefCell<HashMap<u64, BoxedTask>>,
-    /// Ids woken since the last turn (wakers need `Send`, hence the mutex:
-    /// only this thread ever locks it).
-    woken: Arc<Mutex<VecDeque<u64>>>,
+    woken: Arc<Woken>,
     sockets: RefCell<HashMap<u64, Waiters>>,
     timers: RefCell<BinaryHeap<Reverse<(Instant, u64)>>>,
     timer_wakers: RefCell<HashMap<u64, Waker>>,
@@ -78,12 +116,25 @@ impl Runtime {
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
+        // SAFETY: `fd` is a fresh descriptor nobody else owns.
+        let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: no pointers; the result is checked before it is used.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if efd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `efd` is a fresh descriptor nobody else owns.
+        let notify = File::from(unsafe { OwnedFd::from_raw_fd(efd) });
+        add(epoll.as_raw_fd(), efd, libc::EPOLLIN as u32, NOTIFY)?;
         Ok(Runtime {
-            // SAFETY: `fd` is a fresh descriptor nobody else owns.
-            epoll: unsafe { OwnedFd::from_raw_fd(fd) },
+            epoll,
             next_id: Cell::new(MAIN + 1),
             tasks: RefCell::default(),
-            woken: Arc::default(),
+            woken: Arc::new(Woken {
+                ids: Mutex::default(),
+                notify,
+                owner: std::thread::current().id(),
+            }),
             sockets: RefCell::default(),
             timers: RefCell::default(),
             timer_wakers: RefCell::default(),
@@ -102,6 +153,14 @@ impl Runtime {
             id,
             woken: self.woken.clone(),
         }))
+    }
+
+    fn register(&self, fd: RawFd) -> io::Result<u64> {
+        let token = self.id();
+        let events = libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET;
+        add(self.epoll.as_raw_fd(), fd, events as u32, token)?;
+        self.sockets.borrow_mut().insert(token, Waiters::default());
+        Ok(token)
     }
 
     /// Waits for sockets (at most until the next timer) and wakes their
@@ -136,6 +195,11 @@ impl Runtime {
         if n > 0 {
             let mut sockets = self.sockets.borrow_mut();
             for e in &events[..n as usize] {
+                if e.u64 == NOTIFY {
+                    // Another thread woke a task: its id is queued already.
+                    let _ = (&self.woken.notify).read(&mut [0u8; 8]);
+                    continue;
+                }
                 let Some(w) = sockets.get_mut(&{ e.u64 }) else {
                     continue;
                 };
@@ -159,7 +223,9 @@ impl Runtime {
             self.last_sweep.set(now);
             for w in self.sockets.borrow_mut().values_mut() {
                 for slot in [&mut w.read, &mut w.write] {
-                    if slot.as_ref().is_some_and(|(_, at)| *at <= now)
+                    if slot
+                        .as_ref()
+                        .is_some_and(|(_, at)| at.is_some_and(|at| at <= now))
                         && let Some((w, _)) = slot.take()
                     {
                         w.wake();
@@ -200,7 +266,7 @@ impl Runtime {
 
 struct TaskWaker {
     id: u64,
-    woken: Arc<Mutex<VecDeque<u64>>>,
+    woken: Arc<Woken>,
 }
 
 impl Wake for TaskWaker {
@@ -209,10 +275,20 @@ impl Wake for TaskWaker {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        if let Ok(mut q) = self.woken.lock() {
-            q.push_back(self.id);
-        }
+        self.woken.push(self.id);
     }
+}
+
+/// Adds `fd` to the epoll set `epoll` with `events`, tagged `token`.
+fn add(epoll: RawFd, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
+    let mut event = libc::epoll_event { events, u64: token };
+    // SAFETY: both descriptors are open for the call (the caller owns
+    // them), and `event` is valid for it.
+    let r = unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, fd, &mut event) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Runs `main` on this thread's loop, with every task it spawns, until
@@ -222,13 +298,13 @@ pub fn block_on<F: Future>(main: F) -> F::Output {
     RUNTIME.with(|rt| {
         let mut main = std::pin::pin!(main);
         let main_waker = rt.waker(MAIN);
-        rt.woken.lock().map(|mut q| q.push_back(MAIN)).ok();
+        rt.woken.push(MAIN);
         loop {
             // What was woken by now runs; what it wakes runs after the
             // kernel is asked (without waiting) for sockets that are ready.
-            let queued = rt.woken.lock().map(|q| q.len()).unwrap_or(0);
+            let queued = rt.woken.len();
             for _ in 0..queued {
-                let Some(id) = rt.woken.lock().ok().and_then(|mut q| q.pop_front()) else {
+                let Some(id) = rt.woken.pop() else {
                     break;
                 };
                 if id == MAIN {
@@ -241,8 +317,7 @@ pub fn block_on<F: Future>(main: F) -> F::Output {
                     rt.poll_task(id);
                 }
             }
-            let idle = rt.woken.lock().map(|q| q.is_empty()).unwrap_or(true);
-            rt.turn(idle);
+            rt.turn(rt.woken.len() == 0);
         }
     })
 }
@@ -271,6 +346,15 @@ pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
 pub struct Task<T> {
     id: u64,
     state: Rc<RefCell<JoinState<T>>>,
+    detached: bool,
+}
+
+impl<T> Task<T> {
+    /// Lets the task run on without anyone awaiting it (it ends with its
+    /// future, or with the thread).
+    pub fn detach(mut self) {
+        self.detached = true;
+    }
 }
 
 struct JoinState<T> {
@@ -303,8 +387,12 @@ where
     RUNTIME.with(|rt| {
         let id = rt.id();
         rt.tasks.borrow_mut().insert(id, task);
-        rt.woken.lock().map(|mut q| q.push_back(id)).ok();
-        Task { id, state }
+        rt.woken.push(id);
+        Task {
+            id,
+            state,
+            detached: false,
+        }
     })
 }
 
@@ -325,6 +413,9 @@ impl<T> Future for Task<T> {
 
 impl<T> Drop for Task<T> {
     fn drop(&mut self) {
+        if self.detached {
+            return;
+        }
         // Dropped outside the borrow: the task's own drops may reach the loop.
         let cancelled = RUNTIME.with(|rt| rt.tasks.borrow_mut().remove(&self.id));
         drop(cancelled);
@@ -429,28 +520,25 @@ impl Stream {
     }
 
     fn register(socket: TcpStream) -> io::Result<Stream> {
-        RUNTIME.with(|rt| {
-            let token = rt.id();
-            let mut event = libc::epoll_event {
-                events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
-                u64: token,
-            };
-            // SAFETY: both descriptors are open (the socket is owned by
-            // `socket`), and `event` is valid for the call.
-            let r = unsafe {
-                libc::epoll_ctl(
-                    rt.epoll.as_raw_fd(),
-                    libc::EPOLL_CTL_ADD,
-                    socket.as_raw_fd(),
-                    &mut event,
-                )
-            };
-            if r < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            rt.sockets.borrow_mut().insert(token, Waiters::default());
-            Ok(Stream { socket, token })
-        })
+        socket.set_nonblocking(true)?;
+        let token = RUNTIME.with(|rt| rt.register(socket.as_raw_fd()))?;
+        Ok(Stream { socket, token })
+    }
+
+    /// Sets `TCP_NODELAY`.
+    pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
+        self.socket.set_nodelay(on)
+    }
+
+    /// Shuts down one or both directions.
+    pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        self.socket.shutdown(how)
+    }
+
+    /// Registers the waker of `cx` for `which` (with `deadline`); the caller
+    /// saw `WouldBlock` in this same poll.
+    fn arm(&self, which: Ready, cx: &Context<'_>, deadline: Option<Instant>) {
+        arm(self.token, which, cx, deadline);
     }
 
     /// What the socket has now, without waiting (`WouldBlock` when empty).
@@ -464,7 +552,7 @@ impl Stream {
     }
 
     /// Reads into `buf`, waiting until `deadline` for data (`TimedOut` after).
-    pub async fn read(&self, buf: &mut [u8], deadline: Instant) -> io::Result<usize> {
+    pub async fn read_before(&self, buf: &mut [u8], deadline: Instant) -> io::Result<usize> {
         loop {
             match self.try_read(buf) {
                 Err(e) if would_block(&e) => self.wait(Ready::Read, deadline).await?,
@@ -474,7 +562,7 @@ impl Stream {
     }
 
     /// Writes all of `bytes`, waiting until `deadline` for room.
-    pub async fn write_all(&self, mut bytes: &[u8], deadline: Instant) -> io::Result<()> {
+    pub async fn write_all_before(&self, mut bytes: &[u8], deadline: Instant) -> io::Result<()> {
         while !bytes.is_empty() {
             match self.try_write(bytes) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -508,15 +596,7 @@ impl Stream {
             if Instant::now() >= deadline {
                 return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
             }
-            RUNTIME.with(|rt| {
-                if let Some(w) = rt.sockets.borrow_mut().get_mut(&self.token) {
-                    let slot = match which {
-                        Ready::Read => &mut w.read,
-                        Ready::Write => &mut w.write,
-                    };
-                    *slot = Some((cx.waker().clone(), deadline));
-                }
-            });
+            self.arm(which, cx, Some(deadline));
             armed = true;
             Poll::Pending
         })
@@ -527,6 +607,111 @@ impl Stream {
 impl Drop for Stream {
     fn drop(&mut self) {
         // Closing the descriptor takes it out of the epoll set.
+        RUNTIME.with(|rt| rt.sockets.borrow_mut().remove(&self.token));
+    }
+}
+
+impl AsRawFd for Stream {
+    fn as_raw_fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+}
+
+/// Reads and writes that wait without a deadline (as a plain socket does).
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.try_read(buf) {
+            Err(e) if would_block(&e) => {
+                self.arm(Ready::Read, cx, None);
+                Poll::Pending
+            }
+            other => Poll::Ready(other),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.try_write(buf) {
+            Err(e) if would_block(&e) => {
+                self.arm(Ready::Write, cx, None);
+                Poll::Pending
+            }
+            other => Poll::Ready(other),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(self.socket.shutdown(Shutdown::Write))
+    }
+}
+
+fn arm(token: u64, which: Ready, cx: &Context<'_>, deadline: Option<Instant>) {
+    RUNTIME.with(|rt| {
+        if let Some(w) = rt.sockets.borrow_mut().get_mut(&token) {
+            let slot = match which {
+                Ready::Read => &mut w.read,
+                Ready::Write => &mut w.write,
+            };
+            *slot = Some((cx.waker().clone(), deadline));
+        }
+    });
+}
+
+/// A non-blocking listening socket registered with this thread's epoll set.
+pub struct Listener {
+    socket: TcpListener,
+    token: u64,
+}
+
+impl Listener {
+    /// Binds `addr` with `SO_REUSEPORT`, so several threads (each with its
+    /// own listener) share one port and the kernel spreads connections.
+    pub fn bind(addr: SocketAddr) -> io::Result<Listener> {
+        let domain = socket2::Domain::for_address(addr);
+        let socket = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        let socket: TcpListener = socket.into();
+        let token = RUNTIME.with(|rt| rt.register(socket.as_raw_fd()))?;
+        Ok(Listener { socket, token })
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// The next connection, registered with this thread's loop.
+    pub async fn accept(&self) -> io::Result<Stream> {
+        let (socket, _) = std::future::poll_fn(|cx| match self.socket.accept() {
+            Err(e) if would_block(&e) => {
+                arm(self.token, Ready::Read, cx, None);
+                Poll::Pending
+            }
+            other => Poll::Ready(other),
+        })
+        .await?;
+        Stream::register(socket)
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
         RUNTIME.with(|rt| rt.sockets.borrow_mut().remove(&self.token));
     }
 }
@@ -586,16 +771,16 @@ mod tests {
         block_on(async {
             let s = Stream::connect(addr, Duration::from_secs(5)).await.unwrap();
             let deadline = Instant::now() + Duration::from_secs(5);
-            s.write_all(b"ping", deadline).await.unwrap();
+            s.write_all_before(b"ping", deadline).await.unwrap();
             let mut buf = [0u8; 8];
             let mut got = Vec::new();
             while got.len() < 4 {
-                let n = s.read(&mut buf, deadline).await.unwrap();
+                let n = s.read_before(&mut buf, deadline).await.unwrap();
                 got.extend_from_slice(&buf[..n]);
             }
             assert_eq!(got, b"pong");
             let soon = Instant::now() + Duration::from_millis(20);
-            let e = s.read(&mut buf, soon).await.unwrap_err();
+            let e = s.read_before(&mut buf, soon).await.unwrap_err();
             assert_eq!(e.kind(), io::ErrorKind::TimedOut);
         });
         server.join().unwrap();
