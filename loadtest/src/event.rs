@@ -20,7 +20,7 @@
 //! sleeping ([`sleep`]). Single-threaded by design: one loop per thread,
 //! nothing shared between them; a waker called from another thread (a
 //! channel's sender) wakes the loop through an eventfd. The `unsafe` here is
-//! five libc calls (`epoll_create1`, `epoll_ctl`, `epoll_wait`, `eventfd`,
+//! five libc calls (`epoll_create1`, `epoll_ctl`, `epoll_pwait2`, `eventfd`,
 //! `sched_setaffinity`) and building a CPU set, each with its SAFETY line.
 
 #![allow(unsafe_code)]
@@ -166,30 +166,43 @@ impl Runtime {
     /// Waits for sockets (at most until the next timer) and wakes their
     /// waiters and the timers that are due.
     fn turn(&self, block: bool) {
-        let timeout_ms = if !block {
-            0
+        // Nanosecond timeouts (`epoll_pwait2`): open-loop pacing sleeps to
+        // each request's due time, and `epoll_wait`'s milliseconds would send
+        // requests up to 1 ms late (counted as latency, since latency runs
+        // from the due time).
+        let timeout = if !block {
+            Some(Duration::ZERO)
         } else {
             let next_timer = self.timers.borrow().peek().map(|Reverse((at, _))| *at);
-            let next_sweep =
-                (!self.sockets.borrow().is_empty()).then(|| self.last_sweep.get() + DEADLINE_SWEEP);
-            match next_timer.into_iter().chain(next_sweep).min() {
-                Some(at) => {
-                    let left = at.saturating_duration_since(Instant::now());
-                    // Round up: waking early would only wait again.
-                    left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
-                }
-                None => -1,
-            }
+            // Only waits with a deadline need the sweep (an idle mock has none).
+            let deadlines = self.sockets.borrow().values().any(|w| {
+                [&w.read, &w.write]
+                    .into_iter()
+                    .any(|slot| slot.as_ref().is_some_and(|(_, at)| at.is_some()))
+            });
+            let next_sweep = deadlines.then(|| self.last_sweep.get() + DEADLINE_SWEEP);
+            next_timer
+                .into_iter()
+                .chain(next_sweep)
+                .min()
+                .map(|at| at.saturating_duration_since(Instant::now()))
         };
+        let ts = timeout.map(|d| libc::timespec {
+            tv_sec: d.as_secs().min(i64::MAX as u64) as libc::time_t,
+            tv_nsec: d.subsec_nanos() as libc::c_long,
+        });
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_WAIT];
         // SAFETY: `events` is valid for writes of EVENTS_PER_WAIT entries and
-        // outlives the call; the descriptor is our open epoll set.
+        // outlives the call; the timeout is null (wait) or points at `ts`,
+        // alive for the call; no signal mask; the descriptor is our epoll set.
         let n = unsafe {
-            libc::epoll_wait(
+            libc::epoll_pwait2(
                 self.epoll.as_raw_fd(),
                 events.as_mut_ptr(),
                 EVENTS_PER_WAIT as i32,
-                timeout_ms,
+                ts.as_ref()
+                    .map_or(std::ptr::null(), |t| t as *const libc::timespec),
+                std::ptr::null(),
             )
         };
         if n > 0 {
