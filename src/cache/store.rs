@@ -591,14 +591,20 @@ impl Writer {
     fn drop_entry(&mut self, part: &Partition, i: usize, s: u64) {
         part.slots.store(i, 0, Ordering::Release);
         if let Some(entry::Frame { len, .. }) = self.frame_at(part, s) {
-            let at = part.geo.seg_at(slot_seg(s)) + slot_offset(s);
-            if slot_offset(s) + len <= part.geo.segment {
-                part.map
-                    .store(at + len - entry::TRAILER_LEN, 0, Ordering::Release);
-            }
-            part.stats.entries.fetch_sub(1, Ordering::Relaxed);
-            part.stats.bytes.fetch_sub(len as u64, Ordering::Relaxed);
+            self.unmark(part, s, len);
         }
+    }
+
+    /// Clears the completion mark of the `len`-byte entry slot `s` points at
+    /// (already out of the index) and uncounts it.
+    fn unmark(&mut self, part: &Partition, s: u64, len: usize) {
+        let at = part.geo.seg_at(slot_seg(s)) + slot_offset(s);
+        if slot_offset(s) + len <= part.geo.segment {
+            part.map
+                .store(at + len - entry::TRAILER_LEN, 0, Ordering::Release);
+        }
+        part.stats.entries.fetch_sub(1, Ordering::Relaxed);
+        part.stats.bytes.fetch_sub(len as u64, Ordering::Relaxed);
     }
 
     /// The segment to reuse next: one whose entries have all expired (the
@@ -641,7 +647,9 @@ impl Writer {
             let here = slot(key, seg, off);
             for i in b..b + SLOTS {
                 if part.slots.load(i, Ordering::Relaxed) == here {
-                    self.drop_entry(part, i, here);
+                    // Its header was just read: no second read for its length.
+                    part.slots.store(i, 0, Ordering::Release);
+                    self.unmark(part, here, len);
                     if expires_ms <= now_ms {
                         part.stats.expirations.fetch_add(1, Ordering::Relaxed);
                     } else {
