@@ -49,11 +49,15 @@ const DEADLINE_SWEEP: Duration = Duration::from_millis(100);
 
 type BoxedTask = Pin<Box<dyn Future<Output = ()>>>;
 
-/// What one socket's waiters are, with when they give up (`None`: never).
+/// A task waiting on a socket, and when it gives up (`None`: never).
+type Waiter = (Waker, Option<Instant>);
+
+/// What one socket's waiters are (one task per direction: a stream is used
+/// by one task).
 #[derive(Default)]
 struct Waiters {
-    read: Option<(Waker, Option<Instant>)>,
-    write: Option<(Waker, Option<Instant>)>,
+    read: Option<Waiter>,
+    write: Option<Waiter>,
 }
 
 /// What a loop's wakers share with it.
@@ -100,6 +104,11 @@ struct Runtime {
     timers: RefCell<BinaryHeap<Reverse<(Instant, u64)>>>,
     timer_wakers: RefCell<HashMap<u64, Waker>>,
     last_sweep: Cell<Instant>,
+    /// Socket waits that have a deadline (the sweep runs only while any do).
+    timed: Cell<usize>,
+    /// `epoll_pwait2` failed (a kernel before 5.11, or a filter): waits
+    /// fall back to `epoll_wait`'s milliseconds.
+    millis_only: Cell<bool>,
 }
 
 /// Id of the future `block_on` drives (spawned tasks count from 1).
@@ -139,6 +148,8 @@ impl Runtime {
             timers: RefCell::default(),
             timer_wakers: RefCell::default(),
             last_sweep: Cell::new(Instant::now()),
+            timed: Cell::new(0),
+            millis_only: Cell::new(false),
         })
     }
 
@@ -153,6 +164,25 @@ impl Runtime {
             id,
             woken: self.woken.clone(),
         }))
+    }
+
+    /// Puts `new` in a waiter slot, returning what was there, and keeps
+    /// [`Runtime::timed`] right.
+    fn put(&self, slot: &mut Option<Waiter>, new: Option<Waiter>) -> Option<Waiter> {
+        let timed = |w: &Option<Waiter>| w.as_ref().is_some_and(|(_, at)| at.is_some());
+        let n = self.timed.get() + usize::from(timed(&new));
+        let old = std::mem::replace(slot, new);
+        self.timed.set(n - usize::from(timed(&old)));
+        old
+    }
+
+    /// A socket is closing: its waiters go.
+    fn forget(&self, token: u64) {
+        let removed = self.sockets.borrow_mut().remove(&token);
+        if let Some(mut w) = removed {
+            self.put(&mut w.read, None);
+            self.put(&mut w.write, None);
+        }
     }
 
     fn register(&self, fd: RawFd) -> io::Result<u64> {
@@ -175,12 +205,7 @@ impl Runtime {
         } else {
             let next_timer = self.timers.borrow().peek().map(|Reverse((at, _))| *at);
             // Only waits with a deadline need the sweep (an idle mock has none).
-            let deadlines = self.sockets.borrow().values().any(|w| {
-                [&w.read, &w.write]
-                    .into_iter()
-                    .any(|slot| slot.as_ref().is_some_and(|(_, at)| at.is_some()))
-            });
-            let next_sweep = deadlines.then(|| self.last_sweep.get() + DEADLINE_SWEEP);
+            let next_sweep = (self.timed.get() > 0).then(|| self.last_sweep.get() + DEADLINE_SWEEP);
             next_timer
                 .into_iter()
                 .chain(next_sweep)
@@ -192,19 +217,41 @@ impl Runtime {
             tv_nsec: d.subsec_nanos() as libc::c_long,
         });
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_WAIT];
-        // SAFETY: `events` is valid for writes of EVENTS_PER_WAIT entries and
-        // outlives the call; the timeout is null (wait) or points at `ts`,
-        // alive for the call; no signal mask; the descriptor is our epoll set.
-        let n = unsafe {
-            libc::epoll_pwait2(
-                self.epoll.as_raw_fd(),
-                events.as_mut_ptr(),
-                EVENTS_PER_WAIT as i32,
-                ts.as_ref()
-                    .map_or(std::ptr::null(), |t| t as *const libc::timespec),
-                std::ptr::null(),
-            )
-        };
+        let mut n = -1;
+        if !self.millis_only.get() {
+            // SAFETY: `events` is valid for writes of EVENTS_PER_WAIT entries
+            // and outlives the call; the timeout is null (wait) or points at
+            // `ts`, alive for the call; no signal mask; the descriptor is our
+            // epoll set.
+            n = unsafe {
+                libc::epoll_pwait2(
+                    self.epoll.as_raw_fd(),
+                    events.as_mut_ptr(),
+                    EVENTS_PER_WAIT as i32,
+                    ts.as_ref()
+                        .map_or(std::ptr::null(), |t| t as *const libc::timespec),
+                    std::ptr::null(),
+                )
+            };
+            if n < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                self.millis_only.set(true);
+            }
+        }
+        if self.millis_only.get() {
+            // Rounded up: waking early would only wait again.
+            let ms = timeout.map_or(-1, |d| {
+                d.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
+            });
+            // SAFETY: as above, with a plain millisecond timeout.
+            n = unsafe {
+                libc::epoll_wait(
+                    self.epoll.as_raw_fd(),
+                    events.as_mut_ptr(),
+                    EVENTS_PER_WAIT as i32,
+                    ms,
+                )
+            };
+        }
         if n > 0 {
             let mut sockets = self.sockets.borrow_mut();
             for e in &events[..n as usize] {
@@ -219,12 +266,12 @@ impl Runtime {
                 let flags = e.events as i32;
                 let broken = flags & (libc::EPOLLERR | libc::EPOLLHUP) != 0;
                 if (flags & (libc::EPOLLIN | libc::EPOLLRDHUP) != 0 || broken)
-                    && let Some((w, _)) = w.read.take()
+                    && let Some((w, _)) = self.put(&mut w.read, None)
                 {
                     w.wake();
                 }
                 if (flags & libc::EPOLLOUT != 0 || broken)
-                    && let Some((w, _)) = w.write.take()
+                    && let Some((w, _)) = self.put(&mut w.write, None)
                 {
                     w.wake();
                 }
@@ -239,7 +286,7 @@ impl Runtime {
                     if slot
                         .as_ref()
                         .is_some_and(|(_, at)| at.is_some_and(|at| at <= now))
-                        && let Some((w, _)) = slot.take()
+                        && let Some((w, _)) = self.put(slot, None)
                     {
                         w.wake();
                     }
@@ -258,6 +305,17 @@ impl Runtime {
             if let Some(w) = self.timer_wakers.borrow_mut().remove(&id) {
                 w.wake();
             }
+        }
+    }
+
+    /// Drops every task, outside the borrow (a task's drop may drop others).
+    fn drop_tasks(&self) {
+        loop {
+            let tasks = std::mem::take(&mut *self.tasks.borrow_mut());
+            if tasks.is_empty() {
+                return;
+            }
+            drop(tasks);
         }
     }
 
@@ -305,8 +363,9 @@ fn add(epoll: RawFd, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
 }
 
 /// Runs `main` on this thread's loop, with every task it spawns, until
-/// `main` completes (tasks still pending then are dropped with the loop's
-/// state when the thread ends).
+/// `main` completes; tasks still pending then are dropped before it returns
+/// (not later, in the thread-local's destructor, where their timers and
+/// sockets could no longer reach the loop).
 pub fn block_on<F: Future>(main: F) -> F::Output {
     RUNTIME.with(|rt| {
         let mut main = std::pin::pin!(main);
@@ -324,6 +383,7 @@ pub fn block_on<F: Future>(main: F) -> F::Output {
                     if let Poll::Ready(out) =
                         main.as_mut().poll(&mut Context::from_waker(&main_waker))
                     {
+                        rt.drop_tasks();
                         return out;
                     }
                 } else {
@@ -430,7 +490,10 @@ impl<T> Drop for Task<T> {
             return;
         }
         // Dropped outside the borrow: the task's own drops may reach the loop.
-        let cancelled = RUNTIME.with(|rt| rt.tasks.borrow_mut().remove(&self.id));
+        let cancelled = RUNTIME
+            .try_with(|rt| rt.tasks.borrow_mut().remove(&self.id))
+            .ok()
+            .flatten();
         drop(cancelled);
     }
 }
@@ -480,7 +543,7 @@ impl Drop for Timer {
     fn drop(&mut self) {
         // Its heap entry stays until due and then finds no waker.
         if let Some(id) = self.id {
-            RUNTIME.with(|rt| rt.timer_wakers.borrow_mut().remove(&id));
+            let _ = RUNTIME.try_with(|rt| rt.timer_wakers.borrow_mut().remove(&id));
         }
     }
 }
@@ -518,9 +581,19 @@ impl Stream {
         match stream.socket_ref().connect(&addr.into()) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {
-                stream.wait(Ready::Write, Instant::now() + timeout).await?;
-                if let Some(e) = stream.socket.take_error()? {
-                    return Err(e);
+                let deadline = Instant::now() + timeout;
+                loop {
+                    // Woken by the socket or by the deadline sweep: connected,
+                    // refused, or still trying (then the next wait times out).
+                    stream.wait(Ready::Write, deadline).await?;
+                    if let Some(e) = stream.socket.take_error()? {
+                        return Err(e);
+                    }
+                    match stream.socket.peer_addr() {
+                        Ok(_) => break,
+                        Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
+                        Err(e) => return Err(e),
+                    }
                 }
             }
             Err(e) => return Err(e),
@@ -569,6 +642,7 @@ impl Stream {
         loop {
             match self.try_read(buf) {
                 Err(e) if would_block(&e) => self.wait(Ready::Read, deadline).await?,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 other => return other,
             }
         }
@@ -581,6 +655,7 @@ impl Stream {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => bytes = &bytes[n..],
                 Err(e) if would_block(&e) => self.wait(Ready::Write, deadline).await?,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
@@ -620,7 +695,7 @@ impl Stream {
 impl Drop for Stream {
     fn drop(&mut self) {
         // Closing the descriptor takes it out of the epoll set.
-        RUNTIME.with(|rt| rt.sockets.borrow_mut().remove(&self.token));
+        let _ = RUNTIME.try_with(|rt| rt.forget(self.token));
     }
 }
 
@@ -637,13 +712,8 @@ impl AsyncRead for Stream {
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
-        match self.try_read(buf) {
-            Err(e) if would_block(&e) => {
-                self.arm(Ready::Read, cx, None);
-                Poll::Pending
-            }
-            other => Poll::Ready(other),
-        }
+        let tried = self.try_read(buf);
+        ready_or_arm(self.token, Ready::Read, cx, tried)
     }
 }
 
@@ -653,13 +723,8 @@ impl AsyncWrite for Stream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.try_write(buf) {
-            Err(e) if would_block(&e) => {
-                self.arm(Ready::Write, cx, None);
-                Poll::Pending
-            }
-            other => Poll::Ready(other),
-        }
+        let tried = self.try_write(buf);
+        ready_or_arm(self.token, Ready::Write, cx, tried)
     }
 
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -671,6 +736,28 @@ impl AsyncWrite for Stream {
     }
 }
 
+/// What a non-blocking attempt gave, or (it would block) a wait for `which`
+/// on socket `token`, without a deadline.
+fn ready_or_arm<T>(
+    token: u64,
+    which: Ready,
+    cx: &Context<'_>,
+    tried: io::Result<T>,
+) -> Poll<io::Result<T>> {
+    match tried {
+        Err(e) if would_block(&e) => {
+            arm(token, which, cx, None);
+            Poll::Pending
+        }
+        // A signal cut the call short: try again on the next turn.
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+        other => Poll::Ready(other),
+    }
+}
+
 fn arm(token: u64, which: Ready, cx: &Context<'_>, deadline: Option<Instant>) {
     RUNTIME.with(|rt| {
         if let Some(w) = rt.sockets.borrow_mut().get_mut(&token) {
@@ -678,7 +765,7 @@ fn arm(token: u64, which: Ready, cx: &Context<'_>, deadline: Option<Instant>) {
                 Ready::Read => &mut w.read,
                 Ready::Write => &mut w.write,
             };
-            *slot = Some((cx.waker().clone(), deadline));
+            rt.put(slot, Some((cx.waker().clone(), deadline)));
         }
     });
 }
@@ -711,12 +798,8 @@ impl Listener {
 
     /// The next connection, registered with this thread's loop.
     pub async fn accept(&self) -> io::Result<Stream> {
-        let (socket, _) = std::future::poll_fn(|cx| match self.socket.accept() {
-            Err(e) if would_block(&e) => {
-                arm(self.token, Ready::Read, cx, None);
-                Poll::Pending
-            }
-            other => Poll::Ready(other),
+        let (socket, _) = std::future::poll_fn(|cx| {
+            ready_or_arm(self.token, Ready::Read, cx, self.socket.accept())
         })
         .await?;
         Stream::register(socket)
@@ -725,15 +808,12 @@ impl Listener {
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        RUNTIME.with(|rt| rt.sockets.borrow_mut().remove(&self.token));
+        let _ = RUNTIME.try_with(|rt| rt.forget(self.token));
     }
 }
 
 fn would_block(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-    )
+    e.kind() == io::ErrorKind::WouldBlock
 }
 
 #[cfg(test)]
@@ -797,6 +877,62 @@ mod tests {
             assert_eq!(e.kind(), io::ErrorKind::TimedOut);
         });
         server.join().unwrap();
+    }
+
+    #[test]
+    fn a_thread_ends_cleanly_with_tasks_still_waiting() {
+        // Pending tasks (a sleep, a socket wait) are dropped when `block_on`
+        // returns, not in the thread-local's destructor (which would abort).
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            block_on(async move {
+                spawn(sleep(Duration::from_secs(60))).detach();
+                let s = Stream::connect(addr, Duration::from_secs(5)).await.unwrap();
+                spawn(async move {
+                    let mut buf = [0u8; 8];
+                    let _ = s
+                        .read_before(&mut buf, Instant::now() + Duration::from_secs(60))
+                        .await;
+                })
+                .detach();
+                yield_now().await;
+            })
+        })
+        .join()
+        .unwrap();
+        drop(listener);
+    }
+
+    #[test]
+    fn a_connect_nobody_answers_times_out_on_time() {
+        // A listener that never accepts, with the smallest backlog: once its
+        // queue is full, new handshakes go unanswered.
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket
+            .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        socket.listen(0).unwrap();
+        let addr = socket.local_addr().unwrap().as_socket().unwrap();
+        let timeout = Duration::from_millis(300);
+        block_on(async {
+            let mut held = Vec::new();
+            for _ in 0..16 {
+                let started = Instant::now();
+                match Stream::connect(addr, timeout).await {
+                    Ok(s) => held.push(s),
+                    Err(e) => {
+                        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+                        let took = started.elapsed();
+                        assert!(took >= timeout && took < timeout * 4, "{took:?}");
+                        return;
+                    }
+                }
+            }
+            panic!("16 connections to a full backlog all succeeded");
+        });
+        drop(socket);
     }
 
     #[test]
