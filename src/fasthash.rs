@@ -81,6 +81,37 @@ impl std::hash::Hash for Digest128 {
     }
 }
 
+/// The value found last for one name (a rule's bucket for the key that
+/// asked last: the same key asks again and again), found again with one
+/// string compare instead of a hash and a map lookup.
+#[derive(Debug, Clone)]
+pub struct LastFound<T> {
+    last: std::cell::RefCell<Option<(Box<str>, T)>>,
+}
+
+impl<T> Default for LastFound<T> {
+    fn default() -> Self {
+        LastFound {
+            last: std::cell::RefCell::new(None),
+        }
+    }
+}
+
+impl<T: Clone> LastFound<T> {
+    /// The value for `name`: the remembered one, else `find`'s (remembered).
+    pub fn get_or(&self, name: &str, find: impl FnOnce() -> T) -> T {
+        let mut last = self.last.borrow_mut();
+        if let Some((n, v)) = last.as_ref()
+            && **n == *name
+        {
+            return v.clone();
+        }
+        let v = find();
+        *last = Some((name.into(), v.clone()));
+        v
+    }
+}
+
 /// Results of a pure function of some bytes, by the xxh3-128 of those bytes
 /// (a shard's memo of request bodies it read: their canonical digest for
 /// the cache key, their fields for routing). At most `CAP` entries: the
@@ -119,5 +150,26 @@ impl<V, const CAP: usize> DigestMemo<V, CAP> {
 
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_value_is_found_again_and_another_name_looks_afresh() {
+        let memo = LastFound::default();
+        let looked = std::cell::Cell::new(0);
+        let find = |v: u32| {
+            looked.set(looked.get() + 1);
+            v
+        };
+        assert_eq!(memo.get_or("alice", || find(1)), 1);
+        assert_eq!(memo.get_or("alice", || find(2)), 1);
+        assert_eq!(looked.get(), 1);
+        assert_eq!(memo.get_or("bob", || find(3)), 3);
+        assert_eq!(memo.get_or("alice", || find(4)), 4);
+        assert_eq!(looked.get(), 3);
     }
 }

@@ -38,7 +38,6 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
-use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 /// Events taken from the kernel per `epoll_wait`.
@@ -67,7 +66,12 @@ struct Woken {
     ids: Mutex<VecDeque<u64>>,
     /// Written by a waker on another thread, so a sleeping loop wakes up.
     notify: File,
-    owner: ThreadId,
+}
+
+thread_local! {
+    /// The address of this thread's loop's [`Woken`] (0: none yet): a waker
+    /// compares it with its own to know whether it runs on the loop's thread.
+    static THIS_LOOP: Cell<usize> = const { Cell::new(0) };
 }
 
 impl Woken {
@@ -75,7 +79,7 @@ impl Woken {
         if let Ok(mut q) = self.ids.lock() {
             q.push_back(id);
         }
-        if std::thread::current().id() != self.owner {
+        if THIS_LOOP.with(Cell::get) != std::ptr::from_ref(self) as usize {
             // A full counter still wakes the loop: nothing to do on error.
             let _ = (&self.notify).write(&1u64.to_ne_bytes());
         }
@@ -97,8 +101,9 @@ const NOTIFY: u64 = u64::MAX;
 struct Runtime {
     epoll: OwnedFd,
     next_id: Cell<u64>,
-    /// Spawned tasks by id; a task being polled is taken out meanwhile.
-    tasks: RefCell<HashMap<u64, BoxedTask>>,
+    /// Spawned tasks by id, each with its waker (made once); a task being
+    /// polled is taken out meanwhile.
+    tasks: RefCell<HashMap<u64, (BoxedTask, Waker)>>,
     woken: Arc<Woken>,
     sockets: RefCell<HashMap<u64, Waiters>>,
     timers: RefCell<BinaryHeap<Reverse<(Instant, u64)>>>,
@@ -135,15 +140,16 @@ impl Runtime {
         // SAFETY: `efd` is a fresh descriptor nobody else owns.
         let notify = File::from(unsafe { OwnedFd::from_raw_fd(efd) });
         add(epoll.as_raw_fd(), efd, libc::EPOLLIN as u32, NOTIFY)?;
+        let woken = Arc::new(Woken {
+            ids: Mutex::default(),
+            notify,
+        });
+        THIS_LOOP.with(|l| l.set(Arc::as_ptr(&woken) as usize));
         Ok(Runtime {
             epoll,
             next_id: Cell::new(MAIN + 1),
             tasks: RefCell::default(),
-            woken: Arc::new(Woken {
-                ids: Mutex::default(),
-                notify,
-                owner: std::thread::current().id(),
-            }),
+            woken,
             sockets: RefCell::default(),
             timers: RefCell::default(),
             timer_wakers: RefCell::default(),
@@ -321,16 +327,15 @@ impl Runtime {
 
     fn poll_task(&self, id: u64) {
         // Taken out while it runs: it may spawn or drop other tasks.
-        let Some(mut task) = self.tasks.borrow_mut().remove(&id) else {
+        let Some((mut task, waker)) = self.tasks.borrow_mut().remove(&id) else {
             return; // finished or cancelled since it was woken
         };
-        let waker = self.waker(id);
         if task
             .as_mut()
             .poll(&mut Context::from_waker(&waker))
             .is_pending()
         {
-            self.tasks.borrow_mut().insert(id, task);
+            self.tasks.borrow_mut().insert(id, (task, waker));
         }
     }
 }
@@ -459,7 +464,7 @@ where
     });
     RUNTIME.with(|rt| {
         let id = rt.id();
-        rt.tasks.borrow_mut().insert(id, task);
+        rt.tasks.borrow_mut().insert(id, (task, rt.waker(id)));
         rt.woken.push(id);
         Task {
             id,
@@ -575,8 +580,8 @@ impl Stream {
     pub async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<Stream> {
         let domain = socket2::Domain::for_address(addr);
         let socket = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
-        socket.set_nonblocking(true)?;
         socket.set_nodelay(true)?;
+        // Non-blocking from here on: the connect below only starts.
         let stream = Stream::register(socket.into())?;
         match stream.socket_ref().connect(&addr.into()) {
             Ok(()) => {}
@@ -619,12 +624,6 @@ impl Stream {
     /// Shuts down one or both directions.
     pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
         self.socket.shutdown(how)
-    }
-
-    /// Registers the waker of `cx` for `which` (with `deadline`); the caller
-    /// saw `WouldBlock` in this same poll.
-    fn arm(&self, which: Ready, cx: &Context<'_>, deadline: Option<Instant>) {
-        arm(self.token, which, cx, deadline);
     }
 
     /// What the socket has now, without waiting (`WouldBlock` when empty).
@@ -684,7 +683,7 @@ impl Stream {
             if Instant::now() >= deadline {
                 return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
             }
-            self.arm(which, cx, Some(deadline));
+            arm(self.token, which, cx, Some(deadline));
             armed = true;
             Poll::Pending
         })
@@ -758,6 +757,8 @@ fn ready_or_arm<T>(
     }
 }
 
+/// Registers the waker of `cx` for `which` on socket `token` (with
+/// `deadline`); the caller saw `WouldBlock` in this same poll.
 fn arm(token: u64, which: Ready, cx: &Context<'_>, deadline: Option<Instant>) {
     RUNTIME.with(|rt| {
         if let Some(w) = rt.sockets.borrow_mut().get_mut(&token) {

@@ -23,7 +23,7 @@ use crate::calendar::{DAY_MS, month_of};
 use crate::config::limits::Scope;
 use crate::config::{BudgetRule, BudgetWindow};
 use crate::error::GatewayError;
-use crate::fasthash::FastMap;
+use crate::fasthash::{FastMap, LastFound};
 use crate::limit::Subject;
 use crate::limit::window::Windows;
 use dashmap::DashMap;
@@ -177,9 +177,8 @@ struct Prepared {
     /// (not the amount: a new amount applies from the next window).
     fingerprint: u64,
     amount: u64,
-    /// The bucket of the scope value this budget saw last (the same key asks
-    /// again and again): found again without hashing the value.
-    last: RefCell<Option<(Box<str>, Arc<Bucket>)>>,
+    /// The bucket of the scope value this budget saw last.
+    last: LastFound<Arc<Bucket>>,
 }
 
 fn prepare(rules: &[BudgetRule]) -> Vec<Prepared> {
@@ -191,7 +190,7 @@ fn prepare(rules: &[BudgetRule]) -> Vec<Prepared> {
             ),
             amount: micros(r.usd),
             rule: r.clone(),
-            last: RefCell::new(None),
+            last: LastFound::default(),
         })
         .collect()
 }
@@ -385,15 +384,7 @@ impl ShardBudgets {
     }
 
     fn bucket(&self, p: &Prepared, value: &str) -> Arc<Bucket> {
-        let mut last = p.last.borrow_mut();
-        if let Some((v, b)) = last.as_ref()
-            && **v == *value
-        {
-            return b.clone();
-        }
-        let b = self.find_bucket(p, value);
-        *last = Some((value.into(), b.clone()));
-        b
+        p.last.get_or(value, || self.find_bucket(p, value))
     }
 
     fn find_bucket(&self, p: &Prepared, value: &str) -> Arc<Bucket> {
@@ -410,10 +401,9 @@ impl ShardBudgets {
         b
     }
 
-    /// Reserves the request's worst case under every budget it falls under,
-    /// or refuses it (429 naming the budget, what is spent, the amount and
-    /// when it resets). `rates`: `None` when the model has no price.
-    pub fn reserve(
+    /// [`ShardBudgets::reserve_into`] a fresh reservation (for tests).
+    #[cfg(test)]
+    fn reserve(
         &self,
         who: &Subject<'_>,
         rates: Option<Rates>,
@@ -434,8 +424,11 @@ impl ShardBudgets {
         Ok(r)
     }
 
-    /// [`ShardBudgets::reserve`] into `r` (empty: it is filled where it
-    /// lives, not moved; refused, it is left empty).
+    /// Reserves the request's worst case under every budget it falls under
+    /// into `r` (empty: it is filled where it lives, not moved), or refuses
+    /// it (429 naming the budget, what is spent, the amount and when it
+    /// resets) and leaves `r` empty. `ask.rates`: `None` when the model has
+    /// no price.
     pub fn reserve_into(
         &self,
         who: &Subject<'_>,

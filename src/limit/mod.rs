@@ -25,7 +25,7 @@ pub mod window;
 use crate::auth::models_allow;
 use crate::config::limits::{Count, RateRule, Scope, Technique};
 use crate::error::GatewayError;
-use crate::fasthash::FastMap;
+use crate::fasthash::{FastMap, LastFound};
 use crate::http::push_decimal;
 use crate::record::Metadata;
 use dashmap::DashMap;
@@ -197,9 +197,8 @@ struct Prepared {
     /// ending the remaining line), by the value it was rendered for (it
     /// changes once a second at most, and takes divisions to write).
     reset: RefCell<(u64, Vec<u8>)>,
-    /// The bucket of the scope value this rule saw last (the same key asks
-    /// again and again): found again without hashing the value.
-    last: RefCell<Option<(Box<str>, Rc<Local>)>>,
+    /// The bucket of the scope value this rule saw last.
+    last: LastFound<Rc<Local>>,
 }
 
 /// What a rule's headers count: `requests` or `tokens` (OpenAI's names).
@@ -208,12 +207,6 @@ fn what(r: &RateRule) -> &'static str {
         "tokens"
     } else {
         "requests"
-    }
-}
-
-impl Prepared {
-    fn what(&self) -> &'static str {
-        what(&self.rule)
     }
 }
 
@@ -296,7 +289,7 @@ impl ShardLimiter {
                     window_ms: r.window.as_millis().max(1) as u64,
                     limit_line,
                     reset: RefCell::new((u64::MAX, Vec::new())),
-                    last: RefCell::new(None),
+                    last: LastFound::default(),
                 }
             })
             .collect();
@@ -308,15 +301,8 @@ impl ShardLimiter {
     }
 
     fn local(&self, p: &Prepared, value: &str) -> Rc<Local> {
-        let mut last = p.last.borrow_mut();
-        if let Some((v, l)) = last.as_ref()
-            && **v == *value
-        {
-            return l.clone();
-        }
-        let l = self.find_local(p.fingerprint, value, p.window_ms);
-        *last = Some((value.into(), l.clone()));
-        l
+        p.last
+            .get_or(value, || self.find_local(p.fingerprint, value, p.window_ms))
     }
 
     fn find_local(&self, fingerprint: u64, value: &str, window_ms: u64) -> Rc<Local> {
@@ -339,8 +325,9 @@ impl ShardLimiter {
         l
     }
 
-    /// [`ShardLimiter::admit_into`] a fresh admission.
-    pub fn admit(&self, ask: &Ask<'_>) -> Result<Admission, GatewayError> {
+    /// [`ShardLimiter::admit_into`] a fresh admission (for tests).
+    #[cfg(test)]
+    fn admit(&self, ask: &Ask<'_>) -> Result<Admission, GatewayError> {
         let mut admission = Admission::default();
         self.admit_into(ask, &mut admission)?;
         Ok(admission)
@@ -478,7 +465,7 @@ impl Shown {
             let line = &mut cached.1;
             line.clear();
             line.extend_from_slice(b"\r\nx-ratelimit-reset-");
-            line.extend_from_slice(rule.what().as_bytes());
+            line.extend_from_slice(what(&rule.rule).as_bytes());
             line.extend_from_slice(b": ");
             push_go_duration(line, key);
             line.extend_from_slice(b"\r\n");

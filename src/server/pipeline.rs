@@ -156,12 +156,12 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
             return Ok(());
         }
         admission.undo();
+        admission = Admission::default();
         reservation = Reservation::default();
         let priced = rec
             .model
             .as_deref()
             .and_then(|m| prices.get(&plan.provider.name, m));
-        admission = Admission::default();
         let inputs = AdmitInputs {
             body_len: request_len,
             plan,

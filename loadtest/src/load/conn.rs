@@ -288,7 +288,7 @@ async fn exchange(
 ) -> Result<Done, Failure> {
     // Each read and write may wait `timeout`.
     let deadline = || Instant::now() + timeout;
-    sock::write_all(conn, request, deadline()).await?;
+    conn.write_all_before(request, deadline()).await?;
     let mut filled = 0;
     let (head, head_len) = loop {
         let n = sock::read(conn, &mut buf[filled..], spin, deadline()).await?;

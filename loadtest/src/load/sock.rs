@@ -1,5 +1,5 @@
-//! Reads and writes with `--spin`: ask the socket a few times, letting the
-//! thread's other connections run in between, before waiting on it.
+//! Reads with `--spin`: ask the socket a few times, letting the thread's
+//! other connections run in between, before waiting on it.
 //!
 //! With 64 connections on one thread the answer to a request is usually in
 //! its socket by the time the connection runs again, so a read first asks
@@ -41,9 +41,4 @@ pub async fn read(
         }
     }
     stream.read_before(buf, deadline).await
-}
-
-/// Writes all of `bytes`, waiting (until `deadline`) while the socket is full.
-pub async fn write_all(stream: &Stream, bytes: &[u8], deadline: Instant) -> io::Result<()> {
-    stream.write_all_before(bytes, deadline).await
 }
