@@ -32,6 +32,11 @@ impl Hasher for Fnv1a {
         let x = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         self.0 = x ^ (x >> 29);
     }
+    /// A 128-bit hash (a cache key): two words, not sixteen bytes one by one.
+    fn write_u128(&mut self, n: u128) {
+        self.write_u64(n as u64);
+        self.write_u64((n >> 64) as u64);
+    }
 }
 
 /// A `HashMap` with FNV-1a.
@@ -117,14 +122,21 @@ impl<T: Clone> LastFound<T> {
 /// the cache key, their fields for routing). At most `CAP` entries: the
 /// table is allocated once at that size and starts over when full, so it
 /// stays small enough to stay in cache.
+///
+/// A result is kept the second time its bytes are offered, not the first:
+/// bodies that never repeat (every request a miss) would otherwise pay a
+/// table insert each and push out the ones that do. The first sight leaves
+/// 32 bits of the digest in a direct-mapped array of `CAP` slots.
 pub struct DigestMemo<V, const CAP: usize> {
     map: FastMap<Digest128, V>,
+    seen: Box<[u32]>,
 }
 
 impl<V, const CAP: usize> Default for DigestMemo<V, CAP> {
     fn default() -> Self {
         DigestMemo {
             map: FastMap::default(),
+            seen: Box::default(),
         }
     }
 }
@@ -134,7 +146,19 @@ impl<V, const CAP: usize> DigestMemo<V, CAP> {
         self.map.get(&Digest128(digest))
     }
 
+    /// Offers `digest`'s result: kept when the same digest was offered
+    /// lately (its slot still holds it), else only noted.
     pub fn insert(&mut self, digest: u128, value: V) {
+        if self.seen.is_empty() {
+            self.seen = vec![0; CAP.next_power_of_two()].into_boxed_slice();
+        }
+        let slot = (digest as usize) & (self.seen.len() - 1);
+        // Never 0, so an empty slot matches nothing.
+        let tag = ((digest >> 96) as u32) | 1;
+        if self.seen[slot] != tag {
+            self.seen[slot] = tag;
+            return;
+        }
         if self.map.len() >= CAP {
             self.map.clear();
         }
@@ -156,6 +180,26 @@ impl<V, const CAP: usize> DigestMemo<V, CAP> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_digest_is_remembered_from_its_second_sight() {
+        let mut memo = DigestMemo::<u32, 8>::default();
+        let (a, b) = (0x1234_5678_u128 << 96 | 3, 0x9abc_def0_u128 << 96 | 3);
+        memo.insert(a, 1);
+        assert_eq!(memo.get(a), None, "once is not enough");
+        memo.insert(a, 1);
+        assert_eq!(memo.get(a), Some(&1));
+        // Another digest in the same slot between two sights replaces the
+        // first's note.
+        let (b, c) = (0x9abc_def0_u128 << 96 | 4, 0x0fed_cba9_u128 << 96 | 4);
+        memo.insert(b, 2);
+        memo.insert(c, 3);
+        memo.insert(b, 2);
+        assert_eq!((memo.get(b), memo.get(c)), (None, None));
+        memo.insert(b, 2);
+        assert_eq!(memo.get(b), Some(&2));
+        assert_eq!(memo.len(), 2);
+    }
 
     #[test]
     fn the_last_value_is_found_again_and_another_name_looks_afresh() {

@@ -186,8 +186,10 @@ fn register(wakers: &mut Vec<Waker>, w: &Waker) {
     }
 }
 
-/// The flights in progress, by key (shared by every shard).
-pub type Flights = dashmap::DashMap<CacheKey, Arc<Flight>>;
+/// The flights in progress, by key (shared by every shard). A key is a hash
+/// already: its two words are folded with a multiply each, not SipHashed.
+pub type Flights =
+    dashmap::DashMap<CacheKey, Arc<Flight>, std::hash::BuildHasherDefault<crate::fasthash::Fnv1a>>;
 
 /// The leader's side of a flight. Dropped unfinished, it fails the flight.
 pub struct Leading {
@@ -290,7 +292,7 @@ mod tests {
     /// A leader whose flight is in a table; the check says whether the
     /// flight has left it.
     fn leading(max: usize) -> (Leading, impl Fn() -> bool) {
-        let table = Arc::new(Flights::new());
+        let table = Arc::new(Flights::default());
         let flight = Arc::new(Flight::new(CacheKey(1), max));
         table.insert(flight.key, flight.clone());
         let l = Leading::new(flight, table.clone());

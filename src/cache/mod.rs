@@ -263,7 +263,7 @@ impl Cache {
                 geo,
                 partitions,
                 writers,
-                flights: Arc::new(Flights::new()),
+                flights: Arc::new(Flights::default()),
                 fills,
                 fill_rx,
                 followers: AtomicU64::new(0),
