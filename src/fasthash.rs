@@ -184,7 +184,7 @@ mod tests {
     #[test]
     fn a_digest_is_remembered_from_its_second_sight() {
         let mut memo = DigestMemo::<u32, 8>::default();
-        let (a, b) = (0x1234_5678_u128 << 96 | 3, 0x9abc_def0_u128 << 96 | 3);
+        let a = 0x1234_5678_u128 << 96 | 3;
         memo.insert(a, 1);
         assert_eq!(memo.get(a), None, "once is not enough");
         memo.insert(a, 1);

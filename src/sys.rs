@@ -152,42 +152,46 @@ impl SharedMap {
         self.len == 0
     }
 
-    /// The word at byte offset `at`. Panics unless `at` is 8-aligned and inside.
-    fn word(&self, at: usize) -> &AtomicU64 {
+    /// The `n` words from byte offset `at`. Panics unless `at` is 8-aligned
+    /// and all `n` words are inside.
+    fn words(&self, at: usize, n: usize) -> &[AtomicU64] {
         assert!(
-            at.is_multiple_of(8) && at + 8 <= self.len,
-            "word {at} outside the mapping"
+            at.is_multiple_of(8) && n <= self.len / 8 && at <= self.len - n * 8,
+            "words {at}+{n} outside the mapping"
         );
         // SAFETY: the mapping starts page-aligned and `at` is a multiple of 8
-        // with `at + 8 <= len`, so the pointer is aligned and in bounds; the
-        // mapping lives as long as `self` (the returned borrow), and every
-        // access to these bytes in this process goes through `AtomicU64`.
-        unsafe { AtomicU64::from_ptr(self.map.as_mut_ptr().add(at).cast::<u64>()) }
+        // with `at + 8 * n <= len`, so the pointer is aligned and the `n`
+        // words are in bounds; the mapping lives as long as `self` (the
+        // returned borrow), and every access to these bytes in this process
+        // goes through `AtomicU64`.
+        unsafe { std::slice::from_raw_parts(self.map.as_mut_ptr().add(at).cast::<AtomicU64>(), n) }
     }
 
     pub fn load(&self, at: usize, order: Ordering) -> u64 {
-        self.word(at).load(order)
+        self.words(at, 1)[0].load(order)
     }
 
     pub fn store(&self, at: usize, value: u64, order: Ordering) {
-        self.word(at).store(value, order)
+        self.words(at, 1)[0].store(value, order)
     }
 
-    /// Copies `out.len()` bytes (a multiple of 8) from offset `at`, word by word.
+    /// Copies `out.len()` bytes (a multiple of 8) from offset `at`, word by
+    /// word (bounds checked once for the whole run, not per word).
     pub fn read(&self, at: usize, out: &mut [u8]) {
-        assert!(out.len().is_multiple_of(8) && at + out.len() <= self.len);
-        for (i, chunk) in out.chunks_exact_mut(8).enumerate() {
-            let w = self.load(at + i * 8, Ordering::Relaxed);
-            chunk.copy_from_slice(&w.to_le_bytes());
+        assert!(out.len().is_multiple_of(8));
+        let words = self.words(at, out.len() / 8);
+        for (w, chunk) in words.iter().zip(out.chunks_exact_mut(8)) {
+            chunk.copy_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
         }
     }
 
     /// Writes `src` (a multiple of 8 bytes) at offset `at`, word by word.
     pub fn write(&self, at: usize, src: &[u8]) {
-        assert!(src.len().is_multiple_of(8) && at + src.len() <= self.len);
-        for (i, chunk) in src.chunks_exact(8).enumerate() {
-            let w = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
-            self.store(at + i * 8, w, Ordering::Relaxed);
+        assert!(src.len().is_multiple_of(8));
+        let words = self.words(at, src.len() / 8);
+        for (w, chunk) in words.iter().zip(src.chunks_exact(8)) {
+            let v = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
+            w.store(v, Ordering::Relaxed);
         }
     }
 

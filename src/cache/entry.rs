@@ -22,7 +22,8 @@
 //!     52     4  input tokens the stored answer cost (saved by each hit)
 //!     56     4  output tokens
 //!     60     4  HTTP status of the stored answer
-//!     64     8  checksum: xxh3-64 over bytes 0..64, head, body and padding
+//!     64     8  checksum: xxh3-64 of bytes 0..64 (rotated by 32 bits)
+//!                xor xxh3-64 of head, body and padding
 //!     72     -  head, then body, then zeros to a multiple of 8
 //!      -     8  completion mark: checksum ^ COMPLETE, written last
 //! ```
@@ -31,12 +32,11 @@
 //! in whole words.
 
 use super::key::CacheKey;
-use xxhash_rust::xxh3::Xxh3;
 
 /// Marks the start of an entry.
 pub const MAGIC: u32 = 0xA16A_CAC1;
 /// Bumped on any layout change: entries of another version are dropped.
-pub const FORMAT_VERSION: u16 = 2;
+pub const FORMAT_VERSION: u16 = 3;
 /// Bytes before the head.
 pub const HEADER_LEN: usize = 72;
 /// Bytes of the completion mark after the body.
@@ -98,11 +98,13 @@ pub enum Invalid {
     Incomplete,
 }
 
+/// Two one-shot hashes: a streaming hasher's set-up and buffering cost more
+/// than the hashing at these sizes, on every store and every hit (criterion
+/// `lookup_hit_1KiB`: 181 ns to 148 ns). It guards against torn and corrupt
+/// bytes, not an adversary: only aigw writes entries.
 fn checksum(header: &[u8], rest: &[u8]) -> u64 {
-    let mut h = Xxh3::new();
-    h.update(&header[..SUM_AT]);
-    h.update(rest);
-    h.digest()
+    let head = xxhash_rust::xxh3::xxh3_64(&header[..SUM_AT]);
+    head.rotate_left(32) ^ xxhash_rust::xxh3::xxh3_64(rest)
 }
 
 /// Writes `e` at the start of `out` (which must hold `e.size()` bytes) and

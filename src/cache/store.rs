@@ -223,15 +223,20 @@ impl Partition {
             return false;
         }
         let at = self.geo.seg_at(seg) + off;
-        buf.resize(entry::HEADER_LEN, 0);
-        self.map.read(at, buf);
-        let Ok(entry::Frame { key: k, len, .. }) = entry::frame(buf) else {
+        let mut header = [0u8; entry::HEADER_LEN];
+        self.map.read(at, &mut header);
+        let Ok(entry::Frame { key: k, len, .. }) = entry::frame(&header) else {
             return false;
         };
         if k != key || off + len > self.geo.segment {
             return false;
         }
-        buf.resize(len, 0);
+        // Every byte is overwritten below: zero only what the buffer never had.
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        buf.truncate(len);
+        buf[..entry::HEADER_LEN].copy_from_slice(&header);
         self.map
             .read(at + entry::HEADER_LEN, &mut buf[entry::HEADER_LEN..]);
         true
