@@ -13,8 +13,10 @@
 //! reused region reads as a miss, never as a wrong answer.
 //!
 //! Entries are appended to the open segment. When it is full, the next one is
-//! reclaimed whole, segcache-style: a segment whose entries have all expired
-//! first, else the oldest. The index is a table of buckets of [`SLOTS`] words
+//! reused whole, segcache-style: a segment whose entries have all expired
+//! first, else the oldest. Its entries leave the index a few per insert from
+//! the time the open segment is half full, not all at the switch (thousands
+//! of entries at once stalled the shard for milliseconds). The index is a table of buckets of [`SLOTS`] words
 //! (tag, segment, offset): a few bytes per entry. At start the index is
 //! rebuilt by walking every segment in sequence order; anything that does not
 //! check out is dropped. An entry is only ever findable through the index, and
@@ -280,7 +282,17 @@ pub struct Writer {
     open: usize,
     next_seq: u64,
     scratch: Vec<u8>,
+    /// The segment to reuse next, being taken out of the index a few
+    /// entries per insert once the open one is half full, and where its walk
+    /// stands (`None`: done). Reclaiming a whole segment at once stalled the
+    /// shard for milliseconds (a segment holds thousands of entries).
+    ahead: Option<(usize, Option<usize>)>,
 }
+
+/// Entries of the segment to reuse next that each insert takes out of the
+/// index: enough to finish it in an eighth of a segment's inserts when its
+/// entries are as large as the new ones (the rest, if any, goes at the switch).
+const RECLAIM_STEP: usize = 8;
 
 /// The path of partition `shard`'s file.
 pub fn file_path(dir: &Path, shard: usize) -> PathBuf {
@@ -341,6 +353,7 @@ pub fn open(
         open: 0,
         next_seq: 1,
         scratch: Vec::new(),
+        ahead: None,
     };
     let mut found = vec![0u8; FILE_HEADER];
     part.map.read(0, &mut found);
@@ -508,9 +521,30 @@ impl Writer {
             return false;
         }
         if self.segs[self.open].used + len > geo.segment {
-            let next = self.victim(now_ms);
-            self.reclaim(part, next, now_ms);
+            let next = match self.ahead.take() {
+                Some((seg, at)) => {
+                    if let Some(at) = at {
+                        self.reclaim(part, seg, at, usize::MAX, now_ms);
+                    }
+                    seg
+                }
+                None => {
+                    let seg = self.victim(now_ms);
+                    self.reclaim(part, seg, SEG_HEADER, usize::MAX, now_ms);
+                    seg
+                }
+            };
             self.start_segment(part, next);
+        } else if self.segs[self.open].used > geo.segment / 2 {
+            let (seg, at) = match self.ahead {
+                Some(a) => a,
+                None => (self.victim(now_ms), Some(SEG_HEADER)),
+            };
+            self.ahead = Some((seg, at));
+            if let Some(at) = at {
+                let next = self.reclaim(part, seg, at, RECLAIM_STEP, now_ms);
+                self.ahead = Some((seg, next));
+            }
         }
         let seg = self.open;
         let off = self.segs[seg].used;
@@ -633,25 +667,33 @@ impl Writer {
         candidates.min_by_key(|s| self.segs[*s].seq).unwrap_or(0)
     }
 
-    /// Takes every entry of `seg` out of the index, counting each as an
-    /// eviction or an expiration.
-    fn reclaim(&mut self, part: &Partition, seg: usize, now_ms: u64) {
+    /// Takes up to `most` entries of `seg`, from offset `from` on, out of the
+    /// index, counting each as an eviction or an expiration. Returns where
+    /// the walk stands, or `None` when the segment holds no more.
+    fn reclaim(
+        &mut self,
+        part: &Partition,
+        seg: usize,
+        from: usize,
+        most: usize,
+        now_ms: u64,
+    ) -> Option<usize> {
         if self.segs[seg].seq == 0 {
-            return;
+            return None;
         }
-        let mut off = SEG_HEADER;
+        let mut off = from;
         let used = self.segs[seg].used;
-        while off + entry::HEADER_LEN <= used {
+        for _ in 0..most {
+            if off + entry::HEADER_LEN > used {
+                return None;
+            }
             let probe = slot(CacheKey(0), seg, off);
-            let Some(entry::Frame {
+            let entry::Frame {
                 key,
                 len,
                 expires_ms,
                 ..
-            }) = self.frame_at(part, probe)
-            else {
-                break;
-            };
+            } = self.frame_at(part, probe)?;
             let b = bucket_of(key, part.geo.buckets) * SLOTS;
             let here = slot(key, seg, off);
             for i in b..b + SLOTS {
@@ -668,6 +710,7 @@ impl Writer {
             }
             off += len;
         }
+        Some(off)
     }
 
     /// Drops what `what` names; returns how many entries went.
@@ -684,6 +727,7 @@ impl Writer {
             }
             part.stats.entries.store(0, Ordering::Relaxed);
             part.stats.bytes.store(0, Ordering::Relaxed);
+            self.ahead = None;
             self.start_segment(part, 0);
         } else {
             // A key can only be in its bucket; a provider's entries anywhere.
@@ -818,6 +862,49 @@ mod tests {
         drop((p, w));
         let (_, _, o) = open(&d, 0, 1, geo(), 0).unwrap();
         assert_eq!(o.kept, live, "a restart finds exactly the live entries");
+    }
+
+    #[test]
+    fn no_insert_takes_more_than_a_few_entries_out_of_the_index() {
+        let d = dir("steps");
+        let (p, mut w, _) = open(&d, 0, 1, geo(), 0).unwrap();
+        let body = vec![b'y'; 150];
+        let per_segment = geo().segment / e(0, &body, 0).size();
+        assert!(per_segment > 4 * RECLAIM_STEP, "{per_segment}");
+        let n = (geo().segments * per_segment * 3) as u128;
+        let gone = |p: &Partition| {
+            p.stats.evictions.load(Ordering::Relaxed) + p.stats.expirations.load(Ordering::Relaxed)
+        };
+        let mut most = 0;
+        for k in 1..=n {
+            let before = gone(&p);
+            // Odd keys expire, so both kinds of reclaim are counted.
+            let expires = if k % 2 == 1 { 5 } else { u64::MAX };
+            assert!(w.insert(&p, &e(k << 64 | k, &body, expires), 10));
+            most = most.max(gone(&p) - before);
+        }
+        assert!(gone(&p) > n as u64 / 2, "the partition went round");
+        // A step of the segment to reuse next, and at most one entry of a
+        // full bucket; not a whole segment at once.
+        assert!(most <= RECLAIM_STEP as u64 + 1, "{most} at once");
+        // The newest entries are all there (only a segment reclaimed early).
+        let mut buf = Vec::new();
+        let recent = ((geo().segments - 2) * per_segment) as u128;
+        for k in (n - recent + 1..=n).filter(|k| k % 2 == 0) {
+            assert!(
+                p.lookup(CacheKey(k << 64 | k), 0, &mut buf).is_some(),
+                "{k}"
+            );
+        }
+        // The counts agree with what is findable, now and after a restart.
+        let live = p.stats.entries.load(Ordering::Relaxed);
+        let found = (1..=n)
+            .filter(|k| p.lookup(CacheKey(k << 64 | k), 0, &mut buf).is_some())
+            .count();
+        assert_eq!(live, found as u64);
+        drop((p, w));
+        let (_, _, o) = open(&d, 0, 1, geo(), 0).unwrap();
+        assert_eq!(o.kept, live);
     }
 
     #[test]
