@@ -117,10 +117,9 @@ struct Member {
 
 impl KeyMaker {
     pub fn key(&mut self, input: &KeyInput<'_>) -> Result<CacheKey, NoKey> {
-        // The inputs are laid out in one buffer and hashed at once: a
-        // streaming hasher's set-up and per-update copies cost more than
-        // the hashing of these few dozen bytes.
-        // The body counts only without a custom key.
+        // The body counts only without a custom key. The inputs are laid
+        // out in one buffer and hashed at once: a streaming hasher's set-up
+        // and per-update copies cost more than hashing these few dozen bytes.
         let digest = match input.custom {
             Some(_) => 0,
             None => self.body_digest(input.body, input.body_digest)?,

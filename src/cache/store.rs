@@ -16,8 +16,9 @@
 //! reused whole, segcache-style: a segment whose entries have all expired
 //! first, else the oldest. Its entries leave the index a few per insert from
 //! the time the open segment is half full, not all at the switch (thousands
-//! of entries at once stalled the shard for milliseconds). The index is a table of buckets of [`SLOTS`] words
-//! (tag, segment, offset): a few bytes per entry. At start the index is
+//! of entries at once stalled the shard for milliseconds). The index is a
+//! table of buckets of [`SLOTS`] words (tag, segment, offset): a few bytes
+//! per entry. At start the index is
 //! rebuilt by walking every segment in sequence order; anything that does not
 //! check out is dropped. An entry is only ever findable through the index, and
 //! whenever the writer drops one from the index (replaced, evicted, purged) it
@@ -233,11 +234,9 @@ impl Partition {
         if k != key || off + len > self.geo.segment {
             return false;
         }
-        // Every byte is overwritten below: zero only what the buffer never had.
-        if buf.len() < len {
-            buf.resize(len, 0);
-        }
-        buf.truncate(len);
+        // Every byte is overwritten below; `resize` zeroes only what the
+        // buffer never had (the header went to the stack, not through it).
+        buf.resize(len, 0);
         buf[..entry::HEADER_LEN].copy_from_slice(&header);
         self.map
             .read(at + entry::HEADER_LEN, &mut buf[entry::HEADER_LEN..]);
@@ -293,6 +292,11 @@ pub struct Writer {
 /// index: enough to finish it in an eighth of a segment's inserts when its
 /// entries are as large as the new ones (the rest, if any, goes at the switch).
 const RECLAIM_STEP: usize = 8;
+
+/// The segment to reuse next starts leaving the index once the open one is
+/// past `1 / RECLAIM_AHEAD` full: early enough to finish in steps, late
+/// enough that its entries stay findable most of the segment's life.
+const RECLAIM_AHEAD: usize = 2;
 
 /// The path of partition `shard`'s file.
 pub fn file_path(dir: &Path, shard: usize) -> PathBuf {
@@ -520,30 +524,23 @@ impl Writer {
         if SEG_HEADER + len > geo.segment {
             return false;
         }
-        if self.segs[self.open].used + len > geo.segment {
-            let next = match self.ahead.take() {
-                Some((seg, at)) => {
-                    if let Some(at) = at {
-                        self.reclaim(part, seg, at, usize::MAX, now_ms);
-                    }
-                    seg
+        let used = self.segs[self.open].used;
+        let full = used + len > geo.segment;
+        if full || used > geo.segment / RECLAIM_AHEAD {
+            // The segment to reuse next, and where its walk stands.
+            let (seg, at) = self
+                .ahead
+                .take()
+                .unwrap_or_else(|| (self.victim(now_ms), Some(SEG_HEADER)));
+            if full {
+                // The rest of it leaves the index now, and it opens.
+                if let Some(at) = at {
+                    self.reclaim(part, seg, at, usize::MAX, now_ms);
                 }
-                None => {
-                    let seg = self.victim(now_ms);
-                    self.reclaim(part, seg, SEG_HEADER, usize::MAX, now_ms);
-                    seg
-                }
-            };
-            self.start_segment(part, next);
-        } else if self.segs[self.open].used > geo.segment / 2 {
-            let (seg, at) = match self.ahead {
-                Some(a) => a,
-                None => (self.victim(now_ms), Some(SEG_HEADER)),
-            };
-            self.ahead = Some((seg, at));
-            if let Some(at) = at {
-                let next = self.reclaim(part, seg, at, RECLAIM_STEP, now_ms);
-                self.ahead = Some((seg, next));
+                self.start_segment(part, seg);
+            } else {
+                let at = at.and_then(|at| self.reclaim(part, seg, at, RECLAIM_STEP, now_ms));
+                self.ahead = Some((seg, at));
             }
         }
         let seg = self.open;
