@@ -49,7 +49,7 @@ fn record(ids: &mut IdGen, ts: u64, i: usize, provider: &Arc<str>) -> RequestRec
         path: "/v1/chat/completions".into(),
         user_agent: Some("OpenAI/Python 1.54.0".into()),
         event_id: None,
-        metadata: Some(Metadata(vec![
+        metadata: Some(Metadata::from(vec![
             ("user".into(), MetaValue::Str(format!("u{}", i % USERS))),
             ("app".into(), MetaValue::Str("bench".into())),
         ])),

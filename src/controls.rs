@@ -10,7 +10,7 @@
 
 use crate::error::GatewayError;
 use crate::http::request::RequestView;
-use crate::record::{MAX_METADATA_ENTRIES, Metadata};
+use crate::record::{MAX_METADATA_ENTRIES, Metadata, MetadataMemo};
 /// Longest event id, in bytes.
 pub const MAX_EVENT_ID: usize = 256;
 /// Longest user agent kept, in bytes (longer ones are cut).
@@ -162,8 +162,12 @@ fn bad(code: &'static str, message: String) -> GatewayError {
     GatewayError::bad_request(code, message)
 }
 
-/// The stage: reads every control header of `req`.
-pub fn read<'a>(req: &RequestView<'a>) -> Result<Controls<'a>, GatewayError> {
+/// The stage: reads every control header of `req` (a metadata object through
+/// the shard's `memo`).
+pub fn read<'a>(
+    req: &RequestView<'a>,
+    memo: &mut MetadataMemo,
+) -> Result<Controls<'a>, GatewayError> {
     let mut c = Controls {
         collect_log: true,
         ..Controls::default()
@@ -191,7 +195,7 @@ pub fn read<'a>(req: &RequestView<'a>) -> Result<Controls<'a>, GatewayError> {
             ));
         }
         match control {
-            Control::Metadata => c.metadata = Some(metadata(value, &shown)?),
+            Control::Metadata => c.metadata = Some(metadata(memo, value, &shown)?),
             Control::EventId => {
                 let id = std::str::from_utf8(value)
                     .ok()
@@ -367,8 +371,12 @@ fn flag(value: &[u8]) -> Option<bool> {
 
 /// Parses a metadata header: a flat JSON object, at most five entries, each a
 /// string, number or boolean.
-fn metadata(value: &[u8], header: &dyn Fn() -> String) -> Result<Metadata, GatewayError> {
-    Metadata::parse(value).map_err(|why| {
+fn metadata(
+    memo: &mut MetadataMemo,
+    value: &[u8],
+    header: &dyn Fn() -> String,
+) -> Result<Metadata, GatewayError> {
+    memo.parse(value).map_err(|why| {
         bad(
             "invalid_metadata",
             format!(
@@ -399,11 +407,14 @@ mod tests {
             max_body_bytes: 1 << 20,
         };
         parse_request(raw.as_bytes(), &limits, &mut head).unwrap();
-        f(read(&RequestView {
-            head: &head,
-            window: raw.as_bytes(),
-            body: b"",
-        }))
+        f(read(
+            &RequestView {
+                head: &head,
+                window: raw.as_bytes(),
+                body: b"",
+            },
+            &mut MetadataMemo::new(),
+        ))
     }
 
     #[test]
@@ -413,7 +424,7 @@ mod tests {
             let c = c.unwrap();
             let m = c.metadata.unwrap();
             assert_eq!(
-                m.0,
+                *m.0,
                 vec![
                     ("user".into(), MetaValue::Str("ann".into())),
                     ("n".into(), MetaValue::Num("-1.5e3".into())),

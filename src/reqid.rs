@@ -142,6 +142,56 @@ fn splitmix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// Wall-clock time read off the monotonic clock, for one thread: a request's
+/// arrival `Instant` (which it reads anyway) gives its Unix millisecond
+/// without a second clock read. The pairing of the two clocks is taken again
+/// when a second has passed, so a step of the wall clock shows within a
+/// second, and the clocks' drift in between (NTP slews at most 0.5 ms a
+/// second) stays below the millisecond asked for.
+pub struct WallClock {
+    /// A monotonic instant and the wall-clock nanoseconds since the epoch at it.
+    base: std::cell::Cell<(std::time::Instant, u64)>,
+}
+
+impl WallClock {
+    const REPAIR: std::time::Duration = std::time::Duration::from_secs(1);
+
+    pub fn new() -> WallClock {
+        WallClock {
+            base: std::cell::Cell::new(Self::pair()),
+        }
+    }
+
+    fn pair() -> (std::time::Instant, u64) {
+        let at = std::time::Instant::now();
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        (at, unix)
+    }
+
+    /// Milliseconds since the Unix epoch at `at` (an instant of the recent
+    /// past or present).
+    pub fn unix_ms(&self, at: std::time::Instant) -> u64 {
+        let (mut base, mut unix) = self.base.get();
+        if at.saturating_duration_since(base) >= Self::REPAIR {
+            (base, unix) = Self::pair();
+            self.base.set((base, unix));
+        }
+        let ns = match at.checked_duration_since(base) {
+            Some(after) => unix.saturating_add(after.as_nanos() as u64),
+            None => unix.saturating_sub(base.duration_since(at).as_nanos() as u64),
+        };
+        ns / 1_000_000
+    }
+}
+
+impl Default for WallClock {
+    fn default() -> Self {
+        WallClock::new()
+    }
+}
+
 /// Milliseconds since the Unix epoch, now.
 pub fn now_unix_ms() -> u64 {
     std::time::SystemTime::now()
@@ -153,6 +203,33 @@ pub fn now_unix_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_wall_clock_read_off_instants_agrees_with_the_system_clock() {
+        let clock = WallClock::new();
+        let before = now_unix_ms();
+        let at = std::time::Instant::now();
+        let after = now_unix_ms();
+        let ms = clock.unix_ms(at);
+        assert!(
+            before <= ms + 1 && ms <= after + 1,
+            "{before} <= {ms} <= {after}"
+        );
+        // An instant before the pairing maps before it, one after it after.
+        let earlier = at
+            .checked_sub(std::time::Duration::from_millis(250))
+            .unwrap();
+        let e = clock.unix_ms(earlier);
+        assert!(ms - e >= 249 && ms - e <= 251, "{ms} - {e}");
+        let later = at + std::time::Duration::from_millis(400);
+        let l = clock.unix_ms(later);
+        assert!(l - ms >= 399 && l - ms <= 401, "{l} - {ms}");
+        // Past the repair interval the pairing is taken again, and an
+        // instant far ahead still maps to its own millisecond.
+        let ahead = at + std::time::Duration::from_secs(5);
+        let a = clock.unix_ms(ahead);
+        assert!(a >= before + 4_999 && a <= after + 5_001, "{a}");
+    }
 
     #[test]
     fn ids_are_uuid_v7_and_round_trip_through_text() {

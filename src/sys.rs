@@ -19,16 +19,25 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// `recv(fd, buf, MSG_DONTWAIT)`: reads what the socket holds now, or
 /// `WouldBlock`. Never waits.
+///
+/// Made as a raw `recvfrom` system call: libc's `recv` is a thread
+/// cancellation point and brackets every call with two calls that switch
+/// cancellation on and off (3.5% of a cache hit's user time in perf), which
+/// a shard, never cancelled, has no use for.
 pub fn try_recv(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: `fd` is borrowed, so the descriptor stays open (and is not
     // reused) for the duration of this call; `buf` is a valid, writable region
-    // of exactly `buf.len()` bytes.
+    // of exactly `buf.len()` bytes; the address arguments are null, which
+    // `recvfrom` takes as "no address wanted".
     let n = unsafe {
-        libc::recv(
-            fd.as_raw_fd(),
-            buf.as_mut_ptr().cast(),
+        libc::syscall(
+            libc::SYS_recvfrom,
+            libc::c_long::from(fd.as_raw_fd()),
+            buf.as_mut_ptr(),
             buf.len(),
-            libc::MSG_DONTWAIT,
+            libc::c_long::from(libc::MSG_DONTWAIT),
+            std::ptr::null_mut::<libc::sockaddr>(),
+            std::ptr::null_mut::<libc::socklen_t>(),
         )
     };
     if n < 0 {
@@ -39,17 +48,22 @@ pub fn try_recv(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// `send(fd, buf, MSG_DONTWAIT | MSG_NOSIGNAL)`: writes what the socket has
-/// room for now, or `WouldBlock`. Never waits.
+/// room for now, or `WouldBlock`. Never waits. A raw `sendto` system call,
+/// for the reason [`try_recv`] gives.
 pub fn try_send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
     // SAFETY: `fd` is borrowed, so the descriptor stays open (and is not
     // reused) for the duration of this call; `buf` is valid for reads of
-    // exactly `buf.len()` bytes.
+    // exactly `buf.len()` bytes; a null address with length 0 is what `send`
+    // itself passes to `sendto`.
     let n = unsafe {
-        libc::send(
-            fd.as_raw_fd(),
-            buf.as_ptr().cast(),
+        libc::syscall(
+            libc::SYS_sendto,
+            libc::c_long::from(fd.as_raw_fd()),
+            buf.as_ptr(),
             buf.len(),
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            libc::c_long::from(libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL),
+            std::ptr::null::<libc::sockaddr>(),
+            0 as libc::c_long,
         )
     };
     if n < 0 {

@@ -198,7 +198,7 @@ fn add_functions(conn: &Connection) -> rusqlite::Result<()> {
             return Ok(None);
         };
         Ok(m.0
-            .into_iter()
+            .iter()
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_text().to_string()))
     }

@@ -656,10 +656,10 @@ mod meta_tests {
             user_agent: None,
             event_id: None,
             metadata: (!meta.is_empty()).then(|| {
-                Metadata(
+                Metadata::from(
                     meta.iter()
                         .map(|(k, v)| (k.to_string(), v.clone()))
-                        .collect(),
+                        .collect::<Vec<_>>(),
                 )
             }),
             request_body: None,

@@ -72,11 +72,8 @@ pub fn replay(
 fn metadata_pairs(json: &str) -> Vec<(String, String)> {
     Metadata::parse(json.as_bytes())
         .map(|m| {
-            m.0.into_iter()
-                .map(|(k, v)| {
-                    let text = v.as_text().to_string();
-                    (k, text)
-                })
+            m.0.iter()
+                .map(|(k, v)| (k.clone(), v.as_text().to_string()))
                 .collect()
         })
         .unwrap_or_default()

@@ -261,7 +261,7 @@ impl Writer {
                     let seq = last - (rows.len() - 1 - i) as i64;
                     let ts = r.id.unix_ms() as i64;
                     if let Some(m) = &facts.metadata {
-                        for (k, v) in &m.0 {
+                        for (k, v) in m.0.iter() {
                             carried
                                 .entry((k.as_str(), v.as_text()))
                                 .or_insert_with(|| Carried::new(ts))

@@ -67,7 +67,7 @@ pub const CLIENT_CLOSED: u16 = 499;
 /// Runs one request through every stage; returns whether the connection stays open.
 pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool {
     let _in_flight = ctx.in_flight();
-    let mut rec = RequestRecord::new(ctx.new_request_id(), ctx.shard, req.started);
+    let mut rec = RequestRecord::new(ctx.new_request_id(req.started), ctx.shard, req.started);
     rec.bytes_in = req.consumed as u64;
     let keep_alive = c.head.keep_alive && !ctx.draining.get();
 
@@ -424,7 +424,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
 /// Answers a request that could not be read (a framing error, a timeout) like
 /// any other error; the connection then closes.
 pub async fn reject(ctx: &ShardCtx, c: &mut ClientConn, u: Unreadable) {
-    let mut rec = RequestRecord::new(ctx.new_request_id(), ctx.shard, u.started);
+    let mut rec = RequestRecord::new(ctx.new_request_id(u.started), ctx.shard, u.started);
     if ctx.logging() {
         // The head did not parse, so nothing of it is trusted: `c.head` still
         // describes the previous request on this connection.
@@ -457,7 +457,7 @@ fn controls(
     rec: &mut RequestRecord,
 ) -> Result<Wish, GatewayError> {
     let view = req.view(&c.head, &c.buf, &c.body);
-    let mut read = controls::read(&view);
+    let mut read = controls::read(&view, &mut ctx.metadata_memo.borrow_mut());
     let wish = read.as_mut().map_or_else(
         |_| Wish::default(),
         |r| Wish {
@@ -612,9 +612,11 @@ fn authenticate(
     {
         // The key's attribution wins over the request's own of the same name.
         let meta = log.metadata.get_or_insert_with(Metadata::default);
+        // Copied first when the shard's memo shares it.
+        let entries = Arc::make_mut(&mut meta.0);
         for (k, v) in &key.metadata {
-            meta.0.retain(|(name, _)| name != k);
-            meta.0.push((k.clone(), MetaValue::Str(v.clone())));
+            entries.retain(|(name, _)| name != k);
+            entries.push((k.clone(), MetaValue::Str(v.clone())));
         }
     }
     let provider = &*plan.provider.name;
@@ -914,7 +916,8 @@ fn cache_lookup(
         custom: wish.key.as_deref(),
         stream: plan.stream,
     };
-    let now_ms = now_unix_ms();
+    // Freshness is judged at the request's arrival (no clock read).
+    let now_ms = ctx.unix_ms(req.started);
     let (key, lookup) = cache.lookup(&input, now_ms);
     rec.cache_key = key.map(|k| k.0);
     let (cached, status) = match lookup {
@@ -945,6 +948,8 @@ async fn serve_hit(
     now_ms: u64,
     limits: &[u8],
 ) -> bool {
+    // One clock read for the head's gateway time and a stream's first token.
+    let gateway = req.started.elapsed();
     // The entry stays borrowed only while the answer is built.
     let built = ctx.cache().and_then(|cache| {
         let bytes = cache.hit();
@@ -962,7 +967,7 @@ async fn serve_hit(
                 status: CacheStatus::Hit,
             },
             age: Some(now_ms.saturating_sub(e.created_ms) / 1000),
-            gateway: req.started.elapsed(),
+            gateway,
             length: Some(e.body.len()),
             limits,
         };
@@ -984,7 +989,7 @@ async fn serve_hit(
         cache_write_tokens: None,
     };
     if flags & entry::FLAG_STREAM != 0 {
-        rec.ttft = Some(req.started.elapsed());
+        rec.ttft = Some(gateway);
     }
     answer(ctx, c, rec, keep_alive).await
 }

@@ -12,7 +12,7 @@ use crate::http::request::HeadLimits;
 use crate::limit::{Limiter, ShardLimiter};
 use crate::providers::{self, Providers};
 use crate::record::{Dropped, LogQueue, Outcome, RequestRecord};
-use crate::reqid::{IdGen, RequestId, now_unix_ms};
+use crate::reqid::{IdGen, RequestId, WallClock};
 use crate::stats::{Gauges, ShardStats, Snapshot};
 use crate::targets::{self, Routes};
 use crate::upstream::dns::Resolver;
@@ -23,6 +23,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
+use std::time::Instant;
 
 /// A live client connection as the drain logic sees it.
 struct ConnEntry {
@@ -97,10 +98,13 @@ pub struct ShardCtx {
     pub draining: Cell<bool>,
     /// Request ids (UUIDv7) and the shard's cheap randomness (log sampling).
     ids: RefCell<IdGen>,
+    clock: WallClock,
     /// The log's shared copies of paths and user agents.
     interned: RefCell<crate::record::Interner>,
     /// Request bodies read lately (with the cache on, where they repeat).
     scans: RefCell<crate::json::ScanMemo>,
+    /// Metadata headers read lately (`controls::read`).
+    pub metadata_memo: RefCell<crate::record::MetadataMemo>,
     /// Finished records the request log keeps go here (`None`: logs are off).
     log: Option<LogQueue>,
     /// Live connections: a slab indexed by connection id, with a free list.
@@ -155,7 +159,9 @@ impl ShardCtx {
             draining: Cell::new(false),
             interned: RefCell::new(interned),
             scans: RefCell::new(crate::json::ScanMemo::default()),
+            metadata_memo: RefCell::new(crate::record::MetadataMemo::new()),
             ids: RefCell::new(ids),
+            clock: WallClock::new(),
             log,
             conns: RefCell::new(Slab::default()),
             cache,
@@ -270,9 +276,14 @@ impl ShardCtx {
         }
     }
 
-    /// A fresh request id (UUIDv7, stamped now).
-    pub fn new_request_id(&self) -> RequestId {
-        self.ids.borrow_mut().id(now_unix_ms())
+    /// A fresh request id (UUIDv7, stamped with the request's arrival).
+    pub fn new_request_id(&self, arrived: Instant) -> RequestId {
+        self.ids.borrow_mut().id(self.clock.unix_ms(arrived))
+    }
+
+    /// Milliseconds since the Unix epoch at `at`, without a clock read.
+    pub fn unix_ms(&self, at: Instant) -> u64 {
+        self.clock.unix_ms(at)
     }
 
     /// Counts a request in flight until the guard drops.
