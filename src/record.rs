@@ -205,8 +205,11 @@ const METADATA_MEMO_LONGEST: usize = 512;
 /// objects that parsed are kept: an invalid header is read (and refused)
 /// every time.
 pub struct MetadataMemo {
-    slots: Box<[Option<(Box<[u8]>, Metadata)>]>,
+    slots: Box<[Option<Remembered>]>,
 }
+
+/// A header's exact bytes and the object they hold.
+type Remembered = (Box<[u8]>, Metadata);
 
 impl MetadataMemo {
     pub fn new() -> MetadataMemo {
