@@ -662,8 +662,10 @@ impl Admission {
     }
 
     /// Settles token reservations to what the provider reported (`None`:
-    /// nothing reported, so the reservation stands as the charge).
-    pub fn settle(&mut self, used: Option<(u64, u64)>, now_ms: u64) {
+    /// nothing reported, so the reservation stands as the charge). `now_ms`
+    /// is read only when usage passed a reservation (the debt goes into the
+    /// window of now).
+    pub fn settle(&mut self, used: Option<(u64, u64)>, now_ms: impl Fn() -> u64) {
         for h in &mut self.held {
             let Kind::Tokens {
                 count,
@@ -684,7 +686,7 @@ impl Admission {
             };
             let counter = &h.local.bucket.counter;
             if actual > *reserved {
-                let now = window::position(now_ms, h.local.bucket.window_ms).0;
+                let now = window::position(now_ms(), h.local.bucket.window_ms).0;
                 counter.add(now, actual - *reserved);
             } else {
                 counter.give_back(*window, *reserved - actual);
@@ -872,12 +874,12 @@ mod tests {
         assert!(s.admit(&ask(None, NONE)).is_ok());
         // Each used 20: 780 left.
         for mut h in held {
-            h.settle(Some((10, 10)), 1_000_000);
+            h.settle(Some((10, 10)), || 1_000_000);
         }
         let many: Vec<_> = (0..5).map(|_| s.admit(&ask(None, ann)).unwrap()).collect();
         // 750 reserved; one uses 600 beyond its 150: debt fills the window.
         for (i, mut h) in many.into_iter().enumerate() {
-            h.settle(Some(if i == 0 { (300, 450) } else { (0, 0) }), 1_000_000);
+            h.settle(Some(if i == 0 { (300, 450) } else { (0, 0) }), || 1_000_000);
         }
         // 120 + 750 = 870 counted: 130 left, less than 150.
         assert!(s.admit(&ask(None, ann)).is_err());

@@ -119,6 +119,8 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         wish: &wish,
         rec: &rec,
         price: priced,
+        // Counted at the request's arrival (no clock read).
+        now_ms: ctx.unix_ms(req.started),
     };
     if let Err(e) = admit(ctx, inputs, &mut admission, &mut reservation) {
         return answer_error(ctx, c, rec, &e, keep_alive).await;
@@ -169,6 +171,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
             wish: &wish,
             rec,
             price: priced,
+            now_ms: now_unix_ms(),
         };
         admit(ctx, inputs, &mut admission, &mut reservation)
     };
@@ -202,7 +205,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
             rec.cost_estimated = true;
             let custom = under_budget(wish.custom_cost, &reservation, priced);
             price(&mut rec, priced, &used, custom.as_ref());
-            admission.settle(Some((used.input, 0)), now_unix_ms());
+            admission.settle(Some((used.input, 0)), now_unix_ms);
             if !reservation.is_empty() {
                 reservation.settle(rec.cost, ctx.shared_budgets());
             }
@@ -408,7 +411,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
     // Token reservations settle to what was used (an error without usage
     // used nothing).
     if !admission.is_empty() {
-        admission.settle(Some((used.all_input(), used.output)), now_unix_ms());
+        admission.settle(Some((used.all_input(), used.output)), now_unix_ms);
     }
     drop(admission);
     // Budgets are charged the cost (unknown: nothing can be charged).
@@ -784,6 +787,8 @@ struct AdmitInputs<'a> {
     wish: &'a Wish,
     rec: &'a RequestRecord,
     price: Option<&'a Price>,
+    /// When the request is counted (Unix ms).
+    now_ms: u64,
 }
 
 /// Stage 1b: admission under the rate limits, then the budgets' reservation
@@ -802,6 +807,7 @@ fn admit(
         wish,
         rec,
         price,
+        now_ms,
     } = inputs;
     let (limiter, budgets) = (ctx.limiter(), ctx.budgets());
     if limiter.is_empty() && budgets.is_empty() {
@@ -818,7 +824,6 @@ fn admit(
             .as_ref()
             .or_else(|| rec.log.as_ref().and_then(|l| l.metadata.as_ref())),
     };
-    let now_ms = now_unix_ms();
     limiter.admit_into(
         &Ask {
             subject,
