@@ -72,10 +72,11 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
     let keep_alive = c.head.keep_alive && !ctx.draining.get();
 
     // 0. controls, and what the request log will keep of this request
-    let wish = match controls(ctx, c, req, &mut rec) {
-        Ok(wish) => wish,
-        Err(e) => return answer_error(ctx, c, rec, &e, keep_alive).await,
-    };
+    // Filled in place: moving it out of the stage copied it twice.
+    let mut wish = Wish::default();
+    if let Err(e) = controls(ctx, c, req, &mut rec, &mut wish) {
+        return answer_error(ctx, c, &mut rec, &e, keep_alive).await;
+    }
 
     // 1. route
     let (mut plan, body_digest) = match plan(ctx, c, req, &wish, &mut rec) {
@@ -84,21 +85,21 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
             c.out.clear();
             respond::health(&mut c.out, c.head.http10, keep_alive, c.head.method, rec.id);
             rec.status = 200;
-            return answer(ctx, c, rec, keep_alive).await;
+            return answer(ctx, c, &mut rec, keep_alive).await;
         }
-        Err(e) => return answer_error(ctx, c, rec, &e, keep_alive).await,
+        Err(e) => return answer_error(ctx, c, &mut rec, &e, keep_alive).await,
     };
 
     // 1a. who is calling, and whether their key may use this model
     let principal = match authenticate(ctx, c, req, &plan, &mut rec) {
         Ok(p) => p,
-        Err(e) => return answer_error(ctx, c, rec, &e, keep_alive).await,
+        Err(e) => return answer_error(ctx, c, &mut rec, &e, keep_alive).await,
     };
     // A routed request may use only the targets its key allows.
     if let (Some(key), true) = (&principal, plan.routing.is_some())
         && let Err(e) = restrict_route(ctx, c, req, &mut plan, key, &wish, &mut rec)
     {
-        return answer_error(ctx, c, rec, &e, keep_alive).await;
+        return answer_error(ctx, c, &mut rec, &e, keep_alive).await;
     }
 
     // The model's price, looked up once (admission reserves by it, the
@@ -123,7 +124,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         now_ms: ctx.unix_ms(req.started),
     };
     if let Err(e) = admit(ctx, inputs, &mut admission, &mut reservation) {
-        return answer_error(ctx, c, rec, &e, keep_alive).await;
+        return answer_error(ctx, c, &mut rec, &e, keep_alive).await;
     }
 
     // 1c. cache: a hit answers here; a miss leads or follows the one upstream call
@@ -133,7 +134,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         Cached::Hit { now_ms } => {
             admission.cache_hit();
             let extra = answer_headers(&admission, &wish);
-            return serve_hit(ctx, c, req, rec, keep_alive, now_ms, &extra).await;
+            return serve_hit(ctx, c, req, &mut rec, keep_alive, now_ms, &extra).await;
         }
         Cached::Lead(l) => lead = Some(l),
         Cached::Follow(flight) => {
@@ -141,7 +142,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
             let extra = answer_headers(&admission, &wish);
             if let Some(keep) = follow(ctx, c, req, &flight, &mut rec, keep_alive, &extra).await {
                 admission.cache_hit();
-                record(ctx, rec);
+                record(ctx, &mut rec);
                 return keep;
             }
         }
@@ -189,7 +190,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         Err(Unanswered::Failed(e)) => {
             // The time waiting on the provider is not the gateway's.
             rec.gateway = upstream_from.duration_since(req.started);
-            return answer_error(ctx, c, rec, &e, keep_alive).await;
+            return answer_error(ctx, c, &mut rec, &e, keep_alive).await;
         }
         Err(Unanswered::ClientGone) => {
             // No response went out; 499 is the status proxies log for that.
@@ -209,7 +210,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
             if !reservation.is_empty() {
                 reservation.settle(rec.cost, ctx.shared_budgets());
             }
-            record(ctx, rec);
+            record(ctx, &mut rec);
             return false;
         }
     };
@@ -420,7 +421,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
     }
 
     // 5. record
-    record(ctx, rec);
+    record(ctx, &mut rec);
     keep
 }
 
@@ -433,7 +434,7 @@ pub async fn reject(ctx: &ShardCtx, c: &mut ClientConn, u: Unreadable) {
         // describes the previous request on this connection.
         rec.log = Some(Box::default());
     }
-    answer_error(ctx, c, rec, &u.error, false).await;
+    answer_error(ctx, c, &mut rec, &u.error, false).await;
 }
 
 /// What the request controls asked for, owned (they outlive the request's
@@ -458,23 +459,21 @@ fn controls(
     c: &ClientConn,
     req: &Incoming,
     rec: &mut RequestRecord,
-) -> Result<Wish, GatewayError> {
+    wish: &mut Wish,
+) -> Result<(), GatewayError> {
     let view = req.view(&c.head, &c.buf, &c.body);
     let mut read = controls::read(&view, &mut ctx.metadata_memo.borrow_mut());
-    let wish = read.as_mut().map_or_else(
-        |_| Wish::default(),
-        |r| Wish {
-            ttl: r.cache.ttl,
-            skip: r.cache.skip,
-            key: r.cache.key.map(str::to_string),
-            metadata: r.metadata.take(),
-            custom_cost: r.custom_cost,
-            include_cost: r.include_cost,
-            retry: r.retry,
-        },
-    );
+    if let Ok(r) = read.as_mut() {
+        wish.ttl = r.cache.ttl;
+        wish.skip = r.cache.skip;
+        wish.key = r.cache.key.map(str::to_string);
+        wish.metadata = r.metadata.take();
+        wish.custom_cost = r.custom_cost;
+        wish.include_cost = r.include_cost;
+        wish.retry = r.retry;
+    }
     if !ctx.logging() || read.as_ref().is_ok_and(|c| !c.collect_log) {
-        return read.map(|_| wish);
+        return read.map(|_| ());
     }
     // The path without its query: some clients authenticate with `?key=...`.
     let target = view.target();
@@ -491,9 +490,8 @@ fn controls(
             facts.user_agent = controls.user_agent.map(|ua| ctx.intern(ua));
             facts.event_id = controls.event_id;
             // The log's copy is the one admission reads (no clone per request).
-            let mut wish = wish;
             facts.metadata = wish.metadata.take();
-            Ok(wish)
+            Ok(())
         }
         Err(e) => Err(e),
     };
@@ -948,7 +946,7 @@ async fn serve_hit(
     ctx: &ShardCtx,
     c: &mut ClientConn,
     req: &Incoming,
-    mut rec: RequestRecord,
+    rec: &mut RequestRecord,
     keep_alive: bool,
     now_ms: u64,
     limits: &[u8],
@@ -1645,7 +1643,7 @@ async fn client_gone(stream: &mut TcpStream, buf: &mut ReadBuf, max_window: usiz
 async fn answer_error(
     ctx: &ShardCtx,
     c: &mut ClientConn,
-    mut rec: RequestRecord,
+    rec: &mut RequestRecord,
     e: &GatewayError,
     keep_alive: bool,
 ) -> bool {
@@ -1674,13 +1672,16 @@ async fn answer_error(
 
 /// Writes the whole response in `c.out`, then records (with the body as the
 /// response payload, when payloads are kept).
+///
+/// The record is borrowed, not moved: a record is a few hundred bytes, and
+/// every move into a nested future copies it.
 async fn answer(
     ctx: &ShardCtx,
     c: &mut ClientConn,
-    mut rec: RequestRecord,
+    rec: &mut RequestRecord,
     keep_alive: bool,
 ) -> bool {
-    let keep = write_answer(ctx, c, &mut rec, keep_alive).await;
+    let keep = write_answer(ctx, c, rec, keep_alive).await;
     record(ctx, rec);
     keep
 }
@@ -1708,7 +1709,7 @@ async fn write_answer(
 }
 
 /// Stage 5, the end of every request: its total time, then the record is counted.
-fn record(ctx: &ShardCtx, mut rec: RequestRecord) {
+fn record(ctx: &ShardCtx, rec: &mut RequestRecord) {
     use std::fmt::Write as _;
     rec.total = rec.started.elapsed();
     if let Some(r) = rec.log.as_mut().and_then(|l| l.routing.as_mut()) {

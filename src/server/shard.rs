@@ -304,8 +304,10 @@ impl ShardCtx {
     /// The record is final: count it, then hand it to the request log if the
     /// log keeps it (errors always; successes at `logs.sample`). The shard never
     /// waits: a full queue drops the row and counts the drop.
-    pub fn record(&self, rec: RequestRecord) {
-        self.stats.borrow_mut().record(&rec);
+    /// The record is taken out of `rec` only when the log keeps it (what is
+    /// left is an empty record of the same request).
+    pub fn record(&self, rec: &mut RequestRecord) {
+        self.stats.borrow_mut().record(rec);
         let Some(log) = &self.log else { return };
         if rec.log.is_none() {
             return;
@@ -315,7 +317,8 @@ impl ShardCtx {
         if !failed && sample < 1.0 && self.ids.borrow_mut().unit() >= sample {
             return;
         }
-        match log.send(rec) {
+        let empty = RequestRecord::new(rec.id, rec.shard, rec.started);
+        match log.send(std::mem::replace(rec, empty)) {
             Ok(()) => {}
             Err(Dropped::Row) => self.stats.borrow_mut().log_dropped(),
             Err(Dropped::Bodies) => self.stats.borrow_mut().log_bodies_dropped(),
