@@ -120,8 +120,8 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         wish: &wish,
         rec: &rec,
         price: priced,
-        // Counted at the request's arrival (no clock read).
-        now_ms: ctx.unix_ms(req.started),
+        // Counted at the request's arrival, as its id is stamped.
+        now_ms: rec.id.unix_ms(),
     };
     if let Err(e) = admit(ctx, inputs, &mut admission, &mut reservation) {
         return answer_error(ctx, c, &mut rec, &e, keep_alive).await;
@@ -131,10 +131,10 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
     let mut lead = None;
     match cache_lookup(ctx, c, req, &plan, &wish, body_digest, &mut rec) {
         Cached::Off => {}
-        Cached::Hit { now_ms } => {
+        Cached::Hit => {
             admission.cache_hit();
             let extra = answer_headers(&admission, &wish);
-            return serve_hit(ctx, c, req, &mut rec, keep_alive, now_ms, &extra).await;
+            return serve_hit(ctx, c, req, &mut rec, keep_alive, &extra).await;
         }
         Cached::Lead(l) => lead = Some(l),
         Cached::Follow(flight) => {
@@ -462,7 +462,7 @@ fn controls(
     wish: &mut Wish,
 ) -> Result<(), GatewayError> {
     let view = req.view(&c.head, &c.buf, &c.body);
-    let mut read = controls::read(&view, &mut ctx.metadata_memo.borrow_mut());
+    let mut read = controls::read(&view, &mut ctx.metadata_memo());
     if let Ok(r) = read.as_mut() {
         wish.ttl = r.cache.ttl;
         wish.skip = r.cache.skip;
@@ -867,11 +867,9 @@ fn admit(
 enum Cached {
     /// The cache is off, or this request is not one it keeps.
     Off,
-    /// A fresh entry answers (it waits in the shard's cache).
-    Hit {
-        /// When it was looked up (the answer's `Age` counts to here).
-        now_ms: u64,
-    },
+    /// A fresh entry answers (it waits in the shard's cache; it was looked
+    /// up at the request's arrival, where the answer's `Age` counts to).
+    Hit,
     /// Go upstream and share the answer.
     Lead(Leading),
     /// An identical request is upstream: share its answer.
@@ -919,12 +917,12 @@ fn cache_lookup(
         custom: wish.key.as_deref(),
         stream: plan.stream,
     };
-    // Freshness is judged at the request's arrival (no clock read).
-    let now_ms = ctx.unix_ms(req.started);
+    // Freshness is judged at the request's arrival, as its id is stamped.
+    let now_ms = rec.id.unix_ms();
     let (key, lookup) = cache.lookup(&input, now_ms);
     rec.cache_key = key.map(|k| k.0);
     let (cached, status) = match lookup {
-        Lookup::Hit => (Cached::Hit { now_ms }, CacheStatus::Hit),
+        Lookup::Hit => (Cached::Hit, CacheStatus::Hit),
         Lookup::Bypass => (Cached::Off, CacheStatus::Bypass),
         Lookup::Lead(l, status) => (Cached::Lead(l), status),
         Lookup::Follow(f, _) => (Cached::Follow(f), CacheStatus::Coalesced),
@@ -948,7 +946,6 @@ async fn serve_hit(
     req: &Incoming,
     rec: &mut RequestRecord,
     keep_alive: bool,
-    now_ms: u64,
     limits: &[u8],
 ) -> bool {
     // One clock read for the head's gateway time and a stream's first token.
@@ -969,7 +966,7 @@ async fn serve_hit(
                 cloudflare: rec.route == RouteKind::Cloudflare,
                 status: CacheStatus::Hit,
             },
-            age: Some(now_ms.saturating_sub(e.created_ms) / 1000),
+            age: Some(rec.id.unix_ms().saturating_sub(e.created_ms) / 1000),
             gateway,
             length: Some(e.body.len()),
             limits,

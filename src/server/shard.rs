@@ -17,7 +17,7 @@ use crate::stats::{Gauges, ShardStats, Snapshot};
 use crate::targets::{self, Routes};
 use crate::upstream::dns::Resolver;
 use crate::upstream::pool::Pool;
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, RefCell, RefMut};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -104,7 +104,7 @@ pub struct ShardCtx {
     /// Request bodies read lately (with the cache on, where they repeat).
     scans: RefCell<crate::json::ScanMemo>,
     /// Metadata headers read lately (`controls::read`).
-    pub metadata_memo: RefCell<crate::record::MetadataMemo>,
+    metadata_memo: RefCell<crate::record::MetadataMemo>,
     /// Finished records the request log keeps go here (`None`: logs are off).
     log: Option<LogQueue>,
     /// Live connections: a slab indexed by connection id, with a free list.
@@ -281,9 +281,9 @@ impl ShardCtx {
         self.ids.borrow_mut().id(self.clock.unix_ms(arrived))
     }
 
-    /// Milliseconds since the Unix epoch at `at`, without a clock read.
-    pub fn unix_ms(&self, at: Instant) -> u64 {
-        self.clock.unix_ms(at)
+    /// The metadata headers this shard read lately (`controls::read`).
+    pub fn metadata_memo(&self) -> RefMut<'_, crate::record::MetadataMemo> {
+        self.metadata_memo.borrow_mut()
     }
 
     /// Counts a request in flight until the guard drops.
