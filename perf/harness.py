@@ -142,6 +142,53 @@ def wait_for_port(p, port, timeout_s):
     return False
 
 
+# Between runs: how idle the server CPUs must be before the next run starts,
+# and the longest the harness waits for that. A server with the request log
+# on keeps writing its backlog for up to a second after its load stops (0.7 s
+# after a 6 s cache-hit run, measured per thread); without the wait, that
+# writer shared the CPU with the next target's run.
+QUIET_BUSY = 0.05
+QUIET_WINDOW_S = 0.1
+QUIET_TIMEOUT_S = 10
+
+
+def cpu_list(spec):
+    """CPUs of a taskset-style list ("1", "0,2", "2-3")."""
+    out = []
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        out += list(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def cpu_times(cpus):
+    """(busy, total) clock ticks of `cpus` from /proc/stat."""
+    busy = total = 0
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *ticks = line.split()
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+            t = [int(x) for x in ticks]
+            total += sum(t[:8])
+            busy += sum(t[:8]) - t[3] - t[4]  # all but idle and iowait
+    return busy, total
+
+
+def wait_quiet(spec):
+    """Waits (bounded) until the CPUs of `spec` are idle over a short window,
+    so no server's leftover work runs into the next run; says so if not."""
+    cpus = cpu_list(spec)
+    deadline = time.monotonic() + QUIET_TIMEOUT_S
+    while True:
+        b0, t0 = cpu_times(cpus)
+        time.sleep(QUIET_WINDOW_S)
+        b1, t1 = cpu_times(cpus)
+        if t1 > t0 and (b1 - b0) / (t1 - t0) <= QUIET_BUSY:
+            return True
+        if time.monotonic() > deadline:
+            log(f"CPUs {spec} still {100 * (b1 - b0) / max(t1 - t0, 1):.0f}% busy after {QUIET_TIMEOUT_S} s; running anyway")
+            return False
+
+
 def port_is_free(port):
     # A plain bind (no SO_REUSEPORT) fails even when a glommio server holds the
     # port with SO_REUSEPORT, so a stale instance cannot silently share it.
@@ -833,6 +880,7 @@ def main():
                         if sc.stream and not t.streams:
                             continue
                         log(f"{sc.key} trial {trial + 1}/{args.trials}: {t.label}")
+                        wait_quiet(args.proxy_cpu)
                         out = Path(tmp) / f"{sc.key}-{t.key}-{trial}.json"
                         per_target.setdefault(t.key, []).append(flatten(run_load(bins, args, t, sc, mock_pids, out)))
                 results.append((sc, per_target))
