@@ -189,6 +189,27 @@ def wait_quiet(spec):
             return False
 
 
+# After an aigw run, how long to wait before reading its /stats: the shards'
+# counters reach /stats through the stats thread's merge, once a second.
+STATS_MERGE_S = 1.2
+
+
+def log_counts(sock):
+    """(requests, log rows dropped) from aigw's admin socket, or None."""
+    try:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(2)
+            s.connect(str(sock))
+            s.sendall(b"GET /stats HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        body = json.loads(data.split(b"\r\n\r\n", 1)[1])
+        return body["requests"], body["logs"]["dropped"]
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
+
+
 def port_is_free(port):
     # A plain bind (no SO_REUSEPORT) fails even when a glommio server holds the
     # port with SO_REUSEPORT, so a stale instance cannot silently share it.
@@ -251,6 +272,8 @@ class Target:
         self.pids = lambda: []
         self.unavailable = None  # reason string when it cannot run
         self.streams = True
+        # aigw's admin socket: its /stats says how many log rows a run dropped.
+        self.admin_sock = None
 
 
 def start_mock(procs, bins, args):
@@ -491,6 +514,7 @@ def build_targets(procs, bins, args, aigw_built):
                 t.pids = (lambda p=p: descendants(p.pid))
                 t.url = f"http://127.0.0.1:{port}{path}"
                 t.stream_url = t.url
+                t.admin_sock = WORK / f"{key}-admin.sock"
                 if key in ("aigw-cache", "aigw-cache-nolog", "aigw-before-cache"):
                     t.extra_args = ["--hit-ratio", "1", "--pool-size", "64"] + SPIN_ARGS
                     t.streams = False
@@ -661,10 +685,26 @@ def render(args, targets, results, wrk_rows, started, machine):
                              f"{fmt(m['loadgen_cpu'], 0)} |")
         lines.append("")
         lines += ratio_lines(sc, med)
+        lines += dropped_line(targets, per_target)
         lines.append("")
     if wrk_rows:
         lines += wrk_rows
     return "\n".join(lines) + "\n"
+
+
+def dropped_line(targets, per_target):
+    """What share of each aigw target's requests got no log row (the log
+    queue was full): a log-on row measured while dropping rows did less work."""
+    shown = []
+    for t in targets:
+        if t.admin_sock and not t.unavailable and t.key in per_target:
+            d = median_of(per_target[t.key], "log_dropped_pct")
+            if d is not None:
+                shown.append(f"{t.label} {d:.1f}%")
+    if not shown:
+        return []
+    return ["- request-log rows dropped, share of each run's requests (median; a full log "
+            "queue drops rows rather than slow requests, counted in /stats): " + ", ".join(shown)]
 
 
 def ratio_lines(sc, med):
@@ -882,7 +922,14 @@ def main():
                         log(f"{sc.key} trial {trial + 1}/{args.trials}: {t.label}")
                         wait_quiet(args.proxy_cpu)
                         out = Path(tmp) / f"{sc.key}-{t.key}-{trial}.json"
-                        per_target.setdefault(t.key, []).append(flatten(run_load(bins, args, t, sc, mock_pids, out)))
+                        before = log_counts(t.admin_sock) if t.admin_sock else None
+                        r = flatten(run_load(bins, args, t, sc, mock_pids, out))
+                        if before is not None:
+                            time.sleep(STATS_MERGE_S)
+                            after = log_counts(t.admin_sock)
+                            if after is not None and after[0] > before[0]:
+                                r["log_dropped_pct"] = 100.0 * (after[1] - before[1]) / (after[0] - before[0])
+                        per_target.setdefault(t.key, []).append(r)
                 results.append((sc, per_target))
         static = next((t for t in targets if t.key == "nginx-static"), None)
         wrk_rows = [] if args.no_wrk or static is None else wrk_compare(bins, args, static.url, "nginx static")
