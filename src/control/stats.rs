@@ -15,6 +15,36 @@ pub use crate::stats::{SERIES, SNAPSHOT_QUEUE, Series, send_snapshot};
 /// Seconds of history kept for the sliding windows of `/stats`.
 pub const WINDOW_SECS: u64 = 300;
 
+/// Least time between two warnings that request-log rows were dropped.
+pub const DROP_WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// Says in the server log, at most once per [`DROP_WARN_EVERY`], that rows
+/// were dropped from the request log (its queue was full): `/stats` counts
+/// them, but an operator reading the log should not have to look there to
+/// learn that the log, and the spend a restart rebuilds from it, is partial.
+#[derive(Default)]
+pub struct DropWarning {
+    /// Dropped since the last warning.
+    pending: u64,
+    last: Option<Instant>,
+}
+
+impl DropWarning {
+    /// Counts `dropped` more rows; returns how many to warn about now.
+    pub fn note(&mut self, dropped: u64, now: Instant) -> Option<u64> {
+        self.pending += dropped;
+        if self.pending == 0
+            || self
+                .last
+                .is_some_and(|t| now.duration_since(t) < DROP_WARN_EVERY)
+        {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.pending))
+    }
+}
+
 /// What was counted in one second (since the gateway started).
 #[derive(Default)]
 pub struct Slot {
@@ -201,7 +231,13 @@ impl StatsHub {
         std::thread::Builder::new()
             .name("aigw-stats".into())
             .spawn(move || {
+                let mut drops = DropWarning::default();
                 while let Ok(s) = rx.recv() {
+                    if let Some(n) = drops.note(s.counters.log_dropped, Instant::now()) {
+                        log::warn!(
+                            "request log: {n} rows dropped (its queue was full: the log thread cannot keep up with this request rate); they are not in `aigw logs` or `aigw usage`, and a restart cannot rebuild their spend; `logs.dropped` in /stats counts them"
+                        );
+                    }
                     hub.merge(s);
                 }
             })
@@ -212,6 +248,22 @@ impl StatsHub {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dropped_rows_are_warned_about_at_most_once_a_minute_and_none_are_forgotten() {
+        let t0 = Instant::now();
+        let mut w = DropWarning::default();
+        assert_eq!(w.note(0, t0), None, "nothing dropped, nothing said");
+        assert_eq!(w.note(5, t0), Some(5));
+        assert_eq!(w.note(3, t0 + Duration::from_secs(1)), None);
+        assert_eq!(w.note(0, t0 + Duration::from_secs(59)), None);
+        assert_eq!(
+            w.note(2, t0 + DROP_WARN_EVERY),
+            Some(5),
+            "the quiet minute's drops are told"
+        );
+        assert_eq!(w.note(0, t0 + DROP_WARN_EVERY * 3), None);
+    }
     use crate::record::{RequestRecord, Usage};
     use crate::stats::ShardStats;
     use std::sync::Arc;
