@@ -297,6 +297,7 @@ fn stats_command_prints_the_admin_json(shards: usize) {
     assert_eq!(code, 0, "{stderr}");
     assert!(table.contains(&format!("{shards} shard(s)")), "{table}");
     assert!(table.contains("provider    up"), "{table}");
+    assert!(table.contains("request log rows"), "{table}");
 }
 
 fn sigterm_drains_in_flight_requests_and_closes_idle_connections(shards: usize) {

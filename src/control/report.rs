@@ -79,6 +79,23 @@ pub fn render(stats_json: &str) -> Option<String> {
             n(&["cache", "in_flight"]),
         );
     }
+    if v.get("logs").is_some() {
+        // Dropped rows are not in `aigw logs` or `aigw usage`: say so here.
+        let _ = writeln!(
+            out,
+            "request log rows {}  written {}  dropped {}  write errors {}  deleted {}{}",
+            n(&["logs", "rows"]),
+            n(&["logs", "written"]),
+            n(&["logs", "dropped"]),
+            n(&["logs", "write_errors"]),
+            n(&["logs", "deleted"]),
+            if n(&["logs", "dropped"]) > 0 {
+                "   (dropped: its queue was full; missing from logs and usage)"
+            } else {
+                ""
+            }
+        );
+    }
     let _ = writeln!(
         out,
         "upstream    connects {}  reused {}  idle {}   connections: accepted {}  open {}",
@@ -273,5 +290,24 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("entries 3  bytes 900 of 1000"), "{text}");
+        assert!(!text.contains("request log"), "{text}");
+        let with_logs = |dropped: u64| {
+            format!(
+                "{},\"logs\":{{\"rows\":90,\"written\":100,\"dropped\":{dropped},\"bodies_dropped\":0,\"write_errors\":0,\"deleted\":10}}}}",
+                &json[..json.len() - 1]
+            )
+        };
+        let text = super::render(&with_logs(0)).unwrap();
+        assert!(
+            text.contains(
+                "request log rows 90  written 100  dropped 0  write errors 0  deleted 10"
+            ) && !text.contains("queue was full"),
+            "{text}"
+        );
+        let text = super::render(&with_logs(7)).unwrap();
+        assert!(
+            text.contains("dropped 7") && text.contains("queue was full"),
+            "{text}"
+        );
     }
 }
