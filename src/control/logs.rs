@@ -182,12 +182,15 @@ fn run(
             }
             batch.clear();
         }
+        // The last round before stopping (the queue empty) retains and
+        // sweeps once, not after each of the batches that lead up to it.
+        let last = !open && !full;
         // Over the row limit: trim at once; by age: once a second.
-        if writer.rows() > cfg.max_rows || last_retention.elapsed() >= RETENTION_EVERY || !open {
+        if writer.rows() > cfg.max_rows || last_retention.elapsed() >= RETENTION_EVERY || last {
             last_retention = Instant::now();
             retain(writer, &cfg, stats);
         }
-        if last_sweep.elapsed() >= META_SWEEP_EVERY || !open {
+        if last_sweep.elapsed() >= META_SWEEP_EVERY || last {
             last_sweep = Instant::now();
             if let Err(e) = writer.sweep_meta() {
                 stats.write_errors.fetch_add(1, Ordering::Relaxed);
@@ -195,13 +198,13 @@ fn run(
             }
         }
         stats.rows.store(writer.rows(), Ordering::Relaxed);
+        // A commit asked for is answered once the queue is empty, and a stop
+        // waits for that too.
         if full {
-            // A commit asked for is answered once the queue is empty, and
-            // a stop waits for that too.
             continue;
         }
         stats.round_done(answers);
-        if !open {
+        if last {
             return;
         }
     }

@@ -81,15 +81,16 @@ pub fn render(stats_json: &str) -> Option<String> {
     }
     if v.get("logs").is_some() {
         // Dropped rows are not in `aigw logs` or `aigw usage`: say so here.
+        let dropped = n(&["logs", "dropped"]);
         let _ = writeln!(
             out,
             "request log rows {}  written {}  dropped {}  write errors {}  deleted {}{}",
             n(&["logs", "rows"]),
             n(&["logs", "written"]),
-            n(&["logs", "dropped"]),
+            dropped,
             n(&["logs", "write_errors"]),
             n(&["logs", "deleted"]),
-            if n(&["logs", "dropped"]) > 0 {
+            if dropped > 0 {
                 "   (dropped: its queue was full; missing from logs and usage)"
             } else {
                 ""

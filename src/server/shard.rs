@@ -304,6 +304,7 @@ impl ShardCtx {
     /// The record is final: count it, then hand it to the request log if the
     /// log keeps it (errors always; successes at `logs.sample`). The shard never
     /// waits: a full queue drops the row and counts the drop.
+    ///
     /// The record is taken out of `rec` only when the log keeps it (what is
     /// left is an empty record of the same request).
     pub fn record(&self, rec: &mut RequestRecord) {
