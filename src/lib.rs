@@ -25,6 +25,7 @@
 //!   [`json`] (request-body field scanning and splicing), [`config`] (the TOML file,
 //!   parsed once into typed values), [`error`] (gateway errors and their bytes),
 //!   [`record`] (the one record a request leaves, and its token [`record::Usage`]),
+//!   [`tally`] (per-second counts of the requests the log keeps no row of),
 //!   [`reqid`] (UUIDv7 request ids), [`calendar`] (UTC days and months),
 //!   [`stats`] (the per-shard recorder), [`fasthash`], [`num`] (rounding without libm), [`net`] (socket reads
 //!   tuned for glommio) and [`sys`] (the only `unsafe` code).
@@ -55,5 +56,6 @@ pub mod runtime;
 pub mod server;
 pub mod stats;
 pub mod sys;
+pub mod tally;
 pub mod targets;
 pub mod upstream;

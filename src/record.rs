@@ -161,7 +161,7 @@ pub const MAX_METADATA_ENTRIES: usize = 5;
 pub const MAX_METADATA_TEXT: usize = 256;
 
 /// One `aigw-metadata` value: Cloudflare allows strings, numbers and booleans.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MetaValue {
     Str(String),
     /// The number as the client wrote it (valid JSON number syntax).
@@ -183,7 +183,7 @@ impl MetaValue {
 /// A request's metadata: a flat object of at most a few entries, in the
 /// client's order. Shared: a clone (the shard's memo hands one to each
 /// request that sends the same header) copies a pointer.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Metadata(pub Arc<Vec<(String, MetaValue)>>);
 
 impl From<Vec<(String, MetaValue)>> for Metadata {
@@ -474,12 +474,14 @@ const _: () = {
 /// Past it, rows still go to the log, without their bodies.
 pub const LOG_QUEUE_PAYLOAD_BYTES: usize = 256 << 20;
 
-/// How finished records reach the log thread: a bounded queue, and the payload
-/// bytes it holds (added by shards, taken off by the log thread).
+/// How finished records reach the log thread: a bounded queue, the payload
+/// bytes it holds (added by shards, taken off by the log thread), and the
+/// tallies of the requests it keeps no row of.
 #[derive(Clone)]
 pub struct LogQueue {
     pub tx: std::sync::mpsc::SyncSender<RequestRecord>,
     pub payload_bytes: Arc<std::sync::atomic::AtomicUsize>,
+    pub tallies: Arc<crate::tally::TallyInbox>,
 }
 
 impl RequestRecord {
@@ -495,8 +497,7 @@ impl RequestRecord {
 impl LogQueue {
     /// Hands `rec` to the log thread without waiting. Its bodies are left out
     /// when the queue already holds [`LOG_QUEUE_PAYLOAD_BYTES`] of them.
-    /// `Err`: no room at all (the row is dropped).
-    pub fn send(&self, mut rec: RequestRecord) -> Result<(), Dropped> {
+    pub fn send(&self, mut rec: RequestRecord) -> Sent {
         use std::sync::atomic::Ordering;
         let mut bodies_dropped = false;
         let len = rec.payload_len();
@@ -513,21 +514,28 @@ impl LogQueue {
         }
         let carried = rec.payload_len();
         match self.tx.try_send(rec) {
-            Ok(()) if bodies_dropped => Err(Dropped::Bodies),
-            Ok(()) => Ok(()),
-            Err(_) => {
+            Ok(()) if bodies_dropped => Sent::WithoutBodies,
+            Ok(()) => Sent::Whole,
+            Err(e) => {
                 self.payload_bytes.fetch_sub(carried, Ordering::Relaxed);
-                Err(Dropped::Row)
+                let rec = match e {
+                    std::sync::mpsc::TrySendError::Full(r)
+                    | std::sync::mpsc::TrySendError::Disconnected(r) => r,
+                };
+                Sent::Dropped(Box::new(rec))
             }
         }
     }
 }
 
-/// What [`LogQueue::send`] could not keep.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Dropped {
-    Row,
-    Bodies,
+/// What [`LogQueue::send`] did with a record.
+#[derive(Debug)]
+pub enum Sent {
+    Whole,
+    /// Queued without its bodies (too many payload bytes queued).
+    WithoutBodies,
+    /// No room: the row is dropped, and the record handed back (to tally).
+    Dropped(Box<RequestRecord>),
 }
 
 impl RequestRecord {
@@ -638,20 +646,24 @@ mod tests {
         let q = LogQueue {
             tx,
             payload_bytes: Arc::default(),
+            tallies: Arc::default(),
         };
-        assert_eq!(q.send(with_body(100)), Ok(()));
+        assert!(matches!(q.send(with_body(100)), Sent::Whole));
         assert_eq!(q.payload_bytes.load(Ordering::Relaxed), 100);
         // Past the byte budget, the row goes without its body.
         q.payload_bytes
             .store(LOG_QUEUE_PAYLOAD_BYTES - 50, Ordering::Relaxed);
-        assert_eq!(q.send(with_body(100)), Err(Dropped::Bodies));
+        assert!(matches!(q.send(with_body(100)), Sent::WithoutBodies));
         assert_eq!(
             q.payload_bytes.load(Ordering::Relaxed),
             LOG_QUEUE_PAYLOAD_BYTES - 50
         );
         // A full queue drops the row and gives its bytes back.
         q.payload_bytes.store(0, Ordering::Relaxed);
-        assert_eq!(q.send(with_body(10)), Err(Dropped::Row));
+        match q.send(with_body(10)) {
+            Sent::Dropped(r) => assert_eq!(r.payload_len(), 10),
+            other => panic!("{other:?}"),
+        }
         assert_eq!(q.payload_bytes.load(Ordering::Relaxed), 0);
         let kept: Vec<_> = rx.try_iter().collect();
         assert_eq!(kept.len(), 2);

@@ -113,12 +113,14 @@ pub fn serve(
         let queue = LogQueue {
             tx,
             payload_bytes: Arc::default(),
+            tallies: Arc::default(),
         };
         let thread = logs::spawn(
             log_path.clone(),
             config.logs.clone(),
             rx,
             queue.payload_bytes.clone(),
+            queue.tallies.clone(),
             log_stats.clone(),
         )
         .map_err(|e| format!("logs: {e}"))?;
@@ -328,6 +330,19 @@ async fn run_shard(a: ShardArgs) {
         })
         .detach();
     }
+    if ctx.logging() {
+        // The tally of requests the log keeps no row of goes to the log
+        // thread as often as the log commits, so a crash loses no more of it
+        // than of the rows.
+        let ctx = ctx.clone();
+        glommio::spawn_local(async move {
+            loop {
+                timer::sleep(ctx.config().logs.flush_interval).await;
+                ctx.hand_over_tally(false);
+            }
+        })
+        .detach();
+    }
     let (drain_tx, drain_rx) = glommio::channels::local_channel::new_bounded::<()>(1);
     glommio::spawn_local(control_loop(
         ctx.clone(),
@@ -377,6 +392,7 @@ async fn run_shard(a: ShardArgs) {
             ctx.open_connections()
         );
     }
+    ctx.hand_over_tally(true);
     let _ = send_snapshot(&a.snapshots, ctx.snapshot(0));
 }
 
@@ -400,6 +416,7 @@ async fn control_loop(
                 if seq == 0 {
                     ctx.pool.sweep();
                 }
+                ctx.hand_over_tally(false);
                 let mut snap = ctx.snapshot(seq);
                 snap.counters.dropped_snapshots = dropped;
                 if send_snapshot(&snapshots, snap) {

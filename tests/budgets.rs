@@ -198,10 +198,69 @@ fn spend_survives_restart_and_kill9(shards: usize) {
     );
 }
 
+/// With `logs.sample = 0` no successful request gets a row: their requests,
+/// tokens and spend are tallied instead (as for rows dropped when the log
+/// falls behind), and `/usage` and a restart after kill -9 count them.
+fn spend_of_requests_kept_no_row_of_survives_kill9(shards: usize) {
+    let mock = mock();
+    let dir = common::gateway::TempDir::new("budget-tally");
+    let config = format!(
+        "{PRICE}[logs]\nsample = 0.0\n[[budgets]]\nname = \"k\"\nscope = \"key\"\nusd = 0.2\nwindow = \"7d\"\n"
+    );
+    let start = || {
+        Gateway::with(shards)
+            .provider("up", &mock.base_url(), "")
+            .toml(&config)
+            .data_dir(dir.path())
+            .start()
+    };
+    let mut gw = start();
+    let mut c = gw.client();
+    let mut admitted = 0;
+    let meta = ("aigw-metadata", r#"{"user":"u1"}"#);
+    while c
+        .post("/v1/chat/completions", &[SHORT, meta], &body(admitted))
+        .status
+        == 200
+    {
+        admitted += 1;
+        assert!(admitted < 100, "never refused");
+    }
+    // `/usage` moves the shards' tallies to the log and commits them first.
+    let v = usage(&gw, "by=metadata.user");
+    let before = v["budgets"][0]["spent_usd"].cast_f64().unwrap();
+    assert!(before > 0.1, "{before}");
+    let group = &v["groups"][0];
+    assert_eq!(group["value"].as_str(), Some("u1"), "{v:?}");
+    assert_eq!(group["requests"].as_u64(), Some(admitted as u64 + 1));
+    assert!((group["cost_usd"].cast_f64().unwrap() - before).abs() < 1e-6);
+    assert_eq!(group["tokens_out"].as_u64(), Some(5 * admitted as u64));
+    // Only the refusal has a row.
+    let (_, stats) = admin_get(&gw.admin_socket, "/stats");
+    assert_eq!(json(&stats)["logs"]["rows"].as_u64(), Some(1));
+    gw.kill9();
+    let gw = start();
+    assert!(
+        gw.stderr()
+            .contains(&format!("rebuilt from {} logged", admitted + 1)),
+        "{}",
+        gw.stderr()
+    );
+    let r = gw
+        .client()
+        .post("/v1/chat/completions", &[SHORT], &body(999));
+    assert_eq!(r.status, 429, "spend was forgotten: {}", r.text());
+    let after = usage(&gw, "by=key")["budgets"][0]["spent_usd"]
+        .cast_f64()
+        .unwrap();
+    assert!((after - before).abs() < 1e-6, "{before} then {after}");
+}
+
 at_1_and_2_shards!(
     sixty_four_racing_clients_never_overspend,
     an_exhausted_budget_says_what_and_when_and_alerts_first,
     spend_survives_restart_and_kill9,
+    spend_of_requests_kept_no_row_of_survives_kill9,
 );
 
 fn a_client_cannot_price_its_own_spend_down_or_overflow_a_budget(shards: usize) {

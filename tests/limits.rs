@@ -309,4 +309,46 @@ fn limit_windows_survive_a_restart(shards: usize) {
     assert_eq!(mock.requests_seen(), 3);
 }
 
-at_1_and_2_shards!(limit_windows_survive_a_restart);
+/// The same with `logs.sample = 0`: the admitted requests have no rows, only
+/// tallies, and the rebuild counts them.
+fn limit_windows_survive_a_restart_from_tallies(shards: usize) {
+    let mock = mock();
+    let dir = common::gateway::TempDir::new("limits-tally");
+    let rules = "[logs]\nsample = 0.0\n[[rate_limits]]\nname = \"three\"\nscope = \"gateway\"\ncount = \"requests\"\nlimit = 3\nwindow = \"30d\"\n";
+    let start = || {
+        Gateway::with(shards)
+            .provider("up", &mock.base_url(), "")
+            .toml(rules)
+            .data_dir(dir.path())
+            .start()
+    };
+    let mut gw = start();
+    for i in 0..3 {
+        let r = gw
+            .client()
+            .post("/v1/chat/completions", &[], &chat(&format!("{i}")));
+        assert_eq!(r.status, 200);
+    }
+    assert_refusal(
+        &gw.client().post("/v1/chat/completions", &[], &chat("x")),
+        "three",
+    );
+    gw.terminate();
+    assert!(gw.wait_exit().success());
+    let gw = start();
+    assert!(
+        gw.stderr().contains("rebuilt from 4 logged"),
+        "{}",
+        gw.stderr()
+    );
+    assert_refusal(
+        &gw.client().post("/v1/chat/completions", &[], &chat("y")),
+        "three",
+    );
+    assert_eq!(mock.requests_seen(), 3);
+}
+
+at_1_and_2_shards!(
+    limit_windows_survive_a_restart,
+    limit_windows_survive_a_restart_from_tallies
+);

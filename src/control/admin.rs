@@ -520,7 +520,7 @@ pub fn render_json(m: &Merged, logs: &LogStats, cache: Option<Totals>) -> String
          \"errors\":{{\"client\":{},\"gateway\":{},\"provider\":{}}},\"aborted\":{{\"upstream\":{},\"client\":{}}},\"streams\":{},\
          \"tokens\":{{\"input\":{},\"output\":{},\"cached\":{}}},\"cost\":{{\"usd\":{},\"unknown\":{},\"estimated\":{}}},\"upstream\":{{\"connects\":{},\"reused\":{},\"idle\":{}}},\
          \"connections\":{{\"accepted\":{},\"open\":{}}},\"dropped_snapshots\":{},\
-         \"logs\":{{\"rows\":{},\"written\":{},\"dropped\":{},\"bodies_dropped\":{},\"write_errors\":{},\"deleted\":{}}},\"latency_us\":{{",
+         \"logs\":{{\"rows\":{},\"written\":{},\"dropped\":{},\"bodies_dropped\":{},\"uncounted\":{},\"write_errors\":{},\"deleted\":{}}},\"latency_us\":{{",
         m.started.elapsed().as_secs(),
         m.shards,
         t.total_requests(),
@@ -551,6 +551,7 @@ pub fn render_json(m: &Merged, logs: &LogStats, cache: Option<Totals>) -> String
         logs.rows_written.load(Ordering::Relaxed),
         c.log_dropped,
         c.log_bodies_dropped,
+        c.log_uncounted,
         logs.write_errors.load(Ordering::Relaxed),
         logs.rows_deleted.load(Ordering::Relaxed),
     );

@@ -11,9 +11,10 @@
 //! (plus the one being committed), under a second by construction.
 
 use crate::config::LogsConfig;
-use crate::logstore::write::Writer;
+use crate::logstore::write::{Retained, Writer};
 use crate::record::RequestRecord;
 use crate::reqid::now_unix_ms;
+use crate::tally::TallyInbox;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
@@ -119,6 +120,7 @@ pub fn spawn(
     cfg: LogsConfig,
     rx: Receiver<RequestRecord>,
     payload_bytes: Arc<AtomicUsize>,
+    tallies: Arc<TallyInbox>,
     stats: Arc<LogStats>,
 ) -> Result<JoinHandle<()>, String> {
     let mut writer = Writer::open(&path)?;
@@ -129,18 +131,24 @@ pub fn spawn(
             if let Err(e) = crate::sys::lower_thread_priority(LOG_THREAD_NICE) {
                 log::debug!("log thread keeps its priority: {e}");
             }
-            run(&mut writer, cfg, &rx, &payload_bytes, &stats)
+            let queue = Inbound {
+                rx: &rx,
+                payload_bytes: &payload_bytes,
+                tallies: &tallies,
+            };
+            run(&mut writer, cfg, &queue, &stats)
         })
         .map_err(|e| format!("cannot start the log thread: {e}"))
 }
 
-fn run(
-    writer: &mut Writer,
-    mut cfg: LogsConfig,
-    rx: &Receiver<RequestRecord>,
-    payload_bytes: &AtomicUsize,
-    stats: &LogStats,
-) {
+/// What reaches the log thread: records, their payload bytes, and tallies.
+struct Inbound<'a> {
+    rx: &'a Receiver<RequestRecord>,
+    payload_bytes: &'a AtomicUsize,
+    tallies: &'a TallyInbox,
+}
+
+fn run(writer: &mut Writer, mut cfg: LogsConfig, queue: &Inbound<'_>, stats: &LogStats) {
     let mut batch: Vec<RequestRecord> = Vec::with_capacity(MAX_BATCH);
     let mut last_retention = Instant::now();
     let mut last_sweep = Instant::now();
@@ -161,7 +169,17 @@ fn run(
             cfg.flush_interval
         };
         let (answers, stop) = stats.wait_round(wait);
-        let taken = take(rx, &mut batch, payload_bytes);
+        let taken = take(queue.rx, &mut batch, queue.payload_bytes);
+        let tallies = queue.tallies.take();
+        if !tallies.is_empty()
+            && let Err(e) = writer.insert_tallies(&tallies)
+        {
+            stats.write_errors.fetch_add(1, Ordering::Relaxed);
+            log::warn!(
+                "request log: {} tallies of requests kept no row of were not written: {e}",
+                tallies.len()
+            );
+        }
         full = taken == Taken::Full;
         let open = !stop && taken != Taken::Disconnected;
         if !batch.is_empty() {
@@ -245,9 +263,12 @@ fn retain(writer: &mut Writer, cfg: &LogsConfig, stats: &LogStats) {
     let min_ts = now_unix_ms().saturating_sub(cfg.max_age.as_millis() as u64);
     for _ in 0..RETENTION_PASSES {
         match writer.retain(cfg.max_rows, min_ts) {
-            Ok(0) => return,
+            Ok(Retained {
+                rows: 0,
+                tallies: 0,
+            }) => return,
             Ok(n) => {
-                stats.rows_deleted.fetch_add(n, Ordering::Relaxed);
+                stats.rows_deleted.fetch_add(n.rows, Ordering::Relaxed);
             }
             Err(e) => {
                 stats.write_errors.fetch_add(1, Ordering::Relaxed);
@@ -323,6 +344,7 @@ mod tests {
             cfg,
             rx,
             Arc::new(AtomicUsize::new(0)),
+            Arc::default(),
             stats.clone(),
         )
         .unwrap();

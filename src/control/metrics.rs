@@ -401,8 +401,13 @@ pub fn render(m: &Merged, logs: &LogStats, cache: Option<Totals>) -> String {
         ),
         (
             "aigw_log_dropped_total",
-            "Request log rows dropped because the log queue was full.",
+            "Request log rows dropped because the log queue was full (their requests are tallied).",
             c.log_dropped,
+        ),
+        (
+            "aigw_log_uncounted_total",
+            "Requests the log kept neither a row nor a tally of (both queues full).",
+            c.log_uncounted,
         ),
         (
             "aigw_log_write_errors_total",

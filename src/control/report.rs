@@ -80,20 +80,27 @@ pub fn render(stats_json: &str) -> Option<String> {
         );
     }
     if v.get("logs").is_some() {
-        // Dropped rows are not in `aigw logs` or `aigw usage`: say so here.
+        // Dropped rows are not in `aigw logs`; their requests are tallied for
+        // `aigw usage`, unless even the tally had no room: say so here.
         let dropped = n(&["logs", "dropped"]);
+        let uncounted = n(&["logs", "uncounted"]);
         let _ = writeln!(
             out,
-            "request log rows {}  written {}  dropped {}  write errors {}  deleted {}{}",
+            "request log rows {}  written {}  dropped {}  write errors {}  deleted {}{}{}",
             n(&["logs", "rows"]),
             n(&["logs", "written"]),
             dropped,
             n(&["logs", "write_errors"]),
             n(&["logs", "deleted"]),
             if dropped > 0 {
-                "   (dropped: its queue was full; missing from logs and usage)"
+                "   (dropped: its queue was full; not in aigw logs, tallied for usage)"
             } else {
                 ""
+            },
+            if uncounted > 0 {
+                format!("   {uncounted} requests not even tallied (missing from usage)")
+            } else {
+                String::new()
             }
         );
     }
@@ -292,23 +299,29 @@ mod tests {
         );
         assert!(text.contains("entries 3  bytes 900 of 1000"), "{text}");
         assert!(!text.contains("request log"), "{text}");
-        let with_logs = |dropped: u64| {
+        let with_logs = |dropped: u64, uncounted: u64| {
             format!(
-                "{},\"logs\":{{\"rows\":90,\"written\":100,\"dropped\":{dropped},\"bodies_dropped\":0,\"write_errors\":0,\"deleted\":10}}}}",
+                "{},\"logs\":{{\"rows\":90,\"written\":100,\"dropped\":{dropped},\"bodies_dropped\":0,\"uncounted\":{uncounted},\"write_errors\":0,\"deleted\":10}}}}",
                 &json[..json.len() - 1]
             )
         };
-        let text = super::render(&with_logs(0)).unwrap();
+        let text = super::render(&with_logs(0, 0)).unwrap();
         assert!(
             text.contains(
                 "request log rows 90  written 100  dropped 0  write errors 0  deleted 10"
-            ) && !text.contains("queue was full"),
+            ) && !text.contains("queue was full")
+                && !text.contains("tallied"),
             "{text}"
         );
-        let text = super::render(&with_logs(7)).unwrap();
+        let text = super::render(&with_logs(7, 0)).unwrap();
         assert!(
-            text.contains("dropped 7") && text.contains("queue was full"),
+            text.contains("dropped 7")
+                && text.contains("queue was full")
+                && text.contains("tallied for usage")
+                && !text.contains("not even tallied"),
             "{text}"
         );
+        let text = super::render(&with_logs(7, 3)).unwrap();
+        assert!(text.contains("3 requests not even tallied"), "{text}");
     }
 }

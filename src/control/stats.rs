@@ -235,7 +235,7 @@ impl StatsHub {
                 while let Ok(s) = rx.recv() {
                     if let Some(n) = drops.note(s.counters.log_dropped, Instant::now()) {
                         log::warn!(
-                            "request log: {n} rows dropped (its queue was full: the log thread cannot keep up with this request rate); they are not in `aigw logs` or `aigw usage`, and a restart cannot rebuild their spend; `logs.dropped` in /stats counts them"
+                            "request log: {n} rows dropped (its queue was full: the log thread cannot keep up with this request rate); they are not in `aigw logs`, but their requests, tokens and spend are tallied for `aigw usage` and a restart's rebuild; `logs.dropped` in /stats counts them"
                         );
                     }
                     hub.merge(s);

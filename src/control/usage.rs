@@ -62,6 +62,7 @@ pub fn rebuild(config: &Config, limiter: &Limiter, budgets: &Budgets) -> Result<
             .iter()
             .map(|(r, subject)| Logged {
                 ts_ms: r.ts_ms,
+                requests: r.requests,
                 subject: *subject,
                 tokens_in: r.tokens_in,
                 tokens_out: r.tokens_out,

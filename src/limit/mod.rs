@@ -159,7 +159,7 @@ impl Limiter {
                 }
                 let value = l.subject.value(&r.scope);
                 let units = match r.count {
-                    Count::Requests => 1,
+                    Count::Requests => l.requests,
                     Count::InputTokens => l.tokens_in,
                     Count::OutputTokens => l.tokens_out,
                     _ => l.tokens_in + l.tokens_out,
@@ -172,9 +172,11 @@ impl Limiter {
     }
 }
 
-/// A logged request as the rebuild counts it.
+/// A logged request (or a tally of several) as the rebuild counts it.
 pub struct Logged<'a> {
     pub ts_ms: u64,
+    /// How many requests it stands for.
+    pub requests: u64,
     pub subject: Subject<'a>,
     pub tokens_in: u64,
     pub tokens_out: u64,

@@ -15,7 +15,11 @@
 //! request in that commit that carried it as a JSON array, with the
 //! commit's time span; indexed by key, value and time; rows of deleted
 //! requests are swept by time, and until then a join with `requests` hides
-//! them), `payloads` (bodies, when `logs.payloads` is on).
+//! them), `payloads` (bodies, when `logs.payloads` is on), `tallies` (the
+//! requests kept no row of, sampled out or dropped: one row per second, key,
+//! provider, model, metadata object, refused and cached, with their count,
+//! tokens and cost; `ts` is the latest arrival among them; see
+//! [`crate::tally`]).
 //!
 //! Every index entry costs the log thread time (measured: the thread's cost
 //! per row is what the request log costs a busy shard), so `requests` has
@@ -101,6 +105,21 @@ CREATE TABLE IF NOT EXISTS meta_seqs (
     seqs TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS meta_seqs_kv ON meta_seqs(key, value, ts_max);
+CREATE TABLE IF NOT EXISTS tallies (
+    ts INTEGER NOT NULL,
+    key_id TEXT,
+    provider TEXT,
+    model TEXT,
+    metadata TEXT,
+    refused INTEGER NOT NULL,
+    cached INTEGER NOT NULL,
+    requests INTEGER NOT NULL,
+    tokens_in INTEGER NOT NULL,
+    tokens_out INTEGER NOT NULL,
+    cost REAL NOT NULL,
+    unknown_cost INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tallies_ts ON tallies(ts);
 CREATE TABLE IF NOT EXISTS payloads (
     seq INTEGER PRIMARY KEY,
     request BLOB,

@@ -5,10 +5,13 @@
 use crate::record::Metadata;
 use rusqlite::{Connection, params};
 
-/// One logged request, as the limits and budgets count it.
+/// One logged request (or a tally of several), as the limits and budgets
+/// count it.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Replayed {
     pub ts_ms: u64,
+    /// Requests it stands for: 1 for a row, the count of a tally.
+    pub requests: u64,
     pub key_id: Option<String>,
     pub provider: Option<String>,
     pub model: Option<String>,
@@ -23,8 +26,11 @@ pub struct Replayed {
     pub cached: bool,
 }
 
-/// Every row since `since_ms`, oldest first, handed to `each` in batches of
-/// at most `batch` (a month of a busy log does not fit in memory at once).
+/// Every row since `since_ms`, oldest first, then every tally since then
+/// (the requests kept no row of), handed to `each` in batches of at most
+/// `batch` (a month of a busy log does not fit in memory at once). Returns
+/// the requests read. The windows since `since_ms` count the same whatever
+/// the order they are added in.
 pub fn replay(
     conn: &Connection,
     since_ms: u64,
@@ -41,6 +47,7 @@ pub fn replay(
         let cache: Option<String> = r.get(9)?;
         Ok(Replayed {
             ts_ms: r.get::<_, i64>(0)?.max(0) as u64,
+            requests: 1,
             key_id: r.get(1)?,
             provider: r.get(2)?,
             model: r.get(3)?,
@@ -54,17 +61,48 @@ pub fn replay(
     })?;
     let mut chunk = Vec::with_capacity(batch.min(1 << 16));
     let mut total = 0;
-    for row in rows {
-        chunk.push(row?);
+    let mut pass = |row: Replayed, chunk: &mut Vec<Replayed>| {
+        total += row.requests;
+        chunk.push(row);
         if chunk.len() >= batch.max(1) {
-            total += chunk.len();
-            each(&chunk);
+            each(chunk);
             chunk.clear();
         }
+    };
+    for row in rows {
+        pass(row?, &mut chunk);
     }
-    total += chunk.len();
-    each(&chunk);
-    Ok(total)
+    let mut stmt = conn.prepare(
+        "SELECT ts, key_id, provider, model, metadata, cost, tokens_in, tokens_out, refused, cached,
+                requests, unknown_cost
+         FROM tallies WHERE ts >= ?1 ORDER BY ts",
+    )?;
+    let tallies = stmt.query_map(params![since_ms as i64], |r| {
+        let metadata: Option<String> = r.get(4)?;
+        let requests = r.get::<_, i64>(10)?.max(0) as u64;
+        let unknown = r.get::<_, i64>(11)?.max(0) as u64;
+        Ok(Replayed {
+            ts_ms: r.get::<_, i64>(0)?.max(0) as u64,
+            requests,
+            key_id: r.get(1)?,
+            provider: r.get(2)?,
+            model: r.get(3)?,
+            metadata: metadata.as_deref().map(metadata_pairs).unwrap_or_default(),
+            // All unpriced: unknown, as a row without a cost is.
+            cost: (unknown < requests).then(|| r.get(5)).transpose()?,
+            tokens_in: r.get::<_, i64>(6)?.max(0) as u64,
+            tokens_out: r.get::<_, i64>(7)?.max(0) as u64,
+            refused: r.get(8)?,
+            cached: r.get(9)?,
+        })
+    })?;
+    for row in tallies {
+        pass(row?, &mut chunk);
+    }
+    if !chunk.is_empty() {
+        each(&chunk);
+    }
+    Ok(total as usize)
 }
 
 /// A stored metadata object's fields as text, as the request's limits and
@@ -120,7 +158,8 @@ pub struct UsageRow {
     pub cached: u64,
 }
 
-/// Totals by `by` of the requests since `since_ms`, most spend first.
+/// Totals by `by` of the requests since `since_ms` (rows and tallies), most
+/// spend first.
 pub fn usage(conn: &Connection, by: &By, since_ms: u64) -> rusqlite::Result<Vec<UsageRow>> {
     let value = match by {
         By::Key => "COALESCE(r.key_id, '(none)')",
@@ -128,13 +167,17 @@ pub fn usage(conn: &Connection, by: &By, since_ms: u64) -> rusqlite::Result<Vec<
         By::Model => "COALESCE(r.provider || '/' || r.model, r.provider, '(none)')",
         By::Metadata(_) => "COALESCE(aigw_meta(r.metadata, ?2), '(none)')",
     };
-    let sql = format!(
+    let rows_sql = format!(
         "SELECT {value} AS v, COUNT(*), SUM(COALESCE(r.tokens_in, 0)), SUM(COALESCE(r.tokens_out, 0)),
                 SUM(COALESCE(r.cost, 0)), SUM(r.cost IS NULL AND r.provider IS NOT NULL),
                 SUM(COALESCE(r.cache IN ('HIT', 'COALESCED'), 0))
-         FROM requests r WHERE r.ts >= ?1 GROUP BY v ORDER BY 5 DESC, 2 DESC"
+         FROM requests r WHERE r.ts >= ?1 GROUP BY v"
     );
-    let mut stmt = conn.prepare(&sql)?;
+    let tallies_sql = format!(
+        "SELECT {value} AS v, SUM(r.requests), SUM(r.tokens_in), SUM(r.tokens_out),
+                SUM(r.cost), SUM(r.unknown_cost), SUM(r.cached * r.requests)
+         FROM tallies r WHERE r.ts >= ?1 GROUP BY v"
+    );
     let map = |r: &rusqlite::Row<'_>| {
         Ok(UsageRow {
             value: r.get(0)?,
@@ -146,16 +189,157 @@ pub fn usage(conn: &Connection, by: &By, since_ms: u64) -> rusqlite::Result<Vec<
             cached: r.get::<_, i64>(6)?.max(0) as u64,
         })
     };
-    let rows = match by {
-        By::Metadata(f) => stmt.query_map(params![since_ms as i64, f], map)?,
-        _ => stmt.query_map(params![since_ms as i64], map)?,
-    };
-    rows.collect()
+    let mut out: Vec<UsageRow> = Vec::new();
+    let mut index: crate::fasthash::FastMap<String, usize> = Default::default();
+    for sql in [rows_sql, tallies_sql] {
+        let mut stmt = conn.prepare(&sql)?;
+        let rows = match by {
+            By::Metadata(f) => stmt.query_map(params![since_ms as i64, f], map)?,
+            _ => stmt.query_map(params![since_ms as i64], map)?,
+        };
+        for row in rows {
+            let row = row?;
+            match index.get(&row.value).map(|&i| &mut out[i]) {
+                Some(o) => {
+                    o.requests += row.requests;
+                    o.tokens_in += row.tokens_in;
+                    o.tokens_out += row.tokens_out;
+                    o.cost += row.cost;
+                    o.unknown_cost += row.unknown_cost;
+                    o.cached += row.cached;
+                }
+                None => {
+                    index.insert(row.value.clone(), out.len());
+                    out.push(row);
+                }
+            }
+        }
+    }
+    out.sort_by(|a, b| b.cost.total_cmp(&a.cost).then(b.requests.cmp(&a.requests)));
+    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::logstore::write::{Retained, Writer};
+    use crate::record::{LogFacts, RequestRecord};
+    use crate::tally::TallyRow;
+
+    fn tally(ts_ms: u64, key: &str, requests: u64, cost: f64, unknown: u64) -> TallyRow {
+        TallyRow {
+            ts_ms,
+            key_id: Some(key.into()),
+            provider: Some("openai".into()),
+            model: Some("gpt-4o-mini".into()),
+            metadata: Some(format!(r#"{{"user":"{key}-user"}}"#)),
+            refused: false,
+            cached: false,
+            requests,
+            tokens_in: 10 * requests,
+            tokens_out: 5 * requests,
+            cost,
+            unknown_cost: unknown,
+        }
+    }
+
+    /// Rows and tallies count alike in `usage` and `replay`; retention
+    /// deletes tallies by age and beyond the row limit.
+    #[test]
+    fn tallies_count_beside_rows_and_are_retained_like_them() {
+        let dir = std::env::temp_dir().join(format!("aigw-tallies-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("requests.db");
+        let mut w = Writer::open(&path).unwrap();
+        let t0 = 1_790_000_000_000;
+        let mut ids = crate::reqid::IdGen::new(0);
+        let mut row = RequestRecord::new(ids.id(t0), 0, std::time::Instant::now());
+        row.status = 200;
+        row.provider = Some("openai".into());
+        row.model = Some("gpt-4o-mini".into());
+        row.key_id = Some("a".into());
+        row.cost = Some(1.0);
+        row.usage.input_tokens = Some(10);
+        row.log = Some(Box::new(LogFacts::default()));
+        w.insert(&[row]).unwrap();
+        w.insert_tallies(&[
+            tally(t0 + 1000, "a", 4, 2.0, 0),
+            tally(t0 + 2000, "b", 3, 0.5, 1),
+            // All unpriced: no spend to rebuild, and unknown in usage.
+            tally(t0 + 3000, "c", 2, 0.0, 2),
+        ])
+        .unwrap();
+        let conn = crate::logstore::open_for_reading(&path).unwrap();
+        let by_key = usage(&conn, &By::Key, t0).unwrap();
+        let got: Vec<_> = by_key
+            .iter()
+            .map(|u| {
+                (
+                    u.value.as_str(),
+                    u.requests,
+                    u.tokens_in,
+                    u.cost,
+                    u.unknown_cost,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("a", 5, 50, 3.0, 0),
+                ("b", 3, 30, 0.5, 1),
+                ("c", 2, 20, 0.0, 2)
+            ]
+        );
+        let by_user = usage(&conn, &By::Metadata("user".into()), t0).unwrap();
+        assert_eq!(by_user[0].value, "a-user");
+        // The row has no metadata: a group of its own.
+        assert!(
+            by_user
+                .iter()
+                .any(|u| u.value == "(none)" && u.requests == 1)
+        );
+        // Since after the first tally: only the later ones.
+        assert_eq!(usage(&conn, &By::Key, t0 + 1500).unwrap().len(), 2);
+
+        let mut seen = Vec::new();
+        let n = replay(&conn, t0, 2, &mut |rows| seen.extend_from_slice(rows)).unwrap();
+        assert_eq!(n, 10);
+        let costs: Vec<_> = seen.iter().map(|r| (r.requests, r.cost)).collect();
+        assert_eq!(
+            costs,
+            [(1, Some(1.0)), (4, Some(2.0)), (3, Some(0.5)), (2, None)]
+        );
+        assert_eq!(
+            seen[1].metadata,
+            [("user".to_string(), "a-user".to_string())]
+        );
+
+        // Older than the first tally: the row and that tally go.
+        let r = w.retain(u64::MAX, t0 + 1001).unwrap();
+        assert_eq!(
+            r,
+            Retained {
+                rows: 1,
+                tallies: 1
+            }
+        );
+        // At most one row kept: one tally of the two left goes, the oldest.
+        let r = w.retain(1, 0).unwrap();
+        assert_eq!(
+            r,
+            Retained {
+                rows: 0,
+                tallies: 1
+            }
+        );
+        assert_eq!(w.retain(1, 0).unwrap(), Retained::default());
+        let left = usage(&conn, &By::Key, 0).unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].value, "c");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn stored_metadata_reads_as_the_request_compared_it() {

@@ -6,6 +6,7 @@ use crate::cache::key::{CacheKey, KEY_TEXT_LEN};
 use crate::fasthash::FastMap;
 use crate::record::{LogFacts, RequestRecord};
 use crate::sys::{BorrowedRows, SqlValue, StatementId};
+use crate::tally::TallyRow;
 use rusqlite::params;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -14,6 +15,13 @@ use std::time::Duration;
 /// Most rows one retention pass deletes; passes repeat every flush until the
 /// store is within its limits.
 pub const RETENTION_BATCH: u64 = 5_000;
+
+/// What one retention pass deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Retained {
+    pub rows: u64,
+    pub tallies: u64,
+}
 
 /// The write side of the store.
 pub struct Writer {
@@ -25,6 +33,8 @@ pub struct Writer {
     text: Vec<RowText>,
     /// Rows in `requests` (counted once at open, then kept).
     rows: u64,
+    /// Rows in `tallies` (likewise).
+    tally_rows: u64,
 }
 
 /// The columns of a row of `requests`, in the order [`bind_row`] binds them.
@@ -196,10 +206,13 @@ fn opt_i64(v: Option<u64>) -> Option<i64> {
 impl Writer {
     pub fn open(path: &Path) -> Result<Writer, String> {
         let conn = super::open_for_writing(path)?;
+        let fail = |e: rusqlite::Error| format!("request log {}: {e}", path.display());
         let rows: i64 = conn
             .query_row("SELECT count(*) FROM requests", [], |r| r.get(0))
-            .map_err(|e| format!("request log {}: {e}", path.display()))?;
-        let fail = |e: rusqlite::Error| format!("request log {}: {e}", path.display());
+            .map_err(fail)?;
+        let tally_rows: i64 = conn
+            .query_row("SELECT count(*) FROM tallies", [], |r| r.get(0))
+            .map_err(fail)?;
         let mut db = BorrowedRows::new(conn);
         let insert_many = db.prepare(&insert_sql(ROWS_PER_INSERT)).map_err(fail)?;
         let insert_one = db.prepare(&insert_sql(1)).map_err(fail)?;
@@ -209,6 +222,7 @@ impl Writer {
             insert_one,
             text: (0..ROWS_PER_INSERT).map(|_| RowText::new()).collect(),
             rows: rows as u64,
+            tally_rows: tally_rows as u64,
         })
     }
 
@@ -291,6 +305,37 @@ impl Writer {
         Ok(())
     }
 
+    /// Stores tally entries (requests kept no row of) in one transaction.
+    pub fn insert_tallies(&mut self, tallies: &[TallyRow]) -> rusqlite::Result<()> {
+        let tx = self.db.conn().unchecked_transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO tallies (ts, key_id, provider, model, metadata, refused, cached,
+                     requests, tokens_in, tokens_out, cost, unknown_cost)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            )?;
+            for t in tallies {
+                stmt.execute(params![
+                    opt_i64(Some(t.ts_ms)),
+                    t.key_id.as_deref(),
+                    t.provider.as_deref(),
+                    t.model.as_deref(),
+                    t.metadata.as_deref(),
+                    t.refused,
+                    t.cached,
+                    opt_i64(Some(t.requests)),
+                    opt_i64(Some(t.tokens_in)),
+                    opt_i64(Some(t.tokens_out)),
+                    t.cost,
+                    opt_i64(Some(t.unknown_cost)),
+                ])?;
+            }
+        }
+        tx.commit()?;
+        self.tally_rows += tallies.len() as u64;
+        Ok(())
+    }
+
     /// Deletes metadata rows whose requests are all older than every request
     /// left (they are gone; until now a join hid them). A scan of
     /// `meta_seqs`: run it rarely.
@@ -303,8 +348,9 @@ impl Writer {
     }
 
     /// Deletes at most [`RETENTION_BATCH`] of the oldest rows beyond `max_rows`
-    /// or older than `min_ts`; returns how many went (call again while > 0).
-    pub fn retain(&mut self, max_rows: u64, min_ts: u64) -> rusqlite::Result<u64> {
+    /// or older than `min_ts`, and as many tallies by the same rules; returns
+    /// how many went (call again while any did).
+    pub fn retain(&mut self, max_rows: u64, min_ts: u64) -> rusqlite::Result<Retained> {
         let over = self.rows.saturating_sub(max_rows);
         let tx = self.db.conn().unchecked_transaction()?;
         let deleted = {
@@ -330,9 +376,35 @@ impl Writer {
             }
             victims.len() as u64
         };
+        // Tallies: by the same age, and no more of them than rows are kept.
+        let mut tallies_deleted = tx
+            .prepare_cached(
+                "DELETE FROM tallies WHERE rowid IN
+                     (SELECT rowid FROM tallies WHERE ts < ?1 ORDER BY ts LIMIT ?2)",
+            )?
+            .execute(params![
+                min_ts.min(i64::MAX as u64) as i64,
+                RETENTION_BATCH as i64
+            ])? as u64;
+        let tally_over = self
+            .tally_rows
+            .saturating_sub(tallies_deleted)
+            .saturating_sub(max_rows);
+        if tally_over > 0 {
+            tallies_deleted +=
+                tx.prepare_cached(
+                    "DELETE FROM tallies WHERE rowid IN
+                         (SELECT rowid FROM tallies ORDER BY ts LIMIT ?1)",
+                )?
+                .execute([tally_over.min(RETENTION_BATCH) as i64])? as u64;
+        }
         tx.commit()?;
         self.rows -= deleted.min(self.rows);
-        Ok(deleted)
+        self.tally_rows -= tallies_deleted.min(self.tally_rows);
+        Ok(Retained {
+            rows: deleted,
+            tallies: tallies_deleted,
+        })
     }
 }
 

@@ -11,9 +11,10 @@ use crate::cost::PriceTable;
 use crate::http::request::HeadLimits;
 use crate::limit::{Limiter, ShardLimiter};
 use crate::providers::{self, Providers};
-use crate::record::{Dropped, LogQueue, Outcome, RequestRecord};
+use crate::record::{LogQueue, Outcome, RequestRecord, Sent};
 use crate::reqid::{IdGen, RequestId, WallClock};
 use crate::stats::{Gauges, ShardStats, Snapshot};
+use crate::tally::Tally;
 use crate::targets::{self, Routes};
 use crate::upstream::dns::Resolver;
 use crate::upstream::pool::Pool;
@@ -107,6 +108,9 @@ pub struct ShardCtx {
     metadata_memo: RefCell<crate::record::MetadataMemo>,
     /// Finished records the request log keeps go here (`None`: logs are off).
     log: Option<LogQueue>,
+    /// The requests the log keeps no row of (sampled out, or dropped), until
+    /// the next tick moves them to the log thread.
+    tally: RefCell<Tally>,
     /// Live connections: a slab indexed by connection id, with a free list.
     conns: RefCell<Slab>,
     /// This shard's part of the response cache (`None`: the cache is off).
@@ -144,6 +148,7 @@ impl ShardCtx {
         let routes = targets::build(&config, &built);
         let mut ids = IdGen::new(shard);
         let interned = crate::record::Interner::new(ids.next_u64());
+        let tally = Tally::new(ids.next_u64());
         ShardCtx {
             shard,
             limits: Cell::new(head_limits(&config)),
@@ -163,6 +168,7 @@ impl ShardCtx {
             ids: RefCell::new(ids),
             clock: WallClock::new(),
             log,
+            tally: RefCell::new(tally),
             conns: RefCell::new(Slab::default()),
             cache,
             keys: ShardKeys::new(keys),
@@ -303,7 +309,9 @@ impl ShardCtx {
 
     /// The record is final: count it, then hand it to the request log if the
     /// log keeps it (errors always; successes at `logs.sample`). The shard never
-    /// waits: a full queue drops the row and counts the drop.
+    /// waits: a full queue drops the row and counts the drop. A request the log
+    /// keeps no row of (sampled out or dropped) is tallied, so its tokens and
+    /// spend still reach `aigw usage` and a restart's rebuild.
     ///
     /// The record is taken out of `rec` only when the log keeps it (what is
     /// left is an empty record of the same request).
@@ -316,13 +324,38 @@ impl ShardCtx {
         let sample = self.config.borrow().logs.sample;
         let failed = rec.status >= 400 || rec.outcome != Outcome::Completed;
         if !failed && sample < 1.0 && self.ids.borrow_mut().unit() >= sample {
+            self.tally(log, rec);
             return;
         }
         let empty = RequestRecord::new(rec.id, rec.shard, rec.started);
         match log.send(std::mem::replace(rec, empty)) {
-            Ok(()) => {}
-            Err(Dropped::Row) => self.stats.borrow_mut().log_dropped(),
-            Err(Dropped::Bodies) => self.stats.borrow_mut().log_bodies_dropped(),
+            Sent::Whole => {}
+            Sent::WithoutBodies => self.stats.borrow_mut().log_bodies_dropped(),
+            Sent::Dropped(dropped) => {
+                self.stats.borrow_mut().log_dropped();
+                self.tally(log, &dropped);
+            }
+        }
+    }
+
+    /// Counts a request the log keeps no row of in the shard's tally; when
+    /// the tally is full, moves it to the log thread first.
+    fn tally(&self, log: &LogQueue, rec: &RequestRecord) {
+        let mut tally = self.tally.borrow_mut();
+        if tally.add(rec) || (log.tallies.put(&mut tally) && tally.add(rec)) {
+            return;
+        }
+        self.stats.borrow_mut().log_uncounted(1);
+    }
+
+    /// Moves the shard's tally to the log thread (each tick, and `last` at the
+    /// end). When the log thread's inbox is full, the tally stays and grows;
+    /// at the end it is counted as lost.
+    pub fn hand_over_tally(&self, last: bool) {
+        let Some(log) = &self.log else { return };
+        let mut tally = self.tally.borrow_mut();
+        if !log.tallies.put(&mut tally) && last {
+            self.stats.borrow_mut().log_uncounted(tally.requests());
         }
     }
 

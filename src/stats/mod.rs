@@ -35,6 +35,9 @@ pub struct Counters {
     pub log_dropped: u64,
     /// Rows logged without their bodies: the queue held too many body bytes.
     pub log_bodies_dropped: u64,
+    /// Requests the log kept neither a row nor a tally of (the shard's tally
+    /// and the log thread's inbox were both full).
+    pub log_uncounted: u64,
 }
 
 impl Counters {
@@ -47,6 +50,7 @@ impl Counters {
         self.dropped_snapshots += o.dropped_snapshots;
         self.log_dropped += o.log_dropped;
         self.log_bodies_dropped += o.log_bodies_dropped;
+        self.log_uncounted += o.log_uncounted;
     }
 }
 
@@ -164,6 +168,11 @@ impl ShardStats {
     /// A row the log keeps without its bodies (too many body bytes queued).
     pub fn log_bodies_dropped(&mut self) {
         self.counters.log_bodies_dropped += 1;
+    }
+
+    /// Requests the log keeps no row of and could not tally either.
+    pub fn log_uncounted(&mut self, n: u64) {
+        self.counters.log_uncounted += n;
     }
 
     /// Takes the deltas, leaving the recorder empty.
