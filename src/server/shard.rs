@@ -458,3 +458,78 @@ impl Future for DrainStarted<'_> {
         Poll::Pending
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::LogFacts;
+    use std::sync::atomic::Ordering;
+
+    fn finished(ctx: &ShardCtx, status: u16) -> RequestRecord {
+        let mut r = RequestRecord::new(ctx.new_request_id(Instant::now()), 0, Instant::now());
+        r.status = status;
+        r.provider = Some("up".into());
+        r.model = Some("m".into());
+        r.cost = Some(0.5);
+        r.usage.input_tokens = Some(7);
+        r.log = Some(Box::new(LogFacts::default()));
+        r
+    }
+
+    /// A row the log's queue has no room for, and a success sampled out, are
+    /// counted in the shard's tally, which the next hand-over moves to the
+    /// log thread's inbox.
+    #[test]
+    fn requests_kept_no_row_of_are_tallied_and_handed_over() {
+        let toml = "[logs]\nsample = 0.0\n[providers.up]\nbase_url = \"http://127.0.0.1:9\"\n";
+        let config = Arc::new(Config::from_toml_with_env(toml, &|_| None).unwrap());
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(128 << 10)
+            .spawn(move || async move {
+                let (tx, rx) = std::sync::mpsc::sync_channel(1);
+                let queue = LogQueue {
+                    tx,
+                    payload_bytes: Arc::default(),
+                    tallies: Arc::default(),
+                };
+                let shared = Shared {
+                    keys: crate::auth::Registry::new(&config.keys, vec![]),
+                    limiter: crate::limit::Limiter::new(1),
+                    budgets: crate::budget::Budgets::new(),
+                };
+                let ctx = ShardCtx::new(
+                    0,
+                    config,
+                    Resolver::new(),
+                    Some(queue.clone()),
+                    None,
+                    shared,
+                );
+                // Errors are always logged: the first takes the queue's one
+                // slot, the next two find it full.
+                for _ in 0..3 {
+                    ctx.record(&mut finished(&ctx, 502));
+                }
+                // A success at `sample = 0` is never offered to the queue.
+                ctx.record(&mut finished(&ctx, 200));
+                let snap = ctx.snapshot(1);
+                assert_eq!(snap.counters.log_dropped, 2);
+                assert_eq!(rx.try_iter().count(), 1);
+                assert!(queue.tallies.take().is_empty(), "handed over early");
+                ctx.hand_over_tally(false);
+                let rows = queue.tallies.take();
+                let requests: u64 = rows.iter().map(|r| r.requests).sum();
+                let cost: f64 = rows.iter().map(|r| r.cost).sum();
+                let tokens: u64 = rows.iter().map(|r| r.tokens_in).sum();
+                assert_eq!((requests, cost, tokens), (3, 1.5, 21), "{rows:?}");
+                assert_eq!(queue.payload_bytes.load(Ordering::Relaxed), 0);
+                // Nothing left to hand over.
+                ctx.hand_over_tally(true);
+                assert!(queue.tallies.take().is_empty());
+                assert_eq!(ctx.snapshot(2).counters.log_uncounted, 0);
+            })
+            .expect("executor starts")
+            .join()
+            .expect("the test runs");
+    }
+}
