@@ -45,14 +45,14 @@ fn record(ids: &mut IdGen, ts: u64, i: usize, provider: &Arc<str>) -> RequestRec
     r.gateway = Duration::from_micros(30);
     r.bytes_in = 900;
     r.bytes_out = 1200;
+    r.metadata = Some(Metadata::from(vec![
+        ("user".into(), MetaValue::Str(format!("u{}", i % USERS))),
+        ("app".into(), MetaValue::Str("bench".into())),
+    ]));
     r.log = Some(Box::new(LogFacts {
         path: "/v1/chat/completions".into(),
         user_agent: Some("OpenAI/Python 1.54.0".into()),
         event_id: None,
-        metadata: Some(Metadata::from(vec![
-            ("user".into(), MetaValue::Str(format!("u{}", i % USERS))),
-            ("app".into(), MetaValue::Str("bench".into())),
-        ])),
         request_body: None,
         response_body: None,
         routing: None,

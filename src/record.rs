@@ -405,7 +405,6 @@ pub struct LogFacts {
     pub path: Arc<str>,
     pub user_agent: Option<Arc<str>>,
     pub event_id: Option<String>,
-    pub metadata: Option<Metadata>,
     pub request_body: Option<Payload>,
     pub response_body: Option<Payload>,
     /// A request that could retry or fall back, as JSON:
@@ -426,6 +425,9 @@ pub struct RequestRecord {
     pub model: Option<String>,
     /// The gateway key the request presented (its id), when it had one.
     pub key_id: Option<Arc<str>>,
+    /// The request's `aigw-metadata`, with its key's attribution merged in
+    /// (the key's fields win). Shared with the shard's memo until changed.
+    pub metadata: Option<Metadata>,
     pub status: u16,
     /// Whose fault an error response was, if it was one.
     pub error_source: Option<ErrorSource>,
@@ -547,6 +549,7 @@ impl RequestRecord {
             provider: None,
             model: None,
             key_id: None,
+            metadata: None,
             cost: None,
             cost_estimated: false,
             context_share: None,

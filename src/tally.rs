@@ -114,7 +114,7 @@ impl Tally {
             key_id: rec.key_id.clone(),
             provider: rec.provider.clone(),
             model: rec.model.clone(),
-            metadata: rec.log.as_ref().and_then(|l| l.metadata.clone()),
+            metadata: rec.metadata.clone(),
             refused: rec.error_source == Some(ErrorSource::Client),
             cached: matches!(rec.cache, Some(CacheStatus::Hit | CacheStatus::Coalesced)),
         };
@@ -201,11 +201,11 @@ mod tests {
         r.usage.input_tokens = Some(10);
         r.usage.output_tokens = Some(5);
         r.cost = Some(0.25);
+        r.metadata = meta;
         r.log = Some(Box::new(LogFacts {
             path: "/v1/chat/completions".into(),
             user_agent: None,
             event_id: None,
-            metadata: meta,
             request_body: None,
             response_body: None,
             routing: None,

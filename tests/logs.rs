@@ -397,6 +397,12 @@ fn collect_log_false_leaves_no_row(shards: usize) {
         Some(3),
         "still counted in stats"
     );
+    // And in usage (and so in a restart's rebuild): tallied, without a row.
+    let (code, body) = common::gateway::admin_get(&gw.admin_socket, "/usage?by=provider");
+    assert_eq!(code, 200);
+    let usage = json(&body);
+    assert_eq!(usage["groups"][0]["value"].as_str(), Some("up"));
+    assert_eq!(usage["groups"][0]["requests"].as_u64(), Some(3));
 }
 
 fn sampling_keeps_every_error_and_a_share_of_successes(shards: usize) {

@@ -651,17 +651,17 @@ mod meta_tests {
     fn record(ids: &mut IdGen, ts: u64, meta: &[(&str, MetaValue)]) -> RequestRecord {
         let mut r = RequestRecord::new(ids.id(ts), 0, Instant::now());
         r.status = 200;
+        r.metadata = (!meta.is_empty()).then(|| {
+            Metadata::from(
+                meta.iter()
+                    .map(|(k, v)| (k.to_string(), v.clone()))
+                    .collect::<Vec<_>>(),
+            )
+        });
         r.log = Some(Box::new(LogFacts {
             path: "/v1/chat/completions".into(),
             user_agent: None,
             event_id: None,
-            metadata: (!meta.is_empty()).then(|| {
-                Metadata::from(
-                    meta.iter()
-                        .map(|(k, v)| (k.to_string(), v.clone()))
-                        .collect::<Vec<_>>(),
-                )
-            }),
             request_body: None,
             response_body: None,
             routing: None,

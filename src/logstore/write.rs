@@ -108,10 +108,10 @@ impl RowText {
         }
     }
 
-    fn fill(&mut self, r: &RequestRecord, facts: &LogFacts) {
+    fn fill(&mut self, r: &RequestRecord) {
         self.id = r.id.to_text();
         self.metadata.clear();
-        if let Some(m) = &facts.metadata {
+        if let Some(m) = &r.metadata {
             m.write_json(&mut self.metadata);
         }
         if let Some(k) = r.cache_key {
@@ -155,7 +155,7 @@ fn row_values<'a>(
         int_of(opt_i64(Some(r.bytes_out))),
         text_of(facts.user_agent.as_deref()),
         text_of(facts.event_id.as_deref()),
-        text_of(facts.metadata.as_ref().map(|_| text.metadata.as_str())),
+        text_of(r.metadata.as_ref().map(|_| text.metadata.as_str())),
         text_of(r.cache.map(|c| c.log_name())),
         text_of(r.cache_key.map(|_| cache_key)),
         text_of(r.key_id.as_deref()),
@@ -250,8 +250,8 @@ impl Writer {
             // Metadata key and value -> the commit's requests carrying it.
             let mut carried: FastMap<(&str, &str), Carried> = FastMap::default();
             for rows in logged.chunks(ROWS_PER_INSERT) {
-                for ((r, facts), text) in rows.iter().zip(self.text.iter_mut()) {
-                    text.fill(r, facts);
+                for ((r, _), text) in rows.iter().zip(self.text.iter_mut()) {
+                    text.fill(r);
                 }
                 // A whole chunk in one statement; the last, shorter one a
                 // row at a time (one statement per length would be compiled).
@@ -274,7 +274,7 @@ impl Writer {
                 for (i, (r, facts)) in rows.iter().enumerate() {
                     let seq = last - (rows.len() - 1 - i) as i64;
                     let ts = r.id.unix_ms() as i64;
-                    if let Some(m) = &facts.metadata {
+                    if let Some(m) = &r.metadata {
                         for (k, v) in m.0.iter() {
                             carried
                                 .entry((k.as_str(), v.as_text()))
@@ -446,7 +446,6 @@ mod tests {
                     path: "/v1/chat/completions".into(),
                     user_agent: (i % 3 == 1).then(|| "ua".into()),
                     event_id: (i % 3 == 1).then(|| format!("e{i}")),
-                    metadata: None,
                     request_body: None,
                     response_body: None,
                     routing: (i % 3 == 1).then(|| "{\"step\":0}".to_string()),

@@ -97,7 +97,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
     };
     // A routed request may use only the targets its key allows.
     if let (Some(key), true) = (&principal, plan.routing.is_some())
-        && let Err(e) = restrict_route(ctx, c, req, &mut plan, key, &wish, &mut rec)
+        && let Err(e) = restrict_route(ctx, c, req, &mut plan, key, &mut rec)
     {
         return answer_error(ctx, c, &mut rec, &e, keep_alive).await;
     }
@@ -445,7 +445,6 @@ struct Wish {
     ttl: Option<Duration>,
     skip: bool,
     key: Option<String>,
-    metadata: Option<Metadata>,
     custom_cost: Option<CustomCost>,
     include_cost: bool,
     retry: RetryControls,
@@ -467,7 +466,7 @@ fn controls(
         wish.ttl = r.cache.ttl;
         wish.skip = r.cache.skip;
         wish.key = r.cache.key.map(str::to_string);
-        wish.metadata = r.metadata.take();
+        rec.metadata = r.metadata.take();
         wish.custom_cost = r.custom_cost;
         wish.include_cost = r.include_cost;
         wish.retry = r.retry;
@@ -489,8 +488,6 @@ fn controls(
         Ok(controls) => {
             facts.user_agent = controls.user_agent.map(|ua| ctx.intern(ua));
             facts.event_id = controls.event_id;
-            // The log's copy is the one admission reads (no clone per request).
-            facts.metadata = wish.metadata.take();
             Ok(())
         }
         Err(e) => Err(e),
@@ -520,10 +517,7 @@ fn plan(
         .map_err(|_| GatewayError::bad_request("invalid_path", "request path is not UTF-8"))?;
     let route = route::route(target);
     rec.route = route.kind();
-    let metadata = wish
-        .metadata
-        .as_ref()
-        .or_else(|| rec.log.as_ref().and_then(|l| l.metadata.as_ref()));
+    let metadata = rec.metadata.as_ref();
     let routes = ctx.routes();
     // With the cache on, requests repeat byte for byte: their digest finds
     // the body's fields here and its canonical form in the cache's key memo.
@@ -608,11 +602,9 @@ fn authenticate(
     };
     let Some(key) = found else { return Ok(None) };
     rec.key_id = Some(key.id.clone());
-    if let Some(log) = rec.log.as_mut()
-        && !key.metadata.is_empty()
-    {
+    if !key.metadata.is_empty() {
         // The key's attribution wins over the request's own of the same name.
-        let meta = log.metadata.get_or_insert_with(Metadata::default);
+        let meta = rec.metadata.get_or_insert_with(Metadata::default);
         // Copied first when the shard's memo shares it.
         let entries = Arc::make_mut(&mut meta.0);
         for (k, v) in &key.metadata {
@@ -645,7 +637,6 @@ fn restrict_route(
     req: &Incoming,
     plan: &mut Plan,
     key: &KeyEntry,
-    wish: &Wish,
     rec: &mut RequestRecord,
 ) -> Result<(), GatewayError> {
     let Some(routing) = plan.routing.as_ref() else {
@@ -656,10 +647,7 @@ fn restrict_route(
     let mut order = if key.metadata.is_empty() || !route.has_variants() {
         routing.order.clone()
     } else {
-        let request = wish
-            .metadata
-            .as_ref()
-            .or_else(|| rec.log.as_ref().and_then(|l| l.metadata.as_ref()));
+        let request = rec.metadata.as_ref();
         let field = |name: &str| {
             key.metadata
                 .iter()
@@ -816,11 +804,7 @@ fn admit(
         provider: &plan.provider.name,
         model: rec.model.as_deref(),
         key_metadata: key.map_or(&[][..], |k| &k.metadata),
-        // In the log's facts when the log keeps the request.
-        metadata: wish
-            .metadata
-            .as_ref()
-            .or_else(|| rec.log.as_ref().and_then(|l| l.metadata.as_ref())),
+        metadata: rec.metadata.as_ref(),
     };
     limiter.admit_into(
         &Ask {

@@ -310,8 +310,9 @@ impl ShardCtx {
     /// The record is final: count it, then hand it to the request log if the
     /// log keeps it (errors always; successes at `logs.sample`). The shard never
     /// waits: a full queue drops the row and counts the drop. A request the log
-    /// keeps no row of (sampled out or dropped) is tallied, so its tokens and
-    /// spend still reach `aigw usage` and a restart's rebuild.
+    /// keeps no row of (sampled out, dropped, or `collect-log: false`) is
+    /// tallied, so its tokens and spend still reach `aigw usage` and a
+    /// restart's rebuild.
     ///
     /// The record is taken out of `rec` only when the log keeps it (what is
     /// left is an empty record of the same request).
@@ -319,6 +320,11 @@ impl ShardCtx {
         self.stats.borrow_mut().record(rec);
         let Some(log) = &self.log else { return };
         if rec.log.is_none() {
+            // `collect-log: false` keeps the request out of the log's rows,
+            // not its spend out of usage and the rebuild.
+            if rec.provider.is_some() {
+                self.tally(log, rec);
+            }
             return;
         }
         let sample = self.config.borrow().logs.sample;
