@@ -345,7 +345,66 @@ fn a_file_key_is_revoked_by_a_reload_not_the_socket(shards: usize) {
     }
 }
 
+/// `/stats` and `/metrics` count by metadata field and value, the key's
+/// attribution winning over the request's own, with the log off too.
+fn metadata_is_attributed_in_stats_and_metrics(shards: usize) {
+    let mock = mock();
+    let (alice, lines) = key_new("alice", &["--meta", "team=search"]);
+    let gw = Gateway::with(shards)
+        .provider("up", &mock.base_url(), "api_key = \"sk-provider\"")
+        .toml(&format!("[logs]\nenabled = false\n{lines}"))
+        .start();
+    let mut c = gw.client();
+    let alice = bearer(&alice);
+    for _ in 0..3 {
+        let r = c.post(
+            "/v1/chat/completions",
+            &[
+                ("Authorization", &alice),
+                ("aigw-metadata", r#"{"user":"ann","team":"spoof"}"#),
+            ],
+            CHAT,
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    for _ in 0..2 {
+        let r = c.post(
+            "/v1/chat/completions",
+            &[("aigw-metadata", r#"{"user":"bob \"b\""}"#)],
+            CHAT,
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let r = c.post(
+        "/v1/chat/completions",
+        &[("cf-aig-metadata", r#"{"user":"ann"}"#)],
+        CHAT,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let stats = gw.stats();
+    let m = &stats["metadata"];
+    assert_eq!(m["user"]["ann"]["requests"].as_u64(), Some(4), "{stats}");
+    assert_eq!(
+        m["user"]["bob \"b\""]["requests"].as_u64(),
+        Some(2),
+        "{stats}"
+    );
+    assert_eq!(m["team"]["search"]["requests"].as_u64(), Some(3), "{stats}");
+    assert!(m["team"].get("spoof").is_none(), "{stats}");
+    assert!(m["user"]["ann"]["tokens"]["input"].as_u64().unwrap() > 0);
+    let (_, metrics) = admin_get(&gw.admin_socket, "/metrics");
+    let metrics = String::from_utf8(metrics).unwrap();
+    for line in [
+        "aigw_metadata_requests_total{field=\"user\",value=\"ann\"} 4",
+        "aigw_metadata_requests_total{field=\"user\",value=\"bob \\\"b\\\"\"} 2",
+        "aigw_metadata_requests_total{field=\"team\",value=\"search\"} 3",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
+    }
+}
+
 at_1_and_2_shards!(
+    metadata_is_attributed_in_stats_and_metrics,
     printed_keys_work_and_everything_else_is_refused,
     a_client_with_its_own_provider_key_sends_the_gateway_key_beside_it,
     without_auth_required_anonymous_requests_pass_but_bad_gateway_keys_do_not,

@@ -501,6 +501,30 @@ fn window_json(seconds: u64, c: &LabelCounters) -> String {
     )
 }
 
+/// `{"NAME":{"requests":..,"errors":..,"tokens":{..},"cost_usd":..},...}`.
+fn counters_json(
+    s: &mut String,
+    by: &std::collections::BTreeMap<String, crate::stats::labels::KeyCounters>,
+) {
+    s.push('{');
+    for (i, (name, k)) in by.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        crate::error::push_json_string(s, name);
+        let _ = write!(
+            s,
+            ":{{\"requests\":{},\"errors\":{},\"tokens\":{{\"input\":{},\"output\":{}}},\"cost_usd\":{}}}",
+            k.requests,
+            k.errors,
+            k.input_tokens,
+            k.output_tokens,
+            k.cost_nanos as f64 / 1e9
+        );
+    }
+    s.push('}');
+}
+
 /// Decodes a query-string part: `+` is a space, then `%XX` escapes.
 fn query_decode(s: &str) -> String {
     let spaced: Vec<u8> = s
@@ -565,21 +589,16 @@ pub fn render_json(m: &Merged, logs: &LogStats, cache: Option<Totals>) -> String
             quantiles(&m.histograms[*series as usize])
         );
     }
-    s.push_str("},\"keys\":{");
-    for (i, (id, k)) in m.keys.iter().enumerate() {
+    s.push_str("},\"keys\":");
+    counters_json(&mut s, &m.keys);
+    s.push_str(",\"metadata\":{");
+    for (i, (field, values)) in m.metadata.iter().enumerate() {
         if i > 0 {
             s.push(',');
         }
-        crate::error::push_json_string(&mut s, id);
-        let _ = write!(
-            s,
-            ":{{\"requests\":{},\"errors\":{},\"tokens\":{{\"input\":{},\"output\":{}}},\"cost_usd\":{}}}",
-            k.requests,
-            k.errors,
-            k.input_tokens,
-            k.output_tokens,
-            k.cost_nanos as f64 / 1e9
-        );
+        crate::error::push_json_string(&mut s, field);
+        s.push(':');
+        counters_json(&mut s, values);
     }
     s.push_str("},\"windows\":{");
     let windows = [("1m", m.window(60)), ("5m", m.window(300))];

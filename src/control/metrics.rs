@@ -8,12 +8,47 @@ use super::logs::LogStats;
 use super::stats::{Merged, SERIES};
 use crate::cache::Totals;
 use crate::record::CacheStatus;
-use crate::stats::labels::{BUCKETS_US, Buckets, LabelCounters, SOURCES};
+use crate::stats::labels::{BUCKETS_US, Buckets, KeyCounters, LabelCounters, SOURCES};
 use hdrhistogram::Histogram;
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
 /// Label values escaped as the text format asks (`\`, `"`, newline).
+/// `aigw_<what>_requests_total`, `_tokens_total` and `_cost_usd_total` for
+/// counters attributed by `labels` (nothing when there are none).
+fn attributed(s: &mut String, what: &str, by: &str, note: &str, rows: &[(String, &KeyCounters)]) {
+    if rows.is_empty() {
+        return;
+    }
+    let name = format!("aigw_{what}_requests_total");
+    family(s, &name, "counter", &format!("Requests by {by}{note}."));
+    for (l, k) in rows {
+        let _ = writeln!(s, "{name}{{{l}}} {}", k.requests);
+    }
+    let name = format!("aigw_{what}_tokens_total");
+    family(
+        s,
+        &name,
+        "counter",
+        &format!("Tokens spent by {by} and direction (cache hits not counted)."),
+    );
+    for (l, k) in rows {
+        for (dir, n) in [("input", k.input_tokens), ("output", k.output_tokens)] {
+            let _ = writeln!(s, "{name}{{{l},direction=\"{dir}\"}} {n}");
+        }
+    }
+    let name = format!("aigw_{what}_cost_usd_total");
+    family(
+        s,
+        &name,
+        "counter",
+        &format!("Spend in US dollars by {by} (requests whose price is known)."),
+    );
+    for (l, k) in rows {
+        let _ = writeln!(s, "{name}{{{l}}} {}", k.cost_nanos as f64 / 1e9);
+    }
+}
+
 fn escape(v: &str) -> String {
     let mut out = String::with_capacity(v.len());
     for c in v.chars() {
@@ -145,51 +180,37 @@ pub fn render(m: &Merged, logs: &LogStats, cache: Option<Totals>) -> String {
             }
         }
     }
-    if !m.keys.is_empty() {
-        family(
-            &mut s,
-            "aigw_key_requests_total",
-            "counter",
-            "Requests by gateway key id (requests without a key are not counted here).",
-        );
-        for (id, k) in &m.keys {
-            let _ = writeln!(
-                s,
-                "aigw_key_requests_total{{key=\"{}\"}} {}",
-                escape(id),
-                k.requests
-            );
-        }
-        family(
-            &mut s,
-            "aigw_key_tokens_total",
-            "counter",
-            "Tokens spent by gateway key id and direction (cache hits not counted).",
-        );
-        for (id, k) in &m.keys {
-            for (dir, n) in [("input", k.input_tokens), ("output", k.output_tokens)] {
-                let _ = writeln!(
-                    s,
-                    "aigw_key_tokens_total{{key=\"{}\",direction=\"{dir}\"}} {n}",
-                    escape(id)
-                );
-            }
-        }
-        family(
-            &mut s,
-            "aigw_key_cost_usd_total",
-            "counter",
-            "Spend in US dollars by gateway key id (requests whose price is known).",
-        );
-        for (id, k) in &m.keys {
-            let _ = writeln!(
-                s,
-                "aigw_key_cost_usd_total{{key=\"{}\"}} {}",
-                escape(id),
-                k.cost_nanos as f64 / 1e9
-            );
-        }
-    }
+    let keys: Vec<(String, &KeyCounters)> = m
+        .keys
+        .iter()
+        .map(|(id, k)| (format!("key=\"{}\"", escape(id)), k))
+        .collect();
+    attributed(
+        &mut s,
+        "key",
+        "gateway key id",
+        " (requests without a key are not counted here)",
+        &keys,
+    );
+    let metadata: Vec<(String, &KeyCounters)> = m
+        .metadata
+        .iter()
+        .flat_map(|(field, values)| {
+            values.iter().map(move |(value, k)| {
+                (
+                    format!("field=\"{}\",value=\"{}\"", escape(field), escape(value)),
+                    k,
+                )
+            })
+        })
+        .collect();
+    attributed(
+        &mut s,
+        "metadata",
+        "`aigw-metadata` field and value",
+        " (a key's attribution merged in; at most 256 values per field, the rest as `(other)`)",
+        &metadata,
+    );
     family(
         &mut s,
         "aigw_cost_usd_total",

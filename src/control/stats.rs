@@ -70,6 +70,8 @@ pub struct Merged {
     pub labels: MergedLabels,
     /// Counters by gateway key id since start, bounded.
     pub keys: BTreeMap<String, KeyCounters>,
+    /// Counters by metadata field, then value, since start, bounded.
+    pub metadata: BTreeMap<String, BTreeMap<String, KeyCounters>>,
     pub flushed: Vec<u64>,
     /// The latest gauges of each shard.
     pub gauges: Vec<Gauges>,
@@ -156,6 +158,7 @@ impl StatsHub {
                 histograms: new_series(),
                 labels: MergedLabels::default(),
                 keys: BTreeMap::new(),
+                metadata: BTreeMap::new(),
                 flushed: vec![0; shards],
                 gauges: vec![Gauges::default(); shards],
                 history: std::collections::VecDeque::new(),
@@ -183,6 +186,19 @@ impl StatsHub {
                 crate::stats::labels::OTHER.to_string()
             };
             m.keys.entry(key).or_default().add(&c);
+        }
+        for (field, value, c) in s.metadata {
+            use crate::stats::labels::{MAX_META_FIELDS, MAX_META_VALUES, OTHER_VALUES};
+            if !m.metadata.contains_key(&field) && m.metadata.len() >= MAX_META_FIELDS {
+                continue;
+            }
+            let values = m.metadata.entry(field).or_default();
+            let value = if values.contains_key(&value) || values.len() < MAX_META_VALUES {
+                value
+            } else {
+                OTHER_VALUES.to_string()
+            };
+            values.entry(value).or_default().add(&c);
         }
         if s.shard < m.flushed.len() {
             m.flushed[s.shard] = m.flushed[s.shard].max(s.seq);

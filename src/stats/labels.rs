@@ -260,76 +260,6 @@ impl MergedLabels {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::reqid::RequestId;
-    use std::time::Instant;
-
-    fn rec(model: &str, status: u16, ms: u64) -> RequestRecord {
-        let mut r = RequestRecord::new(RequestId::default(), 0, Instant::now());
-        r.provider = Some(Arc::from("up"));
-        r.model = Some(model.into());
-        r.status = status;
-        r.total = Duration::from_millis(ms);
-        r
-    }
-
-    #[test]
-    fn buckets_count_into_the_first_bound_at_or_above() {
-        let mut b = Buckets::default();
-        for us in [1, 500, 501, 60_000_000, 60_000_001] {
-            b.record(Duration::from_micros(us));
-        }
-        assert_eq!(b.counts[0], 2);
-        assert_eq!(b.counts[1], 1);
-        assert_eq!(b.counts[15], 1);
-        assert_eq!(b.counts[16], 1);
-        assert_eq!(b.count(), 5);
-    }
-
-    #[test]
-    fn quantiles_interpolate_inside_their_bucket() {
-        let mut b = Buckets::default();
-        assert_eq!(b.quantile_us(0.5), None);
-        for _ in 0..100 {
-            b.record(Duration::from_micros(700)); // bucket 500..1000
-        }
-        let p50 = b.quantile_us(0.5).unwrap();
-        assert!((500..=1000).contains(&p50), "{p50}");
-        b.record(Duration::from_secs(2)); // bucket 1s..2.5s
-        let p999 = b.quantile_us(0.999).unwrap();
-        assert!((1_000_000..=2_500_000).contains(&p999), "{p999}");
-    }
-
-    #[test]
-    fn random_model_names_fold_into_other() {
-        let mut l = ByLabel::default();
-        for i in 0..1000 {
-            l.record(&rec(&format!("m{i}"), 200, 1));
-        }
-        l.record(&rec("m0", 500, 1));
-        let taken = l.take();
-        assert_eq!(taken.len(), MAX_MODELS_PER_PROVIDER + 1);
-        let other = taken.iter().find(|(_, m, _)| m == OTHER).unwrap();
-        assert_eq!(
-            other.2.total_requests(),
-            1000 - MAX_MODELS_PER_PROVIDER as u64
-        );
-        let m0 = taken.iter().find(|(_, m, _)| m == "m0").unwrap();
-        assert_eq!(m0.2.requests, [0, 2 - 1, 0, 0, 1]);
-        let mut merged = MergedLabels::default();
-        for shard in 0..3 {
-            for i in 0..100 {
-                let mut c = LabelCounters::default();
-                c.requests[1] = 1;
-                merged.add("up".into(), format!("s{shard}-{i}"), &c);
-            }
-        }
-        assert_eq!(merged.by.len(), MAX_MODELS_PER_PROVIDER + 1);
-    }
-}
-
 /// Most gateway keys counted apart; further keys count as `other`.
 pub const MAX_KEYS: usize = 4096;
 
@@ -405,5 +335,241 @@ impl ByKey {
             out.push((OTHER.into(), std::mem::take(&mut self.other)));
         }
         out
+    }
+}
+
+/// Most metadata fields counted apart; a request's entries under further
+/// field names are not counted by field (its totals still are).
+pub const MAX_META_FIELDS: usize = 16;
+/// Most values counted apart per metadata field; further values count as
+/// [`OTHER_VALUES`]. Per-value totals of every value are in `aigw usage`.
+pub const MAX_META_VALUES: usize = 256;
+/// The value label of the values beyond [`MAX_META_VALUES`].
+pub const OTHER_VALUES: &str = "(other)";
+
+/// One metadata field's counters: slot 0 is [`OTHER_VALUES`].
+struct MetaField {
+    name: Box<str>,
+    slots: Vec<(Box<str>, KeyCounters)>,
+    by_value: FastMap<Box<str>, usize>,
+}
+
+impl MetaField {
+    fn new(name: &str) -> MetaField {
+        MetaField {
+            name: name.into(),
+            slots: vec![(OTHER_VALUES.into(), KeyCounters::default())],
+            by_value: FastMap::default(),
+        }
+    }
+
+    fn slot(&mut self, value: &str) -> usize {
+        if let Some(&i) = self.by_value.get(value) {
+            return i;
+        }
+        if self.slots.len() > MAX_META_VALUES {
+            return 0;
+        }
+        self.slots.push((value.into(), KeyCounters::default()));
+        self.by_value.insert(value.into(), self.slots.len() - 1);
+        self.slots.len() - 1
+    }
+}
+
+/// A shard's counters by metadata field and value (`aigw-metadata`, with a
+/// key's attribution merged in), bounded by [`MAX_META_FIELDS`] and
+/// [`MAX_META_VALUES`]. Requests that send the same header share one parsed
+/// object (the shard's metadata memo): the slots of the object seen last are
+/// remembered, so such a request costs a pointer compare and its counts.
+#[derive(Default)]
+pub struct ByMetadata {
+    fields: Vec<MetaField>,
+    /// The metadata object seen last, and its entries' (field, slot).
+    last: Option<(crate::record::Metadata, Vec<(usize, usize)>)>,
+}
+
+impl ByMetadata {
+    pub fn record(&mut self, r: &RequestRecord) {
+        let Some(m) = &r.metadata else { return };
+        if let Some((seen, slots)) = &self.last
+            && Arc::ptr_eq(&seen.0, &m.0)
+        {
+            for &(f, s) in slots {
+                self.fields[f].slots[s].1.record(r);
+            }
+            return;
+        }
+        let mut slots = Vec::with_capacity(m.0.len());
+        for (k, v) in m.0.iter() {
+            let f = match self.fields.iter().position(|f| *f.name == **k) {
+                Some(f) => f,
+                None if self.fields.len() < MAX_META_FIELDS => {
+                    self.fields.push(MetaField::new(k));
+                    self.fields.len() - 1
+                }
+                None => continue,
+            };
+            let s = self.fields[f].slot(v.as_text());
+            self.fields[f].slots[s].1.record(r);
+            slots.push((f, s));
+        }
+        self.last = Some((m.clone(), slots));
+    }
+
+    /// Takes everything counted, as (field, value, counters); the fields and
+    /// values stay known (their slots keep their places).
+    pub fn take(&mut self) -> Vec<(String, String, KeyCounters)> {
+        let empty = KeyCounters::default();
+        let mut out = Vec::new();
+        for f in &mut self.fields {
+            for (value, c) in &mut f.slots {
+                if *c != empty {
+                    out.push((f.name.to_string(), value.to_string(), std::mem::take(c)));
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reqid::RequestId;
+    use std::time::Instant;
+
+    fn rec(model: &str, status: u16, ms: u64) -> RequestRecord {
+        let mut r = RequestRecord::new(RequestId::default(), 0, Instant::now());
+        r.provider = Some(Arc::from("up"));
+        r.model = Some(model.into());
+        r.status = status;
+        r.total = Duration::from_millis(ms);
+        r
+    }
+
+    #[test]
+    fn buckets_count_into_the_first_bound_at_or_above() {
+        let mut b = Buckets::default();
+        for us in [1, 500, 501, 60_000_000, 60_000_001] {
+            b.record(Duration::from_micros(us));
+        }
+        assert_eq!(b.counts[0], 2);
+        assert_eq!(b.counts[1], 1);
+        assert_eq!(b.counts[15], 1);
+        assert_eq!(b.counts[16], 1);
+        assert_eq!(b.count(), 5);
+    }
+
+    #[test]
+    fn quantiles_interpolate_inside_their_bucket() {
+        let mut b = Buckets::default();
+        assert_eq!(b.quantile_us(0.5), None);
+        for _ in 0..100 {
+            b.record(Duration::from_micros(700)); // bucket 500..1000
+        }
+        let p50 = b.quantile_us(0.5).unwrap();
+        assert!((500..=1000).contains(&p50), "{p50}");
+        b.record(Duration::from_secs(2)); // bucket 1s..2.5s
+        let p999 = b.quantile_us(0.999).unwrap();
+        assert!((1_000_000..=2_500_000).contains(&p999), "{p999}");
+    }
+
+    #[test]
+    fn random_model_names_fold_into_other() {
+        let mut l = ByLabel::default();
+        for i in 0..1000 {
+            l.record(&rec(&format!("m{i}"), 200, 1));
+        }
+        l.record(&rec("m0", 500, 1));
+        let taken = l.take();
+        assert_eq!(taken.len(), MAX_MODELS_PER_PROVIDER + 1);
+        let other = taken.iter().find(|(_, m, _)| m == OTHER).unwrap();
+        assert_eq!(
+            other.2.total_requests(),
+            1000 - MAX_MODELS_PER_PROVIDER as u64
+        );
+        let m0 = taken.iter().find(|(_, m, _)| m == "m0").unwrap();
+        assert_eq!(m0.2.requests, [0, 2 - 1, 0, 0, 1]);
+        let mut merged = MergedLabels::default();
+        for shard in 0..3 {
+            for i in 0..100 {
+                let mut c = LabelCounters::default();
+                c.requests[1] = 1;
+                merged.add("up".into(), format!("s{shard}-{i}"), &c);
+            }
+        }
+        assert_eq!(merged.by.len(), MAX_MODELS_PER_PROVIDER + 1);
+    }
+
+    fn with_meta(meta: &crate::record::Metadata) -> RequestRecord {
+        let mut r = RequestRecord::new(
+            crate::reqid::RequestId::default(),
+            0,
+            std::time::Instant::now(),
+        );
+        r.status = 200;
+        r.usage.input_tokens = Some(3);
+        r.metadata = Some(meta.clone());
+        r
+    }
+
+    fn meta(pairs: &[(&str, &str)]) -> crate::record::Metadata {
+        crate::record::Metadata::from(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), crate::record::MetaValue::Str(v.to_string())))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    #[test]
+    fn metadata_counts_by_field_and_value_within_bounds() {
+        let mut by = ByMetadata::default();
+        let shared = meta(&[("user", "ann"), ("app", "x")]);
+        // The same object again (the memo's path) and an equal copy count alike.
+        by.record(&with_meta(&shared));
+        by.record(&with_meta(&shared));
+        by.record(&with_meta(&meta(&[("user", "ann"), ("app", "x")])));
+        by.record(&with_meta(&meta(&[("app", "y")])));
+        let mut got = by.take();
+        got.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        let got: Vec<_> = got
+            .iter()
+            .map(|(f, v, c)| (f.as_str(), v.as_str(), c.requests, c.input_tokens))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("app", "x", 3, 9),
+                ("app", "y", 1, 3),
+                ("user", "ann", 3, 9)
+            ]
+        );
+        assert!(by.take().is_empty(), "taken counts start again from zero");
+        by.record(&with_meta(&shared));
+        assert_eq!(by.take().len(), 2, "the memo still points at live slots");
+
+        // Values past the bound count as one; fields past theirs not at all.
+        for i in 0..MAX_META_VALUES + 10 {
+            by.record(&with_meta(&meta(&[("user", &format!("u{i}"))])));
+        }
+        for i in 0..MAX_META_FIELDS + 3 {
+            by.record(&with_meta(&meta(&[(&format!("f{i}"), "v")])));
+        }
+        let got = by.take();
+        let users = got.iter().filter(|(f, _, _)| f == "user").count();
+        // "ann" holds one of the value slots (counted before this take):
+        // u0..u254 took the rest, and `(other)` counts the 11 beyond.
+        assert_eq!(users, MAX_META_VALUES);
+        let other = got
+            .iter()
+            .find(|(f, v, _)| f == "user" && v == OTHER_VALUES)
+            .unwrap();
+        assert_eq!(other.2.requests, 11);
+        let fields: std::collections::BTreeSet<&str> =
+            got.iter().map(|(f, _, _)| f.as_str()).collect();
+        // `app` holds a field too, idle since the last take: f0..f13 took the rest.
+        assert_eq!(fields.len(), MAX_META_FIELDS - 1);
+        assert!(fields.contains("f13") && !fields.contains("f14"));
     }
 }

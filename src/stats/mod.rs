@@ -107,6 +107,8 @@ pub struct Snapshot {
     pub labels: Vec<(String, String, labels::LabelCounters)>,
     /// Counters by gateway key id, bounded.
     pub keys: Vec<(String, labels::KeyCounters)>,
+    /// Counters by metadata field and value, bounded.
+    pub metadata: Vec<(String, String, labels::KeyCounters)>,
     pub gauges: Gauges,
 }
 
@@ -121,6 +123,7 @@ pub struct ShardStats {
     histograms: [Histogram<u64>; 4],
     labels: labels::ByLabel,
     keys: labels::ByKey,
+    metadata: labels::ByMetadata,
 }
 
 impl Default for ShardStats {
@@ -130,6 +133,7 @@ impl Default for ShardStats {
             histograms: new_series(),
             labels: labels::ByLabel::default(),
             keys: labels::ByKey::default(),
+            metadata: labels::ByMetadata::default(),
         }
     }
 }
@@ -156,6 +160,7 @@ impl ShardStats {
         }
         self.labels.record(r);
         self.keys.record(r);
+        self.metadata.record(r);
     }
 
     /// A finished record the request log's queue had no room for. Not a fact
@@ -185,6 +190,7 @@ impl ShardStats {
             histograms,
             labels: self.labels.take(),
             keys: self.keys.take(),
+            metadata: self.metadata.take(),
             gauges,
         }
     }
