@@ -458,6 +458,11 @@ pub struct RequestRecord {
     pub cost_estimated: bool,
     /// Input tokens over the model's context window, when known.
     pub context_share: Option<f64>,
+    /// The input and output tokens the rate limits counted, when not those
+    /// of `usage`: an estimate (the answer was cut before its usage came),
+    /// or input the provider reports apart from `input_tokens` (Anthropic's
+    /// cache reads and writes). The log keeps it so a restart counts the same.
+    pub counted: Option<(u64, u64)>,
     /// What the cache did (`None`: cache off, or not a provider request).
     pub cache: Option<CacheStatus>,
     /// The cache key, when one was computed (`aigw cache purge --key`).
@@ -487,6 +492,24 @@ pub struct LogQueue {
 }
 
 impl RequestRecord {
+    /// Notes the tokens the rate limits count for this request (kept only
+    /// when they are not its reported usage).
+    pub fn count_tokens(&mut self, input: u64, output: u64) {
+        let reported = (
+            self.usage.input_tokens.unwrap_or(0),
+            self.usage.output_tokens.unwrap_or(0),
+        );
+        self.counted = ((input, output) != reported).then_some((input, output));
+    }
+
+    /// The input and output tokens the rate limits count for this request.
+    pub fn counted_tokens(&self) -> (u64, u64) {
+        self.counted.unwrap_or((
+            self.usage.input_tokens.unwrap_or(0),
+            self.usage.output_tokens.unwrap_or(0),
+        ))
+    }
+
     /// Bytes of stored bodies this record carries.
     pub fn payload_len(&self) -> usize {
         self.log.as_ref().map_or(0, |l| {
@@ -553,6 +576,7 @@ impl RequestRecord {
             cost: None,
             cost_estimated: false,
             context_share: None,
+            counted: None,
             status: 0,
             error_source: None,
             error_code: None,

@@ -71,8 +71,12 @@ pub struct TallyRow {
     /// The cache answered them.
     pub cached: bool,
     pub requests: u64,
+    /// Tokens as the providers reported them.
     pub tokens_in: u64,
     pub tokens_out: u64,
+    /// Tokens as the rate limits counted them (see `RequestRecord::counted`).
+    pub counted_in: u64,
+    pub counted_out: u64,
     /// USD of those whose cost is known.
     pub cost: f64,
     /// Those sent to a provider whose cost is unknown (no price).
@@ -139,6 +143,8 @@ impl Tally {
                     requests: 0,
                     tokens_in: 0,
                     tokens_out: 0,
+                    counted_in: 0,
+                    counted_out: 0,
                     cost: 0.0,
                     unknown_cost: 0,
                 };
@@ -149,6 +155,9 @@ impl Tally {
         row.requests += 1;
         row.tokens_in += rec.usage.input_tokens.unwrap_or(0);
         row.tokens_out += rec.usage.output_tokens.unwrap_or(0);
+        let (counted_in, counted_out) = rec.counted_tokens();
+        row.counted_in += counted_in;
+        row.counted_out += counted_out;
         match rec.cost {
             Some(c) => row.cost += c,
             None if rec.provider.is_some() => row.unknown_cost += 1,

@@ -348,7 +348,70 @@ fn limit_windows_survive_a_restart_from_tallies(shards: usize) {
     assert_eq!(mock.requests_seen(), 3);
 }
 
+/// A stream its client leaves before the usage event: the limits count an
+/// estimate of its output, and so does the rebuild after a restart (the log
+/// keeps what was counted, not only what the provider reported).
+fn estimated_tokens_count_after_a_restart(shards: usize) {
+    use std::io::{Read, Write};
+    let mock = mock();
+    let dir = common::gateway::TempDir::new("limits-estimate");
+    let rules = "[[rate_limits]]\nname = \"out\"\nscope = \"gateway\"\ncount = \"output_tokens\"\nlimit = 1\nwindow = \"30d\"\n";
+    let start = || {
+        Gateway::with(shards)
+            .provider("up", &mock.base_url(), "")
+            .toml(rules)
+            .data_dir(dir.path())
+            .start()
+    };
+    let body = |stream: bool| {
+        format!(
+            r#"{{"model":"up/gpt-x","stream":{stream},"max_tokens":1,"messages":[{{"role":"user","content":"a long story"}}]}}"#
+        )
+    };
+    let mut gw = start();
+    let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let b = body(true);
+    write!(
+        s,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nx-mock-chunks: 40\r\nx-mock-chunk-interval-ms: 50\r\nContent-Length: {}\r\n\r\n{b}",
+        b.len()
+    )
+    .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(5).any(|w| w == b"data:") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed early");
+        got.extend_from_slice(&buf[..n]);
+    }
+    drop(s);
+    // The row of the abandoned stream, with what the limits counted.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, rows) = common::gateway::admin_get(&gw.admin_socket, "/logs?limit=1");
+        let rows = String::from_utf8(rows).unwrap();
+        if rows.contains("aborted_by_client") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no row: {rows}");
+    }
+    assert_refusal(
+        &gw.client().post("/v1/chat/completions", &[], &body(false)),
+        "out",
+    );
+    gw.terminate();
+    assert!(gw.wait_exit().success());
+    let gw = start();
+    assert_refusal(
+        &gw.client().post("/v1/chat/completions", &[], &body(false)),
+        "out",
+    );
+    assert_eq!(mock.requests_seen(), 1);
+}
+
 at_1_and_2_shards!(
+    estimated_tokens_count_after_a_restart,
     limit_windows_survive_a_restart,
     limit_windows_survive_a_restart_from_tallies
 );

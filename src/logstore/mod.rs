@@ -94,7 +94,9 @@ CREATE TABLE IF NOT EXISTS requests (
     user_agent TEXT,
     event_id TEXT,
     key_id TEXT,
-    metadata TEXT
+    metadata TEXT,
+    counted_in INTEGER,
+    counted_out INTEGER
 );
 CREATE INDEX IF NOT EXISTS requests_ts ON requests(ts);
 CREATE TABLE IF NOT EXISTS meta_seqs (
@@ -116,6 +118,8 @@ CREATE TABLE IF NOT EXISTS tallies (
     requests INTEGER NOT NULL,
     tokens_in INTEGER NOT NULL,
     tokens_out INTEGER NOT NULL,
+    counted_in INTEGER NOT NULL,
+    counted_out INTEGER NOT NULL,
     cost REAL NOT NULL,
     unknown_cost INTEGER NOT NULL
 );
@@ -167,6 +171,8 @@ const ADDED_COLUMNS: &[(&str, &str)] = &[
     ("cost_estimated", "INTEGER"),
     ("context_share", "REAL"),
     ("routing", "TEXT"),
+    ("counted_in", "INTEGER"),
+    ("counted_out", "INTEGER"),
 ];
 
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {

@@ -18,6 +18,8 @@ pub struct Replayed {
     /// Metadata values as text.
     pub metadata: Vec<(String, String)>,
     pub cost: Option<f64>,
+    /// Tokens as the rate limits counted them (estimates, and input a
+    /// provider reports apart, included).
     pub tokens_in: u64,
     pub tokens_out: u64,
     /// The gateway refused it before any provider (a client error).
@@ -38,7 +40,8 @@ pub fn replay(
     each: &mut dyn FnMut(&[Replayed]),
 ) -> rusqlite::Result<usize> {
     let mut stmt = conn.prepare(
-        "SELECT ts, key_id, provider, model, metadata, cost, tokens_in, tokens_out, error_source, cache
+        "SELECT ts, key_id, provider, model, metadata, cost,
+                COALESCE(counted_in, tokens_in), COALESCE(counted_out, tokens_out), error_source, cache
          FROM requests WHERE ts >= ?1 ORDER BY ts",
     )?;
     let rows = stmt.query_map(params![since_ms as i64], |r| {
@@ -73,7 +76,7 @@ pub fn replay(
         pass(row?, &mut chunk);
     }
     let mut stmt = conn.prepare(
-        "SELECT ts, key_id, provider, model, metadata, cost, tokens_in, tokens_out, refused, cached,
+        "SELECT ts, key_id, provider, model, metadata, cost, counted_in, counted_out, refused, cached,
                 requests, unknown_cost
          FROM tallies WHERE ts >= ?1 ORDER BY ts",
     )?;
@@ -238,6 +241,9 @@ mod tests {
             requests,
             tokens_in: 10 * requests,
             tokens_out: 5 * requests,
+            // The limits counted more (estimates, cache reads).
+            counted_in: 12 * requests,
+            counted_out: 6 * requests,
             cost,
             unknown_cost: unknown,
         }
@@ -261,6 +267,8 @@ mod tests {
         row.key_id = Some("a".into());
         row.cost = Some(1.0);
         row.usage.input_tokens = Some(10);
+        // Input the provider reported apart: the limits counted 25.
+        row.count_tokens(25, 0);
         row.log = Some(Box::new(LogFacts::default()));
         w.insert(&[row]).unwrap();
         w.insert_tallies(&[
@@ -311,6 +319,9 @@ mod tests {
             costs,
             [(1, Some(1.0)), (4, Some(2.0)), (3, Some(0.5)), (2, None)]
         );
+        // The rebuild counts what the limits counted; usage shows what was reported.
+        let counted: Vec<_> = seen.iter().map(|r| (r.tokens_in, r.tokens_out)).collect();
+        assert_eq!(counted, [(25, 0), (48, 24), (36, 18), (24, 12)]);
         assert_eq!(
             seen[1].metadata,
             [("user".to_string(), "a-user".to_string())]

@@ -38,7 +38,7 @@ pub struct Writer {
 }
 
 /// The columns of a row of `requests`, in the order [`bind_row`] binds them.
-const COLUMNS: [&str; 30] = [
+const COLUMNS: [&str; 32] = [
     "id",
     "ts",
     "route",
@@ -69,6 +69,8 @@ const COLUMNS: [&str; 30] = [
     "cost_estimated",
     "context_share",
     "routing",
+    "counted_in",
+    "counted_out",
 ];
 
 /// Rows one INSERT carries: SQLite's cost per statement (bind, step, reset)
@@ -164,6 +166,8 @@ fn row_values<'a>(
         if r.cost_estimated { Int(1) } else { Null },
         r.context_share.map_or(Null, Real),
         text_of(facts.routing.as_deref()),
+        int_of(opt_i64(r.counted.map(|c| c.0))),
+        int_of(opt_i64(r.counted.map(|c| c.1))),
     ]
 }
 
@@ -311,8 +315,8 @@ impl Writer {
         {
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO tallies (ts, key_id, provider, model, metadata, refused, cached,
-                     requests, tokens_in, tokens_out, cost, unknown_cost)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                     requests, tokens_in, tokens_out, counted_in, counted_out, cost, unknown_cost)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             )?;
             for t in tallies {
                 stmt.execute(params![
@@ -326,6 +330,8 @@ impl Writer {
                     opt_i64(Some(t.requests)),
                     opt_i64(Some(t.tokens_in)),
                     opt_i64(Some(t.tokens_out)),
+                    opt_i64(Some(t.counted_in)),
+                    opt_i64(Some(t.counted_out)),
                     t.cost,
                     opt_i64(Some(t.unknown_cost)),
                 ])?;

@@ -206,6 +206,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
             rec.cost_estimated = true;
             let custom = under_budget(wish.custom_cost, &reservation, priced);
             price(&mut rec, priced, &used, custom.as_ref());
+            rec.count_tokens(used.input, 0);
             admission.settle(Some((used.input, 0)), now_unix_ms);
             if !reservation.is_empty() {
                 reservation.settle(rec.cost, ctx.shared_budgets());
@@ -411,6 +412,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
     let keep = keep && relayed.ending == Ending::Complete && !ctx.draining.get();
     // Token reservations settle to what was used (an error without usage
     // used nothing).
+    rec.count_tokens(used.all_input(), used.output);
     if !admission.is_empty() {
         admission.settle(Some((used.all_input(), used.output)), now_unix_ms);
     }
