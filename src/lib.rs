@@ -26,6 +26,7 @@
 //!   parsed once into typed values), [`error`] (gateway errors and their bytes),
 //!   [`record`] (the one record a request leaves, and its token [`record::Usage`]),
 //!   [`tally`] (per-second counts of the requests the log keeps no row of),
+//!   [`logqueue`] (how records and tallies reach the log thread),
 //!   [`reqid`] (UUIDv7 request ids), [`calendar`] (UTC days and months),
 //!   [`stats`] (the per-shard recorder), [`fasthash`], [`num`] (rounding without libm), [`net`] (socket reads
 //!   tuned for glommio) and [`sys`] (the only `unsafe` code).
@@ -45,6 +46,7 @@ pub mod fasthash;
 pub mod http;
 pub mod json;
 pub mod limit;
+pub mod logqueue;
 pub mod logstore;
 pub mod net;
 pub mod num;

@@ -476,21 +476,6 @@ const _: () = {
     assert_send::<RequestRecord>();
 };
 
-/// Most payload bytes the log queue may hold: with `logs.payloads` on, a
-/// burst of large bodies would otherwise queue up to 65,536 of them in memory.
-/// Past it, rows still go to the log, without their bodies.
-pub const LOG_QUEUE_PAYLOAD_BYTES: usize = 256 << 20;
-
-/// How finished records reach the log thread: a bounded queue, the payload
-/// bytes it holds (added by shards, taken off by the log thread), and the
-/// tallies of the requests it keeps no row of.
-#[derive(Clone)]
-pub struct LogQueue {
-    pub tx: std::sync::mpsc::SyncSender<RequestRecord>,
-    pub payload_bytes: Arc<std::sync::atomic::AtomicUsize>,
-    pub tallies: Arc<crate::tally::TallyInbox>,
-}
-
 impl RequestRecord {
     /// Notes the tokens the rate limits count for this request (kept only
     /// when they are not its reported usage).
@@ -517,50 +502,6 @@ impl RequestRecord {
                 + l.response_body.as_ref().map_or(0, |p| p.bytes.len())
         })
     }
-}
-
-impl LogQueue {
-    /// Hands `rec` to the log thread without waiting. Its bodies are left out
-    /// when the queue already holds [`LOG_QUEUE_PAYLOAD_BYTES`] of them.
-    pub fn send(&self, mut rec: RequestRecord) -> Sent {
-        use std::sync::atomic::Ordering;
-        let mut bodies_dropped = false;
-        let len = rec.payload_len();
-        if len > 0 {
-            let queued = self.payload_bytes.fetch_add(len, Ordering::Relaxed);
-            if queued + len > LOG_QUEUE_PAYLOAD_BYTES {
-                self.payload_bytes.fetch_sub(len, Ordering::Relaxed);
-                if let Some(l) = rec.log.as_mut() {
-                    l.request_body = None;
-                    l.response_body = None;
-                }
-                bodies_dropped = true;
-            }
-        }
-        let carried = rec.payload_len();
-        match self.tx.try_send(rec) {
-            Ok(()) if bodies_dropped => Sent::WithoutBodies,
-            Ok(()) => Sent::Whole,
-            Err(e) => {
-                self.payload_bytes.fetch_sub(carried, Ordering::Relaxed);
-                let rec = match e {
-                    std::sync::mpsc::TrySendError::Full(r)
-                    | std::sync::mpsc::TrySendError::Disconnected(r) => r,
-                };
-                Sent::Dropped(Box::new(rec))
-            }
-        }
-    }
-}
-
-/// What [`LogQueue::send`] did with a record.
-#[derive(Debug)]
-pub enum Sent {
-    Whole,
-    /// Queued without its bodies (too many payload bytes queued).
-    WithoutBodies,
-    /// No room: the row is dropped, and the record handed back (to tally).
-    Dropped(Box<RequestRecord>),
 }
 
 impl RequestRecord {
@@ -603,7 +544,6 @@ impl RequestRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::Ordering;
 
     #[test]
     fn the_metadata_memo_answers_as_parsing_does() {
@@ -656,45 +596,6 @@ mod tests {
             assert!(i.len() <= INTERNED);
         }
         assert!(!i.is_empty());
-    }
-
-    fn with_body(n: usize) -> RequestRecord {
-        let mut r = RequestRecord::new(RequestId::default(), 0, Instant::now());
-        r.log = Some(Box::new(LogFacts {
-            request_body: Some(Payload::capped(&vec![b'x'; n], n)),
-            ..LogFacts::default()
-        }));
-        r
-    }
-
-    #[test]
-    fn the_log_queue_bounds_rows_and_body_bytes() {
-        let (tx, rx) = std::sync::mpsc::sync_channel(2);
-        let q = LogQueue {
-            tx,
-            payload_bytes: Arc::default(),
-            tallies: Arc::default(),
-        };
-        assert!(matches!(q.send(with_body(100)), Sent::Whole));
-        assert_eq!(q.payload_bytes.load(Ordering::Relaxed), 100);
-        // Past the byte budget, the row goes without its body.
-        q.payload_bytes
-            .store(LOG_QUEUE_PAYLOAD_BYTES - 50, Ordering::Relaxed);
-        assert!(matches!(q.send(with_body(100)), Sent::WithoutBodies));
-        assert_eq!(
-            q.payload_bytes.load(Ordering::Relaxed),
-            LOG_QUEUE_PAYLOAD_BYTES - 50
-        );
-        // A full queue drops the row and gives its bytes back.
-        q.payload_bytes.store(0, Ordering::Relaxed);
-        match q.send(with_body(10)) {
-            Sent::Dropped(r) => assert_eq!(r.payload_len(), 10),
-            other => panic!("{other:?}"),
-        }
-        assert_eq!(q.payload_bytes.load(Ordering::Relaxed), 0);
-        let kept: Vec<_> = rx.try_iter().collect();
-        assert_eq!(kept.len(), 2);
-        assert_eq!(kept[1].payload_len(), 0);
     }
 
     #[test]
