@@ -9,7 +9,6 @@ mod common;
 use common::gateway::{admin_get, run_aigw};
 use common::{Gateway, WAIT, json, mock};
 use simd_json::prelude::*;
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 fn chat(content: &str, stream: bool) -> String {
@@ -156,24 +155,16 @@ fn a_client_that_leaves_mid_stream_is_charged_an_estimate(shards: usize) {
         .provider("up", &mock.base_url(), "")
         .toml(PRICED)
         .start();
-    let body = chat("a long story", true);
-    let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    write!(
-        s,
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nx-mock-chunks: 40\r\nx-mock-chunk-interval-ms: 50\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    // The first event arrives: then the client goes.
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !got.windows(5).any(|w| w == b"data:") {
-        let n = s.read(&mut buf).unwrap();
-        assert!(n > 0, "closed early");
-        got.extend_from_slice(&buf[..n]);
-    }
-    drop(s);
+    common::wire::leave_after_first_event(
+        gw.addr,
+        "/v1/chat/completions",
+        &[
+            ("Content-Type", "application/json"),
+            ("x-mock-chunks", "40"),
+            ("x-mock-chunk-interval-ms", "50"),
+        ],
+        &chat("a long story", true),
+    );
     let deadline = Instant::now() + WAIT;
     let row = loop {
         let r = rows(&gw, "limit=1");

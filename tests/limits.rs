@@ -272,13 +272,27 @@ fn limits_by_key_need_the_key() {
 }
 
 fn limit_windows_survive_a_restart(shards: usize) {
+    survive_a_restart(shards, "");
+}
+
+/// The same with `logs.sample = 0`: the admitted requests have no rows, only
+/// tallies, and the rebuild counts them.
+fn limit_windows_survive_a_restart_from_tallies(shards: usize) {
+    survive_a_restart(shards, "[logs]\nsample = 0.0\n");
+}
+
+/// Three requests admitted of three, one refused; after a graceful restart
+/// with `extra` config, the window is still full.
+fn survive_a_restart(shards: usize, extra: &str) {
     let mock = mock();
     let dir = common::gateway::TempDir::new("limits-data");
-    let rules = "[[rate_limits]]\nname = \"three\"\nscope = \"gateway\"\ncount = \"requests\"\nlimit = 3\nwindow = \"30d\"\n";
+    let rules = format!(
+        "{extra}[[rate_limits]]\nname = \"three\"\nscope = \"gateway\"\ncount = \"requests\"\nlimit = 3\nwindow = \"30d\"\n"
+    );
     let start = || {
         Gateway::with(shards)
             .provider("up", &mock.base_url(), "")
-            .toml(rules)
+            .toml(&rules)
             .data_dir(dir.path())
             .start()
     };
@@ -309,50 +323,10 @@ fn limit_windows_survive_a_restart(shards: usize) {
     assert_eq!(mock.requests_seen(), 3);
 }
 
-/// The same with `logs.sample = 0`: the admitted requests have no rows, only
-/// tallies, and the rebuild counts them.
-fn limit_windows_survive_a_restart_from_tallies(shards: usize) {
-    let mock = mock();
-    let dir = common::gateway::TempDir::new("limits-tally");
-    let rules = "[logs]\nsample = 0.0\n[[rate_limits]]\nname = \"three\"\nscope = \"gateway\"\ncount = \"requests\"\nlimit = 3\nwindow = \"30d\"\n";
-    let start = || {
-        Gateway::with(shards)
-            .provider("up", &mock.base_url(), "")
-            .toml(rules)
-            .data_dir(dir.path())
-            .start()
-    };
-    let mut gw = start();
-    for i in 0..3 {
-        let r = gw
-            .client()
-            .post("/v1/chat/completions", &[], &chat(&format!("{i}")));
-        assert_eq!(r.status, 200);
-    }
-    assert_refusal(
-        &gw.client().post("/v1/chat/completions", &[], &chat("x")),
-        "three",
-    );
-    gw.terminate();
-    assert!(gw.wait_exit().success());
-    let gw = start();
-    assert!(
-        gw.stderr().contains("rebuilt from 4 logged"),
-        "{}",
-        gw.stderr()
-    );
-    assert_refusal(
-        &gw.client().post("/v1/chat/completions", &[], &chat("y")),
-        "three",
-    );
-    assert_eq!(mock.requests_seen(), 3);
-}
-
 /// A stream its client leaves before the usage event: the limits count an
 /// estimate of its output, and so does the rebuild after a restart (the log
 /// keeps what was counted, not only what the provider reported).
 fn estimated_tokens_count_after_a_restart(shards: usize) {
-    use std::io::{Read, Write};
     let mock = mock();
     let dir = common::gateway::TempDir::new("limits-estimate");
     let rules = "[[rate_limits]]\nname = \"out\"\nscope = \"gateway\"\ncount = \"output_tokens\"\nlimit = 1\nwindow = \"30d\"\n";
@@ -369,23 +343,12 @@ fn estimated_tokens_count_after_a_restart(shards: usize) {
         )
     };
     let mut gw = start();
-    let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let b = body(true);
-    write!(
-        s,
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nx-mock-chunks: 40\r\nx-mock-chunk-interval-ms: 50\r\nContent-Length: {}\r\n\r\n{b}",
-        b.len()
-    )
-    .unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !got.windows(5).any(|w| w == b"data:") {
-        let n = s.read(&mut buf).unwrap();
-        assert!(n > 0, "closed early");
-        got.extend_from_slice(&buf[..n]);
-    }
-    drop(s);
+    common::wire::leave_after_first_event(
+        gw.addr,
+        "/v1/chat/completions",
+        &[("x-mock-chunks", "40"), ("x-mock-chunk-interval-ms", "50")],
+        &body(true),
+    );
     // The row of the abandoned stream, with what the limits counted.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {

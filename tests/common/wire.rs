@@ -382,3 +382,20 @@ pub fn request_bytes(method: &str, path: &str, headers: &[(&str, &str)], body: &
     bytes.extend_from_slice(body);
     bytes
 }
+
+/// Posts a streamed `body` to `path` with `headers` (the mock's pacing
+/// headers, say), reads until the first SSE event arrives, then closes the
+/// connection: a client that leaves mid-stream.
+pub fn leave_after_first_event(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: &str) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(WAIT)).expect("timeout");
+    s.write_all(&request_bytes("POST", path, headers, body.as_bytes()))
+        .expect("write");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(5).any(|w| w == b"data:") {
+        let n = s.read(&mut buf).expect("read");
+        assert!(n > 0, "closed before the first event");
+        got.extend_from_slice(&buf[..n]);
+    }
+}
