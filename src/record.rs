@@ -245,8 +245,19 @@ impl Default for MetadataMemo {
 impl Metadata {
     /// Reads a metadata object: flat, at most [`MAX_METADATA_ENTRIES`]
     /// entries, each a string, number or boolean, no key twice. `Err` says
-    /// what is wrong (the header's 400 and the log's readers use the same).
+    /// what is wrong (the header's 400).
     pub fn parse(value: &[u8]) -> Result<Metadata, String> {
+        Metadata::parse_at_most(value, MAX_METADATA_ENTRIES)
+    }
+
+    /// Reads a stored metadata object (the log's readers): as [`Metadata::parse`],
+    /// but with any number of entries, since a key's attribution is merged
+    /// into the request's own before it is stored.
+    pub fn parse_stored(value: &[u8]) -> Result<Metadata, String> {
+        Metadata::parse_at_most(value, usize::MAX)
+    }
+
+    fn parse_at_most(value: &[u8], max_entries: usize) -> Result<Metadata, String> {
         let start = json::skip_ws(value, 0);
         if value.get(start) != Some(&b'{') {
             return Err("it is not a JSON object".into());
@@ -305,7 +316,7 @@ impl Metadata {
         if json::skip_ws(value, end) != value.len() {
             return Err("there is data after the object".into());
         }
-        if entries.len() > MAX_METADATA_ENTRIES {
+        if entries.len() > max_entries {
             return Err(format!("it has {} entries", entries.len()));
         }
         Ok(Metadata::from(entries))

@@ -55,6 +55,8 @@ pub const MIN_MEMLOCK: u64 = 512 << 10;
 pub const LISTEN_BACKLOG: i32 = 4096;
 /// How often a shard sends stats and sweeps idle upstream connections.
 pub const TICK: Duration = Duration::from_secs(1);
+/// How many log rounds a stopping shard waits for room for its tally.
+pub const TALLY_RETRIES: usize = 5;
 /// How long startup waits for every shard to report it is listening.
 pub const STARTUP_WAIT: Duration = Duration::from_secs(30);
 
@@ -339,7 +341,7 @@ async fn run_shard(a: ShardArgs) {
         glommio::spawn_local(async move {
             loop {
                 timer::sleep(ctx.config().logs.flush_interval).await;
-                ctx.hand_over_tally(false);
+                let _ = ctx.hand_over_tally(false);
             }
         })
         .detach();
@@ -393,6 +395,14 @@ async fn run_shard(a: ShardArgs) {
             ctx.open_connections()
         );
     }
+    // The log thread runs until every shard has ended: a full inbox gets a
+    // few of its rounds to make room.
+    for _ in 0..TALLY_RETRIES {
+        if ctx.hand_over_tally(false) {
+            break;
+        }
+        timer::sleep(a.config.logs.flush_interval).await;
+    }
     ctx.hand_over_tally(true);
     let _ = send_snapshot(&a.snapshots, ctx.snapshot(0));
 }
@@ -417,7 +427,7 @@ async fn control_loop(
                 if seq == 0 {
                     ctx.pool.sweep();
                 }
-                ctx.hand_over_tally(false);
+                let _ = ctx.hand_over_tally(false);
                 let mut snap = ctx.snapshot(seq);
                 snap.counters.dropped_snapshots = dropped;
                 if send_snapshot(&snapshots, snap) {

@@ -13,7 +13,6 @@ use hdrhistogram::Histogram;
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
-/// Label values escaped as the text format asks (`\`, `"`, newline).
 /// `aigw_<what>_requests_total`, `_tokens_total` and `_cost_usd_total` for
 /// counters attributed by `labels` (nothing when there are none).
 fn attributed(s: &mut String, what: &str, by: &str, note: &str, rows: &[(String, &KeyCounters)]) {
@@ -49,6 +48,7 @@ fn attributed(s: &mut String, what: &str, by: &str, note: &str, rows: &[(String,
     }
 }
 
+/// Label values escaped as the text format asks (`\`, `"`, newline).
 fn escape(v: &str) -> String {
     let mut out = String::with_capacity(v.len());
     for c in v.chars() {

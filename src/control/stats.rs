@@ -188,10 +188,9 @@ impl StatsHub {
             m.keys.entry(key).or_default().add(&c);
         }
         for (field, value, c) in s.metadata {
-            use crate::stats::labels::{MAX_META_FIELDS, MAX_META_VALUES, OTHER_VALUES};
-            if !m.metadata.contains_key(&field) && m.metadata.len() >= MAX_META_FIELDS {
-                continue;
-            }
+            // Fields are bounded by the shards' bounds (each shard's first
+            // fields and the config's); values again here.
+            use crate::stats::labels::{MAX_META_VALUES, OTHER_VALUES};
             let values = m.metadata.entry(field).or_default();
             let value = if values.contains_key(&value) || values.len() < MAX_META_VALUES {
                 value

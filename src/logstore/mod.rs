@@ -219,7 +219,7 @@ fn add_functions(conn: &Connection) -> rusqlite::Result<()> {
             return Ok(None);
         };
         let key = ctx.get_raw(1).as_str()?;
-        let Ok(m) = crate::record::Metadata::parse(json.as_bytes()) else {
+        let Ok(m) = crate::record::Metadata::parse_stored(json.as_bytes()) else {
             return Ok(None);
         };
         Ok(m.0
@@ -232,6 +232,17 @@ fn add_functions(conn: &Connection) -> rusqlite::Result<()> {
         let want = ctx.get_raw(2).as_str()?;
         Ok(value_of(ctx)?.is_some_and(|v| v == want))
     })
+}
+
+/// Whether the store has `column` in `table` (a store last written by an
+/// older aigw lacks what was added since; readers cannot add it).
+pub fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT count(*) FROM pragma_table_info(?1) WHERE name = ?2",
+        [table, column],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n > 0)
 }
 
 /// Opens the store read-only (it must exist).

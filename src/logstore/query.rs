@@ -686,7 +686,7 @@ mod meta_tests {
             let m = r
                 .metadata
                 .as_deref()
-                .and_then(|j| Metadata::parse(j.as_bytes()).ok())
+                .and_then(|j| Metadata::parse_stored(j.as_bytes()).ok())
                 .unwrap_or_default();
             f.meta
                 .iter()

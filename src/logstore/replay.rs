@@ -31,19 +31,28 @@ pub struct Replayed {
 /// Every row since `since_ms`, oldest first, then every tally since then
 /// (the requests kept no row of), handed to `each` in batches of at most
 /// `batch` (a month of a busy log does not fit in memory at once). Returns
-/// the requests read. The windows since `since_ms` count the same whatever
-/// the order they are added in.
+/// the requests read. Rows and tallies are each in time order, and neither
+/// runs past now: a tally older than the rows before it still lands in its
+/// window, since `since_ms` reaches back no further than the window before
+/// the current one, which a counter keeps beside the current.
 pub fn replay(
     conn: &Connection,
     since_ms: u64,
     batch: usize,
     each: &mut dyn FnMut(&[Replayed]),
 ) -> rusqlite::Result<usize> {
-    let mut stmt = conn.prepare(
+    // A store last written by an older aigw has neither the counted tokens
+    // nor tallies: what it has is read.
+    let counted = super::has_column(conn, "requests", "counted_in")?;
+    let tallied = super::has_column(conn, "tallies", "counted_in")?;
+    let mut stmt = conn.prepare(if counted {
         "SELECT ts, key_id, provider, model, metadata, cost,
                 COALESCE(counted_in, tokens_in), COALESCE(counted_out, tokens_out), error_source, cache
-         FROM requests WHERE ts >= ?1 ORDER BY ts",
-    )?;
+         FROM requests WHERE ts >= ?1 ORDER BY ts"
+    } else {
+        "SELECT ts, key_id, provider, model, metadata, cost, tokens_in, tokens_out, error_source, cache
+         FROM requests WHERE ts >= ?1 ORDER BY ts"
+    })?;
     let rows = stmt.query_map(params![since_ms as i64], |r| {
         let metadata: Option<String> = r.get(4)?;
         let error_source: Option<String> = r.get(8)?;
@@ -74,6 +83,12 @@ pub fn replay(
     };
     for row in rows {
         pass(row?, &mut chunk);
+    }
+    if !tallied {
+        if !chunk.is_empty() {
+            each(&chunk);
+        }
+        return Ok(total as usize);
     }
     let mut stmt = conn.prepare(
         "SELECT ts, key_id, provider, model, metadata, cost, counted_in, counted_out, refused, cached,
@@ -111,7 +126,7 @@ pub fn replay(
 /// A stored metadata object's fields as text, as the request's limits and
 /// budgets compared them (numbers as the client wrote them).
 fn metadata_pairs(json: &str) -> Vec<(String, String)> {
-    Metadata::parse(json.as_bytes())
+    Metadata::parse_stored(json.as_bytes())
         .map(|m| {
             m.0.iter()
                 .map(|(k, v)| (k.clone(), v.as_text().to_string()))
@@ -194,7 +209,13 @@ pub fn usage(conn: &Connection, by: &By, since_ms: u64) -> rusqlite::Result<Vec<
     };
     let mut out: Vec<UsageRow> = Vec::new();
     let mut index: crate::fasthash::FastMap<String, usize> = Default::default();
-    for sql in [rows_sql, tallies_sql] {
+    // A store last written by an older aigw has no tallies.
+    let sources = if super::has_column(conn, "tallies", "requests")? {
+        vec![rows_sql, tallies_sql]
+    } else {
+        vec![rows_sql]
+    };
+    for sql in sources {
         let mut stmt = conn.prepare(&sql)?;
         let rows = match by {
             By::Metadata(f) => stmt.query_map(params![since_ms as i64, f], map)?,
@@ -350,6 +371,52 @@ mod tests {
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].value, "c");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A store last written by an older aigw (no tallies, no counted
+    /// tokens) is read for what it has: a reader cannot upgrade it.
+    #[test]
+    fn a_store_from_before_tallies_is_read_as_it_is() {
+        let dir = std::env::temp_dir().join(format!("aigw-old-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("requests.db");
+        let mut w = Writer::open(&path).unwrap();
+        let mut ids = crate::reqid::IdGen::new(0);
+        let mut row = RequestRecord::new(ids.id(1_790_000_000_000), 0, std::time::Instant::now());
+        row.status = 200;
+        row.provider = Some("openai".into());
+        row.usage.input_tokens = Some(7);
+        row.cost = Some(0.5);
+        row.log = Some(Box::new(LogFacts::default()));
+        w.insert(&[row]).unwrap();
+        drop(w);
+        let raw = rusqlite::Connection::open(&path).unwrap();
+        raw.execute_batch(
+            "DROP TABLE tallies;
+             ALTER TABLE requests DROP COLUMN counted_in;
+             ALTER TABLE requests DROP COLUMN counted_out;",
+        )
+        .unwrap();
+        drop(raw);
+        let conn = crate::logstore::open_for_reading(&path).unwrap();
+        let u = usage(&conn, &By::Provider, 0).unwrap();
+        assert_eq!((u.len(), u[0].requests, u[0].cost), (1, 1, 0.5));
+        let mut seen = Vec::new();
+        assert_eq!(
+            replay(&conn, 0, 8, &mut |r| seen.extend_from_slice(r)).unwrap(),
+            1
+        );
+        assert_eq!(seen[0].tokens_in, 7);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// More entries than a header may carry (a key's attribution merged in)
+    /// still read back.
+    #[test]
+    fn stored_metadata_has_no_entry_limit() {
+        let json = r#"{"a":"1","b":"2","c":"3","d":"4","e":"5","team":"search"}"#;
+        assert_eq!(metadata_pairs(json).len(), 6);
     }
 
     #[test]

@@ -150,6 +150,8 @@ impl ShardCtx {
         let mut ids = IdGen::new(shard);
         let interned = crate::record::Interner::new(ids.next_u64());
         let tally = Tally::new(ids.next_u64());
+        let mut stats = ShardStats::default();
+        stats.reserve_metadata(config_metadata_fields(&config));
         ShardCtx {
             shard,
             limits: Cell::new(head_limits(&config)),
@@ -158,7 +160,7 @@ impl ShardCtx {
             providers: RefCell::new(Rc::new(built)),
             config: RefCell::new(config),
             resolver,
-            stats: RefCell::new(ShardStats::default()),
+            stats: RefCell::new(stats),
             accepted: Cell::new(0),
             in_flight: Cell::new(0),
             streams: Cell::new(0),
@@ -254,6 +256,9 @@ impl ShardCtx {
         self.limits.set(head_limits(&new));
         self.limiter.set_rules(&new.rate_limits);
         self.budgets.set_rules(&new.budgets);
+        self.stats
+            .borrow_mut()
+            .reserve_metadata(config_metadata_fields(&new));
         *self.prices.borrow_mut() = Rc::new(PriceTable::build(&new.prices));
         let providers = providers::build(&new);
         *self.routes.borrow_mut() = Rc::new(targets::build(&new, &providers));
@@ -356,14 +361,17 @@ impl ShardCtx {
     }
 
     /// Moves the shard's tally to the log thread (each tick, and `last` at the
-    /// end). When the log thread's inbox is full, the tally stays and grows;
-    /// at the end it is counted as lost.
-    pub fn hand_over_tally(&self, last: bool) {
-        let Some(log) = &self.log else { return };
+    /// end); true when it went (or there was none). When the log thread's
+    /// inbox is full, the tally stays and grows; at the end it is counted as
+    /// lost.
+    pub fn hand_over_tally(&self, last: bool) -> bool {
+        let Some(log) = &self.log else { return true };
         let mut tally = self.tally.borrow_mut();
-        if !log.tallies.put(&mut tally) && last {
+        let moved = log.tallies.put(&mut tally);
+        if !moved && last {
             self.stats.borrow_mut().log_uncounted(tally.requests());
         }
+        moved
     }
 
     /// The stats since the last snapshot, with the shard's gauges.
@@ -421,6 +429,23 @@ impl ShardCtx {
     pub fn drain_started(&self, conn: u64) -> DrainStarted<'_> {
         DrainStarted { ctx: self, conn }
     }
+}
+
+/// The metadata fields the config names: keys' attribution, and the
+/// `metadata.<field>` scopes of limits and budgets.
+fn config_metadata_fields(config: &Config) -> impl Iterator<Item = &str> {
+    fn scoped(s: &crate::config::limits::Scope) -> Option<&str> {
+        match s {
+            crate::config::limits::Scope::Metadata(f) => Some(f.as_str()),
+            _ => None,
+        }
+    }
+    config
+        .keys
+        .values()
+        .flat_map(|k| k.metadata.iter().map(|(f, _)| f.as_str()))
+        .chain(config.rate_limits.iter().filter_map(|r| scoped(&r.scope)))
+        .chain(config.budgets.iter().filter_map(|b| scoped(&b.scope)))
 }
 
 /// One unit of a shard gauge, given back on drop (also when a task is

@@ -350,6 +350,9 @@ pub const OTHER_VALUES: &str = "(other)";
 /// One metadata field's counters: slot 0 is [`OTHER_VALUES`].
 struct MetaField {
     name: Box<str>,
+    /// Named by the config (a key's attribution, a limit's or budget's
+    /// scope): counted whatever fields clients made up first.
+    reserved: bool,
     slots: Vec<(Box<str>, KeyCounters)>,
     by_value: FastMap<Box<str>, usize>,
 }
@@ -358,6 +361,7 @@ impl MetaField {
     fn new(name: &str) -> MetaField {
         MetaField {
             name: name.into(),
+            reserved: false,
             slots: vec![(OTHER_VALUES.into(), KeyCounters::default())],
             by_value: FastMap::default(),
         }
@@ -378,7 +382,9 @@ impl MetaField {
 
 /// A shard's counters by metadata field and value (`aigw-metadata`, with a
 /// key's attribution merged in), bounded by [`MAX_META_FIELDS`] and
-/// [`MAX_META_VALUES`]. Requests that send the same header share one parsed
+/// [`MAX_META_VALUES`]; the fields the config names are counted beyond the
+/// bound, so clients sending made-up field names cannot push them out.
+/// Requests that send the same header share one parsed
 /// object (the shard's metadata memo): the slots of the object seen last are
 /// remembered, so such a request costs a pointer compare and its counts.
 #[derive(Default)]
@@ -389,6 +395,21 @@ pub struct ByMetadata {
 }
 
 impl ByMetadata {
+    /// Counts these fields whatever else clients send (called with the
+    /// config's at start and on each reload; a field once known stays).
+    pub fn reserve<'a>(&mut self, names: impl Iterator<Item = &'a str>) {
+        for name in names {
+            match self.fields.iter_mut().find(|f| *f.name == *name) {
+                Some(f) => f.reserved = true,
+                None => {
+                    let mut f = MetaField::new(name);
+                    f.reserved = true;
+                    self.fields.push(f);
+                }
+            }
+        }
+    }
+
     pub fn record(&mut self, r: &RequestRecord) {
         let Some(m) = &r.metadata else { return };
         if let Some((seen, slots)) = &self.last
@@ -403,7 +424,7 @@ impl ByMetadata {
         for (k, v) in m.0.iter() {
             let f = match self.fields.iter().position(|f| *f.name == **k) {
                 Some(f) => f,
-                None if self.fields.len() < MAX_META_FIELDS => {
+                None if self.fields.iter().filter(|f| !f.reserved).count() < MAX_META_FIELDS => {
                     self.fields.push(MetaField::new(k));
                     self.fields.len() - 1
                 }
@@ -520,6 +541,25 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), crate::record::MetaValue::Str(v.to_string())))
                 .collect::<Vec<_>>(),
         )
+    }
+
+    #[test]
+    fn fields_the_config_names_count_whatever_clients_send_first() {
+        let mut by = ByMetadata::default();
+        by.reserve(["team"].into_iter());
+        for i in 0..MAX_META_FIELDS + 5 {
+            by.record(&with_meta(&meta(&[(&format!("made-up-{i}"), "v")])));
+        }
+        by.record(&with_meta(&meta(&[("team", "search"), ("late", "v")])));
+        let got = by.take();
+        assert!(
+            got.iter()
+                .any(|(f, v, c)| f == "team" && v == "search" && c.requests == 1)
+        );
+        assert!(!got.iter().any(|(f, _, _)| f == "late"), "past the bound");
+        // A reload may name a field already counted: it stays one field.
+        by.reserve(["made-up-0", "team"].into_iter());
+        assert_eq!(by.fields.len(), MAX_META_FIELDS + 1);
     }
 
     #[test]

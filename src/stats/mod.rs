@@ -180,6 +180,11 @@ impl ShardStats {
         self.counters.log_uncounted += n;
     }
 
+    /// Metadata fields counted apart whatever clients send first.
+    pub fn reserve_metadata<'a>(&mut self, fields: impl Iterator<Item = &'a str>) {
+        self.metadata.reserve(fields);
+    }
+
     /// Takes the deltas, leaving the recorder empty.
     pub fn take(&mut self, shard: usize, seq: u64, gauges: Gauges) -> Snapshot {
         let histograms = std::mem::replace(&mut self.histograms, new_series());
