@@ -25,6 +25,10 @@ pub struct LogsConfig {
     pub max_age: Duration,
     /// How often the log thread commits what it received: what a crash loses at most.
     pub flush_interval: Duration,
+    /// The log thread hands its CPU back to the shards after every statement
+    /// of rows: at saturation, requests keep their latency and the log keeps
+    /// fewer rows (their usage is tallied).
+    pub yield_to_requests: bool,
 }
 
 /// Longest `flush_interval` we accept: a crash must lose under a second.
@@ -51,6 +55,7 @@ pub(super) fn read_logs(w: &mut Walker, root: &toml::Table) -> LogsConfig {
             .unwrap_or(1_000_000),
         max_age: w.duration(t, "logs.max_age", "30d"),
         flush_interval,
+        yield_to_requests: w.flag(t, "logs.yield_to_requests").unwrap_or(true),
     }
 }
 
@@ -66,18 +71,22 @@ mod tests {
         assert_eq!(c.logs.max_rows, 1_000_000);
         assert_eq!(c.logs.max_age.as_secs(), 30 * 86_400);
         assert!(c.logs.flush_interval.as_millis() < 1000);
+        assert!(c.logs.yield_to_requests);
+        let c = Config::from_toml_with_env("[logs]\nyield_to_requests = false", &|_| None).unwrap();
+        assert!(!c.logs.yield_to_requests);
     }
 
     #[test]
     fn bad_log_settings_name_their_keys() {
         let e = errors(
-            "[logs]\nsample = 1.5\npayloads = \"yes\"\nflush_interval = \"5s\"\nmax_rows = 0\n",
+            "[logs]\nsample = 1.5\npayloads = \"yes\"\nflush_interval = \"5s\"\nmax_rows = 0\nyield_to_requests = 1\n",
         );
         for key in [
             "logs.sample:",
             "logs.payloads:",
             "logs.flush_interval:",
             "logs.max_rows:",
+            "logs.yield_to_requests:",
         ] {
             assert!(e.iter().any(|m| m.starts_with(key)), "{key} in {e:?}");
         }

@@ -189,6 +189,11 @@ pub const KEYS: &[KeySpec] = &[
         meaning: "how often received rows are committed: what a crash or kill -9 can lose at most (< 1s)",
     },
     KeySpec {
+        path: "logs.yield_to_requests",
+        default: "true",
+        meaning: "the log thread gives the CPU back to requests after every 32 rows: at saturation the log keeps fewer rows (their usage is tallied) and requests keep their latency; false keeps more rows at a tail latency of milliseconds",
+    },
+    KeySpec {
         path: "cache.enabled",
         default: "false",
         meaning: "exact-match response cache: identical requests are answered from <data_dir>/cache",

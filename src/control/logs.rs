@@ -124,6 +124,7 @@ pub fn spawn(
     stats: Arc<LogStats>,
 ) -> Result<JoinHandle<()>, String> {
     let mut writer = Writer::open(&path)?;
+    writer.set_yield(cfg.yield_to_requests);
     stats.rows.store(writer.rows(), Ordering::Relaxed);
     std::thread::Builder::new()
         .name("aigw-log".into())
@@ -162,6 +163,7 @@ fn run(writer: &mut Writer, mut cfg: LogsConfig, queue: &Inbound<'_>, stats: &Lo
             .take()
         {
             cfg = new;
+            writer.set_yield(cfg.yield_to_requests);
         }
         let wait = if full {
             Duration::ZERO
@@ -337,6 +339,7 @@ mod tests {
             max_age: Duration::from_secs(86_400),
             // Long: only the flush below starts the rounds.
             flush_interval: Duration::from_secs(600),
+            yield_to_requests: true,
         };
         let stats = Arc::new(LogStats::default());
         let thread = spawn(

@@ -35,6 +35,8 @@ pub struct Writer {
     rows: u64,
     /// Rows in `tallies` (likewise).
     tally_rows: u64,
+    /// Hand the CPU back between statements (`logs.yield_to_requests`).
+    yield_between: bool,
 }
 
 /// The columns of a row of `requests`, in the order [`bind_row`] binds them.
@@ -227,7 +229,15 @@ impl Writer {
             text: (0..ROWS_PER_INSERT).map(|_| RowText::new()).collect(),
             rows: rows as u64,
             tally_rows: tally_rows as u64,
+            yield_between: false,
         })
+    }
+
+    /// Whether the writer hands the CPU back to whatever else may run on it
+    /// (a shard) after each statement of [`ROWS_PER_INSERT`] rows, instead of
+    /// at the end of its time slice (`logs.yield_to_requests`).
+    pub fn set_yield(&mut self, yield_between: bool) {
+        self.yield_between = yield_between;
     }
 
     pub fn rows(&self) -> u64 {
@@ -268,6 +278,9 @@ impl Writer {
                         row.copy_from_slice(&row_values(r, facts, text));
                     }
                     self.db.run(self.insert_many, &values)?;
+                    if self.yield_between {
+                        std::thread::yield_now();
+                    }
                 } else {
                     for ((r, facts), text) in rows.iter().zip(&self.text) {
                         self.db.run(self.insert_one, &row_values(r, facts, text))?;
