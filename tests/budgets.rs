@@ -5,9 +5,11 @@
 
 mod common;
 
+use aigw_loadtest::mock::MockServer;
 use common::gateway::{admin_get, run_aigw};
 use common::{Gateway, json, mock};
 use simd_json::prelude::*;
+use std::path::Path;
 use std::sync::{Arc, Barrier};
 
 /// $1 per thousand tokens each way: tiny requests cost cents.
@@ -136,18 +138,22 @@ fn an_exhausted_budget_says_what_and_when_and_alerts_first(shards: usize) {
     );
 }
 
+/// A gateway with a 20-cent budget per key over `dir` (the same each time,
+/// to restart on it), with `extra` config.
+fn with_budget(shards: usize, mock: &MockServer, dir: &Path, extra: &str) -> Gateway {
+    Gateway::with(shards)
+        .provider("up", &mock.base_url(), "")
+        .toml(&format!(
+            "{PRICE}{extra}[[budgets]]\nname = \"k\"\nscope = \"key\"\nusd = 0.2\nwindow = \"7d\"\n"
+        ))
+        .data_dir(dir)
+        .start()
+}
+
 fn spend_survives_restart_and_kill9(shards: usize) {
     let mock = mock();
     let dir = common::gateway::TempDir::new("budget-data");
-    let config =
-        format!("{PRICE}[[budgets]]\nname = \"k\"\nscope = \"key\"\nusd = 0.2\nwindow = \"7d\"\n");
-    let start = || {
-        Gateway::with(shards)
-            .provider("up", &mock.base_url(), "")
-            .toml(&config)
-            .data_dir(dir.path())
-            .start()
-    };
+    let start = || with_budget(shards, &mock, dir.path(), "");
     let mut gw = start();
     let mut c = gw.client();
     let mut admitted = 0;
@@ -204,16 +210,7 @@ fn spend_survives_restart_and_kill9(shards: usize) {
 fn spend_of_requests_kept_no_row_of_survives_kill9(shards: usize) {
     let mock = mock();
     let dir = common::gateway::TempDir::new("budget-tally");
-    let config = format!(
-        "{PRICE}[logs]\nsample = 0.0\n[[budgets]]\nname = \"k\"\nscope = \"key\"\nusd = 0.2\nwindow = \"7d\"\n"
-    );
-    let start = || {
-        Gateway::with(shards)
-            .provider("up", &mock.base_url(), "")
-            .toml(&config)
-            .data_dir(dir.path())
-            .start()
-    };
+    let start = || with_budget(shards, &mock, dir.path(), "[logs]\nsample = 0.0\n");
     let mut gw = start();
     let mut c = gw.client();
     let mut admitted = 0;

@@ -176,6 +176,17 @@ pub struct UsageRow {
     pub cached: u64,
 }
 
+impl UsageRow {
+    fn add(&mut self, o: &UsageRow) {
+        self.requests += o.requests;
+        self.tokens_in += o.tokens_in;
+        self.tokens_out += o.tokens_out;
+        self.cost += o.cost;
+        self.unknown_cost += o.unknown_cost;
+        self.cached += o.cached;
+    }
+}
+
 /// Totals by `by` of the requests since `since_ms` (rows and tallies), most
 /// spend first.
 pub fn usage(conn: &Connection, by: &By, since_ms: u64) -> rusqlite::Result<Vec<UsageRow>> {
@@ -224,14 +235,7 @@ pub fn usage(conn: &Connection, by: &By, since_ms: u64) -> rusqlite::Result<Vec<
         for row in rows {
             let row = row?;
             match index.get(&row.value).map(|&i| &mut out[i]) {
-                Some(o) => {
-                    o.requests += row.requests;
-                    o.tokens_in += row.tokens_in;
-                    o.tokens_out += row.tokens_out;
-                    o.cost += row.cost;
-                    o.unknown_cost += row.unknown_cost;
-                    o.cached += row.cached;
-                }
+                Some(o) => o.add(&row),
                 None => {
                     index.insert(row.value.clone(), out.len());
                     out.push(row);
