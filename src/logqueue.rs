@@ -12,12 +12,16 @@ use std::sync::Arc;
 /// Past it, rows still go to the log, without their bodies.
 pub const LOG_QUEUE_PAYLOAD_BYTES: usize = 256 << 20;
 
-/// How finished records reach the log thread: a bounded queue, the payload
-/// bytes it holds (added by shards, taken off by the log thread), and the
-/// tallies of the requests it keeps no row of.
+/// How finished records reach the log thread: two bounded queues, one for
+/// successes and one for errors (a log that falls behind drops successes,
+/// which are tallied, before errors), the payload bytes they hold (added by
+/// shards, taken off by the log thread), and the tallies of the requests it
+/// keeps no row of.
 #[derive(Clone)]
 pub struct LogQueue {
     pub tx: std::sync::mpsc::SyncSender<RequestRecord>,
+    /// Errors and answers that did not complete ([`RequestRecord::failed`]).
+    pub errors: std::sync::mpsc::SyncSender<RequestRecord>,
     pub payload_bytes: Arc<std::sync::atomic::AtomicUsize>,
     pub tallies: Arc<TallyInbox>,
 }
@@ -41,7 +45,8 @@ impl LogQueue {
             }
         }
         let carried = rec.payload_len();
-        match self.tx.try_send(rec) {
+        let queue = if rec.failed() { &self.errors } else { &self.tx };
+        match queue.try_send(rec) {
             Ok(()) if bodies_dropped => Sent::WithoutBodies,
             Ok(()) => Sent::Whole,
             Err(e) => {
@@ -86,8 +91,10 @@ mod tests {
     #[test]
     fn the_log_queue_bounds_rows_and_body_bytes() {
         let (tx, rx) = std::sync::mpsc::sync_channel(2);
+        let (errors, _rx_errors) = std::sync::mpsc::sync_channel(2);
         let q = LogQueue {
             tx,
+            errors,
             payload_bytes: Arc::default(),
             tallies: Arc::default(),
         };
@@ -111,5 +118,36 @@ mod tests {
         let kept: Vec<_> = rx.try_iter().collect();
         assert_eq!(kept.len(), 2);
         assert_eq!(kept[1].payload_len(), 0);
+    }
+
+    fn finished(status: u16) -> RequestRecord {
+        let mut r = RequestRecord::new(RequestId::default(), 0, Instant::now());
+        r.status = status;
+        r
+    }
+
+    /// Errors have a queue of their own: a log whose successes' queue is
+    /// full still takes them.
+    #[test]
+    fn errors_have_room_when_successes_do_not() {
+        let (tx, rx) = std::sync::mpsc::sync_channel(2);
+        let (errors, rx_errors) = std::sync::mpsc::sync_channel(2);
+        let q = LogQueue {
+            tx,
+            errors,
+            payload_bytes: Arc::default(),
+            tallies: Arc::default(),
+        };
+        assert!(matches!(q.send(finished(200)), Sent::Whole));
+        assert!(matches!(q.send(finished(200)), Sent::Whole));
+        assert!(matches!(q.send(finished(200)), Sent::Dropped(_)));
+        assert!(matches!(q.send(finished(502)), Sent::Whole));
+        let mut cut = finished(200);
+        cut.outcome = crate::record::Outcome::ClientAborted;
+        assert!(matches!(q.send(cut), Sent::Whole));
+        assert!(matches!(q.send(finished(429)), Sent::Dropped(_)));
+        assert_eq!(rx.try_iter().count(), 2);
+        let statuses: Vec<u16> = rx_errors.try_iter().map(|r| r.status).collect();
+        assert_eq!(statuses, [502, 200]);
     }
 }

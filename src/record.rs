@@ -488,6 +488,12 @@ const _: () = {
 };
 
 impl RequestRecord {
+    /// An error answer, or one that did not complete: the log keeps these
+    /// whatever `logs.sample` says, and before successes when it falls behind.
+    pub fn failed(&self) -> bool {
+        self.status >= 400 || self.outcome != Outcome::Completed
+    }
+
     /// Notes the tokens the rate limits count for this request (kept only
     /// when they are not its reported usage).
     pub fn count_tokens(&mut self, input: u64, output: u64) {

@@ -10,7 +10,7 @@ use crate::auth::Registry;
 use crate::cache::{self, Cache, ShardCache};
 use crate::config::Config;
 use crate::control::admin::{self, Admin};
-use crate::control::logs::{self, LOG_QUEUE, LogStats};
+use crate::control::logs::{self, LOG_ERROR_QUEUE, LOG_QUEUE, LogStats};
 use crate::control::reload::{Reloader, Source};
 use crate::control::stats::StatsHub;
 use crate::control::{ShardCmd, ShardSenders, signals};
@@ -113,15 +113,17 @@ pub fn serve(
     let log_path = logstore::path(&config.server.data_dir);
     let (log_tx, log_thread) = if config.logs.enabled {
         let (tx, rx) = std::sync::mpsc::sync_channel::<RequestRecord>(LOG_QUEUE);
+        let (errors, rx_errors) = std::sync::mpsc::sync_channel::<RequestRecord>(LOG_ERROR_QUEUE);
         let queue = LogQueue {
             tx,
+            errors,
             payload_bytes: Arc::default(),
             tallies: Arc::default(),
         };
         let thread = logs::spawn(
             log_path.clone(),
             config.logs.clone(),
-            rx,
+            [rx_errors, rx],
             queue.payload_bytes.clone(),
             queue.tallies.clone(),
             log_stats.clone(),

@@ -25,6 +25,9 @@ use std::time::{Duration, Instant};
 /// Records that may wait for the log thread. At a 200 ms interval this holds
 /// bursts of over 300k requests/s before a row is dropped.
 pub const LOG_QUEUE: usize = 1 << 16;
+/// Errors that may wait besides: they have a queue of their own, so a log
+/// that falls behind drops successes (which are tallied) before errors.
+pub const LOG_ERROR_QUEUE: usize = 1 << 13;
 /// Most rows one transaction commits. Each round takes what is queued, up to
 /// this; when it took this many the next round starts at once instead of
 /// after `logs.flush_interval`. Unbounded, a round under saturation kept
@@ -118,7 +121,7 @@ impl LogStats {
 pub fn spawn(
     path: PathBuf,
     cfg: LogsConfig,
-    rx: Receiver<RequestRecord>,
+    rx: [Receiver<RequestRecord>; 2],
     payload_bytes: Arc<AtomicUsize>,
     tallies: Arc<TallyInbox>,
     stats: Arc<LogStats>,
@@ -133,7 +136,7 @@ pub fn spawn(
                 log::debug!("log thread keeps its priority: {e}");
             }
             let queue = Inbound {
-                rx: &rx,
+                rx: [&rx[0], &rx[1]],
                 payload_bytes: &payload_bytes,
                 tallies: &tallies,
             };
@@ -142,9 +145,10 @@ pub fn spawn(
         .map_err(|e| format!("cannot start the log thread: {e}"))
 }
 
-/// What reaches the log thread: records, their payload bytes, and tallies.
+/// What reaches the log thread: records (errors first, then successes),
+/// their payload bytes, and tallies.
 struct Inbound<'a> {
-    rx: &'a Receiver<RequestRecord>,
+    rx: [&'a Receiver<RequestRecord>; 2],
     payload_bytes: &'a AtomicUsize,
     tallies: &'a TallyInbox,
 }
@@ -241,24 +245,37 @@ enum Taken {
     Disconnected,
 }
 
-/// Moves queued records into `batch` until it holds [`MAX_BATCH`] or the
-/// queue is empty.
+/// Moves queued records into `batch`, from each queue in turn (errors
+/// first), until it holds [`MAX_BATCH`] or every queue is empty.
 fn take(
-    rx: &Receiver<RequestRecord>,
+    queues: [&Receiver<RequestRecord>; 2],
     batch: &mut Vec<RequestRecord>,
     payload_bytes: &AtomicUsize,
 ) -> Taken {
-    while batch.len() < MAX_BATCH {
-        match rx.try_recv() {
-            Ok(r) => {
-                payload_bytes.fetch_sub(r.payload_len(), Ordering::Relaxed);
-                batch.push(r)
+    let mut gone = 0;
+    for rx in queues {
+        loop {
+            if batch.len() >= MAX_BATCH {
+                return Taken::Full;
             }
-            Err(TryRecvError::Empty) => return Taken::Empty,
-            Err(TryRecvError::Disconnected) => return Taken::Disconnected,
+            match rx.try_recv() {
+                Ok(r) => {
+                    payload_bytes.fetch_sub(r.payload_len(), Ordering::Relaxed);
+                    batch.push(r)
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    gone += 1;
+                    break;
+                }
+            }
         }
     }
-    Taken::Full
+    if gone == queues.len() {
+        Taken::Disconnected
+    } else {
+        Taken::Empty
+    }
 }
 
 fn retain(writer: &mut Writer, cfg: &LogsConfig, stats: &LogStats) {
@@ -300,22 +317,31 @@ mod tests {
     #[test]
     fn a_round_takes_at_most_a_batch_and_says_when_more_may_wait() {
         let (tx, rx) = std::sync::mpsc::sync_channel(LOG_QUEUE);
+        let (tx_e, rx_e) = std::sync::mpsc::sync_channel(LOG_ERROR_QUEUE);
         let bytes = AtomicUsize::new(0);
         let mut ids = IdGen::new(0);
         for r in records(&mut ids, 2 * MAX_BATCH + 5) {
             tx.send(r).unwrap();
         }
+        // An error queued after them is taken first.
+        let mut error = records(&mut ids, 1).pop().unwrap();
+        error.status = 502;
+        tx_e.send(error).unwrap();
         let mut batch = Vec::new();
-        assert_eq!(take(&rx, &mut batch, &bytes), Taken::Full);
+        assert_eq!(take([&rx_e, &rx], &mut batch, &bytes), Taken::Full);
         assert_eq!(batch.len(), MAX_BATCH);
+        assert_eq!(batch[0].status, 502);
         batch.clear();
-        assert_eq!(take(&rx, &mut batch, &bytes), Taken::Full);
+        assert_eq!(take([&rx_e, &rx], &mut batch, &bytes), Taken::Full);
         batch.clear();
-        assert_eq!(take(&rx, &mut batch, &bytes), Taken::Empty);
-        assert_eq!(batch.len(), 5);
+        assert_eq!(take([&rx_e, &rx], &mut batch, &bytes), Taken::Empty);
+        assert_eq!(batch.len(), 6);
         batch.clear();
         drop(tx);
-        assert_eq!(take(&rx, &mut batch, &bytes), Taken::Disconnected);
+        // One queue gone is not the end.
+        assert_eq!(take([&rx_e, &rx], &mut batch, &bytes), Taken::Empty);
+        drop(tx_e);
+        assert_eq!(take([&rx_e, &rx], &mut batch, &bytes), Taken::Disconnected);
         assert!(batch.is_empty());
     }
 
@@ -330,6 +356,7 @@ mod tests {
         for r in records(&mut ids, n) {
             tx.send(r).unwrap();
         }
+        let (_tx_e, rx_e) = std::sync::mpsc::sync_channel(1);
         let cfg = LogsConfig {
             enabled: true,
             payloads: false,
@@ -345,7 +372,7 @@ mod tests {
         let thread = spawn(
             dir.join("requests.db"),
             cfg,
-            rx,
+            [rx_e, rx],
             Arc::new(AtomicUsize::new(0)),
             Arc::default(),
             stats.clone(),

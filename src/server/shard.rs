@@ -12,7 +12,7 @@ use crate::http::request::HeadLimits;
 use crate::limit::{Limiter, ShardLimiter};
 use crate::logqueue::{LogQueue, Sent};
 use crate::providers::{self, Providers};
-use crate::record::{Outcome, RequestRecord};
+use crate::record::RequestRecord;
 use crate::reqid::{IdGen, RequestId, WallClock};
 use crate::stats::{Gauges, ShardStats, Snapshot};
 use crate::tally::Tally;
@@ -334,8 +334,7 @@ impl ShardCtx {
             return;
         }
         let sample = self.config.borrow().logs.sample;
-        let failed = rec.status >= 400 || rec.outcome != Outcome::Completed;
-        if !failed && sample < 1.0 && self.ids.borrow_mut().unit() >= sample {
+        if !rec.failed() && sample < 1.0 && self.ids.borrow_mut().unit() >= sample {
             self.tally(log, rec);
             return;
         }
@@ -519,8 +518,10 @@ mod tests {
             .io_memory(128 << 10)
             .spawn(move || async move {
                 let (tx, rx) = std::sync::mpsc::sync_channel(1);
+                let (tx_errors, rx_errors) = std::sync::mpsc::sync_channel(1);
                 let queue = LogQueue {
                     tx,
+                    errors: tx_errors,
                     payload_bytes: Arc::default(),
                     tallies: Arc::default(),
                 };
@@ -546,7 +547,8 @@ mod tests {
                 ctx.record(&mut finished(&ctx, 200));
                 let snap = ctx.snapshot(1);
                 assert_eq!(snap.counters.log_dropped, 2);
-                assert_eq!(rx.try_iter().count(), 1);
+                assert_eq!(rx_errors.try_iter().count(), 1);
+                assert_eq!(rx.try_iter().count(), 0);
                 assert!(queue.tallies.take().is_empty(), "handed over early");
                 ctx.hand_over_tally(false);
                 let rows = queue.tallies.take();
