@@ -150,6 +150,19 @@ fn with_budget(shards: usize, mock: &MockServer, dir: &Path, extra: &str) -> Gat
         .start()
 }
 
+/// After a restart the budget still holds `before` of spend: the next
+/// request is refused.
+fn assert_spend_kept(gw: &Gateway, before: f64) {
+    let r = gw
+        .client()
+        .post("/v1/chat/completions", &[SHORT], &body(999));
+    assert_eq!(r.status, 429, "spend was forgotten: {}", r.text());
+    let after = usage(gw, "by=key")["budgets"][0]["spent_usd"]
+        .cast_f64()
+        .unwrap();
+    assert!((after - before).abs() < 1e-6, "{before} then {after}");
+}
+
 fn spend_survives_restart_and_kill9(shards: usize) {
     let mock = mock();
     let dir = common::gateway::TempDir::new("budget-data");
@@ -173,14 +186,7 @@ fn spend_survives_restart_and_kill9(shards: usize) {
     gw.kill9();
     let gw = start();
     assert!(gw.stderr().contains("rebuilt from"), "{}", gw.stderr());
-    let r = gw
-        .client()
-        .post("/v1/chat/completions", &[SHORT], &body(999));
-    assert_eq!(r.status, 429, "spend was forgotten: {}", r.text());
-    let after = usage(&gw, "by=key")["budgets"][0]["spent_usd"]
-        .cast_f64()
-        .unwrap();
-    assert!((after - before).abs() < 1e-6, "{before} then {after}");
+    assert_spend_kept(&gw, before);
     // `aigw usage` reads the same store.
     let cfg = gw.dir().join("aigw.toml");
     let (code, out, err) = run_aigw(&[
@@ -243,14 +249,7 @@ fn spend_of_requests_kept_no_row_of_survives_kill9(shards: usize) {
         "{}",
         gw.stderr()
     );
-    let r = gw
-        .client()
-        .post("/v1/chat/completions", &[SHORT], &body(999));
-    assert_eq!(r.status, 429, "spend was forgotten: {}", r.text());
-    let after = usage(&gw, "by=key")["budgets"][0]["spent_usd"]
-        .cast_f64()
-        .unwrap();
-    assert!((after - before).abs() < 1e-6, "{before} then {after}");
+    assert_spend_kept(&gw, before);
 }
 
 at_1_and_2_shards!(
