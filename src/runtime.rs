@@ -92,7 +92,10 @@ pub fn serve(
         .shards
         .map(|n| n.get())
         .unwrap_or(cpus.len().max(1));
-    let addr = probe_listen(config.server.listen)?;
+    // Held until every shard listens: released earlier, port 0 could hand
+    // the same port to another aigw starting meanwhile, and the two would
+    // share it through SO_REUSEPORT.
+    let (addr, probe) = probe_listen(config.server.listen)?;
     let cache = if config.cache.enabled {
         let dir = cache::dir(&config.server.data_dir);
         let (c, report) = Cache::open(&dir, &config.cache, shards, crate::reqid::now_unix_ms())?;
@@ -233,6 +236,7 @@ pub fn serve(
             Err(_) => failure = Some("shards did not start in time".to_string()),
         }
     }
+    drop(probe);
     if let Some(why) = failure {
         for tx in senders.iter() {
             let _ = tx.send(ShardCmd::Drain);
@@ -501,8 +505,9 @@ fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, String> {
 }
 
 /// Binds once without SO_REUSEPORT: fails if anyone (another aigw included)
-/// already listens there, and resolves port 0 to the port every shard will share.
-fn probe_listen(addr: SocketAddr) -> Result<SocketAddr, String> {
+/// already listens there, and resolves port 0 to the port every shard will
+/// share. The socket is returned to be held until the shards listen.
+fn probe_listen(addr: SocketAddr) -> Result<(SocketAddr, socket2::Socket), String> {
     use socket2::{Domain, Socket, Type};
     let fail = |e: std::io::Error| {
         if e.kind() == std::io::ErrorKind::AddrInUse {
@@ -517,9 +522,10 @@ fn probe_listen(addr: SocketAddr) -> Result<SocketAddr, String> {
     sock.set_reuse_address(true).map_err(fail)?;
     sock.bind(&addr.into()).map_err(fail)?;
     let local = sock.local_addr().map_err(fail)?;
-    local
+    let local = local
         .as_socket()
-        .ok_or_else(|| format!("server.listen: {addr} is not an IP address"))
+        .ok_or_else(|| format!("server.listen: {addr} is not an IP address"))?;
+    Ok((local, sock))
 }
 
 /// CPUs in this process's affinity mask (`taskset`, cgroup cpusets), from

@@ -208,7 +208,7 @@ pub fn render(m: &Merged, logs: &LogStats, cache: Option<Totals>) -> String {
         &mut s,
         "metadata",
         "`aigw-metadata` field and value",
-        " (a key's attribution merged in; at most 256 values per field, the rest as `(other)`)",
+        " (a key's attribution merged in; besides the config's, at most 256 values per field and shard, the rest as `(other)`)",
         &metadata,
     );
     family(

@@ -188,16 +188,14 @@ impl StatsHub {
             m.keys.entry(key).or_default().add(&c);
         }
         for (field, value, c) in s.metadata {
-            // Fields are bounded by the shards' bounds (each shard's first
-            // fields and the config's); values again here.
-            use crate::stats::labels::{MAX_META_VALUES, OTHER_VALUES};
-            let values = m.metadata.entry(field).or_default();
-            let value = if values.contains_key(&value) || values.len() < MAX_META_VALUES {
-                value
-            } else {
-                OTHER_VALUES.to_string()
-            };
-            values.entry(value).or_default().add(&c);
+            // Bounded by the shards' bounds: each shard's first fields and
+            // values, and the config's.
+            m.metadata
+                .entry(field)
+                .or_default()
+                .entry(value)
+                .or_default()
+                .add(&c);
         }
         if s.shard < m.flushed.len() {
             m.flushed[s.shard] = m.flushed[s.shard].max(s.seq);

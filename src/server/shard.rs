@@ -430,19 +430,23 @@ impl ShardCtx {
     }
 }
 
-/// The metadata fields the config names: keys' attribution, and the
-/// `metadata.<field>` scopes of limits and budgets.
-fn config_metadata_fields(config: &Config) -> impl Iterator<Item = &str> {
-    fn scoped(s: &crate::config::limits::Scope) -> Option<&str> {
+/// The metadata fields the config names, with the value where it sets one:
+/// keys' attribution, and the `metadata.<field>` scopes of limits and budgets.
+fn config_metadata_fields(config: &Config) -> impl Iterator<Item = (&str, Option<&str>)> {
+    fn scoped(s: &crate::config::limits::Scope) -> Option<(&str, Option<&str>)> {
         match s {
-            crate::config::limits::Scope::Metadata(f) => Some(f.as_str()),
+            crate::config::limits::Scope::Metadata(f) => Some((f.as_str(), None)),
             _ => None,
         }
     }
     config
         .keys
         .values()
-        .flat_map(|k| k.metadata.iter().map(|(f, _)| f.as_str()))
+        .flat_map(|k| {
+            k.metadata
+                .iter()
+                .map(|(f, v)| (f.as_str(), Some(v.as_str())))
+        })
         .chain(config.rate_limits.iter().filter_map(|r| scoped(&r.scope)))
         .chain(config.budgets.iter().filter_map(|b| scoped(&b.scope)))
 }

@@ -353,6 +353,9 @@ struct MetaField {
     /// Named by the config (a key's attribution, a limit's or budget's
     /// scope): counted whatever fields clients made up first.
     reserved: bool,
+    /// Values a key's attribution sets: counted apart whatever values
+    /// clients sent first (not counted against [`MAX_META_VALUES`]).
+    reserved_values: usize,
     slots: Vec<(Box<str>, KeyCounters)>,
     by_value: FastMap<Box<str>, usize>,
 }
@@ -362,6 +365,7 @@ impl MetaField {
         MetaField {
             name: name.into(),
             reserved: false,
+            reserved_values: 0,
             slots: vec![(OTHER_VALUES.into(), KeyCounters::default())],
             by_value: FastMap::default(),
         }
@@ -371,7 +375,7 @@ impl MetaField {
         if let Some(&i) = self.by_value.get(value) {
             return i;
         }
-        if self.slots.len() > MAX_META_VALUES {
+        if self.slots.len() - self.reserved_values > MAX_META_VALUES {
             return 0;
         }
         self.slots.push((value.into(), KeyCounters::default()));
@@ -395,17 +399,26 @@ pub struct ByMetadata {
 }
 
 impl ByMetadata {
-    /// Counts these fields whatever else clients send (called with the
-    /// config's at start and on each reload; a field once known stays).
-    pub fn reserve<'a>(&mut self, names: impl Iterator<Item = &'a str>) {
-        for name in names {
-            match self.fields.iter_mut().find(|f| *f.name == *name) {
-                Some(f) => f.reserved = true,
+    /// Counts these fields, and these values of them, whatever else clients
+    /// send (called with the config's at start and on each reload; a field
+    /// or value once known stays).
+    pub fn reserve<'a>(&mut self, names: impl Iterator<Item = (&'a str, Option<&'a str>)>) {
+        for (name, value) in names {
+            let f = match self.fields.iter().position(|f| *f.name == *name) {
+                Some(i) => i,
                 None => {
-                    let mut f = MetaField::new(name);
-                    f.reserved = true;
-                    self.fields.push(f);
+                    self.fields.push(MetaField::new(name));
+                    self.fields.len() - 1
                 }
+            };
+            let f = &mut self.fields[f];
+            f.reserved = true;
+            if let Some(v) = value
+                && !f.by_value.contains_key(v)
+            {
+                f.slots.push((v.into(), KeyCounters::default()));
+                f.by_value.insert(v.into(), f.slots.len() - 1);
+                f.reserved_values += 1;
             }
         }
     }
@@ -546,20 +559,29 @@ mod tests {
     #[test]
     fn fields_the_config_names_count_whatever_clients_send_first() {
         let mut by = ByMetadata::default();
-        by.reserve(["team"].into_iter());
+        by.reserve([("team", None), ("app", Some("billing"))].into_iter());
         for i in 0..MAX_META_FIELDS + 5 {
             by.record(&with_meta(&meta(&[(&format!("made-up-{i}"), "v")])));
         }
         by.record(&with_meta(&meta(&[("team", "search"), ("late", "v")])));
+        // A key's value keeps its place however many values clients send.
+        for i in 0..MAX_META_VALUES + 5 {
+            by.record(&with_meta(&meta(&[("app", &format!("made-up-{i}"))])));
+        }
+        by.record(&with_meta(&meta(&[("app", "billing")])));
         let got = by.take();
-        assert!(
+        let count = |field: &str, value: &str| {
             got.iter()
-                .any(|(f, v, c)| f == "team" && v == "search" && c.requests == 1)
-        );
+                .find(|(f, v, _)| f == field && v == value)
+                .map(|(_, _, c)| c.requests)
+        };
+        assert_eq!(count("team", "search"), Some(1));
+        assert_eq!(count("app", "billing"), Some(1));
+        assert_eq!(count("app", OTHER_VALUES), Some(5));
         assert!(!got.iter().any(|(f, _, _)| f == "late"), "past the bound");
         // A reload may name a field already counted: it stays one field.
-        by.reserve(["made-up-0", "team"].into_iter());
-        assert_eq!(by.fields.len(), MAX_META_FIELDS + 1);
+        by.reserve([("made-up-0", None), ("team", None)].into_iter());
+        assert_eq!(by.fields.len(), MAX_META_FIELDS + 2);
     }
 
     #[test]

@@ -181,7 +181,10 @@ impl ShardStats {
     }
 
     /// Metadata fields counted apart whatever clients send first.
-    pub fn reserve_metadata<'a>(&mut self, fields: impl Iterator<Item = &'a str>) {
+    pub fn reserve_metadata<'a>(
+        &mut self,
+        fields: impl Iterator<Item = (&'a str, Option<&'a str>)>,
+    ) {
         self.metadata.reserve(fields);
     }
 
