@@ -6,6 +6,7 @@
 use crate::record::RequestRecord;
 use crate::tally::TallyInbox;
 use std::sync::Arc;
+use std::sync::mpsc::Receiver;
 
 /// Most payload bytes the log queue may hold: with `logs.payloads` on, a
 /// burst of large bodies would otherwise queue up to 65,536 of them in memory.
@@ -27,6 +28,20 @@ pub struct LogQueue {
 }
 
 impl LogQueue {
+    /// A queue of `successes` and `errors` places, and what the log thread
+    /// receives from it: errors first, then successes.
+    pub fn new(successes: usize, errors: usize) -> (LogQueue, [Receiver<RequestRecord>; 2]) {
+        let (tx, rx) = std::sync::mpsc::sync_channel(successes);
+        let (errors, rx_errors) = std::sync::mpsc::sync_channel(errors);
+        let queue = LogQueue {
+            tx,
+            errors,
+            payload_bytes: Arc::default(),
+            tallies: Arc::default(),
+        };
+        (queue, [rx_errors, rx])
+    }
+
     /// Hands `rec` to the log thread without waiting. Its bodies are left out
     /// when the queue already holds [`LOG_QUEUE_PAYLOAD_BYTES`] of them.
     pub fn send(&self, mut rec: RequestRecord) -> Sent {
@@ -90,14 +105,7 @@ mod tests {
 
     #[test]
     fn the_log_queue_bounds_rows_and_body_bytes() {
-        let (tx, rx) = std::sync::mpsc::sync_channel(2);
-        let (errors, _rx_errors) = std::sync::mpsc::sync_channel(2);
-        let q = LogQueue {
-            tx,
-            errors,
-            payload_bytes: Arc::default(),
-            tallies: Arc::default(),
-        };
+        let (q, [_, rx]) = LogQueue::new(2, 2);
         assert!(matches!(q.send(with_body(100)), Sent::Whole));
         assert_eq!(q.payload_bytes.load(Ordering::Relaxed), 100);
         // Past the byte budget, the row goes without its body.
@@ -130,14 +138,7 @@ mod tests {
     /// full still takes them.
     #[test]
     fn errors_have_room_when_successes_do_not() {
-        let (tx, rx) = std::sync::mpsc::sync_channel(2);
-        let (errors, rx_errors) = std::sync::mpsc::sync_channel(2);
-        let q = LogQueue {
-            tx,
-            errors,
-            payload_bytes: Arc::default(),
-            tallies: Arc::default(),
-        };
+        let (q, [rx_errors, rx]) = LogQueue::new(2, 2);
         assert!(matches!(q.send(finished(200)), Sent::Whole));
         assert!(matches!(q.send(finished(200)), Sent::Whole));
         assert!(matches!(q.send(finished(200)), Sent::Dropped(_)));

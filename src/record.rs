@@ -497,19 +497,20 @@ impl RequestRecord {
     /// Notes the tokens the rate limits count for this request (kept only
     /// when they are not its reported usage).
     pub fn count_tokens(&mut self, input: u64, output: u64) {
-        let reported = (
-            self.usage.input_tokens.unwrap_or(0),
-            self.usage.output_tokens.unwrap_or(0),
-        );
-        self.counted = ((input, output) != reported).then_some((input, output));
+        self.counted = ((input, output) != self.reported_tokens()).then_some((input, output));
     }
 
     /// The input and output tokens the rate limits count for this request.
     pub fn counted_tokens(&self) -> (u64, u64) {
-        self.counted.unwrap_or((
+        self.counted.unwrap_or_else(|| self.reported_tokens())
+    }
+
+    /// The input and output tokens the provider reported (0 for none).
+    fn reported_tokens(&self) -> (u64, u64) {
+        (
             self.usage.input_tokens.unwrap_or(0),
             self.usage.output_tokens.unwrap_or(0),
-        ))
+        )
     }
 
     /// Bytes of stored bodies this record carries.

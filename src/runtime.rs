@@ -17,7 +17,6 @@ use crate::control::{ShardCmd, ShardSenders, signals};
 use crate::logqueue::LogQueue;
 use crate::logstore;
 use crate::logstore::keys::KeyStore;
-use crate::record::RequestRecord;
 use crate::server::shard::Shared;
 use crate::server::{ShardCtx, conn};
 use crate::stats::{SNAPSHOT_QUEUE, Snapshot, send_snapshot};
@@ -115,18 +114,11 @@ pub fn serve(
     let log_stats = Arc::new(LogStats::default());
     let log_path = logstore::path(&config.server.data_dir);
     let (log_tx, log_thread) = if config.logs.enabled {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<RequestRecord>(LOG_QUEUE);
-        let (errors, rx_errors) = std::sync::mpsc::sync_channel::<RequestRecord>(LOG_ERROR_QUEUE);
-        let queue = LogQueue {
-            tx,
-            errors,
-            payload_bytes: Arc::default(),
-            tallies: Arc::default(),
-        };
+        let (queue, rx) = LogQueue::new(LOG_QUEUE, LOG_ERROR_QUEUE);
         let thread = logs::spawn(
             log_path.clone(),
             config.logs.clone(),
-            [rx_errors, rx],
+            rx,
             queue.payload_bytes.clone(),
             queue.tallies.clone(),
             log_stats.clone(),

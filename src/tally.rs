@@ -1,5 +1,5 @@
-//! Requests the request log keeps no row of (sampled out by `logs.sample`, or
-//! dropped because the log's queue was full), counted per second and per
+//! Requests the request log keeps no row of (sampled out by `logs.sample`,
+//! dropped because the log's queue was full, or `aigw-collect-log: false`), counted per second and per
 //! what limits, budgets and `aigw usage` tell apart: gateway key, provider,
 //! model, metadata, and whether the gateway refused the request or the cache
 //! answered it. The log stores these tallies beside its rows, so a restart
@@ -56,6 +56,45 @@ impl Hash for TallyKey {
     }
 }
 
+impl TallyKey {
+    /// The entry as the log stores it.
+    fn into_row(self, sums: Sums) -> TallyRow {
+        TallyRow {
+            ts_ms: sums.ts_ms,
+            key_id: self.key_id,
+            provider: self.provider,
+            model: self.model,
+            metadata: self.metadata.map(|m| {
+                let mut s = String::new();
+                m.write_json(&mut s);
+                s
+            }),
+            refused: self.refused,
+            cached: self.cached,
+            requests: sums.requests,
+            tokens_in: sums.tokens_in,
+            tokens_out: sums.tokens_out,
+            counted_in: sums.counted_in,
+            counted_out: sums.counted_out,
+            cost: sums.cost,
+            unknown_cost: sums.unknown_cost,
+        }
+    }
+}
+
+/// What one entry sums (see [`TallyRow`]).
+#[derive(Clone, Copy, Debug, Default)]
+struct Sums {
+    ts_ms: u64,
+    requests: u64,
+    tokens_in: u64,
+    tokens_out: u64,
+    counted_in: u64,
+    counted_out: u64,
+    cost: f64,
+    unknown_cost: u64,
+}
+
 /// One entry: requests of one second with the same dimensions, summed.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TallyRow {
@@ -85,7 +124,7 @@ pub struct TallyRow {
 
 /// A shard's tally since it last moved it on.
 pub struct Tally {
-    entries: HashMap<TallyKey, TallyRow, SeededXxh3>,
+    entries: HashMap<TallyKey, Sums, SeededXxh3>,
 }
 
 impl Tally {
@@ -126,30 +165,7 @@ impl Tally {
         let row = match self.entries.entry(key) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(_) if full => return false,
-            std::collections::hash_map::Entry::Vacant(e) => {
-                let k = e.key();
-                let row = TallyRow {
-                    ts_ms,
-                    key_id: k.key_id.clone(),
-                    provider: k.provider.clone(),
-                    model: k.model.clone(),
-                    metadata: k.metadata.as_ref().map(|m| {
-                        let mut s = String::new();
-                        m.write_json(&mut s);
-                        s
-                    }),
-                    refused: k.refused,
-                    cached: k.cached,
-                    requests: 0,
-                    tokens_in: 0,
-                    tokens_out: 0,
-                    counted_in: 0,
-                    counted_out: 0,
-                    cost: 0.0,
-                    unknown_cost: 0,
-                };
-                e.insert(row)
-            }
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(Sums::default()),
         };
         row.ts_ms = row.ts_ms.max(ts_ms);
         row.requests += 1;
@@ -184,7 +200,7 @@ impl TallyInbox {
         if rows.len() + tally.len() > INBOX_ENTRIES {
             return false;
         }
-        rows.extend(tally.entries.drain().map(|(_, r)| r));
+        rows.extend(tally.entries.drain().map(|(k, sums)| k.into_row(sums)));
         true
     }
 
@@ -197,7 +213,7 @@ impl TallyInbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{LogFacts, MetaValue};
+    use crate::record::MetaValue;
     use crate::reqid::IdGen;
     use std::time::Instant;
 
@@ -211,14 +227,6 @@ mod tests {
         r.usage.output_tokens = Some(5);
         r.cost = Some(0.25);
         r.metadata = meta;
-        r.log = Some(Box::new(LogFacts {
-            path: "/v1/chat/completions".into(),
-            user_agent: None,
-            event_id: None,
-            request_body: None,
-            response_body: None,
-            routing: None,
-        }));
         r
     }
 

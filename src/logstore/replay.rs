@@ -44,7 +44,7 @@ pub fn replay(
     // A store last written by an older aigw has neither the counted tokens
     // nor tallies: what it has is read.
     let counted = super::has_column(conn, "requests", "counted_in")?;
-    let tallied = super::has_column(conn, "tallies", "counted_in")?;
+    let tallied = has_tallies(conn)?;
     let mut stmt = conn.prepare(if counted {
         "SELECT ts, key_id, provider, model, metadata, cost,
                 COALESCE(counted_in, tokens_in), COALESCE(counted_out, tokens_out), error_source, cache
@@ -84,43 +84,44 @@ pub fn replay(
     for row in rows {
         pass(row?, &mut chunk);
     }
-    if !tallied {
-        if !chunk.is_empty() {
-            each(&chunk);
+    if tallied {
+        let mut stmt = conn.prepare(
+            "SELECT ts, key_id, provider, model, metadata, cost, counted_in, counted_out, refused,
+                    cached, requests, unknown_cost
+             FROM tallies WHERE ts >= ?1 ORDER BY ts",
+        )?;
+        let tallies = stmt.query_map(params![since_ms as i64], |r| {
+            let metadata: Option<String> = r.get(4)?;
+            let requests = r.get::<_, i64>(10)?.max(0) as u64;
+            let unknown = r.get::<_, i64>(11)?.max(0) as u64;
+            Ok(Replayed {
+                ts_ms: r.get::<_, i64>(0)?.max(0) as u64,
+                requests,
+                key_id: r.get(1)?,
+                provider: r.get(2)?,
+                model: r.get(3)?,
+                metadata: metadata.as_deref().map(metadata_pairs).unwrap_or_default(),
+                // All unpriced: unknown, as a row without a cost is.
+                cost: (unknown < requests).then(|| r.get(5)).transpose()?,
+                tokens_in: r.get::<_, i64>(6)?.max(0) as u64,
+                tokens_out: r.get::<_, i64>(7)?.max(0) as u64,
+                refused: r.get(8)?,
+                cached: r.get(9)?,
+            })
+        })?;
+        for row in tallies {
+            pass(row?, &mut chunk);
         }
-        return Ok(total as usize);
-    }
-    let mut stmt = conn.prepare(
-        "SELECT ts, key_id, provider, model, metadata, cost, counted_in, counted_out, refused, cached,
-                requests, unknown_cost
-         FROM tallies WHERE ts >= ?1 ORDER BY ts",
-    )?;
-    let tallies = stmt.query_map(params![since_ms as i64], |r| {
-        let metadata: Option<String> = r.get(4)?;
-        let requests = r.get::<_, i64>(10)?.max(0) as u64;
-        let unknown = r.get::<_, i64>(11)?.max(0) as u64;
-        Ok(Replayed {
-            ts_ms: r.get::<_, i64>(0)?.max(0) as u64,
-            requests,
-            key_id: r.get(1)?,
-            provider: r.get(2)?,
-            model: r.get(3)?,
-            metadata: metadata.as_deref().map(metadata_pairs).unwrap_or_default(),
-            // All unpriced: unknown, as a row without a cost is.
-            cost: (unknown < requests).then(|| r.get(5)).transpose()?,
-            tokens_in: r.get::<_, i64>(6)?.max(0) as u64,
-            tokens_out: r.get::<_, i64>(7)?.max(0) as u64,
-            refused: r.get(8)?,
-            cached: r.get(9)?,
-        })
-    })?;
-    for row in tallies {
-        pass(row?, &mut chunk);
     }
     if !chunk.is_empty() {
         each(&chunk);
     }
     Ok(total as usize)
+}
+
+/// Whether the store has tallies (one last written by an older aigw has not).
+fn has_tallies(conn: &Connection) -> rusqlite::Result<bool> {
+    super::has_column(conn, "tallies", "counted_in")
 }
 
 /// A stored metadata object's fields as text, as the request's limits and
@@ -221,7 +222,7 @@ pub fn usage(conn: &Connection, by: &By, since_ms: u64) -> rusqlite::Result<Vec<
     let mut out: Vec<UsageRow> = Vec::new();
     let mut index: crate::fasthash::FastMap<String, usize> = Default::default();
     // A store last written by an older aigw has no tallies.
-    let sources = if super::has_column(conn, "tallies", "requests")? {
+    let sources = if has_tallies(conn)? {
         vec![rows_sql, tallies_sql]
     } else {
         vec![rows_sql]
@@ -274,14 +275,20 @@ mod tests {
         }
     }
 
+    /// A fresh directory for a store: (the directory, the store's path).
+    fn fresh_store(name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("aigw-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("requests.db");
+        (dir, path)
+    }
+
     /// Rows and tallies count alike in `usage` and `replay`; retention
     /// deletes tallies by age and beyond the row limit.
     #[test]
     fn tallies_count_beside_rows_and_are_retained_like_them() {
-        let dir = std::env::temp_dir().join(format!("aigw-tallies-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("requests.db");
+        let (dir, path) = fresh_store("tallies");
         let mut w = Writer::open(&path).unwrap();
         let t0 = 1_790_000_000_000;
         let mut ids = crate::reqid::IdGen::new(0);
@@ -381,10 +388,7 @@ mod tests {
     /// tokens) is read for what it has: a reader cannot upgrade it.
     #[test]
     fn a_store_from_before_tallies_is_read_as_it_is() {
-        let dir = std::env::temp_dir().join(format!("aigw-old-store-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("requests.db");
+        let (dir, path) = fresh_store("old-store");
         let mut w = Writer::open(&path).unwrap();
         let mut ids = crate::reqid::IdGen::new(0);
         let mut row = RequestRecord::new(ids.id(1_790_000_000_000), 0, std::time::Instant::now());

@@ -649,14 +649,8 @@ fn restrict_route(
     let mut order = if key.metadata.is_empty() || !route.has_variants() {
         routing.order.clone()
     } else {
-        let request = rec.metadata.as_ref();
-        let field = |name: &str| {
-            key.metadata
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.clone())
-                .or_else(|| targets::metadata_field(request, name))
-        };
+        // The key's fields are merged into the record's metadata (`authenticate`).
+        let field = |name: &str| targets::metadata_field(rec.metadata.as_ref(), name);
         route.order(&field, &|n| ctx.random_below(n))
     };
     order.retain(|t| key.allows(&t.provider.name, Some(&t.model)));

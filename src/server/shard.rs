@@ -109,8 +109,9 @@ pub struct ShardCtx {
     metadata_memo: RefCell<crate::record::MetadataMemo>,
     /// Finished records the request log keeps go here (`None`: logs are off).
     log: Option<LogQueue>,
-    /// The requests the log keeps no row of (sampled out, or dropped), until
-    /// the next tick moves them to the log thread.
+    /// The requests the log keeps no row of (sampled out, dropped, or
+    /// `collect-log: false`), until the next hand-over to the log thread
+    /// (every `logs.flush_interval`).
     tally: RefCell<Tally>,
     /// Live connections: a slab indexed by connection id, with a free list.
     conns: RefCell<Slab>,
@@ -521,14 +522,7 @@ mod tests {
         glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
             .io_memory(128 << 10)
             .spawn(move || async move {
-                let (tx, rx) = std::sync::mpsc::sync_channel(1);
-                let (tx_errors, rx_errors) = std::sync::mpsc::sync_channel(1);
-                let queue = LogQueue {
-                    tx,
-                    errors: tx_errors,
-                    payload_bytes: Arc::default(),
-                    tallies: Arc::default(),
-                };
+                let (queue, [rx_errors, rx]) = LogQueue::new(1, 1);
                 let shared = Shared {
                     keys: crate::auth::Registry::new(&config.keys, vec![]),
                     limiter: crate::limit::Limiter::new(1),

@@ -371,6 +371,7 @@ impl MetaField {
         }
     }
 
+    /// The slot of `value`: its own while there is room, else [`OTHER_VALUES`]'s.
     fn slot(&mut self, value: &str) -> usize {
         if let Some(&i) = self.by_value.get(value) {
             return i;
@@ -378,6 +379,10 @@ impl MetaField {
         if self.slots.len() - self.reserved_values > MAX_META_VALUES {
             return 0;
         }
+        self.add_slot(value)
+    }
+
+    fn add_slot(&mut self, value: &str) -> usize {
         self.slots.push((value.into(), KeyCounters::default()));
         self.by_value.insert(value.into(), self.slots.len() - 1);
         self.slots.len() - 1
@@ -416,8 +421,7 @@ impl ByMetadata {
             if let Some(v) = value
                 && !f.by_value.contains_key(v)
             {
-                f.slots.push((v.into(), KeyCounters::default()));
-                f.by_value.insert(v.into(), f.slots.len() - 1);
+                f.add_slot(v);
                 f.reserved_values += 1;
             }
         }
@@ -433,7 +437,9 @@ impl ByMetadata {
             }
             return;
         }
-        let mut slots = Vec::with_capacity(m.0.len());
+        // The last object's list, reused.
+        let mut slots = self.last.take().map(|(_, v)| v).unwrap_or_default();
+        slots.clear();
         for (k, v) in m.0.iter() {
             let f = match self.fields.iter().position(|f| *f.name == **k) {
                 Some(f) => f,
