@@ -165,6 +165,9 @@ fn aigw_load(args: &[&str]) -> (i32, serde_json::Value) {
         .status()
         .expect("aigw-load runs");
     let json = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    // Leave nothing behind (the directory stays while another test's report is in it).
+    let _ = std::fs::remove_file(&json_path);
+    let _ = std::fs::remove_dir(&dir);
     (status.code().unwrap_or(-1), json)
 }
 

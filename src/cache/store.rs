@@ -769,11 +769,28 @@ mod tests {
     use super::*;
     use crate::cache::entry::FLAG_STREAM;
 
-    fn dir(name: &str) -> PathBuf {
+    /// A fresh directory, removed with what it holds when the test ends
+    /// (each partition file is a megabyte; every run used to leave five).
+    struct TestDir(PathBuf);
+
+    impl std::ops::Deref for TestDir {
+        type Target = Path;
+        fn deref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TestDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn dir(name: &str) -> TestDir {
         let d = std::env::temp_dir().join(format!("aigw-store-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
-        d
+        TestDir(d)
     }
 
     fn e(key: u128, body: &[u8], expires_ms: u64) -> Entry<'_> {
