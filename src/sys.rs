@@ -209,6 +209,23 @@ impl SharedMap {
         }
     }
 
+    /// Starts loading the cache line holding byte `at` (nothing when `at` is
+    /// outside the mapping), so a read or write of it soon after does not wait
+    /// on memory: a cache index probe lands on a random line.
+    pub fn prefetch(&self, at: usize) {
+        if at >= self.len {
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a prefetch is a hint that never faults or changes memory;
+        // the address is inside the mapping, which lives as long as `self`.
+        // SSE, which `_mm_prefetch` needs, is part of every x86_64 CPU.
+        unsafe {
+            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+            _mm_prefetch::<_MM_HINT_T0>(self.map.as_ptr().add(at).cast());
+        }
+    }
+
     /// Asks the kernel to write dirty pages back (`msync(MS_ASYNC)`); never waits.
     pub fn flush_async(&self) -> io::Result<()> {
         self.map.flush_async()

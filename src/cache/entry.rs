@@ -151,7 +151,7 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 }
 
 /// What an entry's header alone says (not yet proven: see [`decode`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Frame {
     pub key: CacheKey,
     /// Bytes the whole entry takes.

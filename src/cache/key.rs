@@ -27,7 +27,7 @@ use crate::json::{MAX_DEPTH, is_number, skip_ws};
 pub const SCHEMA_VERSION: u32 = 4;
 
 /// A cache key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CacheKey(pub u128);
 
 /// Hex digits in a key's text form.

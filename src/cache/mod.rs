@@ -146,9 +146,11 @@ pub struct Cache {
     config: CacheConfig,
     geo: Geometry,
     partitions: Vec<Partition>,
-    /// Each partition's writer: only its owner shard locks it while running
-    /// (uncontended; misses only), the main thread after every shard stopped.
-    writers: Vec<Mutex<Writer>>,
+    /// Each partition's writer, while no shard holds it: its owner shard
+    /// takes it for as long as it runs (so a store takes no lock: a lock's
+    /// release waited for the entry's writes to reach memory), and the main
+    /// thread uses it once every shard stopped.
+    writers: Vec<Mutex<Option<Writer>>>,
     flights: Arc<Flights>,
     fills: Vec<flume::Sender<Arc<Flight>>>,
     fill_rx: Vec<flume::Receiver<Arc<Flight>>>,
@@ -252,7 +254,7 @@ impl Cache {
                 )
             })?;
             partitions.push(p);
-            writers.push(Mutex::new(w));
+            writers.push(Mutex::new(Some(w)));
             opened.push(o);
         }
         let (fills, fill_rx) = (0..shards).map(|_| flume::unbounded()).unzip();
@@ -291,27 +293,30 @@ impl Cache {
         t
     }
 
-    /// Shard `shard`'s part.
+    /// Shard `shard`'s part, holding its partition's writer until it drops
+    /// (`None` while another holds it).
     pub fn for_shard(self: &Arc<Self>, shard: usize) -> Option<ShardCache> {
         let fills = self.fill_rx.get(shard)?.clone();
+        let writer = self.writer_slot(shard).take()?;
         Some(ShardCache {
             shared: self.clone(),
             shard,
             fills,
+            writer: RefCell::new(writer),
             keys: RefCell::new(KeyMaker::default()),
             buf: RefCell::new(Vec::new()),
         })
     }
 
-    fn writer(&self, shard: usize) -> std::sync::MutexGuard<'_, Writer> {
+    fn writer_slot(&self, shard: usize) -> std::sync::MutexGuard<'_, Option<Writer>> {
         self.writers[shard]
             .lock()
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Stores a completed flight in partition `shard` (its owner calls this),
+    /// Stores a completed flight in partition `shard` with its writer,
     /// then lets new requests find the entry instead of the flight.
-    fn store_in(&self, shard: usize, flight: &Arc<Flight>, now_ms: u64) {
+    fn store_in(&self, writer: &mut Writer, shard: usize, flight: &Arc<Flight>, now_ms: u64) {
         if let Some(f) = flight.finished()
             && let Some(head) = f.head()
             && storable(head.stream, f.body())
@@ -330,8 +335,7 @@ impl Cache {
                 head: &head.head,
                 body: f.body(),
             };
-            self.writer(shard)
-                .insert(&self.partitions[shard], &e, now_ms);
+            writer.insert(&self.partitions[shard], &e, now_ms);
         }
         self.forget(flight);
     }
@@ -347,10 +351,14 @@ impl Cache {
     pub fn settle(&self) {
         let now = crate::reqid::now_unix_ms();
         for shard in 0..self.shards {
+            // A shard that is somehow still holding its writer keeps its answers.
+            let Some(writer) = &mut *self.writer_slot(shard) else {
+                continue;
+            };
             while let Ok(f) = self.fill_rx[shard].try_recv() {
-                self.store_in(shard, &f, now);
+                self.store_in(writer, shard, &f, now);
             }
-            self.writer(shard).flush(&self.partitions[shard]);
+            writer.flush(&self.partitions[shard]);
         }
     }
 
@@ -376,6 +384,8 @@ pub struct ShardCache {
     pub shared: Arc<Cache>,
     shard: usize,
     fills: flume::Receiver<Arc<Flight>>,
+    /// Its partition's writer (given back when this drops).
+    writer: RefCell<Writer>,
     keys: RefCell<KeyMaker>,
     /// The entry of the last hit, as copied out of its partition.
     buf: RefCell<Vec<u8>>,
@@ -437,7 +447,8 @@ impl ShardCache {
     pub fn store(&self, flight: Arc<Flight>, now_ms: u64) {
         let owner = partition_of(flight.key, self.shared.shards);
         if owner == self.shard {
-            self.shared.store_in(owner, &flight, now_ms);
+            self.shared
+                .store_in(&mut self.writer.borrow_mut(), owner, &flight, now_ms);
         } else if self.shared.fills[owner].send(flight.clone()).is_err() {
             self.shared.forget(&flight);
         }
@@ -452,8 +463,12 @@ impl ShardCache {
     /// `None` once every sender is gone.
     pub async fn store_next(&self) -> Option<()> {
         let flight = self.fills.recv_async().await.ok()?;
-        self.shared
-            .store_in(self.shard, &flight, crate::reqid::now_unix_ms());
+        self.shared.store_in(
+            &mut self.writer.borrow_mut(),
+            self.shard,
+            &flight,
+            crate::reqid::now_unix_ms(),
+        );
         Some(())
     }
 
@@ -461,12 +476,22 @@ impl ShardCache {
     pub fn purge(&self, what: Purge) -> u64 {
         // Answers already handed to this partition go in first, so a purge
         // that follows an answer finds it.
+        let mut writer = self.writer.borrow_mut();
         while let Ok(f) = self.fills.try_recv() {
             self.shared
-                .store_in(self.shard, &f, crate::reqid::now_unix_ms());
+                .store_in(&mut writer, self.shard, &f, crate::reqid::now_unix_ms());
         }
         let part = &self.shared.partitions[self.shard];
-        self.shared.writer(self.shard).purge(part, what)
+        writer.purge(part, what)
+    }
+}
+
+impl Drop for ShardCache {
+    /// The writer goes back to the cache, for the answers the main thread
+    /// stores after every shard stopped.
+    fn drop(&mut self) {
+        let writer = std::mem::take(self.writer.get_mut());
+        *self.shared.writer_slot(self.shard) = Some(writer);
     }
 }
 

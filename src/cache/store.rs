@@ -154,6 +154,27 @@ impl Slots {
     fn store(&self, i: usize, value: u64, order: Ordering) {
         self.0.store(i * 8, value, order)
     }
+    /// Starts loading the bucket that begins at word `i` (one cache line).
+    fn prefetch(&self, i: usize) {
+        self.0.prefetch(i * 8)
+    }
+}
+
+/// Adds `n` to a partition counter. Only the partition's writer changes its
+/// counters, and one at a time (its owner shard, under the writer's lock; or
+/// the start before any shard runs), so a load and a store do what a locked
+/// read-modify-write would, without its cost: an insert that reclaims
+/// changed up to a dozen counters.
+fn add(counter: &AtomicU64, n: u64, order: Ordering) {
+    counter.store(counter.load(Ordering::Relaxed).wrapping_add(n), order)
+}
+
+/// Takes `n` from a partition counter (see [`add`]).
+fn sub(counter: &AtomicU64, n: u64) {
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_sub(n),
+        Ordering::Relaxed,
+    )
 }
 
 /// Counters of one partition, written by its owner, read by the stats thread.
@@ -275,7 +296,9 @@ pub enum Purge {
     Provider(u32),
 }
 
-/// The owner shard's writer of its partition.
+/// The owner shard's writer of its partition (`Default`: an empty stand-in,
+/// writing nothing, while the real one is elsewhere).
+#[derive(Default)]
 pub struct Writer {
     segs: Vec<Seg>,
     open: usize,
@@ -524,6 +547,9 @@ impl Writer {
         if SEG_HEADER + len > geo.segment {
             return false;
         }
+        // The entry's bucket, loading while the entry is written: it was
+        // last touched at the lookup, a whole upstream call ago.
+        part.slots.prefetch(bucket_of(e.key, geo.buckets) * SLOTS);
         let used = self.segs[self.open].used;
         let full = used + len > geo.segment;
         if full || used > geo.segment / RECLAIM_AHEAD {
@@ -562,7 +588,7 @@ impl Writer {
         self.index(part, e.key, seg, off, len);
         // Release: a lookup that sees the new count sees the new slot (the
         // leader's re-check in `ShardCache::find` relies on it).
-        part.stats.stores.fetch_add(1, Ordering::Release);
+        add(&part.stats.stores, 1, Ordering::Release);
         true
     }
 
@@ -603,7 +629,7 @@ impl Writer {
             (None, Some((i, _))) => {
                 let s = part.slots.load(i, Ordering::Relaxed);
                 self.drop_entry(part, i, s);
-                part.stats.evictions.fetch_add(1, Ordering::Relaxed);
+                add(&part.stats.evictions, 1, Ordering::Relaxed);
                 i
             }
             (None, None) => unreachable!("a bucket has slots"),
@@ -614,8 +640,8 @@ impl Writer {
     }
 
     fn count_in(&self, part: &Partition, len: usize) {
-        part.stats.entries.fetch_add(1, Ordering::Relaxed);
-        part.stats.bytes.fetch_add(len as u64, Ordering::Relaxed);
+        add(&part.stats.entries, 1, Ordering::Relaxed);
+        add(&part.stats.bytes, len as u64, Ordering::Relaxed);
     }
 
     /// The header of the entry a slot points at (the owner reads its own writes).
@@ -643,8 +669,8 @@ impl Writer {
             part.map
                 .store(at + len - entry::TRAILER_LEN, 0, Ordering::Release);
         }
-        part.stats.entries.fetch_sub(1, Ordering::Relaxed);
-        part.stats.bytes.fetch_sub(len as u64, Ordering::Relaxed);
+        sub(&part.stats.entries, 1);
+        sub(&part.stats.bytes, len as u64);
     }
 
     /// The segment to reuse next: one whose entries have all expired (the
@@ -667,6 +693,11 @@ impl Writer {
     /// Takes up to `most` entries of `seg`, from offset `from` on, out of the
     /// index, counting each as an eviction or an expiration. Returns where
     /// the walk stands, or `None` when the segment holds no more.
+    ///
+    /// A batch at a time: the walk reads the batch's headers (one after
+    /// another: each gives the next one's offset) and starts loading each
+    /// one's bucket and completion mark; then each leaves the index. Taken
+    /// one by one, every entry waited on two lines of cold memory in turn.
     fn reclaim(
         &mut self,
         part: &Partition,
@@ -678,36 +709,55 @@ impl Writer {
         if self.segs[seg].seq == 0 {
             return None;
         }
-        let mut off = from;
+        let geo = part.geo;
         let used = self.segs[seg].used;
-        for _ in 0..most {
-            if off + entry::HEADER_LEN > used {
-                return None;
+        let mut off = from;
+        let mut left = most;
+        let mut batch = [(0usize, entry::Frame::default()); RECLAIM_STEP];
+        loop {
+            let mut n = 0;
+            let mut ended = false;
+            while n < RECLAIM_STEP.min(left) {
+                if off + entry::HEADER_LEN > used {
+                    ended = true;
+                    break;
+                }
+                let Some(f) = self.frame_at(part, slot(CacheKey(0), seg, off)) else {
+                    ended = true;
+                    break;
+                };
+                part.slots.prefetch(bucket_of(f.key, geo.buckets) * SLOTS);
+                part.map
+                    .prefetch(geo.seg_at(seg) + off + f.len - entry::TRAILER_LEN);
+                batch[n] = (off, f);
+                n += 1;
+                off += f.len;
             }
-            let probe = slot(CacheKey(0), seg, off);
-            let entry::Frame {
-                key,
-                len,
-                expires_ms,
-                ..
-            } = self.frame_at(part, probe)?;
-            let b = bucket_of(key, part.geo.buckets) * SLOTS;
-            let here = slot(key, seg, off);
-            for i in b..b + SLOTS {
-                if part.slots.load(i, Ordering::Relaxed) == here {
-                    // Its header was just read: no second read for its length.
-                    part.slots.store(i, 0, Ordering::Release);
-                    self.unmark(part, here, len);
-                    if expires_ms <= now_ms {
-                        part.stats.expirations.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        part.stats.evictions.fetch_add(1, Ordering::Relaxed);
+            for &(at, f) in &batch[..n] {
+                let b = bucket_of(f.key, geo.buckets) * SLOTS;
+                let here = slot(f.key, seg, at);
+                for i in b..b + SLOTS {
+                    if part.slots.load(i, Ordering::Relaxed) == here {
+                        // Its header was just read: no second read for its length.
+                        part.slots.store(i, 0, Ordering::Release);
+                        self.unmark(part, here, f.len);
+                        let counter = if f.expires_ms <= now_ms {
+                            &part.stats.expirations
+                        } else {
+                            &part.stats.evictions
+                        };
+                        add(counter, 1, Ordering::Relaxed);
                     }
                 }
             }
-            off += len;
+            left -= n;
+            if ended {
+                return None;
+            }
+            if left == 0 {
+                return Some(off);
+            }
         }
-        Some(off)
     }
 
     /// Drops what `what` names; returns how many entries went.
@@ -754,7 +804,7 @@ impl Writer {
                 }
             }
         }
-        part.stats.purged.fetch_add(n, Ordering::Relaxed);
+        add(&part.stats.purged, n, Ordering::Relaxed);
         n
     }
 
