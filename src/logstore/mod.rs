@@ -166,7 +166,7 @@ pub fn open_for_writing(path: &Path) -> Result<Connection, String> {
 
 /// Columns added since the first release of the schema: a store made by an
 /// older aigw gains them (empty for its old rows).
-const ADDED_COLUMNS: &[(&str, &str)] = &[
+pub(crate) const ADDED_COLUMNS: &[(&str, &str)] = &[
     ("cache_key", "TEXT"),
     ("cost_estimated", "INTEGER"),
     ("context_share", "REAL"),
@@ -260,5 +260,27 @@ pub fn open_for_reading(path: &Path) -> Result<Connection, String> {
     .map_err(|e| format!("request log {}: {e}", path.display()))?;
     let _ = conn.busy_timeout(BUSY_WAIT);
     add_functions(&conn).map_err(|e| format!("request log {}: {e}", path.display()))?;
+    show_added_columns(&conn).map_err(|e| format!("request log {}: {e}", path.display()))?;
     Ok(conn)
+}
+
+/// A store an older aigw last wrote lacks the columns added since (the
+/// gateway adds them when it next opens the store to write), and a
+/// read-only reader cannot add them: it reads through a temporary view that
+/// shows them as NULL, as the rows stored before they existed read anyway.
+/// Temporary names come first in SQLite's name resolution, so every query
+/// of `requests` reads the view; the planner still uses the table's indexes.
+fn show_added_columns(conn: &Connection) -> rusqlite::Result<()> {
+    let mut missing = String::new();
+    for (name, _) in ADDED_COLUMNS {
+        if !has_column(conn, "requests", name)? {
+            missing.push_str(&format!(", NULL AS {name}"));
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    conn.execute_batch(&format!(
+        "CREATE TEMP VIEW requests AS SELECT *{missing} FROM main.requests"
+    ))
 }

@@ -400,14 +400,24 @@ mod tests {
         w.insert(&[row]).unwrap();
         drop(w);
         let raw = rusqlite::Connection::open(&path).unwrap();
-        raw.execute_batch(
-            "DROP TABLE tallies;
-             ALTER TABLE requests DROP COLUMN counted_in;
-             ALTER TABLE requests DROP COLUMN counted_out;",
-        )
-        .unwrap();
+        // As the first release with a request log wrote it: no column
+        // added since, no tallies.
+        raw.execute_batch("DROP TABLE tallies;").unwrap();
+        for (column, _) in crate::logstore::ADDED_COLUMNS {
+            raw.execute_batch(&format!("ALTER TABLE requests DROP COLUMN {column}"))
+                .unwrap();
+        }
         drop(raw);
         let conn = crate::logstore::open_for_reading(&path).unwrap();
+        // `aigw logs` lists and shows its rows.
+        let all = crate::logstore::query::Filter {
+            limit: 10,
+            ..Default::default()
+        };
+        let listed = crate::logstore::query::query(&conn, &all).unwrap();
+        assert_eq!((listed.len(), listed[0].cache_key.as_deref()), (1, None));
+        let id = listed[0].id.clone();
+        assert!(crate::logstore::query::show(&conn, &id).unwrap().is_some());
         let u = usage(&conn, &By::Provider, 0).unwrap();
         assert_eq!((u.len(), u[0].requests, u[0].cost), (1, 1, 0.5));
         let mut seen = Vec::new();
