@@ -402,6 +402,11 @@ async fn run_shard(a: ShardArgs) {
         timer::sleep(a.config.logs.flush_interval).await;
     }
     ctx.hand_over_tally(true);
+    // Answers other shards hand over from here on are stored by the main
+    // thread, after every shard stopped.
+    if let Some(c) = ctx.cache() {
+        c.give_back();
+    }
     let _ = send_snapshot(&a.snapshots, ctx.snapshot(0));
 }
 

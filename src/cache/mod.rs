@@ -302,7 +302,7 @@ impl Cache {
             shared: self.clone(),
             shard,
             fills,
-            writer: RefCell::new(writer),
+            writer: RefCell::new(Some(writer)),
             keys: RefCell::new(KeyMaker::default()),
             buf: RefCell::new(Vec::new()),
         })
@@ -351,8 +351,12 @@ impl Cache {
     pub fn settle(&self) {
         let now = crate::reqid::now_unix_ms();
         for shard in 0..self.shards {
-            // A shard that is somehow still holding its writer keeps its answers.
+            // Every shard gave its writer back as it stopped (one that
+            // panicked first keeps it, and the answers for its partition).
             let Some(writer) = &mut *self.writer_slot(shard) else {
+                log::warn!(
+                    "cache: partition {shard}'s writer was not given back; answers handed to it as the shards stopped are not stored"
+                );
                 continue;
             };
             while let Ok(f) = self.fill_rx[shard].try_recv() {
@@ -384,8 +388,9 @@ pub struct ShardCache {
     pub shared: Arc<Cache>,
     shard: usize,
     fills: flume::Receiver<Arc<Flight>>,
-    /// Its partition's writer (given back when this drops).
-    writer: RefCell<Writer>,
+    /// Its partition's writer, until the shard gives it back
+    /// ([`ShardCache::give_back`]).
+    writer: RefCell<Option<Writer>>,
     keys: RefCell<KeyMaker>,
     /// The entry of the last hit, as copied out of its partition.
     buf: RefCell<Vec<u8>>,
@@ -447,8 +452,7 @@ impl ShardCache {
     pub fn store(&self, flight: Arc<Flight>, now_ms: u64) {
         let owner = partition_of(flight.key, self.shared.shards);
         if owner == self.shard {
-            self.shared
-                .store_in(&mut self.writer.borrow_mut(), owner, &flight, now_ms);
+            self.with_writer(|w| self.shared.store_in(w, owner, &flight, now_ms));
         } else if self.shared.fills[owner].send(flight.clone()).is_err() {
             self.shared.forget(&flight);
         }
@@ -463,12 +467,8 @@ impl ShardCache {
     /// `None` once every sender is gone.
     pub async fn store_next(&self) -> Option<()> {
         let flight = self.fills.recv_async().await.ok()?;
-        self.shared.store_in(
-            &mut self.writer.borrow_mut(),
-            self.shard,
-            &flight,
-            crate::reqid::now_unix_ms(),
-        );
+        let now = crate::reqid::now_unix_ms();
+        self.with_writer(|w| self.shared.store_in(w, self.shard, &flight, now));
         Some(())
     }
 
@@ -476,22 +476,34 @@ impl ShardCache {
     pub fn purge(&self, what: Purge) -> u64 {
         // Answers already handed to this partition go in first, so a purge
         // that follows an answer finds it.
-        let mut writer = self.writer.borrow_mut();
-        while let Ok(f) = self.fills.try_recv() {
-            self.shared
-                .store_in(&mut writer, self.shard, &f, crate::reqid::now_unix_ms());
-        }
-        let part = &self.shared.partitions[self.shard];
-        writer.purge(part, what)
+        self.with_writer(|writer| {
+            while let Ok(f) = self.fills.try_recv() {
+                self.shared
+                    .store_in(writer, self.shard, &f, crate::reqid::now_unix_ms());
+            }
+            let part = &self.shared.partitions[self.shard];
+            writer.purge(part, what)
+        })
+        .unwrap_or(0)
     }
-}
 
-impl Drop for ShardCache {
-    /// The writer goes back to the cache, for the answers the main thread
-    /// stores after every shard stopped.
-    fn drop(&mut self) {
-        let writer = std::mem::take(self.writer.get_mut());
-        *self.shared.writer_slot(self.shard) = Some(writer);
+    /// Runs `f` with the partition's writer: the shard's own while it holds
+    /// it, else the cache's (`None`: neither has it, which cannot happen).
+    fn with_writer<R>(&self, f: impl FnOnce(&mut Writer) -> R) -> Option<R> {
+        if let Some(w) = self.writer.borrow_mut().as_mut() {
+            return Some(f(w));
+        }
+        self.shared.writer_slot(self.shard).as_mut().map(f)
+    }
+
+    /// Gives the partition's writer back to the cache: the shard calls this
+    /// when it stops, so the main thread can store what other shards hand
+    /// over after that (`Cache::settle`). Not left to `Drop`: tasks of a
+    /// stopped shard that wait on a channel keep its context, and this, alive.
+    pub fn give_back(&self) {
+        if let Some(w) = self.writer.borrow_mut().take() {
+            *self.shared.writer_slot(self.shard) = Some(w);
+        }
     }
 }
 
@@ -500,6 +512,65 @@ pub use store::Purge as PurgeWhat;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An answer a shard hands to another shard's partition after that shard
+    /// stopped is stored by the main thread (`settle`), with the writer the
+    /// stopped shard gave back, and is there at the next start.
+    #[test]
+    fn answers_handed_over_after_their_owner_stopped_are_stored() {
+        let dir = std::env::temp_dir().join(format!("aigw-cache-settle-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = CacheConfig {
+            enabled: true,
+            size: 4 << 20,
+            default_ttl: std::time::Duration::from_secs(60),
+            max_entry: 64 << 10,
+            shared: false,
+        };
+        let now = crate::reqid::now_unix_ms();
+        let (cache, _) = Cache::open(&dir, &config, 2, now).unwrap();
+        let cache = Arc::new(cache);
+        let (zero, one) = (cache.for_shard(0).unwrap(), cache.for_shard(1).unwrap());
+        assert!(cache.for_shard(0).is_none(), "one writer per partition");
+        // Shard 1 leads a request whose key partition 0 owns.
+        let (key, mut lead) = (0..)
+            .find_map(|n| {
+                let body = format!("{{\"n\":{n}}}");
+                let input = KeyInput {
+                    scope: 1,
+                    provider: "openai",
+                    path: "/v1/chat/completions",
+                    body: body.as_bytes(),
+                    body_digest: None,
+                    custom: None,
+                    stream: false,
+                };
+                match one.lookup(&input, now) {
+                    (Some(k), Lookup::Lead(l, _)) if partition_of(k, 2) == 0 => Some((k, l)),
+                    _ => None,
+                }
+            })
+            .unwrap();
+        zero.give_back();
+        let head = flight::FlightHead {
+            status: 200,
+            head: b"content-type: application/json\r\n".to_vec(),
+            stream: false,
+        };
+        lead.head(head, 1, None);
+        lead.append(b"{}");
+        let done = lead.complete(now, now + 60_000, (1, 2)).unwrap();
+        one.store(done, now);
+        one.give_back();
+        assert_eq!(cache.totals().entries, 0, "handed over, not yet stored");
+        cache.settle();
+        assert_eq!(cache.totals().entries, 1);
+        drop((zero, one, cache));
+        let (again, _) = Cache::open(&dir, &config, 2, now).unwrap();
+        let mut buf = Vec::new();
+        assert!(again.partitions[0].lookup(key, now, &mut buf).is_some());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn only_streams_that_ended_well_are_stored() {

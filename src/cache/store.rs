@@ -160,11 +160,11 @@ impl Slots {
     }
 }
 
-/// Adds `n` to a partition counter. Only the partition's writer changes its
-/// counters, and one at a time (its owner shard, under the writer's lock; or
-/// the start before any shard runs), so a load and a store do what a locked
-/// read-modify-write would, without its cost: an insert that reclaims
-/// changed up to a dozen counters.
+/// Adds `n` to a partition counter. Only the partition's one [`Writer`]
+/// changes its counters (the start's rebuild, then the owner shard, then the
+/// main thread once every shard stopped, each handing it on in order), so a
+/// load and a store do what a locked read-modify-write would, without its
+/// cost: an insert that reclaims changed up to a dozen counters.
 fn add(counter: &AtomicU64, n: u64, order: Ordering) {
     counter.store(counter.load(Ordering::Relaxed).wrapping_add(n), order)
 }
@@ -296,9 +296,7 @@ pub enum Purge {
     Provider(u32),
 }
 
-/// The owner shard's writer of its partition (`Default`: an empty stand-in,
-/// writing nothing, while the real one is elsewhere).
-#[derive(Default)]
+/// The owner shard's writer of its partition.
 pub struct Writer {
     segs: Vec<Seg>,
     open: usize,
