@@ -974,6 +974,9 @@ async fn serve_hit(
     answer(ctx, c, rec, keep_alive).await
 }
 
+/// Room for a stored head's usual lines (content type, a request id or two).
+const STORED_HEAD_CAPACITY: usize = 256;
+
 /// The fill tap for a leader whose answer may be shared: a 2xx the provider
 /// allows storing. Otherwise the flight fails now (followers go on their own).
 fn fill_tap(
@@ -993,7 +996,9 @@ fn fill_tap(
         leading.fail();
         return None;
     }
-    let mut head = Vec::new();
+    // Sized once: grown from empty, it was reallocated three or four times
+    // per miss (the usual stored head is a line or two).
+    let mut head = Vec::with_capacity(STORED_HEAD_CAPACITY);
     respond::stored_head(&mut head, rh, window);
     let hint = match rh.body() {
         ResponseBody::Length(n) => usize::try_from(n).ok(),
