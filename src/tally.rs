@@ -22,6 +22,9 @@ use std::sync::{Arc, Mutex};
 
 /// Most entries a shard's tally holds before it must move them on.
 pub const TALLY_ENTRIES: usize = 1 << 14;
+/// Entries kept beyond [`TALLY_ENTRIES`] for requests counted without the
+/// metadata no limit or budget names ([`Tally::add_coarse`]).
+pub const COARSE_ENTRIES: usize = 1 << 10;
 /// Most entries the inbox holds for the log thread.
 pub const INBOX_ENTRIES: usize = 1 << 16;
 
@@ -151,17 +154,39 @@ impl Tally {
     /// Counts `rec`; false when it needs an entry of its own and the tally
     /// holds [`TALLY_ENTRIES`] already (move it on, then try again).
     pub fn add(&mut self, rec: &RequestRecord) -> bool {
+        self.add_as(rec, rec.metadata.clone(), TALLY_ENTRIES)
+    }
+
+    /// Counts `rec` with only the metadata fields `keep` names, for when
+    /// neither this tally nor the log's inbox has room for an entry of its
+    /// own: metadata that differs from request to request (an id), at a rate
+    /// the log cannot write, would take an entry per request. Its tokens and
+    /// cost still count by key, provider, model and the fields limits and
+    /// budgets scope by (what a restart rebuilds); `aigw usage` shows the
+    /// other fields as absent for it. Uses the [`COARSE_ENTRIES`] kept for
+    /// such entries; false when those are taken too.
+    pub fn add_coarse(&mut self, rec: &RequestRecord, keep: impl Fn(&str) -> bool) -> bool {
+        let metadata = rec.metadata.as_ref().and_then(|m| {
+            let kept: Vec<_> = m.0.iter().filter(|(k, _)| keep(k)).cloned().collect();
+            (!kept.is_empty()).then(|| Metadata::from(kept))
+        });
+        self.add_as(rec, metadata, TALLY_ENTRIES + COARSE_ENTRIES)
+    }
+
+    /// Counts `rec` under `metadata`, if its entry exists or fewer than
+    /// `most` do.
+    fn add_as(&mut self, rec: &RequestRecord, metadata: Option<Metadata>, most: usize) -> bool {
         let ts_ms = rec.id.unix_ms();
         let key = TallyKey {
             second: ts_ms / 1000,
             key_id: rec.key_id.clone(),
             provider: rec.provider.clone(),
             model: rec.model.clone(),
-            metadata: rec.metadata.clone(),
+            metadata,
             refused: rec.error_source == Some(ErrorSource::Client),
             cached: matches!(rec.cache, Some(CacheStatus::Hit | CacheStatus::Coalesced)),
         };
-        let full = self.entries.len() >= TALLY_ENTRIES;
+        let full = self.entries.len() >= most;
         let row = match self.entries.entry(key) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(_) if full => return false,

@@ -357,6 +357,13 @@ impl ShardCtx {
         if tally.add(rec) || (log.tallies.put(&mut tally) && tally.add(rec)) {
             return;
         }
+        // No room for an entry of its own anywhere: counted without the
+        // metadata no limit or budget names (see `Tally::add_coarse`).
+        let config = self.config.borrow();
+        let named = |field: &str| config_metadata_fields(&config).any(|(f, _)| f == field);
+        if tally.add_coarse(rec, named) {
+            return;
+        }
         self.stats.borrow_mut().log_uncounted(1);
     }
 
@@ -559,6 +566,72 @@ mod tests {
                 ctx.hand_over_tally(true);
                 assert!(queue.tallies.take().is_empty());
                 assert_eq!(ctx.snapshot(2).counters.log_uncounted, 0);
+            })
+            .expect("executor starts")
+            .join()
+            .expect("the test runs");
+    }
+
+    /// Metadata that differs from request to request, with the log's inbox
+    /// full: the requests are still counted, by the fields a budget names.
+    #[test]
+    fn with_no_room_left_requests_count_by_the_fields_the_config_names() {
+        let toml = "[logs]\nsample = 0.0\n[providers.up]\nbase_url = \"http://127.0.0.1:9\"\n\
+                    [[budgets]]\nscope = \"metadata.team\"\nusd = 100.0\nwindow = \"daily\"\n";
+        let config = Arc::new(Config::from_toml_with_env(toml, &|_| None).unwrap());
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(128 << 10)
+            .spawn(move || async move {
+                use crate::record::{MetaValue, Metadata};
+                let (queue, _rx) = LogQueue::new(1, 1);
+                let shared = Shared {
+                    keys: crate::auth::Registry::new(&config.keys, vec![]),
+                    limiter: crate::limit::Limiter::new(1),
+                    budgets: crate::budget::Budgets::new(),
+                };
+                let ctx = ShardCtx::new(
+                    0,
+                    config,
+                    Resolver::new(),
+                    Some(queue.clone()),
+                    None,
+                    shared,
+                );
+                let mut n = 0u64;
+                let mut traced = || {
+                    n += 1;
+                    let mut r = finished(&ctx, 200);
+                    r.metadata = Some(Metadata::from(vec![
+                        ("trace".to_string(), MetaValue::Num(n.to_string())),
+                        ("team".to_string(), MetaValue::Str("search".into())),
+                    ]));
+                    r
+                };
+                // Fill the inbox, then the shard's own tally.
+                let per_tally = crate::tally::TALLY_ENTRIES;
+                for _ in 0..crate::tally::INBOX_ENTRIES / per_tally + 1 {
+                    for _ in 0..per_tally {
+                        ctx.record(&mut traced());
+                    }
+                    ctx.hand_over_tally(false);
+                }
+                ctx.record(&mut traced());
+                ctx.record(&mut traced());
+                assert_eq!(ctx.snapshot(1).counters.log_uncounted, 0);
+                let inbox = queue.tallies.take();
+                assert_eq!(inbox.len(), crate::tally::INBOX_ENTRIES);
+                assert!(ctx.hand_over_tally(false));
+                let rows = queue.tallies.take();
+                let coarse: Vec<_> = rows
+                    .iter()
+                    .filter(|r| r.metadata.as_deref() == Some(r#"{"team":"search"}"#))
+                    .collect();
+                assert_eq!(
+                    coarse.iter().map(|r| r.requests).sum::<u64>(),
+                    2,
+                    "{coarse:?}"
+                );
+                assert_eq!(coarse.iter().map(|r| r.cost).sum::<f64>(), 1.0);
             })
             .expect("executor starts")
             .join()
