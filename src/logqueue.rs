@@ -6,6 +6,7 @@
 use crate::record::RequestRecord;
 use crate::tally::TallyInbox;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 
 /// Most payload bytes the log queue may hold: with `logs.payloads` on, a
@@ -25,6 +26,10 @@ pub struct LogQueue {
     pub errors: std::sync::mpsc::SyncSender<RequestRecord>,
     pub payload_bytes: Arc<std::sync::atomic::AtomicUsize>,
     pub tallies: Arc<TallyInbox>,
+    /// A shard found the successes' queue full since the log thread last
+    /// took from it: successes are tallied without being offered (moving a
+    /// record into a full queue and back cost more than the tally).
+    pub full: Arc<AtomicBool>,
 }
 
 impl LogQueue {
@@ -38,14 +43,20 @@ impl LogQueue {
             errors,
             payload_bytes: Arc::default(),
             tallies: Arc::default(),
+            full: Arc::default(),
         };
         (queue, [rx_errors, rx])
+    }
+
+    /// Whether a success would find no room now: the queue was full when a
+    /// shard last offered one, and the log thread has not taken since.
+    pub fn successes_full(&self) -> bool {
+        self.full.load(Ordering::Relaxed)
     }
 
     /// Hands `rec` to the log thread without waiting. Its bodies are left out
     /// when the queue already holds [`LOG_QUEUE_PAYLOAD_BYTES`] of them.
     pub fn send(&self, mut rec: RequestRecord) -> Sent {
-        use std::sync::atomic::Ordering;
         let mut bodies_dropped = false;
         let len = rec.payload_len();
         if len > 0 {
@@ -60,12 +71,16 @@ impl LogQueue {
             }
         }
         let carried = rec.payload_len();
-        let queue = if rec.failed() { &self.errors } else { &self.tx };
+        let failed = rec.failed();
+        let queue = if failed { &self.errors } else { &self.tx };
         match queue.try_send(rec) {
             Ok(()) if bodies_dropped => Sent::WithoutBodies,
             Ok(()) => Sent::Whole,
             Err(e) => {
                 self.payload_bytes.fetch_sub(carried, Ordering::Relaxed);
+                if !failed && !self.successes_full() {
+                    self.full.store(true, Ordering::Relaxed);
+                }
                 let rec = match e {
                     std::sync::mpsc::TrySendError::Full(r)
                     | std::sync::mpsc::TrySendError::Disconnected(r) => r,
@@ -141,12 +156,18 @@ mod tests {
         let (q, [rx_errors, rx]) = LogQueue::new(2, 2);
         assert!(matches!(q.send(finished(200)), Sent::Whole));
         assert!(matches!(q.send(finished(200)), Sent::Whole));
+        assert!(!q.successes_full());
         assert!(matches!(q.send(finished(200)), Sent::Dropped(_)));
+        // Shards tally the next successes without offering them.
+        assert!(q.successes_full());
         assert!(matches!(q.send(finished(502)), Sent::Whole));
         let mut cut = finished(200);
         cut.outcome = crate::record::Outcome::ClientAborted;
         assert!(matches!(q.send(cut), Sent::Whole));
+        // A full errors' queue does not stop the successes.
+        q.full.store(false, Ordering::Relaxed);
         assert!(matches!(q.send(finished(429)), Sent::Dropped(_)));
+        assert!(!q.successes_full());
         assert_eq!(rx.try_iter().count(), 2);
         let statuses: Vec<u16> = rx_errors.try_iter().map(|r| r.status).collect();
         assert_eq!(statuses, [502, 200]);

@@ -121,6 +121,7 @@ pub fn serve(
             rx,
             queue.payload_bytes.clone(),
             queue.tallies.clone(),
+            queue.full.clone(),
             log_stats.clone(),
         )
         .map_err(|e| format!("logs: {e}"))?;

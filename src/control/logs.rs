@@ -16,7 +16,7 @@ use crate::record::RequestRecord;
 use crate::reqid::now_unix_ms;
 use crate::tally::TallyInbox;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -124,6 +124,7 @@ pub fn spawn(
     rx: [Receiver<RequestRecord>; 2],
     payload_bytes: Arc<AtomicUsize>,
     tallies: Arc<TallyInbox>,
+    full: Arc<AtomicBool>,
     stats: Arc<LogStats>,
 ) -> Result<JoinHandle<()>, String> {
     let mut writer = Writer::open(&path)?;
@@ -139,6 +140,7 @@ pub fn spawn(
                 rx: [&rx[0], &rx[1]],
                 payload_bytes: &payload_bytes,
                 tallies: &tallies,
+                full: &full,
             };
             run(&mut writer, cfg, &queue, &stats)
         })
@@ -151,6 +153,9 @@ struct Inbound<'a> {
     rx: [&'a Receiver<RequestRecord>; 2],
     payload_bytes: &'a AtomicUsize,
     tallies: &'a TallyInbox,
+    /// Set by shards that found the successes' queue full; cleared here
+    /// after each take, which made room.
+    full: &'a AtomicBool,
 }
 
 fn run(writer: &mut Writer, mut cfg: LogsConfig, queue: &Inbound<'_>, stats: &LogStats) {
@@ -176,6 +181,9 @@ fn run(writer: &mut Writer, mut cfg: LogsConfig, queue: &Inbound<'_>, stats: &Lo
         };
         let (answers, stop) = stats.wait_round(wait);
         let taken = take(queue.rx, &mut batch, queue.payload_bytes);
+        if queue.full.load(Ordering::Relaxed) {
+            queue.full.store(false, Ordering::Relaxed);
+        }
         let tallies = queue.tallies.take();
         if !tallies.is_empty()
             && let Err(e) = writer.insert_tallies(&tallies)
@@ -369,12 +377,15 @@ mod tests {
             yield_to_requests: true,
         };
         let stats = Arc::new(LogStats::default());
+        // As a shard leaves it when it found the queue full.
+        let full = Arc::new(AtomicBool::new(true));
         let thread = spawn(
             dir.join("requests.db"),
             cfg,
             [rx_e, rx],
             Arc::new(AtomicUsize::new(0)),
             Arc::default(),
+            full.clone(),
             stats.clone(),
         )
         .unwrap();
@@ -383,6 +394,7 @@ mod tests {
             "the flush was not answered"
         );
         assert_eq!(stats.rows_written.load(Ordering::Relaxed), n as u64);
+        assert!(!full.load(Ordering::Relaxed), "a take makes room");
         // A stop commits what came after the flush, however many batches it takes.
         for r in records(&mut ids, MAX_BATCH + 1) {
             tx.send(r).unwrap();

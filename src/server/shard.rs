@@ -339,6 +339,12 @@ impl ShardCtx {
             self.tally(log, rec);
             return;
         }
+        if !rec.failed() && log.successes_full() {
+            // Dropped as the queue would drop it, without moving it there.
+            self.stats.borrow_mut().log_dropped();
+            self.tally(log, rec);
+            return;
+        }
         let empty = RequestRecord::new(rec.id, rec.shard, rec.started);
         match log.send(std::mem::replace(rec, empty)) {
             Sent::Whole => {}
