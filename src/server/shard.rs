@@ -525,6 +525,31 @@ mod tests {
         r
     }
 
+    /// A shard context whose log queue holds one success and one error.
+    fn logging(
+        config: Arc<Config>,
+    ) -> (
+        ShardCtx,
+        LogQueue,
+        [std::sync::mpsc::Receiver<RequestRecord>; 2],
+    ) {
+        let (queue, rx) = LogQueue::new(1, 1);
+        let shared = Shared {
+            keys: crate::auth::Registry::new(&config.keys, vec![]),
+            limiter: crate::limit::Limiter::new(1),
+            budgets: crate::budget::Budgets::new(),
+        };
+        let ctx = ShardCtx::new(
+            0,
+            config,
+            Resolver::new(),
+            Some(queue.clone()),
+            None,
+            shared,
+        );
+        (ctx, queue, rx)
+    }
+
     /// A row the log's queue has no room for, and a success sampled out, are
     /// counted in the shard's tally, which the next hand-over moves to the
     /// log thread's inbox.
@@ -535,20 +560,7 @@ mod tests {
         glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
             .io_memory(128 << 10)
             .spawn(move || async move {
-                let (queue, [rx_errors, rx]) = LogQueue::new(1, 1);
-                let shared = Shared {
-                    keys: crate::auth::Registry::new(&config.keys, vec![]),
-                    limiter: crate::limit::Limiter::new(1),
-                    budgets: crate::budget::Budgets::new(),
-                };
-                let ctx = ShardCtx::new(
-                    0,
-                    config,
-                    Resolver::new(),
-                    Some(queue.clone()),
-                    None,
-                    shared,
-                );
+                let (ctx, queue, [rx_errors, rx]) = logging(config);
                 // Errors are always logged: the first takes the queue's one
                 // slot, the next two find it full.
                 for _ in 0..3 {
@@ -589,20 +601,7 @@ mod tests {
             .io_memory(128 << 10)
             .spawn(move || async move {
                 use crate::record::{MetaValue, Metadata};
-                let (queue, _rx) = LogQueue::new(1, 1);
-                let shared = Shared {
-                    keys: crate::auth::Registry::new(&config.keys, vec![]),
-                    limiter: crate::limit::Limiter::new(1),
-                    budgets: crate::budget::Budgets::new(),
-                };
-                let ctx = ShardCtx::new(
-                    0,
-                    config,
-                    Resolver::new(),
-                    Some(queue.clone()),
-                    None,
-                    shared,
-                );
+                let (ctx, queue, _rx) = logging(config);
                 let mut n = 0u64;
                 let mut traced = || {
                     n += 1;
