@@ -10,8 +10,10 @@
 //! message) and moves the tally into the shared [`TallyInbox`] every
 //! `logs.flush_interval` (and whenever the admin socket asks the shards for
 //! fresh stats, as `/usage` does); the log thread takes the inbox at each
-//! commit. Both are bounded: a record
-//! that finds its shard's tally full and the inbox full is lost, and counted.
+//! commit. Both are bounded: a record that finds its shard's tally full and
+//! the inbox full is counted without the metadata fields no key, limit or
+//! budget names ([`Tally::add_coarse`]), in room kept for that; one that
+//! finds that room full too is lost, and counted.
 
 use crate::error::ErrorSource;
 use crate::fasthash::SeededXxh3;

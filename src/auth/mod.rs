@@ -166,6 +166,14 @@ impl Keys {
         self.len == 0
     }
 
+    /// Whether any key's attribution sets metadata field `field`.
+    pub fn names_field(&self, field: &str) -> bool {
+        self.by_prefix
+            .values()
+            .flatten()
+            .any(|e| e.metadata.iter().any(|(f, _)| f == field))
+    }
+
     /// A copy that shares no reference count with this one: a shard's own,
     /// so counting references to a hot key never crosses cores.
     fn local_copy(&self) -> Keys {

@@ -174,7 +174,10 @@ fn run(writer: &mut Writer, mut cfg: LogsConfig, queue: &Inbound<'_>, stats: &Lo
             cfg = new;
             writer.set_yield(cfg.yield_to_requests);
         }
-        let wait = if full {
+        // Set again since the last take cleared it (a shard found the queue
+        // full, possibly before that take made room): take at once, so a
+        // stale flag cannot keep successes unoffered for a whole interval.
+        let wait = if full || queue.full.load(Ordering::Relaxed) {
             Duration::ZERO
         } else {
             cfg.flush_interval

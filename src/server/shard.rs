@@ -364,9 +364,13 @@ impl ShardCtx {
             return;
         }
         // No room for an entry of its own anywhere: counted without the
-        // metadata no limit or budget names (see `Tally::add_coarse`).
+        // metadata no key, limit or budget names (see `Tally::add_coarse`);
+        // keys created over the admin socket name fields too.
         let config = self.config.borrow();
-        let named = |field: &str| config_metadata_fields(&config).any(|(f, _)| f == field);
+        let named = |field: &str| {
+            config_metadata_fields(&config).any(|(f, _)| f == field)
+                || self.keys.with(|k| k.names_field(field))
+        };
         if tally.add_coarse(rec, named) {
             return;
         }
@@ -525,9 +529,11 @@ mod tests {
         r
     }
 
-    /// A shard context whose log queue holds one success and one error.
+    /// A shard context whose log queue holds one success and one error,
+    /// with `admin` as the keys created over the admin socket.
     fn logging(
         config: Arc<Config>,
+        admin: Vec<crate::auth::KeyEntry>,
     ) -> (
         ShardCtx,
         LogQueue,
@@ -535,7 +541,7 @@ mod tests {
     ) {
         let (queue, rx) = LogQueue::new(1, 1);
         let shared = Shared {
-            keys: crate::auth::Registry::new(&config.keys, vec![]),
+            keys: crate::auth::Registry::new(&config.keys, admin),
             limiter: crate::limit::Limiter::new(1),
             budgets: crate::budget::Budgets::new(),
         };
@@ -560,7 +566,7 @@ mod tests {
         glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
             .io_memory(128 << 10)
             .spawn(move || async move {
-                let (ctx, queue, [rx_errors, rx]) = logging(config);
+                let (ctx, queue, [rx_errors, rx]) = logging(config, vec![]);
                 // Errors are always logged: the first takes the queue's one
                 // slot, the next two find it full.
                 for _ in 0..3 {
@@ -591,7 +597,8 @@ mod tests {
     }
 
     /// Metadata that differs from request to request, with the log's inbox
-    /// full: the requests are still counted, by the fields a budget names.
+    /// full: the requests are still counted, by the fields a budget and a key
+    /// (created over the admin socket) name.
     #[test]
     fn with_no_room_left_requests_count_by_the_fields_the_config_names() {
         let toml = "[logs]\nsample = 0.0\n[providers.up]\nbase_url = \"http://127.0.0.1:9\"\n\
@@ -601,7 +608,16 @@ mod tests {
             .io_memory(128 << 10)
             .spawn(move || async move {
                 use crate::record::{MetaValue, Metadata};
-                let (ctx, queue, _rx) = logging(config);
+                // A key created over the admin socket names `app`.
+                let key = crate::auth::KeyEntry {
+                    id: Arc::from("k"),
+                    hash: [7; 32],
+                    models: vec![],
+                    metadata: vec![("app".into(), "web".into())],
+                    origin: crate::auth::Origin::Admin,
+                    created_ms: 1,
+                };
+                let (ctx, queue, _rx) = logging(config, vec![key]);
                 let mut n = 0u64;
                 let mut traced = || {
                     n += 1;
@@ -609,6 +625,7 @@ mod tests {
                     r.metadata = Some(Metadata::from(vec![
                         ("trace".to_string(), MetaValue::Num(n.to_string())),
                         ("team".to_string(), MetaValue::Str("search".into())),
+                        ("app".to_string(), MetaValue::Str("web".into())),
                     ]));
                     r
                 };
@@ -629,7 +646,7 @@ mod tests {
                 let rows = queue.tallies.take();
                 let coarse: Vec<_> = rows
                     .iter()
-                    .filter(|r| r.metadata.as_deref() == Some(r#"{"team":"search"}"#))
+                    .filter(|r| r.metadata.as_deref() == Some(r#"{"team":"search","app":"web"}"#))
                     .collect();
                 assert_eq!(
                     coarse.iter().map(|r| r.requests).sum::<u64>(),
