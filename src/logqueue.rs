@@ -6,8 +6,8 @@
 use crate::record::RequestRecord;
 use crate::tally::TallyInbox;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Receiver;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender};
 
 /// Most payload bytes the log queue may hold: with `logs.payloads` on, a
 /// burst of large bodies would otherwise queue up to 65,536 of them in memory.
@@ -21,10 +21,10 @@ pub const LOG_QUEUE_PAYLOAD_BYTES: usize = 256 << 20;
 /// keeps no row of.
 #[derive(Clone)]
 pub struct LogQueue {
-    pub tx: std::sync::mpsc::SyncSender<RequestRecord>,
+    pub tx: SyncSender<RequestRecord>,
     /// Errors and answers that did not complete ([`RequestRecord::failed`]).
-    pub errors: std::sync::mpsc::SyncSender<RequestRecord>,
-    pub payload_bytes: Arc<std::sync::atomic::AtomicUsize>,
+    pub errors: SyncSender<RequestRecord>,
+    pub payload_bytes: Arc<AtomicUsize>,
     pub tallies: Arc<TallyInbox>,
     /// A shard found the successes' queue full since the log thread last
     /// took from it: successes are tallied without being offered (moving a
@@ -32,10 +32,20 @@ pub struct LogQueue {
     pub full: Arc<AtomicBool>,
 }
 
+/// The log thread's end of a [`LogQueue`].
+pub struct LogInbound {
+    /// Errors first, then successes.
+    pub rx: [Receiver<RequestRecord>; 2],
+    /// The queue's parts the log thread changes too: it takes payload
+    /// bytes off, takes the tallies, and clears `full` after each take.
+    pub payload_bytes: Arc<AtomicUsize>,
+    pub tallies: Arc<TallyInbox>,
+    pub full: Arc<AtomicBool>,
+}
+
 impl LogQueue {
-    /// A queue of `successes` and `errors` places, and what the log thread
-    /// receives from it: errors first, then successes.
-    pub fn new(successes: usize, errors: usize) -> (LogQueue, [Receiver<RequestRecord>; 2]) {
+    /// A queue of `successes` and `errors` places, and the log thread's end.
+    pub fn new(successes: usize, errors: usize) -> (LogQueue, LogInbound) {
         let (tx, rx) = std::sync::mpsc::sync_channel(successes);
         let (errors, rx_errors) = std::sync::mpsc::sync_channel(errors);
         let queue = LogQueue {
@@ -45,7 +55,13 @@ impl LogQueue {
             tallies: Arc::default(),
             full: Arc::default(),
         };
-        (queue, [rx_errors, rx])
+        let inbound = LogInbound {
+            rx: [rx_errors, rx],
+            payload_bytes: queue.payload_bytes.clone(),
+            tallies: queue.tallies.clone(),
+            full: queue.full.clone(),
+        };
+        (queue, inbound)
     }
 
     /// Whether a success would find no room now: the queue was full when a
@@ -120,7 +136,7 @@ mod tests {
 
     #[test]
     fn the_log_queue_bounds_rows_and_body_bytes() {
-        let (q, [_, rx]) = LogQueue::new(2, 2);
+        let (q, LogInbound { rx: [_, rx], .. }) = LogQueue::new(2, 2);
         assert!(matches!(q.send(with_body(100)), Sent::Whole));
         assert_eq!(q.payload_bytes.load(Ordering::Relaxed), 100);
         // Past the byte budget, the row goes without its body.
@@ -153,7 +169,13 @@ mod tests {
     /// full still takes them.
     #[test]
     fn errors_have_room_when_successes_do_not() {
-        let (q, [rx_errors, rx]) = LogQueue::new(2, 2);
+        let (
+            q,
+            LogInbound {
+                rx: [rx_errors, rx],
+                ..
+            },
+        ) = LogQueue::new(2, 2);
         assert!(matches!(q.send(finished(200)), Sent::Whole));
         assert!(matches!(q.send(finished(200)), Sent::Whole));
         assert!(!q.successes_full());

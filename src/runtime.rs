@@ -114,14 +114,11 @@ pub fn serve(
     let log_stats = Arc::new(LogStats::default());
     let log_path = logstore::path(&config.server.data_dir);
     let (log_tx, log_thread) = if config.logs.enabled {
-        let (queue, rx) = LogQueue::new(LOG_QUEUE, LOG_ERROR_QUEUE);
+        let (queue, inbound) = LogQueue::new(LOG_QUEUE, LOG_ERROR_QUEUE);
         let thread = logs::spawn(
             log_path.clone(),
             config.logs.clone(),
-            rx,
-            queue.payload_bytes.clone(),
-            queue.tallies.clone(),
-            queue.full.clone(),
+            inbound,
             log_stats.clone(),
         )
         .map_err(|e| format!("logs: {e}"))?;

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 /// Most entries a shard's tally holds before it must move them on.
 pub const TALLY_ENTRIES: usize = 1 << 14;
 /// Entries kept beyond [`TALLY_ENTRIES`] for requests counted without the
-/// metadata no limit or budget names ([`Tally::add_coarse`]).
+/// metadata no key, limit or budget names ([`Tally::add_coarse`]).
 pub const COARSE_ENTRIES: usize = 1 << 10;
 /// Most entries the inbox holds for the log thread.
 pub const INBOX_ENTRIES: usize = 1 << 16;

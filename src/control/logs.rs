@@ -11,12 +11,12 @@
 //! (plus the one being committed), under a second by construction.
 
 use crate::config::LogsConfig;
+use crate::logqueue::LogInbound;
 use crate::logstore::write::{Retained, Writer};
 use crate::record::RequestRecord;
 use crate::reqid::now_unix_ms;
-use crate::tally::TallyInbox;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -121,10 +121,7 @@ impl LogStats {
 pub fn spawn(
     path: PathBuf,
     cfg: LogsConfig,
-    rx: [Receiver<RequestRecord>; 2],
-    payload_bytes: Arc<AtomicUsize>,
-    tallies: Arc<TallyInbox>,
-    full: Arc<AtomicBool>,
+    inbound: LogInbound,
     stats: Arc<LogStats>,
 ) -> Result<JoinHandle<()>, String> {
     let mut writer = Writer::open(&path)?;
@@ -136,29 +133,12 @@ pub fn spawn(
             if let Err(e) = crate::sys::lower_thread_priority(LOG_THREAD_NICE) {
                 log::debug!("log thread keeps its priority: {e}");
             }
-            let queue = Inbound {
-                rx: [&rx[0], &rx[1]],
-                payload_bytes: &payload_bytes,
-                tallies: &tallies,
-                full: &full,
-            };
-            run(&mut writer, cfg, &queue, &stats)
+            run(&mut writer, cfg, &inbound, &stats)
         })
         .map_err(|e| format!("cannot start the log thread: {e}"))
 }
 
-/// What reaches the log thread: records (errors first, then successes),
-/// their payload bytes, and tallies.
-struct Inbound<'a> {
-    rx: [&'a Receiver<RequestRecord>; 2],
-    payload_bytes: &'a AtomicUsize,
-    tallies: &'a TallyInbox,
-    /// Set by shards that found the successes' queue full; cleared here
-    /// after each take, which made room.
-    full: &'a AtomicBool,
-}
-
-fn run(writer: &mut Writer, mut cfg: LogsConfig, queue: &Inbound<'_>, stats: &LogStats) {
+fn run(writer: &mut Writer, mut cfg: LogsConfig, queue: &LogInbound, stats: &LogStats) {
     let mut batch: Vec<RequestRecord> = Vec::with_capacity(MAX_BATCH);
     let mut last_retention = Instant::now();
     let mut last_sweep = Instant::now();
@@ -183,7 +163,11 @@ fn run(writer: &mut Writer, mut cfg: LogsConfig, queue: &Inbound<'_>, stats: &Lo
             cfg.flush_interval
         };
         let (answers, stop) = stats.wait_round(wait);
-        let taken = take(queue.rx, &mut batch, queue.payload_bytes);
+        let taken = take(
+            [&queue.rx[0], &queue.rx[1]],
+            &mut batch,
+            &queue.payload_bytes,
+        );
         if queue.full.load(Ordering::Relaxed) {
             queue.full.store(false, Ordering::Relaxed);
         }
@@ -361,13 +345,12 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("aigw-logthread-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let (tx, rx) = std::sync::mpsc::sync_channel(LOG_QUEUE);
+        let (queue, inbound) = crate::logqueue::LogQueue::new(LOG_QUEUE, 1);
         let n = 2 * MAX_BATCH + 5;
         let mut ids = IdGen::new(0);
         for r in records(&mut ids, n) {
-            tx.send(r).unwrap();
+            queue.tx.send(r).unwrap();
         }
-        let (_tx_e, rx_e) = std::sync::mpsc::sync_channel(1);
         let cfg = LogsConfig {
             enabled: true,
             payloads: false,
@@ -381,26 +364,17 @@ mod tests {
         };
         let stats = Arc::new(LogStats::default());
         // As a shard leaves it when it found the queue full.
-        let full = Arc::new(AtomicBool::new(true));
-        let thread = spawn(
-            dir.join("requests.db"),
-            cfg,
-            [rx_e, rx],
-            Arc::new(AtomicUsize::new(0)),
-            Arc::default(),
-            full.clone(),
-            stats.clone(),
-        )
-        .unwrap();
+        queue.full.store(true, Ordering::Relaxed);
+        let thread = spawn(dir.join("requests.db"), cfg, inbound, stats.clone()).unwrap();
         assert!(
             stats.flush(Duration::from_secs(60)),
             "the flush was not answered"
         );
         assert_eq!(stats.rows_written.load(Ordering::Relaxed), n as u64);
-        assert!(!full.load(Ordering::Relaxed), "a take makes room");
+        assert!(!queue.successes_full(), "a take makes room");
         // A stop commits what came after the flush, however many batches it takes.
         for r in records(&mut ids, MAX_BATCH + 1) {
-            tx.send(r).unwrap();
+            queue.tx.send(r).unwrap();
         }
         stats.stop();
         thread.join().unwrap();
@@ -408,7 +382,7 @@ mod tests {
             stats.rows_written.load(Ordering::Relaxed),
             (n + MAX_BATCH + 1) as u64
         );
-        drop(tx);
+        drop(queue);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -334,16 +334,18 @@ impl ShardCtx {
             }
             return;
         }
-        let sample = self.config.borrow().logs.sample;
-        if !rec.failed() && sample < 1.0 && self.ids.borrow_mut().unit() >= sample {
-            self.tally(log, rec);
-            return;
-        }
-        if !rec.failed() && log.successes_full() {
-            // Dropped as the queue would drop it, without moving it there.
-            self.stats.borrow_mut().log_dropped();
-            self.tally(log, rec);
-            return;
+        if !rec.failed() {
+            let sample = self.config.borrow().logs.sample;
+            if sample < 1.0 && self.ids.borrow_mut().unit() >= sample {
+                self.tally(log, rec);
+                return;
+            }
+            if log.successes_full() {
+                // Dropped as the queue would drop it, without moving it there.
+                self.stats.borrow_mut().log_dropped();
+                self.tally(log, rec);
+                return;
+            }
         }
         let empty = RequestRecord::new(rec.id, rec.shard, rec.started);
         match log.send(std::mem::replace(rec, empty)) {
@@ -539,7 +541,7 @@ mod tests {
         LogQueue,
         [std::sync::mpsc::Receiver<RequestRecord>; 2],
     ) {
-        let (queue, rx) = LogQueue::new(1, 1);
+        let (queue, inbound) = LogQueue::new(1, 1);
         let shared = Shared {
             keys: crate::auth::Registry::new(&config.keys, admin),
             limiter: crate::limit::Limiter::new(1),
@@ -553,7 +555,7 @@ mod tests {
             None,
             shared,
         );
-        (ctx, queue, rx)
+        (ctx, queue, inbound.rx)
     }
 
     /// A row the log's queue has no room for, and a success sampled out, are
