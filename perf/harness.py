@@ -209,7 +209,11 @@ def log_counts(sock):
 def port_is_free(port):
     # A plain bind (no SO_REUSEPORT) fails even when a glommio server holds the
     # port with SO_REUSEPORT, so a stale instance cannot silently share it.
+    # SO_REUSEADDR lets it pass over connections of an earlier run still in
+    # TIME_WAIT (a run started within a minute of the last one), which a
+    # listener does too; it does not pass over a listening socket.
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
             return True

@@ -181,8 +181,91 @@ fn a_client_that_leaves_mid_stream_is_charged_an_estimate(shards: usize) {
     assert!(row["bytes_out"].as_u64().unwrap() < 4000, "{row}");
 }
 
+/// A stream's cost is known only after its last event: with
+/// `aigw-include-cost` it arrives as an `aigw-cost` trailer field, announced
+/// in the head; a replay from the cache says 0 in its head.
+fn a_stream_says_what_it_cost_in_a_trailer(shards: usize) {
+    let mock = mock();
+    let gw = Gateway::with(shards)
+        .provider("up", &mock.base_url(), "")
+        .provider("free", &mock.base_url(), "")
+        .toml(&format!(
+            "{PRICED}[cache]\nenabled = true\nsize = \"16MiB\"\nmax_entry = \"1MiB\"\n"
+        ))
+        .start();
+    let body = r#"{"model":"up/gpt-x","messages":[{"role":"user","content":"stream a price"}],"stream":true,"stream_options":{"include_usage":true}}"#;
+    let r = gw.client().post(
+        "/v1/chat/completions",
+        &[("aigw-include-cost", "true")],
+        body,
+    );
+    assert_eq!(r.status, 200);
+    assert!(r.complete);
+    assert_eq!(r.header("trailer"), Some("aigw-cost"));
+    assert!(
+        r.header("aigw-cost").is_none(),
+        "a stream's head has no cost"
+    );
+    // The client asked for usage: the last event before [DONE] carries it.
+    let data = r.sse_data();
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{data:?}");
+    let usage = json(data[data.len() - 2].as_bytes())["usage"].clone();
+    let (input, output) = (
+        usage["prompt_tokens"].as_u64().unwrap(),
+        usage["completion_tokens"].as_u64().unwrap(),
+    );
+    assert!(output > 0);
+    let want = (input as f64 * 1.0 + output as f64 * 2.0) / 1e6;
+    let said: f64 = r.trailer("aigw-cost").unwrap().parse().unwrap();
+    assert!(close(said, want), "{said} vs {want}");
+    assert_eq!(r.trailers.len(), 1, "{:?}", r.trailers);
+
+    // The same connection carries on after the trailer.
+    let mut client = gw.client();
+    let first = client.post(
+        "/v1/chat/completions",
+        &[("aigw-include-cost", "true"), ("aigw-skip-cache", "true")],
+        &chat("once", true),
+    );
+    let second = client.post("/v1/chat/completions", &[], &chat("twice", true));
+    assert_eq!((first.status, second.status), (200, 200));
+    assert!(first.trailer("aigw-cost").unwrap().parse::<f64>().unwrap() > 0.0);
+    // Without the control: no trailer, none announced.
+    assert!(second.trailers.is_empty() && second.header("trailer").is_none());
+
+    // No price: the trailer says unknown.
+    let unknown = gw.client().post(
+        "/v1/chat/completions",
+        &[("aigw-include-cost", "true")],
+        r#"{"model":"free/m","messages":[{"role":"user","content":"x"}],"stream":true}"#,
+    );
+    assert_eq!(unknown.trailer("aigw-cost"), Some("unknown"));
+
+    // A replay from the cache costs nothing and says so in its head.
+    let deadline = Instant::now() + WAIT;
+    let hit = loop {
+        let r = gw.client().post(
+            "/v1/chat/completions",
+            &[("aigw-include-cost", "true")],
+            body,
+        );
+        if r.header("aigw-cache-status") == Some("HIT") {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "never a hit");
+    };
+    assert_eq!(hit.header("aigw-cost"), Some("0"));
+    assert!(hit.trailers.is_empty() && hit.header("trailer").is_none());
+    assert_eq!(
+        hit.sse_data(),
+        data,
+        "the replay is the stream the client saw"
+    );
+}
+
 at_1_and_2_shards!(
     a_priced_answer_says_what_it_cost,
+    a_stream_says_what_it_cost_in_a_trailer,
     an_unknown_price_is_unknown_never_zero,
     a_client_that_leaves_mid_stream_is_charged_an_estimate,
 );

@@ -253,13 +253,17 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
     let mut payload = payload_cap(ctx)
         .filter(|_| rec.log.is_some())
         .map(PayloadTap::new);
+    let client_framing = ClientFraming::for_body(
+        rh.body(),
+        usage.rewrites() || translate.is_some(),
+        c.head.http10,
+    );
+    // `include-cost` on a chunked answer (a stream): its cost is known only
+    // after its last byte, so it goes in a trailer field.
+    let cost_trailer = wish.include_cost && client_framing == ClientFraming::Chunked;
     let framing = Framing {
         body: rh.body(),
-        client: ClientFraming::for_body(
-            rh.body(),
-            usage.rewrites() || translate.is_some(),
-            c.head.http10,
-        ),
+        client: client_framing,
         reusable: rh.reusable,
         events: (rh.event_stream && rh.status < 400).then_some(if plan.anthropic_client {
             relay::ANTHROPIC_STREAM_BROKE_OFF
@@ -271,6 +275,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
             .as_ref()
             .and_then(|r| r.order[r.step].timeout)
             .map(|t| reply.sent_at + t),
+        open_end: cost_trailer,
     };
     // A drain may have begun while we waited for the provider: say `close` in
     // the head now rather than closing a connection the client thinks persists.
@@ -293,6 +298,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
             .routing
             .as_ref()
             .map(|r| (r.step, rec.route == RouteKind::Cloudflare)),
+        cost_trailer,
     };
     respond::provider_head(&mut c.out, &head, rh, reply.conn.buf.filled());
     reply.conn.buf.consume(rh.head_len);
@@ -372,6 +378,14 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
             }
         } else if relayed.ending == Ending::UpstreamAborted {
             // Nothing was sent: the client gets no half answer either.
+            relayed.ending = Ending::ClientAborted;
+        }
+    } else if cost_trailer && relayed.ending == Ending::Complete {
+        let mut end = b"0\r\naigw-cost: ".to_vec();
+        end.extend_from_slice(cost_text(rec.cost).as_bytes());
+        end.extend_from_slice(b"\r\n\r\n");
+        relayed.bytes_out += end.len() as u64;
+        if Direct::new(&mut c.stream).write_all(&end).await.is_err() {
             relayed.ending = Ending::ClientAborted;
         }
     }
@@ -753,11 +767,16 @@ fn insert_cost_header(answer: &mut Vec<u8>, cost: Option<f64>) {
     let Some(end) = memchr::memmem::find(answer, b"\r\n\r\n") else {
         return;
     };
-    let line = match cost {
-        Some(usd) => format!("\r\naigw-cost: {usd:.10}"),
-        None => "\r\naigw-cost: unknown".to_string(),
-    };
+    let line = format!("\r\naigw-cost: {}", cost_text(cost));
     answer.splice(end..end, line.into_bytes());
+}
+
+/// An `aigw-cost` value: USD, or `unknown` without a price.
+fn cost_text(cost: Option<f64>) -> String {
+    match cost {
+        Some(usd) => format!("{usd:.10}"),
+        None => "unknown".to_string(),
+    }
 }
 
 /// What stage 1b reads of a request.

@@ -37,6 +37,9 @@ pub struct Framing {
     /// The whole body must have arrived by then (a route target's
     /// `timeout`); past it the body is broken off like a stalled one.
     pub deadline: Option<Instant>,
+    /// A chunked body is left open at its end (no last chunk): the caller
+    /// ends it with trailer fields.
+    pub open_end: bool,
 }
 
 /// [`STREAM_BROKE_OFF`] as Anthropic's SDKs read errors: a named `error` event.
@@ -122,7 +125,7 @@ pub async fn relay<W: AsyncWrite + Unpin>(
         }
         if done {
             taps::finish(taps, End::Complete, |b| frame(out, b, framing.client));
-            if framing.client == ClientFraming::Chunked {
+            if framing.client == ClientFraming::Chunked && !framing.open_end {
                 out.extend_from_slice(LAST_CHUNK);
             }
         }
@@ -307,7 +310,7 @@ mod tests {
 
     /// Relays a raw provider response to a client taking `limit` bytes.
     fn run(raw: &[u8], http10: bool, limit: usize) -> (Relayed, String, UsageTapResult) {
-        run_with(raw, http10, limit, false)
+        run_with(raw, http10, limit, false, false)
     }
 
     fn run_with(
@@ -315,6 +318,7 @@ mod tests {
         http10: bool,
         limit: usize,
         carry_on: bool,
+        open_end: bool,
     ) -> (Relayed, String, UsageTapResult) {
         let mut up = UpstreamConn::in_memory(raw.to_vec());
         let mut rh = ResponseHead::default();
@@ -337,6 +341,7 @@ mod tests {
             reusable: rh.reusable,
             events: rh.event_stream.then_some(STREAM_BROKE_OFF),
             deadline: None,
+            open_end,
         };
         let mut client = Client {
             got: Vec::new(),
@@ -388,6 +393,16 @@ mod tests {
     }
 
     #[test]
+    fn an_open_ended_stream_leaves_its_end_to_the_caller() {
+        let (r, got, _) = run_with(&sse(3, true), false, usize::MAX, false, true);
+        assert_eq!(r.ending, Ending::Complete);
+        // The body whole, but no last chunk: the trailer fields follow it.
+        let mut want = chunked(&[&format!("{}{}", EVENTS[0], EVENTS[2])]);
+        want.truncate(want.len() - LAST_CHUNK.len());
+        assert_eq!(got, want);
+    }
+
+    #[test]
     fn a_stream_is_rechunked_filtered_and_completed() {
         let (r, got, usage) = run(&sse(3, true), false, usize::MAX);
         assert_eq!(r.ending, Ending::Complete);
@@ -425,12 +440,12 @@ mod tests {
 
     #[test]
     fn a_relay_others_wait_on_reads_the_body_to_its_end_without_its_client() {
-        let (r, got, usage) = run_with(&sse(3, true), false, 10, true);
+        let (r, got, usage) = run_with(&sse(3, true), false, 10, true, false);
         assert_eq!(r.ending, Ending::ClientAborted);
         assert!(r.body_complete && r.reusable.is_none());
         assert!(got.len() <= 10);
         assert_eq!(usage, Some(4), "the taps saw the whole body");
-        let (r, _, _) = run_with(&sse(3, false), false, 10, true);
+        let (r, _, _) = run_with(&sse(3, false), false, 10, true, false);
         assert!(!r.body_complete, "a cut body is not complete");
     }
 

@@ -86,6 +86,9 @@ pub struct ClientHead<'a> {
     /// Which target of a route served (`aigw-step`, or `cf-aig-step` on
     /// Cloudflare-layout requests), 0-based.
     pub step: Option<(usize, bool)>,
+    /// The chunked body ends with an `aigw-cost` trailer field (the answer's
+    /// cost, known only after its last byte): the head announces it.
+    pub cost_trailer: bool,
 }
 
 /// The cache status header: its name follows the request's URL layout.
@@ -265,7 +268,12 @@ pub fn provider_head(out: &mut Vec<u8>, h: &ClientHead<'_>, rh: &ResponseHead, w
             push_decimal(out, n);
             out.extend_from_slice(b"\r\n");
         }
-        (ClientFraming::Chunked, _) => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        (ClientFraming::Chunked, _) => {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+            if h.cost_trailer {
+                out.extend_from_slice(b"trailer: aigw-cost\r\n");
+            }
+        }
         // A bodyless answer to a GET/POST still needs an explicit length, or the
         // client would read until close.
         (ClientFraming::None, _)
@@ -369,6 +377,7 @@ mod tests {
             cache: None,
             limits: None,
             step: None,
+            cost_trailer: false,
         };
         let mut out = Vec::new();
         provider_head(&mut out, &h, &rh, raw);

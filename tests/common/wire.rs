@@ -30,12 +30,22 @@ pub struct Response {
     pub complete: bool,
     /// When each SSE event (`...\n\n`) of the body had fully arrived.
     pub event_times: Vec<Instant>,
+    /// The trailer fields after a chunked body's last chunk.
+    pub trailers: Vec<(String, String)>,
 }
 
 impl Response {
     /// First header called `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// First trailer field called `name` (case-insensitive).
+    pub fn trailer(&self, name: &str) -> Option<&str> {
+        self.trailers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
@@ -213,6 +223,7 @@ impl Client {
                             body: Vec::new(),
                             complete: false,
                             event_times: Vec::new(),
+                            trailers: Vec::new(),
                         };
                         break (resp, n);
                     }
@@ -279,7 +290,7 @@ impl Client {
         }
     }
 
-    /// De-chunks; stops after the last chunk and its empty trailer line.
+    /// De-chunks; stops after the last chunk and its trailer section.
     fn read_chunked(&mut self, resp: &mut Response) {
         loop {
             let from = resp.body.len();
@@ -290,16 +301,24 @@ impl Client {
                 let size = usize::from_str_radix(size_hex, 16)
                     .unwrap_or_else(|_| panic!("bad chunk size line {line:?} from the gateway"));
                 if size == 0 {
-                    // No trailers expected from the gateway: the last chunk ends with one CRLF.
-                    if self.buf.len() < eol + 4 {
+                    // The trailer section: `name: value` lines up to an empty one.
+                    let Some(end) = find(&self.buf[eol..], b"\r\n\r\n") else {
                         break;
+                    };
+                    let section = String::from_utf8(self.buf[eol + 2..eol + end + 2].to_vec())
+                        .expect("trailer fields are text");
+                    for line in section.split_terminator("\r\n") {
+                        let (name, value) = line
+                            .split_once(':')
+                            .unwrap_or_else(|| panic!("bad trailer line {line:?}"));
+                        assert!(
+                            !name.is_empty() && !name.contains(char::is_whitespace),
+                            "bad trailer name in {line:?}"
+                        );
+                        resp.trailers
+                            .push((name.to_string(), value.trim().to_string()));
                     }
-                    assert_eq!(
-                        &self.buf[eol + 2..eol + 4],
-                        b"\r\n",
-                        "last chunk must end with CRLF CRLF"
-                    );
-                    self.buf.drain(..eol + 4);
+                    self.buf.drain(..eol + end + 4);
                     note_events(resp, from);
                     resp.complete = true;
                     return;

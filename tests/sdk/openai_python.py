@@ -40,6 +40,20 @@ usage = [
 ]
 assert len(usage) == 1 and usage[0].completion_tokens > 0, usage
 
+# A stream's cost comes as a trailer field after its last chunk: the SDK reads
+# the stream as usual, and the connection carries the next request.
+costed = client.chat.completions.create(
+    model="up/gpt-x",
+    messages=[{"role": "user", "content": "what does this cost"}],
+    stream=True,
+    extra_headers={"aigw-include-cost": "true"},
+)
+assert costed.response.headers.get("trailer") == "aigw-cost", costed.response.headers
+text = "".join(c.choices[0].delta.content or "" for c in costed)
+assert text == expected, text
+after = client.chat.completions.create(model="up/gpt-x", messages=messages)
+assert after.choices[0].message.content == expected, after
+
 # Embeddings.
 e = client.embeddings.create(model="up/text-embedding-3-small", input=["one", "two"])
 assert len(e.data) == 2 and len(e.data[0].embedding) > 0, e

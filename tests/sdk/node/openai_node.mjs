@@ -61,6 +61,20 @@ try {
   check(usage.length === 1 && usage[0]?.completion_tokens > 0, `usage chunks ${show(usage)}`);
   check(withUsageText === expected, `text ${show(withUsageText)}`);
 
+  // A stream's cost comes as a trailer field after its last chunk: the SDK
+  // reads the stream as usual.
+  step = "streaming with aigw-include-cost (a trailer)";
+  let costedText = "";
+  const { data: costed, response: costedResponse } = await client.chat.completions
+    .create(
+      { model: "up/gpt-x", messages: [{ role: "user", content: "what does this cost" }], stream: true },
+      { headers: { "aigw-include-cost": "true" } },
+    )
+    .withResponse();
+  check(costedResponse.headers.get("trailer") === "aigw-cost", `trailer ${costedResponse.headers.get("trailer")}`);
+  for await (const chunk of costed) costedText += chunk.choices[0]?.delta.content ?? "";
+  check(costedText === expected, `text ${show(costedText)}`);
+
   // Embeddings (the SDK asks for base64 and decodes it to floats).
   step = "embeddings";
   const e = await client.embeddings.create({ model: "up/text-embedding-3-small", input: ["one", "two"] });
