@@ -154,6 +154,9 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
     // those of the target that will answer: the earlier admission is given
     // back and the request admitted again (a refusal skips that target).
     let request_len = body_len(c, req);
+    // The first admission is counted when the attempts begin; a later one
+    // (another target of a route) when it happens.
+    let mut admit_at = Some(upstream_from);
     let mut readmit = |plan: &Plan, rec: &RequestRecord| -> Result<(), GatewayError> {
         if ctx.limiter().is_empty() && ctx.budgets().is_empty() {
             return Ok(());
@@ -172,7 +175,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
             wish: &wish,
             rec,
             price: priced,
-            now_ms: now_unix_ms(),
+            now_ms: ctx.unix_ms(admit_at.take().unwrap_or_else(Instant::now)),
         };
         admit(ctx, inputs, &mut admission, &mut reservation)
     };
@@ -407,7 +410,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
     // anything else fails the flight (its followers go upstream on their own)
     // as the fill tap drops.
     if let (Some(f), Some(cache), true) = (fill, ctx.cache(), relayed.body_complete) {
-        let now = now_unix_ms();
+        let now = ctx.unix_ms(relayed.last_read);
         let ttl = wish.ttl.unwrap_or(ctx.config().cache.default_ttl);
         let tokens = |t: Option<u64>| t.unwrap_or(0).min(u64::from(u32::MAX)) as u32;
         let used = (
@@ -428,7 +431,10 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
     // used nothing).
     rec.count_tokens(used.all_input(), used.output);
     if !admission.is_empty() {
-        admission.settle(Some((used.all_input(), used.output)), now_unix_ms);
+        // Settled as of the answer's last bytes.
+        admission.settle(Some((used.all_input(), used.output)), || {
+            ctx.unix_ms(relayed.last_read)
+        });
     }
     drop(admission);
     // Budgets are charged the cost (unknown: nothing can be charged).

@@ -294,6 +294,12 @@ impl ShardCtx {
         self.ids.borrow_mut().id(self.clock.unix_ms(arrived))
     }
 
+    /// Unix milliseconds at `at`, an instant the request path read anyway:
+    /// without another read of the system clock.
+    pub fn unix_ms(&self, at: Instant) -> u64 {
+        self.clock.unix_ms(at)
+    }
+
     /// The metadata headers this shard read lately (`controls::read`).
     pub fn metadata_memo(&self) -> RefMut<'_, crate::record::MetadataMemo> {
         self.metadata_memo.borrow_mut()
