@@ -96,6 +96,82 @@ pub fn lower_thread_priority(nice: i32) -> io::Result<()> {
     }
 }
 
+/// Moves the calling thread to the `SCHED_IDLE` policy: it runs only on a
+/// CPU no other thread wants, and any other thread that wakes on that CPU
+/// preempts it at once. Leaving the policy again takes privilege
+/// (`CAP_SYS_NICE`), so a thread that may need the CPU later must not use it.
+pub fn idle_thread_policy() -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler(2) reads the `sched_param` it is given (a
+    // live local) and nothing else; pid 0 addresses the calling thread.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The calling thread's id (gettid(2)), for [`raise_thread`] from another thread.
+pub fn thread_id() -> i32 {
+    // SAFETY: gettid(2) takes nothing and cannot fail.
+    unsafe { libc::syscall(libc::SYS_gettid) as i32 }
+}
+
+/// Moves thread `tid` of this process back to the normal policy at `nice`
+/// (from [`idle_thread_policy`]). Takes `CAP_SYS_NICE`, or an `RLIMIT_NICE`
+/// (systemd's `LimitNICE=`) of at least `20 - nice`.
+pub fn raise_thread(tid: i32, nice: i32) -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler(2) and setpriority(2) read only their plain
+    // arguments and the live local `param`; a stale `tid` is an error (ESRCH).
+    let rc = unsafe {
+        let rc = libc::sched_setscheduler(tid, libc::SCHED_OTHER, &param);
+        if rc == 0 {
+            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice)
+        } else {
+            rc
+        }
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Whether [`raise_thread`] would be allowed: tried on a thread made for it.
+#[cfg(test)]
+pub fn can_raise_threads() -> bool {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let t = std::thread::spawn(move || {
+        let idle = idle_thread_policy().is_ok();
+        let _ = tx.send(idle.then(thread_id));
+        let _ = wait.recv();
+    });
+    let raised = rx
+        .recv()
+        .ok()
+        .flatten()
+        .is_some_and(|tid| raise_thread(tid, 10).is_ok());
+    let _ = go.send(());
+    let _ = t.join();
+    raised
+}
+
+/// The calling thread's scheduling policy (`libc::SCHED_*`).
+pub fn thread_policy() -> io::Result<i32> {
+    // SAFETY: sched_getscheduler(2) takes a plain integer; pid 0 addresses
+    // the calling thread.
+    let rc = unsafe { libc::sched_getscheduler(0) };
+    if rc >= 0 {
+        Ok(rc)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Hands a bound, listening, non-blocking socket to glommio.
 pub fn adopt_listener(sock: socket2::Socket) -> glommio::net::TcpListener {
     let fd = sock.into_raw_fd();
@@ -482,6 +558,45 @@ impl Drop for BorrowedRows {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_thread_can_take_the_idle_policy() {
+        std::thread::spawn(|| {
+            assert_ne!(super::thread_policy().unwrap(), libc::SCHED_IDLE);
+            super::idle_thread_policy().unwrap();
+            assert_eq!(super::thread_policy().unwrap(), libc::SCHED_IDLE);
+        })
+        .join()
+        .unwrap();
+        // Only that thread.
+        assert_ne!(super::thread_policy().unwrap(), libc::SCHED_IDLE);
+    }
+
+    /// Another thread raises an idle thread back to the normal policy (where
+    /// it may: as root, or with `RLIMIT_NICE`).
+    #[test]
+    fn an_idle_thread_can_be_raised_by_another() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            super::idle_thread_policy().unwrap();
+            tx.send(super::thread_id()).unwrap();
+            wait.recv().unwrap();
+            super::thread_policy().unwrap()
+        });
+        let tid = rx.recv().unwrap();
+        let raised = super::raise_thread(tid, 10);
+        go.send(()).unwrap();
+        let policy = t.join().unwrap();
+        match raised {
+            Ok(()) => assert_eq!(policy, libc::SCHED_OTHER),
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{e}");
+                assert_eq!(policy, libc::SCHED_IDLE);
+            }
+        }
+    }
+
     #[test]
     fn the_c_allocator_takes_the_settings() {
         assert_eq!(super::keep_c_heap(), Ok(()));

@@ -25,7 +25,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// A live client connection as the drain logic sees it.
 struct ConnEntry {
@@ -79,6 +79,12 @@ pub struct Shared {
     pub budgets: Arc<Budgets>,
 }
 
+/// How long a shard's thread sleeps, each `logs.flush_interval`, while the log
+/// thread gets no CPU ([`ShardCtx::give_way_to_log`]): at the default 200 ms,
+/// 1% of the shard's CPU, enough for the log thread to commit a full batch
+/// within a few intervals.
+pub const LOG_PAUSE: Duration = Duration::from_millis(2);
+
 pub struct ShardCtx {
     pub shard: usize,
     /// The running config: replaced whole on a reload; a request holds the
@@ -109,6 +115,9 @@ pub struct ShardCtx {
     metadata_memo: RefCell<crate::record::MetadataMemo>,
     /// Finished records the request log keeps go here (`None`: logs are off).
     log: Option<LogQueue>,
+    /// The last [`ShardCtx::give_way_to_log`] paused (so the warning comes
+    /// once per spell).
+    log_starved: Cell<bool>,
     /// The requests the log keeps no row of (sampled out, dropped, or
     /// `collect-log: false`), until the next hand-over to the log thread
     /// (every `logs.flush_interval`).
@@ -172,6 +181,7 @@ impl ShardCtx {
             ids: RefCell::new(ids),
             clock: WallClock::new(),
             log,
+            log_starved: Cell::new(false),
             tally: RefCell::new(tally),
             conns: RefCell::new(Slab::default()),
             cache,
@@ -399,6 +409,47 @@ impl ShardCtx {
         moved
     }
 
+    /// Gives the log thread CPU when it has had none for a while
+    /// ([`LogQueue::starved`]): it runs only on CPU time no shard wants
+    /// (`SCHED_IDLE`), and shards that never pause would leave it none. The
+    /// shard's thread then sleeps [`LOG_PAUSE`], once per call (each
+    /// `logs.flush_interval`): about 1% of its CPU at the default interval.
+    /// True when it paused. `now_ms`: [`crate::reqid::monotonic_ms`].
+    pub fn give_way_to_log(&self, now_ms: u64) -> bool {
+        let Some(log) = &self.log else { return false };
+        let interval = self.config.borrow().logs.flush_interval;
+        if !log.starved(now_ms, interval) {
+            self.log_starved.set(false);
+            return false;
+        }
+        if !self.log_starved.replace(true) {
+            log::warn!(
+                "shard {}: the request log got no CPU for {} ms (the CPUs it may run on are busy); pausing {} ms every logs.flush_interval until it catches up",
+                self.shard,
+                log.since_round(now_ms),
+                LOG_PAUSE.as_millis()
+            );
+        }
+        // Still none after many pauses: other processes take the CPU the
+        // shards leave. Back to the normal policy, at nice 10, for good.
+        if let Some(tid) = log.take_idle_tid(now_ms) {
+            match crate::sys::raise_thread(tid, crate::control::logs::LOG_THREAD_NICE) {
+                Ok(()) => log::warn!(
+                    "the request log got no CPU for {} s with the shards pausing (other processes take it): it runs at nice {} from now on",
+                    log.since_round(now_ms) / 1000,
+                    crate::control::logs::LOG_THREAD_NICE
+                ),
+                Err(e) => log::warn!(
+                    "the request log gets no CPU and cannot be raised to nice {} ({e}): give aigw CAP_SYS_NICE or LimitNICE=10 (systemd), or free some CPU; until then rows are dropped (and tallied)",
+                    crate::control::logs::LOG_THREAD_NICE
+                ),
+            }
+        }
+        // Blocking on purpose: the CPU must go idle for the log thread to run.
+        std::thread::sleep(LOG_PAUSE);
+        true
+    }
+
     /// The stats since the last snapshot, with the shard's gauges.
     pub fn snapshot(&self, seq: u64) -> Snapshot {
         let gauges = Gauges {
@@ -562,6 +613,65 @@ mod tests {
             shared,
         );
         (ctx, queue, inbound.rx)
+    }
+
+    /// A shard pauses (once per call) only while the log thread has finished
+    /// no round for longer than it would with any CPU.
+    #[test]
+    fn a_shard_gives_way_to_a_starved_log_thread() {
+        let toml = "[logs]\nflush_interval = \"100ms\"\n[providers.up]\nbase_url = \"http://127.0.0.1:9\"\n";
+        let config = Arc::new(Config::from_toml_with_env(toml, &|_| None).unwrap());
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(128 << 10)
+            .spawn(move || async move {
+                let (ctx, queue, _rx) = logging(config, vec![]);
+                let start = queue.last_round.load(Ordering::Relaxed);
+                assert!(
+                    !ctx.give_way_to_log(start),
+                    "a fresh log thread is not starved"
+                );
+                // No round for longer than a second (4 intervals are less).
+                assert!(!ctx.give_way_to_log(start + 1000));
+                let paused = Instant::now();
+                assert!(ctx.give_way_to_log(start + 1001));
+                assert!(paused.elapsed() >= LOG_PAUSE);
+                assert!(
+                    ctx.give_way_to_log(start + 1500),
+                    "still starved: another pause"
+                );
+                // The log thread finished a round: no more pauses.
+                queue.last_round.store(start + 1400, Ordering::Relaxed);
+                assert!(!ctx.give_way_to_log(start + 1500));
+                // Starved past RAISE_AFTER: an idle log thread is raised, once.
+                let (go, wait) = std::sync::mpsc::channel::<()>();
+                let idle = std::thread::spawn({
+                    let tid = queue.idle_tid.clone();
+                    move || {
+                        crate::sys::idle_thread_policy().unwrap();
+                        tid.store(crate::sys::thread_id(), Ordering::Relaxed);
+                        wait.recv().unwrap();
+                        ((), crate::sys::thread_policy().unwrap())
+                    }
+                });
+                while queue.idle_tid.load(Ordering::Relaxed) == 0 {
+                    std::thread::yield_now();
+                }
+                let late = start + 1400 + crate::logqueue::RAISE_AFTER.as_millis() as u64;
+                assert!(ctx.give_way_to_log(late));
+                assert!(ctx.give_way_to_log(late + 1), "pauses go on");
+                go.send(()).unwrap();
+                let (_, policy) = idle.join().unwrap();
+                // SCHED_IDLE still only where raising is not allowed at all
+                // (see `sys::tests::an_idle_thread_can_be_raised_by_another`).
+                assert!(policy == libc::SCHED_OTHER || policy == libc::SCHED_IDLE);
+                if crate::sys::can_raise_threads() {
+                    assert_eq!(policy, libc::SCHED_OTHER);
+                }
+                assert_eq!(queue.idle_tid.load(Ordering::Relaxed), 0, "raised once");
+            })
+            .unwrap()
+            .join()
+            .unwrap();
     }
 
     /// A row the log's queue has no room for, and a success sampled out, are
