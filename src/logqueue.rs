@@ -33,9 +33,11 @@ pub struct LogQueue {
     pub full: Arc<AtomicBool>,
     /// When the log thread last finished a round ([`crate::reqid::monotonic_ms`]).
     pub last_round: Arc<AtomicU64>,
-    /// The log thread's id while it runs `SCHED_IDLE` (0: not, or not yet);
-    /// the shard that raises it takes it, so it is raised once.
-    pub idle_tid: Arc<AtomicI32>,
+    /// The log thread's id while it runs (0 before and after).
+    pub tid: Arc<AtomicI32>,
+    /// It runs `SCHED_IDLE`, not raised yet: the shard that raises it
+    /// clears this, so it is raised once.
+    pub idle: Arc<AtomicBool>,
 }
 
 /// The log thread's end of a [`LogQueue`].
@@ -48,10 +50,11 @@ pub struct LogInbound {
     pub tallies: Arc<TallyInbox>,
     pub full: Arc<AtomicBool>,
     /// Set as each round ends: shards read it to tell a log thread that gets
-    /// no CPU ([`LogQueue::starved`]).
+    /// no CPU ([`LogQueue::overdue`]).
     pub last_round: Arc<AtomicU64>,
-    /// Its thread id once it runs `SCHED_IDLE`.
-    pub idle_tid: Arc<AtomicI32>,
+    /// Its thread id while it runs, and whether it is `SCHED_IDLE`.
+    pub tid: Arc<AtomicI32>,
+    pub idle: Arc<AtomicBool>,
 }
 
 impl LogInbound {
@@ -64,8 +67,8 @@ impl LogInbound {
 
 /// How long the log thread may go without finishing a round, as a multiple of
 /// `logs.flush_interval` (and at least [`STARVED_AFTER_MIN`]), before the
-/// shards count it as starved of CPU: a round waits at most one interval,
-/// and commits in a fraction of one.
+/// shards look at whether it is starved of CPU: a round waits at most one
+/// interval, and commits in a fraction of one.
 pub const STARVED_AFTER_ROUNDS: u32 = 4;
 pub const STARVED_AFTER_MIN: Duration = Duration::from_secs(1);
 /// A log thread starved this long, for all the shards' pauses (the CPU went
@@ -84,7 +87,8 @@ impl LogQueue {
             tallies: Arc::default(),
             full: Arc::default(),
             last_round: Arc::new(AtomicU64::new(crate::reqid::monotonic_ms())),
-            idle_tid: Arc::default(),
+            tid: Arc::default(),
+            idle: Arc::default(),
         };
         let inbound = LogInbound {
             rx: [rx_errors, rx],
@@ -92,15 +96,18 @@ impl LogQueue {
             tallies: queue.tallies.clone(),
             full: queue.full.clone(),
             last_round: queue.last_round.clone(),
-            idle_tid: queue.idle_tid.clone(),
+            tid: queue.tid.clone(),
+            idle: queue.idle.clone(),
         };
         (queue, inbound)
     }
 
     /// Whether the log thread has finished no round for longer than it
     /// would if it got any CPU (see [`STARVED_AFTER_ROUNDS`]), at `now_ms`
-    /// ([`crate::reqid::monotonic_ms`]) with rounds every `interval`.
-    pub fn starved(&self, now_ms: u64, interval: Duration) -> bool {
+    /// ([`crate::reqid::monotonic_ms`]) with rounds every `interval`. Only
+    /// overdue: whether for want of CPU, its run-queue wait says
+    /// (`ShardCtx::give_way_to_log`).
+    pub fn overdue(&self, now_ms: u64, interval: Duration) -> bool {
         let after = (interval * STARVED_AFTER_ROUNDS).max(STARVED_AFTER_MIN);
         self.since_round(now_ms) > after.as_millis() as u64
     }
@@ -110,13 +117,14 @@ impl LogQueue {
         now_ms.saturating_sub(self.last_round.load(Ordering::Relaxed))
     }
 
-    /// The id of the `SCHED_IDLE` log thread to raise, once: when it has been
-    /// starved for [`RAISE_AFTER`] (and is idle-policy still).
+    /// The id of the `SCHED_IDLE` log thread to raise, once: when its last
+    /// round is [`RAISE_AFTER`] old.
     pub fn take_idle_tid(&self, now_ms: u64) -> Option<i32> {
         if self.since_round(now_ms) <= RAISE_AFTER.as_millis() as u64 {
             return None;
         }
-        Some(self.idle_tid.swap(0, Ordering::Relaxed)).filter(|&t| t != 0)
+        let tid = self.tid.load(Ordering::Relaxed);
+        (tid != 0 && self.idle.swap(false, Ordering::Relaxed)).then_some(tid)
     }
 
     /// Whether a success would find no room now: the queue was full when a
@@ -215,21 +223,37 @@ mod tests {
     }
 
     #[test]
-    fn a_log_thread_is_starved_after_four_intervals_without_a_round() {
+    fn a_log_thread_is_overdue_after_four_intervals_without_a_round() {
         let (q, inbound) = LogQueue::new(1, 1);
         let start = q.last_round.load(Ordering::Relaxed);
         let interval = Duration::from_millis(500);
-        // Rounds every 500 ms: starved past 2 s without one.
-        assert!(!q.starved(start + 2000, interval));
-        assert!(q.starved(start + 2001, interval));
+        // Rounds every 500 ms: overdue past 2 s without one.
+        assert!(!q.overdue(start + 2000, interval));
+        assert!(q.overdue(start + 2001, interval));
         // Never sooner than a second, however short the interval.
-        assert!(!q.starved(start + 1000, Duration::from_millis(10)));
-        assert!(q.starved(start + 1001, Duration::from_millis(10)));
+        assert!(!q.overdue(start + 1000, Duration::from_millis(10)));
+        assert!(q.overdue(start + 1001, Duration::from_millis(10)));
         // A round ends: the count starts over.
         inbound.last_round.store(start + 5000, Ordering::Relaxed);
-        assert!(!q.starved(start + 5100, interval));
+        assert!(!q.overdue(start + 5100, interval));
         inbound.round_done();
-        assert!(!q.starved(crate::reqid::monotonic_ms(), interval));
+        assert!(!q.overdue(crate::reqid::monotonic_ms(), interval));
+    }
+
+    /// An idle-policy log thread is handed out for raising once, and only
+    /// when its last round is `RAISE_AFTER` old.
+    #[test]
+    fn an_idle_log_thread_is_raised_once() {
+        let (q, inbound) = LogQueue::new(1, 1);
+        let start = q.last_round.load(Ordering::Relaxed);
+        let late = start + RAISE_AFTER.as_millis() as u64 + 1;
+        assert_eq!(q.take_idle_tid(late), None, "no thread yet");
+        inbound.tid.store(42, Ordering::Relaxed);
+        assert_eq!(q.take_idle_tid(late), None, "not idle-policy");
+        inbound.idle.store(true, Ordering::Relaxed);
+        assert_eq!(q.take_idle_tid(late - 1), None, "not that late");
+        assert_eq!(q.take_idle_tid(late), Some(42));
+        assert_eq!(q.take_idle_tid(late), None, "once");
     }
 
     fn finished(status: u16) -> RequestRecord {

@@ -338,7 +338,7 @@ async fn run_shard(a: ShardArgs) {
             loop {
                 timer::sleep(ctx.config().logs.flush_interval).await;
                 let _ = ctx.hand_over_tally(false);
-                ctx.give_way_to_log(crate::reqid::monotonic_ms());
+                ctx.give_way_to_log(crate::reqid::monotonic_ms(), ctx.log_run_wait());
             }
         })
         .detach();

@@ -119,16 +119,19 @@ pub fn thread_id() -> i32 {
 }
 
 /// Moves thread `tid` of this process back to the normal policy at `nice`
-/// (from [`idle_thread_policy`]). Takes `CAP_SYS_NICE`, or an `RLIMIT_NICE`
-/// (systemd's `LimitNICE=`) of at least `20 - nice`.
+/// (from [`idle_thread_policy`]). The nice value is set first (raising it
+/// needs no privilege), because leaving `SCHED_IDLE` is allowed only at a
+/// nice value `RLIMIT_NICE` permits: so it takes `CAP_SYS_NICE`, or an
+/// `RLIMIT_NICE` (systemd's `LimitNICE=`) of at least `20 - nice`.
 pub fn raise_thread(tid: i32, nice: i32) -> io::Result<()> {
     let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: sched_setscheduler(2) and setpriority(2) read only their plain
-    // arguments and the live local `param`; a stale `tid` is an error (ESRCH).
+    // SAFETY: setpriority(2) and sched_setscheduler(2) read only their plain
+    // arguments and the live local `param`. The caller passes a thread of
+    // this process that is still running (see `thread_run_wait_ns`).
     let rc = unsafe {
-        let rc = libc::sched_setscheduler(tid, libc::SCHED_OTHER, &param);
+        let rc = libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice);
         if rc == 0 {
-            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice)
+            libc::sched_setscheduler(tid, libc::SCHED_OTHER, &param)
         } else {
             rc
         }
@@ -138,6 +141,15 @@ pub fn raise_thread(tid: i32, nice: i32) -> io::Result<()> {
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// How long thread `tid` of this process has waited, runnable, for a CPU
+/// (nanoseconds, the second field of `/proc/self/task/<tid>/schedstat`);
+/// `None` when it is not a thread of this process (any more) or the kernel
+/// keeps no such count.
+pub fn thread_run_wait_ns(tid: i32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
+    text.split_ascii_whitespace().nth(1)?.parse().ok()
 }
 
 /// Whether [`raise_thread`] would be allowed: tried on a thread made for it.
@@ -595,6 +607,16 @@ mod tests {
                 assert_eq!(policy, libc::SCHED_IDLE);
             }
         }
+    }
+
+    /// A thread kept off the CPU by busier ones accumulates run-queue wait.
+    #[test]
+    fn a_threads_run_queue_wait_is_read() {
+        let me = super::thread_id();
+        assert!(super::thread_run_wait_ns(me).is_some());
+        // Not a thread of this process.
+        assert_eq!(super::thread_run_wait_ns(1), None);
+        assert_eq!(super::thread_run_wait_ns(-1), None);
     }
 
     #[test]

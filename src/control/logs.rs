@@ -132,17 +132,18 @@ pub fn spawn(
             // only on CPU time no shard wants, and a shard that wakes takes
             // its CPU back at once. At nice 10 (where that policy is refused)
             // it has a tenth of a saturated CPU, but a shard that wakes may
-            // wait for the log thread's time slice to end first: measured
-            // side by side, cache hits with the log on went from 0.96x to
-            // 1.00x of the log off. A log thread that gets no CPU at all
+            // wait for the log thread's time slice to end first (README,
+            // "How many rows a second it keeps", has the side-by-side runs).
+            // A log thread that gets no CPU at all
             // (shards busy without a pause) is given some by the shards
             // (`ShardCtx::give_way_to_log`), and raised to nice 10 if other
             // processes take that too; the queue absorbs the rest, and
             // requests it keeps no row of are tallied.
+            inbound
+                .tid
+                .store(crate::sys::thread_id(), Ordering::Relaxed);
             match crate::sys::idle_thread_policy() {
-                Ok(()) => inbound
-                    .idle_tid
-                    .store(crate::sys::thread_id(), Ordering::Relaxed),
+                Ok(()) => inbound.idle.store(true, Ordering::Relaxed),
                 Err(e) => {
                     log::debug!(
                         "log thread is not SCHED_IDLE ({e}); nice {LOG_THREAD_NICE} instead"
@@ -152,7 +153,10 @@ pub fn spawn(
                     }
                 }
             }
-            run(&mut writer, cfg, &inbound, &stats)
+            run(&mut writer, cfg, &inbound, &stats);
+            // No thread of that id any more (an id the kernel may reuse).
+            inbound.idle.store(false, Ordering::Relaxed);
+            inbound.tid.store(0, Ordering::Relaxed);
         })
         .map_err(|e| format!("cannot start the log thread: {e}"))
 }

@@ -154,9 +154,6 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
     // those of the target that will answer: the earlier admission is given
     // back and the request admitted again (a refusal skips that target).
     let request_len = body_len(c, req);
-    // The first admission is counted when the attempts begin; a later one
-    // (another target of a route) when it happens.
-    let mut admit_at = Some(upstream_from);
     let mut readmit = |plan: &Plan, rec: &RequestRecord| -> Result<(), GatewayError> {
         if ctx.limiter().is_empty() && ctx.budgets().is_empty() {
             return Ok(());
@@ -175,7 +172,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
             wish: &wish,
             rec,
             price: priced,
-            now_ms: ctx.unix_ms(admit_at.take().unwrap_or_else(Instant::now)),
+            now_ms: now_unix_ms(),
         };
         admit(ctx, inputs, &mut admission, &mut reservation)
     };
@@ -387,8 +384,9 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         let mut end = b"0\r\naigw-cost: ".to_vec();
         end.extend_from_slice(cost_text(rec.cost).as_bytes());
         end.extend_from_slice(b"\r\n\r\n");
-        relayed.bytes_out += end.len() as u64;
-        if Direct::new(&mut c.stream).write_all(&end).await.is_err() {
+        if Direct::new(&mut c.stream).write_all(&end).await.is_ok() {
+            relayed.bytes_out += end.len() as u64;
+        } else {
             relayed.ending = Ending::ClientAborted;
         }
     }
@@ -431,10 +429,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
     // used nothing).
     rec.count_tokens(used.all_input(), used.output);
     if !admission.is_empty() {
-        // Settled as of the answer's last bytes.
-        admission.settle(Some((used.all_input(), used.output)), || {
-            ctx.unix_ms(relayed.last_read)
-        });
+        admission.settle(Some((used.all_input(), used.output)), now_unix_ms);
     }
     drop(admission);
     // Budgets are charged the cost (unknown: nothing can be charged).
