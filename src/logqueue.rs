@@ -6,9 +6,8 @@
 use crate::record::RequestRecord;
 use crate::tally::TallyInbox;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
-use std::time::Duration;
 
 /// Most payload bytes the log queue may hold: with `logs.payloads` on, a
 /// burst of large bodies would otherwise queue up to 65,536 of them in memory.
@@ -31,13 +30,6 @@ pub struct LogQueue {
     /// took from it: successes are tallied without being offered (moving a
     /// record into a full queue and back cost more than the tally).
     pub full: Arc<AtomicBool>,
-    /// When the log thread last finished a round ([`crate::reqid::monotonic_ms`]).
-    pub last_round: Arc<AtomicU64>,
-    /// The log thread's id while it runs (0 before and after).
-    pub tid: Arc<AtomicI32>,
-    /// It runs `SCHED_IDLE`, not raised yet: the shard that raises it
-    /// clears this, so it is raised once.
-    pub idle: Arc<AtomicBool>,
 }
 
 /// The log thread's end of a [`LogQueue`].
@@ -49,31 +41,7 @@ pub struct LogInbound {
     pub payload_bytes: Arc<AtomicUsize>,
     pub tallies: Arc<TallyInbox>,
     pub full: Arc<AtomicBool>,
-    /// Set as each round ends: shards read it to tell a log thread that gets
-    /// no CPU ([`LogQueue::overdue`]).
-    pub last_round: Arc<AtomicU64>,
-    /// Its thread id while it runs, and whether it is `SCHED_IDLE`.
-    pub tid: Arc<AtomicI32>,
-    pub idle: Arc<AtomicBool>,
 }
-
-impl LogInbound {
-    /// A round ended now.
-    pub fn round_done(&self) {
-        self.last_round
-            .store(crate::reqid::monotonic_ms(), Ordering::Relaxed);
-    }
-}
-
-/// How long the log thread may go without finishing a round, as a multiple of
-/// `logs.flush_interval` (and at least [`STARVED_AFTER_MIN`]), before the
-/// shards look at whether it is starved of CPU: a round waits at most one
-/// interval, and commits in a fraction of one.
-pub const STARVED_AFTER_ROUNDS: u32 = 4;
-pub const STARVED_AFTER_MIN: Duration = Duration::from_secs(1);
-/// A log thread starved this long, for all the shards' pauses (the CPU went
-/// to other processes), is raised back to the normal policy at nice 10.
-pub const RAISE_AFTER: Duration = Duration::from_secs(10);
 
 impl LogQueue {
     /// A queue of `successes` and `errors` places, and the log thread's end.
@@ -86,45 +54,14 @@ impl LogQueue {
             payload_bytes: Arc::default(),
             tallies: Arc::default(),
             full: Arc::default(),
-            last_round: Arc::new(AtomicU64::new(crate::reqid::monotonic_ms())),
-            tid: Arc::default(),
-            idle: Arc::default(),
         };
         let inbound = LogInbound {
             rx: [rx_errors, rx],
             payload_bytes: queue.payload_bytes.clone(),
             tallies: queue.tallies.clone(),
             full: queue.full.clone(),
-            last_round: queue.last_round.clone(),
-            tid: queue.tid.clone(),
-            idle: queue.idle.clone(),
         };
         (queue, inbound)
-    }
-
-    /// Whether the log thread has finished no round for longer than it
-    /// would if it got any CPU (see [`STARVED_AFTER_ROUNDS`]), at `now_ms`
-    /// ([`crate::reqid::monotonic_ms`]) with rounds every `interval`. Only
-    /// overdue: whether for want of CPU, its run-queue wait says
-    /// (`ShardCtx::give_way_to_log`).
-    pub fn overdue(&self, now_ms: u64, interval: Duration) -> bool {
-        let after = (interval * STARVED_AFTER_ROUNDS).max(STARVED_AFTER_MIN);
-        self.since_round(now_ms) > after.as_millis() as u64
-    }
-
-    /// Milliseconds since the log thread last finished a round.
-    pub fn since_round(&self, now_ms: u64) -> u64 {
-        now_ms.saturating_sub(self.last_round.load(Ordering::Relaxed))
-    }
-
-    /// The id of the `SCHED_IDLE` log thread to raise, once: when its last
-    /// round is [`RAISE_AFTER`] old.
-    pub fn take_idle_tid(&self, now_ms: u64) -> Option<i32> {
-        if self.since_round(now_ms) <= RAISE_AFTER.as_millis() as u64 {
-            return None;
-        }
-        let tid = self.tid.load(Ordering::Relaxed);
-        (tid != 0 && self.idle.swap(false, Ordering::Relaxed)).then_some(tid)
     }
 
     /// Whether a success would find no room now: the queue was full when a
@@ -220,40 +157,6 @@ mod tests {
         let kept: Vec<_> = rx.try_iter().collect();
         assert_eq!(kept.len(), 2);
         assert_eq!(kept[1].payload_len(), 0);
-    }
-
-    #[test]
-    fn a_log_thread_is_overdue_after_four_intervals_without_a_round() {
-        let (q, inbound) = LogQueue::new(1, 1);
-        let start = q.last_round.load(Ordering::Relaxed);
-        let interval = Duration::from_millis(500);
-        // Rounds every 500 ms: overdue past 2 s without one.
-        assert!(!q.overdue(start + 2000, interval));
-        assert!(q.overdue(start + 2001, interval));
-        // Never sooner than a second, however short the interval.
-        assert!(!q.overdue(start + 1000, Duration::from_millis(10)));
-        assert!(q.overdue(start + 1001, Duration::from_millis(10)));
-        // A round ends: the count starts over.
-        inbound.last_round.store(start + 5000, Ordering::Relaxed);
-        assert!(!q.overdue(start + 5100, interval));
-        inbound.round_done();
-        assert!(!q.overdue(crate::reqid::monotonic_ms(), interval));
-    }
-
-    /// An idle-policy log thread is handed out for raising once, and only
-    /// when its last round is `RAISE_AFTER` old.
-    #[test]
-    fn an_idle_log_thread_is_raised_once() {
-        let (q, inbound) = LogQueue::new(1, 1);
-        let start = q.last_round.load(Ordering::Relaxed);
-        let late = start + RAISE_AFTER.as_millis() as u64 + 1;
-        assert_eq!(q.take_idle_tid(late), None, "no thread yet");
-        inbound.tid.store(42, Ordering::Relaxed);
-        assert_eq!(q.take_idle_tid(late), None, "not idle-policy");
-        inbound.idle.store(true, Ordering::Relaxed);
-        assert_eq!(q.take_idle_tid(late - 1), None, "not that late");
-        assert_eq!(q.take_idle_tid(late), Some(42));
-        assert_eq!(q.take_idle_tid(late), None, "once");
     }
 
     fn finished(status: u16) -> RequestRecord {

@@ -192,16 +192,6 @@ impl Default for WallClock {
     }
 }
 
-/// Milliseconds on a monotonic clock that starts with the process (its first
-/// call): for ages across threads, such as the log thread's last round.
-pub fn monotonic_ms() -> u64 {
-    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    START
-        .get_or_init(std::time::Instant::now)
-        .elapsed()
-        .as_millis() as u64
-}
-
 /// Milliseconds since the Unix epoch, now.
 pub fn now_unix_ms() -> u64 {
     std::time::SystemTime::now()

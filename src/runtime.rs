@@ -332,13 +332,12 @@ async fn run_shard(a: ShardArgs) {
     if ctx.logging() {
         // The tally of requests the log keeps no row of goes to the log
         // thread as often as the log commits, so a crash loses no more of it
-        // than of the rows; and a log thread starved of CPU gets some.
+        // than of the rows.
         let ctx = ctx.clone();
         glommio::spawn_local(async move {
             loop {
                 timer::sleep(ctx.config().logs.flush_interval).await;
                 let _ = ctx.hand_over_tally(false);
-                ctx.give_way_to_log(crate::reqid::monotonic_ms(), ctx.log_run_wait());
             }
         })
         .detach();

@@ -586,54 +586,8 @@ fn no_secret_is_written_or_shown_anywhere(shards: usize) {
     }
 }
 
-/// The log thread runs only on CPU time no shard wants (`SCHED_IDLE`, policy
-/// 5 in /proc's `stat`), and the log still keeps every row.
-fn the_log_thread_takes_only_idle_cpu(shards: usize) {
-    let mock = mock();
-    let gw = Gateway::with(shards)
-        .provider("up", &mock.base_url(), "")
-        .start();
-    let tasks = format!("/proc/{}/task", gw.pid());
-    let mut policies = Vec::new();
-    for t in std::fs::read_dir(&tasks).unwrap() {
-        let dir = t.unwrap().path();
-        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
-        let stat = std::fs::read_to_string(dir.join("stat")).unwrap_or_default();
-        // Fields after the name in parentheses; `policy` is field 41.
-        let after = stat.rsplit_once(") ").map(|(_, rest)| rest).unwrap_or("");
-        let policy: u32 = after
-            .split(' ')
-            .nth(41 - 3)
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(u32::MAX);
-        policies.push((name.trim().to_string(), policy));
-    }
-    let log: Vec<_> = policies.iter().filter(|(n, _)| n == "aigw-log").collect();
-    assert_eq!(log.len(), 1, "{policies:?}");
-    assert_eq!(log[0].1, 5, "SCHED_IDLE: {policies:?}");
-    // The shards keep the normal policy.
-    assert!(
-        policies
-            .iter()
-            .filter(|(n, _)| n.starts_with("aigw-shard"))
-            .all(|(_, p)| *p == 0),
-        "{policies:?}"
-    );
-    let r = gw
-        .client()
-        .post("/v1/chat/completions", &[], &chat("up/gpt-x", false));
-    assert_eq!(r.status, 200);
-    let id = id_of(&r);
-    let rows = admin_logs(&gw, "limit=10");
-    assert!(
-        rows.iter().any(|row| row["id"].as_str() == Some(&id)),
-        "{rows:?}"
-    );
-}
-
 at_1_and_2_shards!(
     a_burst_leaves_exactly_one_row_per_request,
-    the_log_thread_takes_only_idle_cpu,
     each_filter_selects_exactly_its_rows,
     retention_deletes_the_oldest_first,
     follow_prints_new_rows_as_they_are_stored,

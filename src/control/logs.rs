@@ -42,8 +42,10 @@ pub const RETENTION_EVERY: Duration = Duration::from_secs(1);
 pub const RETENTION_PASSES: usize = 4;
 /// How often metadata rows of deleted requests are swept (a scan of `meta_seqs`).
 pub const META_SWEEP_EVERY: Duration = Duration::from_secs(60);
-/// The log thread's nice value where it cannot have the `SCHED_IDLE` policy
-/// (see [`spawn`]).
+/// The log thread's nice value. Serving comes first: on a CPU it shares with
+/// a shard, the shard preempts it at once; when the CPU is saturated it still
+/// gets about a tenth of it (CFS weight 110 against 1024), which is what it
+/// needs at full load, and its queue absorbs the rest.
 pub const LOG_THREAD_NICE: i32 = 10;
 
 /// What the log thread has done, for `/stats` and `/metrics`, and the
@@ -128,35 +130,10 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("aigw-log".into())
         .spawn(move || {
-            // Serving comes first. Under `SCHED_IDLE` the log thread runs
-            // only on CPU time no shard wants, and a shard that wakes takes
-            // its CPU back at once. At nice 10 (where that policy is refused)
-            // it has a tenth of a saturated CPU, but a shard that wakes may
-            // wait for the log thread's time slice to end first (README,
-            // "How many rows a second it keeps", has the side-by-side runs).
-            // A log thread that gets no CPU at all
-            // (shards busy without a pause) is given some by the shards
-            // (`ShardCtx::give_way_to_log`), and raised to nice 10 if other
-            // processes take that too; the queue absorbs the rest, and
-            // requests it keeps no row of are tallied.
-            inbound
-                .tid
-                .store(crate::sys::thread_id(), Ordering::Relaxed);
-            match crate::sys::idle_thread_policy() {
-                Ok(()) => inbound.idle.store(true, Ordering::Relaxed),
-                Err(e) => {
-                    log::debug!(
-                        "log thread is not SCHED_IDLE ({e}); nice {LOG_THREAD_NICE} instead"
-                    );
-                    if let Err(e) = crate::sys::lower_thread_priority(LOG_THREAD_NICE) {
-                        log::debug!("log thread keeps its priority: {e}");
-                    }
-                }
+            if let Err(e) = crate::sys::lower_thread_priority(LOG_THREAD_NICE) {
+                log::debug!("log thread keeps its priority: {e}");
             }
-            run(&mut writer, cfg, &inbound, &stats);
-            // No thread of that id any more (an id the kernel may reuse).
-            inbound.idle.store(false, Ordering::Relaxed);
-            inbound.tid.store(0, Ordering::Relaxed);
+            run(&mut writer, cfg, &inbound, &stats)
         })
         .map_err(|e| format!("cannot start the log thread: {e}"))
 }
@@ -240,8 +217,6 @@ fn run(writer: &mut Writer, mut cfg: LogsConfig, queue: &LogInbound, stats: &Log
             }
         }
         stats.rows.store(writer.rows(), Ordering::Relaxed);
-        // The shards see the log thread got CPU for a round.
-        queue.round_done();
         // A commit asked for is answered once the queue is empty, and a stop
         // waits for that too.
         if full {

@@ -25,7 +25,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// A live client connection as the drain logic sees it.
 struct ConnEntry {
@@ -79,13 +79,6 @@ pub struct Shared {
     pub budgets: Arc<Budgets>,
 }
 
-/// How long a shard's thread sleeps, each `logs.flush_interval`, while the log
-/// thread is starved of CPU ([`ShardCtx::give_way_to_log`]): 1% of the
-/// interval (2 ms at the default 200 ms), at least 50 µs.
-pub fn log_pause(interval: Duration) -> Duration {
-    (interval / 100).max(Duration::from_micros(50))
-}
-
 pub struct ShardCtx {
     pub shard: usize,
     /// The running config: replaced whole on a reload; a request holds the
@@ -116,10 +109,6 @@ pub struct ShardCtx {
     metadata_memo: RefCell<crate::record::MetadataMemo>,
     /// Finished records the request log keeps go here (`None`: logs are off).
     log: Option<LogQueue>,
-    /// The last [`ShardCtx::give_way_to_log`] paused (so the warning comes
-    /// once per spell), and the log thread's run-queue wait it read.
-    log_starved: Cell<bool>,
-    log_wait: Cell<Option<u64>>,
     /// The requests the log keeps no row of (sampled out, dropped, or
     /// `collect-log: false`), until the next hand-over to the log thread
     /// (every `logs.flush_interval`).
@@ -183,8 +172,6 @@ impl ShardCtx {
             ids: RefCell::new(ids),
             clock: WallClock::new(),
             log,
-            log_starved: Cell::new(false),
-            log_wait: Cell::new(None),
             tally: RefCell::new(tally),
             conns: RefCell::new(Slab::default()),
             cache,
@@ -412,70 +399,6 @@ impl ShardCtx {
         moved
     }
 
-    /// The log thread's run-queue wait so far (ns; see
-    /// [`crate::sys::thread_run_wait_ns`]), while it runs.
-    pub fn log_run_wait(&self) -> Option<u64> {
-        let tid = self
-            .log
-            .as_ref()?
-            .tid
-            .load(std::sync::atomic::Ordering::Relaxed);
-        (tid != 0)
-            .then_some(tid)
-            .and_then(crate::sys::thread_run_wait_ns)
-    }
-
-    /// Gives the log thread CPU when it gets none: it runs only on CPU time
-    /// no shard wants (`SCHED_IDLE`), and shards that never pause leave it
-    /// none. Starved means its last round is overdue ([`LogQueue::overdue`])
-    /// and it spent more than half the time since the last call waiting,
-    /// runnable, for a CPU (`run_wait_ns`, [`ShardCtx::log_run_wait`], read
-    /// each call); a thread slow in SQLite (a long commit, a busy database)
-    /// is not. The shard's thread then sleeps [`log_pause`] (1% of
-    /// `logs.flush_interval`, the time between calls); after
-    /// [`crate::logqueue::RAISE_AFTER`] the log thread is raised to nice 10.
-    /// True when it paused. `now_ms`: [`crate::reqid::monotonic_ms`].
-    pub fn give_way_to_log(&self, now_ms: u64, run_wait_ns: Option<u64>) -> bool {
-        let Some(log) = &self.log else { return false };
-        let interval = self.config.borrow().logs.flush_interval;
-        let waited = match (run_wait_ns, self.log_wait.replace(run_wait_ns)) {
-            (Some(now), Some(before)) => now.saturating_sub(before),
-            _ => 0,
-        };
-        if !(log.overdue(now_ms, interval) && waited > interval.as_nanos() as u64 / 2) {
-            self.log_starved.set(false);
-            return false;
-        }
-        let pause = log_pause(interval);
-        if !self.log_starved.replace(true) {
-            log::warn!(
-                "shard {}: the request log has waited for a CPU since its last round {} ms ago; pausing {} µs every logs.flush_interval until it catches up",
-                self.shard,
-                log.since_round(now_ms),
-                pause.as_micros()
-            );
-        }
-        // Still none after many pauses: other processes take the CPU the
-        // shards leave. Back to the normal policy, at nice 10, for good.
-        let ours = |t: &i32| crate::sys::thread_run_wait_ns(*t).is_some();
-        if let Some(tid) = log.take_idle_tid(now_ms).filter(ours) {
-            let nice = crate::control::logs::LOG_THREAD_NICE;
-            match crate::sys::raise_thread(tid, nice) {
-                Ok(()) => log::warn!(
-                    "the request log got no CPU for {} s with the shards pausing (other processes take it): it runs at nice {nice} from now on",
-                    log.since_round(now_ms) / 1000,
-                ),
-                Err(e) => log::warn!(
-                    "the request log gets no CPU and cannot be raised to nice {nice} ({e}): give aigw CAP_SYS_NICE or LimitNICE={} (systemd), or free some CPU; until then rows are dropped (and tallied)",
-                    20 - nice
-                ),
-            }
-        }
-        // Blocking on purpose: the CPU must go idle for the log thread to run.
-        std::thread::sleep(pause);
-        true
-    }
-
     /// The stats since the last snapshot, with the shard's gauges.
     pub fn snapshot(&self, seq: u64) -> Snapshot {
         let gauges = Gauges {
@@ -639,74 +562,6 @@ mod tests {
             shared,
         );
         (ctx, queue, inbound.rx)
-    }
-
-    /// A shard pauses (once per call) only while the log thread's round is
-    /// overdue and it spent most of the time since the last call waiting for
-    /// a CPU; then, late enough, it raises an idle-policy log thread once.
-    #[test]
-    fn a_shard_gives_way_to_a_starved_log_thread() {
-        let toml = "[logs]\nflush_interval = \"100ms\"\n[providers.up]\nbase_url = \"http://127.0.0.1:9\"\n";
-        let config = Arc::new(Config::from_toml_with_env(toml, &|_| None).unwrap());
-        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-            .io_memory(128 << 10)
-            .spawn(move || async move {
-                let (ctx, queue, _rx) = logging(config, vec![]);
-                let start = queue.last_round.load(Ordering::Relaxed);
-                const MS: u64 = 1_000_000;
-                // Waiting for a CPU all along, but not overdue yet.
-                assert!(!ctx.give_way_to_log(start, Some(0)));
-                assert!(!ctx.give_way_to_log(start + 1000, Some(100 * MS)));
-                // Overdue (a second without a round; 4 intervals are less)
-                // and waiting: a pause.
-                let paused = Instant::now();
-                assert!(ctx.give_way_to_log(start + 1001, Some(200 * MS)));
-                assert!(paused.elapsed() >= log_pause(Duration::from_millis(100)));
-                // Overdue but not waiting (slow in SQLite, or asleep): none.
-                assert!(!ctx.give_way_to_log(start + 1100, Some(210 * MS)));
-                // No count to read: none.
-                assert!(!ctx.give_way_to_log(start + 1200, None));
-                assert!(!ctx.give_way_to_log(start + 1300, Some(300 * MS)));
-                assert!(ctx.give_way_to_log(start + 1400, Some(400 * MS)));
-                // A round ended: no more pauses.
-                queue.last_round.store(start + 1400, Ordering::Relaxed);
-                assert!(!ctx.give_way_to_log(start + 1500, Some(500 * MS)));
-                // Starved past RAISE_AFTER: an idle log thread is raised, once.
-                let (go, wait) = std::sync::mpsc::channel::<()>();
-                let idle = std::thread::spawn({
-                    let (tid, idle) = (queue.tid.clone(), queue.idle.clone());
-                    move || {
-                        crate::sys::idle_thread_policy().unwrap();
-                        tid.store(crate::sys::thread_id(), Ordering::Relaxed);
-                        idle.store(true, Ordering::Relaxed);
-                        wait.recv().unwrap();
-                        crate::sys::thread_policy().unwrap()
-                    }
-                });
-                while !queue.idle.load(Ordering::Relaxed) {
-                    std::thread::yield_now();
-                }
-                assert!(ctx.log_run_wait().is_some(), "a thread of this process");
-                let late = start + 1401 + crate::logqueue::RAISE_AFTER.as_millis() as u64;
-                assert!(ctx.give_way_to_log(late, Some(10_000 * MS)));
-                assert!(!queue.idle.load(Ordering::Relaxed), "raised once");
-                assert!(
-                    ctx.give_way_to_log(late + 100, Some(10_100 * MS)),
-                    "pauses go on"
-                );
-                go.send(()).unwrap();
-                let policy = idle.join().unwrap();
-                // SCHED_IDLE still only where raising is not allowed at all
-                // (see `sys::tests::an_idle_thread_can_be_raised_by_another`).
-                if crate::sys::can_raise_threads() {
-                    assert_eq!(policy, libc::SCHED_OTHER);
-                } else {
-                    assert_eq!(policy, libc::SCHED_IDLE);
-                }
-            })
-            .unwrap()
-            .join()
-            .unwrap();
     }
 
     /// A row the log's queue has no room for, and a success sampled out, are
