@@ -691,11 +691,47 @@ def render(args, targets, results, wrk_rows, started, machine):
                              f"{fmt(m['loadgen_cpu'], 0)} |")
         lines.append("")
         lines += ratio_lines(sc, med)
+        if not sc.stream:
+            lines += paired_lines(per_target)
         lines += dropped_line(targets, per_target)
         lines.append("")
     if wrk_rows:
         lines += wrk_rows
     return "\n".join(lines) + "\n"
+
+
+# The pairs the issues' bars compare, as (target, against, what).
+PAIRS = [
+    ("aigw", "aigw-nolog", "log on vs log off"),
+    ("aigw-cache", "aigw-cache-nolog", "cache hit, log on vs log off"),
+    ("aigw-limits", "aigw", "key + 2 limits + budget vs none"),
+    ("aigw-limits-nolog", "aigw-nolog", "key + 2 limits + budget vs none, log off both"),
+    ("aigw-cache-miss", "aigw", "cache on, all miss vs cache off"),
+    ("aigw-cache", "nginx-static", "cache hit vs nginx static"),
+    ("aigw-cache-nolog", "nginx-static", "cache hit, log off vs nginx static"),
+    ("aigw", "aigw-before", "aigw vs aigw before"),
+    ("aigw-cache", "aigw-before-cache", "cache hit vs before"),
+]
+
+
+def paired_lines(per_target):
+    """Throughput ratios trial by trial: targets run one after the other
+    within a trial, so a pair's runs of one trial are seconds apart and share
+    the machine's state then. On a noisy machine the median of these is
+    steadier than the ratio of medians, and their spread says how far to
+    trust either."""
+    out = []
+    for a, b, what in PAIRS:
+        ta, tb = per_target.get(a), per_target.get(b)
+        if not ta or not tb:
+            continue
+        r = sorted(x["rps"] / y["rps"] for x, y in zip(ta, tb)
+                   if x.get("rps") and y.get("rps"))
+        if not r:
+            continue
+        out.append(f"- trial by trial, {what}: median {statistics.median(r):.3f} "
+                   f"(range {r[0]:.3f}-{r[-1]:.3f}, {len(r)} trials)")
+    return out
 
 
 def dropped_line(targets, per_target):
