@@ -651,17 +651,21 @@ mod tests {
         let mut i = Interner::new(7);
         let (a, b) = ("agent/1x", "agent/2x");
         assert_eq!(recent_slot(a.as_bytes()), recent_slot(b.as_bytes()));
+        let (first_a, first_b) = (i.get(a), i.get(b));
         for _ in 0..3 {
-            assert_eq!(&*i.get(a), a);
-            assert_eq!(&*i.get(b), b);
+            let (again_a, again_b) = (i.get(a), i.get(b));
+            assert_eq!((&*again_a, &*again_b), (a, b));
+            // Taking turns in one slot, each still gets the one shared copy.
+            assert!(Arc::ptr_eq(&again_a, &first_a) && Arc::ptr_eq(&again_b, &first_b));
         }
-        i.get("/v1/chat/completions");
-        // Fill the set past its bound: it starts over, the recent copy stays.
+        let path = i.get("/v1/chat/completions");
+        assert!(Arc::ptr_eq(&path, &i.get("/v1/chat/completions")));
+        // Past the set's bound (it starts over) every text is still right.
         for n in 0..2 * INTERNED {
-            i.get(&format!("other/{n}"));
+            let t = format!("other/{n}");
+            assert_eq!(&*i.get(&t), t.as_str());
         }
-        let again = i.get("/v1/chat/completions");
-        assert_eq!(&*again, "/v1/chat/completions");
+        assert_eq!(&*i.get("/v1/chat/completions"), "/v1/chat/completions");
         assert_eq!(&*i.get(""), "");
         assert_eq!(&*i.get("é"), "é");
     }
