@@ -15,6 +15,7 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// `recv(fd, buf, MSG_DONTWAIT)`: reads what the socket holds now, or
@@ -129,8 +130,38 @@ pub fn allocate(file: &File, len: u64) -> io::Result<()> {
 /// reader): it is sized before mapping, and the data_dir lock keeps a second
 /// aigw from touching it.
 pub struct SharedMap {
-    map: memmap2::MmapRaw,
+    /// Shared with the [`Prefault`] handles given out (they only ask the
+    /// kernel about pages, never touch bytes).
+    map: Arc<memmap2::MmapRaw>,
     len: usize,
+}
+
+/// A handle on a [`SharedMap`] that can make its pages writable ahead of use
+/// (from another thread) and keeps the mapping alive; it reads and writes no
+/// byte of it.
+#[derive(Clone)]
+pub struct Prefault {
+    map: Arc<memmap2::MmapRaw>,
+    len: usize,
+}
+
+impl Prefault {
+    /// Maps `len` bytes from `at` writable now (`MADV_POPULATE_WRITE`,
+    /// Linux 5.14+), so writes to them later take no page fault: a shared
+    /// file mapping read in at start still faults on each page's first write
+    /// (the kernel tracks which pages are dirty), and again on the first
+    /// write after the kernel wrote the page back. The range is clipped to
+    /// the mapping; an older kernel's refusal is returned (writes then fault
+    /// as before).
+    pub fn prepare_write(&self, at: usize, len: usize) -> io::Result<()> {
+        let start = (at / 4096 * 4096).min(self.len);
+        let end = at.saturating_add(len).min(self.len);
+        if end <= start {
+            return Ok(());
+        }
+        self.map
+            .advise_range(memmap2::Advice::PopulateWrite, start, end - start)
+    }
 }
 
 impl SharedMap {
@@ -147,15 +178,33 @@ impl SharedMap {
             .len(len)
             .populate()
             .map_raw(file)?;
-        Ok(SharedMap { map, len })
+        Ok(SharedMap {
+            map: Arc::new(map),
+            len,
+        })
     }
 
     /// Zeroed anonymous memory of `len` bytes, advised to use huge pages
-    /// (a hint: without transparent huge pages it is plain memory).
+    /// (a hint: without transparent huge pages it is plain memory), and
+    /// made present and writable now, so no request pays for a first touch
+    /// (zeroing a huge page took a fault of its own on some request).
     pub fn anonymous(len: usize) -> io::Result<SharedMap> {
         let map = memmap2::MmapRaw::from(memmap2::MmapMut::map_anon(len)?);
         let _ = map.advise(memmap2::Advice::HugePage);
-        Ok(SharedMap { map, len })
+        let map = SharedMap {
+            map: Arc::new(map),
+            len,
+        };
+        let _ = map.prefault().prepare_write(0, len);
+        Ok(map)
+    }
+
+    /// A handle to make pages writable ahead of use ([`Prefault`]).
+    pub fn prefault(&self) -> Prefault {
+        Prefault {
+            map: self.map.clone(),
+            len: self.len,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -482,6 +531,77 @@ impl Drop for BorrowedRows {
 
 #[cfg(test)]
 mod tests {
+    /// Minor page faults this thread has taken.
+    fn thread_faults() -> u64 {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+        // Fields after the command (which may hold spaces), from the state on.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        rest.split(' ').nth(7).unwrap().parse().unwrap()
+    }
+
+    /// Faults taken by `f`, less what counting them costs.
+    fn faults_of(f: impl FnOnce()) -> u64 {
+        let (a, b) = (thread_faults(), thread_faults());
+        let overhead = b - a;
+        let before = thread_faults();
+        f();
+        (thread_faults() - before).saturating_sub(overhead)
+    }
+
+    /// Pages made writable ahead take no fault when first written, keep what
+    /// they held, and a range past the end is clipped.
+    #[test]
+    fn prefaulted_pages_take_writes_without_faults() {
+        use std::io::Write;
+        use std::sync::atomic::Ordering;
+        const PAGES: usize = 64;
+        let path = std::env::temp_dir().join(format!("aigw-prefault-{}", std::process::id()));
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        let len = PAGES * 4096;
+        // Written through the file: mapped in, the pages are clean.
+        for page in 0..PAGES as u64 {
+            let mut p = vec![0u8; 4096];
+            p[8..16].copy_from_slice(&page.to_le_bytes());
+            file.write_all(&p).unwrap();
+        }
+        file.sync_all().unwrap();
+        let map = super::SharedMap::new(&file, len).unwrap();
+        drop(file);
+        let _ = std::fs::remove_file(&path);
+        let half = len / 2;
+        if let Err(e) = map.prefault().prepare_write(half, len) {
+            eprintln!("MADV_POPULATE_WRITE refused ({e}): nothing to check on this kernel");
+            return;
+        }
+        let ahead = faults_of(|| {
+            for page in PAGES / 2..PAGES {
+                map.store(page * 4096, 7, Ordering::Relaxed);
+            }
+        });
+        let not_ahead = faults_of(|| {
+            for page in 0..PAGES / 2 {
+                map.store(page * 4096, 7, Ordering::Relaxed);
+            }
+        });
+        // (Where the file system tracks dirty pages, as ext4 does, the pages
+        // not made writable ahead fault once each.)
+        eprintln!("faults writing 32 pages: {ahead} made writable ahead, {not_ahead} not");
+        assert!(
+            ahead <= 1,
+            "{ahead} faults writing pages made writable ahead"
+        );
+        for page in 0..PAGES {
+            assert_eq!(map.load(page * 4096 + 8, Ordering::Relaxed), page as u64);
+        }
+        assert!(map.prefault().prepare_write(len, 4096).is_ok());
+    }
+
     #[test]
     fn the_c_allocator_takes_the_settings() {
         assert_eq!(super::keep_c_heap(), Ok(()));

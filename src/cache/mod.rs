@@ -246,13 +246,22 @@ impl Cache {
         let mut partitions = Vec::with_capacity(shards);
         let mut writers = Vec::with_capacity(shards);
         let mut opened = Vec::with_capacity(shards);
+        // Without it (no thread to be had), pages fault as they are written.
+        let pager = store::Pager::start()
+            .map_err(|e| {
+                log::warn!("cache: no page-ahead thread ({e}); writes take the page faults")
+            })
+            .ok();
         for (i, r) in results.into_iter().enumerate() {
-            let (p, w, o) = r.map_err(|e| {
+            let (p, mut w, o) = r.map_err(|e| {
                 format!(
                     "cache: cannot open {}: {e}",
                     store::file_path(dir, i).display()
                 )
             })?;
+            if let Some(pager) = &pager {
+                w.use_pager(&p, pager.clone());
+            }
             partitions.push(p);
             writers.push(Mutex::new(Some(w)));
             opened.push(o);
