@@ -14,6 +14,7 @@ CPU 1. Change with --load-cpu / --proxy-cpu.
 
 import hashlib
 import argparse
+import concurrent.futures
 import datetime
 import json
 import os
@@ -644,7 +645,7 @@ def added_ratio(m, key, a, n, d="direct"):
     return (va - vd) / (vn - vd)
 
 
-def render(args, targets, results, wrk_rows, started, machine):
+def render(args, targets, results, wrk_rows, started, machine, corun_results=None):
     lines = [f"# aigw perf run, {started}", ""]
     lines += [f"- machine: {machine}",
               f"- pinning: aigw-load and aigw-mock on CPU {args.load_cpu}; the proxy under test on CPU {args.proxy_cpu} "
@@ -695,6 +696,7 @@ def render(args, targets, results, wrk_rows, started, machine):
             lines += paired_lines(per_target)
         lines += dropped_line(targets, per_target)
         lines.append("")
+    lines += corun_lines(args, corun_results)
     if wrk_rows:
         lines += wrk_rows
     return "\n".join(lines) + "\n"
@@ -732,6 +734,47 @@ def paired_lines(per_target):
         out.append(f"- trial by trial, {what}: median {statistics.median(r):.3f} "
                    f"(range {r[0]:.3f}-{r[-1]:.3f}, {len(r)} trials)")
     return out
+
+
+def corun(bins, args, runnable, mock_pids, tmp):
+    """Each pair of PAIRS whose targets both run, loaded at the same time:
+    both servers share the proxy CPU (each with its own aigw-load on the
+    load CPU), so whatever else the machine does at that moment slows both
+    alike, and the throughput ratio is the ratio of what a request costs
+    each. Returns {(a, b): [(rps ratio, CPU/req ratio), ...]} over trials."""
+    by_key = {t.key: t for t in runnable}
+    pairs = [(a, b) for a, b, _ in PAIRS if a in by_key and b in by_key]
+    sc = scenarios(argparse.Namespace(**{**vars(args), "scenarios": "closed"}))[0]
+    out = {}
+    for trial in range(args.trials):
+        for a, b in pairs:
+            log(f"co-run trial {trial + 1}/{args.trials}: {by_key[a].label} with {by_key[b].label}")
+            wait_quiet(args.proxy_cpu)
+            with concurrent.futures.ThreadPoolExecutor(2) as pool:
+                ra, rb = pool.map(lambda k: flatten(run_load(bins, args, by_key[k], sc, mock_pids,
+                                                             Path(tmp) / f"corun-{a}-{b}-{k}-{trial}.json")),
+                                  (a, b))
+            if ra.get("rps") and rb.get("rps") and ra.get("server_cpu") and rb.get("server_cpu"):
+                out.setdefault((a, b), []).append((ra["rps"] / rb["rps"], ra["server_cpu"] / rb["server_cpu"]))
+            else:
+                log(f"co-run of {a} and {b} failed: {ra.get('failed') or rb.get('failed')}")
+    return out
+
+
+def corun_lines(args, corun_results):
+    if not corun_results:
+        return []
+    what = {(a, b): w for a, b, w in PAIRS}
+    lines = [f"## co-run: both targets of a pair at once, sharing CPU {args.proxy_cpu}", "",
+             f"Each pair loaded together ({args.connections} connections each, one aigw-load each on CPU "
+             f"{args.load_cpu}), {args.trials} trial(s): noise from the rest of the machine slows both "
+             "alike, so the ratio stays put when the absolute numbers do not.", "",
+             "| pair | req/s ratio, median (range) | CPU/req ratio, median |", "|---|---|---|"]
+    for (a, b), rs in corun_results.items():
+        r = sorted(x for x, _ in rs)
+        c = statistics.median(y for _, y in rs)
+        lines.append(f"| {what[(a, b)]} | {statistics.median(r):.3f} ({r[0]:.3f}-{r[-1]:.3f}) | {c:.3f} |")
+    return lines + [""]
 
 
 def dropped_line(targets, per_target):
@@ -906,6 +949,7 @@ def parse_args():
     p.add_argument("--aigw-limits", action="store_true", help="also run aigw with a gateway key, two rate limits and a budget")
     p.add_argument("--aigw-nolog", action="store_true", help="also run aigw with the request log off, and with payloads kept")
     p.add_argument("--peers", action="store_true", help="also LiteLLM proxy and Portkey gateway, if installable")
+    p.add_argument("--corun", action="store_true", help="also load the two targets of each compared pair at the same time, sharing the proxy CPU (a ratio the machine's noise moves less)")
     p.add_argument("--no-wrk", action="store_true", help="skip the wrk vs aigw-load baseline")
     p.add_argument("--wrk-only", action="store_true", help="only the wrk vs aigw-load baseline")
     p.add_argument("--no-build", action="store_true")
@@ -973,6 +1017,7 @@ def main():
                                 r["log_dropped_pct"] = 100.0 * (after[1] - before[1]) / (after[0] - before[0])
                         per_target.setdefault(t.key, []).append(r)
                 results.append((sc, per_target))
+            corun_results = corun(bins, args, runnable, mock_pids, tmp) if args.corun else {}
         static = next((t for t in targets if t.key == "nginx-static"), None)
         wrk_rows = [] if args.no_wrk or static is None else wrk_compare(bins, args, static.url, "nginx static")
         hit = next((t for t in runnable if t.key == "aigw-cache"), None)
@@ -986,12 +1031,13 @@ def main():
                                     passthrough.model, spin=False)
     finally:
         procs.stop_all()
-    text = render(args, targets, results, wrk_rows, started, machine)
+    text = render(args, targets, results, wrk_rows, started, machine, corun_results)
     out = RESULTS / f"{started.replace(':', '')}{'-quick' if args.quick else ''}.md"
     out.write_text(text)
     raw = {"started": started, "machine": machine, "args": vars(args),
            "targets": {t.key: {"label": t.label, "unavailable": t.unavailable} for t in targets},
-           "scenarios": {sc.key: {"title": sc.title, "trials": per_target} for sc, per_target in results}}
+           "scenarios": {sc.key: {"title": sc.title, "trials": per_target} for sc, per_target in results},
+           "corun": {f"{a} / {b}": rs for (a, b), rs in corun_results.items()}}
     out.with_suffix(".json").write_text(json.dumps(raw, indent=1, default=str))
     print(text)
     log(f"wrote {out}")
