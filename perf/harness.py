@@ -713,6 +713,7 @@ PAIRS = [
     ("aigw-cache-nolog", "nginx-static", "cache hit, log off vs nginx static"),
     ("aigw", "aigw-before", "aigw vs aigw before"),
     ("aigw-cache", "aigw-before-cache", "cache hit vs before"),
+    ("aigw-cache-miss", "aigw-before-cache-miss", "all miss vs before"),
 ]
 
 
