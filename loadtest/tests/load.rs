@@ -153,7 +153,7 @@ fn aigw_load(args: &[&str]) -> (i32, serde_json::Value) {
     let dir = std::env::temp_dir().join(format!("aigw-load-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let json_path = dir.join(format!("report-{}.json", args.join("_").len()));
-    let cpu = load::run::allowed_cpus()
+    let cpu = load::config::allowed_cpus()
         .and_then(|cpus| cpus.first().copied())
         .unwrap_or(0)
         .to_string();

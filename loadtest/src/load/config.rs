@@ -3,7 +3,8 @@
 //! Owns: every knob of a run, already validated (parse, don't validate): a
 //! `LoadConfig` that exists is runnable. Does not own the command line (the
 //! binary maps flags onto these types with the `parse_*` helpers here) nor any
-//! I/O beyond reading body files and resolving target addresses once.
+//! I/O beyond reading body files, resolving target addresses once and reading
+//! which CPUs the process may run on.
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -105,7 +106,7 @@ impl LoadConfig {
     /// A closed-loop run against `targets` with every other knob at its
     /// default; one executor on the first CPU this process may use.
     pub fn new(targets: Vec<Target>) -> LoadConfig {
-        let first_cpu = super::run::allowed_cpus()
+        let first_cpu = allowed_cpus()
             .and_then(|cpus| cpus.first().copied())
             .unwrap_or(0);
         LoadConfig {
@@ -176,6 +177,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, ConfigError> {
         _ => return err(format!("bad duration unit in {s:?}: use us, ms, s, m or h")),
     };
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// The CPUs this process may run on (`Cpus_allowed_list` in /proc/self/status).
+pub fn allowed_cpus() -> Option<Vec<usize>> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .and_then(|list| parse_cpu_list(list.trim()).ok())
 }
 
 /// `0`, `0,2`, `0-3`, `0-1,4`: CPU numbers, deduplicated, in the given order.

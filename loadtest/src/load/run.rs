@@ -8,7 +8,7 @@
 //! never compete for the load generator's cores.
 
 use super::body::RequestPlan;
-use super::config::{LoadConfig, Mode, Target, parse_cpu_list};
+use super::config::{LoadConfig, Mode, Target, allowed_cpus};
 use super::conn::RunClock;
 use super::cpu::{process_cpu, processes_cpu};
 use super::progress::Collector;
@@ -207,15 +207,6 @@ fn check_cpus(cpus: &[usize]) -> Result<(), RunError> {
         )));
     }
     Ok(())
-}
-
-/// The CPUs this process may run on (`Cpus_allowed_list` in /proc/self/status).
-pub fn allowed_cpus() -> Option<Vec<usize>> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-        .and_then(|list| parse_cpu_list(list.trim()).ok())
 }
 
 struct CpuSample {
