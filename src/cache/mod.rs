@@ -6,6 +6,8 @@
 //! - [`entry`]: the entry format in a segment, and proving an entry whole.
 //! - [`store`]: one shard's partition: mapped file, segments, index.
 //! - [`flight`]: coalescing identical misses into one upstream call.
+//! - [`pager`]: the thread that makes the pages each writer is about to fill
+//!   writable before it gets there (no page fault in a store).
 //!
 //! [`Cache`] is what all shards share (every partition's mapping and index,
 //! the flights in progress); [`ShardCache`] is one shard's part (the writer of
@@ -16,6 +18,7 @@
 pub mod entry;
 pub mod flight;
 pub mod key;
+pub mod pager;
 pub mod store;
 
 use crate::config::CacheConfig;
@@ -247,7 +250,7 @@ impl Cache {
         let mut writers = Vec::with_capacity(shards);
         let mut opened = Vec::with_capacity(shards);
         // Without it (no thread to be had), pages fault as they are written.
-        let pager = store::Pager::start()
+        let pager = pager::Pager::start()
             .map_err(|e| {
                 log::warn!("cache: no page-ahead thread ({e}); writes take the page faults")
             })

@@ -26,6 +26,7 @@
 
 use super::entry::{self, Entry, Invalid};
 use super::key::CacheKey;
+use super::pager::{self, Pager};
 use crate::sys::{Prefault, SharedMap};
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -307,40 +308,12 @@ pub struct Writer {
     /// stands (`None`: done). Reclaiming a whole segment at once stalled the
     /// shard for milliseconds (a segment holds thousands of entries).
     ahead: Option<(usize, Option<usize>)>,
-    /// Where the segment to reuse next is made writable ahead of the writer
-    /// (`None`: not at all, its pages fault as they are first written).
+    /// Who makes the open segment's pages writable ahead of the writer
+    /// (`None`: nobody, they fault as they are first written).
     pager: Option<Pager>,
     pages: Prefault,
-}
-
-/// Makes the segments writers are about to fill writable before they get
-/// there, on a thread of its own (`aigw-cache-pager`, at a lowered priority
-/// like the log's). A page of a shared file mapping faults on its first write
-/// after the start or after the kernel wrote it back (it tracks dirty pages),
-/// and on ext4 such a fault journals: all-miss traffic spent about 1% of the
-/// shard's time in them, on the request path. The pager does the same work
-/// for a whole segment at once, off the shard, about half a segment before
-/// the writer opens it. Wakes once per segment (megabytes of answers).
-#[derive(Clone)]
-pub struct Pager {
-    jobs: std::sync::mpsc::Sender<(Prefault, usize, usize)>,
-}
-
-impl Pager {
-    /// Starts the thread; it ends when the last handle is dropped.
-    pub fn start() -> io::Result<Pager> {
-        let (jobs, rx) = std::sync::mpsc::channel::<(Prefault, usize, usize)>();
-        std::thread::Builder::new()
-            .name("aigw-cache-pager".into())
-            .spawn(move || {
-                let _ = crate::sys::lower_thread_priority(10);
-                for (pages, at, len) in rx {
-                    // Best effort: refused, the writes fault as before.
-                    let _ = pages.prepare_write(at, len);
-                }
-            })?;
-        Ok(Pager { jobs })
-    }
+    /// Where the pages asked for so far end (an offset in the file).
+    paged_to: usize,
 }
 
 /// Entries of the segment to reuse next that each insert takes out of the
@@ -392,7 +365,9 @@ pub fn open(
                 )
             });
         }
-        // Not mapped by anyone yet (the data_dir lock keeps other aigw out).
+        // Not mapped by any reader (the data_dir lock keeps other aigw out; a
+        // page-ahead job of an earlier open in this process may still hold
+        // a mapping of it, which reads and writes nothing).
         file.set_len(0)?;
         file.set_len(len as u64)?;
     }
@@ -415,6 +390,7 @@ pub fn open(
         ahead: None,
         pager: None,
         pages: part.map.prefault(),
+        paged_to: 0,
     };
     let mut found = vec![0u8; FILE_HEADER];
     part.map.read(0, &mut found);
@@ -498,17 +474,27 @@ fn read_seg_seq(h: &[u8]) -> Option<u64> {
 }
 
 impl Writer {
-    /// Hands the pages ahead of this writer to `pager`, starting with the
-    /// rest of its open segment.
+    /// Has `pager` make the pages ahead of this writer writable from now on
+    /// (see [`super::pager`]).
     pub fn use_pager(&mut self, part: &Partition, pager: Pager) {
-        let (seg, used) = (self.open, self.segs[self.open].used);
-        let job = (
-            self.pages.clone(),
-            part.geo.seg_at(seg) + used,
-            part.geo.segment - used,
-        );
-        let _ = pager.jobs.send(job);
         self.pager = Some(pager);
+        let next = part.geo.seg_at(self.open) + self.segs[self.open].used;
+        self.paged_to = next;
+        self.page_ahead(part.geo, next);
+    }
+
+    /// Keeps at least one [`pager::STEP`] of the open segment from `next`
+    /// (where the next write ends) asked for, up to the segment's end.
+    fn page_ahead(&mut self, geo: Geometry, next: usize) {
+        let Some(pager) = &self.pager else { return };
+        let seg_end = geo.seg_at(self.open) + geo.segment;
+        if self.paged_to >= seg_end || self.paged_to >= next + pager::STEP {
+            return;
+        }
+        let from = self.paged_to.max(geo.seg_at(self.open));
+        let to = (next + 2 * pager::STEP).min(seg_end);
+        pager.ask(&self.pages, from, to - from);
+        self.paged_to = to;
     }
 
     /// Walks every segment in sequence order and indexes each valid,
@@ -585,6 +571,8 @@ impl Writer {
         };
         self.next_seq += 1;
         self.open = seg;
+        self.paged_to = base;
+        self.page_ahead(part.geo, base);
     }
 
     /// Stores `e`; returns false when it cannot fit a segment.
@@ -601,17 +589,10 @@ impl Writer {
         let full = used + len > geo.segment;
         if full || used > geo.segment / RECLAIM_AHEAD {
             // The segment to reuse next, and where its walk stands.
-            let (seg, at) = match self.ahead.take() {
-                Some(ahead) => ahead,
-                None => {
-                    let seg = self.victim(now_ms);
-                    if let Some(pager) = &self.pager {
-                        let job = (self.pages.clone(), geo.seg_at(seg), geo.segment);
-                        let _ = pager.jobs.send(job);
-                    }
-                    (seg, Some(SEG_HEADER))
-                }
-            };
+            let (seg, at) = self
+                .ahead
+                .take()
+                .unwrap_or_else(|| (self.victim(now_ms), Some(SEG_HEADER)));
             if full {
                 // The rest of it leaves the index now, and it opens.
                 if let Some(at) = at {
@@ -626,6 +607,7 @@ impl Writer {
         let seg = self.open;
         let off = self.segs[seg].used;
         let at = geo.seg_at(seg) + off;
+        self.page_ahead(geo, at + len);
         self.scratch.resize(len, 0);
         entry::encode(e, &mut self.scratch);
         // The end marker first: a walk after a crash stops here.
@@ -923,6 +905,46 @@ mod tests {
         assert!(g.file_len() <= 1 << 29);
         let err = Geometry::new(4 << 20, 2, 4 << 20).unwrap_err();
         assert!(err.contains("cache.max_entry"), "{err}");
+    }
+
+    /// The writer keeps at least one step of its open segment asked for
+    /// ahead of its writes, in contiguous jobs that stay inside the segment,
+    /// from its first write on, in each segment it opens.
+    #[test]
+    fn the_writer_asks_for_its_pages_ahead_of_its_writes() {
+        let d = dir("pager");
+        let g = Geometry::new(128 << 20, 1, 16 << 10).unwrap();
+        assert!(g.segment > 2 * pager::STEP, "{g:?}");
+        let (p, mut w, _) = open(&d, 0, 1, g, 0).unwrap();
+        let (pager, rx) = Pager::capture();
+        w.use_pager(&p, pager);
+        let mut jobs: Vec<(usize, usize)> = Vec::new();
+        let body = vec![b'x'; 8 << 10];
+        let mut opened = std::collections::BTreeSet::new();
+        for k in 1..=(3 * g.segment / body.len()) as u128 {
+            assert!(w.insert(&p, &e(k << 70 | k, &body, 1000), 0));
+            jobs.extend(rx.try_iter().map(|j| (j.at, j.len)));
+            let start = g.seg_at(w.open);
+            let end = start + g.segment;
+            let written = start + w.segs[w.open].used;
+            opened.insert(w.open);
+            let mut mine: Vec<_> = jobs
+                .iter()
+                .filter(|j| (start..end).contains(&j.0))
+                .collect();
+            mine.sort();
+            assert!(mine[0].0 <= start + SEG_HEADER, "{mine:?}");
+            for pair in mine.windows(2) {
+                assert_eq!(pair[0].0 + pair[0].1, pair[1].0, "gap or overlap: {mine:?}");
+            }
+            let asked_to = mine.last().map(|j| j.0 + j.1).unwrap();
+            assert!(asked_to <= end && asked_to <= g.file_len());
+            assert!(
+                asked_to >= (written + pager::STEP).min(end),
+                "{asked_to} {written}"
+            );
+        }
+        assert!(opened.len() >= 3, "{opened:?}");
     }
 
     #[test]
