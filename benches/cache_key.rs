@@ -60,6 +60,7 @@ fn keys(c: &mut Criterion) {
                             path: "/v1/chat/completions",
                             body: black_box(&body),
                             body_digest: None,
+                            canonical: None,
                             custom: None,
                             stream: false,
                         })

@@ -146,9 +146,15 @@ impl<V, const CAP: usize> DigestMemo<V, CAP> {
         self.map.get(&Digest128(digest))
     }
 
+    /// The result kept for `digest`, to add to it.
+    pub fn get_mut(&mut self, digest: u128) -> Option<&mut V> {
+        self.map.get_mut(&Digest128(digest))
+    }
+
     /// Offers `digest`'s result: kept when the same digest was offered
-    /// lately (its slot still holds it), else only noted.
-    pub fn insert(&mut self, digest: u128, value: V) {
+    /// lately (its slot still holds it), else only noted. Returns whether
+    /// it was kept.
+    pub fn insert(&mut self, digest: u128, value: V) -> bool {
         if self.seen.is_empty() {
             self.seen = vec![0; CAP.next_power_of_two()].into_boxed_slice();
         }
@@ -157,7 +163,7 @@ impl<V, const CAP: usize> DigestMemo<V, CAP> {
         let tag = ((digest >> 96) as u32) | 1;
         if self.seen[slot] != tag {
             self.seen[slot] = tag;
-            return;
+            return false;
         }
         if self.map.len() >= CAP {
             self.map.clear();
@@ -166,6 +172,7 @@ impl<V, const CAP: usize> DigestMemo<V, CAP> {
             self.map.reserve(CAP);
         }
         self.map.insert(Digest128(digest), value);
+        true
     }
 
     pub fn len(&self) -> usize {

@@ -38,24 +38,61 @@ pub struct RequestFields {
 /// Scans of request bodies a shard read lately, by the xxh3-128 of their
 /// bytes (a scan depends on nothing else): a request repeated byte for byte,
 /// as cache hits are, is not read again to route it.
-pub type ScanMemo = crate::fasthash::DigestMemo<RequestFields, SCAN_MEMO_ENTRIES>;
+pub type ScanMemo = crate::fasthash::DigestMemo<Remembered, SCAN_MEMO_ENTRIES>;
+
+/// What a shard remembers of a body it read lately.
+#[derive(Debug, Clone)]
+pub struct Remembered {
+    pub fields: RequestFields,
+    /// A digest a later stage derives from the same bytes alone (the cache's
+    /// canonical digest), once it did: kept here, one table probe finds both.
+    pub derived: Option<u128>,
+}
 
 /// Bodies a [`ScanMemo`] keeps (about 0.8 MiB).
 pub const SCAN_MEMO_ENTRIES: usize = 1 << 12;
 
+/// What the memo holds of what a later stage derived from a body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Derived {
+    /// The body is not remembered (seen once so far, or pushed out).
+    NotKept,
+    /// Remembered, but nothing derived from it noted yet.
+    Unknown,
+    Known(u128),
+}
+
 /// [`scan_request`] of `body`, whose xxh3-128 is `digest`, from `memo` when
-/// it read the same bytes lately. Only bodies that scan cleanly are kept.
+/// it read the same bytes lately, with what was derived from them since
+/// ([`remember_derived`]). Only bodies that scan cleanly are kept.
 pub fn scan_remembered(
     memo: &mut ScanMemo,
     body: &[u8],
     digest: u128,
-) -> Result<RequestFields, BodyError> {
-    if let Some(fields) = memo.get(digest) {
-        return Ok(fields.clone());
+) -> Result<(RequestFields, Derived), BodyError> {
+    if let Some(r) = memo.get(digest) {
+        let derived = r.derived.map_or(Derived::Unknown, Derived::Known);
+        return Ok((r.fields.clone(), derived));
     }
     let fields = scan_request(body)?;
-    memo.insert(digest, fields.clone());
-    Ok(fields)
+    let kept = Remembered {
+        fields: fields.clone(),
+        derived: None,
+    };
+    let derived = if memo.insert(digest, kept) {
+        Derived::Unknown
+    } else {
+        Derived::NotKept
+    };
+    Ok((fields, derived))
+}
+
+/// Keeps `derived` with the body whose xxh3-128 is `digest`, when the memo
+/// remembers that body.
+pub fn remember_derived(memo: &mut ScanMemo, digest: u128, derived: u128) {
+    if let Some(r) = memo.get_mut(digest) {
+        r.derived = Some(derived);
+    }
 }
 
 /// Why a request body cannot be read.
@@ -562,7 +599,7 @@ mod tests {
         for _ in 0..2 {
             for body in bodies {
                 assert_eq!(
-                    scan_remembered(&mut memo, body, digest(body)),
+                    scan_remembered(&mut memo, body, digest(body)).map(|(f, _)| f),
                     scan_request(body)
                 );
             }
@@ -573,7 +610,7 @@ mod tests {
         for n in 0..=SCAN_MEMO_ENTRIES {
             let body = format!(r#"{{"model":"p/m{n}"}}"#);
             for _ in 0..2 {
-                let f =
+                let (f, _) =
                     scan_remembered(&mut memo, body.as_bytes(), digest(body.as_bytes())).unwrap();
                 assert_eq!(f.model(body.as_bytes()).unwrap(), format!("p/m{n}"));
                 assert!(memo.len() <= SCAN_MEMO_ENTRIES);
@@ -584,6 +621,30 @@ mod tests {
             "the memo never started over"
         );
         assert!(!memo.is_empty());
+    }
+
+    #[test]
+    fn what_is_derived_from_a_remembered_body_comes_back_with_its_fields() {
+        let mut memo = ScanMemo::default();
+        let (a, b) = (br#"{"model":"a/b"}"#, br#"{"model":"c/d"}"#);
+        let (da, db) = (
+            xxhash_rust::xxh3::xxh3_128(a),
+            xxhash_rust::xxh3::xxh3_128(b),
+        );
+        let derived =
+            |memo: &mut ScanMemo, body: &[u8], d| scan_remembered(memo, body, d).unwrap().1;
+        // Seen once: not remembered, so nothing can be kept with it.
+        assert_eq!(derived(&mut memo, a, da), Derived::NotKept);
+        remember_derived(&mut memo, da, 7);
+        // Seen twice: remembered from now on, nothing derived yet.
+        assert_eq!(derived(&mut memo, a, da), Derived::Unknown);
+        assert_eq!(derived(&mut memo, a, da), Derived::Unknown);
+        remember_derived(&mut memo, da, 7);
+        let (fields, d) = scan_remembered(&mut memo, a, da).unwrap();
+        assert_eq!((fields, d), (scan_request(a).unwrap(), Derived::Known(7)));
+        // It stays with its own body.
+        assert_eq!(derived(&mut memo, b, db), Derived::NotKept);
+        assert_eq!(derived(&mut memo, b, db), Derived::Unknown);
     }
 
     #[test]

@@ -66,8 +66,15 @@ pub struct KeyInput<'a> {
     /// Upstream path and query.
     pub path: &'a str,
     pub body: &'a [u8],
-    /// xxh3-128 of `body`, when the caller has it already.
+    /// xxh3-128 of `body`, when the caller has it: such a caller remembers
+    /// bodies by it, and their canonical digests with them (see
+    /// `canonical`), so the maker's own memo is not asked; without it, the
+    /// maker remembers bodies itself.
     pub body_digest: Option<u128>,
+    /// The canonical digest of `body` ([`KeyMaker::key_and_canonical`]
+    /// gave it for the same bytes), when the caller remembers it: the body
+    /// is not read, and the maker's own memo not asked.
+    pub canonical: Option<u128>,
     /// `aigw-cache-key`: replaces path and body when given.
     pub custom: Option<&'a str>,
     /// The request asks for a stream: a stream is never the answer to a
@@ -117,12 +124,23 @@ struct Member {
 
 impl KeyMaker {
     pub fn key(&mut self, input: &KeyInput<'_>) -> Result<CacheKey, NoKey> {
+        self.key_and_canonical(input).map(|(key, _)| key)
+    }
+
+    /// The key, and the body's canonical digest when the key includes the
+    /// body (not with a custom key): a caller that remembers the body can
+    /// keep it and pass it back as [`KeyInput::canonical`].
+    pub fn key_and_canonical(
+        &mut self,
+        input: &KeyInput<'_>,
+    ) -> Result<(CacheKey, Option<u128>), NoKey> {
         // The body counts only without a custom key. The inputs are laid
         // out in one buffer and hashed at once: a streaming hasher's set-up
         // and per-update copies cost more than hashing these few dozen bytes.
-        let digest = match input.custom {
-            Some(_) => 0,
-            None => self.body_digest(input.body, input.body_digest)?,
+        let digest = match (input.custom, input.canonical) {
+            (Some(_), _) => 0,
+            (None, Some(canonical)) => canonical,
+            (None, None) => self.body_digest(input.body, input.body_digest)?,
         };
         let h = &mut self.head;
         h.clear();
@@ -141,14 +159,20 @@ impl KeyMaker {
                 h.extend_from_slice(&digest.to_le_bytes());
             }
         }
-        Ok(CacheKey(xxhash_rust::xxh3::xxh3_128(h)))
+        let canonical = input.custom.is_none().then_some(digest);
+        Ok((CacheKey(xxhash_rust::xxh3::xxh3_128(h)), canonical))
     }
 
     /// xxh3-128 of the canonical form of `body`. A body seen lately (the
     /// same bytes: a client repeating its request, which is what a hit
     /// usually is) is answered from the memo without the canonical pass.
     fn body_digest(&mut self, body: &[u8], raw: Option<u128>) -> Result<u128, NoKey> {
-        let raw = raw.unwrap_or_else(|| xxhash_rust::xxh3::xxh3_128(body));
+        if raw.is_some() {
+            // The caller remembers this body's canonical digest itself.
+            self.write_canonical(body)?;
+            return Ok(xxhash_rust::xxh3::xxh3_128(&self.canonical));
+        }
+        let raw = xxhash_rust::xxh3::xxh3_128(body);
         if let Some(d) = self.memo.get(raw) {
             return Ok(*d);
         }
@@ -436,6 +460,7 @@ mod tests {
             path: "/v1/chat/completions",
             body: body.as_bytes(),
             body_digest: None,
+            canonical: None,
             custom: None,
             stream: false,
         })
@@ -532,6 +557,50 @@ mod tests {
         }
     }
 
+    /// A caller that remembers a body's canonical digest gets the same key
+    /// from it without the body being read; a custom key has no canonical
+    /// digest to remember.
+    #[test]
+    fn a_canonical_digest_passed_back_gives_the_same_key() {
+        let mut maker = KeyMaker::default();
+        let body = br#"{"model":"a/b","messages":[{"role":"user","content":"hi"}]}"#;
+        let input = KeyInput {
+            scope: 3,
+            provider: "openai",
+            path: "/v1/chat/completions",
+            body,
+            body_digest: Some(xxhash_rust::xxh3::xxh3_128(body)),
+            canonical: None,
+            custom: None,
+            stream: false,
+        };
+        let (key, canonical) = maker.key_and_canonical(&input).unwrap();
+        let canonical = canonical.unwrap();
+        assert_eq!(
+            maker
+                .key(&KeyInput {
+                    body_digest: None,
+                    ..input
+                })
+                .unwrap(),
+            key
+        );
+        let passed = KeyInput {
+            body: b"not read",
+            canonical: Some(canonical),
+            ..input
+        };
+        assert_eq!(
+            maker.key_and_canonical(&passed).unwrap(),
+            (key, Some(canonical))
+        );
+        let custom = KeyInput {
+            custom: Some("mine"),
+            ..input
+        };
+        assert_eq!(maker.key_and_canonical(&custom).unwrap().1, None);
+    }
+
     #[test]
     fn a_remembered_body_gets_the_key_a_fresh_computation_gives() {
         let bodies = [
@@ -551,6 +620,7 @@ mod tests {
                                 path,
                                 body: body.as_bytes(),
                                 body_digest: None,
+                                canonical: None,
                                 custom: None,
                                 stream,
                             });
@@ -582,6 +652,7 @@ mod tests {
         let broken = KeyInput {
             body: br#"{"a":1,"a":2}"#,
             body_digest: None,
+            canonical: None,
             ..inputs(bodies[0])[0]
         };
         for _ in 0..2 {
@@ -600,6 +671,7 @@ mod tests {
                 path: "/v1/chat/completions",
                 body: b.as_bytes(),
                 body_digest: None,
+                canonical: None,
                 custom: None,
                 stream: false,
             }
@@ -658,6 +730,7 @@ mod tests {
             path: "/v1/chat/completions",
             body: b"{}",
             body_digest: None,
+            canonical: None,
             custom: None,
             stream: false,
         };
@@ -688,6 +761,7 @@ mod tests {
             custom: Some("mine"),
             body: b"not even json",
             body_digest: None,
+            canonical: None,
             ..input
         };
         assert_eq!(

@@ -411,11 +411,17 @@ pub struct ShardCache {
 impl ShardCache {
     /// The stage: computes the key, looks it up in its partition (any shard's,
     /// read in place), and on a miss joins or leads the flight for it.
-    pub fn lookup(&self, input: &KeyInput<'_>, now_ms: u64) -> (Option<CacheKey>, Lookup) {
-        let Ok(key) = self.keys.borrow_mut().key(input) else {
-            return (None, Lookup::Bypass);
+    /// Also returns the body's canonical digest when the key includes the
+    /// body (see [`KeyInput::canonical`]).
+    pub fn lookup(
+        &self,
+        input: &KeyInput<'_>,
+        now_ms: u64,
+    ) -> (Option<CacheKey>, Option<u128>, Lookup) {
+        let Ok((key, canonical)) = self.keys.borrow_mut().key_and_canonical(input) else {
+            return (None, None, Lookup::Bypass);
         };
-        (Some(key), self.find(key, now_ms))
+        (Some(key), canonical, self.find(key, now_ms))
     }
 
     fn find(&self, key: CacheKey, now_ms: u64) -> Lookup {
@@ -554,11 +560,12 @@ mod tests {
                     path: "/v1/chat/completions",
                     body: body.as_bytes(),
                     body_digest: None,
+                    canonical: None,
                     custom: None,
                     stream: false,
                 };
                 match one.lookup(&input, now) {
-                    (Some(k), Lookup::Lead(l, _)) if partition_of(k, 2) == 0 => Some((k, l)),
+                    (Some(k), _, Lookup::Lead(l, _)) if partition_of(k, 2) == 0 => Some((k, l)),
                     _ => None,
                 }
             })

@@ -39,6 +39,7 @@ use crate::error::{ErrorSource, GatewayError};
 use crate::http::ReadBuf;
 use crate::http::request::Method;
 use crate::http::response::{ResponseBody, ResponseHead};
+use crate::json::Derived;
 use crate::limit::{Admission, Ask, Subject};
 use crate::net::{Direct, Sink, read_some_tcp};
 use crate::record::{
@@ -79,7 +80,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
     }
 
     // 1. route
-    let (mut plan, body_digest) = match plan(ctx, c, req, &wish, &mut rec) {
+    let (mut plan, digests) = match plan(ctx, c, req, &wish, &mut rec) {
         Ok((Routed::Upstream(plan), digest)) => (plan, digest),
         Ok((Routed::Health, _)) => {
             c.out.clear();
@@ -129,7 +130,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
 
     // 1c. cache: a hit answers here; a miss leads or follows the one upstream call
     let mut lead = None;
-    match cache_lookup(ctx, c, req, &plan, &wish, body_digest, &mut rec) {
+    match cache_lookup(ctx, c, req, &plan, &wish, digests, &mut rec) {
         Cached::Off => {}
         Cached::Hit => {
             admission.cache_hit();
@@ -528,7 +529,7 @@ fn plan(
     req: &Incoming,
     wish: &Wish,
     rec: &mut RequestRecord,
-) -> Result<(Routed, Option<u128>), GatewayError> {
+) -> Result<(Routed, Option<BodyDigests>), GatewayError> {
     let view = req.view(&c.head, &c.buf, &c.body);
     let target = std::str::from_utf8(view.target())
         .map_err(|_| GatewayError::bad_request("invalid_path", "request path is not UTF-8"))?;
@@ -537,12 +538,16 @@ fn plan(
     let metadata = rec.metadata.as_ref();
     let routes = ctx.routes();
     // With the cache on, requests repeat byte for byte: their digest finds
-    // the body's fields here and its canonical form in the cache's key memo.
+    // the body's fields here, and the canonical digest its cache key needs.
     let digest = (ctx.cache().is_some() && !wish.skip && view.head.method == Method::Post)
         .then(|| xxhash_rust::xxh3::xxh3_128(view.body));
     let body = view.body;
+    let derived = std::cell::Cell::new(Derived::NotKept);
     let scan = |b: &[u8]| match digest {
-        Some(d) if std::ptr::eq(b, body) => ctx.scan_remembered(b, d),
+        Some(d) if std::ptr::eq(b, body) => ctx.scan_remembered(b, d).map(|(fields, got)| {
+            derived.set(got);
+            fields
+        }),
         _ => crate::json::scan_request(b),
     };
     let inputs = RouteInputs {
@@ -558,7 +563,19 @@ fn plan(
         rec.model = p.model.take();
         rec.stream = p.stream;
     }
-    Ok((routed, digest))
+    let digests = digest.map(|raw| BodyDigests {
+        raw,
+        canonical: derived.get(),
+    });
+    Ok((routed, digests))
+}
+
+/// A body's xxh3-128 (the cache wants it) and what the shard's memo holds of
+/// its canonical digest.
+#[derive(Clone, Copy)]
+struct BodyDigests {
+    raw: u128,
+    canonical: Derived,
 }
 
 /// Stage 1a: the gateway key. When keys exist or `auth.required` is set, the
@@ -884,7 +901,7 @@ fn cache_lookup(
     req: &Incoming,
     plan: &Plan,
     wish: &Wish,
-    body_digest: Option<u128>,
+    digests: Option<BodyDigests>,
     rec: &mut RequestRecord,
 ) -> Cached {
     let Some(cache) = ctx.cache() else {
@@ -913,13 +930,24 @@ fn cache_lookup(
         provider,
         path,
         body: view.body,
-        body_digest,
+        body_digest: digests.map(|d| d.raw),
+        canonical: match digests.map(|d| d.canonical) {
+            Some(Derived::Known(canonical)) => Some(canonical),
+            _ => None,
+        },
         custom: wish.key.as_deref(),
         stream: plan.stream,
     };
     // Freshness is judged at the request's arrival, as its id is stamped.
     let now_ms = rec.id.unix_ms();
-    let (key, lookup) = cache.lookup(&input, now_ms);
+    let (key, canonical, lookup) = cache.lookup(&input, now_ms);
+    // A remembered body keeps its canonical digest: the next time, one
+    // probe of the shard's memo finds its fields and its key's body part.
+    if let (Some(d), Some(canonical)) = (digests, canonical)
+        && d.canonical == Derived::Unknown
+    {
+        ctx.note_canonical(d.raw, canonical);
+    }
     rec.cache_key = key.map(|k| k.0);
     let (cached, status) = match lookup {
         Lookup::Hit => (Cached::Hit, CacheStatus::Hit),

@@ -268,13 +268,20 @@ impl ShardCtx {
     }
 
     /// The fields of a request body whose xxh3-128 is `digest`, from the
-    /// shard's memo when it read the same bytes lately.
+    /// shard's memo when it read the same bytes lately, with the cache's
+    /// canonical digest of them once it was noted ([`ShardCtx::note_canonical`]).
     pub fn scan_remembered(
         &self,
         body: &[u8],
         digest: u128,
-    ) -> Result<crate::json::RequestFields, crate::json::BodyError> {
+    ) -> Result<(crate::json::RequestFields, crate::json::Derived), crate::json::BodyError> {
         crate::json::scan_remembered(&mut self.scans.borrow_mut(), body, digest)
+    }
+
+    /// Keeps the canonical digest of the body whose xxh3-128 is `digest`
+    /// with its remembered fields (if the shard remembers them).
+    pub fn note_canonical(&self, digest: u128, canonical: u128) {
+        crate::json::remember_derived(&mut self.scans.borrow_mut(), digest, canonical);
     }
 
     /// The shard's shared copy of a path or user agent from the wire, for a
