@@ -16,10 +16,11 @@
 //! whose keys arrive out of order is reordered in a scratch buffer; escaped
 //! strings are re-spelled straight from their text. Measured (criterion
 //! `cache_key`, chat bodies): 0.94 µs for 1 KiB, 11.9 µs for 16 KiB
-//! (1.1-1.3 GiB/s); a body the shard saw lately is not read again: 72 ns
-//! and 0.6 µs (its bytes are hashed to find its canonical digest).
+//! (1.1-1.3 GiB/s). A body the shard saw lately is not read again: the
+//! shard keeps its canonical digest with the body's scanned fields (one memo
+//! probe finds both, `json::scan_remembered`) and passes it back in
+//! [`KeyInput::canonical`].
 
-use crate::fasthash::DigestMemo;
 use crate::json::{MAX_DEPTH, is_number, skip_ws};
 
 /// Bumped whenever the canonical form or the key's inputs change, so entries
@@ -66,14 +67,9 @@ pub struct KeyInput<'a> {
     /// Upstream path and query.
     pub path: &'a str,
     pub body: &'a [u8],
-    /// xxh3-128 of `body`, when the caller has it: such a caller remembers
-    /// bodies by it, and their canonical digests with them (see
-    /// `canonical`), so the maker's own memo is not asked; without it, the
-    /// maker remembers bodies itself.
-    pub body_digest: Option<u128>,
     /// The canonical digest of `body` ([`KeyMaker::key_and_canonical`]
     /// gave it for the same bytes), when the caller remembers it: the body
-    /// is not read, and the maker's own memo not asked.
+    /// is not read.
     pub canonical: Option<u128>,
     /// `aigw-cache-key`: replaces path and body when given.
     pub custom: Option<&'a str>,
@@ -99,19 +95,9 @@ pub struct KeyMaker {
     members: Vec<Member>,
     /// Where an object's members are reordered.
     scratch: Vec<u8>,
-    /// Canonical digests of bodies seen lately, by the digest of their bytes
-    /// as sent (128 bits each; a body's canonical form depends on nothing
-    /// else, so one entry serves every scope and provider). Only bodies that
-    /// have a key are remembered.
-    memo: DigestMemo<u128, MEMO_ENTRIES>,
     /// The key's inputs, laid out to be hashed.
     head: Vec<u8>,
 }
-
-/// Bodies a shard remembers; the memo starts over when full. Small enough
-/// (256 KiB) to stay in cache: at 64k entries a miss's insert cost more than
-/// the canonical pass it saves on 1 KiB bodies (criterion `cache_key`).
-const MEMO_ENTRIES: usize = 1 << 13;
 
 /// One member written to the canonical buffer: `"key":value` spans
 /// `start..end`, its key `start..key_end`.
@@ -140,7 +126,7 @@ impl KeyMaker {
         let digest = match (input.custom, input.canonical) {
             (Some(_), _) => 0,
             (None, Some(canonical)) => canonical,
-            (None, None) => self.body_digest(input.body, input.body_digest)?,
+            (None, None) => self.body_digest(input.body)?,
         };
         let h = &mut self.head;
         h.clear();
@@ -163,23 +149,10 @@ impl KeyMaker {
         Ok((CacheKey(xxhash_rust::xxh3::xxh3_128(h)), canonical))
     }
 
-    /// xxh3-128 of the canonical form of `body`. A body seen lately (the
-    /// same bytes: a client repeating its request, which is what a hit
-    /// usually is) is answered from the memo without the canonical pass.
-    fn body_digest(&mut self, body: &[u8], raw: Option<u128>) -> Result<u128, NoKey> {
-        if raw.is_some() {
-            // The caller remembers this body's canonical digest itself.
-            self.write_canonical(body)?;
-            return Ok(xxhash_rust::xxh3::xxh3_128(&self.canonical));
-        }
-        let raw = xxhash_rust::xxh3::xxh3_128(body);
-        if let Some(d) = self.memo.get(raw) {
-            return Ok(*d);
-        }
+    /// xxh3-128 of the canonical form of `body`.
+    fn body_digest(&mut self, body: &[u8]) -> Result<u128, NoKey> {
         self.write_canonical(body)?;
-        let d = xxhash_rust::xxh3::xxh3_128(&self.canonical);
-        self.memo.insert(raw, d);
-        Ok(d)
+        Ok(xxhash_rust::xxh3::xxh3_128(&self.canonical))
     }
 
     /// Writes the canonical form of the JSON text `body`, in one pass.
@@ -459,7 +432,6 @@ mod tests {
             provider: "openai",
             path: "/v1/chat/completions",
             body: body.as_bytes(),
-            body_digest: None,
             canonical: None,
             custom: None,
             stream: false,
@@ -569,22 +541,13 @@ mod tests {
             provider: "openai",
             path: "/v1/chat/completions",
             body,
-            body_digest: Some(xxhash_rust::xxh3::xxh3_128(body)),
             canonical: None,
             custom: None,
             stream: false,
         };
         let (key, canonical) = maker.key_and_canonical(&input).unwrap();
         let canonical = canonical.unwrap();
-        assert_eq!(
-            maker
-                .key(&KeyInput {
-                    body_digest: None,
-                    ..input
-                })
-                .unwrap(),
-            key
-        );
+        assert_eq!(maker.key(&KeyInput { ..input }).unwrap(), key);
         let passed = KeyInput {
             body: b"not read",
             canonical: Some(canonical),
@@ -602,7 +565,7 @@ mod tests {
     }
 
     #[test]
-    fn a_remembered_body_gets_the_key_a_fresh_computation_gives() {
+    fn a_reused_maker_gives_the_key_a_fresh_one_gives() {
         let bodies = [
             r#"{"model":"gpt","messages":[{"role":"user","content":"hi"}]}"#,
             r#"{ "messages":[{"content":"hi","role":"user"}], "model":"gpt"}"#,
@@ -619,7 +582,6 @@ mod tests {
                                 provider,
                                 path,
                                 body: body.as_bytes(),
-                                body_digest: None,
                                 canonical: None,
                                 custom: None,
                                 stream,
@@ -632,7 +594,7 @@ mod tests {
         };
         let mut shared = KeyMaker::default();
         let mut seen = std::collections::HashMap::new();
-        // Twice over: the second round is answered from the memo.
+        // Twice over: the maker's buffers hold the last body's form.
         for _ in 0..2 {
             for body in bodies {
                 for input in inputs(body) {
@@ -648,46 +610,15 @@ mod tests {
         assert_eq!(seen.len(), 2 * 16);
         let distinct: std::collections::HashSet<_> = seen.values().collect();
         assert_eq!(distinct.len(), seen.len());
-        // A body with no key is not remembered as having one.
+        // A body with no key has none the next time either.
         let broken = KeyInput {
             body: br#"{"a":1,"a":2}"#,
-            body_digest: None,
             canonical: None,
             ..inputs(bodies[0])[0]
         };
         for _ in 0..2 {
             assert_eq!(shared.key(&broken), Err(NoKey::DuplicateKey));
         }
-    }
-
-    #[test]
-    fn the_memo_starts_over_when_full_and_keys_stay_right() {
-        let mut k = KeyMaker::default();
-        let body = |n: usize| format!(r#"{{"n":{n},"model":"m"}}"#);
-        fn input(b: &str) -> KeyInput<'_> {
-            KeyInput {
-                scope: 7,
-                provider: "p",
-                path: "/v1/chat/completions",
-                body: b.as_bytes(),
-                body_digest: None,
-                canonical: None,
-                custom: None,
-                stream: false,
-            }
-        }
-        let first = k.key(&input(&body(0))).unwrap();
-        assert_eq!(k.key(&input(&body(0))).unwrap(), first);
-        for n in 1..=MEMO_ENTRIES {
-            // Kept from the second sight on.
-            for _ in 0..2 {
-                k.key(&input(&body(n))).unwrap();
-            }
-            assert!(k.memo.len() <= MEMO_ENTRIES);
-        }
-        assert!(k.memo.len() < MEMO_ENTRIES, "the memo never started over");
-        assert_eq!(k.key(&input(&body(0))).unwrap(), first);
-        assert_eq!(k.key(&input(r#"{ "model":"m", "n":0 }"#)).unwrap(), first);
     }
 
     #[test]
@@ -729,7 +660,6 @@ mod tests {
             provider: "openai",
             path: "/v1/chat/completions",
             body: b"{}",
-            body_digest: None,
             canonical: None,
             custom: None,
             stream: false,
@@ -760,7 +690,6 @@ mod tests {
         let custom = KeyInput {
             custom: Some("mine"),
             body: b"not even json",
-            body_digest: None,
             canonical: None,
             ..input
         };

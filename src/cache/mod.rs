@@ -559,7 +559,6 @@ mod tests {
                     provider: "openai",
                     path: "/v1/chat/completions",
                     body: body.as_bytes(),
-                    body_digest: None,
                     canonical: None,
                     custom: None,
                     stream: false,

@@ -930,7 +930,6 @@ fn cache_lookup(
         provider,
         path,
         body: view.body,
-        body_digest: digests.map(|d| d.raw),
         canonical: match digests.map(|d| d.canonical) {
             Some(Derived::Known(canonical)) => Some(canonical),
             _ => None,
