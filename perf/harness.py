@@ -769,7 +769,7 @@ def corun_lines(args, corun_results):
     lines = [f"## co-run: both targets of a pair at once, sharing CPU {args.proxy_cpu}", "",
              f"Each pair loaded together ({args.connections} connections each, one aigw-load each on CPU "
              f"{args.load_cpu}), {args.trials} trial(s): noise from the rest of the machine slows both "
-             "alike, so the ratio stays put when the absolute numbers do not.", "",
+             "alike. Not the sequential ratio, and it moves between runs more than within one: see perf/README.md.", "",
              "| pair | req/s ratio, median (range) | CPU/req ratio, median |", "|---|---|---|"]
     for (a, b), rs in corun_results.items():
         r = sorted(x for x, _ in rs)

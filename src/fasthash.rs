@@ -152,9 +152,9 @@ impl<V, const CAP: usize> DigestMemo<V, CAP> {
     }
 
     /// Offers `digest`'s result: kept when the same digest was offered
-    /// lately (its slot still holds it), else only noted. Returns whether
-    /// it was kept.
-    pub fn insert(&mut self, digest: u128, value: V) -> bool {
+    /// lately (its slot still holds it), else only noted. The result is made
+    /// only when it is kept. Returns whether it was.
+    pub fn insert(&mut self, digest: u128, value: impl FnOnce() -> V) -> bool {
         if self.seen.is_empty() {
             self.seen = vec![0; CAP.next_power_of_two()].into_boxed_slice();
         }
@@ -171,7 +171,7 @@ impl<V, const CAP: usize> DigestMemo<V, CAP> {
         if self.map.capacity() == 0 {
             self.map.reserve(CAP);
         }
-        self.map.insert(Digest128(digest), value);
+        self.map.insert(Digest128(digest), value());
         true
     }
 
@@ -192,18 +192,19 @@ mod tests {
     fn a_digest_is_remembered_from_its_second_sight() {
         let mut memo = DigestMemo::<u32, 8>::default();
         let a = 0x1234_5678_u128 << 96 | 3;
-        memo.insert(a, 1);
+        // Noted, not kept: the result is not even made.
+        assert!(!memo.insert(a, || panic!("made but not kept")));
         assert_eq!(memo.get(a), None, "once is not enough");
-        memo.insert(a, 1);
+        assert!(memo.insert(a, || 1));
         assert_eq!(memo.get(a), Some(&1));
         // Another digest in the same slot between two sights replaces the
         // first's note.
         let (b, c) = (0x9abc_def0_u128 << 96 | 4, 0x0fed_cba9_u128 << 96 | 4);
-        memo.insert(b, 2);
-        memo.insert(c, 3);
-        memo.insert(b, 2);
+        memo.insert(b, || 2);
+        memo.insert(c, || 3);
+        memo.insert(b, || 2);
         assert_eq!((memo.get(b), memo.get(c)), (None, None));
-        memo.insert(b, 2);
+        memo.insert(b, || 2);
         assert_eq!(memo.get(b), Some(&2));
         assert_eq!(memo.len(), 2);
     }

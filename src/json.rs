@@ -41,7 +41,7 @@ pub struct RequestFields {
 pub type ScanMemo = crate::fasthash::DigestMemo<Remembered, SCAN_MEMO_ENTRIES>;
 
 /// What a shard remembers of a body it read lately.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Remembered {
     pub fields: RequestFields,
     /// A digest a later stage derives from the same bytes alone (the cache's
@@ -75,7 +75,7 @@ pub fn scan_remembered(
         return Ok((r.fields.clone(), derived));
     }
     let fields = scan_request(body)?;
-    let kept = Remembered {
+    let kept = || Remembered {
         fields: fields.clone(),
         derived: None,
     };

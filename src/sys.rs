@@ -81,6 +81,14 @@ pub fn tcp_fd(stream: &glommio::net::TcpStream) -> BorrowedFd<'_> {
     unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) }
 }
 
+/// The nice value of the threads that work beside the shards on their CPUs
+/// (the request log's writer, the cache's pager). Serving comes first: on a
+/// CPU it shares with a shard, the shard preempts such a thread at once; when
+/// the CPU is saturated it still gets about a tenth of it (CFS weight 110
+/// against 1024), which is what the log needs at full load, and its queue
+/// absorbs the rest.
+pub const BACKGROUND_NICE: i32 = 10;
+
 /// Lowers the calling thread's scheduling priority to `nice` (Linux keeps a
 /// nice value per thread). Best effort: an error leaves the priority as it was.
 pub fn lower_thread_priority(nice: i32) -> io::Result<()> {
@@ -570,10 +578,10 @@ mod tests {
             .truncate(true)
             .open(&path)
             .unwrap();
-        let len = PAGES * 4096;
+        let len = PAGES * super::PAGE;
         // Written through the file: mapped in, the pages are clean.
         for page in 0..PAGES as u64 {
-            let mut p = vec![0u8; 4096];
+            let mut p = vec![0u8; super::PAGE];
             p[8..16].copy_from_slice(&page.to_le_bytes());
             file.write_all(&p).unwrap();
         }
@@ -595,12 +603,12 @@ mod tests {
         let _ = faults_of(|| {});
         let ahead = faults_of(|| {
             for page in PAGES / 2..PAGES {
-                map.store(page * 4096, 7, Ordering::Relaxed);
+                map.store(page * super::PAGE, 7, Ordering::Relaxed);
             }
         });
         let not_ahead = faults_of(|| {
             for page in 0..PAGES / 2 {
-                map.store(page * 4096, 7, Ordering::Relaxed);
+                map.store(page * super::PAGE, 7, Ordering::Relaxed);
             }
         });
         eprintln!("faults writing 32 pages: {ahead} made writable ahead, {not_ahead} not");
@@ -615,11 +623,18 @@ mod tests {
             assert!(not_ahead >= PAGES as u64 / 2 - 1, "{not_ahead}");
         }
         for page in 0..PAGES {
-            assert_eq!(map.load(page * 4096 + 8, Ordering::Relaxed), page as u64);
+            assert_eq!(
+                map.load(page * super::PAGE + 8, Ordering::Relaxed),
+                page as u64
+            );
         }
         // Past the end: clipped, or nothing at all.
-        assert!(map.prefault().prepare_write(len - 4096, 8192).is_ok());
-        assert!(map.prefault().prepare_write(len, 4096).is_ok());
+        assert!(
+            map.prefault()
+                .prepare_write(len - super::PAGE, 8192)
+                .is_ok()
+        );
+        assert!(map.prefault().prepare_write(len, super::PAGE).is_ok());
     }
 
     #[test]

@@ -28,10 +28,6 @@ use std::sync::mpsc;
 /// a second, 40 ms; the pager needs well under 1 ms for it).
 pub const STEP: usize = 1 << 20;
 
-/// The pager's nice value: below the shards (they preempt it at once), as
-/// the log thread's (`control::logs::LOG_THREAD_NICE`).
-const PAGER_NICE: i32 = 10;
-
 /// Make `len` bytes from `at` of `pages` writable.
 pub struct Job {
     pub pages: Prefault,
@@ -52,7 +48,7 @@ impl Pager {
         std::thread::Builder::new()
             .name("aigw-cache-pager".into())
             .spawn(move || {
-                let _ = crate::sys::lower_thread_priority(PAGER_NICE);
+                let _ = crate::sys::lower_thread_priority(crate::sys::BACKGROUND_NICE);
                 for job in rx {
                     let end = job.at.saturating_add(job.len);
                     let mut at = job.at;

@@ -491,9 +491,10 @@ impl Writer {
         if self.paged_to >= seg_end || self.paged_to >= next + pager::STEP {
             return;
         }
-        let from = self.paged_to.max(geo.seg_at(self.open));
+        // `paged_to` is inside the open segment: opening one (or taking a
+        // pager) sets it there.
         let to = (next + 2 * pager::STEP).min(seg_end);
-        pager.ask(&self.pages, from, to - from);
+        pager.ask(&self.pages, self.paged_to, to - self.paged_to);
         self.paged_to = to;
     }
 

@@ -42,11 +42,6 @@ pub const RETENTION_EVERY: Duration = Duration::from_secs(1);
 pub const RETENTION_PASSES: usize = 4;
 /// How often metadata rows of deleted requests are swept (a scan of `meta_seqs`).
 pub const META_SWEEP_EVERY: Duration = Duration::from_secs(60);
-/// The log thread's nice value. Serving comes first: on a CPU it shares with
-/// a shard, the shard preempts it at once; when the CPU is saturated it still
-/// gets about a tenth of it (CFS weight 110 against 1024), which is what it
-/// needs at full load, and its queue absorbs the rest.
-pub const LOG_THREAD_NICE: i32 = 10;
 
 /// What the log thread has done, for `/stats` and `/metrics`, and the
 /// handshake that lets the admin socket ask for a commit now.
@@ -130,7 +125,7 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("aigw-log".into())
         .spawn(move || {
-            if let Err(e) = crate::sys::lower_thread_priority(LOG_THREAD_NICE) {
+            if let Err(e) = crate::sys::lower_thread_priority(crate::sys::BACKGROUND_NICE) {
                 log::debug!("log thread keeps its priority: {e}");
             }
             run(&mut writer, cfg, &inbound, &stats)
