@@ -151,6 +151,18 @@ impl<V, const CAP: usize> DigestMemo<V, CAP> {
         self.map.get_mut(&Digest128(digest))
     }
 
+    /// Starts loading what [`DigestMemo::insert`] reads first for `digest`,
+    /// for a caller with other work to do before it offers the result.
+    pub fn prefetch(&self, digest: u128) {
+        if let Some(slot) = self.seen.get(self.slot(digest)) {
+            crate::sys::prefetch(slot);
+        }
+    }
+
+    fn slot(&self, digest: u128) -> usize {
+        (digest as usize) & self.seen.len().saturating_sub(1)
+    }
+
     /// Offers `digest`'s result: kept when the same digest was offered
     /// lately (its slot still holds it), else only noted. The result is made
     /// only when it is kept. Returns whether it was.
@@ -158,7 +170,7 @@ impl<V, const CAP: usize> DigestMemo<V, CAP> {
         if self.seen.is_empty() {
             self.seen = vec![0; CAP.next_power_of_two()].into_boxed_slice();
         }
-        let slot = (digest as usize) & (self.seen.len() - 1);
+        let slot = self.slot(digest);
         // Never 0, so an empty slot matches nothing.
         let tag = ((digest >> 96) as u32) | 1;
         if self.seen[slot] != tag {

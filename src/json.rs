@@ -52,37 +52,43 @@ pub struct Remembered {
 /// Bodies a [`ScanMemo`] keeps (about 0.8 MiB).
 pub const SCAN_MEMO_ENTRIES: usize = 1 << 12;
 
-/// What the memo holds of what a later stage derived from a body.
+/// What is known of a digest derived from a body (the memo's, or the scan's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Derived {
-    /// The body is not remembered (seen once so far, or pushed out).
+    /// Not derived, and the body is not remembered (seen once so far, or
+    /// pushed out): nothing derived later can be kept with it.
     NotKept,
     /// Remembered, but nothing derived from it noted yet.
     Unknown,
     Known(u128),
 }
 
-/// [`scan_request`] of `body`, whose xxh3-128 is `digest`, from `memo` when
-/// it read the same bytes lately, with what was derived from them since
-/// ([`remember_derived`]). Only bodies that scan cleanly are kept.
+/// `scan(body)` (a [`scan_request`], and a digest derived from the same
+/// bytes when it could take one) of `body`, whose xxh3-128 is `digest`, from
+/// `memo` when it read the same bytes lately, with what was derived from
+/// them since ([`remember_derived`]). Only bodies that scan cleanly are kept.
 pub fn scan_remembered(
     memo: &mut ScanMemo,
     body: &[u8],
     digest: u128,
+    scan: impl FnOnce(&[u8]) -> Result<(RequestFields, Option<u128>), BodyError>,
 ) -> Result<(RequestFields, Derived), BodyError> {
     if let Some(r) = memo.get(digest) {
         let derived = r.derived.map_or(Derived::Unknown, Derived::Known);
         return Ok((r.fields.clone(), derived));
     }
-    let fields = scan_request(body)?;
+    // Whether it was seen lately is asked after the scan: the memory that
+    // says so loads meanwhile.
+    memo.prefetch(digest);
+    let (fields, derived) = scan(body)?;
     let kept = || Remembered {
         fields: fields.clone(),
-        derived: None,
+        derived,
     };
-    let derived = if memo.insert(digest, kept) {
-        Derived::Unknown
-    } else {
-        Derived::NotKept
+    let derived = match (memo.insert(digest, kept), derived) {
+        (_, Some(d)) => Derived::Known(d),
+        (true, None) => Derived::Unknown,
+        (false, None) => Derived::NotKept,
     };
     Ok((fields, derived))
 }
@@ -232,16 +238,59 @@ pub fn json_start(body: &[u8]) -> usize {
 
 /// Scans the top-level object of a request body.
 pub fn scan_request(body: &[u8]) -> Result<RequestFields, BodyError> {
+    let start = top_object(body)?;
+    let mut found = Found::new(start);
+    let end = for_each_member(body, start, |key, value| found.member(key, value))
+        .map_err(BodyError::Invalid)?;
+    if skip_ws(body, end) != body.len() {
+        return Err(BodyError::Invalid("unexpected data after the JSON object"));
+    }
+    found.finish(body)
+}
+
+/// [`scan_request`] of a body another reader already walked whole (the cache
+/// key's canonical pass, which checks all of it is one JSON value): the same
+/// fields and the same checks, from the top-level members it gives, each as
+/// (raw key, value range) in order.
+pub fn scan_members<'a>(
+    body: &'a [u8],
+    members: impl IntoIterator<Item = (&'a [u8], Range<usize>)>,
+) -> Result<RequestFields, BodyError> {
+    let mut found = Found::new(top_object(body)?);
+    for (key, value) in members {
+        found.member(key, value);
+    }
+    found.finish(body)
+}
+
+/// Where the body's top-level object opens.
+fn top_object(body: &[u8]) -> Result<usize, BodyError> {
     let start = json_start(body);
     if body.get(start) != Some(&b'{') {
         return Err(BodyError::Invalid("request body must be a JSON object"));
     }
-    let mut fields = RequestFields {
-        body_open: start + 1,
-        ..Default::default()
-    };
-    let mut duplicate = None;
-    let end = for_each_member(body, start, |key, value| {
+    Ok(start)
+}
+
+/// The fields found so far among a body's top-level members.
+struct Found {
+    fields: RequestFields,
+    duplicate: Option<&'static str>,
+}
+
+impl Found {
+    fn new(start: usize) -> Found {
+        Found {
+            fields: RequestFields {
+                body_open: start + 1,
+                ..Default::default()
+            },
+            duplicate: None,
+        }
+    }
+
+    fn member(&mut self, key: &[u8], value: Range<usize>) {
+        let fields = &mut self.fields;
         let (slot, name) = match field_of(key) {
             Some(Field::Model) => (&mut fields.model, "model"),
             Some(Field::Stream) => (&mut fields.stream, "stream"),
@@ -251,40 +300,40 @@ pub fn scan_request(body: &[u8]) -> Result<RequestFields, BodyError> {
             None => return,
         };
         if slot.replace(value).is_some() {
-            duplicate.get_or_insert(name);
+            self.duplicate.get_or_insert(name);
         }
-    })
-    .map_err(BodyError::Invalid)?;
-    if skip_ws(body, end) != body.len() {
-        return Err(BodyError::Invalid("unexpected data after the JSON object"));
     }
-    if let Some(name) = duplicate {
-        return Err(BodyError::Duplicate(name));
-    }
-    let boolean = |r: &Option<Range<usize>>| {
-        r.as_ref()
-            .is_none_or(|r| matches!(&body[r.clone()], b"true" | b"false" | b"null"))
-    };
-    if !boolean(&fields.stream) {
-        return Err(BodyError::NotBoolean("stream"));
-    }
-    if let Some(opts) = fields.stream_options.clone()
-        && body.get(opts.start) == Some(&b'{')
-    {
-        let mut twice = false;
-        let _ = for_each_member(body, opts.start, |k, v| {
-            if key_is(k, "include_usage") && fields.include_usage.replace(v).is_some() {
-                twice = true;
+
+    fn finish(self, body: &[u8]) -> Result<RequestFields, BodyError> {
+        let mut fields = self.fields;
+        if let Some(name) = self.duplicate {
+            return Err(BodyError::Duplicate(name));
+        }
+        let boolean = |r: &Option<Range<usize>>| {
+            r.as_ref()
+                .is_none_or(|r| matches!(&body[r.clone()], b"true" | b"false" | b"null"))
+        };
+        if !boolean(&fields.stream) {
+            return Err(BodyError::NotBoolean("stream"));
+        }
+        if let Some(opts) = fields.stream_options.clone()
+            && body.get(opts.start) == Some(&b'{')
+        {
+            let mut twice = false;
+            let _ = for_each_member(body, opts.start, |k, v| {
+                if key_is(k, "include_usage") && fields.include_usage.replace(v).is_some() {
+                    twice = true;
+                }
+            });
+            if twice {
+                return Err(BodyError::Duplicate("stream_options.include_usage"));
             }
-        });
-        if twice {
-            return Err(BodyError::Duplicate("stream_options.include_usage"));
+            if !boolean(&fields.include_usage) {
+                return Err(BodyError::NotBoolean("stream_options.include_usage"));
+            }
         }
-        if !boolean(&fields.include_usage) {
-            return Err(BodyError::NotBoolean("stream_options.include_usage"));
-        }
+        Ok(fields)
     }
-    Ok(fields)
 }
 
 /// Calls `f(raw_key, value_range)` for each member of the object starting at
@@ -586,6 +635,11 @@ pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
 mod tests {
     use super::*;
 
+    /// A plain scan, deriving nothing.
+    fn plain(body: &[u8]) -> Result<(RequestFields, Option<u128>), BodyError> {
+        scan_request(body).map(|f| (f, None))
+    }
+
     #[test]
     fn a_remembered_scan_is_the_scan_and_the_memo_stays_bounded() {
         let mut memo = ScanMemo::default();
@@ -599,7 +653,7 @@ mod tests {
         for _ in 0..2 {
             for body in bodies {
                 assert_eq!(
-                    scan_remembered(&mut memo, body, digest(body)).map(|(f, _)| f),
+                    scan_remembered(&mut memo, body, digest(body), plain).map(|(f, _)| f),
                     scan_request(body)
                 );
             }
@@ -611,7 +665,8 @@ mod tests {
             let body = format!(r#"{{"model":"p/m{n}"}}"#);
             for _ in 0..2 {
                 let (f, _) =
-                    scan_remembered(&mut memo, body.as_bytes(), digest(body.as_bytes())).unwrap();
+                    scan_remembered(&mut memo, body.as_bytes(), digest(body.as_bytes()), plain)
+                        .unwrap();
                 assert_eq!(f.model(body.as_bytes()).unwrap(), format!("p/m{n}"));
                 assert!(memo.len() <= SCAN_MEMO_ENTRIES);
             }
@@ -632,7 +687,7 @@ mod tests {
             xxhash_rust::xxh3::xxh3_128(b),
         );
         let derived =
-            |memo: &mut ScanMemo, body: &[u8], d| scan_remembered(memo, body, d).unwrap().1;
+            |memo: &mut ScanMemo, body: &[u8], d| scan_remembered(memo, body, d, plain).unwrap().1;
         // Seen once: not remembered, so nothing can be kept with it.
         assert_eq!(derived(&mut memo, a, da), Derived::NotKept);
         remember_derived(&mut memo, da, 7);
@@ -640,11 +695,22 @@ mod tests {
         assert_eq!(derived(&mut memo, a, da), Derived::Unknown);
         assert_eq!(derived(&mut memo, a, da), Derived::Unknown);
         remember_derived(&mut memo, da, 7);
-        let (fields, d) = scan_remembered(&mut memo, a, da).unwrap();
+        let (fields, d) = scan_remembered(&mut memo, a, da, plain).unwrap();
         assert_eq!((fields, d), (scan_request(a).unwrap(), Derived::Known(7)));
         // It stays with its own body.
         assert_eq!(derived(&mut memo, b, db), Derived::NotKept);
         assert_eq!(derived(&mut memo, b, db), Derived::Unknown);
+        // A scan that derives the digest itself: known at once, and kept
+        // with the body once the body is remembered.
+        let c = br#"{"model":"e/f"}"#;
+        let dc = xxhash_rust::xxh3::xxh3_128(c);
+        let deriving = |b: &[u8]| scan_request(b).map(|f| (f, Some(9)));
+        for _ in 0..2 {
+            let got = scan_remembered(&mut memo, c, dc, deriving).unwrap().1;
+            assert_eq!(got, Derived::Known(9));
+        }
+        let kept = scan_remembered(&mut memo, c, dc, |_| panic!("read again")).unwrap();
+        assert_eq!(kept, (scan_request(c).unwrap(), Derived::Known(9)));
     }
 
     #[test]

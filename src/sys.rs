@@ -296,6 +296,21 @@ impl SharedMap {
     }
 }
 
+/// Starts loading the cache line holding `value`, so a read of it soon after
+/// does not wait on memory (a table probe that lands on a random line).
+pub fn prefetch<T>(value: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint that never faults or changes memory, and
+    // the address is a live reference's. SSE, which `_mm_prefetch` needs, is
+    // part of every x86_64 CPU.
+    unsafe {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(value).cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = value;
+}
+
 /// Makes the C allocator (glibc's malloc, which SQLite uses) grow in big
 /// steps and keep what it took. By default a thread's own heap grows by
 /// exactly the block asked for: the log's writer, filling its page cache,

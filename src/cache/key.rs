@@ -19,9 +19,12 @@
 //! (1.1-1.3 GiB/s). A body the shard saw lately is not read again: the
 //! shard keeps its canonical digest with the body's scanned fields (one memo
 //! probe finds both, `json::scan_remembered`) and passes it back in
-//! [`KeyInput::canonical`].
+//! [`KeyInput::canonical`]. A body read for the first time is read once for
+//! both: the walk that writes its canonical form also hands the routing scan
+//! its top-level members ([`KeyMaker::digest_and_members`]).
 
 use crate::json::{MAX_DEPTH, is_number, skip_ws};
+use std::ops::Range;
 
 /// Bumped whenever the canonical form or the key's inputs change, so entries
 /// written under another form are never found.
@@ -97,7 +100,13 @@ pub struct KeyMaker {
     scratch: Vec<u8>,
     /// The key's inputs, laid out to be hashed.
     head: Vec<u8>,
+    /// The body's top-level members.
+    tops: Vec<TopMember>,
 }
+
+/// A top-level member of a body: its raw key (between the quotes) and its
+/// value, as ranges in the body.
+pub type TopMember = (Range<usize>, Range<usize>);
 
 /// One member written to the canonical buffer: `"key":value` spans
 /// `start..end`, its key `start..key_end`.
@@ -155,10 +164,21 @@ impl KeyMaker {
         Ok(xxhash_rust::xxh3::xxh3_128(&self.canonical))
     }
 
+    /// The canonical digest of `body` (what [`KeyInput::canonical`] takes),
+    /// with its top-level members as (raw key, value) ranges in `body`, in
+    /// order (none when it is not an object): the walk that writes the
+    /// canonical form checks every byte, so whoever needs the members as
+    /// well (`json::scan_members`) need not read the body again.
+    pub fn digest_and_members(&mut self, body: &[u8]) -> Result<(u128, &[TopMember]), NoKey> {
+        let digest = self.body_digest(body)?;
+        Ok((digest, &self.tops))
+    }
+
     /// Writes the canonical form of the JSON text `body`, in one pass.
     fn write_canonical(&mut self, body: &[u8]) -> Result<(), NoKey> {
         self.canonical.clear();
         self.members.clear();
+        self.tops.clear();
         let start = crate::json::json_start(body);
         let end = self.value(body, start, 0)?;
         if skip_ws(body, end) != body.len() {
@@ -202,14 +222,20 @@ impl KeyMaker {
                     return Err(NoKey::NotJson);
                 }
                 let start = self.canonical.len();
+                let key_at = i;
                 i = string(body, i, &mut self.canonical)?;
+                let raw_key = key_at + 1..i - 1;
                 let key_end = self.canonical.len();
                 i = skip_ws(body, i);
                 if body.get(i) != Some(&b':') {
                     return Err(NoKey::NotJson);
                 }
                 self.canonical.push(b':');
-                i = self.value(body, skip_ws(body, i + 1), depth + 1)?;
+                let value_at = skip_ws(body, i + 1);
+                i = self.value(body, value_at, depth + 1)?;
+                if depth == 0 {
+                    self.tops.push((raw_key, value_at..i));
+                }
                 self.members.push(Member {
                     start,
                     key_end,
@@ -630,6 +656,53 @@ mod tests {
             shuffled(&mut rng, 3, &mut body);
             let k = key(&body).unwrap();
             assert_eq!(*first.get_or_insert(k), k, "{body}");
+        }
+    }
+
+    #[test]
+    fn the_canonical_walk_gives_the_scan_its_members() {
+        // Whatever the one-pass scan (the canonical walk's members) reads,
+        // the scan on its own reads the same; its digest is the key's.
+        let mut rng = crate::reqid::IdGen::new(5);
+        let mut bodies: Vec<String> = [
+            r#"{"model":"a/b","stream":true,"stream_options":{"include_usage":true},"max_tokens":5,"n":2}"#,
+            "\u{feff} {\"m\\u006fdel\" : \"a/b\" ,\n\"messages\":[{\"role\":\"user\",\"content\":\"hi\\n\"}] } ",
+            r#"{"model":"a/b","model":"c/d"}"#,
+            r#"{"stream":"yes"}"#,
+            r#"{"stream_options":{"include_usage":1}}"#,
+            r#"{"stream_options":{"include_usage":true,"include_usage":false}}"#,
+            r#"{"x":{"a":1,"a":2},"model":"a/b"}"#,
+            r#"{"max_completion_tokens":9,"max_output_tokens":3,"extra":[1,2,{"n":3}]}"#,
+            r#"{}"#,
+            r#"[{"model":"a/b"}]"#,
+            r#""text""#,
+            r#"{"model":"a/b"} trailing"#,
+            r#"{"model":"a/b","#,
+        ]
+        .map(str::to_string)
+        .to_vec();
+        for _ in 0..20 {
+            let mut body = String::new();
+            shuffled(&mut rng, 2, &mut body);
+            bodies.push(body);
+        }
+        let mut maker = KeyMaker::default();
+        for body in &bodies {
+            let b = body.as_bytes();
+            let alone = crate::json::scan_request(b);
+            match maker.digest_and_members(b) {
+                Ok((digest, tops)) => {
+                    let tops = tops.to_vec();
+                    let members = tops.iter().map(|(k, v)| (&b[k.clone()], v.clone()));
+                    assert_eq!(crate::json::scan_members(b, members), alone, "{body}");
+                    assert_eq!(Ok(digest), KeyMaker::default().body_digest(b), "{body}");
+                }
+                // No key: the scan reads such a body on its own.
+                Err(_) => assert!(
+                    body.contains(r#""a":2"#) || body.contains("model\":\"c") || alone.is_err(),
+                    "{body}"
+                ),
+            }
         }
     }
 

@@ -424,6 +424,24 @@ impl ShardCache {
         (Some(key), canonical, self.find(key, now_ms))
     }
 
+    /// [`crate::json::scan_request`] of a request body with its canonical
+    /// digest (for [`KeyInput::canonical`]), in one pass over the body; no
+    /// digest for a body that has no key (it is scanned on its own then, so
+    /// a body the cache bypasses reads exactly as it would with it off).
+    pub fn scan(
+        &self,
+        body: &[u8],
+    ) -> Result<(crate::json::RequestFields, Option<u128>), crate::json::BodyError> {
+        let mut keys = self.keys.borrow_mut();
+        match keys.digest_and_members(body) {
+            Ok((digest, tops)) => {
+                let members = tops.iter().map(|(k, v)| (&body[k.clone()], v.clone()));
+                crate::json::scan_members(body, members).map(|f| (f, Some(digest)))
+            }
+            Err(_) => crate::json::scan_request(body).map(|f| (f, None)),
+        }
+    }
+
     fn find(&self, key: CacheKey, now_ms: u64) -> Lookup {
         let shared = &self.shared;
         let part = &shared.partitions[partition_of(key, shared.shards)];

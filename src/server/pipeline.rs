@@ -544,10 +544,13 @@ fn plan(
     let body = view.body;
     let derived = std::cell::Cell::new(Derived::NotKept);
     let scan = |b: &[u8]| match digest {
-        Some(d) if std::ptr::eq(b, body) => ctx.scan_remembered(b, d).map(|(fields, got)| {
-            derived.set(got);
-            fields
-        }),
+        Some(d) if std::ptr::eq(b, body) => {
+            ctx.scan_remembered(b, d, wish.key.is_none())
+                .map(|(fields, got)| {
+                    derived.set(got);
+                    fields
+                })
+        }
         _ => crate::json::scan_request(b),
     };
     let inputs = RouteInputs {

@@ -270,12 +270,24 @@ impl ShardCtx {
     /// The fields of a request body whose xxh3-128 is `digest`, from the
     /// shard's memo when it read the same bytes lately, with the cache's
     /// canonical digest of them once it was noted ([`ShardCtx::note_canonical`]).
+    /// A body read now is read once for both when `canonical` asks for the
+    /// digest (the cache will key the request by its body).
     pub fn scan_remembered(
         &self,
         body: &[u8],
         digest: u128,
+        canonical: bool,
     ) -> Result<(crate::json::RequestFields, crate::json::Derived), crate::json::BodyError> {
-        crate::json::scan_remembered(&mut self.scans.borrow_mut(), body, digest)
+        let cache = self.cache().filter(|_| canonical);
+        crate::json::scan_remembered(
+            &mut self.scans.borrow_mut(),
+            body,
+            digest,
+            |b| match cache {
+                Some(cache) => cache.scan(b),
+                None => crate::json::scan_request(b).map(|f| (f, None)),
+            },
+        )
     }
 
     /// Keeps the canonical digest of the body whose xxh3-128 is `digest`
