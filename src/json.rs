@@ -101,6 +101,18 @@ pub fn remember_derived(memo: &mut ScanMemo, digest: u128, derived: u128) {
     }
 }
 
+/// The value of a `\u` escape's four hex digits: exactly four, nothing
+/// else (`u32::from_str_radix` alone also takes fewer, and a leading `+`,
+/// which strict parsers refuse).
+pub fn hex4(digits: &[u8]) -> Option<u32> {
+    if digits.len() != 4 || !digits.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    digits
+        .iter()
+        .try_fold(0u32, |v, &d| Some(v << 4 | char::from(d).to_digit(16)?))
+}
+
 /// Why a request body cannot be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyError {
@@ -248,10 +260,11 @@ pub fn scan_request(body: &[u8]) -> Result<RequestFields, BodyError> {
     found.finish(body)
 }
 
-/// [`scan_request`] of a body another reader already walked whole (the cache
-/// key's canonical pass, which checks all of it is one JSON value): the same
-/// fields and the same checks, from the top-level members it gives, each as
-/// (raw key, value range) in order.
+/// [`scan_request`] of a body another reader already walked whole and
+/// accepted (the cache key's canonical pass, stricter than this scan and
+/// splitting members where it does): the same fields and the same checks,
+/// from the top-level members it gives, each as (raw key, value range) in
+/// order.
 pub fn scan_members<'a>(
     body: &'a [u8],
     members: impl IntoIterator<Item = (&'a [u8], Range<usize>)>,
@@ -532,14 +545,14 @@ pub fn string_value(raw: &[u8]) -> Option<Cow<'_, str>> {
             't' => out.push('\t'),
             'u' => {
                 let hex: String = chars.by_ref().take(4).collect();
-                let mut cp = u32::from_str_radix(&hex, 16).ok()?;
+                let mut cp = hex4(hex.as_bytes())?;
                 if (0xD800..0xDC00).contains(&cp) {
                     if chars.next()? != '\\' || chars.next()? != 'u' {
                         return None;
                     }
                     let low: String = chars.by_ref().take(4).collect();
-                    let low = u32::from_str_radix(&low, 16).ok()?;
-                    cp = 0x10000 + ((cp - 0xD800) << 10) + (low.checked_sub(0xDC00)?);
+                    let low = hex4(low.as_bytes()).filter(|l| (0xDC00..0xE000).contains(l))?;
+                    cp = 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00);
                 }
                 out.push(char::from_u32(cp)?);
             }
@@ -822,6 +835,22 @@ mod tests {
     fn escaped_strings_decode() {
         assert_eq!(string_value(br#""mock\/echo""#).unwrap(), "mock/echo");
         assert_eq!(string_value(br#""\u00e9\ud83d\ude00""#).unwrap(), "é😀");
+        // What strict parsers refuse is refused: a sign or fewer than four
+        // digits in `\u`, a high surrogate followed by a non-low one.
+        for bad in [
+            br#""m\u+06fdel""#.as_slice(),
+            br#""\u06f""#,
+            br#""\ud800\uffff""#,
+            br#""\ud800\ud800""#,
+            br#""\u-001""#,
+        ] {
+            assert_eq!(string_value(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+        assert_eq!(hex4(b"00e9"), Some(0xe9));
+        assert_eq!(hex4(b"FFFF"), Some(0xffff));
+        for bad in [&b"+0e9"[..], b"0e9", b"00e9 ", b" 0e9", b"00g9"] {
+            assert_eq!(hex4(bad), None);
+        }
     }
 
     #[test]

@@ -107,7 +107,8 @@ pub struct RouteInputs<'a> {
     pub below: &'a Below<'a>,
     pub field: &'a dyn Fn(&str) -> Option<String>,
     /// Reads the request body's fields ([`json::scan_request`], or the
-    /// shard's memo of bodies it read lately).
+    /// shard's memo of bodies it read lately, or with the cache on a read
+    /// that also takes the body's canonical digest for its key).
     pub scan: &'a dyn Fn(&[u8]) -> Result<json::RequestFields, BodyError>,
 }
 

@@ -166,9 +166,12 @@ impl KeyMaker {
 
     /// The canonical digest of `body` (what [`KeyInput::canonical`] takes),
     /// with its top-level members as (raw key, value) ranges in `body`, in
-    /// order (none when it is not an object): the walk that writes the
-    /// canonical form checks every byte, so whoever needs the members as
-    /// well (`json::scan_members`) need not read the body again.
+    /// order (none when it is not an object), so whoever needs the members
+    /// as well (`json::scan_members`) need not read the body again. The walk
+    /// accepts a subset of what `json::scan_request` accepts (it also checks
+    /// literals, escapes, depth and repeated keys anywhere; neither checks
+    /// UTF-8 or raw control bytes in strings), and its ranges are the ones
+    /// `json::for_each_member` gives.
     pub fn digest_and_members(&mut self, body: &[u8]) -> Result<(u128, &[TopMember]), NoKey> {
         let digest = self.body_digest(body)?;
         Ok((digest, &self.tops))
@@ -370,9 +373,10 @@ fn string(body: &[u8], i: usize, out: &mut Vec<u8>) -> Result<usize, NoKey> {
 /// canonical spelling of its character.
 fn reencode(inner: &[u8], out: &mut Vec<u8>) -> Result<(), NoKey> {
     let hex4 = |at: usize| -> Result<u32, NoKey> {
-        let h = inner.get(at..at + 4).ok_or(NoKey::NotJson)?;
-        let h = std::str::from_utf8(h).map_err(|_| NoKey::NotJson)?;
-        u32::from_str_radix(h, 16).map_err(|_| NoKey::NotJson)
+        inner
+            .get(at..at + 4)
+            .and_then(crate::json::hex4)
+            .ok_or(NoKey::NotJson)
     };
     let mut i = 0;
     while i < inner.len() {
@@ -800,7 +804,14 @@ mod tests {
         ] {
             assert_eq!(canon(a), canon(b), "{a} vs {b}");
         }
-        for bad in [r#""\ud83d""#, r#""\ud83dx""#, r#""\q""#, r#""\u12""#] {
+        for bad in [
+            r#""\ud83d""#,
+            r#""\ud83dx""#,
+            r#""\q""#,
+            r#""\u12""#,
+            r#""\u+06f""#,
+            r#""\ud83d\uffff""#,
+        ] {
             assert_eq!(key(bad), Err(NoKey::NotJson), "{bad}");
         }
     }

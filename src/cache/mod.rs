@@ -432,6 +432,11 @@ impl ShardCache {
         &self,
         body: &[u8],
     ) -> Result<(crate::json::RequestFields, Option<u128>), crate::json::BodyError> {
+        // Only an object has fields: anything else fails the scan at once,
+        // without a walk of its whole body first.
+        if body.get(crate::json::json_start(body)) != Some(&b'{') {
+            return crate::json::scan_request(body).map(|f| (f, None));
+        }
         let mut keys = self.keys.borrow_mut();
         match keys.digest_and_members(body) {
             Ok((digest, tops)) => {
@@ -548,6 +553,99 @@ pub use store::Purge as PurgeWhat;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A body read for the first time with the cache on: its fields are
+    /// what the scan alone reads (same result, error or not, for bodies
+    /// with the fields the gateway reads, escaped or not, in any order, with
+    /// any whitespace, a BOM, repeats), and its digest, when it has one,
+    /// gives the key the body itself gives.
+    #[test]
+    fn a_first_read_scans_as_the_scan_alone_and_keys_as_its_body() {
+        let dir = std::env::temp_dir().join(format!("aigw-cache-scan-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = CacheConfig {
+            enabled: true,
+            size: 4 << 20,
+            default_ttl: std::time::Duration::from_secs(60),
+            max_entry: 64 << 10,
+            shared: false,
+        };
+        let (cache, _) = Cache::open(&dir, &config, 1, crate::reqid::now_unix_ms()).unwrap();
+        let shard = Arc::new(cache).for_shard(0).unwrap();
+        let members = [
+            r#""model":"a/b""#,
+            r#""m\u006fdel":"c/d""#,
+            r#""stream":true"#,
+            r#""stream":null"#,
+            r#""str\u0065am":"yes""#,
+            r#""stream_options":{"include_usage":true}"#,
+            r#""stream_options":{"include_usage":1,"x":[]}"#,
+            r#""max_tokens":5"#,
+            r#""max_completion_tokens":7"#,
+            r#""max_output_tokens":-1"#,
+            r#""n":2"#,
+            r#""messages":[{"role":"user","content":"x\"y\u00e9"}]"#,
+            r#""temperature":0.5"#,
+            r#""tools":[{"a":{"b":[1,{"c":null}]}}]"#,
+        ];
+        let ws = [" ", "", "\n", "\t "];
+        let mut rng = crate::reqid::IdGen::new(17);
+        let mut pick = |n: usize| rng.next_u64() as usize % n;
+        let mut keyed = 0;
+        for round in 0..400 {
+            let mut body = String::new();
+            if round % 7 == 0 {
+                body.push('\u{feff}');
+            }
+            body.push_str(ws[pick(ws.len())]);
+            body.push('{');
+            for m in 0..pick(5) {
+                if m > 0 {
+                    body.push(',');
+                }
+                body.push_str(ws[pick(ws.len())]);
+                body.push_str(members[pick(members.len())]);
+                body.push_str(ws[pick(ws.len())]);
+            }
+            body.push('}');
+            body.push_str(ws[pick(ws.len())]);
+            let b = body.as_bytes();
+            let got = shard.scan(b);
+            let alone = crate::json::scan_request(b);
+            assert_eq!(got.as_ref().map(|(f, _)| f), alone.as_ref(), "{body}");
+            if let Ok((_, Some(digest))) = got {
+                keyed += 1;
+                let input = KeyInput {
+                    scope: 1,
+                    provider: "openai",
+                    path: "/v1/chat/completions",
+                    body: b,
+                    canonical: None,
+                    custom: None,
+                    stream: false,
+                };
+                let mut maker = key::KeyMaker::default();
+                let from_body = maker.key(&input).unwrap();
+                let from_digest = maker
+                    .key(&KeyInput {
+                        canonical: Some(digest),
+                        body: b"",
+                        ..input
+                    })
+                    .unwrap();
+                assert_eq!(from_body, from_digest, "{body}");
+            }
+        }
+        // Most of them have a key (the rest repeat a member).
+        assert!(keyed > 200, "{keyed}");
+        // Not an object: no digest, the scan's own error.
+        for body in [&b"[1,2]"[..], b"\"text\"", b"", b"{\"model\":\"a/b\"} x"] {
+            let got = shard.scan(body).map(|(f, d)| (f, d.is_some()));
+            assert_eq!(got, crate::json::scan_request(body).map(|f| (f, false)));
+        }
+        drop(shard);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     /// An answer a shard hands to another shard's partition after that shard
     /// stopped is stored by the main thread (`settle`), with the writer the

@@ -573,8 +573,9 @@ fn plan(
     Ok((routed, digests))
 }
 
-/// A body's xxh3-128 (the cache wants it) and what the shard's memo holds of
-/// its canonical digest.
+/// A body's xxh3-128 (the cache wants it) and what is known of its
+/// canonical digest: from the shard's memo, or from a first read that took
+/// it with the fields (`ShardCache::scan`).
 #[derive(Clone, Copy)]
 struct BodyDigests {
     raw: u128,
