@@ -12,6 +12,10 @@
 #                                          # aigw with more config, requests with more headers
 #   perf/profile.sh --callgrind --extra-toml cache.toml --load-arg --hit-ratio --load-arg 1
 #                                          # any aigw-load flag, one word per --load-arg
+#   perf/profile.sh --callgrind --pipeline-only
+#                                          # count only inside the request pipeline
+#                                          # (pipeline::handle and what it calls:
+#                                          # not the executor, nor reading the head)
 #
 # Layout as in the harness: aigw-load + aigw-mock on CPU 0, the profiled
 # server on CPU 1. Output: perf/results/profile-<target>-<time>.{svg,txt}.
@@ -28,6 +32,7 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}/release
 
 target=aigw; seconds=10; rate=""; mode=perf; build=1; install=1
 load_cpu=0; proxy_cpu=1; port_base=18200; callgrind_requests=1000; extra_toml=""; headers=(); load_extra=()
+collect=()
 while [ $# -gt 0 ]; do
   case $1 in
     --target) target=$2; shift ;;
@@ -35,6 +40,7 @@ while [ $# -gt 0 ]; do
     --rate) rate=$2; shift ;;
     --callgrind) mode=callgrind ;;
     --requests) callgrind_requests=$2; shift ;;
+    --pipeline-only) collect=(--toggle-collect='aigw::server::pipeline::handle*') ;;
     --no-build) build=0 ;;
     --no-install) install=0 ;;
     --load-cpu) load_cpu=$2; shift ;;
@@ -42,7 +48,7 @@ while [ $# -gt 0 ]; do
     --extra-toml) extra_toml=$2; shift ;;
     -H|--header) headers+=(-H "$2"); shift ;;
     --load-arg) load_extra+=("$2"); shift ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "unknown flag $1" >&2; exit 2 ;;
   esac
   shift
@@ -129,7 +135,10 @@ EOF
     model=bench/gpt-4o-mini
     url=http://127.0.0.1:$port/v1/chat/completions
     if [ "$mode" = callgrind ]; then
-      start aigw "$WORK/aigw.log" taskset -c "$proxy_cpu" valgrind --tool=callgrind \
+      # One file per thread: the shard's count apart from the threads beside
+      # it (under valgrind's slowness the stats thread's periodic work weighs
+      # more per request than it does at full speed).
+      start aigw "$WORK/aigw.log" taskset -c "$proxy_cpu" valgrind --tool=callgrind --separate-threads=yes "${collect[@]}" \
         --callgrind-out-file="$base.callgrind" "$TARGET_DIR/aigw" serve --config "$WORK/aigw.toml"
     else
       start aigw "$WORK/aigw.log" taskset -c "$proxy_cpu" "$TARGET_DIR/aigw" serve --config "$WORK/aigw.toml"
@@ -183,21 +192,33 @@ else
   # Warm up (connections, first-use paths), then zero the counters so the
   # profile holds only the measured requests; dump before stopping.
   log "warm-up under callgrind"
+  # With the measured run's own flags: a pool of prompts (--hit-ratio) is
+  # seen before it is measured.
   taskset -c "$load_cpu" "$TARGET_DIR/aigw-load" --url "$url" --model "$model" --cpus "$load_cpu" --quiet "${headers[@]}" \
-    --max-error-rate 1 --rate 200 --connections 8 --warmup 0s --duration 1s --timeout 30s > /dev/null
+    "${load_extra[@]}" --max-error-rate 1 --rate 200 --connections 8 --warmup 0s --duration 1s --timeout 30s > /dev/null
   callgrind_control -z "$server_pid" > /dev/null
   log "load running under callgrind ($callgrind_requests requests)"
   taskset -c "$load_cpu" "$TARGET_DIR/aigw-load" "${load_args[@]}" > "$base.load.txt"
   callgrind_control -d "$server_pid" > /dev/null
-  dump=$(ls -t "$base.callgrind".* 2>/dev/null | head -n 1 || true)
-  [ -n "$dump" ] || { log "callgrind dump missing"; exit 1; }
+  # The dump just taken: one file per thread (`<base>.callgrind.<n>-<thread>`).
+  # callgrind writes each file's total as its `totals:` line.
+  n=$(ls "$base.callgrind".*-* 2>/dev/null | sed 's/.*\.callgrind\.\([0-9]*\)-.*/\1/' | sort -n | tail -n 1)
+  [ -n "$n" ] || { log "callgrind dump missing"; exit 1; }
   kill -TERM "$server_pid" 2>/dev/null || true
+  total=0; shard=0; dump=""
+  for f in "$base.callgrind.$n"-*; do
+    ir=$(awk '$1 == "totals:" || $1 == "summary:" {print $2; exit}' "$f")
+    total=$((total + ${ir:-0}))
+    # The busiest thread is the shard (1 shard under --callgrind).
+    if [ "${ir:-0}" -gt "$shard" ]; then shard=${ir:-0}; dump=$f; fi
+  done
   requests=$(awk '$1 == "requests" {print $2; exit}' "$base.load.txt")
   callgrind_annotate "$dump" > "$WORK/annotate-flat.txt" 2>/dev/null || true
   callgrind_annotate --inclusive=yes "$dump" > "$WORK/annotate.txt" 2>/dev/null || true
-  total=$(awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}' "$WORK/annotate-flat.txt")
-  { echo "instructions (Ir): $total for $requests requests => $(( ${total:-0} / (${requests:-0} > 0 ? requests : 1) )) Ir/request (after warm-up)"
-    echo "callgrind file: $dump (open with kcachegrind)"
+  per() { echo $(( $1 / (${requests:-0} > 0 ? requests : 1) )); }
+  { echo "instructions (Ir): $total for $requests requests => $(per "$total") Ir/request (after warm-up)"
+    echo "shard thread: $shard => $(per "$shard") Ir/request"
+    echo "callgrind file: $dump (the shard's; open with kcachegrind)"
     echo
     head -n 60 "$WORK/annotate.txt"; } > "$base.txt"
 fi
