@@ -1,4 +1,5 @@
-//! Rounding a non-negative `f64` to a `u64` on the request path.
+//! Rounding a non-negative `f64` to a `u64`, and hex digits, on the request
+//! path.
 //!
 //! `f64::ceil` and `f64::round` are calls into libm on the baseline x86-64
 //! target (the `roundsd` instruction needs SSE4.1), about 20 instructions
@@ -28,6 +29,31 @@ pub fn round_u64(x: f64) -> u64 {
     } else {
         t
     }
+}
+
+/// The 32 lower-case hex digits of `v`, most significant first: request ids
+/// and cache keys in every response head and log row. Eight digits at a time
+/// in a word (each nibble spread to a byte, then made a digit) instead of a
+/// table look-up per digit: about a sixth of the instructions.
+pub fn hex_u128(v: u128) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for (chunk, word) in out.chunks_exact_mut(8).zip(v.to_be_bytes().chunks_exact(4)) {
+        let word = u32::from_be_bytes([word[0], word[1], word[2], word[3]]);
+        chunk.copy_from_slice(&hex_u32(word));
+    }
+    out
+}
+
+/// The 8 lower-case hex digits of `v`, most significant first.
+fn hex_u32(v: u32) -> [u8; 8] {
+    // Nibble k (from the least significant) ends in byte k.
+    let mut x = u64::from(v);
+    x = (x | (x << 16)) & 0x0000_ffff_0000_ffff;
+    x = (x | (x << 8)) & 0x00ff_00ff_00ff_00ff;
+    x = (x | (x << 4)) & 0x0f0f_0f0f_0f0f_0f0f;
+    // A byte's high bit of (nibble + 6) is set when the nibble is a-f.
+    let letters = ((x + 0x0606_0606_0606_0606) >> 4) & 0x0101_0101_0101_0101;
+    (x + 0x3030_3030_3030_3030 + letters * u64::from(b'a' - b'0' - 10)).to_be_bytes()
 }
 
 #[cfg(test)]
@@ -66,6 +92,19 @@ mod tests {
         for x in cases {
             assert_eq!(ceil_u64(x), x.ceil() as u64, "ceil {x:e}");
             assert_eq!(round_u64(x), x.round() as u64, "round {x:e}");
+        }
+    }
+
+    #[test]
+    fn hex_digits_are_the_formatted_ones() {
+        let mut rng = crate::reqid::IdGen::new(3);
+        let mut values = vec![0, u128::MAX, 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210];
+        values.extend(
+            (0..1000).map(|_| u128::from(rng.next_u64()) << 64 | u128::from(rng.next_u64())),
+        );
+        values.extend((0..128).map(|b| 1u128 << b));
+        for v in values {
+            assert_eq!(hex_u128(v), format!("{v:032x}").as_bytes(), "{v:x}");
         }
     }
 }

@@ -30,20 +30,15 @@ impl RequestId {
 
     /// The canonical lower-case text form.
     pub fn to_text(self) -> [u8; TEXT_LEN] {
-        // A byte at a time (two digits), not a 128-bit shift per digit: this
-        // runs for every response head and every log row.
-        const HEX: &[u8; 16] = b"0123456789abcdef";
+        // This runs for every response head and every log row.
+        let hex = crate::num::hex_u128(self.0);
         let mut out = [b'-'; TEXT_LEN];
-        let mut at = 0;
-        for (i, b) in self.0.to_be_bytes().into_iter().enumerate() {
-            // 8-4-4-4-12: a dash before bytes 4, 6, 8 and 10.
-            if matches!(i, 4 | 6 | 8 | 10) {
-                at += 1;
-            }
-            out[at] = HEX[usize::from(b >> 4)];
-            out[at + 1] = HEX[usize::from(b & 0xf)];
-            at += 2;
-        }
+        // 8-4-4-4-12.
+        out[..8].copy_from_slice(&hex[..8]);
+        out[9..13].copy_from_slice(&hex[8..12]);
+        out[14..18].copy_from_slice(&hex[12..16]);
+        out[19..23].copy_from_slice(&hex[16..20]);
+        out[24..].copy_from_slice(&hex[20..]);
         out
     }
 

@@ -42,13 +42,7 @@ impl CacheKey {
     /// `aigw cache purge --key` takes. Without `fmt`: it runs for every
     /// logged request the cache saw.
     pub fn to_text(self) -> [u8; KEY_TEXT_LEN] {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut out = [0u8; KEY_TEXT_LEN];
-        for (pair, b) in out.chunks_exact_mut(2).zip(self.0.to_be_bytes()) {
-            pair[0] = HEX[usize::from(b >> 4)];
-            pair[1] = HEX[usize::from(b & 0xf)];
-        }
-        out
+        crate::num::hex_u128(self.0)
     }
 
     /// The key whose [`CacheKey::to_text`] is `text` (either case).
