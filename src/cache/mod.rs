@@ -554,6 +554,24 @@ pub use store::Purge as PurgeWhat;
 mod tests {
     use super::*;
 
+    /// A 4 MiB cache with entries of up to 64 KiB.
+    fn small() -> CacheConfig {
+        CacheConfig {
+            enabled: true,
+            size: 4 << 20,
+            default_ttl: std::time::Duration::from_secs(60),
+            max_entry: 64 << 10,
+            shared: false,
+        }
+    }
+
+    /// An empty directory of this test process's own.
+    fn fresh_dir(what: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("aigw-cache-{what}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
     /// A body read for the first time with the cache on: its fields are
     /// what the scan alone reads (same result, error or not, for bodies
     /// with the fields the gateway reads, escaped or not, in any order, with
@@ -561,16 +579,8 @@ mod tests {
     /// gives the key the body itself gives.
     #[test]
     fn a_first_read_scans_as_the_scan_alone_and_keys_as_its_body() {
-        let dir = std::env::temp_dir().join(format!("aigw-cache-scan-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let config = CacheConfig {
-            enabled: true,
-            size: 4 << 20,
-            default_ttl: std::time::Duration::from_secs(60),
-            max_entry: 64 << 10,
-            shared: false,
-        };
-        let (cache, _) = Cache::open(&dir, &config, 1, crate::reqid::now_unix_ms()).unwrap();
+        let dir = fresh_dir("scan");
+        let (cache, _) = Cache::open(&dir, &small(), 1, crate::reqid::now_unix_ms()).unwrap();
         let shard = Arc::new(cache).for_shard(0).unwrap();
         let members = [
             r#""model":"a/b""#,
@@ -652,15 +662,8 @@ mod tests {
     /// stopped shard gave back, and is there at the next start.
     #[test]
     fn answers_handed_over_after_their_owner_stopped_are_stored() {
-        let dir = std::env::temp_dir().join(format!("aigw-cache-settle-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let config = CacheConfig {
-            enabled: true,
-            size: 4 << 20,
-            default_ttl: std::time::Duration::from_secs(60),
-            max_entry: 64 << 10,
-            shared: false,
-        };
+        let dir = fresh_dir("settle");
+        let config = small();
         let now = crate::reqid::now_unix_ms();
         let (cache, _) = Cache::open(&dir, &config, 2, now).unwrap();
         let cache = Arc::new(cache);
