@@ -344,18 +344,10 @@ AIGW_PAYLOADS_TOML = "\n[logs]\npayloads = true\n"
 # on its CPU is idle then, and without it aigw-load drives ~0.4x what wrk does
 # against nginx static (with it, ~1.0x; see loadtest/src/load/sock.rs).
 SPIN_ARGS = ["--spin", "16"]
-# The `aigw-limits` target: a gateway key, two rate limits and a budget (issue
-# 9's "with a key, two limits and a budget configured vs none"), set high
-# enough never to refuse during a run.
+# The `aigw-limits` target: a gateway key, two rate limits and a budget, as
+# perf/limits.toml has them (shared with perf/instructions.sh).
 AIGW_LIMITS_SECRET = "sk-aigw-" + "5" * 64
-AIGW_LIMITS_TOML = (
-    "\n[auth]\nrequired = true\n"
-    "[keys.bench]\nsecret_sha256 = \"{sha}\"\n"
-    "[[rate_limits]]\nscope = \"key\"\ncount = \"requests\"\nlimit = 4000000000\nwindow = \"30d\"\n"
-    "[[rate_limits]]\nscope = \"key\"\ncount = \"total_tokens\"\nlimit = 4000000000\nwindow = \"30d\"\n"
-    "[[budgets]]\nscope = \"key\"\nusd = 1000000\nwindow = \"monthly\"\n"
-    "[prices.\"bench/gpt-4o-mini\"]\ninput = 0.15\noutput = 0.6\n"
-)
+AIGW_LIMITS_TOML = "\n" + (PERF / "limits.toml").read_text()
 # The `aigw-translate` target: the same OpenAI request to an anthropic-kind
 # provider at the mock, so it is translated to the Messages API and the
 # Anthropic-shaped reply back (issue 10's translated route).
@@ -1018,7 +1010,7 @@ def main():
                                 r["log_dropped_pct"] = 100.0 * (after[1] - before[1]) / (after[0] - before[0])
                         per_target.setdefault(t.key, []).append(r)
                 results.append((sc, per_target))
-            corun_results = corun(bins, args, runnable, mock_pids, tmp) if args.corun else {}
+            corun_results = corun(bins, args, runnable, mock_pids, tmp) if args.corun and not args.wrk_only else {}
         static = next((t for t in targets if t.key == "nginx-static"), None)
         wrk_rows = [] if args.no_wrk or static is None else wrk_compare(bins, args, static.url, "nginx static")
         hit = next((t for t in runnable if t.key == "aigw-cache"), None)

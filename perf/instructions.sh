@@ -43,7 +43,8 @@ done
 if [ "$build" = 1 ]; then cargo build --release --workspace; fi
 mkdir -p "$WORK" "$RESULTS"
 
-# A gateway key of the limits set-up: a fixed test secret and its SHA-256.
+# The limits set-up's gateway key (perf/limits.toml): a fixed test secret
+# and its SHA-256.
 secret=sk-aigw-$(printf '5%.0s' $(seq 64))
 sha=$(printf '%s' "$secret" | sha256sum | cut -d' ' -f1)
 nolog=$'[logs]\nenabled = false\n'
@@ -59,30 +60,7 @@ for s in "${setups[@]}"; do
     hit) printf '%s%s' "$cache" "$nolog" > "$toml"
          args=(--load-arg --hit-ratio --load-arg 1 --load-arg --pool-size --load-arg 64) ;;
     limits)
-      cat > "$toml" <<EOF
-[auth]
-required = true
-[keys.bench]
-secret_sha256 = "$sha"
-[[rate_limits]]
-scope = "key"
-count = "requests"
-limit = 4000000000
-window = "30d"
-[[rate_limits]]
-scope = "key"
-count = "total_tokens"
-limit = 4000000000
-window = "30d"
-[[budgets]]
-scope = "key"
-usd = 1000000
-window = "monthly"
-[prices."bench/gpt-4o-mini"]
-input = 0.15
-output = 0.6
-$nolog
-EOF
+      { sed "s/{sha}/$sha/" perf/limits.toml; printf '%s' "$nolog"; } > "$toml"
       args=(-H "aigw-authorization: Bearer $secret") ;;
   esac
   echo "[instructions] $s" >&2

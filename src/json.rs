@@ -105,7 +105,7 @@ pub fn remember_derived(memo: &mut ScanMemo, digest: u128, derived: u128) {
 /// else (`u32::from_str_radix` alone also takes fewer, and a leading `+`,
 /// which strict parsers refuse).
 pub fn hex4(digits: &[u8]) -> Option<u32> {
-    if digits.len() != 4 || !digits.iter().all(u8::is_ascii_hexdigit) {
+    if digits.len() != 4 {
         return None;
     }
     digits
@@ -276,8 +276,8 @@ pub fn scan_members<'a>(
     found.finish(body)
 }
 
-/// Where the body's top-level object opens.
-fn top_object(body: &[u8]) -> Result<usize, BodyError> {
+/// Where the body's top-level object opens (after a BOM and whitespace).
+pub fn top_object(body: &[u8]) -> Result<usize, BodyError> {
     let start = json_start(body);
     if body.get(start) != Some(&b'{') {
         return Err(BodyError::Invalid("request body must be a JSON object"));

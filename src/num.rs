@@ -37,9 +37,8 @@ pub fn round_u64(x: f64) -> u64 {
 /// table look-up per digit: about a sixth of the instructions.
 pub fn hex_u128(v: u128) -> [u8; 32] {
     let mut out = [0u8; 32];
-    for (chunk, word) in out.chunks_exact_mut(8).zip(v.to_be_bytes().chunks_exact(4)) {
-        let word = u32::from_be_bytes([word[0], word[1], word[2], word[3]]);
-        chunk.copy_from_slice(&hex_u32(word));
+    for (i, chunk) in out.chunks_exact_mut(8).enumerate() {
+        chunk.copy_from_slice(&hex_u32((v >> (96 - 32 * i)) as u32));
     }
     out
 }

@@ -277,16 +277,8 @@ impl SharedMap {
     /// outside the mapping), so a read or write of it soon after does not wait
     /// on memory: a cache index probe lands on a random line.
     pub fn prefetch(&self, at: usize) {
-        if at >= self.len {
-            return;
-        }
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: a prefetch is a hint that never faults or changes memory;
-        // the address is inside the mapping, which lives as long as `self`.
-        // SSE, which `_mm_prefetch` needs, is part of every x86_64 CPU.
-        unsafe {
-            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-            _mm_prefetch::<_MM_HINT_T0>(self.map.as_ptr().add(at).cast());
+        if at < self.len {
+            prefetch_address(self.map.as_ptr().wrapping_add(at));
         }
     }
 
@@ -299,16 +291,22 @@ impl SharedMap {
 /// Starts loading the cache line holding `value`, so a read of it soon after
 /// does not wait on memory (a table probe that lands on a random line).
 pub fn prefetch<T>(value: &T) {
+    prefetch_address(std::ptr::from_ref(value).cast());
+}
+
+/// Starts loading the cache line holding `address` (a hint: nothing happens
+/// elsewhere than on x86_64).
+fn prefetch_address(address: *const u8) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch is a hint that never faults or changes memory, and
-    // the address is a live reference's. SSE, which `_mm_prefetch` needs, is
-    // part of every x86_64 CPU.
+    // SAFETY: a prefetch is a hint that never faults, reads nothing the
+    // program sees and changes no memory, whatever the address. SSE, which
+    // `_mm_prefetch` needs, is part of every x86_64 CPU.
     unsafe {
         use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(value).cast());
+        _mm_prefetch::<_MM_HINT_T0>(address.cast());
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = value;
+    let _ = address;
 }
 
 /// Makes the C allocator (glibc's malloc, which SQLite uses) grow in big
@@ -627,15 +625,18 @@ mod tests {
             }
         });
         eprintln!("faults writing 32 pages: {ahead} made writable ahead, {not_ahead} not");
+        // A fault the counting itself may take (a page of the stack or of
+        // the counter's buffer first touched in between), either way.
+        const SLACK: u64 = 1;
         assert!(
-            ahead <= 1,
+            ahead <= SLACK,
             "{ahead} faults writing pages made writable ahead"
         );
         if not_ahead == 0 {
             // tmpfs, say: its pages are writable once present.
             eprintln!("this file system does not track dirty pages: nothing to compare");
         } else {
-            assert!(not_ahead >= PAGES as u64 / 2 - 1, "{not_ahead}");
+            assert!(not_ahead >= PAGES as u64 / 2 - SLACK, "{not_ahead}");
         }
         for page in 0..PAGES {
             assert_eq!(

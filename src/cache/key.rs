@@ -450,16 +450,21 @@ fn literal_end(body: &[u8], i: usize) -> usize {
 mod tests {
     use super::*;
 
-    fn key(body: &str) -> Result<CacheKey, NoKey> {
-        KeyMaker::default().key(&KeyInput {
+    /// A chat request of `body` as the tests' client sends it.
+    fn chat(body: &[u8]) -> KeyInput<'_> {
+        KeyInput {
             scope: 7,
             provider: "openai",
             path: "/v1/chat/completions",
-            body: body.as_bytes(),
+            body,
             canonical: None,
             custom: None,
             stream: false,
-        })
+        }
+    }
+
+    fn key(body: &str) -> Result<CacheKey, NoKey> {
+        KeyMaker::default().key(&chat(body.as_bytes()))
     }
 
     fn canon(body: &str) -> String {
@@ -560,15 +565,7 @@ mod tests {
     fn a_canonical_digest_passed_back_gives_the_same_key() {
         let mut maker = KeyMaker::default();
         let body = br#"{"model":"a/b","messages":[{"role":"user","content":"hi"}]}"#;
-        let input = KeyInput {
-            scope: 3,
-            provider: "openai",
-            path: "/v1/chat/completions",
-            body,
-            canonical: None,
-            custom: None,
-            stream: false,
-        };
+        let input = chat(body);
         let (key, canonical) = maker.key_and_canonical(&input).unwrap();
         let canonical = canonical.unwrap();
         assert_eq!(KeyMaker::default().key(&input).unwrap(), key);
@@ -731,12 +728,7 @@ mod tests {
         let mut k = KeyMaker::default();
         let input = KeyInput {
             scope: 1,
-            provider: "openai",
-            path: "/v1/chat/completions",
-            body: b"{}",
-            canonical: None,
-            custom: None,
-            stream: false,
+            ..chat(b"{}")
         };
         let base = k.key(&input).unwrap();
         for changed in [

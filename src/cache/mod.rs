@@ -434,7 +434,7 @@ impl ShardCache {
     ) -> Result<(crate::json::RequestFields, Option<u128>), crate::json::BodyError> {
         // Only an object has fields: anything else fails the scan at once,
         // without a walk of its whole body first.
-        if body.get(crate::json::json_start(body)) != Some(&b'{') {
+        if crate::json::top_object(body).is_err() {
             return crate::json::scan_request(body).map(|f| (f, None));
         }
         let mut keys = self.keys.borrow_mut();
