@@ -4,6 +4,11 @@
 //! What we forward must mean to any other parser what it meant to us (STYLE 17):
 //! keys are compared after unescaping (`"mod\u0065l"` is `model`), and a field
 //! we read that appears twice is an error, not a guess about which one wins.
+//! Nor is a key that differs from one we read only in letter case (Go's
+//! `encoding/json` and ASP.NET Core match keys to fields ignoring case, so
+//! `"MODEL"` is their `model`), or a value other parsers read otherwise than
+//! we would (pydantic's lax mode reads `1e2` and `"100"` as the integer 100):
+//! those are refused, each with what to send instead.
 //!
 //! Why not a JSON library here: rewriting `model` and injecting
 //! `stream_options.include_usage` needs byte offsets so everything else is
@@ -123,6 +128,14 @@ pub enum BodyError {
     /// A field the gateway reads as a boolean holds something else (its path):
     /// lenient servers read `"true"` or `1` as true, so aigw must not guess.
     NotBoolean(&'static str),
+    /// A key differs from a field the gateway reads (its path) only in
+    /// letter case: parsers that match keys ignoring case read it as that field.
+    CaseVariant(&'static str),
+    /// An output cap or answer count (its path) is not written as a plain
+    /// whole number: lax parsers read `1e2`, `100.0` or `"100"` as 100.
+    NotInteger(&'static str),
+    /// `model` holds something other than a string (or null).
+    NotString(&'static str),
 }
 
 impl std::fmt::Display for BodyError {
@@ -136,6 +149,15 @@ impl std::fmt::Display for BodyError {
             BodyError::NotBoolean(field) => {
                 write!(f, "`{field}` must be true or false (or null)")
             }
+            BodyError::CaseVariant(field) => write!(
+                f,
+                "the request body has a key that differs from `{field}` only in letter case; parsers that match keys ignoring case (Go's encoding/json, ASP.NET Core) read it as `{field}`: spell it `{field}`, once"
+            ),
+            BodyError::NotInteger(field) => write!(
+                f,
+                "`{field}` must be a whole number written in digits, without sign, fraction or exponent (or null)"
+            ),
+            BodyError::NotString(field) => write!(f, "`{field}` must be a string (or null)"),
         }
     }
 }
@@ -184,6 +206,79 @@ pub fn key_is(raw_key: &[u8], name: &str) -> bool {
     } else {
         raw_key == name.as_bytes()
     }
+}
+
+/// The top-level keys the gateway reads, for [`case_variant_of`].
+const READ_KEYS: [(&str, &str); 7] = [
+    ("model", "model"),
+    ("stream", "stream"),
+    ("stream_options", "stream_options"),
+    ("max_tokens", "max_tokens"),
+    ("max_completion_tokens", "max_completion_tokens"),
+    ("max_output_tokens", "max_output_tokens"),
+    ("n", "n"),
+];
+
+/// The read field (its path, from `names`: (name, path)) that a raw key
+/// which is not exactly any of them is read as by a parser that matches
+/// keys ignoring case. Keys of plain ASCII (nearly all) are compared in
+/// place, and only with names of their length.
+fn case_variant_of(raw_key: &[u8], names: &[(&'static str, &'static str)]) -> Option<&'static str> {
+    if !raw_key.iter().any(|&b| b == b'\\' || b >= 0x80) {
+        return names
+            .iter()
+            .find(|(n, _)| n.len() == raw_key.len() && n.as_bytes().eq_ignore_ascii_case(raw_key))
+            .map(|&(_, path)| path);
+    }
+    let decoded = decode_key(raw_key)?;
+    let mut folded = Vec::with_capacity(decoded.len());
+    fold_key(decoded.as_bytes(), &mut folded);
+    names
+        .iter()
+        .find(|(n, _)| n.as_bytes().eq_ignore_ascii_case(&folded))
+        .map(|&(_, path)| path)
+}
+
+/// Appends `key` as parsers that match keys ignoring case compare it: each
+/// character as Go's `encoding/json` folds it (upper case of lower case, so
+/// `ſ` is `S`, the Kelvin sign `K` and `ı` `I`), which ASP.NET Core's
+/// comparison (upper case) never tells apart where Go does not. Two keys
+/// such a parser may take for one fold alike. Bytes that are not UTF-8 are
+/// kept as they are.
+pub fn fold_key(key: &[u8], out: &mut Vec<u8>) {
+    let mut rest = key;
+    while !rest.is_empty() {
+        let valid = match std::str::from_utf8(rest) {
+            Ok(s) => s,
+            // Up to the first byte that is not UTF-8.
+            Err(e) => std::str::from_utf8(&rest[..e.valid_up_to()]).unwrap_or_default(),
+        };
+        for c in valid.chars() {
+            if c.is_ascii() {
+                out.push(c.to_ascii_uppercase() as u8);
+                continue;
+            }
+            // Go lowers `İ` to `i` alone; Rust to `i` and a combining dot.
+            let lower = if c == '\u{130}' { 'i' } else { c };
+            for l in lower.to_lowercase() {
+                for u in l.to_uppercase() {
+                    let mut b = [0u8; 4];
+                    out.extend_from_slice(u.encode_utf8(&mut b).as_bytes());
+                }
+            }
+        }
+        rest = &rest[valid.len()..];
+        if let Some((&bad, after)) = rest.split_first() {
+            out.push(bad);
+            rest = after;
+        }
+    }
+}
+
+/// Whether [`fold_key`] may change `key`: it holds an ASCII capital or a
+/// byte of a multi-byte character.
+pub fn may_fold(key: &[u8]) -> bool {
+    key.iter().any(|&b| b.is_ascii_uppercase() || b >= 0x80)
 }
 
 /// A raw key (the text between its quotes, as `for_each_member` gives it),
@@ -289,6 +384,8 @@ pub fn top_object(body: &[u8]) -> Result<usize, BodyError> {
 struct Found {
     fields: RequestFields,
     duplicate: Option<&'static str>,
+    /// A key some parsers read as a field we read (that field's path).
+    variant: Option<&'static str>,
 }
 
 impl Found {
@@ -299,6 +396,7 @@ impl Found {
                 ..Default::default()
             },
             duplicate: None,
+            variant: None,
         }
     }
 
@@ -310,7 +408,12 @@ impl Found {
             Some(Field::StreamOptions) => (&mut fields.stream_options, "stream_options"),
             Some(Field::MaxTokens(i)) => (&mut fields.max_tokens[i], MAX_TOKENS_NAMES[i]),
             Some(Field::Choices) => (&mut fields.choices, "n"),
-            None => return,
+            None => {
+                if self.variant.is_none() {
+                    self.variant = case_variant_of(key, &READ_KEYS);
+                }
+                return;
+            }
         };
         if slot.replace(value).is_some() {
             self.duplicate.get_or_insert(name);
@@ -322,6 +425,9 @@ impl Found {
         if let Some(name) = self.duplicate {
             return Err(BodyError::Duplicate(name));
         }
+        if let Some(name) = self.variant {
+            return Err(BodyError::CaseVariant(name));
+        }
         let boolean = |r: &Option<Range<usize>>| {
             r.as_ref()
                 .is_none_or(|r| matches!(&body[r.clone()], b"true" | b"false" | b"null"))
@@ -332,18 +438,47 @@ impl Found {
         if let Some(opts) = fields.stream_options.clone()
             && body.get(opts.start) == Some(&b'{')
         {
-            let mut twice = false;
+            const INCLUDE_USAGE: [(&str, &str); 1] =
+                [("include_usage", "stream_options.include_usage")];
+            let (mut twice, mut variant) = (false, None);
             let _ = for_each_member(body, opts.start, |k, v| {
-                if key_is(k, "include_usage") && fields.include_usage.replace(v).is_some() {
-                    twice = true;
+                if key_is(k, "include_usage") {
+                    twice |= fields.include_usage.replace(v).is_some();
+                } else if variant.is_none() {
+                    variant = case_variant_of(k, &INCLUDE_USAGE);
                 }
             });
             if twice {
                 return Err(BodyError::Duplicate("stream_options.include_usage"));
             }
+            if let Some(name) = variant {
+                return Err(BodyError::CaseVariant(name));
+            }
             if !boolean(&fields.include_usage) {
                 return Err(BodyError::NotBoolean("stream_options.include_usage"));
             }
+        }
+        // Numbers we read are plain whole numbers or null: anything else a
+        // lax parser may read as a number we did not.
+        let integer = |r: &Option<Range<usize>>| {
+            r.as_ref().is_none_or(|r| {
+                let raw = &body[r.clone()];
+                raw == b"null" || (is_number(raw) && plain_integer(raw).is_some())
+            })
+        };
+        for (r, name) in fields.max_tokens.iter().zip(MAX_TOKENS_NAMES) {
+            if !integer(r) {
+                return Err(BodyError::NotInteger(name));
+            }
+        }
+        if !integer(&fields.choices) {
+            return Err(BodyError::NotInteger("n"));
+        }
+        if let Some(r) = &fields.model
+            && &body[r.clone()] != b"null"
+            && string_value(&body[r.clone()]).is_none()
+        {
+            return Err(BodyError::NotString("model"));
         }
         Ok(fields)
     }
@@ -757,11 +892,11 @@ mod tests {
         let body = br#"{"max_tokens":100,"max_completion_tokens":200,"n":3,"model":"m"}"#;
         let f = scan_request(body).unwrap();
         assert_eq!((f.max_tokens(body), f.choices(body)), (Some(200), 3));
-        let body = br#"{"max_tokens":"5","n":0}"#;
+        // No answers is read as one (providers refuse it); a cap written any
+        // other way than in digits is refused (see below).
+        let body = br#"{"max_tokens":5,"n":0}"#;
         let f = scan_request(body).unwrap();
-        assert_eq!((f.max_tokens(body), f.choices(body)), (None, 1));
-        let body = br#"{"max_tokens":99999999999999999999}"#;
-        assert_eq!(scan_request(body).unwrap().max_tokens(body), None);
+        assert_eq!((f.max_tokens(body), f.choices(body)), (Some(5), 1));
         assert_eq!(
             scan_request(br#"{"max_tokens":1,"max_tokens":2}"#),
             Err(BodyError::Duplicate("max_tokens"))
@@ -902,6 +1037,93 @@ mod tests {
         }
         // Fields the gateway does not read may repeat; nested ones are not top level.
         assert!(scan_request(br#"{"x":1,"x":2,"a":{"model":1,"model":2}}"#).is_ok());
+    }
+
+    #[test]
+    fn keys_some_parsers_read_as_ours_are_refused() {
+        for (body, field) in [
+            (&br#"{"MODEL":"a"}"#[..], "model"),
+            (br#"{"model":"a","Model":"b"}"#, "model"),
+            (br#"{"Max_Tokens":5}"#, "max_tokens"),
+            (br#"{"N":2}"#, "n"),
+            // Go folds the long s, the Kelvin sign and dotless i to ASCII.
+            ("{\"\u{17f}tream\":true}".as_bytes(), "stream"),
+            (br#"{"\u017ftream":true}"#, "stream"),
+            ("{\"max_to\u{212a}ens\":5}".as_bytes(), "max_tokens"),
+            (br#"{"STREAM_OPTIONS":{}}"#, "stream_options"),
+            (
+                "{\"stream_options\":{\"\u{131}nclude_usage\":true}}".as_bytes(),
+                "stream_options.include_usage",
+            ),
+        ] {
+            assert_eq!(
+                scan_request(body),
+                Err(BodyError::CaseVariant(field)),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        // Keys no parser takes for ours pass, whatever their case.
+        for ok in [
+            &br#"{"Models":1,"modeL_":2,"Temperature":0,"STOP":[]}"#[..],
+            "{\"\u{e9}tream\":1,\"stream_options\":{\"INCLUDE\":1}}".as_bytes(),
+        ] {
+            assert!(scan_request(ok).is_ok(), "{}", String::from_utf8_lossy(ok));
+        }
+        let mut folded = Vec::new();
+        fold_key(
+            "a\u{17f}\u{212a}\u{131}\u{130}\u{e9}_\u{3c2}".as_bytes(),
+            &mut folded,
+        );
+        assert_eq!(folded, "ASKII\u{c9}_\u{3a3}".as_bytes());
+        folded.clear();
+        fold_key(b"a\xffb", &mut folded);
+        assert_eq!(folded, b"A\xffB");
+        assert!(may_fold(b"aB") && may_fold("\u{e9}".as_bytes()) && !may_fold(b"a_b1"));
+    }
+
+    #[test]
+    fn numbers_and_models_we_read_have_one_reading() {
+        for (body, e) in [
+            (
+                &br#"{"max_tokens":1e2}"#[..],
+                BodyError::NotInteger("max_tokens"),
+            ),
+            (
+                br#"{"max_tokens":100.0}"#,
+                BodyError::NotInteger("max_tokens"),
+            ),
+            (
+                br#"{"max_tokens":"100"}"#,
+                BodyError::NotInteger("max_tokens"),
+            ),
+            (br#"{"max_tokens":-1}"#, BodyError::NotInteger("max_tokens")),
+            (
+                br#"{"max_tokens":064}"#,
+                BodyError::NotInteger("max_tokens"),
+            ),
+            (
+                br#"{"max_output_tokens":99999999999999999999}"#,
+                BodyError::NotInteger("max_output_tokens"),
+            ),
+            (br#"{"n":true}"#, BodyError::NotInteger("n")),
+            (br#"{"model":5}"#, BodyError::NotString("model")),
+            (br#"{"model":"\x"}"#, BodyError::NotString("model")),
+            (b"{\"model\":\"a\xff\"}", BodyError::NotString("model")),
+        ] {
+            assert_eq!(
+                scan_request(body),
+                Err(e),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        let body = br#"{"model":null,"max_tokens":null,"max_completion_tokens":0,"n":3}"#;
+        let f = scan_request(body).unwrap();
+        assert_eq!(
+            (f.model(body), f.max_tokens(body), f.choices(body)),
+            (None, Some(0), 3)
+        );
     }
 
     #[test]

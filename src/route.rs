@@ -459,7 +459,10 @@ fn body_error(e: BodyError) -> GatewayError {
     let code = match e {
         BodyError::Invalid(_) => "invalid_json",
         BodyError::Duplicate(_) => "duplicate_field",
-        BodyError::NotBoolean(_) => "invalid_field",
+        BodyError::NotBoolean(_) | BodyError::NotInteger(_) | BodyError::NotString(_) => {
+            "invalid_field"
+        }
+        BodyError::CaseVariant(_) => "ambiguous_field",
     };
     GatewayError::bad_request(code, e.to_string())
 }

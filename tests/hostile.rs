@@ -77,6 +77,89 @@ fn fields_we_read_may_not_appear_twice(shards: usize) {
     );
 }
 
+/// Keys that parsers matching keys ignoring case (Go's `encoding/json`,
+/// ASP.NET Core) read as a field we read, and numbers a lax parser (pydantic)
+/// reads otherwise than we do: refused, on the unified and pass-through
+/// routes alike, before anything reaches the provider.
+fn fields_we_read_mean_one_thing_to_every_parser(shards: usize) {
+    let mock = mock();
+    let gw = gateway_with_key(&mock.base_url(), shards);
+    let mut client = gw.client();
+    for (path, body, code, field) in [
+        (
+            "/v1/chat/completions",
+            r#"{"model":"up/cheap","MODEL":"up/expensive","messages":[]}"#,
+            "ambiguous_field",
+            "`model`",
+        ),
+        (
+            "/up/chat/completions",
+            r#"{"model":"cheap","Model":"expensive"}"#,
+            "ambiguous_field",
+            "`model`",
+        ),
+        (
+            "/up/chat/completions",
+            r#"{"model":"m","max_to\u212aens":100000,"max_tokens":10}"#,
+            "ambiguous_field",
+            "`max_tokens`",
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"model":"up/a","\u017ftream":true}"#,
+            "ambiguous_field",
+            "`stream`",
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"model":"up/a","stream":true,"stream_options":{"Include_Usage":false}}"#,
+            "ambiguous_field",
+            "`stream_options.include_usage`",
+        ),
+        (
+            "/up/chat/completions",
+            r#"{"model":"m","max_tokens":1e5}"#,
+            "invalid_field",
+            "`max_tokens`",
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"model":"up/a","max_completion_tokens":"100"}"#,
+            "invalid_field",
+            "`max_completion_tokens`",
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"model":"up/a","n":2.0}"#,
+            "invalid_field",
+            "`n`",
+        ),
+        (
+            "/up/chat/completions",
+            r#"{"model":["m"]}"#,
+            "invalid_field",
+            "`model`",
+        ),
+    ] {
+        let r = client.post(path, &[], body);
+        assert_eq!(r.status, 400, "{body}: {}", r.text());
+        assert_eq!(r.error_code(), code, "{body}: {}", r.text());
+        assert!(r.text().contains(field), "{}", r.text());
+        assert_eq!(r.header("aigw-error-source"), Some("gateway"));
+    }
+    assert_eq!(
+        mock.requests_seen(),
+        0,
+        "nothing read two ways reaches the provider"
+    );
+    // Null is absent to every reader, and a key no reader takes for one we
+    // read goes through untouched.
+    let body = r#"{"model":"up/a","max_tokens":null,"n":null,"Temperature":0,"messages":[{"role":"user","content":"hi"}]}"#;
+    let r = client.post("/v1/chat/completions", &[], body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(json(&mock.captured()[0].body)["Temperature"], 0);
+}
+
 fn encoded_dot_segments_never_reach_the_provider(shards: usize) {
     let mock = mock();
     let gw = gateway_with_key(&mock.base_url(), shards);
@@ -289,6 +372,7 @@ at_1_and_2_shards!(
     a_bad_head_after_a_long_one_is_answered_not_a_crash,
     escaped_keys_mean_to_aigw_what_they_mean_to_the_provider,
     fields_we_read_may_not_appear_twice,
+    fields_we_read_mean_one_thing_to_every_parser,
     encoded_dot_segments_never_reach_the_provider,
     a_long_model_name_is_not_echoed_in_a_header,
     a_client_that_leaves_during_the_wait_cancels_the_attempt,

@@ -261,6 +261,26 @@ impl KeyMaker {
         let buf = &self.canonical;
         let key = |m: &Member| &buf[m.start..m.key_end];
         let members = &mut self.members[base..];
+        // Keys that parsers matching keys ignoring case take for one
+        // (`"Temperature"`, `"temperature"`) are a repeat to them: which one
+        // wins depends on the order, which the canonical form drops.
+        if members.iter().any(|m| crate::json::may_fold(key(m))) {
+            let folded = &mut self.scratch;
+            folded.clear();
+            let mut spans = Vec::with_capacity(members.len());
+            for m in members.iter() {
+                let at = folded.len();
+                crate::json::fold_key(key(m), folded);
+                spans.push(at..folded.len());
+            }
+            spans.sort_unstable_by(|a, b| folded[a.clone()].cmp(&folded[b.clone()]));
+            if spans
+                .windows(2)
+                .any(|w| folded[w[0].clone()] == folded[w[1].clone()])
+            {
+                return Err(NoKey::DuplicateKey);
+            }
+        }
         if members
             .windows(2)
             .all(|w| key_order(key(&w[0]), key(&w[1])).is_lt())
@@ -806,6 +826,19 @@ mod tests {
     fn ambiguous_or_broken_bodies_have_no_key() {
         assert_eq!(key(r#"{"a":1,"a":2}"#), Err(NoKey::DuplicateKey));
         assert_eq!(key(r#"{"x":{"a":1,"\u0061":2}}"#), Err(NoKey::DuplicateKey));
+        // Keys that parsers matching keys ignoring case take for one: which
+        // wins depends on their order, which the key does not keep.
+        for repeat in [
+            r#"{"Temperature":0,"model":"m","temperature":1}"#,
+            r#"{"x":[{"ID":1,"id":2}]}"#,
+            "{\"\u{17f}\":1,\"S\":2}",
+            r#"{"\u212a":1,"k":2}"#,
+        ] {
+            assert_eq!(key(repeat), Err(NoKey::DuplicateKey), "{repeat}");
+        }
+        assert_eq!(key(r#"{"\u00e9":2,"\u00c9":3}"#), Err(NoKey::DuplicateKey));
+        // Case alone is no repeat.
+        assert!(key(r#"{"Temperature":0,"ID":1,"\u00e9":2,"e":3}"#).is_ok());
         for bad in [
             "",
             "{",
