@@ -208,8 +208,29 @@ pub fn key_is(raw_key: &[u8], name: &str) -> bool {
     }
 }
 
-/// The top-level keys the gateway reads, for [`case_variant_of`].
-const READ_KEYS: [(&str, &str); 7] = [
+/// Field names (each with its path) that [`case_variant_of`] compares keys
+/// with, and which first letters and lengths they have.
+struct Names {
+    list: &'static [(&'static str, &'static str)],
+    /// Bit `c - b'a'` for each first letter `c`.
+    firsts: u32,
+    /// Bit `n` for each length `n`.
+    lens: u64,
+}
+
+const fn names(list: &'static [(&'static str, &'static str)]) -> Names {
+    let (mut firsts, mut lens, mut i) = (0, 0, 0);
+    while i < list.len() {
+        let name = list[i].0.as_bytes();
+        firsts |= 1 << (name[0] - b'a');
+        lens |= 1 << name.len();
+        i += 1;
+    }
+    Names { list, firsts, lens }
+}
+
+/// The top-level keys the gateway reads.
+const READ_KEYS: Names = names(&[
     ("model", "model"),
     ("stream", "stream"),
     ("stream_options", "stream_options"),
@@ -217,68 +238,123 @@ const READ_KEYS: [(&str, &str); 7] = [
     ("max_completion_tokens", "max_completion_tokens"),
     ("max_output_tokens", "max_output_tokens"),
     ("n", "n"),
-];
+]);
 
-/// The read field (its path, from `names`: (name, path)) that a raw key
-/// which is not exactly any of them is read as by a parser that matches
-/// keys ignoring case. Keys of plain ASCII (nearly all) are compared in
-/// place, and only with names of their length.
-fn case_variant_of(raw_key: &[u8], names: &[(&'static str, &'static str)]) -> Option<&'static str> {
-    if !raw_key.iter().any(|&b| b == b'\\' || b >= 0x80) {
-        return names
+/// The read field (its path) that a raw key which is not exactly any of
+/// `names` is read as by a parser that matches keys ignoring case. A key of
+/// plain ASCII (nearly all) is compared in place, and only when a name has
+/// its first letter and its length. A key that could be a name's and does
+/// not decode (a bad escape, bytes that are not UTF-8) is an error: lenient
+/// parsers drop what they cannot read (`"mod\xffel"`, `"\model"`).
+fn case_variant_of(raw_key: &[u8], names: &Names) -> Result<Option<&'static str>, BodyError> {
+    let Some(&first) = raw_key.first() else {
+        return Ok(None);
+    };
+    // Only an escape or a multi-byte character (`ſ`, `ı`) folds to a
+    // letter other than itself.
+    let plain = first < 0x80 && first != b'\\';
+    let letter = (first | 0x20).wrapping_sub(b'a');
+    if plain && (letter >= 26 || names.firsts & 1 << letter == 0) {
+        return Ok(None);
+    }
+    if plain
+        && !any_byte(
+            raw_key,
+            |w| (w & HIGH) | zero_bytes(w ^ (ONES * u64::from(b'\\'))),
+            |b| b == b'\\' || b >= 0x80,
+        )
+    {
+        if raw_key.len() >= 64 || names.lens & 1 << raw_key.len() == 0 {
+            return Ok(None);
+        }
+        return Ok(names
+            .list
             .iter()
             .find(|(n, _)| n.len() == raw_key.len() && n.as_bytes().eq_ignore_ascii_case(raw_key))
-            .map(|&(_, path)| path);
+            .map(|&(_, path)| path));
     }
-    let decoded = decode_key(raw_key)?;
+    let decoded = decode_key(raw_key).ok_or(BodyError::Invalid(
+        "a key is not a valid JSON string (a bad escape, or bytes that are not UTF-8)",
+    ))?;
     let mut folded = Vec::with_capacity(decoded.len());
-    fold_key(decoded.as_bytes(), &mut folded);
-    names
+    fold_key(&decoded, &mut folded);
+    Ok(names
+        .list
         .iter()
         .find(|(n, _)| n.as_bytes().eq_ignore_ascii_case(&folded))
-        .map(|&(_, path)| path)
+        .map(|&(_, path)| path))
 }
 
 /// Appends `key` as parsers that match keys ignoring case compare it: each
-/// character as Go's `encoding/json` folds it (upper case of lower case, so
-/// `ſ` is `S`, the Kelvin sign `K` and `ı` `I`), which ASP.NET Core's
+/// character as Go's `encoding/json` folds it (the upper case of its lower
+/// case, each a single character: `ſ` is `S`, the Kelvin sign `K`, `ı` and
+/// `İ` `I`, while `ß` and `ﬆ` stay themselves), which ASP.NET Core's
 /// comparison (upper case) never tells apart where Go does not. Two keys
-/// such a parser may take for one fold alike. Bytes that are not UTF-8 are
-/// kept as they are.
-pub fn fold_key(key: &[u8], out: &mut Vec<u8>) {
-    let mut rest = key;
-    while !rest.is_empty() {
-        let valid = match std::str::from_utf8(rest) {
-            Ok(s) => s,
-            // Up to the first byte that is not UTF-8.
-            Err(e) => std::str::from_utf8(&rest[..e.valid_up_to()]).unwrap_or_default(),
+/// such a parser may take for one fold alike.
+pub fn fold_key(key: &str, out: &mut Vec<u8>) {
+    if key.is_ascii() {
+        out.extend(key.bytes().map(|b| b.to_ascii_uppercase()));
+        return;
+    }
+    // A mapping to several characters (`ß` to `SS`) is none to Go.
+    fn single(c: char, mut mapped: impl ExactSizeIterator<Item = char>) -> char {
+        if mapped.len() == 1 {
+            mapped.next().unwrap_or(c)
+        } else {
+            c
+        }
+    }
+    for c in key.chars() {
+        // Go lowers `İ` to `i`; Rust to `i` and a combining dot.
+        let lower = if c == '\u{130}' {
+            'i'
+        } else {
+            single(c, c.to_lowercase())
         };
-        for c in valid.chars() {
-            if c.is_ascii() {
-                out.push(c.to_ascii_uppercase() as u8);
-                continue;
-            }
-            // Go lowers `İ` to `i` alone; Rust to `i` and a combining dot.
-            let lower = if c == '\u{130}' { 'i' } else { c };
-            for l in lower.to_lowercase() {
-                for u in l.to_uppercase() {
-                    let mut b = [0u8; 4];
-                    out.extend_from_slice(u.encode_utf8(&mut b).as_bytes());
-                }
-            }
-        }
-        rest = &rest[valid.len()..];
-        if let Some((&bad, after)) = rest.split_first() {
-            out.push(bad);
-            rest = after;
-        }
+        let upper = single(lower, lower.to_uppercase());
+        let mut b = [0u8; 4];
+        out.extend_from_slice(upper.encode_utf8(&mut b).as_bytes());
     }
 }
 
 /// Whether [`fold_key`] may change `key`: it holds an ASCII capital or a
-/// byte of a multi-byte character.
+/// byte of a multi-byte character. Eight bytes at a time: the cache key asks
+/// this of every key of every object it reads.
 pub fn may_fold(key: &[u8]) -> bool {
-    key.iter().any(|&b| b.is_ascii_uppercase() || b >= 0x80)
+    // A byte of 0x80 or more sets its high bit; one of 0x41..=0x5A (`A` to
+    // `Z`) sets it in `w + 0x3F` and not in `w + 0x25`. Only a byte of 0xC1
+    // or more carries into the next, and it is flagged itself.
+    any_byte(
+        key,
+        |w| (w | (w.wrapping_add(ONES * 0x3F) & !w.wrapping_add(ONES * 0x25))) & HIGH,
+        |b| b.is_ascii_uppercase() || b >= 0x80,
+    )
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH: u64 = 0x8080_8080_8080_8080;
+
+/// The high bit of each zero byte of `x` (and maybe of bytes after the
+/// first zero, never before it).
+fn zero_bytes(x: u64) -> u64 {
+    x.wrapping_sub(ONES) & !x & HIGH
+}
+
+/// Whether some byte of `key` passes `byte`, with `word` flagging, eight at
+/// a time, the bytes that pass (a flag may only be wrong where another byte
+/// of the word is flagged rightly).
+fn any_byte(key: &[u8], word: impl Fn(u64) -> u64, byte: impl Fn(u8) -> bool) -> bool {
+    let w8 = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
+    let w4 = |b: &[u8]| u64::from(u32::from_le_bytes(b.try_into().unwrap_or([0; 4])));
+    let n = key.len();
+    if n >= 8 {
+        // Whole words, then the last eight bytes (overlapping is harmless).
+        key.chunks_exact(8).any(|c| word(w8(c)) != 0) || word(w8(&key[n - 8..])) != 0
+    } else if n >= 4 {
+        word(w4(&key[..4]) | w4(&key[n - 4..]) << 32) != 0
+    } else {
+        key.iter().any(|&b| byte(b))
+    }
 }
 
 /// A raw key (the text between its quotes, as `for_each_member` gives it),
@@ -301,6 +377,18 @@ impl RequestFields {
 
     pub fn model<'a>(&self, body: &'a [u8]) -> Option<Cow<'a, str>> {
         string_value(&body[self.model.clone()?])
+    }
+
+    /// `model`, absent when null; a string that does not decode (a bad
+    /// escape, bytes that are not UTF-8, which Go's parser reads as U+FFFD)
+    /// is an error, as the scan makes any other type one.
+    pub fn model_str<'a>(&self, body: &'a [u8]) -> Result<Option<Cow<'a, str>>, BodyError> {
+        match self.model.clone() {
+            Some(r) if &body[r.clone()] != b"null" => string_value(&body[r])
+                .map(Some)
+                .ok_or(BodyError::NotString("model")),
+            _ => Ok(None),
+        }
     }
 
     /// The largest output cap the body sets, when it sets one as a plain
@@ -386,6 +474,8 @@ struct Found {
     duplicate: Option<&'static str>,
     /// A key some parsers read as a field we read (that field's path).
     variant: Option<&'static str>,
+    /// A key that could be one we read and does not decode.
+    bad_key: Option<BodyError>,
 }
 
 impl Found {
@@ -397,6 +487,7 @@ impl Found {
             },
             duplicate: None,
             variant: None,
+            bad_key: None,
         }
     }
 
@@ -410,7 +501,10 @@ impl Found {
             Some(Field::Choices) => (&mut fields.choices, "n"),
             None => {
                 if self.variant.is_none() {
-                    self.variant = case_variant_of(key, &READ_KEYS);
+                    match case_variant_of(key, &READ_KEYS) {
+                        Ok(v) => self.variant = v,
+                        Err(e) => self.bad_key = Some(e),
+                    }
                 }
                 return;
             }
@@ -422,6 +516,9 @@ impl Found {
 
     fn finish(self, body: &[u8]) -> Result<RequestFields, BodyError> {
         let mut fields = self.fields;
+        if let Some(e) = self.bad_key {
+            return Err(e);
+        }
         if let Some(name) = self.duplicate {
             return Err(BodyError::Duplicate(name));
         }
@@ -438,20 +535,20 @@ impl Found {
         if let Some(opts) = fields.stream_options.clone()
             && body.get(opts.start) == Some(&b'{')
         {
-            const INCLUDE_USAGE: [(&str, &str); 1] =
-                [("include_usage", "stream_options.include_usage")];
-            let (mut twice, mut variant) = (false, None);
+            const INCLUDE_USAGE: Names =
+                names(&[("include_usage", "stream_options.include_usage")]);
+            let (mut twice, mut variant) = (false, Ok(None));
             let _ = for_each_member(body, opts.start, |k, v| {
                 if key_is(k, "include_usage") {
                     twice |= fields.include_usage.replace(v).is_some();
-                } else if variant.is_none() {
+                } else if let Ok(None) = variant {
                     variant = case_variant_of(k, &INCLUDE_USAGE);
                 }
             });
             if twice {
                 return Err(BodyError::Duplicate("stream_options.include_usage"));
             }
-            if let Some(name) = variant {
+            if let Some(name) = variant? {
                 return Err(BodyError::CaseVariant(name));
             }
             if !boolean(&fields.include_usage) {
@@ -474,9 +571,10 @@ impl Found {
         if !integer(&fields.choices) {
             return Err(BodyError::NotInteger("n"));
         }
+        // Its text is checked where it is read ([`RequestFields::model_str`]).
         if let Some(r) = &fields.model
+            && body[r.start] != b'"'
             && &body[r.clone()] != b"null"
-            && string_value(&body[r.clone()]).is_none()
         {
             return Err(BodyError::NotString("model"));
         }
@@ -532,12 +630,7 @@ const WORD_SCAN: usize = 64;
 /// The offset in `hay` of its first `"` or `\\`.
 #[inline]
 pub fn quote_or_backslash(hay: &[u8]) -> Option<usize> {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    // A byte of `x` that is zero sets its high bit in the result; a borrow
-    // can also flag bytes after the first zero, never before it, so the
-    // lowest flag is exact.
-    let zero_bytes = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    // The lowest flag of `zero_bytes` is exact.
     let mut at = 0;
     let words = hay.len().min(WORD_SCAN) / 8;
     for _ in 0..words {
@@ -1051,6 +1144,14 @@ mod tests {
             (br#"{"\u017ftream":true}"#, "stream"),
             ("{\"max_to\u{212a}ens\":5}".as_bytes(), "max_tokens"),
             (br#"{"STREAM_OPTIONS":{}}"#, "stream_options"),
+            // An escape anywhere sends the key to be decoded first.
+            (br#"{"\u004dODEL":1}"#, "model"),
+            (br#"{"MODE\u004c":1}"#, "model"),
+            (br#"{"STREAM_OPTION\u0053":{}}"#, "stream_options"),
+            (
+                br#"{"max_completion_token\u0053":1}"#,
+                "max_completion_tokens",
+            ),
             (
                 "{\"stream_options\":{\"\u{131}nclude_usage\":true}}".as_bytes(),
                 "stream_options.include_usage",
@@ -1070,16 +1171,49 @@ mod tests {
         ] {
             assert!(scan_request(ok).is_ok(), "{}", String::from_utf8_lossy(ok));
         }
-        let mut folded = Vec::new();
-        fold_key(
-            "a\u{17f}\u{212a}\u{131}\u{130}\u{e9}_\u{3c2}".as_bytes(),
-            &mut folded,
-        );
-        assert_eq!(folded, "ASKII\u{c9}_\u{3a3}".as_bytes());
-        folded.clear();
-        fold_key(b"a\xffb", &mut folded);
-        assert_eq!(folded, b"A\xffB");
-        assert!(may_fold(b"aB") && may_fold("\u{e9}".as_bytes()) && !may_fold(b"a_b1"));
+        // Go's folds: to ASCII for four characters; a character whose upper
+        // case is several (`ß`, `ﬆ`) stays itself.
+        for (key, go) in [
+            ("a\u{17f}\u{212a}\u{131}\u{130}_", "ASKII_"),
+            ("\u{e9}\u{3c2}\u{1c5}", "\u{c9}\u{3a3}\u{1c4}"),
+            ("\u{df}\u{fb06}", "\u{df}\u{fb06}"),
+        ] {
+            let mut folded = Vec::new();
+            fold_key(key, &mut folded);
+            assert_eq!(String::from_utf8(folded).unwrap(), go);
+        }
+        // A key that could be ours and does not decode is refused: lenient
+        // parsers drop what they cannot read.
+        for bad in [
+            &b"{\"mod\xffel\":1}"[..],
+            br#"{"\model":1}"#,
+            br#"{"stream_options":{"inc\lude_usage":1}}"#,
+        ] {
+            assert!(
+                matches!(scan_request(bad), Err(BodyError::Invalid(_))),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert!(scan_request(b"{\"t\xff\":1,\"\xce\xbc\":2}").is_ok());
+        assert!(scan_request("{\"\u{fb06}ream\":true,\"\u{df}\":1}".as_bytes()).is_ok());
+        // The word-at-a-time check against the plain one, at every length
+        // and position (a capital, a high byte, or neither).
+        let plain = |k: &[u8]| k.iter().any(|&b| b.is_ascii_uppercase() || b >= 0x80);
+        for len in 1..20 {
+            for at in 0..len {
+                for b in [
+                    b'A', b'Z', b'@', b'[', b'a', b'z', 0x80, 0xC5, 0xFF, b'"', b'\\',
+                ] {
+                    let mut k = vec![b'a'; len];
+                    k[at] = b;
+                    assert_eq!(may_fold(&k), plain(&k), "{k:?}");
+                    k[len - 1 - at] = b'[';
+                    assert_eq!(may_fold(&k), plain(&k), "{k:?}");
+                }
+            }
+        }
+        assert!(!may_fold(b""));
     }
 
     #[test]
@@ -1108,8 +1242,7 @@ mod tests {
             ),
             (br#"{"n":true}"#, BodyError::NotInteger("n")),
             (br#"{"model":5}"#, BodyError::NotString("model")),
-            (br#"{"model":"\x"}"#, BodyError::NotString("model")),
-            (b"{\"model\":\"a\xff\"}", BodyError::NotString("model")),
+            (br#"{"model":{}}"#, BodyError::NotString("model")),
         ] {
             assert_eq!(
                 scan_request(body),
@@ -1118,6 +1251,14 @@ mod tests {
                 String::from_utf8_lossy(body)
             );
         }
+        // A string's text is checked as it is read.
+        for body in [&br#"{"model":"\x"}"#[..], b"{\"model\":\"a\xff\"}"] {
+            let f = scan_request(body).unwrap();
+            assert_eq!(f.model_str(body), Err(BodyError::NotString("model")));
+        }
+        let body = br#"{"model":"a\/b"}"#;
+        let f = scan_request(body).unwrap();
+        assert_eq!(f.model_str(body).unwrap().as_deref(), Some("a/b"));
         let body = br#"{"model":null,"max_tokens":null,"max_completion_tokens":0,"n":3}"#;
         let f = scan_request(body).unwrap();
         assert_eq!(

@@ -210,7 +210,7 @@ pub fn plan(
             }
             let body = req.body;
             let fields = (inputs.scan)(body).map_err(body_error)?;
-            let model = fields.model(body).ok_or_else(|| {
+            let model = fields.model_str(body).map_err(body_error)?.ok_or_else(|| {
                 GatewayError::bad_request(
                     "missing_model",
                     "`model` is required, as \"<provider>/<model>\", e.g. \"openai/gpt-4o-mini\"",
@@ -269,7 +269,9 @@ pub fn plan(
             // twice would mean one thing to us and another upstream.
             let (model, stream, max_tokens, choices) = match (inputs.scan)(req.body) {
                 Ok(f) => (
-                    f.model(req.body).map(Cow::into_owned),
+                    f.model_str(req.body)
+                        .map_err(body_error)?
+                        .map(Cow::into_owned),
                     f.is_stream(req.body),
                     f.max_tokens(req.body),
                     f.choices(req.body),

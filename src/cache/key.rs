@@ -96,6 +96,8 @@ pub struct KeyMaker {
     head: Vec<u8>,
     /// The body's top-level members.
     tops: Vec<TopMember>,
+    /// Where each member's folded key is in `scratch` (see `sort_members`).
+    spans: Vec<Range<usize>>,
 }
 
 /// A top-level member of a body: its raw key (between the quotes) and its
@@ -264,13 +266,16 @@ impl KeyMaker {
         // Keys that parsers matching keys ignoring case take for one
         // (`"Temperature"`, `"temperature"`) are a repeat to them: which one
         // wins depends on the order, which the canonical form drops.
-        if members.iter().any(|m| crate::json::may_fold(key(m))) {
-            let folded = &mut self.scratch;
+        if members.len() > 1 && members.iter().any(|m| crate::json::may_fold(key(m))) {
+            let (folded, spans) = (&mut self.scratch, &mut self.spans);
             folded.clear();
-            let mut spans = Vec::with_capacity(members.len());
+            spans.clear();
             for m in members.iter() {
+                // Go reads bytes that are not UTF-8 as U+FFFD: two such
+                // keys may be one to it.
+                let k = std::str::from_utf8(key(m)).map_err(|_| NoKey::NotJson)?;
                 let at = folded.len();
-                crate::json::fold_key(key(m), folded);
+                crate::json::fold_key(k, folded);
                 spans.push(at..folded.len());
             }
             spans.sort_unstable_by(|a, b| folded[a.clone()].cmp(&folded[b.clone()]));
@@ -837,6 +842,12 @@ mod tests {
             assert_eq!(key(repeat), Err(NoKey::DuplicateKey), "{repeat}");
         }
         assert_eq!(key(r#"{"\u00e9":2,"\u00c9":3}"#), Err(NoKey::DuplicateKey));
+        // Go reads bytes that are not UTF-8 as U+FFFD: two such keys may be one.
+        assert_eq!(
+            KeyMaker::default().key(&chat(b"{\"k\xff\":1,\"k\xfe\":2}")),
+            Err(NoKey::NotJson)
+        );
+        assert!(key("{\"\u{df}\":1,\"ss\":2,\"\u{fb06}\":3,\"ST\":4}").is_ok());
         // Case alone is no repeat.
         assert!(key(r#"{"Temperature":0,"ID":1,"\u00e9":2,"e":3}"#).is_ok());
         for bad in [
