@@ -321,14 +321,15 @@ pub fn fold_key(key: &str, out: &mut Vec<u8>) {
 /// byte of a multi-byte character. Eight bytes at a time: the cache key asks
 /// this of every key of every object it reads.
 pub fn may_fold(key: &[u8]) -> bool {
-    // A byte of 0x80 or more sets its high bit; one of 0x41..=0x5A (`A` to
-    // `Z`) sets it in `w + 0x3F` and not in `w + 0x25`. Only a byte of 0xC1
-    // or more carries into the next, and it is flagged itself.
-    any_byte(
-        key,
-        |w| (w | (w.wrapping_add(ONES * 0x3F) & !w.wrapping_add(ONES * 0x25))) & HIGH,
-        |b| b.is_ascii_uppercase() || b >= 0x80,
-    )
+    any_byte(key, fold_flags, |b| b.is_ascii_uppercase() || b >= 0x80)
+}
+
+/// The high bit of each byte of `w` that may fold: a byte of 0x80 or more
+/// sets its own; one of 0x41..=0x5A (`A` to `Z`) sets it in `w + 0x3F` and
+/// not in `w + 0x25`. Only a byte of 0xC1 or more carries into the next
+/// (so only after a byte that is flagged itself can a flag be wrong).
+fn fold_flags(w: u64) -> u64 {
+    (w | (w.wrapping_add(ONES * 0x3F) & !w.wrapping_add(ONES * 0x25))) & HIGH
 }
 
 const ONES: u64 = 0x0101_0101_0101_0101;
@@ -643,6 +644,34 @@ pub fn quote_or_backslash(hay: &[u8]) -> Option<usize> {
         at += 8;
     }
     memchr::memchr2(b'"', b'\\', &hay[at..]).map(|k| at + k)
+}
+
+/// [`quote_or_backslash`], and whether a byte before the one it finds may
+/// fold ([`may_fold`]), in the same pass: the cache key asks it of every
+/// key it reads.
+#[inline]
+pub fn quote_or_backslash_folding(hay: &[u8]) -> (Option<usize>, bool) {
+    let mut at = 0;
+    let mut folds = 0;
+    let words = hay.len().min(WORD_SCAN) / 8;
+    for _ in 0..words {
+        let w = u64::from_le_bytes(hay[at..at + 8].try_into().unwrap_or([0; 8]));
+        let hits =
+            zero_bytes(w ^ (ONES * u64::from(b'"'))) | zero_bytes(w ^ (ONES * u64::from(b'\\')));
+        let fold = fold_flags(w);
+        if hits != 0 {
+            let k = hits.trailing_zeros() / 8;
+            // The flags of the bytes before the one found (a wrong flag
+            // only follows a right one, which is before it or masked too).
+            let before = (1u64 << (8 * k)).wrapping_sub(1);
+            return (Some(at + k as usize), folds != 0 || fold & before != 0);
+        }
+        folds |= fold;
+        at += 8;
+    }
+    let found = memchr::memchr2(b'"', b'\\', &hay[at..]).map(|k| at + k);
+    let rest = &hay[at..found.unwrap_or(hay.len())];
+    (found, folds != 0 || may_fold(rest))
 }
 
 /// `i` is at an opening quote; returns the offset after the closing quote.
@@ -974,10 +1003,35 @@ mod tests {
                             hay[at + 3] = b'"';
                         }
                         assert_eq!(quote_or_backslash(&hay), want(&hay), "len {len} at {at}");
+                        assert_eq!(quote_or_backslash_folding(&hay), folding(&hay), "{hay:?}");
                     }
                 }
             }
         }
+        // The folding variant with a capital or a high byte before, at or
+        // after the end it finds, over lower-case filler.
+        for len in 1..(WORD_SCAN + 24) {
+            for end in 0..len {
+                for at in 0..len {
+                    for b in [b'A', b'Z', b'@', b'[', 0x80, 0xC1, 0xFF] {
+                        let mut hay = vec![b'a'; len];
+                        hay[at] = b;
+                        hay[end] = b'"';
+                        assert_eq!(quote_or_backslash_folding(&hay), folding(&hay), "{hay:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// What `quote_or_backslash_folding` finds, the plain way.
+    fn folding(hay: &[u8]) -> (Option<usize>, bool) {
+        let end = memchr::memchr2(b'"', b'\\', hay);
+        let before = &hay[..end.unwrap_or(hay.len())];
+        (
+            end,
+            before.iter().any(|&b| b.is_ascii_uppercase() || b >= 0x80),
+        )
     }
 
     #[test]

@@ -212,6 +212,8 @@ impl KeyMaker {
         let base = self.members.len();
         self.canonical.push(b'{');
         let first = self.canonical.len();
+        // Whether a key may fold (see `sort_members`).
+        let mut may_fold = false;
         let mut i = skip_ws(body, open + 1);
         let end = if body.get(i) == Some(&b'}') {
             i + 1
@@ -222,7 +224,9 @@ impl KeyMaker {
                 }
                 let start = self.canonical.len();
                 let key_at = i;
-                i = string(body, i, &mut self.canonical)?;
+                let folds;
+                (i, folds) = key_string(body, i, &mut self.canonical)?;
+                may_fold |= folds;
                 let raw_key = key_at + 1..i - 1;
                 let key_end = self.canonical.len();
                 i = skip_ws(body, i);
@@ -251,7 +255,7 @@ impl KeyMaker {
                 }
             }
         };
-        self.sort_members(base, first)?;
+        self.sort_members(base, first, may_fold)?;
         self.members.truncate(base);
         self.canonical.push(b'}');
         Ok(end)
@@ -259,14 +263,15 @@ impl KeyMaker {
 
     /// Puts the members written since `base` in key order (canonical key
     /// bytes: a fixed total order on the keys), refusing a repeated key.
-    fn sort_members(&mut self, base: usize, first: usize) -> Result<(), NoKey> {
+    /// `may_fold`: whether some key may fold ([`crate::json::may_fold`]).
+    fn sort_members(&mut self, base: usize, first: usize, may_fold: bool) -> Result<(), NoKey> {
         let buf = &self.canonical;
         let key = |m: &Member| &buf[m.start..m.key_end];
         let members = &mut self.members[base..];
         // Keys that parsers matching keys ignoring case take for one
         // (`"Temperature"`, `"temperature"`) are a repeat to them: which one
         // wins depends on the order, which the canonical form drops.
-        if members.len() > 1 && members.iter().any(|m| crate::json::may_fold(key(m))) {
+        if may_fold && members.len() > 1 {
             let (folded, spans) = (&mut self.scratch, &mut self.spans);
             folded.clear();
             spans.clear();
@@ -362,10 +367,33 @@ pub fn canonical(body: &[u8], out: &mut Vec<u8>) -> Result<(), NoKey> {
 /// Writes the string starting at `i` (its opening quote) canonically;
 /// returns the offset after its closing quote.
 fn string(body: &[u8], i: usize, out: &mut Vec<u8>) -> Result<usize, NoKey> {
+    string_as::<false>(body, i, out).map(|(end, _)| end)
+}
+
+/// [`string`] of an object's key, and whether the key may fold
+/// ([`crate::json::may_fold`]; an escaped key may).
+fn key_string(body: &[u8], i: usize, out: &mut Vec<u8>) -> Result<(usize, bool), NoKey> {
+    string_as::<true>(body, i, out)
+}
+
+fn string_as<const KEY: bool>(
+    body: &[u8],
+    i: usize,
+    out: &mut Vec<u8>,
+) -> Result<(usize, bool), NoKey> {
     let mut j = i + 1;
     let mut escaped = false;
+    let mut folds = false;
     let end = loop {
-        match crate::json::quote_or_backslash(&body[j.min(body.len())..]) {
+        let hay = &body[j.min(body.len())..];
+        let found = if KEY && !escaped {
+            let (found, f) = crate::json::quote_or_backslash_folding(hay);
+            folds = f;
+            found
+        } else {
+            crate::json::quote_or_backslash(hay)
+        };
+        match found {
             Some(k) if body[j + k] == b'\\' => {
                 escaped = true;
                 j += k + 2;
@@ -384,7 +412,7 @@ fn string(body: &[u8], i: usize, out: &mut Vec<u8>) -> Result<usize, NoKey> {
         reencode(&raw[1..raw.len() - 1], out)?;
         out.push(b'"');
     }
-    Ok(end)
+    Ok((end, folds || escaped))
 }
 
 /// Re-spells the inside of an escaped string canonically, straight from its
