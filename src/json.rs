@@ -631,19 +631,7 @@ const WORD_SCAN: usize = 64;
 /// The offset in `hay` of its first `"` or `\\`.
 #[inline]
 pub fn quote_or_backslash(hay: &[u8]) -> Option<usize> {
-    // The lowest flag of `zero_bytes` is exact.
-    let mut at = 0;
-    let words = hay.len().min(WORD_SCAN) / 8;
-    for _ in 0..words {
-        let w = u64::from_le_bytes(hay[at..at + 8].try_into().unwrap_or([0; 8]));
-        let hits =
-            zero_bytes(w ^ (ONES * u64::from(b'"'))) | zero_bytes(w ^ (ONES * u64::from(b'\\')));
-        if hits != 0 {
-            return Some(at + (hits.trailing_zeros() / 8) as usize);
-        }
-        at += 8;
-    }
-    memchr::memchr2(b'"', b'\\', &hay[at..]).map(|k| at + k)
+    quote_scan::<false>(hay).0
 }
 
 /// [`quote_or_backslash`], and whether a byte before the one it finds may
@@ -651,6 +639,13 @@ pub fn quote_or_backslash(hay: &[u8]) -> Option<usize> {
 /// key it reads.
 #[inline]
 pub fn quote_or_backslash_folding(hay: &[u8]) -> (Option<usize>, bool) {
+    quote_scan::<true>(hay)
+}
+
+/// Both of the above: `FOLD` says whether to tell the folding too.
+#[inline(always)]
+fn quote_scan<const FOLD: bool>(hay: &[u8]) -> (Option<usize>, bool) {
+    // The lowest flag of `zero_bytes` is exact.
     let mut at = 0;
     let mut folds = 0;
     let words = hay.len().min(WORD_SCAN) / 8;
@@ -658,7 +653,7 @@ pub fn quote_or_backslash_folding(hay: &[u8]) -> (Option<usize>, bool) {
         let w = u64::from_le_bytes(hay[at..at + 8].try_into().unwrap_or([0; 8]));
         let hits =
             zero_bytes(w ^ (ONES * u64::from(b'"'))) | zero_bytes(w ^ (ONES * u64::from(b'\\')));
-        let fold = fold_flags(w);
+        let fold = if FOLD { fold_flags(w) } else { 0 };
         if hits != 0 {
             let k = hits.trailing_zeros() / 8;
             // The flags of the bytes before the one found (a wrong flag
@@ -670,8 +665,8 @@ pub fn quote_or_backslash_folding(hay: &[u8]) -> (Option<usize>, bool) {
         at += 8;
     }
     let found = memchr::memchr2(b'"', b'\\', &hay[at..]).map(|k| at + k);
-    let rest = &hay[at..found.unwrap_or(hay.len())];
-    (found, folds != 0 || may_fold(rest))
+    let folds = FOLD && (folds != 0 || may_fold(&hay[at..found.unwrap_or(hay.len())]));
+    (found, folds)
 }
 
 /// `i` is at an opening quote; returns the offset after the closing quote.
