@@ -286,6 +286,20 @@ pub fn plan(
                 Err(BodyError::Invalid(_)) => (None, false, None, 1),
                 Err(e) => return Err(body_error(e)),
             };
+            // Gemini and Azure name the model in the path, and go by it.
+            let model = match provider.path_model(rest) {
+                Some(named) if named.contains('%') => {
+                    return Err(GatewayError::bad_request(
+                        "invalid_path",
+                        format!(
+                            "the model in the path, `{}`, is percent-encoded; write it plainly",
+                            clip(named)
+                        ),
+                    ));
+                }
+                Some(named) => Some(named.to_string()),
+                None => model,
+            };
             Ok(Routed::Upstream(Plan {
                 path: provider.passthrough_path(rest),
                 anthropic_client: provider.dialect() == providers::Dialect::Anthropic,

@@ -263,7 +263,81 @@ fn a_stream_says_what_it_cost_in_a_trailer(shards: usize) {
     );
 }
 
+/// Gemini's and Azure's own APIs name the model in the path, not the body:
+/// a pass-through request is priced, attributed and allowed by that model.
+fn a_pass_through_is_priced_by_the_model_its_path_names(shards: usize) {
+    let (g, az) = (mock(), mock());
+    let secret = format!("sk-aigw-{}", "4".repeat(64));
+    let hash = aigw::auth::hex(&aigw::auth::hash_secret(secret.as_bytes()));
+    let gw = Gateway::with(shards)
+        .toml(&format!(
+            "[providers.gem]\nkind = \"google\"\nbase_url = \"{}\"\napi_key = \"g-key\"\n\
+             [providers.az]\nkind = \"azure\"\nbase_url = \"{}\"\napi_key = \"az-key\"\n\
+             [prices.\"gem/gemini-test\"]\ninput = 1.0\noutput = 2.0\n\
+             [prices.\"az/dep1\"]\ninput = 3.0\noutput = 4.0\n\
+             [keys.k]\nsecret_sha256 = \"{hash}\"\nmodels = [\"gem/gemini-test\", \"az/dep1\"]\n",
+            g.base_url().trim_end_matches("/v1"),
+            az.base_url()
+        ))
+        .start();
+    let bearer = format!("Bearer {secret}");
+    let auth = ("authorization", bearer.as_str());
+    let cost = ("aigw-include-cost", "true");
+    let gemini = r#"{"contents":[{"role":"user","parts":[{"text":"hello"}]}]}"#;
+    let r = gw.client().post(
+        "/gem/v1beta/models/gemini-test:generateContent",
+        &[auth, cost],
+        gemini,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let usage = &r.json()["usageMetadata"];
+    let want = (usage["promptTokenCount"].as_u64().unwrap() as f64 * 1.0
+        + usage["candidatesTokenCount"].as_u64().unwrap() as f64 * 2.0)
+        / 1e6;
+    let said: f64 = r.header("aigw-cost").unwrap().parse().unwrap();
+    assert!(close(said, want), "{said} vs {want}");
+    assert_eq!(g.captured()[0].header("x-goog-api-key"), Some("g-key"));
+    // Another model in the path is another model to the key.
+    let r = gw.client().post(
+        "/gem/v1beta/models/gemini-other:generateContent",
+        &[auth],
+        gemini,
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("gemini-other"), "{}", r.text());
+    // A model spelled with percent-escapes would be one name to us and
+    // another to the provider.
+    let r = gw.client().post(
+        "/gem/v1beta/models/gemini%2Dtest:generateContent",
+        &[auth],
+        gemini,
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.error_code(), "invalid_path");
+    assert_eq!(g.requests_seen(), 1, "refused requests reach no provider");
+    // Azure's deployment is the model, whatever the body says.
+    let r = gw.client().post(
+        "/az/deployments/dep1/chat/completions?api-version=2024-10-21",
+        &[auth, cost],
+        &chat("hi", false),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let usage = &r.json()["usage"];
+    let want = (usage["prompt_tokens"].as_u64().unwrap() as f64 * 3.0
+        + usage["completion_tokens"].as_u64().unwrap() as f64 * 4.0)
+        / 1e6;
+    let said: f64 = r.header("aigw-cost").unwrap().parse().unwrap();
+    assert!(close(said, want), "{said} vs {want}");
+    let models: Vec<String> = rows(&gw, "limit=10")
+        .iter()
+        .filter(|r| r["status"].as_u64() == Some(200))
+        .map(|r| r["model"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(models, ["dep1", "gemini-test"]);
+}
+
 at_1_and_2_shards!(
+    a_pass_through_is_priced_by_the_model_its_path_names,
     a_priced_answer_says_what_it_cost,
     a_stream_says_what_it_cost_in_a_trailer,
     an_unknown_price_is_unknown_never_zero,

@@ -20,6 +20,9 @@ impl Adapter for Azure {
     fn usage_shape(&self) -> &'static UsageShape {
         &super::openai::USAGE
     }
+    fn path_model<'a>(&self, rest: &'a str) -> Option<&'a str> {
+        super::segment_after(rest, "deployments")
+    }
     /// Chat, completions and embeddings live under the deployment; the
     /// Responses API does not (it goes to `{base}/responses`).
     fn model_path(&self, base: &str, endpoint: &str, model: &str, _stream: bool) -> Option<String> {

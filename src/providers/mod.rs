@@ -151,10 +151,26 @@ pub trait Adapter: Sync {
     ) -> Option<String> {
         None
     }
+    /// The model a pass-through path names (under the base URL, query
+    /// included), for providers whose API names it there rather than in
+    /// the body: Gemini's `.../models/{model}:{method}`, Azure's
+    /// `deployments/{deployment}/...`.
+    fn path_model<'a>(&self, _rest: &'a str) -> Option<&'a str> {
+        None
+    }
     /// A provider answered inside the gateway: the whole raw HTTP response.
     fn answer_in_process(&self, _path: &str, _body: &[u8], _request_id: u64) -> Option<Vec<u8>> {
         None
     }
+}
+
+/// The path segment after the first segment `name` in `rest` (its query
+/// cut off), if there is one and it is not empty.
+fn segment_after<'a>(rest: &'a str, name: &str) -> Option<&'a str> {
+    let path = rest.split(['?', '#']).next()?;
+    let mut segments = path.split('/');
+    segments.find(|s| *s == name)?;
+    segments.next().filter(|s| !s.is_empty())
 }
 
 fn adapter(kind: ProviderKind) -> &'static dyn Adapter {
@@ -405,6 +421,11 @@ impl Provider {
         self.adapter.injects_stream_usage()
     }
 
+    /// See [`Adapter::path_model`].
+    pub fn path_model<'a>(&self, rest: &'a str) -> Option<&'a str> {
+        self.adapter.path_model(rest)
+    }
+
     pub fn usage_shape(&self) -> &'static UsageShape {
         self.adapter.usage_shape()
     }
@@ -418,6 +439,34 @@ impl Provider {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gemini_and_azure_name_the_model_in_the_path() {
+        let (g, az) = (adapter(ProviderKind::Google), adapter(ProviderKind::Azure));
+        for (rest, model) in [
+            (
+                "v1beta/models/gemini-2.0-flash:generateContent",
+                Some("gemini-2.0-flash"),
+            ),
+            (
+                "v1beta/models/gemini-x:streamGenerateContent?alt=sse",
+                Some("gemini-x"),
+            ),
+            ("v1/models/gemini-x", Some("gemini-x")),
+            ("v1beta/models", None),
+            ("v1beta/models/", None),
+            ("v1beta/tunedModels/t1:generateContent", None),
+            ("v1beta/files?models/x", None),
+        ] {
+            assert_eq!(g.path_model(rest), model, "{rest}");
+        }
+        assert_eq!(
+            az.path_model("deployments/dep-1/chat/completions?api-version=2024-10-21"),
+            Some("dep-1")
+        );
+        assert_eq!(az.path_model("responses?api-version=x"), None);
+        assert_eq!(adapter(ProviderKind::OpenAi).path_model("models/x"), None);
+    }
 
     fn provider(toml: &str, name: &str) -> Provider {
         let c = Config::from_toml_with_env(toml, &|_| None).unwrap();

@@ -39,6 +39,14 @@ impl Adapter for Google {
     fn dialect(&self) -> Dialect {
         Dialect::Google
     }
+    fn path_model<'a>(&self, rest: &'a str) -> Option<&'a str> {
+        let named = super::segment_after(rest, "models")?;
+        Some(
+            named
+                .split_once(':')
+                .map_or(named, |(model, _method)| model),
+        )
+    }
     fn model_path(&self, base: &str, _endpoint: &str, model: &str, stream: bool) -> Option<String> {
         Some(if stream {
             format!("{base}/v1beta/models/{model}:streamGenerateContent?alt=sse")
