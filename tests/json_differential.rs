@@ -182,7 +182,6 @@ fn strict_integer(v: &J) -> Option<u64> {
 }
 
 const CAPS: [&str; 3] = ["max_tokens", "max_completion_tokens", "max_output_tokens"];
-const READ: [&str; 5] = ["model", "stream", "stream_options", "n", "max_tokens"];
 
 /// What aigw read from an accepted body.
 #[derive(Debug, PartialEq)]
@@ -277,37 +276,34 @@ fn check(body: &[u8], rng: &mut Rng) -> bool {
     }
 }
 
-/// Whether a strictly valid object really has what `e` says.
+/// Whether a strictly valid object really has what `e` says, of the field
+/// `e` names.
 fn refusal_holds(e: &BodyError, top: &[(String, J)]) -> bool {
-    let options = top.iter().rev().find_map(|(k, v)| match v {
-        J::Obj(m) if folded(k) == "STREAM_OPTIONS" => Some(m.as_slice()),
-        _ => None,
-    });
-    let any = |f: &dyn Fn(&Members, &str) -> bool| {
-        READ.iter().chain(&CAPS[1..]).any(|n| f(top, n))
-            || options.is_some_and(|m| f(m, "include_usage"))
-    };
-    match e {
-        BodyError::Duplicate(_) => any(&|m, n| counts(m, n).0 > 1),
-        BodyError::NotBoolean(_) => {
-            let not_bool = |v: Option<&J>| !matches!(v, None | Some(J::Bool(_) | J::Null));
-            not_bool(read(top, "stream", Reader::ExactLast))
-                || options.is_some_and(|m| not_bool(read(m, "include_usage", Reader::ExactLast)))
+    // The object and member name a field's path names: `include_usage` in
+    // the `stream_options` the gateway read (the one spelled exactly).
+    let at = |path: &str| -> Option<(&Members, String)> {
+        match path.strip_prefix("stream_options.") {
+            Some(inner) => match read(top, "stream_options", Reader::ExactLast) {
+                Some(J::Obj(m)) => Some((m.as_slice(), inner.to_string())),
+                _ => None,
+            },
+            None => Some((top, path.to_string())),
         }
-        // Every member of a strictly valid object splits and parses.
-        BodyError::Invalid(_) => false,
-        BodyError::CaseVariant(_) => any(&|m, n| {
-            let (exact, folds) = counts(m, n);
+    };
+    let value = |path: &str| at(path).and_then(|(m, n)| read(m, &n, Reader::ExactLast).cloned());
+    match *e {
+        BodyError::Duplicate(path) => at(path).is_some_and(|(m, n)| counts(m, &n).0 > 1),
+        BodyError::CaseVariant(path) => at(path).is_some_and(|(m, n)| {
+            let (exact, folds) = counts(m, &n);
             folds > exact
         }),
-        BodyError::NotInteger(_) => CAPS.iter().chain(&["n"]).any(|n| {
-            read(top, n, Reader::ExactLast)
-                .is_some_and(|v| *v != J::Null && strict_integer(v).is_none())
-        }),
-        BodyError::NotString(_) => !matches!(
-            read(top, "model", Reader::ExactLast),
-            None | Some(J::Null | J::Str(_))
-        ),
+        BodyError::NotBoolean(path) => !matches!(value(path), None | Some(J::Bool(_) | J::Null)),
+        BodyError::NotInteger(path) => {
+            value(path).is_some_and(|v| v != J::Null && strict_integer(&v).is_none())
+        }
+        BodyError::NotString(path) => !matches!(value(path), None | Some(J::Null | J::Str(_))),
+        // Every member of a strictly valid object splits and decodes.
+        BodyError::Invalid(_) => false,
     }
 }
 
