@@ -82,7 +82,7 @@ fn usage(c: &mut Criterion) {
                 req,
                 &f,
                 &Rewrite {
-                    model: "gpt-4o-mini",
+                    model: b"gpt-4o-mini",
                     include_usage: true,
                 },
                 &mut out,

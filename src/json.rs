@@ -816,8 +816,8 @@ pub fn string_value(raw: &[u8]) -> Option<Cow<'_, str>> {
 
 /// What the unified route changes in a request body.
 pub struct Rewrite<'a> {
-    /// The model name the provider should see (prefix stripped).
-    pub model: &'a str,
+    /// The model name the provider should see (prefix stripped), UTF-8.
+    pub model: &'a [u8],
     /// Ask for `stream_options.include_usage`.
     pub include_usage: bool,
 }
@@ -857,7 +857,7 @@ pub fn rewrite_body(body: &[u8], fields: &RequestFields, rw: &Rewrite<'_>, out: 
     for (range, with) in edits.into_iter().flatten() {
         out.extend_from_slice(&body[at..range.start]);
         match with {
-            With::Model => push_json_str(out, rw.model),
+            With::Model => push_json_bytes(out, rw.model),
             With::Bytes(b) => out.extend_from_slice(b),
         }
         at = range.end;
@@ -885,13 +885,21 @@ fn usage_edit(body: &[u8], fields: &RequestFields) -> Option<(Range<usize>, &'st
 
 /// Appends `s` as a JSON string literal; model names rarely need escaping.
 pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    push_json_bytes(out, s.as_bytes());
+}
+
+/// [`push_json_str`] of UTF-8 text as bytes: checked as text only when it
+/// needs escaping (a name cut from a body already decoded as text does not
+/// need reading again).
+fn push_json_bytes(out: &mut Vec<u8>, s: &[u8]) {
+    if s.iter().all(|&b| b >= 0x20 && b != b'"' && b != b'\\') {
         out.push(b'"');
-        out.extend_from_slice(s.as_bytes());
+        out.extend_from_slice(s);
         out.push(b'"');
     } else {
+        let s = String::from_utf8_lossy(s);
         let mut escaped = String::with_capacity(s.len() + 8);
-        crate::error::push_json_string(&mut escaped, s);
+        crate::error::push_json_string(&mut escaped, &s);
         out.extend_from_slice(escaped.as_bytes());
     }
 }
@@ -1052,7 +1060,7 @@ mod tests {
             body.as_bytes(),
             &f,
             &Rewrite {
-                model,
+                model: model.as_bytes(),
                 include_usage,
             },
             &mut out,
@@ -1142,7 +1150,7 @@ mod tests {
             body,
             &f,
             &Rewrite {
-                model: "b",
+                model: b"b",
                 include_usage: true,
             },
             &mut out,

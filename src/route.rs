@@ -15,6 +15,7 @@ use crate::providers::{self, Provider, Providers, Translation, UNIFIED_ENDPOINTS
 use crate::record::RouteKind;
 use crate::targets::{Below, Order, Route as TargetRoute, Routes};
 use std::borrow::Cow;
+use std::ops::Range;
 use std::rc::Rc;
 
 /// Which URL layout a path uses.
@@ -86,6 +87,49 @@ pub struct Plan {
     pub anthropic_client: bool,
     /// The unified endpoint the client asked for (`chat/completions`).
     pub endpoint: Option<&'static str>,
+}
+
+/// The body a unified request sends: written as the plan is made (a
+/// translation, or a model name that is not in the body as it stands), or,
+/// for the common rewrite (the model's prefix cut, usage asked for), left
+/// to write until the request goes upstream, which a cache hit never does.
+#[derive(Default)]
+pub struct UnifiedBody {
+    bytes: Vec<u8>,
+    pending: Option<PendingRewrite>,
+}
+
+/// What [`json::rewrite_body`] needs to write a unified body later, as
+/// places in the client's body.
+struct PendingRewrite {
+    fields: json::RequestFields,
+    /// The model name the provider sees, as it stands in the body.
+    name: Range<usize>,
+    ask_usage: bool,
+}
+
+impl UnifiedBody {
+    /// The bytes to send for `client_body` (the body the plan was made
+    /// from), written now if they were left to write.
+    pub fn write(&mut self, client_body: &[u8]) -> &[u8] {
+        if let Some(r) = self.pending.take() {
+            // A piece of a string decoded as text when the plan was made.
+            let rw = Rewrite {
+                model: &client_body[r.name.clone()],
+                include_usage: r.ask_usage,
+            };
+            json::rewrite_body(client_body, &r.fields, &rw, &mut self.bytes);
+        }
+        &self.bytes
+    }
+}
+
+/// Where `name` is in `body`, when it is a piece of it (a model name cut
+/// from the body's own `model` string, which had no escapes).
+fn place_in(body: &[u8], name: &str) -> Option<Range<usize>> {
+    let start = (name.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
+    let place = start..start.checked_add(name.len())?;
+    (body.get(place.clone()) == Some(name.as_bytes())).then_some(place)
 }
 
 /// A routed request: which route, the order it tries targets in, and which
@@ -181,14 +225,16 @@ pub fn route(target: &str) -> Route<'_> {
 }
 
 /// The stage: turns a routed request into a [`Plan`]. A unified request's body
-/// is rewritten into `rewritten` (model prefix stripped, include-usage asked).
+/// is rewritten into `out` (model prefix stripped, include-usage asked).
 pub fn plan(
     route: Route<'_>,
     req: &RequestView<'_>,
     providers: &Providers,
     inputs: &RouteInputs<'_>,
-    rewritten: &mut Vec<u8>,
+    out: &mut UnifiedBody,
 ) -> Result<Routed, GatewayError> {
+    // What an earlier request on the connection left belongs to its body.
+    out.pending = None;
     let method = req.head.method;
     match route {
         Route::Health => Ok(Routed::Health),
@@ -222,7 +268,7 @@ pub fn plan(
                 .flatten()
             {
                 let order = r.order(inputs.field, inputs.below);
-                return routed_plan(r, order, endpoint, query, body, &fields, rewritten)
+                return routed_plan(r, order, endpoint, query, body, &fields, out)
                     .map(Routed::Upstream);
             }
             let (provider_name, model_name) = split_model(&model).ok_or_else(|| {
@@ -244,10 +290,8 @@ pub fn plan(
                 .get(provider_name)
                 .cloned()
                 .ok_or_else(|| unknown_provider(providers, provider_name))?;
-            unified_plan(
-                &provider, model_name, endpoint, query, body, &fields, rewritten,
-            )
-            .map(Routed::Upstream)
+            unified_plan(&provider, model_name, endpoint, query, body, &fields, out)
+                .map(Routed::Upstream)
         }
         Route::Passthrough {
             provider,
@@ -320,7 +364,8 @@ pub fn plan(
 }
 
 /// The plan of a unified request to `provider`'s `model`: the body
-/// rewritten (OpenAI dialect) or translated into `rewritten`.
+/// translated into `out`, or its rewrite (same dialect) left to
+/// [`UnifiedBody::write`].
 fn unified_plan(
     provider: &Rc<Provider>,
     model_name: &str,
@@ -328,7 +373,7 @@ fn unified_plan(
     query: &str,
     body: &[u8],
     fields: &json::RequestFields,
-    rewritten: &mut Vec<u8>,
+    out: &mut UnifiedBody,
 ) -> Result<Plan, GatewayError> {
     let stream = fields.is_stream(body);
     let same = provider.dialect() == providers::client_dialect(endpoint);
@@ -337,20 +382,32 @@ fn unified_plan(
         && stream
         && provider.injects_stream_usage()
         && !json::client_asked_usage(body, fields);
+    out.pending = None;
     let translation = if same {
-        json::rewrite_body(
-            body,
-            fields,
-            &Rewrite {
-                model: model_name,
-                include_usage: wants_usage,
-            },
-            rewritten,
-        );
+        match place_in(body, model_name) {
+            // Written when the request goes upstream (a hit never does).
+            Some(name) => {
+                out.pending = Some(PendingRewrite {
+                    fields: fields.clone(),
+                    name,
+                    ask_usage: wants_usage,
+                })
+            }
+            // A route target's model, or a decoded one: written now.
+            None => json::rewrite_body(
+                body,
+                fields,
+                &Rewrite {
+                    model: model_name.as_bytes(),
+                    include_usage: wants_usage,
+                },
+                &mut out.bytes,
+            ),
+        }
         None
     } else {
         let t = provider
-            .translate(endpoint, body, model_name, rewritten)
+            .translate(endpoint, body, model_name, &mut out.bytes)
             .map_err(|e| {
                 GatewayError::bad_request(
                     "untranslatable_request",
@@ -395,20 +452,12 @@ pub fn routed_plan(
     query: &str,
     body: &[u8],
     fields: &json::RequestFields,
-    rewritten: &mut Vec<u8>,
+    out: &mut UnifiedBody,
 ) -> Result<Plan, GatewayError> {
     let mut first_error = None;
     while !order.is_empty() {
         let t = order[0].clone();
-        match unified_plan(
-            &t.provider,
-            &t.model,
-            endpoint,
-            query,
-            body,
-            fields,
-            rewritten,
-        ) {
+        match unified_plan(&t.provider, &t.model, endpoint, query, body, fields, out) {
             Ok(mut plan) => {
                 plan.routing = Some(Routing {
                     route: route.clone(),
@@ -429,13 +478,13 @@ pub fn routed_plan(
 }
 
 /// Points a routed plan at step `step` of its order: the body is written
-/// anew for that target (its model, its format) into `rewritten`. Returns the
+/// anew for that target (its model, its format) into `out`. Returns the
 /// target's model.
 pub fn retarget(
     plan: &mut Plan,
     step: usize,
     body: &[u8],
-    rewritten: &mut Vec<u8>,
+    out: &mut UnifiedBody,
 ) -> Result<String, GatewayError> {
     // Routed plans are unified ones: they name their endpoint.
     let Some(endpoint) = plan.endpoint.filter(|_| plan.routing.is_some()) else {
@@ -455,7 +504,7 @@ pub fn retarget(
                 &routing.query,
                 body,
                 &fields,
-                rewritten,
+                out,
             )
         });
     match result {
@@ -641,6 +690,15 @@ mod tests {
     }
 
     fn plan_for(target: &str, method: Method, body: &str) -> Result<Routed, GatewayError> {
+        plan_into(target, method, body, &mut UnifiedBody::default())
+    }
+
+    fn plan_into(
+        target: &str,
+        method: Method,
+        body: &str,
+        out: &mut UnifiedBody,
+    ) -> Result<Routed, GatewayError> {
         let providers =
             crate::providers::build(&Config::from_toml_with_env("", &|_| None).unwrap());
         let window = target.as_bytes();
@@ -661,7 +719,37 @@ mod tests {
             field: &|_| None,
             scan: &json::scan_request,
         };
-        plan(route(target), &view, &providers, &inputs, &mut Vec::new())
+        plan(route(target), &view, &providers, &inputs, out)
+    }
+
+    #[test]
+    fn a_unified_body_is_written_when_it_goes_upstream_and_only_for_its_own_plan() {
+        let mut out = UnifiedBody::default();
+        let body = r#"{"model":"mock/echo","stream":true,"messages":[]}"#;
+        let Ok(Routed::Upstream(p)) =
+            plan_into("/v1/chat/completions", Method::Post, body, &mut out)
+        else {
+            panic!("planned")
+        };
+        assert!(p.unified);
+        // Nothing is written until the request goes upstream.
+        assert!(out.bytes.is_empty() && out.pending.is_some());
+        let sent = String::from_utf8(out.write(body.as_bytes()).to_vec()).unwrap();
+        assert!(sent.starts_with(r#"{"stream_options":{"include_usage":true},"model":"echo""#));
+        // Written once: a retry sends the same bytes.
+        assert_eq!(out.write(body.as_bytes()), sent.as_bytes());
+        // A model name that is not in the body as it stands (escaped) is
+        // written at once; a pass-through plan leaves nothing pending.
+        let escaped = r#"{"model":"mock/\u0065cho"}"#;
+        let _ = plan_into("/v1/chat/completions", Method::Post, escaped, &mut out);
+        assert!(out.pending.is_none());
+        assert_eq!(out.write(escaped.as_bytes()), br#"{"model":"echo"}"#);
+        let _ = plan_into("/v1/chat/completions", Method::Post, body, &mut out);
+        let _ = plan_into("/mock/v1/chat/completions", Method::Post, body, &mut out);
+        assert!(
+            out.pending.is_none(),
+            "a stale rewrite never applies to another body"
+        );
     }
 
     #[test]

@@ -410,7 +410,7 @@ fn check_rewrite(body: &[u8], f: &RequestFields, top: &[(String, J)]) {
         body,
         f,
         &Rewrite {
-            model,
+            model: model.as_bytes(),
             include_usage: true,
         },
         &mut out,

@@ -23,8 +23,8 @@ pub struct ClientConn {
     pub out: Vec<u8>,
     /// The request being written upstream.
     pub up_out: Vec<u8>,
-    /// A rewritten request body (unified routes).
-    pub rewritten: Vec<u8>,
+    /// The body a unified request sends.
+    pub unified: crate::route::UnifiedBody,
     /// simd-json scratch for usage parsing.
     pub scratch: JsonScratch,
     /// Decoded provider body bytes (chunked responses).
@@ -41,7 +41,7 @@ impl ClientConn {
             body: Vec::new(),
             out: Vec::with_capacity(4096),
             up_out: Vec::with_capacity(4096),
-            rewritten: Vec::new(),
+            unified: Default::default(),
             scratch: JsonScratch::default(),
             decoded: Vec::new(),
             rhead: ResponseHead::default(),

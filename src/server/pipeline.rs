@@ -559,7 +559,7 @@ fn plan(
         field: &|name| targets::metadata_field(metadata, name),
         scan: &scan,
     };
-    let mut routed = route::plan(route, &view, &ctx.providers(), &inputs, &mut c.rewritten)?;
+    let mut routed = route::plan(route, &view, &ctx.providers(), &inputs, &mut c.unified)?;
     if let Routed::Upstream(p) = &mut routed {
         rec.provider = Some(p.provider.name.clone());
         // The record is where the model lives from here on.
@@ -719,7 +719,7 @@ fn restrict_route(
         &query,
         view.body,
         &fields,
-        &mut c.rewritten,
+        &mut c.unified,
     )?;
     rec.provider = Some(plan.provider.name.clone());
     rec.model = plan.model.take();
@@ -1232,7 +1232,7 @@ enum Unanswered {
 fn build_upstream(c: &mut ClientConn, req: &Incoming, plan: &Plan) -> usize {
     let view = req.view(&c.head, &c.buf, &c.body);
     let body: &[u8] = if plan.unified {
-        &c.rewritten
+        c.unified.write(view.body)
     } else {
         view.body
     };
@@ -1331,7 +1331,7 @@ async fn retrying_attempts(
     for (n, &step) in steps.iter().enumerate() {
         if plan.routing.as_ref().is_some_and(|r| r.step != step) {
             let view = req.view(&c.head, &c.buf, &c.body);
-            match route::retarget(plan, step, view.body, &mut c.rewritten) {
+            match route::retarget(plan, step, view.body, &mut c.unified) {
                 Ok(model) => {
                     rec.provider = Some(plan.provider.name.clone());
                     rec.model = Some(model);
