@@ -344,6 +344,7 @@ pub fn plan(
                 Some(named) => Some(named.to_string()),
                 None => model,
             };
+            let stream = stream || provider.path_streams(rest);
             Ok(Routed::Upstream(Plan {
                 path: provider.passthrough_path(rest),
                 anthropic_client: provider.dialect() == providers::Dialect::Anthropic,

@@ -305,6 +305,42 @@ fn cut_streams_errors_and_no_store_are_never_stored(shards: usize) {
     assert_eq!(n(&cache_stats(&gw), &["entries"]), 0);
 }
 
+/// A Gemini pass-through stream (`:streamGenerateContent`) is a stream: it
+/// is stored only when it finished and replays as the events it was.
+fn gemini_pass_through_streams_are_stored_only_when_they_finished(shards: usize) {
+    let g = mock();
+    let gw = Gateway::with(shards)
+        .toml(&format!(
+            "[providers.gem]\nkind = \"google\"\nbase_url = \"{}\"\napi_key = \"g-key\"\n{CACHE}",
+            g.base_url().trim_end_matches("/v1")
+        ))
+        .start();
+    let path = "/gem/v1beta/models/gemini-test:streamGenerateContent?alt=sse";
+    let body =
+        |text: &str| format!(r#"{{"contents":[{{"role":"user","parts":[{{"text":"{text}"}}]}}]}}"#);
+    let first = gw.client().post(path, &[], &body("cache me"));
+    assert_eq!((first.status, status(&first)), (200, "MISS"));
+    assert_eq!(first.header("content-type"), Some("text/event-stream"));
+    assert_eq!(
+        gw.stats()["streams"].as_u64(),
+        Some(1),
+        "counted as a stream"
+    );
+    wait_stored(&gw, 1);
+    let again = gw.client().post(path, &[], &body("cache me"));
+    assert_eq!((again.status, status(&again)), (200, "HIT"));
+    assert_eq!(again.body, first.body, "the events the provider sent");
+    assert_eq!(again.header("content-type"), Some("text/event-stream"));
+    // A stream the provider broke off is not stored.
+    let cut = gw
+        .client()
+        .post(path, &[("x-mock-error", "cut")], &body("cut me"));
+    assert!(!cut.complete);
+    let after = gw.client().post(path, &[], &body("cut me"));
+    assert_eq!((after.status, status(&after)), (200, "MISS"));
+    assert_eq!(g.requests_seen(), 3);
+}
+
 fn errors_in_a_200_stream_and_other_askers_are_never_shared(shards: usize) {
     // A provider that reports a failure inside a 200 stream.
     const ERROR_STREAM: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: 56\r\n\r\ndata: {\"error\":{\"message\":\"overloaded\"}}\n\ndata: [DONE]\n\n";
@@ -769,6 +805,7 @@ fn purge_all_by_key_and_by_provider(shards: usize) {
 }
 
 at_1_and_2_shards!(
+    gemini_pass_through_streams_are_stored_only_when_they_finished,
     a_miss_then_byte_identical_hits,
     streams_replay_as_streams_without_the_usage_event_nobody_asked_for,
     controls_skip_ttl_and_custom_keys,

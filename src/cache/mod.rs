@@ -122,10 +122,11 @@ pub fn scope<'a>(
 }
 
 /// Whether a whole answer may be stored. A stream must have ended the way
-/// its provider ends one (`data: [DONE]`, or Anthropic's `message_stop`) and
-/// carry no error event: a provider reports some failures inside a 200
-/// stream, and such an answer must not be served for a whole TTL. (Streams of
-/// providers that end otherwise are not stored.)
+/// its provider ends one (`data: [DONE]`, Anthropic's `message_stop`, or a
+/// last Gemini event with its `finishReason`) and carry no error event: a
+/// provider reports some failures inside a 200 stream, and such an answer
+/// must not be served for a whole TTL. (Streams of providers that end
+/// otherwise are not stored.)
 pub fn storable(stream: bool, body: &[u8]) -> bool {
     if !stream {
         return true;
@@ -135,8 +136,13 @@ pub fn storable(stream: bool, body: &[u8]) -> bool {
         .iter()
         .rposition(|b| !b.is_ascii_whitespace())
         .map_or(0, |i| i + 1);
-    let ended =
-        body[..end].ends_with(b"data: [DONE]") || find(body, b"event: message_stop").is_some();
+    let last_event = body[..end]
+        .windows(6)
+        .rposition(|w| w == b"data: ")
+        .map_or(&body[..0], |at| &body[at..end]);
+    let ended = body[..end].ends_with(b"data: [DONE]")
+        || find(body, b"event: message_stop").is_some()
+        || find(last_event, b"\"finishReason\"").is_some();
     let error = find(body, b"event: error").is_some()
         || body.starts_with(b"data: {\"error\"")
         || find(body, b"\ndata: {\"error\"").is_some();
@@ -718,6 +724,23 @@ mod tests {
             b"event: message_start\ndata: {}\n\nevent: message_stop\ndata: {}\n\n"
         ));
         assert!(!storable(true, b"data: {\"a\":1}\n\n"), "no end");
+        // Gemini ends a stream with a last event that says why it finished.
+        let gemini = |events: &[&str]| -> Vec<u8> {
+            events
+                .iter()
+                .flat_map(|e| format!("data: {e}\r\n\r\n").into_bytes())
+                .collect()
+        };
+        let (part, last) = (
+            r#"{"candidates":[{"content":{"parts":[{"text":"a"}]}}]}"#,
+            r#"{"candidates":[{"finishReason":"STOP"}],"usageMetadata":{}}"#,
+        );
+        assert!(storable(true, &gemini(&[part, last])));
+        assert!(!storable(true, &gemini(&[part])), "no finish");
+        assert!(
+            !storable(true, &gemini(&[last, part])),
+            "more after the finish"
+        );
         assert!(!storable(true, b"data: {\"error\":{}}\n\ndata: [DONE]\n\n"));
         assert!(!storable(
             true,

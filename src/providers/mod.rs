@@ -158,6 +158,11 @@ pub trait Adapter: Sync {
     fn path_model<'a>(&self, _rest: &'a str) -> Option<&'a str> {
         None
     }
+    /// Whether a pass-through path asks for a stream (Gemini's
+    /// `:streamGenerateContent`), for providers whose API says so there.
+    fn path_streams(&self, _rest: &str) -> bool {
+        false
+    }
     /// A provider answered inside the gateway: the whole raw HTTP response.
     fn answer_in_process(&self, _path: &str, _body: &[u8], _request_id: u64) -> Option<Vec<u8>> {
         None
@@ -426,6 +431,11 @@ impl Provider {
         self.adapter.path_model(rest)
     }
 
+    /// See [`Adapter::path_streams`].
+    pub fn path_streams(&self, rest: &str) -> bool {
+        self.adapter.path_streams(rest)
+    }
+
     pub fn usage_shape(&self) -> &'static UsageShape {
         self.adapter.usage_shape()
     }
@@ -466,6 +476,10 @@ mod tests {
         );
         assert_eq!(az.path_model("responses?api-version=x"), None);
         assert_eq!(adapter(ProviderKind::OpenAi).path_model("models/x"), None);
+        assert!(g.path_streams("v1beta/models/g:streamGenerateContent?alt=sse"));
+        assert!(!g.path_streams("v1beta/models/g:generateContent"));
+        assert!(!g.path_streams("v1beta/models/streamGenerateContent"));
+        assert!(!az.path_streams("deployments/d/chat/completions"));
     }
 
     fn provider(toml: &str, name: &str) -> Provider {

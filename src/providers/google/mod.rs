@@ -47,6 +47,11 @@ impl Adapter for Google {
                 .map_or(named, |(model, _method)| model),
         )
     }
+    fn path_streams(&self, rest: &str) -> bool {
+        super::segment_after(rest, "models")
+            .and_then(|named| named.split_once(':'))
+            .is_some_and(|(_, method)| method == "streamGenerateContent")
+    }
     fn model_path(&self, base: &str, _endpoint: &str, model: &str, stream: bool) -> Option<String> {
         Some(if stream {
             format!("{base}/v1beta/models/{model}:streamGenerateContent?alt=sse")
