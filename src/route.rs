@@ -89,39 +89,92 @@ pub struct Plan {
     pub endpoint: Option<&'static str>,
 }
 
-/// The body a unified request sends: written as the plan is made (a
-/// translation, or a model name that is not in the body as it stands), or,
-/// for the common rewrite (the model's prefix cut, usage asked for), left
-/// to write until the request goes upstream, which a cache hit never does.
+/// The body a unified request sends. A translation is written once the
+/// cache has not answered ([`UnifiedBody::translate`]; a route's, which
+/// chooses its target by it, as the plan is made); the common rewrite
+/// (the model's prefix cut, usage asked for) as the request goes upstream
+/// ([`UnifiedBody::write`]); a cache hit writes neither. A route target's
+/// model, or a model name that is not in the body as it stands, is
+/// rewritten as the plan is made.
 #[derive(Default)]
 pub struct UnifiedBody {
     bytes: Vec<u8>,
-    pending: Option<PendingRewrite>,
+    pending: Option<Pending>,
 }
 
-/// What [`json::rewrite_body`] needs to write a unified body later, as
-/// places in the client's body.
-struct PendingRewrite {
-    fields: json::RequestFields,
-    /// The model name the provider sees, as it stands in the body.
-    name: Range<usize>,
-    ask_usage: bool,
+/// A body left to write.
+enum Pending {
+    /// What [`json::rewrite_body`] needs, as places in the client's body.
+    Rewrite {
+        fields: json::RequestFields,
+        /// The model name the provider sees, as it stands in the body.
+        name: Range<usize>,
+        ask_usage: bool,
+    },
+    /// A translation into the provider's format, and what the plan
+    /// expects it to say.
+    Translate {
+        provider: Rc<Provider>,
+        endpoint: &'static str,
+        model: String,
+        planned: Translation,
+    },
 }
 
 impl UnifiedBody {
-    /// The bytes to send for `client_body` (the body the plan was made
-    /// from), written now if they were left to write.
+    /// Writes a pending translation of `client_body` (the body the plan was
+    /// made from): a body that cannot be said in the provider's format is
+    /// the client's error.
+    pub fn translate(&mut self, client_body: &[u8]) -> Result<(), GatewayError> {
+        let Some(Pending::Translate {
+            provider,
+            endpoint,
+            model,
+            planned,
+        }) = self
+            .pending
+            .take_if(|p| matches!(p, Pending::Translate { .. }))
+        else {
+            return Ok(());
+        };
+        let t = provider
+            .translate(endpoint, client_body, &model, &mut self.bytes)
+            .map_err(|e| untranslatable(&provider, e))?;
+        // The scan and the translator read `stream` and `include_usage` alike
+        // (the scan refuses any body they could read otherwise).
+        debug_assert_eq!(t, planned);
+        Ok(())
+    }
+
+    /// The bytes to send for `client_body`, a pending rewrite written now.
     pub fn write(&mut self, client_body: &[u8]) -> &[u8] {
-        if let Some(r) = self.pending.take() {
+        if let Some(Pending::Rewrite {
+            fields,
+            name,
+            ask_usage,
+        }) = self
+            .pending
+            .take_if(|p| matches!(p, Pending::Rewrite { .. }))
+        {
             // A piece of a string decoded as text when the plan was made.
             let rw = Rewrite {
-                model: &client_body[r.name.clone()],
-                include_usage: r.ask_usage,
+                model: &client_body[name],
+                include_usage: ask_usage,
             };
-            json::rewrite_body(client_body, &r.fields, &rw, &mut self.bytes);
+            json::rewrite_body(client_body, &fields, &rw, &mut self.bytes);
         }
         &self.bytes
     }
+}
+
+fn untranslatable(provider: &Provider, e: providers::translate::TranslateError) -> GatewayError {
+    GatewayError::bad_request(
+        "untranslatable_request",
+        format!(
+            "this request cannot be sent to provider `{}`: {}",
+            provider.name, e.0
+        ),
+    )
 }
 
 /// Where `name` is in `body`, when it is a piece of it (a model name cut
@@ -388,7 +441,7 @@ fn unified_plan(
         match place_in(body, model_name) {
             // Written when the request goes upstream (a hit never does).
             Some(name) => {
-                out.pending = Some(PendingRewrite {
+                out.pending = Some(Pending::Rewrite {
                     fields: fields.clone(),
                     name,
                     ask_usage: wants_usage,
@@ -408,16 +461,14 @@ fn unified_plan(
         None
     } else {
         let t = provider
-            .translate(endpoint, body, model_name, &mut out.bytes)
-            .map_err(|e| {
-                GatewayError::bad_request(
-                    "untranslatable_request",
-                    format!(
-                        "this request cannot be sent to provider `{}`: {}",
-                        provider.name, e.0
-                    ),
-                )
-            })?;
+            .translation_of(endpoint, stream, json::client_asked_usage(body, fields))
+            .map_err(|e| untranslatable(provider, e))?;
+        out.pending = Some(Pending::Translate {
+            provider: provider.clone(),
+            endpoint,
+            model: model_name.to_string(),
+            planned: t,
+        });
         Some(t)
     };
     let upstream = translation.map_or(endpoint, |t| t.upstream_endpoint());
@@ -458,7 +509,11 @@ pub fn routed_plan(
     let mut first_error = None;
     while !order.is_empty() {
         let t = order[0].clone();
-        match unified_plan(&t.provider, &t.model, endpoint, query, body, fields, out) {
+        // A route chooses its target by what the target's format can say,
+        // so its translation is written now.
+        match unified_plan(&t.provider, &t.model, endpoint, query, body, fields, out)
+            .and_then(|plan| out.translate(body).map(|()| plan))
+        {
             Ok(mut plan) => {
                 plan.routing = Some(Routing {
                     route: route.clone(),
@@ -507,7 +562,10 @@ pub fn retarget(
                 &fields,
                 out,
             )
-        });
+        })
+        // Past the cache: a translation is written now, and a body this
+        // target cannot take moves the request on like any refusal.
+        .and_then(|next| out.translate(body).map(|()| next));
     match result {
         Ok(mut next) => {
             next.routing = Some(Routing { step, ..routing });
@@ -751,6 +809,33 @@ mod tests {
             out.pending.is_none(),
             "a stale rewrite never applies to another body"
         );
+    }
+
+    #[test]
+    fn a_translation_is_written_only_once_the_cache_has_not_answered() {
+        let mut out = UnifiedBody::default();
+        let body = r#"{"model":"anthropic/claude-x","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+        let Ok(Routed::Upstream(p)) =
+            plan_into("/v1/chat/completions", Method::Post, body, &mut out)
+        else {
+            panic!("planned")
+        };
+        assert_eq!(
+            p.translation,
+            Some(Translation::AnthropicToChat {
+                include_usage: false
+            })
+        );
+        assert!(out.bytes.is_empty(), "nothing translated while planning");
+        out.translate(body.as_bytes()).unwrap();
+        let sent = String::from_utf8(out.write(body.as_bytes()).to_vec()).unwrap();
+        assert!(sent.contains(r#""model":"claude-x""#), "{sent}");
+        // What the provider's format cannot say is the client's error, then.
+        let two =
+            r#"{"model":"anthropic/claude-x","n":2,"messages":[{"role":"user","content":"hi"}]}"#;
+        assert!(plan_into("/v1/chat/completions", Method::Post, two, &mut out).is_ok());
+        let e = out.translate(two.as_bytes()).unwrap_err();
+        assert_eq!(e.code, "untranslatable_request");
     }
 
     #[test]

@@ -518,7 +518,54 @@ fn gemini_and_azure_speak_their_own_formats(shards: usize) {
     );
 }
 
+/// A translated request with the cache on: a hit answers with what the
+/// first one got, translated back, and asks no provider; what Anthropic's
+/// format cannot say is still a 400, and stores nothing.
+fn translated_answers_are_cached_and_untranslatable_ones_refused(shards: usize) {
+    let claude = mock();
+    let base = claude.base_url();
+    let gw = Gateway::with(shards)
+        .toml(&format!(
+            "[providers.claude]\nkind = \"anthropic\"\nbase_url = \"{}\"\napi_key = \"k\"\n\
+             [cache]\nenabled = true\nsize = \"16MiB\"\nmax_entry = \"1MiB\"\n",
+            base.trim_end_matches("/v1")
+        ))
+        .start();
+    let first = gw.client().post("/v1/chat/completions", &[], &chat(""));
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(first.header("aigw-cache-status"), Some("MISS"));
+    assert_eq!(claude.captured()[0].path, "/v1/messages");
+    let deadline = std::time::Instant::now() + common::WAIT;
+    loop {
+        let again = gw.client().post("/v1/chat/completions", &[], &chat(""));
+        assert_eq!(again.status, 200, "{}", again.text());
+        if again.header("aigw-cache-status") == Some("HIT") {
+            assert_eq!(again.body, first.body, "the answer as first translated");
+            break;
+        }
+        // At 2 shards the answer may still be on its way to its partition.
+        assert!(std::time::Instant::now() < deadline, "never a hit");
+    }
+    let seen = claude.requests_seen();
+    let r = gw
+        .client()
+        .post("/v1/chat/completions", &[], &chat(r#","n":2"#));
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.error_code(), "untranslatable_request");
+    assert_eq!(r.header("aigw-error-source"), Some("gateway"));
+    let r = gw
+        .client()
+        .post("/v1/chat/completions", &[], &chat(r#","n":2"#));
+    assert_eq!(r.error_code(), "untranslatable_request");
+    assert_eq!(
+        claude.requests_seen(),
+        seen,
+        "refused requests reach no provider"
+    );
+}
+
 at_1_and_2_shards!(
+    translated_answers_are_cached_and_untranslatable_ones_refused,
     gemini_and_azure_speak_their_own_formats,
     the_messages_api_reaches_any_provider,
     a_chat_completion_is_translated_both_ways,

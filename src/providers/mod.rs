@@ -303,6 +303,37 @@ impl Provider {
     /// Writes the unified request `body` for `endpoint` in this provider's
     /// format into `out`, with `model` as the provider's model name; says how
     /// the reply comes back. Only for providers of another [`Dialect`].
+    /// What [`Provider::translate`] will return for a request to `endpoint`
+    /// that streams (`stream`) and asked for usage in its stream
+    /// (`include_usage`), as the gateway's scan reads them, without writing
+    /// the body: a cache hit never needs it. `Err`: the endpoint has no
+    /// counterpart here (what the body holds may still be untranslatable).
+    pub fn translation_of(
+        &self,
+        endpoint: &str,
+        stream: bool,
+        include_usage: bool,
+    ) -> Result<Translation, TranslateError> {
+        match (self.dialect(), endpoint) {
+            (Dialect::Anthropic, "chat/completions") => Ok(Translation::AnthropicToChat {
+                include_usage: stream && include_usage,
+            }),
+            (Dialect::Google, "chat/completions") => Ok(Translation::GoogleToChat {
+                include_usage: stream && include_usage,
+            }),
+            (Dialect::Google, "messages") => Ok(Translation::GoogleToMessages),
+            (Dialect::OpenAi, "messages") => Ok(Translation::ChatToMessages),
+            (dialect, endpoint) => Err(self.no_counterpart(dialect, endpoint)),
+        }
+    }
+
+    fn no_counterpart(&self, dialect: Dialect, endpoint: &str) -> TranslateError {
+        TranslateError::new(format!(
+            "provider `{}` ({dialect:?} API) has no counterpart of /v1/{endpoint}; only /v1/chat/completions and /v1/messages are translated",
+            self.name
+        ))
+    }
+
     pub fn translate(
         &self,
         endpoint: &str,
@@ -344,10 +375,7 @@ impl Provider {
                 )?;
                 Ok(Translation::ChatToMessages)
             }
-            (dialect, endpoint) => Err(TranslateError::new(format!(
-                "provider `{}` ({dialect:?} API) has no counterpart of /v1/{endpoint}; only /v1/chat/completions and /v1/messages are translated",
-                self.name
-            ))),
+            (dialect, endpoint) => Err(self.no_counterpart(dialect, endpoint)),
         }
     }
 

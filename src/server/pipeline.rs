@@ -149,6 +149,12 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         }
     }
 
+    // 1d. the cache did not answer: a translated body is written now
+    let view = req.view(&c.head, &c.buf, &c.body);
+    if let Err(e) = c.unified.translate(view.body) {
+        return answer_error(ctx, c, &mut rec, &e, keep_alive).await;
+    }
+
     // 2. attempts (retries, fallbacks): none of them writes to the client
     let upstream_from = Instant::now();
     // When a route moves on to another target, the limits and budgets are
