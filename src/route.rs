@@ -383,19 +383,22 @@ pub fn plan(
                 Err(BodyError::Invalid(_)) => (None, false, None, 1),
                 Err(e) => return Err(body_error(e)),
             };
-            // Gemini and Azure name the model in the path, and go by it.
+            // Gemini and Azure name the model in the path, and go by it. Such
+            // a path is read as written: a percent-escape or an empty segment
+            // could make it name one model to us and another to the provider.
             let model = match provider.path_model(rest) {
-                Some(named) if named.contains('%') => {
+                providers::PathModel::Body if !provider.names_model_in_path() => model,
+                _ if plain_path(rest).is_err() => {
                     return Err(GatewayError::bad_request(
                         "invalid_path",
                         format!(
-                            "the model in the path, `{}`, is percent-encoded; write it plainly",
-                            clip(named)
+                            "a pass-through path to provider `{}` names its model: write it without percent-escapes or empty segments",
+                            provider.name
                         ),
                     ));
                 }
-                Some(named) => Some(named.to_string()),
-                None => model,
+                providers::PathModel::Body => model,
+                providers::PathModel::Path(named) => named.map(str::to_string),
             };
             let stream = stream || provider.path_streams(rest);
             Ok(Routed::Upstream(Plan {
@@ -576,6 +579,17 @@ pub fn retarget(
             plan.routing = Some(routing);
             Err(e)
         }
+    }
+}
+
+/// `Err` when the path part of a pass-through `rest` holds a `%` or an empty
+/// segment.
+fn plain_path(rest: &str) -> Result<(), ()> {
+    let path = rest.split(['?', '#']).next().unwrap_or_default();
+    if path.contains('%') || path.split('/').any(str::is_empty) {
+        Err(())
+    } else {
+        Ok(())
     }
 }
 

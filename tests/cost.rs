@@ -314,6 +314,21 @@ fn a_pass_through_is_priced_by_the_model_its_path_names(shards: usize) {
     );
     assert_eq!(r.status, 400, "{}", r.text());
     assert_eq!(r.error_code(), "invalid_path");
+    // Nor does a path the provider may read otherwise than as written
+    // (escapes, empty segments), or one whose keyword is in another case,
+    // fall back to the body's model, which these providers do not go by.
+    let claims = r#"{"model":"dep1","messages":[]}"#;
+    for (path, status) in [
+        ("/az/d%65ployments/big/chat/completions?api-version=1", 400),
+        ("/az/deployments//big/chat/completions?api-version=1", 400),
+        ("/gem/v1beta/m%6Fdels/big:generateContent", 400),
+        ("/az/Deployments/big/chat/completions?api-version=1", 403),
+        ("/gem/v1beta/cachedContents", 403),
+    ] {
+        let r = gw.client().post(path, &[auth], claims);
+        assert_eq!(r.status, status, "{path}: {}", r.text());
+    }
+    assert_eq!(az.requests_seen(), 0);
     assert_eq!(g.requests_seen(), 1, "refused requests reach no provider");
     // Azure's deployment is the model, whatever the body says.
     let r = gw.client().post(

@@ -20,8 +20,16 @@ impl Adapter for Azure {
     fn usage_shape(&self) -> &'static UsageShape {
         &super::openai::USAGE
     }
-    fn path_model<'a>(&self, rest: &'a str) -> Option<&'a str> {
-        super::segment_after(rest, "deployments")
+    fn names_model_in_path(&self) -> bool {
+        true
+    }
+    /// The deployment, under `deployments/`; the v1 API (no deployment in
+    /// the path) goes by the body's `model`.
+    fn path_model<'a>(&self, rest: &'a str) -> super::PathModel<'a> {
+        match super::segment_after(rest, "deployments") {
+            Some(deployment) => super::PathModel::Path(deployment),
+            None => super::PathModel::Body,
+        }
     }
     /// Chat, completions and embeddings live under the deployment; the
     /// Responses API does not (it goes to `{base}/responses`).

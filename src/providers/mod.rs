@@ -155,12 +155,16 @@ pub trait Adapter: Sync {
     /// included), for providers whose API names it there rather than in
     /// the body: Gemini's `.../models/{model}:{method}`, Azure's
     /// `deployments/{deployment}/...`.
-    fn path_model<'a>(&self, _rest: &'a str) -> Option<&'a str> {
-        None
+    fn path_model<'a>(&self, _rest: &'a str) -> PathModel<'a> {
+        PathModel::Body
     }
     /// Whether a pass-through path asks for a stream (Gemini's
     /// `:streamGenerateContent`), for providers whose API says so there.
     fn path_streams(&self, _rest: &str) -> bool {
+        false
+    }
+    /// Whether this API names the model in some of its paths.
+    fn names_model_in_path(&self) -> bool {
         false
     }
     /// A provider answered inside the gateway: the whole raw HTTP response.
@@ -169,13 +173,24 @@ pub trait Adapter: Sync {
     }
 }
 
-/// The path segment after the first segment `name` in `rest` (its query
-/// cut off), if there is one and it is not empty.
-fn segment_after<'a>(rest: &'a str, name: &str) -> Option<&'a str> {
-    let path = rest.split(['?', '#']).next()?;
+/// Where a pass-through request names its model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PathModel<'a> {
+    /// In its body (`model`), as most APIs do.
+    Body,
+    /// In its path, which the provider goes by (the body's `model`, if any,
+    /// is not what it runs): the model, or none when the path names none.
+    Path(Option<&'a str>),
+}
+
+/// The path segment after the first segment that is `name` (compared
+/// ignoring ASCII case, as some routers do) in `rest`, its query cut off:
+/// `None` without such a segment, `Some(None)` when nothing follows it.
+fn segment_after<'a>(rest: &'a str, name: &str) -> Option<Option<&'a str>> {
+    let path = rest.split(['?', '#']).next().unwrap_or_default();
     let mut segments = path.split('/');
-    segments.find(|s| *s == name)?;
-    segments.next().filter(|s| !s.is_empty())
+    segments.find(|s| s.eq_ignore_ascii_case(name))?;
+    Some(segments.next().filter(|s| !s.is_empty()))
 }
 
 fn adapter(kind: ProviderKind) -> &'static dyn Adapter {
@@ -455,13 +470,18 @@ impl Provider {
     }
 
     /// See [`Adapter::path_model`].
-    pub fn path_model<'a>(&self, rest: &'a str) -> Option<&'a str> {
+    pub fn path_model<'a>(&self, rest: &'a str) -> PathModel<'a> {
         self.adapter.path_model(rest)
     }
 
     /// See [`Adapter::path_streams`].
     pub fn path_streams(&self, rest: &str) -> bool {
         self.adapter.path_streams(rest)
+    }
+
+    /// See [`Adapter::names_model_in_path`].
+    pub fn names_model_in_path(&self) -> bool {
+        self.adapter.names_model_in_path()
     }
 
     pub fn usage_shape(&self) -> &'static UsageShape {
@@ -481,29 +501,37 @@ mod tests {
     #[test]
     fn gemini_and_azure_name_the_model_in_the_path() {
         let (g, az) = (adapter(ProviderKind::Google), adapter(ProviderKind::Azure));
+        let path = |m: Option<&'static str>| PathModel::Path(m);
         for (rest, model) in [
             (
                 "v1beta/models/gemini-2.0-flash:generateContent",
-                Some("gemini-2.0-flash"),
+                path(Some("gemini-2.0-flash")),
             ),
             (
                 "v1beta/models/gemini-x:streamGenerateContent?alt=sse",
-                Some("gemini-x"),
+                path(Some("gemini-x")),
             ),
-            ("v1/models/gemini-x", Some("gemini-x")),
-            ("v1beta/models", None),
-            ("v1beta/models/", None),
-            ("v1beta/tunedModels/t1:generateContent", None),
-            ("v1beta/files?models/x", None),
+            ("v1/Models/gemini-x", path(Some("gemini-x"))),
+            ("v1beta/models", path(None)),
+            ("v1beta/models/:generateContent", path(None)),
+            ("v1beta/tunedModels/t1:generateContent", path(None)),
+            ("v1beta/files?models/x", path(None)),
         ] {
             assert_eq!(g.path_model(rest), model, "{rest}");
         }
+        assert!(g.names_model_in_path() && az.names_model_in_path());
         assert_eq!(
             az.path_model("deployments/dep-1/chat/completions?api-version=2024-10-21"),
-            Some("dep-1")
+            path(Some("dep-1"))
         );
-        assert_eq!(az.path_model("responses?api-version=x"), None);
-        assert_eq!(adapter(ProviderKind::OpenAi).path_model("models/x"), None);
+        assert_eq!(
+            az.path_model("Deployments/dep-1/chat/completions"),
+            path(Some("dep-1"))
+        );
+        assert_eq!(az.path_model("v1/chat/completions"), PathModel::Body);
+        let openai = adapter(ProviderKind::OpenAi);
+        assert_eq!(openai.path_model("models/x"), PathModel::Body);
+        assert!(!openai.names_model_in_path());
         assert!(g.path_streams("v1beta/models/g:streamGenerateContent?alt=sse"));
         assert!(!g.path_streams("v1beta/models/g:generateContent"));
         assert!(!g.path_streams("v1beta/models/streamGenerateContent"));

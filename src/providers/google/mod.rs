@@ -39,17 +39,22 @@ impl Adapter for Google {
     fn dialect(&self) -> Dialect {
         Dialect::Google
     }
-    fn path_model<'a>(&self, rest: &'a str) -> Option<&'a str> {
-        let named = super::segment_after(rest, "models")?;
-        Some(
+    /// Gemini reads no model from a body: a path without one names none.
+    fn path_model<'a>(&self, rest: &'a str) -> super::PathModel<'a> {
+        let named = super::segment_after(rest, "models").flatten();
+        super::PathModel::Path(
             named
-                .split_once(':')
-                .map_or(named, |(model, _method)| model),
+                .map(|n| n.rsplit_once(':').map_or(n, |(model, _method)| model))
+                .filter(|m| !m.is_empty()),
         )
+    }
+    fn names_model_in_path(&self) -> bool {
+        true
     }
     fn path_streams(&self, rest: &str) -> bool {
         super::segment_after(rest, "models")
-            .and_then(|named| named.split_once(':'))
+            .flatten()
+            .and_then(|named| named.rsplit_once(':'))
             .is_some_and(|(_, method)| method == "streamGenerateContent")
     }
     fn model_path(&self, base: &str, _endpoint: &str, model: &str, stream: bool) -> Option<String> {
