@@ -263,6 +263,16 @@ fn a_stream_says_what_it_cost_in_a_trailer(shards: usize) {
     );
 }
 
+/// The answer's `aigw-cost` is its usage (under `at`, the provider's own
+/// names) at these prices per million tokens.
+fn cost_is(r: &common::wire::Response, at: &str, input: (&str, f64), output: (&str, f64)) {
+    let usage = &r.json()[at];
+    let tokens = |name: &str| usage[name].as_u64().unwrap() as f64;
+    let want = (tokens(input.0) * input.1 + tokens(output.0) * output.1) / 1e6;
+    let said: f64 = r.header("aigw-cost").unwrap().parse().unwrap();
+    assert!(close(said, want), "{said} vs {want}");
+}
+
 /// Gemini's and Azure's own APIs name the model in the path, not the body:
 /// a pass-through request is priced, attributed and allowed by that model.
 fn a_pass_through_is_priced_by_the_model_its_path_names(shards: usize) {
@@ -290,12 +300,12 @@ fn a_pass_through_is_priced_by_the_model_its_path_names(shards: usize) {
         gemini,
     );
     assert_eq!(r.status, 200, "{}", r.text());
-    let usage = &r.json()["usageMetadata"];
-    let want = (usage["promptTokenCount"].as_u64().unwrap() as f64 * 1.0
-        + usage["candidatesTokenCount"].as_u64().unwrap() as f64 * 2.0)
-        / 1e6;
-    let said: f64 = r.header("aigw-cost").unwrap().parse().unwrap();
-    assert!(close(said, want), "{said} vs {want}");
+    cost_is(
+        &r,
+        "usageMetadata",
+        ("promptTokenCount", 1.0),
+        ("candidatesTokenCount", 2.0),
+    );
     assert_eq!(g.captured()[0].header("x-goog-api-key"), Some("g-key"));
     // Another model in the path is another model to the key.
     let r = gw.client().post(
@@ -337,12 +347,12 @@ fn a_pass_through_is_priced_by_the_model_its_path_names(shards: usize) {
         &chat("hi", false),
     );
     assert_eq!(r.status, 200, "{}", r.text());
-    let usage = &r.json()["usage"];
-    let want = (usage["prompt_tokens"].as_u64().unwrap() as f64 * 3.0
-        + usage["completion_tokens"].as_u64().unwrap() as f64 * 4.0)
-        / 1e6;
-    let said: f64 = r.header("aigw-cost").unwrap().parse().unwrap();
-    assert!(close(said, want), "{said} vs {want}");
+    cost_is(
+        &r,
+        "usage",
+        ("prompt_tokens", 3.0),
+        ("completion_tokens", 4.0),
+    );
     let models: Vec<String> = rows(&gw, "limit=10")
         .iter()
         .filter(|r| r["status"].as_u64() == Some(200))
