@@ -146,6 +146,11 @@ impl UnifiedBody {
         Ok(())
     }
 
+    /// Whether a translation is left to write.
+    pub fn translates(&self) -> bool {
+        matches!(self.pending, Some(Pending::Translate { .. }))
+    }
+
     /// The bytes to send for `client_body`, a pending rewrite written now.
     pub fn write(&mut self, client_body: &[u8]) -> &[u8] {
         if let Some(Pending::Rewrite {
@@ -219,7 +224,7 @@ pub enum Routed {
 
 /// Classifies a request target into a layout.
 pub fn route(target: &str) -> Route<'_> {
-    let (path, query) = match target.find('?') {
+    let (path, query) = match target.bytes().position(|b| b == b'?') {
         Some(i) => (&target[..i], &target[i..]),
         None => (target, ""),
     };
@@ -668,7 +673,7 @@ fn dot_segment(path: &[u8]) -> bool {
 
 /// Splits `provider/model` at the first slash.
 pub fn split_model(model: &str) -> Option<(&str, &str)> {
-    let (p, m) = model.split_once('/')?;
+    let (p, m) = crate::http::split_byte(model, b'/')?;
     (!p.is_empty() && !m.is_empty()).then_some((p, m))
 }
 

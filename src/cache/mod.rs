@@ -71,7 +71,13 @@ fn named(name: &[u8], list: &[&'static str]) -> Option<&'static str> {
 
 /// A hash of one named value; `kind` keeps a header and a query parameter of
 /// the same name apart.
-fn pair_hash(h: &mut xxhash_rust::xxh3::Xxh3, kind: &[u8], name: &str, value: &[u8]) -> u64 {
+fn pair_hash(
+    h: &mut Option<xxhash_rust::xxh3::Xxh3>,
+    kind: &[u8],
+    name: &str,
+    value: &[u8],
+) -> u64 {
+    let h = h.get_or_insert_with(xxhash_rust::xxh3::Xxh3::new);
     h.reset();
     h.update(kind);
     h.update(name.as_bytes());
@@ -94,7 +100,8 @@ pub fn scope<'a>(
     headers: impl Iterator<Item = (&'a [u8], &'a [u8])>,
     query: &str,
 ) -> u64 {
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    // Made only for a request that has something to hash.
+    let mut h = None;
     let mut any = false;
     // Order-independent: each pair's hash is summed.
     let (mut who, mut vary) = (0u64, 0u64);
@@ -106,8 +113,8 @@ pub fn scope<'a>(
             vary = vary.wrapping_add(pair_hash(&mut h, b"h", name, value));
         }
     }
-    for pair in query.split('&') {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = crate::http::split_byte(pair, b'=').unwrap_or((pair, ""));
         if let Some(name) = named(k.as_bytes(), &CREDENTIAL_PARAMS) {
             who = who.wrapping_add(pair_hash(&mut h, b"q", name, v.as_bytes()));
             any = true;

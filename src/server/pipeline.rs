@@ -150,9 +150,11 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
     }
 
     // 1d. the cache did not answer: a translated body is written now
-    let view = req.view(&c.head, &c.buf, &c.body);
-    if let Err(e) = c.unified.translate(view.body) {
-        return answer_error(ctx, c, &mut rec, &e, keep_alive).await;
+    if c.unified.translates() {
+        let view = req.view(&c.head, &c.buf, &c.body);
+        if let Err(e) = c.unified.translate(view.body) {
+            return answer_error(ctx, c, &mut rec, &e, keep_alive).await;
+        }
     }
 
     // 2. attempts (retries, fallbacks): none of them writes to the client
@@ -935,7 +937,7 @@ fn cache_lookup(
         scope: cache::scope(
             cache.shared.config().shared,
             headers,
-            plan.path.split_once('?').map_or("", |(_, q)| q),
+            crate::http::split_byte(&plan.path, b'?').map_or("", |(_, q)| q),
         ),
         provider,
         path,
