@@ -161,9 +161,10 @@ impl UnifiedBody {
             .pending
             .take_if(|p| matches!(p, Pending::Rewrite { .. }))
         {
-            // A piece of a string decoded as text when the plan was made.
+            // A piece of a string decoded as text when the plan was made
+            // from this body (a plan drops what an earlier one left).
             let rw = Rewrite {
-                model: &client_body[name],
+                model: client_body.get(name).unwrap_or_default(),
                 include_usage: ask_usage,
             };
             json::rewrite_body(client_body, &fields, &rw, &mut self.bytes);
@@ -444,34 +445,37 @@ fn unified_plan(
         && stream
         && provider.injects_stream_usage()
         && !json::client_asked_usage(body, fields);
+    // What is left to write takes effect only with the plan it belongs to.
     out.pending = None;
+    let pending;
     let translation = if same {
-        match place_in(body, model_name) {
+        pending = match place_in(body, model_name) {
             // Written when the request goes upstream (a hit never does).
-            Some(name) => {
-                out.pending = Some(Pending::Rewrite {
-                    fields: fields.clone(),
-                    name,
-                    ask_usage: wants_usage,
-                })
-            }
+            Some(name) => Some(Pending::Rewrite {
+                fields: fields.clone(),
+                name,
+                ask_usage: wants_usage,
+            }),
             // A route target's model, or a decoded one: written now.
-            None => json::rewrite_body(
-                body,
-                fields,
-                &Rewrite {
-                    model: model_name.as_bytes(),
-                    include_usage: wants_usage,
-                },
-                &mut out.bytes,
-            ),
-        }
+            None => {
+                json::rewrite_body(
+                    body,
+                    fields,
+                    &Rewrite {
+                        model: model_name.as_bytes(),
+                        include_usage: wants_usage,
+                    },
+                    &mut out.bytes,
+                );
+                None
+            }
+        };
         None
     } else {
         let t = provider
             .translation_of(endpoint, stream, json::client_asked_usage(body, fields))
             .map_err(|e| untranslatable(provider, e))?;
-        out.pending = Some(Pending::Translate {
+        pending = Some(Pending::Translate {
             provider: provider.clone(),
             endpoint,
             model: model_name.to_string(),
@@ -485,6 +489,7 @@ fn unified_plan(
         Some(Err(e)) => return Err(GatewayError::bad_request("invalid_model", e.0)),
         None => provider.unified_path(upstream, query),
     };
+    out.pending = pending;
     Ok(Plan {
         path,
         provider: provider.clone(),
