@@ -394,7 +394,7 @@ pub fn plan(
             // could make it name one model to us and another to the provider.
             let model = match provider.path_model(rest) {
                 providers::PathModel::Body if !provider.names_model_in_path() => model,
-                _ if plain_path(rest).is_err() => {
+                _ if !plain_path(rest) => {
                     return Err(GatewayError::bad_request(
                         "invalid_path",
                         format!(
@@ -592,15 +592,11 @@ pub fn retarget(
     }
 }
 
-/// `Err` when the path part of a pass-through `rest` holds a `%` or an empty
-/// segment.
-fn plain_path(rest: &str) -> Result<(), ()> {
+/// Whether the path part of a pass-through `rest` reads only as written: no
+/// `%` and no empty segment.
+fn plain_path(rest: &str) -> bool {
     let path = rest.split(['?', '#']).next().unwrap_or_default();
-    if path.contains('%') || path.split('/').any(str::is_empty) {
-        Err(())
-    } else {
-        Ok(())
-    }
+    !path.contains('%') && !path.split('/').any(str::is_empty)
 }
 
 fn body_error(e: BodyError) -> GatewayError {
@@ -819,7 +815,8 @@ mod tests {
         assert!(out.bytes.is_empty() && out.pending.is_some());
         let sent = String::from_utf8(out.write(body.as_bytes()).to_vec()).unwrap();
         assert!(sent.starts_with(r#"{"stream_options":{"include_usage":true},"model":"echo""#));
-        // Written once: a retry sends the same bytes.
+        // Written once (nothing is left pending): a retry sends the same bytes.
+        assert!(out.pending.is_none());
         assert_eq!(out.write(body.as_bytes()), sent.as_bytes());
         // A model name that is not in the body as it stands (escaped) is
         // written at once; a pass-through plan leaves nothing pending.

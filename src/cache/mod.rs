@@ -138,18 +138,19 @@ pub fn storable(stream: bool, body: &[u8]) -> bool {
     if !stream {
         return true;
     }
-    use memchr::memmem::find;
+    use memchr::memmem::{find, rfind};
     let end = body
         .iter()
         .rposition(|b| !b.is_ascii_whitespace())
         .map_or(0, |i| i + 1);
-    let last_event = body[..end]
-        .windows(6)
-        .rposition(|w| w == b"data: ")
-        .map_or(&body[..0], |at| &body[at..end]);
-    let ended = body[..end].ends_with(b"data: [DONE]")
+    let body_end = &body[..end];
+    let gemini_finished = || {
+        rfind(body_end, b"data: ")
+            .is_some_and(|at| find(&body_end[at..], b"\"finishReason\"").is_some())
+    };
+    let ended = body_end.ends_with(b"data: [DONE]")
         || find(body, b"event: message_stop").is_some()
-        || find(last_event, b"\"finishReason\"").is_some();
+        || gemini_finished();
     let error = find(body, b"event: error").is_some()
         || body.starts_with(b"data: {\"error\"")
         || find(body, b"\ndata: {\"error\"").is_some();
