@@ -38,6 +38,7 @@ fn input(body: &[u8]) -> KeyInput<'_> {
         body,
         canonical: None,
         custom: None,
+        form: 0,
         stream: false,
     }
 }

@@ -222,6 +222,75 @@ fn controls_skip_ttl_and_custom_keys(shards: usize) {
     assert_eq!(mock.requests_seen(), 5);
 }
 
+/// An entry answers only requests whose provider is asked the same thing
+/// in the same format: the same bytes sent unified (the model loses its
+/// prefix) and passed through (it does not), a route's variants and a key's
+/// allowed targets, and a custom key asked in another format, are apart.
+fn what_the_provider_is_asked_and_in_which_format_is_in_the_key(shards: usize) {
+    let mock = mock();
+    let gw = Gateway::with(shards)
+        .provider("up", &mock.base_url(), "")
+        .toml(&format!(
+            "{CACHE}[routes.chat]\ntargets = [{{ provider = \"up\", model = \"premium\" }}]\n\
+             [[routes.chat.variants]]\nwhen = {{ \"metadata.tier\" = \"free\" }}\n\
+             targets = [{{ provider = \"up\", model = \"cheap\" }}]\n"
+        ))
+        .start();
+    let model = |r: &Response| r.json()["model"].as_str().unwrap_or("?").to_string();
+    // Unified: the provider sees `gpt-x`; passed through: `up/gpt-x`.
+    let body = chat("asked", false);
+    let unified = post(&gw, &[], &body);
+    assert_eq!(
+        (status(&unified), model(&unified).as_str()),
+        ("MISS", "gpt-x")
+    );
+    let passed = gw.client().post("/up/chat/completions", &[], &body);
+    assert_eq!(
+        (status(&passed), model(&passed).as_str()),
+        ("MISS", "up/gpt-x")
+    );
+    let cf = gw
+        .client()
+        .post("/v1/acct/gw/up/chat/completions", &[], &body);
+    assert_eq!(
+        (cf.header("cf-aig-cache-status"), model(&cf).as_str()),
+        (Some("HIT"), "up/gpt-x")
+    );
+    assert_eq!(model(&post(&gw, &[], &body)), "gpt-x");
+    // A route's variants choose other targets.
+    let routed = chat("routed", false).replace("up/gpt-x", "chat");
+    let free = [("aigw-metadata", r#"{"tier":"free"}"#)];
+    let r = post(&gw, &free, &routed);
+    assert_eq!((status(&r), model(&r).as_str()), ("MISS", "cheap"));
+    let r = post(&gw, &[], &routed);
+    assert_eq!((status(&r), model(&r).as_str()), ("MISS", "premium"));
+    let r = post(&gw, &[("aigw-metadata", r#"{"tier":"pro"}"#)], &routed);
+    assert_eq!((status(&r), model(&r).as_str()), ("HIT", "premium"));
+    let r = post(&gw, &free, &routed);
+    assert_eq!((status(&r), model(&r).as_str()), ("HIT", "cheap"));
+    // A custom key is the key of one endpoint and format.
+    let key = [
+        ("aigw-cache-key", "same"),
+        ("anthropic-version", "2023-06-01"),
+    ];
+    let msg =
+        r#"{"model":"up/gpt-x","max_tokens":50,"messages":[{"role":"user","content":"fmt"}]}"#;
+    let anthropic = gw.client().post("/v1/messages", &key, msg);
+    assert_eq!((anthropic.status, status(&anthropic)), (200, "MISS"));
+    assert_eq!(anthropic.json()["type"], "message");
+    let openai = post(&gw, &key, &chat("fmt", false));
+    assert_eq!(
+        (status(&openai), openai.json()["object"].as_str()),
+        ("MISS", Some("chat.completion"))
+    );
+    let again = gw.client().post("/v1/messages", &key, msg);
+    assert_eq!(
+        (status(&again), again.body.clone()),
+        ("HIT", anthropic.body.clone())
+    );
+    assert_eq!(mock.requests_seen(), 6);
+}
+
 fn two_credentials_never_share_an_entry(shards: usize) {
     let mock = mock();
     let gw = cached_gateway(shards, &mock.base_url());
@@ -809,6 +878,7 @@ at_1_and_2_shards!(
     a_miss_then_byte_identical_hits,
     streams_replay_as_streams_without_the_usage_event_nobody_asked_for,
     controls_skip_ttl_and_custom_keys,
+    what_the_provider_is_asked_and_in_which_format_is_in_the_key,
     two_credentials_never_share_an_entry,
     entries_expire,
     cut_streams_errors_and_no_store_are_never_stored,

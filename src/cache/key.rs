@@ -28,7 +28,7 @@ use std::ops::Range;
 
 /// Bumped whenever the canonical form or the key's inputs change, so entries
 /// written under another form are never found.
-pub const SCHEMA_VERSION: u32 = 5;
+pub const SCHEMA_VERSION: u32 = 6;
 
 /// A cache key.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -68,8 +68,13 @@ pub struct KeyInput<'a> {
     /// gave it for the same bytes), when the caller remembers it: the body
     /// is not read.
     pub canonical: Option<u128>,
-    /// `aigw-cache-key`: replaces path and body when given.
+    /// `aigw-cache-key`: replaces the body, and the path's query, when
+    /// given (the path itself stays: an answer of another endpoint or
+    /// format is never the answer).
     pub custom: Option<&'a str>,
+    /// What else decides the answer ([`crate::cache::form`]): whether the
+    /// body goes upstream as written, and which targets a route may choose.
+    pub form: u64,
     /// The request asks for a stream: a stream is never the answer to a
     /// request that did not ask for one (and vice versa), custom key or not.
     pub stream: bool,
@@ -87,7 +92,14 @@ pub enum NoKey {
 /// Computes keys, reusing its buffers across requests (one per shard).
 #[derive(Default)]
 pub struct KeyMaker {
+    /// The canonical form written so far. The form itself is `canonical`
+    /// followed by `body[from..at]`, where `at` is where the walk is: a run
+    /// of the body that reads canonically as it stands (no whitespace, no
+    /// escape, no object to reorder) is copied once, when something else
+    /// must follow it, not token by token.
     canonical: Vec<u8>,
+    /// Where the run of the body not yet copied starts.
+    from: usize,
     /// Members of the objects being written, as a stack shared by nesting levels.
     members: Vec<Member>,
     /// Where an object's members are reordered.
@@ -139,9 +151,12 @@ impl KeyMaker {
         h.extend_from_slice(&input.scope.to_le_bytes());
         field(h, input.provider.as_bytes());
         h.push(u8::from(input.stream));
+        h.extend_from_slice(&input.form.to_le_bytes());
         match input.custom {
             Some(custom) => {
                 h.extend_from_slice(b"custom");
+                let path = crate::http::split_byte(input.path, b'?').map_or(input.path, |(p, _)| p);
+                field(h, path.as_bytes());
                 field(h, custom.as_bytes());
             }
             None => {
@@ -179,10 +194,45 @@ impl KeyMaker {
         self.members.clear();
         self.tops.clear();
         let start = crate::json::json_start(body);
+        self.from = start;
         let end = self.value(body, start, 0)?;
         if skip_ws(body, end) != body.len() {
             return Err(NoKey::NotJson);
         }
+        self.flush(body, end);
+        Ok(())
+    }
+
+    /// Copies the run of the body up to `at` into the canonical form.
+    fn flush(&mut self, body: &[u8], at: usize) {
+        self.canonical.extend_from_slice(&body[self.from..at]);
+        self.from = at;
+    }
+
+    /// Where body offset `at` (in the run not yet copied) falls in the
+    /// canonical form.
+    fn place(&self, at: usize) -> usize {
+        self.canonical.len() + (at - self.from)
+    }
+
+    /// Skips whitespace at `i`: whitespace is not canonical, so the run
+    /// before it is copied and a new run starts after it.
+    fn gap(&mut self, body: &[u8], i: usize) -> usize {
+        let j = skip_ws(body, i);
+        if j != i {
+            self.flush(body, i);
+            self.from = j;
+        }
+        j
+    }
+
+    /// The string at `i..end` has escapes: it is written re-spelled.
+    fn respell(&mut self, body: &[u8], i: usize, end: usize) -> Result<(), NoKey> {
+        self.flush(body, i);
+        self.canonical.push(b'"');
+        reencode(&body[i + 1..end - 1], &mut self.canonical)?;
+        self.canonical.push(b'"');
+        self.from = end;
         Ok(())
     }
 
@@ -194,14 +244,20 @@ impl KeyMaker {
         match body.get(i) {
             Some(b'{') => self.object(body, i, depth),
             Some(b'[') => self.array(body, i, depth),
-            Some(b'"') => string(body, i, &mut self.canonical),
+            Some(b'"') => {
+                let (end, _, escaped) = string_end::<false>(body, i)?;
+                if escaped {
+                    self.respell(body, i, end)?;
+                }
+                Ok(end)
+            }
             Some(_) => {
+                // Literals are canonical as written.
                 let end = literal_end(body, i);
                 let lit = &body[i..end];
                 if !(lit == b"true" || lit == b"false" || lit == b"null" || is_number(lit)) {
                     return Err(NoKey::NotJson);
                 }
-                self.canonical.extend_from_slice(lit);
                 Ok(end)
             }
             None => Err(NoKey::NotJson),
@@ -210,93 +266,121 @@ impl KeyMaker {
 
     fn object(&mut self, body: &[u8], open: usize, depth: usize) -> Result<usize, NoKey> {
         let base = self.members.len();
-        self.canonical.push(b'{');
-        let first = self.canonical.len();
+        let first = self.place(open + 1);
         // Whether a key may fold (see `sort_members`).
         let mut may_fold = false;
-        let mut i = skip_ws(body, open + 1);
-        let end = if body.get(i) == Some(&b'}') {
-            i + 1
+        let mut i = self.gap(body, open + 1);
+        let close = if body.get(i) == Some(&b'}') {
+            i
         } else {
             loop {
                 if body.get(i) != Some(&b'"') {
                     return Err(NoKey::NotJson);
                 }
-                let start = self.canonical.len();
                 let key_at = i;
-                let folds;
-                (i, folds) = key_string(body, i, &mut self.canonical)?;
-                may_fold |= folds;
-                let raw_key = key_at + 1..i - 1;
-                let key_end = self.canonical.len();
-                i = skip_ws(body, i);
+                let (end, folds, escaped) = string_end::<true>(body, i)?;
+                may_fold |= folds || escaped;
+                let start = self.place(key_at);
+                if escaped {
+                    self.respell(body, key_at, end)?;
+                }
+                let key_end = self.place(end);
+                i = self.gap(body, end);
                 if body.get(i) != Some(&b':') {
                     return Err(NoKey::NotJson);
                 }
-                self.canonical.push(b':');
-                let value_at = skip_ws(body, i + 1);
+                let value_at = self.gap(body, i + 1);
                 i = self.value(body, value_at, depth + 1)?;
                 if depth == 0 {
-                    self.tops.push((raw_key, value_at..i));
+                    self.tops.push((key_at + 1..end - 1, value_at..i));
                 }
                 self.members.push(Member {
                     start,
                     key_end,
-                    end: self.canonical.len(),
+                    end: self.place(i),
                 });
-                i = skip_ws(body, i);
+                i = self.gap(body, i);
                 match body.get(i) {
-                    Some(b',') => {
-                        self.canonical.push(b',');
-                        i = skip_ws(body, i + 1);
-                    }
-                    Some(b'}') => break i + 1,
+                    Some(b',') => i = self.gap(body, i + 1),
+                    Some(b'}') => break i,
                     _ => return Err(NoKey::NotJson),
                 }
             }
         };
-        self.sort_members(base, first, may_fold)?;
+        self.sort_members(body, close, base, first, may_fold)?;
         self.members.truncate(base);
-        self.canonical.push(b'}');
-        Ok(end)
+        Ok(close + 1)
+    }
+
+    /// The bytes of a key of a member written since the last copy or before
+    /// it (a key is never split: runs are copied at whitespace and escapes,
+    /// which are outside a key as written).
+    fn key_bytes<'b>(&'b self, body: &'b [u8], m: &Member) -> &'b [u8] {
+        let len = self.canonical.len();
+        if m.start >= len {
+            &body[self.from + (m.start - len)..self.from + (m.key_end - len)]
+        } else {
+            &self.canonical[m.start..m.key_end]
+        }
     }
 
     /// Puts the members written since `base` in key order (canonical key
     /// bytes: a fixed total order on the keys), refusing a repeated key.
     /// `may_fold`: whether some key may fold ([`crate::json::may_fold`]).
-    fn sort_members(&mut self, base: usize, first: usize, may_fold: bool) -> Result<(), NoKey> {
-        let buf = &self.canonical;
-        let key = |m: &Member| &buf[m.start..m.key_end];
-        let members = &mut self.members[base..];
+    /// `close`: the object's closing brace in the body, which the run not
+    /// yet copied reaches.
+    fn sort_members(
+        &mut self,
+        body: &[u8],
+        close: usize,
+        base: usize,
+        first: usize,
+        may_fold: bool,
+    ) -> Result<(), NoKey> {
+        let members = &self.members[base..];
         // Keys that parsers matching keys ignoring case take for one
         // (`"Temperature"`, `"temperature"`) are a repeat to them: which one
         // wins depends on the order, which the canonical form drops.
         if may_fold && members.len() > 1 {
-            let (folded, spans) = (&mut self.scratch, &mut self.spans);
+            let (mut folded, mut spans) = (
+                std::mem::take(&mut self.scratch),
+                std::mem::take(&mut self.spans),
+            );
             folded.clear();
             spans.clear();
-            for m in members.iter() {
+            for m in members {
                 // Go reads bytes that are not UTF-8 as U+FFFD: two such
                 // keys may be one to it.
-                let k = std::str::from_utf8(key(m)).map_err(|_| NoKey::NotJson)?;
+                let Ok(k) = std::str::from_utf8(self.key_bytes(body, m)) else {
+                    (self.scratch, self.spans) = (folded, spans);
+                    return Err(NoKey::NotJson);
+                };
                 let at = folded.len();
-                crate::json::fold_key(k, folded);
+                crate::json::fold_key(k, &mut folded);
                 spans.push(at..folded.len());
             }
             spans.sort_unstable_by(|a, b| folded[a.clone()].cmp(&folded[b.clone()]));
-            if spans
+            let repeat = spans
                 .windows(2)
-                .any(|w| folded[w[0].clone()] == folded[w[1].clone()])
-            {
+                .any(|w| folded[w[0].clone()] == folded[w[1].clone()]);
+            (self.scratch, self.spans) = (folded, spans);
+            if repeat {
                 return Err(NoKey::DuplicateKey);
             }
         }
+        let members = &self.members[base..];
         if members
             .windows(2)
-            .all(|w| key_order(key(&w[0]), key(&w[1])).is_lt())
+            .all(|w| key_order(self.key_bytes(body, &w[0]), self.key_bytes(body, &w[1])).is_lt())
         {
             return Ok(()); // already in order, no repeats: the common case
         }
+        // Reordered in the canonical form itself: the run up to the brace
+        // is copied first.
+        self.flush(body, close);
+        let buf = &self.canonical;
+        let key = |m: &Member| &buf[m.start..m.key_end];
+        let members = &mut self.members[base..];
         members.sort_unstable_by(|a, b| key_order(key(a), key(b)));
         if members.windows(2).any(|w| key(&w[0]) == key(&w[1])) {
             return Err(NoKey::DuplicateKey);
@@ -314,23 +398,16 @@ impl KeyMaker {
     }
 
     fn array(&mut self, body: &[u8], open: usize, depth: usize) -> Result<usize, NoKey> {
-        self.canonical.push(b'[');
-        let mut i = skip_ws(body, open + 1);
+        let mut i = self.gap(body, open + 1);
         if body.get(i) == Some(&b']') {
-            self.canonical.push(b']');
             return Ok(i + 1);
         }
         loop {
-            i = skip_ws(body, self.value(body, i, depth + 1)?);
+            i = self.value(body, i, depth + 1)?;
+            i = self.gap(body, i);
             match body.get(i) {
-                Some(b',') => {
-                    self.canonical.push(b',');
-                    i = skip_ws(body, i + 1);
-                }
-                Some(b']') => {
-                    self.canonical.push(b']');
-                    return Ok(i + 1);
-                }
+                Some(b',') => i = self.gap(body, i + 1),
+                Some(b']') => return Ok(i + 1),
                 _ => return Err(NoKey::NotJson),
             }
         }
@@ -372,27 +449,16 @@ pub fn canonical(body: &[u8], out: &mut Vec<u8>) -> Result<(), NoKey> {
     Ok(())
 }
 
-/// Writes the string starting at `i` (its opening quote) canonically;
-/// returns the offset after its closing quote.
-fn string(body: &[u8], i: usize, out: &mut Vec<u8>) -> Result<usize, NoKey> {
-    string_as::<false>(body, i, out).map(|(end, _)| end)
-}
-
-/// [`string`] of an object's key, and whether the key may fold
-/// ([`crate::json::may_fold`]; an escaped key may).
-fn key_string(body: &[u8], i: usize, out: &mut Vec<u8>) -> Result<(usize, bool), NoKey> {
-    string_as::<true>(body, i, out)
-}
-
-fn string_as<const KEY: bool>(
-    body: &[u8],
-    i: usize,
-    out: &mut Vec<u8>,
-) -> Result<(usize, bool), NoKey> {
+/// The string starting at `i` (its opening quote): the offset after its
+/// closing quote, whether (`KEY`: as a key) it may fold
+/// ([`crate::json::may_fold`]), and whether it has escapes. Without escapes
+/// the text is canonical as written (a raw `"` or control byte cannot occur
+/// in a valid string).
+fn string_end<const KEY: bool>(body: &[u8], i: usize) -> Result<(usize, bool, bool), NoKey> {
     let mut j = i + 1;
     let mut escaped = false;
     let mut folds = false;
-    let end = loop {
+    loop {
         let hay = &body[j.min(body.len())..];
         let found = if KEY && !escaped {
             let (found, f) = crate::json::quote_or_backslash_folding(hay);
@@ -406,21 +472,10 @@ fn string_as<const KEY: bool>(
                 escaped = true;
                 j += k + 2;
             }
-            Some(k) => break j + k + 1,
+            Some(k) => return Ok((j + k + 1, folds, escaped)),
             None => return Err(NoKey::NotJson),
         }
-    };
-    let raw = &body[i..end];
-    if !escaped {
-        // Without escapes the text is already canonical (a raw `"` or control
-        // byte cannot occur in a valid string).
-        out.extend_from_slice(raw);
-    } else {
-        out.push(b'"');
-        reencode(&raw[1..raw.len() - 1], out)?;
-        out.push(b'"');
     }
-    Ok((end, folds || escaped))
 }
 
 /// Re-spells the inside of an escaped string canonically, straight from its
@@ -520,6 +575,7 @@ mod tests {
             body,
             canonical: None,
             custom: None,
+            form: 0,
             stream: false,
         }
     }
@@ -589,6 +645,182 @@ mod tests {
             }
         }
         out.push('}');
+    }
+
+    /// A JSON value for [`the_canonical_form_is_the_value_written_sorted`]:
+    /// objects, arrays, and strings or literals as written.
+    enum Tree {
+        Object(Vec<(&'static str, Tree)>),
+        Array(Vec<Tree>),
+        Text(&'static str),
+    }
+
+    fn tree(rng: &mut crate::reqid::IdGen, depth: usize) -> Tree {
+        // Keys that differ once read (`b\u0061` is `ba`), plain and escaped.
+        const KEYS: [&str; 10] = [
+            r#""a""#,
+            r#""role""#,
+            r#""content""#,
+            r#""b\u0061""#,
+            r#""\u0063d""#,
+            r#""model""#,
+            r#""x y""#,
+            "\"\u{e9}t\u{e9}\"",
+            r#""messages""#,
+            r#""t\"q""#,
+        ];
+        const TEXTS: [&str; 11] = [
+            r#""hi""#,
+            r#""h\u0069 there""#,
+            r#""line\nbreak""#,
+            r#""""#,
+            r#""tab\tx\\""#,
+            "0",
+            "-1.5e3",
+            "true",
+            "false",
+            "null",
+            "12345678901234567890123",
+        ];
+        let pick = |rng: &mut crate::reqid::IdGen, n: usize| rng.next_u64() as usize % n;
+        if depth == 0 || pick(rng, 2) == 0 {
+            return Tree::Text(TEXTS[pick(rng, TEXTS.len())]);
+        }
+        let n = pick(rng, 5);
+        if pick(rng, 3) == 0 {
+            return Tree::Array((0..n).map(|_| tree(rng, depth - 1)).collect());
+        }
+        let mut keys = KEYS.to_vec();
+        Tree::Object(
+            (0..n)
+                .map(|_| {
+                    let k = keys.swap_remove(pick(rng, keys.len()));
+                    (k, tree(rng, depth - 1))
+                })
+                .collect(),
+        )
+    }
+
+    /// `t` as a client might send it: whitespace anywhere between tokens,
+    /// members in the order given.
+    fn written(t: &Tree, rng: &mut crate::reqid::IdGen, out: &mut String) {
+        let ws = |rng: &mut crate::reqid::IdGen, out: &mut String| {
+            out.push_str(["", "", " ", "\n\t", "  "][rng.next_u64() as usize % 5])
+        };
+        match t {
+            Tree::Text(text) => out.push_str(text),
+            Tree::Array(items) => {
+                out.push('[');
+                for (n, item) in items.iter().enumerate() {
+                    ws(rng, out);
+                    if n > 0 {
+                        out.push(',');
+                        ws(rng, out);
+                    }
+                    written(item, rng, out);
+                }
+                ws(rng, out);
+                out.push(']');
+            }
+            Tree::Object(members) => {
+                out.push('{');
+                for (n, (k, v)) in members.iter().enumerate() {
+                    ws(rng, out);
+                    if n > 0 {
+                        out.push(',');
+                        ws(rng, out);
+                    }
+                    out.push_str(k);
+                    ws(rng, out);
+                    out.push(':');
+                    ws(rng, out);
+                    written(v, rng, out);
+                }
+                ws(rng, out);
+                out.push('}');
+            }
+        }
+    }
+
+    /// The canonical form of `t` written the simple way: each string in its
+    /// one spelling, no whitespace, each object's members in key order.
+    fn reference(t: &Tree, out: &mut Vec<u8>) {
+        let text = |s: &str, out: &mut Vec<u8>| {
+            if s.starts_with('"') && s.contains('\\') {
+                out.push(b'"');
+                reencode(&s.as_bytes()[1..s.len() - 1], out).unwrap();
+                out.push(b'"');
+            } else {
+                out.extend_from_slice(s.as_bytes());
+            }
+        };
+        match t {
+            Tree::Text(s) => text(s, out),
+            Tree::Array(items) => {
+                out.push(b'[');
+                for (n, item) in items.iter().enumerate() {
+                    if n > 0 {
+                        out.push(b',');
+                    }
+                    reference(item, out);
+                }
+                out.push(b']');
+            }
+            Tree::Object(members) => {
+                let mut written: Vec<(Vec<u8>, Vec<u8>)> = members
+                    .iter()
+                    .map(|(k, v)| {
+                        let (mut key, mut value) = (Vec::new(), Vec::new());
+                        text(k, &mut key);
+                        reference(v, &mut value);
+                        (key, value)
+                    })
+                    .collect();
+                written.sort_by(|a, b| key_order(&a.0, &b.0));
+                out.push(b'{');
+                for (n, (k, v)) in written.iter().enumerate() {
+                    if n > 0 {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(k);
+                    out.push(b':');
+                    out.extend_from_slice(v);
+                }
+                out.push(b'}');
+            }
+        }
+    }
+
+    #[test]
+    fn the_canonical_form_is_the_value_written_sorted() {
+        // The walk copies runs of the body at whitespace, escapes and
+        // reordering: any spacing, escaping and order gives the form
+        // written the simple way, and one maker reused gives what a fresh
+        // one does.
+        let mut rng = crate::reqid::IdGen::new(5);
+        let mut maker = KeyMaker::default();
+        let mut sorted = 0;
+        for _ in 0..3000 {
+            let t = tree(&mut rng, 4);
+            let mut body = String::new();
+            written(&t, &mut rng, &mut body);
+            let mut want = Vec::new();
+            reference(&t, &mut want);
+            let mut got = Vec::new();
+            canonical(body.as_bytes(), &mut got).unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&got),
+                String::from_utf8_lossy(&want),
+                "{body}"
+            );
+            maker.write_canonical(body.as_bytes()).unwrap();
+            assert_eq!(maker.canonical, want, "{body}");
+            sorted += usize::from(!want.starts_with(body.as_bytes()) && body.contains('{'));
+        }
+        assert!(
+            sorted > 1000,
+            "the bodies exercise the reordering: {sorted}"
+        );
     }
 
     #[test]
@@ -667,6 +899,7 @@ mod tests {
                                 body: body.as_bytes(),
                                 canonical: None,
                                 custom: None,
+                                form: 0,
                                 stream,
                             });
                         }
@@ -811,6 +1044,7 @@ mod tests {
                 stream: true,
                 ..input
             },
+            KeyInput { form: 1, ..input },
         ] {
             assert_ne!(k.key(&changed).unwrap(), base);
         }
@@ -829,6 +1063,15 @@ mod tests {
             })
         );
         assert_ne!(k.key(&custom), k.key(&KeyInput { scope: 9, ..custom }));
+        // It replaces the query, not the path nor the form: an answer of
+        // another endpoint, format or route is never the answer.
+        let with_query = |path| KeyInput { path, ..custom };
+        assert_eq!(
+            k.key(&with_query("/v1/chat/completions?a=1")),
+            k.key(&with_query("/v1/chat/completions?a=2"))
+        );
+        assert_ne!(k.key(&custom), k.key(&with_query("/v1/embeddings")));
+        assert_ne!(k.key(&custom), k.key(&KeyInput { form: 3, ..custom }));
         // A stream never answers a request that did not ask for one.
         assert_ne!(
             k.key(&custom),

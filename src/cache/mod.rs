@@ -86,6 +86,22 @@ fn pair_hash(
     h.digest()
 }
 
+/// What besides the provider, the path and the body decides an answer
+/// ([`key::KeyInput::form`]). `unified`: the body does not go upstream as
+/// written (a unified request's model loses its prefix, or the body is
+/// translated), so it never shares an entry with a pass-through of the
+/// same bytes, whose provider sees another model. `targets`: the (provider,
+/// model) pairs a routed request may be answered by, in any order (a
+/// weighted route draws them anew each time); a route's variant or a key's
+/// allowed models that leave another set never share an entry.
+pub fn form<'a>(unified: bool, targets: impl Iterator<Item = (&'a str, &'a str)>) -> u64 {
+    let set = targets.fold(0u64, |sum, (provider, model)| {
+        let seed = xxhash_rust::xxh3::xxh3_64(provider.as_bytes());
+        sum.wrapping_add(xxhash_rust::xxh3::xxh3_64_with_seed(model.as_bytes(), seed))
+    });
+    (set << 1) | u64::from(unified)
+}
+
 /// The scope of a request: who may share its entries, and which answer its
 /// headers ask for.
 ///
@@ -646,6 +662,7 @@ mod tests {
                     body: b,
                     canonical: None,
                     custom: None,
+                    form: 0,
                     stream: false,
                 };
                 let mut maker = key::KeyMaker::default();
@@ -694,6 +711,7 @@ mod tests {
                     body: body.as_bytes(),
                     canonical: None,
                     custom: None,
+                    form: 0,
                     stream: false,
                 };
                 match one.lookup(&input, now) {

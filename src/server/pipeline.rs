@@ -947,6 +947,12 @@ fn cache_lookup(
             _ => None,
         },
         custom: wish.key.as_deref(),
+        form: cache::form(
+            plan.unified,
+            plan.routing
+                .iter()
+                .flat_map(|r| r.order.iter().map(|t| (&*t.provider.name, &*t.model))),
+        ),
         stream: plan.stream,
     };
     // Freshness is judged at the request's arrival, as its id is stamped.
