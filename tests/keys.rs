@@ -166,7 +166,40 @@ fn a_client_with_its_own_provider_key_sends_the_gateway_key_beside_it(shards: us
     let r = post(&[("Authorization", &bearer(&secret))]);
     assert_eq!(r.status, 401);
     assert!(r.text().contains("aigw-authorization"), "{}", r.text());
+    // Nor beside a gateway key where it belongs, in any header that goes
+    // upstream, however it is spelled.
+    let (other, _) = key_new("dave", &[]);
+    let beside = |name: &str, value: String| {
+        post(&[
+            ("aigw-authorization", &bearer(&secret)),
+            (name, value.as_str()),
+        ])
+    };
+    for r in [
+        beside("Authorization", format!("bearer {other}")),
+        beside("authorization", other.clone()),
+        beside("api-key", other.clone()),
+        beside("x-goog-api-key", other.clone()),
+        beside("x-api-key", secret.clone()),
+    ] {
+        assert_eq!(r.status, 401, "{}", r.text());
+        assert_eq!(r.header("aigw-error-source"), Some("gateway"));
+    }
+    // Two different gateway keys: neither is taken.
+    let r = post(&[
+        ("aigw-authorization", &bearer(&secret)),
+        ("cf-aig-authorization", &bearer(&other)),
+    ]);
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert!(r.text().contains("two different"), "{}", r.text());
     assert_eq!(mock.requests_seen(), 1);
+    assert!(
+        !mock
+            .captured()
+            .iter()
+            .any(|c| format!("{c:?}").contains("sk-aigw-")),
+        "no gateway secret reached the provider"
+    );
 }
 
 fn without_auth_required_anonymous_requests_pass_but_bad_gateway_keys_do_not(shards: usize) {

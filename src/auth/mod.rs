@@ -458,37 +458,62 @@ pub enum Carrier {
     Gateway,
     /// `Authorization` or `x-api-key` when aigw holds the provider's key.
     Provider,
-    /// A gateway secret (`sk-aigw-...`) in `Authorization` or `x-api-key`
-    /// while aigw holds no key for the provider: those headers go upstream,
-    /// so the request is refused rather than hand the secret to the provider.
+    /// A gateway secret (`sk-aigw-...`) in a header that goes to the
+    /// provider (`Authorization`, `x-api-key`, `api-key`, `x-goog-api-key`:
+    /// aigw holds no key for it, so the client's own are passed on), whatever
+    /// else the request carries: it is refused rather than hand the secret
+    /// to the provider.
     Misplaced,
+    /// Two different credentials for the gateway (say, two `Authorization`
+    /// headers): which one counts would depend on their order.
+    Conflicting,
 }
 
 /// The credential a request presents to the gateway, if any: the value of
 /// `aigw-authorization` / `cf-aig-authorization` (`Bearer ` optional), else,
 /// when aigw injects the provider's key (so the client's own credential
 /// headers are not forwarded), `Authorization: Bearer` or `x-api-key`.
+/// Every header is read: a misplaced secret or a second, different
+/// credential anywhere is what counts ([`Carrier`]).
 pub fn presented<'a>(
     headers: impl Iterator<Item = (&'a [u8], &'a [u8])>,
     injected: bool,
 ) -> Option<(Carrier, &'a [u8])> {
-    let mut provider = None;
-    let mut misplaced = None;
+    let (mut gateway, mut provider) = (None, None);
+    let mut conflict = false;
+    let mut take = |slot: &mut Option<&'a [u8]>, token: &'a [u8]| match slot {
+        Some(t) => conflict |= *t != token,
+        None => *slot = Some(token),
+    };
     for (name, value) in headers {
-        let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
-        if is("aigw-authorization") || is("cf-aig-authorization") {
-            return Some((Carrier::Gateway, bearer(value)));
+        // By length first: most headers are none of these.
+        let (wanted, for_gateway, carries): (&[u8], bool, bool) = match name.len() {
+            18 => (b"aigw-authorization", true, false),
+            20 => (b"cf-aig-authorization", true, false),
+            13 => (b"authorization", false, true),
+            9 => (b"x-api-key", false, true),
+            7 => (b"api-key", false, false),
+            14 => (b"x-goog-api-key", false, false),
+            _ => continue,
+        };
+        if !name.eq_ignore_ascii_case(wanted) {
+            continue;
         }
-        if is("authorization") || is("x-api-key") {
-            let token = bearer(value);
-            if injected {
-                provider.get_or_insert((Carrier::Provider, token));
-            } else if token.starts_with(SECRET_PREFIX.as_bytes()) {
-                misplaced = Some((Carrier::Misplaced, token));
-            }
+        let token = bearer(value);
+        if for_gateway {
+            take(&mut gateway, token);
+        } else if !injected && token.starts_with(SECRET_PREFIX.as_bytes()) {
+            return Some((Carrier::Misplaced, token));
+        } else if injected && carries {
+            take(&mut provider, token);
         }
     }
-    misplaced.or(provider)
+    if conflict {
+        return Some((Carrier::Conflicting, b""));
+    }
+    gateway
+        .map(|t| (Carrier::Gateway, t))
+        .or(provider.map(|t| (Carrier::Provider, t)))
 }
 
 /// The token of `Bearer <token>` (scheme case-insensitive), or the value.
@@ -602,6 +627,44 @@ mod tests {
         );
         let h: Vec<(&[u8], &[u8])> = vec![(b"Authorization", b"Bearer sk-provider")];
         assert_eq!(presented(h.iter().copied(), false), None);
+        // A secret on its way upstream is refused whatever else is there.
+        for (name, value) in [
+            (&b"authorization"[..], &b"bearer sk-aigw-z"[..]),
+            (b"Authorization", b"sk-aigw-z"),
+            (b"api-key", b"sk-aigw-z"),
+            (b"X-Goog-Api-Key", b"sk-aigw-z"),
+        ] {
+            let h: Vec<(&[u8], &[u8])> =
+                vec![(b"aigw-authorization", b"Bearer sk-aigw-x"), (name, value)];
+            assert_eq!(
+                presented(h.iter().copied(), false),
+                Some((Carrier::Misplaced, &b"sk-aigw-z"[..])),
+                "{}",
+                String::from_utf8_lossy(name)
+            );
+        }
+        // Two different credentials for the gateway: neither counts.
+        for (a, b, injected) in [
+            (
+                &b"aigw-authorization"[..],
+                &b"cf-aig-authorization"[..],
+                false,
+            ),
+            (b"authorization", b"Authorization", true),
+            (b"authorization", b"x-api-key", true),
+        ] {
+            let h: Vec<(&[u8], &[u8])> = vec![(a, b"Bearer sk-aigw-1"), (b, b"Bearer sk-aigw-2")];
+            assert_eq!(
+                presented(h.iter().copied(), injected),
+                Some((Carrier::Conflicting, &b""[..]))
+            );
+            // The same one twice is one credential.
+            let h: Vec<(&[u8], &[u8])> = vec![(a, b"Bearer sk-aigw-1"), (b, b"sk-aigw-1")];
+            assert_eq!(
+                presented(h.iter().copied(), injected).map(|(_, t)| t),
+                Some(&b"sk-aigw-1"[..])
+            );
+        }
     }
 
     #[test]

@@ -620,9 +620,14 @@ fn authenticate(
     let found = match auth::presented(headers, injected) {
         Some((Carrier::Misplaced, _)) => {
             return Err(GatewayError::unauthorized(format!(
-                "a gateway key was sent in `Authorization` or `x-api-key`, which go to provider `{}` (aigw holds no key for it): send it as `aigw-authorization: Bearer <key>`",
+                "a gateway key was sent in `Authorization`, `x-api-key`, `api-key` or `x-goog-api-key`, which go to provider `{}` (aigw holds no key for it): send it only as `aigw-authorization: Bearer <key>`",
                 plan.provider.name
             )));
+        }
+        Some((Carrier::Conflicting, _)) => {
+            return Err(GatewayError::unauthorized(
+                "the request carries two different gateway credentials: send one",
+            ));
         }
         Some((carrier, secret)) => match keys.find(secret) {
             Some(k) => Some(k),
