@@ -84,13 +84,29 @@ fn a_priced_answer_says_what_it_cost(shards: usize) {
     );
     let said: f64 = custom.header("aigw-cost").unwrap().parse().unwrap();
     assert!(close(said, input as f64 * 0.5), "{said}");
-    let bad = gw.client().post(
-        "/v1/chat/completions",
-        &[("aigw-custom-cost", r#"{"per_token":1}"#)],
-        &chat("x", false),
-    );
-    assert_eq!(bad.status, 400);
-    assert_eq!(bad.error_code(), "invalid_custom_cost");
+    // Unknown names, prices past $1 a token (1e308 made an infinite cost
+    // that no budget saw and no JSON reader could read), a price named
+    // twice: 400s that say why, before anything is sent.
+    let seen = mock.requests_seen();
+    for (value, why) in [
+        (r#"{"per_token":1}"#, "per_token"),
+        (
+            r#"{"per_token_in":1e308,"per_token_out":1e308}"#,
+            "from 0 to 1",
+        ),
+        (r#"{"per_token_out":1.5}"#, "from 0 to 1"),
+        (r#"{"per_token_in":0.001,"per_token_in":0.5}"#, "twice"),
+    ] {
+        let bad = gw.client().post(
+            "/v1/chat/completions",
+            &[("aigw-custom-cost", value)],
+            &chat("x", false),
+        );
+        assert_eq!(bad.status, 400, "{value}");
+        assert_eq!(bad.error_code(), "invalid_custom_cost");
+        assert!(bad.text().contains(why), "{value}: {}", bad.text());
+    }
+    assert_eq!(mock.requests_seen(), seen);
     // A cache hit costs nothing.
     let mut hit = None;
     let deadline = Instant::now() + WAIT;

@@ -15,7 +15,12 @@ pub struct PriceConfig {
     pub context_window: Option<u64>,
 }
 
-/// A price: a non-negative number.
+/// The most a price may be, USD per million tokens ($1 a token, over a
+/// thousand times the dearest model's): past it, a price is a typo, and a
+/// cost could pass what a number can hold (a budget would not see it).
+pub const MAX_PER_MILLION: f64 = 1e6;
+
+/// A price: a non-negative number up to [`MAX_PER_MILLION`].
 fn price(w: &mut Walker, t: &toml::Table, path: &str) -> Option<f64> {
     let leaf = path.rsplit('.').next().unwrap_or(path);
     let n = match t.get(leaf)? {
@@ -32,10 +37,13 @@ fn price(w: &mut Walker, t: &toml::Table, path: &str) -> Option<f64> {
             return None;
         }
     };
-    if n.is_finite() && n >= 0.0 {
+    if n.is_finite() && (0.0..=MAX_PER_MILLION).contains(&n) {
         Some(n)
     } else {
-        w.err(path, format!("{n} is not a price; use a number >= 0"));
+        w.err(
+            path,
+            format!("{n} is not a price; use a number from 0 to {MAX_PER_MILLION} (USD per million tokens)"),
+        );
         None
     }
 }
@@ -98,6 +106,11 @@ mod tests {
         assert_eq!(p.context_window, Some(1_047_576));
         let e = errors("[prices.\"openai/x\"]\ninput = -1\noutput = 1\n").join("\n");
         assert!(e.contains("prices.\"openai/x\".input"), "{e}");
+        let e = errors("[prices.\"openai/x\"]\ninput = 1\noutput = 1e308\n").join("\n");
+        assert!(
+            e.contains("prices.\"openai/x\".output") && e.contains("1000000"),
+            "{e}"
+        );
         let e = errors("[prices.\"openai/x\"]\noutput = 1\n").join("\n");
         assert!(e.contains("input: missing"), "{e}");
         let e = errors("[prices.gpt]\ninput = 1\noutput = 1\n").join("\n");
