@@ -195,6 +195,34 @@ fn a_client_that_leaves_mid_stream_is_charged_an_estimate(shards: usize) {
     assert!(row["cost"].cast_f64().unwrap() > 0.0, "{row}");
     // The provider was not read to its end: far fewer events than 40 reached us.
     assert!(row["bytes_out"].as_u64().unwrap() < 4000, "{row}");
+    // The estimate never passes what the request let the provider write:
+    // with `max_tokens: 1`, the bytes relayed (mostly the events' framing)
+    // count as one token, and the prompt as its bytes / 4.
+    let capped = chat("a short story", true).replace("}],", "}],\"max_tokens\":1,");
+    common::wire::leave_after_first_event(
+        gw.addr,
+        "/v1/chat/completions",
+        &[
+            ("Content-Type", "application/json"),
+            ("x-mock-chunks", "40"),
+            ("x-mock-chunk-interval-ms", "50"),
+        ],
+        &capped,
+    );
+    let row = loop {
+        let r = rows(&gw, "limit=2");
+        if r.len() == 2 {
+            break r[0].clone();
+        }
+        assert!(Instant::now() < deadline, "no row");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(row["cost_estimated"].as_bool(), Some(true), "{row}");
+    let want = (capped.len().div_ceil(4) as f64 * 1.0 + 2.0) / 1e6;
+    assert!(
+        close(row["cost"].cast_f64().unwrap(), want),
+        "{row} vs {want}"
+    );
 }
 
 /// A stream's cost is known only after its last event: with
