@@ -118,6 +118,32 @@ fn restart_only_settings_are_named_and_keep_their_values(shards: usize) {
     assert!(config.contains("timeouts.first_byte = 40s\n"), "{config}");
 }
 
+/// `cache.shared` applies from the next request: turned off, two
+/// credentials no longer share what one of them stored.
+fn a_reload_turns_cache_sharing_off(shards: usize) {
+    let a = mock();
+    let gw = Gateway::with(shards)
+        .provider("up", &a.base_url(), "")
+        .toml("[cache]\nenabled = true\nsize = \"16MiB\"\nmax_entry = \"1MiB\"\nshared = true\n")
+        .start();
+    let post = |who: &str, content: &str| {
+        let body = chat().replace("hi", content);
+        let r = gw
+            .client()
+            .post("/v1/chat/completions", &[("authorization", who)], &body);
+        r.header("aigw-cache-status").unwrap_or("").to_string()
+    };
+    assert_eq!(post("Bearer sk-a", "one"), "MISS");
+    assert_eq!(post("Bearer sk-b", "one"), "HIT");
+    edit(&gw, "shared = true", "shared = false");
+    let (status, body) = admin_post(&gw.admin_socket, "/config/reload");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(json(&body)["changed"][0].as_str(), Some("cache.shared"));
+    assert_eq!(post("Bearer sk-a", "two"), "MISS");
+    assert_eq!(post("Bearer sk-b", "two"), "MISS");
+    assert_eq!(post("Bearer sk-a", "two"), "HIT");
+}
+
 fn sighup_reloads_and_get_config_hides_secrets(shards: usize) {
     let (a, b) = (mock(), mock());
     let gw = Gateway::with(shards)
@@ -157,4 +183,5 @@ at_1_and_2_shards!(
     an_invalid_reload_changes_nothing_and_names_every_error,
     restart_only_settings_are_named_and_keep_their_values,
     sighup_reloads_and_get_config_hides_secrets,
+    a_reload_turns_cache_sharing_off,
 );

@@ -254,7 +254,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
     });
     // After the usage tap, so the cache keeps what the client receives.
     let mut fill = lead.and_then(|l| {
-        let shared = ctx.cache().is_some_and(|c| c.shared.config().shared);
+        let shared = ctx.cache().is_some() && ctx.config().cache.shared;
         fill_tap(l, &plan, rh, reply.conn.buf.filled(), c.head.method, shared)
     });
     let shared_flight = fill.as_ref().map(|f| f.leading.flight.clone());
@@ -946,7 +946,7 @@ fn cache_lookup(
     };
     let input = KeyInput {
         scope: cache::scope(
-            cache.shared.config().shared,
+            ctx.config().cache.shared,
             headers,
             crate::http::split_byte(&plan.path, b'?').map_or("", |(_, q)| q),
         ),
