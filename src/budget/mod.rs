@@ -133,6 +133,33 @@ impl Spend {
         crate::num::ceil_u64(self.windows.previous_of(w) as f64 * weight)
     }
 
+    /// When, adding nothing more, the spend counted falls to `room` or
+    /// below: a calendar window's end; in a rolling one, as the previous
+    /// window's weight falls (in this window, or, if this window's own
+    /// spend is past `room`, in the next).
+    fn fits_at(&self, s: &Slot, room: u64) -> u64 {
+        let (w, cur) = self.windows.rolled(s.window);
+        if s.previous_weight == 0.0 || w > SpendWindows::number(s.window) {
+            return s.end_ms;
+        }
+        let len = (s.end_ms - s.start_ms) as f64;
+        // The share of a window after which `spent`, weighted by what is
+        // left of it, is within `room`.
+        let share = |spent: u64, room: u64| {
+            if spent <= room {
+                0.0
+            } else {
+                1.0 - room as f64 / spent as f64
+            }
+        };
+        if cur <= room {
+            let previous = self.windows.previous_of(w);
+            s.start_ms + (share(previous, room - cur) * len).ceil() as u64
+        } else {
+            s.end_ms + (share(cur, room) * len).ceil() as u64
+        }
+    }
+
     /// Reserves `amount` if the budget is not spent and it fits.
     fn reserve(&self, s: &Slot, budget: u64, amount: u64) -> Result<u32, u64> {
         loop {
@@ -470,7 +497,14 @@ impl ShardBudgets {
                 Err(spent) => {
                     // What earlier budgets reserved goes back.
                     *r = Reservation::default();
-                    return Err(exhausted(p, value, spent, amount, worst, &s, now_ms));
+                    // When it could be admitted: when what is counted
+                    // leaves room for it (never, if it costs more than the
+                    // whole budget: the window's end is said then).
+                    let at = amount
+                        .checked_sub(worst)
+                        .map_or(s.end_ms, |room| b.spend.fits_at(&s, room))
+                        .max(now_ms);
+                    return Err(exhausted(p, value, spent, amount, worst, at, now_ms));
                 }
             }
         }
@@ -485,7 +519,7 @@ fn exhausted(
     spent: u64,
     amount: u64,
     worst: u64,
-    s: &Slot,
+    at: u64,
     now_ms: u64,
 ) -> GatewayError {
     let whose = match &p.rule.scope {
@@ -495,10 +529,10 @@ fn exhausted(
         Scope::Metadata(f) => format!(" for {f} `{value}`"),
     };
     let usd = |m: u64| m as f64 / 1e6;
-    let resets = crate::calendar::format_ms(s.end_ms);
+    let resets = crate::calendar::format_ms(at);
     let message = if spent >= amount {
         format!(
-            "budget `{}` exhausted{whose}: spent ${:.6} of ${:.6} ({}); resets at {resets}",
+            "budget `{}` exhausted{whose}: spent ${:.6} of ${:.6} ({}); try again at {resets}",
             p.rule.name,
             usd(spent),
             usd(amount),
@@ -506,11 +540,12 @@ fn exhausted(
         )
     } else {
         format!(
-            "budget `{}`{whose} cannot cover this request: it may cost up to ${:.6} and ${:.6} of ${:.6} is left ({}); lower max_tokens or wait until {resets}",
+            "budget `{}`{whose} cannot cover this request: it may cost up to ${:.6}, and ${:.6} of ${:.6} is spent (${:.6} left; {}); lower max_tokens or try again at {resets}",
             p.rule.name,
             usd(worst),
-            usd(amount - spent),
+            usd(spent),
             usd(amount),
+            usd(amount - spent),
             p.rule.window.describe()
         )
     };
@@ -519,7 +554,7 @@ fn exhausted(
     let _ = write!(
         e.headers,
         "retry-after: {}\r\n",
-        s.end_ms.saturating_sub(now_ms).div_ceil(1000).max(1)
+        at.saturating_sub(now_ms).div_ceil(1000).max(1)
     );
     e
 }
@@ -681,6 +716,41 @@ mod tests {
             "{}",
             e.headers
         );
+    }
+
+    /// A rolling budget's Retry-After is when the request fits: a request
+    /// sent then is admitted, and one a second before it is not (a window's
+    /// end, as before, was too soon while the previous window still counts).
+    #[test]
+    fn a_rolling_budget_says_when_the_request_fits() {
+        let (shared, s, _) = shard("[[budgets]]\nscope = \"gateway\"\nusd = 10\nwindow = \"2m\"\n");
+        let len = 120_000;
+        let start = NOW - NOW % len;
+        // $8 spent early in one window; later, in the same window, a $4
+        // request; then in the next window, two more.
+        s.reserve(&who(None), RATES, 2, Some(2), 1, start + 1_000)
+            .unwrap()
+            .settle(Some(8.0), &shared);
+        for at in [start + 60_000, start + len + 10_000, start + len + 29_000] {
+            let e = s.reserve(&who(None), RATES, 2, Some(2), 1, at).unwrap_err();
+            let secs: u64 = e
+                .headers
+                .strip_prefix("retry-after: ")
+                .and_then(|h| h.trim_end().parse().ok())
+                .unwrap_or_else(|| panic!("{}", e.headers));
+            let then = at + secs * 1000;
+            assert!(
+                s.reserve(&who(None), RATES, 2, Some(2), 1, then).is_ok(),
+                "admitted {secs} s after {}",
+                at - start
+            );
+            assert!(
+                s.reserve(&who(None), RATES, 2, Some(2), 1, then - 1_000)
+                    .is_err(),
+                "not a second before: {secs} s after {}",
+                at - start
+            );
+        }
     }
 
     #[test]

@@ -70,9 +70,25 @@ fn key_len(body: &[u8], at: usize) -> Option<usize> {
     }
 }
 
-fn empty_choices() -> &'static memmem::Finder<'static> {
-    static FINDER: std::sync::OnceLock<memmem::Finder<'static>> = std::sync::OnceLock::new();
-    FINDER.get_or_init(|| memmem::Finder::new(b"\"choices\":[]"))
+/// Whether the event `data` is an object whose `choices` is an empty array,
+/// however it is spaced (`"choices": []` from a server that writes JSON with
+/// Python's defaults): the usage-only event. Read member by member, so the
+/// text in a string never counts.
+fn empty_choices(data: &[u8]) -> bool {
+    let start = crate::json::json_start(data);
+    if data.get(start) != Some(&b'{') {
+        return false;
+    }
+    let mut empty = false;
+    let _ = crate::json::for_each_member(data, start, |key, value| {
+        if key == b"choices" {
+            let v = &data[value];
+            empty = v.first() == Some(&b'[')
+                && v.len() >= 2
+                && crate::json::skip_ws(v, 1) == v.len() - 1;
+        }
+    });
+    empty
 }
 
 /// Byte range of the last `"usage": {...}` object in `body`.
@@ -287,7 +303,7 @@ impl SseTap {
                 && let Some(u) = usage_from_json(data, self.shape, &mut self.scratch)
             {
                 self.usage.merge(u);
-                if self.filter_usage_event && empty_choices().find(data).is_some() {
+                if self.filter_usage_event && empty_choices(data) {
                     self.drop_event = true;
                 }
             }
@@ -343,6 +359,36 @@ mod tests {
         );
         assert_eq!(tap.usage.output_tokens, Some(1));
         assert!(tap.saw_done);
+        // Spaced as Python writes JSON: dropped too. A `choices` that is not
+        // empty, or that only a string mentions, is kept.
+        for (event, dropped) in [
+            (
+                r#"{"id": "c1", "choices": [ ], "usage": {"prompt_tokens": 3, "completion_tokens": 1}}"#,
+                true,
+            ),
+            (
+                r#"{"choices":[{"delta":{}}],"usage":{"prompt_tokens":3,"completion_tokens":1}}"#,
+                false,
+            ),
+            (
+                r#"{"note":"\"choices\":[]","choices":[{}],"usage":{"prompt_tokens":3,"completion_tokens":1}}"#,
+                false,
+            ),
+        ] {
+            let mut tap = SseTap::new(&openai::USAGE, true);
+            let mut out = Vec::new();
+            tap.feed(
+                format!("data: {event}\n\ndata: [DONE]\n\n").as_bytes(),
+                &mut out,
+            );
+            tap.finish(&mut out);
+            assert_eq!(
+                !String::from_utf8(out).unwrap().contains("usage"),
+                dropped,
+                "{event}"
+            );
+            assert_eq!(tap.usage.output_tokens, Some(1), "{event}");
+        }
     }
 
     #[test]
