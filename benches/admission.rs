@@ -63,6 +63,7 @@ fn stages(c: &mut Criterion) {
         max_tokens: Some(256),
         choices: 1,
         now_ms: 1_796_032_800_000,
+        hit: false,
     };
     g.bench_function("rate_limits_admit_and_settle", |b| {
         b.iter(|| {

@@ -235,6 +235,65 @@ fn cache_hits_do_not_count_unless_asked(shards: usize) {
     );
     assert_refusal(&c.post("/v1/chat/completions", &[], &chat("third")), "two");
     assert_eq!(mock.requests_seen(), 2);
+    // The limit spent, an answer in the cache is still served: it costs nothing.
+    let r = c.post("/v1/chat/completions", &[], &chat("same"));
+    assert_eq!(
+        (r.status, r.header("aigw-cache-status")),
+        (200, Some("HIT"))
+    );
+
+    // Token rules and budgets never count a hit, so never refuse one.
+    let spent = Gateway::with(shards)
+        .provider("up", &mock.base_url(), "")
+        .toml(
+            "[cache]\nenabled = true\nsize = \"16MiB\"\nmax_entry = \"1MiB\"\n\
+             [[rate_limits]]\nname = \"tokens\"\nscope = \"gateway\"\ncount = \"total_tokens\"\nlimit = 400\nwindow = \"30d\"\n\
+             [[budgets]]\nname = \"dollars\"\nscope = \"gateway\"\nusd = 0.0004\nwindow = \"daily\"\n\
+             [prices.\"up/gpt-x\"]\ninput = 1.0\noutput = 1.0\n",
+        )
+        .start();
+    let capped = |p: &str| chat(p).replace("}]", "}],\"max_tokens\":16");
+    let mut c = spent.client();
+    assert_eq!(
+        c.post("/v1/chat/completions", &[], &capped("kept")).status,
+        200
+    );
+    let refused = (0..40)
+        .map(|i| c.post("/v1/chat/completions", &[], &capped(&format!("more {i}"))))
+        .find(|r| r.status == 429)
+        .expect("the tokens or the dollars run out");
+    assert!(
+        ["rate_limit_exceeded", "budget_exceeded"].contains(&refused.error_code().as_str()),
+        "{}",
+        refused.text()
+    );
+    let r = c.post("/v1/chat/completions", &[], &capped("kept"));
+    assert_eq!(
+        (r.status, r.header("aigw-cache-status")),
+        (200, Some("HIT")),
+        "{}",
+        r.text()
+    );
+
+    // A rule that counts hits refuses them once spent.
+    let counting = limited(
+        shards,
+        &mock.base_url(),
+        "[cache]\nenabled = true\nsize = \"16MiB\"\nmax_entry = \"1MiB\"\n[[rate_limits]]\nname = \"hits too\"\nscope = \"gateway\"\ncount = \"requests\"\nlimit = 2\nwindow = \"30d\"\ncount_cache_hits = true\n",
+    );
+    let mut c = counting.client();
+    assert_eq!(
+        c.post("/v1/chat/completions", &[], &chat("same")).status,
+        200
+    );
+    assert_eq!(
+        c.post("/v1/chat/completions", &[], &chat("same")).status,
+        200
+    );
+    assert_refusal(
+        &c.post("/v1/chat/completions", &[], &chat("same")),
+        "hits too",
+    );
 }
 
 at_1_and_2_shards!(

@@ -254,6 +254,9 @@ pub struct Ask<'a> {
     /// How many answers it asks for (`n`): each may use the cap.
     pub choices: u64,
     pub now_ms: u64,
+    /// The cache answers it: only `concurrent` rules and `requests` rules
+    /// with `count_cache_hits` count it (a hit uses no tokens).
+    pub hit: bool,
 }
 
 /// A shard's limiter: its rules, its leases, and the shared table.
@@ -346,7 +349,13 @@ impl ShardLimiter {
         let mut best: [Option<Shown>; 2] = [None, None];
         for (at, p) in rules.iter().enumerate() {
             let r = &p.rule;
-            if !ask.subject.matches(&r.models) {
+            if !ask.subject.matches(&r.models)
+                || ask.hit
+                    && !matches!(
+                        (r.count, r.count_cache_hits),
+                        (Count::Concurrent, _) | (Count::Requests, true)
+                    )
+            {
                 continue;
             }
             let value = ask.subject.value(&r.scope);
@@ -758,6 +767,7 @@ mod tests {
             max_tokens: Some(50),
             choices: 1,
             now_ms: 1_000_000,
+            hit: false,
         }
     }
 

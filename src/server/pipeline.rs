@@ -111,7 +111,15 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         .as_deref()
         .and_then(|m| prices.get(&plan.provider.name, m));
 
-    // 1b. admission: the rate limits this request falls under
+    // 1b. cache: a hit answers (below); a miss leads or follows the one
+    // upstream call. Looked up before admission, which a hit passes on
+    // rules that do not count it (token rules, budgets, `requests` rules
+    // without `count_cache_hits`): an answer that costs nothing is not
+    // refused for them.
+    let cached = cache_lookup(ctx, c, req, &plan, &wish, digests, &mut rec);
+    let answered = matches!(cached, Cached::Hit | Cached::Follow(_));
+
+    // 1c. admission: the rate limits this request falls under
     let mut admission = Admission::default();
     let mut reservation = Reservation::default();
     let inputs = AdmitInputs {
@@ -123,28 +131,44 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         price: priced,
         // Counted at the request's arrival, as its id is stamped.
         now_ms: rec.id.unix_ms(),
+        hit: answered,
     };
     if let Err(e) = admit(ctx, inputs, &mut admission, &mut reservation) {
+        // Refused: it leads nothing (followers go on their own).
+        drop(cached);
+        rec.cache = None;
         return answer_error(ctx, c, &mut rec, &e, keep_alive).await;
     }
-
-    // 1c. cache: a hit answers here; a miss leads or follows the one upstream call
     let mut lead = None;
-    match cache_lookup(ctx, c, req, &plan, &wish, digests, &mut rec) {
+    match cached {
         Cached::Off => {}
         Cached::Hit => {
-            admission.cache_hit();
             let extra = answer_headers(&admission, &wish);
             return serve_hit(ctx, c, req, &mut rec, keep_alive, &extra).await;
         }
         Cached::Lead(l) => lead = Some(l),
         Cached::Follow(flight) => {
-            // `None`: the leader failed, so this request goes upstream on its own.
+            // `None`: the leader failed, so this request goes upstream on
+            // its own, admitted as one that does.
             let extra = answer_headers(&admission, &wish);
             if let Some(keep) = follow(ctx, c, req, &flight, &mut rec, keep_alive, &extra).await {
-                admission.cache_hit();
                 record(ctx, &mut rec);
                 return keep;
+            }
+            admission.undo();
+            admission = Admission::default();
+            let inputs = AdmitInputs {
+                body_len: body_len(c, req),
+                plan: &plan,
+                key: principal.as_deref(),
+                wish: &wish,
+                rec: &rec,
+                price: priced,
+                now_ms: now_unix_ms(),
+                hit: false,
+            };
+            if let Err(e) = admit(ctx, inputs, &mut admission, &mut reservation) {
+                return answer_error(ctx, c, &mut rec, &e, keep_alive).await;
             }
         }
     }
@@ -182,6 +206,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
             rec,
             price: priced,
             now_ms: now_unix_ms(),
+            hit: false,
         };
         admit(ctx, inputs, &mut admission, &mut reservation)
     };
@@ -831,6 +856,8 @@ struct AdmitInputs<'a> {
     price: Option<&'a Price>,
     /// When the request is counted (Unix ms).
     now_ms: u64,
+    /// The cache answers it ([`limit::Ask::hit`]; no budget counts it).
+    hit: bool,
 }
 
 /// Stage 1b: admission under the rate limits, then the budgets' reservation
@@ -850,6 +877,7 @@ fn admit(
         rec,
         price,
         now_ms,
+        hit,
     } = inputs;
     let (limiter, budgets) = (ctx.limiter(), ctx.budgets());
     if limiter.is_empty() && budgets.is_empty() {
@@ -870,10 +898,11 @@ fn admit(
             max_tokens: plan.max_tokens,
             choices: plan.choices,
             now_ms,
+            hit,
         },
         admission,
     )?;
-    if budgets.is_empty() {
+    if budgets.is_empty() || hit {
         return Ok(());
     }
     // Prices per token, the request's own over the table's, never below them.
