@@ -464,6 +464,15 @@ fn errors_in_a_200_stream_and_other_askers_are_never_shared(shards: usize) {
 
 /// Sends `count` identical requests at once, each on its own connection.
 fn all_at_once(gw: &Gateway, count: usize, body: &str) -> Vec<Response> {
+    all_at_once_with(gw, count, body, &[])
+}
+
+fn all_at_once_with(
+    gw: &Gateway,
+    count: usize,
+    body: &str,
+    headers: &'static [(&'static str, &'static str)],
+) -> Vec<Response> {
     let barrier = Arc::new(Barrier::new(count));
     let handles: Vec<_> = (0..count)
         .map(|_| {
@@ -473,7 +482,7 @@ fn all_at_once(gw: &Gateway, count: usize, body: &str) -> Vec<Response> {
             std::thread::spawn(move || {
                 let mut c = Client::connect(addr);
                 barrier.wait();
-                c.post("/v1/chat/completions", &[], &body)
+                c.post("/v1/chat/completions", headers, &body)
             })
         })
         .collect();
@@ -495,6 +504,40 @@ fn fifty_identical_misses_make_one_upstream_call(shards: usize) {
     let misses = rs.iter().filter(|r| status(r) == "MISS").count();
     assert_eq!(misses, 1);
     assert!(rs.iter().all(|r| matches!(status(r), "MISS" | "HIT")));
+}
+
+/// A leader's stream that the provider cuts: every follower ends as its
+/// leader's client does, with the typed error event (not a stream that
+/// just stops), and nothing is stored.
+fn stream_followers_of_a_cut_stream_get_its_error_event(shards: usize) {
+    let mock = mock_with(MockConfig {
+        chunks: 10,
+        chunk_interval: Duration::from_millis(30),
+        ..MockConfig::default()
+    });
+    let gw = cached_gateway(shards, &mock.base_url());
+    let rs = all_at_once_with(
+        &gw,
+        20,
+        &chat("cut stampede", true),
+        &[("x-mock-error", "cut")],
+    );
+    let led = mock.requests_seen();
+    assert!(
+        led < 20,
+        "the requests were coalesced: {led} upstream calls"
+    );
+    for r in &rs {
+        assert_eq!(r.status, 200);
+        let last = r.sse_data().last().cloned().unwrap_or_default();
+        assert!(
+            last.contains("stream_truncated"),
+            "{} ended with {last}",
+            status(r)
+        );
+    }
+    let again = post(&gw, &[], &chat("cut stampede", true));
+    assert_eq!(status(&again), "MISS");
 }
 
 fn stream_followers_get_events_as_the_leader_does(shards: usize) {
@@ -885,6 +928,7 @@ at_1_and_2_shards!(
     errors_in_a_200_stream_and_other_askers_are_never_shared,
     fifty_identical_misses_make_one_upstream_call,
     stream_followers_get_events_as_the_leader_does,
+    stream_followers_of_a_cut_stream_get_its_error_event,
     a_failing_leader_lets_followers_go_on_their_own,
     followers_finish_a_stream_whose_leader_left,
     restart_keeps_entries_and_damage_loses_only_entries,

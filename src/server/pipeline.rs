@@ -151,7 +151,15 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
             // `None`: the leader failed, so this request goes upstream on
             // its own, admitted as one that does.
             let extra = answer_headers(&admission, &wish);
-            if let Some(keep) = follow(ctx, c, req, &flight, &mut rec, keep_alive, &extra).await {
+            let broke_off = if plan.anthropic_client {
+                relay::ANTHROPIC_STREAM_BROKE_OFF
+            } else {
+                relay::STREAM_BROKE_OFF
+            };
+            let followed = follow(
+                ctx, c, req, &flight, &mut rec, keep_alive, &extra, broke_off,
+            );
+            if let Some(keep) = followed.await {
                 record(ctx, &mut rec);
                 return keep;
             }
@@ -1124,6 +1132,7 @@ fn fill_tap(
 /// Answers a follower from its flight. A JSON answer is sent once whole (so a
 /// failed leader leaves the follower free to go upstream itself); a stream is
 /// relayed as it arrives. `None`: the flight failed before anything was sent.
+#[allow(clippy::too_many_arguments)]
 async fn follow(
     ctx: &ShardCtx,
     c: &mut ClientConn,
@@ -1132,6 +1141,7 @@ async fn follow(
     rec: &mut RequestRecord,
     keep_alive: bool,
     limits: &[u8],
+    broke_off: &[u8],
 ) -> Option<bool> {
     if !flight.follow() {
         rec.cache = Some(CacheStatus::Miss);
@@ -1244,6 +1254,7 @@ async fn follow(
         end,
         framing,
         t.stream_idle,
+        broke_off,
     )
     .await;
     c.decoded = first;

@@ -202,7 +202,10 @@ pub struct Followed {
 /// holds the client's head, sent with the first bytes; `scratch` holds the
 /// body bytes already taken from the flight (and `end`, whether it ended
 /// with them). Framing is chunked (or ends at close, for HTTP/1.0). Waits at
-/// most `idle` for each later step.
+/// most `idle` for each later step. If the leader's stream breaks off, the
+/// follower gets `broke_off`, the event the leader's client got
+/// ([`Framing::events`]).
+#[allow(clippy::too_many_arguments)]
 pub async fn relay_flight<W: AsyncWrite + Unpin>(
     client: &mut W,
     out: &mut Vec<u8>,
@@ -211,6 +214,7 @@ pub async fn relay_flight<W: AsyncWrite + Unpin>(
     mut end: Option<FlightEnd>,
     client_framing: ClientFraming,
     idle: Duration,
+    broke_off: &[u8],
 ) -> Followed {
     let mut cursor = scratch.len();
     let mut bytes_out = 0u64;
@@ -241,7 +245,11 @@ pub async fn relay_flight<W: AsyncWrite + Unpin>(
         match end {
             None => {}
             Some(FlightEnd::Complete) => break Ending::Complete,
-            Some(FlightEnd::Failed) => break Ending::UpstreamAborted,
+            Some(FlightEnd::Failed) => {
+                frame(out, broke_off, client_framing);
+                send(client, out, &mut bytes_out).await;
+                break Ending::UpstreamAborted;
+            }
         }
     };
     Followed {
