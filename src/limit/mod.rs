@@ -582,12 +582,30 @@ fn refusal_error(
             }
         }
     };
-    let mut e = GatewayError::rate_limited(message);
+    // A request more than the whole limit fails however long it waits: a
+    // 400, as a prompt past the context window is, not a 429 to retry.
+    let never = want > r.limit && r.count != Count::Concurrent && refusal.is_some();
+    let mut e = if never {
+        GatewayError::bad_request("request_too_large", message)
+    } else {
+        GatewayError::rate_limited(message)
+    };
     let reset_ms = p.window_ms - now_ms % p.window_ms;
+    // What the window has left (less than this request wants).
+    let remaining = refusal.map_or(0, |f| {
+        let counted = f.current as f64 + (f.previous as f64 * (1.0 - f.elapsed)).ceil();
+        r.limit.saturating_sub(counted as u64)
+    });
+    if !never {
+        let _ = write!(
+            e.headers,
+            "retry-after: {}\r\n",
+            wait_ms.div_ceil(1000).max(1)
+        );
+    }
     let _ = write!(
         e.headers,
-        "retry-after: {}\r\nx-ratelimit-limit-{what}: {}\r\nx-ratelimit-remaining-{what}: 0\r\nx-ratelimit-reset-{what}: {}\r\n",
-        wait_ms.div_ceil(1000).max(1),
+        "x-ratelimit-limit-{what}: {}\r\nx-ratelimit-remaining-{what}: {remaining}\r\nx-ratelimit-reset-{what}: {}\r\n",
         r.limit,
         go_duration(if r.count == Count::Concurrent {
             wait_ms
@@ -857,6 +875,37 @@ mod tests {
         assert!(e.headers.contains("retry-after: 20\r\n"), "{}", e.headers);
         assert!(e.headers.contains("x-ratelimit-limit-requests: 1\r\n"));
         assert!(e.headers.contains("x-ratelimit-reset-requests: 20s\r\n"));
+        assert!(e.headers.contains("x-ratelimit-remaining-requests: 0\r\n"));
+        // A request more than the whole limit is a 400, never asked to come
+        // back, and what the window has left is said as it is.
+        let (_, s) = limiter(
+            "[[rate_limits]]\nname = \"small\"\nscope = \"key\"\ncount = \"output_tokens\"\nlimit = 40\nwindow = \"60s\"\ntechnique = \"fixed\"\n",
+            1,
+        );
+        let e = s.admit(&ask(Some("k"), NONE)).unwrap_err();
+        assert_eq!((e.status, e.code), (400, "request_too_large"));
+        assert!(e.message.contains("can never admit"), "{}", e.message);
+        assert!(!e.headers.contains("retry-after"), "{}", e.headers);
+        assert!(
+            e.headers.contains("x-ratelimit-remaining-tokens: 40\r\n"),
+            "{}",
+            e.headers
+        );
+        // One that fits a window but not what is left of this one: told
+        // when, and what is left.
+        let (_, s) = limiter(
+            "[[rate_limits]]\nname = \"small\"\nscope = \"key\"\ncount = \"output_tokens\"\nlimit = 80\nwindow = \"60s\"\ntechnique = \"fixed\"\n",
+            1,
+        );
+        let held = s.admit(&ask(Some("k"), NONE)).unwrap();
+        let e = s.admit(&ask(Some("k"), NONE)).unwrap_err();
+        assert!(e.headers.contains("retry-after: 20\r\n"), "{}", e.headers);
+        assert!(
+            e.headers.contains("x-ratelimit-remaining-tokens: 30\r\n"),
+            "{}",
+            e.headers
+        );
+        drop(held);
     }
 
     #[test]
