@@ -144,19 +144,18 @@ pub fn stored_head(out: &mut Vec<u8>, rh: &ResponseHead, window: &[u8]) {
 }
 
 /// Whether a provider response says not to store it: `Cache-Control:
-/// no-store`; `no-cache` (with or without field names: it may be served
-/// only after asking the provider again, which a hit never does); or
-/// `private` when entries are shared between credentials.
+/// no-store`, or `private` when entries are shared between credentials.
+/// Not `no-cache`: providers send it on every event stream (OpenAI's
+/// `no-cache, must-revalidate`), for proxies that would hold a stream back;
+/// honoured, no stream would ever be cached or shared.
 pub fn forbids_store(rh: &ResponseHead, window: &[u8], shared: bool) -> bool {
     rh.headers
         .iter()
         .filter(|x| x.name.get(window).eq_ignore_ascii_case(b"cache-control"))
         .any(|x| {
             tokens(x.value.get(window)).any(|t| {
-                let name = t.split(|b| *b == b'=').next().unwrap_or(t).trim_ascii();
-                name.eq_ignore_ascii_case(b"no-store")
-                    || name.eq_ignore_ascii_case(b"no-cache")
-                    || (shared && name.eq_ignore_ascii_case(b"private"))
+                t.eq_ignore_ascii_case(b"no-store")
+                    || (shared && t.eq_ignore_ascii_case(b"private"))
             })
         })
 }
