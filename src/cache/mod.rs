@@ -204,18 +204,16 @@ impl Report {
         let kept: u64 = self.opened.iter().map(|o| o.kept).sum();
         let dropped: u64 = self.opened.iter().map(|o| o.dropped).sum();
         let mut s = format!(
-            "cache: {} partitions in {}: {kept} entries kept, {dropped} dropped",
+            "cache: {} partitions in {}: {kept} entries kept, {dropped} dropped (damaged, torn or expired)",
             self.opened.len(),
             dir.display()
         );
-        let why: Vec<&str> = self
-            .opened
-            .iter()
-            .filter_map(|o| o.fresh.as_deref())
-            .filter(|w| *w != "new file")
-            .collect();
-        if let Some(w) = why.first() {
-            s.push_str(&format!("; started empty: {w}"));
+        // Each partition made anew, and why (its entries are not counted
+        // above: they were not read).
+        for (i, o) in self.opened.iter().enumerate() {
+            if let Some(w) = o.fresh.as_deref().filter(|w| *w != "new file") {
+                s.push_str(&format!("; partition {i} started empty: {w}"));
+            }
         }
         if !self.removed.is_empty() {
             s.push_str(&format!(

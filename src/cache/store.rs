@@ -357,7 +357,7 @@ pub fn open(
             let known = std::io::Read::read_exact(&mut &file, &mut old).is_ok()
                 && old[..8] == FILE_MAGIC.to_le_bytes();
             fresh = Some(if known {
-                describe_mismatch(&old, shards)
+                describe_mismatch(&old, shards, Some((on_disk, len as u64)))
             } else {
                 format!(
                     "{} was {on_disk} bytes, not the {len} this configuration needs",
@@ -396,7 +396,7 @@ pub fn open(
     part.map.read(0, &mut found);
     if found[..header.len()] != header[..] {
         if fresh.is_none() && on_disk != 0 {
-            fresh = Some(describe_mismatch(&found, shards));
+            fresh = Some(describe_mismatch(&found, shards, None));
         }
         if on_disk == 0 {
             fresh = Some("new file".into());
@@ -439,8 +439,9 @@ fn file_header(shard: usize, shards: usize, geo: Geometry) -> Vec<u8> {
     h
 }
 
-/// Says why a file's header is not this run's (for the start-up line).
-fn describe_mismatch(found: &[u8], shards: usize) -> String {
+/// Says why a file's header is not this run's (for the start-up line);
+/// `sizes`: the file's length and the one this run needs, when they differ.
+fn describe_mismatch(found: &[u8], shards: usize, sizes: Option<(u64, u64)>) -> String {
     let word =
         |i: usize| u64::from_le_bytes(found[i * 8..i * 8 + 8].try_into().unwrap_or_default());
     if word(0) != FILE_MAGIC {
@@ -455,7 +456,12 @@ fn describe_mismatch(found: &[u8], shards: usize) -> String {
             word(4)
         );
     }
-    "cache.size or cache.max_entry changed; its entries were dropped".into()
+    match sizes {
+        Some((was, needs)) => format!(
+            "the file was {was} bytes, not the {needs} this configuration needs (cut short, or cache.size or cache.max_entry changed); its entries were dropped"
+        ),
+        None => "cache.size or cache.max_entry changed; its entries were dropped".into(),
+    }
 }
 
 fn seg_header(seq: u64) -> [u8; SEG_HEADER] {
@@ -1087,6 +1093,17 @@ mod tests {
         std::fs::write(&path, b"short").unwrap();
         let (_, _, o) = open(&d, 0, 3, geo(), 0).unwrap();
         assert!(o.fresh.unwrap().contains("bytes"));
+        // A file of this run cut short says so (not that the size changed).
+        let full = std::fs::metadata(&path).unwrap().len();
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(full / 2).unwrap();
+        drop(f);
+        let (_, _, o) = open(&d, 0, 3, geo(), 0).unwrap();
+        let why = o.fresh.unwrap();
+        assert!(
+            why.contains("cut short") && why.contains(&format!("{}", full / 2)),
+            "{why}"
+        );
     }
 
     #[test]
