@@ -104,11 +104,15 @@ try:
 except openai.AuthenticationError as err:
     assert err.code == "invalid_api_key", err
 
-# A rate limit is the SDK's typed 429, with the headers it retries by.
+# A rate limit is the SDK's typed 429, with the headers it retries by (for
+# another prompt: a cache hit does not count toward it, so it is served).
 limited = {"aigw-metadata": '{"user":"sdk"}'}
 keyed.chat.completions.create(model="up/limited", messages=messages, extra_headers=limited)
+again = keyed.chat.completions.create(model="up/limited", messages=messages, extra_headers=limited)
+assert again.choices[0].message.content == expected, again
+other = [{"role": "user", "content": "another prompt"}]
 try:
-    keyed.chat.completions.create(model="up/limited", messages=messages, extra_headers=limited)
+    keyed.chat.completions.create(model="up/limited", messages=other, extra_headers=limited)
     raise AssertionError("the second request passed a limit of one")
 except openai.RateLimitError as err:
     assert err.code == "rate_limit_exceeded", err

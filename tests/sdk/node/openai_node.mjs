@@ -145,13 +145,17 @@ try {
   }
   check(caught instanceof OpenAI.AuthenticationError, `not an AuthenticationError: ${caught}`);
 
-  // A rate limit is the typed 429, with the headers the SDK retries by.
+  // A rate limit is the typed 429, with the headers the SDK retries by
+  // (for another prompt: a cache hit does not count toward it).
   step = "rate limit";
   const limited = { headers: { "aigw-metadata": '{"user":"sdk"}' } };
   await keyed.chat.completions.create({ model: "up/limited", messages }, limited);
+  const again = await keyed.chat.completions.create({ model: "up/limited", messages }, limited);
+  check(again.choices[0].message.content === expected, "a cache hit is served past the limit");
+  const other = [{ role: "user", content: "another prompt" }];
   caught = undefined;
   try {
-    await keyed.chat.completions.create({ model: "up/limited", messages }, limited);
+    await keyed.chat.completions.create({ model: "up/limited", messages: other }, limited);
   } catch (err) {
     caught = err;
   }
