@@ -164,6 +164,13 @@ pub(super) fn read_rate_limits(w: &mut Walker, root: &toml::Table) -> Vec<RateRu
             );
         }
         let window = if t.contains_key("window") {
+            if count == Some(Count::Concurrent) {
+                w.err(
+                    &p("window"),
+                    "a concurrent limit counts requests in flight, over no window: remove window"
+                        .into(),
+                );
+            }
             let d = w.duration(Some(t), &p("window"), "60s");
             if d > MAX_WINDOW {
                 w.err(&p("window"), format!("{d:?} is longer than 31 days"));
@@ -310,5 +317,14 @@ mod tests {
         )
         .join("\n");
         assert!(e.contains("rate_limits[0].limit"), "{e}");
+        // A window on a concurrent limit would count nothing: said, not ignored.
+        let e = errors(
+            "[[rate_limits]]\nscope = \"key\"\ncount = \"concurrent\"\nlimit = 4\nwindow = \"10s\"\n",
+        )
+        .join("\n");
+        assert!(
+            e.contains("rate_limits[0].window") && e.contains("in flight"),
+            "{e}"
+        );
     }
 }
