@@ -171,16 +171,20 @@ fn a_client_that_leaves_mid_stream_is_charged_an_estimate(shards: usize) {
         .provider("up", &mock.base_url(), "")
         .toml(PRICED)
         .start();
-    common::wire::leave_after_first_event(
-        gw.addr,
-        "/v1/chat/completions",
-        &[
-            ("Content-Type", "application/json"),
-            ("x-mock-chunks", "40"),
-            ("x-mock-chunk-interval-ms", "50"),
-        ],
-        &chat("a long story", true),
-    );
+    // A client that reads the first event of a long stream and leaves.
+    let leave = |body: &str| {
+        common::wire::leave_after_first_event(
+            gw.addr,
+            "/v1/chat/completions",
+            &[
+                ("Content-Type", "application/json"),
+                ("x-mock-chunks", "40"),
+                ("x-mock-chunk-interval-ms", "50"),
+            ],
+            body,
+        )
+    };
+    leave(&chat("a long story", true));
     let deadline = Instant::now() + WAIT;
     let row = loop {
         let r = rows(&gw, "limit=1");
@@ -199,16 +203,7 @@ fn a_client_that_leaves_mid_stream_is_charged_an_estimate(shards: usize) {
     // with `max_tokens: 1`, the bytes relayed (mostly the events' framing)
     // count as one token, and the prompt as its bytes / 4.
     let capped = chat("a short story", true).replace("}],", "}],\"max_tokens\":1,");
-    common::wire::leave_after_first_event(
-        gw.addr,
-        "/v1/chat/completions",
-        &[
-            ("Content-Type", "application/json"),
-            ("x-mock-chunks", "40"),
-            ("x-mock-chunk-interval-ms", "50"),
-        ],
-        &capped,
-    );
+    leave(&capped);
     let row = loop {
         let r = rows(&gw, "limit=2");
         if r.len() == 2 {

@@ -1,6 +1,7 @@
 //! Cache keys: xxh3-128 over (schema version, credential scope, provider,
-//! upstream path, xxh3-128 of the canonical body), or over a caller-chosen
-//! key in place of the path and body (`aigw-cache-key`, still scoped).
+//! upstream path, what the provider is asked (`form`), xxh3-128 of the
+//! canonical body), or with a caller-chosen key in place of the body and the
+//! path's query (`aigw-cache-key`, still scoped).
 //!
 //! Canonical means JSON key order, whitespace and string escaping do not
 //! change the key; every value does. Why not from the simd-json tape, as
@@ -12,11 +13,14 @@
 //! A body that is not one JSON value, or in which any object names a key twice,
 //! has no key: such a request is not cached (it bypasses the cache).
 //!
-//! One pass over the body: members are written as they come and an object
-//! whose keys arrive out of order is reordered in a scratch buffer; escaped
+//! One pass over the body: runs of it that read canonically as they stand
+//! are copied whole (at whitespace, an escaped string, or an object whose
+//! keys arrive out of order, which is reordered in a scratch buffer); escaped
 //! strings are re-spelled straight from their text. Measured (criterion
-//! `cache_key`, chat bodies): 0.94 µs for 1 KiB, 11.9 µs for 16 KiB
-//! (1.1-1.3 GiB/s). A body the shard saw lately is not read again: the
+//! `cache_key`, chat bodies): 1.5 µs for 1 KiB, 23 µs for 16 KiB (0.7
+//! GiB/s) on a day the host ran about half as fast as when the eager walk
+//! measured 0.94 and 11.9 µs: compare within one run (the all-miss
+//! pipeline's instructions fell from 29.6k to 28.1k). A body the shard saw lately is not read again: the
 //! shard keeps its canonical digest with the body's scanned fields (one memo
 //! probe finds both, `json::scan_remembered`) and passes it back in
 //! [`KeyInput::canonical`]. A body read for the first time is read once for
@@ -312,21 +316,6 @@ impl KeyMaker {
         Ok(close + 1)
     }
 
-    /// The bytes of a key of a member written since the last copy or before
-    /// it (a key is never split: runs are copied at whitespace and escapes,
-    /// which are outside a key as written).
-    fn key_bytes<'b>(&'b self, body: &'b [u8], m: &Member) -> &'b [u8] {
-        let len = self.canonical.len();
-        if m.start >= len {
-            &body[self.from + (m.start - len)..self.from + (m.key_end - len)]
-        } else {
-            &self.canonical[m.start..m.key_end]
-        }
-    }
-
-    /// Puts the members written since `base` in key order (canonical key
-    /// bytes: a fixed total order on the keys), refusing a repeated key.
-    /// `may_fold`: whether some key may fold ([`crate::json::may_fold`]).
     /// `close`: the object's closing brace in the body, which the run not
     /// yet copied reaches.
     fn sort_members(
@@ -342,36 +331,30 @@ impl KeyMaker {
         // (`"Temperature"`, `"temperature"`) are a repeat to them: which one
         // wins depends on the order, which the canonical form drops.
         if may_fold && members.len() > 1 {
-            let (mut folded, mut spans) = (
-                std::mem::take(&mut self.scratch),
-                std::mem::take(&mut self.spans),
-            );
+            let (folded, spans) = (&mut self.scratch, &mut self.spans);
             folded.clear();
             spans.clear();
             for m in members {
                 // Go reads bytes that are not UTF-8 as U+FFFD: two such
                 // keys may be one to it.
-                let Ok(k) = std::str::from_utf8(self.key_bytes(body, m)) else {
-                    (self.scratch, self.spans) = (folded, spans);
-                    return Err(NoKey::NotJson);
-                };
+                let k = key_bytes(&self.canonical, self.from, body, m);
+                let k = std::str::from_utf8(k).map_err(|_| NoKey::NotJson)?;
                 let at = folded.len();
-                crate::json::fold_key(k, &mut folded);
+                crate::json::fold_key(k, folded);
                 spans.push(at..folded.len());
             }
             spans.sort_unstable_by(|a, b| folded[a.clone()].cmp(&folded[b.clone()]));
-            let repeat = spans
+            if spans
                 .windows(2)
-                .any(|w| folded[w[0].clone()] == folded[w[1].clone()]);
-            (self.scratch, self.spans) = (folded, spans);
-            if repeat {
+                .any(|w| folded[w[0].clone()] == folded[w[1].clone()])
+            {
                 return Err(NoKey::DuplicateKey);
             }
         }
-        let members = &self.members[base..];
+        let key = |m| key_bytes(&self.canonical, self.from, body, m);
         if members
             .windows(2)
-            .all(|w| key_order(self.key_bytes(body, &w[0]), self.key_bytes(body, &w[1])).is_lt())
+            .all(|w| key_order(key(&w[0]), key(&w[1])).is_lt())
         {
             return Ok(()); // already in order, no repeats: the common case
         }
@@ -411,6 +394,19 @@ impl KeyMaker {
                 _ => return Err(NoKey::NotJson),
             }
         }
+    }
+}
+
+/// The bytes of member `m`'s key, wherever they are: in `canonical`, or
+/// still in the run of `body` not yet copied from `from` (a key is never
+/// split: runs are copied at whitespace and escapes, which are outside a key
+/// as written).
+fn key_bytes<'b>(canonical: &'b [u8], from: usize, body: &'b [u8], m: &Member) -> &'b [u8] {
+    let len = canonical.len();
+    if m.start >= len {
+        &body[from + (m.start - len)..from + (m.key_end - len)]
+    } else {
+        &canonical[m.start..m.key_end]
     }
 }
 
