@@ -88,7 +88,19 @@ fn a_miss_then_byte_identical_hits(shards: usize) {
             again.header("aigw-request-id"),
             first.header("aigw-request-id")
         );
+        // The provider's id was of the answer copied, not of this request.
+        assert!(
+            again.header("x-request-id").is_none(),
+            "{:?}",
+            again.headers
+        );
     }
+    assert!(
+        first
+            .header("x-request-id")
+            .unwrap()
+            .starts_with("req_mock_")
+    );
     assert_eq!(mock.requests_seen(), 1);
     // Key order and whitespace do not matter; any value does.
     let reordered = r#" { "temperature" : 0.5, "stream": false,

@@ -228,6 +228,9 @@ fn cache_hits_do_not_count_unless_asked(shards: usize) {
         // A hit from the writer's own shard (or, at 2 shards, a coalesced
         // answer while the entry settles): no provider call either way.
         assert_eq!(r.header("aigw-cache-status"), Some("HIT"));
+        // Not counted, and still told what is left.
+        assert_eq!(r.header("x-ratelimit-limit-requests"), Some("2"));
+        assert_eq!(r.header("x-ratelimit-remaining-requests"), Some("1"));
     }
     assert_eq!(
         c.post("/v1/chat/completions", &[], &chat("other")).status,
@@ -274,6 +277,8 @@ fn cache_hits_do_not_count_unless_asked(shards: usize) {
         "{}",
         r.text()
     );
+    assert_eq!(r.header("x-ratelimit-limit-tokens"), Some("400"));
+    assert!(r.header("x-ratelimit-remaining-tokens").is_some());
 
     // A rule that counts hits refuses them once spent.
     let counting = limited(

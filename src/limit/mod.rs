@@ -349,19 +349,31 @@ impl ShardLimiter {
         let mut best: [Option<Shown>; 2] = [None, None];
         for (at, p) in rules.iter().enumerate() {
             let r = &p.rule;
-            if !ask.subject.matches(&r.models)
-                || ask.hit
-                    && !matches!(
-                        (r.count, r.count_cache_hits),
-                        (Count::Concurrent, _) | (Count::Requests, true)
-                    )
-            {
+            if !ask.subject.matches(&r.models) {
                 continue;
             }
             let value = ask.subject.value(&r.scope);
             let local = self.local(p, value);
             let now = window::position(ask.now_ms, p.window_ms);
             let sliding = r.technique == Technique::Sliding;
+            if ask.hit
+                && !matches!(
+                    (r.count, r.count_cache_hits),
+                    (Count::Concurrent, _) | (Count::Requests, true)
+                )
+            {
+                // Not counted, still shown: what is left for the answers
+                // that are (this shard's unused lease included).
+                let leased = if local.lease_window.get() == now.0 {
+                    local.lease_left.get()
+                } else {
+                    0
+                };
+                let left = local.bucket.counter.remaining(now, sliding, r.limit) + leased;
+                let kind = usize::from(r.count != Count::Requests);
+                show(&mut best[kind], at, p, left.min(r.limit), ask.now_ms);
+                continue;
+            }
             let mut refused = |refusal: Option<Refusal>, want: u64| {
                 // What earlier rules took for this request goes back.
                 admission.undo();
@@ -973,6 +985,37 @@ mod tests {
         a.cache_hit();
         drop(a);
         assert!(s.admit(&ask(Some("k"), NONE)).is_err());
+    }
+
+    #[test]
+    fn a_hit_shows_what_is_left_and_takes_nothing() {
+        let (_, s) = limiter(
+            "[[rate_limits]]\nscope = \"key\"\ncount = \"requests\"\nlimit = 3\nwindow = \"30d\"\n\
+             [[rate_limits]]\nscope = \"key\"\ncount = \"total_tokens\"\nlimit = 1000\nwindow = \"30d\"\n",
+            1,
+        );
+        let held = s.admit(&ask(Some("k"), NONE)).unwrap();
+        let hit = Ask {
+            hit: true,
+            ..ask(Some("k"), NONE)
+        };
+        let headers = |a: &Admission| {
+            let mut out = Vec::new();
+            a.write_headers(&mut out);
+            String::from_utf8(out).unwrap()
+        };
+        for _ in 0..5 {
+            let a = s.admit(&hit).unwrap();
+            assert!(a.is_empty(), "a hit holds nothing");
+            let h = headers(&a);
+            assert!(h.contains("x-ratelimit-remaining-requests: 2\r\n"), "{h}");
+            // 100 input + 50 output reserved by the request in flight.
+            assert!(h.contains("x-ratelimit-remaining-tokens: 850\r\n"), "{h}");
+        }
+        drop(held);
+        assert!(
+            headers(&s.admit(&hit).unwrap()).contains("x-ratelimit-remaining-tokens: 1000\r\n")
+        );
     }
 
     #[test]

@@ -111,15 +111,18 @@ impl CacheLine {
     }
 }
 
-/// Whether a provider header is replayed from the cache: end-to-end headers
-/// only, without framing (the replay frames its own body) or cookies.
+/// Whether a provider header is replayed from the cache: the headers that
+/// describe the body (`content-*`), without its framing (the replay frames
+/// its own body). Everything else a provider sends is of the one answer:
+/// its request id (`x-request-id`, `request-id`), the account that paid
+/// (`openai-organization`, `anthropic-organization-id`), its processing time,
+/// its rate-limit counts, cookies. Replayed, a hit would claim another
+/// request's id and, with `cache.shared`, show one tenant's account to
+/// another.
 fn stored(name: &[u8]) -> bool {
-    // A provider's rate-limit counts are of the moment it answered: a replay
-    // of them later would be wrong.
-    !(is_hop_by_hop(name)
-        || name.eq_ignore_ascii_case(b"content-length")
-        || name.eq_ignore_ascii_case(b"set-cookie")
-        || is_rate_limit(name))
+    name.len() > 8
+        && name[..8].eq_ignore_ascii_case(b"content-")
+        && !name.eq_ignore_ascii_case(b"content-length")
 }
 
 /// `x-ratelimit-*`: the provider's rate-limit counts (replaced by the
@@ -411,13 +414,18 @@ mod tests {
         };
         // What `Connection` lists is hop-by-hop, whatever its name.
         assert_eq!(
-            stored_for(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Req: 1\r\nConnection: keep-alive, x-drop\r\nX-Drop: y\r\nSet-Cookie: a=b\r\nx-ratelimit-remaining-requests: 5\r\n\r\n"),
-            "X-Req: 1\r\n"
+            stored_for(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: application/json\r\nX-Req: 1\r\nConnection: keep-alive, content-x\r\nContent-X: y\r\nSet-Cookie: a=b\r\nx-ratelimit-remaining-requests: 5\r\n\r\n"),
+            "Content-Type: application/json\r\n"
         );
-        // Without a `Connection` header, X-Drop is an ordinary header.
+        // Without a `Connection` header naming it, Content-X describes the body.
         assert_eq!(
-            stored_for(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Req: 1\r\nX-Drop: y\r\n\r\n"),
-            "X-Req: 1\r\nX-Drop: y\r\n"
+            stored_for(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\ncontent-type: text/event-stream\r\nContent-X: y\r\n\r\n"),
+            "content-type: text/event-stream\r\nContent-X: y\r\n"
+        );
+        // Of one answer only: its id, the account that paid, its timing.
+        assert_eq!(
+            stored_for(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nx-request-id: req_1\r\nrequest-id: req_2\r\nopenai-organization: org-a\r\nanthropic-organization-id: o\r\nopenai-processing-ms: 9\r\ncontent-language: en\r\n\r\n"),
+            "content-language: en\r\n"
         );
     }
 

@@ -9,6 +9,10 @@
 
 use std::borrow::Cow;
 use std::io::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The number in the next answer's `x-request-id`.
+static RESPONSE_ID: AtomicU64 = AtomicU64::new(1);
 
 pub const KIB: usize = 1024;
 pub const MIB: usize = 1024 * KIB;
@@ -349,6 +353,10 @@ pub fn push_head(
     if !keep_alive {
         out.extend_from_slice(b"connection: close\r\n");
     }
+    // Each answer's own id, as OpenAI (`x-request-id`) sends one: a gateway
+    // that replays an answer must not replay the id of the one it copies.
+    let id = RESPONSE_ID.fetch_add(1, Ordering::Relaxed);
+    let _ = write!(out, "x-request-id: req_mock_{id}\r\n");
     out.extend_from_slice(extra);
     out.extend_from_slice(b"\r\n");
 }
