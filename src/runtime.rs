@@ -152,7 +152,7 @@ pub fn serve(
         senders.clone(),
         hub.clone(),
         log_stats.clone(),
-        keys.clone(),
+        shared.clone(),
     );
     let admin = Admin::new(
         hub.clone(),

@@ -254,11 +254,87 @@ fn spend_of_requests_kept_no_row_of_survives_kill9(shards: usize) {
     assert_spend_kept(&gw, before);
 }
 
+/// Spends the gateway's budget until a request is refused; returns the
+/// spend `/usage` shows.
+fn spend_all(gw: &Gateway, from: usize) -> f64 {
+    let mut c = gw.client();
+    let mut i = from;
+    while c.post("/v1/chat/completions", &[SHORT], &body(i)).status == 200 {
+        i += 1;
+        assert!(i < from + 100, "never refused");
+    }
+    usage(gw, "by=key")["budgets"][0]["spent_usd"]
+        .cast_f64()
+        .unwrap()
+}
+
+fn reload(gw: &Gateway, from: &str, to: &str) {
+    let path = gw.dir().join("aigw.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains(from), "{from} not in\n{text}");
+    std::fs::write(&path, text.replace(from, to)).unwrap();
+    let (code, body) = common::gateway::admin_post(&gw.admin_socket, "/config/reload");
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+}
+
+/// A budget whose window a reload changes counts the spend the log holds for
+/// its new window, as a restart and `aigw usage` do; changed back, it is
+/// rebuilt again, never counted twice.
+fn a_reloaded_window_counts_what_a_restart_would(shards: usize) {
+    let mock = mock();
+    let dir = common::gateway::TempDir::new("budget-reload");
+    let gw = with_budget(shards, &mock, dir.path(), "");
+    let first = spend_all(&gw, 0);
+    assert!(first > 0.1, "{first}");
+    reload(
+        &gw,
+        "usd = 0.2\nwindow = \"7d\"",
+        "usd = 0.4\nwindow = \"30d\"",
+    );
+    let standing = |gw: &Gateway| {
+        let b = usage(gw, "by=key")["budgets"][0].clone();
+        (
+            b["window"].as_str().unwrap().to_string(),
+            b["spent_usd"].cast_f64().unwrap(),
+        )
+    };
+    let (window, spent) = standing(&gw);
+    assert_eq!(window, "rolling 2592000s");
+    assert!((spent - first).abs() < 1e-6, "{first} then {spent}");
+    // The rest of the new amount, and no more.
+    let second = spend_all(&gw, 1000);
+    assert!(second > 0.3 && second <= 0.4 + 1e-9, "{second}");
+    // What `aigw usage` and a restart would say.
+    let cfg = gw.dir().join("aigw.toml");
+    let (code, out, err) = run_aigw(&["usage", "--config", cfg.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let cli = json(out.as_bytes())["budgets"][0]["spent_usd"]
+        .cast_f64()
+        .unwrap();
+    assert!((cli - second).abs() < 1e-6, "{cli} vs {second}");
+    // Back to the first window: everything spent is in it, once.
+    reload(
+        &gw,
+        "usd = 0.4\nwindow = \"30d\"",
+        "usd = 0.2\nwindow = \"7d\"",
+    );
+    let (window, spent) = standing(&gw);
+    assert_eq!(window, "rolling 604800s");
+    assert!((spent - second).abs() < 1e-6, "{second} then {spent}");
+    assert_eq!(
+        gw.client()
+            .post("/v1/chat/completions", &[SHORT], &body(5000))
+            .status,
+        429
+    );
+}
+
 at_1_and_2_shards!(
     sixty_four_racing_clients_never_overspend,
     an_exhausted_budget_says_what_and_when_and_alerts_first,
     spend_survives_restart_and_kill9,
     spend_of_requests_kept_no_row_of_survives_kill9,
+    a_reloaded_window_counts_what_a_restart_would,
 );
 
 fn a_client_cannot_price_its_own_spend_down_or_overflow_a_budget(shards: usize) {

@@ -437,8 +437,43 @@ fn estimated_tokens_count_after_a_restart(shards: usize) {
     assert_eq!(mock.requests_seen(), 1);
 }
 
+/// A rule whose window a reload changes counts what the log holds for its
+/// new window (as after a restart), not nothing; a new limit alone keeps
+/// the counts.
+fn a_reloaded_window_counts_what_the_log_holds(shards: usize) {
+    let mock = mock();
+    let gw = limited(
+        shards,
+        &mock.base_url(),
+        "[[rate_limits]]\nname = \"two\"\nscope = \"gateway\"\ncount = \"requests\"\nlimit = 2\nwindow = \"30d\"\n",
+    );
+    let mut c = gw.client();
+    for i in 0..2 {
+        assert_eq!(
+            c.post("/v1/chat/completions", &[], &chat(&format!("p{i}")))
+                .status,
+            200
+        );
+    }
+    assert_refusal(&c.post("/v1/chat/completions", &[], &chat("p2")), "two");
+    let reload = |from: &str, to: &str| {
+        let path = gw.dir().join("aigw.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replace(from, to)).unwrap();
+        let (code, body) = common::gateway::admin_post(&gw.admin_socket, "/config/reload");
+        assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    };
+    reload("window = \"30d\"", "window = \"7d\"");
+    assert_refusal(&c.post("/v1/chat/completions", &[], &chat("p3")), "two");
+    reload("limit = 2\n", "limit = 3\n");
+    assert_eq!(c.post("/v1/chat/completions", &[], &chat("p4")).status, 200);
+    assert_refusal(&c.post("/v1/chat/completions", &[], &chat("p5")), "two");
+    assert_eq!(mock.requests_seen(), 3);
+}
+
 at_1_and_2_shards!(
     estimated_tokens_count_after_a_restart,
     limit_windows_survive_a_restart,
-    limit_windows_survive_a_restart_from_tallies
+    limit_windows_survive_a_restart_from_tallies,
+    a_reloaded_window_counts_what_the_log_holds
 );

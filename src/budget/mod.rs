@@ -208,13 +208,27 @@ struct Prepared {
     last: LastFound<Arc<Bucket>>,
 }
 
+fn fingerprint(r: &BudgetRule) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(format!("{:?}|{:?}|{:?}", r.scope, r.window, r.models).as_bytes())
+}
+
+/// The budgets of `after` whose spend `before` did not keep (new, or changed
+/// in per what, over which window or which models): a reload rebuilds them
+/// from the request log, as a restart does.
+pub fn fresh_rules(before: &[BudgetRule], after: &[BudgetRule]) -> Vec<BudgetRule> {
+    let kept: Vec<u64> = before.iter().map(fingerprint).collect();
+    after
+        .iter()
+        .filter(|r| !kept.contains(&fingerprint(r)))
+        .cloned()
+        .collect()
+}
+
 fn prepare(rules: &[BudgetRule]) -> Vec<Prepared> {
     rules
         .iter()
         .map(|r| Prepared {
-            fingerprint: xxhash_rust::xxh3::xxh3_64(
-                format!("{:?}|{:?}|{:?}", r.scope, r.window, r.models).as_bytes(),
-            ),
+            fingerprint: fingerprint(r),
             amount: micros(r.usd),
             rule: r.clone(),
             last: LastFound::default(),
@@ -257,6 +271,13 @@ impl Budgets {
                 })
             })
             .clone()
+    }
+
+    /// Drops every bucket of `rules` (spend of an earlier time they were in
+    /// force), before they are rebuilt from the log.
+    pub fn forget(&self, rules: &[BudgetRule]) {
+        let gone: Vec<u64> = rules.iter().map(fingerprint).collect();
+        self.buckets.retain(|k, _| !gone.contains(&k.0));
     }
 
     /// Drops buckets no shard holds whose spend no longer counts (scope
@@ -403,7 +424,12 @@ impl ShardBudgets {
     }
 
     pub fn set_rules(&self, rules: &[BudgetRule]) {
-        *self.rules.borrow_mut() = Rc::new(prepare(rules));
+        let prepared = prepare(rules);
+        // Handles on the buckets of budgets no longer in force go: were the
+        // budget back later, its spend is rebuilt from the log, not these.
+        let live: Vec<u64> = prepared.iter().map(|p| p.fingerprint).collect();
+        self.local.borrow_mut().retain(|k, _| live.contains(&k.0));
+        *self.rules.borrow_mut() = Rc::new(prepared);
     }
 
     pub fn is_empty(&self) -> bool {

@@ -12,8 +12,8 @@ use super::ShardCmd;
 use super::ShardSenders;
 use super::logs::LogStats;
 use super::stats::StatsHub;
-use crate::auth::Registry;
 use crate::config::Config;
+use crate::server::shard::Shared;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -105,7 +105,7 @@ pub struct Reloader {
     shards: ShardSenders,
     hub: Arc<StatsHub>,
     logs: Arc<LogStats>,
-    keys: Arc<Registry>,
+    shared: Shared,
 }
 
 impl Reloader {
@@ -115,7 +115,7 @@ impl Reloader {
         shards: ShardSenders,
         hub: Arc<StatsHub>,
         logs: Arc<LogStats>,
-        keys: Arc<Registry>,
+        shared: Shared,
     ) -> Arc<Reloader> {
         Arc::new(Reloader {
             source,
@@ -123,7 +123,7 @@ impl Reloader {
             shards,
             hub,
             logs,
-            keys,
+            shared,
         })
     }
 
@@ -162,12 +162,13 @@ impl Reloader {
         new.admin_socket = running.admin_socket.clone();
         new.admin_listen = running.admin_listen;
         new.logs.enabled = running.logs.enabled;
+        self.carry_on(&running, &new);
         let new = Arc::new(new);
         for tx in self.shards.iter() {
             let _ = tx.send(ShardCmd::Reload(new.clone()));
         }
         self.logs.set_config(new.logs.clone());
-        self.keys.set_config(&new.keys);
+        self.shared.keys.set_config(&new.keys);
         *running = new;
         drop(running);
         // Shards handle commands in order: once they answer a flush, the
@@ -176,6 +177,46 @@ impl Reloader {
             log::warn!("reload: not every shard confirmed within {APPLY_WAIT:?}");
         }
         Ok(report)
+    }
+
+    /// Rules and budgets the reload brings in (new, or changed in what they
+    /// count, per what or over which window) start from the request log, as
+    /// after a restart: a reload and a restart never disagree on what was
+    /// spent. A new amount or limit keeps the counts. Before any shard
+    /// applies them, so nothing is counted twice; what requests settle
+    /// between this read and the shards' switch counts under the old rules
+    /// only (the requests in flight across a reload).
+    fn carry_on(&self, running: &Config, new: &Config) {
+        let rates = crate::limit::fresh_rules(&running.rate_limits, &new.rate_limits);
+        let budgets = crate::budget::fresh_rules(&running.budgets, &new.budgets);
+        if rates.is_empty() && budgets.is_empty() {
+            return;
+        }
+        // Spend of an earlier time these were in force is not theirs now.
+        self.shared.limiter.forget(&rates);
+        self.shared.budgets.forget(&budgets);
+        // Every settled request into the store first.
+        if running.logs.enabled
+            && (!self.hub.flush_shards(&self.shards, APPLY_WAIT) || !self.logs.flush(APPLY_WAIT))
+        {
+            log::warn!(
+                "reload: the request log did not confirm a flush; the newest requests may be missing from the rebuilt rules"
+            );
+        }
+        match super::usage::rebuild_rules(
+            &running.server.data_dir,
+            &rates,
+            &budgets,
+            &self.shared.limiter,
+            &self.shared.budgets,
+        ) {
+            Ok(n) => log::info!(
+                "reload: {} new rate limits and {} new budgets rebuilt from {n} logged requests",
+                rates.len(),
+                budgets.len()
+            ),
+            Err(e) => log::warn!("reload: new rate limits and budgets start empty: {e}"),
+        }
     }
 
     /// `GET /config`: the running values, secrets as `****`.

@@ -4,34 +4,54 @@
 //! budget's standing. Off the request path.
 
 use crate::budget::{Budgets, Spent, Standing};
-use crate::config::Config;
+use crate::config::{BudgetRule, Config, RateRule};
 use crate::error::push_json_string;
 use crate::limit::{Limiter, Logged, Subject};
 use crate::logstore;
 pub use crate::logstore::replay::By;
 use std::fmt::Write as _;
 
-/// Replays the request log into the rate-limit windows and budgets in force
-/// now; returns how many logged requests it read.
-/// Rows replayed at a time at start.
+/// Rows replayed at a time.
 const REPLAY_BATCH: usize = 8192;
 
+/// Replays the request log into the rate-limit windows and budgets in force
+/// now (at start, before any shard runs); returns how many logged requests
+/// it read.
 pub fn rebuild(config: &Config, limiter: &Limiter, budgets: &Budgets) -> Result<usize, String> {
-    if config.rate_limits.is_empty() && config.budgets.is_empty() {
+    rebuild_rules(
+        &config.server.data_dir,
+        &config.rate_limits,
+        &config.budgets,
+        limiter,
+        budgets,
+    )
+}
+
+/// Replays the request log of `data_dir` into the windows of `rate_limits`
+/// and the spend of `budget_rules` only (a reload's new rules; their buckets
+/// are empty).
+pub fn rebuild_rules(
+    data_dir: &std::path::Path,
+    rate_limits: &[RateRule],
+    budget_rules: &[BudgetRule],
+    limiter: &Limiter,
+    budgets: &Budgets,
+) -> Result<usize, String> {
+    if rate_limits.is_empty() && budget_rules.is_empty() {
         return Ok(0);
     }
-    let path = logstore::path(&config.server.data_dir);
+    let path = logstore::path(data_dir);
     if !path.exists() {
         return Ok(0);
     }
     let now = crate::reqid::now_unix_ms();
     // The earliest time any window in force (or, sliding, the one before it) began.
     let mut since = now;
-    for r in &config.rate_limits {
+    for r in rate_limits {
         let w = r.window.as_millis().max(1) as u64;
         since = since.min((now / w).saturating_sub(1) * w);
     }
-    for b in &config.budgets {
+    for b in budget_rules {
         let s = crate::budget::slot(b.window, now);
         // A rolling window weighs the one before it; a calendar one does not.
         let start = match b.window {
@@ -70,7 +90,7 @@ pub fn rebuild(config: &Config, limiter: &Limiter, budgets: &Budgets) -> Result<
                 cached: r.cached,
             })
             .collect();
-        limiter.rebuild(&config.rate_limits, &logged);
+        limiter.rebuild(rate_limits, &logged);
         let spent: Vec<Spent<'_>> = subjects
             .iter()
             .filter_map(|(r, subject)| {
@@ -82,7 +102,7 @@ pub fn rebuild(config: &Config, limiter: &Limiter, budgets: &Budgets) -> Result<
                 })
             })
             .collect();
-        budgets.rebuild(&config.budgets, &spent);
+        budgets.rebuild(budget_rules, &spent);
     };
     logstore::replay::replay(&conn, since, REPLAY_BATCH, &mut each).map_err(|e| e.to_string())
 }

@@ -128,6 +128,13 @@ impl Limiter {
             .clone()
     }
 
+    /// Drops every bucket of `rules` (counts of an earlier time they were in
+    /// force), before they are rebuilt from the log.
+    pub fn forget(&self, rules: &[RateRule]) {
+        let gone: Vec<u64> = rules.iter().map(fingerprint).collect();
+        self.buckets.retain(|k, _| !gone.contains(&k.0));
+    }
+
     /// Drops buckets no shard holds whose current and previous windows are
     /// over (their counts can no longer refuse anything).
     pub fn sweep(&self, now_ms: u64) {
@@ -210,6 +217,19 @@ fn what(r: &RateRule) -> &'static str {
     } else {
         "requests"
     }
+}
+
+/// The rules of `after` whose counts `before` did not keep (new, or changed
+/// in what they count, per what, over which window or how): a reload
+/// rebuilds them from the request log, as a restart does. `concurrent` rules
+/// count only what is in flight: nothing to rebuild.
+pub fn fresh_rules(before: &[RateRule], after: &[RateRule]) -> Vec<RateRule> {
+    let kept: Vec<u64> = before.iter().map(fingerprint).collect();
+    after
+        .iter()
+        .filter(|r| r.count != Count::Concurrent && !kept.contains(&fingerprint(r)))
+        .cloned()
+        .collect()
 }
 
 fn fingerprint(r: &RateRule) -> u64 {
@@ -297,7 +317,17 @@ impl ShardLimiter {
                     last: LastFound::default(),
                 }
             })
-            .collect();
+            .collect::<Vec<Prepared>>();
+        // Handles on the buckets of rules no longer in force go: were the
+        // rule back later, its buckets are rebuilt from the log, not these.
+        let live: Vec<u64> = prepared.iter().map(|p| p.fingerprint).collect();
+        self.local.borrow_mut().retain(|k, l| {
+            let keep = live.contains(&k.0);
+            if !keep {
+                l.return_lease();
+            }
+            keep
+        });
         *self.rules.borrow_mut() = Rc::new(prepared);
     }
 
