@@ -926,6 +926,28 @@ fn purge_all_by_key_and_by_provider(shards: usize) {
     let (code, out) = admin_post(&gw.admin_socket, "/cache/purge?key=xyz");
     assert_eq!(code, 400, "{}", String::from_utf8_lossy(&out));
     assert_eq!(n(&cache_stats(&gw), &["purged"]), 5);
+
+    // An answer under way while a purge runs reaches its client and is not
+    // stored: it may be what the purge was for.
+    let slow = chat("purge slow", false);
+    let seen = mock.requests_seen();
+    std::thread::scope(|s| {
+        let asked = s.spawn(|| post(&gw, &[("x-mock-latency-ms", "1000")], &slow));
+        let deadline = Instant::now() + WAIT;
+        while mock.requests_seen() == seen {
+            assert!(
+                Instant::now() < deadline,
+                "the request never reached the mock"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let (code, _) = admin_post(&gw.admin_socket, "/cache/purge");
+        assert_eq!(code, 200);
+        let r = asked.join().unwrap();
+        assert_eq!((r.status, status(&r)), (200, "MISS"));
+    });
+    assert_eq!(status(&post(&gw, &[], &slow)), "MISS");
+    assert_eq!(mock.requests_seen(), seen + 2);
 }
 
 at_1_and_2_shards!(

@@ -57,6 +57,8 @@ pub const MAX_SHARED_BYTES: usize = 64 << 20;
 /// One upstream call that identical requests share.
 pub struct Flight {
     pub key: CacheKey,
+    /// The cache's purge count when the flight began.
+    pub purges: u64,
     /// Largest answer (head and body) a flight carries.
     max_bytes: usize,
     state: Mutex<State>,
@@ -89,9 +91,10 @@ impl Finished<'_> {
 }
 
 impl Flight {
-    pub fn new(key: CacheKey, max_bytes: usize) -> Flight {
+    pub fn new(key: CacheKey, max_bytes: usize, purges: u64) -> Flight {
         Flight {
             key,
+            purges,
             max_bytes,
             state: Mutex::new(State::default()),
             failed: AtomicBool::new(false),
@@ -293,7 +296,7 @@ mod tests {
     /// flight has left it.
     fn leading(max: usize) -> (Leading, impl Fn() -> bool) {
         let table = Arc::new(Flights::default());
-        let flight = Arc::new(Flight::new(CacheKey(1), max));
+        let flight = Arc::new(Flight::new(CacheKey(1), max, 0));
         table.insert(flight.key, flight.clone());
         let l = Leading::new(flight, table.clone());
         (l, move || table.is_empty())

@@ -189,6 +189,9 @@ pub struct Cache {
     fill_rx: Vec<flume::Receiver<Arc<Flight>>>,
     /// Requests that joined another's upstream call (counted as they join).
     followers: AtomicU64,
+    /// Purges begun since start: an answer whose flight began before one is
+    /// not stored (it may be what the purge was for).
+    purges: AtomicU64,
 }
 
 /// What a start found, per partition (for the start-up line).
@@ -309,9 +312,16 @@ impl Cache {
                 fills,
                 fill_rx,
                 followers: AtomicU64::new(0),
+                purges: AtomicU64::new(0),
             },
             Report { opened, removed },
         ))
+    }
+
+    /// Call before the shards purge: answers of flights already under way
+    /// are then not stored (each still reaches its clients).
+    pub fn begin_purge(&self) {
+        self.purges.fetch_add(1, Ordering::AcqRel);
     }
 
     pub fn totals(&self) -> Totals {
@@ -357,7 +367,8 @@ impl Cache {
     /// Stores a completed flight in partition `shard` with its writer,
     /// then lets new requests find the entry instead of the flight.
     fn store_in(&self, writer: &mut Writer, shard: usize, flight: &Arc<Flight>, now_ms: u64) {
-        if let Some(f) = flight.finished()
+        if flight.purges == self.purges.load(Ordering::Acquire)
+            && let Some(f) = flight.finished()
             && let Some(head) = f.head()
             && storable(head.stream, f.body())
         {
@@ -491,7 +502,8 @@ impl ShardCache {
                 return Lookup::Follow(o.get().clone(), status);
             }
             e => {
-                let flight = Arc::new(Flight::new(key, shared.config.max_entry));
+                let purges = shared.purges.load(Ordering::Acquire);
+                let flight = Arc::new(Flight::new(key, shared.config.max_entry, purges));
                 e.insert(flight.clone());
                 flight
             }
@@ -541,7 +553,7 @@ impl ShardCache {
         Some(())
     }
 
-    /// Purges this shard's partition.
+    /// Purges this shard's partition (after [`Cache::begin_purge`]).
     pub fn purge(&self, what: Purge) -> u64 {
         // Answers already handed to this partition go in first, so a purge
         // that follows an answer finds it.

@@ -396,6 +396,9 @@ impl Admin {
                 }
             };
         }
+        if let Some(c) = &self.cache {
+            c.begin_purge();
+        }
         let (tx, rx) = std::sync::mpsc::channel();
         let mut asked = 0;
         for s in self.shards.iter() {
