@@ -698,6 +698,11 @@ fn a_failing_leader_lets_followers_go_on_their_own(shards: usize) {
             .recv_timeout(WAIT)
             .expect("a follower went upstream");
     }
+    // What they got is stored: the next asker is answered from the cache.
+    wait_stored(&gw, 1);
+    let r = post(&gw, &[], &body);
+    assert_eq!((status(&r), r.text().as_str()), ("HIT", "{\"ok\":true}"));
+    assert!(arrived.try_recv().is_err(), "a hit went upstream");
 }
 
 /// Sends `count` distinct prompts; returns each prompt's first answer body.

@@ -522,6 +522,15 @@ impl ShardCache {
         Lookup::Lead(leading, status)
     }
 
+    /// A lead for a follower whose leader failed: it goes upstream on its own
+    /// (as every such follower does, none waiting on another) and its answer
+    /// is stored like a leader's. Its flight is in no table: nobody follows it.
+    pub fn lead_alone(&self, key: CacheKey) -> Leading {
+        let purges = self.shared.purges.load(Ordering::Acquire);
+        let flight = Arc::new(Flight::new(key, self.shared.config.max_entry, purges));
+        Leading::new(flight, self.shared.flights.clone())
+    }
+
     /// The entry the last [`Lookup::Hit`] found, as proven when it was found
     /// (read it with [`entry::view`]).
     pub fn hit(&self) -> Ref<'_, [u8]> {

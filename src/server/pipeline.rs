@@ -178,6 +178,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
             if let Err(e) = admit(ctx, inputs, &mut admission, &mut reservation) {
                 return answer_error(ctx, c, &mut rec, &e, keep_alive).await;
             }
+            lead = ctx.cache().map(|cache| cache.lead_alone(flight.key));
         }
     }
 
