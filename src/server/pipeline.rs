@@ -1106,6 +1106,7 @@ fn fill_tap(
         || method == Method::Head
         || rh.body() == ResponseBody::UntilClose
         || respond::forbids_store(rh, window, shared)
+        || respond::is_encoded(rh, window)
     {
         leading.fail();
         return None;
@@ -1757,6 +1758,7 @@ async fn answer_error(
         keep_alive,
         c.head.method,
         rec.id,
+        cache_line(rec),
     );
     rec.status = e.status;
     // Refused or failed before a provider could spend anything.

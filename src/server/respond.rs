@@ -163,6 +163,16 @@ pub fn forbids_store(rh: &ResponseHead, window: &[u8], shared: bool) -> bool {
         })
 }
 
+/// Whether a provider response is in a content coding (`Content-Encoding`
+/// other than `identity`). aigw asks for none; a provider that compresses
+/// anyway is relayed as it answered, and not stored: aigw cannot read it.
+pub fn is_encoded(rh: &ResponseHead, window: &[u8]) -> bool {
+    rh.headers
+        .iter()
+        .filter(|x| x.name.get(window).eq_ignore_ascii_case(b"content-encoding"))
+        .any(|x| tokens(x.value.get(window)).any(|t| !t.eq_ignore_ascii_case(b"identity")))
+}
+
 /// What the head of an answer from the cache depends on.
 pub struct CachedHead<'a> {
     pub http10: bool,
@@ -301,9 +311,14 @@ pub fn error(
     keep_alive: bool,
     method: Method,
     id: RequestId,
+    cache: Option<CacheLine>,
 ) {
-    let mut id_line = Vec::with_capacity(60);
+    let mut id_line = Vec::with_capacity(96);
     push_id(&mut id_line, id);
+    // A request that looked in the cache says so, whatever answered it.
+    if let Some(c) = cache {
+        c.write(&mut id_line);
+    }
     // Request ids are ASCII (hex digits and dashes).
     let id_line = std::str::from_utf8(&id_line).unwrap_or_default();
     if method == Method::Head {
@@ -495,10 +510,15 @@ mod tests {
             false,
             Method::Get,
             id,
+            Some(CacheLine {
+                cloudflare: false,
+                status: CacheStatus::Miss,
+            }),
         );
         let s = String::from_utf8(out).unwrap();
         assert!(
             s.contains("aigw-request-id: 00000000-0000-0000-0000-000000000003\r\n")
+                && s.contains("aigw-cache-status: MISS\r\n")
                 && s.contains("connection: close\r\n")
         );
         // A HEAD request gets the head (with its length) and no body.
@@ -510,6 +530,7 @@ mod tests {
             true,
             Method::Head,
             id,
+            None,
         );
         let s = String::from_utf8(out).unwrap();
         assert!(
