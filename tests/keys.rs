@@ -192,6 +192,20 @@ fn a_client_with_its_own_provider_key_sends_the_gateway_key_beside_it(shards: us
     ]);
     assert_eq!(r.status, 401, "{}", r.text());
     assert!(r.text().contains("two different"), "{}", r.text());
+    // Nor in the URL query (where Google's API takes its key), however
+    // encoded: the query goes upstream as written.
+    for query in [
+        format!("?key={secret}"),
+        format!("?alt=sse&key=%73{}", &secret[1..]),
+    ] {
+        let r = gw.client().post(
+            &format!("/up/chat/completions{query}"),
+            &[("aigw-authorization", &bearer(&secret))],
+            CHAT,
+        );
+        assert_eq!(r.status, 401, "{query}: {}", r.text());
+        assert!(r.text().contains("URL query"), "{}", r.text());
+    }
     assert_eq!(mock.requests_seen(), 1);
     assert!(
         !mock

@@ -516,6 +516,18 @@ pub fn presented<'a>(
         .or(provider.map(|t| (Carrier::Provider, t)))
 }
 
+/// Whether a URL query carries a gateway secret (where Google's API takes
+/// its key, `?key=`): the query goes upstream as written, so such a request
+/// is refused, never forwarded. Read as the provider reads it: decoded.
+pub fn secret_in_query(query: &[u8]) -> bool {
+    let prefix = SECRET_PREFIX.as_bytes();
+    if query.contains(&b'%') {
+        memchr::memmem::find(&crate::http::percent_decode(query), prefix).is_some()
+    } else {
+        memchr::memmem::find(query, prefix).is_some()
+    }
+}
+
 /// The token of `Bearer <token>` (scheme case-insensitive), or the value.
 fn bearer(value: &[u8]) -> &[u8] {
     let v = value.trim_ascii();
@@ -539,6 +551,16 @@ mod tests {
             origin: Origin::Admin,
             created_ms: 1,
         }
+    }
+
+    #[test]
+    fn a_secret_in_the_query_is_found_however_spelled() {
+        assert!(secret_in_query(b"key=sk-aigw-abc"));
+        assert!(secret_in_query(b"alt=sse&key=sk-aigw-abc"));
+        assert!(secret_in_query(b"key=%73k-aigw-abc"));
+        assert!(secret_in_query(b"k=1&x=sk%2Daigw%2dabc"));
+        assert!(!secret_in_query(b"key=AIza-provider&alt=sse"));
+        assert!(!secret_in_query(b""));
     }
 
     #[test]

@@ -657,6 +657,13 @@ fn authenticate(
             .iter()
             .all(|t| t.has_keys() || t.provider.auth_lines(true).is_some()),
     };
+    let query = crate::http::split_byte(&plan.path, b'?').map_or("", |(_, q)| q);
+    if auth::secret_in_query(query.as_bytes()) {
+        return Err(GatewayError::unauthorized(format!(
+            "a gateway key was sent in the URL query, which goes to provider `{}` as written: send it as `Authorization: Bearer <key>` or `aigw-authorization: Bearer <key>`",
+            plan.provider.name
+        )));
+    }
     let found = match auth::presented(headers, injected) {
         Some((Carrier::Misplaced, _)) => {
             return Err(GatewayError::unauthorized(format!(
