@@ -36,8 +36,22 @@ pub struct RequestFields {
     pub max_tokens: [Option<Range<usize>>; 3],
     /// `n`, when present.
     pub choices: Option<Range<usize>>,
+    /// Caps set elsewhere than these, read by the scan.
+    pub more: MoreCaps,
     /// Offset just after the top-level `{`.
     pub body_open: usize,
+}
+
+/// Output caps and answer counts a body sets other than at its top level's
+/// `max_tokens`-like names and `n`: a Gemini-native body's
+/// `generationConfig.maxOutputTokens` and `candidateCount` (either spelling),
+/// and `best_of` (legacy completions: every candidate is generated and
+/// billed). 0: not set (a cap of 0 is then read as none, which only ever
+/// reserves more).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct MoreCaps {
+    pub max_tokens: u64,
+    pub choices: u64,
 }
 
 /// Scans of request bodies a shard read lately, by the xxh3-128 of their
@@ -172,7 +186,13 @@ enum Field {
     MaxTokens(usize),
     /// `n`: how many answers the request asks for.
     Choices,
+    BestOf,
+    /// Index into [`RequestFields::generation_config`].
+    GenerationConfig(usize),
 }
+
+/// `generationConfig`'s spellings, in [`RequestFields::generation_config`] order.
+const GENERATION_CONFIG_NAMES: [&str; 2] = ["generationConfig", "generation_config"];
 
 /// The output-cap names, in [`RequestFields::max_tokens`] order.
 const MAX_TOKENS_NAMES: [&str; 3] = ["max_tokens", "max_completion_tokens", "max_output_tokens"];
@@ -195,6 +215,9 @@ fn field_of(raw_key: &[u8]) -> Option<Field> {
         b"max_completion_tokens" => Some(Field::MaxTokens(1)),
         b"max_output_tokens" => Some(Field::MaxTokens(2)),
         b"n" => Some(Field::Choices),
+        b"best_of" => Some(Field::BestOf),
+        b"generationConfig" => Some(Field::GenerationConfig(0)),
+        b"generation_config" => Some(Field::GenerationConfig(1)),
         _ => None,
     }
 }
@@ -238,6 +261,9 @@ const READ_KEYS: Names = names(&[
     ("max_completion_tokens", "max_completion_tokens"),
     ("max_output_tokens", "max_output_tokens"),
     ("n", "n"),
+    ("best_of", "best_of"),
+    ("generationConfig", "generationConfig"),
+    ("generation_config", "generation_config"),
 ]);
 
 /// The read field (its path) that a raw key which is not exactly any of
@@ -400,15 +426,17 @@ impl RequestFields {
             .flatten()
             .filter_map(|r| plain_integer(&body[r.clone()]))
             .max()
+            .max((self.more.max_tokens > 0).then_some(self.more.max_tokens))
     }
 
-    /// How many answers the body asks for (`n`; 1 when absent or not a
-    /// plain integer, which providers refuse).
+    /// How many answers the body asks for or is billed for (`n`,
+    /// `best_of`, Gemini's `candidateCount`; 1 when absent).
     pub fn choices(&self, body: &[u8]) -> u64 {
         self.choices
             .as_ref()
             .and_then(|r| plain_integer(&body[r.clone()]))
             .unwrap_or(1)
+            .max(self.more.choices)
             .max(1)
     }
 }
@@ -472,6 +500,9 @@ pub fn top_object(body: &[u8]) -> Result<usize, BodyError> {
 /// The fields found so far among a body's top-level members.
 struct Found {
     fields: RequestFields,
+    best_of: Option<Range<usize>>,
+    /// `generationConfig`, `generation_config`.
+    generation_config: [Option<Range<usize>>; 2],
     duplicate: Option<&'static str>,
     /// A key some parsers read as a field we read (that field's path).
     variant: Option<&'static str>,
@@ -486,6 +517,8 @@ impl Found {
                 body_open: start + 1,
                 ..Default::default()
             },
+            best_of: None,
+            generation_config: [None, None],
             duplicate: None,
             variant: None,
             bad_key: None,
@@ -500,6 +533,10 @@ impl Found {
             Some(Field::StreamOptions) => (&mut fields.stream_options, "stream_options"),
             Some(Field::MaxTokens(i)) => (&mut fields.max_tokens[i], MAX_TOKENS_NAMES[i]),
             Some(Field::Choices) => (&mut fields.choices, "n"),
+            Some(Field::BestOf) => (&mut self.best_of, "best_of"),
+            Some(Field::GenerationConfig(i)) => {
+                (&mut self.generation_config[i], GENERATION_CONFIG_NAMES[i])
+            }
             None => {
                 if self.variant.is_none() {
                     match case_variant_of(key, &READ_KEYS) {
@@ -572,6 +609,19 @@ impl Found {
         if !integer(&fields.choices) {
             return Err(BodyError::NotInteger("n"));
         }
+        if !integer(&self.best_of) {
+            return Err(BodyError::NotInteger("best_of"));
+        }
+        if let Some(r) = &self.best_of {
+            fields.more.choices = plain_integer(&body[r.clone()]).unwrap_or(0);
+        }
+        for r in self.generation_config.iter().flatten() {
+            if body.get(r.start) == Some(&b'{') {
+                let caps = gemini_caps(body, r.start)?;
+                fields.more.max_tokens = fields.more.max_tokens.max(caps.max_tokens);
+                fields.more.choices = fields.more.choices.max(caps.choices);
+            }
+        }
         // Its text is checked where it is read ([`RequestFields::model_str`]).
         if let Some(r) = &fields.model
             && body[r.start] != b'"'
@@ -581,6 +631,45 @@ impl Found {
         }
         Ok(fields)
     }
+}
+
+/// The caps a `generationConfig` object at `open` sets, either spelling (a
+/// proto JSON parser takes both; the larger counts). Read as the top-level
+/// numbers are: plain whole numbers or null, each name once.
+fn gemini_caps(body: &[u8], open: usize) -> Result<MoreCaps, BodyError> {
+    const NAMES: [(&str, &str); 4] = [
+        ("maxOutputTokens", "generationConfig.maxOutputTokens"),
+        ("max_output_tokens", "generationConfig.max_output_tokens"),
+        ("candidateCount", "generationConfig.candidateCount"),
+        ("candidate_count", "generationConfig.candidate_count"),
+    ];
+    let mut seen: [Option<Range<usize>>; 4] = Default::default();
+    let mut twice = None;
+    let _ = for_each_member(body, open, |k, v| {
+        if let Some(i) = NAMES.iter().position(|(n, _)| key_is(k, n))
+            && seen[i].replace(v).is_some()
+        {
+            twice = Some(NAMES[i].1);
+        }
+    });
+    if let Some(name) = twice {
+        return Err(BodyError::Duplicate(name));
+    }
+    let mut values = [0; 4];
+    for (i, r) in seen.iter().enumerate() {
+        let Some(r) = r else { continue };
+        let raw = &body[r.clone()];
+        if raw == b"null" {
+            continue;
+        }
+        values[i] = plain_integer(raw)
+            .filter(|_| is_number(raw))
+            .ok_or(BodyError::NotInteger(NAMES[i].1))?;
+    }
+    Ok(MoreCaps {
+        max_tokens: values[0].max(values[1]),
+        choices: values[2].max(values[3]),
+    })
 }
 
 /// Calls `f(raw_key, value_range)` for each member of the object starting at
@@ -1035,6 +1124,44 @@ mod tests {
             end,
             before.iter().any(|&b| b.is_ascii_uppercase() || b >= 0x80),
         )
+    }
+
+    #[test]
+    fn gemini_caps_and_best_of_count_as_output_caps_and_answers() {
+        let caps = |body: &[u8]| {
+            let f = scan_request(body).unwrap();
+            (f.max_tokens(body), f.choices(body))
+        };
+        assert_eq!(
+            caps(br#"{"contents":[],"generationConfig":{"temperature":1,"maxOutputTokens":2000,"candidateCount":3}}"#),
+            (Some(2000), 3)
+        );
+        // Either spelling a proto JSON parser takes; the larger counts.
+        assert_eq!(
+            caps(br#"{"generation_config":{"max_output_tokens":50,"candidate_count":2},"generationConfig":{"maxOutputTokens":70}}"#),
+            (Some(70), 2)
+        );
+        assert_eq!(
+            caps(br#"{"generationConfig":{"maxOutputTokens":null}}"#),
+            (None, 1)
+        );
+        // Every best_of candidate is generated and billed.
+        assert_eq!(
+            caps(br#"{"prompt":"x","max_tokens":10,"n":2,"best_of":5}"#),
+            (Some(10), 5)
+        );
+        assert_eq!(
+            scan_request(br#"{"generationConfig":{"maxOutputTokens":1e3}}"#),
+            Err(BodyError::NotInteger("generationConfig.maxOutputTokens"))
+        );
+        assert_eq!(
+            scan_request(br#"{"generationConfig":{"candidateCount":1,"candidateCount":9}}"#),
+            Err(BodyError::Duplicate("generationConfig.candidateCount"))
+        );
+        assert_eq!(
+            scan_request(br#"{"best_of":"5"}"#),
+            Err(BodyError::NotInteger("best_of"))
+        );
     }
 
     #[test]

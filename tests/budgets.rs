@@ -254,6 +254,43 @@ fn spend_of_requests_kept_no_row_of_survives_kill9(shards: usize) {
     assert_spend_kept(&gw, before);
 }
 
+/// A Gemini-native request's output cap and candidate count are in its
+/// `generationConfig`: the reservation is made by them (it was made by the
+/// budget's default cap, and the answer overspent the budget).
+fn a_gemini_native_request_reserves_by_its_generation_config(shards: usize) {
+    let mock = mock();
+    let gw = Gateway::with(shards)
+        .toml(&format!(
+            "[providers.gm]\nkind = \"google\"\nbase_url = \"{}\"\napi_key = \"g-key\"\n\
+             [prices.\"gm/gemini-x\"]\ninput = 1000.0\noutput = 1000.0\n\
+             [[budgets]]\nname = \"half\"\nscope = \"gateway\"\nusd = 0.5\nwindow = \"daily\"\ndefault_max_tokens = 100\n",
+            mock.base_url().trim_end_matches("/v1")
+        ))
+        .start();
+    let ask = |config: &str| {
+        gw.client().post(
+            "/gm/v1beta/models/gemini-x:generateContent",
+            &[SHORT],
+            &format!(
+                r#"{{"contents":[{{"parts":[{{"text":"x"}}]}}],"generationConfig":{config}}}"#
+            ),
+        )
+    };
+    // 2000 tokens at $1 per thousand: more than the budget.
+    for config in [
+        r#"{"maxOutputTokens":2000}"#,
+        r#"{"max_output_tokens":2000}"#,
+        r#"{"maxOutputTokens":100,"candidateCount":20}"#,
+    ] {
+        let r = ask(config);
+        assert_eq!(r.status, 429, "{config}: {}", r.text());
+        assert_eq!(r.error_code(), "budget_exceeded");
+    }
+    assert_eq!(mock.requests_seen(), 0);
+    let r = ask(r#"{"maxOutputTokens":100}"#);
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
 /// Spends the gateway's budget until a request is refused; returns the
 /// spend `/usage` shows.
 fn spend_all(gw: &Gateway, from: usize) -> f64 {
@@ -335,6 +372,7 @@ at_1_and_2_shards!(
     spend_survives_restart_and_kill9,
     spend_of_requests_kept_no_row_of_survives_kill9,
     a_reloaded_window_counts_what_a_restart_would,
+    a_gemini_native_request_reserves_by_its_generation_config,
 );
 
 fn a_client_cannot_price_its_own_spend_down_or_overflow_a_budget(shards: usize) {
