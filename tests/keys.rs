@@ -288,6 +288,25 @@ fn keys_made_over_the_admin_socket_work_on_every_shard_and_survive_a_restart(sha
         r#"{"id":"x","models":["gpt"]}"#,
     );
     assert_eq!(code, 400);
+    // Nor may the config file take an admin key's id or secret: a reload
+    // that tries is refused, naming the key, and changes nothing.
+    let path = gw.dir().join("aigw.toml");
+    let file = std::fs::read_to_string(&path).unwrap();
+    let (_, lines) = key_new("erin", &[]);
+    let hash = aigw::auth::hex(&aigw::auth::hash_secret(frank.as_bytes()));
+    std::fs::write(
+        &path,
+        format!("{file}\n{lines}\n[keys.copy]\nsecret_sha256 = \"{hash}\"\n"),
+    )
+    .unwrap();
+    let (code, body) = common::gateway::admin_post(&gw.admin_socket, "/config/reload");
+    let text = String::from_utf8_lossy(&body).to_string();
+    assert_eq!(code, 400, "{text}");
+    assert!(
+        text.contains("keys.erin") && text.contains("keys.copy"),
+        "{text}"
+    );
+    std::fs::write(&path, &file).unwrap();
 
     // In force on every shard, on connections opened before it existed too.
     let mut conns = gw.connection_per_shard();

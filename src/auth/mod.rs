@@ -261,15 +261,46 @@ impl Registry {
         {
             let mut sets = r.sets.lock().unwrap_or_else(|e| e.into_inner());
             sets.config = config_set(config);
-            // A file key wins over an admin key of the same id.
+            // A file key wins over an admin key of the same id (a reload
+            // refuses such a file; one edited while aigw was down is said).
             sets.admin = admin
                 .into_iter()
-                .filter(|e| !sets.config.contains_key(&e.id))
+                .filter(|e| {
+                    let shadowed = sets.config.contains_key(&e.id);
+                    if shadowed {
+                        log::warn!(
+                            "keys.{}: the config file defines a key with the id of a key created over the admin socket; the file's is in force and the admin key is not (remove [keys.{0}] from the file, restart and revoke it, or choose another id)",
+                            e.id
+                        );
+                    }
+                    !shadowed
+                })
                 .map(|e| (e.id.clone(), Arc::new(e)))
                 .collect();
             r.publish(&sets);
         }
         Arc::new(r)
+    }
+
+    /// The keys of a config file that clash with admin keys (the same id, or
+    /// the same secret), each as a config error: a reload refuses them, as
+    /// `POST /keys` refuses an id or secret already taken.
+    pub fn clashes(&self, config: &BTreeMap<String, KeyConfig>) -> Vec<String> {
+        let sets = self.lock();
+        let mut out = Vec::new();
+        for (id, k) in config_set(config) {
+            if sets.admin.contains_key(&id) {
+                out.push(format!(
+                    "keys.{id}: a key created over the admin socket has this id; revoke it first (`aigw key revoke {id}`) or choose another id"
+                ));
+            } else if let Some(other) = sets.admin.values().find(|e| ct_eq(&e.hash, &k.hash)) {
+                out.push(format!(
+                    "keys.{id}: its secret is key `{}`'s (created over the admin socket); make a new one with `aigw key new`",
+                    other.id
+                ));
+            }
+        }
+        out
     }
 
     /// A reload's keys replace the file's keys.

@@ -139,6 +139,10 @@ impl Reloader {
     /// (and nothing changed).
     pub fn reload(&self) -> Result<Report, Vec<String>> {
         let mut new = self.source.load()?;
+        let clashes = self.shared.keys.clashes(&new.keys);
+        if !clashes.is_empty() {
+            return Err(clashes);
+        }
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
         let before = running.entries(true);
         let after = new.entries(true);
