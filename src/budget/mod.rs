@@ -40,10 +40,12 @@ pub const NO_VALUE: &str = crate::limit::NO_VALUE;
 /// Spend is counted in micro-dollars, 40 bits a window (over $1M).
 type SpendWindows = Windows<40>;
 
-/// USD to micro-dollars, rounded up (a charge is never under-counted).
+/// USD to micro-dollars, rounded up (a charge is never under-counted) once
+/// the float's noise is gone: $0.0259 is 25,900, not 25,901 (which, a
+/// micro-dollar a request, set budgets apart from the logged costs).
 pub fn micros(usd: f64) -> u64 {
     if usd.is_finite() && usd > 0.0 {
-        crate::num::ceil_u64(usd * 1e6)
+        crate::num::round_u64(usd * 1e9).div_ceil(1000)
     } else {
         0
     }
@@ -682,6 +684,16 @@ mod tests {
         output: 1.0,
     });
     const NOW: u64 = 1_796_032_800_000;
+
+    #[test]
+    fn micro_dollars_round_up_without_float_noise() {
+        assert_eq!(micros(0.0259), 25_900);
+        assert_eq!(micros(4.932), 4_932_000);
+        assert_eq!(micros(0.1 + 0.2), 300_000);
+        assert_eq!(micros(0.000_000_5), 1);
+        assert_eq!(micros(0.000_001_001), 2);
+        assert_eq!((micros(0.0), micros(-1.0), micros(f64::NAN)), (0, 0, 0));
+    }
 
     #[test]
     fn racing_reservations_never_pass_the_budget() {
