@@ -1113,7 +1113,6 @@ fn fill_tap(
         || method == Method::Head
         || rh.body() == ResponseBody::UntilClose
         || respond::forbids_store(rh, window, shared)
-        || respond::is_encoded(rh, window)
     {
         leading.fail();
         return None;

@@ -146,31 +146,30 @@ pub fn stored_head(out: &mut Vec<u8>, rh: &ResponseHead, window: &[u8]) {
     }
 }
 
-/// Whether a provider response says not to store it: `Cache-Control:
-/// no-store`, or `private` when entries are shared between credentials.
-/// Not `no-cache`: providers send it on every event stream (OpenAI's
-/// `no-cache, must-revalidate`), for proxies that would hold a stream back;
-/// honoured, no stream would ever be cached or shared.
+/// Whether a provider response is not to be stored, by its headers (one
+/// pass over them):
+/// - `Cache-Control: no-store`, or `private` when entries are shared between
+///   credentials. Not `no-cache`: providers send it on every event stream
+///   (OpenAI's `no-cache, must-revalidate`), for proxies that would hold a
+///   stream back; honoured, no stream would ever be cached or shared.
+/// - A content coding (`Content-Encoding` other than `identity`): aigw asks
+///   for none; a provider that compresses anyway is relayed as it answered,
+///   and not stored (aigw cannot read it).
 pub fn forbids_store(rh: &ResponseHead, window: &[u8], shared: bool) -> bool {
-    rh.headers
-        .iter()
-        .filter(|x| x.name.get(window).eq_ignore_ascii_case(b"cache-control"))
-        .any(|x| {
-            tokens(x.value.get(window)).any(|t| {
+    rh.headers.iter().any(|x| {
+        let name = x.name.get(window);
+        let value = x.value.get(window);
+        if name.eq_ignore_ascii_case(b"cache-control") {
+            tokens(value).any(|t| {
                 t.eq_ignore_ascii_case(b"no-store")
                     || (shared && t.eq_ignore_ascii_case(b"private"))
             })
-        })
-}
-
-/// Whether a provider response is in a content coding (`Content-Encoding`
-/// other than `identity`). aigw asks for none; a provider that compresses
-/// anyway is relayed as it answered, and not stored: aigw cannot read it.
-pub fn is_encoded(rh: &ResponseHead, window: &[u8]) -> bool {
-    rh.headers
-        .iter()
-        .filter(|x| x.name.get(window).eq_ignore_ascii_case(b"content-encoding"))
-        .any(|x| tokens(x.value.get(window)).any(|t| !t.eq_ignore_ascii_case(b"identity")))
+        } else if name.eq_ignore_ascii_case(b"content-encoding") {
+            tokens(value).any(|t| !t.eq_ignore_ascii_case(b"identity"))
+        } else {
+            false
+        }
+    })
 }
 
 /// What the head of an answer from the cache depends on.
