@@ -728,6 +728,41 @@ fn a_failing_leader_lets_followers_go_on_their_own(shards: usize) {
     assert!(arrived.try_recv().is_err(), "a hit went upstream");
 }
 
+/// A follower's own `aigw-request-timeout` bounds its wait on the leader: it
+/// times out as it would have on its own, without asking the provider again.
+fn a_follower_keeps_its_own_request_timeout(shards: usize) {
+    let mock = mock();
+    let gw = cached_gateway(shards, &mock.base_url());
+    let body = chat("slow leader", false);
+    std::thread::scope(|s| {
+        let leader = s.spawn(|| post(&gw, &[("x-mock-latency-ms", "1500")], &body));
+        let deadline = Instant::now() + WAIT;
+        while mock.requests_seen() == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the leader never reached the mock"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let asked = Instant::now();
+        let r = post(&gw, &[("aigw-request-timeout", "200")], &body);
+        assert!(
+            asked.elapsed() < Duration::from_millis(1200),
+            "{:?}",
+            asked.elapsed()
+        );
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (504, "upstream_timeout"),
+            "{}",
+            r.text()
+        );
+        assert_eq!(status(&r), "MISS");
+        assert_eq!(leader.join().unwrap().status, 200);
+    });
+    assert_eq!(mock.requests_seen(), 1);
+}
+
 /// Sends `count` distinct prompts; returns each prompt's first answer body.
 fn fill(gw: &Gateway, prefix: &str, count: usize) -> BTreeMap<String, Vec<u8>> {
     let mut c = gw.client();
@@ -992,6 +1027,7 @@ at_1_and_2_shards!(
     stream_followers_get_events_as_the_leader_does,
     stream_followers_of_a_cut_stream_get_its_error_event,
     a_failing_leader_lets_followers_go_on_their_own,
+    a_follower_keeps_its_own_request_timeout,
     followers_finish_a_stream_whose_leader_left,
     restart_keeps_entries_and_damage_loses_only_entries,
     kill9_during_writes_never_serves_a_wrong_answer,

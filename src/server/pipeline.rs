@@ -156,8 +156,14 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
             } else {
                 relay::STREAM_BROKE_OFF
             };
+            // Its own time to a response head bounds its wait too. With a
+            // route, a timeout falls back: it goes on its own to the targets.
+            let own = Own {
+                timeout: wish.retry.timeout,
+                routed: plan.routing.is_some(),
+            };
             let followed = follow(
-                ctx, c, req, &flight, &mut rec, keep_alive, &extra, broke_off,
+                ctx, c, req, &flight, &mut rec, keep_alive, &extra, broke_off, own,
             );
             if let Some(keep) = followed.await {
                 record(ctx, &mut rec);
@@ -1137,6 +1143,16 @@ fn fill_tap(
     Some(FillTap { leading })
 }
 
+/// A follower's own bound on its wait for a response head.
+#[derive(Clone, Copy)]
+struct Own {
+    /// `aigw-request-timeout`.
+    timeout: Option<Duration>,
+    /// A route's timeout falls back to its next target: the follower goes on
+    /// its own rather than answer 504.
+    routed: bool,
+}
+
 /// Answers a follower from its flight. A JSON answer is sent once whole (so a
 /// failed leader leaves the follower free to go upstream itself); a stream is
 /// relayed as it arrives. `None`: the flight failed before anything was sent.
@@ -1150,6 +1166,7 @@ async fn follow(
     keep_alive: bool,
     limits: &[u8],
     broke_off: &[u8],
+    own: Own,
 ) -> Option<bool> {
     if !flight.follow() {
         rec.cache = Some(CacheStatus::Miss);
@@ -1157,7 +1174,10 @@ async fn follow(
     }
     let config = ctx.config();
     let t = &config.timeouts;
-    let wait = t.upstream_connect + t.first_byte;
+    // Measured from the request's arrival, as its own attempt would be.
+    let own_left = own.timeout.map(|d| d.saturating_sub(req.started.elapsed()));
+    let gateway_wait = t.upstream_connect + t.first_byte;
+    let wait = own_left.map_or(gateway_wait, |d| d.min(gateway_wait));
     let on_own = |rec: &mut RequestRecord| {
         rec.cache = Some(CacheStatus::Miss);
         None
@@ -1170,6 +1190,17 @@ async fn follow(
     })
     .await
     else {
+        if own_left.is_some_and(|d| d < gateway_wait) && !own.routed && !flight.is_failed() {
+            // Its own time ran out while the provider still worked on the
+            // leader's request: the answer it would have got on its own.
+            rec.cache = Some(CacheStatus::Miss);
+            let provider = rec.provider.clone().unwrap_or_default();
+            let e = GatewayError::upstream_timeout(
+                &provider,
+                "no response within aigw-request-timeout (waiting on an identical request in flight)",
+            );
+            return Some(answer_error(ctx, c, rec, &e, keep_alive).await);
+        }
         return on_own(rec);
     };
     let cache = CacheLine {
