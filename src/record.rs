@@ -466,6 +466,9 @@ pub struct RequestRecord {
     /// The request's `aigw-metadata`, with its key's attribution merged in
     /// (the key's fields win). Shared with the shard's memo until changed.
     pub metadata: Option<Metadata>,
+    /// The shard's config generation when the request began (a request
+    /// that outlives a reload counts into the rules it brought in too).
+    pub generation: u64,
     pub status: u16,
     /// Whose fault an error response was, if it was one.
     pub error_source: Option<ErrorSource>,
@@ -581,6 +584,7 @@ impl RequestRecord {
             upstream_reused: false,
             cache: None,
             cache_key: None,
+            generation: 0,
             log: None,
         }
     }

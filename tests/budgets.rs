@@ -254,6 +254,52 @@ fn spend_of_requests_kept_no_row_of_survives_kill9(shards: usize) {
     assert_spend_kept(&gw, before);
 }
 
+/// A request in flight while a reload rebuilds a budget from the log counts
+/// in the rebuilt budget when it ends (its row was not in the log yet).
+fn a_request_in_flight_across_a_reload_counts_in_the_rebuilt_budget(shards: usize) {
+    let mock = mock();
+    let dir = common::gateway::TempDir::new("budget-in-flight");
+    let gw = with_budget(shards, &mock, dir.path(), "");
+    assert_eq!(
+        gw.client()
+            .post("/v1/chat/completions", &[SHORT], &body(0))
+            .status,
+        200
+    );
+    std::thread::scope(|s| {
+        let slow = s.spawn(|| {
+            gw.client().post(
+                "/v1/chat/completions",
+                &[SHORT, ("x-mock-latency-ms", "700")],
+                &body(1),
+            )
+        });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while mock.requests_seen() < 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never reached the mock"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        reload(&gw, "window = \"7d\"", "window = \"30d\"");
+        assert_eq!(slow.join().unwrap().status, 200);
+    });
+    let live = usage(&gw, "by=key")["budgets"][0]["spent_usd"]
+        .cast_f64()
+        .unwrap();
+    let cfg = gw.dir().join("aigw.toml");
+    let (code, out, err) = run_aigw(&["usage", "--config", cfg.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let cli = json(out.as_bytes())["budgets"][0]["spent_usd"]
+        .cast_f64()
+        .unwrap();
+    assert!(
+        cli > 0.0 && (cli - live).abs() < 1e-6,
+        "live {live}, log {cli}"
+    );
+}
+
 /// A Gemini-native request's output cap and candidate count are in its
 /// `generationConfig`: the reservation is made by them (it was made by the
 /// budget's default cap, and the answer overspent the budget).
@@ -373,6 +419,7 @@ at_1_and_2_shards!(
     spend_of_requests_kept_no_row_of_survives_kill9,
     a_reloaded_window_counts_what_a_restart_would,
     a_gemini_native_request_reserves_by_its_generation_config,
+    a_request_in_flight_across_a_reload_counts_in_the_rebuilt_budget,
 );
 
 fn a_client_cannot_price_its_own_spend_down_or_overflow_a_budget(shards: usize) {

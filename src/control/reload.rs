@@ -187,9 +187,9 @@ impl Reloader {
     /// count, per what or over which window) start from the request log, as
     /// after a restart: a reload and a restart never disagree on what was
     /// spent. A new amount or limit keeps the counts. Before any shard
-    /// applies them, so nothing is counted twice; what requests settle
-    /// between this read and the shards' switch counts under the old rules
-    /// only (the requests in flight across a reload).
+    /// applies them, so nothing is counted twice. Requests in flight across
+    /// the switch count into them as they end (`ShardCtx::carry_over`); what
+    /// ends between this read and the switch counts under the old rules only.
     fn carry_on(&self, running: &Config, new: &Config) {
         let rates = crate::limit::fresh_rules(&running.rate_limits, &new.rate_limits);
         let budgets = crate::budget::fresh_rules(&running.budgets, &new.budgets);

@@ -297,6 +297,11 @@ impl ShardLimiter {
         s
     }
 
+    /// The counts every shard shares.
+    pub fn shared(&self) -> &Limiter {
+        &self.shared
+    }
+
     /// A reload's rules (requests in flight settle against the ones they took).
     pub fn set_rules(&self, rules: &[RateRule]) {
         let prepared = rules

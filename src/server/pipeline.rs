@@ -69,6 +69,7 @@ pub const CLIENT_CLOSED: u16 = 499;
 pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool {
     let _in_flight = ctx.in_flight();
     let mut rec = RequestRecord::new(ctx.new_request_id(req.started), ctx.shard, req.started);
+    rec.generation = ctx.generation();
     rec.bytes_in = req.consumed as u64;
     let keep_alive = c.head.keep_alive && !ctx.draining.get();
 
@@ -501,6 +502,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
 /// any other error; the connection then closes.
 pub async fn reject(ctx: &ShardCtx, c: &mut ClientConn, u: Unreadable) {
     let mut rec = RequestRecord::new(ctx.new_request_id(u.started), ctx.shard, u.started);
+    rec.generation = ctx.generation();
     if ctx.logging() {
         // The head did not parse, so nothing of it is trusted: `c.head` still
         // describes the previous request on this connection.

@@ -126,7 +126,15 @@ pub struct ShardCtx {
     shared_budgets: Arc<Budgets>,
     /// The price table (shipped, with the config's prices over it).
     prices: RefCell<Rc<PriceTable>>,
+    /// Reloads applied (a request notes the generation it began in).
+    generation: Cell<u64>,
+    /// The configs the last reloads replaced, by their generation.
+    replaced: RefCell<std::collections::VecDeque<(u64, Rc<Config>)>>,
 }
+
+/// Replaced configs a shard keeps: a request in flight across more reloads
+/// than this settles into its own rules only.
+const REPLACED_KEPT: usize = 8;
 
 impl ShardCtx {
     pub fn new(
@@ -180,7 +188,14 @@ impl ShardCtx {
             budgets: ShardBudgets::new(budgets.clone(), &budget_rules),
             shared_budgets: budgets,
             prices: RefCell::new(Rc::new(PriceTable::build(&config_prices))),
+            generation: Cell::new(0),
+            replaced: RefCell::new(std::collections::VecDeque::new()),
         }
+    }
+
+    /// The config generation requests begin in now.
+    pub fn generation(&self) -> u64 {
+        self.generation.get()
     }
 
     /// The budgets.
@@ -265,6 +280,67 @@ impl ShardCtx {
         *self.routes.borrow_mut() = Rc::new(targets::build(&new, &providers));
         *self.providers.borrow_mut() = Rc::new(providers);
         *self.config.borrow_mut() = new;
+        let mut replaced = self.replaced.borrow_mut();
+        if replaced.len() == REPLACED_KEPT {
+            replaced.pop_front();
+        }
+        replaced.push_back((self.generation.get(), old));
+        self.generation.set(self.generation.get() + 1);
+    }
+
+    /// A request that began before a reload: the rate limits and budgets the
+    /// reload brought in were rebuilt from the log before its row was
+    /// written, so it counts into them now, as its row would have (its own
+    /// rules it settled already).
+    fn carry_over(&self, rec: &RequestRecord) {
+        let Some(provider) = rec.provider.as_deref() else {
+            return;
+        };
+        let replaced = self.replaced.borrow();
+        let Some((_, began)) = replaced.iter().find(|(g, _)| *g == rec.generation) else {
+            return;
+        };
+        let now = self.config();
+        let rates = crate::limit::fresh_rules(&began.rate_limits, &now.rate_limits);
+        let budgets = crate::budget::fresh_rules(&began.budgets, &now.budgets);
+        if rates.is_empty() && budgets.is_empty() {
+            return;
+        }
+        // As the log replay reads its row (its metadata holds the key's).
+        let subject = crate::limit::Subject {
+            key_id: rec.key_id.as_deref(),
+            provider,
+            model: rec.model.as_deref(),
+            key_metadata: &[],
+            metadata: rec.metadata.as_ref(),
+        };
+        let ts_ms = rec.id.unix_ms();
+        let (tokens_in, tokens_out) = rec.counted_tokens();
+        self.limiter.shared().rebuild(
+            &rates,
+            &[crate::limit::Logged {
+                ts_ms,
+                requests: 1,
+                subject,
+                tokens_in,
+                tokens_out,
+                refused: rec.error_source == Some(crate::error::ErrorSource::Client),
+                cached: matches!(
+                    rec.cache,
+                    Some(crate::record::CacheStatus::Hit | crate::record::CacheStatus::Coalesced)
+                ),
+            }],
+        );
+        if let Some(usd) = rec.cost.filter(|c| *c > 0.0) {
+            self.shared_budgets.rebuild(
+                &budgets,
+                &[crate::budget::Spent {
+                    ts_ms,
+                    subject,
+                    usd,
+                }],
+            );
+        }
     }
 
     /// The fields of a request body whose xxh3-128 is `digest`, from the
@@ -349,6 +425,9 @@ impl ShardCtx {
     /// The record is taken out of `rec` only when the log keeps it (what is
     /// left is an empty record of the same request).
     pub fn record(&self, rec: &mut RequestRecord) {
+        if rec.generation != self.generation.get() {
+            self.carry_over(rec);
+        }
         self.stats.borrow_mut().record(rec);
         let Some(log) = &self.log else { return };
         if rec.log.is_none() {
