@@ -204,8 +204,58 @@ fn a_client_with_its_own_provider_key_sends_the_gateway_key_beside_it(shards: us
             CHAT,
         );
         assert_eq!(r.status, 401, "{query}: {}", r.text());
-        assert!(r.text().contains("URL query"), "{}", r.text());
+        assert!(r.text().contains("the URL"), "{}", r.text());
     }
+    // Nor in any other form, header or place that goes upstream.
+    let basic = {
+        // base64 of "u:<secret>", by hand (no crate for one test).
+        const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let raw = format!("u:{other}").into_bytes();
+        let mut out = String::new();
+        for chunk in raw.chunks(3) {
+            let n =
+                chunk.iter().fold(0u32, |n, b| n << 8 | u32::from(*b)) << (8 * (3 - chunk.len()));
+            for i in 0..=chunk.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            }
+        }
+        out
+    };
+    for (name, value) in [
+        ("Authorization", format!("Bearer\t{other}")),
+        ("Authorization", format!("Token {other}")),
+        ("Authorization", format!("Bearer \"{other}\"")),
+        ("Authorization", format!("Basic {basic}")),
+        ("x-api-key", format!("foo, {other}")),
+        ("Cookie", format!("session={other}")),
+        ("x-anything", other.clone()),
+    ] {
+        let r = beside(name, value.clone());
+        assert_eq!(r.status, 401, "{name}: {value}: {}", r.text());
+    }
+    for path in [
+        format!("/up/{other}/chat/completions"),
+        format!("/up/chat/completions/%73{}", &other[1..]),
+    ] {
+        let r = gw
+            .client()
+            .post(&path, &[("aigw-authorization", &bearer(&secret))], CHAT);
+        assert_eq!(r.status, 401, "{path}: {}", r.text());
+        assert!(r.text().contains("the URL"), "{}", r.text());
+    }
+    let r = gw.client().post(
+        "/v1/chat/completions",
+        &[("aigw-authorization", &bearer(&secret))],
+        &CHAT.replace("up/gpt-x", &format!("up/{other}")),
+    );
+    assert_eq!(r.status, 401, "{}", r.text());
+    // The log keeps no secret of these either.
+    let (code, rows) = admin_get(&gw.admin_socket, "/logs?limit=100");
+    assert_eq!(code, 200);
+    assert!(
+        !String::from_utf8_lossy(&rows).contains("sk-aigw-"),
+        "a gateway secret in the log"
+    );
     assert_eq!(mock.requests_seen(), 1);
     assert!(
         !mock

@@ -547,20 +547,58 @@ pub fn presented<'a>(
         .or(provider.map(|t| (Carrier::Provider, t)))
 }
 
-/// Whether a URL query carries a gateway secret (where Google's API takes
-/// its key, `?key=`): the query goes upstream as written, so such a request
-/// is refused, never forwarded. Read as the provider reads it: decoded.
-pub fn secret_in_query(query: &[u8]) -> bool {
-    let prefix = SECRET_PREFIX.as_bytes();
-    // Most requests have no query.
-    if query.len() < prefix.len() {
+/// Finds the prefix every gateway secret starts with (built once).
+fn finder() -> &'static memchr::memmem::Finder<'static> {
+    static FINDER: std::sync::OnceLock<memchr::memmem::Finder<'static>> =
+        std::sync::OnceLock::new();
+    FINDER.get_or_init(|| memchr::memmem::Finder::new(SECRET_PREFIX.as_bytes()))
+}
+
+/// Where a gateway secret's prefix occurs in `bytes` (a request head: one
+/// pass finds every place, whichever header or part of the URL it is in).
+pub fn secret_offsets(bytes: &[u8]) -> impl Iterator<Item = usize> + '_ {
+    finder().find_iter(bytes)
+}
+
+/// Whether `bytes` (a URL, a name) hold a gateway secret as a provider reads
+/// them: as written, or percent-decoded (Google's API takes its key in the
+/// query, `?key=`; a URL goes upstream as written).
+pub fn carries_secret(bytes: &[u8]) -> bool {
+    // Most URLs have no query, and are short.
+    if bytes.len() < SECRET_PREFIX.len() {
         return false;
     }
-    if query.contains(&b'%') {
-        memchr::memmem::find(&crate::http::percent_decode(query), prefix).is_some()
-    } else {
-        memchr::memmem::find(query, prefix).is_some()
+    finder().find(bytes).is_some()
+        || (bytes.contains(&b'%') && finder().find(&crate::http::percent_decode(bytes)).is_some())
+}
+
+/// Whether an `Authorization: Basic <base64>` value decodes to credentials
+/// holding a gateway secret (a provider decodes them).
+pub fn basic_carries_secret(value: &[u8]) -> bool {
+    let v = value.trim_ascii();
+    if v.len() < 6 || !v[..6].eq_ignore_ascii_case(b"basic ") {
+        return false;
     }
+    let sextet = |c: u8| match c {
+        b'A'..=b'Z' => Some(c - b'A'),
+        b'a'..=b'z' => Some(c - b'a' + 26),
+        b'0'..=b'9' => Some(c - b'0' + 52),
+        b'+' | b'-' => Some(62),
+        b'/' | b'_' => Some(63),
+        _ => None,
+    };
+    let mut out = Vec::with_capacity(v.len());
+    let (mut acc, mut bits) = (0u32, 0);
+    for &c in v[6..].trim_ascii_start() {
+        let Some(s) = sextet(c) else { continue };
+        acc = acc << 6 | u32::from(s);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    finder().find(&out).is_some()
 }
 
 /// The token of `Bearer <token>` (scheme case-insensitive), or the value.
@@ -589,13 +627,24 @@ mod tests {
     }
 
     #[test]
-    fn a_secret_in_the_query_is_found_however_spelled() {
-        assert!(secret_in_query(b"key=sk-aigw-abc"));
-        assert!(secret_in_query(b"alt=sse&key=sk-aigw-abc"));
-        assert!(secret_in_query(b"key=%73k-aigw-abc"));
-        assert!(secret_in_query(b"k=1&x=sk%2Daigw%2dabc"));
-        assert!(!secret_in_query(b"key=AIza-provider&alt=sse"));
-        assert!(!secret_in_query(b""));
+    fn a_secret_in_a_url_is_found_however_spelled() {
+        assert!(carries_secret(b"/v1/x?key=sk-aigw-abc"));
+        assert!(carries_secret(b"/v1/x?alt=sse&key=sk-aigw-abc"));
+        assert!(carries_secret(b"/v1/x?key=%73k-aigw-abc"));
+        assert!(carries_secret(
+            b"/v1/models/sk%2Daigw%2dabc:generateContent"
+        ));
+        assert!(!carries_secret(b"/v1/x?key=AIza-provider&alt=sse"));
+        assert!(!carries_secret(b""));
+    }
+
+    #[test]
+    fn basic_credentials_are_read_as_a_provider_decodes_them() {
+        // base64("sk-aigw-abc:"), and with a user name before it.
+        assert!(basic_carries_secret(b"Basic c2stYWlndy1hYmM6"));
+        assert!(basic_carries_secret(b"basic  dTpzay1haWd3LWFiYw=="));
+        assert!(!basic_carries_secret(b"Basic dTpw"));
+        assert!(!basic_carries_secret(b"Bearer sk-aigw-abc"));
     }
 
     #[test]

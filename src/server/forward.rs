@@ -27,7 +27,7 @@ pub struct Upstream<'a> {
 }
 
 /// Headers never forwarded upstream beyond the hop-by-hop set.
-fn skip_upstream(name: &[u8], key_injected: bool) -> bool {
+pub fn skip_upstream(name: &[u8], key_injected: bool) -> bool {
     let ci = |s: &str| name.eq_ignore_ascii_case(s.as_bytes());
     let prefix =
         |p: &str| name.len() >= p.len() && name[..p.len()].eq_ignore_ascii_case(p.as_bytes());

@@ -642,6 +642,58 @@ struct BodyDigests {
 /// presented key must be one of them (401) and allow the routed model (403);
 /// the record learns its id and the log its metadata. See [`auth::presented`]
 /// for which header carries it.
+/// What the log keeps of a path or user agent that held a gateway key.
+const WITHHELD: &str = "(withheld: it held a gateway key)";
+
+/// Where a gateway secret would go to the provider, if anywhere: in the URL
+/// (as written, or percent-decoded as the provider reads it), in a header
+/// that is forwarded (in any form: `Token <key>`, a list, quoted, or Basic
+/// credentials), or as the model name. Only the header that presented it
+/// to aigw, which never goes upstream, may hold one.
+fn secret_upstream(
+    view: &crate::http::request::RequestView<'_>,
+    plan: &Plan,
+    model: Option<&str>,
+    injected: bool,
+) -> Option<&'static str> {
+    // From the target to the last header (spans are in the window).
+    let from = view.head.target.start;
+    let to = view
+        .head
+        .headers
+        .last()
+        .map_or(view.head.target.end, |h| h.value.end.max(h.name.end));
+    let head = view
+        .window
+        .get(from as usize..to as usize)
+        .unwrap_or_default();
+    for at in auth::secret_offsets(head) {
+        let at = from + at as u32;
+        let header = view
+            .head
+            .headers
+            .iter()
+            .find(|h| h.name.start <= at && at < h.value.end.max(h.name.end));
+        match header {
+            Some(h) if forward::skip_upstream(h.name.get(view.window), injected) => {}
+            Some(_) => return Some("a header that goes upstream"),
+            None => return Some("the URL"),
+        }
+    }
+    if auth::carries_secret(view.target()) || auth::carries_secret(plan.path.as_bytes()) {
+        return Some("the URL");
+    }
+    if model.is_some_and(|m| auth::carries_secret(m.as_bytes())) {
+        return Some("the model name");
+    }
+    let basic = view.headers().any(|(name, value)| {
+        name.eq_ignore_ascii_case(b"authorization")
+            && !forward::skip_upstream(name, injected)
+            && auth::basic_carries_secret(value)
+    });
+    basic.then_some("Basic credentials that go upstream")
+}
+
 fn authenticate(
     ctx: &ShardCtx,
     c: &ClientConn,
@@ -665,10 +717,28 @@ fn authenticate(
             .iter()
             .all(|t| t.has_keys() || t.provider.auth_lines(true).is_some()),
     };
-    let query = crate::http::split_byte(&plan.path, b'?').map_or("", |(_, q)| q);
-    if auth::secret_in_query(query.as_bytes()) {
+    if let Some(place) = secret_upstream(&view, plan, rec.model.as_deref(), injected) {
+        // Nor does it go into the log.
+        if rec
+            .model
+            .as_deref()
+            .is_some_and(|m| auth::carries_secret(m.as_bytes()))
+        {
+            rec.model = None;
+        }
+        if let Some(l) = rec.log.as_mut() {
+            if auth::carries_secret(l.path.as_bytes()) {
+                l.path = Arc::from(WITHHELD);
+            }
+            if l.user_agent
+                .as_deref()
+                .is_some_and(|u| auth::carries_secret(u.as_bytes()))
+            {
+                l.user_agent = Some(Arc::from(WITHHELD));
+            }
+        }
         return Err(GatewayError::unauthorized(format!(
-            "a gateway key was sent in the URL query, which goes to provider `{}` as written: send it as `Authorization: Bearer <key>` or `aigw-authorization: Bearer <key>`",
+            "a gateway key was found in {place}, which goes to provider `{}`: send it only as `aigw-authorization: Bearer <key>`, or as `Authorization: Bearer <key>` where aigw holds the provider's key",
             plan.provider.name
         )));
     }
