@@ -564,12 +564,29 @@ pub fn secret_offsets(bytes: &[u8]) -> impl Iterator<Item = usize> + '_ {
 /// them: as written, or percent-decoded (Google's API takes its key in the
 /// query, `?key=`; a URL goes upstream as written).
 pub fn carries_secret(bytes: &[u8]) -> bool {
-    // Most URLs have no query, and are short.
-    if bytes.len() < SECRET_PREFIX.len() {
+    holds_prefix(bytes) || decoded_carries_secret(bytes)
+}
+
+/// Whether `bytes` percent-decoded (when they have an escape at all) hold a
+/// gateway secret.
+pub fn decoded_carries_secret(bytes: &[u8]) -> bool {
+    bytes.len() >= SECRET_PREFIX.len()
+        && bytes.contains(&b'%')
+        && holds_prefix(&crate::http::percent_decode(bytes))
+}
+
+/// Whether `bytes` hold the secrets' prefix as written. Short inputs (a
+/// model name, a path) are checked at each `s`: setting up the vectored
+/// search costs more than that.
+fn holds_prefix(bytes: &[u8]) -> bool {
+    let prefix = SECRET_PREFIX.as_bytes();
+    if bytes.len() < prefix.len() {
         return false;
     }
+    if bytes.len() < 64 {
+        return memchr::memchr_iter(prefix[0], bytes).any(|i| bytes[i..].starts_with(prefix));
+    }
     finder().find(bytes).is_some()
-        || (bytes.contains(&b'%') && finder().find(&crate::http::percent_decode(bytes)).is_some())
 }
 
 /// Whether an `Authorization: Basic <base64>` value decodes to credentials

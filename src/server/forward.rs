@@ -27,6 +27,7 @@ pub struct Upstream<'a> {
 }
 
 /// Headers never forwarded upstream beyond the hop-by-hop set.
+#[inline]
 pub fn skip_upstream(name: &[u8], key_injected: bool) -> bool {
     let ci = |s: &str| name.eq_ignore_ascii_case(s.as_bytes());
     let prefix =

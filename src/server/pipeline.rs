@@ -680,7 +680,11 @@ fn secret_upstream(
             None => return Some("the URL"),
         }
     }
-    if auth::carries_secret(view.target()) || auth::carries_secret(plan.path.as_bytes()) {
+    // As written, the target was in the pass above; what goes upstream of
+    // it (`plan.path`) is a part of it, or the model, checked below.
+    if auth::decoded_carries_secret(view.target())
+        || auth::decoded_carries_secret(plan.path.as_bytes())
+    {
         return Some("the URL");
     }
     if model.is_some_and(|m| auth::carries_secret(m.as_bytes())) {
