@@ -254,6 +254,17 @@ fn spend_of_requests_kept_no_row_of_survives_kill9(shards: usize) {
     assert_spend_kept(&gw, before);
 }
 
+/// The first budget's spend as `aigw usage --config` reads it from the log
+/// (what a restart would rebuild).
+fn cli_spent(gw: &Gateway) -> f64 {
+    let cfg = gw.dir().join("aigw.toml");
+    let (code, out, err) = run_aigw(&["usage", "--config", cfg.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "{err}");
+    json(out.as_bytes())["budgets"][0]["spent_usd"]
+        .cast_f64()
+        .unwrap()
+}
+
 /// A request in flight while a reload rebuilds a budget from the log counts
 /// in the rebuilt budget when it ends (its row was not in the log yet).
 fn a_request_in_flight_across_a_reload_counts_in_the_rebuilt_budget(shards: usize) {
@@ -270,7 +281,7 @@ fn a_request_in_flight_across_a_reload_counts_in_the_rebuilt_budget(shards: usiz
         let slow = s.spawn(|| {
             gw.client().post(
                 "/v1/chat/completions",
-                &[SHORT, ("x-mock-latency-ms", "700")],
+                &[SHORT, ("x-mock-latency-ms", "1500")],
                 &body(1),
             )
         });
@@ -288,12 +299,7 @@ fn a_request_in_flight_across_a_reload_counts_in_the_rebuilt_budget(shards: usiz
     let live = usage(&gw, "by=key")["budgets"][0]["spent_usd"]
         .cast_f64()
         .unwrap();
-    let cfg = gw.dir().join("aigw.toml");
-    let (code, out, err) = run_aigw(&["usage", "--config", cfg.to_str().unwrap(), "--json"]);
-    assert_eq!(code, 0, "{err}");
-    let cli = json(out.as_bytes())["budgets"][0]["spent_usd"]
-        .cast_f64()
-        .unwrap();
+    let cli = cli_spent(&gw);
     assert!(
         cli > 0.0 && (cli - live).abs() < 1e-6,
         "live {live}, log {cli}"
@@ -388,12 +394,7 @@ fn a_reloaded_window_counts_what_a_restart_would(shards: usize) {
     let second = spend_all(&gw, 1000);
     assert!(second > 0.3 && second <= 0.4 + 1e-9, "{second}");
     // What `aigw usage` and a restart would say.
-    let cfg = gw.dir().join("aigw.toml");
-    let (code, out, err) = run_aigw(&["usage", "--config", cfg.to_str().unwrap(), "--json"]);
-    assert_eq!(code, 0, "{err}");
-    let cli = json(out.as_bytes())["budgets"][0]["spent_usd"]
-        .cast_f64()
-        .unwrap();
+    let cli = cli_spent(&gw);
     assert!((cli - second).abs() < 1e-6, "{cli} vs {second}");
     // Back to the first window: everything spent is in it, once.
     reload(

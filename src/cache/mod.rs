@@ -496,13 +496,15 @@ impl ShardCache {
             Some(Found::Expired) => CacheStatus::Expired,
             None => CacheStatus::Miss,
         };
+        let purges = shared.purges.load(Ordering::Acquire);
         let flight = match shared.flights.entry(key) {
-            MapEntry::Occupied(o) if !o.get().is_failed() => {
+            // Not one that began before a purge: the purge keeps its answer
+            // out of the cache, and out of requests that come after it.
+            MapEntry::Occupied(o) if !o.get().is_failed() && o.get().purges == purges => {
                 shared.followers.fetch_add(1, Ordering::Relaxed);
                 return Lookup::Follow(o.get().clone(), status);
             }
             e => {
-                let purges = shared.purges.load(Ordering::Acquire);
                 let flight = Arc::new(Flight::new(key, shared.config.max_entry, purges));
                 e.insert(flight.clone());
                 flight
