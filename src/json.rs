@@ -187,11 +187,11 @@ enum Field {
     /// `n`: how many answers the request asks for.
     Choices,
     BestOf,
-    /// Index into [`RequestFields::generation_config`].
+    /// Index into [`GENERATION_CONFIG_NAMES`].
     GenerationConfig(usize),
 }
 
-/// `generationConfig`'s spellings, in [`RequestFields::generation_config`] order.
+/// `generationConfig`'s spellings (camel case, and the proto field name).
 const GENERATION_CONFIG_NAMES: [&str; 2] = ["generationConfig", "generation_config"];
 
 /// The output-cap names, in [`RequestFields::max_tokens`] order.
@@ -441,6 +441,19 @@ impl RequestFields {
     }
 }
 
+/// A number field as we read it: `null` (absent), or plain whole digits
+/// that fit a u64. `Err` for anything else, which a lax parser may read as a
+/// number we did not (`1e2`, `100.0`, `"100"`).
+fn whole_or_null(raw: &[u8]) -> Result<Option<u64>, ()> {
+    if raw == b"null" {
+        return Ok(None);
+    }
+    match plain_integer(raw) {
+        Some(n) if is_number(raw) => Ok(Some(n)),
+        _ => Err(()),
+    }
+}
+
 /// A JSON number written as plain decimal digits that fits a u64.
 fn plain_integer(raw: &[u8]) -> Option<u64> {
     if raw.is_empty() || raw.len() > 19 {
@@ -596,10 +609,8 @@ impl Found {
         // Numbers we read are plain whole numbers or null: anything else a
         // lax parser may read as a number we did not.
         let integer = |r: &Option<Range<usize>>| {
-            r.as_ref().is_none_or(|r| {
-                let raw = &body[r.clone()];
-                raw == b"null" || (is_number(raw) && plain_integer(raw).is_some())
-            })
+            r.as_ref()
+                .is_none_or(|r| whole_or_null(&body[r.clone()]).is_ok())
         };
         for (r, name) in fields.max_tokens.iter().zip(MAX_TOKENS_NAMES) {
             if !integer(r) {
@@ -658,13 +669,9 @@ fn gemini_caps(body: &[u8], open: usize) -> Result<MoreCaps, BodyError> {
     let mut values = [0; 4];
     for (i, r) in seen.iter().enumerate() {
         let Some(r) = r else { continue };
-        let raw = &body[r.clone()];
-        if raw == b"null" {
-            continue;
-        }
-        values[i] = plain_integer(raw)
-            .filter(|_| is_number(raw))
-            .ok_or(BodyError::NotInteger(NAMES[i].1))?;
+        values[i] = whole_or_null(&body[r.clone()])
+            .map_err(|()| BodyError::NotInteger(NAMES[i].1))?
+            .unwrap_or(0);
     }
     Ok(MoreCaps {
         max_tokens: values[0].max(values[1]),

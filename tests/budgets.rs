@@ -5,9 +5,8 @@
 
 mod common;
 
-use aigw_loadtest::mock::MockServer;
 use common::gateway::{admin_get, run_aigw};
-use common::{Gateway, json, mock};
+use common::{Gateway, HeldUpstream, json, mock};
 use simd_json::prelude::*;
 use std::path::Path;
 use std::sync::{Arc, Barrier};
@@ -142,9 +141,9 @@ fn an_exhausted_budget_says_what_and_when_and_alerts_first(shards: usize) {
 
 /// A gateway with a 20-cent budget per key over `dir` (the same each time,
 /// to restart on it), with `extra` config.
-fn with_budget(shards: usize, mock: &MockServer, dir: &Path, extra: &str) -> Gateway {
+fn with_budget(shards: usize, upstream: &str, dir: &Path, extra: &str) -> Gateway {
     Gateway::with(shards)
-        .provider("up", &mock.base_url(), "")
+        .provider("up", upstream, "")
         .toml(&format!(
             "{PRICE}{extra}[[budgets]]\nname = \"k\"\nscope = \"key\"\nusd = 0.2\nwindow = \"7d\"\n"
         ))
@@ -168,7 +167,7 @@ fn assert_spend_kept(gw: &Gateway, before: f64) {
 fn spend_survives_restart_and_kill9(shards: usize) {
     let mock = mock();
     let dir = common::gateway::TempDir::new("budget-data");
-    let start = || with_budget(shards, &mock, dir.path(), "");
+    let start = || with_budget(shards, &mock.base_url(), dir.path(), "");
     let mut gw = start();
     let mut c = gw.client();
     let mut admitted = 0;
@@ -218,7 +217,14 @@ fn spend_survives_restart_and_kill9(shards: usize) {
 fn spend_of_requests_kept_no_row_of_survives_kill9(shards: usize) {
     let mock = mock();
     let dir = common::gateway::TempDir::new("budget-tally");
-    let start = || with_budget(shards, &mock, dir.path(), "[logs]\nsample = 0.0\n");
+    let start = || {
+        with_budget(
+            shards,
+            &mock.base_url(),
+            dir.path(),
+            "[logs]\nsample = 0.0\n",
+        )
+    };
     let mut gw = start();
     let mut c = gw.client();
     let mut admitted = 0;
@@ -268,33 +274,15 @@ fn cli_spent(gw: &Gateway) -> f64 {
 /// A request in flight while a reload rebuilds a budget from the log counts
 /// in the rebuilt budget when it ends (its row was not in the log yet).
 fn a_request_in_flight_across_a_reload_counts_in_the_rebuilt_budget(shards: usize) {
-    let mock = mock();
+    let held = HeldUpstream::start();
     let dir = common::gateway::TempDir::new("budget-in-flight");
-    let gw = with_budget(shards, &mock, dir.path(), "");
-    assert_eq!(
-        gw.client()
-            .post("/v1/chat/completions", &[SHORT], &body(0))
-            .status,
-        200
-    );
+    let gw = with_budget(shards, &held.base_url(), dir.path(), "");
     std::thread::scope(|s| {
-        let slow = s.spawn(|| {
-            gw.client().post(
-                "/v1/chat/completions",
-                &[SHORT, ("x-mock-latency-ms", "1500")],
-                &body(1),
-            )
-        });
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while mock.requests_seen() < 2 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "never reached the mock"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(2));
-        }
+        let asked = s.spawn(|| gw.client().post("/v1/chat/completions", &[], &body(1)));
+        held.wait_arrival();
         reload(&gw, "window = \"7d\"", "window = \"30d\"");
-        assert_eq!(slow.join().unwrap().status, 200);
+        held.release();
+        assert_eq!(asked.join().unwrap().status, 200);
     });
     let live = usage(&gw, "by=key")["budgets"][0]["spent_usd"]
         .cast_f64()
@@ -372,7 +360,7 @@ fn reload(gw: &Gateway, from: &str, to: &str) {
 fn a_reloaded_window_counts_what_a_restart_would(shards: usize) {
     let mock = mock();
     let dir = common::gateway::TempDir::new("budget-reload");
-    let gw = with_budget(shards, &mock, dir.path(), "");
+    let gw = with_budget(shards, &mock.base_url(), dir.path(), "");
     let first = spend_all(&gw, 0);
     assert!(first > 0.1, "{first}");
     reload(

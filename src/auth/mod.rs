@@ -575,15 +575,17 @@ pub fn decoded_carries_secret(bytes: &[u8]) -> bool {
         && holds_prefix(&crate::http::percent_decode(bytes))
 }
 
-/// Whether `bytes` hold the secrets' prefix as written. Short inputs (a
-/// model name, a path) are checked at each `s`: setting up the vectored
-/// search costs more than that.
+/// Inputs shorter than this (a model name, most paths) are searched byte by
+/// byte: setting up the vectored search costs more than that.
+const SHORT_SEARCH: usize = 64;
+
+/// Whether `bytes` hold the secrets' prefix as written.
 fn holds_prefix(bytes: &[u8]) -> bool {
     let prefix = SECRET_PREFIX.as_bytes();
     if bytes.len() < prefix.len() {
         return false;
     }
-    if bytes.len() < 64 {
+    if bytes.len() < SHORT_SEARCH {
         return memchr::memchr_iter(prefix[0], bytes).any(|i| bytes[i..].starts_with(prefix));
     }
     finder().find(bytes).is_some()

@@ -68,8 +68,7 @@ pub const CLIENT_CLOSED: u16 = 499;
 /// Runs one request through every stage; returns whether the connection stays open.
 pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool {
     let _in_flight = ctx.in_flight();
-    let mut rec = RequestRecord::new(ctx.new_request_id(req.started), ctx.shard, req.started);
-    rec.generation = ctx.generation();
+    let mut rec = ctx.new_record(req.started);
     rec.bytes_in = req.consumed as u64;
     let keep_alive = c.head.keep_alive && !ctx.draining.get();
 
@@ -501,8 +500,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
 /// Answers a request that could not be read (a framing error, a timeout) like
 /// any other error; the connection then closes.
 pub async fn reject(ctx: &ShardCtx, c: &mut ClientConn, u: Unreadable) {
-    let mut rec = RequestRecord::new(ctx.new_request_id(u.started), ctx.shard, u.started);
-    rec.generation = ctx.generation();
+    let mut rec = ctx.new_record(u.started);
     if ctx.logging() {
         // The head did not parse, so nothing of it is trusted: `c.head` still
         // describes the previous request on this connection.
@@ -638,10 +636,6 @@ struct BodyDigests {
     canonical: Derived,
 }
 
-/// Stage 1a: the gateway key. When keys exist or `auth.required` is set, the
-/// presented key must be one of them (401) and allow the routed model (403);
-/// the record learns its id and the log its metadata. See [`auth::presented`]
-/// for which header carries it.
 /// What the log keeps of a path or user agent that held a gateway key.
 const WITHHELD: &str = "(withheld: it held a gateway key)";
 
@@ -698,6 +692,10 @@ fn secret_upstream(
     basic.then_some("Basic credentials that go upstream")
 }
 
+/// Stage 1a: the gateway key. When keys exist or `auth.required` is set, the
+/// presented key must be one of them (401) and allow the routed model (403);
+/// the record learns its id and the log its metadata. See [`auth::presented`]
+/// for which header carries it.
 fn authenticate(
     ctx: &ShardCtx,
     c: &ClientConn,
@@ -723,21 +721,15 @@ fn authenticate(
     };
     if let Some(place) = secret_upstream(&view, plan, rec.model.as_deref(), injected) {
         // Nor does it go into the log.
-        if rec
-            .model
-            .as_deref()
-            .is_some_and(|m| auth::carries_secret(m.as_bytes()))
-        {
+        let holds = |s: &str| auth::carries_secret(s.as_bytes());
+        if rec.model.as_deref().is_some_and(holds) {
             rec.model = None;
         }
         if let Some(l) = rec.log.as_mut() {
-            if auth::carries_secret(l.path.as_bytes()) {
+            if holds(&l.path) {
                 l.path = Arc::from(WITHHELD);
             }
-            if l.user_agent
-                .as_deref()
-                .is_some_and(|u| auth::carries_secret(u.as_bytes()))
-            {
+            if l.user_agent.as_deref().is_some_and(holds) {
                 l.user_agent = Some(Arc::from(WITHHELD));
             }
         }

@@ -389,6 +389,14 @@ impl ShardCtx {
         self.ids.borrow_mut().id(self.clock.unix_ms(arrived))
     }
 
+    /// The record of a request that arrived at `arrived`: a fresh id, this
+    /// shard, and the config generation it begins in.
+    pub fn new_record(&self, arrived: Instant) -> RequestRecord {
+        let mut rec = RequestRecord::new(self.new_request_id(arrived), self.shard, arrived);
+        rec.generation = self.generation.get();
+        rec
+    }
+
     /// Unix milliseconds at `at`, an instant the request path read anyway:
     /// without another read of the system clock.
     pub fn unix_ms(&self, at: Instant) -> u64 {
