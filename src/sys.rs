@@ -1,14 +1,15 @@
 //! The crate's system calls that need `unsafe`, each with its invariant.
 //!
 //! Kept in one file so a reader audits them in one place: a non-blocking
-//! `recv(2)` on a borrowed socket, borrowing a glommio stream's descriptor,
-//! adopting a listening socket into glommio, allocating a file's blocks, and
-//! the cache's shared mapping ([`SharedMap`]: 64-bit words read and written
-//! with atomic loads and stores, so shards read what another shard writes
-//! without a data race), and sizing a SQLite connection's small-allocation
-//! slots (a C variadic call), the Rust heap's purge delay, and running a
-//! connection's statements with text bound in place ([`BorrowedRows`]). The
-//! crate root denies `unsafe_code`; this module alone allows it.
+//! `recv(2)` on a borrowed socket, peeking whether a client left, borrowing
+//! a glommio stream's descriptor, adopting a listening socket into glommio,
+//! allocating a file's blocks, and the cache's shared mapping ([`SharedMap`]:
+//! 64-bit words read and written with atomic loads and stores, so shards read
+//! what another shard writes without a data race), and sizing a SQLite
+//! connection's small-allocation slots (a C variadic call), the Rust heap's
+//! purge delay, and running a connection's statements with text bound in
+//! place ([`BorrowedRows`]). The crate root denies `unsafe_code`; this module
+//! alone allows it.
 
 #![allow(unsafe_code)]
 
@@ -71,6 +72,34 @@ pub fn try_send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
         Err(io::Error::last_os_error())
     } else {
         Ok(n as usize)
+    }
+}
+
+/// Whether the peer of the socket `fd` has closed or reset the connection,
+/// as seen now without reading anything (`recv(MSG_PEEK | MSG_DONTWAIT)` of
+/// one byte): end of stream or a connection error says so; bytes waiting
+/// (a pipelined request) or none yet say it is still there. A descriptor
+/// that is not an open socket answers false.
+pub fn peer_closed(fd: std::os::fd::RawFd) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: the only memory the call touches is `byte`, valid for writes of
+    // the one byte asked for; the descriptor is a number the kernel checks
+    // (one that was closed meanwhile fails with EBADF, read as "not closed").
+    let n = unsafe {
+        libc::recv(
+            fd,
+            (&raw mut byte).cast::<libc::c_void>(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match n {
+        0 => true,
+        n if n > 0 => false,
+        _ => matches!(
+            io::Error::last_os_error().raw_os_error(),
+            Some(libc::ECONNRESET | libc::ENOTCONN | libc::EPIPE | libc::ETIMEDOUT)
+        ),
     }
 }
 

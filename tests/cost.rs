@@ -220,6 +220,101 @@ fn a_client_that_leaves_mid_stream_is_charged_an_estimate(shards: usize) {
     );
 }
 
+/// Polls the log until a row says its client aborted (the newest such),
+/// failing after `WAIT`.
+fn aborted_row(gw: &Gateway, since: Instant) -> simd_json::OwnedValue {
+    loop {
+        if let Some(row) = rows(gw, "limit=50")
+            .into_iter()
+            .find(|r| r["outcome"].as_str() == Some("aborted_by_client"))
+        {
+            return row;
+        }
+        assert!(since.elapsed() < WAIT, "no row of the client that left");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Headers of a stream whose provider goes silent for a minute after its
+/// first event (a model thinking before it goes on).
+const SILENT: &[(&str, &str)] = &[
+    ("Content-Type", "application/json"),
+    ("x-mock-chunks", "3"),
+    ("x-mock-chunk-interval-ms", "60000"),
+];
+
+/// A client that leaves while its provider is silent is let go within about
+/// a second, not at the provider's next event: the provider connection
+/// closes (no more spend), the request's `concurrent` slot frees, and it is
+/// charged an estimate.
+fn a_client_that_leaves_a_silent_stream_is_let_go_at_once(shards: usize) {
+    let mock = mock();
+    let gw = Gateway::with(shards)
+        .provider("up", &mock.base_url(), "")
+        .toml(&format!(
+            "{PRICED}[[rate_limits]]\nname = \"one\"\nscope = \"gateway\"\ncount = \"concurrent\"\nlimit = 1\n"
+        ))
+        .start();
+    let left = Instant::now();
+    common::wire::leave_after_first_event(
+        gw.addr,
+        "/v1/chat/completions",
+        SILENT,
+        &chat("think long", true),
+    );
+    // The slot frees when the relay ends: until then the next is refused.
+    let mut c = gw.client();
+    let r = loop {
+        let r = c.post("/v1/chat/completions", &[], &chat("next", false));
+        if r.status != 429 {
+            break r;
+        }
+        assert!(
+            left.elapsed() < WAIT,
+            "the slot of the client that left is still held"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(r.status, 200, "{}", r.text());
+    let row = aborted_row(&gw, left);
+    assert_eq!(row["cost_estimated"].as_bool(), Some(true), "{row}");
+    assert!(row["cost"].cast_f64().unwrap() > 0.0, "{row}");
+}
+
+/// A follower of a shared stream that leaves while the stream is silent
+/// ends within about a second too (its leader carries on).
+fn a_follower_that_leaves_a_silent_stream_is_let_go_at_once(shards: usize) {
+    let mock = mock();
+    let gw = Gateway::with(shards)
+        .provider("up", &mock.base_url(), "")
+        .toml(&format!(
+            "{PRICED}[cache]\nenabled = true\nsize = \"16MiB\"\nmax_entry = \"1MiB\"\n"
+        ))
+        .start();
+    let body = chat("think together", true);
+    // The leader reads its first event and stays.
+    let mut leader = std::net::TcpStream::connect(gw.addr).unwrap();
+    leader.set_read_timeout(Some(WAIT)).unwrap();
+    std::io::Write::write_all(
+        &mut leader,
+        &common::wire::request_bytes("POST", "/v1/chat/completions", SILENT, body.as_bytes()),
+    )
+    .unwrap();
+    let mut got = Vec::new();
+    while !got.windows(5).any(|w| w == b"data:") {
+        let mut buf = [0u8; 4096];
+        let n = std::io::Read::read(&mut leader, &mut buf).unwrap();
+        assert!(n > 0, "the leader's stream closed");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let left = Instant::now();
+    common::wire::leave_after_first_event(gw.addr, "/v1/chat/completions", SILENT, &body);
+    let row = aborted_row(&gw, left);
+    assert_eq!(row["cache"].as_str(), Some("COALESCED"), "{row}");
+    assert_eq!(mock.requests_seen(), 1, "the follower never went upstream");
+    drop(leader);
+}
+
 /// A stream's cost is known only after its last event: with
 /// `aigw-include-cost` it arrives as an `aigw-cost` trailer field, announced
 /// in the head; a replay from the cache says 0 in its head.
@@ -406,6 +501,8 @@ at_1_and_2_shards!(
     a_stream_says_what_it_cost_in_a_trailer,
     an_unknown_price_is_unknown_never_zero,
     a_client_that_leaves_mid_stream_is_charged_an_estimate,
+    a_client_that_leaves_a_silent_stream_is_let_go_at_once,
+    a_follower_that_leaves_a_silent_stream_is_let_go_at_once,
 );
 
 #[test]

@@ -52,6 +52,7 @@ use futures_lite::AsyncWriteExt;
 use futures_lite::future::FutureExt;
 use glommio::net::TcpStream;
 use smallvec::SmallVec;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -368,6 +369,8 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
     // If this client leaves while others follow its answer, the provider's
     // body is still read to its end for them.
     let carry_on = || shared_flight.as_ref().is_some_and(|f| f.followers() > 0);
+    let client_fd = c.stream.as_raw_fd();
+    let left = || crate::sys::peer_closed(client_fd);
     // `include-cost` on a whole JSON answer: it is read before it is sent, so
     // its head can say what it cost.
     let hold = wish.include_cost
@@ -388,7 +391,10 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         taps,
         ctx.config().timeouts.stream_idle,
         reply.sent_at + reply.ttfb,
-        &carry_on,
+        relay::Watch {
+            left: &left,
+            carry_on: &carry_on,
+        },
     )
     .await;
 
@@ -1353,6 +1359,7 @@ async fn follow(
         ClientFraming::Chunked
     };
     let _streaming = ctx.streaming();
+    let client_fd = c.stream.as_raw_fd();
     let followed = relay::relay_flight(
         &mut Direct::new(&mut c.stream),
         &mut c.out,
@@ -1362,6 +1369,7 @@ async fn follow(
         framing,
         t.stream_idle,
         broke_off,
+        &|| crate::sys::peer_closed(client_fd),
     )
     .await;
     c.decoded = first;

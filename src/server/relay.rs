@@ -21,6 +21,23 @@ use std::time::{Duration, Instant};
 /// Largest read window while relaying a provider body (the body streams through it).
 pub const RELAY_WINDOW: usize = 256 << 10;
 
+/// While the provider is silent (a model thinking before it writes, a slow
+/// stream), the relay looks at its client this often: one that left ends the
+/// relay then (the provider connection closes, so the spend stops and the
+/// request's concurrency slot frees), not at the next event.
+pub const CLIENT_CHECK: Duration = Duration::from_secs(1);
+
+/// What the relay may ask about its client.
+#[derive(Clone, Copy)]
+pub struct Watch<'a> {
+    /// Whether the client closed or reset its connection (asked every
+    /// [`CLIENT_CHECK`] the provider stays silent).
+    pub left: &'a dyn Fn() -> bool,
+    /// When the client is gone: whether to read the provider's body to its
+    /// end anyway (others are waiting on it).
+    pub carry_on: &'a dyn Fn() -> bool,
+}
+
 /// How the body arrives and leaves.
 #[derive(Clone, Copy, Debug)]
 pub struct Framing {
@@ -76,7 +93,8 @@ pub struct Relayed {
 /// Relays `up`'s body (its head already consumed) to `client`. `out` holds the
 /// client's head, written together with the first body bytes; `decoded` is
 /// scratch for chunked bodies. `first_read` is when the provider's head arrived.
-/// When the client goes away, `carry_on` says whether to keep reading the
+/// When the client goes away (a failed write, or `watch.left` while the
+/// provider is silent), `watch.carry_on` says whether to keep reading the
 /// provider's body through the taps anyway (others are waiting on it).
 #[expect(
     clippy::too_many_arguments,
@@ -91,7 +109,7 @@ pub async fn relay<W: AsyncWrite + Unpin>(
     taps: &mut [&mut dyn Tap],
     stream_idle: Duration,
     first_read: Instant,
-    carry_on: &dyn Fn() -> bool,
+    watch: Watch<'_>,
 ) -> Relayed {
     let mut client_gone = false;
     let mut remaining = match framing.body {
@@ -133,7 +151,7 @@ pub async fn relay<W: AsyncWrite + Unpin>(
         if client_gone {
             out.clear();
         } else if !send(client, out, &mut bytes_out).await {
-            if !carry_on() {
+            if !(watch.carry_on)() {
                 break Ending::ClientAborted;
             }
             client_gone = true;
@@ -152,12 +170,31 @@ pub async fn relay<W: AsyncWrite + Unpin>(
             },
             None => stream_idle,
         };
-        up.stream.set_read_timeout(idle);
-        match up.stream.read_some(&mut up.buf, RELAY_WINDOW).await {
-            Ok(0) if framing.body == ResponseBody::UntilClose => eof = true,
-            Ok(0) => break Ending::UpstreamAborted,
-            Ok(_) => last_read = Instant::now(),
-            Err(_) => break Ending::UpstreamAborted,
+        // The wait is cut into slices of `CLIENT_CHECK`: between them, a
+        // client that left (with nobody else waiting) ends the relay.
+        let mut waited = Duration::ZERO;
+        let read = loop {
+            let slice = (idle - waited).min(CLIENT_CHECK);
+            up.stream.set_read_timeout(slice);
+            match up.stream.read_some(&mut up.buf, RELAY_WINDOW).await {
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut && waited + slice < idle => {
+                    waited += slice;
+                    if !client_gone && (watch.left)() {
+                        if !(watch.carry_on)() {
+                            break None;
+                        }
+                        client_gone = true;
+                    }
+                }
+                other => break Some(other),
+            }
+        };
+        match read {
+            None => break Ending::ClientAborted,
+            Some(Ok(0)) if framing.body == ResponseBody::UntilClose => eof = true,
+            Some(Ok(0)) => break Ending::UpstreamAborted,
+            Some(Ok(_)) => last_read = Instant::now(),
+            Some(Err(_)) => break Ending::UpstreamAborted,
         }
     };
     // Ended at the body's end, with or without its client.
@@ -215,21 +252,34 @@ pub async fn relay_flight<W: AsyncWrite + Unpin>(
     client_framing: ClientFraming,
     idle: Duration,
     broke_off: &[u8],
+    left: &dyn Fn() -> bool,
 ) -> Followed {
     let mut cursor = scratch.len();
     let mut bytes_out = 0u64;
     let mut first_bytes = None;
     let mut taken = true;
-    let ending = loop {
+    let ending = 'relay: loop {
         if !std::mem::replace(&mut taken, false) {
             scratch.clear();
-            end = match glommio::timer::timeout(idle, async {
-                Ok(flight.more(&mut cursor, scratch).await)
-            })
-            .await
-            {
-                Ok(end) => end,
-                Err(_) => Some(FlightEnd::Failed),
+            // As in `relay`: a client that left while the answer is silent
+            // ends its wait every `CLIENT_CHECK`.
+            let mut waited = Duration::ZERO;
+            end = loop {
+                let slice = (idle - waited).min(CLIENT_CHECK);
+                match glommio::timer::timeout(slice, async {
+                    Ok(flight.more(&mut cursor, scratch).await)
+                })
+                .await
+                {
+                    Ok(end) => break end,
+                    Err(_) if waited + slice < idle => {
+                        waited += slice;
+                        if left() {
+                            break 'relay Ending::ClientAborted;
+                        }
+                    }
+                    Err(_) => break Some(FlightEnd::Failed),
+                }
             };
         }
         if !scratch.is_empty() {
@@ -364,7 +414,10 @@ mod tests {
             &mut [&mut tap],
             Duration::from_secs(1),
             Instant::now(),
-            &|| carry_on,
+            Watch {
+                left: &|| false,
+                carry_on: &|| carry_on,
+            },
         ));
         let usage = tap.usage().output_tokens;
         (relayed, String::from_utf8(client.got).unwrap(), usage)
