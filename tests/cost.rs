@@ -200,8 +200,8 @@ fn a_client_that_leaves_mid_stream_is_charged_an_estimate(shards: usize) {
     // The provider was not read to its end: far fewer events than 40 reached us.
     assert!(row["bytes_out"].as_u64().unwrap() < 4000, "{row}");
     // The estimate never passes what the request let the provider write:
-    // with `max_tokens: 1`, the bytes relayed (mostly the events' framing)
-    // count as one token, and the prompt as its bytes / 4.
+    // with `max_tokens: 1`, the text relayed counts as one token at most,
+    // and the prompt as its bytes / 4.
     let capped = chat("a short story", true).replace("}],", "}],\"max_tokens\":1,");
     leave(&capped);
     let row = loop {
@@ -278,7 +278,16 @@ fn a_client_that_leaves_a_silent_stream_is_let_go_at_once(shards: usize) {
     assert_eq!(r.status, 200, "{}", r.text());
     let row = aborted_row(&gw, left);
     assert_eq!(row["cost_estimated"].as_bool(), Some(true), "{row}");
-    assert!(row["cost"].cast_f64().unwrap() > 0.0, "{row}");
+    // The prompt as its bytes / 4 (input 1 $/M), and the text of the one
+    // event relayed (output 2 $/M): a third of the mock's short reply, a
+    // few tokens, not the event's framing and the head (over 130 tokens).
+    let input = chat("think long", true).len().div_ceil(4) as f64;
+    let output = (row["cost"].cast_f64().unwrap() * 1e6 - input) / 2.0;
+    assert!(
+        (1.0..=10.0).contains(&output),
+        "{output} output tokens: {row}"
+    );
+    assert!(row["bytes_out"].as_u64().unwrap() > 200, "{row}");
 }
 
 /// A follower of a shared stream that leaves while the stream is silent

@@ -163,6 +163,62 @@ pub fn usage_from_json(
     (!u.is_empty()).then_some(u)
 }
 
+/// Keys whose string values are text a model wrote: chat's `content`,
+/// `refusal`, `reasoning_content` and tool calls' `arguments` (OpenAI),
+/// `text`, `thinking` and `partial_json` (Anthropic; Gemini's `text`), the
+/// Responses API's `delta`.
+const TEXT_KEYS: [&[u8]; 8] = [
+    b"content",
+    b"text",
+    b"arguments",
+    b"delta",
+    b"thinking",
+    b"partial_json",
+    b"refusal",
+    b"reasoning_content",
+];
+
+fn member_end() -> &'static memmem::Finder<'static> {
+    static FINDER: std::sync::OnceLock<memmem::Finder<'static>> = std::sync::OnceLock::new();
+    FINDER.get_or_init(|| memmem::Finder::new(b"\":"))
+}
+
+/// Bytes of model-written text in one event's JSON (the values of
+/// [`TEXT_KEYS`] members that are strings, as written, escapes included):
+/// what a client that leaves mid-stream was sent of the answer, without the
+/// events' framing, which is most of their bytes. An estimate: a key spelled
+/// with an escape, or with space before its colon, is not seen.
+pub fn text_bytes(data: &[u8]) -> u64 {
+    let mut n = 0u64;
+    let mut pos = 0;
+    while let Some(k) = data.get(pos..).and_then(|rest| member_end().find(rest)) {
+        // `at`: the key's closing quote (a quote inside a string is escaped).
+        let at = pos + k;
+        pos = at + 2;
+        let Some(open) = memchr::memrchr(b'"', &data[..at]) else {
+            continue;
+        };
+        let v = crate::json::skip_ws(data, at + 2);
+        if data.get(v) != Some(&b'"') || !TEXT_KEYS.contains(&&data[open + 1..at]) {
+            continue;
+        }
+        // The value's end: the first quote not escaped (or the event's,
+        // when it was cut).
+        let mut j = v + 1;
+        let end = loop {
+            match memchr::memchr2(b'"', b'\\', &data[j.min(data.len())..]) {
+                Some(q) if data[j + q] == b'\\' => j += q + 2,
+                Some(q) => break j + q,
+                None => break data.len(),
+            }
+        };
+        n += (end - (v + 1)) as u64;
+        // Whatever the text holds is not read as members.
+        pos = end + 1;
+    }
+    n
+}
+
 /// Collects the tail of a JSON reply that arrives in several reads.
 #[derive(Default)]
 pub struct JsonTail {
@@ -196,6 +252,8 @@ pub struct SseTap {
     pub usage: Usage,
     pub data_events: u64,
     pub saw_done: bool,
+    /// Bytes of model-written text in the events so far ([`text_bytes`]).
+    pub text_bytes: u64,
 }
 
 impl SseTap {
@@ -211,6 +269,7 @@ impl SseTap {
             usage: Usage::default(),
             data_events: 0,
             saw_done: false,
+            text_bytes: 0,
         }
     }
 
@@ -299,12 +358,15 @@ impl SseTap {
             self.data_events += 1;
             if data == b"[DONE]" {
                 self.saw_done = true;
-            } else if usage_key_forward().find(data).is_some()
-                && let Some(u) = usage_from_json(data, self.shape, &mut self.scratch)
-            {
-                self.usage.merge(u);
-                if self.filter_usage_event && empty_choices(data) {
-                    self.drop_event = true;
+            } else {
+                self.text_bytes += text_bytes(data);
+                if usage_key_forward().find(data).is_some()
+                    && let Some(u) = usage_from_json(data, self.shape, &mut self.scratch)
+                {
+                    self.usage.merge(u);
+                    if self.filter_usage_event && empty_choices(data) {
+                        self.drop_event = true;
+                    }
                 }
             }
         }
@@ -327,6 +389,33 @@ mod tests {
             (u.input_tokens, u.output_tokens, u.cached_tokens),
             (Some(12), Some(5), Some(3))
         );
+    }
+
+    #[test]
+    fn text_bytes_counts_what_the_model_wrote_not_the_framing() {
+        for (event, text) in [
+            // OpenAI chat: the role event has no text, a content delta has.
+            (&br#"{"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}"#[..], 0),
+            (br#"{"id":"c","choices":[{"index":0,"delta":{"content":"Hello"},"finish_reason":null}]}"#, 5),
+            // An escaped quote stays inside its string; what the text holds
+            // is not read as members.
+            (br#"{"choices":[{"delta":{"content":"say \"text\":\"no\""}}]}"#, 19),
+            (br#"{"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"city\":\"Paris\"}"}}]}}]}"#, 20),
+            // Anthropic: `text` and `partial_json` deltas; `type` values are not text.
+            (br#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi there"}}"#, 8),
+            (br#"{"type":"content_block_delta","delta":{"type":"input_json_delta","partial_json":"{\"a\""}}"#, 6),
+            // Responses API, spaced as Python writes it.
+            (br#"{"type": "response.output_text.delta", "delta": "abc"}"#, 3),
+            // Usage events and cut text.
+            (br#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1}}"#, 0),
+            (br#"{"choices":[{"delta":{"content":"cut sho"#, 7),
+        ] {
+            assert_eq!(text_bytes(event), text, "{}", String::from_utf8_lossy(event));
+            // Cut anywhere, an event reads without a panic.
+            for cut in 0..event.len() {
+                assert!(text_bytes(&event[..cut]) <= text + 1);
+            }
+        }
     }
 
     #[test]

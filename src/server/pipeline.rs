@@ -407,13 +407,18 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
     // usage) an estimate from the request and what was relayed.
     let shape = plan.provider.usage_shape();
     let mut used = tokens_of(&rec.usage, shape.input_includes_cached);
-    // Never past what the request lets the provider write (its events'
-    // framing is most of the bytes): an estimate stays within what
-    // admission reserved.
+    // A stream's estimate counts the text its events carried, not their
+    // framing (most of their bytes); a JSON answer's, the bytes sent. Never
+    // past what the request lets the provider write: an estimate stays
+    // within what admission reserved.
     let most = plan
         .max_tokens
         .map_or(u64::MAX, |m| m.saturating_mul(plan.choices.max(1)));
-    let relayed_tokens = relayed.bytes_out.div_ceil(4).min(most);
+    let relayed_tokens = usage
+        .relayed_text()
+        .unwrap_or(relayed.bytes_out)
+        .div_ceil(4)
+        .min(most);
     if rec.usage.is_empty() && rec.status < 400 {
         used = Tokens {
             input: body_len(c, req).div_ceil(4),

@@ -168,6 +168,15 @@ impl<'s> UsageTap<'s> {
     pub fn first_event(&self) -> Option<Instant> {
         self.first_event
     }
+
+    /// Bytes of model-written text the events carried so far, without their
+    /// framing (`None` for a JSON answer, whose bytes are mostly its text).
+    pub fn relayed_text(&self) -> Option<u64> {
+        match &self.read {
+            Read::Sse { tap, .. } => Some(tap.text_bytes),
+            Read::Json { .. } => None,
+        }
+    }
 }
 
 impl Tap for UsageTap<'_> {
