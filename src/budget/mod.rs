@@ -13,11 +13,12 @@
 //! without a price reserves nothing and is never refused for it, but an
 //! exhausted budget refuses every request in its scope.
 //!
-//! Spend is counted in micro-dollars (rounded up) in one atomic word per
-//! bucket with its window's number, shared by every shard: a reservation is a
-//! compare-and-swap that never passes the budget. The amount in force is
-//! taken when a window begins, so a lower amount set by a reload never blocks
-//! spend from before it; a changed window is a new set of buckets.
+//! Spend is counted in micro-dollars (a window's charges summed exactly,
+//! then rounded up) in one atomic word per bucket with its window's number,
+//! shared by every shard: a reservation is a compare-and-swap that never
+//! passes the budget. The amount in force is taken when a window begins, so
+//! a lower amount set by a reload never blocks spend from before it; a
+//! changed window is a new set of buckets.
 
 use crate::calendar::{DAY_MS, month_of};
 use crate::config::limits::Scope;
@@ -48,6 +49,18 @@ pub fn micros(usd: f64) -> u64 {
         crate::num::round_u64(usd * 1e9).div_ceil(1000)
     } else {
         0
+    }
+}
+
+/// USD to nano-dollars, rounded up as [`micros`] does: what a charge
+/// really is, where the counters keep micro-dollars.
+pub fn nanos(usd: f64) -> u64 {
+    if !(usd.is_finite() && usd > 0.0) {
+        0
+    } else if usd < 1e7 {
+        crate::num::round_u64(usd * 1e12).div_ceil(1000)
+    } else {
+        crate::num::ceil_u64(usd * 1e9)
     }
 }
 
@@ -100,11 +113,42 @@ pub struct Spend {
     windows: SpendWindows,
     /// The amount in force and the window it was taken for.
     amount: SpendWindows,
+    /// Nano-dollars the current window's spend counts beyond what was
+    /// charged in it (under 1,000: each charge is rounded up to a whole
+    /// micro-dollar, and the next charge of the window uses what the last
+    /// one overpaid). A window's count is therefore its charges' exact sum
+    /// rounded up once, not once a charge: a $0.0000004 embedding call adds
+    /// 0.4 µ$, not 1 µ$.
+    credit: SpendWindows,
     /// The window whose alert was raised (+1; 0: none yet).
     alerted: AtomicU64,
 }
 
 impl Spend {
+    /// The whole micro-dollars to count for a charge of `nanos` to `window`
+    /// (the current one, or the one just before it): what the window's
+    /// credit does not cover, rounded up; what that overpays becomes its
+    /// credit. The caller counts them (in one step with any reservation it
+    /// gives back, so the count never dips below what is spent).
+    fn micros_to_count(&self, window: u32, nanos: u64) -> u64 {
+        loop {
+            let (w, credit) = self.credit.rolled(window);
+            if w != SpendWindows::number(window) {
+                // Spend of the window before the credit's: rounded up alone.
+                return nanos.div_ceil(1000);
+            }
+            let used = credit.min(nanos);
+            let rest = nanos - used;
+            let micros = rest.div_ceil(1000);
+            if self
+                .credit
+                .swap(w, credit, credit - used + (micros * 1000 - rest))
+            {
+                return micros;
+            }
+        }
+    }
+
     /// The amount for `window`: taken from `configured` when the window is
     /// new to this bucket, kept for the rest of it.
     fn amount(&self, window: u32, configured: u64) -> u64 {
@@ -307,7 +351,8 @@ impl Budgets {
                 }
                 let b = self.bucket(p, s.subject.value(&p.rule.scope));
                 let at = slot(p.rule.window, s.ts_ms);
-                b.spend.add(at.window, micros(s.usd));
+                let micros = b.spend.micros_to_count(at.window, nanos(s.usd));
+                b.spend.add(at.window, micros);
             }
         }
     }
@@ -616,12 +661,15 @@ impl Reservation {
     /// refunds the rest; raises a budget's alert the first time its window
     /// passes `alert_at`. Returns how many alerts this raised.
     pub fn settle(mut self, cost: Option<f64>, budgets: &Budgets) -> usize {
-        let actual = cost.map_or(0, micros);
+        let actual = cost.map_or(0, nanos);
         let mut raised = 0;
         for h in std::mem::take(&mut self.held) {
             let spend = &h.bucket.spend;
+            // A charge may count less than its micro-dollars rounded up
+            // (see `Spend::credit`).
+            let actual = spend.micros_to_count(h.window, actual);
             if actual >= h.reserved {
-                spend.add(h.window, actual.saturating_sub(h.reserved));
+                spend.add(h.window, actual - h.reserved);
             } else {
                 spend.give_back(h.window, h.reserved - actual);
             }
@@ -693,6 +741,54 @@ mod tests {
         assert_eq!(micros(0.000_000_5), 1);
         assert_eq!(micros(0.000_001_001), 2);
         assert_eq!((micros(0.0), micros(-1.0), micros(f64::NAN)), (0, 0, 0));
+        assert_eq!(nanos(0.000_000_4), 400);
+        assert_eq!(nanos(0.1 + 0.2), 300_000_000);
+        assert_eq!(nanos(0.000_000_000_1), 1);
+        assert_eq!(nanos(2e7), 2e16 as u64);
+        assert_eq!((nanos(0.0), nanos(-1.0), nanos(f64::NAN)), (0, 0, 0));
+    }
+
+    #[test]
+    fn cheap_charges_count_their_sum_not_a_micro_dollar_each() {
+        let (shared, s, rules) =
+            shard("[[budgets]]\nscope = \"gateway\"\nusd = 10\nwindow = \"daily\"\n");
+        // 1,000 embedding calls at $0.0000004: 400 µ$, where rounding each
+        // up counted 1,000.
+        for _ in 0..1000 {
+            s.reserve(&who(None), RATES, 1, Some(1), 1, NOW)
+                .unwrap()
+                .settle(Some(0.000_000_4), &shared);
+        }
+        let spent = |shared: &Budgets| shared.report(&rules, NOW)[0].spent_usd;
+        assert!(
+            (spent(&shared) - 0.0004).abs() < 1e-12,
+            "{}",
+            spent(&shared)
+        );
+        // One more: 400.4 µ$, counted as 401 (never less than spent).
+        s.reserve(&who(None), RATES, 1, Some(1), 1, NOW)
+            .unwrap()
+            .settle(Some(0.000_000_4), &shared);
+        assert!(
+            (spent(&shared) - 0.000_401).abs() < 1e-12,
+            "{}",
+            spent(&shared)
+        );
+        // The log rebuilds the same count.
+        let rebuilt = Budgets::new();
+        let spent_rows: Vec<Spent> = (0..1001)
+            .map(|_| Spent {
+                ts_ms: NOW,
+                subject: who(None),
+                usd: 0.000_000_4,
+            })
+            .collect();
+        rebuilt.rebuild(&rules, &spent_rows);
+        assert!(
+            (spent(&rebuilt) - 0.000_401).abs() < 1e-12,
+            "{}",
+            spent(&rebuilt)
+        );
     }
 
     #[test]
