@@ -113,6 +113,7 @@ pub fn serve(
     // The request log: a bounded queue from every shard to one writer thread.
     let log_stats = Arc::new(LogStats::default());
     let log_path = logstore::path(&config.server.data_dir);
+    let budgets = crate::budget::Budgets::new();
     let (log_tx, log_thread) = if config.logs.enabled {
         let (queue, inbound) = LogQueue::new(LOG_QUEUE, LOG_ERROR_QUEUE);
         let thread = logs::spawn(
@@ -120,6 +121,7 @@ pub fn serve(
             config.logs.clone(),
             inbound,
             log_stats.clone(),
+            budgets.clone(),
         )
         .map_err(|e| format!("logs: {e}"))?;
         (Some(queue), Some(thread))
@@ -134,7 +136,6 @@ pub fn serve(
         .map_err(|e| format!("keys: {e}"))?;
     let keys = Registry::new(&config.keys, stored_keys);
     let limiter = crate::limit::Limiter::new(shards);
-    let budgets = crate::budget::Budgets::new();
     // Limit windows and budgets carry on from the request log.
     match crate::control::usage::rebuild(&config, &limiter, &budgets) {
         Ok(0) => {}

@@ -401,6 +401,47 @@ fn a_reloaded_window_counts_what_a_restart_would(shards: usize) {
     );
 }
 
+/// A lowered amount applies from the next window, across a restart (here
+/// after kill -9) as across a reload: the window in force goes on with the
+/// amount it began with, the gateway, `/usage` and `aigw usage` agree.
+fn a_lowered_amount_waits_for_the_next_window_across_a_restart(shards: usize) {
+    let mock = mock();
+    let dir = common::gateway::TempDir::new("budget-amount");
+    let start = |usd: &str| {
+        Gateway::with(shards)
+            .provider("up", &mock.base_url(), "")
+            .toml(&format!(
+                "{PRICE}[[budgets]]\nname = \"k\"\nscope = \"key\"\nusd = {usd}\nwindow = \"7d\"\n"
+            ))
+            .data_dir(dir.path())
+            .start()
+    };
+    let mut gw = start("0.2");
+    let r = gw.client().post("/v1/chat/completions", &[SHORT], &body(0));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let spent = usage(&gw, "by=key")["budgets"][0]["spent_usd"]
+        .cast_f64()
+        .unwrap();
+    assert!(spent > 0.0);
+    gw.kill9();
+    // Below what is spent already: it would refuse at once.
+    let gw = start("0.000001");
+    let r = gw.client().post("/v1/chat/completions", &[SHORT], &body(1));
+    assert_eq!(
+        r.status,
+        200,
+        "the new amount applied at once: {}",
+        r.text()
+    );
+    let budget = usage(&gw, "by=key")["budgets"][0].clone();
+    assert_eq!(budget["usd"].cast_f64(), Some(0.2), "{budget}");
+    let cfg = gw.dir().join("aigw.toml");
+    let (code, out, err) = run_aigw(&["usage", "--config", cfg.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let cli = json(out.as_bytes())["budgets"][0]["usd"].cast_f64();
+    assert_eq!(cli, Some(0.2), "{out}");
+}
+
 at_1_and_2_shards!(
     sixty_four_racing_clients_never_overspend,
     an_exhausted_budget_says_what_and_when_and_alerts_first,
@@ -409,6 +450,7 @@ at_1_and_2_shards!(
     a_reloaded_window_counts_what_a_restart_would,
     a_gemini_native_request_reserves_by_its_generation_config,
     a_request_in_flight_across_a_reload_counts_in_the_rebuilt_budget,
+    a_lowered_amount_waits_for_the_next_window_across_a_restart,
 );
 
 fn a_client_cannot_price_its_own_spend_down_or_overflow_a_budget(shards: usize) {

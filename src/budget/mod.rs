@@ -150,15 +150,22 @@ impl Spend {
     }
 
     /// The amount for `window`: taken from `configured` when the window is
-    /// new to this bucket, kept for the rest of it.
-    fn amount(&self, window: u32, configured: u64) -> u64 {
+    /// new to this bucket, kept for the rest of it. True when this call took it.
+    fn amount(&self, window: u32, configured: u64) -> (u64, bool) {
         let (w, amount) = self.amount.rolled(window);
         if amount != 0 || w != SpendWindows::number(window) {
-            return amount;
+            return (amount, false);
         }
         // New to this window: it takes the amount configured now.
-        let _ = self.amount.swap(w, 0, configured);
-        self.amount.rolled(window).1
+        let took = self.amount.swap(w, 0, configured);
+        (self.amount.rolled(window).1, took)
+    }
+
+    /// Sets the amount of `window` (the current one) to what an earlier run
+    /// took for it, unless one is taken already.
+    fn restore_amount(&self, window: u32, amount: u64) -> bool {
+        let (w, taken) = self.amount.rolled(window);
+        w == SpendWindows::number(window) && taken == 0 && self.amount.swap(w, 0, amount)
     }
 
     /// Spend counted now: this window's and the weighted previous one's.
@@ -282,12 +289,32 @@ fn prepare(rules: &[BudgetRule]) -> Vec<Prepared> {
         .collect()
 }
 
+/// The amount a bucket took for a window. The request log's store keeps
+/// them, so a restart goes on with the amount each window began with, as a
+/// reload does (a new amount applies from the next window).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InForce {
+    /// The budget's fingerprint (per what, over which window, which models).
+    pub budget: u64,
+    pub value: String,
+    /// The window's number, as stored.
+    pub window: u32,
+    pub micros: u64,
+}
+
+/// Most amounts taken that wait for the log thread; more are not kept (a
+/// restart in their window takes the configured amount).
+const TAKEN_MAX: usize = 1 << 16;
+
 /// Every budget's buckets, shared by the shards, the admin socket (`/usage`)
 /// and the start-up rebuild.
 pub struct Budgets {
     buckets: DashMap<(u64, u64), Arc<Bucket>>,
     /// Alerts raised (a warning logged) since start.
     pub alerts: AtomicU64,
+    /// Amounts buckets took for a new window, for the log thread to store
+    /// (once a bucket a window: not a lock a request).
+    taken: std::sync::Mutex<Vec<InForce>>,
 }
 
 impl Budgets {
@@ -295,7 +322,56 @@ impl Budgets {
         Arc::new(Budgets {
             buckets: DashMap::new(),
             alerts: AtomicU64::new(0),
+            taken: std::sync::Mutex::new(Vec::new()),
         })
+    }
+
+    /// The amount `b` applies in `window`, noting it when the bucket takes
+    /// it now.
+    fn amount(&self, p: &Prepared, b: &Bucket, window: u32) -> u64 {
+        let (amount, took) = b.spend.amount(window, p.amount);
+        if took {
+            let mut taken = self.taken.lock().unwrap_or_else(|e| e.into_inner());
+            if taken.len() < TAKEN_MAX {
+                taken.push(InForce {
+                    budget: p.fingerprint,
+                    value: b.value.to_string(),
+                    window: SpendWindows::number(window),
+                    micros: amount,
+                });
+            }
+        }
+        amount
+    }
+
+    /// The amounts taken since the last call (the log thread stores them).
+    pub fn take_amounts(&self) -> Vec<InForce> {
+        std::mem::take(&mut *self.taken.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Gives each bucket the amount an earlier run took for the window in
+    /// force now (rows of other windows or budgets are passed over). Returns
+    /// how many it gave.
+    pub fn restore_amounts(&self, rules: &[BudgetRule], rows: &[InForce], now_ms: u64) -> usize {
+        let prepared = prepare(rules);
+        let mut n = 0;
+        for r in rows {
+            let Some(p) = prepared.iter().find(|p| p.fingerprint == r.budget) else {
+                continue;
+            };
+            let s = slot(p.rule.window, now_ms);
+            if SpendWindows::number(s.window) != r.window {
+                continue;
+            }
+            if self
+                .bucket(p, &r.value)
+                .spend
+                .restore_amount(s.window, r.micros)
+            {
+                n += 1;
+            }
+        }
+        n
     }
 
     fn bucket(&self, p: &Prepared, value: &str) -> Arc<Bucket> {
@@ -367,7 +443,7 @@ impl Budgets {
             };
             let s = slot(p.rule.window, now_ms);
             let b = entry.value();
-            let amount = b.spend.amount(s.window, p.amount);
+            let amount = self.amount(p, b, s.window);
             let spent = b.spend.spent(&s);
             out.push(Standing {
                 budget: p.rule.name.clone(),
@@ -551,7 +627,7 @@ impl ShardBudgets {
             let value = who.value(&p.rule.scope);
             let b = self.bucket(p, value);
             let s = self.slot(p.rule.window, now_ms);
-            let amount = b.spend.amount(s.window, p.amount);
+            let amount = self.shared.amount(p, &b, s.window);
             let worst = rates.map_or(0, |rates| {
                 let output = max_tokens
                     .unwrap_or(p.rule.default_max_tokens)

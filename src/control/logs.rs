@@ -118,6 +118,7 @@ pub fn spawn(
     cfg: LogsConfig,
     inbound: LogInbound,
     stats: Arc<LogStats>,
+    budgets: Arc<crate::budget::Budgets>,
 ) -> Result<JoinHandle<()>, String> {
     let mut writer = Writer::open(&path)?;
     writer.set_yield(cfg.yield_to_requests);
@@ -128,12 +129,18 @@ pub fn spawn(
             if let Err(e) = crate::sys::lower_thread_priority(crate::sys::BACKGROUND_NICE) {
                 log::debug!("log thread keeps its priority: {e}");
             }
-            run(&mut writer, cfg, &inbound, &stats)
+            run(&mut writer, cfg, &inbound, &stats, &budgets)
         })
         .map_err(|e| format!("cannot start the log thread: {e}"))
 }
 
-fn run(writer: &mut Writer, mut cfg: LogsConfig, queue: &LogInbound, stats: &LogStats) {
+fn run(
+    writer: &mut Writer,
+    mut cfg: LogsConfig,
+    queue: &LogInbound,
+    stats: &LogStats,
+    budgets: &crate::budget::Budgets,
+) {
     let mut batch: Vec<RequestRecord> = Vec::with_capacity(MAX_BATCH);
     let mut last_retention = Instant::now();
     let mut last_sweep = Instant::now();
@@ -174,6 +181,17 @@ fn run(writer: &mut Writer, mut cfg: LogsConfig, queue: &LogInbound, stats: &Log
             log::warn!(
                 "request log: {} tallies of requests kept no row of were not written: {e}",
                 tallies.len()
+            );
+        }
+        // Amounts budgets took for a new window: a restart goes on with them.
+        let amounts = budgets.take_amounts();
+        if !amounts.is_empty()
+            && let Err(e) = writer.save_amounts(&amounts)
+        {
+            stats.write_errors.fetch_add(1, Ordering::Relaxed);
+            log::warn!(
+                "request log: {} budget amounts in force were not stored (a restart in their window takes the configured amount): {e}",
+                amounts.len()
             );
         }
         full = taken == Taken::Full;
@@ -360,7 +378,14 @@ mod tests {
         let stats = Arc::new(LogStats::default());
         // As a shard leaves it when it found the queue full.
         queue.full.store(true, Ordering::Relaxed);
-        let thread = spawn(dir.join("requests.db"), cfg, inbound, stats.clone()).unwrap();
+        let thread = spawn(
+            dir.join("requests.db"),
+            cfg,
+            inbound,
+            stats.clone(),
+            crate::budget::Budgets::new(),
+        )
+        .unwrap();
         assert!(
             stats.flush(Duration::from_secs(60)),
             "the flush was not answered"

@@ -104,7 +104,11 @@ pub fn rebuild_rules(
             .collect();
         budgets.rebuild(budget_rules, &spent);
     };
-    logstore::replay::replay(&conn, since, REPLAY_BATCH, &mut each).map_err(|e| e.to_string())
+    let replayed = logstore::replay::replay(&conn, since, REPLAY_BATCH, &mut each)
+        .map_err(|e| e.to_string())?;
+    // Each budget's window goes on with the amount it began with.
+    budgets.restore_amounts(budget_rules, &logstore::budget_amounts(&conn), now);
+    Ok(replayed)
 }
 
 /// `GET /usage` and `aigw usage --json`: the totals by `by` since `since_ms`

@@ -124,6 +124,13 @@ CREATE TABLE IF NOT EXISTS tallies (
     unknown_cost INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS tallies_ts ON tallies(ts);
+CREATE TABLE IF NOT EXISTS budget_amounts (
+    budget INTEGER NOT NULL,
+    value TEXT NOT NULL,
+    window INTEGER NOT NULL,
+    micros INTEGER NOT NULL,
+    PRIMARY KEY (budget, value)
+);
 CREATE TABLE IF NOT EXISTS payloads (
     seq INTEGER PRIMARY KEY,
     request BLOB,
@@ -283,4 +290,23 @@ fn show_added_columns(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(&format!(
         "CREATE TEMP VIEW requests AS SELECT *{missing} FROM main.requests"
     ))
+}
+
+/// The amounts budgets took for their windows ([`crate::budget::InForce`]),
+/// as the log thread stored them; none from a store older than the table.
+pub fn budget_amounts(conn: &Connection) -> Vec<crate::budget::InForce> {
+    let rows = conn
+        .prepare("SELECT budget, value, window, micros FROM budget_amounts")
+        .and_then(|mut stmt| {
+            stmt.query_map([], |r| {
+                Ok(crate::budget::InForce {
+                    budget: r.get::<_, i64>(0)? as u64,
+                    value: r.get(1)?,
+                    window: r.get::<_, i64>(2)? as u32,
+                    micros: r.get::<_, i64>(3)?.max(0) as u64,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        });
+    rows.unwrap_or_default()
 }

@@ -355,6 +355,27 @@ impl Writer {
         Ok(())
     }
 
+    /// Stores the amounts budgets took for their windows (one row a budget
+    /// and scope value: the latest window's).
+    pub fn save_amounts(&mut self, amounts: &[crate::budget::InForce]) -> rusqlite::Result<()> {
+        let tx = self.db.conn().unchecked_transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT OR REPLACE INTO budget_amounts (budget, value, window, micros)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for a in amounts {
+                stmt.execute(params![
+                    a.budget as i64,
+                    a.value,
+                    i64::from(a.window),
+                    opt_i64(Some(a.micros)),
+                ])?;
+            }
+        }
+        tx.commit()
+    }
+
     /// Deletes metadata rows whose requests are all older than every request
     /// left (they are gone; until now a join hid them). A scan of
     /// `meta_seqs`: run it rarely.
