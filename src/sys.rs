@@ -1,7 +1,7 @@
 //! The crate's system calls that need `unsafe`, each with its invariant.
 //!
 //! Kept in one file so a reader audits them in one place: a non-blocking
-//! `recv(2)` on a borrowed socket, peeking whether a client left, borrowing
+//! `recv(2)` on a borrowed socket, asking whether a client left, borrowing
 //! a glommio stream's descriptor, adopting a listening socket into glommio,
 //! allocating a file's blocks, and the cache's shared mapping ([`SharedMap`]:
 //! 64-bit words read and written with atomic loads and stores, so shards read
@@ -75,32 +75,23 @@ pub fn try_send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
     }
 }
 
-/// Whether the peer of the socket `fd` has closed or reset the connection,
-/// as seen now without reading anything (`recv(MSG_PEEK | MSG_DONTWAIT)` of
-/// one byte): end of stream or a connection error says so; bytes waiting
-/// (a pipelined request) or none yet say it is still there. A descriptor
+/// Whether the peer of the socket `fd` has closed (or shut down its
+/// sending side) or reset the connection, as the kernel knows now, without
+/// reading or waiting: `poll` for `POLLRDHUP`, which also sees an end of
+/// stream behind bytes not read yet (a pipelined request). A descriptor
 /// that is not an open socket answers false.
 pub fn peer_closed(fd: std::os::fd::RawFd) -> bool {
-    let mut byte = 0u8;
-    // SAFETY: the only memory the call touches is `byte`, valid for writes of
-    // the one byte asked for; the descriptor is a number the kernel checks
-    // (one that was closed meanwhile fails with EBADF, read as "not closed").
-    let n = unsafe {
-        libc::recv(
-            fd,
-            (&raw mut byte).cast::<libc::c_void>(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLRDHUP,
+        revents: 0,
     };
-    match n {
-        0 => true,
-        n if n > 0 => false,
-        _ => matches!(
-            io::Error::last_os_error().raw_os_error(),
-            Some(libc::ECONNRESET | libc::ENOTCONN | libc::EPIPE | libc::ETIMEDOUT)
-        ),
-    }
+    // SAFETY: `p` is one valid `pollfd` for the call's duration, and the
+    // count passed is 1; a timeout of 0 returns at once. The descriptor is a
+    // number the kernel checks (a closed one comes back as POLLNVAL, read
+    // as "not closed").
+    let n = unsafe { libc::poll(&raw mut p, 1, 0) };
+    n > 0 && p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
 }
 
 /// The descriptor of a glommio TCP stream, borrowed for as long as the stream is.

@@ -288,6 +288,46 @@ fn a_client_that_leaves_a_silent_stream_is_let_go_at_once(shards: usize) {
         "{output} output tokens: {row}"
     );
     assert!(row["bytes_out"].as_u64().unwrap() > 200, "{row}");
+    // The second it waited on the silent provider is not gateway time.
+    assert!(row["gateway_us"].as_u64().unwrap() < 500_000, "{row}");
+    // A client that sent more (a pipelined request) before it left is seen
+    // to leave as well: its end of stream is behind bytes not read yet.
+    let left = Instant::now();
+    let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let request = common::wire::request_bytes(
+        "POST",
+        "/v1/chat/completions",
+        SILENT,
+        chat("think again", true).as_bytes(),
+    );
+    std::io::Write::write_all(&mut s, &request).unwrap();
+    read_first_event(&mut s);
+    std::io::Write::write_all(&mut s, b"GET /healthz HTTP/1.1\r\n\r\n").unwrap();
+    drop(s);
+    loop {
+        let r = c.post("/v1/chat/completions", &[], &chat("next", false));
+        if r.status != 429 {
+            assert_eq!(r.status, 200, "{}", r.text());
+            break;
+        }
+        assert!(
+            left.elapsed() < WAIT,
+            "the slot of the client that pipelined and left is still held"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Reads a stream's answer up to its first event.
+fn read_first_event(s: &mut std::net::TcpStream) {
+    let mut got = Vec::new();
+    while !got.windows(5).any(|w| w == b"data:") {
+        let mut buf = [0u8; 4096];
+        let n = std::io::Read::read(s, &mut buf).unwrap();
+        assert!(n > 0, "the stream closed before its first event");
+        got.extend_from_slice(&buf[..n]);
+    }
 }
 
 /// A follower of a shared stream that leaves while the stream is silent
@@ -309,19 +349,54 @@ fn a_follower_that_leaves_a_silent_stream_is_let_go_at_once(shards: usize) {
         &common::wire::request_bytes("POST", "/v1/chat/completions", SILENT, body.as_bytes()),
     )
     .unwrap();
-    let mut got = Vec::new();
-    while !got.windows(5).any(|w| w == b"data:") {
-        let mut buf = [0u8; 4096];
-        let n = std::io::Read::read(&mut leader, &mut buf).unwrap();
-        assert!(n > 0, "the leader's stream closed");
-        got.extend_from_slice(&buf[..n]);
-    }
+    read_first_event(&mut leader);
     let left = Instant::now();
     common::wire::leave_after_first_event(gw.addr, "/v1/chat/completions", SILENT, &body);
     let row = aborted_row(&gw, left);
     assert_eq!(row["cache"].as_str(), Some("COALESCED"), "{row}");
     assert_eq!(mock.requests_seen(), 1, "the follower never went upstream");
     drop(leader);
+}
+
+/// A leader whose client left reads on for its followers only while one is
+/// there: once the last has left too, the provider connection closes.
+fn a_leader_reads_on_only_while_a_follower_is_there(shards: usize) {
+    let mock = mock();
+    let gw = Gateway::with(shards)
+        .provider("up", &mock.base_url(), "")
+        .toml(&format!(
+            "{PRICED}[cache]\nenabled = true\nsize = \"16MiB\"\nmax_entry = \"1MiB\"\n"
+        ))
+        .start();
+    let body = chat("think alone", true);
+    let open = || {
+        let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        let request =
+            common::wire::request_bytes("POST", "/v1/chat/completions", SILENT, body.as_bytes());
+        std::io::Write::write_all(&mut s, &request).unwrap();
+        read_first_event(&mut s);
+        s
+    };
+    let leader = open();
+    let follower = open();
+    let left = Instant::now();
+    drop(leader);
+    drop(follower);
+    // Both rows come within seconds, not when the provider's minute-long
+    // gaps end.
+    loop {
+        let aborted = rows(&gw, "limit=10")
+            .into_iter()
+            .filter(|r| r["outcome"].as_str() == Some("aborted_by_client"))
+            .count();
+        if aborted == 2 {
+            break;
+        }
+        assert!(left.elapsed() < WAIT, "{aborted} of 2 rows");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(mock.requests_seen(), 1);
 }
 
 /// A stream's cost is known only after its last event: with
@@ -512,6 +587,7 @@ at_1_and_2_shards!(
     a_client_that_leaves_mid_stream_is_charged_an_estimate,
     a_client_that_leaves_a_silent_stream_is_let_go_at_once,
     a_follower_that_leaves_a_silent_stream_is_let_go_at_once,
+    a_leader_reads_on_only_while_a_follower_is_there,
 );
 
 #[test]

@@ -679,7 +679,16 @@ fn exhausted(
     };
     let usd = |m: u64| m as f64 / 1e6;
     let resets = crate::calendar::format_ms(at);
-    let message = if spent >= amount {
+    let message = if worst > amount {
+        // Waiting does not help: no window has room for it.
+        format!(
+            "budget `{}`{whose} can never cover this request: it may cost up to ${:.6}, more than the whole ${:.6} a window ({}); lower max_tokens (without it, the budget's default_max_tokens counts)",
+            p.rule.name,
+            usd(worst),
+            usd(amount),
+            p.rule.window.describe()
+        )
+    } else if spent >= amount {
         format!(
             "budget `{}` exhausted{whose}: spent ${:.6} of ${:.6} ({}); try again at {resets}",
             p.rule.name,
@@ -925,6 +934,19 @@ mod tests {
             e.headers.contains("retry-after: 50400\r\n"),
             "{}",
             e.headers
+        );
+        // A request whose worst case is more than the whole amount is not
+        // told to wait: no window has room for it.
+        let (_, s, _) = shard(
+            "[[budgets]]\nname = \"day\"\nscope = \"gateway\"\nusd = 1\nwindow = \"daily\"\n",
+        );
+        let e = s
+            .reserve(&who(None), RATES, 1, Some(10), 1, NOW)
+            .unwrap_err();
+        assert!(
+            e.message.contains("can never cover this request") && !e.message.contains("try again"),
+            "{}",
+            e.message
         );
     }
 

@@ -41,6 +41,8 @@ struct State {
     end: Option<End>,
     wakers: Vec<Waker>,
     followers: u64,
+    /// Followers reading the answer now ([`Attached`]).
+    attached: u64,
     created_ms: u64,
     expires_ms: u64,
     input_tokens: u32,
@@ -118,6 +120,12 @@ impl Flight {
         self.lock().followers
     }
 
+    /// Followers reading the answer now: when none is left, a leader whose
+    /// own client left has nobody to read on for.
+    pub fn attached(&self) -> u64 {
+        self.lock().attached
+    }
+
     /// The stored form, when the flight completed.
     pub fn finished(&self) -> Option<Finished<'_>> {
         let guard = self.lock();
@@ -162,11 +170,16 @@ impl Flight {
         .await
     }
 
-    /// Counts a follower; false when the flight already failed.
-    pub fn follow(&self) -> bool {
+    /// Counts a follower, attached while the guard lives; `None` when the
+    /// flight already failed.
+    pub fn follow(&self) -> Option<Attached<'_>> {
         let mut s = self.lock();
         s.followers += 1;
-        s.end != Some(End::Failed)
+        if s.end == Some(End::Failed) {
+            return None;
+        }
+        s.attached += 1;
+        Some(Attached { flight: self })
     }
 
     pub fn is_failed(&self) -> bool {
@@ -180,6 +193,18 @@ impl Flight {
             self.failed.store(true, Ordering::Release);
             Self::wake(&mut s);
         }
+    }
+}
+
+/// A follower reading a flight's answer; dropped, it no longer is.
+pub struct Attached<'a> {
+    flight: &'a Flight,
+}
+
+impl Drop for Attached<'_> {
+    fn drop(&mut self) {
+        let mut s = self.flight.lock();
+        s.attached = s.attached.saturating_sub(1);
     }
 }
 
@@ -236,7 +261,7 @@ impl Leading {
             // Too large to store. Followers already reading it keep getting it
             // (up to a bound); with none, the flight ends here.
             s.oversize = true;
-            if s.followers == 0 || size > MAX_SHARED_BYTES.max(self.flight.max_bytes) {
+            if s.attached == 0 || size > MAX_SHARED_BYTES.max(self.flight.max_bytes) {
                 drop(s);
                 self.fail();
                 return;
@@ -314,7 +339,8 @@ mod tests {
     fn followers_read_what_arrives_then_the_end() {
         let (mut l, failed) = leading(1 << 20);
         let f = l.flight.clone();
-        assert!(f.follow());
+        let attached = f.follow().unwrap();
+        assert_eq!(f.attached(), 1);
         l.head(head(), 3, Some(18));
         l.append(b"data: 1\n\n");
         let (mut cursor, mut out) = (0, Vec::new());
@@ -333,6 +359,8 @@ mod tests {
         );
         drop(fin);
         assert_eq!(futures_lite::future::block_on(f.head()), Some(head()));
+        drop(attached);
+        assert_eq!((f.attached(), f.followers()), (0, 1));
     }
 
     #[test]
@@ -340,7 +368,7 @@ mod tests {
         let (l, failed) = leading(1 << 20);
         let f = l.flight.clone();
         drop(l);
-        assert!(failed() && f.is_failed() && !f.follow());
+        assert!(failed() && f.is_failed() && f.follow().is_none());
         assert_eq!(futures_lite::future::block_on(f.head()), None);
         let (mut l, failed) = leading(50);
         let f = l.flight.clone();
@@ -362,7 +390,7 @@ mod tests {
         let (mut l, failed) = leading(50);
         let f = l.flight.clone();
         l.head(head(), 0, None);
-        assert!(f.follow());
+        let _attached = f.follow().unwrap();
         l.append(&[b'x'; 10]);
         l.append(&[b'y'; 100]);
         assert!(!f.is_failed() && !failed());

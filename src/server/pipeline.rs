@@ -368,7 +368,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
     let _streaming = c.rhead.event_stream.then(|| ctx.streaming());
     // If this client leaves while others follow its answer, the provider's
     // body is still read to its end for them.
-    let carry_on = || shared_flight.as_ref().is_some_and(|f| f.followers() > 0);
+    let carry_on = || shared_flight.as_ref().is_some_and(|f| f.attached() > 0);
     let client_fd = c.stream.as_raw_fd();
     let left = || crate::sys::peer_closed(client_fd);
     // `include-cost` on a whole JSON answer: it is read before it is sent, so
@@ -1247,10 +1247,14 @@ async fn follow(
     broke_off: &[u8],
     own: Own,
 ) -> Option<bool> {
-    if !flight.follow() {
+    // Attached until this returns: while it is, a leader whose client
+    // left reads on for it.
+    let Some(_attached) = flight.follow() else {
         rec.cache = Some(CacheStatus::Miss);
         return None;
-    }
+    };
+    // From here it waits on the provider the leader asked: not gateway time.
+    rec.gateway = req.started.elapsed();
     let config = ctx.config();
     let t = &config.timeouts;
     // Measured from the request's arrival, as its own attempt would be.

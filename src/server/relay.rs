@@ -112,6 +112,7 @@ pub async fn relay<W: AsyncWrite + Unpin>(
     watch: Watch<'_>,
 ) -> Relayed {
     let mut client_gone = false;
+    let mut reached_end = false;
     let mut remaining = match framing.body {
         ResponseBody::Length(n) => n,
         _ => 0,
@@ -157,11 +158,16 @@ pub async fn relay<W: AsyncWrite + Unpin>(
             client_gone = true;
         }
         if done {
+            reached_end = true;
             break if client_gone {
                 Ending::ClientAborted
             } else {
                 Ending::Complete
             };
+        }
+        // Read on for others only while one is still there.
+        if client_gone && !(watch.carry_on)() {
+            break Ending::ClientAborted;
         }
         let idle = match framing.deadline {
             Some(d) => match d.checked_duration_since(Instant::now()) {
@@ -180,17 +186,21 @@ pub async fn relay<W: AsyncWrite + Unpin>(
                 Err(e) if e.kind() == std::io::ErrorKind::TimedOut && waited + slice < idle => {
                     waited += slice;
                     if !client_gone && (watch.left)() {
-                        if !(watch.carry_on)() {
-                            break None;
-                        }
                         client_gone = true;
+                    }
+                    if client_gone && !(watch.carry_on)() {
+                        break None;
                     }
                 }
                 other => break Some(other),
             }
         };
         match read {
-            None => break Ending::ClientAborted,
+            // The wait since the last bytes was the provider's, not the gateway's.
+            None => {
+                last_read = Instant::now();
+                break Ending::ClientAborted;
+            }
             Some(Ok(0)) if framing.body == ResponseBody::UntilClose => eof = true,
             Some(Ok(0)) => break Ending::UpstreamAborted,
             Some(Ok(_)) => last_read = Instant::now(),
@@ -198,8 +208,7 @@ pub async fn relay<W: AsyncWrite + Unpin>(
         }
     };
     // Ended at the body's end, with or without its client.
-    let body_complete =
-        ending == Ending::Complete || (client_gone && ending == Ending::ClientAborted);
+    let body_complete = reached_end;
     if !body_complete {
         // The taps learn the body is incomplete; whatever they held back stays held.
         taps::finish(taps, End::Aborted, |_| {});
