@@ -219,7 +219,18 @@ pub fn cost(price: Option<&Price>, custom: Option<&CustomCost>, t: &Tokens) -> O
             usd += n as f64 * rate?;
         }
     }
-    Some(usd)
+    Some(to_picos(usd))
+}
+
+/// Rounded to a pico-dollar: the float noise of the sum goes (22 tokens in
+/// at $1 and 9 out at $2 per million were $0.000039999999999999996 in the
+/// log, not $0.00004).
+fn to_picos(usd: f64) -> f64 {
+    if usd.abs() < 1e6 {
+        (usd * 1e12).round() / 1e12
+    } else {
+        usd
+    }
 }
 
 #[cfg(test)]
@@ -277,6 +288,25 @@ mod tests {
         };
         assert!((cost(Some(&p), None, &anthropic).unwrap() - (2.0 + 0.5 + 2.5)).abs() < 1e-9);
         assert_eq!(anthropic.all_input(), 3_000_000);
+    }
+
+    #[test]
+    fn a_cost_reads_without_float_noise() {
+        // 22 × $1 + 9 × $2 per million: 0.000039999999999999996 summed.
+        let p = price(1.0, 2.0, None, None);
+        let t = Tokens {
+            input: 22,
+            output: 9,
+            ..Tokens::default()
+        };
+        assert_eq!(cost(Some(&p), None, &t).unwrap().to_string(), "0.00004");
+        let p = price(0.15, 0.6, None, None);
+        let t = Tokens {
+            input: 1,
+            output: 4,
+            ..Tokens::default()
+        };
+        assert_eq!(cost(Some(&p), None, &t).unwrap().to_string(), "0.00000255");
     }
 
     #[test]

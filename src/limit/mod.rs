@@ -654,10 +654,12 @@ fn refusal_error(
         e.headers,
         "x-ratelimit-limit-{what}: {}\r\nx-ratelimit-remaining-{what}: {remaining}\r\nx-ratelimit-reset-{what}: {}\r\n",
         r.limit,
+        // Never sooner than Retry-After: a sliding window's previous
+        // requests may still count past the current window's end.
         go_duration(if r.count == Count::Concurrent {
             wait_ms
         } else {
-            reset_ms.max(wait_ms.min(reset_ms))
+            reset_ms.max(wait_ms)
         })
     );
     e
@@ -923,6 +925,22 @@ mod tests {
         assert!(e.headers.contains("x-ratelimit-limit-requests: 1\r\n"));
         assert!(e.headers.contains("x-ratelimit-reset-requests: 20s\r\n"));
         assert!(e.headers.contains("x-ratelimit-remaining-requests: 0\r\n"));
+        // Sliding: this minute's request still counts, weighted, into the
+        // next, so the retry is past the window's end, and the reset with it.
+        let (_, s) = limiter(
+            "[[rate_limits]]\nname = \"tiny\"\nscope = \"key\"\ncount = \"requests\"\nlimit = 1\nwindow = \"60s\"\ntechnique = \"sliding\"\n",
+            1,
+        );
+        drop(s.admit(&ask(Some("k"), NONE)).unwrap());
+        let e = s.admit(&ask(Some("k"), NONE)).unwrap_err();
+        // 40 s into the minute: 20 s to its end, then the request, weighted
+        // and rounded up, counts as one all through the next minute.
+        assert!(e.headers.contains("retry-after: 80\r\n"), "{}", e.headers);
+        assert!(
+            e.headers.contains("x-ratelimit-reset-requests: 1m20s\r\n"),
+            "{}",
+            e.headers
+        );
         // A request more than the whole limit is a 400, never asked to come
         // back, and what the window has left is said as it is.
         let (_, s) = limiter(
