@@ -405,6 +405,40 @@ fn collect_log_false_leaves_no_row(shards: usize) {
     assert_eq!(usage["groups"][0]["requests"].as_u64(), Some(3));
 }
 
+/// `aigw usage` counts the tokens providers used, as `/stats` does: a cache
+/// hit's were saved (logged or tallied, it counts as cached).
+fn usage_counts_the_tokens_providers_used_not_those_hits_saved(shards: usize) {
+    let mock = mock();
+    let gw = Gateway::with(shards)
+        .provider("up", &mock.base_url(), "")
+        .toml("[cache]\nenabled = true\nsize = \"16MiB\"\nmax_entry = \"1MiB\"\n")
+        .start();
+    let mut c = gw.client();
+    let body = chat("up/m", false);
+    let miss = c.post("/v1/chat/completions", &[], &body);
+    assert_eq!(miss.header("aigw-cache-status"), Some("MISS"));
+    let used = miss.json()["usage"]["prompt_tokens"].as_u64().unwrap();
+    for collect in ["true", "false"] {
+        let hit = c.post(
+            "/v1/chat/completions",
+            &[("aigw-collect-log", collect)],
+            &body,
+        );
+        assert_eq!(hit.header("aigw-cache-status"), Some("HIT"));
+    }
+    let (code, out) = common::gateway::admin_get(&gw.admin_socket, "/usage?by=provider");
+    assert_eq!(code, 200);
+    let usage = json(&out);
+    let up = &usage["groups"][0];
+    assert_eq!(
+        (up["requests"].as_u64(), up["cached"].as_u64()),
+        (Some(3), Some(2)),
+        "{usage}"
+    );
+    assert_eq!(up["tokens_in"].as_u64(), Some(used), "{usage}");
+    assert_eq!(gw.stats()["tokens"]["input"].as_u64(), Some(used));
+}
+
 fn sampling_keeps_every_error_and_a_share_of_successes(shards: usize) {
     let mock = mock();
     let gw = Gateway::with(shards)
@@ -587,6 +621,7 @@ fn no_secret_is_written_or_shown_anywhere(shards: usize) {
 }
 
 at_1_and_2_shards!(
+    usage_counts_the_tokens_providers_used_not_those_hits_saved,
     a_burst_leaves_exactly_one_row_per_request,
     each_filter_selects_exactly_its_rows,
     retention_deletes_the_oldest_first,

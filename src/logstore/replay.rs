@@ -189,7 +189,8 @@ impl UsageRow {
 }
 
 /// Totals by `by` of the requests since `since_ms` (rows and tallies), most
-/// spend first.
+/// spend first. Tokens are those providers used: a cache hit's or a
+/// coalesced follower's were saved (as `/stats` counts them), and are left out.
 pub fn usage(conn: &Connection, by: &By, since_ms: u64) -> rusqlite::Result<Vec<UsageRow>> {
     let value = match by {
         By::Key => "COALESCE(r.key_id, '(none)')",
@@ -198,13 +199,17 @@ pub fn usage(conn: &Connection, by: &By, since_ms: u64) -> rusqlite::Result<Vec<
         By::Metadata(_) => "COALESCE(aigw_meta(r.metadata, ?2), '(none)')",
     };
     let rows_sql = format!(
-        "SELECT {value} AS v, COUNT(*), SUM(COALESCE(r.tokens_in, 0)), SUM(COALESCE(r.tokens_out, 0)),
+        "SELECT {value} AS v, COUNT(*),
+                SUM(CASE WHEN r.cache IN ('HIT', 'COALESCED') THEN 0 ELSE COALESCE(r.tokens_in, 0) END),
+                SUM(CASE WHEN r.cache IN ('HIT', 'COALESCED') THEN 0 ELSE COALESCE(r.tokens_out, 0) END),
                 SUM(COALESCE(r.cost, 0)), SUM(r.cost IS NULL AND r.provider IS NOT NULL),
                 SUM(COALESCE(r.cache IN ('HIT', 'COALESCED'), 0))
          FROM requests r WHERE r.ts >= ?1 GROUP BY v"
     );
     let tallies_sql = format!(
-        "SELECT {value} AS v, SUM(r.requests), SUM(r.tokens_in), SUM(r.tokens_out),
+        "SELECT {value} AS v, SUM(r.requests),
+                SUM(CASE WHEN r.cached THEN 0 ELSE r.tokens_in END),
+                SUM(CASE WHEN r.cached THEN 0 ELSE r.tokens_out END),
                 SUM(r.cost), SUM(r.unknown_cost), SUM(r.cached * r.requests)
          FROM tallies r WHERE r.ts >= ?1 GROUP BY v"
     );
