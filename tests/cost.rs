@@ -293,16 +293,7 @@ fn a_client_that_leaves_a_silent_stream_is_let_go_at_once(shards: usize) {
     // A client that sent more (a pipelined request) before it left is seen
     // to leave as well: its end of stream is behind bytes not read yet.
     let left = Instant::now();
-    let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
-    s.set_read_timeout(Some(WAIT)).unwrap();
-    let request = common::wire::request_bytes(
-        "POST",
-        "/v1/chat/completions",
-        SILENT,
-        chat("think again", true).as_bytes(),
-    );
-    std::io::Write::write_all(&mut s, &request).unwrap();
-    read_first_event(&mut s);
+    let mut s = silent_stream(&gw, &chat("think again", true));
     std::io::Write::write_all(&mut s, b"GET /healthz HTTP/1.1\r\n\r\n").unwrap();
     drop(s);
     loop {
@@ -319,37 +310,42 @@ fn a_client_that_leaves_a_silent_stream_is_let_go_at_once(shards: usize) {
     }
 }
 
-/// Reads a stream's answer up to its first event.
-fn read_first_event(s: &mut std::net::TcpStream) {
+/// Sends `body` as a stream request with [`SILENT`] and reads the answer up
+/// to its first event; the connection stays open.
+fn silent_stream(gw: &Gateway, body: &str) -> std::net::TcpStream {
+    let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let request =
+        common::wire::request_bytes("POST", "/v1/chat/completions", SILENT, body.as_bytes());
+    std::io::Write::write_all(&mut s, &request).unwrap();
     let mut got = Vec::new();
     while !got.windows(5).any(|w| w == b"data:") {
         let mut buf = [0u8; 4096];
-        let n = std::io::Read::read(s, &mut buf).unwrap();
+        let n = std::io::Read::read(&mut s, &mut buf).unwrap();
         assert!(n > 0, "the stream closed before its first event");
         got.extend_from_slice(&buf[..n]);
     }
+    s
+}
+
+/// A priced gateway with the cache on, in front of `mock`.
+fn cached(shards: usize, mock: &aigw_loadtest::mock::MockServer) -> Gateway {
+    Gateway::with(shards)
+        .provider("up", &mock.base_url(), "")
+        .toml(&format!(
+            "{PRICED}[cache]\nenabled = true\nsize = \"16MiB\"\nmax_entry = \"1MiB\"\n"
+        ))
+        .start()
 }
 
 /// A follower of a shared stream that leaves while the stream is silent
 /// ends within about a second too (its leader carries on).
 fn a_follower_that_leaves_a_silent_stream_is_let_go_at_once(shards: usize) {
     let mock = mock();
-    let gw = Gateway::with(shards)
-        .provider("up", &mock.base_url(), "")
-        .toml(&format!(
-            "{PRICED}[cache]\nenabled = true\nsize = \"16MiB\"\nmax_entry = \"1MiB\"\n"
-        ))
-        .start();
+    let gw = cached(shards, &mock);
     let body = chat("think together", true);
     // The leader reads its first event and stays.
-    let mut leader = std::net::TcpStream::connect(gw.addr).unwrap();
-    leader.set_read_timeout(Some(WAIT)).unwrap();
-    std::io::Write::write_all(
-        &mut leader,
-        &common::wire::request_bytes("POST", "/v1/chat/completions", SILENT, body.as_bytes()),
-    )
-    .unwrap();
-    read_first_event(&mut leader);
+    let leader = silent_stream(&gw, &body);
     let left = Instant::now();
     common::wire::leave_after_first_event(gw.addr, "/v1/chat/completions", SILENT, &body);
     let row = aborted_row(&gw, left);
@@ -362,24 +358,10 @@ fn a_follower_that_leaves_a_silent_stream_is_let_go_at_once(shards: usize) {
 /// there: once the last has left too, the provider connection closes.
 fn a_leader_reads_on_only_while_a_follower_is_there(shards: usize) {
     let mock = mock();
-    let gw = Gateway::with(shards)
-        .provider("up", &mock.base_url(), "")
-        .toml(&format!(
-            "{PRICED}[cache]\nenabled = true\nsize = \"16MiB\"\nmax_entry = \"1MiB\"\n"
-        ))
-        .start();
+    let gw = cached(shards, &mock);
     let body = chat("think alone", true);
-    let open = || {
-        let mut s = std::net::TcpStream::connect(gw.addr).unwrap();
-        s.set_read_timeout(Some(WAIT)).unwrap();
-        let request =
-            common::wire::request_bytes("POST", "/v1/chat/completions", SILENT, body.as_bytes());
-        std::io::Write::write_all(&mut s, &request).unwrap();
-        read_first_event(&mut s);
-        s
-    };
-    let leader = open();
-    let follower = open();
+    let leader = silent_stream(&gw, &body);
+    let follower = silent_stream(&gw, &body);
     let left = Instant::now();
     drop(leader);
     drop(follower);
