@@ -97,8 +97,21 @@ fn serve_tls(cfg: Arc<rustls::ServerConfig>, tcp: TcpStream, auth: Arc<Mutex<Opt
             reply.len()
         );
         let stream = tls.get_mut();
-        if stream.write_all(resp.as_bytes()).is_err() || stream.flush().is_err() {
+        // `pause` in the prompt: a provider silent for 2.5 s mid-body (the
+        // relay waits on it in one-second slices, looking at its client).
+        let (first, rest) = if body.windows(5).any(|w| w == b"pause") {
+            resp.split_at(resp.len() - 20)
+        } else {
+            (resp.as_str(), "")
+        };
+        if stream.write_all(first.as_bytes()).is_err() || stream.flush().is_err() {
             return;
+        }
+        if !rest.is_empty() {
+            std::thread::sleep(Duration::from_millis(2500));
+            if stream.write_all(rest.as_bytes()).is_err() || stream.flush().is_err() {
+                return;
+            }
         }
     }
 }
@@ -204,6 +217,18 @@ fn https_provider_is_reached_through_a_private_ca(shards: usize) {
         );
         assert_eq!(status, 200, "{body}");
         assert!(body.contains("over tls"), "{body}");
+    }
+    // A body that goes silent for longer than the relay's slices arrives
+    // whole, and the TLS connection stays usable after the waits.
+    for content in ["pause", "after"] {
+        let (status, body) = post(
+            &mut conn,
+            &format!(
+                r#"{{"model":"secure/gpt-x","messages":[{{"role":"user","content":"{content}"}}]}}"#
+            ),
+        );
+        assert_eq!(status, 200, "{body}");
+        assert!(body.ends_with("\"total_tokens\":9}}"), "{body}");
     }
     assert_eq!(
         p.connections.load(Ordering::SeqCst),
