@@ -142,6 +142,8 @@ pub fn serve(
         Ok(n) => eprintln!("aigw: rate limits and budgets rebuilt from {n} logged requests"),
         Err(e) => eprintln!("aigw: rate limits and budgets start empty: {e}"),
     }
+    // Stored amounts of budgets no longer configured go.
+    budgets.keep_amounts_of(&config.budgets);
     let shared = Shared {
         keys: keys.clone(),
         limiter,

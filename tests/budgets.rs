@@ -440,6 +440,18 @@ fn a_lowered_amount_waits_for_the_next_window_across_a_restart(shards: usize) {
     assert_eq!(code, 0, "{err}");
     let cli = json(out.as_bytes())["budgets"][0]["usd"].cast_f64();
     assert_eq!(cli, Some(0.2), "{out}");
+    // A window changed and changed back is a budget anew: it takes the
+    // amount configured then, not one stored before.
+    reload(&gw, "window = \"7d\"", "window = \"daily\"");
+    reload(
+        &gw,
+        "usd = 0.000001\nwindow = \"daily\"",
+        "usd = 0.5\nwindow = \"7d\"",
+    );
+    let r = gw.client().post("/v1/chat/completions", &[SHORT], &body(2));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let budget = usage(&gw, "by=key")["budgets"][0].clone();
+    assert_eq!(budget["usd"].cast_f64(), Some(0.5), "{budget}");
 }
 
 at_1_and_2_shards!(

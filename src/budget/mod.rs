@@ -52,17 +52,20 @@ pub fn micros(usd: f64) -> u64 {
     }
 }
 
-/// USD to nano-dollars, rounded up as [`micros`] does: what a charge
-/// really is, where the counters keep micro-dollars.
-pub fn nanos(usd: f64) -> u64 {
+/// USD to pico-dollars (a cost is rounded to one): what a charge really
+/// is, where the counters keep micro-dollars. Past $10M, whole
+/// micro-dollars, rounded up.
+pub fn picos(usd: f64) -> u64 {
     if !(usd.is_finite() && usd > 0.0) {
         0
     } else if usd < 1e7 {
-        crate::num::round_u64(usd * 1e12).div_ceil(1000)
+        crate::num::round_u64(usd * 1e12)
     } else {
-        crate::num::ceil_u64(usd * 1e9)
+        crate::num::ceil_u64(usd * 1e6).saturating_mul(PICOS_PER_MICRO)
     }
 }
+
+const PICOS_PER_MICRO: u64 = 1_000_000;
 
 /// Where a time falls in a budget window: its number, its start and end
 /// (Unix ms), and (rolling windows) the weight the previous window still has.
@@ -113,10 +116,10 @@ pub struct Spend {
     windows: SpendWindows,
     /// The amount in force and the window it was taken for.
     amount: SpendWindows,
-    /// Nano-dollars the current window's spend counts beyond what was
-    /// charged in it (under 1,000: each charge is rounded up to a whole
-    /// micro-dollar, and the next charge of the window uses what the last
-    /// one overpaid). A window's count is therefore its charges' exact sum
+    /// Pico-dollars the current window's spend counts beyond what was
+    /// charged in it (under a micro-dollar: each charge is rounded up to a
+    /// whole micro-dollar, and the next charge of the window uses what the
+    /// last one overpaid). A window's count is therefore its charges' exact sum
     /// rounded up once, not once a charge: a $0.0000004 embedding call adds
     /// 0.4 µ$, not 1 µ$.
     credit: SpendWindows,
@@ -125,25 +128,28 @@ pub struct Spend {
 }
 
 impl Spend {
-    /// The whole micro-dollars to count for a charge of `nanos` to `window`
+    /// The whole micro-dollars to count for a charge of `picos` to `window`
     /// (the current one, or the one just before it): what the window's
     /// credit does not cover, rounded up; what that overpays becomes its
     /// credit. The caller counts them (in one step with any reservation it
     /// gives back, so the count never dips below what is spent).
-    fn micros_to_count(&self, window: u32, nanos: u64) -> u64 {
+    fn micros_to_count(&self, window: u32, picos: u64) -> u64 {
         loop {
             let (w, credit) = self.credit.rolled(window);
             if w != SpendWindows::number(window) {
                 // Spend of the window before the credit's: rounded up alone.
-                return nanos.div_ceil(1000);
+                return picos.div_ceil(PICOS_PER_MICRO);
             }
-            let used = credit.min(nanos);
-            let rest = nanos - used;
-            let micros = rest.div_ceil(1000);
-            if self
-                .credit
-                .swap(w, credit, credit - used + (micros * 1000 - rest))
-            {
+            let used = credit.min(picos);
+            let rest = picos - used;
+            let micros = rest.div_ceil(PICOS_PER_MICRO);
+            // Under a micro-dollar (saturating: a charge near u64::MAX
+            // picos is counted whole, never wrapped).
+            let over = micros.saturating_mul(PICOS_PER_MICRO).saturating_sub(rest);
+            let left = (credit - used)
+                .saturating_add(over)
+                .min(PICOS_PER_MICRO - 1);
+            if self.credit.swap(w, credit, left) {
                 return micros;
             }
         }
@@ -253,8 +259,8 @@ pub struct Bucket {
 #[derive(Debug, Clone)]
 struct Prepared {
     rule: BudgetRule,
-    /// Identifies its buckets: per what, over which window, which models
-    /// (not the amount: a new amount applies from the next window).
+    /// Identifies its buckets: its name, per what, over which window, which
+    /// models (not the amount: a new amount applies from the next window).
     fingerprint: u64,
     amount: u64,
     /// The bucket of the scope value this budget saw last.
@@ -262,7 +268,11 @@ struct Prepared {
 }
 
 fn fingerprint(r: &BudgetRule) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(format!("{:?}|{:?}|{:?}", r.scope, r.window, r.models).as_bytes())
+    // The name too: two budgets alike in all else (a $100 and a $10 one)
+    // are two sets of buckets, each with its own amount.
+    xxhash_rust::xxh3::xxh3_64(
+        format!("{:?}|{:?}|{:?}|{}", r.scope, r.window, r.models, r.name).as_bytes(),
+    )
 }
 
 /// The budgets of `after` whose spend `before` did not keep (new, or changed
@@ -294,7 +304,7 @@ fn prepare(rules: &[BudgetRule]) -> Vec<Prepared> {
 /// reload does (a new amount applies from the next window).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InForce {
-    /// The budget's fingerprint (per what, over which window, which models).
+    /// The budget's fingerprint (name, per what, over which window, which models).
     pub budget: u64,
     pub value: String,
     /// The window's number, as stored.
@@ -315,6 +325,10 @@ pub struct Budgets {
     /// Amounts buckets took for a new window, for the log thread to store
     /// (once a bucket a window: not a lock a request).
     taken: std::sync::Mutex<Vec<InForce>>,
+    /// The budgets (fingerprints) whose stored amounts the log thread keeps
+    /// at its next round; the others' go (a budget removed, or changed in
+    /// what it is, and brought back later starts anew).
+    keep: std::sync::Mutex<Option<Vec<u64>>>,
 }
 
 impl Budgets {
@@ -323,7 +337,19 @@ impl Budgets {
             buckets: DashMap::new(),
             alerts: AtomicU64::new(0),
             taken: std::sync::Mutex::new(Vec::new()),
+            keep: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Asks the log thread to keep the stored amounts of `rules` only.
+    pub fn keep_amounts_of(&self, rules: &[BudgetRule]) {
+        *self.keep.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(rules.iter().map(fingerprint).collect());
+    }
+
+    /// The budgets whose stored amounts to keep, once asked.
+    pub fn take_keep(&self) -> Option<Vec<u64>> {
+        self.keep.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
     /// The amount `b` applies in `window`, noting it when the bucket takes
@@ -427,7 +453,7 @@ impl Budgets {
                 }
                 let b = self.bucket(p, s.subject.value(&p.rule.scope));
                 let at = slot(p.rule.window, s.ts_ms);
-                let micros = b.spend.micros_to_count(at.window, nanos(s.usd));
+                let micros = b.spend.micros_to_count(at.window, picos(s.usd));
                 b.spend.add(at.window, micros);
             }
         }
@@ -746,7 +772,7 @@ impl Reservation {
     /// refunds the rest; raises a budget's alert the first time its window
     /// passes `alert_at`. Returns how many alerts this raised.
     pub fn settle(mut self, cost: Option<f64>, budgets: &Budgets) -> usize {
-        let actual = cost.map_or(0, nanos);
+        let actual = cost.map_or(0, picos);
         let mut raised = 0;
         for h in std::mem::take(&mut self.held) {
             let spend = &h.bucket.spend;
@@ -826,11 +852,36 @@ mod tests {
         assert_eq!(micros(0.000_000_5), 1);
         assert_eq!(micros(0.000_001_001), 2);
         assert_eq!((micros(0.0), micros(-1.0), micros(f64::NAN)), (0, 0, 0));
-        assert_eq!(nanos(0.000_000_4), 400);
-        assert_eq!(nanos(0.1 + 0.2), 300_000_000);
-        assert_eq!(nanos(0.000_000_000_1), 1);
-        assert_eq!(nanos(2e7), 2e16 as u64);
-        assert_eq!((nanos(0.0), nanos(-1.0), nanos(f64::NAN)), (0, 0, 0));
+        assert_eq!(picos(0.000_000_4), 400_000);
+        assert_eq!(picos(0.1 + 0.2), 300_000_000_000);
+        assert_eq!(picos(0.000_041_358_025), 41_358_025);
+        assert_eq!(picos(1e7), 10_000_000 * PICOS_PER_MICRO * 1_000_000);
+        assert_eq!(picos(2e7), u64::MAX, "past u64: saturated, never wrapped");
+        assert_eq!((picos(0.0), picos(-1.0), picos(f64::NAN)), (0, 0, 0));
+    }
+
+    #[test]
+    fn budgets_alike_but_for_their_amount_count_apart() {
+        let (shared, s, rules) = shard(
+            "[[budgets]]\nname = \"wide\"\nscope = \"gateway\"\nusd = 10\nwindow = \"daily\"\n\
+             [[budgets]]\nname = \"narrow\"\nscope = \"gateway\"\nusd = 1\nwindow = \"daily\"\n",
+        );
+        for _ in 0..2 {
+            s.reserve(&who(None), None, 1, Some(1), 1, NOW)
+                .unwrap()
+                .settle(Some(0.6), &shared);
+        }
+        let e = s.reserve(&who(None), None, 1, Some(1), 1, NOW).unwrap_err();
+        assert!(e.message.contains("`narrow`"), "{}", e.message);
+        let standing = shared.report(&rules, NOW);
+        let spent = |name: &str| {
+            standing
+                .iter()
+                .find(|b| b.budget == name)
+                .map(|b| (b.usd, b.spent_usd))
+        };
+        assert_eq!(spent("wide"), Some((10.0, 1.2)));
+        assert_eq!(spent("narrow"), Some((1.0, 1.2)));
     }
 
     #[test]

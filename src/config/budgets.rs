@@ -55,11 +55,21 @@ pub(super) fn read_budgets(w: &mut Walker, root: &toml::Table) -> Vec<BudgetRule
         return Vec::new();
     };
     let mut rules = Vec::new();
+    let mut names: Vec<(String, String)> = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let Some(t) = item.as_table() else { continue };
         let at = format!("budgets[{i}]");
         let p = |k: &str| format!("{at}.{k}");
         let name = w.string(Some(t), &p("name")).unwrap_or_else(|| at.clone());
+        // The name tells rules apart (in 429s, /usage, and which counts are
+        // whose): two of one name would share their counts.
+        if let Some(first) = names.iter().find(|(n, _)| *n == name).map(|(_, a)| a) {
+            w.err(
+                &p("name"),
+                format!("`{name}` is the name of {first} too: give each rule a name of its own"),
+            );
+        }
+        names.push((name.clone(), at.clone()));
         let scope = read_scope(w, t, &p("scope"), true);
         let usd = match t.get("usd") {
             Some(toml::Value::Float(f)) => Some(*f),
@@ -181,5 +191,13 @@ mod tests {
         let e = errors("[[budgets]]\nscope = \"key\"\nusd = 1\nwindow = \"daily\"\nalert_at = 2\n")
             .join("\n");
         assert!(e.contains("budgets[0].alert_at"), "{e}");
+        let e = errors(
+            "[[budgets]]\nname = \"x\"\nscope = \"key\"\nusd = 1\nwindow = \"daily\"\n[[budgets]]\nname = \"x\"\nscope = \"key\"\nusd = 2\nwindow = \"daily\"\n",
+        )
+        .join("\n");
+        assert!(
+            e.contains("budgets[1].name") && e.contains("budgets[0] too"),
+            "{e}"
+        );
     }
 }

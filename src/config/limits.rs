@@ -127,11 +127,21 @@ pub(super) fn read_rate_limits(w: &mut Walker, root: &toml::Table) -> Vec<RateRu
         return Vec::new();
     };
     let mut rules = Vec::new();
+    let mut names: Vec<(String, String)> = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let Some(t) = item.as_table() else { continue };
         let at = format!("rate_limits[{i}]");
         let p = |k: &str| format!("{at}.{k}");
         let name = w.string(Some(t), &p("name")).unwrap_or_else(|| at.clone());
+        // The name tells rules apart (in 429s, /usage, and which counts are
+        // whose): two of one name would share their counts.
+        if let Some(first) = names.iter().find(|(n, _)| *n == name).map(|(_, a)| a) {
+            w.err(
+                &p("name"),
+                format!("`{name}` is the name of {first} too: give each rule a name of its own"),
+            );
+        }
+        names.push((name.clone(), at.clone()));
         let scope = read_scope(w, t, &p("scope"), false);
         let count = match w.string(Some(t), &p("count")).as_deref() {
             Some("requests") => Some(Count::Requests),

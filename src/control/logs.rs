@@ -183,7 +183,14 @@ fn run(
                 tallies.len()
             );
         }
-        // Amounts budgets took for a new window: a restart goes on with them.
+        // Amounts budgets took for a new window: a restart goes on with them
+        // (those of budgets no longer configured go first).
+        if let Some(keep) = budgets.take_keep()
+            && let Err(e) = writer.keep_amounts(&keep)
+        {
+            stats.write_errors.fetch_add(1, Ordering::Relaxed);
+            log::warn!("request log: stored budget amounts were not pruned: {e}");
+        }
         let amounts = budgets.take_amounts();
         if !amounts.is_empty()
             && let Err(e) = writer.save_amounts(&amounts)

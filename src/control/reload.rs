@@ -191,6 +191,8 @@ impl Reloader {
     /// the switch count into them as they end (`ShardCtx::carry_over`); what
     /// ends between this read and the switch counts under the old rules only.
     fn carry_on(&self, running: &Config, new: &Config) {
+        // Stored amounts of budgets the reload drops or changes go.
+        self.shared.budgets.keep_amounts_of(&new.budgets);
         let rates = crate::limit::fresh_rules(&running.rate_limits, &new.rate_limits);
         let budgets = crate::budget::fresh_rules(&running.budgets, &new.budgets);
         if rates.is_empty() && budgets.is_empty() {
@@ -213,6 +215,7 @@ impl Reloader {
             &budgets,
             &self.shared.limiter,
             &self.shared.budgets,
+            false,
         ) {
             Ok(n) => log::info!(
                 "reload: {} new rate limits and {} new budgets rebuilt from {n} logged requests",

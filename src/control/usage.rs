@@ -24,18 +24,22 @@ pub fn rebuild(config: &Config, limiter: &Limiter, budgets: &Budgets) -> Result<
         &config.budgets,
         limiter,
         budgets,
+        true,
     )
 }
 
 /// Replays the request log of `data_dir` into the windows of `rate_limits`
 /// and the spend of `budget_rules` only (a reload's new rules; their buckets
-/// are empty).
+/// are empty). `restore`: each budget's window goes on with the amount an
+/// earlier run took for it (at start; a reload's new budgets are new, and
+/// take the amount configured).
 pub fn rebuild_rules(
     data_dir: &std::path::Path,
     rate_limits: &[RateRule],
     budget_rules: &[BudgetRule],
     limiter: &Limiter,
     budgets: &Budgets,
+    restore: bool,
 ) -> Result<usize, String> {
     if rate_limits.is_empty() && budget_rules.is_empty() {
         return Ok(0);
@@ -107,7 +111,9 @@ pub fn rebuild_rules(
     let replayed = logstore::replay::replay(&conn, since, REPLAY_BATCH, &mut each)
         .map_err(|e| e.to_string())?;
     // Each budget's window goes on with the amount it began with.
-    budgets.restore_amounts(budget_rules, &logstore::budget_amounts(&conn), now);
+    if restore {
+        budgets.restore_amounts(budget_rules, &logstore::budget_amounts(&conn), now);
+    }
     Ok(replayed)
 }
 

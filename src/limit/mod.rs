@@ -233,13 +233,15 @@ pub fn fresh_rules(before: &[RateRule], after: &[RateRule]) -> Vec<RateRule> {
 }
 
 fn fingerprint(r: &RateRule) -> u64 {
+    // The name too: two rules alike in all else are two sets of counts.
     let text = format!(
-        "{:?}|{}|{}|{}|{:?}",
+        "{:?}|{}|{}|{}|{:?}|{}",
         r.scope,
         r.count.as_str(),
         r.window.as_millis(),
         r.technique.as_str(),
-        r.models
+        r.models,
+        r.name
     );
     xxhash_rust::xxh3::xxh3_64(text.as_bytes())
 }

@@ -376,6 +376,21 @@ impl Writer {
         tx.commit()
     }
 
+    /// Deletes the stored amounts of every budget but `keep`'s.
+    pub fn keep_amounts(&mut self, keep: &[u64]) -> rusqlite::Result<()> {
+        let tx = self.db.conn().unchecked_transaction()?;
+        let stored: Vec<i64> = tx
+            .prepare("SELECT DISTINCT budget FROM budget_amounts")?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        for b in stored {
+            if !keep.contains(&(b as u64)) {
+                tx.execute("DELETE FROM budget_amounts WHERE budget = ?1", [b])?;
+            }
+        }
+        tx.commit()
+    }
+
     /// Deletes metadata rows whose requests are all older than every request
     /// left (they are gone; until now a join hid them). A scan of
     /// `meta_seqs`: run it rarely.
