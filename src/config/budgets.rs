@@ -5,7 +5,7 @@
 //! window (a UTC calendar day or month, or a rolling duration), when to warn.
 
 use super::auth::pattern_problem;
-use super::limits::{Scope, read_scope};
+use super::limits::{Scope, read_scope, unique_name};
 use super::read::Walker;
 use std::time::Duration;
 
@@ -61,15 +61,7 @@ pub(super) fn read_budgets(w: &mut Walker, root: &toml::Table) -> Vec<BudgetRule
         let at = format!("budgets[{i}]");
         let p = |k: &str| format!("{at}.{k}");
         let name = w.string(Some(t), &p("name")).unwrap_or_else(|| at.clone());
-        // The name tells rules apart (in 429s, /usage, and which counts are
-        // whose): two of one name would share their counts.
-        if let Some(first) = names.iter().find(|(n, _)| *n == name).map(|(_, a)| a) {
-            w.err(
-                &p("name"),
-                format!("`{name}` is the name of {first} too: give each rule a name of its own"),
-            );
-        }
-        names.push((name.clone(), at.clone()));
+        unique_name(w, &mut names, &name, &at);
         let scope = read_scope(w, t, &p("scope"), true);
         let usd = match t.get("usd") {
             Some(toml::Value::Float(f)) => Some(*f),

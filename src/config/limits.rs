@@ -133,15 +133,7 @@ pub(super) fn read_rate_limits(w: &mut Walker, root: &toml::Table) -> Vec<RateRu
         let at = format!("rate_limits[{i}]");
         let p = |k: &str| format!("{at}.{k}");
         let name = w.string(Some(t), &p("name")).unwrap_or_else(|| at.clone());
-        // The name tells rules apart (in 429s, /usage, and which counts are
-        // whose): two of one name would share their counts.
-        if let Some(first) = names.iter().find(|(n, _)| *n == name).map(|(_, a)| a) {
-            w.err(
-                &p("name"),
-                format!("`{name}` is the name of {first} too: give each rule a name of its own"),
-            );
-        }
-        names.push((name.clone(), at.clone()));
+        unique_name(w, &mut names, &name, &at);
         let scope = read_scope(w, t, &p("scope"), false);
         let count = match w.string(Some(t), &p("count")).as_deref() {
             Some("requests") => Some(Count::Requests),
@@ -237,6 +229,19 @@ pub(super) fn read_rate_limits(w: &mut Walker, root: &toml::Table) -> Vec<RateRu
 }
 
 /// A rule's `scope` (budgets also take `provider`); `None` after an error.
+/// Notes rule `at`'s `name`; one that an earlier rule (in `names`) has is an
+/// error: the name tells rules apart (in 429s, `/usage`, and which counts
+/// are whose), and two of one name would share their counts.
+pub(super) fn unique_name(w: &mut Walker, names: &mut Vec<(String, String)>, name: &str, at: &str) {
+    if let Some((_, first)) = names.iter().find(|(n, _)| n == name) {
+        w.err(
+            &format!("{at}.name"),
+            format!("`{name}` is the name of {first} too: give each rule a name of its own"),
+        );
+    }
+    names.push((name.to_string(), at.to_string()));
+}
+
 pub(super) fn read_scope(
     w: &mut Walker,
     t: &toml::Table,
