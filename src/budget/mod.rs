@@ -169,9 +169,11 @@ impl Spend {
 
     /// Sets the amount of `window` (the current one) to what an earlier run
     /// took for it, unless one is taken already.
-    fn restore_amount(&self, window: u32, amount: u64) -> bool {
+    fn restore_amount(&self, window: u32, amount: u64) {
         let (w, taken) = self.amount.rolled(window);
-        w == SpendWindows::number(window) && taken == 0 && self.amount.swap(w, 0, amount)
+        if w == SpendWindows::number(window) && taken == 0 {
+            let _ = self.amount.swap(w, 0, amount);
+        }
     }
 
     /// Spend counted now: this window's and the weighted previous one's.
@@ -376,11 +378,9 @@ impl Budgets {
     }
 
     /// Gives each bucket the amount an earlier run took for the window in
-    /// force now (rows of other windows or budgets are passed over). Returns
-    /// how many it gave.
-    pub fn restore_amounts(&self, rules: &[BudgetRule], rows: &[InForce], now_ms: u64) -> usize {
+    /// force now (rows of other windows or budgets are passed over).
+    pub fn restore_amounts(&self, rules: &[BudgetRule], rows: &[InForce], now_ms: u64) {
         let prepared = prepare(rules);
-        let mut n = 0;
         for r in rows {
             let Some(p) = prepared.iter().find(|p| p.fingerprint == r.budget) else {
                 continue;
@@ -389,15 +389,10 @@ impl Budgets {
             if SpendWindows::number(s.window) != r.window {
                 continue;
             }
-            if self
-                .bucket(p, &r.value)
+            self.bucket(p, &r.value)
                 .spend
-                .restore_amount(s.window, r.micros)
-            {
-                n += 1;
-            }
+                .restore_amount(s.window, r.micros);
         }
-        n
     }
 
     fn bucket(&self, p: &Prepared, value: &str) -> Arc<Bucket> {

@@ -193,11 +193,6 @@ impl ShardCtx {
         }
     }
 
-    /// The config generation requests begin in now.
-    pub fn generation(&self) -> u64 {
-        self.generation.get()
-    }
-
     /// The budgets.
     pub fn budgets(&self) -> &ShardBudgets {
         &self.budgets
