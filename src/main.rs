@@ -826,7 +826,7 @@ fn usage(
     };
     rebuild(&only_budgets, &limiter, &budgets)?;
     let standings = budgets.report(&config.budgets, now);
-    let body = usage_json(&conn, &parsed, since_ms, &standings)?;
+    let body = usage_json(Ok(&conn), &parsed, since_ms, &standings)?;
     if json {
         return Ok(body);
     }

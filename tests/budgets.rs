@@ -463,7 +463,38 @@ at_1_and_2_shards!(
     a_gemini_native_request_reserves_by_its_generation_config,
     a_request_in_flight_across_a_reload_counts_in_the_rebuilt_budget,
     a_lowered_amount_waits_for_the_next_window_across_a_restart,
+    budgets_stand_in_usage_without_a_log,
 );
+
+/// With the request log off there are no totals to read, but the budgets
+/// are enforced and `GET /usage` shows them, saying why the groups are empty;
+/// `aigw usage` (which reads the log) says what to turn on.
+fn budgets_stand_in_usage_without_a_log(shards: usize) {
+    let mock = mock();
+    let gw = Gateway::with(shards)
+        .provider("up", &mock.base_url(), "")
+        .toml(&format!(
+            "{PRICE}[logs]\nenabled = false\n[[budgets]]\nname = \"five\"\nscope = \"gateway\"\nusd = 5.0\nwindow = \"daily\"\n"
+        ))
+        .start();
+    let mut c = gw.client();
+    let r = c.post("/v1/chat/completions", &[SHORT], &body(1));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let u = usage(&gw, "by=provider");
+    assert_eq!(u["groups"].as_array().map(Vec::len), Some(0), "{u}");
+    let why = u["log_error"].as_str().unwrap_or_default();
+    assert!(why.contains("logs.enabled"), "{u}");
+    let b = &u["budgets"][0];
+    assert_eq!(b["budget"].as_str(), Some("five"));
+    assert!(b["spent_usd"].cast_f64().unwrap() > 0.0, "{u}");
+    let cfg = gw.dir().join("aigw.toml");
+    let (code, out, err) = run_aigw(&["usage", "--config", cfg.to_str().unwrap()]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        err.contains("logs.enabled") && !err.contains("no such table"),
+        "{err}"
+    );
+}
 
 fn a_client_cannot_price_its_own_spend_down_or_overflow_a_budget(shards: usize) {
     let mock = mock();

@@ -118,16 +118,24 @@ pub fn rebuild_rules(
 }
 
 /// `GET /usage` and `aigw usage --json`: the totals by `by` since `since_ms`
-/// and the budgets' standings.
+/// and the budgets' standings. `log`: the request log, or why there is none
+/// to read (the groups are then empty and `log_error` says why).
 pub fn usage_json(
-    conn: &rusqlite::Connection,
+    log: Result<&rusqlite::Connection, &str>,
     by: &By,
     since_ms: u64,
     standings: &[Standing],
 ) -> Result<String, String> {
-    let rows = logstore::replay::usage(conn, by, since_ms).map_err(|e| e.to_string())?;
+    let rows = match log {
+        Ok(conn) => logstore::replay::usage(conn, by, since_ms).map_err(|e| e.to_string())?,
+        Err(_) => Vec::new(),
+    };
     let mut s = String::from("{\"since\":");
     push_json_string(&mut s, &crate::calendar::format_ms(since_ms));
+    if let Err(why) = log {
+        s.push_str(",\"log_error\":");
+        push_json_string(&mut s, why);
+    }
     s.push_str(",\"groups\":[");
     for (i, r) in rows.iter().enumerate() {
         if i > 0 {

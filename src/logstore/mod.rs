@@ -252,7 +252,16 @@ pub fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Res
     .map(|n| n > 0)
 }
 
-/// Opens the store read-only (it must exist).
+fn has_table(conn: &Connection, table: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+        [table],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n > 0)
+}
+
+/// Opens the store read-only (it must exist and hold the log).
 pub fn open_for_reading(path: &Path) -> Result<Connection, String> {
     if !path.exists() {
         return Err(format!(
@@ -266,6 +275,13 @@ pub fn open_for_reading(path: &Path) -> Result<Connection, String> {
     )
     .map_err(|e| format!("request log {}: {e}", path.display()))?;
     let _ = conn.busy_timeout(BUSY_WAIT);
+    // The key store shares the file: it may be there with no log in it.
+    if !has_table(&conn, "requests").map_err(|e| format!("request log {}: {e}", path.display()))? {
+        return Err(format!(
+            "no request log in {} yet (the gateway keeps one only with logs.enabled = true, and has logged no request there)",
+            path.display()
+        ));
+    }
     add_functions(&conn).map_err(|e| format!("request log {}: {e}", path.display()))?;
     show_added_columns(&conn).map_err(|e| format!("request log {}: {e}", path.display()))?;
     Ok(conn)
