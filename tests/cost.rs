@@ -561,7 +561,37 @@ fn a_pass_through_is_priced_by_the_model_its_path_names(shards: usize) {
     assert_eq!(models, ["dep1", "gemini-test"]);
 }
 
+/// `/stats` sums what each request cost, as the log does, and `aigw-cost`
+/// says it to the pico-dollar: tiny costs (a fraction of a nano-dollar over
+/// whole ones) are not rounded away one by one.
+fn stats_sum_costs_as_charged(shards: usize) {
+    let mock = mock();
+    let gw = Gateway::with(shards)
+        .provider("up", &mock.base_url(), "")
+        .toml("[prices.\"up/gpt-x\"]\ninput = 0.00013\noutput = 0.00017\n")
+        .start();
+    let mut c = gw.client();
+    let mut said = 0.0;
+    for i in 0..20 {
+        let r = c.post(
+            "/v1/chat/completions",
+            &[("aigw-include-cost", "true")],
+            &chat(&format!("tiny {i}"), false),
+        );
+        assert_eq!(r.status, 200);
+        let cost: f64 = r.header("aigw-cost").unwrap().parse().unwrap();
+        assert!(cost > 0.0 && cost < 1e-8, "{cost}");
+        said += cost;
+    }
+    let stats = gw.stats()["cost"]["usd"].cast_f64().unwrap();
+    assert!(
+        (stats - said).abs() < 1e-15,
+        "/stats {stats} vs charged {said}"
+    );
+}
+
 at_1_and_2_shards!(
+    stats_sum_costs_as_charged,
     a_pass_through_is_priced_by_the_model_its_path_names,
     a_priced_answer_says_what_it_cost,
     a_stream_says_what_it_cost_in_a_trailer,

@@ -364,8 +364,13 @@ impl Admin {
             .report(&self.reloader.running().budgets, now);
         // Without a log there are no totals, but the budgets still stand.
         let conn = logstore::open_for_reading(&self.log_path);
-        super::usage::usage_json(conn.as_ref().map_err(String::as_str), &by, since, &standings)
-            .map_err(|e| (500, e))
+        super::usage::usage_json(
+            conn.as_ref().map_err(String::as_str),
+            &by,
+            since,
+            &standings,
+        )
+        .map_err(|e| (500, e))
     }
 
     /// `POST /cache/purge` (everything), `?key=<32 hex digits>` (one entry, as
@@ -524,7 +529,7 @@ fn counters_json(
             k.errors,
             k.input_tokens,
             k.output_tokens,
-            k.cost_nanos as f64 / 1e9
+            crate::stats::labels::usd(k.cost_picos)
         );
     }
     s.push('}');
@@ -567,7 +572,7 @@ pub fn render_json(m: &Merged, logs: &LogStats, cache: Option<Totals>) -> String
         t.input_tokens,
         t.output_tokens,
         t.cached_tokens,
-        t.cost_nanos as f64 / 1e9,
+        crate::stats::labels::usd(t.cost_picos),
         t.cost_unknown,
         t.cost_estimated,
         c.upstream_connects,

@@ -44,7 +44,11 @@ fn attributed(s: &mut String, what: &str, by: &str, note: &str, rows: &[(String,
         &format!("Spend in US dollars by {by} (requests whose price is known)."),
     );
     for (l, k) in rows {
-        let _ = writeln!(s, "{name}{{{l}}} {}", k.cost_nanos as f64 / 1e9);
+        let _ = writeln!(
+            s,
+            "{name}{{{l}}} {}",
+            crate::stats::labels::usd(k.cost_picos)
+        );
     }
 }
 
@@ -218,11 +222,11 @@ pub fn render(m: &Merged, logs: &LogStats, cache: Option<Totals>) -> String {
         "Spend in US dollars by provider and model (requests whose price is known; cache hits cost nothing).",
     );
     for (l, v) in &labelled {
-        if v.cost_nanos > 0 {
+        if v.cost_picos > 0 {
             let _ = writeln!(
                 s,
                 "aigw_cost_usd_total{{{l}}} {}",
-                v.cost_nanos as f64 / 1e9
+                crate::stats::labels::usd(v.cost_picos)
             );
         }
     }

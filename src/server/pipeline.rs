@@ -938,10 +938,16 @@ fn insert_cost_header(answer: &mut Vec<u8>, cost: Option<f64>) {
     answer.splice(end..end, line.into_bytes());
 }
 
-/// An `aigw-cost` value: USD, or `unknown` without a price.
+/// An `aigw-cost` value: USD to the pico-dollar, as the log keeps it
+/// (`0.00000000545`, `0.0012`, `0`), or `unknown` without a price.
 fn cost_text(cost: Option<f64>) -> String {
     match cost {
-        Some(usd) => format!("{usd:.10}"),
+        Some(usd) => {
+            let mut s = format!("{usd:.12}");
+            let kept = s.trim_end_matches('0').trim_end_matches('.').len();
+            s.truncate(kept);
+            s
+        }
         None => "unknown".to_string(),
     }
 }

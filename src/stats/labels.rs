@@ -91,14 +91,25 @@ pub struct LabelCounters {
     /// Tokens answers from the cache would have cost (not counted above).
     pub saved_input_tokens: u64,
     pub saved_output_tokens: u64,
-    /// Spend, in billionths of a US dollar (requests whose cost is known).
-    pub cost_nanos: u64,
+    /// Spend, in pico-dollars (requests whose cost is known; a cost is
+    /// rounded to one, so the sum is the log's).
+    pub cost_picos: u128,
     /// Requests whose cost is unknown (no price for their model).
     pub cost_unknown: u64,
     /// Requests charged an estimate (cut before their usage).
     pub cost_estimated: u64,
     pub duration: Buckets,
     pub ttft: Buckets,
+}
+
+/// A request's cost in pico-dollars (costs are rounded to one).
+fn picos(usd: f64) -> u128 {
+    u128::from(crate::num::round_u64(usd * 1e12))
+}
+
+/// Pico-dollars as US dollars.
+pub fn usd(picos: u128) -> f64 {
+    picos as f64 / 1e12
 }
 
 impl LabelCounters {
@@ -122,9 +133,7 @@ impl LabelCounters {
             .saturating_add(r.usage.cached_tokens.unwrap_or(0));
         match r.cost {
             Some(usd) => {
-                self.cost_nanos = self
-                    .cost_nanos
-                    .saturating_add(crate::num::round_u64(usd * 1e9));
+                self.cost_picos = self.cost_picos.saturating_add(picos(usd));
             }
             None if r.provider.is_some() => self.cost_unknown += 1,
             None => {}
@@ -153,7 +162,7 @@ impl LabelCounters {
         self.saved_output_tokens = self
             .saved_output_tokens
             .saturating_add(o.saved_output_tokens);
-        self.cost_nanos = self.cost_nanos.saturating_add(o.cost_nanos);
+        self.cost_picos = self.cost_picos.saturating_add(o.cost_picos);
         self.cost_unknown += o.cost_unknown;
         self.cost_estimated += o.cost_estimated;
         self.duration.add(&o.duration);
@@ -271,8 +280,8 @@ pub struct KeyCounters {
     pub errors: u64,
     pub input_tokens: u64,
     pub output_tokens: u64,
-    /// Spend in billionths of a US dollar.
-    pub cost_nanos: u64,
+    /// Spend in pico-dollars.
+    pub cost_picos: u128,
 }
 
 impl KeyCounters {
@@ -288,9 +297,7 @@ impl KeyCounters {
                 .saturating_add(r.usage.output_tokens.unwrap_or(0));
         }
         if let Some(usd) = r.cost {
-            self.cost_nanos = self
-                .cost_nanos
-                .saturating_add(crate::num::round_u64(usd * 1e9));
+            self.cost_picos = self.cost_picos.saturating_add(picos(usd));
         }
     }
 
@@ -299,7 +306,7 @@ impl KeyCounters {
         self.errors += o.errors;
         self.input_tokens = self.input_tokens.saturating_add(o.input_tokens);
         self.output_tokens = self.output_tokens.saturating_add(o.output_tokens);
-        self.cost_nanos = self.cost_nanos.saturating_add(o.cost_nanos);
+        self.cost_picos = self.cost_picos.saturating_add(o.cost_picos);
     }
 }
 
