@@ -220,6 +220,39 @@ fn a_client_that_leaves_mid_stream_is_charged_an_estimate(shards: usize) {
     );
 }
 
+/// A failure the provider reports inside a 200 stream (an error event, no
+/// text) is the provider's error in the log and `/stats`, and costs
+/// nothing, as an error status does.
+fn a_stream_that_fails_at_once_is_the_providers_error_and_costs_nothing(shards: usize) {
+    let mock = mock();
+    let gw = Gateway::with(shards)
+        .provider("up", &mock.base_url(), "")
+        .toml(PRICED)
+        .start();
+    let r = gw.client().post(
+        "/v1/chat/completions",
+        &[("x-mock-error", "stream-error")],
+        &chat("fail me", true),
+    );
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("\"error\""), "{}", r.text());
+    let deadline = Instant::now() + WAIT;
+    let row = loop {
+        if let Some(row) = rows(&gw, "limit=1").into_iter().next() {
+            break row;
+        }
+        assert!(Instant::now() < deadline, "no row");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(row["status"].as_u64(), Some(200), "{row}");
+    assert_eq!(row["error_source"].as_str(), Some("provider"), "{row}");
+    assert_eq!(row["error_code"].as_str(), Some("stream_error"), "{row}");
+    assert_eq!(row["cost"].cast_f64(), Some(0.0), "{row}");
+    assert_eq!(row["cost_estimated"].as_bool(), Some(false), "{row}");
+    let stats = gw.stats();
+    assert_eq!(stats["errors"]["provider"].as_u64(), Some(1), "{stats}");
+}
+
 /// Polls the log until a row says its client aborted (the newest such),
 /// failing after `WAIT`.
 fn aborted_row(gw: &Gateway, since: Instant) -> simd_json::OwnedValue {
@@ -592,6 +625,7 @@ fn stats_sum_costs_as_charged(shards: usize) {
 
 at_1_and_2_shards!(
     stats_sum_costs_as_charged,
+    a_stream_that_fails_at_once_is_the_providers_error_and_costs_nothing,
     a_pass_through_is_priced_by_the_model_its_path_names,
     a_priced_answer_says_what_it_cost,
     a_stream_says_what_it_cost_in_a_trailer,

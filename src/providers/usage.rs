@@ -254,6 +254,10 @@ pub struct SseTap {
     pub saw_done: bool,
     /// Bytes of model-written text in the events so far ([`text_bytes`]).
     pub text_bytes: u64,
+    /// The provider reported a failure inside the stream: an error event
+    /// (`data: {"error":..}` of OpenAI and Google, Anthropic's and the
+    /// Responses API's `event: error`, `event: response.failed`).
+    pub error_event: bool,
 }
 
 impl SseTap {
@@ -270,6 +274,7 @@ impl SseTap {
             data_events: 0,
             saw_done: false,
             text_bytes: 0,
+            error_event: false,
         }
     }
 
@@ -353,12 +358,16 @@ impl SseTap {
             }
             return;
         }
-        if let Some(data) = line.strip_prefix(b"data:") {
+        if let Some(name) = line.strip_prefix(b"event:") {
+            let name = name.strip_prefix(b" ").unwrap_or(name);
+            self.error_event |= name == b"error" || name == b"response.failed";
+        } else if let Some(data) = line.strip_prefix(b"data:") {
             let data = data.strip_prefix(b" ").unwrap_or(data);
             self.data_events += 1;
             if data == b"[DONE]" {
                 self.saw_done = true;
             } else {
+                self.error_event |= data.starts_with(b"{\"error\"");
                 self.text_bytes += text_bytes(data);
                 if usage_key_forward().find(data).is_some()
                     && let Some(u) = usage_from_json(data, self.shape, &mut self.scratch)
@@ -389,6 +398,21 @@ mod tests {
             (u.input_tokens, u.output_tokens, u.cached_tokens),
             (Some(12), Some(5), Some(3))
         );
+    }
+
+    #[test]
+    fn error_events_are_seen_in_every_providers_shape() {
+        for (stream, error) in [
+            (&b"data: {\"error\":{\"message\":\"overloaded\"}}\n\n"[..], true),
+            (b"event: error\ndata: {\"type\":\"error\",\"error\":{}}\n\n", true),
+            (b"event: response.failed\ndata: {}\n\n", true),
+            (b"data: {\"choices\":[{\"delta\":{\"content\":\"{\\\"error\\\":1}\"}}]}\n\ndata: [DONE]\n\n", false),
+            (b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n", false),
+        ] {
+            let mut tap = SseTap::new(&openai::USAGE, false);
+            tap.feed(stream, &mut Vec::new());
+            assert_eq!(tap.error_event, error, "{}", String::from_utf8_lossy(stream));
+        }
     }
 
     #[test]

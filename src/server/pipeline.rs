@@ -12,9 +12,11 @@
 //! 5 record   record()        the record counted (stats) and handed to the request log
 //! ```
 //!
-//! Between 1 and 2: 1a authentication (the gateway key), 1b admission (rate
-//! limits, then the budgets' reservation), 1c the cache lookup (a hit gives
-//! back what admission took, unless a rule counts hits). Stages never call a
+//! Between 1 and 2: 1a authentication (the gateway key), 1b the cache lookup,
+//! 1c admission (rate limits, then the budgets' reservation; a hit, or a
+//! follower of a concurrent identical request, is admitted as one: it takes
+//! only what rules counting hits count, so an answer that costs nothing is
+//! never refused for a token rule or a budget). Stages never call a
 //! later stage or this module; they return typed values or a `GatewayError`.
 //! Only this module answers the client, and every answer (framing errors
 //! included, through [`reject`]) ends in [`record`].
@@ -403,6 +405,13 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
     // 4. settle
     rec.usage = usage.usage();
     rec.ttft = usage.first_event().map(|t| t.duration_since(req.started));
+    // A failure the provider reported inside its 200 stream is its error
+    // (the cache does not store such a stream either: `cache::storable`).
+    let failed = usage.error_event();
+    if failed && rec.error_source.is_none() {
+        rec.error_source = Some(ErrorSource::Provider);
+        rec.error_code = Some("stream_error");
+    }
     // What it used: the provider's report, else (an answer cut before its
     // usage) an estimate from the request and what was relayed.
     let shape = plan.provider.usage_shape();
@@ -419,7 +428,10 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         .unwrap_or(relayed.bytes_out)
         .div_ceil(4)
         .min(most);
-    if rec.usage.is_empty() && rec.status < 400 {
+    // A stream that failed before any text used nothing, as an error
+    // status does.
+    let failed_at_once = failed && relayed_tokens == 0;
+    if rec.usage.is_empty() && rec.status < 400 && !failed_at_once {
         used = Tokens {
             input: body_len(c, req).div_ceil(4),
             output: relayed_tokens,
@@ -952,7 +964,7 @@ fn cost_text(cost: Option<f64>) -> String {
     }
 }
 
-/// What stage 1b reads of a request.
+/// What stage 1c reads of a request.
 #[derive(Clone, Copy)]
 struct AdmitInputs<'a> {
     body_len: u64,
@@ -967,7 +979,7 @@ struct AdmitInputs<'a> {
     hit: bool,
 }
 
-/// Stage 1b: admission under the rate limits, then the budgets' reservation
+/// Stage 1c: admission under the rate limits, then the budgets' reservation
 /// of the request's worst-case cost (none configured: nothing to do). Both
 /// are filled where they live (the caller's, empty), not moved.
 fn admit(
@@ -1052,7 +1064,7 @@ enum Cached {
     Follow(Arc<Flight>),
 }
 
-/// Stage 1c: the cache lookup. Keeps POST requests of the provider routes;
+/// Stage 1b: the cache lookup. Keeps POST requests of the provider routes;
 /// `skip-cache`, other methods and bodies without a key bypass it.
 fn cache_lookup(
     ctx: &ShardCtx,

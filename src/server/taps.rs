@@ -169,6 +169,12 @@ impl<'s> UsageTap<'s> {
         self.first_event
     }
 
+    /// Whether the stream carried an error event (a failure the provider
+    /// reported inside a 200 stream).
+    pub fn error_event(&self) -> bool {
+        matches!(&self.read, Read::Sse { tap, .. } if tap.error_event)
+    }
+
     /// Bytes of model-written text the events carried so far, without their
     /// framing (`None` for a JSON answer, whose bytes are mostly its text).
     pub fn relayed_text(&self) -> Option<u64> {
