@@ -23,6 +23,7 @@ fn entry(key: u128, body: &[u8]) -> Entry<'_> {
         input_tokens: 10,
         output_tokens: 20,
         status: 200,
+        served: b"openai\ngpt-4o-mini",
         head: HEAD,
         body,
     }

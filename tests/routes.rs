@@ -12,6 +12,7 @@ mod common;
 use aigw_loadtest::mock::{ErrorKind, MockConfig, MockServer};
 use common::gateway::newest_log_row;
 use common::{Gateway, json, mock, mock_with};
+use simd_json::prelude::*;
 use std::time::{Duration, Instant};
 
 fn failing(kind: ErrorKind) -> MockServer {
@@ -73,6 +74,70 @@ fn a_failing_primary_falls_back_to_the_next_target(shards: usize) {
     assert_eq!(tries[1]["model"], "m-b");
     assert_eq!(tries[1]["status"], 200);
     assert_eq!(tries[1]["step"], 1);
+}
+
+/// A cache hit of a routed answer, and a request that shares one in flight,
+/// say and are counted under the target that answered, not the first one
+/// (which failed).
+fn a_shared_or_cached_answer_names_the_target_that_served(shards: usize) {
+    let (a, b) = (failing(ErrorKind::Internal), mock());
+    let gw = Gateway::with(shards)
+        .provider("a", &a.base_url(), "")
+        .provider("b", &b.base_url(), "")
+        .toml(&format!(
+            "{FALLBACK}[cache]\nenabled = true\nsize = \"16MiB\"\nmax_entry = \"1MiB\"\n"
+        ))
+        .start();
+    for want in ["MISS", "HIT"] {
+        let r = gw
+            .client()
+            .post("/v1/chat/completions", &[], &chat("chat", false));
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("aigw-cache-status"), Some(want));
+        assert_eq!(r.header("aigw-provider"), Some("b"), "{want}");
+        assert_eq!(r.header("aigw-model"), Some("m-b"), "{want}");
+        let row = newest_log_row(&gw.admin_socket);
+        assert_eq!(
+            (row["provider"].as_str(), row["model"].as_str()),
+            (Some("b"), Some("m-b")),
+            "{row}"
+        );
+    }
+    // Five at once: one asks (the others follow it); all name `b`.
+    let threads: Vec<_> = (0..5)
+        .map(|_| {
+            let mut c = gw.client();
+            std::thread::spawn(move || {
+                let body = r#"{"model":"chat","messages":[{"role":"user","content":"together"}]}"#;
+                let r = c.post(
+                    "/v1/chat/completions",
+                    &[("x-mock-latency-ms", "300")],
+                    body,
+                );
+                assert_eq!(r.status, 200, "{}", r.text());
+                (
+                    r.header("aigw-cache-status").map(str::to_string),
+                    r.header("aigw-provider").map(str::to_string),
+                    r.header("aigw-model").map(str::to_string),
+                )
+            })
+        })
+        .collect();
+    for t in threads {
+        let (status, provider, model) = t.join().unwrap();
+        assert_eq!(
+            (provider.as_deref(), model.as_deref()),
+            (Some("b"), Some("m-b")),
+            "{status:?}"
+        );
+    }
+    let stats = gw.stats();
+    assert_eq!(
+        stats["providers"]["b"]["requests"].as_u64(),
+        Some(7),
+        "{stats}"
+    );
+    assert!(stats["providers"].get("a").is_none(), "{stats}");
 }
 
 fn a_rate_limited_primary_is_retried_then_left(shards: usize) {
@@ -485,6 +550,7 @@ fn route_config_errors_name_the_key(_shards: usize) {
 
 at_1_and_2_shards!(
     a_failing_primary_falls_back_to_the_next_target,
+    a_shared_or_cached_answer_names_the_target_that_served,
     a_rate_limited_primary_is_retried_then_left,
     timeouts_refusals_and_stream_errors_fall_back,
     weighted_targets_share_requests_by_weight,

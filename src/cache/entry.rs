@@ -21,10 +21,11 @@
 //!     48     4  provider tag (low 32 bits of xxh3-64 of its name: purge by provider)
 //!     52     4  input tokens the stored answer cost (saved by each hit)
 //!     56     4  output tokens
-//!     60     4  HTTP status of the stored answer
+//!     60     2  HTTP status of the stored answer
+//!     62     2  served length (who answered: see [`served`])
 //!     64     8  checksum: xxh3-64 of bytes 0..64 (rotated by 32 bits)
-//!                xor xxh3-64 of head, body and padding
-//!     72     -  head, then body, then zeros to a multiple of 8
+//!                xor xxh3-64 of served, head, body and padding
+//!     72     -  served, then head, then body, then zeros to a multiple of 8
 //!      -     8  completion mark: checksum ^ COMPLETE, written last
 //! ```
 //!
@@ -36,7 +37,7 @@ use super::key::CacheKey;
 /// Marks the start of an entry.
 pub const MAGIC: u32 = 0xA16A_CAC1;
 /// Bumped on any layout change: entries of another version are dropped.
-pub const FORMAT_VERSION: u16 = 3;
+pub const FORMAT_VERSION: u16 = 4;
 /// Bytes before the head.
 pub const HEADER_LEN: usize = 72;
 /// Bytes of the completion mark after the body.
@@ -61,6 +62,9 @@ pub struct Entry<'a> {
     pub output_tokens: u32,
     /// The HTTP status replayed.
     pub status: u16,
+    /// Who answered: the provider and model a route's fallback reached, not
+    /// its first target ([`served`]; empty: not known).
+    pub served: &'a [u8],
     /// What is replayed before the body (status line and headers, as stored).
     pub head: &'a [u8],
     pub body: &'a [u8],
@@ -69,8 +73,37 @@ pub struct Entry<'a> {
 impl Entry<'_> {
     /// Bytes the entry takes in a segment.
     pub fn size(&self) -> usize {
-        encoded_len(self.head.len(), self.body.len())
+        encoded_len(self.served.len() + self.head.len(), self.body.len())
     }
+
+    /// Who answered, when known: the provider's name and the model.
+    pub fn served_by(&self) -> Option<(&str, Option<&str>)> {
+        served_by(self.served)
+    }
+}
+
+/// Longest `served` field kept (a longer model name is not recorded: the
+/// hit keeps the names its own request routed to).
+pub const MAX_SERVED: usize = 1024;
+
+/// Writes who answered into `out` (cleared first): the provider's name, a
+/// newline (never in a provider's name), the model. Nothing when too long.
+pub fn served(provider: &str, model: Option<&str>, out: &mut Vec<u8>) {
+    out.clear();
+    let model = model.unwrap_or("");
+    if provider.is_empty() || provider.len() + 1 + model.len() > MAX_SERVED {
+        return;
+    }
+    out.extend_from_slice(provider.as_bytes());
+    out.push(b'\n');
+    out.extend_from_slice(model.as_bytes());
+}
+
+/// Reads back what [`served`] wrote.
+pub fn served_by(bytes: &[u8]) -> Option<(&str, Option<&str>)> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let (provider, model) = text.split_once('\n')?;
+    Some((provider, (!model.is_empty()).then_some(model)))
 }
 
 /// The provider tag of a provider name.
@@ -124,11 +157,17 @@ pub fn encode(e: &Entry<'_>, out: &mut [u8]) -> usize {
     out[48..52].copy_from_slice(&e.provider.to_le_bytes());
     out[52..56].copy_from_slice(&e.input_tokens.to_le_bytes());
     out[56..60].copy_from_slice(&e.output_tokens.to_le_bytes());
-    out[60..64].copy_from_slice(&u32::from(e.status).to_le_bytes());
-    let head_at = HEADER_LEN;
+    out[60..62].copy_from_slice(&e.status.to_le_bytes());
+    assert!(
+        e.served.len() <= MAX_SERVED,
+        "served is at most {MAX_SERVED} bytes"
+    );
+    out[62..64].copy_from_slice(&(e.served.len() as u16).to_le_bytes());
+    let head_at = HEADER_LEN + e.served.len();
     let body_at = head_at + e.head.len();
     let end = body_at + e.body.len();
     let mark_at = len - TRAILER_LEN;
+    out[HEADER_LEN..head_at].copy_from_slice(e.served);
     out[head_at..body_at].copy_from_slice(e.head);
     out[body_at..end].copy_from_slice(e.body);
     out[end..mark_at].fill(0);
@@ -172,12 +211,13 @@ pub fn frame(header: &[u8]) -> Result<Frame, Invalid> {
     }
     let head_len = u32_at(header, 40) as usize;
     let body_len = u32_at(header, 44) as usize;
+    let served_len = usize::from(u16_at(header, 62));
     let key = CacheKey(u128::from_le_bytes(
         header[8..24].try_into().expect("16 bytes"),
     ));
     Ok(Frame {
         key,
-        len: encoded_len(head_len, body_len),
+        len: encoded_len(served_len + head_len, body_len),
         expires_ms: u64_at(header, 32),
         provider: u32_at(header, 48),
     })
@@ -215,7 +255,8 @@ pub fn view(bytes: &[u8]) -> Result<Entry<'_>, Invalid> {
     }
     let head_len = u32_at(bytes, 40) as usize;
     let body_len = u32_at(bytes, 44) as usize;
-    let body_at = HEADER_LEN + head_len;
+    let head_at = HEADER_LEN + usize::from(u16_at(bytes, 62));
+    let body_at = head_at + head_len;
     Ok(Entry {
         key,
         flags: u16_at(bytes, 6),
@@ -224,8 +265,9 @@ pub fn view(bytes: &[u8]) -> Result<Entry<'_>, Invalid> {
         provider,
         input_tokens: u32_at(bytes, 52),
         output_tokens: u32_at(bytes, 56),
-        status: u32_at(bytes, 60) as u16,
-        head: &bytes[HEADER_LEN..body_at],
+        status: u16_at(bytes, 60),
+        served: &bytes[HEADER_LEN..head_at],
+        head: &bytes[head_at..body_at],
         body: &bytes[body_at..body_at + body_len],
     })
 }
@@ -244,6 +286,7 @@ mod tests {
             input_tokens: 12,
             output_tokens: 34,
             status: 200,
+            served: b"openai\ngpt-4o-mini",
             head: b"content-type: text/event-stream\r\n",
             body: b"data: {\"x\":1}\n\ndata: [DONE]\n\n",
         };

@@ -30,6 +30,8 @@ pub enum End {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FlightHead {
     pub status: u16,
+    /// Who answered ([`crate::cache::entry::served`]).
+    pub served: Vec<u8>,
     pub head: Vec<u8>,
     pub stream: bool,
 }
@@ -330,6 +332,7 @@ mod tests {
     fn head() -> FlightHead {
         FlightHead {
             status: 200,
+            served: Vec::new(),
             head: b"content-type: text/event-stream\r\n".to_vec(),
             stream: true,
         }

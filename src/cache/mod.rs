@@ -383,6 +383,7 @@ impl Cache {
                 input_tokens,
                 output_tokens,
                 status: head.status,
+                served: &head.served,
                 head: &head.head,
                 body: f.body(),
             };
@@ -744,6 +745,7 @@ mod tests {
         zero.give_back();
         let head = flight::FlightHead {
             status: 200,
+            served: b"up\nm".to_vec(),
             head: b"content-type: application/json\r\n".to_vec(),
             stream: false,
         };

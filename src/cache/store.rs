@@ -72,8 +72,8 @@ impl Geometry {
     pub fn new(total: u64, shards: usize, max_entry: usize) -> Result<Geometry, String> {
         let partition = (total / shards.max(1) as u64) as usize;
         let room = (partition.saturating_sub(FILE_HEADER)) / PAGE * PAGE;
-        let need =
-            (SEG_HEADER + entry::encoded_len(max_entry, 0) + END_MARKER).next_multiple_of(PAGE);
+        let need = (SEG_HEADER + entry::encoded_len(max_entry + entry::MAX_SERVED, 0) + END_MARKER)
+            .next_multiple_of(PAGE);
         let segment = (room / TARGET_SEGMENTS / PAGE * PAGE)
             .min(MAX_SEGMENT)
             .max(need);
@@ -896,6 +896,7 @@ mod tests {
             input_tokens: 1,
             output_tokens: 2,
             status: 200,
+            served: b"up\nm",
             head: b"content-type: application/json\r\n",
             body,
         }

@@ -298,7 +298,15 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
     // After the usage tap, so the cache keeps what the client receives.
     let mut fill = lead.and_then(|l| {
         let shared = ctx.cache().is_some() && ctx.config().cache.shared;
-        fill_tap(l, &plan, rh, reply.conn.buf.filled(), c.head.method, shared)
+        fill_tap(
+            l,
+            &plan,
+            &rec,
+            rh,
+            reply.conn.buf.filled(),
+            c.head.method,
+            shared,
+        )
     });
     let shared_flight = fill.as_ref().map(|f| f.leading.flight.clone());
     // Last in the chain, so it keeps what the client receives.
@@ -1158,6 +1166,7 @@ async fn serve_hit(
     let built = ctx.cache().and_then(|cache| {
         let bytes = cache.hit();
         let e = entry::view(&bytes).ok()?;
+        credit_served(rec, e.served);
         c.out.clear();
         let head = CachedHead {
             http10: c.head.http10,
@@ -1198,6 +1207,21 @@ async fn serve_hit(
     answer(ctx, c, rec, keep_alive).await
 }
 
+/// A hit or a follower is said to come from, and is counted under, the
+/// provider and model that answered: a route's fallback may have reached
+/// another target than the first, which the request itself routed to.
+fn credit_served(rec: &mut RequestRecord, served: &[u8]) {
+    let Some((provider, model)) = entry::served_by(served) else {
+        return;
+    };
+    if rec.provider.as_deref() != Some(provider) {
+        rec.provider = Some(Arc::from(provider));
+    }
+    if rec.model.as_deref() != model {
+        rec.model = model.map(str::to_string);
+    }
+}
+
 /// Room for a stored head's usual lines (content type, a request id or two).
 const STORED_HEAD_CAPACITY: usize = 256;
 
@@ -1206,6 +1230,7 @@ const STORED_HEAD_CAPACITY: usize = 256;
 fn fill_tap(
     mut leading: Leading,
     plan: &Plan,
+    rec: &RequestRecord,
     rh: &ResponseHead,
     window: &[u8],
     method: Method,
@@ -1228,9 +1253,14 @@ fn fill_tap(
         ResponseBody::Length(n) => usize::try_from(n).ok(),
         _ => None,
     };
+    // Who answered (a route's fallback may have reached another target
+    // than the first): what a hit or a follower says and is counted under.
+    let mut served = Vec::new();
+    entry::served(&plan.provider.name, rec.model.as_deref(), &mut served);
     leading.head(
         FlightHead {
             status: rh.status,
+            served,
             head,
             stream: rh.event_stream,
         },
@@ -1304,6 +1334,7 @@ async fn follow(
         }
         return on_own(rec);
     };
+    credit_served(rec, &head.served);
     let cache = CacheLine {
         cloudflare: rec.route == RouteKind::Cloudflare,
         status: CacheStatus::Coalesced,
