@@ -253,6 +253,98 @@ fn a_stream_that_fails_at_once_is_the_providers_error_and_costs_nothing(shards: 
     assert_eq!(stats["errors"]["provider"].as_u64(), Some(1), "{stats}");
 }
 
+/// A whole JSON answer the provider cuts short: with `aigw-include-cost`
+/// (held to be sent with its cost) the client gets the provider's failure
+/// as a 502, not a closed connection; either way it is charged an estimate
+/// of the text relayed, not of the bytes (head and JSON framing are most of
+/// them): never more than the whole answer's text would cost.
+fn a_cut_json_answer_is_a_502_when_held_and_estimated_by_its_text(shards: usize) {
+    let mock = mock();
+    let gw = Gateway::with(shards)
+        .provider("up", &mock.base_url(), "")
+        .toml(PRICED)
+        .start();
+    let body = chat("cut me", false);
+    let whole = gw.client().post("/v1/chat/completions", &[], &body);
+    assert_eq!(whole.status, 200);
+    let text = whole.json()["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .len() as f64;
+    // The most an estimate may say: the request's bytes / 4 in, the whole
+    // answer's text / 4 out (and a token of rounding each).
+    let most = ((body.len() as f64 / 4.0 + 1.0) * 1.0 + (text / 4.0 + 1.0) * 2.0) / 1e6;
+    let held = gw.client().post(
+        "/v1/chat/completions",
+        &[("x-mock-error", "cut"), ("aigw-include-cost", "true")],
+        &body,
+    );
+    assert_eq!(held.status, 502, "{}", held.text());
+    assert_eq!(held.header("aigw-error-source"), Some("provider"));
+    assert!(held.text().contains("cut off"), "{}", held.text());
+    let deadline = Instant::now() + WAIT;
+    let newest = |n: usize| loop {
+        let r = rows(&gw, "limit=5");
+        if r.len() >= n {
+            break r[0].clone();
+        }
+        assert!(Instant::now() < deadline, "no row");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let row = newest(2);
+    assert_eq!(row["status"].as_u64(), Some(502), "{row}");
+    assert_eq!(
+        row["outcome"].as_str(),
+        Some("aborted_by_provider"),
+        "{row}"
+    );
+    assert_eq!(row["error_source"].as_str(), Some("provider"), "{row}");
+    assert_eq!(row["cost_estimated"].as_bool(), Some(true), "{row}");
+    let cost = row["cost"].cast_f64().unwrap();
+    assert!(
+        cost > 0.0 && cost <= most,
+        "{cost} vs at most {most}: {row}"
+    );
+    // Not held: the client gets the head and part of the body, then a close.
+    let cut = gw
+        .client()
+        .post("/v1/chat/completions", &[("x-mock-error", "cut")], &body);
+    assert_eq!(cut.status, 200);
+    assert!(!cut.complete);
+    let row = newest(3);
+    assert_eq!(
+        row["outcome"].as_str(),
+        Some("aborted_by_provider"),
+        "{row}"
+    );
+    let cost = row["cost"].cast_f64().unwrap();
+    assert!(
+        cost > 0.0 && cost <= most,
+        "{cost} vs at most {most}: {row}"
+    );
+}
+
+/// A provider that fails before any answer (a reset, a malformed head) costs
+/// nothing on a priced model: `unknown` is for models without a price.
+fn a_provider_that_fails_before_answering_costs_nothing_not_unknown(shards: usize) {
+    let mock = mock();
+    let gw = Gateway::with(shards)
+        .provider("up", &mock.base_url(), "")
+        .toml(PRICED)
+        .start();
+    for kind in ["reset", "malformed"] {
+        let r = gw.client().post(
+            "/v1/chat/completions",
+            &[("x-mock-error", kind)],
+            &chat(kind, false),
+        );
+        assert_eq!(r.status, 502, "{kind}: {}", r.text());
+    }
+    let stats = gw.stats();
+    assert_eq!(stats["cost"]["unknown"].as_u64(), Some(0), "{stats}");
+    assert_eq!(stats["errors"]["provider"].as_u64(), Some(2), "{stats}");
+}
+
 /// Polls the log until a row says its client aborted (the newest such),
 /// failing after `WAIT`.
 fn aborted_row(gw: &Gateway, since: Instant) -> simd_json::OwnedValue {
@@ -625,6 +717,8 @@ fn stats_sum_costs_as_charged(shards: usize) {
 
 at_1_and_2_shards!(
     stats_sum_costs_as_charged,
+    a_provider_that_fails_before_answering_costs_nothing_not_unknown,
+    a_cut_json_answer_is_a_502_when_held_and_estimated_by_its_text,
     a_stream_that_fails_at_once_is_the_providers_error_and_costs_nothing,
     a_pass_through_is_priced_by_the_model_its_path_names,
     a_priced_answer_says_what_it_cost,

@@ -242,6 +242,11 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         Err(Unanswered::Failed(e)) => {
             // The time waiting on the provider is not the gateway's.
             rec.gateway = upstream_from.duration_since(req.started);
+            // No answer, so nothing reported spent: zero for a priced model
+            // (unknown stays what a model without a price costs).
+            if rec.cost.is_none() && (priced.is_some() || wish.custom_cost.is_some()) {
+                rec.cost = Some(0.0);
+            }
             return answer_error(ctx, c, &mut rec, &e, keep_alive).await;
         }
         Err(Unanswered::ClientGone) => {
@@ -463,8 +468,29 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
                 relayed.ending = Ending::ClientAborted;
             }
         } else if relayed.ending == Ending::UpstreamAborted {
-            // Nothing was sent: the client gets no half answer either.
-            relayed.ending = Ending::ClientAborted;
+            // Nothing was sent: the client gets the provider's failure, not
+            // half an answer (and the connection closes after it).
+            let e = GatewayError::upstream_bad_response(
+                &plan.provider.name,
+                "its answer was cut off before its end",
+            );
+            c.out.clear();
+            respond::error(
+                &mut c.out,
+                &e,
+                c.head.http10,
+                false,
+                c.head.method,
+                rec.id,
+                cache_line(&rec),
+            );
+            rec.status = e.status;
+            rec.error_source = Some(e.source);
+            rec.error_code = Some(e.code);
+            relayed.bytes_out = c.out.len() as u64;
+            if Direct::new(&mut c.stream).write_all(&c.out).await.is_err() {
+                relayed.ending = Ending::ClientAborted;
+            }
         }
     } else if cost_trailer && relayed.ending == Ending::Complete {
         let mut end = b"0\r\naigw-cost: ".to_vec();

@@ -6,7 +6,9 @@
 
 use crate::cache::flight::Leading;
 use crate::providers::translate::ReplyTranslator;
-use crate::providers::usage::{JsonScratch, JsonTail, SseTap, UsageShape, usage_from_json};
+use crate::providers::usage::{
+    JsonScratch, JsonTail, SseTap, UsageShape, text_bytes, usage_from_json,
+};
 use crate::record::{Payload, Usage};
 use std::time::Instant;
 
@@ -121,6 +123,10 @@ enum Read<'s> {
         length: Option<u64>,
         done: bool,
         scratch: &'s mut JsonScratch,
+        /// Bytes that went through the tail.
+        pushed: u64,
+        /// The text of a body read in place that reported no usage.
+        whole_text: Option<u64>,
     },
     /// An SSE stream, with the bytes to pass on when filtering.
     Sse { tap: Box<SseTap>, out: Vec<u8> },
@@ -140,6 +146,8 @@ impl<'s> UsageTap<'s> {
                 length,
                 done: false,
                 scratch,
+                pushed: 0,
+                whole_text: None,
             },
             usage: Usage::default(),
             first_event: None,
@@ -175,12 +183,27 @@ impl<'s> UsageTap<'s> {
         matches!(&self.read, Read::Sse { tap, .. } if tap.error_event)
     }
 
-    /// Bytes of model-written text the events carried so far, without their
-    /// framing (`None` for a JSON answer, whose bytes are mostly its text).
+    /// Bytes of model-written text relayed so far, without the JSON around
+    /// it ([`text_bytes`]): what an estimate counts when the provider
+    /// reported no usage. A JSON answer's is read only when asked (an answer
+    /// cut short, or one without usage), from the tail it kept: past that
+    /// window, in proportion. `None`: a whole JSON answer that had usage.
     pub fn relayed_text(&self) -> Option<u64> {
         match &self.read {
             Read::Sse { tap, .. } => Some(tap.text_bytes),
-            Read::Json { .. } => None,
+            Read::Json {
+                tail,
+                pushed,
+                whole_text,
+                ..
+            } => whole_text.or_else(|| {
+                let kept = tail.bytes();
+                if kept.is_empty() {
+                    return None;
+                }
+                let text = text_bytes(kept);
+                Some(text.saturating_mul((*pushed).max(1)) / kept.len() as u64)
+            }),
         }
     }
 }
@@ -197,13 +220,19 @@ impl Tap for UsageTap<'_> {
                 length,
                 done,
                 scratch,
+                pushed,
+                whole_text,
             } => {
                 if *done {
                 } else if tail.bytes().is_empty() && *length == Some(data.len() as u64) {
                     // The whole body in one piece: read usage from it directly.
-                    self.usage = usage_from_json(data, self.shape, scratch).unwrap_or_default();
+                    self.usage = usage_from_json(data, self.shape, scratch).unwrap_or_else(|| {
+                        *whole_text = Some(text_bytes(data));
+                        Usage::default()
+                    });
                     *done = true;
                 } else {
+                    *pushed += data.len() as u64;
                     tail.push(data);
                 }
                 data
