@@ -220,6 +220,13 @@ fn timeouts_refusals_and_stream_errors_fall_back(shards: usize) {
     assert_eq!(s.header("aigw-step"), Some("1"));
     assert_eq!(s.stream_content(), aigw_loadtest::mock::reply_text(64));
     assert_eq!(stream_error.requests_seen(), 1);
+    // The failed try says why.
+    let tries = &newest_log_row(&gw.admin_socket)["routing"]["tries"];
+    assert_eq!(
+        (tries[0]["status"].as_u64(), tries[0]["error"].as_str()),
+        (Some(200), Some("stream_error")),
+        "{tries}"
+    );
     // With no target left, the stream error itself reaches the client.
     let only = Gateway::with(shards)
         .provider("bad_stream", &stream_error.base_url(), "")

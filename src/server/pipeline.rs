@@ -1670,6 +1670,9 @@ async fn retrying_attempts(
                     let mut failed = falls_back(rh.status);
                     if !failed && !last && rh.status < 300 && rh.event_stream {
                         failed = first_event_is_error(&mut reply, rh.head_len, first_byte).await;
+                        if failed && track {
+                            note_stream_error(rec);
+                        }
                     }
                     if !failed {
                         if let (Some(r), Some(t)) = (&route, &target) {
@@ -1760,6 +1763,16 @@ fn note_try(
         Err(code) => write!(s, ",\"error\":\"{code}\""),
     };
     let _ = write!(s, ",\"ms\":{}}}", took.as_millis());
+}
+
+/// The last try noted answered 200, but its stream opened with an error
+/// event: the try says so.
+fn note_stream_error(rec: &mut RequestRecord) {
+    if let Some(s) = rec.log.as_mut().and_then(|l| l.routing.as_mut())
+        && let Some(at) = s.rfind(",\"ms\":")
+    {
+        s.insert_str(at, ",\"error\":\"stream_error\"");
+    }
 }
 
 /// The steps of the plan's order to try: those not cooling. When every
