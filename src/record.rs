@@ -535,6 +535,23 @@ impl RequestRecord {
         self.counted.unwrap_or_else(|| self.reported_tokens())
     }
 
+    /// The input and output tokens the request is shown to have used
+    /// (`/stats`, `/metrics`, `aigw usage`): what its provider reported,
+    /// and, for an answer cut before its usage, the estimate it was charged
+    /// in place of what is missing (the log row's `tokens_in`/`tokens_out`
+    /// stay the provider's report).
+    pub fn shown_tokens(&self) -> (u64, u64) {
+        let (input, output) = self.reported_tokens();
+        if !self.cost_estimated {
+            return (input, output);
+        }
+        let (est_in, est_out) = self.counted_tokens();
+        (
+            self.usage.input_tokens.unwrap_or(est_in),
+            output.max(est_out),
+        )
+    }
+
     /// The input and output tokens the provider reported (0 for none).
     fn reported_tokens(&self) -> (u64, u64) {
         (

@@ -196,8 +196,9 @@ impl Tally {
         };
         row.ts_ms = row.ts_ms.max(ts_ms);
         row.requests += 1;
-        row.tokens_in += rec.usage.input_tokens.unwrap_or(0);
-        row.tokens_out += rec.usage.output_tokens.unwrap_or(0);
+        let (shown_in, shown_out) = rec.shown_tokens();
+        row.tokens_in += shown_in;
+        row.tokens_out += shown_out;
         let (counted_in, counted_out) = rec.counted_tokens();
         row.counted_in += counted_in;
         row.counted_out += counted_out;

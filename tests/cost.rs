@@ -199,6 +199,23 @@ fn a_client_that_leaves_mid_stream_is_charged_an_estimate(shards: usize) {
     assert!(row["cost"].cast_f64().unwrap() > 0.0, "{row}");
     // The provider was not read to its end: far fewer events than 40 reached us.
     assert!(row["bytes_out"].as_u64().unwrap() < 4000, "{row}");
+    // The tokens it was charged for are shown, in /stats and usage alike
+    // (the row's tokens_in/tokens_out stay what the provider reported).
+    let stats = gw.stats();
+    let shown = (
+        stats["tokens"]["input"].as_u64().unwrap(),
+        stats["tokens"]["output"].as_u64().unwrap(),
+    );
+    assert!(shown.0 > 0 && shown.1 > 0, "{stats}");
+    let (code, body) = admin_get(&gw.admin_socket, "/usage?by=provider");
+    assert_eq!(code, 200);
+    let usage = json(&body);
+    let up = &usage["groups"][0];
+    assert_eq!(
+        (up["tokens_in"].as_u64(), up["tokens_out"].as_u64()),
+        (Some(shown.0), Some(shown.1)),
+        "{usage}"
+    );
     // The estimate never passes what the request let the provider write:
     // with `max_tokens: 1`, the text relayed counts as one token at most,
     // and the prompt as its bytes / 4.

@@ -207,7 +207,7 @@ impl Report {
         let kept: u64 = self.opened.iter().map(|o| o.kept).sum();
         let dropped: u64 = self.opened.iter().map(|o| o.dropped).sum();
         let mut s = format!(
-            "cache: {} partitions in {}: {kept} entries kept, {dropped} dropped (damaged, torn or expired)",
+            "cache: {} partitions in {}: {kept} entries kept, {dropped} skipped (expired, superseded by a newer answer, damaged or torn: their space is reused as the segments cycle)",
             self.opened.len(),
             dir.display()
         );

@@ -189,8 +189,10 @@ impl UsageRow {
 }
 
 /// Totals by `by` of the requests since `since_ms` (rows and tallies), most
-/// spend first. Tokens are those providers used: a cache hit's or a
-/// coalesced follower's were saved (as `/stats` counts them), and are left out.
+/// spend first. Tokens are those providers used (for an answer cut before
+/// its usage, the estimate it was charged: `RequestRecord::shown_tokens`): a
+/// cache hit's or a coalesced follower's were saved (as `/stats` counts
+/// them), and are left out.
 pub fn usage(conn: &Connection, by: &By, since_ms: u64) -> rusqlite::Result<Vec<UsageRow>> {
     let value = match by {
         By::Key => "COALESCE(r.key_id, '(none)')",
@@ -200,8 +202,12 @@ pub fn usage(conn: &Connection, by: &By, since_ms: u64) -> rusqlite::Result<Vec<
     };
     let rows_sql = format!(
         "SELECT {value} AS v, COUNT(*),
-                SUM(CASE WHEN r.cache IN ('HIT', 'COALESCED') THEN 0 ELSE COALESCE(r.tokens_in, 0) END),
-                SUM(CASE WHEN r.cache IN ('HIT', 'COALESCED') THEN 0 ELSE COALESCE(r.tokens_out, 0) END),
+                SUM(CASE WHEN r.cache IN ('HIT', 'COALESCED') THEN 0
+                         WHEN r.cost_estimated THEN COALESCE(r.tokens_in, r.counted_in, 0)
+                         ELSE COALESCE(r.tokens_in, 0) END),
+                SUM(CASE WHEN r.cache IN ('HIT', 'COALESCED') THEN 0
+                         WHEN r.cost_estimated THEN MAX(COALESCE(r.tokens_out, 0), COALESCE(r.counted_out, 0))
+                         ELSE COALESCE(r.tokens_out, 0) END),
                 SUM(COALESCE(r.cost, 0)), SUM(r.cost IS NULL AND r.provider IS NOT NULL),
                 SUM(COALESCE(r.cache IN ('HIT', 'COALESCED'), 0))
          FROM requests r WHERE r.ts >= ?1 GROUP BY v"

@@ -123,8 +123,9 @@ impl LabelCounters {
             Some(c) if c.served() => (&mut self.saved_input_tokens, &mut self.saved_output_tokens),
             _ => (&mut self.input_tokens, &mut self.output_tokens),
         };
-        *input = input.saturating_add(r.usage.input_tokens.unwrap_or(0));
-        *output = output.saturating_add(r.usage.output_tokens.unwrap_or(0));
+        let (used_in, used_out) = r.shown_tokens();
+        *input = input.saturating_add(used_in);
+        *output = output.saturating_add(used_out);
         if let Some(c) = r.cache {
             self.cache[c.index()] += 1;
         }
@@ -289,12 +290,9 @@ impl KeyCounters {
         self.requests += 1;
         self.errors += u64::from(r.status >= 400);
         if !r.cache.is_some_and(|c| c.served()) {
-            self.input_tokens = self
-                .input_tokens
-                .saturating_add(r.usage.input_tokens.unwrap_or(0));
-            self.output_tokens = self
-                .output_tokens
-                .saturating_add(r.usage.output_tokens.unwrap_or(0));
+            let (used_in, used_out) = r.shown_tokens();
+            self.input_tokens = self.input_tokens.saturating_add(used_in);
+            self.output_tokens = self.output_tokens.saturating_add(used_out);
         }
         if let Some(usd) = r.cost {
             self.cost_picos = self.cost_picos.saturating_add(picos(usd));
