@@ -87,7 +87,17 @@ impl Filter {
                     }
                     f.source = Some(v.to_string());
                 }
-                "cache" => f.cache = Some(v.to_ascii_uppercase()),
+                "cache" => {
+                    let known = crate::record::CacheStatus::ALL
+                        .iter()
+                        .any(|c| c.as_str().eq_ignore_ascii_case(v));
+                    if !known {
+                        return Err(format!(
+                            "cache: `{v}` must be hit, coalesced, miss, expired or bypass"
+                        ));
+                    }
+                    f.cache = Some(v.to_ascii_uppercase());
+                }
                 "provider" => f.provider = Some(v.to_string()),
                 "model" => f.model = Some(v.to_string()),
                 "key" => f.key = Some(v.to_string()),
@@ -626,9 +636,12 @@ mod tests {
             ("limit", "0"),
             ("colour", "red"),
             ("min-cost", "NaN"),
+            ("cache", "NONE"),
         ] {
             assert!(Filter::from_pairs([(k, v)], 0).is_err(), "{k}={v}");
         }
+        let f = Filter::from_pairs([("cache", "Coalesced")], 0).unwrap();
+        assert_eq!(f.cache.as_deref(), Some("COALESCED"));
     }
 }
 
