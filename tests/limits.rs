@@ -308,6 +308,7 @@ at_1_and_2_shards!(
     token_limits_settle_to_the_real_usage_and_carry_debt,
     metadata_scopes_count_each_value_apart,
     cache_hits_do_not_count_unless_asked,
+    each_key_its_own_limit_and_budget,
 );
 
 #[test]
@@ -333,6 +334,60 @@ fn limits_by_key_need_the_key() {
     // Requests without a key share one count of their own.
     assert_eq!(post(&[], 2).status, 200);
     assert_eq!(post(&[], 3).status, 429);
+}
+
+/// A rule or budget with `keys` applies to those keys' requests only: each
+/// key its own limit and budget, and a key named nowhere is not limited.
+fn each_key_its_own_limit_and_budget(shards: usize) {
+    let mock = mock();
+    let key = |id: &str| {
+        let secret = format!("sk-aigw-test-{id}");
+        let hash = aigw::auth::hex(&aigw::auth::hash_secret(secret.as_bytes()));
+        (secret, format!("[keys.{id}]\nsecret_sha256 = \"{hash}\"\n"))
+    };
+    let (ann, ann_toml) = key("ann");
+    let (bob, bob_toml) = key("bob");
+    let (cid, cid_toml) = key("cid");
+    let gw = Gateway::with(shards)
+        .provider("up", &mock.base_url(), "api_key = \"sk-p\"")
+        .toml(&format!(
+            "{ann_toml}{bob_toml}{cid_toml}\
+             [prices.\"up/gpt-x\"]\ninput = 1000.0\noutput = 1000.0\n\
+             [[rate_limits]]\nname = \"ann-two\"\nscope = \"key\"\nkeys = [\"ann\"]\ncount = \"requests\"\nlimit = 2\nwindow = \"30d\"\n\
+             [[rate_limits]]\nname = \"bob-four\"\nscope = \"key\"\nkeys = [\"bob\"]\ncount = \"requests\"\nlimit = 4\nwindow = \"30d\"\n\
+             [[budgets]]\nname = \"cid-cents\"\nscope = \"key\"\nkeys = [\"cid\"]\nusd = 0.5\nwindow = \"daily\"\n"
+        ))
+        .start();
+    let post = |secret: &str, i: usize| {
+        gw.client().post(
+            "/v1/chat/completions",
+            &[("Authorization", &format!("Bearer {secret}"))],
+            &chat(&format!("{secret} {i}")).replace("}]}", "}],\"max_tokens\":5}"),
+        )
+    };
+    let admitted = |secret: &str| {
+        (0..12)
+            .map(|i| post(secret, i))
+            .take_while(|r| r.status == 200)
+            .count()
+    };
+    assert_eq!(admitted(&ann), 2);
+    assert_refusal(&post(&ann, 99), "ann-two");
+    assert_eq!(admitted(&bob), 4);
+    assert_refusal(&post(&bob, 99), "bob-four");
+    // cid: no rate limit, but a budget of a few requests' worth.
+    let cid_admitted = admitted(&cid);
+    assert!(
+        (1..12).contains(&cid_admitted),
+        "{cid_admitted}: {}",
+        post(&cid, 50).text()
+    );
+    let r = post(&cid, 99);
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert!(r.text().contains("cid-cents"), "{}", r.text());
+    // Neither rule counted another key's requests: ann is still refused,
+    // bob's count is his own.
+    assert_eq!(post(&ann, 100).status, 429);
 }
 
 fn limit_windows_survive_a_restart(shards: usize) {

@@ -273,7 +273,11 @@ fn fingerprint(r: &BudgetRule) -> u64 {
     // The name too: two budgets alike in all else (a $100 and a $10 one)
     // are two sets of buckets, each with its own amount.
     xxhash_rust::xxh3::xxh3_64(
-        format!("{:?}|{:?}|{:?}|{}", r.scope, r.window, r.models, r.name).as_bytes(),
+        format!(
+            "{:?}|{:?}|{:?}|{:?}|{}",
+            r.scope, r.window, r.models, r.keys, r.name
+        )
+        .as_bytes(),
     )
 }
 
@@ -443,7 +447,7 @@ impl Budgets {
         let prepared = prepare(rules);
         for s in spent {
             for p in &prepared {
-                if !s.subject.matches(&p.rule.models) {
+                if !s.subject.applies(&p.rule.models, &p.rule.keys) {
                     continue;
                 }
                 let b = self.bucket(p, s.subject.value(&p.rule.scope));
@@ -642,7 +646,7 @@ impl ShardBudgets {
         } = *ask;
         let rules = self.rules.borrow().clone();
         for p in rules.iter() {
-            if !who.matches(&p.rule.models) {
+            if !who.applies(&p.rule.models, &p.rule.keys) {
                 continue;
             }
             let value = who.value(&p.rule.scope);

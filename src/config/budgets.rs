@@ -46,6 +46,9 @@ pub struct BudgetRule {
     pub alert_at: Option<f64>,
     /// `provider/model` patterns the budget applies to; empty: every request.
     pub models: Vec<String>,
+    /// The gateway keys (ids) whose requests it applies to; empty: every
+    /// request. A key's own budget: `scope = "key"` and its id here.
+    pub keys: Vec<String>,
     /// Output tokens a request without `max_tokens` is assumed to use at admission.
     pub default_max_tokens: u64,
 }
@@ -120,6 +123,7 @@ pub(super) fn read_budgets(w: &mut Walker, root: &toml::Table) -> Vec<BudgetRule
                 w.err(&format!("{}[{j}]", p("models")), why);
             }
         }
+        let keys = super::limits::read_rule_keys(w, t, &p("keys"));
         let default_max_tokens = w
             .uint(Some(t), &p("default_max_tokens"), 1, u64::from(u32::MAX))
             .unwrap_or(4096);
@@ -131,6 +135,7 @@ pub(super) fn read_budgets(w: &mut Walker, root: &toml::Table) -> Vec<BudgetRule
                 window,
                 alert_at,
                 models,
+                keys,
                 default_max_tokens,
             });
         }
@@ -191,5 +196,15 @@ mod tests {
             e.contains("budgets[1].name") && e.contains("budgets[0] too"),
             "{e}"
         );
+        let e = errors(
+            "[[budgets]]\nscope = \"key\"\nusd = 1\nwindow = \"daily\"\nkeys = [\"ann\", \"no spaces\"]\n",
+        )
+        .join("\n");
+        assert!(e.contains("budgets[0].keys[1]"), "{e}");
+        let e = errors(
+            "[[rate_limits]]\nscope = \"key\"\ncount = \"requests\"\nlimit = 1\nwindow = \"1m\"\nkeys = \"ann\"\n",
+        )
+        .join("\n");
+        assert!(e.contains("rate_limits[0].keys"), "{e}");
     }
 }

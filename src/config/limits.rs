@@ -116,6 +116,9 @@ pub struct RateRule {
     pub technique: Technique,
     /// `provider/model` patterns the rule applies to; empty: every request.
     pub models: Vec<String>,
+    /// The gateway keys (ids) whose requests the rule applies to; empty:
+    /// every request. A key's own limit: `scope = "key"` and its id here.
+    pub keys: Vec<String>,
     /// Cache hits count toward a `requests` rule (never toward token rules).
     pub count_cache_hits: bool,
     /// Output tokens reserved for a request without `max_tokens`.
@@ -207,6 +210,7 @@ pub(super) fn read_rate_limits(w: &mut Walker, root: &toml::Table) -> Vec<RateRu
                 w.err(&format!("{}[{j}]", p("models")), why);
             }
         }
+        let keys = read_rule_keys(w, t, &p("keys"));
         let count_cache_hits = w.flag(Some(t), &p("count_cache_hits")).unwrap_or(false);
         let default_max_tokens = w
             .uint(Some(t), &p("default_max_tokens"), 1, MAX_LIMIT)
@@ -220,12 +224,28 @@ pub(super) fn read_rate_limits(w: &mut Walker, root: &toml::Table) -> Vec<RateRu
                 window,
                 technique,
                 models,
+                keys,
                 count_cache_hits,
                 default_max_tokens,
             });
         }
     }
     rules
+}
+
+/// A rule's `keys`: gateway key ids (a key created over the admin socket
+/// may be named before it exists).
+pub(super) fn read_rule_keys(w: &mut Walker, t: &toml::Table, path: &str) -> Vec<String> {
+    let keys = w.strings(Some(t), path).unwrap_or_default();
+    for (j, id) in keys.iter().enumerate() {
+        if !super::auth::valid_key_id(id) {
+            w.err(
+                &format!("{path}[{j}]"),
+                format!("`{id}` is not a key id; use the ids of [keys.<id>] or `aigw key list`"),
+            );
+        }
+    }
+    keys
 }
 
 /// A rule's `scope` (budgets also take `provider`); `None` after an error.

@@ -274,6 +274,11 @@ pub const KEYS: &[KeySpec] = &[
         meaning: "\"provider/model\" patterns the rule applies to",
     },
     KeySpec {
+        path: "rate_limits[].keys",
+        default: "[] (all)",
+        meaning: "gateway key ids the rule applies to (a key's own limit: scope = \"key\" and its id)",
+    },
+    KeySpec {
         path: "rate_limits[].count_cache_hits",
         default: "false",
         meaning: "cache hits count toward a requests rule (never toward token rules)",
@@ -337,6 +342,11 @@ pub const KEYS: &[KeySpec] = &[
         path: "budgets[].models",
         default: "[] (all)",
         meaning: "\"provider/model\" patterns the budget applies to",
+    },
+    KeySpec {
+        path: "budgets[].keys",
+        default: "[] (all)",
+        meaning: "gateway key ids the budget applies to (a key's own budget: scope = \"key\" and its id)",
     },
     KeySpec {
         path: "budgets[].default_max_tokens",

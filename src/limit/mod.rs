@@ -83,9 +83,11 @@ impl<'a> Subject<'a> {
         }
     }
 
-    /// Whether rules limited to `models` apply to it.
-    pub fn matches(&self, models: &[String]) -> bool {
-        models_allow(models, self.provider, self.model)
+    /// Whether a rule limited to `models` and `keys` (empty: all) applies
+    /// to it.
+    pub fn applies(&self, models: &[String], keys: &[String]) -> bool {
+        (keys.is_empty() || self.key_id.is_some_and(|id| keys.iter().any(|k| k == id)))
+            && models_allow(models, self.provider, self.model)
     }
 }
 
@@ -160,7 +162,7 @@ impl Limiter {
             for l in logged {
                 if l.refused
                     || (l.cached && (r.count != Count::Requests || !r.count_cache_hits))
-                    || !l.subject.matches(&r.models)
+                    || !l.subject.applies(&r.models, &r.keys)
                 {
                     continue;
                 }
@@ -235,12 +237,13 @@ pub fn fresh_rules(before: &[RateRule], after: &[RateRule]) -> Vec<RateRule> {
 fn fingerprint(r: &RateRule) -> u64 {
     // The name too: two rules alike in all else are two sets of counts.
     let text = format!(
-        "{:?}|{}|{}|{}|{:?}|{}",
+        "{:?}|{}|{}|{}|{:?}|{:?}|{}",
         r.scope,
         r.count.as_str(),
         r.window.as_millis(),
         r.technique.as_str(),
         r.models,
+        r.keys,
         r.name
     );
     xxhash_rust::xxh3::xxh3_64(text.as_bytes())
@@ -386,7 +389,7 @@ impl ShardLimiter {
         let mut best: [Option<Shown>; 2] = [None, None];
         for (at, p) in rules.iter().enumerate() {
             let r = &p.rule;
-            if !ask.subject.matches(&r.models) {
+            if !ask.subject.applies(&r.models, &r.keys) {
                 continue;
             }
             let value = ask.subject.value(&r.scope);
