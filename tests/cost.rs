@@ -30,6 +30,19 @@ fn rows(gw: &Gateway, query: &str) -> Vec<simd_json::OwnedValue> {
         .collect()
 }
 
+/// The newest row once the log holds at least `n` (waiting up to `WAIT`).
+fn newest_of(gw: &Gateway, n: usize) -> simd_json::OwnedValue {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let r = rows(gw, &format!("limit={n}"));
+        if r.len() >= n {
+            return r[0].clone();
+        }
+        assert!(Instant::now() < deadline, "fewer than {n} rows");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1e-9)
 }
@@ -185,15 +198,7 @@ fn a_client_that_leaves_mid_stream_is_charged_an_estimate(shards: usize) {
         )
     };
     leave(&chat("a long story", true));
-    let deadline = Instant::now() + WAIT;
-    let row = loop {
-        let r = rows(&gw, "limit=1");
-        if let Some(row) = r.into_iter().next() {
-            break row;
-        }
-        assert!(Instant::now() < deadline, "no row");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let row = newest_of(&gw, 1);
     assert_eq!(row["outcome"].as_str(), Some("aborted_by_client"), "{row}");
     assert_eq!(row["cost_estimated"].as_bool(), Some(true), "{row}");
     assert!(row["cost"].cast_f64().unwrap() > 0.0, "{row}");
@@ -221,14 +226,7 @@ fn a_client_that_leaves_mid_stream_is_charged_an_estimate(shards: usize) {
     // and the prompt as its bytes / 4.
     let capped = chat("a short story", true).replace("}],", "}],\"max_tokens\":1,");
     leave(&capped);
-    let row = loop {
-        let r = rows(&gw, "limit=2");
-        if r.len() == 2 {
-            break r[0].clone();
-        }
-        assert!(Instant::now() < deadline, "no row");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let row = newest_of(&gw, 2);
     assert_eq!(row["cost_estimated"].as_bool(), Some(true), "{row}");
     let want = (capped.len().div_ceil(4) as f64 * 1.0 + 2.0) / 1e6;
     assert!(
@@ -253,14 +251,7 @@ fn a_stream_that_fails_at_once_is_the_providers_error_and_costs_nothing(shards: 
     );
     assert_eq!(r.status, 200);
     assert!(r.text().contains("\"error\""), "{}", r.text());
-    let deadline = Instant::now() + WAIT;
-    let row = loop {
-        if let Some(row) = rows(&gw, "limit=1").into_iter().next() {
-            break row;
-        }
-        assert!(Instant::now() < deadline, "no row");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let row = newest_of(&gw, 1);
     assert_eq!(row["status"].as_u64(), Some(200), "{row}");
     assert_eq!(row["error_source"].as_str(), Some("provider"), "{row}");
     assert_eq!(row["error_code"].as_str(), Some("stream_error"), "{row}");
@@ -299,16 +290,7 @@ fn a_cut_json_answer_is_a_502_when_held_and_estimated_by_its_text(shards: usize)
     assert_eq!(held.status, 502, "{}", held.text());
     assert_eq!(held.header("aigw-error-source"), Some("provider"));
     assert!(held.text().contains("cut off"), "{}", held.text());
-    let deadline = Instant::now() + WAIT;
-    let newest = |n: usize| loop {
-        let r = rows(&gw, "limit=5");
-        if r.len() >= n {
-            break r[0].clone();
-        }
-        assert!(Instant::now() < deadline, "no row");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let row = newest(2);
+    let row = newest_of(&gw, 2);
     assert_eq!(row["status"].as_u64(), Some(502), "{row}");
     assert_eq!(
         row["outcome"].as_str(),
@@ -328,7 +310,7 @@ fn a_cut_json_answer_is_a_502_when_held_and_estimated_by_its_text(shards: usize)
         .post("/v1/chat/completions", &[("x-mock-error", "cut")], &body);
     assert_eq!(cut.status, 200);
     assert!(!cut.complete);
-    let row = newest(3);
+    let row = newest_of(&gw, 3);
     assert_eq!(
         row["outcome"].as_str(),
         Some("aborted_by_provider"),
