@@ -69,13 +69,15 @@ impl std::fmt::Display for BaseUrl {
 
 impl BaseUrl {
     pub fn parse(s: &str) -> Result<BaseUrl, String> {
+        // An error shows the URL without what may be a secret in it.
+        let shown = redacted(s);
         // Host and path are written into the request line and the Host header as
         // they are; a space would split the request line and a CR or LF would end
         // it. Escaped in the message so the offending byte shows.
         if s.bytes().any(|b| b == b' ' || is_control(b)) {
             return Err(format!(
                 "`{}` contains whitespace or a control character; a URL must be one line without spaces",
-                s.escape_debug()
+                shown.escape_debug()
             ));
         }
         let (scheme, rest) = if let Some(r) = s.strip_prefix("https://") {
@@ -83,21 +85,25 @@ impl BaseUrl {
         } else if let Some(r) = s.strip_prefix("http://") {
             (Scheme::Http, r)
         } else {
-            return Err(format!("`{s}` must start with http:// or https://"));
+            return Err(format!("`{shown}` must start with http:// or https://"));
         };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, ""),
         };
         if authority.is_empty() || authority.contains('@') {
-            return Err(format!("`{s}` needs a host (and no user:password@)"));
+            return Err(format!(
+                "`{shown}` needs a host (and no user:password@: give the key as api_key or api_key_env)"
+            ));
         }
         if path.contains(['?', '#']) {
-            return Err(format!("`{s}` must not carry a query or fragment"));
+            return Err(format!(
+                "`{shown}` must not carry a query or fragment (a key goes in api_key or api_key_env)"
+            ));
         }
         let default_port = if scheme == Scheme::Https { 443 } else { 80 };
         let (host, port) = split_host_port(authority, default_port)
-            .ok_or_else(|| format!("`{s}` has an invalid port"))?;
+            .ok_or_else(|| format!("`{shown}` has an invalid port"))?;
         let path = path.trim_end_matches('/').to_string();
         let authority = if port == default_port {
             host.clone()
@@ -114,6 +120,32 @@ impl BaseUrl {
             authority,
         })
     }
+}
+
+/// `url` as an error may show it: credentials before an `@` and anything
+/// after a `?` or `#` (a key in a query) become `****`.
+fn redacted(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let mut out = String::with_capacity(url.len());
+    if !scheme.is_empty() {
+        out.push_str(scheme);
+        out.push_str("://");
+    }
+    let cut = rest.find(['?', '#']).unwrap_or(rest.len());
+    let (before, after) = rest.split_at(cut);
+    let authority_end = before.find('/').unwrap_or(before.len());
+    match before[..authority_end].rfind('@') {
+        Some(at) => {
+            out.push_str("****");
+            out.push_str(&before[at..]);
+        }
+        None => out.push_str(before),
+    }
+    if let Some(mark) = after.chars().next() {
+        out.push(mark);
+        out.push_str("****");
+    }
+    out
 }
 
 fn split_host_port(authority: &str, default_port: u16) -> Option<(String, u16)> {
@@ -635,6 +667,21 @@ mod tests {
             let e = errors_with_env("", "GROQ_API_KEY", key);
             assert_eq!(e.len(), 1, "{key:?}: {e:?}");
             assert!(!shows_the_key(&e), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn a_base_url_error_shows_no_credentials_or_query() {
+        for (url, secret) in [
+            ("http://admin:hunter2pw@127.0.0.1:9/v1", "hunter2pw"),
+            ("https://host/v1?key=AIzaSECRET", "AIzaSECRET"),
+            ("http://u:p@ss@host/v1 x", "p@ss"),
+            ("ftp://user:topsecret@host/", "topsecret"),
+            ("https://host/v1#frag-secret", "frag-secret"),
+        ] {
+            let e = BaseUrl::parse(url).unwrap_err();
+            assert!(!e.contains(secret), "{e}");
+            assert!(e.contains("****"), "{e}");
         }
     }
 
