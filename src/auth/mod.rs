@@ -215,6 +215,8 @@ pub enum KeyError {
     NotFound(String),
     /// A file key: edit the file and reload instead.
     InConfig(String),
+    /// The id is a file key's: a new key needs another.
+    ConfigId(String),
     /// The secret is already another key's.
     SameSecret(String),
 }
@@ -231,6 +233,10 @@ impl std::fmt::Display for KeyError {
                 f,
                 "key `{id}` is defined in the config file; remove [keys.{id}] there and reload"
             ),
+            KeyError::ConfigId(id) => write!(
+                f,
+                "`{id}` is the id of a key in the config file ([keys.{id}]); choose another id"
+            ),
             KeyError::SameSecret(id) => write!(f, "that secret is already key `{id}`'s"),
         }
     }
@@ -240,6 +246,35 @@ impl std::fmt::Display for KeyError {
 struct Sets {
     config: BTreeMap<Arc<str>, Arc<KeyEntry>>,
     admin: BTreeMap<Arc<str>, Arc<KeyEntry>>,
+    /// Stored admin keys whose id the config file gives a key of its own (a
+    /// file edited so while aigw was down): not in force while it does;
+    /// they may be revoked, and come back when the file's key goes.
+    shadowed: BTreeMap<Arc<str>, Arc<KeyEntry>>,
+}
+
+impl Sets {
+    /// Admin keys go out of force while the file has a key of their id, and
+    /// come back when it no longer does.
+    fn settle_shadows(&mut self) {
+        let config = &self.config;
+        let was_hidden = std::mem::take(&mut self.shadowed);
+        for id in was_hidden.keys().filter(|id| !config.contains_key(*id)) {
+            log::warn!(
+                "keys.{id}: the config file no longer defines this id: the key created over the admin socket with it is in force again"
+            );
+        }
+        let (hidden, shown): (Vec<_>, Vec<_>) = std::mem::take(&mut self.admin)
+            .into_iter()
+            .chain(was_hidden)
+            .partition(|(id, _)| config.contains_key(id));
+        for (id, _) in &hidden {
+            log::warn!(
+                "keys.{id}: the config file defines a key with the id of a key created over the admin socket; the file's is in force and the admin key is not (revoke it with `aigw key revoke {id}`, or remove [keys.{id}] from the file to put it back in force)"
+            );
+        }
+        self.shadowed = hidden.into_iter().collect();
+        self.admin = shown.into_iter().collect();
+    }
 }
 
 /// The key table shared by every shard: changed by a reload or the admin
@@ -265,18 +300,9 @@ impl Registry {
             // refuses such a file; one edited while aigw was down is said).
             sets.admin = admin
                 .into_iter()
-                .filter(|e| {
-                    let shadowed = sets.config.contains_key(&e.id);
-                    if shadowed {
-                        log::warn!(
-                            "keys.{}: the config file defines a key with the id of a key created over the admin socket; the file's is in force and the admin key is not (remove [keys.{0}] from the file, restart and revoke it, or choose another id)",
-                            e.id
-                        );
-                    }
-                    !shadowed
-                })
                 .map(|e| (e.id.clone(), Arc::new(e)))
                 .collect();
+            sets.settle_shadows();
             r.publish(&sets);
         }
         Arc::new(r)
@@ -303,10 +329,12 @@ impl Registry {
         out
     }
 
-    /// A reload's keys replace the file's keys.
+    /// A reload's keys replace the file's keys (an admin key a file key
+    /// shadowed comes back when the file's goes).
     pub fn set_config(&self, config: &BTreeMap<String, KeyConfig>) {
         let mut sets = self.lock();
         sets.config = config_set(config);
+        sets.settle_shadows();
         self.publish(&sets);
     }
 
@@ -325,13 +353,17 @@ impl Registry {
     }
 
     fn check_new(&self, sets: &Sets, entry: &KeyEntry) -> Result<(), KeyError> {
-        if sets.config.contains_key(&entry.id) || sets.admin.contains_key(&entry.id) {
+        if sets.admin.contains_key(&entry.id) || sets.shadowed.contains_key(&entry.id) {
             return Err(KeyError::Exists(entry.id.to_string()));
+        }
+        if sets.config.contains_key(&entry.id) {
+            return Err(KeyError::ConfigId(entry.id.to_string()));
         }
         if let Some(other) = sets
             .config
             .values()
             .chain(sets.admin.values())
+            .chain(sets.shadowed.values())
             .find(|e| ct_eq(&e.hash, &entry.hash))
         {
             return Err(KeyError::SameSecret(other.id.to_string()));
@@ -339,10 +371,10 @@ impl Registry {
         Ok(())
     }
 
-    /// Whether an admin key `id` may be revoked.
+    /// Whether an admin key `id` may be revoked (one a file key shadows too).
     pub fn can_revoke(&self, id: &str) -> Result<(), KeyError> {
         let sets = self.lock();
-        if sets.admin.contains_key(id) {
+        if sets.admin.contains_key(id) || sets.shadowed.contains_key(id) {
             Ok(())
         } else if sets.config.contains_key(id) {
             Err(KeyError::InConfig(id.to_string()))
@@ -356,17 +388,18 @@ impl Registry {
         self.can_revoke(id)?;
         let mut sets = self.lock();
         sets.admin.remove(id);
+        sets.shadowed.remove(id);
         self.publish(&sets);
         Ok(())
     }
 
-    /// Every key, file keys first, by id.
-    pub fn list(&self) -> Vec<Arc<KeyEntry>> {
+    /// Every key, file keys first, by id, and whether it is in force (an
+    /// admin key a file key of its id shadows is not).
+    pub fn list(&self) -> Vec<(Arc<KeyEntry>, bool)> {
         let sets = self.lock();
-        sets.config
-            .values()
-            .chain(sets.admin.values())
-            .cloned()
+        let live = sets.config.values().chain(sets.admin.values());
+        live.map(|k| (k.clone(), true))
+            .chain(sets.shadowed.values().map(|k| (k.clone(), false)))
             .collect()
     }
 
@@ -726,8 +759,51 @@ mod tests {
         .unwrap();
         let r = Registry::new(&c.keys, vec![]);
         assert_eq!(r.revoke("f"), Err(KeyError::InConfig("f".into())));
+        // A new key may not take a file key's id: the answer says to choose another.
+        assert_eq!(
+            r.add(entry("f", "other", &[])),
+            Err(KeyError::ConfigId("f".into()))
+        );
         r.set_config(&BTreeMap::new());
         assert_eq!(r.revoke("f"), Err(KeyError::NotFound("f".into())));
+    }
+
+    /// An admin key whose id the file took while aigw was down is out of
+    /// force, listed as such, revocable, and back in force once the file's
+    /// key goes (as a restart would have it).
+    #[test]
+    fn an_admin_key_a_file_key_shadows_can_be_revoked_or_comes_back() {
+        let c = crate::config::Config::from_toml(&format!(
+            "[keys.d]\nsecret_sha256 = \"{}\"\n",
+            hex(&hash_secret(b"sk-aigw-file"))
+        ))
+        .unwrap();
+        let r = Registry::new(&c.keys, vec![entry("d", "sk-aigw-admin", &[])]);
+        let keys = ShardKeys::new(r.clone());
+        assert!(keys.find(b"sk-aigw-admin").is_none());
+        assert!(keys.find(b"sk-aigw-file").is_some());
+        let listed: Vec<bool> = r.list().iter().map(|(_, live)| *live).collect();
+        assert_eq!(listed, [true, false]);
+        // Its id and secret stay taken.
+        assert_eq!(
+            r.add(entry("d", "sk-aigw-new", &[])),
+            Err(KeyError::Exists("d".into()))
+        );
+        assert_eq!(
+            r.add(entry("e", "sk-aigw-admin", &[])),
+            Err(KeyError::SameSecret("d".into()))
+        );
+        // The file's key goes: the admin key is in force again.
+        r.set_config(&BTreeMap::new());
+        assert!(keys.find(b"sk-aigw-admin").is_some());
+        assert!(keys.find(b"sk-aigw-file").is_none());
+        // Or, while shadowed, it may be revoked for good.
+        let r = Registry::new(&c.keys, vec![entry("d", "sk-aigw-admin", &[])]);
+        r.revoke("d").unwrap();
+        r.set_config(&BTreeMap::new());
+        let keys = ShardKeys::new(r.clone());
+        assert!(keys.find(b"sk-aigw-admin").is_none());
+        assert!(r.list().is_empty());
     }
 
     #[test]

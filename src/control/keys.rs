@@ -15,7 +15,7 @@ use std::sync::Arc;
 /// `GET /keys`: every key, without hashes.
 pub fn list(keys: &Registry) -> String {
     let mut out = String::from("{\"keys\":[");
-    for (i, k) in keys.list().iter().enumerate() {
+    for (i, (k, in_force)) in keys.list().iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
@@ -23,7 +23,7 @@ pub fn list(keys: &Registry) -> String {
         push_json_string(&mut out, &k.id);
         out.push_str(",\"origin\":\"");
         out.push_str(k.origin.as_str());
-        out.push_str("\",\"models\":");
+        out.push_str(&format!("\",\"in_force\":{in_force},\"models\":"));
         out.push_str(&encode_models(&k.models));
         out.push_str(",\"metadata\":");
         out.push_str(&encode_metadata(&k.metadata));
@@ -43,7 +43,10 @@ fn error(status: u16, message: &str) -> (u16, String) {
 fn key_error(e: &KeyError) -> (u16, String) {
     let status = match e {
         KeyError::NotFound(_) => 404,
-        KeyError::Exists(_) | KeyError::InConfig(_) | KeyError::SameSecret(_) => 409,
+        KeyError::Exists(_)
+        | KeyError::InConfig(_)
+        | KeyError::ConfigId(_)
+        | KeyError::SameSecret(_) => 409,
     };
     error(status, &e.to_string())
 }

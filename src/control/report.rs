@@ -265,7 +265,11 @@ pub fn keys_table(keys_json: &str) -> Option<String> {
             out,
             "{:<24} {:<7} {:<40} {}",
             crate::logstore::query::printable(k.get("id")?.as_str()?, false),
-            k.get("origin")?.as_str()?,
+            if k.get("in_force").and_then(|x| x.as_bool()) == Some(false) {
+                "admin (not in force: the file has a key of its id)"
+            } else {
+                k.get("origin")?.as_str()?
+            },
             crate::logstore::query::printable(&list("models"), false),
             crate::logstore::query::printable(&meta, false),
         );
