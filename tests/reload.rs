@@ -96,10 +96,11 @@ fn restart_only_settings_are_named_and_keep_their_values(shards: usize) {
     let gw = Gateway::with(shards)
         .server("drain_timeout = \"3s\"")
         .provider("up", &a.base_url(), "")
-        .toml("[timeouts]\nfirst_byte = \"30s\"")
+        .toml("[timeouts]\nfirst_byte = \"30s\"\n[cache]\nenabled = true\nsize = \"16MiB\"\nmax_entry = \"1MiB\"\n")
         .start();
     edit(&gw, "drain_timeout = \"3s\"", "drain_timeout = \"4s\"");
     edit(&gw, "first_byte = \"30s\"", "first_byte = \"40s\"");
+    edit(&gw, "max_entry = \"1MiB\"", "max_entry = \"2MiB\"");
     let (status, body) = admin_post(&gw.admin_socket, "/config/reload");
     assert_eq!(status, 200);
     let report = json(&body);
@@ -111,11 +112,25 @@ fn restart_only_settings_are_named_and_keep_their_values(shards: usize) {
             .map(|v| v.as_str().unwrap().to_string())
             .collect()
     };
-    assert_eq!(list("restart_needed"), ["server.drain_timeout"]);
+    assert_eq!(
+        list("restart_needed"),
+        ["cache.max_entry", "server.drain_timeout"]
+    );
     assert_eq!(list("changed"), ["timeouts.first_byte"]);
     let config = String::from_utf8(admin_get(&gw.admin_socket, "/config").1).unwrap();
     assert!(config.contains("server.drain_timeout = 3s\n"), "{config}");
+    assert!(config.contains("cache.max_entry = 1048576\n"), "{config}");
     assert!(config.contains("timeouts.first_byte = 40s\n"), "{config}");
+    // The running values stay what the next reload compares with: the
+    // file set back, nothing needs a restart.
+    edit(&gw, "max_entry = \"2MiB\"", "max_entry = \"1MiB\"");
+    edit(&gw, "drain_timeout = \"4s\"", "drain_timeout = \"3s\"");
+    let (status, body) = admin_post(&gw.admin_socket, "/config/reload");
+    assert_eq!(status, 200);
+    assert_eq!(
+        json(&body)["restart_needed"].as_array().map(Vec::len),
+        Some(0)
+    );
 }
 
 /// `cache.shared` applies from the next request: turned off, two

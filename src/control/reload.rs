@@ -166,6 +166,9 @@ impl Reloader {
         new.admin_socket = running.admin_socket.clone();
         new.admin_listen = running.admin_listen;
         new.logs.enabled = running.logs.enabled;
+        new.cache.enabled = running.cache.enabled;
+        new.cache.size = running.cache.size;
+        new.cache.max_entry = running.cache.max_entry;
         self.carry_on(&running, &new);
         let new = Arc::new(new);
         for tx in self.shards.iter() {
