@@ -553,6 +553,16 @@ fn route_config_errors_name_the_key(_shards: usize) {
         let err = aigw::config::Config::from_toml_with_env(toml, &|_| None).unwrap_err();
         assert!(err.to_string().contains(path), "{path}: {err}");
     }
+    // A provider that is there but in error is named for its error only,
+    // not as missing from the routes that use it.
+    let err = aigw::config::Config::from_toml_with_env(
+        "[providers.m]\nkind = \"openaii\"\nbase_url = \"http://127.0.0.1:9/v1\"\n[routes.x]\ntargets = [{ provider = \"m\", model = \"a\" }]\n",
+        &|_| None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("providers.m.kind"), "{err}");
+    assert!(!err.contains("not a configured provider"), "{err}");
 }
 
 at_1_and_2_shards!(

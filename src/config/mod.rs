@@ -129,6 +129,12 @@ impl Config {
         let prices = prices::read_prices(&mut w, &root);
         let budgets = budgets::read_budgets(&mut w, &root);
         let routes = routes::read_routes(&mut w, &root, env);
+        // A provider written in the file but in error has its own message.
+        let written = |name: &str| {
+            root.get("providers")
+                .and_then(|p| p.as_table())
+                .is_some_and(|p| p.contains_key(name))
+        };
         for r in &routes {
             let lists = std::iter::once(("targets".to_string(), &r.targets)).chain(
                 r.variants
@@ -138,7 +144,7 @@ impl Config {
             );
             for (list, targets) in lists {
                 for (i, t) in targets.iter().enumerate() {
-                    if !providers.contains_key(&t.provider) {
+                    if !providers.contains_key(&t.provider) && !written(&t.provider) {
                         w.err(
                             &format!("routes.{}.{list}[{i}].provider", r.name),
                             format!(
