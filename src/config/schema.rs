@@ -36,7 +36,7 @@ pub const KEYS: &[KeySpec] = &[
     KeySpec {
         path: "server.drain_timeout",
         default: "10s",
-        meaning: "on SIGTERM, how long in-flight requests may take before exit",
+        meaning: "on SIGTERM, how long in-flight requests may take before exit (those still running then are cut, and leave no log row)",
     },
     KeySpec {
         path: "server.spin_before_park",
