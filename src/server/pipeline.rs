@@ -1237,6 +1237,17 @@ async fn serve_hit(
 /// provider and model that answered: a route's fallback may have reached
 /// another target than the first, which the request itself routed to.
 fn credit_served(rec: &mut RequestRecord, served: &[u8]) {
+    // Usually the request's own target answered: one comparison of bytes.
+    if let Some(p) = rec.provider.as_deref() {
+        let m = rec.model.as_deref().unwrap_or("");
+        if served.len() == p.len() + 1 + m.len()
+            && served.starts_with(p.as_bytes())
+            && served[p.len()] == b'\n'
+            && served.ends_with(m.as_bytes())
+        {
+            return;
+        }
+    }
     let Some((provider, model)) = entry::served_by(served) else {
         return;
     };
