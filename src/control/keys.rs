@@ -85,6 +85,12 @@ pub fn create(keys: &Registry, data_dir: &Path, body: &[u8]) -> (u16, String) {
 /// The entry a create body describes, and the secret made for it (if the
 /// body brought no hash).
 fn parse(body: &[u8]) -> Result<(KeyEntry, Option<String>), String> {
+    // A field given twice would be read as either, depending on the reader.
+    if let Err(crate::cache::key::NoKey::DuplicateKey) =
+        crate::cache::key::canonical(body, &mut Vec::new())
+    {
+        return Err("a field is given twice (at any depth); give each once".into());
+    }
     let mut bytes = body.to_vec();
     let v = simd_json::to_owned_value(&mut bytes)
         .map_err(|_| "the body must be a JSON object like {\"id\":\"alice\"}".to_string())?;
@@ -179,6 +185,18 @@ pub fn revoke(keys: &Registry, data_dir: &Path, id: &str) -> (u16, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_field_given_twice_is_refused() {
+        for body in [
+            &br#"{"id":"a","id":"b"}"#[..],
+            br#"{"id":"a","metadata":{"team":"x","team":"y"}}"#,
+        ] {
+            let e = parse(body).unwrap_err();
+            assert!(e.contains("twice"), "{e}");
+        }
+        assert!(parse(br#"{"id":"a","metadata":{"team":"x"}}"#).is_ok());
+    }
 
     #[test]
     fn create_bodies_are_checked_field_by_field() {
