@@ -91,7 +91,8 @@ impl BaseUrl {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, ""),
         };
-        if authority.is_empty() || authority.contains('@') {
+        // No `@` anywhere: one in the path is likely a password with a `/`.
+        if authority.is_empty() || s.contains('@') {
             return Err(format!(
                 "`{shown}` needs a host (and no user:password@: give the key as api_key or api_key_env)"
             ));
@@ -122,28 +123,31 @@ impl BaseUrl {
     }
 }
 
-/// `url` as an error may show it: credentials before an `@` and anything
-/// after a `?` or `#` (a key in a query) become `****`.
+/// `url` as an error may show it: everything up to its last `@` but the
+/// scheme (credentials, however the URL is broken), and anything after a `?`
+/// or `#` (a key in a query), become `****`. Over-redacts rather than show.
 fn redacted(url: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
     let mut out = String::with_capacity(url.len());
-    if !scheme.is_empty() {
-        out.push_str(scheme);
-        out.push_str("://");
-    }
-    let cut = rest.find(['?', '#']).unwrap_or(rest.len());
-    let (before, after) = rest.split_at(cut);
-    let authority_end = before.find('/').unwrap_or(before.len());
-    match before[..authority_end].rfind('@') {
+    let rest = match url.find("://") {
+        Some(i) if url[..i].bytes().all(|b| b.is_ascii_alphanumeric()) => {
+            out.push_str(&url[..i + 3]);
+            &url[i + 3..]
+        }
+        _ => url,
+    };
+    let rest = match rest.rfind('@') {
         Some(at) => {
             out.push_str("****");
-            out.push_str(&before[at..]);
+            &rest[at..]
         }
-        None => out.push_str(before),
-    }
-    if let Some(mark) = after.chars().next() {
-        out.push(mark);
-        out.push_str("****");
+        None => rest,
+    };
+    match rest.find(['?', '#']) {
+        Some(cut) => {
+            out.push_str(&rest[..=cut]);
+            out.push_str("****");
+        }
+        None => out.push_str(rest),
     }
     out
 }
@@ -678,6 +682,13 @@ mod tests {
             ("http://u:p@ss@host/v1 x", "p@ss"),
             ("ftp://user:topsecret@host/", "topsecret"),
             ("https://host/v1#frag-secret", "frag-secret"),
+            ("http:/admin:hunter2pw@127.0.0.1:9/v1", "hunter2pw"),
+            ("http//admin:hunter2pw@127.0.0.1/v1", "hunter2pw"),
+            ("http://admin:hun/ter2pw@127.0.0.1:9/v1", "ter2pw"),
+            ("http://admin:hun?ter2pw@127.0.0.1/v1", "admin:hun"),
+            ("http://admin:hun#ter2pw@127.0.0.1/v1", "admin:hun"),
+            ("admin:hunter2pw@127.0.0.1/v1", "hunter2pw"),
+            ("http://admin:123/x@127.0.0.1/v1", "admin:123/x"),
         ] {
             let e = BaseUrl::parse(url).unwrap_err();
             assert!(!e.contains(secret), "{e}");
