@@ -263,14 +263,26 @@ impl Sets {
                 "keys.{id}: the config file no longer defines this id: the key created over the admin socket with it is in force again"
             );
         }
+        // A file key of the same id, or with the same secret, shadows it.
+        let by_secret = |e: &KeyEntry| {
+            config
+                .values()
+                .find(|f| ct_eq(&f.hash, &e.hash))
+                .map(|f| f.id.clone())
+        };
         let (hidden, shown): (Vec<_>, Vec<_>) = std::mem::take(&mut self.admin)
             .into_iter()
             .chain(was_hidden)
-            .partition(|(id, _)| config.contains_key(id));
-        for (id, _) in &hidden {
-            log::warn!(
-                "keys.{id}: the config file defines a key with the id of a key created over the admin socket; the file's is in force and the admin key is not (revoke it with `aigw key revoke {id}`, or remove [keys.{id}] from the file to put it back in force)"
-            );
+            .partition(|(id, e)| config.contains_key(id) || by_secret(e).is_some());
+        for (id, e) in &hidden {
+            match by_secret(e).filter(|f| f != id) {
+                Some(file) => log::warn!(
+                    "keys.{file}: the config file gives this key the secret of `{id}`, a key created over the admin socket; the file's is in force and `{id}` is not (revoke it with `aigw key revoke {id}`, or give keys.{file} a secret of its own to put it back in force)"
+                ),
+                None => log::warn!(
+                    "keys.{id}: the config file defines a key with the id of a key created over the admin socket; the file's is in force and the admin key is not (revoke it with `aigw key revoke {id}`, or remove [keys.{id}] from the file to put it back in force)"
+                ),
+            }
         }
         self.shadowed = hidden.into_iter().collect();
         self.admin = shown.into_iter().collect();
@@ -797,6 +809,32 @@ mod tests {
         r.set_config(&BTreeMap::new());
         assert!(keys.find(b"sk-aigw-admin").is_some());
         assert!(keys.find(b"sk-aigw-file").is_none());
+        // A file key with another id but the admin key's secret shadows it
+        // too: the secret is the file key's, and the admin key is listed as
+        // out of force (not in force under its own models).
+        let c2 = crate::config::Config::from_toml(&format!(
+            "[keys.bo]\nsecret_sha256 = \"{}\"\n",
+            hex(&hash_secret(b"sk-aigw-admin"))
+        ))
+        .unwrap();
+        let r2 = Registry::new(&c2.keys, vec![entry("amy", "sk-aigw-admin", &["up/b"])]);
+        let live: Vec<(String, bool)> = r2
+            .list()
+            .iter()
+            .map(|(k, live)| (k.id.to_string(), *live))
+            .collect();
+        assert_eq!(live, [("bo".into(), true), ("amy".into(), false)]);
+        assert!(r2.clashes(&c2.keys).is_empty(), "the running file reloads");
+        let keys2 = ShardKeys::new(r2.clone());
+        assert_eq!(
+            keys2.find(b"sk-aigw-admin").map(|k| k.id.clone()),
+            Some(Arc::from("bo"))
+        );
+        r2.set_config(&BTreeMap::new());
+        assert_eq!(
+            keys2.find(b"sk-aigw-admin").map(|k| k.id.clone()),
+            Some(Arc::from("amy"))
+        );
         // Or, while shadowed, it may be revoked for good.
         let r = Registry::new(&c.keys, vec![entry("d", "sk-aigw-admin", &[])]);
         r.revoke("d").unwrap();
