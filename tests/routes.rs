@@ -137,6 +137,24 @@ fn a_shared_or_cached_answer_names_the_target_that_served(shards: usize) {
         Some(7),
         "{stats}"
     );
+    // A serving model whose name is too long to keep in the entry: the
+    // answer is not stored (never credited to the first target).
+    let long = "m".repeat(1100);
+    let gw = Gateway::with(shards)
+        .provider("a", &a.base_url(), "")
+        .provider("b", &b.base_url(), "")
+        .toml(&format!(
+            "[routes.chat]\ntargets = [{{ provider = \"a\", model = \"m-a\" }}, {{ provider = \"b\", model = \"{long}\" }}]\n[cache]\nenabled = true\nsize = \"16MiB\"\nmax_entry = \"1MiB\"\n"
+        ))
+        .start();
+    for _ in 0..2 {
+        let r = gw
+            .client()
+            .post("/v1/chat/completions", &[], &chat("chat", false));
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("aigw-cache-status"), Some("MISS"));
+        assert_eq!(r.header("aigw-provider"), Some("b"));
+    }
     assert!(stats["providers"].get("a").is_none(), "{stats}");
 }
 

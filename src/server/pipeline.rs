@@ -1294,6 +1294,12 @@ fn fill_tap(
     // than the first): what a hit or a follower says and is counted under.
     let mut served = Vec::new();
     entry::served(&plan.provider.name, rec.model.as_deref(), &mut served);
+    if served.is_empty() && plan.routing.is_some() {
+        // Too long to keep: a routed answer is then neither stored nor
+        // shared, rather than said to come from the route's first target.
+        leading.fail();
+        return None;
+    }
     leading.head(
         FlightHead {
             status: rh.status,
