@@ -543,6 +543,27 @@ fn limits_follow_the_serving_target(shards: usize) {
     assert_eq!(r.header("aigw-error-source"), Some("gateway"));
     assert!(r.text().contains("b-only"), "{}", r.text());
     assert_eq!(b.requests_seen(), 1);
+    // Refused at the route's first target, a request moves on to the next,
+    // as it does when refused at any later one.
+    let (a, b) = (mock(), mock());
+    let gw = gateway(
+        shards,
+        &a,
+        &b,
+        &format!(
+            "{FALLBACK}[[rate_limits]]\nname = \"a-only\"\nscope = \"gateway\"\ncount = \"requests\"\nlimit = 1\nwindow = \"1h\"\nmodels = [\"a/*\"]\n"
+        ),
+    );
+    let mut c = gw.client();
+    let served: Vec<_> = (0..3)
+        .map(|_| {
+            let r = c.post("/v1/chat/completions", &[], &chat("chat", false));
+            assert_eq!(r.status, 200, "{}", r.text());
+            r.header("aigw-provider").unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(served, ["a", "b", "b"]);
+    assert_eq!((a.requests_seen(), b.requests_seen()), (1, 2));
 }
 
 fn route_config_errors_name_the_key(_shards: usize) {

@@ -136,11 +136,19 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         now_ms: rec.id.unix_ms(),
         hit: answered,
     };
+    // Refused at a route's first target: the next one is tried, as a
+    // refusal at any later target moves on (the last refusal is the answer).
+    let mut refused_first = None;
     if let Err(e) = admit(ctx, inputs, &mut admission, &mut reservation) {
-        // Refused: it leads nothing (followers go on their own).
-        drop(cached);
-        rec.cache = None;
-        return answer_error(ctx, c, &mut rec, &e, keep_alive).await;
+        let moves_on = plan.routing.as_ref().is_some_and(|r| r.order.len() > 1)
+            && matches!(cached, Cached::Off | Cached::Lead(_));
+        if !moves_on {
+            // Refused: it leads nothing (followers go on their own).
+            drop(cached);
+            rec.cache = None;
+            return answer_error(ctx, c, &mut rec, &e, keep_alive).await;
+        }
+        refused_first = Some(e);
     }
     let mut lead = None;
     match cached {
@@ -228,7 +236,17 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         };
         admit(ctx, inputs, &mut admission, &mut reservation)
     };
-    let attempted = attempts(ctx, c, req, &mut plan, &wish, &mut rec, &mut readmit).await;
+    let attempted = attempts(
+        ctx,
+        c,
+        req,
+        &mut plan,
+        &wish,
+        &mut rec,
+        &mut readmit,
+        refused_first,
+    )
+    .await;
     // A route's serving target sets the price (and the record's provider and model).
     let priced = if plan.routing.is_some() {
         rec.model
@@ -242,6 +260,10 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         Err(Unanswered::Failed(e)) => {
             // The time waiting on the provider is not the gateway's.
             rec.gateway = upstream_from.duration_since(req.started);
+            if e.source == ErrorSource::Client {
+                // Refused at every target: no cache status, as any refusal.
+                rec.cache = None;
+            }
             // No answer, so nothing reported spent: zero for a priced model
             // (unknown stays what a model without a price costs).
             if rec.cost.is_none() && (priced.is_some() || wish.custom_cost.is_some()) {
@@ -1552,6 +1574,7 @@ const DEFAULT_FALLBACK_STATUSES: &[u16] = &[429, 500, 502, 503, 504, 529];
 /// (without `max-attempts`) one try. Targets that are cooling are skipped.
 /// The last try's reply is the answer, whatever its status; waits honour the
 /// provider's `Retry-After`. A stale pooled connection earns a free retry.
+#[allow(clippy::too_many_arguments)]
 async fn attempts(
     ctx: &ShardCtx,
     c: &mut ClientConn,
@@ -1560,6 +1583,7 @@ async fn attempts(
     wish: &Wish,
     rec: &mut RequestRecord,
     readmit: &mut Readmit<'_>,
+    refused_first: Option<GatewayError>,
 ) -> Result<UpstreamReply, Unanswered> {
     // The common case, one target and one try, without the engine's state
     // (which is boxed, so it does not grow every request's future).
@@ -1574,13 +1598,25 @@ async fn attempts(
             }
         };
     }
-    Box::pin(retrying_attempts(ctx, c, req, plan, wish, rec, readmit)).await
+    Box::pin(retrying_attempts(
+        ctx,
+        c,
+        req,
+        plan,
+        wish,
+        rec,
+        readmit,
+        refused_first,
+    ))
+    .await
 }
 
 /// Admits a request again for the plan's (new) target.
 type Readmit<'a> = dyn FnMut(&Plan, &RequestRecord) -> Result<(), GatewayError> + 'a;
 
-/// [`attempts`] with retries, fallbacks and cooldowns.
+/// [`attempts`] with retries, fallbacks and cooldowns. `refused_first`:
+/// the limits or budgets refused the plan's target before any try.
+#[allow(clippy::too_many_arguments)]
 async fn retrying_attempts(
     ctx: &ShardCtx,
     c: &mut ClientConn,
@@ -1589,6 +1625,7 @@ async fn retrying_attempts(
     wish: &Wish,
     rec: &mut RequestRecord,
     readmit: &mut Readmit<'_>,
+    mut refused_first: Option<GatewayError>,
 ) -> Result<UpstreamReply, Unanswered> {
     let route = plan.routing.as_ref().map(|r| r.route.clone());
     let mut retry = route.as_ref().map_or_else(Retry::default, |r| r.retry);
@@ -1610,6 +1647,11 @@ async fn retrying_attempts(
     let mut body_at = build_upstream(c, req, plan);
     let mut last_error = None;
     for (n, &step) in steps.iter().enumerate() {
+        let first = plan.routing.as_ref().is_some_and(|r| r.step == step);
+        if first && refused_first.is_some() {
+            last_error = refused_first.take();
+            continue;
+        }
         if plan.routing.as_ref().is_some_and(|r| r.step != step) {
             let view = req.view(&c.head, &c.buf, &c.body);
             match route::retarget(plan, step, view.body, &mut c.unified) {
