@@ -812,6 +812,9 @@ fn usage(
 ) -> Result<String, String> {
     use aigw::control::usage::{By, rebuild, usage_json, usage_table};
     let config = load(config)?;
+    if !config.logs.enabled {
+        return Err("the request log is off in this config (logs.enabled = false), and `aigw usage` reads the log: turn it on, or ask the running gateway (GET /usage on its admin socket shows its budgets)".into());
+    }
     let parsed = By::parse(by).map_err(|e| format!("--{e}"))?;
     let now = aigw::reqid::now_unix_ms();
     let since_ms =

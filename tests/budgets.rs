@@ -471,11 +471,23 @@ at_1_and_2_shards!(
 /// `aigw usage` (which reads the log) says what to turn on.
 fn budgets_stand_in_usage_without_a_log(shards: usize) {
     let mock = mock();
+    // A store an earlier run left (the log on then) is not read for totals.
+    let mut earlier = Gateway::with(shards)
+        .provider("up", &mock.base_url(), "")
+        .toml(PRICE)
+        .start();
+    let r = earlier
+        .client()
+        .post("/v1/chat/completions", &[SHORT], &body(0));
+    assert_eq!(r.status, 200, "{}", r.text());
+    earlier.terminate();
+    assert!(earlier.wait_exit().success());
     let gw = Gateway::with(shards)
         .provider("up", &mock.base_url(), "")
         .toml(&format!(
             "{PRICE}[logs]\nenabled = false\n[[budgets]]\nname = \"five\"\nscope = \"gateway\"\nusd = 5.0\nwindow = \"daily\"\n"
         ))
+        .data_dir(&earlier.data_dir())
         .start();
     let mut c = gw.client();
     let r = c.post("/v1/chat/completions", &[SHORT], &body(1));

@@ -72,6 +72,9 @@ pub fn bind(path: &Path) -> Result<UnixListener, String> {
     Ok(listener)
 }
 
+/// Why `/usage` has no totals with the log off.
+const LOG_OFF: &str = "the request log is off (logs.enabled = false): no totals by group; the budgets are the running counts";
+
 impl Admin {
     pub fn new(
         hub: Arc<StatsHub>,
@@ -362,8 +365,14 @@ impl Admin {
             .shared
             .budgets
             .report(&self.reloader.running().budgets, now);
-        // Without a log there are no totals, but the budgets still stand.
-        let conn = logstore::open_for_reading(&self.log_path);
+        // Without a log there are no totals, but the budgets still stand. A
+        // store an earlier run left is not today's: with the log off, no
+        // totals are read from it.
+        let conn = if self.reloader.running().logs.enabled {
+            logstore::open_for_reading(&self.log_path)
+        } else {
+            Err(LOG_OFF.to_string())
+        };
         super::usage::usage_json(
             conn.as_ref().map_err(String::as_str),
             &by,
