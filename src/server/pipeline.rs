@@ -458,28 +458,35 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
     let most = plan
         .max_tokens
         .map_or(u64::MAX, |m| m.saturating_mul(plan.choices.max(1)));
-    let relayed_tokens = usage
-        .relayed_text()
-        .unwrap_or(relayed.bytes_out)
-        .div_ceil(4)
-        .min(most);
+    // Read only when an estimate is needed (a JSON answer's text is found
+    // by reading its tail again).
+    let relayed_tokens = || {
+        usage
+            .relayed_text()
+            .unwrap_or(relayed.bytes_out)
+            .div_ceil(4)
+            .min(most)
+    };
+    let estimate = rec.usage.is_empty() && rec.status < 400;
     // A stream that failed before any text used nothing, as an error
     // status does.
-    let failed_at_once = failed && relayed_tokens == 0;
-    if rec.usage.is_empty() && rec.status < 400 && !failed_at_once {
+    let output = if estimate { relayed_tokens() } else { 0 };
+    if estimate && !(failed && output == 0) {
         used = Tokens {
             input: body_len(c, req).div_ceil(4),
-            output: relayed_tokens,
+            output,
             input_includes_cached: true,
             ..Tokens::default()
         };
         rec.cost_estimated = true;
-    } else if relayed.ending != Ending::Complete && rec.status < 400 && used.output < relayed_tokens
-    {
+    } else if !estimate && relayed.ending != Ending::Complete && rec.status < 400 {
         // Cut after a first report (Anthropic counts input at the start):
         // the output is at least what was relayed.
-        used.output = relayed_tokens;
-        rec.cost_estimated = true;
+        let relayed = relayed_tokens();
+        if used.output < relayed {
+            used.output = relayed;
+            rec.cost_estimated = true;
+        }
     }
     let custom = under_budget(wish.custom_cost, &reservation, priced);
     price(&mut rec, priced, &used, custom.as_ref());
