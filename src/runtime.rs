@@ -300,6 +300,11 @@ struct ShardArgs {
     shared: Shared,
 }
 
+/// The end of a drain given to stopping the requests still running (at most
+/// half of `server.drain_timeout`): a relay notices a shut client socket at
+/// its next write, or within a second while its provider is silent.
+const STOP_GRACE: Duration = Duration::from_millis(1500);
+
 async fn run_shard(a: ShardArgs) {
     // glommio 0.9.0's first timer sleep registers a membarrier (6-14 ms here);
     // pay it before serving instead of on the first request.
@@ -382,17 +387,35 @@ async fn run_shard(a: ShardArgs) {
     let _ = stopper.shutdown(std::net::Shutdown::Read);
     drop(listener);
     ctx.begin_drain();
-    let drained = timer::timeout(a.config.server.drain_timeout, async {
-        let _ = gate.close().await;
+    // The last part of the drain stops what still runs, so every request
+    // ends (and is recorded) within server.drain_timeout.
+    let total = a.config.server.drain_timeout;
+    let grace = STOP_GRACE.min(total / 2);
+    let mut closing = std::pin::pin!(gate.close());
+    let drained = timer::timeout(total - grace, async {
+        let _ = (&mut closing).await;
         Ok(())
     })
     .await;
     if drained.is_err() {
         log::warn!(
-            "shard {}: {} connection(s) still busy after server.drain_timeout; closing them",
+            "shard {}: {} connection(s) still busy near the end of server.drain_timeout; stopping their requests (recorded with error_code shutting_down)",
             a.shard,
             ctx.open_connections()
         );
+        ctx.stop_all();
+        let stopped = timer::timeout(grace, async {
+            let _ = (&mut closing).await;
+            Ok(())
+        })
+        .await;
+        if stopped.is_err() {
+            log::warn!(
+                "shard {}: {} connection(s) still busy after server.drain_timeout; closing them",
+                a.shard,
+                ctx.open_connections()
+            );
+        }
     }
     // The log thread runs until every shard has ended: a full inbox gets a
     // few of its rounds to make room.

@@ -94,6 +94,20 @@ pub fn peer_closed(fd: std::os::fd::RawFd) -> bool {
     n > 0 && p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
 }
 
+/// Shuts the socket `fd` down both ways: its reads end and its writes fail
+/// at once, wherever they wait (the end of a drain stops the requests still
+/// running this way, so each ends and is recorded). Errors are ignored (a
+/// socket already closed by its peer).
+pub fn shutdown_socket(fd: std::os::fd::RawFd) {
+    // SAFETY: shutdown(2) takes a descriptor number and changes no memory; a
+    // number that is not an open socket is refused by the kernel (EBADF,
+    // ENOTSOCK), which is ignored. Callers pass the descriptor of a
+    // connection that is still open (registered with its shard).
+    unsafe {
+        libc::shutdown(fd, libc::SHUT_RDWR);
+    }
+}
+
 /// The descriptor of a glommio TCP stream, borrowed for as long as the stream is.
 pub fn tcp_fd(stream: &glommio::net::TcpStream) -> BorrowedFd<'_> {
     // SAFETY: a glommio `TcpStream` owns its socket and closes it only when

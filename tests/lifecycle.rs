@@ -382,7 +382,77 @@ fn drain_gives_up_after_drain_timeout(shards: usize) {
     );
 }
 
+/// A drain that runs out of time stops what still runs, and records it: a
+/// request waiting on a silent provider and a stream still being relayed
+/// each leave a row (`shutting_down`, the stream charged an estimate), and
+/// the process exits within its drain timeout.
+fn a_drain_that_runs_out_records_what_it_stopped(shards: usize) {
+    let held = HeldUpstream::start();
+    let streaming = mock();
+    let mut gw = Gateway::with(shards)
+        .server("drain_timeout = \"2s\"")
+        .provider("held", &held.base_url(), "")
+        .provider("up", &streaming.base_url(), "")
+        .toml("[prices.\"up/gpt-x\"]\ninput = 1.0\noutput = 2.0\n")
+        .start();
+    let mut stuck = gw.client();
+    stuck.send(&common::wire::request_bytes(
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        br#"{"model":"held/m"}"#,
+    ));
+    held.wait_arrival();
+    let mut long = gw.client();
+    long.send(&common::wire::request_bytes(
+        "POST",
+        "/v1/chat/completions",
+        &[
+            ("Content-Type", "application/json"),
+            ("x-mock-chunks", "100"),
+            ("x-mock-chunk-interval-ms", "100"),
+        ],
+        br#"{"model":"up/gpt-x","stream":true,"messages":[{"role":"user","content":"go on"}]}"#,
+    ));
+    // Its stream has begun (the head is there).
+    let mut head = [0u8; 12];
+    std::io::Read::read_exact(&mut long.stream, &mut head).expect("the stream began");
+    let asked = std::time::Instant::now();
+    gw.terminate();
+    let status = gw.wait_exit();
+    assert_eq!(status.code(), Some(0), "{}", gw.stderr());
+    assert!(
+        asked.elapsed() < std::time::Duration::from_millis(3500),
+        "exit took {:?}",
+        asked.elapsed()
+    );
+    let (code, out, err) = run_aigw(&[
+        "logs",
+        "--data-dir",
+        gw.data_dir().to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let rows: Vec<_> = out.lines().map(|l| json(l.as_bytes())).collect();
+    let stopped: Vec<_> = rows
+        .iter()
+        .filter(|r| r["error_code"].as_str() == Some("shutting_down"))
+        .collect();
+    assert_eq!(stopped.len(), 2, "{out}");
+    for r in &stopped {
+        assert_eq!(r["error_source"].as_str(), Some("gateway"), "{r}");
+        assert_eq!(r["outcome"].as_str(), Some("aborted_by_client"), "{r}");
+    }
+    let stream = stopped
+        .iter()
+        .find(|r| r["stream"].as_bool() == Some(true))
+        .expect("the stream's row");
+    assert!(stream["cost"].cast_f64().unwrap() > 0.0, "{stream}");
+    assert_eq!(stream["cost_estimated"].as_bool(), Some(true), "{stream}");
+}
+
 at_1_and_2_shards!(
+    a_drain_that_runs_out_records_what_it_stopped,
     serve_refuses_a_listen_address_in_use,
     serve_refuses_an_admin_socket_in_use,
     stats_command_prints_the_admin_json,

@@ -28,7 +28,7 @@ const MIN_TIMEOUT: Duration = Duration::from_millis(1);
 pub async fn serve(ctx: Rc<ShardCtx>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let _ = stream.set_write_timeout(Some(ctx.config().timeouts.client_write));
-    let id = ctx.register();
+    let id = ctx.register(std::os::fd::AsRawFd::as_raw_fd(&stream));
     let mut c = ClientConn::new(stream);
     loop {
         let req = match read_request(&ctx, &mut c, id).await {

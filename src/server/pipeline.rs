@@ -2089,6 +2089,11 @@ async fn write_answer(
 fn record(ctx: &ShardCtx, rec: &mut RequestRecord) {
     use std::fmt::Write as _;
     rec.total = rec.started.elapsed();
+    if ctx.stopping.get() && rec.outcome == Outcome::ClientAborted {
+        // Cut by the end of a drain, not by its client.
+        rec.error_source = Some(ErrorSource::Gateway);
+        rec.error_code = Some("shutting_down");
+    }
     if let Some(r) = rec.log.as_mut().and_then(|l| l.routing.as_mut()) {
         let _ = write!(r, "],\"attempts\":{}}}", rec.attempts);
     }

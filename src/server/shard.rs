@@ -29,6 +29,8 @@ use std::time::Instant;
 
 /// A live client connection as the drain logic sees it.
 struct ConnEntry {
+    /// The client socket (open while the entry is registered).
+    fd: std::os::fd::RawFd,
     /// Waiting for the next request with nothing buffered.
     idle: bool,
     /// Woken when a drain starts while the connection is idle.
@@ -98,6 +100,8 @@ pub struct ShardCtx {
     /// Event streams being relayed.
     streams: Cell<u64>,
     pub draining: Cell<bool>,
+    /// The drain ran out of time: requests still running are being stopped.
+    pub stopping: Cell<bool>,
     /// Request ids (UUIDv7) and the shard's cheap randomness (log sampling).
     ids: RefCell<IdGen>,
     clock: WallClock,
@@ -174,6 +178,7 @@ impl ShardCtx {
             in_flight: Cell::new(0),
             streams: Cell::new(0),
             draining: Cell::new(false),
+            stopping: Cell::new(false),
             interned: RefCell::new(interned),
             scans: RefCell::new(crate::json::ScanMemo::default()),
             metadata_memo: RefCell::new(crate::record::MetadataMemo::new()),
@@ -513,12 +518,23 @@ impl ShardCtx {
     }
 
     /// A new client connection: its id in the slab.
-    pub fn register(&self) -> u64 {
+    pub fn register(&self, fd: std::os::fd::RawFd) -> u64 {
         self.accepted.set(self.accepted.get() + 1);
         self.conns.borrow_mut().insert(ConnEntry {
+            fd,
             idle: true,
             waker: None,
         }) as u64
+    }
+
+    /// The end of a drain: every connection still open is shut down, so the
+    /// requests on them end now (as if their clients had left: recorded and
+    /// charged what they used, marked `shutting_down`).
+    pub fn stop_all(&self) {
+        self.stopping.set(true);
+        for e in self.conns.borrow().entries.iter().flatten() {
+            crate::sys::shutdown_socket(e.fd);
+        }
     }
 
     pub fn unregister(&self, id: u64) {
