@@ -212,6 +212,15 @@ impl Reloader {
                 "reload: the request log did not confirm a flush; the newest requests may be missing from the rebuilt rules"
             );
         }
+        // What settles while the log is read (seconds, for a large one) is
+        // read again after it, so the rules miss only what settles in the
+        // second read and the switch.
+        let again = || {
+            if running.logs.enabled {
+                let _ =
+                    self.hub.flush_shards(&self.shards, APPLY_WAIT) && self.logs.flush(APPLY_WAIT);
+            }
+        };
         match super::usage::rebuild_rules(
             &running.server.data_dir,
             &rates,
@@ -219,6 +228,7 @@ impl Reloader {
             &self.shared.limiter,
             &self.shared.budgets,
             false,
+            Some(&again),
         ) {
             Ok(n) => log::info!(
                 "reload: {} new rate limits and {} new budgets rebuilt from {n} logged requests",

@@ -25,6 +25,7 @@ pub fn rebuild(config: &Config, limiter: &Limiter, budgets: &Budgets) -> Result<
         limiter,
         budgets,
         true,
+        None,
     )
 }
 
@@ -32,7 +33,9 @@ pub fn rebuild(config: &Config, limiter: &Limiter, budgets: &Budgets) -> Result<
 /// and the spend of `budget_rules` only (a reload's new rules; their buckets
 /// are empty). `restore`: each budget's window goes on with the amount an
 /// earlier run took for it (at start; a reload's new budgets are new, and
-/// take the amount configured).
+/// take the amount configured). `then`: after the read, makes what settled
+/// meanwhile reach the store, and the rows written since are read too (a
+/// reload, while requests go on: the read of a large log takes seconds).
 pub fn rebuild_rules(
     data_dir: &std::path::Path,
     rate_limits: &[RateRule],
@@ -40,6 +43,7 @@ pub fn rebuild_rules(
     limiter: &Limiter,
     budgets: &Budgets,
     restore: bool,
+    then: Option<&dyn Fn()>,
 ) -> Result<usize, String> {
     if rate_limits.is_empty() && budget_rules.is_empty() {
         return Ok(0);
@@ -108,8 +112,15 @@ pub fn rebuild_rules(
             .collect();
         budgets.rebuild(budget_rules, &spent);
     };
-    let replayed = logstore::replay::replay(&conn, since, REPLAY_BATCH, &mut each)
-        .map_err(|e| e.to_string())?;
+    let read = |after, each: &mut dyn FnMut(&[logstore::replay::Replayed])| {
+        logstore::replay::replay_after(&conn, since, after, REPLAY_BATCH, each)
+            .map_err(|e| e.to_string())
+    };
+    let (mut replayed, marks) = read(Default::default(), &mut each)?;
+    if let Some(settle) = then {
+        settle();
+        replayed += read(marks, &mut each)?.0;
+    }
     // Each budget's window goes on with the amount it began with.
     if restore {
         budgets.restore_amounts(budget_rules, &logstore::budget_amounts(&conn), now);

@@ -41,19 +41,42 @@ pub fn replay(
     batch: usize,
     each: &mut dyn FnMut(&[Replayed]),
 ) -> rusqlite::Result<usize> {
+    replay_after(conn, since_ms, Marks::default(), batch, each).map(|(n, _)| n)
+}
+
+/// Where a replay stopped: the last row and tally it read (rowids grow as
+/// rows are written; retention deletes the oldest).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Marks {
+    pub row: i64,
+    pub tally: i64,
+}
+
+/// [`replay`] of what was written after `after` only; returns the requests
+/// read and where it stopped (a reload reads the log once whole, then again
+/// for what was written meanwhile).
+pub fn replay_after(
+    conn: &Connection,
+    since_ms: u64,
+    after: Marks,
+    batch: usize,
+    each: &mut dyn FnMut(&[Replayed]),
+) -> rusqlite::Result<(usize, Marks)> {
     // A store last written by an older aigw has neither the counted tokens
     // nor tallies: what it has is read.
     let counted = super::has_column(conn, "requests", "counted_in")?;
     let tallied = has_tallies(conn)?;
+    let mut marks = after;
     let mut stmt = conn.prepare(if counted {
         "SELECT ts, key_id, provider, model, metadata, cost,
-                COALESCE(counted_in, tokens_in), COALESCE(counted_out, tokens_out), error_source, cache
-         FROM requests WHERE ts >= ?1 ORDER BY ts"
+                COALESCE(counted_in, tokens_in), COALESCE(counted_out, tokens_out), error_source, cache, rowid
+         FROM requests WHERE ts >= ?1 AND rowid > ?2 ORDER BY ts"
     } else {
-        "SELECT ts, key_id, provider, model, metadata, cost, tokens_in, tokens_out, error_source, cache
-         FROM requests WHERE ts >= ?1 ORDER BY ts"
+        "SELECT ts, key_id, provider, model, metadata, cost, tokens_in, tokens_out, error_source, cache, rowid
+         FROM requests WHERE ts >= ?1 AND rowid > ?2 ORDER BY ts"
     })?;
-    let rows = stmt.query_map(params![since_ms as i64], |r| {
+    let rows = stmt.query_map(params![since_ms as i64, after.row], |r| {
+        marks.row = marks.row.max(r.get::<_, i64>(10)?);
         let metadata: Option<String> = r.get(4)?;
         let error_source: Option<String> = r.get(8)?;
         let cache: Option<String> = r.get(9)?;
@@ -87,10 +110,11 @@ pub fn replay(
     if tallied {
         let mut stmt = conn.prepare(
             "SELECT ts, key_id, provider, model, metadata, cost, counted_in, counted_out, refused,
-                    cached, requests, unknown_cost
-             FROM tallies WHERE ts >= ?1 ORDER BY ts",
+                    cached, requests, unknown_cost, rowid
+             FROM tallies WHERE ts >= ?1 AND rowid > ?2 ORDER BY ts",
         )?;
-        let tallies = stmt.query_map(params![since_ms as i64], |r| {
+        let tallies = stmt.query_map(params![since_ms as i64, after.tally], |r| {
+            marks.tally = marks.tally.max(r.get::<_, i64>(12)?);
             let metadata: Option<String> = r.get(4)?;
             let requests = r.get::<_, i64>(10)?.max(0) as u64;
             let unknown = r.get::<_, i64>(11)?.max(0) as u64;
@@ -116,7 +140,7 @@ pub fn replay(
     if !chunk.is_empty() {
         each(&chunk);
     }
-    Ok(total as usize)
+    Ok((total as usize, marks))
 }
 
 /// Whether the store has tallies (one last written by an older aigw has not).
