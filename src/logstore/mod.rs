@@ -303,8 +303,9 @@ fn show_added_columns(conn: &Connection) -> rusqlite::Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
+    // The rowid too (a reload reads what was written after a row it read).
     conn.execute_batch(&format!(
-        "CREATE TEMP VIEW requests AS SELECT *{missing} FROM main.requests"
+        "CREATE TEMP VIEW requests AS SELECT rowid AS rowid, *{missing} FROM main.requests"
     ))
 }
 
