@@ -351,12 +351,8 @@ fn sigterm_drains_in_flight_requests_and_closes_idle_connections(shards: usize) 
     );
 }
 
-fn drain_gives_up_after_drain_timeout(shards: usize) {
-    let held = HeldUpstream::start();
-    let mut gw = Gateway::with(shards)
-        .server("drain_timeout = \"300ms\"")
-        .provider("held", &held.base_url(), "")
-        .start();
+/// A request to provider `held`, once it has reached it (never answered).
+fn held_request(gw: &Gateway, held: &HeldUpstream) -> common::wire::Client {
     let mut stuck = gw.client();
     stuck.send(&common::wire::request_bytes(
         "POST",
@@ -365,6 +361,16 @@ fn drain_gives_up_after_drain_timeout(shards: usize) {
         br#"{"model":"held/m"}"#,
     ));
     held.wait_arrival();
+    stuck
+}
+
+fn drain_gives_up_after_drain_timeout(shards: usize) {
+    let held = HeldUpstream::start();
+    let mut gw = Gateway::with(shards)
+        .server("drain_timeout = \"300ms\"")
+        .provider("held", &held.base_url(), "")
+        .start();
+    let mut stuck = held_request(&gw, &held);
 
     gw.terminate();
 
@@ -395,14 +401,7 @@ fn a_drain_that_runs_out_records_what_it_stopped(shards: usize) {
         .provider("up", &streaming.base_url(), "")
         .toml("[prices.\"up/gpt-x\"]\ninput = 1.0\noutput = 2.0\n")
         .start();
-    let mut stuck = gw.client();
-    stuck.send(&common::wire::request_bytes(
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        br#"{"model":"held/m"}"#,
-    ));
-    held.wait_arrival();
+    let _stuck = held_request(&gw, &held);
     let mut long = gw.client();
     long.send(&common::wire::request_bytes(
         "POST",
