@@ -144,6 +144,8 @@ fn a_cut_stream_is_aborted_not_completed(shards: usize) {
     assert_eq!(r.stream_content(), reply_text(64));
     let stats = gw.stats();
     assert_eq!(stats["aborted"]["upstream"].as_u64(), Some(2));
+    // The provider's error, as a failure before any byte would be.
+    assert_eq!(stats["errors"]["provider"].as_u64(), Some(2), "{stats}");
 }
 
 fn a_stream_that_goes_quiet_is_aborted_after_stream_idle(shards: usize) {

@@ -542,6 +542,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         Ending::UpstreamAborted => Outcome::UpstreamAborted,
         Ending::ClientAborted => Outcome::ClientAborted,
     };
+    provider_cut(&mut rec);
     if let Some(conn) = relayed.reusable {
         ctx.pool.put(&plan.provider.endpoint.name, conn);
     }
@@ -1262,6 +1263,15 @@ async fn serve_hit(
     answer(ctx, c, rec, keep_alive).await
 }
 
+/// An answer the provider cut off (or stopped sending, past
+/// `timeouts.stream_idle`) is the provider's error, whatever reached the client.
+fn provider_cut(rec: &mut RequestRecord) {
+    if rec.outcome == Outcome::UpstreamAborted && rec.error_source.is_none() {
+        rec.error_source = Some(ErrorSource::Provider);
+        rec.error_code = Some("upstream_aborted");
+    }
+}
+
 /// A hit or a follower is said to come from, and is counted under, the
 /// provider and model that answered: a route's fallback may have reached
 /// another target than the first, which the request itself routed to.
@@ -1510,6 +1520,7 @@ async fn follow(
         Ending::UpstreamAborted => Outcome::UpstreamAborted,
         Ending::ClientAborted => Outcome::ClientAborted,
     };
+    provider_cut(rec);
     settle_follower(flight, rec);
     Some(keep && followed.ending == Ending::Complete && !ctx.draining.get())
 }
