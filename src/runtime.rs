@@ -300,10 +300,13 @@ struct ShardArgs {
     shared: Shared,
 }
 
-/// The end of a drain given to stopping the requests still running (at most
-/// half of `server.drain_timeout`): a relay notices a shut client socket at
-/// its next write, or within a second while its provider is silent.
+/// The end of a drain given to stopping the requests still running: a relay
+/// notices a shut client socket at its next write, or, while its provider
+/// is silent, at its next look at the client (every `DRAIN_CHECK` once the
+/// drain began, every `CLIENT_CHECK` before).
 const STOP_GRACE: Duration = Duration::from_millis(1500);
+/// The shortest stop that still follows a full first part.
+const MIN_GRACE: Duration = Duration::from_millis(100);
 
 async fn run_shard(a: ShardArgs) {
     // glommio 0.9.0's first timer sleep registers a membarrier (6-14 ms here);
@@ -390,7 +393,14 @@ async fn run_shard(a: ShardArgs) {
     // The last part of the drain stops what still runs, so every request
     // ends (and is recorded) within server.drain_timeout.
     let total = a.config.server.drain_timeout;
-    let grace = STOP_GRACE.min(total / 2);
+    // The drain's first part lasts a relay's longest wait (`CLIENT_CHECK`)
+    // when it can: by the stop, every relay waiting on a silent provider
+    // looks at its client every `DRAIN_CHECK`.
+    let grace = if total >= crate::server::relay::CLIENT_CHECK + MIN_GRACE {
+        STOP_GRACE.min(total - crate::server::relay::CLIENT_CHECK)
+    } else {
+        total / 2
+    };
     let mut closing = std::pin::pin!(gate.close());
     let drained = timer::timeout(total - grace, async {
         let _ = (&mut closing).await;

@@ -36,7 +36,7 @@ pub const KEYS: &[KeySpec] = &[
     KeySpec {
         path: "server.drain_timeout",
         default: "10s",
-        meaning: "on SIGTERM, how long in-flight requests may take before exit (those still running near its end are stopped, charged and logged as shutting_down)",
+        meaning: "on SIGTERM, how long in-flight requests may take before exit (those still running near its end are stopped, charged and logged as shutting_down; give it at least 1.1s for that)",
     },
     KeySpec {
         path: "server.spin_before_park",

@@ -67,14 +67,22 @@ pub fn replay_after(
     let counted = super::has_column(conn, "requests", "counted_in")?;
     let tallied = has_tallies(conn)?;
     let mut marks = after;
-    let mut stmt = conn.prepare(if counted {
-        "SELECT ts, key_id, provider, model, metadata, cost,
-                COALESCE(counted_in, tokens_in), COALESCE(counted_out, tokens_out), error_source, cache, rowid
-         FROM requests WHERE ts >= ?1 AND rowid > ?2 ORDER BY ts"
+    // A read of what was written after a mark walks the rowids from it (in
+    // time order, the ts index would walk the whole window again).
+    let order = if after == Marks::default() {
+        "ts"
     } else {
-        "SELECT ts, key_id, provider, model, metadata, cost, tokens_in, tokens_out, error_source, cache, rowid
-         FROM requests WHERE ts >= ?1 AND rowid > ?2 ORDER BY ts"
-    })?;
+        "rowid"
+    };
+    let columns = if counted {
+        "ts, key_id, provider, model, metadata, cost,
+                COALESCE(counted_in, tokens_in), COALESCE(counted_out, tokens_out), error_source, cache, rowid"
+    } else {
+        "ts, key_id, provider, model, metadata, cost, tokens_in, tokens_out, error_source, cache, rowid"
+    };
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {columns} FROM requests WHERE rowid > ?2 AND ts >= ?1 ORDER BY {order}"
+    ))?;
     let rows = stmt.query_map(params![since_ms as i64, after.row], |r| {
         marks.row = marks.row.max(r.get::<_, i64>(10)?);
         let metadata: Option<String> = r.get(4)?;
@@ -108,11 +116,11 @@ pub fn replay_after(
         pass(row?, &mut chunk);
     }
     if tallied {
-        let mut stmt = conn.prepare(
+        let mut stmt = conn.prepare(&format!(
             "SELECT ts, key_id, provider, model, metadata, cost, counted_in, counted_out, refused,
                     cached, requests, unknown_cost, rowid
-             FROM tallies WHERE ts >= ?1 AND rowid > ?2 ORDER BY ts",
-        )?;
+             FROM tallies WHERE rowid > ?2 AND ts >= ?1 ORDER BY {order}",
+        ))?;
         let tallies = stmt.query_map(params![since_ms as i64, after.tally], |r| {
             marks.tally = marks.tally.max(r.get::<_, i64>(12)?);
             let metadata: Option<String> = r.get(4)?;

@@ -180,6 +180,16 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
                 record(ctx, &mut rec);
                 return keep;
             }
+            // The shared answer failed: this request would go upstream on
+            // its own, unless its client is gone (or the drain is stopping
+            // it), which asks nothing of the provider.
+            if ctx.stopping.get() || crate::sys::peer_closed(c.stream.as_raw_fd()) {
+                rec.status = CLIENT_CLOSED;
+                rec.outcome = Outcome::ClientAborted;
+                rec.cost = Some(0.0);
+                record(ctx, &mut rec);
+                return false;
+            }
             admission.undo();
             admission = Admission::default();
             let inputs = AdmitInputs {
@@ -431,6 +441,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         relay::Watch {
             left: &left,
             carry_on: &carry_on,
+            every: &|| relay::check_every(ctx.draining.get()),
         },
     )
     .await;
@@ -1509,7 +1520,11 @@ async fn follow(
         framing,
         t.stream_idle,
         broke_off,
-        &|| crate::sys::peer_closed(client_fd),
+        relay::Watch {
+            left: &|| crate::sys::peer_closed(client_fd),
+            carry_on: &|| false,
+            every: &|| relay::check_every(ctx.draining.get()),
+        },
     )
     .await;
     c.decoded = first;

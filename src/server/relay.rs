@@ -27,6 +27,16 @@ pub const RELAY_WINDOW: usize = 256 << 10;
 /// request's concurrency slot frees), not at the next event.
 pub const CLIENT_CHECK: Duration = Duration::from_secs(1);
 
+/// The same while the shard drains: the end of a drain shuts the sockets of
+/// requests still running, and a relay waiting on a silent provider must see
+/// that within the drain's last part.
+pub const DRAIN_CHECK: Duration = Duration::from_millis(50);
+
+/// How often to ask (see [`CLIENT_CHECK`], [`DRAIN_CHECK`]).
+pub fn check_every(draining: bool) -> Duration {
+    if draining { DRAIN_CHECK } else { CLIENT_CHECK }
+}
+
 /// What the relay may ask about its client.
 #[derive(Clone, Copy)]
 pub struct Watch<'a> {
@@ -36,6 +46,8 @@ pub struct Watch<'a> {
     /// When the client is gone: whether to read the provider's body to its
     /// end anyway (others are waiting on it).
     pub carry_on: &'a dyn Fn() -> bool,
+    /// How long a silent provider is waited on before `left` is asked again.
+    pub every: &'a dyn Fn() -> Duration,
 }
 
 /// How the body arrives and leaves.
@@ -180,7 +192,7 @@ pub async fn relay<W: AsyncWrite + Unpin>(
         // client that left (with nobody else waiting) ends the relay.
         let mut waited = Duration::ZERO;
         let read = loop {
-            let slice = (idle - waited).min(CLIENT_CHECK);
+            let slice = (idle - waited).min((watch.every)());
             up.stream.set_read_timeout(slice);
             match up.stream.read_some(&mut up.buf, RELAY_WINDOW).await {
                 Err(e) if e.kind() == std::io::ErrorKind::TimedOut && waited + slice < idle => {
@@ -261,7 +273,7 @@ pub async fn relay_flight<W: AsyncWrite + Unpin>(
     client_framing: ClientFraming,
     idle: Duration,
     broke_off: &[u8],
-    left: &dyn Fn() -> bool,
+    watch: Watch<'_>,
 ) -> Followed {
     let mut cursor = scratch.len();
     let mut bytes_out = 0u64;
@@ -274,7 +286,7 @@ pub async fn relay_flight<W: AsyncWrite + Unpin>(
             // ends its wait every `CLIENT_CHECK`.
             let mut waited = Duration::ZERO;
             end = loop {
-                let slice = (idle - waited).min(CLIENT_CHECK);
+                let slice = (idle - waited).min((watch.every)());
                 match glommio::timer::timeout(slice, async {
                     Ok(flight.more(&mut cursor, scratch).await)
                 })
@@ -283,7 +295,7 @@ pub async fn relay_flight<W: AsyncWrite + Unpin>(
                     Ok(end) => break end,
                     Err(_) if waited + slice < idle => {
                         waited += slice;
-                        if left() {
+                        if (watch.left)() {
                             break 'relay Ending::ClientAborted;
                         }
                     }
@@ -426,6 +438,7 @@ mod tests {
             Watch {
                 left: &|| false,
                 carry_on: &|| carry_on,
+                every: &|| CLIENT_CHECK,
             },
         ));
         let usage = tap.usage().output_tokens;
