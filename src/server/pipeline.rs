@@ -2115,8 +2115,10 @@ async fn write_answer(
 fn record(ctx: &ShardCtx, rec: &mut RequestRecord) {
     use std::fmt::Write as _;
     rec.total = rec.started.elapsed();
-    if ctx.stopping.get() && rec.outcome == Outcome::ClientAborted {
-        // Cut by the end of a drain, not by its client.
+    let cut = rec.outcome == Outcome::ClientAborted || rec.error_code == Some("incomplete_body");
+    if ctx.stopping.get() && cut {
+        // Cut by the end of a drain (its answer, or its body still
+        // arriving), not by its client.
         rec.error_source = Some(ErrorSource::Gateway);
         rec.error_code = Some("shutting_down");
     }
