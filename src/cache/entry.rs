@@ -75,11 +75,6 @@ impl Entry<'_> {
     pub fn size(&self) -> usize {
         encoded_len(self.served.len() + self.head.len(), self.body.len())
     }
-
-    /// Who answered, when known: the provider's name and the model.
-    pub fn served_by(&self) -> Option<(&str, Option<&str>)> {
-        served_by(self.served)
-    }
 }
 
 /// Longest `served` field kept (a longer model name is not recorded: the
@@ -97,6 +92,17 @@ pub fn served(provider: &str, model: Option<&str>, out: &mut Vec<u8>) {
     out.extend_from_slice(provider.as_bytes());
     out.push(b'\n');
     out.extend_from_slice(model.as_bytes());
+}
+
+/// Whether `bytes` say `provider` and `model` answered, as [`served`]
+/// writes them (compared as bytes: the usual hit, answered by the target its
+/// own request routed to, reads nothing back).
+pub fn served_is(bytes: &[u8], provider: &str, model: Option<&str>) -> bool {
+    let model = model.unwrap_or("");
+    bytes.len() == provider.len() + 1 + model.len()
+        && bytes.starts_with(provider.as_bytes())
+        && bytes[provider.len()] == b'\n'
+        && bytes.ends_with(model.as_bytes())
 }
 
 /// Reads back what [`served`] wrote.
@@ -294,6 +300,20 @@ mod tests {
         let n = encode(&e, &mut buf);
         assert_eq!(decode(&buf).unwrap(), e);
         (buf, n)
+    }
+
+    #[test]
+    fn who_answered_reads_back_as_written() {
+        let mut out = Vec::new();
+        for (provider, model) in [("openai", Some("gpt-4o")), ("a", None), ("b", Some("x\ny"))] {
+            served(provider, model, &mut out);
+            assert_eq!(served_by(&out), Some((provider, model)));
+            assert!(served_is(&out, provider, model));
+            assert!(!served_is(&out, provider, Some("other")));
+            assert!(!served_is(&out, "openaj", model));
+        }
+        served("p", Some(&"m".repeat(MAX_SERVED)), &mut out);
+        assert!(out.is_empty(), "too long to keep");
     }
 
     #[test]

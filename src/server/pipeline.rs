@@ -1287,16 +1287,12 @@ fn provider_cut(rec: &mut RequestRecord) {
 /// provider and model that answered: a route's fallback may have reached
 /// another target than the first, which the request itself routed to.
 fn credit_served(rec: &mut RequestRecord, served: &[u8]) {
-    // Usually the request's own target answered: one comparison of bytes.
-    if let Some(p) = rec.provider.as_deref() {
-        let m = rec.model.as_deref().unwrap_or("");
-        if served.len() == p.len() + 1 + m.len()
-            && served.starts_with(p.as_bytes())
-            && served[p.len()] == b'\n'
-            && served.ends_with(m.as_bytes())
-        {
-            return;
-        }
+    if rec
+        .provider
+        .as_deref()
+        .is_some_and(|p| entry::served_is(served, p, rec.model.as_deref()))
+    {
+        return;
     }
     let Some((provider, model)) = entry::served_by(served) else {
         return;
@@ -2115,8 +2111,9 @@ async fn write_answer(
 fn record(ctx: &ShardCtx, rec: &mut RequestRecord) {
     use std::fmt::Write as _;
     rec.total = rec.started.elapsed();
-    let cut = rec.outcome == Outcome::ClientAborted || rec.error_code == Some("incomplete_body");
-    if ctx.stopping.get() && cut {
+    if ctx.stopping.get()
+        && (rec.outcome == Outcome::ClientAborted || rec.error_code == Some("incomplete_body"))
+    {
         // Cut by the end of a drain (its answer, or its body still
         // arriving), not by its client.
         rec.error_source = Some(ErrorSource::Gateway);

@@ -202,7 +202,7 @@ impl<'s> UsageTap<'s> {
                     return None;
                 }
                 let text = text_bytes(kept);
-                Some(text.saturating_mul((*pushed).max(1)) / kept.len() as u64)
+                Some(text.saturating_mul(*pushed) / kept.len() as u64)
             }),
         }
     }
