@@ -182,6 +182,8 @@ struct LogsArgs {
     cache: Option<String>,
     #[arg(long)]
     provider: Option<String>,
+    /// The model as the provider was asked (`gpt-4o-mini`), or with its
+    /// provider as `aigw usage --by model` prints it (`openai/gpt-4o-mini`).
     #[arg(long)]
     model: Option<String>,
     /// The gateway key's id.
@@ -561,6 +563,8 @@ fn show_text(r: &aigw::logstore::query::Row) -> String {
         ("outcome", r.outcome.clone()),
         ("stream", r.stream.to_string()),
         ("cache", t(&r.cache)),
+        // What `aigw cache purge --key` takes.
+        ("cache key", t(&r.cache_key)),
         ("total", ms(Some(r.total_us))),
         ("gateway", ms(Some(r.gateway_us))),
         ("upstream", ms(r.upstream_us)),

@@ -969,6 +969,16 @@ fn purge_all_by_key_and_by_provider(shards: usize) {
     assert_eq!(row["cache"], "HIT");
     let key = row["cache_key"].as_str().unwrap().to_string();
     assert_eq!(key.len(), 32);
+    // `aigw logs show` prints it too, where the purge's help says to look.
+    let data = gw.data_dir();
+    let (code, shown, err) = run_aigw(&["logs", "--data-dir", data.to_str().unwrap(), "show", &id]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.starts_with("cache key") && l.ends_with(&key)),
+        "{shown}"
+    );
     let socket = gw.admin_socket.to_str().unwrap();
     let (code, out, err) = run_aigw(&["cache", "purge", "--key", &key, "--socket", socket]);
     assert_eq!(code, 0, "{err}");

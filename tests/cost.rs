@@ -259,6 +259,21 @@ fn a_stream_that_fails_at_once_is_the_providers_error_and_costs_nothing(shards: 
     assert_eq!(row["cost_estimated"].as_bool(), Some(false), "{row}");
     let stats = gw.stats();
     assert_eq!(stats["errors"]["provider"].as_u64(), Some(1), "{stats}");
+    // The provider's row counts it as its failure; a request aigw refuses
+    // itself (nothing reached the provider) is not one.
+    let refused = gw.client().post(
+        "/v1/messages",
+        &[],
+        r#"{"model":"up/gpt-4o-mini","max_tokens":5,"messages":[{"role":"user","content":[{"type":"document","source":{"type":"text","media_type":"text/plain","data":"x"}}]}]}"#,
+    );
+    assert_eq!(refused.status, 400, "{}", refused.text());
+    let stats = gw.stats();
+    assert_eq!(stats["errors"]["client"].as_u64(), Some(1), "{stats}");
+    assert_eq!(
+        stats["providers"]["up"]["errors"].as_u64(),
+        Some(1),
+        "{stats}"
+    );
 }
 
 /// A whole JSON answer the provider cuts short: with `aigw-include-cost`

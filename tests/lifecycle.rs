@@ -81,6 +81,18 @@ const BAD_CONFIGS: &[(&str, &str)] = &[
         "providers.v1: `v1` is reserved",
     ),
     (
+        "[providers.dynamic]\nbase_url = \"http://a/v1\"\n",
+        "providers.dynamic: `dynamic` is reserved: a model `dynamic/<name>` names route",
+    ),
+    (
+        "[providers.g]\nkind = \"google\"\nbase_url = \"http://a/v1beta\"\n[routes.r]\ntargets = [{ provider = \"g\", model = \"gemini 2.5 flash\" }]\n",
+        "routes.r.targets[0].model: `gemini 2.5 flash` goes into provider `g`'s URL",
+    ),
+    (
+        "[routes.r]\ntargets = [{ provider = \"openai\", model = \"\" }]\n",
+        "routes.r.targets[0].model: empty",
+    ),
+    (
         "builtin_providers = \"yes\"\n",
         "builtin_providers: expected true or false",
     ),

@@ -174,6 +174,7 @@ fn each_filter_selects_exactly_its_rows(shards: usize) {
         (vec!["--source", "gateway"], set(&[])),
         (vec!["--provider", "other"], set(&[&elsewhere])),
         (vec!["--model", "gpt-a"], set(&[&a, &fail, &elsewhere])),
+        (vec!["--model", "other/gpt-a"], set(&[&elsewhere])),
         (vec!["--meta", "user=ann"], set(&[&a])),
         (vec!["--meta", "user=bob"], set(&[&b])),
         (vec!["--meta", "user=ann", "--meta", "team=x"], set(&[&a])),
@@ -191,6 +192,11 @@ fn each_filter_selects_exactly_its_rows(shards: usize) {
         ),
         (vec!["--min-tokens", "1"], set(&[&a, &b, &slow, &elsewhere])),
         (vec!["--max-tokens", "0"], set(&[&fail, &bad])),
+        // Bounds past any stored value hold as such (they wrapped negative).
+        (vec!["--max-tokens", "18446744073709551615"], set(&all)),
+        (vec!["--min-tokens", "9223372036854775808"], set(&[])),
+        (vec!["--max-duration", "99999999999h"], set(&all)),
+        (vec!["--min-duration", "99999999999h"], set(&[])),
         (vec!["--since", "1h"], set(&all)),
         (vec!["--until", "1h"], set(&[])),
         (

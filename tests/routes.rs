@@ -380,6 +380,14 @@ fn per_request_controls_retry_a_plain_request(shards: usize) {
     assert_eq!(r.status, 200);
     assert_eq!(r.header("aigw-step"), Some("1"));
     assert!(started.elapsed() < Duration::from_secs(3));
+    // Straight to the slow provider: a 504 that names the wait that ran out.
+    let r = gw.client().post(
+        "/v1/chat/completions",
+        &[("aigw-request-timeout", "200")],
+        &chat("a/m-a", false),
+    );
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert!(r.text().contains("aigw-request-timeout"), "{}", r.text());
 }
 
 fn a_route_falls_back_across_formats_and_chooses_by_metadata(shards: usize) {

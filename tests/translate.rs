@@ -179,6 +179,18 @@ fn provider_errors_and_cut_streams_reach_the_client_in_openai_shape(shards: usiz
             .contains("Rate limit exceeded (mock)")
     );
 
+    // A whole answer cut off is the provider's failure, a 502: a translated
+    // answer goes out only once whole, so the client was sent nothing.
+    let r = gw.client().post(
+        "/v1/chat/completions",
+        &[("x-mock-error", "cut")],
+        &chat(""),
+    );
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(r.complete);
+    assert_eq!(r.header("aigw-error-source"), Some("provider"));
+    assert!(r.text().contains("cut off"), "{}", r.text());
+
     // A stream cut after its first events ends with an error event, no [DONE].
     let s = gw.client().post(
         "/v1/chat/completions",
@@ -303,6 +315,15 @@ fn the_messages_api_reaches_any_provider(shards: usize) {
     assert!(text.contains("event: message_stop"));
     assert!(text.contains("\"output_tokens\":16"));
 
+    // A whole answer cut short is a 502, not a 200 with no body.
+    let r = gw.client().post(
+        "/v1/messages",
+        &[("x-mock-error", "cut")],
+        &msg("up/gpt-x", ""),
+    );
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(r.header("aigw-error-source"), Some("provider"));
+
     // A stream cut short ends with Anthropic's own error event.
     let s = gw.client().post(
         "/v1/messages",
@@ -325,6 +346,19 @@ fn the_messages_api_reaches_any_provider(shards: usize) {
     assert_eq!(v["stop_reason"], "tool_use");
     assert_eq!(v["content"][0]["name"], "get_weather");
     assert_eq!(v["content"][0]["input"]["city"], "mock city");
+    // A number past 64 bits (valid JSON) passes as written, as it does
+    // untranslated.
+    let big = r#","tools":[{"name":"f","input_schema":{"type":"object","properties":{"id":{"type":"integer","maximum":18446744073709551616}}}}]"#;
+    let r = gw
+        .client()
+        .post("/v1/messages", &headers, &msg("up/gpt-x", big));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let sent = openai.captured().pop().unwrap();
+    assert!(
+        String::from_utf8_lossy(&sent.body).contains(r#""maximum":18446744073709551616"#),
+        "{}",
+        String::from_utf8_lossy(&sent.body)
+    );
 
     // To an Anthropic provider the request goes as it is, its model rewritten.
     let r = gw
@@ -336,6 +370,33 @@ fn the_messages_api_reaches_any_provider(shards: usize) {
     assert_eq!(seen[0].path, "/v1/messages");
     assert_eq!(seen[0].json().unwrap()["model"], "claude-x");
     assert_eq!(seen[0].header("x-api-key"), Some("k"));
+    assert_eq!(seen[0].header("anthropic-version"), Some("2023-06-01"));
+    // The client's own API version goes as it asked; without one, aigw's.
+    let r = gw.client().post(
+        "/v1/messages",
+        &[("anthropic-version", "2026-10-21")],
+        &msg("claude/claude-x", r#","temperature":0.5"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = gw.client().post(
+        "/v1/messages",
+        &[],
+        &msg("claude/claude-x", r#","top_k":3"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = claude.captured();
+    assert_eq!(seen.len(), 3);
+    let versions: Vec<_> = seen[1..]
+        .iter()
+        .map(|s| s.header("anthropic-version").map(str::to_string))
+        .collect();
+    assert_eq!(
+        versions,
+        [
+            Some("2026-10-21".to_string()),
+            Some("2023-06-01".to_string())
+        ]
+    );
 }
 
 /// `model: "<google provider>/<model>"` goes to Gemini's generateContent

@@ -588,6 +588,9 @@ impl ShardBudgets {
         p.last.get_or(value, || self.find_bucket(p, value))
     }
 
+    /// Out of line: run once per scope value, not per request.
+    #[cold]
+    #[inline(never)]
     fn find_bucket(&self, p: &Prepared, value: &str) -> Arc<Bucket> {
         let key = (p.fingerprint, xxhash_rust::xxh3::xxh3_64(value.as_bytes()));
         let mut map = self.local.borrow_mut();
@@ -686,7 +689,11 @@ impl ShardBudgets {
     }
 }
 
-/// The 429 of an exhausted budget.
+/// The 429 of an exhausted budget. Cold and out of line: the admission
+/// that calls it runs on every request, and this code in its midst cost
+/// instruction-cache misses on each.
+#[cold]
+#[inline(never)]
 fn exhausted(
     p: &Prepared,
     value: &str,
@@ -789,18 +796,25 @@ impl Reservation {
             if spent >= alert && spend.alerted.swap(mark, Ordering::AcqRel) != mark {
                 raised += 1;
                 budgets.alerts.fetch_add(1, Ordering::Relaxed);
-                log::warn!(
-                    "budget `{}` for `{}`: ${:.6} of ${:.6} spent ({:.0}%)",
-                    h.bucket.rule,
-                    h.bucket.value,
-                    spent as f64 / 1e6,
-                    h.amount as f64 / 1e6,
-                    100.0 * spent as f64 / h.amount.max(1) as f64
-                );
+                warn_alert(&h, spent);
             }
         }
         raised
     }
+}
+
+/// A budget's alert share was reached (once a window).
+#[cold]
+#[inline(never)]
+fn warn_alert(h: &Held, spent: u64) {
+    log::warn!(
+        "budget `{}` for `{}`: ${:.6} of ${:.6} spent ({:.0}%)",
+        h.bucket.rule,
+        h.bucket.value,
+        spent as f64 / 1e6,
+        h.amount as f64 / 1e6,
+        100.0 * spent as f64 / h.amount.max(1) as f64
+    );
 }
 
 impl Drop for Reservation {

@@ -43,7 +43,7 @@ pub use cache::CacheConfig;
 pub use limits::RateRule;
 pub use logs::LogsConfig;
 pub use prices::PriceConfig;
-pub use providers::{BaseUrl, ProviderConfig, ProviderKind, Scheme};
+pub use providers::{BaseUrl, ProviderConfig, ProviderKind, Scheme, url_model_plain};
 pub use read::{ConfigError, ConfigErrors, Secret, parse_bytes, parse_duration};
 pub use routes::RouteConfig;
 pub use schema::{KEYS, KeySpec};
@@ -144,6 +144,22 @@ impl Config {
             );
             for (list, targets) in lists {
                 for (i, t) in targets.iter().enumerate() {
+                    let model_at = || format!("routes.{}.{list}[{i}].model", r.name);
+                    if t.model.is_empty() {
+                        w.err(&model_at(), "empty: name the provider's model".into());
+                    } else if providers.get(&t.provider).is_some_and(|p| {
+                        matches!(p.kind, ProviderKind::Google | ProviderKind::Azure)
+                    }) && !url_model_plain(&t.model)
+                    {
+                        // Every request to it would be refused (400).
+                        w.err(
+                            &model_at(),
+                            format!(
+                                "`{}` goes into provider `{}`'s URL, so it may hold only letters, digits, '.', '-' and '_'",
+                                t.model, t.provider
+                            ),
+                        );
+                    }
                     if !providers.contains_key(&t.provider) && !written(&t.provider) {
                         w.err(
                             &format!("routes.{}.{list}[{i}].provider", r.name),
@@ -304,7 +320,21 @@ impl Config {
             put(format!("routes.{}", r.name), format!("{r:?}"));
         }
         for (name, p) in &self.prices {
-            put(format!("prices.\"{name}\""), format!("{p:?}"));
+            // As written in the file: USD per million tokens.
+            let mut v = format!("{{ input = {}, output = {}", p.input, p.output);
+            for (k, x) in [
+                ("cached_input", p.cached_input),
+                ("cache_write", p.cache_write),
+            ] {
+                if let Some(x) = x {
+                    v.push_str(&format!(", {k} = {x}"));
+                }
+            }
+            if let Some(n) = p.context_window {
+                v.push_str(&format!(", context_window = {n}"));
+            }
+            v.push_str(" }");
+            put(format!("prices.\"{name}\""), v);
         }
         e
     }
@@ -347,11 +377,16 @@ mod tests {
     #[test]
     fn entries_show_every_setting_and_no_secret() {
         let c = Config::from_toml_with_env(
-            "[providers.up]\nbase_url = \"http://127.0.0.1:9/v1\"\napi_key = \"sk-hidden\"\n",
+            "[providers.up]\nbase_url = \"http://127.0.0.1:9/v1\"\napi_key = \"sk-hidden\"\n\
+             [prices.\"up/m\"]\ninput = 0.15\noutput = 0.6\ncached_input = 0.075\n",
             &|_| None,
         )
         .unwrap();
         let shown = c.entries(false);
+        assert_eq!(
+            shown["prices.\"up/m\""],
+            "{ input = 0.15, output = 0.6, cached_input = 0.075 }"
+        );
         assert_eq!(shown["providers.up.api_key"], "****");
         assert_eq!(shown["providers.up.base_url"], "http://127.0.0.1:9/v1");
         assert_eq!(shown["timeouts.first_byte"], "300s");

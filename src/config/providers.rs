@@ -275,8 +275,22 @@ pub(super) const BUILTIN_PROVIDERS: &[(&str, ProviderKind, &str, Option<&str>)] 
     ),
 ];
 
-/// Names that would collide with the gateway's own URL layout.
-const RESERVED_PROVIDER_NAMES: &[&str] = &["v1", "healthz", "compat"];
+/// Whether `model` may go into a provider's URL (kinds whose unified path
+/// names the model: Gemini, Azure): only plain names (letters, digits, `.`,
+/// `-`, `_`, not starting with `.`), so it cannot climb out of the base URL.
+/// A route target's model is checked with it when the config is read, a
+/// client's when its request is.
+pub fn url_model_plain(model: &str) -> bool {
+    !model.is_empty()
+        && model
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+        && !model.starts_with('.')
+}
+
+/// Names that would collide with the gateway's own URL layout, or (`dynamic`)
+/// with how a model names a route.
+const RESERVED_PROVIDER_NAMES: &[&str] = &["v1", "healthz", "compat", "dynamic"];
 
 /// `builtin_providers` and `[providers.*]`: the catalog first, then the file's
 /// providers, each replacing a built-in of the same name.
@@ -350,9 +364,14 @@ fn read_provider(
         return None;
     }
     if RESERVED_PROVIDER_NAMES.contains(&name) {
+        let why = if name == "dynamic" {
+            ": a model `dynamic/<name>` names route <name> (Cloudflare's dynamic routes)"
+        } else {
+            " by the URL layout"
+        };
         w.err(
             path,
-            format!("`{name}` is reserved by the URL layout; pick another name"),
+            format!("`{name}` is reserved{why}; pick another name"),
         );
         return None;
     }

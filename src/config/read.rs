@@ -356,9 +356,21 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" => Duration::from_secs(n.saturating_mul(60)),
         "h" => Duration::from_secs(n.saturating_mul(3600)),
         "d" => Duration::from_secs(n.saturating_mul(86_400)),
-        _ => return Err(format!("`{s}` has no unit (us, ms, s, m, h, d)")),
+        "" => return Err(format!("`{s}` has no unit (us, ms, s, m, h, d)")),
+        u => return Err(unit_error(s, u, "90m", "us, ms, s, m, h, d")),
     };
     Ok(d)
+}
+
+/// Why `unit` (what follows the whole number in `s`) is not one of `units`.
+fn unit_error(s: &str, unit: &str, example: &str, units: &str) -> String {
+    if unit.starts_with('.') {
+        format!("`{s}`: whole numbers only; use a smaller unit (e.g. `{example}`)")
+    } else if unit.contains(|c: char| c.is_ascii_digit()) {
+        format!("`{s}`: one number and one unit (e.g. `{example}`)")
+    } else {
+        format!("`{s}` has an unknown unit ({units})")
+    }
 }
 
 /// "16384", "64KiB", "32MiB", "1GiB" (also KB/MB/GB as powers of 1000).
@@ -375,7 +387,7 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         "KB" => 1_000,
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
-        _ => return Err(format!("`{s}` has an unknown unit (B, KiB, MiB, GiB)")),
+        u => return Err(unit_error(s, u, "1536MiB", "B, KiB, MiB, GiB, KB, MB, GB")),
     };
     n.checked_mul(mult)
         .ok_or_else(|| format!("`{s}` is too large"))
@@ -391,6 +403,14 @@ mod tests {
         assert_eq!(parse_bytes("64KiB").unwrap(), 65536);
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert!(parse_duration("10").is_err());
+        let why = |r: Result<u64, String>| r.unwrap_err();
+        assert!(why(parse_bytes("1.5GiB")).contains("whole numbers only"));
+        assert!(why(parse_bytes("1PiB")).contains("unknown unit"));
+        let why = |r: Result<Duration, String>| r.unwrap_err();
+        assert!(why(parse_duration("1h30m")).contains("one number and one unit"));
+        assert!(why(parse_duration("1.5h")).contains("whole numbers only"));
+        assert!(why(parse_duration("5x")).contains("unknown unit"));
+        assert!(why(parse_duration("5")).contains("no unit"));
         let e = errors("[limits]\nmax_body_bytes = \"12 parsecs\"\n");
         assert!(e[0].starts_with("limits.max_body_bytes:"), "{e:?}");
     }

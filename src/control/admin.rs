@@ -660,7 +660,9 @@ pub fn render_json(m: &Merged, logs: &LogStats, cache: Option<Totals>) -> String
             s,
             "{key}:{{\"requests\":{},\"errors\":{},\"input_tokens\":{},\"output_tokens\":{}}}",
             p.total_requests(),
-            p.requests[3] + p.requests[4],
+            // The provider's own failures (its error statuses, cut answers,
+            // errors inside its streams), not the client's refused requests.
+            p.errors[crate::stats::labels::source_index(crate::error::ErrorSource::Provider)],
             p.input_tokens,
             p.output_tokens
         );

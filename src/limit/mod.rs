@@ -350,6 +350,9 @@ impl ShardLimiter {
             .get_or(value, || self.find_local(p.fingerprint, value, p.window_ms))
     }
 
+    /// Out of line: run once per scope value, not per request.
+    #[cold]
+    #[inline(never)]
     fn find_local(&self, fingerprint: u64, value: &str, window_ms: u64) -> Rc<Local> {
         let key = (fingerprint, xxhash_rust::xxh3::xxh3_64(value.as_bytes()));
         let mut map = self.local.borrow_mut();
@@ -576,7 +579,9 @@ fn push_go_duration(out: &mut Vec<u8>, ms: u64) {
     out.push(b's');
 }
 
-/// The 429 for a rule a request would break.
+/// The 429 for a rule a request would break (cold: see `budget::exhausted`).
+#[cold]
+#[inline(never)]
 fn refusal_error(
     p: &Prepared,
     value: &str,
@@ -587,7 +592,8 @@ fn refusal_error(
     let r = &p.rule;
     let whose = match &r.scope {
         Scope::Gateway => String::new(),
-        Scope::Key | Scope::Provider => format!(" for key `{value}`"),
+        Scope::Key => format!(" for key `{value}`"),
+        Scope::Provider => format!(" for provider `{value}`"),
         Scope::Metadata(f) => format!(" for {f} `{value}`"),
     };
     let (message, wait_ms, what) = match (r.count, refusal) {

@@ -180,7 +180,6 @@ impl Filter {
         eq("r.cache", &self.cache, &mut args);
         eq("r.provider", &self.provider, &mut args);
         eq("r.key_id", &self.key, &mut args);
-        eq("r.model", &self.model, &mut args);
         eq("r.id", &self.id, &mut args);
         // A UUIDv7 carries its arrival time: look it up through the time index.
         let id_ts = self
@@ -189,6 +188,22 @@ impl Filter {
             .and_then(crate::reqid::RequestId::parse)
             .map(|id| id.unix_ms() as i64);
         eq("r.event_id", &self.event_id, &mut args);
+        // `provider/model`, as `aigw usage --by model` prints it, names the
+        // pair too (unless a provider is given apart), as well as a model
+        // so named.
+        if let Some(whole) = &self.model {
+            let w = arg(whole.clone().into(), &mut args);
+            match whole.split_once('/') {
+                Some((provider, model)) if self.provider.is_none() => {
+                    let p = arg(provider.to_string().into(), &mut args);
+                    let m = arg(model.to_string().into(), &mut args);
+                    wheres.push(format!(
+                        "(r.model = {w} OR (r.provider = {p} AND r.model = {m}))"
+                    ));
+                }
+                _ => wheres.push(format!("r.model = {w}")),
+            }
+        }
         if let Some(ts) = id_ts {
             wheres.push(format!("r.ts = {}", arg(ts.into(), &mut args)));
         }
@@ -209,28 +224,28 @@ impl Filter {
         range(
             tokens,
             ">=",
-            self.min_tokens.map(|n| Value::from(n as i64)),
+            self.min_tokens.map(|n| Value::from(saturated(n))),
             &mut args,
         );
         range(
             tokens,
             "<=",
-            self.max_tokens.map(|n| Value::from(n as i64)),
+            self.max_tokens.map(|n| Value::from(saturated(n))),
             &mut args,
         );
-        let us = |d: Duration| Value::from(d.as_micros() as i64);
+        let us = |d: Duration| Value::from(i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
         range("r.total_us", ">=", self.min_duration.map(us), &mut args);
         range("r.total_us", "<=", self.max_duration.map(us), &mut args);
         range(
             ts,
             ">=",
-            self.since.map(|t| Value::from(t as i64)),
+            self.since.map(|t| Value::from(saturated(t))),
             &mut args,
         );
         range(
             ts,
             "<",
-            self.until.map(|t| Value::from(t as i64)),
+            self.until.map(|t| Value::from(saturated(t))),
             &mut args,
         );
         range("r.seq", ">", self.after_seq.map(Value::from), &mut args);
@@ -596,6 +611,13 @@ pub fn table(rows: &[Row]) -> String {
         );
     }
     out
+}
+
+/// A filter's bound as SQLite's integer: values past `i64::MAX` (which
+/// no stored count or time reaches) stay past every stored value instead of
+/// wrapping negative.
+fn saturated(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

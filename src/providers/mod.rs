@@ -434,12 +434,7 @@ impl Provider {
         let path = self
             .adapter
             .model_path(&self.base_path, endpoint, model, stream)?;
-        let plain = !model.is_empty()
-            && model
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
-            && !model.starts_with('.');
-        if !plain {
+        if !crate::config::url_model_plain(model) {
             return Some(Err(TranslateError::new(format!(
                 "model `{}` goes into provider `{}`'s URL, so it may hold only letters, digits, '.', '-' and '_'",
                 model.chars().take(MODEL_SHOWN_MAX).collect::<String>(),

@@ -318,9 +318,36 @@ pub fn parse(b: &[u8]) -> simd_json::OwnedValue {
 }
 
 /// Whether `doc` is one valid JSON value (a strict parse, so what we pass on
-/// raw is what any parser reads).
+/// raw is what any parser reads). Numbers are held to JSON's grammar, not to
+/// a machine range: they pass on as written (a tool schema's
+/// `"maximum": 18446744073709551616` is valid JSON, and the untranslated path
+/// forwards it), so each is checked by its text and stands as `0` for the
+/// parse of the rest (which the parser would refuse beyond 64 bits or a
+/// double's range).
 pub fn is_valid_json(doc: &[u8]) -> bool {
     let mut copy = doc.to_vec();
+    let mut i = 0;
+    while i < copy.len() {
+        match copy[i] {
+            b'"' => match json::skip_value(&copy, i) {
+                Ok(end) => i = end,
+                Err(_) => return false,
+            },
+            b'-' | b'0'..=b'9' => {
+                let end = i + copy[i..]
+                    .iter()
+                    .position(|b| !matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
+                    .unwrap_or(copy.len() - i);
+                if !json::is_number(&copy[i..end]) {
+                    return false;
+                }
+                copy[i] = b'0';
+                copy[i + 1..end].fill(b' ');
+                i = end;
+            }
+            _ => i += 1,
+        }
+    }
     simd_json::to_tape(&mut copy).is_ok()
 }
 
@@ -554,5 +581,30 @@ mod tests {
         assert_eq!(data_of(b"data:x"), Some(&b"x"[..]));
         assert!(is_valid_json(br#"{"a":[1,2.5,"x"]}"#));
         assert!(!is_valid_json(br#"{"a":"\x"}"#));
+    }
+
+    #[test]
+    fn numbers_are_valid_by_their_text_not_a_machine_range() {
+        for ok in [
+            &br#"{"max":18446744073709551616,"min":-99999999999999999999}"#[..],
+            br#"[1e400,-1E-400,0.5e+3,-0,"12abc"]"#,
+            br#"{"1":2}"#,
+        ] {
+            assert!(is_valid_json(ok), "{}", String::from_utf8_lossy(ok));
+        }
+        for bad in [
+            &br#"{"a":01}"#[..],
+            br#"{"a":1e}"#,
+            br#"{"a":-}"#,
+            br#"{"a":1.}"#,
+            br#"{"a":12abc}"#,
+            br#"{1:2}"#,
+            br#"{"a":null5}"#,
+            br#"{"a":1}}"#,
+            b"{\"a\":\"\xff\"}",
+            br#"{"a":"open"#,
+        ] {
+            assert!(!is_valid_json(bad), "{}", String::from_utf8_lossy(bad));
+        }
     }
 }

@@ -30,6 +30,9 @@ pub struct AttemptRequest<'a> {
     pub first_byte: Option<Duration>,
 }
 
+/// The setting that bounds the wait for a response head by default.
+pub const FIRST_BYTE: &str = "timeouts.first_byte";
+
 /// A response head has arrived; the body is still on `conn`.
 pub struct UpstreamReply {
     pub conn: UpstreamConn,
@@ -95,8 +98,10 @@ impl AttemptError {
         }
     }
 
-    /// The error the client sees, naming the provider.
-    pub fn to_gateway_error(&self, provider: &str) -> GatewayError {
+    /// The error the client sees, naming the provider and, for a head that
+    /// did not come, the setting whose wait ran out (`head_wait`:
+    /// `timeouts.first_byte` unless the request or its route set another).
+    pub fn to_gateway_error(&self, provider: &str, head_wait: &str) -> GatewayError {
         let e = match &self.failure {
             Failure::ConnectTimeout => GatewayError::upstream_timeout(provider, "connect"),
             Failure::Unreachable(why) => GatewayError::upstream_unreachable(provider, why),
@@ -107,7 +112,7 @@ impl AttemptError {
                 GatewayError::upstream_bad_response(provider, "connection closed before a response")
             }
             Failure::HeadTimeout => {
-                GatewayError::upstream_timeout(provider, "no response within timeouts.first_byte")
+                GatewayError::upstream_timeout(provider, &format!("no response within {head_wait}"))
             }
             Failure::BadHead(why) => GatewayError::upstream_bad_response(provider, why),
         };
@@ -272,7 +277,7 @@ mod tests {
         assert!(!e(Failure::ClosedEarly, false).stale_connection());
         assert!(!e(Failure::HeadTimeout, true).stale_connection());
         assert!(!e(Failure::BadHead("x".into()), true).stale_connection());
-        let g = e(Failure::HeadTimeout, false).to_gateway_error("up");
+        let g = e(Failure::HeadTimeout, false).to_gateway_error("up", FIRST_BYTE);
         assert_eq!(
             (g.status, g.source, g.code),
             (504, ErrorSource::Provider, "upstream_timeout")

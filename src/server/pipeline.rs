@@ -399,6 +399,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
     };
     respond::provider_head(&mut c.out, &head, rh, reply.conn.buf.filled());
     reply.conn.buf.consume(rh.head_len);
+    let translated_whole = translate.is_some() && !rh.event_stream;
     // Only the taps this answer needs: each chunk passes every one.
     let mut chain: SmallVec<[&mut dyn Tap; 4]> = SmallVec::new();
     chain.push(&mut usage);
@@ -420,9 +421,13 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
     let left = || crate::sys::peer_closed(client_fd);
     // `include-cost` on a whole JSON answer: it is read before it is sent, so
     // its head can say what it cost.
-    let hold = wish.include_cost
+    let hold_for_cost = wish.include_cost
         && matches!(rh.body(), ResponseBody::Length(n) if n <= MAX_HELD_BODY)
         && framing.client == ClientFraming::Length;
+    // A translated JSON answer goes out only once whole anyway (it is
+    // translated whole): its head waits with it, so an answer the provider
+    // cuts off is a 502, not a 200 with no body.
+    let hold = hold_for_cost || translated_whole;
     let mut held = Vec::new();
     let mut sink = if hold {
         Sink::Held(&mut held)
@@ -503,7 +508,9 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
     price(&mut rec, priced, &used, custom.as_ref());
     if hold {
         if relayed.ending == Ending::Complete {
-            insert_cost_header(&mut held, rec.cost);
+            if hold_for_cost {
+                insert_cost_header(&mut held, rec.cost);
+            }
             if Direct::new(&mut c.stream).write_all(&held).await.is_err() {
                 relayed.ending = Ending::ClientAborted;
             }
@@ -532,7 +539,8 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
                 relayed.ending = Ending::ClientAborted;
             }
         }
-    } else if cost_trailer && relayed.ending == Ending::Complete {
+    }
+    if cost_trailer && relayed.ending == Ending::Complete {
         let mut end = b"0\r\naigw-cost: ".to_vec();
         end.extend_from_slice(cost_text(rec.cost).as_bytes());
         end.extend_from_slice(b"\r\n\r\n");
@@ -818,31 +826,10 @@ fn authenticate(
             .all(|t| t.has_keys() || t.provider.auth_lines(true).is_some()),
     };
     if let Some(place) = secret_upstream(&view, plan, rec.model.as_deref(), injected) {
-        // Nor does it go into the log.
-        let holds = |s: &str| auth::carries_secret(s.as_bytes());
-        if rec.model.as_deref().is_some_and(holds) {
-            rec.model = None;
-        }
-        if let Some(l) = rec.log.as_mut() {
-            if holds(&l.path) {
-                l.path = Arc::from(WITHHELD);
-            }
-            if l.user_agent.as_deref().is_some_and(holds) {
-                l.user_agent = Some(Arc::from(WITHHELD));
-            }
-        }
-        return Err(GatewayError::unauthorized(format!(
-            "a gateway key was found in {place}, which goes to provider `{}`: send it only as `aigw-authorization: Bearer <key>`, or as `Authorization: Bearer <key>` where aigw holds the provider's key",
-            plan.provider.name
-        )));
+        return Err(secret_refused(place, plan, rec));
     }
     let found = match auth::presented(headers, injected) {
-        Some((Carrier::Misplaced, _)) => {
-            return Err(GatewayError::unauthorized(format!(
-                "a gateway key was sent in `Authorization`, `x-api-key`, `api-key` or `x-goog-api-key`, which go to provider `{}` (aigw holds no key for it): send it only as `aigw-authorization: Bearer <key>`",
-                plan.provider.name
-            )));
-        }
+        Some((Carrier::Misplaced, _)) => return Err(misplaced_refused(plan)),
         Some((Carrier::Conflicting, _)) => {
             return Err(GatewayError::unauthorized(
                 "the request carries two different gateway credentials: send one",
@@ -885,16 +872,57 @@ fn authenticate(
     let provider = &*plan.provider.name;
     // A route's targets are checked one by one (`restrict_route`).
     if plan.routing.is_none() && !key.allows(provider, rec.model.as_deref()) {
-        let what = rec.model.as_deref().map_or_else(
-            || format!("provider `{provider}`"),
-            |m| format!("model `{provider}/{m}`"),
-        );
-        return Err(GatewayError::forbidden(
-            "model_not_allowed",
-            format!("key `{}` may not use {what}", key.id),
-        ));
+        return Err(model_refused(&key, provider, rec.model.as_deref()));
     }
     Ok(Some(key))
+}
+
+// The refusals of `authenticate`, cold and out of line: their formatting
+// in its midst cost every request instruction-cache misses.
+
+/// A gateway secret would reach the provider (`place`, from
+/// `secret_upstream`): refused, and kept out of the log too.
+#[cold]
+#[inline(never)]
+fn secret_refused(place: &str, plan: &Plan, rec: &mut RequestRecord) -> GatewayError {
+    let holds = |s: &str| auth::carries_secret(s.as_bytes());
+    if rec.model.as_deref().is_some_and(holds) {
+        rec.model = None;
+    }
+    if let Some(l) = rec.log.as_mut() {
+        if holds(&l.path) {
+            l.path = Arc::from(WITHHELD);
+        }
+        if l.user_agent.as_deref().is_some_and(holds) {
+            l.user_agent = Some(Arc::from(WITHHELD));
+        }
+    }
+    GatewayError::unauthorized(format!(
+        "a gateway key was found in {place}, which goes to provider `{}`: send it only as `aigw-authorization: Bearer <key>`, or as `Authorization: Bearer <key>` where aigw holds the provider's key",
+        plan.provider.name
+    ))
+}
+
+#[cold]
+#[inline(never)]
+fn misplaced_refused(plan: &Plan) -> GatewayError {
+    GatewayError::unauthorized(format!(
+        "a gateway key was sent in `Authorization`, `x-api-key`, `api-key` or `x-goog-api-key`, which go to provider `{}` (aigw holds no key for it): send it only as `aigw-authorization: Bearer <key>`",
+        plan.provider.name
+    ))
+}
+
+#[cold]
+#[inline(never)]
+fn model_refused(key: &KeyEntry, provider: &str, model: Option<&str>) -> GatewayError {
+    let what = model.map_or_else(
+        || format!("provider `{provider}`"),
+        |m| format!("model `{provider}/{m}`"),
+    );
+    GatewayError::forbidden(
+        "model_not_allowed",
+        format!("key `{}` may not use {what}", key.id),
+    )
 }
 
 /// Settles a routed request's targets once its key is known: the key's
@@ -1578,7 +1606,7 @@ fn build_upstream(c: &mut ClientConn, req: &Incoming, plan: &Plan) -> usize {
         path: &plan.path,
         authority: &plan.provider.endpoint.authority,
         auth,
-        extra: if plan.unified {
+        extra: if plan.unified && !own_dialect_headers(plan, &view) {
             plan.provider.unified_headers()
         } else {
             ""
@@ -1588,6 +1616,27 @@ fn build_upstream(c: &mut ClientConn, req: &Incoming, plan: &Plan) -> usize {
     forward::build(&mut c.up_out, &view, &up);
     c.up_out.len() - body.len()
 }
+
+/// Whether a unified request keeps its own version of the headers the
+/// provider's format needs (`anthropic-version`): when it is written in that
+/// format already (not translated, only its model rewritten) and carries
+/// every one of them. A translated request is written for the version aigw
+/// translates to, so it gets aigw's.
+fn own_dialect_headers(plan: &Plan, view: &crate::http::request::RequestView<'_>) -> bool {
+    plan.translation.is_none()
+        && plan
+            .provider
+            .unified_headers()
+            .split("\r\n")
+            .filter_map(|l| l.split_once(':'))
+            .all(|(name, _)| {
+                view.headers()
+                    .any(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            })
+}
+
+/// What bounds the wait for a head when the request set it.
+const REQUEST_TIMEOUT: &str = "the request's aigw-request-timeout";
 
 /// Longest a request waits for a cooling target to return when every
 /// target of its route is cooling (else a 503 with `Retry-After`).
@@ -1622,9 +1671,14 @@ async fn attempts(
         return match attempt_once(ctx, c, plan, body_at, rec, first_byte).await {
             Ok(reply) => Ok(reply),
             Err(Tried::Gone) => Err(Unanswered::ClientGone),
-            Err(Tried::Failed(e)) => {
-                Err(Unanswered::Failed(e.to_gateway_error(&plan.provider.name)))
-            }
+            Err(Tried::Failed(e)) => Err(Unanswered::Failed(e.to_gateway_error(
+                &plan.provider.name,
+                if first_byte.is_some() {
+                    REQUEST_TIMEOUT
+                } else {
+                    attempt::FIRST_BYTE
+                },
+            ))),
         };
     }
     Box::pin(retrying_attempts(
@@ -1703,17 +1757,22 @@ async fn retrying_attempts(
             body_at = build_upstream(c, req, plan);
         }
         let target = plan.routing.as_ref().map(|r| r.order[step].clone());
-        let first_byte = wish
-            .retry
-            .timeout
-            .or(target.as_ref().and_then(|t| t.first_byte))
-            .unwrap_or(ctx.config().timeouts.first_byte)
-            .min(
-                target
-                    .as_ref()
-                    .and_then(|t| t.timeout)
-                    .unwrap_or(Duration::MAX),
-            );
+        let (first_byte, mut head_wait) = match (
+            wish.retry.timeout,
+            target.as_ref().and_then(|t| t.first_byte),
+        ) {
+            (Some(d), _) => (d, REQUEST_TIMEOUT),
+            (None, Some(d)) => (d, "the route target's first_byte"),
+            (None, None) => (ctx.config().timeouts.first_byte, attempt::FIRST_BYTE),
+        };
+        let whole = target.as_ref().and_then(|t| t.timeout);
+        let first_byte = match whole {
+            Some(t) if t < first_byte => {
+                head_wait = "the route target's timeout";
+                t
+            }
+            _ => first_byte,
+        };
         let mut hint: Option<Duration> = None;
         // A target's failures count once per request towards its cooldown.
         let mut counted = false;
@@ -1740,7 +1799,7 @@ async fn retrying_attempts(
             if track {
                 let outcome = match &result {
                     Ok(_) => Ok(c.rhead.status),
-                    Err(Tried::Failed(e)) => Err(e.to_gateway_error("").code),
+                    Err(Tried::Failed(e)) => Err(e.to_gateway_error("", "").code),
                     Err(Tried::Gone) => Err("client_gone"),
                 };
                 let step = plan.routing.as_ref().map(|r| r.step);
@@ -1803,7 +1862,7 @@ async fn retrying_attempts(
                     wish.retry.timeout.is_some() && matches!(failure.failure, Failure::HeadTimeout);
                 count_failure(chosen);
             }
-            let error = failure.to_gateway_error(&plan.provider.name);
+            let error = failure.to_gateway_error(&plan.provider.name, head_wait);
             if last || !covered {
                 return Err(Unanswered::Failed(error));
             }
