@@ -89,6 +89,10 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
             c.out.clear();
             respond::health(&mut c.out, c.head.http10, keep_alive, c.head.method, rec.id);
             rec.status = 200;
+            // A load balancer's probes are not requests anyone asks the
+            // log or `aigw usage` about (a probe a second would be most of
+            // an idle gateway's rows); `/stats` still counts them.
+            rec.log = None;
             return answer(ctx, c, &mut rec, keep_alive).await;
         }
         Err(e) => return answer_error(ctx, c, &mut rec, &e, keep_alive).await,
