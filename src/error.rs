@@ -58,6 +58,27 @@ pub struct GatewayError {
     pub headers: String,
 }
 
+/// Whose format an error body is written in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    OpenAi,
+    Anthropic,
+}
+
+/// Anthropic's error type for a status (its API's list).
+fn anthropic_type(status: u16) -> &'static str {
+    match status {
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        503 | 529 => "overloaded_error",
+        500..=599 => "api_error",
+        _ => "invalid_request_error",
+    }
+}
+
 impl GatewayError {
     fn new(
         status: u16,
@@ -236,14 +257,42 @@ impl GatewayError {
         keep_alive: bool,
         extra_headers: &str,
     ) {
+        self.write_response_as(out, http10, keep_alive, extra_headers, Shape::OpenAi);
+    }
+
+    /// [`GatewayError::write_response`] with the body in `shape`: OpenAI's
+    /// (`{"error":{"message","type","code","param"}}`) or, to a client of
+    /// Anthropic's format, Anthropic's (`{"type":"error","error":{"type",
+    /// "message"}}`, its error type chosen by status, aigw's `code` kept).
+    pub fn write_response_as(
+        &self,
+        out: &mut Vec<u8>,
+        http10: bool,
+        keep_alive: bool,
+        extra_headers: &str,
+        shape: Shape,
+    ) {
         let mut body = String::with_capacity(self.message.len() + 96);
-        body.push_str("{\"error\":{\"message\":");
-        push_json_string(&mut body, &self.message);
-        let _ = write!(
-            body,
-            ",\"type\":\"{}\",\"code\":\"{}\",\"param\":null}}}}",
-            self.kind, self.code
-        );
+        match shape {
+            Shape::OpenAi => {
+                body.push_str("{\"error\":{\"message\":");
+                push_json_string(&mut body, &self.message);
+                let _ = write!(
+                    body,
+                    ",\"type\":\"{}\",\"code\":\"{}\",\"param\":null}}}}",
+                    self.kind, self.code
+                );
+            }
+            Shape::Anthropic => {
+                let _ = write!(
+                    body,
+                    "{{\"type\":\"error\",\"error\":{{\"type\":\"{}\",\"message\":",
+                    anthropic_type(self.status)
+                );
+                push_json_string(&mut body, &self.message);
+                let _ = write!(body, ",\"code\":\"{}\"}}}}", self.code);
+            }
+        }
         let mut head = String::with_capacity(256);
         let _ = write!(
             head,
@@ -275,9 +324,10 @@ impl GatewayError {
         http10: bool,
         keep_alive: bool,
         extra_headers: &str,
+        shape: Shape,
     ) {
         let start = out.len();
-        self.write_response(out, http10, keep_alive, extra_headers);
+        self.write_response_as(out, http10, keep_alive, extra_headers, shape);
         if let Some(end) = memchr::memmem::find(&out[start..], b"\r\n\r\n") {
             out.truncate(start + end + 4);
         }

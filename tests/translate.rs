@@ -323,6 +323,25 @@ fn the_messages_api_reaches_any_provider(shards: usize) {
     );
     assert_eq!(r.status, 502, "{}", r.text());
     assert_eq!(r.header("aigw-error-source"), Some("provider"));
+    // aigw's own errors to this client are in Anthropic's shape, its code kept.
+    let v = r.json();
+    assert_eq!(v["type"], "error", "{v}");
+    assert_eq!(v["error"]["type"], "api_error", "{v}");
+    assert_eq!(v["error"]["code"], "upstream_bad_response", "{v}");
+    let r = gw
+        .client()
+        .post("/v1/messages", &headers, &msg("nowhere/gpt-x", ""));
+    assert_eq!(r.status, 400, "{}", r.text());
+    let v = r.json();
+    assert_eq!(
+        (v["type"].as_str(), v["error"]["type"].as_str()),
+        (Some("error"), Some("invalid_request_error")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("nowhere"),
+        "{v}"
+    );
 
     // A stream cut short ends with Anthropic's own error event.
     let s = gw.client().post(

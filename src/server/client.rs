@@ -30,6 +30,9 @@ pub struct ClientConn {
     /// Decoded provider body bytes (chunked responses).
     pub decoded: Vec<u8>,
     pub rhead: ResponseHead,
+    /// The current request speaks Anthropic's format (known once it is
+    /// routed): aigw's own errors are written in its shape.
+    pub anthropic: bool,
 }
 
 impl ClientConn {
@@ -45,6 +48,7 @@ impl ClientConn {
             scratch: JsonScratch::default(),
             decoded: Vec::new(),
             rhead: ResponseHead::default(),
+            anthropic: false,
         }
     }
 }

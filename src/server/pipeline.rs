@@ -37,7 +37,7 @@ use crate::cache::{self, Lookup, entry};
 use crate::config::routes::Retry;
 use crate::controls::{self, CustomCost, RetryControls};
 use crate::cost::{self, Price, Tokens};
-use crate::error::{ErrorSource, GatewayError};
+use crate::error::{ErrorSource, GatewayError, Shape};
 use crate::http::ReadBuf;
 use crate::http::request::Method;
 use crate::http::response::{ResponseBody, ResponseHead};
@@ -74,6 +74,13 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
     let mut rec = ctx.new_record(req.started);
     rec.bytes_in = req.consumed as u64;
     let keep_alive = c.head.keep_alive && !ctx.draining.get();
+    // Until it is routed, a request to a Messages path is taken for one of
+    // Anthropic's format (its errors are written in that shape).
+    c.anthropic = {
+        let target = req.view(&c.head, &c.buf, &c.body).target();
+        let path = target.split(|b| *b == b'?').next().unwrap_or_default();
+        path.ends_with(b"/v1/messages")
+    };
 
     // 0. controls, and what the request log will keep of this request
     // Filled in place: moving it out of the stage copied it twice.
@@ -84,7 +91,10 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
 
     // 1. route
     let (mut plan, digests) = match plan(ctx, c, req, &wish, &mut rec) {
-        Ok((Routed::Upstream(plan), digest)) => (plan, digest),
+        Ok((Routed::Upstream(plan), digest)) => {
+            c.anthropic = plan.anthropic_client;
+            (plan, digest)
+        }
         Ok((Routed::Health, _)) => {
             c.out.clear();
             respond::health(&mut c.out, c.head.http10, keep_alive, c.head.method, rec.id);
@@ -529,11 +539,11 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
             respond::error(
                 &mut c.out,
                 &e,
-                c.head.http10,
+                &c.head,
                 false,
-                c.head.method,
                 rec.id,
                 cache_line(&rec),
+                error_shape(c.anthropic),
             );
             rec.status = e.status;
             rec.error_source = Some(e.source);
@@ -2100,6 +2110,16 @@ async fn client_gone(stream: &mut TcpStream, buf: &mut ReadBuf, max_window: usiz
     }
 }
 
+/// The shape of aigw's own errors to this client: Anthropic's to a client
+/// of its format (the anthropic SDK), else OpenAI's.
+fn error_shape(anthropic: bool) -> Shape {
+    if anthropic {
+        Shape::Anthropic
+    } else {
+        Shape::OpenAi
+    }
+}
+
 /// Answers with a gateway error (the one place such a response is written).
 async fn answer_error(
     ctx: &ShardCtx,
@@ -2115,11 +2135,11 @@ async fn answer_error(
     respond::error(
         &mut c.out,
         e,
-        c.head.http10,
+        &c.head,
         keep_alive,
-        c.head.method,
         rec.id,
         cache_line(rec),
+        error_shape(c.anthropic),
     );
     rec.status = e.status;
     // Refused or failed before a provider could spend anything.

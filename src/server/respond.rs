@@ -5,7 +5,7 @@
 //! framed towards the client. Writes into a buffer; only the pipeline (and the
 //! relay it runs) puts those bytes on the socket. Below `relay` and `pipeline`.
 
-use crate::error::{GatewayError, provider_reason};
+use crate::error::{GatewayError, Shape, provider_reason};
 use crate::http::request::Method;
 use crate::http::response::{ResponseBody, ResponseHead};
 use crate::http::{is_hop_by_hop, push_decimal, tokens};
@@ -302,16 +302,18 @@ pub fn provider_head(out: &mut Vec<u8>, h: &ClientHead<'_>, rh: &ResponseHead, w
     out.extend_from_slice(b"\r\n");
 }
 
-/// Writes a whole gateway error response (only its head to a HEAD request).
+/// Writes a whole gateway error response to the request `to` (only its head
+/// to a HEAD request), its body in `shape`.
 pub fn error(
     out: &mut Vec<u8>,
     e: &GatewayError,
-    http10: bool,
+    to: &crate::http::request::RequestHead,
     keep_alive: bool,
-    method: Method,
     id: RequestId,
     cache: Option<CacheLine>,
+    shape: Shape,
 ) {
+    let (http10, method) = (to.http10, to.method);
     let mut id_line = Vec::with_capacity(96);
     push_id(&mut id_line, id);
     // A request that looked in the cache says so, whatever answered it.
@@ -321,9 +323,9 @@ pub fn error(
     // Request ids are ASCII (hex digits and dashes).
     let id_line = std::str::from_utf8(&id_line).unwrap_or_default();
     if method == Method::Head {
-        e.write_head_response(out, http10, keep_alive, id_line);
+        e.write_head_response(out, http10, keep_alive, id_line, shape);
     } else {
-        e.write_response(out, http10, keep_alive, id_line);
+        e.write_response_as(out, http10, keep_alive, id_line, shape);
     }
 }
 
@@ -502,17 +504,18 @@ mod tests {
         );
         assert!(s.contains("connection: keep-alive\r\n") && s.ends_with("{\"status\":\"ok\"}"));
         let mut out = Vec::new();
+        let get = crate::http::request::RequestHead::default();
         error(
             &mut out,
             &GatewayError::not_found("x"),
+            &get,
             false,
-            false,
-            Method::Get,
             id,
             Some(CacheLine {
                 cloudflare: false,
                 status: CacheStatus::Miss,
             }),
+            Shape::OpenAi,
         );
         let s = String::from_utf8(out).unwrap();
         assert!(
@@ -522,19 +525,41 @@ mod tests {
         );
         // A HEAD request gets the head (with its length) and no body.
         let mut out = Vec::new();
+        let head = crate::http::request::RequestHead {
+            method: Method::Head,
+            ..Default::default()
+        };
         error(
             &mut out,
             &GatewayError::not_found("x"),
-            false,
+            &head,
             true,
-            Method::Head,
             id,
             None,
+            Shape::Anthropic,
         );
         let s = String::from_utf8(out).unwrap();
         assert!(
             s.ends_with("\r\n\r\n") && s.contains("content-length: "),
             "{s}"
         );
+        // To a client of Anthropic's format: its shape, aigw's code kept.
+        let mut out = Vec::new();
+        error(
+            &mut out,
+            &GatewayError::not_found("x"),
+            &get,
+            true,
+            id,
+            None,
+            Shape::Anthropic,
+        );
+        let s = String::from_utf8(out).unwrap();
+        let body = &s[s.find("\r\n\r\n").unwrap() + 4..];
+        assert!(
+            body.starts_with(r#"{"type":"error","error":{"type":"not_found_error","message":"#),
+            "{body}"
+        );
+        assert!(body.ends_with(r#","code":"not_found"}}"#), "{body}");
     }
 }

@@ -155,4 +155,12 @@ try:
 except anthropic.RateLimitError as err:
     assert err.body["error"]["type"] == "rate_limit_error", err.body
 
+# aigw's own error (no such provider) is in Anthropic's shape too.
+try:
+    anyp.messages.create(model="nowhere/gpt-x", max_tokens=8, messages=messages)
+    raise AssertionError("an unknown provider passed")
+except anthropic.BadRequestError as err:
+    assert err.body["type"] == "error", err.body
+    assert err.body["error"]["type"] == "invalid_request_error", err.body
+
 print("openai", openai.__version__, "anthropic", anthropic.__version__, "ok")
