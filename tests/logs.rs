@@ -437,6 +437,9 @@ fn usage_counts_the_tokens_providers_used_not_those_hits_saved(shards: usize) {
     let (code, out) = common::gateway::admin_get(&gw.admin_socket, "/usage?by=provider");
     assert_eq!(code, 200);
     let usage = json(&out);
+    // One grouping a query: a second `by` would silently win.
+    let (code, twice) = common::gateway::admin_get(&gw.admin_socket, "/usage?by=provider&by=key");
+    assert_eq!(code, 400, "{}", String::from_utf8_lossy(&twice));
     let up = &usage["groups"][0];
     assert_eq!(
         (up["requests"].as_u64(), up["cached"].as_u64()),

@@ -65,7 +65,15 @@ impl Filter {
             limit: DEFAULT_LIMIT,
             ..Filter::default()
         };
+        let mut seen: Vec<String> = Vec::new();
         for (name, v) in pairs {
+            // Each filter once (`meta` may repeat: every pair must match);
+            // a second value would silently win over the first.
+            let canonical = name.replace('_', "-");
+            if name != "meta" && seen.contains(&canonical) {
+                return Err(format!("{name}: given twice; give it once"));
+            }
+            seen.push(canonical);
             let num = |what: &str| -> Result<u64, String> {
                 v.parse()
                     .map_err(|_| format!("{name}: `{v}` is not {what}"))
@@ -664,6 +672,16 @@ mod tests {
         }
         let f = Filter::from_pairs([("cache", "Coalesced")], 0).unwrap();
         assert_eq!(f.cache.as_deref(), Some("COALESCED"));
+        // A filter given twice is refused (one would silently win), in
+        // either spelling; `meta` repeats.
+        for pairs in [
+            [("model", "a"), ("model", "b")],
+            [("min-cost", "1"), ("min_cost", "2")],
+        ] {
+            let e = Filter::from_pairs(pairs, 0).unwrap_err();
+            assert!(e.contains("given twice"), "{e}");
+        }
+        assert!(Filter::from_pairs([("meta", "a=1"), ("meta", "b=2")], 0).is_ok());
     }
 }
 
