@@ -249,22 +249,12 @@ impl GatewayError {
     }
 
     /// Renders the whole response (head and JSON body) into `out`.
-    /// `extra_headers` are complete header lines, each ending in CRLF.
+    /// `extra_headers` are complete header lines, each ending in CRLF. The
+    /// body in `shape`: OpenAI's (`{"error":{"message","type","code",
+    /// "param"}}`) or, to a client of Anthropic's format, Anthropic's
+    /// (`{"type":"error","error":{"type","message"}}`, its error type chosen
+    /// by status, aigw's `code` kept).
     pub fn write_response(
-        &self,
-        out: &mut Vec<u8>,
-        http10: bool,
-        keep_alive: bool,
-        extra_headers: &str,
-    ) {
-        self.write_response_as(out, http10, keep_alive, extra_headers, Shape::OpenAi);
-    }
-
-    /// [`GatewayError::write_response`] with the body in `shape`: OpenAI's
-    /// (`{"error":{"message","type","code","param"}}`) or, to a client of
-    /// Anthropic's format, Anthropic's (`{"type":"error","error":{"type",
-    /// "message"}}`, its error type chosen by status, aigw's `code` kept).
-    pub fn write_response_as(
         &self,
         out: &mut Vec<u8>,
         http10: bool,
@@ -327,7 +317,7 @@ impl GatewayError {
         shape: Shape,
     ) {
         let start = out.len();
-        self.write_response_as(out, http10, keep_alive, extra_headers, shape);
+        self.write_response(out, http10, keep_alive, extra_headers, shape);
         if let Some(end) = memchr::memmem::find(&out[start..], b"\r\n\r\n") {
             out.truncate(start + end + 4);
         }
@@ -463,8 +453,13 @@ mod tests {
     #[test]
     fn error_renders_openai_shaped_json_with_its_source() {
         let mut out = Vec::new();
-        GatewayError::upstream_timeout("openai", "first byte")
-            .write_response(&mut out, false, true, "");
+        GatewayError::upstream_timeout("openai", "first byte").write_response(
+            &mut out,
+            false,
+            true,
+            "",
+            Shape::OpenAi,
+        );
         let s = String::from_utf8(out).unwrap();
         assert!(s.starts_with("HTTP/1.1 504 Gateway Timeout\r\n"), "{s}");
         assert!(s.contains("aigw-error-source: provider\r\n"));
@@ -486,7 +481,13 @@ mod tests {
     #[test]
     fn framing_errors_close_the_connection() {
         let mut out = Vec::new();
-        GatewayError::framing(400, "bad_framing", "x").write_response(&mut out, false, true, "");
+        GatewayError::framing(400, "bad_framing", "x").write_response(
+            &mut out,
+            false,
+            true,
+            "",
+            Shape::OpenAi,
+        );
         assert!(
             String::from_utf8(out)
                 .unwrap()

@@ -325,7 +325,7 @@ pub fn error(
     if method == Method::Head {
         e.write_head_response(out, http10, keep_alive, id_line, shape);
     } else {
-        e.write_response_as(out, http10, keep_alive, id_line, shape);
+        e.write_response(out, http10, keep_alive, id_line, shape);
     }
 }
 
