@@ -1620,10 +1620,9 @@ fn build_upstream(c: &mut ClientConn, req: &Incoming, plan: &Plan) -> usize {
         path: &plan.path,
         authority: &plan.provider.endpoint.authority,
         auth,
-        extra: if plan.unified && !own_dialect_headers(plan, &view) {
-            plan.provider.unified_headers()
-        } else {
-            ""
+        extra: match plan.provider.unified_headers() {
+            h if plan.unified && !h.is_empty() && !own_dialect_headers(plan, &view) => h,
+            _ => "",
         },
         body,
     };
