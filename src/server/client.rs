@@ -30,9 +30,9 @@ pub struct ClientConn {
     /// Decoded provider body bytes (chunked responses).
     pub decoded: Vec<u8>,
     pub rhead: ResponseHead,
-    /// The current request speaks Anthropic's format (known once it is
-    /// routed): aigw's own errors are written in its shape.
-    pub anthropic: bool,
+    /// The current request speaks Anthropic's format, once it is routed
+    /// (aigw's own errors are written in its shape; before, its path says).
+    pub anthropic: Option<bool>,
 }
 
 impl ClientConn {
@@ -48,7 +48,7 @@ impl ClientConn {
             scratch: JsonScratch::default(),
             decoded: Vec::new(),
             rhead: ResponseHead::default(),
-            anthropic: false,
+            anthropic: None,
         }
     }
 }

@@ -74,13 +74,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
     let mut rec = ctx.new_record(req.started);
     rec.bytes_in = req.consumed as u64;
     let keep_alive = c.head.keep_alive && !ctx.draining.get();
-    // Until it is routed, a request to a Messages path is taken for one of
-    // Anthropic's format (its errors are written in that shape).
-    c.anthropic = {
-        let target = req.view(&c.head, &c.buf, &c.body).target();
-        let path = target.split(|b| *b == b'?').next().unwrap_or_default();
-        path.ends_with(b"/v1/messages")
-    };
+    c.anthropic = None;
 
     // 0. controls, and what the request log will keep of this request
     // Filled in place: moving it out of the stage copied it twice.
@@ -92,7 +86,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
     // 1. route
     let (mut plan, digests) = match plan(ctx, c, req, &wish, &mut rec) {
         Ok((Routed::Upstream(plan), digest)) => {
-            c.anthropic = plan.anthropic_client;
+            c.anthropic = Some(plan.anthropic_client);
             (plan, digest)
         }
         Ok((Routed::Health, _)) => {
@@ -536,6 +530,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
                 "its answer was cut off before its end",
             );
             c.out.clear();
+            let shape = error_shape(c);
             respond::error(
                 &mut c.out,
                 &e,
@@ -543,7 +538,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
                 false,
                 rec.id,
                 cache_line(&rec),
-                error_shape(c.anthropic),
+                shape,
             );
             rec.status = e.status;
             rec.error_source = Some(e.source);
@@ -2110,8 +2105,20 @@ async fn client_gone(stream: &mut TcpStream, buf: &mut ReadBuf, max_window: usiz
 }
 
 /// The shape of aigw's own errors to this client: Anthropic's to a client
-/// of its format (the anthropic SDK), else OpenAI's.
-fn error_shape(anthropic: bool) -> Shape {
+/// of its format (the anthropic SDK), else OpenAI's. Until the request is
+/// routed, one to a Messages path is taken for one of Anthropic's format
+/// (read only here: most requests never need it).
+fn error_shape(c: &ClientConn) -> Shape {
+    let anthropic = c.anthropic.unwrap_or_else(|| {
+        let t = c.head.target;
+        let target = c
+            .buf
+            .filled()
+            .get(t.start as usize..t.end as usize)
+            .unwrap_or_default();
+        let path = target.split(|b| *b == b'?').next().unwrap_or_default();
+        path.ends_with(b"/v1/messages")
+    });
     if anthropic {
         Shape::Anthropic
     } else {
@@ -2131,6 +2138,7 @@ async fn answer_error(
     // began meanwhile, this answer is the connection's last.
     let keep_alive = keep_alive && !e.close && !ctx.draining.get();
     c.out.clear();
+    let shape = error_shape(c);
     respond::error(
         &mut c.out,
         e,
@@ -2138,7 +2146,7 @@ async fn answer_error(
         keep_alive,
         rec.id,
         cache_line(rec),
-        error_shape(c.anthropic),
+        shape,
     );
     rec.status = e.status;
     // Refused or failed before a provider could spend anything.
