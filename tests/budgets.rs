@@ -316,15 +316,17 @@ fn a_gemini_native_request_reserves_by_its_generation_config(shards: usize) {
             ),
         )
     };
-    // 2000 tokens at $1 per thousand: more than the budget.
+    // 2000 tokens at $1 per thousand: more than the whole budget, which no
+    // wait can cover (a 400, not a 429 a client would retry).
     for config in [
         r#"{"maxOutputTokens":2000}"#,
         r#"{"max_output_tokens":2000}"#,
         r#"{"maxOutputTokens":100,"candidateCount":20}"#,
     ] {
         let r = ask(config);
-        assert_eq!(r.status, 429, "{config}: {}", r.text());
-        assert_eq!(r.error_code(), "budget_exceeded");
+        assert_eq!(r.status, 400, "{config}: {}", r.text());
+        assert_eq!(r.error_code(), "request_too_large");
+        assert_eq!(r.header("retry-after"), None);
     }
     assert_eq!(mock.requests_seen(), 0);
     let r = ask(r#"{"maxOutputTokens":100}"#);
@@ -540,7 +542,8 @@ fn a_client_cannot_price_its_own_spend_down_or_overflow_a_budget(shards: usize) 
     // A cap no budget could cover is refused, and the spend stays as it was.
     let huge = r#"{"model":"up/gpt-x","max_tokens":9999999999999999999,"messages":[{"role":"user","content":"x"}]}"#;
     let r = c.post("/v1/chat/completions", &[SHORT], huge);
-    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.error_code(), "request_too_large");
     let after = usage(&gw, "")["budgets"][0]["spent_usd"]
         .cast_f64()
         .unwrap();

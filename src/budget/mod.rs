@@ -739,6 +739,12 @@ fn exhausted(
             p.rule.window.describe()
         )
     };
+    if worst > amount {
+        // Not a 429: a client that waits and retries (SDKs do, by
+        // Retry-After) can never be admitted. As a rate limit's reservation
+        // past the whole limit.
+        return GatewayError::bad_request("request_too_large", message);
+    }
     let mut e = GatewayError::rate_limited(message);
     e.code = "budget_exceeded";
     let _ = write!(
@@ -1012,6 +1018,9 @@ mod tests {
             "{}",
             e.message
         );
+        // A 400, not a 429, and no Retry-After: waiting does not help.
+        assert_eq!((e.status, e.code), (400, "request_too_large"));
+        assert!(!e.headers.contains("retry-after"), "{}", e.headers);
     }
 
     /// A rolling budget's Retry-After is when the request fits: a request
