@@ -249,6 +249,22 @@ fn a_client_with_its_own_provider_key_sends_the_gateway_key_beside_it(shards: us
         &CHAT.replace("up/gpt-x", &format!("up/{other}")),
     );
     assert_eq!(r.status, 401, "{}", r.text());
+    // Nor in aigw's own headers, which stay here but whose values are
+    // logged and exported (metadata as metric labels).
+    for (name, value) in [
+        ("aigw-metadata", format!(r#"{{"user":"{other}"}}"#)),
+        ("cf-aig-metadata", format!(r#"{{"{other}":"x"}}"#)),
+        ("aigw-event-id", other.clone()),
+    ] {
+        let r = beside(name, value.clone());
+        assert_eq!(r.status, 401, "{name}: {value}: {}", r.text());
+        assert!(r.text().contains("logs"), "{}", r.text());
+    }
+    let (_, metrics) = admin_get(&gw.admin_socket, "/metrics");
+    assert!(
+        !String::from_utf8_lossy(&metrics).contains("sk-aigw-"),
+        "a gateway secret in /metrics"
+    );
     // The log keeps no secret of these either.
     let (code, rows) = admin_get(&gw.admin_socket, "/logs?limit=100");
     assert_eq!(code, 200);

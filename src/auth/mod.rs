@@ -602,6 +602,21 @@ pub fn presented<'a>(
         .or(provider.map(|t| (Carrier::Provider, t)))
 }
 
+/// Whether `name` is a header a credential is presented in (the ones
+/// [`presented`] reads): the only place a gateway secret may be.
+pub fn credential_header(name: &[u8]) -> bool {
+    [
+        &b"aigw-authorization"[..],
+        b"cf-aig-authorization",
+        b"authorization",
+        b"x-api-key",
+        b"api-key",
+        b"x-goog-api-key",
+    ]
+    .iter()
+    .any(|c| name.eq_ignore_ascii_case(c))
+}
+
 /// Finds the prefix every gateway secret starts with (built once).
 fn finder() -> &'static memchr::memmem::Finder<'static> {
     static FINDER: std::sync::OnceLock<memchr::memmem::Finder<'static>> =

@@ -751,6 +751,10 @@ struct BodyDigests {
     canonical: Derived,
 }
 
+/// Where [`secret_upstream`] found a gateway key that does not go upstream
+/// but would be logged and exported.
+const LOGGED_HEADER: &str = "a header whose value aigw logs (aigw-metadata, aigw-event-id, ...)";
+
 /// What the log keeps of a path or user agent that held a gateway key.
 const WITHHELD: &str = "(withheld: it held a gateway key)";
 
@@ -783,8 +787,15 @@ fn secret_upstream(
             .headers
             .iter()
             .find(|h| h.name.start <= at && at < h.value.end.max(h.name.end));
-        match header {
-            Some(h) if forward::skip_upstream(h.name.get(view.window), injected) => {}
+        match header.map(|h| h.name.get(view.window)) {
+            // Only a credential header that stays with aigw may hold one.
+            Some(name)
+                if auth::credential_header(name) && forward::skip_upstream(name, injected) => {}
+            Some(name) if forward::skip_upstream(name, injected) => {
+                // aigw's own (`aigw-metadata`, `aigw-event-id`, ...): their
+                // values are logged, counted and exported as labels.
+                return Some(LOGGED_HEADER);
+            }
             Some(_) => return Some("a header that goes upstream"),
             None => return Some("the URL"),
         }
@@ -905,10 +916,25 @@ fn secret_refused(place: &str, plan: &Plan, rec: &mut RequestRecord) -> GatewayE
         if l.user_agent.as_deref().is_some_and(holds) {
             l.user_agent = Some(Arc::from(WITHHELD));
         }
+        if l.event_id.as_deref().is_some_and(holds) {
+            l.event_id = Some(WITHHELD.to_string());
+        }
     }
+    // Its attribution goes too (counted in `/stats` and `/metrics` by value).
+    let meta_holds = rec.metadata.as_ref().is_some_and(|m| {
+        m.0.iter()
+            .any(|(k, v)| holds(k) || matches!(v, MetaValue::Str(s) if holds(s)))
+    });
+    if meta_holds {
+        rec.metadata = None;
+    }
+    let goes = if place == LOGGED_HEADER {
+        String::new()
+    } else {
+        format!(", which goes to provider `{}`", plan.provider.name)
+    };
     GatewayError::unauthorized(format!(
-        "a gateway key was found in {place}, which goes to provider `{}`: send it only as `aigw-authorization: Bearer <key>`, or as `Authorization: Bearer <key>` where aigw holds the provider's key",
-        plan.provider.name
+        "a gateway key was found in {place}{goes}: send it only as `aigw-authorization: Bearer <key>`, or as `Authorization: Bearer <key>` where aigw holds the provider's key"
     ))
 }
 
