@@ -255,7 +255,7 @@ pub fn serve(
     // Handlers go in before readiness is announced: a supervisor may send
     // SIGTERM as soon as it reads the listening line, and the default action
     // would kill the process without a drain.
-    signals::spawn(senders.clone(), reloader)
+    signals::spawn(senders.clone(), reloader, hub.clone(), log_stats.clone())
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     on_ready(&Listening {
         addr,

@@ -477,7 +477,54 @@ fn a_drain_that_runs_out_records_what_it_stopped(shards: usize) {
     assert_eq!(stream["cost_estimated"].as_bool(), Some(true), "{stream}");
 }
 
+/// A second signal exits at once, but not before the rows of requests
+/// already answered are committed: usage, limits and budgets rebuild from
+/// them (with the log's batch still open, they were lost).
+fn a_second_signal_keeps_what_was_answered(shards: usize) {
+    let held = HeldUpstream::start();
+    let up = mock();
+    let mut gw = Gateway::with(shards)
+        .server("drain_timeout = \"30s\"")
+        .provider("held", &held.base_url(), "")
+        .provider("up", &up.base_url(), "")
+        .toml("[logs]\nflush_interval = \"900ms\"\n")
+        .start();
+    let mut c = gw.client();
+    let mut answered = std::collections::BTreeSet::new();
+    for _ in 0..5 {
+        let r = c.post(
+            "/v1/chat/completions",
+            &[],
+            r#"{"model":"up/gpt-x","messages":[{"role":"user","content":"hi"}]}"#,
+        );
+        assert_eq!(r.status, 200);
+        answered.insert(r.header("aigw-request-id").unwrap().to_string());
+    }
+    // One in flight keeps the drain open.
+    let _stuck = held_request(&gw, &held);
+    gw.terminate();
+    // The drain has begun once the idle connection is closed: the next
+    // signal is the second.
+    assert!(c.closed_by_peer(), "the idle connection stayed open");
+    gw.terminate();
+    let status = gw.wait_exit();
+    assert_eq!(status.code(), Some(1), "{}", gw.stderr());
+    let (code, out, err) = run_aigw(&[
+        "logs",
+        "--data-dir",
+        gw.data_dir().to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let logged: std::collections::BTreeSet<String> = out
+        .lines()
+        .map(|l| json(l.as_bytes())["id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(answered.is_subset(&logged), "{answered:?} vs {logged:?}");
+}
+
 at_1_and_2_shards!(
+    a_second_signal_keeps_what_was_answered,
     a_drain_that_runs_out_records_what_it_stopped,
     serve_refuses_a_listen_address_in_use,
     serve_refuses_an_admin_socket_in_use,
