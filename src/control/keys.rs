@@ -63,6 +63,20 @@ pub fn create(keys: &Registry, data_dir: &Path, body: &[u8]) -> (u16, String) {
     if let Err(e) = keys.can_add(&entry) {
         return key_error(&e);
     }
+    // A revoked secret stays revoked (a provisioning script run again after
+    // a leak must not put it back in force).
+    match KeyStore::open(data_dir).and_then(|s| s.revoked_as(&entry.hash)) {
+        Ok(Some(was)) => {
+            return error(
+                409,
+                &format!(
+                    "this secret was revoked (it was key `{was}`); a revoked secret is never put back in force: make a new one"
+                ),
+            );
+        }
+        Ok(None) => {}
+        Err(e) => return error(500, &format!("the key was not stored: {e}")),
+    }
     let stored = KeyStore::open(data_dir).and_then(|s| s.insert(&entry));
     if let Err(e) = stored {
         return error(500, &format!("the key was not stored: {e}"));

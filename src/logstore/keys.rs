@@ -19,6 +19,11 @@ CREATE TABLE IF NOT EXISTS gateway_keys (
     created_ms INTEGER NOT NULL,
     revoked_ms INTEGER
 );
+CREATE TABLE IF NOT EXISTS revoked_secrets (
+    secret_sha256 TEXT PRIMARY KEY,
+    id TEXT NOT NULL,
+    revoked_ms INTEGER NOT NULL
+);
 ";
 
 /// The table, opened (and created if needed).
@@ -109,6 +114,8 @@ impl KeyStore {
     }
 
     /// Marks a key revoked; `false` if there was no live key of that id.
+    /// Its secret is remembered apart (the id may be used again, by a key
+    /// of another secret), so it is never put back in force.
     pub fn revoke(&self, id: &str, now_ms: u64) -> Result<bool, String> {
         let n = self
             .conn
@@ -117,7 +124,32 @@ impl KeyStore {
                 params![id, now_ms as i64],
             )
             .map_err(|e| e.to_string())?;
+        if n > 0 {
+            self.conn
+                .execute(
+                    "INSERT OR IGNORE INTO revoked_secrets (secret_sha256, id, revoked_ms)
+                     SELECT secret_sha256, id, revoked_ms FROM gateway_keys WHERE id = ?1",
+                    params![id],
+                )
+                .map_err(|e| e.to_string())?;
+        }
         Ok(n > 0)
+    }
+
+    /// The id of the key a revoked secret (by its SHA-256) was, if any.
+    pub fn revoked_as(&self, hash: &[u8; 32]) -> Result<Option<String>, String> {
+        let hex = auth::hex(hash);
+        self.conn
+            .query_row(
+                "SELECT id FROM revoked_secrets WHERE secret_sha256 = ?1
+                 UNION ALL
+                 SELECT id FROM gateway_keys WHERE secret_sha256 = ?1 AND revoked_ms IS NOT NULL
+                 LIMIT 1",
+                params![hex],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| e.to_string())
     }
 }
 
