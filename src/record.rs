@@ -115,6 +115,8 @@ pub enum Outcome {
     UpstreamAborted,
     /// The client went away before the response was delivered.
     ClientAborted,
+    /// The end of a drain stopped it (`server.drain_timeout` ran out).
+    StoppedByGateway,
 }
 
 /// Token counts of one request. Fields absent from the reply stay `None`.
@@ -151,6 +153,7 @@ impl Outcome {
             Outcome::GatewayError => "gateway_error",
             Outcome::UpstreamAborted => "aborted_by_provider",
             Outcome::ClientAborted => "aborted_by_client",
+            Outcome::StoppedByGateway => "stopped_by_gateway",
         }
     }
 }

@@ -464,7 +464,7 @@ fn a_drain_that_runs_out_records_what_it_stopped(shards: usize) {
     assert_eq!(
         stopped
             .iter()
-            .filter(|r| r["outcome"].as_str() == Some("aborted_by_client"))
+            .filter(|r| r["outcome"].as_str() == Some("stopped_by_gateway"))
             .count(),
         2,
         "{out}"

@@ -2234,6 +2234,9 @@ fn record(ctx: &ShardCtx, rec: &mut RequestRecord) {
         // arriving), not by its client.
         rec.error_source = Some(ErrorSource::Gateway);
         rec.error_code = Some("shutting_down");
+        if rec.outcome == Outcome::ClientAborted {
+            rec.outcome = Outcome::StoppedByGateway;
+        }
     }
     if let Some(r) = rec.log.as_mut().and_then(|l| l.routing.as_mut()) {
         let _ = write!(r, "],\"attempts\":{}}}", rec.attempts);
