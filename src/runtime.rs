@@ -307,6 +307,9 @@ struct ShardArgs {
 const STOP_GRACE: Duration = Duration::from_millis(1500);
 /// The shortest stop that still follows a full first part.
 const MIN_GRACE: Duration = Duration::from_millis(100);
+/// How long, of the stop, the requests that had not answered have to send
+/// their 503 before every connection is shut both ways.
+const STOP_ANSWERS: Duration = Duration::from_millis(100);
 
 async fn run_shard(a: ShardArgs) {
     // glommio 0.9.0's first timer sleep registers a membarrier (6-14 ms here);
@@ -414,11 +417,23 @@ async fn run_shard(a: ShardArgs) {
             ctx.open_connections()
         );
         ctx.stop_all();
-        let stopped = timer::timeout(grace, async {
+        // Their 503s go out first; then what still waits on a write stops.
+        let answers = STOP_ANSWERS.min(grace / 2);
+        let answered = timer::timeout(answers, async {
             let _ = (&mut closing).await;
             Ok(())
         })
         .await;
+        let stopped = if answered.is_ok() {
+            answered
+        } else {
+            ctx.stop_writes();
+            timer::timeout(grace - answers, async {
+                let _ = (&mut closing).await;
+                Ok(())
+            })
+            .await
+        };
         if stopped.is_err() {
             log::warn!(
                 "shard {}: {} connection(s) still busy after server.drain_timeout; closing them",

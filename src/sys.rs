@@ -94,6 +94,16 @@ pub fn peer_closed(fd: std::os::fd::RawFd) -> bool {
     n > 0 && p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
 }
 
+/// Shuts the reading side of socket `fd`: its reads end (as if its peer had
+/// closed), while writes still go out, so a request the end of a drain
+/// stops can still be answered. Errors are ignored, as below.
+pub fn shutdown_reads(fd: std::os::fd::RawFd) {
+    // SAFETY: as for `shutdown_socket`: a descriptor number, no memory.
+    unsafe {
+        libc::shutdown(fd, libc::SHUT_RD);
+    }
+}
+
 /// Shuts the socket `fd` down both ways: its reads end and its writes fail
 /// at once, wherever they wait (the end of a drain stops the requests still
 /// running this way, so each ends and is recorded). Errors are ignored (a

@@ -308,6 +308,11 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
             if !reservation.is_empty() {
                 reservation.settle(rec.cost, ctx.shared_budgets());
             }
+            if ctx.stopping.get() {
+                // Not its client: the end of a drain stopped the wait (the
+                // client can still be told, and may retry elsewhere).
+                return answer_error(ctx, c, &mut rec, &stopped_error(), false).await;
+            }
             record(ctx, &mut rec);
             return false;
         }
@@ -2130,6 +2135,14 @@ async fn client_gone(stream: &mut TcpStream, buf: &mut ReadBuf, max_window: usiz
     }
 }
 
+/// The answer to a request the end of a drain stopped before it answered.
+#[cold]
+fn stopped_error() -> GatewayError {
+    GatewayError::unavailable(
+        "the gateway is shutting down (server.drain_timeout ran out) and stopped this request before it was answered; retry it",
+    )
+}
+
 /// The shape of aigw's own errors to this client: Anthropic's to a client
 /// of its format (the anthropic SDK), else OpenAI's. Until the request is
 /// routed, one to a Messages path is taken for one of Anthropic's format
@@ -2160,6 +2173,14 @@ async fn answer_error(
     e: &GatewayError,
     keep_alive: bool,
 ) -> bool {
+    // A body cut by the end of a drain (its reads were shut), not by its client.
+    let stopped;
+    let e = if ctx.stopping.get() && e.code == "incomplete_body" {
+        stopped = stopped_error();
+        &stopped
+    } else {
+        e
+    };
     // An upstream error can come long after the request arrived: if a drain
     // began meanwhile, this answer is the connection's last.
     let keep_alive = keep_alive && !e.close && !ctx.draining.get();

@@ -527,11 +527,20 @@ impl ShardCtx {
         }) as u64
     }
 
-    /// The end of a drain: every connection still open is shut down, so the
-    /// requests on them end now (as if their clients had left: recorded and
-    /// charged what they used, marked `shutting_down`).
+    /// The end of a drain: every connection still open stops reading, so the
+    /// requests on them end now (recorded and charged what they used, marked
+    /// `shutting_down`); one that has sent no answer yet answers 503.
     pub fn stop_all(&self) {
         self.stopping.set(true);
+        for e in self.conns.borrow().entries.iter().flatten() {
+            crate::sys::shutdown_reads(e.fd);
+        }
+    }
+
+    /// After [`ShardCtx::stop_all`]'s answers had their moment: every
+    /// connection still open is shut both ways, so a request waiting to
+    /// write to a client that reads nothing ends too.
+    pub fn stop_writes(&self) {
         for e in self.conns.borrow().entries.iter().flatten() {
             crate::sys::shutdown_socket(e.fd);
         }
