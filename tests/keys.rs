@@ -411,28 +411,22 @@ fn keys_made_over_the_admin_socket_work_on_every_shard_and_survive_a_restart(sha
     let (code, _, err) = run_aigw(&["key", "revoke", "frank", "--socket", &socket]);
     assert_ne!(code, 0);
     assert!(err.contains("no key with id"), "{err}");
-    // A revoked secret is never put back in force, under its id or another.
+    // A revoked secret is never put back in force, under its id or another,
+    // even once the id is used again by a new secret.
+    let create = |body: &str| {
+        let (code, out) = admin_send(&gw.admin_socket, "POST", "/keys", body);
+        (code, String::from_utf8_lossy(&out).to_string())
+    };
+    let again = |id: &str| create(&format!(r#"{{"id":"{id}","secret_sha256":"{hash}"}}"#));
     for id in ["frank", "frank2"] {
-        let (code, body) = admin_send(
-            &gw.admin_socket,
-            "POST",
-            "/keys",
-            &format!(r#"{{"id":"{id}","secret_sha256":"{hash}"}}"#),
-        );
-        let text = String::from_utf8_lossy(&body).to_string();
+        let (code, text) = again(id);
         assert_eq!(code, 409, "{text}");
         assert!(text.contains("revoked"), "{text}");
     }
-    // The id itself may be used again, by a new secret.
-    let (code, body) = admin_send(&gw.admin_socket, "POST", "/keys", r#"{"id":"frank"}"#);
-    assert_eq!(code, 201, "{}", String::from_utf8_lossy(&body));
-    let (code, body) = admin_send(
-        &gw.admin_socket,
-        "POST",
-        "/keys",
-        &format!(r#"{{"id":"frank3","secret_sha256":"{hash}"}}"#),
-    );
-    assert_eq!(code, 409, "{}", String::from_utf8_lossy(&body));
+    let (code, text) = create(r#"{"id":"frank"}"#);
+    assert_eq!(code, 201, "{text}");
+    let (code, text) = again("frank3");
+    assert_eq!(code, 409, "{text}");
     let (code, _, err) = run_aigw(&["key", "revoke", "frank", "--socket", &socket]);
     assert_eq!(code, 0, "{err}");
     let before = mock.requests_seen();

@@ -4,6 +4,7 @@
 
 mod common;
 
+use aigw_loadtest::mock::MockServer;
 use common::gateway::{TempDir, run_aigw};
 use common::held::{HELD_REPLY, HeldUpstream};
 use common::{Gateway, WAIT, json, mock};
@@ -376,6 +377,32 @@ fn held_request(gw: &Gateway, held: &HeldUpstream) -> common::wire::Client {
     stuck
 }
 
+/// A gateway with provider `held` (answers when told) and `up` (the mock),
+/// its drain lasting `drain`, with `toml` besides.
+fn held_and_up(shards: usize, drain: &str, toml: &str) -> (HeldUpstream, MockServer, Gateway) {
+    let held = HeldUpstream::start();
+    let up = mock();
+    let gw = Gateway::with(shards)
+        .server(&format!("drain_timeout = \"{drain}\""))
+        .provider("held", &held.base_url(), "")
+        .provider("up", &up.base_url(), "")
+        .toml(toml)
+        .start();
+    (held, up, gw)
+}
+
+/// The rows `aigw logs --json` reads from the stopped gateway's store.
+fn rows_after(gw: &Gateway) -> Vec<simd_json::OwnedValue> {
+    let (code, out, err) = run_aigw(&[
+        "logs",
+        "--data-dir",
+        gw.data_dir().to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    out.lines().map(|l| json(l.as_bytes())).collect()
+}
+
 fn drain_gives_up_after_drain_timeout(shards: usize) {
     let held = HeldUpstream::start();
     let mut gw = Gateway::with(shards)
@@ -406,14 +433,11 @@ fn drain_gives_up_after_drain_timeout(shards: usize) {
 /// and the process exits within its drain timeout (here 1.2 s: the relay
 /// looks at its client more often while the shard drains).
 fn a_drain_that_runs_out_records_what_it_stopped(shards: usize) {
-    let held = HeldUpstream::start();
-    let streaming = mock();
-    let mut gw = Gateway::with(shards)
-        .server("drain_timeout = \"1200ms\"")
-        .provider("held", &held.base_url(), "")
-        .provider("up", &streaming.base_url(), "")
-        .toml("[prices.\"up/gpt-x\"]\ninput = 1.0\noutput = 2.0\n")
-        .start();
+    let (held, _streaming, mut gw) = held_and_up(
+        shards,
+        "1200ms",
+        "[prices.\"up/gpt-x\"]\ninput = 1.0\noutput = 2.0\n",
+    );
     let mut stuck = held_request(&gw, &held);
     let mut long = gw.client();
     long.send(&common::wire::request_bytes(
@@ -445,19 +469,12 @@ fn a_drain_that_runs_out_records_what_it_stopped(shards: usize) {
         "exit took {:?}",
         asked.elapsed()
     );
-    let (code, out, err) = run_aigw(&[
-        "logs",
-        "--data-dir",
-        gw.data_dir().to_str().unwrap(),
-        "--json",
-    ]);
-    assert_eq!(code, 0, "{err}");
-    let rows: Vec<_> = out.lines().map(|l| json(l.as_bytes())).collect();
+    let rows = rows_after(&gw);
     let stopped: Vec<_> = rows
         .iter()
         .filter(|r| r["error_code"].as_str() == Some("shutting_down"))
         .collect();
-    assert_eq!(stopped.len(), 3, "{out}");
+    assert_eq!(stopped.len(), 3, "{rows:?}");
     for r in &stopped {
         assert_eq!(r["error_source"].as_str(), Some("gateway"), "{r}");
     }
@@ -480,7 +497,7 @@ fn a_drain_that_runs_out_records_what_it_stopped(shards: usize) {
         [(200, "stopped_by_gateway"), (503, "gateway_error")]
             .into_iter()
             .collect(),
-        "{out}"
+        "{rows:?}"
     );
     let stream = stopped
         .iter()
@@ -494,14 +511,7 @@ fn a_drain_that_runs_out_records_what_it_stopped(shards: usize) {
 /// already answered are committed: usage, limits and budgets rebuild from
 /// them (with the log's batch still open, they were lost).
 fn a_second_signal_keeps_what_was_answered(shards: usize) {
-    let held = HeldUpstream::start();
-    let up = mock();
-    let mut gw = Gateway::with(shards)
-        .server("drain_timeout = \"30s\"")
-        .provider("held", &held.base_url(), "")
-        .provider("up", &up.base_url(), "")
-        .toml("[logs]\nflush_interval = \"900ms\"\n")
-        .start();
+    let (held, _up, mut gw) = held_and_up(shards, "30s", "[logs]\nflush_interval = \"900ms\"\n");
     let mut c = gw.client();
     let mut answered = std::collections::BTreeSet::new();
     for _ in 0..5 {
@@ -522,16 +532,9 @@ fn a_second_signal_keeps_what_was_answered(shards: usize) {
     gw.terminate();
     let status = gw.wait_exit();
     assert_eq!(status.code(), Some(1), "{}", gw.stderr());
-    let (code, out, err) = run_aigw(&[
-        "logs",
-        "--data-dir",
-        gw.data_dir().to_str().unwrap(),
-        "--json",
-    ]);
-    assert_eq!(code, 0, "{err}");
-    let logged: std::collections::BTreeSet<String> = out
-        .lines()
-        .map(|l| json(l.as_bytes())["id"].as_str().unwrap().to_string())
+    let logged: std::collections::BTreeSet<String> = rows_after(&gw)
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
         .collect();
     assert!(answered.is_subset(&logged), "{answered:?} vs {logged:?}");
 }
