@@ -40,6 +40,7 @@ fn input(body: &[u8]) -> KeyInput<'_> {
         custom: None,
         form: 0,
         stream: false,
+        asked_usage: false,
     }
 }
 

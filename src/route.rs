@@ -69,6 +69,9 @@ pub struct Plan {
     pub unified: bool,
     /// aigw asked for stream usage on the client's behalf: drop the usage-only event.
     pub filter_usage_event: bool,
+    /// The client asked for a stream with usage (`stream_options.include_usage`):
+    /// what it receives differs by it, so a cache entry under a custom key does.
+    pub asked_usage: bool,
     /// The model as the provider sees it, when the body names one (the
     /// pipeline moves it into the record).
     pub model: Option<String>,
@@ -370,7 +373,7 @@ pub fn plan(
             // record (and later limits and the cache). A body that is not JSON
             // is the provider's business, but one whose fields we read appear
             // twice would mean one thing to us and another upstream.
-            let (model, stream, max_tokens, choices) = match (inputs.scan)(req.body) {
+            let (model, stream, max_tokens, choices, asked_usage) = match (inputs.scan)(req.body) {
                 Ok(f) => (
                     f.model_str(req.body)
                         .map_err(body_error)?
@@ -378,6 +381,7 @@ pub fn plan(
                     f.is_stream(req.body),
                     f.max_tokens(req.body),
                     f.choices(req.body),
+                    json::client_asked_usage(req.body, &f),
                 ),
                 // A JSON object we cannot read could hide the fields we read
                 // (a duplicate past a nesting limit, say): refuse it.
@@ -386,7 +390,7 @@ pub fn plan(
                 {
                     return Err(body_error(e));
                 }
-                Err(BodyError::Invalid(_)) => (None, false, None, 1),
+                Err(BodyError::Invalid(_)) => (None, false, None, 1, false),
                 Err(e) => return Err(body_error(e)),
             };
             // Gemini and Azure name the model in the path, and go by it. Such
@@ -414,6 +418,7 @@ pub fn plan(
                 method,
                 unified: false,
                 filter_usage_event: false,
+                asked_usage: stream && asked_usage,
                 model,
                 stream,
                 max_tokens,
@@ -496,6 +501,7 @@ fn unified_plan(
         method: Method::Post,
         unified: true,
         filter_usage_event: wants_usage && translation.is_none(),
+        asked_usage: stream && json::client_asked_usage(body, fields),
         model: Some(model_name.to_string()),
         stream,
         max_tokens: fields.max_tokens(body),

@@ -177,6 +177,25 @@ fn streams_replay_as_streams_without_the_usage_event_nobody_asked_for(shards: us
     assert_eq!(again.body, asked.body);
     assert!(again.text().contains("\"usage\":{"), "{}", again.text());
     assert_eq!(mock.requests_seen(), 2);
+    // Under a custom key (which replaces the body that says whether usage
+    // was asked for), the two still have entries of their own: neither
+    // gets the other's stream.
+    let key = [("aigw-cache-key", "faq-7")];
+    let asked = post(&gw, &key, &with_usage.replace("stream me", "first words"));
+    assert_eq!(status(&asked), "MISS");
+    let plain = post(&gw, &key, &body.replace("stream me", "other words"));
+    assert_eq!(status(&plain), "MISS");
+    for d in plain.sse_data().iter().filter(|d| *d != "[DONE]") {
+        let v = json(d.as_bytes());
+        assert!(!v["choices"].as_array().unwrap().is_empty(), "{d}");
+    }
+    let asked_again = post(&gw, &key, &with_usage);
+    assert_eq!(status(&asked_again), "HIT");
+    assert_eq!(asked_again.body, asked.body);
+    let plain_again = post(&gw, &key, &body);
+    assert_eq!(status(&plain_again), "HIT");
+    assert_eq!(plain_again.body, plain.body);
+    assert_eq!(mock.requests_seen(), 4);
 }
 
 fn controls_skip_ttl_and_custom_keys(shards: usize) {

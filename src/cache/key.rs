@@ -32,7 +32,7 @@ use std::ops::Range;
 
 /// Bumped whenever the canonical form or the key's inputs change, so entries
 /// written under another form are never found.
-pub const SCHEMA_VERSION: u32 = 6;
+pub const SCHEMA_VERSION: u32 = 7;
 
 /// A cache key.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -82,6 +82,11 @@ pub struct KeyInput<'a> {
     /// The request asks for a stream: a stream is never the answer to a
     /// request that did not ask for one (and vice versa), custom key or not.
     pub stream: bool,
+    /// The stream's client asked for its usage event (`stream_options.
+    /// include_usage`): it is in what that client receives and not in what
+    /// one that did not ask receives, so entries under a custom key (which
+    /// replaces the body that says so) differ by it.
+    pub asked_usage: bool,
 }
 
 /// Why a request has no key.
@@ -159,6 +164,7 @@ impl KeyMaker {
         match input.custom {
             Some(custom) => {
                 h.extend_from_slice(b"custom");
+                h.push(u8::from(input.asked_usage));
                 let path = crate::http::split_byte(input.path, b'?').map_or(input.path, |(p, _)| p);
                 field(h, path.as_bytes());
                 field(h, custom.as_bytes());
@@ -573,6 +579,7 @@ mod tests {
             custom: None,
             form: 0,
             stream: false,
+            asked_usage: false,
         }
     }
 
@@ -897,6 +904,7 @@ mod tests {
                                 custom: None,
                                 form: 0,
                                 stream,
+                                asked_usage: false,
                             });
                         }
                     }
@@ -1074,6 +1082,19 @@ mod tests {
             k.key(&KeyInput {
                 stream: true,
                 ..custom
+            })
+        );
+        // Nor one with its usage event a client that did not ask for it
+        // (the body that says so is not in a custom key).
+        let stream = KeyInput {
+            stream: true,
+            ..custom
+        };
+        assert_ne!(
+            k.key(&stream),
+            k.key(&KeyInput {
+                asked_usage: true,
+                ..stream
             })
         );
     }

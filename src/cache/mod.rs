@@ -686,6 +686,7 @@ mod tests {
                     custom: None,
                     form: 0,
                     stream: false,
+                    asked_usage: false,
                 };
                 let mut maker = key::KeyMaker::default();
                 let from_body = maker.key(&input).unwrap();
@@ -735,6 +736,7 @@ mod tests {
                     custom: None,
                     form: 0,
                     stream: false,
+                    asked_usage: false,
                 };
                 match one.lookup(&input, now) {
                     (Some(k), _, Lookup::Lead(l, _)) if partition_of(k, 2) == 0 => Some((k, l)),

@@ -1256,6 +1256,7 @@ fn cache_lookup(
                 .flat_map(|r| r.order.iter().map(|t| (&*t.provider.name, &*t.model))),
         ),
         stream: plan.stream,
+        asked_usage: plan.asked_usage,
     };
     // Freshness is judged at the request's arrival, as its id is stamped.
     let now_ms = rec.id.unix_ms();
