@@ -671,6 +671,46 @@ fn followers_finish_a_stream_whose_leader_left(shards: usize) {
     assert_eq!(status(&post(&gw, &[], &body)), "MISS");
 }
 
+/// A leader whose client leaves before the provider's head (a whole JSON
+/// answer's head comes only once it is generated) does not call the
+/// provider off while others follow it: they get its answer, from the one call.
+fn followers_keep_the_call_of_a_leader_that_left_before_the_head(shards: usize) {
+    let mock = mock();
+    let gw = cached_gateway(shards, &mock.base_url());
+    let body = chat("the leader leaves early", false);
+    let slow = [("x-mock-latency-ms", "800")];
+    let mut leader = std::net::TcpStream::connect(gw.addr).unwrap();
+    leader
+        .write_all(&common::wire::request_bytes(
+            "POST",
+            "/v1/chat/completions",
+            &slow,
+            body.as_bytes(),
+        ))
+        .unwrap();
+    let followers: Vec<_> = (0..3)
+        .map(|_| {
+            let (addr, b) = (gw.addr, body.clone());
+            std::thread::spawn(move || {
+                Client::connect(addr).post("/v1/chat/completions", &slow, &b)
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + WAIT;
+    while n(&cache_stats(&gw), &["followers"]) < 3 {
+        assert!(Instant::now() < deadline, "followers never joined");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(leader);
+    let answers: Vec<_> = followers.into_iter().map(|f| f.join().unwrap()).collect();
+    for r in &answers {
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(r.complete);
+        assert_eq!(r.body, answers[0].body, "one answer for all");
+    }
+    assert_eq!(mock.requests_seen(), 1, "each follower called the provider");
+}
+
 /// A provider whose first request waits for the test, then fails with a 500;
 /// every later request gets a 200 at once. Reports each arrival.
 fn first_fails_upstream() -> (String, mpsc::Receiver<()>, mpsc::Sender<()>) {
@@ -1057,6 +1097,7 @@ at_1_and_2_shards!(
     stream_followers_of_a_cut_stream_get_its_error_event,
     a_failing_leader_lets_followers_go_on_their_own,
     a_follower_keeps_its_own_request_timeout,
+    followers_keep_the_call_of_a_leader_that_left_before_the_head,
     followers_finish_a_stream_whose_leader_left,
     restart_keeps_entries_and_damage_loses_only_entries,
     kill9_during_writes_never_serves_a_wrong_answer,

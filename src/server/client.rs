@@ -33,6 +33,10 @@ pub struct ClientConn {
     /// The current request speaks Anthropic's format, once it is routed
     /// (aigw's own errors are written in its shape; before, its path says).
     pub anthropic: Option<bool>,
+    /// The shared answer this request leads, while it waits for the
+    /// provider's head: others follow it, so its client leaving does not
+    /// call the provider off while they do.
+    pub followed: Option<std::sync::Arc<crate::cache::flight::Flight>>,
 }
 
 impl ClientConn {
@@ -49,6 +53,7 @@ impl ClientConn {
             decoded: Vec::new(),
             rhead: ResponseHead::default(),
             anthropic: None,
+            followed: None,
         }
     }
 }

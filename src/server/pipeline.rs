@@ -254,6 +254,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         };
         admit(ctx, inputs, &mut admission, &mut reservation)
     };
+    c.followed = lead.as_ref().map(|l| l.flight.clone());
     let attempted = attempts(
         ctx,
         c,
@@ -265,6 +266,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         refused_first,
     )
     .await;
+    c.followed = None;
     // A route's serving target sets the price (and the record's provider and model).
     let priced = if plan.routing.is_some() {
         rec.model
@@ -2109,8 +2111,15 @@ async fn attempt_once(
         }
     };
     let max_window = c.buf.len() + ctx.limits().max_head_bytes;
+    let followed = c.followed.clone();
     let gone = async {
         client_gone(&mut c.stream, &mut c.buf, max_window).await;
+        // Others wait on this answer: the call goes on for them while any
+        // do (the relay then reads it to its end for them); the end of a
+        // drain still stops it.
+        while followed.as_ref().is_some_and(|f| f.attached() > 0) && !ctx.stopping.get() {
+            glommio::timer::sleep(relay::DRAIN_CHECK).await;
+        }
         Err(Tried::Gone)
     };
     tries.or(gone).await
