@@ -649,17 +649,7 @@ fn followers_finish_a_stream_whose_leader_left(shards: usize) {
         assert!(n > 0, "the leader's stream ended early");
         seen.extend_from_slice(&buf[..n]);
     }
-    let followers: Vec<_> = (0..3)
-        .map(|_| {
-            let (addr, b) = (gw.addr, body.clone());
-            std::thread::spawn(move || Client::connect(addr).post("/v1/chat/completions", &[], &b))
-        })
-        .collect();
-    let deadline = Instant::now() + WAIT;
-    while n(&cache_stats(&gw), &["followers"]) < 3 {
-        assert!(Instant::now() < deadline, "followers never joined");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let followers = three_followers(&gw, &body, &[]);
     drop(leader);
     for f in followers {
         let r = f.join().unwrap();
@@ -671,6 +661,29 @@ fn followers_finish_a_stream_whose_leader_left(shards: usize) {
     assert_eq!(status(&post(&gw, &[], &body)), "MISS");
 }
 
+/// Three clients that send `body` (with `headers`), each on a thread of its
+/// own, once all three follow the answer a leader is waiting for.
+fn three_followers(
+    gw: &Gateway,
+    body: &str,
+    headers: &'static [(&'static str, &'static str)],
+) -> Vec<std::thread::JoinHandle<Response>> {
+    let followers: Vec<_> = (0..3)
+        .map(|_| {
+            let (addr, b) = (gw.addr, body.to_string());
+            std::thread::spawn(move || {
+                Client::connect(addr).post("/v1/chat/completions", headers, &b)
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + WAIT;
+    while n(&cache_stats(gw), &["followers"]) < 3 {
+        assert!(Instant::now() < deadline, "followers never joined");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    followers
+}
+
 /// A leader whose client leaves before the provider's head (a whole JSON
 /// answer's head comes only once it is generated) does not call the
 /// provider off while others follow it: they get its answer, from the one call.
@@ -678,29 +691,17 @@ fn followers_keep_the_call_of_a_leader_that_left_before_the_head(shards: usize) 
     let mock = mock();
     let gw = cached_gateway(shards, &mock.base_url());
     let body = chat("the leader leaves early", false);
-    let slow = [("x-mock-latency-ms", "800")];
+    const SLOW: &[(&str, &str)] = &[("x-mock-latency-ms", "800")];
     let mut leader = std::net::TcpStream::connect(gw.addr).unwrap();
     leader
         .write_all(&common::wire::request_bytes(
             "POST",
             "/v1/chat/completions",
-            &slow,
+            SLOW,
             body.as_bytes(),
         ))
         .unwrap();
-    let followers: Vec<_> = (0..3)
-        .map(|_| {
-            let (addr, b) = (gw.addr, body.clone());
-            std::thread::spawn(move || {
-                Client::connect(addr).post("/v1/chat/completions", &slow, &b)
-            })
-        })
-        .collect();
-    let deadline = Instant::now() + WAIT;
-    while n(&cache_stats(&gw), &["followers"]) < 3 {
-        assert!(Instant::now() < deadline, "followers never joined");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let followers = three_followers(&gw, &body, SLOW);
     drop(leader);
     let answers: Vec<_> = followers.into_iter().map(|f| f.join().unwrap()).collect();
     for r in &answers {
