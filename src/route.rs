@@ -444,12 +444,10 @@ fn unified_plan(
     out: &mut UnifiedBody,
 ) -> Result<Plan, GatewayError> {
     let stream = fields.is_stream(body);
+    let asked_usage = stream && json::client_asked_usage(body, fields);
     let same = provider.dialect() == providers::client_dialect(endpoint);
-    let wants_usage = same
-        && endpoint != "messages"
-        && stream
-        && provider.injects_stream_usage()
-        && !json::client_asked_usage(body, fields);
+    let wants_usage =
+        same && endpoint != "messages" && stream && provider.injects_stream_usage() && !asked_usage;
     // What is left to write takes effect only with the plan it belongs to.
     out.pending = None;
     let pending;
@@ -501,7 +499,7 @@ fn unified_plan(
         method: Method::Post,
         unified: true,
         filter_usage_event: wants_usage && translation.is_none(),
-        asked_usage: stream && json::client_asked_usage(body, fields),
+        asked_usage,
         model: Some(model_name.to_string()),
         stream,
         max_tokens: fields.max_tokens(body),

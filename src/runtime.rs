@@ -311,6 +311,17 @@ const MIN_GRACE: Duration = Duration::from_millis(100);
 /// their 503 before every connection is shut both ways.
 const STOP_ANSWERS: Duration = Duration::from_millis(100);
 
+/// Whether `f` (the drain's gate closing) ends within `d`. It is awaited
+/// again by a later call while it has not ended.
+async fn ends_within<F: std::future::Future>(d: Duration, f: std::pin::Pin<&mut F>) -> bool {
+    timer::timeout(d, async {
+        f.await;
+        Ok(())
+    })
+    .await
+    .is_ok()
+}
+
 async fn run_shard(a: ShardArgs) {
     // glommio 0.9.0's first timer sleep registers a membarrier (6-14 ms here);
     // pay it before serving instead of on the first request.
@@ -405,12 +416,7 @@ async fn run_shard(a: ShardArgs) {
         total / 2
     };
     let mut closing = std::pin::pin!(gate.close());
-    let drained = timer::timeout(total - grace, async {
-        let _ = (&mut closing).await;
-        Ok(())
-    })
-    .await;
-    if drained.is_err() {
+    if !ends_within(total - grace, closing.as_mut()).await {
         log::warn!(
             "shard {}: {} connection(s) still busy near the end of server.drain_timeout; stopping their requests (recorded with error_code shutting_down)",
             a.shard,
@@ -419,22 +425,11 @@ async fn run_shard(a: ShardArgs) {
         ctx.stop_all();
         // Their 503s go out first; then what still waits on a write stops.
         let answers = STOP_ANSWERS.min(grace / 2);
-        let answered = timer::timeout(answers, async {
-            let _ = (&mut closing).await;
-            Ok(())
-        })
-        .await;
-        let stopped = if answered.is_ok() {
-            answered
-        } else {
+        let stopped = ends_within(answers, closing.as_mut()).await || {
             ctx.stop_writes();
-            timer::timeout(grace - answers, async {
-                let _ = (&mut closing).await;
-                Ok(())
-            })
-            .await
+            ends_within(grace - answers, closing.as_mut()).await
         };
-        if stopped.is_err() {
+        if !stopped {
             log::warn!(
                 "shard {}: {} connection(s) still busy after server.drain_timeout; closing them",
                 a.shard,

@@ -94,27 +94,23 @@ pub fn peer_closed(fd: std::os::fd::RawFd) -> bool {
     n > 0 && p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
 }
 
-/// Shuts the reading side of socket `fd`: its reads end (as if its peer had
-/// closed), while writes still go out, so a request the end of a drain
-/// stops can still be answered. Errors are ignored, as below.
-pub fn shutdown_reads(fd: std::os::fd::RawFd) {
-    // SAFETY: as for `shutdown_socket`: a descriptor number, no memory.
-    unsafe {
-        libc::shutdown(fd, libc::SHUT_RD);
-    }
-}
-
-/// Shuts the socket `fd` down both ways: its reads end and its writes fail
-/// at once, wherever they wait (the end of a drain stops the requests still
-/// running this way, so each ends and is recorded). Errors are ignored (a
-/// socket already closed by its peer).
-pub fn shutdown_socket(fd: std::os::fd::RawFd) {
+/// Shuts socket `fd` down `how`, wherever its reads or writes wait: `Read`,
+/// its reads end (as if its peer had closed) while writes still go out;
+/// `Both`, its writes fail at once too. The end of a drain stops the requests
+/// still running this way, so each ends and is recorded. Errors are ignored
+/// (a socket already closed by its peer).
+pub fn shutdown_socket(fd: std::os::fd::RawFd, how: std::net::Shutdown) {
+    let how = match how {
+        std::net::Shutdown::Read => libc::SHUT_RD,
+        std::net::Shutdown::Write => libc::SHUT_WR,
+        std::net::Shutdown::Both => libc::SHUT_RDWR,
+    };
     // SAFETY: shutdown(2) takes a descriptor number and changes no memory; a
     // number that is not an open socket is refused by the kernel (EBADF,
     // ENOTSOCK), which is ignored. Callers pass the descriptor of a
     // connection that is still open (registered with its shard).
     unsafe {
-        libc::shutdown(fd, libc::SHUT_RDWR);
+        libc::shutdown(fd, how);
     }
 }
 

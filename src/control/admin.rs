@@ -342,15 +342,12 @@ impl Admin {
         let mut by = super::usage::By::Key;
         let now = crate::reqid::now_unix_ms();
         let mut since = now.saturating_sub(86_400_000);
-        let mut seen: Vec<String> = Vec::new();
+        let mut seen = Vec::new();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             let v = query_decode(v);
             let k = query_decode(k);
-            if seen.contains(&k) {
-                return Err((400, format!("`{k}` is given twice: give it once")));
-            }
-            seen.push(k.clone());
+            crate::logstore::query::once(&mut seen, &k).map_err(|e| (400, e))?;
             match k.as_str() {
                 "by" => by = super::usage::By::parse(&v).map_err(|e| (400, e))?,
                 "since" => {

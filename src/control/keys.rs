@@ -63,9 +63,13 @@ pub fn create(keys: &Registry, data_dir: &Path, body: &[u8]) -> (u16, String) {
     if let Err(e) = keys.can_add(&entry) {
         return key_error(&e);
     }
+    let store = match KeyStore::open(data_dir) {
+        Ok(s) => s,
+        Err(e) => return error(500, &format!("the key was not stored: {e}")),
+    };
     // A revoked secret stays revoked (a provisioning script run again after
     // a leak must not put it back in force).
-    match KeyStore::open(data_dir).and_then(|s| s.revoked_as(&entry.hash)) {
+    match store.revoked_as(&entry.hash) {
         Ok(Some(was)) => {
             return error(
                 409,
@@ -77,8 +81,7 @@ pub fn create(keys: &Registry, data_dir: &Path, body: &[u8]) -> (u16, String) {
         Ok(None) => {}
         Err(e) => return error(500, &format!("the key was not stored: {e}")),
     }
-    let stored = KeyStore::open(data_dir).and_then(|s| s.insert(&entry));
-    if let Err(e) = stored {
+    if let Err(e) = store.insert(&entry) {
         return error(500, &format!("the key was not stored: {e}"));
     }
     if let Err(e) = keys.add(entry.clone()) {

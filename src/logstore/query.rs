@@ -65,15 +65,12 @@ impl Filter {
             limit: DEFAULT_LIMIT,
             ..Filter::default()
         };
-        let mut seen: Vec<String> = Vec::new();
+        let mut seen = Vec::new();
         for (name, v) in pairs {
-            // Each filter once (`meta` may repeat: every pair must match);
-            // a second value would silently win over the first.
-            let canonical = name.replace('_', "-");
-            if name != "meta" && seen.contains(&canonical) {
-                return Err(format!("{name}: given twice; give it once"));
+            // `meta` may repeat: every pair must match.
+            if name != "meta" {
+                once(&mut seen, name)?;
             }
-            seen.push(canonical);
             let num = |what: &str| -> Result<u64, String> {
                 v.parse()
                     .map_err(|_| format!("{name}: `{v}` is not {what}"))
@@ -619,6 +616,18 @@ pub fn table(rows: &[Row]) -> String {
         );
     }
     out
+}
+
+/// Refuses a query parameter `name` given twice (`seen`: those given so
+/// far): a second value would silently win over the first. `min_cost` and
+/// `min-cost` are one name.
+pub fn once(seen: &mut Vec<String>, name: &str) -> Result<(), String> {
+    let canonical = name.replace('_', "-");
+    if seen.contains(&canonical) {
+        return Err(format!("{name}: given twice; give it once"));
+    }
+    seen.push(canonical);
+    Ok(())
 }
 
 /// A filter's bound as SQLite's integer: values past `i64::MAX` (which

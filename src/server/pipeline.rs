@@ -795,13 +795,13 @@ fn secret_upstream(
             .iter()
             .find(|h| h.name.start <= at && at < h.value.end.max(h.name.end));
         match header.map(|h| h.name.get(view.window)) {
-            // Only a credential header that stays with aigw may hold one.
-            Some(name)
-                if auth::credential_header(name) && forward::skip_upstream(name, injected) => {}
+            // Only a credential header that stays with aigw may hold one;
+            // aigw's own others (`aigw-metadata`, `aigw-event-id`, ...) are
+            // logged, counted and exported as labels.
             Some(name) if forward::skip_upstream(name, injected) => {
-                // aigw's own (`aigw-metadata`, `aigw-event-id`, ...): their
-                // values are logged, counted and exported as labels.
-                return Some(LOGGED_HEADER);
+                if !auth::credential_header(name) {
+                    return Some(LOGGED_HEADER);
+                }
             }
             Some(_) => return Some("a header that goes upstream"),
             None => return Some("the URL"),
@@ -2111,7 +2111,7 @@ async fn attempt_once(
         }
     };
     let max_window = c.buf.len() + ctx.limits().max_head_bytes;
-    let followed = c.followed.clone();
+    let followed = c.followed.as_deref();
     let gone = async {
         client_gone(&mut c.stream, &mut c.buf, max_window).await;
         // Others wait on this answer: the call goes on for them while any

@@ -532,17 +532,19 @@ impl ShardCtx {
     /// `shutting_down`); one that has sent no answer yet answers 503.
     pub fn stop_all(&self) {
         self.stopping.set(true);
-        for e in self.conns.borrow().entries.iter().flatten() {
-            crate::sys::shutdown_reads(e.fd);
-        }
+        self.shut_all(std::net::Shutdown::Read);
     }
 
     /// After [`ShardCtx::stop_all`]'s answers had their moment: every
     /// connection still open is shut both ways, so a request waiting to
     /// write to a client that reads nothing ends too.
     pub fn stop_writes(&self) {
+        self.shut_all(std::net::Shutdown::Both);
+    }
+
+    fn shut_all(&self, how: std::net::Shutdown) {
         for e in self.conns.borrow().entries.iter().flatten() {
-            crate::sys::shutdown_socket(e.fd);
+            crate::sys::shutdown_socket(e.fd, how);
         }
     }
 
