@@ -648,6 +648,7 @@ def render(args, targets, results, wrk_rows, started, machine, corun_results=Non
               "open-loop latency counted from each request's intended send time",
               "- CPU µs/req: Δ(utime+stime) from /proc/PID/stat of the server process group (all threads) over the "
               "measured window ÷ completed requests; for mock direct the server is the mock",
+              f"- aigw binary: {'profile-optimised (scripts/build-pgo)' if args.pgo else 'plain release build'}",
               ""]
     lines += ["| target | stands for |", "|---|---|"]
     for t in targets:
@@ -915,6 +916,17 @@ def build(args):
             if r.returncode != 0:
                 raise SystemExit("cannot build aigw-mock / aigw-load")
     bins = {name: target_dir / name for name in ("aigw", "aigw-mock", "aigw-load")}
+    if args.pgo:
+        # scripts/build-pgo: the plain release build, then aigw built with the
+        # profile of its own request path; --no-build takes the last one.
+        pgo = target_dir.parent / "pgo" / "aigw"
+        if not args.no_build:
+            log("scripts/build-pgo")
+            if subprocess.run([str(ROOT / "scripts" / "build-pgo")], cwd=ROOT).returncode != 0:
+                raise SystemExit("scripts/build-pgo failed")
+        if not pgo.exists():
+            raise SystemExit(f"{pgo} missing: run scripts/build-pgo")
+        bins["aigw"] = pgo
     for name in ("aigw-mock", "aigw-load"):
         if not bins[name].exists():
             raise SystemExit(f"{bins[name]} missing")
@@ -946,6 +958,7 @@ def parse_args():
     p.add_argument("--no-wrk", action="store_true", help="skip the wrk vs aigw-load baseline")
     p.add_argument("--wrk-only", action="store_true", help="only the wrk vs aigw-load baseline")
     p.add_argument("--no-build", action="store_true")
+    p.add_argument("--pgo", action="store_true", help="measure the profile-optimised aigw (scripts/build-pgo; target/pgo/aigw) instead of the plain release build")
     p.add_argument("--load-cpu", default="0")
     p.add_argument("--proxy-cpu", default="1")
     p.add_argument("--port-base", type=int, default=18100)
