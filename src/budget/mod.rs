@@ -19,6 +19,13 @@
 //! passes the budget. The amount in force is taken when a window begins, so
 //! a lower amount set by a reload never blocks spend from before it; a
 //! changed window is a new set of buckets.
+//!
+//! A duration window (rolling) keeps its spend in [`PARTS`] parts of the
+//! duration and one more ([`Ring`]): what counts at any moment is every part
+//! that overlaps the last duration, the oldest whole. So spend in any span of
+//! the duration's length never passes the amount (the count never leaves out
+//! a charge of that span), and the count holds at most two parts' worth of
+//! time more than the span (spend leaves it up to 2/16 of the duration late).
 
 use crate::calendar::{DAY_MS, month_of};
 use crate::config::limits::Scope;
@@ -67,15 +74,32 @@ pub fn picos(usd: f64) -> u64 {
 
 const PICOS_PER_MICRO: u64 = 1_000_000;
 
-/// Where a time falls in a budget window: its number, its start and end
-/// (Unix ms), and (rolling windows) the weight the previous window still has.
+/// Where a time falls in a budget window: its number (the window an amount
+/// is taken for, and an alert raised once in), its start and end (Unix ms),
+/// and where spend is counted: the window itself (calendar), or (rolling)
+/// the part of the duration it is in, `part_ms` long.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Slot {
     pub window: u32,
+    /// Calendar: the window's bounds. Rolling: the start of the oldest part
+    /// counted now and the end of the current one (when spend may next leave
+    /// the count).
     pub start_ms: u64,
     pub end_ms: u64,
-    pub previous_weight: f64,
+    /// Calendar: the window's number. Rolling: the part's (`now / part_ms`).
+    pub part: u64,
+    /// 0 for calendar windows.
+    pub part_ms: u64,
 }
+
+impl Slot {
+    fn rolling(&self) -> bool {
+        self.part_ms != 0
+    }
+}
+
+/// Parts a rolling budget's duration is cut into (see the module's text).
+pub const PARTS: u64 = 16;
 
 pub fn slot(window: BudgetWindow, now_ms: u64) -> Slot {
     match window {
@@ -85,7 +109,8 @@ pub fn slot(window: BudgetWindow, now_ms: u64) -> Slot {
                 window: w as u32,
                 start_ms: w * DAY_MS,
                 end_ms: (w + 1) * DAY_MS,
-                previous_weight: 0.0,
+                part: u64::from(w as u32),
+                part_ms: 0,
             }
         }
         BudgetWindow::Monthly => {
@@ -94,17 +119,20 @@ pub fn slot(window: BudgetWindow, now_ms: u64) -> Slot {
                 window: w,
                 start_ms,
                 end_ms,
-                previous_weight: 0.0,
+                part: u64::from(w),
+                part_ms: 0,
             }
         }
         BudgetWindow::Rolling(d) => {
-            let len = d.as_millis().max(1) as u64;
-            let w = now_ms / len;
+            let len = (d.as_millis() as u64).max(1);
+            let part_ms = len.div_ceil(PARTS);
+            let part = now_ms / part_ms;
             Slot {
-                window: w as u32,
-                start_ms: w * len,
-                end_ms: (w + 1) * len,
-                previous_weight: 1.0 - (now_ms - w * len) as f64 / len as f64,
+                window: (now_ms / len) as u32,
+                start_ms: part.saturating_sub(PARTS) * part_ms,
+                end_ms: (part + 1) * part_ms,
+                part,
+                part_ms,
             }
         }
     }
@@ -113,7 +141,10 @@ pub fn slot(window: BudgetWindow, now_ms: u64) -> Slot {
 /// One budget's spend for one scope value.
 #[derive(Debug, Default)]
 pub struct Spend {
+    /// Calendar windows: this window's spend and the last one's.
     windows: SpendWindows,
+    /// Rolling windows: spend by part.
+    ring: Ring,
     /// The amount in force and the window it was taken for.
     amount: SpendWindows,
     /// Pico-dollars the current window's spend counts beyond what was
@@ -176,73 +207,266 @@ impl Spend {
         }
     }
 
-    /// Spend counted now: this window's and the weighted previous one's.
+    /// Spend counted now: the window's (calendar), or every part of the
+    /// last duration's (rolling).
     pub fn spent(&self, s: &Slot) -> u64 {
+        if s.rolling() {
+            return self.ring.scan(s.part, None).0;
+        }
         let (w, cur) = self.windows.rolled(s.window);
-        cur.saturating_add(self.weighted_previous(s, w))
+        cur.saturating_add(self.ahead_previous(s, w))
     }
 
-    /// The previous window's spend, weighted by how much of it still counts.
-    /// If the stored window is newer than `s` (another shard's clock is
-    /// ahead), the previous one counts whole: never less than is due.
-    fn weighted_previous(&self, s: &Slot, w: u32) -> u64 {
-        let weight = if w > SpendWindows::number(s.window) {
-            1.0
+    /// A calendar window's predecessor counts only when the stored window
+    /// is newer than `s` (another shard's clock is ahead): then the window
+    /// `s` is in still counts, whole. Never less than is due.
+    fn ahead_previous(&self, s: &Slot, w: u32) -> u64 {
+        if w > SpendWindows::number(s.window) {
+            self.windows.previous_of(w)
         } else {
-            s.previous_weight
-        };
-        crate::num::ceil_u64(self.windows.previous_of(w) as f64 * weight)
+            0
+        }
     }
 
     /// When, adding nothing more, the spend counted falls to `room` or
-    /// below: a calendar window's end; in a rolling one, as the previous
-    /// window's weight falls (in this window, or, if this window's own
-    /// spend is past `room`, in the next).
+    /// below: a calendar window's end; in a rolling one, when enough of the
+    /// oldest parts have left the count.
     fn fits_at(&self, s: &Slot, room: u64) -> u64 {
-        let (w, cur) = self.windows.rolled(s.window);
-        if s.previous_weight == 0.0 || w > SpendWindows::number(s.window) {
-            return s.end_ms;
-        }
-        let len = (s.end_ms - s.start_ms) as f64;
-        // The share of a window after which `spent`, weighted by what is
-        // left of it, is within `room`.
-        let share = |spent: u64, room: u64| {
-            if spent <= room {
-                0.0
-            } else {
-                1.0 - room as f64 / spent as f64
-            }
-        };
-        if cur <= room {
-            let previous = self.windows.previous_of(w);
-            s.start_ms + (share(previous, room - cur) * len).ceil() as u64
+        if s.rolling() {
+            self.ring.fits_at(s, room)
         } else {
-            s.end_ms + (share(cur, room) * len).ceil() as u64
+            s.end_ms
         }
     }
 
-    /// Reserves `amount` if the budget is not spent and it fits.
-    fn reserve(&self, s: &Slot, budget: u64, amount: u64) -> Result<u32, u64> {
+    /// Reserves `amount` if the budget is not spent and it fits; returns
+    /// where it counts (the window, or the part), to settle it there.
+    fn reserve(&self, s: &Slot, budget: u64, amount: u64) -> Result<u64, u64> {
+        if s.rolling() {
+            return self.ring.reserve(s.part, budget, amount);
+        }
         loop {
             let (w, spent) = self.windows.rolled(s.window);
-            let counted = spent.saturating_add(self.weighted_previous(s, w));
+            let counted = spent.saturating_add(self.ahead_previous(s, w));
             if counted >= budget || counted.saturating_add(amount) > budget {
                 return Err(counted);
             }
             if self.windows.swap(w, spent, spent + amount) {
-                return Ok(w);
+                return Ok(u64::from(w));
             }
         }
     }
 
-    /// Adds spend to `window` (the current one, or the one just before it).
-    pub fn add(&self, window: u32, amount: u64) {
-        self.windows.add(window, amount);
+    /// Adds spend where it counts (`at`, from [`Spend::reserve`] or the
+    /// slot of the time it was spent), if it still counts.
+    pub fn add(&self, s: &Slot, at: u64, amount: u64) {
+        if s.rolling() {
+            self.ring.add(at, amount);
+        } else {
+            self.windows.add(at as u32, amount);
+        }
     }
 
-    /// Takes back spend reserved in `window`, if that window still counts.
-    fn give_back(&self, window: u32, amount: u64) {
-        self.windows.give_back(window, amount);
+    /// Takes back spend reserved at `at`, if it still counts.
+    fn give_back(&self, s: &Slot, at: u64, amount: u64) {
+        if s.rolling() {
+            self.ring.give_back(at, amount);
+        } else {
+            self.windows.give_back(at as u32, amount);
+        }
+    }
+}
+
+/// A rolling budget's spend by part: [`PARTS`] + 1 words, part `p` in word
+/// `p % (PARTS + 1)`, each the part's number (its low [`RING_NUMBER_BITS`]
+/// bits) above its micro-dollars (40 bits). Counted at part `k`: the words
+/// holding parts `k - PARTS ..= k`, and any a part or more ahead (another
+/// shard's clock): never less than is due.
+///
+/// A reservation is a compare-and-swap on its part's word that never passes
+/// the budget given what the other words held. Two reservations in two parts
+/// at once (one shard's clock just past a part's turn, another's not) could
+/// each miss the other's: so after its swap each reads the other words again
+/// and, if they grew meanwhile, gives its reservation back and counts again
+/// (sequentially consistent: of two such, at least one sees the other).
+#[derive(Debug, Default)]
+struct Ring {
+    words: [AtomicU64; RING],
+}
+
+const RING: usize = PARTS as usize + 1;
+const RING_COUNT_BITS: u32 = 40;
+const RING_NUMBER_BITS: u32 = 64 - RING_COUNT_BITS;
+const RING_COUNT_MAX: u64 = (1 << RING_COUNT_BITS) - 1;
+const RING_NUMBER_MASK: u64 = (1 << RING_NUMBER_BITS) - 1;
+
+/// Where a word's part stands from part `k`'s view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Age {
+    /// `k` itself, or `n` parts before it (`n <= PARTS`): counted.
+    Behind(u64),
+    /// `n` parts after it (`n <= PARTS`): counted.
+    Ahead(u64),
+    /// Older than the count (or never written): not counted.
+    Stale,
+}
+
+impl Ring {
+    fn pack(part: u64, count: u64) -> u64 {
+        ((part & RING_NUMBER_MASK) << RING_COUNT_BITS) | count.min(RING_COUNT_MAX)
+    }
+
+    /// A word's part number and count.
+    fn unpack(word: u64) -> (u64, u64) {
+        (word >> RING_COUNT_BITS, word & RING_COUNT_MAX)
+    }
+
+    /// The word part `part` is kept in.
+    fn index(part: u64) -> usize {
+        (part % RING as u64) as usize
+    }
+
+    /// How the part numbered `number` (as stored) stands from part `k`. The
+    /// numbers wrap (after 2^24 parts): a word left unused that long reads
+    /// as stale but for a few numbers in 2^24.
+    fn age(word: u64, number: u64, k: u64) -> Age {
+        if word == 0 {
+            return Age::Stale;
+        }
+        let behind = k.wrapping_sub(number) & RING_NUMBER_MASK;
+        let ahead = number.wrapping_sub(k) & RING_NUMBER_MASK;
+        if behind <= PARTS {
+            Age::Behind(behind)
+        } else if ahead <= PARTS {
+            Age::Ahead(ahead)
+        } else {
+            Age::Stale
+        }
+    }
+
+    /// What the words but `skip` count at part `k`, and the newest part
+    /// among them (`k` if none is ahead).
+    fn scan(&self, k: u64, skip: Option<usize>) -> (u64, u64) {
+        let (mut sum, mut newest) = (0u64, k);
+        for (i, w) in self.words.iter().enumerate() {
+            if Some(i) == skip {
+                continue;
+            }
+            let word = w.load(Ordering::SeqCst);
+            let (number, count) = Self::unpack(word);
+            match Self::age(word, number, k) {
+                Age::Behind(_) => sum = sum.saturating_add(count),
+                Age::Ahead(n) => {
+                    sum = sum.saturating_add(count);
+                    newest = newest.max(k + n);
+                }
+                Age::Stale => {}
+            }
+        }
+        (sum, newest)
+    }
+
+    /// Reserves `amount` at part `k` (or the newest part another shard
+    /// counts in, if ahead) if the count leaves room; returns the part.
+    fn reserve(&self, mut k: u64, budget: u64, amount: u64) -> Result<u64, u64> {
+        loop {
+            let i = Self::index(k);
+            let word = self.words[i].load(Ordering::SeqCst);
+            let (number, count) = Self::unpack(word);
+            let fresh = match Self::age(word, number, k) {
+                Age::Behind(0) => false,
+                Age::Ahead(n) => {
+                    k += n;
+                    continue;
+                }
+                // An older part's word (never an older counted one: those
+                // are kept in other words): this part starts in it.
+                Age::Behind(_) | Age::Stale => true,
+            };
+            let count = if fresh { 0 } else { count };
+            let (others, newest) = self.scan(k, Some(i));
+            if newest > k {
+                k = newest;
+                continue;
+            }
+            let counted = others.saturating_add(count);
+            if counted >= budget || counted.saturating_add(amount) > budget {
+                return Err(counted);
+            }
+            let to = Self::pack(k, count + amount);
+            if self.words[i]
+                .compare_exchange(word, to, Ordering::SeqCst, Ordering::SeqCst)
+                .is_err()
+            {
+                continue;
+            }
+            if self.scan(k, Some(i)).0 > others {
+                // Another part's word grew meanwhile: a reservation there
+                // may not have seen this one. Given back; counted again.
+                self.give_back(k, amount);
+                continue;
+            }
+            return Ok(k);
+        }
+    }
+
+    /// Adds `amount` to part `k` (a charge past its reservation, or the
+    /// log's rebuild), unless a newer part holds its word (then `k` is no
+    /// longer counted).
+    fn add(&self, k: u64, amount: u64) {
+        if amount == 0 {
+            return;
+        }
+        let w = &self.words[Self::index(k)];
+        let _ = w.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |word| {
+            let (number, count) = Self::unpack(word);
+            match Self::age(word, number, k) {
+                Age::Behind(0) => Some(Self::pack(k, count.saturating_add(amount))),
+                Age::Behind(_) | Age::Stale => Some(Self::pack(k, amount)),
+                Age::Ahead(_) => None,
+            }
+        });
+    }
+
+    /// Takes back `amount` reserved at part `k`, if its word still holds it.
+    fn give_back(&self, k: u64, amount: u64) {
+        let w = &self.words[Self::index(k)];
+        let _ = w.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |word| {
+            let (number, count) = Self::unpack(word);
+            (Self::age(word, number, k) == Age::Behind(0))
+                .then(|| Self::pack(k, count.saturating_sub(amount)))
+        });
+    }
+
+    /// When the count at `s` falls to `room`, adding nothing: the turn of
+    /// the part after which enough of the oldest parts have left it.
+    fn fits_at(&self, s: &Slot, room: u64) -> u64 {
+        // By age, oldest first: index j holds part k - PARTS + j.
+        let mut by_age = [0u64; RING];
+        let mut left = 0u64;
+        for w in &self.words {
+            let word = w.load(Ordering::SeqCst);
+            let (number, count) = Self::unpack(word);
+            match Self::age(word, number, s.part) {
+                Age::Behind(n) => by_age[(PARTS - n) as usize] = count,
+                Age::Ahead(_) => {}
+                Age::Stale => continue,
+            }
+            left = left.saturating_add(count);
+        }
+        // Part k - PARTS + j is counted until part k + j + 1 begins.
+        for (j, count) in by_age.iter().enumerate() {
+            if left <= room {
+                return (s.part + j as u64) * s.part_ms;
+            }
+            left = left.saturating_sub(*count);
+        }
+        if left <= room {
+            (s.part + RING as u64) * s.part_ms
+        } else {
+            // Spend counted ahead of this part: after it leaves, at the latest.
+            (s.part + 2 * RING as u64) * s.part_ms
+        }
     }
 }
 
@@ -452,8 +676,8 @@ impl Budgets {
                 }
                 let b = self.bucket(p, s.subject.value(&p.rule.scope));
                 let at = slot(p.rule.window, s.ts_ms);
-                let micros = b.spend.micros_to_count(at.window, picos(s.usd));
-                b.spend.add(at.window, micros);
+                let micros = b.spend.micros_to_count(at.part as u32, picos(s.usd));
+                b.spend.add(&at, at.part, micros);
             }
         }
     }
@@ -663,9 +887,9 @@ impl ShardBudgets {
                 micros(input_bytes as f64 * rates.input + output as f64 * rates.output)
             });
             match b.spend.reserve(&s, amount, worst) {
-                Ok(window) => r.held.push(Held {
+                Ok(at) => r.held.push(Held {
                     bucket: b,
-                    window,
+                    at,
                     reserved: worst,
                     alert_at: p.rule.alert_at.map(|a| (a * amount as f64) as u64),
                     amount,
@@ -758,7 +982,8 @@ fn exhausted(
 #[derive(Debug)]
 struct Held {
     bucket: Arc<Bucket>,
-    window: u32,
+    /// Where the reservation counts: its window (calendar) or part (rolling).
+    at: u64,
     reserved: u64,
     /// Micro-dollars at which the budget warns.
     alert_at: Option<u64>,
@@ -790,15 +1015,15 @@ impl Reservation {
             let spend = &h.bucket.spend;
             // A charge may count less than its micro-dollars rounded up
             // (see `Spend::credit`).
-            let actual = spend.micros_to_count(h.window, actual);
+            let actual = spend.micros_to_count(h.at as u32, actual);
             if actual >= h.reserved {
-                spend.add(h.window, actual - h.reserved);
+                spend.add(&h.slot, h.at, actual - h.reserved);
             } else {
-                spend.give_back(h.window, h.reserved - actual);
+                spend.give_back(&h.slot, h.at, h.reserved - actual);
             }
             let Some(alert) = h.alert_at else { continue };
             let spent = spend.spent(&h.slot);
-            let mark = u64::from(h.window) + 1;
+            let mark = u64::from(h.slot.window) + 1;
             if spent >= alert && spend.alerted.swap(mark, Ordering::AcqRel) != mark {
                 raised += 1;
                 budgets.alerts.fetch_add(1, Ordering::Relaxed);
@@ -826,7 +1051,7 @@ fn warn_alert(h: &Held, spent: u64) {
 impl Drop for Reservation {
     fn drop(&mut self) {
         for h in self.held.drain(..) {
-            h.bucket.spend.give_back(h.window, h.reserved);
+            h.bucket.spend.give_back(&h.slot, h.at, h.reserved);
         }
     }
 }
@@ -1024,19 +1249,18 @@ mod tests {
     }
 
     /// A rolling budget's Retry-After is when the request fits: a request
-    /// sent then is admitted, and one a second before it is not (a window's
-    /// end, as before, was too soon while the previous window still counts).
+    /// sent then is admitted, and one a second before it is not.
     #[test]
     fn a_rolling_budget_says_when_the_request_fits() {
         let (shared, s, _) = shard("[[budgets]]\nscope = \"gateway\"\nusd = 10\nwindow = \"2m\"\n");
         let len = 120_000;
-        let start = NOW - NOW % len;
-        // $8 spent early in one window; later, in the same window, a $4
-        // request; then in the next window, two more.
-        s.reserve(&who(None), RATES, 2, Some(2), 1, start + 1_000)
-            .unwrap()
-            .settle(Some(8.0), &shared);
-        for at in [start + 60_000, start + len + 10_000, start + len + 29_000] {
+        for (spent_at, asked_at) in [(1_000, 60_000), (len + 50_000, len + 119_000)] {
+            let start = NOW - NOW % len + 10 * len;
+            // $8 spent; later a $4 request (it may cost $4: refused).
+            s.reserve(&who(None), RATES, 2, Some(2), 1, start + spent_at)
+                .unwrap()
+                .settle(Some(8.0), &shared);
+            let at = start + asked_at;
             let e = s.reserve(&who(None), RATES, 2, Some(2), 1, at).unwrap_err();
             let secs: u64 = e
                 .headers
@@ -1044,17 +1268,120 @@ mod tests {
                 .and_then(|h| h.trim_end().parse().ok())
                 .unwrap_or_else(|| panic!("{}", e.headers));
             let then = at + secs * 1000;
+            // The $8 counts for the whole duration after it was spent, and
+            // at most two parts (15 s) longer.
             assert!(
-                s.reserve(&who(None), RATES, 2, Some(2), 1, then).is_ok(),
-                "admitted {secs} s after {}",
-                at - start
+                then >= start + spent_at + len && then <= start + spent_at + len + 2 * len / 16,
+                "retry after {secs} s, asked {asked_at} ms in, spent {spent_at} ms in"
             );
             assert!(
                 s.reserve(&who(None), RATES, 2, Some(2), 1, then - 1_000)
                     .is_err(),
-                "not a second before: {secs} s after {}",
-                at - start
+                "not a second before: {secs} s after {asked_at}"
             );
+            let r = s.reserve(&who(None), RATES, 2, Some(2), 1, then);
+            assert!(r.is_ok(), "admitted {secs} s after {asked_at}");
+            r.unwrap().settle(Some(0.0), &shared);
+        }
+    }
+
+    /// Spend bunched at the end of one duration-aligned span and the start
+    /// of the next stays within the amount in every span of the duration's
+    /// length (the sliding approximation this replaced let $1.59 through in
+    /// 59 s on a $1-per-60s budget: found by a review).
+    #[test]
+    fn a_rolling_budget_holds_in_every_span_of_its_length() {
+        let (shared, s, _) = shard("[[budgets]]\nscope = \"gateway\"\nusd = 1\nwindow = \"60s\"\n");
+        let start = NOW - NOW % 60_000;
+        // $0.90 at 59.9 s (a request of 1 byte with max_tokens 1 may cost $2
+        // at RATES: these cheaper ones pass no rate).
+        let cheap = Some(Rates {
+            input: 0.2,
+            output: 0.2,
+        });
+        s.reserve(&who(None), cheap, 1, Some(1), 1, start + 59_900)
+            .unwrap()
+            .settle(Some(0.9), &shared);
+        // A minute less a moment later, the $0.90 still counts.
+        assert!(
+            s.reserve(&who(None), cheap, 1, Some(1), 1, start + 119_000)
+                .is_err()
+        );
+        // Once its part has left the count (at most two parts, 7.5 s, late).
+        let r = s
+            .reserve(&who(None), cheap, 1, Some(1), 1, start + 59_900 + 67_500)
+            .unwrap();
+        r.settle(Some(0.4), &shared);
+
+        // Random charges at random times over ten minutes: whatever was
+        // admitted, no 60 s span ever holds more than $1.
+        let (shared, s, _) = shard("[[budgets]]\nscope = \"gateway\"\nusd = 1\nwindow = \"60s\"\n");
+        let mut rng = crate::reqid::IdGen::new(7);
+        let mut t = start;
+        let mut charged: Vec<(u64, u64)> = Vec::new();
+        for _ in 0..4_000 {
+            t += rng.below(400);
+            let cost = rng.below(200_000); // up to $0.20, in micro-dollars
+            let rates = Some(Rates {
+                input: cost as f64 / 2e6,
+                output: cost as f64 / 2e6,
+            });
+            if let Ok(r) = s.reserve(&who(None), rates, 1, Some(1), 1, t) {
+                r.settle(Some(cost as f64 / 1e6), &shared);
+                charged.push((t, cost));
+            }
+        }
+        assert!(charged.len() > 100, "{} admitted", charged.len());
+        for (i, &(end, _)) in charged.iter().enumerate() {
+            let span: u64 = charged[..=i]
+                .iter()
+                .filter(|(at, _)| *at + 60_000 > end)
+                .map(|(_, c)| c)
+                .sum();
+            assert!(
+                span <= 1_000_000,
+                "${} in the 60 s to {end}",
+                span as f64 / 1e6
+            );
+        }
+    }
+
+    /// Shards racing for a rolling budget's last dollars at a part's turn
+    /// (one's clock just past it, another's not) never pass it together.
+    #[test]
+    fn racing_shards_at_a_parts_turn_never_pass_a_rolling_budget() {
+        let toml = "[[budgets]]\nscope = \"gateway\"\nusd = 100\nwindow = \"16m\"\n";
+        let (shared, s, rules) = shard(toml);
+        for round in 0..300u64 {
+            // A part is a minute; each round a whole duration after the last.
+            let turn = NOW - NOW % 60_000 + 20 * 60_000 * (round + 1);
+            // $98 of $100 reserved before the turn: one more $2 fits.
+            let filled: Vec<_> = (0..49)
+                .map(|_| {
+                    s.reserve(&who(None), RATES, 1, Some(1), 1, turn - 1)
+                        .unwrap()
+                })
+                .collect();
+            let start = std::sync::Barrier::new(4);
+            let admitted = std::sync::Mutex::new(Vec::new());
+            std::thread::scope(|scope| {
+                for t in 0..4u64 {
+                    let (shared, rules, start, admitted) = (&shared, &rules, &start, &admitted);
+                    scope.spawn(move || {
+                        let s = ShardBudgets::new(shared.clone(), rules);
+                        let at = if t % 2 == 0 { turn - 1 } else { turn };
+                        start.wait();
+                        if let Ok(r) = s.reserve(&who(None), RATES, 1, Some(1), 1, at) {
+                            admitted.lock().unwrap().push(r);
+                        }
+                    });
+                }
+            });
+            let admitted = admitted.into_inner().unwrap();
+            assert_eq!(admitted.len(), 1, "round {round}: one more $2 fits in $100");
+            for r in filled.into_iter().chain(admitted) {
+                r.settle(Some(0.0), &shared);
+            }
         }
     }
 

@@ -53,22 +53,15 @@ pub fn rebuild_rules(
         return Ok(0);
     }
     let now = crate::reqid::now_unix_ms();
-    // The earliest time any window in force (or, sliding, the one before it) began.
+    // The earliest time any window in force (or, sliding, the one before it;
+    // rolling budgets, the oldest part counted) began.
     let mut since = now;
     for r in rate_limits {
         let w = r.window.as_millis().max(1) as u64;
         since = since.min((now / w).saturating_sub(1) * w);
     }
     for b in budget_rules {
-        let s = crate::budget::slot(b.window, now);
-        // A rolling window weighs the one before it; a calendar one does not.
-        let start = match b.window {
-            crate::config::BudgetWindow::Rolling(_) => {
-                s.start_ms.saturating_sub(s.end_ms - s.start_ms)
-            }
-            _ => s.start_ms,
-        };
-        since = since.min(start);
+        since = since.min(crate::budget::slot(b.window, now).start_ms);
     }
     let conn = logstore::open_for_reading(&path)?;
     let mut each = |rows: &[logstore::replay::Replayed]| {
