@@ -62,6 +62,53 @@ pub const VARYING_HEADERS: [&str; 5] = [
     "openai-project",
 ];
 
+/// Whether a header's name reads as a credential other than the known ones
+/// ([`CREDENTIAL_HEADERS`]): one that names authentication, a token, a
+/// secret, an API key, a cookie or a session (`Cookie`,
+/// `Proxy-Authorization`, `X-Auth-Token`, `X-Access-Token`, `X-Session-Id`,
+/// ...). A provider behind a custom base URL may take its credential in any
+/// of them, and two clients' answers under two such credentials must never
+/// be shared: a name that merely looks like one costs hits, never a leak.
+/// One pass, a branch per byte (it runs on every header of every cached
+/// request).
+fn credential_like(name: &[u8]) -> bool {
+    let starts = |at: &[u8], mark: &[u8]| {
+        at.len() >= mark.len() && at[..mark.len()].eq_ignore_ascii_case(mark)
+    };
+    (0..name.len()).any(|i| {
+        let at = &name[i..];
+        match at[0] | 0x20 {
+            b'a' => {
+                starts(at, b"auth")
+                    || starts(at, b"apikey")
+                    || starts(at, b"api-key")
+                    || starts(at, b"api_key")
+            }
+            b't' => starts(at, b"token"),
+            b's' => starts(at, b"secret") || starts(at, b"session"),
+            b'c' => starts(at, b"cookie"),
+            _ => false,
+        }
+    })
+}
+
+/// A credential header's name as the scope hashes it: the known ones by
+/// their canonical spelling, others lower-cased (their first 64 bytes: two
+/// names alike that far with one value are taken for one credential).
+fn credential_name<'n>(name: &[u8], buf: &'n mut [u8; 64]) -> Option<&'n [u8]> {
+    if let Some(known) = named(name, &CREDENTIAL_HEADERS) {
+        return Some(known.as_bytes());
+    }
+    if !credential_like(name) {
+        return None;
+    }
+    let n = name.len().min(buf.len());
+    for (b, c) in buf.iter_mut().zip(&name[..n]) {
+        *b = c.to_ascii_lowercase();
+    }
+    Some(&buf[..n])
+}
+
 /// The entry of `list` that `name` is, in any case.
 fn named(name: &[u8], list: &[&'static str]) -> Option<&'static str> {
     list.iter()
@@ -74,13 +121,13 @@ fn named(name: &[u8], list: &[&'static str]) -> Option<&'static str> {
 fn pair_hash(
     h: &mut Option<xxhash_rust::xxh3::Xxh3>,
     kind: &[u8],
-    name: &str,
+    name: &[u8],
     value: &[u8],
 ) -> u64 {
     let h = h.get_or_insert_with(xxhash_rust::xxh3::Xxh3::new);
     h.reset();
     h.update(kind);
-    h.update(name.as_bytes());
+    h.update(name);
     h.update(b"\0");
     h.update(value);
     h.digest()
@@ -106,7 +153,8 @@ pub fn form<'a>(unified: bool, targets: impl Iterator<Item = (&'a str, &'a str)>
 /// headers ask for.
 ///
 /// Who: a hash of every credential the request carries (the headers in
-/// [`CREDENTIAL_HEADERS`], the query parameters in [`CREDENTIAL_PARAMS`] of
+/// [`CREDENTIAL_HEADERS`] and any other whose name reads as one, see
+/// [`credential_like`]; the query parameters in [`CREDENTIAL_PARAMS`] of
 /// the upstream `query`), so two credentials never share an entry; 0 with
 /// `cache.shared` (everyone shares), 1 for requests without any credential
 /// (they all use the gateway's own provider keys). Mixed with a hash of the
@@ -121,18 +169,19 @@ pub fn scope<'a>(
     let mut any = false;
     // Order-independent: each pair's hash is summed.
     let (mut who, mut vary) = (0u64, 0u64);
+    let mut lower = [0u8; 64];
     for (name, value) in headers {
-        if let Some(name) = named(name, &CREDENTIAL_HEADERS) {
+        if let Some(name) = credential_name(name, &mut lower) {
             who = who.wrapping_add(pair_hash(&mut h, b"h", name, value));
             any = true;
         } else if let Some(name) = named(name, &VARYING_HEADERS) {
-            vary = vary.wrapping_add(pair_hash(&mut h, b"h", name, value));
+            vary = vary.wrapping_add(pair_hash(&mut h, b"h", name.as_bytes(), value));
         }
     }
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = crate::http::split_byte(pair, b'=').unwrap_or((pair, ""));
         if let Some(name) = named(k.as_bytes(), &CREDENTIAL_PARAMS) {
-            who = who.wrapping_add(pair_hash(&mut h, b"q", name, v.as_bytes()));
+            who = who.wrapping_add(pair_hash(&mut h, b"q", name.as_bytes(), v.as_bytes()));
             any = true;
         }
     }
@@ -836,5 +885,49 @@ mod tests {
             scope(false, two_rev.into_iter(), "")
         );
         assert_ne!(scope(false, two.into_iter(), ""), sa);
+    }
+
+    /// A credential in a header a custom provider may read (a cookie, an
+    /// auth token) scopes entries like the known ones; the headers SDKs send
+    /// on every request (an idempotency key, their own `x-stainless-*`) do not.
+    #[test]
+    fn any_header_named_as_a_credential_scopes_entries() {
+        let one = |name: &'static str, value: &'static str| {
+            scope(false, [(name.as_bytes(), value.as_bytes())].into_iter(), "")
+        };
+        for name in [
+            "Cookie",
+            "Proxy-Authorization",
+            "X-Auth-Token",
+            "x-access-token",
+            "X-Api-Token",
+            "x-apikey",
+            "X-Client-Secret",
+            "x-session-id",
+        ] {
+            assert_ne!(one(name, "a"), 1, "{name} scopes");
+            assert_ne!(
+                one(name, "a"),
+                one(name, "b"),
+                "{name}: two values, two scopes"
+            );
+            assert_eq!(
+                one(name, "a"),
+                one(Box::leak(name.to_ascii_uppercase().into_boxed_str()), "a"),
+                "{name}: letter case is not a credential"
+            );
+        }
+        for name in [
+            "Idempotency-Key",
+            "x-stainless-retry-count",
+            "x-stainless-os",
+            "User-Agent",
+            "Content-Type",
+            "Accept",
+            "traceparent",
+        ] {
+            assert_eq!(one(name, "a"), 1, "{name} does not scope");
+        }
+        assert_ne!(one("Cookie", "a"), one("X-Auth-Token", "a"));
     }
 }
