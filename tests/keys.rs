@@ -142,7 +142,9 @@ fn a_client_with_its_own_provider_key_sends_the_gateway_key_beside_it(shards: us
     let (secret, lines) = key_new("carol", &[]);
     let gw = Gateway::with(shards)
         .provider("up", &mock.base_url(), "")
-        .toml(&format!("[auth]\nrequired = true\n{lines}"))
+        .toml(&format!(
+            "[auth]\nrequired = true\n{lines}[logs]\npayloads = true\n"
+        ))
         .start();
     let post = |headers: &[(&str, &str)]| gw.client().post("/v1/chat/completions", headers, CHAT);
     // Its Authorization is the provider's key: it is not the gateway key.
@@ -260,12 +262,40 @@ fn a_client_with_its_own_provider_key_sends_the_gateway_key_beside_it(shards: us
         assert_eq!(r.status, 401, "{name}: {value}: {}", r.text());
         assert!(r.text().contains("logs"), "{}", r.text());
     }
+    // Nor in requests refused before a provider is chosen (an unknown path
+    // or model, a body that is not JSON): their answers quote no secret,
+    // and their rows keep none (found by a review: the path, user agent,
+    // event id and metadata were logged and exported as sent).
+    let early = |path: &str, headers: &[(&str, &str)], body: &str| {
+        let r = gw.client().post(path, headers, body);
+        assert!(matches!(r.status, 400 | 404), "{path}: {}", r.text());
+        assert!(!r.text().contains(&other), "{path}: {}", r.text());
+    };
+    early(&format!("/{other}/chat/completions"), &[], "{}");
+    early(&format!("/v1/models/{other}"), &[], "{}");
+    early("/nope", &[("User-Agent", &format!("app/1 {other}"))], "{}");
+    early("/nope", &[("aigw-event-id", &other)], "{}");
+    early(
+        "/v1/chat/completions",
+        &[("aigw-metadata", &format!(r#"{{"u":"{other}"}}"#))],
+        "{bad",
+    );
+    early(
+        "/v1/chat/completions",
+        &[("aigw-authorization", &bearer(&secret))],
+        &format!(r#"{{"model":"{other}","messages":[]}}"#),
+    );
     let (_, metrics) = admin_get(&gw.admin_socket, "/metrics");
     assert!(
         !String::from_utf8_lossy(&metrics).contains("sk-aigw-"),
         "a gateway secret in /metrics"
     );
-    // The log keeps no secret of these either.
+    let (_, stats) = admin_get(&gw.admin_socket, "/stats");
+    assert!(
+        !String::from_utf8_lossy(&stats).contains("sk-aigw-"),
+        "a gateway secret in /stats"
+    );
+    // The log keeps no secret of these either (bodies are kept: payloads on).
     let (code, rows) = admin_get(&gw.admin_socket, "/logs?limit=100");
     assert_eq!(code, 200);
     assert!(
@@ -280,6 +310,25 @@ fn a_client_with_its_own_provider_key_sends_the_gateway_key_beside_it(shards: us
             .any(|c| format!("{c:?}").contains("sk-aigw-")),
         "no gateway secret reached the provider"
     );
+    // Nor any file the gateway wrote (the log's rows and kept bodies).
+    let mut gw = gw;
+    gw.terminate();
+    gw.wait_exit();
+    let mut stack = vec![gw.data_dir()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(bytes) = std::fs::read(&p) {
+                assert!(
+                    memchr::memmem::find(&bytes, &other.as_bytes()[8..]).is_none(),
+                    "a gateway secret in {}",
+                    p.display()
+                );
+            }
+        }
+    }
 }
 
 fn without_auth_required_anonymous_requests_pass_but_bad_gateway_keys_do_not(shards: usize) {

@@ -637,6 +637,36 @@ pub fn carries_secret(bytes: &[u8]) -> bool {
     holds_prefix(bytes) || decoded_carries_secret(bytes)
 }
 
+/// `text` with every gateway secret in it replaced by its prefix and an
+/// ellipsis (what follows the prefix up to the first byte a secret cannot
+/// hold); a text that still holds one percent-encoded becomes `instead`.
+/// For messages that quote what a client sent (an unknown model, a path).
+pub fn redact_secrets(text: &str, instead: &str) -> String {
+    let b = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut from = 0;
+    for at in secret_offsets(b) {
+        if at < from {
+            continue;
+        }
+        let end = at
+            + SECRET_PREFIX.len()
+            + b[at + SECRET_PREFIX.len()..]
+                .iter()
+                .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_'))
+                .count();
+        out.push_str(&text[from..at]);
+        out.push_str(SECRET_PREFIX);
+        out.push('…');
+        from = end;
+    }
+    out.push_str(&text[from..]);
+    if decoded_carries_secret(out.as_bytes()) {
+        return instead.to_string();
+    }
+    out
+}
+
 /// Whether `bytes` percent-decoded (when they have an escape at all) hold a
 /// gateway secret.
 pub fn decoded_carries_secret(bytes: &[u8]) -> bool {
@@ -713,6 +743,22 @@ mod tests {
             origin: Origin::Admin,
             created_ms: 1,
         }
+    }
+
+    #[test]
+    fn secrets_quoted_in_a_message_are_redacted() {
+        assert_eq!(
+            redact_secrets(
+                "model `sk-aigw-abc_D-9` is not \"p/m\"; nor sk-aigw-x.",
+                "no"
+            ),
+            "model `sk-aigw-…` is not \"p/m\"; nor sk-aigw-….",
+        );
+        assert_eq!(
+            redact_secrets("path /v1/sk%2Daigw%2Dabc", "withheld"),
+            "withheld"
+        );
+        assert_eq!(redact_secrets("nothing here", "no"), "nothing here");
     }
 
     #[test]

@@ -912,6 +912,26 @@ fn authenticate(
 #[cold]
 #[inline(never)]
 fn secret_refused(place: &str, plan: &Plan, rec: &mut RequestRecord) -> GatewayError {
+    withhold_secrets(rec);
+    let goes = if place == LOGGED_HEADER {
+        String::new()
+    } else {
+        format!(", which goes to provider `{}`", plan.provider.name)
+    };
+    GatewayError::unauthorized(format!(
+        "a gateway key was found in {place}{goes}: send it only as `aigw-authorization: Bearer <key>`, or as `Authorization: Bearer <key>` where aigw holds the provider's key"
+    ))
+}
+
+/// What of an error's record holds a gateway secret is withheld from the
+/// log, `/stats` and `/metrics`: the model, path, user agent and event id
+/// (replaced), the metadata (dropped: it is counted by value) and a kept
+/// request body. Every error answer runs it: one refused before the secret
+/// checks of stage 1a (an unknown path or model, a body that is not JSON)
+/// kept the secret as sent.
+#[cold]
+#[inline(never)]
+fn withhold_secrets(rec: &mut RequestRecord) {
     let holds = |s: &str| auth::carries_secret(s.as_bytes());
     if rec.model.as_deref().is_some_and(holds) {
         rec.model = None;
@@ -926,6 +946,12 @@ fn secret_refused(place: &str, plan: &Plan, rec: &mut RequestRecord) -> GatewayE
         if l.event_id.as_deref().is_some_and(holds) {
             l.event_id = Some(WITHHELD.to_string());
         }
+        if l.request_body
+            .as_ref()
+            .is_some_and(|p| auth::carries_secret(&p.bytes))
+        {
+            l.request_body = None;
+        }
     }
     // Its attribution goes too (counted in `/stats` and `/metrics` by value).
     let meta_holds = rec.metadata.as_ref().is_some_and(|m| {
@@ -935,14 +961,6 @@ fn secret_refused(place: &str, plan: &Plan, rec: &mut RequestRecord) -> GatewayE
     if meta_holds {
         rec.metadata = None;
     }
-    let goes = if place == LOGGED_HEADER {
-        String::new()
-    } else {
-        format!(", which goes to provider `{}`", plan.provider.name)
-    };
-    GatewayError::unauthorized(format!(
-        "a gateway key was found in {place}{goes}: send it only as `aigw-authorization: Bearer <key>`, or as `Authorization: Bearer <key>` where aigw holds the provider's key"
-    ))
 }
 
 #[cold]
@@ -2191,6 +2209,22 @@ async fn answer_error(
     } else {
         e
     };
+    // A message quoting what the client sent (a model, a path) never
+    // quotes a gateway secret: the answer's body is logged too.
+    let redacted;
+    let e = if auth::carries_secret(e.message.as_bytes()) {
+        redacted = GatewayError {
+            message: auth::redact_secrets(
+                &e.message,
+                "the request held a gateway key (withheld here)",
+            ),
+            ..e.clone()
+        };
+        &redacted
+    } else {
+        e
+    };
+    withhold_secrets(rec);
     // An upstream error can come long after the request arrived: if a drain
     // began meanwhile, this answer is the connection's last.
     let keep_alive = keep_alive && !e.close && !ctx.draining.get();
