@@ -1058,6 +1058,32 @@ fn purge_all_by_key_and_by_provider(shards: usize) {
     assert_eq!(status(&post(&gw, &[], &b)), "MISS");
     let (code, out) = admin_post(&gw.admin_socket, "/cache/purge?key=xyz");
     assert_eq!(code, 400, "{}", String::from_utf8_lossy(&out));
+    // One filter at a time, a provider that exists: two filters purged
+    // what the last one said (found by a review), a misspelt provider
+    // purged nothing and said so by `0` alone.
+    for (query, says) in [
+        (format!("key={key}&provider=up"), "give one filter"),
+        ("provider=up&provider=other".to_string(), "give one filter"),
+        ("provider=".to_string(), "give a provider"),
+        ("provider=nosuch".to_string(), "`nosuch`"),
+    ] {
+        let (code, out) = admin_post(&gw.admin_socket, &format!("/cache/purge?{query}"));
+        let out = String::from_utf8_lossy(&out);
+        assert_eq!(code, 400, "{query}: {out}");
+        assert!(out.contains(says), "{query}: {out}");
+    }
+    let (code, _, err) = run_aigw(&[
+        "cache",
+        "purge",
+        "--key",
+        &key,
+        "--provider",
+        "up",
+        "--socket",
+        socket,
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("cannot be used with"), "{err}");
     assert_eq!(n(&cache_stats(&gw), &["purged"]), 5);
 
     // An answer under way while a purge runs reaches its client, and is

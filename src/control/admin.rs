@@ -1,5 +1,8 @@
-//! Admin socket: HTTP/1.1 over a Unix socket (mode 0600), served by one std
-//! thread, one request per connection. `curl --unix-socket PATH localhost/stats`.
+//! Admin socket: HTTP/1.1 over a Unix socket (mode 0600), one request per
+//! connection, each read on a thread of its own (at most
+//! [`MAX_ADMIN_CONNECTIONS`] at once: a client that connects and sends
+//! nothing holds up no one else) and answered one at a time.
+//! `curl --unix-socket PATH localhost/stats`.
 //!
 //! Endpoints: `GET /stats` (JSON, fresh: every shard flushes first),
 //! `GET /metrics` (Prometheus text), `GET /healthz`, `GET /logs`,
@@ -38,6 +41,21 @@ pub const FLUSH_WAIT: Duration = Duration::from_secs(1);
 pub const MAX_ADMIN_REQUEST: usize = 8 << 10;
 /// Longest `POST /cache/purge` waits for every shard.
 pub const PURGE_WAIT: Duration = Duration::from_secs(30);
+/// Connections a listener reads at once; more are answered 503 at once.
+pub const MAX_ADMIN_CONNECTIONS: usize = 32;
+/// The admin's paths, for a 405 that says which method they take.
+const ROUTES: [(&str, &str); 10] = [
+    ("/stats", "GET"),
+    ("/metrics", "GET"),
+    ("/healthz", "GET"),
+    ("/logs", "GET"),
+    ("/config", "GET"),
+    ("/usage", "GET"),
+    ("/config/reload", "POST"),
+    ("/cache/purge", "POST"),
+    ("/keys", "GET or POST"),
+    ("/keys/ID", "DELETE"),
+];
 
 pub struct Admin {
     hub: Arc<StatsHub>,
@@ -116,28 +134,58 @@ impl Admin {
         })
     }
 
-    /// One thread serving one connection at a time from `accept`.
-    fn spawn_accepting<C: Read + Write>(
+    /// A thread accepting from `accept`; each connection is read on a
+    /// thread of its own (idle clients must not queue the others behind
+    /// them: a scraper, a `curl`), and answered under the listener's turn
+    /// (one at a time, as key changes and purges need).
+    fn spawn_accepting<C: Read + Write + Send + 'static>(
         self: &Arc<Self>,
         name: &str,
         scope: Scope,
         mut accept: impl FnMut() -> std::io::Result<C> + Send + 'static,
     ) -> std::io::Result<()> {
         let me = Arc::clone(self);
+        let turn = Arc::new(std::sync::Mutex::new(()));
+        let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let conn_name = format!("{name}-conn");
         std::thread::Builder::new()
             .name(name.into())
             .spawn(move || {
                 loop {
-                    match accept() {
-                        Ok(c) => me.serve(c, scope),
-                        Err(e) => log::warn!("admin accept: {e}"),
+                    let mut c = match accept() {
+                        Ok(c) => c,
+                        Err(e) => {
+                            log::warn!("admin accept: {e}");
+                            continue;
+                        }
+                    };
+                    if open.load(Ordering::Acquire) >= MAX_ADMIN_CONNECTIONS {
+                        respond(
+                            &mut c,
+                            503,
+                            "text/plain",
+                            &format!("too many admin connections at once (over {MAX_ADMIN_CONNECTIONS}); retry\n"),
+                        );
+                        continue;
+                    }
+                    open.fetch_add(1, Ordering::AcqRel);
+                    let (me, turn, done) = (Arc::clone(&me), Arc::clone(&turn), Arc::clone(&open));
+                    let spawned = std::thread::Builder::new()
+                        .name(conn_name.clone())
+                        .spawn(move || {
+                            me.serve(c, scope, &turn);
+                            done.fetch_sub(1, Ordering::AcqRel);
+                        });
+                    if let Err(e) = spawned {
+                        open.fetch_sub(1, Ordering::AcqRel);
+                        log::warn!("admin connection thread: {e}");
                     }
                 }
             })?;
         Ok(())
     }
 
-    fn serve<C: Read + Write>(&self, mut conn: C, scope: Scope) {
+    fn serve<C: Read + Write>(&self, mut conn: C, scope: Scope, turn: &std::sync::Mutex<()>) {
         let mut buf = Vec::with_capacity(1024);
         let mut chunk = [0u8; 1024];
         // The whole request within the read timeout, however slowly it drips.
@@ -151,6 +199,14 @@ impl Admin {
                 break;
             }
             if std::time::Instant::now() > deadline {
+                if want.is_some() {
+                    respond(
+                        &mut conn,
+                        408,
+                        "text/plain",
+                        "the body did not arrive within 5 s: send as many bytes as Content-Length says\n",
+                    );
+                }
                 return;
             }
             match conn.read(&mut chunk) {
@@ -164,15 +220,35 @@ impl Admin {
             let mut req = httparse::Request::new(&mut headers);
             match req.parse(&buf) {
                 Ok(httparse::Status::Complete(n)) => {
-                    let length = req
+                    if req
                         .headers
                         .iter()
-                        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                        .any(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
+                    {
+                        respond(
+                            &mut conn,
+                            411,
+                            "text/plain",
+                            "send the body with Content-Length (a chunked body is not read here)\n",
+                        );
+                        return;
+                    }
+                    // Digits only, and every Content-Length alike: `+5`, or
+                    // two that differ, would be read differently elsewhere.
+                    let mut lengths = req
+                        .headers
+                        .iter()
+                        .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
                         .map(|h| {
-                            std::str::from_utf8(h.value)
-                                .ok()
-                                .and_then(|v| v.trim().parse::<usize>().ok())
+                            let v = h.value.trim_ascii();
+                            (!v.is_empty() && v.len() <= 9 && v.iter().all(u8::is_ascii_digit))
+                                .then(|| {
+                                    v.iter().fold(0usize, |n, d| n * 10 + usize::from(d - b'0'))
+                                })
                         });
+                    let length = lengths
+                        .next()
+                        .map(|first| first.filter(|l| lengths.all(|other| other == Some(*l))));
                     let length = match length {
                         None => 0,
                         Some(Some(l))
@@ -185,7 +261,7 @@ impl Admin {
                                 &mut conn,
                                 400,
                                 "text/plain",
-                                "bad request: Content-Length missing a number or over 8 KiB\n",
+                                "bad request: Content-Length must be one number (given once, or alike each time), the request at most 8 KiB\n",
                             );
                             return;
                         }
@@ -199,7 +275,12 @@ impl Admin {
                 }
                 Ok(httparse::Status::Partial) if buf.len() < MAX_ADMIN_REQUEST => continue,
                 _ => {
-                    respond(&mut conn, 400, "text/plain", "bad request\n");
+                    respond(
+                        &mut conn,
+                        400,
+                        "text/plain",
+                        "bad request: the request head did not parse (HTTP/1.1, at most 32 headers and 8 KiB, a UTF-8 path)\n",
+                    );
                     return;
                 }
             }
@@ -209,6 +290,8 @@ impl Admin {
         };
         let body = &buf[head_len..end];
         let (route, query) = target.split_once('?').unwrap_or((&target, ""));
+        // Answered one at a time (reads went on meanwhile).
+        let _turn = turn.lock().unwrap_or_else(|p| p.into_inner());
         if scope == Scope::MetricsOnly && !matches!(route, "/metrics" | "/healthz") {
             respond(
                 &mut conn,
@@ -299,12 +382,25 @@ impl Admin {
             ("GET", "/healthz") => {
                 respond(&mut conn, 200, "application/json", "{\"status\":\"ok\"}\n")
             }
-            _ => respond(
-                &mut conn,
-                404,
-                "text/plain",
-                "not found: try GET /stats, /metrics, /logs, /config, /keys, /usage, /healthz, POST /config/reload, /cache/purge, /keys or DELETE /keys/ID\n",
-            ),
+            (method, route) => {
+                let known = ROUTES.iter().find(|(r, _)| {
+                    *r == route || (*r == "/keys/ID" && route.starts_with("/keys/"))
+                });
+                match known {
+                    Some((r, allowed)) => respond(
+                        &mut conn,
+                        405,
+                        "text/plain",
+                        &format!("{method} is not allowed on {r}: use {allowed}\n"),
+                    ),
+                    None => respond(
+                        &mut conn,
+                        404,
+                        "text/plain",
+                        "not found: try GET /stats, /metrics, /logs, /config, /keys, /usage, /healthz, POST /config/reload, /cache/purge, /keys or DELETE /keys/ID\n",
+                    ),
+                }
+            }
         }
     }
 
@@ -396,13 +492,39 @@ impl Admin {
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             let v = query_decode(v);
-            what = match query_decode(k).as_str() {
+            let name = query_decode(k);
+            // One filter: a key is one entry whoever answered it, and a
+            // second filter that replaced the first purged more than asked.
+            if !matches!(what, PurgeWhat::All) && matches!(name.as_str(), "key" | "provider") {
+                return Err((
+                    400,
+                    "give one filter: key=HEX (one entry) or provider=NAME (all of its entries), not both nor one twice".into(),
+                ));
+            }
+            what = match name.as_str() {
                 "key" => {
                     let key = CacheKey::parse(&v)
                         .ok_or((400, format!("key: `{v}` must be 32 hex digits (the cache_key of `aigw logs show ID`)")))?;
                     PurgeWhat::Key(key)
                 }
-                "provider" if !v.is_empty() => {
+                "provider" if v.is_empty() => {
+                    return Err((
+                        400,
+                        "provider: give a provider's (or a route's) name".into(),
+                    ));
+                }
+                "provider" => {
+                    let config = self.reloader.running();
+                    let known = config.providers.contains_key(&v)
+                        || config.routes.iter().any(|r| r.name == v);
+                    if !known {
+                        return Err((
+                            400,
+                            format!(
+                                "provider: no provider or route is named `{v}` (entries are kept under the name a request used)"
+                            ),
+                        ));
+                    }
                     PurgeWhat::Provider(crate::cache::entry::provider_tag(&v))
                 }
                 other => {
