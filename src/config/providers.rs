@@ -85,7 +85,9 @@ impl BaseUrl {
         } else if let Some(r) = s.strip_prefix("http://") {
             (Scheme::Http, r)
         } else {
-            return Err(format!("`{shown}` must start with http:// or https://"));
+            // Not shown: a value that is no URL at all may be a key pasted
+            // into the wrong field.
+            return Err("must start with http:// or https://".into());
         };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
@@ -494,6 +496,10 @@ pub(super) fn read_api_key(
 ) -> Option<Secret> {
     let (key, key_path, holder) = match (in_file, var) {
         (Some(key), _) => (key, format!("{path}.api_key"), "contains".to_string()),
+        (None, Some(var)) if !is_variable_name(var) => {
+            w.err(&format!("{path}.api_key_env"), NOT_A_VARIABLE.into());
+            return None;
+        }
         (None, Some(var)) => (
             env(var)?,
             format!("{path}.api_key_env"),
@@ -513,6 +519,17 @@ pub(super) fn read_api_key(
     }
     Some(Secret::new(key))
 }
+
+/// Whether `s` can name an environment variable (letters, digits and `_`,
+/// not starting with a digit). A value that cannot is likely the key
+/// itself, pasted where its variable's name belongs: it is never shown.
+pub(super) fn is_variable_name(s: &str) -> bool {
+    s.bytes().next().is_some_and(|b| !b.is_ascii_digit())
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// The error for a `*_env` value that cannot name a variable (not shown).
+pub(super) const NOT_A_VARIABLE: &str = "must name an environment variable (letters, digits and _): the value given cannot be one (is it the key itself? keys go in the environment, or in api_key)";
 
 /// A byte that no header value or request line may carry: C0 controls (CR, LF,
 /// NUL, tab, ...) and DEL.
@@ -711,8 +728,28 @@ mod tests {
         ] {
             let e = BaseUrl::parse(url).unwrap_err();
             assert!(!e.contains(secret), "{e}");
-            assert!(e.contains("****"), "{e}");
+            // Shown redacted, or (no URL at all) not shown.
+            assert!(
+                e.contains("****") || e == "must start with http:// or https://",
+                "{e}"
+            );
         }
+        // A key pasted into base_url, or a key where a variable's name
+        // belongs: never shown (found by a review).
+        assert!(!BaseUrl::parse("sk-LEAK13").unwrap_err().contains("LEAK"));
+        let c = Config::from_toml(
+            "[providers.up]\nbase_url = \"http://127.0.0.1:9/v1\"\napi_key_env = \"sk-LEAK08\"\n[routes.r]\ntargets = [{ provider = \"up\", model = \"m\", api_keys_env = [\"sk-LEAK12b\"] }]\n",
+        );
+        let e = c.unwrap_err().to_string();
+        assert!(!e.contains("LEAK"), "{e}");
+        assert!(
+            e.contains("providers.up.api_key_env: must name an environment variable"),
+            "{e}"
+        );
+        assert!(
+            e.contains("api_keys_env[0]: must name an environment variable"),
+            "{e}"
+        );
     }
 
     #[test]

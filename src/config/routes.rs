@@ -266,6 +266,13 @@ fn read_targets(w: &mut Walker, t: &toml::Table, at: &str, env: Env<'_>) -> Vec<
             .iter()
             .enumerate()
         {
+            if !super::providers::is_variable_name(var) {
+                w.err(
+                    &format!("{kat}[{j}]"),
+                    super::providers::NOT_A_VARIABLE.into(),
+                );
+                continue;
+            }
             match super::providers::read_api_key(w, &kat, None, Some(var), env) {
                 Some(k) => keys.push(k),
                 // A value with a control character was reported already.
