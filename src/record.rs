@@ -163,6 +163,34 @@ pub const MAX_METADATA_ENTRIES: usize = 5;
 /// Longest metadata key or string value, in bytes.
 pub const MAX_METADATA_TEXT: usize = 256;
 
+/// What is wrong with a key's metadata (config `keys.<id>.metadata`, or
+/// `POST /keys`), if anything: as a request's own, at most
+/// [`MAX_METADATA_ENTRIES`] entries, names and values of at most
+/// [`MAX_METADATA_TEXT`] bytes, names not empty, and no control characters
+/// (they are log columns and metric labels).
+pub fn key_metadata_problem(entries: &[(String, String)]) -> Option<String> {
+    if entries.len() > MAX_METADATA_ENTRIES {
+        return Some(format!(
+            "at most {MAX_METADATA_ENTRIES} entries (as a request's aigw-metadata), not {}",
+            entries.len()
+        ));
+    }
+    let control = |s: &str| s.chars().any(char::is_control);
+    entries.iter().find_map(|(k, v)| {
+        if k.is_empty() || k.len() > MAX_METADATA_TEXT || control(k) {
+            Some(format!(
+                "a name must be 1 to {MAX_METADATA_TEXT} bytes without control characters"
+            ))
+        } else if v.len() > MAX_METADATA_TEXT || control(v) {
+            Some(format!(
+                "{k}: a value must be at most {MAX_METADATA_TEXT} bytes without control characters"
+            ))
+        } else {
+            None
+        }
+    })
+}
+
 /// One `aigw-metadata` value: Cloudflare allows strings, numbers and booleans.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MetaValue {

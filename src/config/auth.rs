@@ -177,6 +177,10 @@ fn read_metadata(w: &mut Walker, v: Option<&toml::Value>, path: &str) -> Vec<(St
         };
         out.push((k.clone(), text));
     }
+    if let Some(why) = crate::record::key_metadata_problem(&out) {
+        w.err(path, why);
+        return Vec::new();
+    }
     out
 }
 

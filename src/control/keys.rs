@@ -154,6 +154,9 @@ fn parse(body: &[u8]) -> Result<(KeyEntry, Option<String>), String> {
                 .ok_or_else(|| format!("metadata.{k}: expected a string"))?;
             metadata.push((k.to_string(), v.to_string()));
         }
+        if let Some(why) = crate::record::key_metadata_problem(&metadata) {
+            return Err(format!("metadata: {why}"));
+        }
     }
     let (hash, secret) = match o.get("secret_sha256") {
         Some(h) => {
@@ -213,6 +216,17 @@ mod tests {
             assert!(e.contains("twice"), "{e}");
         }
         assert!(parse(br#"{"id":"a","metadata":{"team":"x"}}"#).is_ok());
+        // Log columns and metric labels: no control characters, as many
+        // entries as a request may send (found by a review).
+        for bad in [
+            &br#"{"id":"a","metadata":{"te\nam":"x"}}"#[..],
+            br#"{"id":"a","metadata":{"team":"x\u0000"}}"#,
+            br#"{"id":"a","metadata":{"":"x"}}"#,
+            br#"{"id":"a","metadata":{"a":"1","b":"1","c":"1","d":"1","e":"1","f":"1"}}"#,
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert!(e.starts_with("metadata: "), "{e}");
+        }
     }
 
     #[test]
