@@ -85,9 +85,12 @@ impl BaseUrl {
         } else if let Some(r) = s.strip_prefix("http://") {
             (Scheme::Http, r)
         } else {
-            // Not shown: a value that is no URL at all may be a key pasted
-            // into the wrong field.
-            return Err("must start with http:// or https://".into());
+            // A value with no scheme at all is not shown: it may be a key
+            // pasted into the wrong field.
+            if !s.contains("://") {
+                return Err("must start with http:// or https://".into());
+            }
+            return Err(format!("`{shown}` must start with http:// or https://"));
         };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
