@@ -62,51 +62,52 @@ pub const VARYING_HEADERS: [&str; 5] = [
     "openai-project",
 ];
 
-/// Whether a header's name reads as a credential other than the known ones
-/// ([`CREDENTIAL_HEADERS`]): one that names authentication, a token, a
-/// secret, an API key, a cookie or a session (`Cookie`,
-/// `Proxy-Authorization`, `X-Auth-Token`, `X-Access-Token`, `X-Session-Id`,
-/// ...). A provider behind a custom base URL may take its credential in any
-/// of them, and two clients' answers under two such credentials must never
-/// be shared: a name that merely looks like one costs hits, never a leak.
-/// One pass, a branch per byte (it runs on every header of every cached
-/// request).
-fn credential_like(name: &[u8]) -> bool {
-    let starts = |at: &[u8], mark: &[u8]| {
-        at.len() >= mark.len() && at[..mark.len()].eq_ignore_ascii_case(mark)
-    };
-    (0..name.len()).any(|i| {
-        let at = &name[i..];
-        match at[0] | 0x20 {
-            b'a' => {
-                starts(at, b"auth")
-                    || starts(at, b"apikey")
-                    || starts(at, b"api-key")
-                    || starts(at, b"api_key")
-            }
-            b't' => starts(at, b"token"),
-            b's' => starts(at, b"secret") || starts(at, b"session"),
-            b'c' => starts(at, b"cookie"),
-            _ => false,
-        }
-    })
-}
+/// More headers that carry a credential, scoped like [`CREDENTIAL_HEADERS`]
+/// (they are forwarded, so a provider behind a custom base URL may read
+/// them); `cache.credential_headers` adds others.
+pub const MORE_CREDENTIAL_HEADERS: [&str; 5] = [
+    "cookie",
+    "proxy-authorization",
+    "x-auth-token",
+    "x-access-token",
+    "x-api-token",
+];
 
-/// A credential header's name as the scope hashes it: the known ones by
-/// their canonical spelling, others lower-cased (their first 64 bytes: two
-/// names alike that far with one value are taken for one credential).
-fn credential_name<'n>(name: &[u8], buf: &'n mut [u8; 64]) -> Option<&'n [u8]> {
-    if let Some(known) = named(name, &CREDENTIAL_HEADERS) {
-        return Some(known.as_bytes());
+/// A header's part in the scope: the name it is hashed under, and whether
+/// it is a credential (else it changes the answer: [`VARYING_HEADERS`]).
+/// Looked up by length first: this runs for every header of every cached
+/// request, and most names match no length here.
+fn scope_role(name: &[u8], more: &[String]) -> Option<(&'static str, bool)> {
+    let is = |s: &'static str| name.eq_ignore_ascii_case(s.as_bytes()).then_some(s);
+    let credential = match name.len() {
+        6 => is("cookie"),
+        7 => is("api-key"),
+        9 => is("x-api-key"),
+        11 => is("x-api-token"),
+        12 => is("x-auth-token"),
+        13 => is("authorization"),
+        14 => is("x-goog-api-key").or_else(|| is("x-access-token")),
+        18 => is("aigw-authorization"),
+        19 => is("proxy-authorization"),
+        20 => is("cf-aig-authorization"),
+        _ => None,
+    };
+    if let Some(n) = credential {
+        return Some((n, true));
     }
-    if !credential_like(name) {
-        return None;
+    let varying = match name.len() {
+        11 => is("openai-beta"),
+        14 => is("anthropic-beta").or_else(|| is("openai-project")),
+        17 => is("anthropic-version"),
+        19 => is("openai-organization"),
+        _ => None,
+    };
+    if let Some(n) = varying {
+        return Some((n, false));
     }
-    let n = name.len().min(buf.len());
-    for (b, c) in buf.iter_mut().zip(&name[..n]) {
-        *b = c.to_ascii_lowercase();
-    }
-    Some(&buf[..n])
+    more.iter()
+        .find(|m| m.len() == name.len() && name.eq_ignore_ascii_case(m.as_bytes()))
+        .map(|_| ("configured", true))
 }
 
 /// The entry of `list` that `name` is, in any case.
@@ -153,14 +154,15 @@ pub fn form<'a>(unified: bool, targets: impl Iterator<Item = (&'a str, &'a str)>
 /// headers ask for.
 ///
 /// Who: a hash of every credential the request carries (the headers in
-/// [`CREDENTIAL_HEADERS`] and any other whose name reads as one, see
-/// [`credential_like`]; the query parameters in [`CREDENTIAL_PARAMS`] of
+/// [`CREDENTIAL_HEADERS`], [`MORE_CREDENTIAL_HEADERS`] and
+/// `more_credentials`; the query parameters in [`CREDENTIAL_PARAMS`] of
 /// the upstream `query`), so two credentials never share an entry; 0 with
 /// `cache.shared` (everyone shares), 1 for requests without any credential
 /// (they all use the gateway's own provider keys). Mixed with a hash of the
 /// [`VARYING_HEADERS`] present, whoever shares.
 pub fn scope<'a>(
     shared: bool,
+    more_credentials: &[String],
     headers: impl Iterator<Item = (&'a [u8], &'a [u8])>,
     query: &str,
 ) -> u64 {
@@ -169,13 +171,26 @@ pub fn scope<'a>(
     let mut any = false;
     // Order-independent: each pair's hash is summed.
     let (mut who, mut vary) = (0u64, 0u64);
-    let mut lower = [0u8; 64];
-    for (name, value) in headers {
-        if let Some(name) = credential_name(name, &mut lower) {
-            who = who.wrapping_add(pair_hash(&mut h, b"h", name, value));
-            any = true;
-        } else if let Some(name) = named(name, &VARYING_HEADERS) {
-            vary = vary.wrapping_add(pair_hash(&mut h, b"h", name.as_bytes(), value));
+    for (raw, value) in headers {
+        match scope_role(raw, more_credentials) {
+            // A configured name is hashed as lower-cased (at most 64 bytes).
+            Some(("configured", _)) => {
+                let mut lower = [0u8; 64];
+                let n = raw.len().min(64);
+                for (l, c) in lower.iter_mut().zip(&raw[..n]) {
+                    *l = c.to_ascii_lowercase();
+                }
+                who = who.wrapping_add(pair_hash(&mut h, b"h", &lower[..n], value));
+                any = true;
+            }
+            Some((name, true)) => {
+                who = who.wrapping_add(pair_hash(&mut h, b"h", name.as_bytes(), value));
+                any = true;
+            }
+            Some((name, false)) => {
+                vary = vary.wrapping_add(pair_hash(&mut h, b"h", name.as_bytes(), value));
+            }
+            None => {}
         }
     }
     for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -663,6 +678,7 @@ mod tests {
             default_ttl: std::time::Duration::from_secs(60),
             max_entry: 64 << 10,
             shared: false,
+            credential_headers: Vec::new(),
         }
     }
 
@@ -857,54 +873,58 @@ mod tests {
         let a: [(&[u8], &[u8]); 2] = [(b"Authorization", b"Bearer a"), (b"x-other", b"1")];
         let b: [(&[u8], &[u8]); 1] = [(b"authorization", b"Bearer b")];
         let none: [(&[u8], &[u8]); 1] = [(b"content-type", b"application/json")];
-        let sa = scope(false, a.into_iter(), "");
-        assert_ne!(sa, scope(false, b.into_iter(), ""));
+        let sa = scope(false, &[], a.into_iter(), "");
+        assert_ne!(sa, scope(false, &[], b.into_iter(), ""));
         assert_eq!(
             sa,
             scope(
                 false,
+                &[],
                 [(&b"AUTHORIZATION"[..], &b"Bearer a"[..])].into_iter(),
                 ""
             )
         );
-        assert_eq!(scope(false, none.into_iter(), ""), 1);
-        assert_eq!(scope(true, a.into_iter(), ""), 0);
+        assert_eq!(scope(false, &[], none.into_iter(), ""), 1);
+        assert_eq!(scope(true, &[], a.into_iter(), ""), 0);
         // A credential in the query scopes too; other parameters do not.
-        let q1 = scope(false, none.into_iter(), "alt=sse&key=k1");
+        let q1 = scope(false, &[], none.into_iter(), "alt=sse&key=k1");
         assert_ne!(q1, 1);
-        assert_ne!(q1, scope(false, none.into_iter(), "alt=sse&key=k2"));
-        assert_eq!(scope(false, none.into_iter(), "alt=sse"), 1);
+        assert_ne!(q1, scope(false, &[], none.into_iter(), "alt=sse&key=k2"));
+        assert_eq!(scope(false, &[], none.into_iter(), "alt=sse"), 1);
         // A header that changes the answer separates entries even when shared.
         let beta: [(&[u8], &[u8]); 1] = [(b"anthropic-beta", b"tools-2024")];
-        assert_ne!(scope(true, beta.into_iter(), ""), 0);
-        assert_ne!(scope(false, beta.into_iter(), ""), 1);
+        assert_ne!(scope(true, &[], beta.into_iter(), ""), 0);
+        assert_ne!(scope(false, &[], beta.into_iter(), ""), 1);
         let two: [(&[u8], &[u8]); 2] = [(b"x-api-key", b"k"), (b"authorization", b"Bearer a")];
         let two_rev: [(&[u8], &[u8]); 2] = [(b"authorization", b"Bearer a"), (b"x-api-key", b"k")];
         assert_eq!(
-            scope(false, two.into_iter(), ""),
-            scope(false, two_rev.into_iter(), "")
+            scope(false, &[], two.into_iter(), ""),
+            scope(false, &[], two_rev.into_iter(), "")
         );
-        assert_ne!(scope(false, two.into_iter(), ""), sa);
+        assert_ne!(scope(false, &[], two.into_iter(), ""), sa);
     }
 
     /// A credential in a header a custom provider may read (a cookie, an
-    /// auth token) scopes entries like the known ones; the headers SDKs send
-    /// on every request (an idempotency key, their own `x-stainless-*`) do not.
+    /// auth token, one the config names) scopes entries like the known
+    /// ones; the headers SDKs send on every request (an idempotency key,
+    /// their own `x-stainless-*`) do not.
     #[test]
-    fn any_header_named_as_a_credential_scopes_entries() {
-        let one = |name: &'static str, value: &'static str| {
-            scope(false, [(name.as_bytes(), value.as_bytes())].into_iter(), "")
+    fn credential_headers_scope_entries_known_and_configured() {
+        let more = ["x-tenant-auth".to_string()];
+        let one = |name: &str, value: &str| {
+            scope(
+                false,
+                &more,
+                [(name.as_bytes(), value.as_bytes())].into_iter(),
+                "",
+            )
         };
-        for name in [
-            "Cookie",
-            "Proxy-Authorization",
-            "X-Auth-Token",
-            "x-access-token",
-            "X-Api-Token",
-            "x-apikey",
-            "X-Client-Secret",
-            "x-session-id",
-        ] {
+        for name in CREDENTIAL_HEADERS
+            .iter()
+            .chain(&MORE_CREDENTIAL_HEADERS)
+            .copied()
+            .chain(["X-Tenant-Auth", "Cookie", "X-AUTH-TOKEN"])
+        {
             assert_ne!(one(name, "a"), 1, "{name} scopes");
             assert_ne!(
                 one(name, "a"),
@@ -913,7 +933,7 @@ mod tests {
             );
             assert_eq!(
                 one(name, "a"),
-                one(Box::leak(name.to_ascii_uppercase().into_boxed_str()), "a"),
+                one(&name.to_ascii_uppercase(), "a"),
                 "{name}: letter case is not a credential"
             );
         }
@@ -925,9 +945,16 @@ mod tests {
             "Content-Type",
             "Accept",
             "traceparent",
+            "x-tenant-auth2",
         ] {
             assert_eq!(one(name, "a"), 1, "{name} does not scope");
         }
         assert_ne!(one("Cookie", "a"), one("X-Auth-Token", "a"));
+        assert_ne!(one("x-tenant-auth", "a"), one("X-Auth-Token", "a"));
+        // Every varying header varies the scope (shared or not).
+        for name in VARYING_HEADERS {
+            let v = scope(true, &[], [(name.as_bytes(), &b"x"[..])].into_iter(), "");
+            assert_ne!(v, 0, "{name}");
+        }
     }
 }

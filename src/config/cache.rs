@@ -26,6 +26,10 @@ pub struct CacheConfig {
     pub max_entry: usize,
     /// Every credential shares one scope (entries are shared between tenants).
     pub shared: bool,
+    /// More request headers that carry a credential (lower-cased), beside
+    /// the ones aigw knows: a provider behind a custom base URL that
+    /// authenticates by its own header scopes entries by it too.
+    pub credential_headers: Vec<String>,
 }
 
 pub(super) fn read_cache(w: &mut Walker, root: &toml::Table) -> CacheConfig {
@@ -49,7 +53,34 @@ pub(super) fn read_cache(w: &mut Walker, root: &toml::Table) -> CacheConfig {
         default_ttl,
         max_entry: w.bytes(t, "cache.max_entry", 4 << 20, 1024, MAX_ENTRY_CAP) as usize,
         shared: w.flag(t, "cache.shared").unwrap_or(false),
+        credential_headers: credential_headers(w, t),
     }
+}
+
+/// `cache.credential_headers`: header names (token characters), lower-cased.
+fn credential_headers(w: &mut Walker, t: Option<&toml::Table>) -> Vec<String> {
+    let path = "cache.credential_headers";
+    let names = w.strings(t, path).unwrap_or_default();
+    let token = |n: &str| {
+        !n.is_empty()
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    };
+    names
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| {
+            if token(n) {
+                Some(n.to_ascii_lowercase())
+            } else {
+                w.err(
+                    &format!("{path}[{i}]"),
+                    "must be a header name (letters, digits and -, e.g. \"x-auth-token\")".into(),
+                );
+                None
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -88,5 +119,9 @@ mod tests {
         assert!(e.contains("cache.enabled"), "{e}");
         let e = errors("[cache]\nsizes = 3\n").join("\n");
         assert!(e.contains("cache.sizes"), "{e}");
+        let e = errors("[cache]\ncredential_headers = [\"X-Ok\", \"x auth\"]\n").join("\n");
+        assert!(e.contains("cache.credential_headers[1]"), "{e}");
+        let c = Config::from_toml("[cache]\ncredential_headers = [\"X-Tenant-Auth\"]\n").unwrap();
+        assert_eq!(c.cache.credential_headers, ["x-tenant-auth"]);
     }
 }

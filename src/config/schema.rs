@@ -219,6 +219,11 @@ pub const KEYS: &[KeySpec] = &[
         meaning: "share entries between credentials; by default each provider key or gateway key has its own",
     },
     KeySpec {
+        path: "cache.credential_headers",
+        default: "[]",
+        meaning: "more request headers that carry a credential (a custom provider's own), scoping entries like Authorization, x-api-key, Cookie, X-Auth-Token",
+    },
+    KeySpec {
         path: "auth.required",
         default: "false",
         meaning: "requests without a valid gateway key get 401 before anything reaches a provider",

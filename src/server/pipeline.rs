@@ -1247,6 +1247,7 @@ fn cache_lookup(
     }
     let view = req.view(&c.head, &c.buf, &c.body);
     let headers = view.headers();
+    let config = ctx.config();
     // A routed request is keyed by its route (any target may answer it).
     // A translated request by the format its client speaks too (the same
     // upstream path serves `/v1/chat/completions` and `/v1/messages`).
@@ -1257,7 +1258,8 @@ fn cache_lookup(
     };
     let input = KeyInput {
         scope: cache::scope(
-            ctx.config().cache.shared,
+            config.cache.shared,
+            &config.cache.credential_headers,
             headers,
             crate::http::split_byte(&plan.path, b'?').map_or("", |(_, q)| q),
         ),
