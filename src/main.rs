@@ -448,8 +448,10 @@ fn logs(a: LogsArgs) -> Result<(), String> {
                         let _ = writeln!(out, "\n--- {name}{cut} ---\n{text}");
                     }
                     None => {
-                        let _ =
-                            writeln!(out, "\n--- {name}: not stored (logs.payloads is off) ---");
+                        let _ = writeln!(
+                            out,
+                            "\n--- {name}: not stored (logs.payloads is off, or it held a gateway key) ---"
+                        );
                     }
                 }
             }

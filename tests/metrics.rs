@@ -261,6 +261,39 @@ fn idle_admin_clients_hold_up_no_one_and_bad_requests_say_why(shards: usize) {
         begun.elapsed()
     );
     drop((idle_tcp, idle_unix));
+    // Nor does one that asks for a long answer and does not read it (the
+    // answer outgrows the socket's buffer; review 15).
+    let mut client = gw.client();
+    for _ in 0..1_500 {
+        assert_eq!(
+            client
+                .post(&format!("/nope/{}", "p".repeat(200)), &[], "{}")
+                .status,
+            404
+        );
+    }
+    let (code, rows) = admin_get(&gw.admin_socket, "/logs?limit=1500");
+    assert_eq!(code, 200);
+    assert!(
+        rows.len() > 400 << 10,
+        "{} bytes: enough to fill the socket",
+        rows.len()
+    );
+    let mut stalled = std::os::unix::net::UnixStream::connect(&gw.admin_socket).unwrap();
+    stalled
+        .write_all(b"GET /logs?limit=1500 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    // Its answer has begun: the rest fills the socket and waits.
+    stalled.set_read_timeout(Some(common::WAIT)).unwrap();
+    stalled.read_exact(&mut [0u8; 1]).unwrap();
+    let begun = std::time::Instant::now();
+    assert_eq!(admin_get(&gw.admin_socket, "/healthz").0, 200);
+    assert!(
+        begun.elapsed() < std::time::Duration::from_secs(3),
+        "answered after {:?}",
+        begun.elapsed()
+    );
+    drop(stalled);
     let raw = |request: &str| {
         let mut s = std::os::unix::net::UnixStream::connect(&gw.admin_socket).unwrap();
         s.set_read_timeout(Some(common::WAIT)).unwrap();
@@ -290,6 +323,12 @@ fn idle_admin_clients_hold_up_no_one_and_bad_requests_say_why(shards: usize) {
         ("GET /keys/x HTTP/1.1\r\n\r\n", "405", "DELETE"),
         ("GET /nothing HTTP/1.1\r\n\r\n", "404", "try GET /stats"),
         ("GET /\x01 HTTP/1.1\r\n\r\n", "400", "did not parse"),
+        // A body that never arrives: the read timeout (5 s) says so.
+        (
+            "POST /keys HTTP/1.1\r\nContent-Length: 10\r\n\r\n{}",
+            "408",
+            "did not arrive",
+        ),
     ] {
         let out = raw(request);
         assert!(

@@ -705,7 +705,8 @@ impl Budgets {
                     .rule
                     .alert_at
                     .is_some_and(|a| spent as f64 >= a * amount as f64),
-                resets_ms: s.end_ms,
+                // Rolling: when all that is counted now has left the count.
+                resets_ms: b.spend.fits_at(&s, 0).max(now_ms),
             });
         }
         out.sort_by(|a, b| (&a.budget, &a.value).cmp(&(&b.budget, &b.value)));
@@ -1291,7 +1292,8 @@ mod tests {
     /// 59 s on a $1-per-60s budget: found by a review).
     #[test]
     fn a_rolling_budget_holds_in_every_span_of_its_length() {
-        let (shared, s, _) = shard("[[budgets]]\nscope = \"gateway\"\nusd = 1\nwindow = \"60s\"\n");
+        let (shared, s, rules) =
+            shard("[[budgets]]\nscope = \"gateway\"\nusd = 1\nwindow = \"60s\"\n");
         let start = NOW - NOW % 60_000;
         // $0.90 at 59.9 s (a request of 1 byte with max_tokens 1 may cost $2
         // at RATES: these cheaper ones pass no rate).
@@ -1302,6 +1304,15 @@ mod tests {
         s.reserve(&who(None), cheap, 1, Some(1), 1, start + 59_900)
             .unwrap()
             .settle(Some(0.9), &shared);
+        // `/usage` says when what is counted leaves: a minute after it
+        // was spent, at most two parts (7.5 s) later (review 15: it said
+        // the current part's end).
+        let resets = shared.report(&rules, start + 61_000)[0].resets_ms;
+        assert!(
+            (start + 119_900..=start + 127_400).contains(&resets),
+            "resets {} ms in",
+            resets - start
+        );
         // A minute less a moment later, the $0.90 still counts.
         assert!(
             s.reserve(&who(None), cheap, 1, Some(1), 1, start + 119_000)

@@ -198,20 +198,35 @@ impl Admin {
             {
                 break;
             }
-            if std::time::Instant::now() > deadline {
-                if want.is_some() {
-                    respond(
-                        &mut conn,
-                        408,
-                        "text/plain",
-                        "the body did not arrive within 5 s: send as many bytes as Content-Length says\n",
-                    );
+            let timed_out = std::time::Instant::now() > deadline
+                || match conn.read(&mut chunk) {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        buf.extend_from_slice(&chunk[..n]);
+                        false
+                    }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        true
+                    }
+                    Err(_) => return,
+                };
+            if timed_out {
+                // A client that sent part of a request is told why it was
+                // cut (one that sent nothing is just closed).
+                let why = if want.is_some() {
+                    "the body did not arrive within 5 s: send as many bytes as Content-Length says\n"
+                } else {
+                    "the request head did not arrive within 5 s\n"
+                };
+                if !buf.is_empty() {
+                    respond(&mut conn, 408, "text/plain", why);
                 }
                 return;
-            }
-            match conn.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
             if want.is_some() {
                 continue;
@@ -290,18 +305,38 @@ impl Admin {
         };
         let body = &buf[head_len..end];
         let (route, query) = target.split_once('?').unwrap_or((&target, ""));
-        // Answered one at a time (reads went on meanwhile).
+        // Answered one at a time (reads went on meanwhile), into memory:
+        // the answer is written after the turn is given up, so a client that
+        // does not read holds up no one else.
+        let mut out = Vec::new();
+        self.answer(&mut out, scope, &method, route, query, body, turn);
+        let _ = conn.write_all(&out);
+    }
+
+    /// The answer to one admin request, written into `out` under the
+    /// listener's turn.
+    #[allow(clippy::too_many_arguments)]
+    fn answer(
+        &self,
+        out: &mut Vec<u8>,
+        scope: Scope,
+        method: &str,
+        route: &str,
+        query: &str,
+        body: &[u8],
+        turn: &std::sync::Mutex<()>,
+    ) {
         let _turn = turn.lock().unwrap_or_else(|p| p.into_inner());
         if scope == Scope::MetricsOnly && !matches!(route, "/metrics" | "/healthz") {
             respond(
-                &mut conn,
+                out,
                 404,
                 "text/plain",
                 "not found: this listener serves /metrics and /healthz\n",
             );
             return;
         }
-        match (method.as_str(), route) {
+        match (method, route) {
             // Rendered under the stats lock, written after it is released: a
             // slow reader must never hold up the stats thread.
             ("GET", "/stats") => {
@@ -311,7 +346,7 @@ impl Admin {
                     &self.logs,
                     self.cache.as_ref().map(|c| c.totals()),
                 );
-                respond(&mut conn, 200, "application/json", &body);
+                respond(out, 200, "application/json", &body);
             }
             ("GET", "/metrics") => {
                 self.flush();
@@ -329,15 +364,15 @@ impl Admin {
                     &standings,
                     self.shared.budgets.alerts.load(Ordering::Relaxed),
                 );
-                respond(&mut conn, 200, "text/plain; version=0.0.4", &body);
+                respond(out, 200, "text/plain; version=0.0.4", &body);
             }
             ("GET", "/logs") => match self.logs_query(query) {
                 // Every request answered before this query is in the answer.
-                Ok(body) => respond(&mut conn, 200, "application/x-ndjson", &body),
-                Err((status, why)) => respond(&mut conn, status, "text/plain", &format!("{why}\n")),
+                Ok(body) => respond(out, 200, "application/x-ndjson", &body),
+                Err((status, why)) => respond(out, status, "text/plain", &format!("{why}\n")),
             },
             ("POST", "/config/reload") => match self.reloader.reload() {
-                Ok(report) => respond(&mut conn, 200, "application/json", &report.to_json()),
+                Ok(report) => respond(out, 200, "application/json", &report.to_json()),
                 Err(errors) => {
                     let mut body = String::from("{\"applied\":false,\"errors\":[");
                     for (i, e) in errors.iter().enumerate() {
@@ -347,54 +382,52 @@ impl Admin {
                         crate::error::push_json_string(&mut body, e);
                     }
                     body.push_str("]}\n");
-                    respond(&mut conn, 400, "application/json", &body);
+                    respond(out, 400, "application/json", &body);
                 }
             },
             ("POST", "/cache/purge") => match self.purge(query) {
                 Ok(n) => respond(
-                    &mut conn,
+                    out,
                     200,
                     "application/json",
                     &format!("{{\"purged\":{n}}}\n"),
                 ),
-                Err((status, why)) => respond(&mut conn, status, "text/plain", &format!("{why}\n")),
+                Err((status, why)) => respond(out, status, "text/plain", &format!("{why}\n")),
             },
-            ("GET", "/config") => respond(&mut conn, 200, "text/plain", &self.reloader.render()),
+            ("GET", "/config") => respond(out, 200, "text/plain", &self.reloader.render()),
             ("GET", "/usage") => match self.usage(query) {
-                Ok(body) => respond(&mut conn, 200, "application/json", &body),
-                Err((status, why)) => respond(&mut conn, status, "text/plain", &format!("{why}\n")),
+                Ok(body) => respond(out, 200, "application/json", &body),
+                Err((status, why)) => respond(out, status, "text/plain", &format!("{why}\n")),
             },
             ("GET", "/keys") => respond(
-                &mut conn,
+                out,
                 200,
                 "application/json",
                 &super::keys::list(&self.shared.keys),
             ),
             ("POST", "/keys") => {
                 let (status, body) = super::keys::create(&self.shared.keys, &self.data_dir(), body);
-                respond(&mut conn, status, "application/json", &body);
+                respond(out, status, "application/json", &body);
             }
             ("DELETE", r) if r.starts_with("/keys/") => {
                 let id = query_decode(&r["/keys/".len()..]);
                 let (status, body) = super::keys::revoke(&self.shared.keys, &self.data_dir(), &id);
-                respond(&mut conn, status, "application/json", &body);
+                respond(out, status, "application/json", &body);
             }
-            ("GET", "/healthz") => {
-                respond(&mut conn, 200, "application/json", "{\"status\":\"ok\"}\n")
-            }
+            ("GET", "/healthz") => respond(out, 200, "application/json", "{\"status\":\"ok\"}\n"),
             (method, route) => {
                 let known = ROUTES.iter().find(|(r, _)| {
                     *r == route || (*r == "/keys/ID" && route.starts_with("/keys/"))
                 });
                 match known {
                     Some((r, allowed)) => respond(
-                        &mut conn,
+                        out,
                         405,
                         "text/plain",
                         &format!("{method} is not allowed on {r}: use {allowed}\n"),
                     ),
                     None => respond(
-                        &mut conn,
+                        out,
                         404,
                         "text/plain",
                         "not found: try GET /stats, /metrics, /logs, /config, /keys, /usage, /healthz, POST /config/reload, /cache/purge, /keys or DELETE /keys/ID\n",
