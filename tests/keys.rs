@@ -314,20 +314,12 @@ fn a_client_with_its_own_provider_key_sends_the_gateway_key_beside_it(shards: us
     let mut gw = gw;
     gw.terminate();
     gw.wait_exit();
-    let mut stack = vec![gw.data_dir()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let p = entry.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if let Ok(bytes) = std::fs::read(&p) {
-                assert!(
-                    memchr::memmem::find(&bytes, &other.as_bytes()[8..]).is_none(),
-                    "a gateway secret in {}",
-                    p.display()
-                );
-            }
-        }
+    for (p, bytes) in common::gateway::files_under(gw.data_dir()) {
+        assert!(
+            memchr::memmem::find(&bytes, &other.as_bytes()[8..]).is_none(),
+            "a gateway secret in {}",
+            p.display()
+        );
     }
 }
 

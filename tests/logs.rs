@@ -606,16 +606,8 @@ fn no_secret_is_written_or_shown_anywhere(shards: usize) {
     gw.terminate();
     gw.wait_exit();
     seen.push(("gateway stderr".into(), gw.stderr().into_bytes()));
-    let mut stack = vec![gw.data_dir()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let p = entry.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if let Ok(bytes) = std::fs::read(&p) {
-                seen.push((p.display().to_string(), bytes));
-            }
-        }
+    for (p, bytes) in common::gateway::files_under(gw.data_dir()) {
+        seen.push((p.display().to_string(), bytes));
     }
     assert!(
         seen.iter().any(|(w, _)| w.ends_with("requests.db")),

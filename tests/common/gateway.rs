@@ -382,6 +382,23 @@ fn collect(mut out: impl Read + Send + 'static, into: Arc<Output>) {
 }
 
 /// One GET over the admin Unix socket: (status, body).
+/// Every file under `dir` (at any depth) that could be read, with its bytes.
+pub fn files_under(dir: PathBuf) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(bytes) = std::fs::read(&p) {
+                out.push((p, bytes));
+            }
+        }
+    }
+    out
+}
+
 pub fn admin_get(socket: &Path, path: &str) -> (u16, Vec<u8>) {
     admin_request(socket, "GET", path)
 }
