@@ -1050,7 +1050,20 @@ fn warn_alert(h: &Held, spent: u64) {
 }
 
 impl Drop for Reservation {
+    /// In line for the common empty case (settled, or no budget applies):
+    /// a call per request otherwise, budgets or not.
+    #[inline]
     fn drop(&mut self) {
+        if !self.held.is_empty() {
+            self.refund();
+        }
+    }
+}
+
+impl Reservation {
+    /// Gives back what an unsettled reservation holds.
+    #[inline(never)]
+    fn refund(&mut self) {
         for h in self.held.drain(..) {
             h.bucket.spend.give_back(&h.slot, h.at, h.reserved);
         }
