@@ -278,8 +278,9 @@ impl Spend {
 }
 
 /// A rolling budget's spend by part: [`PARTS`] + 1 words, part `p` in word
-/// `p % (PARTS + 1)`, each the part's number (its low [`RING_NUMBER_BITS`]
-/// bits) above its micro-dollars (40 bits). Counted at part `k`: the words
+/// `p % (PARTS + 1)`, each packed as the calendar windows' words are (the
+/// part's number in the bits above its micro-dollars: [`SpendWindows::pack`]).
+/// Counted at part `k`: the words
 /// holding parts `k - PARTS ..= k`, and any a part or more ahead (another
 /// shard's clock): never less than is due.
 ///
@@ -295,10 +296,6 @@ struct Ring {
 }
 
 const RING: usize = PARTS as usize + 1;
-const RING_COUNT_BITS: u32 = 40;
-const RING_NUMBER_BITS: u32 = 64 - RING_COUNT_BITS;
-const RING_COUNT_MAX: u64 = (1 << RING_COUNT_BITS) - 1;
-const RING_NUMBER_MASK: u64 = (1 << RING_NUMBER_BITS) - 1;
 
 /// Where a word's part stands from part `k`'s view.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -313,12 +310,12 @@ enum Age {
 
 impl Ring {
     fn pack(part: u64, count: u64) -> u64 {
-        ((part & RING_NUMBER_MASK) << RING_COUNT_BITS) | count.min(RING_COUNT_MAX)
+        SpendWindows::pack(part as u32, count)
     }
 
-    /// A word's part number and count.
-    fn unpack(word: u64) -> (u64, u64) {
-        (word >> RING_COUNT_BITS, word & RING_COUNT_MAX)
+    /// A word's count.
+    fn count(word: u64) -> u64 {
+        SpendWindows::unpack(word).1
     }
 
     /// The word part `part` is kept in.
@@ -326,15 +323,17 @@ impl Ring {
         (part % RING as u64) as usize
     }
 
-    /// How the part numbered `number` (as stored) stands from part `k`. The
-    /// numbers wrap (after 2^24 parts): a word left unused that long reads
-    /// as stale but for a few numbers in 2^24.
-    fn age(word: u64, number: u64, k: u64) -> Age {
+    /// How the part in `word` stands from part `k`. The stored numbers wrap
+    /// (after 2^24 parts): a word left unused that long reads as stale but
+    /// for a few numbers in 2^24.
+    fn age(word: u64, k: u64) -> Age {
         if word == 0 {
             return Age::Stale;
         }
-        let behind = k.wrapping_sub(number) & RING_NUMBER_MASK;
-        let ahead = number.wrapping_sub(k) & RING_NUMBER_MASK;
+        let number = u64::from(SpendWindows::unpack(word).0);
+        let mask = u64::from(SpendWindows::number(u32::MAX));
+        let behind = k.wrapping_sub(number) & mask;
+        let ahead = number.wrapping_sub(k) & mask;
         if behind <= PARTS {
             Age::Behind(behind)
         } else if ahead <= PARTS {
@@ -353,11 +352,10 @@ impl Ring {
                 continue;
             }
             let word = w.load(Ordering::SeqCst);
-            let (number, count) = Self::unpack(word);
-            match Self::age(word, number, k) {
-                Age::Behind(_) => sum = sum.saturating_add(count),
+            match Self::age(word, k) {
+                Age::Behind(_) => sum = sum.saturating_add(Self::count(word)),
                 Age::Ahead(n) => {
-                    sum = sum.saturating_add(count);
+                    sum = sum.saturating_add(Self::count(word));
                     newest = newest.max(k + n);
                 }
                 Age::Stale => {}
@@ -372,18 +370,16 @@ impl Ring {
         loop {
             let i = Self::index(k);
             let word = self.words[i].load(Ordering::SeqCst);
-            let (number, count) = Self::unpack(word);
-            let fresh = match Self::age(word, number, k) {
-                Age::Behind(0) => false,
+            let count = match Self::age(word, k) {
+                Age::Behind(0) => Self::count(word),
                 Age::Ahead(n) => {
                     k += n;
                     continue;
                 }
                 // An older part's word (never an older counted one: those
                 // are kept in other words): this part starts in it.
-                Age::Behind(_) | Age::Stale => true,
+                Age::Behind(_) | Age::Stale => 0,
             };
-            let count = if fresh { 0 } else { count };
             let (others, newest) = self.scan(k, Some(i));
             if newest > k {
                 k = newest;
@@ -419,9 +415,8 @@ impl Ring {
         }
         let w = &self.words[Self::index(k)];
         let _ = w.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |word| {
-            let (number, count) = Self::unpack(word);
-            match Self::age(word, number, k) {
-                Age::Behind(0) => Some(Self::pack(k, count.saturating_add(amount))),
+            match Self::age(word, k) {
+                Age::Behind(0) => Some(Self::pack(k, Self::count(word).saturating_add(amount))),
                 Age::Behind(_) | Age::Stale => Some(Self::pack(k, amount)),
                 Age::Ahead(_) => None,
             }
@@ -432,9 +427,8 @@ impl Ring {
     fn give_back(&self, k: u64, amount: u64) {
         let w = &self.words[Self::index(k)];
         let _ = w.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |word| {
-            let (number, count) = Self::unpack(word);
-            (Self::age(word, number, k) == Age::Behind(0))
-                .then(|| Self::pack(k, count.saturating_sub(amount)))
+            (Self::age(word, k) == Age::Behind(0))
+                .then(|| Self::pack(k, Self::count(word).saturating_sub(amount)))
         });
     }
 
@@ -446,8 +440,8 @@ impl Ring {
         let mut left = 0u64;
         for w in &self.words {
             let word = w.load(Ordering::SeqCst);
-            let (number, count) = Self::unpack(word);
-            match Self::age(word, number, s.part) {
+            let count = Self::count(word);
+            match Self::age(word, s.part) {
                 Age::Behind(n) => by_age[(PARTS - n) as usize] = count,
                 Age::Ahead(_) => {}
                 Age::Stale => continue,
@@ -1285,7 +1279,7 @@ mod tests {
             // The $8 counts for the whole duration after it was spent, and
             // at most two parts (15 s) longer.
             assert!(
-                then >= start + spent_at + len && then <= start + spent_at + len + 2 * len / 16,
+                then >= start + spent_at + len && then <= start + spent_at + len + 2 * len / PARTS,
                 "retry after {secs} s, asked {asked_at} ms in, spent {spent_at} ms in"
             );
             assert!(

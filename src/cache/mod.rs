@@ -73,11 +73,20 @@ pub const MORE_CREDENTIAL_HEADERS: [&str; 5] = [
     "x-api-token",
 ];
 
-/// A header's part in the scope: the name it is hashed under, and whether
-/// it is a credential (else it changes the answer: [`VARYING_HEADERS`]).
-/// Looked up by length first: this runs for every header of every cached
-/// request, and most names match no length here.
-fn scope_role(name: &[u8], more: &[String]) -> Option<(&'static str, bool)> {
+/// A header's part in the scope, with the name it is hashed under (its
+/// lower-case spelling: letter case is not a credential).
+enum Role<'a> {
+    Credential(&'a str),
+    /// It changes the answer ([`VARYING_HEADERS`]).
+    Varies(&'a str),
+}
+
+/// What `name` is to the scope: one of [`CREDENTIAL_HEADERS`],
+/// [`MORE_CREDENTIAL_HEADERS`] and `more` (`cache.credential_headers`,
+/// lower-cased), or of [`VARYING_HEADERS`]. Looked up by length first: this
+/// runs for every header of every cached request, and most names match no
+/// length here.
+fn scope_role<'a>(name: &[u8], more: &'a [String]) -> Option<Role<'a>> {
     let is = |s: &'static str| name.eq_ignore_ascii_case(s.as_bytes()).then_some(s);
     let credential = match name.len() {
         6 => is("cookie"),
@@ -93,7 +102,7 @@ fn scope_role(name: &[u8], more: &[String]) -> Option<(&'static str, bool)> {
         _ => None,
     };
     if let Some(n) = credential {
-        return Some((n, true));
+        return Some(Role::Credential(n));
     }
     let varying = match name.len() {
         11 => is("openai-beta"),
@@ -103,11 +112,11 @@ fn scope_role(name: &[u8], more: &[String]) -> Option<(&'static str, bool)> {
         _ => None,
     };
     if let Some(n) = varying {
-        return Some((n, false));
+        return Some(Role::Varies(n));
     }
     more.iter()
         .find(|m| m.len() == name.len() && name.eq_ignore_ascii_case(m.as_bytes()))
-        .map(|_| ("configured", true))
+        .map(|m| Role::Credential(m))
 }
 
 /// The entry of `list` that `name` is, in any case.
@@ -122,13 +131,13 @@ fn named(name: &[u8], list: &[&'static str]) -> Option<&'static str> {
 fn pair_hash(
     h: &mut Option<xxhash_rust::xxh3::Xxh3>,
     kind: &[u8],
-    name: &[u8],
+    name: &str,
     value: &[u8],
 ) -> u64 {
     let h = h.get_or_insert_with(xxhash_rust::xxh3::Xxh3::new);
     h.reset();
     h.update(kind);
-    h.update(name);
+    h.update(name.as_bytes());
     h.update(b"\0");
     h.update(value);
     h.digest()
@@ -171,24 +180,14 @@ pub fn scope<'a>(
     let mut any = false;
     // Order-independent: each pair's hash is summed.
     let (mut who, mut vary) = (0u64, 0u64);
-    for (raw, value) in headers {
-        match scope_role(raw, more_credentials) {
-            // A configured name is hashed as lower-cased (at most 64 bytes).
-            Some(("configured", _)) => {
-                let mut lower = [0u8; 64];
-                let n = raw.len().min(64);
-                for (l, c) in lower.iter_mut().zip(&raw[..n]) {
-                    *l = c.to_ascii_lowercase();
-                }
-                who = who.wrapping_add(pair_hash(&mut h, b"h", &lower[..n], value));
+    for (name, value) in headers {
+        match scope_role(name, more_credentials) {
+            Some(Role::Credential(name)) => {
+                who = who.wrapping_add(pair_hash(&mut h, b"h", name, value));
                 any = true;
             }
-            Some((name, true)) => {
-                who = who.wrapping_add(pair_hash(&mut h, b"h", name.as_bytes(), value));
-                any = true;
-            }
-            Some((name, false)) => {
-                vary = vary.wrapping_add(pair_hash(&mut h, b"h", name.as_bytes(), value));
+            Some(Role::Varies(name)) => {
+                vary = vary.wrapping_add(pair_hash(&mut h, b"h", name, value));
             }
             None => {}
         }
@@ -196,7 +195,7 @@ pub fn scope<'a>(
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = crate::http::split_byte(pair, b'=').unwrap_or((pair, ""));
         if let Some(name) = named(k.as_bytes(), &CREDENTIAL_PARAMS) {
-            who = who.wrapping_add(pair_hash(&mut h, b"q", name.as_bytes(), v.as_bytes()));
+            who = who.wrapping_add(pair_hash(&mut h, b"q", name, v.as_bytes()));
             any = true;
         }
     }

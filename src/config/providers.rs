@@ -486,10 +486,10 @@ fn read_provider(
 }
 
 /// The key sent upstream: `api_key` from the file, else the value of the variable
-/// `api_key_env` names; empty means none. It goes into a request header as is,
-/// where a CR or LF would end the line and start a header of the key's choosing,
-/// so any control character is an error at the key's path. The message names
-/// where the key came from and never shows the key.
+/// `api_key_env` names ([`key_from_env`]); empty means none. It goes into a
+/// request header as is, where a CR or LF would end the line and start a
+/// header of the key's choosing, so any control character is an error at the
+/// key's path. The message names where the key came from and never shows the key.
 pub(super) fn read_api_key(
     w: &mut Walker,
     path: &str,
@@ -497,25 +497,55 @@ pub(super) fn read_api_key(
     var: Option<&str>,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Option<Secret> {
-    let (key, key_path, holder) = match (in_file, var) {
-        (Some(key), _) => (key, format!("{path}.api_key"), "contains".to_string()),
-        (None, Some(var)) if !is_variable_name(var) => {
-            w.err(&format!("{path}.api_key_env"), NOT_A_VARIABLE.into());
-            return None;
-        }
-        (None, Some(var)) => (
-            env(var)?,
-            format!("{path}.api_key_env"),
-            format!("`{var}` holds"),
-        ),
-        (None, None) => return None,
-    };
+    match (in_file, var) {
+        (Some(key), _) => one_line_key(w, &format!("{path}.api_key"), "contains", key),
+        (None, Some(var)) => match key_from_env(w, &format!("{path}.api_key_env"), var, env) {
+            FromEnv::Key(k) => Some(k),
+            FromEnv::Unset | FromEnv::Reported => None,
+        },
+        (None, None) => None,
+    }
+}
+
+/// What the variable a `*_env` value names gives.
+pub(super) enum FromEnv {
+    Key(Secret),
+    /// Not set, or empty.
+    Unset,
+    /// An error at the value's path was reported (a name that cannot be a
+    /// variable's, or a key with a control character).
+    Reported,
+}
+
+/// The key in the variable `var` (the value at `at`), never shown.
+pub(super) fn key_from_env(
+    w: &mut Walker,
+    at: &str,
+    var: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> FromEnv {
+    if !is_variable_name(var) {
+        w.err(at, NOT_A_VARIABLE.into());
+        return FromEnv::Reported;
+    }
+    match env(var).filter(|k| !k.is_empty()) {
+        None => FromEnv::Unset,
+        Some(key) => match one_line_key(w, at, &format!("`{var}` holds"), key) {
+            Some(k) => FromEnv::Key(k),
+            None => FromEnv::Reported,
+        },
+    }
+}
+
+/// `key` if it is one line of printable characters (empty: none), else an
+/// error at `at` saying where it came from (`holder`), not what it is.
+fn one_line_key(w: &mut Walker, at: &str, holder: &str, key: String) -> Option<Secret> {
     if key.is_empty() {
         return None;
     }
     if key.bytes().any(is_control) {
         w.err(
-            &key_path,
+            at,
             format!("{holder} a control character (CR, LF, ...); a key must be one line of printable characters"),
         );
         return None;
@@ -526,13 +556,13 @@ pub(super) fn read_api_key(
 /// Whether `s` can name an environment variable (letters, digits and `_`,
 /// not starting with a digit). A value that cannot is likely the key
 /// itself, pasted where its variable's name belongs: it is never shown.
-pub(super) fn is_variable_name(s: &str) -> bool {
+fn is_variable_name(s: &str) -> bool {
     s.bytes().next().is_some_and(|b| !b.is_ascii_digit())
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// The error for a `*_env` value that cannot name a variable (not shown).
-pub(super) const NOT_A_VARIABLE: &str = "must name an environment variable (letters, digits and _): the value given cannot be one (is it the key itself? keys go in the environment, or in api_key)";
+const NOT_A_VARIABLE: &str = "must name an environment variable (letters, digits and _): the value given cannot be one (is it the key itself? keys go in the environment, or in api_key)";
 
 /// A byte that no header value or request line may carry: C0 controls (CR, LF,
 /// NUL, tab, ...) and DEL.

@@ -5,6 +5,7 @@
 //! Owns reading a route into a [`RouteConfig`]; checking that each target
 //! names a configured provider is done once the providers are read.
 
+use super::providers::FromEnv;
 use super::read::{Secret, Walker};
 use std::time::Duration;
 
@@ -266,19 +267,12 @@ fn read_targets(w: &mut Walker, t: &toml::Table, at: &str, env: Env<'_>) -> Vec<
             .iter()
             .enumerate()
         {
-            if !super::providers::is_variable_name(var) {
-                w.err(
-                    &format!("{kat}[{j}]"),
-                    super::providers::NOT_A_VARIABLE.into(),
-                );
-                continue;
-            }
-            match super::providers::read_api_key(w, &kat, None, Some(var), env) {
-                Some(k) => keys.push(k),
-                // A value with a control character was reported already.
-                None if env(var).is_some_and(|v| !v.is_empty()) => {}
-                None => w.err(
-                    &format!("{kat}[{j}]"),
+            let at = format!("{kat}[{j}]");
+            match super::providers::key_from_env(w, &at, var, env) {
+                FromEnv::Key(k) => keys.push(k),
+                FromEnv::Reported => {}
+                FromEnv::Unset => w.err(
+                    &at,
                     format!("`{var}` is not set (or empty); set it to a provider key"),
                 ),
             }

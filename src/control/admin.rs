@@ -218,13 +218,16 @@ impl Admin {
             if timed_out {
                 // A client that sent part of a request is told why it was
                 // cut (one that sent nothing is just closed).
+                let secs = ADMIN_READ_TIMEOUT.as_secs();
                 let why = if want.is_some() {
-                    "the body did not arrive within 5 s: send as many bytes as Content-Length says\n"
+                    format!(
+                        "the body did not arrive within {secs} s: send as many bytes as Content-Length says\n"
+                    )
                 } else {
-                    "the request head did not arrive within 5 s\n"
+                    format!("the request head did not arrive within {secs} s\n")
                 };
                 if !buf.is_empty() {
-                    respond(&mut conn, 408, "text/plain", why);
+                    respond(&mut conn, 408, "text/plain", &why);
                 }
                 return;
             }
@@ -256,10 +259,13 @@ impl Admin {
                         .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
                         .map(|h| {
                             let v = h.value.trim_ascii();
-                            (!v.is_empty() && v.len() <= 9 && v.iter().all(u8::is_ascii_digit))
+                            (!v.is_empty() && v.iter().all(u8::is_ascii_digit))
                                 .then(|| {
-                                    v.iter().fold(0usize, |n, d| n * 10 + usize::from(d - b'0'))
+                                    v.iter().try_fold(0usize, |n, d| {
+                                        n.checked_mul(10)?.checked_add(usize::from(d - b'0'))
+                                    })
                                 })
+                                .flatten()
                         });
                     let length = lengths
                         .next()
@@ -309,13 +315,14 @@ impl Admin {
         // the answer is written after the turn is given up, so a client that
         // does not read holds up no one else.
         let mut out = Vec::new();
-        self.answer(&mut out, scope, &method, route, query, body, turn);
+        {
+            let _turn = turn.lock().unwrap_or_else(|p| p.into_inner());
+            self.answer(&mut out, scope, &method, route, query, body);
+        }
         let _ = conn.write_all(&out);
     }
 
-    /// The answer to one admin request, written into `out` under the
-    /// listener's turn.
-    #[allow(clippy::too_many_arguments)]
+    /// The answer to one admin request, written into `out`.
     fn answer(
         &self,
         out: &mut Vec<u8>,
@@ -324,9 +331,7 @@ impl Admin {
         route: &str,
         query: &str,
         body: &[u8],
-        turn: &std::sync::Mutex<()>,
     ) {
-        let _turn = turn.lock().unwrap_or_else(|p| p.into_inner());
         if scope == Scope::MetricsOnly && !matches!(route, "/metrics" | "/healthz") {
             respond(
                 out,
@@ -426,12 +431,15 @@ impl Admin {
                         "text/plain",
                         &format!("{method} is not allowed on {r}: use {allowed}\n"),
                     ),
-                    None => respond(
-                        out,
-                        404,
-                        "text/plain",
-                        "not found: try GET /stats, /metrics, /logs, /config, /keys, /usage, /healthz, POST /config/reload, /cache/purge, /keys or DELETE /keys/ID\n",
-                    ),
+                    None => {
+                        let mut try_ = String::from("not found: try");
+                        for (i, (r, m)) in ROUTES.iter().enumerate() {
+                            let sep = if i == 0 { " " } else { ", " };
+                            let _ = write!(try_, "{sep}{m} {r}");
+                        }
+                        try_.push('\n');
+                        respond(out, 404, "text/plain", &try_);
+                    }
                 }
             }
         }

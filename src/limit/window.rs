@@ -51,11 +51,14 @@ impl<const BITS: u32> Windows<BITS> {
     /// Largest count a window holds (more saturates).
     pub const MAX: u64 = (1 << BITS) - 1;
 
-    fn pack(window: u32, count: u64) -> u64 {
+    /// One word: `window`'s number (its bits that fit above the count)
+    /// over `count` (saturated at [`Windows::MAX`]).
+    pub fn pack(window: u32, count: u64) -> u64 {
         (u64::from(window) << BITS) | count.min(Self::MAX)
     }
 
-    fn unpack(v: u64) -> (u32, u64) {
+    /// A word's window number (as stored) and count.
+    pub fn unpack(v: u64) -> (u32, u64) {
         ((v >> BITS) as u32, v & Self::MAX)
     }
 

@@ -853,7 +853,7 @@ fn authenticate(
             .all(|t| t.has_keys() || t.provider.auth_lines(true).is_some()),
     };
     if let Some(place) = secret_upstream(&view, plan, rec.model.as_deref(), injected) {
-        return Err(secret_refused(place, plan, rec));
+        return Err(secret_refused(place, plan));
     }
     let found = match auth::presented(headers, injected) {
         Some((Carrier::Misplaced, _)) => return Err(misplaced_refused(plan)),
@@ -908,11 +908,11 @@ fn authenticate(
 // in its midst cost every request instruction-cache misses.
 
 /// A gateway secret would reach the provider (`place`, from
-/// `secret_upstream`): refused, and kept out of the log too.
+/// `secret_upstream`): refused (its answer, as every error's, keeps it out
+/// of the log: [`withhold_secrets`]).
 #[cold]
 #[inline(never)]
-fn secret_refused(place: &str, plan: &Plan, rec: &mut RequestRecord) -> GatewayError {
-    withhold_secrets(rec);
+fn secret_refused(place: &str, plan: &Plan) -> GatewayError {
     let goes = if place == LOGGED_HEADER {
         String::new()
     } else {
