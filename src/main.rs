@@ -238,6 +238,12 @@ enum LogsCmd {
 }
 
 fn main() -> ExitCode {
+    if let Some(missing) = cpu_lacks_build_features() {
+        eprintln!(
+            "aigw: this binary was built for CPUs with {missing} (scripts/build-pgo targets the building host's CPU); this CPU has none: build it here with `cargo build --release`, or `AIGW_PGO_CPU=x86-64 scripts/build-pgo`"
+        );
+        return ExitCode::from(2);
+    }
     init_logging();
     if let Err(option) = aigw::sys::keep_c_heap() {
         log::debug!("the C allocator keeps its defaults ({option} refused)");
@@ -267,6 +273,9 @@ fn main() -> ExitCode {
                     return fail(&format!("{file}{}", errors.join("\n")));
                 }
             };
+            for note in cfg.providers.values().filter_map(|p| p.unset_key_note()) {
+                eprintln!("aigw: note: {note}");
+            }
             let result = aigw::runtime::serve(cfg, source, |l| {
                 let mut out = std::io::stdout().lock();
                 let _ = writeln!(
@@ -288,6 +297,9 @@ fn main() -> ExitCode {
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(c) => {
                 println!("{}: ok ({} providers)", file.display(), c.providers.len());
+                for note in c.providers.values().filter_map(|p| p.unset_key_note()) {
+                    println!("note: {note}");
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => fail(&format!("{}:\n{e}", file.display())),
@@ -840,4 +852,15 @@ fn usage(
         return Ok(body);
     }
     Ok(usage_table(&body, by).unwrap_or(body))
+}
+
+/// A feature the binary was compiled to use that this CPU lacks (a build for
+/// x86-64-v3 run on an older CPU would otherwise die of an illegal
+/// instruction somewhere later).
+fn cpu_lacks_build_features() -> Option<&'static str> {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    if !std::arch::is_x86_feature_detected!("avx2") {
+        return Some("AVX2");
+    }
+    None
 }

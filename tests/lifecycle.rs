@@ -160,6 +160,51 @@ fn a_provider_key_with_a_line_break_is_a_config_error_that_never_shows_the_key()
 }
 
 #[test]
+fn an_unset_key_variable_of_a_declared_provider_is_noted_without_its_name() {
+    let dir = TempDir::new("unset");
+    let file = dir.write(
+        "env.toml",
+        "[providers.up]\nbase_url = \"http://127.0.0.1:9/v1\"\napi_key_env = \"AIGW_TEST_UNSET_KEY_VAR\"\n",
+    );
+    let run = |value: Option<&str>| {
+        let mut cmd = std::process::Command::new(common::gateway::AIGW);
+        cmd.args(["check-config", file.to_str().unwrap()])
+            .env_remove("AIGW_TEST_UNSET_KEY_VAR");
+        if let Some(v) = value {
+            cmd.env("AIGW_TEST_UNSET_KEY_VAR", v);
+        }
+        let out = cmd.output().expect("run aigw");
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let stdout = run(None);
+    let notes: Vec<&str> = stdout.lines().filter(|l| l.starts_with("note: ")).collect();
+    assert_eq!(notes.len(), 1, "{stdout}");
+    assert!(
+        notes[0].starts_with("note: providers.up.api_key_env: ") && notes[0].contains("not set"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("AIGW_TEST_UNSET_KEY_VAR"), "{stdout}");
+    // Set: no note. Empty counts as unset.
+    assert!(!run(Some("sk-up")).contains("note:"));
+    assert!(run(Some("")).contains("note: providers.up.api_key_env"));
+    // The built-in catalog's unset default variables are bring-your-own-key:
+    // no note for them.
+    let plain = dir.write("plain.toml", "[server]\nshards = 1\n");
+    let out = std::process::Command::new(common::gateway::AIGW)
+        .args(["check-config", plain.to_str().unwrap()])
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("ANTHROPIC_API_KEY")
+        .output()
+        .expect("run aigw");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("note:"),
+        "{out:?}"
+    );
+}
+
+#[test]
 fn check_config_reports_every_error_at_once() {
     let dir = TempDir::new("cfg");
     let file = dir.write(

@@ -19,8 +19,8 @@ pub enum BudgetWindow {
     Daily,
     /// The UTC calendar month.
     Monthly,
-    /// The last `Duration` (the current and previous windows of that length,
-    /// the previous one weighted by how much of it still overlaps).
+    /// The last `Duration`, counted in parts of it (`budget::Ring`): a
+    /// charge counts until every part it may have fallen in has left.
     Rolling(Duration),
 }
 

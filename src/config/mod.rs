@@ -310,11 +310,53 @@ impl Config {
             put(p("models"), format!("{:?}", k.models));
             put(p("metadata"), format!("{:?}", k.metadata));
         }
+        // Rules as the file writes them (an inline table of every setting).
         for (i, r) in self.rate_limits.iter().enumerate() {
-            put(format!("rate_limits[{i}]"), format!("{r:?}"));
+            let window = match r.count {
+                limits::Count::Concurrent => String::new(),
+                _ => format!(
+                    "window = \"{:?}\", technique = \"{}\", ",
+                    r.window,
+                    r.technique.as_str()
+                ),
+            };
+            put(
+                format!("rate_limits[{i}]"),
+                format!(
+                    "{{ name = {:?}, scope = \"{}\", count = \"{}\", limit = {}, {window}models = {:?}, keys = {:?}, count_cache_hits = {}, default_max_tokens = {} }}",
+                    r.name,
+                    r.scope.describe(),
+                    r.count.as_str(),
+                    r.limit,
+                    r.models,
+                    r.keys,
+                    r.count_cache_hits,
+                    r.default_max_tokens
+                ),
+            );
         }
         for (i, b) in self.budgets.iter().enumerate() {
-            put(format!("budgets[{i}]"), format!("{b:?}"));
+            let window = match b.window {
+                budgets::BudgetWindow::Daily => "daily".to_string(),
+                budgets::BudgetWindow::Monthly => "monthly".to_string(),
+                budgets::BudgetWindow::Rolling(d) => format!("{d:?}"),
+            };
+            let alert = b
+                .alert_at
+                .map(|a| format!("alert_at = {a}, "))
+                .unwrap_or_default();
+            put(
+                format!("budgets[{i}]"),
+                format!(
+                    "{{ name = {:?}, scope = \"{}\", usd = {}, window = \"{window}\", {alert}models = {:?}, keys = {:?}, default_max_tokens = {} }}",
+                    b.name,
+                    b.scope.describe(),
+                    b.usd,
+                    b.models,
+                    b.keys,
+                    b.default_max_tokens
+                ),
+            );
         }
         for r in &self.routes {
             put(format!("routes.{}", r.name), format!("{r:?}"));
@@ -402,6 +444,60 @@ mod tests {
             fp["providers.up.api_key"],
             other.entries(true)["providers.up.api_key"]
         );
+    }
+
+    #[test]
+    fn rules_show_as_the_inline_tables_a_file_would_write() {
+        let text = "[[rate_limits]]\nname = \"per-key\"\nscope = \"metadata.user\"\ncount = \"total_tokens\"\nlimit = 5000\nwindow = \"60s\"\ntechnique = \"fixed\"\nmodels = [\"openai/*\"]\n\
+             [[rate_limits]]\nscope = \"gateway\"\ncount = \"concurrent\"\nlimit = 8\n\
+             [[budgets]]\nscope = \"key\"\nusd = 25.5\nwindow = \"1h\"\nalert_at = 0.8\nkeys = [\"alice\"]\n\
+             [[budgets]]\nname = \"month\"\nscope = \"provider\"\nusd = 100.0\nwindow = \"monthly\"\n";
+        let c = Config::from_toml_with_env(text, &|_| None).unwrap();
+        let shown = c.entries(false);
+        // Each value reads back as TOML holding what the file set.
+        let read = |k: &str| -> toml::Table {
+            toml::from_str(&format!("v = {}", shown[k]))
+                .unwrap_or_else(|e| panic!("{k}: {e}: {}", shown[k]))
+        };
+        let r0 = read("rate_limits[0]");
+        let v = &r0["v"];
+        assert_eq!(v["name"].as_str(), Some("per-key"));
+        assert_eq!(v["scope"].as_str(), Some("metadata.user"));
+        assert_eq!(v["count"].as_str(), Some("total_tokens"));
+        assert_eq!(v["limit"].as_integer(), Some(5000));
+        assert_eq!(v["window"].as_str(), Some("60s"));
+        assert_eq!(v["technique"].as_str(), Some("fixed"));
+        assert_eq!(
+            v["models"].as_array().unwrap()[0].as_str(),
+            Some("openai/*")
+        );
+        let r1 = read("rate_limits[1]");
+        assert_eq!(r1["v"]["count"].as_str(), Some("concurrent"));
+        assert!(
+            r1["v"].get("window").is_none(),
+            "{}",
+            shown["rate_limits[1]"]
+        );
+        let b0 = read("budgets[0]");
+        let v = &b0["v"];
+        assert_eq!(v["usd"].as_float(), Some(25.5));
+        assert_eq!(v["window"].as_str(), Some("3600s"));
+        assert_eq!(v["alert_at"].as_float(), Some(0.8));
+        assert_eq!(v["keys"].as_array().unwrap()[0].as_str(), Some("alice"));
+        let b1 = read("budgets[1]");
+        assert_eq!(b1["v"]["window"].as_str(), Some("monthly"));
+        assert_eq!(b1["v"]["name"].as_str(), Some("month"));
+        assert!(b1["v"].get("alert_at").is_none());
+        // A rolling window reads back as the same rule.
+        let again = Config::from_toml_with_env(
+            &format!(
+                "[[budgets]]\nscope = \"key\"\nusd = 1.0\nwindow = {}\n",
+                toml::Value::from(v["window"].as_str().unwrap())
+            ),
+            &|_| None,
+        )
+        .unwrap();
+        assert_eq!(again.budgets[0].window, c.budgets[0].window);
     }
 
     #[test]

@@ -189,6 +189,24 @@ pub struct ProviderConfig {
     pub default_max_tokens: u64,
     /// Azure's `api-version` (kind azure only).
     pub api_version: Option<String>,
+    /// Declared in the file's `[providers.*]` (not only the built-in catalog).
+    pub declared: bool,
+}
+
+impl ProviderConfig {
+    /// A note when the file names a key variable that is not set: aigw then
+    /// adds no key of its own and passes each client's key on, which is
+    /// likely not what the file meant (a built-in's unset default variable
+    /// is the ordinary bring-your-own-key set-up: no note). The variable's
+    /// name is not shown: a key pasted in its place can look like one.
+    pub fn unset_key_note(&self) -> Option<String> {
+        (self.declared && self.api_key.is_none() && self.api_key_env.is_some()).then(|| {
+            format!(
+                "providers.{}.api_key_env: the variable it names is not set (or is empty): aigw adds no key to requests for `{}` and passes each client's own key on",
+                self.name, self.name
+            )
+        })
+    }
 }
 
 /// The Azure OpenAI API version unified requests use when none is configured.
@@ -327,6 +345,7 @@ pub(super) fn read_providers(
                     extra_roots: Vec::new(),
                     default_max_tokens: DEFAULT_MAX_TOKENS,
                     api_version: None,
+                    declared: false,
                 },
             );
         }
@@ -482,6 +501,7 @@ fn read_provider(
         extra_roots,
         default_max_tokens,
         api_version,
+        declared: true,
     })
 }
 
