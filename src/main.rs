@@ -712,7 +712,10 @@ fn key_command(cmd: KeyCmd) -> Result<String, String> {
                 "secret: {secret}\n(shown once: give it to the client; only its hash is kept)\n\n"
             ));
             if !create {
-                out.push_str(&format!("[keys.{id}]\nsecret_sha256 = \"{hash}\"\n"));
+                out.push_str(&format!(
+                    "[keys.{}]\nsecret_sha256 = \"{hash}\"\n",
+                    toml_key(&id)
+                ));
                 if !models.is_empty() {
                     out.push_str(&format!("models = {}\n", encode_models(&models)));
                 }

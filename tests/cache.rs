@@ -1109,6 +1109,111 @@ fn purge_all_by_key_and_by_provider(shards: usize) {
     held.wait_arrival();
 }
 
+/// An upstream that answers every request 200 with a small JSON object and
+/// counts what reaches it.
+fn counting_upstream() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let counter = counter.clone();
+            std::thread::spawn(move || {
+                conn.set_read_timeout(Some(WAIT)).unwrap();
+                while read_request(&mut conn).is_some() {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 21\r\n\r\n{\"id\":\"obj_1\",\"ok\":1}";
+                    if conn.write_all(answer).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (format!("http://{addr}/v1"), seen)
+}
+
+/// A POST that changes state on the provider (a thread's message, a run, a
+/// batch, an upload's completion, a Responses turn of a stored conversation
+/// or in the background) reaches it every time it is sent: never a hit.
+/// Generating and embedding requests, pass-through or unified, are cached.
+fn state_changing_posts_always_reach_the_provider(shards: usize) {
+    let (url, seen) = counting_upstream();
+    let gw = cached_gateway(shards, &url);
+    let reached = || seen.load(std::sync::atomic::Ordering::SeqCst);
+    let twice = |path: &str, body: &str| -> (Vec<String>, usize) {
+        let before = reached();
+        let statuses = (0..2)
+            .map(|_| {
+                let r = gw.client().post(path, &[], body);
+                assert_eq!(r.status, 200, "{path}: {}", r.text());
+                status(&r).to_string()
+            })
+            .collect();
+        (statuses, reached() - before)
+    };
+    for (path, body) in [
+        (
+            "/up/threads/thread_1/messages",
+            r#"{"role":"user","content":"go on"}"#,
+        ),
+        ("/up/threads/thread_1/runs", r#"{"assistant_id":"asst_1"}"#),
+        ("/up/threads/runs", r#"{"assistant_id":"asst_1"}"#),
+        (
+            "/up/batches",
+            r#"{"input_file_id":"f","endpoint":"/v1/chat/completions"}"#,
+        ),
+        ("/up/uploads/upload_1/complete", r#"{"part_ids":["p"]}"#),
+        ("/up/vector_stores", r#"{"name":"x"}"#),
+        (
+            "/up/chat/completions/chatcmpl_1",
+            r#"{"metadata":{"a":"b"}}"#,
+        ),
+        (
+            "/up/responses",
+            r#"{"model":"gpt-x","conversation":"conv_1","input":"go on"}"#,
+        ),
+        (
+            "/up/responses",
+            r#"{"model":"gpt-x","Background":true,"input":"go on"}"#,
+        ),
+        (
+            "/v1/responses",
+            r#"{"model":"up/gpt-x","conversation":{"id":"conv_1"},"input":"go on"}"#,
+        ),
+        (
+            "/v1/responses",
+            r#"{"model":"up/gpt-x","background":true,"input":"go on"}"#,
+        ),
+    ] {
+        let (statuses, upstream) = twice(path, body);
+        assert_eq!(statuses, ["BYPASS", "BYPASS"], "{path} {body}");
+        assert_eq!(
+            upstream, 2,
+            "{path} {body}: the repeat must reach the provider"
+        );
+    }
+    for (path, body) in [
+        ("/up/chat/completions", r#"{"model":"gpt-x","messages":[]}"#),
+        ("/up/embeddings", r#"{"model":"e","input":"x"}"#),
+        (
+            "/up/responses",
+            r#"{"model":"gpt-x","background":false,"input":"hi"}"#,
+        ),
+        (
+            "/v1/responses",
+            r#"{"model":"up/gpt-x","previous_response_id":"resp_1","input":"hi"}"#,
+        ),
+        ("/v1/embeddings", r#"{"model":"up/e","input":"y"}"#),
+    ] {
+        let (statuses, upstream) = twice(path, body);
+        assert_eq!(statuses, ["MISS", "HIT"], "{path} {body}");
+        assert_eq!(upstream, 1, "{path} {body}");
+    }
+}
+
 at_1_and_2_shards!(
     gemini_pass_through_streams_are_stored_only_when_they_finished,
     a_miss_then_byte_identical_hits,
@@ -1131,6 +1236,7 @@ at_1_and_2_shards!(
     another_shard_count_drops_the_entries_and_says_so,
     a_second_instance_on_the_same_data_dir_is_refused,
     purge_all_by_key_and_by_provider,
+    state_changing_posts_always_reach_the_provider,
 );
 
 #[test]

@@ -39,7 +39,7 @@ fn bearer(secret: &str) -> String {
 fn printed_keys_work_and_everything_else_is_refused(shards: usize) {
     let mock = mock();
     let (alice, alice_lines) = key_new("alice", &["--model", "up/gpt-*", "--meta", "team=search"]);
-    let (bob, bob_lines) = key_new("bob", &[]);
+    let (bob, bob_lines) = key_new("team.bob", &[]);
     let gw = Gateway::with(shards)
         .provider("up", &mock.base_url(), "api_key = \"sk-provider\"")
         .toml(&format!(
@@ -108,7 +108,7 @@ fn printed_keys_work_and_everything_else_is_refused(shards: usize) {
             .all(|r| r["metadata"]["team"].as_str() == Some("search")),
         "{rows:?}"
     );
-    let (code, body) = admin_get(&gw.admin_socket, "/logs?key=bob");
+    let (code, body) = admin_get(&gw.admin_socket, "/logs?key=team.bob");
     assert_eq!(code, 200);
     assert_eq!(String::from_utf8(body).unwrap().lines().count(), 1);
     // /stats and /metrics count by key too (requests without one are not).
@@ -124,7 +124,7 @@ fn printed_keys_work_and_everything_else_is_refused(shards: usize) {
         "{stats}"
     );
     assert_eq!(
-        stats["keys"]["bob"]["requests"].as_u64(),
+        stats["keys"]["team.bob"]["requests"].as_u64(),
         Some(1),
         "{stats}"
     );

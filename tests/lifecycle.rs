@@ -188,6 +188,18 @@ fn an_unset_key_variable_of_a_declared_provider_is_noted_without_its_name() {
     // Set: no note. Empty counts as unset.
     assert!(!run(Some("sk-up")).contains("note:"));
     assert!(run(Some("")).contains("note: providers.up.api_key_env"));
+    assert!(run(Some("   ")).contains("note: providers.up.api_key_env"));
+    // An empty key in the file is noted too.
+    let empty = dir.write(
+        "empty.toml",
+        "[providers.up]\nbase_url = \"http://127.0.0.1:9/v1\"\napi_key = \" \"\n",
+    );
+    let (code, stdout, _) = run_aigw(&["check-config", empty.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains("note: providers.up.api_key: empty"),
+        "{stdout}"
+    );
     // The built-in catalog's unset default variables are bring-your-own-key:
     // no note for them.
     let plain = dir.write("plain.toml", "[server]\nshards = 1\n");

@@ -1,7 +1,7 @@
 //! Cache keys: xxh3-128 over (schema version, credential scope, provider,
 //! upstream path, what the provider is asked (`form`), xxh3-128 of the
-//! canonical body), or with a caller-chosen key in place of the body and the
-//! path's query (`aigw-cache-key`, still scoped).
+//! canonical body), or with a caller-chosen key in place of the body
+//! (`aigw-cache-key`, still scoped).
 //!
 //! Canonical means JSON key order, whitespace and string escaping do not
 //! change the key; every value does. Why not from the simd-json tape, as
@@ -32,7 +32,7 @@ use std::ops::Range;
 
 /// Bumped whenever the canonical form or the key's inputs change, so entries
 /// written under another form are never found.
-pub const SCHEMA_VERSION: u32 = 7;
+pub const SCHEMA_VERSION: u32 = 8;
 
 /// A cache key.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -165,8 +165,25 @@ impl KeyMaker {
             Some(custom) => {
                 h.extend_from_slice(b"custom");
                 h.push(u8::from(input.asked_usage));
-                let path = crate::http::split_byte(input.path, b'?').map_or(input.path, |(p, _)| p);
+                // The query stays: it may choose the answer's format (Gemini's
+                // `alt=sse`, Azure's `api-version`). Its credentials are in
+                // the scope already; here they would keep a custom key from
+                // being shared under `cache.shared`.
+                let (path, query) =
+                    crate::http::split_byte(input.path, b'?').unwrap_or((input.path, ""));
                 field(h, path.as_bytes());
+                // One field: the kept pairs, each followed by `&`.
+                let len_at = h.len();
+                h.extend_from_slice(&[0; 8]);
+                for pair in query.split('&').filter(|p| !p.is_empty()) {
+                    let name = crate::http::split_byte(pair, b'=').map_or(pair, |(k, _)| k);
+                    if super::credential_param(name).is_none() {
+                        h.extend_from_slice(pair.as_bytes());
+                        h.push(b'&');
+                    }
+                }
+                let kept = (h.len() - len_at - 8) as u64;
+                h[len_at..len_at + 8].copy_from_slice(&kept.to_le_bytes());
                 field(h, custom.as_bytes());
             }
             None => {
@@ -1067,13 +1084,28 @@ mod tests {
             })
         );
         assert_ne!(k.key(&custom), k.key(&KeyInput { scope: 9, ..custom }));
-        // It replaces the query, not the path nor the form: an answer of
-        // another endpoint, format or route is never the answer.
+        // It replaces the body, not the path, its query (Gemini's `alt=sse`
+        // chooses the format) nor the form: an answer of another endpoint,
+        // format or route is never the answer. The query's credentials are
+        // the scope's (under `cache.shared`, one custom key is one entry).
         let with_query = |path| KeyInput { path, ..custom };
-        assert_eq!(
+        let gemini = "/v1beta/models/g:streamGenerateContent";
+        let (sse, sse_key_a, key_b_sse, sse_encoded) = (
+            format!("{gemini}?alt=sse"),
+            format!("{gemini}?alt=sse&key=A"),
+            format!("{gemini}?key=B&alt=sse"),
+            format!("{gemini}?alt=sse&%6Bey=A"),
+        );
+        assert_ne!(k.key(&with_query(gemini)), k.key(&with_query(&sse)));
+        assert_ne!(
             k.key(&with_query("/v1/chat/completions?a=1")),
             k.key(&with_query("/v1/chat/completions?a=2"))
         );
+        assert_eq!(
+            k.key(&with_query(&sse_key_a)),
+            k.key(&with_query(&key_b_sse))
+        );
+        assert_eq!(k.key(&with_query(&sse_encoded)), k.key(&with_query(&sse)));
         assert_ne!(k.key(&custom), k.key(&with_query("/v1/embeddings")));
         assert_ne!(k.key(&custom), k.key(&KeyInput { form: 3, ..custom }));
         // A stream never answers a request that did not ask for one.

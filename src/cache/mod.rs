@@ -126,6 +126,107 @@ fn named(name: &[u8], list: &[&'static str]) -> Option<&'static str> {
         .find(|c| name.eq_ignore_ascii_case(c.as_bytes()))
 }
 
+/// The credential parameter a query parameter's name is, as the provider
+/// reads it: percent-decoded (`%6Bey` is `key` to a server).
+pub fn credential_param(name: &str) -> Option<&'static str> {
+    if name.contains('%') {
+        named(
+            &crate::http::percent_decode(name.as_bytes()),
+            &CREDENTIAL_PARAMS,
+        )
+    } else {
+        named(name.as_bytes(), &CREDENTIAL_PARAMS)
+    }
+}
+
+/// Whether a POST to the upstream `path` (its query aside) asks for an
+/// answer that depends on its body alone, so an identical request may be
+/// answered by an earlier one: generating (chat, completions, messages,
+/// Gemini's `generateContent`, images, speech), embedding, moderating,
+/// reranking, counting tokens. Everything else a provider's API takes by
+/// POST changes state on the provider (a thread's message, a run, a batch,
+/// a file, a fine-tune): repeated, it must reach the provider again, so it
+/// is never answered from the cache. `endpoint`: the unified endpoint a
+/// unified request named. A Responses request that continues a stored
+/// `conversation` or runs in the `background` depends on more than its
+/// body (the conversation's items so far; a job): not answered either.
+pub fn repeatable(endpoint: Option<&str>, path: &str, body: &[u8]) -> bool {
+    let path = crate::http::split_byte(path, b'?').map_or(path, |(p, _)| p);
+    let mut rev = path.trim_end_matches('/').rsplit('/');
+    let last = rev.next().unwrap_or("");
+    let before = rev.next().unwrap_or("");
+    let responses = match endpoint {
+        Some(e) => e == "responses",
+        None => {
+            // Under these, a POST acts on a stored object.
+            if path.split('/').any(|s| {
+                matches!(
+                    s,
+                    "threads"
+                        | "conversations"
+                        | "assistants"
+                        | "batches"
+                        | "files"
+                        | "uploads"
+                        | "vector_stores"
+                        | "fine_tuning"
+                        | "containers"
+                )
+            }) {
+                return false;
+            }
+            let repeatable = match (before, last) {
+                ("chat", "completions")
+                | ("images", "generations")
+                | ("audio", "speech")
+                | ("messages", "count_tokens")
+                | ("api", "chat" | "generate" | "embed" | "embeddings") => true,
+                (_, "completions" | "embeddings" | "moderations" | "responses" | "rerank")
+                | ("v1", "complete") => true,
+                // Anthropic's Messages API (an OpenAI thread's messages,
+                // `threads/{id}/messages`, were refused above).
+                (_, "messages") => true,
+                // Gemini: `models/{model}:{method}`.
+                (_, last) => last.rsplit_once(':').is_some_and(|(_, m)| {
+                    matches!(
+                        m,
+                        "generateContent"
+                            | "streamGenerateContent"
+                            | "embedContent"
+                            | "batchEmbedContents"
+                            | "countTokens"
+                    )
+                }),
+            };
+            if !repeatable {
+                return false;
+            }
+            last == "responses"
+        }
+    };
+    !responses || !stateful_response(body)
+}
+
+/// Whether a Responses API body continues a `conversation` or asks for a
+/// `background` run (either name in any letter case, any value but `null`
+/// or `false`: a body that cannot be read is judged so too).
+fn stateful_response(body: &[u8]) -> bool {
+    let open = crate::json::json_start(body);
+    if body.get(open) != Some(&b'{') {
+        return false;
+    }
+    let mut stateful = false;
+    let read = crate::json::for_each_member(body, open, |key, value| {
+        let named = |n: &[u8]| key.eq_ignore_ascii_case(n) || key.contains(&b'\\');
+        if (named(b"conversation") || named(b"background"))
+            && !matches!(&body[value], b"null" | b"false")
+        {
+            stateful = true;
+        }
+    });
+    stateful || read.is_err()
+}
+
 /// A hash of one named value; `kind` keeps a header and a query parameter of
 /// the same name apart.
 fn pair_hash(
@@ -194,7 +295,7 @@ pub fn scope<'a>(
     }
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = crate::http::split_byte(pair, b'=').unwrap_or((pair, ""));
-        if let Some(name) = named(k.as_bytes(), &CREDENTIAL_PARAMS) {
+        if let Some(name) = credential_param(k) {
             who = who.wrapping_add(pair_hash(&mut h, b"q", name, v.as_bytes()));
             any = true;
         }
@@ -668,6 +769,97 @@ pub use store::Purge as PurgeWhat;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_requests_that_mean_the_same_each_time_are_repeatable() {
+        let yes = |path: &str| repeatable(None, path, b"{}");
+        for path in [
+            "/v1/chat/completions",
+            "/openai/v1/chat/completions?x=1",
+            "/openai/deployments/gpt/chat/completions?api-version=2024-10-21",
+            "/v1/completions",
+            "/v1/fim/completions",
+            "/v1/embeddings",
+            "/v1/moderations",
+            "/v1/responses",
+            "/v1/images/generations",
+            "/v1/audio/speech",
+            "/v1/messages",
+            "/v1/messages/count_tokens",
+            "/v1/complete",
+            "/v1beta/models/gemini-2.0-flash:generateContent",
+            "/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse",
+            "/v1beta/models/text-embedding-004:embedContent",
+            "/api/chat",
+        ] {
+            assert!(yes(path), "{path}");
+        }
+        for path in [
+            "/v1/threads/thread_1/messages",
+            "/v1/threads/runs",
+            "/v1/threads",
+            "/v1/assistants",
+            "/v1/batches",
+            "/v1/files",
+            "/v1/uploads/u/complete",
+            "/v1/uploads/u/parts",
+            "/v1/vector_stores/vs/files",
+            "/v1/fine_tuning/jobs",
+            "/v1/chat/completions/chatcmpl_1",
+            "/v1/responses/resp_1/cancel",
+            "/v1/conversations/c/items",
+            "/v1beta/cachedContents",
+            "/v1beta/models/gemini-2.0-flash:unknownMethod",
+            "/v1beta/files",
+            "/v1/realtime/sessions",
+        ] {
+            assert!(!yes(path), "{path}");
+        }
+        // The Responses API: a stored conversation or a background run is
+        // not repeatable, by any letter case or spelling of the name.
+        for (body, ok) in [
+            (r#"{"input":"x"}"#, true),
+            (
+                r#"{"input":"x","background":false,"conversation":null}"#,
+                true,
+            ),
+            (r#"{"input":"x","previous_response_id":"resp_1"}"#, true),
+            (r#"{"input":"x","conversation":"conv_1"}"#, false),
+            (r#"{"input":"x","Conversation":{"id":"c"}}"#, false),
+            (r#"{"input":"x","background":true}"#, false),
+            (r#"{"input":"x","backgroun\u0064":true}"#, false),
+            (r#"{"input":"x","background":true"#, false),
+        ] {
+            assert_eq!(
+                repeatable(Some("responses"), "/v1/responses", body.as_bytes()),
+                ok,
+                "{body}"
+            );
+            assert_eq!(
+                repeatable(None, "/v1/responses", body.as_bytes()),
+                ok,
+                "{body}"
+            );
+            // Other endpoints do not read the body.
+            assert!(repeatable(
+                Some("chat/completions"),
+                "/v1/chat/completions",
+                body.as_bytes()
+            ));
+        }
+    }
+
+    #[test]
+    fn a_credential_parameter_is_known_percent_encoded_too() {
+        assert_eq!(credential_param("key"), Some("key"));
+        assert_eq!(credential_param("%6Bey"), Some("key"));
+        assert_eq!(credential_param("API%5FKEY"), Some("api_key"));
+        assert_eq!(credential_param("alt"), None);
+        let scope = |q: &str| scope(false, &[], std::iter::empty(), q);
+        assert_eq!(scope("%6Bey=A"), scope("key=A"));
+        assert_ne!(scope("%6Bey=A"), scope(""));
+        assert_ne!(scope("%6Bey=A"), scope("key=B"));
+    }
 
     /// A 4 MiB cache with entries of up to 64 KiB.
     fn small() -> CacheConfig {

@@ -78,6 +78,13 @@ impl Geometry {
             .min(MAX_SEGMENT)
             .max(need);
         let segments = room / segment;
+        // What whole segments leave over is shared among them: with 4 MiB
+        // entries a shard of 32 MiB held 7 segments of 4 MiB, 12% of its
+        // share unused.
+        let segment = match segments {
+            0 => segment,
+            n => (room / n / PAGE * PAGE).max(segment),
+        };
         if segments < 2 {
             return Err(format!(
                 "cache.size: {total} bytes over {shards} shards leaves {partition} per shard, which must hold two entries of cache.max_entry ({max_entry}); raise cache.size or lower cache.max_entry"
@@ -913,6 +920,32 @@ mod tests {
         assert!(g.file_len() <= 1 << 29);
         let err = Geometry::new(4 << 20, 2, 4 << 20).unwrap_err();
         assert!(err.contains("cache.max_entry"), "{err}");
+    }
+
+    /// A partition file uses its share of `cache.size` (all but its header
+    /// and less than a page a segment), whatever the share and entry size.
+    #[test]
+    fn partitions_use_their_share_of_the_size() {
+        for (total, shards, max_entry) in [
+            (64u64 << 20, 2, 4 << 20),
+            (64 << 20, 1, 4 << 20),
+            (1 << 30, 2, 4 << 20),
+            (1 << 30, 3, 4 << 20),
+            (100 << 20, 2, 1 << 20),
+            (10 << 30, 2, 4 << 20),
+            (1 << 20, 1, 16 << 10),
+        ] {
+            let g = Geometry::new(total, shards, max_entry).unwrap();
+            let share = (total / shards as u64) as usize;
+            assert!(g.file_len() <= share, "{total} {shards}: {g:?}");
+            assert!(
+                g.file_len() + FILE_HEADER + g.segments * PAGE >= share,
+                "{total} {shards} {max_entry}: {} of {share} ({g:?})",
+                g.file_len()
+            );
+            assert_eq!(g.segment % PAGE, 0);
+            assert!(g.segment >= max_entry && g.segments >= 2);
+        }
     }
 
     /// The writer keeps at least one step of its open segment asked for

@@ -33,6 +33,7 @@ mod read;
 pub mod routes;
 mod schema;
 mod server;
+mod show;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -217,11 +218,11 @@ impl Config {
         put("server.data_dir".into(), s.data_dir.display().to_string());
         put(
             "server.drain_timeout".into(),
-            format!("{:?}", s.drain_timeout),
+            show::duration(s.drain_timeout),
         );
         put(
             "server.spin_before_park".into(),
-            format!("{:?}", s.spin_before_park),
+            show::duration(s.spin_before_park),
         );
         put(
             "admin.socket".into(),
@@ -250,7 +251,7 @@ impl Config {
             ("stream_idle", t.stream_idle),
             ("upstream_idle", t.upstream_idle),
         ] {
-            put(format!("timeouts.{k}"), format!("{v:?}"));
+            put(format!("timeouts.{k}"), show::duration(v));
         }
         for (name, p) in &self.providers {
             let k = |f: &str| format!("providers.{name}.{f}");
@@ -265,7 +266,13 @@ impl Config {
             };
             put(k("api_key"), key);
             if let Some(env) = &p.api_key_env {
-                put(k("api_key_env"), env.clone());
+                // A name that may be a key pasted in its place is withheld.
+                let shown = if providers::conventional_variable(env) {
+                    env.clone()
+                } else {
+                    "(withheld: not an upper-case name, it may be a key)".to_string()
+                };
+                put(k("api_key_env"), shown);
             }
             if !p.extra_roots.is_empty() {
                 let roots: Vec<u8> = p.extra_roots.concat();
@@ -285,17 +292,21 @@ impl Config {
         put("logs.payload_max".into(), g.payload_max.to_string());
         put("logs.sample".into(), g.sample.to_string());
         put("logs.max_rows".into(), g.max_rows.to_string());
-        put("logs.max_age".into(), format!("{:?}", g.max_age));
+        put("logs.max_age".into(), show::duration(g.max_age));
         put(
             "logs.flush_interval".into(),
-            format!("{:?}", g.flush_interval),
+            show::duration(g.flush_interval),
         );
         let c = &self.cache;
         put("cache.enabled".into(), c.enabled.to_string());
         put("cache.size".into(), c.size.to_string());
-        put("cache.default_ttl".into(), format!("{:?}", c.default_ttl));
+        put("cache.default_ttl".into(), show::duration(c.default_ttl));
         put("cache.max_entry".into(), c.max_entry.to_string());
         put("cache.shared".into(), c.shared.to_string());
+        put(
+            "cache.credential_headers".into(),
+            show::strings(&c.credential_headers),
+        );
         put("auth.required".into(), self.auth.required.to_string());
         for (id, k) in &self.keys {
             let p = |f: &str| format!("keys.{id}.{f}");
@@ -307,59 +318,18 @@ impl Config {
                 format!("{}...", &hex[..8])
             };
             put(p("secret_sha256"), shown);
-            put(p("models"), format!("{:?}", k.models));
-            put(p("metadata"), format!("{:?}", k.metadata));
+            put(p("models"), show::strings(&k.models));
+            put(p("metadata"), show::metadata(&k.metadata));
         }
         // Rules as the file writes them (an inline table of every setting).
         for (i, r) in self.rate_limits.iter().enumerate() {
-            let window = match r.count {
-                limits::Count::Concurrent => String::new(),
-                _ => format!(
-                    "window = \"{:?}\", technique = \"{}\", ",
-                    r.window,
-                    r.technique.as_str()
-                ),
-            };
-            put(
-                format!("rate_limits[{i}]"),
-                format!(
-                    "{{ name = {:?}, scope = \"{}\", count = \"{}\", limit = {}, {window}models = {:?}, keys = {:?}, count_cache_hits = {}, default_max_tokens = {} }}",
-                    r.name,
-                    r.scope.describe(),
-                    r.count.as_str(),
-                    r.limit,
-                    r.models,
-                    r.keys,
-                    r.count_cache_hits,
-                    r.default_max_tokens
-                ),
-            );
+            put(format!("rate_limits[{i}]"), show::rate_rule(r));
         }
         for (i, b) in self.budgets.iter().enumerate() {
-            let window = match b.window {
-                budgets::BudgetWindow::Daily => "daily".to_string(),
-                budgets::BudgetWindow::Monthly => "monthly".to_string(),
-                budgets::BudgetWindow::Rolling(d) => format!("{d:?}"),
-            };
-            let alert = b
-                .alert_at
-                .map(|a| format!("alert_at = {a}, "))
-                .unwrap_or_default();
-            put(
-                format!("budgets[{i}]"),
-                format!(
-                    "{{ name = {:?}, scope = \"{}\", usd = {}, window = \"{window}\", {alert}models = {:?}, keys = {:?}, default_max_tokens = {} }}",
-                    b.name,
-                    b.scope.describe(),
-                    b.usd,
-                    b.models,
-                    b.keys,
-                    b.default_max_tokens
-                ),
-            );
+            put(format!("budgets[{i}]"), show::budget(b));
         }
         for r in &self.routes {
-            put(format!("routes.{}", r.name), format!("{r:?}"));
+            put(format!("routes.{}", r.name), show::route(r));
         }
         for (name, p) in &self.prices {
             // As written in the file: USD per million tokens.
@@ -447,6 +417,29 @@ mod tests {
     }
 
     #[test]
+    fn a_key_variable_name_that_may_be_a_key_is_never_shown() {
+        let c = Config::from_toml_with_env(
+            "[providers.a]\nbase_url = \"http://127.0.0.1:9/v1\"\napi_key_env = \"gsk_8fJx2LkQabc\"\n\
+             [providers.b]\nbase_url = \"http://127.0.0.1:9/v1\"\napi_key_env = \"MY_KEY_2\"\n",
+            &|_| None,
+        )
+        .unwrap();
+        let shown = c.entries(false);
+        assert!(
+            !shown["providers.a.api_key_env"].contains("gsk_"),
+            "{shown:?}"
+        );
+        assert_eq!(shown["providers.b.api_key_env"], "MY_KEY_2");
+        let e = errors(
+            "[routes.r]\ntargets = [{ provider = \"mock\", model = \"m\", api_keys_env = [\"AIzaSyD8abc\", \"UNSET_K\"] }]\n",
+        );
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(e.iter().all(|m| !m.contains("AIzaSyD8abc")), "{e:?}");
+        assert!(e[0].contains("is not set"), "{e:?}");
+        assert!(e[1].contains("`UNSET_K` is not set"), "{e:?}");
+    }
+
+    #[test]
     fn rules_show_as_the_inline_tables_a_file_would_write() {
         let text = "[[rate_limits]]\nname = \"per-key\"\nscope = \"metadata.user\"\ncount = \"total_tokens\"\nlimit = 5000\nwindow = \"60s\"\ntechnique = \"fixed\"\nmodels = [\"openai/*\"]\n\
              [[rate_limits]]\nscope = \"gateway\"\ncount = \"concurrent\"\nlimit = 8\n\
@@ -484,6 +477,65 @@ mod tests {
         assert_eq!(v["window"].as_str(), Some("3600s"));
         assert_eq!(v["alert_at"].as_float(), Some(0.8));
         assert_eq!(v["keys"].as_array().unwrap()[0].as_str(), Some("alice"));
+        // Text that could close a string, escapes, sub-second windows, a
+        // route and a key's metadata read back too.
+        let odd = Config::from_toml_with_env(
+            "[[rate_limits]]\nname = \"caf\u{e9}\\u0301 \\\"x\\\" \\n\"\nscope = 'metadata.team\", note = \"'\ncount = \"requests\"\nlimit = 3\nwindow = \"1500ms\"\n\
+             [keys.\"team.alice\"]\nsecret_sha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\nmetadata = { \"a b\" = \"x\\\"y\" }\n\
+             [routes.r]\nstrategy = \"weighted\"\ntargets = [{ provider = \"mock\", model = \"m\\\"1\", weight = 2, first_byte = \"2500ms\" }]\nvariants = [{ when = { \"metadata.tier\" = \"free\" }, targets = [{ provider = \"mock\", model = \"small\" }] }]\nretry = { attempts = 3, base = \"100ms\" }\nfallback_on = [429, \"timeout\"]\ncooldown = { failures = 2, window = \"10s\", duration = \"1m\" }\n",
+            &|_| None,
+        )
+        .unwrap();
+        let shown = odd.entries(false);
+        for k in [
+            "rate_limits[0]",
+            "keys.team.alice.metadata",
+            "keys.team.alice.models",
+            "routes.r",
+        ] {
+            let text = &shown[k];
+            let v: toml::Table = toml::from_str(&format!("v = {text}"))
+                .unwrap_or_else(|e| panic!("{k}: {e}: {text}"));
+            match k {
+                "rate_limits[0]" => {
+                    assert_eq!(
+                        v["v"]["name"].as_str(),
+                        Some(odd.rate_limits[0].name.as_str())
+                    );
+                    assert_eq!(v["v"]["scope"].as_str(), Some("metadata.team\", note = \""));
+                    assert_eq!(v["v"]["window"].as_str(), Some("1500ms"));
+                    assert!(v["v"].get("note").is_none());
+                }
+                "keys.team.alice.metadata" => assert_eq!(v["v"]["a b"].as_str(), Some("x\"y")),
+                "routes.r" => {
+                    let r = &v["v"];
+                    assert_eq!(r["strategy"].as_str(), Some("weighted"));
+                    assert_eq!(r["targets"][0]["model"].as_str(), Some("m\"1"));
+                    assert_eq!(r["targets"][0]["first_byte"].as_str(), Some("2500ms"));
+                    assert_eq!(
+                        r["variants"][0]["when"]["metadata.tier"].as_str(),
+                        Some("free")
+                    );
+                    assert_eq!(r["retry"]["attempts"].as_integer(), Some(3));
+                    assert_eq!(r["retry"]["base"].as_str(), Some("100ms"));
+                    assert_eq!(r["fallback_on"].as_array().map(Vec::len), Some(2));
+                    assert_eq!(r["cooldown"]["duration"].as_str(), Some("60s"));
+                }
+                _ => {}
+            }
+        }
+        // What is shown parses back to the same rule.
+        let again = Config::from_toml_with_env(
+            &format!(
+                "[[rate_limits]]\nname = {}\nscope = {}\ncount = \"requests\"\nlimit = 3\nwindow = {}\n",
+                toml::Value::from(odd.rate_limits[0].name.as_str()),
+                toml::Value::from(odd.rate_limits[0].scope.describe()),
+                toml::Value::from("1500ms"),
+            ),
+            &|_| None,
+        )
+        .unwrap();
+        assert_eq!(again.rate_limits[0], odd.rate_limits[0]);
         let b1 = read("budgets[1]");
         assert_eq!(b1["v"]["window"].as_str(), Some("monthly"));
         assert_eq!(b1["v"]["name"].as_str(), Some("month"));

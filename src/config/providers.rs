@@ -189,24 +189,30 @@ pub struct ProviderConfig {
     pub default_max_tokens: u64,
     /// Azure's `api-version` (kind azure only).
     pub api_version: Option<String>,
-    /// Declared in the file's `[providers.*]` (not only the built-in catalog).
-    pub declared: bool,
+    /// A note when the file gives a key that is not there (an empty
+    /// `api_key`, or an `api_key_env` whose variable is not set or empty):
+    /// aigw then adds no key of its own and passes each client's key on,
+    /// which is likely not what the file meant. A built-in's unset default
+    /// variable is the ordinary bring-your-own-key set-up: no note.
+    pub key_note: Option<String>,
 }
 
 impl ProviderConfig {
-    /// A note when the file names a key variable that is not set: aigw then
-    /// adds no key of its own and passes each client's key on, which is
-    /// likely not what the file meant (a built-in's unset default variable
-    /// is the ordinary bring-your-own-key set-up: no note). The variable's
-    /// name is not shown: a key pasted in its place can look like one.
+    /// See [`ProviderConfig::key_note`].
     pub fn unset_key_note(&self) -> Option<String> {
-        (self.declared && self.api_key.is_none() && self.api_key_env.is_some()).then(|| {
-            format!(
-                "providers.{}.api_key_env: the variable it names is not set (or is empty): aigw adds no key to requests for `{}` and passes each client's own key on",
-                self.name, self.name
-            )
-        })
+        self.key_note.clone()
     }
+}
+
+/// The note of a declared provider whose key is not there (the variable's
+/// name is not shown: a key pasted in its place can look like one).
+fn key_note(path: &str, name: &str, in_file: bool) -> String {
+    let what = if in_file {
+        format!("{path}.api_key: empty")
+    } else {
+        format!("{path}.api_key_env: the variable it names is not set (or is empty)")
+    };
+    format!("{what}: aigw adds no key to requests for `{name}` and passes each client's own key on")
 }
 
 /// The Azure OpenAI API version unified requests use when none is configured.
@@ -345,7 +351,7 @@ pub(super) fn read_providers(
                     extra_roots: Vec::new(),
                     default_max_tokens: DEFAULT_MAX_TOKENS,
                     api_version: None,
-                    declared: false,
+                    key_note: None,
                 },
             );
         }
@@ -440,7 +446,12 @@ fn read_provider(
     if key.is_some() && key_env.is_some() {
         w.err(path, "set api_key or api_key_env, not both".into());
     }
-    let api_key = read_api_key(w, path, key, key_env.as_deref(), env);
+    let errors = w.count();
+    let api_key = read_api_key(w, path, key.clone(), key_env.as_deref(), env);
+    // Only where no error was reported for the key already.
+    let key_note =
+        (api_key.is_none() && (key.is_some() || key_env.is_some()) && w.count() == errors)
+            .then(|| key_note(path, name, key.is_some()));
     let ca_path = format!("{path}.ca_file");
     let extra_roots = match w.string(Some(t), &ca_path) {
         Some(file) => match read_pem_certs(&file) {
@@ -501,7 +512,7 @@ fn read_provider(
         extra_roots,
         default_max_tokens,
         api_version,
-        declared: true,
+        key_note,
     })
 }
 
@@ -518,7 +529,12 @@ pub(super) fn read_api_key(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Option<Secret> {
     match (in_file, var) {
-        (Some(key), _) => one_line_key(w, &format!("{path}.api_key"), "contains", key),
+        (Some(key), _) => one_line_key(
+            w,
+            &format!("{path}.api_key"),
+            "contains",
+            key.trim_matches(' ').to_string(),
+        ),
         (None, Some(var)) => match key_from_env(w, &format!("{path}.api_key_env"), var, env) {
             FromEnv::Key(k) => Some(k),
             FromEnv::Unset | FromEnv::Reported => None,
@@ -548,9 +564,14 @@ pub(super) fn key_from_env(
         w.err(at, NOT_A_VARIABLE.into());
         return FromEnv::Reported;
     }
-    match env(var).filter(|k| !k.is_empty()) {
+    // Surrounding spaces are never a key's: a blank variable is an unset
+    // one. (A line break or tab is a control character: an error below.)
+    match env(var)
+        .map(|k| k.trim_matches(' ').to_string())
+        .filter(|k| !k.is_empty())
+    {
         None => FromEnv::Unset,
-        Some(key) => match one_line_key(w, at, &format!("`{var}` holds"), key) {
+        Some(key) => match one_line_key(w, at, &format!("{} holds", shown_variable(var)), key) {
             Some(k) => FromEnv::Key(k),
             None => FromEnv::Reported,
         },
@@ -571,6 +592,30 @@ fn one_line_key(w: &mut Walker, at: &str, holder: &str, key: String) -> Option<S
         return None;
     }
     Some(Secret::new(key))
+}
+
+/// A variable's name as messages and `/config` show it: in backquotes when
+/// it reads as a variable's name does (upper-case letters, digits and `_`,
+/// such as `OPENAI_API_KEY`), else withheld: a key pasted where a variable's
+/// name belongs (`gsk_...`, `AIza...`) may still be a valid name.
+pub fn shown_variable(var: &str) -> String {
+    if conventional_variable(var) {
+        format!("`{var}`")
+    } else {
+        "the variable it names (its name, not upper-case, is not shown: it may be a key)".into()
+    }
+}
+
+/// Whether `var` reads as a variable's name does (see [`shown_variable`]).
+pub fn conventional_variable(var: &str) -> bool {
+    var.len() <= 64
+        && var
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_uppercase() || b == b'_')
+        && var
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
 }
 
 /// Whether `s` can name an environment variable (letters, digits and `_`,

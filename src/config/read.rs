@@ -98,6 +98,11 @@ impl Walker {
         });
     }
 
+    /// How many problems were recorded so far.
+    pub(super) fn count(&self) -> usize {
+        self.errors.len()
+    }
+
     /// Every problem recorded so far, or nothing: the values read are then valid.
     pub(super) fn finish(self) -> Result<(), ConfigErrors> {
         if self.errors.is_empty() {

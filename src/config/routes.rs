@@ -273,7 +273,10 @@ fn read_targets(w: &mut Walker, t: &toml::Table, at: &str, env: Env<'_>) -> Vec<
                 FromEnv::Reported => {}
                 FromEnv::Unset => w.err(
                     &at,
-                    format!("`{var}` is not set (or empty); set it to a provider key"),
+                    format!(
+                        "{} is not set (or empty); set it to a provider key",
+                        super::providers::shown_variable(var)
+                    ),
                 ),
             }
         }

@@ -143,6 +143,9 @@ impl Reloader {
         if !clashes.is_empty() {
             return Err(clashes);
         }
+        for note in new.providers.values().filter_map(|p| p.unset_key_note()) {
+            log::warn!("reload: {note}");
+        }
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
         let before = running.entries(true);
         let after = new.entries(true);

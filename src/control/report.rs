@@ -7,7 +7,9 @@ use std::fmt::Write as _;
 /// Renders `/stats` JSON as text; `None` if the JSON is not what aigw serves.
 pub fn render(stats_json: &str) -> Option<String> {
     let mut bytes = stats_json.as_bytes().to_vec();
-    let v = simd_json::to_owned_value(&mut bytes).ok()?;
+    // Names in it come from clients (models, metadata values): printed as
+    // they are, a control character would reach the operator's terminal.
+    let v = printable_value(simd_json::to_owned_value(&mut bytes).ok()?);
     let n = |path: &[&str]| -> u64 {
         let mut cur = Some(&v);
         for p in path {
@@ -231,6 +233,25 @@ pub fn render(stats_json: &str) -> Option<String> {
     Some(out)
 }
 
+/// `v` with every string and object key safe to print on a terminal
+/// ([`crate::logstore::query::printable`]).
+fn printable_value(v: simd_json::OwnedValue) -> simd_json::OwnedValue {
+    use simd_json::OwnedValue as V;
+    let text = |s: &str| crate::logstore::query::printable(s, false);
+    match v {
+        V::String(s) => V::String(text(&s)),
+        V::Array(items) => V::Array(Box::new(items.into_iter().map(printable_value).collect())),
+        V::Object(map) => {
+            let mut out = simd_json::owned::Object::with_capacity(map.len());
+            for (k, v) in map.into_iter() {
+                out.insert(text(&k), printable_value(v));
+            }
+            V::Object(Box::new(out))
+        }
+        other => other,
+    }
+}
+
 /// Renders `GET /keys` JSON as a table (`aigw key list`); `None` if the JSON
 /// is not what aigw serves.
 pub fn keys_table(keys_json: &str) -> Option<String> {
@@ -282,6 +303,18 @@ pub fn keys_table(keys_json: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn names_from_clients_print_without_control_characters() {
+        let json = r#"{"uptime_s":3,"shards":1,"requests":1,"models":[{"provider":"m\u001b[2J","model":"gp\u0000\u001b[31mred\r\nX-Injected: 1","1m":{"requests":1}}],"providers":{"m\r\nX-Fake: 2":{"requests":1,"errors":0,"input_tokens":1,"output_tokens":1}}}"#;
+        let text = super::render(json).unwrap();
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "{text:?}"
+        );
+        assert!(text.contains("red??X-Injected: 1"), "{text}");
+        assert!(!text.lines().any(|l| l.starts_with("X-")), "{text}");
+    }
+
     #[test]
     fn stats_json_renders_as_a_table() {
         let json = r#"{"uptime_s":3,"shards":2,"requests":5,"status":{"2xx":4,"3xx":0,"4xx":1,"5xx":0},"errors":{"client":2,"gateway":1,"provider":0},"aborted":{"upstream":0,"client":0},"streams":1,"tokens":{"input":47,"output":5,"cached":0},"upstream":{"connects":1,"reused":3,"idle":1},"connections":{"accepted":2,"open":1},"dropped_snapshots":0,"latency_us":{"total":{"count":5,"p50":100,"p90":200,"p99":300,"p999":300,"max":310}},"providers":{"mock":{"requests":2,"errors":0,"input_tokens":47,"output_tokens":5}}}"#;

@@ -545,10 +545,14 @@ fn show(best: &mut Option<Shown>, at: usize, p: &Prepared, remaining: u64, now_m
     if best.as_ref().is_some_and(|b| b.remaining <= remaining) {
         return;
     }
+    // OpenAI's reset is when the limit is whole again: for a sliding
+    // window, once what the current window counts has left the next one's
+    // weighted look back too.
+    let sliding = p.rule.technique == Technique::Sliding && p.rule.count != Count::Concurrent;
     *best = Some(Shown {
         rule: at,
         remaining,
-        reset_ms: p.window_ms - now_ms % p.window_ms,
+        reset_ms: p.window_ms - now_ms % p.window_ms + if sliding { p.window_ms } else { 0 },
     });
 }
 
@@ -877,6 +881,26 @@ mod tests {
         assert_eq!(admitted + more, 100);
         // Another key has its own count.
         assert!(a.admit(&ask(Some("bob"), NONE)).is_ok());
+    }
+
+    /// On a sliding rule the limit is whole again a window after the
+    /// current one ends (its count is looked back on, weighted, until then).
+    #[test]
+    fn a_sliding_rule_resets_when_its_count_has_left_the_look_back() {
+        let (_, s) = limiter(
+            "[[rate_limits]]\nscope = \"key\"\ncount = \"requests\"\nlimit = 10\nwindow = \"60s\"\ntechnique = \"sliding\"\n",
+            1,
+        );
+        let mut out = Vec::new();
+        s.admit(&ask(Some("k"), NONE))
+            .unwrap()
+            .write_headers(&mut out);
+        // 1,000,000 ms: 20 s left in its minute, then a whole minute more.
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("x-ratelimit-reset-requests: 1m20s\r\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -1241,11 +1241,14 @@ fn cache_lookup(
     let Some(cache) = ctx.cache() else {
         return Cached::Off;
     };
-    if wish.skip || c.head.method != Method::Post {
+    let view = req.view(&c.head, &c.buf, &c.body);
+    if wish.skip
+        || c.head.method != Method::Post
+        || !cache::repeatable(plan.endpoint, &plan.path, view.body)
+    {
         rec.cache = Some(CacheStatus::Bypass);
         return Cached::Off;
     }
-    let view = req.view(&c.head, &c.buf, &c.body);
     let headers = view.headers();
     let config = ctx.config();
     // A routed request is keyed by its route (any target may answer it).
