@@ -294,7 +294,10 @@ fn main() -> ExitCode {
                 Err(e) => fail(&e),
             }
         }
-        Command::CheckConfig { file } => match Config::load(&file) {
+        Command::CheckConfig { file } => match Config::load(&file)
+            .map_err(|e| e.to_string())
+            .and_then(|c| aigw::runtime::check_startable(&c).map(|()| c))
+        {
             Ok(c) => {
                 println!("{}: ok ({} providers)", file.display(), c.providers.len());
                 for note in c.providers.values().filter_map(|p| p.unset_key_note()) {
@@ -348,7 +351,7 @@ fn main() -> ExitCode {
             model,
             json,
         } => {
-            let overrides = match config.as_deref().map(Config::load) {
+            let overrides = match config.as_deref().map(Config::load_for_tools) {
                 Some(Ok(c)) => c.prices,
                 Some(Err(e)) => return fail(&e.to_string()),
                 None => Default::default(),
@@ -621,7 +624,7 @@ fn admin_socket(
 
 fn load(path: Option<&std::path::Path>) -> Result<Config, String> {
     match path {
-        Some(p) => Config::load(p).map_err(|e| format!("config {}:\n{e}", p.display())),
+        Some(p) => Config::load_for_tools(p).map_err(|e| format!("config {}:\n{e}", p.display())),
         None => Config::from_toml("").map_err(|e| e.to_string()),
     }
 }
@@ -691,6 +694,14 @@ fn key_command(cmd: KeyCmd) -> Result<String, String> {
                     .split_once('=')
                     .ok_or_else(|| format!("--meta: `{m}` must be KEY=VALUE"))?;
                 metadata.push((k.to_string(), v.to_string()));
+            }
+            // What the config (and the admin socket) would refuse, refused
+            // here: the printed lines must load.
+            if let Some(why) = aigw::record::key_metadata_problem(&metadata) {
+                return Err(format!(
+                    "--meta: {}",
+                    aigw::logstore::query::printable(&why, false)
+                ));
             }
             let secret = auth::new_secret()?;
             let hash = auth::hex(&auth::hash_secret(secret.as_bytes()));

@@ -86,11 +86,7 @@ pub fn serve(
     let _lock = lock_data_dir(&config.server.data_dir)?;
     check_memlock()?;
     let cpus = allowed_cpus();
-    let shards = config
-        .server
-        .shards
-        .map(|n| n.get())
-        .unwrap_or(cpus.len().max(1));
+    let shards = shard_count(&config, &cpus);
     // Held until every shard listens: released earlier, port 0 could hand
     // the same port to another aigw starting meanwhile, and the two would
     // share it through SO_REUSEPORT.
@@ -571,6 +567,27 @@ fn probe_listen(addr: SocketAddr) -> Result<(SocketAddr, socket2::Socket), Strin
 
 /// CPUs in this process's affinity mask (`taskset`, cgroup cpusets), from
 /// /proc/self/status so no unsafe call is needed.
+/// How many shards `serve` starts: `server.shards`, else one per CPU this
+/// process may run on.
+pub fn shard_count(config: &Config, cpus: &[usize]) -> usize {
+    config
+        .server
+        .shards
+        .map(|n| n.get())
+        .unwrap_or(cpus.len().max(1))
+}
+
+/// What `serve` would refuse in a config that reads well (`check-config`
+/// runs it): a cache whose size does not split into partitions of this
+/// host's shard count.
+pub fn check_startable(config: &Config) -> Result<(), String> {
+    if config.cache.enabled {
+        let shards = shard_count(config, &allowed_cpus());
+        cache::store::Geometry::new(config.cache.size, shards, config.cache.max_entry)?;
+    }
+    Ok(())
+}
+
 pub fn allowed_cpus() -> Vec<usize> {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let list = status

@@ -299,6 +299,18 @@ fn what_the_provider_is_asked_and_in_which_format_is_in_the_key(shards: usize) {
     assert_eq!((status(&r), model(&r).as_str()), ("HIT", "premium"));
     let r = post(&gw, &free, &routed);
     assert_eq!((status(&r), model(&r).as_str()), ("HIT", "cheap"));
+    // The query goes upstream, and into the key, routed or not.
+    let queried = chat("queried", false).replace("up/gpt-x", "chat");
+    let q = |query: &str| {
+        let r = gw
+            .client()
+            .post(&format!("/v1/chat/completions{query}"), &[], &queried);
+        status(&r).to_string()
+    };
+    assert_eq!(q("?x=1"), "MISS");
+    assert_eq!(q("?x=2"), "MISS");
+    assert_eq!(q(""), "MISS");
+    assert_eq!(q("?x=1"), "HIT");
     // A custom key is the key of one endpoint and format.
     let key = [
         ("aigw-cache-key", "same"),
@@ -319,7 +331,7 @@ fn what_the_provider_is_asked_and_in_which_format_is_in_the_key(shards: usize) {
         (status(&again), again.body.clone()),
         ("HIT", anthropic.body.clone())
     );
-    assert_eq!(mock.requests_seen(), 6);
+    assert_eq!(mock.requests_seen(), 9);
 }
 
 fn two_credentials_never_share_an_entry(shards: usize) {

@@ -200,6 +200,25 @@ fn an_unset_key_variable_of_a_declared_provider_is_noted_without_its_name() {
         stdout.contains("note: providers.up.api_key: empty"),
         "{stdout}"
     );
+    // A table that replaces a built-in without a key stops reading its set
+    // variable: noted, with the variable (a built-in's name) named.
+    let replaced = dir.write(
+        "replaced.toml",
+        "[providers.openai]\nbase_url = \"http://127.0.0.1:9/v1\"\n",
+    );
+    let out = std::process::Command::new(common::gateway::AIGW)
+        .args(["check-config", replaced.to_str().unwrap()])
+        .env("OPENAI_API_KEY", "sk-test-set")
+        .output()
+        .expect("run aigw");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        stdout
+            .contains("note: providers.openai replaces the built-in `openai`, so `OPENAI_API_KEY`"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("sk-test-set"), "{stdout}");
     // The built-in catalog's unset default variables are bring-your-own-key:
     // no note for them.
     let plain = dir.write("plain.toml", "[server]\nshards = 1\n");

@@ -46,6 +46,26 @@ fn a_reload_moves_a_provider_without_closing_a_connection(shards: usize) {
         .filter_map(|v| v.as_str())
         .collect();
     assert_eq!(changed, ["providers.up.base_url"]);
+    assert_eq!(report["notes"].as_array().map(Vec::len), Some(0));
+
+    // A key the new config names but does not have is in force and noted
+    // to whoever reloaded.
+    edit(
+        &gw,
+        &b.base_url(),
+        &format!(
+            "{}\"\napi_key_env = \"AIGW_TEST_RELOAD_UNSET_VAR",
+            b.base_url()
+        ),
+    );
+    let (status, body) = admin_post(&gw.admin_socket, "/config/reload");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let report = json(&body);
+    let notes = report["notes"].as_array().unwrap();
+    assert_eq!(notes.len(), 1, "{report}");
+    let note = notes[0].as_str().unwrap();
+    assert!(note.starts_with("providers.up.api_key_env: "), "{note}");
+    assert!(!note.contains("AIGW_TEST_RELOAD_UNSET_VAR"), "{note}");
 
     // The same keep-alive connection now reaches the new address.
     let r = client.post("/v1/chat/completions", &[], chat());

@@ -151,60 +151,77 @@ pub fn credential_param(name: &str) -> Option<&'static str> {
 /// `conversation` or runs in the `background` depends on more than its
 /// body (the conversation's items so far; a job): not answered either.
 pub fn repeatable(endpoint: Option<&str>, path: &str, body: &[u8]) -> bool {
-    let path = crate::http::split_byte(path, b'?').map_or(path, |(p, _)| p);
-    let mut rev = path.trim_end_matches('/').rsplit('/');
-    let last = rev.next().unwrap_or("");
-    let before = rev.next().unwrap_or("");
     let responses = match endpoint {
         Some(e) => e == "responses",
-        None => {
-            // Under these, a POST acts on a stored object.
-            if path.split('/').any(|s| {
-                matches!(
-                    s,
-                    "threads"
-                        | "conversations"
-                        | "assistants"
-                        | "batches"
-                        | "files"
-                        | "uploads"
-                        | "vector_stores"
-                        | "fine_tuning"
-                        | "containers"
-                )
-            }) {
-                return false;
-            }
-            let repeatable = match (before, last) {
-                ("chat", "completions")
-                | ("images", "generations")
-                | ("audio", "speech")
-                | ("messages", "count_tokens")
-                | ("api", "chat" | "generate" | "embed" | "embeddings") => true,
-                (_, "completions" | "embeddings" | "moderations" | "responses" | "rerank")
-                | ("v1", "complete") => true,
-                // Anthropic's Messages API (an OpenAI thread's messages,
-                // `threads/{id}/messages`, were refused above).
-                (_, "messages") => true,
-                // Gemini: `models/{model}:{method}`.
-                (_, last) => last.rsplit_once(':').is_some_and(|(_, m)| {
-                    matches!(
-                        m,
-                        "generateContent"
-                            | "streamGenerateContent"
-                            | "embedContent"
-                            | "batchEmbedContents"
-                            | "countTokens"
-                    )
-                }),
-            };
-            if !repeatable {
-                return false;
-            }
-            last == "responses"
-        }
+        None => match repeatable_path(path) {
+            Some(responses) => responses,
+            None => return false,
+        },
     };
     !responses || !stateful_response(body)
+}
+
+/// A pass-through path (its query aside) read as a server may read it:
+/// percent-decoded (`thr%65ads`, `threads%2F...`), in any letter case, each
+/// segment without its `;parameters`, empty segments dropped. `Some`: it is
+/// repeatable, and whether it is the Responses API's; `None`: it is not.
+fn repeatable_path(path: &str) -> Option<bool> {
+    let path = crate::http::split_byte(path, b'?').map_or(path, |(p, _)| p);
+    let read: std::borrow::Cow<'_, str> = if path
+        .bytes()
+        .any(|b| b == b'%' || b == b';' || b.is_ascii_uppercase())
+    {
+        let decoded = crate::http::percent_decode(path.as_bytes());
+        std::borrow::Cow::Owned(String::from_utf8_lossy(&decoded).to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(path)
+    };
+    let segments = || {
+        read.split('/')
+            .map(|s| s.split(';').next().unwrap_or(""))
+            .filter(|s| !s.is_empty())
+    };
+    // Under these, a POST acts on a stored object.
+    if segments().any(|s| {
+        matches!(
+            s,
+            "threads"
+                | "conversations"
+                | "assistants"
+                | "batches"
+                | "files"
+                | "uploads"
+                | "vector_stores"
+                | "fine_tuning"
+                | "containers"
+        )
+    }) {
+        return None;
+    }
+    let mut rev = segments().rev();
+    let last = rev.next().unwrap_or("");
+    let before = rev.next().unwrap_or("");
+    let repeatable = match (before, last) {
+        ("chat", "completions")
+        | ("images", "generations")
+        | ("audio", "speech")
+        | ("v1", "messages" | "complete")
+        | ("messages", "count_tokens")
+        | ("api", "chat" | "generate" | "embed" | "embeddings") => true,
+        (_, "completions" | "embeddings" | "moderations" | "responses" | "rerank") => true,
+        // Gemini: `models/{model}:{method}` (compared lower-cased).
+        (_, last) => last.rsplit_once(':').is_some_and(|(_, m)| {
+            matches!(
+                m,
+                "generatecontent"
+                    | "streamgeneratecontent"
+                    | "embedcontent"
+                    | "batchembedcontents"
+                    | "counttokens"
+            )
+        }),
+    };
+    repeatable.then_some(last == "responses")
 }
 
 /// Whether a Responses API body continues a `conversation` or asks for a
@@ -790,11 +807,20 @@ mod tests {
             "/v1beta/models/gemini-2.0-flash:generateContent",
             "/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse",
             "/v1beta/models/text-embedding-004:embedContent",
+            "/v1beta/models/g:GENERATECONTENT",
+            "/v1//chat//completions/",
             "/api/chat",
         ] {
             assert!(yes(path), "{path}");
         }
         for path in [
+            "/v1/thr%65ads/thread_1/messages",
+            "/v1/threads%2Fthread_1/messages",
+            "/v1/Threads/thread_1/messages",
+            "/v1/THREADS/t/messages",
+            "/v1/threads;x/t/messages",
+            "/openai/Threads/t/messages?api-version=1",
+            "/v1/x/messages",
             "/v1/threads/thread_1/messages",
             "/v1/threads/runs",
             "/v1/threads",

@@ -74,6 +74,16 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
 }
 
+/// The text of a config file; an error names the file.
+fn read_file(path: &std::path::Path) -> Result<String, ConfigErrors> {
+    std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            path: String::new(),
+            message: format!("cannot read config file {}: {e}", path.display()),
+        }])
+    })
+}
+
 impl Config {
     /// The built-in defaults, as `aigw serve` with no file runs them.
     ///
@@ -85,13 +95,16 @@ impl Config {
 
     /// Reads and parses a file; errors carry the file name.
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigErrors(vec![ConfigError {
-                path: String::new(),
-                message: format!("cannot read config file {}: {e}", path.display()),
-            }])
-        })?;
-        Config::from_toml(&text)
+        Config::from_toml(&read_file(path)?)
+    }
+
+    /// Reads a file as the operator's tools do (`aigw stats`, `logs`,
+    /// `usage`, `key`, `cache`, `prices`): they need the admin socket, the
+    /// data_dir, budgets and prices, never a provider key, so no key
+    /// variable is read (an unset one, which `serve` refuses for a route,
+    /// is no error here, and no secret enters the tool's process).
+    pub fn load_for_tools(path: &std::path::Path) -> Result<Config, ConfigErrors> {
+        Config::from_toml_with_env(&read_file(path)?, &|_| Some("unread".to_string()))
     }
 
     pub fn from_toml(text: &str) -> Result<Config, ConfigErrors> {
@@ -254,7 +267,7 @@ impl Config {
             put(format!("timeouts.{k}"), show::duration(v));
         }
         for (name, p) in &self.providers {
-            let k = |f: &str| format!("providers.{name}.{f}");
+            let k = |f: &str| format!("providers.{}.{f}", show::bare_or_quoted(name));
             put(k("kind"), p.kind.as_str().into());
             put(k("base_url"), p.base_url.to_string());
             let key = match (&p.api_key, fingerprint) {
@@ -309,7 +322,9 @@ impl Config {
         );
         put("auth.required".into(), self.auth.required.to_string());
         for (id, k) in &self.keys {
-            let p = |f: &str| format!("keys.{id}.{f}");
+            // Names are written as TOML keys: one with a dot or a line
+            // break is quoted, so it cannot pass for another entry.
+            let p = |f: &str| format!("keys.{}.{f}", show::bare_or_quoted(id));
             // A hash is not the secret, but only its start is shown.
             let hex: String = k.secret_sha256.iter().map(|b| format!("{b:02x}")).collect();
             let shown = if fingerprint {
@@ -329,7 +344,10 @@ impl Config {
             put(format!("budgets[{i}]"), show::budget(b));
         }
         for r in &self.routes {
-            put(format!("routes.{}", r.name), show::route(r));
+            put(
+                format!("routes.{}", show::bare_or_quoted(&r.name)),
+                show::route(r),
+            );
         }
         for (name, p) in &self.prices {
             // As written in the file: USD per million tokens.
@@ -346,7 +364,7 @@ impl Config {
                 v.push_str(&format!(", context_window = {n}"));
             }
             v.push_str(" }");
-            put(format!("prices.\"{name}\""), v);
+            put(format!("prices.{}", show::string(name)), v);
         }
         e
     }
@@ -489,8 +507,8 @@ mod tests {
         let shown = odd.entries(false);
         for k in [
             "rate_limits[0]",
-            "keys.team.alice.metadata",
-            "keys.team.alice.models",
+            "keys.\"team.alice\".metadata",
+            "keys.\"team.alice\".models",
             "routes.r",
         ] {
             let text = &shown[k];
@@ -506,7 +524,7 @@ mod tests {
                     assert_eq!(v["v"]["window"].as_str(), Some("1500ms"));
                     assert!(v["v"].get("note").is_none());
                 }
-                "keys.team.alice.metadata" => assert_eq!(v["v"]["a b"].as_str(), Some("x\"y")),
+                "keys.\"team.alice\".metadata" => assert_eq!(v["v"]["a b"].as_str(), Some("x\"y")),
                 "routes.r" => {
                     let r = &v["v"];
                     assert_eq!(r["strategy"].as_str(), Some("weighted"));
@@ -523,6 +541,15 @@ mod tests {
                 }
                 _ => {}
             }
+        }
+        // A name cannot start a line of its own, nor a value.
+        let forged = Config::from_toml_with_env(
+            "[routes.\"fake\\nproviders.m.api_key = sk-live-SHOWN\"]\ntargets = [{ provider = \"mock\", model = \"a\\nb\" }]\n[prices.\"m/a\\nb\"]\ninput = 1.0\noutput = 1.0\n",
+            &|_| None,
+        )
+        .unwrap();
+        for (k, v) in forged.entries(false) {
+            assert!(!k.contains('\n') && !v.contains('\n'), "{k:?} = {v:?}");
         }
         // What is shown parses back to the same rule.
         let again = Config::from_toml_with_env(

@@ -359,7 +359,24 @@ pub(super) fn read_providers(
     if let Some(user) = user {
         for (name, value) in user {
             let path = format!("providers.{name}");
-            if let Some(p) = read_provider(w, name, value, &path, env) {
+            if let Some(mut p) = read_provider(w, name, value, &path, env) {
+                // A table that replaces a built-in without a key of its own
+                // no longer reads the built-in's variable: said when that
+                // variable holds a key the file may have meant.
+                let names_key = value
+                    .as_table()
+                    .is_some_and(|t| t.contains_key("api_key") || t.contains_key("api_key_env"));
+                let builtin_var = BUILTIN_PROVIDERS
+                    .iter()
+                    .find(|(n, ..)| *n == name.as_str())
+                    .and_then(|(.., var)| *var);
+                if let Some(var) = builtin_var
+                    .filter(|v| !names_key && env(v).is_some_and(|k| !k.trim().is_empty()))
+                {
+                    p.key_note.get_or_insert_with(|| format!(
+                        "providers.{name} replaces the built-in `{name}`, so `{var}` (which is set) is not read: aigw adds no key and passes each client's own key on; add api_key_env = \"{var}\" to use it"
+                    ));
+                }
                 providers.insert(name.clone(), p);
             }
         }
@@ -449,9 +466,11 @@ fn read_provider(
     let errors = w.count();
     let api_key = read_api_key(w, path, key.clone(), key_env.as_deref(), env);
     // Only where no error was reported for the key already.
-    let key_note =
-        (api_key.is_none() && (key.is_some() || key_env.is_some()) && w.count() == errors)
-            .then(|| key_note(path, name, key.is_some()));
+    let key_note = (kind != ProviderKind::Mock
+        && api_key.is_none()
+        && (key.is_some() || key_env.is_some())
+        && w.count() == errors)
+        .then(|| key_note(path, name, key.is_some()));
     let ca_path = format!("{path}.ca_file");
     let extra_roots = match w.string(Some(t), &ca_path) {
         Some(file) => match read_pem_certs(&file) {
@@ -608,7 +627,10 @@ pub fn shown_variable(var: &str) -> String {
 
 /// Whether `var` reads as a variable's name does (see [`shown_variable`]).
 pub fn conventional_variable(var: &str) -> bool {
-    var.len() <= 64
+    // Long names are words joined by `_`; a long run without one (an AWS
+    // key id, `AKIA...`) is more likely a key.
+    (var.len() <= 12 || var.contains('_'))
+        && var.len() <= 64
         && var
             .bytes()
             .next()

@@ -8,9 +8,27 @@ use super::limits::{Count, RateRule};
 use super::routes::{Backoff, RouteConfig, Strategy, TargetConfig};
 use std::time::Duration;
 
-/// A TOML string.
+/// A TOML basic string on one line: `"` and `\` escaped, and every
+/// control character (a line break too) as its escape, so no value can
+/// start a line of its own in `/config`.
 pub fn string(s: &str) -> String {
-    toml::Value::String(s.to_string()).to_string()
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') => {
+                out.push_str(&format!("\\u{:04X}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 /// A TOML array of strings.
@@ -41,7 +59,8 @@ fn inline(pairs: &[(&str, String)]) -> String {
     format!("{{ {} }}", body.join(", "))
 }
 
-fn bare_or_quoted(k: &str) -> String {
+/// A key as TOML writes it: bare when it can be, else a quoted string.
+pub fn bare_or_quoted(k: &str) -> String {
     let bare = !k.is_empty()
         && k.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');

@@ -76,6 +76,9 @@ pub struct Report {
     pub changed: Vec<String>,
     /// Keys that changed in the file but need a restart.
     pub restart_needed: Vec<String>,
+    /// What the new config does that is likely not meant (a declared
+    /// provider's missing key): in force, and said to whoever reloaded.
+    pub notes: Vec<String>,
 }
 
 impl Report {
@@ -92,9 +95,10 @@ impl Report {
             format!("[{}]", items.join(","))
         };
         format!(
-            "{{\"applied\":true,\"changed\":{},\"restart_needed\":{}}}\n",
+            "{{\"applied\":true,\"changed\":{},\"restart_needed\":{},\"notes\":{}}}\n",
             list(&self.changed),
-            list(&self.restart_needed)
+            list(&self.restart_needed),
+            list(&self.notes)
         )
     }
 }
@@ -143,13 +147,14 @@ impl Reloader {
         if !clashes.is_empty() {
             return Err(clashes);
         }
-        for note in new.providers.values().filter_map(|p| p.unset_key_note()) {
-            log::warn!("reload: {note}");
-        }
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
         let before = running.entries(true);
         let after = new.entries(true);
         let mut report = Report::default();
+        for note in new.providers.values().filter_map(|p| p.unset_key_note()) {
+            log::warn!("reload: {note}");
+            report.notes.push(note);
+        }
         for (k, v) in &after {
             if before.get(k) != Some(v) {
                 let restart = RESTART_ONLY.contains(&k.as_str());

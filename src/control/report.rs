@@ -305,13 +305,13 @@ pub fn keys_table(keys_json: &str) -> Option<String> {
 mod tests {
     #[test]
     fn names_from_clients_print_without_control_characters() {
-        let json = r#"{"uptime_s":3,"shards":1,"requests":1,"models":[{"provider":"m\u001b[2J","model":"gp\u0000\u001b[31mred\r\nX-Injected: 1","1m":{"requests":1}}],"providers":{"m\r\nX-Fake: 2":{"requests":1,"errors":0,"input_tokens":1,"output_tokens":1}}}"#;
+        let json = r#"{"uptime_s":3,"shards":1,"requests":1,"models":[{"provider":"m\u001b[2J","model":"gp\u0000\u001b[31mred\r\nX-Injected: 1\u202e\u2028","1m":{"requests":1}}],"providers":{"m\r\nX-Fake: 2":{"requests":1,"errors":0,"input_tokens":1,"output_tokens":1}}}"#;
         let text = super::render(json).unwrap();
         assert!(
             !text.chars().any(|c| c.is_control() && c != '\n'),
             "{text:?}"
         );
-        assert!(text.contains("red??X-Injected: 1"), "{text}");
+        assert!(text.contains("red??X-Injected: 1??"), "{text}");
         assert!(!text.lines().any(|l| l.starts_with("X-")), "{text}");
     }
 

@@ -652,7 +652,10 @@ fn refusal_error(
     } else {
         GatewayError::rate_limited(message)
     };
-    let reset_ms = p.window_ms - now_ms % p.window_ms;
+    // As on a success (`show`): when the limit is whole again, for a
+    // sliding rule a window after the current one ends.
+    let sliding = r.technique == Technique::Sliding;
+    let reset_ms = p.window_ms - now_ms % p.window_ms + if sliding { p.window_ms } else { 0 };
     // What the window has left (less than this request wants).
     let remaining = refusal.map_or(0, |f| {
         let counted = f.current as f64 + (f.previous as f64 * (1.0 - f.elapsed)).ceil();

@@ -263,7 +263,9 @@ impl Filter {
             // Following: in the order rows were stored.
             let _ = write!(sql, " ORDER BY r.seq ASC LIMIT {}", self.limit);
         } else {
-            let _ = write!(sql, " ORDER BY {ts} DESC LIMIT {}", self.limit);
+            // Rows of one millisecond newest stored first (the order
+            // within one was SQLite's choice).
+            let _ = write!(sql, " ORDER BY {ts} DESC, r.seq DESC LIMIT {}", self.limit);
         }
         (sql, args)
     }
@@ -577,12 +579,16 @@ pub fn show(conn: &Connection, id: &str) -> rusqlite::Result<Option<Shown>> {
 }
 
 /// Text safe to print on a terminal: control characters (escape sequences
-/// included) become `?`; newlines and tabs stay when `keep_lines`.
+/// included), Unicode's line and paragraph separators and its direction
+/// controls (which reorder what follows them on the line) become `?`;
+/// newlines and tabs stay when `keep_lines`.
 pub fn printable(s: &str, keep_lines: bool) -> String {
     s.chars()
         .map(|c| match c {
             '\n' | '\t' if keep_lines => c,
             c if c.is_control() => '?',
+            '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{061c}' => '?',
+            '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' => '?',
             c => c,
         })
         .collect()

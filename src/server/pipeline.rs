@@ -1254,20 +1254,27 @@ fn cache_lookup(
     // A routed request is keyed by its route (any target may answer it).
     // A translated request by the format its client speaks too (the same
     // upstream path serves `/v1/chat/completions` and `/v1/messages`).
-    let (provider, path): (&str, &str) = match (&plan.routing, plan.translation, plan.endpoint) {
-        (Some(r), _, Some(endpoint)) => (&r.route.name, endpoint),
-        (None, Some(_), Some(endpoint)) => (&plan.provider.name, endpoint),
-        _ => (&plan.provider.name, &plan.path),
+    // Either way with the query that goes upstream (it may change the answer).
+    let query = crate::http::split_byte(&plan.path, b'?').map(|(_, q)| q);
+    let by_endpoint = |endpoint: &'static str| match query {
+        Some(q) => std::borrow::Cow::Owned(format!("{endpoint}?{q}")),
+        None => std::borrow::Cow::Borrowed(endpoint),
     };
+    let (provider, path): (&str, std::borrow::Cow<'_, str>) =
+        match (&plan.routing, plan.translation, plan.endpoint) {
+            (Some(r), _, Some(endpoint)) => (&r.route.name, by_endpoint(endpoint)),
+            (None, Some(_), Some(endpoint)) => (&plan.provider.name, by_endpoint(endpoint)),
+            _ => (&plan.provider.name, std::borrow::Cow::Borrowed(&*plan.path)),
+        };
     let input = KeyInput {
         scope: cache::scope(
             config.cache.shared,
             &config.cache.credential_headers,
             headers,
-            crate::http::split_byte(&plan.path, b'?').map_or("", |(_, q)| q),
+            query.unwrap_or(""),
         ),
         provider,
-        path,
+        path: &path,
         body: view.body,
         canonical: match digests.map(|d| d.canonical) {
             Some(Derived::Known(canonical)) => Some(canonical),
