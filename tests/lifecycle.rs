@@ -30,6 +30,14 @@ fn check_config_accepts_a_valid_file() {
 /// (file contents, a line the errors must contain)
 const BAD_CONFIGS: &[(&str, &str)] = &[
     (
+        "[server]\ndata_dir = \"/tmp/x\\nauth.required = true\"\n",
+        "server.data_dir: contains a control character",
+    ),
+    (
+        "[admin]\nsocket = \"/tmp/a.sock\\r\"\n",
+        "admin.socket: contains a control character",
+    ),
+    (
         "[server]\nlisen = \"127.0.0.1:1\"\n",
         "server.lisen: unknown key; did you mean `server.listen`?",
     ),

@@ -58,10 +58,8 @@ pub(super) fn read_server(w: &mut Walker, root: &toml::Table) -> ServerConfig {
         None => default_listen,
     };
     let shards = w.uint(t, "server.shards", 0, 4096).unwrap_or(0);
-    let data_dir = PathBuf::from(
-        w.string(t, "server.data_dir")
-            .unwrap_or_else(|| "aigw-data".into()),
-    );
+    let data_dir =
+        PathBuf::from(one_line_path(w, t, "server.data_dir").unwrap_or_else(|| "aigw-data".into()));
     let drain_timeout = w.duration(t, "server.drain_timeout", "10s");
     let spin_before_park = w.duration_or_zero(t, "server.spin_before_park");
     ServerConfig {
@@ -100,9 +98,24 @@ pub(super) fn read_admin_listen(
 /// `[admin]`: the socket path, by default inside `data_dir`.
 pub(super) fn read_admin_socket(w: &mut Walker, root: &toml::Table, data_dir: &Path) -> PathBuf {
     let t = w.table(root, "admin");
-    w.string(t, "admin.socket")
+    one_line_path(w, t, "admin.socket")
         .map(PathBuf::from)
         .unwrap_or_else(|| data_dir.join("admin.sock"))
+}
+
+/// A path setting: one line of text (a control character in it is likely a
+/// mistake, and would split the lines that show it: `/config`, the
+/// start-up lines).
+fn one_line_path(w: &mut Walker, t: Option<&toml::Table>, path: &str) -> Option<String> {
+    let v = w.string(t, path)?;
+    if v.chars().any(char::is_control) {
+        w.err(
+            path,
+            "contains a control character (a line break, a tab, ...); a path must be one line of text".into(),
+        );
+        return None;
+    }
+    Some(v)
 }
 
 /// `[limits]`.
