@@ -3,7 +3,10 @@
 # (`perf/profile.sh --callgrind --pipeline-only`), for gateway set-ups side by
 # side: what a pipeline stage costs in work done, which the machine's noise
 # barely moves (throughput on a shared VM moves ±15% between runs of the same
-# code; these counts repeat within about 2%). User space only.
+# code; these counts usually repeat within about 2%, but the executor's
+# timer and poll work depends on when the mock answers, and on a busy
+# machine one set-up moved 10% between back-to-back runs of one binary: run
+# twice, and compare stages within one run). User space only.
 # Work is not time: a stage that touches more memory costs more time than
 # its instructions say (see perf/README.md), so the bars stay on throughput;
 # this is the check that does not need quiet hours.
