@@ -8,26 +8,12 @@ use super::limits::{Count, RateRule};
 use super::routes::{Backoff, RouteConfig, Strategy, TargetConfig};
 use std::time::Duration;
 
-/// A TOML basic string on one line: `"` and `\` escaped, and every
-/// control character (a line break too) as its escape, so no value can
-/// start a line of its own in `/config`.
+/// A TOML basic string on one line (JSON's escapes are TOML's:
+/// [`crate::error::push_json_string`]), so no value can start a line of
+/// its own in `/config`.
 pub fn string(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\t' => out.push_str("\\t"),
-            '\r' => out.push_str("\\r"),
-            c if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') => {
-                out.push_str(&format!("\\u{:04X}", c as u32));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
+    crate::error::push_json_string(&mut out, s);
     out
 }
 
