@@ -52,7 +52,9 @@ fn attributed(s: &mut String, what: &str, by: &str, note: &str, rows: &[(String,
     }
 }
 
-/// Label values escaped as the text format asks (`\`, `"`, newline).
+/// Label values escaped as the text format asks (`\`, `"`, newline); a
+/// value from a client (a model name) may hold other control characters,
+/// which the format cannot escape: each becomes `?`, as on the terminal.
 fn escape(v: &str) -> String {
     let mut out = String::with_capacity(v.len());
     for c in v.chars() {
@@ -60,6 +62,7 @@ fn escape(v: &str) -> String {
             '\\' => out.push_str("\\\\"),
             '"' => out.push_str("\\\""),
             '\n' => out.push_str("\\n"),
+            c if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') => out.push('?'),
             c => out.push(c),
         }
     }
@@ -565,5 +568,6 @@ mod tests {
         assert!(s.contains("x_sum{a=\"b\"} 100.0007\n"), "{s}");
         assert!(s.contains("x_count{a=\"b\"} 2\n"), "{s}");
         assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        assert_eq!(escape("m\r\u{1b}[31m\u{0}\u{2028}x"), "m??[31m??x");
     }
 }
