@@ -1,6 +1,6 @@
 //! `aigw`: the gateway binary. `serve`, `check-config`, `print-config`, `stats`, `logs`.
 
-use aigw::config::Config;
+use aigw::config::{Config, show};
 use clap::{Parser, Subcommand};
 use std::io::Write;
 use std::path::PathBuf;
@@ -273,7 +273,7 @@ fn main() -> ExitCode {
                     return fail(&format!("{file}{}", errors.join("\n")));
                 }
             };
-            for note in cfg.providers.values().filter_map(|p| p.unset_key_note()) {
+            for note in cfg.key_notes() {
                 eprintln!("aigw: note: {note}");
             }
             let result = aigw::runtime::serve(cfg, source, |l| {
@@ -300,7 +300,7 @@ fn main() -> ExitCode {
         {
             Ok(c) => {
                 println!("{}: ok ({} providers)", file.display(), c.providers.len());
-                for note in c.providers.values().filter_map(|p| p.unset_key_note()) {
+                for note in c.key_notes() {
                     println!("note: {note}");
                 }
                 ExitCode::SUCCESS
@@ -725,17 +725,13 @@ fn key_command(cmd: KeyCmd) -> Result<String, String> {
             if !create {
                 out.push_str(&format!(
                     "[keys.{}]\nsecret_sha256 = \"{hash}\"\n",
-                    toml_key(&id)
+                    show::bare_or_quoted(&id)
                 ));
                 if !models.is_empty() {
                     out.push_str(&format!("models = {}\n", encode_models(&models)));
                 }
                 if !metadata.is_empty() {
-                    let fields: Vec<String> = metadata
-                        .iter()
-                        .map(|(k, v)| format!("{} = {}", toml_key(k), json_quote(v)))
-                        .collect();
-                    out.push_str(&format!("metadata = {{ {} }}\n", fields.join(", ")));
+                    out.push_str(&format!("metadata = {}\n", show::metadata(&metadata)));
                 }
             }
             Ok(out)
@@ -762,17 +758,6 @@ fn key_command(cmd: KeyCmd) -> Result<String, String> {
 }
 
 /// A TOML key: bare when it can be, quoted otherwise.
-fn toml_key(k: &str) -> String {
-    if !k.is_empty()
-        && k.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    {
-        k.to_string()
-    } else {
-        json_quote(k)
-    }
-}
-
 /// `s` as a JSON string literal (also a valid TOML basic string).
 fn json_quote(s: &str) -> String {
     let mut out = String::new();

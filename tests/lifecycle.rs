@@ -174,17 +174,7 @@ fn an_unset_key_variable_of_a_declared_provider_is_noted_without_its_name() {
         "env.toml",
         "[providers.up]\nbase_url = \"http://127.0.0.1:9/v1\"\napi_key_env = \"AIGW_TEST_UNSET_KEY_VAR\"\n",
     );
-    let run = |value: Option<&str>| {
-        let mut cmd = std::process::Command::new(common::gateway::AIGW);
-        cmd.args(["check-config", file.to_str().unwrap()])
-            .env_remove("AIGW_TEST_UNSET_KEY_VAR");
-        if let Some(v) = value {
-            cmd.env("AIGW_TEST_UNSET_KEY_VAR", v);
-        }
-        let out = cmd.output().expect("run aigw");
-        assert_eq!(out.status.code(), Some(0), "{out:?}");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let run = |value: Option<&str>| checked(&file, &[("AIGW_TEST_UNSET_KEY_VAR", value)]);
     let stdout = run(None);
     let notes: Vec<&str> = stdout.lines().filter(|l| l.starts_with("note: ")).collect();
     assert_eq!(notes.len(), 1, "{stdout}");
@@ -214,13 +204,7 @@ fn an_unset_key_variable_of_a_declared_provider_is_noted_without_its_name() {
         "replaced.toml",
         "[providers.openai]\nbase_url = \"http://127.0.0.1:9/v1\"\n",
     );
-    let out = std::process::Command::new(common::gateway::AIGW)
-        .args(["check-config", replaced.to_str().unwrap()])
-        .env("OPENAI_API_KEY", "sk-test-set")
-        .output()
-        .expect("run aigw");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let stdout = checked(&replaced, &[("OPENAI_API_KEY", Some("sk-test-set"))]);
     assert!(
         stdout
             .contains("note: providers.openai replaces the built-in `openai`, so `OPENAI_API_KEY`"),
@@ -230,17 +214,27 @@ fn an_unset_key_variable_of_a_declared_provider_is_noted_without_its_name() {
     // The built-in catalog's unset default variables are bring-your-own-key:
     // no note for them.
     let plain = dir.write("plain.toml", "[server]\nshards = 1\n");
-    let out = std::process::Command::new(common::gateway::AIGW)
-        .args(["check-config", plain.to_str().unwrap()])
-        .env_remove("OPENAI_API_KEY")
-        .env_remove("ANTHROPIC_API_KEY")
-        .output()
-        .expect("run aigw");
-    assert_eq!(out.status.code(), Some(0), "{out:?}");
-    assert!(
-        !String::from_utf8_lossy(&out.stdout).contains("note:"),
-        "{out:?}"
+    let stdout = checked(
+        &plain,
+        &[("OPENAI_API_KEY", None), ("ANTHROPIC_API_KEY", None)],
     );
+    assert!(!stdout.contains("note:"), "{stdout}");
+}
+
+/// `aigw check-config FILE`'s standard output, with each variable set
+/// (`Some`) or removed (`None`); the file must pass.
+fn checked(file: &std::path::Path, vars: &[(&str, Option<&str>)]) -> String {
+    let mut cmd = std::process::Command::new(common::gateway::AIGW);
+    cmd.args(["check-config", file.to_str().unwrap()]);
+    for (name, value) in vars {
+        match value {
+            Some(v) => cmd.env(name, v),
+            None => cmd.env_remove(name),
+        };
+    }
+    let out = cmd.output().expect("run aigw");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]

@@ -33,7 +33,7 @@ mod read;
 pub mod routes;
 mod schema;
 mod server;
-mod show;
+pub mod show;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -91,6 +91,12 @@ impl Config {
     /// [`Config::from_toml`] with `""` reports that as an error instead.
     pub fn defaults() -> Config {
         Config::from_toml("").expect("built-in defaults are valid")
+    }
+
+    /// The providers' key notes ([`ProviderConfig::key_note`]): what
+    /// `check-config`, `serve` and a reload say of this config.
+    pub fn key_notes(&self) -> impl Iterator<Item = String> + '_ {
+        self.providers.values().filter_map(|p| p.key_note.clone())
     }
 
     /// Reads and parses a file; errors carry the file name.

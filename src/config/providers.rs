@@ -197,13 +197,6 @@ pub struct ProviderConfig {
     pub key_note: Option<String>,
 }
 
-impl ProviderConfig {
-    /// See [`ProviderConfig::key_note`].
-    pub fn unset_key_note(&self) -> Option<String> {
-        self.key_note.clone()
-    }
-}
-
 /// The note of a declared provider whose key is not there (the variable's
 /// name is not shown: a key pasted in its place can look like one).
 fn key_note(path: &str, name: &str, in_file: bool) -> String {
@@ -370,8 +363,8 @@ pub(super) fn read_providers(
                     .iter()
                     .find(|(n, ..)| *n == name.as_str())
                     .and_then(|(.., var)| *var);
-                if let Some(var) = builtin_var
-                    .filter(|v| !names_key && env(v).is_some_and(|k| !k.trim().is_empty()))
+                if let Some(var) =
+                    builtin_var.filter(|v| !names_key && env(v).is_some_and(|k| !blank(&k)))
                 {
                     p.key_note.get_or_insert_with(|| format!(
                         "providers.{name} replaces the built-in `{name}`, so `{var}` (which is set) is not read: aigw adds no key and passes each client's own key on; add api_key_env = \"{var}\" to use it"
@@ -548,12 +541,7 @@ pub(super) fn read_api_key(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Option<Secret> {
     match (in_file, var) {
-        (Some(key), _) => one_line_key(
-            w,
-            &format!("{path}.api_key"),
-            "contains",
-            key.trim_matches(' ').to_string(),
-        ),
+        (Some(key), _) => one_line_key(w, &format!("{path}.api_key"), "contains", key),
         (None, Some(var)) => match key_from_env(w, &format!("{path}.api_key_env"), var, env) {
             FromEnv::Key(k) => Some(k),
             FromEnv::Unset | FromEnv::Reported => None,
@@ -583,12 +571,7 @@ pub(super) fn key_from_env(
         w.err(at, NOT_A_VARIABLE.into());
         return FromEnv::Reported;
     }
-    // Surrounding spaces are never a key's: a blank variable is an unset
-    // one. (A line break or tab is a control character: an error below.)
-    match env(var)
-        .map(|k| k.trim_matches(' ').to_string())
-        .filter(|k| !k.is_empty())
-    {
+    match env(var).filter(|k| !blank(k)) {
         None => FromEnv::Unset,
         Some(key) => match one_line_key(w, at, &format!("{} holds", shown_variable(var)), key) {
             Some(k) => FromEnv::Key(k),
@@ -600,9 +583,10 @@ pub(super) fn key_from_env(
 /// `key` if it is one line of printable characters (empty: none), else an
 /// error at `at` saying where it came from (`holder`), not what it is.
 fn one_line_key(w: &mut Walker, at: &str, holder: &str, key: String) -> Option<Secret> {
-    if key.is_empty() {
+    if blank(&key) {
         return None;
     }
+    let key = key.trim_matches(' ');
     if key.bytes().any(is_control) {
         w.err(
             at,
@@ -610,7 +594,14 @@ fn one_line_key(w: &mut Walker, at: &str, holder: &str, key: String) -> Option<S
         );
         return None;
     }
-    Some(Secret::new(key))
+    Some(Secret::new(key.to_string()))
+}
+
+/// Whether a key as given is none: empty, or spaces only. Surrounding
+/// spaces are never a key's (a line break or tab is a control character,
+/// an error of its own).
+fn blank(key: &str) -> bool {
+    key.trim_matches(' ').is_empty()
 }
 
 /// A variable's name as messages and `/config` show it: in backquotes when
@@ -625,12 +616,16 @@ pub fn shown_variable(var: &str) -> String {
     }
 }
 
+/// Longest variable name shown (a longer one is likely pasted text).
+const LONGEST_SHOWN_NAME: usize = 64;
+/// Longest name shown without a `_`: long names are words joined by `_`,
+/// and a long run without one (an AWS key id, `AKIA...`) is likely a key.
+const LONGEST_NAME_WITHOUT_UNDERSCORE: usize = 12;
+
 /// Whether `var` reads as a variable's name does (see [`shown_variable`]).
 pub fn conventional_variable(var: &str) -> bool {
-    // Long names are words joined by `_`; a long run without one (an AWS
-    // key id, `AKIA...`) is more likely a key.
-    (var.len() <= 12 || var.contains('_'))
-        && var.len() <= 64
+    (var.len() <= LONGEST_NAME_WITHOUT_UNDERSCORE || var.contains('_'))
+        && var.len() <= LONGEST_SHOWN_NAME
         && var
             .bytes()
             .next()

@@ -1,7 +1,8 @@
 //! Settings written back as the config file writes them, for `/config`: each
 //! value reads as TOML meaning what the file said (strings quoted and
-//! escaped by the `toml` crate, durations in whole units, rules as inline
-//! tables). Keys are never written: a route target says how many it has.
+//! escaped on one line, durations in whole units, rules as inline tables).
+//! Keys are never written: a route target says how many it has. `aigw key
+//! new` writes its config lines with these too.
 
 use super::budgets::{BudgetRule, BudgetWindow};
 use super::limits::{Count, RateRule};

@@ -54,7 +54,8 @@ fn attributed(s: &mut String, what: &str, by: &str, note: &str, rows: &[(String,
 
 /// Label values escaped as the text format asks (`\`, `"`, newline); a
 /// value from a client (a model name) may hold other control characters,
-/// which the format cannot escape: each becomes `?`, as on the terminal.
+/// which the format cannot escape: each becomes `?`, as on the terminal
+/// ([`crate::logstore::query::unprintable`]).
 fn escape(v: &str) -> String {
     let mut out = String::with_capacity(v.len());
     for c in v.chars() {
@@ -62,7 +63,7 @@ fn escape(v: &str) -> String {
             '\\' => out.push_str("\\\\"),
             '"' => out.push_str("\\\""),
             '\n' => out.push_str("\\n"),
-            c if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') => out.push('?'),
+            c if crate::logstore::query::unprintable(c) => out.push('?'),
             c => out.push(c),
         }
     }

@@ -151,7 +151,7 @@ impl Reloader {
         let before = running.entries(true);
         let after = new.entries(true);
         let mut report = Report::default();
-        for note in new.providers.values().filter_map(|p| p.unset_key_note()) {
+        for note in new.key_notes() {
             log::warn!("reload: {note}");
             report.notes.push(note);
         }

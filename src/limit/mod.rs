@@ -212,6 +212,17 @@ struct Prepared {
     last: LastFound<Rc<Local>>,
 }
 
+impl Prepared {
+    /// Milliseconds from `now_ms` until the rule is whole again (OpenAI's
+    /// `x-ratelimit-reset-*`, on answers and refusals alike): the window's
+    /// end, and for a sliding rule one window more, when what the current
+    /// window counts has left the weighted look back too.
+    fn reset_ms(&self, now_ms: u64) -> u64 {
+        let sliding = self.rule.technique == Technique::Sliding;
+        self.window_ms - now_ms % self.window_ms + if sliding { self.window_ms } else { 0 }
+    }
+}
+
 /// What a rule's headers count: `requests` or `tokens` (OpenAI's names).
 fn what(r: &RateRule) -> &'static str {
     if r.count.is_tokens() {
@@ -545,14 +556,10 @@ fn show(best: &mut Option<Shown>, at: usize, p: &Prepared, remaining: u64, now_m
     if best.as_ref().is_some_and(|b| b.remaining <= remaining) {
         return;
     }
-    // OpenAI's reset is when the limit is whole again: for a sliding
-    // window, once what the current window counts has left the next one's
-    // weighted look back too.
-    let sliding = p.rule.technique == Technique::Sliding && p.rule.count != Count::Concurrent;
     *best = Some(Shown {
         rule: at,
         remaining,
-        reset_ms: p.window_ms - now_ms % p.window_ms + if sliding { p.window_ms } else { 0 },
+        reset_ms: p.reset_ms(now_ms),
     });
 }
 
@@ -652,10 +659,7 @@ fn refusal_error(
     } else {
         GatewayError::rate_limited(message)
     };
-    // As on a success (`show`): when the limit is whole again, for a
-    // sliding rule a window after the current one ends.
-    let sliding = r.technique == Technique::Sliding;
-    let reset_ms = p.window_ms - now_ms % p.window_ms + if sliding { p.window_ms } else { 0 };
+    let reset_ms = p.reset_ms(now_ms);
     // What the window has left (less than this request wants).
     let remaining = refusal.map_or(0, |f| {
         let counted = f.current as f64 + (f.previous as f64 * (1.0 - f.elapsed)).ceil();

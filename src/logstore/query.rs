@@ -586,12 +586,23 @@ pub fn printable(s: &str, keep_lines: bool) -> String {
     s.chars()
         .map(|c| match c {
             '\n' | '\t' if keep_lines => c,
-            c if c.is_control() => '?',
-            '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{061c}' => '?',
-            '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' => '?',
+            c if unprintable(c) => '?',
             c => c,
         })
         .collect()
+}
+
+/// What [`printable`] replaces (and `/metrics` in a label value): control
+/// characters, Unicode's line and paragraph separators and its direction
+/// controls.
+pub fn unprintable(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{061c}'
+                | '\u{202a}'..='\u{202e}'
+                | '\u{2066}'..='\u{2069}'
+        )
 }
 
 /// The readable table `aigw logs` prints.
