@@ -330,20 +330,12 @@ fn custom_cost(value: &[u8], header: &dyn Fn() -> String) -> Result<CustomCost, 
         )
     };
     let mut copy = value.to_vec();
-    let v = simd_json::to_owned_value(&mut copy).map_err(|_| fail("is not JSON"))?;
+    let v = simd_json::to_owned_value(&mut copy)
+        .map_err(|_| fail("is not JSON (or holds a number past 1e308, which none can read)"))?;
     let o = v.as_object().ok_or_else(|| fail("is not a JSON object"))?;
     let max = crate::config::prices::MAX_PER_MILLION / 1e6;
     let mut c = CustomCost::default();
     for (k, v) in o.iter() {
-        let n = v
-            .as_f64()
-            .or_else(|| v.as_u64().map(|n| n as f64))
-            .filter(|n| n.is_finite() && (0.0..=max).contains(n))
-            .ok_or_else(|| {
-                fail(&format!(
-                    "has `{k}` that is not a number from 0 to {max} (USD per token)"
-                ))
-            })?;
         let slot = match k.as_str() {
             "per_token_in" => &mut c.per_token_in,
             "per_token_out" => &mut c.per_token_out,
@@ -355,10 +347,21 @@ fn custom_cost(value: &[u8], header: &dyn Fn() -> String) -> Result<CustomCost, 
                 )));
             }
         };
-        // A name given twice would mean whichever a reader keeps.
-        if slot.replace(n).is_some() {
+        // A name given twice would mean whichever a reader keeps: said
+        // before either value is judged.
+        if slot.is_some() {
             return Err(fail(&format!("names `{k}` twice")));
         }
+        let n = v
+            .as_f64()
+            .or_else(|| v.as_u64().map(|n| n as f64))
+            .filter(|n| n.is_finite() && (0.0..=max).contains(n))
+            .ok_or_else(|| {
+                fail(&format!(
+                    "has `{k}` that is not a number from 0 to {max} (USD per token)"
+                ))
+            })?;
+        *slot = Some(n);
     }
     if c == CustomCost::default() {
         return Err(fail("sets no price"));

@@ -27,7 +27,7 @@
 //!   [`record`] (the one record a request leaves, and its token [`record::Usage`]),
 //!   [`tally`] (per-second counts of the requests the log keeps no row of),
 //!   [`logqueue`] (how records and tallies reach the log thread),
-//!   [`reqid`] (UUIDv7 request ids), [`calendar`] (UTC days and months),
+//!   [`reqid`] (UUIDv7 request ids), [`private`] (the data_dir's modes), [`calendar`] (UTC days and months),
 //!   [`stats`] (the per-shard recorder), [`fasthash`], [`num`] (rounding without libm), [`net`] (socket reads
 //!   tuned for glommio) and [`sys`] (the only `unsafe` code).
 
@@ -50,6 +50,7 @@ pub mod logqueue;
 pub mod logstore;
 pub mod net;
 pub mod num;
+pub mod private;
 pub mod providers;
 pub mod record;
 pub mod reqid;

@@ -835,7 +835,7 @@ fn usage(
     let parsed = By::parse(by).map_err(|e| format!("--{e}"))?;
     let now = aigw::reqid::now_unix_ms();
     let since_ms =
-        aigw::logstore::time::parse_time(since, now).map_err(|e| format!("--since: {e}"))?;
+        aigw::logstore::time::parse_start(since, now).map_err(|e| format!("--since: {e}"))?;
     let path = aigw::logstore::path(&config.server.data_dir);
     let conn = aigw::logstore::open_for_reading(&path)?;
     let budgets = aigw::budget::Budgets::new();

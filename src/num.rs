@@ -31,6 +31,13 @@ pub fn round_u64(x: f64) -> u64 {
     }
 }
 
+/// US dollars to the pico-dollar, the unit spend is kept in: a sum or a
+/// difference of costs written as JSON shows `0.109`, not the float's
+/// `0.10899999999999999`. Negative and NaN give 0, as [`round_u64`].
+pub fn to_pico(usd: f64) -> f64 {
+    round_u64(usd * 1e12) as f64 / 1e12
+}
+
 /// The 32 lower-case hex digits of `v`, most significant first: request ids
 /// and cache keys in every response head and log row. Eight digits at a time
 /// in a word (each nibble spread to a byte, then made a digit) instead of a
@@ -58,6 +65,15 @@ fn hex_u32(v: u32) -> [u8; 8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dollars_are_written_to_the_pico_dollar_without_float_noise() {
+        assert_eq!(to_pico(0.2 - 0.091).to_string(), "0.109");
+        assert_eq!(to_pico(0.06 - 0.004).to_string(), "0.056");
+        assert_eq!(to_pico(1.92e-7 + 3e-23).to_string(), "0.000000192");
+        assert_eq!(to_pico(-0.5), 0.0);
+        assert_eq!(to_pico(25.0).to_string(), "25");
+    }
 
     #[test]
     fn they_agree_with_std_everywhere_that_matters() {

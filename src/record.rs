@@ -176,8 +176,12 @@ pub fn key_metadata_problem(entries: &[(String, String)]) -> Option<String> {
         ));
     }
     let control = |s: &str| s.chars().any(char::is_control);
-    entries.iter().find_map(|(k, v)| {
-        if k.is_empty() || k.len() > MAX_METADATA_TEXT || control(k) {
+    entries.iter().enumerate().find_map(|(at, (k, v))| {
+        if entries[..at].iter().any(|(earlier, _)| earlier == k) {
+            // TOML and the admin socket's JSON refuse it themselves; `aigw
+            // key new --meta` would print lines that do not load.
+            Some(format!("{k}: given twice; give each name once"))
+        } else if k.is_empty() || k.len() > MAX_METADATA_TEXT || control(k) {
             Some(format!(
                 "a name must be 1 to {MAX_METADATA_TEXT} bytes without control characters"
             ))

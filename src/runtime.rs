@@ -77,7 +77,7 @@ pub fn serve(
     on_ready: impl FnOnce(&Listening),
 ) -> Result<(), String> {
     let config = Arc::new(config);
-    std::fs::create_dir_all(&config.server.data_dir).map_err(|e| {
+    crate::private::create_dir(&config.server.data_dir).map_err(|e| {
         format!(
             "server.data_dir: cannot create {}: {e}",
             config.server.data_dir.display()
@@ -147,6 +147,7 @@ pub fn serve(
     };
     let reloader = Reloader::new(
         source,
+        check_startable,
         config.clone(),
         senders.clone(),
         hub.clone(),
@@ -513,12 +514,13 @@ fn bind_listener(
 fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, String> {
     use std::io::Write;
     let path = dir.join("aigw.lock");
-    let mut f = std::fs::OpenOptions::new()
+    let mut f = crate::private::options()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .open(&path)
+        .and_then(|f| crate::private::restrict(&path).map(|()| f))
         .map_err(|e| format!("server.data_dir: cannot open {}: {e}", path.display()))?;
     match f.try_lock() {
         Ok(()) => {

@@ -109,6 +109,8 @@ fn a_priced_answer_says_what_it_cost(shards: usize) {
         ),
         (r#"{"per_token_out":1.5}"#, "from 0 to 1"),
         (r#"{"per_token_in":0.001,"per_token_in":0.5}"#, "twice"),
+        (r#"{"per_token_in":0.001,"per_token_in":2}"#, "twice"),
+        (r#"{"per_token_in":1e400}"#, "past 1e308"),
     ] {
         let bad = gw.client().post(
             "/v1/chat/completions",

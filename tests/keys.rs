@@ -57,6 +57,13 @@ fn printed_keys_work_and_everything_else_is_refused(shards: usize) {
     assert_eq!(r.header("aigw-error-source"), Some("gateway"));
     assert!(r.header("www-authenticate").is_some());
     assert!(r.text().contains("Authorization: Bearer"), "{}", r.text());
+    // To an Anthropic-shaped request, the header its SDK sends (which
+    // carries the key: below).
+    let messages =
+        r#"{"model":"up/gpt-4o","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#;
+    let r = gw.client().post("/v1/messages", &[], messages);
+    assert_eq!(r.status, 401);
+    assert!(r.text().contains("x-api-key: <key>"), "{}", r.text());
     let wrong = bearer(&alice.replace('a', "b"));
     assert_eq!(post(&[("Authorization", &wrong)], CHAT).status, 401);
     assert_eq!(post(&[("aigw-authorization", &wrong)], CHAT).status, 401);
@@ -611,4 +618,9 @@ fn key_new_refuses_bad_ids_and_patterns() {
     let (code, _, err) = run_aigw(&["key", "new", "a", "--model", "gpt-4o"]);
     assert_ne!(code, 0);
     assert!(err.contains("provider/model"), "{err}");
+    // A name given twice would print `metadata = { a = "1", a = "2" }`,
+    // which no config loads.
+    let (code, out, err) = run_aigw(&["key", "new", "a", "--meta", "a=1", "--meta", "a=2"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("--meta: a: given twice"), "{err}");
 }

@@ -335,6 +335,44 @@ fn print_config_lists_every_key_with_its_default() {
     }
 }
 
+/// Everything aigw makes in its data_dir (the cache's partitions, the
+/// request log and its WAL, the lock, the admin socket) only its user may
+/// read, whatever the umask: they hold every tenant's answers and prompts.
+fn the_data_dir_is_private_to_the_gateway_user(shards: usize) {
+    use std::os::unix::fs::PermissionsExt;
+    let mock = mock();
+    let gw = Gateway::with(shards)
+        .provider("up", &mock.base_url(), "")
+        .toml("[cache]\nenabled = true\nsize = \"16MiB\"\nmax_entry = \"1MiB\"\n")
+        .start();
+    let body = r#"{"model":"up/gpt-x","messages":[{"role":"user","content":"hi"}]}"#;
+    assert_eq!(
+        gw.client().post("/v1/chat/completions", &[], body).status,
+        200
+    );
+    let mut seen = Vec::new();
+    let mut dirs = vec![gw.data_dir()];
+    while let Some(dir) = dirs.pop() {
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}", dir.display());
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            let mode = meta.permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", path.display());
+            seen.push(path.file_name().unwrap().to_string_lossy().into_owned());
+        }
+    }
+    seen.sort();
+    for name in ["admin.sock", "aigw.lock", "partition-0.bin", "requests.db"] {
+        assert!(seen.iter().any(|s| s == name), "{name} not in {seen:?}");
+    }
+}
+
 fn stats_command_prints_the_admin_json(shards: usize) {
     let mock = mock();
     let gw = Gateway::with(shards)
@@ -623,6 +661,7 @@ at_1_and_2_shards!(
     serve_refuses_a_listen_address_in_use,
     serve_refuses_an_admin_socket_in_use,
     stats_command_prints_the_admin_json,
+    the_data_dir_is_private_to_the_gateway_user,
     sigterm_drains_in_flight_requests_and_closes_idle_connections,
     drain_gives_up_after_drain_timeout,
 );

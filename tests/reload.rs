@@ -153,6 +153,50 @@ fn restart_only_settings_are_named_and_keep_their_values(shards: usize) {
     );
 }
 
+/// A reload refuses what the next start would refuse, though the setting at
+/// fault waits for that restart: a cache too small for its shards names the
+/// size that is enough, and that size is then accepted.
+fn a_reload_refuses_a_cache_the_next_start_would_refuse(shards: usize) {
+    let a = mock();
+    let gw = Gateway::with(shards)
+        .provider("up", &a.base_url(), "")
+        .toml("[cache]\nenabled = true\nsize = \"16MiB\"\nmax_entry = \"1MiB\"\n")
+        .start();
+    let before = admin_get(&gw.admin_socket, "/config").1;
+    edit(&gw, "size = \"16MiB\"", "size = \"2MiB\"");
+    let (status, body) = admin_post(&gw.admin_socket, "/config/reload");
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    let answer = json(&body);
+    assert_eq!(answer["applied"].as_bool(), Some(false));
+    let error = answer["errors"][0].as_str().unwrap().to_string();
+    assert!(error.starts_with("cache.size: "), "{error}");
+    assert_eq!(admin_get(&gw.admin_socket, "/config").1, before);
+    let least: u64 = error
+        .split("set cache.size to at least ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no size in {error}"));
+    // One byte less is still refused; the size named is enough.
+    edit(&gw, "size = \"2MiB\"", &format!("size = {}", least - 1));
+    assert_eq!(admin_post(&gw.admin_socket, "/config/reload").0, 400);
+    edit(
+        &gw,
+        &format!("size = {}", least - 1),
+        &format!("size = {least}"),
+    );
+    let (status, body) = admin_post(&gw.admin_socket, "/config/reload");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        json(&body)["restart_needed"][0].as_str(),
+        Some("cache.size")
+    );
+    assert_eq!(
+        gw.client().post("/v1/chat/completions", &[], chat()).status,
+        200
+    );
+}
+
 /// `cache.shared` applies from the next request: turned off, two
 /// credentials no longer share what one of them stored.
 fn a_reload_turns_cache_sharing_off(shards: usize) {
@@ -219,4 +263,5 @@ at_1_and_2_shards!(
     restart_only_settings_are_named_and_keep_their_values,
     sighup_reloads_and_get_config_hides_secrets,
     a_reload_turns_cache_sharing_off,
+    a_reload_refuses_a_cache_the_next_start_would_refuse,
 );

@@ -434,7 +434,7 @@ impl Cache {
         now_ms: u64,
     ) -> Result<(Cache, Report), String> {
         let geo = Geometry::new(config.size, shards, config.max_entry)?;
-        std::fs::create_dir_all(dir)
+        crate::private::create_dir(dir)
             .map_err(|e| format!("cache: cannot create {}: {e}", dir.display()))?;
         let mut removed = Vec::new();
         for i in shards.. {

@@ -28,7 +28,7 @@ use super::entry::{self, Entry, Invalid};
 use super::key::CacheKey;
 use super::pager::{self, Pager};
 use crate::sys::{Prefault, SharedMap};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -86,8 +86,12 @@ impl Geometry {
             n => (room / n / PAGE * PAGE).max(segment),
         };
         if segments < 2 {
+            // Two segments, each an entry of `max_entry` with its own
+            // header, the segment's and the file's, in whole pages.
+            let least = (FILE_HEADER + 2 * need) as u64 * shards.max(1) as u64;
             return Err(format!(
-                "cache.size: {total} bytes over {shards} shards leaves {partition} per shard, which must hold two entries of cache.max_entry ({max_entry}); raise cache.size or lower cache.max_entry"
+                "cache.size: {total} bytes over {shards} shards leaves {partition} per shard; a shard needs at least {} bytes for two entries of cache.max_entry ({max_entry}) with their headers: set cache.size to at least {least} or lower cache.max_entry",
+                FILE_HEADER + 2 * need
             ));
         }
         if segments > u16::MAX as usize {
@@ -348,12 +352,13 @@ pub fn open(
     now_ms: u64,
 ) -> io::Result<(Partition, Writer, Opened)> {
     let path = file_path(dir, shard);
-    let file = OpenOptions::new()
+    let file = crate::private::options()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .open(&path)?;
+    crate::private::restrict(&path)?;
     let len = geo.file_len();
     let on_disk = file.metadata()?.len();
     let mut fresh = None;
@@ -1129,7 +1134,7 @@ mod tests {
         assert!(o.fresh.unwrap().contains("bytes"));
         // A file of this run cut short says so (not that the size changed).
         let full = std::fs::metadata(&path).unwrap().len();
-        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         f.set_len(full / 2).unwrap();
         drop(f);
         let (_, _, o) = open(&d, 0, 3, geo(), 0).unwrap();

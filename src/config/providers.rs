@@ -97,10 +97,13 @@ impl BaseUrl {
             None => (rest, ""),
         };
         // No `@` anywhere: one in the path is likely a password with a `/`.
-        if authority.is_empty() || s.contains('@') {
+        if s.contains('@') {
             return Err(format!(
-                "`{shown}` needs a host (and no user:password@: give the key as api_key or api_key_env)"
+                "`{shown}` must not carry user:password@ (or any @): give the key as api_key or api_key_env"
             ));
+        }
+        if authority.is_empty() {
+            return Err(format!("`{shown}` needs a host"));
         }
         if path.contains(['?', '#']) {
             return Err(format!(

@@ -80,7 +80,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, String> {
     }
     let _ = std::fs::remove_file(path);
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
+        crate::private::create_dir(dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
     let listener = UnixListener::bind(path)
@@ -488,7 +488,7 @@ impl Admin {
             match k.as_str() {
                 "by" => by = super::usage::By::parse(&v).map_err(|e| (400, e))?,
                 "since" => {
-                    since = crate::logstore::time::parse_time(&v, now)
+                    since = crate::logstore::time::parse_start(&v, now)
                         .map_err(|e| (400, format!("since: {e}")))?
                 }
                 other => {

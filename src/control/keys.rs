@@ -149,10 +149,22 @@ fn parse(body: &[u8]) -> Result<(KeyEntry, Option<String>), String> {
             .as_object()
             .ok_or("metadata: expected an object of strings")?;
         for (k, v) in m.iter() {
-            let v = v
-                .as_str()
-                .ok_or_else(|| format!("metadata.{k}: expected a string"))?;
-            metadata.push((k.to_string(), v.to_string()));
+            // As `[keys.<id>] metadata` in the config takes them: an
+            // integer or a boolean is kept as its text.
+            let text = if let Some(s) = v.as_str() {
+                s.to_string()
+            } else if let Some(b) = v.as_bool() {
+                b.to_string()
+            } else if let Some(i) = v.as_i64() {
+                i.to_string()
+            } else if let Some(u) = v.as_u64() {
+                u.to_string()
+            } else {
+                return Err(format!(
+                    "metadata.{k}: expected a string, an integer or a boolean"
+                ));
+            };
+            metadata.push((k.to_string(), text));
         }
         if let Some(why) = crate::record::key_metadata_problem(&metadata) {
             return Err(format!("metadata: {why}"));
@@ -245,5 +257,26 @@ mod tests {
         assert_eq!(k.hash, auth::hash_secret(s.as_bytes()));
         assert_eq!(k.models, ["openai/*"]);
         assert_eq!(k.metadata, [("team".to_string(), "x".to_string())]);
+        // Integers and booleans as the config file takes them, as their text.
+        let (k, _) =
+            parse(b"{\"id\":\"a\",\"metadata\":{\"tier\":2,\"beta\":true,\"n\":-1}}").unwrap();
+        let text = |v: &str| v.to_string();
+        let mut metadata = k.metadata.clone();
+        metadata.sort();
+        assert_eq!(
+            metadata,
+            [
+                (text("beta"), text("true")),
+                (text("n"), text("-1")),
+                (text("tier"), text("2"))
+            ]
+        );
+        for bad in ["1.5", "null", "[1]", "{}"] {
+            let body = format!("{{\"id\":\"a\",\"metadata\":{{\"x\":{bad}}}}}");
+            assert!(
+                e(&body).starts_with("metadata.x: expected a string, an integer"),
+                "{bad}"
+            );
+        }
     }
 }

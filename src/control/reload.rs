@@ -105,6 +105,11 @@ impl Report {
 
 pub struct Reloader {
     source: Source,
+    /// Whether a process started on a config would start (what `serve` and
+    /// `check-config` refuse at start, such as a cache too small for its
+    /// shards): a reload refuses a file the next start would refuse, though
+    /// the settings at fault wait for that restart.
+    startable: fn(&Config) -> Result<(), String>,
     running: Mutex<Arc<Config>>,
     shards: ShardSenders,
     hub: Arc<StatsHub>,
@@ -115,6 +120,7 @@ pub struct Reloader {
 impl Reloader {
     pub fn new(
         source: Source,
+        startable: fn(&Config) -> Result<(), String>,
         running: Arc<Config>,
         shards: ShardSenders,
         hub: Arc<StatsHub>,
@@ -123,6 +129,7 @@ impl Reloader {
     ) -> Arc<Reloader> {
         Arc::new(Reloader {
             source,
+            startable,
             running: Mutex::new(running),
             shards,
             hub,
@@ -143,6 +150,7 @@ impl Reloader {
     /// (and nothing changed).
     pub fn reload(&self) -> Result<Report, Vec<String>> {
         let mut new = self.source.load()?;
+        (self.startable)(&new).map_err(|e| vec![e])?;
         let clashes = self.shared.keys.clashes(&new.keys);
         if !clashes.is_empty() {
             return Err(clashes);

@@ -259,6 +259,7 @@ pub fn keys_table(keys_json: &str) -> Option<String> {
     let v = simd_json::to_owned_value(&mut bytes).ok()?;
     let keys = v.get("keys")?.as_array()?;
     let mut out = format!("{:<24} {:<7} {:<40} metadata\n", "id", "origin", "models");
+    let mut shadowed = false;
     for k in keys {
         let list = |field: &str| -> String {
             k.get(field)
@@ -287,7 +288,9 @@ pub fn keys_table(keys_json: &str) -> Option<String> {
             "{:<24} {:<7} {:<40} {}",
             crate::logstore::query::printable(k.get("id")?.as_str()?, false),
             if k.get("in_force").and_then(|x| x.as_bool()) == Some(false) {
-                "admin (not in force: the file has a key of its id)"
+                // Explained under the table: the columns stay aligned.
+                shadowed = true;
+                "admin*"
             } else {
                 k.get("origin")?.as_str()?
             },
@@ -298,11 +301,29 @@ pub fn keys_table(keys_json: &str) -> Option<String> {
     if keys.is_empty() {
         out.push_str("(no keys: add [keys.ID] to the config, or `aigw key new ID --create`)\n");
     }
+    if shadowed {
+        out.push_str("* not in force: the config file has a key of its id\n");
+    }
     Some(out)
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_key_out_of_force_keeps_the_key_table_aligned() {
+        let json = r#"{"keys":[{"id":"a","origin":"config","models":["m/*"],"metadata":{}},{"id":"a","origin":"admin","in_force":false,"models":[],"metadata":{"team":"x"}}]}"#;
+        let text = super::keys_table(json).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let at = lines[0].find("models").unwrap();
+        assert_eq!(lines[1].find("m/*"), Some(at), "{text}");
+        assert_eq!(lines[2].get(at..at + 1), Some("*"), "{text}");
+        assert!(lines[2].contains("admin*"), "{text}");
+        assert!(
+            text.ends_with("* not in force: the config file has a key of its id\n"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn names_from_clients_print_without_control_characters() {
         let json = r#"{"uptime_s":3,"shards":1,"requests":1,"models":[{"provider":"m\u001b[2J","model":"gp\u0000\u001b[31mred\r\nX-Injected: 1\u202e\u2028","1m":{"requests":1}}],"providers":{"m\r\nX-Fake: 2":{"requests":1,"errors":0,"input_tokens":1,"output_tokens":1}}}"#;

@@ -150,7 +150,12 @@ pub fn usage_json(
         let _ = write!(
             s,
             ",\"requests\":{},\"tokens_in\":{},\"tokens_out\":{},\"cost_usd\":{},\"unknown_cost\":{},\"cached\":{}}}",
-            r.requests, r.tokens_in, r.tokens_out, r.cost, r.unknown_cost, r.cached
+            r.requests,
+            r.tokens_in,
+            r.tokens_out,
+            crate::num::to_pico(r.cost),
+            r.unknown_cost,
+            r.cached
         );
     }
     s.push_str("],\"budgets\":[");
@@ -169,9 +174,9 @@ pub fn usage_json(
         let _ = write!(
             s,
             ",\"usd\":{},\"spent_usd\":{},\"left_usd\":{},\"alert\":{},\"resets\":",
-            b.usd,
-            b.spent_usd,
-            (b.usd - b.spent_usd).max(0.0),
+            crate::num::to_pico(b.usd),
+            crate::num::to_pico(b.spent_usd),
+            crate::num::to_pico(b.usd - b.spent_usd),
             b.alert
         );
         push_json_string(&mut s, &crate::calendar::format_ms(b.resets_ms));

@@ -35,6 +35,8 @@ impl KeyStore {
     pub fn open(data_dir: &Path) -> Result<KeyStore, String> {
         let path = super::path(data_dir);
         let fail = |e: rusqlite::Error| format!("key store {}: {e}", path.display());
+        crate::private::prepare_store(&path)
+            .map_err(|e| format!("key store {}: {e}", path.display()))?;
         let conn = Connection::open(&path).map_err(fail)?;
         conn.busy_timeout(super::BUSY_WAIT).map_err(fail)?;
         conn.pragma_update(None, "journal_mode", "WAL")

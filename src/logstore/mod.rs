@@ -151,6 +151,8 @@ const LOOKASIDE_SLOTS: usize = 2048;
 /// commits), the schema in place.
 pub fn open_for_writing(path: &Path) -> Result<Connection, String> {
     let fail = |e: rusqlite::Error| format!("request log {}: {e}", path.display());
+    crate::private::prepare_store(path)
+        .map_err(|e| format!("request log {}: {e}", path.display()))?;
     let conn = Connection::open(path).map_err(fail)?;
     conn.busy_timeout(BUSY_WAIT).map_err(fail)?;
     conn.pragma_update(None, "journal_mode", "WAL")

@@ -5,6 +5,21 @@
 use crate::calendar::days_from_civil;
 pub use crate::calendar::format_ms;
 
+/// [`parse_time`] for the start of a total (`aigw usage --since`, `GET
+/// /usage?since=`): a start after `now_ms` would total nothing, said as a
+/// mistake rather than shown as an empty table.
+pub fn parse_start(s: &str, now_ms: u64) -> Result<u64, String> {
+    let at = parse_time(s, now_ms)?;
+    if at > now_ms {
+        return Err(format!(
+            "`{}` is in the future (it is {} now): give a time before now",
+            s.trim(),
+            format_ms(now_ms)
+        ));
+    }
+    Ok(at)
+}
+
 /// A time as `aigw logs --since/--until` take it: a duration ago (`90s`,
 /// `15m`, `1h`, `7d`), an RFC 3339 UTC time (`2026-11-30T06:00:00Z`, seconds
 /// and fraction optional), or Unix seconds.
@@ -107,6 +122,15 @@ mod tests {
             10_000_000 - 3_600_000
         );
         assert_eq!(parse_time("90s", 100_000).unwrap(), 10_000);
+        // A total cannot start after now; the moment itself is fine.
+        assert!(
+            parse_start("99999999999999", 5_000)
+                .unwrap_err()
+                .contains("in the future")
+        );
+        assert!(parse_start("2999-01-01T00:00:00Z", 5_000).is_err());
+        assert_eq!(parse_start("5", 5_000), Ok(5_000));
+        assert_eq!(parse_start("1s", 5_000), Ok(4_000));
         assert_eq!(parse_time("1700000000", 0).unwrap(), 1_700_000_000_000);
         for bad in [
             "yesterday",

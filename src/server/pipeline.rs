@@ -876,11 +876,16 @@ fn authenticate(
             None => None,
         },
         None if required => {
-            return Err(GatewayError::unauthorized(if injected {
-                "this gateway requires a key: send `Authorization: Bearer <key>`"
-            } else {
-                "this gateway requires a key: send `aigw-authorization: Bearer <key>` (your provider key stays in `Authorization`)"
-            }));
+            return Err(GatewayError::unauthorized(
+                if injected && plan.anthropic_client {
+                    // What the anthropic SDK sends its `api_key` as.
+                    "this gateway requires a key: send `x-api-key: <key>` (or `Authorization: Bearer <key>`)"
+                } else if injected {
+                    "this gateway requires a key: send `Authorization: Bearer <key>`"
+                } else {
+                    "this gateway requires a key: send `aigw-authorization: Bearer <key>` (your provider key stays in `Authorization`)"
+                },
+            ));
         }
         None => None,
     };
