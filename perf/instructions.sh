@@ -23,6 +23,7 @@
 #   hit     the cache on, every request one of 64 prompts seen before
 #   limits  a gateway key, a `requests` and a `total_tokens` rate limit and a
 #           budget, all set high enough never to refuse
+#   limitslog  as limits, with the request log on (compare with log)
 # Each runs perf/profile.sh --callgrind; the table goes to stdout and to
 # perf/results/instructions-<time>.md.
 set -euo pipefail
@@ -36,9 +37,9 @@ while [ $# -gt 0 ]; do
   case $1 in
     --no-build) build=0 ;;
     --requests) requests=$2; shift ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
-    pass|log|miss|hit|limits) setups+=("$1") ;;
-    *) echo "unknown argument $1 (set-ups: pass log miss hit limits)" >&2; exit 2 ;;
+    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+    pass|log|miss|hit|limits|limitslog) setups+=("$1") ;;
+    *) echo "unknown argument $1 (set-ups: pass log miss hit limits limitslog)" >&2; exit 2 ;;
   esac
   shift
 done
@@ -64,6 +65,9 @@ for s in "${setups[@]}"; do
          args=(--load-arg --hit-ratio --load-arg 1 --load-arg --pool-size --load-arg 64) ;;
     limits)
       { sed "s/{sha}/$sha/" perf/limits.toml; printf '%s' "$nolog"; } > "$toml"
+      args=(-H "aigw-authorization: Bearer $secret") ;;
+    limitslog)
+      sed "s/{sha}/$sha/" perf/limits.toml > "$toml"
       args=(-H "aigw-authorization: Bearer $secret") ;;
   esac
   echo "[instructions] $s" >&2

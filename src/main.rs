@@ -177,7 +177,7 @@ struct LogsArgs {
     /// Whose fault an error was: client, gateway or provider.
     #[arg(long)]
     source: Option<String>,
-    /// Cache status (HIT, MISS, BYPASS, EXPIRED).
+    /// Cache status (HIT, COALESCED, MISS, BYPASS, EXPIRED).
     #[arg(long)]
     cache: Option<String>,
     #[arg(long)]

@@ -446,8 +446,14 @@ fn unified_plan(
     let stream = fields.is_stream(body);
     let asked_usage = stream && json::client_asked_usage(body, fields);
     let same = provider.dialect() == providers::client_dialect(endpoint);
-    let wants_usage =
-        same && endpoint != "messages" && stream && provider.injects_stream_usage() && !asked_usage;
+    // Only the endpoints whose streams take `stream_options.include_usage`:
+    // the Responses API reports usage in its `response.completed` event and
+    // refuses the option (its `stream_options` has no `include_usage`).
+    let wants_usage = same
+        && matches!(endpoint, "chat/completions" | "completions")
+        && stream
+        && provider.injects_stream_usage()
+        && !asked_usage;
     // What is left to write takes effect only with the plan it belongs to.
     out.pending = None;
     let pending;

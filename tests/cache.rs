@@ -606,6 +606,82 @@ fn stream_followers_of_a_cut_stream_get_its_error_event(shards: usize) {
     assert_eq!(status(&again), "MISS");
 }
 
+/// A stream that ends cleanly but short of its end (no finish reason, no
+/// `[DONE]`): the leader's client and every follower get the typed error
+/// event after what came, it is not stored, and every record says the
+/// provider's stream was cut short, not completed; followers of a stream
+/// carrying the provider's own error event are its error too.
+fn a_stream_that_stops_short_is_truncated_for_leader_and_followers(shards: usize) {
+    let mock = mock_with(MockConfig {
+        chunks: 10,
+        chunk_interval: Duration::from_millis(30),
+        ..MockConfig::default()
+    });
+    let gw = cached_gateway(shards, &mock.base_url());
+    let rs = all_at_once_with(
+        &gw,
+        10,
+        &chat("short stampede", true),
+        &[("x-mock-error", "short")],
+    );
+    assert!(mock.requests_seen() < 10, "coalesced");
+    for r in &rs {
+        assert_eq!(r.status, 200);
+        let data = r.sse_data();
+        assert!(data.len() > 1, "the events that came are relayed: {data:?}");
+        let last = json(data.last().unwrap().as_bytes());
+        assert_eq!(last["error"]["code"], "stream_truncated", "{}", status(r));
+        assert!(!data.iter().any(|d| d == "[DONE]"));
+    }
+    let again = post(
+        &gw,
+        &[("x-mock-error", "short")],
+        &chat("short stampede", true),
+    );
+    assert_eq!(status(&again), "MISS", "a stream cut short is never stored");
+    let with_error = all_at_once_with(
+        &gw,
+        5,
+        &chat("error stampede", true),
+        &[("x-mock-error", "stream-error")],
+    );
+    assert!(with_error.iter().all(|r| r.status == 200));
+    // Every record: 10 + 1 cut short, 5 with the provider's error event.
+    let deadline = Instant::now() + WAIT;
+    let rows = loop {
+        let (code, body) = admin_get(&gw.admin_socket, "/logs?limit=100");
+        assert_eq!(code, 200);
+        let rows: Vec<_> = String::from_utf8(body)
+            .unwrap()
+            .lines()
+            .map(|l| json(l.as_bytes()))
+            .collect();
+        if rows.len() >= 16 || Instant::now() > deadline {
+            break rows;
+        }
+    };
+    assert_eq!(rows.len(), 16);
+    let count = |code: &str, outcome: &str| {
+        rows.iter()
+            .filter(|r| {
+                r["error_code"].as_str() == Some(code)
+                    && r["outcome"].as_str() == Some(outcome)
+                    && r["error_source"].as_str() == Some("provider")
+            })
+            .count()
+    };
+    assert_eq!(
+        count("stream_truncated", "aborted_by_provider"),
+        11,
+        "{rows:?}"
+    );
+    assert_eq!(count("stream_error", "completed"), 5, "{rows:?}");
+    // And a stream that ends as it should still passes untouched.
+    let r = post(&gw, &[], &chat("whole", true));
+    assert_eq!(r.sse_data().last().map(String::as_str), Some("[DONE]"));
+    assert!(!r.text().contains("stream_truncated"));
+}
+
 fn stream_followers_get_events_as_the_leader_does(shards: usize) {
     let mock = mock_with(MockConfig {
         chunks: 10,
@@ -671,6 +747,73 @@ fn followers_finish_a_stream_whose_leader_left(shards: usize) {
     assert_eq!(mock.requests_seen(), 1);
     // The leader's client aborted: the answer was shared, not stored.
     assert_eq!(status(&post(&gw, &[], &body)), "MISS");
+}
+
+/// A leader whose client leaves while it waits for the provider's head,
+/// JSON or stream: its call goes on for the followers, who get the whole
+/// answer; the leader's record is a 499 its client aborted, and the answer
+/// is shared, not stored (its client never received it).
+fn a_leader_whose_client_left_before_the_answer_is_not_stored(shards: usize) {
+    let mock = mock_with(MockConfig {
+        latency: Duration::from_millis(400),
+        ..MockConfig::default()
+    });
+    let gw = cached_gateway(shards, &mock.base_url());
+    for (n, stream) in [(0u64, false), (1, true)] {
+        let body = chat(&format!("gone before the head {n}"), stream);
+        let seen = mock.requests_seen();
+        let mut leader = std::net::TcpStream::connect(gw.addr).unwrap();
+        leader
+            .write_all(&common::wire::request_bytes(
+                "POST",
+                "/v1/chat/completions",
+                &[],
+                body.as_bytes(),
+            ))
+            .unwrap();
+        let deadline = Instant::now() + WAIT;
+        while mock.requests_seen() < seen + 1 {
+            assert!(Instant::now() < deadline, "the leader never went upstream");
+        }
+        let followers = three_followers_more(&gw, &body, 3 * n);
+        drop(leader);
+        for f in followers {
+            let r = f.join().unwrap();
+            assert_eq!(r.status, 200);
+            assert!(r.complete || !stream);
+        }
+        assert_eq!(mock.requests_seen(), seen + 1);
+        assert_eq!(status(&post(&gw, &[], &body)), "MISS", "stream: {stream}");
+    }
+    let deadline = Instant::now() + WAIT;
+    let left = loop {
+        let (_, body) = admin_get(&gw.admin_socket, "/logs?limit=100&status=499");
+        let rows = String::from_utf8(body).unwrap().lines().count();
+        if rows >= 2 || Instant::now() > deadline {
+            break rows;
+        }
+    };
+    assert_eq!(left, 2, "each leader's record is its client's abort");
+}
+
+/// [`three_followers`] when `already` followers joined earlier flights.
+fn three_followers_more(
+    gw: &Gateway,
+    body: &str,
+    already: u64,
+) -> Vec<std::thread::JoinHandle<Response>> {
+    let followers: Vec<_> = (0..3)
+        .map(|_| {
+            let (addr, b) = (gw.addr, body.to_string());
+            std::thread::spawn(move || Client::connect(addr).post("/v1/chat/completions", &[], &b))
+        })
+        .collect();
+    let deadline = Instant::now() + WAIT;
+    while n(&cache_stats(gw), &["followers"]) < already + 3 {
+        assert!(Instant::now() < deadline, "followers never joined");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    followers
 }
 
 /// Three clients that send `body` (with `headers`), each on a thread of its
@@ -1239,6 +1382,8 @@ at_1_and_2_shards!(
     fifty_identical_misses_make_one_upstream_call,
     stream_followers_get_events_as_the_leader_does,
     stream_followers_of_a_cut_stream_get_its_error_event,
+    a_stream_that_stops_short_is_truncated_for_leader_and_followers,
+    a_leader_whose_client_left_before_the_answer_is_not_stored,
     a_failing_leader_lets_followers_go_on_their_own,
     a_follower_keeps_its_own_request_timeout,
     followers_keep_the_call_of_a_leader_that_left_before_the_head,

@@ -159,6 +159,22 @@ fn unified_endpoints_map_to_the_providers_paths(shards: usize) {
         })
         .collect();
     assert_eq!(models, ["davinci", "embed-1", "gpt-x"]);
+
+    // A streamed Responses request goes as sent: that API reports usage in
+    // its last event and refuses `stream_options.include_usage`, which
+    // aigw adds to streamed chat and completions requests only.
+    let body = r#"{"model":"up/gpt-x","input":"hi","stream":true}"#;
+    assert_eq!(client.post("/v1/responses", &[], body).status, 404);
+    let sent = mock.captured().pop().unwrap();
+    assert_eq!(sent.path, "/v1/responses");
+    assert_eq!(
+        String::from_utf8_lossy(&sent.body),
+        r#"{"model":"gpt-x","input":"hi","stream":true}"#
+    );
+    let body = r#"{"model":"up/davinci","prompt":"hi","stream":true}"#;
+    assert_eq!(client.post("/v1/completions", &[], body).status, 200);
+    let sent = json(&mock.captured().pop().unwrap().body);
+    assert_eq!(sent["stream_options"]["include_usage"], true);
 }
 
 fn builtin_mock_echo_repeats_the_last_user_message(shards: usize) {

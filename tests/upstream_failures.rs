@@ -172,6 +172,22 @@ fn a_stream_that_goes_quiet_is_aborted_after_stream_idle(shards: usize) {
         "aborted by timeouts.stream_idle, not by the provider"
     );
     assert!(client.closed_by_peer());
+    // The 300 ms it waited for the provider are not the gateway's time.
+    let deadline = Instant::now() + common::WAIT;
+    let row = loop {
+        let (_, body) = common::gateway::admin_get(&gw.admin_socket, "/logs?limit=1");
+        if let Some(line) = String::from_utf8(body).unwrap().lines().next() {
+            break json(line.as_bytes());
+        }
+        assert!(Instant::now() < deadline, "no row");
+    };
+    assert_eq!(
+        row["outcome"].as_str(),
+        Some("aborted_by_provider"),
+        "{row}"
+    );
+    let gateway_us = row["gateway_us"].as_u64().unwrap();
+    assert!(gateway_us < 250_000, "{row}");
 }
 
 fn provider_errors_pass_through_with_their_headers(shards: usize) {

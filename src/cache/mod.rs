@@ -332,9 +332,15 @@ pub fn scope<'a>(
 /// must not be served for a whole TTL. (Streams of providers that end
 /// otherwise are not stored.)
 pub fn storable(stream: bool, body: &[u8]) -> bool {
-    if !stream {
-        return true;
-    }
+    !stream || stream_fault(body).is_none()
+}
+
+/// What is wrong with a whole stream (see [`storable`]): `stream_error`, it
+/// carries an error event (the provider's, or the one aigw adds to a stream
+/// that stopped short, `stream_truncated`); `stream_truncated`, it did not end
+/// as its provider ends one. What a follower's record says of the stream
+/// it was given.
+pub fn stream_fault(body: &[u8]) -> Option<&'static str> {
     use memchr::memmem::{find, rfind};
     let end = body
         .iter()
@@ -345,13 +351,26 @@ pub fn storable(stream: bool, body: &[u8]) -> bool {
         rfind(body_end, b"data: ")
             .is_some_and(|at| find(&body_end[at..], b"\"finishReason\"").is_some())
     };
+    // The Responses API ends with `response.completed` (never `[DONE]`);
+    // `response.incomplete` and `response.failed` are not answers to keep.
     let ended = body_end.ends_with(b"data: [DONE]")
         || find(body, b"event: message_stop").is_some()
+        || find(body, b"event: response.completed").is_some()
         || gemini_finished();
     let error = find(body, b"event: error").is_some()
         || body.starts_with(b"data: {\"error\"")
         || find(body, b"\ndata: {\"error\"").is_some();
-    ended && !error
+    if error {
+        Some(if find(body, b"\"stream_truncated\"").is_some() {
+            "stream_truncated"
+        } else {
+            "stream_error"
+        })
+    } else if !ended {
+        Some("stream_truncated")
+    } else {
+        None
+    }
 }
 
 /// Everything the shards share.
@@ -1057,6 +1076,19 @@ mod tests {
             b"event: message_start\ndata: {}\n\nevent: message_stop\ndata: {}\n\n"
         ));
         assert!(!storable(true, b"data: {\"a\":1}\n\n"), "no end");
+        // The Responses API's own end; not one that failed or stopped short.
+        let responses = |last: &str| {
+            format!(
+                "event: response.created\ndata: {{}}\n\nevent: response.output_text.delta\ndata: {{}}\n\nevent: {last}\ndata: {{}}\n\n"
+            )
+        };
+        assert!(storable(true, responses("response.completed").as_bytes()));
+        assert!(!storable(true, responses("response.incomplete").as_bytes()));
+        assert!(!storable(true, responses("response.failed").as_bytes()));
+        assert!(!storable(
+            true,
+            responses("response.output_text.done").as_bytes()
+        ));
         // Gemini ends a stream with a last event that says why it finished.
         let gemini = |events: &[&str]| -> Vec<u8> {
             events

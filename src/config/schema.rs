@@ -461,7 +461,7 @@ pub const KEYS: &[KeySpec] = &[
     KeySpec {
         path: "routes.*.cooldown.failures",
         default: "3",
-        meaning: "failures within the window that cool a target down",
+        meaning: "failures within the window that cool a target down (cooldowns are off for a route without a `cooldown` table; these defaults fill one that is written)",
     },
     KeySpec {
         path: "routes.*.cooldown.window",

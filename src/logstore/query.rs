@@ -109,6 +109,7 @@ impl Filter {
                 "meta" => {
                     let (k, val) = v
                         .split_once('=')
+                        .filter(|(k, _)| !k.is_empty())
                         .ok_or_else(|| format!("meta: `{v}` must be KEY=VALUE"))?;
                     f.meta.push((k.to_string(), val.to_string()));
                 }
@@ -136,6 +137,15 @@ impl Filter {
                 }
                 other => return Err(format!("unknown filter `{other}`")),
             }
+        }
+        if let (Some(since), Some(until)) = (f.since, f.until)
+            && since > until
+        {
+            return Err(format!(
+                "since ({}) is after until ({}): nothing can match; swap them",
+                crate::calendar::format_ms(since),
+                crate::calendar::format_ms(until)
+            ));
         }
         Ok(f)
     }
@@ -689,6 +699,7 @@ mod tests {
             ("status", "700"),
             ("source", "me"),
             ("meta", "novalue"),
+            ("meta", "=x"),
             ("limit", "0"),
             ("colour", "red"),
             ("min-cost", "NaN"),
@@ -708,6 +719,10 @@ mod tests {
             assert!(e.contains("given twice"), "{e}");
         }
         assert!(Filter::from_pairs([("meta", "a=1"), ("meta", "b=2")], 0).is_ok());
+        // A range that cannot hold anything says so.
+        let e = Filter::from_pairs([("since", "1h"), ("until", "2h")], 10_000_000).unwrap_err();
+        assert!(e.contains("is after until"), "{e}");
+        assert!(Filter::from_pairs([("since", "2h"), ("until", "1h")], 10_000_000).is_ok());
     }
 }
 

@@ -119,6 +119,7 @@ pub fn respond(req: &MockRequest<'_>, request_id: u64) -> Vec<u8> {
             );
             json_response(200, &body)
         }
+        "responses" if stream => responses_stream(&id, &model, prompt_tokens),
         "responses" => {
             let body = format!(
                 "{{\"id\":\"{id}\",\"object\":\"response\",\"created_at\":0,\"status\":\"completed\",\"model\":{},\"output\":[{{\"type\":\"message\",\"role\":\"assistant\",\"content\":[{{\"type\":\"output_text\",\"text\":{}}}]}}],\"usage\":{{\"input_tokens\":{prompt_tokens},\"output_tokens\":12,\"total_tokens\":{}}}}}",
@@ -251,6 +252,91 @@ fn stream_reply(id: &str, model: &str, reply: &str, chat: bool, usage: Option<&s
     out
 }
 
+/// A streamed Responses API answer: the events the OpenAI SDKs read
+/// (`response.created`, the output item and text part opening, a text delta
+/// per word, their closing, `response.completed` with the whole response and
+/// its usage), each as `event:` and `data:` lines.
+fn responses_stream(id: &str, model: &str, prompt_tokens: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(DEFAULT_REPLY.len() * 8 + 2048);
+    out.extend_from_slice(
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n",
+    );
+    let model = json_str(model);
+    let text = json_str(DEFAULT_REPLY);
+    let output_tokens = DEFAULT_REPLY.split_whitespace().count() as u64;
+    let item_id = format!("msg_{id}");
+    let part = format!("{{\"type\":\"output_text\",\"text\":{text},\"annotations\":[]}}");
+    let item = format!(
+        "{{\"id\":\"{item_id}\",\"type\":\"message\",\"status\":\"completed\",\"role\":\"assistant\",\"content\":[{part}]}}"
+    );
+    let response = |status: &str, output: &str, usage: &str| {
+        format!(
+            "{{\"id\":\"{id}\",\"object\":\"response\",\"created_at\":0,\"status\":\"{status}\",\"model\":{model},\"output\":[{output}],\"parallel_tool_calls\":true,\"tool_choice\":\"auto\",\"tools\":[],\"usage\":{usage}}}"
+        )
+    };
+    let mut seq = 0u64;
+    let mut event = |out: &mut Vec<u8>, kind: &str, fields: &str| {
+        let data = format!(
+            "event: {kind}\ndata: {{\"type\":\"{kind}\",\"sequence_number\":{seq}{fields}}}\n\n"
+        );
+        seq += 1;
+        write_chunk(out, data.as_bytes());
+    };
+    event(
+        &mut out,
+        "response.created",
+        &format!(",\"response\":{}", response("in_progress", "", "null")),
+    );
+    let at = format!(",\"output_index\":0,\"item_id\":\"{item_id}\"");
+    event(
+        &mut out,
+        "response.output_item.added",
+        &format!(
+            ",\"output_index\":0,\"item\":{{\"id\":\"{item_id}\",\"type\":\"message\",\"status\":\"in_progress\",\"role\":\"assistant\",\"content\":[]}}"
+        ),
+    );
+    event(
+        &mut out,
+        "response.content_part.added",
+        &format!(
+            "{at},\"content_index\":0,\"part\":{{\"type\":\"output_text\",\"text\":\"\",\"annotations\":[]}}"
+        ),
+    );
+    for word in DEFAULT_REPLY.split_inclusive(' ') {
+        event(
+            &mut out,
+            "response.output_text.delta",
+            &format!("{at},\"content_index\":0,\"delta\":{}", json_str(word)),
+        );
+    }
+    event(
+        &mut out,
+        "response.output_text.done",
+        &format!("{at},\"content_index\":0,\"text\":{text}"),
+    );
+    event(
+        &mut out,
+        "response.content_part.done",
+        &format!("{at},\"content_index\":0,\"part\":{part}"),
+    );
+    event(
+        &mut out,
+        "response.output_item.done",
+        &format!(",\"output_index\":0,\"item\":{item}"),
+    );
+    let usage = format!(
+        "{{\"input_tokens\":{prompt_tokens},\"output_tokens\":{output_tokens},\"total_tokens\":{}}}",
+        prompt_tokens + output_tokens
+    );
+    event(
+        &mut out,
+        "response.completed",
+        &format!(",\"response\":{}", response("completed", &item, &usage)),
+    );
+    out.extend_from_slice(LAST_CHUNK);
+    out
+}
+
 struct WriteVec<'a>(&'a mut Vec<u8>);
 
 impl std::fmt::Write for WriteVec<'_> {
@@ -278,6 +364,40 @@ mod tests {
         assert!(s.starts_with("HTTP/1.1 200 OK\r\n"));
         assert!(s.contains("\"content\":\"hello there\""));
         assert!(s.contains("\"completion_tokens\":2"));
+    }
+
+    #[test]
+    fn a_streamed_responses_request_gets_the_responses_events() {
+        let body = br#"{"model":"x","stream":true,"input":"hi"}"#;
+        let s = String::from_utf8(respond(
+            &MockRequest {
+                path: "/v1/responses",
+                body,
+            },
+            1,
+        ))
+        .unwrap();
+        assert!(s.contains("content-type: text/event-stream"));
+        let created = s.find("event: response.created\n").unwrap();
+        let delta = s.find("event: response.output_text.delta\n").unwrap();
+        let completed = s.find("event: response.completed\n").unwrap();
+        assert!(created < delta && delta < completed);
+        assert!(s[completed..].contains("\"output_tokens\":"));
+        assert!(s.ends_with("0\r\n\r\n"));
+        // The events carry the usage the gateway reads.
+        let mut tap = crate::providers::usage::SseTap::new(&super::super::openai::USAGE, false);
+        let events = &s[s.find("\r\n\r\n").unwrap() + 4..];
+        let mut decoded = Vec::new();
+        crate::http::chunked::ChunkedDecoder::default()
+            .decode(events.as_bytes(), &mut decoded, u64::MAX)
+            .unwrap();
+        tap.feed(&decoded, &mut Vec::new());
+        assert!(tap.ended_well());
+        assert!(
+            tap.usage.output_tokens.is_some_and(|n| n > 0),
+            "{:?}",
+            tap.usage
+        );
     }
 
     #[test]

@@ -52,6 +52,26 @@ fn usage_key() -> &'static memmem::FinderRev<'static> {
     FINDER.get_or_init(|| memmem::FinderRev::new(b"\"usage"))
 }
 
+/// Whether an event's data says why a choice (or candidate) finished:
+/// `"finish_reason"` (`"finishReason"`) with a string, not `null`.
+fn names_a_finish(data: &[u8]) -> bool {
+    static FINDER: std::sync::OnceLock<memmem::Finder<'static>> = std::sync::OnceLock::new();
+    let finder = FINDER.get_or_init(|| memmem::Finder::new(b"inish"));
+    finder.find_iter(data).any(|at| {
+        let key = &data[at.saturating_sub(2)..];
+        let rest = if let Some(r) = key.strip_prefix(b"\"finish_reason\"") {
+            r
+        } else if let Some(r) = key.strip_prefix(b"\"finishReason\"") {
+            r
+        } else {
+            return false;
+        };
+        let rest = rest.trim_ascii_start();
+        rest.strip_prefix(b":")
+            .is_some_and(|r| r.trim_ascii_start().first() == Some(&b'"'))
+    })
+}
+
 fn usage_key_forward() -> &'static memmem::Finder<'static> {
     static FINDER: std::sync::OnceLock<memmem::Finder<'static>> = std::sync::OnceLock::new();
     FINDER.get_or_init(|| memmem::Finder::new(b"\"usage"))
@@ -252,6 +272,13 @@ pub struct SseTap {
     pub usage: Usage,
     pub data_events: u64,
     pub saw_done: bool,
+    /// The stream ended the way its provider ends one, or said it is about
+    /// to: `[DONE]`, Anthropic's `message_stop`, the Responses API's last
+    /// event (`response.completed`, `.incomplete`, `.failed`), or a choice's
+    /// `finish_reason` (Gemini's `finishReason`), which providers that send
+    /// no `[DONE]` still send. A stream that ends cleanly without any of
+    /// them stopped short ([`SseTap::ended_well`]).
+    pub saw_end: bool,
     /// Bytes of model-written text in the events so far ([`text_bytes`]).
     pub text_bytes: u64,
     /// The provider reported a failure inside the stream: an error event
@@ -273,6 +300,7 @@ impl SseTap {
             usage: Usage::default(),
             data_events: 0,
             saw_done: false,
+            saw_end: false,
             text_bytes: 0,
             error_event: false,
         }
@@ -326,6 +354,12 @@ impl SseTap {
         }
     }
 
+    /// Whether the stream, now ended, ended as its provider ends one (or
+    /// reported its own failure: an error event says what happened).
+    pub fn ended_well(&self) -> bool {
+        self.saw_end || self.error_event
+    }
+
     /// End of stream: whatever was held back is released.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
         if self.filter_usage_event && !self.drop_event {
@@ -361,12 +395,23 @@ impl SseTap {
         if let Some(name) = line.strip_prefix(b"event:") {
             let name = name.strip_prefix(b" ").unwrap_or(name);
             self.error_event |= name == b"error" || name == b"response.failed";
+            self.saw_end |= matches!(
+                name,
+                b"message_stop"
+                    | b"response.completed"
+                    | b"response.incomplete"
+                    | b"response.failed"
+            );
         } else if let Some(data) = line.strip_prefix(b"data:") {
             let data = data.strip_prefix(b" ").unwrap_or(data);
             self.data_events += 1;
             if data == b"[DONE]" {
                 self.saw_done = true;
+                self.saw_end = true;
             } else {
+                if !self.saw_end {
+                    self.saw_end = names_a_finish(data);
+                }
                 self.error_event |= data.starts_with(b"{\"error\"");
                 self.text_bytes += text_bytes(data);
                 if usage_key_forward().find(data).is_some()
@@ -389,6 +434,34 @@ impl SseTap {
 mod tests {
     use super::*;
     use crate::providers::{anthropic, openai};
+
+    #[test]
+    fn a_stream_ended_well_when_it_says_so_in_its_providers_way() {
+        let ended = |stream: &str| {
+            let mut tap = SseTap::new(&openai::USAGE, false);
+            tap.feed(stream.as_bytes(), &mut Vec::new());
+            tap.ended_well()
+        };
+        let delta = "data: {\"choices\":[{\"delta\":{\"content\":\"finish_reason\"},\"finish_reason\":null}]}\n\n";
+        assert!(!ended(delta), "a null finish reason, or the words in text");
+        assert!(ended(&format!("{delta}data: [DONE]\n\n")));
+        // Providers that send no [DONE] still say why a choice finished.
+        assert!(ended(&format!(
+            "{delta}data: {{\"choices\":[{{\"delta\":{{}},\"finish_reason\" : \"stop\"}}]}}\n\n"
+        )));
+        assert!(ended(
+            "data: {\"candidates\":[{\"finishReason\":\"STOP\"}]}\n\n"
+        ));
+        assert!(ended(
+            "event: message_delta\ndata: {}\n\nevent: message_stop\ndata: {}\n\n"
+        ));
+        assert!(!ended("event: message_start\ndata: {}\n\n"));
+        assert!(ended("event: response.completed\ndata: {}\n\n"));
+        assert!(!ended("event: response.output_text.delta\ndata: {}\n\n"));
+        // Its own failure is an ending too (the error says what happened).
+        assert!(ended("data: {\"error\":{\"code\":\"overloaded\"}}\n\n"));
+        assert!(!ended(""));
+    }
 
     #[test]
     fn usage_is_read_from_a_chat_completion() {

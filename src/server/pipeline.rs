@@ -370,6 +370,20 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         usage.rewrites() || translate.is_some(),
         c.head.http10,
     );
+    let broke_off = if plan.anthropic_client {
+        relay::ANTHROPIC_STREAM_BROKE_OFF
+    } else {
+        relay::STREAM_BROKE_OFF
+    };
+    // A stream that ends cleanly but short of its end gets the event of one
+    // that broke off (a translated one, from its translator).
+    if rh.event_stream
+        && rh.status < 400
+        && translate.is_none()
+        && client_framing != ClientFraming::Length
+    {
+        usage.end_short_streams_with(broke_off);
+    }
     // `include-cost` on a chunked answer (a stream): its cost is known only
     // after its last byte, so it goes in a trailer field.
     let cost_trailer = wish.include_cost && client_framing == ClientFraming::Chunked;
@@ -377,11 +391,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         body: rh.body(),
         client: client_framing,
         reusable: rh.reusable,
-        events: (rh.event_stream && rh.status < 400).then_some(if plan.anthropic_client {
-            relay::ANTHROPIC_STREAM_BROKE_OFF
-        } else {
-            relay::STREAM_BROKE_OFF
-        }),
+        events: (rh.event_stream && rh.status < 400).then_some(broke_off),
         deadline: plan
             .routing
             .as_ref()
@@ -478,6 +488,12 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         rec.error_source = Some(ErrorSource::Provider);
         rec.error_code = Some("stream_error");
     }
+    // A stream that ended short of its end: the provider's, as a cut one.
+    let cut_short = usage.cut_short();
+    if cut_short && rec.error_source.is_none() {
+        rec.error_source = Some(ErrorSource::Provider);
+        rec.error_code = Some("stream_truncated");
+    }
     // What it used: the provider's report, else (an answer cut before its
     // usage) an estimate from the request and what was relayed.
     let shape = plan.provider.usage_shape();
@@ -571,7 +587,13 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
     }
     rec.bytes_out = relayed.bytes_out;
     rec.gateway = pre_upstream + relayed.last_read.elapsed();
+    if relayed.ending == Ending::ClientAborted && relayed.bytes_out == 0 {
+        // Nothing reached the client: 499, as a client that left before
+        // the provider answered.
+        rec.status = CLIENT_CLOSED;
+    }
     rec.outcome = match relayed.ending {
+        Ending::Complete if cut_short => Outcome::UpstreamAborted,
         Ending::Complete => Outcome::Completed,
         // The client saw a head and part of a body: it must not see an ending.
         Ending::UpstreamAborted => Outcome::UpstreamAborted,
@@ -1646,6 +1668,20 @@ async fn follow(
 fn settle_follower(flight: &Flight, rec: &mut RequestRecord) {
     rec.cost = Some(0.0);
     if let Some(f) = flight.finished() {
+        // The stream it shared failed or stopped short: so did this answer
+        // (the leader's record says so too).
+        if let Some(fault) = f
+            .head()
+            .filter(|h| h.stream)
+            .and_then(|_| cache::stream_fault(f.body()))
+            && rec.error_source.is_none()
+        {
+            rec.error_source = Some(ErrorSource::Provider);
+            rec.error_code = Some(fault);
+            if fault == "stream_truncated" && rec.outcome == Outcome::Completed {
+                rec.outcome = Outcome::UpstreamAborted;
+            }
+        }
         let (input, output) = f.tokens();
         rec.usage = Usage {
             input_tokens: Some(u64::from(input)),

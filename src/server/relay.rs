@@ -123,7 +123,11 @@ pub async fn relay<W: AsyncWrite + Unpin>(
     first_read: Instant,
     watch: Watch<'_>,
 ) -> Relayed {
-    let mut client_gone = false;
+    // A client that left while others waited with it for the provider (the
+    // attempt went on for them) is gone before the first byte: its answer
+    // is read for them, not sent, and not stored. Asked only then: a request
+    // nobody follows stops its attempt when its client leaves.
+    let mut client_gone = (watch.carry_on)() && (watch.left)();
     let mut reached_end = false;
     let mut remaining = match framing.body {
         ResponseBody::Length(n) => n,
@@ -184,7 +188,11 @@ pub async fn relay<W: AsyncWrite + Unpin>(
         let idle = match framing.deadline {
             Some(d) => match d.checked_duration_since(Instant::now()) {
                 Some(left) if !left.is_zero() => stream_idle.min(left),
-                _ => break Ending::UpstreamAborted,
+                _ => {
+                    // The wait since the last bytes was the provider's.
+                    last_read = Instant::now();
+                    break Ending::UpstreamAborted;
+                }
             },
             None => stream_idle,
         };
@@ -216,7 +224,14 @@ pub async fn relay<W: AsyncWrite + Unpin>(
             Some(Ok(0)) if framing.body == ResponseBody::UntilClose => eof = true,
             Some(Ok(0)) => break Ending::UpstreamAborted,
             Some(Ok(_)) => last_read = Instant::now(),
-            Some(Err(_)) => break Ending::UpstreamAborted,
+            Some(Err(e)) => {
+                if e.kind() == std::io::ErrorKind::TimedOut {
+                    // Stalled past `stream_idle`: the wait was the provider's,
+                    // not the gateway's (`gateway_us` counts from here).
+                    last_read = Instant::now();
+                }
+                break Ending::UpstreamAborted;
+            }
         }
     };
     // Ended at the body's end, with or without its client.

@@ -129,7 +129,14 @@ enum Read<'s> {
         whole_text: Option<u64>,
     },
     /// An SSE stream, with the bytes to pass on when filtering.
-    Sse { tap: Box<SseTap>, out: Vec<u8> },
+    Sse {
+        tap: Box<SseTap>,
+        out: Vec<u8>,
+        /// The event that ends a stream which stops short
+        /// ([`UsageTap::end_short_streams_with`]), and whether it was sent.
+        short: Option<&'static [u8]>,
+        cut_short: bool,
+    },
 }
 
 impl<'s> UsageTap<'s> {
@@ -161,10 +168,35 @@ impl<'s> UsageTap<'s> {
             read: Read::Sse {
                 tap: Box::new(SseTap::new(shape, filter_usage_event)),
                 out: Vec::new(),
+                short: None,
+                cut_short: false,
             },
             usage: Usage::default(),
             first_event: None,
         }
+    }
+
+    /// A stream whose body ends cleanly but without its provider's end
+    /// ([`SseTap::ended_well`]: no `[DONE]`, no finish reason, no last
+    /// event) stopped short: `event` goes after it, as after a stream that
+    /// broke off, so its client never takes half an answer for a whole one.
+    /// For a stream relayed as the provider wrote it (a translated one's
+    /// translator ends it itself), framed so that bytes may be added.
+    pub fn end_short_streams_with(&mut self, event: &'static [u8]) {
+        if let Read::Sse { short, .. } = &mut self.read {
+            *short = Some(event);
+        }
+    }
+
+    /// Whether the stream stopped short and got that event.
+    pub fn cut_short(&self) -> bool {
+        matches!(
+            &self.read,
+            Read::Sse {
+                cut_short: true,
+                ..
+            }
+        )
     }
 
     /// The usage read so far (all of it once finished).
@@ -237,7 +269,7 @@ impl Tap for UsageTap<'_> {
                 }
                 data
             }
-            Read::Sse { tap, out } => {
+            Read::Sse { tap, out, .. } => {
                 let before = tap.data_events;
                 out.clear();
                 tap.feed(data, out);
@@ -265,10 +297,19 @@ impl Tap for UsageTap<'_> {
                 }
                 &[]
             }
-            Read::Sse { tap, out } => {
+            Read::Sse {
+                tap,
+                out,
+                short,
+                cut_short,
+            } => {
                 out.clear();
                 if end == End::Complete && tap.filters() {
                     tap.finish(out);
+                }
+                if let (End::Complete, Some(event), false) = (end, *short, tap.ended_well()) {
+                    out.extend_from_slice(event);
+                    *cut_short = true;
                 }
                 self.usage = tap.usage;
                 out

@@ -67,6 +67,25 @@ echo = "".join(
 )
 assert echo == "echo me", echo
 
+
+# The Responses API streamed, against the built-in mock: the SDK's stream
+# helper reads its events to the final response (with usage); the same
+# request again is a cached stream that reads the same.
+def responses_streamed():
+    with client.responses.stream(model="mock/echo", input="stream a response") as s:
+        text = "".join(e.delta for e in s if e.type == "response.output_text.delta")
+        final = s.get_final_response()
+    return text, final.output_text, final.usage.output_tokens
+
+
+first = responses_streamed()
+assert first[0] == first[1] and first[0].startswith("This is a mock reply"), first
+assert first[2] > 0, first
+raw = client.responses.with_raw_response.create(model="mock/echo", input="stream a response", stream=True)
+assert raw.headers.get("aigw-cache-status") == "HIT", raw.headers
+assert [e.type for e in raw.parse()][-1] == "response.completed"
+assert responses_streamed() == first
+
 # The response cache (on in this gateway): the second identical request is a
 # hit with the same answer; a cached stream reads like a live one.
 cached = [{"role": "user", "content": "cache this"}]

@@ -24,7 +24,7 @@ USAGE: aigw-mock [FLAGS]
   --chunks N                 streams: content events (default 8)  [x-mock-chunks]
   --chunk-interval-ms MS     streams: wait between events         [x-mock-chunk-interval-ms]
   --reply-bytes N            assistant text length (default 64)   [x-mock-reply-bytes]
-  --error KIND               inject 429|500|503|reset|cut|hang|malformed|stream-error [x-mock-error, or none]
+  --error KIND               inject 429|500|503|reset|cut|hang|malformed|stream-error|short [x-mock-error, or none]
   --error-rate F             apply --error to this fraction, 0..1 (default 1)
   --retry-after SECS         Retry-After sent with 429 (default 1) [x-mock-retry-after]
   --stall-at SECS            freeze the whole server once, SECS after start

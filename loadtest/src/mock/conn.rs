@@ -224,7 +224,7 @@ impl Conn {
                 }
                 return self.injected_status(status, &knobs, keep_alive).await;
             }
-            Some(ErrorKind::Cut | ErrorKind::StreamError) | None => {}
+            Some(ErrorKind::Cut | ErrorKind::StreamError | ErrorKind::Short) | None => {}
         }
         let cut = knobs.error == Some(ErrorKind::Cut);
 
@@ -610,10 +610,21 @@ impl Conn {
         let n = knobs.chunks.max(if answer.tool.is_some() { 3 } else { 1 });
         self.stream_head(keep_alive, knobs).await?;
         let cut_after = cut.then_some(n / 2);
+        let short_after = (knobs.error == Some(ErrorKind::Short)).then_some(n / 2);
         for i in 0..n {
             if cut_after == Some(i) {
                 self.flush().await?;
                 return Ok(Next::Close);
+            }
+            if short_after == Some(i) {
+                // A clean end of the body, short of the stream's own end.
+                self.out.extend_from_slice(http::LAST_CHUNK);
+                self.flush().await?;
+                return Ok(if keep_alive {
+                    Next::KeepAlive
+                } else {
+                    Next::Close
+                });
             }
             if i > 0 && !knobs.chunk_interval.is_zero() {
                 self.flush().await?;

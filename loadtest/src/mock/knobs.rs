@@ -44,11 +44,15 @@ pub enum ErrorKind {
     Malformed,
     /// A `200` event stream whose first and only event is an error.
     StreamError,
+    /// An OpenAI event stream that ends cleanly (its last chunk sent, the
+    /// connection kept) after about half its events: no finish reason, no
+    /// usage, no `[DONE]`.
+    Short,
 }
 
 impl ErrorKind {
     /// Every kind, in the order `--help` lists them.
-    pub const ALL: [ErrorKind; 8] = [
+    pub const ALL: [ErrorKind; 9] = [
         ErrorKind::RateLimited,
         ErrorKind::Internal,
         ErrorKind::Unavailable,
@@ -57,6 +61,7 @@ impl ErrorKind {
         ErrorKind::Hang,
         ErrorKind::Malformed,
         ErrorKind::StreamError,
+        ErrorKind::Short,
     ];
 
     /// The name used by `--error` and `x-mock-error`.
@@ -70,6 +75,7 @@ impl ErrorKind {
             ErrorKind::Hang => "hang",
             ErrorKind::Malformed => "malformed",
             ErrorKind::StreamError => "stream-error",
+            ErrorKind::Short => "short",
         }
     }
 }
@@ -88,7 +94,7 @@ impl fmt::Display for UnknownErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "unknown error kind {:?} (expected one of 429, 500, 503, reset, cut, hang, malformed, stream-error)",
+            "unknown error kind {:?} (expected one of 429, 500, 503, reset, cut, hang, malformed, stream-error, short)",
             self.0
         )
     }
