@@ -34,6 +34,9 @@ pub struct FlightHead {
     pub served: Vec<u8>,
     pub head: Vec<u8>,
     pub stream: bool,
+    /// A stream whose end aigw knows how to tell
+    /// ([`crate::providers::usage::stream_end_known`]).
+    pub ends_known: bool,
 }
 
 #[derive(Default)]
@@ -335,6 +338,7 @@ mod tests {
             served: Vec::new(),
             head: b"content-type: text/event-stream\r\n".to_vec(),
             stream: true,
+            ends_known: true,
         }
     }
 

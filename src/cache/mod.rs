@@ -1051,6 +1051,7 @@ mod tests {
             served: b"up\nm".to_vec(),
             head: b"content-type: application/json\r\n".to_vec(),
             stream: false,
+            ends_known: false,
         };
         lead.head(head, 1, None);
         lead.append(b"{}");

@@ -52,6 +52,32 @@ fn usage_key() -> &'static memmem::FinderRev<'static> {
     FINDER.get_or_init(|| memmem::FinderRev::new(b"\"usage"))
 }
 
+/// Whether a stream of this request has an end [`SseTap::ended_well`]
+/// knows: the unified chat, completions, Responses and Messages endpoints,
+/// and the same paths (or Gemini's `:streamGenerateContent`) passed through.
+/// Other event streams (audio, image and transcription events, a provider's
+/// own endpoints) end as their API says, which aigw does not read: such a
+/// stream is relayed as it ends, never said to stop short.
+pub fn stream_end_known(endpoint: Option<&str>, path: &str) -> bool {
+    if let Some(e) = endpoint {
+        return matches!(
+            e,
+            "chat/completions" | "completions" | "responses" | "messages"
+        );
+    }
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    let path = path.trim_end_matches('/');
+    [
+        "/chat/completions",
+        "/completions",
+        "/responses",
+        "/messages",
+    ]
+    .iter()
+    .any(|end| path.ends_with(end))
+        || path.contains(":streamGenerateContent")
+}
+
 /// Whether an event's data says why a choice (or candidate) finished:
 /// `"finish_reason"` (`"finishReason"`) with a string, not `null`.
 fn names_a_finish(data: &[u8]) -> bool {
@@ -461,6 +487,34 @@ mod tests {
         // Its own failure is an ending too (the error says what happened).
         assert!(ended("data: {\"error\":{\"code\":\"overloaded\"}}\n\n"));
         assert!(!ended(""));
+    }
+
+    #[test]
+    fn only_streams_whose_end_is_known_are_judged() {
+        for (endpoint, path) in [
+            (Some("chat/completions"), "/x"),
+            (Some("responses"), "/x"),
+            (Some("messages"), "/x"),
+            (None, "/v1/chat/completions"),
+            (None, "/v1/completions?x=1"),
+            (None, "/v1/responses/"),
+            (None, "/v1/messages"),
+            (
+                None,
+                "/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse",
+            ),
+        ] {
+            assert!(stream_end_known(endpoint, path), "{endpoint:?} {path}");
+        }
+        for (endpoint, path) in [
+            (Some("embeddings"), "/v1/chat/completions"),
+            (None, "/v1/audio/speech"),
+            (None, "/v1/audio/transcriptions"),
+            (None, "/v1/images/generations"),
+            (None, "/v1/responses/resp_1/input_items"),
+        ] {
+            assert!(!stream_end_known(endpoint, path), "{endpoint:?} {path}");
+        }
     }
 
     #[test]

@@ -381,6 +381,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         && rh.status < 400
         && translate.is_none()
         && client_framing != ClientFraming::Length
+        && crate::providers::usage::stream_end_known(plan.endpoint, &plan.path)
     {
         usage.end_short_streams_with(broke_off);
     }
@@ -1480,6 +1481,8 @@ fn fill_tap(
             served,
             head,
             stream: rh.event_stream,
+            ends_known: rh.event_stream
+                && crate::providers::usage::stream_end_known(plan.endpoint, &plan.path),
         },
         entry::provider_tag(&plan.provider.name),
         hint,
@@ -1672,7 +1675,7 @@ fn settle_follower(flight: &Flight, rec: &mut RequestRecord) {
         // (the leader's record says so too).
         if let Some(fault) = f
             .head()
-            .filter(|h| h.stream)
+            .filter(|h| h.stream && h.ends_known)
             .and_then(|_| cache::stream_fault(f.body()))
             && rec.error_source.is_none()
         {
