@@ -572,22 +572,29 @@ fn fifty_identical_misses_make_one_upstream_call(shards: usize) {
     assert!(rs.iter().all(|r| matches!(status(r), "MISS" | "HIT")));
 }
 
-/// A leader's stream that the provider cuts: every follower ends as its
-/// leader's client does, with the typed error event (not a stream that
-/// just stops), and nothing is stored.
-fn stream_followers_of_a_cut_stream_get_its_error_event(shards: usize) {
+/// `count` identical streamed requests at once (with `headers`) to a cached
+/// gateway whose provider streams 10 events 30 ms apart.
+fn stream_stampede(
+    shards: usize,
+    count: usize,
+    prompt: &str,
+    headers: &'static [(&'static str, &'static str)],
+) -> (aigw_loadtest::mock::MockServer, Gateway, Vec<Response>) {
     let mock = mock_with(MockConfig {
         chunks: 10,
         chunk_interval: Duration::from_millis(30),
         ..MockConfig::default()
     });
     let gw = cached_gateway(shards, &mock.base_url());
-    let rs = all_at_once_with(
-        &gw,
-        20,
-        &chat("cut stampede", true),
-        &[("x-mock-error", "cut")],
-    );
+    let rs = all_at_once_with(&gw, count, &chat(prompt, true), headers);
+    (mock, gw, rs)
+}
+
+/// A leader's stream that the provider cuts: every follower ends as its
+/// leader's client does, with the typed error event (not a stream that
+/// just stops), and nothing is stored.
+fn stream_followers_of_a_cut_stream_get_its_error_event(shards: usize) {
+    let (mock, gw, rs) = stream_stampede(shards, 20, "cut stampede", &[("x-mock-error", "cut")]);
     let led = mock.requests_seen();
     assert!(
         led < 20,
@@ -612,18 +619,8 @@ fn stream_followers_of_a_cut_stream_get_its_error_event(shards: usize) {
 /// provider's stream was cut short, not completed; followers of a stream
 /// carrying the provider's own error event are its error too.
 fn a_stream_that_stops_short_is_truncated_for_leader_and_followers(shards: usize) {
-    let mock = mock_with(MockConfig {
-        chunks: 10,
-        chunk_interval: Duration::from_millis(30),
-        ..MockConfig::default()
-    });
-    let gw = cached_gateway(shards, &mock.base_url());
-    let rs = all_at_once_with(
-        &gw,
-        10,
-        &chat("short stampede", true),
-        &[("x-mock-error", "short")],
-    );
+    let (mock, gw, rs) =
+        stream_stampede(shards, 10, "short stampede", &[("x-mock-error", "short")]);
     assert!(mock.requests_seen() < 10, "coalesced");
     for r in &rs {
         assert_eq!(r.status, 200);
@@ -647,19 +644,7 @@ fn a_stream_that_stops_short_is_truncated_for_leader_and_followers(shards: usize
     );
     assert!(with_error.iter().all(|r| r.status == 200));
     // Every record: 10 + 1 cut short, 5 with the provider's error event.
-    let deadline = Instant::now() + WAIT;
-    let rows = loop {
-        let (code, body) = admin_get(&gw.admin_socket, "/logs?limit=100");
-        assert_eq!(code, 200);
-        let rows: Vec<_> = String::from_utf8(body)
-            .unwrap()
-            .lines()
-            .map(|l| json(l.as_bytes()))
-            .collect();
-        if rows.len() >= 16 || Instant::now() > deadline {
-            break rows;
-        }
-    };
+    let rows = gw.log_rows_at_least(16, "limit=100");
     assert_eq!(rows.len(), 16);
     let count = |code: &str, outcome: &str| {
         rows.iter()
@@ -785,15 +770,8 @@ fn a_leader_whose_client_left_before_the_answer_is_not_stored(shards: usize) {
         assert_eq!(mock.requests_seen(), seen + 1);
         assert_eq!(status(&post(&gw, &[], &body)), "MISS", "stream: {stream}");
     }
-    let deadline = Instant::now() + WAIT;
-    let left = loop {
-        let (_, body) = admin_get(&gw.admin_socket, "/logs?limit=100&status=499");
-        let rows = String::from_utf8(body).unwrap().lines().count();
-        if rows >= 2 || Instant::now() > deadline {
-            break rows;
-        }
-    };
-    assert_eq!(left, 2, "each leader's record is its client's abort");
+    let left = gw.log_rows_at_least(2, "limit=100&status=499");
+    assert_eq!(left.len(), 2, "each leader's record is its client's abort");
 }
 
 /// [`three_followers`] when `already` followers joined earlier flights.

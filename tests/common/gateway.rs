@@ -284,6 +284,34 @@ impl Gateway {
         json(&body)
     }
 
+    /// `GET /logs?{query}`: the rows, newest first.
+    pub fn log_rows(&self, query: &str) -> Vec<simd_json::OwnedValue> {
+        let (status, body) = admin_get(&self.admin_socket, &format!("/logs?{query}"));
+        assert_eq!(
+            status,
+            200,
+            "admin /logs: {}",
+            String::from_utf8_lossy(&body)
+        );
+        String::from_utf8(body)
+            .unwrap()
+            .lines()
+            .map(|l| json(l.as_bytes()))
+            .collect()
+    }
+
+    /// [`Gateway::log_rows`] once there are at least `n` (the log commits
+    /// every `logs.flush_interval`), or what there is after [`WAIT`].
+    pub fn log_rows_at_least(&self, n: usize, query: &str) -> Vec<simd_json::OwnedValue> {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let rows = self.log_rows(query);
+            if rows.len() >= n || std::time::Instant::now() > deadline {
+                return rows;
+            }
+        }
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.as_ref().expect("gateway running").id() as i32
     }
