@@ -705,16 +705,8 @@ fn followers_finish_a_stream_whose_leader_left(shards: usize) {
     let gw = cached_gateway(shards, &mock.base_url());
     let body = chat("the leader leaves", true);
     // The leader reads its first event, then waits for the test to drop it.
-    let mut leader = std::net::TcpStream::connect(gw.addr).unwrap();
+    let mut leader = send_chat(&gw, &body);
     leader.set_read_timeout(Some(WAIT)).unwrap();
-    leader
-        .write_all(&common::wire::request_bytes(
-            "POST",
-            "/v1/chat/completions",
-            &[],
-            body.as_bytes(),
-        ))
-        .unwrap();
     let mut seen = Vec::new();
     while !String::from_utf8_lossy(&seen).contains("data: ") {
         let mut buf = [0u8; 4096];
@@ -747,20 +739,12 @@ fn a_leader_whose_client_left_before_the_answer_is_not_stored(shards: usize) {
     for (n, stream) in [(0u64, false), (1, true)] {
         let body = chat(&format!("gone before the head {n}"), stream);
         let seen = mock.requests_seen();
-        let mut leader = std::net::TcpStream::connect(gw.addr).unwrap();
-        leader
-            .write_all(&common::wire::request_bytes(
-                "POST",
-                "/v1/chat/completions",
-                &[],
-                body.as_bytes(),
-            ))
-            .unwrap();
+        let leader = send_chat(&gw, &body);
         let deadline = Instant::now() + WAIT;
         while mock.requests_seen() < seen + 1 {
             assert!(Instant::now() < deadline, "the leader never went upstream");
         }
-        let followers = three_followers_more(&gw, &body, 3 * n);
+        let followers = followers_after(&gw, &body, &[], 3 * n);
         drop(leader);
         for f in followers {
             let r = f.join().unwrap();
@@ -774,24 +758,18 @@ fn a_leader_whose_client_left_before_the_answer_is_not_stored(shards: usize) {
     assert_eq!(left.len(), 2, "each leader's record is its client's abort");
 }
 
-/// [`three_followers`] when `already` followers joined earlier flights.
-fn three_followers_more(
-    gw: &Gateway,
-    body: &str,
-    already: u64,
-) -> Vec<std::thread::JoinHandle<Response>> {
-    let followers: Vec<_> = (0..3)
-        .map(|_| {
-            let (addr, b) = (gw.addr, body.to_string());
-            std::thread::spawn(move || Client::connect(addr).post("/v1/chat/completions", &[], &b))
-        })
-        .collect();
-    let deadline = Instant::now() + WAIT;
-    while n(&cache_stats(gw), &["followers"]) < already + 3 {
-        assert!(Instant::now() < deadline, "followers never joined");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    followers
+/// A chat request sent on a connection of its own, not read (the caller
+/// reads or drops it).
+fn send_chat(gw: &Gateway, body: &str) -> std::net::TcpStream {
+    let mut conn = std::net::TcpStream::connect(gw.addr).unwrap();
+    conn.write_all(&common::wire::request_bytes(
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        body.as_bytes(),
+    ))
+    .unwrap();
+    conn
 }
 
 /// Three clients that send `body` (with `headers`), each on a thread of its
@@ -800,6 +778,16 @@ fn three_followers(
     gw: &Gateway,
     body: &str,
     headers: &'static [(&'static str, &'static str)],
+) -> Vec<std::thread::JoinHandle<Response>> {
+    followers_after(gw, body, headers, 0)
+}
+
+/// [`three_followers`] when `already` followers joined earlier flights.
+fn followers_after(
+    gw: &Gateway,
+    body: &str,
+    headers: &'static [(&'static str, &'static str)],
+    already: u64,
 ) -> Vec<std::thread::JoinHandle<Response>> {
     let followers: Vec<_> = (0..3)
         .map(|_| {
@@ -810,7 +798,7 @@ fn three_followers(
         })
         .collect();
     let deadline = Instant::now() + WAIT;
-    while n(&cache_stats(gw), &["followers"]) < 3 {
+    while n(&cache_stats(gw), &["followers"]) < already + 3 {
         assert!(Instant::now() < deadline, "followers never joined");
         std::thread::sleep(Duration::from_millis(5));
     }
