@@ -96,6 +96,7 @@ fn a_shared_or_cached_answer_names_the_target_that_served(shards: usize) {
         assert_eq!(r.header("aigw-cache-status"), Some(want));
         assert_eq!(r.header("aigw-provider"), Some("b"), "{want}");
         assert_eq!(r.header("aigw-model"), Some("m-b"), "{want}");
+        assert_eq!(r.header("aigw-step"), Some("1"), "{want}");
         let row = newest_log_row(&gw.admin_socket);
         assert_eq!(
             (row["provider"].as_str(), row["model"].as_str()),
@@ -115,6 +116,7 @@ fn a_shared_or_cached_answer_names_the_target_that_served(shards: usize) {
                     body,
                 );
                 assert_eq!(r.status, 200, "{}", r.text());
+                assert_eq!(r.header("aigw-step"), Some("1"));
                 (
                     r.header("aigw-cache-status").map(str::to_string),
                     r.header("aigw-provider").map(str::to_string),

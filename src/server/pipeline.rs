@@ -163,7 +163,8 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         Cached::Off => {}
         Cached::Hit => {
             let extra = answer_headers(&admission, &wish);
-            return serve_hit(ctx, c, req, &mut rec, keep_alive, &extra).await;
+            let routing = plan.routing.as_ref();
+            return serve_hit(ctx, c, req, &mut rec, keep_alive, &extra, routing).await;
         }
         Cached::Lead(l) => lead = Some(l),
         Cached::Follow(flight) => {
@@ -181,8 +182,9 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
                 timeout: wish.retry.timeout,
                 routed: plan.routing.is_some(),
             };
+            let routing = plan.routing.as_ref();
             let followed = follow(
-                ctx, c, req, &flight, &mut rec, keep_alive, &extra, broke_off, own,
+                ctx, c, req, &flight, &mut rec, keep_alive, &extra, broke_off, own, routing,
             );
             if let Some(keep) = followed.await {
                 record(ctx, &mut rec);
@@ -1355,6 +1357,7 @@ async fn serve_hit(
     rec: &mut RequestRecord,
     keep_alive: bool,
     limits: &[u8],
+    routing: Option<&crate::route::Routing>,
 ) -> bool {
     // One clock read for the head's gateway time and a stream's first token.
     let gateway = req.started.elapsed();
@@ -1364,6 +1367,7 @@ async fn serve_hit(
         let e = entry::view(&bytes).ok()?;
         credit_served(rec, e.served);
         c.out.clear();
+        let step = served_step(routing, rec);
         let head = CachedHead {
             http10: c.head.http10,
             keep_alive,
@@ -1379,6 +1383,7 @@ async fn serve_hit(
             gateway,
             length: Some(e.body.len()),
             limits,
+            step,
         };
         respond::cached_head(&mut c.out, &head, e.head);
         c.out.extend_from_slice(e.body);
@@ -1432,6 +1437,21 @@ fn credit_served(rec: &mut RequestRecord, served: &[u8]) {
     if rec.model.as_deref() != model {
         rec.model = model.map(str::to_string);
     }
+}
+
+/// A routed answer from the cache or a shared call: the step, in this
+/// request's targets, of the one that answered (`credit_served` put it in
+/// the record); none when it is not among them (another variant's).
+fn served_step(
+    routing: Option<&crate::route::Routing>,
+    rec: &RequestRecord,
+) -> Option<(usize, bool)> {
+    let r = routing?;
+    let step = r.order.iter().position(|t| {
+        Some(&*t.provider.name) == rec.provider.as_deref()
+            && Some(t.model.as_str()) == rec.model.as_deref()
+    })?;
+    Some((step, rec.route == RouteKind::Cloudflare))
 }
 
 /// Room for a stored head's usual lines (content type, a request id or two).
@@ -1514,6 +1534,7 @@ async fn follow(
     limits: &[u8],
     broke_off: &[u8],
     own: Own,
+    routing: Option<&crate::route::Routing>,
 ) -> Option<bool> {
     // Attached until this returns: while it is, a leader whose client
     // left reads on for it.
@@ -1555,6 +1576,7 @@ async fn follow(
         return on_own(rec);
     };
     credit_served(rec, &head.served);
+    let step = served_step(routing, rec);
     let cache = CacheLine {
         cloudflare: rec.route == RouteKind::Cloudflare,
         status: CacheStatus::Coalesced,
@@ -1572,6 +1594,7 @@ async fn follow(
         gateway: Duration::ZERO,
         length: None,
         limits,
+        step,
     };
     rec.status = head.status;
     rec.attempts = 0;

@@ -43,6 +43,19 @@ impl ClientFraming {
 
 /// Writes the header lines every provider answer carries: request id,
 /// provider and (when it can be echoed) model.
+/// `aigw-step: N` (`cf-aig-step` on Cloudflare-layout URLs) for a routed answer.
+fn push_step(out: &mut Vec<u8>, step: Option<(usize, bool)>) {
+    if let Some((step, cloudflare)) = step {
+        out.extend_from_slice(if cloudflare {
+            b"cf-aig-step: "
+        } else {
+            b"aigw-step: "
+        });
+        push_decimal(out, step as u64);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
 fn push_ours(out: &mut Vec<u8>, id: RequestId, provider: Option<&str>, model: Option<&str>) {
     push_id(out, id);
     if let Some(p) = provider {
@@ -189,6 +202,9 @@ pub struct CachedHead<'a> {
     pub length: Option<usize>,
     /// The gateway's `x-ratelimit-*` lines.
     pub limits: &'a [u8],
+    /// A routed request's `aigw-step`: where in its targets the one whose
+    /// answer this is stands (and whether it is Cloudflare's `cf-aig-step`).
+    pub step: Option<(usize, bool)>,
 }
 
 /// Writes the head of an answer from the cache: the stored header lines
@@ -198,6 +214,7 @@ pub fn cached_head(out: &mut Vec<u8>, h: &CachedHead<'_>, stored: &[u8]) {
     out.extend_from_slice(stored);
     push_ours(out, h.id, h.provider, h.model);
     out.extend_from_slice(h.limits);
+    push_step(out, h.step);
     h.cache.write(out);
     if let Some(age) = h.age {
         out.extend_from_slice(b"age: ");
@@ -256,15 +273,7 @@ pub fn provider_head(out: &mut Vec<u8>, h: &ClientHead<'_>, rh: &ResponseHead, w
     if let Some(a) = limits {
         a.write_headers(out);
     }
-    if let Some((step, cloudflare)) = h.step {
-        out.extend_from_slice(if cloudflare {
-            b"cf-aig-step: "
-        } else {
-            b"aigw-step: "
-        });
-        push_decimal(out, step as u64);
-        out.extend_from_slice(b"\r\n");
-    }
+    push_step(out, h.step);
     if rh.status >= 400 {
         out.extend_from_slice(b"aigw-error-source: provider\r\n");
     }
