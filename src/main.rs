@@ -79,7 +79,7 @@ enum Command {
         /// key, provider, model or metadata.<field>.
         #[arg(long, default_value = "key")]
         by: String,
-        /// From: a duration ago (24h, 7d), 2026-11-30T06:00:00Z or Unix seconds.
+        /// From: a duration ago (24h, 7d), 2026-11-30T06:00:00Z (or +01:00 for Z), 2026-11-30 or Unix seconds.
         #[arg(long, default_value = "24h")]
         since: String,
         #[arg(long)]
@@ -214,7 +214,7 @@ struct LogsArgs {
     min_duration: Option<String>,
     #[arg(long)]
     max_duration: Option<String>,
-    /// Arrived at or after: a duration ago (15m, 1h, 7d), 2026-11-30T06:00:00Z or Unix seconds.
+    /// Arrived at or after: a duration ago (15m, 1h, 7d), 2026-11-30T06:00:00Z (or +01:00 for Z), 2026-11-30 or Unix seconds.
     #[arg(long)]
     since: Option<String>,
     /// Arrived before (same forms as --since).

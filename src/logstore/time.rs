@@ -21,13 +21,14 @@ pub fn parse_start(s: &str, now_ms: u64) -> Result<u64, String> {
 }
 
 /// A time as `aigw logs --since/--until` take it: a duration ago (`90s`,
-/// `15m`, `1h`, `7d`), an RFC 3339 UTC time (`2026-11-30T06:00:00Z`, seconds
-/// and fraction optional), or Unix seconds.
+/// `15m`, `1h`, `7d`), an RFC 3339 time (`2026-11-30T06:00:00Z`, seconds
+/// and fraction optional; a `+01:00` offset in place of `Z`), a date alone
+/// (`2026-11-30`: its UTC midnight), or Unix seconds.
 pub fn parse_time(s: &str, now_ms: u64) -> Result<u64, String> {
     let s = s.trim();
     let bad = || {
         format!(
-            "`{s}` is not a time: write a duration ago (\"15m\", \"1h\", \"7d\"), 2026-11-30T06:00:00Z or Unix seconds"
+            "`{s}` is not a time: write a duration ago (\"15m\", \"1h\", \"7d\"), 2026-11-30T06:00:00Z (or +01:00 for Z), 2026-11-30 or Unix seconds"
         )
     };
     if let Some(unit) = s.find(|c: char| !c.is_ascii_digit())
@@ -52,10 +53,16 @@ pub fn parse_time(s: &str, now_ms: u64) -> Result<u64, String> {
             .and_then(|n| n.checked_mul(1000))
             .ok_or_else(bad);
     }
-    let rest = s
-        .strip_suffix('Z')
-        .or_else(|| s.strip_suffix('z'))
-        .ok_or_else(bad)?;
+    let timed = s.contains(['T', 't', ' ']);
+    let (rest, offset_s) = if let Some(r) = s.strip_suffix(['Z', 'z']) {
+        (r, 0)
+    } else if let Some(found) = timed.then(|| utc_offset(s)).flatten() {
+        found
+    } else if !timed {
+        (s, 0)
+    } else {
+        return Err(bad());
+    };
     let (date, clock) = rest
         .split_once(['T', 't', ' '])
         .unwrap_or((rest, "00:00:00"));
@@ -89,10 +96,28 @@ pub fn parse_time(s: &str, now_ms: u64) -> Result<u64, String> {
         .take(3)
         .fold(0u64, |acc, d| acc * 10 + u64::from(d - b'0'));
     let days = days_from_civil(i64::from(y), mo, day);
-    let secs = days * 86_400 + i64::from(h) * 3600 + i64::from(mi) * 60 + i64::from(sec);
+    let secs = days * 86_400 + i64::from(h) * 3600 + i64::from(mi) * 60 + i64::from(sec) - offset_s;
     u64::try_from(secs)
         .map(|s| s * 1000 + millis)
         .map_err(|_| bad())
+}
+
+/// A time's `+HH:MM` (or `-HH:MM`) ending: the text before it and the
+/// offset in seconds east of UTC.
+fn utc_offset(s: &str) -> Option<(&str, i64)> {
+    let at = s.len().checked_sub(6)?;
+    let (rest, off) = (s.get(..at)?, s.get(at..)?.as_bytes());
+    let sign = match off[0] {
+        b'+' => 1,
+        b'-' => -1,
+        _ => return None,
+    };
+    let digit = |b: u8| b.is_ascii_digit().then(|| i64::from(b - b'0'));
+    let (h, m) = (
+        digit(off[1])? * 10 + digit(off[2])?,
+        digit(off[4])? * 10 + digit(off[5])?,
+    );
+    (off[3] == b':' && h < 24 && m < 60).then_some((rest, sign * (h * 3600 + m * 60)))
 }
 
 #[cfg(test)]
@@ -122,6 +147,21 @@ mod tests {
             10_000_000 - 3_600_000
         );
         assert_eq!(parse_time("90s", 100_000).unwrap(), 10_000);
+        // An offset in place of Z, and a date alone (its UTC midnight).
+        let z = parse_time("2026-12-02T11:38:00Z", 0).unwrap();
+        assert_eq!(parse_time("2026-12-02T12:38:00+01:00", 0), Ok(z));
+        assert_eq!(parse_time("2026-12-02T06:08:00-05:30", 0), Ok(z));
+        assert_eq!(
+            parse_time("2026-12-02", 0),
+            parse_time("2026-12-02T00:00:00Z", 0)
+        );
+        for bad in [
+            "2026-12-02T11:38:00",
+            "2026-12-02T11:38:00+1:00",
+            "2026-12-02T11:38+25:00",
+        ] {
+            assert!(parse_time(bad, 0).is_err(), "{bad}");
+        }
         // A total cannot start after now; the moment itself is fine.
         assert!(
             parse_start("99999999999999", 5_000)
