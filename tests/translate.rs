@@ -315,6 +315,29 @@ fn the_messages_api_reaches_any_provider(shards: usize) {
     assert!(text.contains("event: message_stop"));
     assert!(text.contains("\"output_tokens\":16"));
 
+    // A stream the provider ends cleanly but short of its [DONE]: Anthropic's
+    // error event, no message_stop, and a record that says it was cut.
+    let s = gw.client().post(
+        "/v1/messages",
+        &[("x-mock-error", "short")],
+        &msg("up/gpt-x", r#","stream":true"#),
+    );
+    assert_eq!(s.status, 200);
+    assert!(s.text().contains("event: error"), "{}", s.text());
+    assert!(!s.text().contains("event: message_stop"), "{}", s.text());
+    let id = s.header("aigw-request-id").unwrap();
+    let row = gw.log_rows_at_least(1, &format!("id={id}")).remove(0);
+    assert_eq!(
+        row["outcome"].as_str(),
+        Some("aborted_by_provider"),
+        "{row}"
+    );
+    assert_eq!(
+        row["error_code"].as_str(),
+        Some("stream_truncated"),
+        "{row}"
+    );
+
     // A whole answer cut short is a 502, not a 200 with no body.
     let r = gw.client().post(
         "/v1/messages",

@@ -34,9 +34,6 @@ pub struct FlightHead {
     pub served: Vec<u8>,
     pub head: Vec<u8>,
     pub stream: bool,
-    /// A stream whose end aigw knows how to tell
-    /// ([`crate::providers::usage::stream_end_known`]).
-    pub ends_known: bool,
 }
 
 #[derive(Default)]
@@ -52,6 +49,9 @@ struct State {
     expires_ms: u64,
     input_tokens: u32,
     output_tokens: u32,
+    /// What the leader's record says went wrong in the answer it shared
+    /// (`stream_error`, `stream_truncated`), for its followers' records.
+    fault: Option<&'static str>,
     provider: u32,
     /// The answer outgrew the largest entry: shared with its followers, never stored.
     oversize: bool,
@@ -91,6 +91,9 @@ impl Finished<'_> {
     }
     pub fn tokens(&self) -> (u32, u32) {
         (self.guard.input_tokens, self.guard.output_tokens)
+    }
+    pub fn fault(&self) -> Option<&'static str> {
+        self.guard.fault
     }
     pub fn provider(&self) -> u32 {
         self.guard.provider
@@ -292,6 +295,7 @@ impl Leading {
         created_ms: u64,
         expires_ms: u64,
         tokens: (u32, u32),
+        fault: Option<&'static str>,
     ) -> Option<Arc<Flight>> {
         let mut s = self.flight.lock();
         if s.end.is_some() || s.head.is_none() {
@@ -303,6 +307,7 @@ impl Leading {
         s.created_ms = created_ms;
         s.expires_ms = expires_ms;
         (s.input_tokens, s.output_tokens) = tokens;
+        s.fault = fault;
         Flight::wake(&mut s);
         drop(s);
         self.table = None;
@@ -338,7 +343,6 @@ mod tests {
             served: Vec::new(),
             head: b"content-type: text/event-stream\r\n".to_vec(),
             stream: true,
-            ends_known: true,
         }
     }
 
@@ -354,7 +358,7 @@ mod tests {
         let end = futures_lite::future::block_on(f.more(&mut cursor, &mut out));
         assert_eq!((end, &out[..]), (None, &b"data: 1\n\n"[..]));
         l.append(b"data: 2\n\n");
-        let done = l.complete(1, 2, (3, 4)).unwrap();
+        let done = l.complete(1, 2, (3, 4), None).unwrap();
         let end = futures_lite::future::block_on(f.more(&mut cursor, &mut out));
         assert_eq!(end, Some(End::Complete));
         assert_eq!(out, b"data: 1\n\ndata: 2\n\n");
@@ -389,7 +393,7 @@ mod tests {
         assert_eq!((end, out.len()), (None, 10));
         let end = futures_lite::future::block_on(f.more(&mut cursor, &mut out));
         assert_eq!(end, Some(End::Failed));
-        assert!(l.complete(0, 0, (0, 0)).is_none());
+        assert!(l.complete(0, 0, (0, 0), None).is_none());
     }
 
     #[test]
@@ -401,7 +405,7 @@ mod tests {
         l.append(&[b'x'; 10]);
         l.append(&[b'y'; 100]);
         assert!(!f.is_failed() && !failed());
-        let done = l.complete(1, 2, (3, 4)).unwrap();
+        let done = l.complete(1, 2, (3, 4), None).unwrap();
         assert!(done.finished().is_none(), "too large to store");
         let (mut cursor, mut out) = (0, Vec::new());
         let end = futures_lite::future::block_on(f.more(&mut cursor, &mut out));

@@ -332,15 +332,9 @@ pub fn scope<'a>(
 /// must not be served for a whole TTL. (Streams of providers that end
 /// otherwise are not stored.)
 pub fn storable(stream: bool, body: &[u8]) -> bool {
-    !stream || stream_fault(body).is_none()
-}
-
-/// What is wrong with a whole stream (see [`storable`]): `stream_error`, it
-/// carries an error event (the provider's, or the one aigw adds to a stream
-/// that stopped short, `stream_truncated`); `stream_truncated`, it did not end
-/// as its provider ends one. What a follower's record says of the stream
-/// it was given.
-pub fn stream_fault(body: &[u8]) -> Option<&'static str> {
+    if !stream {
+        return true;
+    }
     use memchr::memmem::{find, rfind};
     let end = body
         .iter()
@@ -360,17 +354,7 @@ pub fn stream_fault(body: &[u8]) -> Option<&'static str> {
     let error = find(body, b"event: error").is_some()
         || body.starts_with(b"data: {\"error\"")
         || find(body, b"\ndata: {\"error\"").is_some();
-    if error {
-        Some(if find(body, b"\"stream_truncated\"").is_some() {
-            "stream_truncated"
-        } else {
-            "stream_error"
-        })
-    } else if !ended {
-        Some("stream_truncated")
-    } else {
-        None
-    }
+    ended && !error
 }
 
 /// Everything the shards share.
@@ -1051,11 +1035,10 @@ mod tests {
             served: b"up\nm".to_vec(),
             head: b"content-type: application/json\r\n".to_vec(),
             stream: false,
-            ends_known: false,
         };
         lead.head(head, 1, None);
         lead.append(b"{}");
-        let done = lead.complete(now, now + 60_000, (1, 2)).unwrap();
+        let done = lead.complete(now, now + 60_000, (1, 2), None).unwrap();
         one.store(done, now);
         one.give_back();
         assert_eq!(cache.totals().entries, 0, "handed over, not yet stored");

@@ -121,13 +121,8 @@ pub fn respond(req: &MockRequest<'_>, request_id: u64) -> Vec<u8> {
         }
         "responses" if stream => responses_stream(&id, &model, prompt_tokens),
         "responses" => {
-            let body = format!(
-                "{{\"id\":\"{id}\",\"object\":\"response\",\"created_at\":0,\"status\":\"completed\",\"model\":{},\"output\":[{{\"type\":\"message\",\"role\":\"assistant\",\"content\":[{{\"type\":\"output_text\",\"text\":{}}}]}}],\"usage\":{{\"input_tokens\":{prompt_tokens},\"output_tokens\":12,\"total_tokens\":{}}}}}",
-                json_str(&model),
-                json_str(DEFAULT_REPLY),
-                prompt_tokens + 12
-            );
-            json_response(200, &body)
+            let r = Responses::new(&id, &model, prompt_tokens);
+            json_response(200, &r.response("completed", &r.item, &r.usage))
         }
         _ => json_response(
             404,
@@ -252,6 +247,53 @@ fn stream_reply(id: &str, model: &str, reply: &str, chat: bool, usage: Option<&s
     out
 }
 
+/// The parts of a Responses API answer, whole or streamed: its one output
+/// message (the default reply) and its usage.
+struct Responses<'a> {
+    id: &'a str,
+    /// As JSON.
+    model: String,
+    item_id: String,
+    /// The message's text part.
+    part: String,
+    item: String,
+    usage: String,
+}
+
+impl<'a> Responses<'a> {
+    fn new(id: &'a str, model: &str, prompt_tokens: u64) -> Responses<'a> {
+        let output_tokens = DEFAULT_REPLY.split_whitespace().count() as u64;
+        let item_id = format!("msg_{id}");
+        let part = format!(
+            "{{\"type\":\"output_text\",\"text\":{},\"annotations\":[]}}",
+            json_str(DEFAULT_REPLY)
+        );
+        let item = format!(
+            "{{\"id\":\"{item_id}\",\"type\":\"message\",\"status\":\"completed\",\"role\":\"assistant\",\"content\":[{part}]}}"
+        );
+        let usage = format!(
+            "{{\"input_tokens\":{prompt_tokens},\"output_tokens\":{output_tokens},\"total_tokens\":{}}}",
+            prompt_tokens + output_tokens
+        );
+        Responses {
+            id,
+            model: json_str(model),
+            item_id,
+            part,
+            item,
+            usage,
+        }
+    }
+
+    /// The response object with this status, output and usage.
+    fn response(&self, status: &str, output: &str, usage: &str) -> String {
+        format!(
+            "{{\"id\":\"{}\",\"object\":\"response\",\"created_at\":0,\"status\":\"{status}\",\"model\":{},\"output\":[{output}],\"parallel_tool_calls\":true,\"tool_choice\":\"auto\",\"tools\":[],\"usage\":{usage}}}",
+            self.id, self.model
+        )
+    }
+}
+
 /// A streamed Responses API answer: the events the OpenAI SDKs read
 /// (`response.created`, the output item and text part opening, a text delta
 /// per word, their closing, `response.completed` with the whole response and
@@ -261,19 +303,9 @@ fn responses_stream(id: &str, model: &str, prompt_tokens: u64) -> Vec<u8> {
     out.extend_from_slice(
         b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n",
     );
-    let model = json_str(model);
+    let r = Responses::new(id, model, prompt_tokens);
+    let (item_id, part) = (&r.item_id, &r.part);
     let text = json_str(DEFAULT_REPLY);
-    let output_tokens = DEFAULT_REPLY.split_whitespace().count() as u64;
-    let item_id = format!("msg_{id}");
-    let part = format!("{{\"type\":\"output_text\",\"text\":{text},\"annotations\":[]}}");
-    let item = format!(
-        "{{\"id\":\"{item_id}\",\"type\":\"message\",\"status\":\"completed\",\"role\":\"assistant\",\"content\":[{part}]}}"
-    );
-    let response = |status: &str, output: &str, usage: &str| {
-        format!(
-            "{{\"id\":\"{id}\",\"object\":\"response\",\"created_at\":0,\"status\":\"{status}\",\"model\":{model},\"output\":[{output}],\"parallel_tool_calls\":true,\"tool_choice\":\"auto\",\"tools\":[],\"usage\":{usage}}}"
-        )
-    };
     let mut seq = 0u64;
     let mut event = |out: &mut Vec<u8>, kind: &str, fields: &str| {
         let data = format!(
@@ -285,7 +317,7 @@ fn responses_stream(id: &str, model: &str, prompt_tokens: u64) -> Vec<u8> {
     event(
         &mut out,
         "response.created",
-        &format!(",\"response\":{}", response("in_progress", "", "null")),
+        &format!(",\"response\":{}", r.response("in_progress", "", "null")),
     );
     let at = format!(",\"output_index\":0,\"item_id\":\"{item_id}\"");
     event(
@@ -322,16 +354,15 @@ fn responses_stream(id: &str, model: &str, prompt_tokens: u64) -> Vec<u8> {
     event(
         &mut out,
         "response.output_item.done",
-        &format!(",\"output_index\":0,\"item\":{item}"),
-    );
-    let usage = format!(
-        "{{\"input_tokens\":{prompt_tokens},\"output_tokens\":{output_tokens},\"total_tokens\":{}}}",
-        prompt_tokens + output_tokens
+        &format!(",\"output_index\":0,\"item\":{}", r.item),
     );
     event(
         &mut out,
         "response.completed",
-        &format!(",\"response\":{}", response("completed", &item, &usage)),
+        &format!(
+            ",\"response\":{}",
+            r.response("completed", &r.item, &r.usage)
+        ),
     );
     out.extend_from_slice(LAST_CHUNK);
     out
@@ -397,6 +428,26 @@ mod tests {
             tap.usage.output_tokens.is_some_and(|n| n > 0),
             "{:?}",
             tap.usage
+        );
+        // The whole answer is the streamed one's last response object.
+        let whole = String::from_utf8(respond(
+            &MockRequest {
+                path: "/v1/responses",
+                // As long as the streamed request: the same input tokens.
+                body: br#"{"model":"x","stream":false,"input":"hi"}"#,
+            },
+            1,
+        ))
+        .unwrap();
+        let body = &whole[whole.find("\r\n\r\n").unwrap() + 4..];
+        let last = decoded
+            .rsplit(|&b| b == b'\n')
+            .find(|l| l.starts_with(b"data: "))
+            .unwrap();
+        let last = std::str::from_utf8(&last[6..]).unwrap();
+        assert!(
+            last.contains(&format!("\"response\":{body}")),
+            "{last}\n{body}"
         );
     }
 

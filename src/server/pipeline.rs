@@ -377,14 +377,13 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
     } else {
         relay::STREAM_BROKE_OFF
     };
-    // A stream that ends cleanly but short of its end gets the event of one
-    // that broke off (a translated one, from its translator).
-    if rh.event_stream
+    // Whether a stream that ends cleanly but short of its end is cut: its
+    // record says so, and it gets the event of one that broke off (a
+    // translated one from its translator).
+    let judged = rh.event_stream
         && rh.status < 400
-        && translate.is_none()
-        && client_framing != ClientFraming::Length
-        && crate::providers::usage::stream_end_known(plan.endpoint, &plan.path)
-    {
+        && crate::providers::usage::stream_end_known(plan.endpoint, &plan.path);
+    if judged && translate.is_none() && client_framing != ClientFraming::Length {
         usage.end_short_streams_with(broke_off);
     }
     // `include-cost` on a chunked answer (a stream): its cost is known only
@@ -492,7 +491,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         rec.error_code = Some("stream_error");
     }
     // A stream that ended short of its end: the provider's, as a cut one.
-    let cut_short = usage.cut_short();
+    let cut_short = judged && relayed.body_complete && !usage.ended_well();
     if cut_short && rec.error_source.is_none() {
         rec.error_source = Some(ErrorSource::Provider);
         rec.error_code = Some("stream_truncated");
@@ -617,7 +616,18 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
             tokens(rec.usage.input_tokens),
             tokens(rec.usage.output_tokens),
         );
-        if let Some(flight) = f.leading.complete(now, now + ttl.as_millis() as u64, used) {
+        // What its followers' records say of the answer they share.
+        let fault = if failed {
+            Some("stream_error")
+        } else if cut_short {
+            Some("stream_truncated")
+        } else {
+            None
+        };
+        if let Some(flight) = f
+            .leading
+            .complete(now, now + ttl.as_millis() as u64, used, fault)
+        {
             if relayed.ending == Ending::Complete {
                 cache.store(flight, now);
             } else {
@@ -1501,8 +1511,6 @@ fn fill_tap(
             served,
             head,
             stream: rh.event_stream,
-            ends_known: rh.event_stream
-                && crate::providers::usage::stream_end_known(plan.endpoint, &plan.path),
         },
         entry::provider_tag(&plan.provider.name),
         hint,
@@ -1694,12 +1702,9 @@ async fn follow(
 fn settle_follower(flight: &Flight, rec: &mut RequestRecord) {
     rec.cost = Some(0.0);
     if let Some(f) = flight.finished() {
-        // The stream it shared failed or stopped short: so did this answer
-        // (the leader's record says so too).
-        if let Some(fault) = f
-            .head()
-            .filter(|h| h.stream && h.ends_known)
-            .and_then(|_| cache::stream_fault(f.body()))
+        // The stream it shared failed or stopped short: so did this answer,
+        // as the leader's record says.
+        if let Some(fault) = f.fault()
             && rec.error_source.is_none()
         {
             rec.error_source = Some(ErrorSource::Provider);

@@ -41,8 +41,6 @@ impl ClientFraming {
     }
 }
 
-/// Writes the header lines every provider answer carries: request id,
-/// provider and (when it can be echoed) model.
 /// `aigw-step: N` (`cf-aig-step` on Cloudflare-layout URLs) for a routed answer.
 fn push_step(out: &mut Vec<u8>, step: Option<(usize, bool)>) {
     if let Some((step, cloudflare)) = step {
@@ -56,6 +54,8 @@ fn push_step(out: &mut Vec<u8>, step: Option<(usize, bool)>) {
     }
 }
 
+/// Writes the header lines every provider answer carries: request id,
+/// provider and (when it can be echoed) model.
 fn push_ours(out: &mut Vec<u8>, id: RequestId, provider: Option<&str>, model: Option<&str>) {
     push_id(out, id);
     if let Some(p) = provider {

@@ -133,9 +133,8 @@ enum Read<'s> {
         tap: Box<SseTap>,
         out: Vec<u8>,
         /// The event that ends a stream which stops short
-        /// ([`UsageTap::end_short_streams_with`]), and whether it was sent.
+        /// ([`UsageTap::end_short_streams_with`]).
         short: Option<&'static [u8]>,
-        cut_short: bool,
     },
 }
 
@@ -169,7 +168,6 @@ impl<'s> UsageTap<'s> {
                 tap: Box::new(SseTap::new(shape, filter_usage_event)),
                 out: Vec::new(),
                 short: None,
-                cut_short: false,
             },
             usage: Usage::default(),
             first_event: None,
@@ -188,15 +186,13 @@ impl<'s> UsageTap<'s> {
         }
     }
 
-    /// Whether the stream stopped short and got that event.
-    pub fn cut_short(&self) -> bool {
-        matches!(
-            &self.read,
-            Read::Sse {
-                cut_short: true,
-                ..
-            }
-        )
+    /// Whether a stream, once whole, ended as its provider ends one
+    /// ([`SseTap::ended_well`]); a JSON body always does.
+    pub fn ended_well(&self) -> bool {
+        match &self.read {
+            Read::Sse { tap, .. } => tap.ended_well(),
+            Read::Json { .. } => true,
+        }
     }
 
     /// The usage read so far (all of it once finished).
@@ -297,19 +293,13 @@ impl Tap for UsageTap<'_> {
                 }
                 &[]
             }
-            Read::Sse {
-                tap,
-                out,
-                short,
-                cut_short,
-            } => {
+            Read::Sse { tap, out, short } => {
                 out.clear();
                 if end == End::Complete && tap.filters() {
                     tap.finish(out);
                 }
                 if let (End::Complete, Some(event), false) = (end, *short, tap.ended_well()) {
                     out.extend_from_slice(event);
-                    *cut_short = true;
                 }
                 self.usage = tap.usage;
                 out
