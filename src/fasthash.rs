@@ -1,5 +1,6 @@
-//! FNV-1a hashing for small shard-local maps keyed by short names (providers),
-//! and one multiply per word for keys that are hashes already (limit buckets).
+//! One multiply per word for small shard-local maps keyed by short names
+//! (providers, models, key ids) and for keys that are hashes already (limit
+//! buckets).
 //!
 //! These maps are looked up on every request and never see untrusted keys in
 //! bulk (provider names come from the config), so SipHash's flooding defence
@@ -8,24 +9,43 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
+/// A multiply and a fold per eight bytes: unseeded, for keys a client does
+/// not choose.
 #[derive(Clone, Copy)]
-pub struct Fnv1a(u64);
+pub struct WordHash(u64);
 
-impl Default for Fnv1a {
+impl Default for WordHash {
     fn default() -> Self {
-        Fnv1a(0xcbf2_9ce4_8422_2325)
+        WordHash(0xcbf2_9ce4_8422_2325)
     }
 }
 
-impl Hasher for Fnv1a {
+impl Hasher for WordHash {
     fn finish(&self) -> u64 {
         self.0
     }
+    /// Eight bytes per multiply (a byte at a time, FNV-1a's way, cost a
+    /// model name's look-up more than the table's probe); the last word is
+    /// padded and carries how many bytes it holds.
     fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 ^= u64::from(*b);
-            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        let mut words = bytes.chunks_exact(8);
+        for w in &mut words {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(w);
+            self.write_u64(u64::from_le_bytes(b));
         }
+        let rest = words.remainder();
+        if !rest.is_empty() {
+            let mut w = (rest.len() as u64) << 56;
+            for (i, b) in rest.iter().enumerate() {
+                w |= u64::from(*b) << (8 * i);
+            }
+            self.write_u64(w);
+        }
+    }
+    /// `str`'s terminator: one word.
+    fn write_u8(&mut self, n: u8) {
+        self.write_u64(u64::from(n));
     }
     /// A whole word at once (keys built from hashes: one multiply, folded).
     fn write_u64(&mut self, n: u64) {
@@ -39,8 +59,8 @@ impl Hasher for Fnv1a {
     }
 }
 
-/// A `HashMap` with FNV-1a.
-pub type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<Fnv1a>>;
+/// A `HashMap` with [`WordHash`].
+pub type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<WordHash>>;
 
 /// xxh3 with a per-table seed, for small shard-local maps keyed by text a
 /// client chose (user agents): fast on strings of any length, and a client
@@ -199,6 +219,40 @@ impl<V, const CAP: usize> DigestMemo<V, CAP> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_that_differ_anywhere_hash_apart() {
+        use std::hash::BuildHasher;
+        let build = BuildHasherDefault::<WordHash>::default();
+        // Every length around a word's, trailing zero bytes, a byte moved
+        // between words.
+        let mut names: Vec<Vec<u8>> = (0..=17).map(|n| vec![b'a'; n]).collect();
+        names.extend((1..=9).map(|n| [b"ab".to_vec(), vec![0; n]].concat()));
+        names.extend([
+            b"gpt-4o-mini".to_vec(),
+            b"gpt-4o-minj".to_vec(),
+            b"gpt-4o-mini\0".to_vec(),
+        ]);
+        names.extend([
+            b"abcdefgh".to_vec(),
+            b"abcdefg".to_vec(),
+            b"bcdefgh".to_vec(),
+        ]);
+        let mut seen = std::collections::HashMap::new();
+        for n in &names {
+            let h = build.hash_one(n.as_slice());
+            if let Some(other) = seen.insert(h, n) {
+                panic!("{n:?} and {other:?} hash alike");
+            }
+        }
+        let map: FastMap<&str, u32> = [("openai", 1), ("anthropic", 2), ("openai-2", 3)]
+            .into_iter()
+            .collect();
+        assert_eq!(
+            (map.get("openai"), map.get("openai-2"), map.get("open")),
+            (Some(&1), Some(&3), None)
+        );
+    }
 
     #[test]
     fn a_digest_is_remembered_from_its_second_sight() {

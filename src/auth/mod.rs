@@ -686,7 +686,9 @@ fn holds_prefix(bytes: &[u8]) -> bool {
         return false;
     }
     if bytes.len() < SHORT_SEARCH {
-        return memchr::memchr_iter(prefix[0], bytes).any(|i| bytes[i..].starts_with(prefix));
+        // A plain loop: memchr's set-up costs more than these few bytes.
+        return (0..=bytes.len() - prefix.len())
+            .any(|i| bytes[i] == prefix[0] && bytes[i..].starts_with(prefix));
     }
     finder().find(bytes).is_some()
 }

@@ -224,8 +224,11 @@ fn register(wakers: &mut Vec<Waker>, w: &Waker) {
 
 /// The flights in progress, by key (shared by every shard). A key is a hash
 /// already: its two words are folded with a multiply each, not SipHashed.
-pub type Flights =
-    dashmap::DashMap<CacheKey, Arc<Flight>, std::hash::BuildHasherDefault<crate::fasthash::Fnv1a>>;
+pub type Flights = dashmap::DashMap<
+    CacheKey,
+    Arc<Flight>,
+    std::hash::BuildHasherDefault<crate::fasthash::WordHash>,
+>;
 
 /// The leader's side of a flight. Dropped unfinished, it fails the flight.
 pub struct Leading {

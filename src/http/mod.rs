@@ -249,10 +249,13 @@ mod tests {
             10_000_000_000,
             u64::MAX / 10,
             u64::MAX,
-        ] {
-            let mut out = Vec::new();
+        ]
+        .into_iter()
+        .chain((1..20).flat_map(|k| [10u64.pow(k) - 1, 10u64.pow(k)]))
+        {
+            let mut out = b"x: ".to_vec();
             super::push_decimal(&mut out, n);
-            assert_eq!(out, n.to_string().into_bytes());
+            assert_eq!(out, format!("x: {n}").into_bytes());
         }
     }
 }

@@ -810,6 +810,7 @@ fn secret_upstream(
     plan: &Plan,
     model: Option<&str>,
     injected: bool,
+    presented: Option<std::ops::Range<usize>>,
 ) -> Option<&'static str> {
     // From the target to the last header (spans are in the window).
     let from = view.head.target.start;
@@ -824,6 +825,11 @@ fn secret_upstream(
         .unwrap_or_default();
     for at in auth::secret_offsets(head) {
         let at = from + at as u32;
+        // The credential presented to aigw (`presented`: a header that
+        // stays with aigw), as it usually is: nothing to look up.
+        if presented.as_ref().is_some_and(|p| p.start == at as usize) {
+            continue;
+        }
         let header = view
             .head
             .headers
@@ -852,11 +858,13 @@ fn secret_upstream(
     if model.is_some_and(|m| auth::carries_secret(m.as_bytes())) {
         return Some("the model name");
     }
-    let basic = view.headers().any(|(name, value)| {
-        name.eq_ignore_ascii_case(b"authorization")
-            && !forward::skip_upstream(name, injected)
-            && auth::basic_carries_secret(value)
-    });
+    // `Authorization` goes upstream exactly when aigw injects no key.
+    let basic = !injected
+        && view.headers().any(|(name, value)| {
+            name.eq_ignore_ascii_case(b"authorization")
+                && !forward::skip_upstream(name, injected)
+                && auth::basic_carries_secret(value)
+        });
     basic.then_some("Basic credentials that go upstream")
 }
 
@@ -887,10 +895,19 @@ fn authenticate(
             .iter()
             .all(|t| t.has_keys() || t.provider.auth_lines(true).is_some()),
     };
-    if let Some(place) = secret_upstream(&view, plan, rec.model.as_deref(), injected) {
+    let presented = auth::presented(headers, injected);
+    // Where the token presented to aigw is in the window.
+    let span = match presented {
+        Some((Carrier::Gateway | Carrier::Provider, token)) => {
+            let at = (token.as_ptr() as usize).wrapping_sub(view.window.as_ptr() as usize);
+            (at < view.window.len()).then_some(at..at + token.len())
+        }
+        _ => None,
+    };
+    if let Some(place) = secret_upstream(&view, plan, rec.model.as_deref(), injected, span) {
         return Err(secret_refused(place, plan));
     }
-    let found = match auth::presented(headers, injected) {
+    let found = match presented {
         Some((Carrier::Misplaced, _)) => return Err(misplaced_refused(plan)),
         Some((Carrier::Conflicting, _)) => {
             return Err(GatewayError::unauthorized(

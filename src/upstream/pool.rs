@@ -14,7 +14,7 @@ use std::time::Duration;
 pub const MAX_IDLE_PER_PROVIDER: usize = 512;
 
 pub struct Pool {
-    /// Keyed by provider names from the config: FNV, not SipHash.
+    /// Keyed by provider names from the config: [`crate::fasthash::FastMap`], not SipHash.
     idle: RefCell<FastMap<Rc<str>, Vec<UpstreamConn>>>,
     max_idle: Cell<Duration>,
 }
