@@ -76,7 +76,9 @@ pub struct Plan {
     /// pipeline moves it into the record).
     pub model: Option<String>,
     pub stream: bool,
-    /// The output cap the body sets (`max_tokens` and its other names).
+    /// The output cap the body sets (`max_tokens` and its other names);
+    /// `Some(0)` for an endpoint that writes no output tokens
+    /// ([`providers::usage::yields_no_output`]: embeddings).
     pub max_tokens: Option<u64>,
     /// How many answers it asks for (`n`): each may use `max_tokens`.
     pub choices: u64,
@@ -411,8 +413,14 @@ pub fn plan(
                 providers::PathModel::Path(named) => named.map(str::to_string),
             };
             let stream = stream || provider.path_streams(rest);
+            let path = provider.passthrough_path(rest);
+            let max_tokens = if providers::usage::yields_no_output(None, &path) {
+                Some(0)
+            } else {
+                max_tokens
+            };
             Ok(Routed::Upstream(Plan {
-                path: provider.passthrough_path(rest),
+                path,
                 anthropic_client: provider.dialect() == providers::Dialect::Anthropic,
                 provider,
                 method,
@@ -508,7 +516,11 @@ fn unified_plan(
         asked_usage,
         model: Some(model_name.to_string()),
         stream,
-        max_tokens: fields.max_tokens(body),
+        max_tokens: if providers::usage::yields_no_output(Some(endpoint), "") {
+            Some(0)
+        } else {
+            fields.max_tokens(body)
+        },
         choices: fields.choices(body),
         translation,
         routing: None,

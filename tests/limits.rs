@@ -188,6 +188,45 @@ fn token_limits_settle_to_the_real_usage_and_carry_debt(shards: usize) {
     );
 }
 
+/// An embeddings request writes no output tokens: token rules and budgets
+/// reserve none for it (not `default_max_tokens`, which alone is more than
+/// these rules and this budget hold), on the unified and pass-through URLs.
+/// A chat request without `max_tokens` still reserves the default.
+fn embeddings_reserve_no_output(shards: usize) {
+    let mock = mock();
+    let gw = limited(
+        shards,
+        &mock.base_url(),
+        "[[rate_limits]]\nname = \"out\"\nscope = \"gateway\"\ncount = \"output_tokens\"\nlimit = 1000\nwindow = \"30d\"\n\
+         [[rate_limits]]\nname = \"all\"\nscope = \"gateway\"\ncount = \"total_tokens\"\nlimit = 1000\nwindow = \"30d\"\n\
+         [[budgets]]\nname = \"cents\"\nscope = \"gateway\"\nusd = 0.001\nwindow = \"daily\"\n\
+         [prices.\"up/embed-x\"]\ninput = 0.02\noutput = 10.0\n",
+    );
+    let mut c = gw.client();
+    let chat = c.post("/v1/chat/completions", &[], &chat("no cap"));
+    assert_eq!(chat.status, 400, "{}", chat.text());
+    assert_eq!(chat.error_code(), "request_too_large", "{}", chat.text());
+    let body = r#"{"model":"up/embed-x","input":"hello"}"#;
+    let passthrough = r#"{"model":"embed-x","input":"hello"}"#;
+    let mut last = None;
+    for _ in 0..5 {
+        for (path, body) in [("/v1/embeddings", body), ("/up/embeddings", passthrough)] {
+            let r = c.post(path, &[], body);
+            assert_eq!(r.status, 200, "{path}: {}", r.text());
+            assert!(r.json()["data"][0]["embedding"].is_array(), "{}", r.text());
+            last = Some(r);
+        }
+    }
+    // Ten requests of a few input tokens each, a token of output reserved
+    // at most: nearly the whole limit is left.
+    let left: u64 = last
+        .unwrap()
+        .header("x-ratelimit-remaining-tokens")
+        .and_then(|v| v.parse().ok())
+        .expect("remaining tokens");
+    assert!((800..1000).contains(&left), "{left} tokens left");
+}
+
 fn metadata_scopes_count_each_value_apart(shards: usize) {
     let mock = mock();
     let gw = limited(
@@ -306,6 +345,7 @@ at_1_and_2_shards!(
     one_connection_gets_the_whole_limit,
     a_concurrent_limit_of_four_never_has_a_fifth_in_flight,
     token_limits_settle_to_the_real_usage_and_carry_debt,
+    embeddings_reserve_no_output,
     metadata_scopes_count_each_value_apart,
     cache_hits_do_not_count_unless_asked,
     each_key_its_own_limit_and_budget,

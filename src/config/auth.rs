@@ -168,8 +168,13 @@ fn read_metadata(w: &mut Walker, v: Option<&toml::Value>, path: &str) -> Vec<(St
                 w.err(
                     &format!("{path}.{k}"),
                     format!(
-                        "expected a string, number or boolean, found {}",
-                        other.type_str()
+                        "expected a string, an integer or a boolean, found {}{}",
+                        other.type_str(),
+                        if other.is_float() {
+                            " (write a fraction as text, e.g. \"1.5\": it is matched as written)"
+                        } else {
+                            ""
+                        }
                     ),
                 );
                 continue;
@@ -240,5 +245,14 @@ mod tests {
         ))
         .join("\n");
         assert!(e.contains("keys.a.secret: unknown key"), "{e}");
+        // A fraction would be matched by the text TOML gives it back as.
+        let e = errors(&format!(
+            "[keys.a]\nsecret_sha256 = \"{HASH}\"\nmetadata = {{ tier = 1.5 }}\n"
+        ))
+        .join("\n");
+        assert!(
+            e.contains("keys.a.metadata.tier: expected a string, an integer or a boolean, found float (write a fraction as text"),
+            "{e}"
+        );
     }
 }

@@ -317,8 +317,13 @@ fn read_when(w: &mut Walker, t: &toml::Table, at: &str) -> Vec<(String, String)>
                 w.err(
                     &format!("{at}.{k}"),
                     format!(
-                        "expected a string, number or boolean, found {}",
-                        other.type_str()
+                        "expected a string, an integer or a boolean, found {}{}",
+                        other.type_str(),
+                        if other.is_float() {
+                            " (write a fraction as text, e.g. \"1.5\": it is matched as written)"
+                        } else {
+                            ""
+                        }
                     ),
                 );
                 continue;

@@ -161,7 +161,12 @@ fn parse(body: &[u8]) -> Result<(KeyEntry, Option<String>), String> {
                 u.to_string()
             } else {
                 return Err(format!(
-                    "metadata.{k}: expected a string, an integer or a boolean"
+                    "metadata.{k}: expected a string, an integer or a boolean{}",
+                    if v.as_f64().is_some() {
+                        " (write a fraction as text, e.g. \"1.5\")"
+                    } else {
+                        ""
+                    }
                 ));
             };
             metadata.push((k.to_string(), text));

@@ -78,6 +78,22 @@ pub fn stream_end_known(endpoint: Option<&str>, path: &str) -> bool {
         || path.contains(":streamGenerateContent")
 }
 
+/// Whether a request to this endpoint (unified) or path (pass-through)
+/// yields no output tokens: embeddings (OpenAI's, Azure's, Mistral's,
+/// Cohere's `/embed`, Gemini's `:embedContent` and `:batchEmbedContents`)
+/// and moderations. Admission reserves no output for it: a rule's or
+/// budget's `default_max_tokens` is for answers that write text.
+pub fn yields_no_output(endpoint: Option<&str>, path: &str) -> bool {
+    if let Some(e) = endpoint {
+        return e == "embeddings";
+    }
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    let last = path.trim_end_matches('/').rsplit('/').next().unwrap_or("");
+    matches!(last, "embeddings" | "embed" | "moderations")
+        || last.ends_with(":embedContent")
+        || last.ends_with(":batchEmbedContents")
+}
+
 /// Whether an event's data says why a choice (or candidate) finished:
 /// `"finish_reason"` (`"finishReason"`) with a string, not `null`.
 fn names_a_finish(data: &[u8]) -> bool {
@@ -487,6 +503,35 @@ mod tests {
         // Its own failure is an ending too (the error says what happened).
         assert!(ended("data: {\"error\":{\"code\":\"overloaded\"}}\n\n"));
         assert!(!ended(""));
+    }
+
+    #[test]
+    fn embeddings_and_moderations_yield_no_output() {
+        for (endpoint, path) in [
+            (Some("embeddings"), "/x"),
+            (None, "/v1/embeddings"),
+            (None, "/openai/deployments/e/embeddings?api-version=1"),
+            (None, "/v2/embed/"),
+            (None, "/v1/moderations"),
+            (None, "/v1beta/models/text-embedding-004:embedContent"),
+            (
+                None,
+                "/v1beta/models/text-embedding-004:batchEmbedContents?key=k",
+            ),
+        ] {
+            assert!(yields_no_output(endpoint, path), "{endpoint:?} {path}");
+        }
+        for (endpoint, path) in [
+            (Some("chat/completions"), "/v1/embeddings"),
+            (Some("responses"), "/x"),
+            (None, "/v1/chat/completions"),
+            (None, "/v1/embeddings/chat/completions"),
+            (None, "/v1/images/generations"),
+            (None, "/v1/audio/speech"),
+            (None, "/v1beta/models/gemini-2.0-flash:generateContent"),
+        ] {
+            assert!(!yields_no_output(endpoint, path), "{endpoint:?} {path}");
+        }
     }
 
     #[test]
