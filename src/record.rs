@@ -523,6 +523,14 @@ pub struct RequestRecord {
     pub total: Duration,
     /// Upstream attempts made (0: answered without a provider).
     pub attempts: u32,
+    /// Time spent in tries that failed before the answering one and in the
+    /// waits between tries (backoff, a cooling target's return): the
+    /// provider's, not the gateway's.
+    pub upstream_waited: Duration,
+    /// The provider and model of each try that failed and was followed by
+    /// another (a retry or a fallback): failures the request's own outcome
+    /// does not show, counted by target in `/stats` and `/metrics`.
+    pub failed_tries: Vec<(Arc<str>, Option<String>)>,
     /// New provider connections opened for this request.
     pub upstream_connects: u32,
     /// The answering provider connection was reused from the pool.
@@ -632,6 +640,8 @@ impl RequestRecord {
             ttft: None,
             total: Duration::ZERO,
             attempts: 0,
+            upstream_waited: Duration::ZERO,
+            failed_tries: Vec::new(),
             upstream_connects: 0,
             upstream_reused: false,
             cache: None,

@@ -74,6 +74,46 @@ fn a_failing_primary_falls_back_to_the_next_target(shards: usize) {
     assert_eq!(tries[1]["model"], "m-b");
     assert_eq!(tries[1]["status"], 200);
     assert_eq!(tries[1]["step"], 1);
+    // `/stats` and `/metrics` count the two failed tries under the target
+    // that failed; the requests count where they ended.
+    let stats = gw.stats();
+    let providers = &stats["providers"];
+    assert_eq!(
+        (
+            providers["a"]["failed_tries"].as_u64(),
+            providers["a"]["requests"].as_u64(),
+            providers["b"]["failed_tries"].as_u64(),
+            providers["b"]["requests"].as_u64(),
+        ),
+        (Some(2), Some(0), Some(0), Some(2)),
+        "{stats}"
+    );
+    let (_, metrics) = common::gateway::admin_get(&gw.admin_socket, "/metrics");
+    let metrics = String::from_utf8(metrics).unwrap();
+    assert!(
+        metrics.contains("aigw_failed_tries_total{provider=\"a\",model=\"m-a\"} 2\n"),
+        "{metrics}"
+    );
+    // The failed try's time is the provider's, not the gateway's: 200 ms in
+    // each target, and the gateway's share stays small.
+    let slow = gw.client().post(
+        "/v1/chat/completions",
+        &[("x-mock-latency-ms", "200")],
+        &chat("chat", false),
+    );
+    assert_eq!(slow.status, 200, "{}", slow.text());
+    let timing = slow.header("server-timing").unwrap().to_string();
+    let gateway_ms: f64 = timing
+        .strip_prefix("gateway;dur=")
+        .and_then(|t| t.split(',').next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("{timing}"));
+    assert!(gateway_ms < 150.0, "{timing}");
+    // The third row: the two requests before are logged already.
+    let row = gw.log_rows_at_least(3, "").remove(0);
+    assert_eq!(row["model"], "m-b");
+    assert!(row["total_us"].as_u64().unwrap() >= 400_000, "{row}");
+    assert!(row["gateway_us"].as_u64().unwrap() < 150_000, "{row}");
 }
 
 /// A cache hit of a routed answer, and a request that shares one in flight,
@@ -157,7 +197,16 @@ fn a_shared_or_cached_answer_names_the_target_that_served(shards: usize) {
         assert_eq!(r.header("aigw-cache-status"), Some("MISS"));
         assert_eq!(r.header("aigw-provider"), Some("b"));
     }
-    assert!(stats["providers"].get("a").is_none(), "{stats}");
+    // `a` counts no request, only the failed tries of the two requests
+    // that went upstream (the miss and the leader the others followed).
+    assert_eq!(
+        (
+            stats["providers"]["a"]["requests"].as_u64(),
+            stats["providers"]["a"]["failed_tries"].as_u64()
+        ),
+        (Some(0), Some(2)),
+        "{stats}"
+    );
 }
 
 fn a_rate_limited_primary_is_retried_then_left(shards: usize) {

@@ -198,6 +198,12 @@ impl Spend {
         (self.amount.rolled(window).1, took)
     }
 
+    /// The amount taken for `window`, if one is.
+    fn amount_taken(&self, window: u32) -> Option<u64> {
+        let (w, amount) = self.amount.rolled(window);
+        (w == SpendWindows::number(window) && amount != 0).then_some(amount)
+    }
+
     /// Sets the amount of `window` (the current one) to what an earlier run
     /// took for it, unless one is taken already.
     fn restore_amount(&self, window: u32, amount: u64) {
@@ -597,6 +603,30 @@ impl Budgets {
     /// The amounts taken since the last call (the log thread stores them).
     pub fn take_amounts(&self) -> Vec<InForce> {
         std::mem::take(&mut *self.taken.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Marks as raised the alert of each bucket whose spend (rebuilt from
+    /// the log) has passed its budget's `alert_at` in the window in force at
+    /// `now_ms`: a restart does not warn again in a window that warned.
+    pub fn note_raised_alerts(&self, rules: &[BudgetRule], now_ms: u64) {
+        let prepared = prepare(rules);
+        for entry in self.buckets.iter() {
+            let Some(p) = prepared.iter().find(|p| p.fingerprint == entry.key().0) else {
+                continue;
+            };
+            let Some(share) = p.rule.alert_at else {
+                continue;
+            };
+            let s = slot(p.rule.window, now_ms);
+            let b = entry.value();
+            let amount = b.spend.amount_taken(s.window).unwrap_or(p.amount);
+            // As `Reservation::settle` judges it.
+            if b.spend.spent(&s) >= (share * amount as f64) as u64 {
+                b.spend
+                    .alerted
+                    .store(u64::from(s.window) + 1, Ordering::Release);
+            }
+        }
     }
 
     /// Gives each bucket the amount an earlier run took for the window in
@@ -1429,6 +1459,29 @@ mod tests {
         assert_eq!(settle(1.0, NOW), 0);
         assert_eq!(settle(6.0, NOW + DAY_MS), 1);
         assert_eq!(shared.alerts.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_restart_does_not_warn_again_in_a_window_that_warned() {
+        let rules =
+            "[[budgets]]\nscope = \"gateway\"\nusd = 10\nwindow = \"daily\"\nalert_at = 0.5\n";
+        // What the log holds: $6 spent today (past the alert), $1 yesterday.
+        let spent = [(NOW, 6.0), (NOW - DAY_MS, 1.0)].map(|(ts_ms, usd)| Spent {
+            ts_ms,
+            subject: who(None),
+            usd,
+        });
+        for (today, raised) in [(NOW, 0), (NOW + DAY_MS, 1)] {
+            let (shared, s, rules) = shard(rules);
+            shared.rebuild(&rules, &spent);
+            shared.note_raised_alerts(&rules, today);
+            let settled = s
+                .reserve(&who(None), RATES, 1, Some(1), 1, today)
+                .unwrap()
+                .settle(Some(if today == NOW { 0.5 } else { 5.0 }), &shared);
+            // Today warned before the restart; tomorrow had not.
+            assert_eq!(settled, raised, "{today}");
+        }
     }
 
     #[test]

@@ -824,11 +824,12 @@ pub fn render_json(m: &Merged, logs: &LogStats, cache: Option<Totals>) -> String
         crate::error::push_json_string(&mut key, name);
         let _ = write!(
             s,
-            "{key}:{{\"requests\":{},\"errors\":{},\"input_tokens\":{},\"output_tokens\":{}}}",
+            "{key}:{{\"requests\":{},\"errors\":{},\"failed_tries\":{},\"input_tokens\":{},\"output_tokens\":{}}}",
             p.total_requests(),
             // The provider's own failures (its error statuses, cut answers,
             // errors inside its streams), not the client's refused requests.
             p.errors[crate::stats::labels::source_index(crate::error::ErrorSource::Provider)],
+            p.failed_tries,
             p.input_tokens,
             p.output_tokens
         );

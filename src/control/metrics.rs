@@ -173,6 +173,17 @@ pub fn render(m: &Merged, logs: &LogStats, cache: Option<Totals>) -> String {
     }
     family(
         &mut s,
+        "aigw_failed_tries_total",
+        "counter",
+        "Tries that failed and were retried or fallen back from, by the provider and model tried (not in aigw_requests_total: the request counts where it ended).",
+    );
+    for (l, v) in &labelled {
+        if v.failed_tries > 0 {
+            let _ = writeln!(s, "aigw_failed_tries_total{{{l}}} {}", v.failed_tries);
+        }
+    }
+    family(
+        &mut s,
         "aigw_tokens_total",
         "counter",
         "Tokens by provider, model and direction (input, output, cached input).",

@@ -221,10 +221,11 @@ pub fn render(stats_json: &str) -> Option<String> {
             let p = |k: &str| n(&["providers", name.as_str(), k]);
             let _ = writeln!(
                 out,
-                "provider    {:<12} requests {}  errors {}  tokens in {}  out {}",
+                "provider    {:<12} requests {}  errors {}  failed tries {}  tokens in {}  out {}",
                 name,
                 p("requests"),
                 p("errors"),
+                p("failed_tries"),
                 p("input_tokens"),
                 p("output_tokens")
             );

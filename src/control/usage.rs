@@ -117,6 +117,7 @@ pub fn rebuild_rules(
     // Each budget's window goes on with the amount it began with.
     if restore {
         budgets.restore_amounts(budget_rules, &logstore::budget_amounts(&conn), now);
+        budgets.note_raised_alerts(budget_rules, now);
     }
     Ok(replayed)
 }

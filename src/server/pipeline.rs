@@ -404,7 +404,11 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
     // A drain may have begun while we waited for the provider: say `close` in
     // the head now rather than closing a connection the client thinks persists.
     let keep = keep_alive && framing.client != ClientFraming::Close && !ctx.draining.get();
-    let pre_upstream = reply.sent_at.duration_since(req.started);
+    // Earlier tries and the waits between them were the provider's time.
+    let pre_upstream = reply
+        .sent_at
+        .duration_since(req.started)
+        .saturating_sub(rec.upstream_waited);
     c.out.clear();
     let head = ClientHead {
         http10: c.head.http10,
@@ -1886,10 +1890,15 @@ async fn retrying_attempts(
         Some(r) => r.fallback_on.statuses.contains(&status),
         None => DEFAULT_FALLBACK_STATUSES.contains(&status),
     };
+    let steps_began = Instant::now();
     let steps = usable_steps(plan).await?;
+    rec.upstream_waited += steps_began.elapsed();
     let track = rec.log.is_some() && (route.is_some() || retry.attempts > 1);
     let mut body_at = build_upstream(c, req, plan);
     let mut last_error = None;
+    // The target of the last try that failed: counted as a failed try once
+    // another try follows it (else its failure is the request's own).
+    let mut failed_try: Option<(Arc<str>, Option<String>)> = None;
     for (n, &step) in steps.iter().enumerate() {
         let first = plan.routing.as_ref().is_some_and(|r| r.step == step);
         if first && refused_first.is_some() {
@@ -1948,14 +1957,19 @@ async fn retrying_attempts(
                 let wait = hint
                     .take()
                     .unwrap_or_else(|| targets::backoff(&retry, tried, &|n| ctx.random_below(n)));
+                let wait_began = Instant::now();
                 wait_unless_gone(ctx, c, wait).await?;
+                rec.upstream_waited += wait_began.elapsed();
                 // A target with keys of its own tries again with the next one.
                 if target.as_ref().is_some_and(|t| t.has_keys()) {
                     body_at = build_upstream(c, req, plan);
                 }
             }
             let last = n + 1 == steps.len() && tried + 1 == retry.attempts;
-            let started = track.then(Instant::now);
+            if let Some(f) = failed_try.take() {
+                rec.failed_tries.push(f);
+            }
+            let started = Instant::now();
             let result = attempt_once(ctx, c, plan, body_at, rec, Some(first_byte)).await;
             if track {
                 let outcome = match &result {
@@ -1964,12 +1978,7 @@ async fn retrying_attempts(
                     Err(Tried::Gone) => Err("client_gone"),
                 };
                 let step = plan.routing.as_ref().map(|r| r.step);
-                note_try(
-                    rec,
-                    step,
-                    outcome,
-                    started.map_or(Duration::ZERO, |s| s.elapsed()),
-                );
+                note_try(rec, step, outcome, started.elapsed());
             }
             let failure = match result {
                 Err(Tried::Gone) => return Err(Unanswered::ClientGone),
@@ -1997,10 +2006,12 @@ async fn retrying_attempts(
                         return Ok(reply);
                     }
                     drop(reply);
+                    rec.upstream_waited += started.elapsed();
                     last_error = Some(GatewayError::upstream_status(
                         &plan.provider.name,
                         c.rhead.status,
                     ));
+                    failed_try = Some((plan.provider.name.clone(), rec.model.clone()));
                     if too_long {
                         break;
                     }
@@ -2028,6 +2039,8 @@ async fn retrying_attempts(
                 return Err(Unanswered::Failed(error));
             }
             last_error = Some(error);
+            rec.upstream_waited += started.elapsed();
+            failed_try = Some((plan.provider.name.clone(), rec.model.clone()));
             // A malformed answer would be malformed again: the next target.
             if !failure.retryable() {
                 break;

@@ -98,6 +98,9 @@ pub struct LabelCounters {
     pub cost_unknown: u64,
     /// Requests charged an estimate (cut before their usage).
     pub cost_estimated: u64,
+    /// Tries of this provider and model that failed and were followed by
+    /// another (retried or fallen back from): not in `requests`.
+    pub failed_tries: u64,
     pub duration: Buckets,
     pub ttft: Buckets,
 }
@@ -166,6 +169,7 @@ impl LabelCounters {
         self.cost_picos = self.cost_picos.saturating_add(o.cost_picos);
         self.cost_unknown += o.cost_unknown;
         self.cost_estimated += o.cost_estimated;
+        self.failed_tries += o.failed_tries;
         self.duration.add(&o.duration);
         self.ttft.add(&o.ttft);
     }
@@ -202,6 +206,9 @@ pub struct ByLabel {
 
 impl ByLabel {
     pub fn record(&mut self, r: &RequestRecord) {
+        for (p, model) in &r.failed_tries {
+            self.slot(p, model.as_deref()).failed_tries += 1;
+        }
         let Some(p) = &r.provider else {
             self.none.record(r);
             return;
@@ -219,6 +226,22 @@ impl ByLabel {
             &mut entry.other
         };
         counters.record(r);
+    }
+
+    /// The counters of `provider`'s `model` (its provider's `other` past
+    /// the models tracked), for the rare count outside [`ByLabel::record`]'s
+    /// own (two look-ups where that one makes one).
+    #[cold]
+    fn slot(&mut self, p: &Arc<str>, model: Option<&str>) -> &mut LabelCounters {
+        let entry = self.providers.entry(p.clone()).or_default();
+        let model = model.unwrap_or(NONE);
+        if entry.models.contains_key(model) {
+            entry.models.get_mut(model).expect("just found")
+        } else if entry.models.len() < MAX_MODELS_PER_PROVIDER && model != OTHER {
+            entry.models.entry(Box::from(model)).or_default()
+        } else {
+            &mut entry.other
+        }
     }
 
     /// Takes everything counted, as (provider, model, counters), leaving the
