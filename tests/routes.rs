@@ -116,6 +116,34 @@ fn a_failing_primary_falls_back_to_the_next_target(shards: usize) {
     assert!(row["gateway_us"].as_u64().unwrap() < 150_000, "{row}");
 }
 
+/// An Anthropic stream that opens with its `error` event (data spaced as
+/// some servers write JSON) is a failed try: the route moves on before the
+/// client sees a byte.
+fn an_anthropic_stream_that_opens_with_an_error_falls_back(shards: usize) {
+    let events = "event: error\ndata: {\"type\": \"error\", \"error\": {\"type\": \"overloaded_error\", \"message\": \"Overloaded\"}}\n\n";
+    let raw = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\n\r\n{events}",
+        events.len()
+    );
+    let claude = common::FixedUpstream::start(Box::leak(raw.into_bytes().into_boxed_slice()));
+    let b = mock();
+    let gw = Gateway::with(shards)
+        .provider("b", &b.base_url(), "")
+        .toml(&format!(
+            "[providers.claude]\nkind = \"anthropic\"\nbase_url = \"{}\"\napi_key = \"k\"\n\
+             [routes.chat]\ntargets = [{{ provider = \"claude\", model = \"claude-x\" }}, {{ provider = \"b\", model = \"m-b\" }}]\n",
+            claude.base_url().trim_end_matches("/v1")
+        ))
+        .start();
+    let s = gw
+        .client()
+        .post("/v1/chat/completions", &[], &chat("chat", true));
+    assert_eq!(s.status, 200, "{}", s.text());
+    assert_eq!(s.header("aigw-step"), Some("1"), "{}", s.text());
+    assert_eq!(s.sse_data().last().unwrap(), "[DONE]");
+    assert_eq!(b.requests_seen(), 1);
+}
+
 /// A cache hit of a routed answer, and a request that shares one in flight,
 /// say and are counted under the target that answered, not the first one
 /// (which failed).
@@ -664,6 +692,7 @@ fn route_config_errors_name_the_key(_shards: usize) {
 }
 
 at_1_and_2_shards!(
+    an_anthropic_stream_that_opens_with_an_error_falls_back,
     a_failing_primary_falls_back_to_the_next_target,
     a_shared_or_cached_answer_names_the_target_that_served,
     a_rate_limited_primary_is_retried_then_left,

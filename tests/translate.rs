@@ -667,7 +667,113 @@ fn translated_answers_are_cached_and_untranslatable_ones_refused(shards: usize) 
     );
 }
 
+/// A 200 whose body is no reply of its kind (broken JSON, an empty body):
+/// the client gets a 502 in its own format saying it is the provider's
+/// fault, the record counts a provider error, and nothing is cached.
+fn an_unreadable_answer_is_the_providers_502_in_the_clients_format(shards: usize) {
+    const BROKEN: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 36\r\n\r\n{\"id\":\"msg_1\",\"type\":\"message\", junk";
+    const EMPTY: &[u8] =
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 0\r\n\r\n";
+    let (broken, empty) = (
+        common::FixedUpstream::start(BROKEN),
+        common::FixedUpstream::start(EMPTY),
+    );
+    let base = |u: &common::FixedUpstream| u.base_url().trim_end_matches("/v1").to_string();
+    let gw = Gateway::with(shards)
+        .toml(&format!(
+            "[providers.claude]\nkind = \"anthropic\"\nbase_url = \"{}\"\napi_key = \"k\"\n\
+             [providers.hollow]\nkind = \"anthropic\"\nbase_url = \"{}\"\napi_key = \"k\"\n\
+             [providers.up]\nkind = \"openai\"\nbase_url = \"{}\"\napi_key = \"k\"\n\
+             [cache]\nenabled = true\nsize = \"16MiB\"\nmax_entry = \"1MiB\"\n",
+            base(&broken),
+            base(&empty),
+            broken.base_url(),
+        ))
+        .start();
+    for (model, quoted) in [
+        ("claude/claude-test", "junk"),
+        ("hollow/claude-test", "(an empty body)"),
+    ] {
+        // Twice: the second is no cache hit of the first.
+        for _ in 0..2 {
+            let r = gw.client().post(
+                "/v1/chat/completions",
+                &[],
+                &chat("").replace("claude/claude-test", model),
+            );
+            assert_eq!(r.status, 502, "{model}: {}", r.text());
+            assert_eq!(r.header("aigw-error-source"), Some("provider"), "{model}");
+            assert_eq!(r.error_code(), "upstream_bad_response", "{model}");
+            assert!(
+                r.text()
+                    .contains("HTTP 200 answer is not a reply aigw can translate")
+                    && r.text().contains(quoted),
+                "{model}: {}",
+                r.text()
+            );
+            assert_ne!(r.header("aigw-cache-status"), Some("HIT"), "{model}");
+        }
+    }
+    // An Anthropic client of an OpenAI provider: Anthropic's error shape.
+    let m = gw.client().post(
+        "/v1/messages",
+        &[("anthropic-version", "2023-06-01")],
+        r#"{"model":"up/gpt-x","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#,
+    );
+    assert_eq!(m.status, 502, "{}", m.text());
+    assert_eq!(m.json()["type"], "error", "{}", m.text());
+    assert_eq!(m.header("aigw-error-source"), Some("provider"));
+    let row = gw.log_rows_at_least(5, "").remove(0);
+    assert_eq!(row["status"].as_u64(), Some(502), "{row}");
+    assert_eq!(row["error_source"].as_str(), Some("provider"), "{row}");
+    assert_eq!(gw.stats()["errors"]["provider"].as_u64(), Some(5));
+}
+
+/// A translated stream whose provider sends an event that is not JSON ends
+/// there with an error event (its text is not dropped without a word), and
+/// its record counts the provider's failure.
+fn a_stream_event_that_is_not_json_ends_the_stream_with_an_error(shards: usize) {
+    let events = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"model\":\"claude-test\",\"usage\":{\"input_tokens\":5,\"output_tokens\":1}}}\n\n\
+        event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"lost\"\n\n\
+        event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+    let raw = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\n\r\n{events}",
+        events.len()
+    );
+    let up = common::FixedUpstream::start(Box::leak(raw.into_bytes().into_boxed_slice()));
+    let gw = Gateway::with(shards)
+        .toml(&format!(
+            "[providers.claude]\nkind = \"anthropic\"\nbase_url = \"{}\"\napi_key = \"k\"\n",
+            up.base_url().trim_end_matches("/v1")
+        ))
+        .start();
+    let r = gw
+        .client()
+        .post("/v1/chat/completions", &[], &chat(r#","stream":true"#));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let data = r.sse_data();
+    let last = json(data.last().unwrap().as_bytes());
+    assert_eq!(last["error"]["code"], "upstream_bad_response", "{data:?}");
+    assert!(
+        last["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("a stream event that is not JSON"),
+        "{data:?}"
+    );
+    assert!(!data.iter().any(|d| d == "[DONE]"), "{data:?}");
+    let row = gw.log_rows_at_least(1, "").remove(0);
+    assert_eq!(row["error_source"].as_str(), Some("provider"), "{row}");
+    assert_eq!(
+        row["error_code"].as_str(),
+        Some("upstream_bad_response"),
+        "{row}"
+    );
+}
+
 at_1_and_2_shards!(
+    an_unreadable_answer_is_the_providers_502_in_the_clients_format,
+    a_stream_event_that_is_not_json_ends_the_stream_with_an_error,
     translated_answers_are_cached_and_untranslatable_ones_refused,
     gemini_and_azure_speak_their_own_formats,
     the_messages_api_reaches_any_provider,

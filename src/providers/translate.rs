@@ -220,10 +220,17 @@ pub const QUOTED_BODY_MAX: usize = 512;
 
 /// "the provider answered HTTP <status>: <the start of its body>".
 pub fn answered(status: u16, body: &[u8]) -> String {
-    format!(
-        "the provider answered HTTP {status}: {}",
-        String::from_utf8_lossy(&body[..body.len().min(QUOTED_BODY_MAX)]).trim()
-    )
+    format!("the provider answered HTTP {status}: {}", quoted(body))
+}
+
+/// The start of a provider's body, for a message ([`QUOTED_BODY_MAX`]
+/// bytes; empty says so).
+pub fn quoted(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(QUOTED_BODY_MAX)]);
+    match text.trim() {
+        "" => "(an empty body)".to_string(),
+        t => t.to_string(),
+    }
 }
 
 /// Seconds since the epoch, for a translated reply's `created`.
@@ -358,6 +365,13 @@ pub trait ReplyTranslator {
     fn feed(&mut self, data: &[u8], out: &mut Vec<u8>);
     /// The body ended (`complete`: every byte arrived); what is left goes to `out`.
     fn finish(&mut self, complete: bool, out: &mut Vec<u8>);
+    /// After [`ReplyTranslator::finish`]: why the provider's successful
+    /// reply could not be translated (not a reply of its kind, or too
+    /// large), when it could not; what was written is then an error in the
+    /// client's format, not an answer.
+    fn unreadable(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// Largest whole reply (JSON or error body) a translator holds until it
@@ -402,6 +416,26 @@ pub trait StreamFormat {
     /// The body ended whole: what the client is still owed (the stream's
     /// end, or an error event when the provider never finished it).
     fn end(&mut self, out: &mut Vec<u8>);
+    /// Why the stream stopped being translated, when the provider sent an
+    /// event that could not be read ([`unreadable_event`]).
+    fn unreadable(&self) -> Option<&str>;
+}
+
+/// Why a stream event could not be read: its data is not JSON. The stream
+/// ends there with an error event (its text would otherwise be lost
+/// without a word).
+pub fn unreadable_event(data: &[u8]) -> String {
+    format!("a stream event that is not JSON: {}", quoted(data))
+}
+
+/// An OpenAI stream's error event for an event the provider sent that could
+/// not be read (`why`, from [`unreadable_event`]).
+pub fn openai_unreadable_event(why: &str, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"data: {\"error\":{\"message\":");
+    string(out, &format!("the provider sent {why}"));
+    out.extend_from_slice(
+        b",\"type\":\"provider_error\",\"param\":null,\"code\":\"upstream_bad_response\"}}\n\n",
+    );
 }
 
 enum Held<S> {
@@ -415,6 +449,7 @@ pub struct Translator<F: Format> {
     format: F,
     held: Held<F::Stream>,
     too_large: bool,
+    unreadable: Option<String>,
 }
 
 impl<F: Format> Translator<F> {
@@ -429,6 +464,7 @@ impl<F: Format> Translator<F> {
             format,
             held,
             too_large: false,
+            unreadable: None,
         }
     }
 }
@@ -446,6 +482,10 @@ impl<F: Format> ReplyTranslator for Translator<F> {
             return;
         }
         if self.too_large {
+            self.unreadable = Some(format!(
+                "larger than aigw translates ({} MiB)",
+                MAX_HELD >> 20
+            ));
             out.extend_from_slice(F::TOO_LARGE);
             return;
         }
@@ -453,15 +493,28 @@ impl<F: Format> ReplyTranslator for Translator<F> {
             Held::Whole(status, body) if *status >= 400 => self.format.error(*status, body, out),
             Held::Whole(_, body) => {
                 if !self.format.whole(body, out) {
+                    self.unreadable =
+                        Some(format!("not a reply aigw can translate: {}", quoted(body)));
                     self.format.error(502, body, out);
                 }
             }
             Held::Stream(s, lines) => {
-                if let Some(last) = lines.rest() {
+                // A last line without its end whose data does not parse was
+                // cut there: the stream's end says it is incomplete.
+                if let Some(last) = lines.rest()
+                    && data_of(&last).is_none_or(|d| d == b"[DONE]" || is_valid_json(d))
+                {
                     s.line(&last, out);
                 }
                 s.end(out);
             }
+        }
+    }
+
+    fn unreadable(&self) -> Option<&str> {
+        match &self.held {
+            Held::Stream(s, _) => s.unreadable(),
+            Held::Whole(..) => self.unreadable.as_deref(),
         }
     }
 }
@@ -495,6 +548,10 @@ impl ReplyTranslator for Chain {
         self.first.finish(complete, &mut self.between);
         self.second.feed(&self.between, out);
         self.second.finish(complete, out);
+    }
+
+    fn unreadable(&self) -> Option<&str> {
+        self.first.unreadable().or(self.second.unreadable())
     }
 }
 

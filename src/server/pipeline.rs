@@ -483,6 +483,12 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
     .await;
 
     drop(chain);
+    // A successful reply that could not be translated: the provider's
+    // failure (what the translator wrote is held, and goes as a 502).
+    let unreadable = translate
+        .as_ref()
+        .and_then(TranslateTap::unreadable)
+        .map(str::to_string);
 
     // 4. settle
     rec.usage = usage.usage();
@@ -493,6 +499,12 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
     if failed && rec.error_source.is_none() {
         rec.error_source = Some(ErrorSource::Provider);
         rec.error_code = Some("stream_error");
+    }
+    // A translated stream that sent an event it could not read ends there
+    // with an error event: the provider's failure too.
+    if unreadable.is_some() && !translated_whole && rec.error_source.is_none() {
+        rec.error_source = Some(ErrorSource::Provider);
+        rec.error_code = Some("upstream_bad_response");
     }
     // A stream that ended short of its end: the provider's, as a cut one.
     let cut_short = judged && relayed.body_complete && !usage.ended_well();
@@ -520,7 +532,10 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
             .div_ceil(4)
             .min(most)
     };
-    let estimate = rec.usage.is_empty() && rec.status < 400;
+    // A whole answer that could not be read is an error (nothing of it
+    // reached the client): nothing is estimated.
+    let estimate =
+        rec.usage.is_empty() && rec.status < 400 && !(translated_whole && unreadable.is_some());
     // A stream that failed before any text used nothing, as an error
     // status does.
     let output = if estimate { relayed_tokens() } else { 0 };
@@ -544,7 +559,30 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
     let custom = under_budget(wish.custom_cost, &reservation, priced);
     price(&mut rec, priced, &used, custom.as_ref());
     if hold {
-        if relayed.ending == Ending::Complete {
+        if let (Ending::Complete, Some(why)) = (relayed.ending, &unreadable) {
+            let e = GatewayError::upstream_bad_response(
+                &plan.provider.name,
+                format_args!("its HTTP {} answer is {why}", rec.status),
+            );
+            c.out.clear();
+            let shape = error_shape(c);
+            respond::error(
+                &mut c.out,
+                &e,
+                &c.head,
+                keep,
+                rec.id,
+                cache_line(&rec),
+                shape,
+            );
+            rec.status = e.status;
+            rec.error_source = Some(e.source);
+            rec.error_code = Some(e.code);
+            relayed.bytes_out = c.out.len() as u64;
+            if Direct::new(&mut c.stream).write_all(&c.out).await.is_err() {
+                relayed.ending = Ending::ClientAborted;
+            }
+        } else if relayed.ending == Ending::Complete {
             if hold_for_cost {
                 insert_cost_header(&mut held, rec.cost);
             }
@@ -612,6 +650,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
     // A whole answer is shared, and stored if its client received it too;
     // anything else fails the flight (its followers go upstream on their own)
     // as the fill tap drops.
+    let fill = fill.filter(|_| unreadable.is_none());
     if let (Some(f), Some(cache), true) = (fill, ctx.cache(), relayed.body_complete) {
         let now = ctx.unix_ms(relayed.last_read);
         let ttl = wish.ttl.unwrap_or(ctx.config().cache.default_ttl);
@@ -2174,8 +2213,14 @@ async fn first_event_is_error(reply: &mut UpstreamReply, head_len: usize, wait: 
         if let Some(at) = memchr::memmem::find(body, b"data:") {
             let line = &body[at + 5..];
             if let Some(end) = memchr::memchr(b'\n', line) {
-                let data = line[..end].trim_ascii_start();
-                return data.starts_with(b"{\"error\"") || data.starts_with(b"{\"type\":\"error\"");
+                // Anthropic names the event; OpenAI and Gemini put an
+                // `error` object in its data.
+                let named = body[..at].split(|&b| b == b'\n').any(|l| {
+                    l.trim_ascii()
+                        .strip_prefix(b"event:")
+                        .is_some_and(|n| n.trim_ascii() == b"error")
+                });
+                return named || opens_with_error(&line[..end]);
             }
         }
         if body.len() >= PEEK_MAX {
@@ -2192,6 +2237,21 @@ async fn first_event_is_error(reply: &mut UpstreamReply, head_len: usize, wait: 
             _ => return false,
         }
     }
+}
+
+/// Whether an event's data is an error: its first member `"error"`, or
+/// `"type": "error"` (whitespace allowed where JSON allows it).
+fn opens_with_error(data: &[u8]) -> bool {
+    let Some(rest) = data.trim_ascii().strip_prefix(b"{") else {
+        return false;
+    };
+    let rest = rest.trim_ascii_start();
+    if rest.starts_with(b"\"error\"") {
+        return true;
+    }
+    rest.strip_prefix(b"\"type\"")
+        .and_then(|r| r.trim_ascii_start().strip_prefix(b":"))
+        .is_some_and(|r| r.trim_ascii_start().starts_with(b"\"error\""))
 }
 
 /// Why one try yielded no reply.

@@ -86,6 +86,12 @@ impl TranslateTap {
             out: Vec::new(),
         }
     }
+
+    /// The provider's successful reply could not be translated: what went
+    /// through is an error, not an answer ([`ReplyTranslator::unreadable`]).
+    pub fn unreadable(&self) -> Option<&str> {
+        self.translator.unreadable()
+    }
 }
 
 impl Tap for TranslateTap {

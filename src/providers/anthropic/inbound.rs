@@ -514,6 +514,23 @@ pub struct Stream {
     counts: Counts,
     done: bool,
     failed: bool,
+    /// Why it stopped: an event that could not be read.
+    unreadable: Option<String>,
+    /// The first tool call, streamed as it comes (its OpenAI index).
+    first_tool: Option<u64>,
+    /// The tool calls after the first, held whole until the stream ends:
+    /// OpenAI may interleave parallel calls' deltas (each names its
+    /// `index`), and Anthropic's blocks follow one another.
+    later_tools: Vec<HeldCall>,
+}
+
+/// A tool call held until the stream ends: its id and name (raw string
+/// literals) and its arguments' text so far.
+struct HeldCall {
+    index: u64,
+    id: Vec<u8>,
+    name: Vec<u8>,
+    arguments: String,
 }
 
 /// [`translate::TOO_LARGE`] in Anthropic's error shape.
@@ -546,6 +563,9 @@ impl Translator<ToMessages> {
             counts: Counts::default(),
             done: false,
             failed: false,
+            unreadable: None,
+            first_tool: None,
+            later_tools: Vec::new(),
         });
         Translator::new(ToMessages, status, stream)
     }
@@ -554,6 +574,9 @@ impl Translator<ToMessages> {
 impl StreamFormat for Stream {
     fn line(&mut self, line: &[u8], out: &mut Vec<u8>) {
         self.chunk_line(line, out)
+    }
+    fn unreadable(&self) -> Option<&str> {
+        self.unreadable.as_deref()
     }
     fn end(&mut self, out: &mut Vec<u8>) {
         if !self.done && !self.failed {
@@ -585,6 +608,14 @@ impl Stream {
             return;
         }
         let Ok(chunk) = Obj::document(data, "chunk") else {
+            let why = translate::unreadable_event(data);
+            let mut e =
+                b"{\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"message\":".to_vec();
+            translate::string(&mut e, &format!("the provider sent {why}"));
+            e.extend_from_slice(b"}}");
+            event(out, "error", &e);
+            self.unreadable = Some(why);
+            self.failed = true;
             return;
         };
         if chunk.obj("error").ok().flatten().is_some() {
@@ -637,6 +668,11 @@ impl Stream {
                 };
                 let index = c.u64("index").unwrap_or(0);
                 let f = c.obj("function").ok().flatten();
+                if self.first_tool.is_some_and(|first| first != index) {
+                    self.hold_call(index, &c, f.as_ref());
+                    continue;
+                }
+                self.first_tool = Some(index);
                 if self.open != Open::Tool(index) {
                     self.close(out);
                     let mut b = Vec::with_capacity(96);
@@ -661,6 +697,77 @@ impl Stream {
         }
         if let Some(f) = choice.get("finish_reason").ok().flatten() {
             self.stop = stop_reason(f);
+        }
+    }
+
+    /// A delta of a tool call after the first: kept, to be written whole
+    /// when the stream ends ([`Stream::write_held_calls`]).
+    fn hold_call(&mut self, index: u64, call: &Obj<'_>, f: Option<&Obj<'_>>) {
+        let at = match self.later_tools.iter().position(|h| h.index == index) {
+            Some(at) => at,
+            None => {
+                self.later_tools.push(HeldCall {
+                    index,
+                    id: Vec::new(),
+                    name: Vec::new(),
+                    arguments: String::new(),
+                });
+                self.later_tools.len() - 1
+            }
+        };
+        let held = &mut self.later_tools[at];
+        if let Some(id) = call.raw_str("id").ok().flatten()
+            && held.id.is_empty()
+        {
+            held.id = id.to_vec();
+        }
+        if let Some(name) = f.and_then(|f| f.raw_str("name").ok().flatten())
+            && held.name.is_empty()
+        {
+            held.name = name.to_vec();
+        }
+        if let Some(args) = f
+            .and_then(|f| f.raw_str("arguments").ok().flatten())
+            .and_then(crate::json::string_value)
+        {
+            held.arguments.push_str(&args);
+        }
+    }
+
+    /// The held tool calls, each a whole block, in the order they began.
+    fn write_held_calls(&mut self, out: &mut Vec<u8>) {
+        for held in std::mem::take(&mut self.later_tools) {
+            self.close(out);
+            let mut b = Vec::with_capacity(96);
+            b.extend_from_slice(b"{\"type\":\"tool_use\",\"id\":");
+            translate::raw(
+                &mut b,
+                if held.id.is_empty() {
+                    b"\"\""
+                } else {
+                    &held.id
+                },
+            );
+            b.extend_from_slice(b",\"name\":");
+            translate::raw(
+                &mut b,
+                if held.name.is_empty() {
+                    b"\"\""
+                } else {
+                    &held.name
+                },
+            );
+            b.extend_from_slice(b",\"input\":{}}");
+            self.open(out, Open::Tool(held.index), &b);
+            if !held.arguments.is_empty() {
+                let mut args = Vec::with_capacity(held.arguments.len() + 8);
+                translate::string(&mut args, &held.arguments);
+                self.delta(
+                    out,
+                    b"{\"type\":\"input_json_delta\",\"partial_json\":",
+                    &args,
+                );
+            }
         }
     }
 
@@ -712,6 +819,7 @@ impl Stream {
                 b"{\"type\":\"message_start\",\"message\":{\"id\":\"\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"\",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":0,\"output_tokens\":0}}}",
             );
         }
+        self.write_held_calls(out);
         self.close(out);
         let mut d = Vec::with_capacity(192);
         d.extend_from_slice(b"{\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"");
@@ -789,6 +897,58 @@ mod tests {
     }
 
     /// The events of an Anthropic stream: (name, data).
+    #[test]
+    fn interleaved_parallel_tool_calls_become_whole_blocks() {
+        let chunk = |calls: &str| {
+            format!(
+                "data: {{\"id\":\"c\",\"model\":\"g\",\"choices\":[{{\"index\":0,\"delta\":{{\"tool_calls\":[{calls}]}}}}]}}\n\n"
+            )
+        };
+        let stream = [
+            chunk(r#"{"index":0,"id":"call_A","type":"function","function":{"name":"w","arguments":""}}"#),
+            chunk(r#"{"index":1,"id":"call_B","type":"function","function":{"name":"w","arguments":"{\"c\":"}}"#),
+            chunk(r#"{"index":0,"function":{"arguments":"{\"c\":\"Paris\"}"}}"#),
+            chunk(r#"{"index":1,"function":{"arguments":"\"Rome\"}"}}"#),
+            "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\ndata: [DONE]\n\n".to_string(),
+        ]
+        .concat();
+        for piece in [7, stream.len()] {
+            let mut t = MessagesReply::for_messages(200, true);
+            let mut out = Vec::new();
+            for p in stream.as_bytes().chunks(piece) {
+                t.feed(p, &mut out);
+            }
+            t.finish(true, &mut out);
+            let e = events(&out);
+            // Each call is one block with its own id, name and arguments.
+            let mut calls: Vec<(String, String, String)> = Vec::new();
+            for (name, v) in &e {
+                match name.as_str() {
+                    "content_block_start" => calls.push((
+                        v["content_block"]["id"].as_str().unwrap().to_string(),
+                        v["content_block"]["name"].as_str().unwrap().to_string(),
+                        String::new(),
+                    )),
+                    "content_block_delta" => {
+                        assert_eq!(v["index"].as_u64(), Some(calls.len() as u64 - 1));
+                        calls.last_mut().unwrap().2 += v["delta"]["partial_json"].as_str().unwrap();
+                    }
+                    _ => {}
+                }
+            }
+            let want = |id: &str, args: &str| (id.to_string(), "w".to_string(), args.to_string());
+            assert_eq!(
+                calls,
+                [
+                    want("call_A", r#"{"c":"Paris"}"#),
+                    want("call_B", r#"{"c":"Rome"}"#)
+                ],
+                "{e:?}"
+            );
+            assert_eq!(e.last().unwrap().0, "message_stop");
+        }
+    }
+
     fn events(out: &[u8]) -> Vec<(String, simd_json::OwnedValue)> {
         String::from_utf8_lossy(out)
             .split("\n\n")
@@ -851,5 +1011,24 @@ mod tests {
         t.finish(true, &mut out);
         let e = events(&out);
         assert_eq!(e.last().unwrap().0, "error");
+        assert!(t.unreadable().is_none());
+        // A chunk that is not JSON: an error event there, nothing after it.
+        let mut t = MessagesReply::for_messages(200, true);
+        let mut out = Vec::new();
+        t.feed(
+            b"data: {\"choices\":[{\"delta\n\ndata: [DONE]\n\n",
+            &mut out,
+        );
+        t.finish(true, &mut out);
+        let e = events(&out);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].0, "error");
+        assert!(
+            e[0].1["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("not JSON")
+        );
+        assert!(t.unreadable().unwrap().contains("not JSON"));
     }
 }

@@ -173,6 +173,8 @@ pub struct Stream {
     counts: Counts,
     stopped: bool,
     failed: bool,
+    /// Why it stopped: an event that could not be read.
+    unreadable: Option<String>,
 }
 
 /// Messages replies as chat completions.
@@ -203,6 +205,7 @@ impl Translator<ToChat> {
             counts: Counts::default(),
             stopped: false,
             failed: false,
+            unreadable: None,
         });
         Translator::new(ToChat, status, stream)
     }
@@ -211,6 +214,9 @@ impl Translator<ToChat> {
 impl StreamFormat for Stream {
     fn line(&mut self, line: &[u8], out: &mut Vec<u8>) {
         self.event_line(line, out)
+    }
+    fn unreadable(&self) -> Option<&str> {
+        self.unreadable.as_deref()
     }
     fn end(&mut self, out: &mut Vec<u8>) {
         if !self.stopped && !self.failed {
@@ -228,6 +234,10 @@ impl Stream {
             return;
         }
         let Ok(ev) = Obj::document(data, "event") else {
+            let why = translate::unreadable_event(data);
+            translate::openai_unreadable_event(&why, out);
+            self.unreadable = Some(why);
+            self.failed = true;
             return;
         };
         let kind = ev.get("type").ok().flatten().unwrap_or(b"");

@@ -242,6 +242,8 @@ pub struct Stream {
     counts: Counts,
     finished: bool,
     failed: bool,
+    /// Why it stopped: an event that could not be read.
+    unreadable: Option<String>,
 }
 
 /// Gemini replies as chat completions, for a request for `model` (named
@@ -279,6 +281,7 @@ impl Translator<ToChat> {
             counts: Counts::default(),
             finished: false,
             failed: false,
+            unreadable: None,
         });
         Translator::new(
             ToChat {
@@ -293,6 +296,9 @@ impl Translator<ToChat> {
 impl StreamFormat for Stream {
     fn line(&mut self, line: &[u8], out: &mut Vec<u8>) {
         self.event_line(line, out)
+    }
+    fn unreadable(&self) -> Option<&str> {
+        self.unreadable.as_deref()
     }
     fn end(&mut self, out: &mut Vec<u8>) {
         if self.failed {
@@ -319,6 +325,10 @@ impl Stream {
             return;
         }
         let Ok(top) = Obj::document(data, "event") else {
+            let why = translate::unreadable_event(data);
+            translate::openai_unreadable_event(&why, out);
+            self.unreadable = Some(why);
+            self.failed = true;
             return;
         };
         if top.obj("error").ok().flatten().is_some() {
@@ -407,6 +417,30 @@ mod tests {
         }
         t.finish(true, &mut out);
         out
+    }
+
+    #[test]
+    fn an_event_that_is_not_json_ends_the_stream_with_an_error() {
+        let mut t = ChatReply::for_chat(200, true, true, "gemini-x");
+        let mut out = Vec::new();
+        t.feed(
+            b"data: {\"candidates\":[\n\ndata: {\"candidates\":[]}\n\n",
+            &mut out,
+        );
+        t.finish(true, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.matches("data: ").count(), 1, "{text}");
+        assert!(
+            text.contains("\"code\":\"upstream_bad_response\""),
+            "{text}"
+        );
+        assert!(t.unreadable().unwrap().contains("not JSON"));
+        // A body that is not a reply: an error, and it says why.
+        let mut t = ChatReply::for_chat(200, false, true, "gemini-x");
+        let mut out = Vec::new();
+        t.feed(b"<html>", &mut out);
+        t.finish(true, &mut out);
+        assert!(t.unreadable().unwrap().contains("<html>"));
     }
 
     #[test]
