@@ -553,6 +553,22 @@ fn gemini_and_azure_speak_their_own_formats(shards: usize) {
         json(data.last().unwrap().as_bytes())["error"]["code"],
         "stream_truncated"
     );
+    // A pass-through client of Gemini's own API gets Gemini's error shape.
+    let s = gw.client().post(
+        "/gem/v1beta/models/gemini-test:streamGenerateContent?alt=sse",
+        &[("x-mock-error", "cut"), ("x-mock-chunks", "6")],
+        r#"{"contents":[{"role":"user","parts":[{"text":"hello"}]}]}"#,
+    );
+    let data = s.sse_data();
+    let last = json(data.last().unwrap().as_bytes());
+    assert_eq!(
+        (
+            last["error"]["code"].as_u64(),
+            last["error"]["status"].as_str()
+        ),
+        (Some(503), Some("UNAVAILABLE")),
+        "{data:?}"
+    );
     // The client's query does not reach a path aigw builds from the model.
     let r = gw.client().post(
         "/v1/chat/completions?alt=json&key=x",

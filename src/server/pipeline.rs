@@ -171,11 +171,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
             // `None`: the leader failed, so this request goes upstream on
             // its own, admitted as one that does.
             let extra = answer_headers(&admission, &wish);
-            let broke_off = if plan.anthropic_client {
-                relay::ANTHROPIC_STREAM_BROKE_OFF
-            } else {
-                relay::STREAM_BROKE_OFF
-            };
+            let broke_off = broke_off_event(&plan);
             // Its own time to a response head bounds its wait too. With a
             // route, a timeout falls back: it goes on its own to the targets.
             let own = Own {
@@ -372,11 +368,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         usage.rewrites() || translate.is_some(),
         c.head.http10,
     );
-    let broke_off = if plan.anthropic_client {
-        relay::ANTHROPIC_STREAM_BROKE_OFF
-    } else {
-        relay::STREAM_BROKE_OFF
-    };
+    let broke_off = broke_off_event(&plan);
     // Whether a stream that ends cleanly but short of its end is cut: its
     // record says so, and it gets the event of one that broke off (a
     // translated one from its translator).
@@ -2236,6 +2228,19 @@ async fn first_event_is_error(reply: &mut UpstreamReply, head_len: usize, wait: 
             Ok(n) if n > 0 => {}
             _ => return false,
         }
+    }
+}
+
+/// The event that ends a stream the provider broke off, in its client's
+/// format: Anthropic's, Gemini's (a pass-through to a `google` provider) or
+/// OpenAI's.
+fn broke_off_event(plan: &Plan) -> &'static [u8] {
+    if plan.anthropic_client {
+        relay::ANTHROPIC_STREAM_BROKE_OFF
+    } else if !plan.unified && plan.provider.dialect() == crate::providers::Dialect::Google {
+        relay::GEMINI_STREAM_BROKE_OFF
+    } else {
+        relay::STREAM_BROKE_OFF
     }
 }
 

@@ -74,6 +74,10 @@ pub struct Framing {
 /// [`STREAM_BROKE_OFF`] as Anthropic's SDKs read errors: a named `error` event.
 pub const ANTHROPIC_STREAM_BROKE_OFF: &[u8] = b"\n\nevent: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"message\":\"the provider's stream broke off before its end: the answer is incomplete\"}}\n\n";
 
+/// [`STREAM_BROKE_OFF`] as a client of Gemini's own API reads errors
+/// (a pass-through stream to a `google` provider).
+pub const GEMINI_STREAM_BROKE_OFF: &[u8] = b"\n\ndata: {\"error\":{\"code\":503,\"message\":\"the provider's stream broke off before its end: the answer is incomplete\",\"status\":\"UNAVAILABLE\"}}\n\n";
+
 /// The event a client receives when the provider's stream breaks off: a typed
 /// error (the OpenAI SDKs raise it) and never `[DONE]`. The blank lines end
 /// whatever partial line went before, so it parses as an event of its own.
