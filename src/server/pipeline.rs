@@ -551,11 +551,21 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
     let custom = under_budget(wish.custom_cost, &reservation, priced);
     price(&mut rec, priced, &used, custom.as_ref());
     if hold {
-        if let (Ending::Complete, Some(why)) = (relayed.ending, &unreadable) {
-            let e = GatewayError::upstream_bad_response(
-                &plan.provider.name,
-                format_args!("its HTTP {} answer is {why}", rec.status),
-            );
+        // Nothing was sent: an answer that could not be read, or that the
+        // provider cut off, is the provider's failure for the client, not
+        // a 200 carrying an error or half an answer (a cut one closes the
+        // connection after it).
+        let failure = match (relayed.ending, &unreadable) {
+            (Ending::Complete, Some(why)) => {
+                Some((format!("its HTTP {} answer is {why}", rec.status), keep))
+            }
+            (Ending::UpstreamAborted, _) => {
+                Some(("its answer was cut off before its end".to_string(), false))
+            }
+            _ => None,
+        };
+        if let Some((why, keep)) = failure {
+            let e = GatewayError::upstream_bad_response(&plan.provider.name, why);
             c.out.clear();
             let shape = error_shape(c);
             respond::error(
@@ -579,31 +589,6 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
                 insert_cost_header(&mut held, rec.cost);
             }
             if Direct::new(&mut c.stream).write_all(&held).await.is_err() {
-                relayed.ending = Ending::ClientAborted;
-            }
-        } else if relayed.ending == Ending::UpstreamAborted {
-            // Nothing was sent: the client gets the provider's failure, not
-            // half an answer (and the connection closes after it).
-            let e = GatewayError::upstream_bad_response(
-                &plan.provider.name,
-                "its answer was cut off before its end",
-            );
-            c.out.clear();
-            let shape = error_shape(c);
-            respond::error(
-                &mut c.out,
-                &e,
-                &c.head,
-                false,
-                rec.id,
-                cache_line(&rec),
-                shape,
-            );
-            rec.status = e.status;
-            rec.error_source = Some(e.source);
-            rec.error_code = Some(e.code);
-            relayed.bytes_out = c.out.len() as u64;
-            if Direct::new(&mut c.stream).write_all(&c.out).await.is_err() {
                 relayed.ending = Ending::ClientAborted;
             }
         }

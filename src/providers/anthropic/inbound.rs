@@ -524,6 +524,24 @@ pub struct Stream {
     later_tools: Vec<HeldCall>,
 }
 
+/// A `tool_use` content block opening, its input to come in deltas: the
+/// call's id and name (raw string literals; empty when the provider sent
+/// none).
+fn tool_use_block(id: Option<&[u8]>, name: Option<&[u8]>) -> Vec<u8> {
+    let mut b = Vec::with_capacity(96);
+    b.extend_from_slice(b"{\"type\":\"tool_use\",\"id\":");
+    translate::raw(&mut b, id.unwrap_or(b"\"\""));
+    b.extend_from_slice(b",\"name\":");
+    translate::raw(&mut b, name.unwrap_or(b"\"\""));
+    b.extend_from_slice(b",\"input\":{}}");
+    b
+}
+
+/// `raw`, unless it is empty (nothing was sent).
+fn known(raw: &[u8]) -> Option<&[u8]> {
+    (!raw.is_empty()).then_some(raw)
+}
+
 /// A tool call held until the stream ends: its id and name (raw string
 /// literals) and its arguments' text so far.
 struct HeldCall {
@@ -675,13 +693,8 @@ impl Stream {
                 self.first_tool = Some(index);
                 if self.open != Open::Tool(index) {
                     self.close(out);
-                    let mut b = Vec::with_capacity(96);
-                    b.extend_from_slice(b"{\"type\":\"tool_use\",\"id\":");
-                    translate::raw(&mut b, c.raw_str("id").ok().flatten().unwrap_or(b"\"\""));
-                    b.extend_from_slice(b",\"name\":");
                     let name = f.as_ref().and_then(|f| f.raw_str("name").ok().flatten());
-                    translate::raw(&mut b, name.unwrap_or(b"\"\""));
-                    b.extend_from_slice(b",\"input\":{}}");
+                    let b = tool_use_block(c.raw_str("id").ok().flatten(), name);
                     self.open(out, Open::Tool(index), &b);
                 }
                 if let Some(args) = f.and_then(|f| f.raw_str("arguments").ok().flatten())
@@ -738,26 +751,7 @@ impl Stream {
     fn write_held_calls(&mut self, out: &mut Vec<u8>) {
         for held in std::mem::take(&mut self.later_tools) {
             self.close(out);
-            let mut b = Vec::with_capacity(96);
-            b.extend_from_slice(b"{\"type\":\"tool_use\",\"id\":");
-            translate::raw(
-                &mut b,
-                if held.id.is_empty() {
-                    b"\"\""
-                } else {
-                    &held.id
-                },
-            );
-            b.extend_from_slice(b",\"name\":");
-            translate::raw(
-                &mut b,
-                if held.name.is_empty() {
-                    b"\"\""
-                } else {
-                    &held.name
-                },
-            );
-            b.extend_from_slice(b",\"input\":{}}");
+            let b = tool_use_block(known(&held.id), known(&held.name));
             self.open(out, Open::Tool(held.index), &b);
             if !held.arguments.is_empty() {
                 let mut args = Vec::with_capacity(held.arguments.len() + 8);
