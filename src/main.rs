@@ -189,6 +189,9 @@ struct LogsArgs {
     /// The gateway key's id.
     #[arg(long)]
     key: Option<String>,
+    /// The route (`[routes.<name>]`) the request named.
+    #[arg(long)]
+    route: Option<String>,
     /// Metadata KEY=VALUE (repeatable; all must match).
     #[arg(long)]
     meta: Vec<String>,
@@ -474,13 +477,14 @@ fn logs(a: LogsArgs) -> Result<(), String> {
         return Ok(());
     }
     let mut pairs: Vec<(&str, &str)> = Vec::new();
-    let flags: [(&str, &Option<String>); 18] = [
+    let flags: [(&str, &Option<String>); 19] = [
         ("status", &a.status),
         ("source", &a.source),
         ("cache", &a.cache),
         ("provider", &a.provider),
         ("model", &a.model),
         ("key", &a.key),
+        ("route", &a.route),
         ("id", &a.id),
         ("event-id", &a.event_id),
         ("user-agent", &a.user_agent),

@@ -66,7 +66,11 @@ fn a_failing_primary_falls_back_to_the_next_target(shards: usize) {
     assert_eq!(row["provider"], "b");
     assert_eq!(row["model"], "m-b");
     let routing = &row["routing"];
+    assert_eq!(routing["route"], "chat");
     assert_eq!(routing["attempts"], 2);
+    // `aigw logs --route` (GET /logs?route=) finds the route's rows.
+    assert_eq!(gw.log_rows_at_least(2, "route=chat").len(), 2);
+    assert!(gw.log_rows("route=other").is_empty());
     let tries = &routing["tries"];
     assert_eq!(tries[0]["provider"], "a");
     assert_eq!(tries[0]["status"], 500);
@@ -171,6 +175,8 @@ fn a_shared_or_cached_answer_names_the_target_that_served(shards: usize) {
             (Some("b"), Some("m-b")),
             "{row}"
         );
+        // A hit names the route too (it has no tries).
+        assert_eq!(row["routing"]["route"], "chat", "{row}");
     }
     // Five at once: one asks (the others follow it); all name `b`.
     let threads: Vec<_> = (0..5)

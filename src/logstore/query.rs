@@ -31,6 +31,8 @@ pub struct Filter {
     pub model: Option<String>,
     /// The gateway key's id.
     pub key: Option<String>,
+    /// The route the request named (`routing.route`).
+    pub route: Option<String>,
     pub meta: Vec<(String, String)>,
     pub id: Option<String>,
     pub event_id: Option<String>,
@@ -106,6 +108,7 @@ impl Filter {
                 "provider" => f.provider = Some(v.to_string()),
                 "model" => f.model = Some(v.to_string()),
                 "key" => f.key = Some(v.to_string()),
+                "route" => f.route = Some(v.to_string()),
                 "meta" => {
                     let (k, val) = v
                         .split_once('=')
@@ -195,6 +198,7 @@ impl Filter {
         eq("r.cache", &self.cache, &mut args);
         eq("r.provider", &self.provider, &mut args);
         eq("r.key_id", &self.key, &mut args);
+        eq("json_extract(r.routing, '$.route')", &self.route, &mut args);
         eq("r.id", &self.id, &mut args);
         // A UUIDv7 carries its arrival time: look it up through the time index.
         let id_ts = self

@@ -114,6 +114,15 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         return answer_error(ctx, c, &mut rec, &e, keep_alive).await;
     }
 
+    // The log names the route the request named, whatever answers it (a
+    // try, the cache, a request in flight) or refuses it.
+    if let (Some(r), Some(log)) = (&plan.routing, rec.log.as_mut()) {
+        let mut s = String::from("{\"route\":");
+        crate::error::push_json_string(&mut s, &r.route.name);
+        s.push_str(",\"tries\":[");
+        log.routing = Some(s);
+    }
+
     // The model's price, looked up once (admission reserves by it, the
     // record is charged by it).
     let prices = ctx.prices();
@@ -2068,9 +2077,10 @@ async fn retrying_attempts(
     })))
 }
 
-/// Adds one try to the log's routing record: the route step (the last try's
-/// is the one that served), the target, its status or failure, its time.
-/// [`record`] closes the JSON.
+/// Adds one try to the log's routing record (opened with the route's name
+/// for a routed request): the route step (the last try's is the one that
+/// served), the target, its status or failure, its time. [`record`] closes
+/// the JSON.
 fn note_try(
     rec: &mut RequestRecord,
     step: Option<usize>,
