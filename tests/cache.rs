@@ -890,11 +890,22 @@ fn a_failing_leader_lets_followers_go_on_their_own(shards: usize) {
         assert!(Instant::now() < deadline, "followers never joined");
         std::thread::sleep(Duration::from_millis(5));
     }
+    // The provider holds the leader's call a while (not a wait for
+    // anything: the time the followers spend on it, measured below).
+    std::thread::sleep(Duration::from_millis(300));
     release.send(()).unwrap();
     assert_eq!(leader.join().unwrap().status, 500);
     for f in followers {
         let r = f.join().unwrap();
         assert_eq!((r.status, r.text().as_str()), (200, "{\"ok\":true}"));
+        // That wait was the provider's time, not the gateway's.
+        let timing = r.header("server-timing").unwrap_or_default().to_string();
+        let gateway_ms: f64 = timing
+            .strip_prefix("gateway;dur=")
+            .and_then(|t| t.split(',').next())
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| panic!("{timing}"));
+        assert!(gateway_ms < 200.0, "{timing}");
     }
     // The leader and each follower asked the provider once.
     for _ in 0..5 {

@@ -168,6 +168,8 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         refused_first = Some(e);
     }
     let mut lead = None;
+    // A follower's wait on a leader whose call failed: the provider's time.
+    let mut followed_wait = Duration::ZERO;
     match cached {
         Cached::Off => {}
         Cached::Hit => {
@@ -188,6 +190,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
                 routed: plan.routing.is_some(),
             };
             let routing = plan.routing.as_ref();
+            let waited_from = Instant::now();
             let followed = follow(
                 ctx, c, req, &flight, &mut rec, keep_alive, &extra, broke_off, own, routing,
             );
@@ -195,6 +198,8 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
                 record(ctx, &mut rec);
                 return keep;
             }
+            followed_wait = waited_from.elapsed();
+            rec.upstream_waited += followed_wait;
             // The shared answer failed: this request would go upstream on
             // its own, unless its client is gone (or the drain is stopping
             // it), which asks nothing of the provider.
@@ -286,7 +291,9 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         Ok(reply) => reply,
         Err(Unanswered::Failed(e)) => {
             // The time waiting on the provider is not the gateway's.
-            rec.gateway = upstream_from.duration_since(req.started);
+            rec.gateway = upstream_from
+                .duration_since(req.started)
+                .saturating_sub(followed_wait);
             if e.source == ErrorSource::Client {
                 // Refused at every target: no cache status, as any refusal.
                 rec.cache = None;
@@ -301,7 +308,9 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         Err(Unanswered::ClientGone) => {
             // No response went out; 499 is the status proxies log for that.
             rec.status = CLIENT_CLOSED;
-            rec.gateway = upstream_from.duration_since(req.started);
+            rec.gateway = upstream_from
+                .duration_since(req.started)
+                .saturating_sub(followed_wait);
             rec.outcome = Outcome::ClientAborted;
             // The provider had the prompt: it is charged, as an estimate.
             let used = Tokens {

@@ -86,6 +86,11 @@ pub fn message(body: &[u8], out: &mut Vec<u8>) -> bool {
 
 fn write_message(body: &[u8], out: &mut Vec<u8>) -> Option<()> {
     let top = Obj::document(body, "reply").ok()?;
+    // A message says it is one: any other object (`{}`, an error event's
+    // body) is not a reply.
+    if top.str("type").ok()?.as_deref() != Some("message") {
+        return None;
+    }
     let doc = top.doc();
     let mut text: Vec<&[u8]> = Vec::new();
     let mut thinking: Vec<&[u8]> = Vec::new();
@@ -419,6 +424,23 @@ mod tests {
         }
         t.finish(true, &mut out);
         out
+    }
+
+    #[test]
+    fn json_that_is_no_message_is_no_reply() {
+        for body in [
+            &b"{}"[..],
+            b"{\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"busy\"}}",
+            b"{\"content\":[]}",
+        ] {
+            let mut out = Vec::new();
+            assert!(
+                !message(body, &mut out),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+            assert!(out.is_empty());
+        }
     }
 
     #[test]

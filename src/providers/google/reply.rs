@@ -171,6 +171,11 @@ pub fn completion(body: &[u8], model: &str, out: &mut Vec<u8>) -> bool {
 
 fn write_completion(body: &[u8], model: &str, out: &mut Vec<u8>) -> Option<()> {
     let top = Obj::document(body, "reply").ok()?;
+    // A reply has candidates, or the feedback on a prompt it blocked: any
+    // other object (`{}`, an error) is not one.
+    top.get("candidates")
+        .ok()?
+        .or(top.get("promptFeedback").ok()?)?;
     let c = candidate(&top)?;
     out.extend_from_slice(b"{\"id\":");
     translate::raw(out, top.raw_str("responseId").ok()?.unwrap_or(b"\"\""));
@@ -435,12 +440,26 @@ mod tests {
             "{text}"
         );
         assert!(t.unreadable().unwrap().contains("not JSON"));
-        // A body that is not a reply: an error, and it says why.
-        let mut t = ChatReply::for_chat(200, false, true, "gemini-x");
-        let mut out = Vec::new();
-        t.feed(b"<html>", &mut out);
-        t.finish(true, &mut out);
-        assert!(t.unreadable().unwrap().contains("<html>"));
+        // A body that is not a reply: an error, and it says why. JSON that
+        // is no reply (`{}`, an error object) is none either; a blocked
+        // prompt's feedback is one.
+        for (body, reply) in [
+            (&b"<html>"[..], false),
+            (b"{}", false),
+            (b"{\"error\":{\"code\":503}}", false),
+            (b"{\"promptFeedback\":{\"blockReason\":\"SAFETY\"}}", true),
+        ] {
+            let mut t = ChatReply::for_chat(200, false, true, "gemini-x");
+            let mut out = Vec::new();
+            t.feed(body, &mut out);
+            t.finish(true, &mut out);
+            assert_eq!(
+                t.unreadable().is_none(),
+                reply,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
     }
 
     #[test]
