@@ -43,6 +43,16 @@ impl Response {
             .map(|(_, v)| v.as_str())
     }
 
+    /// The gateway's time in `Server-Timing` (`gateway;dur=<ms>`), in ms.
+    pub fn gateway_ms(&self) -> f64 {
+        let timing = self.header("server-timing").unwrap_or_default();
+        timing
+            .strip_prefix("gateway;dur=")
+            .and_then(|t| t.split(',').next())
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| panic!("no gateway time in Server-Timing `{timing}`"))
+    }
+
     /// First trailer field called `name` (case-insensitive).
     pub fn trailer(&self, name: &str) -> Option<&str> {
         self.trailers
