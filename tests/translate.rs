@@ -719,6 +719,13 @@ fn an_unreadable_answer_is_the_providers_502_in_the_clients_format(shards: usize
             );
             assert_eq!(r.status, 502, "{model}: {}", r.text());
             assert_eq!(r.header("aigw-error-source"), Some("provider"), "{model}");
+            // It names who answered, as the provider's own errors do.
+            assert_eq!(
+                r.header("aigw-provider"),
+                model.split('/').next(),
+                "{model}"
+            );
+            assert_eq!(r.header("aigw-model"), Some("claude-test"), "{model}");
             assert_eq!(r.error_code(), "upstream_bad_response", "{model}");
             assert!(
                 r.text()
@@ -783,6 +790,11 @@ fn a_stream_event_that_is_not_json_ends_the_stream_with_an_error(shards: usize) 
     assert_eq!(
         row["error_code"].as_str(),
         Some("upstream_bad_response"),
+        "{row}"
+    );
+    assert_eq!(
+        row["outcome"].as_str(),
+        Some("aborted_by_provider"),
         "{row}"
     );
 }

@@ -512,7 +512,8 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
     }
     // A translated stream that sent an event it could not read ends there
     // with an error event: the provider's failure too.
-    if unreadable.is_some() && !translated_whole && rec.error_source.is_none() {
+    let stream_unreadable = unreadable.is_some() && !translated_whole;
+    if stream_unreadable && rec.error_source.is_none() {
         rec.error_source = Some(ErrorSource::Provider);
         rec.error_code = Some("upstream_bad_response");
     }
@@ -586,12 +587,13 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
             let e = GatewayError::upstream_bad_response(&plan.provider.name, why);
             c.out.clear();
             let shape = error_shape(c);
-            respond::error(
+            respond::provider_error(
                 &mut c.out,
                 &e,
                 &c.head,
                 keep,
                 rec.id,
+                (rec.provider.as_deref(), rec.model.as_deref()),
                 cache_line(&rec),
                 shape,
             );
@@ -632,7 +634,8 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         rec.status = CLIENT_CLOSED;
     }
     rec.outcome = match relayed.ending {
-        Ending::Complete if cut_short => Outcome::UpstreamAborted,
+        // The client got the stream's start and an error event for the rest.
+        Ending::Complete if cut_short || stream_unreadable => Outcome::UpstreamAborted,
         Ending::Complete => Outcome::Completed,
         // The client saw a head and part of a body: it must not see an ending.
         Ending::UpstreamAborted => Outcome::UpstreamAborted,

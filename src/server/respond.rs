@@ -322,9 +322,43 @@ pub fn error(
     cache: Option<CacheLine>,
     shape: Shape,
 ) {
+    error_naming(out, e, to, keep_alive, id, None, cache, shape);
+}
+
+/// [`error`] for a failure found in a provider's answer (one it sent that
+/// could not be read, or cut off): it names the provider and model that
+/// answered, as their answers do.
+#[allow(clippy::too_many_arguments)]
+pub fn provider_error(
+    out: &mut Vec<u8>,
+    e: &GatewayError,
+    to: &crate::http::request::RequestHead,
+    keep_alive: bool,
+    id: RequestId,
+    answered: (Option<&str>, Option<&str>),
+    cache: Option<CacheLine>,
+    shape: Shape,
+) {
+    error_naming(out, e, to, keep_alive, id, Some(answered), cache, shape);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn error_naming(
+    out: &mut Vec<u8>,
+    e: &GatewayError,
+    to: &crate::http::request::RequestHead,
+    keep_alive: bool,
+    id: RequestId,
+    answered: Option<(Option<&str>, Option<&str>)>,
+    cache: Option<CacheLine>,
+    shape: Shape,
+) {
     let (http10, method) = (to.http10, to.method);
     let mut id_line = Vec::with_capacity(96);
-    push_id(&mut id_line, id);
+    match answered {
+        Some((provider, model)) => push_ours(&mut id_line, id, provider, model),
+        None => push_id(&mut id_line, id),
+    }
     // A request that looked in the cache says so, whatever answered it.
     if let Some(c) = cache {
         c.write(&mut id_line);
