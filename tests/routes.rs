@@ -123,11 +123,7 @@ fn a_failing_primary_falls_back_to_the_next_target(shards: usize) {
 /// client sees a byte.
 fn an_anthropic_stream_that_opens_with_an_error_falls_back(shards: usize) {
     let events = "event: error\ndata: {\"type\": \"error\", \"error\": {\"type\": \"overloaded_error\", \"message\": \"Overloaded\"}}\n\n";
-    let raw = format!(
-        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\n\r\n{events}",
-        events.len()
-    );
-    let claude = common::FixedUpstream::start(Box::leak(raw.into_bytes().into_boxed_slice()));
+    let claude = common::FixedUpstream::event_stream(events);
     let b = mock();
     let gw = Gateway::with(shards)
         .provider("b", &b.base_url(), "")

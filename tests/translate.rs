@@ -759,11 +759,7 @@ fn a_stream_event_that_is_not_json_ends_the_stream_with_an_error(shards: usize) 
     let events = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"model\":\"claude-test\",\"usage\":{\"input_tokens\":5,\"output_tokens\":1}}}\n\n\
         event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"lost\"\n\n\
         event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
-    let raw = format!(
-        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\n\r\n{events}",
-        events.len()
-    );
-    let up = common::FixedUpstream::start(Box::leak(raw.into_bytes().into_boxed_slice()));
+    let up = common::FixedUpstream::event_stream(events);
     let gw = Gateway::with(shards)
         .toml(&format!(
             "[providers.claude]\nkind = \"anthropic\"\nbase_url = \"{}\"\napi_key = \"k\"\n",

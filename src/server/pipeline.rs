@@ -851,7 +851,7 @@ fn secret_upstream(
     plan: &Plan,
     model: Option<&str>,
     injected: bool,
-    presented: Option<std::ops::Range<usize>>,
+    presented_at: Option<usize>,
 ) -> Option<&'static str> {
     // From the target to the last header (spans are in the window).
     let from = view.head.target.start;
@@ -866,9 +866,9 @@ fn secret_upstream(
         .unwrap_or_default();
     for at in auth::secret_offsets(head) {
         let at = from + at as u32;
-        // The credential presented to aigw (`presented`: a header that
-        // stays with aigw), as it usually is: nothing to look up.
-        if presented.as_ref().is_some_and(|p| p.start == at as usize) {
+        // The credential presented to aigw (`presented_at`, in a header
+        // that stays with aigw), as it usually is: nothing to look up.
+        if presented_at == Some(at as usize) {
             continue;
         }
         let header = view
@@ -937,15 +937,16 @@ fn authenticate(
             .all(|t| t.has_keys() || t.provider.auth_lines(true).is_some()),
     };
     let presented = auth::presented(headers, injected);
-    // Where the token presented to aigw is in the window.
-    let span = match presented {
+    // Where the token presented to aigw starts in the window.
+    let presented_at = match presented {
         Some((Carrier::Gateway | Carrier::Provider, token)) => {
             let at = (token.as_ptr() as usize).wrapping_sub(view.window.as_ptr() as usize);
-            (at < view.window.len()).then_some(at..at + token.len())
+            (at < view.window.len()).then_some(at)
         }
         _ => None,
     };
-    if let Some(place) = secret_upstream(&view, plan, rec.model.as_deref(), injected, span) {
+    if let Some(place) = secret_upstream(&view, plan, rec.model.as_deref(), injected, presented_at)
+    {
         return Err(secret_refused(place, plan));
     }
     let found = match presented {

@@ -31,6 +31,16 @@ impl FixedUpstream {
         FixedUpstream { addr }
     }
 
+    /// Answers each request with a 200 event stream of `events` (whole,
+    /// with its length).
+    pub fn event_stream(events: &str) -> FixedUpstream {
+        let raw = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\n\r\n{events}",
+            events.len()
+        );
+        FixedUpstream::start(Box::leak(raw.into_bytes().into_boxed_slice()))
+    }
+
     pub fn base_url(&self) -> String {
         format!("http://{}/v1", self.addr)
     }
