@@ -545,9 +545,12 @@ fn drain_gives_up_after_drain_timeout(shards: usize) {
 
 /// A drain that runs out of time stops what still runs, and records it: a
 /// request waiting on a silent provider, a stream whose provider went quiet
-/// and a request whose body is still arriving each leave a row (`shutting_down`, the stream charged an estimate),
-/// and the process exits within its drain timeout (here 1.2 s: the relay
-/// looks at its client more often while the shard drains).
+/// (one in OpenAI's format, one translated to Anthropic's) and a request
+/// whose body is still arriving each leave a row (`shutting_down`, the
+/// streams charged an estimate), each stream ends with its format's error
+/// event saying the gateway stopped it, and the process exits within its
+/// drain timeout (here 1.2 s: the relay looks at its client more often while
+/// the shard drains).
 fn a_drain_that_runs_out_records_what_it_stopped(shards: usize) {
     let (held, _streaming, mut gw) = held_and_up(
         shards,
@@ -555,27 +558,34 @@ fn a_drain_that_runs_out_records_what_it_stopped(shards: usize) {
         "[prices.\"up/gpt-x\"]\ninput = 1.0\noutput = 2.0\n",
     );
     let mut stuck = held_request(&gw, &held);
-    let mut long = gw.client();
-    long.send(&common::wire::request_bytes(
-        "POST",
-        "/v1/chat/completions",
-        &[
-            ("Content-Type", "application/json"),
-            // Its first event, then a minute's silence (a model thinking):
-            // the relay waits on the provider when the drain stops it.
-            ("x-mock-chunks", "3"),
-            ("x-mock-chunk-interval-ms", "60000"),
-        ],
-        br#"{"model":"up/gpt-x","stream":true,"messages":[{"role":"user","content":"go on"}]}"#,
-    ));
+    let long_stream = |path: &str| {
+        let mut long = gw.client();
+        long.send(&common::wire::request_bytes(
+            "POST",
+            path,
+            &[
+                ("Content-Type", "application/json"),
+                // Its first event, then a minute's silence (a model thinking):
+                // the relay waits on the provider when the drain stops it.
+                ("x-mock-chunks", "3"),
+                ("x-mock-chunk-interval-ms", "60000"),
+            ],
+            br#"{"model":"up/gpt-x","stream":true,"max_tokens":50,"messages":[{"role":"user","content":"go on"}]}"#,
+        ));
+        long
+    };
+    let mut long = long_stream("/v1/chat/completions");
+    let mut messages = long_stream("/v1/messages");
     // A request whose body is still arriving.
     let mut half = gw.client();
     half.send(
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"model\":",
     );
-    // Its stream has begun (the head is there).
-    let mut head = [0u8; 12];
-    std::io::Read::read_exact(&mut long.stream, &mut head).expect("the stream began");
+    // The streams have begun (their heads are there).
+    for c in [&mut long, &mut messages] {
+        let mut head = [0u8; 12];
+        std::io::Read::read_exact(&mut c.stream, &mut head).expect("the stream began");
+    }
     let asked = std::time::Instant::now();
     gw.terminate();
     let status = gw.wait_exit();
@@ -590,7 +600,7 @@ fn a_drain_that_runs_out_records_what_it_stopped(shards: usize) {
         .iter()
         .filter(|r| r["error_code"].as_str() == Some("shutting_down"))
         .collect();
-    assert_eq!(stopped.len(), 3, "{rows:?}");
+    assert_eq!(stopped.len(), 4, "{rows:?}");
     for r in &stopped {
         assert_eq!(r["error_source"].as_str(), Some("gateway"), "{r}");
     }
@@ -615,12 +625,89 @@ fn a_drain_that_runs_out_records_what_it_stopped(shards: usize) {
             .collect(),
         "{rows:?}"
     );
-    let stream = stopped
+    let streams: Vec<_> = stopped
         .iter()
-        .find(|r| r["stream"].as_bool() == Some(true))
-        .expect("the stream's row");
-    assert!(stream["cost"].cast_f64().unwrap() > 0.0, "{stream}");
-    assert_eq!(stream["cost_estimated"].as_bool(), Some(true), "{stream}");
+        .filter(|r| r["stream"].as_bool() == Some(true))
+        .collect();
+    assert_eq!(streams.len(), 2, "{rows:?}");
+    for stream in streams {
+        assert!(stream["cost"].cast_f64().unwrap() > 0.0, "{stream}");
+        assert_eq!(stream["cost_estimated"].as_bool(), Some(true), "{stream}");
+    }
+    // Each stream's client is told, in its format, that the gateway stopped
+    // it (not that its provider broke off, nor a clean end).
+    let rest = |c: &mut common::wire::Client| {
+        let mut got = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut c.stream, &mut got);
+        String::from_utf8_lossy(&got).into_owned()
+    };
+    let openai = rest(&mut long);
+    assert!(
+        openai.contains(r#"data: {"error":{"message":"the gateway is shutting down"#)
+            && openai.contains(r#""code":"shutting_down""#),
+        "{openai}"
+    );
+    assert!(
+        !openai.contains("[DONE]") && !openai.contains("broke off"),
+        "{openai}"
+    );
+    let anthropic = rest(&mut messages);
+    assert!(
+        anthropic.contains("event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"the gateway is shutting down"),
+        "{anthropic}"
+    );
+    assert!(!anthropic.contains("message_stop"), "{anthropic}");
+}
+
+/// A stream that coalesced (one upstream call, a leader and a follower of
+/// it) stopped by the end of a drain: both clients get the stopped event,
+/// and both requests leave a `shutting_down` row.
+fn a_drain_that_runs_out_tells_a_streams_followers(shards: usize) {
+    let (_held, up, mut gw) = held_and_up(
+        shards,
+        // As long as the first test's: the relays' look at their clients
+        // every second comes within its first part.
+        "1200ms",
+        "[cache]\nenabled = true\nsize = \"32MiB\"\n",
+    );
+    let stream = || {
+        let mut c = gw.client();
+        c.send(&common::wire::request_bytes(
+            "POST",
+            "/v1/chat/completions",
+            &[
+                ("Content-Type", "application/json"),
+                ("x-mock-chunks", "3"),
+                ("x-mock-chunk-interval-ms", "60000"),
+            ],
+            br#"{"model":"up/gpt-x","stream":true,"messages":[{"role":"user","content":"wait for it"}]}"#,
+        ));
+        let mut head = [0u8; 12];
+        std::io::Read::read_exact(&mut c.stream, &mut head).expect("the stream began");
+        c
+    };
+    // The second begins once the first has: it follows it.
+    let mut leader = stream();
+    let mut follower = stream();
+    assert_eq!(up.requests_seen(), 1, "the two were not coalesced");
+    gw.terminate();
+    assert_eq!(gw.wait_exit().code(), Some(0), "{}", gw.stderr());
+    for (who, c) in [("leader", &mut leader), ("follower", &mut follower)] {
+        let mut got = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut c.stream, &mut got);
+        let got = String::from_utf8_lossy(&got);
+        assert!(
+            got.contains(r#""code":"shutting_down""#) && !got.contains("[DONE]"),
+            "{who}: {got}\nrows: {:?}\nstderr: {}",
+            rows_after(&gw),
+            gw.stderr()
+        );
+    }
+    let stopped = rows_after(&gw)
+        .iter()
+        .filter(|r| r["error_code"].as_str() == Some("shutting_down"))
+        .count();
+    assert_eq!(stopped, 2);
 }
 
 /// A second signal exits at once, but not before the rows of requests
@@ -658,6 +745,7 @@ fn a_second_signal_keeps_what_was_answered(shards: usize) {
 at_1_and_2_shards!(
     a_second_signal_keeps_what_was_answered,
     a_drain_that_runs_out_records_what_it_stopped,
+    a_drain_that_runs_out_tells_a_streams_followers,
     serve_refuses_a_listen_address_in_use,
     serve_refuses_an_admin_socket_in_use,
     stats_command_prints_the_admin_json,

@@ -182,7 +182,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
             // `None`: the leader failed, so this request goes upstream on
             // its own, admitted as one that does.
             let extra = answer_headers(&admission, &wish);
-            let broke_off = broke_off_event(&plan);
+            let events = end_events(&plan);
             // Its own time to a response head bounds its wait too. With a
             // route, a timeout falls back: it goes on its own to the targets.
             let own = Own {
@@ -192,7 +192,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
             let routing = plan.routing.as_ref();
             let waited_from = Instant::now();
             let followed = follow(
-                ctx, c, req, &flight, &mut rec, keep_alive, &extra, broke_off, own, routing,
+                ctx, c, req, &flight, &mut rec, keep_alive, &extra, events, own, routing,
             );
             if let Some(keep) = followed.await {
                 record(ctx, &mut rec);
@@ -386,7 +386,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         usage.rewrites() || translate.is_some(),
         c.head.http10,
     );
-    let broke_off = broke_off_event(&plan);
+    let events = end_events(&plan);
     // Whether a stream that ends cleanly but short of its end is cut: its
     // record says so, and it gets the event of one that broke off (a
     // translated one from its translator).
@@ -394,7 +394,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         && rh.status < 400
         && crate::providers::usage::stream_end_known(plan.endpoint, &plan.path);
     if judged && translate.is_none() && client_framing != ClientFraming::Length {
-        usage.end_short_streams_with(broke_off);
+        usage.end_short_streams_with(events.broke_off);
     }
     // `include-cost` on a chunked answer (a stream): its cost is known only
     // after its last byte, so it goes in a trailer field.
@@ -403,7 +403,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         body: rh.body(),
         client: client_framing,
         reusable: rh.reusable,
-        events: (rh.event_stream && rh.status < 400).then_some(broke_off),
+        events: (rh.event_stream && rh.status < 400).then_some(events),
         deadline: plan
             .routing
             .as_ref()
@@ -488,6 +488,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
             left: &left,
             carry_on: &carry_on,
             every: &|| relay::check_every(ctx.draining.get()),
+            stopping: &|| ctx.stopping.get(),
         },
     )
     .await;
@@ -1599,7 +1600,7 @@ async fn follow(
     rec: &mut RequestRecord,
     keep_alive: bool,
     limits: &[u8],
-    broke_off: &[u8],
+    events: relay::EndEvents,
     own: Own,
     routing: Option<&crate::route::Routing>,
 ) -> Option<bool> {
@@ -1736,11 +1737,12 @@ async fn follow(
         end,
         framing,
         t.stream_idle,
-        broke_off,
+        events,
         relay::Watch {
             left: &|| crate::sys::peer_closed(client_fd),
             carry_on: &|| false,
             every: &|| relay::check_every(ctx.draining.get()),
+            stopping: &|| ctx.stopping.get(),
         },
     )
     .await;
@@ -2239,16 +2241,16 @@ async fn first_event_is_error(reply: &mut UpstreamReply, head_len: usize, wait: 
     }
 }
 
-/// The event that ends a stream the provider broke off, in its client's
-/// format: Anthropic's, Gemini's (a pass-through to a `google` provider) or
-/// OpenAI's.
-fn broke_off_event(plan: &Plan) -> &'static [u8] {
+/// The events that end a stream early (the provider broke off, or the end
+/// of a drain stopped it), in its client's format: Anthropic's, Gemini's (a
+/// pass-through to a `google` provider) or OpenAI's.
+fn end_events(plan: &Plan) -> relay::EndEvents {
     if plan.anthropic_client {
-        relay::ANTHROPIC_STREAM_BROKE_OFF
+        relay::ANTHROPIC_END_EVENTS
     } else if !plan.unified && plan.provider.dialect() == crate::providers::Dialect::Google {
-        relay::GEMINI_STREAM_BROKE_OFF
+        relay::GEMINI_END_EVENTS
     } else {
-        relay::STREAM_BROKE_OFF
+        relay::OPENAI_END_EVENTS
     }
 }
 

@@ -48,6 +48,10 @@ pub struct Watch<'a> {
     pub carry_on: &'a dyn Fn() -> bool,
     /// How long a silent provider is waited on before `left` is asked again.
     pub every: &'a dyn Fn() -> Duration,
+    /// Whether the end of a drain is stopping the shard's requests: then a
+    /// client that `left` did not leave (the drain shut its reading side)
+    /// and is told why its stream ends ([`EndEvents::stopped`]).
+    pub stopping: &'a dyn Fn() -> bool,
 }
 
 /// How the body arrives and leaves.
@@ -59,10 +63,9 @@ pub struct Framing {
     pub client: ClientFraming,
     /// The provider said the connection may carry another request.
     pub reusable: bool,
-    /// An event stream: if the provider breaks off, the client gets this
-    /// event ([`STREAM_BROKE_OFF`], or [`ANTHROPIC_STREAM_BROKE_OFF`] for a
-    /// client of Anthropic's format) before the connection closes.
-    pub events: Option<&'static [u8]>,
+    /// An event stream: if it ends early, the client gets the event of why
+    /// ([`EndEvents`], in its format) before the connection closes.
+    pub events: Option<EndEvents>,
     /// The whole body must have arrived by then (a route target's
     /// `timeout`); past it the body is broken off like a stalled one.
     pub deadline: Option<Instant>,
@@ -70,6 +73,45 @@ pub struct Framing {
     /// ends it with trailer fields.
     pub open_end: bool,
 }
+
+/// The events that end a stream early, in one client format: each a typed
+/// error its SDK raises, never the format's clean end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EndEvents {
+    /// The provider's stream broke off.
+    pub broke_off: &'static [u8],
+    /// The end of a drain stopped it (`server.drain_timeout` ran out).
+    pub stopped: &'static [u8],
+}
+
+/// OpenAI's format (and every format a unified client reads).
+pub const OPENAI_END_EVENTS: EndEvents = EndEvents {
+    broke_off: STREAM_BROKE_OFF,
+    stopped: STREAM_STOPPED,
+};
+
+/// Anthropic's format (`/v1/messages`, pass-through to Anthropic).
+pub const ANTHROPIC_END_EVENTS: EndEvents = EndEvents {
+    broke_off: ANTHROPIC_STREAM_BROKE_OFF,
+    stopped: ANTHROPIC_STREAM_STOPPED,
+};
+
+/// Gemini's own API (a pass-through stream to a `google` provider).
+pub const GEMINI_END_EVENTS: EndEvents = EndEvents {
+    broke_off: GEMINI_STREAM_BROKE_OFF,
+    stopped: GEMINI_STREAM_STOPPED,
+};
+
+/// [`STREAM_STOPPED`] as Anthropic's SDKs read errors.
+pub const ANTHROPIC_STREAM_STOPPED: &[u8] = b"\n\nevent: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"the gateway is shutting down (server.drain_timeout ran out) and stopped this stream before its end: the answer is incomplete; retry it\"}}\n\n";
+
+/// [`STREAM_STOPPED`] as a client of Gemini's own API reads errors.
+pub const GEMINI_STREAM_STOPPED: &[u8] = b"\n\ndata: {\"error\":{\"code\":503,\"message\":\"the gateway is shutting down (server.drain_timeout ran out) and stopped this stream before its end: the answer is incomplete; retry it\",\"status\":\"UNAVAILABLE\"}}\n\n";
+
+/// The event a stream's client receives when the end of a drain stops it:
+/// the gateway's error (as the 503 of a request not yet answered says), so
+/// the client knows the answer is incomplete and whose doing that was.
+pub const STREAM_STOPPED: &[u8] = b"\n\ndata: {\"error\":{\"message\":\"the gateway is shutting down (server.drain_timeout ran out) and stopped this stream before its end: the answer is incomplete; retry it\",\"type\":\"server_error\",\"param\":null,\"code\":\"shutting_down\"}}\n\n";
 
 /// [`STREAM_BROKE_OFF`] as Anthropic's SDKs read errors: a named `error` event.
 pub const ANTHROPIC_STREAM_BROKE_OFF: &[u8] = b"\n\nevent: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"message\":\"the provider's stream broke off before its end: the answer is incomplete\"}}\n\n";
@@ -131,7 +173,10 @@ pub async fn relay<W: AsyncWrite + Unpin>(
     // attempt went on for them) is gone before the first byte: its answer
     // is read for them, not sent, and not stored. Asked only then: a request
     // nobody follows stops its attempt when its client leaves.
-    let mut client_gone = (watch.carry_on)() && (watch.left)();
+    // Nobody is read for once the end of a drain stops the shard's requests:
+    // those waiting on this answer are being stopped too.
+    let carry_on = || (watch.carry_on)() && !(watch.stopping)();
+    let mut client_gone = carry_on() && (watch.left)();
     let mut reached_end = false;
     let mut remaining = match framing.body {
         ResponseBody::Length(n) => n,
@@ -172,7 +217,7 @@ pub async fn relay<W: AsyncWrite + Unpin>(
         if client_gone {
             out.clear();
         } else if !send(client, out, &mut bytes_out).await {
-            if !(watch.carry_on)() {
+            if !carry_on() {
                 break Ending::ClientAborted;
             }
             client_gone = true;
@@ -186,7 +231,7 @@ pub async fn relay<W: AsyncWrite + Unpin>(
             };
         }
         // Read on for others only while one is still there.
-        if client_gone && !(watch.carry_on)() {
+        if client_gone && !carry_on() {
             break Ending::ClientAborted;
         }
         let idle = match framing.deadline {
@@ -212,7 +257,7 @@ pub async fn relay<W: AsyncWrite + Unpin>(
                     if !client_gone && (watch.left)() {
                         client_gone = true;
                     }
-                    if client_gone && !(watch.carry_on)() {
+                    if client_gone && !carry_on() {
                         break None;
                     }
                 }
@@ -243,12 +288,13 @@ pub async fn relay<W: AsyncWrite + Unpin>(
     if !body_complete {
         // The taps learn the body is incomplete; whatever they held back stays held.
         taps::finish(taps, End::Aborted, |_| {});
-        if let (Ending::UpstreamAborted, Some(event), false, false) = (
-            ending,
-            framing.events,
-            client_gone,
-            framing.client == ClientFraming::Length,
-        ) {
+        let event = match (ending, framing.events) {
+            (Ending::UpstreamAborted, Some(e)) if !client_gone => Some(e.broke_off),
+            // Its client did not leave: the drain shut its reading side.
+            (Ending::ClientAborted, Some(e)) if (watch.stopping)() => Some(e.stopped),
+            _ => None,
+        };
+        if let Some(event) = event.filter(|_| framing.client != ClientFraming::Length) {
             out.clear();
             frame(out, event, framing.client);
             send(client, out, &mut bytes_out).await;
@@ -280,8 +326,8 @@ pub struct Followed {
 /// body bytes already taken from the flight (and `end`, whether it ended
 /// with them). Framing is chunked (or ends at close, for HTTP/1.0). Waits at
 /// most `idle` for each later step. If the leader's stream breaks off, the
-/// follower gets `broke_off`, the event the leader's client got
-/// ([`Framing::events`]).
+/// follower gets `events.broke_off`, the event the leader's client got
+/// ([`Framing::events`]); if the end of a drain stops it, `events.stopped`.
 #[allow(clippy::too_many_arguments)]
 pub async fn relay_flight<W: AsyncWrite + Unpin>(
     client: &mut W,
@@ -291,7 +337,7 @@ pub async fn relay_flight<W: AsyncWrite + Unpin>(
     mut end: Option<FlightEnd>,
     client_framing: ClientFraming,
     idle: Duration,
-    broke_off: &[u8],
+    events: EndEvents,
     watch: Watch<'_>,
 ) -> Followed {
     let mut cursor = scratch.len();
@@ -315,6 +361,10 @@ pub async fn relay_flight<W: AsyncWrite + Unpin>(
                     Err(_) if waited + slice < idle => {
                         waited += slice;
                         if (watch.left)() {
+                            if (watch.stopping)() {
+                                frame(out, events.stopped, client_framing);
+                                send(client, out, &mut bytes_out).await;
+                            }
                             break 'relay Ending::ClientAborted;
                         }
                     }
@@ -336,9 +386,21 @@ pub async fn relay_flight<W: AsyncWrite + Unpin>(
             None => {}
             Some(FlightEnd::Complete) => break Ending::Complete,
             Some(FlightEnd::Failed) => {
-                frame(out, broke_off, client_framing);
+                // While the end of a drain stops the shard's requests, the
+                // leader's answer failed because it was stopped.
+                let stopped = (watch.stopping)();
+                let event = if stopped {
+                    events.stopped
+                } else {
+                    events.broke_off
+                };
+                frame(out, event, client_framing);
                 send(client, out, &mut bytes_out).await;
-                break Ending::UpstreamAborted;
+                break if stopped {
+                    Ending::ClientAborted
+                } else {
+                    Ending::UpstreamAborted
+                };
             }
         }
     };
@@ -437,7 +499,7 @@ mod tests {
             body: rh.body(),
             client: ClientFraming::for_body(rh.body(), tap.rewrites(), http10),
             reusable: rh.reusable,
-            events: rh.event_stream.then_some(STREAM_BROKE_OFF),
+            events: rh.event_stream.then_some(OPENAI_END_EVENTS),
             deadline: None,
             open_end,
         };
@@ -458,6 +520,7 @@ mod tests {
                 left: &|| false,
                 carry_on: &|| carry_on,
                 every: &|| CLIENT_CHECK,
+                stopping: &|| false,
             },
         ));
         let usage = tap.usage().output_tokens;
