@@ -142,6 +142,72 @@ fn an_anthropic_stream_that_opens_with_an_error_falls_back(shards: usize) {
     assert_eq!(b.requests_seen(), 1);
 }
 
+/// A translated target whose 200 is not a reply (JSON of another kind, or a
+/// body whose chunked framing is broken) is a failed try: the route moves
+/// on before the client sees a byte, and the try says why. One whose 200 is
+/// a reply (chunked, read whole before it is taken) is the answer.
+fn an_unreadable_translated_answer_falls_back(shards: usize) {
+    const NOT_A_MESSAGE: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 17\r\n\r\n{\"not\":\"a reply\"}";
+    const BROKEN_FRAMING: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n{}\r\n";
+    const MESSAGE: &str = r#"{"id":"msg_1","type":"message","role":"assistant","model":"claude-x","content":[{"type":"text","text":"hello from claude"}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":3,"output_tokens":4}}"#;
+    let good = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n10\r\n{}\r\n{:x}\r\n{}\r\n0\r\n\r\n",
+        &MESSAGE[..16],
+        MESSAGE.len() - 16,
+        &MESSAGE[16..]
+    );
+    let good = common::FixedUpstream::start(Box::leak(good.into_bytes().into_boxed_slice()));
+    let b = mock();
+    for (n, (raw, why)) in [(NOT_A_MESSAGE, "not a reply"), (BROKEN_FRAMING, "framing")]
+        .into_iter()
+        .enumerate()
+    {
+        let bad = common::FixedUpstream::start(raw);
+        let gw = Gateway::with(shards)
+            .provider("b", &b.base_url(), "")
+            .toml(&format!(
+                "[providers.claude]\nkind = \"anthropic\"\nbase_url = \"{}\"\napi_key = \"k\"\n\
+                 [providers.good]\nkind = \"anthropic\"\nbase_url = \"{}\"\napi_key = \"k\"\n\
+                 [routes.chat]\ntargets = [{{ provider = \"claude\", model = \"claude-x\" }}, {{ provider = \"b\", model = \"m-b\" }}]\n\
+                 [routes.sure]\ntargets = [{{ provider = \"good\", model = \"claude-x\" }}, {{ provider = \"b\", model = \"m-b\" }}]\n",
+                bad.base_url().trim_end_matches("/v1"),
+                good.base_url().trim_end_matches("/v1"),
+            ))
+            .start();
+        let r = gw
+            .client()
+            .post("/v1/chat/completions", &[], &chat("chat", false));
+        assert_eq!(r.status, 200, "{why}: {}", r.text());
+        assert_eq!(r.header("aigw-step"), Some("1"), "{why}: {}", r.text());
+        assert_eq!(r.json()["model"], "m-b");
+        assert_eq!(b.requests_seen(), n as u64 + 1, "{why}");
+        let row = newest_log_row(&gw.admin_socket);
+        let tries = &row["routing"]["tries"];
+        assert_eq!(tries[0]["provider"], "claude", "{row}");
+        assert_eq!(tries[0]["status"], 200, "{row}");
+        assert_eq!(tries[0]["error"], "upstream_bad_response", "{row}");
+        assert_eq!(tries[1]["status"], 200, "{row}");
+        assert_eq!(row["status"], 200, "{row}");
+        assert_eq!(
+            gw.stats()["providers"]["claude"]["failed_tries"].as_u64(),
+            Some(1)
+        );
+        // A reply is the answer, translated.
+        let r = gw
+            .client()
+            .post("/v1/chat/completions", &[], &chat("sure", false));
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.header("aigw-step"), Some("0"), "{}", r.text());
+        let answer = r.json();
+        assert_eq!(
+            answer["choices"][0]["message"]["content"], "hello from claude",
+            "{answer}"
+        );
+        assert_eq!(answer["usage"]["completion_tokens"], 4, "{answer}");
+    }
+    assert_eq!(b.requests_seen(), 2);
+}
+
 /// A cache hit of a routed answer, and a request that shares one in flight,
 /// say and are counted under the target that answered, not the first one
 /// (which failed).
@@ -693,6 +759,7 @@ fn route_config_errors_name_the_key(_shards: usize) {
 
 at_1_and_2_shards!(
     an_anthropic_stream_that_opens_with_an_error_falls_back,
+    an_unreadable_translated_answer_falls_back,
     a_failing_primary_falls_back_to_the_next_target,
     a_shared_or_cached_answer_names_the_target_that_served,
     a_rate_limited_primary_is_retried_then_left,

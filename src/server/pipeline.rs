@@ -2031,6 +2031,23 @@ async fn retrying_attempts(
                             note_stream_error(rec);
                         }
                     }
+                    // A translated JSON answer that is not a reply (broken
+                    // JSON, not a reply of its kind, cut off): the next
+                    // target answers instead, as for a provider's 502.
+                    let translation = plan
+                        .translation
+                        .filter(|_| !failed && !last && rh.status < 300 && !rh.event_stream);
+                    let mut unreadable = None;
+                    if let Some(t) = translation {
+                        let model = rec.model.as_deref().unwrap_or("");
+                        unreadable = unreadable_whole(&mut reply, rh, t, model, first_byte).await;
+                        if unreadable.is_some() {
+                            failed = true;
+                            if track {
+                                note_unreadable(rec);
+                            }
+                        }
+                    }
                     if !failed {
                         if let (Some(r), Some(t)) = (&route, &target) {
                             r.succeeded(t);
@@ -2047,10 +2064,13 @@ async fn retrying_attempts(
                     }
                     drop(reply);
                     rec.upstream_waited += started.elapsed();
-                    last_error = Some(GatewayError::upstream_status(
-                        &plan.provider.name,
-                        c.rhead.status,
-                    ));
+                    last_error = Some(match unreadable {
+                        Some(why) => GatewayError::upstream_bad_response(
+                            &plan.provider.name,
+                            format!("its answer is not a reply: {why}"),
+                        ),
+                        None => GatewayError::upstream_status(&plan.provider.name, c.rhead.status),
+                    });
                     failed_try = Some((plan.provider.name.clone(), rec.model.clone()));
                     if too_long {
                         break;
@@ -2238,6 +2258,77 @@ async fn first_event_is_error(reply: &mut UpstreamReply, head_len: usize, wait: 
             Ok(n) if n > 0 => {}
             _ => return false,
         }
+    }
+}
+
+/// Largest translated JSON answer a try that may fall back reads whole
+/// before it is taken ([`unreadable_whole`]); a larger one is taken as it
+/// comes (and is judged as it is translated).
+const JUDGED_WHOLE_MAX: usize = 1 << 20;
+
+/// A translated JSON answer (head `rh`, not yet consumed) of a try that may
+/// fall back: read whole into the reply's buffer (the relay then takes it
+/// from there), and why it is not a reply `t` can translate, when it is not
+/// (its body broke off or stalled past `wait`, or it is not one). `None`
+/// also when it is larger than [`JUDGED_WHOLE_MAX`] or ends only at close:
+/// it is taken, and judged as it is translated.
+async fn unreadable_whole(
+    reply: &mut UpstreamReply,
+    rh: &ResponseHead,
+    t: crate::providers::Translation,
+    model: &str,
+    wait: Duration,
+) -> Option<String> {
+    let mut body = Vec::new();
+    loop {
+        let filled = reply.conn.buf.filled();
+        let raw = &filled[rh.head_len.min(filled.len())..];
+        let whole = match rh.body() {
+            ResponseBody::Length(n) if n as usize > JUDGED_WHOLE_MAX => return None,
+            ResponseBody::Length(n) => (raw.len() as u64 >= n).then(|| &raw[..n as usize]),
+            ResponseBody::Chunked => {
+                body.clear();
+                let mut decoder = crate::http::chunked::ChunkedDecoder::default();
+                match decoder.decode(raw, &mut body, u64::MAX) {
+                    Ok(_) if decoder.is_done() => Some(&body[..]),
+                    Ok(_) => None,
+                    Err(_) => return Some("its chunked framing is broken".into()),
+                }
+            }
+            ResponseBody::None => Some(&[][..]),
+            ResponseBody::UntilClose => return None,
+        };
+        if let Some(whole) = whole {
+            let mut translator = t.reply(rh.status, false, model);
+            let mut out = Vec::new();
+            translator.feed(whole, &mut out);
+            translator.finish(true, &mut out);
+            return translator.unreadable().map(str::to_string);
+        }
+        if raw.len() >= JUDGED_WHOLE_MAX {
+            return None;
+        }
+        let window = rh.head_len + JUDGED_WHOLE_MAX;
+        reply.conn.stream.set_read_timeout(wait);
+        match reply
+            .conn
+            .stream
+            .read_some(&mut reply.conn.buf, window)
+            .await
+        {
+            Ok(n) if n > 0 => {}
+            _ => return Some("it broke off before its end".into()),
+        }
+    }
+}
+
+/// The last try noted answered 200, but what it answered is not a reply:
+/// the try says so.
+fn note_unreadable(rec: &mut RequestRecord) {
+    if let Some(s) = rec.log.as_mut().and_then(|l| l.routing.as_mut())
+        && let Some(at) = s.rfind(",\"ms\":")
+    {
+        s.insert_str(at, ",\"error\":\"upstream_bad_response\"");
     }
 }
 
