@@ -601,7 +601,41 @@ fn metadata_is_attributed_in_stats_and_metrics(shards: usize) {
     }
 }
 
+/// With the cache on, a gateway key is one cache scope whichever header
+/// carries it (`Authorization`, `x-api-key`, `aigw-authorization`), and two
+/// keys never share an entry.
+fn a_key_is_one_cache_scope_whichever_header_carries_it(shards: usize) {
+    let mock = mock();
+    let (alice, alice_lines) = key_new("alice", &[]);
+    let (bob, bob_lines) = key_new("bob", &[]);
+    let gw = Gateway::with(shards)
+        .provider("up", &mock.base_url(), "api_key = \"sk-provider\"")
+        .toml(&format!(
+            "[auth]\nrequired = true\n[cache]\nenabled = true\nsize = \"32MiB\"\n{alice_lines}\n{bob_lines}"
+        ))
+        .start();
+    let status = |header: &str, secret: &str| {
+        let r = gw
+            .client()
+            .post("/v1/chat/completions", &[(header, &bearer(secret))], CHAT);
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.header("aigw-cache-status").unwrap().to_string()
+    };
+    assert_eq!(status("Authorization", &alice), "MISS");
+    assert_eq!(status("aigw-authorization", &alice), "HIT");
+    let r = gw.client().post(
+        "/v1/chat/completions",
+        &[("x-api-key", alice.as_str())],
+        CHAT,
+    );
+    assert_eq!(r.header("aigw-cache-status"), Some("HIT"), "{}", r.text());
+    assert_eq!(status("Authorization", &bob), "MISS");
+    assert_eq!(status("aigw-authorization", &bob), "HIT");
+    assert_eq!(mock.requests_seen(), 2);
+}
+
 at_1_and_2_shards!(
+    a_key_is_one_cache_scope_whichever_header_carries_it,
     metadata_is_attributed_in_stats_and_metrics,
     printed_keys_work_and_everything_else_is_refused,
     a_client_with_its_own_provider_key_sends_the_gateway_key_beside_it,

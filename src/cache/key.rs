@@ -32,7 +32,7 @@ use std::ops::Range;
 
 /// Bumped whenever the canonical form or the key's inputs change, so entries
 /// written under another form are never found.
-pub const SCHEMA_VERSION: u32 = 8;
+pub const SCHEMA_VERSION: u32 = 9;
 
 /// A cache key.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]

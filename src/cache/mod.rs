@@ -287,19 +287,39 @@ pub fn form<'a>(unified: bool, targets: impl Iterator<Item = (&'a str, &'a str)>
 /// `cache.shared` (everyone shares), 1 for requests without any credential
 /// (they all use the gateway's own provider keys). Mixed with a hash of the
 /// [`VARYING_HEADERS`] present, whoever shares.
+///
+/// `gateway`: the gateway key the request presented (its token, a slice of
+/// the header that carries it, and the key's id). The header stands as the
+/// key's id, so a key is one scope whichever header it came in
+/// (`Authorization`, `x-api-key`, `aigw-authorization`, ...) and whatever
+/// secret of it was presented.
 pub fn scope<'a>(
     shared: bool,
     more_credentials: &[String],
     headers: impl Iterator<Item = (&'a [u8], &'a [u8])>,
     query: &str,
+    gateway: Option<(&[u8], &str)>,
 ) -> u64 {
     // Made only for a request that has something to hash.
     let mut h = None;
     let mut any = false;
     // Order-independent: each pair's hash is summed.
     let (mut who, mut vary) = (0u64, 0u64);
+    // Where the presented gateway token is: the header holding it is skipped.
+    let token_at = gateway.map(|(token, _)| token.as_ptr() as usize);
+    let carries_token = |value: &[u8]| {
+        token_at.is_some_and(|at| {
+            let from = value.as_ptr() as usize;
+            (from..from + value.len()).contains(&at)
+        })
+    };
+    if let Some((_, id)) = gateway {
+        who = who.wrapping_add(pair_hash(&mut h, b"k", "gateway-key", id.as_bytes()));
+        any = true;
+    }
     for (name, value) in headers {
         match scope_role(name, more_credentials) {
+            Some(Role::Credential(_)) if carries_token(value) => {}
             Some(Role::Credential(name)) => {
                 who = who.wrapping_add(pair_hash(&mut h, b"h", name, value));
                 any = true;
@@ -884,7 +904,7 @@ mod tests {
         assert_eq!(credential_param("%6Bey"), Some("key"));
         assert_eq!(credential_param("API%5FKEY"), Some("api_key"));
         assert_eq!(credential_param("alt"), None);
-        let scope = |q: &str| scope(false, &[], std::iter::empty(), q);
+        let scope = |q: &str| scope(false, &[], std::iter::empty(), q, None);
         assert_eq!(scope("%6Bey=A"), scope("key=A"));
         assert_ne!(scope("%6Bey=A"), scope(""));
         assert_ne!(scope("%6Bey=A"), scope("key=B"));
@@ -1106,35 +1126,77 @@ mod tests {
         let a: [(&[u8], &[u8]); 2] = [(b"Authorization", b"Bearer a"), (b"x-other", b"1")];
         let b: [(&[u8], &[u8]); 1] = [(b"authorization", b"Bearer b")];
         let none: [(&[u8], &[u8]); 1] = [(b"content-type", b"application/json")];
-        let sa = scope(false, &[], a.into_iter(), "");
-        assert_ne!(sa, scope(false, &[], b.into_iter(), ""));
+        let sa = scope(false, &[], a.into_iter(), "", None);
+        assert_ne!(sa, scope(false, &[], b.into_iter(), "", None));
         assert_eq!(
             sa,
             scope(
                 false,
                 &[],
                 [(&b"AUTHORIZATION"[..], &b"Bearer a"[..])].into_iter(),
-                ""
+                "",
+                None,
             )
         );
-        assert_eq!(scope(false, &[], none.into_iter(), ""), 1);
-        assert_eq!(scope(true, &[], a.into_iter(), ""), 0);
+        assert_eq!(scope(false, &[], none.into_iter(), "", None), 1);
+        assert_eq!(scope(true, &[], a.into_iter(), "", None), 0);
         // A credential in the query scopes too; other parameters do not.
-        let q1 = scope(false, &[], none.into_iter(), "alt=sse&key=k1");
+        let q1 = scope(false, &[], none.into_iter(), "alt=sse&key=k1", None);
         assert_ne!(q1, 1);
-        assert_ne!(q1, scope(false, &[], none.into_iter(), "alt=sse&key=k2"));
-        assert_eq!(scope(false, &[], none.into_iter(), "alt=sse"), 1);
+        assert_ne!(
+            q1,
+            scope(false, &[], none.into_iter(), "alt=sse&key=k2", None)
+        );
+        assert_eq!(scope(false, &[], none.into_iter(), "alt=sse", None), 1);
         // A header that changes the answer separates entries even when shared.
         let beta: [(&[u8], &[u8]); 1] = [(b"anthropic-beta", b"tools-2024")];
-        assert_ne!(scope(true, &[], beta.into_iter(), ""), 0);
-        assert_ne!(scope(false, &[], beta.into_iter(), ""), 1);
+        assert_ne!(scope(true, &[], beta.into_iter(), "", None), 0);
+        assert_ne!(scope(false, &[], beta.into_iter(), "", None), 1);
         let two: [(&[u8], &[u8]); 2] = [(b"x-api-key", b"k"), (b"authorization", b"Bearer a")];
         let two_rev: [(&[u8], &[u8]); 2] = [(b"authorization", b"Bearer a"), (b"x-api-key", b"k")];
         assert_eq!(
-            scope(false, &[], two.into_iter(), ""),
-            scope(false, &[], two_rev.into_iter(), "")
+            scope(false, &[], two.into_iter(), "", None),
+            scope(false, &[], two_rev.into_iter(), "", None)
         );
-        assert_ne!(scope(false, &[], two.into_iter(), ""), sa);
+        assert_ne!(scope(false, &[], two.into_iter(), "", None), sa);
+    }
+
+    /// A presented gateway key stands as its id: the header holding its
+    /// token is not hashed, other credentials still are.
+    #[test]
+    fn a_gateway_key_scopes_by_its_id_whichever_header_carries_it() {
+        let auth: [(&[u8], &[u8]); 1] = [(b"authorization", b"Bearer sk-aigw-1")];
+        let aigw: [(&[u8], &[u8]); 2] = [
+            (b"aigw-authorization", b"Bearer sk-aigw-1"),
+            (b"x-api-key", b"provider-key"),
+        ];
+        let key = |h: &[(&'static [u8], &'static [u8])], id: &'static str| Some((&h[0].1[7..], id));
+        let alice = scope(false, &[], auth.into_iter(), "", key(&auth, "alice"));
+        assert_eq!(
+            alice,
+            scope(
+                false,
+                &[],
+                aigw[..1].iter().copied(),
+                "",
+                key(&aigw, "alice")
+            )
+        );
+        assert_ne!(
+            alice,
+            scope(false, &[], auth.into_iter(), "", key(&auth, "bob"))
+        );
+        assert_ne!(alice, scope(false, &[], auth.into_iter(), "", None));
+        // The client's own provider key beside it scopes too.
+        assert_ne!(
+            alice,
+            scope(false, &[], aigw.into_iter(), "", key(&aigw, "alice"))
+        );
+        assert!(scope(false, &[], auth.into_iter(), "", key(&auth, "alice")) > 1);
+        assert_eq!(
+            scope(true, &[], auth.into_iter(), "", key(&auth, "alice")),
+            0
+        );
     }
 
     /// A credential in a header a custom provider may read (a cookie, an
@@ -1150,6 +1212,7 @@ mod tests {
                 &more,
                 [(name.as_bytes(), value.as_bytes())].into_iter(),
                 "",
+                None,
             )
         };
         for name in CREDENTIAL_HEADERS
@@ -1186,7 +1249,13 @@ mod tests {
         assert_ne!(one("x-tenant-auth", "a"), one("X-Auth-Token", "a"));
         // Every varying header varies the scope (shared or not).
         for name in VARYING_HEADERS {
-            let v = scope(true, &[], [(name.as_bytes(), &b"x"[..])].into_iter(), "");
+            let v = scope(
+                true,
+                &[],
+                [(name.as_bytes(), &b"x"[..])].into_iter(),
+                "",
+                None,
+            );
             assert_ne!(v, 0, "{name}");
         }
     }

@@ -103,7 +103,8 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
     };
 
     // 1a. who is calling, and whether their key may use this model
-    let principal = match authenticate(ctx, c, req, &plan, &mut rec) {
+    // With where its token is in the request's window (the cache's scope).
+    let (principal, token) = match authenticate(ctx, c, req, &plan, &mut rec) {
         Ok(p) => p,
         Err(e) => return answer_error(ctx, c, &mut rec, &e, keep_alive).await,
     };
@@ -136,7 +137,8 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
     // rules that do not count it (token rules, budgets, `requests` rules
     // without `count_cache_hits`): an answer that costs nothing is not
     // refused for them.
-    let cached = cache_lookup(ctx, c, req, &plan, &wish, digests, &mut rec);
+    let gateway_key = principal.as_deref().zip(token);
+    let cached = cache_lookup(ctx, c, req, &plan, &wish, digests, gateway_key, &mut rec);
     let answered = matches!(cached, Cached::Hit | Cached::Follow(_));
 
     // 1c. admission: the rate limits this request falls under
@@ -910,21 +912,25 @@ fn secret_upstream(
     basic.then_some("Basic credentials that go upstream")
 }
 
+/// Where a presented gateway token is in the request's window: start, length.
+type TokenSpan = (usize, usize);
+
 /// Stage 1a: the gateway key. When keys exist or `auth.required` is set, the
 /// presented key must be one of them (401) and allow the routed model (403);
 /// the record learns its id and the log its metadata. See [`auth::presented`]
-/// for which header carries it.
+/// for which header carries it. With the key, where its token is in the
+/// request's window (start, length).
 fn authenticate(
     ctx: &ShardCtx,
     c: &ClientConn,
     req: &Incoming,
     plan: &Plan,
     rec: &mut RequestRecord,
-) -> Result<Option<Arc<KeyEntry>>, GatewayError> {
+) -> Result<(Option<Arc<KeyEntry>>, Option<TokenSpan>), GatewayError> {
     let required = ctx.config().auth.required;
     let keys = ctx.keys();
     if !required && keys.is_empty() {
-        return Ok(None);
+        return Ok((None, None));
     }
     let view = req.view(&c.head, &c.buf, &c.body);
     let headers = view.headers();
@@ -984,7 +990,10 @@ fn authenticate(
         }
         None => None,
     };
-    let Some(key) = found else { return Ok(None) };
+    let Some(key) = found else {
+        return Ok((None, None));
+    };
+    let token = presented_at.zip(presented.map(|(_, t)| t.len()));
     rec.key_id = Some(key.id.clone());
     if !key.metadata.is_empty() {
         // The key's attribution wins over the request's own of the same name.
@@ -1001,7 +1010,7 @@ fn authenticate(
     if plan.routing.is_none() && !key.allows(provider, rec.model.as_deref()) {
         return Err(model_refused(&key, provider, rec.model.as_deref()));
     }
-    Ok(Some(key))
+    Ok((Some(key), token))
 }
 
 // The refusals of `authenticate`, cold and out of line: their formatting
@@ -1328,7 +1337,9 @@ enum Cached {
 }
 
 /// Stage 1b: the cache lookup. Keeps POST requests of the provider routes;
-/// `skip-cache`, other methods and bodies without a key bypass it.
+/// `skip-cache`, other methods and bodies without a key bypass it. The
+/// gateway key and where its token is scope the entry by the key's id.
+#[allow(clippy::too_many_arguments)]
 fn cache_lookup(
     ctx: &ShardCtx,
     c: &ClientConn,
@@ -1336,6 +1347,7 @@ fn cache_lookup(
     plan: &Plan,
     wish: &Wish,
     digests: Option<BodyDigests>,
+    gateway_key: Option<(&KeyEntry, TokenSpan)>,
     rec: &mut RequestRecord,
 ) -> Cached {
     let Some(cache) = ctx.cache() else {
@@ -1372,6 +1384,8 @@ fn cache_lookup(
             &config.cache.credential_headers,
             headers,
             query.unwrap_or(""),
+            gateway_key
+                .and_then(|(key, (at, len))| Some((view.window.get(at..at + len)?, &*key.id))),
         ),
         provider,
         path: &path,
