@@ -2259,18 +2259,8 @@ async fn first_event_is_error(reply: &mut UpstreamReply, head_len: usize, wait: 
                 return named || opens_with_error(&line[..end]);
             }
         }
-        if body.len() >= PEEK_MAX {
+        if body.len() >= PEEK_MAX || !read_more(reply, wait, RELAY_WINDOW).await {
             return false;
-        }
-        reply.conn.stream.set_read_timeout(wait);
-        match reply
-            .conn
-            .stream
-            .read_some(&mut reply.conn.buf, RELAY_WINDOW)
-            .await
-        {
-            Ok(n) if n > 0 => {}
-            _ => return false,
         }
     }
 }
@@ -2322,18 +2312,21 @@ async fn unreadable_whole(
         if raw.len() >= JUDGED_WHOLE_MAX {
             return None;
         }
-        let window = rh.head_len + JUDGED_WHOLE_MAX;
-        reply.conn.stream.set_read_timeout(wait);
-        match reply
-            .conn
-            .stream
-            .read_some(&mut reply.conn.buf, window)
-            .await
-        {
-            Ok(n) if n > 0 => {}
-            _ => return Some("it broke off before its end".into()),
+        if !read_more(reply, wait, rh.head_len + JUDGED_WHOLE_MAX).await {
+            return Some("it broke off before its end".into());
         }
     }
+}
+
+/// Reads more of a reply into its buffer (holding at most `window` bytes),
+/// waiting at most `wait`; false when nothing more came (closed, failed or
+/// silent).
+async fn read_more(reply: &mut UpstreamReply, wait: Duration, window: usize) -> bool {
+    reply.conn.stream.set_read_timeout(wait);
+    matches!(
+        reply.conn.stream.read_some(&mut reply.conn.buf, window).await,
+        Ok(n) if n > 0
+    )
 }
 
 /// The last try noted answered 200, but what it answered is not a reply:
