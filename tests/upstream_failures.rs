@@ -220,7 +220,44 @@ fn provider_errors_pass_through_with_their_headers(shards: usize) {
     );
 }
 
+/// A provider error that quotes the credential it was sent (here the
+/// operator's configured key) reaches the client, and the log's kept body,
+/// with the key masked, its length unchanged; the rest of the body stays.
+fn a_provider_error_that_echoes_its_key_is_masked(shards: usize) {
+    const KEY: &str = "sk-operator-secret-0123456789";
+    const BODY: &str = r#"{"error":{"message":"Incorrect API key provided: sk-operator-secret-0123456789 (Bearer sk-operator-secret-0123456789)","type":"invalid_request_error"}}"#;
+    let raw = format!(
+        "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let echo = common::FixedUpstream::start(Box::leak(raw.into_bytes().into_boxed_slice()));
+    let gw = Gateway::with(shards)
+        .provider("up", &echo.base_url(), &format!("api_key = \"{KEY}\""))
+        .toml("[logs]\npayloads = true\n")
+        .start();
+    let r = gw.client().post("/v1/chat/completions", &[], &chat(false));
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(r.header("aigw-error-source"), Some("provider"));
+    let text = r.text();
+    assert!(!text.contains(KEY), "{text}");
+    let masked = "*".repeat(KEY.len());
+    assert_eq!(text, BODY.replace(KEY, &masked));
+    let row = common::gateway::newest_log_row(&gw.admin_socket);
+    let id = row["id"].as_str().unwrap().to_string();
+    let out = std::process::Command::new(common::gateway::AIGW)
+        .args(["logs", "--data-dir"])
+        .arg(gw.data_dir())
+        .args(["show", &id, "--json"])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{shown}");
+    assert!(!shown.contains(KEY), "{shown}");
+    assert!(shown.contains(&masked), "{shown}");
+}
+
 at_1_and_2_shards!(
+    a_provider_error_that_echoes_its_key_is_masked,
     refused_provider_is_a_502_upstream_unreachable,
     provider_transport_faults_give_their_documented_status,
     a_cut_stream_is_aborted_not_completed,

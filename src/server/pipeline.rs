@@ -470,7 +470,19 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
     // A translated JSON answer goes out only once whole anyway (it is
     // translated whole): its head waits with it, so an answer the provider
     // cuts off is a 502, not a 200 with no body.
-    let hold = hold_for_cost || translated_whole;
+    // A provider's error body that echoes the credential it was sent (a
+    // custom upstream quoting its `Authorization` header) would hand the
+    // operator's key to every client and to the log: such a body is read
+    // whole and the credential masked before it goes anywhere.
+    let secrets = if rh.status >= 400
+        && framing.client == ClientFraming::Length
+        && matches!(rh.body(), ResponseBody::Length(n) if n <= MAX_MASKED_BODY)
+    {
+        upstream_credentials(&c.up_out)
+    } else {
+        Vec::new()
+    };
+    let hold = hold_for_cost || translated_whole || !secrets.is_empty();
     let mut held = Vec::new();
     let mut sink = if hold {
         Sink::Held(&mut held)
@@ -611,6 +623,7 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
             if hold_for_cost {
                 insert_cost_header(&mut held, rec.cost);
             }
+            mask(&mut held, &secrets);
             if Direct::new(&mut c.stream).write_all(&held).await.is_err() {
                 relayed.ending = Ending::ClientAborted;
             }
@@ -627,7 +640,9 @@ pub async fn handle(ctx: &ShardCtx, c: &mut ClientConn, req: &Incoming) -> bool 
         }
     }
     if let (Some(p), Some(log)) = (payload, rec.log.as_mut()) {
-        log.response_body = Some(p.into_payload());
+        let mut kept = p.into_payload();
+        mask(&mut kept.bytes, &secrets);
+        log.response_body = Some(kept);
     }
     rec.bytes_out = relayed.bytes_out;
     rec.gateway = pre_upstream + relayed.last_read.elapsed();
@@ -2261,6 +2276,50 @@ async fn first_event_is_error(reply: &mut UpstreamReply, head_len: usize, wait: 
         }
         if body.len() >= PEEK_MAX || !read_more(reply, wait, RELAY_WINDOW).await {
             return false;
+        }
+    }
+}
+
+/// Largest provider error body read whole to mask the credentials it
+/// echoes ([`upstream_credentials`]); a larger one is relayed as it comes.
+const MAX_MASKED_BODY: u64 = 64 << 10;
+
+/// The credentials the upstream request `sent` carried (the configured key,
+/// a route target's, or the client's own): the values of its
+/// `Authorization` (without `Bearer `), `x-api-key`, `api-key` and
+/// `x-goog-api-key` lines, those of 8 bytes or more.
+fn upstream_credentials(sent: &[u8]) -> Vec<Vec<u8>> {
+    let head = memchr::memmem::find(sent, b"\r\n\r\n").map_or(sent, |end| &sent[..end]);
+    let mut found = Vec::new();
+    for line in head.split(|&b| b == b'\n').skip(1) {
+        let Some(colon) = memchr::memchr(b':', line) else {
+            continue;
+        };
+        let name = line[..colon].trim_ascii();
+        let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+        if !(is("authorization") || is("x-api-key") || is("api-key") || is("x-goog-api-key")) {
+            continue;
+        }
+        let mut value = line[colon + 1..].trim_ascii();
+        if value.len() > 7 && value[..7].eq_ignore_ascii_case(b"bearer ") {
+            value = value[7..].trim_ascii();
+        }
+        if value.len() >= 8 {
+            found.push(value.to_vec());
+        }
+    }
+    found
+}
+
+/// Overwrites every occurrence of each of `secrets` in `bytes` with `*`
+/// (the length stays, so the framing does).
+fn mask(bytes: &mut [u8], secrets: &[Vec<u8>]) {
+    for secret in secrets {
+        let mut from = 0;
+        while let Some(at) = memchr::memmem::find(&bytes[from..], secret) {
+            let at = from + at;
+            bytes[at..at + secret.len()].fill(b'*');
+            from = at + secret.len();
         }
     }
 }
